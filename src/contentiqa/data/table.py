@@ -1,0 +1,99 @@
+"""The one record type of contentiqa: a table of ``image, mos[, mos_std][, category][, split]``.
+
+Every dataset loader produces a pandas DataFrame with these columns, so splitting, training
+and evaluation never care where the data came from. MOS stays on the dataset's native scale
+(0-100 for LIVE Challenge, 1-5 for KonIQ-10k, 0-100 for SPAQ, ...); :class:`MOSScale` maps it to
+[0, 1] and back, which is how models are trained and how their outputs return to the scale
+people know.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS = ("image", "mos")
+OPTIONAL_COLUMNS = ("mos_std", "category", "split")
+
+
+@dataclass(frozen=True)
+class MOSScale:
+    """A dataset's MOS range. ``normalize`` maps it linearly to [0, 1] (higher = better)."""
+
+    low: float
+    high: float
+    higher_is_better: bool = True
+
+    def normalize(self, mos):
+        x = (np.asarray(mos, dtype=np.float64) - self.low) / (self.high - self.low)
+        return x if self.higher_is_better else 1.0 - x
+
+    def denormalize(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        x = x if self.higher_is_better else 1.0 - x
+        return x * (self.high - self.low) + self.low
+
+    def to_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "higher_is_better": self.higher_is_better}
+
+
+class MissingFilesError(FileNotFoundError):
+    """Some images listed by a dataset are missing or unreadable; ``.paths`` lists them."""
+
+    def __init__(self, dataset: str, paths: list[str]):
+        self.paths = paths
+        shown = "\n  ".join(paths[:20])
+        more = f"\n  ... and {len(paths) - 20} more" if len(paths) > 20 else ""
+        super().__init__(
+            f"{dataset}: {len(paths)} image file(s) missing or unreadable:\n  {shown}{more}\n"
+            "Pass on_missing='skip' to drop them with a warning."
+        )
+
+
+def check_files(table: pd.DataFrame, dataset: str, on_missing: str = "error") -> pd.DataFrame:
+    """Verify every ``image`` exists and is readable.
+
+    ``on_missing``: 'error' raises :class:`MissingFilesError` listing them, 'skip' drops them
+    with a warning, 'keep' does not look (useful to read the annotations alone).
+    """
+    if on_missing == "keep":
+        return table
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"on_missing must be 'error', 'skip' or 'keep', not {on_missing!r}")
+    bad = [p for p in table["image"] if not (os.path.isfile(p) and os.access(p, os.R_OK))]
+    if not bad:
+        return table
+    if on_missing == "error":
+        raise MissingFilesError(dataset, bad)
+    warnings.warn(f"{dataset}: skipping {len(bad)} missing/unreadable image(s), e.g. {bad[0]}", stacklevel=3)
+    return table[~table["image"].isin(set(bad))].reset_index(drop=True)
+
+
+def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Validate and order columns; make ``image`` absolute (relative to ``root``)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"dataset table lacks column(s) {missing}; has {list(table.columns)}")
+    out = table.copy()
+    if root is not None:
+        base = Path(root)
+        out["image"] = [str(p) if os.path.isabs(str(p)) else str((base / str(p)).resolve()) for p in out["image"]]
+    out["mos"] = pd.to_numeric(out["mos"], errors="raise").astype(float)
+    if out["mos"].isna().any():
+        rows = out.index[out["mos"].isna()].tolist()[:5]
+        raise ValueError(f"dataset table has empty MOS values (rows {rows})")
+    if "mos_std" in out:
+        out["mos_std"] = pd.to_numeric(out["mos_std"], errors="coerce").astype(float)
+    if "category" in out:
+        out["category"] = out["category"].astype("string").str.strip()
+    if out["image"].duplicated().any():
+        dup = out["image"][out["image"].duplicated()].tolist()[:5]
+        raise ValueError(f"dataset table lists the same image twice: {dup}")
+    cols = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in out] + [
+        c for c in out.columns if c not in REQUIRED_COLUMNS and c not in OPTIONAL_COLUMNS
+    ]
+    return out[cols].reset_index(drop=True)

@@ -1,0 +1,152 @@
+"""IQA evaluation metrics as plain functions (the torchmetrics way), checked against scipy.
+
+All take array-likes (numpy, lists, torch tensors) of predictions and targets and return a
+Python float. Inputs that make a metric undefined (different lengths, NaN, fewer than two
+items, a constant vector for a correlation) raise :class:`MetricInputError` instead of
+returning NaN, so a broken evaluation cannot pass for a bad score.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+
+class MetricInputError(ValueError):
+    """The inputs make the metric undefined."""
+
+
+def _as_array(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float64).ravel()
+    if np.isnan(arr).any() or np.isinf(arr).any():
+        raise MetricInputError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _pair(pred, target, min_len: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    p, t = _as_array(pred, "pred"), _as_array(target, "target")
+    if p.shape != t.shape:
+        raise MetricInputError(f"pred has {p.size} values, target has {t.size}: they must match")
+    if p.size < min_len:
+        raise MetricInputError(f"need at least {min_len} values, got {p.size}")
+    return p, t
+
+
+def _check_not_constant(p: np.ndarray, t: np.ndarray, metric: str) -> None:
+    for arr, name in ((p, "pred"), (t, "target")):
+        if np.ptp(arr) == 0:
+            raise MetricInputError(f"{metric} is undefined: {name} is constant ({arr[0]:g})")
+
+
+def logistic_4(x, b1, b2, b3, b4):
+    """VQEG's monotonic 4-parameter logistic used to map objective to subjective scores."""
+    return (b1 - b2) / (1.0 + np.exp(-(x - b3) / (np.abs(b4) + 1e-12))) + b2
+
+
+def logistic_mapping(pred, target) -> np.ndarray:
+    """Fit :func:`logistic_4` from ``pred`` to ``target``; return the mapped predictions.
+
+    Falls back to the identity (with a warning) if the least-squares fit does not converge,
+    so PLCC stays defined; the fit never changes ranks (SROCC/KROCC are unaffected).
+    """
+    p, t = _pair(pred, target, min_len=4)
+    p0 = [t.max(), t.min(), float(np.mean(p)), float(np.std(p)) or 1.0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            params, _ = optimize.curve_fit(logistic_4, p, t, p0=p0, maxfev=20000)
+        mapped = logistic_4(p, *params)
+        if not np.all(np.isfinite(mapped)):
+            raise RuntimeError("non-finite fit")
+        return mapped
+    except (RuntimeError, ValueError):
+        warnings.warn("4-parameter logistic fit did not converge; PLCC computed without it", stacklevel=2)
+        return p
+
+
+def plcc(pred, target, fit_logistic: bool = False) -> float:
+    """Pearson linear correlation; with ``fit_logistic`` after the VQEG 4-parameter mapping."""
+    p, t = _pair(pred, target)
+    _check_not_constant(p, t, "PLCC")
+    if fit_logistic:
+        p = logistic_mapping(p, t)
+        if np.ptp(p) == 0:
+            raise MetricInputError("PLCC is undefined: the logistic fit mapped pred to a constant")
+    return float(stats.pearsonr(p, t)[0])
+
+
+def srocc(pred, target) -> float:
+    """Spearman rank-order correlation."""
+    p, t = _pair(pred, target)
+    _check_not_constant(p, t, "SROCC")
+    return float(stats.spearmanr(p, t)[0])
+
+
+def krocc(pred, target) -> float:
+    """Kendall rank-order correlation (tau-b, ties accounted for)."""
+    p, t = _pair(pred, target)
+    _check_not_constant(p, t, "KROCC")
+    return float(stats.kendalltau(p, t)[0])
+
+
+def rmse(pred, target) -> float:
+    """Root-mean-square error, on whatever scale the inputs are on."""
+    p, t = _pair(pred, target, min_len=1)
+    return float(np.sqrt(np.mean((p - t) ** 2)))
+
+
+def accuracy(pred, target) -> float:
+    """Top-1 accuracy. ``pred`` is either class indices (1-D) or scores/logits (N x C)."""
+    if hasattr(pred, "detach"):
+        pred = pred.detach().cpu().numpy()
+    if hasattr(target, "detach"):
+        target = target.detach().cpu().numpy()
+    pred = np.asarray(pred)
+    t = np.asarray(target).ravel()
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    pred = pred.ravel()
+    if pred.shape != t.shape:
+        raise MetricInputError(f"pred has {pred.size} labels, target has {t.size}: they must match")
+    if pred.size == 0:
+        raise MetricInputError("accuracy of zero items is undefined")
+    return float(np.mean(pred == t))
+
+
+def iqa_metrics(pred, target, fit_logistic: bool = False) -> dict[str, float]:
+    """PLCC, SROCC, KROCC and RMSE in one dict (RMSE on the inputs' own scale)."""
+    return {
+        "plcc": plcc(pred, target, fit_logistic=fit_logistic),
+        "srocc": srocc(pred, target),
+        "krocc": krocc(pred, target),
+        "rmse": rmse(pred, target),
+    }
+
+
+def mean_std(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Aggregate per-split metric dicts into ``{metric: {"mean", "std", "n"}}`` (sample std)."""
+    if not runs:
+        raise MetricInputError("no runs to aggregate")
+    keys: list[str] = []
+    for r in runs:
+        keys += [k for k in r if k not in keys and isinstance(r[k], (int, float)) and not isinstance(r[k], bool)]
+    out = {}
+    for k in keys:
+        vals = np.array([r[k] for r in runs if k in r and r[k] is not None], dtype=np.float64)
+        out[k] = {
+            "mean": float(vals.mean()),
+            "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+            "n": int(vals.size),
+        }
+    return out
+
+
+def format_mean_std(summary: Mapping[str, Mapping[str, float]], keys: Iterable[str] | None = None, digits: int = 3) -> dict[str, str]:
+    """``{"srocc": "0.812 ± 0.021", ...}`` for tables."""
+    keys = list(keys) if keys is not None else list(summary)
+    return {k: f"{summary[k]['mean']:.{digits}f} ± {summary[k]['std']:.{digits}f}" for k in keys if k in summary}
