@@ -53,10 +53,28 @@ def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(
+            f"backbone '{name}': checkpoint {path} is not a state dict (a mapping of names to tensors, "
+            "optionally under 'state_dict' / 'model' / 'model_state_dict')"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     target = model.state_dict()
-    # A classifier of another size (e.g. Places365 vs ImageNet) is dropped, not forced in.
+    # A classifier of another size (e.g. Places365 vs ImageNet) is dropped, not forced in;
+    # any other tensor of the wrong shape means another architecture (or width).
     dropped = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+    trunk_mismatch = [k for k in dropped if not (heads and k.startswith(heads))]
+    if trunk_mismatch:
+        k = trunk_mismatch[0]
+        raise ValueError(
+            f"backbone '{name}': checkpoint {path} does not fit this architecture "
+            f"({len(trunk_mismatch)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} "
+            f"in the file, {tuple(target[k].shape)} in the model)"
+        )
     for k in dropped:
         state.pop(k)
     result = model.load_state_dict(state, strict=False)

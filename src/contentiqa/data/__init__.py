@@ -2,7 +2,7 @@
 from . import loaders as _loaders  # noqa: F401  (registers the dataset loaders)
 from .datasets import IQADataset, dataset_scale, list_datasets, load_dataset, register_dataset
 from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageLoadError, LoadedImage, is_image_file, load_image
-from .splits import PROTOCOLS, Split, compute_si, load_splits, make_split_set, make_splits, save_splits, spatial_information
+from .splits import PROTOCOLS, Split, compute_si, image_keys, image_keys_for, load_splits, make_split_set, make_splits, save_splits, spatial_information
 from .table import MissingFilesError, MOSScale, check_files, standardize_table
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "check_files",
     "compute_si",
     "dataset_scale",
+    "image_keys",
+    "image_keys_for",
     "is_image_file",
     "list_datasets",
     "load_dataset",

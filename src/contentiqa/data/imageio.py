@@ -9,7 +9,9 @@ file name and the problem.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,32 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 
 # Never silently pad truncated files with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+_PIL_LIMIT_USERS = 0
+_PIL_LIMIT_SAVED: int | None = None
+
+
+@contextmanager
+def _pil_pixel_limit_disabled():
+    """Lift PIL's global decompression-bomb limit (``max_pixels`` is checked instead).
+
+    Reference-counted under a lock so that concurrent loads in threads cannot leave the
+    global switched off (a plain save/restore can restore another thread's ``None``)."""
+    global _PIL_LIMIT_USERS, _PIL_LIMIT_SAVED
+    with _PIL_LIMIT_LOCK:
+        if _PIL_LIMIT_USERS == 0:
+            _PIL_LIMIT_SAVED = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _PIL_LIMIT_USERS += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _PIL_LIMIT_USERS -= 1
+            if _PIL_LIMIT_USERS == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
 
 
 class ImageLoadError(ValueError):
@@ -109,19 +137,20 @@ def load_image(
             im = Image.open(p)
     except UnidentifiedImageError:
         raise ImageLoadError(p, "not an image (format not recognised)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(p, f"refused as a possible decompression bomb ({exc})") from None
-    except Image.DecompressionBombWarning:
-        # Our own limit below is the authoritative one; PIL's warning fires at ~89 MP.
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        # Our own limit (max_pixels, checked below from the header alone) is the authoritative
+        # one; PIL warns at ~89 MP and refuses at ~179 MP whatever max_pixels says. Opening
+        # only parses the header, so re-opening without PIL's limit allocates nothing.
         try:
-            im = Image.open(p)
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+            with _pil_pixel_limit_disabled():
+                im = Image.open(p)
+        except OSError as exc:
+            raise ImageLoadError(p, f"cannot open image: {exc}") from None
     except PermissionError:
         raise ImageLoadError(p, "permission denied (file is not readable)") from None
     except OSError as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageLoadError(p, f"truncated or incomplete file: the header is cut short ({exc})") from None
         raise ImageLoadError(p, f"cannot open image: {exc}") from None
 
     with im:
@@ -129,24 +158,25 @@ def load_image(
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(
                 p,
-                f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
-                f"{max_pixels / 1e6:.1f} MP (decompression-bomb guard; raise max_pixels to allow it)",
+                f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of "
+                f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; raise max_pixels to allow it)",
             )
-        n_frames = getattr(im, "n_frames", 1)
+        try:
+            with _pil_pixel_limit_disabled():  # counting frames seeks through them
+                n_frames = getattr(im, "n_frames", 1)
+        except (OSError, EOFError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(p, f"corrupt {im.format} frame data ({exc})") from None
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
             im.seek(0)
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # size already checked against max_pixels
         try:
-            im.load()
+            with _pil_pixel_limit_disabled():  # size already checked against max_pixels
+                im.load()
         except (OSError, SyntaxError, ValueError) as exc:
             msg = str(exc)
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
         try:
             oriented = ImageOps.exif_transpose(im)
         except Exception:  # malformed EXIF must not lose the pixels

@@ -90,7 +90,12 @@ def load_livec(root: Path) -> pd.DataFrame:
     std = loadmat(data / "AllStdDev_release.mat")["AllStdDev_release"].ravel().astype(float)
     if not (len(names) == len(mos) == len(std)):
         raise ValueError(f"livec: {len(names)} names, {len(mos)} MOS, {len(std)} std values in {data}")
-    images = [str(_find_file(root / "Images", n, ("", "trainingImages"))) for n in names]
+    # t1..t7 live in Images/trainingImages/: look there first so that, when missing, the path
+    # reported is where the release puts them.
+    images = [
+        str(_find_file(root / "Images", n, ("trainingImages", "") if re.match(r"t\d+\.", n) else ("", "trainingImages")))
+        for n in names
+    ]
     return pd.DataFrame({"image": images, "mos": mos, "mos_std": std})
 
 
@@ -229,8 +234,8 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     """A generic CSV: ``image,mos[,mos_std][,category][,split]``, image paths relative to the CSV.
 
     The MOS scale is taken from ``mos_range`` when given, else from a ``# mos_range: lo hi``
-    comment on the first line, else guessed from the values: within [1, 5] -> 1-5, within
-    [0, 5] -> 0-5, within [0, 1] -> 0-1, otherwise 0-100.
+    comment on the first line, else guessed from the values: within [0, 1] -> 0-1, within
+    [1, 5] -> 1-5, within [0, 5] -> 0-5, otherwise 0-100.
     """
     path = Path(root)
     if path.is_dir():
@@ -255,12 +260,13 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     if lo_hi is None:
         mos = pd.to_numeric(df["mos"], errors="coerce")
         lo, hi = float(mos.min()), float(mos.max())
-        if lo >= 1 and hi <= 5:
+        # Narrowest range first: values within [0, 1] are also within [0, 5].
+        if lo >= 0 and hi <= 1:
+            lo_hi = (0.0, 1.0)
+        elif lo >= 1 and hi <= 5:
             lo_hi = (1.0, 5.0)
         elif lo >= 0 and hi <= 5:
             lo_hi = (0.0, 5.0)
-        elif lo >= 0 and hi <= 1:
-            lo_hi = (0.0, 1.0)
         else:
             lo_hi = (0.0, 100.0)
     df.attrs["__scale__"] = MOSScale(float(lo_hi[0]), float(lo_hi[1]))

@@ -58,6 +58,11 @@ def image_keys(images: Iterable[str]) -> list[str]:
     return [Path(os.path.relpath(p, common)).as_posix() for p in images]
 
 
+def image_keys_for(table: pd.DataFrame) -> list[str]:
+    """:func:`image_keys` of a dataset table's ``image`` column."""
+    return image_keys(table["image"])
+
+
 @dataclass
 class Split:
     """One partition of a dataset: image keys per part, plus how it was made."""

@@ -7,6 +7,7 @@ returning NaN, so a broken evaluation cannot pass for a bad score.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Iterable, Mapping, Sequence
 
@@ -128,16 +129,23 @@ def iqa_metrics(pred, target, fit_logistic: bool = False) -> dict[str, float]:
     }
 
 
+def _is_number(v) -> bool:
+    """A real scalar (Python, numpy such as ``np.float32``, or a 0-d tensor), not a bool."""
+    if hasattr(v, "detach") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def mean_std(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Aggregate per-split metric dicts into ``{metric: {"mean", "std", "n"}}`` (sample std)."""
     if not runs:
         raise MetricInputError("no runs to aggregate")
     keys: list[str] = []
     for r in runs:
-        keys += [k for k in r if k not in keys and isinstance(r[k], (int, float)) and not isinstance(r[k], bool)]
+        keys += [k for k in r if k not in keys and _is_number(r[k])]
     out = {}
     for k in keys:
-        vals = np.array([r[k] for r in runs if k in r and r[k] is not None], dtype=np.float64)
+        vals = np.array([float(r[k]) for r in runs if k in r and _is_number(r[k])], dtype=np.float64)
         out[k] = {
             "mean": float(vals.mean()),
             "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,

@@ -1,0 +1,35 @@
+"""Models: IQA-CR (and variants), IE-IQA; registry and checkpoints."""
+from . import zoo as _zoo  # noqa: F401  (registers the models)
+from .base import IQA_CR_CATEGORIES, IQAModel, Prediction
+from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa
+from .intelligibility import (
+    IntelligibilityBranch,
+    IntelligibilityWeightsUnavailable,
+    build_intelligibility,
+    train_unrecognizability,
+)
+from .iqa_cr import IQACR, IQACRConfig
+from .registry import create_model, list_models, load_checkpoint, register_model, save_checkpoint
+from .selection import Selection, select_features
+
+__all__ = [
+    "IEIQA",
+    "IEIQAConfig",
+    "IQACR",
+    "IQACRConfig",
+    "IQAModel",
+    "IQA_CR_CATEGORIES",
+    "IntelligibilityBranch",
+    "IntelligibilityWeightsUnavailable",
+    "Prediction",
+    "Selection",
+    "build_ie_iqa",
+    "build_intelligibility",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+    "save_checkpoint",
+    "select_features",
+    "train_unrecognizability",
+]

@@ -1,0 +1,69 @@
+"""Shared plumbing of the benchmarks: where the real data is, the fixed splits, result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / "cache"
+SHARED = Path(os.environ.get("CONTENTIQA_SHARED", ROOT.parent / "shared"))
+CLIVE_CSV = SHARED / "data" / "clive-dev" / "scores.csv"
+
+
+def require_clive() -> Path:
+    if not CLIVE_CSV.is_file():
+        sys.exit(f"benchmark skipped: real CLIVE data not found at {CLIVE_CSV} (set CONTENTIQA_SHARED)")
+    return CLIVE_CSV
+
+
+def clive_splits(protocol: str, seeds, table):
+    """The benchmark splits, made once per protocol and saved beside the results."""
+    from contentiqa.data import load_splits, make_split_set, save_splits
+
+    path = RESULTS / f"splits_clive_{protocol}.json"
+    seeds = list(seeds)
+    if path.is_file():
+        splits = {s.seed: s for s in load_splits(path)}
+        if all(s in splits for s in seeds):
+            return [splits[s] for s in seeds], path
+    splits = make_split_set(table, protocol, seeds=seeds)
+    save_splits(splits, path)
+    return splits, path
+
+
+def provenance() -> dict:
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+
+def write_results(name: str, payload: dict, markdown: str) -> None:
+    from contentiqa.utils.io import atomic_write_text
+
+    payload = {**payload, "provenance": provenance()}
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=1))
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    print(markdown)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

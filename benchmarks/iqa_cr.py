@@ -1,0 +1,149 @@
+"""IQA-CR on real photos: IQA-CR vs IQA-CR-Q vs IQA-CR-C vs the MTL-modified single-task
+baselines vs the floor, on ../shared/data/clive-dev under the IQA-CR split protocol.
+
+    python benchmarks/iqa_cr.py [--seeds 3] [--models iqa-cr,iqa-cr-q,...] [--epochs 30]
+                                [--cache-stages 6] [--ship]
+
+Content labels: CLIVE has none, so the content head trains and is scored against the
+pseudo-labels of `contentiqa label-content` (benchmarks/results/clive_content_labels.csv;
+made here if absent). Each model trains with the same TrainConfig on each seed's train part,
+early-stops on its val part and is measured on its test part. Runs resume: a finished
+(model, seed) is read from benchmarks/runs/ instead of retrained.
+
+--ship then trains the best IQA-CR configuration on all of clive-dev (with 10 % held out
+for early stopping) and writes src/contentiqa/weights/iqa-cr_clive.pt + model card.
+Writes benchmarks/results/iqa_cr.json and iqa_cr.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import CACHE, RESULTS, ROOT, clive_splits, md_table, require_clive, write_results
+
+RUNS = ROOT / "benchmarks" / "runs"
+LABELS = RESULTS / "clive_content_labels.csv"
+MODELS = ["iqa-cr", "iqa-cr-q", "iqa-cr-c", "mtl-transformer", "mtl-pooled"]
+
+
+def labelled_table(csv: Path):
+    """clive-dev with pseudo content labels (made once with `contentiqa label-content`)."""
+    import pandas as pd
+
+    from contentiqa.data import load_dataset
+
+    ds = load_dataset("csv", csv)
+    if not LABELS.is_file():
+        from contentiqa.cli.main import main as cli
+
+        rc = cli(["label-content", str(csv), "--out", str(LABELS), "--quiet"])
+        if rc != 0:
+            raise SystemExit("label-content failed")
+    labels = pd.read_csv(LABELS)
+    labels["image"] = [str((LABELS.parent / p).resolve()) for p in labels["image"]]
+    table = ds.table.drop(columns=[c for c in ("category",) if c in ds.table]).merge(
+        labels[["image", "category", "category_confidence"]], on="image", how="left")
+    if table["category"].isna().any():
+        raise SystemExit(f"{LABELS} lacks labels for {int(table['category'].isna().sum())} images; delete it to relabel")
+    return ds, table
+
+
+def train_one(name: str, seed: int, split, table, scale, train_kw: dict, model_kw: dict, tag: str) -> dict:
+    from contentiqa.models import create_model
+    from contentiqa.training.cache import stage_features
+    from contentiqa.training.config import TrainConfig
+    from contentiqa.training.evaluate import metrics_from_predictions, category_indices
+    from contentiqa.training.trainer import Trainer
+
+    out = RUNS / tag / f"{name}_seed{seed}"
+    done = out / "test_metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test")}
+    model = create_model(name, pretrained=False, **model_kw)
+    cfg = TrainConfig(seed=seed, **train_kw)
+    t0 = time.time()
+    trainer = Trainer(model, parts["train"], parts["val"], scale, cfg, out, progress=False, cache_dir=CACHE)
+    best = trainer.fit(resume=True)
+    train_s = time.time() - t0
+    m = trainer.load_best()
+    # Test on whole images through the cached frozen stages (identical to the image path).
+    trainer.model = m
+    trainer.val_table = parts["test"].reset_index(drop=True)
+    k = cfg.cache_stages
+    trainer.val_feats = stage_features(m.stages, list(parts["test"]["image"]), k, m.mean, m.std, flips=False,
+                                       cache_dir=CACHE, tag=m.cfg.backbone, progress=False) if k else None
+    res = trainer.validate()
+    res.update(seed=seed, best_epoch=best.get("epoch"), val_srocc=best.get("val_srocc"), val_accuracy=best.get("val_accuracy"),
+               epochs_run=len(trainer.history), train_seconds=round(train_s, 1))
+    from contentiqa.utils.io import atomic_write_text
+
+    atomic_write_text(done, json.dumps(res, indent=1))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--cache-stages", type=int, default=6)
+    ap.add_argument("--crop", type=int, default=448)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
+    ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
+    args = ap.parse_args()
+
+    import torch
+
+    from contentiqa.metrics import format_mean_std, mean_std
+
+    csv = require_clive()
+    ds, table = labelled_table(csv)
+    splits, split_file = clive_splits("iqa-cr", range(args.seeds), table)
+    train_kw = dict(epochs=args.epochs, cache_stages=args.cache_stages, crop=args.crop, lr=args.lr,
+                    batch_size=args.batch_size, patience=args.patience)
+    model_kw = json.loads(args.model_args)
+    tag = args.tag or f"iqa_cr_c{args.cache_stages}_e{args.epochs}"
+    results = {}
+    for name in args.models.split(","):
+        runs = []
+        for split in splits:
+            t = time.time()
+            r = train_one(name, split.seed, split, table, ds.scale, train_kw, model_kw, tag)
+            runs.append(r)
+            print(f"{name} seed {split.seed}: test SROCC {r.get('srocc', float('nan')):.3f} PLCC {r.get('plcc', float('nan')):.3f} "
+                  f"acc {r.get('accuracy', float('nan')):.3f} ({time.time() - t:.0f}s)", flush=True)
+        keys = [k for k in ("plcc", "srocc", "krocc", "rmse", "accuracy") if k in runs[0]]
+        results[name] = {"runs": runs, "summary": mean_std([{k: r[k] for k in keys} for r in runs])}
+    floor = json.loads((RESULTS / "floor.json").read_text()) if (RESULTS / "floor.json").is_file() else None
+
+    rows = []
+    for name, res in results.items():
+        f = format_mean_std(res["summary"])
+        rows.append([name, str(len(res["runs"])), f.get("plcc", "–"), f.get("srocc", "–"), f.get("rmse", "–"), f.get("accuracy", "–")])
+    if floor:
+        ff = format_mean_std({k: v for k, v in floor["summary"].items()})
+        rows.append([f"floor (lite0 GAP + ridge, {floor['summary']['srocc']['n']} splits)", str(floor["summary"]["srocc"]["n"]),
+                     ff["plcc"], ff["srocc"], ff["rmse"], "–"])
+    md = (
+        "# IQA-CR on CLIVE (clive-dev, 878 photos, IQA-CR protocol 80/10/10)\n\n"
+        + md_table(["model", "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], rows)
+        + f"\nTest parts of seeds 0..{args.seeds - 1} ({split_file.name}); mean ± std. Backbone efficientnet_lite0 "
+        f"(ImageNet, offline), first {args.cache_stages} stages frozen and cached, later stages fine-tuned; "
+        f"native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr}, batch {args.batch_size}, "
+        f"≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}).\n"
+        f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --cache-stages {args.cache_stages}`\n"
+    )
+    write_results("iqa_cr", {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
+                             "results": results, "threads": torch.get_num_threads()}, md)
+
+
+if __name__ == "__main__":
+    main()

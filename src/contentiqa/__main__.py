@@ -1,0 +1,5 @@
+import sys
+
+from contentiqa.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""A backbone seen as an ordered list of stages, so it can be frozen up to a point, run from
+a cached intermediate feature map, or cut for Grad-CAM.
+
+Supported: timm EfficientNet / MobileNet family (``conv_stem``/``bn1``/``blocks``/
+``conv_head``/``bn2``) and timm ResNets (``conv1``/``bn1``/``act1``/``maxpool``/``layer1..4``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Stem(nn.Module):
+    def __init__(self, *mods: nn.Module):
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+
+    def forward(self, x):
+        for m in self.mods:
+            x = m(x)
+        return x
+
+
+def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's feature extractor as a list of modules applied in order; their
+    composition equals ``backbone.forward_features``."""
+    if hasattr(backbone, "conv_stem") and hasattr(backbone, "blocks"):
+        stages: list[nn.Module] = [Stem(backbone.conv_stem, backbone.bn1)]
+        stages += list(backbone.blocks)
+        if hasattr(backbone, "conv_head") and not isinstance(backbone.conv_head, nn.Identity):
+            stages.append(Stem(backbone.conv_head, backbone.bn2))
+        return stages
+    if hasattr(backbone, "layer4") and hasattr(backbone, "conv1"):
+        stem = Stem(backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool)
+        return [stem, backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    raise TypeError(
+        f"{type(backbone).__name__}: contentiqa knows how to stage EfficientNet/MobileNet and ResNet "
+        "backbones; for others use forward_features only (no partial freezing or feature caching)"
+    )
+
+
+def run_stages(stages: list[nn.Module], x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+    for stage in stages[start:end]:
+        x = stage(x)
+    return x
+
+
+def stage_channels(backbone: nn.Module, stage: int) -> int:
+    """Output channels of ``backbone_stages(backbone)[stage]`` (negative indices allowed)."""
+    stages = backbone_stages(backbone)
+    with torch.no_grad():
+        was = backbone.training
+        backbone.eval()
+        out = run_stages(stages, torch.zeros(1, 3, 64, 64), 0, len(stages) + stage + 1 if stage < 0 else stage + 1)
+        backbone.train(was)
+    return int(out.shape[1])
+
+
+def freeze_stages(backbone: nn.Module, n: int) -> None:
+    """Stop gradients into the first ``n`` stages. (Keeping their BatchNorm in eval mode is
+    the owning model's job, in its ``train()``: see :func:`set_bn_eval`.)"""
+    for stage in backbone_stages(backbone)[:n]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+
+
+def set_bn_eval(module: nn.Module) -> None:
+    """Put every BatchNorm under ``module`` in eval mode (use running statistics). Small
+    batches of a few native-resolution photos give noisy batch statistics, so fine-tuning
+    keeps the ImageNet ones."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

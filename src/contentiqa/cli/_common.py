@@ -1,0 +1,60 @@
+"""Helpers shared by the sub-commands (not a command itself: main.py only imports the
+modules it lists)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .main import UsageError
+
+
+def resolve_device(spec: str) -> torch.device:
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device {spec!r} (use cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {spec!r} requested but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"device {spec!r} requested but MPS is not available here; use --device cpu")
+    return device
+
+
+def looks_like_checkpoint(spec: str) -> bool:
+    return spec.endswith((".pt", ".pth")) or os.sep in spec or (os.altsep or "\0") in spec or Path(spec).is_file()
+
+
+def load_model(spec: str, device: torch.device | str = "cpu"):
+    """A model from a registered name (with its shipped weights) or a checkpoint path.
+
+    Every failure a user can cause (unknown name, missing weights or checkpoint, a file that
+    is no checkpoint) becomes a :class:`UsageError` with a message saying what to do."""
+    from .. import DEFAULT_MODEL
+    from ..models.registry import create_model, list_models, load_checkpoint, model_entry
+
+    if looks_like_checkpoint(spec):
+        try:
+            return load_checkpoint(spec, device)
+        except FileNotFoundError:
+            raise UsageError(f"checkpoint {spec} does not exist") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UsageError(str(exc)) from None
+    if spec not in list_models():
+        raise UsageError(
+            f"unknown model {spec!r}; available: {', '.join(list_models())} (or a checkpoint file .pt)"
+        )
+    try:
+        return create_model(spec, pretrained=True, device=device)
+    except FileNotFoundError:
+        entry = model_entry(spec)
+        which = "the default model" if spec == DEFAULT_MODEL else "model"
+        shipped = list_models(pretrained_only=True)
+        raise UsageError(
+            f"{which} '{spec}' has no trained weights in this install (expected "
+            f"contentiqa/weights/{entry.weights}). Pass a trained checkpoint with --model PATH.pt "
+            f"(e.g. one written by `contentiqa train`)"
+            + (f", or one of the models with shipped weights: {', '.join(shipped)}" if shipped else "")
+            + "."
+        ) from None

@@ -1,0 +1,73 @@
+"""``contentiqa analyze-intelligibility DATA.csv --out DIR``: how intelligibility (an ImageNet
+classifier's top-1 confidence) relates to quality (MOS), as in IE-IQA §3.1 / Fig. 2A-B."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze-intelligibility",
+        help="relate an ImageNet classifier's top-1 confidence to MOS (IE-IQA Fig. 2)",
+        description=(
+            "Compute an ImageNet classifier's top-1 confidence for every image of a dataset "
+            "(resized to 224x224), then the mean confidence per MOS interval and the mean MOS "
+            "per confidence interval (6 equal intervals each), and their Spearman correlation. "
+            "Writes intelligibility.csv, by_mos_bin.csv, by_confidence_bin.csv, summary.json "
+            "and intelligibility.png to --out."
+        ),
+    )
+    p.add_argument("data", help="a CSV of image,mos (paths relative to the CSV), or a dataset root with --dataset")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", default="csv", help="dataset loader for DATA (default: csv)")
+    p.add_argument("--bins", type=int, default=6, help="number of equal intervals (default 6)")
+    p.add_argument(
+        "--confidence-range", choices=("data", "unit"), default="data",
+        help="confidence intervals over [min, max] of the confidences (data, default) or [0, 1] (unit)",
+    )
+    p.add_argument("--backbone", default="efficientnet_lite0", help="ImageNet classifier (default efficientnet_lite0, offline)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--no-plot", action="store_true", help="skip intelligibility.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.intelligibility import analyze_intelligibility, write_intelligibility_analysis
+    from ..data import MissingFilesError, load_dataset
+    from .main import UsageError
+
+    if args.bins < 1:
+        raise UsageError("--bins must be at least 1")
+    data = Path(args.data)
+    if not data.exists():
+        raise UsageError(f"{data} does not exist")
+    try:
+        dataset = load_dataset(args.dataset, data)
+    except (ValueError, MissingFilesError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    result = analyze_intelligibility(
+        dataset,
+        n_bins=args.bins,
+        confidence_range=args.confidence_range,
+        backbone=args.backbone,
+        size=args.image_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    result.summary["source"] = str(data)
+    files = write_intelligibility_analysis(result, args.out, plot=not args.no_plot)
+    s = result.summary
+    print(f"{s['n_scored']} images scored ({s['n_failed']} failed); Spearman(confidence, MOS) = {s['spearman']:.4f}")
+    print("mean top-1 confidence per MOS interval:")
+    for _, r in result.by_mos_bin.iterrows():
+        print(f"  [{r['low']:8.3f}, {r['high']:8.3f}]  n={int(r['count']):5d}  confidence={r['mean_confidence']:.4f}")
+    print("mean MOS per confidence interval:")
+    for _, r in result.by_confidence_bin.iterrows():
+        print(f"  [{r['low']:.4f}, {r['high']:.4f}]  n={int(r['count']):5d}  MOS={r['mean_mos']:.3f}")
+    print("wrote", ", ".join(str(p) for p in files.values()))
+    return 1 if s["n_failed"] else 0

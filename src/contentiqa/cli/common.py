@@ -1,0 +1,63 @@
+"""Pieces shared by the training/evaluation commands: reading a dataset argument and a split."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from .main import UsageError
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset CSV (image,mos[,mos_std][,category][,split]) or a dataset root folder")
+    p.add_argument("--dataset", default=None, help="loader for a root folder: livec, koniq10k, spaq, cid2013, bid (default: csv)")
+    p.add_argument("--skip-missing", action="store_true", help="drop missing/unreadable images with a warning instead of failing")
+
+
+def load_data(args: argparse.Namespace):
+    from ..data import MissingFilesError, load_dataset
+
+    path = Path(args.data)
+    name = args.dataset or "csv"
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    if name == "csv" and path.is_dir():
+        raise UsageError(f"--data {path} is a folder: pass the CSV file, or --dataset NAME for a released layout")
+    try:
+        return load_dataset(name, path, on_missing="skip" if args.skip_missing else "error")
+    except MissingFilesError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read dataset {path}: {exc}") from None
+
+
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default=None, help="split file (from save_splits / a previous run); default: make one")
+    p.add_argument("--split-index", type=int, default=0, help="which split of a multi-split file (default 0)")
+    p.add_argument("--protocol", default="iqa-cr", choices=["iqa-cr", "ie-iqa"], help="protocol when making a split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed when making a split")
+
+
+def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None):
+    """A Split from --split, else from a 'split' column, else made by --protocol and saved."""
+    from ..data import Split, image_keys_for, load_splits, make_splits, save_splits
+
+    if args.split:
+        try:
+            splits = load_splits(args.split)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        if not 0 <= args.split_index < len(splits):
+            raise UsageError(f"--split-index {args.split_index}: {args.split} holds {len(splits)} split(s)")
+        return splits[args.split_index]
+    if "split" in table:
+        keys = image_keys_for(table)
+        parts = {p: [k for k, s in zip(keys, table["split"]) if str(s).strip().lower() == p] for p in ("train", "val", "test")}
+        if not parts["train"]:
+            raise UsageError("the 'split' column marks no row as 'train'")
+        return Split("column", 0, {p: v for p, v in parts.items() if v})
+    split = make_splits(table, args.protocol, seed=args.split_seed, progress=True)
+    if out_dir is not None:
+        save_splits(split, out_dir / "split.json")
+    return split

@@ -1,0 +1,62 @@
+"""``contentiqa evaluate``: PLCC, SROCC, KROCC, RMSE (and top-1 accuracy) of a model on data."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data_args, load_data
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a model against human scores (PLCC/SROCC/KROCC/RMSE, accuracy)",
+        description="Score every image of a dataset (or one part of a split) and compare with its MOS.",
+    )
+    p.add_argument("--model", required=True, help="registered model name (shipped weights) or a checkpoint .pt")
+    add_data_args(p)
+    p.add_argument("--split", default=None, help="split file; evaluate only --part of it")
+    p.add_argument("--split-index", type=int, default=0)
+    p.add_argument("--part", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--predictions", default=None, help="write per-image predictions to this CSV")
+    p.add_argument("--fit-logistic", action="store_true", help="PLCC after the 4-parameter logistic fit")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_splits
+    from ..models import create_model
+    from ..training.evaluate import evaluate_model
+    from ..utils.io import atomic_write_text
+
+    ds = load_data(args)
+    table = ds.table
+    if args.split:
+        try:
+            split = load_splits(args.split)[args.split_index]
+        except (FileNotFoundError, ValueError, IndexError) as exc:
+            raise UsageError(f"--split {args.split}: {exc}") from None
+        table = table.iloc[split.indices(table, args.part)]
+    try:
+        model = create_model(args.model, pretrained=True, device=args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    metrics, preds = evaluate_model(model, table, ds.scale, batch_size=args.batch_size, progress=not args.quiet,
+                                    fit_logistic=args.fit_logistic)
+    metrics = {"model": args.model, "data": str(args.data), **metrics}
+    names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
+    print(f"{args.model} on {args.data} ({int(metrics['n'])} images"
+          f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
+    for key, label in names:
+        if key in metrics:
+            print(f"  {label:10s} {metrics[key]:.4f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(metrics, indent=1))
+    if args.predictions:
+        atomic_write_text(args.predictions, preds.to_csv(index=False))
+    return 1 if metrics.get("n_failed") else 0

@@ -1,0 +1,88 @@
+"""``contentiqa explain IMAGE``: where the model looked for its quality score (and category).
+
+Writes a PNG with the image, the quality heatmap overlay and (for models with a content head)
+the category heatmap overlay side by side, titled with the score and category. Heatmaps:
+Grad-CAM on the base CNN feature map, fused (elementwise product of the normalised maps) with
+the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--map gradcam``
+shows plain Grad-CAM. The model sees the image at native resolution; images above
+--max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),
+while the score and category printed are always those of the full-resolution image.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="heatmaps of where the model looked (Grad-CAM x attention)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
+    p.add_argument("--model", "-m", default=None, help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL)")
+    p.add_argument("--out", "-o", metavar="PNG",
+                   help="output PNG (one IMAGE only; default: <image name>_explain.png in the current folder)")
+    p.add_argument("--target", choices=("quality", "category", "both"), default="both",
+                   help="which heatmap(s) to show (default both; 'category' needs a model with a content head)")
+    p.add_argument("--map", choices=("fused", "gradcam"), default="fused",
+                   help="fused = Grad-CAM x attention rollout (default); gradcam = Grad-CAM alone")
+    p.add_argument("--category", default=None, help="explain this category's logit instead of the predicted one")
+    p.add_argument("--max-pixels", type=float, default=4.0, metavar="MP",
+                   help="explain images above MP megapixels on a downscaled copy (default 4; 0 = never downscale)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import DEFAULT_MODEL
+    from ..data.imageio import ImageLoadError
+    from ..explain import explain
+    from ._common import load_model, resolve_device
+
+    if not args.images:
+        raise UsageError("no IMAGE given")
+    if args.out and len(args.images) > 1:
+        raise UsageError("--out names one file: give one IMAGE (or leave --out out)")
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        raise UsageError(f"--out must be a .png file, not {args.out}")
+    if args.max_pixels < 0:
+        raise UsageError("--max-pixels must be 0 or more")
+    device = resolve_device(args.device)
+    model = load_model(args.model or DEFAULT_MODEL, device)
+    if args.target in ("category", "both") and not model.has_content_head:
+        if args.target == "category":
+            raise UsageError(f"model {model.model_name} has no content head: use --target quality")
+    category = args.category
+    if category is not None:
+        if category not in model.categories:
+            raise UsageError(f"unknown category {category!r}; this model knows: {', '.join(model.categories) or 'none'}")
+    targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[args.target]
+    max_pixels = None if args.max_pixels == 0 else int(args.max_pixels * 1e6)
+
+    failures = 0
+    for image in args.images:
+        try:
+            exp = explain(model, image, targets=targets, category=category, max_pixels=max_pixels)
+        except (ImageLoadError, ValueError, TypeError) as exc:
+            print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+            failures += 1
+            continue
+        out = Path(args.out) if args.out else Path.cwd() / f"{Path(image).stem}_explain.png"
+        try:
+            exp.save_figure(out, target=args.target, which=args.map)
+        except ValueError as exc:
+            print(f"{image}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{image}: {exp.title()}")
+        for note in exp.notes:
+            print(f"  note: {note}")
+        print(f"  wrote {os.fspath(out)}")
+    return 1 if failures else 0

@@ -1,0 +1,26 @@
+"""``contentiqa models`` / ``backbones`` / ``datasets``: what this install offers."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list models (and which have shipped weights)",
+                       description="List registered models, backbones and dataset loaders.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import DEFAULT_MODEL, list_models
+    from ..backbones import list_backbones
+    from ..data import list_datasets
+    from ..models.registry import model_entry, shipped_weights_path
+
+    print("models (* = shipped weights, default marked):")
+    for name in list_models():
+        mark = "*" if shipped_weights_path(name) else " "
+        default = "  [default]" if name == DEFAULT_MODEL else ""
+        print(f" {mark} {name:18s} {model_entry(name).description}{default}")
+    print("backbones with offline ImageNet weights:", ", ".join(list_backbones(pretrained_offline=True)) or "none")
+    print("dataset loaders:", ", ".join(list_datasets()))
+    return 0

@@ -1,0 +1,124 @@
+"""``contentiqa label-content``: fill a dataset CSV's content categories with pseudo-labels.
+
+IQA-CR needs a content category per training image; most IQA datasets have none. This command
+labels them with the offline ImageNet classifier and night cue of
+:mod:`contentiqa.data.content_labels` and writes a dataset CSV that trains as it is, and that a
+person can correct by hand and feed back in (existing categories are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label-content",
+        help="pseudo-label a dataset CSV's content categories (IQA-CR's ten)",
+        description=(
+            "Add category, category_confidence and category_source columns to a dataset CSV, "
+            "labelling each image with an offline ImageNet classifier (classes mapped to IQA-CR's "
+            "categories) and a luminance cue for night scenes. Rows that already have a category "
+            "are kept unless --overwrite. Image paths in the output are relative to its folder."
+        ),
+    )
+    p.add_argument("data", metavar="DATA.csv", help="dataset CSV with an 'image' column (paths relative to the CSV)")
+    p.add_argument("--out", "-o", required=True, metavar="LABELED.csv", help="output CSV")
+    p.add_argument("--overwrite", action="store_true", help="relabel rows that already have a category")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _read_csv(path: Path):
+    """The CSV with every value kept as text (so unrelated columns round-trip unchanged), and
+    its leading ``#`` comment line (e.g. ``# mos_range: 1 5``) if it has one."""
+    import pandas as pd
+
+    text = path.read_text(encoding="utf-8-sig")
+    comment = ""
+    if text.startswith("#"):
+        comment, _, text = text.partition("\n")
+        comment += "\n"
+    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    table.columns = [str(c).strip() for c in table.columns]
+    return table, comment
+
+
+def _relative(path: str, folder: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..data.content_labels import REVIEW_CONFIDENCE, label_table
+    from ..models.base import IQA_CR_CATEGORIES
+    from ..utils.io import atomic_write_text
+
+    src = Path(args.data)
+    if not src.is_file():
+        raise UsageError(f"{src} is not a file")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a CSV file name")
+    try:
+        table, comment = _read_csv(src)
+    except Exception as exc:  # pandas raises several types for malformed CSVs
+        raise UsageError(f"cannot read {src} as CSV: {exc}") from None
+    if "image" not in table.columns:
+        raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
+
+    base = src.resolve().parent
+    absolute = [p if os.path.isabs(p) else str((base / p).resolve()) for p in table["image"]]
+    work = table.copy()
+    work["image"] = absolute
+    labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.quiet)
+
+    out_dir = out.resolve().parent
+    result = table.copy()
+    result["image"] = [_relative(p, out_dir) for p in absolute]
+    result["category"] = labeled["category"].fillna("").astype(str).values
+    result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
+    result["category_source"] = labeled["category_source"].fillna("").astype(str).values
+    atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
+
+    _print_summary(labeled, out, IQA_CR_CATEGORIES, REVIEW_CONFIDENCE)
+    failed = labeled["category_source"].fillna("").str.startswith("error")
+    for reason in labeled.loc[failed, "category_source"]:
+        print(f"failed: {reason.removeprefix('error: ')}", file=sys.stderr)
+    return 1 if failed.any() else 0
+
+
+def _print_summary(labeled, out: Path, categories, review: float) -> None:
+    """Counts and mean confidence per category, so a run's plausibility shows at a glance."""
+    n = len(labeled)
+    print(f"wrote {out} ({n} rows)")
+    print(f"{'category':14s} {'count':>6s} {'share':>7s} {'mean conf':>10s}")
+    cats = labeled["category"]
+    extra = sorted(set(cats.dropna()) - set(categories))
+    for cat in list(categories) + extra:
+        mask = cats == cat
+        k = int(mask.sum())
+        if k == 0:
+            print(f"{cat:14s} {0:6d} {0:7.1%} {'-':>10s}")
+            continue
+        conf = labeled.loc[mask, "category_confidence"].mean()
+        conf_text = f"{conf:.3f}" if conf == conf else "-"
+        print(f"{cat:14s} {k:6d} {k / max(n, 1):7.1%} {conf_text:>10s}")
+    sources = labeled["category_source"].fillna("").map(lambda s: "error" if s.startswith("error") else s)
+    print("sources: " + ", ".join(f"{s} {c}" for s, c in sources.value_counts().items()))
+    conf = labeled["category_confidence"]
+    if conf.notna().any():
+        low = int((conf < review).sum())
+        print(f"mean confidence {conf.mean():.3f}; {low} row(s) below {review} are worth a human look")

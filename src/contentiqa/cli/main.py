@@ -1,0 +1,65 @@
+"""The ``contentiqa`` command. Each sub-command lives in its own module of this package and
+exposes ``add_parser(subparsers)``; the parser it adds sets ``func`` to a callable taking the
+parsed args and returning an exit code (0 all good, 1 some inputs failed, 2 usage error)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Module names under contentiqa.cli, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "score",
+    "explain",
+    "train",
+    "evaluate",
+    "label_content",
+    "analyze",
+    "export",
+    "experiment",
+    "info",
+]
+
+
+class UsageError(Exception):
+    """Raised by commands for bad arguments: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="contentiqa",
+        description="No-reference image quality assessment that understands what the image shows.",
+    )
+    parser.add_argument("--version", action="version", version=f"contentiqa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"contentiqa.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"contentiqa.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"contentiqa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

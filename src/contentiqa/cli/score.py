@@ -1,0 +1,317 @@
+"""``contentiqa score PATH...``: score photos, print a table, write CSV / JSON / JSONL / HTML.
+
+PATHs are image files, folders (their images; with --recursive their subfolders' too) and glob
+patterns (expanded here, like the shell would, so quoted patterns work). Inside folders only
+files with an image extension are taken; a file named explicitly is always attempted. Every
+input gets a row: one that cannot be scored (missing, not an image, truncated, too small, ...)
+gets an error instead of a score, and the rest of the batch goes on.
+
+Exit code: 0 every input scored, 1 some failed (the output still lists every input),
+2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .main import UsageError
+
+EXPLAIN_REPORT_MAX_PIXELS = 1_000_000
+"""Images are explained for the report on a copy of at most this size (the heatmap is shown
+as a thumbnail anyway)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score images (files, folders, globs) and write a table / report",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--model", "-m", default=None,
+                   help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL with its shipped weights)")
+    p.add_argument("--recursive", "-r", action="store_true", help="also take images in subfolders of folder PATHs")
+    p.add_argument("--output", "-o", metavar="FILE", help="write results to FILE.csv, .json, .jsonl or .html (report)")
+    p.add_argument("--batch-size", "-b", type=int, default=8, help="images per forward pass (equal sizes are batched; default 8)")
+    p.add_argument("--workers", "-j", type=int, default=2, help="image-decoding threads (0 = decode in the main thread; default 2)")
+    p.add_argument("--sort", choices=("score", "-score", "path"), help="order of the table and output file (failed inputs last)")
+    p.add_argument("--explain", action="store_true", help="HTML report: add a quality heatmap to each card (see --explain-limit)")
+    p.add_argument("--explain-limit", type=int, default=100, metavar="N",
+                   help="with --explain, heatmaps for the N best-scored images only (default 100; 0 = all)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --output and score only the inputs missing there (failed ones are retried)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--max-pixels", type=float, default=None, metavar="MP",
+                   help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--flush-every", type=int, default=100, metavar="N",
+                   help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its progress")
+    p.add_argument("--thumbnail-size", type=int, default=256, metavar="PX", help="HTML report thumbnail size (default 256)")
+    p.set_defaults(func=run)
+    # Let "--sort -score" through: argparse would take "-score" for an option. It treats
+    # strings its negative-number pattern matches as values ("--sort=-score" always works).
+    matcher = getattr(p, "_negative_number_matcher", None)
+    if matcher is not None:
+        p._negative_number_matcher = re.compile(f"(?:{matcher.pattern})|^-score$")
+
+
+# -- inputs --------------------------------------------------------------------------------
+def path_key(path: str) -> str:
+    """How two spellings of one file are recognised as the same input."""
+    return os.path.normcase(os.path.abspath(os.path.expanduser(path)))
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_folder(folder: str, recursive: bool) -> tuple[list[str], bool]:
+    """Image files in ``folder`` (sorted; hidden files and folders skipped) and whether
+    it has subfolders that were not searched."""
+    from ..data.imageio import is_image_file
+
+    found: list[str] = []
+    skipped_subdirs = False
+    if recursive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            found += [os.path.normpath(os.path.join(root, f)) for f in sorted(files) if not _hidden(f) and is_image_file(f)]
+        return found, False
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if _hidden(e.name):
+            continue
+        if e.is_dir():
+            skipped_subdirs = True
+        elif is_image_file(e.name) and e.is_file():
+            found.append(os.path.normpath(os.path.join(folder, e.name)))
+    return found, skipped_subdirs
+
+
+def collect_inputs(args_paths: list[str], recursive: bool) -> list[tuple[str, str | None]]:
+    """``[(path, error_or_None)]`` in order, duplicates removed. Entries with an error are
+    PATH arguments that yield nothing to score (a glob matching nothing, a folder without
+    images); a path that does not exist is passed on and reported by the image reader."""
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+
+    def add(path: str, error: str | None = None) -> None:
+        k = path_key(path)
+        if k not in seen:
+            seen.add(k)
+            out.append((path, error))
+
+    def expand(arg: str, from_glob: bool) -> None:
+        p = os.path.expanduser(arg)
+        if os.path.isdir(p):
+            files, more = list_folder(p, recursive)
+            if files:
+                for f in files:
+                    add(f)
+            else:
+                hint = " (it has subfolders: add --recursive)" if more else ""
+                add(p, f"folder contains no image files{hint}")
+        elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                add(arg, "no files match this pattern")
+            for m in matches:
+                expand(m, True)
+        else:
+            add(p)  # a file (always attempted) or a missing path (an error row)
+
+    for a in args_paths:
+        expand(a, False)
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------
+def _validate(args: argparse.Namespace) -> str | None:
+    from ..reporting.results import output_format
+
+    if not args.paths:
+        raise UsageError("no PATHs given: name image files, folders or glob patterns to score")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if args.flush_every < 1:
+        raise UsageError("--flush-every must be at least 1")
+    if args.explain_limit < 0:
+        raise UsageError("--explain-limit must be 0 or more")
+    if args.thumbnail_size < 16:
+        raise UsageError("--thumbnail-size must be at least 16")
+    if args.max_pixels is not None and not args.max_pixels > 0:
+        raise UsageError("--max-pixels must be a positive number of megapixels")
+    fmt = None
+    if args.output:
+        try:
+            fmt = output_format(args.output)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if os.path.isdir(args.output):
+            raise UsageError(f"--output {args.output} is a folder; give a file name")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output (the file to resume)")
+    if args.explain and fmt != "html":
+        raise UsageError(
+            "--explain adds heatmaps to the HTML report: use --output REPORT.html "
+            "(or `contentiqa explain IMAGE` for one image)"
+        )
+    return fmt
+
+
+def _heatmaps(model, rows: list[dict], limit: int, size: int, quiet: bool) -> tuple[dict[str, bytes], list[str]]:
+    """Quality heatmap thumbnails for the best ``limit`` scored rows."""
+    from tqdm.auto import tqdm
+
+    from ..explain import explain
+    from ..reporting.html import make_thumbnail, score_higher_is_better
+
+    ok = [r for r in rows if not r.get("error") and r.get("score") is not None]
+    ok.sort(key=lambda r: r["score"], reverse=score_higher_is_better(model))
+    chosen = ok if limit == 0 else ok[:limit]
+    maps: dict[str, bytes] = {}
+    problems: list[str] = []
+    targets = ("quality",) if getattr(getattr(model, "cfg", None), "predicts_score", True) else ("category",)
+    for r in tqdm(chosen, desc="explaining", unit="img", disable=quiet):
+        try:
+            exp = explain(model, r["path"], targets=targets, max_pixels=EXPLAIN_REPORT_MAX_PIXELS, exact_score=False)
+            which = "fused" if exp.fused is not None else "fused_category"
+            maps[r["path"]] = make_thumbnail(exp.overlay(which, max_size=size), size)
+        except Exception as exc:  # a heatmap failure must not lose the report
+            problems.append(f"{r['path']}: no heatmap ({exc})")
+    return maps, problems
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import DEFAULT_MODEL
+    from ..inference.engine import predict_items
+    from ..reporting.html import make_thumbnail, model_info, read_html_thumbnails, write_html_report
+    from ..reporting.results import format_table, read_results, row_from_prediction, row_ok, sort_rows, write_results
+    from ._common import load_model, resolve_device
+
+    fmt = _validate(args)
+    output = Path(args.output) if args.output else None
+
+    existing: list[dict] = []
+    thumbs: dict[str, bytes] = {}
+    if args.resume and output is not None and output.exists():
+        try:
+            existing = read_results(output)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"cannot resume: {exc}") from None
+        if fmt == "html":
+            try:
+                thumbs.update(read_html_thumbnails(output.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                pass
+
+    entries = collect_inputs(args.paths, args.recursive)
+    device = resolve_device(args.device)
+    model_spec = args.model or DEFAULT_MODEL
+    model = load_model(model_spec, device)
+    if args.max_pixels is not None:
+        model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
+    info = model_info(model, model_spec)
+
+    # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
+    input_keys = {path_key(p) for p, _ in entries}
+    done = {path_key(r["path"]) for r in existing if row_ok(r)}
+    kept = [r for r in existing if row_ok(r) or path_key(r["path"]) not in input_keys]
+    todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
+    new_rows: dict[int, dict] = {}
+    for k, p, err in todo:
+        if err is not None:
+            new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None, "error": err, "notes": ""}
+    to_score = [(k, p) for k, p, err in todo if err is None]
+
+    report_notes: list[str] = []
+    if model.max_pixels is not None:
+        report_notes.append(f"images over {model.max_pixels / 1e6:g} MP are refused (decompression-bomb guard)")
+
+    def current_rows() -> list[dict]:
+        return sort_rows(kept + [new_rows[k] for k in sorted(new_rows)], args.sort)
+
+    def save(heatmaps: dict[str, bytes] | None = None, extra_notes: list[str] | None = None) -> None:
+        if output is None:
+            return
+        rows = current_rows()
+        if fmt == "html":
+            notes = report_notes + (extra_notes or [])
+            write_html_report(output, rows, info, thumbs, heatmaps, thumbnail_size=args.thumbnail_size, notes=notes)
+        else:
+            write_results(output, rows, fmt)
+
+    state = {"since": 0, "last": time.monotonic()}
+
+    def on_result(i: int, pred) -> None:
+        new_rows[to_score[i][0]] = row_from_prediction(pred)
+        state["since"] += 1
+        waited = time.monotonic() - state["last"]
+        due = state["since"] >= args.flush_every and (fmt != "html" or waited >= 30.0)
+        if due or waited >= 60.0:
+            save()
+            state["since"], state["last"] = 0, time.monotonic()
+
+    def on_image(i: int, image) -> None:
+        thumbs[to_score[i][1]] = make_thumbnail(image, args.thumbnail_size)
+
+    try:
+        if to_score:
+            predict_items(
+                model,
+                [p for _, p in to_score],
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+                workers=args.workers,
+                on_result=on_result,
+                on_image=on_image if fmt == "html" else None,
+            )
+    except KeyboardInterrupt:
+        save()
+        if output is not None:
+            print(f"interrupted: {len(new_rows)} new result(s) saved in {output}; rerun with --resume to finish",
+                  file=sys.stderr)
+        raise
+
+    heatmaps: dict[str, bytes] | None = None
+    heat_notes: list[str] = []
+    if args.explain:
+        heatmaps, problems = _heatmaps(model, current_rows(), args.explain_limit, args.thumbnail_size, args.quiet)
+        heat_notes.append(
+            f"heatmaps: quality Grad-CAM x spatial attention, for the {len(heatmaps)} best-scored image(s)"
+            f"{'' if args.explain_limit == 0 else f' (limit {args.explain_limit})'}; images over "
+            f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy"
+        )
+        heat_notes += problems
+    save(heatmaps, heat_notes)
+
+    rows = current_rows()
+    mine = [r for r in rows if path_key(r["path"]) in input_keys]
+    failed = [r for r in mine if not row_ok(r)]
+    if args.quiet:
+        for r in failed:
+            print(f"{r['path']}: {r.get('error') or 'no score'}", file=sys.stderr)
+    else:
+        print(format_table(rows))
+        lo, hi = info["score_range"]
+        direction = "higher" if info["higher_is_better"] else "lower"
+        resumed = len(entries) - len(todo)
+        print(
+            f"\n{len(mine) - len(failed)} of {len(mine)} input(s) scored, {len(failed)} failed"
+            + (f" ({resumed} already in {output}, skipped)" if resumed else "")
+            + f"; model {info['name']}" + (f" ({info['checkpoint']})" if info.get("checkpoint") else "")
+            + f"; scores on [{lo:g}, {hi:g}], {direction} is better"
+        )
+        if output is not None:
+            print(f"wrote {output}")
+    return 1 if failed else 0

@@ -1,0 +1,126 @@
+"""``contentiqa train``: train a registered model on a dataset, with checkpoints and resume."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_data_args, add_split_args, load_data, resolve_split
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (IQA-CR, IE-IQA, ...) on a human-rated dataset",
+        description=(
+            "Train a model on a dataset split. Checkpoints go to OUT/last.pt every epoch and "
+            "OUT/best.pt (best validation SROCC); --resume continues an interrupted run exactly. "
+            "A YAML --config may hold `model: NAME`, `model_args: {...}` and `train: {...}` "
+            "(TrainConfig fields); command-line flags override it."
+        ),
+    )
+    p.add_argument("--model", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
+    add_data_args(p)
+    add_split_args(p)
+    p.add_argument("--config", default=None, help="YAML file with model, model_args and train sections")
+    p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--cache-stages", type=int, default=None, help="cache the first N (frozen) backbone stages")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field or model argument (model.KEY=VALUE); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict]:
+    from ..training.config import load_yaml
+
+    model_name, model_args, train_args = "iqa-cr", {}, {}
+    if args.config:
+        try:
+            cfg = load_yaml(args.config)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        unknown = set(cfg) - {"model", "model_args", "train"}
+        if unknown:
+            raise UsageError(f"{args.config}: unknown section(s) {sorted(unknown)}; use model, model_args, train")
+        model_name = cfg.get("model", model_name)
+        model_args = dict(cfg.get("model_args") or {})
+        train_args = dict(cfg.get("train") or {})
+    if args.model:
+        model_name = args.model
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("cache_stages", "cache_stages"),
+                      ("seed", "seed"), ("device", "device")):
+        v = getattr(args, flag)
+        if v is not None:
+            train_args[key] = v
+    for item in args.set:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        if k.startswith("model."):
+            model_args[k[6:]] = _parse_value(v)
+        else:
+            train_args[k] = _parse_value(v)
+    return model_name, model_args, train_args
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import create_model
+    from ..models.registry import model_entry
+    from ..training.config import TrainConfig
+    from ..training.trainer import Trainer
+    from ..utils.io import atomic_write_text
+
+    model_name, model_args, train_args = build_configs(args)
+    try:
+        model_entry(model_name)
+        cfg = TrainConfig.from_dict(train_args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ds = load_data(args)
+    out = Path(args.out or f"runs/{model_name}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume and (out / "split.json").is_file() and not args.split:
+        args.split = str(out / "split.json")
+    split = resolve_split(args, ds.table, out)
+    table = ds.table
+    parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+    if args.resume and (out / "last.pt").is_file():
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
+    try:
+        model = create_model(model_name, pretrained=False, **model_args)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"cannot build {model_name} with {model_args}: {exc}") from None
+    quiet = args.quiet
+    log = (lambda *a, **k: None) if quiet else print
+    log(f"training {model_name} on {len(parts['train'])} images (val {len(parts.get('val', []))}, "
+        f"test {len(parts.get('test', []))}); output {out}")
+    try:
+        trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
+                          cache_dir=out / "cache", log=log)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    best = trainer.fit(resume=args.resume)
+    print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
+    if "test" in parts:
+        from ..training.evaluate import evaluate_model
+
+        m = trainer.load_best()
+        metrics, preds = evaluate_model(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
+        atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
+        print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
+    return 0

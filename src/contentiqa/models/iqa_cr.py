@@ -1,0 +1,309 @@
+"""IQA-CR (You, "Apples and Oranges? Assessing Image Quality over Content Recognition").
+
+Architecture (Fig. 1, §III): base CNN -> 1x1 bottleneck conv to D channels -> adaptive
+average pooling of the feature map to a fixed grid [CH, CW] (the image itself is never
+rescaled) -> learned spatial position embedding (Eq. 1) -> L encoder layers of *sequential
+spatial-channel attention* -> LayerNorm -> mean over tokens -> one linear head of 1 + N units
+(score, N category logits).
+
+One encoder layer, as implemented here (numbers are the paper's equations)::
+
+    Z_sp = Z + SpatialMHA(LN(Z))            # Eq. 2-4, 6: attention among spatial positions,
+                                            #   shared by both tasks
+    Z_CR = Z_sp + MLP_CR(LN(Z_sp))          # Eq. 5 with MLP_CR: the content encoding
+    Z_ch = Z_sp + ChannelMHA(LN(Z_sp))      # Eq. 7: channel attention, quality only
+    Z_QA = Z_ch + MLP_QA(LN(Z_ch))          # Eq. 5 with MLP_QA: the quality encoding
+    Z'   = Z_CR + Z_QA                      # summed, fed to the next layer
+
+What a "channel token" is (Eq. 7) is ambiguous in the text. Two readings are implemented:
+
+- ``channel_attention="tokens"`` (default): the D channels are the tokens, each described by
+  its values over the S = CH*CW positions; attention among the D channel tokens (embedding
+  S). This is the reading of Eq. 7's ``{q_(s,c')}_{c'=1..C}`` as "compare channel c with every
+  other channel c'" at the granularity of whole feature maps, the way SE/CBAM channel attention
+  (the paper's refs [26], [28]) treats a channel as a unit; it costs O(D^2 S), in line with the
+  paper's complexity argument (spatial and channel attention never over S*D tokens).
+- ``channel_attention="axial"``: every point (s, c) of the S x C grid is a token (its scalar
+  value lifted to ``axial_dim`` features); Eq. 6 attends along s for each c and Eq. 7 along c
+  for each s (axial attention). This is the literal per-point reading of Eq. 6-7; the spatial
+  step then also runs per channel.
+
+Variants (Tables I-III): ``iqa-cr`` (both branches, 1 + N outputs), ``iqa-cr-q`` (quality
+branch only: spatial -> channel -> MLP_QA; 1 output), ``iqa-cr-c`` (content branch only:
+spatial -> MLP_CR; N outputs) and the "MTL-modified" single-task baselines
+``mtl-transformer`` (same backbone, plain ViT encoder, 1 + N head) and ``mtl-pooled``
+(pooled backbone features, 1 + N linear head).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import create_backbone
+from ..backbones.stages import backbone_stages, freeze_stages, run_stages, set_bn_eval
+from ..data.table import MOSScale
+from .base import IQA_CR_CATEGORIES, IQAModel, pil_to_tensor
+from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
+
+VARIANTS = ("full", "q", "c", "mtl-transformer", "mtl-pooled")
+
+
+@dataclass
+class IQACRConfig:
+    """Hyper-parameters of IQA-CR; defaults are the paper's (L=2, D=64, H=8, d_f=128)."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_pretrained: bool = True
+    backbone_checkpoint: str | None = None
+    feature_stage: int = -1
+    """Which backbone stage feeds the bottleneck (index into the staged backbone; -1 = last)."""
+    frozen_stages: int = 0
+    """Stages of the backbone (from the input) that get no gradient."""
+    bn_eval: bool = True
+    """Keep backbone BatchNorm statistics fixed while fine-tuning (small native-size batches)."""
+    dim: int = 64
+    depth: int = 2
+    heads: int = 8
+    mlp_dim: int = 128
+    grid: tuple[int, int] = (8, 8)
+    dropout: float = 0.1
+    channel_attention: str = "tokens"
+    channel_heads: int = 4
+    axial_dim: int = 8
+    variant: str = "full"
+    num_categories: int = 10
+    categories: tuple[str, ...] = IQA_CR_CATEGORIES
+    scale: dict = field(default_factory=lambda: {"low": 0.0, "high": 100.0, "higher_is_better": True})
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
+        if self.channel_attention not in ("tokens", "axial"):
+            raise ValueError("channel_attention must be 'tokens' or 'axial'")
+        self.grid = tuple(self.grid)  # type: ignore[assignment]
+        self.categories = tuple(self.categories)
+        if self.variant != "q" and len(self.categories) != self.num_categories:
+            self.num_categories = len(self.categories)
+
+    @property
+    def predicts_score(self) -> bool:
+        return self.variant != "c"
+
+    @property
+    def predicts_category(self) -> bool:
+        return self.variant != "q"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        d["categories"] = list(self.categories)
+        return d
+
+
+class ChannelTokenAttention(nn.Module):
+    """Eq. 7, 'tokens' reading: attention among the D channels, each channel described by its
+    S spatial values."""
+
+    def __init__(self, num_positions: int, heads: int, dropout: float):
+        super().__init__()
+        heads = heads if num_positions % heads == 0 else 1
+        self.norm = nn.LayerNorm(num_positions)
+        self.attn = MultiHeadAttention(num_positions, heads, dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, S, D)
+        t = z.transpose(1, 2)  # (B, D, S): channel tokens
+        return self.attn(self.norm(t)).transpose(1, 2)
+
+
+class AxialAttention(nn.Module):
+    """Eq. 6/7, 'axial' reading: each grid point (s, c) is a token; attend along one axis."""
+
+    def __init__(self, axial_dim: int, heads: int, dropout: float, axis: str):
+        super().__init__()
+        self.axis = axis
+        self.lift = nn.Linear(1, axial_dim)
+        self.attn = MultiHeadAttention(axial_dim, heads if axial_dim % heads == 0 else 1, dropout)
+        self.out = nn.Linear(axial_dim, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, S, D), already normalised
+        t = z.transpose(1, 2) if self.axis == "spatial" else z  # attend along S for each channel
+        e = self.lift(t.unsqueeze(-1))  # (B, rows, n, axial_dim)
+        y = self.out(self.attn(e)).squeeze(-1)
+        return y.transpose(1, 2) if self.axis == "spatial" else y
+
+
+class SpatialChannelLayer(nn.Module):
+    """One encoder layer of sequential spatial-channel attention (see module docstring)."""
+
+    def __init__(self, cfg: IQACRConfig, num_positions: int):
+        super().__init__()
+        d = cfg.dim
+        self.use_cr = cfg.variant in ("full", "c")
+        self.use_qa = cfg.variant in ("full", "q")
+        self.norm_sp = nn.LayerNorm(d)
+        if cfg.channel_attention == "axial":
+            self.spatial = AxialAttention(cfg.axial_dim, cfg.heads, cfg.dropout, axis="spatial")
+        else:
+            self.spatial = MultiHeadAttention(d, cfg.heads, cfg.dropout)
+        if self.use_cr:
+            self.norm_cr = nn.LayerNorm(d)
+            self.mlp_cr = Mlp(d, cfg.mlp_dim, cfg.dropout)
+        if self.use_qa:
+            if cfg.channel_attention == "axial":
+                self.norm_ch = nn.LayerNorm(d)
+                self.channel = AxialAttention(cfg.axial_dim, cfg.heads, cfg.dropout, axis="channel")
+            else:
+                self.norm_ch = nn.Identity()  # ChannelTokenAttention normalises its own tokens
+                self.channel = ChannelTokenAttention(num_positions, cfg.channel_heads, cfg.dropout)
+            self.norm_qa = nn.LayerNorm(d)
+            self.mlp_qa = Mlp(d, cfg.mlp_dim, cfg.dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z_sp = z + self.spatial(self.norm_sp(z))
+        out = 0
+        if self.use_cr:
+            out = out + z_sp + self.mlp_cr(self.norm_cr(z_sp))
+        if self.use_qa:
+            z_ch = z_sp + self.channel(self.norm_ch(z_sp))
+            out = out + z_ch + self.mlp_qa(self.norm_qa(z_ch))
+        return out
+
+    def attention_modules(self) -> list[MultiHeadAttention]:
+        mods = [self.spatial.attn if isinstance(self.spatial, AxialAttention) else self.spatial]
+        return mods
+
+
+class PlainLayer(nn.Module):
+    """A standard pre-norm Transformer layer (for the MTL-modified single-task baseline)."""
+
+    def __init__(self, cfg: IQACRConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.spatial = MultiHeadAttention(cfg.dim, cfg.heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_dim, cfg.dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z + self.spatial(self.norm1(z))
+        return z + self.mlp(self.norm2(z))
+
+    def attention_modules(self) -> list[MultiHeadAttention]:
+        return [self.spatial]
+
+
+class IQACR(IQAModel):
+    """IQA-CR and its variants. Input: a normalised image batch at native resolution."""
+
+    model_name = "iqa-cr"
+
+    def __init__(self, cfg: IQACRConfig | None = None, backbone: nn.Module | None = None):
+        cfg = cfg or IQACRConfig()
+        super().__init__(MOSScale(**cfg.scale), cfg.categories if cfg.predicts_category else ())
+        self.cfg = cfg
+        self.backbone = backbone if backbone is not None else create_backbone(
+            cfg.backbone, pretrained=cfg.backbone_pretrained, checkpoint_path=cfg.backbone_checkpoint
+        )
+        bcfg = self.backbone.contentiqa_cfg
+        self.mean, self.std = bcfg.mean, bcfg.std
+        self.stages = backbone_stages(self.backbone)
+        n_stages = len(self.stages)
+        self.feature_end = n_stages + cfg.feature_stage + 1 if cfg.feature_stage < 0 else cfg.feature_stage + 1
+        if not 0 < self.feature_end <= n_stages:
+            raise ValueError(f"feature_stage {cfg.feature_stage} out of range for {n_stages} stages")
+        # Drop the classifier and stages after the feature stage: they would get no gradient.
+        self.backbone.reset_classifier(0)
+        if self.feature_end < n_stages:
+            for s in self.stages[self.feature_end:]:
+                for p in s.parameters():
+                    p.requires_grad_(False)
+        feat_ch = self._feature_channels()
+        freeze_stages(self.backbone, cfg.frozen_stages)
+        s = cfg.grid[0] * cfg.grid[1]
+        self.bottleneck = nn.Conv2d(feat_ch, cfg.dim, kernel_size=1)
+        if cfg.variant == "mtl-pooled":
+            self.layers = nn.ModuleList()
+            self.pos_embed = None
+            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat_ch, self._n_out()))
+            self.bottleneck = None  # type: ignore[assignment]
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, s, cfg.dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            if cfg.variant == "mtl-transformer":
+                self.layers = nn.ModuleList(PlainLayer(cfg) for _ in range(cfg.depth))
+            else:
+                self.layers = nn.ModuleList(SpatialChannelLayer(cfg, s) for _ in range(cfg.depth))
+            self.norm = nn.LayerNorm(cfg.dim)
+            self.head = nn.Linear(cfg.dim, self._n_out())
+
+    # -- construction helpers ----------------------------------------------------------------
+    def _n_out(self) -> int:
+        return int(self.cfg.predicts_score) + (self.cfg.num_categories if self.cfg.predicts_category else 0)
+
+    def _feature_channels(self) -> int:
+        was = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            c = run_stages(self.stages, torch.zeros(1, 3, 64, 64), 0, self.feature_end).shape[1]
+        self.backbone.train(was)
+        return int(c)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for s in self.stages[: self.cfg.frozen_stages]:
+                s.eval()
+            if self.cfg.bn_eval:
+                set_bn_eval(self.backbone)
+        return self
+
+    # -- IQAModel contract ---------------------------------------------------------------------
+    def preprocess(self, image) -> torch.Tensor:
+        return pil_to_tensor(image, self.mean, self.std)
+
+    def features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
+        """Backbone feature map (B, C, H', W') at the configured stage; ``start_stage`` > 0
+        means ``x`` is already the output of stage ``start_stage - 1`` (cached features)."""
+        return run_stages(self.stages, x, start_stage, self.feature_end)
+
+    def encode(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Feature map -> pooled token representation (B, D) (or (B, C) for mtl-pooled)."""
+        if self.cfg.variant == "mtl-pooled":
+            return fmap.mean(dim=(2, 3))
+        z = adaptive_avg_pool2d_matmul(self.bottleneck(fmap), self.cfg.grid)  # (B, D, CH, CW)
+        z = z.flatten(2).transpose(1, 2) + self.pos_embed  # (B, S, D)
+        for layer in self.layers:
+            z = layer(z)
+        return self.norm(z).mean(dim=1)
+
+    def head_outputs(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.head(pooled)
+        result: dict[str, torch.Tensor] = {}
+        if self.cfg.predicts_score:
+            result["score"] = out[:, 0]
+            out = out[:, 1:]
+        if self.cfg.predicts_category:
+            result["logits"] = out
+        return result
+
+    def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
+        return self.head_outputs(self.encode(self.features(x, start_stage)))
+
+    def attention_layers(self) -> list[MultiHeadAttention]:
+        return [m for layer in self.layers for m in layer.attention_modules()]
+
+    def gradcam_module(self) -> nn.Module:
+        """The module whose output is the base CNN feature map (for Grad-CAM)."""
+        return self.stages[self.feature_end - 1]
+
+
+def build_iqa_cr(variant: str = "full", categories: Sequence[str] | None = None, **kwargs) -> IQACR:
+    cfg_kwargs = dict(kwargs)
+    if categories is not None:
+        cfg_kwargs["categories"] = tuple(categories)
+        cfg_kwargs["num_categories"] = len(categories)
+    backbone = cfg_kwargs.pop("backbone_module", None)
+    return IQACR(IQACRConfig(variant=variant, **cfg_kwargs), backbone=backbone)

@@ -1,0 +1,171 @@
+"""Model registry: ``list_models()``, ``create_model(name, pretrained=...)`` (timm / pyiqa style).
+
+A registered entry point builds a model from keyword arguments. ``pretrained=True`` loads the
+weights shipped inside the package (``contentiqa/weights/<file>``), offline. Checkpoints
+store the model's name and config, so ``create_model("path/to/checkpoint.pt")`` rebuilds
+whatever was trained.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .base import IQAModel
+
+CHECKPOINT_FORMAT = "contentiqa-model/1"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., IQAModel]
+    weights: str | None
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, weights: str | None = None, description: str = "") -> Callable:
+    def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
+        _REGISTRY[name] = ModelEntry(name, fn, weights, description or (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return deco
+
+
+def list_models(pretrained_only: bool = False) -> list[str]:
+    """Registered model names; with ``pretrained_only`` just those with shipped weights."""
+    names = sorted(_REGISTRY)
+    if pretrained_only:
+        names = [n for n in names if shipped_weights_path(n) is not None]
+    return names
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def shipped_weights_path(name: str) -> Path | None:
+    entry = model_entry(name)
+    if entry.weights is None:
+        return None
+    path = Path(str(resources.files("contentiqa") / "weights" / entry.weights))
+    return path if path.is_file() else None
+
+
+def _state_without_base(model: IQAModel, base_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[str]]:
+    state = model.state_dict()
+    if base_state is None:
+        return state, []
+    omitted = [k for k, v in state.items() if k in base_state and base_state[k].shape == v.shape and torch.equal(base_state[k], v)]
+    return {k: v for k, v in state.items() if k not in set(omitted)}, omitted
+
+
+def save_checkpoint(
+    model: IQAModel,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    omit_pretrained_backbone: bool = False,
+    half: bool = False,
+) -> Path:
+    """Write a self-describing checkpoint (name, config, weights, scale, categories).
+
+    ``omit_pretrained_backbone`` leaves out every tensor identical to the pip-installed
+    ImageNet weights (they are re-created at load time), which is how shipped models stay small.
+    ``half`` stores floating tensors as float16 (loaded back as float32).
+    """
+    from ..utils.io import atomic_torch_save
+
+    base = None
+    if omit_pretrained_backbone:
+        fresh = rebuild(model.model_name, model.cfg.to_dict(), pretrained_backbone=True)
+        base = fresh.state_dict()
+    state, omitted = _state_without_base(model, base)
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model.model_name,
+        "config": model.cfg.to_dict(),
+        "state_dict": state,
+        "omitted_from_pretrained": omitted,
+        "scale": model.scale.to_dict(),
+        "categories": list(model.categories),
+        "extra": extra or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def rebuild(model_name: str, config: dict, pretrained_backbone: bool) -> IQAModel:
+    """Construct an untrained model of ``model_name`` from a stored config dict."""
+    entry = model_entry(model_name)
+    cfg = dict(config)
+    for key in ("backbone_pretrained", "distortion_pretrained", "intelligibility_pretrained"):
+        if key in cfg and not pretrained_backbone:
+            cfg[key] = False
+    return entry.builder(**cfg)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> IQAModel:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a contentiqa model checkpoint")
+    omitted = payload.get("omitted_from_pretrained", [])
+    model = rebuild(payload["model_name"], payload["config"], pretrained_backbone=bool(omitted) or True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    result = model.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys) - set(omitted)
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: checkpoint does not match {payload['model_name']} "
+            f"(missing {sorted(missing)[:5]}, unexpected {list(result.unexpected_keys)[:5]})"
+        )
+    model.checkpoint_info = {"path": str(path), **payload.get("extra", {})}
+    return model.to(device).eval()
+
+
+def create_model(
+    name: str,
+    pretrained: bool = True,
+    device: str | torch.device = "cpu",
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs,
+) -> IQAModel:
+    """Build a registered model (or load a checkpoint file given as ``name``).
+
+    ``pretrained=True`` loads the package's shipped weights for ``name`` (offline);
+    ``pretrained=False`` returns an untrained head on an ImageNet backbone (set
+    ``backbone_pretrained=False`` too for a fully random model, e.g. in tests).
+    """
+    if checkpoint_path is None and (str(name).endswith((".pt", ".pth")) or os.sep in str(name)):
+        checkpoint_path, name = name, None  # type: ignore[assignment]
+    if checkpoint_path is not None:
+        return load_checkpoint(checkpoint_path, device)
+    entry = model_entry(name)
+    if pretrained:
+        weights = shipped_weights_path(name)
+        if weights is None:
+            raise FileNotFoundError(
+                f"model '{name}' has no shipped weights in this install "
+                f"(expected contentiqa/weights/{entry.weights}); use pretrained=False to train one, "
+                f"or one of: {', '.join(list_models(pretrained_only=True)) or 'none'}"
+            )
+        if kwargs:
+            raise ValueError(f"pretrained '{name}' takes no architecture arguments (got {sorted(kwargs)})")
+        return load_checkpoint(weights, device)
+    return entry.builder(**kwargs).to(device)

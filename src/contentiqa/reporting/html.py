@@ -1,0 +1,289 @@
+"""A single self-contained HTML report of a scoring run.
+
+Everything is inside the one file: thumbnails are base64 JPEGs (~256 px, so thousands of
+images stay a manageable size), the score histogram is a matplotlib PNG (Agg canvas, no
+pyplot state touched), the category counts are an HTML table with CSS bars. No JavaScript and
+no external assets. The result rows are also embedded as JSON
+(``<script type="application/json" id="contentiqa-results">``), which is what
+``contentiqa score --resume`` reads back from an HTML output.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import os
+import re
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from PIL import Image, ImageOps
+
+from ..utils.io import atomic_write_text
+
+THUMBNAIL_SIZE = 256
+_RESULTS_RE = re.compile(
+    r'<script type="application/json" id="contentiqa-results">(.*?)</script>', re.S
+)
+_THUMB_RE = re.compile(r'<img class="thumb" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+
+
+# -- images -------------------------------------------------------------------------------
+def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE, quality: int = 75) -> bytes:
+    """JPEG bytes of ``image`` shrunk to fit ``size`` x ``size``."""
+    im = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    im.thumbnail((size, size), Image.BILINEAR, reducing_gap=2.0)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def thumbnail_from_file(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, max_pixels: int | None = None) -> bytes | None:
+    """A thumbnail read straight from a file (JPEGs decoded at reduced size), EXIF
+    orientation applied; None if the file cannot be read."""
+    from ..data.imageio import load_image
+
+    try:
+        with Image.open(path) as im:
+            if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                return None
+            if im.format == "JPEG":
+                im.draft("RGB", (size * 2, size * 2))
+                im.load()
+                oriented = ImageOps.exif_transpose(im)
+                return make_thumbnail(oriented.convert("RGB"), size)
+        loaded = load_image(path, max_pixels=max_pixels, min_size=1)
+        return make_thumbnail(loaded.image, size)
+    except Exception:
+        return None
+
+
+def data_uri(jpeg_or_png: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(jpeg_or_png).decode("ascii")
+
+
+def histogram_png(scores: Sequence[float], score_range: tuple[float, float], higher_is_better: bool = True, bins: int = 20) -> bytes:
+    """PNG bytes of a histogram of ``scores`` over the model's range (extended if needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 2.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lo, hi = float(score_range[0]), float(score_range[1])
+    if scores:
+        lo, hi = min(lo, min(scores)), max(hi, max(scores))
+        ax.hist(list(scores), bins=bins, range=(lo, hi), color="#3b7dd8", edgecolor="white")
+    else:
+        ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel(f"predicted score ({'higher' if higher_is_better else 'lower'} is better)")
+    ax.set_ylabel("images")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# -- reading back --------------------------------------------------------------------------
+def read_html_rows(text: str) -> list[dict[str, Any]]:
+    """The result rows embedded in a report written by :func:`render_html_report`."""
+    m = _RESULTS_RE.search(text)
+    if m is None:
+        raise ValueError("not a contentiqa HTML report (no embedded results)")
+    rows = json.loads(m.group(1))
+    if not isinstance(rows, list):
+        raise ValueError("embedded results are not a list")
+    return rows
+
+
+def read_html_thumbnails(text: str) -> dict[str, bytes]:
+    """path -> thumbnail JPEG bytes from a report (so a resumed run need not re-decode)."""
+    return {html.unescape(p): base64.b64decode(b) for p, b in _THUMB_RE.findall(text)}
+
+
+# -- rendering -----------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:1.5em;margin:0 0 4px}h2{font-size:1.15em;margin:28px 0 8px}
+.summary td{padding:2px 12px 2px 0;vertical-align:top}.summary td:first-child{color:#666}
+.row{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}
+table.counts td,table.errors td,table.errors th{padding:2px 10px 2px 0;text-align:left}
+.bar{display:inline-block;height:10px;background:#3b7dd8;border-radius:2px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:14px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;font-size:.85em;
+ content-visibility:auto;contain-intrinsic-size:220px 300px}
+.card img{width:100%;height:auto;display:block;border-radius:3px}
+.card .imgs{display:flex;gap:4px}.card .imgs img{flex:1;min-width:0}
+.score{font-size:1.3em;font-weight:600}.name{word-break:break-all;color:#444}
+.cat{color:#555}.note{color:#8a6d00}.err{color:#b00020;word-break:break-word}
+.muted{color:#777}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def render_html_report(
+    rows: Sequence[Mapping[str, Any]],
+    model_info: Mapping[str, Any],
+    thumbnails: Mapping[str, bytes] | None = None,
+    heatmaps: Mapping[str, bytes] | None = None,
+    title: str = "contentiqa quality report",
+    notes: Sequence[str] = (),
+    heatmap_caption: str = "quality heatmap (Grad-CAM x attention)",
+) -> str:
+    """The report as one HTML string.
+
+    ``model_info``: ``name``, ``score_range`` (low, high), ``higher_is_better``, and optionally
+    ``categories``, ``checkpoint``, ``meaning``. ``thumbnails`` / ``heatmaps``: path -> JPEG
+    bytes. Cards are sorted best first; failed inputs are listed in their own table.
+    """
+    thumbnails = thumbnails or {}
+    heatmaps = heatmaps or {}
+    lo, hi = model_info.get("score_range", (0.0, 100.0))
+    hib = bool(model_info.get("higher_is_better", True))
+    ok = [r for r in rows if not r.get("error") and r.get("score") is not None]
+    bad = [r for r in rows if r.get("error") or r.get("score") is None]
+    ok_sorted = sorted(ok, key=lambda r: r["score"], reverse=hib)
+    scores = [float(r["score"]) for r in ok]
+    meaning = model_info.get(
+        "meaning",
+        "Predicted mean opinion score (MOS): the quality people would rate the photo, on the "
+        "scale of the data the model was trained on.",
+    )
+    out: list[str] = []
+    a = out.append
+    a("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
+    a("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">")
+    a(f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>")
+    a(f"<h1>{_esc(title)}</h1>")
+    a(f"<p class=\"muted\">generated {_esc(_dt.datetime.now().strftime('%Y-%m-%d %H:%M'))} by contentiqa</p>")
+
+    # summary
+    a("<h2>Summary</h2><table class=\"summary\">")
+    a(f"<tr><td>model</td><td>{_esc(model_info.get('name', '?'))}</td></tr>")
+    if model_info.get("checkpoint"):
+        a(f"<tr><td>checkpoint</td><td>{_esc(model_info['checkpoint'])}</td></tr>")
+    a(f"<tr><td>score scale</td><td>{lo:g} to {hi:g}, {'higher' if hib else 'lower'} is better</td></tr>")
+    a(f"<tr><td>meaning</td><td>{_esc(meaning)}</td></tr>")
+    a(f"<tr><td>images</td><td>{len(rows)} inputs: {len(ok)} scored, {len(bad)} failed</td></tr>")
+    if scores:
+        a(
+            f"<tr><td>scores</td><td>min {min(scores):.2f} &middot; median {statistics.median(scores):.2f} "
+            f"&middot; mean {statistics.fmean(scores):.2f} &middot; max {max(scores):.2f}</td></tr>"
+        )
+    for n in notes:
+        a(f"<tr><td>note</td><td>{_esc(n)}</td></tr>")
+    a("</table>")
+
+    # histogram + categories
+    a("<div class=\"row\"><div><h2>Score distribution</h2>")
+    a(f"<img class=\"histogram\" alt=\"score histogram\" src=\"{data_uri(histogram_png(scores, (lo, hi), hib), 'image/png')}\">")
+    a("</div>")
+    cats = [r.get("category") for r in ok if r.get("category")]
+    if cats or model_info.get("categories"):
+        counts: dict[str, int] = {c: 0 for c in model_info.get("categories", [])}
+        for c in cats:
+            counts[c] = counts.get(c, 0) + 1
+        top = max(counts.values()) if counts else 0
+        a("<div><h2>Categories</h2><table class=\"counts\">")
+        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            width = 0 if top == 0 else int(round(160 * n / top))
+            a(f"<tr><td>{_esc(c)}</td><td>{n}</td><td><span class=\"bar\" style=\"width:{width}px\"></span></td></tr>")
+        a("</table></div>")
+    a("</div>")
+
+    # failures
+    if bad:
+        a(f"<h2>Failed inputs ({len(bad)})</h2><table class=\"errors\"><tr><th>path</th><th>error</th></tr>")
+        for r in bad:
+            a(f"<tr><td class=\"name\">{_esc(r.get('path'))}</td><td class=\"err\">{_esc(r.get('error') or 'no score')}</td></tr>")
+        a("</table>")
+
+    # cards
+    a(f"<h2>Images, best first ({len(ok_sorted)})</h2>")
+    if heatmaps:
+        a(f"<p class=\"muted\">Right-hand image: {_esc(heatmap_caption)}; shown for {len(heatmaps)} image(s).</p>")
+    a("<div class=\"grid\">")
+    for rank, r in enumerate(ok_sorted, 1):
+        path = str(r["path"])
+        a(f"<div class=\"card\" id=\"card-{rank}\"><div class=\"imgs\">")
+        thumb = thumbnails.get(path)
+        if thumb is not None:
+            a(f"<img class=\"thumb\" data-path=\"{_esc(path)}\" src=\"{data_uri(thumb)}\" alt=\"{_esc(os.path.basename(path))}\">")
+        else:
+            a("<span class=\"muted\">(no thumbnail)</span>")
+        if path in heatmaps:
+            a(f"<img class=\"heatmap\" src=\"{data_uri(heatmaps[path])}\" alt=\"heatmap\">")
+        a("</div>")
+        a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\">#{rank}</span></div>")
+        if r.get("category"):
+            a(f"<div class=\"cat\">{_esc(r['category'])} ({_fmt(r.get('category_confidence'))})</div>")
+        a(f"<div class=\"name\" title=\"{_esc(path)}\">{_esc(path)}</div>")
+        if r.get("notes"):
+            a(f"<div class=\"note\">{_esc(r['notes'])}</div>")
+        a("</div>")
+    a("</div>")
+
+    payload = json.dumps([dict(r) for r in rows], ensure_ascii=False).replace("<", "\\u003c")
+    a(f"<script type=\"application/json\" id=\"contentiqa-results\">{payload}</script>")
+    a("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_html_report(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    model_info: Mapping[str, Any],
+    thumbnails: Mapping[str, bytes] | None = None,
+    heatmaps: Mapping[str, bytes] | None = None,
+    fill_missing_thumbnails: bool = True,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+    **kwargs: Any,
+) -> Path:
+    """Render and write the report atomically. With ``fill_missing_thumbnails``, scored rows
+    without a thumbnail get one read from their file (``thumbnails`` is updated in place
+    when it is a dict, so periodic rewrites do not decode twice)."""
+    thumbs = thumbnails if isinstance(thumbnails, dict) else dict(thumbnails or {})
+    if fill_missing_thumbnails:
+        for r in rows:
+            p = str(r.get("path"))
+            if not r.get("error") and r.get("score") is not None and p not in thumbs:
+                t = thumbnail_from_file(p, thumbnail_size)
+                if t is not None:
+                    thumbs[p] = t
+    return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs))
+
+
+def score_higher_is_better(model: Any) -> bool:
+    """Direction of the scores a model reports (its MOS scale's, e.g. False for DMOS)."""
+    scale = getattr(model, "scale", None)
+    if scale is not None and hasattr(scale, "higher_is_better"):
+        return bool(scale.higher_is_better)
+    return bool(getattr(model, "higher_is_better", True))
+
+
+def model_info(model: Any, name: str | None = None) -> dict[str, Any]:
+    """The ``model_info`` mapping for a contentiqa model."""
+    lo, hi = model.score_range
+    info: dict[str, Any] = {
+        "name": name or getattr(model, "model_name", type(model).__name__),
+        "score_range": (float(lo), float(hi)),
+        "higher_is_better": score_higher_is_better(model),
+        "categories": list(getattr(model, "categories", [])),
+    }
+    ck = getattr(model, "checkpoint_info", None) or {}
+    if ck.get("path"):
+        info["checkpoint"] = ck["path"]
+        info["name"] = getattr(model, "model_name", None) or info["name"]
+    return info

@@ -1,0 +1,179 @@
+"""Result rows (one per input) and their files: CSV, JSON, JSON Lines and the HTML report.
+
+A row is a dict with the keys of :data:`FIELDS`: ``path``, ``score`` (float on the model's
+MOS scale, or None), ``category``, ``category_confidence``, ``error`` (None when scored) and
+``notes`` (a '; '-joined string). Every write is atomic (temporary file + rename), so a run
+killed mid-write leaves the previous complete file, never a half-written one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..utils.io import atomic_write_text
+
+FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".html": "html", ".htm": "html"}
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """'csv' | 'json' | 'jsonl' | 'html' from the file extension; ValueError otherwise."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise ValueError(f"unsupported output extension {ext or '(none)'!r} for {path}; use one of .csv, .json, .jsonl, .html")
+    return FORMATS[ext]
+
+
+def _num(x: Any, digits: int = 6) -> float | None:
+    if x is None or x == "":
+        return None
+    v = float(x)
+    return None if math.isnan(v) else round(v, digits)
+
+
+def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Coerce a row read from any format (or made from a Prediction) to the canonical types."""
+    out = dict(row)
+    out["path"] = str(row.get("path") or "")
+    out["score"] = _num(row.get("score"))
+    out["category"] = row.get("category") or None
+    out["category_confidence"] = _num(row.get("category_confidence"))
+    out["error"] = row.get("error") or None
+    notes = row.get("notes")
+    out["notes"] = "; ".join(notes) if isinstance(notes, (list, tuple)) else (notes or "")
+    return out
+
+
+def row_from_prediction(pred) -> dict[str, Any]:
+    """A :class:`~contentiqa.models.Prediction` -> row."""
+    return normalize_row(pred.to_dict())
+
+
+def row_ok(row: dict[str, Any]) -> bool:
+    return not row.get("error") and row.get("score") is not None
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FIELDS)
+    for r in rows:
+        w.writerow([_cell(r.get(k)) for k in FIELDS])
+    return buf.getvalue()
+
+
+def _json_row(r: dict[str, Any]) -> dict[str, Any]:
+    extra = {k: v for k, v in r.items() if k not in FIELDS}
+    return {**{k: r.get(k) for k in FIELDS}, **extra}
+
+
+def write_results(path: str | os.PathLike, rows: Sequence[dict[str, Any]], fmt: str | None = None) -> Path:
+    """Write rows as CSV / JSON / JSON Lines (atomically). HTML: see :mod:`.html`."""
+    fmt = fmt or output_format(path)
+    if fmt == "csv":
+        text = rows_to_csv(rows)
+    elif fmt == "json":
+        text = json.dumps([_json_row(r) for r in rows], indent=1, ensure_ascii=False) + "\n"
+    elif fmt == "jsonl":
+        text = "".join(json.dumps(_json_row(r), ensure_ascii=False) + "\n" for r in rows)
+    else:
+        raise ValueError(f"write_results does not write {fmt!r}")
+    return atomic_write_text(path, text)
+
+
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read the rows of a results file written by :func:`write_results` or an HTML report
+    (whose rows are embedded as JSON). Raises ValueError for a file it cannot parse."""
+    fmt = output_format(path)
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if fmt == "csv":
+            reader = csv.DictReader(io.StringIO(text))
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise ValueError("no 'path' column")
+            rows = list(reader)
+        elif fmt == "json":
+            rows = json.loads(text) if text.strip() else []
+            if not isinstance(rows, list):
+                raise ValueError("not a JSON list")
+        elif fmt == "jsonl":
+            rows = []
+            lines = text.splitlines()
+            for k, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if k == len(lines) - 1:  # a torn last line (file appended by another tool)
+                        break
+                    raise
+        else:
+            from .html import read_html_rows
+
+            rows = read_html_rows(text)
+    except (ValueError, KeyError, csv.Error) as exc:
+        raise ValueError(f"cannot read results from {path}: {exc}") from None
+    return [normalize_row(r) for r in rows if isinstance(r, dict) and r.get("path")]
+
+
+def sort_rows(rows: Sequence[dict[str, Any]], order: str | None) -> list[dict[str, Any]]:
+    """``order``: None (as is), 'score' (ascending), '-score' (descending) or 'path'.
+    Failed rows (no score) always come last."""
+    rows = list(rows)
+    if not order:
+        return rows
+    if order == "path":
+        return sorted(rows, key=lambda r: r["path"])
+    if order not in ("score", "-score"):
+        raise ValueError(f"unknown sort order {order!r}")
+    ok = [r for r in rows if r.get("score") is not None]
+    bad = [r for r in rows if r.get("score") is None]
+    ok.sort(key=lambda r: r["score"], reverse=order == "-score")
+    return ok + bad
+
+
+def _shorten(s: str, width: int, keep_end: bool = True) -> str:
+    if len(s) <= width:
+        return s
+    return "..." + s[-(width - 3):] if keep_end else s[: width - 3] + "..."
+
+
+def format_table(rows: Sequence[dict[str, Any]], max_path: int = 60, max_error: int = 70) -> str:
+    """A plain-text table: path, score, category, confidence, error (and notes if any)."""
+    with_notes = any(r.get("notes") for r in rows)
+    header = ["path", "score", "category", "confidence", "error"] + (["notes"] if with_notes else [])
+    body = []
+    for r in rows:
+        cells = [
+            _shorten(r["path"], max_path),
+            "" if r.get("score") is None else f"{r['score']:.2f}",
+            r.get("category") or "",
+            "" if r.get("category_confidence") is None else f"{r['category_confidence']:.2f}",
+            _shorten(r.get("error") or "", max_error, keep_end=False),
+        ]
+        if with_notes:
+            cells.append(r.get("notes") or "")
+        body.append(cells)
+    widths = [max([len(header[i])] + [len(b[i]) for b in body]) for i in range(len(header))]
+    right = {1, 3}
+
+    def fmt(cells):
+        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+
+    lines = [fmt(header), fmt(["-" * w for w in widths])]
+    lines += [fmt(b) for b in body]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Training configuration: one dataclass, loadable from YAML, stored in every checkpoint."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults are the IQA-CR recipe used for the shipped model on CPU."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 3e-4
+    backbone_lr_scale: float = 0.1
+    """Learning rate of pretrained backbone parameters relative to ``lr``."""
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine | none
+    warmup_epochs: float = 1.0
+    patience: int = 8
+    """Early stopping: epochs without a better validation SROCC before stopping (0 = never)."""
+    # loss
+    score_loss: str = "smooth_l1"  # smooth_l1 | mse
+    smooth_l1_beta: float = 0.1
+    focal_gamma: float = 2.0
+    loss_weighting: str = "sum"  # sum | dwa | uncertainty
+    category_weight: float = 0.2
+    """Weight of the focal (content) loss relative to the score loss (``sum`` weighting)."""
+    # data
+    crop: int | None = 448
+    """Random crop side in pixels at native scale (None: whole image). Images smaller than the
+    crop are used whole. Evaluation always sees the whole image."""
+    hflip: bool = True
+    cache_stages: int = 0
+    """Run the first N backbone stages once and cache their outputs (requires those stages
+    frozen and BatchNorm statistics fixed): same gradients, a fraction of the CPU time."""
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    # two-phase schedule (IE-IQA §4.2): train the head alone first, then everything
+    head_only_epochs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data

@@ -1,0 +1,182 @@
+"""Training inputs at native resolution.
+
+Images are never rescaled for IQA-CR: a training sample is a random ``crop`` x ``crop`` window
+of the photo at its own scale (or the whole photo if it is smaller), optionally mirrored.
+Batches are formed from samples of the same shape, so nothing is padded or resized.
+Randomness is drawn from ``(seed, epoch, index)`` so a resumed run sees exactly the batches
+the interrupted one would have.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from ..data.imageio import load_image
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only."""
+    with Image.open(path) as im:
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:
+            orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def effective_shape(h: int, w: int, crop: int | None) -> tuple[int, int]:
+    if crop is None:
+        return h, w
+    return min(h, crop), min(w, crop)
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+class ShapeGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose samples share a shape; order shuffled per (seed, epoch)."""
+
+    def __init__(self, shapes: Sequence[tuple], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        self.shapes = list(shapes)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, s in enumerate(self.shapes):
+            groups[tuple(s)].append(i)
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        batches = []
+        for key in sorted(groups):
+            idx = np.array(groups[key])
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            for start in range(0, len(idx), self.batch_size):
+                b = idx[start:start + self.batch_size].tolist()
+                if self.drop_last and len(b) < self.batch_size and len(idx) >= self.batch_size:
+                    continue
+                batches.append(b)
+        if self.shuffle:
+            order = rng.permutation(len(batches))
+            batches = [batches[i] for i in order]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class TrainImages(Dataset):
+    """Samples for training: (tensor, normalised target, category index).
+
+    ``transform`` overrides the native-scale crop/flip (models with a fixed input size, like
+    IE-IQA, pass their own ``train_transform``).
+    """
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[float], categories: Sequence[int], preprocess,
+                 crop: int | None, hflip: bool, seed: int = 0, train: bool = True, transform=None):
+        self.paths = list(paths)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.categories = np.asarray(categories, dtype=np.int64)
+        self.preprocess = preprocess
+        self.crop = crop if train else None
+        self.hflip = hflip and train
+        self.seed = seed
+        self.epoch = 0
+        self.train = train
+        self.transform = transform if train else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shapes(self) -> list[tuple[int, int]]:
+        if self.transform is not None:
+            return [(0, 0)] * len(self.paths)  # fixed-size transform: one group
+        out = []
+        for p in self.paths:
+            w, h = image_size(p)
+            out.append(effective_shape(h, w, self.crop))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        rng = item_rng(self.seed, self.epoch, i)
+        img = load_image(self.paths[i]).image
+        if self.transform is not None:
+            torch_seed = int(rng.integers(0, 2**31 - 1))
+            state = torch.random.get_rng_state()
+            torch.manual_seed(torch_seed)
+            try:
+                x = self.transform(img)
+            finally:
+                torch.random.set_rng_state(state)
+        else:
+            x = self.preprocess(img)
+            if self.crop is not None:
+                h, w = x.shape[-2:]
+                ch, cw = min(h, self.crop), min(w, self.crop)
+                top = int(rng.integers(0, h - ch + 1))
+                left = int(rng.integers(0, w - cw + 1))
+                x = x[:, top:top + ch, left:left + cw]
+            if self.hflip and rng.random() < 0.5:
+                x = x.flip(-1)
+        return x, torch.tensor(self.targets[i]), torch.tensor(self.categories[i])
+
+
+class CachedFeatures(Dataset):
+    """Samples from cached frozen-stage feature maps (see :mod:`contentiqa.training.cache`).
+
+    Augmentation mirrors the image path: the mirrored copy stands for a flip, and a random
+    window of ``crop_cells`` feature cells stands for a native-scale crop (cells are
+    ``stride`` pixels wide, so the crop is of the same scale, up to the receptive-field
+    border effects of the frozen stages).
+    """
+
+    def __init__(self, features: Sequence[torch.Tensor], targets, categories, crop_cells: int | None,
+                 hflip: bool, seed: int = 0, train: bool = True):
+        self.features = list(features)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.categories = np.asarray(categories, dtype=np.int64)
+        self.crop_cells = crop_cells if train else None
+        self.hflip = hflip and train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return [effective_shape(f.shape[-2], f.shape[-1], self.crop_cells) for f in self.features]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int):
+        rng = item_rng(self.seed, self.epoch, i)
+        f = self.features[i]
+        copy = 1 if (self.hflip and f.shape[0] > 1 and rng.random() < 0.5) else 0
+        x = f[copy].float()
+        if self.crop_cells is not None:
+            h, w = x.shape[-2:]
+            ch, cw = min(h, self.crop_cells), min(w, self.crop_cells)
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            x = x[:, top:top + ch, left:left + cw]
+        return x, torch.tensor(self.targets[i]), torch.tensor(self.categories[i])

@@ -1,0 +1,90 @@
+"""Evaluating a model on a dataset table: predictions and PLCC/SROCC/KROCC/RMSE/accuracy."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.table import MOSScale
+from ..metrics import accuracy, iqa_metrics
+from ..models.base import IQAModel
+
+
+def category_indices(values: Sequence, categories: Sequence[str]) -> np.ndarray:
+    """Category names -> indices into ``categories`` (-1 for missing/unknown)."""
+    pos = {c: i for i, c in enumerate(categories)}
+    out = []
+    for v in values:
+        out.append(-1 if v is None or (not isinstance(v, str) and pd.isna(v)) else pos.get(str(v), -1))
+    return np.asarray(out, dtype=np.int64)
+
+
+def metrics_from_predictions(
+    pred_norm: np.ndarray | None,
+    table: pd.DataFrame,
+    scale: MOSScale,
+    pred_categories: np.ndarray | None = None,
+    categories: Sequence[str] = (),
+    fit_logistic: bool = False,
+) -> dict[str, float]:
+    """Metrics of normalised predictions against ``table`` (whose MOS is on ``scale``).
+
+    RMSE is on the test data's MOS scale: predictions in [0, 1] are mapped onto it, so a model
+    trained on another dataset is compared in the units of this one.
+    """
+    out: dict[str, float] = {"n": float(len(table))}
+    if pred_norm is not None:
+        pred_mos = scale.denormalize(pred_norm)
+        out.update(iqa_metrics(pred_mos, table["mos"].to_numpy(dtype=np.float64), fit_logistic=fit_logistic))
+    if pred_categories is not None and categories and "category" in table:
+        target = category_indices(table["category"], categories)
+        known = target >= 0
+        if known.any():
+            out["accuracy"] = accuracy(pred_categories[known], target[known])
+            out["n_labelled"] = float(known.sum())
+    return out
+
+
+def evaluate_model(
+    model: IQAModel,
+    table: pd.DataFrame,
+    scale: MOSScale | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    fit_logistic: bool = False,
+    workers: int = 2,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Score every image of ``table`` and compare with its MOS (and category, if any).
+
+    Returns (metrics, predictions table with ``image, mos, pred, [category, pred_category,
+    pred_confidence], error``). Images that fail to load are reported, not scored.
+    """
+    from ..inference.engine import predict_items
+
+    scale = scale or model.scale
+    preds = predict_items(model, list(table["image"]), batch_size=batch_size, progress=progress, workers=workers)
+    rows = pd.DataFrame({
+        "image": table["image"].values,
+        "mos": table["mos"].values,
+        "pred": [p.score for p in preds],
+        "error": [p.error for p in preds],
+    })
+    if model.categories:
+        rows["pred_category"] = [p.category for p in preds]
+        rows["pred_confidence"] = [p.category_confidence for p in preds]
+        if "category" in table:
+            rows["category"] = table["category"].values
+    ok = rows["error"].isna().to_numpy()
+    if not ok.any():
+        raise RuntimeError("no image could be scored; first error: " + str(rows["error"].iloc[0]))
+    good = table[ok].reset_index(drop=True)
+    pred_norm = None
+    if model.cfg.__dict__.get("variant", "full") != "c":
+        pred_norm = model.scale.normalize(rows.loc[ok, "pred"].to_numpy(dtype=np.float64))
+    pred_cat = None
+    if model.categories:
+        pred_cat = category_indices(rows.loc[ok, "pred_category"], model.categories)
+    metrics = metrics_from_predictions(pred_norm, good, scale, pred_cat, model.categories, fit_logistic)
+    metrics["n_failed"] = float((~ok).sum())
+    return metrics, rows

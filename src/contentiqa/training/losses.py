@@ -1,0 +1,81 @@
+"""The IQA-CR loss: smooth-L1 on the normalised score + focal loss on categories, summed
+(§III), with the two alternatives the paper tried: dynamic weight average (Liu et al. 2019)
+and homoscedastic uncertainty weighting (Kendall et al. 2018)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.layers import FocalLoss
+
+
+class MultiTaskLoss(nn.Module):
+    def __init__(
+        self,
+        score_loss: str = "smooth_l1",
+        beta: float = 0.1,
+        focal_gamma: float = 2.0,
+        weighting: str = "sum",
+        category_weight: float = 1.0,
+        dwa_temperature: float = 2.0,
+    ):
+        super().__init__()
+        if weighting not in ("sum", "dwa", "uncertainty"):
+            raise ValueError(f"loss weighting must be sum, dwa or uncertainty, not {weighting!r}")
+        if score_loss not in ("smooth_l1", "mse"):
+            raise ValueError(f"score loss must be smooth_l1 or mse, not {score_loss!r}")
+        self.score_loss = score_loss
+        self.beta = beta
+        self.focal = FocalLoss(gamma=focal_gamma, ignore_index=-1)
+        self.weighting = weighting
+        self.category_weight = category_weight
+        self.dwa_temperature = dwa_temperature
+        # uncertainty weighting: log variances, learned with the model
+        self.log_vars = nn.Parameter(torch.zeros(2)) if weighting == "uncertainty" else None
+        self.epoch_losses: list[list[float]] = []  # per-epoch mean task losses (for DWA)
+        self._running = [0.0, 0.0, 0]
+
+    def _score(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.score_loss == "mse":
+            return F.mse_loss(pred, target)
+        return F.smooth_l1_loss(pred, target, beta=self.beta)
+
+    def dwa_weights(self) -> tuple[float, float]:
+        if len(self.epoch_losses) < 2:
+            return 1.0, 1.0
+        (a1, b1), (a0, b0) = self.epoch_losses[-1], self.epoch_losses[-2]
+        r = [a1 / max(a0, 1e-12), b1 / max(b0, 1e-12)]
+        e = [math.exp(x / self.dwa_temperature) for x in r]
+        return 2 * e[0] / sum(e), 2 * e[1] / sum(e)
+
+    def end_epoch(self) -> None:
+        s, c, n = self._running
+        if n:
+            self.epoch_losses.append([s / n, c / n])
+        self._running = [0.0, 0.0, 0]
+
+    def forward(self, out: dict[str, torch.Tensor], target: torch.Tensor, category: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        terms: dict[str, torch.Tensor] = {}
+        if "score" in out:
+            terms["score"] = self._score(out["score"].float(), target.float())
+        if "logits" in out and bool((category >= 0).any()):
+            terms["category"] = self.focal(out["logits"].float(), category)
+        if not terms:
+            raise ValueError("batch gives no loss: the model predicts categories but no item has a category label")
+        ls = terms.get("score", torch.zeros((), device=target.device))
+        lc = terms.get("category", torch.zeros((), device=target.device))
+        if self.weighting == "sum":
+            total = ls + self.category_weight * lc
+        elif self.weighting == "dwa":
+            ws, wc = self.dwa_weights()
+            total = ws * ls + wc * self.category_weight * lc
+        else:
+            lv = self.log_vars
+            total = torch.exp(-lv[0]) * ls + lv[0] * ("score" in terms) + torch.exp(-lv[1]) * self.category_weight * lc + lv[1] * ("category" in terms)
+        self._running[0] += float(ls.detach())
+        self._running[1] += float(lc.detach())
+        self._running[2] += 1
+        return total, {k: float(v.detach()) for k, v in terms.items()}

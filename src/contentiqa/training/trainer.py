@@ -1,0 +1,358 @@
+"""The training loop: early stopping on validation SROCC, a checkpoint every epoch, exact resume.
+
+Output folder layout::
+
+    out_dir/last.pt        trainer state (model, optimizer, scheduler, epoch, history), every epoch
+    out_dir/best.pt        model checkpoint (contentiqa format) of the best validation epoch
+    out_dir/metrics.jsonl  one line per epoch: losses, validation metrics, learning rate, time
+    out_dir/config.json    model + training configuration
+
+``resume=True`` continues from ``last.pt``: data order, crops and dropout are drawn from
+``(seed, epoch)``, so the resumed run reproduces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.table import MOSScale
+from ..models.base import IQAModel
+from ..models.registry import save_checkpoint
+from ..utils.io import atomic_torch_save, atomic_write_text
+from .config import TrainConfig
+from .data import CachedFeatures, ShapeGroupedBatchSampler, TrainImages
+from .evaluate import category_indices, metrics_from_predictions
+from .losses import MultiTaskLoss
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _collate(batch):
+    xs, ts, cs = zip(*batch)
+    return torch.stack(xs), torch.stack(ts), torch.stack(cs)
+
+
+class Trainer:
+    """Train ``model`` on ``train_table`` (validating on ``val_table`` if given)."""
+
+    def __init__(
+        self,
+        model: IQAModel,
+        train_table: pd.DataFrame,
+        val_table: pd.DataFrame | None,
+        scale: MOSScale,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        progress: bool = True,
+        cache_dir: str | Path | None = None,
+        log=print,
+    ):
+        self.model = model
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.log = log
+        self.cache_dir = cache_dir
+        self.train_table = train_table.reset_index(drop=True)
+        self.val_table = val_table.reset_index(drop=True) if val_table is not None and len(val_table) else None
+        self.scale = scale
+        # The model learns this dataset's scale: predictions map back to its MOS units.
+        model.scale = scale
+        if hasattr(model, "cfg") and hasattr(model.cfg, "scale"):
+            model.cfg.scale = scale.to_dict()
+        self.device = torch.device(cfg.device)
+        model.to(self.device)
+        self.has_score = "score" in self._probe_outputs()
+        self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight).to(self.device)
+        self._check_labels()
+        self.start_stage = 0
+        self._build_data()
+        self.optimizer = self._build_optimizer()
+        steps = max(1, len(self.train_loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(steps))
+        self.epoch = 0
+        self.best: dict[str, Any] | None = None
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _probe_outputs(self) -> dict:
+        cfg = getattr(self.model, "cfg", None)
+        variant = getattr(cfg, "variant", "full")
+        keys = {}
+        if variant != "c":
+            keys["score"] = True
+        if self.model.categories:
+            keys["logits"] = True
+        return keys
+
+    def _check_labels(self) -> None:
+        cats = self.model.categories
+        if not cats:
+            return
+        if "category" not in self.train_table or category_indices(self.train_table["category"], cats).max() < 0:
+            raise ValueError(
+                f"model '{self.model.model_name}' has a content head but the training data has no "
+                f"'category' column with any of {list(cats)}. Label it first: "
+                "`contentiqa label-content DATA.csv --out LABELED.csv`"
+            )
+
+    def _targets(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        t = self.scale.normalize(table["mos"].to_numpy(dtype=np.float64))
+        c = category_indices(table["category"], self.model.categories) if "category" in table and self.model.categories else np.full(len(table), -1)
+        return t, c
+
+    def _build_data(self) -> None:
+        cfg, model = self.cfg, self.model
+        t_tr, c_tr = self._targets(self.train_table)
+        if cfg.cache_stages:
+            self._setup_cache(t_tr, c_tr)
+        else:
+            transform = getattr(model, "train_transform", None) if not model.native_resolution else None
+            self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
+                                        seed=cfg.seed, train=True, transform=transform)
+            self.val_feats = None
+        self.sampler = ShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, shuffle=True, seed=cfg.seed)
+        self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
+                                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+
+    def _setup_cache(self, t_tr, c_tr) -> None:
+        from ..backbones.stages import freeze_stages
+        from .cache import stage_features
+
+        cfg, model = self.cfg, self.model
+        if not hasattr(model, "features") or not hasattr(model, "stages"):
+            raise ValueError(f"cache_stages needs a staged model (IQA-CR family); {model.model_name} is not")
+        k = cfg.cache_stages
+        if k >= model.feature_end + 1:
+            raise ValueError(f"cache_stages={k} exceeds the model's {model.feature_end} feature stages")
+        if not model.cfg.bn_eval:
+            raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
+        if model.cfg.frozen_stages < k:
+            model.cfg.frozen_stages = k
+            freeze_stages(model.backbone, k)
+        tag = f"{model.cfg.backbone}"
+        mean, std = model.mean, model.std
+        feats = stage_features(model.stages, list(self.train_table["image"]), k, mean, std, flips=cfg.hflip,
+                               cache_dir=self.cache_dir, tag=tag, progress=self.progress)
+        # Stride of the cached map, to express the pixel crop in feature cells.
+        from .data import image_size
+
+        w0, h0 = image_size(self.train_table["image"].iloc[0])
+        stride = h0 / feats[0].shape[-2]
+        cells = None if cfg.crop is None else max(1, int(round(cfg.crop / stride)))
+        self.train_ds = CachedFeatures(feats, t_tr, c_tr, cells, cfg.hflip, seed=cfg.seed, train=True)
+        self.start_stage = k
+        self.val_feats = None
+        if self.val_table is not None:
+            vf = stage_features(model.stages, list(self.val_table["image"]), k, mean, std, flips=False,
+                                cache_dir=self.cache_dir, tag=tag, progress=self.progress)
+            self.val_feats = vf
+
+    def _param_groups(self) -> list[dict]:
+        model = self.model
+        if hasattr(model, "head_parameters") and hasattr(model, "distortion_parameters"):
+            backbone = [p for p in model.distortion_parameters() if p.requires_grad]
+            head = [p for p in model.head_parameters() if p.requires_grad]
+        else:
+            bb_ids = {id(p) for p in model.backbone.parameters()} if hasattr(model, "backbone") else set()
+            backbone = [p for p in model.parameters() if p.requires_grad and id(p) in bb_ids]
+            head = [p for p in model.parameters() if p.requires_grad and id(p) not in bb_ids]
+        head += [p for p in self.loss_fn.parameters()]
+        groups = [{"params": head, "lr": self.cfg.lr, "name": "head"}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.cfg.lr * self.cfg.backbone_lr_scale, "name": "backbone"})
+        return groups
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        groups = self._param_groups()
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+        raise ValueError(f"optimizer must be adamw or sgd, not {self.cfg.optimizer!r}")
+
+    def _lr_lambdas(self, steps_per_epoch: int):
+        cfg = self.cfg
+        total = cfg.epochs * steps_per_epoch
+
+        def make(start_epoch: int):
+            start = start_epoch * steps_per_epoch
+            warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+            def f(step: int) -> float:
+                if step < start:
+                    return 0.0
+                s = step - start
+                if s < warm:
+                    return (s + 1) / warm
+                if cfg.scheduler == "none":
+                    return 1.0
+                span = max(1, total - start - warm)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / span)))
+
+            return f
+
+        # The backbone group waits for the head-only phase (IE-IQA: FC layers first, then the
+        # distortion backbone with warm-up).
+        return [make(0 if g.get("name") == "head" else cfg.head_only_epochs) for g in self.optimizer.param_groups]
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.start_stage:
+            return self.model(x, start_stage=self.start_stage)
+        return self.model(x)
+
+    @torch.inference_mode()
+    def predict_val(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Normalised score predictions (and category indices) on the validation table."""
+        from ..inference.engine import predict_items
+
+        self.model.eval()
+        if self.val_feats is not None:
+            scores, cats = [], []
+            for f in self.val_feats:
+                out = self._forward(f[:1].float().to(self.device))
+                if "score" in out:
+                    scores.append(float(out["score"][0]))
+                if "logits" in out:
+                    cats.append(int(out["logits"][0].argmax()))
+            s = np.array(scores) if scores else None
+            c = np.array(cats) if cats else None
+        else:
+            preds = predict_items(self.model, list(self.val_table["image"]), batch_size=self.cfg.batch_size, workers=0)
+            bad = [p for p in preds if p.error]
+            if bad:
+                raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")
+            s = self.model.scale.normalize([p.score for p in preds]) if self.has_score else None
+            c = category_indices([p.category for p in preds], self.model.categories) if self.model.categories else None
+        return s, c
+
+    def validate(self) -> dict[str, float]:
+        s, c = self.predict_val()
+        return metrics_from_predictions(s, self.val_table, self.scale, c, self.model.categories)
+
+    def _monitor(self, metrics: dict[str, float]) -> float:
+        return metrics.get("srocc", metrics.get("accuracy", float("nan")))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        torch.manual_seed(self.cfg.seed * 100003 + epoch)  # dropout stream, reproducible on resume
+        self.sampler.set_epoch(epoch)
+        self.train_ds.set_epoch(epoch)
+        totals: dict[str, float] = {"loss": 0.0}
+        n = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
+        for x, t, c in bar:
+            x, t, c = x.to(self.device), t.to(self.device), c.to(self.device)
+            out = self._forward(x)
+            loss, parts = self.loss_fn(out, t, c)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            totals["loss"] += float(loss.detach()) * len(x)
+            for k, v in parts.items():
+                totals[f"loss_{k}"] = totals.get(f"loss_{k}", 0.0) + v * len(x)
+            n += len(x)
+            bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
+        self.loss_fn.end_epoch()
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model_state": self.model.state_dict(),
+            "model_name": self.model.model_name,
+            "model_config": self.model.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loss_state": {"state": self.loss_fn.state_dict(), "epoch_losses": self.loss_fn.epoch_losses},
+            "epoch": self.epoch,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "train_config": self.cfg.to_dict(),
+        }
+
+    def load_state(self, path: Path) -> None:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        if st.get("model_name") != self.model.model_name:
+            raise ValueError(f"{path} is a {st.get('model_name')} run, not {self.model.model_name}")
+        self.model.load_state_dict(st["model_state"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.loss_fn.load_state_dict(st["loss_state"]["state"])
+        self.loss_fn.epoch_losses = st["loss_state"]["epoch_losses"]
+        self.epoch = st["epoch"]
+        self.best = st["best"]
+        self.bad_epochs = st["bad_epochs"]
+        self.history = st["history"]
+
+    def _write_logs(self) -> None:
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``epochs`` or early stopping; returns the best epoch's record."""
+        cfg = self.cfg
+        last = self.out / "last.pt"
+        if resume and last.is_file():
+            self.load_state(last)
+            self.log(f"resumed from {last} after epoch {self.epoch}")
+        elif resume:
+            self.log(f"--resume: no {last} yet, starting fresh")
+        atomic_write_text(self.out / "config.json", json.dumps(
+            {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict()}, indent=1))
+        finished = self.best is not None and self.history and self.history[-1].get("stopped")
+        while self.epoch < cfg.epochs and not finished:
+            t0 = time.time()
+            record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            if self.val_table is not None:
+                record.update({f"val_{k}": v for k, v in self.validate().items()})
+                score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
+            else:
+                score = -record["loss"]
+            record["time_s"] = round(time.time() - t0, 2)
+            improved = self.best is None or score > self.best["monitor"]
+            if improved:
+                self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
+                self.bad_epochs = 0
+                save_checkpoint(self.model, self.out / "best.pt", extra={"train_config": cfg.to_dict(), "val": record})
+            else:
+                self.bad_epochs += 1
+            self.epoch += 1
+            stop = cfg.patience and self.bad_epochs >= cfg.patience
+            record["stopped"] = bool(stop)
+            self.history.append(record)
+            atomic_torch_save(self.state(), last)
+            self._write_logs()
+            msg = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k.startswith(("loss", "val_srocc", "val_plcc", "val_acc")))
+            self.log(f"epoch {record['epoch']}: {msg} ({record['time_s']}s){' *' if improved else ''}")
+            if stop:
+                self.log(f"early stop: no better validation score for {cfg.patience} epochs")
+                break
+        return self.best or {}
+
+    def load_best(self) -> IQAModel:
+        """The model with the best epoch's weights (re-read from best.pt)."""
+        from ..models.registry import load_checkpoint
+
+        return load_checkpoint(self.out / "best.pt", self.device)

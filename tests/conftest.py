@@ -1,0 +1,63 @@
+"""Shared fixtures for contentiqa's tests.
+
+Real data (the LIVE Challenge copies) lives in ``<repo>/../shared/data``; point the environment
+variable ``CONTENTIQA_SHARED`` at another ``shared`` folder to use a copy elsewhere. Tests that
+need it are marked ``@pytest.mark.shared`` and skip, saying where they looked, when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO_ROOT / "examples" / "images"
+
+
+def shared_root() -> Path:
+    env = os.environ.get("CONTENTIQA_SHARED")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``<shared>/data``; skips the test (naming the path) when it is absent."""
+    data = shared_root() / "data"
+    if not data.is_dir():
+        pytest.skip(f"shared data not found at {data} (set CONTENTIQA_SHARED to the 'shared' folder)")
+    return data
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    if not EXAMPLES_DIR.is_dir():
+        pytest.skip(f"example images not found at {EXAMPLES_DIR}")
+    return EXAMPLES_DIR
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """An ``h x w x 3`` uint8 array of random pixels."""
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def write_image(path: Path, h: int = 40, w: int = 48, seed: int = 0, fmt: str | None = None) -> Path:
+    """Write a small random RGB image (format from the suffix unless ``fmt``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(random_rgb(h, w, seed)).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def make_image():
+    """``make_image(path, h=40, w=48, seed=0)`` writes a tiny random RGB image and returns its path."""
+    return write_image

@@ -1,0 +1,302 @@
+"""Content pseudo-labels: the ImageNet -> IQA-CR mapping table, the classifier-based labeller
+with its night cue, table filling with overwrite semantics, and the ``label-content`` CLI."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from contentiqa.cli.main import main as cli_main
+from contentiqa.data.content_labels import (
+    DEFAULT_NIGHT_CUE,
+    OBJECT_CATEGORIES,
+    SPAQ_TO_IQA_CR,
+    NightCue,
+    imagenet_to_category_table,
+    label_images,
+    label_table,
+    normalize_category,
+)
+from contentiqa.models.base import IQA_CR_CATEGORIES
+
+from conftest import REPO_ROOT, write_image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TOOL = REPO_ROOT / "tools" / "make_imagenet_categories.py"
+
+
+# ---------------------------------------------------------------------------------- mapping
+
+
+def test_mapping_table_covers_every_class_with_a_valid_category():
+    t = imagenet_to_category_table()
+    assert list(t.columns) == ["index", "synset", "name", "category", "rule"]
+    assert list(t["index"]) == list(range(1000))
+    assert t["synset"].str.fullmatch(r"n\d{8}").all()
+    assert set(t["category"]) <= set(IQA_CR_CATEGORIES) - {"night scene"}
+    assert set(t["category"]) == set(OBJECT_CATEGORIES)  # every object category is reachable
+    assert (t.loc[:397, "category"] == "animal").all()
+    assert t["rule"].str.len().gt(0).all()
+
+
+@pytest.mark.parametrize(
+    "index, name, category",
+    [
+        (0, "tench", "animal"),
+        (281, "tabby", "animal"),
+        (393, "anemone fish", "animal"),
+        (397, "puffer", "animal"),
+        (817, "sports car", "vehicle"),
+        (404, "airliner", "vehicle"),
+        (779, "school bus", "vehicle"),
+        (475, "car mirror", "vehicle"),  # override: part of a car
+        (985, "daisy", "plant"),
+        (949, "strawberry", "plant"),
+        (992, "agaric", "plant"),
+        (980, "volcano", "landscape"),
+        (978, "seashore", "landscape"),
+        (983, "scuba diver", "human"),
+        (834, "suit", "human"),
+        (837, "sunglasses", "human"),
+        (532, "dining table", "indoor scene"),
+        (453, "bookcase", "indoor scene"),
+        (624, "library", "indoor scene"),
+        (497, "church", "cityscape"),
+        (919, "street sign", "cityscape"),
+        (920, "traffic light", "cityscape"),
+        (704, "parking meter", "cityscape"),
+        (402, "acoustic guitar", "artifact"),
+        (963, "pizza", "artifact"),
+        (916, "web site", "others"),
+    ],
+)
+def test_mapping_spot_checks(index, name, category):
+    row = imagenet_to_category_table().iloc[index]
+    assert row["name"] == name
+    assert row["category"] == category, row["rule"]
+
+
+def test_mapping_table_is_what_the_generator_produces():
+    """The committed CSV must match tools/make_imagenet_categories.py (needs WordNet 3.0 data)."""
+    spec = importlib.util.spec_from_file_location("make_imagenet_categories", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    try:
+        folder = tool.find_wordnet(None)
+    except SystemExit as exc:
+        pytest.skip(str(exc))
+    rows = tool.build_rows(tool.WordNetNouns(folder))
+    committed = (REPO_ROOT / "src" / "contentiqa" / "resources" / "imagenet_categories.csv").read_text(encoding="utf-8")
+    assert tool.render(rows) == committed
+
+
+def test_normalize_category_spaq_and_iqa_cr_spellings():
+    assert normalize_category("Still-life") == "artifact"
+    assert normalize_category("Indoor scene") == "indoor scene"
+    assert normalize_category("night_scene") == "night scene"
+    assert normalize_category(" vehicle ") == "vehicle"
+    assert normalize_category("") is None and normalize_category(None) is None and normalize_category(np.nan) is None
+    assert normalize_category("spaceship") == "spaceship"  # unknown labels are kept, not guessed
+    assert set(SPAQ_TO_IQA_CR.values()) <= set(IQA_CR_CATEGORIES)
+
+
+def test_night_cue_rules_and_confidence():
+    cue = NightCue()
+    assert cue.fires(mean_y=20, highlight_fraction=1e-3, top_y=10)
+    assert not cue.fires(mean_y=20, highlight_fraction=0.0, top_y=10)  # no light source: dim room
+    assert not cue.fires(mean_y=40, highlight_fraction=1e-2, top_y=120)  # bright sky: underexposed day
+    assert not cue.fires(mean_y=100, highlight_fraction=1e-2, top_y=10)
+    assert cue.confidence(cue.max_mean_luminance) == pytest.approx(0.5)
+    assert cue.confidence(cue.full_confidence_luminance) == pytest.approx(1.0)
+    assert cue.confidence(0.0) == 1.0
+    assert cue.confidence(20) > cue.confidence(40)
+
+
+# ---------------------------------------------------------------------------------- labeller
+
+
+def _night_image(path: Path) -> Path:
+    """A black scene with a few small lights: what a photo of a street at night looks like."""
+    a = np.full((240, 320, 3), 8, np.uint8)
+    for x, y in [(40, 150), (120, 160), (200, 140), (280, 170)]:
+        a[y:y + 4, x:x + 4] = 255
+    Image.fromarray(a).save(path)
+    return path
+
+
+def _underexposed_day(path: Path) -> Path:
+    """Dark ground under a bright sky: dark on average, but not night."""
+    a = np.full((240, 320, 3), 10, np.uint8)
+    a[:80] = 240
+    Image.fromarray(a).save(path)
+    return path
+
+
+def test_night_cue_on_generated_images(tmp_path):
+    night = _night_image(tmp_path / "night.png")
+    dim = tmp_path / "dim.png"
+    Image.fromarray(np.full((200, 200, 3), 30, np.uint8)).save(dim)  # dark, no light source
+    day = _underexposed_day(tmp_path / "day.png")
+    df = label_images([night, dim, day], progress=False)
+    assert list(df["image"]) == [str(night), str(dim), str(day)]
+    r = df.iloc[0]
+    assert r["category"] == "night scene" and r["category_source"] == "night-cue"
+    assert r["mean_luminance"] < DEFAULT_NIGHT_CUE.max_mean_luminance
+    assert r["category_confidence"] == pytest.approx(DEFAULT_NIGHT_CUE.confidence(r["mean_luminance"]))
+    assert r["object_category"] in OBJECT_CATEGORIES  # the classifier's answer is still there
+    assert df.iloc[1]["category"] != "night scene" and df.iloc[2]["category"] != "night scene"
+    off = label_images([night], progress=False, night_cue=None)
+    assert off.iloc[0]["category"] != "night scene"
+
+
+def test_category_probabilities_form_a_distribution(tmp_path):
+    paths = [write_image(tmp_path / f"r{i}.png", 64, 80, seed=i) for i in range(3)]
+    df = label_images(paths, progress=False, probabilities=True, night_cue=None)
+    p = df[[f"p_{c}" for c in OBJECT_CATEGORIES]].to_numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (p >= 0).all()
+    best = np.array(OBJECT_CATEGORIES)[p.argmax(axis=1)]
+    assert list(df["category"]) == list(best)
+    np.testing.assert_allclose(df["category_confidence"], p.max(axis=1), atol=1e-6)
+    assert (df["imagenet_top1_prob"] <= df["category_confidence"] + 1e-6).all()
+
+
+@pytest.mark.parametrize("name, top1", [("833.JPG", "anemone fish"), ("707.JPG", None)])
+def test_real_photos_are_animals(examples_dir, name, top1):
+    df = label_images([examples_dir / name], progress=False)
+    r = df.iloc[0]
+    assert pd.isna(r["error"])
+    assert r["category"] == "animal", (r["imagenet_top1"], r["category_confidence"])
+    assert r["category_confidence"] > 0.8
+    assert r["category_source"] == "imagenet:efficientnet_lite0"
+    if top1:
+        assert r["imagenet_top1"] == top1
+
+
+def test_broken_files_give_error_rows_not_a_crash(tmp_path):
+    good = write_image(tmp_path / "good.png", 64, 64)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a JPEG")
+    df = label_images([broken, good, tmp_path / "missing.png"], progress=False, batch_size=2)
+    assert len(df) == 3
+    assert pd.isna(df.loc[0, "category"]) and "broken.jpg" in df.loc[0, "error"]
+    assert pd.notna(df.loc[1, "category"]) and pd.isna(df.loc[1, "error"])
+    assert pd.isna(df.loc[2, "category"]) and "does not exist" in df.loc[2, "error"]
+
+
+# ---------------------------------------------------------------------------------- tables
+
+
+def test_label_table_keeps_given_labels_unless_overwrite(tmp_path, examples_dir):
+    fish = str(examples_dir / "833.JPG")
+    rnd = str(write_image(tmp_path / "r.png", 64, 64))
+    table = pd.DataFrame({
+        "image": [fish, rnd, fish],
+        "mos": [50.0, 40.0, 50.0],
+        "category": ["Still-life", None, ""],  # a SPAQ label, and two to fill
+    })
+    out = label_table(table, progress=False)
+    assert list(out["category"][:1]) == ["artifact"] and out.loc[0, "category_source"] == "given"
+    assert pd.isna(out.loc[0, "category_confidence"])  # a given label has no model confidence
+    assert out.loc[2, "category"] == "animal" and out.loc[2, "category_source"].startswith("imagenet:")
+    assert pd.notna(out.loc[1, "category"])
+    assert list(out["mos"]) == [50.0, 40.0, 50.0]
+    assert table.loc[0, "category"] == "Still-life"  # input untouched
+
+    again = label_table(out, progress=False)  # a labelled table is stable
+    pd.testing.assert_frame_equal(again, out)
+
+    over = label_table(table, overwrite=True, progress=False)
+    assert over.loc[0, "category"] == "animal" and over.loc[0, "category_source"].startswith("imagenet:")
+
+
+def test_label_table_error_rows(tmp_path):
+    table = pd.DataFrame({"image": [str(tmp_path / "nope.png")], "mos": [1.0]})
+    out = label_table(table, progress=False)
+    assert pd.isna(out.loc[0, "category"])
+    assert out.loc[0, "category_source"].startswith("error:") and "does not exist" in out.loc[0, "category_source"]
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def test_cli_end_to_end(tmp_path, examples_dir, capsys):
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    _night_image(data / "imgs" / "night.png")
+    write_image(data / "imgs" / "a.png", 64, 64, seed=1)
+    write_image(data / "imgs" / "b.png", 64, 64, seed=2)
+    shutil.copy(examples_dir / "833.JPG", data / "imgs" / "fish.JPG")
+    cat = str((examples_dir / "707.JPG").resolve())  # an absolute path
+    csv = data / "scores.csv"
+    csv.write_text(
+        "# mos_range: 0 100\n"
+        "image,mos,source_name,category\n"
+        "imgs/night.png,10.5,n.bmp,\n"
+        "imgs/a.png,20.25,a.bmp,\n"
+        "imgs/b.png,30,b.bmp,Landscape\n"
+        "imgs/fish.JPG,70,fish.bmp,\n"
+        f"{cat},80,cat.bmp,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "results" / "labeled.csv"
+    rc = cli_main(["label-content", str(csv), "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "night scene" in printed and "mean conf" in printed and "wrote" in printed
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "# mos_range: 0 100"
+    res = pd.read_csv(out, skiprows=1, dtype=str, keep_default_na=False)
+    assert list(res.columns) == ["image", "mos", "source_name", "category", "category_confidence", "category_source"]
+    assert list(res["mos"]) == ["10.5", "20.25", "30", "70", "80"]  # other columns round-trip as text
+    assert list(res["source_name"]) == ["n.bmp", "a.bmp", "b.bmp", "fish.bmp", "cat.bmp"]
+    # paths are relative to the output's folder and point at the same files
+    assert all(not Path(p).is_absolute() for p in res["image"])
+    assert res.loc[0, "image"] == "../data/imgs/night.png"
+    for p, original in zip(res["image"], [data / "imgs" / "night.png", data / "imgs" / "a.png",
+                                         data / "imgs" / "b.png", data / "imgs" / "fish.JPG", Path(cat)]):
+        assert (out.parent / p).resolve() == original.resolve()
+    assert list(res["category"][[0, 2, 3, 4]]) == ["night scene", "landscape", "animal", "animal"]
+    assert res.loc[2, "category_source"] == "given" and res.loc[2, "category_confidence"] == ""
+    assert res.loc[0, "category_source"] == "night-cue"
+    assert float(res.loc[3, "category_confidence"]) > 0.8
+
+    # the output is a dataset CSV the loaders accept, and labelling it again changes nothing
+    from contentiqa.data import load_dataset
+
+    ds = load_dataset("csv", out)
+    assert len(ds) == 5 and "night scene" in ds.categories
+    out2 = tmp_path / "results" / "again.csv"
+    assert cli_main(["label-content", str(out), "--out", str(out2), "--quiet"]) == 0
+    assert out2.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+    # --overwrite relabels the given one
+    out3 = tmp_path / "results" / "over.csv"
+    assert cli_main(["label-content", str(csv), "--out", str(out3), "--quiet", "--overwrite"]) == 0
+    res3 = pd.read_csv(out3, skiprows=1, dtype=str, keep_default_na=False)
+    assert res3.loc[2, "category_source"].startswith("imagenet:")
+
+
+def test_cli_failures(tmp_path, capsys):
+    write_image(tmp_path / "ok.png", 64, 64)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\nok.png,1\ngone.png,2\n", encoding="utf-8")
+    out = tmp_path / "o.csv"
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 1  # some inputs failed
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert res.loc[1, "category"] == "" and res.loc[1, "category_source"].startswith("error:")
+    assert "gone.png" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,mos\nok.png,1\n", encoding="utf-8")
+    assert cli_main(["label-content", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert "no 'image' column" in capsys.readouterr().err
+    assert cli_main(["label-content", str(tmp_path / "none.csv"), "--out", str(out)]) == 2

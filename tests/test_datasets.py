@@ -1,0 +1,424 @@
+"""Dataset loaders on tiny fixtures in each release's exact layout, plus the real LIVE
+Challenge annotation files when ../shared is present."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from contentiqa.data import (
+    IQADataset,
+    MissingFilesError,
+    MOSScale,
+    dataset_scale,
+    list_datasets,
+    load_dataset,
+)
+
+from conftest import write_image
+
+
+@pytest.fixture
+def xlsx():
+    """The SPAQ / CID2013 / BID annotations are Excel files: writing them needs openpyxl."""
+    pytest.importorskip("openpyxl")
+
+
+def _check_item(ds: IQADataset, i: int, mos: float):
+    item = ds[i]
+    assert item["image"].mode == "RGB"
+    assert item["mos"].dtype == torch.float32
+    assert item["mos"].item() == pytest.approx(mos, abs=1e-4)
+    want = (mos - ds.scale.low) / (ds.scale.high - ds.scale.low)
+    assert item["target"].item() == pytest.approx(want, abs=1e-6)
+    assert 0.0 <= item["target"].item() <= 1.0
+    assert item["index"] == i
+    return item
+
+
+def _same_paths(got, want):
+    assert [os.path.realpath(p) for p in got] == [os.path.realpath(str(p)) for p in want]
+
+
+# ---------------------------------------------------------------------------- KonIQ-10k
+
+
+@pytest.fixture
+def koniq_root(tmp_path):
+    root = tmp_path / "koniq10k"
+    names = ["826373.jpg", "997832.jpg", "1001.jpg"]
+    mos = [3.92, 1.5, 4.71]
+    sd = [0.5, 0.7, 0.4]
+    rows = []
+    for i, (n, m, s) in enumerate(zip(names, mos, sd)):
+        write_image(root / "1024x768" / n, seed=i)
+        c = [1, 2, 30, 50, 17]
+        rows.append({"image_name": n, "c1": c[0], "c2": c[1], "c3": c[2], "c4": c[3], "c5": c[4],
+                     "c_total": sum(c), "MOS": m, "SD": s, "MOS_zscore": 50 + 10 * i})
+    pd.DataFrame(rows).to_csv(root / "koniq10k_scores_and_distributions.csv", index=False)
+    return root, names, mos, sd
+
+
+def test_koniq10k(koniq_root):
+    root, names, mos, sd = koniq_root
+    ds = load_dataset("koniq10k", root)
+    assert len(ds) == 3
+    assert ds.scale == MOSScale(1.0, 5.0)
+    t = ds.table
+    assert list(t.columns[:3]) == ["image", "mos", "mos_std"]
+    _same_paths(t["image"], [root / "1024x768" / n for n in names])
+    assert all(os.path.isabs(p) for p in t["image"])
+    np.testing.assert_allclose(t["mos"], mos)  # MOS, not MOS_zscore
+    np.testing.assert_allclose(t["mos_std"], sd)
+    item = _check_item(ds, 2, 4.71)
+    assert item["category"].item() == -1
+    assert item["target"].item() == pytest.approx((4.71 - 1) / 4)
+
+
+def test_koniq10k_missing_and_skip(koniq_root):
+    root, names, *_ = koniq_root
+    (root / "1024x768" / names[1]).unlink()
+    with pytest.raises(MissingFilesError) as info:
+        load_dataset("koniq10k", root)
+    assert len(info.value.paths) == 1 and info.value.paths[0].endswith(names[1])
+    assert names[1] in str(info.value)
+    with pytest.warns(UserWarning, match="skipping 1"):
+        ds = load_dataset("koniq10k", root, on_missing="skip")
+    assert len(ds) == 2
+    assert not any(p.endswith(names[1]) for p in ds.table["image"])
+    assert len(load_dataset("koniq10k", root, on_missing="keep")) == 3
+    with pytest.raises(ValueError):
+        load_dataset("koniq10k", root, on_missing="ignore")
+
+
+def test_koniq10k_half_resolution_folder(koniq_root):
+    root, names, *_ = koniq_root
+    (root / "1024x768").rename(root / "512x384")
+    ds = load_dataset("koniq10k", root)  # asked for 1024x768, only 512x384 present
+    _same_paths(ds.table["image"], [root / "512x384" / n for n in names])
+    assert len(load_dataset("koniq10k", root, resolution="512x384")) == 3
+
+
+# ---------------------------------------------------------------------------- SPAQ
+
+SCENES = ["Animal", "Cityscape", "Human", "Indoor scene", "Landscape", "Night scene", "Plant", "Still-life", "Others"]
+
+
+@pytest.fixture
+def spaq_root(tmp_path, xlsx):
+    root = tmp_path / "SPAQ"
+    ann = root / "Annotations"
+    ann.mkdir(parents=True)
+    names = ["00001.jpg", "00002.jpg", "00003.jpg", "00004.jpg"]
+    mos = [42.0, 77.5, 13.25, 60.0]
+    for i, n in enumerate(names):
+        write_image(root / "TestImage" / n, seed=i)
+    pd.DataFrame({
+        "Image name": names, "MOS": mos,
+        "Brightness": [40.0, 50, 60, 70], "Colorfulness": [1.0, 2, 3, 4], "Contrast": [5.0, 6, 7, 8],
+        "Noisiness": [9.0, 10, 11, 12], "Sharpness": [13.0, 14, 15, 16],
+    }).to_excel(ann / "MOS and Image attribute scores.xlsx", index=False)
+    labels = np.zeros((4, len(SCENES)), int)
+    labels[0, SCENES.index("Night scene")] = 1
+    labels[1, SCENES.index("Animal")] = 1
+    labels[2, SCENES.index("Indoor scene")] = 1
+    labels[2, SCENES.index("Human")] = 1  # two scenes marked
+    labels[3, SCENES.index("Still-life")] = 1
+    scene_df = pd.DataFrame(labels, columns=SCENES)
+    scene_df.insert(0, "Image name", names)
+    scene_df.to_excel(ann / "Scene category labels.xlsx", index=False)
+    return root, names, mos
+
+
+def test_spaq(spaq_root):
+    root, names, mos = spaq_root
+    ds = load_dataset("spaq", root)
+    assert len(ds) == 4
+    assert ds.scale == MOSScale(0.0, 100.0)
+    t = ds.table
+    _same_paths(t["image"], [root / "TestImage" / n for n in names])
+    np.testing.assert_allclose(t["mos"], mos)
+    np.testing.assert_allclose(t["brightness"], [40, 50, 60, 70])
+    np.testing.assert_allclose(t["sharpness"], [13, 14, 15, 16])
+    cats = [str(c).lower() for c in t["category"]]
+    assert cats[0] == "night scene"
+    assert cats[1] == "animal"
+    assert cats[2] in ("human", "indoor scene")  # two scenes marked: one of them
+    assert cats[3] == "still-life"
+    assert len(ds.categories) == 4
+    item = _check_item(ds, 1, 77.5)
+    assert ds.categories[item["category"].item()].lower() == "animal"
+    assert item["target"].item() == pytest.approx(0.775)
+
+
+def test_spaq_without_scene_sheet(spaq_root):
+    root, names, mos = spaq_root
+    (root / "Annotations" / "Scene category labels.xlsx").unlink()
+    ds = load_dataset("spaq", root)
+    assert "category" not in ds.table
+    assert ds[0]["category"].item() == -1
+
+
+# ---------------------------------------------------------------------------- CID2013
+
+
+def test_cid2013(tmp_path, xlsx):
+    root = tmp_path / "CID2013"
+    ids = ["IS1_C01_D01", "IS1_C02_D01", "IS1_C03_D02"]
+    mos = [55.5, 12.0, 88.25]
+    for i, s in enumerate(ids):
+        write_image(root / "IS1" / "co1" / f"{s}.jpg", seed=i)
+    pd.DataFrame({"Source ID": ids, "Image set": ["IS1"] * 3, "Realignment MOS": mos}).to_excel(
+        root / "CID2013 data - checkpoint.xlsx", index=False)
+    ds = load_dataset("cid2013", root)
+    assert len(ds) == 3
+    assert ds.scale == MOSScale(0.0, 100.0)
+    _same_paths(ds.table["image"], [root / "IS1" / "co1" / f"{s}.jpg" for s in ids])
+    np.testing.assert_allclose(ds.table["mos"], mos)
+    _check_item(ds, 2, 88.25)
+    (root / "IS1" / "co1" / f"{ids[0]}.jpg").unlink()
+    with pytest.raises(MissingFilesError, match=ids[0]):
+        load_dataset("cid2013", root)
+
+
+# ---------------------------------------------------------------------------- BID
+
+
+def test_bid(tmp_path, xlsx):
+    root = tmp_path / "BID"
+    nums = [1, 2, 10]
+    grades = [3.2, 0.8, 4.9]
+    for n in nums:
+        write_image(root / "ImageDatabase" / f"DatabaseImage{n:04d}.JPG", seed=n, fmt="JPEG")
+    pd.DataFrame({"Image Number": nums, "Average Subjective Grade": grades}).to_excel(
+        root / "DatabaseGrades.xlsx", index=False)
+    ds = load_dataset("bid", root)
+    assert len(ds) == 3
+    assert ds.scale == MOSScale(0.0, 5.0)
+    _same_paths(ds.table["image"], [root / "ImageDatabase" / f"DatabaseImage{n:04d}.JPG" for n in nums])
+    np.testing.assert_allclose(ds.table["mos"], grades)
+    _check_item(ds, 1, 0.8)
+    (root / "ImageDatabase" / "DatabaseImage0010.JPG").unlink()
+    with pytest.raises(MissingFilesError, match="DatabaseImage0010"):
+        load_dataset("bid", root)
+
+
+# ---------------------------------------------------------------------------- LIVE Challenge
+
+
+def _write_livec_mats(data_dir: Path, names, mos, std):
+    from scipy.io import savemat
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cells = np.empty((len(names), 1), dtype=object)
+    for i, n in enumerate(names):
+        cells[i, 0] = np.array([n])
+    savemat(data_dir / "AllImages_release.mat", {"AllImages_release": cells})
+    savemat(data_dir / "AllMOS_release.mat", {"AllMOS_release": np.asarray(mos, float).reshape(1, -1)})
+    savemat(data_dir / "AllStdDev_release.mat", {"AllStdDev_release": np.asarray(std, float).reshape(1, -1)})
+
+
+@pytest.fixture
+def livec_root(tmp_path):
+    root = tmp_path / "ChallengeDB_release"
+    names = ["t1.bmp", "t2.bmp", "3.bmp", "10.JPG", "1000.JPG"]
+    mos = [63.96, 25.3, 48.0, 71.5, 5.25]
+    std = [18.4, 13.7, 20.1, 15.0, 9.9]
+    _write_livec_mats(root / "Data", names, mos, std)
+    write_image(root / "Images" / "trainingImages" / "t1.bmp", seed=1)
+    write_image(root / "Images" / "trainingImages" / "t2.png", seed=2)  # a BMP converted to PNG
+    write_image(root / "Images" / "3.bmp", seed=3)
+    write_image(root / "Images" / "10.JPG", seed=10, fmt="JPEG")
+    write_image(root / "Images" / "1000.JPG", seed=11, fmt="JPEG")
+    return root, names, mos, std
+
+
+def test_livec(livec_root):
+    root, names, mos, std = livec_root
+    ds = load_dataset("livec", root)
+    assert len(ds) == 5
+    assert ds.scale == MOSScale(0.0, 100.0)
+    t = ds.table
+    _same_paths(t["image"], [
+        root / "Images" / "trainingImages" / "t1.bmp",
+        root / "Images" / "trainingImages" / "t2.png",
+        root / "Images" / "3.bmp",
+        root / "Images" / "10.JPG",
+        root / "Images" / "1000.JPG",
+    ])
+    np.testing.assert_allclose(t["mos"], mos)
+    np.testing.assert_allclose(t["mos_std"], std)
+    _check_item(ds, 0, 63.96)
+    item = _check_item(ds, 3, 71.5)
+    assert item["image"].size == (48, 40)
+
+
+def test_livec_missing(livec_root):
+    root, *_ = livec_root
+    (root / "Images" / "3.bmp").unlink()
+    with pytest.raises(MissingFilesError) as info:
+        load_dataset("livec", root)
+    assert [Path(p).name for p in info.value.paths] == ["3.bmp"]
+    with pytest.warns(UserWarning):
+        ds = load_dataset("livec", root, on_missing="skip")
+    assert len(ds) == 4
+    assert 48.0 not in ds.table["mos"].tolist()
+
+
+def test_livec_inconsistent_mats(tmp_path):
+    root = tmp_path / "livec"
+    _write_livec_mats(root / "Data", ["a.bmp", "b.bmp"], [1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="2 names, 3 MOS"):
+        load_dataset("livec", root, on_missing="keep")
+
+
+# ---------------------------------------------------------------------------- generic CSV
+
+
+def test_csv_relative_paths_and_optional_columns(tmp_path):
+    root = tmp_path / "mydata"
+    write_image(root / "imgs" / "a.png", seed=1)
+    write_image(root / "imgs" / "b.png", seed=2)
+    write_image(root / "c.jpg", seed=3, fmt="JPEG")
+    csv = root / "labels.csv"
+    csv.write_text(
+        "image,mos,mos_std,category\n"
+        "imgs/a.png,2.5,0.3,portrait\n"
+        "imgs/b.png,4.0,,landscape\n"
+        "c.jpg,1.0,0.1, portrait \n"
+    )
+    ds = load_dataset("csv", csv)
+    assert len(ds) == 3
+    assert ds.scale == MOSScale(1.0, 5.0)  # guessed from values within 1..5
+    t = ds.table
+    _same_paths(t["image"], [root / "imgs" / "a.png", root / "imgs" / "b.png", root / "c.jpg"])
+    assert t["mos_std"].isna().tolist() == [False, True, False]
+    assert list(t["category"]) == ["portrait", "landscape", "portrait"]
+    assert ds.categories == ["landscape", "portrait"]
+    item = _check_item(ds, 0, 2.5)
+    assert item["category"].item() == 1
+    assert item["target"].item() == pytest.approx(0.375)
+    # A folder with exactly one CSV works as root too.
+    assert len(load_dataset("csv", root)) == 3
+
+
+def test_csv_declared_range(tmp_path):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", seed=1)
+    csv = tmp_path / "scores.csv"
+    csv.write_text("# mos_range: 1 5\nimage,mos\na.png,2\nb.png,3\n")
+    ds = load_dataset("csv", csv)
+    assert ds.scale == MOSScale(1.0, 5.0)
+    assert ds.table["mos"].tolist() == [2.0, 3.0]
+    csv.write_text("# mos_range: 0 10\nimage,mos\na.png,2\nb.png,3\n")
+    assert load_dataset("csv", csv).scale == MOSScale(0.0, 10.0)
+    # Keyword argument wins over the comment.
+    assert load_dataset("csv", csv, mos_range=(0, 100)).scale == MOSScale(0.0, 100.0)
+
+
+@pytest.mark.parametrize("values,scale", [
+    ([1.2, 4.8], (1.0, 5.0)),
+    ([0.0, 4.5], (0.0, 5.0)),
+    ([0.05, 0.93], (0.0, 1.0)),
+    ([3.5, 92.0], (0.0, 100.0)),
+])
+def test_csv_guessed_scales(tmp_path, values, scale):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", seed=1)
+    csv = tmp_path / "s.csv"
+    csv.write_text(f"image,mos\na.png,{values[0]}\nb.png,{values[1]}\n")
+    assert load_dataset("csv", csv).scale == MOSScale(*scale)
+
+
+def test_csv_errors(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,score\na.png,3\n")
+    with pytest.raises(ValueError, match="image"):
+        load_dataset("csv", csv, on_missing="keep")
+    csv.write_text("image,mos\na.png,3\na.png,4\n")
+    with pytest.raises(ValueError, match="twice"):
+        load_dataset("csv", csv, on_missing="keep")
+    csv.write_text("image,mos\na.png,3\nb.png,\n")
+    with pytest.raises(ValueError, match="empty MOS"):
+        load_dataset("csv", csv, on_missing="keep")
+    csv.write_text("image,mos\na.png,3\nb.png,4\n")
+    with pytest.raises(MissingFilesError) as info:
+        load_dataset("csv", csv)
+    assert sorted(Path(p).name for p in info.value.paths) == ["a.png", "b.png"]
+
+
+# ---------------------------------------------------------------------------- general
+
+
+def test_registry_and_errors(tmp_path):
+    assert {"livec", "koniq10k", "spaq", "cid2013", "bid", "csv"} <= set(list_datasets())
+    assert dataset_scale("koniq10k") == MOSScale(1.0, 5.0)
+    with pytest.raises(ValueError, match="livec"):
+        load_dataset("no_such_dataset", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_dataset("livec", tmp_path / "absent")
+
+
+def test_transform_and_subset(koniq_root):
+    root, names, mos, _ = koniq_root
+    ds = load_dataset("koniq10k", root, transform=lambda im: torch.zeros(3, im.size[1], im.size[0]))
+    assert ds[0]["image"].shape == (3, 40, 48)
+    sub = ds.subset([2, 0])
+    assert len(sub) == 2
+    assert sub[0]["mos"].item() == pytest.approx(mos[2])
+    assert sub.scale == ds.scale
+
+
+def test_mos_scale_round_trip():
+    s = MOSScale(1.0, 5.0)
+    np.testing.assert_allclose(s.normalize([1, 3, 5]), [0, 0.5, 1])
+    np.testing.assert_allclose(s.denormalize(s.normalize([1.7, 4.2])), [1.7, 4.2])
+    inv = MOSScale(0.0, 10.0, higher_is_better=False)
+    np.testing.assert_allclose(inv.normalize([0, 10]), [1, 0])
+    np.testing.assert_allclose(inv.denormalize(inv.normalize([2.5])), [2.5])
+
+
+# ---------------------------------------------------------------------------- real data
+
+
+@pytest.mark.shared
+def test_real_livec_release_annotations(shared_dir):
+    root = shared_dir / "clive-format"
+    if not (root / "Data" / "AllImages_release.mat").is_file():
+        pytest.skip(f"LIVE Challenge .mat files not found at {root / 'Data'}")
+    ds = load_dataset("livec", root, on_missing="keep")
+    assert len(ds) == 1169
+    first = ds.table.iloc[0]
+    assert Path(first["image"]).stem == "t1"
+    assert "trainingImages" in first["image"]
+    assert first["mos"] == pytest.approx(63.963406, abs=1e-5)
+    assert 0 <= ds.table["mos"].min() and ds.table["mos"].max() <= 100
+    assert ds.table["mos_std"].notna().all()
+    with pytest.raises(MissingFilesError) as info:
+        load_dataset("livec", root)
+    assert len(info.value.paths) == 1169
+
+
+@pytest.mark.shared
+def test_real_clive_dev_csv(shared_dir):
+    csv = shared_dir / "clive-dev" / "scores.csv"
+    if not csv.is_file():
+        pytest.skip(f"clive-dev scores not found at {csv}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every listed image exists
+        ds = load_dataset("csv", csv)
+    assert len(ds) == 878
+    assert ds.scale == MOSScale(0.0, 100.0)
+    assert 0 <= ds.table["mos"].min() < ds.table["mos"].max() <= 100
+    assert ds.table["mos"].max() > 5  # really the 0-100 scale
+    assert all(Path(p).is_file() for p in ds.table["image"][:20])
+    t1 = ds.table[ds.table["image"].str.endswith("t1.png")]
+    assert len(t1) == 1 and t1["mos"].iloc[0] == pytest.approx(63.963406, abs=1e-5)
+    item = ds[0]
+    assert item["image"].mode == "RGB"
+    assert 0.0 <= item["target"].item() <= 1.0

@@ -1,0 +1,394 @@
+"""load_image: right 8-bit RGB pixels for every odd-but-valid file, ImageLoadError naming the
+file and the reason for everything else. All files are generated in tmp_path."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, features
+
+from contentiqa.data import ImageLoadError, load_image
+
+from conftest import random_rgb
+
+# Distinct, JPEG-friendly corner colours.
+RED, GREEN, BLUE, YELLOW = (230, 20, 20), (20, 200, 20), (20, 20, 230), (240, 230, 20)
+
+
+def _expect_error(path, *words, **kw) -> ImageLoadError:
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path, **kw)
+    err = info.value
+    assert err.path == str(path)
+    assert str(path) in str(err)
+    low = str(err).lower()
+    for w in words:
+        assert w.lower() in low, f"{w!r} not in {str(err)!r}"
+    return err
+
+
+def _close(a, b, tol):
+    return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= tol
+
+
+# ---------------------------------------------------------------------------- plain RGB
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tif", ".ppm"])
+def test_lossless_rgb_round_trip(tmp_path, ext):
+    arr = random_rgb(37, 45, seed=3)
+    path = tmp_path / f"img{ext}"
+    Image.fromarray(arr).save(path)
+    out = load_image(path)
+    assert out.image.mode == "RGB"
+    assert out.size == (45, 37)
+    np.testing.assert_array_equal(np.asarray(out.image), arr)
+    assert out.notes == []
+    assert out.path == str(path)
+
+
+def test_jpeg_rgb(tmp_path):
+    arr = np.zeros((40, 48, 3), np.uint8)
+    arr[:] = (100, 150, 200)
+    path = tmp_path / "img.jpg"
+    Image.fromarray(arr).save(path, quality=95)
+    out = load_image(path)
+    assert out.image.mode == "RGB" and out.size == (48, 40)
+    assert _close(np.asarray(out.image), arr, 3)
+
+
+# ---------------------------------------------------------------------------- broken files
+
+
+def test_missing_file(tmp_path):
+    _expect_error(tmp_path / "nope.jpg", "does not exist")
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a photo\n" * 20)
+    _expect_error(path, "not an image")
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png")])
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
+def test_truncated(tmp_path, fmt, ext, keep):
+    good = tmp_path / f"good{ext}"
+    Image.fromarray(random_rgb(64, 80, seed=1)).save(good, format=fmt)
+    data = good.read_bytes()
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    _expect_error(cut, "truncated")
+    # The loader never leaves PIL in "pad truncated files with grey" mode.
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    _expect_error(path, "empty")
+
+
+def test_unreadable_permissions(tmp_path):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from reading")
+    path = tmp_path / "locked.png"
+    Image.fromarray(random_rgb(40, 40)).save(path)
+    path.chmod(0)
+    try:
+        _expect_error(path, "permission")
+    finally:
+        path.chmod(0o644)
+
+
+def test_directory(tmp_path):
+    d = tmp_path / "folder.jpg"
+    d.mkdir()
+    _expect_error(d, "directory")
+
+
+# ---------------------------------------------------------------------------- modes
+
+
+def test_grayscale_l(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8)
+    path = tmp_path / "gray.png"
+    Image.fromarray(arr, "L").save(path)
+    out = np.asarray(load_image(path).image)
+    assert out.shape == (40, 50, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], arr)
+
+
+def _palette_image() -> Image.Image:
+    p = Image.new("P", (40, 40), 0)
+    p.putpalette([10, 20, 30, 200, 100, 50] + [0] * (256 * 3 - 6))
+    for x in range(20):
+        p.putpixel((x, 5), 1)
+    return p
+
+
+def test_palette_without_transparency(tmp_path):
+    path = tmp_path / "pal.png"
+    _palette_image().save(path)
+    out = np.asarray(load_image(path).image)
+    assert tuple(out[0, 0]) == (10, 20, 30)
+    assert tuple(out[5, 3]) == (200, 100, 50)
+
+
+def test_palette_with_transparency(tmp_path):
+    path = tmp_path / "pal_t.png"
+    _palette_image().save(path, transparency=0)  # index 0 transparent
+    res = load_image(path)
+    out = np.asarray(res.image)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[5, 3]) == (200, 100, 50)
+    assert any("white" in n for n in res.notes)
+
+
+def test_rgba_composited_on_white(tmp_path):
+    arr = np.zeros((40, 40, 4), np.uint8)
+    arr[..., :3] = (10, 200, 30)
+    arr[..., 3] = 255
+    arr[0, 0] = (10, 200, 30, 0)  # fully transparent -> white
+    arr[1, 1] = (0, 0, 0, 128)  # half-transparent black over white -> mid grey
+    path = tmp_path / "rgba.png"
+    Image.fromarray(arr, "RGBA").save(path)
+    res = load_image(path)
+    out = np.asarray(res.image)
+    assert res.image.mode == "RGB"
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[5, 5]) == (10, 200, 30)
+    assert _close(out[1, 1], (127, 127, 127), 1)
+    assert any("transparent" in n for n in res.notes)
+
+
+def test_opaque_rgba_has_no_transparency_note(tmp_path):
+    arr = np.full((40, 40, 4), 255, np.uint8)
+    arr[..., 0] = 7
+    path = tmp_path / "opaque.png"
+    Image.fromarray(arr, "RGBA").save(path)
+    res = load_image(path)
+    assert tuple(np.asarray(res.image)[3, 3]) == (7, 255, 255)
+    assert not any("transparent" in n for n in res.notes)
+
+
+def test_la(tmp_path):
+    arr = np.zeros((40, 40, 2), np.uint8)
+    arr[..., 0] = 90
+    arr[..., 1] = 255
+    arr[0, 0] = (90, 0)
+    path = tmp_path / "la.png"
+    Image.fromarray(arr, "LA").save(path)
+    out = np.asarray(load_image(path).image)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[10, 10]) == (90, 90, 90)
+
+
+def test_16bit_grayscale_png(tmp_path):
+    arr = np.zeros((40, 40), np.uint16)
+    arr[:20, :20] = 65535
+    arr[:20, 20:] = 32768
+    arr[20:, :20] = 0
+    arr[20:, 20:] = 257 * 100  # 8-bit 100 stored as 16-bit
+    path = tmp_path / "g16.png"
+    Image.fromarray(arr).save(path)
+    assert Image.open(path).mode.startswith("I")
+    res = load_image(path)
+    out = np.asarray(res.image)
+    assert res.image.mode == "RGB"
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[0, 30]) == (128, 128, 128)
+    assert tuple(out[30, 0]) == (0, 0, 0)
+    assert tuple(out[30, 30]) == (100, 100, 100)
+    assert any("16-bit" in n for n in res.notes)
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("RGB", (40, 40), (220, 30, 40)).convert("CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    res = load_image(path)
+    px = np.asarray(res.image)[20, 20]
+    assert res.image.mode == "RGB"
+    assert _close(px, (220, 30, 40), 25), px
+    assert any("CMYK" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------------- EXIF orientation
+
+
+def _corners_image(w=64, h=48) -> np.ndarray:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[: h // 2, : w // 2] = RED  # top-left
+    arr[: h // 2, w // 2:] = GREEN  # top-right
+    arr[h // 2:, : w // 2] = BLUE  # bottom-left
+    arr[h // 2:, w // 2:] = YELLOW  # bottom-right
+    return arr
+
+
+def _save_with_orientation(path, arr, orientation):
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, quality=95, exif=exif.tobytes())
+
+
+def _corners(out: np.ndarray) -> tuple:
+    h, w = out.shape[:2]
+    pts = [(4, 4), (4, w - 5), (h - 5, 4), (h - 5, w - 5)]  # TL, TR, BL, BR
+    return tuple(out[y, x] for y, x in pts)
+
+
+def test_exif_orientation_6(tmp_path):
+    """6 = stored image must be rotated 90 deg clockwise for display."""
+    path = tmp_path / "o6.jpg"
+    _save_with_orientation(path, _corners_image(64, 48), 6)
+    res = load_image(path)
+    out = np.asarray(res.image)
+    assert res.size == (48, 64)  # width and height swapped
+    tl, tr, bl, br = _corners(out)
+    # Rotating clockwise: stored bottom-left -> top-left, top-left -> top-right, ...
+    for got, want in ((tl, BLUE), (tr, RED), (bl, YELLOW), (br, GREEN)):
+        assert _close(got, want, 30), (got, want)
+    assert any("orientation 6" in n for n in res.notes)
+
+
+def test_exif_orientation_3(tmp_path):
+    path = tmp_path / "o3.jpg"
+    _save_with_orientation(path, _corners_image(64, 48), 3)
+    res = load_image(path)
+    out = np.asarray(res.image)
+    assert res.size == (64, 48)
+    tl, tr, bl, br = _corners(out)
+    for got, want in ((tl, YELLOW), (tr, BLUE), (bl, GREEN), (br, RED)):
+        assert _close(got, want, 30), (got, want)
+
+
+def test_exif_orientation_1_unchanged(tmp_path):
+    path = tmp_path / "o1.jpg"
+    _save_with_orientation(path, _corners_image(64, 48), 1)
+    res = load_image(path)
+    tl, tr, bl, br = _corners(np.asarray(res.image))
+    for got, want in ((tl, RED), (tr, GREEN), (bl, BLUE), (br, YELLOW)):
+        assert _close(got, want, 30)
+    assert not any("orientation" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------------- animations
+
+
+def _frames():
+    return [Image.new("RGB", (40, 36), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+
+
+def test_animated_gif_first_frame(tmp_path):
+    path = tmp_path / "anim.gif"
+    f = _frames()
+    f[0].save(path, save_all=True, append_images=f[1:], duration=100, loop=0)
+    res = load_image(path)
+    assert res.size == (40, 36)
+    assert tuple(np.asarray(res.image)[10, 10]) == (255, 0, 0)
+    assert any("first frame" in n and "3 frames" in n for n in res.notes)
+
+
+def test_animated_webp_first_frame(tmp_path):
+    if not features.check("webp"):
+        pytest.skip("Pillow built without WebP")
+    path = tmp_path / "anim.webp"
+    f = _frames()
+    f[0].save(path, save_all=True, append_images=f[1:], duration=100, loop=0, lossless=True)
+    if getattr(Image.open(path), "n_frames", 1) < 2:
+        pytest.skip("Pillow's WebP has no animation support")
+    res = load_image(path)
+    assert _close(np.asarray(res.image)[10, 10], (255, 0, 0), 2)
+    assert any("first frame" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------------- size limits
+
+
+def test_tiny_image(tmp_path):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(random_rgb(50, 20)).save(path)
+    err = _expect_error(path, "20x50", "32")
+    assert "smaller" in err.reason or "minimum" in err.reason
+    assert load_image(path, min_size=16).size == (20, 50)
+
+
+def test_min_size_is_checked_after_orientation(tmp_path):
+    path = tmp_path / "o6_tiny.jpg"
+    _save_with_orientation(path, _corners_image(64, 24), 6)  # displayed 24 wide, 64 high
+    _expect_error(path, "24x64")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width x height`` RGB but carries almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail loudly if any pixel data is decoded (i.e. allocated)."""
+    def refuse(self, *a, **k):
+        raise RuntimeError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.parametrize("w,h", [(100_000, 100_000), (12_000, 10_000)])
+def test_decompression_bomb_header(tmp_path, no_decoding, w, h):
+    """10 GP (over PIL's own hard limit) and 120 MP (over its warning limit) headers are both
+    refused by our limit, named in MP, before any pixel is decoded."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(w, h))
+    err = _expect_error(path, f"{w}x{h}", "100 MP", "max_pixels")
+    assert "limit" in err.reason
+    assert Image.MAX_IMAGE_PIXELS is not None  # PIL's global guard restored
+
+
+def test_max_pixels_on_real_image(tmp_path, no_decoding):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(path)
+    _expect_error(path, "300x200", "0.01 MP", max_pixels=10_000)
+
+
+def test_max_pixels_raised_above_pil_limit_is_honoured(tmp_path, no_decoding):
+    """A caller who raises max_pixels past PIL's ~179 MP refusal gets to decoding (here the
+    patched load stops it), instead of PIL's own bomb error."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header_only(20_000, 10_000))
+    with pytest.raises(RuntimeError, match="pixels were decoded"):
+        load_image(path, max_pixels=300_000_000)
+    with pytest.raises(RuntimeError, match="pixels were decoded"):
+        load_image(path, max_pixels=None)
+
+
+def test_max_pixels_allows_image_under_limit(tmp_path):
+    path = tmp_path / "ok.png"
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(path)
+    assert load_image(path, max_pixels=60_000).size == (300, 200)
+
+
+def test_pil_global_limit_restored_after_threaded_loads(tmp_path):
+    """load_image lifts PIL's global bomb limit while decoding; concurrent loads in threads
+    must leave it as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(random_rgb(64, 64, seed=i)).save(p)
+        paths.append(p)
+    before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda p: load_image(p).size, paths * 8))
+    assert sizes == [(64, 64)] * 64
+    assert Image.MAX_IMAGE_PIXELS == before is not None

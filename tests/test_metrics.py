@@ -1,0 +1,169 @@
+"""Metrics against scipy / numpy, and their refusal of inputs that make them undefined."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import optimize, stats
+
+from contentiqa.metrics import (
+    MetricInputError,
+    accuracy,
+    iqa_metrics,
+    krocc,
+    mean_std,
+    plcc,
+    rmse,
+    srocc,
+)
+
+
+def _data(seed: int, n: int = 60, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(50, 15, n)
+    p = 0.6 * t + rng.normal(0, 10, n)
+    if ties:
+        t = np.round(t / 10) * 10
+        p = np.round(p / 5) * 5
+    return p, t
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_correlations_match_scipy(seed, ties):
+    p, t = _data(seed, ties=ties)
+    if ties:
+        assert len(np.unique(t)) < len(t) and len(np.unique(p)) < len(p)
+    assert plcc(p, t) == pytest.approx(stats.pearsonr(p, t)[0], abs=1e-12)
+    assert srocc(p, t) == pytest.approx(stats.spearmanr(p, t)[0], abs=1e-12)
+    assert krocc(p, t) == pytest.approx(stats.kendalltau(p, t)[0], abs=1e-12)
+    assert rmse(p, t) == pytest.approx(np.sqrt(np.mean((p - t) ** 2)), rel=1e-12)
+
+
+def test_srocc_krocc_independent_formulas():
+    """Without ties: Spearman = 1 - 6 sum d^2 / (n (n^2-1)); Kendall = (C - D) / (n(n-1)/2)."""
+    rng = np.random.default_rng(7)
+    n = 25
+    p, t = rng.permutation(n).astype(float), rng.permutation(n).astype(float)
+    d = p - t  # already ranks
+    assert srocc(p, t) == pytest.approx(1 - 6 * np.sum(d ** 2) / (n * (n ** 2 - 1)), abs=1e-12)
+    s = sum(np.sign(p[i] - p[j]) * np.sign(t[i] - t[j]) for i in range(n) for j in range(i + 1, n))
+    assert krocc(p, t) == pytest.approx(s / (n * (n - 1) / 2), abs=1e-12)
+
+
+def test_perfect_and_inverse():
+    x = np.arange(10.0)
+    assert plcc(x, 2 * x + 1) == pytest.approx(1.0)
+    assert srocc(x, x ** 3) == pytest.approx(1.0)
+    assert krocc(x, -x) == pytest.approx(-1.0)
+    assert rmse(x, x) == 0.0
+
+
+def _logistic(x, b1, b2, b3, b4):
+    return (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4))) + b2
+
+
+def test_plcc_with_logistic_fit_matches_hand_fit():
+    rng = np.random.default_rng(3)
+    pred = np.sort(rng.uniform(-4, 4, 80))
+    target = 80 / (1 + np.exp(-1.7 * pred)) + 10 + rng.normal(0, 2.0, pred.size)  # monotone, non-linear
+    p0 = [target.max(), target.min(), pred.mean(), pred.std()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params, _ = optimize.curve_fit(_logistic, pred, target, p0=p0, maxfev=20000)
+    expected = stats.pearsonr(_logistic(pred, *params), target)[0]
+    fitted = plcc(pred, target, fit_logistic=True)
+    plain = plcc(pred, target)
+    assert fitted == pytest.approx(expected, abs=1e-6)
+    assert fitted >= plain
+    assert fitted - plain > 0.01  # the non-linearity is strong enough to matter
+    # The fit changes values, not ranks.
+    assert srocc(pred, target) == pytest.approx(stats.spearmanr(pred, target)[0])
+
+
+def test_accuracy_labels_and_logits():
+    target = np.array([0, 1, 2, 2, 1])
+    labels = np.array([0, 1, 1, 2, 0])
+    assert accuracy(labels, target) == pytest.approx(3 / 5)
+    logits = np.full((5, 3), -1.0)
+    logits[np.arange(5), labels] = 2.0
+    assert accuracy(logits, target) == pytest.approx(3 / 5)
+    assert accuracy(torch.from_numpy(logits), torch.from_numpy(target)) == pytest.approx(3 / 5)
+    with pytest.raises(MetricInputError):
+        accuracy(labels[:4], target)
+    with pytest.raises(MetricInputError):
+        accuracy([], [])
+
+
+def test_torch_inputs():
+    p, t = _data(5)
+    pt = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    tt = torch.tensor(t, dtype=torch.float32).view(-1, 1)
+    assert plcc(pt, tt) == pytest.approx(stats.pearsonr(p, t.astype(np.float32))[0], abs=1e-6)
+    assert srocc(pt, tt) == pytest.approx(stats.spearmanr(p, t)[0], abs=1e-9)
+    assert krocc(pt, tt) == pytest.approx(stats.kendalltau(p, t)[0], abs=1e-9)
+    assert isinstance(plcc(pt, tt), float)
+    out = iqa_metrics(pt, tt)
+    assert set(out) == {"plcc", "srocc", "krocc", "rmse"}
+
+
+@pytest.mark.parametrize("fn", [plcc, srocc, krocc])
+def test_constant_input_is_an_error(fn):
+    with pytest.raises(MetricInputError, match="constant"):
+        fn([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(MetricInputError, match="constant"):
+        fn([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0])
+
+
+@pytest.mark.parametrize("fn", [plcc, srocc, krocc, rmse])
+def test_bad_inputs_are_errors(fn):
+    with pytest.raises(MetricInputError):
+        fn([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(MetricInputError, match="NaN"):
+        fn([1.0, np.nan, 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(MetricInputError):
+        fn([1.0, 2.0, 3.0], [1.0, np.inf, 3.0])
+    with pytest.raises(MetricInputError):
+        fn([], [])
+
+
+@pytest.mark.parametrize("fn", [plcc, srocc, krocc])
+def test_too_few_items(fn):
+    with pytest.raises(MetricInputError):
+        fn([1.0], [2.0])
+
+
+def test_logistic_fit_needs_four_items():
+    with pytest.raises(MetricInputError):
+        plcc([1.0, 2.0, 3.0], [1.0, 3.0, 2.0], fit_logistic=True)
+
+
+def test_mean_std_matches_numpy():
+    rng = np.random.default_rng(11)
+    runs = [{"srocc": float(a), "plcc": float(b), "epochs": 3, "ok": True} for a, b in rng.uniform(0.5, 0.9, (7, 2))]
+    out = mean_std(runs)
+    s = np.array([r["srocc"] for r in runs])
+    assert out["srocc"]["mean"] == pytest.approx(s.mean())
+    assert out["srocc"]["std"] == pytest.approx(s.std(ddof=1))
+    assert out["srocc"]["n"] == 7
+    assert out["plcc"]["std"] == pytest.approx(np.std([r["plcc"] for r in runs], ddof=1))
+    assert "ok" not in out  # booleans are not metrics
+    assert mean_std([{"srocc": 0.8}])["srocc"]["std"] == 0.0
+    with pytest.raises(MetricInputError):
+        mean_std([])
+
+
+def test_mean_std_accepts_numpy_and_torch_scalars():
+    """Metrics computed with numpy / torch come back as np.float32 or 0-d tensors: not dropped."""
+    runs = [
+        {"srocc": np.float32(0.5), "plcc": torch.tensor(0.6), "n_epochs": np.int64(3), "note": "x"},
+        {"srocc": np.float32(0.7), "plcc": torch.tensor(0.8), "n_epochs": np.int64(5), "note": "y"},
+    ]
+    out = mean_std(runs)
+    assert out["srocc"]["mean"] == pytest.approx(0.6, abs=1e-6)
+    assert out["srocc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1), abs=1e-6)
+    assert out["plcc"]["mean"] == pytest.approx(0.7, abs=1e-6)
+    assert out["n_epochs"]["mean"] == 4.0
+    assert "note" not in out

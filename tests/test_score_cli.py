@@ -1,0 +1,362 @@
+"""`contentiqa score`: inputs, bad files, exit codes, output formats, resume, batching."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contentiqa.cli.main import main
+from tiny_models import cached_loader, tiny_checkpoint
+
+
+def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def save(arr_or_img, path: Path, **kw) -> Path:
+    im = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def by_name(rows) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def ok_folder(root: Path, n: int = 3, size=(64, 80)) -> Path:
+    for i in range(n):
+        save(rgb(*size, seed=i), root / f"img{i}.jpg", quality=92)
+    return root
+
+
+# -- bad inputs -----------------------------------------------------------------------------
+@pytest.fixture
+def zoo(tmp_path: Path) -> dict[str, Path]:
+    """One file per odd case, in a folder (plus a few that are passed explicitly)."""
+    d = tmp_path / "zoo"
+    files: dict[str, Path] = {}
+    files["good"] = save(rgb(64, 80, 1), d / "good.jpg", quality=92)
+    # truncated JPEG and PNG
+    full = io.BytesIO()
+    Image.fromarray(rgb(96, 96, 2)).save(full, format="JPEG", quality=95)
+    (d / "trunc.jpg").write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    files["trunc_jpg"] = d / "trunc.jpg"
+    full = io.BytesIO()
+    Image.fromarray(rgb(96, 96, 3)).save(full, format="PNG")
+    (d / "trunc.png").write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    files["trunc_png"] = d / "trunc.png"
+    (d / "empty.jpg").write_bytes(b"")
+    files["empty"] = d / "empty.jpg"
+    files["gray"] = save(Image.fromarray(rgb(64, 64, 4)[..., 0], "L"), d / "gray.png")
+    files["palette"] = save(Image.fromarray(rgb(64, 64, 5)).convert("P"), d / "palette.png")
+    rgba = np.dstack([rgb(64, 64, 6), np.full((64, 64), 128, np.uint8)])
+    files["rgba"] = save(Image.fromarray(rgba, "RGBA"), d / "rgba.png")
+    arr16 = np.random.default_rng(7).integers(0, 65536, size=(64, 72), dtype=np.uint16)
+    files["png16"] = save(Image.fromarray(arr16), d / "deep16.png")
+    assert Image.open(files["png16"]).mode.startswith("I")
+    files["cmyk"] = save(Image.fromarray(rgb(64, 64, 8)).convert("CMYK"), d / "cmyk.jpg", quality=92)
+    # EXIF orientation 6 (display = stored pixels rotated 90 degrees clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files["exif"] = save(rgb(64, 96, 9), d / "exif.jpg", quality=92, exif=exif)
+    stored = np.asarray(Image.open(files["exif"]).convert("RGB"))  # decoded, orientation not applied
+    files["exif_manual"] = save(np.ascontiguousarray(np.rot90(stored, k=-1)), d / "exif_manual.png")
+    frames = [Image.fromarray(rgb(64, 64, 10 + k)).convert("P") for k in range(3)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    files["gif"] = d / "anim.gif"
+    files["small"] = save(rgb(16, 20, 11), d / "small.png")
+    # a decompression bomb: a tiny file that decodes to 2 megapixels
+    files["bomb"] = save(Image.new("L", (2000, 1000)), d / "bomb.png")
+    assert files["bomb"].stat().st_size < 20_000
+    (d / "readme.txt").write_text("not an image, skipped inside folders")
+    files["unreadable"] = save(rgb(64, 64, 12), d / "locked.png")
+    os.chmod(files["unreadable"], 0)
+    # passed explicitly
+    files["text"] = tmp_path / "notes.txt"
+    files["text"].write_text("hello")
+    files["dir_as_file"] = tmp_path / "folder.jpg"
+    files["dir_as_file"].mkdir()
+    files["missing"] = tmp_path / "missing.jpg"
+    yield files
+    os.chmod(files["unreadable"], 0o644)
+
+
+def test_every_bad_input_gets_a_row(zoo, ckpt, tmp_path, capsys):
+    out = tmp_path / "res.csv"
+    rc = run("score", zoo["good"].parent, zoo["text"], zoo["dir_as_file"], zoo["missing"],
+             "--model", ckpt, "-o", out, "--max-pixels", 1, "--batch-size", 4)
+    assert rc == 1  # some inputs failed
+    rows = read_csv(out)
+    names = by_name(rows)
+    assert "readme.txt" not in names  # non-images inside folders are skipped by extension
+    folder_files = [p for p in zoo["good"].parent.iterdir() if p.suffix != ".txt"]
+    assert len(rows) == len(folder_files) + 3  # every input has exactly one row
+
+    def err(key):
+        return names[zoo[key].name]["error"]
+
+    def ok(key):
+        r = names[zoo[key].name]
+        assert r["error"] == "", f"{key}: {r['error']}"
+        assert 0 <= float(r["score"]) <= 1000
+        return r
+
+    assert "not an image" in err("text")
+    assert "truncated" in err("trunc_jpg").lower()
+    assert "truncated" in err("trunc_png").lower() or "corrupt" in err("trunc_png").lower()
+    assert "empty" in err("empty")
+    assert "no image files" in err("dir_as_file")
+    assert "does not exist" in err("missing")
+    assert "smaller than the minimum" in err("small")
+    assert re.search(r"limit of 1(\.0)? MP", err("bomb"))  # names the limit
+    if os.geteuid() != 0:
+        assert "permission" in err("unreadable")
+    for key in ("good", "gray", "palette", "rgba", "png16", "cmyk", "exif", "exif_manual", "gif"):
+        ok(key)
+    assert "16-bit" in ok("png16")["notes"]
+    assert "CMYK" in ok("cmyk")["notes"]
+    assert "transparent" in ok("rgba")["notes"]
+    assert "first frame" in ok("gif")["notes"]
+    assert "EXIF orientation 6 applied" in ok("exif")["notes"]
+    # orientation applied: same pixels as the manually rotated (lossless) copy -> same score
+    assert float(ok("exif")["score"]) == pytest.approx(float(ok("exif_manual")["score"]), abs=1e-6)
+    table = capsys.readouterr().out
+    assert "not an image" in table and "good.jpg" in table
+
+
+def test_directory_item_via_api(tmp_path):
+    from tiny_models import tiny_model
+
+    model = tiny_model()
+    pred = model.predict(str(tmp_path))
+    assert pred.score is None and "directory" in pred.error
+
+
+# -- exit codes, formats ----------------------------------------------------------------------
+def test_all_ok_exit_0_and_csv_columns(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs")
+    out = tmp_path / "out.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    with open(out, newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:5] == ["path", "score", "category", "category_confidence", "error"]
+    assert header[5:] in ([], ["notes"])
+    rows = read_csv(out)
+    assert len(rows) == 3 and all(r["error"] == "" and r["category"] for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic: no temp left
+
+
+def test_json_and_jsonl(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs")
+    missing = tmp_path / "nope.png"
+    assert run("score", d, missing, "--model", ckpt, "-o", tmp_path / "r.json", "-q") == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert isinstance(data, list) and len(data) == 4
+    assert {"path", "score", "category", "category_confidence", "error"} <= set(data[0])
+    assert sum(r["error"] is not None for r in data) == 1
+    assert run("score", d, "--model", ckpt, "-o", tmp_path / "r.jsonl", "-q") == 0
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    objs = [json.loads(line) for line in lines]
+    assert len(objs) == 3 and all(isinstance(o["score"], float) for o in objs)
+
+
+def test_usage_errors(tmp_path, ckpt, capsys):
+    d = ok_folder(tmp_path / "imgs", n=1)
+    assert run("score") == 2
+    assert run("score", d, "--model", "no-such-model") == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert run("score", d, "--model", ckpt, "-o", tmp_path / "out.xlsx") == 2
+    assert run("score", d, "--model", ckpt, "--resume") == 2
+    assert run("score", d, "--model", tmp_path / "missing.pt") == 2
+    assert run("score", d, "--model", ckpt, "--batch-size", 0) == 2
+    assert run("score", d, "--model", ckpt, "--explain", "-o", tmp_path / "x.csv") == 2
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_default_model_without_weights_exits_2(tmp_path, capsys):
+    import contentiqa
+    from contentiqa.models.registry import shipped_weights_path
+
+    if shipped_weights_path(contentiqa.DEFAULT_MODEL) is not None:
+        pytest.skip("this install ships weights for the default model")
+    d = ok_folder(tmp_path / "imgs", n=1)
+    assert run("score", d) == 2
+    err = capsys.readouterr().err
+    assert "no trained weights" in err and "--model" in err
+
+
+def test_quiet_prints_only_errors(tmp_path, ckpt, capsys):
+    d = ok_folder(tmp_path / "imgs", n=2)
+    assert run("score", d, tmp_path / "gone.jpg", "--model", ckpt, "--quiet") == 1
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "gone.jpg" in cap.err and "does not exist" in cap.err
+    assert "img0" not in cap.err and "scoring" not in cap.err  # no progress bar
+
+
+# -- path handling --------------------------------------------------------------------------------
+def test_globs_and_recursion(tmp_path, ckpt, monkeypatch):
+    root = tmp_path / "shoot"
+    ok_folder(root, n=2)
+    ok_folder(root / "sub", n=1)
+    save(rgb(64, 64), root / ".hidden.jpg")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "g.csv"
+    assert run("score", "shoot/*.jpg", "--model", ckpt, "-o", out, "-q") == 0  # quoted glob
+    assert sorted(by_name(read_csv(out))) == ["img0.jpg", "img1.jpg"]
+    assert run("score", root, "--model", ckpt, "-o", out, "-q") == 0
+    assert len(read_csv(out)) == 2  # no subfolders, no hidden files
+    assert run("score", root, "--recursive", "--model", ckpt, "-o", out, "-q") == 0
+    assert len(read_csv(out)) == 3
+    assert run("score", root / "sub", root / "sub" / "img0.jpg", "--model", ckpt, "-o", out, "-q") == 0
+    assert len(read_csv(out)) == 1  # the same file twice is scored once
+    assert run("score", "nothing-*.jpg", "--model", ckpt, "-o", out, "-q") == 1
+    assert "no files match" in read_csv(out)[0]["error"]
+    only_sub = tmp_path / "only_sub"
+    ok_folder(only_sub / "inner", n=1)
+    assert run("score", only_sub, "--model", ckpt, "-o", out, "-q") == 1
+    assert "--recursive" in read_csv(out)[0]["error"]
+
+
+# -- batching, sorting ------------------------------------------------------------------------------
+def test_batched_equals_one_at_a_time(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs", n=5)
+    save(rgb(72, 96, 20), d / "other_size.png")
+    save(rgb(96, 64, 21), d / "third_size.png")
+    res = {}
+    for bs in (1, 4):
+        out = tmp_path / f"b{bs}.json"
+        assert run("score", d, "--model", ckpt, "-o", out, "-q", "--batch-size", bs, "--workers", 1) == 0
+        res[bs] = {r["path"]: r for r in json.loads(out.read_text())}
+    assert set(res[1]) == set(res[4]) and len(res[1]) == 7
+    for p, r in res[1].items():
+        # 1e-5 on the normalised [0, 1] score, i.e. 1e-5 of the 0..100 MOS range
+        assert r["score"] == pytest.approx(res[4][p]["score"], abs=1e-5 * 100)
+        assert r["category"] == res[4][p]["category"]
+
+
+def test_sort_orders(tmp_path, ckpt, capsys):
+    d = ok_folder(tmp_path / "imgs", n=4)
+    bad = tmp_path / "aaa_missing.jpg"
+    for order in ("score", "-score", "path"):
+        out = tmp_path / f"s{order}.csv"
+        assert run("score", bad, d, "--model", ckpt, "-o", out, "--sort", order) == 1
+        rows = read_csv(out)
+        scored = [r for r in rows if r["score"]]
+        if order == "path":
+            assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+        else:
+            assert rows[-1]["error"]  # failed inputs last
+            vals = [float(r["score"]) for r in scored]
+            assert vals == sorted(vals, reverse=order == "-score")
+        table = capsys.readouterr().out.splitlines()
+        listed = [Path(line.split()[0]).name for line in table[2:2 + len(rows)]]
+        assert listed == [Path(r["path"]).name for r in rows]  # the table is in the same order
+
+
+# -- resume and partial progress ----------------------------------------------------------------------
+def test_resume_skips_done_and_retries_failures(tmp_path, ckpt, monkeypatch):
+    import contentiqa.inference.engine as engine
+
+    d = ok_folder(tmp_path / "imgs", n=3)
+    late = tmp_path / "late.jpg"
+    out = tmp_path / "r.csv"
+    assert run("score", d, late, "--model", ckpt, "-o", out, "-q") == 1
+    rows = read_csv(out)
+    assert len(rows) == 4 and "does not exist" in by_name(rows)["late.jpg"]["error"]
+    # tamper with a done row: --resume must keep it as is
+    rows[0]["score"] = "12.5"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    save(rgb(64, 64, 30), late)
+    seen: list = []
+    real = engine.predict_items
+
+    def spy(model, items, *a, **kw):
+        seen.extend(items)
+        return real(model, items, *a, **kw)
+
+    monkeypatch.setattr(engine, "predict_items", spy)
+    assert run("score", d, late, "--model", ckpt, "-o", out, "--resume", "-q") == 0
+    assert [Path(p).name for p in seen] == ["late.jpg"]  # only the previously failed input
+    after = by_name(read_csv(out))
+    assert len(after) == 4
+    assert after[Path(rows[0]["path"]).name]["score"] == "12.5"
+    assert after["late.jpg"]["error"] == "" and float(after["late.jpg"]["score"]) > 0
+
+
+def test_killed_run_keeps_flushed_progress_then_resumes(tmp_path, ckpt, monkeypatch):
+    import contentiqa.inference.engine as engine
+
+    d = ok_folder(tmp_path / "imgs", n=5)
+    out = tmp_path / "r.jsonl"
+    real = engine.predict_items
+
+    def dies_after_three(model, items, *a, on_result=None, **kw):
+        count = {"n": 0}
+
+        def cb(i, pred):
+            on_result(i, pred)
+            count["n"] += 1
+            if count["n"] == 3:
+                raise RuntimeError("power cut")
+
+        return real(model, items, *a, on_result=cb, **kw)
+
+    monkeypatch.setattr(engine, "predict_items", dies_after_three)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run("score", d, "--model", ckpt, "-o", out, "-q", "--flush-every", 2, "--batch-size", 1)
+    partial = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(partial) == 2  # the flush after two results survived
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(engine, "predict_items", real)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+    final = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(final) == 5 and final[:2] == partial
+
+
+def test_interrupt_saves_progress(tmp_path, ckpt, monkeypatch, capsys):
+    import contentiqa.inference.engine as engine
+
+    d = ok_folder(tmp_path / "imgs", n=4)
+    out = tmp_path / "r.csv"
+    real = engine.predict_items
+
+    def ctrl_c(model, items, *a, on_result=None, **kw):
+        def cb(i, pred):
+            on_result(i, pred)
+            raise KeyboardInterrupt
+
+        return real(model, items, *a, on_result=cb, **kw)
+
+    monkeypatch.setattr(engine, "predict_items", ctrl_c)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--batch-size", 1) == 130
+    assert len(read_csv(out)) == 1
+    assert "--resume" in capsys.readouterr().err
