@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from contentiqa.cli.main import main
-from tiny_models import cached_loader, tiny_checkpoint
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint  # noqa: F401
 
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -277,6 +277,10 @@ def test_sort_orders(tmp_path, ckpt, capsys):
         table = capsys.readouterr().out.splitlines()
         listed = [Path(line.split()[0]).name for line in table[2:2 + len(rows)]]
         assert listed == [Path(r["path"]).name for r in rows]  # the table is in the same order
+    out = tmp_path / "bare.csv"
+    assert run("score", bad, d, "--model", ckpt, "-o", out, "-q", "--sort") == 1  # bare --sort: best first
+    vals = [float(r["score"]) for r in read_csv(out) if r["score"]]
+    assert vals == sorted(vals, reverse=True)
 
 
 # -- resume and partial progress ----------------------------------------------------------------------

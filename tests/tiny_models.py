@@ -8,6 +8,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
 import torch
 
 TINY = dict(pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
@@ -44,3 +45,12 @@ def cached_loader(real_load):
         return copy.deepcopy(_LOADED[key]).to(device)
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared CPU: one intra-op thread is faster (no spinning contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

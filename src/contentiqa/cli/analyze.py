@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-plot", action="store_true", help="skip intelligibility.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -42,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bins < 1:
         raise UsageError("--bins must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     data = Path(args.data)
     if not data.exists():
         raise UsageError(f"{data} does not exist")

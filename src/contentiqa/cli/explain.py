@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import DEFAULT_MODEL
     from ..data.imageio import ImageLoadError
     from ..explain import explain
-    from ._common import load_model, resolve_device
+    from ._model_loading import load_model, resolve_device
 
     if not args.images:
         raise UsageError("no IMAGE given")

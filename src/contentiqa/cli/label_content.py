@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, metavar="LABELED.csv", help="output CSV")
     p.add_argument("--overwrite", action="store_true", help="relabel rows that already have a category")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    p.add_argument("--no-class-balance", action="store_true",
+                   help="use plain summed ImageNet probabilities per category (default: class-balanced)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -60,7 +62,7 @@ def _relative(path: str, folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..data.content_labels import REVIEW_CONFIDENCE, label_table
+    from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, label_table
     from ..models.base import IQA_CR_CATEGORIES
     from ..utils.io import atomic_write_text
 
@@ -83,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     absolute = [p if os.path.isabs(p) else str((base / p).resolve()) for p in table["image"]]
     work = table.copy()
     work["image"] = absolute
-    labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.quiet)
+    balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
+    labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size,
+                          progress=not args.quiet, class_balance=balance)
 
     out_dir = out.resolve().parent
     result = table.copy()

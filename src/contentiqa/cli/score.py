@@ -18,7 +18,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from .main import UsageError
 
@@ -41,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", metavar="FILE", help="write results to FILE.csv, .json, .jsonl or .html (report)")
     p.add_argument("--batch-size", "-b", type=int, default=8, help="images per forward pass (equal sizes are batched; default 8)")
     p.add_argument("--workers", "-j", type=int, default=2, help="image-decoding threads (0 = decode in the main thread; default 2)")
-    p.add_argument("--sort", choices=("score", "-score", "path"), help="order of the table and output file (failed inputs last)")
+    p.add_argument("--sort", nargs="?", const="-score", choices=("score", "-score", "path"),
+                   help="order of the table and output file: score (ascending), -score (best first; "
+                        "what a bare --sort means) or path; failed inputs last")
     p.add_argument("--explain", action="store_true", help="HTML report: add a quality heatmap to each card (see --explain-limit)")
     p.add_argument("--explain-limit", type=int, default=100, metavar="N",
                    help="with --explain, heatmaps for the N best-scored images only (default 100; 0 = all)")
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.engine import predict_items
     from ..reporting.html import make_thumbnail, model_info, read_html_thumbnails, write_html_report
     from ..reporting.results import format_table, read_results, row_from_prediction, row_ok, sort_rows, write_results
-    from ._common import load_model, resolve_device
+    from ._model_loading import load_model, resolve_device
 
     fmt = _validate(args)
     output = Path(args.output) if args.output else None

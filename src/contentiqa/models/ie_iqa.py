@@ -137,6 +137,9 @@ class IEIQAConfig:
         if self.train_resize < self.input_size:
             raise ValueError("train_resize must be at least input_size")
         self.intelligibility_options = dict(self.intelligibility_options or {})
+        for name in ("distortion_checkpoint", "intelligibility_checkpoint"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))  # JSON-able config
 
     @property
     def strategy(self) -> str:
@@ -231,8 +234,11 @@ class IEIQA(IQAModel):
         return params
 
     def distortion_parameters(self) -> list[nn.Parameter]:
-        """The distortion backbone (trained in the second phase, with warm-up)."""
-        return [p for p in self.distortion.parameters() if p.requires_grad]
+        """The distortion backbone (trained in the second phase, with warm-up). All of them,
+        whatever their current ``requires_grad`` (a trainer may have frozen them for phase 1).
+        The intelligibility branch is never among the trainable parameters: even with its
+        ``requires_grad`` switched back on it runs under ``no_grad`` and gets no gradient."""
+        return list(self.distortion.parameters())
 
     def train(self, mode: bool = True):
         super().train(mode)

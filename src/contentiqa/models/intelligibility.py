@@ -569,7 +569,7 @@ def train_unrecognizability(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             count += len(y)
         history.append(total / max(count, 1))
     model.eval()

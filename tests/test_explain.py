@@ -1,0 +1,139 @@
+"""Grad-CAM, attention rollout, their fusion, and ``contentiqa explain``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contentiqa.cli.main import main
+from contentiqa.explain import attention_rollout, compute_gradcam, explain, received_attention
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=3)
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    arr = np.random.default_rng(1).integers(0, 256, size=(80, 96, 3), dtype=np.uint8)
+    p = tmp_path / "photo.png"
+    Image.fromarray(arr).save(p)
+    return p
+
+
+def _check_map(m, size_wh):
+    assert m is not None and m.dtype == np.float32
+    assert m.shape == (size_wh[1], size_wh[0])
+    assert m.min() >= 0.0 and m.max() <= 1.0
+
+
+def test_maps_have_image_size_and_unit_range(model, photo):
+    exp = explain(model, photo)
+    assert exp.size == (96, 80) and not exp.downscaled
+    for m in (exp.quality_cam, exp.category_cam, exp.attention, exp.fused, exp.fused_category):
+        _check_map(m, exp.size)
+    assert exp.score == pytest.approx(model.predict(str(photo)).score, abs=1e-4)
+    assert exp.category == model.predict(str(photo)).category
+    ov = exp.overlay("fused")
+    assert ov.size == exp.size and ov.mode == "RGB"
+
+
+def test_gradcam_depends_on_target(model, photo):
+    exp = explain(model, photo)
+    assert not np.allclose(exp.quality_cam, exp.category_cam)
+    x = model.preprocess(Image.open(photo).convert("RGB"))[None]
+    raw = [compute_gradcam(model, x, targets=("category",), category_index=k, relu=False).cams["category"] for k in (0, 1)]
+    assert not np.allclose(raw[0], raw[1])
+
+
+def test_gradcam_matches_full_autograd(model, photo):
+    """The memory-saving forward (graph only after the feature map) gives plain Grad-CAM."""
+    x = model.preprocess(Image.open(photo).convert("RGB"))[None]
+    got = compute_gradcam(model, x, targets=("quality",), relu=False).cams["quality"]
+    feats = {}
+    h = model.gradcam_module().register_forward_hook(lambda m, i, o: feats.setdefault("a", o))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            (g,) = torch.autograd.grad(out["score"][0], feats["a"])
+    finally:
+        h.remove()
+    ref = (g[0].mean(dim=(1, 2))[:, None, None] * feats["a"][0]).sum(0).detach().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    assert torch.is_grad_enabled()  # grad mode restored
+
+
+def test_explain_leaves_model_as_it_was(model, photo):
+    model.train()
+    explain(model, photo)
+    assert model.training
+    assert all(not m.keep_attention and m.last_attention is None for m in model.attention_layers())
+    model.eval()
+
+
+def test_gradcam_module_is_the_feature_stage(model):
+    assert model.gradcam_module() is model.stages[model.feature_end - 1]
+
+
+def test_attention_rollout_by_hand():
+    n = 4
+    uniform = torch.full((1, 2, n, n), 1.0 / n)
+    r = attention_rollout([uniform, uniform])
+    assert torch.allclose(r.sum(-1), torch.ones(1, n))
+    assert torch.allclose(received_attention(r), torch.full((1, n), 1.0 / n))
+    # every token attends only to token 2 -> token 2 receives the most
+    focus = torch.zeros(1, 1, n, n)
+    focus[..., 2] = 1.0
+    got = received_attention(attention_rollout([focus]))[0]
+    assert int(got.argmax()) == 2
+    # axial variant's (B, D, heads, N, N) is averaged over channels too
+    axial = torch.full((1, 3, 2, n, n), 1.0 / n)
+    assert attention_rollout([axial]).shape == (1, n, n)
+
+
+def test_downscaled_explanation_reports_it(model, photo):
+    exp = explain(model, photo, max_pixels=2000)
+    assert exp.downscaled and exp.explained_size[0] * exp.explained_size[1] <= 2000
+    _check_map(exp.fused, exp.size)  # maps still at full size
+    assert any("downscaled" in n or "copy" in n for n in exp.notes)
+    assert exp.score == pytest.approx(model.predict(str(photo)).score, abs=1e-4)  # full-res score
+
+
+def test_variants_axial_and_pooled(photo):
+    axial = tiny_model(channel_attention="axial", axial_dim=4)
+    exp = explain(axial, photo)
+    _check_map(exp.attention, exp.size)
+    pooled = tiny_model("mtl-pooled")
+    exp = explain(pooled, photo)
+    assert exp.attention is None
+    np.testing.assert_array_equal(exp.fused, exp.quality_cam)
+
+
+def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    ckpt = tiny_checkpoint()
+    out = tmp_path / "heat.png"
+    assert main(["explain", str(photo), "--model", ckpt, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "score" in printed
+    im = Image.open(out)
+    assert im.format == "PNG" and im.size[0] > im.size[1]  # panels side by side
+    assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "q.png"), "--target", "quality"]) == 0
+    assert Image.open(tmp_path / "q.png").size[0] < im.size[0]  # two panels instead of three
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(photo), "--model", ckpt, "--max-pixels", "0.002"]) == 0
+    printed = capsys.readouterr().out
+    assert "photo_explain.png" in printed and "copy" in printed  # default name; downscale said
+    assert (tmp_path / "photo_explain.png").is_file()
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    assert main(["explain", str(bad), "--model", ckpt]) == 1
+    assert main(["explain", "--model", ckpt]) == 2
+    assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "x.jpg")]) == 2

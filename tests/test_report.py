@@ -1,0 +1,109 @@
+"""The self-contained HTML report (``contentiqa score -o report.html``)."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contentiqa.cli.main import main
+from contentiqa.reporting import read_html_rows, render_html_report, write_html_report
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint  # noqa: F401
+
+
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+def images(folder: Path, n: int, size=(72, 96)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        p = folder / f"photo{i}.jpg"
+        Image.fromarray(arr).save(p, quality=90)
+        out.append(p)
+    return out
+
+
+def decode_uris(text: str, mime: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in re.findall(rf"data:{mime};base64,([A-Za-z0-9+/=]+)", text)]
+
+
+def test_report_cards_thumbnails_histogram(tmp_path, ckpt):
+    imgs = images(tmp_path / "imgs", 4)
+    broken = tmp_path / "imgs" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "report.html"
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q"]) == 1
+    text = out.read_text()
+    assert text.count('<div class="card"') == len(imgs)  # one card per scored image
+    thumbs = decode_uris(text, "image/jpeg")
+    assert len(thumbs) == len(imgs) and all(max(t.size) <= 256 for t in thumbs)
+    pngs = decode_uris(text, "image/png")
+    assert len(pngs) == 1 and 'class="histogram"' in text  # the histogram
+    # self-contained: no external assets or scripts
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+    assert "<script src" not in text and "<link" not in text
+    # summary, categories, failures
+    assert "iqa-cr" in text and "0 to 100, higher is better" in text
+    assert "4 scored, 1 failed" in text and "Categories" in text
+    assert "broken.jpg" in text and "Failed inputs (1)" in text
+    # best first
+    shown = [float(s) for s in re.findall(r'<div class="score">([0-9.]+)', text)]
+    assert shown == sorted(shown, reverse=True)
+    rows = read_html_rows(text)
+    assert len(rows) == 5 and sum(r["error"] is not None for r in rows) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_with_heatmaps_and_limit(tmp_path, ckpt):
+    images(tmp_path / "imgs", 3)
+    out = tmp_path / "report.html"
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q", "--explain"]) == 0
+    text = out.read_text()
+    assert text.count('class="heatmap"') == 3
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q",
+                 "--explain", "--explain-limit", "1"]) == 0
+    text = out.read_text()
+    assert text.count('class="heatmap"') == 1 and text.count('<div class="card"') == 3
+    # the heatmap is on the best card
+    first_card = text.split('<div class="card"')[1]
+    assert 'class="heatmap"' in first_card
+
+
+def test_report_resume_reuses_rows_and_thumbnails(tmp_path, ckpt):
+    imgs = images(tmp_path / "imgs", 3)
+    out = tmp_path / "report.html"
+    assert main(["score", str(imgs[0]), str(imgs[1]), "--model", ckpt, "-o", str(out), "-q"]) == 0
+    first = {r["path"]: r["score"] for r in read_html_rows(out.read_text())}
+    assert main(["score", *map(str, imgs), "--model", ckpt, "-o", str(out), "-q", "--resume"]) == 0
+    text = out.read_text()
+    rows = read_html_rows(text)
+    assert len(rows) == 3 and all(first[p] == s for p, s in ((r["path"], r["score"]) for r in rows) if p in first)
+    assert text.count('<div class="card"') == 3 and len(decode_uris(text, "image/jpeg")) == 3
+
+
+def test_render_lower_is_better_and_escaping(tmp_path):
+    rows = [
+        {"path": "a<b>.jpg", "score": 10.0, "category": None, "category_confidence": None, "error": None, "notes": ""},
+        {"path": "c.jpg", "score": 50.0, "category": None, "category_confidence": None, "error": None, "notes": "x & y"},
+        {"path": "d.jpg", "score": None, "category": None, "category_confidence": None, "error": "file does not exist", "notes": ""},
+    ]
+    info = {"name": "dmos-model", "score_range": (0.0, 100.0), "higher_is_better": False}
+    html = render_html_report(rows, info)
+    assert "lower is better" in html
+    assert "a&lt;b&gt;.jpg" in html and "<b>" not in html and "x &amp; y" in html
+    shown = [float(s) for s in re.findall(r'<div class="score">([0-9.]+)', html)]
+    assert shown == [10.0, 50.0]  # best (lowest) first
+    assert read_html_rows(html) == rows  # embedded JSON round-trips, even with '<' in paths
+    out = write_html_report(tmp_path / "r.html", rows, info)
+    assert out.read_text().count('<div class="card"') == 2  # no file: no thumbnail, still a card
