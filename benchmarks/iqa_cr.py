@@ -54,9 +54,7 @@ def labelled_table(csv: Path):
 
 def train_one(name: str, seed: int, split, table, scale, train_kw: dict, model_kw: dict, tag: str) -> dict:
     from contentiqa.models import create_model
-    from contentiqa.training.cache import stage_features
     from contentiqa.training.config import TrainConfig
-    from contentiqa.training.evaluate import metrics_from_predictions, category_indices
     from contentiqa.training.trainer import Trainer
 
     out = RUNS / tag / f"{name}_seed{seed}"
@@ -70,14 +68,8 @@ def train_one(name: str, seed: int, split, table, scale, train_kw: dict, model_k
     trainer = Trainer(model, parts["train"], parts["val"], scale, cfg, out, progress=False, cache_dir=CACHE)
     best = trainer.fit(resume=True)
     train_s = time.time() - t0
-    m = trainer.load_best()
     # Test on whole images through the cached frozen stages (identical to the image path).
-    trainer.model = m
-    trainer.val_table = parts["test"].reset_index(drop=True)
-    k = cfg.cache_stages
-    trainer.val_feats = stage_features(m.stages, list(parts["test"]["image"]), k, m.mean, m.std, flips=False,
-                                       cache_dir=CACHE, tag=m.cfg.backbone, progress=False) if k else None
-    res = trainer.validate()
+    res = trainer.evaluate_table(parts["test"], trainer.load_best())
     res.update(seed=seed, best_epoch=best.get("epoch"), val_srocc=best.get("val_srocc"), val_accuracy=best.get("val_accuracy"),
                epochs_run=len(trainer.history), train_seconds=round(train_s, 1))
     from contentiqa.utils.io import atomic_write_text

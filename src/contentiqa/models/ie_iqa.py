@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import set_bn_eval
+from ..backbones.stages import backbone_stages, run_stages, set_bn_eval
 from ..data.table import MOSScale
 from .base import IQAModel, pil_to_tensor
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
@@ -178,6 +178,8 @@ class IEIQA(IQAModel):
         )
         self.distortion.reset_classifier(0)
         self.distortion_tap = nn.Identity()  # its output is the last feature map (Grad-CAM)
+        # The distortion backbone as stages, so its frozen early part can be cached (training).
+        self.stages = backbone_stages(self.distortion)
         bcfg = self.distortion.contentiqa_cfg
         self.mean, self.std = tuple(bcfg.mean), tuple(bcfg.std)
         g_dim = int(self.distortion.num_features)
@@ -261,14 +263,44 @@ class IEIQA(IQAModel):
         """Training augmentation (§4.2): resize to 244 x 244, random 224 crop, random flip."""
         return resize_crop_flip(image, self.cfg.input_size, self.cfg.train_resize, True, self.mean, self.std)
 
+    # -- cached training (contentiqa.training.cache) --------------------------------------------
+    def cache_tag(self) -> str:
+        c = self.cfg
+        return (f"{c.distortion_backbone}|{c.distortion_checkpoint}|{c.intelligibility_task}|{c.intelligibility_backbone}|"
+                f"{c.intelligibility_checkpoint}|{c.intelligibility_input_size}|{c.input_size}|{c.train_resize}")
+
+    def cache_views(self, image: Image.Image, train: bool) -> list[torch.Tensor]:
+        """Training views for caching: the 244-px resize cropped to 224 at the four corners and
+        the centre, each also mirrored (a fixed sample of §4.2's random crop + flip); test: the
+        224-px resize."""
+        if not train:
+            return [self.preprocess(image)]
+        big = pil_to_tensor(image.resize((self.cfg.train_resize,) * 2, Image.BILINEAR), self.mean, self.std)
+        n, r = self.cfg.input_size, self.cfg.train_resize
+        offsets = [(0, 0), (0, r - n), (r - n, 0), (r - n, r - n), ((r - n) // 2, (r - n) // 2)]
+        crops = [big[:, t:t + n, l:l + n] for t, l in offsets]
+        return crops + [c.flip(-1) for c in crops]
+
+    def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
+        out = {"x": run_stages(self.stages, views, 0, start_stage) if start_stage else views}
+        if self.intelligibility is not None:
+            out["f"] = self.raw_intelligibility_features(views)
+        return out
+
+    def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
+        f_sel = self.select_from_raw(inputs["f"].float()).features if "f" in inputs else None
+        return self(inputs["x"], cached_intelligibility=f_sel, start_stage=start_stage)
+
     def gradcam_module(self) -> nn.Module:
         """The module whose output is the distortion backbone's last feature map."""
         return self.distortion_tap
 
     # -- the two branches --------------------------------------------------------------------
-    def distortion_features(self, x: torch.Tensor) -> torch.Tensor:
-        """g: the pooled distortion features (B, N_g)."""
-        fmap = self.distortion_tap(self.distortion.forward_features(x))
+    def distortion_features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
+        """g: the pooled distortion features (B, N_g). ``start_stage`` > 0: ``x`` is the cached
+        output of the first ``start_stage`` (frozen) stages of the distortion backbone."""
+        fmap = run_stages(self.stages, x, start_stage) if start_stage else self.distortion.forward_features(x)
+        fmap = self.distortion_tap(fmap)
         return self.distortion.forward_head(fmap, pre_logits=True)
 
     def intelligibility_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,9 +316,22 @@ class IEIQA(IQAModel):
         top-1 class used (for analysis)."""
         if self.intelligibility is None:
             raise RuntimeError("this IE-IQA model has no intelligibility branch (distortion-only baseline)")
-        branch = self.intelligibility
         with torch.no_grad():
-            f = branch.extract(self.intelligibility_input(x))
+            f = self.intelligibility.extract(self.intelligibility_input(x))
+        return self.select_from_raw(f)
+
+    def raw_intelligibility_features(self, x: torch.Tensor) -> torch.Tensor:
+        """f: the frozen branch's full feature vector (B, N_d), before selection. Selection is a
+        cheap function of f (see :meth:`select_from_raw`), so caching f serves every ratio."""
+        if self.intelligibility is None:
+            raise RuntimeError("this IE-IQA model has no intelligibility branch (distortion-only baseline)")
+        with torch.no_grad():
+            return self.intelligibility.extract(self.intelligibility_input(x))
+
+    def select_from_raw(self, f: torch.Tensor) -> Selection:
+        """Apply this model's selection strategy and ratio to raw features ``f`` (B, N_d)."""
+        branch = self.intelligibility
+        assert branch is not None
         lin = branch.linear_head()
         return select_features(
             f,
@@ -327,8 +372,9 @@ class IEIQA(IQAModel):
         self,
         x: torch.Tensor,
         cached_intelligibility: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        start_stage: int = 0,
     ) -> dict[str, torch.Tensor]:
-        g = self.distortion_features(x)
+        g = self.distortion_features(x, start_stage)
         f_sel = None
         if self.intelligibility is not None:
             if cached_intelligibility is None:

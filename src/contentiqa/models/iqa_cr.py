@@ -292,6 +292,21 @@ class IQACR(IQAModel):
     def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
         return self.head_outputs(self.encode(self.features(x, start_stage)))
 
+    # -- cached training (contentiqa.training.cache) --------------------------------------------
+    def cache_tag(self) -> str:
+        return f"{self.cfg.backbone}|{self.cfg.backbone_checkpoint}|{self.mean}|{self.std}"
+
+    def cache_views(self, image, train: bool) -> list[torch.Tensor]:
+        """Views whose frozen encodings are cached: the image and (training) its mirror."""
+        x = self.preprocess(image)
+        return [x, x.flip(-1)] if train else [x]
+
+    def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
+        return {"x": run_stages(self.stages, views, 0, start_stage)}
+
+    def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
+        return self(inputs["x"], start_stage=start_stage)
+
     def attention_layers(self) -> list[MultiHeadAttention]:
         return [m for layer in self.layers for m in layer.attention_modules()]
 

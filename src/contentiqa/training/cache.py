@@ -68,3 +68,44 @@ def stage_features(
 
         atomic_torch_save(out, cache_file)
     return out
+
+
+@torch.inference_mode()
+def cached_encodings(
+    model: nn.Module,
+    paths: Sequence[str],
+    start_stage: int,
+    train: bool,
+    cache_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """For each image, the model's frozen-part encoding of each of its cached views.
+
+    The model defines the views (``cache_views(image, train)``: e.g. the image and its mirror
+    for IQA-CR, the ten 224-px crops/flips of the 244-px resize for IE-IQA) and what is cached
+    (``cache_encode(views, start_stage)`` -> dict of tensors with a leading view axis).
+    """
+    from tqdm.auto import tqdm
+
+    cache_file = None
+    if cache_dir is not None:
+        key = cache_key(paths, f"{model.cache_tag()}|{start_stage}|{train}|{dtype}")
+        cache_file = Path(cache_dir) / f"enc_{model.model_name}_s{start_stage}_{'train' if train else 'eval'}_{key}.pt"
+        if cache_file.is_file():
+            return torch.load(cache_file, map_location="cpu", weights_only=True)
+    was = model.training
+    model.eval()
+    out: list[dict[str, torch.Tensor]] = []
+    try:
+        for p in tqdm(paths, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
+            views = torch.stack(model.cache_views(load_image(p).image, train))
+            enc = model.cache_encode(views, start_stage)
+            out.append({k: v.to(dtype).contiguous() if v.is_floating_point() else v for k, v in enc.items()})
+    finally:
+        model.train(was)
+    if cache_file is not None:
+        from ..utils.io import atomic_torch_save
+
+        atomic_torch_save(out, cache_file)
+    return out

@@ -141,21 +141,22 @@ class TrainImages(Dataset):
 
 
 class CachedFeatures(Dataset):
-    """Samples from cached frozen-stage feature maps (see :mod:`contentiqa.training.cache`).
+    """Samples from cached frozen-part encodings (see :func:`contentiqa.training.cache.cached_encodings`).
 
-    Augmentation mirrors the image path: the mirrored copy stands for a flip, and a random
-    window of ``crop_cells`` feature cells stands for a native-scale crop (cells are
-    ``stride`` pixels wide, so the crop is of the same scale, up to the receptive-field
-    border effects of the frozen stages).
+    Each item holds a dict of tensors with a leading view axis. Training draws one view at
+    random per epoch (for IQA-CR the mirrored copy stands for a flip; for IE-IQA the views are
+    its crops and flips) and, when ``crop_cells`` is set, a random window of that many cells of
+    the ``"x"`` feature map, which stands for a native-scale crop (cells are ``stride`` pixels
+    wide, so the crop keeps the scale, up to receptive-field border effects of the frozen stages).
     """
 
-    def __init__(self, features: Sequence[torch.Tensor], targets, categories, crop_cells: int | None,
-                 hflip: bool, seed: int = 0, train: bool = True):
-        self.features = list(features)
+    def __init__(self, encodings: Sequence[dict[str, torch.Tensor]], targets, categories, crop_cells: int | None,
+                 seed: int = 0, train: bool = True):
+        self.encodings = list(encodings)
         self.targets = np.asarray(targets, dtype=np.float32)
         self.categories = np.asarray(categories, dtype=np.int64)
         self.crop_cells = crop_cells if train else None
-        self.hflip = hflip and train
+        self.train = train
         self.seed = seed
         self.epoch = 0
 
@@ -163,20 +164,22 @@ class CachedFeatures(Dataset):
         self.epoch = epoch
 
     def shapes(self) -> list[tuple[int, int]]:
-        return [effective_shape(f.shape[-2], f.shape[-1], self.crop_cells) for f in self.features]
+        return [effective_shape(e["x"].shape[-2], e["x"].shape[-1], self.crop_cells) for e in self.encodings]
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.encodings)
 
     def __getitem__(self, i: int):
         rng = item_rng(self.seed, self.epoch, i)
-        f = self.features[i]
-        copy = 1 if (self.hflip and f.shape[0] > 1 and rng.random() < 0.5) else 0
-        x = f[copy].float()
+        enc = self.encodings[i]
+        n_views = next(iter(enc.values())).shape[0]
+        v = int(rng.integers(0, n_views)) if self.train else 0
+        item = {k: t[v].float() for k, t in enc.items()}
         if self.crop_cells is not None:
+            x = item["x"]
             h, w = x.shape[-2:]
             ch, cw = min(h, self.crop_cells), min(w, self.crop_cells)
             top = int(rng.integers(0, h - ch + 1))
             left = int(rng.integers(0, w - cw + 1))
-            x = x[:, top:top + ch, left:left + cw]
-        return x, torch.tensor(self.targets[i]), torch.tensor(self.categories[i])
+            item["x"] = x[:, top:top + ch, left:left + cw]
+        return item, torch.tensor(self.targets[i]), torch.tensor(self.categories[i])

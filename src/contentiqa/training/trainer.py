@@ -44,7 +44,15 @@ def seed_everything(seed: int) -> None:
 
 def _collate(batch):
     xs, ts, cs = zip(*batch)
-    return torch.stack(xs), torch.stack(ts), torch.stack(cs)
+    if isinstance(xs[0], dict):
+        x = {k: torch.stack([d[k] for d in xs]) for k in xs[0]}
+    else:
+        x = torch.stack(xs)
+    return x, torch.stack(ts), torch.stack(cs)
+
+
+def _to(x, device):
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
 
 class Trainer:
@@ -134,36 +142,37 @@ class Trainer:
 
     def _setup_cache(self, t_tr, c_tr) -> None:
         from ..backbones.stages import freeze_stages
-        from .cache import stage_features
+        from .cache import cached_encodings
 
         cfg, model = self.cfg, self.model
-        if not hasattr(model, "features") or not hasattr(model, "stages"):
-            raise ValueError(f"cache_stages needs a staged model (IQA-CR family); {model.model_name} is not")
+        if not hasattr(model, "cache_encode") or not hasattr(model, "stages"):
+            raise ValueError(f"cache_stages needs a model with staged, cacheable inputs; {model.model_name} has none")
         k = cfg.cache_stages
-        if k >= model.feature_end + 1:
-            raise ValueError(f"cache_stages={k} exceeds the model's {model.feature_end} feature stages")
-        if not model.cfg.bn_eval:
+        limit = getattr(model, "feature_end", len(model.stages))
+        if k > limit:
+            raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
+        if not getattr(model.cfg, "bn_eval", False):
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
-        if model.cfg.frozen_stages < k:
-            model.cfg.frozen_stages = k
-            freeze_stages(model.backbone, k)
-        tag = f"{model.cfg.backbone}"
-        mean, std = model.mean, model.std
-        feats = stage_features(model.stages, list(self.train_table["image"]), k, mean, std, flips=cfg.hflip,
-                               cache_dir=self.cache_dir, tag=tag, progress=self.progress)
-        # Stride of the cached map, to express the pixel crop in feature cells.
-        from .data import image_size
+        backbone = model.backbone if hasattr(model, "backbone") else model.distortion
+        if getattr(model.cfg, "frozen_stages", 0) < k:
+            if hasattr(model.cfg, "frozen_stages"):
+                model.cfg.frozen_stages = k
+        freeze_stages(backbone, k)
+        enc = cached_encodings(model, list(self.train_table["image"]), k, train=True, cache_dir=self.cache_dir, progress=self.progress)
+        cells = None
+        if model.native_resolution and cfg.crop is not None:
+            # Stride of the cached map, to express the pixel crop in feature cells.
+            from .data import image_size
 
-        w0, h0 = image_size(self.train_table["image"].iloc[0])
-        stride = h0 / feats[0].shape[-2]
-        cells = None if cfg.crop is None else max(1, int(round(cfg.crop / stride)))
-        self.train_ds = CachedFeatures(feats, t_tr, c_tr, cells, cfg.hflip, seed=cfg.seed, train=True)
+            w0, h0 = image_size(self.train_table["image"].iloc[0])
+            stride = h0 / enc[0]["x"].shape[-2]
+            cells = max(1, int(round(cfg.crop / stride)))
+        self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
         self.start_stage = k
         self.val_feats = None
         if self.val_table is not None:
-            vf = stage_features(model.stages, list(self.val_table["image"]), k, mean, std, flips=False,
-                                cache_dir=self.cache_dir, tag=tag, progress=self.progress)
-            self.val_feats = vf
+            self.val_feats = cached_encodings(model, list(self.val_table["image"]), k, train=False,
+                                              cache_dir=self.cache_dir, progress=self.progress)
 
     def _param_groups(self) -> list[dict]:
         model = self.model
@@ -214,9 +223,9 @@ class Trainer:
         return [make(0 if g.get("name") == "head" else cfg.head_only_epochs) for g in self.optimizer.param_groups]
 
     # -- loop ----------------------------------------------------------------------------------
-    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.start_stage:
-            return self.model(x, start_stage=self.start_stage)
+    def _forward(self, x) -> dict[str, torch.Tensor]:
+        if isinstance(x, dict):
+            return self.model.forward_cached(x, self.start_stage)
         return self.model(x)
 
     @torch.inference_mode()
@@ -227,8 +236,8 @@ class Trainer:
         self.model.eval()
         if self.val_feats is not None:
             scores, cats = [], []
-            for f in self.val_feats:
-                out = self._forward(f[:1].float().to(self.device))
+            for enc in self.val_feats:
+                out = self._forward({k: v[:1].float().to(self.device) for k, v in enc.items()})
                 if "score" in out:
                     scores.append(float(out["score"][0]))
                 if "logits" in out:
@@ -248,6 +257,24 @@ class Trainer:
         s, c = self.predict_val()
         return metrics_from_predictions(s, self.val_table, self.scale, c, self.model.categories)
 
+    def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (default: the trained one) on another table (e.g. the test
+        part), through the same cached frozen stages when training used them: whole images,
+        one view, so the result equals scoring the image files."""
+        from .cache import cached_encodings
+
+        saved = (self.model, self.val_table, self.val_feats)
+        try:
+            if model is not None:
+                self.model = model.to(self.device)
+            self.val_table = table.reset_index(drop=True)
+            self.val_feats = (cached_encodings(self.model, list(table["image"]), self.start_stage, train=False,
+                                               cache_dir=self.cache_dir, progress=self.progress)
+                              if self.start_stage else None)
+            return self.validate()
+        finally:
+            self.model, self.val_table, self.val_feats = saved
+
     def _monitor(self, metrics: dict[str, float]) -> float:
         return metrics.get("srocc", metrics.get("accuracy", float("nan")))
 
@@ -262,7 +289,7 @@ class Trainer:
         n = 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
         for x, t, c in bar:
-            x, t, c = x.to(self.device), t.to(self.device), c.to(self.device)
+            x, t, c = _to(x, self.device), t.to(self.device), c.to(self.device)
             out = self._forward(x)
             loss, parts = self.loss_fn(out, t, c)
             self.optimizer.zero_grad(set_to_none=True)

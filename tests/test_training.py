@@ -1,0 +1,183 @@
+"""The trainer: losses, cached vs image paths, checkpoints, exact resume, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import write_image
+from contentiqa.data.table import MOSScale
+from contentiqa.models import IQA_CR_CATEGORIES, create_model, load_checkpoint
+from contentiqa.models.layers import FocalLoss
+from contentiqa.training.config import TrainConfig
+from contentiqa.training.losses import MultiTaskLoss
+from contentiqa.training.trainer import Trainer
+
+TINY = dict(backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_table(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        h, w = (64, 64) if i % 3 else (64, 96)  # two sizes: batches are grouped by shape
+        p = write_image(tmp_path / "img" / f"{i}.png", h, w, seed=i)
+        rows.append({"image": str(p), "mos": float(rng.uniform(0, 100)), "category": IQA_CR_CATEGORIES[i % 3]})
+    return pd.DataFrame(rows)
+
+
+def _trainer(model, table, tmp_path, name="run", **cfg):
+    base = dict(epochs=2, batch_size=4, crop=48, lr=1e-3, patience=0, warmup_epochs=0.5)
+    base.update(cfg)
+    return Trainer(model, table.iloc[:9], table.iloc[9:], MOSScale(0, 100), TrainConfig(**base), tmp_path / name,
+                   progress=False, cache_dir=tmp_path / "cache", log=lambda *a: None)
+
+
+def test_focal_loss_matches_formula_and_cross_entropy():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, -1, 1])
+    fl = FocalLoss(gamma=2.0)(logits, target)
+    valid = target >= 0
+    p = logits[valid].softmax(-1)[torch.arange(int(valid.sum())), target[valid]]
+    assert torch.allclose(fl, (-(1 - p) ** 2 * p.log()).mean(), atol=1e-6)
+    ce = torch.nn.functional.cross_entropy(logits[valid], target[valid])
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), ce, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["sum", "dwa", "uncertainty"])
+def test_multitask_loss_weightings(weighting):
+    loss = MultiTaskLoss(weighting=weighting, category_weight=0.5)
+    out = {"score": torch.tensor([0.2, 0.8], requires_grad=True), "logits": torch.randn(2, 10, requires_grad=True)}
+    total, parts = loss(out, torch.tensor([0.3, 0.5]), torch.tensor([1, -1]))
+    total.backward()
+    assert set(parts) == {"score", "category"} and total.requires_grad is True
+    assert out["score"].grad is not None and out["logits"].grad[1].abs().sum() == 0  # unlabelled item: no CE gradient
+    if weighting == "sum":
+        assert total.item() == pytest.approx(parts["score"] + 0.5 * parts["category"], rel=1e-5)
+
+
+def test_dwa_weights_follow_loss_ratios():
+    loss = MultiTaskLoss(weighting="dwa")
+    loss.epoch_losses = [[1.0, 1.0], [0.5, 1.0]]  # score loss halved, category loss flat
+    ws, wc = loss.dwa_weights()
+    assert ws + wc == pytest.approx(2.0) and wc > ws
+
+
+@pytest.mark.parametrize("cache_stages", [0, 3])
+def test_trainer_runs_and_writes_checkpoints(tiny_table, tmp_path, cache_stages):
+    torch.manual_seed(0)
+    model = create_model("iqa-cr", pretrained=False, **TINY)
+    tr = _trainer(model, tiny_table, tmp_path, cache_stages=cache_stages)
+    best = tr.fit()
+    out = tmp_path / "run"
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file() and (out / "config.json").is_file()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "val_srocc" in json.loads(lines[0])
+    assert best["epoch"] in (1, 2)
+    m = load_checkpoint(out / "best.pt")
+    assert m.categories == list(IQA_CR_CATEGORIES) and m.score_range == (0.0, 100.0)
+
+
+def test_cached_and_image_paths_agree_at_evaluation(tiny_table, tmp_path):
+    """The cache is an optimisation only: scoring through cached frozen stages equals scoring
+    the image files."""
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-q", pretrained=False, **TINY)
+    tr = _trainer(model, tiny_table, tmp_path, cache_stages=4, epochs=1)
+    tr.fit()
+    cached = tr.evaluate_table(tiny_table)
+    from contentiqa.training.evaluate import evaluate_model
+
+    direct, _ = evaluate_model(tr.model, tiny_table, MOSScale(0, 100), workers=0)
+    for k in ("plcc", "srocc", "rmse"):
+        assert cached[k] == pytest.approx(direct[k], abs=2e-3)
+
+
+def test_loss_decreases_on_a_small_batch(tiny_table, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("iqa-cr", pretrained=False, **TINY)
+    table = tiny_table[tiny_table.index % 3 != 0].iloc[:4]  # one shape, one batch
+    tr = Trainer(model, table, None, MOSScale(0, 100), TrainConfig(epochs=25, batch_size=4, crop=None, hflip=False, lr=3e-3,
+                 warmup_epochs=0, scheduler="none", patience=0, weight_decay=0.0), tmp_path / "overfit", progress=False, log=lambda *a: None)
+    tr.fit()
+    losses = [h["loss"] for h in tr.history]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_continues_exactly(tiny_table, tmp_path):
+    def run(name, epochs_first, resume_to=None):
+        torch.manual_seed(0)
+        model = create_model("iqa-cr", pretrained=False, **TINY)
+        tr = _trainer(model, tiny_table, tmp_path, name=name, epochs=epochs_first if resume_to is None else resume_to)
+        if resume_to is not None:
+            # emulate an interruption: a first run stopped after `epochs_first` epochs
+            torch.manual_seed(0)
+            first = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name=name, epochs=resume_to)
+            first.cfg.epochs = epochs_first
+            first.fit()
+            first.cfg.epochs = resume_to
+            tr.fit(resume=True)
+        else:
+            tr.fit()
+        return tr
+
+    straight = run("straight", 3)
+    resumed = run("resumed", 1, resume_to=3)
+    assert len(resumed.history) == 3
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
+
+
+def test_trainer_refuses_content_model_without_labels(tiny_table, tmp_path):
+    model = create_model("iqa-cr", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match="label-content"):
+        _trainer(model, tiny_table.drop(columns=["category"]), tmp_path)
+
+
+def test_ie_iqa_trains_through_cache(tiny_table, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, input_size=64, train_resize=72,
+                         bn_eval=True, hidden=(32, 16))
+    tr = _trainer(model, tiny_table, tmp_path, cache_stages=3, optimizer="sgd", lr=0.01, head_only_epochs=1)
+    intel_before = {k: v.clone() for k, v in model.intelligibility.state_dict().items()}
+    tr.fit()
+    assert all(torch.equal(v, model.intelligibility.state_dict()[k]) for k, v in intel_before.items())
+    enc = tr.train_ds.encodings[0]
+    assert enc["x"].shape[0] == 10 and enc["f"].shape == (10, 1280)  # 5 crops x 2 flips, raw features
+    m = tr.evaluate_table(tiny_table)
+    assert np.isfinite(m["srocc"])
+
+
+def test_train_cli_end_to_end(tiny_table, tmp_path):
+    from contentiqa.cli.main import main
+
+    csv = tmp_path / "data.csv"
+    t = tiny_table.copy()
+    t["image"] = [str(p) for p in t["image"]]
+    t.to_csv(csv, index=False)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: iqa-cr-q\nmodel_args:\n  backbone_pretrained: false\n  dim: 16\n  heads: 2\n  mlp_dim: 32\n"
+                   "  grid: [2, 2]\n  depth: 1\ntrain:\n  epochs: 1\n  batch_size: 4\n  crop: 48\n")
+    out = tmp_path / "cli_run"
+    rc = main(["train", "--data", str(csv), "--config", str(cfg), "--out", str(out), "--protocol", "ie-iqa", "--quiet"])
+    assert rc == 0
+    assert (out / "best.pt").is_file() and (out / "split.json").is_file() and (out / "test_metrics.json").is_file()
+    rc = main(["train", "--data", str(csv), "--config", str(cfg), "--out", str(out), "--resume", "--epochs", "2", "--quiet"])
+    assert rc == 0 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    rc = main(["evaluate", "--model", str(out / "best.pt"), "--data", str(csv), "--json", str(tmp_path / "m.json"), "--quiet"])
+    assert rc == 0 and "srocc" in json.loads((tmp_path / "m.json").read_text())
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--quiet"]) == 2
+    assert main(["train", "--data", str(csv), "--set", "bogus=1", "--quiet"]) == 2
