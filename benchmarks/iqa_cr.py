@@ -78,6 +78,34 @@ def train_one(name: str, seed: int, split, table, scale, train_kw: dict, model_k
     return res
 
 
+def report(results: dict, args, split_file, train_kw: dict, model_kw: dict) -> str:
+    import torch
+
+    from contentiqa.metrics import format_mean_std
+
+    floor = json.loads((RESULTS / "floor.json").read_text()) if (RESULTS / "floor.json").is_file() else None
+    rows = []
+    for name, res in results.items():
+        f = format_mean_std(res["summary"])
+        rows.append([name, str(len(res["runs"])), f.get("plcc", "–"), f.get("srocc", "–"), f.get("rmse", "–"), f.get("accuracy", "–")])
+    if floor:
+        ff = format_mean_std({k: v for k, v in floor["summary"].items()})
+        rows.append(["floor (lite0 GAP + ridge)", str(floor["summary"]["srocc"]["n"]), ff["plcc"], ff["srocc"], ff["rmse"], "–"])
+    md = (
+        "# IQA-CR on CLIVE (clive-dev, 878 photos, IQA-CR protocol 80/10/10)\n\n"
+        + md_table(["model", "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], rows)
+        + f"\nTest parts of seeds 0..{args.seeds - 1} ({split_file.name}; the floor row uses seeds 0..9 of the same file); "
+        f"mean ± std. Backbone efficientnet_lite0 (ImageNet, offline), first {args.cache_stages} stages frozen and cached, "
+        f"later stages fine-tuned; native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr}, "
+        f"batch {args.batch_size}, ≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}).\n"
+        f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
+        f"--cache-stages {args.cache_stages}`\n"
+    )
+    write_results("iqa_cr", {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
+                             "results": results, "threads": torch.get_num_threads()}, md)
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -90,11 +118,10 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
     ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
+    ap.add_argument("--ship", action="store_true", help="after the benchmark, train and ship iqa-cr on all of clive-dev")
     args = ap.parse_args()
 
-    import torch
-
-    from contentiqa.metrics import format_mean_std, mean_std
+    from contentiqa.metrics import mean_std
 
     csv = require_clive()
     ds, table = labelled_table(csv)
@@ -114,27 +141,11 @@ def main() -> None:
                   f"acc {r.get('accuracy', float('nan')):.3f} ({time.time() - t:.0f}s)", flush=True)
         keys = [k for k in ("plcc", "srocc", "krocc", "rmse", "accuracy") if k in runs[0]]
         results[name] = {"runs": runs, "summary": mean_std([{k: r[k] for k in keys} for r in runs])}
-    floor = json.loads((RESULTS / "floor.json").read_text()) if (RESULTS / "floor.json").is_file() else None
+        md = report(results, args, split_file, train_kw, model_kw)  # rewritten after each model: partial runs stay visible
+    if args.ship:
+        from ship import ship_model
 
-    rows = []
-    for name, res in results.items():
-        f = format_mean_std(res["summary"])
-        rows.append([name, str(len(res["runs"])), f.get("plcc", "–"), f.get("srocc", "–"), f.get("rmse", "–"), f.get("accuracy", "–")])
-    if floor:
-        ff = format_mean_std({k: v for k, v in floor["summary"].items()})
-        rows.append([f"floor (lite0 GAP + ridge, {floor['summary']['srocc']['n']} splits)", str(floor["summary"]["srocc"]["n"]),
-                     ff["plcc"], ff["srocc"], ff["rmse"], "–"])
-    md = (
-        "# IQA-CR on CLIVE (clive-dev, 878 photos, IQA-CR protocol 80/10/10)\n\n"
-        + md_table(["model", "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], rows)
-        + f"\nTest parts of seeds 0..{args.seeds - 1} ({split_file.name}); mean ± std. Backbone efficientnet_lite0 "
-        f"(ImageNet, offline), first {args.cache_stages} stages frozen and cached, later stages fine-tuned; "
-        f"native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr}, batch {args.batch_size}, "
-        f"≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}).\n"
-        f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --cache-stages {args.cache_stages}`\n"
-    )
-    write_results("iqa_cr", {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
-                             "results": results, "threads": torch.get_num_threads()}, md)
+        ship_model("iqa-cr", table, ds.scale, splits[0], train_kw, model_kw, results, md)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,15 @@ def write_image(path: Path, h: int = 40, w: int = 48, seed: int = 0, fmt: str | 
 def make_image():
     """``make_image(path, h=40, w=48, seed=0)`` writes a tiny random RGB image and returns its path."""
     return write_image
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """`make test` runs two pytest workers on two cores: one intra-op thread each avoids
+    oversubscription, which makes small forward passes many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Train a model on a dataset split. Checkpoints go to OUT/last.pt every epoch and "
             "OUT/best.pt (best validation SROCC); --resume continues an interrupted run exactly. "
             "A YAML --config may hold `model: NAME`, `model_args: {...}` and `train: {...}` "
-            "(TrainConfig fields); command-line flags override it."
+            "(TrainConfig fields); command-line flags override it. Under `torchrun --nproc_per_node N "
+            "-m contentiqa train ...` it trains with DistributedDataParallel on N processes (gloo on "
+            "CPU, nccl and one GPU per process with --device cuda); --batch-size is then per process."
         ),
     )
     p.add_argument("--model", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
@@ -78,11 +80,9 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import create_model
     from ..models.registry import model_entry
+    from ..training import distributed as dist_utils
     from ..training.config import TrainConfig
-    from ..training.trainer import Trainer
-    from ..utils.io import atomic_write_text
 
     model_name, model_args, train_args = build_configs(args)
     try:
@@ -90,12 +90,31 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(train_args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # Launched by torchrun (WORLD_SIZE > 1): join the process group; one GPU per local rank.
+    info = dist_utils.init_from_env(cfg.device)
+    if info.distributed:
+        cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
+    try:
+        return _train(args, model_name, model_args, cfg, info)
+    finally:
+        dist_utils.cleanup(info)
+
+
+def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info) -> int:
+    from ..models import create_model
+    from ..training import distributed as dist_utils
+    from ..training.trainer import Trainer
+    from ..utils.io import atomic_write_text
+
     ds = load_data(args)
     out = Path(args.out or f"runs/{model_name}")
     out.mkdir(parents=True, exist_ok=True)
     if args.resume and (out / "split.json").is_file() and not args.split:
         args.split = str(out / "split.json")
-    split = resolve_split(args, ds.table, out)
+    with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
+        if info.rank != 0 and not args.split and "split" not in ds.table and (out / "split.json").is_file():
+            args.split = str(out / "split.json")
+        split = resolve_split(args, ds.table, out if info.rank == 0 else None)
     table = ds.table
     parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
     if args.resume and (out / "last.pt").is_file():
@@ -105,16 +124,19 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(model_name, pretrained=False, **model_args)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot build {model_name} with {model_args}: {exc}") from None
-    quiet = args.quiet
+    quiet = args.quiet or info.rank != 0  # rank 0 speaks for the run
     log = (lambda *a, **k: None) if quiet else print
+    procs = f" on {info.world_size} processes" if info.distributed else ""
     log(f"training {model_name} on {len(parts['train'])} images (val {len(parts.get('val', []))}, "
-        f"test {len(parts.get('test', []))}); output {out}")
+        f"test {len(parts.get('test', []))}){procs}; output {out}")
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
                           cache_dir=out / "cache", log=log)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     best = trainer.fit(resume=args.resume)
+    if info.rank != 0:
+        return 0  # rank 0 reports and tests the best checkpoint
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
     if "test" in parts:
         from ..training.evaluate import evaluate_model

@@ -1,16 +1,40 @@
-"""Batched scoring of many inputs: decode in worker threads, group equal sizes, one forward
-per group. Native-resolution models cannot stack different sizes, so images are bucketed by
-their preprocessed shape; a window of ``batch_size * window_factor`` inputs is in memory at a
-time, which keeps memory flat over arbitrarily long runs."""
+"""Batched scoring of many inputs: a pipeline whose memory stays flat however long the run.
+
+- **Decoding in parallel with the model.** ``workers`` threads decode and preprocess the
+  next images while the model runs (PIL, numpy and torch release the GIL), with a sliding
+  window of look-ahead: at most ``window`` images in flight *and* at most
+  ``max_prefetch_bytes`` of prepared tensors waiting, so a folder of 12-megapixel photos does
+  not fill the memory ahead of the model.
+- **Batches of equal sizes.** Native-resolution models (IQA-CR) cannot stack different sizes,
+  so prepared tensors are bucketed by shape; fixed-size models (IE-IQA) land in one bucket
+  after their own resize. A bucket is run when it holds ``batch_size`` images or
+  ``max_batch_pixels`` pixels (on a CPU a batch of large photos is no faster per image than
+  one at a time and only costs memory); when many sizes are waiting, the fullest bucket is
+  run early, so at most about four batches' worth of pixels are ever held.
+- **Inference settings.** Every forward runs under ``torch.inference_mode``; on a CPU the
+  batch is handed to the torch model in ``channels_last`` layout (measured: 15-30 % faster
+  for the depthwise-separable EfficientNet backbones on this project's CPUs; results equal
+  to the last bit in our checks). ``forward=`` replaces the torch model (e.g. an ONNX Runtime
+  session, :mod:`contentiqa.inference.onnx`).
+- **Results as they come.** ``on_result(index, prediction)`` is called for every input as
+  soon as it is scored (out of order); with ``return_results=False`` the engine keeps no
+  predictions itself, so a run over millions of files holds only its working set.
+"""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from ..models.base import IQAModel, Prediction, load_image_safely
+
+DEFAULT_MAX_BATCH_PIXELS = 2_000_000
+"""A bucket is run once it holds this many pixels (8 images of 500 x 500; 2048 x 1536 photos
+go one at a time)."""
+DEFAULT_MAX_PREFETCH_BYTES = 512 * 2**20
+"""Prepared tensors decoded ahead of the model stop being added beyond this many bytes."""
 
 
 def _prepare(model: IQAModel, item: Any, index: int = 0, on_image: Callable[[int, Any], None] | None = None):
@@ -28,28 +52,67 @@ def _prepare(model: IQAModel, item: Any, index: int = 0, on_image: Callable[[int
         return None, path, notes, f"preprocessing failed: {exc}"
 
 
+def _nbytes(prepared) -> int:
+    t = prepared[0]
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
 def iter_prepared(
     model: IQAModel,
     items: Sequence[Any],
     workers: int = 2,
     window: int = 32,
     on_image: Callable[[int, Any], None] | None = None,
+    max_prefetch_bytes: int | None = DEFAULT_MAX_PREFETCH_BYTES,
 ):
     """Yield ``(index, tensor_or_None, path, notes, error)`` in input order, decoding ahead
     in ``workers`` threads (PIL and numpy release the GIL while decoding).
 
-    ``on_image(index, pil_image)`` is called (in the decoding thread) with every image that
-    loaded, before preprocessing."""
+    At most ``window`` inputs are submitted ahead of the one being yielded, and no new one is
+    submitted while the prepared tensors waiting to be consumed exceed ``max_prefetch_bytes``
+    (None: no byte limit). ``on_image(index, pil_image)`` is called (in the decoding thread)
+    with every image that loaded, before preprocessing."""
     if workers <= 0:
         for i, it in enumerate(items):
             yield (i, *_prepare(model, it, i, on_image))
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(items), window):
-            chunk = items[start:start + window]
-            jobs = [(start + j, it) for j, it in enumerate(chunk)]
-            for j, res in enumerate(pool.map(lambda job: _prepare(model, job[1], job[0], on_image), jobs)):
-                yield (start + j, *res)
+    window = max(1, int(window))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contentiqa-decode")
+    pending: deque = deque()
+    source = iter(enumerate(items))
+
+    def waiting_bytes() -> int:
+        return sum(_nbytes(f.result()) for _, f in pending if f.done() and not f.exception())
+
+    def top_up() -> None:
+        while len(pending) < window:
+            if pending and max_prefetch_bytes is not None and waiting_bytes() >= max_prefetch_bytes:
+                return
+            try:
+                i, it = next(source)
+            except StopIteration:
+                return
+            pending.append((i, pool.submit(_prepare, model, it, i, on_image)))
+
+    try:
+        top_up()
+        while pending:
+            i, fut = pending.popleft()
+            res = fut.result()
+            top_up()
+            yield (i, *res)
+            del res
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collate(tensors: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
+    """Stack (C, H, W) tensors into a batch; ``channels_last`` returns it in that layout
+    without a strided copy when the tensors are HWC in memory (as ``pil_to_tensor`` makes
+    them)."""
+    if channels_last and tensors[0].ndim == 3:
+        return torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
+    return torch.stack(tensors)
 
 
 def predict_items(
@@ -61,31 +124,52 @@ def predict_items(
     forward: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
     on_result: Callable[[int, Prediction], None] | None = None,
     on_image: Callable[[int, Any], None] | None = None,
-) -> list[Prediction]:
+    *,
+    max_batch_pixels: int | None = DEFAULT_MAX_BATCH_PIXELS,
+    channels_last: bool | None = None,
+    return_results: bool = True,
+    window: int | None = None,
+    max_prefetch_bytes: int | None = DEFAULT_MAX_PREFETCH_BYTES,
+) -> list[Prediction] | None:
     """Score ``items`` and return one :class:`Prediction` per item, in order.
 
     ``forward`` replaces ``model(x)`` (e.g. an ONNX Runtime session); ``on_result`` is called
     as each result is ready (for incremental, resumable output); ``on_image(index, image)``
     sees each decoded RGB image (from a worker thread), e.g. to make report thumbnails.
+
+    ``max_batch_pixels``: a batch is run once its images hold this many pixels, even below
+    ``batch_size`` (None: count only). ``channels_last``: hand the torch model its batch in
+    channels-last layout (None: yes on a CPU when ``forward`` is not given).
+    ``return_results=False`` keeps no predictions (use ``on_result``) and returns None.
+    ``window`` (default ``2 * batch_size``, at least 8) and ``max_prefetch_bytes`` bound the
+    decoding look-ahead (see :func:`iter_prepared`).
     """
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     fwd = forward or model
-    results: list[Prediction | None] = [None] * len(items)
+    device = model.device
+    if channels_last is None:
+        channels_last = forward is None and device.type == "cpu"
+    results: list[Prediction | None] | None = [None] * len(items) if return_results else None
     buckets: dict[tuple, list] = defaultdict(list)
+    pixels: dict[tuple, int] = defaultdict(int)
     bar = tqdm(total=len(items), desc="scoring", unit="img", disable=not progress)
+    bs = max(1, int(batch_size))
+    pixel_cap = max_batch_pixels if max_batch_pixels and max_batch_pixels > 0 else None
 
     def emit(i: int, pred: Prediction) -> None:
-        results[i] = pred
+        if results is not None:
+            results[i] = pred
         bar.update(1)
         if on_result is not None:
             on_result(i, pred)
 
     def flush(key: tuple) -> None:
         group = buckets.pop(key)
-        x = torch.stack([g[1] for g in group]).to(model.device)
+        pixels.pop(key, None)
+        x = _collate([g[1] for g in group], channels_last).to(device)
         try:
             with torch.inference_mode():
                 out = fwd(x)
@@ -93,30 +177,40 @@ def predict_items(
             for i, _, path, notes in group:
                 emit(i, Prediction(path=path, score=None, error=f"model failed: {exc}", notes=notes))
             return
+        finally:
+            del x
         preds = model.results_from_outputs(out, [g[2] for g in group], [g[3] for g in group])
         for (i, *_), p in zip(group, preds):
             emit(i, p)
 
+    def held() -> tuple[int, int]:
+        return sum(len(v) for v in buckets.values()), sum(pixels.values())
+
     try:
         for i, tensor, path, notes, err in iter_prepared(
-            model, items, workers=workers, window=max(batch_size * 4, 8), on_image=on_image
+            model, items, workers=workers, window=window or max(2 * bs, 8), on_image=on_image,
+            max_prefetch_bytes=max_prefetch_bytes,
         ):
             if err is not None:
                 emit(i, Prediction(path=path, score=None, error=err, notes=notes))
                 continue
             key = tuple(tensor.shape)
             buckets[key].append((i, tensor, path, notes))
-            if len(buckets[key]) >= batch_size:
+            pixels[key] += int(tensor.shape[-1]) * int(tensor.shape[-2])
+            del tensor
+            if len(buckets[key]) >= bs or (pixel_cap is not None and pixels[key] >= pixel_cap):
                 flush(key)
-            elif sum(len(v) for v in buckets.values()) >= batch_size * 4:
-                # Many distinct sizes: flush the largest group so memory stays bounded.
-                flush(max(buckets, key=lambda k: len(buckets[k])))
+                continue
+            n_held, px_held = held()
+            if n_held >= bs * 4 or (pixel_cap is not None and px_held >= 4 * pixel_cap):
+                # Many distinct sizes: run the fullest group so memory stays bounded.
+                flush(max(buckets, key=lambda k: (pixels[k], len(buckets[k]))))
         for key in list(buckets):
             flush(key)
     finally:
         bar.close()
         model.train(was_training)
-    return [r for r in results]  # type: ignore[misc]
+    return list(results) if results is not None else None  # type: ignore[arg-type]
 
 
 def chunked(seq: Iterable[Any], n: int):

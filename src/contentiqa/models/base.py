@@ -52,12 +52,19 @@ class Prediction:
 
 
 def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """8-bit RGB PIL image -> normalised float tensor (3, H, W), no resizing."""
-    arr = np.asarray(image, dtype=np.float32)
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (t - m) / s
+    """8-bit RGB PIL image -> normalised float tensor (3, H, W), no resizing.
+
+    ``(pixel / 255 - mean) / std``, computed as one multiply-add per value on the image's own
+    HWC layout (about twice as fast as a strided CHW conversion on large photos); the result
+    is a (3, H, W) view of HWC memory, i.e. channels-last, as ``torch.stack`` and the scoring
+    engine expect."""
+    arr = np.array(image, dtype=np.uint8, copy=True)  # writable HWC copy (1 byte per value)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {arr.shape}")
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    t = torch.from_numpy(arr).to(torch.float32).mul_(scale).add_(shift)
+    return t.permute(2, 0, 1)
 
 
 def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int = 32) -> tuple[Image.Image, str | None, list[str]]:

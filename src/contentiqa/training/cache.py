@@ -70,6 +70,11 @@ def stage_features(
     return out
 
 
+def _file_key(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
+
+
 @torch.inference_mode()
 def cached_encodings(
     model: nn.Module,
@@ -85,27 +90,32 @@ def cached_encodings(
     The model defines the views (``cache_views(image, train)``: e.g. the image and its mirror
     for IQA-CR, the ten 224-px crops/flips of the 244-px resize for IE-IQA) and what is cached
     (``cache_encode(views, start_stage)`` -> dict of tensors with a leading view axis).
+    With ``cache_dir``, encodings are stored per image (keyed by path, size and mtime) in one
+    file per model family / frozen part, so every split and seed reuses them.
     """
     from tqdm.auto import tqdm
 
+    store: dict[str, dict[str, torch.Tensor]] = {}
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(paths, f"{model.cache_tag()}|{start_stage}|{train}|{dtype}")
-        cache_file = Path(cache_dir) / f"enc_{model.model_name}_s{start_stage}_{'train' if train else 'eval'}_{key}.pt"
+        tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}".encode()).hexdigest()[:12]
+        cache_file = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}.pt"
         if cache_file.is_file():
-            return torch.load(cache_file, map_location="cpu", weights_only=True)
-    was = model.training
-    model.eval()
-    out: list[dict[str, torch.Tensor]] = []
-    try:
-        for p in tqdm(paths, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
-            views = torch.stack(model.cache_views(load_image(p).image, train))
-            enc = model.cache_encode(views, start_stage)
-            out.append({k: v.to(dtype).contiguous() if v.is_floating_point() else v for k, v in enc.items()})
-    finally:
-        model.train(was)
-    if cache_file is not None:
-        from ..utils.io import atomic_torch_save
+            store = torch.load(cache_file, map_location="cpu", weights_only=True)
+    keys = [_file_key(p) for p in paths]
+    todo = [(p, k) for p, k in zip(paths, keys) if k not in store]
+    if todo:
+        was = model.training
+        model.eval()
+        try:
+            for p, k in tqdm(todo, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
+                views = torch.stack(model.cache_views(load_image(p).image, train))
+                enc = model.cache_encode(views, start_stage)
+                store[k] = {n: v.to(dtype).contiguous() if v.is_floating_point() else v for n, v in enc.items()}
+        finally:
+            model.train(was)
+        if cache_file is not None:
+            from ..utils.io import atomic_torch_save
 
-        atomic_torch_save(out, cache_file)
-    return out
+            atomic_torch_save(store, cache_file)
+    return [store[k] for k in keys]

@@ -81,6 +81,46 @@ class ShapeGroupedBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
+class DistributedShapeGroupedBatchSampler(ShapeGroupedBatchSampler):
+    """One rank's share of :class:`ShapeGroupedBatchSampler`'s batches (DistributedDataParallel).
+
+    Every rank computes the same epoch batch list from ``(seed, epoch)`` and takes every
+    ``num_replicas``-th batch starting at ``rank``, so at step ``k`` the ranks hold batches
+    ``k * num_replicas ... k * num_replicas + num_replicas - 1`` of that list: disjoint, and
+    together the batches one process would see. All ranks must take the same number of steps
+    (DDP synchronises every step), so the list is padded by repeating its first batches up to a
+    multiple of ``num_replicas`` (or, with ``drop_last``, truncated to one, keeping at least one
+    round). ``batch_size`` is per rank: the global batch is ``num_replicas * batch_size``.
+    """
+
+    def __init__(self, shapes: Sequence[tuple], batch_size: int, num_replicas: int, rank: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        super().__init__(shapes, batch_size, shuffle=shuffle, seed=seed, drop_last=False)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last_round = drop_last
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._batches()
+        n, r = len(batches), self.num_replicas
+        if n == 0:
+            return []
+        if self.drop_last_round and n >= r:
+            batches = batches[: n - n % r]
+        else:
+            total = -(-n // r) * r
+            batches = batches + [batches[i % n] for i in range(total - n)]
+        return batches[self.rank::r]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._rank_batches())
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+
 class TrainImages(Dataset):
     """Samples for training: (tensor, normalised target, category index).
 

@@ -9,6 +9,17 @@ Output folder layout::
 
 ``resume=True`` continues from ``last.pt``: data order, crops and dropout are drawn from
 ``(seed, epoch)``, so the resumed run reproduces the uninterrupted one.
+
+Multi-process (``torchrun``; see :mod:`contentiqa.training.distributed`): when a process group of
+N > 1 processes is initialised, the trainer wraps the model and the loss in
+DistributedDataParallel (so DDP sees the forward that makes the loss, cached or not, and
+averages the gradients of the loss's own parameters too). Each rank trains on every N-th batch
+of the common epoch batch list (:class:`~contentiqa.training.data.DistributedShapeGroupedBatchSampler`;
+``batch_size`` is per rank); logged losses are summed over ranks. Validation runs on rank 0
+alone and its metrics are broadcast, so every rank makes the same early-stopping decision.
+Rank 0 alone writes checkpoints, logs and ``config.json``; the others wait at a barrier at the
+end of every epoch. Frozen-stage encodings are computed by rank 0 first (into ``cache_dir``)
+and read by the others.
 """
 from __future__ import annotations
 
@@ -22,16 +33,24 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
 from ..utils.io import atomic_torch_save, atomic_write_text
+from . import distributed as dist_utils
 from .config import TrainConfig
-from .data import CachedFeatures, ShapeGroupedBatchSampler, TrainImages
+from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
 from .losses import MultiTaskLoss
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -53,6 +72,22 @@ def _collate(batch):
 
 def _to(x, device):
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+class _TrainStep(nn.Module):
+    """Model + loss as one module whose forward returns the loss: what DistributedDataParallel
+    wraps, so it sees the forward that produces the loss (``forward_cached`` for cached inputs)
+    and synchronises the loss's learned weights (uncertainty weighting) too."""
+
+    def __init__(self, model: IQAModel, loss_fn: nn.Module, start_stage: int):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.start_stage = start_stage
+
+    def forward(self, x, t, c):
+        out = self.model.forward_cached(x, self.start_stage) if isinstance(x, dict) else self.model(x)
+        return self.loss_fn(out, t, c)
 
 
 class Trainer:
@@ -85,6 +120,11 @@ class Trainer:
         if hasattr(model, "cfg") and hasattr(model.cfg, "scale"):
             model.cfg.scale = scale.to_dict()
         self.device = torch.device(cfg.device)
+        self.distributed = dist_utils.is_distributed()
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        if self.rank != 0:  # rank 0 speaks for the run
+            self.log = lambda *a, **k: None
+            self.progress = False
         model.to(self.device)
         self.has_score = "score" in self._probe_outputs()
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight).to(self.device)
@@ -94,6 +134,14 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         steps = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(steps))
+        self.train_step: nn.Module = _TrainStep(model, self.loss_fn, self.start_stage)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_step = DistributedDataParallel(
+                self.train_step, device_ids=[self.device.index if self.device.index is not None else torch.cuda.current_device()]
+                if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.extra.get("ddp_find_unused_parameters", False)))
         self.epoch = 0
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
@@ -136,7 +184,11 @@ class Trainer:
             self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
                                         seed=cfg.seed, train=True, transform=transform)
             self.val_feats = None
-        self.sampler = ShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, shuffle=True, seed=cfg.seed)
+        if self.distributed:
+            self.sampler = DistributedShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, self.world_size, self.rank,
+                                                               shuffle=True, seed=cfg.seed)
+        else:
+            self.sampler = ShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, shuffle=True, seed=cfg.seed)
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
                                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
@@ -158,7 +210,9 @@ class Trainer:
             if hasattr(model.cfg, "frozen_stages"):
                 model.cfg.frozen_stages = k
         freeze_stages(backbone, k)
-        enc = cached_encodings(model, list(self.train_table["image"]), k, train=True, cache_dir=self.cache_dir, progress=self.progress)
+        # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
+        with dist_utils.main_first() if self.cache_dir is not None else _nullcontext():
+            enc = cached_encodings(model, list(self.train_table["image"]), k, train=True, cache_dir=self.cache_dir, progress=self.progress)
         cells = None
         if model.native_resolution and cfg.crop is not None:
             # Stride of the cached map, to express the pixel crop in feature cells.
@@ -170,7 +224,7 @@ class Trainer:
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
         self.start_stage = k
         self.val_feats = None
-        if self.val_table is not None:
+        if self.val_table is not None and self.rank == 0:  # only rank 0 validates
             self.val_feats = cached_encodings(model, list(self.val_table["image"]), k, train=False,
                                               cache_dir=self.cache_dir, progress=self.progress)
 
@@ -281,8 +335,9 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm.auto import tqdm
 
-        self.model.train()
-        torch.manual_seed(self.cfg.seed * 100003 + epoch)  # dropout stream, reproducible on resume
+        self.train_step.train()  # calls the model's own train() (frozen stages, BatchNorm in eval)
+        # dropout stream, reproducible on resume (and different on each rank)
+        torch.manual_seed(self.cfg.seed * 100003 + epoch + 1000003 * self.rank)
         self.sampler.set_epoch(epoch)
         self.train_ds.set_epoch(epoch)
         totals: dict[str, float] = {"loss": 0.0}
@@ -290,17 +345,25 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
         for x, t, c in bar:
             x, t, c = _to(x, self.device), t.to(self.device), c.to(self.device)
-            out = self._forward(x)
-            loss, parts = self.loss_fn(out, t, c)
+            loss, parts = self.train_step(x, t, c)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            totals["loss"] += float(loss.detach()) * len(x)
+            b = len(t)  # (len(x) of cached inputs would count dict keys)
+            totals["loss"] += float(loss.detach()) * b
             for k, v in parts.items():
-                totals[f"loss_{k}"] = totals.get(f"loss_{k}", 0.0) + v * len(x)
-            n += len(x)
+                totals[f"loss_{k}"] = totals.get(f"loss_{k}", 0.0) + v * b
+            n += b
             bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
+        if self.distributed:
+            # Epoch losses over all ranks, and the DWA statistics too (same weights everywhere).
+            keys = ("loss", "loss_score", "loss_category")
+            red = dist_utils.all_reduce_sum([n] + [totals.get(k, 0.0) for k in keys] + [float(k in totals) for k in keys]
+                                            + list(self.loss_fn._running))
+            n = int(red[0])
+            totals = {k: red[1 + i] for i, k in enumerate(keys) if red[1 + len(keys) + i] > 0}
+            self.loss_fn._running = [red[-3], red[-2], int(red[-1])]
         self.loss_fn.end_epoch()
         return {k: v / max(n, 1) for k, v in totals.items()}
 
@@ -345,15 +408,18 @@ class Trainer:
             self.log(f"resumed from {last} after epoch {self.epoch}")
         elif resume:
             self.log(f"--resume: no {last} yet, starting fresh")
-        atomic_write_text(self.out / "config.json", json.dumps(
-            {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict()}, indent=1))
+        main = self.rank == 0  # rank 0 writes; the others wait at the barrier ending each epoch
+        if main:
+            atomic_write_text(self.out / "config.json", json.dumps(
+                {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict()}, indent=1))
         finished = self.best is not None and self.history and self.history[-1].get("stopped")
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             if self.val_table is not None:
-                record.update({f"val_{k}": v for k, v in self.validate().items()})
+                val = self.validate() if main else None
+                record.update({f"val_{k}": v for k, v in dist_utils.broadcast_object(val).items()})
                 score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
                 score = -record["loss"]
@@ -362,15 +428,18 @@ class Trainer:
             if improved:
                 self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
                 self.bad_epochs = 0
-                save_checkpoint(self.model, self.out / "best.pt", extra={"train_config": cfg.to_dict(), "val": record})
+                if main:
+                    save_checkpoint(self.model, self.out / "best.pt", extra={"train_config": cfg.to_dict(), "val": record})
             else:
                 self.bad_epochs += 1
             self.epoch += 1
             stop = cfg.patience and self.bad_epochs >= cfg.patience
             record["stopped"] = bool(stop)
             self.history.append(record)
-            atomic_torch_save(self.state(), last)
-            self._write_logs()
+            if main:
+                atomic_torch_save(self.state(), last)
+                self._write_logs()
+            dist_utils.barrier()
             msg = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k.startswith(("loss", "val_srocc", "val_plcc", "val_acc")))
             self.log(f"epoch {record['epoch']}: {msg} ({record['time_s']}s){' *' if improved else ''}")
             if stop:

@@ -1,0 +1,209 @@
+"""Multi-process training: the distributed batch sampler, and DistributedDataParallel on two CPU
+processes (gloo) against the single-process run with the same global batches.
+
+The comparison is exact in principle: with world size 2 and per-rank batch ``b``, step ``k``
+uses batches ``2k`` and ``2k + 1`` of the common epoch list (one per rank) and DDP averages the
+two gradients, which is the gradient of the mean loss over the ``2b`` samples; the reference
+run trains one process on exactly those ``2b``-sample batches. BatchNorm uses running statistics
+(``bn_eval``), dropout is 0 and the optimiser is plain SGD, so only float summation order differs.
+The cached-stage DDP run is also interrupted after one epoch and resumed, as after a restart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from conftest import write_image  # noqa: E402
+
+MODEL = dict(backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1, dropout=0.0, bn_eval=True)
+CFG = dict(epochs=2, batch_size=3, crop=48, hflip=True, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0,
+           scheduler="none", warmup_epochs=0, patience=0)
+WORLD = 2
+
+
+def make_table(root: Path) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):  # 12 train + 4 val, one shape: every batch of 3 can join any other
+        p = write_image(root / "img" / f"{i}.png", 56, 56, seed=i)
+        rows.append({"image": str(p), "mos": float(rng.uniform(0, 100))})
+    return pd.DataFrame(rows)
+
+
+def build(table: pd.DataFrame, out: Path, cache_stages: int, **cfg):
+    from contentiqa.data.table import MOSScale
+    from contentiqa.models import create_model
+    from contentiqa.training.config import TrainConfig
+    from contentiqa.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-q", pretrained=False, **MODEL)
+    c = TrainConfig(**{**CFG, "cache_stages": cache_stages, **cfg})
+    return Trainer(model, table.iloc[:12], table.iloc[12:], MOSScale(0, 100), c, out, progress=False,
+                   cache_dir=out.parent / "cache", log=lambda *a: None)
+
+
+def worker(root: Path) -> None:
+    """One rank (environment as torchrun sets it): DDP runs, results to root/rank<R>.pt."""
+    from contentiqa.training import distributed as dist_utils
+
+    torch.set_num_threads(1)
+    info = dist_utils.init_from_env("cpu")
+    assert info.distributed and info.world_size == WORLD
+    table = make_table(root)
+    result = {}
+    for cs in (3, 0):  # cached frozen stages (dict inputs, forward_cached) and whole images
+        if cs:  # interrupted after one epoch, restarted with --resume: must equal a straight run
+            build(table, root / f"ddp_c{cs}", cs, epochs=1).fit()
+        tr = build(table, root / f"ddp_c{cs}", cs)
+        tr.fit(resume=True)
+        result[cs] = {"state": tr.model.state_dict(), "history": tr.history, "steps": len(tr.train_loader),
+                      "batches": [b for b in tr.sampler], "ddp": type(tr.train_step).__name__}
+    torch.save(result, root / f"rank{info.rank}.pt")
+    dist_utils.cleanup(info)
+
+
+class MergedSampler(Sampler):
+    """Single-process reference: step k = the union of the ranks' step-k batches."""
+
+    def __init__(self, shapes, batch_size: int, world: int, seed: int):
+        from contentiqa.training.data import DistributedShapeGroupedBatchSampler
+
+        self.parts = [DistributedShapeGroupedBatchSampler(shapes, batch_size, world, r, seed=seed) for r in range(world)]
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter([sum(step, []) for step in zip(*[list(p) for p in self.parts])])
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+
+def reference(table: pd.DataFrame, out: Path, cache_stages: int):
+    from contentiqa.training.trainer import _collate
+
+    tr = build(table, out, cache_stages)
+    tr.sampler = MergedSampler(tr.train_ds.shapes(), CFG["batch_size"], WORLD, seed=0)
+    tr.train_loader = DataLoader(tr.train_ds, batch_sampler=tr.sampler, collate_fn=_collate)
+    tr.fit()
+    return tr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_env(rank: int, port: int) -> dict:
+    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+# -- the sampler ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,batch,world", [(12, 3, 2), (11, 3, 2), (10, 4, 3), (2, 4, 3)])
+def test_distributed_sampler_shards_the_common_batch_list(n, batch, world):
+    from contentiqa.training.data import DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler
+
+    shapes = [(8, 8) if i % 3 else (8, 12) for i in range(n)]
+    for epoch in (0, 1):
+        base = ShapeGroupedBatchSampler(shapes, batch, seed=5)
+        base.set_epoch(epoch)
+        full = list(base)
+        ranks = []
+        for r in range(world):
+            s = DistributedShapeGroupedBatchSampler(shapes, batch, world, r, seed=5)
+            s.set_epoch(epoch)
+            ranks.append(list(s))
+        steps = -(-len(full) // world)
+        assert all(len(b) == steps for b in ranks)  # same number of steps everywhere
+        interleaved = [ranks[i % world][i // world] for i in range(steps * world)]
+        assert interleaved[:len(full)] == full  # every N-th batch of the one epoch list
+        assert interleaved[len(full):] == full[:steps * world - len(full)]  # padding repeats the first
+        assert sorted(i for b in full for i in b) == list(range(n))
+    one = DistributedShapeGroupedBatchSampler(shapes, batch, 1, 0, seed=5)
+    assert list(one) == list(ShapeGroupedBatchSampler(shapes, batch, seed=5))
+
+
+def test_distributed_sampler_drop_last_truncates():
+    from contentiqa.training.data import DistributedShapeGroupedBatchSampler
+
+    shapes = [(8, 8)] * 15  # 5 batches of 3
+    parts = [list(DistributedShapeGroupedBatchSampler(shapes, 3, 2, r, drop_last=True)) for r in range(2)]
+    assert [len(p) for p in parts] == [2, 2]
+    assert not set(i for p in parts for b in p for i in b) & set()  # noqa: disjoint by construction
+    assert len({i for p in parts for b in p for i in b}) == 12
+    with pytest.raises(ValueError):
+        DistributedShapeGroupedBatchSampler(shapes, 3, 2, 2)
+
+
+def test_single_process_is_untouched_by_the_distributed_helpers(monkeypatch):
+    from contentiqa.training import distributed as dist_utils
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = dist_utils.init_from_env("cpu")
+    assert not info.distributed and info.rank == 0 and not dist_utils.is_distributed()
+    assert dist_utils.broadcast_object({"a": 1}) == {"a": 1} and dist_utils.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+    assert dist_utils.device_for("cuda", 3) == "cuda:3" and dist_utils.device_for("cuda:1", 3) == "cuda:1"
+    assert dist_utils.device_for("cpu", 3) == "cpu"
+    dist_utils.cleanup(info)
+
+
+# -- two processes -------------------------------------------------------------------------------
+def test_ddp_two_cpu_processes_match_single_process(tmp_path):
+    port = free_port()
+    make_table(tmp_path)  # images exist before the ranks start
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=torchrun_env(r, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
+    # meanwhile, the single-process references
+    table = make_table(tmp_path)
+    refs = {cs: reference(table, tmp_path / f"ref_c{cs}", cs) for cs in (3, 0)}
+    for p in procs:
+        try:
+            output, _ = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("distributed workers did not finish")
+        assert p.returncode == 0, output[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    for cs, ref in refs.items():
+        a, b = r0[cs], r1[cs]
+        assert a["ddp"] == "DistributedDataParallel"
+        assert a["steps"] == b["steps"] == 2  # 12 images, 4 batches of 3, 2 per rank
+        seen = [i for batch in a["batches"] + b["batches"] for i in batch]
+        assert sorted(seen) == list(range(12))  # disjoint shards covering the epoch
+        for k, v in a["state"].items():
+            assert torch.equal(v, b["state"][k]), f"ranks differ in {k}"
+        for ha, hb, hr in zip(a["history"], b["history"], ref.history):
+            assert ha["loss"] == hb["loss"] == pytest.approx(hr["loss"], rel=1e-5, abs=1e-7)
+            assert ha["val_srocc"] == hb["val_srocc"] and ha["val_rmse"] == pytest.approx(hr["val_rmse"], rel=1e-4)
+        for k, v in ref.model.state_dict().items():
+            assert torch.allclose(a["state"][k], v, rtol=1e-4, atol=1e-5), f"DDP and single process differ in {k} (cache {cs})"
+        assert a["history"][0]["loss"] != a["history"][1]["loss"]  # it did train
+    # rank 0 wrote one log with both epochs (the first before the restart), and the checkpoints
+    out = tmp_path / "ddp_c3"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+
+if __name__ == "__main__":  # a rank of the two-process test
+    worker(Path(sys.argv[1]))
