@@ -48,6 +48,9 @@ def run_one(label: str, name: str, model_kw: dict, split, table, scale, train_kw
     if done.is_file():
         return json.loads(done.read_text())
     parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "test")}
+    import torch
+
+    torch.manual_seed(split.seed)  # model initialisation, repeatable per seed
     model = create_model(name, pretrained=False, bn_eval=True, **model_kw)
     cfg = TrainConfig(seed=split.seed, **train_kw)
     t0 = time.time()

@@ -62,6 +62,9 @@ def train_one(name: str, seed: int, split, table, scale, train_kw: dict, model_k
     if done.is_file():
         return json.loads(done.read_text())
     parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test")}
+    import torch
+
+    torch.manual_seed(seed)  # model initialisation, repeatable per seed
     model = create_model(name, pretrained=False, **model_kw)
     cfg = TrainConfig(seed=seed, **train_kw)
     t0 = time.time()
@@ -96,7 +99,8 @@ def report(results: dict, args, split_file, train_kw: dict, model_kw: dict) -> s
         + md_table(["model", "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], rows)
         + f"\nTest parts of seeds 0..{args.seeds - 1} ({split_file.name}; the floor row uses seeds 0..9 of the same file); "
         f"mean ± std. Backbone efficientnet_lite0 (ImageNet, offline), first {args.cache_stages} stages frozen and cached, "
-        f"later stages fine-tuned; native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr}, "
+        f"later stages fine-tuned; native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr} "
+        f"(backbone x{args.backbone_lr_scale:g}), "
         f"batch {args.batch_size}, ≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}).\n"
         f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
         f"--cache-stages {args.cache_stages}`\n"
@@ -115,6 +119,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=448)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--backbone-lr-scale", type=float, default=0.3)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
     ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
@@ -127,9 +132,9 @@ def main() -> None:
     ds, table = labelled_table(csv)
     splits, split_file = clive_splits("iqa-cr", range(args.seeds), table)
     train_kw = dict(epochs=args.epochs, cache_stages=args.cache_stages, crop=args.crop, lr=args.lr,
-                    batch_size=args.batch_size, patience=args.patience)
+                    backbone_lr_scale=args.backbone_lr_scale, batch_size=args.batch_size, patience=args.patience)
     model_kw = json.loads(args.model_args)
-    tag = args.tag or f"iqa_cr_c{args.cache_stages}_e{args.epochs}"
+    tag = args.tag or f"iqa_cr_c{args.cache_stages}_e{args.epochs}_bb{args.backbone_lr_scale:g}"
     results = {}
     for name in args.models.split(","):
         runs = []

@@ -28,6 +28,9 @@ def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, r
     val_idx = split.indices(table, val_part) if val_part else np.array([], dtype=int)
     train_idx = np.setdiff1d(np.arange(len(table)), val_idx)
     out = ROOT / "benchmarks" / "runs" / f"ship_{name}"
+    import torch
+
+    torch.manual_seed(0)  # model initialisation, repeatable per seed
     model = create_model(name, pretrained=False, **model_kw)
     cfg = TrainConfig(seed=0, **train_kw)
     t0 = time.time()

@@ -113,8 +113,13 @@ def free_port() -> int:
 
 def torchrun_env(rank: int, port: int) -> dict:
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    return loopback(env)
+
+
+def loopback(env: dict) -> dict:
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on the loopback interface
     return env
 
 
@@ -149,8 +154,8 @@ def test_distributed_sampler_drop_last_truncates():
     shapes = [(8, 8)] * 15  # 5 batches of 3
     parts = [list(DistributedShapeGroupedBatchSampler(shapes, 3, 2, r, drop_last=True)) for r in range(2)]
     assert [len(p) for p in parts] == [2, 2]
-    assert not set(i for p in parts for b in p for i in b) & set()  # noqa: disjoint by construction
-    assert len({i for p in parts for b in p for i in b}) == 12
+    seen = [i for p in parts for b in p for i in b]
+    assert len(seen) == len(set(seen)) == 12  # disjoint; the fifth batch is dropped
     with pytest.raises(ValueError):
         DistributedShapeGroupedBatchSampler(shapes, 3, 2, 2)
 
@@ -203,6 +208,30 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     out = tmp_path / "ddp_c3"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2] and (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_train_cli(tmp_path):
+    """`torchrun --nproc_per_node 2 -m contentiqa train ...`: one run, rank 0 reports and writes."""
+    table = make_table(tmp_path)
+    for i in range(16, 20):  # 20 images: the ie-iqa protocol's 16 / 4
+        write_image(tmp_path / "img" / f"{i}.png", 56, 56, seed=i)
+    csv = tmp_path / "data.csv"
+    rows = [f"img/{i}.png,{m:.3f}" for i, m in enumerate(list(table["mos"]) + [10.0, 30.0, 60.0, 90.0])]
+    csv.write_text("image,mos\n" + "\n".join(rows) + "\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: iqa-cr-q\nmodel_args: {backbone_pretrained: false, dim: 16, heads: 2, mlp_dim: 32, grid: [2, 2], depth: 1}\n"
+                   "train: {epochs: 2, batch_size: 3, crop: 48, cache_stages: 3}\n")
+    out = tmp_path / "run"
+    env = loopback(dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "contentiqa", "train", "--data", str(csv), "--config", str(cfg), "--out", str(out),
+                        "--protocol", "ie-iqa", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("best epoch") == 1 and r.stdout.count("test:") == 1  # rank 0 alone reports
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    for f in ("best.pt", "last.pt", "split.json", "test_metrics.json", "config.json"):
+        assert (out / f).is_file(), f
 
 
 if __name__ == "__main__":  # a rank of the two-process test

@@ -33,7 +33,7 @@ from ..models.base import IQAModel, Prediction, load_image_safely
 DEFAULT_MAX_BATCH_PIXELS = 2_000_000
 """A bucket is run once it holds this many pixels (8 images of 500 x 500; 2048 x 1536 photos
 go one at a time)."""
-DEFAULT_MAX_PREFETCH_BYTES = 512 * 2**20
+DEFAULT_MAX_PREFETCH_BYTES = 256 * 2**20
 """Prepared tensors decoded ahead of the model stop being added beyond this many bytes."""
 
 
@@ -69,9 +69,10 @@ def iter_prepared(
     in ``workers`` threads (PIL and numpy release the GIL while decoding).
 
     At most ``window`` inputs are submitted ahead of the one being yielded, and no new one is
-    submitted while the prepared tensors waiting to be consumed exceed ``max_prefetch_bytes``
-    (None: no byte limit). ``on_image(index, pil_image)`` is called (in the decoding thread)
-    with every image that loaded, before preprocessing."""
+    submitted while the look-ahead would hold more than ``max_prefetch_bytes`` of prepared
+    tensors (those done and waiting, plus those in flight counted at the size of the last
+    one; None: no byte limit). ``on_image(index, pil_image)`` is called (in the decoding
+    thread) with every image that loaded, before preprocessing."""
     if workers <= 0:
         for i, it in enumerate(items):
             yield (i, *_prepare(model, it, i, on_image))
@@ -80,14 +81,24 @@ def iter_prepared(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contentiqa-decode")
     pending: deque = deque()
     source = iter(enumerate(items))
+    last_size = [0]  # bytes of the last prepared tensor: the estimate for those in flight
 
-    def waiting_bytes() -> int:
-        return sum(_nbytes(f.result()) for _, f in pending if f.done() and not f.exception())
+    def held_bytes() -> int:
+        total = 0
+        for _, f in pending:
+            if not f.done():
+                total += last_size[0]
+            elif f.exception() is None:
+                total += _nbytes(f.result())
+        return total
 
     def top_up() -> None:
         while len(pending) < window:
-            if pending and max_prefetch_bytes is not None and waiting_bytes() >= max_prefetch_bytes:
-                return
+            if pending and max_prefetch_bytes is not None:
+                if last_size[0] == 0 and len(pending) >= workers:
+                    return  # sizes not known yet: keep the workers busy, no more
+                if held_bytes() >= max_prefetch_bytes:
+                    return
             try:
                 i, it = next(source)
             except StopIteration:
@@ -99,6 +110,7 @@ def iter_prepared(
         while pending:
             i, fut = pending.popleft()
             res = fut.result()
+            last_size[0] = _nbytes(res) or last_size[0]
             top_up()
             yield (i, *res)
             del res
@@ -151,7 +163,7 @@ def predict_items(
     fwd = forward or model
     device = model.device
     if channels_last is None:
-        channels_last = forward is None and device.type == "cpu"
+        channels_last = forward is None and device.type == "cpu" and getattr(model, "channels_last_input", True)
     results: list[Prediction | None] | None = [None] * len(items) if return_results else None
     buckets: dict[tuple, list] = defaultdict(list)
     pixels: dict[tuple, int] = defaultdict(int)

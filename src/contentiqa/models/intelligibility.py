@@ -182,6 +182,13 @@ class IntelligibilityBranch(nn.Module):
             raise NotImplementedError
         return lin(f)
 
+    def head_layers(self) -> list[nn.Module] | None:
+        """``head`` as a chain of Linear / ReLU (/ Dropout, Identity) modules when it is one,
+        else None. Such a head's gradient has a closed form (:func:`selection.mlp_input_gradient`),
+        which is what lets sensitivity-based selection be exported to ONNX."""
+        lin = self.linear_head()
+        return [lin] if lin is not None else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.extract(x)
 
@@ -433,6 +440,9 @@ class UnrecognizabilityBranch(IntelligibilityBranch):
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
         return self.net.regressor(f)
+
+    def head_layers(self) -> list[nn.Module] | None:
+        return list(self.net.regressor)
 
 
 def build_intelligibility(

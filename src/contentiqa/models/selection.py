@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 STRATEGIES = ("contribution", "sensitivity", "none")
 
@@ -77,6 +78,17 @@ def sensitivity_scores(
     gradient ``ds_b / df_b``. Works inside ``torch.no_grad`` / ``torch.inference_mode``
     (a local graph is built on a detached copy of ``f``).
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # torch.autograd.grad traces to aten::*_backward ops that have no ONNX equivalent:
+        # use the closed-form gradient of a Linear/ReLU head (the same numbers).
+        layers = _head_layers(head)
+        if layers is None:
+            raise NotImplementedError(
+                "sensitivity-based selection cannot be traced (for ONNX export) with this head: its "
+                "gradient comes from torch.autograd, which ONNX cannot express, and the head is not a "
+                "plain Linear/ReLU chain whose gradient could be written out"
+            )
+        return mlp_input_gradient(f, layers, exclude)
     with torch.inference_mode(False), torch.enable_grad():
         x = f.clone().detach().requires_grad_(True)  # clone first: f may be an inference tensor
         out = head(x)
@@ -89,6 +101,61 @@ def sensitivity_scores(
             s = out.gather(1, i_max[:, None])[:, 0]
         (grad,) = torch.autograd.grad(s.sum(), x)
     return grad.abs().detach(), i_max
+
+
+def _head_layers(head: Callable) -> list[nn.Module] | None:
+    """The Linear/ReLU chain behind ``head``: a module (Sequential / Linear) or the bound
+    ``head`` method of an intelligibility branch (its ``head_layers()``)."""
+    if isinstance(head, nn.Sequential):
+        layers: list[nn.Module] | None = list(head)
+    elif isinstance(head, nn.Linear):
+        layers = [head]
+    else:
+        owner = getattr(head, "__self__", None)
+        layers = owner.head_layers() if owner is not None and hasattr(owner, "head_layers") else None
+    if layers is None or not all(isinstance(m, _CHAIN_TYPES) for m in layers):
+        return None
+    core = [m for m in layers if isinstance(m, (nn.Linear, nn.ReLU))]
+    if not core or not isinstance(core[-1], nn.Linear):
+        return None  # the output must come straight from a Linear layer
+    return layers
+
+
+_CHAIN_TYPES = (nn.Linear, nn.ReLU, nn.Dropout, nn.Identity)
+
+
+def mlp_input_gradient(
+    f: torch.Tensor, layers: Sequence[nn.Module], exclude: Sequence[int] = ()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What :func:`sensitivity_scores` computes, for a head that is a chain of Linear / ReLU
+    (Dropout, Identity: eval mode) layers, without autograd: ``|ds/df|`` by the chain rule
+    written out (``W_L[i] * relu'(h_{L-1}) @ W_{L-1} ...``), traceable to ONNX
+    (Gather / MatMul / Mul only). ``relu'(h) = 1 where h > 0``, as autograd has it."""
+    masks: dict[int, torch.Tensor] = {}  # layer index of a ReLU -> relu'(its input)
+    h = f
+    for k, m in enumerate(layers):
+        if isinstance(m, nn.ReLU):
+            masks[k] = (h > 0).to(h.dtype)
+            h = torch.relu(h)
+        elif isinstance(m, nn.Linear):
+            h = m(h)
+    out = h
+    i_max = None
+    linears = [k for k, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    last = linears[-1]
+    w_last = layers[last].weight  # (C, N)
+    if out.shape[1] == 1:
+        g = w_last[0].expand(f.shape[0], -1)
+    else:
+        i_max = _masked_argmax(out.detach(), exclude)
+        g = w_last.index_select(0, i_max)  # (B, N): d s / d (input of the last Linear)
+    for k in range(last - 1, -1, -1):
+        m = layers[k]
+        if isinstance(m, nn.ReLU):
+            g = g * masks[k]  # relu'(input of layer k)
+        elif isinstance(m, nn.Linear):
+            g = g @ m.weight
+    return g.abs(), i_max
 
 
 def select_top(

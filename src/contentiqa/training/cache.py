@@ -70,6 +70,17 @@ def stage_features(
     return out
 
 
+def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
+    """A hash of the parameters and buffers of ``modules``: cached encodings are only valid
+    for the exact frozen weights that made them (random-init backbones differ per seed)."""
+    h = hashlib.sha1()
+    for m in modules:
+        for name, t in m.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _file_key(path: str) -> str:
     st = os.stat(path)
     return f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
@@ -98,7 +109,11 @@ def cached_encodings(
     store: dict[str, dict[str, torch.Tensor]] = {}
     cache_file = None
     if cache_dir is not None:
-        tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}".encode()).hexdigest()[:12]
+        frozen = list(model.stages[:start_stage])
+        if getattr(model, "intelligibility", None) is not None:
+            frozen.append(model.intelligibility)
+        fp = weights_fingerprint(frozen)
+        tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}|{fp}".encode()).hexdigest()[:12]
         cache_file = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}.pt"
         if cache_file.is_file():
             store = torch.load(cache_file, map_location="cpu", weights_only=True)

@@ -15,7 +15,7 @@ class TrainConfig:
     batch_size: int = 16
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 3e-4
-    backbone_lr_scale: float = 0.1
+    backbone_lr_scale: float = 0.3
     """Learning rate of pretrained backbone parameters relative to ``lr``."""
     weight_decay: float = 0.05
     momentum: float = 0.9

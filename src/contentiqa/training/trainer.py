@@ -19,7 +19,8 @@ of the common epoch batch list (:class:`~contentiqa.training.data.DistributedSha
 alone and its metrics are broadcast, so every rank makes the same early-stopping decision.
 Rank 0 alone writes checkpoints, logs and ``config.json``; the others wait at a barrier at the
 end of every epoch. Frozen-stage encodings are computed by rank 0 first (into ``cache_dir``)
-and read by the others.
+and read by the others. A model with trainable parameters that get no gradient needs
+``extra: {ddp_find_unused_parameters: true}`` (none of the registered models has any).
 """
 from __future__ import annotations
 

@@ -1,0 +1,626 @@
+"""Scoring speed and memory on this machine's CPU, every figure a ratio inside one run.
+
+    python benchmarks/speed.py            # the full benchmark (a free CPU: ~10-15 min on 2 cores)
+    python benchmarks/speed.py --quick    # a few images, one repeat (checks that it runs)
+
+What is measured, in one process, on the same files:
+
+(a) the practical limit: the bare backbone (EfficientNet-Lite0 ``forward_features``, ImageNet
+    weights) in ONNX Runtime on an in-memory tensor of the model's input size, batch 1;
+(b) each shipped model (iqa-cr, ie-iqa) the naive way: PIL open, the model's own
+    ``preprocess`` ("to tensor"), ``model(x[None])`` one image at a time, plain PyTorch eager
+    (eval mode, autograd on, default threads) -- what a first script does;
+(c) each model through ``contentiqa score`` (called in-process), files on disk to the CSV,
+    PyTorch and ONNX Runtime (export cached beforehand and timed separately);
+(d) time per image against pixel count (500 x 500 -> 2048 x 1536) and against batch size;
+plus where the fast path spends its time (decode / model), the choices kept (channels_last,
+decoding threads) measured on and off, and the resident memory (RSS) over a long run of
+10,000 inputs (the same few generated images, repeated).
+
+Real photos: the first 64 images of ../shared/data/clive-dev (all 500 x 500; the section is
+skipped when the data are absent), plus generated 1024 x 768 and 2048 x 1536 JPEGs (real
+photos upscaled, so decoding costs what a camera JPEG costs). When a model's shipped weights
+(src/contentiqa/weights/*.pt) are absent, ``create_model(name, pretrained=False)`` stands in:
+the same architecture and cost, with an untrained head (said in the output).
+
+Writes benchmarks/results/speed.json and speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from common import ROOT, SHARED, md_table, write_results  # noqa: E402
+
+CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
+EXAMPLES = ROOT / "examples" / "images"
+PIXEL_SIZES = [(500, 500), (1024, 768), (1536, 1152), (2048, 1536)]  # (width, height)
+RSS_SIZES = [(256, 192), (192, 256), (224, 224), (320, 240)]
+TARGET_VS_NAIVE = 3.0
+TARGET_VS_LIMIT = 0.7
+
+
+# -- measuring helpers -------------------------------------------------------------------------
+class RssSampler:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.start = self.peak = 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        gc.collect()
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
+    vals = [fn() for _ in range(max(1, repeats))]
+    return statistics.median(vals), vals
+
+
+def warm_page_cache(files: list[str]) -> None:
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def source_photos(n: int) -> tuple[list[str], str]:
+    """Up to ``n`` real photos: CLIVE dev when present, else the repository's examples."""
+    if CLIVE_IMAGES.is_dir():
+        files = sorted(str(p) for p in CLIVE_IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+        if files:
+            return files[:n], "clive-dev"
+    files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".jpg", ".png"))
+    return files[:n], "examples"
+
+
+def generate_images(folder: Path, sources: list[str], size: tuple[int, int], count: int, tag: str = "") -> list[str]:
+    """``count`` JPEGs of ``size`` (w, h) made from real photos (Lanczos), quality 90."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(count):
+        p = folder / f"{tag}{size[0]}x{size[1]}_{k:03d}.jpg"
+        if not p.exists():
+            if sources:
+                img = Image.open(sources[k % len(sources)]).convert("RGB").resize(size, Image.LANCZOS)
+            else:  # no photo at all: a smooth synthetic image
+                yy, xx = np.mgrid[0:size[1], 0:size[0]]
+                arr = np.stack([(xx * 255 // max(1, size[0] - 1)), (yy * 255 // max(1, size[1] - 1)),
+                                ((xx + yy + 37 * k) % 256)], -1).astype(np.uint8)
+                img = Image.fromarray(arr)
+            img.save(p, quality=90)
+        out.append(str(p))
+    return out
+
+
+# -- the models ------------------------------------------------------------------------------------------
+def load_benchmark_models(names: list[str], folder: Path) -> dict[str, dict[str, Any]]:
+    """name -> {model, ckpt (a file for the CLI), weights (what was loaded)}."""
+    import torch
+
+    import contentiqa
+    from contentiqa.models.registry import save_checkpoint, shipped_weights_path
+
+    out = {}
+    for name in names:
+        shipped = shipped_weights_path(name)
+        if shipped is not None:
+            model = contentiqa.create_model(name).eval()
+            ckpt, weights = str(shipped), f"shipped weights ({shipped.name})"
+        else:
+            torch.manual_seed(0)
+            model = contentiqa.create_model(name, pretrained=False).eval()
+            ckpt = str(save_checkpoint(model, folder / f"{name}-untrained.pt"))
+            weights = ("shipped weights absent: create_model(pretrained=False), ImageNet backbone(s) + untrained head "
+                       "(same architecture and cost)")
+        out[name] = {"model": model, "ckpt": ckpt, "weights": weights}
+    return out
+
+
+def input_hw(model, photo_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) the network sees for a photo of ``photo_hw``."""
+    from contentiqa.inference.onnx import input_size
+
+    size = input_size(model)
+    return photo_hw if size is None else size
+
+
+def backbone_passes(model) -> int:
+    """EfficientNet-Lite0-sized backbone passes per forward: IQA-CR 1; IE-IQA 2 (the distortion
+    backbone and the intelligibility network, both Lite0 for the recognition task)."""
+    return 1 if getattr(model, "intelligibility", None) is None else 2
+
+
+# -- (a) the bare backbone in ONNX Runtime ---------------------------------------------------------------
+def export_backbone(folder: Path, backbone_module=None) -> Path:
+    import torch
+    from torch import nn
+
+    from contentiqa.backbones import create_backbone
+
+    class Features(nn.Module):
+        def __init__(self, b):
+            super().__init__()
+            self.b = b
+
+        def forward(self, x):
+            return self.b.forward_features(x)
+
+    if backbone_module is None:
+        try:
+            backbone_module = create_backbone("efficientnet_lite0", pretrained=True)
+        except Exception:  # weights unavailable: the cost is the same
+            backbone_module = create_backbone("efficientnet_lite0", pretrained=False)
+    net = Features(backbone_module).eval()
+    path = folder / "backbone-lite0.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["features"],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}})
+    return path
+
+
+def bare_backbone_seconds(session, hw: tuple[int, int], runs: int, batch: int = 1) -> float:
+    """Median seconds per image of the backbone alone at (H, W)."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)
+    session.run(None, {"image": x})  # warm-up (first run of a shape plans its memory)
+    times = []
+    for _ in range(max(1, runs)):
+        t = time.perf_counter()
+        session.run(None, {"image": x})
+        times.append((time.perf_counter() - t) / batch)
+    return statistics.median(times)
+
+
+# -- (b) naive eager ----------------------------------------------------------------------------------------------
+def naive_eager(model, files: list[str]) -> float:
+    """Seconds for the naive loop over ``files``."""
+    from PIL import Image
+
+    model.eval()
+    t = time.perf_counter()
+    scores = []
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        x = model.preprocess(img)
+        out = model(x[None])
+        scores.append(out["score"][0].item())
+    return time.perf_counter() - t
+
+
+# -- (c) the fast path: the score command ----------------------------------------------------------------------------
+def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_size: int | None = None, workers: int = 2,
+              extra: list[str] | None = None) -> dict[str, float]:
+    """``contentiqa score FILES --model CKPT -o OUT.csv`` in-process (its default batch size
+    unless ``batch_size``): wall seconds and the part spent loading the model (and finding its
+    ONNX export), which the steady rate excludes."""
+    import contentiqa.cli.score as score_mod
+    from contentiqa.cli.main import main
+
+    loaded = {"s": 0.0}
+    real = score_mod._load_runtime
+
+    def timed_load(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            loaded["s"] += time.perf_counter() - t
+
+    score_mod._load_runtime = timed_load
+    try:
+        t = time.perf_counter()
+        rc = main(["score", *files, "--model", ckpt, "-o", str(out_csv), "-q", "--runtime", runtime,
+                   *(["--batch-size", str(batch_size)] if batch_size else []), "--workers", str(workers), *(extra or [])])
+        wall = time.perf_counter() - t
+    finally:
+        score_mod._load_runtime = real
+    if rc != 0:
+        raise RuntimeError(f"contentiqa score exited {rc} ({runtime}, {out_csv})")
+    n = len(files)
+    steady = max(wall - loaded["s"], 1e-9)
+    return {"wall_s": wall, "load_s": loaded["s"], "ips_end_to_end": n / wall, "ips": n / steady, "ms_per_image": 1000 * steady / n}
+
+
+def timed_cli(ckpt, files, out_csv, runtime, repeats, **kw) -> dict[str, Any]:
+    runs = []
+    with RssSampler() as mem:
+        for _ in range(max(1, repeats)):
+            runs.append(cli_score(ckpt, files, out_csv, runtime, **kw))
+    best = sorted(runs, key=lambda r: r["ips"])[len(runs) // 2]  # the median run
+    return {**best, "peak_rss_mb": mem.peak_mb, "runs_ips": [r["ips"] for r in runs]}
+
+
+# -- where the time goes ---------------------------------------------------------------------------------------------
+def breakdown(model, files: list[str], forward=None, batch_size: int = 1, workers: int = 2,
+              channels_last: bool | None = None) -> dict[str, float]:
+    """predict_items with timers: wall, time inside the model forward, and decode+preprocess
+    time summed over the decoding threads."""
+    import contentiqa.inference.engine as engine
+
+    lock = threading.Lock()
+    acc = {"forward": 0.0, "prepare": 0.0, "batches": 0}
+    real_prepare = engine._prepare
+    fwd = forward or model
+
+    def timed_prepare(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real_prepare(*a, **k)
+        finally:
+            with lock:
+                acc["prepare"] += time.perf_counter() - t
+
+    def timed_forward(x):
+        t = time.perf_counter()
+        try:
+            return fwd(x)
+        finally:
+            acc["forward"] += time.perf_counter() - t
+            acc["batches"] += 1
+
+    engine._prepare = timed_prepare
+    try:
+        t = time.perf_counter()
+        engine.predict_items(model, files, batch_size=batch_size, workers=workers, forward=timed_forward,
+                             channels_last=(forward is None) if channels_last is None else channels_last,
+                             return_results=False)
+        wall = time.perf_counter() - t
+    finally:
+        engine._prepare = real_prepare
+    n = len(files)
+    return {"wall_s": wall, "ips": n / wall, "forward_s": acc["forward"], "prepare_s": acc["prepare"],
+            "forward_share": acc["forward"] / wall, "prepare_ms_per_image": 1000 * acc["prepare"] / n,
+            "forward_ms_per_image": 1000 * acc["forward"] / n, "batches": acc["batches"]}
+
+
+# -- memory over a long run ------------------------------------------------------------------------------------------------
+def rss_long_run(model, files: list[str], n_inputs: int, every: int, forward=None, batch_size: int = 1) -> dict[str, Any]:
+    """Score ``files`` cycled to ``n_inputs`` inputs (no results kept, as the CLI does) and
+    record RSS every ``every`` results. ``working_set_mb``: RSS at the first sample minus RSS
+    before the run (the pipeline's working set: decoded images, a batch and the runtime's
+    buffers); ``growth_mb``: from the sample at 20 % of the run to the last one."""
+    import psutil
+
+    from contentiqa.inference.engine import DEFAULT_MAX_BATCH_PIXELS, predict_items
+
+    proc = psutil.Process()
+    items = [files[k % len(files)] for k in range(n_inputs)]
+    series: list[tuple[int, float]] = []
+    count = {"n": 0}
+
+    def on_result(i, pred):
+        count["n"] += 1
+        if count["n"] % every == 0:
+            series.append((count["n"], proc.memory_info().rss / 2**20))
+
+    gc.collect()
+    start = rss_mb()
+    t = time.perf_counter()
+    predict_items(model, items, batch_size=batch_size, forward=forward, on_result=on_result, return_results=False)
+    wall = time.perf_counter() - t
+    ref = series[min(len(series) - 1, len(series) // 5)] if series else (0, start)
+    growth = series[-1][1] - ref[1] if series else 0.0
+    span = series[-1][0] - ref[0] if series else 0
+    from PIL import Image
+
+    px = max(Image.open(f).size[0] * Image.open(f).size[1] for f in files)
+    batch_mb = batch_size * 3 * px * 4 / 2**20  # one batch of float input at the largest size
+    return {
+        "n_inputs": n_inputs, "every": every, "wall_s": wall, "ips": n_inputs / wall,
+        "rss_start_mb": start, "rss_after_first_mb": series[0][1] if series else start, "growth_from": ref[0],
+        "working_set_mb": (series[0][1] if series else start) - start, "rss_end_mb": series[-1][1] if series else start,
+        "rss_max_mb": max((v for _, v in series), default=start), "growth_mb": growth,
+        "growth_mb_per_1000": 1000 * growth / span if span else 0.0, "one_batch_input_mb": batch_mb,
+        "max_batch_pixels": DEFAULT_MAX_BATCH_PIXELS, "series": series,
+    }
+
+
+# -- the whole benchmark ----------------------------------------------------------------------------------------------------
+def run_benchmark(
+    models: dict[str, dict[str, Any]],
+    real: list[str],
+    generated: dict[tuple[int, int], list[str]],
+    rss_files: list[str],
+    workdir: Path,
+    repeats: int = 3,
+    backbone_runs: int = 10,
+    batch_sizes: dict[str, list[int]] | None = None,
+    rss_inputs: int = 10_000,
+    rss_every: int = 500,
+    backbone_module=None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every measurement; returns the JSON payload. ``models``: name -> {model, ckpt, weights};
+    ``real``: photos for the main comparison (all one size); ``generated``: (w, h) -> files for
+    the pixel-count sweep; ``rss_files``: the images cycled in the long run."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from contentiqa.inference.onnx import cached_export, make_session, onnx_forward_for
+
+    os.environ["CONTENTIQA_CACHE_DIR"] = str(workdir / "cache")  # a fresh export cache, timed below
+    warm_page_cache(real + [f for fs in generated.values() for f in fs] + rss_files)
+    photo_hw = Image.open(real[0]).size[::-1]
+    payload: dict[str, Any] = {
+        "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count(), "onnxruntime": ort.__version__},
+        "images": {"real": len(real), "real_hw": list(photo_hw), "generated": {f"{w}x{h}": len(v) for (w, h), v in generated.items()}},
+        "repeats": repeats, "models": {}, "bare_backbone": {}, "pixels": {}, "batch": {}, "ablations": {}, "rss": {},
+    }
+
+    # (a) the bare backbone in ONNX Runtime at every input size used below
+    log("bare backbone (ONNX Runtime) ...")
+    bb_path = export_backbone(workdir, backbone_module)
+    bb_session = make_session(bb_path)
+    sizes_needed = {tuple(photo_hw)} | {(h, w) for (w, h) in generated}
+    for entry in models.values():
+        sizes_needed.add(tuple(input_hw(entry["model"], tuple(photo_hw))))
+    with RssSampler() as mem:
+        for hw in sorted(sizes_needed, key=lambda s: s[0] * s[1]):
+            sec = bare_backbone_seconds(bb_session, hw, backbone_runs)
+            payload["bare_backbone"][f"{hw[0]}x{hw[1]}"] = {"ms_per_image": 1000 * sec, "ips": 1 / sec}
+    payload["bare_backbone_peak_rss_mb"] = mem.peak_mb
+    del bb_session
+
+    for name, entry in models.items():
+        model, ckpt = entry["model"], entry["ckpt"]
+        res: dict[str, Any] = {"weights": entry["weights"], "backbone_passes": backbone_passes(model),
+                               "input": "native resolution" if model.native_resolution else f"{input_hw(model, photo_hw)}"}
+        hw = tuple(input_hw(model, tuple(photo_hw)))
+        limit_sec = res["backbone_passes"] * payload["bare_backbone"][f"{hw[0]}x{hw[1]}"]["ms_per_image"] / 1000
+        res["limit_ips"] = 1 / limit_sec
+
+        # (b) naive eager, one image at a time
+        log(f"{name}: naive eager ...")
+        naive_eager(model, real[:1])  # warm-up
+        with RssSampler() as mem:
+            sec, runs = median_of(lambda: naive_eager(model, real), repeats)
+        res["naive"] = {"ips": len(real) / sec, "ms_per_image": 1000 * sec / len(real), "peak_rss_mb": mem.peak_mb,
+                        "runs_ips": [len(real) / r for r in runs]}
+
+        # the ONNX export, once (cached for the score command)
+        t = time.perf_counter()
+        onnx_path, _ = cached_export(model)
+        res["onnx_export_s"] = time.perf_counter() - t
+        res["onnx_file_mb"] = onnx_path.stat().st_size / 2**20
+
+        # (c) the fast path, end to end through the score command
+        for runtime in ("torch", "onnx"):
+            log(f"{name}: contentiqa score --runtime {runtime} ...")
+            cli_score(ckpt, real[:2], workdir / "warm.csv", runtime)  # warm-up
+            r = timed_cli(ckpt, real, workdir / f"{name}-{runtime}.csv", runtime, repeats)
+            r["vs_naive"] = r["ips"] / res["naive"]["ips"]
+            r["vs_limit"] = r["ips"] / res["limit_ips"]
+            res[f"fast_{runtime}"] = r
+
+        # where the time goes (the same pipeline, timed inside)
+        forward, _ = onnx_forward_for(model)
+        res["breakdown"] = {"torch": breakdown(model, real), "onnx": breakdown(model, real, forward=forward)}
+
+        # (d) batch size
+        sweep = (batch_sizes or {}).get(name) or ([1, 2, 4, 8] if model.native_resolution else [1, 4, 8, 16])
+        payload["batch"][name] = {}
+        for runtime in ("torch", "onnx"):
+            for b in sweep:
+                log(f"{name}: batch size {b} ({runtime}) ...")
+                r = timed_cli(ckpt, real, workdir / f"b{b}.csv", runtime, repeats, batch_size=b)
+                payload["batch"][name][f"{runtime}_b{b}"] = {"batch_size": b, "runtime": runtime, "ips": r["ips"],
+                                                             "ms_per_image": r["ms_per_image"], "peak_rss_mb": r["peak_rss_mb"]}
+
+        # (d) pixel count
+        payload["pixels"][name] = {}
+        for (w, h), files in generated.items():
+            for runtime in ("torch", "onnx"):
+                log(f"{name}: {w}x{h} ({runtime}) ...")
+                r = timed_cli(ckpt, files, workdir / f"px{w}.csv", runtime, repeats)
+                mp = w * h / 1e6
+                hw_in = tuple(input_hw(model, (h, w)))
+                bare = payload["bare_backbone"].get(f"{hw_in[0]}x{hw_in[1]}", {}).get("ms_per_image")
+                payload["pixels"][name][f"{runtime}_{w}x{h}"] = {
+                    "width": w, "height": h, "megapixels": mp, "runtime": runtime, "ms_per_image": r["ms_per_image"],
+                    "ms_per_megapixel": r["ms_per_image"] / mp, "peak_rss_mb": r["peak_rss_mb"],
+                    "limit_ms_per_image": res["backbone_passes"] * bare if bare else None,
+                }
+
+        # ablations of the choices the fast path makes (PyTorch runtime, in-pipeline)
+        ab = {}
+        for label, kw in (("torch, channels_last on", {"channels_last": True}), ("torch, channels_last off", {"channels_last": False}),
+                          ("torch, decoding threads 0", {"workers": 0}), ("onnx, decoding threads 0", {"workers": 0, "forward": forward}),
+                          ("onnx, decoding threads 2", {"workers": 2, "forward": forward})):
+            log(f"{name}: ablation {label} ...")
+            vals = [breakdown(model, real, **kw)["ips"] for _ in range(max(1, repeats))]
+            ab[label] = statistics.median(vals)
+        payload["ablations"][name] = ab
+        payload["models"][name] = res
+        del forward
+        gc.collect()
+
+    # memory over a long run (IQA-CR-like native-resolution model: the one whose shapes vary)
+    rss_model_name = next((n for n, e in models.items() if e["model"].native_resolution), next(iter(models)))
+    model = models[rss_model_name]["model"]
+    forward, _ = onnx_forward_for(model)
+    for runtime, fwd in (("onnx", forward), ("torch", None)):
+        log(f"RSS over {rss_inputs} inputs ({rss_model_name}, {runtime}) ...")
+        payload["rss"][runtime] = {"model": rss_model_name, **rss_long_run(model, rss_files, rss_inputs, rss_every, forward=fwd)}
+    return payload
+
+
+# -- the report -------------------------------------------------------------------------------------------------------------
+def _f(x, nd=1) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def render_markdown(p: dict[str, Any], command: str) -> str:
+    real_hw = "x".join(str(v) for v in p["images"]["real_hw"][::-1])
+    lines = [
+        "# Scoring speed and memory (CPU)\n",
+        f"One run, one process: `{command}`. Torch threads {p['threads']['torch']}, {p['threads']['cpu_count']} CPUs, "
+        f"onnxruntime {p['threads']['onnxruntime']}. Real photos: {p['images']['real']} x {real_hw} "
+        f"({p.get('photo_source', '?')}); median of {p['repeats']} repeat(s). Images/s of the score command exclude "
+        "loading the model (reported separately as end-to-end).\n",
+        "## Throughput on real photos\n",
+    ]
+    rows = []
+    for name, r in p["models"].items():
+        hw = r["input"]
+        rows.append([f"{name}: bare backbone x{r['backbone_passes']} (ONNX Runtime, in memory) = limit", _f(r["limit_ips"]),
+                     _f(1000 / r["limit_ips"]), "-", "-", "1.00"])
+        n = r["naive"]
+        rows.append([f"{name}: naive PyTorch eager, one at a time", _f(n["ips"]), _f(n["ms_per_image"]), _f(n["peak_rss_mb"], 0),
+                     "1.00", f"{n['ips'] / r['limit_ips']:.2f}"])
+        for rt in ("torch", "onnx"):
+            f = r[f"fast_{rt}"]
+            rows.append([f"{name}: `contentiqa score --runtime {rt}` (end to end {_f(f['ips_end_to_end'])}/s)", _f(f["ips"]),
+                         _f(f["ms_per_image"]), _f(f["peak_rss_mb"], 0), f"**{f['vs_naive']:.2f}**", f"**{f['vs_limit']:.2f}**"])
+        del hw
+    lines.append(md_table(["what", "images/s", "ms/image", "peak RSS MB", "x naive", "x limit"], rows))
+    lines.append(f"\nTargets: fast path >= {TARGET_VS_NAIVE:g}x naive eager, >= {TARGET_VS_LIMIT:g}x the bare-backbone limit.\n")
+    verdict = []
+    for name, r in p["models"].items():
+        for rt in ("torch", "onnx"):
+            f = r[f"fast_{rt}"]
+            ok_n = "met" if f["vs_naive"] >= TARGET_VS_NAIVE else "NOT met"
+            ok_l = "met" if f["vs_limit"] >= TARGET_VS_LIMIT else "NOT met"
+            verdict.append(f"- {name}, {rt}: {f['vs_naive']:.2f}x naive ({ok_n}), {f['vs_limit']:.2f}x limit ({ok_l})")
+    lines.append("\n".join(verdict) + "\n")
+    lines.append("\nModels: " + "; ".join(f"{n}: {r['weights']}, input {r['input']}, ONNX export {r['onnx_export_s']:.1f} s "
+                                          f"({r['onnx_file_mb']:.0f} MB)" for n, r in p["models"].items()) + ".\n")
+
+    lines.append("\n## Where the fast path spends its time (real photos)\n")
+    rows = []
+    for name, r in p["models"].items():
+        for rt, b in r["breakdown"].items():
+            rows.append([name, rt, _f(b["ips"]), _f(b["forward_ms_per_image"]), _f(b["prepare_ms_per_image"]),
+                         f"{100 * b['forward_share']:.0f} %"])
+    lines.append(md_table(["model", "runtime", "images/s", "model ms/image", "decode+preprocess ms/image (threads)", "model busy"], rows))
+    lines.append("\nDecoding runs in 2 threads beside the model, so its time overlaps the model's; 'model busy' is the share of the "
+                 "wall time spent inside the forward.\n")
+
+    lines.append("\n## Time per image against pixel count\n")
+    rows = []
+    for name, d in p["pixels"].items():
+        for key, v in sorted(d.items(), key=lambda kv: (kv[1]["runtime"], kv[1]["megapixels"])):
+            rows.append([name, v["runtime"], f"{v['width']}x{v['height']}", f"{v['megapixels']:.2f}", _f(v["ms_per_image"]),
+                         _f(v["ms_per_megapixel"]), _f(v["limit_ms_per_image"]), _f(v["peak_rss_mb"], 0)])
+    lines.append(md_table(["model", "runtime", "size", "MP", "ms/image", "ms/MP", "limit ms/image", "peak RSS MB"], rows))
+    lines.append("\nIQA-CR reads every pixel at native resolution, so its cost should grow in proportion to the pixels "
+                 "(flat ms/MP); IE-IQA resizes to its fixed input, so only decoding and the resize grow with the pixels.\n")
+
+    lines.append("\n## Time per image against batch size (real photos)\n")
+    rows = []
+    for name, d in p["batch"].items():
+        for key, v in d.items():
+            rows.append([name, v["runtime"], str(v["batch_size"]), _f(v["ips"]), _f(v["ms_per_image"]), _f(v["peak_rss_mb"], 0)])
+    lines.append(md_table(["model", "runtime", "batch size", "images/s", "ms/image", "peak RSS MB"], rows))
+
+    lines.append("\n## Choices, measured on and off (images/s, in the pipeline)\n")
+    rows = [[name, k, _f(v)] for name, d in p["ablations"].items() for k, v in d.items()]
+    lines.append(md_table(["model", "setting", "images/s"], rows))
+
+    lines.append("\n## Resident memory over a long run\n")
+    rows = []
+    for rt, r in p["rss"].items():
+        rows.append([r["model"], rt, str(r["n_inputs"]), _f(r["ips"]), _f(r["rss_start_mb"], 0), _f(r["working_set_mb"], 0),
+                     _f(r["rss_max_mb"], 0), _f(r["rss_end_mb"], 0), f"{r['growth_mb']:+.1f} (from input {r['growth_from']})",
+                     f"{r['growth_mb_per_1000']:+.2f}"])
+    lines.append(md_table(["model", "runtime", "inputs", "images/s", "RSS before MB", "working set MB (first sample - before)",
+                           "max MB", "end MB", "growth MB", "MB per 1000 inputs"], rows))
+    lines.append("\nThe same few generated images (4 sizes), repeated; no results kept (as `contentiqa score` passes "
+                 "them on to the output file); RSS sampled every "
+                 + (str(next(iter(p["rss"].values()))["every"]) if p["rss"] else "-")
+                 + " inputs. Flat memory: the growth after warm-up is small against the working set.\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few images, one repeat, a short long-run (checks that it runs)")
+    ap.add_argument("--images", type=int, default=None, help="real photos to use (default 64; quick 6)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3; quick 1)")
+    ap.add_argument("--rss-inputs", type=int, default=None, help="inputs in the long run (default 10000; quick 300)")
+    ap.add_argument("--models", default="iqa-cr,ie-iqa", help="comma-separated model names")
+    args = ap.parse_args()
+    quick = args.quick
+    n_real = args.images or (6 if quick else 64)
+    repeats = args.repeats or (1 if quick else 3)
+    rss_inputs = args.rss_inputs or (300 if quick else 10_000)
+    rss_every = max(1, rss_inputs // 20)
+
+    real, source = source_photos(n_real)
+    if source != "clive-dev":
+        print(f"note: real CLIVE photos not found at {CLIVE_IMAGES}; using {len(real)} example photos instead")
+    if not real:
+        sys.exit("benchmark skipped: no photos found (neither CLIVE dev nor examples/images)")
+    with tempfile.TemporaryDirectory(prefix="contentiqa-speed-") as tmp:
+        work = Path(tmp)
+        from PIL import Image
+
+        gen_counts = {(1024, 768): 2, (2048, 1536): 1} if quick else {(1024, 768): 16, (1536, 1152): 8, (2048, 1536): 8}
+        generated: dict[tuple[int, int], list[str]] = {}
+        if Image.open(real[0]).size == PIXEL_SIZES[0]:  # the real photos are the 500 x 500 point
+            generated[PIXEL_SIZES[0]] = real[: (2 if quick else 16)]
+        for size, count in gen_counts.items():
+            generated[size] = generate_images(work / "gen", real, size, count)
+        rss_files = [generate_images(work / "rss", real, s, 1, tag="rss")[0] for s in RSS_SIZES]
+        models = load_benchmark_models([m.strip() for m in args.models.split(",") if m.strip()], work)
+        payload = run_benchmark(models, real, generated, rss_files, work, repeats=repeats,
+                                backbone_runs=3 if quick else 10, rss_inputs=rss_inputs, rss_every=rss_every,
+                                batch_sizes={"iqa-cr": [1, 8], "ie-iqa": [1, 16]} if quick else None)
+    payload["photo_source"] = source
+    payload["quick"] = quick
+    command = "python benchmarks/speed.py" + (" --quick" if quick else "")
+    write_results("speed", payload, render_markdown(payload, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""``contentiqa experiment``: run a results table from a YAML config (see configs/README.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="train and test every model row of a config on every split; write the mean ± std table",
+        description=(
+            "Run an experiment config: each run (model + settings) is trained on every split of the "
+            "training data (protocol + seeds) and tested on the split's test part and/or other datasets "
+            "(cross-dataset). Finished splits are skipped and interrupted ones resume, so rerunning is "
+            "safe. Writes per-split metrics JSON, results.md (mean ± std table), results.json and "
+            "provenance.json to OUT (default runs/experiments/<name>). A config whose data or weights "
+            "are missing is skipped with a message naming them (exit 0; 1 with --strict). "
+            "Under `torchrun --nproc_per_node N -m contentiqa experiment ...` each split trains with DDP. "
+            "--check lists which configs can run (default: every configs/*.yaml)."
+        ),
+    )
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="experiment config file(s)")
+    p.add_argument("--out", default=None, help="results folder (one config only)")
+    p.add_argument("--check", action="store_true",
+                   help="do not run: list each config as ready / partial / missing (exit 1 if any cannot fully run)")
+    p.add_argument("--strict", action="store_true", help="missing data or weights is an error (exit 1) instead of a skip")
+    p.add_argument("--device", default=None, help="train on this device (cpu, cuda, cuda:1, ...) instead of the config's train.device")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def _configs(args: argparse.Namespace) -> list[Path]:
+    if args.configs:
+        return [Path(c) for c in args.configs]
+    if args.check and Path("configs").is_dir():
+        found = sorted(Path("configs").glob("*.yaml")) + sorted(Path("configs").glob("*.yml"))
+        if found:
+            return found
+    raise UsageError("give a CONFIG.yaml" + (" (no configs/*.yaml here to check)" if args.check else ""))
+
+
+def check(paths: list[Path]) -> int:
+    from ..experiments import ConfigError, default_out_dir, experiment_missing, load_config, run_missing
+
+    rc = 0
+    width = max(len(str(p)) for p in paths)
+    for path in paths:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(f"invalid  {str(path):<{width}}  {exc}")
+            rc = 2
+            continue
+        missing = experiment_missing(cfg)
+        runs = {r.name: run_missing(cfg, r) for r in cfg.runs}
+        ok = [n for n, m in runs.items() if not m]
+        size = f"{len(cfg.runs)} run(s), seeds {cfg.seeds[0]}..{cfg.seeds[-1]} ({len(cfg.seeds)}), {cfg.data.label} {cfg.protocol}"
+        lacking = [m for ms in runs.values() for m in ms]
+        if missing:
+            also = f"; also missing for some runs: {'; '.join(lacking)}" if lacking else ""
+            print(f"missing  {str(path):<{width}}  {size}; cannot run: " + "; ".join(missing) + also)
+            rc = max(rc, 1)
+        elif len(ok) < len(runs):
+            print(f"partial  {str(path):<{width}}  {len(ok)}/{len(runs)} run(s) can run; missing: " + "; ".join(lacking))
+            rc = max(rc, 1)
+        else:
+            print(f"ready    {str(path):<{width}}  {size} -> {default_out_dir(cfg)}")
+    return rc
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import ConfigError, ExperimentSkipped, run_experiment
+
+    paths = _configs(args)
+    if args.check:
+        return check(paths)
+    if args.out and len(paths) > 1:
+        raise UsageError("--out takes one config; without it each config writes to its own runs/experiments/<name>")
+    log = (lambda *a, **k: None) if args.quiet else print
+    rc = 0
+    for path in paths:
+        try:
+            result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        except ExperimentSkipped as exc:
+            print(f"contentiqa experiment: {path}: missing {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        # (without --quiet the runner has said it already)
+        if not result.ran:
+            if args.quiet:
+                print(f"contentiqa experiment: skipped {path}: " + "; ".join(result.skipped), file=sys.stderr)
+            continue
+        if not result.markdown:
+            continue  # a rank other than 0 under torchrun
+        for name, why in result.skipped_runs.items():
+            if args.quiet:
+                print(f"contentiqa experiment: {path}: skipped run " + "; ".join(why), file=sys.stderr)
+        if not args.quiet:
+            print(result.markdown)
+        print(f"results: {result.out_dir / 'results.md'}")
+    return rc

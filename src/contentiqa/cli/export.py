@@ -1,0 +1,80 @@
+"""``contentiqa export MODEL --format onnx --out model.onnx``: write a model as an ONNX file.
+
+MODEL is a registered name (with its shipped weights) or a checkpoint file. The file takes a
+normalised image batch (dynamic batch; dynamic height and width for native-resolution models
+such as IQA-CR) and returns the normalised score (and the content logits when the model has
+a content head); its metadata hold the scale, categories, mean/std and input size, so
+`contentiqa score --onnx-model FILE` or any ONNX Runtime user needs nothing else. The export
+is checked against PyTorch in ONNX Runtime before the file is written.
+
+Needs the optional packages onnx and onnxruntime: pip install 'contentiqa[onnx]'.
+Exit code: 0 written, 2 usage error (or a model that cannot be exported, with the reason).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .main import UsageError
+
+FORMATS = ("onnx",)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX (dynamic batch and image size; metadata for standalone use)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name or checkpoint file (.pt)")
+    p.add_argument("--format", "-f", default="onnx", help="output format (only 'onnx')")
+    p.add_argument("--out", "-o", metavar="FILE", help="where to write the exported model (e.g. model.onnx)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the check of ONNX Runtime against PyTorch (then onnxruntime is not needed)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ._model_loading import load_model
+
+    if not args.model:
+        raise UsageError("no MODEL given: name a registered model (see `contentiqa models`) or a checkpoint .pt")
+    fmt = str(args.format).lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {args.format!r} is not supported; use one of: {', '.join(FORMATS)}")
+    if not args.out:
+        raise UsageError("--out FILE is required (e.g. --out model.onnx)")
+    out = Path(args.out)
+    if out.is_dir() or str(args.out).endswith(("/", os.sep)):
+        raise UsageError(f"--out {args.out} is a folder; give a file name such as model.onnx")
+    if args.opset is not None and not 13 <= args.opset <= 21:
+        raise UsageError("--opset must be between 13 and 21")
+
+    from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, OnnxUnavailableError, export_onnx, read_metadata
+
+    model = load_model(args.model, "cpu")
+    try:
+        path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
+    except OnnxUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    except OnnxExportError as exc:
+        raise UsageError(f"cannot export {args.model}: {exc}") from None
+    if not args.quiet:
+        size_mb = path.stat().st_size / 2**20
+        dims = "batch x 3 x height x width" if model.native_resolution else "batch x 3 x {0} x {0}".format(model.cfg.input_size)
+        line = f"wrote {path} ({size_mb:.1f} MB): {getattr(model, 'model_name', args.model)}, input 'image' [{dims}]"
+        try:
+            meta = read_metadata(path)
+            line += f", outputs {', '.join(json.loads(meta['outputs']))}"
+            if "verified_max_abs_diff" in meta:
+                line += f"; max |ONNX Runtime - PyTorch| = {meta['verified_max_abs_diff']}"
+        except Exception:  # onnxruntime missing with --no-verify: the file is written all the same
+            pass
+        print(line, file=sys.stdout)
+    return 0

@@ -1,0 +1,367 @@
+"""Experiment configuration files: parsing, validation, paths and what a config needs to run.
+
+The schema is documented in ``configs/README.md``. In short::
+
+    name: clive_iqa_cr                 # optional; default: the file's stem
+    description: free text
+    data:      {name: csv, root: PATH, label: CLIVE, args: {}, labels: PATH|auto, skip_missing: false}
+    protocol:  iqa-cr | ie-iqa
+    seeds:     10 | [0, 1, 2]
+    splits:    PATH                    # optional ready-made split file
+    test:      [split, {name: spaq, root: PATH, label: SPAQ}, ...]
+    model: NAME, model_args: {...}, train: {...}   # shared by every run
+    runs:      [{name: ROW, model: NAME, model_args: {...}, train: {...}, seeds: [...], requires: [...]}]
+    requires:  [PATH, ...]             # other files every run needs (weights)
+    cache_dir: PATH                    # frozen-encoding cache (default OUT/cache)
+    checkpoint: auto | best | last     # which weights are tested (auto: best with a val part)
+
+Strings may use ``${VAR}`` and ``${VAR:-default}`` (defaults may nest). Relative paths are relative to the config
+file's folder, except that an environment variable holding a relative path is relative to the
+working directory.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INTRA = "split"
+"""A ``test`` entry meaning: the split's own test part (intra-dataset)."""
+
+TOP_KEYS = {"name", "description", "data", "protocol", "seeds", "splits", "test", "model", "model_args", "train",
+            "runs", "requires", "cache_dir", "checkpoint", "out"}
+DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing"}
+RUN_KEYS = {"name", "model", "model_args", "train", "seeds", "requires"}
+CHECKPOINTS = ("auto", "best", "last")
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^{}$]*))?\}")  # innermost first: defaults may nest
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config (the message names the file and the entry)."""
+
+
+def expand_vars(text: str, where: str = "", path: bool = False) -> str:
+    """``${VAR}`` / ``${VAR:-default}`` -> the environment's value (or the default). With
+    ``path``, a relative path coming from the environment at the start of the string is made
+    absolute against the working directory (a default is left as written: relative to the
+    config file)."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value:
+            leading = m.start() == 0 or m.string[max(0, m.start() - 2):m.start()] == ":-"
+            if path and leading and not os.path.isabs(os.path.expanduser(value)):
+                value = os.path.abspath(os.path.expanduser(value))
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a fallback)")
+
+    for _ in range(20):  # nested defaults: ${A:-${B:-x}/y}
+        new = _VAR.sub(sub, text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def _expand_all(obj: Any, where: str) -> Any:
+    if isinstance(obj, str):
+        return expand_vars(obj, where)
+    if isinstance(obj, dict):
+        return {k: _expand_all(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand_all(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def resolve_path(value: Any, base: Path, where: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ConfigError(f"{where}: expected a path, got {value!r}")
+    p = Path(os.path.expanduser(expand_vars(str(value), where, path=True)))
+    if not p.is_absolute():
+        p = base / p
+    return Path(os.path.normpath(p))
+
+
+def slugify(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", text.strip()).strip("_")
+    return s or "run"
+
+
+@dataclass
+class DataSpec:
+    """A dataset: loader ``name`` reading ``root`` (a CSV file for ``csv``)."""
+
+    name: str
+    root: Path
+    label: str
+    args: dict = field(default_factory=dict)
+    labels: Path | None = None
+    """Content labels CSV (``image``, ``category``; paths relative to it), made if absent."""
+    labels_auto: bool = False
+    """``labels: auto``: pseudo-labels made into the results folder."""
+    skip_missing: bool = False
+
+
+@dataclass
+class RunSpec:
+    """One row of the results table: a model and its settings, trained on every split."""
+
+    name: str
+    slug: str
+    model: str
+    model_args: dict
+    train: dict
+    seeds: list[int]
+    requires: list[Path]
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    description: str
+    data: DataSpec
+    protocol: str
+    seeds: list[int]
+    tests: list[DataSpec | str]
+    runs: list[RunSpec]
+    splits: Path | None = None
+    requires: list[Path] = field(default_factory=list)
+    cache_dir: Path | None = None
+    checkpoint: str = "auto"
+    out: Path | None = None
+    source: Path | None = None
+    """The config file (None for a dict)."""
+    text: str | None = None
+    """The config file's text, as written."""
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def cross_tests(self) -> list[DataSpec]:
+        return [t for t in self.tests if isinstance(t, DataSpec)]
+
+    @property
+    def intra(self) -> bool:
+        return INTRA in self.tests
+
+    def test_labels(self) -> list[str]:
+        """Column-group labels of the results table, in order."""
+        return [self.data.label if t == INTRA else t.label for t in self.tests]  # type: ignore[union-attr]
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: seeds must be a count or a list of integers")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{where}: seeds must be at least 1")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}: seeds repeat: {value}")
+        return list(value)
+    raise ConfigError(f"{where}: seeds must be a count or a non-empty list of integers, not {value!r}")
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _data(d: Any, base: Path, where: str) -> DataSpec:
+    from ..data import list_datasets
+
+    if isinstance(d, str):
+        raise ConfigError(f"{where}: expected a mapping with name and root (or '{INTRA}' for the split's test part)")
+    d = _mapping(d, where)
+    unknown = sorted(set(d) - DATA_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(DATA_KEYS)}")
+    name = str(d.get("name", "csv"))
+    if name not in list_datasets():
+        raise ConfigError(f"{where}.name: unknown dataset loader {name!r}; known: {', '.join(list_datasets())}")
+    if "root" not in d:
+        raise ConfigError(f"{where}: 'root' (the dataset folder, or the CSV file for name: csv) is required")
+    root = resolve_path(d["root"], base, f"{where}.root")
+    label = str(d.get("label") or (root.stem if name == "csv" else name))
+    labels, auto = None, False
+    if d.get("labels") is not None:
+        if str(d["labels"]).strip().lower() == "auto":
+            auto = True
+        else:
+            labels = resolve_path(d["labels"], base, f"{where}.labels")
+    args = _expand_all(_mapping(d.get("args"), f"{where}.args"), f"{where}.args")
+    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)))
+
+
+def _paths(values: Any, base: Path, where: str) -> list[Path]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        values = [values]
+    return [resolve_path(v, base, f"{where}[{i}]") for i, v in enumerate(values)]
+
+
+def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | None = None) -> ExperimentConfig:
+    """Validate a config mapping; ``base`` is the folder relative paths start from."""
+    from ..data import PROTOCOLS
+    from ..models.registry import model_entry
+    from ..training.config import TrainConfig
+
+    where = str(source) if source is not None else "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    name = str(raw.get("name") or (source.stem if source is not None else "experiment"))
+    if "data" not in raw:
+        raise ConfigError(f"{where}: 'data' (the training dataset) is required")
+    data = _data(raw["data"], base, f"{where}: data")
+    protocol = str(raw.get("protocol", "iqa-cr"))
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}: protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    seeds = _seeds(raw.get("seeds", 1), f"{where}: seeds")
+
+    tests: list[DataSpec | str] = []
+    for i, t in enumerate(raw.get("test") or [INTRA]):
+        if isinstance(t, str) and t.strip().lower() in (INTRA, "intra", "test"):
+            if INTRA in tests:
+                raise ConfigError(f"{where}: test[{i}]: '{INTRA}' listed twice")
+            tests.append(INTRA)
+        else:
+            tests.append(_data(t, base, f"{where}: test[{i}]"))
+    labels = [data.label if t == INTRA else t.label for t in tests]  # type: ignore[union-attr]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: test sets need distinct labels (give each a 'label'); got {labels}")
+
+    shared_model = raw.get("model")
+    shared_args = _mapping(raw.get("model_args"), f"{where}: model_args")
+    shared_train = _mapping(raw.get("train"), f"{where}: train")
+    run_list = raw.get("runs")
+    if run_list is None:
+        if not shared_model:
+            raise ConfigError(f"{where}: give 'model' (one run) or a 'runs' list")
+        run_list = [{"name": str(shared_model)}]
+    if not isinstance(run_list, list) or not run_list:
+        raise ConfigError(f"{where}: 'runs' must be a non-empty list")
+    runs: list[RunSpec] = []
+    for i, r in enumerate(run_list):
+        rw = f"{where}: runs[{i}]"
+        r = _mapping(r, rw)
+        bad = sorted(set(r) - RUN_KEYS)
+        if bad:
+            raise ConfigError(f"{rw}: unknown key(s) {bad}; known: {sorted(RUN_KEYS)}")
+        model = r.get("model") or shared_model
+        if not model:
+            raise ConfigError(f"{rw}: no model (set 'model' in the run or at the top level)")
+        try:
+            model_entry(str(model))
+        except ValueError as exc:
+            raise ConfigError(f"{rw}: {exc}") from None
+        model_args = _expand_all({**shared_args, **_mapping(r.get("model_args"), f"{rw}.model_args")}, f"{rw}.model_args")
+        for k, v in list(model_args.items()):
+            if k.endswith("_checkpoint") and v is not None:
+                model_args[k] = str(resolve_path(v, base, f"{rw}.model_args.{k}"))
+        train = {**shared_train, **_mapping(r.get("train"), f"{rw}.train")}
+        if "seed" in train:
+            raise ConfigError(f"{rw}.train: 'seed' is set per split (the split's seed); list seeds under 'seeds'")
+        try:
+            TrainConfig.from_dict(train)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{rw}.train: {exc}") from None
+        run_seeds = _seeds(r["seeds"], f"{rw}.seeds") if "seeds" in r else list(seeds)
+        extra = sorted(set(run_seeds) - set(seeds))
+        if extra:
+            raise ConfigError(f"{rw}.seeds: {extra} not among the experiment's seeds {seeds}")
+        run_name = str(r.get("name") or model)
+        runs.append(RunSpec(run_name, slugify(run_name), str(model), model_args, train, run_seeds,
+                            _paths(r.get("requires"), base, f"{rw}.requires")))
+    slugs = [r.slug for r in runs]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"{where}: run names must be distinct; got {[r.name for r in runs]}")
+    checkpoint = str(raw.get("checkpoint", "auto"))
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
+    return ExperimentConfig(
+        name=name,
+        description=str(raw.get("description") or "").strip(),
+        data=data,
+        protocol=protocol,
+        seeds=seeds,
+        tests=tests,
+        runs=runs,
+        splits=resolve_path(raw["splits"], base, f"{where}: splits") if raw.get("splits") else None,
+        requires=_paths(raw.get("requires"), base, f"{where}: requires"),
+        cache_dir=resolve_path(raw["cache_dir"], base, f"{where}: cache_dir") if raw.get("cache_dir") else None,
+        checkpoint=checkpoint,
+        out=resolve_path(raw["out"], base, f"{where}: out") if raw.get("out") else None,
+        source=source,
+        text=text,
+        raw=raw,
+    )
+
+
+def load_config(config: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a YAML file or a mapping (relative paths of a mapping
+    start at ``base_dir``, default the working directory)."""
+    import yaml
+
+    if isinstance(config, ExperimentConfig):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config, Path(base_dir or os.getcwd()).absolute(), None, None)
+    path = Path(config)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a config file") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_config(raw, Path(base_dir).absolute() if base_dir else path.absolute().parent, path, text)
+
+
+# -- what a config needs ----------------------------------------------------------------------
+def data_missing(spec: DataSpec) -> list[str]:
+    """Why ``spec`` cannot be read (empty when its root is there)."""
+    if spec.name == "csv":
+        if not spec.root.exists():
+            return [f"dataset {spec.label}: CSV {spec.root} not found"]
+        return []
+    if not spec.root.is_dir():
+        return [f"dataset {spec.label} ({spec.name}): folder {spec.root} not found"]
+    return []
+
+
+def run_missing(cfg: ExperimentConfig, run: RunSpec) -> list[str]:
+    """Files ``run`` needs that are absent: weights in its model_args and ``requires``."""
+    out = []
+    for k, v in run.model_args.items():
+        if k.endswith("_checkpoint") and v is not None and not Path(v).is_file():
+            out.append(f"{run.name}: {k} {v} not found")
+    for p in cfg.requires + run.requires:
+        if not p.exists():
+            out.append(f"{run.name}: required file {p} not found")
+    return out
+
+
+def experiment_missing(cfg: ExperimentConfig) -> list[str]:
+    """Why no run of ``cfg`` can start: its training data, a test set or its split file absent."""
+    out = data_missing(cfg.data)
+    for t in cfg.cross_tests:
+        out += data_missing(t)
+    if cfg.splits is not None and not cfg.splits.is_file():
+        out.append(f"split file {cfg.splits} not found")
+    return out

@@ -1,0 +1,458 @@
+"""Running an experiment config: every run (table row) on every split, then the results folder.
+
+Results folder (``out``)::
+
+    config.yaml                  the config as written (config.json when given as a mapping)
+    provenance.json              resolved config, package version, git commit, torch, date, command
+    splits.json                  the splits (made once, from the protocol and seeds)
+    content_labels_<data>.csv    pseudo content labels, for ``labels: auto``
+    runs/<run>/seed<S>/          the trainer's folder: last.pt, best.pt, metrics.jsonl, config.json
+    metrics/<run>/seed<S>.json   that split's test metrics (one entry per test set) + provenance
+    results.json                 per run: per-split metrics and mean/std/n per test set and metric
+    results.md                   the mean ± std table
+
+A split whose metrics JSON exists is not run again; an interrupted one continues from its
+``last.pt`` (the trainer's exact resume). So rerunning a config after a crash, or after adding
+seeds or rows, only does the missing work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
+
+TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy")
+SUMMARY_METRICS = ("plcc", "srocc", "krocc", "rmse", "accuracy")
+METRIC_NAMES = {"plcc": "PLCC", "srocc": "SROCC", "krocc": "KROCC", "rmse": "RMSE", "accuracy": "acc."}
+
+
+class ExperimentSkipped(RuntimeError):
+    """Raised instead of skipping when ``strict``: something the config needs is missing."""
+
+
+@dataclass
+class ExperimentResult:
+    out_dir: Path
+    config: ExperimentConfig
+    results: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    """Why the whole experiment did not run (empty when it ran)."""
+    skipped_runs: dict[str, list[str]] = field(default_factory=dict)
+    """Rows that did not run, with what they lacked."""
+    markdown: str = ""
+
+    @property
+    def ran(self) -> bool:
+        return not self.skipped
+
+
+# -- provenance ---------------------------------------------------------------------------------
+def _git(args: list[str], cwd: Path) -> str:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a result: package version, git commit (of the source tree the package
+    runs from, if any), torch, Python, machine, date and command line."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    src = Path(__file__).resolve().parents[1]
+    commit = _git(["rev-parse", "HEAD"], src)
+    return {
+        "contentiqa": __version__,
+        "git_commit": commit or None,
+        "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"], src)) if commit else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": list(sys.argv),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def resolved_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config after defaults, variables and paths: what actually ran."""
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    for k in ("text", "raw", "source"):
+        d.pop(k, None)
+    d["source"] = str(cfg.source) if cfg.source else None
+    return _jsonable(d)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def _key(path: Any) -> str:
+    return os.path.realpath(str(path))
+
+
+def apply_labels(table: pd.DataFrame, spec: DataSpec, out_dir: Path, progress: bool = False, log: Callable = print) -> pd.DataFrame:
+    """``table`` with the content labels of ``spec.labels`` (made with the offline ImageNet
+    pseudo-labeller when the file does not exist yet; existing categories such as SPAQ's
+    scenes are kept and mapped to IQA-CR's names)."""
+    from ..utils.io import atomic_write_text
+
+    path = spec.labels if spec.labels is not None else out_dir / f"content_labels_{slugify(spec.label)}.csv"
+    if not path.is_file():
+        from ..data.content_labels import label_table
+
+        log(f"pseudo-labelling the content of {len(table)} images of {spec.label} -> {path}")
+        done = label_table(table, progress=progress)
+        cols = [c for c in ("image", "mos", "category", "category_confidence", "category_source") if c in done]
+        rows = done[cols].copy()
+        rows["image"] = [Path(os.path.relpath(str(p), path.parent)).as_posix() for p in rows["image"]]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, rows.to_csv(index=False))
+    labels = pd.read_csv(path)
+    if "image" not in labels or "category" not in labels:
+        raise ConfigError(f"labels file {path} needs 'image' and 'category' columns; it has {list(labels.columns)}")
+    labels["_key"] = [_key(p if os.path.isabs(str(p)) else path.parent / str(p)) for p in labels["image"]]
+    keep = ["_key", "category"] + [c for c in ("category_confidence", "category_source") if c in labels]
+    out = table.drop(columns=[c for c in ("category", "category_confidence", "category_source") if c in table])
+    out = out.assign(_key=[_key(p) for p in out["image"]]).merge(labels[keep].drop_duplicates("_key"), on="_key", how="left")
+    lacking = int((~out["_key"].isin(set(labels["_key"]))).sum())
+    if lacking:
+        raise ConfigError(f"labels file {path} lacks {lacking} of the {len(out)} images of {spec.label}; "
+                          "delete it to pseudo-label again, or label the rest")
+    return out.drop(columns=["_key"])
+
+
+def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = False, log: Callable = print):
+    """(table, scale) of a dataset spec (labels applied when the spec has them)."""
+    from ..data import load_dataset
+
+    ds = load_dataset(spec.name, spec.root, on_missing="skip" if spec.skip_missing else "error", **spec.args)
+    table = ds.table
+    if spec.labels is not None or spec.labels_auto:
+        table = apply_labels(table, spec, out_dir or Path.cwd(), progress, log)
+    return table.reset_index(drop=True), ds.scale
+
+
+def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: bool):
+    from ..data import load_splits, make_split_set, save_splits
+
+    if cfg.splits is not None:
+        have = {s.seed: s for s in load_splits(cfg.splits) if s.protocol == cfg.protocol}
+        lacking = [s for s in cfg.seeds if s not in have]
+        if lacking:
+            raise ConfigError(f"split file {cfg.splits} has no {cfg.protocol} split for seed(s) {lacking}")
+        return {s: have[s] for s in cfg.seeds}
+    path = out / "splits.json"
+    have = {}
+    if path.is_file():
+        have = {s.seed: s for s in load_splits(path) if s.protocol == cfg.protocol}
+    if not all(s in have for s in cfg.seeds):
+        made = make_split_set(table, cfg.protocol, seeds=[s for s in cfg.seeds if s not in have], progress=progress)
+        have.update({s.seed: s for s in made})
+        save_splits([have[s] for s in sorted(have)], path)
+    return {s: have[s] for s in cfg.seeds}
+
+
+# -- one split ----------------------------------------------------------------------------------
+def _evaluate(trainer, table: pd.DataFrame, scale, model) -> dict[str, float]:
+    """Metrics on ``table`` (MOS on ``scale``: RMSE in that dataset's units), through the
+    trainer's cached frozen stages when it used them."""
+    saved = trainer.scale
+    trainer.scale = scale
+    try:
+        return trainer.evaluate_table(table, model)
+    finally:
+        trainer.scale = saved
+
+
+def _shared_cache_ok(model) -> bool:
+    """Frozen encodings may be shared between seeds only when the frozen weights are the same
+    for every seed (pretrained or from a file), not a seed's random initialisation."""
+    c = model.cfg
+    for flag, ckpt in (("backbone_pretrained", "backbone_checkpoint"), ("distortion_pretrained", "distortion_checkpoint")):
+        if hasattr(c, flag) and not getattr(c, flag) and not getattr(c, ckpt, None):
+            return False
+    return True
+
+
+def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, split, table, scale, tests, out: Path,
+                 device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
+    from ..backbones import WeightsUnavailableError
+    from ..models import create_model
+    from ..training.config import TrainConfig
+    from ..training.trainer import Trainer, seed_everything
+
+    parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+    if "train" not in parts:
+        raise ConfigError(f"split seed {seed} has no train part")
+    train = {**run.train, "seed": seed}
+    if device is not None:
+        train["device"] = device
+    tcfg = TrainConfig.from_dict(train)
+    seed_everything(seed)  # the model's initial weights are the split seed's too
+    try:
+        model = create_model(run.model, pretrained=False, **run.model_args)
+    except (WeightsUnavailableError, FileNotFoundError) as exc:
+        raise _RunUnavailable(f"{run.name}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run {run.name}: cannot build {run.model} with {run.model_args}: {exc}") from None
+    run_dir = out / "runs" / run.slug / f"seed{seed}"
+    cache = cfg.cache_dir or out / "cache"
+    if not _shared_cache_ok(model):
+        cache = run_dir / "cache"
+    t0 = time.time()
+    try:
+        trainer = Trainer(model, parts["train"], parts.get("val"), scale, tcfg, run_dir, progress=progress,
+                          cache_dir=cache, log=log)
+    except ValueError as exc:
+        raise ConfigError(f"run {run.name}: {exc}") from None
+    best = trainer.fit(resume=True)
+    train_s = time.time() - t0
+    if not main:
+        return None
+    use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
+    chosen = trainer.load_best() if use_best else trainer.model
+    res: dict[str, Any] = {
+        "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
+        "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",
+        "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
+        "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])), "n_test": len(parts.get("test", [])),
+        "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
+        "test": {},
+    }
+    for t in tests:
+        if t["spec"] == INTRA:
+            if "test" not in parts:
+                raise ConfigError(f"protocol {cfg.protocol} gives split seed {seed} no test part; drop '{INTRA}' from test")
+            res["test"][t["label"]] = _evaluate(trainer, parts["test"], scale, chosen)
+        else:
+            res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
+    res["provenance"] = {k: v for k, v in provenance().items() if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date")}
+    return res
+
+
+class _RunUnavailable(Exception):
+    pass
+
+
+# -- tables -------------------------------------------------------------------------------------
+def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str, Any]:
+    from ..metrics import mean_std
+
+    out = {}
+    for run in cfg.runs:
+        splits = per_run.get(run.name, [])
+        summary = {}
+        for label in cfg.test_labels():
+            rows = [{k: s["test"][label][k] for k in SUMMARY_METRICS if k in s["test"].get(label, {})} for s in splits]
+            rows = [r for r in rows if r]
+            if rows:
+                summary[label] = mean_std(rows)
+        out[run.name] = {"model": run.model, "model_args": run.model_args, "train": run.train,
+                         "seeds": [s["seed"] for s in splits], "summary": summary, "splits": splits}
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[str, list[str]], prov: dict,
+             n_images: int | None = None) -> str:
+    from ..metrics import format_mean_std
+
+    labels = cfg.test_labels()
+    cols: list[tuple[str, str]] = []
+    for label in labels:
+        for m in TABLE_METRICS:
+            if any(m in r["summary"].get(label, {}) for r in results.values()):
+                cols.append((label, m))
+    header = ["model", "splits"] + [f"{label} {METRIC_NAMES[m]}" for label, m in cols]
+    rows = []
+    for run in cfg.runs:
+        r = results.get(run.name)
+        if run.name in skipped_runs and not (r and r["splits"]):
+            rows.append([run.name, "0"] + ["skipped"] + ["–"] * (len(cols) - 1) if cols else [run.name, "skipped"])
+            continue
+        cells = [run.name, str(len(r["seeds"])) if r else "0"]
+        for label, m in cols:
+            f = format_mean_std(r["summary"].get(label, {}), [m]) if r else {}
+            cells.append(f.get(m, "–"))
+        rows.append(cells)
+    if not cols:
+        header = header[:2]
+    parts = [f"# {cfg.name}\n"]
+    if cfg.description:
+        parts.append(cfg.description + "\n")
+    parts.append(_md_table(header, rows))
+    protocol = {"iqa-cr": "IQA-CR (80/10/10, stratified by spatial information x MOS; val part for early stopping)",
+                "ie-iqa": "IE-IQA (80/20, no val part)"}[cfg.protocol]
+    where = []
+    for t in cfg.tests:
+        where.append(f"{cfg.data.label}: the split's test part" if t == INTRA else f"{t.label}: all of it (cross-dataset)")
+    n = f", {n_images} images" if n_images else ""
+    notes = [
+        f"Trained on {cfg.data.label} (`{cfg.data.name}`{n}), protocol {protocol}, seeds {', '.join(map(str, cfg.seeds))}; "
+        f"mean ± std (sample std) over splits. Tested on {'; '.join(where)}. "
+        f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories.",
+        f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
+        f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
+    ]
+    for name, why in skipped_runs.items():
+        notes.append("Skipped " + "; ".join(why))
+    return "\n".join(parts) + "\n" + "\n\n".join(notes) + "\n"
+
+
+# -- the experiment -----------------------------------------------------------------------------
+def default_out_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.out or Path("runs") / "experiments" / slugify(cfg.name)
+
+
+def run_experiment(
+    config: str | os.PathLike | dict | ExperimentConfig,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[..., None] | None = print,
+    strict: bool = False,
+    base_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> ExperimentResult:
+    """Run every row of ``config`` on every split and write the results folder.
+
+    ``config`` is a YAML file, a mapping with the same keys (relative paths from ``base_dir``,
+    default the working directory) or a loaded config. Returns an :class:`ExperimentResult`.
+    When the training data, a test set or the split file is missing, nothing runs and
+    ``result.skipped`` says what is missing; a row whose weights are missing is skipped
+    (``result.skipped_runs``) and the others run. ``strict=True`` raises
+    :class:`ExperimentSkipped` instead of skipping anything. ``device`` overrides every run's
+    ``train.device``. Under ``torchrun`` (WORLD_SIZE > 1) each split trains with
+    DistributedDataParallel (``cuda`` meaning each process's own GPU); rank 0 evaluates and writes.
+    """
+    from ..data import MissingFilesError
+    from ..training import distributed as dist_utils
+    from ..utils.io import atomic_write_text
+
+    cfg = load_config(config, base_dir)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
+    say = log or (lambda *a, **k: None)
+    result = ExperimentResult(out, cfg)
+    missing = experiment_missing(cfg)
+    if missing:
+        if strict:
+            raise ExperimentSkipped(f"{cfg.name}: " + "; ".join(missing))
+        say(f"skipped {cfg.name}: " + "; ".join(missing))
+        result.skipped = missing
+        return result
+
+    devices = {device} if device else {str(r.train.get("device", "cpu")) for r in cfg.runs}
+    info = dist_utils.init_from_env(sorted(devices)[0])
+    if info.distributed and len(devices) == 1:
+        device = dist_utils.device_for(next(iter(devices)), info.local_rank)
+    main = info.rank == 0
+    if not main:
+        say, progress = (lambda *a, **k: None), False
+    try:
+        prov = provenance()
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.text is not None:
+                atomic_write_text(out / "config.yaml", cfg.text)
+            else:
+                atomic_write_text(out / "config.json", json.dumps(_jsonable(cfg.raw), indent=1))
+            atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
+        with dist_utils.main_first():  # rank 0 makes labels and splits; the others read them
+            try:
+                table, scale = load_data(cfg.data, out, progress, say)
+                tests = []
+                for t in cfg.tests:
+                    if t == INTRA:
+                        tests.append({"spec": INTRA, "label": cfg.data.label})
+                    else:
+                        tt, ts = load_data(t, out, progress, say)
+                        tests.append({"spec": t, "label": t.label, "table": tt, "scale": ts})
+            except (FileNotFoundError, MissingFilesError) as exc:
+                reason = str(exc).splitlines()[0] + (" (set skip_missing: true to drop them)" if isinstance(exc, MissingFilesError) else "")
+                if strict:
+                    raise ExperimentSkipped(f"{cfg.name}: {reason}") from None
+                say(f"skipped {cfg.name}: {reason}")
+                result.skipped = [reason]
+                return result
+            splits = _splits(cfg, table, out, progress)
+        say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on {cfg.data.label} ({len(table)} images, "
+            f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
+
+        per_run: dict[str, list[dict]] = {}
+        for run in cfg.runs:
+            lacking = run_missing(cfg, run)
+            if lacking:
+                if strict:
+                    raise ExperimentSkipped("; ".join(lacking))
+                say("skipped " + "; ".join(lacking))
+                result.skipped_runs[run.name] = lacking
+            done = []
+            for seed in ([] if lacking else run.seeds):
+                mfile = out / "metrics" / run.slug / f"seed{seed}.json"
+                have = dist_utils.broadcast_object(mfile.is_file() if main else None)
+                if have:
+                    if main:
+                        done.append(json.loads(mfile.read_text()))
+                    continue
+                t0 = time.time()
+                try:
+                    res = _train_split(cfg, run, seed, splits[seed], table, scale, tests, out, device, progress, say, main)
+                except _RunUnavailable as exc:
+                    if strict:
+                        raise ExperimentSkipped(str(exc)) from None
+                    say(f"skipped {exc}")
+                    result.skipped_runs[run.name] = [str(exc)]
+                    break
+                if main and res is not None:
+                    atomic_write_text(mfile, json.dumps(_jsonable(res), indent=1))
+                    done.append(res)
+                    first = res["test"].get(tests[0]["label"], {}) if tests else {}
+                    say(f"{run.name} seed {seed}: " + " ".join(f"{k}={first[k]:.4f}" for k in ("plcc", "srocc", "rmse", "accuracy") if k in first)
+                        + f" on {tests[0]['label'] if tests else '-'} ({time.time() - t0:.0f}s)")
+                dist_utils.barrier()
+            per_run[run.name] = done
+        if main:
+            result.results = summarize(cfg, per_run)
+            result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, len(table))
+            payload = {"name": cfg.name, "description": cfg.description, "protocol": cfg.protocol, "seeds": cfg.seeds,
+                       "data": {"label": cfg.data.label, "name": cfg.data.name, "root": str(cfg.data.root), "n": len(table)},
+                       "tests": cfg.test_labels(), "runs": result.results, "skipped_runs": result.skipped_runs,
+                       "provenance": prov}
+            atomic_write_text(out / "results.json", json.dumps(_jsonable(payload), indent=1))
+            atomic_write_text(out / "results.md", result.markdown)
+        dist_utils.barrier()
+        return result
+    finally:
+        dist_utils.cleanup(info)

@@ -1,0 +1,484 @@
+"""ONNX export and ONNX Runtime scoring.
+
+    >>> from contentiqa.inference.onnx import export_onnx, load_onnx_model
+    >>> export_onnx(contentiqa.create_model("iqa-cr"), "iqa-cr.onnx")
+    >>> model = load_onnx_model("iqa-cr.onnx")          # needs onnxruntime, not the weights
+    >>> model.predict("photo.jpg").score
+
+The exported graph takes the *normalised* image batch ``image`` (float32, N x 3 x H x W:
+``(pixel / 255 - mean) / std``, RGB) and returns ``score`` (N,), the normalised quality on
+[0, 1] of the training MOS range, and, for models with a content head, ``logits`` (N, C).
+The batch axis is dynamic; for native-resolution models (IQA-CR and its variants) so are
+height and width, so one file scores photos of any size. Fixed-size models (IE-IQA) take
+``input_size`` x ``input_size`` after a bilinear resize.
+
+Everything needed to use the file without contentiqa's Python model is in its metadata
+(``metadata_props``): ``model_name``, ``score_low`` / ``score_high`` /
+``higher_is_better`` (MOS = low + score * (high - low), or low + (1 - score) * (high - low)
+when lower is better), ``categories`` (JSON list, the order of ``logits``), ``mean`` /
+``std`` (JSON), ``native_resolution``, ``input_size`` (JSON [H, W] or null),
+``preprocess`` (``native`` or ``resize_bilinear``), ``min_size``, ``outputs``, the model
+config and the maximum difference to PyTorch measured at export.
+
+Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``.
+It traces IQA-CR with dynamic height and width because the adaptive pooling to the token
+grid is written as two matrix products built from the input's shape
+(:func:`contentiqa.models.layers.adaptive_avg_pool2d_matmul`); ``export_onnx`` checks
+ONNX Runtime against PyTorch at two sizes and two batch sizes before it returns. IE-IQA's
+per-image feature selection exports as ArgMax / Gather / TopK (contribution) or, for
+Linear/ReLU heads, the written-out gradient (sensitivity); what cannot be exported raises
+:class:`OnnxExportError` saying why.
+
+``onnx`` and ``onnxruntime`` are optional: ``pip install 'contentiqa[onnx]'``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.base import IQAModel, pil_to_tensor
+
+ONNX_FORMAT = "contentiqa-onnx/1"
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+VERIFY_ATOL = 1e-3
+_EXPORT_REVISION = "1"  # bump when the exported graph changes, to refresh cached exports
+
+
+class OnnxUnavailableError(ImportError):
+    """onnx / onnxruntime is not installed."""
+
+
+class OnnxExportError(RuntimeError):
+    """The model (or part of it) cannot be exported to ONNX; the message says why."""
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OnnxUnavailableError(
+            f"the '{module}' package is needed for ONNX export / the ONNX runtime but is not installed: "
+            "pip install 'contentiqa[onnx]'  (or: pip install onnx onnxruntime)"
+        ) from None
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- export -------------------------------------------------------------------------------------
+class _ExportWrapper(nn.Module):
+    """``model(x)`` (a dict) as a tuple in the order of ``names``."""
+
+    def __init__(self, model: IQAModel, names: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.names = tuple(names)
+
+    def forward(self, x: torch.Tensor):
+        out = self.model(x)
+        return tuple(out[n] for n in self.names)
+
+
+def input_size(model: IQAModel) -> tuple[int, int] | None:
+    """The fixed (H, W) a model takes, or None for native resolution."""
+    if model.native_resolution:
+        return None
+    cfg = getattr(model, "cfg", None)
+    size = getattr(cfg, "input_size", None)
+    if size is None:
+        raise OnnxExportError(f"{type(model).__name__} is not native-resolution but has no cfg.input_size")
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _check_exportable(model: IQAModel) -> None:
+    """Refuse, with the reason, what the exporter cannot express."""
+    branch = getattr(model, "intelligibility", None)
+    if branch is None:
+        return
+    task = getattr(branch, "task", "")
+    if task == "detection":
+        raise OnnxExportError(
+            "IE-IQA with the detection intelligibility branch cannot be exported: its Faster R-CNN "
+            "reduction (RPN proposals, RoIAlign and a per-image top-k loop in Python) does not trace to a "
+            "graph with a dynamic batch. Score it with the PyTorch runtime."
+        )
+    strategy = model.cfg.strategy
+    if strategy == "sensitivity":
+        from ..models.selection import _head_layers
+
+        if _head_layers(branch.head) is None:
+            raise OnnxExportError(
+                f"IE-IQA with sensitivity-based selection ('{task}' branch) cannot be exported: the "
+                "ranking is |d head(f) / d f|, computed with torch.autograd, which has no ONNX form "
+                "(aten::*_backward ops), and this head is not a Linear/ReLU chain whose gradient "
+                "contentiqa writes out in closed form. Score it with the PyTorch runtime, or use "
+                "selection='contribution' where the task has a linear head."
+            )
+
+
+def _output_names(model: IQAModel, example: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        out = model(example)
+    names = [n for n in ("score", "logits") if n in out]
+    if not names:
+        raise OnnxExportError(f"{type(model).__name__} returned neither 'score' nor 'logits'")
+    return names
+
+
+def _example_input(model: IQAModel, batch: int = 2) -> torch.Tensor:
+    size = input_size(model)
+    h, w = size if size is not None else (160, 224)
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, h, w, generator=g)
+
+
+def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
+    """The metadata_props written into an exported file (all values are strings)."""
+    from .. import __version__
+
+    size = input_size(model)
+    cfg = getattr(model, "cfg", None)
+    try:
+        config = json.dumps(cfg.to_dict()) if cfg is not None and hasattr(cfg, "to_dict") else "{}"
+    except (TypeError, ValueError):
+        config = "{}"
+    ck = getattr(model, "checkpoint_info", None) or {}
+    return {
+        "contentiqa_format": ONNX_FORMAT,
+        "contentiqa_version": __version__,
+        "model_name": str(getattr(model, "model_name", type(model).__name__)),
+        "source_checkpoint": str(ck.get("path", "")),
+        "score_low": repr(float(model.scale.low)),
+        "score_high": repr(float(model.scale.high)),
+        "higher_is_better": json.dumps(bool(model.scale.higher_is_better)),
+        "score_output": "normalised quality in [0, 1] of [score_low, score_high] (see higher_is_better)",
+        "categories": json.dumps(list(model.categories)),
+        "mean": json.dumps([float(v) for v in model.mean]),
+        "std": json.dumps([float(v) for v in model.std]),
+        "native_resolution": json.dumps(bool(model.native_resolution)),
+        "input_size": json.dumps(list(size) if size is not None else None),
+        "preprocess": "native" if size is None else "resize_bilinear",
+        "input_name": INPUT_NAME,
+        "input_layout": "NCHW float32 RGB, (pixel / 255 - mean) / std",
+        "outputs": json.dumps(list(outputs)),
+        "min_size": str(int(getattr(model, "min_size", 32))),
+        "config": config,
+        "torch_version": torch.__version__,
+    }
+
+
+def export_onnx(
+    model: IQAModel,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    atol: float = VERIFY_ATOL,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export ``model`` to an ONNX file at ``path`` (written atomically) and return the path.
+
+    Dynamic batch; dynamic height and width for native-resolution models. Outputs ``score``
+    (normalised) and ``logits`` when the model has a content head. ``verify`` runs the file
+    in ONNX Runtime at two input sizes (native-resolution models) and two batch sizes and
+    raises :class:`OnnxExportError` when any output differs from PyTorch by more than
+    ``atol``; the largest difference is stored in the metadata (``verified_max_abs_diff``).
+    Needs the ``onnx`` package (and ``onnxruntime`` to verify).
+    """
+    onnx = _require("onnx")
+    if verify:
+        _require("onnxruntime")
+    path = Path(path)
+    _check_exportable(model)
+    was_training = model.training
+    model.eval()
+    try:
+        example = _example_input(model)
+        names = _output_names(model, example)
+        wrapper = _ExportWrapper(model, names).eval()
+        axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}}
+        if model.native_resolution:
+            axes[INPUT_NAME].update({2: "height", 3: "width"})
+        for n in names:
+            axes[n] = {0: "batch"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer notes
+                try:
+                    torch.onnx.export(
+                        wrapper, (example,), tmp, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                        output_names=names, dynamic_axes=axes, do_constant_folding=True,
+                    )
+                except (NotImplementedError, RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
+                    raise OnnxExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+            meta = onnx_metadata(model, names)
+            if verify:
+                diff = _verify(model, tmp, names, atol)
+                meta["verified_max_abs_diff"] = f"{diff:.3g}"
+            meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+            proto = onnx.load(tmp)
+            del proto.metadata_props[:]
+            for k, v in meta.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = k, v
+            proto.doc_string = f"contentiqa {meta['model_name']}: no-reference image quality ({ONNX_FORMAT})"
+            onnx.save(proto, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _verify_inputs(model: IQAModel) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    size = input_size(model)
+    if size is None:  # two sizes (one not a multiple of the stride) and two batch sizes
+        return [torch.randn(2, 3, 160, 224, generator=g), torch.randn(1, 3, 203, 130, generator=g)]
+    return [torch.randn(2, 3, *size, generator=g), torch.randn(1, 3, *size, generator=g)]
+
+
+def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> float:
+    session = make_session(file, threads=1)
+    worst = 0.0
+    for x in _verify_inputs(model):
+        with torch.no_grad():
+            ref = model(x)
+        got = session.run(list(names), {INPUT_NAME: x.numpy()})
+        for n, g in zip(names, got):
+            r = ref[n].detach().numpy()
+            if g.shape != r.shape:
+                raise OnnxExportError(f"exported '{n}' has shape {g.shape} for input {tuple(x.shape)}, PyTorch {r.shape}")
+            d = float(np.max(np.abs(g - r))) if r.size else 0.0
+            worst = max(worst, d)
+            if not d <= atol:
+                raise OnnxExportError(
+                    f"the exported graph differs from PyTorch: max |{n}| difference {d:.3g} > {atol:g} "
+                    f"for input {tuple(x.shape)}"
+                )
+    return worst
+
+
+# -- the export cache (score --runtime onnx without --onnx-model) --------------------------------
+def cache_dir() -> Path:
+    """``$CONTENTIQA_CACHE_DIR`` or ``$XDG_CACHE_HOME/contentiqa`` (``~/.cache/contentiqa``)."""
+    env = os.environ.get("CONTENTIQA_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "contentiqa"
+
+
+def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
+    """A hash of what the exported graph depends on: name, config, scale, categories, the
+    weights (every tensor of the state dict), the opset and the export revision."""
+    h = hashlib.sha256()
+    cfg = getattr(model, "cfg", None)
+    head = {
+        "rev": _EXPORT_REVISION,
+        "opset": opset,
+        "name": getattr(model, "model_name", type(model).__name__),
+        "class": type(model).__name__,
+        "config": cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None,
+        "scale": [model.scale.low, model.scale.high, model.scale.higher_is_better],
+        "categories": list(model.categories),
+    }
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> tuple[Path, bool]:
+    """The ONNX file of ``model`` in the cache, exported on first use: ``(path, created)``.
+    Files are named by :func:`model_fingerprint`, so a changed checkpoint gets a new file."""
+    folder = Path(folder) if folder is not None else cache_dir() / "onnx"
+    name = str(getattr(model, "model_name", "model")).replace(os.sep, "_")
+    path = folder / f"{name}-{model_fingerprint(model, opset)[:20]}.onnx"
+    if path.is_file():
+        return path, False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "contentiqa-onnx"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / path.name
+        if path.is_file():
+            return path, False
+    export_onnx(model, path, opset=opset)
+    return path, True
+
+
+# -- running ------------------------------------------------------------------------------------
+def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
+    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's
+    default, one per physical core). ``spinning``: let idle pool threads spin (faster on an
+    otherwise idle machine; off by default because the image-decoding threads of the scoring
+    pipeline share the cores)."""
+    ort = _require("onnxruntime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # Native-resolution inputs come in many shapes: a memory plan cached per shape would grow
+    # with every new photo size, so plan each run afresh (measured: no speed difference).
+    so.enable_mem_pattern = False
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path}: cannot load as an ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+class OnnxForward:
+    """``forward(x) -> {"score": ..., "logits": ...}`` running an ONNX Runtime session: the
+    drop-in for the torch model in :func:`contentiqa.inference.engine.predict_items`."""
+
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        try:
+            outs = self.session.run(self.output_names, {self.input_name: arr})
+        except Exception as exc:  # onnxruntime's errors are not RuntimeErrors; the engine expects one
+            raise RuntimeError(f"onnxruntime: {exc}") from None
+        return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.output_names, outs)}
+
+
+def read_metadata(path_or_session: Any) -> dict[str, str]:
+    """The metadata_props of an ONNX file (or of a session)."""
+    session = path_or_session
+    if isinstance(path_or_session, (str, os.PathLike)):
+        path = Path(path_or_session)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        session = make_session(path, threads=1)
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+class OnnxModel(IQAModel):
+    """A contentiqa model served by ONNX Runtime from an exported file alone: preprocessing,
+    scale and categories come from the file's metadata. Works wherever an IQAModel does for
+    scoring (``predict``, ``predict_items``, ``contentiqa score --onnx-model``)."""
+
+    channels_last_input = False  # the session wants contiguous NCHW
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
+        from ..data.table import MOSScale
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        session = make_session(path, threads=threads, spinning=spinning)
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        if meta.get("contentiqa_format") != ONNX_FORMAT:
+            raise ValueError(
+                f"{path} was not exported by contentiqa (no '{ONNX_FORMAT}' metadata); "
+                "export one with `contentiqa export MODEL --format onnx`"
+            )
+        try:
+            scale = MOSScale(float(meta["score_low"]), float(meta["score_high"]), bool(json.loads(meta["higher_is_better"])))
+            categories = json.loads(meta.get("categories", "[]"))
+            super().__init__(scale, categories)
+            self.model_name = meta["model_name"]
+            self.mean = tuple(json.loads(meta["mean"]))
+            self.std = tuple(json.loads(meta["std"]))
+            self._native = bool(json.loads(meta["native_resolution"]))
+            size = json.loads(meta.get("input_size", "null"))
+            self.input_size = tuple(size) if size else None
+            self.min_size = int(meta.get("min_size", 32))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: incomplete contentiqa metadata ({exc})") from None
+        if not self._native and self.input_size is None:
+            raise ValueError(f"{path}: a fixed-size model without input_size metadata")
+        self.path = path
+        self.metadata = meta
+        self.session = session
+        self.runner = OnnxForward(session)
+        self.checkpoint_info = {"path": str(path)}
+
+    @property
+    def native_resolution(self) -> bool:
+        return self._native
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def preprocess(self, image) -> torch.Tensor:
+        from PIL import Image
+
+        if not self._native:
+            h, w = self.input_size  # type: ignore[misc]
+            image = image.resize((w, h), Image.BILINEAR)
+        return pil_to_tensor(image, self.mean, self.std)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.runner(x)
+
+
+def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
+    """An :class:`OnnxModel` from a file written by :func:`export_onnx`."""
+    return OnnxModel(path, threads=threads)
+
+
+def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None) -> tuple[OnnxForward, Path]:
+    """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
+    match the model's preprocessing and scale) or the export cache."""
+    if onnx_path is None:
+        onnx_path, _ = cached_export(model)
+    session = make_session(onnx_path, threads=threads)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    check_matches(model, meta, str(onnx_path))
+    return OnnxForward(session), Path(onnx_path)
+
+
+def check_matches(model: IQAModel, meta: dict[str, str], where: str = "the ONNX file") -> None:
+    """ValueError when the ONNX metadata disagree with ``model`` on anything that changes
+    the numbers (preprocessing, scale, categories)."""
+    problems = []
+    if meta.get("contentiqa_format") != ONNX_FORMAT:
+        problems.append("not exported by contentiqa")
+    else:
+        if json.loads(meta["native_resolution"]) != bool(model.native_resolution):
+            problems.append("native_resolution")
+        if not model.native_resolution and json.loads(meta["input_size"]) != list(input_size(model) or []):
+            problems.append("input_size")
+        for key, mine in (("mean", model.mean), ("std", model.std)):
+            if not np.allclose(json.loads(meta[key]), list(mine)):
+                problems.append(key)
+        if json.loads(meta.get("categories", "[]")) != list(model.categories):
+            problems.append("categories")
+    if problems:
+        raise ValueError(f"{where} does not match model {getattr(model, 'model_name', '?')}: {', '.join(problems)} differ")

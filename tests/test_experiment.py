@@ -1,0 +1,290 @@
+"""Experiment configs: schema and paths, a tiny end-to-end experiment (repeatable, resumable,
+cross-dataset), skipping what is missing, the CLI and the shipped configs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, write_image
+from contentiqa.experiments import ConfigError, ExperimentSkipped, load_config, run_experiment
+from contentiqa.models import IQA_CR_CATEGORIES
+
+CONFIGS = REPO_ROOT / "configs"
+TINY_ARGS = {"backbone_pretrained": False, "dim": 16, "heads": 2, "mlp_dim": 32, "grid": [2, 2], "depth": 1}
+
+
+def write_csv(folder: Path, n: int, mos_range: tuple[float, float], seed: int, categories: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        h, w = (56, 56) if i % 3 else (56, 72)  # two shapes
+        write_image(folder / "img" / f"{i}.png", h, w, seed=seed * 100 + i)
+        row = {"image": f"img/{i}.png", "mos": round(float(rng.uniform(*mos_range)), 3)}
+        if categories:
+            row["category"] = IQA_CR_CATEGORIES[i % 3]
+        rows.append(row)
+    csv = folder / "scores.csv"
+    lo, hi = mos_range
+    csv.write_text(f"# mos_range: {lo} {hi}\n" + pd.DataFrame(rows).to_csv(index=False))
+    return csv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny experiment: 12 training images, a 6-image cross-dataset set on another MOS scale."""
+    root = tmp_path_factory.mktemp("exp")
+    write_csv(root / "train", 12, (0, 100), seed=1)
+    write_csv(root / "other", 6, (1, 5), seed=2)
+    cfg = {
+        "name": "tiny",
+        "description": "tests",
+        "data": {"name": "csv", "root": "train/scores.csv", "label": "TINY"},
+        "protocol": "ie-iqa",
+        "seeds": 2,
+        "test": ["split", {"name": "csv", "root": "${TINY_OTHER_ROOT:-other}/scores.csv", "label": "OTHER"}],
+        "model_args": TINY_ARGS,
+        "train": {"epochs": 1, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5},
+        "runs": [
+            {"name": "IQA-CR-Q", "model": "iqa-cr-q"},
+            {"name": "IQA-CR", "model": "iqa-cr", "seeds": [1]},
+            {"name": "needs weights", "model": "iqa-cr-q", "model_args": {"backbone_checkpoint": "weights/nope.pt"}},
+        ],
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root, path, cfg
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny):
+    root, path, _ = tiny
+    lines = []
+    res = run_experiment(path, root / "out1", progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    return res, lines
+
+
+def metrics_files(out: Path) -> dict[str, dict]:
+    return {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted((out / "metrics").rglob("*.json"))}
+
+
+def test_experiment_writes_the_results_folder(tiny, first_run):
+    root, path, cfg = tiny
+    res, lines = first_run
+    out = root / "out1"
+    assert res.ran and set(res.skipped_runs) == {"needs weights"}
+    assert "nope.pt" in res.skipped_runs["needs weights"][0]
+    files = metrics_files(out)
+    assert set(files) == {"metrics/IQA-CR-Q/seed0.json", "metrics/IQA-CR-Q/seed1.json", "metrics/IQA-CR/seed1.json"}
+    m = files["metrics/IQA-CR/seed1.json"]
+    assert m["seed"] == 1 and m["train_config"]["seed"] == 1 and m["checkpoint"] == "last"  # ie-iqa: no val part
+    assert set(m["test"]) == {"TINY", "OTHER"}
+    assert m["test"]["TINY"]["n"] == 2 and m["test"]["OTHER"]["n"] == 6  # 20 % test part; all of the cross set
+    assert {"plcc", "srocc", "rmse", "accuracy"} <= set(m["test"]["TINY"])
+    # cross-dataset metrics are those of scoring the files, RMSE in the other set's 1-5 units
+    from contentiqa.data import load_dataset
+    from contentiqa.models import load_checkpoint
+    from contentiqa.training.evaluate import evaluate_model
+
+    other = load_dataset("csv", root / "other" / "scores.csv")
+    assert other.scale.high == 5
+    direct, _ = evaluate_model(load_checkpoint(out / "runs" / "IQA-CR" / "seed1" / "best.pt"), other.table, other.scale, workers=0)
+    for k in ("plcc", "srocc", "rmse"):
+        assert m["test"]["OTHER"][k] == pytest.approx(direct[k], abs=2e-3), k
+    assert m["provenance"]["contentiqa"] and m["provenance"]["torch"]
+    for f in ("config.yaml", "provenance.json", "splits.json", "results.json", "results.md"):
+        assert (out / f).is_file(), f
+    assert (out / "config.yaml").read_text() == path.read_text()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert {"contentiqa", "git_commit", "torch", "date", "config"} <= set(prov)
+    assert prov["config"]["data"]["root"] == str(root / "train" / "scores.csv")
+    assert prov["config"]["tests"][1]["root"] == str(root / "other" / "scores.csv")
+    results = json.loads((out / "results.json").read_text())
+    s = results["runs"]["IQA-CR-Q"]["summary"]
+    assert s["TINY"]["srocc"]["n"] == 2 and s["OTHER"]["plcc"]["n"] == 2
+    md = (out / "results.md").read_text()
+    assert "| model | splits | TINY PLCC | TINY SROCC | TINY RMSE | TINY acc. | OTHER PLCC | OTHER SROCC | OTHER RMSE | OTHER acc. |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| IQA-CR-Q |"))
+    assert row.count("±") == 6 and "| 2 |" in row  # no accuracy for the quality-only model
+    assert next(line for line in md.splitlines() if line.startswith("| needs weights |")).count("skipped") == 1
+    assert "Skipped needs weights: backbone_checkpoint" in md and "protocol IE-IQA" in md
+    assert any("IQA-CR seed 1" in line for line in lines)
+
+
+def test_same_config_twice_gives_the_same_metrics(tiny, first_run):
+    root, path, _ = tiny
+    run_experiment(path, root / "out2", progress=False, log=None)
+    a, b = metrics_files(root / "out1"), metrics_files(root / "out2")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k]["test"] == b[k]["test"], k
+        assert a[k]["val"] == b[k]["val"]
+
+
+def test_finished_splits_are_skipped_and_interrupted_ones_resume(tiny, first_run):
+    root, path, cfg = tiny
+    out = root / "out1"
+    before = metrics_files(out)
+    stamp = (out / "runs" / "IQA-CR-Q" / "seed0" / "last.pt").stat().st_mtime_ns
+    # one split "interrupted": its metrics are gone, its trainer folder holds epoch 1 of now 2
+    (out / "metrics" / "IQA-CR-Q" / "seed1.json").unlink()
+    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    lines = []
+    res = run_experiment(longer, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))), base_dir=root)
+    assert (out / "runs" / "IQA-CR-Q" / "seed0" / "last.pt").stat().st_mtime_ns == stamp  # not retrained
+    assert any("resumed from" in line and "after epoch 1" in line for line in lines)
+    log = (out / "runs" / "IQA-CR-Q" / "seed1" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log] == [1, 2]
+    after = metrics_files(out)
+    assert after["metrics/IQA-CR-Q/seed0.json"] == before["metrics/IQA-CR-Q/seed0.json"]
+    assert after["metrics/IQA-CR-Q/seed1.json"]["epochs_run"] == 2
+    assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
+    assert (out / "config.json").is_file()  # a mapping config is recorded as JSON
+
+
+def test_missing_data_skips_with_a_message(tmp_path, tiny, capsys):
+    _, _, cfg = tiny
+    bad = {**cfg, "data": {"name": "koniq10k", "root": "nowhere/koniq10k"}}
+    res = run_experiment(bad, tmp_path / "out", progress=False, base_dir=tmp_path)
+    assert not res.ran and "koniq10k" in res.skipped[0] and str(tmp_path / "nowhere" / "koniq10k") in res.skipped[0]
+    assert "skipped tiny" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    with pytest.raises(ExperimentSkipped, match="nowhere"):
+        run_experiment(bad, tmp_path / "out", progress=False, base_dir=tmp_path, strict=True, log=None)
+
+
+def test_config_validation_and_paths(tmp_path, monkeypatch):
+    base = {"data": {"name": "csv", "root": "d.csv"}, "model": "iqa-cr-q", "seeds": [3, 5]}
+    cfg = load_config(base, tmp_path)
+    assert cfg.seeds == [3, 5] and cfg.runs[0].name == "iqa-cr-q" and cfg.tests == ["split"]
+    assert cfg.data.root == tmp_path / "d.csv" and cfg.data.label == "d"
+    bad = [
+        ({**base, "bogus": 1}, "unknown key"),
+        ({**base, "train": {"epochz": 1}}, "epochz"),
+        ({**base, "train": {"seed": 1}}, "seed"),
+        ({**base, "model": "nope"}, "unknown model"),
+        ({**base, "protocol": "x"}, "protocol"),
+        ({**base, "seeds": 0}, "seeds"),
+        ({**base, "data": {"name": "csv"}}, "root"),
+        ({**base, "runs": [{"name": "a"}, {"name": "a"}]}, "distinct"),
+        ({**base, "runs": [{"model": "iqa-cr", "seeds": [7]}]}, "not among"),
+        ({**base, "data": {"root": "${UNSET_VAR_FOR_TEST}/d.csv"}}, "UNSET_VAR_FOR_TEST"),
+    ]
+    monkeypatch.delenv("UNSET_VAR_FOR_TEST", raising=False)
+    for raw, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(raw, tmp_path)
+    # ${VAR:-default} (relative default: from the config's folder); a relative env value: from the cwd
+    raw = {**base, "data": {"root": "${MY_DATA:-data}/d.csv"},
+           "runs": [{"model": "iqa-cr", "model_args": {"backbone_checkpoint": "${MY_W:-w}/b.pt"}}]}
+    monkeypatch.delenv("MY_DATA", raising=False)
+    assert load_config(raw, tmp_path).data.root == tmp_path / "data" / "d.csv"
+    monkeypatch.setenv("MY_DATA", "elsewhere")
+    monkeypatch.chdir(tmp_path / "..")
+    cfg = load_config(raw, tmp_path)
+    assert cfg.data.root == Path(os.getcwd()) / "elsewhere" / "d.csv"
+    assert cfg.runs[0].model_args["backbone_checkpoint"] == str(tmp_path / "w" / "b.pt")
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {root: ../d.csv}\nmodel: iqa-cr\n")
+    assert load_config(f).data.root == tmp_path.parent / "d.csv" and load_config(f).name == "c"
+
+
+def test_labels_file_is_merged(tmp_path):
+    from contentiqa.experiments.config import DataSpec
+    from contentiqa.experiments.runner import apply_labels, load_data
+
+    csv = write_csv(tmp_path / "d", 4, (0, 100), seed=3, categories=False)
+    labels = tmp_path / "lab" / "labels.csv"
+    labels.parent.mkdir()
+    labels.write_text("image,category\n" + "".join(f"../d/img/{i}.png,{IQA_CR_CATEGORIES[i]}\n" for i in range(4)))
+    spec = DataSpec("csv", csv, "d", labels=labels)
+    table, scale = load_data(spec)
+    assert list(table["category"]) == list(IQA_CR_CATEGORIES[:4]) and scale.high == 100
+    labels.write_text("image,category\n../d/img/0.png,animal\n")
+    with pytest.raises(ConfigError, match="lacks 3"):
+        apply_labels(table, spec, tmp_path)
+
+
+def test_experiment_cli(tiny, first_run, tmp_path, capsys):
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    # the finished results folder: nothing to train, the table again
+    assert main(["experiment", str(path), "--out", str(root / "out1"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "results.md" in out.out and "skipped run needs weights" in out.err and "nope.pt" in out.err
+    assert main(["experiment", str(path), "--out", str(root / "out1"), "--quiet", "--strict"]) == 1
+    capsys.readouterr()
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({**cfg, "name": "m", "data": {"name": "spaq", "root": "/nonexistent/spaq"}}))
+    assert main(["experiment", str(missing), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "/nonexistent/spaq" in capsys.readouterr().err
+    assert main(["experiment", "--check", str(path), str(missing)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("partial") and "nope.pt" in out[0]
+    assert out[1].startswith("missing") and "/nonexistent/spaq" in out[1]
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("data: {root: x.csv}\nmodel: iqa-cr\ntrain: {epochz: 3}\n")
+    assert main(["experiment", str(invalid)]) == 2
+    assert main(["experiment", "--check", str(invalid)]) == 2
+    assert main(["experiment", str(path), str(missing), "--out", "x"]) == 2
+
+
+# -- the shipped configs ---------------------------------------------------------------------
+def shipped() -> list[Path]:
+    return sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_shipped_configs_parse_and_name_what_they_need(monkeypatch, tmp_path):
+    assert {p.name for p in shipped()} >= {"clive_iqa_cr.yaml", "clive_ie_iqa.yaml", "iqa_cr_spaq.yaml", "iqa_cr_koniq.yaml",
+                                            "ie_iqa_koniq_tasks.yaml", "ie_iqa_koniq_selection.yaml",
+                                            "ie_iqa_koniq_ratios.yaml", "ie_iqa_koniq_scratch.yaml"}
+    from contentiqa.experiments import experiment_missing, run_missing
+
+    monkeypatch.setenv("CONTENTIQA_SHARED", str(tmp_path / "shared"))  # an empty shared folder
+    monkeypatch.delenv("CONTENTIQA_WEIGHTS", raising=False)
+    for p in shipped():
+        cfg = load_config(p)
+        missing = experiment_missing(cfg)
+        assert missing and all(str(tmp_path / "shared" / "data") in m for m in missing), p
+    tasks = load_config(CONFIGS / "ie_iqa_koniq_tasks.yaml")
+    assert tasks.test_labels() == ["KonIQ-10k", "SPAQ", "LIVEW", "CID2013", "BID"] and tasks.protocol == "ie-iqa"
+    lacking = {r.name: run_missing(tasks, r) for r in tasks.runs}
+    assert not lacking["distortion only"] and not lacking["recognition"]
+    assert "resnet18_places365" in lacking["scene"][0] and str(tmp_path / "shared" / "weights") in lacking["scene"][0]
+    for name in ("iqa_cr_spaq", "iqa_cr_koniq"):
+        c = load_config(CONFIGS / f"{name}.yaml")
+        assert [r.model for r in c.runs] == ["iqa-cr", "iqa-cr-q", "iqa-cr-c", "mtl-transformer", "mtl-pooled"]
+        assert c.seeds == list(range(10)) and c.protocol == "iqa-cr"
+
+
+def test_clive_configs_match_the_benchmarks():
+    iqa = load_config(CONFIGS / "clive_iqa_cr.yaml")
+    assert [r.model for r in iqa.runs] == ["iqa-cr", "iqa-cr-q", "iqa-cr-c", "mtl-transformer", "mtl-pooled"]
+    for r in iqa.runs:  # benchmarks/iqa_cr.py defaults
+        assert r.train == dict(epochs=30, batch_size=16, lr=3e-4, crop=448, cache_stages=6, patience=8) and r.model_args == {}
+    assert iqa.protocol == "iqa-cr" and iqa.seeds == [0, 1, 2]
+    assert iqa.data.labels == REPO_ROOT / "benchmarks" / "results" / "clive_content_labels.csv"
+    ie = load_config(CONFIGS / "clive_ie_iqa.yaml")
+    recipe = dict(optimizer="sgd", lr=0.03, backbone_lr_scale=0.1, momentum=0.9, weight_decay=1e-4, batch_size=16,
+                  score_loss="mse", head_only_epochs=2, warmup_epochs=1, patience=0, crop=None, hflip=True)
+    rows = {r.name: r for r in ie.runs}
+    assert rows["distortion only"].train == {**recipe, "epochs": 20, "cache_stages": 6}
+    assert rows["IE-IQA, contribution selection k=5%"].model_args == {"bn_eval": True, "selection": "contribution", "ratio": 5}
+    scratch = rows["IE-IQA, contribution selection k=5%, from scratch"]
+    assert scratch.train["cache_stages"] == 0 and scratch.model_args["distortion_pretrained"] is False and scratch.seeds == [0]
+    assert ie.protocol == "ie-iqa" and ie.seeds == [0, 1, 2] and len(ie.runs) == 8
+
+
+@pytest.mark.shared
+def test_clive_configs_are_ready_with_the_shared_data(shared_dir):
+    from contentiqa.experiments import experiment_missing, run_missing
+
+    # the configs look where conftest does: $CONTENTIQA_SHARED, else ../shared next to the repository
+    for name in ("clive_iqa_cr", "clive_ie_iqa"):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert not experiment_missing(cfg) and not any(run_missing(cfg, r) for r in cfg.runs)

@@ -1,0 +1,209 @@
+"""The scoring engine: batched = one at a time, bounded look-ahead and batches, sharding."""
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import contentiqa.inference.engine as engine
+from contentiqa.cli.main import main
+from contentiqa.inference.shard import parse_shard, resolved_key, select_shard, shard_of
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: F401
+
+
+def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def mixed_folder(root: Path) -> list[str]:
+    """Eleven small images of four sizes, interleaved (JPEG and PNG)."""
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [(64, 80), (72, 96), (96, 64), (64, 80), (50, 50), (72, 96), (64, 80), (96, 64), (64, 80), (50, 50), (64, 80)]
+    paths = []
+    for k, (h, w) in enumerate(sizes):
+        p = root / f"im{k:02d}.{'jpg' if k % 2 else 'png'}"
+        Image.fromarray(rgb(h, w, k)).save(p, **({"quality": 90} if k % 2 else {}))
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+# -- batched = one at a time ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["iqa-cr", "ie-iqa-distortion"])
+def test_batched_equals_one_at_a_time_mixed_sizes(tmp_path, name):
+    if name == "iqa-cr":
+        model = tiny_model()
+    else:
+        torch.manual_seed(0)
+        import contentiqa
+
+        model = contentiqa.create_model(name, pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64).eval()
+    paths = mixed_folder(tmp_path / "imgs")
+    single = engine.predict_items(model, paths, batch_size=1, workers=0, channels_last=False)
+    batched = engine.predict_items(model, paths, batch_size=4, workers=2, channels_last=True)
+    capped = engine.predict_items(model, paths, batch_size=8, workers=1, max_batch_pixels=3 * 64 * 80)
+    for a, b, c in zip(single, batched, capped):
+        assert a.path == b.path == c.path and a.error is None
+        lo, hi = model.score_range
+        # 1e-5 on the normalised [0, 1] scale
+        assert abs(a.score - b.score) / (hi - lo) < 1e-5
+        assert abs(a.score - c.score) / (hi - lo) < 1e-5
+        assert a.category == b.category
+
+
+def test_results_in_order_errors_kept_and_return_results_off(tmp_path):
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs")
+    items = paths[:3] + [str(tmp_path / "missing.jpg")] + paths[3:]
+    seen: dict[int, object] = {}
+    out = engine.predict_items(model, items, batch_size=3, on_result=lambda i, p: seen.__setitem__(i, p),
+                               return_results=False)
+    assert out is None
+    assert sorted(seen) == list(range(len(items)))
+    assert seen[3].error and "does not exist" in seen[3].error
+    full = engine.predict_items(model, items, batch_size=3)
+    assert [p.path for p in full] == items
+    assert [p.score for p in full] == [seen[i].score for i in range(len(items))]
+
+
+# -- bounds: look-ahead window, batch size and pixels --------------------------------------------
+def test_lookahead_window_is_bounded(tmp_path, monkeypatch):
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs") * 4  # 44 inputs
+    lock = threading.Lock()
+    state = {"started": 0, "consumed": 0, "worst": 0}
+    real = engine._prepare
+
+    def spy(model, item, index=0, on_image=None):
+        with lock:
+            state["started"] += 1
+            state["worst"] = max(state["worst"], state["started"] - state["consumed"])
+        return real(model, item, index, on_image)
+
+    monkeypatch.setattr(engine, "_prepare", spy)
+    for i, *_ in engine.iter_prepared(model, paths, workers=2, window=5):
+        with lock:
+            state["consumed"] = i + 1
+    assert state["started"] == len(paths)
+    assert 1 <= state["worst"] <= 5 + 1  # the one being yielded + at most `window` ahead
+
+    # a byte budget smaller than one image: at most one prepared tensor waits at a time
+    state.update(started=0, consumed=0, worst=0)
+    for i, *_ in engine.iter_prepared(model, paths, workers=2, window=16, max_prefetch_bytes=1):
+        with lock:
+            state["consumed"] = i + 1
+    assert state["worst"] <= 3  # one done and waiting, plus those already in the workers
+
+
+def test_batches_bounded_by_count_and_pixels(tmp_path):
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs") * 3
+    shapes: list[tuple] = []
+
+    def forward(x):
+        shapes.append(tuple(x.shape))
+        return model(x)
+
+    cap = 2 * 64 * 80
+    preds = engine.predict_items(model, paths, batch_size=4, forward=forward, max_batch_pixels=cap)
+    assert all(p.ok for p in preds)
+    assert sum(s[0] for s in shapes) == len(paths)
+    for b, _, h, w in shapes:
+        assert b <= 4
+        assert b == 1 or b * h * w <= cap + h * w  # a batch is run as soon as it reaches the cap
+    shapes.clear()
+    engine.predict_items(model, paths, batch_size=4, forward=forward, max_batch_pixels=None)
+    assert max(s[0] for s in shapes) == 4
+
+
+def test_channels_last_batch_is_a_view_without_copies():
+    from contentiqa.models.base import pil_to_tensor
+
+    ts = [pil_to_tensor(Image.fromarray(rgb(20, 30, k)), (0.5,) * 3, (0.25,) * 3) for k in range(3)]
+    x = engine._collate(ts, channels_last=True)
+    assert x.shape == (3, 3, 20, 30) and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, engine._collate(ts, channels_last=False), rtol=0, atol=0)
+
+
+def test_pil_to_tensor_matches_the_formula():
+    from contentiqa.models.base import pil_to_tensor
+
+    arr = rgb(17, 23, 5)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = pil_to_tensor(Image.fromarray(arr), mean, std)
+    ref = (torch.from_numpy(arr).permute(2, 0, 1).double() / 255 - torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)) \
+        / torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
+    assert got.dtype == torch.float32 and got.shape == (3, 17, 23)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-6)
+
+
+# -- sharding ----------------------------------------------------------------------------------------
+def test_parse_shard():
+    assert parse_shard("0/1") == (0, 1)
+    assert parse_shard(" 2 / 5 ") == (2, 5)
+    for bad in ("3/3", "4/3", "1/0", "-1/3", "a/b", "1", "1/2/3", "", "1.0/2"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_shards_cover_every_input_once_and_are_stable(tmp_path, monkeypatch):
+    names = [f"photos/img_{k:04d}.jpg" for k in range(300)]
+    monkeypatch.chdir(tmp_path)
+    for n in (1, 2, 3, 7):
+        parts = [select_shard(names, i, n) for i in range(n)]
+        flat = [p for part in parts for p in part]
+        assert sorted(flat) == sorted(names) and len(flat) == len(set(flat))
+        if n > 1:
+            assert all(len(part) > 300 / n * 0.6 for part in parts)  # balanced in expectation
+    # independent of the list's order and of other entries; same for relative and absolute spellings
+    shuffled = list(reversed(names))[::2]
+    assert {p: shard_of(p, 3) for p in shuffled} == {p: shard_of(p, 3) for p in names if p in set(shuffled)}
+    assert shard_of(str(tmp_path / names[5]), 3) == shard_of(names[5], 3) == shard_of("./" + names[5], 3)
+    assert resolved_key(names[0]) == resolved_key(str(tmp_path / names[0]))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_score_shards_concatenate_to_the_unsharded_run(tmp_path, ckpt):
+    folder = tmp_path / "imgs"
+    mixed_folder(folder)
+    (tmp_path / "gone.jpg").unlink(missing_ok=True)
+    args = [str(folder), str(tmp_path / "gone.jpg"), "--model", ckpt, "-q"]
+    assert main(["score", *args, "-o", str(tmp_path / "all.csv")]) == 1  # one input is missing
+    whole = {r["path"]: r for r in read_csv(tmp_path / "all.csv")}
+    parts: list[dict] = []
+    for i in range(3):
+        out = tmp_path / f"part{i}.csv"
+        main(["score", *args, "--shard", f"{i}/3", "-o", str(out)])
+        parts += read_csv(out)
+    assert len(parts) == len(whole) == 12
+    assert {r["path"] for r in parts} == set(whole)
+    for r in parts:
+        w = whole[r["path"]]
+        assert (r["score"] == "") == (w["score"] == "")
+        if r["score"]:
+            assert float(r["score"]) == pytest.approx(float(w["score"]), abs=1e-5 * 100)
+
+
+@pytest.mark.parametrize("spec", ["3/3", "5/3", "1/0", "x/3", "1", "-1/2", "1/2/3"])
+def test_score_shard_usage_errors(tmp_path, ckpt, spec, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rgb(40, 40)).save(folder / "a.png")
+    assert main(["score", str(folder), "--model", ckpt, "-q", f"--shard={spec}"]) == 2
+    assert "--shard" in capsys.readouterr().err

@@ -1,0 +1,254 @@
+"""ONNX export and the ONNX Runtime scoring path: round trips at several input sizes from one
+file (dynamic height/width), IE-IQA's per-image selection in the graph, metadata, the score
+CLI with --runtime onnx, the export CLI and its usage errors."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import contentiqa  # noqa: E402
+from contentiqa.cli.main import main  # noqa: E402
+from contentiqa.inference.onnx import (  # noqa: E402
+    OnnxExportError,
+    OnnxModel,
+    cached_export,
+    export_onnx,
+    make_session,
+    read_metadata,
+)
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: E402,F401
+
+IMAGE_GLOBS = ("*.JPG", "*.png")
+
+
+def example_images(examples_dir: Path) -> list[str]:
+    return sorted(str(p) for g in IMAGE_GLOBS for p in examples_dir.glob(g))
+
+
+def tiny_ie_iqa(**kw):
+    torch.manual_seed(0)
+    args = dict(pretrained=False, distortion_pretrained=False, intelligibility_pretrained=False, hidden=(16, 8), input_size=64)
+    return contentiqa.create_model("ie-iqa", **{**args, **kw}).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_cr_onnx(tmp_path_factory):
+    torch.set_num_threads(1)
+    model = tiny_model()
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny-iqa-cr.onnx")
+    return model, path
+
+
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run_session(path, x: torch.Tensor) -> dict[str, np.ndarray]:
+    s = make_session(path, threads=1)
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(names, {"image": x.numpy()})))
+
+
+# -- export round trips ----------------------------------------------------------------------------
+def test_iqa_cr_one_file_many_sizes(tiny_cr_onnx):
+    model, path = tiny_cr_onnx
+    g = torch.Generator().manual_seed(3)
+    for shape in [(2, 3, 64, 80), (1, 3, 97, 131), (3, 3, 40, 300)]:  # one file, three sizes
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        got = run_session(path, x)
+        assert set(got) == {"score", "logits"}
+        np.testing.assert_allclose(got["score"], ref["score"].numpy(), atol=1e-3, rtol=0)
+        np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-3, rtol=0)
+        assert got["score"].shape == (shape[0],) and got["logits"].shape == (shape[0], 10)
+
+
+def test_metadata_describes_the_model(tiny_cr_onnx):
+    model, path = tiny_cr_onnx
+    meta = read_metadata(path)
+    assert meta["contentiqa_format"] == "contentiqa-onnx/1"
+    assert meta["model_name"] == "iqa-cr"
+    assert float(meta["score_low"]) == 0.0 and float(meta["score_high"]) == 100.0
+    assert json.loads(meta["higher_is_better"]) is True
+    assert json.loads(meta["categories"]) == list(model.categories)
+    np.testing.assert_allclose(json.loads(meta["mean"]), model.mean)
+    np.testing.assert_allclose(json.loads(meta["std"]), model.std)
+    assert json.loads(meta["native_resolution"]) is True and json.loads(meta["input_size"]) is None
+    assert json.loads(meta["outputs"]) == ["score", "logits"]
+    assert float(meta["verified_max_abs_diff"]) < 1e-3
+    s = make_session(path)
+    dims = s.get_inputs()[0].shape
+    assert isinstance(dims[0], str) and isinstance(dims[2], str) and isinstance(dims[3], str) and dims[1] == 3
+
+
+def test_standalone_onnx_model_scores_like_torch(tiny_cr_onnx, examples_dir):
+    model, path = tiny_cr_onnx
+    images = example_images(examples_dir)[:4]
+    om = OnnxModel(path, threads=1)
+    a = model.predict(images)
+    b = om.predict(images)
+    for p, q in zip(a, b):
+        assert p.ok and q.ok and p.path == q.path
+        assert abs(p.score - q.score) / 100 < 1e-3
+        assert p.category == q.category
+
+
+def test_ie_iqa_selection_inside_the_graph():
+    model = tiny_ie_iqa()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    _, idx = model.intelligibility_features(x)
+    assert len({tuple(r) for r in idx.tolist()}) > 1  # the selection differs per image: it is not a constant
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(model, Path(d) / "ie.onnx")
+        meta = read_metadata(path)
+        assert json.loads(meta["native_resolution"]) is False and json.loads(meta["input_size"]) == [64, 64]
+        assert meta["preprocess"] == "resize_bilinear" and json.loads(meta["outputs"]) == ["score"]
+        for b in (1, 4):
+            with torch.no_grad():
+                ref = model(x[:b])["score"].numpy()
+            np.testing.assert_allclose(run_session(path, x[:b])["score"], ref, atol=1e-3, rtol=0)
+        ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+        assert {"ArgMax", "TopK"} <= ops
+
+
+def test_ie_iqa_sensitivity_with_a_linear_relu_head_exports(tmp_path):
+    model = tiny_ie_iqa(intelligibility_task="unrecognizability", ratio=20)
+    assert model.cfg.strategy == "sensitivity"
+    path = export_onnx(model, tmp_path / "ie-s.onnx")
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)["score"].numpy()
+    np.testing.assert_allclose(run_session(path, x)["score"], ref, atol=1e-3, rtol=0)
+
+
+def test_unexportable_selection_says_why(tmp_path, monkeypatch):
+    model = tiny_ie_iqa(selection="sensitivity")
+    monkeypatch.setattr(model.intelligibility, "head_layers", lambda: None)  # a head with no closed-form gradient
+    with pytest.raises(OnnxExportError, match="autograd"):
+        export_onnx(model, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_real_size_iqa_cr_on_real_photos(tmp_path, examples_dir):
+    """The paper-size IQA-CR on the pretrained EfficientNet-Lite0 (untrained head), 500 x 500
+    photos: ONNX Runtime = PyTorch within 1e-3 on the normalised scale."""
+    torch.manual_seed(0)
+    model = contentiqa.create_model("iqa-cr", pretrained=False).eval()
+    path = export_onnx(model, tmp_path / "iqa-cr.onnx")
+    images = example_images(examples_dir)
+    om = OnnxModel(path, threads=1)
+    a, b = model.predict(images, batch_size=4), om.predict(images, batch_size=4)
+    for p, q in zip(a, b):
+        assert p.ok and q.ok
+        assert abs(p.score - q.score) / 100 < 1e-3
+        assert p.category == q.category
+        assert max(abs(p.probabilities[c] - q.probabilities[c]) for c in p.probabilities) < 1e-3
+
+
+# -- the score command ---------------------------------------------------------------------------------
+def read_scores(path: Path) -> dict[str, float]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(f)}
+
+
+def test_score_cli_onnx_equals_torch(tmp_path, ckpt, examples_dir):
+    images = example_images(examples_dir)
+    assert main(["score", *images, "--model", ckpt, "-o", str(tmp_path / "t.csv"), "-q"]) == 0
+    assert main(["score", *images, "--model", ckpt, "--runtime", "onnx", "-o", str(tmp_path / "o.csv"), "-q"]) == 0
+    torch_scores, onnx_scores = read_scores(tmp_path / "t.csv"), read_scores(tmp_path / "o.csv")
+    assert set(torch_scores) == set(onnx_scores) and len(torch_scores) == len(images)
+    for k, v in torch_scores.items():
+        assert abs(v - onnx_scores[k]) / 100 < 1e-3
+    cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1  # exported once, into the cache
+    # second run: the cached file is used, not exported again
+    import contentiqa.inference.onnx as onnx_mod
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    orig = onnx_mod.export_onnx
+    onnx_mod.export_onnx = no_export
+    try:
+        assert main(["score", images[0], "--model", ckpt, "--runtime", "onnx", "-o", str(tmp_path / "o2.csv"), "-q"]) == 0
+    finally:
+        onnx_mod.export_onnx = orig
+    # and the exported file alone (--onnx-model) gives the same numbers
+    assert main(["score", *images[:3], "--onnx-model", str(cached[0]), "-o", str(tmp_path / "f.csv"), "-q"]) == 0
+    for k, v in read_scores(tmp_path / "f.csv").items():
+        assert abs(v - onnx_scores[k]) < 1e-6 * 100
+
+
+def test_score_cli_onnx_usage_errors(tmp_path, ckpt, examples_dir, tiny_cr_onnx, capsys):
+    img = example_images(examples_dir)[0]
+    _, path = tiny_cr_onnx
+    assert main(["score", img, "--runtime", "torch", "--onnx-model", str(path)]) == 2
+    assert main(["score", img, "--onnx-model", str(tmp_path / "missing.onnx")]) == 2
+    assert main(["score", img, "--model", ckpt, "--runtime", "onnx", "--device", "cuda"]) == 2
+    assert main(["score", img, "--onnx-model", str(path), "--model", "ie-iqa"]) == 2
+    assert "holds model 'iqa-cr'" in capsys.readouterr().err
+    assert main(["score", img, "--onnx-model", str(path), "--explain", "-o", str(tmp_path / "r.html")]) == 2
+    not_onnx = tmp_path / "bad.onnx"
+    not_onnx.write_bytes(b"not a model")
+    assert main(["score", img, "--onnx-model", str(not_onnx)]) == 2
+
+
+def test_missing_onnxruntime_is_a_clear_usage_error(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "--runtime", "onnx", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime" in err and "pip install" in err
+
+
+# -- the export command ---------------------------------------------------------------------------------
+def test_export_cli_writes_a_verified_file(tmp_path, ckpt, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", ckpt, "--format", "onnx", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
+    assert read_metadata(out)["model_name"] == "iqa-cr"
+
+
+def test_export_cli_usage_errors(tmp_path, ckpt, capsys):
+    assert main(["export"]) == 2
+    assert main(["export", ckpt]) == 2  # no --out
+    assert "--out" in capsys.readouterr().err
+    assert main(["export", ckpt, "--format", "tflite", "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "not supported" in capsys.readouterr().err
+    assert main(["export", ckpt, "--out", str(tmp_path)]) == 2  # a folder
+    assert main(["export", "no-such-model", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx"), "--opset", "7"]) == 2
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cached_export_is_keyed_by_the_weights(tmp_path):
+    a = tiny_model(seed=0)
+    b = tiny_model(seed=1)
+    pa, made = cached_export(a, tmp_path)
+    assert made and cached_export(a, tmp_path) == (pa, False)
+    pb, made_b = cached_export(b, tmp_path)
+    assert made_b and pb != pa
