@@ -3,7 +3,9 @@
     python benchmarks/speed.py            # the full benchmark (a free CPU: ~10-15 min on 2 cores)
     python benchmarks/speed.py --quick    # a few images, one repeat (checks that it runs)
 
-What is measured, in one process, on the same files:
+What is measured, in one run, on the same files (the naive loop and the long run each in a
+fresh process of their own, as a user's script would be, so that neither inherits the other
+measurements' memory or thread state):
 
 (a) the practical limit: the bare backbone (EfficientNet-Lite0 ``forward_features``, ImageNet
     weights) in ONNX Runtime on an in-memory tensor of the model's input size, batch 1;
@@ -14,8 +16,10 @@ What is measured, in one process, on the same files:
     PyTorch and ONNX Runtime (export cached beforehand and timed separately);
 (d) time per image against pixel count (500 x 500 -> 2048 x 1536) and against batch size;
 plus where the fast path spends its time (decode / model), the choices kept (channels_last,
-decoding threads) measured on and off, and the resident memory (RSS) over a long run of
-10,000 inputs (the same few generated images, repeated).
+decoding threads, ONNX Runtime's idle-thread spinning) measured on and off, and the resident
+memory (RSS) over a long run of 10,000 inputs (the same few generated images, repeated).
+The limit, naive and fast measurements are interleaved round by round (median of 3 rounds),
+so that a drifting machine load affects them alike.
 
 Real photos: the first 64 images of ../shared/data/clive-dev (all 500 x 500; the section is
 skipped when the data are absent), plus generated 1024 x 768 and 2048 x 1536 JPEGs (real
@@ -72,7 +76,7 @@ class RssSampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
-        gc.collect()
+        release_memory()
         self.start = self.peak = self.proc.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -88,16 +92,28 @@ class RssSampler:
     def peak_mb(self) -> float:
         return self.peak / 2**20
 
+    @property
+    def added_mb(self) -> float:
+        """How far the peak rose above the RSS at the start of the block."""
+        return (self.peak - self.start) / 2**20
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so a
+    section's RSS is not inflated by what an earlier one freed."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
 
 def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
-
-
-def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
-    vals = [fn() for _ in range(max(1, repeats))]
-    return statistics.median(vals), vals
 
 
 def warm_page_cache(files: list[str]) -> None:
@@ -237,6 +253,29 @@ def naive_eager(model, files: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def naive_child(spec: dict[str, Any], model=None) -> dict[str, float]:
+    """The naive loop as its own script would run it: load the model, warm up on one image,
+    time the loop (seconds per image) and its peak RSS."""
+    if model is None:
+        from contentiqa.models.registry import load_checkpoint
+
+        model = load_checkpoint(spec["ckpt"]).eval()
+    naive_eager(model, spec["files"][:1])
+    with RssSampler() as mem:
+        sec = naive_eager(model, spec["files"])
+    return {"sec_per_image": sec / len(spec["files"]), "peak_rss_mb": mem.peak_mb, "added_rss_mb": mem.added_mb}
+
+
+def run_child(kind: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """``naive_child`` / ``rss_child`` in a fresh Python process (this script, --child)."""
+    import json
+    import subprocess
+
+    out = workdir / f"child-{kind}.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec), str(out)], check=True)
+    return json.loads(out.read_text())
+
+
 # -- (c) the fast path: the score command ----------------------------------------------------------------------------
 def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_size: int | None = None, workers: int = 2,
               extra: list[str] | None = None) -> dict[str, float]:
@@ -271,13 +310,20 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
     return {"wall_s": wall, "load_s": loaded["s"], "ips_end_to_end": n / wall, "ips": n / steady, "ms_per_image": 1000 * steady / n}
 
 
-def timed_cli(ckpt, files, out_csv, runtime, repeats, **kw) -> dict[str, Any]:
-    runs = []
-    with RssSampler() as mem:
-        for _ in range(max(1, repeats)):
-            runs.append(cli_score(ckpt, files, out_csv, runtime, **kw))
-    best = sorted(runs, key=lambda r: r["ips"])[len(runs) // 2]  # the median run
-    return {**best, "peak_rss_mb": mem.peak_mb, "runs_ips": [r["ips"] for r in runs]}
+def interleaved(tasks: dict[Any, Callable[[], dict[str, Any]]], repeats: int) -> dict[Any, dict[str, Any]]:
+    """Run every task once per round, ``repeats`` rounds, so all see the same machine load;
+    per task, the median round by ``ips`` (with the peak RSS over its rounds)."""
+    runs: dict[Any, list] = {k: [] for k in tasks}
+    for _ in range(max(1, repeats)):
+        for k, fn in tasks.items():
+            with RssSampler() as mem:
+                r = fn()
+            runs[k].append({**r, "peak_rss_mb": mem.peak_mb})
+    out = {}
+    for k, rs in runs.items():
+        ordered = sorted(rs, key=lambda r: r["ips"])
+        out[k] = {**ordered[len(ordered) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs_ips": [r["ips"] for r in rs]}
+    return out
 
 
 # -- where the time goes ---------------------------------------------------------------------------------------------
@@ -343,7 +389,7 @@ def rss_long_run(model, files: list[str], n_inputs: int, every: int, forward=Non
         if count["n"] % every == 0:
             series.append((count["n"], proc.memory_info().rss / 2**20))
 
-    gc.collect()
+    release_memory()
     start = rss_mb()
     t = time.perf_counter()
     predict_items(model, items, batch_size=batch_size, forward=forward, on_result=on_result, return_results=False)
@@ -379,6 +425,7 @@ def run_benchmark(
     rss_every: int = 500,
     backbone_module=None,
     log: Callable[[str], None] = print,
+    subprocesses: bool = True,
 ) -> dict[str, Any]:
     """Every measurement; returns the JSON payload. ``models``: name -> {model, ckpt, weights};
     ``real``: photos for the main comparison (all one size); ``generated``: (w, h) -> files for
@@ -387,7 +434,7 @@ def run_benchmark(
     import torch
     from PIL import Image
 
-    from contentiqa.inference.onnx import cached_export, make_session, onnx_forward_for
+    from contentiqa.inference.onnx import OnnxForward, cached_export, make_session, onnx_forward_for
 
     os.environ["CONTENTIQA_CACHE_DIR"] = str(workdir / "cache")  # a fresh export cache, timed below
     warm_page_cache(real + [f for fs in generated.values() for f in fs] + rss_files)
@@ -398,35 +445,38 @@ def run_benchmark(
         "repeats": repeats, "models": {}, "bare_backbone": {}, "pixels": {}, "batch": {}, "ablations": {}, "rss": {},
     }
 
-    # (a) the bare backbone in ONNX Runtime at every input size used below
+    # (a) the bare backbone in ONNX Runtime at every input size used below, with ONNX Runtime's
+    # default session and with the one the score command uses (idle threads do not spin); the
+    # limit is the faster of the two
     log("bare backbone (ONNX Runtime) ...")
     bb_path = export_backbone(workdir, backbone_module)
-    bb_session = make_session(bb_path)
+    bare = {"ort_default": ort.InferenceSession(str(bb_path), providers=["CPUExecutionProvider"]),
+            "no_spinning": make_session(bb_path)}
+
+    def limit_seconds(hw) -> float:
+        return min(bare_backbone_seconds(sess, hw, backbone_runs) for sess in bare.values())
+
     sizes_needed = {tuple(photo_hw)} | {(h, w) for (w, h) in generated}
     for entry in models.values():
         sizes_needed.add(tuple(input_hw(entry["model"], tuple(photo_hw))))
     with RssSampler() as mem:
         for hw in sorted(sizes_needed, key=lambda s: s[0] * s[1]):
-            sec = bare_backbone_seconds(bb_session, hw, backbone_runs)
-            payload["bare_backbone"][f"{hw[0]}x{hw[1]}"] = {"ms_per_image": 1000 * sec, "ips": 1 / sec}
+            per = {k: bare_backbone_seconds(sess, hw, backbone_runs) for k, sess in bare.items()}
+            sec = min(per.values())
+            payload["bare_backbone"][f"{hw[0]}x{hw[1]}"] = {
+                "ms_per_image": 1000 * sec, "ips": 1 / sec, **{f"{k}_ms": 1000 * v for k, v in per.items()}}
     payload["bare_backbone_peak_rss_mb"] = mem.peak_mb
-    del bb_session
+    for k in list(bare):  # fresh sessions: their memory arenas now hold only what the rounds below use
+        bare[k] = None
+    release_memory()
+    bare = {"ort_default": ort.InferenceSession(str(bb_path), providers=["CPUExecutionProvider"]),
+            "no_spinning": make_session(bb_path)}
 
     for name, entry in models.items():
         model, ckpt = entry["model"], entry["ckpt"]
         res: dict[str, Any] = {"weights": entry["weights"], "backbone_passes": backbone_passes(model),
                                "input": "native resolution" if model.native_resolution else f"{input_hw(model, photo_hw)}"}
         hw = tuple(input_hw(model, tuple(photo_hw)))
-        limit_sec = res["backbone_passes"] * payload["bare_backbone"][f"{hw[0]}x{hw[1]}"]["ms_per_image"] / 1000
-        res["limit_ips"] = 1 / limit_sec
-
-        # (b) naive eager, one image at a time
-        log(f"{name}: naive eager ...")
-        naive_eager(model, real[:1])  # warm-up
-        with RssSampler() as mem:
-            sec, runs = median_of(lambda: naive_eager(model, real), repeats)
-        res["naive"] = {"ips": len(real) / sec, "ms_per_image": 1000 * sec / len(real), "peak_rss_mb": mem.peak_mb,
-                        "runs_ips": [len(real) / r for r in runs]}
 
         # the ONNX export, once (cached for the score command)
         t = time.perf_counter()
@@ -434,11 +484,37 @@ def run_benchmark(
         res["onnx_export_s"] = time.perf_counter() - t
         res["onnx_file_mb"] = onnx_path.stat().st_size / 2**20
 
-        # (c) the fast path, end to end through the score command
+        # (a) limit, (b) naive eager and (c) the score command, interleaved repeat by repeat so
+        # that all see the same machine (a shared CPU's load drifts)
+        log(f"{name}: limit / naive eager / score --runtime torch / onnx, {repeats} round(s) ...")
+        for runtime in ("torch", "onnx"):  # warm-ups
+            cli_score(ckpt, real[:2], workdir / "warm.csv", runtime)
+        rounds: dict[str, list] = {"limit": [], "naive": [], "torch": [], "onnx": []}
+        peaks = {"naive": 0.0, "torch": 0.0, "onnx": 0.0}
+        added = {"naive": 0.0, "torch": 0.0, "onnx": 0.0}
+        for _ in range(max(1, repeats)):
+            rounds["limit"].append(res["backbone_passes"] * limit_seconds(hw))
+            spec = {"ckpt": ckpt, "files": real}
+            nv = run_child("naive", spec, workdir) if subprocesses else naive_child(spec, model)
+            rounds["naive"].append(nv["sec_per_image"])
+            peaks["naive"] = max(peaks["naive"], nv["peak_rss_mb"])
+            added["naive"] = max(added["naive"], nv["added_rss_mb"])
+            for runtime in ("torch", "onnx"):
+                with RssSampler() as mem:
+                    rounds[runtime].append(cli_score(ckpt, real, workdir / f"{name}-{runtime}.csv", runtime))
+                peaks[runtime] = max(peaks[runtime], mem.peak_mb)
+                added[runtime] = max(added[runtime], mem.added_mb)
+        limit_sec = statistics.median(rounds["limit"])
+        res["limit_ips"] = 1 / limit_sec
+        res["limit_runs_ips"] = [1 / v for v in rounds["limit"]]
+        naive_sec = statistics.median(rounds["naive"])
+        res["naive"] = {"ips": 1 / naive_sec, "ms_per_image": 1000 * naive_sec, "peak_rss_mb": peaks["naive"],
+                        "added_rss_mb": added["naive"],
+                        "runs_ips": [1 / v for v in rounds["naive"]]}
         for runtime in ("torch", "onnx"):
-            log(f"{name}: contentiqa score --runtime {runtime} ...")
-            cli_score(ckpt, real[:2], workdir / "warm.csv", runtime)  # warm-up
-            r = timed_cli(ckpt, real, workdir / f"{name}-{runtime}.csv", runtime, repeats)
+            runs = sorted(rounds[runtime], key=lambda r: r["ips"])
+            r = dict(runs[len(runs) // 2])  # the median round
+            r.update(peak_rss_mb=peaks[runtime], added_rss_mb=added[runtime], runs_ips=[x["ips"] for x in rounds[runtime]])
             r["vs_naive"] = r["ips"] / res["naive"]["ips"]
             r["vs_limit"] = r["ips"] / res["limit_ips"]
             res[f"fast_{runtime}"] = r
@@ -447,52 +523,74 @@ def run_benchmark(
         forward, _ = onnx_forward_for(model)
         res["breakdown"] = {"torch": breakdown(model, real), "onnx": breakdown(model, real, forward=forward)}
 
-        # (d) batch size
+        # (d) batch size (rounds interleaved over the settings, as above)
         sweep = (batch_sizes or {}).get(name) or ([1, 2, 4, 8] if model.native_resolution else [1, 4, 8, 16])
-        payload["batch"][name] = {}
-        for runtime in ("torch", "onnx"):
-            for b in sweep:
-                log(f"{name}: batch size {b} ({runtime}) ...")
-                r = timed_cli(ckpt, real, workdir / f"b{b}.csv", runtime, repeats, batch_size=b)
-                payload["batch"][name][f"{runtime}_b{b}"] = {"batch_size": b, "runtime": runtime, "ips": r["ips"],
-                                                             "ms_per_image": r["ms_per_image"], "peak_rss_mb": r["peak_rss_mb"]}
+        log(f"{name}: batch sizes {sweep} ...")
+        got = interleaved({(rt, b): (lambda rt=rt, b=b: cli_score(ckpt, real, workdir / f"b{b}.csv", rt, batch_size=b))
+                           for rt in ("torch", "onnx") for b in sweep}, repeats)
+        payload["batch"][name] = {
+            f"{rt}_b{b}": {"batch_size": b, "runtime": rt, "ips": r["ips"], "ms_per_image": r["ms_per_image"], "peak_rss_mb": r["peak_rss_mb"]}
+            for (rt, b), r in got.items()}
 
         # (d) pixel count
+        log(f"{name}: pixel counts {[f'{w}x{h}' for w, h in generated]} ...")
+        got = interleaved({(rt, w, h): (lambda rt=rt, files=files, w=w: cli_score(ckpt, files, workdir / f"px{w}.csv", rt))
+                           for (w, h), files in generated.items() for rt in ("torch", "onnx")}, repeats)
         payload["pixels"][name] = {}
-        for (w, h), files in generated.items():
-            for runtime in ("torch", "onnx"):
-                log(f"{name}: {w}x{h} ({runtime}) ...")
-                r = timed_cli(ckpt, files, workdir / f"px{w}.csv", runtime, repeats)
-                mp = w * h / 1e6
-                hw_in = tuple(input_hw(model, (h, w)))
-                bare = payload["bare_backbone"].get(f"{hw_in[0]}x{hw_in[1]}", {}).get("ms_per_image")
-                payload["pixels"][name][f"{runtime}_{w}x{h}"] = {
-                    "width": w, "height": h, "megapixels": mp, "runtime": runtime, "ms_per_image": r["ms_per_image"],
-                    "ms_per_megapixel": r["ms_per_image"] / mp, "peak_rss_mb": r["peak_rss_mb"],
-                    "limit_ms_per_image": res["backbone_passes"] * bare if bare else None,
-                }
+        for (rt, w, h), r in got.items():
+            mp = w * h / 1e6
+            hw_in = tuple(input_hw(model, (h, w)))
+            bare_ms = payload["bare_backbone"].get(f"{hw_in[0]}x{hw_in[1]}", {}).get("ms_per_image")
+            payload["pixels"][name][f"{rt}_{w}x{h}"] = {
+                "width": w, "height": h, "megapixels": mp, "runtime": rt, "ms_per_image": r["ms_per_image"],
+                "ms_per_megapixel": r["ms_per_image"] / mp, "peak_rss_mb": r["peak_rss_mb"],
+                "limit_ms_per_image": res["backbone_passes"] * bare_ms if bare_ms else None,
+            }
 
-        # ablations of the choices the fast path makes (PyTorch runtime, in-pipeline)
-        ab = {}
-        for label, kw in (("torch, channels_last on", {"channels_last": True}), ("torch, channels_last off", {"channels_last": False}),
-                          ("torch, decoding threads 0", {"workers": 0}), ("onnx, decoding threads 0", {"workers": 0, "forward": forward}),
-                          ("onnx, decoding threads 2", {"workers": 2, "forward": forward})):
-            log(f"{name}: ablation {label} ...")
-            vals = [breakdown(model, real, **kw)["ips"] for _ in range(max(1, repeats))]
-            ab[label] = statistics.median(vals)
-        payload["ablations"][name] = ab
+        # the choices the fast path makes, on and off (in the pipeline, rounds interleaved)
+        spinning = OnnxForward(make_session(onnx_path, spinning=True))
+        settings = {
+            "torch, channels_last on (default)": {"channels_last": True},
+            "torch, channels_last off": {"channels_last": False},
+            "torch, decoding threads 2 (default)": {"workers": 2},
+            "torch, decoding threads 0": {"workers": 0},
+            "onnx, decoding threads 2, idle threads not spinning (default)": {"workers": 2, "forward": forward},
+            "onnx, decoding threads 0": {"workers": 0, "forward": forward},
+            "onnx, idle threads spinning (ONNX Runtime's default)": {"workers": 2, "forward": spinning},
+        }
+        log(f"{name}: ablations ...")
+        got = interleaved({k: (lambda kw=kw: breakdown(model, real, **kw)) for k, kw in settings.items()}, repeats)
+        payload["ablations"][name] = {k: r["ips"] for k, r in got.items()}
+        del spinning
         payload["models"][name] = res
         del forward
         gc.collect()
 
-    # memory over a long run (IQA-CR-like native-resolution model: the one whose shapes vary)
+    # memory over a long run (IQA-CR-like native-resolution model: the one whose shapes vary),
+    # each runtime in a fresh process so that nothing measured above weighs on its RSS
     rss_model_name = next((n for n, e in models.items() if e["model"].native_resolution), next(iter(models)))
-    model = models[rss_model_name]["model"]
-    forward, _ = onnx_forward_for(model)
-    for runtime, fwd in (("onnx", forward), ("torch", None)):
+    for runtime in ("onnx", "torch"):
         log(f"RSS over {rss_inputs} inputs ({rss_model_name}, {runtime}) ...")
-        payload["rss"][runtime] = {"model": rss_model_name, **rss_long_run(model, rss_files, rss_inputs, rss_every, forward=fwd)}
+        spec = {"ckpt": models[rss_model_name]["ckpt"], "files": rss_files, "n": rss_inputs, "every": rss_every, "runtime": runtime}
+        if subprocesses:
+            r = run_child("rss", spec, workdir)
+        else:
+            r = rss_child(spec, models[rss_model_name]["model"])
+        payload["rss"][runtime] = {"model": rss_model_name, **r}
     return payload
+
+
+def rss_child(spec: dict[str, Any], model=None) -> dict[str, Any]:
+    """One long run as described by ``spec`` (ckpt, files, n, every, runtime)."""
+    from contentiqa.inference.onnx import onnx_forward_for
+
+    if model is None:
+        from contentiqa.models.registry import load_checkpoint
+
+        model = load_checkpoint(spec["ckpt"]).eval()
+    forward = onnx_forward_for(model)[0] if spec["runtime"] == "onnx" else None
+    release_memory()
+    return rss_long_run(model, spec["files"], spec["n"], spec["every"], forward=forward)
 
 
 # -- the report -------------------------------------------------------------------------------------------------------------
@@ -504,26 +602,31 @@ def render_markdown(p: dict[str, Any], command: str) -> str:
     real_hw = "x".join(str(v) for v in p["images"]["real_hw"][::-1])
     lines = [
         "# Scoring speed and memory (CPU)\n",
-        f"One run, one process: `{command}`. Torch threads {p['threads']['torch']}, {p['threads']['cpu_count']} CPUs, "
+        f"One run: `{command}` (naive loop and long run in fresh processes). Torch threads {p['threads']['torch']}, {p['threads']['cpu_count']} CPUs, "
         f"onnxruntime {p['threads']['onnxruntime']}. Real photos: {p['images']['real']} x {real_hw} "
-        f"({p.get('photo_source', '?')}); median of {p['repeats']} repeat(s). Images/s of the score command exclude "
-        "loading the model (reported separately as end-to-end).\n",
+        f"({p.get('photo_source', '?')}); median of {p['repeats']} round(s), the limit, naive and fast paths interleaved "
+        "in every round. Images/s of the score command exclude loading the model (reported separately as end-to-end). "
+        "The limit is the faster of ONNX Runtime's default session and the score command's (idle threads not spinning).\n",
         "## Throughput on real photos\n",
     ]
     rows = []
     for name, r in p["models"].items():
         hw = r["input"]
-        rows.append([f"{name}: bare backbone x{r['backbone_passes']} (ONNX Runtime, in memory) = limit", _f(r["limit_ips"]),
+        rows.append([f"{name}: bare backbone x{r['backbone_passes']} (ONNX Runtime, in memory, batch 1) = limit", _f(r["limit_ips"]),
                      _f(1000 / r["limit_ips"]), "-", "-", "1.00"])
         n = r["naive"]
-        rows.append([f"{name}: naive PyTorch eager, one at a time", _f(n["ips"]), _f(n["ms_per_image"]), _f(n["peak_rss_mb"], 0),
-                     "1.00", f"{n['ips'] / r['limit_ips']:.2f}"])
+        rows.append([f"{name}: naive PyTorch eager, one at a time (own process)", _f(n["ips"]), _f(n["ms_per_image"]),
+                     f"{n['peak_rss_mb']:.0f} (+{n['added_rss_mb']:.0f})", "1.00", f"{n['ips'] / r['limit_ips']:.2f}"])
         for rt in ("torch", "onnx"):
             f = r[f"fast_{rt}"]
             rows.append([f"{name}: `contentiqa score --runtime {rt}` (end to end {_f(f['ips_end_to_end'])}/s)", _f(f["ips"]),
-                         _f(f["ms_per_image"]), _f(f["peak_rss_mb"], 0), f"**{f['vs_naive']:.2f}**", f"**{f['vs_limit']:.2f}**"])
+                         _f(f["ms_per_image"]), f"{f['peak_rss_mb']:.0f} (+{f['added_rss_mb']:.0f})",
+                         f"**{f['vs_naive']:.2f}**", f"**{f['vs_limit']:.2f}**"])
         del hw
-    lines.append(md_table(["what", "images/s", "ms/image", "peak RSS MB", "x naive", "x limit"], rows))
+    lines.append(md_table(["what", "images/s", "ms/image", "peak RSS MB (+ rise during it)", "x naive", "x limit"], rows))
+    lines.append("\nPeak RSS is the whole process's: the score command runs inside the benchmark process, which also "
+                 "holds the other models and ONNX Runtime sessions; the rise during the run and the fresh-process long "
+                 "run below show the fast path's own memory.\n")
     lines.append(f"\nTargets: fast path >= {TARGET_VS_NAIVE:g}x naive eager, >= {TARGET_VS_LIMIT:g}x the bare-backbone limit.\n")
     verdict = []
     for name, r in p["models"].items():
@@ -589,7 +692,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3; quick 1)")
     ap.add_argument("--rss-inputs", type=int, default=None, help="inputs in the long run (default 10000; quick 300)")
     ap.add_argument("--models", default="iqa-cr,ie-iqa", help="comma-separated model names")
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:  # a measurement in a fresh process (called by run_benchmark)
+        import json
+
+        kind, spec, out = args.child
+        result = (naive_child if kind == "naive" else rss_child)(json.loads(spec))
+        Path(out).write_text(json.dumps(result))
+        return
     quick = args.quick
     n_real = args.images or (6 if quick else 64)
     repeats = args.repeats or (1 if quick else 3)

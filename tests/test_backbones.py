@@ -21,7 +21,6 @@ from contentiqa.backbones import (
 )
 from contentiqa.backbones.stages import backbone_stages, run_stages
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 ANEMONE_FISH = 393
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat

@@ -28,15 +28,6 @@ from contentiqa.models.selection import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, more threads only contend (and are ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- Algorithm 1, worked by hand -------------------------------------------------------------
 # W (3 classes x 5 features), b, and two images f1, f2:
 #   z1 = W f1 + b = [2, 0.8 - 3 - 2 + 0.3 + 1 + 6, 3] = [2, 3.1, 3]        -> i_max = 1

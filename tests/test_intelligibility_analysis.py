@@ -14,15 +14,6 @@ from contentiqa.analysis.intelligibility import analyze_intelligibility, bin_sum
 from contentiqa.cli.main import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, more threads only contend (and are ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # 12 images. MOS over [10, 70] -> 6 intervals of width 10: [10,20) [20,30) ... [60,70].
 MOS = [10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 70]
 MOS_BIN = [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]  # by hand: an edge value goes to the upper bin, the max to the last

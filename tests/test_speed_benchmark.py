@@ -41,7 +41,7 @@ def test_speed_benchmark_runs_end_to_end(tmp_path, speed, monkeypatch, rng):
     payload = speed.run_benchmark(
         models, real, generated, rss_files, tmp_path, repeats=1, backbone_runs=1, batch_sizes={"tiny": [1, 2]},
         rss_inputs=12, rss_every=4, backbone_module=create_backbone("efficientnet_lite0", pretrained=False),
-        log=lambda msg: None,
+        log=lambda msg: None, subprocesses=False,
     )
     r = payload["models"]["tiny"]
     for key in ("naive", "fast_torch", "fast_onnx"):
@@ -49,6 +49,7 @@ def test_speed_benchmark_runs_end_to_end(tmp_path, speed, monkeypatch, rng):
     assert r["fast_onnx"]["vs_naive"] > 0 and r["fast_onnx"]["vs_limit"] > 0
     assert set(payload["batch"]["tiny"]) == {"torch_b1", "torch_b2", "onnx_b1", "onnx_b2"}
     assert set(payload["pixels"]["tiny"]) == {"torch_80x60", "onnx_80x60"}
+    assert len(payload["ablations"]["tiny"]) == 7
     assert payload["rss"]["onnx"]["n_inputs"] == 12 and len(payload["rss"]["onnx"]["series"]) == 3
     md = speed.render_markdown({**payload, "photo_source": "test"}, "pytest")
     assert "x naive" in md and "Resident memory" in md

@@ -19,14 +19,6 @@ from contentiqa.training.trainer import Trainer
 TINY = dict(backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny_table(tmp_path):
     rng = np.random.default_rng(0)

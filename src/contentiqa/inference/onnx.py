@@ -320,19 +320,19 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
     Files are named by :func:`model_fingerprint`, so a changed checkpoint gets a new file."""
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = str(getattr(model, "model_name", "model")).replace(os.sep, "_")
-    path = folder / f"{name}-{model_fingerprint(model, opset)[:20]}.onnx"
-    if path.is_file():
-        return path, False
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.gettempdir()) / "contentiqa-onnx"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / path.name
+    filename = f"{name}-{model_fingerprint(model, opset)[:20]}.onnx"
+    fallback = Path(tempfile.gettempdir()) / "contentiqa-onnx"
+    for where in (folder, fallback):  # a read-only cache folder falls back to the temp folder
+        path = where / filename
         if path.is_file():
             return path, False
-    export_onnx(model, path, opset=opset)
-    return path, True
+        try:
+            export_onnx(model, path, opset=opset)
+            return path, True
+        except OSError:
+            if where == fallback:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # -- running ------------------------------------------------------------------------------------
