@@ -202,7 +202,10 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
             assert ha["loss"] == hb["loss"] == pytest.approx(hr["loss"], rel=1e-5, abs=1e-7)
             assert ha["val_srocc"] == hb["val_srocc"] and ha["val_rmse"] == pytest.approx(hr["val_rmse"], rel=1e-4)
         for k, v in ref.model.state_dict().items():
-            assert torch.allclose(a["state"][k], v, rtol=1e-4, atol=1e-5), f"DDP and single process differ in {k} (cache {cs})"
+            # Same samples, same steps: only the float summation order differs (DDP averages two
+            # half-batch gradients); with the multi-level base (several gradient paths into the
+            # backbone) that reaches ~1e-5 after four SGD steps, far below any training effect.
+            assert torch.allclose(a["state"][k], v, rtol=1e-4, atol=5e-5), f"DDP and single process differ in {k} (cache {cs}): max {(a['state'][k] - v).abs().max():.3g}"
         assert a["history"][0]["loss"] != a["history"][1]["loss"]  # it did train
     # rank 0 wrote one log with both epochs (the first before the restart), and the checkpoints
     out = tmp_path / "ddp_c3"

@@ -212,14 +212,27 @@ def test_each_fusion_strategy_and_layer_trains(recognition_branch, fusion, layer
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+G = 112 + 192 + 320 + 1280  # pooled lite0 stages -4..-1 (the default distortion_levels)
+
+
+def test_distortion_levels_widths():
+    m = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4))
+    assert m.distortion_dim == G
+    m = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), distortion_levels=None)
+    assert m.distortion_dim == 1280  # the paper's last map only
+    x = torch.randn(2, 3, 64, 64)
+    g = m.distortion_features(x)
+    assert torch.allclose(g, m.distortion.forward_head(m.distortion.forward_features(x), pre_logits=True), atol=1e-6)
+
+
 def test_fusion_widths(recognition_branch):
     m = _model(recognition_branch, fusion="concat", fusion_layer=2)
-    assert [fc.in_features for fc in m.fc] == [1280, 32 + 64, 16]
+    assert [fc.in_features for fc in m.fc] == [G, 32 + 64, 16]
     m = _model(recognition_branch, fusion="multiply", fusion_layer=3)
-    assert [fc.in_features for fc in m.fc] == [1280, 32, 16]
+    assert [fc.in_features for fc in m.fc] == [G, 32, 16]
     assert (m.project.in_features, m.project.out_features) == (64, 16)
     m = _model(recognition_branch, sparse=True, ratio=20)
-    assert m.intelligibility_dim == 1280 and m.fc[0].in_features == 2560
+    assert m.intelligibility_dim == 1280 and m.fc[0].in_features == G + 1280
     m = _model(recognition_branch, selection="none")
     assert m.intelligibility_dim == 1280
 
@@ -270,7 +283,7 @@ def test_preprocess_and_train_transform():
 def test_distortion_only_baseline():
     model = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4))
     assert model.model_name == "ie-iqa-distortion" and model.cfg.strategy == "none"
-    assert [fc.in_features for fc in model.fc] == [1280, 8, 4]
+    assert [fc.in_features for fc in model.fc] == [G, 8, 4]
     out = model(torch.randn(2, 3, 32, 32))
     assert out["score"].shape == (2,)
     with pytest.raises(RuntimeError):

@@ -28,6 +28,17 @@ What a "channel token" is (Eq. 7) is ambiguous in the text. Two readings are imp
   for each s (axial attention). This is the literal per-point reading of Eq. 6-7; the spatial
   step then also runs per channel.
 
+Base features from several depths (``feature_stages``, default the last four stages). The
+paper feeds the bottleneck from the base CNN's last feature map. On CLIVE with the small
+EfficientNet-Lite0 this leaves much of the quality signal unused: low-level stages see blur,
+noise and compression that the last, semantic stage is built to ignore. Measured with frozen
+features and ridge regression (benchmarks/results/feature_levels.md): last stage only SROCC 0.745,
+last four stages 0.799. So each level gets its own 1x1 bottleneck to D after pooling to the
+grid, and the results are summed — exactly a 1x1 bottleneck on the channel concatenation of the
+levels, i.e. the paper's design with a wider base feature; ``feature_stages=None`` is the
+paper's single-level base (``feature_stage``). This also fits the paper's premise that CNN
+channels stand for frequency bands (§II): more depths, more bands for channel attention.
+
 Variants (Tables I-III): ``iqa-cr`` (both branches, 1 + N outputs), ``iqa-cr-q`` (quality
 branch only: spatial -> channel -> MLP_QA; 1 output), ``iqa-cr-c`` (content branch only:
 spatial -> MLP_CR; N outputs) and the "MTL-modified" single-task baselines
@@ -60,7 +71,11 @@ class IQACRConfig:
     backbone_pretrained: bool = True
     backbone_checkpoint: str | None = None
     feature_stage: int = -1
-    """Which backbone stage feeds the bottleneck (index into the staged backbone; -1 = last)."""
+    """Which backbone stage feeds the bottleneck (index into the staged backbone; -1 = last),
+    when ``feature_stages`` is None (the paper's single-level base)."""
+    feature_stages: tuple[int, ...] | None = (-4, -3, -2, -1)
+    """Several stages feed the bottleneck (multi-level base features; see the module docstring).
+    Negative indices count from the last stage: (-4, -3, -2, -1) is the last four."""
     frozen_stages: int = 0
     """Stages of the backbone (from the input) that get no gradient."""
     bn_eval: bool = True
@@ -85,6 +100,8 @@ class IQACRConfig:
         if self.channel_attention not in ("tokens", "axial"):
             raise ValueError("channel_attention must be 'tokens' or 'axial'")
         self.grid = tuple(self.grid)  # type: ignore[assignment]
+        if self.feature_stages is not None:
+            self.feature_stages = tuple(int(i) for i in self.feature_stages)
         self.categories = tuple(self.categories)
         if self.variant != "q" and len(self.categories) != self.num_categories:
             self.num_categories = len(self.categories)
@@ -100,6 +117,7 @@ class IQACRConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid"] = list(self.grid)
+        d["feature_stages"] = list(self.feature_stages) if self.feature_stages is not None else None
         d["categories"] = list(self.categories)
         return d
 
@@ -211,25 +229,29 @@ class IQACR(IQAModel):
         self.mean, self.std = bcfg.mean, bcfg.std
         self.stages = backbone_stages(self.backbone)
         n_stages = len(self.stages)
-        self.feature_end = n_stages + cfg.feature_stage + 1 if cfg.feature_stage < 0 else cfg.feature_stage + 1
-        if not 0 < self.feature_end <= n_stages:
-            raise ValueError(f"feature_stage {cfg.feature_stage} out of range for {n_stages} stages")
+        wanted = cfg.feature_stages if cfg.feature_stages is not None else (cfg.feature_stage,)
+        self.levels = sorted({i + n_stages if i < 0 else i for i in wanted})
+        if not self.levels or not all(0 <= i < n_stages for i in self.levels):
+            raise ValueError(f"feature stage(s) {wanted} out of range for {n_stages} stages")
+        self.feature_end = self.levels[-1] + 1
         # Drop the classifier and stages after the feature stage: they would get no gradient.
         self.backbone.reset_classifier(0)
         if self.feature_end < n_stages:
             for s in self.stages[self.feature_end:]:
                 for p in s.parameters():
                     p.requires_grad_(False)
-        feat_ch = self._feature_channels()
+        level_ch = self._feature_channels()
         freeze_stages(self.backbone, cfg.frozen_stages)
         s = cfg.grid[0] * cfg.grid[1]
-        self.bottleneck = nn.Conv2d(feat_ch, cfg.dim, kernel_size=1)
         if cfg.variant == "mtl-pooled":
             self.layers = nn.ModuleList()
             self.pos_embed = None
-            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat_ch, self._n_out()))
-            self.bottleneck = None  # type: ignore[assignment]
+            self.bottlenecks = None
+            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(sum(level_ch), self._n_out()))
         else:
+            # One 1x1 bottleneck per level, summed: the same as one 1x1 conv on the channel
+            # concatenation of the levels (pooled to the grid first; both are linear).
+            self.bottlenecks = nn.ModuleList(nn.Conv2d(c, cfg.dim, kernel_size=1) for c in level_ch)
             self.pos_embed = nn.Parameter(torch.zeros(1, s, cfg.dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             if cfg.variant == "mtl-transformer":
@@ -243,13 +265,13 @@ class IQACR(IQAModel):
     def _n_out(self) -> int:
         return int(self.cfg.predicts_score) + (self.cfg.num_categories if self.cfg.predicts_category else 0)
 
-    def _feature_channels(self) -> int:
+    def _feature_channels(self) -> list[int]:
         was = self.backbone.training
         self.backbone.eval()
         with torch.no_grad():
-            c = run_stages(self.stages, torch.zeros(1, 3, 64, 64), 0, self.feature_end).shape[1]
+            maps = self.features(torch.zeros(1, 3, 64, 64))
         self.backbone.train(was)
-        return int(c)
+        return [int(m.shape[1]) for m in maps]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -264,16 +286,26 @@ class IQACR(IQAModel):
     def preprocess(self, image) -> torch.Tensor:
         return pil_to_tensor(image, self.mean, self.std)
 
-    def features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
-        """Backbone feature map (B, C, H', W') at the configured stage; ``start_stage`` > 0
+    def features(self, x: torch.Tensor, start_stage: int = 0) -> list[torch.Tensor]:
+        """Backbone feature maps (B, C_l, H_l, W_l) of the configured levels; ``start_stage`` > 0
         means ``x`` is already the output of stage ``start_stage - 1`` (cached features)."""
-        return run_stages(self.stages, x, start_stage, self.feature_end)
+        if self.levels[0] < start_stage - 1:
+            raise ValueError(
+                f"feature level {self.levels[0]} lies inside the {start_stage} cached stages; cache at most "
+                f"{self.levels[0] + 1} stages for these feature levels"
+            )
+        maps = [x] if start_stage - 1 in self.levels else []
+        for i in range(start_stage, self.feature_end):
+            x = self.stages[i](x)
+            if i in self.levels:
+                maps.append(x)
+        return maps
 
-    def encode(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Feature map -> pooled token representation (B, D) (or (B, C) for mtl-pooled)."""
+    def encode(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Feature maps -> pooled token representation (B, D) (or (B, sum C) for mtl-pooled)."""
         if self.cfg.variant == "mtl-pooled":
-            return fmap.mean(dim=(2, 3))
-        z = adaptive_avg_pool2d_matmul(self.bottleneck(fmap), self.cfg.grid)  # (B, D, CH, CW)
+            return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+        z = sum(conv(adaptive_avg_pool2d_matmul(m, self.cfg.grid)) for conv, m in zip(self.bottlenecks, maps))
         z = z.flatten(2).transpose(1, 2) + self.pos_embed  # (B, S, D)
         for layer in self.layers:
             z = layer(z)

@@ -204,6 +204,9 @@ class Trainer:
         limit = getattr(model, "feature_end", len(model.stages))
         if k > limit:
             raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
+        first_level = min(getattr(model, "levels", [limit - 1]))
+        if k > first_level + 1:
+            raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1}")
         if not getattr(model.cfg, "bn_eval", False):
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
         backbone = model.backbone if hasattr(model, "backbone") else model.distortion
