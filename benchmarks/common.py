@@ -51,6 +51,7 @@ def provenance() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -67,3 +68,21 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def format_row_table(rows: list[tuple[str, str]], model: str, out_name: str, title: str, first_col: str, note: str) -> str:
+    """Collect one model's summary from several results files into one comparison table."""
+    from contentiqa.metrics import format_mean_std
+
+    table = []
+    for label, stem in rows:
+        path = RESULTS / f"{stem}.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())["results"][model]
+        f = format_mean_std(res["summary"])
+        table.append([label, str(len(res["runs"])), f.get("plcc", "–"), f.get("srocc", "–"), f.get("rmse", "–"),
+                      f.get("accuracy", "–")])
+    md = title + md_table([first_col, "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], table) + note
+    write_results(out_name, {"rows": [r[0] for r in rows], "table": table}, md)
+    return md

@@ -56,13 +56,23 @@ def run_one(label: str, name: str, model_kw: dict, split, table, scale, train_kw
     import torch
 
     torch.manual_seed(split.seed)  # model initialisation, repeatable per seed
-    model = create_model(name, pretrained=False, bn_eval=True, **model_kw)
+    # BatchNorm statistics stay fixed only for a pretrained distortion backbone: a randomly
+    # initialised one must learn them (frozen init statistics make it collapse to a constant).
+    bn_eval = model_kw.get("distortion_pretrained", True)
+    model = create_model(name, pretrained=False, bn_eval=bn_eval, **model_kw)
     cfg = TrainConfig(seed=split.seed, **train_kw)
     t0 = time.time()
     trainer = Trainer(model, parts["train"], None, scale, cfg, out, progress=False, cache_dir=CACHE)
     trainer.fit(resume=True)
     # Protocol: no validation part, the model after the last epoch is tested.
-    res = trainer.evaluate_table(parts["test"])
+    from contentiqa.metrics.functional import MetricInputError
+
+    try:
+        res = trainer.evaluate_table(parts["test"])
+    except MetricInputError as exc:  # e.g. a run that collapsed to one constant score: reported, not hidden
+        print(f"{label} seed {split.seed}: {exc}", flush=True)
+        res = {"n": len(parts["test"]), "plcc": float("nan"), "srocc": float("nan"), "krocc": float("nan"),
+               "rmse": float("nan"), "failed": str(exc)}
     res.update(seed=split.seed, epochs_run=len(trainer.history), train_seconds=round(time.time() - t0, 1))
     atomic_write_text(done, json.dumps(res, indent=1))
     return res
@@ -113,6 +123,8 @@ def main() -> None:
     ap.add_argument("--backbone-lr-scale", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--ship", action="store_true", help="then train the best IE-IQA row on all of clive-dev and ship it")
+    ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     args = ap.parse_args()
 
     from contentiqa.data import load_dataset
@@ -124,7 +136,7 @@ def main() -> None:
     splits, split_file = clive_splits("ie-iqa", range(n_splits), table)
     recipe = dict(optimizer="sgd", lr=args.lr, backbone_lr_scale=args.backbone_lr_scale, momentum=0.9, weight_decay=1e-4,
                   batch_size=args.batch_size, score_loss="mse", head_only_epochs=2, warmup_epochs=1, patience=0,
-                  crop=None, hflip=True)
+                  crop=None, hflip=True, device=args.device, num_workers=args.workers)
     size_kw = {"input_size": args.input_size, "train_resize": args.input_size + args.input_size // 12,
                "intelligibility_input_size": 224}
     ratios = [float(r) for r in args.ratios.split(",") if r]
@@ -136,6 +148,8 @@ def main() -> None:
              for label, name, kw in configs([5.0]) if "no selection" not in label]
     md = ""
     for label, name, kw, init, train_kw, n in plan:
+        if n == 0:
+            continue
         key = f"{label} | distortion backbone {init}"
         runs = []
         tag = f"ie_iqa_{init}_{args.input_size}px_c{train_kw['cache_stages']}_e{train_kw['epochs']}"

@@ -44,9 +44,13 @@ def labelled_table(csv: Path):
         if rc != 0:
             raise SystemExit("label-content failed")
     labels = pd.read_csv(LABELS)
-    labels["image"] = [str((LABELS.parent / p).resolve()) for p in labels["image"]]
-    table = ds.table.drop(columns=[c for c in ("category",) if c in ds.table]).merge(
-        labels[["image", "category", "category_confidence"]], on="image", how="left")
+    # Joined on the file name (unique in clive-dev): the data folder may live anywhere.
+    labels["key"] = [Path(p).name for p in labels["image"]]
+    table = ds.table.drop(columns=[c for c in ("category",) if c in ds.table])
+    table["key"] = [Path(p).name for p in table["image"]]
+    if labels["key"].duplicated().any() or table["key"].duplicated().any():
+        raise SystemExit(f"{LABELS}: image file names are not unique; cannot join the labels")
+    table = table.merge(labels[["key", "category", "category_confidence"]], on="key", how="left").drop(columns="key")
     if table["category"].isna().any():
         raise SystemExit(f"{LABELS} lacks labels for {int(table['category'].isna().sum())} images; delete it to relabel")
     return ds, table
@@ -101,11 +105,12 @@ def report(results: dict, args, split_file, train_kw: dict, model_kw: dict) -> s
         f"mean ± std. Backbone efficientnet_lite0 (ImageNet, offline), first {args.cache_stages} stages frozen and cached, "
         f"later stages fine-tuned; native resolution, random {args.crop}-px crops + flips; AdamW lr {args.lr} "
         f"(backbone x{args.backbone_lr_scale:g}), "
-        f"batch {args.batch_size}, ≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}).\n"
+        f"batch {args.batch_size}, ≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}); "
+        f"loss smooth-L1 + {args.category_weight:g} x focal ({args.loss_weighting} weighting).\n"
         f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
-        f"--cache-stages {args.cache_stages}`\n"
+        f"--cache-stages {args.cache_stages} --category-weight {args.category_weight:g} --loss-weighting {args.loss_weighting}`\n"
     )
-    write_results("iqa_cr", {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
+    write_results(args.results_name, {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
                              "results": results, "threads": torch.get_num_threads()}, md)
     return md
 
@@ -124,6 +129,11 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
     ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
     ap.add_argument("--ship", action="store_true", help="after the benchmark, train and ship iqa-cr on all of clive-dev")
+    ap.add_argument("--category-weight", type=float, default=0.2, help="focal (content) loss weight")
+    ap.add_argument("--loss-weighting", default="sum", choices=["sum", "dwa", "uncertainty"])
+    ap.add_argument("--results-name", default="iqa_cr", help="results file stem under benchmarks/results")
+    ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     args = ap.parse_args()
 
     from contentiqa.metrics import mean_std
@@ -132,9 +142,13 @@ def main() -> None:
     ds, table = labelled_table(csv)
     splits, split_file = clive_splits("iqa-cr", range(args.seeds), table)
     train_kw = dict(epochs=args.epochs, cache_stages=args.cache_stages, crop=args.crop, lr=args.lr,
-                    backbone_lr_scale=args.backbone_lr_scale, batch_size=args.batch_size, patience=args.patience)
+                    backbone_lr_scale=args.backbone_lr_scale, batch_size=args.batch_size, patience=args.patience,
+                    category_weight=args.category_weight, loss_weighting=args.loss_weighting,
+                    device=args.device, num_workers=args.workers)
     model_kw = json.loads(args.model_args)
     tag = args.tag or f"iqa_cr_c{args.cache_stages}_e{args.epochs}_bb{args.backbone_lr_scale:g}"
+    if (args.category_weight, args.loss_weighting) != (0.2, "sum"):
+        tag += f"_cw{args.category_weight:g}_{args.loss_weighting}"
     results = {}
     for name in args.models.split(","):
         runs = []

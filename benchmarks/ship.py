@@ -48,6 +48,11 @@ def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, r
     size_mb = path.stat().st_size / 1e6
     summary = results.get(name, {}).get("summary", {})
     figures = ", ".join(f"{k.upper()} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items())
+    prov = provenance()
+    machine = prov["machine"] + (f", {prov['gpu']}" if prov.get("gpu") else "")
+    protocol = "IQA-CR" if name.startswith("iqa-cr") else "IE-IQA"
+    content = ("- **Content labels**: pseudo-labels from `contentiqa label-content` (ImageNet classifier -> ten IQA-CR\n"
+               "  categories); no human content labels exist for CLIVE.\n") if model.categories else ""
     card = f"""# Model card: `{name}` ({weights_name})
 
 - **What**: {model_entry(name).description}
@@ -56,13 +61,11 @@ def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, r
 - **Trained on**: LIVE In the Wild Image Quality Challenge, the 878-photo `clive-dev` copy; {len(train_idx)}
   images for training{f", {len(val_idx)} held out for early stopping (best epoch {best.get('epoch')}, validation SROCC {best.get('val_srocc', float('nan')):.3f})" if len(val_idx) else f" for {cfg.epochs} epochs (the protocol has no validation part)"}.
   Scores are on CLIVE's MOS scale, 0-100, higher is better.
-- **Content labels**: pseudo-labels from `contentiqa label-content` (ImageNet classifier -> ten IQA-CR
-  categories); no human content labels exist for CLIVE.
-- **Measured** (held-out test parts of the seeded IQA-CR-protocol splits, same recipe, not this run):
+{content}- **Measured** (held-out test parts of the seeded {protocol}-protocol splits, same recipe, not this run):
   {figures or 'see benchmarks/results'}.
 - **Training configuration**: `{json.dumps(cfg.to_dict())}`; model arguments `{json.dumps(model_kw)}`.
 - **Reproduce**: `python benchmarks/{'iqa_cr' if name.startswith('iqa-cr') else 'ie_iqa'}.py --ship` (training time here
-  {time.time() - t0:.0f} s on {provenance()['machine']}).
+  {time.time() - t0:.0f} s on {machine}).
 - **Size**: {size_mb:.1f} MB.
 - **Caveats**: 878 training photos, mostly 500x500 phone/camera pictures with authentic distortions; scores
   on very different images (other resolutions, screenshots, synthetic distortions) extrapolate. Use it as a

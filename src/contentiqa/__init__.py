@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 from .models import IQAModel, Prediction, create_model, list_models, load_checkpoint  # noqa: E402
 
 # The model `contentiqa score` uses by default: the better one by benchmarks/results.
-DEFAULT_MODEL = "iqa-cr"
+DEFAULT_MODEL = "ie-iqa"
 
 __all__ = ["DEFAULT_MODEL", "IQAModel", "Prediction", "__version__", "create_model", "list_models", "load_checkpoint"]

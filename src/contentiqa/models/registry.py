@@ -62,7 +62,7 @@ def shipped_weights_path(name: str) -> Path | None:
 
 
 def _state_without_base(model: IQAModel, base_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[str]]:
-    state = model.state_dict()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # device-independent files
     if base_state is None:
         return state, []
     omitted = [k for k, v in state.items() if k in base_state and base_state[k].shape == v.shape and torch.equal(base_state[k], v)]

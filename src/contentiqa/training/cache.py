@@ -120,13 +120,15 @@ def cached_encodings(
     keys = [_file_key(p) for p in paths]
     todo = [(p, k) for p, k in zip(paths, keys) if k not in store]
     if todo:
+        device = next(model.parameters()).device
         was = model.training
         model.eval()
         try:
             for p, k in tqdm(todo, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
-                views = torch.stack(model.cache_views(load_image(p).image, train))
+                views = torch.stack(model.cache_views(load_image(p).image, train)).to(device)
                 enc = model.cache_encode(views, start_stage)
-                store[k] = {n: v.to(dtype).contiguous() if v.is_floating_point() else v for n, v in enc.items()}
+                # Kept on the CPU: the store can outgrow an accelerator's memory.
+                store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
         finally:
             model.train(was)
         if cache_file is not None:
