@@ -128,7 +128,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
     ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
-    ap.add_argument("--ship", action="store_true", help="after the benchmark, train and ship iqa-cr on all of clive-dev")
+    ap.add_argument("--ship", action="store_true", help="after the benchmark, train and ship a model on all of clive-dev")
+    ap.add_argument("--ship-model", default="iqa-cr", help="which model --ship trains (iqa-cr or iqa-cr-q)")
     ap.add_argument("--category-weight", type=float, default=0.2, help="focal (content) loss weight")
     ap.add_argument("--loss-weighting", default="sum", choices=["sum", "dwa", "uncertainty"])
     ap.add_argument("--results-name", default="iqa_cr", help="results file stem under benchmarks/results")
@@ -164,7 +165,7 @@ def main() -> None:
     if args.ship:
         from ship import ship_model
 
-        ship_model("iqa-cr", table, ds.scale, splits[0], train_kw, model_kw, results, md)
+        ship_model(args.ship_model, table, ds.scale, splits[0], train_kw, model_kw, results, md)
 
 
 if __name__ == "__main__":

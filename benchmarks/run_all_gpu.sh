@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every training benchmark on one GPU. The models are small, so one GPU serves several training
 # processes at once; then one aggregating pass per benchmark writes the combined tables and
-# ships the two models (src/contentiqa/weights). Resumable: rerun it after an interruption.
+# ships IE-IQA (src/contentiqa/weights). Resumable: rerun it after an interruption.
 #
 #   CONTENTIQA_SHARED=/path/to/shared bash benchmarks/run_all_gpu.sh
 #
@@ -20,7 +20,8 @@ $PY iqa_cr.py --models mtl-transformer,mtl-pooled --seeds "$S" $CR >runs/logs/cr
 $PY ie_iqa.py --seeds "$E" --scratch-seeds 0 $IE >runs/logs/ie1.log 2>&1 &
 $PY ie_iqa.py --seeds 0 --scratch-seeds "$SCR" --workers 6 $IE >runs/logs/ie2.log 2>&1 &
 wait
-$PY iqa_cr.py --models iqa-cr,iqa-cr-q,iqa-cr-c,mtl-transformer,mtl-pooled --seeds "$S" $CR --ship >runs/logs/cr_all.log 2>&1 &
+# (the shipped iqa-cr and iqa-cr-q come from benchmarks/iqa_cr_sweep.sh, which runs after this)
+$PY iqa_cr.py --models iqa-cr,iqa-cr-q,iqa-cr-c,mtl-transformer,mtl-pooled --seeds "$S" $CR >runs/logs/cr_all.log 2>&1 &
 $PY ie_iqa.py --seeds "$E" --scratch-seeds "$SCR" $IE --ship >runs/logs/ie_all.log 2>&1 &
 wait
 tail -n 30 runs/logs/cr_all.log runs/logs/ie_all.log

@@ -7,6 +7,8 @@ shipped model; its benchmark figures come from the held-out test parts of the se
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +66,7 @@ def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, r
 {content}- **Measured** (held-out test parts of the seeded {protocol}-protocol splits, same recipe, not this run):
   {figures or 'see benchmarks/results'}.
 - **Training configuration**: `{json.dumps(cfg.to_dict())}`; model arguments `{json.dumps(model_kw)}`.
-- **Reproduce**: `python benchmarks/{'iqa_cr' if name.startswith('iqa-cr') else 'ie_iqa'}.py --ship` (training time here
+- **Reproduce**: `{shlex.join(['python', 'benchmarks/' + Path(sys.argv[0]).name, *sys.argv[1:]])}` (training time here
   {time.time() - t0:.0f} s on {machine}).
 - **Size**: {size_mb:.1f} MB.
 - **Caveats**: 878 training photos, mostly 500x500 phone/camera pictures with authentic distortions; scores

@@ -208,3 +208,13 @@ def test_score_shard_usage_errors(tmp_path, ckpt, spec, capsys):
     Image.fromarray(rgb(40, 40)).save(folder / "a.png")
     assert main(["score", str(folder), "--model", ckpt, "-q", f"--shard={spec}"]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_scores_are_clipped_to_the_scale_with_a_note():
+    model = tiny_model("iqa-cr")
+    out = {"score": torch.tensor([-0.05, 0.5, 1.2]), "logits": torch.zeros(3, len(model.categories))}
+    preds = model.results_from_outputs(out, ["a", "b", "c"], [[], [], []])
+    lo, hi = sorted((model.scale.low, model.scale.high))
+    assert [p.score for p in preds] == pytest.approx([lo, lo + 0.5 * (hi - lo), hi])
+    assert "clipped" in preds[0].notes[-1] and "clipped" in preds[2].notes[-1]
+    assert not preds[1].notes

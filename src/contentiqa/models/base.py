@@ -150,9 +150,17 @@ class IQAModel(nn.Module):
     def results_from_outputs(self, out: dict[str, torch.Tensor], paths: Sequence[str | None], notes: Sequence[list[str]]) -> list[Prediction]:
         scores = self.to_mos(out["score"]) if "score" in out else None
         probs = out["logits"].float().softmax(-1).cpu().numpy() if "logits" in out and self.categories else None
+        lo, hi = sorted((self.scale.low, self.scale.high))
         preds = []
         for i, path in enumerate(paths):
-            p = Prediction(path=path, score=float(scores[i]) if scores is not None else None, notes=list(notes[i]))
+            p = Prediction(path=path, score=None, notes=list(notes[i]))
+            if scores is not None:
+                # A regression head can step past the ends of the rating scale on extreme photos; a
+                # MOS cannot, so the score is clipped and the raw value kept in the notes.
+                raw = float(scores[i])
+                p.score = min(max(raw, lo), hi)
+                if p.score != raw:
+                    p.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {raw:.2f})")
             if probs is not None:
                 j = int(probs[i].argmax())
                 p.category = self.categories[j]
