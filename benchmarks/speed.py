@@ -277,7 +277,7 @@ def run_child(kind: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 # -- (c) the fast path: the score command ----------------------------------------------------------------------------
-def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_size: int | None = None, workers: int = 2,
+def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_size: int | None = None, workers: int | None = None,
               extra: list[str] | None = None) -> dict[str, float]:
     """``contentiqa score FILES --model CKPT -o OUT.csv`` in-process (its default batch size
     unless ``batch_size``): wall seconds and the part spent loading the model (and finding its
@@ -299,7 +299,8 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
     try:
         t = time.perf_counter()
         rc = main(["score", *files, "--model", ckpt, "-o", str(out_csv), "-q", "--runtime", runtime,
-                   *(["--batch-size", str(batch_size)] if batch_size else []), "--workers", str(workers), *(extra or [])])
+                   *(["--batch-size", str(batch_size)] if batch_size else []),
+                   *(["--workers", str(workers)] if workers is not None else []), *(extra or [])])
         wall = time.perf_counter() - t
     finally:
         score_mod._load_runtime = real
@@ -521,7 +522,12 @@ def run_benchmark(
 
         # where the time goes (the same pipeline, timed inside)
         forward, _ = onnx_forward_for(model)
-        res["breakdown"] = {"torch": breakdown(model, real), "onnx": breakdown(model, real, forward=forward)}
+        from contentiqa.cli.score import default_batch_size, default_workers
+
+        res["breakdown"] = {}
+        for rt in ("torch", "onnx"):
+            kw = {"batch_size": default_batch_size(model, rt), "workers": default_workers(rt)}
+            res["breakdown"][rt] = {**breakdown(model, real, forward=forward if rt == "onnx" else None, **kw), **kw}
 
         # (d) batch size (rounds interleaved over the settings, as above)
         sweep = (batch_sizes or {}).get(name) or ([1, 2, 4, 8] if model.native_resolution else [1, 4, 8, 16])
@@ -549,11 +555,14 @@ def run_benchmark(
 
         # the choices the fast path makes, on and off (in the pipeline, rounds interleaved)
         spinning = OnnxForward(make_session(onnx_path, spinning=True))
+        from contentiqa.cli.score import default_workers
+
+        torch_workers = default_workers("torch")
         settings = {
             "torch, channels_last on (default)": {"channels_last": True},
             "torch, channels_last off": {"channels_last": False},
-            "torch, decoding threads 2 (default)": {"workers": 2},
-            "torch, decoding threads 0": {"workers": 0},
+            f"torch, decoding threads 2{' (default)' if torch_workers == 2 else ''}": {"workers": 2},
+            f"torch, decoding threads 0{' (default: no core left free)' if torch_workers == 0 else ''}": {"workers": 0},
             "onnx, decoding threads 2, idle threads not spinning (default)": {"workers": 2, "forward": forward},
             "onnx, decoding threads 0": {"workers": 0, "forward": forward},
             "onnx, idle threads spinning (ONNX Runtime's default)": {"workers": 2, "forward": spinning},
@@ -643,10 +652,12 @@ def render_markdown(p: dict[str, Any], command: str) -> str:
     rows = []
     for name, r in p["models"].items():
         for rt, b in r["breakdown"].items():
-            rows.append([name, rt, _f(b["ips"]), _f(b["forward_ms_per_image"]), _f(b["prepare_ms_per_image"]),
-                         f"{100 * b['forward_share']:.0f} %"])
-    lines.append(md_table(["model", "runtime", "images/s", "model ms/image", "decode+preprocess ms/image (threads)", "model busy"], rows))
-    lines.append("\nDecoding runs in 2 threads beside the model, so its time overlaps the model's; 'model busy' is the share of the "
+            rows.append([name, rt, str(b.get("batch_size", 1)), str(b.get("workers", 2)), _f(b["ips"]),
+                         _f(b["forward_ms_per_image"]), _f(b["prepare_ms_per_image"]), f"{100 * b['forward_share']:.0f} %"])
+    lines.append(md_table(["model", "runtime", "batch", "decoding threads", "images/s", "model ms/image",
+                           "decode+preprocess ms/image", "model busy"], rows))
+    lines.append("\nThe score command's defaults (batch size, decoding threads: see `contentiqa score --help`). With decoding "
+                 "threads, decoding overlaps the model; with none it runs between forwards. 'model busy' is the share of the "
                  "wall time spent inside the forward.\n")
 
     lines.append("\n## Time per image against pixel count\n")

@@ -46,9 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recursive", "-r", action="store_true", help="also take images in subfolders of folder PATHs")
     p.add_argument("--output", "-o", metavar="FILE", help="write results to FILE.csv, .json, .jsonl or .html (report)")
     p.add_argument("--batch-size", "-b", type=int, default=None,
-                   help="images per forward pass (equal sizes are batched; default 1 on the CPU, where larger "
-                        "batches were measured to be no faster per image, 8 on a GPU)")
-    p.add_argument("--workers", "-j", type=int, default=2, help="image-decoding threads (0 = decode in the main thread; default 2)")
+                   help="images per forward pass (equal sizes are batched). Default on the CPU: 4 for fixed-input models "
+                        "(ie-iqa) under --runtime torch, else 1 (native-size and ONNX batches were measured no faster "
+                        "per image; benchmarks/results/speed.md); 8 on a GPU")
+    p.add_argument("--workers", "-j", type=int, default=None,
+                   help="image-decoding threads (0 = decode in the main thread). Default: 2 with --runtime onnx; with "
+                        "torch, the cores its threads leave free, at most 2 (so 0 on a 2-core machine, where decoding "
+                        "beside the model was measured slower)")
     p.add_argument("--sort", nargs="?", const="-score", choices=("score", "-score", "path"),
                    help="order of the table and output file: score (ascending), -score (best first; "
                         "what a bare --sort means) or path; failed inputs last")
@@ -162,7 +166,7 @@ def _validate(args: argparse.Namespace) -> str | None:
         raise UsageError("no PATHs given: name image files, folders or glob patterns to score")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be 0 or more")
     if args.flush_every < 1:
         raise UsageError("--flush-every must be at least 1")
@@ -233,6 +237,24 @@ def _heatmaps(model, rows: list[dict], limit: int, size: int, quiet: bool) -> tu
         except Exception as exc:  # a heatmap failure must not lose the report
             problems.append(f"{r['path']}: no heatmap ({exc})")
     return maps, problems
+
+
+def default_workers(runtime: str, threads: int | None = None) -> int:
+    """Decoding threads that do not fight the model for cores: ONNX Runtime's idle threads
+    sleep (it gains from 2), torch's intra-op threads keep every core they are given busy."""
+    if runtime != "torch":
+        return 2
+    import torch
+
+    return max(0, min(2, (os.cpu_count() or 1) - (threads or torch.get_num_threads())))
+
+
+def default_batch_size(model, runtime: str) -> int:
+    """Measured on a CPU (benchmarks/results/speed.md): batches only pay off for torch on
+    fixed-size inputs; native-size inputs rarely match in size, and ONNX Runtime is flat."""
+    if model.device.type != "cpu":
+        return 8
+    return 4 if runtime == "torch" and not getattr(model, "native_resolution", True) else 1
 
 
 class _torch_threads:
@@ -388,9 +410,9 @@ def run(args: argparse.Namespace) -> int:
                 predict_items(
                     model,
                     [p for _, p in to_score],
-                    batch_size=args.batch_size or (1 if model.device.type == "cpu" else 8),
+                    batch_size=args.batch_size or default_batch_size(model, args.runtime),
                     progress=not args.quiet,
-                    workers=args.workers,
+                    workers=default_workers(args.runtime, args.threads) if args.workers is None else args.workers,
                     forward=forward,
                     on_result=on_result,
                     on_image=on_image if fmt == "html" else None,

@@ -24,6 +24,7 @@ and read by the others. A model with trainable parameters that get no gradient n
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -46,12 +47,6 @@ from .config import TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
 from .losses import MultiTaskLoss
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -215,7 +210,7 @@ class Trainer:
                 model.cfg.frozen_stages = k
         freeze_stages(backbone, k)
         # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
-        with dist_utils.main_first() if self.cache_dir is not None else _nullcontext():
+        with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
             enc = cached_encodings(model, list(self.train_table["image"]), k, train=True, cache_dir=self.cache_dir, progress=self.progress)
         cells = None
         if model.native_resolution and cfg.crop is not None:
