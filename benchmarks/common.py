@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -35,6 +36,11 @@ def clive_splits(protocol: str, seeds, table):
     splits = make_split_set(table, protocol, seeds=seeds)
     save_splits(splits, path)
     return splits, path
+
+
+def command_line() -> str:
+    """How this script was run, for the results file (every argument, as typed)."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def provenance() -> dict:

@@ -24,7 +24,7 @@ import argparse
 import json
 import time
 
-from common import CACHE, RESULTS, ROOT, clive_splits, md_table, require_clive, write_results
+from common import command_line, CACHE, RESULTS, ROOT, clive_splits, md_table, require_clive, write_results
 
 RUNS = ROOT / "benchmarks" / "runs"
 
@@ -103,8 +103,7 @@ def report(results: dict, args, split_file, n_splits: int) -> str:
         f"{args.input_size}-px crops + flips; the paper's 224 px loses CLIVE's distortions: frozen-feature ridge SROCC 0.63 "
         f"at 224 vs 0.74 at 384, benchmarks/results/feature_levels.md). SGD lr {args.lr} (backbone x{args.backbone_lr_scale}), "
         f"FC layers alone for 2 epochs, {args.epochs} epochs ({args.scratch_epochs} from scratch), MSE.\n"
-        f"Command: `python benchmarks/ie_iqa.py --seeds {args.seeds} --scratch-seeds {args.scratch_seeds} --epochs {args.epochs} "
-        f"--scratch-epochs {args.scratch_epochs} --input-size {args.input_size}`\n"
+        f"Command: `{command_line()}`\n"
     )
     write_results("ie_iqa", {"protocol": "ie-iqa", "results": results, "threads": torch.get_num_threads()}, md)
     return md

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CACHE, RESULTS, ROOT, clive_splits, md_table, require_clive, write_results
+from common import command_line, CACHE, RESULTS, ROOT, clive_splits, md_table, require_clive, write_results
 
 RUNS = ROOT / "benchmarks" / "runs"
 LABELS = RESULTS / "clive_content_labels.csv"
@@ -107,8 +107,7 @@ def report(results: dict, args, split_file, train_kw: dict, model_kw: dict) -> s
         f"(backbone x{args.backbone_lr_scale:g}), "
         f"batch {args.batch_size}, ≤{args.epochs} epochs, early stop on val SROCC (patience {args.patience}); "
         f"loss smooth-L1 + {args.category_weight:g} x focal ({args.loss_weighting} weighting).\n"
-        f"Command: `python benchmarks/iqa_cr.py --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
-        f"--cache-stages {args.cache_stages} --category-weight {args.category_weight:g} --loss-weighting {args.loss_weighting}`\n"
+        f"Command: `{command_line()}`\n"
     )
     write_results(args.results_name, {"protocol": "iqa-cr", "seeds": args.seeds, "train_config": train_kw, "model_args": model_kw,
                              "results": results, "threads": torch.get_num_threads()}, md)

@@ -7,12 +7,10 @@ shipped model; its benchmark figures come from the held-out test parts of the se
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from common import CACHE, ROOT, provenance
+from common import CACHE, ROOT, command_line, provenance
 
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 
@@ -66,7 +64,7 @@ def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, r
 {content}- **Measured** (held-out test parts of the seeded {protocol}-protocol splits, same recipe, not this run):
   {figures or 'see benchmarks/results'}.
 - **Training configuration**: `{json.dumps(cfg.to_dict())}`; model arguments `{json.dumps(model_kw)}`.
-- **Reproduce**: `{shlex.join(['python', 'benchmarks/' + Path(sys.argv[0]).name, *sys.argv[1:]])}` (training time here
+- **Reproduce**: `{command_line()}` (training time here
   {time.time() - t0:.0f} s on {machine}).
 - **Size**: {size_mb:.1f} MB.
 - **Caveats**: 878 training photos, mostly 500x500 phone/camera pictures with authentic distortions; scores
