@@ -263,21 +263,32 @@ def test_shipped_configs_parse_and_name_what_they_need(monkeypatch, tmp_path):
 
 
 def test_clive_configs_match_the_benchmarks():
+    """The CLIVE configs reproduce the benchmark tables: same settings as the results files record."""
+    results = REPO_ROOT / "benchmarks" / "results"
     iqa = load_config(CONFIGS / "clive_iqa_cr.yaml")
-    assert [r.model for r in iqa.runs] == ["iqa-cr", "iqa-cr-q", "iqa-cr-c", "mtl-transformer", "mtl-pooled"]
-    for r in iqa.runs:  # benchmarks/iqa_cr.py defaults
-        assert r.train == dict(epochs=30, batch_size=16, lr=3e-4, crop=448, cache_stages=6, patience=8) and r.model_args == {}
-    assert iqa.protocol == "iqa-cr" and iqa.seeds == [0, 1, 2]
+    assert [r.model for r in iqa.runs] == ["iqa-cr", "iqa-cr-q", "iqa-cr-c", "mtl-transformer", "mtl-pooled", "iqa-cr"]
+    bench = json.loads((results / "iqa_cr.json").read_text())
+    for r in iqa.runs[:5]:
+        assert r.model_args == {} and r.train == {k: bench["train_config"][k] for k in r.train}
+    shipped = json.loads((results / "iqa_cr_sweep_cw0.05_d128.json").read_text())
+    assert iqa.runs[5].model_args == shipped["model_args"]
+    assert iqa.runs[5].train == {k: shipped["train_config"][k] for k in iqa.runs[5].train}
+    assert iqa.protocol == "iqa-cr" and iqa.seeds == list(range(bench["seeds"]))
     assert iqa.data.labels == REPO_ROOT / "benchmarks" / "results" / "clive_content_labels.csv"
     ie = load_config(CONFIGS / "clive_ie_iqa.yaml")
     recipe = dict(optimizer="sgd", lr=0.03, backbone_lr_scale=0.1, momentum=0.9, weight_decay=1e-4, batch_size=16,
                   score_loss="mse", head_only_epochs=2, warmup_epochs=1, patience=0, crop=None, hflip=True)
     rows = {r.name: r for r in ie.runs}
-    assert rows["distortion only"].train == {**recipe, "epochs": 20, "cache_stages": 6}
-    assert rows["IE-IQA, contribution selection k=5%"].model_args == {"bn_eval": True, "selection": "contribution", "ratio": 5}
+    assert rows["distortion only"].train == {**recipe, "epochs": 10, "cache_stages": 6}
+    ie_bench = json.loads((results / "ie_iqa.json").read_text())["results"]
+    k5 = ie_bench["IE-IQA, contribution selection k=5% | distortion backbone pretrained"]
+    assert rows["IE-IQA, contribution selection k=5%"].model_args == {"bn_eval": True, **k5["model_args"]}
+    assert ie.seeds == list(range(len(k5["runs"])))
     scratch = rows["IE-IQA, contribution selection k=5%, from scratch"]
-    assert scratch.train["cache_stages"] == 0 and scratch.model_args["distortion_pretrained"] is False and scratch.seeds == [0]
-    assert ie.protocol == "ie-iqa" and ie.seeds == [0, 1, 2] and len(ie.runs) == 8
+    scratch_bench = ie_bench["IE-IQA, contribution selection k=5% | distortion backbone scratch"]
+    assert scratch.train["cache_stages"] == 0 and scratch.model_args["distortion_pretrained"] is False
+    assert scratch.model_args["bn_eval"] is False and scratch.seeds == list(range(len(scratch_bench["runs"])))
+    assert ie.protocol == "ie-iqa" and len(ie.runs) == 8
 
 
 @pytest.mark.shared

@@ -210,11 +210,13 @@ def test_score_shard_usage_errors(tmp_path, ckpt, spec, capsys):
     assert "--shard" in capsys.readouterr().err
 
 
-def test_scores_are_clipped_to_the_scale_with_a_note():
+def test_displayed_scores_are_clipped_to_the_scale_raw_ones_kept():
     model = tiny_model("iqa-cr")
     out = {"score": torch.tensor([-0.05, 0.5, 1.2]), "logits": torch.zeros(3, len(model.categories))}
-    preds = model.results_from_outputs(out, ["a", "b", "c"], [[], [], []])
     lo, hi = sorted((model.scale.low, model.scale.high))
-    assert [p.score for p in preds] == pytest.approx([lo, lo + 0.5 * (hi - lo), hi])
-    assert "clipped" in preds[0].notes[-1] and "clipped" in preds[2].notes[-1]
-    assert not preds[1].notes
+    raw = model.results_from_outputs(out, ["a", "b", "c"], [[], [], []])
+    assert [p.score for p in raw] == pytest.approx([lo - 0.05 * (hi - lo), lo + 0.5 * (hi - lo), lo + 1.2 * (hi - lo)])
+    shown = [model.clip_to_scale(p) for p in raw]
+    assert [p.score for p in shown] == pytest.approx([lo, lo + 0.5 * (hi - lo), hi])
+    assert "clipped" in shown[0].notes[-1] and "clipped" in shown[2].notes[-1]
+    assert not shown[1].notes

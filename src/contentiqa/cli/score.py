@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
     state = {"since": 0, "last": time.monotonic(), "cost": 0.0}
 
     def on_result(i: int, pred) -> None:
-        new_rows[to_score[i][0]] = row_from_prediction(pred)
+        new_rows[to_score[i][0]] = row_from_prediction(model.clip_to_scale(pred))
         state["since"] += 1
         now = time.monotonic()
         waited = now - state["last"]

@@ -99,7 +99,10 @@ class Explanation:
         parts = []
         if self.score is not None:
             direction = "higher is better" if self.higher_is_better else "lower is better"
-            parts.append(f"score {self.score:.2f} on [{lo:g}, {hi:g}] ({direction})")
+            a, b = sorted((lo, hi))
+            shown = min(max(self.score, a), b)  # as `contentiqa score` shows it (IQAModel.clip_to_scale)
+            raw = f", raw {self.score:.2f}" if shown != self.score else ""
+            parts.append(f"score {shown:.2f} on [{lo:g}, {hi:g}] ({direction}{raw})")
         if self.category is not None:
             conf = f" ({self.category_confidence:.2f})" if self.category_confidence is not None else ""
             parts.append(f"category: {self.category}{conf}")

@@ -150,17 +150,9 @@ class IQAModel(nn.Module):
     def results_from_outputs(self, out: dict[str, torch.Tensor], paths: Sequence[str | None], notes: Sequence[list[str]]) -> list[Prediction]:
         scores = self.to_mos(out["score"]) if "score" in out else None
         probs = out["logits"].float().softmax(-1).cpu().numpy() if "logits" in out and self.categories else None
-        lo, hi = sorted((self.scale.low, self.scale.high))
         preds = []
         for i, path in enumerate(paths):
-            p = Prediction(path=path, score=None, notes=list(notes[i]))
-            if scores is not None:
-                # A regression head can step past the ends of the rating scale on extreme photos; a
-                # MOS cannot, so the score is clipped and the raw value kept in the notes.
-                raw = float(scores[i])
-                p.score = min(max(raw, lo), hi)
-                if p.score != raw:
-                    p.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {raw:.2f})")
+            p = Prediction(path=path, score=float(scores[i]) if scores is not None else None, notes=list(notes[i]))
             if probs is not None:
                 j = int(probs[i].argmax())
                 p.category = self.categories[j]
@@ -168,6 +160,21 @@ class IQAModel(nn.Module):
                 p.probabilities = {c: float(v) for c, v in zip(self.categories, probs[i])}
             preds.append(p)
         return preds
+
+    def clip_to_scale(self, pred: Prediction) -> Prediction:
+        """``pred`` with its score clipped to the rating scale's ends, the raw value in its notes.
+
+        A regression head can step past the ends of the scale on extreme photos; a MOS cannot.
+        What people read (``contentiqa score`` tables, files, reports) is clipped; ``predict`` and
+        the metrics keep the raw output, as IQA papers evaluate it."""
+        if pred.score is None:
+            return pred
+        lo, hi = sorted((self.scale.low, self.scale.high))
+        clipped = min(max(pred.score, lo), hi)
+        if clipped != pred.score:
+            pred.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {pred.score:.2f})")
+            pred.score = clipped
+        return pred
 
     @torch.inference_mode()
     def predict(self, inputs: Any, batch_size: int = 8, progress: bool = False) -> list[Prediction] | Prediction:
