@@ -1,8 +1,11 @@
 """IQA-CR on real photos: IQA-CR vs IQA-CR-Q vs IQA-CR-C vs the MTL-modified single-task
 baselines vs the floor, on ../shared/data/clive-dev under the IQA-CR split protocol.
 
-    python benchmarks/iqa_cr.py [--seeds 3] [--models iqa-cr,iqa-cr-q,...] [--epochs 30]
-                                [--cache-stages 6] [--ship]
+    python benchmarks/iqa_cr.py [--seeds 5] [--models iqa-cr,iqa-cr-q,...] [--epochs 15]
+                                [--cache-stages 6] [--device cuda] [--ship]
+
+The defaults are the settings of benchmarks/results/iqa_cr.md (there run on a GPU by
+benchmarks/run_all_gpu.sh; on a CPU the same takes hours).
 
 Content labels: CLIVE has none, so the content head trains and is scored against the
 pseudo-labels of `contentiqa label-content` (benchmarks/results/clive_content_labels.csv;
@@ -10,8 +13,9 @@ made here if absent). Each model trains with the same TrainConfig on each seed's
 early-stops on its val part and is measured on its test part. Runs resume: a finished
 (model, seed) is read from benchmarks/runs/ instead of retrained.
 
---ship then trains the best IQA-CR configuration on all of clive-dev (with 10 % held out
-for early stopping) and writes src/contentiqa/weights/iqa-cr_clive.pt + model card.
+--ship then trains --ship-model with these settings on all of clive-dev (with 10 % held out
+for early stopping) and writes src/contentiqa/weights/<model>_clive.pt + model card (the
+shipped iqa-cr's settings: benchmarks/iqa_cr_sweep.sh).
 Writes benchmarks/results/iqa_cr.json and iqa_cr.md.
 """
 from __future__ import annotations
@@ -116,15 +120,15 @@ def report(results: dict, args, split_file, train_kw: dict, model_kw: dict) -> s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--cache-stages", type=int, default=6)
     ap.add_argument("--crop", type=int, default=448)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--backbone-lr-scale", type=float, default=0.3)
-    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--tag", default=None, help="run folder name under benchmarks/runs (default from settings)")
     ap.add_argument("--model-args", default="{}", help="JSON of extra model arguments for every model")
     ap.add_argument("--ship", action="store_true", help="after the benchmark, train and ship a model on all of clive-dev")
