@@ -353,3 +353,31 @@ def test_stages_compose_to_forward_features(which, lite0):
     assert staged.shape == full.shape
     assert torch.allclose(staged, full, atol=1e-5)
     assert torch.allclose(resumed, full, atol=1e-5)
+
+
+def test_run_stages_levels_matches_a_full_run_and_resumes_from_a_cached_stage():
+    import pytest
+    import torch
+    from torch import nn
+
+    from contentiqa.backbones.stages import resolve_levels, run_stages_levels
+
+    torch.manual_seed(0)
+    stages = [nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1) for i in range(5)]
+    x = torch.randn(1, 3, 8, 8)
+    outs, h = [], x
+    for s in stages:
+        h = s(h)
+        outs.append(h)
+    levels = resolve_levels((-3, -1, 2), len(stages))
+    assert levels == [2, 4]
+    with torch.no_grad():
+        full = run_stages_levels(stages, x, levels)
+        cached = run_stages_levels(stages, outs[2].detach(), levels, start=3)  # stage 2's output is a level
+    assert len(full) == len(cached) == 2
+    for a, b, ref in zip(full, cached, (outs[2], outs[4])):
+        assert torch.allclose(a, ref) and torch.allclose(b, ref)
+    with pytest.raises(ValueError, match="cached stages"):
+        run_stages_levels(stages, outs[3], levels, start=4)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_levels((5,), len(stages))

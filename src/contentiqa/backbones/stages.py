@@ -45,6 +45,29 @@ def run_stages(stages: list[nn.Module], x: torch.Tensor, start: int = 0, end: in
     return x
 
 
+def resolve_levels(wanted: tuple[int, ...] | list[int], n_stages: int, what: str = "stage(s)") -> list[int]:
+    """Stage indices (negative = from the last) -> sorted, unique, non-negative indices."""
+    levels = sorted({i + n_stages if i < 0 else i for i in wanted})
+    if not levels or not all(0 <= i < n_stages for i in levels):
+        raise ValueError(f"{what} {tuple(wanted)} out of range for {n_stages} stages")
+    return levels
+
+
+def run_stages_levels(stages: list[nn.Module], x: torch.Tensor, levels: list[int], start: int = 0) -> list[torch.Tensor]:
+    """The outputs of the stages in ``levels`` (sorted), running ``stages[start:]`` up to the
+    deepest one. ``start`` > 0: ``x`` is already the output of stage ``start - 1`` (cached),
+    which is then kept when it is a level; an earlier level cannot be recovered."""
+    if levels[0] < start - 1:
+        raise ValueError(f"level {levels[0]} lies inside the {start} cached stages; cache at most "
+                         f"{levels[0] + 1} stages for these levels")
+    maps = [x] if start - 1 in levels else []
+    for i in range(start, levels[-1] + 1):
+        x = stages[i](x)
+        if i in levels:
+            maps.append(x)
+    return maps
+
+
 def stage_channels(backbone: nn.Module, stage: int) -> int:
     """Output channels of ``backbone_stages(backbone)[stage]`` (negative indices allowed)."""
     stages = backbone_stages(backbone)

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from ..data.imageio import ImageLoadError
-from ..models.base import to_pil
+from ..models.base import clip_score, to_pil
 from ..reporting.html import score_higher_is_better
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
@@ -99,8 +99,7 @@ class Explanation:
         parts = []
         if self.score is not None:
             direction = "higher is better" if self.higher_is_better else "lower is better"
-            a, b = sorted((lo, hi))
-            shown = min(max(self.score, a), b)  # as `contentiqa score` shows it (IQAModel.clip_to_scale)
+            shown = clip_score(self.score, lo, hi)  # as `contentiqa score` shows it (IQAModel.clip_to_scale)
             raw = f", raw {self.score:.2f}" if shown != self.score else ""
             parts.append(f"score {shown:.2f} on [{lo:g}, {hi:g}] ({direction}{raw})")
         if self.category is not None:

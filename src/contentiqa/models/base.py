@@ -51,6 +51,12 @@ class Prediction:
         return d
 
 
+def clip_score(score: float, low: float, high: float) -> float:
+    """``score`` inside the scale's ends (given in either order)."""
+    lo, hi = sorted((low, high))
+    return min(max(score, lo), hi)
+
+
 def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """8-bit RGB PIL image -> normalised float tensor (3, H, W), no resizing.
 
@@ -170,7 +176,7 @@ class IQAModel(nn.Module):
         if pred.score is None:
             return pred
         lo, hi = sorted((self.scale.low, self.scale.high))
-        clipped = min(max(pred.score, lo), hi)
+        clipped = clip_score(pred.score, lo, hi)
         if clipped != pred.score:
             pred.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {pred.score:.2f})")
             pred.score = clipped

@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, run_stages, set_bn_eval
+from ..backbones.stages import backbone_stages, resolve_levels, run_stages, run_stages_levels, set_bn_eval
 from ..data.table import MOSScale
 from .base import IQAModel, pil_to_tensor
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
@@ -193,9 +193,7 @@ class IEIQA(IQAModel):
         self.mean, self.std = tuple(bcfg.mean), tuple(bcfg.std)
         n_stages = len(self.stages)
         wanted = cfg.distortion_levels if cfg.distortion_levels is not None else (-1,)
-        self.levels = sorted({i + n_stages if i < 0 else i for i in wanted})
-        if not self.levels or not all(0 <= i < n_stages for i in self.levels):
-            raise ValueError(f"distortion_levels {wanted} out of range for {n_stages} stages")
+        self.levels = resolve_levels(wanted, n_stages, "distortion_levels")
         with torch.no_grad():
             was = self.distortion.training
             self.distortion.eval()
@@ -317,13 +315,7 @@ class IEIQA(IQAModel):
     def distortion_features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
         """g: the pooled distortion features (B, N_g). ``start_stage`` > 0: ``x`` is the cached
         output of the first ``start_stage`` (frozen) stages of the distortion backbone."""
-        if self.levels[0] < start_stage - 1:
-            raise ValueError(f"distortion level {self.levels[0]} lies inside the {start_stage} cached stages")
-        maps = [x] if start_stage - 1 in self.levels else []
-        for i in range(start_stage, self.levels[-1] + 1):
-            x = self.stages[i](x)
-            if i in self.levels:
-                maps.append(x)
+        maps = run_stages_levels(self.stages, x, self.levels, start_stage)
         maps[-1] = self.distortion_tap(maps[-1])  # the deepest map: Grad-CAM's target
         return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
 

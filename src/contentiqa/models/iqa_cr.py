@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, freeze_stages, run_stages, set_bn_eval
+from ..backbones.stages import backbone_stages, freeze_stages, resolve_levels, run_stages, run_stages_levels, set_bn_eval
 from ..data.table import MOSScale
 from .base import IQA_CR_CATEGORIES, IQAModel, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
@@ -230,9 +230,7 @@ class IQACR(IQAModel):
         self.stages = backbone_stages(self.backbone)
         n_stages = len(self.stages)
         wanted = cfg.feature_stages if cfg.feature_stages is not None else (cfg.feature_stage,)
-        self.levels = sorted({i + n_stages if i < 0 else i for i in wanted})
-        if not self.levels or not all(0 <= i < n_stages for i in self.levels):
-            raise ValueError(f"feature stage(s) {wanted} out of range for {n_stages} stages")
+        self.levels = resolve_levels(wanted, n_stages, "feature stage(s)")
         self.feature_end = self.levels[-1] + 1
         # Drop the classifier and stages after the feature stage: they would get no gradient.
         self.backbone.reset_classifier(0)
@@ -289,17 +287,7 @@ class IQACR(IQAModel):
     def features(self, x: torch.Tensor, start_stage: int = 0) -> list[torch.Tensor]:
         """Backbone feature maps (B, C_l, H_l, W_l) of the configured levels; ``start_stage`` > 0
         means ``x`` is already the output of stage ``start_stage - 1`` (cached features)."""
-        if self.levels[0] < start_stage - 1:
-            raise ValueError(
-                f"feature level {self.levels[0]} lies inside the {start_stage} cached stages; cache at most "
-                f"{self.levels[0] + 1} stages for these feature levels"
-            )
-        maps = [x] if start_stage - 1 in self.levels else []
-        for i in range(start_stage, self.feature_end):
-            x = self.stages[i](x)
-            if i in self.levels:
-                maps.append(x)
-        return maps
+        return run_stages_levels(self.stages, x, self.levels, start_stage)
 
     def encode(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Feature maps -> pooled token representation (B, D) (or (B, sum C) for mtl-pooled)."""
