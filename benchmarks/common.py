@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,21 +41,10 @@ def command_line() -> str:
 
 
 def provenance() -> dict:
-    import torch
+    """The package's provenance record (version, git commit, torch, machine, GPU, date, command)."""
+    from contentiqa.experiments import provenance as package_provenance
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_commit": commit,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    return package_provenance()
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
@@ -70,10 +56,11 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     print(markdown)
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def md_table(header: list[str], rows: list[list]) -> str:
+    # imported when called: importing contentiqa imports torch, which speed.py must configure first
+    from contentiqa.experiments.runner import md_table as _md
+
+    return _md(header, rows)
 
 
 def format_row_table(rows: list[tuple[str, str]], model: str, out_name: str, title: str, first_col: str, note: str) -> str:

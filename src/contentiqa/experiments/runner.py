@@ -68,7 +68,7 @@ def _git(args: list[str], cwd: Path) -> str:
 
 def provenance() -> dict[str, Any]:
     """What produced a result: package version, git commit (of the source tree the package
-    runs from, if any), torch, Python, machine, date and command line."""
+    runs from, if any), torch, Python, machine (and GPU), date and command line."""
     import platform
 
     import torch
@@ -85,6 +85,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": list(sys.argv),
     }
@@ -280,9 +281,10 @@ def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table (cells formatted with ``str``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +315,7 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     parts = [f"# {cfg.name}\n"]
     if cfg.description:
         parts.append(cfg.description + "\n")
-    parts.append(_md_table(header, rows))
+    parts.append(md_table(header, rows))
     protocol = {"iqa-cr": "IQA-CR (80/10/10, stratified by spatial information x MOS; val part for early stopping)",
                 "ie-iqa": "IE-IQA (80/20, no val part)"}[cfg.protocol]
     where = []
