@@ -246,3 +246,25 @@ def test_experiment_on_two_datasets(two_tables, tmp_path):
     assert set(split["test"]) == {"A", "B"} and split["n_train"] == 16
     assert (tmp_path / "out" / "splits.json").is_file() and (tmp_path / "out" / "splits_B.json").is_file()
     assert "A SROCC" in res.markdown and "B SROCC" in res.markdown
+
+
+def test_label_content_with_a_trained_content_head(tmp_path, capsys):
+    """Unlabelled data gets pseudo-labels from a trained content head (here a tiny one with the
+    nine human-label categories), not from ImageNet alone; given labels are kept."""
+    from contentiqa.cli.main import main
+    from contentiqa.models.registry import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr", pretrained=False, categories=HUMAN_LABEL_CATEGORIES, **TINY)
+    ckpt = save_checkpoint(model.eval(), tmp_path / "content.pt")
+    for i in range(3):
+        write_image(tmp_path / "d" / f"{i}.png", 40, 48, seed=i)
+    (tmp_path / "d" / "scores.csv").write_text("image,mos,category\n0.png,1,\n1.png,2,human\n2.png,3,\n")
+    assert main(["label-content", str(tmp_path / "d" / "scores.csv"), "--out", str(tmp_path / "l.csv"),
+                 "--model", str(ckpt), "--quiet"]) == 0
+    out = pd.read_csv(tmp_path / "l.csv")
+    assert out["category_source"].tolist() == ["model:iqa-cr", "given", "model:iqa-cr"]
+    assert out["category"][1] == "human" and set(out["category"]) <= set(HUMAN_LABEL_CATEGORIES)
+    direct = model.predict(str(tmp_path / "d" / "0.png"))
+    assert out["category"][0] == direct.category
+    assert "vehicle" not in capsys.readouterr().out  # the summary lists the model's own categories

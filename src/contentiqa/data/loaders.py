@@ -245,7 +245,7 @@ def _resolve_case(folder: Path, name: str, listing: dict[str, str], dataset: str
 
 
 @register_dataset("biq2021", BIQ2021_SCALE)
-def load_biq2021(root: Path) -> pd.DataFrame:
+def load_biq2021(root: Path, split: str | None = None) -> pd.DataFrame:
     """BIQ2021 (Ahmed et al., JEI 2022), as its GitHub repository lays it out::
 
         root/Images/<name>                    # 12,000 JPEGs, 512x512, e.g. 'ss03 (3753).jpg'
@@ -255,8 +255,11 @@ def load_biq2021(root: Path) -> pd.DataFrame:
     ``mos`` stays on the release's 0-1 scale (1-5 ratings of 30 observers, rescaled).
     ``split`` is the official one (train / test); ``subset`` is the name prefix (ss01 gallery
     photos, ss02 deliberate camera-setting variations, ss03 Unsplash). One file is ``.JPG``
-    where the CSV says ``.jpg``: it is used, with a warning.
+    where the CSV says ``.jpg``: it is used, with a warning. ``split`` ('train' or 'test')
+    keeps that part alone (e.g. the official test set as a cross-dataset test).
     """
+    if split not in (None, "train", "test"):
+        raise ValueError(f"biq2021: split must be 'train', 'test' or None, not {split!r}")
     folder = root / "Images"
     listing: dict[str, str] = {}
     if folder.is_dir():
@@ -264,7 +267,9 @@ def load_biq2021(root: Path) -> pd.DataFrame:
             listing[n] = n
             listing.setdefault(f"\0{n.lower()}", n)
     parts = []
-    for split, names in (("train", ("Train (Images and MOS).csv", "Train*.csv")), ("test", ("Test (Images and MOS).csv", "Test*.csv"))):
+    for part, names in (("train", ("Train (Images and MOS).csv", "Train*.csv")), ("test", ("Test (Images and MOS).csv", "Test*.csv"))):
+        if split is not None and part != split:
+            continue
         csv = _first_existing(root, names, "biq2021")
         df = pd.read_csv(csv)
         name_col = _column(df, "Image Name", "image", file=csv)
@@ -274,7 +279,7 @@ def load_biq2021(root: Path) -> pd.DataFrame:
         parts.append(pd.DataFrame({
             "image": [str(_resolve_case(folder, n, listing, "biq2021")) for n in names_],
             "mos": pd.to_numeric(df[mos_col], errors="raise").astype(float).values,
-            "split": split,
+            "split": part,
             "subset": [n.split(" ")[0] for n in names_],
         }))
     return pd.concat(parts, ignore_index=True)
