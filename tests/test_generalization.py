@@ -268,3 +268,27 @@ def test_label_content_with_a_trained_content_head(tmp_path, capsys):
     direct = model.predict(str(tmp_path / "d" / "0.png"))
     assert out["category"][0] == direct.category
     assert "vehicle" not in capsys.readouterr().out  # the summary lists the model's own categories
+
+
+def test_weights_are_tags_of_a_registered_name():
+    """timm-style ``name.tag``: the tag picks the weights, never the architecture; a bare name
+    loads the default tag."""
+    from contentiqa.models import list_pretrained
+    from contentiqa.models.registry import model_entry, resolve_tag, split_name
+
+    assert split_name("iqa-cr.clive") == ("iqa-cr", "clive") and split_name("iqa-cr") == ("iqa-cr", None)
+    tagged = list_pretrained()
+    assert {"ie-iqa.clive", "iqa-cr.clive", "iqa-cr-q.clive"} <= set(tagged)
+    for spec in tagged:
+        name, tag = split_name(spec)
+        assert tag in model_entry(name).tags
+    entry, tag = resolve_tag("iqa-cr")
+    assert tag == entry.default_tag and entry.weights == entry.tags[tag]
+    a = create_model("iqa-cr-q.clive", pretrained=True)
+    b = create_model("iqa-cr-q", pretrained=True) if model_entry("iqa-cr-q").default_tag == "clive" else a
+    assert a.weights_tag == "clive"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="no weights tagged 'nope'"):
+        create_model("iqa-cr.nope")
+    with pytest.raises(ValueError, match="bare name"):
+        create_model("iqa-cr.clive", pretrained=False)

@@ -121,6 +121,8 @@ class IQAModel(nn.Module):
         self.categories = list(categories)
         self.min_size = 32
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self.weights_tag: str | None = None
+        """The pretrained weights' tag (``create_model("name.tag", pretrained=True)``), else None."""
 
     # -- what subclasses provide -------------------------------------------------------
     @property
