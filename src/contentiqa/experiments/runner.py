@@ -393,6 +393,7 @@ def run_experiment(
     strict: bool = False,
     base_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    only: list[str] | None = None,
 ) -> ExperimentResult:
     """Run every row of ``config`` on every split and write the results folder.
 
@@ -404,12 +405,16 @@ def run_experiment(
     :class:`ExperimentSkipped` instead of skipping anything. ``device`` overrides every run's
     ``train.device``. Under ``torchrun`` (WORLD_SIZE > 1) each split trains with
     DistributedDataParallel (``cuda`` meaning each process's own GPU); rank 0 evaluates and writes.
+    ``only`` (row names) trains just those rows; the table still shows every row's finished splits.
     """
     from ..data import MissingFilesError
     from ..training import distributed as dist_utils
     from ..utils.io import atomic_write_text
 
     cfg = load_config(config, base_dir)
+    unknown = sorted(set(only or ()) - {r.name for r in cfg.runs})
+    if unknown:
+        raise ConfigError(f"{cfg.name}: no row named {unknown}; rows: {[r.name for r in cfg.runs]}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     say = log or (lambda *a, **k: None)
     result = ExperimentResult(out, cfg)
@@ -476,6 +481,8 @@ def run_experiment(
                     if main:
                         done.append(json.loads(mfile.read_text()))
                     continue
+                if only and run.name not in only:
+                    continue  # not asked for this time
                 t0 = time.time()
                 try:
                     res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main)
