@@ -238,10 +238,15 @@ def test_experiment_on_two_datasets(two_tables, tmp_path):
         "test": ["split"],
         "model_args": {**TINY, "grid": [2, 2]},
         "train": {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 9, "lr": 1e-3, "rank_weight": 0.5},
-        "runs": [{"name": "Q", "model": "iqa-cr-q"}],
+        "runs": [{"name": "Q", "model": "iqa-cr-q"}, {"name": "later", "model": "iqa-cr-q"}],
     }
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg))
-    res = run_experiment(tmp_path / "two.yaml", tmp_path / "out", progress=False, log=None)
+    from contentiqa.experiments import ConfigError
+
+    with pytest.raises(ConfigError, match="no row named"):
+        run_experiment(tmp_path / "two.yaml", tmp_path / "out", progress=False, log=None, only=["nope"])
+    res = run_experiment(tmp_path / "two.yaml", tmp_path / "out", progress=False, log=None, only=["Q"])
+    assert res.results["later"]["splits"] == []  # --only: the other row waits
     split = res.results["Q"]["splits"][0]
     assert set(split["test"]) == {"A", "B"} and split["n_train"] == 16
     assert (tmp_path / "out" / "splits.json").is_file() and (tmp_path / "out" / "splits_B.json").is_file()
