@@ -134,7 +134,12 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
                           cache_dir=out / "cache", log=log)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    best = trainer.fit(resume=args.resume)
+    from ..utils.checkpoint_io import CheckpointReadError
+
+    try:
+        best = trainer.fit(resume=args.resume)
+    except CheckpointReadError as exc:  # only --resume reads a file here (last.pt)
+        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")

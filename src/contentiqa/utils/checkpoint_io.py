@@ -21,7 +21,11 @@ import torch
 SAFE_GLOBALS: list = [torch.torch_version.TorchVersion]
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointReadError(ValueError):
+    """A model or trainer file cannot be used: damaged, truncated, or not what was expected."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
     """A checkpoint holds objects other than plain data (its pickle could run code)."""
 
 
@@ -29,8 +33,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` with messages that name the file.
 
     Raises :class:`UnsafeCheckpointError` for a file whose pickle asks for anything outside
-    plain data (nothing in it is executed), ``ValueError`` for a file that is not a readable
-    PyTorch file (truncated, not a checkpoint), ``FileNotFoundError`` when it does not exist."""
+    plain data (nothing in it is executed), :class:`CheckpointReadError` (a ValueError) for a
+    file that is not a readable PyTorch file (truncated, not a checkpoint), ``FileNotFoundError`` when it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -47,9 +51,9 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
                 "was executed. Use a checkpoint written by contentiqa (`contentiqa train`, save_checkpoint), "
                 "or re-save the state dict alone from a source you trust."
             ) from None
-        raise ValueError(f"{what} {path} is not a readable PyTorch file: {detail.splitlines()[0] if detail else exc}") from None
+        raise CheckpointReadError(f"{what} {path} is not a readable PyTorch file: {detail.splitlines()[0] if detail else exc}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        raise ValueError(
+        raise CheckpointReadError(
             f"{what} {path} is not a readable PyTorch file (truncated or damaged?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
