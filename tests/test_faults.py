@@ -351,3 +351,71 @@ def test_explain_never_overwrites_its_own_output(tmp_path, ckpt, monkeypatch, ca
     out_dir = tmp_path / "maps"
     assert run("explain", a, b, "--model", ckpt, "--target", "quality", "--out-dir", out_dir) == 0
     assert len(list(out_dir.glob("*.png"))) == 2
+
+
+# -- no silent wrong scores: the Python API ----------------------------------------------------
+@pytest.fixture(scope="module")
+def api_model():
+    return tiny_model("iqa-cr-q")
+
+
+def _pixels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+
+
+def test_every_input_kind_of_the_same_pixels_scores_the_same(api_model):
+    a8 = _pixels()
+    ref = api_model.predict(a8).score
+    same = {
+        "float array [0,1]": a8 / 255.0,
+        "float32 tensor [0,1]": torch.from_numpy(a8).permute(2, 0, 1).float() / 255,
+        "uint8 tensor": torch.from_numpy(a8).permute(2, 0, 1),
+        "int64 tensor 0-255": torch.from_numpy(a8).permute(2, 0, 1).long(),
+        "int32 array 0-255": a8.astype(np.int32),
+        "uint16 array (16-bit range)": a8.astype(np.uint16) * 257,
+        "PIL": Image.fromarray(a8),
+    }
+    for what, x in same.items():
+        assert api_model.predict(x).score == pytest.approx(ref, abs=1e-4), what
+
+
+@pytest.mark.parametrize("case", ["float tensor 0-255", "float array 0-255", "nan", "inf", "all nan", "bool",
+                                  "negative float", "int32 tensor over 255", "negative int"])
+def test_inputs_that_would_score_wrongly_are_errors(api_model, case):
+    a8 = _pixels()
+    f = a8 / 255.0
+    bad = {
+        "float tensor 0-255": torch.from_numpy(a8).permute(2, 0, 1).float(),
+        "float array 0-255": a8.astype(np.float32),
+        "nan": np.where(np.arange(f.size).reshape(f.shape) == 5, np.nan, f),
+        "inf": np.where(np.arange(f.size).reshape(f.shape) == 5, np.inf, f),
+        "all nan": np.full(f.shape, np.nan),
+        "bool": a8 > 127,
+        "negative float": f - 0.5,
+        "int32 tensor over 255": torch.from_numpy(a8).permute(2, 0, 1).int() + 200,
+        "negative int": a8.astype(np.int16) - 10,
+    }[case]
+    with pytest.raises(ValueError):
+        api_model.predict(bad)
+    with pytest.raises(ValueError):
+        api_model.predict([_pixels(1), bad])  # before anything is scored
+
+
+def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
+    from contentiqa.inference.engine import predict_items
+
+    a8 = _pixels()
+    api_model.max_pixels = 1000
+    try:
+        for x in (a8, Image.fromarray(a8), torch.from_numpy(a8).permute(2, 0, 1)):
+            with pytest.raises(ValueError, match="over the limit"):
+                api_model.predict(x)
+        path = write_image(tmp_path / "big.png", 40, 48)
+        assert "over the limit" in api_model.predict(str(path)).error  # a file: an error row, as always
+    finally:
+        api_model.max_pixels = 100_000_000
+    for bs in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            api_model.predict(a8, batch_size=bs)
+        with pytest.raises(ValueError, match="batch_size"):
+            predict_items(api_model, [a8], batch_size=bs)
