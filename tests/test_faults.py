@@ -419,3 +419,23 @@ def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
             api_model.predict(a8, batch_size=bs)
         with pytest.raises(ValueError, match="batch_size"):
             predict_items(api_model, [a8], batch_size=bs)
+
+
+# -- bounded memory --------------------------------------------------------------------------
+def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
+    from contentiqa.models.base import DEFAULT_MAX_SIDE
+
+    model = tiny_model("iqa-cr-q")
+    assert model.native_resolution and model.max_side == DEFAULT_MAX_SIDE
+    seen = []
+    real = model.preprocess
+    model.preprocess = lambda img: seen.append(img.size) or real(img)
+    model.max_side = 64
+    big = write_image(tmp_path / "big.png", 100, 160)
+    pred = model.predict(str(big))
+    assert seen == [(64, 40)] and "downscaled from 160x100 to 64x40" in "; ".join(pred.notes)
+    small = model.predict(np.asarray(Image.open(big).resize((64, 40), Image.LANCZOS, reducing_gap=3.0)))
+    assert pred.score == pytest.approx(small.score, abs=1e-4)
+    model.max_side = None
+    seen.clear()
+    assert not model.predict(str(big)).notes and seen == [(160, 100)]

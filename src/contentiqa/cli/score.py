@@ -77,6 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--max-pixels", type=float, default=None, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
+    p.add_argument("--max-side", type=int, default=None, metavar="PX",
+                   help="native-resolution models (iqa-cr): downscale images whose longest side exceeds PX first, "
+                        "noted in the row (default 2048, which bounds memory at about 2 GB; 0 = never: a 24 MP "
+                        "photo then needs about 6 GB)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default=None,
                    help="run the model in PyTorch (default) or ONNX Runtime (CPU; needs onnxruntime: "
@@ -246,6 +250,8 @@ def _validate(args: argparse.Namespace) -> str | None:
         raise UsageError("--explain-limit must be 0 or more")
     if args.thumbnail_size < 16:
         raise UsageError("--thumbnail-size must be at least 16")
+    if args.max_side is not None and args.max_side < 0:
+        raise UsageError("--max-side must be 0 (never downscale) or a number of pixels")
     if args.max_pixels is not None and not args.max_pixels > 0:
         raise UsageError("--max-pixels must be a positive number of megapixels")
     if args.threads is not None and args.threads < 1:
@@ -465,6 +471,8 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
     model, model_spec, forward = _load_runtime(args, device)
     if args.max_pixels is not None:
         model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
+    if args.max_side is not None:
+        model.max_side = args.max_side or None
     info = model_info(model, model_spec)
     record = model_record(model, model_spec)
     info["weights_sha256"] = record["weights_sha256"]
@@ -486,6 +494,8 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
     report_notes: list[str] = []
     if model.max_pixels is not None:
         report_notes.append(f"images over {model.max_pixels / 1e6:g} MP are refused (decompression-bomb guard)")
+    if model.native_resolution and model.max_side:
+        report_notes.append(f"images with a side over {model.max_side} px are scored downscaled to it (memory bound)")
 
     def current_rows() -> list[dict]:
         return sort_rows(kept + [new_rows[k] for k in sorted(new_rows)], args.sort)

@@ -73,6 +73,12 @@ def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float
     return t.permute(2, 0, 1)
 
 
+DEFAULT_MAX_SIDE = 2048
+"""Native-resolution models see images whose longest side is at most this many pixels; larger
+ones are downscaled first (with a note in the row). Their memory grows with the pixels
+(about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds a
+run's peak at about 2 GB whatever the photos (benchmarks/results/memory.md). None: never."""
+
 FLOAT_TOLERANCE = 1e-3
 """Float pixels may step this far outside [0, 1] (resampling overshoot); they are clipped."""
 
@@ -170,6 +176,7 @@ class IQAModel(nn.Module):
         self.categories = list(categories)
         self.min_size = 32
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (memory bound)
 
     # -- what subclasses provide -------------------------------------------------------
     @property
@@ -258,6 +265,18 @@ class IQAModel(nn.Module):
         return results[0] if single else results
 
 
+def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Image.Image:
+    """``image`` downscaled (aspect kept, Lanczos) so its longest side is at most ``max_side``,
+    saying so in ``notes``: what bounds a native-resolution model's memory."""
+    w, h = image.size
+    if max_side is None or max(w, h) <= max_side:
+        return image
+    f = max_side / max(w, h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    notes.append(f"downscaled from {w}x{h} to {size[0]}x{size[1]} (longest side limited to {max_side} px to bound memory)")
+    return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
+
+
 def _in_memory_checked(model: "IQAModel", item: Any) -> Any:
     if isinstance(item, (str, os.PathLike)):
         return item  # files are reported per row, never raised
@@ -274,6 +293,8 @@ def load_image_safely(item: Any, model: IQAModel) -> tuple[Image.Image | None, s
         img, path2, notes = to_pil(item, max_pixels=model.max_pixels, min_size=model.min_size)
         if min(img.size) < model.min_size:
             raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {model.min_size} px")
+        if model.native_resolution:
+            img = limit_side(img, model.max_side, notes)
         return img, path2 or path, notes, None
     except ImageLoadError as exc:
         return None, path, [], exc.reason
