@@ -439,3 +439,25 @@ def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
     model.max_side = None
     seen.clear()
     assert not model.predict(str(big)).notes and seen == [(160, 100)]
+
+
+# -- messages, not tracebacks, for data files --------------------------------------------------
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+@pytest.mark.parametrize("case", ["header only", "one row", "constant MOS", "missing file"])
+def test_bad_data_files_get_messages(tmp_path, capsys, command, case):
+    imgs = [write_image(tmp_path / f"{i}.png", 40, 40, seed=i) for i in range(3)]
+    body = {
+        "header only": "",
+        "one row": f"{imgs[0]},50\n",
+        "constant MOS": "".join(f"{p},50\n" for p in imgs),
+        "missing file": "".join(f"{p},{i}\n" for i, p in enumerate(imgs)) + f"{tmp_path / 'gone.png'},9\n",
+    }[case]
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\n" + body)
+    model = ["--model", tiny_checkpoint()] if command == "evaluate" else ["--model", "iqa-cr-q", "--out", tmp_path / "run"]
+    assert run(command, *model, "--data", csv, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("d.csv" in err or "gone.png" in err)
+    expect = {"header only": "only a header", "one row": "only 1 image", "constant MOS": "same MOS (50)",
+              "missing file": "Pass --skip-missing"}[case]
+    assert expect in err and "on_missing" not in err

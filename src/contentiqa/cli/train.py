@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_args, add_split_args, load_data, resolve_split
+from .common import add_data_args, add_split_args, check_rated, load_data, resolve_split
 from .main import UsageError
 
 
@@ -107,6 +107,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..utils.io import atomic_write_text
 
     ds = load_data(args)
+    check_rated(ds.table, args.data, "training")
     out = Path(args.out or f"runs/{model_name}")
     out.mkdir(parents=True, exist_ok=True)
     if args.resume and (out / "split.json").is_file() and not args.split:
