@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from glob import escape as glob_escape
 import signal
 import tempfile
 import threading
@@ -63,9 +64,21 @@ def output_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
     try:
+        _remove_stale_temporaries(path)
         yield
     finally:
         lock.release()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer killed mid-save (SIGKILL, power cut): only
+    the lock holder writes them, so with the lock held every one of them is stale."""
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if tmp.suffix in (".tmp", ".probe") and tmp.is_file():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def rescue_path(path: Path, fmt: str) -> Path:
