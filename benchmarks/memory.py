@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import ROOT, SHARED, command_line, md_table, write_results
@@ -96,7 +95,7 @@ def main() -> None:
         + "\n\nEach line is a fresh `contentiqa score` process; peak RSS includes Python, torch and the "
         "model (the baseline line). With the default --max-side 2048 the model sees at most "
         "2048 px on the longest side, whatever the photo; --max-side 0 is the unbounded behaviour "
-        "before issue 14.\n"
+        "before issue 14. Times are wall-clock on a shared CPU (other jobs running): not speed figures.\n"
     )
     write_results("memory", {"model": args.model, "rows": rows, "command": command_line()}, md)
 
