@@ -113,13 +113,17 @@ def test_hostile_last_pt_refused_by_train_resume(hostile, tmp_path, capsys):
     assert "not a readable PyTorch file" in err and "delete it to start over" in err
 
 
-def test_hostile_backbone_checkpoint_refused(hostile):
+def test_hostile_backbone_and_intelligibility_checkpoints_refused(hostile):
     from contentiqa.backbones import create_backbone
+    from contentiqa.models.intelligibility import load_unrecognizability, read_state_dict
 
     make, marker = hostile
     bad = make("bb.pth", {"state_dict": {"w": torch.zeros(1)}})
     with pytest.raises(ValueError, match=r"refusing to load backbone 'resnet18' checkpoint .*bb\.pth"):
         create_backbone("resnet18", checkpoint_path=bad)
+    for read in (read_state_dict, load_unrecognizability):  # no fallback to unsafe loading
+        with pytest.raises(ValueError, match=r"refusing to load intelligibility checkpoint .*bb\.pth"):
+            read(bad)
     assert not marker.exists()
 
 
