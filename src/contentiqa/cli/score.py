@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the rows already in --output and score only the inputs missing there (failed ones are "
                         "retried); refused if they were scored with another model")
     p.add_argument("--force", action="store_true", help="replace an existing --output (without it, or --resume, an existing file is an error)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and notes on inputs passed over")
     p.add_argument("--max-pixels", type=float, default=None, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
     p.add_argument("--max-side", type=int, default=None, metavar="PX",
