@@ -140,7 +140,8 @@ def main() -> None:
         + f"\n\n**{'PASS' if ok else 'FAIL'}**: rows lost {totals['lost']}, duplicated {totals['duplicated']}, "
         f"files left corrupt {totals['corrupt_files']}, scores differing from the reference {totals['scores_differing']}. "
         "Exit 130 = SIGINT and 143 = SIGTERM (progress saved), -9 = SIGKILL (rows since the last save, at most "
-        "--flush-every 10, are scored again on resume).\n"
+        "--flush-every 10, are scored again on resume); -15 / -2 = the signal came during start-up (imports, model "
+        "loading), before that run had scored anything.\n"
     )
     write_results("faults", {"photos": len(photos), "model": args.model, "reference_seconds": ref_seconds,
                              "stops": stops, "rounds": rounds, "totals": totals, "pass": ok, "command": command_line()}, md)
