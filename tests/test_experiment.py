@@ -204,8 +204,19 @@ def test_labels_file_is_merged(tmp_path):
     spec = DataSpec("csv", csv, "d", labels=labels)
     table, scale = load_data(spec)
     assert list(table["category"]) == list(IQA_CR_CATEGORIES[:4]) and scale.high == 100
+    # A file covering part of the data (human labels rarely cover all): the rest is
+    # unlabelled (no content loss), and said so.
     labels.write_text("image,category\n../d/img/0.png,animal\n")
-    with pytest.raises(ConfigError, match="lacks 3"):
+    said = []
+    part = apply_labels(table, spec, tmp_path, log=said.append)
+    assert part["category"].iloc[0] == "animal" and part["category"].iloc[1:].isna().all()
+    assert any("3 of 4 images have no content label" in m for m in said)
+    # Keys relative to the dataset (what label files written by contentiqa hold) join the same,
+    # wherever the data and the label file are.
+    labels.write_text("image,category\n" + "".join(f"img/{i}.png,{IQA_CR_CATEGORIES[i]}\n" for i in range(4)))
+    assert list(apply_labels(table, spec, tmp_path)["category"]) == list(IQA_CR_CATEGORIES[:4])
+    labels.write_text("image,category\nelsewhere/0.png,animal\n")
+    with pytest.raises(ConfigError, match="none of its 1 images is in the dataset"):
         apply_labels(table, spec, tmp_path)
 
 

@@ -32,7 +32,7 @@ def load_model(spec: str, device: torch.device | str = "cpu"):
     Every failure a user can cause (unknown name, missing weights or checkpoint, a file that
     is no checkpoint) becomes a :class:`UsageError` with a message saying what to do."""
     from .. import DEFAULT_MODEL
-    from ..models.registry import create_model, list_models, load_checkpoint, model_entry
+    from ..models.registry import create_model, list_models, load_checkpoint, model_entry, split_name
 
     if looks_like_checkpoint(spec):
         try:
@@ -41,12 +41,14 @@ def load_model(spec: str, device: torch.device | str = "cpu"):
             raise UsageError(f"checkpoint {spec} does not exist") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise UsageError(str(exc)) from None
-    if spec not in list_models():
+    if split_name(spec)[0] not in list_models():
         raise UsageError(
             f"unknown model {spec!r}; available: {', '.join(list_models())} (or a checkpoint file .pt)"
         )
     try:
         return create_model(spec, pretrained=True, device=device)
+    except ValueError as exc:  # an unknown weights tag
+        raise UsageError(str(exc)) from None
     except FileNotFoundError:
         entry = model_entry(spec)
         which = "the default model" if spec == DEFAULT_MODEL else "model"

@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="do not run: list each config as ready / partial / missing (exit 1 if any cannot fully run)")
     p.add_argument("--strict", action="store_true", help="missing data or weights is an error (exit 1) instead of a skip")
     p.add_argument("--device", default=None, help="train on this device (cpu, cuda, cuda:1, ...) instead of the config's train.device")
+    p.add_argument("--only", action="append", default=None, metavar="ROW",
+                   help="train only this row (repeatable); the table still lists the other rows' finished splits")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
 
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     rc = 0
     for path in paths:
         try:
-            result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device)
+            result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device,
+                                    only=args.only)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         except ExperimentSkipped as exc:

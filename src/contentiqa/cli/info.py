@@ -14,13 +14,16 @@ def run(args: argparse.Namespace) -> int:
     from .. import DEFAULT_MODEL, list_models
     from ..backbones import list_backbones
     from ..data import list_datasets
-    from ..models.registry import model_entry, shipped_weights_path
+    from ..models.registry import list_pretrained, model_entry, shipped_weights_path
 
     print("models (* = shipped weights, default marked):")
     for name in list_models():
         mark = "*" if shipped_weights_path(name) else " "
         default = "  [default]" if name == DEFAULT_MODEL else ""
         print(f" {mark} {name:18s} {model_entry(name).description}{default}")
+    tagged = list_pretrained()
+    if tagged:
+        print("pretrained weights (name.tag; a bare name loads its default tag, listed first):", ", ".join(tagged))
     print("backbones with offline ImageNet weights:", ", ".join(list_backbones(pretrained_offline=True)) or "none")
     print("dataset loaders:", ", ".join(list_datasets()))
     return 0

@@ -2,8 +2,10 @@
 
 IQA-CR needs a content category per training image; most IQA datasets have none. This command
 labels them with the offline ImageNet classifier and night cue of
-:mod:`contentiqa.data.content_labels` and writes a dataset CSV that trains as it is, and that a
-person can correct by hand and feed back in (existing categories are kept).
+:mod:`contentiqa.data.content_labels`, or, with ``--model``, with a trained content head (e.g.
+an IQA-CR trained on human scene labels: ImageNet has no person class, a head trained on people's
+labels has), and writes a dataset CSV that trains as it is, and that a person can correct by
+hand and feed back in (existing categories are kept).
 """
 from __future__ import annotations
 
@@ -33,8 +35,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--no-class-balance", action="store_true",
                    help="use plain summed ImageNet probabilities per category (default: class-balanced)")
+    p.add_argument("--model", "-m", metavar="NAME|CKPT",
+                   help="label with this model's content head (a registered name or a checkpoint) instead of "
+                        "the ImageNet classifier")
+    p.add_argument("--device", default="cpu", help="device for --model (default cpu)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def label_with_model(table, model, overwrite: bool, batch_size: int, progress: bool):
+    """``table`` with ``category``, ``category_confidence`` and ``category_source`` from
+    ``model``'s content head (rows with a category kept unless ``overwrite``)."""
+    import numpy as np
+    import pandas as pd
+
+    from ..inference.engine import predict_items
+
+    out = table.copy()
+    for c in ("category", "category_confidence", "category_source"):
+        if c not in out:
+            out[c] = pd.NA
+    have = out["category"].fillna("").astype(str).str.strip() != ""
+    out.loc[have & (out["category_source"].fillna("").astype(str) == ""), "category_source"] = "given"
+    todo = np.flatnonzero(overwrite | ~have.to_numpy())
+    preds = predict_items(model, [out["image"].iloc[i] for i in todo], batch_size=batch_size, progress=progress)
+    out["category_confidence"] = pd.to_numeric(out["category_confidence"], errors="coerce")
+    source = f"model:{model.model_name}"
+    for i, p in zip(todo, preds):
+        if p.error:
+            out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [pd.NA, np.nan, f"error: {p.path}: {p.error}"]
+        else:
+            out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [p.category, p.category_confidence, source]
+    return out
 
 
 def _read_csv(path: Path):
@@ -85,9 +117,19 @@ def run(args: argparse.Namespace) -> int:
     absolute = [p if os.path.isabs(p) else str((base / p).resolve()) for p in table["image"]]
     work = table.copy()
     work["image"] = absolute
-    balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
-    labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size,
-                          progress=not args.quiet, class_balance=balance)
+    categories = IQA_CR_CATEGORIES
+    if args.model:
+        from ._model_loading import load_model, resolve_device
+
+        model = load_model(args.model, resolve_device(args.device))
+        if not model.categories:
+            raise UsageError(f"model {args.model!r} has no content head (use an IQA-CR model or checkpoint)")
+        categories = model.categories
+        labeled = label_with_model(work, model, args.overwrite, args.batch_size, not args.quiet)
+    else:
+        balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
+        labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size,
+                              progress=not args.quiet, class_balance=balance)
 
     out_dir = out.resolve().parent
     result = table.copy()
@@ -97,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     result["category_source"] = labeled["category_source"].fillna("").astype(str).values
     atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
 
-    _print_summary(labeled, out, IQA_CR_CATEGORIES, REVIEW_CONFIDENCE)
+    _print_summary(labeled, out, categories, REVIEW_CONFIDENCE)
     failed = labeled["category_source"].fillna("").str.startswith("error")
     for reason in labeled.loc[failed, "category_source"]:
         print(f"failed: {reason.removeprefix('error: ')}", file=sys.stderr)

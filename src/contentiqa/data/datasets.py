@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .imageio import DEFAULT_MAX_PIXELS, load_image
+from .labels import dataset_keys
 from .table import MOSScale, check_files, standardize_table
 
 LoaderFn = Callable[..., pd.DataFrame]
@@ -106,7 +107,7 @@ def load_dataset(
 ) -> IQADataset:
     """Load a dataset by name from its distributed layout under ``root``.
 
-    Names: ``livec``, ``koniq10k``, ``spaq``, ``cid2013``, ``bid``, ``csv`` (``root`` is then
+    Names: ``livec``, ``koniq10k``, ``spaq``, ``cid2013``, ``bid``, ``biq2021``, ``csv`` (``root`` is then
     the CSV file). ``on_missing`` is 'error' (default: list missing files), 'skip' or 'keep'.
     Loader-specific keyword arguments are documented on each loader.
     """
@@ -120,5 +121,7 @@ def load_dataset(
     if "__scale__" in table.attrs:
         scale = table.attrs["__scale__"]
     table = standardize_table(table)
+    # The dataset-relative key: what splits and label files join on (stable when data moves).
+    table["key"] = dataset_keys(table["image"], root if root.is_dir() else root.parent)
     table = check_files(table, name, on_missing)
     return IQADataset(table, scale, name=name, transform=transform)

@@ -20,6 +20,7 @@ KONIQ_SCALE = MOSScale(1.0, 5.0)
 SPAQ_SCALE = MOSScale(0.0, 100.0)
 CID_SCALE = MOSScale(0.0, 100.0)
 BID_SCALE = MOSScale(0.0, 5.0)
+BIQ2021_SCALE = MOSScale(0.0, 1.0)
 
 
 def _find_file(root: Path, name: str, subdirs: tuple[str, ...] = ("",)) -> Path:
@@ -227,6 +228,61 @@ def load_bid(root: Path) -> pd.DataFrame:
     if std_col:
         out["mos_std"] = df[std_col].astype(float).values
     return out
+
+
+def _resolve_case(folder: Path, name: str, listing: dict[str, str], dataset: str) -> Path:
+    """``folder/name``; when only a file differing in letter case exists (``.JPG`` for
+    ``.jpg``), that file, with a warning naming both."""
+    import warnings
+
+    if name in listing:
+        return folder / name
+    other = listing.get(f"\0{name.lower()}")
+    if other is not None:
+        warnings.warn(f"{dataset}: '{name}' is listed but the file is '{other}' in {folder}; using it", stacklevel=3)
+        return folder / other
+    return folder / name  # reported as missing by load_dataset
+
+
+@register_dataset("biq2021", BIQ2021_SCALE)
+def load_biq2021(root: Path, split: str | None = None) -> pd.DataFrame:
+    """BIQ2021 (Ahmed et al., JEI 2022), as its GitHub repository lays it out::
+
+        root/Images/<name>                    # 12,000 JPEGs, 512x512, e.g. 'ss03 (3753).jpg'
+        root/Train (Images and MOS).csv       # 'Image Name', 'MOS' (+ empty columns): 10,000
+        root/Test (Images and MOS).csv        # 2,000: the official test split
+
+    ``mos`` stays on the release's 0-1 scale (1-5 ratings of 30 observers, rescaled).
+    ``split`` is the official one (train / test); ``subset`` is the name prefix (ss01 gallery
+    photos, ss02 deliberate camera-setting variations, ss03 Unsplash). One file is ``.JPG``
+    where the CSV says ``.jpg``: it is used, with a warning. ``split`` ('train' or 'test')
+    keeps that part alone (e.g. the official test set as a cross-dataset test).
+    """
+    if split not in (None, "train", "test"):
+        raise ValueError(f"biq2021: split must be 'train', 'test' or None, not {split!r}")
+    folder = root / "Images"
+    listing: dict[str, str] = {}
+    if folder.is_dir():
+        for n in sorted(p.name for p in folder.iterdir()):
+            listing[n] = n
+            listing.setdefault(f"\0{n.lower()}", n)
+    parts = []
+    for part, names in (("train", ("Train (Images and MOS).csv", "Train*.csv")), ("test", ("Test (Images and MOS).csv", "Test*.csv"))):
+        if split is not None and part != split:
+            continue
+        csv = _first_existing(root, names, "biq2021")
+        df = pd.read_csv(csv)
+        name_col = _column(df, "Image Name", "image", file=csv)
+        mos_col = _column(df, "MOS", file=csv)
+        df = df[pd.notna(df[name_col])]
+        names_ = [str(n).strip() for n in df[name_col]]
+        parts.append(pd.DataFrame({
+            "image": [str(_resolve_case(folder, n, listing, "biq2021")) for n in names_],
+            "mos": pd.to_numeric(df[mos_col], errors="raise").astype(float).values,
+            "split": part,
+            "subset": [n.split(" ")[0] for n in names_],
+        }))
+    return pd.concat(parts, ignore_index=True)
 
 
 @register_dataset("csv", MOSScale(0.0, 100.0))

@@ -22,7 +22,8 @@ import pandas as pd
 
 from .imageio import load_image
 
-PROTOCOLS = ("iqa-cr", "ie-iqa")
+PROTOCOLS = ("iqa-cr", "ie-iqa", "official")
+OFFICIAL_VAL_FRACTION = 0.1
 PARTS = ("train", "val", "test")
 
 
@@ -118,7 +119,7 @@ def make_splits(
     si: Sequence[float] | None = None,
     progress: bool = False,
 ) -> Split:
-    """Split ``table`` by ``protocol`` ('iqa-cr' or 'ie-iqa') with ``seed``.
+    """Split ``table`` by ``protocol`` ('iqa-cr', 'ie-iqa' or 'official') with ``seed``.
 
     For 'iqa-cr' the SI of each image is taken from ``si``, else from a ``si`` column of the
     table, else computed from the images (see :func:`compute_si`; pass it in when making
@@ -134,6 +135,19 @@ def make_splits(
     if protocol == "ie-iqa":
         train, test = _split_cell(np.arange(n), (0.8, 0.2), rng)
         parts = {"train": train, "test": test}
+    elif protocol == "official":
+        # The release's own split (a 'split' column): its test part as is; the seed draws the
+        # validation part (for early stopping) from the training part, unless the release has one.
+        if "split" not in table:
+            raise ValueError("protocol 'official' needs a 'split' column (train/test) in the dataset table")
+        which = table["split"].astype(str).str.strip().str.lower().to_numpy()
+        bad = sorted(set(which) - set(PARTS))
+        if bad:
+            raise ValueError(f"protocol 'official': unknown split value(s) {bad}; expected {PARTS}")
+        train, test, val = (np.flatnonzero(which == p) for p in ("train", "test", "val"))
+        if len(val) == 0:
+            train, val = _split_cell(train, (1 - OFFICIAL_VAL_FRACTION, OFFICIAL_VAL_FRACTION), rng)
+        parts = {"train": train, "val": val, "test": test}
     else:
         if si is None:
             si = table["si"].to_numpy() if "si" in table else compute_si(list(table["image"]), progress)

@@ -4,8 +4,9 @@ The schema is documented in ``configs/README.md``. In short::
 
     name: clive_iqa_cr                 # optional; default: the file's stem
     description: free text
-    data:      {name: csv, root: PATH, label: CLIVE, args: {}, labels: PATH|auto, skip_missing: false}
-    protocol:  iqa-cr | ie-iqa
+    data:      {name: csv, root: PATH, label: CLIVE, args: {}, labels: PATH|auto, skip_missing: false, protocol: ...}
+               # or a list of such mappings: one model trained on several datasets at once
+    protocol:  iqa-cr | ie-iqa | official   # official: the dataset's own 'split' column
     seeds:     10 | [0, 1, 2]
     splits:    PATH                    # optional ready-made split file
     test:      [split, {name: spaq, root: PATH, label: SPAQ}, ...]
@@ -32,7 +33,7 @@ INTRA = "split"
 
 TOP_KEYS = {"name", "description", "data", "protocol", "seeds", "splits", "test", "model", "model_args", "train",
             "runs", "requires", "cache_dir", "checkpoint", "out"}
-DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing"}
+DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing", "protocol"}
 RUN_KEYS = {"name", "model", "model_args", "train", "seeds", "requires"}
 CHECKPOINTS = ("auto", "best", "last")
 
@@ -106,6 +107,8 @@ class DataSpec:
     labels_auto: bool = False
     """``labels: auto``: pseudo-labels made into the results folder."""
     skip_missing: bool = False
+    protocol: str | None = None
+    """This training set's split protocol (None: the experiment's ``protocol``)."""
 
 
 @dataclass
@@ -140,6 +143,15 @@ class ExperimentConfig:
     text: str | None = None
     """The config file's text, as written."""
     raw: dict = field(default_factory=dict)
+    more_data: list[DataSpec] = field(default_factory=list)
+    """Further training datasets (``data`` given as a list): one model is trained on all."""
+
+    @property
+    def train_sets(self) -> list[DataSpec]:
+        return [self.data, *self.more_data]
+
+    def protocol_of(self, spec: DataSpec) -> str:
+        return spec.protocol or self.protocol
 
     @property
     def cross_tests(self) -> list[DataSpec]:
@@ -151,7 +163,10 @@ class ExperimentConfig:
 
     def test_labels(self) -> list[str]:
         """Column-group labels of the results table, in order."""
-        return [self.data.label if t == INTRA else t.label for t in self.tests]  # type: ignore[union-attr]
+        out: list[str] = []
+        for t in self.tests:
+            out += [d.label for d in self.train_sets] if t == INTRA else [t.label]  # type: ignore[union-attr]
+        return out
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -199,7 +214,8 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
         else:
             labels = resolve_path(d["labels"], base, f"{where}.labels")
     args = _expand_all(_mapping(d.get("args"), f"{where}.args"), f"{where}.args")
-    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)))
+    protocol = str(d["protocol"]) if d.get("protocol") else None
+    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)), protocol)
 
 
 def _paths(values: Any, base: Path, where: str) -> list[Path]:
@@ -225,10 +241,19 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     name = str(raw.get("name") or (source.stem if source is not None else "experiment"))
     if "data" not in raw:
         raise ConfigError(f"{where}: 'data' (the training dataset) is required")
-    data = _data(raw["data"], base, f"{where}: data")
+    data_list = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
+    if not data_list:
+        raise ConfigError(f"{where}: 'data' is an empty list")
+    datasets = [_data(d, base, f"{where}: data" + (f"[{i}]" if isinstance(raw["data"], list) else ""))
+                for i, d in enumerate(data_list)]
+    data = datasets[0]
     protocol = str(raw.get("protocol", "iqa-cr"))
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"{where}: protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    for p in [protocol] + [d.protocol for d in datasets if d.protocol]:
+        if p not in PROTOCOLS:
+            raise ConfigError(f"{where}: protocol must be one of {PROTOCOLS}, not {p!r}")
+    train_labels = [d.label for d in datasets]
+    if len(set(train_labels)) != len(train_labels):
+        raise ConfigError(f"{where}: training datasets need distinct labels (give each a 'label'); got {train_labels}")
     seeds = _seeds(raw.get("seeds", 1), f"{where}: seeds")
 
     tests: list[DataSpec | str] = []
@@ -239,7 +264,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
             tests.append(INTRA)
         else:
             tests.append(_data(t, base, f"{where}: test[{i}]"))
-    labels = [data.label if t == INTRA else t.label for t in tests]  # type: ignore[union-attr]
+    labels = [x for t in tests for x in (train_labels if t == INTRA else [t.label])]  # type: ignore[union-attr]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: test sets need distinct labels (give each a 'label'); got {labels}")
 
@@ -307,6 +332,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         source=source,
         text=text,
         raw=raw,
+        more_data=datasets[1:],
     )
 
 
@@ -359,7 +385,7 @@ def run_missing(cfg: ExperimentConfig, run: RunSpec) -> list[str]:
 
 def experiment_missing(cfg: ExperimentConfig) -> list[str]:
     """Why no run of ``cfg`` can start: its training data, a test set or its split file absent."""
-    out = data_missing(cfg.data)
+    out = [m for d in cfg.train_sets for m in data_missing(d)]
     for t in cfg.cross_tests:
         out += data_missing(t)
     if cfg.splits is not None and not cfg.splits.is_file():

@@ -28,11 +28,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..data.splits import OFFICIAL_VAL_FRACTION
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
-TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy")
-SUMMARY_METRICS = ("plcc", "srocc", "krocc", "rmse", "accuracy")
-METRIC_NAMES = {"plcc": "PLCC", "srocc": "SROCC", "krocc": "KROCC", "rmse": "RMSE", "accuracy": "acc."}
+TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy", "acceptable")
+SUMMARY_METRICS = ("plcc", "srocc", "krocc", "rmse", "accuracy", "acceptable")
+METRIC_NAMES = {"plcc": "PLCC", "srocc": "SROCC", "krocc": "KROCC", "rmse": "RMSE", "accuracy": "acc.",
+                "acceptable": "acc. (any label)"}
 
 
 class ExperimentSkipped(RuntimeError):
@@ -114,15 +116,17 @@ def resolved_config(cfg: ExperimentConfig) -> dict[str, Any]:
     return _jsonable(d)
 
 
-# -- data ---------------------------------------------------------------------------------------
-def _key(path: Any) -> str:
-    return os.path.realpath(str(path))
+# -- data ----------------------------------------------------------------------------------------
+def _dataset_root(spec: DataSpec) -> Path:
+    """The folder dataset keys are relative to (a CSV dataset's folder)."""
+    return spec.root.parent if spec.root.is_file() or spec.name == "csv" else spec.root
 
 
 def apply_labels(table: pd.DataFrame, spec: DataSpec, out_dir: Path, progress: bool = False, log: Callable = print) -> pd.DataFrame:
-    """``table`` with the content labels of ``spec.labels`` (made with the offline ImageNet
-    pseudo-labeller when the file does not exist yet; existing categories such as SPAQ's
-    scenes are kept and mapped to IQA-CR's names)."""
+    """``table`` with the content labels of ``spec.labels``, joined on the dataset-relative key
+    (see :mod:`contentiqa.data.labels`: pseudo-labels or human scene labels). With no file yet,
+    pseudo-labels are made with the offline ImageNet labeller and written there."""
+    from ..data.labels import LabelsError, join_labels
     from ..utils.io import atomic_write_text
 
     path = spec.labels if spec.labels is not None else out_dir / f"content_labels_{slugify(spec.label)}.csv"
@@ -131,23 +135,18 @@ def apply_labels(table: pd.DataFrame, spec: DataSpec, out_dir: Path, progress: b
 
         log(f"pseudo-labelling the content of {len(table)} images of {spec.label} -> {path}")
         done = label_table(table, progress=progress)
-        cols = [c for c in ("image", "mos", "category", "category_confidence", "category_source") if c in done]
-        rows = done[cols].copy()
-        rows["image"] = [Path(os.path.relpath(str(p), path.parent)).as_posix() for p in rows["image"]]
+        cols = [c for c in ("key", "mos", "category", "category_confidence", "category_source") if c in done]
+        rows = done[cols].rename(columns={"key": "image"})
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, rows.to_csv(index=False))
-    labels = pd.read_csv(path)
-    if "image" not in labels or "category" not in labels:
-        raise ConfigError(f"labels file {path} needs 'image' and 'category' columns; it has {list(labels.columns)}")
-    labels["_key"] = [_key(p if os.path.isabs(str(p)) else path.parent / str(p)) for p in labels["image"]]
-    keep = ["_key", "category"] + [c for c in ("category_confidence", "category_source") if c in labels]
-    out = table.drop(columns=[c for c in ("category", "category_confidence", "category_source") if c in table])
-    out = out.assign(_key=[_key(p) for p in out["image"]]).merge(labels[keep].drop_duplicates("_key"), on="_key", how="left")
-    lacking = int((~out["_key"].isin(set(labels["_key"]))).sum())
+    try:
+        out = join_labels(table, path, _dataset_root(spec))
+    except LabelsError as exc:
+        raise ConfigError(str(exc)) from None
+    lacking = int(out["category"].isna().sum())
     if lacking:
-        raise ConfigError(f"labels file {path} lacks {lacking} of the {len(out)} images of {spec.label}; "
-                          "delete it to pseudo-label again, or label the rest")
-    return out.drop(columns=["_key"])
+        log(f"{spec.label}: {lacking} of {len(out)} images have no content label in {path.name} (no content loss for them)")
+    return out
 
 
 def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = False, log: Callable = print):
@@ -161,21 +160,27 @@ def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = Fals
     return table.reset_index(drop=True), ds.scale
 
 
-def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: bool):
+def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: bool, spec: DataSpec | None = None):
+    """The seeded splits of one training set (``spec``, default the first): from the config's
+    split file (first set only), else made once into ``splits.json`` (``splits_<label>.json``
+    for further sets)."""
     from ..data import load_splits, make_split_set, save_splits
 
-    if cfg.splits is not None:
-        have = {s.seed: s for s in load_splits(cfg.splits) if s.protocol == cfg.protocol}
+    spec = spec or cfg.data
+    protocol = cfg.protocol_of(spec)
+    first = spec is cfg.data
+    if cfg.splits is not None and first:
+        have = {s.seed: s for s in load_splits(cfg.splits) if s.protocol == protocol}
         lacking = [s for s in cfg.seeds if s not in have]
         if lacking:
-            raise ConfigError(f"split file {cfg.splits} has no {cfg.protocol} split for seed(s) {lacking}")
+            raise ConfigError(f"split file {cfg.splits} has no {protocol} split for seed(s) {lacking}")
         return {s: have[s] for s in cfg.seeds}
-    path = out / "splits.json"
+    path = out / ("splits.json" if first else f"splits_{slugify(spec.label)}.json")
     have = {}
     if path.is_file():
-        have = {s.seed: s for s in load_splits(path) if s.protocol == cfg.protocol}
+        have = {s.seed: s for s in load_splits(path) if s.protocol == protocol}
     if not all(s in have for s in cfg.seeds):
-        made = make_split_set(table, cfg.protocol, seeds=[s for s in cfg.seeds if s not in have], progress=progress)
+        made = make_split_set(table, protocol, seeds=[s for s in cfg.seeds if s not in have], progress=progress)
         have.update({s.seed: s for s in made})
         save_splits([have[s] for s in sorted(have)], path)
     return {s: have[s] for s in cfg.seeds}
@@ -188,7 +193,7 @@ def _evaluate(trainer, table: pd.DataFrame, scale, model) -> dict[str, float]:
     saved = trainer.scale
     trainer.scale = scale
     try:
-        return trainer.evaluate_table(table, model)
+        return trainer.evaluate_table(table.drop(columns=["dataset"], errors="ignore"), model)
     finally:
         trainer.scale = saved
 
@@ -203,16 +208,44 @@ def _shared_cache_ok(model) -> bool:
     return True
 
 
-def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, split, table, scale, tests, out: Path,
+@dataclass
+class TrainSet:
+    """One training dataset of an experiment: its table, scale and seeded splits."""
+
+    label: str
+    table: pd.DataFrame
+    scale: Any
+    splits: dict[int, Any]
+
+
+def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
+    """The split ``seed`` of every training set: the combined train/val parts (with a
+    ``dataset`` column when there are several sets) and each set's own parts."""
+    own: dict[str, dict[str, pd.DataFrame]] = {}
+    for ts in sets:
+        split = ts.splits[seed]
+        own[ts.label] = {p: ts.table.iloc[split.indices(ts.table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+        if "train" not in own[ts.label]:
+            raise ConfigError(f"{ts.label}: split seed {seed} has no train part")
+    if len(sets) == 1:
+        return dict(own[sets[0].label]), own
+    combined = {}
+    for p in ("train", "val"):
+        chunks = [own[ts.label][p].assign(dataset=ts.label) for ts in sets if p in own[ts.label]]
+        if chunks:
+            combined[p] = pd.concat(chunks, ignore_index=True)
+    return combined, own
+
+
+def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
                  device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..training.config import TrainConfig
     from ..training.trainer import Trainer, seed_everything
 
-    parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
-    if "train" not in parts:
-        raise ConfigError(f"split seed {seed} has no train part")
+    parts, own = _parts(sets, seed)
+    scale = sets[0].scale if len(sets) == 1 else {ts.label: ts.scale for ts in sets}
     train = {**run.train, "seed": seed}
     if device is not None:
         train["device"] = device
@@ -244,15 +277,17 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, split, table, s
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
         "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
-        "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])), "n_test": len(parts.get("test", [])),
+        "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
+        "n_test": sum(len(o.get("test", [])) for o in own.values()),
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
         "test": {},
     }
+    by_label = {ts.label: ts for ts in sets}
     for t in tests:
         if t["spec"] == INTRA:
-            if "test" not in parts:
+            if "test" not in own[t["label"]]:
                 raise ConfigError(f"protocol {cfg.protocol} gives split seed {seed} no test part; drop '{INTRA}' from test")
-            res["test"][t["label"]] = _evaluate(trainer, parts["test"], scale, chosen)
+            res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
         else:
             res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
     res["provenance"] = {k: v for k, v in provenance().items() if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date")}
@@ -288,6 +323,11 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _train_time(results: dict[str, Any]) -> str:
+    total = sum(float(sp.get("train_seconds") or 0) for r in results.values() for sp in r.get("splits", []))
+    return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
+
+
 def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[str, list[str]], prov: dict,
              n_images: int | None = None) -> str:
     from ..metrics import format_mean_std
@@ -316,16 +356,22 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     if cfg.description:
         parts.append(cfg.description + "\n")
     parts.append(md_table(header, rows))
-    protocol = {"iqa-cr": "IQA-CR (80/10/10, stratified by spatial information x MOS; val part for early stopping)",
-                "ie-iqa": "IE-IQA (80/20, no val part)"}[cfg.protocol]
+    names = {"iqa-cr": "IQA-CR (80/10/10, stratified by spatial information x MOS; val part for early stopping)",
+             "ie-iqa": "IE-IQA (80/20, no val part)",
+             "official": f"the release's own train/test split ({OFFICIAL_VAL_FRACTION:.0%} of its train part, drawn per seed, for early stopping)"}
     where = []
     for t in cfg.tests:
-        where.append(f"{cfg.data.label}: the split's test part" if t == INTRA else f"{t.label}: all of it (cross-dataset)")
+        where += ([f"{d.label}: the split's test part" for d in cfg.train_sets] if t == INTRA
+                  else [f"{t.label}: all of it (cross-dataset)"])
     n = f", {n_images} images" if n_images else ""
+    trained = "; ".join(f"{d.label} (`{d.name}`, protocol {names[cfg.protocol_of(d)]})" for d in cfg.train_sets)
     notes = [
-        f"Trained on {cfg.data.label} (`{cfg.data.name}`{n}), protocol {protocol}, seeds {', '.join(map(str, cfg.seeds))}; "
+        f"Trained on {trained}{n}, seeds {', '.join(map(str, cfg.seeds))}; "
         f"mean ± std (sample std) over splits. Tested on {'; '.join(where)}. "
-        f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories.",
+        f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories "
+        f"(against the main label); acc. (any label) = the prediction is one of the photo's labels (multi-label sets).",
+        f"Ran on {prov.get('machine')}{', GPU ' + str(prov.get('gpu')) if prov.get('gpu') else ''}: "
+        f"{_train_time(results)} of training and testing over all rows and splits.",
         f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
     ]
@@ -347,6 +393,7 @@ def run_experiment(
     strict: bool = False,
     base_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    only: list[str] | None = None,
 ) -> ExperimentResult:
     """Run every row of ``config`` on every split and write the results folder.
 
@@ -358,12 +405,16 @@ def run_experiment(
     :class:`ExperimentSkipped` instead of skipping anything. ``device`` overrides every run's
     ``train.device``. Under ``torchrun`` (WORLD_SIZE > 1) each split trains with
     DistributedDataParallel (``cuda`` meaning each process's own GPU); rank 0 evaluates and writes.
+    ``only`` (row names) trains just those rows; the table still shows every row's finished splits.
     """
     from ..data import MissingFilesError
     from ..training import distributed as dist_utils
     from ..utils.io import atomic_write_text
 
     cfg = load_config(config, base_dir)
+    unknown = sorted(set(only or ()) - {r.name for r in cfg.runs})
+    if unknown:
+        raise ConfigError(f"{cfg.name}: no row named {unknown}; rows: {[r.name for r in cfg.runs]}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     say = log or (lambda *a, **k: None)
     result = ExperimentResult(out, cfg)
@@ -393,11 +444,12 @@ def run_experiment(
             atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
         with dist_utils.main_first():  # rank 0 makes labels and splits; the others read them
             try:
-                table, scale = load_data(cfg.data, out, progress, say)
+                loaded = [(spec, *load_data(spec, out, progress, say)) for spec in cfg.train_sets]
+                table = loaded[0][1]
                 tests = []
                 for t in cfg.tests:
                     if t == INTRA:
-                        tests.append({"spec": INTRA, "label": cfg.data.label})
+                        tests += [{"spec": INTRA, "label": spec.label} for spec in cfg.train_sets]
                     else:
                         tt, ts = load_data(t, out, progress, say)
                         tests.append({"spec": t, "label": t.label, "table": tt, "scale": ts})
@@ -408,8 +460,9 @@ def run_experiment(
                 say(f"skipped {cfg.name}: {reason}")
                 result.skipped = [reason]
                 return result
-            splits = _splits(cfg, table, out, progress)
-        say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on {cfg.data.label} ({len(table)} images, "
+            sets = [TrainSet(spec.label, t, sc, _splits(cfg, t, out, progress, spec)) for spec, t, sc in loaded]
+        say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on "
+            f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
         per_run: dict[str, list[dict]] = {}
@@ -428,9 +481,11 @@ def run_experiment(
                     if main:
                         done.append(json.loads(mfile.read_text()))
                     continue
+                if only and run.name not in only:
+                    continue  # not asked for this time
                 t0 = time.time()
                 try:
-                    res = _train_split(cfg, run, seed, splits[seed], table, scale, tests, out, device, progress, say, main)
+                    res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main)
                 except _RunUnavailable as exc:
                     if strict:
                         raise ExperimentSkipped(str(exc)) from None
@@ -447,9 +502,10 @@ def run_experiment(
             per_run[run.name] = done
         if main:
             result.results = summarize(cfg, per_run)
-            result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, len(table))
+            result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, sum(len(ts.table) for ts in sets))
             payload = {"name": cfg.name, "description": cfg.description, "protocol": cfg.protocol, "seeds": cfg.seeds,
-                       "data": {"label": cfg.data.label, "name": cfg.data.name, "root": str(cfg.data.root), "n": len(table)},
+                       "data": [{"label": ts.label, "name": spec.name, "root": str(spec.root), "n": len(ts.table),
+                                 "protocol": cfg.protocol_of(spec)} for ts, spec in zip(sets, cfg.train_sets)],
                        "tests": cfg.test_labels(), "runs": result.results, "skipped_runs": result.skipped_runs,
                        "provenance": prov}
             atomic_write_text(out / "results.json", json.dumps(_jsonable(payload), indent=1))

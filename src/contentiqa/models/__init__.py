@@ -9,7 +9,7 @@ from .intelligibility import (
     train_unrecognizability,
 )
 from .iqa_cr import IQACR, IQACRConfig
-from .registry import create_model, list_models, load_checkpoint, register_model, save_checkpoint
+from .registry import create_model, list_models, list_pretrained, load_checkpoint, register_model, save_checkpoint
 from .selection import Selection, select_features
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "build_intelligibility",
     "create_model",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "register_model",
     "save_checkpoint",

@@ -177,6 +177,8 @@ class IQAModel(nn.Module):
         self.min_size = 32
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
         self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (memory bound)
+        self.weights_tag: str | None = None
+        """The pretrained weights' tag (``create_model("name.tag", pretrained=True)``), else None."""
 
     # -- what subclasses provide -------------------------------------------------------
     @property

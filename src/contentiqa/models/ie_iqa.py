@@ -194,6 +194,7 @@ class IEIQA(IQAModel):
         n_stages = len(self.stages)
         wanted = cfg.distortion_levels if cfg.distortion_levels is not None else (-1,)
         self.levels = resolve_levels(wanted, n_stages, "distortion_levels")
+        self.feature_end = self.levels[-1] + 1
         with torch.no_grad():
             was = self.distortion.training
             self.distortion.eval()
@@ -298,13 +299,21 @@ class IEIQA(IQAModel):
         return crops + [c.flip(-1) for c in crops]
 
     def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
-        out = {"x": run_stages(self.stages, views, 0, start_stage) if start_stage else views}
+        """The frozen part's output: stage ``start_stage``'s map (``x``), or, with the whole used
+        distortion backbone frozen (``start_stage == feature_end``), the pooled distortion
+        features g themselves (``g``); plus the raw intelligibility features (``f``)."""
+        if start_stage >= self.feature_end:
+            out = {"g": self.distortion_features(views)}
+        else:
+            out = {"x": run_stages(self.stages, views, 0, start_stage) if start_stage else views}
         if self.intelligibility is not None:
             out["f"] = self.raw_intelligibility_features(views)
         return out
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
         f_sel = self.select_from_raw(inputs["f"].float()).features if "f" in inputs else None
+        if start_stage >= self.feature_end:
+            return {"score": self.regress(inputs["g"], f_sel)}
         return self(inputs["x"], cached_intelligibility=f_sel, start_stage=start_stage)
 
     def gradcam_module(self) -> nn.Module:

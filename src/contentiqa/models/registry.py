@@ -22,21 +22,46 @@ CHECKPOINT_FORMAT = "contentiqa-model/1"
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered architecture and its pretrained weights, by tag (as timm's
+    ``name.tag``): a tag names what the weights were trained on and never changes the
+    architecture; a bare name means ``default_tag``."""
+
     name: str
     builder: Callable[..., IQAModel]
-    weights: str | None
+    tags: dict[str, str]
+    default_tag: str | None
     description: str
+
+    @property
+    def weights(self) -> str | None:
+        """The file of the default tag's weights."""
+        return self.tags.get(self.default_tag) if self.default_tag else None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, weights: str | None = None, description: str = "") -> Callable:
+def register_model(name: str, weights: str | dict[str, str] | None = None, description: str = "",
+                   default_tag: str | None = None) -> Callable:
+    """Register ``fn(**kwargs) -> IQAModel`` as ``name``. ``weights``: tag -> file under
+    ``contentiqa/weights`` (a single file is the tag ``default``); ``default_tag``: what a
+    bare ``name`` loads (default: the first tag)."""
+    tags = {"default": weights} if isinstance(weights, str) else dict(weights or {})
+    if "." in name:
+        raise ValueError(f"model name {name!r} must not contain '.' (it separates the weights tag)")
+
     def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
-        _REGISTRY[name] = ModelEntry(name, fn, weights, description or (fn.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = ModelEntry(name, fn, tags, default_tag or next(iter(tags), None),
+                                     description or (fn.__doc__ or "").strip().splitlines()[0])
         return fn
 
     return deco
+
+
+def split_name(spec: str) -> tuple[str, str | None]:
+    """``"iqa-cr.clive"`` -> ``("iqa-cr", "clive")``; a bare name -> ``(name, None)``."""
+    name, dot, tag = str(spec).partition(".")
+    return (name, tag) if dot else (name, None)
 
 
 def list_models(pretrained_only: bool = False) -> list[str]:
@@ -47,17 +72,40 @@ def list_models(pretrained_only: bool = False) -> list[str]:
     return names
 
 
+def list_pretrained() -> list[str]:
+    """Every ``name.tag`` whose weights ship in this install (the default tag first per name)."""
+    out = []
+    for name in sorted(_REGISTRY):
+        entry = _REGISTRY[name]
+        for tag in sorted(entry.tags, key=lambda t: (t != entry.default_tag, t)):
+            if shipped_weights_path(name, tag) is not None:
+                out.append(f"{name}.{tag}")
+    return out
+
+
 def model_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
+    base, _ = split_name(name)
+    if base not in _REGISTRY:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    return _REGISTRY[base]
 
 
-def shipped_weights_path(name: str) -> Path | None:
+def resolve_tag(name: str, tag: str | None = None) -> tuple[ModelEntry, str | None]:
+    """The entry and weights tag that ``name`` (``name`` or ``name.tag``) stands for."""
     entry = model_entry(name)
-    if entry.weights is None:
+    given = split_name(name)[1]
+    tag = tag or given or entry.default_tag
+    if tag is not None and tag not in entry.tags:
+        known = ", ".join(f"{entry.name}.{t}" for t in entry.tags) or "none"
+        raise ValueError(f"model '{entry.name}' has no weights tagged '{tag}'; tags: {known}")
+    return entry, tag
+
+
+def shipped_weights_path(name: str, tag: str | None = None) -> Path | None:
+    entry, tag = resolve_tag(name, tag)
+    if tag is None:
         return None
-    path = Path(str(resources.files("contentiqa") / "weights" / entry.weights))
+    path = Path(str(resources.files("contentiqa") / "weights" / entry.tags[tag]))
     return path if path.is_file() else None
 
 
@@ -156,16 +204,20 @@ def create_model(
         checkpoint_path, name = name, None  # type: ignore[assignment]
     if checkpoint_path is not None:
         return load_checkpoint(checkpoint_path, device)
-    entry = model_entry(name)
+    entry, tag = resolve_tag(name)
     if pretrained:
-        weights = shipped_weights_path(name)
+        weights = shipped_weights_path(entry.name, tag)
         if weights is None:
             raise FileNotFoundError(
                 f"model '{name}' has no shipped weights in this install "
-                f"(expected contentiqa/weights/{entry.weights}); use pretrained=False to train one, "
-                f"or one of: {', '.join(list_models(pretrained_only=True)) or 'none'}"
+                f"(expected contentiqa/weights/{entry.tags.get(tag) if tag else entry.weights}); use pretrained=False "
+                f"to train one, or one of: {', '.join(list_pretrained()) or 'none'}"
             )
         if kwargs:
             raise ValueError(f"pretrained '{name}' takes no architecture arguments (got {sorted(kwargs)})")
-        return load_checkpoint(weights, device)
+        model = load_checkpoint(weights, device)
+        model.weights_tag = tag
+        return model
+    if split_name(name)[1] is not None:
+        raise ValueError(f"'{name}' names pretrained weights; with pretrained=False give the bare name '{entry.name}'")
     return entry.builder(**kwargs).to(device)

@@ -13,13 +13,13 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     return model
 
 
-@register_model("iqa-cr", weights="iqa-cr_clive.pt")
+@register_model("iqa-cr", weights={"clive": "iqa-cr_clive.pt"})
 def iqa_cr(**kwargs) -> IQACR:
     """IQA-CR: multitask quality + content Transformer with sequential spatial-channel attention."""
     return _iqa_cr("full", "iqa-cr", **kwargs)
 
 
-@register_model("iqa-cr-q", weights="iqa-cr-q_clive.pt")
+@register_model("iqa-cr-q", weights={"clive": "iqa-cr-q_clive.pt"})
 def iqa_cr_q(**kwargs) -> IQACR:
     """IQA-CR-Q: the quality branch of IQA-CR alone (spatial then channel attention)."""
     return _iqa_cr("q", "iqa-cr-q", **kwargs)
@@ -53,7 +53,7 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
     return model
 
 
-@register_model("ie-iqa", weights="ie-iqa_clive.pt")
+@register_model("ie-iqa", weights={"clive": "ie-iqa_clive.pt"})
 def ie_iqa(**kwargs) -> IEIQA:
     """IE-IQA: distortion CNN fused with selected features of a frozen intelligibility network."""
     return _ie_iqa("ie-iqa", **kwargs)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,6 +87,78 @@ def _file_key(path: str) -> str:
     return f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
 
 
+def _entry_name(file_key: str) -> str:
+    return hashlib.sha1(file_key.encode()).hexdigest()[:24] + ".pt"
+
+
+def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
+    """One cached encoding, or None when it is absent or unreadable (a torn write from a
+    killed run is recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return entry if isinstance(entry, dict) and all(isinstance(v, torch.Tensor) for v in entry.values()) else None
+
+
+class _EncodeWrapper(nn.Module):
+    """``model.cache_encode(views, start_stage)`` as a tuple in the order of ``names`` (export)."""
+
+    def __init__(self, model: nn.Module, start_stage: int, names: Sequence[str]):
+        super().__init__()
+        self.model, self.start_stage, self.names = model, start_stage, tuple(names)
+
+    def forward(self, views: torch.Tensor):
+        out = self.model.cache_encode(views, self.start_stage)
+        return tuple(out[n] for n in self.names)
+
+
+class OnnxEncoder:
+    """``cache_encode`` run by ONNX Runtime: about twice as fast as eager PyTorch on a CPU,
+    which is what a first pass over a 10,000-photo dataset is bound by. One graph per input
+    shape (exported on first use into a temporary folder), checked against PyTorch on its
+    first input; encodings agree to float16 storage precision."""
+
+    def __init__(self, model: nn.Module, start_stage: int, threads: int | None = None, atol: float = 2e-3):
+        import tempfile
+
+        self.model, self.start_stage, self.threads, self.atol = model, start_stage, threads, atol
+        self.dir = tempfile.TemporaryDirectory(prefix="contentiqa-enc-")
+        self.sessions: dict[tuple, Any] = {}
+        self.names: list[str] | None = None
+
+    def _session(self, views: torch.Tensor):
+        import warnings
+
+        from ..inference.onnx import make_session
+
+        shape = tuple(views.shape)
+        if shape not in self.sessions:
+            ref = self.model.cache_encode(views, self.start_stage)
+            self.names = sorted(ref)
+            path = Path(self.dir.name) / f"enc_{len(self.sessions)}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_EncodeWrapper(self.model, self.start_stage, self.names).eval(), (views,), str(path),
+                                  dynamo=False, opset_version=17, input_names=["views"], output_names=self.names,
+                                  do_constant_folding=True)
+            sess = make_session(path, threads=self.threads)
+            outs = sess.run(self.names, {"views": views.numpy()})
+            for n, o in zip(self.names, outs):
+                diff = float((torch.from_numpy(o) - ref[n]).abs().max())
+                if diff > self.atol * max(1.0, float(ref[n].abs().max())):
+                    raise RuntimeError(f"ONNX Runtime encoding '{n}' differs from PyTorch by {diff:.3g}")
+            self.sessions[shape] = sess
+        return self.sessions[shape]
+
+    def __call__(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        sess = self._session(views)
+        outs = sess.run(self.names, {"views": np.ascontiguousarray(views.numpy())})
+        return {n: torch.from_numpy(o) for n, o in zip(self.names, outs)}
+
+
 @torch.inference_mode()
 def cached_encodings(
     model: nn.Module,
@@ -95,44 +168,54 @@ def cached_encodings(
     cache_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
+    runtime: str = "torch",
 ) -> list[dict[str, torch.Tensor]]:
     """For each image, the model's frozen-part encoding of each of its cached views.
 
     The model defines the views (``cache_views(image, train)``: e.g. the image and its mirror
     for IQA-CR, the ten 224-px crops/flips of the 244-px resize for IE-IQA) and what is cached
     (``cache_encode(views, start_stage)`` -> dict of tensors with a leading view axis).
-    With ``cache_dir``, encodings are stored per image (keyed by path, size and mtime) in one
-    file per model family / frozen part, so every split and seed reuses them.
+    With ``cache_dir``, encodings are stored one file per image (keyed by path, size and
+    mtime) in one folder per model family / frozen part, so every split and seed reuses them
+    and an interrupted pass over a large dataset resumes where it stopped. ``runtime="onnx"``
+    computes them with ONNX Runtime (CPU; see :class:`OnnxEncoder`).
     """
     from tqdm.auto import tqdm
 
-    store: dict[str, dict[str, torch.Tensor]] = {}
-    cache_file = None
+    folder = None
     if cache_dir is not None:
         frozen = list(model.stages[:start_stage])
         if getattr(model, "intelligibility", None) is not None:
             frozen.append(model.intelligibility)
         fp = weights_fingerprint(frozen)
         tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}|{fp}".encode()).hexdigest()[:12]
-        cache_file = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}.pt"
-        if cache_file.is_file():
-            store = torch.load(cache_file, map_location="cpu", weights_only=True)
+        folder = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}"
+        folder.mkdir(parents=True, exist_ok=True)
     keys = [_file_key(p) for p in paths]
+    store: dict[str, dict[str, torch.Tensor]] = {}
+    if folder is not None:
+        for k in keys:
+            entry = _load_entry(folder / _entry_name(k))
+            if entry is not None:
+                store[k] = entry
     todo = [(p, k) for p, k in zip(paths, keys) if k not in store]
     if todo:
+        from ..utils.io import atomic_torch_save
+
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be 'torch' or 'onnx', not {runtime!r}")
         device = next(model.parameters()).device
         was = model.training
         model.eval()
+        encode = OnnxEncoder(model, start_stage) if runtime == "onnx" else (lambda v: model.cache_encode(v, start_stage))
         try:
             for p, k in tqdm(todo, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
                 views = torch.stack(model.cache_views(load_image(p).image, train)).to(device)
-                enc = model.cache_encode(views, start_stage)
+                enc = encode(views)
                 # Kept on the CPU: the store can outgrow an accelerator's memory.
                 store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
+                if folder is not None:
+                    atomic_torch_save(store[k], folder / _entry_name(k))
         finally:
             model.train(was)
-        if cache_file is not None:
-            from ..utils.io import atomic_torch_save
-
-            atomic_torch_save(store, cache_file)
     return [store[k] for k in keys]

@@ -30,6 +30,13 @@ class TrainConfig:
     loss_weighting: str = "sum"  # sum | dwa | uncertainty
     category_weight: float = 0.2
     """Weight of the focal (content) loss relative to the score loss (``sum`` weighting)."""
+    rank_weight: float = 0.0
+    """Weight of a fidelity (ranking) loss on every pair of a batch (UNIQUE, LIQE). Batches are
+    drawn within one dataset, so pairs never compare MOS across rating scales: the lever for
+    training on several datasets at once. 0 = off."""
+    rank_sigma: float = 0.05
+    """Spread of the Thurstone model of the ranking loss, on the normalised [0, 1] scale:
+    P(a better than b) = Phi((s_a - s_b) / (sqrt(2) * rank_sigma))."""
     # data
     crop: int | None = 448
     """Random crop side in pixels at native scale (None: whole image). Images smaller than the

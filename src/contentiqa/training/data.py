@@ -204,6 +204,8 @@ class CachedFeatures(Dataset):
         self.epoch = epoch
 
     def shapes(self) -> list[tuple[int, int]]:
+        if self.encodings and "x" not in self.encodings[0]:
+            return [(0, 0)] * len(self.encodings)  # pooled features: one shape
         return [effective_shape(e["x"].shape[-2], e["x"].shape[-1], self.crop_cells) for e in self.encodings]
 
     def __len__(self) -> int:
@@ -215,7 +217,7 @@ class CachedFeatures(Dataset):
         n_views = next(iter(enc.values())).shape[0]
         v = int(rng.integers(0, n_views)) if self.train else 0
         item = {k: t[v].float() for k, t in enc.items()}
-        if self.crop_cells is not None:
+        if self.crop_cells is not None and "x" in item:
             x = item["x"]
             h, w = x.shape[-2:]
             ch, cw = min(h, self.crop_cells), min(w, self.crop_cells)

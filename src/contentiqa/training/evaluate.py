@@ -43,6 +43,16 @@ def metrics_from_predictions(
         if known.any():
             out["accuracy"] = accuracy(pred_categories[known], target[known])
             out["n_labelled"] = float(known.sum())
+        if "categories" in table:
+            # Multi-label data: a prediction is acceptable when it is any of the photo's labels.
+            from ..data.labels import acceptable_sets
+
+            sets = acceptable_sets(table["categories"])
+            labelled = np.array([bool(x) for x in sets])
+            if labelled.any():
+                names = [categories[i] if i >= 0 else None for i in pred_categories]
+                hits = [names[i] in sets[i] for i in np.flatnonzero(labelled)]
+                out["acceptable"] = float(np.mean(hits))
     return out
 
 

@@ -12,6 +12,21 @@ from torch import nn
 from ..models.layers import FocalLoss
 
 
+def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = 0.05) -> torch.Tensor:
+    """Fidelity loss over every pair of a batch (Tsai et al. 2007; UNIQUE, Zhang et al. 2021):
+    the predicted probability that one image is better than the other, Phi of the score
+    difference, against the ground truth from the targets (1, 0, or 0.5 for ties). Only the
+    order within the batch matters, not the targets' scale."""
+    n = pred.shape[0]
+    if n < 2:
+        return pred.sum() * 0.0
+    i, j = torch.triu_indices(n, n, offset=1, device=pred.device)
+    p = 0.5 * (1 + torch.erf((pred[i] - pred[j]) / (2 * sigma)))  # Phi(d / (sqrt(2) sigma))
+    t = (target[i] > target[j]).to(pred.dtype) + 0.5 * (target[i] == target[j]).to(pred.dtype)
+    eps = 1e-8
+    return (1 - torch.sqrt(p * t + eps) - torch.sqrt((1 - p) * (1 - t) + eps)).mean()
+
+
 class MultiTaskLoss(nn.Module):
     def __init__(
         self,
@@ -21,6 +36,8 @@ class MultiTaskLoss(nn.Module):
         weighting: str = "sum",
         category_weight: float = 1.0,
         dwa_temperature: float = 2.0,
+        rank_weight: float = 0.0,
+        rank_sigma: float = 0.05,
     ):
         super().__init__()
         if weighting not in ("sum", "dwa", "uncertainty"):
@@ -33,6 +50,8 @@ class MultiTaskLoss(nn.Module):
         self.weighting = weighting
         self.category_weight = category_weight
         self.dwa_temperature = dwa_temperature
+        self.rank_weight = rank_weight
+        self.rank_sigma = rank_sigma
         # uncertainty weighting: log variances, learned with the model
         self.log_vars = nn.Parameter(torch.zeros(2)) if weighting == "uncertainty" else None
         self.epoch_losses: list[list[float]] = []  # per-epoch mean task losses (for DWA)
@@ -61,11 +80,15 @@ class MultiTaskLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         if "score" in out:
             terms["score"] = self._score(out["score"].float(), target.float())
+            if self.rank_weight:
+                terms["rank"] = fidelity_loss(out["score"].float(), target.float(), self.rank_sigma)
         if "logits" in out and bool((category >= 0).any()):
             terms["category"] = self.focal(out["logits"].float(), category)
         if not terms:
             raise ValueError("batch gives no loss: the model predicts categories but no item has a category label")
         ls = terms.get("score", torch.zeros((), device=target.device))
+        if "rank" in terms:
+            ls = ls + self.rank_weight * terms["rank"]
         lc = terms.get("category", torch.zeros((), device=target.device))
         if self.weighting == "sum":
             total = ls + self.category_weight * lc

@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,7 +94,7 @@ class Trainer:
         model: IQAModel,
         train_table: pd.DataFrame,
         val_table: pd.DataFrame | None,
-        scale: MOSScale,
+        scale: MOSScale | Mapping[str, MOSScale],
         cfg: TrainConfig,
         out_dir: str | Path,
         progress: bool = True,
@@ -110,6 +110,19 @@ class Trainer:
         self.cache_dir = cache_dir
         self.train_table = train_table.reset_index(drop=True)
         self.val_table = val_table.reset_index(drop=True) if val_table is not None and len(val_table) else None
+        # Several datasets (tables with a 'dataset' column, ``scale`` a mapping dataset -> scale):
+        # each row's MOS is normalised by its own dataset's scale, batches are drawn within one
+        # dataset, and validation averages the per-dataset correlations. The model's outputs
+        # are on the first dataset's scale.
+        self.scales: dict[str, MOSScale] | None = None
+        if isinstance(scale, Mapping):
+            self.scales = dict(scale)
+            if not self.scales:
+                raise ValueError("no dataset scales given")
+            for name, t in (("training", self.train_table), ("validation", self.val_table)):
+                if t is not None and ("dataset" not in t or not set(t["dataset"]) <= set(self.scales)):
+                    raise ValueError(f"{name} table needs a 'dataset' column naming one of {sorted(self.scales)}")
+            scale = next(iter(self.scales.values()))
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.scale = scale
@@ -123,7 +136,8 @@ class Trainer:
             self.progress = False
         model.to(self.device)
         self.has_score = "score" in self._probe_outputs()
-        self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight).to(self.device)
+        self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
+                                     rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma).to(self.device)
         self._check_labels()
         self.start_stage = 0
         self._build_data()
@@ -166,7 +180,14 @@ class Trainer:
             )
 
     def _targets(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        t = self.scale.normalize(table["mos"].to_numpy(dtype=np.float64))
+        mos = table["mos"].to_numpy(dtype=np.float64)
+        if self.scales is not None:
+            t = np.empty(len(table))
+            for name, sc in self.scales.items():
+                rows = (table["dataset"] == name).to_numpy()
+                t[rows] = sc.normalize(mos[rows])
+        else:
+            t = self.scale.normalize(mos)
         c = category_indices(table["category"], self.model.categories) if "category" in table and self.model.categories else np.full(len(table), -1)
         return t, c
 
@@ -180,11 +201,14 @@ class Trainer:
             self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
                                         seed=cfg.seed, train=True, transform=transform)
             self.val_feats = None
+        shapes = self.train_ds.shapes()
+        if self.scales is not None:  # batches within one dataset (ranking pairs, batch statistics)
+            shapes = [(d, *sh) for d, sh in zip(self.train_table["dataset"], shapes)]
         if self.distributed:
-            self.sampler = DistributedShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, self.world_size, self.rank,
+            self.sampler = DistributedShapeGroupedBatchSampler(shapes, cfg.batch_size, self.world_size, self.rank,
                                                                shuffle=True, seed=cfg.seed)
         else:
-            self.sampler = ShapeGroupedBatchSampler(self.train_ds.shapes(), cfg.batch_size, shuffle=True, seed=cfg.seed)
+            self.sampler = ShapeGroupedBatchSampler(shapes, cfg.batch_size, shuffle=True, seed=cfg.seed)
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
                                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
@@ -200,8 +224,13 @@ class Trainer:
         if k > limit:
             raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
         first_level = min(getattr(model, "levels", [limit - 1]))
-        if k > first_level + 1:
-            raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1}")
+        # k == limit freezes every stage the model uses: the cache then holds the pooled
+        # features themselves and only the head trains (one view per image: a frozen network
+        # has no augmentation to cache, so training and evaluation share the encodings).
+        pooled = k == limit
+        if k > first_level + 1 and not pooled:
+            raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1} "
+                             f"(or {limit} to freeze the whole backbone and train the head on pooled features)")
         if not getattr(model.cfg, "bn_eval", False):
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
         backbone = model.backbone if hasattr(model, "backbone") else model.distortion
@@ -211,9 +240,10 @@ class Trainer:
         freeze_stages(backbone, k)
         # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
         with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
-            enc = cached_encodings(model, list(self.train_table["image"]), k, train=True, cache_dir=self.cache_dir, progress=self.progress)
+            enc = cached_encodings(model, list(self.train_table["image"]), k, train=not pooled, cache_dir=self.cache_dir,
+                                   progress=self.progress)
         cells = None
-        if model.native_resolution and cfg.crop is not None:
+        if model.native_resolution and cfg.crop is not None and "x" in enc[0]:
             # Stride of the cached map, to express the pixel crop in feature cells.
             from .data import image_size
 
@@ -308,7 +338,24 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         s, c = self.predict_val()
-        return metrics_from_predictions(s, self.val_table, self.scale, c, self.model.categories)
+        table = self.val_table
+        if self.scales is None or "dataset" not in table:
+            return metrics_from_predictions(s, table, self.scale, c, self.model.categories)
+        # Several datasets: metrics within each (correlations across rating scales mean
+        # nothing), then their mean; the per-dataset values are kept as '<name>/<metric>'.
+        per: dict[str, dict[str, float]] = {}
+        for name, sc in self.scales.items():
+            rows = (table["dataset"] == name).to_numpy()
+            if rows.sum() >= 3:
+                per[name] = metrics_from_predictions(s[rows] if s is not None else None, table[rows], sc,
+                                                     c[rows] if c is not None else None, self.model.categories)
+        out: dict[str, float] = {}
+        for k in sorted({k for m in per.values() for k in m}):
+            vals = [m[k] for m in per.values() if k in m]
+            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled") else float(np.mean(vals))
+        for name, m in per.items():
+            out.update({f"{name}/{k}": v for k, v in m.items() if k in ("srocc", "plcc", "accuracy")})
+        return out
 
     def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None) -> dict[str, float]:
         """Metrics of ``model`` (default: the trained one) on another table (e.g. the test
@@ -357,7 +404,7 @@ class Trainer:
             bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
         if self.distributed:
             # Epoch losses over all ranks, and the DWA statistics too (same weights everywhere).
-            keys = ("loss", "loss_score", "loss_category")
+            keys = ("loss", "loss_score", "loss_category", "loss_rank")
             red = dist_utils.all_reduce_sum([n] + [totals.get(k, 0.0) for k in keys] + [float(k in totals) for k in keys]
                                             + list(self.loss_fn._running))
             n = int(red[0])

@@ -1,0 +1,140 @@
+"""Content labels joined to a dataset by a dataset-relative key.
+
+A dataset table's ``key`` column is each image's path relative to the dataset's root, with
+'/' separators (``images/239.png`` for clive-dev): it stays the same when the data moves to
+another folder or machine, where absolute paths do not. Label files are joined on it.
+
+Two label formats are read:
+
+- **content labels** (``image, category[, category_confidence, category_source]``): one
+  category per image, e.g. the pseudo-labels of ``contentiqa label-content``;
+- **scene labels** in LIQE's format (``image, scene1[, scene2, scene3][, distortion]``): human
+  labels, several scenes per photo (``scene1`` the main one). ``category`` becomes the main
+  scene and ``categories`` every scene that applies (``|``-separated), mapped onto IQA-CR's
+  names (:data:`LIQE_TO_IQA_CR`).
+
+``image`` in a label file may be the dataset key itself, or a path (absolute, or relative to
+the label file) under the dataset root, which is turned into the key.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+LIQE_SCENES = ("animal", "cityscape", "human", "indoor", "landscape", "night", "plant", "still_life", "others")
+LIQE_TO_IQA_CR: dict[str, str] = {
+    "animal": "animal",
+    "cityscape": "cityscape",
+    "human": "human",
+    "indoor": "indoor scene",
+    "landscape": "landscape",
+    "night": "night scene",
+    "plant": "plant",
+    "still_life": "artifact",
+    "others": "others",
+}
+"""LIQE's nine scenes -> IQA-CR's categories. IQA-CR's tenth, ``vehicle``, has no LIQE
+counterpart: a head trained on these labels uses :data:`HUMAN_LABEL_CATEGORIES` (nine)."""
+
+HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
+SCENE_COLUMNS = ("scene1", "scene2", "scene3")
+CATEGORY_SEPARATOR = "|"
+
+
+class LabelsError(ValueError):
+    """A label file that cannot be read or joined (the message names the file)."""
+
+
+def dataset_keys(images: Iterable[str], root: str | os.PathLike) -> list[str]:
+    """Paths relative to the dataset ``root`` (a folder), '/'-separated."""
+    base = os.path.abspath(str(root))
+    return [Path(os.path.relpath(os.path.abspath(str(p)), base)).as_posix() for p in images]
+
+
+def map_scene(value) -> str | None:
+    """A LIQE scene (or an IQA-CR / SPAQ category name) -> an IQA-CR category; None if empty."""
+    from .content_labels import normalize_category
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
+        return None
+    text = str(value).strip()
+    mapped = LIQE_TO_IQA_CR.get(text.lower())
+    return mapped if mapped is not None else normalize_category(text)
+
+
+def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """A label file as ``image, category[, categories][, distortion][, category_confidence,
+    category_source]`` (scene labels mapped, see the module docstring)."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise LabelsError(f"label file {path} does not exist") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise LabelsError(f"label file {path} is not a readable CSV: {exc}") from None
+    if "image" not in raw:
+        raise LabelsError(f"label file {path} needs an 'image' column; it has {list(raw.columns)}")
+    out = pd.DataFrame({"image": raw["image"].astype(str)})
+    if "scene1" in raw:
+        scenes = [[map_scene(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
+        unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})
+        if unknown:
+            raise LabelsError(f"label file {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
+        out["category"] = [row[0] for row in scenes]
+        out["categories"] = [CATEGORY_SEPARATOR.join(dict.fromkeys(s for s in row if s)) or None for row in scenes]
+        out["category_source"] = "human"
+    elif "category" in raw:
+        from .content_labels import normalize_category
+
+        out["category"] = [normalize_category(v) for v in raw["category"]]
+        for c in ("categories", "category_confidence", "category_source"):
+            if c in raw:
+                out[c] = raw[c].values
+    else:
+        raise LabelsError(f"label file {path} needs a 'category' or 'scene1' column; it has {list(raw.columns)}")
+    if "distortion" in raw:
+        out["distortion"] = raw["distortion"].values
+    return out
+
+
+def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str | os.PathLike,
+                require_all: bool = False) -> pd.DataFrame:
+    """``table`` (with a ``key`` column, or images under ``root``) with the labels of
+    ``labels_path`` joined on the dataset-relative key. Images without a label get none
+    (``require_all`` raises instead). Existing label columns of ``table`` are replaced."""
+    labels_path = Path(labels_path)
+    labels = read_labels(labels_path)
+    keys = table["key"].tolist() if "key" in table else dataset_keys(table["image"], root)
+    known = set(keys)
+    as_key = labels["image"].map(lambda s: s.replace("\\", "/"))
+    if not as_key.isin(known).any():
+        # Paths rather than keys: resolve against the label file's folder, then make them keys.
+        resolved = [p if os.path.isabs(p) else str(labels_path.parent / p) for p in labels["image"]]
+        as_key = pd.Series(dataset_keys(resolved, root), index=labels.index)
+    labels = labels.assign(key=as_key.values).drop(columns=["image"]).drop_duplicates("key")
+    matched = int(labels["key"].isin(known).sum())
+    if matched == 0:
+        raise LabelsError(f"label file {labels_path}: none of its {len(labels)} images is in the dataset "
+                          f"(dataset keys look like {keys[:1]}, the file's like {labels['key'].tolist()[:1]})")
+    cols = [c for c in labels.columns if c != "key"]
+    out = table.drop(columns=[c for c in cols if c in table]).assign(_key=keys)
+    out = out.merge(labels.rename(columns={"key": "_key"}), on="_key", how="left").drop(columns=["_key"])
+    if require_all:
+        lacking = int(out["category"].isna().sum())
+        if lacking:
+            raise LabelsError(f"label file {labels_path} lacks {lacking} of the {len(out)} images")
+    return out
+
+
+def acceptable_sets(values: Iterable) -> list[set[str]]:
+    """``categories`` cells -> sets of acceptable categories (empty when unlabelled)."""
+    out = []
+    for v in values:
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            out.append(set())
+        else:
+            out.append({s for s in str(v).split(CATEGORY_SEPARATOR) if s})
+    return out
