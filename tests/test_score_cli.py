@@ -166,7 +166,7 @@ def test_all_ok_exit_0_and_csv_columns(tmp_path, ckpt):
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header[:5] == ["path", "score", "category", "category_confidence", "error"]
-    assert header[5:] == ["notes", "model", "weights", "weights_sha256", "contentiqa_version"]
+    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "contentiqa_version"]
     rows = read_csv(out)
     assert len(rows) == 3 and all(r["error"] == "" and r["category"] for r in rows)
     import hashlib
@@ -207,7 +207,7 @@ def test_default_model_without_weights_exits_2(tmp_path, capsys, monkeypatch):
     import contentiqa.models.registry as registry
 
     # An install whose weights file is missing (e.g. a source checkout without the LFS files).
-    monkeypatch.setattr(registry, "shipped_weights_path", lambda name: None)
+    monkeypatch.setattr(registry, "shipped_weights_path", lambda *a, **k: None)
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d) == 2
     err = capsys.readouterr().err

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 from ..utils.io import atomic_write_text
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
-MODEL_FIELDS = ("model", "weights", "weights_sha256", "contentiqa_version")
+MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "contentiqa_version")
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".html": "html", ".htm": "html"}
 
 
@@ -68,8 +68,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def model_record(model: Any, spec: str) -> dict[str, str]:
-    """The :data:`MODEL_FIELDS` of ``model`` loaded from ``spec`` (a registered name or a file):
-    the weights file it was read from and that file's SHA-256 identify it exactly."""
+    """The :data:`MODEL_FIELDS` of ``model`` loaded from ``spec`` (a registered name, ``name.tag``
+    or a file): the weights file it was read from and that file's SHA-256 identify it exactly."""
     from .. import __version__
 
     path = (getattr(model, "checkpoint_info", None) or {}).get("path")
@@ -78,6 +78,7 @@ def model_record(model: Any, spec: str) -> dict[str, str]:
         digest = file_sha256(path)
     return {
         "model": str(getattr(model, "model_name", spec)),
+        "weights_tag": model.weights_tag or "",
         "weights": os.path.basename(path) if path and not os.path.isfile(spec) else (path or ""),
         "weights_sha256": digest,
         "contentiqa_version": __version__,
