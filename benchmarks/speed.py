@@ -298,7 +298,7 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
     score_mod._load_runtime = timed_load
     try:
         t = time.perf_counter()
-        rc = main(["score", *files, "--model", ckpt, "-o", str(out_csv), "-q", "--runtime", runtime,
+        rc = main(["score", *files, "--model", ckpt, "-o", str(out_csv), "-q", "--force", "--runtime", runtime,
                    *(["--batch-size", str(batch_size)] if batch_size else []),
                    *(["--workers", str(workers)] if workers is not None else []), *(extra or [])])
         wall = time.perf_counter() - t

@@ -300,11 +300,14 @@ def test_checkpoint_not_a_state_dict(tmp_path):
     torch.save({"epoch": 3, "note": "no tensors here"}, ckpt)
     with pytest.raises(ValueError, match="not a state dict"):
         create_backbone("resnet18", checkpoint_path=ckpt)
-    # A whole pickled module is accepted.
+    # A whole pickled module is code, not data: refused (its state dict is what to save).
     torch.manual_seed(7)
     src = create_backbone("resnet18", pretrained=False)
     whole = tmp_path / "whole.pth"
     torch.save(src, whole)
+    with pytest.raises(ValueError, match="refusing to load.*whole.pth"):
+        create_backbone("resnet18", checkpoint_path=whole)
+    torch.save(src.state_dict(), whole)
     m = create_backbone("resnet18", checkpoint_path=whole)
     assert torch.equal(m.layer3[0].conv2.weight, src.layer3[0].conv2.weight)
 

@@ -71,7 +71,7 @@ def test_report_with_heatmaps_and_limit(tmp_path, ckpt):
     assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q", "--explain"]) == 0
     text = out.read_text()
     assert text.count('class="heatmap"') == 3
-    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q",
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q", "--force",
                  "--explain", "--explain-limit", "1"]) == 0
     text = out.read_text()
     assert text.count('class="heatmap"') == 1 and text.count('<div class="card"') == 3

@@ -166,9 +166,13 @@ def test_all_ok_exit_0_and_csv_columns(tmp_path, ckpt):
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header[:5] == ["path", "score", "category", "category_confidence", "error"]
-    assert header[5:] in ([], ["notes"])
+    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "contentiqa_version"]
     rows = read_csv(out)
     assert len(rows) == 3 and all(r["error"] == "" and r["category"] for r in rows)
+    import hashlib
+
+    assert {r["weights_sha256"] for r in rows} == {hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()}
+    assert {r["model"] for r in rows} == {"iqa-cr"}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic: no temp left
 
 
@@ -203,7 +207,7 @@ def test_default_model_without_weights_exits_2(tmp_path, capsys, monkeypatch):
     import contentiqa.models.registry as registry
 
     # An install whose weights file is missing (e.g. a source checkout without the LFS files).
-    monkeypatch.setattr(registry, "shipped_weights_path", lambda name: None)
+    monkeypatch.setattr(registry, "shipped_weights_path", lambda *a, **k: None)
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d) == 2
     err = capsys.readouterr().err
@@ -229,17 +233,17 @@ def test_globs_and_recursion(tmp_path, ckpt, monkeypatch):
     out = tmp_path / "g.csv"
     assert run("score", "shoot/*.jpg", "--model", ckpt, "-o", out, "-q") == 0  # quoted glob
     assert sorted(by_name(read_csv(out))) == ["img0.jpg", "img1.jpg"]
-    assert run("score", root, "--model", ckpt, "-o", out, "-q") == 0
+    assert run("score", root, "--model", ckpt, "-o", out, "-q", "--force") == 0
     assert len(read_csv(out)) == 2  # no subfolders, no hidden files
-    assert run("score", root, "--recursive", "--model", ckpt, "-o", out, "-q") == 0
+    assert run("score", root, "--recursive", "--model", ckpt, "-o", out, "-q", "--force") == 0
     assert len(read_csv(out)) == 3
-    assert run("score", root / "sub", root / "sub" / "img0.jpg", "--model", ckpt, "-o", out, "-q") == 0
+    assert run("score", root / "sub", root / "sub" / "img0.jpg", "--model", ckpt, "-o", out, "-q", "--force") == 0
     assert len(read_csv(out)) == 1  # the same file twice is scored once
-    assert run("score", "nothing-*.jpg", "--model", ckpt, "-o", out, "-q") == 1
+    assert run("score", "nothing-*.jpg", "--model", ckpt, "-o", out, "-q", "--force") == 1
     assert "no files match" in read_csv(out)[0]["error"]
     only_sub = tmp_path / "only_sub"
     ok_folder(only_sub / "inner", n=1)
-    assert run("score", only_sub, "--model", ckpt, "-o", out, "-q") == 1
+    assert run("score", only_sub, "--model", ckpt, "-o", out, "-q", "--force") == 1
     assert "--recursive" in read_csv(out)[0]["error"]
 
 

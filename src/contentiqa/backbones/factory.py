@@ -44,17 +44,17 @@ def list_backbones(pretrained_offline: bool = False) -> list[str]:
 
 
 def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str) -> None:
+    from ..utils.checkpoint_io import load_torch_file
+
     path = Path(checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone '{name}': checkpoint_path {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, f"backbone '{name}' checkpoint")  # plain data only: never runs code
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(
             f"backbone '{name}': checkpoint {path} is not a state dict (a mapping of names to tensors, "

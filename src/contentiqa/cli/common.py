@@ -27,9 +27,24 @@ def load_data(args: argparse.Namespace):
     try:
         return load_dataset(name, path, on_missing="skip" if args.skip_missing else "error")
     except MissingFilesError as exc:
-        raise UsageError(str(exc)) from None
+        # The data layer speaks to Python callers (on_missing='skip'); here the switch is a flag.
+        raise UsageError(str(exc).replace("Pass on_missing='skip'", "Pass --skip-missing")) from None
     except (ValueError, KeyError) as exc:
         raise UsageError(f"cannot read dataset {path}: {exc}") from None
+
+
+def check_rated(table: pd.DataFrame, data: str | Path, what: str, need: int = 2) -> None:
+    """Fail with a message, not a traceback, when ``table`` cannot give correlations: fewer
+    than ``need`` images (a header-only or one-row file) or one MOS for all of them."""
+    if len(table) < need:
+        held = "no images (only a header?)" if len(table) == 0 else f"only {len(table)} image(s)"
+        raise UsageError(f"--data {data}: {what} needs at least {need} rated images; it lists {held}")
+    values = table["mos"].unique()
+    if len(values) < 2:
+        raise UsageError(
+            f"--data {data}: every image has the same MOS ({values[0]:g}), so PLCC/SROCC are undefined; "
+            f"{what} needs images rated differently"
+        )
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +72,10 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         if not parts["train"]:
             raise UsageError("the 'split' column marks no row as 'train'")
         return Split("column", 0, {p: v for p, v in parts.items() if v})
-    split = make_splits(table, args.protocol, seed=args.split_seed, progress=True)
+    try:
+        split = make_splits(table, args.protocol, seed=args.split_seed, progress=True)
+    except ValueError as exc:
+        raise UsageError(f"--data {args.data}: {exc} (or pass --split FILE / a 'split' column)") from None
     if out_dir is not None:
         save_splits(split, out_dir / "split.json")
     return split

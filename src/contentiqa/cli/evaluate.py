@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_args, load_data
+from .common import add_data_args, check_rated, load_data
 from .main import UsageError
 
 
@@ -42,12 +42,20 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, IndexError) as exc:
             raise UsageError(f"--split {args.split}: {exc}") from None
         table = table.iloc[split.indices(table, args.part)]
+    check_rated(table, args.data, "evaluate" + (f" (--part {args.part})" if args.split else ""))
     try:
         model = create_model(args.model, pretrained=True, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    metrics, preds = evaluate_model(model, table, ds.scale, batch_size=args.batch_size, progress=not args.quiet,
-                                    fit_logistic=args.fit_logistic)
+    from ..metrics import MetricInputError
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    try:
+        metrics, preds = evaluate_model(model, table, ds.scale, batch_size=args.batch_size, progress=not args.quiet,
+                                        fit_logistic=args.fit_logistic)
+    except MetricInputError as exc:  # e.g. too few images could be scored, or constant predictions
+        raise UsageError(f"cannot measure {args.model} on {args.data}: {exc}") from None
     metrics = {"model": args.model, "data": str(args.data), **metrics}
     names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
     print(f"{args.model} on {args.data} ({int(metrics['n'])} images"

@@ -28,7 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
     p.add_argument("--model", "-m", default=None, help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL)")
     p.add_argument("--out", "-o", metavar="PNG",
-                   help="output PNG (one IMAGE only; default: <image name>_explain.png in the current folder)")
+                   help="output PNG (one IMAGE only; default: <image name>_explain.png in --out-dir)")
+    p.add_argument("--out-dir", metavar="DIR", default=None,
+                   help="folder for the PNGs (default: the current folder); images of the same name get "
+                        "_explain-2.png, -3, ... so no result overwrites another of the same run")
     p.add_argument("--target", choices=("quality", "category", "both"), default="both",
                    help="which heatmap(s) to show (default both; 'category' needs a model with a content head)")
     p.add_argument("--map", choices=("fused", "gradcam"), default="fused",
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a .png file, not {args.out}")
     if args.max_pixels < 0:
         raise UsageError("--max-pixels must be 0 or more")
+    if args.out and args.out_dir:
+        raise UsageError("--out names the file, --out-dir the folder: give one")
     device = resolve_device(args.device)
     model = load_model(args.model or DEFAULT_MODEL, device)
     if args.target in ("category", "both") and not model.has_content_head:
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = None if args.max_pixels == 0 else int(args.max_pixels * 1e6)
 
     failures = 0
+    out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
+    taken: set[str] = set()
     for image in args.images:
         try:
             exp = explain(model, image, targets=targets, category=category, max_pixels=max_pixels)
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1
             continue
-        out = Path(args.out) if args.out else Path.cwd() / f"{Path(image).stem}_explain.png"
+        out = Path(args.out) if args.out else _unique_name(out_dir, Path(image).stem, taken)
         try:
             exp.save_figure(out, target=args.target, which=args.map)
         except ValueError as exc:
@@ -86,3 +93,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: {note}")
         print(f"  wrote {os.fspath(out)}")
     return 1 if failures else 0
+
+
+def _unique_name(folder: Path, stem: str, taken: set[str]) -> Path:
+    """``<stem>_explain.png`` in ``folder``, numbered when this run already wrote that name
+    (a/x.JPG and b/x.JPG must not share one file); a file from an earlier run is replaced."""
+    n = 1
+    while True:
+        name = f"{stem}_explain{'' if n == 1 else f'-{n}'}.png"
+        if os.path.normcase(name) not in taken:
+            taken.add(os.path.normcase(name))
+            return folder / name
+        n += 1

@@ -13,17 +13,28 @@ needs no PyTorch weights at all). Many machines: --shard I/N scores a fixed 1/N 
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
 write tables that concatenate to the whole, every input once.
 
+Nothing is lost: --output is checked writable and locked (a second run writing the same file
+is refused) before scoring; an existing --output needs --resume (finish it: only inputs not yet
+scored are run, and only with the model that scored the rest) or --force (replace it). Results
+are saved every --flush-every rows, and on Ctrl-C, SIGTERM (a batch system's time limit) or
+SIGHUP; if --output cannot be written, they go to a rescue file in the temporary folder, named
+in the message. Every row records the model, its weights file and SHA-256, and the version.
+
 Exit code: 0 every input scored, 1 some failed (the output still lists every input),
-2 usage error.
+2 usage error (nothing scored), 3 results could not be written to --output (saved to the
+rescue file named on stderr), 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; progress saved).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 import re
+import stat
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .main import UsageError
@@ -60,10 +71,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain-limit", type=int, default=100, metavar="N",
                    help="with --explain, heatmaps for the N best-scored images only (default 100; 0 = all)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the rows already in --output and score only the inputs missing there (failed ones are retried)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+                   help="keep the rows already in --output and score only the inputs missing there (failed ones are "
+                        "retried); refused if they were scored with another model")
+    p.add_argument("--force", action="store_true", help="replace an existing --output (without it, or --resume, an existing file is an error)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and notes on inputs passed over")
     p.add_argument("--max-pixels", type=float, default=None, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
+    p.add_argument("--max-side", type=int, default=None, metavar="PX",
+                   help="native-resolution models (iqa-cr): downscale images whose longest side exceeds PX first, "
+                        "noted in the row (default 2048, which bounds memory at about 2 GB; 0 = never: a 24 MP "
+                        "photo then needs about 6 GB)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default=None,
                    help="run the model in PyTorch (default) or ONNX Runtime (CPU; needs onnxruntime: "
@@ -97,36 +114,83 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_folder(folder: str, recursive: bool) -> tuple[list[str], bool]:
-    """Image files in ``folder`` (sorted; hidden files and folders skipped) and whether
-    it has subfolders that were not searched."""
+@dataclass
+class FolderScan:
+    """What scanning one folder found: image files, the problems that must become rows
+    (unreadable folders, broken or looping links: their images cannot be scored) and what was
+    passed over on purpose (summarised on stderr, so nothing is skipped without a word)."""
+
+    files: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    subfolders_skipped: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
+    links_seen: list[str] = field(default_factory=list)
+
+
+def _classify(scan: FolderScan, folder: str, name: str, recursive: bool) -> str | None:
+    """Add the entry ``name`` of ``folder`` to ``scan``; returns its path when it is a folder
+    to descend into."""
     from ..data.imageio import is_image_file
 
-    found: list[str] = []
-    skipped_subdirs = False
-    if recursive:
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if not _hidden(d))
-            found += [os.path.normpath(os.path.join(root, f)) for f in sorted(files) if not _hidden(f) and is_image_file(f)]
-        return found, False
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        if _hidden(e.name):
+    path = os.path.normpath(os.path.join(folder, name))
+    try:
+        st = os.stat(path)  # follows links
+    except OSError as exc:
+        if os.path.islink(path):
+            reason = "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+            if is_image_file(name) or exc.errno == errno.ELOOP:
+                scan.problems.append((path, f"{reason} ({exc.strerror})"))
+            else:
+                scan.not_images.append(path)
+        else:
+            scan.problems.append((path, f"cannot read: {exc.strerror or exc}"))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        if recursive:
+            return path
+        scan.subfolders_skipped.append(path)
+    elif is_image_file(name):
+        scan.files.append(path)
+    else:
+        scan.not_images.append(path)
+    return None
+
+
+def list_folder(folder: str, recursive: bool) -> FolderScan:
+    """Image files in ``folder`` (sorted; hidden files and folders skipped), descending into
+    subfolders (and linked folders, each real folder once, so link loops end) with
+    ``recursive``. Files are recognised by extension: every format Pillow can open."""
+    scan = FolderScan()
+    seen: set[tuple[int, int]] = set()
+    stack = [os.path.normpath(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:
+                scan.links_seen.append(d)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            scan.problems.append((d, f"folder cannot be read: {exc.strerror or exc}; its images were not scored"))
             continue
-        if e.is_dir():
-            skipped_subdirs = True
-        elif is_image_file(e.name) and e.is_file():
-            found.append(os.path.normpath(os.path.join(folder, e.name)))
-    return found, skipped_subdirs
+        subdirs = [_classify(scan, d, n, recursive) for n in names if not _hidden(n)]
+        stack.extend(reversed([s for s in subdirs if s is not None]))
+    return scan
 
 
-def collect_inputs(args_paths: list[str], recursive: bool) -> list[tuple[str, str | None]]:
+def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | None = None) -> list[tuple[str, str | None]]:
     """``[(path, error_or_None)]`` in order, duplicates removed. Entries with an error are
-    PATH arguments that yield nothing to score (a glob matching nothing, a folder without
-    images); a path that does not exist is passed on and reported by the image reader."""
+    PATH arguments (or parts of folders) that yield nothing to score: a glob matching nothing,
+    a folder without images, an unreadable folder, a broken or looping link; a path that does
+    not exist is passed on and reported by the image reader. What was passed over on purpose
+    (subfolders without --recursive, non-image files, a folder reached twice through links)
+    is summarised in ``notes``."""
     out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
+    notes = notes if notes is not None else []
 
     def add(path: str, error: str | None = None) -> None:
         k = path_key(path)
@@ -137,19 +201,31 @@ def collect_inputs(args_paths: list[str], recursive: bool) -> list[tuple[str, st
     def expand(arg: str, from_glob: bool) -> None:
         p = os.path.expanduser(arg)
         if os.path.isdir(p):
-            files, more = list_folder(p, recursive)
-            if files:
-                for f in files:
-                    add(f)
-            else:
-                hint = " (it has subfolders: add --recursive)" if more else ""
+            scan = list_folder(p, recursive)
+            for f in scan.files:
+                add(f)
+            for f, err in scan.problems:
+                add(f, err)
+            if not scan.files and not scan.problems:
+                hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
                 add(p, f"folder contains no image files{hint}")
+            elif scan.subfolders_skipped:
+                notes.append(f"{p}: {len(scan.subfolders_skipped)} subfolder(s) not searched "
+                             f"(e.g. {scan.subfolders_skipped[0]}): add --recursive to score their images")
+            if scan.not_images:
+                notes.append(f"{p}: {len(scan.not_images)} file(s) without an image extension skipped "
+                             f"(e.g. {scan.not_images[0]}); name a file to have it attempted anyway")
+            if scan.links_seen:
+                notes.append(f"{p}: {len(scan.links_seen)} linked folder(s) already scanned under another "
+                             f"name, not repeated (e.g. {scan.links_seen[0]})")
         elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 add(arg, "no files match this pattern")
             for m in matches:
                 expand(m, True)
+        elif os.path.islink(p) and not os.path.exists(p):
+            add(p, "broken symbolic link or link loop")
         else:
             add(p)  # a file (always attempted) or a missing path (an error row)
 
@@ -174,6 +250,8 @@ def _validate(args: argparse.Namespace) -> str | None:
         raise UsageError("--explain-limit must be 0 or more")
     if args.thumbnail_size < 16:
         raise UsageError("--thumbnail-size must be at least 16")
+    if args.max_side is not None and args.max_side < 0:
+        raise UsageError("--max-side must be 0 (never downscale) or a number of pixels")
     if args.max_pixels is not None and not args.max_pixels > 0:
         raise UsageError("--max-pixels must be a positive number of megapixels")
     if args.threads is not None and args.threads < 1:
@@ -208,6 +286,8 @@ def _validate(args: argparse.Namespace) -> str | None:
             raise UsageError(f"--output {args.output} is a folder; give a file name")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output (the file to resume)")
+    if args.resume and args.force:
+        raise UsageError("--resume keeps --output's rows, --force replaces them: choose one")
     if args.explain and fmt != "html":
         raise UsageError(
             "--explain adds heatmaps to the HTML report: use --output REPORT.html "
@@ -322,13 +402,46 @@ def _same_model(spec: str, name: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.engine import predict_items
-    from ..reporting.html import make_thumbnail, model_info, read_html_thumbnails, write_html_report
-    from ..reporting.results import format_table, read_results, row_from_prediction, row_ok, sort_rows, write_results
-    from ._model_loading import resolve_device
+    from ._output import check_writable, output_lock
 
     fmt = _validate(args)
     output = Path(args.output) if args.output else None
+    if output is None:
+        return _run(args, fmt, None)
+    check_writable(output)  # before any work: a run must not score everything, then fail to write
+    with output_lock(output):  # one writer per file: a second run would erase this one's rows
+        if output.exists() and not (args.resume or args.force):
+            raise UsageError(f"--output {output} exists: pass --resume to finish it, or --force to replace it")
+        return _run(args, fmt, output)
+
+
+def _check_same_model(existing: list[dict], record: dict[str, str], output: Path) -> None:
+    """--resume only adds rows of the model that made the file (same weights, byte for byte)."""
+    from ..reporting.results import row_ok
+
+    for r in existing:
+        if not row_ok(r):
+            continue  # failed rows are retried with the current model anyway
+        if not r.get("weights_sha256"):
+            raise UsageError(
+                f"cannot resume {output}: its rows do not say which model scored them (written by an older "
+                "contentiqa); score again with --force, or write to another --output"
+            )
+        if (r.get("model"), r.get("weights_sha256")) != (record["model"], record["weights_sha256"]):
+            raise UsageError(
+                f"cannot resume {output}: it was scored with model {r.get('model')} ({r.get('weights') or '?'}, "
+                f"sha256 {str(r.get('weights_sha256'))[:12]}), not {record['model']} ({record['weights']}, "
+                f"sha256 {record['weights_sha256'][:12]}); mixing them would make the scores incomparable. "
+                "Use that model, another --output, or --force to start over"
+            )
+
+
+def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
+    from ..inference.engine import predict_items
+    from ..reporting.html import make_thumbnail, model_info, read_html_thumbnails, write_html_report
+    from ..reporting.results import format_table, model_record, read_results, row_from_prediction, row_ok, sort_rows, write_results
+    from ._model_loading import resolve_device
+    from ._output import EXIT_NOT_WRITTEN, StopSignals, Stopped, rescue_path
 
     existing: list[dict] = []
     thumbs: dict[str, bytes] = {}
@@ -343,7 +456,8 @@ def run(args: argparse.Namespace) -> int:
             except (OSError, ValueError):
                 pass
 
-    entries = collect_inputs(args.paths, args.recursive)
+    scan_notes: list[str] = []
+    entries = collect_inputs(args.paths, args.recursive, scan_notes)
     if args.shard_spec is not None:
         from ..inference.shard import select_shard
 
@@ -351,11 +465,19 @@ def run(args: argparse.Namespace) -> int:
         entries = select_shard(entries, *args.shard_spec, key=lambda e: e[0])
         if not args.quiet:
             print(f"shard {args.shard_spec[0]}/{args.shard_spec[1]}: {len(entries)} of {n_all} input(s)", file=sys.stderr)
+    for note in scan_notes:
+        print(f"note: {note}", file=sys.stderr)
     device = resolve_device(args.device)
     model, model_spec, forward = _load_runtime(args, device)
     if args.max_pixels is not None:
         model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
+    if args.max_side is not None:
+        model.max_side = args.max_side or None
     info = model_info(model, model_spec)
+    record = model_record(model, model_spec)
+    info["weights_sha256"] = record["weights_sha256"]
+    if existing:
+        _check_same_model(existing, record, output)
 
     # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
     input_keys = {path_key(p) for p, _ in entries}
@@ -365,30 +487,63 @@ def run(args: argparse.Namespace) -> int:
     new_rows: dict[int, dict] = {}
     for k, p, err in todo:
         if err is not None:
-            new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None, "error": err, "notes": ""}
+            new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None, "error": err,
+                           "notes": "", **record}
     to_score = [(k, p) for k, p, err in todo if err is None]
 
     report_notes: list[str] = []
     if model.max_pixels is not None:
         report_notes.append(f"images over {model.max_pixels / 1e6:g} MP are refused (decompression-bomb guard)")
+    if model.native_resolution and model.max_side:
+        report_notes.append(f"images with a side over {model.max_side} px are scored downscaled to it (memory bound)")
 
     def current_rows() -> list[dict]:
         return sort_rows(kept + [new_rows[k] for k in sorted(new_rows)], args.sort)
 
-    def save(heatmaps: dict[str, bytes] | None = None, extra_notes: list[str] | None = None) -> None:
-        if output is None:
-            return
-        rows = current_rows()
-        if fmt == "html":
-            notes = report_notes + (extra_notes or [])
-            write_html_report(output, rows, info, thumbs, heatmaps, thumbnail_size=args.thumbnail_size, notes=notes)
-        else:
-            write_results(output, rows, fmt)
+    stops = StopSignals()
+    state = {"since": 0, "last": time.monotonic(), "cost": 0.0, "write_error": None}
 
-    state = {"since": 0, "last": time.monotonic(), "cost": 0.0}
+    def save(heatmaps: dict[str, bytes] | None = None, extra_notes: list[str] | None = None) -> bool:
+        """Rewrite --output (atomically; a signal waits for the write); False if it failed."""
+        if output is None:
+            return True
+        rows = current_rows()
+        try:
+            with stops.critical():
+                if fmt == "html":
+                    notes = report_notes + (extra_notes or [])
+                    write_html_report(output, rows, info, thumbs, heatmaps, thumbnail_size=args.thumbnail_size, notes=notes)
+                else:
+                    write_results(output, rows, fmt)
+        except OSError as exc:
+            if state["write_error"] is None:
+                print(f"warning: cannot write {output} ({exc.strerror or exc}); results are kept in memory",
+                      file=sys.stderr)
+            state["write_error"] = exc
+            return False
+        state["write_error"] = None
+        return True
+
+    def rescue() -> int:
+        """--output could not be written: the rows go to a file in the temporary folder."""
+        exc = state["write_error"]
+        spare = rescue_path(output, fmt)
+        try:
+            write_results(spare, current_rows(), "jsonl" if fmt == "html" else fmt)
+        except OSError as exc2:
+            print(f"error: cannot write {output} ({exc.strerror or exc}) nor {spare} ({exc2.strerror or exc2}); "
+                  "the results follow on stdout as CSV", file=sys.stderr)
+            from ..reporting.results import rows_to_csv
+
+            sys.stdout.write(rows_to_csv(current_rows()))
+            return EXIT_NOT_WRITTEN
+        print(f"error: cannot write {output} ({exc.strerror or exc}); all {len(current_rows())} result(s) were saved "
+              f"to {spare} instead (exit code {EXIT_NOT_WRITTEN}); continue from there with --resume -o {spare}",
+              file=sys.stderr)
+        return EXIT_NOT_WRITTEN
 
     def on_result(i: int, pred) -> None:
-        new_rows[to_score[i][0]] = row_from_prediction(model.clip_to_scale(pred))
+        new_rows[to_score[i][0]] = {**row_from_prediction(model.clip_to_scale(pred)), **record}
         state["since"] += 1
         now = time.monotonic()
         waited = now - state["last"]
@@ -404,38 +559,45 @@ def run(args: argparse.Namespace) -> int:
     def on_image(i: int, image) -> None:
         thumbs[to_score[i][1]] = make_thumbnail(image, args.thumbnail_size)
 
-    try:
-        if to_score:
-            with _torch_threads(args.threads if args.runtime == "torch" else None):
-                predict_items(
-                    model,
-                    [p for _, p in to_score],
-                    batch_size=args.batch_size or default_batch_size(model, args.runtime),
-                    progress=not args.quiet,
-                    workers=default_workers(args.runtime, args.threads) if args.workers is None else args.workers,
-                    forward=forward,
-                    on_result=on_result,
-                    on_image=on_image if fmt == "html" else None,
-                    return_results=False,
-                )
-    except KeyboardInterrupt:
-        save()
-        if output is not None:
-            print(f"interrupted: {len(new_rows)} new result(s) saved in {output}; rerun with --resume to finish",
-                  file=sys.stderr)
-        raise
+    with stops:
+        try:
+            if to_score:
+                with _torch_threads(args.threads if args.runtime == "torch" else None):
+                    predict_items(
+                        model,
+                        [p for _, p in to_score],
+                        batch_size=args.batch_size or default_batch_size(model, args.runtime),
+                        progress=not args.quiet,
+                        workers=default_workers(args.runtime, args.threads) if args.workers is None else args.workers,
+                        forward=forward,
+                        on_result=on_result,
+                        on_image=on_image if fmt == "html" else None,
+                        return_results=False,
+                    )
 
-    heatmaps: dict[str, bytes] | None = None
-    heat_notes: list[str] = []
-    if args.explain:
-        heatmaps, problems = _heatmaps(model, current_rows(), args.explain_limit, args.thumbnail_size, args.quiet)
-        heat_notes.append(
-            f"heatmaps: quality Grad-CAM x spatial attention, for the {len(heatmaps)} best-scored image(s)"
-            f"{'' if args.explain_limit == 0 else f' (limit {args.explain_limit})'}; images over "
-            f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy"
-        )
-        heat_notes += problems
-    save(heatmaps, heat_notes)
+            heatmaps: dict[str, bytes] | None = None
+            heat_notes: list[str] = []
+            if args.explain:
+                heatmaps, problems = _heatmaps(model, current_rows(), args.explain_limit, args.thumbnail_size, args.quiet)
+                heat_notes.append(
+                    f"heatmaps: quality Grad-CAM x spatial attention, for the {len(heatmaps)} best-scored image(s)"
+                    f"{'' if args.explain_limit == 0 else f' (limit {args.explain_limit})'}; images over "
+                    f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy"
+                )
+                heat_notes += problems
+            saved = save(heatmaps, heat_notes)
+        except (KeyboardInterrupt, Stopped) as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else 2
+            what = exc.name if isinstance(exc, Stopped) else "SIGINT"
+            stops.ignore_further()  # a second Ctrl-C must not cut the save that keeps the results
+            if output is None:
+                print(f"interrupted ({what})", file=sys.stderr)
+            elif save():
+                print(f"interrupted ({what}): {len(new_rows)} new result(s) saved in {output}; rerun with --resume "
+                      "to finish", file=sys.stderr)
+            else:
+                rescue()
+            return 128 + signum
 
     rows = current_rows()
     mine = [r for r in rows if path_key(r["path"]) in input_keys]
@@ -454,6 +616,8 @@ def run(args: argparse.Namespace) -> int:
             + f"; model {info['name']}" + (f" ({info['checkpoint']})" if info.get("checkpoint") else "")
             + f"; scores on [{lo:g}, {hi:g}], {direction} is better"
         )
-        if output is not None:
+        if output is not None and saved:
             print(f"wrote {output}")
+    if not saved:
+        return rescue()
     return 1 if failed else 0

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_args, add_split_args, load_data, resolve_split
+from .common import add_data_args, add_split_args, check_rated, load_data, resolve_split
 from .main import UsageError
 
 
@@ -107,6 +107,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..utils.io import atomic_write_text
 
     ds = load_data(args)
+    check_rated(ds.table, args.data, "training")
     out = Path(args.out or f"runs/{model_name}")
     out.mkdir(parents=True, exist_ok=True)
     if args.resume and (out / "split.json").is_file() and not args.split:
@@ -134,7 +135,12 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
                           cache_dir=out / "cache", log=log)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    best = trainer.fit(resume=args.resume)
+    from ..utils.checkpoint_io import CheckpointReadError
+
+    try:
+        best = trainer.fit(resume=args.resume)
+    except CheckpointReadError as exc:  # only --resume reads a file here (last.pt)
+        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")

@@ -13,6 +13,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,18 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MIN_SIZE = 32
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+"""The common photo extensions; :func:`image_extensions` is every one Pillow can open."""
+
+# Phone photos (HEIC/HEIF) open through the optional pillow-heif plugin when it is installed.
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - optional
+    pass
+else:
+    register_heif_opener()
+
+# Pillow names these formats but cannot read their pixels without outside software.
+_NOT_DECODABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"}
 
 # Never silently pad truncated files with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -198,5 +211,14 @@ def load_image(
     return LoadedImage(image=rgb, path=str(p), notes=notes)
 
 
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """Extensions of every format this Pillow can open (AVIF, JPEG 2000, JFIF, HEIC with
+    pillow-heif, ...), so folder scans take what a named file would score."""
+    Image.init()
+    found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and fmt not in _NOT_DECODABLE}
+    return frozenset(found | set(IMAGE_EXTENSIONS))
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return Path(path).suffix.lower() in image_extensions()

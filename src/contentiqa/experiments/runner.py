@@ -83,7 +83,7 @@ def provenance() -> dict[str, Any]:
         "contentiqa": __version__,
         "git_commit": commit or None,
         "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"], src)) if commit else None,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: checkpoints hold only plain data
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "torch_threads": torch.get_num_threads(),

@@ -168,7 +168,9 @@ def predict_items(
     buckets: dict[tuple, list] = defaultdict(list)
     pixels: dict[tuple, int] = defaultdict(int)
     bar = tqdm(total=len(items), desc="scoring", unit="img", disable=not progress)
-    bs = max(1, int(batch_size))
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    bs = int(batch_size)
     pixel_cap = max_batch_pixels if max_batch_pixels and max_batch_pixels > 0 else None
 
     def emit(i: int, pred: Prediction) -> None:

@@ -87,10 +87,10 @@ class IntelligibilityWeightsUnavailable(WeightsUnavailableError):
 
 # -- weight files ---------------------------------------------------------------------------
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # older checkpoints (e.g. the CSAIL .pth.tar) may pickle plain objects
-        return torch.load(path, map_location="cpu", weights_only=False)
+    """Plain data only (the CSAIL Places365 ``.pth.tar`` files are): a file never runs code."""
+    from ..utils.checkpoint_io import load_torch_file
+
+    return load_torch_file(path, "intelligibility checkpoint")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -163,14 +163,14 @@ def rebuild(model_name: str, config: dict, pretrained_backbone: bool) -> IQAMode
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> IQAModel:
-    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`."""
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
+
+    The file is read as data (``weights_only``): one whose pickle would run code raises
+    :class:`~contentiqa.utils.checkpoint_io.UnsafeCheckpointError` (a ValueError) unexecuted."""
+    from ..utils.checkpoint_io import load_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+    payload = load_torch_file(path, "checkpoint")  # plain data only: a file never runs code
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a contentiqa model checkpoint")
     omitted = payload.get("omitted_from_pretrained", [])

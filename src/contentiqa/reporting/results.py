@@ -2,7 +2,9 @@
 
 A row is a dict with the keys of :data:`FIELDS`: ``path``, ``score`` (float on the model's
 MOS scale, or None), ``category``, ``category_confidence``, ``error`` (None when scored) and
-``notes`` (a '; '-joined string). Every write is atomic (temporary file + rename), so a run
+``notes`` (a '; '-joined string); rows written by ``contentiqa score`` also carry the
+:data:`MODEL_FIELDS` (which model, weights file and its SHA-256, contentiqa version), so a file
+always says what scored it and ``--resume`` can refuse to mix two models. Every write is atomic (temporary file + rename), so a run
 killed mid-write leaves the previous complete file, never a half-written one.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Iterable, Sequence
 from ..utils.io import atomic_write_text
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
+MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "contentiqa_version")
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".html": "html", ".htm": "html"}
 
 
@@ -54,6 +57,34 @@ def row_from_prediction(pred) -> dict[str, Any]:
     return normalize_row(pred.to_dict())
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_record(model: Any, spec: str) -> dict[str, str]:
+    """The :data:`MODEL_FIELDS` of ``model`` loaded from ``spec`` (a registered name, ``name.tag``
+    or a file): the weights file it was read from and that file's SHA-256 identify it exactly."""
+    from .. import __version__
+
+    path = (getattr(model, "checkpoint_info", None) or {}).get("path")
+    digest = ""
+    if path and os.path.isfile(path):
+        digest = file_sha256(path)
+    return {
+        "model": str(getattr(model, "model_name", spec)),
+        "weights_tag": model.weights_tag or "",
+        "weights": os.path.basename(path) if path and not os.path.isfile(spec) else (path or ""),
+        "weights_sha256": digest,
+        "contentiqa_version": __version__,
+    }
+
+
 def row_ok(row: dict[str, Any]) -> bool:
     return not row.get("error") and row.get("score") is not None
 
@@ -67,11 +98,13 @@ def _cell(v: Any) -> str:
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    rows = list(rows)
+    fields = FIELDS + tuple(k for k in MODEL_FIELDS if any(k in r for r in rows))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FIELDS)
+    w.writerow(fields)
     for r in rows:
-        w.writerow([_cell(r.get(k)) for k in FIELDS])
+        w.writerow([_cell(r.get(k)) for k in fields])
     return buf.getvalue()
 
 

@@ -429,7 +429,13 @@ class Trainer:
         }
 
     def load_state(self, path: Path) -> None:
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        """Continue from a ``last.pt``, read as data (a file whose pickle would run code is
+        refused unexecuted); a damaged or foreign file raises ValueError naming it."""
+        from ..utils.checkpoint_io import CheckpointReadError, load_torch_file
+
+        st = load_torch_file(path, "trainer state")
+        if not isinstance(st, dict) or not {"model_state", "optimizer", "scheduler", "epoch"} <= set(st):
+            raise CheckpointReadError(f"{path} is not a contentiqa trainer state (last.pt)")
         if st.get("model_name") != self.model.model_name:
             raise ValueError(f"{path} is a {st.get('model_name')} run, not {self.model.model_name}")
         self.model.load_state_dict(st["model_state"])

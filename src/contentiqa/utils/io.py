@@ -57,6 +57,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` of ``obj`` reduced to plain data (see :mod:`.checkpoint_io`), so the file
+    loads back under ``weights_only=True``."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    from .checkpoint_io import plain_data
+
+    data = plain_data(obj)
+    return atomic_write(path, lambda tmp: torch.save(data, tmp))

@@ -1,0 +1,137 @@
+"""Keeping a command's output safe: writable before work starts, one writer at a time, a
+rescue file when the output cannot be written, and SIGTERM handled like Ctrl-C.
+
+Not a command (main.py imports only the modules it lists)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from glob import escape as glob_escape
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .main import UsageError
+
+EXIT_NOT_WRITTEN = 3
+"""Exit code of ``score`` when --output could not be written (results went to a rescue file)."""
+
+
+class Stopped(BaseException):
+    """SIGTERM / SIGINT / SIGHUP arrived; ``signum`` says which (exit code 128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written: its folder is created if needed and
+    a probe file is made and removed there (atomic writes need exactly that)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}; choose a writable place") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write --output {path}: the file is read-only")
+
+
+@contextlib.contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) for the block;
+    a second writer of the same file gets a UsageError at once instead of erasing rows.
+    The lock is the kernel's (flock): a killed process releases it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(
+            f"another process is writing {path} (lock {lock.lock_file}); wait for it to finish, "
+            "or write to another --output"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
+    try:
+        _remove_stale_temporaries(path)
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer killed mid-save (SIGKILL, power cut): only
+    the lock holder writes them, so with the lock held every one of them is stale."""
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if tmp.suffix in (".tmp", ".probe") and tmp.is_file():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def rescue_path(path: Path, fmt: str) -> Path:
+    """Where results go when ``path`` cannot be written: the temporary folder, same format
+    (an HTML report's rows as JSON Lines: smaller, and what --resume reads)."""
+    suffix = ".jsonl" if fmt == "html" else path.suffix
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"contentiqa-rescued-{path.stem}-{stamp}-{os.getpid()}{suffix}"
+
+
+class StopSignals:
+    """SIGTERM, SIGHUP and SIGINT raise :class:`Stopped` in the main thread, except while a
+    ``critical()`` block runs (a save): then the stop is raised when the block ends, so a
+    save is never cut short by the signal that asked for it. Other threads: no-op."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None), signal.SIGINT) if s)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.depth = 0
+        self.ignoring = False
+        self.saved: dict[int, object] = {}
+
+    def ignore_further(self) -> None:
+        """Stopping already: later signals are ignored (the stop in progress saves)."""
+        self.ignoring = True
+        self.pending = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.ignoring:
+            return
+        if self.depth:
+            self.pending = signum
+            return
+        raise Stopped(signum)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.saved[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.saved.items():
+            signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None and not self.ignoring:
+                signum, self.pending = self.pending, None
+                raise Stopped(signum)

@@ -1,0 +1,100 @@
+"""Model and trainer files are data, never code.
+
+Every ``.pt`` file contentiqa reads goes through :func:`load_torch_file`, which unpickles with
+``torch.load(weights_only=True)``: only tensors, numbers, strings, lists, tuples, dicts (and
+the few torch types allowed below) can come out, so a file whose pickle would run code is
+refused before anything runs. What contentiqa writes is made of those plain types by
+:func:`plain_data`, so every file it produces loads back the same way.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# torch.__version__ is a TorchVersion (a str subclass); the shipped weights of 0.1.0 hold one
+# in their provenance. It is a plain string with comparison methods, so it may be unpickled.
+SAFE_GLOBALS: list = [torch.torch_version.TorchVersion]
+
+
+class CheckpointReadError(ValueError):
+    """A model or trainer file cannot be used: damaged, truncated, or not what was expected."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
+    """A checkpoint holds objects other than plain data (its pickle could run code)."""
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with messages that name the file.
+
+    Raises :class:`UnsafeCheckpointError` for a file whose pickle asks for anything outside
+    plain data (nothing in it is executed), :class:`CheckpointReadError` (a ValueError) for a
+    file that is not a readable PyTorch file (truncated, not a checkpoint), ``FileNotFoundError`` when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc)
+        if "Weights only load failed" in detail or "Unsupported global" in detail or "not an allowed global" in detail:
+            culprit = _unsafe_globals(path)
+            raise UnsafeCheckpointError(
+                f"refusing to load {what} {path}: it contains Python objects other than tensors and plain "
+                f"data{f' ({culprit})' if culprit else ''}, which could run code when unpickled. Nothing in it "
+                "was executed. Use a checkpoint written by contentiqa (`contentiqa train`, save_checkpoint), "
+                "or re-save the state dict alone from a source you trust."
+            ) from None
+        raise CheckpointReadError(f"{what} {path} is not a readable PyTorch file: {detail.splitlines()[0] if detail else exc}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise CheckpointReadError(
+            f"{what} {path} is not a readable PyTorch file (truncated or damaged?): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
+def _unsafe_globals(path: Path) -> str:
+    """The globals the file asks for, e.g. 'posix.system', for the message (never loaded)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a damaged file: the message goes without the names
+        return ""
+    return ", ".join(names[:5])
+
+
+def plain_data(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays, paths and str/int/float subclasses turned into the
+    built-in types, tensors moved to the CPU, so ``torch.save(plain_data(x))`` always loads back
+    under ``weights_only=True``. Anything else raises TypeError (naming it) at save time,
+    rather than writing a file that later cannot be read safely."""
+    if obj is None or type(obj) in (bool, int, float, str, bytes):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {plain_data(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(plain_data(v) for v in obj)
+    if isinstance(obj, (list, set, frozenset)):
+        return [plain_data(v) for v in obj]
+    raise TypeError(f"cannot store a {type(obj).__module__}.{type(obj).__qualname__} in a checkpoint: use plain data")

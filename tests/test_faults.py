@@ -1,0 +1,477 @@
+"""The fault suite: what a hostile or unlucky user can do, and what must happen (issue 14).
+
+Model files are data (a payload never runs), nothing is lost by `contentiqa score`
+(unwritable output, full disk, signals, two writers, model mix-ups, odd folders), the Python
+API rejects inputs it would score wrongly, and data-file mistakes get messages, not tracebacks.
+Every file is generated here and tiny."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image
+from contentiqa.cli.main import main
+from tiny_models import TINY, cached_loader, tiny_checkpoint, tiny_model  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+# -- model files are data --------------------------------------------------------------------
+class _Payload:
+    """Unpickling this creates the file ``marker``: what an attacker's code would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """``(make, marker)``: ``make(name, payload_dict)`` writes a .pt whose pickle would create
+    ``marker``; the tests check that the file never appears."""
+    marker = tmp_path / "PWNED"
+
+    def make(name: str, payload: dict) -> Path:
+        path = tmp_path / name
+        torch.save({**payload, "extra": {"x": _Payload(marker)}}, path)
+        return path
+
+    return make, marker
+
+
+def _real_checkpoint_payload() -> dict:
+    return torch.load(tiny_checkpoint(), weights_only=True)
+
+
+def test_hostile_checkpoint_refused_by_api(hostile):
+    from contentiqa.models import create_model, load_checkpoint
+
+    make, marker = hostile
+    bad = make("model.pt", _real_checkpoint_payload())  # a working checkpoint plus a payload
+    for load in (lambda: load_checkpoint(bad), lambda: create_model(str(bad))):
+        with pytest.raises(ValueError, match=r"refusing to load checkpoint .*model\.pt.*(?s:Nothing in it was executed)"):
+            load()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["score", "explain", "export", "evaluate"])
+def test_hostile_checkpoint_refused_by_every_command(hostile, tmp_path, command, capsys):
+    make, marker = hostile
+    bad = make("model.pt", _real_checkpoint_payload())
+    img = write_image(tmp_path / "a.png", 48, 48)
+    img2 = write_image(tmp_path / "b.png", 48, 48, seed=1)
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"image,mos\n{img},50\n{img2},40\n")
+    argv = {
+        "score": ["score", img, "--model", bad, "-o", tmp_path / "o.csv"],
+        "explain": ["explain", img, "--model", bad, "--out", tmp_path / "e.png"],
+        "export": ["export", bad, "--out", tmp_path / "m.onnx"],
+        "evaluate": ["evaluate", "--model", bad, "--data", csv],
+    }[command]
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "model.pt" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_hostile_last_pt_refused_by_train_resume(hostile, tmp_path, capsys):
+    make, marker = hostile
+    imgs = [write_image(tmp_path / "img" / f"{i}.png", 40, 40, seed=i) for i in range(6)]
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos,split\n" + "".join(f"{p},{10 * i},{'train' if i < 4 else 'val'}\n" for i, p in enumerate(imgs)))
+    out = tmp_path / "run"
+    out.mkdir()
+    make("run/last.pt", {"model_state": {}, "optimizer": {}, "scheduler": {}, "epoch": 1, "model_name": "iqa-cr-q"})
+    args = ["train", "--model", "iqa-cr-q", "--data", csv, "--out", out, "--resume", "--epochs", 1, "--batch-size", 2, "--quiet",
+            "--set", "crop=32"] + [x for k, v in TINY.items() if k != "pretrained" for x in ("--set", f"model.{k}={json.dumps(v)}")]
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load trainer state" in err and "last.pt" in err
+    assert not marker.exists()
+    # A truncated last.pt (a run killed mid-copy) is a message too, not a traceback.
+    good = out / "last.pt"
+    torch.save({"model_state": {"w": torch.zeros(1000)}, "optimizer": {}, "scheduler": {}, "epoch": 1}, good)
+    good.write_bytes(good.read_bytes()[:500])
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch file" in err and "delete it to start over" in err
+
+
+def test_hostile_backbone_and_intelligibility_checkpoints_refused(hostile):
+    from contentiqa.backbones import create_backbone
+    from contentiqa.models.intelligibility import load_unrecognizability, read_state_dict
+
+    make, marker = hostile
+    bad = make("bb.pth", {"state_dict": {"w": torch.zeros(1)}})
+    with pytest.raises(ValueError, match=r"refusing to load backbone 'resnet18' checkpoint .*bb\.pth"):
+        create_backbone("resnet18", checkpoint_path=bad)
+    for read in (read_state_dict, load_unrecognizability):  # no fallback to unsafe loading
+        with pytest.raises(ValueError, match=r"refusing to load intelligibility checkpoint .*bb\.pth"):
+            read(bad)
+    assert not marker.exists()
+
+
+def test_saved_files_are_plain_data(tmp_path):
+    """What contentiqa writes loads with weights_only=True: no numpy scalars or other objects."""
+    from contentiqa.models.registry import save_checkpoint
+    from contentiqa.utils.checkpoint_io import plain_data
+
+    path = save_checkpoint(tiny_model(), tmp_path / "m.pt",
+                           extra={"val": {"srocc": np.float64(0.5), "n": np.int64(3)}, "torch": torch.__version__,
+                                  "where": tmp_path})
+    extra = torch.load(path, weights_only=True)["extra"]
+    assert extra == {"val": {"srocc": 0.5, "n": 3}, "torch": str(torch.__version__), "where": str(tmp_path)}
+    assert type(extra["val"]["srocc"]) is float and type(extra["torch"]) is str
+    with pytest.raises(TypeError, match="cannot store"):
+        plain_data({"obj": object()})
+
+
+# -- nothing lost: contentiqa score ------------------------------------------------------------
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+def _folder(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        write_image(root / f"img{i}.jpg", 40, 48, seed=i)
+    return root
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_unwritable_output_refused_before_scoring(tmp_path, ckpt, capsys, monkeypatch):
+    import contentiqa.inference.engine as engine
+
+    d = _folder(tmp_path / "imgs")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(engine, "predict_items", lambda *a, **k: pytest.fail("scored before checking the output"))
+    assert run("score", d, "--model", ckpt, "-o", blocker / "out.csv") == 2
+    assert "cannot write --output" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_refused_before_scoring(tmp_path, ckpt, capsys):
+    d = _folder(tmp_path / "imgs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert run("score", d, "--model", ckpt, "-o", ro / "out.csv") == 2
+    finally:
+        ro.chmod(0o755)
+    assert "cannot write --output" in capsys.readouterr().err
+
+
+def test_full_disk_keeps_results_in_rescue_file(tmp_path, ckpt, capsys, monkeypatch):
+    import contentiqa.reporting.results as results
+
+    d = _folder(tmp_path / "imgs", n=4)
+    out = tmp_path / "out.csv"
+    real = results.atomic_write_text
+
+    def disk_full(path, text, *a, **k):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return real(path, text, *a, **k)
+
+    monkeypatch.setattr(results, "atomic_write_text", disk_full)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--flush-every", 1) == 3
+    err = capsys.readouterr().err
+    rescued = list((tmp_path / "tmp").glob("contentiqa-rescued-out-*.csv"))
+    assert len(rescued) == 1 and str(rescued[0]) in err and "No space left" in err
+    assert len(_rows(rescued[0])) == 4 and not out.exists()
+    assert err.count("warning: cannot write") == 1  # warned once, not once per flush
+
+
+def test_existing_output_needs_force_or_resume(tmp_path, ckpt, capsys):
+    d = _folder(tmp_path / "imgs")
+    out = tmp_path / "out.csv"
+    out.write_text("precious\n")
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "precious\n"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--force") == 0
+    assert len(_rows(out)) == 3
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--force", "--resume") == 2
+
+
+def test_resume_refused_across_models(tmp_path, ckpt, capsys):
+    from contentiqa.models.registry import save_checkpoint
+
+    d = _folder(tmp_path / "imgs")
+    out = tmp_path / "out.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    other = save_checkpoint(tiny_model(seed=1), tmp_path / "other.pt")
+    write_image(d / "late.jpg", 40, 40, seed=9)
+    before = out.read_text()
+    assert run("score", d, "--model", other, "-o", out, "-q", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "other.pt" in err and out.read_text() == before
+    # the same model resumes, and the new row records it
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and len({r["weights_sha256"] for r in rows}) == 1
+    assert rows[0]["weights_sha256"] == hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    # a file without a model record (an older contentiqa) cannot be resumed blindly
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text(f"path,score,category,category_confidence,error,notes\n{d / 'img0.jpg'},50.0,,,,\n")
+    assert run("score", d, "--model", ckpt, "-o", legacy, "-q", "--resume") == 2
+    assert "do not say which model" in capsys.readouterr().err
+
+
+def test_second_writer_gets_a_clear_error(tmp_path, ckpt, capsys):
+    from filelock import FileLock
+
+    d = _folder(tmp_path / "imgs")
+    out = tmp_path / "out.csv"
+    with FileLock(str(tmp_path / ".out.csv.lock")):  # what a running `score -o out.csv` holds
+        assert run("score", d, "--model", ckpt, "-o", out, "-q") == 2
+    assert "another process is writing" in capsys.readouterr().err and not out.exists()
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0  # released: the next run goes
+
+
+def _score_subprocess(args: list, tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    code = ("import sys, time; import contentiqa.inference.engine as e; real = e.predict_items\n"
+            "def slow(model, items, *a, on_result=None, **k):\n"
+            "    def cb(i, p):\n"
+            "        on_result(i, p); print('scored', flush=True); time.sleep(0.2)\n"
+            "    return real(model, items, *a, on_result=cb, **k)\n"
+            "e.predict_items = slow\n"
+            "from contentiqa.cli.main import main; sys.exit(main(sys.argv[1:]))\n")
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_progress(tmp_path, sig):
+    d = _folder(tmp_path / "imgs", n=30)
+    out = tmp_path / "out.csv"
+    p = _score_subprocess(["score", d, "--model", tiny_checkpoint(), "-o", out, "-q", "--batch-size", 1,
+                           "--workers", 0, "--flush-every", 1000], tmp_path)
+    for _ in range(3):
+        assert p.stdout.readline().strip() == "scored"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    rows = _rows(out)
+    assert 3 <= len(rows) < 30 and all(r["score"] for r in rows), err  # unsaved progress kept on the signal
+    assert f"interrupted ({sig.name})" in err and "--resume" in err
+
+
+def test_symlink_loops_unreadable_folders_and_hints(tmp_path, ckpt, capsys, monkeypatch):
+    root = _folder(tmp_path / "shoot", n=2)
+    _folder(root / "sub", n=1)
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a loop through a folder link
+    os.symlink("b.jpg", root / "a.jpg")
+    os.symlink("a.jpg", root / "b.jpg")  # a link loop named like an image
+    (root / "notes.txt").write_text("x")
+    locked = root / "locked"
+    _folder(locked, n=1)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "out.csv"
+    assert run("score", root, "--model", ckpt, "-o", out, "-q") == 1
+    err = capsys.readouterr().err
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert rows["img0.jpg"]["score"] and rows["img1.jpg"]["score"]
+    assert "link loop" in rows["a.jpg"]["error"] and "link loop" in rows["b.jpg"]["error"]
+    assert "subfolder(s) not searched" in err and "--recursive" in err and "notes.txt" in err
+    assert run("score", root, "-r", "--model", ckpt, "-o", out, "-q", "--force") == 1
+    err = capsys.readouterr().err
+    rows = {Path(r["path"]).relative_to(root).as_posix(): r for r in _rows(out)}
+    assert rows["sub/img0.jpg"]["score"] and "sub/up/img0.jpg" not in rows  # the loop is entered once
+    assert "folder cannot be read" in rows["locked"]["error"] and "Permission denied" in rows["locked"]["error"]
+    assert "already scanned" in err
+
+
+def test_folder_scan_takes_every_pillow_format(tmp_path, ckpt):
+    from PIL import features
+
+    d = tmp_path / "fmt"
+    want = ["x.jfif", "x.jpe", "x.qoi", "x.tga"]
+    if features.check("jpg_2000"):
+        want.append("x.jp2")
+    if features.check("avif"):
+        want.append("x.avif")
+    try:
+        import pillow_heif  # noqa: F401
+
+        want.append("x.heic")
+    except ImportError:
+        pass
+    for i, name in enumerate(want):
+        fmt = {"jfif": "JPEG", "jpe": "JPEG", "heic": "HEIF"}.get(name.split(".")[1])
+        write_image(d / name, 48, 48, seed=i, fmt=fmt)
+    out = tmp_path / "out.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    assert sorted(Path(r["path"]).name for r in _rows(out)) == sorted(want)
+
+
+def test_explain_never_overwrites_its_own_output(tmp_path, ckpt, monkeypatch, capsys):
+    a = write_image(tmp_path / "a" / "x.JPG", 48, 48, seed=1, fmt="JPEG")
+    b = write_image(tmp_path / "b" / "x.JPG", 48, 48, seed=2, fmt="JPEG")
+    monkeypatch.chdir(tmp_path)
+    assert run("explain", a, b, "--model", ckpt, "--target", "quality") == 0
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(written) == 2, written
+    out_dir = tmp_path / "maps"
+    assert run("explain", a, b, "--model", ckpt, "--target", "quality", "--out-dir", out_dir) == 0
+    assert len(list(out_dir.glob("*.png"))) == 2
+
+
+# -- no silent wrong scores: the Python API ----------------------------------------------------
+@pytest.fixture(scope="module")
+def api_model():
+    return tiny_model("iqa-cr-q")
+
+
+def _pixels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+
+
+def test_every_input_kind_of_the_same_pixels_scores_the_same(api_model):
+    a8 = _pixels()
+    ref = api_model.predict(a8).score
+    same = {
+        "float array [0,1]": a8 / 255.0,
+        "float32 tensor [0,1]": torch.from_numpy(a8).permute(2, 0, 1).float() / 255,
+        "uint8 tensor": torch.from_numpy(a8).permute(2, 0, 1),
+        "int64 tensor 0-255": torch.from_numpy(a8).permute(2, 0, 1).long(),
+        "int32 array 0-255": a8.astype(np.int32),
+        "uint16 array (16-bit range)": a8.astype(np.uint16) * 257,
+        "PIL": Image.fromarray(a8),
+    }
+    for what, x in same.items():
+        assert api_model.predict(x).score == pytest.approx(ref, abs=1e-4), what
+
+
+@pytest.mark.parametrize("case", ["float tensor 0-255", "float array 0-255", "nan", "inf", "all nan", "bool",
+                                  "negative float", "int32 tensor over 255", "negative int"])
+def test_inputs_that_would_score_wrongly_are_errors(api_model, case):
+    a8 = _pixels()
+    f = a8 / 255.0
+    bad = {
+        "float tensor 0-255": torch.from_numpy(a8).permute(2, 0, 1).float(),
+        "float array 0-255": a8.astype(np.float32),
+        "nan": np.where(np.arange(f.size).reshape(f.shape) == 5, np.nan, f),
+        "inf": np.where(np.arange(f.size).reshape(f.shape) == 5, np.inf, f),
+        "all nan": np.full(f.shape, np.nan),
+        "bool": a8 > 127,
+        "negative float": f - 0.5,
+        "int32 tensor over 255": torch.from_numpy(a8).permute(2, 0, 1).int() + 200,
+        "negative int": a8.astype(np.int16) - 10,
+    }[case]
+    with pytest.raises(ValueError):
+        api_model.predict(bad)
+    with pytest.raises(ValueError):
+        api_model.predict([_pixels(1), bad])  # before anything is scored
+
+
+def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
+    from contentiqa.inference.engine import predict_items
+
+    a8 = _pixels()
+    api_model.max_pixels = 1000
+    try:
+        for x in (a8, Image.fromarray(a8), torch.from_numpy(a8).permute(2, 0, 1)):
+            with pytest.raises(ValueError, match="over the limit"):
+                api_model.predict(x)
+        path = write_image(tmp_path / "big.png", 40, 48)
+        assert "over the limit" in api_model.predict(str(path)).error  # a file: an error row, as always
+    finally:
+        api_model.max_pixels = 100_000_000
+    for bs in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            api_model.predict(a8, batch_size=bs)
+        with pytest.raises(ValueError, match="batch_size"):
+            predict_items(api_model, [a8], batch_size=bs)
+
+
+# -- bounded memory --------------------------------------------------------------------------
+def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
+    from contentiqa.models.base import DEFAULT_MAX_SIDE
+
+    model = tiny_model("iqa-cr-q")
+    assert model.native_resolution and model.max_side == DEFAULT_MAX_SIDE
+    seen = []
+    real = model.preprocess
+    model.preprocess = lambda img: seen.append(img.size) or real(img)
+    model.max_side = 64
+    big = write_image(tmp_path / "big.png", 100, 160)
+    pred = model.predict(str(big))
+    assert seen == [(64, 40)] and "downscaled from 160x100 to 64x40" in "; ".join(pred.notes)
+    small = model.predict(np.asarray(Image.open(big).resize((64, 40), Image.LANCZOS, reducing_gap=3.0)))
+    assert pred.score == pytest.approx(small.score, abs=1e-4)
+    model.max_side = None
+    seen.clear()
+    assert not model.predict(str(big)).notes and seen == [(160, 100)]
+
+
+# -- messages, not tracebacks, for data files --------------------------------------------------
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+@pytest.mark.parametrize("case", ["header only", "one row", "constant MOS", "missing file"])
+def test_bad_data_files_get_messages(tmp_path, capsys, command, case):
+    imgs = [write_image(tmp_path / f"{i}.png", 40, 40, seed=i) for i in range(3)]
+    body = {
+        "header only": "",
+        "one row": f"{imgs[0]},50\n",
+        "constant MOS": "".join(f"{p},50\n" for p in imgs),
+        "missing file": "".join(f"{p},{i}\n" for i, p in enumerate(imgs)) + f"{tmp_path / 'gone.png'},9\n",
+    }[case]
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\n" + body)
+    model = ["--model", tiny_checkpoint()] if command == "evaluate" else ["--model", "iqa-cr-q", "--out", tmp_path / "run"]
+    assert run(command, *model, "--data", csv, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("d.csv" in err or "gone.png" in err)
+    expect = {"header only": "only a header", "one row": "only 1 image", "constant MOS": "same MOS (50)",
+              "missing file": "Pass --skip-missing"}[case]
+    assert expect in err and "on_missing" not in err
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path, ckpt):
+    d = _folder(tmp_path / "imgs", n=1)
+    out = tmp_path / "out.csv"
+    stale = tmp_path / ".out.csv.abc123.tmp"  # what SIGKILL during an atomic write leaves
+    stale.write_text("path,score\n/half")
+    other = tmp_path / ".other.csv.abc123.tmp"  # another output's: not ours to remove
+    other.write_text("x")
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    assert not stale.exists() and other.exists()
