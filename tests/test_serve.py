@@ -372,6 +372,30 @@ def test_batcher_bounded_queue_cancel_failure_and_exclusive_calls():
         b.close(5)
 
 
+def test_batcher_refuses_at_once_what_would_time_out():
+    gate = threading.Event()
+
+    def run(items):
+        time.sleep(0.05 * len(items))
+        assert gate.wait(5)
+        return items
+
+    b = Batcher(run, max_batch=1, max_wait_s=0.0, max_queue=100).start()
+    try:
+        gate.set()
+        b.submit([0]).result(5)  # measures ~0.05 s per image
+        gate.clear()
+        held = [b.submit([1]), b.submit([2]), b.submit([3]), b.submit([4])]
+        with pytest.raises(QueueFull, match="longer than the request timeout"):
+            b.submit([5], within_s=0.1)  # 4+ images ahead at 0.05 s each
+        later = b.submit([6], within_s=10.0)
+        gate.set()
+        assert [f.result(5) for f in held + [later]] == [[1], [2], [3], [4], [6]]
+    finally:
+        gate.set()
+        b.close(5)
+
+
 def test_batcher_close_finishes_queued_work_then_refuses():
     from contentiqa.serve.batching import BatcherClosed
 

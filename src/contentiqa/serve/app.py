@@ -469,7 +469,8 @@ def create_app(
         good = [i for i, (_, _, err) in enumerate(decoded) if err is None]
         assert svc.batcher is not None and svc.identity is not None
         batcher = svc.batcher
-        preds = await run_queued(request, lambda: batcher.submit([decoded[i][0] for i in good])) if good else []
+        within = svc.remaining(request)
+        preds = await run_queued(request, lambda: batcher.submit([decoded[i][0] for i in good], within_s=within)) if good else []
         by_index = dict(zip(good, preds))
         scale = svc.identity["score_range"]
         rows = []

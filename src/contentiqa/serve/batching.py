@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 class QueueFull(RuntimeError):
     """The queue holds ``max_queue`` images already; ``retry_after`` (s) is when to try again."""
 
-    def __init__(self, depth: int, retry_after: float):
+    def __init__(self, depth: int, retry_after: float, why: str = "queue full"):
         self.depth = depth
         self.retry_after = retry_after
-        super().__init__(f"queue full ({depth} images waiting); retry in {retry_after:.0f} s")
+        super().__init__(f"{why} ({depth} images waiting); retry in {retry_after:.0f} s")
 
 
 class BatcherClosed(RuntimeError):
@@ -131,11 +131,19 @@ class Batcher:
         per = self._seconds_per_item or 0.1
         return float(max(1, math.ceil(self._waiting_items * per)))
 
-    def submit(self, items: Sequence[Any]) -> Future:
+    def expected_wait(self, n: int = 0) -> float:
+        """Seconds until ``n`` more images would be done, from the measured time per image
+        (0 before anything was measured)."""
+        return (self._waiting_items + n) * (self._seconds_per_item or 0.0)
+
+    def submit(self, items: Sequence[Any], within_s: float | None = None) -> Future:
         """Queue ``items`` as one job; the future gets their results as a list, in order.
 
         Raises :class:`QueueFull` when they do not fit (the whole job is refused, so a request
-        is never half-scored) and :class:`BatcherClosed` during shutdown."""
+        is never half-scored), or when ``within_s`` is given and the queue ahead would take
+        longer than that (a request that would time out anyway is told at once to come back
+        later, instead of holding a place and failing at its deadline), and
+        :class:`BatcherClosed` during shutdown."""
         items = list(items)
         fut: Future = Future()
         if not items:
@@ -144,8 +152,11 @@ class Batcher:
         with self._cond:
             if self._closing:
                 raise BatcherClosed("shutting down")
+            too_slow = within_s is not None and self._waiting_items > 0 and self.expected_wait(len(items)) > within_s
             if self._waiting_items + len(items) > self.max_queue:
                 raise QueueFull(self._waiting_items, self.retry_after())
+            if too_slow:
+                raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
             job = _Job(items=items, future=fut, results=[None] * len(items), remaining=len(items),
                        enqueued=time.monotonic())
             self._queue.extend((job, i) for i in range(len(items)))

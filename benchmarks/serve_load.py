@@ -1,0 +1,552 @@
+"""`contentiqa serve` under load and faults, on loopback, next to `contentiqa score` in the same run.
+
+    python benchmarks/serve_load.py                 # ~2-3 min: 1, 4, 16 clients, 10 s each, then faults
+    python benchmarks/serve_load.py --duration 3    # a shorter run (checks that it works)
+
+What one run does, on real 500 x 500 photos (the first --images of ../shared/data/clive-dev;
+read from there, never copied):
+
+1. the baseline, each in a fresh process: `contentiqa score` on the photos (in-process call,
+   the model's loading excluded from its images/s, as benchmarks/speed.py measures it) and the
+   in-process ``model.predict(path)`` time of one photo at a time (median and p95);
+2. a server (`python -m contentiqa serve`, 127.0.0.1 only, an API key from the environment)
+   and 1, 4 and 16 concurrent clients, each posting one photo per request on a kept-alive
+   connection for --duration seconds (and at most --max-requests requests): images/s,
+   latency p50/p95/p99, errors, the mean batch size the server formed (from its /metrics);
+3. faults against the same server: malformed multipart, a truncated JPEG, a non-image, too
+   many images, a wrong API key, a client that disconnects mid-upload, a slow client that
+   trickles its body (one that finishes in time and one cut off at --timeout), and a burst of
+   concurrent requests beyond the queue (503 + Retry-After expected for the excess). Every
+   request must get an answer and the server must stay up;
+4. SIGTERM: the server must exit cleanly; its peak resident memory (VmHWM) is recorded.
+
+The machine's load average is recorded at the start and end: on a CPU shared with other jobs
+the absolute figures are lower and noisier than on an idle machine (the ratios, measured in
+the same minutes, less so). Writes benchmarks/results/serve_load.json and serve_load.md.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
+
+CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
+HOST = "127.0.0.1"  # loopback only, by design
+TARGET_VS_CLI = 0.9
+TARGET_LONE_P95_VS_PREDICT = 1.5
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def photos(n: int) -> list[Path]:
+    """The first ``n`` 500 x 500 photos of the CLIVE copy (sorted by name)."""
+    from PIL import Image
+
+    if not CLIVE_IMAGES.is_dir():
+        sys.exit(f"benchmark skipped: real photos not found at {CLIVE_IMAGES} (set CONTENTIQA_SHARED)")
+    out = []
+    for p in sorted(CLIVE_IMAGES.iterdir()):
+        if p.suffix.lower() not in (".jpg", ".jpeg", ".bmp", ".png"):
+            continue
+        with Image.open(p) as im:
+            if im.size == (500, 500):
+                out.append(p)
+        if len(out) == n:
+            break
+    return out
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    k = min(len(v) - 1, max(0, int(round(q / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def multipart(parts: list[tuple[str, bytes]], boundary: str = "cqbench") -> tuple[bytes, str]:
+    body = b""
+    for name, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def vm_status(pid: int, key: str) -> float | None:
+    """VmHWM (peak) / VmRSS of a process, in MiB (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+# -- the baseline (fresh processes) ------------------------------------------------------------------
+def child(kind: str, spec: str, files: list[str], out: str) -> None:
+    if kind == "cli":
+        from speed import cli_score
+
+        with tempfile.TemporaryDirectory() as d:
+            res = cli_score(spec, files, Path(d) / "scores.csv", "torch")
+    else:
+        from contentiqa.cli._model_loading import load_model
+
+        model = load_model(spec)
+        for f in files[:2]:
+            model.predict(f)  # warm-up
+        times = []
+        for f in files[: min(len(files), 24)]:
+            t = time.perf_counter()
+            model.predict(f)
+            times.append(time.perf_counter() - t)
+        res = {"n": len(times), "median_s": statistics.median(times), "p95_s": pct(times, 95)}
+    Path(out).write_text(json.dumps(res))
+
+
+def run_child(kind: str, spec: str, files: list[Path]) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "out.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", kind, "--model", spec,
+                        "--child-out", str(out), *map(str, files)], check=True, env=_env())
+        return json.loads(out.read_text())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+# -- the server ----------------------------------------------------------------------------------------
+class Server:
+    def __init__(self, spec: str, args: argparse.Namespace):
+        self.port = free_port()
+        self.key = secrets.token_hex(16)
+        self.tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
+        self.log = open(Path(self.tmp.name) / "server.log", "w+")
+        cmd = [sys.executable, "-m", "contentiqa", "serve", "--model", spec, "--host", HOST, "--port", str(self.port),
+               "--max-queue", str(args.max_queue), "--timeout", str(args.timeout), "--log-level", "warning",
+               *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
+               *(["--max-wait-ms", str(args.max_wait_ms)] if args.max_wait_ms is not None else [])]
+        self.command = " ".join(["contentiqa", *cmd[3:]])
+        t = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env={**_env(), "CONTENTIQA_API_KEY": self.key, "TMPDIR": self.tmp.name},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        while True:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                sys.exit(f"server exited {self.proc.returncode}:\n{self.log.read()[-3000:]}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() - t > 300:
+                sys.exit("server not ready within 300 s")
+            time.sleep(0.2)
+        self.ready_s = time.perf_counter() - t
+
+    def conn(self, timeout: float = 60.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        c = self.conn(10)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def post(self, conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str, key: str | None = None):
+        conn.request("POST", path, body=body, headers={"Content-Type": ctype, "X-API-Key": self.key if key is None else key})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+
+    def metric(self, name: str) -> float:
+        text = self.get("/metrics")[1].decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def alive(self) -> bool:
+        try:
+            return self.proc.poll() is None and self.get("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> dict:
+        peak = vm_status(self.proc.pid, "VmHWM")
+        t = time.perf_counter()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = "killed after 60 s"
+        left = [p.name for p in Path(self.tmp.name).iterdir() if p.name.startswith("contentiqa-serve-")]
+        self.log.seek(0)
+        log = self.log.read()
+        self.log.close()
+        self.tmp.cleanup()
+        return {"exit": rc, "exit_s": time.perf_counter() - t, "peak_rss_mib": peak, "upload_dirs_left": left,
+                "log_tail": log[-1500:]}
+
+
+# -- load ------------------------------------------------------------------------------------------------
+def load_phase(server: Server, bodies: list[tuple[bytes, str]], clients: int, duration: float, max_requests: int) -> dict:
+    lock = threading.Lock()
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    issued = [0]
+    scored = [0]
+    bad_rows = [0]
+    unanswered = [0]
+    stop_at = time.perf_counter() + duration
+    b0, n0 = server.metric("contentiqa_batch_size_sum"), server.metric("contentiqa_batch_size_count")
+
+    def client(k: int) -> None:
+        conn = server.conn()
+        while time.perf_counter() < stop_at:
+            with lock:
+                if issued[0] >= max_requests:
+                    break
+                i = issued[0]
+                issued[0] += 1
+            body, ctype = bodies[i % len(bodies)]
+            t = time.perf_counter()
+            try:
+                status, _, data = server.post(conn, "/v1/score", body, ctype)
+            except (OSError, http.client.HTTPException):
+                with lock:
+                    unanswered[0] += 1
+                conn.close()
+                conn = server.conn()
+                continue
+            dt = time.perf_counter() - t
+            ok = status == 200 and json.loads(data)["results"][0]["error"] is None
+            with lock:
+                latencies.append(dt)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+                scored[0] += ok
+                bad_rows[0] += status == 200 and not ok
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    b1, n1 = server.metric("contentiqa_batch_size_sum"), server.metric("contentiqa_batch_size_count")
+    return {
+        "clients": clients,
+        "requests": sum(statuses.values()) + unanswered[0],
+        "images_scored": scored[0],
+        "wall_s": wall,
+        "images_per_s": scored[0] / wall,
+        "p50_ms": 1000 * (pct(latencies, 50) or 0),
+        "p95_ms": 1000 * (pct(latencies, 95) or 0),
+        "p99_ms": 1000 * (pct(latencies, 99) or 0),
+        "statuses": statuses,
+        "errors": sum(v for k, v in statuses.items() if k != "200") + bad_rows[0] + unanswered[0],
+        "unanswered": unanswered[0],
+        "mean_batch": (b1 - b0) / (n1 - n0) if n1 > n0 else None,
+        "server_rss_mib": vm_status(server.proc.pid, "VmRSS"),
+    }
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+def raw_request(server: Server, head_body: bytes, send_all: bool = True, timeout: float = 30.0) -> int | None:
+    with socket.create_connection((HOST, server.port), timeout=timeout) as s:
+        if send_all:
+            s.sendall(head_body)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+        return int(data.split()[1])
+
+
+def request_head(server: Server, length: int, ctype: str, key: str | None = None) -> bytes:
+    return (f"POST /v1/score HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
+            f"X-API-Key: {server.key if key is None else key}\r\n\r\n").encode()
+
+
+def faults(server: Server, photo: bytes, args: argparse.Namespace) -> list[dict]:
+    out: list[dict] = []
+
+    def record(name: str, expected: str, got: str, ok: bool, **extra) -> None:
+        out.append({"fault": name, "expected": expected, "got": got, "ok": bool(ok), **extra})
+
+    def one(body: bytes, ctype: str, key: str | None = None) -> tuple[int, dict, bytes]:
+        c = server.conn(args.timeout + 30)
+        try:
+            return server.post(c, "/v1/score", body, ctype, key)
+        finally:
+            c.close()
+
+    body, ctype = multipart([("a.jpg", photo)])
+    st, _, _ = one(body.replace(b"--cqbench", b"--wrong", 1)[:-30] + b"garbage", ctype)
+    record("malformed multipart", "400", str(st), st == 400)
+    st, _, data = one(*multipart([("cut.jpg", photo[: len(photo) // 2])]))
+    err = json.loads(data)["results"][0]["error"] if st == 200 else None
+    record("truncated photo", "200, the row's error", f"{st}: {err}", st == 200 and err and "truncated" in err)
+    st, _, data = one(*multipart([("notes.txt", b"this is not a photo\n" * 50)]))
+    err = json.loads(data)["results"][0]["error"] if st == 200 else None
+    record("non-image upload", "200, the row's error", f"{st}: {err}", st == 200 and err and "not an image" in err)
+    st, _, data = one(*multipart([("ok.jpg", photo), ("bad.txt", b"nope")]))
+    rows = json.loads(data)["results"] if st == 200 else []
+    record("good + bad image in one request", "200, first scored, second its error", str(st),
+           st == 200 and rows[0]["error"] is None and rows[1]["error"] is not None)
+    st, _, _ = one(*multipart([(f"{i}.jpg", photo) for i in range(17)]))
+    record("too many images (17 > 16)", "413", str(st), st == 413)
+    st, _, _ = one(body, ctype, key="wrong-key")
+    record("wrong API key", "401", str(st), st == 401)
+
+    # Disconnect mid-upload: half the body, then close.
+    t = time.perf_counter()
+    for _ in range(5):
+        with socket.create_connection((HOST, server.port), timeout=10) as s:
+            s.sendall(request_head(server, len(body), ctype) + body[: len(body) // 2])
+    time.sleep(0.5)
+    record("5 clients disconnect mid-upload", "server stays up", "up" if server.alive() else "DOWN", server.alive(),
+           seconds=round(time.perf_counter() - t, 2))
+
+    # A slow client that finishes: the body in 20 pieces over ~2 s.
+    def trickle(pieces: int, pause: float, limit: float) -> tuple[int | None, float]:
+        t0 = time.perf_counter()
+        with socket.create_connection((HOST, server.port), timeout=limit) as s:
+            s.sendall(request_head(server, len(body), ctype))
+            step = max(1, len(body) // pieces)
+            sent = 0
+            s.settimeout(pause)
+            while sent < len(body) and time.perf_counter() - t0 < limit:
+                try:
+                    s.sendall(body[sent:sent + step])
+                    sent += step
+                    data = s.recv(4096)  # answered early (408)?
+                    if data:
+                        return int(data.split()[1]), time.perf_counter() - t0
+                except (socket.timeout, TimeoutError):
+                    continue
+                except OSError:
+                    break
+            s.settimeout(max(1.0, limit - (time.perf_counter() - t0)))
+            try:
+                data = s.recv(4096)
+                return (int(data.split()[1]) if data else None), time.perf_counter() - t0
+            except OSError:
+                return None, time.perf_counter() - t0
+
+    st, secs = trickle(20, 0.1, args.timeout + 10)
+    record("slow client, 20 pieces over ~2 s", "200", str(st), st == 200, seconds=round(secs, 2))
+    st, secs = trickle(2000, 0.25, args.timeout + 10)
+    record(f"slow client trickling past --timeout {args.timeout:g} s", "408 at the timeout", str(st),
+           st == 408 and secs < args.timeout + 5, seconds=round(secs, 2))
+
+    # A burst beyond the queue: many concurrent requests of 4 photos each.
+    n_burst = max(8, (args.max_queue // 4) * 3)
+    burst_body = multipart([(f"{i}.jpg", photo) for i in range(4)])
+    results: list[tuple[int | None, str | None]] = [(None, None)] * n_burst
+    barrier = threading.Barrier(n_burst)
+
+    def burst(k: int) -> None:
+        c = server.conn(args.timeout + 30)
+        try:
+            barrier.wait(10)
+            st, headers, _ = server.post(c, "/v1/score", *burst_body)
+            results[k] = (st, headers.get("Retry-After") or headers.get("retry-after"))
+        except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as exc:
+            results[k] = (None, str(exc))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(n_burst)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    counts: dict[str, int] = {}
+    for st, _ in results:
+        counts[str(st)] = counts.get(str(st), 0) + 1
+    with_retry = sum(1 for st, ra in results if st == 503 and ra)
+    answered = all(st in (200, 503, 504) for st, _ in results)
+    record(f"burst: {n_burst} concurrent requests x 4 photos (queue {args.max_queue} images)",
+           "200, or 503 + Retry-After (or 504 past --timeout): every request answered", json.dumps(counts),
+           answered and counts.get("503", 0) == with_retry and counts.get("200", 0) > 0,
+           seconds=round(time.perf_counter() - t, 2), rejected_with_retry_after=with_retry)
+    record("after the faults", "healthz 200, process alive", "up" if server.alive() else "DOWN", server.alive())
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def markdown(res: dict) -> str:
+    f = lambda x, d=1: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
+    cli = res["cli"]["ips"]
+    lines = [
+        "# `contentiqa serve` under load and faults (loopback)\n",
+        f"Command: `{res['command']}`  ",
+        f"Server: `{res['server_command']}` (API key from the environment)  ",
+        f"Photos: {res['n_photos']} real 500 x 500 CLIVE photos (read in place); model `{res['model']}`; "
+        f"{res['cpus']} CPUs.  ",
+        f"**Machine load average (1, 5, 15 min): {res['load_start']} at the start, {res['load_end']} at the end** — "
+        + ("the CPU was shared with other jobs during this run, so absolute figures are low and noisy; the ratios were "
+           "measured in the same minutes. Rerun on an idle machine for reference figures." if res["busy"] else
+           "the machine was otherwise idle."),
+        "",
+        "## Throughput and latency\n",
+        md_table(["clients", "requests", "images/s", "vs `contentiqa score`", "p50 ms", "p95 ms", "p99 ms", "mean batch",
+                  "errors"],
+                 [[str(p["clients"]), str(p["requests"]), f(p["images_per_s"]), f(p["images_per_s"] / cli, 2),
+                   f(p["p50_ms"], 0), f(p["p95_ms"], 0), f(p["p99_ms"], 0), f(p["mean_batch"], 2), str(p["errors"])]
+                  for p in res["phases"]]),
+        "",
+        f"`contentiqa score` on the same photos, same run (fresh process, model loading excluded): "
+        f"**{f(cli)} images/s** ({f(res['cli']['ms_per_image'], 0)} ms/image).  ",
+        f"In-process `model.predict(path)`, one photo at a time: median {f(1000 * res['predict']['median_s'], 0)} ms, "
+        f"p95 {f(1000 * res['predict']['p95_s'], 0)} ms.  ",
+        f"Server: ready {f(res['server']['ready_s'])} s after start; peak RSS {f(res['server']['peak_rss_mib'], 0)} MiB; "
+        f"exit after SIGTERM: {res['server']['exit']} in {f(res['server']['exit_s'], 2)} s; upload folders left: "
+        f"{len(res['server']['upload_dirs_left'])}.",
+        "",
+        "## Targets\n",
+        md_table(["target", "measured", "met"], [[t["target"], t["measured"], "yes" if t["met"] else "**no**"]
+                                                  for t in res["targets"]]),
+        "",
+        "## Faults (same server, after the load)\n",
+        md_table(["fault", "expected", "got", "ok"], [[x["fault"], x["expected"], x["got"], "yes" if x["ok"] else "**no**"]
+                                                      for x in res["faults"]]),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model name or checkpoint (default: contentiqa.DEFAULT_MODEL)")
+    ap.add_argument("--images", type=int, default=48, help="photos used (default 48)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default 10)")
+    ap.add_argument("--max-requests", type=int, default=2000, help="requests per load phase at most (default 2000)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per phase")
+    ap.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default: its own)")
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="server --max-wait-ms (default: its own)")
+    ap.add_argument("--max-queue", type=int, default=32, help="server --max-queue (default 32, so the burst overflows it)")
+    ap.add_argument("--timeout", type=float, default=8.0, help="server --timeout (default 8 s; bounds the trickling client)")
+    ap.add_argument("--child", choices=("cli", "predict"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from contentiqa import DEFAULT_MODEL
+
+    spec = args.model or DEFAULT_MODEL
+    if args.child:
+        child(args.child, spec, args.files, args.child_out)
+        return
+
+    load_start = load_average()
+    files = photos(args.images)
+    if len(files) < 4:
+        sys.exit(f"benchmark skipped: fewer than 4 500x500 photos in {CLIVE_IMAGES}")
+    print(f"{len(files)} photos; load average {load_start}; baseline: contentiqa score, then in-process predict", flush=True)
+    cli = run_child("cli", spec, files)
+    predict = run_child("predict", spec, files)
+    print(f"contentiqa score: {cli['ips']:.2f} images/s; predict median {1000 * predict['median_s']:.0f} ms", flush=True)
+
+    bodies = [multipart([(p.name, p.read_bytes())]) for p in files]
+    server = Server(spec, args)
+    phases = []
+    try:
+        for c in args.clients:
+            print(f"{c} client(s) for {args.duration:g} s ...", flush=True)
+            phases.append(load_phase(server, bodies, c, args.duration, args.max_requests))
+            print(f"  {phases[-1]['images_per_s']:.2f} images/s, p95 {phases[-1]['p95_ms']:.0f} ms, "
+                  f"errors {phases[-1]['errors']}", flush=True)
+        print("faults ...", flush=True)
+        fault_results = faults(server, files[0].read_bytes(), args)
+    finally:
+        stopped = server.stop()
+    load_end = load_average()
+
+    cpus = os.cpu_count() or 1
+    busy = bool(load_start) and max(load_start[0], (load_end or [0])[0]) > 0.5
+    lone = next((p for p in phases if p["clients"] == 1), None)
+    many = [p for p in phases if p["clients"] >= 4]
+    targets = []
+    if many:
+        worst = min(p["images_per_s"] / cli["ips"] for p in many)
+        targets.append({"target": f"4+ clients: images/s >= {TARGET_VS_CLI}x `contentiqa score`",
+                        "measured": f"{worst:.2f}x (worst of {', '.join(str(p['clients']) for p in many)} clients)",
+                        "met": worst >= TARGET_VS_CLI})
+    if lone:
+        ratio = lone["p95_ms"] / (1000 * predict["median_s"])
+        targets.append({"target": f"lone photo: p95 latency <= {TARGET_LONE_P95_VS_PREDICT}x in-process predict",
+                        "measured": f"{lone['p95_ms']:.0f} ms vs {1000 * predict['median_s']:.0f} ms = {ratio:.2f}x",
+                        "met": ratio <= TARGET_LONE_P95_VS_PREDICT})
+    unanswered = sum(p["unanswered"] for p in phases)
+    targets.append({"target": "0 crashes, 0 unanswered requests",
+                    "measured": f"{unanswered} unanswered under load; faults: "
+                                f"{sum(not x['ok'] for x in fault_results)} not as expected; server "
+                                f"{'up to the end' if fault_results and fault_results[-1]['ok'] else 'DOWN'}; exit {stopped['exit']}",
+                    "met": unanswered == 0 and all(x["ok"] for x in fault_results) and stopped["exit"] in (0, -signal.SIGTERM)})
+
+    res = {
+        "command": command_line(),
+        "server_command": server.command,
+        "model": spec,
+        "n_photos": len(files),
+        "photos": str(CLIVE_IMAGES),
+        "cpus": cpus,
+        "load_start": load_start,
+        "load_end": load_end,
+        "busy": busy,
+        "cli": cli,
+        "predict": predict,
+        "phases": phases,
+        "faults": fault_results,
+        "server": {"ready_s": server.ready_s, **{k: v for k, v in stopped.items() if k != "log_tail"}},
+        "targets": targets,
+    }
+    write_results("serve_load", res, markdown(res))
+    if not all(x["ok"] for x in fault_results):
+        print(stopped["log_tail"], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
