@@ -516,7 +516,12 @@ def create_app(
             svc.metrics.error("bad_image")
             raise HTTPException(422, f"{uploads[0][0] or 'upload'}: {err}")
         batcher = svc.batcher
-        png, headers = await run_queued(request, lambda: batcher.call(lambda: _render_explanation(svc, img, target, max_size)))
+        try:
+            png, headers = await run_queued(request, lambda: batcher.call(
+                lambda: _render_explanation(svc, img, target, max_size)))
+        except (ValueError, TypeError, RuntimeError) as exc:  # the model cannot explain this input
+            svc.metrics.error("explain_failed")
+            raise HTTPException(422, f"cannot explain this image: {exc}") from None
         return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)], summary="The model this server runs, and its limits")
