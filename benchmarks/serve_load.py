@@ -461,7 +461,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model name or checkpoint (default: contentiqa.DEFAULT_MODEL)")
-    ap.add_argument("--images", type=int, default=48, help="photos used (default 48)")
+    ap.add_argument("--images", type=int, default=24, help="photos used (default 24)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default 10)")
     ap.add_argument("--max-requests", type=int, default=2000, help="requests per load phase at most (default 2000)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per phase")

@@ -206,7 +206,7 @@ class Service:
         if self.config.warmup:
             from PIL import Image
 
-            size = max(64, int(getattr(loaded.model, "min_size", 32)))
+            size = max(64, int(loaded.model.min_size))
             self.batcher.submit([Image.new("RGB", (size, size), (128, 128, 128))]).result()
         self.state = "ready"
         self.metrics.ready.set(1)
