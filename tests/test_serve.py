@@ -319,6 +319,25 @@ def test_page_and_its_assets_are_local(model):
     assert "http://" not in everything and "https://" not in everything  # no CDN: works offline
 
 
+def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="--runtime onnx needs pip install 'contentiqa[onnx]'")
+    import argparse
+
+    from contentiqa.cli.serve import _loader
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True)
+    images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
+    with client_for(model) as c:
+        torch_rows = c.post("/v1/score", files=images).json()["results"]
+    with TestClient(create_app(ServeConfig(), loader=_loader(args))) as c:
+        assert c.app.state.service.ready_event.wait(120)
+        body = c.post("/v1/score", files=images).json()
+    assert body["model"]["runtime"] == "onnx"
+    assert [r["score"] for r in body["results"]] == pytest.approx([r["score"] for r in torch_rows], abs=1e-3)
+    assert [r["category"] for r in body["results"]] == [r["category"] for r in torch_rows]
+
+
 # -- the batcher -----------------------------------------------------------------------------
 def test_batcher_batches_concurrent_jobs_and_keeps_order():
     seen: list[list[int]] = []

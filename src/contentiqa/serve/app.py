@@ -103,7 +103,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
 
     m = loaded.model
     info = model_info(m, loaded.spec or None)
-    ck = getattr(m, "checkpoint_info", None) or {}
+    ck = getattr(m, "checkpoint_info", None) or {}  # set by load_checkpoint (absent on a model built in memory)
     weights = sha = None
     if ck.get("path"):
         p = Path(ck["path"])
@@ -118,7 +118,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
             sha = None
     lo, hi = info["score_range"]
     return {
-        "name": str(getattr(m, "model_name", info["name"])),
+        "name": str(m.model_name),
         "weights": weights,
         "weights_sha256": sha,
         "version": __version__,
