@@ -376,6 +376,9 @@ def test_batcher_bounded_queue_cancel_failure_and_exclusive_calls():
         with pytest.raises(QueueFull) as err:
             b.submit(["d", "e", "f"])
         assert err.value.retry_after >= 1
+        with pytest.raises(QueueFull):
+            b.check(3)  # the same answer before anything is queued (or decoded)
+        b.check(2)
         dropped = b.submit(["x"])
         b.cancel(dropped)  # the client gave up: its image never reaches the model
         task = b.call(lambda: calls.append("task") or "done")

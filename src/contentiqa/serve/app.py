@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -438,16 +438,22 @@ def create_app(
         svc.metrics.error("disconnected")
         return Response(status_code=499)  # nobody reads it: the client is gone
 
-    async def run_queued(request: Request, submit: Callable[[], Any]) -> Any:
-        """Queue work on the batcher and wait for it within the request's deadline."""
+    @contextmanager
+    def admission():
+        """The batcher's refusals as HTTP answers: 503, with Retry-After when busy."""
         try:
-            fut = submit()
+            yield
         except QueueFull as exc:
             svc.metrics.error("queue_full")
             raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": f"{exc.retry_after:.0f}"}) from None
         except BatcherClosed:
             svc.metrics.error("not_ready")
             raise HTTPException(503, "the server is shutting down") from None
+
+    async def run_queued(request: Request, submit: Callable[[], Any]) -> Any:
+        """Queue work on the batcher and wait for it within the request's deadline."""
+        with admission():
+            fut = submit()
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), svc.remaining(request))
         except asyncio.TimeoutError:
@@ -463,6 +469,9 @@ def create_app(
         on the model's scale, its category with confidence and probabilities, notes, and
         ``error`` (null when scored). A bad image gets its error; the others are scored."""
         svc.require_ready()
+        assert svc.batcher is not None
+        with admission():  # when busy, say so before the upload is read and decoded
+            svc.batcher.check(1, svc.remaining(request))
         uploads = await read_uploads(request, svc, cfg.max_images)
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(svc.decode_pool, svc.decode, data) for _, data in uploads))

@@ -150,13 +150,7 @@ class Batcher:
             fut.set_result([])
             return fut
         with self._cond:
-            if self._closing:
-                raise BatcherClosed("shutting down")
-            too_slow = within_s is not None and self._waiting_items > 0 and self.expected_wait(len(items)) > within_s
-            if self._waiting_items + len(items) > self.max_queue:
-                raise QueueFull(self._waiting_items, self.retry_after())
-            if too_slow:
-                raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
+            self._admit(len(items), within_s)
             job = _Job(items=items, future=fut, results=[None] * len(items), remaining=len(items),
                        enqueued=time.monotonic())
             self._queue.extend((job, i) for i in range(len(items)))
@@ -164,15 +158,27 @@ class Batcher:
             self._cond.notify()
         return fut
 
+    def check(self, n: int = 1, within_s: float | None = None) -> None:
+        """Raise what :meth:`submit` would raise for ``n`` images now: lets a request be
+        turned away before its upload is read and decoded, which under overload is the CPU
+        the model needs."""
+        with self._cond:
+            self._admit(n, within_s)
+
+    def _admit(self, n: int, within_s: float | None) -> None:
+        if self._closing:
+            raise BatcherClosed("shutting down")
+        if self._waiting_items + n > self.max_queue:
+            raise QueueFull(self._waiting_items, self.retry_after())
+        if within_s is not None and self._waiting_items > 0 and self.expected_wait(n) > within_s:
+            raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
+
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn()`` alone on the worker thread (between batches); it counts as one queued
         item. Raises :class:`QueueFull` / :class:`BatcherClosed` like :meth:`submit`."""
         fut: Future = Future()
         with self._cond:
-            if self._closing:
-                raise BatcherClosed("shutting down")
-            if self._waiting_items + 1 > self.max_queue:
-                raise QueueFull(self._waiting_items, self.retry_after())
+            self._admit(1, None)
             self._queue.append(_Task(fn, fut, time.monotonic()))
             self._waiting_items += 1
             self._cond.notify()
