@@ -108,6 +108,7 @@ class Batcher:
         self.on_batch = on_batch
         self._queue: deque[tuple[_Job, int] | _Task] = deque()
         self._waiting_items = 0
+        self._running_items = 0  # in the batch being run (part of the wait of a newcomer)
         self._cond = threading.Condition()
         self._closing = False
         self._seconds_per_item: float | None = None
@@ -129,12 +130,12 @@ class Batcher:
     def retry_after(self) -> float:
         """Seconds until the queue has drained, from the measured time per image (at least 1)."""
         per = self._seconds_per_item or 0.1
-        return float(max(1, math.ceil(self._waiting_items * per)))
+        return float(max(1, math.ceil((self._waiting_items + self._running_items) * per)))
 
     def expected_wait(self, n: int = 0) -> float:
         """Seconds until ``n`` more images would be done, from the measured time per image
         (0 before anything was measured)."""
-        return (self._waiting_items + n) * (self._seconds_per_item or 0.0)
+        return (self._waiting_items + self._running_items + n) * (self._seconds_per_item or 0.0)
 
     def submit(self, items: Sequence[Any], within_s: float | None = None) -> Future:
         """Queue ``items`` as one job; the future gets their results as a list, in order.
@@ -170,7 +171,8 @@ class Batcher:
             raise BatcherClosed("shutting down")
         if self._waiting_items + n > self.max_queue:
             raise QueueFull(self._waiting_items, self.retry_after())
-        if within_s is not None and self._waiting_items > 0 and self.expected_wait(n) > within_s:
+        busy = self._waiting_items + self._running_items > 0
+        if within_s is not None and busy and self.expected_wait(n) > within_s:
             raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -257,6 +259,7 @@ class Batcher:
             if not batch:
                 continue
             t0 = time.perf_counter()
+            self._running_items = len(batch)
             try:
                 results = list(self.run_batch([job.items[i] for job, i in batch]))
                 if len(results) != len(batch):
@@ -265,6 +268,8 @@ class Batcher:
                 for job, _ in batch:
                     job.fail(exc)
                 continue
+            finally:
+                self._running_items = 0
             dt = time.perf_counter() - t0
             per = dt / len(batch)
             self._seconds_per_item = per if self._seconds_per_item is None else 0.8 * self._seconds_per_item + 0.2 * per
