@@ -1,7 +1,7 @@
 """`contentiqa serve` under load and faults, on loopback, next to `contentiqa score` in the same run.
 
-    python benchmarks/serve_load.py                 # a few minutes: 1, 4, 16 clients, 10 s each, then faults
-    python benchmarks/serve_load.py --duration 2 --lone 4 --images 8    # a short run (checks that it works)
+    python benchmarks/serve_load.py                           # a few minutes on a busy 2-core machine
+    python benchmarks/serve_load.py --images 6 --lone 3     # a short run (checks that it works)
 
 What one run does, on real 500 x 500 photos (the first --images of ../shared/data/clive-dev;
 read from there, never copied):
@@ -12,9 +12,9 @@ read from there, never copied):
    photo as one request to the server, alternately, so both see the same machine load;
    then for 1, 4 and 16 concurrent clients: `contentiqa score` on the photos (called
    in-process, its model loading excluded, as benchmarks/speed.py measures it), right
-   before --duration seconds (at most --max-requests requests) of the clients posting one
-   photo per request on kept-alive connections: images/s, latency p50/p95/p99, errors, the
-   mean batch size the server formed (from its /metrics);
+   before the clients score the same photos through the server, one photo per request on
+   kept-alive connections (bounded by --max-seconds): images/s, latency p50/p95/p99,
+   errors, the mean batch size the server formed (from its /metrics);
 3. faults against the same server: malformed multipart, a truncated JPEG, a non-image, too
    many images, a wrong API key, a client that disconnects mid-upload, a slow client that
    trickles its body (one that finishes in time and one cut off at --timeout), and a burst of
@@ -257,25 +257,28 @@ class Server:
 
 
 # -- load ------------------------------------------------------------------------------------------------
-def load_phase(server: Server, bodies: list[tuple[bytes, str]], clients: int, duration: float, max_requests: int) -> dict:
+def load_phase(server: Server, bodies: list[tuple[bytes, str]], clients: int, rounds: int, max_seconds: float) -> dict:
+    """``clients`` threads score every photo ``rounds`` times between them, one photo per
+    request: the same work as `contentiqa score` on the photos, so images/s compare. A 503
+    (busy) puts the photo back and the client waits its Retry-After; any other failure is
+    counted as an error. Bounded by ``max_seconds``."""
     lock = threading.Lock()
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    issued = [0]
+    todo = list(range(len(bodies) * rounds))
     scored = [0]
     bad_rows = [0]
     unanswered = [0]
-    stop_at = time.perf_counter() + duration
+    stop_at = time.perf_counter() + max_seconds
     b0, n0 = server.metric("contentiqa_batch_size_sum"), server.metric("contentiqa_batch_size_count")
 
     def client(k: int) -> None:
         conn = server.conn()
         while time.perf_counter() < stop_at:
             with lock:
-                if issued[0] >= max_requests:
+                if not todo:
                     break
-                i = issued[0]
-                issued[0] += 1
+                i = todo.pop()
             body, ctype = bodies[i % len(bodies)]
             t = time.perf_counter()
             try:
@@ -290,7 +293,9 @@ def load_phase(server: Server, bodies: list[tuple[bytes, str]], clients: int, du
             ok = status == 200 and json.loads(data)["results"][0]["error"] is None
             with lock:
                 statuses[str(status)] = statuses.get(str(status), 0) + 1
-                if status != 503:
+                if status == 503:
+                    todo.append(i)
+                else:
                     latencies.append(dt)
                 scored[0] += ok
                 bad_rows[0] += status == 200 and not ok
@@ -310,6 +315,7 @@ def load_phase(server: Server, bodies: list[tuple[bytes, str]], clients: int, du
         "clients": clients,
         "requests": sum(statuses.values()) + unanswered[0],
         "images_scored": scored[0],
+        "images_left": len(todo),
         "wall_s": wall,
         "images_per_s": scored[0] / wall,
         "p50_ms": 1000 * (pct(latencies, 50) or 0),
@@ -494,9 +500,11 @@ def markdown(res: dict) -> str:
                    f(p["mean_batch"], 2), str(p["busy_503"]), str(p["errors"])]
                   for p in res["phases"]]),
         "",
-        "Each client posts one photo per request on a kept-alive connection, for the phase's duration. A 503 (queue "
-        "full, or the images ahead would outlast --timeout) is answered at once, before the upload is decoded, and the "
-        "client waits its Retry-After. Latencies are of the answered (non-503) requests; errors are every other "
+        "In each phase the clients score the photos between them (each photo --rounds times), one photo per request "
+        "on kept-alive connections: the work `contentiqa score` does, so the images/s compare (wall time from the "
+        "first request to the last answer). A 503 (queue full, or the images ahead would outlast --timeout) is "
+        "answered at once, before the upload is decoded; the client waits its Retry-After and sends the photo "
+        "again. Latencies are of the answered (non-503) requests; errors are every other "
         "non-200 answer, rows with an error, and requests without an answer. `contentiqa score`: the command on the "
         "same photos, called in-process in a separate process, its model loading excluded (as benchmarks/speed.py "
         "measures it), run right before each phase.",
@@ -526,8 +534,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model name or checkpoint (default: contentiqa.DEFAULT_MODEL)")
     ap.add_argument("--images", type=int, default=24, help="photos used (default 24)")
     ap.add_argument("--lone", type=int, default=16, help="photos of the lone-photo latency comparison (default 16)")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default 10)")
-    ap.add_argument("--max-requests", type=int, default=2000, help="requests per load phase at most (default 2000)")
+    ap.add_argument("--rounds", type=int, default=1, help="each load phase scores every photo this many times (default 1)")
+    ap.add_argument("--max-seconds", type=float, default=120.0, help="a load phase stops after this long (default 120)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per phase")
     ap.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default: its own)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="server --max-wait-ms (default: its own)")
@@ -558,8 +566,8 @@ def main() -> None:
         print(f"  predict median {lone['predict_median_ms']:.0f} ms; server p95 {lone['server_p95_ms']:.0f} ms", flush=True)
         for c in args.clients:
             cli = baseline.ask("cli")
-            print(f"contentiqa score {cli['ips']:.2f} images/s; then {c} client(s) for {args.duration:g} s ...", flush=True)
-            phase = load_phase(server, bodies, c, args.duration, args.max_requests)
+            print(f"contentiqa score {cli['ips']:.2f} images/s; then {c} client(s) ...", flush=True)
+            phase = load_phase(server, bodies, c, args.rounds, args.max_seconds)
             phase["cli_ips"] = cli["ips"]
             phase["cli"] = cli
             phases.append(phase)

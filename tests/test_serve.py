@@ -70,17 +70,24 @@ def files(*parts: tuple[str, bytes]) -> list:
 
 
 # -- scoring ---------------------------------------------------------------------------------
-def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tmp_path):
+@pytest.mark.parametrize("decode_workers", [2, 0], ids=["decoded-beside-the-model", "decoded-on-its-thread"])
+def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tmp_path, decode_workers):
     from contentiqa.cli.main import main
 
-    good, other = jpeg(1), jpeg(2, size=(72, 60))
+    good = jpeg(1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the reader's note must reach the row
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(72, 60, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=90, exif=exif)
+    other = buf.getvalue()
     (tmp_path / "good.jpg").write_bytes(good)
     (tmp_path / "other.jpg").write_bytes(other)
     assert main(["score", str(tmp_path / "good.jpg"), str(tmp_path / "other.jpg"), "--model", ckpt,
                  "-o", str(tmp_path / "s.csv"), "-q"]) == 0
     cli = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "s.csv"))}
 
-    with client_for(model) as c:
+    with client_for(model, decode_workers=decode_workers) as c:
         r = c.post("/v1/score", files=files(("good.jpg", good), ("notes.txt", b"not a photo"),
                                              ("cut.jpg", good[: len(good) // 2]), ("other.jpg", other)))
     assert r.status_code == 200, r.text
@@ -100,6 +107,7 @@ def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tm
         assert row["scale"] == [0.0, 100.0]
         assert set(row["probabilities"]) == set(model.categories)
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert "EXIF orientation 6 applied" in rows[3]["notes"]
     assert rows[1]["score"] is None and "not an image" in rows[1]["error"]
     assert rows[2]["score"] is None and "truncated" in rows[2]["error"]
 

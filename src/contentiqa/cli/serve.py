@@ -62,7 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-connections", type=int, default=128, metavar="N",
                    help="concurrent connections at most; beyond, 503 (default 128)")
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
-                   help="threads decoding uploads while the model runs (default: 2, 1 on a machine with 2 cores or fewer)")
+                   help="threads decoding uploads while the model runs; 0 = on the model's thread, before each batch "
+                        "(default: as `contentiqa score --workers`: the cores the model's threads leave free, at most "
+                        "2; 0 on a 2-core machine with --runtime torch)")
     p.add_argument("--api-key", default=None,
                    help="require this key on every /v1 call (default: $CONTENTIQA_API_KEY if set; prefer the variable, "
                         "a command line is visible to other users)")
@@ -95,7 +97,7 @@ def _config(args: argparse.Namespace):
         (args.max_pixels > 0, "--max-pixels must be a positive number of megapixels"),
         (args.timeout > 0, "--timeout must be positive"),
         (args.max_connections >= 1, "--max-connections must be at least 1"),
-        (args.decode_workers is None or args.decode_workers >= 1, "--decode-workers must be at least 1"),
+        (args.decode_workers is None or args.decode_workers >= 0, "--decode-workers must be 0 or more"),
         (args.threads is None or args.threads >= 1, "--threads must be at least 1"),
         (0 <= args.port <= 65535, "--port must be 0-65535"),
     ]
@@ -105,7 +107,12 @@ def _config(args: argparse.Namespace):
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api-key is empty")
-    decode = args.decode_workers or (1 if (os.cpu_count() or 1) <= 2 else 2)
+    if args.decode_workers is not None:
+        decode = args.decode_workers
+    else:  # the score command's measured default for decoding beside the model
+        from .score import default_workers
+
+        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "torch"), args.threads)
     return ServeConfig(
         max_batch=args.max_batch or 8,
         max_wait_ms=args.max_wait_ms,

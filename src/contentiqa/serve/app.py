@@ -68,7 +68,9 @@ class ServeConfig:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     decode_workers: int = 2
-    """Threads decoding uploads while the model runs."""
+    """Threads decoding uploads while the model runs; 0: decode on the model's thread, just
+    before its forward pass (what `contentiqa score` does on a machine whose cores the
+    model's threads already use: decoding beside the model was measured slower there)."""
     explain_max_pixels: int = 1_000_000
     """Images are explained on a copy of at most this size (as the CLI's report does)."""
     warmup: bool = True
@@ -85,6 +87,14 @@ class LoadedModel:
     runtime: str = "torch"
     explainable: bool = True
     """False for a model served from an ONNX file alone (Grad-CAM needs PyTorch)."""
+
+
+@dataclass
+class Decoded:
+    """An upload decoded before it was queued, with the reader's notes (EXIF rotation, ...)."""
+
+    image: Any
+    notes: list[str]
 
 
 class BodyTooLarge(Exception):
@@ -177,8 +187,9 @@ class Service:
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="contentiqa-serve-")  # mode 0700: this user only
-        self.decode_pool = ThreadPoolExecutor(max_workers=max(1, self.config.decode_workers),
-                                              thread_name_prefix="contentiqa-decode")
+        if self.config.decode_workers > 0:
+            self.decode_pool = ThreadPoolExecutor(max_workers=self.config.decode_workers,
+                                                  thread_name_prefix="contentiqa-decode")
         if self.loaded is not None:
             self._activate(self.loaded)
         else:
@@ -232,17 +243,31 @@ class Service:
             raise HTTPException(503, detail, headers={"Retry-After": "5"} if self.state == "loading" else None)
 
     # -- work ------------------------------------------------------------------------------------
-    def _run_batch(self, images: list) -> list:
-        """One forward pass over decoded images (the worker thread): the scoring engine of
-        ``contentiqa score`` (equal sizes stacked, channels-last, inference mode, a model
-        failure becomes each image's error), scores clipped to the scale as the CLI shows them."""
+    def _run_batch(self, items: list) -> list:
+        """One forward pass (the worker thread) over decoded images, or upload bytes decoded
+        here first (``decode_workers=0``): the scoring engine of ``contentiqa score`` (equal
+        sizes stacked, channels-last, inference mode, a model failure becomes each image's
+        error), scores clipped to the scale as the CLI shows them. One Prediction per item;
+        an upload that cannot be decoded gets its error."""
         from ..inference.engine import predict_items
+        from ..models.base import Prediction
 
         assert self.loaded is not None
         model = self.loaded.model
-        preds = predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
-                              progress=False)
-        return [model.clip_to_scale(p) for p in preds]  # type: ignore[union-attr]
+        decoded = [self.decode(x) if isinstance(x, bytes) else (x.image, x.notes, None) if isinstance(x, Decoded)
+                   else (x, [], None) for x in items]
+        images = [img for img, _, err in decoded if err is None]
+        preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
+                                   progress=False) if images else [])
+        out = []
+        for _, notes, err in decoded:
+            if err is not None:
+                out.append(Prediction(path=None, score=None, error=err, notes=list(notes)))
+                continue
+            p = model.clip_to_scale(next(preds))  # type: ignore[arg-type]
+            p.notes = list(notes) + [n for n in p.notes if n not in notes]
+            out.append(p)
+        return out
 
     def decode(self, data: bytes) -> tuple[Any, list[str], str | None]:
         """(image, notes, error) for uploaded bytes, read by the CLI's image reader (same
@@ -473,25 +498,28 @@ def create_app(
         with admission():  # when busy, say so before the upload is read and decoded
             svc.batcher.check(1, svc.remaining(request))
         uploads = await read_uploads(request, svc, cfg.max_images)
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(svc.decode_pool, svc.decode, data) for _, data in uploads))
-        good = [i for i, (_, _, err) in enumerate(decoded) if err is None]
-        assert svc.batcher is not None and svc.identity is not None
-        batcher = svc.batcher
-        within = svc.remaining(request)
-        preds = await run_queued(request, lambda: batcher.submit([decoded[i][0] for i in good], within_s=within)) if good else []
-        by_index = dict(zip(good, preds))
-        scale = svc.identity["score_range"]
-        rows = []
         from ..models.base import Prediction
 
-        for i, ((name, _), (_, notes, err)) in enumerate(zip(uploads, decoded)):
-            if err is not None:
-                pred = Prediction(path=None, score=None, error=err, notes=list(notes))
-            else:
-                pred = by_index[i]
-                pred.notes = list(notes) + [n for n in pred.notes if n not in notes]
-            rows.append(image_row(pred, i, name, scale))
+        items: list[Any] = [data for _, data in uploads]  # decoded on the model's thread ...
+        preds: list[Any] = [None] * len(items)
+        if svc.decode_pool is not None:  # ... or here, in parallel, while the model runs
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(*(loop.run_in_executor(svc.decode_pool, svc.decode, d) for d in items))
+            for i, (img, notes, err) in enumerate(decoded):
+                if err is not None:
+                    preds[i] = Prediction(path=None, score=None, error=err, notes=list(notes))
+                else:
+                    items[i] = Decoded(img, list(notes))
+        todo = [i for i, p in enumerate(preds) if p is None]
+        batcher = svc.batcher
+        within = svc.remaining(request)
+        if todo:
+            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within))
+            for i, p in zip(todo, done):
+                preds[i] = p
+        assert svc.identity is not None
+        scale = svc.identity["score_range"]
+        rows = [image_row(p, i, name, scale) for i, ((name, _), p) in enumerate(zip(uploads, preds))]
         n_failed = sum(1 for r in rows if r["error"] or r["score"] is None)
         svc.metrics.images.labels("scored").inc(len(rows) - n_failed)
         if n_failed:
