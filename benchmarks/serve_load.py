@@ -480,6 +480,7 @@ def faults(server: Server, photo: bytes, args: argparse.Namespace) -> list[dict]
 def markdown(res: dict) -> str:
     f = lambda x, d=1: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
     lone = res["lone"]
+    cli_rates = [p["cli_ips"] for p in res["phases"]] or [0.0]
     lines = [
         "# `contentiqa serve` under load and faults (loopback)\n",
         f"Command: `{res['command']}`  ",
@@ -488,8 +489,10 @@ def markdown(res: dict) -> str:
         f"{res['cpus']} CPUs.  ",
         f"**Machine load average (1, 5, 15 min): {res['load_start']} at the start, {res['load_end']} at the end** — "
         + ("the CPU was shared with other jobs during this run: absolute figures are low and noisy. Every server "
-           "figure is set against an in-process one measured right before it (the server idle meanwhile), so the "
-           "ratios see the same load; rerun on an idle machine for reference figures." if res["busy"] else
+           "figure is set against an in-process one measured right before it (the server idle meanwhile), but the "
+           "load changed from one minute to the next (`contentiqa score` alone ran at "
+           f"{min(cli_rates):.2f}–{max(cli_rates):.2f} images/s in this run), so the ratios below do not judge "
+           "the targets either way: rerun on an idle machine for that." if res["busy"] else
            "the machine was otherwise idle."),
         "",
         "## Throughput and latency\n",
