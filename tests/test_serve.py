@@ -444,8 +444,8 @@ def test_serve_command_checks_its_arguments(capsys):
 
     assert main(["serve", "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
-    assert main(["serve", "--model", "no-such-model"]) == 2
-    assert "unknown model" in capsys.readouterr().err
+    assert main(["serve", "--model", "no-such-model", "--port", "0", "--log-level", "error"]) == 2
+    assert "the model failed to load: unknown model 'no-such-model'" in capsys.readouterr().err
     assert main(["serve", "--model", "missing/ckpt.pt"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -173,11 +173,8 @@ def run(args: argparse.Namespace) -> int:
     spec = args.model or DEFAULT_MODEL
     if looks_like_checkpoint(spec) and not os.path.isfile(spec):
         raise UsageError(f"checkpoint {spec} does not exist")
-    if not looks_like_checkpoint(spec):
-        from ..models.registry import list_models
-
-        if spec not in list_models():
-            raise UsageError(f"unknown model {spec!r}; available: {', '.join(list_models())} (or a checkpoint file .pt)")
+    # Anything else about --model is checked by loading it, as `contentiqa score` does: a
+    # failure stops the server at once with that message (exit 2).
     if not _is_loopback(args.host) and not cfg.api_key:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach this port can use it "
               f"(set CONTENTIQA_API_KEY, or keep --host 127.0.0.1 behind a reverse proxy)", file=sys.stderr)
