@@ -594,11 +594,15 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
 
 # -- the page in a real browser ----------------------------------------------------------------
 def _chromium() -> str | None:
+    """The system's Chromium ($CONTENTIQA_CHROMIUM first): Playwright's own browser download
+    is not something a test may depend on."""
+    if os.environ.get("CONTENTIQA_CHROMIUM"):
+        return os.environ["CONTENTIQA_CHROMIUM"]
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)
         if path:
             return path
-    return os.environ.get("CONTENTIQA_CHROMIUM") or None
+    return None
 
 
 def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
