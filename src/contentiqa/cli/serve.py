@@ -1,0 +1,213 @@
+"""``contentiqa serve``: an HTTP scoring service with a browser page, the model loaded once.
+
+Endpoints: POST /v1/score (multipart: one or many images -> a row per image, as `contentiqa
+score`), POST /v1/explain (one image -> heatmap PNG), GET /v1/models, GET /healthz (200 once
+the model is loaded), GET /metrics (Prometheus), the browser page at / and the API docs at
+/docs. Images from concurrent requests are scored together (dynamic batching: up to
+--max-batch images, waiting at most --max-wait-ms for them); when --max-queue images wait
+already, requests get 503 with Retry-After.
+
+Safe by default: listens on 127.0.0.1 only; with --api-key (better: the environment variable
+CONTENTIQA_API_KEY, which `ps` does not show) every /v1 call needs the header
+'X-API-Key: KEY' or 'Authorization: Bearer KEY'; uploads are bounded (--max-upload-mb,
+--max-images, --max-pixels) and decoded in memory / a private temporary file removed at once;
+no path or URL a client names is ever opened; CORS is off unless --cors-origin is given.
+SIGTERM or Ctrl-C: no new connections, requests in flight are finished, then it exits.
+
+Needs the service packages: pip install 'contentiqa[serve]'.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP scoring service with a browser page (FastAPI + uvicorn)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", "-m", default=None,
+                   help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL with its shipped weights)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = every interface, "
+                        "use with --api-key or behind a reverse proxy)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default=None,
+                   help="run the model in PyTorch (default) or ONNX Runtime (CPU; pip install 'contentiqa[onnx]')")
+    p.add_argument("--onnx-model", metavar="FILE", default=None,
+                   help="with --runtime onnx: this file from `contentiqa export` (explain is then unavailable)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compute threads for the model (default: the runtime's own, one per core)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="images per forward pass at most, from one or several requests (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T",
+                   help="how long a waiting image waits for others to fill a batch (default 5 ms)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="images waiting for the model at most; beyond, 503 + Retry-After (default 64)")
+    p.add_argument("--max-images", type=int, default=16, metavar="N", help="images per request at most (default 16)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, metavar="MB",
+                   help="request body size at most, in MiB (default 32)")
+    p.add_argument("--max-pixels", type=float, default=50.0, metavar="MP",
+                   help="refuse images larger than MP megapixels (decompression-bomb guard; default 50)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="a request's upload, wait and scoring must end within S seconds (408/504 beyond; default 60)")
+    p.add_argument("--max-connections", type=int, default=128, metavar="N",
+                   help="concurrent connections at most; beyond, 503 (default 128)")
+    p.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="threads decoding uploads while the model runs; 0 = on the model's thread, before each batch "
+                        "(default: as `contentiqa score --workers`: the cores the model's threads leave free, at most "
+                        "2; 0 on a 2-core machine with --runtime torch)")
+    p.add_argument("--api-key", default=None,
+                   help="require this key on every /v1 call (default: $CONTENTIQA_API_KEY if set; prefer the variable, "
+                        "a command line is visible to other users)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (e.g. https://photos.example.org) to call the API; repeatable. "
+                        "Default: no CORS")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log level (default info: one line per request)")
+    p.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _config(args: argparse.Namespace):
+    from ..serve.app import API_KEY_ENV, ServeConfig
+
+    checks = [
+        (args.max_batch is None or args.max_batch >= 1, "--max-batch must be at least 1"),
+        (args.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
+        (args.max_queue >= 1, "--max-queue must be at least 1"),
+        (args.max_images >= 1, "--max-images must be at least 1"),
+        (args.max_upload_mb > 0, "--max-upload-mb must be positive"),
+        (args.max_pixels > 0, "--max-pixels must be a positive number of megapixels"),
+        (args.timeout > 0, "--timeout must be positive"),
+        (args.max_connections >= 1, "--max-connections must be at least 1"),
+        (args.decode_workers is None or args.decode_workers >= 0, "--decode-workers must be 0 or more"),
+        (args.threads is None or args.threads >= 1, "--threads must be at least 1"),
+        (0 <= args.port <= 65535, "--port must be 0-65535"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if args.api_key is not None and not args.api_key.strip():
+        raise UsageError("--api-key is empty")
+    if args.decode_workers is not None:
+        decode = args.decode_workers
+    else:  # the score command's measured default for decoding beside the model
+        from .score import default_workers
+
+        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "torch"), args.threads)
+    return ServeConfig(
+        max_batch=args.max_batch or 8,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_images=args.max_images,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(round(args.max_pixels * 1e6)),
+        timeout_s=args.timeout,
+        api_key=api_key,
+        cors_origins=tuple(args.cors_origin),
+        decode_workers=decode,
+    )
+
+
+def _loader(args: argparse.Namespace):
+    """What the server's start-up calls (in a thread) to load the model, as `contentiqa score`
+    loads it (its runtime choice, ONNX export cache and error messages)."""
+    from ..serve.app import LoadedModel
+    from ._model_loading import resolve_device
+    from .score import _load_runtime
+
+    def load() -> LoadedModel:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = resolve_device(args.device)
+        model, spec, forward = _load_runtime(args, device)
+        return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
+                           explainable=args.onnx_model is None)
+
+    return load
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+    except ImportError as exc:
+        raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
+                         "pip install 'contentiqa[serve]'") from None
+    from .. import DEFAULT_MODEL
+    from ._model_loading import looks_like_checkpoint
+
+    cfg = _config(args)
+    # Cheap checks before the server starts (the model itself loads in the background).
+    args.quiet = False
+    if args.onnx_model is not None:
+        if args.runtime == "torch":
+            raise UsageError("--onnx-model runs in ONNX Runtime: drop --runtime torch (or use --runtime onnx)")
+        args.runtime = "onnx"
+        if not os.path.isfile(args.onnx_model):
+            raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
+    args.runtime = args.runtime or "torch"
+    if args.runtime == "onnx" and str(args.device) != "cpu":
+        raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")
+    spec = args.model or DEFAULT_MODEL
+    if looks_like_checkpoint(spec) and not os.path.isfile(spec):
+        raise UsageError(f"checkpoint {spec} does not exist")
+    # Anything else about --model is checked by loading it, as `contentiqa score` does: a
+    # failure stops the server at once with that message (exit 2).
+    if not _is_loopback(args.host) and not cfg.api_key:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach this port can use it "
+              f"(set CONTENTIQA_API_KEY, or keep --host 127.0.0.1 behind a reverse proxy)", file=sys.stderr)
+
+    failure: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(exc: BaseException) -> None:
+        failure.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(cfg, loader=_loader(args), on_load_error=on_load_error)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        limit_concurrency=args.max_connections,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(cfg.timeout_s) + 5,
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    scheme_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"contentiqa serve: model {spec} loading; http://{scheme_host}:{args.port}/ (page), /docs (API)"
+          + ("; API key required on /v1" if cfg.api_key else ""), file=sys.stderr)
+    server.run()
+    if failure:
+        exc = failure[0]
+        print(f"contentiqa serve: error: the model failed to load: {exc}", file=sys.stderr)
+        return 2
+    if not server.started:
+        return 1  # e.g. the port was taken (uvicorn said why)
+    return 0

@@ -1,0 +1,640 @@
+"""The HTTP service: FastAPI app around one loaded model and a dynamic batcher.
+
+Endpoints (see the README and ``/docs``):
+
+- ``POST /v1/score``: multipart upload of one or more images -> one row per image, the row
+  of ``contentiqa score`` (score, category, confidence, notes, error) plus the probabilities
+  and the scale; a bad image gets its error, the others are scored.
+- ``POST /v1/explain``: one image -> PNG heatmap (Grad-CAM x attention, as ``contentiqa explain``).
+- ``GET /v1/models``, ``GET /healthz`` (200 only once the model is loaded), ``GET /metrics``
+  (Prometheus), ``GET /`` (the browser page, static files of this package).
+
+Safety: uploads are read into memory (bounded per request in bytes and images), decoded by
+the same reader as the CLI (``load_image``: its decompression-bomb guard refuses an image
+over ``max_pixels`` from its header, before any pixel is allocated) from a private temporary
+file that is removed at once; the server never opens a path or URL a client names. With an
+API key every ``/v1`` call needs it. CORS is off unless origins are given.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from .batching import Batcher, BatcherClosed, QueueFull
+from .metrics import Metrics, endpoint_label
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_KEY_ENV = "CONTENTIQA_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """Limits and batching of one server (the ``contentiqa serve`` options)."""
+
+    max_batch: int = 8
+    """Images per forward pass at most (dynamic batching across requests)."""
+    max_wait_ms: float = 5.0
+    """How long the oldest waiting image waits for others to fill a batch."""
+    max_queue: int = 64
+    """Images waiting for the model at most; beyond, requests get 503 + Retry-After."""
+    max_images: int = 16
+    """Images per request at most (413 beyond)."""
+    max_upload_bytes: int = 32 * 2**20
+    """Request body bytes at most (413 beyond; checked on Content-Length and while reading)."""
+    max_pixels: int | None = 50_000_000
+    """Pixels per image at most (the CLI's decompression-bomb guard; a server holds several
+    images at once, hence lower than the CLI's 100 MP)."""
+    timeout_s: float = 60.0
+    """A request's upload, queueing and scoring must end within this (408 / 504 beyond)."""
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    decode_workers: int = 2
+    """Threads decoding uploads while the model runs; 0: decode on the model's thread, just
+    before its forward pass (what `contentiqa score` does on a machine whose cores the
+    model's threads already use: decoding beside the model was measured slower there)."""
+    explain_max_pixels: int = 1_000_000
+    """Images are explained on a copy of at most this size (as the CLI's report does)."""
+    warmup: bool = True
+    """Run one forward pass at load, so the first client does not pay for it."""
+
+
+@dataclass
+class LoadedModel:
+    """What the service runs: the model, and for ONNX Runtime the forward that replaces it."""
+
+    model: Any
+    spec: str = ""
+    forward: Callable | None = None
+    runtime: str = "torch"
+    explainable: bool = True
+    """False for a model served from an ONNX file alone (Grad-CAM needs PyTorch)."""
+
+
+@dataclass
+class Decoded:
+    """An upload decoded before it was queued, with the reader's notes (EXIF rotation, ...)."""
+
+    image: Any
+    notes: list[str]
+
+
+class BodyTooLarge(Exception):
+    """The request body passed ``max_upload_bytes``."""
+
+
+class BodyTimeout(Exception):
+    """The client did not send its body within the request timeout (e.g. trickling bytes)."""
+
+
+def model_identity(loaded: LoadedModel) -> dict[str, Any]:
+    """Name, weights tag (+ file hash), package version and scale of the served model: what
+    a client records next to a score to know which model gave it. Server paths are not shown."""
+    from .. import __version__
+    from ..reporting.html import model_info
+
+    m = loaded.model
+    info = model_info(m, loaded.spec or None)
+    ck = getattr(m, "checkpoint_info", None) or {}  # set by load_checkpoint (absent on a model built in memory)
+    weights = sha = None
+    if ck.get("path"):
+        p = Path(ck["path"])
+        weights = p.stem
+        try:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            sha = h.hexdigest()[:16]
+        except OSError:
+            sha = None
+    lo, hi = info["score_range"]
+    return {
+        "name": str(m.model_name),
+        "weights": weights,
+        "weights_sha256": sha,
+        "version": __version__,
+        "runtime": loaded.runtime,
+        "score_range": [lo, hi],
+        "higher_is_better": info["higher_is_better"],
+        "categories": info["categories"],
+        "explain": loaded.explainable,
+    }
+
+
+def image_row(pred: Any, index: int, filename: str, scale: list[float]) -> dict[str, Any]:
+    """The row of ``contentiqa score`` for one upload (its row builder; the path replaced by
+    the client's file name, a label only), plus the scale and the category probabilities."""
+    from ..reporting.results import row_from_prediction
+
+    row = row_from_prediction(pred)
+    row.pop("path", None)
+    probs = pred.probabilities
+    return {
+        "index": index,
+        "filename": filename,
+        "score": row["score"],
+        "scale": scale,
+        "category": row["category"],
+        "category_confidence": row["category_confidence"],
+        "probabilities": {k: round(float(v), 6) for k, v in probs.items()} if probs else None,
+        "notes": row["notes"],
+        "error": row["error"],
+    }
+
+
+class Service:
+    """The app's state: the model (loaded once, maybe in the background), the batcher, the
+    decoding threads and the private folder where uploads are decoded."""
+
+    def __init__(self, config: ServeConfig, loaded: LoadedModel | None = None,
+                 loader: Callable[[], LoadedModel] | None = None,
+                 on_load_error: Callable[[BaseException], None] | None = None):
+        if loaded is None and loader is None:
+            raise ValueError("give a loaded model or a loader")
+        self.config = config
+        self.loaded = loaded
+        self.loader = loader
+        self.on_load_error = on_load_error
+        self.state = "loading"
+        self.error: str | None = None
+        self.identity: dict[str, Any] | None = None
+        self.metrics = Metrics()
+        self.batcher: Batcher | None = None
+        self.decode_pool: ThreadPoolExecutor | None = None
+        self.tmpdir: str | None = None
+        self.ready_event = threading.Event()
+        self.metrics.track_queue(lambda: self.batcher.depth if self.batcher is not None else 0)
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.tmpdir = tempfile.mkdtemp(prefix="contentiqa-serve-")  # mode 0700: this user only
+        if self.config.decode_workers > 0:
+            self.decode_pool = ThreadPoolExecutor(max_workers=self.config.decode_workers,
+                                                  thread_name_prefix="contentiqa-decode")
+        if self.loaded is not None:
+            self._activate(self.loaded)
+        else:
+            threading.Thread(target=self._load, name="contentiqa-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            assert self.loader is not None
+            self._activate(self.loader())
+        except BaseException as exc:  # reported on /healthz and to the command
+            self.state = "failed"
+            self.error = str(exc) or type(exc).__name__
+            self.ready_event.set()
+            if self.on_load_error is not None:
+                self.on_load_error(exc)
+
+    def _activate(self, loaded: LoadedModel) -> None:
+        if self.config.max_pixels is not None:
+            loaded.model.max_pixels = int(self.config.max_pixels)
+        self.loaded = loaded
+        self.identity = model_identity(loaded)
+        self.batcher = Batcher(self._run_batch, max_batch=self.config.max_batch,
+                               max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue,
+                               on_batch=self.metrics.on_batch).start()
+        if self.config.warmup:
+            from PIL import Image
+
+            size = max(64, int(loaded.model.min_size))
+            self.batcher.submit([Image.new("RGB", (size, size), (128, 128, 128))]).result()
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        self.ready_event.set()
+
+    async def stop(self) -> None:
+        """After the server stopped taking requests (uvicorn finished the in-flight ones):
+        finish anything still queued, then release the threads and the upload folder."""
+        self.state = "stopping"
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close, self.config.timeout_s)
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def require_ready(self) -> None:
+        if self.state != "ready" or self.batcher is None:
+            self.metrics.error("not_ready")
+            detail = {"loading": "the model is still loading", "stopping": "the server is shutting down"}.get(
+                self.state, f"the model failed to load: {self.error}")
+            raise HTTPException(503, detail, headers={"Retry-After": "5"} if self.state == "loading" else None)
+
+    # -- work ------------------------------------------------------------------------------------
+    def _run_batch(self, items: list) -> list:
+        """One forward pass (the worker thread) over decoded images, or upload bytes decoded
+        here first (``decode_workers=0``): the scoring engine of ``contentiqa score`` (equal
+        sizes stacked, channels-last, inference mode, a model failure becomes each image's
+        error), scores clipped to the scale as the CLI shows them. One Prediction per item;
+        an upload that cannot be decoded gets its error."""
+        from ..inference.engine import predict_items
+        from ..models.base import Prediction
+
+        assert self.loaded is not None
+        model = self.loaded.model
+        decoded = [self.decode(x) if isinstance(x, bytes) else (x.image, x.notes, None) if isinstance(x, Decoded)
+                   else (x, [], None) for x in items]
+        images = [img for img, _, err in decoded if err is None]
+        preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
+                                   progress=False) if images else [])
+        out = []
+        for _, notes, err in decoded:
+            if err is not None:
+                out.append(Prediction(path=None, score=None, error=err, notes=list(notes)))
+                continue
+            p = model.clip_to_scale(next(preds))  # type: ignore[arg-type]
+            p.notes = list(notes) + [n for n in p.notes if n not in notes]
+            out.append(p)
+        return out
+
+    def decode(self, data: bytes) -> tuple[Any, list[str], str | None]:
+        """(image, notes, error) for uploaded bytes, read by the CLI's image reader (same
+        checks, same decompression-bomb guard) from a private temporary file removed at once."""
+        from ..models.base import load_image_safely
+
+        assert self.loaded is not None and self.tmpdir is not None
+        fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=".upload")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            img, _, notes, err = load_image_safely(tmp, self.loaded.model)
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if err is not None:
+            err = err.replace(tmp, "<upload>")
+        return img, notes, err
+
+    def remaining(self, request: Request) -> float:
+        deadline = request.scope.get("contentiqa.deadline")
+        return self.config.timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+# -- request plumbing -------------------------------------------------------------------------
+class RequestGuard:
+    """ASGI middleware: per-request deadline and body-size limit, and the request metrics.
+
+    The body is counted as it arrives (a missing or lying Content-Length does not help a
+    client past the limit); a client that trickles its body is cut off at the deadline."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        svc = self.service
+        cfg = svc.config
+        metrics = svc.metrics
+        start = time.perf_counter()
+        deadline = time.monotonic() + cfg.timeout_s
+        scope["contentiqa.deadline"] = deadline
+        label = endpoint_label(scope.get("path", ""))
+        status = [500]
+        body = {"bytes": 0, "done": False}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        async def guarded_receive():
+            if body["done"]:
+                return await receive()  # e.g. listening for a disconnect: no deadline
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BodyTimeout()
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except asyncio.TimeoutError:
+                raise BodyTimeout() from None
+            if message["type"] == "http.request":
+                body["bytes"] += len(message.get("body", b""))
+                if body["bytes"] > cfg.max_upload_bytes:
+                    raise BodyTooLarge()
+                if not message.get("more_body", False):
+                    body["done"] = True
+            return message
+
+        metrics.in_flight.inc()
+        try:
+            length = _content_length(scope)
+            if length is not None and length > cfg.max_upload_bytes:
+                metrics.error("too_large")
+                response = JSONResponse({"detail": _too_large(cfg)}, status_code=413, headers={"Connection": "close"})
+                await response(scope, receive, send_wrapper)
+                return
+            await self.app(scope, guarded_receive, send_wrapper)
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(label, str(status[0])).inc()
+            metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+
+def _content_length(scope) -> int | None:
+    for k, v in scope.get("headers", []):
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(cfg: ServeConfig) -> str:
+    return f"request body over the limit of {cfg.max_upload_bytes / 2**20:g} MiB"
+
+
+async def read_uploads(request: Request, svc: Service, max_files: int) -> list[tuple[str, bytes]]:
+    """The uploaded files of a multipart request, as (client file name, bytes), in order."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        svc.metrics.error("bad_request")
+        raise HTTPException(415, "send the images as multipart/form-data file parts (e.g. curl -F files=@photo.jpg)")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            svc.metrics.error("too_large")
+            raise HTTPException(413, f"at most {max_files} image(s) per request") from None
+        svc.metrics.error("bad_request")
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    try:
+        uploads: list[tuple[str, bytes]] = []
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                uploads.append(((value.filename or "")[:255], data))
+    finally:
+        await form.close()
+    if not uploads:
+        svc.metrics.error("bad_request")
+        raise HTTPException(400, "no image files in the request: send one or more file parts (field name 'files')")
+    return uploads
+
+
+def _multipart_doc(many: bool) -> dict[str, Any]:
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}} if many else {"type": "string", "format": "binary"}
+    name = "files" if many else "file"
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": {name: files}, "required": [name]}}}}}
+
+
+def create_app(
+    config: ServeConfig | None = None,
+    model: LoadedModel | None = None,
+    loader: Callable[[], LoadedModel] | None = None,
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``model`` (already loaded) or what ``loader()`` returns (loaded
+    in a background thread at start-up: ``/healthz`` answers 503 until it is ready)."""
+    from .. import __version__
+
+    cfg = config or ServeConfig()
+    svc = Service(cfg, loaded=model, loader=loader, on_load_error=on_load_error)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(
+        title="contentiqa",
+        version=__version__,
+        description="No-reference image quality scores (and where the model looked) for uploaded photos.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+
+    def require_key(request: Request) -> None:
+        if not cfg.api_key:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given or not hmac.compare_digest(given.encode("utf-8"), cfg.api_key.encode("utf-8")):
+            svc.metrics.error("unauthorized")
+            raise HTTPException(401, "missing or wrong API key (header 'X-API-Key: KEY' or 'Authorization: Bearer KEY')",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large_handler(_request: Request, _exc: BodyTooLarge):
+        svc.metrics.error("too_large")
+        return JSONResponse({"detail": _too_large(cfg)}, status_code=413, headers={"Connection": "close"})
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout_handler(_request: Request, _exc: BodyTimeout):
+        svc.metrics.error("timeout")
+        return JSONResponse({"detail": f"request body not received within {cfg.timeout_s:g} s"}, status_code=408,
+                            headers={"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect_handler(_request: Request, _exc: ClientDisconnect):
+        svc.metrics.error("disconnected")
+        return Response(status_code=499)  # nobody reads it: the client is gone
+
+    @contextmanager
+    def admission():
+        """The batcher's refusals as HTTP answers: 503, with Retry-After when busy."""
+        try:
+            yield
+        except QueueFull as exc:
+            svc.metrics.error("queue_full")
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": f"{exc.retry_after:.0f}"}) from None
+        except BatcherClosed:
+            svc.metrics.error("not_ready")
+            raise HTTPException(503, "the server is shutting down") from None
+
+    async def run_queued(request: Request, submit: Callable[[], Any]) -> Any:
+        """Queue work on the batcher and wait for it within the request's deadline."""
+        with admission():
+            fut = submit()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), svc.remaining(request))
+        except asyncio.TimeoutError:
+            assert svc.batcher is not None
+            svc.batcher.cancel(fut)
+            svc.metrics.error("timeout")
+            raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s") from None
+
+    @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
+              summary="Score one or many uploaded images")
+    async def score(request: Request) -> JSONResponse:
+        """Each file part is one image. The answer has one row per image, in order: the score
+        on the model's scale, its category with confidence and probabilities, notes, and
+        ``error`` (null when scored). A bad image gets its error; the others are scored."""
+        svc.require_ready()
+        assert svc.batcher is not None
+        with admission():  # when busy, say so before the upload is read and decoded
+            svc.batcher.check(1, svc.remaining(request))
+        uploads = await read_uploads(request, svc, cfg.max_images)
+        from ..models.base import Prediction
+
+        items: list[Any] = [data for _, data in uploads]  # decoded on the model's thread ...
+        preds: list[Any] = [None] * len(items)
+        if svc.decode_pool is not None:  # ... or here, in parallel, while the model runs
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(*(loop.run_in_executor(svc.decode_pool, svc.decode, d) for d in items))
+            for i, (img, notes, err) in enumerate(decoded):
+                if err is not None:
+                    preds[i] = Prediction(path=None, score=None, error=err, notes=list(notes))
+                else:
+                    items[i] = Decoded(img, list(notes))
+        todo = [i for i, p in enumerate(preds) if p is None]
+        batcher = svc.batcher
+        within = svc.remaining(request)
+        if todo:
+            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within))
+            for i, p in zip(todo, done):
+                preds[i] = p
+        assert svc.identity is not None
+        scale = svc.identity["score_range"]
+        rows = [image_row(p, i, name, scale) for i, ((name, _), p) in enumerate(zip(uploads, preds))]
+        n_failed = sum(1 for r in rows if r["error"] or r["score"] is None)
+        svc.metrics.images.labels("scored").inc(len(rows) - n_failed)
+        if n_failed:
+            svc.metrics.images.labels("error").inc(n_failed)
+            svc.metrics.error("bad_image", n_failed)
+        return JSONResponse({"model": svc.identity, "n_images": len(rows), "n_failed": n_failed, "results": rows})
+
+    @app.post("/v1/explain", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(False),
+              response_class=Response, responses={200: {"content": {"image/png": {}}}},
+              summary="Heatmap of where the model looked, as a PNG")
+    async def explain_image(
+        request: Request,
+        target: str = Query("both", pattern="^(quality|category|both)$",
+                            description="quality or category: the image with that heatmap blended on it; both: the "
+                                        "figure of `contentiqa explain` (image, quality and, where the model has one, "
+                                        "category heatmap side by side)"),
+        max_size: int = Query(512, ge=64, le=2048, description="longer side of a quality/category overlay, in pixels"),
+    ) -> Response:
+        """One image (one file part). The score and category are also in the response headers
+        ``X-Score`` and ``X-Category``."""
+        svc.require_ready()
+        assert svc.loaded is not None and svc.batcher is not None
+        if not svc.loaded.explainable:
+            raise HTTPException(501, "this server runs a model from an ONNX file alone: explaining needs the PyTorch model")
+        if target == "category" and not svc.loaded.model.has_content_head:
+            raise HTTPException(400, "this model has no content head: use target=quality")
+        uploads = await read_uploads(request, svc, 1)
+        loop = asyncio.get_running_loop()
+        img, _notes, err = await loop.run_in_executor(svc.decode_pool, svc.decode, uploads[0][1])
+        if err is not None:
+            svc.metrics.error("bad_image")
+            raise HTTPException(422, f"{uploads[0][0] or 'upload'}: {err}")
+        batcher = svc.batcher
+        try:
+            png, headers = await run_queued(request, lambda: batcher.call(
+                lambda: _render_explanation(svc, img, target, max_size)))
+        except (ValueError, TypeError, RuntimeError) as exc:  # the model cannot explain this input
+            svc.metrics.error("explain_failed")
+            raise HTTPException(422, f"cannot explain this image: {exc}") from None
+        return Response(png, media_type="image/png", headers=headers)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)], summary="The model this server runs, and its limits")
+    async def models() -> dict[str, Any]:
+        svc.require_ready()
+        return {
+            "models": [svc.identity],
+            "limits": {
+                "max_images": cfg.max_images,
+                "max_upload_bytes": cfg.max_upload_bytes,
+                "max_pixels": cfg.max_pixels,
+                "timeout_s": cfg.timeout_s,
+                "max_batch": cfg.max_batch,
+                "max_queue": cfg.max_queue,
+            },
+        }
+
+    @app.get("/healthz", summary="200 once the model is loaded and serving; 503 before, during shutdown or after a failed load")
+    async def healthz() -> JSONResponse:
+        body: dict[str, Any] = {"status": svc.state}
+        if svc.state == "ready" and svc.identity is not None:
+            body.update(model=svc.identity["name"], weights=svc.identity["weights"],
+                        queue_depth=svc.batcher.depth if svc.batcher else 0)
+        if svc.error:
+            body["error"] = svc.error
+        return JSONResponse(body, status_code=200 if svc.state == "ready" else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    async def metrics() -> Response:
+        return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(RequestGuard, service=svc)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                           expose_headers=["X-Score", "X-Category", "Retry-After"])
+    return app
+
+
+def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> tuple[bytes, dict[str, str]]:
+    """PNG bytes and headers for an explanation (on the batcher's thread: Grad-CAM hooks the
+    model's modules, which no scoring batch may pass through meanwhile)."""
+    from ..explain import explain
+    from ..models.base import clip_score
+
+    assert svc.loaded is not None and svc.tmpdir is not None
+    model = svc.loaded.model
+    targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[target]
+    if not model.has_content_head:
+        targets = tuple(t for t in targets if t != "category") or ("quality",)
+    exp = explain(model, img, targets=targets, max_pixels=svc.config.explain_max_pixels, exact_score=True)
+    headers: dict[str, str] = {}
+    if exp.score is not None:
+        lo, hi = exp.score_range
+        headers["X-Score"] = f"{clip_score(exp.score, lo, hi):.6g}"
+    if exp.category is not None:
+        headers["X-Category"] = exp.category
+    if target == "both":
+        fd, tmp = tempfile.mkstemp(dir=svc.tmpdir, suffix=".png")
+        os.close(fd)
+        try:
+            exp.save_figure(tmp, target="both")
+            return Path(tmp).read_bytes(), headers
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    which = "fused" if target == "quality" else "fused_category"
+    buf = io.BytesIO()
+    exp.overlay(which, max_size=max_size).save(buf, format="PNG")
+    return buf.getvalue(), headers

@@ -1,0 +1,160 @@
+// contentiqa browser page: score dropped photos with this server's API, best first.
+// Everything is local (no CDN); the photos go to this server only.
+"use strict";
+
+const state = { key: sessionStorage.getItem("contentiqa-key") || "", model: null, cards: [] };
+const $ = (sel) => document.querySelector(sel);
+
+function headers() {
+  return state.key ? { "X-API-Key": state.key } : {};
+}
+
+function setStatus(text) { $("#status").textContent = text; }
+
+async function loadModel() {
+  const res = await fetch("/v1/models", { headers: headers() });
+  if (res.status === 401) {
+    $("#key-box").hidden = false;
+    $("#model-info").textContent = "this server needs an API key";
+    return false;
+  }
+  if (res.status === 503) {
+    $("#model-info").textContent = "the model is loading…";
+    setTimeout(loadModel, 1000);
+    return false;
+  }
+  if (!res.ok) { $("#model-info").textContent = `server error ${res.status}`; return false; }
+  const body = await res.json();
+  state.model = body.models[0];
+  state.limits = body.limits;
+  const m = state.model;
+  const dir = m.higher_is_better ? "higher is better" : "lower is better";
+  $("#model-info").textContent =
+    `model ${m.name}${m.weights ? " (" + m.weights + ")" : ""}, contentiqa ${m.version}; ` +
+    `scores on [${m.score_range[0]}, ${m.score_range[1]}], ${dir}`;
+  $("#key-box").hidden = true;
+  return true;
+}
+
+function better(a, b) {
+  // Sort key: scored cards first, best first (the model's direction), failed ones last.
+  const sa = a.score, sb = b.score;
+  if (sa == null && sb == null) return a.order - b.order;
+  if (sa == null) return 1;
+  if (sb == null) return -1;
+  return state.model && !state.model.higher_is_better ? sa - sb : sb - sa;
+}
+
+function resort() {
+  const list = $("#results");
+  state.cards.sort(better).forEach((c) => list.appendChild(c.el));
+}
+
+function makeCard(file) {
+  const el = $("#card-template").content.firstElementChild.cloneNode(true);
+  el.querySelector(".name").textContent = file.name;
+  el.querySelector(".photo").src = URL.createObjectURL(file);
+  el.querySelector(".photo").alt = file.name;
+  el.querySelector(".heat-fig").hidden = true;
+  const card = { el, file, score: null, order: state.cards.length };
+  state.cards.push(card);
+  $("#results").appendChild(el);
+  return card;
+}
+
+async function post(path, file) {
+  const form = new FormData();
+  form.append(path === "/v1/score" ? "files" : "file", file, file.name);
+  for (let attempt = 0; ; attempt++) {
+    const res = await fetch(path, { method: "POST", body: form, headers: headers() });
+    if (res.status === 503 && attempt < 5) {  // queue full: wait as the server asks
+      const wait = Number(res.headers.get("Retry-After") || "1");
+      await new Promise((r) => setTimeout(r, Math.min(wait, 10) * 1000));
+      continue;
+    }
+    return res;
+  }
+}
+
+async function errorText(res) {
+  try { const b = await res.json(); return b.detail ? String(b.detail) : `HTTP ${res.status}`; }
+  catch (e) { return `HTTP ${res.status}`; }
+}
+
+async function scoreCard(card) {
+  const el = card.el;
+  try {
+    const res = await post("/v1/score", card.file);
+    if (!res.ok) throw new Error(await errorText(res));
+    const row = (await res.json()).results[0];
+    if (row.error) throw new Error(row.error);
+    card.score = row.score;
+    el.dataset.score = String(row.score);
+    el.querySelector(".score").textContent = row.score.toFixed(2);
+    el.querySelector(".scale").textContent = `on [${row.scale[0]}, ${row.scale[1]}]`;
+    if (row.category) {
+      el.querySelector(".category").textContent =
+        `${row.category} (${(100 * row.category_confidence).toFixed(0)} %)`;
+    }
+    el.querySelector(".notes").textContent = row.notes || "";
+    return true;
+  } catch (e) {
+    el.classList.add("failed");
+    el.querySelector(".score").textContent = "–";
+    el.querySelector(".error").textContent = e.message;
+    return false;
+  } finally {
+    el.classList.add("done");
+    resort();
+  }
+}
+
+async function heatmapCard(card) {
+  if (!state.model || !state.model.explain) return;
+  try {
+    const res = await post("/v1/explain?target=quality&max_size=400", card.file);
+    if (!res.ok) return;
+    const blob = await res.blob();
+    const img = card.el.querySelector(".heatmap");
+    img.src = URL.createObjectURL(blob);
+    img.alt = `heatmap of ${card.file.name}`;
+    card.el.querySelector(".heat-fig").hidden = false;
+  } catch (e) { /* the score matters more than its heatmap */ }
+}
+
+async function handleFiles(fileList) {
+  const files = Array.from(fileList).filter((f) => f.type.startsWith("image/") || f.type === "");
+  if (!files.length) return;
+  if (!state.model && !(await loadModel())) { setStatus("not connected to the model yet"); return; }
+  const cards = files.map(makeCard);
+  let next = 0, done = 0;
+  setStatus(`scoring ${cards.length} photo(s)…`);
+  // A few requests at a time: the server batches them together.
+  async function worker() {
+    while (next < cards.length) {
+      const card = cards[next++];
+      await scoreCard(card);
+      setStatus(`scored ${++done} of ${cards.length}`);
+    }
+  }
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  setStatus(`scored ${done} photo(s); computing heatmaps…`);
+  for (const card of cards) if (card.score != null) await heatmapCard(card);
+  setStatus(`${cards.length} photo(s) done`);
+}
+
+function setup() {
+  const drop = $("#drop");
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
+  $("#file-input").addEventListener("change", (e) => { handleFiles(e.target.files); e.target.value = ""; });
+  $("#key-save").addEventListener("click", () => {
+    state.key = $("#api-key").value.trim();
+    sessionStorage.setItem("contentiqa-key", state.key);
+    loadModel();
+  });
+  loadModel();
+}
+
+setup();

@@ -1,0 +1,657 @@
+"""`contentiqa serve`: the API with the framework's test client and a tiny model, the batcher,
+a real server process (graceful shutdown, slow and vanishing clients) and the browser page in
+a real headless browser."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the service needs pip install 'contentiqa[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from contentiqa.serve.app import LoadedModel, ServeConfig, create_app  # noqa: E402
+from contentiqa.serve.batching import Batcher, QueueFull  # noqa: E402
+from tiny_models import one_torch_thread, tiny_model  # noqa: E402,F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (64, 80), quality: int = 90) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def big_png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (90, 120, 150)).save(buf, format="PNG")  # flat: a few KB however large
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A tiny random IQA-CR whose scores fall inside the scale and differ between images (seed
+    5), so that comparing scores compares something (seed 0's are all clipped to 0)."""
+    from contentiqa.models.registry import save_checkpoint
+
+    return str(save_checkpoint(tiny_model("iqa-cr", seed=5), tmp_path_factory.mktemp("serve") / "tiny-serve.pt"))
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    from contentiqa.models.registry import load_checkpoint
+
+    return load_checkpoint(ckpt)
+
+
+def client_for(model, **cfg) -> TestClient:
+    return TestClient(create_app(ServeConfig(**cfg), model=LoadedModel(model, spec="tiny")))
+
+
+def files(*parts: tuple[str, bytes]) -> list:
+    return [("files", (name, data, "application/octet-stream")) for name, data in parts]
+
+
+# -- scoring ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("decode_workers", [2, 0], ids=["decoded-beside-the-model", "decoded-on-its-thread"])
+def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tmp_path, decode_workers):
+    from contentiqa.cli.main import main
+
+    good = jpeg(1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the reader's note must reach the row
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(72, 60, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=90, exif=exif)
+    other = buf.getvalue()
+    (tmp_path / "good.jpg").write_bytes(good)
+    (tmp_path / "other.jpg").write_bytes(other)
+    assert main(["score", str(tmp_path / "good.jpg"), str(tmp_path / "other.jpg"), "--model", ckpt,
+                 "-o", str(tmp_path / "s.csv"), "-q"]) == 0
+    cli = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "s.csv"))}
+
+    with client_for(model, decode_workers=decode_workers) as c:
+        r = c.post("/v1/score", files=files(("good.jpg", good), ("notes.txt", b"not a photo"),
+                                             ("cut.jpg", good[: len(good) // 2]), ("other.jpg", other)))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n_images"] == 4 and body["n_failed"] == 2
+    assert body["model"]["name"] == "iqa-cr" and body["model"]["version"]
+    assert body["model"]["weights"] == Path(ckpt).stem and len(body["model"]["weights_sha256"]) == 16
+    rows = body["results"]
+    assert [row["filename"] for row in rows] == ["good.jpg", "notes.txt", "cut.jpg", "other.jpg"]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]
+    for row, name in ((rows[0], "good.jpg"), (rows[3], "other.jpg")):
+        assert row["error"] is None
+        assert row["score"] == pytest.approx(float(cli[name]["score"]), abs=1e-4)
+        assert row["category"] == cli[name]["category"]
+        assert row["category_confidence"] == pytest.approx(float(cli[name]["category_confidence"]), abs=1e-5)
+        assert row["notes"] == cli[name]["notes"]
+        assert row["scale"] == [0.0, 100.0]
+        assert set(row["probabilities"]) == set(model.categories)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert "EXIF orientation 6 applied" in rows[3]["notes"]
+    assert rows[1]["score"] is None and "not an image" in rows[1]["error"]
+    assert rows[2]["score"] is None and "truncated" in rows[2]["error"]
+
+
+def test_uploads_are_never_opened_by_name_and_leave_no_file(model):
+    app = create_app(ServeConfig(), model=LoadedModel(model))
+    svc = app.state.service
+    with TestClient(app) as c:
+        r = c.post("/v1/score", files=files(("/etc/hostname", b"hello"), ("../../x.jpg", jpeg(3))))
+        assert r.status_code == 200
+        rows = r.json()["results"]
+        assert rows[0]["error"] == "not an image (format not recognised)"  # the bytes sent, not the file named
+        assert rows[1]["error"] is None and rows[1]["filename"] == "../../x.jpg"
+        tmpdir = svc.tmpdir
+        assert os.path.isdir(tmpdir) and os.listdir(tmpdir) == []
+        assert oct(os.stat(tmpdir).st_mode & 0o777) == oct(0o700)
+    assert not os.path.exists(tmpdir)  # removed at shutdown
+
+
+def test_request_errors(model):
+    with client_for(model, max_images=2) as c:
+        assert c.post("/v1/score", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
+        r = c.post("/v1/score", content=b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filena",
+                   headers={"content-type": "multipart/form-data; boundary=abc"})
+        assert r.status_code == 400, r.text
+        r = c.post("/v1/score", data={"field": "value"}, files=[("other", ("", b"", "text/plain"))])
+        assert r.status_code == 400 and "no image files" in r.json()["detail"]  # a form without a file
+        r = c.post("/v1/score", files=files(("empty.jpg", b"")))
+        assert r.status_code == 200 and r.json()["results"][0]["error"] == "file is empty (0 bytes)"
+        assert c.post("/v1/score", data={"field": "value"}).status_code == 415  # not multipart
+        r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(3)]))
+        assert r.status_code == 413 and "at most 2" in r.json()["detail"]
+
+
+def test_body_size_and_pixel_limits(model):
+    with client_for(model, max_upload_bytes=20_000, max_pixels=1_000_000) as c:
+        r = c.post("/v1/score", files=files(("big.jpg", jpeg(4, size=(400, 400), quality=100))))
+        assert r.status_code == 413 and "MiB" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit is counted while reading
+            for _ in range(10):
+                yield b"x" * 5000
+
+        r = c.post("/v1/score", content=chunks(), headers={"content-type": "multipart/form-data; boundary=abc"})
+        assert r.status_code == 413
+        r = c.post("/v1/score", files=files(("bomb.png", big_png(2000, 1000)), ("ok.jpg", jpeg(5))))
+        assert r.status_code == 200
+        rows = r.json()["results"]
+        assert "decompression-bomb guard" in rows[0]["error"] and rows[0]["score"] is None
+        assert rows[1]["error"] is None
+
+
+def test_api_key_on_every_v1_call_and_nowhere_else(model):
+    with client_for(model, api_key="s3cret") as c:
+        for method, path in (("post", "/v1/score"), ("post", "/v1/explain"), ("get", "/v1/models")):
+            kw = {"files": files(("a.jpg", jpeg()))} if method == "post" else {}
+            assert getattr(c, method)(path, **kw).status_code == 401
+            assert getattr(c, method)(path, headers={"X-API-Key": "wrong"}, **kw).status_code == 401
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        r = c.post("/v1/score", headers={"X-API-Key": "s3cret"}, files=files(("a.jpg", jpeg())))
+        assert r.status_code == 200 and r.json()["results"][0]["score"] is not None
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/").status_code == 200
+
+
+def test_cors_off_unless_asked(model):
+    pre = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    with client_for(model) as c:
+        r = c.options("/v1/score", headers=pre)
+        assert "access-control-allow-origin" not in r.headers
+        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": pre["Origin"]}).headers
+    with client_for(model, cors_origins=("https://elsewhere.example",)) as c:
+        r = c.options("/v1/score", headers=pre)
+        assert r.headers.get("access-control-allow-origin") == "https://elsewhere.example"
+
+
+def test_queue_full_answers_503_with_retry_after(model):
+    with client_for(model, max_queue=2, max_images=4) as c:
+        r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(3)]))
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
+        assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200
+        assert 'contentiqa_errors_total{reason="queue_full"} 1.0' in c.get("/metrics").text
+
+
+def test_timeout_answers_504_and_drops_the_work(model):
+    app = create_app(ServeConfig(timeout_s=0.5), model=LoadedModel(model))
+    svc = app.state.service
+    real = svc._run_batch
+    calls = []
+
+    def slow(images):
+        calls.append(len(images))
+        if len(calls) > 1:  # the warm-up passes; then the model "hangs"
+            time.sleep(1.5)
+        return real(images)
+
+    svc._run_batch = slow
+    with TestClient(app) as c:
+        t = time.monotonic()
+        r = c.post("/v1/score", files=files(("a.jpg", jpeg())))
+        assert r.status_code == 504 and time.monotonic() - t < 1.4
+        assert 'contentiqa_errors_total{reason="timeout"} 1.0' in c.get("/metrics").text
+
+
+def test_dynamic_batching_across_concurrent_requests(model):
+    app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=LoadedModel(model))
+    with TestClient(app) as c:
+        before = _metric(c, "contentiqa_batch_size_count")
+        before_images = _metric(c, "contentiqa_batch_size_sum")
+        results = [None] * 4
+
+        def post(k):
+            results[k] = c.post("/v1/score", files=files((f"{k}.jpg", jpeg(k))))
+
+        threads = [threading.Thread(target=post, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r.status_code == 200 and r.json()["results"][0]["error"] is None for r in results)
+        batches = _metric(c, "contentiqa_batch_size_count") - before
+        assert _metric(c, "contentiqa_batch_size_sum") - before_images == 4
+        assert batches < 4, f"4 concurrent requests ran in {batches} forward passes: not batched"
+
+
+def _metric(c: TestClient, name: str) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exported")
+
+
+def test_metrics_count_requests_images_errors_latency_queue_and_batches(model):
+    with client_for(model) as c:
+        c.post("/v1/score", files=files(("a.jpg", jpeg()), ("b.txt", b"nope")))
+        text = c.get("/metrics").text
+    assert 'contentiqa_requests_total{endpoint="/v1/score",status="200"} 1.0' in text
+    assert 'contentiqa_images_total{outcome="scored"} 1.0' in text
+    assert 'contentiqa_images_total{outcome="error"} 1.0' in text
+    assert 'contentiqa_errors_total{reason="bad_image"} 1.0' in text
+    assert 'contentiqa_request_latency_seconds_count{endpoint="/v1/score"} 1.0' in text
+    assert "contentiqa_queue_depth 0.0" in text
+    assert "contentiqa_batch_size_bucket" in text and "contentiqa_model_ready 1.0" in text
+
+
+def test_healthz_ready_only_once_loaded_and_says_why_not(model):
+    gate = threading.Event()
+
+    def loader():
+        assert gate.wait(10)
+        return LoadedModel(model, spec="tiny")
+
+    app = create_app(ServeConfig(), loader=loader)
+    with TestClient(app) as c:
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = c.post("/v1/score", files=files(("a.jpg", jpeg())))
+        assert r.status_code == 503 and r.headers["retry-after"]
+        gate.set()
+        assert app.state.service.ready_event.wait(10)
+        assert c.get("/healthz").json()["status"] == "ready"
+        assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200
+
+    errors = []
+
+    def broken():
+        raise ValueError("checkpoint x.pt does not exist")
+
+    app = create_app(ServeConfig(), loader=broken, on_load_error=errors.append)
+    with TestClient(app) as c:
+        assert app.state.service.ready_event.wait(10)
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json() == {"status": "failed", "error": "checkpoint x.pt does not exist"}
+    assert len(errors) == 1
+
+
+def test_explain_returns_heatmap_png(model):
+    with client_for(model) as c:
+        score = c.post("/v1/score", files=files(("a.jpg", jpeg(6)))).json()["results"][0]
+        for target in ("quality", "category", "both"):
+            r = c.post(f"/v1/explain?target={target}&max_size=64", files={"file": ("a.jpg", jpeg(6), "image/jpeg")})
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+            assert float(r.headers["x-score"]) == pytest.approx(score["score"], abs=1e-3)
+            assert r.headers["x-category"] == score["category"]
+            im = Image.open(io.BytesIO(r.content))
+            if target != "both":
+                assert max(im.size) == 64
+        r = c.post("/v1/explain", files={"file": ("x.txt", b"nope", "text/plain")})
+        assert r.status_code == 422 and "not an image" in r.json()["detail"]
+        r = c.post("/v1/explain", files=files(("a.jpg", jpeg()), ("b.jpg", jpeg(1))))
+        assert r.status_code == 413
+        assert c.post("/v1/explain?target=nonsense", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 422
+
+
+def test_models_and_docs(model):
+    with client_for(model, max_images=5) as c:
+        body = c.get("/v1/models").json()
+        assert body["models"][0]["categories"] == list(model.categories)
+        assert body["limits"]["max_images"] == 5
+        spec = c.get("/openapi.json").json()
+        assert {"/v1/score", "/v1/explain", "/v1/models", "/healthz", "/metrics"} <= set(spec["paths"])
+        assert "multipart/form-data" in spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+        assert c.get("/docs").status_code == 200
+
+
+def test_page_and_its_assets_are_local(model):
+    with client_for(model) as c:
+        html = c.get("/").text
+        assert '<input id="file-input" type="file"' in html
+        for asset in ("/static/app.js", "/static/style.css"):
+            r = c.get(asset)
+            assert r.status_code == 200 and len(r.text) > 100
+        everything = html + c.get("/static/app.js").text + c.get("/static/style.css").text
+    assert "http://" not in everything and "https://" not in everything  # no CDN: works offline
+
+
+def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="--runtime onnx needs pip install 'contentiqa[onnx]'")
+    import argparse
+
+    from contentiqa.cli.serve import _loader
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True)
+    images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
+    with client_for(model) as c:
+        torch_rows = c.post("/v1/score", files=images).json()["results"]
+    with TestClient(create_app(ServeConfig(), loader=_loader(args))) as c:
+        assert c.app.state.service.ready_event.wait(120)
+        body = c.post("/v1/score", files=images).json()
+    assert body["model"]["runtime"] == "onnx"
+    assert [r["score"] for r in body["results"]] == pytest.approx([r["score"] for r in torch_rows], abs=1e-3)
+    assert [r["category"] for r in body["results"]] == [r["category"] for r in torch_rows]
+
+
+# -- the batcher -----------------------------------------------------------------------------
+def test_batcher_batches_concurrent_jobs_and_keeps_order():
+    seen: list[list[int]] = []
+
+    def run(items):
+        seen.append(list(items))
+        return [x * 10 for x in items]
+
+    b = Batcher(run, max_batch=5, max_wait_s=0.3, max_queue=100).start()
+    try:
+        futs = [b.submit([1, 2]), b.submit([3]), b.submit([4, 5, 6])]
+        assert [f.result(5) for f in futs] == [[10, 20], [30], [40, 50, 60]]
+        assert seen[0] == [1, 2, 3, 4, 5] and seen[1] == [6]  # one pass for the first five, max_batch respected
+    finally:
+        b.close(5)
+
+
+def test_batcher_bounded_queue_cancel_failure_and_exclusive_calls():
+    gate = threading.Event()
+    running = threading.Event()
+    calls: list[str] = []
+
+    def run(items):
+        calls.append(f"batch{len(items)}")
+        running.set()
+        assert gate.wait(5)
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        return items
+
+    b = Batcher(run, max_batch=2, max_wait_s=0.0, max_queue=4).start()
+    try:
+        first = b.submit(["a"])
+        assert running.wait(5)  # the worker holds "a"; the queue is empty again
+        second = b.submit(["b", "c"])
+        with pytest.raises(QueueFull) as err:
+            b.submit(["d", "e", "f"])
+        assert err.value.retry_after >= 1
+        with pytest.raises(QueueFull):
+            b.check(3)  # the same answer before anything is queued (or decoded)
+        b.check(2)
+        dropped = b.submit(["x"])
+        b.cancel(dropped)  # the client gave up: its image never reaches the model
+        task = b.call(lambda: calls.append("task") or "done")
+        failing = b.submit(["boom"])
+        gate.set()
+        assert first.result(5) == ["a"] and second.result(5) == ["b", "c"] and task.result(5) == "done"
+        with pytest.raises(RuntimeError, match="model failed"):
+            failing.result(5)
+        assert dropped.cancelled()
+        assert calls == ["batch1", "batch2", "task", "batch1"]  # the task ran alone, between batches
+        assert b.submit(["z"]).result(5) == ["z"]  # the worker survived the failure
+    finally:
+        gate.set()
+        b.close(5)
+
+
+def test_batcher_refuses_at_once_what_would_time_out():
+    gate = threading.Event()
+
+    def run(items):
+        time.sleep(0.05 * len(items))
+        assert gate.wait(5)
+        return items
+
+    b = Batcher(run, max_batch=1, max_wait_s=0.0, max_queue=100).start()
+    try:
+        gate.set()
+        b.submit([0]).result(5)  # measures ~0.05 s per image
+        gate.clear()
+        held = [b.submit([1]), b.submit([2]), b.submit([3]), b.submit([4])]
+        with pytest.raises(QueueFull, match="longer than the request timeout"):
+            b.submit([5], within_s=0.1)  # 4+ images ahead at 0.05 s each
+        later = b.submit([6], within_s=10.0)
+        gate.set()
+        assert [f.result(5) for f in held + [later]] == [[1], [2], [3], [4], [6]]
+    finally:
+        gate.set()
+        b.close(5)
+
+
+def test_batcher_close_finishes_queued_work_then_refuses():
+    from contentiqa.serve.batching import BatcherClosed
+
+    b = Batcher(lambda items: [i + 1 for i in items], max_batch=4, max_wait_s=0.5).start()
+    fut = b.submit([1, 2])
+    b.close(5)
+    assert fut.result(0) == [2, 3]
+    with pytest.raises(BatcherClosed):
+        b.submit([3])
+
+
+# -- the command -----------------------------------------------------------------------------
+def test_serve_command_checks_its_arguments(capsys):
+    from contentiqa.cli.main import main
+
+    assert main(["serve", "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
+    assert main(["serve", "--model", "no-such-model", "--port", "0", "--log-level", "error"]) == 2
+    assert "the model failed to load: unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["serve", "--model", "missing/ckpt.pt"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_help_does_not_import_the_web_stack():
+    code = ("import sys; from contentiqa.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# -- a real server process ---------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(port: int, raw: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """Send raw bytes, read the whole answer: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        return _read_response(s)
+
+
+def _read_response(s: socket.socket) -> tuple[int, dict, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed before a response: {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    n = int(headers.get("content-length", "0"))
+    while len(body) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def multipart(parts: list[tuple[str, bytes]], boundary: str = "cq-boundary") -> bytes:
+    out = b""
+    for name, data in parts:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def post_request(path: str, body: bytes, boundary: str = "cq-boundary", length: int | None = None) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 120.0) -> None:
+    t = time.monotonic()
+    while time.monotonic() - t < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            status, _, _ = _http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server not ready in time")
+
+
+def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w+")
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--timeout", "2",
+         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "warning"],
+        env={**_env(), "TMPDIR": str(server_tmp)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(port, proc)
+        assert [p.name[:17] for p in server_tmp.iterdir()] == ["contentiqa-serve-"]
+        body = multipart([("a.jpg", jpeg(7))])
+        status, _, answer = _http(port, post_request("/v1/score", body))
+        assert status == 200 and json.loads(answer)["results"][0]["score"] is not None
+
+        # A client that trickles its body is cut off at the deadline (--timeout 2), not held forever.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(post_request("/v1/score", b"", length=len(body)))
+            t = time.monotonic()
+            s.settimeout(0.05)
+            sent, status = 0, None
+            while time.monotonic() - t < 8:
+                try:
+                    s.sendall(body[sent:sent + 10])
+                    sent += 10
+                    s.settimeout(0.3)
+                    status, _, _ = _read_response(s)
+                    break
+                except (socket.timeout, TimeoutError):
+                    continue
+            assert status == 408 and time.monotonic() - t < 5
+
+        # A client that disconnects mid-upload costs nothing; the server stays up.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(post_request("/v1/score", body[: len(body) // 2], length=len(body)))
+        status, _, _ = _http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status == 200
+
+        # SIGTERM while a request waits in the batcher (--max-wait-ms 1500): it is finished.
+        result: dict = {}
+
+        def slow_request():
+            result["answer"] = _http(port, post_request("/v1/score", multipart([("b.jpg", jpeg(8))])), timeout=20)
+
+        t = threading.Thread(target=slow_request)
+        t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        status, _, answer = result["answer"]
+        assert status == 200 and json.loads(answer)["results"][0]["score"] is not None
+        # uvicorn exits by re-raising the signal once it has shut down (as process managers expect)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        assert list(server_tmp.iterdir()) == []  # shut down cleanly: its upload folder is gone
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.seek(0)
+        print(log.read()[-3000:])
+        log.close()
+
+
+# -- the page in a real browser ----------------------------------------------------------------
+def _chromium() -> str | None:
+    """The system's Chromium ($CONTENTIQA_CHROMIUM first): Playwright's own browser download
+    is not something a test may depend on."""
+    if os.environ.get("CONTENTIQA_CHROMIUM"):
+        return os.environ["CONTENTIQA_CHROMIUM"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
+                                   "(pip install playwright)")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; or set CONTENTIQA_CHROMIUM)")
+    import uvicorn
+
+    photos = {}
+    for name, seed in (("first.jpg", 9), ("second.jpg", 1)):
+        photos[name] = tmp_path / name
+        photos[name].write_bytes(jpeg(seed, size=(120, 160)))
+    app = create_app(ServeConfig(), model=LoadedModel(model))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        t = time.monotonic()
+        while not server.started and time.monotonic() - t < 30:
+            time.sleep(0.05)
+        with TestClient(create_app(ServeConfig(), model=LoadedModel(model))) as c:
+            rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
+        expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
+        assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
+        with sync_api.sync_playwright() as p:
+            try:
+                browser = p.chromium.launch(executable_path=browser_path, headless=True,
+                                            args=["--no-sandbox", "--disable-gpu"])
+            except Exception as exc:  # a browser build Playwright cannot drive
+                pytest.skip(f"cannot start {browser_path} with Playwright: {str(exc).splitlines()[0]}")
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.querySelector('#model-info').textContent.includes('model')")
+                page.set_input_files("#file-input", [str(p) for p in photos.values()])
+                page.wait_for_function("document.querySelectorAll('.card.done').length == 2", timeout=30_000)
+                names = [el.text_content() for el in page.query_selector_all(".card .name")]
+                shown = [float(el.text_content()) for el in page.query_selector_all(".card .score")]
+                categories = [el.text_content() for el in page.query_selector_all(".card .category")]
+                assert names == [r["filename"] for r in expected]
+                assert shown == pytest.approx([r["score"] for r in expected], abs=0.006)
+                assert all(r["category"] in c for r, c in zip(expected, categories))
+                page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
+                                       timeout=30_000)  # both heatmaps arrived
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
