@@ -297,3 +297,33 @@ def test_weights_are_tags_of_a_registered_name():
         create_model("iqa-cr.nope")
     with pytest.raises(ValueError, match="bare name"):
         create_model("iqa-cr.clive", pretrained=False)
+
+
+def test_train_cli_on_two_datasets(two_tables, tmp_path, capsys):
+    """``contentiqa train --data A --data B``: one model, each dataset split on its own (B by its
+    'split' column), per-dataset test metrics."""
+    import json
+
+    from contentiqa.cli.main import main
+
+    a = two_tables["A"].assign(image=[p.split("/")[-1] for p in two_tables["A"]["image"]])
+    (tmp_path / "A" / "a.csv").write_text("# mos_range: 0 100\n" + a.drop(columns=["category"]).to_csv(index=False))
+    b = two_tables["B"].assign(image=[p.split("/")[-1] for p in two_tables["B"]["image"]],
+                               split=["train"] * 7 + ["test"] * 3)
+    (tmp_path / "B" / "b.csv").write_text("# mos_range: 0 1\n" + b.drop(columns=["category"]).to_csv(index=False))
+    out = tmp_path / "run"
+    args = ["train", "--model", "iqa-cr-q", "--data", str(tmp_path / "A" / "a.csv"), "--data", str(tmp_path / "B" / "b.csv"),
+            "--protocol", "ie-iqa", "--out", str(out), "--epochs", "1", "--batch-size", "4", "--quiet",
+            "--set", "crop=null", "--set", "cache_stages=9", "--set", "rank_weight=0.5"]
+    for k, v in {"backbone_pretrained": False, "dim": 16, "heads": 2, "mlp_dim": 32, "depth": 1}.items():
+        args += ["--set", f"model.{k}={v}"]
+    args += ["--set", "model.grid=[2, 2]"]
+    assert main(args) == 0
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert set(metrics) == {"a", "b"} and metrics["b"]["n"] == 3 and metrics["a"]["n"] == 2
+    # a's split is made (and kept for --resume); b's is its own 'split' column
+    assert (out / "splits" / "a" / "split.json").is_file() and not (out / "splits" / "b" / "split.json").exists()
+    said = capsys.readouterr().out
+    assert "test a:" in said and "test b:" in said and "no dataset has a validation part" in said
+    assert main(args[:1] + ["--data", "x.csv", "--data", "y.csv", "--dataset", "csv", "--dataset", "csv",
+                            "--dataset", "csv", "--model", "iqa-cr-q"]) == 2

@@ -9,10 +9,31 @@ import pandas as pd
 from .main import UsageError
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset CSV (image,mos[,mos_std][,category][,split]) or a dataset root folder")
-    p.add_argument("--dataset", default=None, help="loader for a root folder: livec, koniq10k, spaq, cid2013, bid (default: csv)")
+def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """--data/--dataset; with ``several`` both may repeat (one model trained on several datasets)."""
+    more = " Repeat --data (and --dataset, in the same order) to train on several datasets at once." if several else ""
+    p.add_argument("--data", required=True, action="append" if several else "store",
+                   help="dataset CSV (image,mos[,mos_std][,category][,split]) or a dataset root folder." + more)
+    p.add_argument("--dataset", default=None, action="append" if several else "store",
+                   help="loader for a root folder: livec, koniq10k, spaq, cid2013, bid, biq2021 (default: csv)")
     p.add_argument("--skip-missing", action="store_true", help="drop missing/unreadable images with a warning instead of failing")
+
+
+def each_dataset(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One namespace per --data (its --dataset paired in order; a single --dataset applies to all)."""
+    import copy
+
+    datas = args.data if isinstance(args.data, list) else [args.data]
+    names = args.dataset if isinstance(args.dataset, list) else ([args.dataset] if args.dataset else [])
+    if len(names) not in (0, 1, len(datas)):
+        raise UsageError(f"{len(datas)} --data but {len(names)} --dataset: give one --dataset per --data, in order, or one for all")
+    out = []
+    for i, d in enumerate(datas):
+        sub = copy.copy(args)
+        sub.data = d
+        sub.dataset = names[i] if len(names) == len(datas) else (names[0] if names else None)
+        out.append(sub)
+    return out
 
 
 def load_data(args: argparse.Namespace):

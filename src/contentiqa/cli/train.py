@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_args, add_split_args, check_rated, load_data, resolve_split
+from .common import add_data_args, add_split_args, check_rated, each_dataset, load_data, resolve_split
 from .main import UsageError
 
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
-    add_data_args(p)
+    add_data_args(p, several=True)
     add_split_args(p)
     p.add_argument("--config", default=None, help="YAML file with model, model_args and train sections")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
@@ -106,10 +106,14 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..training.trainer import Trainer
     from ..utils.io import atomic_write_text
 
-    ds = load_data(args)
-    check_rated(ds.table, args.data, "training")
+    sets = each_dataset(args)
     out = Path(args.out or f"runs/{model_name}")
     out.mkdir(parents=True, exist_ok=True)
+    if len(sets) > 1:
+        return _train_several(args, sets, out, model_name, model_args, cfg, info)
+    args = sets[0]
+    ds = load_data(args)
+    check_rated(ds.table, args.data, "training")
     if args.resume and (out / "split.json").is_file() and not args.split:
         args.split = str(out / "split.json")
     with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
@@ -151,4 +155,78 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         metrics, preds = evaluate_model(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
+    return 0
+
+
+def _label(args: argparse.Namespace) -> str:
+    path = Path(args.data)
+    return path.stem if (args.dataset or "csv") == "csv" else f"{args.dataset}:{path.name}"
+
+
+def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out: Path, model_name: str,
+                   model_args: dict, cfg, info) -> int:
+    """One model on several datasets: each split on its own (its 'split' column, else
+    --protocol/--split-seed; saved under OUT/splits/<label>/), MOS normalised per dataset,
+    batches within one dataset, early stopping on the mean validation SROCC of the datasets
+    that have a validation part; each dataset's test part is reported on its own."""
+    import pandas as pd
+
+    from ..models import create_model
+    from ..training import distributed as dist_utils
+    from ..training.evaluate import evaluate_model
+    from ..training.trainer import Trainer
+    from ..utils.checkpoint_io import CheckpointReadError
+    from ..utils.io import atomic_write_text
+
+    if info.distributed:
+        raise UsageError("several --data: train them on one process (DDP takes one dataset)")
+    if args.split:
+        raise UsageError("--split names one split file; with several --data each dataset's split is made or read on its own")
+    labels = [_label(a) for a in sets]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"several --data with the same name {labels}: rename a CSV or use another folder name")
+    parts: dict[str, dict] = {}
+    scales = {}
+    for label, a in zip(labels, sets):
+        ds = load_data(a)
+        check_rated(ds.table, a.data, "training")
+        folder = out / "splits" / label.replace(":", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        a.split = str(folder / "split.json") if args.resume and (folder / "split.json").is_file() else None
+        split = resolve_split(a, ds.table, folder)
+        parts[label] = {p: ds.table.iloc[split.indices(ds.table, p)].assign(dataset=label)
+                        for p in ("train", "val", "test") if split.parts.get(p)}
+        scales[label] = ds.scale
+    train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
+    vals = [p["val"] for p in parts.values() if "val" in p]
+    val = pd.concat(vals, ignore_index=True) if vals else None
+    try:
+        model = create_model(model_name, pretrained=False, **model_args)
+        log = (lambda *a, **k: None) if args.quiet else print
+        sizes = " + ".join(f"{k} ({len(p['train'])})" for k, p in parts.items())
+        log(f"training {model_name} on {sizes} images "
+            f"(val {0 if val is None else len(val)}); scores on {labels[0]}'s scale; output {out}")
+        trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"cannot train {model_name}: {exc}") from None
+    try:
+        best = trainer.fit(resume=args.resume)
+    except CheckpointReadError as exc:
+        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
+    if val is not None:
+        print(f"best epoch {best.get('epoch')}: mean val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
+    else:
+        print(f"no dataset has a validation part: the model after the last epoch is tested ({out / 'last.pt'})")
+    m = trainer.load_best() if val is not None else trainer.model
+    results = {}
+    for label, p in parts.items():
+        if "test" in p:
+            metrics, _ = evaluate_model(m, p["test"].drop(columns=["dataset"]), scales[label], batch_size=cfg.batch_size,
+                                        progress=not args.quiet)
+            results[label] = metrics
+            print(f"test {label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                if k not in ("n", "n_failed", "n_labelled")))
+    if results:
+        atomic_write_text(out / "test_metrics.json", json.dumps(results, indent=1))
+    dist_utils.barrier()
     return 0
