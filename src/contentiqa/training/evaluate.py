@@ -90,7 +90,7 @@ def evaluate_model(
         raise RuntimeError("no image could be scored; first error: " + str(rows["error"].iloc[0]))
     good = table[ok].reset_index(drop=True)
     pred_norm = None
-    if model.cfg.__dict__.get("variant", "full") != "c":
+    if model.predicts_score:
         pred_norm = model.scale.normalize(rows.loc[ok, "pred"].to_numpy(dtype=np.float64))
     pred_cat = None
     if model.categories:

@@ -125,9 +125,7 @@ class Trainer:
             scale = next(iter(self.scales.values()))
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
-        model.scale = scale
-        if hasattr(model, "cfg") and hasattr(model.cfg, "scale"):
-            model.cfg.scale = scale.to_dict()
+        model.set_scale(scale)
         self.device = torch.device(cfg.device)
         self.distributed = dist_utils.is_distributed()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
@@ -135,7 +133,7 @@ class Trainer:
             self.log = lambda *a, **k: None
             self.progress = False
         model.to(self.device)
-        self.has_score = "score" in self._probe_outputs()
+        self.has_score = model.predicts_score
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma).to(self.device)
         self._check_labels()
@@ -158,16 +156,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # -- setup ---------------------------------------------------------------------------------
-    def _probe_outputs(self) -> dict:
-        cfg = getattr(self.model, "cfg", None)
-        variant = getattr(cfg, "variant", "full")
-        keys = {}
-        if variant != "c":
-            keys["score"] = True
-        if self.model.categories:
-            keys["logits"] = True
-        return keys
-
     def _check_labels(self) -> None:
         cats = self.model.categories
         if not cats:
@@ -197,7 +185,7 @@ class Trainer:
         if cfg.cache_stages:
             self._setup_cache(t_tr, c_tr)
         else:
-            transform = getattr(model, "train_transform", None) if not model.native_resolution else None
+            transform = model.train_transform if not model.native_resolution else None
             self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
                                         seed=cfg.seed, train=True, transform=transform)
             self.val_feats = None
@@ -213,17 +201,16 @@ class Trainer:
                                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
     def _setup_cache(self, t_tr, c_tr) -> None:
-        from ..backbones.stages import freeze_stages
         from .cache import cached_encodings
 
         cfg, model = self.cfg, self.model
-        if not hasattr(model, "cache_encode") or not hasattr(model, "stages"):
+        if not model.supports_stage_cache:
             raise ValueError(f"cache_stages needs a model with staged, cacheable inputs; {model.model_name} has none")
         k = cfg.cache_stages
-        limit = getattr(model, "feature_end", len(model.stages))
+        limit = model.feature_end
         if k > limit:
             raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
-        first_level = min(getattr(model, "levels", [limit - 1]))
+        first_level = min(model.levels)
         # k == limit freezes every stage the model uses: the cache then holds the pooled
         # features themselves and only the head trains (one view per image: a frozen network
         # has no augmentation to cache, so training and evaluation share the encodings).
@@ -231,13 +218,9 @@ class Trainer:
         if k > first_level + 1 and not pooled:
             raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1} "
                              f"(or {limit} to freeze the whole backbone and train the head on pooled features)")
-        if not getattr(model.cfg, "bn_eval", False):
+        if not model.backbone_bn_frozen:
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
-        backbone = model.backbone if hasattr(model, "backbone") else model.distortion
-        if getattr(model.cfg, "frozen_stages", 0) < k:
-            if hasattr(model.cfg, "frozen_stages"):
-                model.cfg.frozen_stages = k
-        freeze_stages(backbone, k)
+        model.freeze_stages(k)
         # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
         with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
             enc = cached_encodings(model, list(self.train_table["image"]), k, train=not pooled, cache_dir=self.cache_dir,
@@ -258,14 +241,9 @@ class Trainer:
                                               cache_dir=self.cache_dir, progress=self.progress)
 
     def _param_groups(self) -> list[dict]:
-        model = self.model
-        if hasattr(model, "head_parameters") and hasattr(model, "distortion_parameters"):
-            backbone = [p for p in model.distortion_parameters() if p.requires_grad]
-            head = [p for p in model.head_parameters() if p.requires_grad]
-        else:
-            bb_ids = {id(p) for p in model.backbone.parameters()} if hasattr(model, "backbone") else set()
-            backbone = [p for p in model.parameters() if p.requires_grad and id(p) in bb_ids]
-            head = [p for p in model.parameters() if p.requires_grad and id(p) not in bb_ids]
+        groups_of_model = self.model.parameter_groups()
+        backbone = [p for p in groups_of_model.get("backbone", []) if p.requires_grad]
+        head = [p for p in groups_of_model.get("head", []) if p.requires_grad]
         head += [p for p in self.loss_fn.parameters()]
         groups = [{"params": head, "lr": self.cfg.lr, "name": "head"}]
         if backbone:
