@@ -7,6 +7,11 @@ Output folder layout::
     out_dir/metrics.jsonl  one line per epoch: losses, validation metrics, learning rate, time
     out_dir/config.json    model + training configuration
 
+A validation epoch whose predictions are all equal (a collapsed model: correlations are
+undefined) does not stop training: it records ``val_plcc``/``val_srocc``/``val_krocc`` as NaN
+(RMSE kept) and ``val_collapsed = 1``, and ranks below every real score for early stopping and
+``best.pt`` (:func:`monitor_improved`).
+
 ``resume=True`` continues from ``last.pt``: data order, crops and dropout are drawn from
 ``(seed, epoch)``, so the resumed run reproduces the uninterrupted one.
 
@@ -68,6 +73,14 @@ def _collate(batch):
 
 def _to(x, device):
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def monitor_improved(score: float, best: float) -> bool:
+    """Whether a validation ``score`` beats ``best``; NaN (a collapsed epoch) ranks below every
+    number, so a later real score replaces it and it never replaces one."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best
 
 
 class _TrainStep(nn.Module):
@@ -318,7 +331,7 @@ class Trainer:
         s, c = self.predict_val()
         table = self.val_table
         if self.scales is None or "dataset" not in table:
-            return metrics_from_predictions(s, table, self.scale, c, self.model.categories)
+            return metrics_from_predictions(s, table, self.scale, c, self.model.categories, undefined="nan")
         # Several datasets: metrics within each (correlations across rating scales mean
         # nothing), then their mean; the per-dataset values are kept as '<name>/<metric>'.
         per: dict[str, dict[str, float]] = {}
@@ -326,11 +339,12 @@ class Trainer:
             rows = (table["dataset"] == name).to_numpy()
             if rows.sum() >= 3:
                 per[name] = metrics_from_predictions(s[rows] if s is not None else None, table[rows], sc,
-                                                     c[rows] if c is not None else None, self.model.categories)
+                                                     c[rows] if c is not None else None, self.model.categories,
+                                                     undefined="nan")
         out: dict[str, float] = {}
         for k in sorted({k for m in per.values() for k in m}):
             vals = [m[k] for m in per.values() if k in m]
-            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled") else float(np.mean(vals))
+            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled", "collapsed") else float(np.mean(vals))
         for name, m in per.items():
             out.update({f"{name}/{k}": v for k, v in m.items() if k in ("srocc", "plcc", "accuracy")})
         return out
@@ -454,7 +468,7 @@ class Trainer:
             else:
                 score = -record["loss"]
             record["time_s"] = round(time.time() - t0, 2)
-            improved = self.best is None or score > self.best["monitor"]
+            improved = self.best is None or monitor_improved(score, self.best["monitor"])
             if improved:
                 self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
                 self.bad_epochs = 0
