@@ -159,6 +159,7 @@ def test_gradient_reaches_every_trainable_parameter(name):
 def test_stage_hooks_are_consistent(name):
     model = tiny_registered(name)
     assert model.supports_stage_cache
+    assert model.backbone_from_seed  # tiny models: random backbones (no shared encodings across seeds)
     assert 0 < model.feature_end <= len(model.stages) and list(model.levels) == sorted(model.levels)
     assert model.levels[-1] + 1 == model.feature_end
     assert isinstance(model.gradcam_module(), torch.nn.Module)

@@ -279,6 +279,12 @@ class IQAModel(nn.Module):
                 "backbone": [p for p in trainable if id(p) in bb_ids]}
 
     @property
+    def backbone_from_seed(self) -> bool:
+        """True when the backbone starts from a random initialisation (neither pretrained nor
+        read from a file): its frozen stages then differ from seed to seed."""
+        return False
+
+    @property
     def backbone_bn_frozen(self) -> bool:
         """Whether the backbone's BatchNorm keeps its running statistics in training (needed
         for cached stages to equal the live ones)."""

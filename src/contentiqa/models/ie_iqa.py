@@ -268,6 +268,10 @@ class IEIQA(IQAModel):
         return self.distortion
 
     @property
+    def backbone_from_seed(self) -> bool:
+        return not self.cfg.distortion_pretrained and not self.cfg.distortion_checkpoint
+
+    @property
     def backbone_bn_frozen(self) -> bool:
         return self.cfg.bn_eval
 

@@ -313,6 +313,10 @@ class IQACR(IQAModel):
         return (int(self.cfg.grid[0]), int(self.cfg.grid[1]))
 
     @property
+    def backbone_from_seed(self) -> bool:
+        return not self.cfg.backbone_pretrained and not self.cfg.backbone_checkpoint
+
+    @property
     def backbone_bn_frozen(self) -> bool:
         return self.cfg.bn_eval
 
