@@ -20,8 +20,10 @@ N > 1 processes is initialised, the trainer wraps the model and the loss in
 DistributedDataParallel (so DDP sees the forward that makes the loss, cached or not, and
 averages the gradients of the loss's own parameters too). Each rank trains on every N-th batch
 of the common epoch batch list (:class:`~contentiqa.training.data.DistributedShapeGroupedBatchSampler`;
-``batch_size`` is per rank); logged losses are summed over ranks. Validation runs on rank 0
-alone and its metrics are broadcast, so every rank makes the same early-stopping decision.
+``batch_size`` is per rank); logged losses are summed over ranks. Validation runs on every
+rank, each predicting every N-th validation row; the predictions are gathered on all ranks
+(:class:`~contentiqa.metrics.accumulators.RowPredictions`, torch.distributed all_gather) and rank
+0's metrics are broadcast, so every rank makes the same early-stopping decision.
 Rank 0 alone writes checkpoints, logs and ``config.json``; the others wait at a barrier at the
 end of every epoch. Frozen-stage encodings are computed by rank 0 first (into ``cache_dir``)
 and read by the others. A model with trainable parameters that get no gradient needs
@@ -150,6 +152,8 @@ class Trainer:
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma).to(self.device)
         self._check_labels()
+        self.val_rows = self._val_share()
+        """The validation rows this process predicts while training (all of them in one process)."""
         self.start_stage = 0
         self._build_data()
         self.optimizer = self._build_optimizer()
@@ -249,8 +253,9 @@ class Trainer:
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
         self.start_stage = k
         self.val_feats = None
-        if self.val_table is not None and self.rank == 0:  # only rank 0 validates
-            self.val_feats = cached_encodings(model, list(self.val_table["image"]), k, train=False,
+        if self.val_table is not None:  # each rank encodes the validation rows it validates
+            images = list(self.val_table["image"])
+            self.val_feats = cached_encodings(model, [images[i] for i in self.val_rows], k, train=False,
                                               cache_dir=self.cache_dir, progress=self.progress)
 
     def _param_groups(self) -> list[dict]:
@@ -302,13 +307,38 @@ class Trainer:
             return self.model.forward_cached(x, self.start_stage)
         return self.model(x)
 
+    def _val_share(self) -> np.ndarray:
+        """Every ``world_size``-th validation row from this rank's index: the ranks' shares are
+        disjoint and cover the table."""
+        n = len(self.val_table) if self.val_table is not None else 0
+        return np.arange(self.rank, n, self.world_size)
+
     @torch.inference_mode()
-    def predict_val(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Normalised score predictions (and category indices) on the validation table."""
+    def predict_val(self, shared: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Normalised score predictions (and category indices) on the validation table, in its
+        row order. ``shared`` (every process must call it then): each process predicts its
+        share (:attr:`val_rows`) and the shares are gathered on every process
+        (:class:`~contentiqa.metrics.accumulators.RowPredictions`)."""
+        rows = self.val_rows if shared else np.arange(len(self.val_table))
+        s, c = self._predict_rows(rows)
+        if not (shared and self.distributed):
+            return s, c
+        from ..metrics.accumulators import RowPredictions
+
+        acc = RowPredictions().to(self.device)
+        acc.update(rows, s, c)
+        g = acc.compute()
+        if len(g["index"]) != len(self.val_table):
+            raise RuntimeError(f"gathered {len(g['index'])} validation predictions for {len(self.val_table)} rows")
+        return (g["score"] if self.has_score else None), (g["category"] if self.model.categories else None)
+
+    def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         from ..inference.engine import predict_items
 
         self.model.eval()
-        if self.val_feats is not None:
+        if self.start_stage:
+            if self.val_feats is None or len(self.val_feats) != len(rows):
+                raise RuntimeError("the cached validation encodings do not match the rows to predict")
             scores, cats = [], []
             for enc in self.val_feats:
                 out = self._forward({k: v[:1].float().to(self.device) for k, v in enc.items()})
@@ -316,10 +346,11 @@ class Trainer:
                     scores.append(float(out["score"][0]))
                 if "logits" in out:
                     cats.append(int(out["logits"][0].argmax()))
-            s = np.array(scores) if scores else None
-            c = np.array(cats) if cats else None
+            s = np.array(scores, dtype=np.float64) if self.has_score else None
+            c = np.array(cats, dtype=np.int64) if self.model.categories else None
         else:
-            preds = predict_items(self.model, list(self.val_table["image"]), batch_size=self.cfg.batch_size, workers=0)
+            images = list(self.val_table["image"])
+            preds = predict_items(self.model, [images[i] for i in rows], batch_size=self.cfg.batch_size, workers=0)
             bad = [p for p in preds if p.error]
             if bad:
                 raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")
@@ -327,8 +358,9 @@ class Trainer:
             c = category_indices([p.category for p in preds], self.model.categories) if self.model.categories else None
         return s, c
 
-    def validate(self) -> dict[str, float]:
-        s, c = self.predict_val()
+    def validate(self, shared: bool = False) -> dict[str, float]:
+        """Validation metrics (see :meth:`predict_val` for ``shared``)."""
+        s, c = self.predict_val(shared)
         table = self.val_table
         if self.scales is None or "dataset" not in table:
             return metrics_from_predictions(s, table, self.scale, c, self.model.categories, undefined="nan")
@@ -462,7 +494,8 @@ class Trainer:
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             if self.val_table is not None:
-                val = self.validate() if main else None
+                val = self.validate(shared=True)  # every rank predicts its share; all get the metrics
+                # rank 0's metrics everywhere: the same early-stopping decision, bit for bit
                 record.update({f"val_{k}": v for k, v in dist_utils.broadcast_object(val).items()})
                 score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
