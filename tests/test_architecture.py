@@ -204,3 +204,22 @@ def test_head_counts_that_do_not_divide_are_refused(kwargs, match):
 def test_channel_heads_are_irrelevant_without_a_channel_branch():
     IQACRConfig(variant="c", grid=(3, 3), channel_heads=4)
     IQACRConfig(variant="mtl-transformer", grid=(3, 3), channel_heads=4)
+
+
+def test_generic_code_uses_the_contract_not_model_internals():
+    """No hasattr/getattr probes of a model and no variant checks outside contentiqa.models:
+    what generic code needs from a model is declared on IQAModel."""
+    import re
+    from pathlib import Path
+
+    import contentiqa
+
+    root = Path(contentiqa.__file__).parent
+    probe = re.compile(r"\b(hasattr|getattr)\(\s*(self\.)?(model|m|loaded\.model)\b|variant\s*==|\.cfg\.variant")
+    found = []
+    for pkg in ("training", "explain", "inference", "cli", "experiments", "serve", "reporting"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                if probe.search(line):
+                    found.append(f"{f.relative_to(root)}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)
