@@ -191,8 +191,9 @@ class IQAModel(nn.Module):
     higher_is_better: bool = True
     cfg: Any
     """The model's config: a dataclass with ``to_dict()`` (JSON-able) and ``scale``."""
-    mean: Sequence[float] = (0.485, 0.456, 0.406)
-    std: Sequence[float] = (0.229, 0.224, 0.225)
+    mean: Sequence[float]
+    std: Sequence[float]
+    """The input normalisation ``preprocess`` applies (exported with the model)."""
     checkpoint_info: dict | None = None
     """Set by ``load_checkpoint``: the file and its extras (None for a model built in memory)."""
     channels_last_input: bool = True
