@@ -71,7 +71,8 @@ def worker(root: Path) -> None:
         tr = build(table, root / f"ddp_c{cs}", cs)
         tr.fit(resume=True)
         result[cs] = {"state": tr.model.state_dict(), "history": tr.history, "steps": len(tr.train_loader),
-                      "batches": [b for b in tr.sampler], "ddp": type(tr.train_step).__name__}
+                      "batches": [b for b in tr.sampler], "ddp": type(tr.train_step).__name__,
+                      "val_rows": tr.val_rows.tolist()}
     torch.save(result, root / f"rank{info.rank}.pt")
     dist_utils.cleanup(info)
 
@@ -201,6 +202,9 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
         for ha, hb, hr in zip(a["history"], b["history"], ref.history):
             assert ha["loss"] == hb["loss"] == pytest.approx(hr["loss"], rel=1e-5, abs=1e-7)
             assert ha["val_srocc"] == hb["val_srocc"] and ha["val_rmse"] == pytest.approx(hr["val_rmse"], rel=1e-4)
+            assert ha["val_n"] == hr["val_n"] == 4 and ha["val_srocc"] == pytest.approx(hr["val_srocc"], abs=1e-6)
+        # every rank validated its own share of the 4 validation rows; together, all of them
+        assert a["val_rows"] and b["val_rows"] and sorted(a["val_rows"] + b["val_rows"]) == [0, 1, 2, 3]
         for k, v in ref.model.state_dict().items():
             # Same samples, same steps: only the float summation order differs (DDP averages two
             # half-batch gradients); with the multi-level base (several gradient paths into the
@@ -237,5 +241,55 @@ def test_torchrun_train_cli(tmp_path):
         assert (out / f).is_file(), f
 
 
-if __name__ == "__main__":  # a rank of the two-process test
-    worker(Path(sys.argv[1]))
+def metrics_worker(root: Path) -> None:
+    """One rank of the accumulator test: rank r updates with every other item from r."""
+    from contentiqa.metrics.accumulators import RowPredictions, iqa_accumulators
+    from contentiqa.training import distributed as dist_utils
+
+    info = dist_utils.init_from_env("cpu")
+    pred, target = metric_data()
+    mine = np.arange(info.rank, len(pred), WORLD)
+    acc = iqa_accumulators()
+    for chunk in np.array_split(mine, 3):  # several updates per rank
+        acc.update(torch.from_numpy(pred[chunk]), torch.from_numpy(target[chunk]))
+    rows = RowPredictions()
+    rows.update(mine, pred[mine])
+    if info.rank == 0:
+        rows.update(np.array([], dtype=np.int64), np.array([]))  # an empty update is harmless
+    result = {"acc": {k: float(v) for k, v in acc.compute().items()}, "rows": rows.compute()}
+    torch.save(result, root / f"metrics_rank{info.rank}.pt")
+    dist_utils.cleanup(info)
+
+
+def metric_data(n: int = 23) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    pred = rng.normal(size=n)
+    return pred, pred + rng.normal(size=n)
+
+
+def test_accumulators_reduce_across_two_processes(tmp_path):
+    """Each rank sees half of the items (uneven: 12 and 11); compute() gives the metrics of all."""
+    from scipy import stats
+
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, __file__, "metrics", str(tmp_path)], env=torchrun_env(r, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
+    for p in procs:
+        output, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, output[-3000:]
+    pred, target = metric_data()
+    want = {"plcc": stats.pearsonr(pred, target)[0], "srocc": stats.spearmanr(pred, target)[0],
+            "krocc": stats.kendalltau(pred, target)[0], "rmse": float(np.sqrt(np.mean((pred - target) ** 2)))}
+    for r in range(WORLD):
+        res = torch.load(tmp_path / f"metrics_rank{r}.pt", weights_only=False)
+        for k, v in want.items():
+            assert res["acc"][k] == pytest.approx(v, abs=1e-6), (r, k)
+        assert res["rows"]["index"].tolist() == list(range(len(pred)))
+        assert np.array_equal(res["rows"]["score"], pred)
+
+
+if __name__ == "__main__":  # a rank of a two-process test
+    if sys.argv[1] == "metrics":
+        metrics_worker(Path(sys.argv[2]))
+    else:
+        worker(Path(sys.argv[1]))

@@ -167,3 +167,46 @@ def test_mean_std_accepts_numpy_and_torch_scalars():
     assert out["plcc"]["mean"] == pytest.approx(0.7, abs=1e-6)
     assert out["n_epochs"]["mean"] == 4.0
     assert "note" not in out
+
+
+# -- accumulators (torchmetrics) -----------------------------------------------------------------
+def test_accumulators_equal_the_functional_metrics_and_scipy():
+    import torch
+    from scipy import stats
+
+    from contentiqa.metrics import iqa_accumulators, iqa_metrics
+
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=40)
+    target = 0.5 * pred + rng.normal(size=40)
+    pred[5] = pred[6]  # a tie: SROCC/KROCC must handle it as scipy does (average ranks, tau-b)
+    acc = iqa_accumulators()
+    for chunk in np.array_split(np.arange(40), 6):
+        acc.update(torch.from_numpy(pred[chunk]), torch.from_numpy(target[chunk]))
+    got = {k: float(v) for k, v in acc.compute().items()}
+    ref = iqa_metrics(pred, target)
+    assert got["srocc"] == pytest.approx(stats.spearmanr(pred, target)[0], abs=1e-6)
+    for k in ("plcc", "srocc", "krocc", "rmse"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-6), k
+    acc.reset()
+    acc.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0]))
+    assert float(acc.compute()["srocc"]) == pytest.approx(-1.0, abs=1e-5)  # torchmetrics ranks in float32
+
+
+def test_row_predictions_return_rows_in_table_order():
+    from contentiqa.metrics import RowPredictions
+
+    rows = RowPredictions()
+    rows.update([4, 0, 2], [0.4, 0.0, 0.2], [1, 0, 2])
+    rows.update([3, 1], [0.3, 0.1])  # no categories: -1
+    out = rows.compute()
+    assert out["index"].tolist() == [0, 1, 2, 3, 4]
+    assert np.allclose(out["score"], [0.0, 0.1, 0.2, 0.3, 0.4])
+    assert out["category"].tolist() == [0, -1, 2, -1, 1]
+    dup = RowPredictions()
+    dup.update([0, 1], [0.1, 0.2])
+    dup.update([1], [0.3])
+    with pytest.raises(ValueError, match="more than once"):
+        dup.compute()
+    with pytest.raises(ValueError, match="3 values for 2 rows"):
+        RowPredictions().update([0, 1], [0.1, 0.2, 0.3])

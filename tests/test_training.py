@@ -173,3 +173,40 @@ def test_train_cli_end_to_end(tiny_table, tmp_path):
     assert rc == 0 and "srocc" in json.loads((tmp_path / "m.json").read_text())
     assert main(["train", "--data", str(tmp_path / "nope.csv"), "--quiet"]) == 2
     assert main(["train", "--data", str(csv), "--set", "bogus=1", "--quiet"]) == 2
+
+
+def test_monitor_improved_ranks_nan_below_every_score():
+    from contentiqa.training.trainer import monitor_improved
+
+    nan = float("nan")
+    assert monitor_improved(0.1, nan) and monitor_improved(-0.5, nan)
+    assert not monitor_improved(nan, 0.1) and not monitor_improved(nan, nan)
+    assert monitor_improved(0.2, 0.1) and not monitor_improved(0.1, 0.2)
+
+
+def test_collapsed_validation_epoch_is_recorded_not_fatal(tiny_table, tmp_path):
+    """A model predicting one constant: correlations NaN, RMSE kept, training finishes."""
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-q", pretrained=False, **TINY)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(0.5)
+    tr = _trainer(model, tiny_table, tmp_path, lr=0.0, cache_stages=3)  # lr 0: it stays collapsed
+    best = tr.fit()
+    hist = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 2
+    for h in hist:
+        assert np.isnan(h["val_srocc"]) and np.isnan(h["val_plcc"]) and h["val_collapsed"] == 1.0
+        assert np.isfinite(h["val_rmse"])
+    assert best["epoch"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_final_evaluation_of_a_collapsed_model_still_raises(tiny_table):
+    from contentiqa.metrics import MetricInputError
+    from contentiqa.training.evaluate import metrics_from_predictions
+
+    const = np.full(len(tiny_table), 0.5)
+    with pytest.raises(MetricInputError, match="constant"):
+        metrics_from_predictions(const, tiny_table, MOSScale(0, 100))
+    m = metrics_from_predictions(const, tiny_table, MOSScale(0, 100), undefined="nan")
+    assert np.isnan(m["srocc"]) and m["collapsed"] == 1.0 and m["rmse"] > 0

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot export {args.model}: {exc}") from None
     if not args.quiet:
         size_mb = path.stat().st_size / 2**20
-        dims = "batch x 3 x height x width" if model.native_resolution else "batch x 3 x {0} x {0}".format(model.cfg.input_size)
-        line = f"wrote {path} ({size_mb:.1f} MB): {getattr(model, 'model_name', args.model)}, input 'image' [{dims}]"
+        dims = "batch x 3 x height x width" if model.native_resolution else "batch x 3 x {0} x {1}".format(*model.fixed_input_size)
+        line = f"wrote {path} ({size_mb:.1f} MB): {model.model_name}, input 'image' [{dims}]"
         try:
             meta = read_metadata(path)
             line += f", outputs {', '.join(json.loads(meta['outputs']))}"

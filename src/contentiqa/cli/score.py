@@ -308,7 +308,7 @@ def _heatmaps(model, rows: list[dict], limit: int, size: int, quiet: bool) -> tu
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []
-    targets = ("quality",) if getattr(getattr(model, "cfg", None), "predicts_score", True) else ("category",)
+    targets = ("quality",) if model.predicts_score else ("category",)
     for r in tqdm(chosen, desc="explaining", unit="img", disable=quiet):
         try:
             exp = explain(model, r["path"], targets=targets, max_pixels=EXPLAIN_REPORT_MAX_PIXELS, exact_score=False)
@@ -334,7 +334,7 @@ def default_batch_size(model, runtime: str) -> int:
     fixed-size inputs; native-size inputs rarely match in size, and ONNX Runtime is flat."""
     if model.device.type != "cpu":
         return 8
-    return 4 if runtime == "torch" and not getattr(model, "native_resolution", True) else 1
+    return 4 if runtime == "torch" and not model.native_resolution else 1
 
 
 class _torch_threads:

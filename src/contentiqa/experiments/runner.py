@@ -201,11 +201,7 @@ def _evaluate(trainer, table: pd.DataFrame, scale, model) -> dict[str, float]:
 def _shared_cache_ok(model) -> bool:
     """Frozen encodings may be shared between seeds only when the frozen weights are the same
     for every seed (pretrained or from a file), not a seed's random initialisation."""
-    c = model.cfg
-    for flag, ckpt in (("backbone_pretrained", "backbone_checkpoint"), ("distortion_pretrained", "distortion_checkpoint")):
-        if hasattr(c, flag) and not getattr(c, flag) and not getattr(c, ckpt, None):
-            return False
-    return True
+    return not model.backbone_from_seed
 
 
 @dataclass

@@ -29,18 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.base import IQAModel
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
+
+def attention_modules(model: IQAModel) -> list[nn.Module]:
     """The model's spatial self-attention modules (empty if it has none)."""
-    fn = getattr(model, "attention_layers", None)
-    return list(fn()) if callable(fn) else []
+    return list(model.attention_layers())
 
 
 @contextmanager
-def keep_attention(model: nn.Module) -> Iterator[list[nn.Module]]:
+def keep_attention(model: IQAModel) -> Iterator[list[nn.Module]]:
     """Make every spatial attention module store ``last_attention`` during the block."""
     mods = attention_modules(model)
-    previous = [getattr(m, "keep_attention", False) for m in mods]
+    previous = [bool(m.keep_attention) for m in mods]
     for m in mods:
         m.keep_attention = True
         m.last_attention = None
@@ -101,8 +102,8 @@ def upsample(grid_map: torch.Tensor | np.ndarray, size_hw: tuple[int, int]) -> n
     return out[0, 0].cpu().numpy()
 
 
-def spatial_attention_grid(model: nn.Module, attentions: Sequence[torch.Tensor] | None = None) -> np.ndarray | None:
-    """The rolled-out received attention on the model's grid ``model.cfg.grid`` (CH, CW) for
+def spatial_attention_grid(model: IQAModel, attentions: Sequence[torch.Tensor] | None = None) -> np.ndarray | None:
+    """The rolled-out received attention on the model's ``token_grid`` (CH, CW) for
     the first image of the last forward pass, or None if the model has no spatial attention
     (or none was recorded: call inside :func:`keep_attention`)."""
     if attentions is None:
@@ -110,12 +111,12 @@ def spatial_attention_grid(model: nn.Module, attentions: Sequence[torch.Tensor] 
     attentions = [a for a in attentions if a is not None]
     if not attentions:
         return None
-    grid = tuple(getattr(getattr(model, "cfg", None), "grid", ()) or ())
+    grid = tuple(model.token_grid or ())
     received = received_attention(attention_rollout(attentions))[0]  # (N,)
     n = received.shape[0]
     if len(grid) != 2 or grid[0] * grid[1] != n:
         side = int(round(n ** 0.5))
         if side * side != n:
-            raise ValueError(f"cannot lay {n} attention tokens out on a grid (model.cfg.grid = {grid})")
+            raise ValueError(f"cannot lay {n} attention tokens out on a grid (model.token_grid = {grid})")
         grid = (side, side)
     return received.reshape(grid).cpu().numpy()

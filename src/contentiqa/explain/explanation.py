@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from ..data.imageio import ImageLoadError
-from ..models.base import clip_score, to_pil
+from ..models.base import IQAModel, clip_score, to_pil
 from ..reporting.html import score_higher_is_better
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
@@ -141,17 +141,17 @@ def overlay_heatmap(image: Image.Image, m: np.ndarray, alpha: float = 0.5, cmap:
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
-def _category_index(model, category: int | str | None) -> int | None:
+def _category_index(model: IQAModel, category: int | str | None) -> int | None:
     if category is None or isinstance(category, (int, np.integer)):
         return None if category is None else int(category)
-    cats = list(getattr(model, "categories", []))
+    cats = list(model.categories)
     if category not in cats:
         raise ValueError(f"unknown category {category!r}; this model knows: {', '.join(cats) or 'none'}")
     return cats.index(category)
 
 
 def explain(
-    model,
+    model: IQAModel,
     image: Any,
     targets: Sequence[str] = TARGETS,
     category: int | str | None = None,
@@ -166,8 +166,8 @@ def explain(
     ``max_pixels``: images larger than this are explained on a downscaled copy (None: never).
     Raises :class:`~contentiqa.data.ImageLoadError` for a file that cannot be read.
     """
-    img, path, notes = to_pil(image, max_pixels=getattr(model, "max_pixels", None), min_size=getattr(model, "min_size", 32))
-    min_size = getattr(model, "min_size", 32)
+    img, path, notes = to_pil(image, max_pixels=model.max_pixels, min_size=model.min_size)
+    min_size = model.min_size
     if min(img.size) < min_size:
         raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {min_size} px")
     notes = list(notes)
@@ -182,7 +182,7 @@ def explain(
             f"explained on a {w}x{h} copy: the image ({W}x{H}) is over the {max_pixels / 1e6:g} MP "
             "explanation limit; maps are upsampled back to full size"
         )
-    device = getattr(model, "device", torch.device("cpu"))
+    device = model.device
     outputs = None
     if work is not img and exact_score:
         was = model.training
@@ -217,13 +217,13 @@ def explain(
     score = cat = conf = None
     if "score" in outputs:
         score = float(np.asarray(model.to_mos(outputs["score"][:1])).reshape(-1)[0])
-    categories = list(getattr(model, "categories", []))
+    categories = list(model.categories)
     if "logits" in outputs and categories:
         probs = outputs["logits"][0].float().softmax(-1)
         j = int(probs.argmax())
         cat, conf = categories[j], float(probs[j])
     explained = categories[g.category_index] if g.category_index is not None and categories else None
-    scale = getattr(model, "score_range", (0.0, 100.0))
+    scale = model.score_range
     return Explanation(
         image=img,
         quality_cam=quality_cam,
@@ -237,7 +237,7 @@ def explain(
         explained_category=explained,
         score_range=(float(scale[0]), float(scale[1])),
         higher_is_better=score_higher_is_better(model),
-        model_name=str(getattr(model, "model_name", type(model).__name__)),
+        model_name=str(model.model_name),
         explained_size=work.size,
         path=path,
         notes=notes,

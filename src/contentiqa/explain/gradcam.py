@@ -24,19 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.base import IQAModel
 from .attention import keep_attention, spatial_attention_grid
 
 TARGETS = ("quality", "category")
 
 
-def gradcam_module(model: nn.Module) -> nn.Module:
-    fn = getattr(model, "gradcam_module", None)
-    if not callable(fn):
-        raise TypeError(
-            f"{type(model).__name__} does not say where its CNN feature map is: it needs a "
-            "gradcam_module() method returning the module whose output is that map"
-        )
-    module = fn()
+def gradcam_module(model: IQAModel) -> nn.Module:
+    """The module the model names (IQAModel.gradcam_module), checked to be one."""
+    module = model.gradcam_module()
     if not isinstance(module, nn.Module):
         raise TypeError(f"{type(model).__name__}.gradcam_module() returned {type(module).__name__}, not an nn.Module")
     return module

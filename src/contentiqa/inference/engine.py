@@ -163,7 +163,7 @@ def predict_items(
     fwd = forward or model
     device = model.device
     if channels_last is None:
-        channels_last = forward is None and device.type == "cpu" and getattr(model, "channels_last_input", True)
+        channels_last = forward is None and device.type == "cpu" and model.channels_last_input
     results: list[Prediction | None] | None = [None] * len(items) if return_results else None
     buckets: dict[tuple, list] = defaultdict(list)
     pixels: dict[tuple, int] = defaultdict(int)

@@ -101,37 +101,18 @@ def input_size(model: IQAModel) -> tuple[int, int] | None:
     """The fixed (H, W) a model takes, or None for native resolution."""
     if model.native_resolution:
         return None
-    cfg = getattr(model, "cfg", None)
-    size = getattr(cfg, "input_size", None)
-    if size is None:
-        raise OnnxExportError(f"{type(model).__name__} is not native-resolution but has no cfg.input_size")
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    try:
+        size = model.fixed_input_size
+    except NotImplementedError as exc:
+        raise OnnxExportError(str(exc)) from None
+    return None if size is None else (int(size[0]), int(size[1]))
 
 
 def _check_exportable(model: IQAModel) -> None:
-    """Refuse, with the reason, what the exporter cannot express."""
-    branch = getattr(model, "intelligibility", None)
-    if branch is None:
-        return
-    task = getattr(branch, "task", "")
-    if task == "detection":
-        raise OnnxExportError(
-            "IE-IQA with the detection intelligibility branch cannot be exported: its Faster R-CNN "
-            "reduction (RPN proposals, RoIAlign and a per-image top-k loop in Python) does not trace to a "
-            "graph with a dynamic batch. Score it with the PyTorch runtime."
-        )
-    strategy = model.cfg.strategy
-    if strategy == "sensitivity":
-        from ..models.selection import _head_layers
-
-        if _head_layers(branch.head) is None:
-            raise OnnxExportError(
-                f"IE-IQA with sensitivity-based selection ('{task}' branch) cannot be exported: the "
-                "ranking is |d head(f) / d f|, computed with torch.autograd, which has no ONNX form "
-                "(aten::*_backward ops), and this head is not a Linear/ReLU chain whose gradient "
-                "contentiqa writes out in closed form. Score it with the PyTorch runtime, or use "
-                "selection='contribution' where the task has a linear head."
-            )
+    """Refuse, with the model's reason, what the exporter cannot express."""
+    reason = model.onnx_unsupported_reason()
+    if reason is not None:
+        raise OnnxExportError(reason)
 
 
 def _output_names(model: IQAModel, example: torch.Tensor) -> list[str]:
@@ -155,16 +136,15 @@ def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
     from .. import __version__
 
     size = input_size(model)
-    cfg = getattr(model, "cfg", None)
     try:
-        config = json.dumps(cfg.to_dict()) if cfg is not None and hasattr(cfg, "to_dict") else "{}"
+        config = json.dumps(model.cfg.to_dict())
     except (TypeError, ValueError):
         config = "{}"
-    ck = getattr(model, "checkpoint_info", None) or {}
+    ck = model.checkpoint_info or {}
     return {
         "contentiqa_format": ONNX_FORMAT,
         "contentiqa_version": __version__,
-        "model_name": str(getattr(model, "model_name", type(model).__name__)),
+        "model_name": str(model.model_name),
         "source_checkpoint": str(ck.get("path", "")),
         "score_low": repr(float(model.scale.low)),
         "score_high": repr(float(model.scale.high)),
@@ -179,7 +159,7 @@ def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
         "input_name": INPUT_NAME,
         "input_layout": "NCHW float32 RGB, (pixel / 255 - mean) / std",
         "outputs": json.dumps(list(outputs)),
-        "min_size": str(int(getattr(model, "min_size", 32))),
+        "min_size": str(int(model.min_size)),
         "config": config,
         "torch_version": torch.__version__,
     }
@@ -296,13 +276,12 @@ def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     """A hash of what the exported graph depends on: name, config, scale, categories, the
     weights (every tensor of the state dict), the opset and the export revision."""
     h = hashlib.sha256()
-    cfg = getattr(model, "cfg", None)
     head = {
         "rev": _EXPORT_REVISION,
         "opset": opset,
-        "name": getattr(model, "model_name", type(model).__name__),
+        "name": model.model_name,
         "class": type(model).__name__,
-        "config": cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None,
+        "config": model.cfg.to_dict(),
         "scale": [model.scale.low, model.scale.high, model.scale.higher_is_better],
         "categories": list(model.categories),
     }
@@ -319,7 +298,7 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
     """The ONNX file of ``model`` in the cache, exported on first use: ``(path, created)``.
     Files are named by :func:`model_fingerprint`, so a changed checkpoint gets a new file."""
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
-    name = str(getattr(model, "model_name", "model")).replace(os.sep, "_")
+    name = str(model.model_name).replace(os.sep, "_")
     filename = f"{name}-{model_fingerprint(model, opset)[:20]}.onnx"
     fallback = Path(tempfile.gettempdir()) / "contentiqa-onnx"
     for where in (folder, fallback):  # a read-only cache folder falls back to the temp folder
@@ -433,6 +412,14 @@ class OnnxModel(IQAModel):
         return self._native
 
     @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        return None if self._native else (int(self.input_size[0]), int(self.input_size[1]))  # type: ignore[index]
+
+    @property
+    def predicts_score(self) -> bool:
+        return "score" in json.loads(self.metadata.get("outputs", '["score"]'))
+
+    @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
@@ -481,4 +468,4 @@ def check_matches(model: IQAModel, meta: dict[str, str], where: str = "the ONNX 
         if json.loads(meta.get("categories", "[]")) != list(model.categories):
             problems.append("categories")
     if problems:
-        raise ValueError(f"{where} does not match model {getattr(model, 'model_name', '?')}: {', '.join(problems)} differ")
+        raise ValueError(f"{where} does not match model {model.model_name}: {', '.join(problems)} differ")

@@ -1,4 +1,7 @@
-"""Models: IQA-CR (and variants), IE-IQA; registry and checkpoints."""
+"""Models: IQA-CR (and variants), IE-IQA; registry and checkpoints.
+
+A new model subclasses :class:`~contentiqa.models.base.IQAModel` (base.py: the contract every
+other part of contentiqa relies on) and is registered in zoo.py."""
 from . import zoo as _zoo  # noqa: F401  (registers the models)
 from .base import IQA_CR_CATEGORIES, IQAModel, Prediction
 from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa

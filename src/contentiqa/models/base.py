@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -165,10 +165,50 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
 
 
 class IQAModel(nn.Module):
-    """Base class: scale bookkeeping, preprocessing contract and ``predict``."""
+    """Base class and the contract between a model and generic code.
+
+    Training, evaluation, the frozen-stage cache, explanations, inference and the CLI use a
+    model only through what this class declares (never ``hasattr`` probes of a subclass's
+    internals), so a new model is a subclass that fills in the hooks below:
+
+    - outputs: ``forward(x)`` -> ``{"score": (B,), "logits": (B, N)}``, keys as
+      :attr:`output_names` says (:attr:`predicts_score`, :attr:`has_content_head`);
+    - ``cfg``: its config (a dataclass with ``to_dict()`` and a ``scale`` dict), saved in
+      checkpoints; :meth:`set_scale` keeps both in step;
+    - :meth:`preprocess` (and :meth:`train_transform` for fixed-size models);
+    - :meth:`loss`: the model's own loss on normalised scores;
+    - :meth:`parameter_groups`: ``head`` / ``backbone`` parameters (the trainer gives the
+      backbone ``backbone_lr_scale`` and the head-only warm-up);
+    - staged backbone (frozen-stage cache): :attr:`stages`, :attr:`levels`,
+      :attr:`feature_end`, :meth:`freeze_stages`, :meth:`frozen_modules`, :meth:`cache_tag`,
+      :meth:`cache_views`, :meth:`cache_encode`, :meth:`forward_cached`
+      (:attr:`supports_stage_cache` says whether they are filled in);
+    - explanations: :meth:`gradcam_module`, :meth:`attention_layers`, :attr:`token_grid`;
+    - export: :attr:`fixed_input_size`, :meth:`onnx_unsupported_reason`.
+    """
 
     model_name: str = "iqa"
     higher_is_better: bool = True
+    cfg: Any
+    """The model's config: a dataclass with ``to_dict()`` (JSON-able) and ``scale``."""
+    mean: Sequence[float]
+    std: Sequence[float]
+    """The input normalisation ``preprocess`` applies (exported with the model)."""
+    checkpoint_info: dict | None = None
+    """Set by ``load_checkpoint``: the file and its extras (None for a model built in memory)."""
+    channels_last_input: bool = True
+    """The CPU engine feeds channels-last batches (faster for CNN backbones)."""
+    stages: Sequence[nn.Module] = ()
+    """The backbone as an ordered list of stages (empty: no staged backbone)."""
+    levels: Sequence[int] = ()
+    """Indices of the stages whose outputs the model uses, ascending."""
+    feature_end: int = 0
+    """Stages the model runs (``levels[-1] + 1``); caching all of them caches pooled features."""
+    supports_stage_cache: bool = False
+    """True when the cache hooks below are implemented (training with ``cache_stages``)."""
+    train_transform: Callable[[Image.Image], torch.Tensor] | None = None
+    """Fixed-size models: the training augmentation (PIL image -> tensor); None = the trainer's
+    crop / flip of :meth:`preprocess`'s output."""
 
     def __init__(self, scale: MOSScale | None = None, categories: Sequence[str] = ()):
         super().__init__()
@@ -180,11 +220,35 @@ class IQAModel(nn.Module):
         self.weights_tag: str | None = None
         """The pretrained weights' tag (``create_model("name.tag", pretrained=True)``), else None."""
 
-    # -- what subclasses provide -------------------------------------------------------
+    # -- outputs ---------------------------------------------------------------------------
     @property
     def has_content_head(self) -> bool:
         return bool(self.categories)
 
+    @property
+    def predicts_score(self) -> bool:
+        """Whether ``forward`` returns ``score`` (a content-only model does not)."""
+        return True
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The keys of ``forward``'s dict, in order."""
+        return ("score",) * self.predicts_score + ("logits",) * self.has_content_head
+
+    def set_scale(self, scale: MOSScale) -> None:
+        """Make ``scale`` the MOS scale the normalised score maps to (and the config's, so
+        checkpoints carry it)."""
+        self.scale = scale
+        if getattr(self, "cfg", None) is not None:
+            self.cfg.scale = scale.to_dict()
+
+    def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The model's own loss: MSE between predicted and normalised MOS. (The trainer uses
+        ``TrainConfig``'s multitask loss; this is the reference a recipe may choose.)"""
+        score = outputs["score"]
+        return torch.nn.functional.mse_loss(score, target.to(score.dtype))
+
+    # -- inputs ----------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -192,6 +256,95 @@ class IQAModel(nn.Module):
     def native_resolution(self) -> bool:
         """True if images are fed at their own size (batching must group equal sizes)."""
         return True
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """(H, W) of a fixed-size model's input; None at native resolution."""
+        if self.native_resolution:
+            return None
+        raise NotImplementedError(f"{type(self).__name__} is not native-resolution but gives no fixed_input_size")
+
+    # -- training --------------------------------------------------------------------------
+    def backbone_module(self) -> nn.Module | None:
+        """The trainable CNN whose stages are :attr:`stages` (None: none)."""
+        return None
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"head": [...], "backbone": [...]}``: every trainable parameter once. The trainer
+        scales the backbone's learning rate (``backbone_lr_scale``) and holds it back for
+        ``head_only_epochs``; the head gets the base rate."""
+        bb = self.backbone_module()
+        bb_ids = {id(p) for p in bb.parameters()} if bb is not None else set()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return {"head": [p for p in trainable if id(p) not in bb_ids],
+                "backbone": [p for p in trainable if id(p) in bb_ids]}
+
+    @property
+    def backbone_from_seed(self) -> bool:
+        """True when the backbone starts from a random initialisation (neither pretrained nor
+        read from a file): its frozen stages then differ from seed to seed."""
+        return False
+
+    @property
+    def backbone_bn_frozen(self) -> bool:
+        """Whether the backbone's BatchNorm keeps its running statistics in training (needed
+        for cached stages to equal the live ones)."""
+        return False
+
+    def freeze_stages(self, k: int) -> None:
+        """Stop gradients to the first ``k`` backbone stages (and keep them frozen on train())."""
+        from ..backbones.stages import freeze_stages
+
+        bb = self.backbone_module()
+        if bb is None:
+            raise ValueError(f"{self.model_name} has no staged backbone to freeze")
+        freeze_stages(bb, k)
+
+    def frozen_modules(self, start_stage: int) -> list[nn.Module]:
+        """The modules whose weights determine cached encodings at ``start_stage`` (their
+        fingerprint keys the cache)."""
+        return list(self.stages[:start_stage])
+
+    def _no_cache(self) -> NotImplementedError:
+        return NotImplementedError(f"{self.model_name} has no frozen-stage cache hooks")
+
+    def cache_tag(self) -> str:
+        """What, besides the frozen weights, makes cached encodings differ (backbone, sizes)."""
+        raise self._no_cache()
+
+    def cache_views(self, image: Image.Image, train: bool) -> list[torch.Tensor]:
+        """The views of ``image`` whose encodings are cached (training: augmented ones)."""
+        raise self._no_cache()
+
+    def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
+        """The frozen part's output for a batch of views (leading axis = view)."""
+        raise self._no_cache()
+
+    def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
+        """``forward`` from :meth:`cache_encode`'s output."""
+        raise self._no_cache()
+
+    # -- explanations ----------------------------------------------------------------------
+    def gradcam_module(self) -> nn.Module:
+        """The module whose output is the CNN feature map Grad-CAM weighs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not say where its CNN feature map is: it needs a "
+            "gradcam_module() method returning the module whose output is that map"
+        )
+
+    def attention_layers(self) -> list[nn.Module]:
+        """Spatial self-attention modules (``keep_attention`` / ``last_attention``), if any."""
+        return []
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) the attention tokens lie on; None: none or square."""
+        return None
+
+    # -- export ----------------------------------------------------------------------------
+    def onnx_unsupported_reason(self) -> str | None:
+        """Why this model cannot be exported to ONNX, or None if it can."""
+        return None
 
     # -- conveniences --------------------------------------------------------------------
     @property

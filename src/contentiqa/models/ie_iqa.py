@@ -259,6 +259,22 @@ class IEIQA(IQAModel):
         ``requires_grad`` switched back on it runs under ``no_grad`` and gets no gradient."""
         return list(self.distortion.parameters())
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The regressor (trained first) and the distortion backbone (then, with warm-up)."""
+        return {"head": [p for p in self.head_parameters() if p.requires_grad],
+                "backbone": [p for p in self.distortion_parameters() if p.requires_grad]}
+
+    def backbone_module(self) -> nn.Module:
+        return self.distortion
+
+    @property
+    def backbone_from_seed(self) -> bool:
+        return not self.cfg.distortion_pretrained and not self.cfg.distortion_checkpoint
+
+    @property
+    def backbone_bn_frozen(self) -> bool:
+        return self.cfg.bn_eval
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.intelligibility is not None:
@@ -268,9 +284,36 @@ class IEIQA(IQAModel):
         return self
 
     # -- IQAModel contract ---------------------------------------------------------------------
+    supports_stage_cache = True
+
     @property
     def native_resolution(self) -> bool:
         return False
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int]:
+        return (int(self.cfg.input_size), int(self.cfg.input_size))
+
+    def onnx_unsupported_reason(self) -> str | None:
+        """The detection branch and autograd-based sensitivity selection have no ONNX form."""
+        branch = self.intelligibility
+        if branch is None:
+            return None
+        task = branch.task
+        if task == "detection":
+            return ("IE-IQA with the detection intelligibility branch cannot be exported: its Faster R-CNN "
+                    "reduction (RPN proposals, RoIAlign and a per-image top-k loop in Python) does not trace to a "
+                    "graph with a dynamic batch. Score it with the PyTorch runtime.")
+        if self.cfg.strategy == "sensitivity":
+            from .selection import _head_layers
+
+            if _head_layers(branch.head) is None:
+                return (f"IE-IQA with sensitivity-based selection ('{task}' branch) cannot be exported: the "
+                        "ranking is |d head(f) / d f|, computed with torch.autograd, which has no ONNX form "
+                        "(aten::*_backward ops), and this head is not a Linear/ReLU chain whose gradient "
+                        "contentiqa writes out in closed form. Score it with the PyTorch runtime, or use "
+                        "selection='contribution' where the task has a linear head.")
+        return None
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Test-time input (§4.2): resized to 224 x 224, one pass."""
@@ -309,6 +352,10 @@ class IEIQA(IQAModel):
         if self.intelligibility is not None:
             out["f"] = self.raw_intelligibility_features(views)
         return out
+
+    def frozen_modules(self, start_stage: int) -> list[nn.Module]:
+        """The frozen distortion stages and the intelligibility branch (its features are cached)."""
+        return super().frozen_modules(start_stage) + ([self.intelligibility] if self.intelligibility is not None else [])
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
         f_sel = self.select_from_raw(inputs["f"].float()).features if "f" in inputs else None
@@ -414,11 +461,9 @@ class IEIQA(IQAModel):
             f_sel = f_sel.to(device=g.device, dtype=g.dtype)
         return {"score": self.regress(g, f_sel)}
 
-    @staticmethod
-    def loss(outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """MSE between the predicted and the normalised MOS (§3.2)."""
-        score = outputs["score"]
-        return F.mse_loss(score, target.to(score.dtype))
+        return super().loss(outputs, target)
 
 
 def build_ie_iqa(**kwargs) -> IEIQA:

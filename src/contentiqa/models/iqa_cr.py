@@ -90,7 +90,9 @@ class IQACRConfig:
     channel_heads: int = 4
     axial_dim: int = 8
     variant: str = "full"
-    num_categories: int = 10
+    num_categories: int | None = None
+    """Outputs of the content head; None = ``len(categories)``. Given, it must equal it (a
+    mismatch is an error, never silently corrected)."""
     categories: tuple[str, ...] = IQA_CR_CATEGORIES
     scale: dict = field(default_factory=lambda: {"low": 0.0, "high": 100.0, "higher_is_better": True})
 
@@ -103,8 +105,27 @@ class IQACRConfig:
         if self.feature_stages is not None:
             self.feature_stages = tuple(int(i) for i in self.feature_stages)
         self.categories = tuple(self.categories)
-        if self.variant != "q" and len(self.categories) != self.num_categories:
+        if self.num_categories is None:
             self.num_categories = len(self.categories)
+        elif self.variant != "q" and int(self.num_categories) != len(self.categories):
+            raise ValueError(
+                f"num_categories={self.num_categories} but {len(self.categories)} categories are given: pass "
+                "categories=(...) with that many names (num_categories then follows), or leave num_categories unset"
+            )
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Every attention width must split evenly into its heads (no silent fallback to 1 head)."""
+        positions = self.grid[0] * self.grid[1]
+        if self.variant != "mtl-pooled" and self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        if self.variant in ("full", "q", "c") and self.channel_attention == "axial" and self.axial_dim % self.heads:
+            raise ValueError(f"axial_dim={self.axial_dim} is not divisible by heads={self.heads}")
+        if self.variant in ("full", "q") and self.channel_attention == "tokens" and positions % self.channel_heads:
+            raise ValueError(
+                f"channel attention embeds the {positions} grid positions {tuple(self.grid)}, which {self.channel_heads} "
+                "channel_heads do not divide: choose channel_heads dividing grid[0] * grid[1]"
+            )
 
     @property
     def predicts_score(self) -> bool:
@@ -128,7 +149,6 @@ class ChannelTokenAttention(nn.Module):
 
     def __init__(self, num_positions: int, heads: int, dropout: float):
         super().__init__()
-        heads = heads if num_positions % heads == 0 else 1
         self.norm = nn.LayerNorm(num_positions)
         self.attn = MultiHeadAttention(num_positions, heads, dropout)
 
@@ -144,7 +164,7 @@ class AxialAttention(nn.Module):
         super().__init__()
         self.axis = axis
         self.lift = nn.Linear(1, axial_dim)
-        self.attn = MultiHeadAttention(axial_dim, heads if axial_dim % heads == 0 else 1, dropout)
+        self.attn = MultiHeadAttention(axial_dim, heads, dropout)
         self.out = nn.Linear(axial_dim, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (B, S, D), already normalised
@@ -282,6 +302,31 @@ class IQACR(IQAModel):
         return self
 
     # -- IQAModel contract ---------------------------------------------------------------------
+    supports_stage_cache = True
+
+    @property
+    def predicts_score(self) -> bool:
+        return self.cfg.predicts_score
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return (int(self.cfg.grid[0]), int(self.cfg.grid[1]))
+
+    @property
+    def backbone_from_seed(self) -> bool:
+        return not self.cfg.backbone_pretrained and not self.cfg.backbone_checkpoint
+
+    @property
+    def backbone_bn_frozen(self) -> bool:
+        return self.cfg.bn_eval
+
+    def backbone_module(self) -> nn.Module:
+        return self.backbone
+
+    def freeze_stages(self, k: int) -> None:
+        self.cfg.frozen_stages = max(self.cfg.frozen_stages, k)  # train() keeps them in eval mode
+        super().freeze_stages(k)
+
     def preprocess(self, image) -> torch.Tensor:
         return pil_to_tensor(image, self.mean, self.std)
 

@@ -18,11 +18,14 @@ import os
 import re
 import statistics
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
+    from ..models.base import IQAModel
 
 THUMBNAIL_SIZE = 256
 _RESULTS_RE = re.compile(
@@ -265,25 +268,22 @@ def write_html_report(
     return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs))
 
 
-def score_higher_is_better(model: Any) -> bool:
+def score_higher_is_better(model: "IQAModel") -> bool:
     """Direction of the scores a model reports (its MOS scale's, e.g. False for DMOS)."""
-    scale = getattr(model, "scale", None)
-    if scale is not None and hasattr(scale, "higher_is_better"):
-        return bool(scale.higher_is_better)
-    return bool(getattr(model, "higher_is_better", True))
+    return bool(model.scale.higher_is_better)
 
 
-def model_info(model: Any, name: str | None = None) -> dict[str, Any]:
+def model_info(model: "IQAModel", name: str | None = None) -> dict[str, Any]:
     """The ``model_info`` mapping for a contentiqa model."""
     lo, hi = model.score_range
     info: dict[str, Any] = {
-        "name": name or getattr(model, "model_name", type(model).__name__),
+        "name": name or model.model_name,
         "score_range": (float(lo), float(hi)),
         "higher_is_better": score_higher_is_better(model),
-        "categories": list(getattr(model, "categories", [])),
+        "categories": list(model.categories),
     }
-    ck = getattr(model, "checkpoint_info", None) or {}
+    ck = model.checkpoint_info or {}
     if ck.get("path"):
         info["checkpoint"] = ck["path"]
-        info["name"] = getattr(model, "model_name", None) or info["name"]
+        info["name"] = model.model_name or info["name"]
     return info

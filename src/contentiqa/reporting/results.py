@@ -72,12 +72,12 @@ def model_record(model: Any, spec: str) -> dict[str, str]:
     or a file): the weights file it was read from and that file's SHA-256 identify it exactly."""
     from .. import __version__
 
-    path = (getattr(model, "checkpoint_info", None) or {}).get("path")
+    path = (model.checkpoint_info or {}).get("path")
     digest = ""
     if path and os.path.isfile(path):
         digest = file_sha256(path)
     return {
-        "model": str(getattr(model, "model_name", spec)),
+        "model": str(model.model_name or spec),
         "weights_tag": model.weights_tag or "",
         "weights": os.path.basename(path) if path and not os.path.isfile(spec) else (path or ""),
         "weights_sha256": digest,

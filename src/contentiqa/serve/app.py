@@ -113,7 +113,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
 
     m = loaded.model
     info = model_info(m, loaded.spec or None)
-    ck = getattr(m, "checkpoint_info", None) or {}  # set by load_checkpoint (absent on a model built in memory)
+    ck = m.checkpoint_info or {}  # set by load_checkpoint (None on a model built in memory)
     weights = sha = None
     if ck.get("path"):
         p = Path(ck["path"])

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
-from ..models.base import pil_to_tensor
+from ..models.base import IQAModel, pil_to_tensor
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -161,7 +161,7 @@ class OnnxEncoder:
 
 @torch.inference_mode()
 def cached_encodings(
-    model: nn.Module,
+    model: IQAModel,
     paths: Sequence[str],
     start_stage: int,
     train: bool,
@@ -184,10 +184,7 @@ def cached_encodings(
 
     folder = None
     if cache_dir is not None:
-        frozen = list(model.stages[:start_stage])
-        if getattr(model, "intelligibility", None) is not None:
-            frozen.append(model.intelligibility)
-        fp = weights_fingerprint(frozen)
+        fp = weights_fingerprint(model.frozen_modules(start_stage))
         tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}|{fp}".encode()).hexdigest()[:12]
         folder = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
     Does nothing when ``WORLD_SIZE`` is unset or 1, or when a group already exists (its rank
     and size are returned). Backend: ``nccl`` for a CUDA ``device`` (after selecting the GPU
     ``LOCAL_RANK``), else ``gloo``; ``CONTENTIQA_DIST_BACKEND`` overrides. The collective timeout
-    is ``CONTENTIQA_DIST_TIMEOUT`` seconds (default 3600: rank 0 validates while the others wait).
+    is ``CONTENTIQA_DIST_TIMEOUT`` seconds (default 3600: rank 0 caches encodings and writes checkpoints while the others wait).
     """
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():

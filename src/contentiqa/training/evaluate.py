@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.table import MOSScale
-from ..metrics import accuracy, iqa_metrics
+from ..metrics import MetricInputError, accuracy, iqa_metrics, rmse
 from ..models.base import IQAModel
 
 
@@ -27,16 +27,31 @@ def metrics_from_predictions(
     pred_categories: np.ndarray | None = None,
     categories: Sequence[str] = (),
     fit_logistic: bool = False,
+    undefined: str = "raise",
 ) -> dict[str, float]:
     """Metrics of normalised predictions against ``table`` (whose MOS is on ``scale``).
 
     RMSE is on the test data's MOS scale: predictions in [0, 1] are mapped onto it, so a model
     trained on another dataset is compared in the units of this one.
+
+    ``undefined``: what a correlation that is undefined for these predictions (a collapsed,
+    constant-prediction model) becomes: ``"raise"`` (MetricInputError: a final evaluation
+    must not pass a broken model off as a number) or ``"nan"`` (PLCC/SROCC/KROCC NaN, RMSE
+    kept, ``collapsed`` = 1: what training's per-epoch validation records and carries on from).
     """
+    if undefined not in ("raise", "nan"):
+        raise ValueError(f"undefined must be 'raise' or 'nan', not {undefined!r}")
     out: dict[str, float] = {"n": float(len(table))}
     if pred_norm is not None:
         pred_mos = scale.denormalize(pred_norm)
-        out.update(iqa_metrics(pred_mos, table["mos"].to_numpy(dtype=np.float64), fit_logistic=fit_logistic))
+        target = table["mos"].to_numpy(dtype=np.float64)
+        try:
+            out.update(iqa_metrics(pred_mos, target, fit_logistic=fit_logistic))
+        except MetricInputError:
+            if undefined == "raise" or np.ptp(target) == 0 or not np.isfinite(pred_mos).all():
+                raise  # only constant predictions are a model's state; bad targets are bad data
+            out.update({"plcc": float("nan"), "srocc": float("nan"), "krocc": float("nan"),
+                        "rmse": rmse(pred_mos, target), "collapsed": 1.0})
     if pred_categories is not None and categories and "category" in table:
         target = category_indices(table["category"], categories)
         known = target >= 0
@@ -90,7 +105,7 @@ def evaluate_model(
         raise RuntimeError("no image could be scored; first error: " + str(rows["error"].iloc[0]))
     good = table[ok].reset_index(drop=True)
     pred_norm = None
-    if model.cfg.__dict__.get("variant", "full") != "c":
+    if model.predicts_score:
         pred_norm = model.scale.normalize(rows.loc[ok, "pred"].to_numpy(dtype=np.float64))
     pred_cat = None
     if model.categories:

@@ -7,6 +7,11 @@ Output folder layout::
     out_dir/metrics.jsonl  one line per epoch: losses, validation metrics, learning rate, time
     out_dir/config.json    model + training configuration
 
+A validation epoch whose predictions are all equal (a collapsed model: correlations are
+undefined) does not stop training: it records ``val_plcc``/``val_srocc``/``val_krocc`` as NaN
+(RMSE kept) and ``val_collapsed = 1``, and ranks below every real score for early stopping and
+``best.pt`` (:func:`monitor_improved`).
+
 ``resume=True`` continues from ``last.pt``: data order, crops and dropout are drawn from
 ``(seed, epoch)``, so the resumed run reproduces the uninterrupted one.
 
@@ -15,8 +20,10 @@ N > 1 processes is initialised, the trainer wraps the model and the loss in
 DistributedDataParallel (so DDP sees the forward that makes the loss, cached or not, and
 averages the gradients of the loss's own parameters too). Each rank trains on every N-th batch
 of the common epoch batch list (:class:`~contentiqa.training.data.DistributedShapeGroupedBatchSampler`;
-``batch_size`` is per rank); logged losses are summed over ranks. Validation runs on rank 0
-alone and its metrics are broadcast, so every rank makes the same early-stopping decision.
+``batch_size`` is per rank); logged losses are summed over ranks. Validation runs on every
+rank, each predicting every N-th validation row; the predictions are gathered on all ranks
+(:class:`~contentiqa.metrics.accumulators.RowPredictions`, torch.distributed all_gather) and rank
+0's metrics are broadcast, so every rank makes the same early-stopping decision.
 Rank 0 alone writes checkpoints, logs and ``config.json``; the others wait at a barrier at the
 end of every epoch. Frozen-stage encodings are computed by rank 0 first (into ``cache_dir``)
 and read by the others. A model with trainable parameters that get no gradient needs
@@ -68,6 +75,14 @@ def _collate(batch):
 
 def _to(x, device):
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def monitor_improved(score: float, best: float) -> bool:
+    """Whether a validation ``score`` beats ``best``; NaN (a collapsed epoch) ranks below every
+    number, so a later real score replaces it and it never replaces one."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best
 
 
 class _TrainStep(nn.Module):
@@ -125,9 +140,7 @@ class Trainer:
             scale = next(iter(self.scales.values()))
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
-        model.scale = scale
-        if hasattr(model, "cfg") and hasattr(model.cfg, "scale"):
-            model.cfg.scale = scale.to_dict()
+        model.set_scale(scale)
         self.device = torch.device(cfg.device)
         self.distributed = dist_utils.is_distributed()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
@@ -135,10 +148,12 @@ class Trainer:
             self.log = lambda *a, **k: None
             self.progress = False
         model.to(self.device)
-        self.has_score = "score" in self._probe_outputs()
+        self.has_score = model.predicts_score
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma).to(self.device)
         self._check_labels()
+        self.val_rows = self._val_share()
+        """The validation rows this process predicts while training (all of them in one process)."""
         self.start_stage = 0
         self._build_data()
         self.optimizer = self._build_optimizer()
@@ -158,16 +173,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # -- setup ---------------------------------------------------------------------------------
-    def _probe_outputs(self) -> dict:
-        cfg = getattr(self.model, "cfg", None)
-        variant = getattr(cfg, "variant", "full")
-        keys = {}
-        if variant != "c":
-            keys["score"] = True
-        if self.model.categories:
-            keys["logits"] = True
-        return keys
-
     def _check_labels(self) -> None:
         cats = self.model.categories
         if not cats:
@@ -197,7 +202,7 @@ class Trainer:
         if cfg.cache_stages:
             self._setup_cache(t_tr, c_tr)
         else:
-            transform = getattr(model, "train_transform", None) if not model.native_resolution else None
+            transform = model.train_transform if not model.native_resolution else None
             self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
                                         seed=cfg.seed, train=True, transform=transform)
             self.val_feats = None
@@ -213,17 +218,16 @@ class Trainer:
                                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
     def _setup_cache(self, t_tr, c_tr) -> None:
-        from ..backbones.stages import freeze_stages
         from .cache import cached_encodings
 
         cfg, model = self.cfg, self.model
-        if not hasattr(model, "cache_encode") or not hasattr(model, "stages"):
+        if not model.supports_stage_cache:
             raise ValueError(f"cache_stages needs a model with staged, cacheable inputs; {model.model_name} has none")
         k = cfg.cache_stages
-        limit = getattr(model, "feature_end", len(model.stages))
+        limit = model.feature_end
         if k > limit:
             raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
-        first_level = min(getattr(model, "levels", [limit - 1]))
+        first_level = min(model.levels)
         # k == limit freezes every stage the model uses: the cache then holds the pooled
         # features themselves and only the head trains (one view per image: a frozen network
         # has no augmentation to cache, so training and evaluation share the encodings).
@@ -231,13 +235,9 @@ class Trainer:
         if k > first_level + 1 and not pooled:
             raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1} "
                              f"(or {limit} to freeze the whole backbone and train the head on pooled features)")
-        if not getattr(model.cfg, "bn_eval", False):
+        if not model.backbone_bn_frozen:
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
-        backbone = model.backbone if hasattr(model, "backbone") else model.distortion
-        if getattr(model.cfg, "frozen_stages", 0) < k:
-            if hasattr(model.cfg, "frozen_stages"):
-                model.cfg.frozen_stages = k
-        freeze_stages(backbone, k)
+        model.freeze_stages(k)
         # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
         with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
             enc = cached_encodings(model, list(self.train_table["image"]), k, train=not pooled, cache_dir=self.cache_dir,
@@ -253,19 +253,15 @@ class Trainer:
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
         self.start_stage = k
         self.val_feats = None
-        if self.val_table is not None and self.rank == 0:  # only rank 0 validates
-            self.val_feats = cached_encodings(model, list(self.val_table["image"]), k, train=False,
+        if self.val_table is not None:  # each rank encodes the validation rows it validates
+            images = list(self.val_table["image"])
+            self.val_feats = cached_encodings(model, [images[i] for i in self.val_rows], k, train=False,
                                               cache_dir=self.cache_dir, progress=self.progress)
 
     def _param_groups(self) -> list[dict]:
-        model = self.model
-        if hasattr(model, "head_parameters") and hasattr(model, "distortion_parameters"):
-            backbone = [p for p in model.distortion_parameters() if p.requires_grad]
-            head = [p for p in model.head_parameters() if p.requires_grad]
-        else:
-            bb_ids = {id(p) for p in model.backbone.parameters()} if hasattr(model, "backbone") else set()
-            backbone = [p for p in model.parameters() if p.requires_grad and id(p) in bb_ids]
-            head = [p for p in model.parameters() if p.requires_grad and id(p) not in bb_ids]
+        groups_of_model = self.model.parameter_groups()
+        backbone = [p for p in groups_of_model.get("backbone", []) if p.requires_grad]
+        head = [p for p in groups_of_model.get("head", []) if p.requires_grad]
         head += [p for p in self.loss_fn.parameters()]
         groups = [{"params": head, "lr": self.cfg.lr, "name": "head"}]
         if backbone:
@@ -311,13 +307,38 @@ class Trainer:
             return self.model.forward_cached(x, self.start_stage)
         return self.model(x)
 
+    def _val_share(self) -> np.ndarray:
+        """Every ``world_size``-th validation row from this rank's index: the ranks' shares are
+        disjoint and cover the table."""
+        n = len(self.val_table) if self.val_table is not None else 0
+        return np.arange(self.rank, n, self.world_size)
+
     @torch.inference_mode()
-    def predict_val(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Normalised score predictions (and category indices) on the validation table."""
+    def predict_val(self, shared: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Normalised score predictions (and category indices) on the validation table, in its
+        row order. ``shared`` (every process must call it then): each process predicts its
+        share (:attr:`val_rows`) and the shares are gathered on every process
+        (:class:`~contentiqa.metrics.accumulators.RowPredictions`)."""
+        rows = self.val_rows if shared else np.arange(len(self.val_table))
+        s, c = self._predict_rows(rows)
+        if not (shared and self.distributed):
+            return s, c
+        from ..metrics.accumulators import RowPredictions
+
+        acc = RowPredictions().to(self.device)
+        acc.update(rows, s, c)
+        g = acc.compute()
+        if len(g["index"]) != len(self.val_table):
+            raise RuntimeError(f"gathered {len(g['index'])} validation predictions for {len(self.val_table)} rows")
+        return (g["score"] if self.has_score else None), (g["category"] if self.model.categories else None)
+
+    def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         from ..inference.engine import predict_items
 
         self.model.eval()
-        if self.val_feats is not None:
+        if self.start_stage:
+            if self.val_feats is None or len(self.val_feats) != len(rows):
+                raise RuntimeError("the cached validation encodings do not match the rows to predict")
             scores, cats = [], []
             for enc in self.val_feats:
                 out = self._forward({k: v[:1].float().to(self.device) for k, v in enc.items()})
@@ -325,10 +346,11 @@ class Trainer:
                     scores.append(float(out["score"][0]))
                 if "logits" in out:
                     cats.append(int(out["logits"][0].argmax()))
-            s = np.array(scores) if scores else None
-            c = np.array(cats) if cats else None
+            s = np.array(scores, dtype=np.float64) if self.has_score else None
+            c = np.array(cats, dtype=np.int64) if self.model.categories else None
         else:
-            preds = predict_items(self.model, list(self.val_table["image"]), batch_size=self.cfg.batch_size, workers=0)
+            images = list(self.val_table["image"])
+            preds = predict_items(self.model, [images[i] for i in rows], batch_size=self.cfg.batch_size, workers=0)
             bad = [p for p in preds if p.error]
             if bad:
                 raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")
@@ -336,11 +358,12 @@ class Trainer:
             c = category_indices([p.category for p in preds], self.model.categories) if self.model.categories else None
         return s, c
 
-    def validate(self) -> dict[str, float]:
-        s, c = self.predict_val()
+    def validate(self, shared: bool = False) -> dict[str, float]:
+        """Validation metrics (see :meth:`predict_val` for ``shared``)."""
+        s, c = self.predict_val(shared)
         table = self.val_table
         if self.scales is None or "dataset" not in table:
-            return metrics_from_predictions(s, table, self.scale, c, self.model.categories)
+            return metrics_from_predictions(s, table, self.scale, c, self.model.categories, undefined="nan")
         # Several datasets: metrics within each (correlations across rating scales mean
         # nothing), then their mean; the per-dataset values are kept as '<name>/<metric>'.
         per: dict[str, dict[str, float]] = {}
@@ -348,11 +371,12 @@ class Trainer:
             rows = (table["dataset"] == name).to_numpy()
             if rows.sum() >= 3:
                 per[name] = metrics_from_predictions(s[rows] if s is not None else None, table[rows], sc,
-                                                     c[rows] if c is not None else None, self.model.categories)
+                                                     c[rows] if c is not None else None, self.model.categories,
+                                                     undefined="nan")
         out: dict[str, float] = {}
         for k in sorted({k for m in per.values() for k in m}):
             vals = [m[k] for m in per.values() if k in m]
-            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled") else float(np.mean(vals))
+            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled", "collapsed") else float(np.mean(vals))
         for name, m in per.items():
             out.update({f"{name}/{k}": v for k, v in m.items() if k in ("srocc", "plcc", "accuracy")})
         return out
@@ -470,13 +494,14 @@ class Trainer:
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             if self.val_table is not None:
-                val = self.validate() if main else None
+                val = self.validate(shared=True)  # every rank predicts its share; all get the metrics
+                # rank 0's metrics everywhere: the same early-stopping decision, bit for bit
                 record.update({f"val_{k}": v for k, v in dist_utils.broadcast_object(val).items()})
                 score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
                 score = -record["loss"]
             record["time_s"] = round(time.time() - t0, 2)
-            improved = self.best is None or score > self.best["monitor"]
+            improved = self.best is None or monitor_improved(score, self.best["monitor"])
             if improved:
                 self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
                 self.bad_epochs = 0
