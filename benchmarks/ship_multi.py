@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--tag", required=True, help="weights tag, e.g. clive-biq2021 -> <model>_clive-biq2021.pt")
     ap.add_argument("--results", type=Path, default=None, help="the experiment's results.json (figures for the card)")
     ap.add_argument("--cache", default=None, help="frozen-encoding cache (default: the config's cache_dir)")
+    ap.add_argument("--from-run", type=Path, default=None, metavar="RUN_DIR",
+                    help="ship the best.pt of this experiment split (runs/<row>/seed<S>) instead of training on all "
+                         "the data (when the full run would take too long: the card then says which images it saw)")
     args = ap.parse_args()
 
     import torch
@@ -67,15 +70,26 @@ def main() -> None:
         used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} for early stopping)" if len(va) else ""))
     train = pd.concat(train_parts, ignore_index=True)
     val = pd.concat(val_parts, ignore_index=True) if val_parts else None
-    torch.manual_seed(0)
-    model = create_model(run.model, pretrained=False, **run.model_args)
-    tcfg = TrainConfig.from_dict({**run.train, "seed": 0})
-    out = ROOT / "benchmarks" / "runs" / f"ship_{run.model}_{args.tag}"
     t0 = time.time()
-    trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())), tcfg, out,
-                      progress=True, cache_dir=args.cache or cfg.cache_dir)
-    best = trainer.fit(resume=True)
-    best_model = trainer.load_best() if val is not None else trainer.model
+    if args.from_run is not None:
+        from contentiqa.models import load_checkpoint
+
+        best_model = load_checkpoint(args.from_run / "best.pt")
+        history = [json.loads(line) for line in (args.from_run / "metrics.jsonl").read_text().splitlines()]
+        best = max(history, key=lambda r: r.get("val_srocc", float("-inf")))
+        tcfg = TrainConfig.from_dict(json.loads((args.from_run / "config.json").read_text())["train_config"])
+        seed = args.from_run.name.removeprefix("seed")
+        used = [f"the training parts of split seed {seed} of `{args.config}` (the experiment's run "
+                f"{args.from_run.parent.name}/{args.from_run.name}; its test parts were held out)"]
+    else:
+        torch.manual_seed(0)
+        model = create_model(run.model, pretrained=False, **run.model_args)
+        tcfg = TrainConfig.from_dict({**run.train, "seed": 0})
+        out = ROOT / "benchmarks" / "runs" / f"ship_{run.model}_{args.tag}"
+        trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())), tcfg, out,
+                          progress=True, cache_dir=args.cache or cfg.cache_dir)
+        best = trainer.fit(resume=True)
+        best_model = trainer.load_best() if val is not None else trainer.model
     name = f"{run.model}_{args.tag}.pt"
     path = WEIGHTS / name
     save_checkpoint(best_model, path, omit_pretrained_backbone=True, extra={

@@ -13,9 +13,10 @@ import pytest
 from scipy.stats import spearmanr
 
 import contentiqa
-from contentiqa.models.registry import model_entry, shipped_weights_path
+from contentiqa.models.registry import list_pretrained, model_entry, resolve_tag, shipped_weights_path
 
 SHIPPED = contentiqa.list_models(pretrained_only=True)
+TAGGED = list_pretrained()  # every name.tag, not only the default weights
 
 
 def test_the_default_and_both_papers_models_are_shipped():
@@ -23,7 +24,7 @@ def test_the_default_and_both_papers_models_are_shipped():
     assert {"iqa-cr", "ie-iqa"} <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", TAGGED)
 def test_shipped_model_loads_offline_and_ranks_the_examples_like_people(name, examples_dir):
     path = shipped_weights_path(name)
     assert path.stat().st_size < 30e6  # the pretrained backbone is not stored
@@ -38,4 +39,5 @@ def test_shipped_model_loads_offline_and_ranks_the_examples_like_people(name, ex
     assert np.abs(scores - table["mos"]).mean() < 15
     if model.categories:
         assert all(p.category in model.categories and 0 < p.category_confidence <= 1 for p in preds)
-    assert model_entry(name).weights == path.name
+    entry, tag = resolve_tag(name)
+    assert entry.tags[tag] == path.name and model.weights_tag == tag

@@ -53,7 +53,10 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
     return model
 
 
-@register_model("ie-iqa", weights={"clive": "ie-iqa_clive.pt"})
+# Tags: `clive-biq2021` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
+# backbones, per-dataset normalisation + within-dataset ranking loss; benchmarks/results/
+# generalization.md); `clive` = fine-tuned on clive-dev alone. The default tag comes first.
+@register_model("ie-iqa", weights={"clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"})
 def ie_iqa(**kwargs) -> IEIQA:
     """IE-IQA: distortion CNN fused with selected features of a frozen intelligibility network."""
     return _ie_iqa("ie-iqa", **kwargs)
