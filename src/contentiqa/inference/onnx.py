@@ -304,7 +304,7 @@ truncated, corrupt or foreign file is rebuilt instead of failing (or scoring wro
 def _fallback_cache_dir() -> Path:
     """Where exports go when the cache folder cannot be written (a read-only home or install):
     a per-user folder in the temporary directory."""
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    user = os.getuid() if os.name == "posix" else os.environ.get("USERNAME", "user")
     return Path(tempfile.gettempdir()) / f"contentiqa-onnx-{user}"
 
 
