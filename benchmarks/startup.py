@@ -53,7 +53,8 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
 def _imports_torch(argv: list[str], env: dict[str, str]) -> bool:
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "contentiqa", *argv], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return any(line.rstrip().endswith("| torch") for line in proc.stderr.splitlines())
+    # lines "import time: self | cumulative | <indent>module"; nested imports are indented
+    return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines() if line.count("|") == 2)
 
 
 def _model_spec(folder: Path) -> tuple[str, str]:
