@@ -73,3 +73,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_export_cache(tmp_path_factory):
+    """`contentiqa score` exports models to ONNX in the user's cache by default (--runtime auto
+    on a CPU): the tests use a cache of their own, shared by the session (each tiny model is
+    exported once), never ~/.cache. A test may still point CONTENTIQA_CACHE_DIR elsewhere."""
+    saved = os.environ.get("CONTENTIQA_CACHE_DIR")
+    os.environ["CONTENTIQA_CACHE_DIR"] = str(tmp_path_factory.mktemp("contentiqa-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("CONTENTIQA_CACHE_DIR", None)
+    else:
+        os.environ["CONTENTIQA_CACHE_DIR"] = saved

@@ -1,6 +1,7 @@
 """ONNX export and the ONNX Runtime scoring path: round trips at several input sizes from one
 file (dynamic height/width), IE-IQA's per-image selection in the graph, metadata, the score
-CLI with --runtime onnx, the export CLI and its usage errors."""
+CLI with --runtime onnx and auto (the default: ONNX Runtime on a CPU), the export cache
+(damaged entries rebuilt, read-only folders), the export CLI and its usage errors."""
 from __future__ import annotations
 
 import csv
@@ -18,11 +19,13 @@ ort = pytest.importorskip("onnxruntime")
 import contentiqa  # noqa: E402
 from contentiqa.cli.main import main  # noqa: E402
 from contentiqa.inference.onnx import (  # noqa: E402
+    FINGERPRINT_KEY,
     OnnxExportError,
     OnnxModel,
     cached_export,
     export_onnx,
     make_session,
+    model_fingerprint,
     read_metadata,
 )
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: E402,F401
@@ -175,7 +178,7 @@ def read_scores(path: Path) -> dict[str, float]:
 
 def test_score_cli_onnx_equals_torch(tmp_path, ckpt, examples_dir):
     images = example_images(examples_dir)
-    assert main(["score", *images, "--model", ckpt, "-o", str(tmp_path / "t.csv"), "-q"]) == 0
+    assert main(["score", *images, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t.csv"), "-q"]) == 0
     assert main(["score", *images, "--model", ckpt, "--runtime", "onnx", "-o", str(tmp_path / "o.csv"), "-q"]) == 0
     torch_scores, onnx_scores = read_scores(tmp_path / "t.csv"), read_scores(tmp_path / "o.csv")
     assert set(torch_scores) == set(onnx_scores) and len(torch_scores) == len(images)
@@ -252,3 +255,65 @@ def test_cached_export_is_keyed_by_the_weights(tmp_path):
     assert made and cached_export(a, tmp_path) == (pa, False)
     pb, made_b = cached_export(b, tmp_path)
     assert made_b and pb != pa
+
+
+# -- --runtime auto (the default) and the export cache ----------------------------------------------
+def cache_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cache" / "onnx").glob("*.onnx"))
+
+
+def test_default_runtime_is_onnx_on_the_cpu_and_equals_torch(tmp_path, ckpt, examples_dir, capsys):
+    images = example_images(examples_dir)
+    assert main(["score", *images, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t.csv"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["score", *images, "--model", ckpt, "-o", str(tmp_path / "d.csv")]) == 0
+    assert "ONNX Runtime:" in capsys.readouterr().err
+    assert len(cache_files(tmp_path)) == 1
+    torch_scores, default_scores = read_scores(tmp_path / "t.csv"), read_scores(tmp_path / "d.csv")
+    assert set(torch_scores) == set(default_scores) and len(default_scores) == len(images)
+    for k, v in torch_scores.items():  # MOS 0..100: within 1e-3 of the normalised score
+        assert abs(v - default_scores[k]) / 100 < 1e-3, k
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "foreign"])
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, ckpt, examples_dir, tiny_cr_onnx, damage):
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv"), "-q"]) == 0
+    (entry,) = cache_files(tmp_path)
+    good = entry.read_bytes()
+    if damage == "truncated":  # an export cut short (disk full, killed copy)
+        entry.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        entry.write_bytes(b"\x00not onnx" * 100)
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    else:  # a valid contentiqa export of other weights under this name
+        entry.write_bytes(Path(tiny_cr_onnx[1]).read_bytes())
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "b.csv"), "-q"]) == 0
+    assert cache_files(tmp_path) == [entry] and entry.read_bytes() != b""
+    meta = read_metadata(entry)  # loads again, and is the export of these weights
+    assert meta["model_name"] == "iqa-cr" and meta[FINGERPRINT_KEY] == model_fingerprint(contentiqa.load_checkpoint(ckpt))
+    assert read_scores(tmp_path / "a.csv") == read_scores(tmp_path / "b.csv")
+
+
+def test_an_unwritable_cache_falls_back_to_a_temp_folder(tmp_path, ckpt, examples_dir, monkeypatch):
+    import contentiqa.inference.onnx as onnx_mod
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be: mkdir fails, even for root")
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(onnx_mod, "_fallback_cache_dir", lambda: tmp_path / "fallback")
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv"), "-q"]) == 0
+    assert len(list((tmp_path / "fallback").glob("*.onnx"))) == 1
+    assert main(["score", img, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t.csv"), "-q"]) == 0
+    (name, score), = read_scores(tmp_path / "a.csv").items()
+    assert abs(score - read_scores(tmp_path / "t.csv")[name]) / 100 < 1e-3
+
+
+def test_default_runtime_without_onnxruntime_runs_torch(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv")]) == 0
+    assert "running in PyTorch" in capsys.readouterr().err
+    assert not cache_files(tmp_path)

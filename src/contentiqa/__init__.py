@@ -4,14 +4,38 @@
     >>> contentiqa.list_models()
     >>> model = contentiqa.create_model(contentiqa.DEFAULT_MODEL)   # shipped weights, offline
     >>> model.predict("photo.jpg").score
+
+The model API is imported on first use (module ``__getattr__``), so ``import contentiqa``
+and the CLI's ``--help`` / usage errors do not pay for importing torch (seconds).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-from .models import IQAModel, Prediction, create_model, list_models, load_checkpoint  # noqa: E402
+__version__ = "0.1.0"
 
 # The model `contentiqa score` uses by default: the better one by benchmarks/results.
 DEFAULT_MODEL = "ie-iqa"
+
+_LAZY = ("IQAModel", "Prediction", "create_model", "list_models", "load_checkpoint")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models import IQAModel, Prediction, create_model, list_models, load_checkpoint  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    """Import the model API (and torch) only when one of its names is asked for."""
+    if name in _LAZY:
+        from . import models
+
+        value = getattr(models, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'contentiqa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["DEFAULT_MODEL", "IQAModel", "Prediction", "__version__", "create_model", "list_models", "load_checkpoint"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .main import UsageError
 
+if TYPE_CHECKING:  # torch is imported where a model is loaded, not at CLI start-up (seconds)
+    import torch
 
-def resolve_device(spec: str) -> torch.device:
+
+def resolve_device(spec: str) -> "torch.device":
+    import torch
+
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):
@@ -26,7 +30,7 @@ def looks_like_checkpoint(spec: str) -> bool:
     return spec.endswith((".pt", ".pth")) or os.sep in spec or (os.altsep or "\0") in spec or Path(spec).is_file()
 
 
-def load_model(spec: str, device: torch.device | str = "cpu"):
+def load_model(spec: str, device: "torch.device | str" = "cpu"):
     """A model from a registered name (with its shipped weights) or a checkpoint path.
 
     Every failure a user can cause (unknown name, missing weights or checkpoint, a file that

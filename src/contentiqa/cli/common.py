@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .main import UsageError
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import: not at CLI start-up
+    import pandas as pd
 
 
 def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:

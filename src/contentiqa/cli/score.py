@@ -6,9 +6,11 @@ files with an image extension are taken; a file named explicitly is always attem
 input gets a row: one that cannot be scored (missing, not an image, truncated, too small, ...)
 gets an error instead of a score, and the rest of the batch goes on.
 
-Runtimes: PyTorch (default) or ONNX Runtime (--runtime onnx: the model is exported once to
-an ONNX file in the cache, ~/.cache/contentiqa/onnx, or taken from --onnx-model FILE, which
-needs no PyTorch weights at all). Many machines: --shard I/N scores a fixed 1/N of the inputs
+Runtimes: --runtime auto (default) runs ONNX Runtime on the CPU and PyTorch on a GPU
+(--device cuda); --runtime torch or onnx forces one. For ONNX Runtime the model is exported once
+to an ONNX file in the cache ($CONTENTIQA_CACHE_DIR, default ~/.cache/contentiqa; files under
+onnx/, named by a hash of the weights, rebuilt if damaged; a read-only cache falls back to the
+temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all. Many machines: --shard I/N scores a fixed 1/N of the inputs
 (by a hash of each file's absolute path), so N jobs, e.g. a SLURM array with
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
 write tables that concatenate to the whole, every input once.
@@ -82,9 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "noted in the row (default 2048, which bounds memory at about 2 GB; 0 = never: a 24 MP "
                         "photo then needs about 6 GB)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default=None,
-                   help="run the model in PyTorch (default) or ONNX Runtime (CPU; needs onnxruntime: "
-                        "pip install 'contentiqa[onnx]')")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
+                   help="auto (default): ONNX Runtime on the CPU (faster; the model is exported to the cache on "
+                        "first use, or PyTorch if it cannot be exported), PyTorch on a GPU. torch / onnx force one")
     p.add_argument("--onnx-model", metavar="FILE", default=None,
                    help="with --runtime onnx: this file from `contentiqa export` (default: export --model "
                         "to the cache on first use); its metadata give the preprocessing and scale")
@@ -270,7 +272,12 @@ def _validate(args: argparse.Namespace) -> str | None:
         args.runtime = "onnx"
         if not os.path.isfile(args.onnx_model):
             raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
-    args.runtime = args.runtime or "torch"
+    args.runtime = args.runtime or "auto"
+    if args.runtime == "auto":
+        # ONNX Runtime is the faster CPU runtime (benchmarks/results/speed.md); it runs on the
+        # CPU only, so another device means torch. A model that cannot be exported falls back
+        # to torch in _load_runtime.
+        args.runtime = "onnx_or_torch" if str(args.device) == "cpu" else "torch"
     if args.runtime == "onnx":
         if str(args.device) != "cpu":
             raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")
@@ -364,6 +371,26 @@ def _load_runtime(args: argparse.Namespace, device):
     from .. import DEFAULT_MODEL
     from ._model_loading import load_model
 
+    if args.runtime == "onnx_or_torch":  # --runtime auto on the CPU
+        from ..inference.onnx import OnnxExportError, OnnxUnavailableError, onnx_available, onnx_forward_for
+
+        spec = args.model or DEFAULT_MODEL
+        model = load_model(spec, device)
+        if onnx_available():
+            try:
+                forward, path = onnx_forward_for(model, threads=args.threads)
+            except (OnnxExportError, ValueError) as exc:
+                if not args.quiet:
+                    print(f"note: running in PyTorch, not ONNX Runtime ({exc})", file=sys.stderr)
+            else:
+                args.runtime = "onnx"
+                if not args.quiet:
+                    print(f"ONNX Runtime: {path}", file=sys.stderr)
+                return model, spec, forward
+        elif not args.quiet:
+            print("note: onnxruntime is not installed: running in PyTorch (slower on a CPU)", file=sys.stderr)
+        args.runtime = "torch"
+        return model, spec, None
     if args.runtime == "onnx":
         try:
             from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError, onnx_forward_for

@@ -29,7 +29,8 @@ per-image feature selection exports as ArgMax / Gather / TopK (contribution) or,
 Linear/ReLU heads, the written-out gradient (sensitivity); what cannot be exported raises
 :class:`OnnxExportError` saying why.
 
-``onnx`` and ``onnxruntime`` are optional: ``pip install 'contentiqa[onnx]'``.
+``onnx`` and ``onnxruntime`` are core dependencies (ONNX Runtime is the default CPU runtime of
+``contentiqa score``); this module still says what to install when an environment lacks them.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _require(module: str):
     except ImportError:
         raise OnnxUnavailableError(
             f"the '{module}' package is needed for ONNX export / the ONNX runtime but is not installed: "
-            "pip install 'contentiqa[onnx]'  (or: pip install onnx onnxruntime)"
+            "pip install onnx onnxruntime  (dependencies of contentiqa: reinstall it to get them)"
         ) from None
 
 
@@ -262,7 +263,7 @@ def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> fl
     return worst
 
 
-# -- the export cache (score --runtime onnx without --onnx-model) --------------------------------
+# -- the export cache (score --runtime onnx/auto without --onnx-model) --------------------------------
 def cache_dir() -> Path:
     """``$CONTENTIQA_CACHE_DIR`` or ``$XDG_CACHE_HOME/contentiqa`` (``~/.cache/contentiqa``)."""
     env = os.environ.get("CONTENTIQA_CACHE_DIR")
@@ -294,24 +295,70 @@ def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     return h.hexdigest()
 
 
-def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> tuple[Path, bool]:
-    """The ONNX file of ``model`` in the cache, exported on first use: ``(path, created)``.
-    Files are named by :func:`model_fingerprint`, so a changed checkpoint gets a new file."""
+FINGERPRINT_KEY = "contentiqa_fingerprint"
+"""Metadata key of a cached export: the :func:`model_fingerprint` it was made from. A cache
+entry is used only when it loads in ONNX Runtime and carries the expected fingerprint, so a
+truncated, corrupt or foreign file is rebuilt instead of failing (or scoring wrongly)."""
+
+
+def _fallback_cache_dir() -> Path:
+    """Where exports go when the cache folder cannot be written (a read-only home or install):
+    a per-user folder in the temporary directory."""
+    user = os.getuid() if os.name == "posix" else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"contentiqa-onnx-{user}"
+
+
+def _open_cached(path: Path, fingerprint: str, threads: int | None):
+    """A session on ``path`` when it is a complete export of ``fingerprint``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        session = make_session(path, threads=threads)
+    except ValueError:  # truncated / not ONNX: onnxruntime refuses to parse it
+        return None
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("contentiqa_format") != ONNX_FORMAT or meta.get(FINGERPRINT_KEY) != fingerprint:
+        return None
+    return session
+
+
+def cached_session(
+    model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None
+) -> tuple[Any, Path, bool]:
+    """An ONNX Runtime session for ``model`` from the export cache, exporting on first use:
+    ``(session, path, created)``. Files are named by :func:`model_fingerprint`, so a changed
+    checkpoint gets a new file; an entry that does not load or lacks the fingerprint is
+    rebuilt. A cache folder that cannot be written falls back to a per-user temp folder."""
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = str(model.model_name).replace(os.sep, "_")
-    filename = f"{name}-{model_fingerprint(model, opset)[:20]}.onnx"
-    fallback = Path(tempfile.gettempdir()) / "contentiqa-onnx"
-    for where in (folder, fallback):  # a read-only cache folder falls back to the temp folder
+    fingerprint = model_fingerprint(model, opset)
+    filename = f"{name}-{fingerprint[:20]}.onnx"
+    places = [folder, _fallback_cache_dir()]
+    for where in places:  # a usable entry anywhere first: no export at all
+        session = _open_cached(where / filename, fingerprint, threads)
+        if session is not None:
+            return session, where / filename, False
+    error: OSError | None = None
+    for where in places:
         path = where / filename
-        if path.is_file():
-            return path, False
         try:
-            export_onnx(model, path, opset=opset)
-            return path, True
-        except OSError:
-            if where == fallback:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+            export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: fingerprint})
+        except OSError as exc:  # read-only (or full) folder: try the next
+            error = exc
+            continue
+        session = _open_cached(path, fingerprint, threads)
+        if session is None:  # pragma: no cover - a fresh export that does not load is a bug
+            raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
+        return session, path, True
+    assert error is not None
+    raise error
+
+
+def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> tuple[Path, bool]:
+    """The ONNX file of ``model`` in the cache, exported on first use: ``(path, created)``
+    (see :func:`cached_session`)."""
+    _, path, created = cached_session(model, folder, opset, threads=1)
+    return path, created
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -444,8 +491,9 @@ def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None
     """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
     match the model's preprocessing and scale) or the export cache."""
     if onnx_path is None:
-        onnx_path, _ = cached_export(model)
-    session = make_session(onnx_path, threads=threads)
+        session, onnx_path, _ = cached_session(model, threads=threads)
+    else:
+        session = make_session(onnx_path, threads=threads)
     meta = dict(session.get_modelmeta().custom_metadata_map)
     check_matches(model, meta, str(onnx_path))
     return OnnxForward(session), Path(onnx_path)
