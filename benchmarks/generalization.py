@@ -189,7 +189,10 @@ def main() -> None:
                  "(ridge penalty from 10^-1..10^4 picked on the validation part; for clive-dev's IE-IQA splits, "
                  "which have none, on 10 % of the training part). Command: `python benchmarks/generalization.py "
                  f"--runs RUNS_DIR{'' if args.shipped is None else f' --shipped {args.shipped}'}` after the four "
-                 "`contentiqa experiment` commands in its docstring. This summary took "
+                 "`contentiqa experiment` commands in its docstring"
+                 + (f" (the shipped-weights table: an earlier `--shipped {shipped['n']}` run, kept in generalization.json)"
+                    if shipped and args.shipped is None else "")
+                 + ". This summary took "
                  f"{(time.time() - t0) / 60:.1f} min (cached features).\n")
     write_results("generalization", {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
 

@@ -43,7 +43,7 @@ def main() -> None:
     from contentiqa.experiments import load_config
     from contentiqa.experiments.runner import load_data
     from contentiqa.models import create_model
-    from contentiqa.models.registry import save_checkpoint
+    from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
     from contentiqa.training.trainer import Trainer
     from contentiqa.data import make_splits
@@ -108,7 +108,7 @@ def main() -> None:
     scale = best_model.scale
     card = f"""# Model card: `{run.model}.{args.tag}` ({name})
 
-- **What**: {best_model.__class__.__doc__.strip().splitlines()[0] if best_model.__class__.__doc__ else run.model}
+- **What**: {model_entry(run.model).description}
   Row "{run.name}" of `{args.config}`.
 - **Backbone**: frozen EfficientNet-Lite0 with ImageNet weights from the pip package (not stored here:
   rebuilt at load time); only the head was trained, on cached pooled features.

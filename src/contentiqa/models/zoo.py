@@ -13,7 +13,7 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     return model
 
 
-@register_model("iqa-cr", weights={"clive": "iqa-cr_clive.pt"})
+@register_model("iqa-cr", weights={"clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"})
 def iqa_cr(**kwargs) -> IQACR:
     """IQA-CR: multitask quality + content Transformer with sequential spatial-channel attention."""
     return _iqa_cr("full", "iqa-cr", **kwargs)
