@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/contentiqa score examples/images --output examples/scores.csv --sort
+	$(VENV)/bin/contentiqa score examples/images --output examples/scores.csv --sort --force
 
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile
