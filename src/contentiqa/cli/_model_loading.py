@@ -64,3 +64,22 @@ def load_model(spec: str, device: "torch.device | str" = "cpu"):
             + (f", or one of the models with shipped weights: {', '.join(shipped)}" if shipped else "")
             + "."
         ) from None
+
+
+def resolve_runtime(args, default: str) -> None:
+    """Settle ``--runtime`` / ``--onnx-model`` / ``--device`` into ``args.runtime``: 'torch',
+    'onnx', or 'onnx_or_torch' (``auto`` on the CPU: ONNX Runtime, torch when the model cannot
+    be exported). Shared by ``score`` and ``serve`` so both refuse the same combinations."""
+    if args.onnx_model is not None:
+        if args.runtime == "torch":
+            raise UsageError("--onnx-model runs in ONNX Runtime: drop --runtime torch (or use --runtime onnx)")
+        args.runtime = "onnx"
+        if not os.path.isfile(args.onnx_model):
+            raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
+    args.runtime = args.runtime or default
+    if args.runtime == "auto":
+        # ONNX Runtime is the faster CPU runtime (benchmarks/results/speed.md); it runs on the
+        # CPU only, so another device means torch.
+        args.runtime = "onnx_or_torch" if str(args.device) == "cpu" else "torch"
+    if args.runtime == "onnx" and str(args.device) != "cpu":
+        raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")

@@ -266,23 +266,11 @@ def _validate(args: argparse.Namespace) -> str | None:
             args.shard_spec = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(f"--shard: {exc}") from None
-    if args.onnx_model is not None:
-        if args.runtime == "torch":
-            raise UsageError("--onnx-model runs in ONNX Runtime: drop --runtime torch (or use --runtime onnx)")
-        args.runtime = "onnx"
-        if not os.path.isfile(args.onnx_model):
-            raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
-    args.runtime = args.runtime or "auto"
-    if args.runtime == "auto":
-        # ONNX Runtime is the faster CPU runtime (benchmarks/results/speed.md); it runs on the
-        # CPU only, so another device means torch. A model that cannot be exported falls back
-        # to torch in _load_runtime.
-        args.runtime = "onnx_or_torch" if str(args.device) == "cpu" else "torch"
-    if args.runtime == "onnx":
-        if str(args.device) != "cpu":
-            raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")
-        if args.explain and args.onnx_model is not None:
-            raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model instead of --onnx-model")
+    from ._model_loading import resolve_runtime
+
+    resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
+    if args.runtime == "onnx" and args.explain and args.onnx_model is not None:
+        raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model instead of --onnx-model")
     fmt = None
     if args.output:
         try:

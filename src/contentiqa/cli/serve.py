@@ -156,20 +156,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
                          "pip install 'contentiqa[serve]'") from None
     from .. import DEFAULT_MODEL
-    from ._model_loading import looks_like_checkpoint
+    from ._model_loading import looks_like_checkpoint, resolve_runtime
 
     cfg = _config(args)
     # Cheap checks before the server starts (the model itself loads in the background).
     args.quiet = False
-    if args.onnx_model is not None:
-        if args.runtime == "torch":
-            raise UsageError("--onnx-model runs in ONNX Runtime: drop --runtime torch (or use --runtime onnx)")
-        args.runtime = "onnx"
-        if not os.path.isfile(args.onnx_model):
-            raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
-    args.runtime = args.runtime or "torch"
-    if args.runtime == "onnx" and str(args.device) != "cpu":
-        raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")
+    resolve_runtime(args, "torch")
     spec = args.model or DEFAULT_MODEL
     if looks_like_checkpoint(spec) and not os.path.isfile(spec):
         raise UsageError(f"checkpoint {spec} does not exist")
