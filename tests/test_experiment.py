@@ -257,11 +257,13 @@ def test_shipped_configs_parse_and_name_what_they_need(monkeypatch, tmp_path):
     from contentiqa.experiments import experiment_missing, run_missing
 
     monkeypatch.setenv("CONTENTIQA_SHARED", str(tmp_path / "shared"))  # an empty shared folder
+    monkeypatch.setenv("CONTENTIQA_BIQ2021", str(tmp_path / "biq2021"))  # BIQ2021 lives outside shared
     monkeypatch.delenv("CONTENTIQA_WEIGHTS", raising=False)
     for p in shipped():
         cfg = load_config(p)
         missing = experiment_missing(cfg)
-        assert missing and all(str(tmp_path / "shared" / "data") in m for m in missing), p
+        assert missing and all(str(tmp_path / "shared" / "data") in m or str(tmp_path / "biq2021") in m
+                               for m in missing), p
     tasks = load_config(CONFIGS / "ie_iqa_koniq_tasks.yaml")
     assert tasks.test_labels() == ["KonIQ-10k", "SPAQ", "LIVEW", "CID2013", "BID"] and tasks.protocol == "ie-iqa"
     lacking = {r.name: run_missing(tasks, r) for r in tasks.runs}

@@ -191,7 +191,7 @@ def test_trainer_on_pooled_features_and_several_datasets(two_tables, tmp_path):
     train = pd.concat([a.iloc[:7], b.iloc[:7]], ignore_index=True)
     val = pd.concat([a.iloc[7:], b.iloc[7:]], ignore_index=True)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, patience=0, warmup_epochs=0.5, crop=None,
-                      cache_stages=model.feature_end, rank_weight=1.0)
+                      cache_stages=model.feature_end, rank_weight=1.0, cache_runtime="onnx")
     tr = Trainer(model, train, val, {"A": MOSScale(0, 100), "B": MOSScale(0, 1)}, cfg, tmp_path / "run",
                  progress=False, cache_dir=tmp_path / "cache", log=lambda *a: None)
     assert set(tr.train_ds.encodings[0]) == {"grid", "gap"} and tr.train_ds.encodings[0]["grid"].shape[0] == 1

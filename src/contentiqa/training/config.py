@@ -45,6 +45,10 @@ class TrainConfig:
     cache_stages: int = 0
     """Run the first N backbone stages once and cache their outputs (requires those stages
     frozen and BatchNorm statistics fixed): same gradients, a fraction of the CPU time."""
+    cache_runtime: str = "torch"
+    """What computes the cached frozen encodings: ``torch``, or ``onnx`` (ONNX Runtime on the CPU,
+    about twice as fast for a first pass over a large dataset; one graph per input shape, so
+    best for datasets of one or a few image sizes)."""
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"

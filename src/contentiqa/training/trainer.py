@@ -241,7 +241,7 @@ class Trainer:
         # With a cache folder, rank 0 computes and stores the encodings, the other ranks read them.
         with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
             enc = cached_encodings(model, list(self.train_table["image"]), k, train=not pooled, cache_dir=self.cache_dir,
-                                   progress=self.progress)
+                                   progress=self.progress, runtime=cfg.cache_runtime)
         cells = None
         if model.native_resolution and cfg.crop is not None and "x" in enc[0]:
             # Stride of the cached map, to express the pixel crop in feature cells.
@@ -256,7 +256,7 @@ class Trainer:
         if self.val_table is not None:  # each rank encodes the validation rows it validates
             images = list(self.val_table["image"])
             self.val_feats = cached_encodings(model, [images[i] for i in self.val_rows], k, train=False,
-                                              cache_dir=self.cache_dir, progress=self.progress)
+                                              cache_dir=self.cache_dir, progress=self.progress, runtime=cfg.cache_runtime)
 
     def _param_groups(self) -> list[dict]:
         groups_of_model = self.model.parameter_groups()
@@ -393,7 +393,8 @@ class Trainer:
                 self.model = model.to(self.device)
             self.val_table = table.reset_index(drop=True)
             self.val_feats = (cached_encodings(self.model, list(table["image"]), self.start_stage, train=False,
-                                               cache_dir=self.cache_dir, progress=self.progress)
+                                               cache_dir=self.cache_dir, progress=self.progress,
+                                               runtime=self.cfg.cache_runtime)
                               if self.start_stage else None)
             return self.validate()
         finally:
