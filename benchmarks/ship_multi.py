@@ -26,6 +26,29 @@ from common import ROOT, command_line, provenance
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 
 
+def _all_training_data(cfg):
+    """(train, val or None, scales, description) over every training set of ``cfg``: all of a
+    set's images train, except its own official test part and split seed 0's validation part."""
+    from contentiqa.data import make_splits
+    from contentiqa.experiments.runner import load_data
+
+    train_parts, val_parts, used, scales = [], [], [], {}
+    for spec in cfg.train_sets:
+        table, scale = load_data(spec, Path("runs") / "ship", progress=True)
+        scales[spec.label] = scale
+        if cfg.protocol_of(spec) == "official":
+            split = make_splits(table, "official", 0)
+            tr, va = split.indices(table, "train"), split.indices(table, "val")
+        else:  # random test parts: all images train (figures come from the experiment)
+            tr, va = np.arange(len(table)), np.array([], dtype=int)
+        train_parts.append(table.iloc[tr].assign(dataset=spec.label))
+        if len(va):
+            val_parts.append(table.iloc[va].assign(dataset=spec.label))
+        used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} for early stopping)" if len(va) else ""))
+    val = pd.concat(val_parts, ignore_index=True) if val_parts else None
+    return pd.concat(train_parts, ignore_index=True), val, scales, used
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", type=Path)
@@ -41,35 +64,16 @@ def main() -> None:
     import torch
 
     from contentiqa.experiments import load_config
-    from contentiqa.experiments.runner import load_data
     from contentiqa.models import create_model
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
     from contentiqa.training.trainer import Trainer
-    from contentiqa.data import make_splits
     from contentiqa.utils.io import atomic_write_text
 
     cfg = load_config(args.config)
     run = next((r for r in cfg.runs if r.name == args.row), None)
     if run is None:
         raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
-    train_parts, val_parts, used = [], [], []
-    scales = {}
-    for spec in cfg.train_sets:
-        table, scale = load_data(spec, Path("runs") / "ship", progress=True)
-        scales[spec.label] = scale
-        protocol = cfg.protocol_of(spec)
-        if protocol == "official":
-            split = make_splits(table, "official", 0)
-            tr, va = split.indices(table, "train"), split.indices(table, "val")
-        else:  # random test parts: all images train (figures come from the experiment)
-            tr, va = np.arange(len(table)), np.array([], dtype=int)
-        train_parts.append(table.iloc[tr].assign(dataset=spec.label))
-        if len(va):
-            val_parts.append(table.iloc[va].assign(dataset=spec.label))
-        used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} for early stopping)" if len(va) else ""))
-    train = pd.concat(train_parts, ignore_index=True)
-    val = pd.concat(val_parts, ignore_index=True) if val_parts else None
     t0 = time.time()
     if args.from_run is not None:
         from contentiqa.models import load_checkpoint
@@ -82,6 +86,7 @@ def main() -> None:
         used = [f"the training parts of split seed {seed} of `{args.config}` (the experiment's run "
                 f"{args.from_run.parent.name}/{args.from_run.name}; its test parts were held out)"]
     else:
+        train, val, scales, used = _all_training_data(cfg)
         torch.manual_seed(0)
         model = create_model(run.model, pretrained=False, **run.model_args)
         tcfg = TrainConfig.from_dict({**run.train, "seed": 0})

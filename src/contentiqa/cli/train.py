@@ -139,12 +139,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
                           cache_dir=out / "cache", log=log)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from ..utils.checkpoint_io import CheckpointReadError
-
-    try:
-        best = trainer.fit(resume=args.resume)
-    except CheckpointReadError as exc:  # only --resume reads a file here (last.pt)
-        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
+    best = _fit(trainer, args, out)
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
@@ -156,6 +151,17 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
     return 0
+
+
+def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
+    """``trainer.fit``, with a damaged ``last.pt`` under --resume (the only file it reads) as a
+    usage error naming what to do."""
+    from ..utils.checkpoint_io import CheckpointReadError
+
+    try:
+        return trainer.fit(resume=args.resume)
+    except CheckpointReadError as exc:
+        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
 
 
 def _label(args: argparse.Namespace) -> str:
@@ -175,7 +181,6 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     from ..training import distributed as dist_utils
     from ..training.evaluate import evaluate_model
     from ..training.trainer import Trainer
-    from ..utils.checkpoint_io import CheckpointReadError
     from ..utils.io import atomic_write_text
 
     if info.distributed:
@@ -209,10 +214,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
-    try:
-        best = trainer.fit(resume=args.resume)
-    except CheckpointReadError as exc:
-        raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
+    best = _fit(trainer, args, out)
     if val is not None:
         print(f"best epoch {best.get('epoch')}: mean val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
     else:

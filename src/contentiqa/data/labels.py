@@ -100,11 +100,10 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
-def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str | os.PathLike,
-                require_all: bool = False) -> pd.DataFrame:
+def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str | os.PathLike) -> pd.DataFrame:
     """``table`` (with a ``key`` column, or images under ``root``) with the labels of
-    ``labels_path`` joined on the dataset-relative key. Images without a label get none
-    (``require_all`` raises instead). Existing label columns of ``table`` are replaced."""
+    ``labels_path`` joined on the dataset-relative key. Images without a label get none.
+    Existing label columns of ``table`` are replaced."""
     labels_path = Path(labels_path)
     labels = read_labels(labels_path)
     keys = table["key"].tolist() if "key" in table else dataset_keys(table["image"], root)
@@ -121,12 +120,7 @@ def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str |
                           f"(dataset keys look like {keys[:1]}, the file's like {labels['key'].tolist()[:1]})")
     cols = [c for c in labels.columns if c != "key"]
     out = table.drop(columns=[c for c in cols if c in table]).assign(_key=keys)
-    out = out.merge(labels.rename(columns={"key": "_key"}), on="_key", how="left").drop(columns=["_key"])
-    if require_all:
-        lacking = int(out["category"].isna().sum())
-        if lacking:
-            raise LabelsError(f"label file {labels_path} lacks {lacking} of the {len(out)} images")
-    return out
+    return out.merge(labels.rename(columns={"key": "_key"}), on="_key", how="left").drop(columns=["_key"])
 
 
 def acceptable_sets(values: Iterable) -> list[set[str]]:

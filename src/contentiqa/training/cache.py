@@ -94,11 +94,13 @@ def _entry_name(file_key: str) -> str:
 def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
     """One cached encoding, or None when it is absent or unreadable (a torn write from a
     killed run is recomputed, never trusted)."""
+    from ..utils.checkpoint_io import CheckpointReadError, load_torch_file
+
     if not path.is_file():
         return None
     try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        entry = load_torch_file(path, "cached encoding")
+    except (CheckpointReadError, FileNotFoundError):
         return None
     return entry if isinstance(entry, dict) and all(isinstance(v, torch.Tensor) for v in entry.values()) else None
 
