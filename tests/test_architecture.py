@@ -65,9 +65,12 @@ def test_channel_heads_must_divide_the_positions():
 
 
 # -- SpatialChannelLayer -------------------------------------------------------------------------
+_LAYER_KW = dict(backbone_pretrained=False, variant="full", dim=8, heads=2, mlp_dim=16, grid=(2, 3), channel_heads=3,
+                 axial_dim=4, dropout=0.0)
+
+
 def _layer(variant: str, channel_attention: str = "tokens") -> SpatialChannelLayer:
-    cfg = IQACRConfig(backbone_pretrained=False, variant=variant, dim=8, heads=2, mlp_dim=16, grid=(2, 3),
-                      channel_heads=3, channel_attention=channel_attention, axial_dim=4, dropout=0.0)
+    cfg = IQACRConfig(**{**_LAYER_KW, "variant": variant, "channel_attention": channel_attention})
     torch.manual_seed(0)
     return SpatialChannelLayer(cfg, num_positions=6).eval()
 
@@ -98,6 +101,41 @@ def test_spatial_attention_is_computed_once_and_shared_by_both_branches():
         z_ch = z_sp + layer.channel(layer.norm_ch(z_sp))
         z_qa = z_ch + layer.mlp_qa(layer.norm_qa(z_ch))
     assert torch.allclose(out, z_cr + z_qa, atol=1e-6)
+
+
+@pytest.mark.parametrize("merge", ["sum", "shared-once", "mean"])
+def test_layer_merge_of_the_two_branches(merge):
+    """sum = Z_CR + Z_QA (Z_sp twice), shared-once = one copy of Z_sp plus both updates,
+    mean = half the sum; all three share every parameter, so one state dict serves each."""
+    ref = _layer("full")
+    layer = SpatialChannelLayer(IQACRConfig(**{**_LAYER_KW, "merge": merge}), num_positions=6).eval()
+    layer.load_state_dict(ref.state_dict())
+    z = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        z_sp = z + ref.spatial(ref.norm_sp(z))
+        total = ref(z)
+        expected = {"sum": total, "shared-once": total - z_sp, "mean": total / 2}[merge]
+        torch.testing.assert_close(layer(z), expected)
+
+
+def test_literal_sum_doubles_the_residual_stream_and_shared_once_does_not():
+    """The reason for the ablation (configs/iqa_cr_merge.yaml): with Z_sp counted twice the
+    stream's norm grows about 2x per layer."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 6, 8)
+    growth = {}
+    for merge in ("sum", "shared-once"):
+        layer = SpatialChannelLayer(IQACRConfig(**{**_LAYER_KW, "merge": merge}), num_positions=6).eval()
+        with torch.no_grad():
+            growth[merge] = float(layer(z).norm() / z.norm())
+    assert growth["sum"] > 1.6 and growth["shared-once"] < 1.4
+
+
+def test_merge_needs_two_branches():
+    with pytest.raises(ValueError, match="two branches"):
+        IQACRConfig(variant="q", merge="mean")
+    with pytest.raises(ValueError, match="merge must be one of"):
+        IQACRConfig(merge="concat")
 
 
 def test_attention_shapes_of_a_layer():
@@ -162,7 +200,8 @@ def test_stage_hooks_are_consistent(name):
     assert model.backbone_from_seed  # tiny models: random backbones (no shared encodings across seeds)
     assert 0 < model.feature_end <= len(model.stages) and list(model.levels) == sorted(model.levels)
     assert model.levels[-1] + 1 == model.feature_end
-    assert isinstance(model.gradcam_module(), torch.nn.Module)
+    mods = model.gradcam_modules()
+    assert mods and all(isinstance(m, torch.nn.Module) for m in mods) and len(mods) == len(model.levels)
     frozen = model.frozen_modules(2)
     assert frozen[:2] == list(model.stages[:2])
     assert all(isinstance(m, MultiHeadAttention) for m in model.attention_layers())
@@ -177,8 +216,8 @@ def test_base_model_declares_hooks_it_does_not_implement():
     assert m.attention_layers() == [] and m.token_grid is None and m.onnx_unsupported_reason() is None
     with pytest.raises(NotImplementedError):
         m.cache_encode(torch.zeros(1, 3, 8, 8), 1)
-    with pytest.raises(NotImplementedError, match="gradcam_module"):
-        m.gradcam_module()
+    with pytest.raises(NotImplementedError, match="gradcam_modules"):
+        m.gradcam_modules()
 
 
 # -- configurations refused rather than silently changed -------------------------------------------

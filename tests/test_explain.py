@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from contentiqa.cli.main import main
-from contentiqa.explain import attention_rollout, compute_gradcam, explain, received_attention
+from contentiqa.explain import attention_rollout, combine_levels, compute_gradcam, explain, received_attention
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: F401
 
 
@@ -52,20 +52,35 @@ def test_gradcam_depends_on_target(model, photo):
 
 
 def test_gradcam_matches_full_autograd(model, photo):
-    """The memory-saving forward (graph only after the feature map) gives plain Grad-CAM."""
+    """The memory-saving forward (graph only after the first feature map, every level
+    detached) gives per-level Grad-CAM of each level's direct path into the score, combined
+    on the finest grid with each level's total kept."""
     x = model.preprocess(Image.open(photo).convert("RGB"))[None]
-    got = compute_gradcam(model, x, targets=("quality",), relu=False).cams["quality"]
-    feats = {}
-    h = model.gradcam_module().register_forward_hook(lambda m, i, o: feats.setdefault("a", o))
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            (g,) = torch.autograd.grad(out["score"][0], feats["a"])
-    finally:
-        h.remove()
-    ref = (g[0].mean(dim=(1, 2))[:, None, None] * feats["a"][0]).sum(0).detach().numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    g = compute_gradcam(model, x, targets=("quality",), relu=False)
+    with torch.no_grad():
+        maps = model.features(x)
+    leaves = [m.detach().requires_grad_(True) for m in maps]
+    with torch.enable_grad():
+        out = model.head_outputs(model.encode(leaves))
+        grads = torch.autograd.grad(out["score"][0], leaves)
+    refs = [(gr[0].mean(dim=(1, 2))[:, None, None] * a[0]).sum(0).detach() for gr, a in zip(grads, leaves)]
+    assert len(g.level_cams["quality"]) == len(model.levels) >= 2
+    for got, ref in zip(g.level_cams["quality"], refs):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g.cams["quality"], combine_levels(refs).numpy(), rtol=1e-4, atol=1e-6)
+    assert g.cams["quality"].shape == tuple(maps[0].shape[-2:])  # the finest (shallowest) grid
+    assert sum(g.level_shares["quality"]) == pytest.approx(1.0)
+    assert sum(s > 0.01 for s in g.level_shares["quality"]) >= 2  # more than the deepest level speaks
     assert torch.is_grad_enabled()  # grad mode restored
+
+
+def test_combine_levels_keeps_each_levels_total():
+    fine = torch.rand(8, 12)
+    coarse = torch.rand(2, 3)
+    both = combine_levels([fine, coarse])
+    assert both.shape == (8, 12)
+    assert float(both.sum()) == pytest.approx(float(fine.sum() + coarse.sum()), rel=1e-5)
+    np.testing.assert_allclose(combine_levels([fine]).numpy(), fine.numpy())
 
 
 def test_explain_leaves_model_as_it_was(model, photo):
@@ -76,8 +91,8 @@ def test_explain_leaves_model_as_it_was(model, photo):
     model.eval()
 
 
-def test_gradcam_module_is_the_feature_stage(model):
-    assert model.gradcam_module() is model.stages[model.feature_end - 1]
+def test_gradcam_modules_are_the_feature_levels(model):
+    assert model.gradcam_modules() == [model.stages[i] for i in model.levels]
 
 
 def test_attention_rollout_by_hand():

@@ -293,10 +293,12 @@ def test_distortion_only_baseline():
     assert {"ie-iqa", "ie-iqa-distortion"} <= set(list_models())
 
 
-def test_gradcam_module_outputs_the_last_feature_map():
+def test_gradcam_modules_end_with_the_last_feature_map():
     model = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4))
     seen = {}
-    mod = model.gradcam_module()
+    mods = model.gradcam_modules()
+    assert len(mods) == len(model.levels)  # every pooled level of the distortion CNN
+    mod = mods[-1]
     h1 = mod.register_forward_hook(lambda m, i, o: seen.__setitem__("act", o))
     h2 = mod.register_full_backward_hook(lambda m, gi, go: seen.__setitem__("grad", go[0]))
     x = torch.randn(1, 3, 64, 64)

@@ -2,7 +2,7 @@
 
 Writes a PNG with the image, the quality heatmap overlay and (for models with a content head)
 the category heatmap overlay side by side, titled with the score and category. Heatmaps:
-Grad-CAM on the base CNN feature map, fused (elementwise product of the normalised maps) with
+Grad-CAM over every CNN feature level the score uses (combined on the finest grid), fused (elementwise product of the normalised maps) with
 the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--map gradcam``
 shows plain Grad-CAM. The model sees the image at native resolution; images above
 --max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),

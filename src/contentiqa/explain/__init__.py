@@ -1,4 +1,4 @@
-"""Where a model looked: Grad-CAM on the base CNN, attention rollout over the Transformer's
+"""Where a model looked: Grad-CAM over every CNN level the score uses, attention rollout over the Transformer's
 spatial attention, and their fusion (IQA-CR Fig. 2).
 
     >>> from contentiqa.explain import explain
@@ -8,7 +8,7 @@ spatial attention, and their fusion (IQA-CR Fig. 2).
 """
 from .attention import attention_rollout, keep_attention, normalize_map, received_attention, spatial_attention_grid
 from .explanation import DEFAULT_EXPLAIN_MAX_PIXELS, Explanation, explain, overlay_heatmap, save_explanation_figure
-from .gradcam import GradCAMOutput, compute_gradcam, gradcam_module
+from .gradcam import GradCAMOutput, combine_levels, compute_gradcam, gradcam_modules
 
 __all__ = [
     "DEFAULT_EXPLAIN_MAX_PIXELS",
@@ -17,7 +17,8 @@ __all__ = [
     "attention_rollout",
     "compute_gradcam",
     "explain",
-    "gradcam_module",
+    "gradcam_modules",
+    "combine_levels",
     "keep_attention",
     "normalize_map",
     "overlay_heatmap",

@@ -2,7 +2,7 @@
 
 Maps (all float32 numpy arrays of the image's size, H x W, min-max normalised to [0, 1]):
 
-- ``quality_cam``: Grad-CAM of the quality output on the base CNN feature map;
+- ``quality_cam``: Grad-CAM of the quality output over every CNN level the score uses;
 - ``category_cam``: Grad-CAM of the explained category's logit (the predicted one unless
   ``category=`` says otherwise); None for a model without a content head;
 - ``attention``: attention rollout over the Transformer's spatial self-attention layers

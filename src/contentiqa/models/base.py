@@ -183,7 +183,7 @@ class IQAModel(nn.Module):
       :attr:`feature_end`, :meth:`freeze_stages`, :meth:`frozen_modules`, :meth:`cache_tag`,
       :meth:`cache_views`, :meth:`cache_encode`, :meth:`forward_cached`
       (:attr:`supports_stage_cache` says whether they are filled in);
-    - explanations: :meth:`gradcam_module`, :meth:`attention_layers`, :attr:`token_grid`;
+    - explanations: :meth:`gradcam_modules`, :meth:`attention_layers`, :attr:`token_grid`;
     - export: :attr:`fixed_input_size`, :meth:`onnx_unsupported_reason`.
     """
 
@@ -325,11 +325,13 @@ class IQAModel(nn.Module):
         raise self._no_cache()
 
     # -- explanations ----------------------------------------------------------------------
-    def gradcam_module(self) -> nn.Module:
-        """The module whose output is the CNN feature map Grad-CAM weighs."""
+    def gradcam_modules(self) -> list[nn.Module]:
+        """Every module whose output is a CNN feature map (B x C x h x w) the outputs depend
+        on, shallow to deep: Grad-CAM weighs each, so a heatmap reflects every level the score
+        uses, not only the deepest."""
         raise NotImplementedError(
-            f"{type(self).__name__} does not say where its CNN feature map is: it needs a "
-            "gradcam_module() method returning the module whose output is that map"
+            f"{type(self).__name__} does not say where its CNN feature maps are: it needs a "
+            "gradcam_modules() method returning the modules whose outputs are those maps"
         )
 
     def attention_layers(self) -> list[nn.Module]:

@@ -363,9 +363,11 @@ class IEIQA(IQAModel):
             return {"score": self.regress(inputs["g"], f_sel)}
         return self(inputs["x"], cached_intelligibility=f_sel, start_stage=start_stage)
 
-    def gradcam_module(self) -> nn.Module:
-        """The module whose output is the distortion backbone's last feature map."""
-        return self.distortion_tap
+    def gradcam_modules(self) -> list[nn.Module]:
+        """The distortion backbone's pooled levels, shallow to deep (the deepest through its
+        tap). The intelligibility branch is frozen and enters the score as a selected global
+        feature vector computed without gradients, so it has no map here."""
+        return [self.stages[i] for i in self.levels[:-1]] + [self.distortion_tap]
 
     # -- the two branches --------------------------------------------------------------------
     def distortion_features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:

@@ -13,7 +13,15 @@ One encoder layer, as implemented here (numbers are the paper's equations)::
     Z_CR = Z_sp + MLP_CR(LN(Z_sp))          # Eq. 5 with MLP_CR: the content encoding
     Z_ch = Z_sp + ChannelMHA(LN(Z_sp))      # Eq. 7: channel attention, quality only
     Z_QA = Z_ch + MLP_QA(LN(Z_ch))          # Eq. 5 with MLP_QA: the quality encoding
-    Z'   = Z_CR + Z_QA                      # summed, fed to the next layer
+    Z'   = Z_CR + Z_QA                      # summed, fed to the next layer (merge="sum")
+
+Read literally, that sum counts the shared encoding ``Z_sp`` twice (both Z_CR and Z_QA are
+residual on it), so in the full model the residual stream roughly doubles per layer while the
+-Q/-C variants, with one branch, do not. ``IQACRConfig.merge`` chooses: ``"sum"`` (the literal
+reading, what the shipped checkpoints use), ``"shared-once"`` (``Z_sp + dCR + dQA``: each
+branch adds its own update to one copy of the stream, as in a standard residual network) or
+``"mean"`` (``(Z_CR + Z_QA) / 2``). The measured ablation (configs/iqa_cr_merge.yaml,
+benchmarks/results/iqa_cr_merge.md) decides the default; see ``IQACRConfig.merge``.
 
 What a "channel token" is (Eq. 7) is ambiguous in the text. Two readings are implemented:
 
@@ -61,6 +69,7 @@ from .base import IQA_CR_CATEGORIES, IQAModel, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
 VARIANTS = ("full", "q", "c", "mtl-transformer", "mtl-pooled")
+MERGES = ("sum", "shared-once", "mean")
 
 
 @dataclass
@@ -90,6 +99,10 @@ class IQACRConfig:
     channel_heads: int = 4
     axial_dim: int = 8
     variant: str = "full"
+    merge: str = "sum"
+    """How the full model's layer combines its two branches (module docstring): ``sum`` =
+    Z_CR + Z_QA literally (Z_sp counted twice), ``shared-once`` = Z_sp + both branch updates,
+    ``mean`` = (Z_CR + Z_QA) / 2. Only the full variant has two branches."""
     num_categories: int | None = None
     """Outputs of the content head; None = ``len(categories)``. Given, it must equal it (a
     mismatch is an error, never silently corrected)."""
@@ -99,6 +112,10 @@ class IQACRConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, not {self.merge!r}")
+        if self.merge != "sum" and self.variant != "full":
+            raise ValueError(f"merge={self.merge!r} needs two branches: only the full variant has them, not {self.variant!r}")
         if self.channel_attention not in ("tokens", "axial"):
             raise ValueError("channel_attention must be 'tokens' or 'axial'")
         self.grid = tuple(self.grid)  # type: ignore[assignment]
@@ -182,6 +199,7 @@ class SpatialChannelLayer(nn.Module):
         d = cfg.dim
         self.use_cr = cfg.variant in ("full", "c")
         self.use_qa = cfg.variant in ("full", "q")
+        self.merge = cfg.merge if (self.use_cr and self.use_qa) else "sum"  # one branch: nothing to merge
         self.norm_sp = nn.LayerNorm(d)
         if cfg.channel_attention == "axial":
             self.spatial = AxialAttention(cfg.axial_dim, cfg.heads, cfg.dropout, axis="spatial")
@@ -202,12 +220,19 @@ class SpatialChannelLayer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z_sp = z + self.spatial(self.norm_sp(z))
+        copies = 0  # how many copies of z_sp the branch outputs below carry
         out = 0
         if self.use_cr:
             out = out + z_sp + self.mlp_cr(self.norm_cr(z_sp))
+            copies += 1
         if self.use_qa:
             z_ch = z_sp + self.channel(self.norm_ch(z_sp))
             out = out + z_ch + self.mlp_qa(self.norm_qa(z_ch))
+            copies += 1
+        if self.merge == "shared-once":
+            return out - (copies - 1) * z_sp
+        if self.merge == "mean":
+            return out / copies
         return out
 
     def attention_modules(self) -> list[MultiHeadAttention]:
@@ -396,9 +421,9 @@ class IQACR(IQAModel):
     def attention_layers(self) -> list[MultiHeadAttention]:
         return [m for layer in self.layers for m in layer.attention_modules()]
 
-    def gradcam_module(self) -> nn.Module:
-        """The module whose output is the base CNN feature map (for Grad-CAM)."""
-        return self.stages[self.feature_end - 1]
+    def gradcam_modules(self) -> list[nn.Module]:
+        """The backbone stages whose maps feed the bottleneck (every level, shallow to deep)."""
+        return [self.stages[i] for i in self.levels]
 
 
 def build_iqa_cr(variant: str = "full", categories: Sequence[str] | None = None, **kwargs) -> IQACR:
