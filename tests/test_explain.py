@@ -138,6 +138,7 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "score" in printed
+    assert "quality evidence by CNN level, shallow to deep:" in printed
     im = Image.open(out)
     assert im.format == "PNG" and im.size[0] > im.size[1]  # panels side by side
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "q.png"), "--target", "quality"]) == 0

@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         print(f"{image}: {exp.title()}")
+        for target, shares in exp.level_shares.items():
+            print(f"  {target} evidence by CNN level, shallow to deep: {' / '.join(f'{v:.2f}' for v in shares)}")
         for note in exp.notes:
             print(f"  note: {note}")
         print(f"  wrote {os.fspath(out)}")

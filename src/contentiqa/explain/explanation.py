@@ -65,6 +65,9 @@ class Explanation:
     explained_size: tuple[int, int] = (0, 0)
     path: str | None = None
     notes: list[str] = field(default_factory=list)
+    level_shares: dict[str, list[float]] = field(default_factory=dict)
+    """target ('quality', 'category') -> each CNN level's share of the Grad-CAM evidence,
+    shallow to deep (see :func:`contentiqa.explain.compute_gradcam`)."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -238,6 +241,7 @@ def explain(
         score_range=(float(scale[0]), float(scale[1])),
         higher_is_better=score_higher_is_better(model),
         model_name=str(model.model_name),
+        level_shares=dict(g.level_shares),
         explained_size=work.size,
         path=path,
         notes=notes,
