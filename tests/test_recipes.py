@@ -85,6 +85,17 @@ def test_ie_iqa_defaults_are_the_shipped_ones_and_the_paper_is_explicit():
                         bn_eval=True).cfg.bn_eval is True
 
 
+def test_a_tags_recipe_is_read_from_its_checkpoint():
+    from contentiqa.models.recipes import IE_IQA_PAPER_RECIPE
+
+    # ie-iqa.clive was trained with the paper's SGD recipe (MSE written as 'mse')
+    assert model_recipe("ie-iqa.clive").train_args() == {**IE_IQA_PAPER_RECIPE.train_args(), "score_loss": "mse"}
+    assert model_recipe("iqa-cr.clive").category_weight == 0.05  # the sweep's shipped recipe
+    assert model_recipe("ie-iqa.clive-biq2021") is model_recipe("ie-iqa")  # the default tag: the entry's
+    with pytest.raises(ValueError, match="no weights tagged"):
+        model_recipe("ie-iqa.nope")
+
+
 def test_pretrained_loads_the_stored_architecture_not_the_defaults():
     m = create_model("iqa-cr.clive")  # a wider tag than the entry's default architecture
     assert m.cfg.dim == 128 and model_entry("iqa-cr").defaults.get("dim", 64) == 64

@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_split_args(p)
     p.add_argument("--config", default=None, help="YAML file with model, model_args and train sections")
     p.add_argument("--recipe", default=None, metavar="NAME|none",
-                   help="training recipe to start from: a registered model's (default: --model's own), or "
-                        "'none' for the plain TrainConfig defaults")
+                   help="training recipe to start from: a registered model's (default: --model's own), a "
+                        "shipped NAME.TAG's (how that tag was trained, e.g. ie-iqa.clive), or 'none' for the "
+                        "plain TrainConfig defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--epochs", type=int, default=None)

@@ -100,11 +100,32 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def model_recipe(name: str) -> TrainRecipe:
-    """The training recipe of ``name`` (a registered name; a ``name.tag`` gives its entry's)."""
-    entry = model_entry(name)
+    """The training recipe of ``name``: a bare name's is its entry's (how the default tag was
+    trained); a ``name.tag`` of another shipped tag gives how that tag was trained, read from
+    its checkpoint's ``extra.train_config`` (e.g. ``ie-iqa.clive``: the paper's SGD recipe)."""
+    entry, tag = resolve_tag(name) if split_name(name)[1] is not None else (model_entry(name), None)
+    if tag is not None and tag != entry.default_tag:
+        return _tag_recipe(entry, tag)
     if entry.recipe is None:
         raise ValueError(f"model '{entry.name}' has no training recipe; give the training settings explicitly")
     return entry.recipe
+
+
+def _tag_recipe(entry: ModelEntry, tag: str) -> TrainRecipe:
+    from ..utils.checkpoint_io import load_torch_file
+
+    path = shipped_weights_path(entry.name, tag)
+    if path is None:
+        raise ValueError(f"'{entry.name}.{tag}' has no weights in this install to read its recipe from")
+    payload = load_torch_file(path, "checkpoint")
+    stored = (payload.get("extra") or {}).get("train_config") if isinstance(payload, dict) else None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} does not record how it was trained (no extra.train_config)")
+    values = {k: stored[k] for k in TrainRecipe.field_names() if k in stored}
+    try:
+        return TrainRecipe(source=f"{entry.name}.{tag}: extra.train_config of {path.name}", **values)
+    except TypeError as exc:
+        raise ValueError(f"{path}: its extra.train_config is not a complete recipe ({exc})") from None
 
 
 def resolve_tag(name: str, tag: str | None = None) -> tuple[ModelEntry, str | None]:
