@@ -63,19 +63,53 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return _md(header, rows)
 
 
-def format_row_table(rows: list[tuple[str, str]], model: str, out_name: str, title: str, first_col: str, note: str) -> str:
-    """Collect one model's summary from several results files into one comparison table."""
+def floor_note() -> str:
+    """The floor (benchmarks/floor.py: frozen Lite0 features + ridge) as a line under a table."""
+    path = RESULTS / "floor.json"
+    if not path.is_file():
+        return ""
     from contentiqa.metrics import format_mean_std
 
-    table = []
-    for label, stem in rows:
-        path = RESULTS / f"{stem}.json"
-        if not path.is_file():
-            continue
-        res = json.loads(path.read_text())["results"][model]
-        f = format_mean_std(res["summary"])
-        table.append([label, str(len(res["runs"])), f.get("plcc", "–"), f.get("srocc", "–"), f.get("rmse", "–"),
-                      f.get("accuracy", "–")])
-    md = title + md_table([first_col, "splits", "PLCC", "SROCC", "RMSE (0-100)", "content acc. (pseudo-labels)"], table) + note
-    write_results(out_name, {"rows": [r[0] for r in rows], "table": table}, md)
-    return md
+    floor = json.loads(path.read_text())
+    f = format_mean_std(floor["summary"])
+    return (f"Floor for reference (benchmarks/results/floor.md: frozen lite0 GAP + ridge, IQA-CR splits, "
+            f"{floor['summary']['srocc']['n']} seeds): PLCC {f['plcc']}, SROCC {f['srocc']}, RMSE {f['rmse']}.\n")
+
+
+def run_config_benchmark(default_config: Path, default_results: str, doc: str, argv: list[str] | None = None) -> int:
+    """A benchmark that trains models is an experiment config run by the package's runner (the
+    code path of ``contentiqa experiment``): run it (finished splits are read back, an
+    interrupted one resumes), copy its results table and JSON to benchmarks/results/NAME.{md,json}
+    with the floor for reference, and optionally ship one row (benchmarks/ship.py)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", type=Path, default=default_config, help=f"experiment config (default {default_config})")
+    ap.add_argument("--results", default=default_results, help="results file stem under benchmarks/results")
+    ap.add_argument("--out", type=Path, default=None, help="the experiment's folder (default benchmarks/runs/<config name>)")
+    ap.add_argument("--only", action="append", default=None, metavar="ROW", help="train only this row (repeatable)")
+    ap.add_argument("--device", default=None, help="torch device for every run (cpu, cuda)")
+    ap.add_argument("--ship", default=None, metavar="ROW", help="then train ROW on all the data and ship it")
+    ap.add_argument("--tag", default="clive", help="weights tag of --ship (default clive)")
+    ap.add_argument("--weights-dir", type=Path, default=None, help="where --ship writes (default: the package's weights)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    from contentiqa.experiments import load_config, run_experiment
+    from contentiqa.experiments.runner import default_out_dir
+
+    cfg = load_config(args.config)
+    out = args.out or ROOT / "benchmarks" / "runs" / default_out_dir(cfg).name
+    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.only)
+    if not result.ran:
+        print("benchmark skipped: " + "; ".join(result.skipped), file=sys.stderr)
+        return 1
+    payload = json.loads((out / "results.json").read_text())
+    md = result.markdown + "\n" + floor_note() + f"\nCommand: `{command_line()}`\n"
+    write_results(args.results, {**payload, "experiment_dir": str(out)}, md)
+    if args.ship:
+        from ship import WEIGHTS, ship_row
+
+        ship_row(args.config, args.ship, args.tag, results=RESULTS / f"{args.results}.json",
+                 weights_dir=args.weights_dir or WEIGHTS, work_dir=out / "ship" / args.tag)
+    return 0

@@ -1,80 +1,154 @@
-"""Train a model on all of clive-dev and ship it inside the package, with a model card.
+"""Train one row of an experiment config on all its training data and ship it as a weights tag
+inside the package (src/contentiqa/weights/<model>_<tag>.pt), with a model card.
 
-All images but the first split's validation part (10 %, kept for early stopping) train the
-shipped model; its benchmark figures come from the held-out test parts of the seeded splits
-(benchmarks/results/<model>.md), not from this run, which has no test part.
+    python benchmarks/ship.py configs/clive_iqa_cr.yaml --row "IQA-CR, content loss 0.05, D=128" --tag clive \\
+        [--results benchmarks/results/iqa_cr.json] [--from-run RUN_DIR] [--weights-dir DIR]
+    CONTENTIQA_BIQ2021=/path/to/BIQ2021 python benchmarks/ship.py configs/multi_clive_biq2021.yaml \\
+        --row "IE-IQA, normalised + ranking" --tag clive-biq2021
+
+The row's model, model arguments and training settings are the config's (the same code path as
+``contentiqa experiment``: :func:`contentiqa.experiments.runner.load_data` for data and labels,
+joined by dataset-relative key). Which images train: every image of each training set, except
+its split seed 0's validation part (kept for early stopping: the IQA-CR protocol's 10 %, an
+official split's validation share) and an official split's own test part. Protocols without a
+validation part (IE-IQA's 80/20) train on all images for the configured epochs. The figures on
+the model card come from the experiment's held-out test parts (``--results``: its results.json
+or a benchmark's results file), not from this run, which has no test part.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
-from common import CACHE, ROOT, command_line, provenance
+import numpy as np
+
+from common import ROOT, command_line, provenance
 
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 
 
-def ship_model(name: str, table, scale, split, train_kw: dict, model_kw: dict, results: dict, bench_md: str,
-               weights_name: str | None = None, val_part: str = "val") -> Path:
-    import numpy as np
+def shipping_data(cfg, out: Path):
+    """(train, val or None, scales, description) over every training set of ``cfg``."""
+    import pandas as pd
 
+    from contentiqa.data import make_splits
+    from contentiqa.experiments.runner import load_data
+
+    train_parts, val_parts, used, scales = [], [], [], {}
+    several = len(cfg.train_sets) > 1
+    for spec in cfg.train_sets:
+        table, scale = load_data(spec, out, progress=True)
+        scales[spec.label] = scale
+        protocol = cfg.protocol_of(spec)
+        split = make_splits(table, protocol, 0)
+        va = split.indices(table, "val") if split.parts.get("val") else np.array([], dtype=int)
+        held = set(va.tolist()) | (set(split.indices(table, "test").tolist()) if protocol == "official" else set())
+        tr = np.array([i for i in range(len(table)) if i not in held], dtype=int)
+        train_parts.append(table.iloc[tr].assign(dataset=spec.label) if several else table.iloc[tr])
+        if len(va):
+            val_parts.append(table.iloc[va].assign(dataset=spec.label) if several else table.iloc[va])
+        used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} held out for early stopping)" if len(va) else ""))
+    val = pd.concat(val_parts, ignore_index=True) if val_parts else None
+    return pd.concat(train_parts, ignore_index=True), val, scales, used
+
+
+def figures_from(results: Path | None, row: str) -> str:
+    """The row's held-out test figures from an experiment's results.json (or a benchmark's copy)."""
+    if results is None or not results.is_file():
+        return "see the experiment's table"
+    res = json.loads(results.read_text()).get("runs", {}).get(row, {})
+    return "; ".join(
+        f"{label}: " + ", ".join(f"{k.upper()} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in s.items()
+                                 if k in ("plcc", "srocc", "accuracy", "acceptable"))
+        for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
+
+
+def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
+             from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None) -> Path:
+    """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path."""
+    import torch
+
+    from contentiqa.experiments import load_config
     from contentiqa.models import create_model
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
     from contentiqa.training.trainer import Trainer
     from contentiqa.utils.io import atomic_write_text
 
-    val_idx = split.indices(table, val_part) if val_part else np.array([], dtype=int)
-    train_idx = np.setdiff1d(np.arange(len(table)), val_idx)
-    out = ROOT / "benchmarks" / "runs" / f"ship_{name}"
-    import torch
-
-    torch.manual_seed(0)  # model initialisation, repeatable per seed
-    model = create_model(name, pretrained=False, **model_kw)
-    cfg = TrainConfig(seed=0, **train_kw)
+    cfg = load_config(config)
+    run = next((r for r in cfg.runs if r.name == row), None)
+    if run is None:
+        raise SystemExit(f"{config}: no row {row!r}; rows: {[r.name for r in cfg.runs]}")
     t0 = time.time()
-    trainer = Trainer(model, table.iloc[train_idx], table.iloc[val_idx] if len(val_idx) else None, scale, cfg, out,
-                      progress=False, cache_dir=CACHE)
-    best = trainer.fit(resume=True)
-    best_model = trainer.load_best()
-    weights_name = weights_name or model_entry(name).weights
-    path = WEIGHTS / weights_name
+    work = work_dir or ROOT / "benchmarks" / "runs" / f"ship_{run.model}_{tag}"
+    if from_run is not None:
+        from contentiqa.models import load_checkpoint
+
+        best_model = load_checkpoint(from_run / "best.pt")
+        history = [json.loads(line) for line in (from_run / "metrics.jsonl").read_text().splitlines()]
+        best = max(history, key=lambda r: r.get("val_srocc", float("-inf")))
+        tcfg = TrainConfig.from_dict(json.loads((from_run / "config.json").read_text())["train_config"])
+        seed = from_run.name.removeprefix("seed")
+        used = [f"the training parts of split seed {seed} of `{config}` (the experiment's run "
+                f"{from_run.parent.name}/{from_run.name}; its test parts were held out)"]
+    else:
+        train, val, scales, used = shipping_data(cfg, work)
+        torch.manual_seed(0)
+        model = create_model(run.model, pretrained=False, **run.model_args)
+        tcfg = TrainConfig.from_dict({**run.train, "seed": 0})
+        trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())), tcfg, work,
+                          progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
+        best = trainer.fit(resume=True)
+        best_model = trainer.load_best() if val is not None else trainer.model
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{run.model}_{tag}.pt"
+    path = weights_dir / name
     save_checkpoint(best_model, path, omit_pretrained_backbone=True, extra={
-        "trained_on": f"clive-dev ({len(train_idx)} images; {len(val_idx)} held out for early stopping)",
-        "train_config": cfg.to_dict(), "best_epoch": best.get("epoch"), "val_srocc": best.get("val_srocc"),
-        "provenance": provenance(),
+        "trained_on": "; ".join(used), "tag": tag, "train_config": tcfg.to_dict(), "best_epoch": best.get("epoch"),
+        "val_srocc": best.get("val_srocc"), "provenance": provenance(),
     })
-    size_mb = path.stat().st_size / 1e6
-    summary = results.get(name, {}).get("summary", {})
-    figures = ", ".join(f"{k.upper()} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items())
+    seconds = time.time() - t0
     prov = provenance()
-    machine = prov["machine"] + (f", {prov['gpu']}" if prov.get("gpu") else "")
-    protocol = "IQA-CR" if name.startswith("iqa-cr") else "IE-IQA"
-    content = ("- **Content labels**: pseudo-labels from `contentiqa label-content` (ImageNet classifier -> ten IQA-CR\n"
-               "  categories); no human content labels exist for CLIVE.\n") if model.categories else ""
-    card = f"""# Model card: `{name}` ({weights_name})
+    scale = best_model.scale
+    frozen_all = tcfg.cache_stages >= best_model.feature_end > 0
+    backbone = ("frozen, with ImageNet weights from the pip package (not stored here: rebuilt at load time); only "
+                "the head was trained, on cached pooled features" if frozen_all else
+                f"ImageNet weights from the pip package, first {tcfg.cache_stages} stages frozen (cached, not stored "
+                f"here), the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate")
+    several = len(cfg.train_sets) > 1
+    card = f"""# Model card: `{run.model}.{tag}` ({name})
 
-- **What**: {model_entry(name).description}
-- **Backbone**: {model.cfg.to_dict().get('backbone') or model.cfg.to_dict().get('distortion_backbone')} with ImageNet weights from
-  the pip package (the frozen, unchanged part is not stored here: it is rebuilt from the package at load time).
-- **Trained on**: LIVE In the Wild Image Quality Challenge, the 878-photo `clive-dev` copy; {len(train_idx)}
-  images for training{f", {len(val_idx)} held out for early stopping (best epoch {best.get('epoch')}, validation SROCC {best.get('val_srocc', float('nan')):.3f})" if len(val_idx) else f" for {cfg.epochs} epochs (the protocol has no validation part)"}.
-  Scores are on CLIVE's MOS scale, 0-100, higher is better.
-{content}- **Measured** (held-out test parts of the seeded {protocol}-protocol splits, same recipe, not this run):
-  {figures or 'see benchmarks/results'}.
-- **Training configuration**: `{json.dumps(cfg.to_dict())}`; model arguments `{json.dumps(model_kw)}`.
-- **Reproduce**: `{command_line()}` (training time here
-  {time.time() - t0:.0f} s on {machine}).
-- **Size**: {size_mb:.1f} MB.
-- **Caveats**: 878 training photos, mostly 500x500 phone/camera pictures with authentic distortions; scores
-  on very different images (other resolutions, screenshots, synthetic distortions) extrapolate. Use it as a
-  ranking signal first.
-
-## Benchmark table
-
-{bench_md}
+- **What**: {model_entry(run.model).description}
+  Row "{run.name}" of `{config}`.
+- **Backbone**: {backbone}.
+- **Trained on**: {'; '.join(used)}.{' Several datasets at once: each dataset' + "'" + 's MOS mapped linearly onto [0, 1] by its own range' + (', plus a fidelity ranking loss on pairs within one dataset' if tcfg.rank_weight else '') + '.' if several else ''}
+- **Scores**: on {'the first dataset' + "'" + 's' if several else 'its'} MOS scale, {scale.low:g}-{scale.high:g}, higher is better.
+{f"- **Content categories**: {', '.join(best_model.categories)}." + chr(10) if best_model.categories else ''}- **Measured** (held-out test parts of the experiment's splits, same recipe, not this run): {figures_from(results, run.name)}.
+- **Training configuration**: `{json.dumps(tcfg.to_dict())}`; model arguments `{json.dumps(run.model_args)}`.
+- **Reproduce**: `{command_line()}` ({seconds / 60:.1f} min on {prov['machine']}{', ' + prov['gpu'] if prov.get('gpu') else ''}).
+- **Size**: {path.stat().st_size / 1e6:.1f} MB.
 """
-    atomic_write_text(WEIGHTS / (Path(weights_name).stem + ".md"), card)
-    print(f"shipped {path} ({size_mb:.1f} MB)")
+    atomic_write_text(weights_dir / f"{run.model}_{tag}.md", card)
+    print(card)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--row", required=True, help="the config's row to train")
+    ap.add_argument("--tag", required=True, help="weights tag, e.g. clive-biq2021 -> <model>_clive-biq2021.pt")
+    ap.add_argument("--results", type=Path, default=None, help="the experiment's results.json (figures for the card)")
+    ap.add_argument("--cache", default=None, help="frozen-encoding cache (default: the config's cache_dir)")
+    ap.add_argument("--from-run", type=Path, default=None, metavar="RUN_DIR",
+                    help="ship the best.pt of this experiment split (runs/<row>/seed<S>) instead of training on all "
+                         "the data (when the full run would take too long: the card then says which images it saw)")
+    ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the .pt and card go (default: the package)")
+    args = ap.parse_args(argv)
+    ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir)
+
+
+if __name__ == "__main__":
+    main()

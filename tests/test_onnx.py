@@ -39,7 +39,8 @@ def example_images(examples_dir: Path) -> list[str]:
 
 def tiny_ie_iqa(**kw):
     torch.manual_seed(0)
-    args = dict(pretrained=False, distortion_pretrained=False, intelligibility_pretrained=False, hidden=(16, 8), input_size=64)
+    args = dict(pretrained=False, distortion_pretrained=False, intelligibility_pretrained=False, hidden=(16, 8), input_size=64,
+                selection="auto", intelligibility_input_size=None)  # the paper's per-task selection, one input size
     return contentiqa.create_model("ie-iqa", **{**args, **kw}).eval()
 
 

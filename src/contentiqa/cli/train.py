@@ -16,8 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train a model on a dataset split. Checkpoints go to OUT/last.pt every epoch and "
             "OUT/best.pt (best validation SROCC); --resume continues an interrupted run exactly. "
+            "By default the model is built with its registered architecture and trained with its "
+            "registered recipe (how its shipped default weights were trained; see "
+            "src/contentiqa/models/recipes.py); --recipe takes another model's or none (the "
+            "plain TrainConfig defaults). "
             "A YAML --config may hold `model: NAME`, `model_args: {...}` and `train: {...}` "
-            "(TrainConfig fields); command-line flags override it. Under `torchrun --nproc_per_node N "
+            "(TrainConfig fields) over the recipe; command-line flags override both. The recipe used "
+            "and the overrides are written to OUT/config.json and the checkpoints. Under `torchrun --nproc_per_node N "
             "-m contentiqa train ...` it trains with DistributedDataParallel on N processes (gloo on "
             "CPU, nccl and one GPU per process with --device cuda); --batch-size is then per process."
         ),
@@ -26,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, several=True)
     add_split_args(p)
     p.add_argument("--config", default=None, help="YAML file with model, model_args and train sections")
+    p.add_argument("--recipe", default=None, metavar="NAME|none",
+                   help="training recipe to start from: a registered model's (default: --model's own), a "
+                        "shipped NAME.TAG's (how that tag was trained, e.g. ie-iqa.clive), or 'none' for the "
+                        "plain TrainConfig defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--epochs", type=int, default=None)
@@ -46,7 +55,30 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict]:
+def recipe_record(recipe_name: str | None, base: dict, train_args: dict) -> dict:
+    """What the run's training config came from: the recipe (its name, source and values)
+    and the fields set over it (config file, flags)."""
+    from ..models.registry import model_recipe
+
+    if recipe_name is None:
+        return {"name": None, "source": "TrainConfig defaults", "values": {}, "overrides": dict(train_args)}
+    recipe = model_recipe(recipe_name)
+    return {"name": recipe_name, "source": recipe.source, "values": recipe.train_args(),
+            "overrides": {k: v for k, v in train_args.items() if k not in base or base[k] != v}}
+
+
+def describe_recipe(recipe: dict | None) -> str:
+    """One line naming the recipe a run starts from and what was changed."""
+    if not recipe:
+        return "training settings: TrainConfig defaults"
+    changed = ", ".join(f"{k}={v}" for k, v in recipe["overrides"].items() if k not in ("seed", "device")) or "none"
+    return f"recipe: {recipe['name'] or 'TrainConfig defaults'}; changed: {changed}"
+
+
+def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
+    """(model name, model arguments, TrainConfig arguments, recipe record): the model's recipe
+    (or --recipe's), then the --config file's sections, then the flags."""
+    from ..models.registry import model_recipe
     from ..training.config import load_yaml
 
     model_name, model_args, train_args = "iqa-cr", {}, {}
@@ -63,6 +95,16 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict]:
         train_args = dict(cfg.get("train") or {})
     if args.model:
         model_name = args.model
+    recipe_name = getattr(args, "recipe", None) or model_name
+    base: dict = {}
+    if str(recipe_name).lower() != "none":
+        try:
+            base = model_recipe(recipe_name).train_args()
+        except ValueError as exc:
+            raise UsageError(f"--recipe: {exc}") from None
+    else:
+        recipe_name = None
+    train_args = {**base, **train_args}
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("cache_stages", "cache_stages"),
                       ("seed", "seed"), ("device", "device")):
         v = getattr(args, flag)
@@ -76,7 +118,7 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict]:
             model_args[k[6:]] = _parse_value(v)
         else:
             train_args[k] = _parse_value(v)
-    return model_name, model_args, train_args
+    return model_name, model_args, train_args, recipe_record(recipe_name, base, train_args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import distributed as dist_utils
     from ..training.config import TrainConfig
 
-    model_name, model_args, train_args = build_configs(args)
+    model_name, model_args, train_args, recipe = build_configs(args)
     try:
         model_entry(model_name)
         cfg = TrainConfig.from_dict(train_args)
@@ -95,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
     if info.distributed:
         cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
     try:
-        return _train(args, model_name, model_args, cfg, info)
+        return _train(args, model_name, model_args, cfg, info, recipe)
     finally:
         dist_utils.cleanup(info)
 
 
-def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info) -> int:
+def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info, recipe: dict | None = None) -> int:
     from ..models import create_model
     from ..training import distributed as dist_utils
     from ..training.trainer import Trainer
@@ -110,7 +152,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     out = Path(args.out or f"runs/{model_name}")
     out.mkdir(parents=True, exist_ok=True)
     if len(sets) > 1:
-        return _train_several(args, sets, out, model_name, model_args, cfg, info)
+        return _train_several(args, sets, out, model_name, model_args, cfg, info, recipe)
     args = sets[0]
     ds = load_data(args)
     check_rated(ds.table, args.data, "training")
@@ -132,11 +174,12 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     quiet = args.quiet or info.rank != 0  # rank 0 speaks for the run
     log = (lambda *a, **k: None) if quiet else print
     procs = f" on {info.world_size} processes" if info.distributed else ""
+    log(describe_recipe(recipe))
     log(f"training {model_name} on {len(parts['train'])} images (val {len(parts.get('val', []))}, "
         f"test {len(parts.get('test', []))}){procs}; output {out}")
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
-                          cache_dir=out / "cache", log=log)
+                          cache_dir=out / "cache", log=log, recipe=recipe)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     best = _fit(trainer, args, out)
@@ -170,7 +213,7 @@ def _label(args: argparse.Namespace) -> str:
 
 
 def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out: Path, model_name: str,
-                   model_args: dict, cfg, info) -> int:
+                   model_args: dict, cfg, info, recipe: dict | None = None) -> int:
     """One model on several datasets: each split on its own (its 'split' column, else
     --protocol/--split-seed; saved under OUT/splits/<label>/), MOS normalised per dataset,
     batches within one dataset, early stopping on the mean validation SROCC of the datasets
@@ -209,9 +252,11 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         model = create_model(model_name, pretrained=False, **model_args)
         log = (lambda *a, **k: None) if args.quiet else print
         sizes = " + ".join(f"{k} ({len(p['train'])})" for k, p in parts.items())
+        log(describe_recipe(recipe))
         log(f"training {model_name} on {sizes} images "
             f"(val {0 if val is None else len(val)}); scores on {labels[0]}'s scale; output {out}")
-        trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log)
+        trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log,
+                          recipe=recipe)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
     best = _fit(trainer, args, out)

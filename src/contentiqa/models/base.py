@@ -243,8 +243,10 @@ class IQAModel(nn.Module):
             self.cfg.scale = scale.to_dict()
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """The model's own loss: MSE between predicted and normalised MOS. (The trainer uses
-        ``TrainConfig``'s multitask loss; this is the reference a recipe may choose.)"""
+        """The model's own score loss: MSE between predicted and normalised MOS. The trainer
+        uses it as the score term when the training config's ``score_loss`` is ``"model"`` (the
+        recipe of a model that defines its loss, e.g. IE-IQA); content and ranking terms are
+        added around it."""
         score = outputs["score"]
         return torch.nn.functional.mse_loss(score, target.to(score.dtype))
 

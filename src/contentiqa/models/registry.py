@@ -8,7 +8,7 @@ whatever was trained.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .base import IQAModel
+from .recipes import TrainRecipe
 
 CHECKPOINT_FORMAT = "contentiqa-model/1"
 
@@ -31,6 +32,11 @@ class ModelEntry:
     tags: dict[str, str]
     default_tag: str | None
     description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Architecture arguments ``create_model(name, pretrained=False)`` applies unless given:
+    the default tag's architecture (see :mod:`contentiqa.models.recipes`)."""
+    recipe: TrainRecipe | None = None
+    """How the default tag was trained: what ``contentiqa train --model NAME`` starts from."""
 
     @property
     def weights(self) -> str | None:
@@ -42,17 +48,20 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, weights: str | dict[str, str] | None = None, description: str = "",
-                   default_tag: str | None = None) -> Callable:
+                   default_tag: str | None = None, defaults: dict[str, Any] | None = None,
+                   recipe: TrainRecipe | None = None) -> Callable:
     """Register ``fn(**kwargs) -> IQAModel`` as ``name``. ``weights``: tag -> file under
     ``contentiqa/weights`` (a single file is the tag ``default``); ``default_tag``: what a
-    bare ``name`` loads (default: the first tag)."""
+    bare ``name`` loads (default: the first tag); ``defaults``: the architecture an untrained
+    ``name`` gets (the default tag's); ``recipe``: how to train it."""
     tags = {"default": weights} if isinstance(weights, str) else dict(weights or {})
     if "." in name:
         raise ValueError(f"model name {name!r} must not contain '.' (it separates the weights tag)")
 
     def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
         _REGISTRY[name] = ModelEntry(name, fn, tags, default_tag or next(iter(tags), None),
-                                     description or (fn.__doc__ or "").strip().splitlines()[0])
+                                     description or (fn.__doc__ or "").strip().splitlines()[0],
+                                     dict(defaults or {}), recipe)
         return fn
 
     return deco
@@ -88,6 +97,35 @@ def model_entry(name: str) -> ModelEntry:
     if base not in _REGISTRY:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
     return _REGISTRY[base]
+
+
+def model_recipe(name: str) -> TrainRecipe:
+    """The training recipe of ``name``: a bare name's is its entry's (how the default tag was
+    trained); a ``name.tag`` of another shipped tag gives how that tag was trained, read from
+    its checkpoint's ``extra.train_config`` (e.g. ``ie-iqa.clive``: the paper's SGD recipe)."""
+    entry, tag = resolve_tag(name) if split_name(name)[1] is not None else (model_entry(name), None)
+    if tag is not None and tag != entry.default_tag:
+        return _tag_recipe(entry, tag)
+    if entry.recipe is None:
+        raise ValueError(f"model '{entry.name}' has no training recipe; give the training settings explicitly")
+    return entry.recipe
+
+
+def _tag_recipe(entry: ModelEntry, tag: str) -> TrainRecipe:
+    from ..utils.checkpoint_io import load_torch_file
+
+    path = shipped_weights_path(entry.name, tag)
+    if path is None:
+        raise ValueError(f"'{entry.name}.{tag}' has no weights in this install to read its recipe from")
+    payload = load_torch_file(path, "checkpoint")
+    stored = (payload.get("extra") or {}).get("train_config") if isinstance(payload, dict) else None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} does not record how it was trained (no extra.train_config)")
+    values = {k: stored[k] for k in TrainRecipe.field_names() if k in stored}
+    try:
+        return TrainRecipe(source=f"{entry.name}.{tag}: extra.train_config of {path.name}", **values)
+    except TypeError as exc:
+        raise ValueError(f"{path}: its extra.train_config is not a complete recipe ({exc})") from None
 
 
 def resolve_tag(name: str, tag: str | None = None) -> tuple[ModelEntry, str | None]:
@@ -196,9 +234,13 @@ def create_model(
 ) -> IQAModel:
     """Build a registered model (or load a checkpoint file given as ``name``).
 
-    ``pretrained=True`` loads the package's shipped weights for ``name`` (offline);
-    ``pretrained=False`` returns an untrained head on an ImageNet backbone (set
-    ``backbone_pretrained=False`` too for a fully random model, e.g. in tests).
+    ``pretrained=True`` loads the package's shipped weights for ``name`` (offline): the
+    checkpoint's own stored architecture, whatever the entry's defaults.
+    ``pretrained=False`` returns an untrained head on an ImageNet backbone, built from the
+    entry's architecture defaults (those of its default weights tag: e.g. ``ie-iqa`` without
+    selection at 384 px) updated by ``kwargs``; the papers' configurations are explicit
+    arguments (:data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`). Set
+    ``backbone_pretrained=False`` too for a fully random model, e.g. in tests.
     """
     if checkpoint_path is None and (str(name).endswith((".pt", ".pth")) or os.sep in str(name)):
         checkpoint_path, name = name, None  # type: ignore[assignment]
@@ -220,4 +262,4 @@ def create_model(
         return model
     if split_name(name)[1] is not None:
         raise ValueError(f"'{name}' names pretrained weights; with pretrained=False give the bare name '{entry.name}'")
-    return entry.builder(**kwargs).to(device)
+    return entry.builder(**{**entry.defaults, **kwargs}).to(device)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from .iqa_cr import IQACR, IQACRConfig
+from .recipes import (IE_IQA_DEFAULTS, IE_IQA_DISTORTION_DEFAULTS, IE_IQA_DISTORTION_RECIPE, IE_IQA_RECIPE,
+                      IQA_CR_CLIVE_RECIPE, IQA_CR_DEFAULTS, IQA_CR_RECIPE)
 from .registry import register_model
 
 
@@ -13,31 +15,32 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     return model
 
 
-@register_model("iqa-cr", weights={"clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"})
+@register_model("iqa-cr", weights={"clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"},
+                defaults=IQA_CR_DEFAULTS, recipe=IQA_CR_RECIPE)
 def iqa_cr(**kwargs) -> IQACR:
     """IQA-CR: multitask quality + content Transformer with sequential spatial-channel attention."""
     return _iqa_cr("full", "iqa-cr", **kwargs)
 
 
-@register_model("iqa-cr-q", weights={"clive": "iqa-cr-q_clive.pt"})
+@register_model("iqa-cr-q", weights={"clive": "iqa-cr-q_clive.pt"}, defaults=IQA_CR_DEFAULTS, recipe=IQA_CR_CLIVE_RECIPE)
 def iqa_cr_q(**kwargs) -> IQACR:
     """IQA-CR-Q: the quality branch of IQA-CR alone (spatial then channel attention)."""
     return _iqa_cr("q", "iqa-cr-q", **kwargs)
 
 
-@register_model("iqa-cr-c")
+@register_model("iqa-cr-c", recipe=IQA_CR_CLIVE_RECIPE)
 def iqa_cr_c(**kwargs) -> IQACR:
     """IQA-CR-C: the content branch of IQA-CR alone (spatial attention)."""
     return _iqa_cr("c", "iqa-cr-c", **kwargs)
 
 
-@register_model("mtl-transformer")
+@register_model("mtl-transformer", recipe=IQA_CR_CLIVE_RECIPE)
 def mtl_transformer(**kwargs) -> IQACR:
     """Single-task baseline made multitask: same backbone, plain Transformer, 1 + N head."""
     return _iqa_cr("mtl-transformer", "mtl-transformer", **kwargs)
 
 
-@register_model("mtl-pooled")
+@register_model("mtl-pooled", recipe=IQA_CR_CLIVE_RECIPE)
 def mtl_pooled(**kwargs) -> IQACR:
     """Single-task baseline made multitask: pooled backbone features, 1 + N linear head."""
     return _iqa_cr("mtl-pooled", "mtl-pooled", **kwargs)
@@ -48,6 +51,14 @@ from .ie_iqa import IEIQA, build_ie_iqa  # noqa: E402
 
 
 def _ie_iqa(name: str, **kwargs) -> IEIQA:
+    # Defaults that depend on other arguments (recipes.IE_IQA_DEFAULTS): training resizes ~8 %
+    # larger and crops (416 -> 384); BatchNorm statistics stay fixed for a distortion backbone
+    # that starts from trained weights, and are learnt from scratch (fixed initial statistics
+    # make a random backbone collapse to a constant).
+    if "input_size" in kwargs and "train_resize" not in kwargs:
+        kwargs["train_resize"] = int(kwargs["input_size"]) + int(kwargs["input_size"]) // 12
+    if "bn_eval" not in kwargs:
+        kwargs["bn_eval"] = bool(kwargs.get("distortion_pretrained", True) or kwargs.get("distortion_checkpoint"))
     model = build_ie_iqa(**kwargs)
     model.model_name = name
     return model
@@ -56,13 +67,16 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
 # Tags: `clive-biq2021` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
 # backbones, per-dataset normalisation + within-dataset ranking loss; benchmarks/results/
 # generalization.md); `clive` = fine-tuned on clive-dev alone. The default tag comes first.
-@register_model("ie-iqa", weights={"clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"})
+# An untrained `ie-iqa` is the shipped architecture (no selection, 384 px: recipes.IE_IQA_DEFAULTS);
+# the paper's is `create_model("ie-iqa", pretrained=False, **recipes.IE_IQA_PAPER_ARGS)`.
+@register_model("ie-iqa", weights={"clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
+                defaults=IE_IQA_DEFAULTS, recipe=IE_IQA_RECIPE)
 def ie_iqa(**kwargs) -> IEIQA:
     """IE-IQA: distortion CNN fused with selected features of a frozen intelligibility network."""
     return _ie_iqa("ie-iqa", **kwargs)
 
 
-@register_model("ie-iqa-distortion")
+@register_model("ie-iqa-distortion", defaults=IE_IQA_DISTORTION_DEFAULTS, recipe=IE_IQA_DISTORTION_RECIPE)
 def ie_iqa_distortion(**kwargs) -> IEIQA:
     """IE-IQA ablation "only distortion": the distortion CNN and regressor, no intelligibility."""
     task = kwargs.pop("intelligibility_task", None)

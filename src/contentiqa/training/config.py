@@ -9,7 +9,9 @@ from typing import Any
 
 @dataclass
 class TrainConfig:
-    """How to train. Defaults are the IQA-CR recipe used for the shipped model on CPU."""
+    """How to train. The defaults are generic (IQA-CR-style fine-tuning); a registered model's
+    own recipe (:class:`~contentiqa.models.recipes.TrainRecipe`, what ``contentiqa train
+    --model NAME`` starts from) sets the fields it names."""
 
     epochs: int = 30
     batch_size: int = 16
@@ -24,7 +26,8 @@ class TrainConfig:
     patience: int = 8
     """Early stopping: epochs without a better validation SROCC before stopping (0 = never)."""
     # loss
-    score_loss: str = "smooth_l1"  # smooth_l1 | mse
+    score_loss: str = "smooth_l1"
+    """smooth_l1 | mse | model (the model's own :meth:`IQAModel.loss`, e.g. IE-IQA's MSE)."""
     smooth_l1_beta: float = 0.1
     focal_gamma: float = 2.0
     loss_weighting: str = "sum"  # sum | dwa | uncertainty

@@ -1,9 +1,14 @@
-"""The IQA-CR loss: smooth-L1 on the normalised score + focal loss on categories, summed
-(§III), with the two alternatives the paper tried: dynamic weight average (Liu et al. 2019)
-and homoscedastic uncertainty weighting (Kendall et al. 2018)."""
+"""The training loss: a score term + focal loss on categories (+ an optional ranking term),
+summed as IQA-CR does (§III), or weighted by the two alternatives the paper tried: dynamic
+weight average (Liu et al. 2019) and homoscedastic uncertainty weighting (Kendall et al. 2018).
+
+The score term is IQA-CR's smooth-L1, plain MSE, or ``"model"``: the model's own loss
+(:meth:`~contentiqa.models.base.IQAModel.loss`, e.g. IE-IQA's MSE), which is what a recipe names
+when the model defines its loss, so generic code never asks which model it trains."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +32,9 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = 0.05)
     return (1 - torch.sqrt(p * t + eps) - torch.sqrt((1 - p) * (1 - t) + eps)).mean()
 
 
+SCORE_LOSSES = ("smooth_l1", "mse", "model")
+
+
 class MultiTaskLoss(nn.Module):
     def __init__(
         self,
@@ -38,13 +46,19 @@ class MultiTaskLoss(nn.Module):
         dwa_temperature: float = 2.0,
         rank_weight: float = 0.0,
         rank_sigma: float = 0.05,
+        model_loss: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
     ):
+        """``model_loss``: the model's ``loss(outputs, target)``, used when ``score_loss`` is
+        ``"model"``."""
         super().__init__()
         if weighting not in ("sum", "dwa", "uncertainty"):
             raise ValueError(f"loss weighting must be sum, dwa or uncertainty, not {weighting!r}")
-        if score_loss not in ("smooth_l1", "mse"):
-            raise ValueError(f"score loss must be smooth_l1 or mse, not {score_loss!r}")
+        if score_loss not in SCORE_LOSSES:
+            raise ValueError(f"score loss must be one of {SCORE_LOSSES}, not {score_loss!r}")
+        if score_loss == "model" and model_loss is None:
+            raise ValueError("score_loss 'model' needs the model's loss function")
         self.score_loss = score_loss
+        self.model_loss = model_loss
         self.beta = beta
         self.focal = FocalLoss(gamma=focal_gamma, ignore_index=-1)
         self.weighting = weighting
@@ -57,7 +71,9 @@ class MultiTaskLoss(nn.Module):
         self.epoch_losses: list[list[float]] = []  # per-epoch mean task losses (for DWA)
         self._running = [0.0, 0.0, 0]
 
-    def _score(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _score(self, out: dict[str, torch.Tensor], pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.score_loss == "model":
+            return self.model_loss({**out, "score": pred}, target)  # type: ignore[misc]
         if self.score_loss == "mse":
             return F.mse_loss(pred, target)
         return F.smooth_l1_loss(pred, target, beta=self.beta)
@@ -79,7 +95,7 @@ class MultiTaskLoss(nn.Module):
     def forward(self, out: dict[str, torch.Tensor], target: torch.Tensor, category: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         terms: dict[str, torch.Tensor] = {}
         if "score" in out:
-            terms["score"] = self._score(out["score"].float(), target.float())
+            terms["score"] = self._score(out, out["score"].float(), target.float())
             if self.rank_weight:
                 terms["rank"] = fidelity_loss(out["score"].float(), target.float(), self.rank_sigma)
         if "logits" in out and bool((category >= 0).any()):

@@ -115,9 +115,13 @@ class Trainer:
         progress: bool = True,
         cache_dir: str | Path | None = None,
         log=print,
+        recipe: Mapping[str, Any] | None = None,
     ):
+        """``recipe``: where ``cfg`` came from (the model's registered recipe and the overrides
+        applied to it), written into ``config.json`` and every checkpoint's extra."""
         self.model = model
         self.cfg = cfg
+        self.recipe = dict(recipe) if recipe is not None else None
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
@@ -149,8 +153,11 @@ class Trainer:
             self.progress = False
         model.to(self.device)
         self.has_score = model.predicts_score
+        # The score term is the config's choice; "model" (recipes of models that define their
+        # own loss, e.g. IE-IQA) is the model's IQAModel.loss.
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
-                                     rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma).to(self.device)
+                                     rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
+                                     model_loss=model.loss).to(self.device)
         self._check_labels()
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
@@ -488,7 +495,8 @@ class Trainer:
         main = self.rank == 0  # rank 0 writes; the others wait at the barrier ending each epoch
         if main:
             atomic_write_text(self.out / "config.json", json.dumps(
-                {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict()}, indent=1))
+                {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict(),
+                 **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
         finished = self.best is not None and self.history and self.history[-1].get("stopped")
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
@@ -507,7 +515,10 @@ class Trainer:
                 self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
                 self.bad_epochs = 0
                 if main:
-                    save_checkpoint(self.model, self.out / "best.pt", extra={"train_config": cfg.to_dict(), "val": record})
+                    extra = {"train_config": cfg.to_dict(), "val": record}
+                    if self.recipe is not None:
+                        extra["recipe"] = self.recipe
+                    save_checkpoint(self.model, self.out / "best.pt", extra=extra)
             else:
                 self.bad_epochs += 1
             self.epoch += 1

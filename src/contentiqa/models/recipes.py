@@ -1,0 +1,162 @@
+"""Training recipes and architecture defaults of the registered models (torch-free).
+
+As in timm, a registered name fixes two things next to each other (``models/zoo.py``):
+
+- its **architecture defaults**: what ``create_model(NAME, pretrained=False)`` builds, chosen to
+  be the architecture of NAME's default weights tag, so that training NAME and loading NAME
+  give the same network. The papers' configurations stay reachable by explicit arguments
+  (e.g. ``create_model("ie-iqa", pretrained=False, **IE_IQA_PAPER_ARGS)``);
+- its **training recipe** (:class:`TrainRecipe`): how that default tag was actually trained.
+  ``contentiqa train --model NAME`` starts from it; every field can be overridden.
+
+Weights are tags (``ie-iqa.clive``, ``iqa-cr.clive-biq2021``). A checkpoint stores its own full
+config and training config, so a tag trained with another recipe or a wider head (e.g.
+``iqa-cr.clive``: D = 128) still loads as it was trained; the entry's defaults only decide what
+an *untrained* NAME is.
+
+This module imports nothing heavy: ``contentiqa models`` and ``train --help`` read it without torch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a registered model is trained: the :class:`~contentiqa.training.config.TrainConfig`
+    fields that make up a recipe (every field here is a TrainConfig field of the same name and
+    meaning), plus ``source``, saying where the values come from.
+
+    ``score_loss="model"`` means the model's own loss (:meth:`IQAModel.loss`, e.g. IE-IQA's MSE);
+    ``smooth_l1`` / ``mse`` are the multitask loss's fixed choices. The category (focal) and
+    ranking terms are added with ``category_weight`` / ``rank_weight`` in either case.
+    The input size is an architecture default, not a recipe field: checkpoints must carry it.
+    """
+
+    source: str
+    """Where these values come from (a shipped checkpoint's ``extra.train_config``, a config)."""
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    backbone_lr_scale: float
+    """Learning rate of the backbone parameter group relative to ``lr`` (the head gets ``lr``)."""
+    weight_decay: float
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: float = 1.0
+    head_only_epochs: int = 0
+    patience: int = 0
+    score_loss: str = "smooth_l1"
+    smooth_l1_beta: float = 0.1
+    focal_gamma: float = 2.0
+    loss_weighting: str = "sum"
+    category_weight: float = 0.2
+    rank_weight: float = 0.0
+    rank_sigma: float = 0.05
+    crop: int | None = None
+    hflip: bool = True
+    cache_stages: int = 0
+
+    def train_args(self) -> dict[str, Any]:
+        """The recipe as TrainConfig keyword arguments (everything but ``source``)."""
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "source"]
+
+
+# -- architecture defaults ------------------------------------------------------------------------
+IE_IQA_DEFAULTS: dict[str, Any] = {
+    "selection": "none",
+    "input_size": 384,
+    "intelligibility_input_size": 224,
+}
+"""The shipped ``ie-iqa`` (both tags): all 1280 recognition features (no selection), the
+distortion branch at 384 px (trained on 384-px crops of 416-px resizes: the builder derives
+``train_resize = input_size + input_size // 12`` when it is not given) (the paper's 224 px loses CLIVE's distortions:
+benchmarks/results/feature_levels.md), the intelligibility branch at 224 px, BatchNorm
+statistics fixed (needed to cache frozen stages; the builder derives ``bn_eval`` from whether the
+distortion backbone starts from trained weights, when it is not given)."""
+
+IE_IQA_DISTORTION_DEFAULTS: dict[str, Any] = {k: v for k, v in IE_IQA_DEFAULTS.items()
+                                              if k == "input_size"}
+"""``ie-iqa-distortion``: the shipped ``ie-iqa`` without its intelligibility branch (the
+ablation configs/biq2021_cross.yaml and clive_cross.yaml train)."""
+
+IE_IQA_PAPER_ARGS: dict[str, Any] = {
+    "selection": "auto",
+    "input_size": 224,
+    "train_resize": 244,
+    "intelligibility_input_size": None,
+    "bn_eval": False,
+}
+"""Song et al. 2021's configuration (the IEIQAConfig dataclass defaults): the task's selection
+strategy and ratio (contribution, 5 % for recognition), 224-px input, BatchNorm trained."""
+
+IQA_CR_DEFAULTS: dict[str, Any] = {}
+"""``iqa-cr`` / ``iqa-cr-q``: the default tags have the paper's head (L = 2, D = 64, H = 8,
+d_f = 128), which are the IQACRConfig defaults already. Two things are deliberately *not*
+defaults: ``categories`` (the content head's label set is the training data's: the shipped
+``iqa-cr.clive-biq2021`` learnt clive-dev's nine human scene labels, an untrained ``iqa-cr``
+has the paper's ten KonIQ-10k categories) and ``frozen_stages`` (the trainer sets it from
+``cache_stages``). ``iqa-cr.clive`` is a wider tag (D = 128, MLP 256): its checkpoint says so."""
+
+
+# -- recipes --------------------------------------------------------------------------------------
+FROZEN_BACKBONE_MULTI = dict(
+    epochs=15, batch_size=32, optimizer="adamw", lr=1e-3, backbone_lr_scale=0.3, weight_decay=0.05,
+    warmup_epochs=1.0, patience=6, rank_weight=1.0, rank_sigma=0.05, crop=None, cache_stages=9,
+)
+"""The shared part of configs/multi_clive_biq2021.yaml's ``train`` section (frozen Lite0 backbone,
+heads trained on cached pooled features, within-dataset fidelity ranking loss)."""
+
+IQA_CR_RECIPE = TrainRecipe(
+    source="iqa-cr.clive-biq2021: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021.pt, "
+           "row 'IQA-CR (human scene labels), normalised + ranking' of configs/multi_clive_biq2021.yaml "
+           "(shipped by benchmarks/ship_multi.py)",
+    score_loss="smooth_l1", category_weight=0.2, **FROZEN_BACKBONE_MULTI,
+)
+"""IQA-CR's multitask loss (smooth-L1 score + 0.2 x focal content, summed) plus the ranking term,
+AdamW, frozen backbone."""
+
+IE_IQA_RECIPE = TrainRecipe(
+    source="ie-iqa.clive-biq2021: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021.pt, "
+           "row 'IE-IQA, normalised + ranking' of configs/multi_clive_biq2021.yaml (shipped by "
+           "benchmarks/ship_multi.py; trained with score_loss 'mse', which is IE-IQA's own loss)",
+    score_loss="model", **FROZEN_BACKBONE_MULTI,
+)
+"""IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones."""
+
+IQA_CR_CLIVE_RECIPE = TrainRecipe(
+    source="iqa-cr-q.clive: extra.train_config of src/contentiqa/weights/iqa-cr-q_clive.pt (benchmarks/"
+           "iqa_cr_sweep.sh); the same values are configs/clive_iqa_cr.yaml's train section, which trained "
+           "the unshipped IQA-CR-C and MTL baselines of benchmarks/results/iqa_cr.md",
+    epochs=15, batch_size=16, optimizer="adamw", lr=3e-4, backbone_lr_scale=0.3, weight_decay=0.05,
+    warmup_epochs=1.0, patience=5, score_loss="smooth_l1", category_weight=0.2, crop=448, cache_stages=6,
+)
+"""IQA-CR's paper-style fine-tuning on CLIVE: native-resolution 448-px crops, first 6 backbone
+stages frozen and cached, the rest fine-tuned at 0.3 x lr."""
+
+IE_IQA_PAPER_RECIPE = TrainRecipe(
+    source="Song et al. 2021 §4.2 as configs/clive_ie_iqa.yaml and the ie_iqa_koniq_*.yaml configs write it "
+           "(SGD lr 0.03, FC layers alone for 2 epochs, MSE); ie-iqa.clive was trained with it "
+           "(its extra.train_config)",
+    epochs=10, batch_size=16, optimizer="sgd", lr=0.03, backbone_lr_scale=0.1, weight_decay=1e-4,
+    warmup_epochs=1, head_only_epochs=2, patience=0, score_loss="model", crop=None, cache_stages=6,
+)
+"""Not an entry's default: the recipe of the ``ie-iqa.clive`` tag and of the paper configs."""
+
+IE_IQA_DISTORTION_RECIPE = TrainRecipe(
+    source="row 'IE-IQA distortion only (no intelligibility)' of configs/biq2021_cross.yaml (frozen backbone, "
+           "MSE, no ranking term); no shipped weights",
+    score_loss="model", **{**FROZEN_BACKBONE_MULTI, "rank_weight": 0.0},
+)
+"""The shipped ie-iqa's recipe without the ranking term (the cross-dataset configs' rows)."""

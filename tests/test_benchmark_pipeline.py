@@ -1,0 +1,108 @@
+"""The training benchmarks are experiment configs run by the package's runner: a tiny config goes
+through benchmarks/common.run_config_benchmark (what benchmarks/iqa_cr.py and ie_iqa.py call)
+end to end: the runner's table copied to the results folder, labels joined by dataset-relative
+key, and one row shipped (benchmarks/ship.py) as a self-describing weights tag."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from contentiqa.experiments import load_config
+from test_experiment import TINY_ARGS, write_csv
+
+BENCH = REPO_ROOT / "benchmarks"
+
+
+@pytest.fixture
+def common(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "ship"):
+        sys.modules.pop(mod, None)
+    import common as mod
+
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")  # never the repository's results
+    (tmp_path / "results").mkdir()
+    return mod
+
+
+def test_benchmark_runs_a_config_and_ships_a_row(common, tmp_path):
+    data = tmp_path / "data"
+    csv = write_csv(data, 30, (0, 100), seed=3, categories=False)
+    # content labels in their own file, keyed by the dataset-relative path (the join the runner does)
+    labels = tmp_path / "labels" / "content.csv"
+    labels.parent.mkdir()
+    table = pd.read_csv(csv, comment="#")
+    pd.DataFrame({"image": [f"../data/{p}" for p in table["image"]],
+                  "category": ["animal", "human", "plant"] * 10}).to_csv(labels, index=False)
+    cfg = {
+        "name": "tiny_bench", "data": {"name": "csv", "root": str(csv), "label": "TINY", "labels": str(labels)},
+        "protocol": "ie-iqa", "seeds": 1, "test": ["split"], "model_args": TINY_ARGS,
+        "train": {"epochs": 1, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5},
+        "runs": [{"name": "IQA-CR", "model": "iqa-cr"}],
+    }
+    path = tmp_path / "tiny_bench.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out, weights = tmp_path / "exp", tmp_path / "weights"
+    rc = common.run_config_benchmark(path, "unused", "doc", [str(path), "--results", "tiny", "--out", str(out),
+                                                              "--ship", "IQA-CR", "--tag", "t", "--weights-dir",
+                                                              str(weights), "--quiet"])
+    assert rc == 0
+    res = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    runner = json.loads((out / "results.json").read_text())
+    assert res["runs"] == runner["runs"]  # the table's figures are the runner's
+    md = (tmp_path / "results" / "tiny.md").read_text()
+    assert md.startswith((out / "results.md").read_text()) and "Command:" in md
+    split = runner["runs"]["IQA-CR"]["splits"][0]
+    assert "accuracy" in split["test"]["TINY"]  # the labels were joined: the content head was scored
+
+    from contentiqa.models import load_checkpoint
+
+    shipped = load_checkpoint(weights / "iqa-cr_t.pt")
+    info = shipped.checkpoint_info
+    assert info["tag"] == "t" and info["train_config"]["epochs"] == 1
+    # IE-IQA protocol (no validation part): every image trains the shipped model
+    assert info["trained_on"] == "TINY: 30 images"
+    card = (weights / "iqa-cr_t.md").read_text()
+    assert "Row \"IQA-CR\"" in card and "SROCC" in card  # figures from the benchmark's results file
+
+
+def test_shipped_benchmark_configs_parse_and_name_the_published_splits():
+    for name, protocol in (("clive_iqa_cr", "iqa-cr"), ("clive_ie_iqa", "ie-iqa"), ("clive_iqa_cr_loss", "iqa-cr"),
+                           ("clive_iqa_cr_sweep", "iqa-cr")):
+        cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+        assert cfg.protocol == protocol and cfg.splits == BENCH / "results" / f"splits_clive_{protocol}.json"
+        from contentiqa.data import load_splits
+
+        have = {s.seed for s in load_splits(cfg.splits) if s.protocol == protocol}
+        assert set(cfg.seeds) <= have
+    sweep = load_config(REPO_ROOT / "configs" / "clive_iqa_cr_sweep.yaml")
+    shipped = next(r for r in sweep.runs if "D = 128" in r.name)
+    from contentiqa.models.registry import shipped_weights_path
+    from contentiqa.utils.checkpoint_io import load_torch_file
+
+    stored = load_torch_file(shipped_weights_path("iqa-cr.clive"), "checkpoint")
+    # the sweep's last row is how iqa-cr.clive was trained
+    assert stored["config"]["dim"] == shipped.model_args["dim"] and stored["config"]["mlp_dim"] == shipped.model_args["mlp_dim"]
+    for k, v in {**sweep.runs[0].train, **shipped.train}.items():
+        assert stored["extra"]["train_config"][k] == v, k
+
+
+def test_shipping_holds_out_the_validation_and_official_test_parts(common, tmp_path):
+    import ship
+
+    csv = write_csv(tmp_path / "d", 20, (0, 100), seed=4, categories=False)
+    table = pd.read_csv(csv, comment="#")
+    table["split"] = ["test"] * 5 + ["train"] * 15
+    table.to_csv(csv, index=False)
+    cfg = load_config({"data": {"name": "csv", "root": str(csv), "label": "D"}, "protocol": "official",
+                       "model": "iqa-cr-q"}, tmp_path)
+    train, val, scales, used = ship.shipping_data(cfg, tmp_path / "work")
+    names = lambda t: {p.rsplit("/", 1)[-1] for p in t["image"]}  # noqa: E731
+    test_names = {f"{i}.png" for i in range(5)}
+    assert not names(train) & test_names and not names(val) & test_names and not names(train) & names(val)
+    assert len(train) + len(val) == 15 and len(val) >= 1 and used == [f"D: {len(train)} images (+{len(val)} held out for early stopping)"]

@@ -1,0 +1,203 @@
+"""Registry entries own their architecture defaults and training recipe; `train --model NAME` uses them.
+
+The recipes are checked against what the shipped checkpoints say they were trained with
+(``extra.train_config``), and the defaults against the default tag's stored architecture, so
+neither can drift from the weights without a test failing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import write_image
+from contentiqa.models import create_model
+from contentiqa.models.ie_iqa import IEIQAConfig
+from contentiqa.models.recipes import IE_IQA_PAPER_ARGS, IE_IQA_RECIPE, IQA_CR_CLIVE_RECIPE, IQA_CR_RECIPE, TrainRecipe
+from contentiqa.models.registry import list_models, model_entry, model_recipe, resolve_tag, shipped_weights_path
+from contentiqa.training.config import TrainConfig
+from contentiqa.utils.checkpoint_io import load_torch_file
+
+SHIPPED = list_models(pretrained_only=True)
+# Keys of a stored config that are not architecture: the weights' provenance and training state.
+NOT_ARCHITECTURE = {"scale", "backbone_pretrained", "distortion_pretrained", "intelligibility_pretrained",
+                    "frozen_stages", "categories", "num_categories"}
+
+
+def _default_tag_payload(name: str) -> dict:
+    return load_torch_file(shipped_weights_path(name), "checkpoint")
+
+
+def test_recipe_fields_are_train_config_fields():
+    assert set(TrainRecipe.field_names()) <= {f.name for f in fields(TrainConfig)}
+    TrainConfig.from_dict(IE_IQA_RECIPE.train_args())  # every recipe is a valid training config
+
+
+def test_every_registered_model_has_a_recipe():
+    for name in list_models():
+        assert isinstance(model_recipe(name), TrainRecipe) and model_recipe(name).source
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recipe_is_how_the_default_tag_was_trained(name):
+    stored = _default_tag_payload(name)["extra"]["train_config"]
+    recipe = model_recipe(name).train_args()
+    if recipe["score_loss"] == "model":
+        # the model's own loss: the checkpoint names what it computes (IE-IQA's MSE)
+        m = create_model(name, pretrained=False, distortion_pretrained=False, intelligibility_pretrained=False,
+                         hidden=(8, 4), input_size=64)
+        a, b = torch.rand(5), torch.rand(5)
+        assert stored["score_loss"] == "mse"
+        torch.testing.assert_close(m.loss({"score": a}, b), torch.nn.functional.mse_loss(a, b))
+        recipe["score_loss"] = "mse"
+    for key in ("rank_weight", "rank_sigma"):  # older checkpoints predate the ranking loss (= off)
+        stored.setdefault(key, 0.0 if key == "rank_weight" else 0.05)
+    assert {k: stored[k] for k in recipe} == recipe
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_untrained_name_is_the_default_tags_architecture(name):
+    payload = _default_tag_payload(name)
+    off = {"ie-iqa": dict(intelligibility_pretrained=False)}.get(
+        name, dict(backbone_pretrained=False))
+    built = create_model(name, pretrained=False, **off).cfg.to_dict()
+    stored = payload["config"]
+    diff = {k: (built.get(k), v) for k, v in stored.items() if k not in NOT_ARCHITECTURE and built.get(k) != v}
+    assert not diff, f"{name}: create_model(pretrained=False) differs from {resolve_tag(name)[1]} in {diff}"
+
+
+def test_ie_iqa_defaults_are_the_shipped_ones_and_the_paper_is_explicit():
+    off = dict(distortion_pretrained=False, intelligibility_pretrained=False, hidden=(8, 4))
+    shipped = create_model("ie-iqa", pretrained=False, **off).cfg
+    assert (shipped.strategy, shipped.input_size, shipped.train_resize, shipped.bn_eval) == ("none", 384, 416, False)
+    paper = create_model("ie-iqa", pretrained=False, **off, **IE_IQA_PAPER_ARGS).cfg
+    ref = IEIQAConfig()
+    assert (paper.strategy, paper.selection_ratio, paper.input_size, paper.train_resize) == \
+           ("contribution", 5.0, ref.input_size, ref.train_resize)
+    # BatchNorm statistics: fixed for trained backbone weights, learnt from scratch, or as given
+    assert create_model("ie-iqa-distortion", pretrained=False, hidden=(8, 4)).cfg.bn_eval is True
+    assert create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4),
+                        bn_eval=True).cfg.bn_eval is True
+
+
+def test_a_tags_recipe_is_read_from_its_checkpoint():
+    from contentiqa.models.recipes import IE_IQA_PAPER_RECIPE
+
+    # ie-iqa.clive was trained with the paper's SGD recipe (MSE written as 'mse')
+    assert model_recipe("ie-iqa.clive").train_args() == {**IE_IQA_PAPER_RECIPE.train_args(), "score_loss": "mse"}
+    assert model_recipe("iqa-cr.clive").category_weight == 0.05  # the sweep's shipped recipe
+    assert model_recipe("ie-iqa.clive-biq2021") is model_recipe("ie-iqa")  # the default tag: the entry's
+    with pytest.raises(ValueError, match="no weights tagged"):
+        model_recipe("ie-iqa.nope")
+
+
+def test_pretrained_loads_the_stored_architecture_not_the_defaults():
+    m = create_model("iqa-cr.clive")  # a wider tag than the entry's default architecture
+    assert m.cfg.dim == 128 and model_entry("iqa-cr").defaults.get("dim", 64) == 64
+
+
+# -- train --model NAME ---------------------------------------------------------------------------
+def _args(argv: list[str]) -> argparse.Namespace:
+    from contentiqa.cli.main import build_parser
+
+    return build_parser().parse_args(["train", "--data", "x.csv", *argv])
+
+
+@pytest.mark.parametrize("name,recipe", [("ie-iqa", IE_IQA_RECIPE), ("iqa-cr", IQA_CR_RECIPE),
+                                         ("iqa-cr-q", IQA_CR_CLIVE_RECIPE)])
+def test_train_starts_from_the_models_recipe(name, recipe):
+    from contentiqa.cli.train import build_configs
+
+    model, _, train, record = build_configs(_args(["--model", name]))
+    assert model == name and train == recipe.train_args()
+    assert record["name"] == name and record["source"] == recipe.source and record["overrides"] == {}
+
+
+def test_config_flags_and_recipe_choice_override_the_recipe(tmp_path):
+    from contentiqa.cli.main import UsageError
+    from contentiqa.cli.train import build_configs
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: ie-iqa\ntrain: {epochs: 3, optimizer: sgd}\n")
+    _, _, train, record = build_configs(_args(["--config", str(cfg), "--lr", "0.5", "--set", "score_loss=mse"]))
+    assert train == {**IE_IQA_RECIPE.train_args(), "epochs": 3, "optimizer": "sgd", "lr": 0.5, "score_loss": "mse"}
+    assert record["overrides"] == {"epochs": 3, "optimizer": "sgd", "lr": 0.5, "score_loss": "mse"}
+    _, _, train, _ = build_configs(_args(["--model", "ie-iqa", "--recipe", "iqa-cr-q"]))
+    assert train == IQA_CR_CLIVE_RECIPE.train_args()
+    _, _, train, record = build_configs(_args(["--model", "ie-iqa", "--recipe", "none", "--epochs", "2"]))
+    assert train == {"epochs": 2} and record["name"] is None
+    with pytest.raises(UsageError, match="unknown model"):
+        build_configs(_args(["--model", "ie-iqa", "--recipe", "nope"]))
+
+
+def _spy_loss(model):
+    calls = []
+    real = model.loss
+
+    def loss(outputs, target):
+        calls.append(len(target))
+        return real(outputs, target)
+
+    model.loss = loss  # instance attribute: the trainer reaches it through the contract
+    return calls
+
+
+@pytest.fixture
+def tiny_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"image": str(write_image(tmp_path / "img" / f"{i}.png", 64, 64, seed=i)), "mos": float(rng.uniform(0, 100))}
+            for i in range(10)]
+    path = tmp_path / "data.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_trainer_uses_the_models_own_loss_and_the_recipes_optimizer(tiny_csv, tmp_path):
+    from contentiqa.data.table import MOSScale
+    from contentiqa.training.losses import MultiTaskLoss
+    from contentiqa.training.trainer import Trainer
+
+    table = pd.read_csv(tiny_csv)
+    torch.manual_seed(0)
+    model = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, bn_eval=True,
+                         hidden=(8, 4), input_size=64)
+    calls = _spy_loss(model)
+    cfg = TrainConfig.from_dict({**model_recipe("ie-iqa-distortion").train_args(), "epochs": 1, "batch_size": 4,
+                                 "cache_stages": 3})
+    tr = Trainer(model, table.iloc[:8], None, MOSScale(0, 100), cfg, tmp_path / "run", progress=False,
+                 cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert isinstance(tr.loss_fn, MultiTaskLoss) and tr.loss_fn.score_loss == "model"
+    assert isinstance(tr.optimizer, torch.optim.AdamW)
+    tr.fit()
+    assert calls and sum(calls) == 8  # every training image went through IEIQA.loss
+    sgd = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": "sgd"})
+    tr2 = Trainer(model, table.iloc[:8], None, MOSScale(0, 100), sgd, tmp_path / "run2", progress=False,
+                  cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert isinstance(tr2.optimizer, torch.optim.SGD)
+
+
+def test_train_cli_writes_the_recipe_into_the_run_and_checkpoint(tiny_csv, tmp_path):
+    from contentiqa.cli.main import main
+    from contentiqa.models import load_checkpoint
+
+    out = tmp_path / "run"
+    tiny = ["--set", "model.distortion_pretrained=false", "--set", "model.intelligibility_pretrained=false",
+            "--set", "model.bn_eval=true", "--set", "model.hidden=[8, 4]", "--set", "model.input_size=64",
+            "--set", "model.intelligibility_input_size=64"]
+    rc = main(["train", "--model", "ie-iqa", "--data", str(tiny_csv), "--out", str(out), "--protocol", "iqa-cr",
+               "--epochs", "1", "--batch-size", "4", *tiny, "--quiet"])
+    assert rc == 0
+    run = json.loads((out / "config.json").read_text())
+    assert run["train_config"]["score_loss"] == "model" and run["train_config"]["optimizer"] == "adamw"
+    assert run["train_config"]["cache_stages"] == IE_IQA_RECIPE.cache_stages
+    assert run["train_config"]["rank_weight"] == IE_IQA_RECIPE.rank_weight
+    assert run["recipe"]["name"] == "ie-iqa" and run["recipe"]["overrides"] == {"epochs": 1, "batch_size": 4}
+    assert run["model_config"]["selection"] == "none"  # the registered architecture
+    best = load_checkpoint(out / "best.pt")
+    assert best.checkpoint_info["recipe"] == run["recipe"]
+    assert best.checkpoint_info["train_config"]["score_loss"] == "model"
