@@ -41,6 +41,7 @@ def _probe(*argv: str) -> dict:
         (["score", "--help"], 0),
         (["export"], 2),
         (["score", "--runtime", "onnx", "--device", "cuda", "x.jpg"], 2),
+        (["models"], 0),  # names, tags, shipped weights, backbones, loaders: all known without torch
     ],
 )
 def test_cli_light_paths_do_not_import_torch(argv: list[str], rc: int) -> None:
@@ -52,7 +53,8 @@ def test_cli_light_paths_do_not_import_torch(argv: list[str], rc: int) -> None:
 def test_import_contentiqa_is_lazy() -> None:
     code = (
         "import sys, contentiqa; assert 'torch' not in sys.modules, 'import contentiqa imported torch'; "
-        "assert callable(contentiqa.create_model) and 'torch' in sys.modules; print('ok')"
+        "assert callable(contentiqa.create_model) and 'torch' not in sys.modules, 'the registry imported torch'; "
+        "assert contentiqa.IQAModel and 'torch' in sys.modules; print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
