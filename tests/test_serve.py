@@ -655,3 +655,30 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
+    """`contentiqa serve` without --runtime: ONNX Runtime on the CPU, as `contentiqa score`
+    (the torch model is kept for /v1/explain)."""
+    pytest.importorskip("onnxruntime")
+    import uvicorn
+
+    import contentiqa.serve.app as app_mod
+    from contentiqa.cli.main import build_parser
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    captured = {}
+    real_create_app = app_mod.create_app
+
+    def fake_create_app(cfg, loader=None, **kw):
+        captured["loader"] = loader
+        return real_create_app(cfg, loader=loader, **kw)
+
+    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--port", "0"])
+    assert args.func(args) == 1  # the server never started
+    loaded = captured["loader"]()
+    assert loaded.runtime == "onnx" and loaded.forward is not None and loaded.explainable
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch"])
+    assert args.func(args) == 1 and captured["loader"]().runtime == "torch"
