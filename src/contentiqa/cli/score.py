@@ -9,9 +9,13 @@ gets an error instead of a score, and the rest of the batch goes on.
 Runtimes: --runtime auto (default) runs ONNX Runtime on the CPU and PyTorch on a GPU
 (--device cuda); --runtime torch or onnx forces one. For ONNX Runtime the model is exported once
 to an ONNX file in the cache ($CONTENTIQA_CACHE_DIR, default ~/.cache/contentiqa; files under
-onnx/, named by a hash of the weights, rebuilt if damaged; a read-only cache falls back to the
-temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all. Many machines: --shard I/N scores a fixed 1/N of the inputs
-(by a hash of each file's absolute path), so N jobs, e.g. a SLURM array with
+onnx/, named by a hash of the weights file, rebuilt if damaged; a read-only cache falls back to
+the temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all.
+Once the export is cached (and with --onnx-model), scoring runs without importing PyTorch: the
+graph's metadata give the preprocessing, scale and categories.
+
+Many machines: --shard I/N scores a fixed 1/N of the inputs (by a hash of each file's absolute
+path), so N jobs, e.g. a SLURM array with
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
 write tables that concatenate to the whole, every input once.
 
