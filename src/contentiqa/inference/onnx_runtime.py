@@ -13,6 +13,12 @@ On a cache miss the caller loads the torch model and exports it
 next time). A cache entry is used only when it loads in ONNX Runtime and its metadata carry
 the expected key, so a truncated, corrupt or foreign file is rebuilt, never trusted.
 
+Python, without torch:
+
+    >>> from contentiqa.inference.onnx_runtime import OnnxScorer, cached_scorer
+    >>> OnnxScorer.from_file("iqa-cr.onnx").predict("photo.jpg").score   # a `contentiqa export` file
+    >>> cached_scorer("my-checkpoint.pt")        # its cached export, or None (export it first)
+
 The key covers the weights file itself. Shipped weights omit the backbone tensors equal to the
 pip-installed ImageNet weights (re-created at load time): those come from version-pinned
 packages whose files do not change, and a new contentiqa version (in the key) starts a new
