@@ -449,4 +449,4 @@ def test_the_cache_key_names_what_changes_the_graph(tmp_path):
     assert weights_cache_key(a) == weights_cache_key(b)  # the bytes, not the name
     b.write_bytes(b"weight5")
     assert len({weights_cache_key(a), weights_cache_key(b), weights_cache_key(a, opset=18),
-                weights_cache_key(a, variant="int8")}) == 4
+                weights_cache_key(a, precision="int8")}) == 4

@@ -53,7 +53,7 @@ from ..models.base import IQAModel, pil_to_tensor
 from . import onnx_runtime as _rt
 from .onnx_runtime import (  # noqa: F401
     DEFAULT_OPSET,
-    DEFAULT_VARIANT,
+    DEFAULT_PRECISION,
     FINGERPRINT_KEY,
     INPUT_NAME,
     ONNX_FORMAT,
@@ -293,16 +293,16 @@ def _fallback_cache_dir() -> Path:
     return _rt._fallback_cache_dir()
 
 
-def _export_variant(model: IQAModel, path: Path, variant: str, opset: int, key: str) -> None:
-    """Write the ``variant`` graph of ``model`` to ``path`` with ``key`` in its metadata."""
-    if variant != DEFAULT_VARIANT:  # the place for other variants (e.g. an int8-quantized graph)
-        raise ValueError(f"unknown ONNX variant {variant!r} (known: {DEFAULT_VARIANT})")
+def _export_precision(model: IQAModel, path: Path, precision: str, opset: int, key: str) -> None:
+    """Write the ``precision`` graph of ``model`` to ``path`` with ``key`` in its metadata."""
+    if precision != DEFAULT_PRECISION:  # the place for other precisions (e.g. an int8-quantized graph)
+        raise ValueError(f"unknown ONNX precision {precision!r} (known: {DEFAULT_PRECISION})")
     export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
 
 
 def cached_session(
     model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None,
-    *, weights_file: str | os.PathLike | None = None, variant: str = DEFAULT_VARIANT,
+    *, weights_file: str | os.PathLike | None = None, precision: str = DEFAULT_PRECISION,
 ) -> tuple[Any, Path, bool]:
     """An ONNX Runtime session for ``model`` from the export cache, exporting on first use:
     ``(session, path, created)``.
@@ -313,13 +313,13 @@ def cached_session(
     memory). A changed checkpoint gets a new entry; one that does not load or lacks the key is
     rebuilt. A cache folder that cannot be written falls back to a per-user temp folder."""
     if weights_file is not None:
-        key = weights_cache_key(weights_file, opset, variant)
+        key = weights_cache_key(weights_file, opset, precision)
         label = Path(weights_file).stem
     else:
-        key = model_fingerprint(model, opset) if variant == DEFAULT_VARIANT else \
-            hashlib.sha256(f"{model_fingerprint(model, opset)}|{variant}".encode()).hexdigest()
+        key = model_fingerprint(model, opset) if precision == DEFAULT_PRECISION else \
+            hashlib.sha256(f"{model_fingerprint(model, opset)}|{precision}".encode()).hexdigest()
         label = str(model.model_name)
-    filename = cache_filename(label, key, variant)
+    filename = cache_filename(label, key, precision)
     found = _rt.find_cached(filename, key, threads, folder)  # a usable entry anywhere: no export at all
     if found is not None:
         return found[0], found[1], False
@@ -327,7 +327,7 @@ def cached_session(
     for where in _rt.cache_places(folder):
         path = where / filename
         try:
-            _export_variant(model, path, variant, opset, key)
+            _export_precision(model, path, precision, opset, key)
         except OSError as exc:  # read-only (or full) folder: try the next
             error = exc
             continue
@@ -426,12 +426,12 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
 
 def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None,
                      *, weights_file: str | os.PathLike | None = None,
-                     variant: str = DEFAULT_VARIANT) -> tuple[OnnxForward, Path]:
+                     precision: str = DEFAULT_PRECISION) -> tuple[OnnxForward, Path]:
     """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
     match the model's preprocessing and scale) or the export cache (keyed by ``weights_file``
     when the model was just loaded from it: see :func:`cached_session`)."""
     if onnx_path is None:
-        session, onnx_path, _ = cached_session(model, threads=threads, weights_file=weights_file, variant=variant)
+        session, onnx_path, _ = cached_session(model, threads=threads, weights_file=weights_file, precision=precision)
     else:
         session = make_session(onnx_path, threads=threads)
     meta = dict(session.get_modelmeta().custom_metadata_map)

@@ -2,7 +2,7 @@
 
 ``contentiqa score PHOTO`` on a CPU runs the model's exported ONNX graph. The graph is cached
 per **weights file** (``$CONTENTIQA_CACHE_DIR/onnx/``, see :func:`cache_dir`), named by a hash
-of the file's bytes, the export revision, the opset and the variant (``fp32``; room for
+of the file's bytes, the export revision, the opset and the precision (``fp32``; room for
 others, e.g. an int8-quantized graph), so finding it needs no model and no torch. Everything
 needed to turn the graph's outputs into result rows is in its metadata (score range and
 direction, categories, mean / std, input size, preprocessing); this module reads it and
@@ -47,8 +47,8 @@ ONNX_FORMAT = "contentiqa-onnx/1"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 EXPORT_REVISION = "1"  # bump when the exported graph changes, to refresh cached exports
-DEFAULT_VARIANT = "fp32"
-"""The plain export. Other variants (e.g. ``int8``, a quantized graph) are cached beside it
+DEFAULT_PRECISION = "fp32"
+"""The plain export. Other precisions (e.g. ``int8``, a quantized graph) are cached beside it
 under their own key and file name."""
 
 FINGERPRINT_KEY = "contentiqa_fingerprint"
@@ -138,21 +138,21 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, variant: str = DEFAULT_VARIANT) -> str:
+def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION) -> str:
     """The cache key of the graph exported from ``weights_file``: a hash of the file's bytes,
-    the export revision, the opset, the variant and the contentiqa version (what changes the
+    the export revision, the opset, the precision and the contentiqa version (what changes the
     graph). Computed without torch."""
     from .. import __version__
 
-    head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "variant": variant,
+    head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "precision": precision,
             "contentiqa": __version__, "weights_sha256": _file_sha256(Path(weights_file))}
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
 
-def cache_filename(label: str, key: str, variant: str = DEFAULT_VARIANT) -> str:
-    """``<label>-<variant>-<key prefix>.onnx`` (the label only helps a person reading the folder)."""
+def cache_filename(label: str, key: str, precision: str = DEFAULT_PRECISION) -> str:
+    """``<label>-<precision>-<key prefix>.onnx`` (the label only helps a person reading the folder)."""
     label = str(label).replace(os.sep, "_").replace("/", "_") or "model"
-    return f"{label}-{variant}-{key[:20]}.onnx"
+    return f"{label}-{precision}-{key[:20]}.onnx"
 
 
 def open_cached(path: Path, key: str, threads: int | None = None):
@@ -346,7 +346,7 @@ class OnnxScorer:
 
 
 def cached_scorer(weights_file: str | os.PathLike, *, threads: int | None = None, weights_tag: str | None = None,
-                  variant: str = DEFAULT_VARIANT, opset: int = DEFAULT_OPSET,
+                  precision: str = DEFAULT_PRECISION, opset: int = DEFAULT_OPSET,
                   folder: str | os.PathLike | None = None) -> OnnxScorer | None:
     """The scorer of ``weights_file``'s cached export, or None when the cache has none (or only
     a damaged one): then load the torch model and export it
@@ -354,8 +354,8 @@ def cached_scorer(weights_file: str | os.PathLike, *, threads: int | None = None
     :class:`OnnxUnavailableError` without onnxruntime."""
     _require("onnxruntime")
     weights_file = Path(weights_file)
-    key = weights_cache_key(weights_file, opset, variant)
-    found = find_cached(cache_filename(weights_file.stem, key, variant), key, threads, folder)
+    key = weights_cache_key(weights_file, opset, precision)
+    found = find_cached(cache_filename(weights_file.stem, key, precision), key, threads, folder)
     if found is None:
         return None
     session, path = found
