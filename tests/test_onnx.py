@@ -25,8 +25,8 @@ from contentiqa.inference.onnx import (  # noqa: E402
     cached_export,
     export_onnx,
     make_session,
-    model_fingerprint,
     read_metadata,
+    weights_cache_key,
 )
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: E402,F401
 
@@ -293,12 +293,12 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path, ckpt, examples_dir, tiny_cr_
     assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "b.csv"), "-q"]) == 0
     assert cache_files(tmp_path) == [entry] and entry.read_bytes() != b""
     meta = read_metadata(entry)  # loads again, and is the export of these weights
-    assert meta["model_name"] == "iqa-cr" and meta[FINGERPRINT_KEY] == model_fingerprint(contentiqa.load_checkpoint(ckpt))
+    assert meta["model_name"] == "iqa-cr" and meta[FINGERPRINT_KEY] == weights_cache_key(ckpt)  # keyed by the file
     assert read_scores(tmp_path / "a.csv") == read_scores(tmp_path / "b.csv")
 
 
 def test_an_unwritable_cache_falls_back_to_a_temp_folder(tmp_path, ckpt, examples_dir, monkeypatch):
-    import contentiqa.inference.onnx as onnx_mod
+    import contentiqa.inference.onnx_runtime as onnx_mod
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be: mkdir fails, even for root")
@@ -318,3 +318,136 @@ def test_default_runtime_without_onnxruntime_runs_torch(tmp_path, ckpt, examples
     assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv")]) == 0
     assert "running in PyTorch" in capsys.readouterr().err
     assert not cache_files(tmp_path)
+
+
+# -- the torch-free scorer (contentiqa.inference.onnx_runtime) -------------------------------------------
+def _image_files(folder: Path) -> dict[str, Path]:
+    """Inputs as imageio reads them: odd sizes, grey, grey+alpha, RGBA, palette, 16- and 32-bit grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    out = {}
+
+    def save(name: str, img: "Image.Image") -> None:
+        out[name] = folder / name
+        img.save(out[name])
+
+    save("rgb-odd.png", Image.fromarray(rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)))
+    save("rgb.jpg", Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)))
+    save("grey.png", Image.fromarray(rng.integers(0, 256, (41, 35), dtype=np.uint8), "L"))
+    save("grey-alpha.png", Image.fromarray(rng.integers(0, 256, (40, 40, 2), dtype=np.uint8), "LA"))
+    save("rgba.png", Image.fromarray(rng.integers(0, 256, (37, 52, 4), dtype=np.uint8), "RGBA"))
+    save("palette.png", Image.fromarray(rng.integers(0, 256, (48, 36, 3), dtype=np.uint8)).quantize(16))
+    save("grey16.png", Image.fromarray(rng.integers(0, 65536, (45, 39), dtype=np.uint16)))
+    save("grey32.tif", Image.fromarray(rng.integers(0, 1 << 20, (34, 50), dtype=np.int32), "I"))
+    return out
+
+
+def test_numpy_preprocessing_equals_pil_to_tensor(tmp_path):
+    """preprocess_array is pil_to_tensor (and, with a size, IE-IQA's test-time resize) to the bit,
+    for every kind of file imageio turns into RGB."""
+    from contentiqa.data.imageio import load_image
+    from contentiqa.inference.onnx_runtime import preprocess_array
+    from contentiqa.models.base import pil_to_tensor
+    from contentiqa.models.ie_iqa import resize_crop_flip
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for name, path in _image_files(tmp_path).items():
+        img = load_image(path).image
+        assert img.mode == "RGB", name
+        got = preprocess_array(img, mean, std)
+        want = pil_to_tensor(img, mean, std).numpy()
+        assert got.dtype == np.float32 and got.shape == want.shape == (3, img.height, img.width), name
+        assert np.array_equal(got, want), name
+        for size in (64, 37):
+            got = preprocess_array(img, mean, std, (size, size))
+            want = resize_crop_flip(img, size, size, False, mean, std).numpy()
+            assert got.shape == (3, size, size) and np.array_equal(got, want), (name, size)
+    # the independent definition: (pixel / 255 - mean) / std
+    img = load_image(tmp_path / "rgb-odd.png").image
+    ref = (np.asarray(img, dtype=np.float64) / 255 - mean) / std
+    np.testing.assert_allclose(preprocess_array(img, mean, std).transpose(1, 2, 0), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["iqa-cr", "ie-iqa"])
+def test_scorer_preprocesses_as_its_torch_model(tmp_path, which):
+    """The scorer takes preprocessing from the graph's metadata: for both model kinds (native
+    resolution, fixed-size resize) it gives the torch model's input exactly."""
+    from contentiqa.data.imageio import load_image
+    from contentiqa.inference.onnx_runtime import OnnxScorer
+
+    model = tiny_model() if which == "iqa-cr" else tiny_ie_iqa()
+    scorer = OnnxScorer.from_file(export_onnx(model, tmp_path / f"{which}.onnx", verify=False), threads=1)
+    assert scorer.native_resolution == model.native_resolution and scorer.min_size == model.min_size
+    for name, path in _image_files(tmp_path).items():
+        img = load_image(path).image
+        assert np.array_equal(scorer.preprocess(img), model.preprocess(img).numpy()), name
+
+
+def test_torch_free_scores_equal_the_torch_path(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
+    """Second run of the default runtime: no torch model is loaded at all, and every row equals
+    the PyTorch run's (score within 1e-3 of the scale, category, notes, model record)."""
+    from contentiqa.cli import _model_loading
+
+    images = example_images(examples_dir) + [str(tmp_path / "missing.jpg")]
+    assert main(["score", *images, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t.csv"), "-q"]) == 1
+    assert main(["score", images[0], "--model", ckpt, "-o", str(tmp_path / "warm.csv"), "-q"]) == 0  # exports
+    capsys.readouterr()
+
+    def no_torch_model(*a, **k):
+        raise AssertionError("the torch model was loaded")
+
+    monkeypatch.setattr(_model_loading, "load_model", no_torch_model)
+    assert main(["score", *images, "--model", ckpt, "-o", str(tmp_path / "o.csv"), "--max-side", "100"]) == 1
+    assert "ONNX Runtime:" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="torch model was loaded"):  # the torch path: the check above is real
+        main(["score", *images, "--model", ckpt, "--runtime", "torch", "-q"])
+    monkeypatch.undo()
+    assert main(["score", *images, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t2.csv"), "-q",
+                 "--max-side", "100"]) == 1
+
+    def rows(name):
+        with open(tmp_path / name, newline="", encoding="utf-8") as f:
+            return {Path(r["path"]).name: r for r in csv.DictReader(f)}
+
+    t, o = rows("t2.csv"), rows("o.csv")
+    assert set(t) == set(o) and len(t) == len(images)
+    for k in t:
+        a, b = dict(t[k]), dict(o[k])
+        if a["score"]:
+            assert abs(float(a.pop("score")) - float(b.pop("score"))) / 100 < 1e-3, k
+            assert abs(float(a.pop("category_confidence")) - float(b.pop("category_confidence"))) < 1e-3, k
+        assert a == b, k  # category, error, notes (downscaling, clipping), model, weights, SHA-256
+    assert "downscaled" in rows("o.csv")[Path(images[0]).name]["notes"]
+
+
+def test_a_new_checkpoint_takes_the_torch_path_once(tmp_path, examples_dir):
+    """The cache is keyed by the weights file's bytes: other weights under the same file name
+    are exported afresh (not scored with the old graph), then found without torch."""
+    from contentiqa.inference.onnx_runtime import cached_scorer
+    from contentiqa.models.registry import save_checkpoint
+
+    img = example_images(examples_dir)[0]
+    path = tmp_path / "m.pt"
+    save_checkpoint(tiny_model(seed=0), path)
+    assert cached_scorer(path) is None
+    assert main(["score", img, "--model", str(path), "-o", str(tmp_path / "a.csv"), "-q"]) == 0
+    first = cached_scorer(path)
+    assert first is not None and first.checkpoint_info["path"] == str(path)
+    save_checkpoint(tiny_model(seed=1), path)  # same name, other weights
+    assert cached_scorer(path) is None
+    assert main(["score", img, "--model", str(path), "-o", str(tmp_path / "b.csv"), "-q"]) == 0
+    assert cached_scorer(path).path != first.path
+    assert read_scores(tmp_path / "a.csv") != read_scores(tmp_path / "b.csv")
+
+
+def test_the_cache_key_names_what_changes_the_graph(tmp_path):
+    from contentiqa.inference.onnx_runtime import weights_cache_key
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    assert weights_cache_key(a) == weights_cache_key(b)  # the bytes, not the name
+    b.write_bytes(b"weight5")
+    assert len({weights_cache_key(a), weights_cache_key(b), weights_cache_key(a, opset=18),
+                weights_cache_key(a, precision="int8")}) == 4

@@ -525,6 +525,11 @@ def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 120.0) -> None
     raise AssertionError("server not ready in time")
 
 
+ORT_SESSION_FILE = ".ses"
+"""A file ONNX Runtime itself writes into the temporary folder when it creates a session (the
+service's default runtime on a CPU): not the service's."""
+
+
 def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w+")
@@ -537,7 +542,8 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
     )
     try:
         _wait_ready(port, proc)
-        assert [p.name[:17] for p in server_tmp.iterdir()] == ["contentiqa-serve-"]
+        ours = [p for p in server_tmp.iterdir() if p.name != ORT_SESSION_FILE]
+        assert [p.name[:17] for p in ours] == ["contentiqa-serve-"]
         body = multipart([("a.jpg", jpeg(7))])
         status, _, answer = _http(port, post_request("/v1/score", body))
         assert status == 200 and json.loads(answer)["results"][0]["score"] is not None
@@ -580,7 +586,8 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
         assert status == 200 and json.loads(answer)["results"][0]["score"] is not None
         # uvicorn exits by re-raising the signal once it has shut down (as process managers expect)
         assert proc.wait(30) in (0, -signal.SIGTERM)
-        assert list(server_tmp.iterdir()) == []  # shut down cleanly: its upload folder is gone
+        # shut down cleanly: its upload folder is gone
+        assert [p for p in server_tmp.iterdir() if p.name != ORT_SESSION_FILE] == []
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
@@ -655,3 +662,30 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
+    """`contentiqa serve` without --runtime: ONNX Runtime on the CPU, as `contentiqa score`
+    (the torch model is kept for /v1/explain)."""
+    pytest.importorskip("onnxruntime")
+    import uvicorn
+
+    import contentiqa.serve.app as app_mod
+    from contentiqa.cli.main import build_parser
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    captured = {}
+    real_create_app = app_mod.create_app
+
+    def fake_create_app(cfg, loader=None, **kw):
+        captured["loader"] = loader
+        return real_create_app(cfg, loader=loader, **kw)
+
+    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--port", "0"])
+    assert args.func(args) == 1  # the server never started
+    loaded = captured["loader"]()
+    assert loaded.runtime == "onnx" and loaded.forward is not None and loaded.explainable
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch"])
+    assert args.func(args) == 1 and captured["loader"]().runtime == "torch"

@@ -41,6 +41,7 @@ def _probe(*argv: str) -> dict:
         (["score", "--help"], 0),
         (["export"], 2),
         (["score", "--runtime", "onnx", "--device", "cuda", "x.jpg"], 2),
+        (["models"], 0),  # names, tags, shipped weights, backbones, loaders: all known without torch
     ],
 )
 def test_cli_light_paths_do_not_import_torch(argv: list[str], rc: int) -> None:
@@ -52,8 +53,47 @@ def test_cli_light_paths_do_not_import_torch(argv: list[str], rc: int) -> None:
 def test_import_contentiqa_is_lazy() -> None:
     code = (
         "import sys, contentiqa; assert 'torch' not in sys.modules, 'import contentiqa imported torch'; "
-        "assert callable(contentiqa.create_model) and 'torch' in sys.modules; print('ok')"
+        "assert callable(contentiqa.create_model) and 'torch' not in sys.modules, 'the registry imported torch'; "
+        "assert contentiqa.IQAModel and 'torch' in sys.modules; print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+# -- one photo from a cached ONNX graph: no torch --------------------------------------------------
+def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, examples_dir):
+    """The first run exports the model (torch); every later one finds the export by the weights
+    file's hash and scores with ONNX Runtime, numpy and Pillow alone."""
+    pytest.importorskip("onnxruntime")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_models import tiny_checkpoint
+
+    from contentiqa.cli.main import main
+
+    ckpt = tiny_checkpoint()
+    img = str(sorted(examples_dir.glob("*.JPG"))[0])
+    env_cache = {"CONTENTIQA_CACHE_DIR": str(tmp_path / "cache")}
+    saved = {k: os.environ.get(k) for k in env_cache}
+    os.environ.update(env_cache)
+    try:
+        assert main(["score", img, "--model", ckpt, "-q", "-o", str(tmp_path / "first.csv")]) == 0  # exports
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    (entry,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    env = {**os.environ, **env_cache, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for argv in (["score", img, "--model", ckpt, "-o", str(tmp_path / "again.csv")],  # the cached export
+                 ["score", img, "--onnx-model", str(entry), "-q"]):  # an exported file named outright
+        proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=300)
+        got = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert got["rc"] == 0, proc.stderr
+        assert "torch" not in got["heavy"] and "pandas" not in got["heavy"], f"{argv} imported {got['heavy']}"
+        assert "onnxruntime" in got["heavy"]
+    import csv
+
+    (first,) = csv.DictReader(open(tmp_path / "first.csv", encoding="utf-8"))
+    (again,) = csv.DictReader(open(tmp_path / "again.csv", encoding="utf-8"))
+    for k in ("score", "category_confidence"):  # one graph: only the softmax (numpy / torch) differs
+        assert abs(float(first.pop(k)) - float(again.pop(k))) < 1e-5
+    assert first == again  # category, notes, error, model, weights file and its SHA-256, version

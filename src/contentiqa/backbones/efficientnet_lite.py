@@ -13,10 +13,12 @@ import importlib
 import re
 from collections import OrderedDict
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .config import LITE_MEAN, LITE_STD, PretrainedCfg
+
+if TYPE_CHECKING:  # torch is imported to load weights; listing what is installed needs none
+    import torch
 
 # Per-block tensor names, in the order both libraries define them.
 _EP_BLOCK_ORDER_EXPAND = ["_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_project_conv", "_bn2"]
@@ -102,6 +104,8 @@ def split_efficientnet_pytorch_state_dict(
 
 def load_lite_weights(model: torch.nn.Module, weight_file: Path, load_classifier: bool = True) -> None:
     """Load an efficientnet_pytorch-format Lite checkpoint into a timm tf_efficientnet_lite model."""
+    import torch
+
     src = torch.load(weight_file, map_location="cpu", weights_only=True)
     stem_head, flat_blocks = split_efficientnet_pytorch_state_dict(src)
     target = model.state_dict()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-
-import timm
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .config import PretrainedCfg
 from .efficientnet_lite import LITE_CFGS, WeightsUnavailableError, load_lite_weights, package_weight_file
+
+if TYPE_CHECKING:  # timm and torch are imported to build a backbone: list_backbones needs neither
+    from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -44,6 +44,8 @@ def list_backbones(pretrained_offline: bool = False) -> list[str]:
 
 
 def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str) -> None:
+    import torch
+
     from ..utils.checkpoint_io import load_torch_file
 
     path = Path(checkpoint_path)
@@ -101,6 +103,8 @@ def create_backbone(
       ``checkpoint_path`` when given, else from timm's hub when online; offline without
       either, a :class:`WeightsUnavailableError` says how to proceed.
     """
+    import timm
+
     if name in LITE_CFGS:
         cfg = LITE_CFGS[name]
         model = timm.create_model(cfg.architecture, pretrained=False, num_classes=num_classes, **kwargs)

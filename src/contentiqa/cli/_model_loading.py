@@ -30,6 +30,22 @@ def looks_like_checkpoint(spec: str) -> bool:
     return spec.endswith((".pt", ".pth")) or os.sep in spec or (os.altsep or "\0") in spec or Path(spec).is_file()
 
 
+def weights_file_for(spec: str) -> tuple[Path, str | None] | None:
+    """``(file, weights tag)`` that ``load_model(spec)`` would read, found without torch (the
+    registry and a path check); None when ``spec`` names nothing loadable (``load_model`` then
+    says why)."""
+    if looks_like_checkpoint(spec):
+        return (Path(spec), None) if os.path.isfile(spec) else None
+    from ..models import registry
+
+    try:
+        entry, tag = registry.resolve_tag(spec)
+    except ValueError:
+        return None
+    path = registry.shipped_weights_path(entry.name, tag)
+    return (path, tag) if path is not None else None
+
+
 def load_model(spec: str, device: "torch.device | str" = "cpu"):
     """A model from a registered name (with its shipped weights) or a checkpoint path.
 

@@ -9,9 +9,13 @@ gets an error instead of a score, and the rest of the batch goes on.
 Runtimes: --runtime auto (default) runs ONNX Runtime on the CPU and PyTorch on a GPU
 (--device cuda); --runtime torch or onnx forces one. For ONNX Runtime the model is exported once
 to an ONNX file in the cache ($CONTENTIQA_CACHE_DIR, default ~/.cache/contentiqa; files under
-onnx/, named by a hash of the weights, rebuilt if damaged; a read-only cache falls back to the
-temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all. Many machines: --shard I/N scores a fixed 1/N of the inputs
-(by a hash of each file's absolute path), so N jobs, e.g. a SLURM array with
+onnx/, named by a hash of the weights file, rebuilt if damaged; a read-only cache falls back to
+the temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all.
+Once the export is cached (and with --onnx-model), scoring runs without importing PyTorch: the
+graph's metadata give the preprocessing, scale and categories.
+
+Many machines: --shard I/N scores a fixed 1/N of the inputs (by a hash of each file's absolute
+path), so N jobs, e.g. a SLURM array with
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
 write tables that concatenate to the whole, every input once.
 
@@ -327,6 +331,8 @@ def default_workers(runtime: str, threads: int | None = None) -> int:
 def default_batch_size(model, runtime: str) -> int:
     """Measured on a CPU (benchmarks/results/speed.md): batches only pay off for torch on
     fixed-size inputs; native-size inputs rarely match in size, and ONNX Runtime is flat."""
+    if runtime == "onnx":  # always on the CPU
+        return 1
     if model.device.type != "cpu":
         return 8
     return 4 if runtime == "torch" and not model.native_resolution else 1
@@ -352,21 +358,71 @@ class _torch_threads:
             torch.set_num_threads(self.saved)
 
 
-def _load_runtime(args: argparse.Namespace, device):
-    """``(model, model_spec, forward)``: the torch model, or for --runtime onnx the torch model
-    with an ONNX Runtime forward (exported to the cache on first use), or with --onnx-model
-    a model served from that file alone (forward None: it runs the session itself)."""
+def _torch_free(args: argparse.Namespace):
+    """``(scorer, spec)`` when this run can score from a cached ONNX graph without importing
+    torch: ONNX Runtime chosen (``auto`` on the CPU, or ``onnx``), no --explain (Grad-CAM needs
+    the torch model), and the weights file (shipped or a checkpoint) exported before. Else
+    None: the torch path loads the model (and exports it on a cache miss)."""
     from .. import DEFAULT_MODEL
-    from ._model_loading import load_model
+    from ._model_loading import weights_file_for
+
+    if args.runtime not in ("onnx", "onnx_or_torch") or args.explain or args.onnx_model is not None:
+        return None
+    spec = args.model or DEFAULT_MODEL
+    found = weights_file_for(spec)
+    if found is None:
+        return None
+    from ..inference.onnx_runtime import OnnxUnavailableError, cached_scorer
+
+    try:
+        scorer = cached_scorer(found[0], threads=args.threads, weights_tag=found[1])
+    except (OnnxUnavailableError, OSError):  # the torch path says what is missing, or reads the file itself
+        return None
+    return (scorer, spec) if scorer is not None else None
+
+
+def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True):
+    """``(model, model_spec, forward)``: the torch model, or for --runtime onnx the torch model
+    with an ONNX Runtime forward (exported to the cache on first use), or a model served by
+    ONNX Runtime alone (forward None: it runs the session itself) — from --onnx-model, or,
+    with ``torch_free``, from the cached export of the weights (no torch imported at all).
+    ``device``: the torch device (default: --device, resolved only when torch is needed)."""
+    from .. import DEFAULT_MODEL
+    from ._model_loading import load_model, resolve_device, weights_file_for
+
+    if torch_free:
+        fast = _torch_free(args)
+        if fast is not None:
+            scorer, spec = fast
+            args.runtime = "onnx"
+            if not args.quiet:
+                print(f"ONNX Runtime: {scorer.path}", file=sys.stderr)
+            return scorer, spec, None
+        if args.runtime == "onnx" and args.onnx_model is not None:
+            from ..inference.onnx_runtime import OnnxScorer, OnnxUnavailableError
+
+            try:
+                model = OnnxScorer.from_file(args.onnx_model, threads=args.threads)
+            except OnnxUnavailableError as exc:
+                raise UsageError(str(exc)) from None
+            except (ValueError, FileNotFoundError) as exc:
+                raise UsageError(str(exc)) from None
+            if args.model and not _same_model(args.model, model.model_name):
+                raise UsageError(f"--onnx-model {args.onnx_model} holds model '{model.model_name}', not --model {args.model}")
+            return model, args.onnx_model, None
+    if device is None:
+        device = resolve_device(args.device)
+    spec = args.model or DEFAULT_MODEL
+    found = weights_file_for(spec)
+    weights = found[0] if found is not None else None  # the export is cached under this file's hash
 
     if args.runtime == "onnx_or_torch":  # --runtime auto on the CPU
-        from ..inference.onnx import OnnxExportError, OnnxUnavailableError, onnx_available, onnx_forward_for
+        from ..inference.onnx import OnnxExportError, onnx_available, onnx_forward_for
 
-        spec = args.model or DEFAULT_MODEL
         model = load_model(spec, device)
         if onnx_available():
             try:
-                forward, path = onnx_forward_for(model, threads=args.threads)
+                forward, path = onnx_forward_for(model, threads=args.threads, weights_file=weights)
             except (OnnxExportError, ValueError) as exc:
                 if not args.quiet:
                     print(f"note: running in PyTorch, not ONNX Runtime ({exc})", file=sys.stderr)
@@ -392,9 +448,8 @@ def _load_runtime(args: argparse.Namespace, device):
                         f"--onnx-model {args.onnx_model} holds model '{model.model_name}', not --model {args.model}"
                     )
                 return model, args.onnx_model, None
-            spec = args.model or DEFAULT_MODEL
             model = load_model(spec, device)
-            forward, path = onnx_forward_for(model, threads=args.threads)
+            forward, path = onnx_forward_for(model, threads=args.threads, weights_file=weights)
             if not args.quiet:
                 print(f"ONNX Runtime: {path}", file=sys.stderr)
             return model, spec, forward
@@ -404,7 +459,6 @@ def _load_runtime(args: argparse.Namespace, device):
             raise UsageError(f"cannot run this model in ONNX Runtime: {exc}; use --runtime torch") from None
         except (ValueError, FileNotFoundError) as exc:
             raise UsageError(str(exc)) from None
-    spec = args.model or DEFAULT_MODEL
     return load_model(spec, device), spec, None
 
 
@@ -455,7 +509,6 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
     from ..inference.engine import predict_items
     from ..reporting.html import make_thumbnail, model_info, read_html_thumbnails, write_html_report
     from ..reporting.results import format_table, model_record, read_results, row_from_prediction, row_ok, sort_rows, write_results
-    from ._model_loading import resolve_device
     from ._output import EXIT_NOT_WRITTEN, StopSignals, Stopped, rescue_path
 
     existing: list[dict] = []
@@ -482,8 +535,7 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
             print(f"shard {args.shard_spec[0]}/{args.shard_spec[1]}: {len(entries)} of {n_all} input(s)", file=sys.stderr)
     for note in scan_notes:
         print(f"note: {note}", file=sys.stderr)
-    device = resolve_device(args.device)
-    model, model_spec, forward = _load_runtime(args, device)
+    model, model_spec, forward = _load_runtime(args)
     if args.max_pixels is not None:
         model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
     if args.max_side is not None:

@@ -39,8 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = every interface, "
                         "use with --api-key or behind a reverse proxy)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default=None,
-                   help="run the model in PyTorch (default) or ONNX Runtime (CPU; pip install 'contentiqa[onnx]')")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
+                   help="auto (default): ONNX Runtime on the CPU (the model is exported to the cache on first use, "
+                        "or PyTorch if it cannot be exported), PyTorch on a GPU, as `contentiqa score`. torch / onnx "
+                        "force one (/v1/explain uses the PyTorch model either way)")
     p.add_argument("--onnx-model", metavar="FILE", default=None,
                    help="with --runtime onnx: this file from `contentiqa export` (explain is then unavailable)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -112,7 +114,8 @@ def _config(args: argparse.Namespace):
     else:  # the score command's measured default for decoding beside the model
         from .score import default_workers
 
-        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "torch"), args.threads)
+        # (run() settled --runtime first: 'onnx_or_torch' decodes as ONNX Runtime does)
+        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "auto"), args.threads)
     return ServeConfig(
         max_batch=args.max_batch or 8,
         max_wait_ms=args.max_wait_ms,
@@ -140,7 +143,7 @@ def _loader(args: argparse.Namespace):
         if args.threads:
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
-        model, spec, forward = _load_runtime(args, device)
+        model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
         return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
                            explainable=args.onnx_model is None)
 
@@ -158,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import DEFAULT_MODEL
     from ._model_loading import looks_like_checkpoint, resolve_runtime
 
-    cfg = _config(args)
     # Cheap checks before the server starts (the model itself loads in the background).
     args.quiet = False
-    resolve_runtime(args, "torch")
+    resolve_runtime(args, "auto")  # ONNX Runtime on the CPU, torch on a GPU (as `contentiqa score`)
+    cfg = _config(args)
     spec = args.model or DEFAULT_MODEL
     if looks_like_checkpoint(spec) and not os.path.isfile(spec):
         raise UsageError(f"checkpoint {spec} does not exist")

@@ -17,30 +17,11 @@ from torch.utils.data import Dataset
 
 from .imageio import DEFAULT_MAX_PIXELS, load_image
 from .labels import dataset_keys
+from .registry import LoaderFn, dataset_scale, list_datasets, loaders, register_dataset
 from .table import MOSScale, check_files, standardize_table
 
-LoaderFn = Callable[..., pd.DataFrame]
-_LOADERS: dict[str, tuple[LoaderFn, MOSScale]] = {}
-
-
-def register_dataset(name: str, scale: MOSScale) -> Callable[[LoaderFn], LoaderFn]:
-    """Register a table loader ``fn(root, **kw) -> DataFrame`` under ``name``."""
-
-    def deco(fn: LoaderFn) -> LoaderFn:
-        _LOADERS[name] = (fn, scale)
-        return fn
-
-    return deco
-
-
-def list_datasets() -> list[str]:
-    return sorted(_LOADERS)
-
-
-def dataset_scale(name: str) -> MOSScale:
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
-    return _LOADERS[name][1]
+# The registry lives in registry.py (no torch, no pandas); its names are re-exported here.
+__all__ = ["IQADataset", "LoaderFn", "dataset_scale", "list_datasets", "load_dataset", "register_dataset"]
 
 
 class IQADataset(Dataset):
@@ -111,9 +92,10 @@ def load_dataset(
     the CSV file). ``on_missing`` is 'error' (default: list missing files), 'skip' or 'keep'.
     Loader-specific keyword arguments are documented on each loader.
     """
-    if name not in _LOADERS:
+    registered = loaders()
+    if name not in registered:
         raise ValueError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
-    fn, scale = _LOADERS[name]
+    fn, scale = registered[name]
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{name}: dataset root {root} does not exist")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from .datasets import register_dataset
+from .registry import register_dataset
 from .table import MOSScale
+
+if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
+    import pandas as pd
 
 CLIVE_SCALE = MOSScale(0.0, 100.0)
 KONIQ_SCALE = MOSScale(1.0, 5.0)
@@ -41,6 +42,8 @@ def _find_file(root: Path, name: str, subdirs: tuple[str, ...] = ("",)) -> Path:
 
 
 def _read_sheet(path: Path, **kw) -> pd.DataFrame:
+    import pandas as pd
+
     if path.suffix.lower() in (".xlsx", ".xls"):
         try:
             return pd.read_excel(path, **kw)
@@ -82,6 +85,9 @@ def load_livec(root: Path) -> pd.DataFrame:
 
     A copy whose BMPs were converted to PNG (same stem) is found too.
     """
+    import numpy as np
+    import pandas as pd
+
     from scipy.io import loadmat
 
     data = root / "Data"
@@ -110,6 +116,8 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     ``mos`` is the MOS column (1-5 scale), ``mos_std`` the SD column. If the requested
     resolution folder is absent, the other one is used.
     """
+    import pandas as pd
+
     csv = _first_existing(root, ("koniq10k_scores_and_distributions.csv", "*scores_and_distributions*.csv"), "koniq10k")
     df = pd.read_csv(csv)
     name_col = _column(df, "image_name", file=csv)
@@ -144,6 +152,8 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     (the first, in :data:`SPAQ_SCENES` order, if several are marked; images may carry more than one
     scene). Attribute scores are kept as extra columns when ``with_attributes``.
     """
+    import pandas as pd
+
     ann = root / "Annotations"
     mos_file = _first_existing(ann, ("MOS and Image attribute scores.xlsx", "MOS and Image attribute scores.csv", "*MOS*.xlsx", "*MOS*.csv"), "spaq")
     df = _read_sheet(mos_file)
@@ -188,6 +198,8 @@ def load_cid2013(root: Path) -> pd.DataFrame:
     The database's images sit in image-set / scene folders; they are found by file stem
     anywhere under ``root``, so both the original and flattened copies load.
     """
+    import pandas as pd
+
     sheet = _first_existing(root, ("CID2013 data - checkpoint.xlsx", "*.xlsx", "*.csv"), "cid2013")
     df = _read_sheet(sheet)
     id_col = _column(df, "Source ID", "Image ID", "image", "filename", file=sheet)
@@ -214,6 +226,8 @@ def load_bid(root: Path) -> pd.DataFrame:
 
     Images are looked up in ``ImageDatabase/`` first, then ``root`` itself.
     """
+    import pandas as pd
+
     sheet = _first_existing(root, ("DatabaseGrades.xlsx", "DatabaseGrades.xls", "DatabaseGrades.csv", "*.xlsx", "*.csv"), "bid")
     df = _read_sheet(sheet)
     num_col = _column(df, "Image Number", "image", file=sheet)
@@ -258,6 +272,8 @@ def load_biq2021(root: Path, split: str | None = None) -> pd.DataFrame:
     where the CSV says ``.jpg``: it is used, with a warning. ``split`` ('train' or 'test')
     keeps that part alone (e.g. the official test set as a cross-dataset test).
     """
+    import pandas as pd
+
     if split not in (None, "train", "test"):
         raise ValueError(f"biq2021: split must be 'train', 'test' or None, not {split!r}")
     folder = root / "Images"
@@ -293,6 +309,8 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     comment on the first line, else guessed from the values: within [0, 1] -> 0-1, within
     [1, 5] -> 1-5, within [0, 5] -> 0-5, otherwise 0-100.
     """
+    import pandas as pd
+
     path = Path(root)
     if path.is_dir():
         candidates = sorted(path.glob("*.csv"))

@@ -12,9 +12,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: the dataset registry (`contentiqa models`) needs neither
+    import pandas as pd
 
 REQUIRED_COLUMNS = ("image", "mos")
 OPTIONAL_COLUMNS = ("mos_std", "category", "split")
@@ -29,10 +30,14 @@ class MOSScale:
     higher_is_better: bool = True
 
     def normalize(self, mos):
+        import numpy as np
+
         x = (np.asarray(mos, dtype=np.float64) - self.low) / (self.high - self.low)
         return x if self.higher_is_better else 1.0 - x
 
     def denormalize(self, x):
+        import numpy as np
+
         x = np.asarray(x, dtype=np.float64)
         x = x if self.higher_is_better else 1.0 - x
         return x * (self.high - self.low) + self.low
@@ -75,6 +80,8 @@ def check_files(table: pd.DataFrame, dataset: str, on_missing: str = "error") ->
 
 def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None) -> pd.DataFrame:
     """Validate and order columns; make ``image`` absolute (relative to ``root``)."""
+    import pandas as pd
+
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"dataset table lacks column(s) {missing}; has {list(table.columns)}")

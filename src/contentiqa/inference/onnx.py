@@ -48,31 +48,32 @@ from torch import nn
 
 from ..models.base import IQAModel, pil_to_tensor
 
-ONNX_FORMAT = "contentiqa-onnx/1"
-DEFAULT_OPSET = 17
-INPUT_NAME = "image"
+# The torch-free half (sessions, the cache, metadata, the numpy scorer) is onnx_runtime.py;
+# its names stay importable from here.
+from . import onnx_runtime as _rt
+from .onnx_runtime import (  # noqa: F401
+    DEFAULT_OPSET,
+    DEFAULT_PRECISION,
+    FINGERPRINT_KEY,
+    INPUT_NAME,
+    ONNX_FORMAT,
+    OnnxInfo,
+    OnnxScorer,
+    OnnxUnavailableError,
+    _require,
+    cache_dir,
+    cache_filename,
+    make_session,
+    read_metadata,
+    weights_cache_key,
+)
+
 VERIFY_ATOL = 1e-3
-_EXPORT_REVISION = "1"  # bump when the exported graph changes, to refresh cached exports
-
-
-class OnnxUnavailableError(ImportError):
-    """onnx / onnxruntime is not installed."""
+_EXPORT_REVISION = _rt.EXPORT_REVISION
 
 
 class OnnxExportError(RuntimeError):
     """The model (or part of it) cannot be exported to ONNX; the message says why."""
-
-
-def _require(module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise OnnxUnavailableError(
-            f"the '{module}' package is needed for ONNX export / the ONNX runtime but is not installed: "
-            "pip install onnx onnxruntime  (dependencies of contentiqa: reinstall it to get them)"
-        ) from None
 
 
 def onnx_available() -> bool:
@@ -264,18 +265,11 @@ def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> fl
 
 
 # -- the export cache (score --runtime onnx/auto without --onnx-model) --------------------------------
-def cache_dir() -> Path:
-    """``$CONTENTIQA_CACHE_DIR`` or ``$XDG_CACHE_HOME/contentiqa`` (``~/.cache/contentiqa``)."""
-    env = os.environ.get("CONTENTIQA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "contentiqa"
-
-
 def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     """A hash of what the exported graph depends on: name, config, scale, categories, the
-    weights (every tensor of the state dict), the opset and the export revision."""
+    weights (every tensor of the state dict), the opset and the export revision. The key of
+    a model in memory; a model just read from a file is keyed by the file instead
+    (:func:`~contentiqa.inference.onnx_runtime.weights_cache_key`), which needs no torch."""
     h = hashlib.sha256()
     head = {
         "rev": _EXPORT_REVISION,
@@ -295,58 +289,49 @@ def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     return h.hexdigest()
 
 
-FINGERPRINT_KEY = "contentiqa_fingerprint"
-"""Metadata key of a cached export: the :func:`model_fingerprint` it was made from. A cache
-entry is used only when it loads in ONNX Runtime and carries the expected fingerprint, so a
-truncated, corrupt or foreign file is rebuilt instead of failing (or scoring wrongly)."""
-
-
 def _fallback_cache_dir() -> Path:
-    """Where exports go when the cache folder cannot be written (a read-only home or install):
-    a per-user folder in the temporary directory."""
-    user = os.getuid() if os.name == "posix" else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / f"contentiqa-onnx-{user}"
+    return _rt._fallback_cache_dir()
 
 
-def _open_cached(path: Path, fingerprint: str, threads: int | None):
-    """A session on ``path`` when it is a complete export of ``fingerprint``, else None."""
-    if not path.is_file():
-        return None
-    try:
-        session = make_session(path, threads=threads)
-    except ValueError:  # truncated / not ONNX: onnxruntime refuses to parse it
-        return None
-    meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("contentiqa_format") != ONNX_FORMAT or meta.get(FINGERPRINT_KEY) != fingerprint:
-        return None
-    return session
+def _export_precision(model: IQAModel, path: Path, precision: str, opset: int, key: str) -> None:
+    """Write the ``precision`` graph of ``model`` to ``path`` with ``key`` in its metadata."""
+    if precision != DEFAULT_PRECISION:  # the place for other precisions (e.g. an int8-quantized graph)
+        raise ValueError(f"unknown ONNX precision {precision!r} (known: {DEFAULT_PRECISION})")
+    export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
 
 
 def cached_session(
-    model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None
+    model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None,
+    *, weights_file: str | os.PathLike | None = None, precision: str = DEFAULT_PRECISION,
 ) -> tuple[Any, Path, bool]:
     """An ONNX Runtime session for ``model`` from the export cache, exporting on first use:
-    ``(session, path, created)``. Files are named by :func:`model_fingerprint`, so a changed
-    checkpoint gets a new file; an entry that does not load or lacks the fingerprint is
+    ``(session, path, created)``.
+
+    ``weights_file``: the file ``model`` was just loaded from, unchanged: the entry is keyed
+    by that file (:func:`~contentiqa.inference.onnx_runtime.weights_cache_key`), so the next
+    run finds it without torch. Without it the key is :func:`model_fingerprint` (a model in
+    memory). A changed checkpoint gets a new entry; one that does not load or lacks the key is
     rebuilt. A cache folder that cannot be written falls back to a per-user temp folder."""
-    folder = Path(folder) if folder is not None else cache_dir() / "onnx"
-    name = str(model.model_name).replace(os.sep, "_")
-    fingerprint = model_fingerprint(model, opset)
-    filename = f"{name}-{fingerprint[:20]}.onnx"
-    places = [folder, _fallback_cache_dir()]
-    for where in places:  # a usable entry anywhere first: no export at all
-        session = _open_cached(where / filename, fingerprint, threads)
-        if session is not None:
-            return session, where / filename, False
+    if weights_file is not None:
+        key = weights_cache_key(weights_file, opset, precision)
+        label = Path(weights_file).stem
+    else:
+        key = model_fingerprint(model, opset) if precision == DEFAULT_PRECISION else \
+            hashlib.sha256(f"{model_fingerprint(model, opset)}|{precision}".encode()).hexdigest()
+        label = str(model.model_name)
+    filename = cache_filename(label, key, precision)
+    found = _rt.find_cached(filename, key, threads, folder)  # a usable entry anywhere: no export at all
+    if found is not None:
+        return found[0], found[1], False
     error: OSError | None = None
-    for where in places:
+    for where in _rt.cache_places(folder):
         path = where / filename
         try:
-            export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: fingerprint})
+            _export_precision(model, path, precision, opset, key)
         except OSError as exc:  # read-only (or full) folder: try the next
             error = exc
             continue
-        session = _open_cached(path, fingerprint, threads)
+        session = _rt.open_cached(path, key, threads)
         if session is None:  # pragma: no cover - a fresh export that does not load is a bug
             raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
         return session, path, True
@@ -362,28 +347,6 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
 
 
 # -- running ------------------------------------------------------------------------------------
-def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
-    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's
-    default, one per physical core). ``spinning``: let idle pool threads spin (faster on an
-    otherwise idle machine; off by default because the image-decoding threads of the scoring
-    pipeline share the cores)."""
-    ort = _require("onnxruntime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    # Native-resolution inputs come in many shapes: a memory plan cached per shape would grow
-    # with every new photo size, so plan each run afresh (measured: no speed difference).
-    so.enable_mem_pattern = False
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ValueError(f"{path}: cannot load as an ONNX model ({type(exc).__name__}: {exc})") from None
-
-
 class OnnxForward:
     """``forward(x) -> {"score": ..., "logits": ...}`` running an ONNX Runtime session: the
     drop-in for the torch model in :func:`contentiqa.inference.engine.predict_items`."""
@@ -402,17 +365,6 @@ class OnnxForward:
         return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.output_names, outs)}
 
 
-def read_metadata(path_or_session: Any) -> dict[str, str]:
-    """The metadata_props of an ONNX file (or of a session)."""
-    session = path_or_session
-    if isinstance(path_or_session, (str, os.PathLike)):
-        path = Path(path_or_session)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} does not exist")
-        session = make_session(path, threads=1)
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 class OnnxModel(IQAModel):
     """A contentiqa model served by ONNX Runtime from an exported file alone: preprocessing,
     scale and categories come from the file's metadata. Works wherever an IQAModel does for
@@ -421,33 +373,18 @@ class OnnxModel(IQAModel):
     channels_last_input = False  # the session wants contiguous NCHW
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
-        from ..data.table import MOSScale
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
         session = make_session(path, threads=threads, spinning=spinning)
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        if meta.get("contentiqa_format") != ONNX_FORMAT:
-            raise ValueError(
-                f"{path} was not exported by contentiqa (no '{ONNX_FORMAT}' metadata); "
-                "export one with `contentiqa export MODEL --format onnx`"
-            )
-        try:
-            scale = MOSScale(float(meta["score_low"]), float(meta["score_high"]), bool(json.loads(meta["higher_is_better"])))
-            categories = json.loads(meta.get("categories", "[]"))
-            super().__init__(scale, categories)
-            self.model_name = meta["model_name"]
-            self.mean = tuple(json.loads(meta["mean"]))
-            self.std = tuple(json.loads(meta["std"]))
-            self._native = bool(json.loads(meta["native_resolution"]))
-            size = json.loads(meta.get("input_size", "null"))
-            self.input_size = tuple(size) if size else None
-            self.min_size = int(meta.get("min_size", 32))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: incomplete contentiqa metadata ({exc})") from None
-        if not self._native and self.input_size is None:
-            raise ValueError(f"{path}: a fixed-size model without input_size metadata")
+        info = OnnxInfo.parse(meta, path)
+        super().__init__(info.scale, info.categories)
+        self.model_name = info.model_name
+        self.mean, self.std = info.mean, info.std
+        self._native = info.native_resolution
+        self.input_size = info.input_size
+        self.min_size = info.min_size
         self.path = path
         self.metadata = meta
         self.session = session
@@ -487,11 +424,14 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     return OnnxModel(path, threads=threads)
 
 
-def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None) -> tuple[OnnxForward, Path]:
+def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None,
+                     *, weights_file: str | os.PathLike | None = None,
+                     precision: str = DEFAULT_PRECISION) -> tuple[OnnxForward, Path]:
     """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
-    match the model's preprocessing and scale) or the export cache."""
+    match the model's preprocessing and scale) or the export cache (keyed by ``weights_file``
+    when the model was just loaded from it: see :func:`cached_session`)."""
     if onnx_path is None:
-        session, onnx_path, _ = cached_session(model, threads=threads)
+        session, onnx_path, _ = cached_session(model, threads=threads, weights_file=weights_file, precision=precision)
     else:
         session = make_session(onnx_path, threads=threads)
     meta = dict(session.get_modelmeta().custom_metadata_map)

@@ -1,39 +1,66 @@
 """Models: IQA-CR (and variants), IE-IQA; registry and checkpoints.
 
 A new model subclasses :class:`~contentiqa.models.base.IQAModel` (base.py: the contract every
-other part of contentiqa relies on) and is registered in zoo.py."""
-from . import zoo as _zoo  # noqa: F401  (registers the models)
-from .base import IQA_CR_CATEGORIES, IQAModel, Prediction
-from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa
-from .intelligibility import (
-    IntelligibilityBranch,
-    IntelligibilityWeightsUnavailable,
-    build_intelligibility,
-    train_unrecognizability,
-)
-from .iqa_cr import IQACR, IQACRConfig
-from .registry import create_model, list_models, list_pretrained, load_checkpoint, register_model, save_checkpoint
-from .selection import Selection, select_features
+other part of contentiqa relies on) and is registered in zoo.py.
 
-__all__ = [
-    "IEIQA",
-    "IEIQAConfig",
-    "IQACR",
-    "IQACRConfig",
-    "IQAModel",
-    "IQA_CR_CATEGORIES",
-    "IntelligibilityBranch",
-    "IntelligibilityWeightsUnavailable",
-    "Prediction",
-    "Selection",
-    "build_ie_iqa",
-    "build_intelligibility",
-    "create_model",
-    "list_models",
-    "list_pretrained",
-    "load_checkpoint",
-    "register_model",
-    "save_checkpoint",
-    "select_features",
-    "train_unrecognizability",
-]
+Names are imported on first use (module ``__getattr__``): the registry (names, tags, shipped
+weights) and the torch-free scoring helpers load without torch, so ``contentiqa models`` and
+the cached ONNX scoring path start in a fraction of a second; the model classes import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule that defines it
+_LAZY = {
+    "IEIQA": "ie_iqa",
+    "IEIQAConfig": "ie_iqa",
+    "build_ie_iqa": "ie_iqa",
+    "IQACR": "iqa_cr",
+    "IQACRConfig": "iqa_cr",
+    "IQAModel": "base",
+    "IQA_CR_CATEGORIES": "base",
+    "Prediction": "base",
+    "IntelligibilityBranch": "intelligibility",
+    "IntelligibilityWeightsUnavailable": "intelligibility",
+    "build_intelligibility": "intelligibility",
+    "train_unrecognizability": "intelligibility",
+    "create_model": "registry",
+    "list_models": "registry",
+    "list_pretrained": "registry",
+    "load_checkpoint": "registry",
+    "register_model": "registry",
+    "save_checkpoint": "registry",
+    "Selection": "selection",
+    "select_features": "selection",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import IQA_CR_CATEGORIES, IQAModel, Prediction  # noqa: F401
+    from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa  # noqa: F401
+    from .intelligibility import (  # noqa: F401
+        IntelligibilityBranch,
+        IntelligibilityWeightsUnavailable,
+        build_intelligibility,
+        train_unrecognizability,
+    )
+    from .iqa_cr import IQACR, IQACRConfig  # noqa: F401
+    from .registry import create_model, list_models, list_pretrained, load_checkpoint, register_model, save_checkpoint  # noqa: F401
+    from .selection import Selection, select_features  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'contentiqa.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

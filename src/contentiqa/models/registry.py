@@ -11,12 +11,14 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is built: names, tags and weights need none
+    import torch
 
-from .base import IQAModel
-from .recipes import TrainRecipe
+    from .base import IQAModel
+
+from .recipes import TrainRecipe  # torch-free
 
 CHECKPOINT_FORMAT = "contentiqa-model/1"
 
@@ -47,6 +49,13 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+def _registered() -> dict[str, ModelEntry]:
+    """The registry with zoo.py's entries in it (zoo.py imports no model code until one is built)."""
+    from . import zoo  # noqa: F401  (registers the models)
+
+    return _REGISTRY
+
+
 def register_model(name: str, weights: str | dict[str, str] | None = None, description: str = "",
                    default_tag: str | None = None, defaults: dict[str, Any] | None = None,
                    recipe: TrainRecipe | None = None) -> Callable:
@@ -75,7 +84,7 @@ def split_name(spec: str) -> tuple[str, str | None]:
 
 def list_models(pretrained_only: bool = False) -> list[str]:
     """Registered model names; with ``pretrained_only`` just those with shipped weights."""
-    names = sorted(_REGISTRY)
+    names = sorted(_registered())
     if pretrained_only:
         names = [n for n in names if shipped_weights_path(n) is not None]
     return names
@@ -84,8 +93,9 @@ def list_models(pretrained_only: bool = False) -> list[str]:
 def list_pretrained() -> list[str]:
     """Every ``name.tag`` whose weights ship in this install (the default tag first per name)."""
     out = []
-    for name in sorted(_REGISTRY):
-        entry = _REGISTRY[name]
+    registry = _registered()
+    for name in sorted(registry):
+        entry = registry[name]
         for tag in sorted(entry.tags, key=lambda t: (t != entry.default_tag, t)):
             if shipped_weights_path(name, tag) is not None:
                 out.append(f"{name}.{tag}")
@@ -94,9 +104,10 @@ def list_pretrained() -> list[str]:
 
 def model_entry(name: str) -> ModelEntry:
     base, _ = split_name(name)
-    if base not in _REGISTRY:
+    registry = _registered()
+    if base not in registry:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
-    return _REGISTRY[base]
+    return registry[base]
 
 
 def model_recipe(name: str) -> TrainRecipe:
@@ -148,6 +159,8 @@ def shipped_weights_path(name: str, tag: str | None = None) -> Path | None:
 
 
 def _state_without_base(model: IQAModel, base_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[str]]:
+    import torch
+
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # device-independent files
     if base_state is None:
         return state, []

@@ -1,13 +1,23 @@
-"""Registered model entry points (what ``contentiqa.list_models()`` lists)."""
+"""Registered model entry points (what ``contentiqa.list_models()`` lists).
+
+The model modules (and torch) are imported when a builder runs, not here: registering is
+what ``contentiqa models`` needs, and it must not pay for torch."""
 from __future__ import annotations
 
-from .iqa_cr import IQACR, IQACRConfig
+from typing import TYPE_CHECKING
+
 from .recipes import (IE_IQA_DEFAULTS, IE_IQA_DISTORTION_DEFAULTS, IE_IQA_DISTORTION_RECIPE, IE_IQA_RECIPE,
                       IQA_CR_CLIVE_RECIPE, IQA_CR_DEFAULTS, IQA_CR_RECIPE)
 from .registry import register_model
 
+if TYPE_CHECKING:
+    from .ie_iqa import IEIQA
+    from .iqa_cr import IQACR
+
 
 def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
+    from .iqa_cr import IQACR, IQACRConfig
+
     # Positional names must not collide with config keys: a checkpoint's config holds 'variant'.
     kwargs.pop("variant", None)
     model = IQACR(IQACRConfig(variant=_variant, **kwargs))
@@ -47,10 +57,9 @@ def mtl_pooled(**kwargs) -> IQACR:
 
 
 # -- IE-IQA (Song et al. 2021) -----------------------------------------------------------------
-from .ie_iqa import IEIQA, build_ie_iqa  # noqa: E402
-
-
 def _ie_iqa(name: str, **kwargs) -> IEIQA:
+    from .ie_iqa import build_ie_iqa
+
     # Defaults that depend on other arguments (recipes.IE_IQA_DEFAULTS): training resizes ~8 %
     # larger and crops (416 -> 384); BatchNorm statistics stay fixed for a distortion backbone
     # that starts from trained weights, and are learnt from scratch (fixed initial statistics

@@ -1,0 +1,227 @@
+"""The torch-free half of scoring: inputs to RGB images, results to :class:`Prediction` rows.
+
+What turns a file (or an array) into the image a model sees, and a model's normalised outputs
+into the rows people read, needs numpy and Pillow only. :class:`~contentiqa.models.base.IQAModel`
+uses these functions, and so does the ONNX Runtime scorer
+(:mod:`contentiqa.inference.onnx_runtime`), which scores a photo without importing torch
+(seconds of start-up) and must give the same rows.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+
+if TYPE_CHECKING:
+    from ..data.table import MOSScale
+    from .base import IQAModel
+
+
+@dataclass
+class Prediction:
+    """The result for one input. ``score`` is on the model's MOS scale (``score_range``)."""
+
+    path: str | None
+    score: float | None
+    category: str | None = None
+    category_confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, with_probabilities: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_probabilities:
+            d.pop("probabilities")
+        d["notes"] = "; ".join(self.notes)
+        return d
+
+
+def clip_score(score: float, low: float, high: float) -> float:
+    """``score`` inside the scale's ends (given in either order)."""
+    lo, hi = sorted((low, high))
+    return min(max(score, lo), hi)
+
+
+DEFAULT_MAX_SIDE = 2048
+"""Native-resolution models see images whose longest side is at most this many pixels; larger
+ones are downscaled first (with a note in the row). Their memory grows with the pixels
+(about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds a
+run's peak at about 2 GB whatever the photos (benchmarks/results/memory.md). None: never."""
+
+FLOAT_TOLERANCE = 1e-3
+"""Float pixels may step this far outside [0, 1] (resampling overshoot); they are clipped."""
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of {max_pixels / 1e6:.4g} MP "
+            "(set model.max_pixels to allow it)"
+        )
+
+
+def array_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values of any numeric dtype -> uint8, by rules that never guess a range:
+
+    - uint8: as is; bool: refused (a mask, not a photo).
+    - floating point: must lie in [0, 1] (NaN / inf refused); scaled by 255.
+    - uint16: the 16-bit range 0-65535 (what 16-bit PNG / TIFF hold; same as reading the file).
+    - other integers (int8/16/32/64, uint32/64, e.g. a list of Python ints): must lie in 0-255,
+      taken as 8-bit values; anything outside is refused (its range is unknown).
+    """
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        raise ValueError("boolean input is a mask, not an image: pass uint8 (0-255) or float (0-1) pixels")
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError("input has NaN or infinite values: pixels must be finite")
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+            raise ValueError(
+                f"float input has values in [{lo:.4g}, {hi:.4g}]: float pixels must be in [0, 1] "
+                "(divide 0-255 data by 255, or pass it as uint8)"
+            )
+        return (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if a.dtype == np.uint16:
+        return np.round(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{a.dtype} input has values in [{lo}, {hi}]: integer pixels other than uint8/uint16 must be "
+                "0-255 (pass uint16 for 16-bit data, or scale it)"
+            )
+        return a.astype(np.uint8)
+    raise TypeError(f"cannot score pixels of dtype {a.dtype}")
+
+
+def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int = 32) -> tuple[Image.Image, str | None, list[str]]:
+    """Accept a path, PIL image, HxWx3 / HxWx4 / HxW array or 3xHxW / 1xHxW tensor.
+
+    Pixel values follow :func:`array_to_uint8` (uint8 0-255, float 0-1, uint16 0-65535, other
+    integers 0-255; NaN, inf, bool and out-of-range values are errors). ``max_pixels`` applies
+    to every kind of input, not only files."""
+    if isinstance(item, (str, os.PathLike)):
+        loaded = load_image(item, max_pixels=max_pixels, min_size=min_size)
+        return loaded.image, str(item), loaded.notes
+    if isinstance(item, Image.Image):
+        notes: list[str] = []
+        from ..data.imageio import _to_rgb
+
+        _check_pixels(*item.size, max_pixels)
+        img = _to_rgb(item, notes)
+        return img, None, notes
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    if torch is not None and isinstance(item, torch.Tensor):
+        t = item.detach()
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"tensor input must be 3xHxW (or 1xHxW), got shape {tuple(t.shape)}")
+        _check_pixels(int(t.shape[2]), int(t.shape[1]), max_pixels)
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        a = t.cpu().permute(1, 2, 0).numpy()
+        a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+        return Image.fromarray(np.ascontiguousarray(array_to_uint8(a)), "RGB"), None, []
+    if isinstance(item, np.ndarray):
+        a = item
+        if a.ndim == 2:
+            a = np.stack([a] * 3, axis=-1)
+        if a.ndim != 3 or a.shape[2] not in (3, 4):
+            raise ValueError(f"array input must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
+        _check_pixels(a.shape[1], a.shape[0], max_pixels)
+        return Image.fromarray(np.ascontiguousarray(array_to_uint8(a[..., :3])), "RGB"), None, []
+    raise TypeError(f"cannot score an input of type {type(item).__name__}")
+
+
+def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Image.Image:
+    """``image`` downscaled (aspect kept, Lanczos) so its longest side is at most ``max_side``,
+    saying so in ``notes``: what bounds a native-resolution model's memory."""
+    w, h = image.size
+    if max_side is None or max(w, h) <= max_side:
+        return image
+    f = max_side / max(w, h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    notes.append(f"downscaled from {w}x{h} to {size[0]}x{size[1]} (longest side limited to {max_side} px to bound memory)")
+    return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
+
+
+def in_memory_checked(model: "IQAModel", item: Any) -> Any:
+    """An in-memory input converted and checked now (a bad array is the caller's bug, raised);
+    files pass through (their problems become rows)."""
+    if isinstance(item, (str, os.PathLike)):
+        return item  # files are reported per row, never raised
+    if isinstance(item, Image.Image):
+        _check_pixels(*item.size, model.max_pixels)
+        return item  # converted later, with its notes (alpha, mode)
+    return to_pil(item, model.max_pixels, model.min_size)[0]
+
+
+def load_image_safely(item: Any, model: "IQAModel") -> tuple[Image.Image | None, str | None, list[str], str | None]:
+    """(image, path, notes, error) — never raises for a bad file."""
+    path = str(item) if isinstance(item, (str, os.PathLike)) else None
+    try:
+        img, path2, notes = to_pil(item, max_pixels=model.max_pixels, min_size=model.min_size)
+        if min(img.size) < model.min_size:
+            raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {model.min_size} px")
+        if model.native_resolution:
+            img = limit_side(img, model.max_side, notes)
+        return img, path2 or path, notes, None
+    except ImageLoadError as exc:
+        return None, path, [], exc.reason
+    except (ValueError, TypeError) as exc:
+        return None, path, [], str(exc)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32 (as ``torch.softmax`` of float32 logits)."""
+    x = np.asarray(logits, dtype=np.float32)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predictions_from_outputs(
+    scale: "MOSScale",
+    categories: Sequence[str],
+    score: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    paths: Sequence[str | None],
+    notes: Sequence[list[str]],
+) -> list[Prediction]:
+    """One :class:`Prediction` per input from a batch's normalised ``score`` (B,) and category
+    ``probabilities`` (B, C) (either may be None): the one place both runtimes make results."""
+    scores = scale.denormalize(score) if score is not None else None
+    preds = []
+    for i, path in enumerate(paths):
+        p = Prediction(path=path, score=float(scores[i]) if scores is not None else None, notes=list(notes[i]))
+        if probabilities is not None and categories:
+            j = int(probabilities[i].argmax())
+            p.category = categories[j]
+            p.category_confidence = float(probabilities[i, j])
+            p.probabilities = {c: float(v) for c, v in zip(categories, probabilities[i])}
+        preds.append(p)
+    return preds
+
+
+def clip_to_scale(pred: Prediction, scale: "MOSScale") -> Prediction:
+    """``pred`` with its score clipped to the rating scale's ends, the raw value in its notes
+    (see :meth:`contentiqa.models.base.IQAModel.clip_to_scale`)."""
+    if pred.score is None:
+        return pred
+    lo, hi = sorted((scale.low, scale.high))
+    clipped = clip_score(pred.score, lo, hi)
+    if clipped != pred.score:
+        pred.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {pred.score:.2f})")
+        pred.score = clipped
+    return pred
