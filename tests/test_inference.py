@@ -63,6 +63,27 @@ def test_batched_equals_one_at_a_time_mixed_sizes(tmp_path, name):
         assert a.category == b.category
 
 
+def test_autocast_runs_in_reduced_precision_and_returns_float32(tmp_path):
+    """The GPU path's autocast (bfloat16 here, on the CPU): scores close to float32 but not
+    bit-identical (so reduced precision really ran), outputs float32, bad dtypes refused."""
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs")[:4]
+    full = engine.predict_items(model, paths, batch_size=2, workers=0)
+    seen = []
+    h = model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        half = engine.predict_items(model, paths, batch_size=2, workers=0, autocast="bfloat16")
+    finally:
+        h.remove()
+    assert torch.bfloat16 in seen
+    lo, hi = model.score_range
+    diffs = [abs(a.score - b.score) / (hi - lo) for a, b in zip(full, half)]
+    assert max(diffs) < 0.05 and max(diffs) > 0
+    assert all(isinstance(b.score, float) for b in half)
+    with pytest.raises(ValueError, match="autocast"):
+        engine.predict_items(model, paths, autocast="int8")
+
+
 def test_results_in_order_errors_kept_and_return_results_off(tmp_path):
     model = tiny_model()
     paths = mixed_folder(tmp_path / "imgs")

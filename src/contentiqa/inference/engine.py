@@ -155,6 +155,7 @@ def predict_items(
     return_results: bool = True,
     window: int | None = None,
     max_prefetch_bytes: int | None = DEFAULT_MAX_PREFETCH_BYTES,
+    autocast: str | None = None,
 ) -> list[Prediction] | None:
     """Score ``items`` and return one :class:`Prediction` per item, in order.
 
@@ -168,7 +169,12 @@ def predict_items(
     ``return_results=False`` keeps no predictions (use ``on_result``) and returns None.
     ``window`` (default ``2 * batch_size``, at least 8) and ``max_prefetch_bytes`` bound the
     decoding look-ahead (see :func:`iter_prepared`).
+    ``autocast`` ('float16' / 'bfloat16'): run a torch model under ``torch.autocast`` in that
+    dtype (what makes large collections fast on a GPU: tensor cores, half the memory traffic);
+    outputs come back as float32. None: full precision.
     """
+    if autocast not in (None, "float16", "bfloat16"):
+        raise ValueError(f"autocast must be None, 'float16' or 'bfloat16', not {autocast!r}")
     was_training = model.training
     model.eval()
     fwd = forward or model
@@ -206,9 +212,12 @@ def predict_items(
             else:
                 import torch
 
-                x = x.to(device)
-                with torch.inference_mode():
+                x = x.to(device, non_blocking=device.type == "cuda")
+                with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, autocast or "float32"),
+                                                            enabled=autocast is not None):
                     out = fwd(x)
+                if autocast is not None:
+                    out = {k: v.float() for k, v in out.items()}
         except RuntimeError as exc:
             for i, _, path, notes in group:
                 emit(i, Prediction(path=path, score=None, error=f"model failed: {exc}", notes=notes))
