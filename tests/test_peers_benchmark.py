@@ -111,3 +111,14 @@ def test_time_loop_stops_at_the_budget_after_two_images(peers):
     seen = []
     r = peers.time_loop(seen.append, ["a", "b", "c", "d"], budget_s=0.0)
     assert seen == ["a", "a", "b"] and r["n_timed"] == 2 and r["ips"] > 0
+
+
+def test_readme_speed_section_is_what_the_results_files_say(monkeypatch):
+    """The README's speed figures are written by benchmarks/readme_speed.py from speed.json and
+    peers.json; a rerun benchmark without rerunning it fails here."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("readme_speed", None)
+    readme_speed = importlib.import_module("readme_speed")
+    text = readme_speed.README.read_text()
+    assert readme_speed.replace_block(text, readme_speed.render()) == text, \
+        "README.md's speed section is out of date: run python benchmarks/readme_speed.py"
