@@ -77,17 +77,17 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "nima": {"trained_on": "AVA (aesthetics)", "srocc": 0.5071, "plcc": 0.4993, "source": PYIQA_BENCH},
     "clipiqa+": {"trained_on": "KonIQ-10k", "srocc": 0.8045, "plcc": 0.8312, "source": PYIQA_BENCH},
     "topiq_nr": {"trained_on": "KonIQ-10k", "srocc": 0.8106, "plcc": 0.8261, "source": PYIQA_BENCH},
-    "liqe": {"trained_on": "KonIQ-10k", "srocc": None, "plcc": None,
-             "source": "not in pyiqa's NR benchmark; the LIQE paper (Zhang et al., CVPR 2023) reports CLIVE "
-                       "within-dataset, but its table could not be checked from the sources at hand: left blank"},
+    "liqe": {"trained_on": "KonIQ-10k (re-trained, per the LIQE README)", "srocc": None, "plcc": None,
+             "source": "not in pyiqa's NR benchmark; the LIQE README (zwx8981/LIQE @a64655f) lists no CLIVE figure; "
+                       "the paper's (Zhang et al., CVPR 2023) CLIVE table was not checked here: left blank"},
     "dbcnn": {"trained_on": "KonIQ-10k (retrained by pyiqa)", "srocc": 0.7562, "plcc": 0.774, "source": PYIQA_BENCH},
     "hyperiqa": {"trained_on": "KonIQ-10k (retrained by pyiqa)", "srocc": 0.7546, "plcc": 0.7779, "source": PYIQA_BENCH},
     "maniqa": {"trained_on": "KonIQ-10k", "srocc": 0.8399, "plcc": 0.8262, "source": PYIQA_BENCH},
     "brisque": {"trained_on": "LIVE IQA (original SVM)", "srocc": 0.3128, "plcc": 0.3509, "source": PYIQA_BENCH},
 }
 
-# OpenAI CLIP's published architectures (CLIP paper, Radford et al. 2021, Tables 19-20): what
-# pyiqa's clip loader would build from the downloaded weights, built here untrained instead.
+# OpenAI CLIP's released model sizes (the hyper-parameters pyiqa's clip loader reads off the downloaded
+# weight file's tensor shapes): the same network, built here untrained instead.
 CLIP_ARCH = {
     "RN50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
                  vision_patch_size=None),
@@ -481,6 +481,14 @@ def contentiqa_accuracy(results: Path = RESULTS) -> list[dict[str, Any]]:
     return out
 
 
+def cited_accuracy(metric: str) -> dict[str, Any]:
+    """A pyiqa row's accuracy fields, from PUBLISHED."""
+    pub = PUBLISHED.get(metric, {})
+    ref = (f"pyiqa NR benchmark (weights trained on {pub.get('trained_on', '?')})" if pub.get("srocc") is not None
+           else f"none found (weights trained on {pub.get('trained_on', '?')}; see peers.json)")
+    return {"srocc": pub.get("srocc"), "plcc": pub.get("plcc"), "acc_ref": ref}
+
+
 def photo_folder(files: list[str], folder: Path) -> Path:
     """A folder of links to the photos, for `contentiqa score FOLDER` (nothing is copied)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -529,12 +537,9 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
         for m in metrics:
             print(f"pyiqa {m} ...", flush=True)
             r = run_child(args.pyiqa_python, "pyiqa", {**spec, "metric": m}, work)
-            pub = PUBLISHED.get(m, {})
             attempts += len(r["network_attempts"])
             rows[m] = {**r, "kind": "pyiqa", "label": f"pyiqa `{m}`" + (" (classical)" if m in CLASSICAL else ""),
-                       "srocc": pub.get("srocc"), "plcc": pub.get("plcc"),
-                       "acc_ref": (f"pyiqa NR benchmark (trained on {pub.get('trained_on', '?')})"
-                                   if pub.get("srocc") is not None else "none found (see peers.json)")}
+                       **cited_accuracy(m)}
             print(f"  {r['ips']:.2f} img/s over {r['n_timed']} images", flush=True)
         contentiqa_rows("last")
     after = loadavg()
@@ -593,11 +598,16 @@ def main() -> int:
         Path(out).write_text(json.dumps(result))
         return 0
 
-    if args.render:
+    if args.render:  # the measured figures kept, the citations (PUBLISHED) and the page's wording refreshed
         from contentiqa.utils.io import atomic_write_text
 
         payload = json.loads((RESULTS / "peers.json").read_text())
+        payload["published"] = PUBLISHED
+        for name, row in payload["rows"].items():
+            if row.get("kind") == "pyiqa":
+                row.update(cited_accuracy(name))
         command = payload.get("command") or "python benchmarks/peers.py --pyiqa-python PYIQA_VENV/bin/python"
+        atomic_write_text(RESULTS / "peers.json", json.dumps(payload, indent=1))
         atomic_write_text(RESULTS / "peers.md", render_markdown(payload, command))
         return 0
     versions = pyiqa_versions(args.pyiqa_python)

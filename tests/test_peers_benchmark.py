@@ -122,3 +122,11 @@ def test_readme_speed_section_is_what_the_results_files_say(monkeypatch):
     text = readme_speed.README.read_text()
     assert readme_speed.replace_block(text, readme_speed.render()) == text, \
         "README.md's speed section is out of date: run python benchmarks/readme_speed.py"
+
+
+def test_cited_accuracy_leaves_unsourced_rows_blank(peers):
+    assert peers.cited_accuracy("paq2piq")["srocc"] == peers.PUBLISHED["paq2piq"]["srocc"]
+    assert "pyiqa NR benchmark" in peers.cited_accuracy("paq2piq")["acc_ref"]
+    liqe = peers.cited_accuracy("liqe")
+    assert liqe["srocc"] is None and liqe["plcc"] is None and liqe["acc_ref"].startswith("none found")
+    assert all(p["source"] for p in peers.PUBLISHED.values())  # every row says where its figure is from
