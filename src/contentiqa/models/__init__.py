@@ -1,7 +1,15 @@
 """Models: IQA-CR (and variants), IE-IQA; registry and checkpoints.
 
-A new model subclasses :class:`~contentiqa.models.base.IQAModel` (base.py: the contract every
-other part of contentiqa relies on) and is registered in zoo.py.
+Where things go (a new model touches the first three files and nothing outside this package):
+
+- ``base.py``: :class:`~contentiqa.models.base.IQAModel`, the contract every other part of
+  contentiqa relies on; a new model subclasses it and fills in the hooks its docstring lists;
+- ``<your_model>.py``: the architecture and its config dataclass (as ``iqa_cr.py``, ``ie_iqa.py``);
+- ``zoo.py``: ``@register_model(name, weights={tag: file}, defaults=..., recipe=...)`` — the
+  architecture an untrained ``name`` gets and how it is trained (``recipes.py``), weights by tag;
+- ``registry.py``: ``create_model`` / ``list_models`` / checkpoints (self-describing files);
+- ``layers.py``, ``selection.py``, ``intelligibility.py``: building blocks the models share;
+- ``scoring.py``: the torch-free half of scoring (inputs -> images, outputs -> result rows).
 
 Names are imported on first use (module ``__getattr__``): the registry (names, tags, shipped
 weights) and the torch-free scoring helpers load without torch, so ``contentiqa models`` and
