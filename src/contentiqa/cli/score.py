@@ -90,11 +90,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx-model", metavar="FILE", default=None,
                    help="with --runtime onnx: this file from `contentiqa export` (default: export --model "
                         "to the cache on first use); its metadata give the preprocessing and scale")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="ONNX Runtime graph: fp32 (default) or int8 (convolutions quantized with the calibration shipped "
+                        "beside the weights). int8 is not the default: it did not keep the accuracy "
+                        "(benchmarks/results/int8.md)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compute threads for the model (default: the runtime's own, one per core)")
+                   help="compute threads for the model (default: ONNX Runtime one per core not busy with other processes when the run starts; torch its own)")
     p.add_argument("--flush-every", type=int, default=100, metavar="N",
                    help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its progress")
     p.add_argument("--thumbnail-size", type=int, default=256, metavar="PX", help="HTML report thumbnail size (default 256)")
@@ -269,6 +273,11 @@ def _validate(args: argparse.Namespace) -> str | None:
     from ._model_loading import resolve_runtime
 
     resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
+    if args.precision is not None:
+        if args.runtime == "torch":
+            raise UsageError(f"--precision {args.precision} chooses the ONNX Runtime graph: drop --runtime torch")
+        if args.onnx_model is not None:
+            raise UsageError("--precision chooses the cached export; --onnx-model FILE runs that file as it is")
     if args.runtime == "onnx" and args.explain and args.onnx_model is not None:
         raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model instead of --onnx-model")
     fmt = None
@@ -361,12 +370,15 @@ def _load_runtime(args: argparse.Namespace, device):
 
     if args.runtime == "onnx_or_torch":  # --runtime auto on the CPU
         from ..inference.onnx import OnnxExportError, OnnxUnavailableError, onnx_available, onnx_forward_for
+        from ..inference.quantize import QuantizationError
 
         spec = args.model or DEFAULT_MODEL
         model = load_model(spec, device)
         if onnx_available():
             try:
-                forward, path = onnx_forward_for(model, threads=args.threads)
+                forward, path = onnx_forward_for(model, threads=args.threads, precision=args.precision or "fp32")
+            except QuantizationError as exc:  # asked for int8 by name: no quiet fallback
+                raise UsageError(f"--precision int8: {exc}") from None
             except (OnnxExportError, ValueError) as exc:
                 if not args.quiet:
                     print(f"note: running in PyTorch, not ONNX Runtime ({exc})", file=sys.stderr)
@@ -382,6 +394,7 @@ def _load_runtime(args: argparse.Namespace, device):
     if args.runtime == "onnx":
         try:
             from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError, onnx_forward_for
+            from ..inference.quantize import QuantizationError
         except ImportError as exc:  # pragma: no cover - the module itself imports no optional package
             raise UsageError(str(exc)) from None
         try:
@@ -394,10 +407,12 @@ def _load_runtime(args: argparse.Namespace, device):
                 return model, args.onnx_model, None
             spec = args.model or DEFAULT_MODEL
             model = load_model(spec, device)
-            forward, path = onnx_forward_for(model, threads=args.threads)
+            forward, path = onnx_forward_for(model, threads=args.threads, precision=args.precision or "fp32")
             if not args.quiet:
                 print(f"ONNX Runtime: {path}", file=sys.stderr)
             return model, spec, forward
+        except QuantizationError as exc:
+            raise UsageError(f"--precision int8: {exc}") from None
         except OnnxUnavailableError as exc:
             raise UsageError(str(exc)) from None
         except OnnxExportError as exc:

@@ -323,35 +323,68 @@ def _open_cached(path: Path, fingerprint: str, threads: int | None):
 
 
 def cached_session(
-    model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None
+    model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, threads: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[Any, Path, bool]:
     """An ONNX Runtime session for ``model`` from the export cache, exporting on first use:
     ``(session, path, created)``. Files are named by :func:`model_fingerprint`, so a changed
     checkpoint gets a new file; an entry that does not load or lacks the fingerprint is
-    rebuilt. A cache folder that cannot be written falls back to a per-user temp folder."""
+    rebuilt. A cache folder that cannot be written falls back to a per-user temp folder.
+    ``precision="int8"``: the int8 graph quantized from the fp32 export with the calibration
+    file beside the model's weights (:func:`contentiqa.inference.quantize.quantize_for_weights`),
+    cached under its own name and key."""
+    from .quantize import check_precision
+
+    check_precision(precision)
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = str(model.model_name).replace(os.sep, "_")
     fingerprint = model_fingerprint(model, opset)
-    filename = f"{name}-{fingerprint[:20]}.onnx"
+    key, suffix = (fingerprint, "") if precision == "fp32" else _precision_key(fingerprint, precision)
+    filename = f"{name}-{fingerprint[:20]}{suffix}.onnx"
     places = [folder, _fallback_cache_dir()]
     for where in places:  # a usable entry anywhere first: no export at all
-        session = _open_cached(where / filename, fingerprint, threads)
+        session = _open_cached(where / filename, key, threads)
         if session is not None:
             return session, where / filename, False
     error: OSError | None = None
     for where in places:
         path = where / filename
         try:
-            export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: fingerprint})
+            if precision == "fp32":
+                export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
+            else:
+                _quantize_cached(model, path, key, where, opset)
         except OSError as exc:  # read-only (or full) folder: try the next
             error = exc
             continue
-        session = _open_cached(path, fingerprint, threads)
+        session = _open_cached(path, key, threads)
         if session is None:  # pragma: no cover - a fresh export that does not load is a bug
             raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
         return session, path, True
     assert error is not None
     raise error
+
+
+def _precision_key(fingerprint: str, precision: str) -> tuple[str, str]:
+    """The cache key and file-name suffix of a non-fp32 entry: the fp32 key plus the precision
+    and the quantization recipe's revision."""
+    from .quantize import QUANT_REVISION
+
+    return f"{fingerprint}:{precision}:q{QUANT_REVISION}", f"-{precision}"
+
+
+def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:
+    """Write the int8 entry ``path`` from the (cached) fp32 export of ``model``."""
+    from .quantize import QuantizationError, quantize_for_weights
+
+    weights = (model.checkpoint_info or {}).get("path")
+    if not weights or not os.path.isfile(weights):
+        raise QuantizationError(
+            f"int8 needs the weights file of {model.model_name} (its calibration lies beside it); "
+            "this model was not loaded from a file: use fp32"
+        )
+    src, _ = cached_export(model, folder, opset)
+    quantize_for_weights(src, path, weights, extra_metadata={FINGERPRINT_KEY: key})
 
 
 def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> tuple[Path, bool]:
@@ -362,18 +395,23 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
 
 
 # -- running ------------------------------------------------------------------------------------
-def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
-    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's
-    default, one per physical core). ``spinning``: let idle pool threads spin (faster on an
-    otherwise idle machine; off by default because the image-decoding threads of the scoring
-    pipeline share the cores)."""
+def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
+    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: the cores really
+    free now, :func:`contentiqa.inference.threads.plan_threads`). ``spinning``: let idle pool
+    threads spin (None: only when the machine is otherwise idle; spinning threads take the
+    time a busy machine's other processes, and our image-decoding threads, need)."""
     ort = _require("onnxruntime")
+    if threads is None or spinning is None:
+        from .threads import plan_threads
+
+        plan = plan_threads(threads)
+        threads = plan.threads
+        spinning = plan.spinning if spinning is None else spinning
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
+    so.intra_op_num_threads = int(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Native-resolution inputs come in many shapes: a memory plan cached per shape would grow
     # with every new photo size, so plan each run afresh (measured: no speed difference).
@@ -420,7 +458,7 @@ class OnnxModel(IQAModel):
 
     channels_last_input = False  # the session wants contiguous NCHW
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
         from ..data.table import MOSScale
 
         path = Path(path)
@@ -487,11 +525,13 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     return OnnxModel(path, threads=threads)
 
 
-def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None) -> tuple[OnnxForward, Path]:
+def onnx_forward_for(
+    model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None, precision: str = "fp32"
+) -> tuple[OnnxForward, Path]:
     """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
-    match the model's preprocessing and scale) or the export cache."""
+    match the model's preprocessing and scale) or the export cache (at ``precision``)."""
     if onnx_path is None:
-        session, onnx_path, _ = cached_session(model, threads=threads)
+        session, onnx_path, _ = cached_session(model, threads=threads, precision=precision)
     else:
         session = make_session(onnx_path, threads=threads)
     meta = dict(session.get_modelmeta().custom_metadata_map)
