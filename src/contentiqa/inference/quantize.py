@@ -85,7 +85,7 @@ def _input_name(path: Path) -> str:
     return names[0]
 
 
-def excluded_nodes(path: str | os.PathLike, patterns: Sequence[str]) -> list[str]:
+def matching_nodes(path: str | os.PathLike, patterns: Sequence[str]) -> list[str]:
     """Names of the nodes of the ONNX file ``path`` that match any of the regular expressions."""
     import re
 
@@ -98,7 +98,8 @@ def excluded_nodes(path: str | os.PathLike, patterns: Sequence[str]) -> list[str
     return [n.name for n in graph.node if any(r.search(n.name) for r in rx)]
 
 
-def _check_ranges(path: Path, cal_path: Path, op_types: Sequence[str], excluded: Sequence[str]) -> None:
+def _check_ranges(path: Path, cal_path: Path, op_types: Sequence[str], excluded: Sequence[str],
+                  included: Sequence[str] | None) -> None:
     """QuantizationError unless ``cal_path`` has a range for every activation the static
     quantizer will need (inputs and outputs of the nodes it quantizes)."""
     import onnx
@@ -111,7 +112,8 @@ def _check_ranges(path: Path, cal_path: Path, op_types: Sequence[str], excluded:
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     skip = set(excluded)
-    needed = {t for n in graph.node if n.op_type in op_types and n.name not in skip
+    only = set(included) if included is not None else None
+    needed = {t for n in graph.node if n.op_type in op_types and n.name not in skip and (only is None or n.name in only)
               for t in (*n.input[:1], *n.output[:1]) if t and t not in inits}
     missing = sorted(needed - known)
     if missing:
@@ -156,6 +158,7 @@ def quantize_onnx(
     calibration: Iterable[np.ndarray] | None = None,
     calibration_file: str | os.PathLike | None = None,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     per_channel: bool = True,
     ranges_check: bool = False,
@@ -170,7 +173,8 @@ def quantize_onnx(
     ``qdq`` (Quantize/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels) or
     ``qoperator`` (QLinearConv etc. written out). ``exclude``: regular expressions; nodes
     whose name (in the graph as ONNX Runtime's pre-processing leaves it) matches one stay
-    float. ``ranges_check``: refuse a calibration file that lacks a range the quantizer needs
+    float; ``include`` (if given): only nodes matching one of these are quantized (e.g. the CNN
+parts, leaving a Transformer's Add / MatMul float). ``ranges_check``: refuse a calibration file that lacks a range the quantizer needs
     (one made for another graph). Raises :class:`QuantizationError`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -190,23 +194,35 @@ def quantize_onnx(
     os.close(fd)
     work = tempfile.TemporaryDirectory(prefix="contentiqa-quant-")
     info: dict[str, Any] = {"method": method, "op_types": list(op_types), "exclude": list(exclude), "revision": QUANT_REVISION}
+    src, dst, tmp = src.resolve(), dst.resolve(), str(Path(tmp).resolve())
+    cal_path = cal_path.resolve() if cal_path is not None else None
+    cwd = os.getcwd()
     try:
+        # onnx / onnxruntime.quantization write temporary external-data files (<uuid>.data,
+        # the size of the weights) into the working directory and leave them: work in the
+        # temporary folder. (Quantization happens once per cache entry, before scoring starts.)
+        os.chdir(work.name)
         try:
             pre = _preprocess(src, Path(work.name) / "pre.onnx")
-            excluded = excluded_nodes(pre, exclude)
-            info["excluded_nodes"] = len(excluded)
+            excluded = matching_nodes(pre, exclude)
+            included = matching_nodes(pre, include) if include else None
+            if included is not None:
+                skip = set(excluded)
+                included = [n for n in included if n not in skip]
+            info.update(include=list(include), excluded_nodes=len(excluded))
             if ranges_check and method == "static" and cal_path is not None and cal_path.is_file():
-                _check_ranges(pre, cal_path, op_types, excluded)
+                _check_ranges(pre, cal_path, op_types, excluded, included)
             if method == "dynamic":
                 quantize_dynamic(str(pre), tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                 nodes_to_quantize=included)
             else:
                 fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
                 reader = _reader(_input_name(src), calibration) if calibration is not None else None
                 quantize_static(
                     str(pre), tmp, reader, quant_format=fmt, op_types_to_quantize=list(op_types),
                     per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=excluded, nodes_to_quantize=included, calibrate_method=CalibrationMethod.MinMax,
                     calibration_cache_path=str(cal_path) if cal_path is not None else None,
                 )
                 info.update(format=quant_format, per_channel=per_channel, activations="uint8", weights="int8",
@@ -217,6 +233,7 @@ def quantize_onnx(
                                         **{k: str(v) for k, v in (extra_metadata or {}).items()}})
         os.replace(tmp, dst)
     finally:
+        os.chdir(cwd)
         work.cleanup()
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -234,18 +251,19 @@ class Int8Recipe:
     measurement in benchmarks/int8.py), and how."""
 
     op_types: tuple[str, ...] = CNN_OP_TYPES
+    include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     method: str = "static"
     per_channel: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"op_types": list(self.op_types), "exclude": list(self.exclude), "method": self.method,
+        return {"op_types": list(self.op_types), "include": list(self.include), "exclude": list(self.exclude), "method": self.method,
                 "per_channel": self.per_channel}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Int8Recipe":
-        return cls(tuple(d.get("op_types", CNN_OP_TYPES)), tuple(d.get("exclude", ())), str(d.get("method", "static")),
-                   bool(d.get("per_channel", True)))
+        return cls(tuple(d.get("op_types", CNN_OP_TYPES)), tuple(d.get("include", ())), tuple(d.get("exclude", ())),
+                   str(d.get("method", "static")), bool(d.get("per_channel", True)))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -281,7 +299,7 @@ def write_calibration(
     with tempfile.TemporaryDirectory(prefix="contentiqa-calib-") as tmp:
         ranges = Path(tmp) / "ranges.json"
         quantize_onnx(fp32_onnx, int8_out or Path(tmp) / "int8.onnx", method=recipe.method, calibration=batches,
-                      calibration_file=ranges, op_types=recipe.op_types, exclude=recipe.exclude,
+                      calibration_file=ranges, op_types=recipe.op_types, include=recipe.include, exclude=recipe.exclude,
                       per_channel=recipe.per_channel)
         payload = {
             "format": CALIBRATION_FORMAT,
@@ -340,5 +358,5 @@ def quantize_for_weights(
         elif recipe.method == "static":
             raise QuantizationError(f"{cal}: a static recipe without activation ranges")
         return quantize_onnx(fp32_onnx, dst, method=recipe.method, calibration_file=ranges, op_types=recipe.op_types,
-                             exclude=recipe.exclude, per_channel=recipe.per_channel, ranges_check=True,
+                             include=recipe.include, exclude=recipe.exclude, per_channel=recipe.per_channel, ranges_check=True,
                              extra_metadata={"int8_calibration": data.get("source", ""), **(extra_metadata or {})})
