@@ -148,16 +148,16 @@ def test_cache_key_and_file_differ_by_precision(calibrated, tmp_path):
     model = load_checkpoint(calibrated)
     folder = tmp_path / "cache"
     s32, p32, _ = cached_session(model, folder, threads=1)
-        s8, p8, created = cached_session(model, folder, threads=1, precision="int8")
-        assert created and p8 != p32 and p8.name.endswith("-int8.onnx")
-        k32 = s32.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
-        k8 = s8.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
-        assert k8 != k32 and k8.startswith(k32) and "int8" in k8
-        assert s8.get_modelmeta().custom_metadata_map["precision"] == "int8"
-        _, again, created = cached_session(model, folder, threads=1, precision="int8")
-        assert again == p8 and not created  # reused
-        with pytest.raises(ValueError, match="unknown precision"):
-            cached_session(model, folder, threads=1, precision="bf16")
+    s8, p8, created = cached_session(model, folder, threads=1, precision="int8")
+    assert created and p8 != p32 and p8.name.endswith("-int8.onnx")
+    k32 = s32.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+    k8 = s8.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+    assert k8 != k32 and k8.startswith(k32) and "int8" in k8
+    assert s8.get_modelmeta().custom_metadata_map["precision"] == "int8"
+    _, again, created = cached_session(model, folder, threads=1, precision="int8")
+    assert again == p8 and not created  # reused
+    with pytest.raises(ValueError, match="unknown precision"):
+        cached_session(model, folder, threads=1, precision="bf16")
 
 
 def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, capsys, monkeypatch):
