@@ -144,7 +144,8 @@ def split_metrics(scores: dict[str, float], table, splits) -> list[dict[str, flo
     return out
 
 
-def run_model(name: str, args, table, splits) -> dict:
+def prepare_model(name: str, args, table, splits) -> dict:
+    """Calibrate and score (no timing): everything that need not hold the benchmark lock."""
     import contentiqa
     from contentiqa.inference.onnx import export_onnx
     from contentiqa.inference.quantize import Int8Recipe, calibration_path, sha256_file, write_calibration
@@ -187,12 +188,25 @@ def run_model(name: str, args, table, splits) -> dict:
         if not args.quick:
             accuracy[label] = split_metrics(scores[label], table, splits)
 
-    timing_photos = load_photos(model, test[: args.timing_photos])
-    with bench_lock():
-        load_before = os.getloadavg()
-        speed = time_graphs(variants, timing_photos, args.threads, args.rounds)
-        load_after = os.getloadavg()
+    return dict(name=name, model=model, weights=weights, train=train, test=test, variants=variants, recipes=recipes,
+                calib_files=calib_files, scores=scores, accuracy=accuracy)
 
+
+def time_model(st: dict, args) -> None:
+    """Time the graphs of one prepared model (call under the benchmark lock)."""
+    photos = load_photos(st["model"], st["test"][: args.timing_photos])
+    st["load_before"] = os.getloadavg()
+    st["speed"] = time_graphs(st["variants"], photos, args.threads, args.rounds)
+    st["load_after"] = os.getloadavg()
+    st["timing_photos"] = len(photos)
+
+
+def summarise(st: dict, args) -> dict:
+    from contentiqa.inference.quantize import calibration_path
+
+    name, weights, train, test = st["name"], st["weights"], st["train"], st["test"]
+    variants, recipes, calib_files, scores, accuracy = (st[k] for k in ("variants", "recipes", "calib_files", "scores", "accuracy"))
+    speed, load_before, load_after, timing_photos = st["speed"], st["load_before"], st["load_after"], st["timing_photos"]
     ref = np.array([scores["fp32"][p] for p in test])
     rows = {}
     for label in variants:
@@ -225,7 +239,7 @@ def run_model(name: str, args, table, splits) -> dict:
         shutil.copyfile(calib_files[best], shipped)
         print(f"  shipped {shipped} ('{best}')", flush=True)
     return {"weights": weights.name, "calibration_photos": len(train), "test_photos": len(test),
-            "timing_photos": len(timing_photos), "load_before": load_before, "load_after": load_after,
+            "timing_photos": timing_photos, "load_before": load_before, "load_after": load_after,
             "variants": rows, "best": best, "int8_default": bool(kept), "shipped_calibration": shipped.name if shipped else None}
 
 
@@ -281,9 +295,12 @@ def main() -> None:
     ds = load_dataset("csv", require_clive())
     table = ds.table
     splits, _ = clive_splits("ie-iqa", range(3), table)
-    models = {}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        models[name] = run_model(name, args, table, splits)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    states = [prepare_model(name, args, table, splits) for name in names]
+    with bench_lock():  # all timings together, no other timing job meanwhile
+        for st in states:
+            time_model(st, args)
+    models = {st["name"]: summarise(st, args) for st in states}
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
