@@ -10,7 +10,11 @@ Runtimes: --runtime auto (default) runs ONNX Runtime on the CPU and PyTorch on a
 (--device cuda); --runtime torch or onnx forces one. For ONNX Runtime the model is exported once
 to an ONNX file in the cache ($CONTENTIQA_CACHE_DIR, default ~/.cache/contentiqa; files under
 onnx/, named by a hash of the weights, rebuilt if damaged; a read-only cache falls back to the
-temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all. Many machines: --shard I/N scores a fixed 1/N of the inputs
+temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all.
+--precision int8 runs an int8 graph quantized from that export (cached beside it) with the
+calibration shipped beside the weights; fp32 is the default (int8 loses accuracy:
+benchmarks/results/int8.md). ONNX Runtime's compute threads follow the cores free when the run
+starts (--threads N fixes them). Many machines: --shard I/N scores a fixed 1/N of the inputs
 (by a hash of each file's absolute path), so N jobs, e.g. a SLURM array with
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
 write tables that concatenate to the whole, every input once.
@@ -98,7 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compute threads for the model (default: ONNX Runtime one per core not busy with other processes when the run starts; torch its own)")
+                   help="compute threads for the model (default: ONNX Runtime one per core not busy with other "
+                        "processes when the run starts; torch its own, one per core)")
     p.add_argument("--flush-every", type=int, default=100, metavar="N",
                    help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its progress")
     p.add_argument("--thumbnail-size", type=int, default=256, metavar="PX", help="HTML report thumbnail size (default 256)")
