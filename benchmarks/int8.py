@@ -29,7 +29,6 @@ import argparse
 import fcntl
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -236,7 +235,11 @@ def summarise(st: dict, args) -> dict:
     shipped = None
     if args.ship and not args.quick:
         shipped = calibration_path(weights)
-        shutil.copyfile(calib_files[best], shipped)
+        data = json.loads(calib_files[best].read_text())
+        # what `contentiqa score` runs when no --precision is given (quantize.default_precision)
+        data["default_precision"] = "int8" if kept else "fp32"
+        data["measured"] = {k: rows[best][k] for k in ("speedup", "srocc_delta", "plcc_delta") if k in rows[best]}
+        shipped.write_text(json.dumps(data, separators=(",", ":")))
         print(f"  shipped {shipped} ('{best}')", flush=True)
     return {"weights": weights.name, "calibration_photos": len(train), "test_photos": len(test),
             "timing_photos": timing_photos, "load_before": load_before, "load_after": load_after,

@@ -180,8 +180,8 @@ def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, caps
 
 # -- the thread plan ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cpus,busy,threads,spinning", [
-    (2, 0.0, 2, True),    # idle: every core, spinning
-    (2, 0.3, 2, True),    # a little background noise does not take a core
+    (2, 0.0, 2, False),   # idle: every core (spinning measured slower even then)
+    (2, 0.3, 2, False),   # a little background noise does not take a core
     (2, 0.6, 1, False),   # one competitor: the free core only, no spinning
     (2, 1.0, 1, False),
     (2, 5.0, 1, False),   # overloaded: still one
@@ -210,7 +210,7 @@ def test_plan_threads_follows_the_measured_load(monkeypatch):
     monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 2.0)
     assert plan_threads().threads == 2
     monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 0.0)
-    assert plan_threads().threads == 4 and plan_threads().spinning
+    assert plan_threads().threads == 4 and not plan_threads().spinning
 
 
 def test_busy_cores_is_a_sane_number():
@@ -218,3 +218,31 @@ def test_busy_cores_is_a_sane_number():
 
     v = busy_cores(0.05)
     assert 0.0 <= v <= 1e3
+
+
+def test_default_precision_follows_the_shipped_measurement(calibrated, tmp_path):
+    from contentiqa.inference.quantize import default_precision
+
+    assert default_precision(None) == "fp32"
+    assert default_precision(tmp_path / "missing.pt") == "fp32"
+    assert default_precision(calibrated) == "fp32"  # no verdict recorded
+    w = tmp_path / calibrated.name
+    w.write_bytes(calibrated.read_bytes())
+    data = json.loads(calibration_path(calibrated).read_text())
+    calibration_path(w).write_text(json.dumps(dict(data, default_precision="int8")))
+    assert default_precision(w) == "int8"
+    w.write_bytes(calibrated.read_bytes() + b"changed")  # other weights: the verdict is not theirs
+    assert default_precision(w) == "fp32"
+
+
+def test_shipped_calibrations_match_their_weights():
+    """Every shipped int8 calibration is for the weights file beside it (else score would
+    silently run fp32, or refuse --precision int8)."""
+    from contentiqa.inference.quantize import CALIBRATION_SUFFIX
+
+    folder = Path(__import__("contentiqa").__file__).parent / "weights"
+    files = sorted(folder.glob("*" + CALIBRATION_SUFFIX))
+    for cal in files:
+        weights = folder / (cal.name[: -len(CALIBRATION_SUFFIX)] + ".pt")
+        data = read_calibration(cal, weights)
+        assert data["default_precision"] in ("fp32", "int8")

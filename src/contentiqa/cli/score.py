@@ -12,8 +12,8 @@ to an ONNX file in the cache ($CONTENTIQA_CACHE_DIR, default ~/.cache/contentiqa
 onnx/, named by a hash of the weights, rebuilt if damaged; a read-only cache falls back to the
 temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all.
 --precision int8 runs an int8 graph quantized from that export (cached beside it) with the
-calibration shipped beside the weights; fp32 is the default (int8 loses accuracy:
-benchmarks/results/int8.md). ONNX Runtime's compute threads follow the cores free when the run
+calibration shipped beside the weights. Without --precision a model runs int8 only where that
+was measured to keep its accuracy (iqa-cr; ie-iqa stays fp32: benchmarks/results/int8.md). ONNX Runtime's compute threads follow the cores free when the run
 starts (--threads N fixes them). Many machines: --shard I/N scores a fixed 1/N of the inputs
 (by a hash of each file's absolute path), so N jobs, e.g. a SLURM array with
 `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.csv`,
@@ -95,9 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --runtime onnx: this file from `contentiqa export` (default: export --model "
                         "to the cache on first use); its metadata give the preprocessing and scale")
     p.add_argument("--precision", choices=("fp32", "int8"), default=None,
-                   help="ONNX Runtime graph: fp32 (default) or int8 (convolutions quantized with the calibration shipped "
-                        "beside the weights). int8 is not the default: it did not keep the accuracy "
-                        "(benchmarks/results/int8.md)")
+                   help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
+                        "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
+                        "(1.65x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
@@ -374,16 +374,13 @@ def _load_runtime(args: argparse.Namespace, device):
     from ._model_loading import load_model
 
     if args.runtime == "onnx_or_torch":  # --runtime auto on the CPU
-        from ..inference.onnx import OnnxExportError, OnnxUnavailableError, onnx_available, onnx_forward_for
-        from ..inference.quantize import QuantizationError
+        from ..inference.onnx import OnnxExportError, OnnxUnavailableError, onnx_available
 
         spec = args.model or DEFAULT_MODEL
         model = load_model(spec, device)
         if onnx_available():
             try:
-                forward, path = onnx_forward_for(model, threads=args.threads, precision=args.precision or "fp32")
-            except QuantizationError as exc:  # asked for int8 by name: no quiet fallback
-                raise UsageError(f"--precision int8: {exc}") from None
+                forward, path = _onnx_forward(args, model)
             except (OnnxExportError, ValueError) as exc:
                 if not args.quiet:
                     print(f"note: running in PyTorch, not ONNX Runtime ({exc})", file=sys.stderr)
@@ -398,8 +395,7 @@ def _load_runtime(args: argparse.Namespace, device):
         return model, spec, None
     if args.runtime == "onnx":
         try:
-            from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError, onnx_forward_for
-            from ..inference.quantize import QuantizationError
+            from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError
         except ImportError as exc:  # pragma: no cover - the module itself imports no optional package
             raise UsageError(str(exc)) from None
         try:
@@ -412,12 +408,10 @@ def _load_runtime(args: argparse.Namespace, device):
                 return model, args.onnx_model, None
             spec = args.model or DEFAULT_MODEL
             model = load_model(spec, device)
-            forward, path = onnx_forward_for(model, threads=args.threads, precision=args.precision or "fp32")
+            forward, path = _onnx_forward(args, model)
             if not args.quiet:
                 print(f"ONNX Runtime: {path}", file=sys.stderr)
             return model, spec, forward
-        except QuantizationError as exc:
-            raise UsageError(f"--precision int8: {exc}") from None
         except OnnxUnavailableError as exc:
             raise UsageError(str(exc)) from None
         except OnnxExportError as exc:
@@ -426,6 +420,24 @@ def _load_runtime(args: argparse.Namespace, device):
             raise UsageError(str(exc)) from None
     spec = args.model or DEFAULT_MODEL
     return load_model(spec, device), spec, None
+
+
+def _onnx_forward(args: argparse.Namespace, model):
+    """The ONNX Runtime forward at --precision, or at the model's default precision (int8 only
+    where it was measured to keep the accuracy: :func:`contentiqa.inference.quantize.default_precision`;
+    an int8 default that cannot be built falls back to fp32 with a note)."""
+    from ..inference.onnx import onnx_forward_for
+    from ..inference.quantize import QuantizationError, default_precision
+
+    precision = args.precision or default_precision((model.checkpoint_info or {}).get("path"))
+    try:
+        return onnx_forward_for(model, threads=args.threads, precision=precision)
+    except QuantizationError as exc:
+        if args.precision:  # asked for by name: no quiet fallback
+            raise UsageError(f"--precision {args.precision}: {exc}") from None
+        if not args.quiet:
+            print(f"note: running the fp32 graph ({exc})", file=sys.stderr)
+        return onnx_forward_for(model, threads=args.threads, precision="fp32")
 
 
 def _same_model(spec: str, name: str) -> bool:

@@ -398,8 +398,8 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
 def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
     """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: the cores really
     free now, :func:`contentiqa.inference.threads.plan_threads`). ``spinning``: let idle pool
-    threads spin (None: only when the machine is otherwise idle; spinning threads take the
-    time a busy machine's other processes, and our image-decoding threads, need)."""
+    threads spin (None: the plan's choice, off: spinning threads take the time a busy
+    machine's other processes, and our image-decoding threads, need)."""
     ort = _require("onnxruntime")
     if threads is None or spinning is None:
         from .threads import plan_threads

@@ -360,3 +360,20 @@ def quantize_for_weights(
         return quantize_onnx(fp32_onnx, dst, method=recipe.method, calibration_file=ranges, op_types=recipe.op_types,
                              include=recipe.include, exclude=recipe.exclude, per_channel=recipe.per_channel, ranges_check=True,
                              extra_metadata={"int8_calibration": data.get("source", ""), **(extra_metadata or {})})
+
+
+def default_precision(weights: str | os.PathLike | None) -> str:
+    """The precision ``contentiqa score`` uses for ``weights`` when none is asked for: int8 only
+    where the calibration file beside them says so (benchmarks/int8.py writes
+    ``default_precision: int8`` only when int8 was measured >= 1.4x faster *and* within 0.005
+    SROCC of fp32), else fp32."""
+    if not weights or not os.path.isfile(weights):
+        return "fp32"
+    cal = calibration_path(weights)
+    if not cal.is_file():
+        return "fp32"
+    try:
+        data = read_calibration(cal, weights)
+    except QuantizationError:
+        return "fp32"
+    return "int8" if data.get("default_precision") == "int8" else "fp32"

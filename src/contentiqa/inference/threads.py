@@ -7,8 +7,7 @@ competitor run *slower* than one thread (measured: benchmarks/results/cores.md).
 pool threads that spin (ONNX Runtime's default) take time from the competitor and from our
 own image-decoding threads. So: count the cores this process may use (its CPU affinity, as
 a container or ``taskset`` sets it), subtract what other processes use right now (a short
-sample of ``/proc/stat``, else the load average), and let idle threads spin only when the
-machine is otherwise idle.
+sample of ``/proc/stat``, else the load average), and never let idle threads spin.
 """
 from __future__ import annotations
 
@@ -79,15 +78,17 @@ def choose_threads(cpus: int, busy: float, requested: int | None = None) -> Thre
     """The plan for ``cpus`` usable CPUs of which ``busy`` cores' worth are used by others.
 
     ``requested`` (``--threads``) is kept as given. Otherwise one thread per core not taken
-    (a core counts as taken above :data:`BUSY_THRESHOLD` of its time), at least one; idle
-    threads spin only when nothing else runs (spinning on a shared machine steals the time
-    the waiting thread needs)."""
+    (a core counts as taken above :data:`BUSY_THRESHOLD` of its time), at least one. Idle
+    threads never spin: on a busy machine spinning steals the time the waiting thread needs,
+    and even idle it took the cores our image-decoding threads use."""
     cpus = max(1, int(cpus))
     busy = max(0.0, float(busy))
     taken = int(busy + (1.0 - BUSY_THRESHOLD))  # round half a core or more up
     free = max(1, min(cpus, cpus - taken))
     threads = int(requested) if requested else free
-    return ThreadPlan(threads=threads, spinning=(taken == 0 and not requested and threads > 1), cpus=cpus, busy=busy)
+    # Spinning stays off even on an idle machine: measured 10 % slower end to end there
+    # (benchmarks/results/cores.md, first run: the decoding threads need the cores it burns).
+    return ThreadPlan(threads=threads, spinning=False, cpus=cpus, busy=busy)
 
 
 def plan_threads(requested: int | None = None) -> ThreadPlan:
