@@ -452,7 +452,7 @@ def run_benchmark(
     log("bare backbone (ONNX Runtime) ...")
     bb_path = export_backbone(workdir, backbone_module)
     bare = {"ort_default": ort.InferenceSession(str(bb_path), providers=["CPUExecutionProvider"]),
-            "no_spinning": make_session(bb_path)}
+            "no_spinning": make_session(bb_path, spinning=False)}
 
     def limit_seconds(hw) -> float:
         return min(bare_backbone_seconds(sess, hw, backbone_runs) for sess in bare.values())
@@ -471,7 +471,7 @@ def run_benchmark(
         bare[k] = None
     release_memory()
     bare = {"ort_default": ort.InferenceSession(str(bb_path), providers=["CPUExecutionProvider"]),
-            "no_spinning": make_session(bb_path)}
+            "no_spinning": make_session(bb_path, spinning=False)}
 
     for name, entry in models.items():
         model, ckpt = entry["model"], entry["ckpt"]

@@ -13,6 +13,10 @@ onnx/, named by a hash of the weights file, rebuilt if damaged; a read-only cach
 the temporary folder), or taken from --onnx-model FILE, which needs no PyTorch weights at all.
 Once the export is cached (and with --onnx-model), scoring runs without importing PyTorch: the
 graph's metadata give the preprocessing, scale and categories.
+--precision int8 runs an int8 graph quantized from that export (cached beside it) with the
+calibration shipped beside the weights. Without --precision a model runs int8 only where that
+was measured to keep its accuracy (iqa-cr; ie-iqa stays fp32: benchmarks/results/int8.md).
+ONNX Runtime's compute threads follow the cores free when the run starts (--threads N fixes them).
 
 Many machines: --shard I/N scores a fixed 1/N of the inputs (by a hash of each file's absolute
 path), so N jobs, e.g. a SLURM array with
@@ -94,11 +98,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx-model", metavar="FILE", default=None,
                    help="with --runtime onnx: this file from `contentiqa export` (default: export --model "
                         "to the cache on first use); its metadata give the preprocessing and scale")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
+                        "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
+                        "(1.65x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compute threads for the model (default: the runtime's own, one per core)")
+                   help="compute threads for the model (default: ONNX Runtime one per core not busy with other "
+                        "processes when the run starts; torch its own, one per core)")
     p.add_argument("--flush-every", type=int, default=100, metavar="N",
                    help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its progress")
     p.add_argument("--thumbnail-size", type=int, default=256, metavar="PX", help="HTML report thumbnail size (default 256)")
@@ -273,6 +282,11 @@ def _validate(args: argparse.Namespace) -> str | None:
     from ._model_loading import resolve_runtime
 
     resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
+    if args.precision is not None:
+        if args.runtime == "torch":
+            raise UsageError(f"--precision {args.precision} chooses the ONNX Runtime graph: drop --runtime torch")
+        if args.onnx_model is not None:
+            raise UsageError("--precision chooses the cached export; --onnx-model FILE runs that file as it is")
     if args.runtime == "onnx" and args.explain and args.onnx_model is not None:
         raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model instead of --onnx-model")
     fmt = None
@@ -374,9 +388,12 @@ def _torch_free(args: argparse.Namespace):
         return None
     from ..inference.onnx_runtime import OnnxUnavailableError, cached_scorer
 
+    from ..inference.quantize import default_precision
+
+    precision = args.precision or default_precision(found[0])
     try:
-        scorer = cached_scorer(found[0], threads=args.threads, weights_tag=found[1])
-    except (OnnxUnavailableError, OSError):  # the torch path says what is missing, or reads the file itself
+        scorer = cached_scorer(found[0], threads=args.threads, weights_tag=found[1], precision=precision)
+    except (OnnxUnavailableError, OSError, ValueError):  # the torch path says what is missing, or reads the file itself
         return None
     return (scorer, spec) if scorer is not None else None
 
@@ -422,7 +439,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
         model = load_model(spec, device)
         if onnx_available():
             try:
-                forward, path = onnx_forward_for(model, threads=args.threads, weights_file=weights)
+                forward, path = _onnx_forward(args, model, weights)
             except (OnnxExportError, ValueError) as exc:
                 if not args.quiet:
                     print(f"note: running in PyTorch, not ONNX Runtime ({exc})", file=sys.stderr)
@@ -437,7 +454,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
         return model, spec, None
     if args.runtime == "onnx":
         try:
-            from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError, onnx_forward_for
+            from ..inference.onnx import OnnxExportError, OnnxModel, OnnxUnavailableError
         except ImportError as exc:  # pragma: no cover - the module itself imports no optional package
             raise UsageError(str(exc)) from None
         try:
@@ -449,7 +466,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
                     )
                 return model, args.onnx_model, None
             model = load_model(spec, device)
-            forward, path = onnx_forward_for(model, threads=args.threads, weights_file=weights)
+            forward, path = _onnx_forward(args, model, weights)
             if not args.quiet:
                 print(f"ONNX Runtime: {path}", file=sys.stderr)
             return model, spec, forward
@@ -460,6 +477,24 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
         except (ValueError, FileNotFoundError) as exc:
             raise UsageError(str(exc)) from None
     return load_model(spec, device), spec, None
+
+
+def _onnx_forward(args: argparse.Namespace, model, weights=None):
+    """The ONNX Runtime forward at --precision, or at the model's default precision (int8 only
+    where it was measured to keep the accuracy: :func:`contentiqa.inference.quantize.default_precision`;
+    an int8 default that cannot be built falls back to fp32 with a note)."""
+    from ..inference.onnx import onnx_forward_for
+    from ..inference.quantize import QuantizationError, default_precision
+
+    precision = args.precision or default_precision((model.checkpoint_info or {}).get("path"))
+    try:
+        return onnx_forward_for(model, threads=args.threads, weights_file=weights, precision=precision)
+    except QuantizationError as exc:
+        if args.precision:  # asked for by name: no quiet fallback
+            raise UsageError(f"--precision {args.precision}: {exc}") from None
+        if not args.quiet:
+            print(f"note: running the fp32 graph ({exc})", file=sys.stderr)
+        return onnx_forward_for(model, threads=args.threads, weights_file=weights, precision="fp32")
 
 
 def _same_model(spec: str, name: str) -> bool:

@@ -293,11 +293,13 @@ def _fallback_cache_dir() -> Path:
     return _rt._fallback_cache_dir()
 
 
-def _export_precision(model: IQAModel, path: Path, precision: str, opset: int, key: str) -> None:
-    """Write the ``precision`` graph of ``model`` to ``path`` with ``key`` in its metadata."""
-    if precision != DEFAULT_PRECISION:  # the place for other precisions (e.g. an int8-quantized graph)
-        raise ValueError(f"unknown ONNX precision {precision!r} (known: {DEFAULT_PRECISION})")
-    export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
+def _export_precision(model: IQAModel, path: Path, precision: str, opset: int, key: str, folder: Path) -> None:
+    """Write the ``precision`` graph of ``model`` to ``path`` with ``key`` in its metadata
+    (int8: quantized from the fp32 export cached in ``folder``)."""
+    if precision == DEFAULT_PRECISION:
+        export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
+    else:
+        _quantize_cached(model, path, key, folder, opset)
 
 
 def cached_session(
@@ -311,7 +313,13 @@ def cached_session(
     by that file (:func:`~contentiqa.inference.onnx_runtime.weights_cache_key`), so the next
     run finds it without torch. Without it the key is :func:`model_fingerprint` (a model in
     memory). A changed checkpoint gets a new entry; one that does not load or lacks the key is
-    rebuilt. A cache folder that cannot be written falls back to a per-user temp folder."""
+    rebuilt. A cache folder that cannot be written falls back to a per-user temp folder.
+    ``precision="int8"``: the int8 graph quantized from the fp32 export with the calibration
+    file beside the model's weights (:func:`contentiqa.inference.quantize.quantize_for_weights`),
+    cached under its own name and key."""
+    from .quantize import check_precision
+
+    check_precision(precision)
     if weights_file is not None:
         key = weights_cache_key(weights_file, opset, precision)
         label = Path(weights_file).stem
@@ -327,7 +335,7 @@ def cached_session(
     for where in _rt.cache_places(folder):
         path = where / filename
         try:
-            _export_precision(model, path, precision, opset, key)
+            _export_precision(model, path, precision, opset, key, where)
         except OSError as exc:  # read-only (or full) folder: try the next
             error = exc
             continue
@@ -337,6 +345,20 @@ def cached_session(
         return session, path, True
     assert error is not None
     raise error
+
+
+def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:
+    """Write the int8 entry ``path`` from the (cached) fp32 export of ``model``."""
+    from .quantize import QuantizationError, quantize_for_weights
+
+    weights = (model.checkpoint_info or {}).get("path")
+    if not weights or not os.path.isfile(weights):
+        raise QuantizationError(
+            f"int8 needs the weights file of {model.model_name} (its calibration lies beside it); "
+            "this model was not loaded from a file: use fp32"
+        )
+    src, _ = cached_export(model, folder, opset)
+    quantize_for_weights(src, path, weights, extra_metadata={FINGERPRINT_KEY: key})
 
 
 def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> tuple[Path, bool]:
@@ -372,7 +394,7 @@ class OnnxModel(IQAModel):
 
     channels_last_input = False  # the session wants contiguous NCHW
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")

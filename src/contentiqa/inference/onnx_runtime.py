@@ -74,18 +74,23 @@ def _require(module: str):
 
 
 # -- sessions ---------------------------------------------------------------------------------
-def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = False):
-    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's
-    default, one per physical core). ``spinning``: let idle pool threads spin (faster on an
-    otherwise idle machine; off by default because the image-decoding threads of the scoring
-    pipeline share the cores)."""
+def make_session(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
+    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: the cores really
+    free now, :func:`contentiqa.inference.threads.plan_threads`). ``spinning``: let idle pool
+    threads spin (None: the plan's choice; off, spinning threads take the time a busy
+    machine's other processes, and our image-decoding threads, need)."""
     ort = _require("onnxruntime")
+    if threads is None or spinning is None:
+        from .threads import plan_threads
+
+        plan = plan_threads(threads)
+        threads = plan.threads
+        spinning = plan.spinning if spinning is None else spinning
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
+    so.intra_op_num_threads = int(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Native-resolution inputs come in many shapes: a memory plan cached per shape would grow
     # with every new photo size, so plan each run afresh (measured: no speed difference).
@@ -146,6 +151,11 @@ def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSE
 
     head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "precision": precision,
             "contentiqa": __version__, "weights_sha256": _file_sha256(Path(weights_file))}
+    if precision != DEFAULT_PRECISION:  # a quantized graph also depends on its recipe and calibration
+        from .quantize import QUANT_REVISION, calibration_path
+
+        cal = calibration_path(weights_file)
+        head.update(quant_rev=QUANT_REVISION, calibration_sha256=_file_sha256(cal) if cal.is_file() else None)
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
 

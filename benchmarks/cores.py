@@ -1,0 +1,204 @@
+"""Using the cores: `contentiqa score` against the bare-backbone limit, idle and beside a busy process.
+
+    python benchmarks/cores.py [--photos 200] [--rounds 2]
+    python benchmarks/cores.py --quick          # 16 photos, one round (checks that it runs)
+
+All in one run, holding /tmp/contentiqa-bench.lock (no other timing job meanwhile), on the
+first ``--photos`` photos of ../shared/data/clive-dev, with the default model (ie-iqa, its
+shipped weights; the ONNX export cached beforehand, as on any run after the first):
+
+- **limit**: the bare EfficientNet-Lite0 backbone(s) of the model (``forward_features``) in ONNX
+  Runtime on in-memory tensors at the model's input sizes (IE-IQA: one pass at 384 px for the
+  quality CNN + one at 224 px for the recognition CNN), batch 1: the best of ONNX Runtime's
+  default session (a thread per core, spinning) and one thread; no decoding, no start-up;
+- **score (default)**: ``contentiqa score PHOTOS -o out.csv -q`` in a fresh process, timed end
+  to end (start-up, model load, decoding, writing the CSV): its compute threads follow the cores
+  really free (:mod:`contentiqa.inference.threads`);
+- **score --threads N**: the same with the thread count fixed to the machine's CPUs (the behaviour
+  before the thread plan: a thread per core whatever else runs).
+
+Each is measured idle and with one competing CPU-bound process (``python -c "while True:
+pass"``), rounds interleaved, the median round. Targets: default score idle >= 0.85x the idle
+limit; with the competitor >= 0.45x its idle throughput. Writes benchmarks/results/cores.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
+
+LOCK = "/tmp/contentiqa-bench.lock"
+IMAGES = SHARED / "data" / "clive-dev" / "images"
+TARGET_VS_LIMIT = 0.85
+TARGET_LOADED = 0.45
+
+
+@contextmanager
+def bench_lock():
+    with open(LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def competitor(active: bool):
+    """One CPU-bound process for the duration of the block (none when not ``active``)."""
+    if not active:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(1.0)  # let it take its core before we start
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def backbone_sessions(work: Path, sizes: list[int]):
+    """Sessions of the bare Lite0 backbone: ONNX Runtime's default (threads per core, spinning) and 1 thread."""
+    import onnxruntime as ort
+
+    from speed import export_backbone
+
+    path = export_backbone(work)
+    out = {}
+    for label, threads in (("default", 0), ("1 thread", 1)):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        out[label] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return out
+
+
+def limit_ips(sessions, sizes: list[int], n: int) -> dict[str, float]:
+    """images/s of the backbone passes of one photo (one pass per size), per session kind."""
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1, 3, s, s), dtype=np.float32) for s in sizes]
+    out = {}
+    for label, s in sessions.items():
+        for x in xs:
+            s.run(None, {"image": x})
+        t = time.perf_counter()
+        for _ in range(n):
+            for x in xs:
+                s.run(None, {"image": x})
+        out[label] = n / (time.perf_counter() - t)
+    return out
+
+
+def score_ips(files: list[str], out_csv: Path, extra: list[str]) -> float:
+    """images/s of `contentiqa score` in a fresh process, end to end."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", *files, "-o", str(out_csv), "-q", "--force", *extra]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"contentiqa score exited {r.returncode}: {r.stderr[-2000:]}")
+    return len(files) / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.photos, args.rounds = 16, 1
+    if not IMAGES.is_dir():
+        sys.exit(f"benchmark skipped: clive-dev photos not found at {IMAGES}")
+    files = sorted(str(p) for p in IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))[: args.photos]
+
+    import contentiqa
+    from contentiqa.inference.onnx import cached_export
+    from contentiqa.inference.threads import busy_cores, plan_threads, usable_cpus
+
+    model = contentiqa.create_model(contentiqa.DEFAULT_MODEL).eval()
+    cfg = model.cfg.to_dict()
+    sizes = [int(cfg["input_size"])] + ([int(cfg["intelligibility_input_size"])] if cfg.get("intelligibility_input_size") else [])
+    cached_export(model)  # the export cache is warm, as on every run after the first
+    cpus = usable_cpus()
+    results: dict[str, dict[str, list]] = {}
+    with tempfile.TemporaryDirectory(prefix="contentiqa-cores-") as tmp, bench_lock():
+        work = Path(tmp)
+        sessions = backbone_sessions(work, sizes)
+        load_before = os.getloadavg()
+        score_ips(files[:4], work / "warm.csv", [])  # page cache and Python bytecode warm
+        for _ in range(args.rounds):
+            for loaded in (False, True):
+                cond = "loaded" if loaded else "idle"
+                with competitor(loaded):
+                    busy = busy_cores(0.5)
+                    plan = plan_threads()
+                    lim = limit_ips(sessions, sizes, max(8, len(files) // 4))
+                    res = results.setdefault(cond, {})
+                    for k, v in lim.items():
+                        res.setdefault(f"limit ({k})", []).append(v)
+                    res.setdefault("limit", []).append(max(lim.values()))
+                    res.setdefault("score (default)", []).append(score_ips(files, work / "a.csv", []))
+                    res.setdefault(f"score --threads {cpus}", []).append(
+                        score_ips(files, work / "b.csv", ["--threads", str(cpus)]))
+                    res.setdefault("busy cores before", []).append(busy)
+                    res.setdefault("plan", []).append(plan.describe())
+        load_after = os.getloadavg()
+    med = {c: {k: statistics.median(v) for k, v in d.items() if k != "plan"} for c, d in results.items()}
+    idle, loaded = med["idle"], med["loaded"]
+    ratios = {
+        "score_idle_vs_limit_idle": idle["score (default)"] / idle["limit"],
+        "score_loaded_vs_idle": loaded["score (default)"] / idle["score (default)"],
+        "fixed_threads_loaded_vs_idle": loaded[f"score --threads {cpus}"] / idle[f"score --threads {cpus}"],
+        "limit_loaded_vs_idle": loaded["limit"] / idle["limit"],
+    }
+    payload = {"command": command_line(), "photos": len(files), "rounds": args.rounds, "cpus": cpus, "sizes": sizes,
+               "model": contentiqa.DEFAULT_MODEL, "runs": results, "median": med, "ratios": ratios,
+               "load_before": load_before, "load_after": load_after, "quick": args.quick}
+    lines = [
+        "# Using the cores (CPU)\n",
+        f"One run: `{payload['command']}` (holds /tmp/contentiqa-bench.lock). {len(files)} clive-dev photos, model "
+        f"{payload['model']} (input {sizes[0]} px; bare-backbone passes at {', '.join(f'{s} px' for s in sizes)}), "
+        f"{cpus} CPU(s); median of {args.rounds} round(s), idle and loaded interleaved. Load average before / after: "
+        f"{load_before[0]:.2f} / {load_after[0]:.2f} (other jobs on this shared machine count in it).\n",
+        "'score' rows: `contentiqa score PHOTOS -o out.csv -q` in a fresh process, end to end including start-up, "
+        "the ONNX export already cached. 'limit': the bare backbone(s) in ONNX Runtime on in-memory tensors, the "
+        "better of its default session (a thread per core, spinning) and one thread. 'loaded': beside one "
+        "`python -c \"while True: pass\"`.\n",
+    ]
+    rows = []
+    for k in idle:
+        if k in ("busy cores before",):
+            continue
+        rows.append([k, f"{idle[k]:.1f}", f"{loaded[k]:.1f}", f"{loaded[k] / idle[k]:.2f}"])
+    rows.append(["busy cores before (other processes)", f"{idle['busy cores before']:.2f}", f"{loaded['busy cores before']:.2f}", ""])
+    lines.append(md_table(["images/s", "idle", "loaded (1 competitor)", "loaded / idle"], rows))
+    lines.append("\nThread plan chosen at the start of each default run: idle " + "; ".join(results["idle"]["plan"])
+                 + " | loaded " + "; ".join(results["loaded"]["plan"]) + ".\n")
+    ok1 = "met" if ratios["score_idle_vs_limit_idle"] >= TARGET_VS_LIMIT else "NOT met"
+    ok2 = "met" if ratios["score_loaded_vs_idle"] >= TARGET_LOADED else "NOT met"
+    lines.append(f"\nTargets: default score idle / limit idle = **{ratios['score_idle_vs_limit_idle']:.2f}** "
+                 f"(>= {TARGET_VS_LIMIT:g}: {ok1}); default score loaded / idle = **{ratios['score_loaded_vs_idle']:.2f}** "
+                 f"(>= {TARGET_LOADED:g}: {ok2}); with the threads fixed to {cpus}: "
+                 f"{ratios['fixed_threads_loaded_vs_idle']:.2f}.\n")
+    write_results("cores" + ("_quick" if args.quick else ""), payload, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

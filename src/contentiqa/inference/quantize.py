@@ -1,0 +1,379 @@
+"""int8 quantization of an exported contentiqa ONNX graph (``onnxruntime.quantization``).
+
+    >>> from contentiqa.inference.quantize import quantize_onnx
+    >>> quantize_onnx("ie-iqa.onnx", "ie-iqa.int8.onnx", method="static", calibration=batches)
+
+Why: the CNN backbones (EfficientNet-Lite0: ReLU6, no squeeze-excitation, made for int8) are
+almost all of the compute; on CPUs with VNNI an int8 convolution runs several times the
+multiply-adds per cycle of a float one. What is quantized: the convolutions (``Conv``) only
+by default, so the Transformer, the attention, the feature selection and the regressor stay
+float (their cost is small and their ranges are not the backbone's); ``exclude`` names nodes
+to keep in float as well. Two ways, compared by ``benchmarks/int8.py``:
+
+- ``static``: weights *and* activations int8 (QDQ format, per-channel weights), activation
+  ranges calibrated by running photos through the graph (``calibration``: arrays of the
+  graph's input, i.e. normalised images) or read from a calibration file (``calibration_file``:
+  ONNX Runtime's own JSON of tensor ranges, written by a calibrated run), so a user's machine
+  can rebuild the int8 graph without the training photos;
+- ``dynamic``: int8 weights, activation ranges computed at run time per tensor (no
+  calibration; ``ConvInteger``).
+
+The quantized file keeps the fp32 file's metadata (so :class:`~contentiqa.inference.onnx.OnnxModel`
+serves it unchanged) plus ``precision`` = ``int8`` and ``quantization`` (JSON: method, ops,
+excluded nodes, calibration).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+PRECISIONS = ("fp32", "int8")
+METHODS = ("static", "dynamic")
+DEFAULT_OP_TYPES = ("Conv",)
+CNN_OP_TYPES = ("Conv", "Clip", "Add")
+"""The ops of the CNN parts: quantizing the activations and residual additions along with the
+convolutions keeps the data int8 between layers (Conv alone converts back to float around
+every convolution: measured slower, benchmarks/results/int8.md)."""
+QUANT_REVISION = "1"  # bump when the recipe below changes, to refresh cached int8 files
+
+
+class QuantizationError(RuntimeError):
+    """The graph could not be quantized; the message says why."""
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`, else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _reader(input_name: str, batches: Iterable[np.ndarray]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        """Feeds the calibration batches (N x 3 x H x W float32, normalised) one by one."""
+
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            if x is None:
+                return None
+            x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+            return {input_name: x if x.ndim == 4 else x[None]}
+
+    return _Reader()
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise QuantizationError(f"{path}: expected one graph input, found {names}")
+    return names[0]
+
+
+def matching_nodes(path: str | os.PathLike, patterns: Sequence[str]) -> list[str]:
+    """Names of the nodes of the ONNX file ``path`` that match any of the regular expressions."""
+    import re
+
+    import onnx
+
+    if not patterns:
+        return []
+    rx = [re.compile(p) for p in patterns]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if any(r.search(n.name) for r in rx)]
+
+
+def _check_ranges(path: Path, cal_path: Path, op_types: Sequence[str], excluded: Sequence[str],
+                  included: Sequence[str] | None) -> None:
+    """QuantizationError unless ``cal_path`` has a range for every activation the static
+    quantizer will need (inputs and outputs of the nodes it quantizes)."""
+    import onnx
+
+    try:
+        ranges = json.loads(cal_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantizationError(f"{cal_path}: cannot read the calibration ranges ({exc})") from None
+    known = set(ranges.get("data", ranges) if isinstance(ranges, dict) else ())
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    skip = set(excluded)
+    only = set(included) if included is not None else None
+    needed = {t for n in graph.node if n.op_type in op_types and n.name not in skip and (only is None or n.name in only)
+              for t in (*n.input[:1], *n.output[:1]) if t and t not in inits}
+    missing = sorted(needed - known)
+    if missing:
+        raise QuantizationError(
+            f"{cal_path}: the calibration ranges do not match this graph ({len(missing)} of {len(needed)} tensors "
+            f"missing, e.g. {missing[0]}); it was made for another export (torch / onnx version): make it again "
+            "with contentiqa.inference.quantize.write_calibration"
+        )
+
+
+def _preprocess(src: Path, out: Path) -> Path:
+    """ONNX Runtime's recommended step before quantizing: shape inference and graph
+    optimisation (folds the exporter's Identity-wrapped weights into initializers, which the
+    quantizer needs, and fuses what can be fused so that fewer tensors are calibrated)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    except Exception:  # symbolic shape inference can fail on dynamic shapes: plain ONNX inference then
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    meta.update(extra)
+    out = onnx.load(str(dst))
+    del out.metadata_props[:]
+    for k, v in meta.items():
+        e = out.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(out, str(dst))
+
+
+def quantize_onnx(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    method: str = "static",
+    calibration: Iterable[np.ndarray] | None = None,
+    calibration_file: str | os.PathLike | None = None,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    ranges_check: bool = False,
+    quant_format: str = "qdq",
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Quantize the fp32 ONNX file ``src`` to int8 at ``dst`` (written atomically).
+
+    ``static`` needs ``calibration`` (normalised input arrays) or an existing
+    ``calibration_file``; when both are given and the file does not exist yet, the ranges
+    calibrated here are saved to it (ONNX Runtime's calibration cache). ``quant_format``:
+    ``qdq`` (Quantize/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels) or
+    ``qoperator`` (QLinearConv etc. written out). ``exclude``: regular expressions; nodes
+    whose name (in the graph as ONNX Runtime's pre-processing leaves it) matches one stay
+    float; ``include`` (if given): only nodes matching one of these are quantized (e.g. the CNN
+parts, leaving a Transformer's Add / MatMul float). ``ranges_check``: refuse a calibration file that lacks a range the quantizer needs
+    (one made for another graph). Raises :class:`QuantizationError`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}: use one of {', '.join(METHODS)}")
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"ONNX model {src} does not exist")
+    cal_path = Path(calibration_file) if calibration_file is not None else None
+    if method == "static" and calibration is None and (cal_path is None or not cal_path.is_file()):
+        raise QuantizationError(
+            "static quantization needs calibration images or an existing calibration file"
+            + (f" ({cal_path} does not exist)" if cal_path is not None else "")
+        )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    work = tempfile.TemporaryDirectory(prefix="contentiqa-quant-")
+    info: dict[str, Any] = {"method": method, "op_types": list(op_types), "exclude": list(exclude), "revision": QUANT_REVISION}
+    src, dst, tmp = src.resolve(), dst.resolve(), str(Path(tmp).resolve())
+    cal_path = cal_path.resolve() if cal_path is not None else None
+    cwd = os.getcwd()
+    try:
+        # onnx / onnxruntime.quantization write temporary external-data files (<uuid>.data,
+        # the size of the weights) into the working directory and leave them: work in the
+        # temporary folder. (Quantization happens once per cache entry, before scoring starts.)
+        os.chdir(work.name)
+        try:
+            pre = _preprocess(src, Path(work.name) / "pre.onnx")
+            excluded = matching_nodes(pre, exclude)
+            included = matching_nodes(pre, include) if include else None
+            if included is not None:
+                skip = set(excluded)
+                included = [n for n in included if n not in skip]
+            info.update(include=list(include), excluded_nodes=len(excluded))
+            if ranges_check and method == "static" and cal_path is not None and cal_path.is_file():
+                _check_ranges(pre, cal_path, op_types, excluded, included)
+            if method == "dynamic":
+                quantize_dynamic(str(pre), tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                 nodes_to_quantize=included)
+            else:
+                fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
+                reader = _reader(_input_name(src), calibration) if calibration is not None else None
+                quantize_static(
+                    str(pre), tmp, reader, quant_format=fmt, op_types_to_quantize=list(op_types),
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded, nodes_to_quantize=included, calibrate_method=CalibrationMethod.MinMax,
+                    calibration_cache_path=str(cal_path) if cal_path is not None else None,
+                )
+                info.update(format=quant_format, per_channel=per_channel, activations="uint8", weights="int8",
+                            calibration=(cal_path.name if cal_path is not None else "in-process"))
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise QuantizationError(f"cannot quantize {src} ({method}): {exc}") from exc
+        _copy_metadata(src, Path(tmp), {"precision": "int8", "quantization": json.dumps(info),
+                                        **{k: str(v) for k, v in (extra_metadata or {}).items()}})
+        os.replace(tmp, dst)
+    finally:
+        os.chdir(cwd)
+        work.cleanup()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+# -- calibration files: an int8 recipe and its activation ranges, kept beside the weights -------------
+CALIBRATION_FORMAT = "contentiqa-int8-calibration/1"
+CALIBRATION_SUFFIX = ".int8.json"
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """What to quantize: the op types and the node-name patterns kept float (chosen by
+    measurement in benchmarks/int8.py), and how."""
+
+    op_types: tuple[str, ...] = CNN_OP_TYPES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    method: str = "static"
+    per_channel: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op_types": list(self.op_types), "include": list(self.include), "exclude": list(self.exclude), "method": self.method,
+                "per_channel": self.per_channel}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Int8Recipe":
+        return cls(tuple(d.get("op_types", CNN_OP_TYPES)), tuple(d.get("include", ())), tuple(d.get("exclude", ())),
+                   str(d.get("method", "static")), bool(d.get("per_channel", True)))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def calibration_path(weights: str | os.PathLike) -> Path:
+    """Where the int8 calibration of a weights file lives: beside it, ``<stem>.int8.json``."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + CALIBRATION_SUFFIX)
+
+
+def write_calibration(
+    fp32_onnx: str | os.PathLike,
+    batches: Iterable[np.ndarray],
+    out: str | os.PathLike,
+    *,
+    weights: str | os.PathLike,
+    recipe: Int8Recipe = Int8Recipe(),
+    source: str = "",
+    int8_out: str | os.PathLike | None = None,
+) -> Path:
+    """Calibrate ``fp32_onnx`` (the export of the weights file ``weights``) on ``batches``
+    and write the calibration file ``out``: the recipe, the activation ranges (ONNX
+    Runtime's calibration cache) and the weights' SHA-256, so that :func:`quantize_for_weights`
+    rebuilds the same int8 graph on any machine without the photos. ``int8_out`` keeps the
+    int8 graph made on the way."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="contentiqa-calib-") as tmp:
+        ranges = Path(tmp) / "ranges.json"
+        quantize_onnx(fp32_onnx, int8_out or Path(tmp) / "int8.onnx", method=recipe.method, calibration=batches,
+                      calibration_file=ranges, op_types=recipe.op_types, include=recipe.include, exclude=recipe.exclude,
+                      per_channel=recipe.per_channel)
+        payload = {
+            "format": CALIBRATION_FORMAT,
+            "weights": Path(weights).name,
+            "weights_sha256": sha256_file(weights),
+            "recipe": recipe.to_dict(),
+            "source": source,
+            "quant_revision": QUANT_REVISION,
+            "ranges": json.loads(ranges.read_text()) if ranges.is_file() else None,
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=None, separators=(",", ":"))
+    os.replace(tmp_out, out)
+    return out
+
+
+def read_calibration(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The calibration file at ``path``; with ``weights``, checked to be for that file (by
+    SHA-256). QuantizationError saying what is wrong otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QuantizationError(f"no int8 calibration file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise QuantizationError(f"{path}: not a readable calibration file ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise QuantizationError(f"{path}: not a contentiqa int8 calibration file (format {CALIBRATION_FORMAT})")
+    if weights is not None and data.get("weights_sha256") != sha256_file(weights):
+        raise QuantizationError(f"{path} was calibrated for other weights than {weights} (SHA-256 differs)")
+    return data
+
+
+def quantize_for_weights(
+    fp32_onnx: str | os.PathLike, dst: str | os.PathLike, weights: str | os.PathLike,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """The int8 graph of ``fp32_onnx`` (the export of ``weights``) from the calibration file
+    beside the weights (:func:`calibration_path`). QuantizationError when there is none or it
+    does not fit."""
+    cal = calibration_path(weights)
+    if not cal.is_file():
+        raise QuantizationError(
+            f"no int8 calibration for {Path(weights).name} (expected {cal}): int8 needs activation ranges "
+            "calibrated on photos; make them with contentiqa.inference.quantize.write_calibration, or use fp32"
+        )
+    data = read_calibration(cal, weights)
+    recipe = Int8Recipe.from_dict(data.get("recipe") or {})
+    with tempfile.TemporaryDirectory(prefix="contentiqa-calib-") as tmp:
+        ranges = None
+        if data.get("ranges") is not None:
+            ranges = Path(tmp) / "ranges.json"
+            ranges.write_text(json.dumps(data["ranges"]))
+        elif recipe.method == "static":
+            raise QuantizationError(f"{cal}: a static recipe without activation ranges")
+        return quantize_onnx(fp32_onnx, dst, method=recipe.method, calibration_file=ranges, op_types=recipe.op_types,
+                             include=recipe.include, exclude=recipe.exclude, per_channel=recipe.per_channel, ranges_check=True,
+                             extra_metadata={"int8_calibration": data.get("source", ""), **(extra_metadata or {})})
+
+
+def default_precision(weights: str | os.PathLike | None) -> str:
+    """The precision ``contentiqa score`` uses for ``weights`` when none is asked for: int8 only
+    where the calibration file beside them says so (benchmarks/int8.py writes
+    ``default_precision: int8`` only when int8 was measured >= 1.4x faster *and* within 0.005
+    SROCC of fp32), else fp32."""
+    if not weights or not os.path.isfile(weights):
+        return "fp32"
+    cal = calibration_path(weights)
+    if not cal.is_file():
+        return "fp32"
+    try:
+        data = read_calibration(cal, weights)
+    except QuantizationError:
+        return "fp32"
+    return "int8" if data.get("default_precision") == "int8" else "fp32"

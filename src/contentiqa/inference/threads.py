@@ -1,0 +1,99 @@
+"""How many compute threads to give ONNX Runtime: the cores really free, not the cores present.
+
+Why: ONNX Runtime splits every convolution over its intra-op threads and waits for the
+slowest. On a machine where another process keeps a core busy, a thread placed on that core
+gets only part of it, so every layer waits for it: two threads on two cores with one
+competitor run *slower* than one thread (measured: benchmarks/results/cores.md). And idle
+pool threads that spin (ONNX Runtime's default) take time from the competitor and from our
+own image-decoding threads. So: count the cores this process may use (its CPU affinity, as
+a container or ``taskset`` sets it), subtract what other processes use right now (a short
+sample of ``/proc/stat``, else the load average), and never let idle threads spin.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+SAMPLE_SECONDS = 0.1
+"""How long the CPU use of the machine is sampled before choosing (start-up cost)."""
+BUSY_THRESHOLD = 0.5
+"""A core counts as taken when other processes use more than this fraction of it."""
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Intra-op threads and whether idle threads may spin, with what it was chosen from."""
+
+    threads: int
+    spinning: bool
+    cpus: int
+    busy: float  # cores' worth of CPU used by other processes when chosen
+
+    def describe(self) -> str:
+        return (f"{self.threads} compute thread(s) of {self.cpus} CPU(s), {self.busy:.1f} busy elsewhere"
+                f"{', idle threads spinning' if self.spinning else ''}")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _proc_stat() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where it does not exist."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"cpu":
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(sample_seconds: float = SAMPLE_SECONDS) -> float:
+    """Cores' worth of CPU used by the machine right now (all processes, this one included,
+    which is idle while it decides): sampled from /proc/stat over ``sample_seconds``, else
+    the one-minute load average."""
+    first = _proc_stat()
+    if first is not None and sample_seconds > 0:
+        time.sleep(sample_seconds)
+        second = _proc_stat()
+        if second is not None and second[1] > first[1]:
+            share = (second[0] - first[0]) / (second[1] - first[1])
+            return share * (os.cpu_count() or 1)
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(cpus: int, busy: float, requested: int | None = None) -> ThreadPlan:
+    """The plan for ``cpus`` usable CPUs of which ``busy`` cores' worth are used by others.
+
+    ``requested`` (``--threads``) is kept as given. Otherwise one thread per core not taken
+    (a core counts as taken above :data:`BUSY_THRESHOLD` of its time), at least one. Idle
+    threads never spin: on a busy machine spinning steals the time the waiting thread needs,
+    and even idle it took the cores our image-decoding threads use."""
+    cpus = max(1, int(cpus))
+    busy = max(0.0, float(busy))
+    taken = int(busy + (1.0 - BUSY_THRESHOLD))  # round half a core or more up
+    free = max(1, min(cpus, cpus - taken))
+    threads = int(requested) if requested else free
+    # Spinning stays off even on an idle machine: measured 10 % slower end to end there
+    # (benchmarks/results/cores.md, first run: the decoding threads need the cores it burns).
+    return ThreadPlan(threads=threads, spinning=False, cpus=cpus, busy=busy)
+
+
+def plan_threads(requested: int | None = None) -> ThreadPlan:
+    """:func:`choose_threads` for this machine now (samples the CPU use unless ``requested``)."""
+    cpus = usable_cpus()
+    if requested:
+        return choose_threads(cpus, 0.0, requested)
+    return choose_threads(cpus, min(busy_cores(), float(cpus)))

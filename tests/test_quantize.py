@@ -1,0 +1,248 @@
+"""int8 ONNX graphs (contentiqa.inference.quantize), the precision in the export cache and on the
+score CLI, and the thread plan (contentiqa.inference.threads) on made-up machine loads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from contentiqa.cli.main import main  # noqa: E402
+from contentiqa.inference.onnx import FINGERPRINT_KEY, cached_session, export_onnx, make_session  # noqa: E402
+from contentiqa.inference.quantize import (  # noqa: E402
+    Int8Recipe,
+    QuantizationError,
+    calibration_path,
+    check_precision,
+    quantize_for_weights,
+    quantize_onnx,
+    read_calibration,
+    write_calibration,
+)
+from contentiqa.inference.threads import choose_threads, plan_threads  # noqa: E402
+from tiny_models import one_torch_thread, tiny_model  # noqa: E402,F401
+
+CNN = (r"^/model/(conv_stem|bn1|blocks\.\d|conv_head|bn2)/",)  # IQA-CR's backbone, as benchmarks/int8.py
+
+
+def smooth_batches(n: int, h: int = 96, w: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """Normalised photo-like inputs: smooth gradients plus a little noise (not white noise,
+    whose ranges no photo has)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for _ in range(n):
+        a = rng.uniform(-1.5, 1.5, size=(3, 3)).astype(np.float32)
+        img = a[:, :1, None] * (xx / w) + a[:, 1:2, None] * (yy / h) + a[:, 2:3, None]
+        out.append((img + 0.1 * rng.standard_normal((3, h, w), dtype=np.float32))[None])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = tiny_model()
+    folder = tmp_path_factory.mktemp("q")
+    from contentiqa.models.registry import save_checkpoint
+
+    weights = save_checkpoint(model, folder / "tiny-iqa-cr.pt")
+    return model, export_onnx(model, folder / "tiny.onnx"), Path(weights)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_fp32, tmp_path_factory):
+    """The tiny weights again, in their own folder, with a calibration file beside them (made
+    once: calibrating is the slow part)."""
+    _, fp32, weights = tiny_fp32
+    copy = tmp_path_factory.mktemp("cal") / weights.name
+    copy.write_bytes(weights.read_bytes())
+    write_calibration(fp32, iter(smooth_batches(4)), calibration_path(copy), weights=copy, recipe=Int8Recipe(include=CNN),
+                      source="test")
+    return copy
+
+
+def scores(path, xs) -> np.ndarray:
+    s = make_session(path, threads=1)
+    return np.array([s.run(["score"], {"image": x})[0][0] for x in xs])
+
+
+def test_static_int8_runs_and_stays_close_to_fp32(tiny_fp32, tmp_path):
+    import onnx
+
+    _, fp32, _ = tiny_fp32
+    q = quantize_onnx(fp32, tmp_path / "int8.onnx", method="static", calibration=iter(smooth_batches(6)),
+                      op_types=Int8Recipe().op_types, include=CNN)
+    graph = onnx.load(str(q))
+    ops = {n.op_type for n in graph.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # it really is quantized
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["precision"] == "int8" and json.loads(meta["quantization"])["method"] == "static"
+    assert meta["model_name"] == "iqa-cr"  # the fp32 file's metadata carried over
+    # The Transformer stays float: no quantized MatMul.
+    assert not any(n.op_type == "MatMul" and any("QuantizeLinear" in i for i in n.input) for n in graph.graph.node)
+    test = smooth_batches(4, seed=1) + smooth_batches(1, h=120, w=88, seed=2)  # another size: dynamic H, W
+    ref, got = scores(fp32, test), scores(q, test)
+    assert got.shape == ref.shape
+    assert np.all(np.isfinite(got))
+    assert np.max(np.abs(got - ref)) < 0.2  # the tiny random net scores around -0.8 +- 0.1; broken scales give >> 1
+    assert not np.array_equal(got, ref)
+
+
+def test_dynamic_int8_runs(tiny_fp32, tmp_path):
+    _, fp32, _ = tiny_fp32
+    q = quantize_onnx(fp32, tmp_path / "dyn.onnx", method="dynamic", include=CNN)
+    x = smooth_batches(2, seed=3)
+    assert np.max(np.abs(scores(q, x) - scores(fp32, x))) < 0.2
+
+
+def test_quantize_refuses_what_it_cannot_do(tiny_fp32, tmp_path):
+    _, fp32, _ = tiny_fp32
+    with pytest.raises(QuantizationError, match="calibration"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", method="static")
+    with pytest.raises(ValueError, match="unknown quantization method"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", method="fp8")
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx", method="dynamic")
+    assert not list(tmp_path.glob("*.data"))  # no stray external-data files
+    assert check_precision("int8") == "int8"
+    with pytest.raises(ValueError, match="fp32, int8"):
+        check_precision("fp16")
+
+
+def test_calibration_file_round_trip_and_checks(tiny_fp32, calibrated, tmp_path):
+    _, fp32, weights = tiny_fp32
+    assert calibration_path(weights).name == "tiny-iqa-cr.int8.json"
+    with pytest.raises(QuantizationError, match="no int8 calibration"):
+        quantize_for_weights(fp32, tmp_path / "a.onnx", weights)
+    cal, weights = calibration_path(calibrated), calibrated
+    data = read_calibration(cal, weights)
+    assert data["recipe"]["include"] == list(CNN) and data["ranges"]["data"]
+    q = quantize_for_weights(fp32, tmp_path / "a.onnx", weights)  # no photos needed now
+    x = smooth_batches(2, seed=5)
+    assert np.max(np.abs(scores(q, x) - scores(fp32, x))) < 0.2
+    other = tmp_path / "other.pt"
+    other.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(QuantizationError, match="other weights"):
+        read_calibration(cal, other)
+    bad = dict(data, ranges={"data": {}, "CLS": "TensorsData", "calibration_method": data["ranges"]["calibration_method"]})
+    broken = tmp_path / "w" / "tiny-iqa-cr.pt"
+    broken.parent.mkdir()
+    broken.write_bytes(weights.read_bytes())
+    calibration_path(broken).write_text(json.dumps(bad))
+    with pytest.raises(QuantizationError, match="do not match this graph"):
+        quantize_for_weights(fp32, tmp_path / "b.onnx", broken)
+    calibration_path(broken).write_text("{not json")
+    with pytest.raises(QuantizationError, match="not a readable calibration file"):
+        quantize_for_weights(fp32, tmp_path / "b.onnx", broken)
+
+
+def test_cache_key_and_file_differ_by_precision(calibrated, tmp_path):
+    from contentiqa.models.registry import load_checkpoint
+
+    model = load_checkpoint(calibrated)
+    folder = tmp_path / "cache"
+    s32, p32, _ = cached_session(model, folder, threads=1)
+    s8, p8, created = cached_session(model, folder, threads=1, precision="int8")
+    assert created and p8 != p32 and p8.name.endswith("-int8.onnx")
+    k32 = s32.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+    k8 = s8.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+    assert k8 != k32 and k8.startswith(k32) and "int8" in k8
+    assert s8.get_modelmeta().custom_metadata_map["precision"] == "int8"
+    _, again, created = cached_session(model, folder, threads=1, precision="int8")
+    assert again == p8 and not created  # reused
+    with pytest.raises(ValueError, match="unknown precision"):
+        cached_session(model, folder, threads=1, precision="bf16")
+
+
+def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, capsys, monkeypatch):
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    _, fp32, weights = tiny_fp32
+    img = sorted(str(p) for p in examples_dir.glob("*.JPG"))[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["score", img, "--model", str(weights), "--precision", "fp16"])
+    assert exc.value.code == 2
+    assert main(["score", img, "--model", str(weights), "--precision", "int8", "--runtime", "torch"]) == 2
+    assert "drop --runtime torch" in capsys.readouterr().err
+    assert main(["score", img, "--onnx-model", str(fp32), "--precision", "int8"]) == 2
+    assert "--onnx-model" in capsys.readouterr().err
+    assert main(["score", img, "--model", str(weights), "--precision", "int8", "-q"]) == 2  # no calibration beside it
+    assert "no int8 calibration" in capsys.readouterr().err
+    out = tmp_path / "s.csv"
+    assert main(["score", img, "--model", str(calibrated), "--precision", "int8", "-q", "-o", str(out)]) == 0
+    assert out.read_text().count("\n") == 2
+
+
+# -- the thread plan ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cpus,busy,threads,spinning", [
+    (2, 0.0, 2, False),   # idle: every core (spinning measured slower even then)
+    (2, 0.3, 2, False),   # a little background noise does not take a core
+    (2, 0.6, 1, False),   # one competitor: the free core only, no spinning
+    (2, 1.0, 1, False),
+    (2, 5.0, 1, False),   # overloaded: still one
+    (8, 3.2, 5, False),
+    (1, 0.0, 1, False),   # one thread never spins
+])
+def test_choose_threads_from_load(cpus, busy, threads, spinning):
+    plan = choose_threads(cpus, busy)
+    assert (plan.threads, plan.spinning) == (threads, spinning)
+    assert str(threads) in plan.describe()
+
+
+def test_requested_threads_are_kept_and_not_sampled(monkeypatch):
+    import contentiqa.inference.threads as th
+
+    monkeypatch.setattr(th, "busy_cores", lambda *a, **k: pytest.fail("sampled although --threads was given"))
+    plan = plan_threads(3)
+    assert plan.threads == 3 and not plan.spinning
+    assert choose_threads(2, 1.7, requested=4).threads == 4
+
+
+def test_plan_threads_follows_the_measured_load(monkeypatch):
+    import contentiqa.inference.threads as th
+
+    monkeypatch.setattr(th, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 2.0)
+    assert plan_threads().threads == 2
+    monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 0.0)
+    assert plan_threads().threads == 4 and not plan_threads().spinning
+
+
+def test_busy_cores_is_a_sane_number():
+    from contentiqa.inference.threads import busy_cores
+
+    v = busy_cores(0.05)
+    assert 0.0 <= v <= 1e3
+
+
+def test_default_precision_follows_the_shipped_measurement(calibrated, tmp_path):
+    from contentiqa.inference.quantize import default_precision
+
+    assert default_precision(None) == "fp32"
+    assert default_precision(tmp_path / "missing.pt") == "fp32"
+    assert default_precision(calibrated) == "fp32"  # no verdict recorded
+    w = tmp_path / calibrated.name
+    w.write_bytes(calibrated.read_bytes())
+    data = json.loads(calibration_path(calibrated).read_text())
+    calibration_path(w).write_text(json.dumps(dict(data, default_precision="int8")))
+    assert default_precision(w) == "int8"
+    w.write_bytes(calibrated.read_bytes() + b"changed")  # other weights: the verdict is not theirs
+    assert default_precision(w) == "fp32"
+
+
+def test_shipped_calibrations_match_their_weights():
+    """Every shipped int8 calibration is for the weights file beside it (else score would
+    silently run fp32, or refuse --precision int8)."""
+    from contentiqa.inference.quantize import CALIBRATION_SUFFIX
+
+    folder = Path(__import__("contentiqa").__file__).parent / "weights"
+    files = sorted(folder.glob("*" + CALIBRATION_SUFFIX))
+    for cal in files:
+        weights = folder / (cal.name[: -len(CALIBRATION_SUFFIX)] + ".pt")
+        data = read_calibration(cal, weights)
+        assert data["default_precision"] in ("fp32", "int8")
