@@ -143,19 +143,31 @@ def test_calibration_file_round_trip_and_checks(tiny_fp32, calibrated, tmp_path)
 
 
 def test_cache_key_and_file_differ_by_precision(calibrated, tmp_path):
+    from contentiqa.inference.onnx_runtime import weights_cache_key
     from contentiqa.models.registry import load_checkpoint
 
     model = load_checkpoint(calibrated)
     folder = tmp_path / "cache"
-    s32, p32, _ = cached_session(model, folder, threads=1)
-    s8, p8, created = cached_session(model, folder, threads=1, precision="int8")
-    assert created and p8 != p32 and p8.name.endswith("-int8.onnx")
-    k32 = s32.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
-    k8 = s8.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
-    assert k8 != k32 and k8.startswith(k32) and "int8" in k8
-    assert s8.get_modelmeta().custom_metadata_map["precision"] == "int8"
-    _, again, created = cached_session(model, folder, threads=1, precision="int8")
-    assert again == p8 and not created  # reused
+    for weights_file in (None, calibrated):  # a model in memory, and one keyed by its weights file
+        s32, p32, _ = cached_session(model, folder, threads=1, weights_file=weights_file)
+        s8, p8, created = cached_session(model, folder, threads=1, precision="int8", weights_file=weights_file)
+        assert created and p8 != p32 and "-int8-" in p8.name and "-fp32-" in p32.name
+        k32 = s32.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+        k8 = s8.get_modelmeta().custom_metadata_map[FINGERPRINT_KEY]
+        assert k8 != k32
+        assert s8.get_modelmeta().custom_metadata_map["precision"] == "int8"
+        _, again, created = cached_session(model, folder, threads=1, precision="int8", weights_file=weights_file)
+        assert again == p8 and not created  # reused
+    # the int8 key of a weights file follows its calibration file (a new calibration, a new graph)
+    before = weights_cache_key(calibrated, precision="int8")
+    cal = calibration_path(calibrated)
+    saved = cal.read_bytes()
+    try:
+        cal.write_bytes(saved + b" ")
+        assert weights_cache_key(calibrated, precision="int8") != before
+        assert weights_cache_key(calibrated) == weights_cache_key(calibrated)  # fp32 ignores it
+    finally:
+        cal.write_bytes(saved)
     with pytest.raises(ValueError, match="unknown precision"):
         cached_session(model, folder, threads=1, precision="bf16")
 
