@@ -334,7 +334,8 @@ def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch)
     from contentiqa.cli.serve import _loader
 
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
-    args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True)
+    args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True,
+                              precision=None)
     images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
     with client_for(model) as c:
         torch_rows = c.post("/v1/score", files=images).json()["results"]

@@ -101,7 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default=None,
                    help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
                         "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
-                        "(1.65x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
+                        "(1.42x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "force one (/v1/explain uses the PyTorch model either way)")
     p.add_argument("--onnx-model", metavar="FILE", default=None,
                    help="with --runtime onnx: this file from `contentiqa export` (explain is then unavailable)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="ONNX Runtime graph, as `contentiqa score --precision`: fp32 or int8; default the model's "
+                        "measured choice (int8 for iqa-cr, fp32 for ie-iqa: benchmarks/results/int8.md)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compute threads for the model (default: the runtime's own, one per core)")
