@@ -1,10 +1,12 @@
 """Shared plumbing of the benchmarks: where the real data is, the fixed splits, result files."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,6 +14,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / "cache"
 SHARED = Path(os.environ.get("CONTENTIQA_SHARED", ROOT.parent / "shared"))
 CLIVE_CSV = SHARED / "data" / "clive-dev" / "scores.csv"
+BENCH_LOCK = "/tmp/contentiqa-bench.lock"
+"""One timing job at a time on a machine: the benchmarks that time hold this file's lock (the
+same file a shell's `flock /tmp/contentiqa-bench.lock CMD` takes, so do not wrap them in it)."""
+
+
+@contextmanager
+def bench_lock():
+    """Hold the machine's benchmark lock while timing."""
+    with open(BENCH_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def require_clive() -> Path:

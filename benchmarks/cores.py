@@ -24,7 +24,6 @@ limit; with the competitor >= 0.45x its idle throughput. Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import statistics
 import subprocess
@@ -40,22 +39,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
+from common import bench_lock, ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
 
-LOCK = "/tmp/contentiqa-bench.lock"
 IMAGES = SHARED / "data" / "clive-dev" / "images"
 TARGET_VS_LIMIT = 0.85
 TARGET_LOADED = 0.45
-
-
-@contextmanager
-def bench_lock():
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

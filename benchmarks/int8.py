@@ -26,13 +26,11 @@ interrupted run resumes. Writes benchmarks/results/int8.json and int8.md.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +39,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import CACHE, ROOT, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
+from common import bench_lock, CACHE, ROOT, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
 
 WORK = CACHE / "int8"
-LOCK = "/tmp/contentiqa-bench.lock"
 MIN_SPEEDUP = 1.4
 MAX_SROCC_LOSS = 0.005
 
@@ -63,17 +60,6 @@ RECIPES = {
                                       exclude=(r"^/model/(conv_stem|bn1|blocks\.[0-2])/",)),
     },
 }
-
-
-@contextmanager
-def bench_lock():
-    """Hold the machine's benchmark lock (the same file `flock` uses) while timing."""
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def slug(text: str) -> str:
@@ -147,14 +133,15 @@ def prepare_model(name: str, args, table, splits) -> dict:
     """Calibrate and score (no timing): everything that need not hold the benchmark lock."""
     import contentiqa
     from contentiqa.inference.onnx import export_onnx
-    from contentiqa.inference.quantize import Int8Recipe, calibration_path, sha256_file, write_calibration
+    from contentiqa.inference.quantize import Int8Recipe, calibration_path, write_calibration
+    from contentiqa.utils.io import file_sha256
     from contentiqa.models.registry import shipped_weights_path
 
     weights = shipped_weights_path(name)
     if weights is None:
         sys.exit(f"{name}: no shipped weights in this install")
     model = contentiqa.create_model(name).eval()
-    sha = sha256_file(weights)[:12]
+    sha = file_sha256(weights)[:12]
     WORK.mkdir(parents=True, exist_ok=True)
     fp32 = WORK / f"{name}-{sha}.onnx"
     if not fp32.is_file():

@@ -5,8 +5,9 @@ Names are imported on first use (module ``__getattr__``), so reading images
 does not import torch or pandas (seconds of start-up for ``contentiqa score`` / ``models``)."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _LAZY = {
@@ -63,17 +64,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .table import MissingFilesError, MOSScale, check_files, standardize_table  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'contentiqa.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = sorted(_LAZY)

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.imageio import DEFAULT_MAX_PIXELS
+from ..utils.io import file_sha256
 from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, in_memory_checked, predictions_from_outputs, softmax
 
 if TYPE_CHECKING:
@@ -135,14 +136,6 @@ def cache_places(folder: str | os.PathLike | None = None) -> list[Path]:
     return [Path(folder) if folder is not None else cache_dir() / "onnx", _fallback_cache_dir()]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION) -> str:
     """The cache key of the graph exported from ``weights_file``: a hash of the file's bytes,
     the export revision, the opset, the precision and the contentiqa version (what changes the
@@ -150,12 +143,12 @@ def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSE
     from .. import __version__
 
     head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "precision": precision,
-            "contentiqa": __version__, "weights_sha256": _file_sha256(Path(weights_file))}
+            "contentiqa": __version__, "weights_sha256": file_sha256(Path(weights_file))}
     if precision != DEFAULT_PRECISION:  # a quantized graph also depends on its recipe and calibration
         from .quantize import QUANT_REVISION, calibration_path
 
         cal = calibration_path(weights_file)
-        head.update(quant_rev=QUANT_REVISION, calibration_sha256=_file_sha256(cal) if cal.is_file() else None)
+        head.update(quant_rev=QUANT_REVISION, calibration_sha256=file_sha256(cal) if cal.is_file() else None)
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
 

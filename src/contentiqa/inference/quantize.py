@@ -24,7 +24,6 @@ excluded nodes, calibration).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from ..utils.io import file_sha256
 
 PRECISIONS = ("fp32", "int8")
 METHODS = ("static", "dynamic")
@@ -266,14 +267,6 @@ class Int8Recipe:
                    str(d.get("method", "static")), bool(d.get("per_channel", True)))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def calibration_path(weights: str | os.PathLike) -> Path:
     """Where the int8 calibration of a weights file lives: beside it, ``<stem>.int8.json``."""
     weights = Path(weights)
@@ -304,7 +297,7 @@ def write_calibration(
         payload = {
             "format": CALIBRATION_FORMAT,
             "weights": Path(weights).name,
-            "weights_sha256": sha256_file(weights),
+            "weights_sha256": file_sha256(weights),
             "recipe": recipe.to_dict(),
             "source": source,
             "quant_revision": QUANT_REVISION,
@@ -330,7 +323,7 @@ def read_calibration(path: str | os.PathLike, weights: str | os.PathLike | None 
         raise QuantizationError(f"{path}: not a readable calibration file ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise QuantizationError(f"{path}: not a contentiqa int8 calibration file (format {CALIBRATION_FORMAT})")
-    if weights is not None and data.get("weights_sha256") != sha256_file(weights):
+    if weights is not None and data.get("weights_sha256") != file_sha256(weights):
         raise QuantizationError(f"{path} was calibrated for other weights than {weights} (SHA-256 differs)")
     return data
 

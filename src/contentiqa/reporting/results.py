@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, file_sha256  # noqa: F401  (file_sha256: also part of this module's API)
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
 MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "contentiqa_version")
@@ -55,16 +55,6 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 def row_from_prediction(pred) -> dict[str, Any]:
     """A :class:`~contentiqa.models.Prediction` -> row."""
     return normalize_row(pred.to_dict())
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_record(model: Any, spec: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 so an interrupted run never leaves a half-written CSV, JSON or checkpoint behind."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -65,3 +66,12 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
 
     data = plain_data(obj)
     return atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (weights files, calibration files: what identifies a model)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
