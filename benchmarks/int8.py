@@ -143,6 +143,9 @@ def prepare_model(name: str, args, table, splits) -> dict:
     model = contentiqa.create_model(name).eval()
     sha = file_sha256(weights)[:12]
     WORK.mkdir(parents=True, exist_ok=True)
+    from contentiqa.inference.onnx_runtime import EXPORT_REVISION
+
+    sha = f"{sha}-r{EXPORT_REVISION}"  # a new export revision is a new graph: calibrate and score it afresh
     fp32 = WORK / f"{name}-{sha}.onnx"
     if not fp32.is_file():
         export_onnx(model, fp32)

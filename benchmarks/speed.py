@@ -217,7 +217,11 @@ def export_backbone(folder: Path, backbone_module=None) -> Path:
     path = folder / "backbone-lite0.onnx"
     import warnings
 
-    with warnings.catch_warnings():
+    from contentiqa.backbones.onnx_same_padding import same_padding_as_onnx_conv
+
+    # Exported as contentiqa exports its models (TF-"same" convolutions as one Conv node), so the
+    # bare backbone is the best graph of it we know, not a slower one.
+    with warnings.catch_warnings(), same_padding_as_onnx_conv(net, 17):
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["features"],

@@ -136,6 +136,38 @@ def test_ie_iqa_selection_inside_the_graph():
         assert {"ArgMax", "TopK"} <= ops
 
 
+def test_same_padding_exports_as_one_conv_at_any_size(tmp_path):
+    """TensorFlow-"same" convolutions (the EfficientNet-Lite stride-2 ones) export as one
+    Conv(auto_pad=SAME_UPPER): no Pad / shape arithmetic left in the graph, outputs equal to
+    PyTorch at even and odd sizes, the module's own forward back after the export."""
+    import onnx
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from contentiqa.backbones.onnx_same_padding import same_padding_as_onnx_conv
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv2dSame(3, 8, 3, stride=2, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+                              Conv2dSame(8, 8, 5, stride=2, groups=8, bias=True)).eval()
+    path = tmp_path / "same.onnx"
+    with same_padding_as_onnx_conv(net, 17) as n:
+        assert n == 2
+        torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+    assert "forward" not in vars(net[0]) and "forward" not in vars(net[3])  # restored
+    nodes = onnx.load(str(path)).graph.node
+    assert {n.op_type for n in nodes} <= {"Conv", "Clip", "Constant", "Identity"}, {n.op_type for n in nodes}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert len(convs) == 2 and all(
+        onnx.helper.get_attribute_value(next(a for a in c.attribute if a.name == "auto_pad")) == b"SAME_UPPER" for c in convs)
+    for hw in ((32, 32), (33, 31), (7, 10), (5, 5)):
+        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(hw[0]))
+        with torch.no_grad():
+            ref = net(x).numpy()
+        got = make_session(path, threads=1).run(None, {"image": x.numpy()})[0]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
 def test_ie_iqa_sensitivity_with_a_linear_relu_head_exports(tmp_path):
     model = tiny_ie_iqa(intelligibility_task="unrecognizability", ratio=20)
     assert model.cfg.strategy == "sensitivity"

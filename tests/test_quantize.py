@@ -188,6 +188,28 @@ def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, caps
     out = tmp_path / "s.csv"
     assert main(["score", img, "--model", str(calibrated), "--precision", "int8", "-q", "-o", str(out)]) == 0
     assert out.read_text().count("\n") == 2
+    import csv
+
+    assert [r["precision"] for r in csv.DictReader(open(out))] == ["int8"]  # the row says which graph scored it
+    # --resume does not mix the two graphs' scores: fp32 is refused, naming what matches
+    second = sorted(str(p) for p in examples_dir.glob("*.JPG"))[1]
+    before = out.read_text()
+    assert main(["score", img, second, "--model", str(calibrated), "--precision", "fp32", "-q", "-o", str(out),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "precision int8" in err and "--precision int8" in err and out.read_text() == before
+    assert main(["score", img, second, "--model", str(calibrated), "--precision", "int8", "-q", "-o", str(out),
+                 "--resume"]) == 0
+    assert [r["precision"] for r in csv.DictReader(open(out))] == ["int8", "int8"]
+    # the torch path records fp32, or its autocast dtype
+    out2 = tmp_path / "t.csv"
+    assert main(["score", img, "--model", str(calibrated), "--runtime", "torch", "-q", "-o", str(out2)]) == 0
+    assert [r["precision"] for r in csv.DictReader(open(out2))] == ["fp32"]
+    assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "-q", "-o", str(out2), "--force"]) == 0
+    assert [r["precision"] for r in csv.DictReader(open(out2))] == ["bf16"]
+    assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "--runtime", "onnx", "-q"]) == 2
+    assert "PyTorch setting" in capsys.readouterr().err
+    assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "--precision", "int8", "-q"]) == 2
 
 
 # -- the thread plan ------------------------------------------------------------------------------------
@@ -258,3 +280,26 @@ def test_shipped_calibrations_match_their_weights():
         weights = folder / (cal.name[: -len(CALIBRATION_SUFFIX)] + ".pt")
         data = read_calibration(cal, weights)
         assert data["default_precision"] in ("fp32", "int8")
+
+
+def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
+    """`contentiqa export --precision int8` writes the graph `score --precision int8` runs (the same
+    calibration), says so in its metadata; without a calibration it is a usage error."""
+    _, _, weights = tiny_fp32
+    out = tmp_path / "m8.onnx"
+    assert main(["export", str(calibrated), "--precision", "int8", "-o", str(out)]) == 0
+    assert "precision int8" in capsys.readouterr().out
+    import contentiqa
+    from contentiqa.inference.onnx import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["precision"] == "int8" and meta["int8_calibration"] == "test"
+    from contentiqa.inference.onnx_runtime import OnnxScorer
+
+    scorer = OnnxScorer.from_file(out, threads=1)
+    model = contentiqa.load_checkpoint(calibrated)
+    session, _, _ = cached_session(model, tmp_path / "cache", threads=1, precision="int8", weights_file=calibrated)
+    x = smooth_batches(2)[0]
+    np.testing.assert_allclose(scorer(x)["score"], session.run(["score"], {"image": x})[0], atol=1e-6)
+    assert main(["export", str(weights), "--precision", "int8", "-o", str(tmp_path / "no.onnx")]) == 2
+    assert "no int8 calibration" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()

@@ -166,7 +166,7 @@ def test_all_ok_exit_0_and_csv_columns(tmp_path, ckpt):
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header[:5] == ["path", "score", "category", "category_confidence", "error"]
-    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "contentiqa_version"]
+    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version"]
     rows = read_csv(out)
     assert len(rows) == 3 and all(r["error"] == "" and r["category"] for r in rows)
     import hashlib
@@ -368,3 +368,29 @@ def test_interrupt_saves_progress(tmp_path, ckpt, monkeypatch, capsys):
     assert run("score", d, "--model", ckpt, "-o", out, "-q", "--batch-size", 1) == 130
     assert len(read_csv(out)) == 1
     assert "--resume" in capsys.readouterr().err
+
+
+# -- GPU settings (decided without a GPU: what auto picks, and what a CPU run keeps) -----------------
+def test_autocast_and_decoding_defaults(monkeypatch):
+    import torch
+
+    from contentiqa.cli.score import default_batch_size, default_workers, resolve_autocast
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_autocast("auto", "torch", cuda) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_autocast("auto", "torch", cuda) == "float16"  # a GPU without bf16
+    assert resolve_autocast("auto", "torch", torch.device("cpu")) is None  # CPU: full precision
+    assert resolve_autocast("off", "torch", cuda) is None
+    assert resolve_autocast("fp16", "torch", torch.device("cpu")) == "float16"
+    assert resolve_autocast("bf16", "onnx", torch.device("cpu")) is None  # a graph has its own precision
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers("torch", None, cuda) == 15  # the CPUs only decode for a GPU
+    assert default_workers("onnx", None, "cpu") == 2
+
+    class M:
+        device = cuda
+        native_resolution = False
+
+    assert default_batch_size(M(), "torch") == 32

@@ -7,6 +7,10 @@ a content head); its metadata hold the scale, categories, mean/std and input siz
 `contentiqa score --onnx-model FILE` or any ONNX Runtime user needs nothing else. The export
 is checked against PyTorch in ONNX Runtime before the file is written.
 
+--precision int8 writes the graph `contentiqa score --precision int8` runs: the fp32 export with
+its CNN quantized to int8 (static, per-channel), from the activation ranges calibrated on photos
+and shipped beside the weights (<weights>.int8.json); the file's metadata say precision int8.
+
 Needs the optional packages onnx and onnxruntime: pip install 'contentiqa[onnx]'.
 Exit code: 0 written, 2 usage error (or a model that cannot be exported, with the reason).
 """
@@ -34,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", "-f", default="onnx", help="output format (only 'onnx')")
     p.add_argument("--out", "-o", metavar="FILE", help="where to write the exported model (e.g. model.onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default) or int8: the CNN quantized with the calibration shipped beside the weights "
+                        "(what `score --precision int8` runs; benchmarks/results/int8.md has its speed and accuracy)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the check of ONNX Runtime against PyTorch (then onnxruntime is not needed)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
@@ -58,9 +65,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, OnnxUnavailableError, export_onnx, read_metadata
 
+    weights = None
+    if args.precision == "int8":
+        from ..inference.quantize import calibration_path
+        from ._model_loading import weights_file_for
+
+        found = weights_file_for(args.model)
+        weights = found[0] if found is not None else None
+        if weights is None or not calibration_path(weights).is_file():
+            where = f" (expected {calibration_path(weights)})" if weights is not None else ""
+            raise UsageError(f"--precision int8: no int8 calibration for {args.model}{where}; make one with "
+                             "contentiqa.inference.quantize.write_calibration, or export fp32")
     model = load_model(args.model, "cpu")
     try:
-        path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
+        if weights is None:
+            path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
+        else:
+            path = _export_int8(model, weights, out, args.opset or DEFAULT_OPSET, not args.no_verify)
     except OnnxUnavailableError as exc:
         raise UsageError(str(exc)) from None
     except OnnxExportError as exc:
@@ -72,9 +93,26 @@ def run(args: argparse.Namespace) -> int:
         try:
             meta = read_metadata(path)
             line += f", outputs {', '.join(json.loads(meta['outputs']))}"
+            if meta.get("precision"):
+                line += f"; precision {meta['precision']}"
             if "verified_max_abs_diff" in meta:
                 line += f"; max |ONNX Runtime - PyTorch| = {meta['verified_max_abs_diff']}"
         except Exception:  # onnxruntime missing with --no-verify: the file is written all the same
             pass
         print(line, file=sys.stdout)
     return 0
+
+
+def _export_int8(model, weights: Path, out: Path, opset: int, verify: bool) -> Path:
+    """The fp32 export (checked against PyTorch), quantized with the calibration beside ``weights``."""
+    import tempfile
+
+    from ..inference.onnx import export_onnx
+    from ..inference.quantize import QuantizationError, quantize_for_weights
+
+    with tempfile.TemporaryDirectory(prefix="contentiqa-export-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=opset, verify=verify)
+        try:
+            return quantize_for_weights(fp32, out, weights)
+        except QuantizationError as exc:
+            raise UsageError(f"--precision int8: {exc}") from None

@@ -28,7 +28,8 @@ is refused) before scoring; an existing --output needs --resume (finish it: only
 scored are run, and only with the model that scored the rest) or --force (replace it). Results
 are saved every --flush-every rows, and on Ctrl-C, SIGTERM (a batch system's time limit) or
 SIGHUP; if --output cannot be written, they go to a rescue file in the temporary folder, named
-in the message. Every row records the model, its weights file and SHA-256, and the version.
+in the message. Every row records the model, its weights file and SHA-256, the precision it ran in
+(fp32 / int8 graph, or bf16 / fp16 autocast) and the version; --resume refuses to mix them.
 
 Exit code: 0 every input scored, 1 some failed (the output still lists every input),
 2 usage error (nothing scored), 3 results could not be written to --output (saved to the
@@ -102,6 +103,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
                         "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
                         "(1.42x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="PyTorch: run the model under autocast in bfloat16 / float16 (on a GPU: tensor cores and half the "
+                        "memory traffic; scores come back as float32). auto (default): bf16 on a CUDA GPU (fp16 where it "
+                        "lacks bf16), off on the CPU. bf16 / fp16 on the CPU choose --runtime torch")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
@@ -281,6 +286,12 @@ def _validate(args: argparse.Namespace) -> str | None:
             raise UsageError(f"--shard: {exc}") from None
     from ._model_loading import resolve_runtime
 
+    if args.autocast in ("bf16", "fp16"):
+        if args.runtime == "onnx" or args.onnx_model is not None:
+            raise UsageError(f"--autocast {args.autocast} is a PyTorch setting: drop --runtime onnx / --onnx-model")
+        if args.precision is not None:
+            raise UsageError(f"--autocast {args.autocast} runs PyTorch; --precision chooses the ONNX Runtime graph: choose one")
+        args.runtime = args.runtime or "torch"  # autocast asked for by name: PyTorch, on the CPU too
     resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
     if args.precision is not None:
         if args.runtime == "torch":
@@ -332,9 +343,13 @@ def _heatmaps(model, rows: list[dict], limit: int, size: int, quiet: bool) -> tu
     return maps, problems
 
 
-def default_workers(runtime: str, threads: int | None = None) -> int:
+def default_workers(runtime: str, threads: int | None = None, device: str = "cpu") -> int:
     """Decoding threads that do not fight the model for cores: ONNX Runtime's idle threads
-    sleep (it gains from 2), torch's intra-op threads keep every core they are given busy."""
+    sleep (it gains from 2), torch's intra-op threads keep every core they are given busy. On a
+    GPU the CPUs do nothing but decode: one thread per core but one (for the main thread
+    feeding the GPU), at most 16 (Pillow's decoding and resizing release the GIL)."""
+    if str(device) != "cpu":
+        return max(1, min(16, (os.cpu_count() or 2) - 1))
     if runtime != "torch":
         return 2
     import torch
@@ -348,7 +363,7 @@ def default_batch_size(model, runtime: str) -> int:
     if runtime == "onnx":  # always on the CPU
         return 1
     if model.device.type != "cpu":
-        return 8
+        return 32  # a GPU needs large batches to be busy; 32 x 384 px is ~60 MB of input
     return 4 if runtime == "torch" and not model.native_resolution else 1
 
 
@@ -370,6 +385,27 @@ class _torch_threads:
             import torch
 
             torch.set_num_threads(self.saved)
+
+
+def resolve_autocast(choice: str, runtime: str, device) -> str | None:
+    """The torch autocast dtype for --autocast ``choice`` (None: full precision). ``auto`` is
+    bfloat16 on a CUDA GPU (float16 on one without bf16: same speed, narrower range) and off
+    elsewhere; ONNX Runtime runs never autocast (their graph has its own precision)."""
+    if runtime != "torch" or choice == "off":
+        return None
+    if choice == "bf16":
+        return "bfloat16"
+    if choice == "fp16":
+        return "float16"
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+AUTOCAST_LABELS = {None: "fp32", "bfloat16": "bf16", "float16": "fp16"}
+"""The ``precision`` recorded in result rows for a PyTorch run with that autocast dtype."""
 
 
 def _torch_free(args: argparse.Namespace):
@@ -412,6 +448,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
         if fast is not None:
             scorer, spec = fast
             args.runtime = "onnx"
+            args.precision_used = scorer.metadata.get("precision", "fp32")
             if not args.quiet:
                 print(f"ONNX Runtime: {scorer.path}", file=sys.stderr)
             return scorer, spec, None
@@ -420,6 +457,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
 
             try:
                 model = OnnxScorer.from_file(args.onnx_model, threads=args.threads)
+                args.precision_used = model.metadata.get("precision", "fp32")
             except OnnxUnavailableError as exc:
                 raise UsageError(str(exc)) from None
             except (ValueError, FileNotFoundError) as exc:
@@ -460,6 +498,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
         try:
             if args.onnx_model is not None:
                 model = OnnxModel(args.onnx_model, threads=args.threads)
+                args.precision_used = model.metadata.get("precision", "fp32")
                 if args.model and not _same_model(args.model, model.model_name):
                     raise UsageError(
                         f"--onnx-model {args.onnx_model} holds model '{model.model_name}', not --model {args.model}"
@@ -488,13 +527,16 @@ def _onnx_forward(args: argparse.Namespace, model, weights=None):
 
     precision = args.precision or default_precision((model.checkpoint_info or {}).get("path"))
     try:
-        return onnx_forward_for(model, threads=args.threads, weights_file=weights, precision=precision)
+        found = onnx_forward_for(model, threads=args.threads, weights_file=weights, precision=precision)
     except QuantizationError as exc:
         if args.precision:  # asked for by name: no quiet fallback
             raise UsageError(f"--precision {args.precision}: {exc}") from None
         if not args.quiet:
             print(f"note: running the fp32 graph ({exc})", file=sys.stderr)
-        return onnx_forward_for(model, threads=args.threads, weights_file=weights, precision="fp32")
+        precision = "fp32"
+        found = onnx_forward_for(model, threads=args.threads, weights_file=weights, precision=precision)
+    args.precision_used = precision  # what the result rows record (set only once the graph is there)
+    return found
 
 
 def _same_model(spec: str, name: str) -> bool:
@@ -530,6 +572,17 @@ def _check_same_model(existing: list[dict], record: dict[str, str], output: Path
             raise UsageError(
                 f"cannot resume {output}: its rows do not say which model scored them (written by an older "
                 "contentiqa); score again with --force, or write to another --output"
+            )
+        if (r.get("model"), r.get("weights_sha256")) == (record["model"], record["weights_sha256"]) and \
+                r.get("precision") != record["precision"]:
+            was = r.get("precision") or "not recorded (an older contentiqa wrote it)"
+            hint = {"fp32": "--precision fp32", "int8": "--precision int8", "bf16": "--autocast bf16",
+                    "fp16": "--autocast fp16"}.get(r.get("precision") or "")
+            raise UsageError(
+                f"cannot resume {output}: its rows were scored in precision {was}, this run is {record['precision']} "
+                "(one model's weights in two precisions give slightly different scores); "
+                + (f"pass {hint} to match them, " if hint else "")
+                + "write to another --output, or --force to start over"
             )
         if (r.get("model"), r.get("weights_sha256")) != (record["model"], record["weights_sha256"]):
             raise UsageError(
@@ -570,14 +623,18 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
             print(f"shard {args.shard_spec[0]}/{args.shard_spec[1]}: {len(entries)} of {n_all} input(s)", file=sys.stderr)
     for note in scan_notes:
         print(f"note: {note}", file=sys.stderr)
+    args.precision_used = None
     model, model_spec, forward = _load_runtime(args)
+    autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
+    precision = args.precision_used or AUTOCAST_LABELS[autocast]
     if args.max_pixels is not None:
         model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
     if args.max_side is not None:
         model.max_side = args.max_side or None
     info = model_info(model, model_spec)
-    record = model_record(model, model_spec)
+    record = model_record(model, model_spec, precision)
     info["weights_sha256"] = record["weights_sha256"]
+    info["precision"] = precision
     if existing:
         _check_same_model(existing, record, output)
 
@@ -670,11 +727,13 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
                         [p for _, p in to_score],
                         batch_size=args.batch_size or default_batch_size(model, args.runtime),
                         progress=not args.quiet,
-                        workers=default_workers(args.runtime, args.threads) if args.workers is None else args.workers,
                         forward=forward,
                         on_result=on_result,
                         on_image=on_image if fmt == "html" else None,
                         return_results=False,
+                        autocast=autocast,
+                        workers=(default_workers(args.runtime, args.threads, model.device) if args.workers is None
+                                 else args.workers),
                     )
 
             heatmaps: dict[str, bytes] | None = None

@@ -118,7 +118,8 @@ def _config(args: argparse.Namespace):
         from .score import default_workers
 
         # (run() settled --runtime first: 'onnx_or_torch' decodes as ONNX Runtime does)
-        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "auto"), args.threads)
+        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "auto"), args.threads,
+                                 args.device)
     return ServeConfig(
         max_batch=args.max_batch or 8,
         max_wait_ms=args.max_wait_ms,

@@ -132,7 +132,7 @@ def _collate(tensors: list, channels_last: bool):
     without a strided copy when the tensors are HWC in memory (as ``pil_to_tensor`` makes
     them). Numpy arrays give a contiguous NCHW array (what ONNX Runtime takes)."""
     if isinstance(tensors[0], np.ndarray):
-        return np.stack(tensors)
+        return tensors[0][None] if len(tensors) == 1 else np.stack(tensors)  # one image: a view, no copy
     import torch
 
     if channels_last and tensors[0].ndim == 3:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones.onnx_same_padding import same_padding_as_onnx_conv
 from ..models.base import IQAModel, pil_to_tensor
 
 # The torch-free half (sessions, the cache, metadata, the numpy scorer) is onnx_runtime.py;
@@ -208,10 +209,11 @@ def export_onnx(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer notes
                 try:
-                    torch.onnx.export(
-                        wrapper, (example,), tmp, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                        output_names=names, dynamic_axes=axes, do_constant_folding=True,
-                    )
+                    with same_padding_as_onnx_conv(model, opset):
+                        torch.onnx.export(
+                            wrapper, (example,), tmp, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                            output_names=names, dynamic_axes=axes, do_constant_folding=True,
+                        )
                 except (NotImplementedError, RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
                     raise OnnxExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
             meta = onnx_metadata(model, names)

@@ -177,6 +177,8 @@ def render_html_report(
     a(f"<tr><td>model</td><td>{_esc(model_info.get('name', '?'))}</td></tr>")
     if model_info.get("checkpoint"):
         a(f"<tr><td>checkpoint</td><td>{_esc(model_info['checkpoint'])}</td></tr>")
+    if model_info.get("precision"):
+        a(f"<tr><td>precision</td><td>{_esc(model_info['precision'])}</td></tr>")
     a(f"<tr><td>score scale</td><td>{lo:g} to {hi:g}, {'higher' if hib else 'lower'} is better</td></tr>")
     a(f"<tr><td>meaning</td><td>{_esc(meaning)}</td></tr>")
     a(f"<tr><td>images</td><td>{len(rows)} inputs: {len(ok)} scored, {len(bad)} failed</td></tr>")

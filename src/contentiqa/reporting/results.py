@@ -3,8 +3,9 @@
 A row is a dict with the keys of :data:`FIELDS`: ``path``, ``score`` (float on the model's
 MOS scale, or None), ``category``, ``category_confidence``, ``error`` (None when scored) and
 ``notes`` (a '; '-joined string); rows written by ``contentiqa score`` also carry the
-:data:`MODEL_FIELDS` (which model, weights file and its SHA-256, contentiqa version), so a file
-always says what scored it and ``--resume`` can refuse to mix two models. Every write is atomic (temporary file + rename), so a run
+:data:`MODEL_FIELDS` (which model, weights file and its SHA-256, the numeric precision it ran in,
+contentiqa version), so a file always says what scored it and ``--resume`` can refuse to mix two
+models, or one model's fp32 and int8 graphs. Every write is atomic (temporary file + rename), so a run
 killed mid-write leaves the previous complete file, never a half-written one.
 """
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any, Iterable, Sequence
 from ..utils.io import atomic_write_text, file_sha256  # noqa: F401  (file_sha256: also part of this module's API)
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
-MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "contentiqa_version")
+MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version")
+PRECISION_LABELS = ("fp32", "int8", "fp16", "bf16")
+"""What the ``precision`` field holds: the ONNX graph's precision (fp32 / int8), or the
+PyTorch autocast dtype (fp16 / bf16; fp32 without autocast)."""
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".html": "html", ".htm": "html"}
 
 
@@ -57,9 +61,12 @@ def row_from_prediction(pred) -> dict[str, Any]:
     return normalize_row(pred.to_dict())
 
 
-def model_record(model: Any, spec: str) -> dict[str, str]:
+def model_record(model: Any, spec: str, precision: str = "fp32") -> dict[str, str]:
     """The :data:`MODEL_FIELDS` of ``model`` loaded from ``spec`` (a registered name, ``name.tag``
-    or a file): the weights file it was read from and that file's SHA-256 identify it exactly."""
+    or a file): the weights file it was read from and that file's SHA-256 identify it exactly;
+    ``precision`` (one of :data:`PRECISION_LABELS`) is how it was run."""
+    if precision not in PRECISION_LABELS:
+        raise ValueError(f"unknown precision {precision!r}: one of {', '.join(PRECISION_LABELS)}")
     from .. import __version__
 
     path = (model.checkpoint_info or {}).get("path")
@@ -71,6 +78,7 @@ def model_record(model: Any, spec: str) -> dict[str, str]:
         "weights_tag": model.weights_tag or "",
         "weights": os.path.basename(path) if path and not os.path.isfile(spec) else (path or ""),
         "weights_sha256": digest,
+        "precision": precision,
         "contentiqa_version": __version__,
     }
 

@@ -1,0 +1,207 @@
+"""Scoring a large collection: `contentiqa score` over BIQ2021's 12,000 photos on one device.
+
+    python benchmarks/collection.py                      # the CPU (ONNX Runtime, the default)
+    python benchmarks/collection.py --device cuda        # one GPU (PyTorch, bf16 autocast by default)
+    python benchmarks/collection.py --limit 200 --quick  # a few photos (checks that it runs)
+
+What a user runs, as they run it: ``contentiqa score IMAGES/ -o out.csv -q --device D`` in a
+fresh process, its default settings (runtime, precision / autocast, batch size, decoding
+threads), timed end to end (start-up, decoding, writing the CSV). Beside it, to show whether
+decoding limits the run, the same photos are decoded and preprocessed alone by the engine's
+pipeline (:func:`contentiqa.inference.engine.iter_prepared`) with the worker count `score`
+chose, no model.
+
+Resumable: the run goes through ``score --resume`` on benchmarks/cache/collection/<device>.csv;
+each segment's wall time and rows are kept in a state file beside it, so an interrupted run
+continues (rerun the command) and the figure is all rows over all segments' time (each segment's
+start-up counted). Holds /tmp/contentiqa-bench.lock on a CPU (no other timing job meanwhile).
+Photos: ``$CONTENTIQA_BIQ2021/Images`` (default ../data/biq2021/Images), or ``--images DIR``.
+Writes benchmarks/results/collection_<cpu|cuda>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from common import CACHE, ROOT, bench_lock, command_line, md_table, write_results  # noqa: E402
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def default_images() -> Path:
+    root = Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021"))
+    return root / "Images"
+
+
+def score_segment(folder: Path, out_csv: Path, device: str, extra: list[str]) -> tuple[float, int, str]:
+    """One `contentiqa score FOLDER -o out.csv -q --device D [--resume]` run in a fresh process;
+    returns (wall seconds, rows scored in it, stderr tail)."""
+    before = count_rows(out_csv)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", str(folder), "-o", str(out_csv), "-q",
+           "--device", device, *extra]
+    if out_csv.exists():
+        cmd.append("--resume")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode not in (0, 1):
+        raise RuntimeError(f"contentiqa score exited {r.returncode}: {r.stderr[-2000:]}")
+    return wall, count_rows(out_csv) - before, r.stderr[-500:]
+
+
+def read_rows(out_csv: Path) -> list[dict]:
+    if not out_csv.exists():
+        return []
+    with open(out_csv, newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row.get("score")]
+
+
+def count_rows(out_csv: Path) -> int:
+    return len(read_rows(out_csv))
+
+
+def subset_folder(images: list[str], where: Path) -> Path:
+    """A folder of links to ``images`` (--limit): `score` still gets a folder, as a user passes it."""
+    if where.exists():
+        for p in where.iterdir():
+            p.unlink()
+    where.mkdir(parents=True, exist_ok=True)
+    for src in images:
+        (where / Path(src).name).symlink_to(src)
+    return where
+
+
+def settings(device: str) -> dict:
+    """What `contentiqa score` chooses by default on ``device`` (runtime, batch, workers, autocast)."""
+    import argparse as ap
+
+    import contentiqa
+    from contentiqa.cli._model_loading import resolve_device
+    from contentiqa.cli.score import add_parser, default_batch_size, default_workers, resolve_autocast
+
+    parser = ap.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["score", "x.jpg", "--device", device])
+    dev = resolve_device(device)
+    model = contentiqa.create_model(contentiqa.DEFAULT_MODEL).to(dev).eval()
+    runtime = "onnx" if device == "cpu" else "torch"
+    return {
+        "model": contentiqa.DEFAULT_MODEL,
+        "runtime": runtime,
+        "batch_size": default_batch_size(model, runtime),
+        "workers": default_workers(runtime, None, device),
+        "autocast": resolve_autocast(args.autocast, runtime, dev),
+        "device_name": (__import__("torch").cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()),
+    }, model
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
+def decode_model(model, kind: str):
+    """What preprocesses in the run: on the CPU the cached ONNX scorer (numpy), else the torch model."""
+    if kind == "cpu":
+        import contentiqa
+        from contentiqa.cli._model_loading import weights_file_for
+        from contentiqa.inference.onnx_runtime import cached_scorer
+
+        found = weights_file_for(contentiqa.DEFAULT_MODEL)
+        scorer = cached_scorer(found[0], threads=1) if found else None
+        if scorer is not None:
+            return scorer
+    return model
+
+
+def decode_only_ips(model, images: list[str], workers: int, n: int) -> float:
+    """images/s of decoding + preprocessing alone (the engine's pipeline, no model)."""
+    from contentiqa.inference.engine import iter_prepared
+
+    sample = images[:n]
+    t = time.perf_counter()
+    for _ in iter_prepared(model, sample, workers=workers, window=max(8, 2 * workers)):
+        pass
+    return len(sample) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: BIQ2021's Images)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    ap.add_argument("--quick", action="store_true", help="results go to collection_<device>_quick (a check, not a figure)")
+    ap.add_argument("--fresh", action="store_true", help="discard an unfinished earlier run and start over")
+    ap.add_argument("--decode-sample", type=int, default=500, help="photos timed for the decode-only figure")
+    args, extra = ap.parse_known_args()
+    folder = args.images or default_images()
+    if not folder.is_dir():
+        sys.exit(f"benchmark skipped: no photos at {folder} (set CONTENTIQA_BIQ2021 or pass --images)")
+    images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)[: args.limit]
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    name = f"collection_{kind}" + ("_quick" if args.quick else "")
+    work = CACHE / "collection"
+    work.mkdir(parents=True, exist_ok=True)
+    out_csv, state_file = work / f"{name}.csv", work / f"{name}.state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() and not args.fresh else None
+    if state is None or state.get("images") != len(images) or state.get("extra") != extra:
+        out_csv.unlink(missing_ok=True)
+        state = {"images": len(images), "extra": extra, "segments": []}
+    chosen, model = settings(args.device)
+    target = folder if args.limit is None else subset_folder(images, work / f"{name}-photos")
+    lock = bench_lock() if kind == "cpu" else nullcontext()
+    with lock:
+        load_before = os.getloadavg()
+        while count_rows(out_csv) < len(images):
+            wall, rows, tail = score_segment(target, out_csv, args.device, extra)
+            state["segments"].append({"seconds": wall, "rows": rows, "load_after": os.getloadavg()[0]})
+            state_file.write_text(json.dumps(state))
+            if rows == 0:  # every remaining photo failed: report what was scored
+                print(f"no progress in the last segment: {tail}", file=sys.stderr)
+                break
+        decode = decode_only_ips(decode_model(model, kind), images, chosen["workers"], min(args.decode_sample, len(images)))
+        load_after = os.getloadavg()
+    seconds = sum(s["seconds"] for s in state["segments"])
+    scored = sum(s["rows"] for s in state["segments"])
+    ips = scored / seconds if seconds else 0.0
+    precisions = sorted({r.get("precision") or "?" for r in read_rows(out_csv)})
+    payload = {"command": command_line(), "folder": str(folder), "photos": len(images), "scored": scored,
+               "segments": state["segments"], "seconds": seconds, "images_per_s": ips,
+               "decode_only_images_per_s": decode, "settings": chosen, "precision": precisions, "extra_args": extra, "cpus": os.cpu_count(),
+               "load_before": load_before, "load_after": load_after, "quick": args.quick}
+    lines = [
+        f"# Scoring a large collection ({kind})\n",
+        f"One run: `{payload['command']}`{' (holds /tmp/contentiqa-bench.lock)' if kind == 'cpu' else ''}. "
+        f"`contentiqa score FOLDER -o out.csv -q --device {args.device}` with its defaults, end to end in "
+        f"{len(state['segments'])} segment(s) (resumed with --resume; each start-up counted), on {folder.name} "
+        f"({len(images)} photos). Load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f}.\n",
+        md_table(["device", "model", "runtime", "precision", "batch", "decode threads", "photos scored", "seconds",
+                  "images/s", "decode-only images/s"],
+                 [[chosen["device_name"], chosen["model"], chosen["runtime"], ", ".join(precisions),
+                   chosen["batch_size"], chosen["workers"], scored, f"{seconds:.0f}", f"{ips:.1f}", f"{decode:.1f}"]]),
+        f"\n{os.cpu_count()} CPU(s). 'decode-only': the same photos decoded and preprocessed by the engine's pipeline "
+        f"with {chosen['workers']} thread(s), no model ({min(args.decode_sample, len(images))} photos); when it is close "
+        "to images/s, decoding is what limits the run.\n",
+    ]
+    write_results(name, payload, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
