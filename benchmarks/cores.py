@@ -9,8 +9,9 @@ shipped weights; the ONNX export cached beforehand, as on any run after the firs
 
 - **limit**: the bare EfficientNet-Lite0 backbone(s) of the model (``forward_features``) in ONNX
   Runtime on in-memory tensors at the model's input sizes (IE-IQA: one pass at 384 px for the
-  quality CNN + one at 224 px for the recognition CNN), batch 1: the best of ONNX Runtime's
-  default session (a thread per core, spinning) and one thread; no decoding, no start-up;
+  quality CNN + one at 224 px for the recognition CNN), batch 1, exported as contentiqa exports
+  its models: the best of ONNX Runtime's default session (a thread per core, spinning), one
+  thread, and one thread per photo with a photo per core at once; no decoding, no start-up;
 - **score (default)**: ``contentiqa score PHOTOS -o out.csv -q`` in a fresh process, timed end
   to end (start-up, model load, decoding, writing the CSV): its compute threads follow the cores
   really free (:mod:`contentiqa.inference.threads`);
@@ -76,19 +77,32 @@ def backbone_sessions(work: Path, sizes: list[int]):
     return out
 
 
-def limit_ips(sessions, sizes: list[int], n: int) -> dict[str, float]:
-    """images/s of the backbone passes of one photo (one pass per size), per session kind."""
+def limit_ips(sessions, sizes: list[int], n: int, cpus: int) -> dict[str, float]:
+    """images/s of the backbone passes of one photo (one pass per size), per session kind, and
+    with the one-thread session running ``cpus`` photos at once (what `score` does with many)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, 3, s, s), dtype=np.float32) for s in sizes]
-    out = {}
-    for label, s in sessions.items():
+
+    def photo(s) -> None:
         for x in xs:
             s.run(None, {"image": x})
+
+    out = {}
+    for label, s in sessions.items():
+        photo(s)
         t = time.perf_counter()
         for _ in range(n):
-            for x in xs:
-                s.run(None, {"image": x})
+            photo(s)
         out[label] = n / (time.perf_counter() - t)
+    if cpus > 1:
+        s = sessions["1 thread"]
+        with ThreadPoolExecutor(cpus) as pool:
+            list(pool.map(lambda _: photo(s), range(cpus)))
+            t = time.perf_counter()
+            list(pool.map(lambda _: photo(s), range(n)))
+            out[f"{cpus} at once, 1 thread each"] = n / (time.perf_counter() - t)
     return out
 
 
@@ -136,8 +150,8 @@ def main() -> None:
                 cond = "loaded" if loaded else "idle"
                 with competitor(loaded):
                     busy = busy_cores(0.5)
-                    plan = plan_threads()
-                    lim = limit_ips(sessions, sizes, max(8, len(files) // 4))
+                    plan = plan_threads(images=len(files))
+                    lim = limit_ips(sessions, sizes, max(8, len(files) // 4), cpus)
                     res = results.setdefault(cond, {})
                     for k, v in lim.items():
                         res.setdefault(f"limit ({k})", []).append(v)
@@ -167,7 +181,8 @@ def main() -> None:
         f"{load_before[0]:.2f} / {load_after[0]:.2f} (other jobs on this shared machine count in it).\n",
         "'score' rows: `contentiqa score PHOTOS -o out.csv -q` in a fresh process, end to end including start-up, "
         "the ONNX export already cached. 'limit': the bare backbone(s) in ONNX Runtime on in-memory tensors, the "
-        "better of its default session (a thread per core, spinning) and one thread. 'loaded': beside one "
+        "best of its default session (a thread per core, spinning), one thread, and a photo per core at once "
+        "(one thread each). 'loaded': beside one "
         "`python -c \"while True: pass\"`.\n",
     ]
     rows = []

@@ -99,6 +99,40 @@ def test_results_in_order_errors_kept_and_return_results_off(tmp_path):
     assert [p.score for p in full] == [seen[i].score for i in range(len(items))]
 
 
+def test_concurrent_runs_overlap_and_give_the_same_results(tmp_path):
+    """concurrency=2: two batches in the model at once (each from its own thread), the same
+    results as one at a time, results handed out in the calling thread, a failing batch costs
+    only its own rows."""
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs")
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow_forward(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            threading.Event().wait(0.05)
+            if x.shape[-2:] == (50, 50):
+                raise RuntimeError("boom")
+            return model(x)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    callers = set()
+    one = engine.predict_items(model, paths, batch_size=1, forward=slow_forward)
+    two = engine.predict_items(model, paths, batch_size=1, forward=slow_forward, concurrency=2,
+                               on_result=lambda i, p: callers.add(threading.current_thread().name))
+    assert peak[0] == 2 and callers == {threading.current_thread().name}
+    assert [p.path for p in two] == paths
+    assert [p.score for p in two] == [p.score for p in one]
+    failed = [p for p in two if p.error]
+    assert len(failed) == 2 and all("model failed: boom" in p.error for p in failed)
+    with pytest.raises(ValueError, match="concurrency"):
+        engine.predict_items(model, paths, concurrency=0)
+
+
 # -- bounds: look-ahead window, batch size and pixels --------------------------------------------
 def test_lookahead_window_is_bounded(tmp_path, monkeypatch):
     model = tiny_model()

@@ -303,3 +303,17 @@ def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
     np.testing.assert_allclose(scorer(x)["score"], session.run(["score"], {"image": x})[0], atol=1e-6)
     assert main(["export", str(weights), "--precision", "int8", "-o", str(tmp_path / "no.onnx")]) == 2
     assert "no int8 calibration" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()
+
+
+def test_many_images_run_side_by_side_one_thread_each():
+    """From PARALLEL_RUNS_MIN_IMAGES images on, T free cores score T images at once (one thread
+    each); fewer images split each over the threads; one free core is one run either way."""
+    from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES
+
+    many = PARALLEL_RUNS_MIN_IMAGES
+    plan = choose_threads(4, 0.0, images=many)
+    assert (plan.threads, plan.runs, plan.compute_threads) == (1, 4, 4) and "4 images at once" in plan.describe()
+    assert (choose_threads(4, 0.0, images=many - 1).threads, choose_threads(4, 0.0, images=many - 1).runs) == (4, 1)
+    assert (choose_threads(2, 1.0, images=many).threads, choose_threads(2, 1.0, images=many).runs) == (1, 1)
+    assert (choose_threads(2, 0.0, requested=3, images=many).runs) == 3  # --threads N: N photos at once
+    assert choose_threads(4, 0.0).runs == 1  # images unknown: one run, as before
