@@ -314,6 +314,10 @@ def test_many_images_run_side_by_side_one_thread_each():
     plan = choose_threads(4, 0.0, images=many)
     assert (plan.threads, plan.runs, plan.compute_threads) == (1, 4, 4) and "4 images at once" in plan.describe()
     assert (choose_threads(4, 0.0, images=many - 1).threads, choose_threads(4, 0.0, images=many - 1).runs) == (4, 1)
-    assert (choose_threads(2, 1.0, images=many).threads, choose_threads(2, 1.0, images=many).runs) == (1, 1)
+    # beside a busy process: one run more than the free cores (side by side, a shared core slows only its run)
+    assert (choose_threads(2, 1.0, images=many).threads, choose_threads(2, 1.0, images=many).runs) == (1, 2)
+    assert choose_threads(16, 12.0, images=many).runs == 5 and choose_threads(2, 0.0, images=many).runs == 2
+    assert (choose_threads(2, 1.0, images=many - 1).threads, choose_threads(2, 1.0, images=many - 1).runs) == (1, 1)
+    assert choose_threads(2, 1.0, requested=1, images=many).runs == 1  # --threads 1: one run, whatever the load
     assert (choose_threads(2, 0.0, requested=3, images=many).runs) == 3  # --threads N: N photos at once
     assert choose_threads(4, 0.0).runs == 1  # images unknown: one run, as before

@@ -13,7 +13,11 @@ Many images: the compute threads then run whole images side by side, one thread 
 (``runs``), instead of splitting each image's layers over all of them: measured on 2 cores,
 43-45 against 32-39 images/s (IE-IQA, 384 px), because a split layer waits for its slowest
 thread and whole images do not. One image (or a few) keeps the split, which is what makes it
-come back sooner.
+come back sooner. Side by side, a run on a shared core only slows itself, so a busy machine
+gets one run more than it has free cores (benchmarks/results/cores.md: beside one CPU-bound
+process on 2 cores, 2 runs kept 0.88x the idle throughput, 1 run 0.62x); the extra run takes
+its share of a busy core by the OS's fair scheduling, never by spinning. ``--threads 1``
+leaves the other processes alone.
 """
 from __future__ import annotations
 
@@ -98,7 +102,8 @@ def choose_threads(cpus: int, busy: float, requested: int | None = None, images:
     threads never spin: on a busy machine spinning steals the time the waiting thread needs,
     and even idle it took the cores our image-decoding threads use. ``images``: how many are
     to be scored; from :data:`PARALLEL_RUNS_MIN_IMAGES` on, the threads score that many
-    images at once, one thread each (None: one run split over the threads)."""
+    images at once, one thread each, plus one run when some core is taken (None: one run split
+    over the threads)."""
     cpus = max(1, int(cpus))
     busy = max(0.0, float(busy))
     taken = int(busy + (1.0 - BUSY_THRESHOLD))  # round half a core or more up
@@ -106,8 +111,10 @@ def choose_threads(cpus: int, busy: float, requested: int | None = None, images:
     threads = int(requested) if requested else free
     # Spinning stays off even on an idle machine: measured 10 % slower end to end there
     # (benchmarks/results/cores.md, first run: the decoding threads need the cores it burns).
-    if images is not None and images >= PARALLEL_RUNS_MIN_IMAGES and threads > 1:
-        return ThreadPlan(threads=1, spinning=False, cpus=cpus, busy=busy, runs=threads)
+    if images is not None and images >= PARALLEL_RUNS_MIN_IMAGES:
+        runs = threads if requested else min(cpus, free + (1 if taken > 0 else 0))
+        if runs > 1:
+            return ThreadPlan(threads=1, spinning=False, cpus=cpus, busy=busy, runs=runs)
     return ThreadPlan(threads=threads, spinning=False, cpus=cpus, busy=busy)
 
 
