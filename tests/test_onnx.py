@@ -483,3 +483,28 @@ def test_the_cache_key_names_what_changes_the_graph(tmp_path):
     b.write_bytes(b"weight5")
     assert len({weights_cache_key(a), weights_cache_key(b), weights_cache_key(a, opset=18),
                 weights_cache_key(a, precision="int8")}) == 4
+
+
+def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, examples_dir):
+    """contentiqa.create_scorer: the first call exports the checkpoint to the cache; a later one in a
+    fresh process imports no torch; its scores equal the PyTorch model's within 1e-3 (normalised)."""
+    import subprocess
+
+    images = example_images(examples_dir)[:3]
+    scorer = contentiqa.create_scorer(ckpt, threads=1)
+    assert scorer.weights_tag is None and Path(scorer.checkpoint_info["path"]) == Path(ckpt)
+    got = [p.score for p in scorer.predict(images)]
+    model = contentiqa.load_checkpoint(ckpt)
+    ref = [p.score for p in model.predict(images)]
+    lo, hi = model.score_range
+    np.testing.assert_allclose(np.array(got) / (hi - lo), np.array(ref) / (hi - lo), atol=1e-3, rtol=0)
+    code = ("import sys, contentiqa; s = contentiqa.create_scorer(sys.argv[1], threads=1); "
+            "print(s.predict(sys.argv[2]).score); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code, ckpt, images[0]], capture_output=True, text=True,
+                       env={**__import__("os").environ})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert abs(float(r.stdout.strip()) - got[0]) < 1e-4
+    with pytest.raises(ValueError):
+        contentiqa.create_scorer("no-such-model")
+    with pytest.raises(ValueError, match="precision"):
+        contentiqa.create_scorer(ckpt, precision="fp16")

@@ -71,11 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=None,
                    help="images per forward pass (equal sizes are batched). Default on the CPU: 4 for fixed-input models "
                         "(ie-iqa) under --runtime torch, else 1 (native-size and ONNX batches were measured no faster "
-                        "per image; benchmarks/results/speed.md); 8 on a GPU")
+                        "per image; benchmarks/results/speed.md); 32 on a GPU")
     p.add_argument("--workers", "-j", type=int, default=None,
                    help="image-decoding threads (0 = decode in the main thread). Default: 2 with --runtime onnx; with "
                         "torch, the cores its threads leave free, at most 2 (so 0 on a 2-core machine, where decoding "
-                        "beside the model was measured slower)")
+                        "beside the model was measured slower); on a GPU one per CPU core but one, at most 16")
     p.add_argument("--sort", nargs="?", const="-score", choices=("score", "-score", "path"),
                    help="order of the table and output file: score (ascending), -score (best first; "
                         "what a bare --sort means) or path; failed inputs last")
@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default=None,
                    help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
                         "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
-                        "(1.42x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
+                        "(1.92x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
     p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="PyTorch: run the model under autocast in bfloat16 / float16 (on a GPU: tensor cores and half the "
                         "memory traffic; scores come back as float32). auto (default): bf16 on a CUDA GPU (fp16 where it "
