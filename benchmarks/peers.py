@@ -22,7 +22,8 @@ What is timed, on the same N clive-dev photos (500 x 500, the first N by name), 
   FOLDER`` end to end, its default model and runtime (ONNX Runtime on a CPU), the ONNX export
   made by a first untimed run as it is on any machine after the first use; wall time of the
   whole command, process start and model load included; (b) the Python API loop,
-  ``model.predict(path)`` one image at a time (PyTorch), after one warm-up image.
+  ``model.predict(path)`` one image at a time (PyTorch), after one warm-up image; (c) the same
+  loop with the fast API, ``contentiqa.create_scorer().predict(path)`` (ONNX Runtime).
 
 Why two interpreters: pyiqa pins its own stack (transformers, timm, opencv ...) and contentiqa is
 tested on its own; each library runs in its own environment, with the same torch version (checked
@@ -193,7 +194,8 @@ def render_markdown(p: dict[str, Any], command: str) -> str:
         "score` end to end: wall time of `python -m contentiqa.cli.main score FOLDER -o out.csv` (process start, "
         "imports, model load and the CSV included; the ONNX export cached by a first, untimed run); 'after "
         "start-up' is (N - 1) / (t(N photos) - t(1 photo)), the rate once the command is running. API loop: "
-        "`model.predict(path)` per file in PyTorch, after one warm-up image, model creation excluded as for pyiqa.",
+        "`model.predict(path)` per file in PyTorch, after one warm-up image, model creation excluded as for pyiqa; "
+        "the ONNX Runtime API loop: `contentiqa.create_scorer().predict(path)` per file, the same way.",
         "- **GFLOPs**: `torch.utils.flop_counter.FlopCounterMode` over one forward of a 500x500 photo (pyiqa: the "
         "metric's forward on the 1x3x500x500 tensor, its internal resizing and crops included; contentiqa: the "
         "model's forward on its preprocessed input). Convolutions and matrix products only; a multiply-add is 2 "
@@ -410,8 +412,14 @@ def contentiqa_api_child(spec: dict[str, Any]) -> dict[str, Any]:
         x = model.preprocess(im.convert("RGB"))
     gflops = count_gflops(lambda: model(x[None]))
     loop = time_loop(lambda f: model.predict(f).score, spec["files"], spec["budget_s"])
+    # The fast API: the same model's ONNX Runtime scorer (the graph `contentiqa score` runs).
+    t = time.perf_counter()
+    scorer = contentiqa.create_scorer(spec["model"])
+    scorer_s = time.perf_counter() - t
+    fast = time_loop(lambda f: scorer.predict(f).score, spec["files"], spec["budget_s"])
     return {**loop, "params": all_parameters(model), "gflops": gflops, "create_s": create_s,
-            "input": list(x.shape[-2:]), "torch_threads": torch.get_num_threads()}
+            "input": list(x.shape[-2:]), "torch_threads": torch.get_num_threads(),
+            "fast": {**fast, "create_s": scorer_s}}
 
 
 def cli_end_to_end(folder: Path, n: int, work: Path) -> dict[str, Any]:
@@ -522,16 +530,20 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
             print(f"  {cli['ips']:.2f} img/s", flush=True)
             print(f"contentiqa ({contentiqa.DEFAULT_MODEL}, {when}): API loop ...", flush=True)
             api = run_child(sys.executable, "contentiqa", spec, work)
-            print(f"  {api['ips']:.2f} img/s", flush=True)
+            print(f"  {api['ips']:.2f} img/s (PyTorch), {api['fast']['ips']:.2f} img/s (ONNX Runtime)", flush=True)
             fields = {"kind": "contentiqa", "params": api["params"], "gflops": api["gflops"],
                       "srocc": default_acc["srocc"], "plcc": default_acc["plcc"], "acc_ref": acc_ref}
             after = "" if cli["ips_after_startup"] is None else f"; {cli['ips_after_startup']:.2f}/s after start-up"
             rows[f"contentiqa score ({when})"] = {
                 **fields, **cli, "label": f"**contentiqa `score` ({contentiqa.DEFAULT_MODEL}, ONNX Runtime, end to end, "
                 f"{when}{after})**"}
+            fast = api.pop("fast")
             rows[f"contentiqa api ({when})"] = {
                 **fields, **api, "label": f"contentiqa API loop ({contentiqa.DEFAULT_MODEL}, PyTorch, "
                 f"`model.predict(path)`, {when})"}
+            rows[f"contentiqa fast-api ({when})"] = {
+                **fields, **fast, "label": f"contentiqa API loop ({contentiqa.DEFAULT_MODEL}, ONNX Runtime, "
+                f"`contentiqa.create_scorer().predict(path)`, {when})"}
 
         contentiqa_rows("first")
         for m in metrics:
@@ -544,15 +556,18 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
         contentiqa_rows("last")
     after = loadavg()
     # the targets are checked on the slower of the two contentiqa runs of each kind
-    for kind in ("score", "api"):
+    for kind in ("score", "api", "fast-api"):
         first, last = rows[f"contentiqa {kind} (first)"], rows[f"contentiqa {kind} (last)"]
         rows[f"contentiqa {kind} (first)"]["slower"] = first["ips"] <= last["ips"]
         rows[f"contentiqa {kind} (last)"]["slower"] = last["ips"] < first["ips"]
     score_key = next(k for k, r in rows.items() if k.startswith("contentiqa score") and r["slower"])
     api_key = next(k for k, r in rows.items() if k.startswith("contentiqa api") and r["slower"])
-    ver = [f"Checked on the slower contentiqa run of each kind ({score_key}; {api_key}):"]
+    fast_key = next(k for k, r in rows.items() if k.startswith("contentiqa fast-api") and r["slower"])
+    ver = [f"Checked on the slower contentiqa run of each kind ({score_key}; {api_key}; {fast_key}):"]
     ver += verdict(rows, score_key)
-    ver += [v.replace("- ", "- API loop: ", 1) for v in verdict(rows, api_key) if v.startswith("- speed")]
+    ver += [v.replace("- ", "- API loop, PyTorch: ", 1) for v in verdict(rows, api_key) if v.startswith("- speed")]
+    ver += [v.replace("- ", "- API loop, ONNX Runtime (create_scorer): ", 1) for v in verdict(rows, fast_key)
+            if v.startswith("- speed")]
     for alt in acc[1:]:
         for peer in ("paq2piq", "topiq_nr"):
             pub = PUBLISHED[peer]["srocc"]
