@@ -8,8 +8,9 @@ read from there, never copied):
 
 1. a server (`python -m contentiqa serve`, 127.0.0.1 only, an API key from the environment)
    and, in another process, the same model loaded for the in-process baseline;
-2. a lone photo at a time (--lone photos): ``model.predict(path)`` in-process, then the same
-   photo as one request to the server, alternately, so both see the same machine load;
+2. a lone photo at a time (--lone photos): ``contentiqa.create_scorer(MODEL).predict(path)``
+   in-process (the server's default runtime, ONNX Runtime), then the same photo as one
+   request to the server, alternately, so both see the same machine load;
    then for 1, 4 and 16 concurrent clients: `contentiqa score` on the photos (called
    in-process, its model loading excluded, as benchmarks/speed.py measures it), right
    before the clients score the same photos through the server, one photo per request on
@@ -117,14 +118,15 @@ def vm_status(pid: int, key: str) -> float | None:
 # -- the baseline (a process of its own, alternating with the server) -------------------------------------
 def child_loop(spec: str, files: list[str]) -> None:
     """Answer baseline measurements, one JSON line per command line on stdin:
-    ``predict I`` (seconds of ``model.predict(files[I])``, the model loaded once) and ``cli``
+    ``predict I`` (seconds of ``scorer.predict(files[I])``, the model loaded once) and ``cli``
     (``contentiqa score`` on all files, in-process, loading excluded: benchmarks/speed.py's
-    measurement)."""
+    measurement). Both in the runtime the server runs by default (ONNX Runtime on a CPU): the
+    scorer of ``contentiqa.create_scorer``, and `score` with its default ``--runtime auto``."""
     from speed import cli_score
 
-    from contentiqa.cli._model_loading import load_model
+    import contentiqa
 
-    model = load_model(spec)
+    model = contentiqa.create_scorer(spec)
     for f in files[:2]:
         model.predict(f)  # warm-up
     print(json.dumps({"ready": True}), flush=True)
@@ -138,7 +140,7 @@ def child_loop(spec: str, files: list[str]) -> None:
             print(json.dumps({"s": time.perf_counter() - t}), flush=True)
         elif cmd[0] == "cli":
             with tempfile.TemporaryDirectory() as d:
-                print(json.dumps(cli_score(spec, files, Path(d) / "scores.csv", "torch")), flush=True)
+                print(json.dumps(cli_score(spec, files, Path(d) / "scores.csv", "auto")), flush=True)
         else:
             return
 
@@ -513,7 +515,7 @@ def markdown(res: dict) -> str:
         "measures it), run right before each phase.",
         "",
         f"**A lone photo** ({lone['n']} photos, each scored in-process then through the server, alternately): "
-        f"`model.predict(path)` median {f(lone['predict_median_ms'], 0)} ms (p95 {f(lone['predict_p95_ms'], 0)}); "
+        f"`scorer.predict(path)` (ONNX Runtime, as the server) median {f(lone['predict_median_ms'], 0)} ms (p95 {f(lone['predict_p95_ms'], 0)}); "
         f"server request p50 {f(lone['server_p50_ms'], 0)} ms, p95 {f(lone['server_p95_ms'], 0)} ms, "
         f"p99 {f(lone['server_p99_ms'], 0)} ms; errors {lone['errors']}.  ",
         f"Server: ready {f(res['server']['ready_s'])} s after start; peak RSS {f(res['server']['peak_rss_mib'], 0)} MiB; "
