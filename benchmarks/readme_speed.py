@@ -46,7 +46,9 @@ def speed_block(speed: dict) -> str:
         "weights and cached under `CONTENTIQA_CACHE_DIR`): "
         f"{_rng([o['vs_naive'] for o in onnx], '{:.1f}')}× the naive loop and "
         f"{_rng([o['vs_limit'] for o in onnx])}× the bare-backbone limit (the naive loop itself runs at "
-        f"{_rng(naive_vs_limit)}× the limit).",
+        f"{_rng(naive_vs_limit)}× the limit). This limit is one ONNX Runtime session, a photo at a time, in fp32, "
+        "while `score` runs a photo per core and iqa-cr in int8; the stricter limit of the cores "
+        "section (the bare backbone in its best layout, a photo per core included) is in cores.md.",
     ]
     px = speed.get("pixels", {}).get("iqa-cr", {})
     ms_mp = [v["ms_per_megapixel"] for v in px.values() if v["runtime"] == "onnx"]

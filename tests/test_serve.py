@@ -235,42 +235,6 @@ def test_dynamic_batching_across_concurrent_requests(model):
         assert batches < 4, f"4 concurrent requests ran in {batches} forward passes: not batched"
 
 
-def test_several_images_run_side_by_side_a_lone_one_split(model, tmp_path):
-    """With a side-by-side forward (ONNX Runtime, one thread per run), a request of several images
-    is split over ``runs`` threads; a lone image uses the main forward; the rows are the same."""
-    import argparse
-
-    calls: list[tuple[str, int]] = []
-
-    def side(x):
-        calls.append((threading.current_thread().name, int(x.shape[0])))
-        threading.Event().wait(0.05)  # long enough for the other run to start meanwhile
-        return model(x)
-
-    photos = [(f"{k}.jpg", jpeg(k)) for k in range(4)]
-    with client_for(model) as c:
-        plain = c.post("/v1/score", files=files(*photos)).json()["results"]
-    app = create_app(ServeConfig(), model=LoadedModel(model, spec="tiny", side_by_side=side, runs=2))
-    with TestClient(app) as c:
-        calls.clear()  # (the start-up warm-up is one image: the main forward)
-        got = c.post("/v1/score", files=files(*photos)).json()["results"]
-        assert sorted(n for _, n in calls) == [2, 2] and len({t for t, _ in calls}) == 2  # two runs, two threads
-        calls.clear()
-        c.post("/v1/score", files=files(photos[0]))
-        assert calls == []  # a lone image: the main forward
-    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in plain], abs=1e-4)
-
-    # the CLI's loader makes that forward for an ONNX Runtime graph: one thread, the same file
-    from contentiqa.cli.serve import _side_by_side
-    from contentiqa.inference.onnx import OnnxForward, export_onnx, make_session
-
-    path = export_onnx(model, tmp_path / "m.onnx")
-    fwd, runs = _side_by_side(argparse.Namespace(threads=2), OnnxForward(make_session(path, threads=2), path))
-    assert runs == 2 and isinstance(fwd, OnnxForward) and fwd.path == path
-    assert _side_by_side(argparse.Namespace(threads=1), OnnxForward(make_session(path, threads=1), path)) == (None, 1)
-    assert _side_by_side(argparse.Namespace(threads=2), None) == (None, 1)  # PyTorch: no second session
-
-
 def _metric(c: TestClient, name: str) -> float:
     for line in c.get("/metrics").text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):

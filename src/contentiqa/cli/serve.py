@@ -134,22 +134,6 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _side_by_side(args: argparse.Namespace, forward) -> tuple[object | None, int]:
-    """For ONNX Runtime: a second session on the same graph with one intra-op thread, which
-    batches of several images run on side by side (one run per core the thread plan gives), as
-    `contentiqa score` does with many photos. ``(None, 1)`` for torch or a single core."""
-    from ..inference.onnx import OnnxForward
-    from ..inference.onnx_runtime import make_session
-    from ..inference.threads import PARALLEL_RUNS_MIN_IMAGES, plan_threads
-
-    if not isinstance(forward, OnnxForward) or forward.path is None:
-        return None, 1
-    plan = plan_threads(args.threads, images=PARALLEL_RUNS_MIN_IMAGES)
-    if plan.runs < 2:
-        return None, 1
-    return OnnxForward(make_session(forward.path, threads=1), forward.path), plan.runs
-
-
 def _loader(args: argparse.Namespace):
     """What the server's start-up calls (in a thread) to load the model, as `contentiqa score`
     loads it (its runtime choice, ONNX export cache and error messages)."""
@@ -164,9 +148,8 @@ def _loader(args: argparse.Namespace):
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
         model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
-        side, runs = _side_by_side(args, forward)
         return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
-                           explainable=args.onnx_model is None, side_by_side=side, runs=runs)
+                           explainable=args.onnx_model is None)
 
     return load
 

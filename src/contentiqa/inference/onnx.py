@@ -375,9 +375,8 @@ class OnnxForward:
     """``forward(x) -> {"score": ..., "logits": ...}`` running an ONNX Runtime session: the
     drop-in for the torch model in :func:`contentiqa.inference.engine.predict_items`."""
 
-    def __init__(self, session, path: str | os.PathLike | None = None):
+    def __init__(self, session):
         self.session = session
-        self.path = Path(path) if path is not None else None  # the graph's file (another session can open it)
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
 
@@ -461,7 +460,7 @@ def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None
         session = make_session(onnx_path, threads=threads)
     meta = dict(session.get_modelmeta().custom_metadata_map)
     check_matches(model, meta, str(onnx_path))
-    return OnnxForward(session, onnx_path), Path(onnx_path)
+    return OnnxForward(session), Path(onnx_path)
 
 
 def check_matches(model: IQAModel, meta: dict[str, str], where: str = "the ONNX file") -> None:

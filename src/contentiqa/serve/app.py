@@ -87,11 +87,6 @@ class LoadedModel:
     runtime: str = "torch"
     explainable: bool = True
     """False for a model served from an ONNX file alone (Grad-CAM needs PyTorch)."""
-    side_by_side: Callable | None = None
-    """A forward on one core that ``runs`` threads may call at once (ONNX Runtime, one intra-op
-    thread): a batch of several images is split over them, side by side, as `contentiqa score`
-    scores many photos; a lone image keeps ``forward`` (split over the cores: it returns sooner)."""
-    runs: int = 1
 
 
 @dataclass
@@ -262,13 +257,8 @@ class Service:
         decoded = [self.decode(x) if isinstance(x, bytes) else (x.image, x.notes, None) if isinstance(x, Decoded)
                    else (x, [], None) for x in items]
         images = [img for img, _, err in decoded if err is None]
-        runs = self.loaded.runs if self.loaded.side_by_side is not None else 1
-        if runs > 1 and len(images) > 1:
-            preds = iter(predict_items(model, images, batch_size=-(-len(images) // runs), workers=0,
-                                       forward=self.loaded.side_by_side, concurrency=runs, progress=False))
-        else:
-            preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
-                                       progress=False) if images else [])
+        preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
+                                   progress=False) if images else [])
         out = []
         for _, notes, err in decoded:
             if err is not None:
