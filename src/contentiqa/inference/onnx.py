@@ -20,7 +20,10 @@ when lower is better), ``categories`` (JSON list, the order of ``logits``), ``me
 ``preprocess`` (``native`` or ``resize_bilinear``), ``min_size``, ``outputs``, the model
 config and the maximum difference to PyTorch measured at export.
 
-Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``.
+Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``; the
+backbones' TensorFlow-"same" convolutions are written as one ``Conv(auto_pad=SAME_UPPER)`` each
+(:mod:`contentiqa.backbones.onnx_same_padding`: without it a Pad and its shape arithmetic before
+every stride-2 convolution cost a third of the CPU time).
 It traces IQA-CR with dynamic height and width because the adaptive pooling to the token
 grid is written as two matrix products built from the input's shape
 (:func:`contentiqa.models.layers.adaptive_avg_pool2d_matmul`); ``export_onnx`` checks
