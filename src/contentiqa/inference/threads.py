@@ -14,10 +14,10 @@ Many images: the compute threads then run whole images side by side, one thread 
 43-45 against 32-39 images/s (IE-IQA, 384 px), because a split layer waits for its slowest
 thread and whole images do not. One image (or a few) keeps the split, which is what makes it
 come back sooner. Side by side, a run on a shared core only slows itself, so a busy machine
-gets one run more than it has free cores (benchmarks/results/cores.md: beside one CPU-bound
-process on 2 cores, 2 runs kept 0.88x the idle throughput, 1 run 0.62x); the extra run takes
-its share of a busy core by the OS's fair scheduling, never by spinning. ``--threads 1``
-leaves the other processes alone.
+gets one run more than it has free cores (benchmarks/results/cores.md, beside one CPU-bound
+process on 2 cores: the bare backbone ran 25.3 images/s as 2 runs side by side, 18.7 as one
+run on one thread, 13.3 split over both cores); the extra run takes its share of a busy core
+by the OS's fair scheduling, never by spinning. ``--threads 1`` leaves the other processes alone.
 """
 from __future__ import annotations
 
