@@ -10,9 +10,10 @@ a container or ``taskset`` sets it), subtract what other processes use right now
 sample of ``/proc/stat``, else the load average), and never let idle threads spin.
 
 Many images: the compute threads then run whole images side by side, one thread each
-(``runs``), instead of splitting each image's layers over all of them: measured on 2 cores,
-43-45 against 32-39 images/s (IE-IQA, 384 px), because a split layer waits for its slowest
-thread and whole images do not. One image (or a few) keeps the split, which is what makes it
+(``runs``), instead of splitting each image's layers over all of them, because a split layer
+waits for its slowest thread and whole images do not (benchmarks/results/cores.md, IE-IQA's
+backbones on 2 idle cores: 36.3 images/s side by side against 33.6 split with spinning threads
+and 17.7 on one thread). One image (or a few) keeps the split, which is what makes it
 come back sooner. Side by side, a run on a shared core only slows itself, so a busy machine
 gets one run more than it has free cores (benchmarks/results/cores.md, beside one CPU-bound
 process on 2 cores: the bare backbone ran 25.3 images/s as 2 runs side by side, 18.7 as one
