@@ -24,20 +24,16 @@ from torch import nn
 OP_NAME = "contentiqa::conv2d_same"
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
-                groups: int) -> torch.Tensor:
-    """timm's ``conv2d_same`` (dilation 1) as one opaque op, so the tracer records one node."""
+def _timm_conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                      groups: int) -> torch.Tensor:
     from timm.layers.conv2d_same import conv2d_same as timm_conv2d_same
 
     return timm_conv2d_same(x, weight, bias, tuple(stride), (0, 0), (1, 1), groups)
 
 
-@conv2d_same.register_fake
-def _(x, weight, bias, stride, groups):
-    from timm.layers.conv2d_same import conv2d_same as timm_conv2d_same
-
-    return timm_conv2d_same(x, weight, bias, tuple(stride), (0, 0), (1, 1), groups)
+conv2d_same = torch.library.custom_op(OP_NAME, _timm_conv2d_same, mutates_args=())
+"""timm's ``conv2d_same`` (dilation 1) as one opaque op, so the tracer records one node."""
+conv2d_same.register_fake(_timm_conv2d_same)  # shapes: the same arithmetic on fake tensors
 
 
 def _symbolic(g, x, weight, bias, stride, groups):

@@ -39,11 +39,9 @@ def weights_file_for(spec: str) -> tuple[Path, str | None] | None:
     from ..models import registry
 
     try:
-        entry, tag = registry.resolve_tag(spec)
-    except ValueError:
+        return registry.weights_file(spec)
+    except (ValueError, FileNotFoundError):
         return None
-    path = registry.shipped_weights_path(entry.name, tag)
-    return (path, tag) if path is not None else None
 
 
 def load_model(spec: str, device: "torch.device | str" = "cpu"):

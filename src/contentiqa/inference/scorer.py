@@ -15,25 +15,8 @@ under a second. Same rows as the PyTorch model (tested within 1e-3 on the normal
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .onnx_runtime import OnnxScorer, cached_scorer
-
-
-def _weights_file(spec: str) -> tuple[Path, str | None]:
-    """``(weights file, tag)`` of a registered ``name[.tag]`` or a checkpoint path, without torch."""
-    if os.path.isfile(spec):
-        return Path(spec), None
-    from ..models import registry
-
-    entry, tag = registry.resolve_tag(spec)  # ValueError naming the models for an unknown one
-    path = registry.shipped_weights_path(entry.name, tag)
-    if path is None:
-        raise FileNotFoundError(
-            f"model {spec!r} has no trained weights in this install; pass a checkpoint file "
-            "(e.g. one written by `contentiqa train`)"
-        )
-    return Path(path), tag
 
 
 def create_scorer(spec: str | None = None, *, precision: str | None = None, threads: int | None = None) -> OnnxScorer:
@@ -46,10 +29,11 @@ def create_scorer(spec: str | None = None, *, precision: str | None = None, thre
     for an unknown name, FileNotFoundError for missing weights, and
     :class:`~contentiqa.inference.onnx_runtime.OnnxUnavailableError` without onnxruntime."""
     from .. import DEFAULT_MODEL
+    from ..models.registry import weights_file
     from .quantize import check_precision, default_precision
 
     spec = spec or DEFAULT_MODEL
-    weights, tag = _weights_file(spec)
+    weights, tag = weights_file(spec)
     precision = check_precision(precision) if precision is not None else default_precision(weights)
     scorer = cached_scorer(weights, threads=threads, weights_tag=tag, precision=precision)
     if scorer is not None:

@@ -158,6 +158,22 @@ def shipped_weights_path(name: str, tag: str | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
+def weights_file(spec: str) -> tuple[Path, str | None]:
+    """``(file, weights tag)`` that loading ``spec`` reads, found without torch: an existing
+    file is a checkpoint (tag None); otherwise a registered ``name[.tag]`` and its shipped
+    weights. ValueError for an unknown name or tag, FileNotFoundError when none are shipped."""
+    if os.path.isfile(spec):
+        return Path(spec), None
+    entry, tag = resolve_tag(spec)
+    path = shipped_weights_path(entry.name, tag)
+    if path is None:
+        raise FileNotFoundError(
+            f"model {spec!r} has no trained weights in this install; pass a checkpoint file "
+            "(e.g. one written by `contentiqa train`)"
+        )
+    return path, tag
+
+
 def _state_without_base(model: IQAModel, base_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[str]]:
     import torch
 
