@@ -4,7 +4,8 @@ Why: the EfficientNet-Lite backbones pad their stride-2 convolutions the TensorF
 (timm's ``Conv2dSame``: half the padding before, the odd pixel after), computed in Python
 from the input's shape. Traced for ONNX, that is a chain of Shape / Ceil / Sub / ... ops and a
 ``Pad`` before each such convolution, which ONNX Runtime can neither fuse into the Conv nor keep
-in its blocked (NCHWc) layout. Measured on IE-IQA (ONNX Runtime profile, 2 CPU threads): the
+in its blocked (NCHWc) layout. On IE-IQA (a one-off ONNX Runtime profile, 2 CPU threads; the speed-up it gave is in
+benchmarks/results/int8.md's fp32 rows): the
 Pads took 17 % of the time and the layout reorders around them 16 %. ONNX's own
 ``auto_pad=SAME_UPPER`` is the same padding for any input size, so one Conv node replaces the
 chain, for fixed-size and native-resolution graphs alike (the exporter checks the outputs

@@ -240,8 +240,8 @@ def preprocess_array(image: Image.Image, mean: Sequence[float], std: Sequence[fl
     does). The arithmetic is :func:`contentiqa.models.base.pil_to_tensor`'s, step for step
     (float32 multiply, then float32 add, of the same constants), so the values are equal to
     the last bit. The result is contiguous (3, H, W), what ONNX Runtime takes, written channel
-    by channel from the 8-bit pixels in one pass each (measured 2.4x faster than converting the
-    HWC image, then copying it to CHW: 2 ms of a 384 px photo's preprocessing)."""
+    by channel from the 8-bit pixels in one pass each: no float HWC image to convert, then copy
+    to CHW (a one-off timing on this project's CPU: 1.4 against 3.4 ms at 384 px)."""
     if input_size is not None:
         h, w = input_size
         image = image.resize((int(w), int(h)), Image.BILINEAR)
