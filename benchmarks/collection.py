@@ -34,7 +34,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import CACHE, ROOT, bench_lock, command_line, md_table, write_results  # noqa: E402
+from common import CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, write_results  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -48,7 +48,7 @@ def score_segment(folder: Path, out_csv: Path, device: str, extra: list[str]) ->
     """One `contentiqa score FOLDER -o out.csv -q --device D [--resume]` run in a fresh process;
     returns (wall seconds, rows scored in it, stderr tail)."""
     before = count_rows(out_csv)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = contentiqa_env()
     cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", str(folder), "-o", str(out_csv), "-q",
            "--device", device, *extra]
     if out_csv.exists():

@@ -38,8 +38,6 @@ EXPERIMENTS = ("biq2021_cross", "clive_cross", "multi_clive_biq2021", "clive_con
 
 def _features(table, cache: str | None) -> np.ndarray:
     """Last-stage global-average Lite0 features (1280) of every image, from the pooled cache."""
-    import torch
-
     from contentiqa.models import create_model
     from contentiqa.training.cache import cached_encodings
 

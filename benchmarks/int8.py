@@ -39,7 +39,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import bench_lock, CACHE, ROOT, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
+from common import bench_lock, CACHE, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
 
 WORK = CACHE / "int8"
 MIN_SPEEDUP = 1.4
@@ -133,7 +133,7 @@ def prepare_model(name: str, args, table, splits) -> dict:
     """Calibrate and score (no timing): everything that need not hold the benchmark lock."""
     import contentiqa
     from contentiqa.inference.onnx import export_onnx
-    from contentiqa.inference.quantize import Int8Recipe, calibration_path, write_calibration
+    from contentiqa.inference.quantize import Int8Recipe, write_calibration
     from contentiqa.utils.io import file_sha256
     from contentiqa.models.registry import shipped_weights_path
 

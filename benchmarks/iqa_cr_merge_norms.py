@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, command_line, md_table, require_clive, write_results
+from common import command_line, md_table, require_clive, write_results
 
 
 def layer_growth(model, images) -> list[float]:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import RESULTS, ROOT, SHARED  # noqa: E402  (stdlib only: the pyiqa child imports it too)
+from common import RESULTS, SHARED, contentiqa_env  # noqa: E402  (stdlib only: the pyiqa child imports it too)
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 PEERS = ["paq2piq", "nima", "clipiqa+", "topiq_nr", "liqe", "dbcnn", "hyperiqa", "maniqa", "brisque"]
@@ -426,8 +425,7 @@ def cli_end_to_end(folder: Path, n: int, work: Path) -> dict[str, Any]:
     """``contentiqa score FOLDER`` as a user runs it: a first run makes the ONNX export (untimed),
     the second is timed, process start included. A run on one photo gives the fixed cost (start,
     imports, model load), so the rate after start-up is (N - 1) / (t_N - t_1)."""
-    env = {**os.environ, "CONTENTIQA_CACHE_DIR": str(work / "cache"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    env = contentiqa_env(CONTENTIQA_CACHE_DIR=str(work / "cache"))
     cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", "--quiet"]
     one = work / "one-photo"
     if not one.is_dir():
@@ -452,9 +450,7 @@ def cli_end_to_end(folder: Path, n: int, work: Path) -> dict[str, Any]:
 
 def run_child(python: str, kind: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     out = work / f"child-{kind}-{spec.get('metric', 'ciqa').replace('+', 'p')}.json"
-    env = {**os.environ}
-    if kind == "contentiqa":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = contentiqa_env() if kind == "contentiqa" else {**os.environ}
     proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec), str(out)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:

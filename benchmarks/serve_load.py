@@ -48,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
+from common import SHARED, command_line, contentiqa_env, md_table, write_results  # noqa: E402
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 HOST = "127.0.0.1"  # loopback only, by design
@@ -176,9 +176,7 @@ class Baseline:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return contentiqa_env()
 
 
 # -- the server ----------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ Writes benchmarks/results/speed.json and speed.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import statistics

@@ -23,7 +23,6 @@ them. Writes benchmarks/results/startup.json and startup.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,20 +32,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, command_line, write_results  # noqa: E402
+from common import ROOT, command_line, contentiqa_env, write_results  # noqa: E402
 
 SRC = ROOT / "src"
 PHOTO = ROOT / "examples" / "images" / "671.JPG"
 
 
 def _env(cache: Path) -> dict[str, str]:
-    """The commands' environment: this checkout first, a private export cache, and Python's
-    bytecode cached (in a private folder, as an installed package has it compiled by pip) even
-    where PYTHONDONTWRITEBYTECODE is set, which would recompile every module on every run."""
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "CONTENTIQA_CACHE_DIR": str(cache), "PYTHONPYCACHEPREFIX": str(cache.parent / "pycache")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
+    """The commands' environment: this checkout first, a private export cache, Python's bytecode
+    cached as installed (:func:`common.contentiqa_env`)."""
+    return contentiqa_env(CONTENTIQA_CACHE_DIR=str(cache))
 
 
 def _run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from contentiqa.analysis.intelligibility import analyze_intelligibility, bin_summary, equal_bins

@@ -3,6 +3,7 @@ score CLI, and the thread plan (contentiqa.inference.threads) on made-up machine
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,38 @@ def test_busy_cores_is_a_sane_number():
 
     v = busy_cores(0.05)
     assert 0.0 <= v <= 1e3
+
+
+def test_cpu_sample_counts_only_the_other_processes(monkeypatch):
+    """A sample started at the top of a command spans its own imports: that CPU time is ours,
+    not a competitor's, and a window already long enough costs no wait."""
+    import contentiqa.inference.threads as th
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = iter([(1000, 10_000), (1000 + int(0.4 * ticks) + 150, 10_000 + 400)])  # 400 jiffies over all CPUs
+    own = iter([5.0, 5.4])  # this process used 0.4 s of CPU meanwhile
+    clock = iter([100.0, 100.5])
+    monkeypatch.setattr(th, "_proc_stat", lambda: next(stats))
+    monkeypatch.setattr(th.time, "process_time", lambda: next(own))
+    monkeypatch.setattr(th.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(th.time, "sleep", lambda s: pytest.fail(f"waited {s} s although the window was long enough"))
+    monkeypatch.setattr(th.os, "cpu_count", lambda: 4)
+    sample = th.CpuSample.start()
+    # 150 busy jiffies of others out of 400: 0.375 of the machine = 1.5 of its 4 cores
+    assert sample.busy_others(0.1) == pytest.approx(1.5)
+
+
+def test_plan_threads_reads_a_started_sample(monkeypatch):
+    import contentiqa.inference.threads as th
+
+    class Sample:
+        def busy_others(self, min_seconds):
+            return 1.0
+
+    monkeypatch.setattr(th, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(th, "_proc_stat", lambda: pytest.fail("sampled anew although a sample was given"))
+    plan = plan_threads(images=100, sample=Sample())
+    assert (plan.threads, plan.runs, plan.busy) == (1, 2, 1.0)
 
 
 def test_default_precision_follows_the_shipped_measurement(calibrated, tmp_path):

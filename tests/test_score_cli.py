@@ -394,3 +394,12 @@ def test_autocast_and_decoding_defaults(monkeypatch):
         native_resolution = False
 
     assert default_batch_size(M(), "torch") == 32
+
+
+def test_folder_scans_know_every_pillow_format_but_load_its_plugins_only_when_needed(monkeypatch):
+    from contentiqa.data import imageio
+
+    assert imageio.is_image_file("a.jfif") and imageio.is_image_file("b.dib")  # Pillow's own, beyond the common list
+    assert not imageio.is_image_file("notes.txt") and not imageio.is_image_file("scores.csv")
+    monkeypatch.setattr(imageio, "image_extensions", lambda: pytest.fail("every plugin loaded for a .jpg"))
+    assert imageio.is_image_file("photo.JPG") and imageio.is_image_file("x.png")

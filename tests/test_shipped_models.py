@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 import contentiqa
-from contentiqa.models.registry import list_pretrained, model_entry, resolve_tag, shipped_weights_path
+from contentiqa.models.registry import list_pretrained, resolve_tag, shipped_weights_path
 
 SHIPPED = contentiqa.list_models(pretrained_only=True)
 TAGGED = list_pretrained()  # every name.tag, not only the default weights

@@ -482,7 +482,7 @@ def _load_runtime(args: argparse.Namespace, device=None, torch_free: bool = True
     weights = found[0] if found is not None else None  # the export is cached under this file's hash
 
     if args.runtime == "onnx_or_torch":  # --runtime auto on the CPU
-        from ..inference.onnx import OnnxExportError, onnx_available, onnx_forward_for
+        from ..inference.onnx import OnnxExportError, onnx_available
 
         model = load_model(spec, device)
         if onnx_available():
@@ -558,8 +558,12 @@ def _same_model(spec: str, name: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.threads import CpuSample
     from ._output import check_writable, output_lock
 
+    # The machine's CPU use is sampled over the start-up work (imports, the folder listing)
+    # instead of a wait of its own before the thread plan.
+    args.cpu_sample = CpuSample.start() if args.threads is None else None
     fmt = _validate(args)
     output = Path(args.output) if args.output else None
     if output is None:
@@ -640,7 +644,7 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
 
         # Many photos: the compute threads score whole photos side by side (one thread each);
         # a few: each photo's layers split over them (it comes back sooner).
-        args.plan = plan_threads(args.threads, images=len(entries))
+        args.plan = plan_threads(args.threads, images=len(entries), sample=getattr(args, "cpu_sample", None))
     model, model_spec, forward = _load_runtime(args)
     autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
     precision = args.precision_used or AUTOCAST_LABELS[autocast]

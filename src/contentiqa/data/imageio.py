@@ -221,4 +221,7 @@ def image_extensions() -> frozenset[str]:
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in image_extensions()
+    """By extension. The common ones are answered without loading every Pillow plugin (which
+    :func:`image_extensions` does: 50 ms of a one-photo run's start-up)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in image_extensions()

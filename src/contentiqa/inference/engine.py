@@ -40,8 +40,6 @@ import numpy as np
 from ..models.scoring import Prediction, load_image_safely
 
 if TYPE_CHECKING:
-    import torch
-
     from ..models.base import IQAModel
 
 DEFAULT_MAX_BATCH_PIXELS = 2_000_000

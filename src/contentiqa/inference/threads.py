@@ -78,17 +78,47 @@ def _proc_stat() -> tuple[int, int] | None:
     return sum(values) - idle, sum(values)
 
 
-def busy_cores(sample_seconds: float = SAMPLE_SECONDS) -> float:
-    """Cores' worth of CPU used by the machine right now (all processes, this one included,
-    which is idle while it decides): sampled from /proc/stat over ``sample_seconds``, else
-    the one-minute load average."""
-    first = _proc_stat()
-    if first is not None and sample_seconds > 0:
-        time.sleep(sample_seconds)
-        second = _proc_stat()
-        if second is not None and second[1] > first[1]:
-            share = (second[0] - first[0]) / (second[1] - first[1])
-            return share * (os.cpu_count() or 1)
+class CpuSample:
+    """A measurement of the machine's CPU use, started now and read later.
+
+    Why: sampling costs its own length in start-up (:data:`SAMPLE_SECONDS`) when it only waits.
+    Started at the top of a command, it spans the command's own imports and file listing, so
+    by the time the plan is needed the window is usually long enough already. What this process
+    used in the window (its imports) is subtracted: only the other processes count as busy."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.stat = _proc_stat()
+        self.own = time.process_time()
+
+    @classmethod
+    def start(cls) -> "CpuSample":
+        return cls()
+
+    def busy_others(self, min_seconds: float = SAMPLE_SECONDS) -> float | None:
+        """Cores' worth of CPU used by other processes since the start (waiting until the window
+        is ``min_seconds`` long), or None where /proc/stat is not there to tell."""
+        if self.stat is None:
+            return None
+        wait = min_seconds - (time.monotonic() - self.started)
+        if wait > 0:
+            time.sleep(wait)
+        now, own = _proc_stat(), time.process_time()
+        if now is None or now[1] <= self.stat[1]:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy = (now[0] - self.stat[0]) - (own - self.own) * ticks
+        return max(0.0, busy / (now[1] - self.stat[1]) * (os.cpu_count() or 1))
+
+
+def busy_cores(sample_seconds: float = SAMPLE_SECONDS, sample: CpuSample | None = None) -> float:
+    """Cores' worth of CPU used by the other processes right now: from ``sample`` (started
+    earlier, see :class:`CpuSample`) or a new one over ``sample_seconds``, else the one-minute
+    load average (which counts this process too)."""
+    if sample_seconds > 0 or sample is not None:
+        busy = (sample or CpuSample.start()).busy_others(sample_seconds)
+        if busy is not None:
+            return busy
     try:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):
@@ -119,9 +149,10 @@ def choose_threads(cpus: int, busy: float, requested: int | None = None, images:
     return ThreadPlan(threads=threads, spinning=False, cpus=cpus, busy=busy)
 
 
-def plan_threads(requested: int | None = None, images: int | None = None) -> ThreadPlan:
-    """:func:`choose_threads` for this machine now (samples the CPU use unless ``requested``)."""
+def plan_threads(requested: int | None = None, images: int | None = None, sample: CpuSample | None = None) -> ThreadPlan:
+    """:func:`choose_threads` for this machine now (samples the CPU use unless ``requested``;
+    ``sample``: a :class:`CpuSample` started earlier, which saves the wait)."""
     cpus = usable_cpus()
     if requested:
         return choose_threads(cpus, 0.0, requested, images)
-    return choose_threads(cpus, min(busy_cores(), float(cpus)), images=images)
+    return choose_threads(cpus, min(busy_cores(sample=sample), float(cpus)), images=images)

@@ -68,7 +68,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import create_backbone

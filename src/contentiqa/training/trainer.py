@@ -35,9 +35,8 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
