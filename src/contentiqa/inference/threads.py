@@ -12,12 +12,12 @@ sample of ``/proc/stat``, else the load average), and never let idle threads spi
 Many images: the compute threads then run whole images side by side, one thread each
 (``runs``), instead of splitting each image's layers over all of them, because a split layer
 waits for its slowest thread and whole images do not (benchmarks/results/cores.md, IE-IQA's
-backbones on 2 idle cores: 36.3 images/s side by side against 33.6 split with spinning threads
-and 17.7 on one thread). One image (or a few) keeps the split, which is what makes it
+backbones on 2 idle cores: 48.1 images/s side by side against 34.4 split with spinning threads
+and 23.3 on one thread). One image (or a few) keeps the split, which is what makes it
 come back sooner. Side by side, a run on a shared core only slows itself, so a busy machine
 gets one run more than it has free cores (benchmarks/results/cores.md, beside one CPU-bound
-process on 2 cores: the bare backbone ran 25.3 images/s as 2 runs side by side, 18.7 as one
-run on one thread, 13.3 split over both cores); the extra run takes its share of a busy core
+process on 2 cores: the bare backbone ran 36.0 images/s as 2 runs side by side, 27.3 as one
+run on one thread, 19.8 split over both cores); the extra run takes its share of a busy core
 by the OS's fair scheduling, never by spinning. ``--threads 1`` leaves the other processes alone.
 """
 from __future__ import annotations
