@@ -342,7 +342,7 @@ def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch)
     with TestClient(create_app(ServeConfig(), loader=_loader(args))) as c:
         assert c.app.state.service.ready_event.wait(120)
         body = c.post("/v1/score", files=images).json()
-    assert body["model"]["runtime"] == "onnx"
+    assert body["model"]["runtime"] == "onnx" and body["model"]["precision"] == "fp32"
     assert [r["score"] for r in body["results"]] == pytest.approx([r["score"] for r in torch_rows], abs=1e-3)
     assert [r["category"] for r in body["results"]] == [r["category"] for r in torch_rows]
 
@@ -690,3 +690,45 @@ def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
     assert loaded.runtime == "onnx" and loaded.forward is not None and loaded.explainable
     args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch"])
     assert args.func(args) == 1 and captured["loader"]().runtime == "torch"
+
+
+def test_serve_runs_and_reports_the_score_commands_precision(ckpt, model, tmp_path, monkeypatch):
+    """`serve --autocast bf16` runs the torch model under autocast (the GPU setting, checked here
+    on the CPU), and every response names the precision, as `score` rows do; the flags that
+    contradict each other are refused before the server starts, with score's messages."""
+    import uvicorn
+
+    import contentiqa.serve.app as app_mod
+    from contentiqa.cli.main import UsageError, build_parser
+
+    captured = {}
+    real_create_app = app_mod.create_app
+
+    def fake_create_app(cfg, loader=None, **kw):
+        captured["loader"] = loader
+        return real_create_app(cfg, loader=loader, **kw)
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--autocast", "bf16"])
+    assert args.func(args) == 1  # the server never started
+    loaded = captured["loader"]()
+    assert (loaded.runtime, loaded.autocast, loaded.precision) == ("torch", "bfloat16", "bf16")
+    images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
+    with client_for(model) as c:
+        full = c.post("/v1/score", files=images).json()
+    assert full["model"]["precision"] == "fp32"
+    with TestClient(create_app(ServeConfig(), model=loaded)) as c:
+        half = c.post("/v1/score", files=images).json()
+    assert half["model"]["precision"] == "bf16"
+    a, b = [r["score"] for r in full["results"]], [r["score"] for r in half["results"]]
+    lo, hi = full["model"]["score_range"]
+    diffs = [abs(x - y) / (hi - lo) for x, y in zip(a, b)]
+    assert max(diffs) < 0.05 and max(diffs) > 0  # close to fp32, not equal: bfloat16 arithmetic really ran
+    for bad, why in ((["--autocast", "fp16", "--runtime", "onnx"], "PyTorch setting"),
+                     (["--autocast", "bf16", "--precision", "int8"], "choose one"),
+                     (["--runtime", "torch", "--precision", "int8"], "drop --runtime torch")):
+        args = build_parser().parse_args(["serve", "--model", ckpt, *bad])
+        with pytest.raises(UsageError, match=why):
+            args.func(args)

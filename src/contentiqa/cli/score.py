@@ -104,10 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime graph: fp32 or int8 (the CNN quantized with the calibration shipped beside the "
                         "weights). Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr "
                         "(1.92x faster, SROCC within 0.005); fp32 for ie-iqa, the default model (int8 lost 0.016-0.14 SROCC)")
-    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="PyTorch: run the model under autocast in bfloat16 / float16 (on a GPU: tensor cores and half the "
-                        "memory traffic; scores come back as float32). auto (default): bf16 on a CUDA GPU (fp16 where it "
-                        "lacks bf16), off on the CPU. bf16 / fp16 on the CPU choose --runtime torch")
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto", help=AUTOCAST_HELP)
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
@@ -287,20 +284,7 @@ def _validate(args: argparse.Namespace) -> str | None:
             args.shard_spec = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(f"--shard: {exc}") from None
-    from ._model_loading import resolve_runtime
-
-    if args.autocast in ("bf16", "fp16"):
-        if args.runtime == "onnx" or args.onnx_model is not None:
-            raise UsageError(f"--autocast {args.autocast} is a PyTorch setting: drop --runtime onnx / --onnx-model")
-        if args.precision is not None:
-            raise UsageError(f"--autocast {args.autocast} runs PyTorch; --precision chooses the ONNX Runtime graph: choose one")
-        args.runtime = args.runtime or "torch"  # autocast asked for by name: PyTorch, on the CPU too
-    resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
-    if args.precision is not None:
-        if args.runtime == "torch":
-            raise UsageError(f"--precision {args.precision} chooses the ONNX Runtime graph: drop --runtime torch")
-        if args.onnx_model is not None:
-            raise UsageError("--precision chooses the cached export; --onnx-model FILE runs that file as it is")
+    settle_runtime(args)
     if args.runtime == "onnx" and args.explain and args.onnx_model is not None:
         raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model instead of --onnx-model")
     fmt = None
@@ -321,6 +305,30 @@ def _validate(args: argparse.Namespace) -> str | None:
             "(or `contentiqa explain IMAGE` for one image)"
         )
     return fmt
+
+
+def settle_runtime(args: argparse.Namespace) -> None:
+    """--runtime from --autocast, --precision and --onnx-model, or a usage error for a
+    combination that contradicts itself: the same rules for ``score`` and ``serve``."""
+    from ._model_loading import resolve_runtime
+
+    if args.autocast in ("bf16", "fp16"):
+        if args.runtime == "onnx" or args.onnx_model is not None:
+            raise UsageError(f"--autocast {args.autocast} is a PyTorch setting: drop --runtime onnx / --onnx-model")
+        if args.precision is not None:
+            raise UsageError(f"--autocast {args.autocast} runs PyTorch; --precision chooses the ONNX Runtime graph: choose one")
+        args.runtime = args.runtime or "torch"  # autocast asked for by name: PyTorch, on the CPU too
+    resolve_runtime(args, "auto")  # auto: a model that cannot be exported falls back to torch in _load_runtime
+    if args.precision is not None:
+        if args.runtime == "torch":
+            raise UsageError(f"--precision {args.precision} chooses the ONNX Runtime graph: drop --runtime torch")
+        if args.onnx_model is not None:
+            raise UsageError("--precision chooses the cached export; --onnx-model FILE runs that file as it is")
+
+
+AUTOCAST_HELP = ("PyTorch: run the model under autocast in bfloat16 / float16 (on a GPU: tensor cores and half the "
+                 "memory traffic; scores come back as float32). auto (default): bf16 on a CUDA GPU (fp16 where it "
+                 "lacks bf16), off on the CPU. bf16 / fp16 on the CPU choose --runtime torch")
 
 
 def _heatmaps(model, rows: list[dict], limit: int, size: int, quiet: bool) -> tuple[dict[str, bytes], list[str]]:

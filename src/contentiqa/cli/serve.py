@@ -24,6 +24,7 @@ import os
 import sys
 
 from .main import UsageError
+from .score import AUTOCAST_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime graph, as `contentiqa score --precision`: fp32 or int8; default the model's "
                         "measured choice (int8 for iqa-cr, fp32 for ie-iqa: benchmarks/results/int8.md)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="as `contentiqa score --autocast`: " + AUTOCAST_HELP)
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compute threads for the model (default: the runtime's own, one per core)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
@@ -139,7 +142,7 @@ def _loader(args: argparse.Namespace):
     loads it (its runtime choice, ONNX export cache and error messages)."""
     from ..serve.app import LoadedModel
     from ._model_loading import resolve_device
-    from .score import _load_runtime
+    from .score import AUTOCAST_LABELS, _load_runtime, resolve_autocast
 
     def load() -> LoadedModel:
         import torch
@@ -147,9 +150,12 @@ def _loader(args: argparse.Namespace):
         if args.threads:
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
+        args.precision_used = None
         model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
+        autocast = resolve_autocast(getattr(args, "autocast", "auto"), args.runtime, model.device) if forward is None else None
         return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
-                           explainable=args.onnx_model is None)
+                           explainable=args.onnx_model is None, autocast=autocast,
+                           precision=args.precision_used or AUTOCAST_LABELS[autocast])
 
     return load
 
@@ -163,11 +169,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
                          "pip install 'contentiqa[serve]'") from None
     from .. import DEFAULT_MODEL
-    from ._model_loading import looks_like_checkpoint, resolve_runtime
+    from ._model_loading import looks_like_checkpoint
+    from .score import settle_runtime
 
     # Cheap checks before the server starts (the model itself loads in the background).
     args.quiet = False
-    resolve_runtime(args, "auto")  # ONNX Runtime on the CPU, torch on a GPU (as `contentiqa score`)
+    settle_runtime(args)  # ONNX Runtime on the CPU, torch on a GPU, as `contentiqa score` (same flags, same rules)
     cfg = _config(args)
     spec = args.model or DEFAULT_MODEL
     if looks_like_checkpoint(spec) and not os.path.isfile(spec):

@@ -18,7 +18,6 @@ API key every ``/v1`` call needs it. CORS is off unless origins are given.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import io
 import os
@@ -39,6 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from ..utils.io import file_sha256
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
 
@@ -87,6 +87,11 @@ class LoadedModel:
     runtime: str = "torch"
     explainable: bool = True
     """False for a model served from an ONNX file alone (Grad-CAM needs PyTorch)."""
+    autocast: str | None = None
+    """The torch autocast dtype of the forward ('bfloat16' / 'float16'; None: full precision)."""
+    precision: str = "fp32"
+    """What clients see (``model.precision``), as `contentiqa score` records it in its rows:
+    fp32 / int8 for ONNX Runtime graphs, bf16 / fp16 under autocast."""
 
 
 @dataclass
@@ -119,11 +124,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
         p = Path(ck["path"])
         weights = p.stem
         try:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            sha = h.hexdigest()[:16]
+            sha = file_sha256(p)[:16]
         except OSError:
             sha = None
     lo, hi = info["score_range"]
@@ -133,6 +134,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
         "weights_sha256": sha,
         "version": __version__,
         "runtime": loaded.runtime,
+        "precision": loaded.precision,
         "score_range": [lo, hi],
         "higher_is_better": info["higher_is_better"],
         "categories": info["categories"],
@@ -258,7 +260,7 @@ class Service:
                    else (x, [], None) for x in items]
         images = [img for img, _, err in decoded if err is None]
         preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
-                                   progress=False) if images else [])
+                                   autocast=self.loaded.autocast, progress=False) if images else [])
         out = []
         for _, notes, err in decoded:
             if err is not None:
