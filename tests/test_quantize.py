@@ -263,7 +263,7 @@ def test_cpu_sample_counts_only_the_other_processes(monkeypatch):
     ticks = os.sysconf("SC_CLK_TCK")
     stats = iter([(1000, 10_000), (1000 + int(0.4 * ticks) + 150, 10_000 + 400)])  # 400 jiffies over all CPUs
     own = iter([5.0, 5.4])  # this process used 0.4 s of CPU meanwhile
-    clock = iter([100.0, 100.5])
+    clock = iter([100.0, 100.5, 100.5])  # started; its age; the wait
     monkeypatch.setattr(th, "_proc_stat", lambda: next(stats))
     monkeypatch.setattr(th.time, "process_time", lambda: next(own))
     monkeypatch.setattr(th.time, "monotonic", lambda: next(clock))
@@ -272,6 +272,25 @@ def test_cpu_sample_counts_only_the_other_processes(monkeypatch):
     sample = th.CpuSample.start()
     # 150 busy jiffies of others out of 400: 0.375 of the machine = 1.5 of its 4 cores
     assert sample.busy_others(0.1) == pytest.approx(1.5)
+
+
+def test_an_old_cpu_sample_is_started_again(monkeypatch):
+    """After a long folder listing the plan samples the machine anew (its use now), waiting the
+    sample's length."""
+    import contentiqa.inference.threads as th
+
+    now = [100.0]
+    stats = iter([(0, 1000), (500, 2000), (900, 2400)])  # others busy half the time, then all of it
+    waited = []
+    monkeypatch.setattr(th, "_proc_stat", lambda: next(stats))
+    monkeypatch.setattr(th.time, "process_time", lambda: 1.0)
+    monkeypatch.setattr(th.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(th.time, "sleep", lambda s: (waited.append(s), now.__setitem__(0, now[0] + s)))
+    monkeypatch.setattr(th.os, "cpu_count", lambda: 2)
+    sample = th.CpuSample.start()
+    now[0] += th.SAMPLE_MAX_AGE + 1
+    assert sample.busy_others(0.1) == pytest.approx(2.0)  # the last 0.1 s only, not the average since the start (1.0)
+    assert waited == [pytest.approx(0.1)]
 
 
 def test_plan_threads_reads_a_started_sample(monkeypatch):

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 SAMPLE_SECONDS = 0.1
 """How long the CPU use of the machine is sampled before choosing (start-up cost)."""
+SAMPLE_MAX_AGE = 5.0
+"""A sample started longer ago than this (a long folder listing) is started again: the plan
+follows the machine's use now, not its average since the command began."""
 BUSY_THRESHOLD = 0.5
 """A core counts as taken when other processes use more than this fraction of it."""
 PARALLEL_RUNS_MIN_IMAGES = 8
@@ -100,6 +103,8 @@ class CpuSample:
         is ``min_seconds`` long), or None where /proc/stat is not there to tell."""
         if self.stat is None:
             return None
+        if time.monotonic() - self.started > SAMPLE_MAX_AGE:
+            self.__init__()
         wait = min_seconds - (time.monotonic() - self.started)
         if wait > 0:
             time.sleep(wait)
