@@ -12,7 +12,13 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
+# torch's wheels take about 6 GB unpacked (the CUDA build pip picks on x86_64): say so up front
+# rather than let pip fail half-way with "No space left on device".
+DISK_NOTE := import shutil; free = shutil.disk_usage('.').free / 2**30; \
+	print(f'note: {free:.1f} GB free here; installing torch takes about 6 GB') if free < 7 else None
+
 $(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c "$(DISK_NOTE)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
