@@ -335,7 +335,7 @@ def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch)
 
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
     args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True,
-                              precision=None)
+                              precision=None, autocast="auto")
     images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
     with client_for(model) as c:
         torch_rows = c.post("/v1/score", files=images).json()["results"]

@@ -652,7 +652,7 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
 
         # Many photos: the compute threads score whole photos side by side (one thread each);
         # a few: each photo's layers split over them (it comes back sooner).
-        args.plan = plan_threads(args.threads, images=len(entries), sample=getattr(args, "cpu_sample", None))
+        args.plan = plan_threads(args.threads, images=len(entries), sample=args.cpu_sample)
     model, model_spec, forward = _load_runtime(args)
     autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
     precision = args.precision_used or AUTOCAST_LABELS[autocast]

@@ -152,7 +152,7 @@ def _loader(args: argparse.Namespace):
         device = resolve_device(args.device)
         args.precision_used = None
         model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
-        autocast = resolve_autocast(getattr(args, "autocast", "auto"), args.runtime, model.device) if forward is None else None
+        autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
         return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
                            explainable=args.onnx_model is None, autocast=autocast,
                            precision=args.precision_used or AUTOCAST_LABELS[autocast])

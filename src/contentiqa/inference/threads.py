@@ -90,6 +90,9 @@ class CpuSample:
     used in the window (its imports) is subtracted: only the other processes count as busy."""
 
     def __init__(self) -> None:
+        self._begin()
+
+    def _begin(self) -> None:
         self.started = time.monotonic()
         self.stat = _proc_stat()
         self.own = time.process_time()
@@ -104,7 +107,7 @@ class CpuSample:
         if self.stat is None:
             return None
         if time.monotonic() - self.started > SAMPLE_MAX_AGE:
-            self.__init__()
+            self._begin()
         wait = min_seconds - (time.monotonic() - self.started)
         if wait > 0:
             time.sleep(wait)
