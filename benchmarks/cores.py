@@ -183,10 +183,11 @@ def main() -> None:
         load_after = os.getloadavg()
     med = {c: {k: statistics.median(v) for k, v in d.items() if k != "plan"} for c, d in results.items()}
     idle, loaded = med["idle"], med["loaded"]
-    # The best any pipeline can do that decodes on the same cores and starts a process: the
-    # backbone time, plus each photo's decoding shared over the cores, plus one start-up.
+    # The best any pipeline can do that decodes on the same cores and starts a process: one
+    # start-up with its first photo (`score` of one photo), then for each other photo the
+    # backbone time plus its decoding shared over the cores.
     n = len(files)
-    ceiling = n / (n / idle["limit"] + n * idle["decode ms/photo"] / 1e3 / cpus + idle["start-up s"])
+    ceiling = n / (idle["start-up s"] + (n - 1) * (1 / idle["limit"] + idle["decode ms/photo"] / 1e3 / cpus))
     ratios = {
         "score_idle_vs_limit_idle": idle["score (default)"] / idle["limit"],
         "ceiling_vs_limit_idle": ceiling / idle["limit"],

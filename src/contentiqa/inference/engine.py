@@ -22,8 +22,8 @@
   without it.
 - **Several images at once** (``concurrency``): up to N batches run in the model at the same
   time, each from its own thread. For ONNX Runtime with one compute thread per run this beats
-  one run split over N threads (benchmarks/results/cores.md: 48.1 against 34.4 images/s on 2
-  idle cores, 36.0 against 19.8 beside a busy process): every layer of a split run waits for
+  one run split over N threads (benchmarks/results/cores.md, on 2 idle cores and beside a busy
+  process): every layer of a split run waits for
   its slowest thread, whole images do not. Results are still made and handed out in the calling thread.
 - **Results as they come.** ``on_result(index, prediction)`` is called for every input as
   soon as it is scored (out of order); with ``return_results=False`` the engine keeps no

@@ -11,13 +11,13 @@ sample of ``/proc/stat``, else the load average), and never let idle threads spi
 
 Many images: the compute threads then run whole images side by side, one thread each
 (``runs``), instead of splitting each image's layers over all of them, because a split layer
-waits for its slowest thread and whole images do not (benchmarks/results/cores.md, IE-IQA's
-backbones on 2 idle cores: 48.1 images/s side by side against 34.4 split with spinning threads
-and 23.3 on one thread). One image (or a few) keeps the split, which is what makes it
+waits for its slowest thread and whole images do not (benchmarks/results/cores.md: IE-IQA's
+backbones on 2 idle cores run faster side by side than split, with or without spinning
+threads). One image (or a few) keeps the split, which is what makes it
 come back sooner. Side by side, a run on a shared core only slows itself, so a busy machine
 gets one run more than it has free cores (benchmarks/results/cores.md, beside one CPU-bound
-process on 2 cores: the bare backbone ran 36.0 images/s as 2 runs side by side, 27.3 as one
-run on one thread, 19.8 split over both cores); the extra run takes its share of a busy core
+process on 2 cores: 2 runs side by side beat one single-thread run, which beats one run split
+over both cores); the extra run takes its share of a busy core
 by the OS's fair scheduling, never by spinning. ``--threads 1`` leaves the other processes alone.
 """
 from __future__ import annotations
