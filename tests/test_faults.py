@@ -475,3 +475,28 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path, ckpt):
     other.write_text("x")
     assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
     assert not stale.exists() and other.exists()
+
+
+def test_file_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """One start-up asks for the weights' SHA-256 several times: it is read once. A file rewritten
+    in place (even with its size and modification time put back) is hashed again, and a file
+    changed in the last seconds is never remembered (a second write could keep its stat)."""
+    import contentiqa.utils.io as uio
+
+    first, second = hashlib.sha256(b"a" * 1000).hexdigest(), hashlib.sha256(b"b" + b"a" * 999).hexdigest()
+    reads = []
+    real = uio.hashlib.sha256
+    monkeypatch.setattr(uio.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"a" * 1000)
+    assert uio.file_sha256(f) == uio.file_sha256(f) == first
+    assert len(reads) == 2  # just written: not remembered
+    old = f.stat().st_mtime_ns - 10**10
+    os.utime(f, ns=(old, old))
+    monkeypatch.setattr(uio.time, "time_ns", lambda: f.stat().st_ctime_ns + 10**10)  # ten seconds later
+    reads.clear()
+    assert uio.file_sha256(f) == uio.file_sha256(f) and len(reads) == 1  # remembered
+    with open(f, "r+b") as fh:  # the same size, then the old times put back
+        fh.write(b"b")
+    os.utime(f, ns=(old, old))
+    assert uio.file_sha256(f) == second

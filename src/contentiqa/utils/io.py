@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -68,10 +69,29 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(data, tmp))
 
 
+_SHA256_SEEN: dict[tuple, str] = {}
+_SHA256_SETTLE_NS = 2_000_000_000
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (weights files, calibration files: what identifies a model)."""
-    h = hashlib.sha256()
+    """SHA-256 of a file's bytes (weights files, calibration files: what identifies a model).
+
+    Remembered for this process by the file's identity and stat (device, inode, size,
+    modification and change times): one ``score`` start-up asks for the weights' hash three
+    times (default precision, export cache key, result rows). A file that is rewritten gets a new
+    stat, so it is hashed again; one changed in the last :data:`_SHA256_SETTLE_NS` is not
+    remembered at all, since a second write within the clock's granularity could keep its stat
+    (git's "racy" entries)."""
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _SHA256_SEEN.get(key)
+        if known is not None:
+            return known
+        h = hashlib.sha256()
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SHA256_SETTLE_NS:
+        _SHA256_SEEN[key] = digest
+    return digest
