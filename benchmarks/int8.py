@@ -193,7 +193,7 @@ def time_model(st: dict, args) -> None:
 def summarise(st: dict, args) -> dict:
     from contentiqa.inference.quantize import calibration_path
 
-    name, weights, train, test = st["name"], st["weights"], st["train"], st["test"]
+    weights, train, test = st["weights"], st["train"], st["test"]
     variants, recipes, calib_files, scores, accuracy = (st[k] for k in ("variants", "recipes", "calib_files", "scores", "accuracy"))
     speed, load_before, load_after, timing_photos = st["speed"], st["load_before"], st["load_after"], st["timing_photos"]
     ref = np.array([scores["fp32"][p] for p in test])

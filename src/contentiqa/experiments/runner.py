@@ -441,7 +441,6 @@ def run_experiment(
         with dist_utils.main_first():  # rank 0 makes labels and splits; the others read them
             try:
                 loaded = [(spec, *load_data(spec, out, progress, say)) for spec in cfg.train_sets]
-                table = loaded[0][1]
                 tests = []
                 for t in cfg.tests:
                     if t == INTRA:
