@@ -275,3 +275,24 @@ def test_displayed_scores_are_clipped_to_the_scale_raw_ones_kept():
     assert [p.score for p in shown] == pytest.approx([lo, lo + 0.5 * (hi - lo), hi])
     assert "clipped" in shown[0].notes[-1] and "clipped" in shown[2].notes[-1]
     assert not shown[1].notes
+
+
+def test_the_engine_scores_in_eval_mode_and_leaves_the_mode_as_it_was(tmp_path, monkeypatch):
+    """A model in training mode is scored in eval mode, then put back; one already in eval mode
+    is not switched at all (switching walks every submodule: milliseconds per call, which a
+    server or a predict() loop paid on every request)."""
+    model = tiny_model()
+    paths = mixed_folder(tmp_path / "imgs")[:2]
+    modes = []
+    h = model.head.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    try:
+        model.train()
+        engine.predict_items(model, paths, batch_size=2, workers=0)
+        assert modes and not any(modes) and model.training and model.head.training
+        modes.clear()
+        model.eval()
+        monkeypatch.setattr(model, "train", lambda mode=True: pytest.fail("a model in eval mode was switched"))
+        engine.predict_items(model, paths, batch_size=2, workers=0)
+        assert modes and not any(modes) and not model.training
+    finally:
+        h.remove()
