@@ -296,3 +296,18 @@ def test_the_engine_scores_in_eval_mode_and_leaves_the_mode_as_it_was(tmp_path, 
         assert modes and not any(modes) and not model.training
     finally:
         h.remove()
+
+
+def test_prepared_inputs_are_run_as_they_are(tmp_path):
+    """An input preprocessed elsewhere (engine.Prepared) is batched and run without being read
+    or preprocessed again: the same scores as from the file, its path and notes kept."""
+    from contentiqa.data.imageio import load_image
+
+    model = tiny_model().eval()
+    paths = mixed_folder(tmp_path / "imgs")[:3]
+    direct = engine.predict_items(model, paths, batch_size=2, workers=0)
+    prepared = [engine.Prepared(model.preprocess(load_image(p).image), path=str(p), notes=("from elsewhere",))
+                for p in paths]
+    again = engine.predict_items(model, prepared, batch_size=2, workers=0)
+    assert [p.score for p in again] == pytest.approx([p.score for p in direct], abs=1e-6)
+    assert [p.path for p in again] == [str(p) for p in paths] and all("from elsewhere" in p.notes for p in again)

@@ -732,3 +732,29 @@ def test_serve_runs_and_reports_the_score_commands_precision(ckpt, model, tmp_pa
         args = build_parser().parse_args(["serve", "--model", ckpt, *bad])
         with pytest.raises(UsageError, match=why):
             args.func(args)
+
+
+def test_uploads_are_preprocessed_on_the_decoding_threads(model, monkeypatch):
+    """The thread that runs the model only stacks and runs: each upload is decoded and
+    preprocessed on a decoding thread (same scores as preprocessing on the model's thread), and
+    an upload whose preprocessing fails gets that error while the others are scored."""
+    images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))), ("c.jpg", jpeg(13)))
+    with client_for(model, decode_workers=0) as c:  # everything on the model's thread, as before
+        inline = c.post("/v1/score", files=images).json()["results"]
+    threads = []
+    real = type(model).preprocess
+
+    def recording(self, img):
+        threads.append(threading.current_thread().name)
+        if sorted(img.size) == [70, 90]:
+            raise RuntimeError("boom")
+        return real(self, img)
+
+    monkeypatch.setattr(type(model), "preprocess", recording)
+    with client_for(model, decode_workers=2) as c:
+        threads.clear()  # the warm-up pass at start-up ran on the model's thread
+        rows = c.post("/v1/score", files=images).json()["results"]
+    assert len(threads) == 3 and all(t.startswith("contentiqa-decode") for t in threads)
+    assert rows[1]["score"] is None and "preprocessing failed: boom" in rows[1]["error"]
+    assert [rows[0]["score"], rows[2]["score"]] == pytest.approx([inline[0]["score"], inline[2]["score"]], abs=1e-6)
+    assert rows[0]["error"] is None and rows[2]["error"] is None

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -49,7 +50,20 @@ DEFAULT_MAX_PREFETCH_BYTES = 256 * 2**20
 """Prepared tensors decoded ahead of the model stop being added beyond this many bytes."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An input already decoded and preprocessed (what ``model.preprocess`` returned), e.g. by a
+    server's decoding threads while the model ran other requests: the engine batches and runs it
+    as it is, so none of that work lands on the thread that runs the model."""
+
+    input: Any
+    path: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 def _prepare(model: IQAModel, item: Any, index: int = 0, on_image: Callable[[int, Any], None] | None = None):
+    if isinstance(item, Prepared):
+        return item.input, item.path, list(item.notes), None
     img, path, notes, err = load_image_safely(item, model)
     if err is not None:
         return None, path, notes, err
