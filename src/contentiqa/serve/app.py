@@ -100,6 +100,8 @@ class Decoded:
     with the reader's notes (EXIF rotation, ...)."""
 
     image: Any
+    """The decoded photo; None once ``prepared`` holds the model's input (a phone photo's pixels
+    are not held while it waits in the queue)."""
     notes: list[str]
     prepared: Any = None
 
@@ -311,7 +313,7 @@ class Service:
             prepared = self.loaded.model.preprocess(img)
         except Exception as exc:  # a preprocessing failure is that upload's error, as in the engine
             return None, notes, f"preprocessing failed: {exc}"
-        return Decoded(img, list(notes), prepared), notes, None
+        return Decoded(None, list(notes), prepared), notes, None  # the decoded photo is not kept: only its input
 
     def remaining(self, request: Request) -> float:
         deadline = request.scope.get("contentiqa.deadline")
