@@ -23,8 +23,10 @@
 - **Several images at once** (``concurrency``): up to N batches run in the model at the same
   time, each from its own thread. For ONNX Runtime with one compute thread per run this beats
   one run split over N threads (benchmarks/results/cores.md, on 2 idle cores and beside a busy
-  process): every layer of a split run waits for
-  its slowest thread, whole images do not. Results are still made and handed out in the calling thread.
+  process): every layer of a split run waits for its slowest thread, whole images do not.
+  Results are still made and handed out in the calling thread.
+- **Inputs prepared elsewhere** (:class:`Prepared`): a server that decodes and preprocesses
+  uploads on its own threads hands the engine the model's inputs, which it only batches and runs.
 - **Results as they come.** ``on_result(index, prediction)`` is called for every input as
   soon as it is scored (out of order); with ``return_results=False`` the engine keeps no
   predictions itself, so a run over millions of files holds only its working set.
