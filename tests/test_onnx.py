@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -508,3 +509,33 @@ def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, exam
         contentiqa.create_scorer("no-such-model")
     with pytest.raises(ValueError, match="precision"):
         contentiqa.create_scorer(ckpt, precision="fp16")
+
+
+def test_scorer_runs_many_photos_side_by_side(tiny_cr_onnx, tmp_path, monkeypatch):
+    """create_scorer().predict(many photos) does what `contentiqa score` does: when the plan of
+    the free cores says so, photos run side by side on a one-thread session of the same graph
+    (the same scores as one run); a few photos, or threads asked for by name, keep one run."""
+    import contentiqa.inference.engine as engine
+    import contentiqa.inference.onnx_runtime as ort_mod
+    from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES, ThreadPlan
+
+    _, path = tiny_cr_onnx
+    photos = []
+    for k in range(PARALLEL_RUNS_MIN_IMAGES):
+        p = tmp_path / f"{k}.png"
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (48 + 4 * k, 64, 3), dtype=np.uint8)).save(p)
+        photos.append(str(p))
+    calls = []
+    real = engine.predict_items
+    monkeypatch.setattr(engine, "predict_items", lambda *a, **k: calls.append(k.get("concurrency", 1)) or real(*a, **k))
+    monkeypatch.setattr(ort_mod, "plan_threads", lambda **k: ThreadPlan(threads=1, spinning=False, cpus=2, busy=0.0, runs=2))
+    one = ort_mod.OnnxScorer.from_file(path, threads=1)  # threads by name: one run, never planned
+    ref = [p.score for p in one.predict(photos)]
+    assert calls == [1] and one._one_thread_session is None
+    free = ort_mod.OnnxScorer.from_file(path, threads=1)
+    free.threads = None  # as create_scorer() leaves it: planned from the free cores
+    got = [p.score for p in free.predict(photos)]
+    assert calls[-1] == 2 and free._one_thread_session is not None
+    assert got == pytest.approx(ref, abs=1e-5)
+    free.predict(photos[: PARALLEL_RUNS_MIN_IMAGES - 1])
+    assert calls[-1] == 1  # a few photos: one run

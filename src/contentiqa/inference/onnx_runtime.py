@@ -32,7 +32,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,7 @@ from PIL import Image
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..utils.io import file_sha256
 from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, in_memory_checked, predictions_from_outputs, softmax
+from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, plan_threads
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -272,9 +273,14 @@ class OnnxScorer:
     training = False
 
     def __init__(self, session: Any, path: str | os.PathLike, *, weights_file: str | os.PathLike | None = None,
-                 weights_tag: str | None = None):
+                 weights_tag: str | None = None, threads: int | None = None):
         self.session = session
         self.path = Path(path)
+        self.threads = threads  # as asked for (None: planned from the free cores)
+        self._one_thread_session: Any = None  # made on first use: photos side by side (predict)
+        # The machine's CPU use since the last plan (or since now): read by predict() for many
+        # photos without a wait of its own when it comes 0.1 s or more later.
+        self._cpu_sample = CpuSample.start()
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         info = OnnxInfo.parse(self.metadata, self.path)
         self.info = info
@@ -299,7 +305,7 @@ class OnnxScorer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
-        return cls(make_session(path, threads=threads), path)
+        return cls(make_session(path, threads=threads), path, threads=threads)
 
     # -- what the engine and the CLI read ------------------------------------------------------
     @property
@@ -324,11 +330,30 @@ class OnnxScorer:
         return preprocess_array(image, self.mean, self.std, self.fixed_input_size)
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self._run(self.session, x)
+
+    def _run(self, session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+            outs = session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         except Exception as exc:  # onnxruntime's errors are not RuntimeErrors; the engine expects one
             raise RuntimeError(f"onnxruntime: {exc}") from None
         return {n: np.asarray(o) for n, o in zip(self.output_names, outs)}
+
+    def _side_by_side(self, n: int) -> tuple[int, Callable[[np.ndarray], dict[str, np.ndarray]] | None]:
+        """(runs, forward) for scoring ``n`` inputs: as `contentiqa score` does, many photos run
+        side by side, one thread each, on a one-thread session of the same graph (made once),
+        when the thread plan of the free cores says so; else one run on :attr:`session`. Threads
+        asked for by name keep their session."""
+        if self.threads is not None or n < PARALLEL_RUNS_MIN_IMAGES:
+            return 1, None
+        plan = plan_threads(images=n, sample=self._cpu_sample)
+        self._cpu_sample = CpuSample.start()
+        if plan.runs < 2:
+            return 1, None
+        if self._one_thread_session is None:
+            self._one_thread_session = make_session(self.path, threads=1, spinning=False)
+        session = self._one_thread_session
+        return plan.runs, lambda x: self._run(session, x)
 
     def results_from_outputs(self, out: dict[str, np.ndarray], paths: Sequence[str | None],
                              notes: Sequence[list[str]]) -> list[Prediction]:
@@ -347,7 +372,9 @@ class OnnxScorer:
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         single = not isinstance(inputs, (list, tuple))
         items = [in_memory_checked(self, it) for it in ([inputs] if single else list(inputs))]  # type: ignore[arg-type]
-        results = predict_items(self, items, batch_size=int(batch_size), progress=progress)  # type: ignore[arg-type]
+        runs, forward = self._side_by_side(len(items))
+        results = predict_items(self, items, batch_size=int(batch_size), progress=progress,  # type: ignore[arg-type]
+                                forward=forward, concurrency=runs)
         return results[0] if single else results
 
 
@@ -366,6 +393,6 @@ def cached_scorer(weights_file: str | os.PathLike, *, threads: int | None = None
         return None
     session, path = found
     try:
-        return OnnxScorer(session, path, weights_file=weights_file, weights_tag=weights_tag)
+        return OnnxScorer(session, path, weights_file=weights_file, weights_tag=weights_tag, threads=threads)
     except ValueError:  # metadata our export always writes are missing: treat as damaged
         return None

@@ -3,7 +3,7 @@
     >>> import contentiqa
     >>> scorer = contentiqa.create_scorer()            # the default model, its shipped weights
     >>> scorer.predict("photo.jpg").score
-    >>> scorer.predict(["a.jpg", "b.png"], batch_size=1)
+    >>> scorer.predict(["a.jpg", "b.png"], batch_size=1)   # 8 or more: side by side on the free cores
 
 Why a second entry point beside :func:`contentiqa.create_model`: the PyTorch model is what
 training, Grad-CAM and GPUs need; scoring on a CPU is faster in ONNX Runtime (the graph with
