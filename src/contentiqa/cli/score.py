@@ -419,11 +419,18 @@ AUTOCAST_LABELS = {None: "fp32", "bfloat16": "bf16", "float16": "fp16"}
 """The ``precision`` recorded in result rows for a PyTorch run with that autocast dtype."""
 
 
+def run_precision(args: argparse.Namespace, model, forward) -> tuple[str | None, str]:
+    """``(autocast dtype, precision label)`` of a loaded runtime (:func:`_load_runtime`): the
+    ONNX graph's precision, or the torch model's autocast under --autocast; what ``score`` rows
+    and ``serve`` responses record."""
+    autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
+    return autocast, args.precision_used or AUTOCAST_LABELS[autocast]
+
+
 def _ort_threads(args: argparse.Namespace) -> int | None:
     """ONNX Runtime intra-op threads per run: the run's thread plan (``args.plan``, made once the
-    inputs are counted), else --threads (None: planned when the session is made)."""
-    plan = getattr(args, "plan", None)
-    return plan.threads if plan is not None else args.threads
+    inputs are counted; None in ``serve``), else --threads (None: planned when the session is made)."""
+    return args.plan.threads if args.plan is not None else args.threads
 
 
 def _torch_free(args: argparse.Namespace):
@@ -654,8 +661,7 @@ def _run(args: argparse.Namespace, fmt: str | None, output: Path | None) -> int:
         # a few: each photo's layers split over them (it comes back sooner).
         args.plan = plan_threads(args.threads, images=len(entries), sample=args.cpu_sample)
     model, model_spec, forward = _load_runtime(args)
-    autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
-    precision = args.precision_used or AUTOCAST_LABELS[autocast]
+    autocast, precision = run_precision(args, model, forward)
     if args.max_pixels is not None:
         model.max_pixels = max(1, int(round(args.max_pixels * 1e6)))
     if args.max_side is not None:

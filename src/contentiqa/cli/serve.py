@@ -142,7 +142,7 @@ def _loader(args: argparse.Namespace):
     loads it (its runtime choice, ONNX export cache and error messages)."""
     from ..serve.app import LoadedModel
     from ._model_loading import resolve_device
-    from .score import AUTOCAST_LABELS, _load_runtime, resolve_autocast
+    from .score import _load_runtime, run_precision
 
     def load() -> LoadedModel:
         import torch
@@ -151,11 +151,11 @@ def _loader(args: argparse.Namespace):
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
         args.precision_used = None
+        args.plan = None  # one session whose threads follow the free cores (no per-run plan)
         model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
-        autocast = resolve_autocast(args.autocast, args.runtime, model.device) if forward is None else None
+        autocast, precision = run_precision(args, model, forward)
         return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
-                           explainable=args.onnx_model is None, autocast=autocast,
-                           precision=args.precision_used or AUTOCAST_LABELS[autocast])
+                           explainable=args.onnx_model is None, autocast=autocast, precision=precision)
 
     return load
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..utils.io import atomic_write_text, file_sha256  # noqa: F401  (file_sha256: also part of this module's API)
+from ..utils.io import atomic_write_text, file_sha256
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
 MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version")
