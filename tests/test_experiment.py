@@ -108,7 +108,7 @@ def test_experiment_writes_the_results_folder(tiny, first_run):
     s = results["runs"]["IQA-CR-Q"]["summary"]
     assert s["TINY"]["srocc"]["n"] == 2 and s["OTHER"]["plcc"]["n"] == 2
     md = (out / "results.md").read_text()
-    assert "| model | splits | TINY PLCC | TINY SROCC | TINY RMSE | TINY acc. | OTHER PLCC | OTHER SROCC | OTHER RMSE | OTHER acc. |" in md
+    assert "| model | splits | min/epoch | TINY PLCC | TINY SROCC | TINY RMSE | TINY acc. | OTHER PLCC | OTHER SROCC | OTHER RMSE | OTHER acc. |" in md
     row = next(line for line in md.splitlines() if line.startswith("| IQA-CR-Q |"))
     assert row.count("±") == 6 and "| 2 |" in row  # no accuracy for the quality-only model
     assert next(line for line in md.splitlines() if line.startswith("| needs weights |")).count("skipped") == 1

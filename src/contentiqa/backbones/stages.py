@@ -68,6 +68,13 @@ def run_stages_levels(stages: list[nn.Module], x: torch.Tensor, levels: list[int
     return maps
 
 
+def frozen_levels(levels: list[int], start: int) -> tuple[list[int], list[int]]:
+    """``levels`` split at a cache boundary: those computed inside the ``start`` cached stages
+    (before the cached map, stage ``start - 1``; a cache must hold them already pooled) and
+    those computed from the cached map on."""
+    return [i for i in levels if i < start - 1], [i for i in levels if i >= start - 1]
+
+
 def stage_channels(backbone: nn.Module, stage: int) -> int:
     """Output channels of ``backbone_stages(backbone)[stage]`` (negative indices allowed)."""
     stages = backbone_stages(backbone)

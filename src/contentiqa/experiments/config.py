@@ -33,7 +33,7 @@ INTRA = "split"
 
 TOP_KEYS = {"name", "description", "data", "protocol", "seeds", "splits", "test", "model", "model_args", "train",
             "runs", "requires", "cache_dir", "checkpoint", "out"}
-DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing", "protocol"}
+DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing", "protocol", "val_fraction"}
 RUN_KEYS = {"name", "model", "model_args", "train", "seeds", "requires"}
 CHECKPOINTS = ("auto", "best", "last")
 
@@ -109,6 +109,10 @@ class DataSpec:
     skip_missing: bool = False
     protocol: str | None = None
     """This training set's split protocol (None: the experiment's ``protocol``)."""
+    val_fraction: float | None = None
+    """For a protocol without a validation part (``ie-iqa``): the share of each split's train
+    part held out as one, drawn per seed. Model selection, early stopping and calibration then
+    see validation photos only, never the test part."""
 
 
 @dataclass
@@ -162,7 +166,10 @@ class ExperimentConfig:
         return INTRA in self.tests
 
     def test_labels(self) -> list[str]:
-        """Column-group labels of the results table, in order."""
+        """Column-group labels of the results table, in order (with no test sets: the training
+        sets' validation parts, ``"<label> val"``)."""
+        if not self.tests:
+            return [f"{d.label} val" for d in self.train_sets]
         out: list[str] = []
         for t in self.tests:
             out += [d.label for d in self.train_sets] if t == INTRA else [t.label]  # type: ignore[union-attr]
@@ -215,7 +222,15 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
             labels = resolve_path(d["labels"], base, f"{where}.labels")
     args = _expand_all(_mapping(d.get("args"), f"{where}.args"), f"{where}.args")
     protocol = str(d["protocol"]) if d.get("protocol") else None
-    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)), protocol)
+    val_fraction = None
+    if d.get("val_fraction") is not None:
+        try:
+            val_fraction = float(d["val_fraction"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.val_fraction: expected a number in (0, 0.5], got {d['val_fraction']!r}") from None
+        if not 0 < val_fraction <= 0.5:
+            raise ConfigError(f"{where}.val_fraction: expected a number in (0, 0.5], got {val_fraction}")
+    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)), protocol, val_fraction)
 
 
 def _paths(values: Any, base: Path, where: str) -> list[Path]:
@@ -257,7 +272,12 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     seeds = _seeds(raw.get("seeds", 1), f"{where}: seeds")
 
     tests: list[DataSpec | str] = []
-    for i, t in enumerate(raw.get("test") or [INTRA]):
+    raw_tests = raw.get("test") or [INTRA]
+    if isinstance(raw_tests, str) and raw_tests.strip().lower() == "none":
+        raw_tests = []  # model selection: validation parts only, no test part is scored
+    elif not isinstance(raw_tests, list):
+        raise ConfigError(f"{where}: test must be a list (or 'none' for validation only), not {raw_tests!r}")
+    for i, t in enumerate(raw_tests):
         if isinstance(t, str) and t.strip().lower() in (INTRA, "intra", "test"):
             if INTRA in tests:
                 raise ConfigError(f"{where}: test[{i}]: '{INTRA}' listed twice")

@@ -212,6 +212,7 @@ class TrainSet:
     table: pd.DataFrame
     scale: Any
     splits: dict[int, Any]
+    val_fraction: float | None = None
 
 
 def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
@@ -223,6 +224,13 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
         own[ts.label] = {p: ts.table.iloc[split.indices(ts.table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
         if "train" not in own[ts.label]:
             raise ConfigError(f"{ts.label}: split seed {seed} has no train part")
+        if ts.val_fraction and "val" not in own[ts.label]:
+            # Held out of the train part, drawn per seed: the test part stays untouched.
+            train = own[ts.label]["train"]
+            order = np.random.default_rng([seed, 17]).permutation(len(train))
+            n_val = max(1, int(round(ts.val_fraction * len(train))))
+            own[ts.label]["val"] = train.iloc[np.sort(order[:n_val])]
+            own[ts.label]["train"] = train.iloc[np.sort(order[n_val:])]
     if len(sets) == 1:
         return dict(own[sets[0].label]), own
     combined = {}
@@ -269,10 +277,13 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         return None
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
     chosen = trainer.load_best() if use_best else trainer.model
+    calibration = trainer.calibrate(chosen) if tcfg.calibrate else None
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
         "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
+        "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
+        "device": tcfg.device, "calibration": calibration,
         "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
         "n_test": sum(len(o.get("test", [])) for o in own.values()),
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
@@ -295,6 +306,14 @@ class _RunUnavailable(Exception):
 
 
 # -- tables -------------------------------------------------------------------------------------
+def _scored(split: dict[str, Any], label: str) -> dict[str, float]:
+    """One split's metrics for a table column group: a test set's, or (a config with no test
+    sets, for model selection) a training set's validation metrics."""
+    if label in split["test"] or not label.endswith(" val"):
+        return split["test"].get(label, {})
+    name, val = label[:-len(" val")], split.get("val", {})
+    own = {k.split("/", 1)[1]: v for k, v in val.items() if k.startswith(f"{name}/")}
+    return own or {k: v for k, v in val.items() if "/" not in k}
 def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str, Any]:
     from ..metrics import mean_std
 
@@ -303,7 +322,7 @@ def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str
         splits = per_run.get(run.name, [])
         summary = {}
         for label in cfg.test_labels():
-            rows = [{k: s["test"][label][k] for k in SUMMARY_METRICS if k in s["test"].get(label, {})} for s in splits]
+            rows = [{k: _scored(s, label)[k] for k in SUMMARY_METRICS if k in _scored(s, label)} for s in splits]
             rows = [r for r in rows if r]
             if rows:
                 summary[label] = mean_std(rows)
@@ -334,20 +353,26 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         for m in TABLE_METRICS:
             if any(m in r["summary"].get(label, {}) for r in results.values()):
                 cols.append((label, m))
-    header = ["model", "splits"] + [f"{label} {METRIC_NAMES[m]}" for label, m in cols]
+    header = ["model", "splits", "min/epoch"] + [f"{label} {METRIC_NAMES[m]}" for label, m in cols]
     rows = []
+    trained_parts = []
     for run in cfg.runs:
         r = results.get(run.name)
         if run.name in skipped_runs and not (r and r["splits"]):
-            rows.append([run.name, "0"] + ["skipped"] + ["–"] * (len(cols) - 1) if cols else [run.name, "skipped"])
+            rows.append([run.name, "0", "–"] + ["skipped"] + ["–"] * (len(cols) - 1) if cols else [run.name, "skipped", "–"])
             continue
-        cells = [run.name, str(len(r["seeds"])) if r else "0"]
+        splits = r["splits"] if r else []
+        mins = [float(sp["minutes_per_epoch"]) for sp in splits if sp.get("minutes_per_epoch") is not None]
+        what = sorted({f"{sp['trained']} on {sp.get('device', 'cpu')}" for sp in splits if sp.get("trained")})
+        if what:
+            trained_parts.append(f"{run.name}: {'; '.join(what)}")
+        cells = [run.name, str(len(r["seeds"])) if r else "0", f"{sum(mins) / len(mins):.1f}" if mins else "–"]
         for label, m in cols:
             f = format_mean_std(r["summary"].get(label, {}), [m]) if r else {}
             cells.append(f.get(m, "–"))
         rows.append(cells)
     if not cols:
-        header = header[:2]
+        header = header[:3]
     parts = [f"# {cfg.name}\n"]
     if cfg.description:
         parts.append(cfg.description + "\n")
@@ -355,7 +380,7 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     names = {"iqa-cr": "IQA-CR (80/10/10, stratified by spatial information x MOS; val part for early stopping)",
              "ie-iqa": "IE-IQA (80/20, no val part)",
              "official": f"the release's own train/test split ({OFFICIAL_VAL_FRACTION:.0%} of its train part, drawn per seed, for early stopping)"}
-    where = []
+    where = [] if cfg.tests else ["nothing: validation parts only (model selection)"]
     for t in cfg.tests:
         where += ([f"{d.label}: the split's test part" for d in cfg.train_sets] if t == INTRA
                   else [f"{t.label}: all of it (cross-dataset)"])
@@ -371,6 +396,9 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
     ]
+    if trained_parts:
+        notes.append("What trained (min/epoch: mean wall-clock minutes per epoch, validation included): "
+                     + ". ".join(trained_parts) + ".")
     for name, why in skipped_runs.items():
         notes.append("Skipped " + "; ".join(why))
     return "\n".join(parts) + "\n" + "\n\n".join(notes) + "\n"
@@ -455,7 +483,8 @@ def run_experiment(
                 say(f"skipped {cfg.name}: {reason}")
                 result.skipped = [reason]
                 return result
-            sets = [TrainSet(spec.label, t, sc, _splits(cfg, t, out, progress, spec)) for spec, t, sc in loaded]
+            sets = [TrainSet(spec.label, t, sc, _splits(cfg, t, out, progress, spec), spec.val_fraction)
+                    for spec, t, sc in loaded]
         say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on "
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")

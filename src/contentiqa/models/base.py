@@ -7,6 +7,7 @@ everything between a file and a tensor.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -42,6 +43,22 @@ IQA_CR_CATEGORIES = (
 )
 
 
+@dataclass(frozen=True)
+class CachePart:
+    """One component of a model's frozen part, cached on its own (see
+    :func:`contentiqa.training.cache.cached_encodings`).
+
+    ``key`` names what computes it besides the frozen weights (backbone, input size, pooling);
+    ``modules`` are the frozen modules whose weights it depends on (their fingerprint keys the
+    cache); ``encode(views)`` returns its tensors, with a leading view axis. Two models whose
+    parts have the same name, key and weights share those encodings."""
+
+    name: str
+    key: str
+    modules: tuple[nn.Module, ...]
+    encode: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
 def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """8-bit RGB PIL image -> normalised float tensor (3, H, W), no resizing.
 
@@ -74,8 +91,8 @@ class IQAModel(nn.Module):
     - :meth:`parameter_groups`: ``head`` / ``backbone`` parameters (the trainer gives the
       backbone ``backbone_lr_scale`` and the head-only warm-up);
     - staged backbone (frozen-stage cache): :attr:`stages`, :attr:`levels`,
-      :attr:`feature_end`, :meth:`freeze_stages`, :meth:`frozen_modules`, :meth:`cache_tag`,
-      :meth:`cache_views`, :meth:`cache_encode`, :meth:`forward_cached`
+      :attr:`feature_end`, :meth:`freeze_stages`, :meth:`frozen_modules`, :meth:`cache_parts`,
+      :meth:`cache_views`, :meth:`cache_encode`, :meth:`forward_cached`, :meth:`trained_stages`
       (:attr:`supports_stage_cache` says whether they are filled in);
     - explanations: :meth:`gradcam_modules`, :meth:`attention_layers`, :attr:`token_grid`;
     - export: :attr:`fixed_input_size`, :meth:`onnx_unsupported_reason`.
@@ -135,6 +152,27 @@ class IQAModel(nn.Module):
         self.scale = scale
         if getattr(self, "cfg", None) is not None:
             self.cfg.scale = scale.to_dict()
+
+    def calibrate(self, score: torch.Tensor) -> torch.Tensor:
+        """The normalised score through the model's calibration, when it has one: a logistic
+        ``a + b / (1 + exp(-(s - c) / d))`` (``cfg.calibration = [a, b, c, d]``, b, d > 0), fitted on
+        validation data after training so that the output lands on the rating scale as people
+        use it. Monotone, so rankings (SROCC) are unchanged; bounded by a and a + b, so a photo
+        never leaves the scale. Part of ``forward``: every runtime, ONNX included, applies it."""
+        cal = self.cfg.calibration
+        if not cal:
+            return score
+        a, b, c, d = (float(v) for v in cal)
+        return a + b * torch.sigmoid((score - c) / d)
+
+    def set_calibration(self, params: Sequence[float] | None) -> None:
+        """Store a calibration (see :meth:`calibrate`) in the model's config: it travels with the
+        weights in every checkpoint."""
+        if params is not None:
+            params = [float(v) for v in params]
+            if len(params) != 4 or not (params[1] > 0 and params[3] > 0):
+                raise ValueError(f"calibration must be [a, b, c, d] with b, d > 0 (monotone), got {params}")
+        self.cfg.calibration = params
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """The model's own score loss: MSE between predicted and normalised MOS. The trainer
@@ -204,17 +242,35 @@ class IQAModel(nn.Module):
     def _no_cache(self) -> NotImplementedError:
         return NotImplementedError(f"{self.model_name} has no frozen-stage cache hooks")
 
-    def cache_tag(self) -> str:
-        """What, besides the frozen weights, makes cached encodings differ (backbone, sizes)."""
+    def cache_parts(self, start_stage: int) -> list[CachePart]:
+        """The independently cached components of the frozen part at ``start_stage``."""
         raise self._no_cache()
 
-    def cache_views(self, image: Image.Image, train: bool) -> list[torch.Tensor]:
-        """The views of ``image`` whose encodings are cached (training: augmented ones)."""
-        raise self._no_cache()
+    def cache_view_names(self) -> str:
+        """What :meth:`cache_views` returns, in words (part of the cache key)."""
+        return "image, mirror"
+
+    def cache_views(self, image: Image.Image) -> list[torch.Tensor]:
+        """The views of ``image`` whose encodings are cached: the image as :meth:`preprocess`
+        gives it (what evaluation scores) and its mirror (a flip for training)."""
+        x = self.preprocess(image)
+        return [x, x.flip(-1)]
 
     def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
-        """The frozen part's output for a batch of views (leading axis = view)."""
-        raise self._no_cache()
+        """The frozen part's output for a batch of views (leading axis = view): every cache
+        part's tensors together, as :meth:`forward_cached` takes them."""
+        out: dict[str, torch.Tensor] = {}
+        for part in self.cache_parts(start_stage):
+            out.update(part.encode(views))
+        return out
+
+    def trained_stages(self, start_stage: int) -> str:
+        """Which stages train on top of ``start_stage`` cached ones, in words (results files)."""
+        n = len(self.stages)
+        if start_stage >= self.feature_end:
+            return "head only (backbone frozen; pooled features cached)"
+        return (f"backbone stages {start_stage}-{self.feature_end - 1} of 0-{n - 1} and the head "
+                f"(stages 0-{start_stage - 1} frozen and cached)" if start_stage else "everything (nothing cached)")
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
         """``forward`` from :meth:`cache_encode`'s output."""

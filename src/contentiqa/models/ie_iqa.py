@@ -45,9 +45,9 @@ from PIL import Image
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, resolve_levels, run_stages, run_stages_levels, set_bn_eval
+from ..backbones.stages import backbone_stages, frozen_levels, resolve_levels, run_stages, run_stages_levels, set_bn_eval
 from ..data.table import MOSScale
-from .base import IQAModel, pil_to_tensor
+from .base import CachePart, IQAModel, pil_to_tensor
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
 from .selection import Selection, num_selected, select_features
 
@@ -122,6 +122,9 @@ class IEIQAConfig:
     input_size: int = 224
     train_resize: int = 244
     scale: dict = field(default_factory=lambda: {"low": 0.0, "high": 100.0, "higher_is_better": True})
+    calibration: list[float] | None = None
+    """A monotone map of the normalised score fitted on validation data after training
+    (:func:`contentiqa.training.calibration.fit_calibration`); None = the raw regression."""
 
     def __post_init__(self):
         if self.intelligibility_task in ("", "none", "None"):
@@ -324,34 +327,37 @@ class IEIQA(IQAModel):
         return resize_crop_flip(image, self.cfg.input_size, self.cfg.train_resize, True, self.mean, self.std)
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------
-    def cache_tag(self) -> str:
+    def cache_parts(self, start_stage: int) -> list[CachePart]:
+        """Two parts, each cached under its own key: the frozen distortion stages (shared with
+        ``ie-iqa-distortion``, which has the same ones) and the raw intelligibility features.
+
+        Distortion part: stage ``start_stage - 1``'s map (``x``) and the global means of the
+        levels computed before it (``gf``, when some are); with the whole used distortion
+        backbone frozen (``start_stage >= feature_end``) the pooled features g themselves (``g``).
+        Intelligibility part: f, before selection (``f``; selection is cheap, so one cache
+        serves every ratio)."""
         c = self.cfg
-        return (f"{c.distortion_backbone}|{c.distortion_checkpoint}|{c.intelligibility_task}|{c.intelligibility_backbone}|"
-                f"{c.intelligibility_checkpoint}|{c.intelligibility_input_size}|{c.input_size}|{c.train_resize}")
-
-    def cache_views(self, image: Image.Image, train: bool) -> list[torch.Tensor]:
-        """Training views for caching: the 244-px resize cropped to 224 at the four corners and
-        the centre, each also mirrored (a fixed sample of §4.2's random crop + flip); test: the
-        224-px resize."""
-        if not train:
-            return [self.preprocess(image)]
-        big = pil_to_tensor(image.resize((self.cfg.train_resize,) * 2, Image.BILINEAR), self.mean, self.std)
-        n, r = self.cfg.input_size, self.cfg.train_resize
-        offsets = [(0, 0), (0, r - n), (r - n, 0), (r - n, r - n), ((r - n) // 2, (r - n) // 2)]
-        crops = [big[:, t:t + n, l:l + n] for t, l in offsets]
-        return crops + [c.flip(-1) for c in crops]
-
-    def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
-        """The frozen part's output: stage ``start_stage``'s map (``x``), or, with the whole used
-        distortion backbone frozen (``start_stage == feature_end``), the pooled distortion
-        features g themselves (``g``); plus the raw intelligibility features (``f``)."""
-        if start_stage >= self.feature_end:
-            out = {"g": self.distortion_features(views)}
-        else:
-            out = {"x": run_stages(self.stages, views, 0, start_stage) if start_stage else views}
+        pooled = start_stage >= self.feature_end
+        frozen, _ = frozen_levels(self.levels, start_stage)
+        dist_key = (f"{c.distortion_backbone}|{c.distortion_checkpoint}|{c.input_size}|"
+                    + (f"pooled levels {self.levels}" if pooled else f"frozen levels {frozen}"))
+        dist_mods = tuple(self.stages[:self.feature_end] if pooled else self.stages[:start_stage])
+        parts = [CachePart("distortion", dist_key, dist_mods, lambda v: self._encode_distortion(v, start_stage))]
         if self.intelligibility is not None:
-            out["f"] = self.raw_intelligibility_features(views)
-        return out
+            intel_key = (f"{c.intelligibility_task}|{c.intelligibility_backbone}|{c.intelligibility_checkpoint}|"
+                         f"{c.intelligibility_input_size}|{c.input_size}|{self.mean}|{self.std}")
+            parts.append(CachePart("intelligibility", intel_key, (self.intelligibility,),
+                                   lambda v: {"f": self.raw_intelligibility_features(v)}))
+        return parts
+
+    def _encode_distortion(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
+        if start_stage >= self.feature_end:
+            return {"g": self.distortion_features(views)}
+        frozen, _ = frozen_levels(self.levels, start_stage)
+        if not frozen:
+            return {"x": run_stages(self.stages, views, 0, start_stage) if start_stage else views}
+        maps = run_stages_levels(self.stages, views, frozen + [start_stage - 1])
+        return {"x": maps[-1], "gf": torch.cat([m.mean(dim=(2, 3)) for m in maps[:-1]], dim=1)}
 
     def frozen_modules(self, start_stage: int) -> list[nn.Module]:
         """The frozen distortion stages and the intelligibility branch (its features are cached)."""
@@ -361,7 +367,8 @@ class IEIQA(IQAModel):
         f_sel = self.select_from_raw(inputs["f"].float()).features if "f" in inputs else None
         if start_stage >= self.feature_end:
             return {"score": self.regress(inputs["g"], f_sel)}
-        return self(inputs["x"], cached_intelligibility=f_sel, start_stage=start_stage)
+        g = self.distortion_features(inputs["x"], start_stage, frozen_pooled=inputs.get("gf"))
+        return {"score": self.regress(g, f_sel.to(g.dtype) if f_sel is not None else None)}
 
     def gradcam_modules(self) -> list[nn.Module]:
         """The distortion backbone's pooled levels, shallow to deep (the deepest through its
@@ -370,12 +377,19 @@ class IEIQA(IQAModel):
         return [self.stages[i] for i in self.levels[:-1]] + [self.distortion_tap]
 
     # -- the two branches --------------------------------------------------------------------
-    def distortion_features(self, x: torch.Tensor, start_stage: int = 0) -> torch.Tensor:
+    def distortion_features(self, x: torch.Tensor, start_stage: int = 0,
+                            frozen_pooled: torch.Tensor | None = None) -> torch.Tensor:
         """g: the pooled distortion features (B, N_g). ``start_stage`` > 0: ``x`` is the cached
-        output of the first ``start_stage`` (frozen) stages of the distortion backbone."""
-        maps = run_stages_levels(self.stages, x, self.levels, start_stage)
+        output of the first ``start_stage`` (frozen) stages of the distortion backbone, and
+        ``frozen_pooled`` the cached global means of the levels computed inside them."""
+        frozen, live = frozen_levels(self.levels, start_stage)
+        if frozen and frozen_pooled is None:
+            raise ValueError(f"levels {frozen} lie inside the {start_stage} cached stages: pass their pooled "
+                             "features (frozen_pooled, the cache's 'gf')")
+        maps = run_stages_levels(self.stages, x, live, start_stage)
         maps[-1] = self.distortion_tap(maps[-1])  # the deepest map: Grad-CAM's target
-        return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+        pooled = [m.mean(dim=(2, 3)) for m in maps]
+        return torch.cat(([frozen_pooled.to(x.dtype)] if frozen else []) + pooled, dim=1)
 
     def intelligibility_input(self, x: torch.Tensor) -> torch.Tensor:
         """The model input converted to the intelligibility network's normalisation (and size)."""
@@ -440,7 +454,7 @@ class IEIQA(IQAModel):
             h = fc(h)
             if i < len(self.fc):
                 h = self.drop(F.relu(h))
-        return h[:, 0]
+        return self.calibrate(h[:, 0])
 
     def forward(
         self,

@@ -71,9 +71,9 @@ import torch
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, freeze_stages, resolve_levels, run_stages, run_stages_levels, set_bn_eval
+from ..backbones.stages import backbone_stages, freeze_stages, frozen_levels, resolve_levels, run_stages_levels, set_bn_eval
 from ..data.table import MOSScale
-from .base import IQA_CR_CATEGORIES, IQAModel, pil_to_tensor
+from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
 VARIANTS = ("full", "q", "c", "mtl-transformer", "mtl-pooled")
@@ -116,6 +116,9 @@ class IQACRConfig:
     mismatch is an error, never silently corrected)."""
     categories: tuple[str, ...] = IQA_CR_CATEGORIES
     scale: dict = field(default_factory=lambda: {"low": 0.0, "high": 100.0, "higher_is_better": True})
+    calibration: list[float] | None = None
+    """A monotone map of the normalised score fitted on validation data after training
+    (:func:`contentiqa.training.calibration.fit_calibration`); None = the raw regression."""
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -387,7 +390,7 @@ class IQACR(IQAModel):
         out = self.head(pooled)
         result: dict[str, torch.Tensor] = {}
         if self.cfg.predicts_score:
-            result["score"] = out[:, 0]
+            result["score"] = self.calibrate(out[:, 0])
             out = out[:, 1:]
         if self.cfg.predicts_category:
             result["logits"] = out
@@ -397,34 +400,50 @@ class IQACR(IQAModel):
         return self.head_outputs(self.encode(self.features(x, start_stage)))
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------
-    def cache_tag(self) -> str:
-        return f"{self.cfg.backbone}|{self.cfg.backbone_checkpoint}|{self.mean}|{self.std}"
+    def cache_parts(self, start_stage: int) -> list[CachePart]:
+        """One part, the frozen backbone stages. With the whole used backbone frozen
+        (``start_stage >= feature_end``): the grid-pooled map of every level (``grid``, channels
+        of the levels concatenated) and their global means (``gap``), kilobytes per photo instead
+        of megabytes, which is what makes 10,000-photo datasets trainable on a CPU. Otherwise
+        stage ``start_stage - 1``'s map (``x``) and the grid-pooled maps of the levels computed
+        before it (``gridf``, when some are), which is all the head reads of them."""
+        pooled = start_stage >= self.feature_end
+        frozen, _ = frozen_levels(self.levels, start_stage)
+        key = (f"{self.cfg.backbone}|{self.cfg.backbone_checkpoint}|{self.mean}|{self.std}|grid {self.cfg.grid}|"
+               + (f"pooled levels {self.levels}" if pooled else f"frozen levels {frozen}"))
+        mods = tuple(self.stages[:self.feature_end] if pooled else self.stages[:start_stage])
+        return [CachePart("backbone", key, mods, lambda v: self._encode_frozen(v, start_stage))]
 
-    def cache_views(self, image, train: bool) -> list[torch.Tensor]:
-        """Views whose frozen encodings are cached: the image and (training) its mirror."""
-        x = self.preprocess(image)
-        return [x, x.flip(-1)] if train else [x]
-
-    def cache_encode(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
-        """The frozen part's output. With the whole used backbone frozen (``start_stage ==
-        feature_end``) that is the grid-pooled map of every level (``grid``, channels of the
-        levels concatenated) and their global means (``gap``): kilobytes per photo instead of
-        megabytes, which is what makes 10,000-photo datasets trainable on a CPU."""
+    def _encode_frozen(self, views: torch.Tensor, start_stage: int) -> dict[str, torch.Tensor]:
         if start_stage >= self.feature_end:
             maps = self.features(views)
             return {
                 "grid": torch.cat([adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in maps], dim=1),
                 "gap": torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1),
             }
-        return {"x": run_stages(self.stages, views, 0, start_stage)}
+        frozen, _ = frozen_levels(self.levels, start_stage)
+        maps = run_stages_levels(self.stages, views, frozen + [start_stage - 1]) if start_stage else [views]
+        out = {"x": maps[-1]}
+        if frozen:
+            out["gridf"] = torch.cat([adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in maps[:-1]], dim=1)
+            out["gapf"] = torch.cat([m.mean(dim=(2, 3)) for m in maps[:-1]], dim=1)
+        return out
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
+        n_frozen = len(frozen_levels(self.levels, start_stage)[0])
         if start_stage >= self.feature_end:
             if self.cfg.variant == "mtl-pooled":
                 return self.head_outputs(inputs["gap"])
             grids = list(torch.split(inputs["grid"], self.level_channels, dim=1))
             return self.head_outputs(self.encode_grid(grids))
-        return self(inputs["x"], start_stage=start_stage)
+        if not n_frozen:
+            return self(inputs["x"], start_stage=start_stage)
+        live = run_stages_levels(self.stages, inputs["x"], frozen_levels(self.levels, start_stage)[1], start_stage)
+        if self.cfg.variant == "mtl-pooled":
+            return self.head_outputs(torch.cat([inputs["gapf"]] + [m.mean(dim=(2, 3)) for m in live], dim=1))
+        grids = list(torch.split(inputs["gridf"], self.level_channels[:n_frozen], dim=1))
+        grids += [adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in live]
+        return self.head_outputs(self.encode_grid(grids))
 
     def attention_layers(self) -> list[MultiHeadAttention]:
         return [m for layer in self.layers for m in layer.attention_modules()]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
-from ..models.base import IQAModel, pil_to_tensor
+from ..models.base import CachePart, IQAModel, pil_to_tensor
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -82,13 +82,20 @@ def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_key(path: str) -> str:
+def _file_key(path: str, damage: str = "") -> str:
     st = os.stat(path)
-    return f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
+    key = f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
+    return f"{key}|{damage}" if damage else key
 
 
 def _entry_name(file_key: str) -> str:
     return hashlib.sha1(file_key.encode()).hexdigest()[:24] + ".pt"
+
+
+def damage_seed(path: str, damage: str) -> int:
+    """The noise seed of one damaged copy: fixed per (file, damage), so a cached encoding and a
+    recomputed one agree."""
+    return int(hashlib.sha1(f"{os.path.basename(path)}|{damage}".encode()).hexdigest()[:8], 16)
 
 
 def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
@@ -106,27 +113,28 @@ def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 class _EncodeWrapper(nn.Module):
-    """``model.cache_encode(views, start_stage)`` as a tuple in the order of ``names`` (export)."""
+    """One cache part's ``encode(views)`` as a tuple in the order of ``names`` (export)."""
 
-    def __init__(self, model: nn.Module, start_stage: int, names: Sequence[str]):
+    def __init__(self, owner: nn.Module, part: CachePart, names: Sequence[str]):
         super().__init__()
-        self.model, self.start_stage, self.names = model, start_stage, tuple(names)
+        self.owner, self.names = owner, tuple(names)
+        self.encode = part.encode
 
     def forward(self, views: torch.Tensor):
-        out = self.model.cache_encode(views, self.start_stage)
+        out = self.encode(views)
         return tuple(out[n] for n in self.names)
 
 
 class OnnxEncoder:
-    """``cache_encode`` run by ONNX Runtime: about twice as fast as eager PyTorch on a CPU,
-    which is what a first pass over a 10,000-photo dataset is bound by. One graph per input
-    shape (exported on first use into a temporary folder), checked against PyTorch on its
+    """A cache part's ``encode`` run by ONNX Runtime: about twice as fast as eager PyTorch on a
+    CPU, which is what a first pass over a 10,000-photo dataset is bound by. One graph per
+    input shape (exported on first use into a temporary folder), checked against PyTorch on its
     first input; encodings agree to float16 storage precision."""
 
-    def __init__(self, model: nn.Module, start_stage: int, threads: int | None = None, atol: float = 2e-3):
+    def __init__(self, model: nn.Module, part: CachePart, threads: int | None = None, atol: float = 2e-3):
         import tempfile
 
-        self.model, self.start_stage, self.threads, self.atol = model, start_stage, threads, atol
+        self.model, self.part, self.threads, self.atol = model, part, threads, atol
         self.dir = tempfile.TemporaryDirectory(prefix="contentiqa-enc-")
         self.sessions: dict[tuple, Any] = {}
         self.names: list[str] | None = None
@@ -138,12 +146,12 @@ class OnnxEncoder:
 
         shape = tuple(views.shape)
         if shape not in self.sessions:
-            ref = self.model.cache_encode(views, self.start_stage)
+            ref = self.part.encode(views)
             self.names = sorted(ref)
             path = Path(self.dir.name) / f"enc_{len(self.sessions)}.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_EncodeWrapper(self.model, self.start_stage, self.names).eval(), (views,), str(path),
+                torch.onnx.export(_EncodeWrapper(self.model, self.part, self.names).eval(), (views,), str(path),
                                   dynamo=False, opset_version=17, input_names=["views"], output_names=self.names,
                                   do_constant_folding=True)
             sess = make_session(path, threads=self.threads)
@@ -161,6 +169,16 @@ class OnnxEncoder:
         return {n: torch.from_numpy(o) for n, o in zip(self.names, outs)}
 
 
+def part_folder(model: IQAModel, part: CachePart, start_stage: int, dtype: torch.dtype, cache_dir: str | os.PathLike) -> Path:
+    """Where one cache part's encodings live: named by the part and keyed by what computes
+    them (its key, the frozen weights, the first trained stage, the storage type), so two
+    models that share a component (``ie-iqa`` and ``ie-iqa-distortion``: the same distortion
+    stages) share its encodings, and anything that changes them gets a new folder."""
+    fp = weights_fingerprint(part.modules)
+    tag = hashlib.sha1(f"{part.key}|{start_stage}|{dtype}|{fp}|views:{model.cache_view_names()}".encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{part.name}_s{start_stage}_{tag}"
+
+
 @torch.inference_mode()
 def cached_encodings(
     model: IQAModel,
@@ -171,50 +189,71 @@ def cached_encodings(
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
     runtime: str = "torch",
+    damage: Sequence[str] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """For each image, the model's frozen-part encoding of each of its cached views.
 
-    The model defines the views (``cache_views(image, train)``: e.g. the image and its mirror
-    for IQA-CR, the ten 224-px crops/flips of the 244-px resize for IE-IQA) and what is cached
-    (``cache_encode(views, start_stage)`` -> dict of tensors with a leading view axis).
-    With ``cache_dir``, encodings are stored one file per image (keyed by path, size and
-    mtime) in one folder per model family / frozen part, so every split and seed reuses them
-    and an interrupted pass over a large dataset resumes where it stopped. ``runtime="onnx"``
-    computes them with ONNX Runtime (CPU; see :class:`OnnxEncoder`).
+    The model defines the views (:meth:`~contentiqa.models.base.IQAModel.cache_views`: the
+    image as scored and its mirror) and the parts that are cached
+    (:meth:`~contentiqa.models.base.IQAModel.cache_parts`: e.g. IE-IQA's frozen distortion stages
+    and its intelligibility features, each under its own key). ``train`` returns every view;
+    otherwise the first (the image as scored), so training and evaluation share one store.
+    ``damage`` (one spec per path, see :func:`contentiqa.data.degrade.apply_spec`) encodes a
+    degraded copy of the image instead of the image itself.
+
+    With ``cache_dir``, encodings are stored one file per image and part, so every split and
+    seed reuses them and an interrupted pass over a large dataset resumes where it stopped.
+    ``runtime="onnx"`` computes them with ONNX Runtime (CPU; see :class:`OnnxEncoder`).
     """
     from tqdm.auto import tqdm
 
-    folder = None
-    if cache_dir is not None:
-        fp = weights_fingerprint(model.frozen_modules(start_stage))
-        tag = hashlib.sha1(f"{model.cache_tag()}|{start_stage}|{train}|{dtype}|{fp}".encode()).hexdigest()[:12]
-        folder = Path(cache_dir) / f"enc_{type(model).__name__}_s{start_stage}_{'train' if train else 'eval'}_{tag}"
-        folder.mkdir(parents=True, exist_ok=True)
-    keys = [_file_key(p) for p in paths]
-    store: dict[str, dict[str, torch.Tensor]] = {}
-    if folder is not None:
-        for k in keys:
-            entry = _load_entry(folder / _entry_name(k))
-            if entry is not None:
-                store[k] = entry
-    todo = [(p, k) for p, k in zip(paths, keys) if k not in store]
+    from ..data.degrade import apply_spec
+
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"runtime must be 'torch' or 'onnx', not {runtime!r}")
+    damage = list(damage) if damage is not None else [""] * len(paths)
+    if len(damage) != len(paths):
+        raise ValueError(f"{len(damage)} damage specs for {len(paths)} images")
+    parts = model.cache_parts(start_stage)
+    keys = [_file_key(p, d) for p, d in zip(paths, damage)]
+    folders = ([part_folder(model, part, start_stage, dtype, cache_dir) for part in parts]
+               if cache_dir is not None else [None] * len(parts))
+    stores: list[dict[str, dict[str, torch.Tensor]]] = []
+    for folder in folders:
+        store: dict[str, dict[str, torch.Tensor]] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in dict.fromkeys(keys):
+                entry = _load_entry(folder / _entry_name(k))
+                if entry is not None:
+                    store[k] = entry
+        stores.append(store)
+    todo = [(p, d, k) for p, d, k in dict.fromkeys(zip(paths, damage, keys)) if any(k not in s for s in stores)]
     if todo:
         from ..utils.io import atomic_torch_save
 
-        if runtime not in ("torch", "onnx"):
-            raise ValueError(f"runtime must be 'torch' or 'onnx', not {runtime!r}")
         device = next(model.parameters()).device
         was = model.training
         model.eval()
-        encode = OnnxEncoder(model, start_stage) if runtime == "onnx" else (lambda v: model.cache_encode(v, start_stage))
+        encoders = [OnnxEncoder(model, part) if runtime == "onnx" else part.encode for part in parts]
         try:
-            for p, k in tqdm(todo, desc=f"caching frozen encodings ({'train' if train else 'eval'})", unit="img", disable=not progress):
-                views = torch.stack(model.cache_views(load_image(p).image, train)).to(device)
-                enc = encode(views)
-                # Kept on the CPU: the store can outgrow an accelerator's memory.
-                store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
-                if folder is not None:
-                    atomic_torch_save(store[k], folder / _entry_name(k))
+            for p, d, k in tqdm(todo, desc="caching frozen encodings", unit="img", disable=not progress):
+                image = apply_spec(load_image(p).image, d, damage_seed(p, d))
+                views = torch.stack(model.cache_views(image)).to(device)
+                for encode, store, folder in zip(encoders, stores, folders):
+                    if k in store:
+                        continue
+                    enc = encode(views)
+                    # Kept on the CPU: the store can outgrow an accelerator's memory.
+                    store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
+                    if folder is not None:
+                        atomic_torch_save(store[k], folder / _entry_name(k))
         finally:
             model.train(was)
-    return [store[k] for k in keys]
+    out = []
+    for k in keys:
+        merged: dict[str, torch.Tensor] = {}
+        for store in stores:
+            merged.update(store[k] if train else {n: v[:1] for n, v in store[k].items()})
+        out.append(merged)
+    return out

@@ -40,6 +40,30 @@ class TrainConfig:
     rank_sigma: float = 0.05
     """Spread of the Thurstone model of the ranking loss, on the normalised [0, 1] scale:
     P(a better than b) = Phi((s_a - s_b) / (sqrt(2) * rank_sigma))."""
+    dataset_ratio: dict[str, float] | None = None
+    """Several training sets: draws per epoch of each set relative to the first, which an epoch
+    takes whole (``{CLIVE: 1, BIQ2021: 1}``: as many BIQ2021 photos as CLIVE has, a new share
+    of BIQ2021 every epoch). None: every photo of every set once per epoch."""
+    # synthetic damage (contentiqa.training.damage)
+    damage_weight: float = 0.0
+    """Weight of a ranking loss on graded damage: a photo above its degraded copies, a milder
+    degradation above a stronger one (:mod:`contentiqa.data.degrade`). 0 = off."""
+    damage_photos: int = 0
+    """Training photos that get degraded copies (one degradation type each, levels 1-4)."""
+    damage_groups: int = 2
+    """Groups (a photo and its four degraded copies) added to every batch."""
+    anchor_weight: float = 0.0
+    """Weight of the bad-frame anchors: black, white, gray, noise, blur, pixelated and
+    destroyed-JPEG frames, ranked below every photo of the batch and pulled to the bottom of
+    the scale. 0 = off."""
+    anchor_photos: int = 0
+    """Training photos that bad frames are made from (one kind each, cycling over the kinds)."""
+    anchors_per_batch: int = 2
+    damage_source: str | None = None
+    """Several training sets: the set whose photos the damage is made from (None: any)."""
+    calibrate: bool = False
+    """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
+    the validation part of the first training set and store it in the model."""
     # data
     crop: int | None = 448
     """Random crop side in pixels at native scale (None: whole image). Images smaller than the

@@ -41,23 +41,61 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class ShapeGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of indices whose samples share a shape; order shuffled per (seed, epoch)."""
+    """Batches of indices whose samples share a shape; order shuffled per (seed, epoch).
 
-    def __init__(self, shapes: Sequence[tuple], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    ``draws`` (with ``groups``, one group name per index, e.g. its dataset) sets how many
+    items of each group an epoch takes instead of all of them: balanced batches when one
+    training set is much larger than another. Each group's items are drawn from a stream of
+    its shuffled indices that runs on across epochs, so every item is seen before any repeats.
+    """
+
+    def __init__(self, shapes: Sequence[tuple], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 groups: Sequence[str] | None = None, draws: dict[str, int] | None = None):
         self.shapes = list(shapes)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
         self.drop_last = drop_last
+        if draws is not None:
+            if groups is None or len(groups) != len(self.shapes):
+                raise ValueError("draws need one group name per item")
+            unknown = sorted(set(draws) - set(groups))
+            if unknown:
+                raise ValueError(f"draws name groups with no items: {unknown}")
+        self.groups = list(groups) if groups is not None else None
+        self.draws = dict(draws) if draws is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _drawn(self) -> list[int]:
+        """This epoch's items: all of them, or each group's share of its endless stream."""
+        if self.draws is None:
+            return list(range(len(self.shapes)))
+        out: list[int] = []
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, g in enumerate(self.groups or ()):
+            members[g].append(i)
+        for gi, g in enumerate(sorted(members)):
+            idx = np.array(members[g])
+            n = self.draws.get(g, len(idx))
+            start = self.epoch * n
+            taken: list[int] = []
+            cycle = start // len(idx)
+            pos = start % len(idx)
+            while len(taken) < n:
+                order = np.random.default_rng([self.seed, gi, cycle, 5]).permutation(idx) if self.shuffle else idx
+                take = order[pos:pos + n - len(taken)].tolist()
+                taken += take
+                cycle, pos = cycle + 1, 0
+            out += taken
+        return out
+
     def _batches(self) -> list[list[int]]:
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, s in enumerate(self.shapes):
-            groups[tuple(s)].append(i)
+        for i in self._drawn():
+            groups[tuple(self.shapes[i])].append(i)
         rng = np.random.default_rng([self.seed, self.epoch, 7])
         batches = []
         for key in sorted(groups):
@@ -94,8 +132,9 @@ class DistributedShapeGroupedBatchSampler(ShapeGroupedBatchSampler):
     """
 
     def __init__(self, shapes: Sequence[tuple], batch_size: int, num_replicas: int, rank: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
-        super().__init__(shapes, batch_size, shuffle=shuffle, seed=seed, drop_last=False)
+                 seed: int = 0, drop_last: bool = False, groups: Sequence[str] | None = None,
+                 draws: dict[str, int] | None = None):
+        super().__init__(shapes, batch_size, shuffle=shuffle, seed=seed, drop_last=False, groups=groups, draws=draws)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
         self.num_replicas = num_replicas

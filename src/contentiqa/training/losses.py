@@ -32,6 +32,29 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = 0.05)
     return (1 - torch.sqrt(p * t + eps) - torch.sqrt((1 - p) * (1 - t) + eps)).mean()
 
 
+def ordered_fidelity_loss(scores: torch.Tensor, sigma: float = 0.05) -> torch.Tensor:
+    """Fidelity loss for groups whose order is known: ``scores`` (G, L), each row ordered
+    best first (a photo, then ever stronger degradations of it). Every pair (i < j) of a row
+    should have ``scores[i] > scores[j]``; the loss is 0 when each such pair is sure."""
+    _, n = scores.shape
+    if n < 2:
+        return scores.sum() * 0.0
+    i, j = torch.triu_indices(n, n, offset=1, device=scores.device)
+    p = 0.5 * (1 + torch.erf((scores[:, i] - scores[:, j]) / (2 * sigma)))
+    return (1 - torch.sqrt(p + 1e-8)).mean()
+
+
+def anchor_loss(anchors: torch.Tensor, photos: torch.Tensor, sigma: float = 0.05) -> torch.Tensor:
+    """Bad frames below every photo: a fidelity term on every (photo, anchor) pair, plus the
+    squared distance of the anchors above the bottom of the normalised scale (0)."""
+    if anchors.numel() == 0:
+        return anchors.sum() * 0.0
+    d = photos[:, None] - anchors[None, :]
+    p = 0.5 * (1 + torch.erf(d / (2 * sigma)))
+    rank = (1 - torch.sqrt(p + 1e-8)).mean() if photos.numel() else anchors.sum() * 0.0
+    return rank + (anchors.clamp(min=0.0) ** 2).mean()
+
+
 SCORE_LOSSES = ("smooth_l1", "mse", "model")
 
 

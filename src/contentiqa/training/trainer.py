@@ -52,7 +52,8 @@ from . import distributed as dist_utils
 from .config import TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
-from .losses import MultiTaskLoss
+from .damage import DamageSet
+from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -89,15 +90,29 @@ class _TrainStep(nn.Module):
     wraps, so it sees the forward that produces the loss (``forward_cached`` for cached inputs)
     and synchronises the loss's learned weights (uncertainty weighting) too."""
 
-    def __init__(self, model: IQAModel, loss_fn: nn.Module, start_stage: int):
+    def __init__(self, model: IQAModel, loss_fn: nn.Module, start_stage: int, cfg: TrainConfig):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.start_stage = start_stage
+        self.cfg = cfg
 
-    def forward(self, x, t, c):
+    def forward(self, x, t, c, extra: dict[str, dict[str, torch.Tensor]] | None = None):
         out = self.model.forward_cached(x, self.start_stage) if isinstance(x, dict) else self.model(x)
-        return self.loss_fn(out, t, c)
+        loss, parts = self.loss_fn(out, t, c)
+        if extra:
+            cfg = self.cfg
+            if "groups" in extra:
+                s = self.model.forward_cached(extra["groups"], self.start_stage)["score"].float()
+                term = ordered_fidelity_loss(s.view(-1, 5), cfg.rank_sigma)
+                loss = loss + cfg.damage_weight * term
+                parts["damage"] = float(term.detach())
+            if "anchors" in extra:
+                a = self.model.forward_cached(extra["anchors"], self.start_stage)["score"].float()
+                term = anchor_loss(a, out["score"].float(), cfg.rank_sigma)
+                loss = loss + cfg.anchor_weight * term
+                parts["anchor"] = float(term.detach())
+        return loss, parts
 
 
 class Trainer:
@@ -165,7 +180,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         steps = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(steps))
-        self.train_step: nn.Module = _TrainStep(model, self.loss_fn, self.start_stage)
+        self.train_step: nn.Module = _TrainStep(model, self.loss_fn, self.start_stage, cfg)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -205,6 +220,9 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, model = self.cfg, self.model
         t_tr, c_tr = self._targets(self.train_table)
+        self.damage: DamageSet | None = None
+        if (cfg.damage_weight or cfg.anchor_weight) and not cfg.cache_stages:
+            raise ValueError("damage_weight / anchor_weight train on cached encodings: set cache_stages")
         if cfg.cache_stages:
             self._setup_cache(t_tr, c_tr)
         else:
@@ -213,15 +231,35 @@ class Trainer:
                                         seed=cfg.seed, train=True, transform=transform)
             self.val_feats = None
         shapes = self.train_ds.shapes()
+        groups, draws = None, None
         if self.scales is not None:  # batches within one dataset (ranking pairs, batch statistics)
             shapes = [(d, *sh) for d, sh in zip(self.train_table["dataset"], shapes)]
+            groups = list(self.train_table["dataset"])
+            draws = self._draws(groups)
+        elif cfg.dataset_ratio is not None:
+            raise ValueError("dataset_ratio needs several training sets")
         if self.distributed:
             self.sampler = DistributedShapeGroupedBatchSampler(shapes, cfg.batch_size, self.world_size, self.rank,
-                                                               shuffle=True, seed=cfg.seed)
+                                                               shuffle=True, seed=cfg.seed, groups=groups, draws=draws)
         else:
-            self.sampler = ShapeGroupedBatchSampler(shapes, cfg.batch_size, shuffle=True, seed=cfg.seed)
+            self.sampler = ShapeGroupedBatchSampler(shapes, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                                    groups=groups, draws=draws)
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
                                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+
+    def _draws(self, groups: list[str]) -> dict[str, int] | None:
+        """Photos per epoch of each training set under ``dataset_ratio`` (the first set whole)."""
+        ratio = self.cfg.dataset_ratio
+        if ratio is None:
+            return None
+        assert self.scales is not None
+        names = list(self.scales)
+        unknown = sorted(set(ratio) - set(names))
+        if unknown or not all(float(v) > 0 for v in ratio.values()):
+            raise ValueError(f"dataset_ratio must give positive draws for training sets among {names}, got {ratio}")
+        n_first = groups.count(names[0])
+        r_first = float(ratio.get(names[0], 1.0))
+        return {n: max(1, round(n_first * float(ratio.get(n, 1.0)) / r_first)) for n in names if n in set(groups)}
 
     def _setup_cache(self, t_tr, c_tr) -> None:
         from .cache import cached_encodings
@@ -233,14 +271,15 @@ class Trainer:
         limit = model.feature_end
         if k > limit:
             raise ValueError(f"cache_stages={k} exceeds the model's {limit} backbone stages")
-        first_level = min(model.levels)
         # k == limit freezes every stage the model uses: the cache then holds the pooled
-        # features themselves and only the head trains (one view per image: a frozen network
-        # has no augmentation to cache, so training and evaluation share the encodings).
+        # features themselves and only the head trains (the image as scored: a frozen network's
+        # pooled features of a mirror add little). Levels computed inside the frozen stages are
+        # cached as the pooled features the head reads of them.
         pooled = k == limit
-        if k > first_level + 1 and not pooled:
-            raise ValueError(f"cache_stages={k} would freeze feature level {first_level}; use at most {first_level + 1} "
-                             f"(or {limit} to freeze the whole backbone and train the head on pooled features)")
+        frozen_pooled = k - 1 > min(model.levels) and not pooled
+        if frozen_pooled and model.native_resolution and cfg.crop is not None:
+            raise ValueError(f"cache_stages={k} caches levels below stage {k - 1} as pooled features of the whole "
+                             "photo, which a crop of the cached map cannot follow: set crop: null")
         if not model.backbone_bn_frozen:
             raise ValueError("cache_stages requires bn_eval=True (frozen BatchNorm statistics)")
         model.freeze_stages(k)
@@ -258,6 +297,11 @@ class Trainer:
             cells = max(1, int(round(cfg.crop / stride)))
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
         self.start_stage = k
+        if cfg.damage_weight or cfg.anchor_weight:
+            with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
+                self.damage = DamageSet(model, self.train_table, cfg, k, lambda paths, specs: cached_encodings(
+                    model, paths, k, train=True, cache_dir=self.cache_dir, progress=self.progress,
+                    runtime=cfg.cache_runtime, damage=specs))
         self.val_feats = None
         if self.val_table is not None:  # each rank encodes the validation rows it validates
             images = list(self.val_table["image"])
@@ -420,9 +464,12 @@ class Trainer:
         totals: dict[str, float] = {"loss": 0.0}
         n = 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
-        for x, t, c in bar:
+        for step, (x, t, c) in enumerate(bar):
             x, t, c = _to(x, self.device), t.to(self.device), c.to(self.device)
-            loss, parts = self.train_step(x, t, c)
+            extra = None
+            if self.damage is not None and self.damage.active:
+                extra = {k: _to(v, self.device) for k, v in self.damage.sample(epoch, step, self.rank).items()}
+            loss, parts = self.train_step(x, t, c, extra)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -435,7 +482,7 @@ class Trainer:
             bar.set_postfix(loss=f"{totals['loss'] / n:.4f}")
         if self.distributed:
             # Epoch losses over all ranks, and the DWA statistics too (same weights everywhere).
-            keys = ("loss", "loss_score", "loss_category", "loss_rank")
+            keys = ("loss", "loss_score", "loss_category", "loss_rank", "loss_damage", "loss_anchor")
             red = dist_utils.all_reduce_sum([n] + [totals.get(k, 0.0) for k in keys] + [float(k in totals) for k in keys]
                                             + list(self.loss_fn._running))
             n = int(red[0])
@@ -534,6 +581,34 @@ class Trainer:
                 self.log(f"early stop: no better validation score for {cfg.patience} epochs")
                 break
         return self.best or {}
+
+    @torch.inference_mode()
+    def calibrate(self, model: IQAModel) -> list[float]:
+        """Fit ``model``'s output calibration on the validation rows of the first training set
+        (the scale the model's scores are on) and store it in the model; returns it."""
+        from .calibration import fit_calibration
+
+        if self.val_table is None:
+            raise ValueError("calibration needs a validation part")
+        rows = np.arange(len(self.val_table))
+        if self.scales is not None:
+            rows = np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
+        saved = self.model
+        try:
+            model.set_calibration(None)
+            self.model = model.to(self.device)
+            s, _ = self._predict_rows(np.arange(len(self.val_table)))
+        finally:
+            self.model = saved
+        t, _ = self._targets(self.val_table)
+        params = fit_calibration(s[rows], t[rows])
+        model.set_calibration(params)
+        return params
+
+    def epoch_minutes(self) -> float | None:
+        """Mean wall-clock minutes of the epochs trained (validation included)."""
+        times = [float(h["time_s"]) for h in self.history if "time_s" in h]
+        return round(sum(times) / len(times) / 60, 2) if times else None
 
     def load_best(self) -> IQAModel:
         """The model with the best epoch's weights (re-read from best.pt)."""

@@ -1,0 +1,89 @@
+"""Synthetic damage as training signal, through the frozen-stage cache.
+
+People rate a blurred, noisy or blown-out copy of a photo below the photo, and a black frame
+below anything. Human-rated sets hold few such photos, so a model fitted to them alone can
+score a black frame like an average photo. Two extra terms teach it (weights in
+:class:`~contentiqa.training.config.TrainConfig`):
+
+- graded groups: a training photo and four copies with one degradation type at levels 1-4
+  (:mod:`contentiqa.data.degrade`), ranked in that order (:func:`ordered_fidelity_loss`);
+- anchors: bad frames made from training photos, ranked below the batch's photos and pulled
+  to the bottom of the scale (:func:`anchor_loss`).
+
+Their encodings go through the same cache as the photos' (keyed by the damage too), so each
+is computed once. Which photos, types and kinds: fixed from the sorted list of candidates, so
+the cache serves every seed; what a step draws: from ``(seed, epoch, step)``, so a resumed
+run repeats the uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS
+from ..models.base import IQAModel
+from .config import TrainConfig
+
+
+class DamageSet:
+    """Cached encodings of the graded groups and the anchors of one training table."""
+
+    def __init__(self, model: IQAModel, table: pd.DataFrame, cfg: TrainConfig, start_stage: int,
+                 encode: Callable[[list[str], list[str]], list[dict[str, torch.Tensor]]]):
+        """``encode(paths, damage_specs)``: the trainer's cached encodings (all views)."""
+        self.cfg = cfg
+        rows = table
+        if cfg.damage_source is not None:
+            if "dataset" not in table or cfg.damage_source not in set(table["dataset"]):
+                raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets")
+            rows = table[table["dataset"] == cfg.damage_source]
+        candidates = sorted(rows["image"].astype(str).unique())
+        need = max(cfg.damage_photos if cfg.damage_weight else 0, cfg.anchor_photos if cfg.anchor_weight else 0)
+        if need > len(candidates):
+            raise ValueError(f"{need} damage photos asked for, but the training table has {len(candidates)}")
+        picked = [candidates[i] for i in np.random.default_rng(11).permutation(len(candidates))[:need]]
+        kinds = sorted(DEGRADATIONS)
+        self.groups: list[list[dict[str, torch.Tensor]]] = []
+        if cfg.damage_weight and cfg.damage_photos:
+            paths, specs = [], []
+            for i, p in enumerate(picked[:cfg.damage_photos]):
+                kind = kinds[i % len(kinds)]
+                paths += [p] * (1 + len(LEVELS))
+                specs += [""] + [f"degrade:{kind}:{lv}" for lv in LEVELS]
+            enc = encode(paths, specs)
+            step = 1 + len(LEVELS)
+            self.groups = [enc[i:i + step] for i in range(0, len(enc), step)]
+        self.anchors: list[dict[str, torch.Tensor]] = []
+        if cfg.anchor_weight and cfg.anchor_photos:
+            bad = sorted(BAD_FRAMES)
+            specs = [f"bad:{bad[i % len(bad)]}" for i in range(cfg.anchor_photos)]
+            self.anchors = encode(picked[:cfg.anchor_photos], specs)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.groups or self.anchors)
+
+    @staticmethod
+    def _stack(items: list[dict[str, torch.Tensor]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        views = [int(rng.integers(0, next(iter(e.values())).shape[0])) for e in items]
+        return {k: torch.stack([e[k][v].float() for e, v in zip(items, views)]) for k in items[0]}
+
+    def sample(self, epoch: int, step: int, rank: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        """One step's extra inputs: ``groups`` (G x 5 items, each group best first, one random
+        view per group) and ``anchors`` (A items)."""
+        rng = np.random.default_rng([self.cfg.seed, epoch, step, rank, 13])
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        if self.groups:
+            chosen = rng.choice(len(self.groups), size=min(self.cfg.damage_groups, len(self.groups)), replace=False)
+            items = []
+            for g in chosen:
+                v = int(rng.integers(0, next(iter(self.groups[g][0].values())).shape[0]))
+                items += [{k: t[v:v + 1] for k, t in e.items()} for e in self.groups[g]]  # one view for the group
+            out["groups"] = self._stack(items, rng)
+        if self.anchors:
+            chosen = rng.choice(len(self.anchors), size=min(self.cfg.anchors_per_batch, len(self.anchors)), replace=False)
+            out["anchors"] = self._stack([self.anchors[a] for a in chosen], rng)
+        return out
