@@ -6,7 +6,8 @@ Results folder (``out``)::
     provenance.json              resolved config, package version, git commit, torch, date, command
     splits.json                  the splits (made once, from the protocol and seeds)
     content_labels_<data>.csv    pseudo content labels, for ``labels: auto``
-    runs/<run>/seed<S>/          the trainer's folder: last.pt, best.pt, metrics.jsonl, config.json
+    runs/<run>/seed<S>/          the trainer's folder: last.pt, best.pt, metrics.jsonl, config.json, and tested.pt
+                                 (the model the test figures come from: chosen epoch, calibrated)
     metrics/<run>/seed<S>.json   that split's test metrics (one entry per test set) + provenance
     results.json                 per run: per-split metrics and mean/std/n per test set and metric
     results.md                   the mean ± std table
@@ -245,6 +246,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
                  device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
+    from ..models.registry import save_checkpoint
     from ..training.config import TrainConfig
     from ..training.trainer import Trainer, seed_everything
 
@@ -278,6 +280,10 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
     chosen = trainer.load_best() if use_best else trainer.model
     calibration = trainer.calibrate(chosen) if tcfg.calibrate else None
+    # The exact model the split's test figures come from (chosen epoch, calibrated): what a
+    # later check scores through the CLI (benchmarks/ship_gate.py).
+    save_checkpoint(chosen, run_dir / "tested.pt", extra={
+        "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
         "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",

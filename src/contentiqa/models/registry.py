@@ -68,12 +68,32 @@ def register_model(name: str, weights: str | dict[str, str] | None = None, descr
         raise ValueError(f"model name {name!r} must not contain '.' (it separates the weights tag)")
 
     def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
-        _REGISTRY[name] = ModelEntry(name, fn, tags, default_tag or next(iter(tags), None),
+        chosen = default_tag or shipped_default_tags().get(name)
+        _REGISTRY[name] = ModelEntry(name, fn, tags, chosen if chosen in tags else next(iter(tags), None),
                                      description or (fn.__doc__ or "").strip().splitlines()[0],
                                      dict(defaults or {}), recipe)
         return fn
 
     return deco
+
+
+DEFAULT_TAGS_FILE = "defaults.json"
+"""Under ``contentiqa/weights``: which tag a bare model name loads, per model. Written by
+benchmarks/ship.py only when the ship gate (benchmarks/ship_gate.py) passes, so that a new
+default never ships worse than the one it replaces; a model it does not name defaults to its
+first tag."""
+
+
+def shipped_default_tags() -> dict[str, str]:
+    """The default tag of each model as :data:`DEFAULT_TAGS_FILE` records it ({} without one)."""
+    import json
+
+    path = resources.files("contentiqa") / "weights" / DEFAULT_TAGS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def split_name(spec: str) -> tuple[str, str | None]:
