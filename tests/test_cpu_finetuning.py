@@ -126,16 +126,15 @@ def test_calibration_travels_with_the_weights_and_keeps_the_order(tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", **IE_TINY).eval()
     x = torch.randn(6, 3, 64, 64)
-    torch.set_grad_enabled(False)
-    raw = model(x)["score"]
-    model.set_calibration([0.0, 1.0, float(raw.mean().detach()), 0.05])
-    cal = model(x)["score"]
-    assert torch.equal(raw.argsort(), cal.argsort()) and float(cal.min()) >= 0 and float(cal.max()) <= 1
-    assert not torch.allclose(raw, cal)
-    back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt")).eval()
-    assert back.cfg.calibration == model.cfg.calibration
-    assert torch.allclose(back(x)["score"], cal, atol=1e-6)
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        raw = model(x)["score"]
+        model.set_calibration([0.0, 1.0, float(raw.mean()), 0.05])
+        cal = model(x)["score"]
+        assert torch.equal(raw.argsort(), cal.argsort()) and float(cal.min()) >= 0 and float(cal.max()) <= 1
+        assert not torch.allclose(raw, cal)
+        back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt")).eval()
+        assert back.cfg.calibration == model.cfg.calibration
+        assert torch.allclose(back(x)["score"], cal, atol=1e-6)
     with pytest.raises(ValueError, match="monotone"):
         model.set_calibration([0.0, -1.0, 0.5, 0.1])
 
