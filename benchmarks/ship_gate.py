@@ -59,15 +59,12 @@ def biq_root() -> Path:
     return Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021"))
 
 
-def suite(seed: int, clive, split, work: Path) -> dict[str, list]:
-    """The seed's images: real test photos and the damage / bad-frame images made from them
-    (written once as PNG, lossless, under ``work``)."""
-    from PIL import Image
-
+def suite(seed: int, test, work: Path) -> dict[str, list]:
+    """The seed's images: its real clive-dev photos (``test``: the rows judged) and the damage /
+    bad-frame images made from them (written once as PNG, lossless, under ``work``)."""
     from contentiqa.data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS, bad_frame, degrade
     from contentiqa.data.imageio import load_image
 
-    test = clive.iloc[split.indices(clive, "test")]
     best = test.sort_values("mos", ascending=False).head(N_DAMAGE)
     folder = work / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +85,6 @@ def suite(seed: int, clive, split, work: Path) -> dict[str, list]:
             if not out.is_file():
                 bad_frame(img, kind, seed=1000 * seed + i).save(out)
             bad.append({"kind": kind, "path": str(out)})
-    del Image
     return {"clive": list(zip(test["image"], test["mos"])), "damage": damage, "bad": bad}
 
 
@@ -199,6 +195,25 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parts(args, seed: int, clive, split, biq_table):
+    """The (clive-dev rows, BIQ2021 rows) judged for ``seed``: the test parts, or (``--part
+    val``) the validation parts the candidate's experiment held out of the train parts."""
+    if args.part == "test":
+        return clive.iloc[split.indices(clive, "test")], biq_table[biq_table["split"] == "test"]
+    import yaml
+
+    from contentiqa.data import load_splits
+    from contentiqa.experiments.runner import carve_val
+
+    data = yaml.safe_load((args.candidate / "config.yaml").read_text())["data"]
+    fraction = (data[0] if isinstance(data, list) else data).get("val_fraction")
+    if not fraction:
+        raise SystemExit(f"{args.candidate}: its first training set holds no validation part out (val_fraction)")
+    _, val = carve_val(clive.iloc[split.indices(clive, "train")], float(fraction), seed)
+    biq_split = {s.seed: s for s in load_splits(args.candidate / "splits_BIQ2021.json")}[seed]
+    return val, biq_table.iloc[biq_split.indices(biq_table, "val")]
+
+
 def tested_model(runs: Path, row: str, seed: int) -> Path:
     from contentiqa.experiments.config import slugify
 
@@ -217,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="ie-iqa", help="the model whose default is at stake (results file name)")
     ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "ship_gate", help="suite images and score tables")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--part", choices=("test", "val"), default="test",
+                    help="test (the gate) or val: the same measures on the validation parts the candidate's experiment "
+                         "held out (choosing a recipe; both rows must come from experiments with those parts)")
     args = ap.parse_args(argv)
     t0 = time.time()
     import pandas as pd
@@ -230,12 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         raise SystemExit(f"ship gate skipped: BIQ2021 not found at {root} (set CONTENTIQA_BIQ2021)")
     biq_table = load_dataset("biq2021", root).table
-    biq_test = biq_table[biq_table["split"] == "test"]
-    biq = list(zip(biq_test["image"], biq_test["mos"]))
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
     precision: dict[str, str] = {}
     for seed in args.seeds:
-        images = suite(seed, clive, splits[seed], args.work / "suite")
+        clive_rows, biq_rows = parts(args, seed, clive, splits[seed], biq_table)
+        biq = list(zip(biq_rows["image"], biq_rows["mos"]))
+        images = suite(seed, clive_rows, args.work / f"suite_{args.part}")
         files = [p for p, _ in images["clive"]] + [p for p, _ in biq] + [d["path"] for d in images["damage"]] \
             + [b["path"] for b in images["bad"]]
         for side, runs, row in (("baseline", args.baseline, args.baseline_row), ("candidate", args.candidate, args.candidate_row)):
@@ -255,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     from contentiqa.utils.io import atomic_write_text
 
+    payload["part"] = args.part
+    if args.part == "val":  # choosing, not gating: its own file
+        stem = RESULTS / f"selection_{args.name}"
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
+        atomic_write_text(stem.with_suffix(".md"), markdown(payload))
+        print(markdown(payload))
+        return 0
     stem = RESULTS / f"ship_gate_{args.name}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
     atomic_write_text(stem.with_suffix(".md"), markdown(payload))

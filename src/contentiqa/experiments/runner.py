@@ -216,6 +216,14 @@ class TrainSet:
     val_fraction: float | None = None
 
 
+def carve_val(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, val)``: a ``fraction`` of a split's train part held out as its validation part,
+    drawn per seed (``val_fraction``), so the test part stays untouched."""
+    order = np.random.default_rng([seed, 17]).permutation(len(train))
+    n_val = max(1, int(round(fraction * len(train))))
+    return train.iloc[np.sort(order[n_val:])], train.iloc[np.sort(order[:n_val])]
+
+
 def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
     """The split ``seed`` of every training set: the combined train/val parts (with a
     ``dataset`` column when there are several sets) and each set's own parts."""
@@ -226,12 +234,7 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
         if "train" not in own[ts.label]:
             raise ConfigError(f"{ts.label}: split seed {seed} has no train part")
         if ts.val_fraction and "val" not in own[ts.label]:
-            # Held out of the train part, drawn per seed: the test part stays untouched.
-            train = own[ts.label]["train"]
-            order = np.random.default_rng([seed, 17]).permutation(len(train))
-            n_val = max(1, int(round(ts.val_fraction * len(train))))
-            own[ts.label]["val"] = train.iloc[np.sort(order[:n_val])]
-            own[ts.label]["train"] = train.iloc[np.sort(order[n_val:])]
+            own[ts.label]["train"], own[ts.label]["val"] = carve_val(own[ts.label]["train"], ts.val_fraction, seed)
     if len(sets) == 1:
         return dict(own[sets[0].label]), own
     combined = {}
