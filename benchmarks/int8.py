@@ -67,7 +67,7 @@ def slug(text: str) -> str:
 
 
 def load_photos(model, paths: list[str]) -> list[np.ndarray]:
-    from contentiqa.models.base import load_image_safely
+    from contentiqa.models.scoring import load_image_safely
 
     out = []
     for p in paths:
@@ -81,7 +81,7 @@ def load_photos(model, paths: list[str]) -> list[np.ndarray]:
 def score_all(session_path: Path, model, paths: list[str], cache: Path, threads: int) -> dict[str, float]:
     """{path: normalised score} of every photo (cached in ``cache``: resumable)."""
     from contentiqa.inference.onnx import make_session
-    from contentiqa.models.base import load_image_safely
+    from contentiqa.models.scoring import load_image_safely
 
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     todo = [p for p in paths if p not in done]

@@ -426,7 +426,7 @@ def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
 
 # -- bounded memory --------------------------------------------------------------------------
 def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
-    from contentiqa.models.base import DEFAULT_MAX_SIDE
+    from contentiqa.models.scoring import DEFAULT_MAX_SIDE
 
     model = tiny_model("iqa-cr-q")
     assert model.native_resolution and model.max_side == DEFAULT_MAX_SIDE

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from ..utils.io import atomic_write_text
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
+    from ..inference.scorer import Scorer
     from ..models.base import IQAModel
 
 THUMBNAIL_SIZE = 256
@@ -270,22 +271,25 @@ def write_html_report(
     return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs))
 
 
-def score_higher_is_better(model: "IQAModel") -> bool:
+def score_higher_is_better(model: "IQAModel | Scorer") -> bool:
     """Direction of the scores a model reports (its MOS scale's, e.g. False for DMOS)."""
     return bool(model.scale.higher_is_better)
 
 
-def model_info(model: "IQAModel", name: str | None = None) -> dict[str, Any]:
-    """The ``model_info`` mapping for a contentiqa model."""
-    lo, hi = model.score_range
+def model_info(scorer: "Scorer") -> dict[str, Any]:
+    """The ``model_info`` mapping of the report for what a :class:`~contentiqa.inference.scorer.Scorer`
+    scores with: name, weights file, precision, scale and categories."""
+    ident = scorer.identity
+    lo, hi = scorer.score_range
     info: dict[str, Any] = {
-        "name": name or model.model_name,
+        "name": ident.name,
         "score_range": (float(lo), float(hi)),
-        "higher_is_better": score_higher_is_better(model),
-        "categories": list(model.categories),
+        "higher_is_better": score_higher_is_better(scorer),
+        "categories": list(scorer.categories),
+        "precision": ident.precision,
     }
-    ck = model.checkpoint_info or {}
-    if ck.get("path"):
-        info["checkpoint"] = ck["path"]
-        info["name"] = model.model_name or info["name"]
+    if ident.weights is not None:
+        info["checkpoint"] = str(ident.weights)
+    if ident.sha256:
+        info["weights_sha256"] = ident.sha256
     return info
