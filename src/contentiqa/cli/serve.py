@@ -117,7 +117,7 @@ def _loader(kwargs: dict, quiet: bool = False):
     """What the server's start-up calls (in a thread) to load the model: the scorer `contentiqa
     score` would use with the same flags, and the PyTorch model for heatmaps where there is one."""
     from ..serve.app import LoadedModel
-    from ..utils.extras import ExtraMissing, have
+    from ..utils.extras import have, install_hint
 
     def load() -> LoadedModel:
         notes: list[str] = []
@@ -128,7 +128,7 @@ def _loader(kwargs: dict, quiet: bool = False):
         if str(kwargs["spec"] or "").lower().endswith(".onnx"):
             why = "the model runs from an ONNX file alone; heatmaps need its PyTorch model"
         elif not have("torch"):
-            why = f"heatmaps need PyTorch ({ExtraMissing('').args[0].split(': ', 1)[-1]})"
+            why = f"heatmaps need PyTorch, which this install lacks ({install_hint('torch')})"
         else:
             explainer = load_model(kwargs["spec"], kwargs["device"])
         return LoadedModel(scorer, explainer=explainer, explain_note=why)

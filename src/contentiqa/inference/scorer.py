@@ -309,9 +309,9 @@ def load_scorer(
                               fallback=runtime == "auto")
         if scorer is not None:
             return scorer
+    model = load_model(source.text, device)
     from .torch_runtime import TorchScorer
 
-    model = load_model(source.text, device)
     return TorchScorer(model, precision=precision, threads=threads, spec=source.text, weights=weights)
 
 

