@@ -197,7 +197,7 @@ class BaseScorer:
         ``batch_size`` / ``workers`` default to the runtime's measured choice; ``concurrency``
         (batches in the model at once) to the thread plan (1: one at a time)."""
         runs, forward = self._forward_for(len(items)) if concurrency is None else (concurrency, self._forward_for(0)[1])
-        engine = Engine(self, forward, batch_size=batch_size or self.default_batch_size(),
+        engine = Engine(self, forward, batch_size=self.default_batch_size() if batch_size is None else batch_size,
                         workers=self.default_workers() if workers is None else workers, concurrency=runs,
                         progress=progress)
         with self._running():
