@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -80,6 +80,7 @@ class ScorerIdentity:
         return file_sha256(self.weights)
 
 
+@runtime_checkable
 class Scorer(Protocol):
     """A model ready to score photos, whichever runtime runs it (:func:`load_scorer`).
 
