@@ -52,7 +52,7 @@ def du_mb(path: Path) -> float:
 
 def install(src: Path, venv: Path, extras: str, cache: bool) -> dict:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"] + ([] if cache else ["--no-cache-dir"])
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--quiet"] + ([] if cache else ["--no-cache-dir"])
     t0 = time.perf_counter()
     subprocess.run(pip + [f"{src}{extras}"], check=True)
     seconds = time.perf_counter() - t0
