@@ -2,8 +2,8 @@
 
 PATHs are image files, folders (their images; with --recursive their subfolders' too) and glob
 patterns (expanded here, like the shell would, so quoted patterns work). Inside folders only
-files with an image extension are taken; a file named explicitly is always attempted
-(contentiqa.data.inputs). Every input gets a row: one that cannot be scored (missing, not an image, truncated, too small, ...)
+files with an image extension are taken; a file named explicitly is always attempted. Every
+input gets a row: one that cannot be scored (missing, not an image, truncated, too small, ...)
 gets an error instead of a score, and the rest of the batch goes on.
 
 Runtimes: --runtime auto (default) runs ONNX Runtime on the CPU and PyTorch on a GPU

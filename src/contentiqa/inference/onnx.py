@@ -247,7 +247,7 @@ def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> fl
     return worst
 
 
-# -- the export cache (score --runtime onnx/auto without --onnx-model) --------------------------------
+# -- the export cache (graphs of weights that ship without one, and of models in memory) ---------------------
 def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     """A hash of what the exported graph depends on: name, config, scale, categories, the
     weights (every tensor of the state dict), the opset and the export revision. The key of

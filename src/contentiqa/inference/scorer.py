@@ -39,14 +39,13 @@ from .engine import Engine
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
-    from ..inference.threads import CpuSample
+    from .threads import CpuSample
     from ..models.base import IQAModel
 
 RUNTIMES = ("auto", "onnx", "torch")
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 """``fp32`` / ``int8``: the ONNX Runtime graph; ``bf16`` / ``fp16``: PyTorch under autocast
 (``fp32`` there: no autocast)."""
-ONNX_PRECISIONS = ("fp32", "int8")
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -121,7 +120,7 @@ class Scorer(Protocol):
         """Decoding threads beside the model when none are asked for."""
         ...
 
-    def predict(self, inputs: Any, batch_size: int = 1, progress: bool = False) -> Prediction | list[Prediction]: ...
+    def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]: ...
 
     def run(self, items: Sequence[Any], *, on_result: Callable[[int, Prediction], None] | None = None,
             on_image: Callable[[int, Any], None] | None = None, progress: bool = False, return_results: bool = True,
@@ -150,6 +149,10 @@ class BaseScorer:
         raise NotImplementedError
 
     def collate(self, inputs: list[Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Any) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The model on one batch: ``{"score": (B,), "logits": (B, C)}``."""
         raise NotImplementedError
 
     def results_from_outputs(self, out: dict[str, Any], paths: Sequence[str | None],
@@ -197,26 +200,27 @@ class BaseScorer:
         inputs) through the engine; a file that cannot be read gets a Prediction with ``error``.
         ``batch_size`` / ``workers`` default to the runtime's measured choice; ``concurrency``
         (batches in the model at once) to the thread plan (1: one at a time)."""
-        runs, forward = self._forward_for(len(items)) if concurrency is None else (concurrency, self._forward_for(0)[1])
+        runs, forward = self._forward_for(len(items)) if concurrency is None else (concurrency, self.forward)
         engine = Engine(self, forward, batch_size=self.default_batch_size() if batch_size is None else batch_size,
                         workers=self.default_workers() if workers is None else workers, concurrency=runs,
                         progress=progress)
         with self._running():
             return engine.run(items, on_result=on_result, on_image=on_image, return_results=return_results)
 
-    def predict(self, inputs: Any, batch_size: int = 1, progress: bool = False) -> Prediction | list[Prediction]:
+    def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]:
         """Score one input or many (paths, PIL images, arrays, tensors): a :class:`Prediction` per
         input, in order (one for one input). A file that cannot be read gives a Prediction with
         ``error``; an in-memory input the model would score wrongly (NaN, bool, out-of-range
         values, over ``max_pixels``) raises ValueError before anything is scored, as does
-        ``batch_size < 1``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        ``batch_size < 1`` (None: the runtime's choice)."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         items, single = split_inputs(inputs)
         # In-memory inputs are converted (and checked) now: a bad array is the caller's bug, not a
         # file to report; PIL images hold 1 byte per value, a quarter of a float tensor.
         items = [in_memory_checked(self, it) for it in items]
-        results = self.run(items, batch_size=int(batch_size), progress=progress)
+        results = self.run(items, batch_size=None if batch_size is None else int(batch_size), progress=progress)
         assert results is not None
         return results[0] if single else results
 
