@@ -130,7 +130,10 @@ def _loader(kwargs: dict, quiet: bool = False):
         elif not have("torch"):
             why = f"heatmaps need PyTorch, which this install lacks ({install_hint('torch')})"
         else:
-            explainer = load_model(kwargs["spec"], kwargs["device"])
+            from ..inference.torch_runtime import TorchScorer  # PyTorch is there: the model is loaded anyway
+
+            # A PyTorch scorer's model explains too: one copy of the weights in memory.
+            explainer = scorer.model if isinstance(scorer, TorchScorer) else load_model(kwargs["spec"], kwargs["device"])
         return LoadedModel(scorer, explainer=explainer, explain_note=why)
 
     return load
