@@ -90,6 +90,10 @@ def score_examples(venv: Path, work: Path) -> dict:
     return {"photos": len(rows), "seconds": round(seconds, 2), "runtime_note": proc.stderr.strip().splitlines()[:1]}
 
 
+def _mb(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f} MB"
+
+
 def markdown(res: dict) -> str:
     free, full = res["installs"].get("torch_free"), res["installs"].get("torch")
     lines = [
@@ -105,11 +109,11 @@ def markdown(res: dict) -> str:
     ]
     if free:
         lines.append(f"| `pip install .` | score, serve, reports (ONNX Runtime) | {free['seconds']:.0f} s | "
-                     f"{free['size_mb']:.0f} MB ({free.get('added_mb', free['size_mb']):.0f} MB) | {free['packages']} |")
+                     f"{free['size_mb']:.0f} MB ({_mb(free.get('added_mb'))}) | {free['packages']} |")
     if full:
         lines.append(f"| `pip install '.[torch]'` | + training, evaluation, heatmaps, export, GPUs (torch "
                      f"{full['torch']}) | {full['seconds']:.0f} s | {full['size_mb']:.0f} MB "
-                     f"({full.get('added_mb', full['size_mb']):.0f} MB) | {full['packages']} |")
+                     f"({_mb(full.get('added_mb'))}) | {full['packages']} |")
     if free:
         ok_size = free["size_mb"] <= TARGETS["size_mb"]
         ok_time = free["seconds"] <= TARGETS["seconds"]
