@@ -72,7 +72,7 @@ def speed_block(speed: dict, up: str = "../") -> str:
         "|---|---|---|---|---|",
         *rows,
         "",
-        "On a CPU `contentiqa score` runs ONNX Runtime by default (`--runtime auto`; the export is made once per "
+        "On a CPU `contentiqa score` runs ONNX Runtime by default (`--runtime auto`; the graph ships with the model, or is exported once per "
         "weights and cached under `CONTENTIQA_CACHE_DIR`): "
         f"{_rng([o['vs_naive'] for o in onnx], '{:.1f}')}× the naive loop and "
         f"{_rng([o['vs_limit'] for o in onnx])}× the bare-backbone limit (the naive loop itself runs at "
