@@ -155,6 +155,7 @@ def models_block(up: str = "") -> str:
     from contentiqa.models.registry import list_pretrained, model_entry, shipped_weights_path
 
     speed = _load("speed.json")
+    graphs_mb = sum(p.stat().st_size for p in [*WEIGHTS.glob("*.onnx"), *WEIGHTS.glob("*.bin")]) / 1e6
     rows = []
     for tag in list_pretrained():
         name = tag.split(".")[0]
@@ -162,17 +163,16 @@ def models_block(up: str = "") -> str:
         if where is None:
             raise SystemExit(f"{tag} is shipped but benchmarks/docs.py's SHIPPED names no results row for it")
         weights = shipped_weights_path(tag)
-        graphs = sorted(weights.parent.glob(weights.stem + "*.onnx"))
         measured = speed["models"].get(name, {})
         ips = measured.get("fast_onnx", {}).get("ips") if weights.name in measured.get("weights", "") else None
         is_default_tag = tag.split(".")[1] == model_entry(name).default_tag
         label = f"`{name}` (= `{tag}`)" if is_default_tag else f"`{tag}`"
         label += " **default**" if is_default_tag and name == DEFAULT_MODEL else ""
-        size = (weights.stat().st_size + sum(g.stat().st_size for g in graphs)) / 1e6
+        size = weights.stat().st_size / 1e6
         rows.append(f"| {label} | {accuracy(where['clive'])} | {accuracy(where['biq2021'])} | "
-                    f"{'–' if ips is None else f'{ips:.0f}'} | {size:.0f} MB |")
+                    f"{'–' if ips is None else f'{ips:.1f}'} | {size:.1f} MB |")
     return "\n".join([
-        "| `-m` | CLIVE SROCC | BIQ2021 SROCC | images/s (2 CPU cores) | size (weights + graphs) |",
+        "| `-m` | CLIVE SROCC | BIQ2021 SROCC | images/s (2 CPU cores) | weights |",
         "|---|---|---|---|---|",
         *rows,
         "",
@@ -181,7 +181,8 @@ def models_block(up: str = "") -> str:
         f"each figure are in [docs/results.md]({up}docs/results.md). Images/s: `contentiqa score` on "
         f"{speed['images']['real']} real {'×'.join(map(str, speed['images']['real_hw']))} photos, ONNX Runtime, "
         f"start-up excluded ([speed]({up}docs/speed.md); measured for the weights the default tag had then, "
-        "– where not measured).",
+        "– where not measured). Weights: the PyTorch file (the pip-installed ImageNet backbones not repeated); the "
+        f"ONNX graphs of all tags share {graphs_mb:.0f} MB of tensors, each stored once.",
     ])
 
 

@@ -45,6 +45,31 @@ def test_every_shipped_tag_has_its_graphs_and_no_other_graph_ships():
     assert shipped == set(wanted), "rerun: PYTHONPATH=src python tools/build_graphs.py"
 
 
+def test_the_graphs_share_their_tensors_and_keep_them_exact():
+    """Every large tensor lies in the one shared file, once: the graphs hold the network only, and
+    a tensor two graphs hold (the frozen ImageNet backbones) is stored once."""
+    import onnx
+
+    tool = _tool()
+    shared = SRC / "contentiqa" / "weights" / tool.SHARED
+    seen: dict[tuple[int, int], str] = {}
+    shared_refs = 0
+    for path in tool.wanted_graphs():
+        assert path.stat().st_size < 1_000_000  # the network, not its weights
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                assert len(t.raw_data) < tool.SMALLEST_SHARED
+                continue
+            ext = {e.key: e.value for e in t.external_data}
+            assert ext["location"] == shared.name and int(ext["offset"]) % tool.ALIGN == 0
+            span = (int(ext["offset"]), int(ext["length"]))
+            assert span[0] + span[1] <= shared.stat().st_size
+            shared_refs += span in seen
+            seen.setdefault(span, path.name)
+    assert shared_refs > 0  # some tensors really are shared between graphs
+    assert sum(n for _, n in seen) <= shared.stat().st_size < sum(n for _, n in seen) + tool.ALIGN * len(seen)
+
+
 @pytest.mark.parametrize("path", sorted(_tool().wanted_graphs()), ids=lambda p: p.name)
 def test_a_shipped_graph_is_the_one_of_the_weights_beside_it(path):
     """Its key is that of the weights file (and calibration) beside it: replaced weights with a

@@ -10,7 +10,14 @@ writes, beside its ``.pt`` in ``src/contentiqa/weights/``:
 
 Each graph carries the key of its weights file (:func:`contentiqa.inference.onnx_runtime.weights_cache_key`
 without the version), so a graph left over from replaced weights is never used; graphs of tags
-or precisions no longer shipped are removed. Rerun it whenever weights or calibrations change:
+or precisions no longer shipped are removed.
+
+Size: the graphs keep their weights, exact fp32, in one shared file, ``graphs.bin`` (ONNX external
+data): a tensor several graphs hold (the frozen ImageNet backbones most tags share) is stored once,
+which took the graphs from 96 to 64 MB when it was written. A graph file is then the network and
+where its tensors lie in ``graphs.bin``; ONNX Runtime reads them from there (a standalone file for
+use elsewhere: ``contentiqa export``). Every graph is rebuilt together, so the shared file always
+matches them. Rerun it whenever weights or calibrations change:
 
     PYTHONPATH=src python tools/build_graphs.py            # rebuild every graph
     PYTHONPATH=src python tools/build_graphs.py --check    # exit 1 when a graph is missing or stale
@@ -50,9 +57,19 @@ def stale(graph: Path, weights: Path, precision: str) -> str | None:
     return None
 
 
-def build(spec: str, weights: Path, precision: str, graph: Path) -> None:
+SHARED = "graphs.bin"
+"""The file beside the graphs that holds their tensors."""
+ALIGN = 64
+"""Tensors start at multiples of this many bytes in :data:`SHARED`."""
+SMALLEST_SHARED = 1024
+"""Smaller tensors stay inside their graph (a shared copy saves nothing there)."""
+
+
+def build(spec: str, weights: Path, precision: str, graph: Path, fp32: Path | None = None) -> None:
+    """Write the self-contained ``precision`` graph of ``spec`` to ``graph`` (int8: quantized from
+    the fp32 graph ``fp32``)."""
     from contentiqa.inference.onnx import export_onnx
-    from contentiqa.inference.onnx_runtime import FINGERPRINT_KEY, shipped_graph_path, weights_cache_key
+    from contentiqa.inference.onnx_runtime import FINGERPRINT_KEY, weights_cache_key
     from contentiqa.inference.quantize import quantize_for_weights
     from contentiqa.models.registry import create_model
 
@@ -61,35 +78,80 @@ def build(spec: str, weights: Path, precision: str, graph: Path) -> None:
     if precision == "fp32":
         export_onnx(create_model(spec), graph, extra_metadata=meta)
     else:
-        quantize_for_weights(shipped_graph_path(weights, "fp32"), graph, weights, extra_metadata=meta)
+        assert fp32 is not None
+        quantize_for_weights(fp32, graph, weights, extra_metadata=meta)
+
+
+def share_tensors(graphs: list[Path], folder: Path) -> Path:
+    """Write ``graphs`` (self-contained, in this order) into ``folder`` with their tensors in one
+    shared file, each distinct tensor once (same type, shape and bytes); returns that file."""
+    import hashlib
+
+    import onnx
+
+    blob = bytearray()
+    where: dict[str, tuple[int, int]] = {}
+    protos = []
+    for graph in graphs:
+        proto = onnx.load(str(graph))
+        for t in proto.graph.initializer:
+            raw = t.raw_data
+            if len(raw) < SMALLEST_SHARED:
+                continue
+            key = hashlib.sha256(f"{t.data_type}|{list(t.dims)}|".encode() + raw).hexdigest()
+            if key not in where:
+                offset = -len(blob) % ALIGN + len(blob)
+                blob.extend(bytes(offset - len(blob)) + raw)
+                where[key] = (offset, len(raw))
+            offset, length = where[key]
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", SHARED), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+        protos.append((graph.name, proto))
+    shared = folder / SHARED
+    shared.write_bytes(bytes(blob))
+    for name, proto in protos:
+        onnx.save(proto, str(folder / name))
+    return shared
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only say which graphs are missing or stale (exit 1 if any)")
     args = ap.parse_args(argv)
     wanted = wanted_graphs()
-    problems = 0
-    for graph, (spec, weights, precision) in sorted(wanted.items(), key=lambda kv: (kv[1][2] != "fp32", kv[0])):
-        why = stale(graph, weights, precision)
-        if args.check:
-            if why is not None:
-                print(f"{graph.name}: {why}", file=sys.stderr)
-                problems += 1
-            continue
-        build(spec, weights, precision, graph)
-        graph.chmod(0o644)  # a package file (the export writes private temporary files)
-        print(f"{graph.name}: {spec} {precision}, {graph.stat().st_size / 2**20:.1f} MiB")
-    folder = next(iter(wanted)).parent if wanted else None
-    for extra in sorted(folder.glob("*.onnx")) if folder is not None else []:
-        if extra not in wanted:
-            if args.check:
-                print(f"{extra.name}: no shipped tag uses it", file=sys.stderr)
-                problems += 1
-            else:
+    order = sorted(wanted, key=lambda g: (wanted[g][2] != "fp32", g.name))  # fp32 first: int8 is made from it
+    folder = order[0].parent
+    if args.check:
+        problems = [f"{g.name}: {why}" for g in order if (why := stale(g, *wanted[g][1:])) is not None]
+        problems += [f"{extra.name}: no shipped tag uses it" for extra in sorted(folder.glob("*.onnx"))
+                     if extra not in wanted]
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1 if problems else 0
+    with tempfile.TemporaryDirectory(prefix="contentiqa-graphs-") as tmp:
+        built = []
+        for graph in order:
+            spec, weights, precision = wanted[graph]
+            fp32 = Path(tmp) / graph.name.replace(f".{precision}.onnx", ".onnx")
+            build(spec, weights, precision, Path(tmp) / graph.name, fp32=fp32)
+            built.append(Path(tmp) / graph.name)
+            print(f"{graph.name}: {spec} {precision}, {built[-1].stat().st_size / 2**20:.1f} MiB on its own")
+        for extra in sorted(folder.glob("*.onnx")):
+            if extra not in wanted:
                 extra.unlink()
                 print(f"{extra.name}: removed (no shipped tag uses it)")
-    return 1 if problems else 0
+        shared = share_tensors(built, folder)
+    for path in [*order, shared]:
+        path.chmod(0o644)  # package files (the export writes private temporary files)
+    total = sum(p.stat().st_size for p in [*order, shared]) / 2**20
+    print(f"{shared.name}: the graphs' tensors, each once; {len(order)} graphs, {total:.1f} MiB in all")
+    return 0
 
 
 if __name__ == "__main__":
