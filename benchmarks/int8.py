@@ -71,7 +71,7 @@ def slug(text: str) -> str:
 
 
 def load_photos(model, paths: list[str]) -> list[np.ndarray]:
-    from contentiqa.models.base import load_image_safely
+    from contentiqa.models.scoring import load_image_safely
 
     out = []
     for p in paths:
@@ -86,8 +86,8 @@ def score_all(session_path: Path, model, paths: list[str], cache: Path, threads:
     """{path: normalised score} of every photo, and {path: content category index} in
     ``categories`` under the key ``"__categories__"`` when the graph has a content head (cached
     in ``cache``: resumable)."""
-    from contentiqa.inference.onnx import make_session
-    from contentiqa.models.base import load_image_safely
+    from contentiqa.inference.onnx_runtime import make_session
+    from contentiqa.models.scoring import load_image_safely
 
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     cats = done.setdefault("__categories__", {})
@@ -112,7 +112,7 @@ def score_all(session_path: Path, model, paths: list[str], cache: Path, threads:
 
 def time_graphs(paths: dict[str, Path], photos: list[np.ndarray], threads: int, rounds: int) -> dict[str, dict]:
     """images/s of each graph on the same in-memory photos, batch 1, rounds interleaved."""
-    from contentiqa.inference.onnx import make_session
+    from contentiqa.inference.onnx_runtime import make_session
 
     sessions = {k: make_session(p, threads=threads, spinning=False) for k, p in paths.items()}
     for s in sessions.values():  # warm-up: the first runs of a session plan memory / pack weights

@@ -44,10 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import DEFAULT_MODEL
     from ..data.imageio import ImageLoadError
     from ..explain import explain
-    from ._model_loading import load_model, resolve_device
+    from ._model_loading import load_model
 
     if not args.images:
         raise UsageError("no IMAGE given")
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
-    device = resolve_device(args.device)
-    model = load_model(args.model or DEFAULT_MODEL, device)
+    model = load_model(args.model, args.device)
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
             raise UsageError(f"model {model.model_name} has no content head: use --target quality")

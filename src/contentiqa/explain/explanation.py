@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from ..data.imageio import ImageLoadError
-from ..models.base import IQAModel, clip_score, to_pil
+from ..models.base import IQAModel
+from ..models.scoring import clip_score, to_pil
 from ..reporting.html import score_higher_is_better
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam

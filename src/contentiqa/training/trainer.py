@@ -383,7 +383,7 @@ class Trainer:
         return (g["score"] if self.has_score else None), (g["category"] if self.model.categories else None)
 
     def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        from ..inference.engine import predict_items
+        from ..inference.torch_runtime import TorchScorer
 
         self.model.eval()
         if self.start_stage:
@@ -410,7 +410,8 @@ class Trainer:
             c = c_all if self.model.categories else None
         else:
             images = list(self.val_table["image"])
-            preds = predict_items(self.model, [images[i] for i in rows], batch_size=self.cfg.batch_size, workers=0)
+            preds = TorchScorer(self.model, precision="fp32").run([images[i] for i in rows], batch_size=self.cfg.batch_size,
+                                                                  workers=0)
             bad = [p for p in preds if p.error]
             if bad:
                 raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")
