@@ -342,7 +342,7 @@ class IEIQA(IQAModel):
         pooled = start_stage >= self.feature_end
         frozen, _ = frozen_levels(self.levels, start_stage)
         dist_key = (f"{c.distortion_backbone}|{c.distortion_checkpoint}|{c.input_size}|"
-                    + (f"pooled levels {self.levels}" if pooled else f"frozen levels {frozen}"))
+                    + (f"pooled levels {self.levels}" if pooled else f"stages 0-{start_stage - 1}, frozen levels {frozen}"))
         dist_mods = tuple(self.stages[:self.feature_end] if pooled else self.stages[:start_stage])
         parts = [CachePart("distortion", dist_key, dist_mods, lambda v: self._encode_distortion(v, start_stage))]
         if self.intelligibility is not None:

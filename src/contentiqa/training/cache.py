@@ -169,14 +169,15 @@ class OnnxEncoder:
         return {n: torch.from_numpy(o) for n, o in zip(self.names, outs)}
 
 
-def part_folder(model: IQAModel, part: CachePart, start_stage: int, dtype: torch.dtype, cache_dir: str | os.PathLike) -> Path:
+def part_folder(model: IQAModel, part: CachePart, dtype: torch.dtype, cache_dir: str | os.PathLike) -> Path:
     """Where one cache part's encodings live: named by the part and keyed by what computes
-    them (its key, the frozen weights, the first trained stage, the storage type), so two
-    models that share a component (``ie-iqa`` and ``ie-iqa-distortion``: the same distortion
-    stages) share its encodings, and anything that changes them gets a new folder."""
+    them (its key, which says where the cache stops when that matters; the frozen weights;
+    the storage type; the views), so two models or two cache depths that share a component
+    (``ie-iqa`` and ``ie-iqa-distortion``: the same distortion stages; IE-IQA's intelligibility
+    features at any depth) share its encodings, and anything that changes them gets a new folder."""
     fp = weights_fingerprint(part.modules)
-    tag = hashlib.sha1(f"{part.key}|{start_stage}|{dtype}|{fp}|views:{model.cache_view_names()}".encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{part.name}_s{start_stage}_{tag}"
+    tag = hashlib.sha1(f"{part.key}|{dtype}|{fp}|views:{model.cache_view_names()}".encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{part.name}_{tag}"
 
 
 @torch.inference_mode()
@@ -218,7 +219,7 @@ def cached_encodings(
         raise ValueError(f"{len(damage)} damage specs for {len(paths)} images")
     parts = model.cache_parts(start_stage)
     keys = [_file_key(p, d) for p, d in zip(paths, damage)]
-    folders = ([part_folder(model, part, start_stage, dtype, cache_dir) for part in parts]
+    folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
                if cache_dir is not None else [None] * len(parts))
     stores: list[dict[str, dict[str, torch.Tensor]]] = []
     for folder in folders:
