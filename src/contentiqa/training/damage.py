@@ -27,6 +27,9 @@ from ..data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS
 from ..models.base import IQAModel
 from .config import TrainConfig
 
+GROUP_SIZE = 1 + len(LEVELS)
+"""Items of a graded group: the photo, then its copies at levels 1-4, best first."""
+
 
 class DamageSet:
     """Cached encodings of the graded groups and the anchors of one training table."""
@@ -52,11 +55,10 @@ class DamageSet:
             paths, specs = [], []
             for i, p in enumerate(picked[:cfg.damage_photos]):
                 kind = kinds[i % len(kinds)]
-                paths += [p] * (1 + len(LEVELS))
+                paths += [p] * GROUP_SIZE
                 specs += [""] + [f"degrade:{kind}:{lv}" for lv in LEVELS]
             enc = encode(paths, specs)
-            step = 1 + len(LEVELS)
-            self.groups = [enc[i:i + step] for i in range(0, len(enc), step)]
+            self.groups = [enc[i:i + GROUP_SIZE] for i in range(0, len(enc), GROUP_SIZE)]
         self.anchors: list[dict[str, torch.Tensor]] = []
         if cfg.anchor_weight and cfg.anchor_photos:
             bad = sorted(BAD_FRAMES)

@@ -52,7 +52,7 @@ from . import distributed as dist_utils
 from .config import TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
-from .damage import DamageSet
+from .damage import GROUP_SIZE, DamageSet
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
@@ -104,7 +104,7 @@ class _TrainStep(nn.Module):
             cfg = self.cfg
             if "groups" in extra:
                 s = self.model.forward_cached(extra["groups"], self.start_stage)["score"].float()
-                term = ordered_fidelity_loss(s.view(-1, 5), cfg.rank_sigma)
+                term = ordered_fidelity_loss(s.view(-1, GROUP_SIZE), cfg.rank_sigma)
                 loss = loss + cfg.damage_weight * term
                 parts["damage"] = float(term.detach())
             if "anchors" in extra:
@@ -604,13 +604,18 @@ class Trainer:
         rows = np.arange(len(self.val_table))
         if self.scales is not None:
             rows = np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
-        saved = self.model
+        saved = self.model, self.val_feats
         try:
             model.set_calibration(None)
             self.model = model.to(self.device)
+            if self.start_stage and len(self.val_feats or ()) != len(self.val_table):  # one rank's share only
+                from .cache import cached_encodings
+
+                self.val_feats = cached_encodings(model, list(self.val_table["image"]), self.start_stage, train=False,
+                                                  cache_dir=self.cache_dir, progress=False, runtime=self.cfg.cache_runtime)
             s, _ = self._predict_rows(np.arange(len(self.val_table)))
         finally:
-            self.model = saved
+            self.model, self.val_feats = saved
         t, _ = self._targets(self.val_table)
         params = fit_calibration(s[rows], t[rows])
         model.set_calibration(params)
