@@ -600,6 +600,82 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
         log.close()
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        while s.recv(4096):
+            pass  # a keep-alive answer still being read
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_real_server_closes_silent_connections_and_refuses_a_busy_port(ckpt, tmp_path):
+    """Silent sockets cannot hold --max-connections: a connection that has not sent its request
+    headers within --header-timeout is closed, as is one that trickles them, or that trickles
+    its next request after a keep-alive answer; then /healthz answers. A second server on the
+    same port exits 2 (usage error) naming the address (issue 22)."""
+    port, limit, header_timeout = _free_port(), 4, 2.0
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--runtime", "torch",
+         "--threads", "1", "--max-connections", str(limit), "--header-timeout", str(header_timeout),
+         "--log-level", "warning"],
+        env=_env(), stdout=log, stderr=subprocess.STDOUT,
+    )
+    held: list[socket.socket] = []
+    try:
+        _wait_ready(port, proc)
+        busy = subprocess.run([sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port)],
+                              env=_env(), capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 2, busy.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Traceback" not in busy.stderr
+
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)  # a keep-alive client ...
+        held.append(kept)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(kept)[0] == 200
+        kept.sendall(b"G")  # ... that starts its next request and stops
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held.append(trickler)
+        held += [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(limit + 8)]
+        start = time.monotonic()
+        assert _http(port, HEALTHZ, timeout=5)[0] == 503  # every slot is held
+        status = None
+        while time.monotonic() - start < header_timeout + 5:
+            try:
+                trickler.sendall(b"G")
+            except OSError:
+                pass
+            try:
+                status = _http(port, HEALTHZ, timeout=1.0)[0]
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.25)
+        assert status == 200 and time.monotonic() - start < header_timeout + 5
+        assert all(_closed_by_server(s, within=header_timeout + 2) for s in held)
+        assert proc.poll() is None
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.seek(0)
+        print(log.read()[-3000:])
+        log.close()
+
+
 # -- the page in a real browser ----------------------------------------------------------------
 def _chromium() -> str | None:
     """The system's Chromium ($CONTENTIQA_CHROMIUM first): Playwright's own browser download
@@ -688,7 +764,7 @@ def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
     assert args.func(args) == 1  # the server never started
     loaded = captured["loader"]()
     assert loaded.runtime == "onnx" and loaded.forward is not None and loaded.explainable
-    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch"])
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch", "--port", "0"])
     assert args.func(args) == 1 and captured["loader"]().runtime == "torch"
 
 
@@ -711,7 +787,7 @@ def test_serve_runs_and_reports_the_score_commands_precision(ckpt, model, tmp_pa
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(app_mod, "create_app", fake_create_app)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
-    args = build_parser().parse_args(["serve", "--model", ckpt, "--autocast", "bf16"])
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--autocast", "bf16", "--port", "0"])
     assert args.func(args) == 1  # the server never started
     loaded = captured["loader"]()
     assert (loaded.runtime, loaded.autocast, loaded.precision) == ("torch", "bfloat16", "bf16")
