@@ -316,6 +316,23 @@ def test_models_and_docs(model):
         assert c.get("/docs").status_code == 200
 
 
+def test_api_docs_work_offline(model):
+    """/docs and /redoc load their scripts, styles and icon from this server: the pages name no
+    other host, and what they name is served (issue 22: /docs was blank offline)."""
+    import re
+
+    with client_for(model) as c:
+        for page in ("/docs", "/redoc"):
+            html = c.get(page).text
+            assert "http://" not in html and "https://" not in html and not re.search(r"[\x27\"(]//", html)
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+            assert len(assets) >= 2
+            for url in assets:
+                r = c.get(url)
+                assert r.status_code == 200 and len(r.content) > 100, url
+        assert '"validatorUrl": null' in c.get("/docs").text  # Swagger's online validator is not asked either
+
+
 def test_page_and_its_assets_are_local(model):
     with client_for(model) as c:
         html = c.get("/").text

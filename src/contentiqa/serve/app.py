@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -44,6 +45,8 @@ from .metrics import Metrics, endpoint_label
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_ENV = "CONTENTIQA_API_KEY"
+DOCS_ASSETS = "/docs-assets"
+"""Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 
 
 @dataclass
@@ -453,11 +456,16 @@ def create_app(
         finally:
             await svc.stop()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline ships them),
+    # not from a CDN: they work offline, and a user's browser contacts no third party (nor
+    # Swagger's online validator, switched off).
+    app = FastAPIOffline(
         title="contentiqa",
         version=__version__,
         description="No-reference image quality scores (and where the model looked) for uploaded photos.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = svc
 

@@ -20,7 +20,7 @@ def endpoint_label(path: str) -> str:
     for e in ENDPOINTS:
         if path == e or (e not in ("/",) and path.startswith(e + "/")):
             return e
-    if path in ("/openapi.json", "/redoc") or path.startswith("/docs"):
+    if path in ("/openapi.json", "/redoc") or path.startswith("/docs"):  # /docs-assets/ too
         return "/docs"
     return "other"
 
