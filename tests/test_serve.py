@@ -555,7 +555,7 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
     server_tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--timeout", "2",
-         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "warning"],
+         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "info"],
         env={**_env(), "TMPDIR": str(server_tmp)}, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -588,6 +588,26 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
             s.sendall(post_request("/v1/score", body[: len(body) // 2], length=len(body)))
         status, _, _ = _http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert status == 200
+
+        # A client that disconnects once its upload is sent, while it waits for a batch (--max-wait-ms
+        # 1500): its image is not scored, and that is counted and logged (issue 22).
+        def counts() -> tuple[float, float, float]:
+            text = _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[2].decode()
+            def value(name: str) -> float:
+                return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+            return (value('contentiqa_images_total{outcome="scored"}'), value('contentiqa_images_total{outcome="abandoned"}'),
+                    value("contentiqa_batch_size_count"), value("contentiqa_queue_depth"))
+        before = counts()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(post_request("/v1/score", multipart([("gone.jpg", jpeg(9))])))
+            t = time.monotonic()
+            while counts()[3] < 1 and time.monotonic() - t < 1.2:  # read and queued (the batch waits 1.5 s)
+                time.sleep(0.02)
+        time.sleep(2.0)  # past the batch's wait: it would have run by now
+        scored, abandoned, batches, _ = counts()
+        assert (scored, abandoned, batches) == (before[0], before[1] + 1, before[2]), (before, counts())
+        log.flush()
+        assert "client gone before 1 image(s) of /v1/score were run" in (tmp_path / "server.log").read_text()
 
         # SIGTERM while a request waits in the batcher (--max-wait-ms 1500): it is finished.
         result: dict = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from ..utils.io import file_sha256
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
 
+logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_ENV = "CONTENTIQA_API_KEY"
 DOCS_ASSETS = "/docs-assets"
@@ -385,6 +387,13 @@ class RequestGuard:
             metrics.latency.labels(label).observe(time.perf_counter() - start)
 
 
+async def _disconnected(request: Request) -> None:
+    """Return once the client has disconnected. Called after the body was read: the server's
+    next message is then the disconnect (it waits for it; a test client, for the response)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _content_length(scope) -> int | None:
     for k, v in scope.get("headers", []):
         if k == b"content-length":
@@ -509,17 +518,36 @@ def create_app(
             svc.metrics.error("not_ready")
             raise HTTPException(503, "the server is shutting down") from None
 
-    async def run_queued(request: Request, submit: Callable[[], Any]) -> Any:
-        """Queue work on the batcher and wait for it within the request's deadline."""
+    def abandon(request: Request, n_images: int) -> ClientDisconnect:
+        """The client left before its work ran: count it, say so, and answer nobody."""
+        svc.metrics.images.labels("abandoned").inc(n_images)
+        client = request.client
+        logger.info("%s: client gone before %d image(s) of %s were run; dropped",
+                    f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path)
+        return ClientDisconnect()  # its handler counts the request as disconnected (499)
+
+    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int) -> Any:
+        """Queue work on the batcher and wait for it within the request's deadline; dropped
+        when the client disconnects meanwhile (nobody would read the result)."""
+        if await request.is_disconnected():
+            raise abandon(request, n_images)
         with admission():
             fut = submit()
+        work = asyncio.wrap_future(fut)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), svc.remaining(request))
-        except asyncio.TimeoutError:
-            assert svc.batcher is not None
-            svc.batcher.cancel(fut)
-            svc.metrics.error("timeout")
-            raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s") from None
+            done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work in done:
+            return work.result()
+        assert svc.batcher is not None
+        svc.batcher.cancel(fut)
+        if gone in done:
+            raise abandon(request, n_images)
+        svc.metrics.error("timeout")
+        raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s")
 
     @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
               summary="Score one or many uploaded images")
@@ -549,7 +577,8 @@ def create_app(
         batcher = svc.batcher
         within = svc.remaining(request)
         if todo:
-            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within))
+            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within),
+                                    len(todo))
             for i, p in zip(todo, done):
                 preds[i] = p
         assert svc.identity is not None
@@ -590,7 +619,7 @@ def create_app(
         batcher = svc.batcher
         try:
             png, headers = await run_queued(request, lambda: batcher.call(
-                lambda: _render_explanation(svc, img, target, max_size)))
+                lambda: _render_explanation(svc, img, target, max_size)), 1)
         except (ValueError, TypeError, RuntimeError) as exc:  # the model cannot explain this input
             svc.metrics.error("explain_failed")
             raise HTTPException(422, f"cannot explain this image: {exc}") from None
