@@ -157,7 +157,11 @@ def test_body_size_and_pixel_limits(model):
         assert r.status_code == 200
         rows = r.json()["results"]
         assert "decompression-bomb guard" in rows[0]["error"] and rows[0]["score"] is None
+        # advice a client can follow: not the library's "raise max_pixels" (issue 22)
+        assert "max_pixels" not in rows[0]["error"] and "send a smaller photo" in rows[0]["error"]
         assert rows[1]["error"] is None
+        r = c.post("/v1/explain", files={"file": ("bomb.png", big_png(2000, 1000), "image/png")})
+        assert r.status_code == 422 and "send a smaller photo" in r.json()["detail"]
 
 
 def test_api_key_on_every_v1_call_and_nowhere_else(model):
@@ -738,7 +742,9 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     for name, seed in (("first.jpg", 9), ("second.jpg", 1)):
         photos[name] = tmp_path / name
         photos[name].write_bytes(jpeg(seed, size=(120, 160)))
-    app = create_app(ServeConfig(), model=LoadedModel(model))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
+    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=LoadedModel(model))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -747,7 +753,8 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         t = time.monotonic()
         while not server.started and time.monotonic() - t < 30:
             time.sleep(0.05)
-        with TestClient(create_app(ServeConfig(), model=LoadedModel(model))) as c:
+        # (the same limits: both apps set them on the one model object)
+        with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=LoadedModel(model))) as c:
             rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
         expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
         assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
@@ -760,15 +767,29 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("document.querySelector('#model-info').textContent.includes('model')")
-                page.set_input_files("#file-input", [str(p) for p in photos.values()])
-                page.wait_for_function("document.querySelectorAll('.card.done').length == 2", timeout=30_000)
+                info = "document.querySelector('#model-info').textContent"
+                page.wait_for_function(f"{info}.includes('needs an API key')")
+                page.fill("#api-key", "wrong")  # a wrong key is said to be wrong (issue 22)
+                page.click("#key-save")
+                page.wait_for_function(f"{info}.includes('refused this API key')")
+                page.fill("#api-key", "s3cret")
+                page.click("#key-save")
+                page.wait_for_function(f"{info}.includes('model')")
+                page.set_input_files("#file-input", [str(p) for p in photos.values()]
+                                     + [str(tmp_path / "notes.txt"), str(tmp_path / "bomb.png")])
+                page.wait_for_function("document.querySelectorAll('.card.done').length == 3", timeout=30_000)
+                page.wait_for_function("document.querySelector('#status').textContent.includes('done')",
+                                       timeout=30_000)
+                # the file that is not an image is named, not dropped silently (issue 22)
+                assert "skipped notes.txt (not an image)" in page.text_content("#status")
                 names = [el.text_content() for el in page.query_selector_all(".card .name")]
-                shown = [float(el.text_content()) for el in page.query_selector_all(".card .score")]
-                categories = [el.text_content() for el in page.query_selector_all(".card .category")]
-                assert names == [r["filename"] for r in expected]
+                shown = [float(el.text_content()) for el in page.query_selector_all(".card:not(.failed) .score")]
+                categories = [el.text_content() for el in page.query_selector_all(".card:not(.failed) .category")]
+                assert names == [r["filename"] for r in expected] + ["bomb.png"]  # failed ones last
                 assert shown == pytest.approx([r["score"] for r in expected], abs=0.006)
                 assert all(r["category"] in c for r, c in zip(expected, categories))
+                bomb = page.text_content(".card.failed .error")  # advice a web user can follow
+                assert "send a smaller photo" in bomb and "max_pixels" not in bomb
                 page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
                                        timeout=30_000)  # both heatmaps arrived
             finally:

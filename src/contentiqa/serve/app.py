@@ -47,6 +47,8 @@ from .metrics import Metrics, endpoint_label
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_ENV = "CONTENTIQA_API_KEY"
+SERVER_BOMB_HINT = "send a smaller photo: the limit is this server's (its operator sets it)"
+"""What a client is told to do about an image over the pixel limit (it cannot raise the limit)."""
 DOCS_ASSETS = "/docs-assets"
 """Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 
@@ -290,6 +292,7 @@ class Service:
     def decode(self, data: bytes) -> tuple[Any, list[str], str | None]:
         """(image, notes, error) for uploaded bytes, read by the CLI's image reader (same
         checks, same decompression-bomb guard) from a private temporary file removed at once."""
+        from ..data.imageio import BOMB_HINT
         from ..models.base import load_image_safely
 
         assert self.loaded is not None and self.tmpdir is not None
@@ -304,7 +307,7 @@ class Service:
             except OSError:
                 pass
         if err is not None:
-            err = err.replace(tmp, "<upload>")
+            err = err.replace(tmp, "<upload>").replace(BOMB_HINT, SERVER_BOMB_HINT)
         return img, notes, err
 
     def decode_for_scoring(self, data: bytes) -> tuple[Decoded | None, list[str], str | None]:
