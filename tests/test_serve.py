@@ -309,6 +309,20 @@ def test_explain_returns_heatmap_png(model):
         assert c.post("/v1/explain?target=nonsense", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 422
 
 
+def test_explain_reports_the_score_of_the_served_runtime(model):
+    """/v1/explain's X-Score and X-Category are /v1/score's for the same photo, from the runtime
+    and precision served (here PyTorch under bf16 autocast, whose scores differ from fp32's);
+    the heatmap is PyTorch's (issue 22: explain reported fp32 beside an int8 /v1/score)."""
+    loaded = LoadedModel(model, spec="tiny", runtime="torch", autocast="bfloat16", precision="bf16")
+    with TestClient(create_app(ServeConfig(), model=loaded)) as c:
+        for seed in (6, 7, 8):
+            photo = jpeg(seed, size=(72, 90))
+            row = c.post("/v1/score", files=files(("a.jpg", photo))).json()["results"][0]
+            r = c.post("/v1/explain?target=quality&max_size=64", files={"file": ("a.jpg", photo, "image/jpeg")})
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert float(r.headers["x-score"]) == row["score"] and r.headers["x-category"] == row["category"]
+
+
 def test_models_and_docs(model):
     with client_for(model, max_images=5) as c:
         body = c.get("/v1/models").json()

@@ -7,6 +7,11 @@ the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--ma
 shows plain Grad-CAM. The model sees the image at native resolution; images above
 --max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),
 while the score and category printed are always those of the full-resolution image.
+
+The score and category are those `contentiqa score` gives the image: computed by the same
+runtime and precision (--runtime, --precision, --autocast, with score's defaults: ONNX Runtime
+on a CPU, int8 where measured to keep the accuracy), named in the figure's title; the heatmaps
+are PyTorch's (Grad-CAM needs its gradients), the category heatmap of that category.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import sys
 from pathlib import Path
 
 from .main import UsageError
+from .score import AUTOCAST_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +46,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=float, default=4.0, metavar="MP",
                    help="explain images above MP megapixels on a downscaled copy (default 4; 0 = never downscale)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
+                   help="what computes the score, as `contentiqa score --runtime` (default auto: ONNX Runtime on the "
+                        "CPU); the heatmaps are PyTorch's either way")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="ONNX Runtime graph of the score, as `contentiqa score --precision` (default: the model's "
+                        "measured choice)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="as `contentiqa score --autocast`: " + AUTOCAST_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import DEFAULT_MODEL
     from ..data.imageio import ImageLoadError
     from ..explain import explain
-    from ._model_loading import load_model, resolve_device
+    from ..explain.explanation import scored_by_label
+    from ..inference.engine import predict_items
+    from ._model_loading import resolve_device
+    from .score import _load_runtime, run_precision, settle_runtime
 
     if not args.images:
         raise UsageError("no IMAGE given")
@@ -59,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
+    # The score's runtime, loaded as `contentiqa score` loads it (same rules and messages), with
+    # the torch model kept for the heatmaps.
+    args.onnx_model, args.threads, args.plan, args.precision_used, args.quiet = None, None, None, None, False
+    settle_runtime(args)
     device = resolve_device(args.device)
-    model = load_model(args.model or DEFAULT_MODEL, device)
+    model, _, forward = _load_runtime(args, device, torch_free=False)
+    autocast, precision = run_precision(args, model, forward)
+    scored_by = scored_by_label(args.runtime, precision)
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
             raise UsageError(f"model {model.model_name} has no content head: use --target quality")
@@ -75,8 +97,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
     taken: set[str] = set()
     for image in args.images:
+        pred = predict_items(model, [image], batch_size=1, workers=0, forward=forward, autocast=autocast)[0]
+        if pred.error is not None:
+            print(f"{image}: {pred.error}", file=sys.stderr)
+            failures += 1
+            continue
         try:
-            exp = explain(model, image, targets=targets, category=category, max_pixels=max_pixels)
+            exp = explain(model, image, targets=targets, category=category or pred.category, max_pixels=max_pixels,
+                          exact_score=False).scored(pred, scored_by)
         except (ImageLoadError, ValueError, TypeError) as exc:
             print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1

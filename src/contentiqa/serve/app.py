@@ -674,22 +674,29 @@ def create_app(
 
 def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> tuple[bytes, dict[str, str]]:
     """PNG bytes and headers for an explanation (on the batcher's thread: Grad-CAM hooks the
-    model's modules, which no scoring batch may pass through meanwhile)."""
+    model's modules, which no scoring batch may pass through meanwhile). The score and category
+    are /v1/score's for this image (the served runtime and precision); the heatmaps are PyTorch's,
+    the category one of that category."""
     from ..explain import explain
-    from ..models.base import clip_score
+    from ..explain.explanation import scored_by_label
+    from ..reporting.results import row_from_prediction
 
     assert svc.loaded is not None and svc.tmpdir is not None
     model = svc.loaded.model
+    pred = svc._run_batch([img])[0]
+    if pred.error is not None:
+        raise ValueError(pred.error)
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[target]
     if not model.has_content_head:
         targets = tuple(t for t in targets if t != "category") or ("quality",)
-    exp = explain(model, img, targets=targets, max_pixels=svc.config.explain_max_pixels, exact_score=True)
+    exp = explain(model, img, targets=targets, category=pred.category, max_pixels=svc.config.explain_max_pixels,
+                  exact_score=False)
+    exp = exp.scored(pred, scored_by_label(svc.loaded.runtime, svc.loaded.precision))
     headers: dict[str, str] = {}
-    if exp.score is not None:
-        lo, hi = exp.score_range
-        headers["X-Score"] = f"{clip_score(exp.score, lo, hi):.6g}"
-    if exp.category is not None:
-        headers["X-Category"] = exp.category
+    if pred.score is not None:
+        headers["X-Score"] = repr(row_from_prediction(pred)["score"])  # the number /v1/score's row has
+    if pred.category is not None:
+        headers["X-Category"] = pred.category
     if target == "both":
         fd, tmp = tempfile.mkstemp(dir=svc.tmpdir, suffix=".png")
         os.close(fd)
