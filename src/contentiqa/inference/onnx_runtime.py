@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,11 +366,15 @@ class OnnxScorer:
         return clip_to_scale(pred, self.scale)
 
     def predict(self, inputs: Any, batch_size: int = 1, progress: bool = False) -> list[Prediction] | Prediction:
-        """Score one input or many (paths, PIL images, arrays), like ``IQAModel.predict``."""
+        """Score one input or many (paths, PIL images, arrays, tensors), like ``IQAModel.predict``:
+        an N x 3 x H x W tensor is N photos (a list of N Predictions, one for a 1 x 3 x H x W)."""
         from .engine import predict_items
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+        if torch is not None and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            inputs = list(inputs)
         single = not isinstance(inputs, (list, tuple))
         items = [in_memory_checked(self, it) for it in ([inputs] if single else list(inputs))]  # type: ignore[arg-type]
         runs, forward = self._side_by_side(len(items))
