@@ -1,4 +1,6 @@
 # contentiqa — the two commands a new user needs: `make run` and `make test`.
+# `make install` is the full development environment (PyTorch, training, tests); scoring and
+# serving alone need no PyTorch: `pip install .` (see README).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[dev,lite]'
+	$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 run: install

@@ -83,28 +83,21 @@ def subset_folder(images: list[str], where: Path) -> Path:
     return where
 
 
-def settings(device: str) -> dict:
-    """What `contentiqa score` chooses by default on ``device`` (runtime, batch, workers, autocast)."""
-    import argparse as ap
-
+def settings(device: str) -> tuple[dict, object]:
+    """What `contentiqa score` chooses by default on ``device`` (runtime, batch, workers, precision):
+    the scorer of the scoring layer, asked as the command asks."""
     import contentiqa
-    from contentiqa.cli._model_loading import resolve_device
-    from contentiqa.cli.score import add_parser, default_batch_size, default_workers, resolve_autocast
 
-    parser = ap.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["score", "x.jpg", "--device", device])
-    dev = resolve_device(device)
-    model = contentiqa.create_model(contentiqa.DEFAULT_MODEL).to(dev).eval()
-    runtime = "onnx" if device == "cpu" else "torch"
+    scorer = contentiqa.load_scorer(contentiqa.DEFAULT_MODEL, device=device)
+    ident = scorer.identity
     return {
         "model": contentiqa.DEFAULT_MODEL,
-        "runtime": runtime,
-        "batch_size": default_batch_size(model, runtime),
-        "workers": default_workers(runtime, None, device),
-        "autocast": resolve_autocast(args.autocast, runtime, dev),
-        "device_name": (__import__("torch").cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()),
-    }, model
+        "runtime": ident.runtime,
+        "precision": ident.precision,
+        "batch_size": scorer.default_batch_size(),
+        "workers": scorer.default_workers(),
+        "device_name": (__import__("torch").cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()),
+    }, scorer
 
 
 def cpu_name() -> str:
@@ -115,20 +108,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "CPU"
-
-
-def decode_model(model, kind: str):
-    """What preprocesses in the run: on the CPU the cached ONNX scorer (numpy), else the torch model."""
-    if kind == "cpu":
-        import contentiqa
-        from contentiqa.cli._model_loading import weights_file_for
-        from contentiqa.inference.onnx_runtime import cached_scorer
-
-        found = weights_file_for(contentiqa.DEFAULT_MODEL)
-        scorer = cached_scorer(found[0], threads=1) if found else None
-        if scorer is not None:
-            return scorer
-    return model
 
 
 def decode_only_ips(model, images: list[str], workers: int, n: int) -> float:
@@ -176,7 +155,7 @@ def main() -> None:
             if rows == 0:  # every remaining photo failed: report what was scored
                 print(f"no progress in the last segment: {tail}", file=sys.stderr)
                 break
-        decode = decode_only_ips(decode_model(model, kind), images, chosen["workers"], min(args.decode_sample, len(images)))
+        decode = decode_only_ips(model, images, chosen["workers"], min(args.decode_sample, len(images)))
         load_after = os.getloadavg()
     seconds = sum(s["seconds"] for s in state["segments"])
     scored = sum(s["rows"] for s in state["segments"])

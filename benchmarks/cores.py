@@ -147,13 +147,12 @@ def main() -> None:
     files = sorted(str(p) for p in IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))[: args.photos]
 
     import contentiqa
-    from contentiqa.inference.onnx import cached_export
     from contentiqa.inference.threads import busy_cores, plan_threads, usable_cpus
 
     model = contentiqa.create_model(contentiqa.DEFAULT_MODEL).eval()
     cfg = model.cfg.to_dict()
     sizes = [int(cfg["input_size"])] + ([int(cfg["intelligibility_input_size"])] if cfg.get("intelligibility_input_size") else [])
-    cached_export(model)  # the export cache is warm, as on every run after the first
+    contentiqa.load_scorer(threads=1)  # its graph is there (shipped, or exported into the cache once), as for score
     cpus = usable_cpus()
     results: dict[str, dict[str, list]] = {}
     with tempfile.TemporaryDirectory(prefix="contentiqa-cores-") as tmp, bench_lock():

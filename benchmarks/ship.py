@@ -44,6 +44,11 @@ def shipping_data(cfg, out: Path):
         protocol = cfg.protocol_of(spec)
         split = make_splits(table, protocol, 0)
         va = split.indices(table, "val") if split.parts.get("val") else np.array([], dtype=int)
+        if not len(va) and spec.val_fraction:
+            # A protocol without a validation part: the same share the experiment held out of each
+            # split's train part, held out of all the photos (epoch choice and calibration).
+            order = np.random.default_rng([0, 17]).permutation(len(table))
+            va = np.sort(order[:max(1, int(round(spec.val_fraction * len(table))))])
         held = set(va.tolist()) | (set(split.indices(table, "test").tolist()) if protocol == "official" else set())
         tr = np.array([i for i in range(len(table)) if i not in held], dtype=int)
         train_parts.append(table.iloc[tr].assign(dataset=spec.label) if several else table.iloc[tr])
@@ -102,6 +107,9 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                           progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
         best = trainer.fit(resume=True)
         best_model = trainer.load_best() if val is not None else trainer.model
+        if tcfg.calibrate:
+            calibration = trainer.calibrate(best_model)
+            used.append(f"output calibrated on the validation photos of {cfg.train_sets[0].label}: logistic {calibration}")
     weights_dir.mkdir(parents=True, exist_ok=True)
     name = f"{run.model}_{tag}.pt"
     path = weights_dir / name
@@ -135,6 +143,33 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     return path
 
 
+def gate_verdict(model: str, row: str) -> tuple[bool, str]:
+    """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not."""
+    from common import RESULTS
+
+    path = RESULTS / f"ship_gate_{model}.json"
+    if not path.is_file():
+        return False, f"no ship gate has been run for {model} ({path} is missing): run benchmarks/ship_gate.py"
+    gate = json.loads(path.read_text())
+    if gate.get("candidate", {}).get("row") != row:
+        return False, f"{path.name} judged row {gate.get('candidate', {}).get('row')!r}, not {row!r}"
+    if gate.get("verdict") != "PASS":
+        worse = [r["measure"] for r in gate.get("rows", []) if r.get("verdict") == "WORSE"]
+        return False, (f"{path.name}: the gate FAILED" + (f" (worse on: {', '.join(worse)})" if worse
+                                                           else " (better on nothing)"))
+    return True, f"{path.name}: PASS"
+
+
+def set_default_tag(model: str, tag: str, weights_dir: Path) -> None:
+    from contentiqa.models.registry import DEFAULT_TAGS_FILE
+    from contentiqa.utils.io import atomic_write_text
+
+    path = weights_dir / DEFAULT_TAGS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[model] = tag
+    atomic_write_text(path, json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", type=Path)
@@ -146,8 +181,29 @@ def main(argv: list[str] | None = None) -> None:
                     help="ship the best.pt of this experiment split (runs/<row>/seed<S>) instead of training on all "
                          "the data (when the full run would take too long: the card then says which images it saw)")
     ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the .pt and card go (default: the package)")
+    ap.add_argument("--default", action="store_true",
+                    help="make the tag its model's default (weights/defaults.json): only when benchmarks/ship_gate.py "
+                         "passed this row")
+    ap.add_argument("--override-gate", action="store_true",
+                    help="replace a default although the ship gate did not pass this row (say why in the commit)")
     args = ap.parse_args(argv)
+    from contentiqa.experiments import load_config
+    from contentiqa.models.registry import model_entry
+
+    cfg = load_config(args.config)
+    run = next((r for r in cfg.runs if r.name == args.row), None)
+    if run is None:
+        raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
+    replaces_default = args.default or model_entry(run.model).default_tag == args.tag
+    if replaces_default and args.weights_dir == WEIGHTS:
+        ok, why = gate_verdict(run.model, args.row)
+        if not ok and not args.override_gate:
+            raise SystemExit(f"refusing to replace the default of {run.model}: {why} (--override-gate to ship anyway)")
+        print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir)
+    if args.default:
+        set_default_tag(run.model, args.tag, args.weights_dir)
+        print(f"{run.model}: default tag is now {args.tag} ({args.weights_dir / 'defaults.json'})")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
     from contentiqa.cli.main import main
 
     loaded = {"s": 0.0}
-    real = score_mod._load_runtime
+    real = score_mod.load_scorer
 
     def timed_load(*a, **k):
         t = time.perf_counter()
@@ -298,7 +298,7 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
         finally:
             loaded["s"] += time.perf_counter() - t
 
-    score_mod._load_runtime = timed_load
+    score_mod.load_scorer = timed_load
     try:
         t = time.perf_counter()
         rc = main(["score", *files, "--model", ckpt, "-o", str(out_csv), "-q", "--force", "--runtime", runtime,
@@ -306,7 +306,7 @@ def cli_score(ckpt: str, files: list[str], out_csv: Path, runtime: str, batch_si
                    *(["--workers", str(workers)] if workers is not None else []), *(extra or [])])
         wall = time.perf_counter() - t
     finally:
-        score_mod._load_runtime = real
+        score_mod.load_scorer = real
     if rc != 0:
         raise RuntimeError(f"contentiqa score exited {rc} ({runtime}, {out_csv})")
     n = len(files)
@@ -331,16 +331,15 @@ def interleaved(tasks: dict[Any, Callable[[], dict[str, Any]]], repeats: int) ->
 
 
 # -- where the time goes ---------------------------------------------------------------------------------------------
-def breakdown(model, files: list[str], forward=None, batch_size: int = 1, workers: int = 2,
-              channels_last: bool | None = None) -> dict[str, float]:
-    """predict_items with timers: wall, time inside the model forward, and decode+preprocess
-    time summed over the decoding threads."""
+def breakdown(scorer, files: list[str], batch_size: int = 1, workers: int = 2) -> dict[str, float]:
+    """The engine on ``scorer`` with timers: wall, time inside the model's forward, and
+    decode+preprocess time summed over the decoding threads."""
     import contentiqa.inference.engine as engine
 
     lock = threading.Lock()
     acc = {"forward": 0.0, "prepare": 0.0, "batches": 0}
     real_prepare = engine._prepare
-    fwd = forward or model
+    fwd = scorer.forward
 
     def timed_prepare(*a, **k):
         t = time.perf_counter()
@@ -361,9 +360,7 @@ def breakdown(model, files: list[str], forward=None, batch_size: int = 1, worker
     engine._prepare = timed_prepare
     try:
         t = time.perf_counter()
-        engine.predict_items(model, files, batch_size=batch_size, workers=workers, forward=timed_forward,
-                             channels_last=(forward is None) if channels_last is None else channels_last,
-                             return_results=False)
+        engine.Engine(scorer, timed_forward, batch_size=batch_size, workers=workers).run(files, return_results=False)
         wall = time.perf_counter() - t
     finally:
         engine._prepare = real_prepare
@@ -374,14 +371,14 @@ def breakdown(model, files: list[str], forward=None, batch_size: int = 1, worker
 
 
 # -- memory over a long run ------------------------------------------------------------------------------------------------
-def rss_long_run(model, files: list[str], n_inputs: int, every: int, forward=None, batch_size: int = 1) -> dict[str, Any]:
+def rss_long_run(scorer, files: list[str], n_inputs: int, every: int, batch_size: int = 1) -> dict[str, Any]:
     """Score ``files`` cycled to ``n_inputs`` inputs (no results kept, as the CLI does) and
     record RSS every ``every`` results. ``working_set_mb``: RSS at the first sample minus RSS
     before the run (the pipeline's working set: decoded images, a batch and the runtime's
     buffers); ``growth_mb``: from the sample at 20 % of the run to the last one."""
     import psutil
 
-    from contentiqa.inference.engine import DEFAULT_MAX_BATCH_PIXELS, predict_items
+    from contentiqa.inference.engine import DEFAULT_MAX_BATCH_PIXELS, Engine
 
     proc = psutil.Process()
     items = [files[k % len(files)] for k in range(n_inputs)]
@@ -396,7 +393,7 @@ def rss_long_run(model, files: list[str], n_inputs: int, every: int, forward=Non
     release_memory()
     start = rss_mb()
     t = time.perf_counter()
-    predict_items(model, items, batch_size=batch_size, forward=forward, on_result=on_result, return_results=False)
+    Engine(scorer, scorer.forward, batch_size=batch_size).run(items, on_result=on_result, return_results=False)
     wall = time.perf_counter() - t
     ref = series[min(len(series) - 1, len(series) // 5)] if series else (0, start)
     growth = series[-1][1] - ref[1] if series else 0.0
@@ -438,7 +435,9 @@ def run_benchmark(
     import torch
     from PIL import Image
 
-    from contentiqa.inference.onnx import OnnxForward, cached_export, make_session, onnx_forward_for
+    from contentiqa.inference.onnx import cached_export
+    from contentiqa.inference.onnx_runtime import OnnxScorer, make_session
+    from contentiqa.inference.torch_runtime import TorchScorer
 
     os.environ["CONTENTIQA_CACHE_DIR"] = str(workdir / "cache")  # a fresh export cache, timed below
     warm_page_cache(real + [f for fs in generated.values() for f in fs] + rss_files)
@@ -524,13 +523,11 @@ def run_benchmark(
             res[f"fast_{runtime}"] = r
 
         # where the time goes (the same pipeline, timed inside)
-        forward, _ = onnx_forward_for(model)
-        from contentiqa.cli.score import default_batch_size, default_workers
-
+        scorers = {"torch": TorchScorer(model), "onnx": OnnxScorer.from_file(onnx_path)}
         res["breakdown"] = {}
-        for rt in ("torch", "onnx"):
-            kw = {"batch_size": default_batch_size(model, rt), "workers": default_workers(rt)}
-            res["breakdown"][rt] = {**breakdown(model, real, forward=forward if rt == "onnx" else None, **kw), **kw}
+        for rt, scorer in scorers.items():
+            kw = {"batch_size": scorer.default_batch_size(), "workers": scorer.default_workers()}
+            res["breakdown"][rt] = {**breakdown(scorer, real, **kw), **kw}
 
         # (d) batch size (rounds interleaved over the settings, as above)
         sweep = (batch_sizes or {}).get(name) or ([1, 2, 4, 8] if model.native_resolution else [1, 4, 8, 16])
@@ -557,25 +554,24 @@ def run_benchmark(
             }
 
         # the choices the fast path makes, on and off (in the pipeline, rounds interleaved)
-        spinning = OnnxForward(make_session(onnx_path, spinning=True))
-        from contentiqa.cli.score import default_workers
-
-        torch_workers = default_workers("torch")
+        spinning = OnnxScorer(make_session(onnx_path, spinning=True), onnx_path)
+        torch_workers = scorers["torch"].default_workers()
         settings = {
-            "torch, channels_last on (default)": {"channels_last": True},
-            "torch, channels_last off": {"channels_last": False},
-            f"torch, decoding threads 2{' (default)' if torch_workers == 2 else ''}": {"workers": 2},
-            f"torch, decoding threads 0{' (default: no core left free)' if torch_workers == 0 else ''}": {"workers": 0},
-            "onnx, decoding threads 2, idle threads not spinning (default)": {"workers": 2, "forward": forward},
-            "onnx, decoding threads 0": {"workers": 0, "forward": forward},
-            "onnx, idle threads spinning (ONNX Runtime's default)": {"workers": 2, "forward": spinning},
+            "torch, channels_last on (default)": (TorchScorer(model, channels_last=True), {}),
+            "torch, channels_last off": (TorchScorer(model, channels_last=False), {}),
+            f"torch, decoding threads 2{' (default)' if torch_workers == 2 else ''}": (scorers["torch"], {"workers": 2}),
+            f"torch, decoding threads 0{' (default: no core left free)' if torch_workers == 0 else ''}":
+                (scorers["torch"], {"workers": 0}),
+            "onnx, decoding threads 2, idle threads not spinning (default)": (scorers["onnx"], {"workers": 2}),
+            "onnx, decoding threads 0": (scorers["onnx"], {"workers": 0}),
+            "onnx, idle threads spinning (ONNX Runtime's default)": (spinning, {"workers": 2}),
         }
         log(f"{name}: ablations ...")
-        got = interleaved({k: (lambda kw=kw: breakdown(model, real, **kw)) for k, kw in settings.items()}, repeats)
+        got = interleaved({k: (lambda sc=sc, kw=kw: breakdown(sc, real, **kw)) for k, (sc, kw) in settings.items()},
+                          repeats)
         payload["ablations"][name] = {k: r["ips"] for k, r in got.items()}
-        del spinning
+        del spinning, settings, scorers
         payload["models"][name] = res
-        del forward
         gc.collect()
 
     # memory over a long run (IQA-CR-like native-resolution model: the one whose shapes vary),
@@ -594,15 +590,17 @@ def run_benchmark(
 
 def rss_child(spec: dict[str, Any], model=None) -> dict[str, Any]:
     """One long run as described by ``spec`` (ckpt, files, n, every, runtime)."""
-    from contentiqa.inference.onnx import onnx_forward_for
+    from contentiqa.inference.onnx import cached_export
+    from contentiqa.inference.onnx_runtime import OnnxScorer
+    from contentiqa.inference.torch_runtime import TorchScorer
 
     if model is None:
         from contentiqa.models.registry import load_checkpoint
 
         model = load_checkpoint(spec["ckpt"]).eval()
-    forward = onnx_forward_for(model)[0] if spec["runtime"] == "onnx" else None
+    scorer = OnnxScorer.from_file(cached_export(model)[0]) if spec["runtime"] == "onnx" else TorchScorer(model)
     release_memory()
-    return rss_long_run(model, spec["files"], spec["n"], spec["every"], forward=forward)
+    return rss_long_run(scorer, spec["files"], spec["n"], spec["every"])
 
 
 # -- the report -------------------------------------------------------------------------------------------------------------

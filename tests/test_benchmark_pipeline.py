@@ -21,7 +21,7 @@ BENCH = REPO_ROOT / "benchmarks"
 @pytest.fixture
 def common(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "ship"):
+    for mod in ("common", "ship", "ship_gate"):
         sys.modules.pop(mod, None)
     import common as mod
 
@@ -106,3 +106,62 @@ def test_shipping_holds_out_the_validation_and_official_test_parts(common, tmp_p
     test_names = {f"{i}.png" for i in range(5)}
     assert not names(train) & test_names and not names(val) & test_names and not names(train) & names(val)
     assert len(train) + len(val) == 15 and len(val) >= 1 and used == [f"D: {len(train)} images (+{len(val)} held out for early stopping)"]
+
+
+def test_ship_gate_judges_by_the_seeds_spread(common):
+    import ship_gate
+
+    base = [{"CLIVE SROCC": v, "damage tau blur": t, "clipped %": 2.0} for v, t in ((0.78, -0.7), (0.80, -0.8), (0.79, -0.75))]
+    same_but_better_damage = [{"CLIVE SROCC": v, "damage tau blur": -0.99, "clipped %": 0.0} for v in (0.79, 0.78, 0.80)]
+    rows, verdict = ship_gate.compare(base, same_but_better_damage)
+    by = {r["measure"]: r for r in rows}
+    assert by["CLIVE SROCC"]["verdict"] == "same" and by["damage tau blur"]["verdict"] == "better"  # lower tau is better
+    assert by["clipped %"]["verdict"] == "better" and by["clipped %"]["target_met"]
+    assert verdict == "PASS"
+    worse = [{**r, "CLIVE SROCC": r["CLIVE SROCC"] - 0.05} for r in same_but_better_damage]
+    rows, verdict = ship_gate.compare(base, worse)
+    assert verdict == "FAIL" and {r["measure"]: r["verdict"] for r in rows}["CLIVE SROCC"] == "WORSE"
+    rows, verdict = ship_gate.compare(base, base)
+    assert verdict == "FAIL"  # better on nothing
+
+
+def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_path, monkeypatch):
+    import ship
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "c", "data": {"name": "csv", "root": str(tmp_path / "none.csv")},
+                                   "protocol": "ie-iqa", "runs": [{"name": "R", "model": "ie-iqa"}]}))
+    shipped = []
+    monkeypatch.setattr(ship, "ship_row", lambda *a, **k: shipped.append(a))
+    monkeypatch.setattr(ship, "WEIGHTS", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    argv = [str(cfg), "--row", "R", "--tag", "new", "--default", "--weights-dir", str(tmp_path / "weights")]
+    with pytest.raises(SystemExit, match="no ship gate has been run"):
+        ship.main(argv)
+    gate = common.RESULTS / "ship_gate_ie-iqa.json"
+    gate.write_text(json.dumps({"verdict": "FAIL", "candidate": {"row": "R"},
+                                "rows": [{"measure": "CLIVE SROCC", "verdict": "WORSE"}]}))
+    with pytest.raises(SystemExit, match="worse on: CLIVE SROCC"):
+        ship.main(argv)
+    assert not shipped
+    ship.main(argv + ["--override-gate"])
+    gate.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, "rows": []}))
+    ship.main(argv)
+    assert len(shipped) == 2
+    assert json.loads((tmp_path / "weights" / "defaults.json").read_text()) == {"ie-iqa": "new"}
+
+
+def test_the_default_tag_is_what_defaults_json_names(monkeypatch):
+    from contentiqa.models import registry
+
+    monkeypatch.setattr(registry, "shipped_default_tags", lambda: {"toy": "b"})
+
+    @registry.register_model("toy", weights={"a": "toy_a.pt", "b": "toy_b.pt"})
+    def toy(**kw):  # pragma: no cover - never built
+        """A toy entry."""
+        raise AssertionError
+
+    try:
+        assert registry._REGISTRY["toy"].default_tag == "b"
+    finally:
+        registry._REGISTRY.pop("toy", None)

@@ -164,7 +164,7 @@ def test_explain_cli_reports_the_score_commands_score(tmp_path, photo, monkeypat
     from contentiqa.models.registry import save_checkpoint
 
     ckpt = str(save_checkpoint(tiny_model(seed=5), tmp_path / "tiny5.pt"))  # scores inside the scale, not clipped
-    for flags, label in (([], "ONNX Runtime fp32"), (["--autocast", "bf16"], "PyTorch bf16")):
+    for flags, label in (([], "ONNX Runtime fp32"), (["--precision", "bf16"], "PyTorch bf16")):
         out = tmp_path / "scores.json"
         assert main(["score", str(photo), "--model", ckpt, "-o", str(out), "-q", "--force", *flags]) == 0
         row = json.loads(out.read_text())[0]

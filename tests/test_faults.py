@@ -170,7 +170,7 @@ def test_unwritable_output_refused_before_scoring(tmp_path, ckpt, capsys, monkey
     d = _folder(tmp_path / "imgs")
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(engine, "predict_items", lambda *a, **k: pytest.fail("scored before checking the output"))
+    monkeypatch.setattr(engine.Engine, "run", lambda *a, **k: pytest.fail("scored before checking the output"))
     assert run("score", d, "--model", ckpt, "-o", blocker / "out.csv") == 2
     assert "cannot write --output" in capsys.readouterr().err
 
@@ -291,12 +291,12 @@ def test_output_through_a_symlink_is_locked_and_written_as_its_target(tmp_path, 
 
 def _score_subprocess(args: list, tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
-    code = ("import sys, time; import contentiqa.inference.engine as e; real = e.predict_items\n"
-            "def slow(model, items, *a, on_result=None, **k):\n"
+    code = ("import sys, time; import contentiqa.inference.engine as e; real = e.Engine.run\n"
+            "def slow(self, items, on_result=None, **k):\n"
             "    def cb(i, p):\n"
             "        on_result(i, p); print('scored', flush=True); time.sleep(0.2)\n"
-            "    return real(model, items, *a, on_result=cb, **k)\n"
-            "e.predict_items = slow\n"
+            "    return real(self, items, on_result=cb, **k)\n"
+            "e.Engine.run = slow\n"
             "from contentiqa.cli.main import main; sys.exit(main(sys.argv[1:]))\n")
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -434,7 +434,7 @@ def test_inputs_that_would_score_wrongly_are_errors(api_model, case):
 
 
 def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
-    from contentiqa.inference.engine import predict_items
+    from contentiqa.inference.torch_runtime import TorchScorer
 
     a8 = _pixels()
     api_model.max_pixels = 1000
@@ -450,12 +450,12 @@ def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
         with pytest.raises(ValueError, match="batch_size"):
             api_model.predict(a8, batch_size=bs)
         with pytest.raises(ValueError, match="batch_size"):
-            predict_items(api_model, [a8], batch_size=bs)
+            TorchScorer(api_model).run([a8], batch_size=bs)
 
 
 # -- bounded memory --------------------------------------------------------------------------
 def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
-    from contentiqa.models.base import DEFAULT_MAX_SIDE
+    from contentiqa.models.scoring import DEFAULT_MAX_SIDE
 
     model = tiny_model("iqa-cr-q")
     assert model.native_resolution and model.max_side == DEFAULT_MAX_SIDE

@@ -12,6 +12,7 @@ from PIL import Image
 
 import contentiqa.inference.engine as engine
 from contentiqa.cli.main import main
+from contentiqa.inference.torch_runtime import TorchScorer, collate
 from contentiqa.inference.shard import parse_shard, resolved_key, select_shard, shard_of
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: F401
 
@@ -30,6 +31,15 @@ def mixed_folder(root: Path) -> list[str]:
         Image.fromarray(rgb(h, w, k)).save(p, **({"quality": 90} if k % 2 else {}))
         paths.append(str(p))
     return paths
+
+
+def predict(model, items, *, forward=None, channels_last=None, precision="fp32", on_result=None, return_results=True,
+            **engine_kw):
+    """The engine on a torch model's scorer (``forward`` in place of its own)."""
+    scorer = TorchScorer(model, precision=precision, channels_last=channels_last)
+    with scorer._running():
+        return engine.Engine(scorer, forward or scorer.forward, **engine_kw).run(items, on_result=on_result,
+                                                                                 return_results=return_results)
 
 
 @pytest.fixture
@@ -51,9 +61,9 @@ def test_batched_equals_one_at_a_time_mixed_sizes(tmp_path, name):
 
         model = contentiqa.create_model(name, pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64).eval()
     paths = mixed_folder(tmp_path / "imgs")
-    single = engine.predict_items(model, paths, batch_size=1, workers=0, channels_last=False)
-    batched = engine.predict_items(model, paths, batch_size=4, workers=2, channels_last=True)
-    capped = engine.predict_items(model, paths, batch_size=8, workers=1, max_batch_pixels=3 * 64 * 80)
+    single = predict(model, paths, batch_size=1, workers=0, channels_last=False)
+    batched = predict(model, paths, batch_size=4, workers=2, channels_last=True)
+    capped = predict(model, paths, batch_size=8, workers=1, max_batch_pixels=3 * 64 * 80)
     for a, b, c in zip(single, batched, capped):
         assert a.path == b.path == c.path and a.error is None
         lo, hi = model.score_range
@@ -68,11 +78,11 @@ def test_autocast_runs_in_reduced_precision_and_returns_float32(tmp_path):
     bit-identical (so reduced precision really ran), outputs float32, bad dtypes refused."""
     model = tiny_model()
     paths = mixed_folder(tmp_path / "imgs")[:4]
-    full = engine.predict_items(model, paths, batch_size=2, workers=0)
+    full = predict(model, paths, batch_size=2, workers=0)
     seen = []
     h = model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     try:
-        half = engine.predict_items(model, paths, batch_size=2, workers=0, autocast="bfloat16")
+        half = predict(model, paths, batch_size=2, workers=0, precision="bf16")
     finally:
         h.remove()
     assert torch.bfloat16 in seen
@@ -80,8 +90,8 @@ def test_autocast_runs_in_reduced_precision_and_returns_float32(tmp_path):
     diffs = [abs(a.score - b.score) / (hi - lo) for a, b in zip(full, half)]
     assert max(diffs) < 0.05 and max(diffs) > 0
     assert all(isinstance(b.score, float) for b in half)
-    with pytest.raises(ValueError, match="autocast"):
-        engine.predict_items(model, paths, autocast="int8")
+    with pytest.raises(ValueError, match="PyTorch runs in"):
+        TorchScorer(model, precision="int8")
 
 
 def test_results_in_order_errors_kept_and_return_results_off(tmp_path):
@@ -89,12 +99,11 @@ def test_results_in_order_errors_kept_and_return_results_off(tmp_path):
     paths = mixed_folder(tmp_path / "imgs")
     items = paths[:3] + [str(tmp_path / "missing.jpg")] + paths[3:]
     seen: dict[int, object] = {}
-    out = engine.predict_items(model, items, batch_size=3, on_result=lambda i, p: seen.__setitem__(i, p),
-                               return_results=False)
+    out = predict(model, items, batch_size=3, on_result=lambda i, p: seen.__setitem__(i, p), return_results=False)
     assert out is None
     assert sorted(seen) == list(range(len(items)))
     assert seen[3].error and "does not exist" in seen[3].error
-    full = engine.predict_items(model, items, batch_size=3)
+    full = predict(model, items, batch_size=3)
     assert [p.path for p in full] == items
     assert [p.score for p in full] == [seen[i].score for i in range(len(items))]
 
@@ -115,22 +124,23 @@ def test_concurrent_runs_overlap_and_give_the_same_results(tmp_path):
             threading.Event().wait(0.05)
             if x.shape[-2:] == (50, 50):
                 raise RuntimeError("boom")
-            return model(x)
+            with torch.inference_mode():
+                return model(x)
         finally:
             with lock:
                 active[0] -= 1
 
     callers = set()
-    one = engine.predict_items(model, paths, batch_size=1, forward=slow_forward)
-    two = engine.predict_items(model, paths, batch_size=1, forward=slow_forward, concurrency=2,
-                               on_result=lambda i, p: callers.add(threading.current_thread().name))
+    one = predict(model, paths, batch_size=1, forward=slow_forward)
+    two = predict(model, paths, batch_size=1, forward=slow_forward, concurrency=2,
+                  on_result=lambda i, p: callers.add(threading.current_thread().name))
     assert peak[0] == 2 and callers == {threading.current_thread().name}
     assert [p.path for p in two] == paths
     assert [p.score for p in two] == [p.score for p in one]
     failed = [p for p in two if p.error]
     assert len(failed) == 2 and all("model failed: boom" in p.error for p in failed)
     with pytest.raises(ValueError, match="concurrency"):
-        engine.predict_items(model, paths, concurrency=0)
+        predict(model, paths, concurrency=0)
 
 
 # -- bounds: look-ahead window, batch size and pixels --------------------------------------------
@@ -148,7 +158,8 @@ def test_lookahead_window_is_bounded(tmp_path, monkeypatch):
         return real(model, item, index, on_image)
 
     monkeypatch.setattr(engine, "_prepare", spy)
-    for i, *_ in engine.iter_prepared(model, paths, workers=2, window=5):
+    scorer = TorchScorer(model)
+    for i, *_ in engine.iter_prepared(scorer, paths, workers=2, window=5):
         with lock:
             state["consumed"] = i + 1
     assert state["started"] == len(paths)
@@ -156,7 +167,7 @@ def test_lookahead_window_is_bounded(tmp_path, monkeypatch):
 
     # a byte budget smaller than one image: at most one prepared tensor waits at a time
     state.update(started=0, consumed=0, worst=0)
-    for i, *_ in engine.iter_prepared(model, paths, workers=2, window=16, max_prefetch_bytes=1):
+    for i, *_ in engine.iter_prepared(scorer, paths, workers=2, window=16, max_prefetch_bytes=1):
         with lock:
             state["consumed"] = i + 1
     assert state["worst"] <= 3  # one done and waiting, plus those already in the workers
@@ -169,17 +180,18 @@ def test_batches_bounded_by_count_and_pixels(tmp_path):
 
     def forward(x):
         shapes.append(tuple(x.shape))
-        return model(x)
+        with torch.inference_mode():
+            return model(x)
 
     cap = 2 * 64 * 80
-    preds = engine.predict_items(model, paths, batch_size=4, forward=forward, max_batch_pixels=cap)
+    preds = predict(model, paths, batch_size=4, forward=forward, max_batch_pixels=cap)
     assert all(p.ok for p in preds)
     assert sum(s[0] for s in shapes) == len(paths)
     for b, _, h, w in shapes:
         assert b <= 4
         assert b == 1 or b * h * w <= cap + h * w  # a batch is run as soon as it reaches the cap
     shapes.clear()
-    engine.predict_items(model, paths, batch_size=4, forward=forward, max_batch_pixels=None)
+    predict(model, paths, batch_size=4, forward=forward, max_batch_pixels=None)
     assert max(s[0] for s in shapes) == 4
 
 
@@ -187,9 +199,9 @@ def test_channels_last_batch_is_a_view_without_copies():
     from contentiqa.models.base import pil_to_tensor
 
     ts = [pil_to_tensor(Image.fromarray(rgb(20, 30, k)), (0.5,) * 3, (0.25,) * 3) for k in range(3)]
-    x = engine._collate(ts, channels_last=True)
+    x = collate(ts, channels_last=True)
     assert x.shape == (3, 3, 20, 30) and x.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x, engine._collate(ts, channels_last=False), rtol=0, atol=0)
+    torch.testing.assert_close(x, collate(ts, channels_last=False), rtol=0, atol=0)
 
 
 def test_pil_to_tensor_matches_the_formula():
@@ -287,12 +299,12 @@ def test_the_engine_scores_in_eval_mode_and_leaves_the_mode_as_it_was(tmp_path, 
     h = model.head.register_forward_hook(lambda m, i, o: modes.append(m.training))
     try:
         model.train()
-        engine.predict_items(model, paths, batch_size=2, workers=0)
+        TorchScorer(model).run(paths, batch_size=2, workers=0)
         assert modes and not any(modes) and model.training and model.head.training
         modes.clear()
         model.eval()
         monkeypatch.setattr(model, "train", lambda mode=True: pytest.fail("a model in eval mode was switched"))
-        engine.predict_items(model, paths, batch_size=2, workers=0)
+        TorchScorer(model).run(paths, batch_size=2, workers=0)
         assert modes and not any(modes) and not model.training
     finally:
         h.remove()
@@ -305,9 +317,9 @@ def test_prepared_inputs_are_run_as_they_are(tmp_path):
 
     model = tiny_model().eval()
     paths = mixed_folder(tmp_path / "imgs")[:3]
-    direct = engine.predict_items(model, paths, batch_size=2, workers=0)
+    direct = predict(model, paths, batch_size=2, workers=0)
     prepared = [engine.Prepared(model.preprocess(load_image(p).image), path=str(p), notes=("from elsewhere",))
                 for p in paths]
-    again = engine.predict_items(model, prepared, batch_size=2, workers=0)
+    again = predict(model, prepared, batch_size=2, workers=0)
     assert [p.score for p in again] == pytest.approx([p.score for p in direct], abs=1e-6)
     assert [p.path for p in again] == [str(p) for p in paths] and all("from elsewhere" in p.notes for p in again)

@@ -19,12 +19,10 @@ ort = pytest.importorskip("onnxruntime")
 
 import contentiqa  # noqa: E402
 from contentiqa.cli.main import main  # noqa: E402
-from contentiqa.inference.onnx import (  # noqa: E402
+from contentiqa.inference.onnx import OnnxExportError, cached_export, export_onnx  # noqa: E402
+from contentiqa.inference.onnx_runtime import (  # noqa: E402
     FINGERPRINT_KEY,
-    OnnxExportError,
-    OnnxModel,
-    cached_export,
-    export_onnx,
+    OnnxScorer,
     make_session,
     read_metadata,
     weights_cache_key,
@@ -108,7 +106,8 @@ def test_metadata_describes_the_model(tiny_cr_onnx):
 def test_standalone_onnx_model_scores_like_torch(tiny_cr_onnx, examples_dir):
     model, path = tiny_cr_onnx
     images = example_images(examples_dir)[:4]
-    om = OnnxModel(path, threads=1)
+    om = contentiqa.load_scorer(path, threads=1)  # the file alone: no weights, no torch model
+    assert om.identity.runtime == "onnx" and om.identity.weights == path and om.identity.tag is None
     a = model.predict(images)
     b = om.predict(images)
     for p, q in zip(a, b):
@@ -195,7 +194,7 @@ def test_real_size_iqa_cr_on_real_photos(tmp_path, examples_dir):
     model = contentiqa.create_model("iqa-cr", pretrained=False).eval()
     path = export_onnx(model, tmp_path / "iqa-cr.onnx")
     images = example_images(examples_dir)
-    om = OnnxModel(path, threads=1)
+    om = OnnxScorer.from_file(path, threads=1)
     a, b = model.predict(images, batch_size=4), om.predict(images, batch_size=4)
     for p, q in zip(a, b):
         assert p.ok and q.ok
@@ -245,7 +244,9 @@ def test_score_cli_onnx_usage_errors(tmp_path, ckpt, examples_dir, tiny_cr_onnx,
     assert main(["score", img, "--onnx-model", str(tmp_path / "missing.onnx")]) == 2
     assert main(["score", img, "--model", ckpt, "--runtime", "onnx", "--device", "cuda"]) == 2
     assert main(["score", img, "--onnx-model", str(path), "--model", "ie-iqa"]) == 2
-    assert "holds model 'iqa-cr'" in capsys.readouterr().err
+    assert "give one of them" in capsys.readouterr().err
+    assert main(["score", img, "--model", str(path), "--precision", "int8"]) == 2  # a file runs as it is
+    assert "runs as it is" in capsys.readouterr().err
     assert main(["score", img, "--onnx-model", str(path), "--explain", "-o", str(tmp_path / "r.html")]) == 2
     not_onnx = tmp_path / "bad.onnx"
     not_onnx.write_bytes(b"not a model")
@@ -420,7 +421,7 @@ def test_scorer_preprocesses_as_its_torch_model(tmp_path, which):
 def test_torch_free_scores_equal_the_torch_path(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
     """Second run of the default runtime: no torch model is loaded at all, and every row equals
     the PyTorch run's (score within 1e-3 of the scale, category, notes, model record)."""
-    from contentiqa.cli import _model_loading
+    import contentiqa.inference.scorer as scorer_mod
 
     images = example_images(examples_dir) + [str(tmp_path / "missing.jpg")]
     assert main(["score", *images, "--model", ckpt, "--runtime", "torch", "-o", str(tmp_path / "t.csv"), "-q"]) == 1
@@ -430,7 +431,7 @@ def test_torch_free_scores_equal_the_torch_path(tmp_path, ckpt, examples_dir, mo
     def no_torch_model(*a, **k):
         raise AssertionError("the torch model was loaded")
 
-    monkeypatch.setattr(_model_loading, "load_model", no_torch_model)
+    monkeypatch.setattr(scorer_mod, "load_model", no_torch_model)
     assert main(["score", *images, "--model", ckpt, "-o", str(tmp_path / "o.csv"), "--max-side", "100"]) == 1
     assert "ONNX Runtime:" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="torch model was loaded"):  # the torch path: the check above is real
@@ -457,20 +458,20 @@ def test_torch_free_scores_equal_the_torch_path(tmp_path, ckpt, examples_dir, mo
 def test_a_new_checkpoint_takes_the_torch_path_once(tmp_path, examples_dir):
     """The cache is keyed by the weights file's bytes: other weights under the same file name
     are exported afresh (not scored with the old graph), then found without torch."""
-    from contentiqa.inference.onnx_runtime import cached_scorer
+    from contentiqa.inference.onnx_runtime import find_graph
     from contentiqa.models.registry import save_checkpoint
 
     img = example_images(examples_dir)[0]
     path = tmp_path / "m.pt"
     save_checkpoint(tiny_model(seed=0), path)
-    assert cached_scorer(path) is None
+    assert find_graph(path, threads=1) is None
     assert main(["score", img, "--model", str(path), "-o", str(tmp_path / "a.csv"), "-q"]) == 0
-    first = cached_scorer(path)
-    assert first is not None and first.checkpoint_info["path"] == str(path)
+    first = find_graph(path, threads=1)
+    assert first is not None and first.identity.weights == path
     save_checkpoint(tiny_model(seed=1), path)  # same name, other weights
-    assert cached_scorer(path) is None
+    assert find_graph(path, threads=1) is None
     assert main(["score", img, "--model", str(path), "-o", str(tmp_path / "b.csv"), "-q"]) == 0
-    assert cached_scorer(path).path != first.path
+    assert find_graph(path, threads=1).path != first.path
     assert read_scores(tmp_path / "a.csv") != read_scores(tmp_path / "b.csv")
 
 
@@ -483,7 +484,7 @@ def test_the_cache_key_names_what_changes_the_graph(tmp_path):
     assert weights_cache_key(a) == weights_cache_key(b)  # the bytes, not the name
     b.write_bytes(b"weight5")
     assert len({weights_cache_key(a), weights_cache_key(b), weights_cache_key(a, opset=18),
-                weights_cache_key(a, precision="int8")}) == 4
+                weights_cache_key(a, precision="int8"), weights_cache_key(a, versioned=False)}) == 5
 
 
 def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, examples_dir):
@@ -493,7 +494,8 @@ def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, exam
 
     images = example_images(examples_dir)[:3]
     scorer = contentiqa.create_scorer(ckpt, threads=1)
-    assert scorer.weights_tag is None and Path(scorer.checkpoint_info["path"]) == Path(ckpt)
+    assert scorer.identity.tag is None and scorer.identity.weights == Path(ckpt)
+    assert (scorer.identity.runtime, scorer.identity.precision) == ("onnx", "fp32")
     got = [p.score for p in scorer.predict(images)]
     model = contentiqa.load_checkpoint(ckpt)
     ref = [p.score for p in model.predict(images)]
@@ -516,13 +518,16 @@ def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, exam
     with pytest.raises(ValueError):
         contentiqa.create_scorer("no-such-model")
     with pytest.raises(ValueError, match="precision"):
-        contentiqa.create_scorer(ckpt, precision="fp16")
+        contentiqa.create_scorer(ckpt, precision="int4")
+    with pytest.raises(ValueError, match="autocast: not with the ONNX Runtime"):
+        contentiqa.create_scorer(ckpt, runtime="onnx", precision="fp16")
 
 
 def test_scorer_runs_many_photos_side_by_side(tiny_cr_onnx, tmp_path, monkeypatch):
-    """create_scorer().predict(many photos) does what `contentiqa score` does: when the plan of
-    the free cores says so, photos run side by side on a one-thread session of the same graph
-    (the same scores as one run); a few photos, or threads asked for by name, keep one run."""
+    """predict(many photos) does what `contentiqa score` does: when the plan of the free cores
+    says so, photos run side by side (on the session itself when it has one thread, else on a
+    one-thread session of the same graph), with the same scores as one run; a few photos, or
+    one thread asked for by name, keep one run."""
     import contentiqa.inference.engine as engine
     import contentiqa.inference.onnx_runtime as ort_mod
     from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES, ThreadPlan
@@ -534,16 +539,26 @@ def test_scorer_runs_many_photos_side_by_side(tiny_cr_onnx, tmp_path, monkeypatc
         Image.fromarray(np.random.default_rng(k).integers(0, 255, (48 + 4 * k, 64, 3), dtype=np.uint8)).save(p)
         photos.append(str(p))
     calls = []
-    real = engine.predict_items
-    monkeypatch.setattr(engine, "predict_items", lambda *a, **k: calls.append(k.get("concurrency", 1)) or real(*a, **k))
-    monkeypatch.setattr(ort_mod, "plan_threads", lambda **k: ThreadPlan(threads=1, spinning=False, cpus=2, busy=0.0, runs=2))
-    one = ort_mod.OnnxScorer.from_file(path, threads=1)  # threads by name: one run, never planned
+    real_init = engine.Engine.__init__
+
+    def spy(self, *a, **k):
+        calls.append(k.get("concurrency", 1))
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(engine.Engine, "__init__", spy)
+    one = OnnxScorer.from_file(path, threads=1)  # one thread by name: one run
     ref = [p.score for p in one.predict(photos)]
     assert calls == [1] and one._one_thread_session is None
-    free = ort_mod.OnnxScorer.from_file(path, threads=1)
-    free.threads = None  # as create_scorer() leaves it: planned from the free cores
+    free = OnnxScorer.from_file(path, threads=2)
+    free.threads = None  # as load_scorer() leaves it: planned from the free cores
+    monkeypatch.setattr(ort_mod, "plan_threads", lambda *a, **k: ThreadPlan(threads=1, spinning=False, cpus=2, busy=0.0,
+                                                                            runs=2))
     got = [p.score for p in free.predict(photos)]
     assert calls[-1] == 2 and free._one_thread_session is not None
     assert got == pytest.approx(ref, abs=1e-5)
     free.predict(photos[: PARALLEL_RUNS_MIN_IMAGES - 1])
     assert calls[-1] == 1  # a few photos: one run
+    planned = OnnxScorer.from_file(path, images=PARALLEL_RUNS_MIN_IMAGES)  # the plan made at load (1 thread, 2 runs)
+    assert planned.session_threads == 1
+    assert [p.score for p in planned.predict(photos)] == pytest.approx(ref, abs=1e-5)
+    assert calls[-1] == 2 and planned._one_thread_session is None  # its own session is the one-thread one

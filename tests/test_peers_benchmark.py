@@ -113,17 +113,6 @@ def test_time_loop_stops_at_the_budget_after_two_images(peers):
     assert seen == ["a", "a", "b"] and r["n_timed"] == 2 and r["ips"] > 0
 
 
-def test_readme_speed_section_is_what_the_results_files_say(monkeypatch):
-    """The README's speed figures are written by benchmarks/readme_speed.py from speed.json and
-    peers.json; a rerun benchmark without rerunning it fails here."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("readme_speed", None)
-    readme_speed = importlib.import_module("readme_speed")
-    text = readme_speed.README.read_text()
-    assert readme_speed.replace_block(text, readme_speed.render()) == text, \
-        "README.md's speed section is out of date: run python benchmarks/readme_speed.py"
-
-
 def test_cited_accuracy_leaves_unsourced_rows_blank(peers):
     assert peers.cited_accuracy("paq2piq")["srocc"] == peers.PUBLISHED["paq2piq"]["srocc"]
     assert "pyiqa NR benchmark" in peers.cited_accuracy("paq2piq")["acc_ref"]

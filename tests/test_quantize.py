@@ -14,7 +14,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from contentiqa.cli.main import main  # noqa: E402
-from contentiqa.inference.onnx import FINGERPRINT_KEY, cached_session, export_onnx, make_session  # noqa: E402
+from contentiqa.inference.onnx import cached_session, export_onnx  # noqa: E402
+from contentiqa.inference.onnx_runtime import FINGERPRINT_KEY, make_session  # noqa: E402
 from contentiqa.inference.quantize import (  # noqa: E402
     Int8Recipe,
     QuantizationError,
@@ -178,12 +179,12 @@ def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, caps
     _, fp32, weights = tiny_fp32
     img = sorted(str(p) for p in examples_dir.glob("*.JPG"))[0]
     with pytest.raises(SystemExit) as exc:
-        main(["score", img, "--model", str(weights), "--precision", "fp16"])
+        main(["score", img, "--model", str(weights), "--precision", "int4"])
     assert exc.value.code == 2
     assert main(["score", img, "--model", str(weights), "--precision", "int8", "--runtime", "torch"]) == 2
-    assert "drop --runtime torch" in capsys.readouterr().err
+    assert "not with the PyTorch runtime" in capsys.readouterr().err
     assert main(["score", img, "--onnx-model", str(fp32), "--precision", "int8"]) == 2
-    assert "--onnx-model" in capsys.readouterr().err
+    assert "runs as it is" in capsys.readouterr().err
     assert main(["score", img, "--model", str(weights), "--precision", "int8", "-q"]) == 2  # no calibration beside it
     assert "no int8 calibration" in capsys.readouterr().err
     out = tmp_path / "s.csv"
@@ -208,8 +209,10 @@ def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, caps
     assert [r["precision"] for r in csv.DictReader(open(out2))] == ["fp32"]
     assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "-q", "-o", str(out2), "--force"]) == 0
     assert [r["precision"] for r in csv.DictReader(open(out2))] == ["bf16"]
+    assert main(["score", img, "--model", str(calibrated), "--precision", "bf16", "-q", "-o", str(out2), "--force"]) == 0
+    assert [r["precision"] for r in csv.DictReader(open(out2))] == ["bf16"]  # --precision bf16: the new name
     assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "--runtime", "onnx", "-q"]) == 2
-    assert "PyTorch setting" in capsys.readouterr().err
+    assert "autocast: not with the ONNX Runtime" in capsys.readouterr().err
     assert main(["score", img, "--model", str(calibrated), "--autocast", "bf16", "--precision", "int8", "-q"]) == 2
 
 
@@ -342,7 +345,7 @@ def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
     assert main(["export", str(calibrated), "--precision", "int8", "-o", str(out)]) == 0
     assert "precision int8" in capsys.readouterr().out
     import contentiqa
-    from contentiqa.inference.onnx import read_metadata
+    from contentiqa.inference.onnx_runtime import read_metadata
 
     meta = read_metadata(out)
     assert meta["precision"] == "int8" and meta["int8_calibration"] == "test"
@@ -352,7 +355,7 @@ def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
     model = contentiqa.load_checkpoint(calibrated)
     session, _, _ = cached_session(model, tmp_path / "cache", threads=1, precision="int8", weights_file=calibrated)
     x = smooth_batches(2)[0]
-    np.testing.assert_allclose(scorer(x)["score"], session.run(["score"], {"image": x})[0], atol=1e-6)
+    np.testing.assert_allclose(scorer.forward(x)["score"], session.run(["score"], {"image": x})[0], atol=1e-6)
     assert main(["export", str(weights), "--precision", "int8", "-o", str(tmp_path / "no.onnx")]) == 2
     assert "no int8 calibration" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()
 

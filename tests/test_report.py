@@ -48,8 +48,11 @@ def test_report_cards_thumbnails_histogram(tmp_path, ckpt):
     assert text.count('<div class="card"') == len(imgs)  # one card per scored image
     thumbs = decode_uris(text, "image/jpeg")
     assert len(thumbs) == len(imgs) and all(max(t.size) <= 256 for t in thumbs)
-    pngs = decode_uris(text, "image/png")
-    assert len(pngs) == 1 and 'class="histogram"' in text  # the histogram
+    assert not decode_uris(text, "image/png") and 'class="histogram"' in text  # the histogram: CSS bars, no image
+    assert text.count('class="hbar"') == 20
+    assert sum(int(n) for n in re.findall(r'class="hbar" title="[^"]*: (\d+) image\(s\)"', text)) == len(imgs)
+    heights = [int(h) for h in re.findall(r'class="hbar"[^>]*height:(\d+)px', text)]
+    assert sum(1 for h in heights if h > 0) >= 1 and max(heights) == 120  # the fullest bin is full height
     # self-contained: no external assets or scripts
     assert not re.search(r'(src|href)="(https?:)?//', text)
     assert "<script src" not in text and "<link" not in text

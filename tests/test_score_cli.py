@@ -211,7 +211,7 @@ def test_default_model_without_weights_exits_2(tmp_path, capsys, monkeypatch):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d) == 2
     err = capsys.readouterr().err
-    assert "no trained weights" in err and "--model" in err
+    assert "no trained weights" in err and "checkpoint file" in err
 
 
 def test_quiet_prints_only_errors(tmp_path, ckpt, capsys):
@@ -267,9 +267,10 @@ def test_batched_equals_one_at_a_time(tmp_path, ckpt):
 def test_sort_orders(tmp_path, ckpt, capsys):
     d = ok_folder(tmp_path / "imgs", n=4)
     bad = tmp_path / "aaa_missing.jpg"
-    for order in ("score", "-score", "path"):
+    for order in ("worst", "best", "path", "=-score", "=score"):  # --sort=-score: the old spelling still works
         out = tmp_path / f"s{order}.csv"
-        assert run("score", bad, d, "--model", ckpt, "-o", out, "--sort", order) == 1
+        flag = ["--sort" + order] if order.startswith("=") else ["--sort", order]
+        assert run("score", bad, d, "--model", ckpt, "-o", out, *flag) == 1
         rows = read_csv(out)
         scored = [r for r in rows if r["score"]]
         if order == "path":
@@ -277,7 +278,7 @@ def test_sort_orders(tmp_path, ckpt, capsys):
         else:
             assert rows[-1]["error"]  # failed inputs last
             vals = [float(r["score"]) for r in scored]
-            assert vals == sorted(vals, reverse=order == "-score")
+            assert vals == sorted(vals, reverse=order in ("best", "=-score"))
         table = capsys.readouterr().out.splitlines()
         listed = [Path(line.split()[0]).name for line in table[2:2 + len(rows)]]
         assert listed == [Path(r["path"]).name for r in rows]  # the table is in the same order
@@ -305,13 +306,13 @@ def test_resume_skips_done_and_retries_failures(tmp_path, ckpt, monkeypatch):
         w.writerows(rows)
     save(rgb(64, 64, 30), late)
     seen: list = []
-    real = engine.predict_items
+    real = engine.Engine.run
 
-    def spy(model, items, *a, **kw):
+    def spy(self, items, *a, **kw):
         seen.extend(items)
-        return real(model, items, *a, **kw)
+        return real(self, items, *a, **kw)
 
-    monkeypatch.setattr(engine, "predict_items", spy)
+    monkeypatch.setattr(engine.Engine, "run", spy)
     assert run("score", d, late, "--model", ckpt, "-o", out, "--resume", "-q") == 0
     assert [Path(p).name for p in seen] == ["late.jpg"]  # only the previously failed input
     after = by_name(read_csv(out))
@@ -325,9 +326,9 @@ def test_killed_run_keeps_flushed_progress_then_resumes(tmp_path, ckpt, monkeypa
 
     d = ok_folder(tmp_path / "imgs", n=5)
     out = tmp_path / "r.jsonl"
-    real = engine.predict_items
+    real = engine.Engine.run
 
-    def dies_after_three(model, items, *a, on_result=None, **kw):
+    def dies_after_three(self, items, on_result=None, **kw):
         count = {"n": 0}
 
         def cb(i, pred):
@@ -336,15 +337,15 @@ def test_killed_run_keeps_flushed_progress_then_resumes(tmp_path, ckpt, monkeypa
             if count["n"] == 3:
                 raise RuntimeError("power cut")
 
-        return real(model, items, *a, on_result=cb, **kw)
+        return real(self, items, on_result=cb, **kw)
 
-    monkeypatch.setattr(engine, "predict_items", dies_after_three)
+    monkeypatch.setattr(engine.Engine, "run", dies_after_three)
     with pytest.raises(RuntimeError, match="power cut"):
         run("score", d, "--model", ckpt, "-o", out, "-q", "--flush-every", 2, "--batch-size", 1)
     partial = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(partial) == 2  # the flush after two results survived
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    monkeypatch.setattr(engine, "predict_items", real)
+    monkeypatch.setattr(engine.Engine, "run", real)
     assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
     final = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(final) == 5 and final[:2] == partial
@@ -355,45 +356,50 @@ def test_interrupt_saves_progress(tmp_path, ckpt, monkeypatch, capsys):
 
     d = ok_folder(tmp_path / "imgs", n=4)
     out = tmp_path / "r.csv"
-    real = engine.predict_items
+    real = engine.Engine.run
 
-    def ctrl_c(model, items, *a, on_result=None, **kw):
+    def ctrl_c(self, items, on_result=None, **kw):
         def cb(i, pred):
             on_result(i, pred)
             raise KeyboardInterrupt
 
-        return real(model, items, *a, on_result=cb, **kw)
+        return real(self, items, on_result=cb, **kw)
 
-    monkeypatch.setattr(engine, "predict_items", ctrl_c)
+    monkeypatch.setattr(engine.Engine, "run", ctrl_c)
     assert run("score", d, "--model", ckpt, "-o", out, "-q", "--batch-size", 1) == 130
     assert len(read_csv(out)) == 1
     assert "--resume" in capsys.readouterr().err
 
 
 # -- GPU settings (decided without a GPU: what auto picks, and what a CPU run keeps) -----------------
-def test_autocast_and_decoding_defaults(monkeypatch):
+def test_precision_and_decoding_defaults(monkeypatch, ckpt):
+    """What the scoring layer picks when nothing is asked for: bf16 autocast on a CUDA GPU (fp16
+    on one without bf16), fp32 on the CPU; the CPUs only decode for a GPU; ONNX Runtime decodes
+    on 2 threads; a GPU batch is 32; autocast asked for by name chooses PyTorch."""
     import torch
 
-    from contentiqa.cli.score import default_batch_size, default_workers, resolve_autocast
+    from contentiqa.inference import torch_runtime
+    from contentiqa.inference.scorer import choose_runtime, load_scorer
 
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_autocast("auto", "torch", cuda) == "bfloat16"
+    assert torch_runtime.default_precision(cuda) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_autocast("auto", "torch", cuda) == "float16"  # a GPU without bf16
-    assert resolve_autocast("auto", "torch", torch.device("cpu")) is None  # CPU: full precision
-    assert resolve_autocast("off", "torch", cuda) is None
-    assert resolve_autocast("fp16", "torch", torch.device("cpu")) == "float16"
-    assert resolve_autocast("bf16", "onnx", torch.device("cpu")) is None  # a graph has its own precision
+    assert torch_runtime.default_precision(cuda) == "fp16"  # a GPU without bf16
+    assert torch_runtime.default_precision(torch.device("cpu")) == "fp32"  # CPU: full precision
+    assert choose_runtime("auto", None, "cuda") == "torch" and choose_runtime("auto", None, "cpu") == "onnx"
+    assert choose_runtime("auto", "bf16", "cpu") == "torch"  # autocast by name: PyTorch, on the CPU too
+    gpu = torch_runtime.TorchScorer(contentiqa_model(ckpt), precision="bf16")
+    gpu.device = cuda  # what matters for the defaults (no GPU needed)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert default_workers("torch", None, cuda) == 15  # the CPUs only decode for a GPU
-    assert default_workers("onnx", None, "cpu") == 2
+    assert gpu.default_workers() == 15 and gpu.default_batch_size() == 32
+    assert load_scorer(ckpt, threads=1).default_workers() == 2
 
-    class M:
-        device = cuda
-        native_resolution = False
 
-    assert default_batch_size(M(), "torch") == 32
+def contentiqa_model(ckpt):
+    from contentiqa.models.registry import load_checkpoint
+
+    return load_checkpoint(ckpt)
 
 
 def test_folder_scans_know_every_pillow_format_but_load_its_plugins_only_when_needed(monkeypatch):

@@ -61,8 +61,15 @@ def model(ckpt):
     return load_checkpoint(ckpt)
 
 
+def loaded(model) -> LoadedModel:
+    """What the service runs for a torch model: its PyTorch scorer, and the model for heatmaps."""
+    from contentiqa.inference.torch_runtime import TorchScorer
+
+    return LoadedModel(TorchScorer(model, spec="tiny"), explainer=model)
+
+
 def client_for(model, **cfg) -> TestClient:
-    return TestClient(create_app(ServeConfig(**cfg), model=LoadedModel(model, spec="tiny")))
+    return TestClient(create_app(ServeConfig(**cfg), model=loaded(model)))
 
 
 def files(*parts: tuple[str, bytes]) -> list:
@@ -113,7 +120,7 @@ def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tm
 
 
 def test_uploads_are_never_opened_by_name_and_leave_no_file(model):
-    app = create_app(ServeConfig(), model=LoadedModel(model))
+    app = create_app(ServeConfig(), model=loaded(model))
     svc = app.state.service
     with TestClient(app) as c:
         r = c.post("/v1/score", files=files(("/etc/hostname", b"hello"), ("../../x.jpg", jpeg(3))))
@@ -199,7 +206,7 @@ def test_queue_full_answers_503_with_retry_after(model):
 
 
 def test_timeout_answers_504_and_drops_the_work(model):
-    app = create_app(ServeConfig(timeout_s=0.5), model=LoadedModel(model))
+    app = create_app(ServeConfig(timeout_s=0.5), model=loaded(model))
     svc = app.state.service
     real = svc._run_batch
     calls = []
@@ -219,7 +226,7 @@ def test_timeout_answers_504_and_drops_the_work(model):
 
 
 def test_dynamic_batching_across_concurrent_requests(model):
-    app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=LoadedModel(model))
+    app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=loaded(model))
     with TestClient(app) as c:
         before = _metric(c, "contentiqa_batch_size_count")
         before_images = _metric(c, "contentiqa_batch_size_sum")
@@ -264,7 +271,7 @@ def test_healthz_ready_only_once_loaded_and_says_why_not(model):
 
     def loader():
         assert gate.wait(10)
-        return LoadedModel(model, spec="tiny")
+        return loaded(model)
 
     app = create_app(ServeConfig(), loader=loader)
     with TestClient(app) as c:
@@ -313,8 +320,10 @@ def test_explain_reports_the_score_of_the_served_runtime(model):
     """/v1/explain's X-Score and X-Category are /v1/score's for the same photo, from the runtime
     and precision served (here PyTorch under bf16 autocast, whose scores differ from fp32's);
     the heatmap is PyTorch's (issue 22: explain reported fp32 beside an int8 /v1/score)."""
-    loaded = LoadedModel(model, spec="tiny", runtime="torch", autocast="bfloat16", precision="bf16")
-    with TestClient(create_app(ServeConfig(), model=loaded)) as c:
+    from contentiqa.inference.torch_runtime import TorchScorer
+
+    served = LoadedModel(TorchScorer(model, spec="tiny", precision="bf16"), explainer=model)
+    with TestClient(create_app(ServeConfig(), model=served)) as c:
         for seed in (6, 7, 8):
             photo = jpeg(seed, size=(72, 90))
             row = c.post("/v1/score", files=files(("a.jpg", photo))).json()["results"][0]
@@ -363,23 +372,49 @@ def test_page_and_its_assets_are_local(model):
 
 
 def test_onnx_runtime_serves_the_same_scores(ckpt, model, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime", reason="--runtime onnx needs pip install 'contentiqa[onnx]'")
-    import argparse
-
     from contentiqa.cli.serve import _loader
 
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
-    args = argparse.Namespace(model=ckpt, runtime="onnx", onnx_model=None, threads=None, device="cpu", quiet=True,
-                              precision=None, autocast="auto")
+    kwargs = dict(spec=ckpt, runtime="onnx", precision=None, device="cpu", threads=None)
     images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
     with client_for(model) as c:
         torch_rows = c.post("/v1/score", files=images).json()["results"]
-    with TestClient(create_app(ServeConfig(), loader=_loader(args))) as c:
+    with TestClient(create_app(ServeConfig(), loader=_loader(kwargs))) as c:
         assert c.app.state.service.ready_event.wait(120)
         body = c.post("/v1/score", files=images).json()
     assert body["model"]["runtime"] == "onnx" and body["model"]["precision"] == "fp32"
     assert [r["score"] for r in body["results"]] == pytest.approx([r["score"] for r in torch_rows], abs=1e-3)
     assert [r["category"] for r in body["results"]] == [r["category"] for r in torch_rows]
+
+
+def test_without_a_pytorch_model_the_page_and_api_say_why_there_are_no_heatmaps(ckpt, tmp_path, monkeypatch):
+    """A server whose scorer runs from an ONNX file alone (or an install without PyTorch) scores,
+    answers /v1/explain with 501 and the reason, and the page shows that reason."""
+    from contentiqa.cli.serve import _loader
+    from contentiqa.inference.onnx import export_onnx
+
+    graph = export_onnx(tiny_model("iqa-cr", seed=5), tmp_path / "tiny.onnx", verify=False)
+    kwargs = dict(spec=str(graph), runtime="auto", precision=None, device="cpu", threads=None)
+    with TestClient(create_app(ServeConfig(), loader=_loader(kwargs))) as c:
+        assert c.app.state.service.ready_event.wait(120)
+        ident = c.get("/v1/models").json()["models"][0]
+        assert ident["explain"] is False and "ONNX file" in ident["explain_note"]
+        assert c.post("/v1/score", files=files(("a.jpg", jpeg(3)))).json()["results"][0]["score"] is not None
+        r = c.post("/v1/explain", files={"file": ("a.jpg", jpeg(3), "image/jpeg")})
+        assert r.status_code == 501 and ident["explain_note"] in r.json()["detail"]
+        page = c.get("/").text + c.get("/static/app.js").text
+    assert 'id="explain-note"' in page and "explain_note" in page
+    import contentiqa.inference.scorer as scorer_mod
+    import contentiqa.utils.extras as extras
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    scorer_mod.load_scorer(ckpt)  # exported to the cache: from now on it loads without PyTorch
+    real_have = extras.have
+    for mod in (extras, scorer_mod):  # as in an install without PyTorch
+        monkeypatch.setattr(mod, "have", lambda m: False if m == "torch" else real_have(m))
+    no_torch = _loader(dict(kwargs, spec=ckpt))()
+    assert no_torch.explainer is None and "contentiqa[torch]" in no_torch.explain_note
+    assert no_torch.scorer.identity.runtime == "onnx"
 
 
 # -- the batcher -----------------------------------------------------------------------------
@@ -481,7 +516,7 @@ def test_serve_command_checks_its_arguments(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
     assert main(["serve", "--model", "no-such-model", "--port", "0", "--log-level", "error"]) == 2
-    assert "the model failed to load: unknown model 'no-such-model'" in capsys.readouterr().err
+    assert "error: unknown model 'no-such-model'" in capsys.readouterr().err  # before the server starts
     assert main(["serve", "--model", "missing/ckpt.pt"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -758,7 +793,7 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         photos[name].write_bytes(jpeg(seed, size=(120, 160)))
     (tmp_path / "notes.txt").write_text("not a photo")
     (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
-    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=LoadedModel(model))
+    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=loaded(model))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -768,7 +803,7 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         while not server.started and time.monotonic() - t < 30:
             time.sleep(0.05)
         # (the same limits: both apps set them on the one model object)
-        with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=LoadedModel(model))) as c:
+        with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as c:
             rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
         expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
         assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
@@ -813,70 +848,66 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         thread.join(30)
 
 
+def _captured_loader(monkeypatch, tmp_path):
+    import uvicorn
+
+    import contentiqa.serve.app as app_mod
+
+    captured = {}
+    real_create_app = app_mod.create_app
+
+    def fake_create_app(cfg, loader=None, **kw):
+        captured["loader"] = loader
+        return real_create_app(cfg, loader=loader, **kw)
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
+    return captured
+
+
 def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
     """`contentiqa serve` without --runtime: ONNX Runtime on the CPU, as `contentiqa score`
     (the torch model is kept for /v1/explain)."""
-    pytest.importorskip("onnxruntime")
-    import uvicorn
-
-    import contentiqa.serve.app as app_mod
     from contentiqa.cli.main import build_parser
 
-    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
-    captured = {}
-    real_create_app = app_mod.create_app
-
-    def fake_create_app(cfg, loader=None, **kw):
-        captured["loader"] = loader
-        return real_create_app(cfg, loader=loader, **kw)
-
-    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
+    captured = _captured_loader(monkeypatch, tmp_path)
     args = build_parser().parse_args(["serve", "--model", ckpt, "--port", "0"])
     assert args.func(args) == 1  # the server never started
-    loaded = captured["loader"]()
-    assert loaded.runtime == "onnx" and loaded.forward is not None and loaded.explainable
+    loaded_model = captured["loader"]()
+    assert loaded_model.scorer.identity.runtime == "onnx" and loaded_model.explainable
     args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch", "--port", "0"])
-    assert args.func(args) == 1 and captured["loader"]().runtime == "torch"
+    assert args.func(args) == 1 and captured["loader"]().scorer.identity.runtime == "torch"
 
 
 def test_serve_runs_and_reports_the_score_commands_precision(ckpt, model, tmp_path, monkeypatch):
-    """`serve --autocast bf16` runs the torch model under autocast (the GPU setting, checked here
-    on the CPU), and every response names the precision, as `score` rows do; the flags that
-    contradict each other are refused before the server starts, with score's messages."""
-    import uvicorn
-
-    import contentiqa.serve.app as app_mod
+    """`serve --precision bf16` runs the torch model under autocast (the GPU setting, checked
+    here on the CPU), and every response names the precision, as `score` rows do; the flags
+    that contradict each other are refused before the server starts, with score's messages."""
     from contentiqa.cli.main import UsageError, build_parser
 
-    captured = {}
-    real_create_app = app_mod.create_app
-
-    def fake_create_app(cfg, loader=None, **kw):
-        captured["loader"] = loader
-        return real_create_app(cfg, loader=loader, **kw)
-
-    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # parse, check, build; do not listen
-    args = build_parser().parse_args(["serve", "--model", ckpt, "--autocast", "bf16", "--port", "0"])
-    assert args.func(args) == 1  # the server never started
-    loaded = captured["loader"]()
-    assert (loaded.runtime, loaded.autocast, loaded.precision) == ("torch", "bfloat16", "bf16")
+    captured = _captured_loader(monkeypatch, tmp_path)
+    for flag in (["--precision", "bf16"], ["--autocast", "bf16"]):  # --autocast: its old name
+        args = build_parser().parse_args(["serve", "--model", ckpt, *flag, "--port", "0"])
+        assert args.func(args) == 1  # the server never started
+        half_model = captured["loader"]()
+        ident = half_model.scorer.identity
+        assert (ident.runtime, ident.precision) == ("torch", "bf16")
     images = files(("a.jpg", jpeg(11)), ("b.jpg", jpeg(12, size=(70, 90))))
     with client_for(model) as c:
         full = c.post("/v1/score", files=images).json()
     assert full["model"]["precision"] == "fp32"
-    with TestClient(create_app(ServeConfig(), model=loaded)) as c:
+    with TestClient(create_app(ServeConfig(), model=half_model)) as c:
         half = c.post("/v1/score", files=images).json()
     assert half["model"]["precision"] == "bf16"
     a, b = [r["score"] for r in full["results"]], [r["score"] for r in half["results"]]
     lo, hi = full["model"]["score_range"]
     diffs = [abs(x - y) / (hi - lo) for x, y in zip(a, b)]
     assert max(diffs) < 0.05 and max(diffs) > 0  # close to fp32, not equal: bfloat16 arithmetic really ran
-    for bad, why in ((["--autocast", "fp16", "--runtime", "onnx"], "PyTorch setting"),
-                     (["--autocast", "bf16", "--precision", "int8"], "choose one"),
-                     (["--runtime", "torch", "--precision", "int8"], "drop --runtime torch")):
+    for bad, why in ((["--precision", "fp16", "--runtime", "onnx"], "autocast: not with the ONNX Runtime"),
+                     (["--autocast", "bf16", "--precision", "int8"], "give one of them"),
+                     (["--runtime", "torch", "--precision", "int8"], "not with the PyTorch runtime"),
+                     (["--runtime", "onnx", "--device", "cuda"], "runs on the CPU")):
         args = build_parser().parse_args(["serve", "--model", ckpt, *bad])
         with pytest.raises(UsageError, match=why):
             args.func(args)

@@ -97,3 +97,35 @@ def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, exam
     for k in ("score", "category_confidence"):  # one graph: only the softmax (numpy / torch) differs
         assert abs(float(first.pop(k)) - float(again.pop(k))) < 1e-5
     assert first == again  # category, notes, error, model, weights file and its SHA-256, version
+
+
+# -- without PyTorch -------------------------------------------------------------------------------
+def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, examples_dir):
+    """An install without the [torch] extra (its packages blocked here): every command that needs it
+    fails with exit code 2 and one line naming the extra, never a traceback; scoring works."""
+    photos = sorted(examples_dir.glob("*.JPG"))[:2]
+    data = tmp_path / "rated.csv"
+    data.write_text("image,mos\n" + "".join(f"{p},{50 + 10 * k}\n" for k, p in enumerate(photos)))
+    code = ("import sys\nfrom contentiqa.utils.extras import EXTRA_OF_MODULE\n"
+            "for m, extra in EXTRA_OF_MODULE.items():\n"
+            "    if extra == 'torch':\n"
+            "        sys.modules[m] = None  # what the [torch] extra installs: as if absent\n"
+            "from contentiqa.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CONTENTIQA_CACHE_DIR": str(tmp_path / "cache")}
+    needs_torch = [
+        ["explain", str(photos[0]), "--out", str(tmp_path / "h.png")],
+        ["export", "iqa-cr", "--out", str(tmp_path / "m.onnx")],
+        ["score", str(photos[0]), "--runtime", "torch"],
+        ["score", str(photos[0]), "--precision", "bf16"],
+        ["score", str(photos[0]), "-o", str(tmp_path / "r.html"), "--explain"],
+        ["evaluate", "--model", "iqa-cr", "--data", str(data)],
+    ]
+    for argv in needs_torch:
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr[-1500:])
+        assert len(lines) == 1 and "pip install 'contentiqa[torch]'" in lines[0], (argv, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", code, "score", str(photos[0]), "-q"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]

@@ -4,10 +4,11 @@
     >>> contentiqa.list_models()
     >>> model = contentiqa.create_model(contentiqa.DEFAULT_MODEL)   # shipped weights, offline
     >>> model.predict("photo.jpg").score
-    >>> contentiqa.create_scorer().predict("photo.jpg").score   # the same in ONNX Runtime: faster on a CPU
+    >>> contentiqa.load_scorer().predict("photo.jpg").score   # ONNX Runtime on a CPU: faster, no torch
 
-The model API is imported on first use (module ``__getattr__``), so ``import contentiqa``
-and the CLI's ``--help`` / usage errors do not pay for importing torch (seconds).
+The API is imported on first use (module ``__getattr__``), so ``import contentiqa`` and the
+CLI's ``--help`` / usage errors do not pay for importing torch (seconds). Scoring needs no torch
+at all (:mod:`contentiqa.inference.scorer`); the model API does (``pip install 'contentiqa[torch]'``).
 """
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ _LAZY = {  # name -> submodule; the model API imports torch, create_scorer does 
     "create_model": "models",
     "list_models": "models",
     "load_checkpoint": "models",
-    "create_scorer": "inference.scorer",  # ONNX Runtime, numpy, Pillow
+    "create_scorer": "inference.scorer",  # ONNX Runtime, numpy, Pillow (PyTorch where asked)
+    "load_scorer": "inference.scorer",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inference.scorer import create_scorer  # noqa: F401
+    from .inference.scorer import create_scorer, load_scorer  # noqa: F401
     from .models import IQAModel, Prediction, create_model, list_models, load_checkpoint  # noqa: F401
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = ["DEFAULT_MODEL", "IQAModel", "Prediction", "__version__", "create_model", "create_scorer", "list_models",
-           "load_checkpoint"]
+           "load_checkpoint", "load_scorer"]

@@ -11,12 +11,3 @@ def imagenet_class_names() -> list[str]:
 
     info = ImageNetInfo("imagenet-1k")
     return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
-
-
-@lru_cache(maxsize=1)
-def imagenet_synsets() -> list[str]:
-    """WordNet ids (``n01440764`` ...) of the 1000 classes, in logit order."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo("imagenet-1k")
-    return list(info.label_names())

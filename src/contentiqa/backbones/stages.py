@@ -1,8 +1,10 @@
 """A backbone seen as an ordered list of stages, so it can be frozen up to a point, run from
 a cached intermediate feature map, or cut for Grad-CAM.
 
-Supported: timm EfficientNet / MobileNet family (``conv_stem``/``bn1``/``blocks``/
-``conv_head``/``bn2``) and timm ResNets (``conv1``/``bn1``/``act1``/``maxpool``/``layer1..4``).
+Supported: timm's ``EfficientNet`` class (EfficientNet, EfficientNet-Lite, MobileNetV2, MnasNet:
+stem, each of ``blocks``, then ``conv_head`` + ``bn2``) and timm's ``ResNet`` (stem, ``layer1..4``),
+recognised by class: the stages are every block, finer than timm's ``feature_info`` reduction
+points, because frozen-stage caching and the models' feature levels index blocks.
 """
 from __future__ import annotations
 
@@ -24,17 +26,20 @@ class Stem(nn.Module):
 def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's feature extractor as a list of modules applied in order; their
     composition equals ``backbone.forward_features``."""
-    if hasattr(backbone, "conv_stem") and hasattr(backbone, "blocks"):
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+
+    if isinstance(backbone, EfficientNet):
         stages: list[nn.Module] = [Stem(backbone.conv_stem, backbone.bn1)]
         stages += list(backbone.blocks)
-        if hasattr(backbone, "conv_head") and not isinstance(backbone.conv_head, nn.Identity):
+        if not isinstance(backbone.conv_head, nn.Identity):
             stages.append(Stem(backbone.conv_head, backbone.bn2))
         return stages
-    if hasattr(backbone, "layer4") and hasattr(backbone, "conv1"):
+    if isinstance(backbone, ResNet):
         stem = Stem(backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool)
         return [stem, backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
     raise TypeError(
-        f"{type(backbone).__name__}: contentiqa knows how to stage EfficientNet/MobileNet and ResNet "
+        f"{type(backbone).__name__}: contentiqa knows how to stage timm's EfficientNet (and MobileNetV2) and ResNet "
         "backbones; for others use forward_features only (no partial freezing or feature caching)"
     )
 
@@ -73,17 +78,6 @@ def frozen_levels(levels: list[int], start: int) -> tuple[list[int], list[int]]:
     (before the cached map, stage ``start - 1``; a cache must hold them already pooled) and
     those computed from the cached map on."""
     return [i for i in levels if i < start - 1], [i for i in levels if i >= start - 1]
-
-
-def stage_channels(backbone: nn.Module, stage: int) -> int:
-    """Output channels of ``backbone_stages(backbone)[stage]`` (negative indices allowed)."""
-    stages = backbone_stages(backbone)
-    with torch.no_grad():
-        was = backbone.training
-        backbone.eval()
-        out = run_stages(stages, torch.zeros(1, 3, 64, 64), 0, len(stages) + stage + 1 if stage < 0 else stage + 1)
-        backbone.train(was)
-    return int(out.shape[1])
 
 
 def freeze_stages(backbone: nn.Module, n: int) -> None:

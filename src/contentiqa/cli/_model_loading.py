@@ -1,99 +1,119 @@
-"""Helpers shared by the sub-commands (not a command itself: main.py only imports the
-modules it lists)."""
+"""The model options the commands share, passed to the scoring layer as they are.
+
+Not a command (main.py imports only the modules it lists). What a spec names, which runtime
+and precision run it and on how many threads is decided by
+:func:`contentiqa.inference.scorer.load_scorer`, never here: this module only turns flags into
+its arguments and its errors into usage errors.
+"""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
+import argparse
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .main import UsageError
 
 if TYPE_CHECKING:  # torch is imported where a model is loaded, not at CLI start-up (seconds)
-    import torch
+    from ..inference.scorer import Scorer
+    from ..models.base import IQAModel
+
+PRECISION_HELP = ("fp32 or int8: the ONNX Runtime graph (int8: the CNN quantized with the calibration shipped beside "
+                  "the weights); bf16 or fp16: PyTorch autocast (on a GPU: tensor cores, half the memory traffic). "
+                  "Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr, fp32 for "
+                  "ie-iqa on the CPU; bf16 on a CUDA GPU")
 
 
-def resolve_device(spec: str) -> "torch.device":
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise UsageError(f"unknown device {spec!r} (use cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {spec!r} requested but CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError(f"device {spec!r} requested but MPS is not available here; use --device cpu")
-    return device
-
-
-def looks_like_checkpoint(spec: str) -> bool:
-    return spec.endswith((".pt", ".pth")) or os.sep in spec or (os.altsep or "\0") in spec or Path(spec).is_file()
-
-
-def weights_file_for(spec: str) -> tuple[Path, str | None] | None:
-    """``(file, weights tag)`` that ``load_model(spec)`` would read, found without torch (the
-    registry and a path check); None when ``spec`` names nothing loadable (``load_model`` then
-    says why)."""
-    if looks_like_checkpoint(spec):
-        return (Path(spec), None) if os.path.isfile(spec) else None
-    from ..models import registry
-
-    try:
-        return registry.weights_file(spec)
-    except (ValueError, FileNotFoundError):
-        return None
+def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = True) -> None:
+    """--model, --runtime, --onnx-model, --precision (and its old name --autocast), --device,
+    --threads: the same flags, meaning the same, for ``score``, ``serve`` and ``explain``
+    (``onnx_files=False``: no ONNX file as the model, since heatmaps need the PyTorch one)."""
+    files = ", checkpoint file (.pt) or ONNX file (.onnx)" if onnx_files else " or checkpoint file (.pt)"
+    p.add_argument("--model", "-m", default=None,
+                   help=f"registered model name[.tag]{files} (default: contentiqa.DEFAULT_MODEL with its shipped "
+                        "weights); a bare word is always a name: write ./NAME for a file called NAME")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default): ONNX Runtime on the CPU (the graph shipped with the model, or exported to "
+                        "the cache on first use; PyTorch if it cannot be exported), PyTorch on a GPU. torch / onnx "
+                        f"force one{what}")
+    if onnx_files:
+        p.add_argument("--onnx-model", metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the "
+                       "same as --model FILE.onnx); its metadata give the preprocessing and scale")
+    else:
+        p.set_defaults(onnx_model=None)
+    p.add_argument("--precision", choices=("fp32", "int8", "bf16", "fp16"), default=None, help=PRECISION_HELP)
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default=None,
+                   help=argparse.SUPPRESS)  # the old name of --precision bf16 / fp16 (off: fp32)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu; cuda runs PyTorch)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compute threads for the model (default: ONNX Runtime one per core not busy with other "
+                        "processes; PyTorch its own). ONNX Runtime with 8 or more inputs scores that many photos at "
+                        "once, one thread each")
 
 
-def load_model(spec: str, device: "torch.device | str" = "cpu"):
-    """A model from a registered name (with its shipped weights) or a checkpoint path.
+def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`~contentiqa.inference.scorer.load_scorer` arguments of the flags above,
+    checked for contradictions (before any work: no torch, no model)."""
+    from ..inference.scorer import check_options
 
-    Every failure a user can cause (unknown name, missing weights or checkpoint, a file that
-    is no checkpoint) becomes a :class:`UsageError` with a message saying what to do."""
-    from .. import DEFAULT_MODEL
-    from ..models.registry import create_model, list_models, load_checkpoint, model_entry, split_name
-
-    if looks_like_checkpoint(spec):
-        try:
-            return load_checkpoint(spec, device)
-        except FileNotFoundError:
-            raise UsageError(f"checkpoint {spec} does not exist") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UsageError(str(exc)) from None
-    if split_name(spec)[0] not in list_models():
-        raise UsageError(
-            f"unknown model {spec!r}; available: {', '.join(list_models())} (or a checkpoint file .pt)"
-        )
-    try:
-        return create_model(spec, pretrained=True, device=device)
-    except ValueError as exc:  # an unknown weights tag
-        raise UsageError(str(exc)) from None
-    except FileNotFoundError:
-        entry = model_entry(spec)
-        which = "the default model" if spec == DEFAULT_MODEL else "model"
-        shipped = list_models(pretrained_only=True)
-        raise UsageError(
-            f"{which} '{spec}' has no trained weights in this install (expected "
-            f"contentiqa/weights/{entry.weights}). Pass a trained checkpoint with --model PATH.pt "
-            f"(e.g. one written by `contentiqa train`)"
-            + (f", or one of the models with shipped weights: {', '.join(shipped)}" if shipped else "")
-            + "."
-        ) from None
-
-
-def resolve_runtime(args, default: str) -> None:
-    """Settle ``--runtime`` / ``--onnx-model`` / ``--device`` into ``args.runtime``: 'torch',
-    'onnx', or 'onnx_or_torch' (``auto`` on the CPU: ONNX Runtime, torch when the model cannot
-    be exported). Shared by ``score`` and ``serve`` so both refuse the same combinations."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    precision = args.precision
+    if args.autocast not in (None, "auto"):
+        alias = {"bf16": "bf16", "fp16": "fp16", "off": "fp32"}[args.autocast]
+        if precision is not None and precision != alias:
+            raise UsageError(f"--autocast {args.autocast} is --precision {alias}: give one of them")
+        precision = alias
+    spec = args.model
     if args.onnx_model is not None:
-        if args.runtime == "torch":
-            raise UsageError("--onnx-model runs in ONNX Runtime: drop --runtime torch (or use --runtime onnx)")
-        args.runtime = "onnx"
-        if not os.path.isfile(args.onnx_model):
-            raise UsageError(f"--onnx-model {args.onnx_model} does not exist")
-    args.runtime = args.runtime or default
-    if args.runtime == "auto":
-        # ONNX Runtime is the faster CPU runtime (benchmarks/results/speed.md); it runs on the
-        # CPU only, so another device means torch.
-        args.runtime = "onnx_or_torch" if str(args.device) == "cpu" else "torch"
-    if args.runtime == "onnx" and str(args.device) != "cpu":
-        raise UsageError("--runtime onnx runs on the CPU: drop --device (or use --runtime torch)")
+        if args.model is not None and args.model != args.onnx_model:
+            raise UsageError("--onnx-model FILE is --model FILE: give one of them")
+        if not str(args.onnx_model).lower().endswith(".onnx"):
+            raise UsageError(f"--onnx-model {args.onnx_model}: expected an .onnx file from `contentiqa export`")
+        spec = args.onnx_model
+    kwargs = dict(spec=spec, runtime=args.runtime, precision=precision, device=str(args.device), threads=args.threads)
+    with usage_errors():
+        check_options(kwargs["runtime"], precision, kwargs["device"])
+    return kwargs
+
+
+@contextlib.contextmanager
+def usage_errors(prefix: str = "") -> Iterator[None]:
+    """What a user can cause while a model loads (unknown name, missing file, contradicting
+    options, a missing extra) as a one-line :class:`UsageError`."""
+    from ..utils.extras import ExtraMissing
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ExtraMissing) as exc:
+        raise UsageError(f"{prefix}{exc}") from None
+
+
+def load_scorer(kwargs: dict[str, Any], notes: list[str] | None = None, **more: Any) -> Scorer:
+    """:func:`~contentiqa.inference.scorer.load_scorer` with usage errors."""
+    from ..inference import scorer
+
+    with usage_errors():
+        return scorer.load_scorer(kwargs["spec"], runtime=kwargs["runtime"], precision=kwargs["precision"],
+                                  device=kwargs["device"], threads=kwargs["threads"], notes=notes, **more)
+
+
+def load_model(spec: str | None, device: Any = "cpu") -> IQAModel:
+    """The PyTorch model of ``spec`` (training, Grad-CAM, export) with usage errors."""
+    from ..inference import scorer
+
+    with usage_errors():
+        return scorer.load_model(spec, device)
+
+
+def heatmap_model(scorer: Scorer, kwargs: dict[str, Any]) -> IQAModel:
+    """The PyTorch model Grad-CAM runs on beside ``scorer`` (heatmaps need its gradients): the
+    scorer's own model when it runs in PyTorch (one copy of the weights in memory), else the
+    model of the same spec, loaded with :func:`load_model`'s usage errors (no PyTorch, an ONNX file)."""
+    from ..utils.extras import have
+
+    if have("torch"):
+        from ..inference.torch_runtime import TorchScorer
+
+        if isinstance(scorer, TorchScorer):
+            return scorer.model
+    return load_model(kwargs["spec"], kwargs["device"])

@@ -9,9 +9,9 @@ shows plain Grad-CAM. The model sees the image at native resolution; images abov
 while the score and category printed are always those of the full-resolution image.
 
 The score and category are those `contentiqa score` gives the image: computed by the same
-runtime and precision (--runtime, --precision, --autocast, with score's defaults: ONNX Runtime
-on a CPU, int8 where measured to keep the accuracy), named in the figure's title; the heatmaps
-are PyTorch's (Grad-CAM needs its gradients), the category heatmap of that category.
+runtime and precision (score's --runtime, --precision, --threads and defaults: ONNX Runtime on
+a CPU, int8 where measured to keep the accuracy), named in the figure's title; the heatmaps are
+PyTorch's (Grad-CAM needs its gradients), the category heatmap of that category.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._model_loading import add_scorer_args
 from .main import UsageError
-from .score import AUTOCAST_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
-    p.add_argument("--model", "-m", default=None, help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL)")
+    add_scorer_args(p, " for the score (the heatmaps are PyTorch's either way)", onnx_files=False)
     p.add_argument("--out", "-o", metavar="PNG",
                    help="output PNG (one IMAGE only; default: <image name>_explain.png in --out-dir)")
     p.add_argument("--out-dir", metavar="DIR", default=None,
@@ -45,25 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--category", default=None, help="explain this category's logit instead of the predicted one")
     p.add_argument("--max-pixels", type=float, default=4.0, metavar="MP",
                    help="explain images above MP megapixels on a downscaled copy (default 4; 0 = never downscale)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
-                   help="what computes the score, as `contentiqa score --runtime` (default auto: ONNX Runtime on the "
-                        "CPU); the heatmaps are PyTorch's either way")
-    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
-                   help="ONNX Runtime graph of the score, as `contentiqa score --precision` (default: the model's "
-                        "measured choice)")
-    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="as `contentiqa score --autocast`: " + AUTOCAST_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.imageio import ImageLoadError
     from ..explain import explain
-    from ..explain.explanation import scored_by_label
-    from ..inference.engine import predict_items
-    from ._model_loading import resolve_device
-    from .score import _load_runtime, run_precision, settle_runtime
+    from ._model_loading import heatmap_model, load_scorer, scorer_kwargs
 
     if not args.images:
         raise UsageError("no IMAGE given")
@@ -75,14 +63,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
-    # The score's runtime, loaded as `contentiqa score` loads it (same rules and messages), with
-    # the torch model kept for the heatmaps.
-    args.onnx_model, args.threads, args.plan, args.precision_used, args.quiet = None, None, None, None, False
-    settle_runtime(args)
-    device = resolve_device(args.device)
-    model, _, forward = _load_runtime(args, device, torch_free=False)
-    autocast, precision = run_precision(args, model, forward)
-    scored_by = scored_by_label(args.runtime, precision)
+    # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
+    kwargs = scorer_kwargs(args)
+    notes: list[str] = []
+    scorer = load_scorer(kwargs, notes, images=len(args.images))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    model = heatmap_model(scorer, kwargs)
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
             raise UsageError(f"model {model.model_name} has no content head: use --target quality")
@@ -96,15 +83,16 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
     taken: set[str] = set()
-    for image in args.images:
-        pred = predict_items(model, [image], batch_size=1, workers=0, forward=forward, autocast=autocast)[0]
+    preds = scorer.run(list(args.images))  # as `contentiqa score` runs them
+    assert preds is not None
+    for image, pred in zip(args.images, preds):
         if pred.error is not None:
             print(f"{image}: {pred.error}", file=sys.stderr)
             failures += 1
             continue
         try:
             exp = explain(model, image, targets=targets, category=category or pred.category, max_pixels=max_pixels,
-                          exact_score=False).scored(pred, scored_by)
+                          exact_score=False).scored(pred, scorer.identity.label)
         except (ImageLoadError, ValueError, TypeError) as exc:
             print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1

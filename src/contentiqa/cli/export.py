@@ -1,17 +1,17 @@
 """``contentiqa export MODEL --format onnx --out model.onnx``: write a model as an ONNX file.
 
-MODEL is a registered name (with its shipped weights) or a checkpoint file. The file takes a
+MODEL is a registered name (with its shipped weights) or a checkpoint file. Needs PyTorch
+(pip install 'contentiqa[torch]'): every shipped model's graph already ships with the package. The file takes a
 normalised image batch (dynamic batch; dynamic height and width for native-resolution models
 such as IQA-CR) and returns the normalised score (and the content logits when the model has
 a content head); its metadata hold the scale, categories, mean/std and input size, so
-`contentiqa score --onnx-model FILE` or any ONNX Runtime user needs nothing else. The export
+`contentiqa score --model FILE.onnx` or any ONNX Runtime user needs nothing else. The export
 is checked against PyTorch in ONNX Runtime before the file is written.
 
 --precision int8 writes the graph `contentiqa score --precision int8` runs: the fp32 export with
 its CNN quantized to int8 (static, per-channel), from the activation ranges calibrated on photos
 and shipped beside the weights (<weights>.int8.json); the file's metadata say precision int8.
 
-Needs the optional packages onnx and onnxruntime: pip install 'contentiqa[onnx]'.
 Exit code: 0 written, 2 usage error (or a model that cannot be exported, with the reason).
 """
 from __future__ import annotations
@@ -63,15 +63,19 @@ def run(args: argparse.Namespace) -> int:
     if args.opset is not None and not 13 <= args.opset <= 21:
         raise UsageError("--opset must be between 13 and 21")
 
-    from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, OnnxUnavailableError, export_onnx, read_metadata
+    from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, export_onnx
+    from ..inference.onnx_runtime import read_metadata
+    from ..utils.extras import ExtraMissing
 
     weights = None
     if args.precision == "int8":
         from ..inference.quantize import calibration_path
-        from ._model_loading import weights_file_for
+        from ..models.registry import weights_file
 
-        found = weights_file_for(args.model)
-        weights = found[0] if found is not None else None
+        try:
+            weights = weights_file(args.model)[0]
+        except (ValueError, FileNotFoundError):
+            weights = None
         if weights is None or not calibration_path(weights).is_file():
             where = f" (expected {calibration_path(weights)})" if weights is not None else ""
             raise UsageError(f"--precision int8: no int8 calibration for {args.model}{where}; make one with "
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
         else:
             path = _export_int8(model, weights, out, args.opset or DEFAULT_OPSET, not args.no_verify)
-    except OnnxUnavailableError as exc:
+    except ExtraMissing as exc:
         raise UsageError(str(exc)) from None
     except OnnxExportError as exc:
         raise UsageError(f"cannot export {args.model}: {exc}") from None

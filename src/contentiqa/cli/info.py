@@ -1,4 +1,5 @@
-"""``contentiqa models`` / ``backbones`` / ``datasets``: what this install offers."""
+"""``contentiqa models``: what this install offers (models and their weights tags, backbones with offline
+weights, dataset loaders), all known without torch."""
 from __future__ import annotations
 
 import argparse

@@ -49,7 +49,7 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
     import numpy as np
     import pandas as pd
 
-    from ..inference.engine import predict_items
+    from ..inference.torch_runtime import TorchScorer
 
     out = table.copy()
     for c in ("category", "category_confidence", "category_source"):
@@ -58,7 +58,8 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
     have = out["category"].fillna("").astype(str).str.strip() != ""
     out.loc[have & (out["category_source"].fillna("").astype(str) == ""), "category_source"] = "given"
     todo = np.flatnonzero(overwrite | ~have.to_numpy())
-    preds = predict_items(model, [out["image"].iloc[i] for i in todo], batch_size=batch_size, progress=progress)
+    preds = TorchScorer(model, precision="fp32").run([out["image"].iloc[i] for i in todo], batch_size=batch_size,
+                                                     progress=progress)
     out["category_confidence"] = pd.to_numeric(out["category_confidence"], errors="coerce")
     source = f"model:{model.model_name}"
     for i, p in zip(todo, preds):
@@ -119,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
     work["image"] = absolute
     categories = IQA_CR_CATEGORIES
     if args.model:
-        from ._model_loading import load_model, resolve_device
+        from ._model_loading import load_model
 
-        model = load_model(args.model, resolve_device(args.device))
+        model = load_model(args.model, args.device)
         if not model.categories:
             raise UsageError(f"model {args.model!r} has no content head (use an IQA-CR model or checkpoint)")
         categories = model.categories

@@ -52,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..utils.extras import ExtraMissing, missing_module_message
+
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, ExtraMissing) as exc:
         print(f"contentiqa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency (PyTorch ...) this install lacks: one line
+        message = missing_module_message(exc)
+        if message is None:
+            raise
+        print(f"contentiqa {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -32,8 +32,8 @@ import os
 import socket
 import sys
 
+from ._model_loading import add_scorer_args, heatmap_model, load_scorer, scorer_kwargs
 from .main import UsageError
-from .score import AUTOCAST_HELP
 
 KEEP_ALIVE_S = 5
 """An idle connection between requests is closed after this (uvicorn's keep-alive timeout)."""
@@ -46,26 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", "-m", default=None,
-                   help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL with its shipped weights)")
+    add_scorer_args(p, " (heatmaps, /v1/explain, use the PyTorch model either way)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = every interface, "
                         "use with --api-key or behind a reverse proxy)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
-                   help="auto (default): ONNX Runtime on the CPU (the model is exported to the cache on first use, "
-                        "or PyTorch if it cannot be exported), PyTorch on a GPU, as `contentiqa score`. torch / onnx "
-                        "force one (/v1/explain uses the PyTorch model either way)")
-    p.add_argument("--onnx-model", metavar="FILE", default=None,
-                   help="with --runtime onnx: this file from `contentiqa export` (explain is then unavailable)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
-                   help="ONNX Runtime graph, as `contentiqa score --precision`: fp32 or int8; default the model's "
-                        "measured choice (int8 for iqa-cr, fp32 for ie-iqa: benchmarks/results/int8.md)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="as `contentiqa score --autocast`: " + AUTOCAST_HELP)
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compute threads for the model (default: the runtime's own, one per core)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="images per forward pass at most, from one or several requests (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T",
@@ -122,7 +107,6 @@ def _config(args: argparse.Namespace):
         (args.max_connections >= 1, "--max-connections must be at least 1"),
         (args.header_timeout > 0, "--header-timeout must be positive"),
         (args.decode_workers is None or args.decode_workers >= 0, "--decode-workers must be 0 or more"),
-        (args.threads is None or args.threads >= 1, "--threads must be at least 1"),
         (0 <= args.port <= 65535, "--port must be 0-65535"),
     ]
     for ok, msg in checks:
@@ -131,14 +115,6 @@ def _config(args: argparse.Namespace):
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api-key is empty")
-    if args.decode_workers is not None:
-        decode = args.decode_workers
-    else:  # the score command's measured default for decoding beside the model
-        from .score import default_workers
-
-        # (run() settled --runtime first: 'onnx_or_torch' decodes as ONNX Runtime does)
-        decode = default_workers(args.runtime or ("onnx" if args.onnx_model else "auto"), args.threads,
-                                 args.device)
     return ServeConfig(
         max_batch=args.max_batch or 8,
         max_wait_ms=args.max_wait_ms,
@@ -149,29 +125,29 @@ def _config(args: argparse.Namespace):
         timeout_s=args.timeout,
         api_key=api_key,
         cors_origins=tuple(args.cors_origin),
-        decode_workers=decode,
+        decode_workers=args.decode_workers,
     )
 
 
-def _loader(args: argparse.Namespace):
-    """What the server's start-up calls (in a thread) to load the model, as `contentiqa score`
-    loads it (its runtime choice, ONNX export cache and error messages)."""
+def _loader(kwargs: dict, quiet: bool = False):
+    """What the server's start-up calls (in a thread) to load the model: the scorer `contentiqa
+    score` would use with the same flags, and the PyTorch model for heatmaps where there is one."""
     from ..serve.app import LoadedModel
-    from ._model_loading import resolve_device
-    from .score import _load_runtime, run_precision
+    from ..utils.extras import have, install_hint
 
     def load() -> LoadedModel:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        args.precision_used = None
-        args.plan = None  # one session whose threads follow the free cores (no per-run plan)
-        model, spec, forward = _load_runtime(args, device, torch_free=False)  # /v1/explain needs the torch model
-        autocast, precision = run_precision(args, model, forward)
-        return LoadedModel(model=model, spec=str(spec), forward=forward, runtime=args.runtime,
-                           explainable=args.onnx_model is None, autocast=autocast, precision=precision)
+        notes: list[str] = []
+        scorer = load_scorer(kwargs, notes)
+        for note in notes:
+            print(f"contentiqa serve: note: {note}", file=sys.stderr)
+        explainer, why = None, None
+        if str(kwargs["spec"] or "").lower().endswith(".onnx"):
+            why = "the model runs from an ONNX file alone; heatmaps need its PyTorch model"
+        elif not have("torch"):
+            why = f"heatmaps need PyTorch, which this install lacks ({install_hint('torch')})"
+        else:
+            explainer = heatmap_model(scorer, kwargs)
+        return LoadedModel(scorer, explainer=explainer, explain_note=why)
 
     return load
 
@@ -213,16 +189,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
                          "pip install 'contentiqa[serve]'") from None
     from .. import DEFAULT_MODEL
-    from ._model_loading import looks_like_checkpoint
-    from .score import settle_runtime
 
     # Cheap checks before the server starts (the model itself loads in the background).
-    args.quiet = False
-    settle_runtime(args)  # ONNX Runtime on the CPU, torch on a GPU, as `contentiqa score` (same flags, same rules)
+    kwargs = scorer_kwargs(args)  # the runtime, precision and threads of `contentiqa score`: same flags, same rules
     cfg = _config(args)
-    spec = args.model or DEFAULT_MODEL
-    if looks_like_checkpoint(spec) and not os.path.isfile(spec):
-        raise UsageError(f"checkpoint {spec} does not exist")
+    spec = kwargs["spec"] or DEFAULT_MODEL
+    from ..models.registry import parse_spec
+
+    try:
+        source = parse_spec(spec)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if source.path is not None and not source.path.is_file():
+        raise UsageError(f"model file {spec} does not exist")
     # Anything else about --model is checked by loading it, as `contentiqa score` does: a
     # failure stops the server at once with that message (exit 2).
     if not _is_loopback(args.host) and not cfg.api_key:
@@ -239,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]  # --port 0: the one the system chose
-    app = create_app(cfg, loader=_loader(args), on_load_error=on_load_error)
+    app = create_app(cfg, loader=_loader(kwargs), on_load_error=on_load_error)
     config = uvicorn.Config(
         app,
         host=args.host,

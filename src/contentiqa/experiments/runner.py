@@ -6,7 +6,8 @@ Results folder (``out``)::
     provenance.json              resolved config, package version, git commit, torch, date, command
     splits.json                  the splits (made once, from the protocol and seeds)
     content_labels_<data>.csv    pseudo content labels, for ``labels: auto``
-    runs/<run>/seed<S>/          the trainer's folder: last.pt, best.pt, metrics.jsonl, config.json
+    runs/<run>/seed<S>/          the trainer's folder: last.pt, best.pt, metrics.jsonl, config.json, and tested.pt
+                                 (the model the test figures come from: chosen epoch, calibrated)
     metrics/<run>/seed<S>.json   that split's test metrics (one entry per test set) + provenance
     results.json                 per run: per-split metrics and mean/std/n per test set and metric
     results.md                   the mean ± std table
@@ -215,6 +216,14 @@ class TrainSet:
     val_fraction: float | None = None
 
 
+def carve_val(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, val)``: a ``fraction`` of a split's train part held out as its validation part,
+    drawn per seed (``val_fraction``), so the test part stays untouched."""
+    order = np.random.default_rng([seed, 17]).permutation(len(train))
+    n_val = max(1, int(round(fraction * len(train))))
+    return train.iloc[np.sort(order[n_val:])], train.iloc[np.sort(order[:n_val])]
+
+
 def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
     """The split ``seed`` of every training set: the combined train/val parts (with a
     ``dataset`` column when there are several sets) and each set's own parts."""
@@ -225,12 +234,7 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
         if "train" not in own[ts.label]:
             raise ConfigError(f"{ts.label}: split seed {seed} has no train part")
         if ts.val_fraction and "val" not in own[ts.label]:
-            # Held out of the train part, drawn per seed: the test part stays untouched.
-            train = own[ts.label]["train"]
-            order = np.random.default_rng([seed, 17]).permutation(len(train))
-            n_val = max(1, int(round(ts.val_fraction * len(train))))
-            own[ts.label]["val"] = train.iloc[np.sort(order[:n_val])]
-            own[ts.label]["train"] = train.iloc[np.sort(order[n_val:])]
+            own[ts.label]["train"], own[ts.label]["val"] = carve_val(own[ts.label]["train"], ts.val_fraction, seed)
     if len(sets) == 1:
         return dict(own[sets[0].label]), own
     combined = {}
@@ -245,6 +249,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
                  device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
+    from ..models.registry import save_checkpoint
     from ..training.config import TrainConfig
     from ..training.trainer import Trainer, seed_everything
 
@@ -278,6 +283,10 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
     chosen = trainer.load_best() if use_best else trainer.model
     calibration = trainer.calibrate(chosen) if tcfg.calibrate else None
+    # The exact model the split's test figures come from (chosen epoch, calibrated): what a
+    # later check scores through the CLI (benchmarks/ship_gate.py).
+    save_checkpoint(chosen, run_dir / "tested.pt", extra={
+        "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
         "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",

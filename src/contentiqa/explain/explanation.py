@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from ..data.imageio import ImageLoadError
-from ..models.base import IQAModel, clip_score, to_pil
+from ..models.base import IQAModel
+from ..models.scoring import clip_score, to_pil
 from ..reporting.html import score_higher_is_better
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
@@ -127,14 +128,6 @@ class Explanation:
         with the score and category. ``which='fused'`` shows the Grad-CAM x attention maps,
         ``'gradcam'`` the plain Grad-CAM ones."""
         return save_explanation_figure(self, path, target=target, which=which, max_side=max_side, dpi=dpi)
-
-
-RUNTIME_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
-
-
-def scored_by_label(runtime: str, precision: str) -> str:
-    """How a figure names what computed its score: "ONNX Runtime int8", "PyTorch bf16", ..."""
-    return f"{RUNTIME_NAMES.get(runtime, runtime)} {precision}"
 
 
 def colorize(m: np.ndarray, cmap: str = "jet") -> np.ndarray:

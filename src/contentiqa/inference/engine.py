@@ -11,17 +11,12 @@
   ``max_batch_pixels`` pixels (on a CPU a batch of large photos is no faster per image than
   one at a time and only costs memory); when many sizes are waiting, the fullest bucket is
   run early, so at most about four batches' worth of pixels are ever held.
-- **Inference settings.** Every forward runs under ``torch.inference_mode``; on a CPU the
-  batch is handed to the torch model in ``channels_last`` layout (measured: 15-30 % faster
-  for the depthwise-separable EfficientNet backbones on this project's CPUs; results equal
-  to the last bit in our checks). ``forward=`` replaces the torch model (e.g. an ONNX Runtime
-  session, :mod:`contentiqa.inference.onnx`).
-- **Torch or not.** A model whose ``preprocess`` gives numpy arrays (the ONNX Runtime scorer,
-  :class:`contentiqa.inference.onnx_runtime.OnnxScorer`) is batched and run in numpy: the
-  engine imports torch only for torch tensors, so scoring from a cached ONNX graph starts
-  without it.
+- **Any runtime.** The engine sees a scorer only through :class:`Runnable` (its image
+  limits, ``preprocess``, ``collate``, ``results_from_outputs``) and a ``forward``: the ONNX
+  Runtime scorer (numpy, no torch) and the PyTorch one (inference mode, channels-last batches,
+  autocast: :mod:`contentiqa.inference.torch_runtime`) run through the same code.
 - **Several images at once** (``concurrency``): up to N batches run in the model at the same
-  time, each from its own thread. For ONNX Runtime with one compute thread per run this beats
+  time, each from its own thread (``forward`` must be safe to call so). For ONNX Runtime with one compute thread per run this beats
   one run split over N threads (benchmarks/results/cores.md, on 2 idle cores and beside a busy
   process): every layer of a split run waits for its slowest thread, whole images do not.
   Results are still made and handed out in the calling thread.
@@ -36,20 +31,35 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
+from PIL import Image
 
-from ..models.scoring import Prediction, load_image_safely
-
-if TYPE_CHECKING:
-    from ..models.base import IQAModel
+from ..models.scoring import ImageLimits, Prediction, load_image_safely
 
 DEFAULT_MAX_BATCH_PIXELS = 2_000_000
 """A bucket is run once it holds this many pixels (8 images of 500 x 500; 2048 x 1536 photos
 go one at a time)."""
 DEFAULT_MAX_PREFETCH_BYTES = 256 * 2**20
 """Prepared tensors decoded ahead of the model stop being added beyond this many bytes."""
+
+
+class Runnable(ImageLimits, Protocol):
+    """What the engine needs of a scorer besides its ``forward``: the image limits files are read
+    under (:class:`~contentiqa.models.scoring.ImageLimits`) and the steps around the model."""
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """A decoded RGB image -> the model's input for one image (C, H, W)."""
+        ...
+
+    def collate(self, inputs: list[Any]) -> Any:
+        """Inputs of one shape -> one batch."""
+        ...
+
+    def results_from_outputs(self, out: dict[str, Any], paths: Sequence[str | None],
+                             notes: Sequence[list[str]]) -> list[Prediction]:
+        """A batch's outputs -> one :class:`Prediction` per image."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Prepared:
     notes: tuple[str, ...] = ()
 
 
-def _prepare(model: IQAModel, item: Any, index: int = 0, on_image: Callable[[int, Any], None] | None = None):
+def _prepare(model: Runnable, item: Any, index: int = 0, on_image: Callable[[int, Any], None] | None = None):
     if isinstance(item, Prepared):
         return item.input, item.path, list(item.notes), None
     img, path, notes, err = load_image_safely(item, model)
@@ -86,7 +96,7 @@ def _nbytes(prepared) -> int:
 
 
 def iter_prepared(
-    model: IQAModel,
+    model: Runnable,
     items: Sequence[Any],
     workers: int = 2,
     window: int = 32,
@@ -146,193 +156,153 @@ def iter_prepared(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _collate(tensors: list, channels_last: bool):
-    """Stack (C, H, W) tensors into a batch; ``channels_last`` returns it in that layout
-    without a strided copy when the tensors are HWC in memory (as ``pil_to_tensor`` makes
-    them). Numpy arrays give a contiguous NCHW array (what ONNX Runtime takes)."""
-    if isinstance(tensors[0], np.ndarray):
-        return tensors[0][None] if len(tensors) == 1 else np.stack(tensors)  # one image: a view, no copy
-    import torch
+class Engine:
+    """Scores a sequence of inputs through ``forward`` in batches (see the module docstring).
 
-    if channels_last and tensors[0].ndim == 3:
-        return torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
-    return torch.stack(tensors)
+    ``batch_size``: images per forward pass at most; ``max_batch_pixels``: a batch is run once
+    its images hold this many pixels, even below ``batch_size`` (None: count only).
+    ``workers``: decoding threads (0: decode in the calling thread); ``window`` (default
+    ``2 * batch_size``, at least 8) and ``max_prefetch_bytes`` bound the look-ahead (see
+    :func:`iter_prepared`). ``concurrency``: how many batches may be in ``forward`` at once, each
+    from its own thread; results are made, and ``on_result`` called, in the calling thread.
+    A ``RuntimeError`` from ``forward`` becomes the error of that batch's images; anything else
+    propagates."""
+
+    def __init__(self, model: Runnable, forward: Callable[[Any], dict[str, Any]], *, batch_size: int = 8,
+                 workers: int = 2, concurrency: int = 1, max_batch_pixels: int | None = DEFAULT_MAX_BATCH_PIXELS,
+                 window: int | None = None, max_prefetch_bytes: int | None = DEFAULT_MAX_PREFETCH_BYTES,
+                 progress: bool = False):
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if int(concurrency) < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.model = model
+        self.forward = forward
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self.concurrency = int(concurrency)
+        self.pixel_cap = max_batch_pixels if max_batch_pixels and max_batch_pixels > 0 else None
+        self.window = window or max(2 * self.batch_size, 8)
+        self.max_prefetch_bytes = max_prefetch_bytes
+        self.progress = progress
+
+    def run(self, items: Sequence[Any], on_result: Callable[[int, Prediction], None] | None = None,
+            on_image: Callable[[int, Any], None] | None = None, return_results: bool = True) -> list[Prediction] | None:
+        """One :class:`Prediction` per item, in order (None with ``return_results=False``: then
+        only ``on_result(index, prediction)`` sees them, as each is ready, out of order).
+        ``on_image(index, image)`` sees each decoded RGB image, from a decoding thread."""
+        run = _Run(self, len(items), on_result, return_results)
+        try:
+            for i, prepared, path, notes, err in iter_prepared(
+                self.model, items, workers=self.workers, window=self.window, on_image=on_image,
+                max_prefetch_bytes=self.max_prefetch_bytes,
+            ):
+                if err is not None:
+                    run.emit(i, Prediction(path=path, score=None, error=err, notes=notes))
+                else:
+                    run.add(i, prepared, path, notes)
+                del prepared
+            run.finish_all()
+        finally:
+            run.close()
+        return run.results
 
 
-def predict_items(
-    model: IQAModel,
-    items: Sequence[Any],
-    batch_size: int = 8,
-    progress: bool = False,
-    workers: int = 2,
-    forward: Callable[[Any], dict[str, Any]] | None = None,
-    on_result: Callable[[int, Prediction], None] | None = None,
-    on_image: Callable[[int, Any], None] | None = None,
-    *,
-    max_batch_pixels: int | None = DEFAULT_MAX_BATCH_PIXELS,
-    channels_last: bool | None = None,
-    return_results: bool = True,
-    window: int | None = None,
-    max_prefetch_bytes: int | None = DEFAULT_MAX_PREFETCH_BYTES,
-    autocast: str | None = None,
-    concurrency: int = 1,
-) -> list[Prediction] | None:
-    """Score ``items`` and return one :class:`Prediction` per item, in order.
+class _Run:
+    """The state of one :meth:`Engine.run`: inputs waiting in buckets of equal shape, batches in
+    the model, results handed out."""
 
-    ``forward`` replaces ``model(x)`` (e.g. an ONNX Runtime session); ``on_result`` is called
-    as each result is ready (for incremental, resumable output); ``on_image(index, image)``
-    sees each decoded RGB image (from a worker thread), e.g. to make report thumbnails.
+    def __init__(self, engine: Engine, n: int, on_result: Callable[[int, Prediction], None] | None,
+                 return_results: bool):
+        self.engine = engine
+        self.on_result = on_result
+        self.results: list[Prediction] | None = [None] * n if return_results else None  # type: ignore[list-item]
+        self.buckets: dict[tuple, list] = defaultdict(list)
+        self.pixels: dict[tuple, int] = defaultdict(int)
+        self.in_flight: list[tuple[Future, list]] = []
+        self.pool = (ThreadPoolExecutor(max_workers=engine.concurrency, thread_name_prefix="contentiqa-run")
+                     if engine.concurrency > 1 else None)
+        self.bar = None
+        if engine.progress:  # tqdm is imported only to show a bar (0.1 s of a one-photo run's start-up)
+            from tqdm.auto import tqdm
 
-    ``max_batch_pixels``: a batch is run once its images hold this many pixels, even below
-    ``batch_size`` (None: count only). ``channels_last``: hand the torch model its batch in
-    channels-last layout (None: yes on a CPU when ``forward`` is not given).
-    ``return_results=False`` keeps no predictions (use ``on_result``) and returns None.
-    ``window`` (default ``2 * batch_size``, at least 8) and ``max_prefetch_bytes`` bound the
-    decoding look-ahead (see :func:`iter_prepared`).
-    ``autocast`` ('float16' / 'bfloat16'): run a torch model under ``torch.autocast`` in that
-    dtype (what makes large collections fast on a GPU: tensor cores, half the memory traffic);
-    outputs come back as float32. None: full precision.
-    ``concurrency``: how many batches may be in the model at once (each forward called from
-    its own thread; for a forward that is safe to call concurrently and uses one core per
-    call, such as an ONNX Runtime session with one intra-op thread). Results are made and
-    ``on_result`` called in this thread whatever the value.
-    """
-    if autocast not in (None, "float16", "bfloat16"):
-        raise ValueError(f"autocast must be None, 'float16' or 'bfloat16', not {autocast!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if int(concurrency) < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    # Only a model in training mode is switched (and switched back at the end): the switch walks
-    # every submodule (5 ms for IE-IQA's 554), which a server or a predict() loop paid per call.
-    was_training = model.training
-    if was_training:
-        model.eval()
-    fwd = forward or model
-    device = model.device
-    if channels_last is None:
-        channels_last = forward is None and model.channels_last_input and device.type == "cpu"
-    results: list[Prediction | None] | None = [None] * len(items) if return_results else None
-    buckets: dict[tuple, list] = defaultdict(list)
-    pixels: dict[tuple, int] = defaultdict(int)
-    bar = None
-    if progress:  # tqdm is imported only to show a bar (0.1 s of a one-photo run's start-up)
-        from tqdm.auto import tqdm
+            self.bar = tqdm(total=n, desc="scoring", unit="img")
 
-        bar = tqdm(total=len(items), desc="scoring", unit="img")
-    runner = ThreadPoolExecutor(max_workers=int(concurrency), thread_name_prefix="contentiqa-run") if concurrency > 1 else None
-    in_flight: list[tuple[Future, list]] = []
-    bs = int(batch_size)
-    pixel_cap = max_batch_pixels if max_batch_pixels and max_batch_pixels > 0 else None
+    def emit(self, i: int, pred: Prediction) -> None:
+        if self.results is not None:
+            self.results[i] = pred
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.on_result is not None:
+            self.on_result(i, pred)
 
-    def emit(i: int, pred: Prediction) -> None:
-        if results is not None:
-            results[i] = pred
-        if bar is not None:
-            bar.update(1)
-        if on_result is not None:
-            on_result(i, pred)
+    def add(self, i: int, prepared: Any, path: str | None, notes: list[str]) -> None:
+        """Bucket one prepared input by shape; run the batches that are due."""
+        eng = self.engine
+        key = tuple(prepared.shape)
+        self.buckets[key].append((i, prepared, path, notes))
+        self.pixels[key] += int(prepared.shape[-1]) * int(prepared.shape[-2])
+        if len(self.buckets[key]) >= eng.batch_size or (eng.pixel_cap is not None and self.pixels[key] >= eng.pixel_cap):
+            self.flush(key)
+            return
+        held = sum(len(v) for v in self.buckets.values())
+        if held >= eng.batch_size * 4 or (eng.pixel_cap is not None and sum(self.pixels.values()) >= 4 * eng.pixel_cap):
+            # Many distinct sizes: run the fullest group so memory stays bounded.
+            self.flush(max(self.buckets, key=lambda k: (self.pixels[k], len(self.buckets[k]))))
 
-    def run_model(x):
-        if isinstance(x, np.ndarray):  # a numpy model (ONNX Runtime): no torch at all
-            return fwd(x)
-        import torch
-
-        x = x.to(device, non_blocking=device.type == "cuda")
-        with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, autocast or "float32"),
-                                                    enabled=autocast is not None):
-            out = fwd(x)
-        if autocast is not None:
-            out = {k: v.float() for k, v in out.items()}
-        return out
-
-    def finish(group: list, out: dict | None, exc: BaseException | None) -> None:
+    def finish(self, group: list, out: dict | None, exc: BaseException | None) -> None:
         if exc is not None:
             for i, _, path, notes in group:
-                emit(i, Prediction(path=path, score=None, error=f"model failed: {exc}", notes=notes))
+                self.emit(i, Prediction(path=path, score=None, error=f"model failed: {exc}", notes=notes))
             return
-        preds = model.results_from_outputs(out, [g[2] for g in group], [g[3] for g in group])
+        preds = self.engine.model.results_from_outputs(out, [g[2] for g in group], [g[3] for g in group])
         for (i, *_), p in zip(group, preds):
-            emit(i, p)
+            self.emit(i, p)
 
-    def collect(block: bool) -> None:
+    def collect(self, block: bool) -> None:
         """Hand out the results of the runs that are done (with ``block``: wait for one first)."""
-        if not in_flight:
+        if not self.in_flight:
             return
         if block:
-            wait([f for f, _ in in_flight], return_when=FIRST_COMPLETED)
-        for item in [it for it in in_flight if it[0].done()]:
-            in_flight.remove(item)
+            wait([f for f, _ in self.in_flight], return_when=FIRST_COMPLETED)
+        for item in [it for it in self.in_flight if it[0].done()]:
+            self.in_flight.remove(item)
             fut, group = item
             exc = fut.exception()
             if exc is not None and not isinstance(exc, RuntimeError):
                 raise exc
-            finish(group, None if exc is not None else fut.result(), exc)
+            self.finish(group, None if exc is not None else fut.result(), exc)
 
-    def flush(key: tuple) -> None:
-        group = buckets.pop(key)
-        pixels.pop(key, None)
-        x = _collate([g[1] for g in group], channels_last)
+    def flush(self, key: tuple) -> None:
+        group = self.buckets.pop(key)
+        self.pixels.pop(key, None)
+        x = self.engine.model.collate([g[1] for g in group])
         for g in range(len(group)):
             group[g] = (group[g][0], None, group[g][2], group[g][3])  # the batch holds the pixels now
-        if runner is not None:
-            while len(in_flight) >= concurrency:
-                collect(block=True)
-            in_flight.append((runner.submit(run_model, x), group))
+        if self.pool is not None:
+            while len(self.in_flight) >= self.engine.concurrency:
+                self.collect(block=True)
+            self.in_flight.append((self.pool.submit(self.engine.forward, x), group))
             del x
-            collect(block=False)
+            self.collect(block=False)
             return
         try:
-            out = run_model(x)
+            out = self.engine.forward(x)
         except RuntimeError as exc:
-            finish(group, None, exc)
+            self.finish(group, None, exc)
             return
         finally:
             del x
-        finish(group, out, None)
+        self.finish(group, out, None)
 
-    def held() -> tuple[int, int]:
-        return sum(len(v) for v in buckets.values()), sum(pixels.values())
+    def finish_all(self) -> None:
+        for key in list(self.buckets):
+            self.flush(key)
+        while self.in_flight:
+            self.collect(block=True)
 
-    try:
-        for i, tensor, path, notes, err in iter_prepared(
-            model, items, workers=workers, window=window or max(2 * bs, 8), on_image=on_image,
-            max_prefetch_bytes=max_prefetch_bytes,
-        ):
-            if err is not None:
-                emit(i, Prediction(path=path, score=None, error=err, notes=notes))
-                continue
-            key = tuple(tensor.shape)
-            buckets[key].append((i, tensor, path, notes))
-            pixels[key] += int(tensor.shape[-1]) * int(tensor.shape[-2])
-            del tensor
-            if len(buckets[key]) >= bs or (pixel_cap is not None and pixels[key] >= pixel_cap):
-                flush(key)
-                continue
-            n_held, px_held = held()
-            if n_held >= bs * 4 or (pixel_cap is not None and px_held >= 4 * pixel_cap):
-                # Many distinct sizes: run the fullest group so memory stays bounded.
-                flush(max(buckets, key=lambda k: (pixels[k], len(buckets[k]))))
-        for key in list(buckets):
-            flush(key)
-        while in_flight:
-            collect(block=True)
-    finally:
-        if runner is not None:
-            runner.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-        if was_training:
-            model.train(True)
-    return list(results) if results is not None else None  # type: ignore[arg-type]
-
-
-def chunked(seq: Iterable[Any], n: int):
-    buf = []
-    for x in seq:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.bar is not None:
+            self.bar.close()

@@ -1,9 +1,8 @@
-"""ONNX export and ONNX Runtime scoring.
+"""ONNX export (needs PyTorch): the graphs ONNX Runtime scores with.
 
-    >>> from contentiqa.inference.onnx import export_onnx, load_onnx_model
+    >>> from contentiqa.inference.onnx import export_onnx
     >>> export_onnx(contentiqa.create_model("iqa-cr"), "iqa-cr.onnx")
-    >>> model = load_onnx_model("iqa-cr.onnx")          # needs onnxruntime, not the weights
-    >>> model.predict("photo.jpg").score
+    >>> contentiqa.load_scorer("iqa-cr.onnx").predict("photo.jpg").score   # no weights, no torch
 
 The exported graph takes the *normalised* image batch ``image`` (float32, N x 3 x H x W:
 ``(pixel / 255 - mean) / std``, RGB) and returns ``score`` (N,), the normalised quality on
@@ -32,8 +31,8 @@ per-image feature selection exports as ArgMax / Gather / TopK (contribution) or,
 Linear/ReLU heads, the written-out gradient (sensitivity); what cannot be exported raises
 :class:`OnnxExportError` saying why.
 
-``onnx`` and ``onnxruntime`` are core dependencies (ONNX Runtime is the default CPU runtime of
-``contentiqa score``); this module still says what to install when an environment lacks them.
+Sessions, the cache's places and keys, and the scorer (numpy, no torch) are
+:mod:`contentiqa.inference.onnx_runtime`.
 """
 from __future__ import annotations
 
@@ -50,43 +49,22 @@ import torch
 from torch import nn
 
 from ..backbones.onnx_same_padding import same_padding_as_onnx_conv
-from ..models.base import IQAModel, pil_to_tensor
+from ..models.base import IQAModel
+from ..utils.extras import ExtraMissing
 
-# The torch-free half (sessions, the cache, metadata, the numpy scorer) is onnx_runtime.py;
-# its names stay importable from here.
 from . import onnx_runtime as _rt
-from .onnx_runtime import (  # noqa: F401
-    DEFAULT_OPSET,
-    DEFAULT_PRECISION,
-    FINGERPRINT_KEY,
-    INPUT_NAME,
-    ONNX_FORMAT,
-    OnnxInfo,
-    OnnxScorer,
-    OnnxUnavailableError,
-    _require,
-    cache_dir,
-    cache_filename,
-    make_session,
-    read_metadata,
-    weights_cache_key,
-)
+from .onnx_runtime import DEFAULT_OPSET, DEFAULT_PRECISION, FINGERPRINT_KEY, INPUT_NAME, ONNX_FORMAT, OnnxExportError, make_session
 
 VERIFY_ATOL = 1e-3
 _EXPORT_REVISION = _rt.EXPORT_REVISION
 
 
-class OnnxExportError(RuntimeError):
-    """The model (or part of it) cannot be exported to ONNX; the message says why."""
-
-
-def onnx_available() -> bool:
+def _require_onnx():
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        import onnx
     except ImportError:
-        return False
-    return True
+        raise ExtraMissing("ONNX export needs the 'onnx' package", extra="torch") from None
+    return onnx
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -189,9 +167,9 @@ def export_onnx(
     ``atol``; the largest difference is stored in the metadata (``verified_max_abs_diff``).
     Needs the ``onnx`` package (and ``onnxruntime`` to verify).
     """
-    onnx = _require("onnx")
+    onnx = _require_onnx()
     if verify:
-        _require("onnxruntime")
+        _rt.require_onnxruntime()
     path = Path(path)
     _check_exportable(model)
     was_training = model.training
@@ -269,7 +247,7 @@ def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> fl
     return worst
 
 
-# -- the export cache (score --runtime onnx/auto without --onnx-model) --------------------------------
+# -- the export cache (graphs of weights that ship without one, and of models in memory) ---------------------
 def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     """A hash of what the exported graph depends on: name, config, scale, categories, the
     weights (every tensor of the state dict), the opset and the export revision. The key of
@@ -294,13 +272,9 @@ def model_fingerprint(model: IQAModel, opset: int = DEFAULT_OPSET) -> str:
     return h.hexdigest()
 
 
-def _fallback_cache_dir() -> Path:
-    return _rt._fallback_cache_dir()
-
-
 def _export_precision(model: IQAModel, path: Path, precision: str, opset: int, key: str, folder: Path) -> None:
     """Write the ``precision`` graph of ``model`` to ``path`` with ``key`` in its metadata
-    (int8: quantized from the fp32 export cached in ``folder``)."""
+    (int8: quantized from the fp32 graph of its weights file)."""
     if precision == DEFAULT_PRECISION:
         export_onnx(model, path, opset=opset, extra_metadata={FINGERPRINT_KEY: key})
     else:
@@ -326,13 +300,13 @@ def cached_session(
 
     check_precision(precision)
     if weights_file is not None:
-        key = weights_cache_key(weights_file, opset, precision)
+        key = _rt.weights_cache_key(weights_file, opset, precision)
         label = Path(weights_file).stem
     else:
         key = model_fingerprint(model, opset) if precision == DEFAULT_PRECISION else \
             hashlib.sha256(f"{model_fingerprint(model, opset)}|{precision}".encode()).hexdigest()
         label = str(model.model_name)
-    filename = cache_filename(label, key, precision)
+    filename = _rt.cache_filename(label, key, precision)
     found = _rt.find_cached(filename, key, threads, folder)  # a usable entry anywhere: no export at all
     if found is not None:
         return found[0], found[1], False
@@ -353,7 +327,8 @@ def cached_session(
 
 
 def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:
-    """Write the int8 entry ``path`` from the (cached) fp32 export of ``model``."""
+    """Write the int8 entry ``path`` from the fp32 graph of the weights file ``model`` was read
+    from (shipped or cached; exported now when there is none)."""
     from .quantize import QuantizationError, quantize_for_weights
 
     weights = (model.checkpoint_info or {}).get("path")
@@ -362,7 +337,9 @@ def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset:
             f"int8 needs the weights file of {model.model_name} (its calibration lies beside it); "
             "this model was not loaded from a file: use fp32"
         )
-    src, _ = cached_export(model, folder, opset)
+    src = _rt.find_graph_file(weights, DEFAULT_PRECISION, folder=folder)
+    if src is None:
+        src = cached_session(model, folder, opset, threads=1, weights_file=weights)[1]
     quantize_for_weights(src, path, weights, extra_metadata={FINGERPRINT_KEY: key})
 
 
@@ -373,114 +350,8 @@ def cached_export(model: IQAModel, folder: str | os.PathLike | None = None, opse
     return path, created
 
 
-# -- running ------------------------------------------------------------------------------------
-class OnnxForward:
-    """``forward(x) -> {"score": ..., "logits": ...}`` running an ONNX Runtime session: the
-    drop-in for the torch model in :func:`contentiqa.inference.engine.predict_items`."""
-
-    def __init__(self, session):
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        self.output_names = [o.name for o in session.get_outputs()]
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        try:
-            outs = self.session.run(self.output_names, {self.input_name: arr})
-        except Exception as exc:  # onnxruntime's errors are not RuntimeErrors; the engine expects one
-            raise RuntimeError(f"onnxruntime: {exc}") from None
-        return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.output_names, outs)}
-
-
-class OnnxModel(IQAModel):
-    """A contentiqa model served by ONNX Runtime from an exported file alone: preprocessing,
-    scale and categories come from the file's metadata. Works wherever an IQAModel does for
-    scoring (``predict``, ``predict_items``, ``contentiqa score --onnx-model``)."""
-
-    channels_last_input = False  # the session wants contiguous NCHW
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} does not exist")
-        session = make_session(path, threads=threads, spinning=spinning)
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        info = OnnxInfo.parse(meta, path)
-        super().__init__(info.scale, info.categories)
-        self.model_name = info.model_name
-        self.mean, self.std = info.mean, info.std
-        self._native = info.native_resolution
-        self.input_size = info.input_size
-        self.min_size = info.min_size
-        self.path = path
-        self.metadata = meta
-        self.session = session
-        self.runner = OnnxForward(session)
-        self.checkpoint_info = {"path": str(path)}
-
-    @property
-    def native_resolution(self) -> bool:
-        return self._native
-
-    @property
-    def fixed_input_size(self) -> tuple[int, int] | None:
-        return None if self._native else (int(self.input_size[0]), int(self.input_size[1]))  # type: ignore[index]
-
-    @property
-    def predicts_score(self) -> bool:
-        return "score" in json.loads(self.metadata.get("outputs", '["score"]'))
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def preprocess(self, image) -> torch.Tensor:
-        from PIL import Image
-
-        if not self._native:
-            h, w = self.input_size  # type: ignore[misc]
-            image = image.resize((w, h), Image.BILINEAR)
-        return pil_to_tensor(image, self.mean, self.std)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.runner(x)
-
-
-def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
-    """An :class:`OnnxModel` from a file written by :func:`export_onnx`."""
-    return OnnxModel(path, threads=threads)
-
-
-def onnx_forward_for(model: IQAModel, onnx_path: str | os.PathLike | None = None, threads: int | None = None,
-                     *, weights_file: str | os.PathLike | None = None,
-                     precision: str = DEFAULT_PRECISION) -> tuple[OnnxForward, Path]:
-    """An ONNX Runtime ``forward`` for a torch ``model``: from ``onnx_path`` (which must
-    match the model's preprocessing and scale) or the export cache (keyed by ``weights_file``
-    when the model was just loaded from it: see :func:`cached_session`)."""
-    if onnx_path is None:
-        session, onnx_path, _ = cached_session(model, threads=threads, weights_file=weights_file, precision=precision)
-    else:
-        session = make_session(onnx_path, threads=threads)
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    check_matches(model, meta, str(onnx_path))
-    return OnnxForward(session), Path(onnx_path)
-
-
-def check_matches(model: IQAModel, meta: dict[str, str], where: str = "the ONNX file") -> None:
-    """ValueError when the ONNX metadata disagree with ``model`` on anything that changes
-    the numbers (preprocessing, scale, categories)."""
-    problems = []
-    if meta.get("contentiqa_format") != ONNX_FORMAT:
-        problems.append("not exported by contentiqa")
-    else:
-        if json.loads(meta["native_resolution"]) != bool(model.native_resolution):
-            problems.append("native_resolution")
-        if not model.native_resolution and json.loads(meta["input_size"]) != list(input_size(model) or []):
-            problems.append("input_size")
-        for key, mine in (("mean", model.mean), ("std", model.std)):
-            if not np.allclose(json.loads(meta[key]), list(mine)):
-                problems.append(key)
-        if json.loads(meta.get("categories", "[]")) != list(model.categories):
-            problems.append("categories")
-    if problems:
-        raise ValueError(f"{where} does not match model {model.model_name}: {', '.join(problems)} differ")
+def export_to_cache(model: IQAModel, weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION) -> Path:
+    """Export ``model``, just read from ``weights_file``, into the cache under that file's key
+    (int8: quantized from its fp32 graph), where :func:`~contentiqa.inference.onnx_runtime.find_graph`
+    finds it without torch from then on. Returns the entry's path."""
+    return cached_session(model, threads=1, weights_file=weights_file, precision=precision)[1]

@@ -1,37 +1,35 @@
 """Scoring with ONNX Runtime alone: no torch imported (seconds of start-up saved).
 
-``contentiqa score PHOTO`` on a CPU runs the model's exported ONNX graph. The graph is cached
-per **weights file** (``$CONTENTIQA_CACHE_DIR/onnx/``, see :func:`cache_dir`), named by a hash
-of the file's bytes, the export revision, the opset and the precision (``fp32``; room for
-others, e.g. an int8-quantized graph), so finding it needs no model and no torch. Everything
-needed to turn the graph's outputs into result rows is in its metadata (score range and
-direction, categories, mean / std, input size, preprocessing); this module reads it and
-scores with numpy and Pillow, giving the rows the torch model gives (tested within 1e-3).
+``contentiqa score PHOTO`` on a CPU runs the model's ONNX graph. Where the graph of a weights
+file is looked for, in order (:func:`find_graph`):
 
-On a cache miss the caller loads the torch model and exports it
-(:func:`contentiqa.inference.onnx.cached_session`, which writes the entry this module finds
-next time). A cache entry is used only when it loads in ONNX Runtime and its metadata carry
-the expected key, so a truncated, corrupt or foreign file is rebuilt, never trusted.
+1. **shipped** beside the weights, ``<weights stem>.onnx`` / ``<stem>.int8.onnx``: every shipped
+   tag's graph at its default precision is in the package (``tools/build_graphs.py`` makes them),
+   so a fresh install scores without torch;
+2. the **export cache** (``$CONTENTIQA_CACHE_DIR/onnx/``, see :func:`cache_dir`), named by a
+   hash of the weights file's bytes, the export revision, the opset and the precision.
 
-Python, without torch:
+Either is used only when it loads in ONNX Runtime and its metadata carry the expected key
+(:func:`weights_cache_key` of that very weights file), so a truncated, corrupt, foreign or stale
+file (weights replaced, graph not rebuilt) is passed over, never trusted. Everything needed to
+turn the graph's outputs into result rows is in its metadata (score range and direction,
+categories, mean / std, input size, preprocessing); this module reads it and scores with numpy
+and Pillow, giving the rows the torch model gives (tested within 1e-3). When neither exists,
+:func:`contentiqa.inference.scorer.load_scorer` exports the model (PyTorch) into the cache.
 
-    >>> from contentiqa.inference.onnx_runtime import OnnxScorer, cached_scorer
-    >>> OnnxScorer.from_file("iqa-cr.onnx").predict("photo.jpg").score   # a `contentiqa export` file
-    >>> cached_scorer("my-checkpoint.pt")        # its cached export, or None (export it first)
-
-The key covers the weights file itself. Shipped weights omit the backbone tensors equal to the
-pip-installed ImageNet weights (re-created at load time): those come from version-pinned
-packages whose files do not change, and a new contentiqa version (in the key) starts a new
-entry anyway.
+A cache key covers the weights file itself and the contentiqa version: shipped weights omit the
+backbone tensors equal to the pip-installed ImageNet weights (re-created at load time), which
+come from version-pinned packages. A shipped graph's key leaves the version out (it is rebuilt
+with the weights, and tests/test_shipped_graphs.py checks it against PyTorch).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -39,9 +37,11 @@ import numpy as np
 from PIL import Image
 
 from ..data.imageio import DEFAULT_MAX_PIXELS
+from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, predictions_from_outputs, softmax
+from ..utils.extras import ExtraMissing
 from ..utils.io import file_sha256
-from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, in_memory_checked, predictions_from_outputs, softmax
-from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, plan_threads
+from .scorer import BaseScorer, ScorerIdentity
+from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -60,20 +60,18 @@ for a weights file, :func:`contentiqa.inference.onnx.model_fingerprint` for a mo
 memory). An entry is used only when it loads and carries the expected key."""
 
 
-class OnnxUnavailableError(ImportError):
-    """onnx / onnxruntime is not installed."""
+class OnnxExportError(RuntimeError):
+    """The model (or part of it) cannot be exported to ONNX; the message says why."""
 
 
-def _require(module: str):
-    import importlib
-
+def require_onnxruntime():
+    """The ``onnxruntime`` module; :class:`~contentiqa.utils.extras.ExtraMissing` without it (a
+    core dependency: only a broken install lacks it)."""
     try:
-        return importlib.import_module(module)
+        import onnxruntime
     except ImportError:
-        raise OnnxUnavailableError(
-            f"the '{module}' package is needed for ONNX export / the ONNX runtime but is not installed: "
-            "pip install onnx onnxruntime  (dependencies of contentiqa: reinstall it to get them)"
-        ) from None
+        raise ExtraMissing("the ONNX Runtime needs the 'onnxruntime' package", extra="") from None
+    return onnxruntime
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -82,7 +80,7 @@ def make_session(path: str | os.PathLike, threads: int | None = None, spinning: 
     free now, :func:`contentiqa.inference.threads.plan_threads`). ``spinning``: let idle pool
     threads spin (None: the plan's choice; off, spinning threads take the time a busy
     machine's other processes, and our image-decoding threads, need)."""
-    ort = _require("onnxruntime")
+    ort = require_onnxruntime()
     if threads is None or spinning is None:
         from .threads import plan_threads
 
@@ -138,14 +136,17 @@ def cache_places(folder: str | os.PathLike | None = None) -> list[Path]:
     return [Path(folder) if folder is not None else cache_dir() / "onnx", _fallback_cache_dir()]
 
 
-def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION) -> str:
-    """The cache key of the graph exported from ``weights_file``: a hash of the file's bytes,
-    the export revision, the opset, the precision and the contentiqa version (what changes the
-    graph). Computed without torch."""
+def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION,
+                      *, versioned: bool = True) -> str:
+    """The key of the graph exported from ``weights_file``: a hash of the file's bytes, the
+    export revision, the opset, the precision and (``versioned``: cache entries) the contentiqa
+    version: what changes the graph. Computed without torch."""
     from .. import __version__
 
     head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "precision": precision,
-            "contentiqa": __version__, "weights_sha256": file_sha256(Path(weights_file))}
+            "weights_sha256": file_sha256(Path(weights_file))}
+    if versioned:
+        head["contentiqa"] = __version__
     if precision != DEFAULT_PRECISION:  # a quantized graph also depends on its recipe and calibration
         from .quantize import QUANT_REVISION, calibration_path
 
@@ -185,6 +186,75 @@ def find_cached(filename: str, key: str, threads: int | None = None,
     return None
 
 
+def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Callable[[Path, str], Any],
+                      opset: int = DEFAULT_OPSET, folder: str | os.PathLike | None = None) -> Path:
+    """``write(path, key)`` the cache entry of ``weights_file``'s graph at ``precision`` in the
+    first of :func:`cache_places` that can be written (a read-only cache falls back to the
+    temporary folder); returns its path."""
+    weights_file = Path(weights_file)
+    key = weights_cache_key(weights_file, opset, precision)
+    filename = cache_filename(weights_file.stem, key, precision)
+    error: OSError | None = None
+    for where in cache_places(folder):
+        try:
+            write(where / filename, key)
+        except OSError as exc:  # read-only (or full) folder: try the next
+            error = exc
+            continue
+        return where / filename
+    assert error is not None
+    raise error
+
+
+def shipped_graph_path(weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION) -> Path:
+    """Where the graph of ``weights_file`` is shipped: beside it, ``<stem>.onnx`` (fp32) or
+    ``<stem>.<precision>.onnx``."""
+    weights_file = Path(weights_file)
+    suffix = ".onnx" if precision == DEFAULT_PRECISION else f".{precision}.onnx"
+    return weights_file.with_name(weights_file.stem + suffix)
+
+
+def graph_places(weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION, opset: int = DEFAULT_OPSET,
+                 folder: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """``(path, key)`` of every place the graph of ``weights_file`` may be, in the order they
+    are tried: shipped beside the weights, then the export cache (:func:`cache_places`)."""
+    weights_file = Path(weights_file)
+    shipped = shipped_graph_path(weights_file, precision)
+    places = [(shipped, weights_cache_key(weights_file, opset, precision, versioned=False))] if shipped.is_file() else []
+    key = weights_cache_key(weights_file, opset, precision)
+    filename = cache_filename(weights_file.stem, key, precision)
+    return places + [(where / filename, key) for where in cache_places(folder)]
+
+
+def find_graph_file(weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION,
+                    folder: str | os.PathLike | None = None) -> Path | None:
+    """The first usable graph of ``weights_file`` (see :func:`graph_places`), or None."""
+    for path, key in graph_places(weights_file, precision, folder=folder):
+        if open_cached(path, key, threads=1) is not None:
+            return path
+    return None
+
+
+def find_graph(weights_file: str | os.PathLike, *, precision: str = DEFAULT_PRECISION, tag: str | None = None,
+               threads: int | None = None, images: int | None = None, cpu_sample: CpuSample | None = None,
+               spec: str = "", folder: str | os.PathLike | None = None) -> "OnnxScorer | None":
+    """The scorer of the first usable graph of ``weights_file`` (shipped, then cached), with the
+    thread plan for ``images`` inputs; None when there is none (then export it:
+    :func:`contentiqa.inference.onnx.export_to_cache`)."""
+    require_onnxruntime()
+    plan = plan_threads(threads, images=images, sample=cpu_sample)
+    for path, key in graph_places(weights_file, precision, folder=folder):
+        session = open_cached(path, key, plan.threads)
+        if session is None:
+            continue
+        try:
+            return OnnxScorer(session, path, plan=plan, threads=threads, images=images, weights=Path(weights_file),
+                              tag=tag, spec=spec)
+        except ValueError:  # metadata our export always writes are missing: treat as damaged
+            continue
+    return None
+
+
 # -- what the metadata say ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OnnxInfo:
@@ -199,6 +269,7 @@ class OnnxInfo:
     input_size: tuple[int, int] | None
     min_size: int
     outputs: list[str]
+    precision: str = DEFAULT_PRECISION
 
     @classmethod
     def parse(cls, meta: dict[str, str], where: str | os.PathLike) -> "OnnxInfo":
@@ -224,6 +295,7 @@ class OnnxInfo:
                 input_size=(int(size[0]), int(size[1])) if size else None,
                 min_size=int(meta.get("min_size", 32)),
                 outputs=list(json.loads(meta.get("outputs", '["score"]'))),
+                precision=meta.get("precision", DEFAULT_PRECISION),
             )
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise ValueError(f"{where}: incomplete contentiqa metadata ({exc})") from None
@@ -259,28 +331,27 @@ def preprocess_array(image: Image.Image, mean: Sequence[float], std: Sequence[fl
     return x
 
 
-# -- the scorer -----------------------------------------------------------------------------------
-class OnnxScorer:
+# -- the scorer ---------------------------------------------------------------------------------
+class OnnxScorer(BaseScorer):
     """A contentiqa model run by ONNX Runtime with numpy pre- and post-processing: no torch.
 
-    It offers what the scoring engine (:func:`contentiqa.inference.engine.predict_items`) and
-    ``contentiqa score`` use of a model (``preprocess``, ``results_from_outputs``,
-    ``clip_to_scale``, the image limits, scale, categories, ``checkpoint_info``), and is itself
-    the forward: ``scorer(batch) -> {"score": (B,), "logits": (B, C)}`` on numpy arrays.
-    """
+    The :class:`~contentiqa.inference.scorer.Scorer` of a graph whose metadata say everything
+    (``contentiqa export`` files, shipped and cached graphs). Threads: the plan made for the
+    first run (``images``) sets the session's; later runs of many photos are planned again from
+    the cores free then, side by side on a one-thread session of the same graph when that is
+    faster (threads asked for by name: that many runs)."""
 
-    channels_last_input = False  # the session takes contiguous NCHW
-    device = "cpu"
-    training = False
-
-    def __init__(self, session: Any, path: str | os.PathLike, *, weights_file: str | os.PathLike | None = None,
-                 weights_tag: str | None = None, threads: int | None = None):
+    def __init__(self, session: Any, path: str | os.PathLike, *, plan: ThreadPlan | None = None,
+                 threads: int | None = None, images: int | None = None, weights: Path | None = None,
+                 tag: str | None = None, spec: str = ""):
         self.session = session
         self.path = Path(path)
         self.threads = threads  # as asked for (None: planned from the free cores)
-        self._one_thread_session: Any = None  # made on first use: photos side by side (predict)
-        # The machine's CPU use since the last plan (or since now): read by predict() for many
-        # photos without a wait of its own when it comes 0.1 s or more later.
+        self.session_threads = plan.threads if plan is not None else threads
+        # The plan made at load for the first run (from the command's own CPU sample), when it
+        # was made for many photos; later runs plan again from the CPU use since.
+        self._pending_plan = plan if plan is not None and (images or 0) >= PARALLEL_RUNS_MIN_IMAGES else None
+        self._one_thread_session: Any = None  # made on first use: photos side by side
         self._cpu_sample = CpuSample.start()
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         info = OnnxInfo.parse(self.metadata, self.path)
@@ -289,29 +360,38 @@ class OnnxScorer:
         self.scale = info.scale
         self.categories = list(info.categories)
         self.mean, self.std = info.mean, info.std
-        self.native_resolution = info.native_resolution
+        self._native = info.native_resolution
         self.fixed_input_size = None if info.native_resolution else info.input_size
         self.min_size = info.min_size
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
-        self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (as IQAModel)
-        self.weights_tag = weights_tag
-        # The weights file it stands for (what result rows record), else the ONNX file itself.
-        self.checkpoint_info = {"path": str(weights_file if weights_file is not None else self.path)}
+        self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (memory bound)
+        self._weights = weights
+        self._tag = tag
+        self._spec = spec or str(self.path)
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> "OnnxScorer":
-        """A scorer from a file written by ``contentiqa export`` (its metadata say everything)."""
+    def from_file(cls, path: str | os.PathLike, threads: int | None = None, *, images: int | None = None,
+                  cpu_sample: CpuSample | None = None, spec: str = "") -> "OnnxScorer":
+        """A scorer from a file written by ``contentiqa export`` (its metadata say everything).
+        FileNotFoundError / ValueError (naming the file) for a missing or foreign file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
-        return cls(make_session(path, threads=threads), path, threads=threads)
+        plan = plan_threads(threads, images=images, sample=cpu_sample)
+        return cls(make_session(path, threads=plan.threads), path, plan=plan, threads=threads, images=images,
+                   spec=spec)
 
-    # -- what the engine and the CLI read ------------------------------------------------------
+    @cached_property
+    def identity(self) -> ScorerIdentity:
+        return ScorerIdentity(name=self.model_name, tag=self._tag, weights=self._weights or self.path, runtime="onnx",
+                              precision=self.info.precision, spec=self._spec, graph=self.path)
+
+    # -- what the engine reads -------------------------------------------------------------------
     @property
-    def score_range(self) -> tuple[float, float]:
-        return (self.scale.low, self.scale.high)
+    def native_resolution(self) -> bool:
+        return self._native
 
     @property
     def has_content_head(self) -> bool:
@@ -321,16 +401,14 @@ class OnnxScorer:
     def predicts_score(self) -> bool:
         return "score" in self.output_names
 
-    def eval(self) -> "OnnxScorer":
-        return self
-
-    def train(self, mode: bool = True) -> "OnnxScorer":
-        return self  # nothing to switch: the graph is inference-only
-
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess_array(image, self.mean, self.std, self.fixed_input_size)
 
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def collate(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Contiguous NCHW, what the session takes (one image: a view, no copy)."""
+        return inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self._run(self.session, x)
 
     def _run(self, session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -340,17 +418,20 @@ class OnnxScorer:
             raise RuntimeError(f"onnxruntime: {exc}") from None
         return {n: np.asarray(o) for n, o in zip(self.output_names, outs)}
 
-    def _side_by_side(self, n: int) -> tuple[int, Callable[[np.ndarray], dict[str, np.ndarray]] | None]:
-        """(runs, forward) for scoring ``n`` inputs: as `contentiqa score` does, many photos run
-        side by side, one thread each, on a one-thread session of the same graph (made once),
-        when the thread plan of the free cores says so; else one run on :attr:`session`. Threads
-        asked for by name keep their session."""
-        if self.threads is not None or n < PARALLEL_RUNS_MIN_IMAGES:
-            return 1, None
-        plan = plan_threads(images=n, sample=self._cpu_sample)
+    def _forward_for(self, n: int) -> tuple[int, Callable[[np.ndarray], dict[str, np.ndarray]]]:
+        """As `contentiqa score` does: many photos run side by side, one thread each, when the
+        thread plan of the free cores says so (on the session itself when it has one thread,
+        else on a one-thread session of the same graph, made once); a few split over the
+        session's threads."""
+        if n < PARALLEL_RUNS_MIN_IMAGES:
+            return 1, self.forward
+        plan = self._pending_plan or plan_threads(self.threads, images=n, sample=self._cpu_sample)
+        self._pending_plan = None
         self._cpu_sample = CpuSample.start()
         if plan.runs < 2:
-            return 1, None
+            return 1, self.forward
+        if self.session_threads == 1:
+            return plan.runs, self.forward
         if self._one_thread_session is None:
             self._one_thread_session = make_session(self.path, threads=1, spinning=False)
         session = self._one_thread_session
@@ -361,43 +442,3 @@ class OnnxScorer:
         score = np.asarray(out["score"], dtype=np.float32) if "score" in out else None
         probs = softmax(out["logits"]) if "logits" in out and self.categories else None
         return predictions_from_outputs(self.scale, self.categories, score, probs, paths, notes)
-
-    def clip_to_scale(self, pred: Prediction) -> Prediction:
-        return clip_to_scale(pred, self.scale)
-
-    def predict(self, inputs: Any, batch_size: int = 1, progress: bool = False) -> list[Prediction] | Prediction:
-        """Score one input or many (paths, PIL images, arrays, tensors), like ``IQAModel.predict``:
-        an N x 3 x H x W tensor is N photos (a list of N Predictions, one for a 1 x 3 x H x W)."""
-        from .engine import predict_items
-
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
-        if torch is not None and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
-            inputs = list(inputs)
-        single = not isinstance(inputs, (list, tuple))
-        items = [in_memory_checked(self, it) for it in ([inputs] if single else list(inputs))]  # type: ignore[arg-type]
-        runs, forward = self._side_by_side(len(items))
-        results = predict_items(self, items, batch_size=int(batch_size), progress=progress,  # type: ignore[arg-type]
-                                forward=forward, concurrency=runs)
-        return results[0] if single else results
-
-
-def cached_scorer(weights_file: str | os.PathLike, *, threads: int | None = None, weights_tag: str | None = None,
-                  precision: str = DEFAULT_PRECISION, opset: int = DEFAULT_OPSET,
-                  folder: str | os.PathLike | None = None) -> OnnxScorer | None:
-    """The scorer of ``weights_file``'s cached export, or None when the cache has none (or only
-    a damaged one): then load the torch model and export it
-    (:func:`contentiqa.inference.onnx.cached_session` with ``weights_file``). Raises
-    :class:`OnnxUnavailableError` without onnxruntime."""
-    _require("onnxruntime")
-    weights_file = Path(weights_file)
-    key = weights_cache_key(weights_file, opset, precision)
-    found = find_cached(cache_filename(weights_file.stem, key, precision), key, threads, folder)
-    if found is None:
-        return None
-    session, path = found
-    try:
-        return OnnxScorer(session, path, weights_file=weights_file, weights_tag=weights_tag, threads=threads)
-    except ValueError:  # metadata our export always writes are missing: treat as damaged
-        return None

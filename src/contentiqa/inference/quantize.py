@@ -18,7 +18,7 @@ to keep in float as well. Two ways, compared by ``benchmarks/int8.py``:
 - ``dynamic``: int8 weights, activation ranges computed at run time per tensor (no
   calibration; ``ConvInteger``).
 
-The quantized file keeps the fp32 file's metadata (so :class:`~contentiqa.inference.onnx.OnnxModel`
+The quantized file keeps the fp32 file's metadata (so :class:`~contentiqa.inference.onnx_runtime.OnnxScorer`
 serves it unchanged) plus ``precision`` = ``int8`` and ``quantization`` (JSON: method, ops,
 excluded nodes, calibration).
 """

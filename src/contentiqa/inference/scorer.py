@@ -1,50 +1,440 @@
-"""The fast Python API: a model's ONNX Runtime scorer, what ``contentiqa score`` runs on a CPU.
+"""The scoring layer: one way to get a model's scorer, whichever runtime runs it.
 
     >>> import contentiqa
-    >>> scorer = contentiqa.create_scorer()            # the default model, its shipped weights
+    >>> scorer = contentiqa.load_scorer()                 # the default model, its shipped weights
     >>> scorer.predict("photo.jpg").score
-    >>> scorer.predict(["a.jpg", "b.png"], batch_size=1)   # 8 or more: side by side on the free cores
+    >>> scorer.predict(["a.jpg", "b.png"])                # 8 or more: side by side on the free cores
+    >>> scorer.identity                                   # name, tag, weights + sha256, runtime, precision
 
-Why a second entry point beside :func:`contentiqa.create_model`: the PyTorch model is what
-training, Grad-CAM and GPUs need; scoring on a CPU is faster in ONNX Runtime (the graph with
-its TensorFlow-"same" convolutions fused, int8 where it was measured to keep the accuracy) and
-needs no torch at all once the graph is cached. The first call for a weights file exports it
-(that imports torch once, a few seconds); every later one, in any process, starts in well
-under a second. Same rows as the PyTorch model (tested within 1e-3 on the normalised scale).
+:func:`load_scorer` is the only place that decides, for ``contentiqa score``, ``serve``, and the
+Python API alike:
+
+- what a spec names (a registered ``name[.tag]``, a checkpoint or an ONNX file:
+  :func:`contentiqa.models.registry.parse_spec`);
+- the runtime: ONNX Runtime on the CPU (``auto``; faster, and no torch once a graph exists),
+  PyTorch on a GPU, for ``--runtime torch`` and where a model cannot be exported;
+- where the graph comes from: shipped inside the package (every shipped tag, at its default
+  precision), the export cache, or an export made now (that one needs PyTorch);
+- the precision: the model's measured choice of fp32 / int8 graph, or bf16 / fp16 autocast on a GPU;
+- the thread plan (ONNX Runtime: the cores free now, photos side by side when there are many).
+
+Both runtimes are a :class:`Scorer` and score through the one engine
+(:class:`contentiqa.inference.engine.Engine`); ``create_model(...).predict`` runs the PyTorch
+scorer of a model already in memory.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
-from .onnx_runtime import OnnxScorer, cached_scorer
+import numpy as np
+
+from ..models.scoring import Prediction, clip_to_scale, in_memory_checked
+from ..utils.extras import ExtraMissing, have
+from .engine import Engine
+
+if TYPE_CHECKING:
+    from ..data.table import MOSScale
+    from .threads import CpuSample
+    from ..models.base import IQAModel
+
+RUNTIMES = ("auto", "onnx", "torch")
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+"""``fp32`` / ``int8``: the ONNX Runtime graph; ``bf16`` / ``fp16``: PyTorch under autocast
+(``fp32`` there: no autocast)."""
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
 
 
-def create_scorer(spec: str | None = None, *, precision: str | None = None, threads: int | None = None) -> OnnxScorer:
-    """The ONNX Runtime scorer of ``spec``: a registered ``name[.tag]`` (default
-    :data:`contentiqa.DEFAULT_MODEL`, shipped weights) or a checkpoint file.
+@dataclass(frozen=True)
+class ScorerIdentity:
+    """Which model gave a score, exactly: what result rows and the service record."""
 
-    ``precision``: ``fp32`` or ``int8`` (default: the model's measured choice,
-    :func:`contentiqa.inference.quantize.default_precision`). ``threads``: ONNX Runtime's
-    compute threads (default: one per core not busy with other processes). Raises ValueError
-    for an unknown name, FileNotFoundError for missing weights, and
-    :class:`~contentiqa.inference.onnx_runtime.OnnxUnavailableError` without onnxruntime."""
+    name: str
+    """The model's registered name (``ie-iqa``), or the one an ONNX file's metadata give."""
+    tag: str | None
+    """The shipped weights' tag (``clive-biq2021``); None for a checkpoint or ONNX file."""
+    weights: Path | None
+    """The file the weights come from: shipped weights, a checkpoint, or the ONNX file run alone
+    (None: a model built in memory)."""
+    runtime: str
+    """``onnx`` or ``torch``."""
+    precision: str
+    """One of :data:`PRECISIONS`."""
+    spec: str = ""
+    """What was asked for (a name, ``name.tag`` or a path)."""
+    graph: Path | None = None
+    """ONNX Runtime: the graph file run."""
+
+    @property
+    def label(self) -> str:
+        """What computed the scores, for people (a figure's title): "ONNX Runtime int8", "PyTorch bf16"."""
+        return f"{RUNTIME_NAMES[self.runtime]} {self.precision}"
+
+    @cached_property
+    def sha256(self) -> str | None:
+        """SHA-256 of :attr:`weights` (None without a file)."""
+        from ..utils.io import file_sha256
+
+        if self.weights is None or not self.weights.is_file():
+            return None
+        return file_sha256(self.weights)
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A model ready to score photos, whichever runtime runs it (:func:`load_scorer`).
+
+    ``predict`` is what a user calls; ``run`` is the engine under it, with the options a long
+    command needs (results as they come, report thumbnails, decoding threads)."""
+
+    identity: ScorerIdentity
+    scale: MOSScale
+    categories: list[str]
+    max_pixels: int | None
+    max_side: int | None
+    min_size: int
+
+    @property
+    def native_resolution(self) -> bool: ...
+
+    @property
+    def score_range(self) -> tuple[float, float]: ...
+
+    @property
+    def higher_is_better(self) -> bool: ...
+
+    @property
+    def has_content_head(self) -> bool: ...
+
+    @property
+    def predicts_score(self) -> bool: ...
+
+    def preprocess(self, image: Any) -> Any: ...
+
+    def clip_to_scale(self, pred: Prediction) -> Prediction: ...
+
+    def default_batch_size(self) -> int:
+        """Images per forward pass when none is asked for (the runtime's measured choice)."""
+        ...
+
+    def default_workers(self) -> int:
+        """Decoding threads beside the model when none are asked for."""
+        ...
+
+    def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]: ...
+
+    def run(self, items: Sequence[Any], *, on_result: Callable[[int, Prediction], None] | None = None,
+            on_image: Callable[[int, Any], None] | None = None, progress: bool = False, return_results: bool = True,
+            batch_size: int | None = None, workers: int | None = None,
+            concurrency: int | None = None) -> list[Prediction] | None: ...
+
+
+class BaseScorer:
+    """What both runtimes share: :meth:`predict` and :meth:`run` through the one engine. A
+    runtime fills in the steps (``preprocess``, ``collate``, ``results_from_outputs``), how many
+    batches may run at once (:meth:`_forward_for`) and its defaults."""
+
+    identity: ScorerIdentity
+    scale: MOSScale
+    categories: list[str]
+    max_pixels: int | None
+    max_side: int | None
+    min_size: int
+
+    # -- what a runtime fills in -------------------------------------------------------------
+    @property
+    def native_resolution(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def preprocess(self, image: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def collate(self, inputs: list[Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Any) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The model on one batch: ``{"score": (B,), "logits": (B, C)}``."""
+        raise NotImplementedError
+
+    def results_from_outputs(self, out: dict[str, Any], paths: Sequence[str | None],
+                             notes: Sequence[list[str]]) -> list[Prediction]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward_for(self, n: int) -> tuple[int, Callable[[Any], dict[str, Any]]]:  # pragma: no cover - abstract
+        """``(batches at once, forward)`` for scoring ``n`` inputs."""
+        raise NotImplementedError
+
+    def default_batch_size(self) -> int:
+        return 1
+
+    def default_workers(self) -> int:
+        return 2
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Around a run (PyTorch: eval mode and its threads)."""
+        yield
+
+    # -- shared --------------------------------------------------------------------------------
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return (self.scale.low, self.scale.high)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.scale.higher_is_better)
+
+    @property
+    def lower_better(self) -> bool:  # pyiqa's name
+        return not self.higher_is_better
+
+    def clip_to_scale(self, pred: Prediction) -> Prediction:
+        """``pred`` with its score clipped to the scale's ends, the raw value in its notes (what
+        people read: tables, files, reports; ``predict`` keeps the raw output)."""
+        return clip_to_scale(pred, self.scale)
+
+    def run(self, items: Sequence[Any], *, on_result: Callable[[int, Prediction], None] | None = None,
+            on_image: Callable[[int, Any], None] | None = None, progress: bool = False, return_results: bool = True,
+            batch_size: int | None = None, workers: int | None = None,
+            concurrency: int | None = None) -> list[Prediction] | None:
+        """Score ``items`` (paths, PIL images, :class:`~contentiqa.inference.engine.Prepared`
+        inputs) through the engine; a file that cannot be read gets a Prediction with ``error``.
+        ``batch_size`` / ``workers`` default to the runtime's measured choice; ``concurrency``
+        (batches in the model at once) to the thread plan (1: one at a time)."""
+        runs, forward = self._forward_for(len(items)) if concurrency is None else (concurrency, self.forward)
+        engine = Engine(self, forward, batch_size=self.default_batch_size() if batch_size is None else batch_size,
+                        workers=self.default_workers() if workers is None else workers, concurrency=runs,
+                        progress=progress)
+        with self._running():
+            return engine.run(items, on_result=on_result, on_image=on_image, return_results=return_results)
+
+    def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]:
+        """Score one input or many (paths, PIL images, arrays, tensors): a :class:`Prediction` per
+        input, in order (one for one input). A file that cannot be read gives a Prediction with
+        ``error``; an in-memory input the model would score wrongly (NaN, bool, out-of-range
+        values, over ``max_pixels``) raises ValueError before anything is scored, as does
+        ``batch_size < 1`` (None: the runtime's choice)."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        items, single = split_inputs(inputs)
+        # In-memory inputs are converted (and checked) now: a bad array is the caller's bug, not a
+        # file to report; PIL images hold 1 byte per value, a quarter of a float tensor.
+        items = [in_memory_checked(self, it) for it in items]
+        results = self.run(items, batch_size=None if batch_size is None else int(batch_size), progress=progress)
+        assert results is not None
+        return results[0] if single else results
+
+
+def split_inputs(inputs: Any) -> tuple[list[Any], bool]:
+    """``(items, single)``: a list or tuple is many inputs, and so is a (N, C, H, W) array or
+    tensor; anything else (a path, an image, a (C, H, W) or (H, W, C) array) is one."""
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs), False
+    ndim = getattr(inputs, "ndim", None)  # numpy arrays and torch tensors alike, without importing torch
+    if ndim == 4 and not isinstance(inputs, (str, os.PathLike)):
+        return list(inputs), False
+    return [inputs], True
+
+
+# -- options ------------------------------------------------------------------------------------
+def check_options(runtime: str = "auto", precision: str | None = None, device: str = "cpu") -> None:
+    """ValueError for a combination of options that contradicts itself; cheap (no torch), so
+    commands call it before any work."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    on_cpu = str(device) == "cpu"
+    if runtime == "onnx" and not on_cpu:
+        raise ValueError(f"the ONNX Runtime runs on the CPU, not {device}: use the PyTorch runtime (--runtime torch) there")
+    if precision == "int8" and (runtime == "torch" or not on_cpu):
+        raise ValueError("precision int8 is an ONNX Runtime graph (CPU): not with the PyTorch runtime")
+    if precision in ("bf16", "fp16") and runtime == "onnx":
+        raise ValueError(f"precision {precision} is PyTorch autocast: not with the ONNX Runtime")
+
+
+def choose_runtime(runtime: str, precision: str | None, device: str) -> str:
+    """``auto`` settled: ONNX Runtime on the CPU (the faster runtime there:
+    benchmarks/results/speed.md), PyTorch on any other device or for autocast asked by name."""
+    if runtime != "auto":
+        return runtime
+    return "onnx" if str(device) == "cpu" and precision not in ("bf16", "fp16") else "torch"
+
+
+# -- loading --------------------------------------------------------------------------------------
+def load_scorer(
+    spec: str | os.PathLike | None = None,
+    *,
+    runtime: str = "auto",
+    precision: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    images: int | None = None,
+    cpu_sample: CpuSample | None = None,
+    notes: list[str] | None = None,
+) -> Scorer:
+    """The scorer of ``spec``: a registered ``name[.tag]`` (default
+    :data:`contentiqa.DEFAULT_MODEL`, shipped weights), a checkpoint file or an ONNX file from
+    ``contentiqa export``.
+
+    ``runtime``: ``auto`` (ONNX Runtime on the CPU, PyTorch elsewhere; PyTorch too where a model
+    cannot be exported), ``onnx`` or ``torch``. ``precision``: one of :data:`PRECISIONS`
+    (default: the model's measured choice of graph, :func:`~contentiqa.inference.quantize.default_precision`;
+    bf16 autocast on a CUDA GPU). ``device``: a torch device (``cuda``: PyTorch). ``threads``:
+    compute threads (default: ONNX Runtime one per core not busy with other processes, PyTorch
+    its own). ``images``: how many inputs the first run will score, so the thread plan can run
+    many side by side; ``cpu_sample``: a :class:`~contentiqa.inference.threads.CpuSample` started
+    earlier (saves the plan's wait). ``notes``: gets a line for each choice made for the caller
+    (a fallback to fp32 or to PyTorch).
+
+    Raises ValueError (unknown name or tag, contradicting options, a file that is no model),
+    FileNotFoundError (missing file or weights), and :class:`~contentiqa.utils.extras.ExtraMissing`
+    when what it needs is not installed (PyTorch to export or run a model, onnxruntime): each
+    message says what to do."""
     from .. import DEFAULT_MODEL
-    from ..models.registry import weights_file
-    from .quantize import check_precision, default_precision
+    from ..models.registry import parse_spec, weights_file
 
-    spec = spec or DEFAULT_MODEL
-    weights, tag = weights_file(spec)
-    precision = check_precision(precision) if precision is not None else default_precision(weights)
-    scorer = cached_scorer(weights, threads=threads, weights_tag=tag, precision=precision)
-    if scorer is not None:
+    check_options(runtime, precision, device)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    notes = notes if notes is not None else []
+    source = parse_spec(spec if spec is not None else DEFAULT_MODEL)
+    chosen = choose_runtime(runtime, precision, device)
+    if source.is_onnx:
+        if chosen == "torch":
+            raise ValueError(f"{source.text} is an ONNX graph: it runs in ONNX Runtime on the CPU, not PyTorch")
+        if precision is not None:
+            raise ValueError(f"{source.text} runs as it is: its precision is the file's (drop the precision)")
+        from .onnx_runtime import OnnxScorer
+
+        return OnnxScorer.from_file(source.path, threads=threads, images=images, cpu_sample=cpu_sample, spec=source.text)
+    weights, tag = weights_file(source)
+    if chosen == "onnx":
+        scorer = _onnx_scorer(source.text, weights, tag, precision, threads, images, cpu_sample, notes,
+                              fallback=runtime == "auto")
+        if scorer is not None:
+            return scorer
+    model = load_model(source.text, device)
+    from .torch_runtime import TorchScorer
+
+    return TorchScorer(model, precision=precision, threads=threads, spec=source.text, weights=weights)
+
+
+def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | None, threads: int | None,
+                 images: int | None, cpu_sample: CpuSample | None, notes: list[str], fallback: bool) -> Scorer | None:
+    """The ONNX Runtime scorer of ``weights``: its shipped graph, else the cached one, else one
+    built now (:func:`_build_graph`). None when the model cannot be exported and ``fallback``
+    allows PyTorch instead. A default int8 graph that cannot be had falls back to fp32 (noted)."""
+    from .onnx_runtime import OnnxExportError, find_graph, require_onnxruntime
+    from .quantize import QuantizationError, default_precision
+
+    if not have("onnxruntime"):
+        if fallback and have("torch"):
+            notes.append("onnxruntime is not installed: running in PyTorch (slower on a CPU)")
+            return None
+        require_onnxruntime()
+    wanted = precision or default_precision(weights)
+    tries = [wanted] + (["fp32"] if precision is None and wanted != "fp32" else [])
+    for prec in tries:
+        scorer = find_graph(weights, precision=prec, tag=tag, threads=threads, images=images, cpu_sample=cpu_sample,
+                            spec=spec)
+        if scorer is not None:
+            return scorer
+        try:
+            _build_graph(spec, weights, prec)
+        except OnnxExportError as exc:
+            if not fallback:
+                raise ValueError(f"cannot run {spec} in ONNX Runtime: {exc}; use the PyTorch runtime") from None
+            notes.append(f"running in PyTorch, not ONNX Runtime ({exc})")
+            return None
+        except (QuantizationError, ExtraMissing) as exc:
+            if precision is not None or prec == "fp32":  # asked for by name: no quiet fallback
+                if isinstance(exc, ExtraMissing):
+                    raise
+                raise ValueError(f"precision {prec}: {exc}") from None
+            notes.append(f"running the fp32 graph ({exc})")
+            continue
+        scorer = find_graph(weights, precision=prec, tag=tag, threads=threads, images=images, cpu_sample=cpu_sample,
+                            spec=spec)
+        if scorer is None:  # pragma: no cover - an entry just written that does not load is a bug
+            raise RuntimeError(f"the ONNX graph of {weights} was written but cannot be read back from the cache")
         return scorer
-    # First use of these weights: export them once (PyTorch), then read the cache like any later call.
-    from ..models.registry import create_model, load_checkpoint
-    from .onnx import cached_session
+    raise AssertionError("unreachable: the fp32 try returns or raises")  # pragma: no cover
 
-    model = load_checkpoint(weights) if tag is None and os.path.isfile(spec) else create_model(spec, pretrained=True)
-    cached_session(model, threads=1, weights_file=weights, precision=precision)
-    scorer = cached_scorer(weights, threads=threads, weights_tag=tag, precision=precision)
-    if scorer is None:  # pragma: no cover - an entry just written that does not load is a bug
-        raise RuntimeError(f"the ONNX export of {weights} was written but cannot be read back from the cache")
-    return scorer
+
+def _build_graph(spec: str, weights: Path, precision: str) -> None:
+    """Write the ``precision`` graph of ``weights`` into the export cache: fp32 exported from
+    the PyTorch model, int8 quantized from the fp32 graph (shipped or cached) with the
+    calibration shipped beside the weights (needs the ``onnx`` package, not PyTorch, when an
+    fp32 graph exists)."""
+    from .onnx_runtime import FINGERPRINT_KEY, find_graph_file, write_cache_entry
+
+    if precision == "fp32":
+        if not have("torch"):
+            raise ExtraMissing(f"no ONNX graph of {spec} ({weights.name}) ships with this install or is cached, and "
+                               "exporting one needs PyTorch", extra="torch")
+        from .onnx import export_to_cache
+
+        export_to_cache(load_model(spec, "cpu"), weights)
+        return
+    fp32 = find_graph_file(weights)
+    if fp32 is None:
+        _build_graph(spec, weights, "fp32")
+        fp32 = find_graph_file(weights)
+        assert fp32 is not None
+    if not have("onnx"):
+        raise ExtraMissing(f"building the {precision} graph of {spec} needs the 'onnx' package", extra="torch")
+    from .quantize import quantize_for_weights
+
+    write_cache_entry(weights, precision, lambda path, key: quantize_for_weights(
+        fp32, path, weights, extra_metadata={FINGERPRINT_KEY: key}))
+
+
+def load_model(spec: str | os.PathLike | None = None, device: Any = "cpu") -> IQAModel:
+    """The PyTorch model of ``spec`` (a registered ``name[.tag]`` with its shipped weights, or a
+    checkpoint file): what training, Grad-CAM and exports need. Raises as :func:`load_scorer`."""
+    from .. import DEFAULT_MODEL
+    from ..models.registry import parse_spec, weights_file
+
+    source = parse_spec(spec if spec is not None else DEFAULT_MODEL)
+    if source.is_onnx:
+        raise ValueError(f"{source.text} is an ONNX graph: explaining, exporting and PyTorch scoring need the model "
+                         "(a registered name or a .pt checkpoint)")
+    weights_file(source)  # a missing file or unshipped weights: FileNotFoundError saying so, before torch loads
+    if not have("torch"):
+        raise ExtraMissing(f"loading the PyTorch model of {source.text} needs PyTorch", extra="torch")
+    from ..models.registry import create_model, load_checkpoint
+
+    device = resolve_device(device)
+    if source.path is not None:
+        return load_checkpoint(source.path, device)
+    return create_model(source.text, pretrained=True, device=device)
+
+
+def resolve_device(spec: Any) -> Any:
+    """A ``torch.device`` from a string such as ``cpu``, ``cuda:1`` or ``mps``; ValueError when
+    it is unknown or not available here."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {spec!r} (use cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available here; use the CPU")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {spec!r} requested but MPS is not available here; use the CPU")
+    return device
+
+
+def create_scorer(spec: str | os.PathLike | None = None, *, precision: str | None = None, threads: int | None = None,
+                  runtime: str = "auto", device: str = "cpu") -> Scorer:
+    """:func:`load_scorer` under the name of :func:`contentiqa.create_model`'s family (pyiqa's
+    ``create_metric``): the same scorer."""
+    return load_scorer(spec, precision=precision, threads=threads, runtime=runtime, device=device)

@@ -1,5 +1,6 @@
 """IQA metrics: PLCC (optionally after a 4-parameter logistic fit), SROCC, KROCC, RMSE, accuracy,
 as functions (:mod:`.functional`) and as accumulators reduced across processes (:mod:`.accumulators`)."""
+from ..utils.lazy import lazy_exports
 from .functional import (
     MetricInputError,
     accuracy,
@@ -29,10 +30,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """``RowPredictions`` / ``iqa_accumulators`` (torchmetrics) load on first use."""
-    if name in ("RowPredictions", "iqa_accumulators"):
-        from . import accumulators
-
-        return getattr(accumulators, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {"RowPredictions": "accumulators", "iqa_accumulators": "accumulators"},
+                                   globals())  # torchmetrics: loaded on first use

@@ -30,7 +30,7 @@ _LAZY = {
     "IQACRConfig": "iqa_cr",
     "IQAModel": "base",
     "IQA_CR_CATEGORIES": "base",
-    "Prediction": "base",
+    "Prediction": "scoring",
     "IntelligibilityBranch": "intelligibility",
     "IntelligibilityWeightsUnavailable": "intelligibility",
     "build_intelligibility": "intelligibility",
@@ -46,7 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import IQA_CR_CATEGORIES, IQAModel, Prediction  # noqa: F401
+    from .base import IQA_CR_CATEGORIES, IQAModel  # noqa: F401
     from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa  # noqa: F401
     from .intelligibility import (  # noqa: F401
         IntelligibilityBranch,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .iqa_cr import IQACR, IQACRConfig  # noqa: F401
     from .registry import create_model, list_models, list_pretrained, load_checkpoint, register_model, save_checkpoint  # noqa: F401
+    from .scoring import Prediction  # noqa: F401
     from .selection import Selection, select_features  # noqa: F401
 
 

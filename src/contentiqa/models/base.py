@@ -8,8 +8,7 @@ everything between a file and a tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,23 +17,7 @@ from torch import nn
 
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..data.table import MOSScale
-
-# The torch-free half of scoring (inputs -> images, outputs -> rows) lives in scoring.py, shared
-# with the ONNX Runtime scorer; these names stay importable from here.
-from .scoring import (  # noqa: F401
-    DEFAULT_MAX_SIDE,
-    FLOAT_TOLERANCE,
-    Prediction,
-    _check_pixels,
-    array_to_uint8,
-    clip_score,
-    clip_to_scale,
-    in_memory_checked,
-    limit_side,
-    load_image_safely,
-    predictions_from_outputs,
-    to_pil,
-)
+from .scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, predictions_from_outputs
 
 # The ten content categories of IQA-CR's KonIQ-10k labelling (§IV.A).
 IQA_CR_CATEGORIES = (
@@ -331,36 +314,19 @@ class IQAModel(nn.Module):
         the metrics keep the raw output, as IQA papers evaluate it."""
         return clip_to_scale(pred, self.scale)
 
-    @torch.inference_mode()
     def predict(self, inputs: Any, batch_size: int = 8, progress: bool = False) -> list[Prediction] | Prediction:
-        """Score one input or many (paths, PIL images, arrays, tensors).
+        """Score one input or many (paths, PIL images, arrays, tensors) with this model as it is
+        (its device, full precision): the PyTorch scorer of the scoring layer
+        (:class:`contentiqa.inference.torch_runtime.TorchScorer`), through the engine that
+        ``contentiqa score`` runs.
 
-        Returns a :class:`Prediction` per input, in order (a single one for a single input).
-        A file that cannot be read yields a Prediction with ``error`` set; the rest are scored.
-        An in-memory input the model would score wrongly (NaN / inf, bool, floats outside
-        [0, 1], integers outside their range: see :func:`array_to_uint8`; over ``max_pixels``)
-        raises ValueError before anything is scored, as does ``batch_size < 1``.
+        Returns a :class:`Prediction` per input, in order (a single one for a single input; a
+        (N, C, H, W) tensor is N inputs). A file that cannot be read yields a Prediction with
+        ``error`` set; the rest are scored. An in-memory input the model would score wrongly
+        (NaN / inf, bool, floats outside [0, 1], integers outside their range: see
+        :func:`~contentiqa.models.scoring.array_to_uint8`; over ``max_pixels``) raises ValueError
+        before anything is scored, as does ``batch_size < 1``.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        single = not isinstance(inputs, (list, tuple)) or (isinstance(inputs, torch.Tensor) and inputs.ndim == 3)
-        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
-            items: list = list(inputs)
-            single = False
-        else:
-            items = [inputs] if single else list(inputs)
-        from ..inference.engine import predict_items
+        from ..inference.torch_runtime import TorchScorer  # the scoring layer sits above the models
 
-        # In-memory inputs are converted (and checked) now: a bad array is the caller's bug, not
-        # a file to report; PIL images hold 1 byte per value, a quarter of a float tensor.
-        items = [in_memory_checked(self, it) for it in items]
-        results = predict_items(self, items, batch_size=int(batch_size), progress=progress)
-        return results[0] if single else results
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def iter_inputs(paths: Iterable[str | Path]) -> list[str]:
-    return [str(p) for p in paths]
+        return TorchScorer(self, precision="fp32").predict(inputs, batch_size=batch_size, progress=progress)

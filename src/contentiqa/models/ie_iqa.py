@@ -319,11 +319,13 @@ class IEIQA(IQAModel):
         return None
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Test-time input (§4.2): resized to 224 x 224, one pass."""
+        """Test-time input (§4.2): resized to ``input_size`` square (the paper's 224 px; the
+        shipped weights' 384), one pass."""
         return resize_crop_flip(image, self.cfg.input_size, self.cfg.input_size, False, self.mean, self.std)
 
     def train_transform(self, image: Image.Image) -> torch.Tensor:
-        """Training augmentation (§4.2): resize to 244 x 244, random 224 crop, random flip."""
+        """Training augmentation (§4.2): resize to ``train_resize`` square, random
+        ``input_size`` crop, random flip (the paper's 244 / 224 px)."""
         return resize_crop_flip(image, self.cfg.input_size, self.cfg.train_resize, True, self.mean, self.std)
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------

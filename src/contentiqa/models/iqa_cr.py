@@ -65,7 +65,6 @@ spatial -> MLP_CR; N outputs) and the "MTL-modified" single-task baselines
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -451,12 +450,3 @@ class IQACR(IQAModel):
     def gradcam_modules(self) -> list[nn.Module]:
         """The backbone stages whose maps feed the bottleneck (every level, shallow to deep)."""
         return [self.stages[i] for i in self.levels]
-
-
-def build_iqa_cr(variant: str = "full", categories: Sequence[str] | None = None, **kwargs) -> IQACR:
-    cfg_kwargs = dict(kwargs)
-    if categories is not None:
-        cfg_kwargs["categories"] = tuple(categories)
-        cfg_kwargs["num_categories"] = len(categories)
-    backbone = cfg_kwargs.pop("backbone_module", None)
-    return IQACR(IQACRConfig(variant=variant, **cfg_kwargs), backbone=backbone)

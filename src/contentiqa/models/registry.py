@@ -4,6 +4,12 @@ A registered entry point builds a model from keyword arguments. ``pretrained=Tru
 weights shipped inside the package (``contentiqa/weights/<file>``), offline. Checkpoints
 store the model's name and config, so ``create_model("path/to/checkpoint.pt")`` rebuilds
 whatever was trained.
+
+Whether a string names a registered model or a file is decided here only
+(:func:`parse_spec`), for every command and API: a file path has a folder separator or a model
+file's suffix (``.pt``, ``.pth``, ``.onnx``); anything else is ``name[.tag]``. So a file that
+happens to be called ``ie-iqa`` in the working folder never shadows the model (``./ie-iqa``
+names the file).
 """
 from __future__ import annotations
 
@@ -68,12 +74,81 @@ def register_model(name: str, weights: str | dict[str, str] | None = None, descr
         raise ValueError(f"model name {name!r} must not contain '.' (it separates the weights tag)")
 
     def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
-        _REGISTRY[name] = ModelEntry(name, fn, tags, default_tag or next(iter(tags), None),
+        chosen = default_tag or shipped_default_tags().get(name)
+        _REGISTRY[name] = ModelEntry(name, fn, tags, chosen if chosen in tags else next(iter(tags), None),
                                      description or (fn.__doc__ or "").strip().splitlines()[0],
                                      dict(defaults or {}), recipe)
         return fn
 
     return deco
+
+
+DEFAULT_TAGS_FILE = "defaults.json"
+"""Under ``contentiqa/weights``: which tag a bare model name loads, per model. Written by
+benchmarks/ship.py only when the ship gate (benchmarks/ship_gate.py) passes, so that a new
+default never ships worse than the one it replaces; a model it does not name defaults to its
+first tag."""
+
+
+def shipped_default_tags() -> dict[str, str]:
+    """The default tag of each model as :data:`DEFAULT_TAGS_FILE` records it ({} without one)."""
+    import json
+
+    path = resources.files("contentiqa") / "weights" / DEFAULT_TAGS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".onnx")
+"""Suffixes that make a spec a file (checkpoints; ``.onnx``: a graph from ``contentiqa export``)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model spec names: a file (``path``) or a registered ``name`` with its weights
+    ``tag`` (None: the entry's default tag, or no weights at all)."""
+
+    text: str
+    path: Path | None = None
+    name: str | None = None
+    tag: str | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+    @property
+    def is_onnx(self) -> bool:
+        """An ONNX graph (scored as it is: no weights, no PyTorch)."""
+        return self.path is not None and self.path.suffix.lower() == ".onnx"
+
+
+def is_path_spec(spec: str | os.PathLike) -> bool:
+    """The one rule telling a file from a model name: a path object, a folder separator or a
+    model file's suffix (:data:`MODEL_FILE_SUFFIXES`) make a file."""
+    if isinstance(spec, os.PathLike):
+        return True
+    s = str(spec)
+    return os.sep in s or bool(os.altsep and os.altsep in s) or s.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+def parse_spec(spec: str | os.PathLike) -> ModelSpec:
+    """``spec`` as a :class:`ModelSpec` by :func:`is_path_spec`. A file is not opened here; a
+    name must be registered with that tag (ValueError otherwise, saying how to name a file of
+    that name instead when one exists)."""
+    if is_path_spec(spec):
+        return ModelSpec(os.fspath(spec), path=Path(os.fspath(spec)).expanduser())
+    text = str(spec)
+    try:
+        entry, tag = resolve_tag(text)
+    except ValueError as exc:
+        if os.path.isfile(text):
+            raise ValueError(f"{exc} (to load the file {text!r} in this folder, write ./{text})") from None
+        raise
+    return ModelSpec(text, name=entry.name, tag=tag)
 
 
 def split_name(spec: str) -> tuple[str, str | None]:
@@ -158,20 +233,26 @@ def shipped_weights_path(name: str, tag: str | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
-def weights_file(spec: str) -> tuple[Path, str | None]:
-    """``(file, weights tag)`` that loading ``spec`` reads, found without torch: an existing
-    file is a checkpoint (tag None); otherwise a registered ``name[.tag]`` and its shipped
-    weights. ValueError for an unknown name or tag, FileNotFoundError when none are shipped."""
-    if os.path.isfile(spec):
-        return Path(spec), None
-    entry, tag = resolve_tag(spec)
-    path = shipped_weights_path(entry.name, tag)
+def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]:
+    """``(file, weights tag)`` that loading ``spec`` reads, found without torch: a checkpoint
+    file (tag None) or a registered ``name[.tag]``'s shipped weights (:func:`parse_spec`).
+    ValueError for an unknown name or tag, FileNotFoundError for a missing file or when no
+    weights are shipped."""
+    spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    if spec.path is not None:
+        if not spec.path.is_file():
+            raise FileNotFoundError(f"model file {spec.text} does not exist")
+        return spec.path, None
+    assert spec.name is not None
+    path = shipped_weights_path(spec.name, spec.tag)
     if path is None:
+        shipped = list_pretrained()
         raise FileNotFoundError(
-            f"model {spec!r} has no trained weights in this install; pass a checkpoint file "
-            "(e.g. one written by `contentiqa train`)"
+            f"model '{spec.text}' has no trained weights in this install (expected contentiqa/weights/"
+            f"{model_entry(spec.name).tags.get(spec.tag or '', '?')}); pass a checkpoint file (e.g. one written by "
+            "`contentiqa train`)" + (f", or one of: {', '.join(shipped)}" if shipped else "")
         )
-    return path, tag
+    return path, spec.tag
 
 
 def _state_without_base(model: IQAModel, base_state: dict[str, torch.Tensor] | None) -> tuple[dict, list[str]]:
@@ -201,7 +282,7 @@ def save_checkpoint(
 
     base = None
     if omit_pretrained_backbone:
-        fresh = rebuild(model.model_name, model.cfg.to_dict(), pretrained_backbone=True)
+        fresh = rebuild(model.model_name, model.cfg.to_dict())
         base = fresh.state_dict()
     state, omitted = _state_without_base(model, base)
     if half:
@@ -219,14 +300,11 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
-def rebuild(model_name: str, config: dict, pretrained_backbone: bool) -> IQAModel:
-    """Construct an untrained model of ``model_name`` from a stored config dict."""
-    entry = model_entry(model_name)
-    cfg = dict(config)
-    for key in ("backbone_pretrained", "distortion_pretrained", "intelligibility_pretrained"):
-        if key in cfg and not pretrained_backbone:
-            cfg[key] = False
-    return entry.builder(**cfg)
+def rebuild(model_name: str, config: dict) -> IQAModel:
+    """Construct an untrained model of ``model_name`` from a stored config dict, its pretrained
+    parts (ImageNet backbones) loaded as the config says: a checkpoint leaves out the tensors
+    equal to them, and its config must stay what it was trained with (it is saved again)."""
+    return model_entry(model_name).builder(**dict(config))
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> IQAModel:
@@ -241,7 +319,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a contentiqa model checkpoint")
     omitted = payload.get("omitted_from_pretrained", [])
-    model = rebuild(payload["model_name"], payload["config"], pretrained_backbone=bool(omitted) or True)
+    model = rebuild(payload["model_name"], payload["config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - set(omitted)
@@ -271,8 +349,12 @@ def create_model(
     arguments (:data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`). Set
     ``backbone_pretrained=False`` too for a fully random model, e.g. in tests.
     """
-    if checkpoint_path is None and (str(name).endswith((".pt", ".pth")) or os.sep in str(name)):
-        checkpoint_path, name = name, None  # type: ignore[assignment]
+    if checkpoint_path is None:
+        spec = parse_spec(name)
+        if spec.is_onnx:
+            raise ValueError(f"{name} is an ONNX graph, not a PyTorch checkpoint: score it with "
+                             "contentiqa.load_scorer(path)")
+        checkpoint_path = spec.path
     if checkpoint_path is not None:
         return load_checkpoint(checkpoint_path, device)
     entry, tag = resolve_tag(name)

@@ -2,16 +2,16 @@
 
 What turns a file (or an array) into the image a model sees, and a model's normalised outputs
 into the rows people read, needs numpy and Pillow only. :class:`~contentiqa.models.base.IQAModel`
-uses these functions, and so does the ONNX Runtime scorer
-(:mod:`contentiqa.inference.onnx_runtime`), which scores a photo without importing torch
-(seconds of start-up) and must give the same rows.
+uses these functions, and so do both scorers of :mod:`contentiqa.inference` (the ONNX Runtime
+one scores a photo without importing torch, seconds of start-up saved, and must give the same
+rows).
 """
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,7 +20,23 @@ from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
-    from .base import IQAModel
+
+
+class ImageLimits(Protocol):
+    """What reading an input for a model needs to know of it (a model, or a scorer of either
+    runtime): the images it refuses and the size it sees them at."""
+
+    max_pixels: int | None
+    """Inputs over this many pixels are refused (decompression-bomb guard); None: no limit."""
+    max_side: int | None
+    """Native-resolution models: longer sides are downscaled to this first; None: never."""
+    min_size: int
+    """Inputs with a shorter side are refused."""
+
+    @property
+    def native_resolution(self) -> bool:
+        """Whether images are fed at their own size (then ``max_side`` applies)."""
+        ...
 
 
 @dataclass
@@ -157,7 +173,7 @@ def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Im
     return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
 
 
-def in_memory_checked(model: "IQAModel", item: Any) -> Any:
+def in_memory_checked(model: ImageLimits, item: Any) -> Any:
     """An in-memory input converted and checked now (a bad array is the caller's bug, raised);
     files pass through (their problems become rows)."""
     if isinstance(item, (str, os.PathLike)):
@@ -168,7 +184,7 @@ def in_memory_checked(model: "IQAModel", item: Any) -> Any:
     return to_pil(item, model.max_pixels, model.min_size)[0]
 
 
-def load_image_safely(item: Any, model: "IQAModel") -> tuple[Image.Image | None, str | None, list[str], str | None]:
+def load_image_safely(item: Any, model: ImageLimits) -> tuple[Image.Image | None, str | None, list[str], str | None]:
     """(image, path, notes, error) — never raises for a bad file."""
     path = str(item) if isinstance(item, (str, os.PathLike)) else None
     try:

@@ -1,9 +1,9 @@
 """A single self-contained HTML report of a scoring run.
 
 Everything is inside the one file: thumbnails are base64 JPEGs (~256 px, so thousands of
-images stay a manageable size), the score histogram is a matplotlib PNG (Agg canvas, no
-pyplot state touched), the category counts are an HTML table with CSS bars. No JavaScript and
-no external assets. The result rows are also embedded as JSON
+images stay a manageable size), the score histogram and the category counts are HTML with CSS
+bars (no plotting library: reports are written by the torch-free install too). No JavaScript
+and no external assets. The result rows are also embedded as JSON
 (``<script type="application/json" id="contentiqa-results">``), which is what
 ``contentiqa score --resume`` reads back from an HTML output.
 """
@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from ..utils.io import atomic_write_text
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
+    from ..inference.scorer import Scorer
     from ..models.base import IQAModel
 
 THUMBNAIL_SIZE = 256
@@ -68,28 +69,25 @@ def data_uri(jpeg_or_png: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64," + base64.b64encode(jpeg_or_png).decode("ascii")
 
 
-def histogram_png(scores: Sequence[float], score_range: tuple[float, float], higher_is_better: bool = True, bins: int = 20) -> bytes:
-    """PNG bytes of a histogram of ``scores`` over the model's range (extended if needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 2.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+def histogram_html(scores: Sequence[float], score_range: tuple[float, float], higher_is_better: bool = True,
+                   bins: int = 20, height: int = 120) -> str:
+    """A histogram of ``scores`` over the model's range (extended to the scores if needed) as
+    HTML: one CSS bar per bin, its count in the bar's title, the range's ends below."""
     lo, hi = float(score_range[0]), float(score_range[1])
-    if scores:
-        lo, hi = min(lo, min(scores)), max(hi, max(scores))
-        ax.hist(list(scores), bins=bins, range=(lo, hi), color="#3b7dd8", edgecolor="white")
-    else:
-        ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlim(lo, hi)
-    ax.set_xlabel(f"predicted score ({'higher' if higher_is_better else 'lower'} is better)")
-    ax.set_ylabel("images")
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    if not scores:
+        return '<div class="histogram muted">no scores</div>'
+    lo, hi = min(lo, min(scores)), max(hi, max(scores))
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in scores:
+        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
+    top = max(counts)
+    bars = "".join(
+        f'<span class="hbar" title="{lo + i * width:g} to {lo + (i + 1) * width:g}: {n} image(s)" '
+        f'style="height:{round(height * n / top)}px"></span>' for i, n in enumerate(counts))
+    return (f'<div class="histogram" role="img" aria-label="score histogram"><div class="hbars" style="height:{height}px">'
+            f'{bars}</div><div class="haxis"><span>{lo:g}</span><span>predicted score '
+            f'({"higher" if higher_is_better else "lower"} is better)</span><span>{hi:g}</span></div></div>')
 
 
 # -- reading back --------------------------------------------------------------------------
@@ -117,6 +115,9 @@ h1{font-size:1.5em;margin:0 0 4px}h2{font-size:1.15em;margin:28px 0 8px}
 .row{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}
 table.counts td,table.errors td,table.errors th{padding:2px 10px 2px 0;text-align:left}
 .bar{display:inline-block;height:10px;background:#3b7dd8;border-radius:2px}
+.histogram{width:480px;max-width:100%}.hbars{display:flex;align-items:flex-end;gap:2px;border-bottom:1px solid #999}
+.hbar{flex:1;background:#3b7dd8;border-radius:2px 2px 0 0;min-height:1px}
+.haxis{display:flex;justify-content:space-between;color:#666;font-size:.8em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:14px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;font-size:.85em;
  content-visibility:auto;contain-intrinsic-size:220px 300px}
@@ -193,7 +194,7 @@ def render_html_report(
 
     # histogram + categories
     a("<div class=\"row\"><div><h2>Score distribution</h2>")
-    a(f"<img class=\"histogram\" alt=\"score histogram\" src=\"{data_uri(histogram_png(scores, (lo, hi), hib), 'image/png')}\">")
+    a(histogram_html(scores, (lo, hi), hib))
     a("</div>")
     cats = [r.get("category") for r in ok if r.get("category")]
     if cats or model_info.get("categories"):
@@ -270,22 +271,25 @@ def write_html_report(
     return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs))
 
 
-def score_higher_is_better(model: "IQAModel") -> bool:
+def score_higher_is_better(model: "IQAModel | Scorer") -> bool:
     """Direction of the scores a model reports (its MOS scale's, e.g. False for DMOS)."""
     return bool(model.scale.higher_is_better)
 
 
-def model_info(model: "IQAModel", name: str | None = None) -> dict[str, Any]:
-    """The ``model_info`` mapping for a contentiqa model."""
-    lo, hi = model.score_range
+def model_info(scorer: "Scorer") -> dict[str, Any]:
+    """The ``model_info`` mapping of the report for what a :class:`~contentiqa.inference.scorer.Scorer`
+    scores with: name, weights file, precision, scale and categories."""
+    ident = scorer.identity
+    lo, hi = scorer.score_range
     info: dict[str, Any] = {
-        "name": name or model.model_name,
+        "name": ident.name,
         "score_range": (float(lo), float(hi)),
-        "higher_is_better": score_higher_is_better(model),
-        "categories": list(model.categories),
+        "higher_is_better": score_higher_is_better(scorer),
+        "categories": list(scorer.categories),
+        "precision": ident.precision,
     }
-    ck = model.checkpoint_info or {}
-    if ck.get("path"):
-        info["checkpoint"] = ck["path"]
-        info["name"] = model.model_name or info["name"]
+    if ident.weights is not None:
+        info["checkpoint"] = str(ident.weights)
+    if ident.sha256:
+        info["weights_sha256"] = ident.sha256
     return info

@@ -16,9 +16,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..utils.io import atomic_write_text, file_sha256
+from ..utils.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from ..inference.scorer import ScorerIdentity
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
 MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version")
@@ -61,24 +64,23 @@ def row_from_prediction(pred) -> dict[str, Any]:
     return normalize_row(pred.to_dict())
 
 
-def model_record(model: Any, spec: str, precision: str = "fp32") -> dict[str, str]:
-    """The :data:`MODEL_FIELDS` of ``model`` loaded from ``spec`` (a registered name, ``name.tag``
-    or a file): the weights file it was read from and that file's SHA-256 identify it exactly;
-    ``precision`` (one of :data:`PRECISION_LABELS`) is how it was run."""
-    if precision not in PRECISION_LABELS:
-        raise ValueError(f"unknown precision {precision!r}: one of {', '.join(PRECISION_LABELS)}")
+def model_record(identity: ScorerIdentity) -> dict[str, str]:
+    """The :data:`MODEL_FIELDS` of what scored a row (a scorer's
+    :class:`~contentiqa.inference.scorer.ScorerIdentity`): the weights file it was read from and
+    that file's SHA-256 identify the model exactly (shipped weights by their file name, a file
+    given by path by that path); ``precision`` says how it was run."""
+    if identity.precision not in PRECISION_LABELS:
+        raise ValueError(f"unknown precision {identity.precision!r}: one of {', '.join(PRECISION_LABELS)}")
     from .. import __version__
 
-    path = (model.checkpoint_info or {}).get("path")
-    digest = ""
-    if path and os.path.isfile(path):
-        digest = file_sha256(path)
+    path = identity.weights
+    given_as_file = path is not None and identity.tag is None
     return {
-        "model": str(model.model_name or spec),
-        "weights_tag": model.weights_tag or "",
-        "weights": os.path.basename(path) if path and not os.path.isfile(spec) else (path or ""),
-        "weights_sha256": digest,
-        "precision": precision,
+        "model": identity.name or identity.spec,
+        "weights_tag": identity.tag or "",
+        "weights": "" if path is None else (str(path) if given_as_file else path.name),
+        "weights_sha256": identity.sha256 or "",
+        "precision": identity.precision,
         "contentiqa_version": __version__,
     }
 

@@ -1,21 +1,23 @@
 """``contentiqa serve``: quality scores over HTTP from one loaded model (FastAPI on uvicorn).
 
+    >>> from contentiqa import load_scorer
     >>> from contentiqa.serve import LoadedModel, ServeConfig, create_app
-    >>> app = create_app(ServeConfig(max_batch=8), model=LoadedModel(model, spec="ie-iqa"))
+    >>> app = create_app(ServeConfig(max_batch=8), model=LoadedModel(load_scorer("ie-iqa")))
 
 The web framework is imported only when this package's app is used (``import
 contentiqa.serve`` itself stays light, so ``contentiqa --help`` never pays for it).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["LoadedModel", "ServeConfig", "create_app"]
+from ..utils.lazy import lazy_exports
 
+_LAZY = {"LoadedModel": "app", "ServeConfig": "app", "create_app": "app"}
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import app
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import LoadedModel, ServeConfig, create_app  # noqa: F401
 
-        return getattr(app, name)
-    raise AttributeError(f"module 'contentiqa.serve' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+__all__ = sorted(_LAZY)

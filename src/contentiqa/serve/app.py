@@ -40,7 +40,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from ..utils.io import file_sha256
+from ..data.imageio import BOMB_HINT
+from ..inference.scorer import Scorer
+from ..models.scoring import Prediction, load_image_safely
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
 
@@ -74,10 +76,11 @@ class ServeConfig:
     """A request's upload, queueing and scoring must end within this (408 / 504 beyond)."""
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
-    decode_workers: int = 2
+    decode_workers: int | None = None
     """Threads decoding uploads while the model runs; 0: decode on the model's thread, just
     before its forward pass (what `contentiqa score` does on a machine whose cores the
-    model's threads already use: decoding beside the model was measured slower there)."""
+    model's threads already use: decoding beside the model was measured slower there).
+    None: the scorer's own choice, as `contentiqa score --workers`."""
     explain_max_pixels: int = 1_000_000
     """Images are explained on a copy of at most this size (as the CLI's report does)."""
     warmup: bool = True
@@ -86,19 +89,18 @@ class ServeConfig:
 
 @dataclass
 class LoadedModel:
-    """What the service runs: the model, and for ONNX Runtime the forward that replaces it."""
+    """What the service runs: the scorer (:func:`contentiqa.inference.scorer.load_scorer`, the
+    one `contentiqa score` would use) and, for heatmaps, the PyTorch model."""
 
-    model: Any
-    spec: str = ""
-    forward: Callable | None = None
-    runtime: str = "torch"
-    explainable: bool = True
-    """False for a model served from an ONNX file alone (Grad-CAM needs PyTorch)."""
-    autocast: str | None = None
-    """The torch autocast dtype of the forward ('bfloat16' / 'float16'; None: full precision)."""
-    precision: str = "fp32"
-    """What clients see (``model.precision``), as `contentiqa score` records it in its rows:
-    fp32 / int8 for ONNX Runtime graphs, bf16 / fp16 under autocast."""
+    scorer: Scorer
+    explainer: Any = None
+    """The PyTorch model ``/v1/explain`` runs Grad-CAM on; None: no heatmaps (see ``explain_note``)."""
+    explain_note: str | None = None
+    """Why there are no heatmaps, for the page and ``/v1/models`` (None when there are)."""
+
+    @property
+    def explainable(self) -> bool:
+        return self.explainer is not None
 
 
 @dataclass
@@ -122,34 +124,26 @@ class BodyTimeout(Exception):
 
 
 def model_identity(loaded: LoadedModel) -> dict[str, Any]:
-    """Name, weights tag (+ file hash), package version and scale of the served model: what
-    a client records next to a score to know which model gave it. Server paths are not shown."""
+    """Name, weights (+ file hash), package version, runtime, precision and scale of the served
+    model: what a client records next to a score to know which model gave it. Server paths are
+    not shown."""
     from .. import __version__
-    from ..reporting.html import model_info
 
-    m = loaded.model
-    info = model_info(m, loaded.spec or None)
-    ck = m.checkpoint_info or {}  # set by load_checkpoint (None on a model built in memory)
-    weights = sha = None
-    if ck.get("path"):
-        p = Path(ck["path"])
-        weights = p.stem
-        try:
-            sha = file_sha256(p)[:16]
-        except OSError:
-            sha = None
-    lo, hi = info["score_range"]
+    scorer = loaded.scorer
+    ident = scorer.identity
+    lo, hi = scorer.score_range
     return {
-        "name": str(m.model_name),
-        "weights": weights,
-        "weights_sha256": sha,
+        "name": ident.name,
+        "weights": ident.weights.stem if ident.weights is not None else None,
+        "weights_sha256": ident.sha256[:16] if ident.sha256 else None,
         "version": __version__,
-        "runtime": loaded.runtime,
-        "precision": loaded.precision,
-        "score_range": [lo, hi],
-        "higher_is_better": info["higher_is_better"],
-        "categories": info["categories"],
+        "runtime": ident.runtime,
+        "precision": ident.precision,
+        "score_range": [float(lo), float(hi)],
+        "higher_is_better": scorer.higher_is_better,
+        "categories": list(scorer.categories),
         "explain": loaded.explainable,
+        "explain_note": loaded.explain_note,
     }
 
 
@@ -200,9 +194,6 @@ class Service:
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="contentiqa-serve-")  # mode 0700: this user only
-        if self.config.decode_workers > 0:
-            self.decode_pool = ThreadPoolExecutor(max_workers=self.config.decode_workers,
-                                                  thread_name_prefix="contentiqa-decode")
         if self.loaded is not None:
             self._activate(self.loaded)
         else:
@@ -221,16 +212,20 @@ class Service:
 
     def _activate(self, loaded: LoadedModel) -> None:
         if self.config.max_pixels is not None:
-            loaded.model.max_pixels = int(self.config.max_pixels)
+            loaded.scorer.max_pixels = int(self.config.max_pixels)
         self.loaded = loaded
         self.identity = model_identity(loaded)
+        decode = self.config.decode_workers
+        decode = loaded.scorer.default_workers() if decode is None else decode
+        if decode > 0:
+            self.decode_pool = ThreadPoolExecutor(max_workers=decode, thread_name_prefix="contentiqa-decode")
         self.batcher = Batcher(self._run_batch, max_batch=self.config.max_batch,
                                max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue,
                                on_batch=self.metrics.on_batch).start()
         if self.config.warmup:
             from PIL import Image
 
-            size = max(64, int(loaded.model.min_size))
+            size = max(64, int(loaded.scorer.min_size))
             self.batcher.submit([Image.new("RGB", (size, size), (128, 128, 128))]).result()
         self.state = "ready"
         self.metrics.ready.set(1)
@@ -262,11 +257,10 @@ class Service:
         sizes stacked, channels-last, inference mode, a model failure becomes each image's
         error), scores clipped to the scale as the CLI shows them. One Prediction per item;
         an upload that cannot be decoded gets its error."""
-        from ..inference.engine import Prepared, predict_items
-        from ..models.base import Prediction
+        from ..inference.engine import Prepared
 
         assert self.loaded is not None
-        model = self.loaded.model
+        scorer = self.loaded.scorer
 
         def entry(x: Any) -> tuple[Any, list[str], str | None]:
             if isinstance(x, bytes):
@@ -277,14 +271,14 @@ class Service:
 
         decoded = [entry(x) for x in items]
         images = [img for img, _, err in decoded if err is None]
-        preds = iter(predict_items(model, images, batch_size=len(images), workers=0, forward=self.loaded.forward,
-                                   autocast=self.loaded.autocast, progress=False) if images else [])
+        scored = scorer.run(images, batch_size=len(images), workers=0, concurrency=1) if images else []
+        preds = iter(scored or [])
         out = []
         for _, notes, err in decoded:
             if err is not None:
                 out.append(Prediction(path=None, score=None, error=err, notes=list(notes)))
                 continue
-            p = model.clip_to_scale(next(preds))  # type: ignore[arg-type]
+            p = scorer.clip_to_scale(next(preds))
             p.notes = list(notes) + [n for n in p.notes if n not in notes]
             out.append(p)
         return out
@@ -292,15 +286,12 @@ class Service:
     def decode(self, data: bytes) -> tuple[Any, list[str], str | None]:
         """(image, notes, error) for uploaded bytes, read by the CLI's image reader (same
         checks, same decompression-bomb guard) from a private temporary file removed at once."""
-        from ..data.imageio import BOMB_HINT
-        from ..models.base import load_image_safely
-
         assert self.loaded is not None and self.tmpdir is not None
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir, suffix=".upload")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            img, _, notes, err = load_image_safely(tmp, self.loaded.model)
+            img, _, notes, err = load_image_safely(tmp, self.loaded.scorer)
         finally:
             try:
                 os.unlink(tmp)
@@ -318,7 +309,7 @@ class Service:
             return None, notes, err
         assert self.loaded is not None
         try:
-            prepared = self.loaded.model.preprocess(img)
+            prepared = self.loaded.scorer.preprocess(img)
         except Exception as exc:  # a preprocessing failure is that upload's error, as in the engine
             return None, notes, f"preprocessing failed: {exc}"
         return Decoded(None, list(notes), prepared), notes, None  # the decoded photo is not kept: only its input
@@ -563,8 +554,6 @@ def create_app(
         with admission():  # when busy, say so before the upload is read and decoded
             svc.batcher.check(1, svc.remaining(request))
         uploads = await read_uploads(request, svc, cfg.max_images)
-        from ..models.base import Prediction
-
         items: list[Any] = [data for _, data in uploads]  # decoded on the model's thread ...
         preds: list[Any] = [None] * len(items)
         if svc.decode_pool is not None:  # ... or here, in parallel, while the model runs
@@ -610,8 +599,8 @@ def create_app(
         svc.require_ready()
         assert svc.loaded is not None and svc.batcher is not None
         if not svc.loaded.explainable:
-            raise HTTPException(501, "this server runs a model from an ONNX file alone: explaining needs the PyTorch model")
-        if target == "category" and not svc.loaded.model.has_content_head:
+            raise HTTPException(501, f"no heatmaps from this server: {svc.loaded.explain_note or 'no PyTorch model'}")
+        if target == "category" and not svc.loaded.scorer.has_content_head:
             raise HTTPException(400, "this model has no content head: use target=quality")
         uploads = await read_uploads(request, svc, 1)
         loop = asyncio.get_running_loop()
@@ -678,12 +667,11 @@ def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> t
     are /v1/score's for this image (the served runtime and precision); the heatmaps are PyTorch's,
     the category one of that category."""
     from ..explain import explain
-    from ..explain.explanation import scored_by_label
     from ..reporting.results import row_from_prediction
 
     assert svc.loaded is not None and svc.tmpdir is not None
-    model = svc.loaded.model
-    pred = svc._run_batch([img])[0]
+    model = svc.loaded.explainer
+    pred = svc._run_batch([img])[0]  # the served scorer: the row /v1/score gives this image
     if pred.error is not None:
         raise ValueError(pred.error)
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[target]
@@ -691,7 +679,7 @@ def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> t
         targets = tuple(t for t in targets if t != "category") or ("quality",)
     exp = explain(model, img, targets=targets, category=pred.category, max_pixels=svc.config.explain_max_pixels,
                   exact_score=False)
-    exp = exp.scored(pred, scored_by_label(svc.loaded.runtime, svc.loaded.precision))
+    exp = exp.scored(pred, svc.loaded.scorer.identity.label)
     headers: dict[str, str] = {}
     if pred.score is not None:
         headers["X-Score"] = repr(row_from_prediction(pred)["score"])  # the number /v1/score's row has

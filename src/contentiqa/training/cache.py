@@ -208,7 +208,9 @@ def cached_encodings(
     from tqdm.auto import tqdm
 
     from ..data.degrade import apply_spec
+    from ..utils.memory import fix_mmap_threshold
 
+    fix_mmap_threshold()  # thousands of long-lived entries between large temporaries
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', not {runtime!r}")
     damage = list(damage) if damage is not None else [""] * len(paths)

@@ -45,6 +45,7 @@ class DamageSet:
         if need > len(candidates):
             raise ValueError(f"{need} damage photos asked for, but the training table has {len(candidates)}")
         picked = [candidates[i] for i in np.random.default_rng(11).permutation(len(candidates))[:need]]
+        self.picked = picked
         kinds = sorted(DEGRADATIONS)
         self.groups: list[list[dict[str, torch.Tensor]]] = []
         if cfg.damage_weight and cfg.damage_photos:

@@ -85,10 +85,11 @@ def evaluate_model(
     Returns (metrics, predictions table with ``image, mos, pred, [category, pred_category,
     pred_confidence], error``). Images that fail to load are reported, not scored.
     """
-    from ..inference.engine import predict_items
+    from ..inference.torch_runtime import TorchScorer
 
     scale = scale or model.scale
-    preds = predict_items(model, list(table["image"]), batch_size=batch_size, progress=progress, workers=workers)
+    preds = TorchScorer(model, precision="fp32").run(list(table["image"]), batch_size=batch_size, progress=progress,
+                                                     workers=workers)
     rows = pd.DataFrame({
         "image": table["image"].values,
         "mos": table["mos"].values,

@@ -383,24 +383,35 @@ class Trainer:
         return (g["score"] if self.has_score else None), (g["category"] if self.model.categories else None)
 
     def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        from ..inference.engine import predict_items
+        from ..inference.torch_runtime import TorchScorer
 
         self.model.eval()
         if self.start_stage:
             if self.val_feats is None or len(self.val_feats) != len(rows):
                 raise RuntimeError("the cached validation encodings do not match the rows to predict")
-            scores, cats = [], []
-            for enc in self.val_feats:
-                out = self._forward({k: v[:1].float().to(self.device) for k, v in enc.items()})
-                if "score" in out:
-                    scores.append(float(out["score"][0]))
-                if "logits" in out:
-                    cats.append(int(out["logits"][0].argmax()))
-            s = np.array(scores, dtype=np.float64) if self.has_score else None
-            c = np.array(cats, dtype=np.int64) if self.model.categories else None
+            # Batches of equal shapes (a photo's first view: the image as scored): one view at a
+            # time costs several times more per photo on a CPU.
+            n = len(self.val_feats)
+            s_all, c_all = np.zeros(n), np.zeros(n, dtype=np.int64)
+            by_shape: dict[tuple, list[int]] = {}
+            for i, enc in enumerate(self.val_feats):
+                by_shape.setdefault(tuple((k, tuple(v.shape[1:])) for k, v in sorted(enc.items())), []).append(i)
+            for idx in by_shape.values():
+                for start in range(0, len(idx), self.cfg.batch_size):
+                    chunk = idx[start:start + self.cfg.batch_size]
+                    x = {k: torch.stack([self.val_feats[i][k][0] for i in chunk]).float().to(self.device)
+                         for k in self.val_feats[chunk[0]]}
+                    out = self._forward(x)
+                    if "score" in out:
+                        s_all[chunk] = out["score"].float().cpu().numpy()
+                    if "logits" in out:
+                        c_all[chunk] = out["logits"].argmax(-1).cpu().numpy()
+            s = s_all if self.has_score else None
+            c = c_all if self.model.categories else None
         else:
             images = list(self.val_table["image"])
-            preds = predict_items(self.model, [images[i] for i in rows], batch_size=self.cfg.batch_size, workers=0)
+            preds = TorchScorer(self.model, precision="fp32").run([images[i] for i in rows], batch_size=self.cfg.batch_size,
+                                                                  workers=0)
             bad = [p for p in preds if p.error]
             if bad:
                 raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")

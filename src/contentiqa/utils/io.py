@@ -60,16 +60,6 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write(path, _write)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    def _write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return atomic_write(path, _write)
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` of ``obj`` reduced to plain data (see :mod:`.checkpoint_io`), so the file
     loads back under ``weights_only=True``."""

@@ -40,6 +40,9 @@ async function loadModel() {
   $("#model-info").textContent =
     `model ${m.name}${m.weights ? " (" + m.weights + ")" : ""}, contentiqa ${m.version}; ` +
     `scores on [${m.score_range[0]}, ${m.score_range[1]}], ${dir}`;
+  // No heatmaps from this server: say why once, instead of leaving their place empty.
+  $("#explain-note").textContent = m.explain ? "" : `No heatmaps: ${m.explain_note || "this server cannot explain"}.`;
+  $("#explain-note").hidden = !!m.explain;
   $("#key-box").hidden = true;
   return true;
 }

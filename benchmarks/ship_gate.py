@@ -1,0 +1,294 @@
+"""The ship gate: may a candidate recipe replace the current default? Measured as a user gets it.
+
+    CONTENTIQA_BIQ2021=/path/to/BIQ2021 python benchmarks/ship_gate.py \\
+        --candidate RUNS/multi_finetune --candidate-row "IE-IQA, fine-tuned, ..." \\
+        --baseline RUNS/multi_clive_biq2021 --baseline-row "IE-IQA, normalised + ranking" [--name ie-iqa]
+
+Both recipes must have been run as experiments on clive-dev's IE-IQA splits (the published
+3 seeds, benchmarks/results/splits_clive_ie-iqa.json) together with BIQ2021's official split:
+the gate takes each seed's ``tested.pt`` (the model that seed's test figures come from: chosen
+on validation, calibrated) and scores through ``contentiqa score`` with its defaults (ONNX
+Runtime on the CPU, the precision ``score`` picks), so runtime and precision are what users
+get. Per seed, on photos that seed never trained on:
+
+- clive-dev: the seed's test part (SROCC, PLCC);
+- BIQ2021: the official test part (SROCC, PLCC);
+- damage: the seed's 8 best-rated test photos under blur, JPEG, noise, under- and
+  overexposure at levels 0-4 (contentiqa.data.degrade): Kendall tau between level and score,
+  per photo, averaged per type (-1: every step down scores lower);
+- obviously bad: black, white and gray frames, uniform noise, blur of radius 16 and 32, 8x
+  pixelation, JPEG quality 5 and 2, made from 8 test photos: the mean score of each, and that
+  mean less the 10th percentile of the seed's clive-dev test scores (below 0: below it);
+- clipped: the share of real test photos (both sets) scored exactly at an end of the scale.
+
+A measure is worse when the candidate's mean over the seeds falls short of the baseline's by
+more than the larger of their spreads (sample std over the seeds), better when it beats it by
+more than that. The gate passes when nothing is worse and something is better. The table goes
+to benchmarks/results/ship_gate_<name>.md and .json (and every model's in ship_gate.md), with
+the issue's targets beside it;
+benchmarks/ship.py reads the verdict before it makes a tag the default.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, ROOT, command_line, contentiqa_env, provenance, require_clive
+
+SEEDS = (0, 1, 2)
+N_DAMAGE = 8
+N_BAD = 8
+CLIVE_SPLITS = RESULTS / "splits_clive_ie-iqa.json"
+
+TARGETS = {
+    "CLIVE SROCC": (">=", 0.84), "CLIVE PLCC": (">=", 0.86), "BIQ2021 SROCC": (">=", 0.87),
+    **{f"damage tau {k}": ("<=", -0.95) for k in ("blur", "jpeg", "noise", "underexposure", "overexposure")},
+    "clipped %": ("<=", 1.0),
+}
+
+
+def biq_root() -> Path:
+    return Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021"))
+
+
+def suite(seed: int, test, work: Path) -> dict[str, list]:
+    """The seed's images: its real clive-dev photos (``test``: the rows judged) and the damage /
+    bad-frame images made from them (written once as PNG, lossless, under ``work``)."""
+    from contentiqa.data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS, bad_frame, degrade
+    from contentiqa.data.imageio import load_image
+
+    best = test.sort_values("mos", ascending=False).head(N_DAMAGE)
+    folder = work / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    damage, bad = [], []
+    for i, path in enumerate(best["image"]):
+        img = load_image(path).image
+        for kind in DEGRADATIONS:
+            for level in (0, *LEVELS):
+                out = folder / f"damage_{i}_{kind}_{level}.png"
+                if not out.is_file():
+                    degrade(img, kind, level, seed=1000 * seed + i).save(out)
+                damage.append({"photo": i, "kind": kind, "level": level, "path": str(out)})
+    rng = np.random.default_rng([seed, 23])
+    for i, path in enumerate(test["image"].iloc[rng.permutation(len(test))[:N_BAD]]):
+        img = load_image(path).image
+        for kind in BAD_FRAMES:
+            out = folder / f"bad_{i}_{kind.replace(' ', '_')}.png"
+            if not out.is_file():
+                bad_frame(img, kind, seed=1000 * seed + i).save(out)
+            bad.append({"kind": kind, "path": str(out)})
+    return {"clive": list(zip(test["image"], test["mos"])), "damage": damage, "bad": bad}
+
+
+def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float]:
+    """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score."""
+    if not out_csv.is_file():
+        listing = out_csv.with_suffix(".txt")
+        cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
+               *files]
+        listing.write_text(" ".join(cmd))
+        r = subprocess.run(cmd, env=contentiqa_env(), capture_output=True, text=True)
+        if r.returncode not in (0, 1) or not out_csv.is_file():
+            raise SystemExit(f"score failed for {model} (rc {r.returncode}): {r.stderr.strip()[-2000:]}")
+    scores, precision = {}, set()
+    with open(out_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["error"]:
+                raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']}")
+            scores[os.path.abspath(row["path"])] = float(row["score"])
+            precision.add(row["precision"])
+    scores["__precision__"] = ",".join(sorted(precision))  # type: ignore[assignment]
+    return scores
+
+
+def measures(scores: dict[str, float], images: dict[str, list], biq: list[tuple[str, float]]) -> dict[str, float]:
+    from scipy.stats import kendalltau
+
+    from contentiqa.metrics import plcc, srocc
+
+    def get(p):
+        return scores[os.path.abspath(p)]
+
+    out: dict[str, float] = {}
+    clive_scores = np.array([get(p) for p, _ in images["clive"]])
+    clive_mos = np.array([m for _, m in images["clive"]])
+    biq_scores = np.array([get(p) for p, _ in biq])
+    biq_mos = np.array([m for _, m in biq])
+    out["CLIVE SROCC"], out["CLIVE PLCC"] = srocc(clive_scores, clive_mos), plcc(clive_scores, clive_mos)
+    out["BIQ2021 SROCC"], out["BIQ2021 PLCC"] = srocc(biq_scores, biq_mos), plcc(biq_scores, biq_mos)
+    by_kind: dict[str, dict[int, list]] = {}
+    for d in images["damage"]:
+        by_kind.setdefault(d["kind"], {}).setdefault(d["photo"], []).append((d["level"], get(d["path"])))
+    for kind, photos in by_kind.items():
+        taus = []
+        for pairs in photos.values():
+            lv, sc = zip(*sorted(pairs))
+            tau = kendalltau(lv, sc).statistic
+            taus.append(0.0 if np.isnan(tau) else float(tau))  # a constant score: no response at all
+        out[f"damage tau {kind}"] = float(np.mean(taus))
+    p10 = float(np.percentile(clive_scores, 10))
+    for kind in dict.fromkeys(b["kind"] for b in images["bad"]):
+        mean = float(np.mean([get(b["path"]) for b in images["bad"] if b["kind"] == kind]))
+        out[f"bad {kind}: mean score"] = mean
+        out[f"bad {kind}: mean - p10"] = mean - p10
+    real = np.concatenate([clive_scores, biq_scores])
+    out["clipped %"] = 100.0 * float(np.mean((real <= 0.0) | (real >= 100.0)))
+    return out
+
+
+def higher_is_better(measure: str) -> bool:
+    return not (measure.startswith(("damage", "bad")) or measure == "clipped %")
+
+
+def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple[list[dict], str]:
+    rows, worse, better = [], 0, 0
+    for m in base[0]:
+        b = np.array([r[m] for r in base])
+        c = np.array([r[m] for r in cand])
+        spread = max(float(b.std(ddof=1)) if len(b) > 1 else 0.0, float(c.std(ddof=1)) if len(c) > 1 else 0.0)
+        gain = (c.mean() - b.mean()) * (1 if higher_is_better(m) else -1)
+        verdict = "better" if gain > spread else ("WORSE" if gain < -spread else "same")
+        worse += verdict == "WORSE"
+        better += verdict == "better"
+        row = {"measure": m, "baseline": float(b.mean()), "baseline_std": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
+               "candidate": float(c.mean()), "candidate_std": float(c.std(ddof=1)) if len(c) > 1 else 0.0,
+               "spread": spread, "verdict": verdict}
+        if m in TARGETS:
+            op, t = TARGETS[m]
+            row["target"] = f"{op} {t:g}"
+            row["target_met"] = bool(c.mean() >= t if op == ">=" else c.mean() <= t)
+        elif m.startswith("bad ") and m.endswith("mean score"):
+            row["target"] = "<= 20"
+            row["target_met"] = bool(c.mean() <= 20)
+        elif m.startswith("bad ") and m.endswith("- p10"):
+            row["target"] = "< 0"
+            row["target_met"] = bool(c.mean() < 0)
+        rows.append(row)
+    return rows, ("PASS" if not worse and better else "FAIL")
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"# Ship gate: {payload['name']}", "",
+             f"**{payload['verdict']}**: candidate `{payload['candidate']['row']}` "
+             f"({payload['candidate']['runs']}) against the current default's recipe `{payload['baseline']['row']}` "
+             f"({payload['baseline']['runs']}), seeds {', '.join(map(str, payload['seeds']))}, scored by "
+             f"`contentiqa score` with its defaults (precision: candidate {payload['candidate']['precision']}, "
+             f"baseline {payload['baseline']['precision']}).", "",
+             "| measure | baseline | candidate | verdict | target | met |", "|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        met = "" if "target_met" not in r else ("yes" if r["target_met"] else "**no**")
+        lines.append(f"| {r['measure']} | {r['baseline']:.3f} ± {r['baseline_std']:.3f} | {r['candidate']:.3f} ± "
+                     f"{r['candidate_std']:.3f} | {r['verdict']} | {r.get('target', '')} | {met} |")
+    lines += ["", "Mean ± sample std over the seeds' models. Worse / better: beyond the larger of the two spreads. "
+              "clive-dev: each seed's test part (20 %); BIQ2021: its official test part; damage and bad frames made "
+              "from each seed's test photos (benchmarks/ship_gate.py's docstring). Scores on the 0-100 scale.", "",
+              f"Command: `{payload['command']}` ({payload['minutes']:.1f} min, {payload['provenance']['machine']}, "
+              f"{payload['provenance']['date']})."]
+    return "\n".join(lines) + "\n"
+
+
+def parts(args, seed: int, clive, split, biq_table):
+    """The (clive-dev rows, BIQ2021 rows) judged for ``seed``: the test parts, or (``--part
+    val``) the validation parts the candidate's experiment held out of the train parts."""
+    if args.part == "test":
+        return clive.iloc[split.indices(clive, "test")], biq_table[biq_table["split"] == "test"]
+    import yaml
+
+    from contentiqa.data import load_splits
+    from contentiqa.experiments.runner import carve_val
+
+    data = yaml.safe_load((args.candidate / "config.yaml").read_text())["data"]
+    fraction = (data[0] if isinstance(data, list) else data).get("val_fraction")
+    if not fraction:
+        raise SystemExit(f"{args.candidate}: its first training set holds no validation part out (val_fraction)")
+    _, val = carve_val(clive.iloc[split.indices(clive, "train")], float(fraction), seed)
+    biq_split = {s.seed: s for s in load_splits(args.candidate / "splits_BIQ2021.json")}[seed]
+    return val, biq_table.iloc[biq_split.indices(biq_table, "val")]
+
+
+def tested_model(runs: Path, row: str, seed: int) -> Path:
+    from contentiqa.experiments.config import slugify
+
+    path = runs / "runs" / slugify(row) / f"seed{seed}" / "tested.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run the experiment with that row first (contentiqa experiment ...)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidate", type=Path, required=True, help="the candidate recipe's experiment results folder")
+    ap.add_argument("--candidate-row", required=True)
+    ap.add_argument("--baseline", type=Path, required=True, help="the current default recipe's experiment results folder")
+    ap.add_argument("--baseline-row", required=True)
+    ap.add_argument("--name", default="ie-iqa", help="the model whose default is at stake (results file name)")
+    ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "ship_gate", help="suite images and score tables")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--part", choices=("test", "val"), default="test",
+                    help="test (the gate) or val: the same measures on the validation parts the candidate's experiment "
+                         "held out (choosing a recipe; both rows must come from experiments with those parts)")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    import pandas as pd
+
+    from contentiqa.data import load_dataset, load_splits
+
+    clive = pd.read_csv(require_clive())
+    clive["image"] = [str(require_clive().parent / p) for p in clive["image"]]
+    splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
+    root = biq_root()
+    if not root.is_dir():
+        raise SystemExit(f"ship gate skipped: BIQ2021 not found at {root} (set CONTENTIQA_BIQ2021)")
+    biq_table = load_dataset("biq2021", root).table
+    results: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+    precision: dict[str, str] = {}
+    for seed in args.seeds:
+        clive_rows, biq_rows = parts(args, seed, clive, splits[seed], biq_table)
+        biq = list(zip(biq_rows["image"], biq_rows["mos"]))
+        images = suite(seed, clive_rows, args.work / f"suite_{args.part}")
+        files = [p for p, _ in images["clive"]] + [p for p, _ in biq] + [d["path"] for d in images["damage"]] \
+            + [b["path"] for b in images["bad"]]
+        for side, runs, row in (("baseline", args.baseline, args.baseline_row), ("candidate", args.candidate, args.candidate_row)):
+            model = tested_model(runs, row, seed)
+            out = args.work / "scores" / f"{side}_{runs.name}_{seed}_{int(model.stat().st_mtime)}.csv"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"seed {seed}: scoring {len(files)} images with the {side} ({model})", flush=True)
+            scores = score_files(model, files, out)
+            precision[side] = str(scores.pop("__precision__"))
+            results[side].append(measures(scores, images, biq))
+    rows, verdict = compare(results["baseline"], results["candidate"])
+    payload = {
+        "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
+        "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"]},
+        "baseline": {"runs": str(args.baseline), "row": args.baseline_row, "precision": precision["baseline"]},
+        "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
+    }
+    from contentiqa.utils.io import atomic_write_text
+
+    payload["part"] = args.part
+    if args.part == "val":  # choosing, not gating: its own file
+        stem = RESULTS / f"selection_{args.name}"
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
+        atomic_write_text(stem.with_suffix(".md"), markdown(payload))
+        print(markdown(payload))
+        return 0
+    stem = RESULTS / f"ship_gate_{args.name}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
+    atomic_write_text(stem.with_suffix(".md"), markdown(payload))
+    # ship_gate.md: every model's latest gate, one section each.
+    gates = sorted(RESULTS.glob("ship_gate_*.json"))
+    atomic_write_text(RESULTS / "ship_gate.md", "\n".join(markdown(json.loads(g.read_text())) for g in gates))
+    print(markdown(payload))
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

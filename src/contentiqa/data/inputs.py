@@ -1,0 +1,145 @@
+"""Which files a command's PATH arguments stand for: image files, folders, glob patterns.
+
+Globs are expanded here, like the shell would, so quoted patterns work. Inside folders only
+files with an image extension are taken (every format Pillow opens); a file named explicitly is
+always attempted. Every argument yields something: what cannot be scored (a glob matching
+nothing, a folder without images, an unreadable folder, a broken or looping link) becomes an
+entry with its error, so it gets a row; what is passed over on purpose (subfolders without
+``recursive``, non-image files, a folder reached twice through links) is summarised in notes.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .imageio import is_image_file
+
+
+def path_key(path: str) -> str:
+    """How two spellings of one file are recognised as the same input."""
+    return os.path.normcase(os.path.abspath(os.path.expanduser(path)))
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+@dataclass
+class FolderScan:
+    """What scanning one folder found: image files, the problems that must become rows
+    (unreadable folders, broken or looping links: their images cannot be scored) and what was
+    passed over on purpose (summarised on stderr, so nothing is skipped without a word)."""
+
+    files: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    subfolders_skipped: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
+    links_seen: list[str] = field(default_factory=list)
+
+
+def _classify(scan: FolderScan, folder: str, name: str, recursive: bool) -> str | None:
+    """Add the entry ``name`` of ``folder`` to ``scan``; returns its path when it is a folder
+    to descend into."""
+    path = os.path.normpath(os.path.join(folder, name))
+    try:
+        st = os.stat(path)  # follows links
+    except OSError as exc:
+        if os.path.islink(path):
+            reason = "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+            if is_image_file(name) or exc.errno == errno.ELOOP:
+                scan.problems.append((path, f"{reason} ({exc.strerror})"))
+            else:
+                scan.not_images.append(path)
+        else:
+            scan.problems.append((path, f"cannot read: {exc.strerror or exc}"))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        if recursive:
+            return path
+        scan.subfolders_skipped.append(path)
+    elif is_image_file(name):
+        scan.files.append(path)
+    else:
+        scan.not_images.append(path)
+    return None
+
+
+def list_folder(folder: str, recursive: bool) -> FolderScan:
+    """Image files in ``folder`` (sorted; hidden files and folders skipped), descending into
+    subfolders (and linked folders, each real folder once, so link loops end) with
+    ``recursive``. Files are recognised by extension: every format Pillow can open."""
+    scan = FolderScan()
+    seen: set[tuple[int, int]] = set()
+    stack = [os.path.normpath(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:
+                scan.links_seen.append(d)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            scan.problems.append((d, f"folder cannot be read: {exc.strerror or exc}; its images were not scored"))
+            continue
+        subdirs = [_classify(scan, d, n, recursive) for n in names if not _hidden(n)]
+        stack.extend(reversed([s for s in subdirs if s is not None]))
+    return scan
+
+
+def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | None = None) -> list[tuple[str, str | None]]:
+    """``[(path, error_or_None)]`` in order, duplicates removed. Entries with an error are
+    PATH arguments (or parts of folders) that yield nothing to score: a glob matching nothing,
+    a folder without images, an unreadable folder, a broken or looping link; a path that does
+    not exist is passed on and reported by the image reader. What was passed over on purpose
+    (subfolders without --recursive, non-image files, a folder reached twice through links)
+    is summarised in ``notes``."""
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    notes = notes if notes is not None else []
+
+    def add(path: str, error: str | None = None) -> None:
+        k = path_key(path)
+        if k not in seen:
+            seen.add(k)
+            out.append((path, error))
+
+    def expand(arg: str, from_glob: bool) -> None:
+        p = os.path.expanduser(arg)
+        if os.path.isdir(p):
+            scan = list_folder(p, recursive)
+            for f in scan.files:
+                add(f)
+            for f, err in scan.problems:
+                add(f, err)
+            if not scan.files and not scan.problems:
+                hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
+                add(p, f"folder contains no image files{hint}")
+            elif scan.subfolders_skipped:
+                notes.append(f"{p}: {len(scan.subfolders_skipped)} subfolder(s) not searched "
+                             f"(e.g. {scan.subfolders_skipped[0]}): add --recursive to score their images")
+            if scan.not_images:
+                notes.append(f"{p}: {len(scan.not_images)} file(s) without an image extension skipped "
+                             f"(e.g. {scan.not_images[0]}); name a file to have it attempted anyway")
+            if scan.links_seen:
+                notes.append(f"{p}: {len(scan.links_seen)} linked folder(s) already scanned under another "
+                             f"name, not repeated (e.g. {scan.links_seen[0]})")
+        elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                add(arg, "no files match this pattern")
+            for m in matches:
+                expand(m, True)
+        elif os.path.islink(p) and not os.path.exists(p):
+            add(p, "broken symbolic link or link loop")
+        else:
+            add(p)  # a file (always attempted) or a missing path (an error row)
+
+    for a in args_paths:
+        expand(a, False)
+    return out

@@ -1,0 +1,165 @@
+"""The PyTorch scorer: a model in memory scored through the engine (GPUs, autocast, training).
+
+What the PyTorch runtime adds around ``model(x)``: the batch on the model's device (handed
+over ``non_blocking`` to a GPU), ``torch.inference_mode``, autocast in bf16 / fp16 when asked
+for (the GPU default: tensor cores, half the memory traffic; outputs come back as float32),
+channels-last batches on a CPU (measured: 15-30 % faster for the depthwise-separable
+EfficientNet backbones on this project's CPUs; results equal to the last bit in our checks),
+its intra-op threads for the run, and eval mode (a model in training mode is switched for the
+run and back after; one in eval mode is left alone: the switch walks every submodule).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..models.base import IQAModel
+from ..models.scoring import Prediction
+from .scorer import TORCH_PRECISIONS, BaseScorer, ScorerIdentity
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 autocast on a CUDA GPU (fp16 on one without bf16: same speed, narrower range),
+    fp32 elsewhere (a CPU gains nothing from it)."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def collate(tensors: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
+    """Stack (C, H, W) tensors into a batch; ``channels_last`` returns it in that layout without
+    a strided copy when the tensors are HWC in memory (as ``pil_to_tensor`` makes them)."""
+    if channels_last and tensors[0].ndim == 3:
+        return torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
+    return torch.stack(tensors)
+
+
+class TorchScorer(BaseScorer):
+    """The :class:`~contentiqa.inference.scorer.Scorer` of a PyTorch model.
+
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` autocast (None: :func:`default_precision`).
+    ``threads``: torch's intra-op threads during a run (None: torch's own)."""
+
+    def __init__(self, model: IQAModel, *, precision: str | None = None, threads: int | None = None, spec: str = "",
+                 weights: Path | None = None, channels_last: bool | None = None):
+        self.model = model
+        self.device = model.device
+        precision = precision or default_precision(self.device)
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"PyTorch runs in {', '.join(TORCH_PRECISIONS)}, not {precision}")
+        self.precision = precision
+        self.autocast = AUTOCAST_DTYPES[precision]
+        self.threads = threads
+        self.channels_last = (model.channels_last_input and self.device.type == "cpu") if channels_last is None \
+            else channels_last
+        self.scale = model.scale
+        self.categories = list(model.categories)
+        self._spec = spec
+        self._weights = weights
+
+    @cached_property
+    def identity(self) -> ScorerIdentity:
+        path = self._weights or (self.model.checkpoint_info or {}).get("path")
+        return ScorerIdentity(name=str(self.model.model_name), tag=self.model.weights_tag,
+                              weights=Path(path) if path else None, runtime="torch", precision=self.precision,
+                              spec=self._spec or str(self.model.model_name))
+
+    # The image limits are the model's own (a caller may set them on either).
+    @property
+    def max_pixels(self) -> int | None:  # type: ignore[override]
+        return self.model.max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: int | None) -> None:
+        self.model.max_pixels = value
+
+    @property
+    def max_side(self) -> int | None:  # type: ignore[override]
+        return self.model.max_side
+
+    @max_side.setter
+    def max_side(self, value: int | None) -> None:
+        self.model.max_side = value
+
+    @property
+    def min_size(self) -> int:  # type: ignore[override]
+        return self.model.min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        self.model.min_size = value
+
+    @property
+    def native_resolution(self) -> bool:
+        return self.model.native_resolution
+
+    @property
+    def has_content_head(self) -> bool:
+        return self.model.has_content_head
+
+    @property
+    def predicts_score(self) -> bool:
+        return self.model.predicts_score
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        return self.model.preprocess(image)
+
+    def collate(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return collate(inputs, self.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                                    enabled=self.autocast is not None):
+            out = self.model(x)
+        if self.autocast is not None:
+            out = {k: v.float() for k, v in out.items()}
+        return out
+
+    def results_from_outputs(self, out: dict[str, torch.Tensor], paths: Sequence[str | None],
+                             notes: Sequence[list[str]]) -> list[Prediction]:
+        return self.model.results_from_outputs(out, paths, notes)
+
+    def _forward_for(self, n: int) -> tuple[int, Callable[[Any], dict[str, Any]]]:
+        return 1, self.forward  # torch's own threads split every batch
+
+    def default_batch_size(self) -> int:
+        """Measured on a CPU (benchmarks/results/speed.md): batches pay off for fixed-size inputs
+        only (native sizes rarely match); a GPU needs large ones to be busy (32 x 384 px is
+        ~60 MB of input)."""
+        if self.device.type != "cpu":
+            return 32
+        return 1 if self.native_resolution else 4
+
+    def default_workers(self) -> int:
+        """Decoding threads that do not fight the model for cores: torch's intra-op threads keep
+        every core they are given busy (on a 2-core machine decoding beside them was measured
+        slower). On a GPU the CPUs do nothing but decode: one thread per core but one (for the
+        thread feeding the GPU), at most 16 (Pillow decodes and resizes outside the GIL)."""
+        cpus = os.cpu_count() or 1
+        if self.device.type != "cpu":
+            return max(1, min(16, cpus - 1))
+        return max(0, min(2, cpus - (self.threads or torch.get_num_threads())))
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        was_training = self.model.training
+        if was_training:
+            self.model.eval()
+        saved = torch.get_num_threads() if self.threads else None
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                torch.set_num_threads(saved)
+            if was_training:
+                self.model.train(True)

@@ -1,0 +1,247 @@
+"""CPU fine-tuning: per-part caches, frozen levels cached pooled, balanced draws across datasets,
+synthetic damage and anchors, calibrated output."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image
+from contentiqa.data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS, apply_spec, bad_frame, degrade
+from contentiqa.data.table import MOSScale
+from contentiqa.models import create_model, load_checkpoint
+from contentiqa.models.registry import save_checkpoint
+from contentiqa.training.cache import cached_encodings
+from contentiqa.training.calibration import fit_calibration, logistic
+from contentiqa.training.config import TrainConfig
+from contentiqa.training.data import ShapeGroupedBatchSampler
+from contentiqa.training.losses import anchor_loss, ordered_fidelity_loss
+from contentiqa.training.trainer import Trainer
+
+IE_TINY = dict(pretrained=False, distortion_pretrained=False, intelligibility_pretrained=False, input_size=64,
+               train_resize=72, bn_eval=True, hidden=(16, 8))
+
+
+def _photo(seed: int = 0, size: int = 96) -> Image.Image:
+    """A photo-like image: smooth gradients plus texture, so every degradation has something to damage."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([120 + 80 * np.sin(6 * x + c) * np.cos(4 * y) for c in range(3)], -1)
+    arr = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        ds = "A" if i < 10 else "B"
+        p = write_image(tmp_path / "img" / f"{ds}{i}.png", 64, 64, seed=i)
+        rows.append({"image": str(p), "mos": float(rng.uniform(0, 100) if ds == "A" else rng.uniform(1, 5)),
+                     "dataset": ds})
+    return pd.DataFrame(rows)
+
+
+# -- synthetic damage --------------------------------------------------------------------------
+def _sharpness(img: Image.Image) -> float:
+    a = np.asarray(img.convert("L"), dtype=np.float64)
+    return float(np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean())
+
+
+def test_each_degradation_gets_worse_with_its_level():
+    img = _photo()
+    ref = np.asarray(img, dtype=np.float64)
+    for kind in DEGRADATIONS:
+        outs = [degrade(img, kind, lv, seed=3) for lv in (0, *LEVELS)]
+        assert all(o.size == img.size and o.mode == "RGB" for o in outs)
+        assert np.array_equal(np.asarray(outs[0]), np.asarray(img))  # level 0: the photo itself
+        if kind == "blur":
+            values = [-_sharpness(o) for o in outs]
+        elif kind == "underexposure":
+            values = [-np.asarray(o, dtype=np.float64).mean() for o in outs]
+        elif kind == "overexposure":
+            values = [np.asarray(o, dtype=np.float64).mean() for o in outs]
+        else:  # noise, jpeg: further from the photo at every level
+            values = [np.abs(np.asarray(o, dtype=np.float64) - ref).mean() for o in outs]
+        assert all(b > a for a, b in zip(values, values[1:])), (kind, values)
+    assert np.array_equal(np.asarray(degrade(img, "noise", 2, seed=5)), np.asarray(degrade(img, "noise", 2, seed=5)))
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade(img, "smear", 1)
+    with pytest.raises(ValueError, match="level"):
+        degrade(img, "blur", 5)
+
+
+def test_bad_frames_are_what_they_say():
+    img = _photo(size=80)
+    assert set(np.unique(np.asarray(bad_frame(img, "black")))) == {0}
+    assert set(np.unique(np.asarray(bad_frame(img, "white")))) == {255}
+    assert set(np.unique(np.asarray(bad_frame(img, "gray")))) == {128}
+    assert _sharpness(bad_frame(img, "blur r16")) < 0.2 * _sharpness(img)
+    pix = np.asarray(bad_frame(img, "pixelated 8x"))
+    assert np.array_equal(pix[:8, :8], np.broadcast_to(pix[0, 0], (8, 8, 3)))  # 8x8 blocks
+    assert all(bad_frame(img, k).size == img.size for k in BAD_FRAMES)
+    assert np.array_equal(np.asarray(apply_spec(img, "bad:white")), np.asarray(bad_frame(img, "white")))
+    assert np.array_equal(np.asarray(apply_spec(img, "degrade:blur:2")), np.asarray(degrade(img, "blur", 2)))
+    with pytest.raises(ValueError, match="damage spec"):
+        apply_spec(img, "blur:2")
+
+
+# -- losses --------------------------------------------------------------------------------------
+def test_ordered_fidelity_loss_rewards_the_right_order():
+    right = torch.tensor([[0.9, 0.7, 0.5, 0.3, 0.1]])
+    assert ordered_fidelity_loss(right).item() < 0.01
+    assert ordered_fidelity_loss(right.flip(-1)).item() > 0.9
+    s = torch.tensor([[0.5, 0.5, 0.5]], requires_grad=True)
+    ordered_fidelity_loss(s).backward()
+    assert s.grad[0, 0] < 0 < s.grad[0, 2]  # the best pushed up, the worst down
+
+
+def test_anchor_loss_pushes_bad_frames_below_photos_and_to_the_bottom():
+    photos = torch.tensor([0.4, 0.6, 0.8])
+    assert anchor_loss(torch.tensor([0.0]), photos).item() < 0.01
+    a = torch.tensor([0.7], requires_grad=True)
+    loss = anchor_loss(a, photos)
+    loss.backward()
+    assert loss.item() > 0.3 and a.grad.item() > 0
+
+
+# -- calibration ----------------------------------------------------------------------------------
+def test_calibration_recovers_a_logistic_and_stays_in_bounds():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.2, 1.2, 400)
+    y = logistic(x, 0.01, 0.97, 0.5, 0.15) + rng.normal(0, 0.01, x.shape)
+    a, b, c, d = fit_calibration(x, y)
+    assert a == pytest.approx(0.01, abs=0.02) and a + b == pytest.approx(0.98, abs=0.03)
+    assert c == pytest.approx(0.5, abs=0.03) and d == pytest.approx(0.15, abs=0.03)
+    grid = logistic(np.linspace(-10, 10, 101), a, b, c, d)
+    assert np.all(np.diff(grid) >= 0) and grid.min() >= 0 and grid.max() <= 1
+    with pytest.raises(ValueError, match="at least 8"):
+        fit_calibration([0.1, 0.2], [0.1, 0.2])
+
+
+def test_calibration_travels_with_the_weights_and_keeps_the_order(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", **IE_TINY).eval()
+    x = torch.randn(6, 3, 64, 64)
+    with torch.no_grad():
+        raw = model(x)["score"]
+        model.set_calibration([0.0, 1.0, float(raw.mean()), 0.05])
+        cal = model(x)["score"]
+        assert torch.equal(raw.argsort(), cal.argsort()) and float(cal.min()) >= 0 and float(cal.max()) <= 1
+        assert not torch.allclose(raw, cal)
+        back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt")).eval()
+        assert back.cfg.calibration == model.cfg.calibration
+        assert torch.allclose(back(x)["score"], cal, atol=1e-6)
+    with pytest.raises(ValueError, match="monotone"):
+        model.set_calibration([0.0, -1.0, 0.5, 0.1])
+
+
+# -- balanced draws -------------------------------------------------------------------------------
+def test_balanced_draws_cover_the_large_set_before_repeating():
+    groups = ["A"] * 5 + ["B"] * 23
+    s = ShapeGroupedBatchSampler([(g,) for g in groups], 4, seed=1, groups=groups, draws={"A": 5, "B": 5})
+    seen_b = []
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        items = [i for b in s for i in b]
+        assert sorted(i for i in items if i < 5) == list(range(5))  # the small set whole, every epoch
+        b_items = [i for i in items if i >= 5]
+        assert len(b_items) == 5
+        seen_b += b_items
+        assert all(len({groups[i] for i in b}) == 1 for b in s)  # batches never mix sets
+    assert len(set(seen_b)) == 20  # 4 epochs x 5 draws: 20 different photos of B, no repeat
+    s.set_epoch(2)
+    again = [i for b in s for i in b]
+    s.set_epoch(2)
+    assert [i for b in s for i in b] == again  # reproducible (resume)
+
+
+# -- the cache ------------------------------------------------------------------------------------
+def test_ie_iqa_and_its_distortion_ablation_share_the_distortion_cache(two_sets, tmp_path):
+    torch.manual_seed(0)
+    full = create_model("ie-iqa", **IE_TINY)
+    dist = create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+    dist.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("distortion", "stages"))}, strict=False)
+    paths = list(two_sets["image"][:2])
+    cached_encodings(full, paths, 3, True, tmp_path / "c", progress=False)
+    folders = {p.name.split("_")[0]: p for p in (tmp_path / "c").iterdir()}
+    assert set(folders) == {"distortion", "intelligibility"}
+    before = {f.name: f.stat().st_mtime_ns for f in folders["distortion"].iterdir()}
+    enc = cached_encodings(dist, paths, 3, True, tmp_path / "c", progress=False)
+    assert {p.name for p in (tmp_path / "c").iterdir()} == {f.name for f in folders.values()}  # no new folder
+    assert {f.name: f.stat().st_mtime_ns for f in folders["distortion"].iterdir()} == before  # nothing recomputed
+    assert set(enc[0]) == {"x"} and enc[0]["x"].shape[0] == 2  # the image and its mirror
+    damaged = cached_encodings(dist, paths[:1], 3, False, tmp_path / "c", progress=False, damage=["bad:black"])
+    assert not torch.equal(damaged[0]["x"], enc[0]["x"][:1])  # keyed by the damage too
+
+
+@pytest.mark.parametrize("name", ["ie-iqa-distortion", "iqa-cr"])
+def test_levels_inside_the_cached_stages_are_cached_pooled(name, two_sets, tmp_path):
+    """Caching past the first feature level (the levels before it stored as the pooled features
+    the head reads) gives the same scores as the model run end to end."""
+    torch.manual_seed(0)
+    if name == "iqa-cr":
+        model = create_model(name, pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2),
+                             depth=1, categories=["a", "b"])
+    else:
+        model = create_model(name, **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+    first = min(model.levels)
+    k = first + 3  # levels first, first + 1 lie inside the cache
+    assert k < model.feature_end
+    table = two_sets[two_sets["dataset"] == "A"].iloc[:6].assign(category="a").drop(columns="dataset")
+    tr = Trainer(model, table, None, MOSScale(0, 100), TrainConfig(epochs=1, batch_size=2, crop=None, cache_stages=k, lr=1e-3),
+                 tmp_path / "run", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+    tr.fit()
+    enc = tr.train_ds.encodings[0]
+    assert ("gf" if name != "iqa-cr" else "gridf") in enc
+    model.eval()
+    cached = tr.evaluate_table(table)
+    direct = {}
+    from contentiqa.metrics import plcc
+
+    preds = [p.score for p in model.predict(list(table["image"]))]
+    direct["plcc"] = plcc(preds, table["mos"])
+    assert cached["plcc"] == pytest.approx(direct["plcc"], abs=2e-3)
+    assert "backbone stages" in model.trained_stages(k) and f"0-{k - 1} frozen" in model.trained_stages(k)
+
+
+def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", **IE_TINY)
+    cfg = TrainConfig(epochs=2, batch_size=3, crop=None, cache_stages=3, lr=1e-3, score_loss="model", rank_weight=1.0,
+                      dataset_ratio={"A": 1, "B": 1}, damage_weight=1.0, damage_photos=3, damage_groups=1,
+                      anchor_weight=1.0, anchor_photos=4, anchors_per_batch=2, damage_source="B", calibrate=True)
+    train, val = two_sets.iloc[[0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 15]], two_sets.iloc[[5, 6, 7, 8, 9, 16, 17]]
+    val = pd.concat([val] * 2, ignore_index=True)  # calibration needs 8 photos of the first set
+    tr = Trainer(model, train, val, {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}, cfg, tmp_path / "run", progress=False,
+                 cache_dir=tmp_path / "c", log=lambda *a: None)
+    assert len(tr.damage.groups) == 3 and len(tr.damage.anchors) == 4
+    assert all(p in set(two_sets[two_sets["dataset"] == "B"]["image"]) for p in tr.damage.picked)
+    tr.fit()
+    rec = tr.history[-1]
+    assert {"loss_damage", "loss_anchor", "loss_rank"} <= set(rec) and np.isfinite(rec["loss"])
+    assert tr.epoch_minutes() is not None
+    a_rows = (tr.train_table["dataset"] == "A").sum()
+    tr.sampler.set_epoch(0)
+    drawn = [tr.train_table["dataset"].iloc[i] for b in tr.sampler for i in b]
+    assert drawn.count("A") == a_rows and drawn.count("B") == a_rows  # balanced: as many B as A
+    params = tr.calibrate(model)
+    assert model.cfg.calibration == params and params[1] > 0 and params[3] > 0
+
+
+def test_damage_without_a_cache_or_with_an_unknown_source_is_refused(two_sets, tmp_path):
+    model = create_model("ie-iqa", **IE_TINY)
+    scales = {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}
+    with pytest.raises(ValueError, match="cache_stages"):
+        Trainer(model, two_sets, None, scales, TrainConfig(damage_weight=1.0, damage_photos=2, crop=None),
+                tmp_path / "r1", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="damage_source"):
+        Trainer(model, two_sets, None, scales, TrainConfig(damage_weight=1.0, damage_photos=2, crop=None, cache_stages=3,
+                                                           damage_source="C"),
+                tmp_path / "r2", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+    with pytest.raises(ValueError, match="dataset_ratio"):
+        Trainer(model, two_sets, None, scales, TrainConfig(dataset_ratio={"A": 1, "C": 2}, crop=None, cache_stages=3),
+                tmp_path / "r3", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)

@@ -1,0 +1,70 @@
+"""The documents: a README for a user starting out (at most 250 lines, the two commands first),
+figures in README.md and docs/*.md that are what benchmarks/results says, and links that lead
+somewhere."""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+
+
+@pytest.fixture
+def docs_tool(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("docs", None)
+    return importlib.import_module("docs")
+
+
+def test_readme_is_short_and_starts_with_what_it_is_and_the_two_commands():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250
+    head = "\n".join(lines[:12])
+    assert "make run" in head and "make test" in head
+    assert lines[0].startswith("# ") and all(lines[k].strip() for k in (2, 3, 4))  # what it is, in three lines
+
+
+def test_every_generated_block_is_what_the_results_files_say(docs_tool):
+    """README's models table and the docs' tables come from benchmarks/results by
+    benchmarks/docs.py: a rerun benchmark (or a new shipped tag) without rerunning it fails here."""
+    stale = [str(path.relative_to(REPO)) for path, (old, new) in docs_tool.render_all().items() if new != old]
+    assert not stale, f"out of date: {stale}: run python benchmarks/docs.py"
+    assert {doc for doc, _ in docs_tool.BLOCKS} >= {"README.md", "docs/results.md", "docs/speed.md", "docs/serving.md"}
+
+
+def test_every_shipped_tag_has_its_figures(docs_tool):
+    from contentiqa.models.registry import list_pretrained
+
+    assert set(docs_tool.SHIPPED) == set(list_pretrained())
+    table = docs_tool.models_block()
+    for tag in list_pretrained():
+        assert f"`{tag}`" in table
+    assert re.search(r"\| \d\.\d{3}", table)  # figures, not placeholders
+
+
+def test_a_block_out_of_date_is_caught(docs_tool, tmp_path, monkeypatch):
+    """The check is real: a changed figure in a results file makes the documents stale."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for f in (REPO / "benchmarks" / "results").iterdir():
+        if f.is_file():
+            (results / f.name).write_bytes(f.read_bytes())
+    text = (results / "startup.md").read_text()
+    (results / "startup.md").write_text(text.replace("| 0.54 |", "| 9.99 |", 1) if "| 0.54 |" in text else text + "\n| x |\n")
+    monkeypatch.setattr(docs_tool, "RESULTS", results)
+    stale = [path.name for path, (old, new) in docs_tool.render_all().items() if new != old]
+    assert "speed.md" in stale
+
+
+@pytest.mark.parametrize("doc", [README, *DOCS], ids=lambda p: p.name)
+def test_relative_links_lead_to_files(doc):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+        if re.match(r"^[a-z]+://", target):
+            continue
+        assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"

@@ -1,0 +1,121 @@
+"""The scoring layer (contentiqa.inference.scorer): one name-or-path rule, one place that decides
+the runtime and precision, two scorers with one contract and one identity."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import contentiqa
+from contentiqa.inference.scorer import Scorer, check_options, choose_runtime, load_scorer
+from contentiqa.models.registry import create_model, parse_spec, weights_file
+from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint  # noqa: F401
+
+
+@pytest.fixture
+def ckpt(monkeypatch) -> str:
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    return tiny_checkpoint()
+
+
+# -- what a spec names ---------------------------------------------------------------------------
+def test_a_file_named_like_a_model_never_shadows_it(tmp_path, monkeypatch):
+    """The four places that used to decide (registry, CLI loading, create_scorer, weights_file)
+    are one rule: a bare word is a registered name; ./word, a folder or a model file's suffix
+    is a file."""
+    monkeypatch.chdir(tmp_path)
+    Path("ie-iqa").write_bytes(b"not a checkpoint")
+    Path("mine").write_bytes(b"not a checkpoint")
+    spec = parse_spec("ie-iqa")
+    assert spec.name == "ie-iqa" and spec.path is None and spec.tag == "clive-biq2021"
+    assert weights_file("ie-iqa")[0].parent.name == "weights"  # the shipped weights, not ./ie-iqa
+    assert load_scorer("ie-iqa", threads=1).identity.weights.name == "ie-iqa_clive-biq2021.pt"
+    assert parse_spec("./ie-iqa").path == Path("ie-iqa") and parse_spec(Path("ie-iqa")).is_file
+    with pytest.raises(ValueError, match="checkpoint ie-iqa"):
+        create_model("./ie-iqa")  # the file, read (as data) and refused
+    with pytest.raises(ValueError, match=re.escape("write ./mine")):
+        parse_spec("mine")  # a bare word that names no model, with a file of that name here
+    assert parse_spec("model.pt").path == Path("model.pt") and parse_spec("x/iqa-cr").is_file
+    assert parse_spec("graph.ONNX").is_onnx and not parse_spec("m.pth").is_onnx
+    assert (parse_spec("iqa-cr.clive").name, parse_spec("iqa-cr.clive").tag) == ("iqa-cr", "clive")
+    with pytest.raises(ValueError, match="no weights tagged"):
+        parse_spec("iqa-cr.nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        weights_file("missing.pt")
+    with pytest.raises(ValueError, match="ONNX graph"):
+        create_model("graph.onnx")
+
+
+# -- the choices ------------------------------------------------------------------------------------
+def test_options_that_contradict_each_other_are_refused_before_any_work():
+    check_options("auto", None, "cpu")
+    check_options("torch", "bf16", "cuda")
+    for args, why in [(("onnx", None, "cuda"), "runs on the CPU"), (("torch", "int8", "cpu"), "not with the PyTorch"),
+                      (("auto", "int8", "cuda:1"), "not with the PyTorch"), (("onnx", "fp16", "cpu"), "autocast"),
+                      (("tensorrt", None, "cpu"), "unknown runtime"), (("auto", "fp8", "cpu"), "unknown precision")]:
+        with pytest.raises(ValueError, match=why):
+            check_options(*args)
+    assert [choose_runtime(*a) for a in [("auto", None, "cpu"), ("auto", None, "cuda"), ("auto", "bf16", "cpu"),
+                                         ("torch", None, "cpu"), ("onnx", "int8", "cpu")]] == \
+        ["onnx", "torch", "torch", "torch", "onnx"]
+
+
+def test_both_runtimes_are_scorers_of_one_model_with_one_identity(ckpt, examples_dir):
+    """load_scorer gives an ONNX Runtime and a PyTorch scorer of one checkpoint: both fulfil the
+    Scorer contract, name the same weights (file and SHA-256), differ in runtime only, and give
+    the same scores (1e-3 of the scale); create_model(...).predict is the PyTorch scorer's."""
+    photos = sorted(str(p) for p in examples_dir.glob("*.JPG"))[:3]
+    onnx = load_scorer(ckpt, threads=1)
+    torch_ = load_scorer(ckpt, runtime="torch")
+    assert isinstance(onnx, Scorer) and isinstance(torch_, Scorer)
+    a, b = onnx.identity, torch_.identity
+    assert (a.runtime, b.runtime) == ("onnx", "torch") and a.precision == b.precision == "fp32"
+    assert (a.name, a.tag, a.weights, a.sha256) == (b.name, b.tag, b.weights, b.sha256) and len(a.sha256) == 64
+    assert a.graph is not None and b.graph is None
+    assert onnx.score_range == torch_.score_range and onnx.categories == torch_.categories
+    lo, hi = onnx.score_range
+    model_rows = contentiqa.load_checkpoint(ckpt).predict(photos)
+    for x, y, z in zip(onnx.predict(photos), torch_.predict(photos), model_rows):
+        assert abs(x.score - y.score) / (hi - lo) < 1e-3 and abs(y.score - z.score) / (hi - lo) < 1e-6
+        assert x.category == y.category == z.category
+    single = onnx.predict(photos[0])
+    assert not isinstance(single, list) and single.path == photos[0]
+
+
+def test_a_default_int8_graph_that_cannot_be_had_falls_back_to_fp32_with_a_note(ckpt, tmp_path, monkeypatch):
+    """The model's measured choice is int8, but its graph cannot be built (here: a broken
+    calibration): the fp32 graph runs and the caller is told why; asked for by name, int8 is an
+    error instead."""
+    import shutil
+
+    from contentiqa.inference.quantize import calibration_path
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    weights = Path(shutil.copy(ckpt, tmp_path / "w.pt"))
+    calibration_path(weights).write_text('{"format": "contentiqa-int8-calibration/1", "weights_sha256": "'
+                                         + __import__("contentiqa.utils.io", fromlist=["x"]).file_sha256(weights)
+                                         + '", "default_precision": "int8", "recipe": {"method": "static"}}')
+    notes: list[str] = []
+    scorer = load_scorer(weights, threads=1, notes=notes)
+    assert scorer.identity.precision == "fp32" and any("running the fp32 graph" in n for n in notes)
+    with pytest.raises(ValueError, match="precision int8"):
+        load_scorer(weights, precision="int8", threads=1)
+
+
+def test_no_module_outside_inference_decides_the_runtime():
+    """Runtimes, precisions, thread plans and ONNX Runtime sessions are chosen in
+    contentiqa.inference only; the commands and the service pass their flags through.
+    (training.cache's runtime for cached frozen-stage encodings is a training setting.)"""
+    root = Path(contentiqa.__file__).parent
+    pattern = re.compile(r"runtime\s*(==|!=|in\s*\()|plan_threads|default_precision\(|torch\.autocast|"
+                         r"InferenceSession|import onnxruntime")
+    found = []
+    for pkg in ("cli", "serve", "reporting", "explain", "models", "data"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{f.relative_to(root)}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)
