@@ -153,3 +153,36 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(bad), "--model", ckpt]) == 1
     assert main(["explain", "--model", ckpt]) == 2
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_explain_cli_reports_the_score_commands_score(tmp_path, photo, monkeypatch, capsys):
+    """`contentiqa explain` prints (and titles its figure with) the score and category that
+    `contentiqa score` gives the image with the same flags: same runtime and precision, named
+    (issue 22: explain ran PyTorch fp32 while score ran an int8 graph)."""
+    import json
+
+    from contentiqa.models.registry import save_checkpoint
+
+    ckpt = str(save_checkpoint(tiny_model(seed=5), tmp_path / "tiny5.pt"))  # scores inside the scale, not clipped
+    for flags, label in (([], "ONNX Runtime fp32"), (["--precision", "bf16"], "PyTorch bf16")):
+        out = tmp_path / "scores.json"
+        assert main(["score", str(photo), "--model", ckpt, "-o", str(out), "-q", "--force", *flags]) == 0
+        row = json.loads(out.read_text())[0]
+        capsys.readouterr()
+        assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "e.png"), *flags]) == 0
+        title = capsys.readouterr().out.splitlines()[0]
+        assert 0 < row["score"] < 100 and f"score {row['score']:.2f} on" in title and label in title, (title, row)
+        assert f"category: {row['category']} (" in title
+
+
+def test_explanation_takes_the_score_of_another_runtime(model, photo):
+    from contentiqa.models.base import Prediction
+
+    exp = explain(model, photo)
+    assert exp.scored_by == "PyTorch fp32" and "PyTorch fp32" in exp.title()
+    other = exp.scored(Prediction(path=None, score=12.5, category=model.categories[-1], category_confidence=0.5),
+                       "ONNX Runtime int8")
+    assert (other.score, other.category, other.category_confidence) == (12.5, model.categories[-1], 0.5)
+    assert "score 12.50" in other.title() and "ONNX Runtime int8" in other.title()
+    assert other.quality_cam is exp.quality_cam  # the heatmaps stay PyTorch's
+

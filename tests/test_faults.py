@@ -260,6 +260,35 @@ def test_second_writer_gets_a_clear_error(tmp_path, ckpt, capsys):
     assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0  # released: the next run goes
 
 
+def test_output_through_a_symlink_is_locked_and_written_as_its_target(tmp_path, ckpt, capsys):
+    """One file under two names (out.csv, link.csv -> out.csv) is one output: one lock, and
+    writing through the link keeps the link and gives the rows to its target (issue 22)."""
+    from filelock import FileLock
+
+    first, second = _folder(tmp_path / "first", n=2), _folder(tmp_path / "second", n=2)
+    for i, p in enumerate(sorted(second.iterdir())):
+        p.rename(second / f"late{i}.jpg")
+    out = tmp_path / "real" / "out.csv"
+    out.parent.mkdir()
+    link = tmp_path / "link.csv"
+    link.symlink_to(out)
+    assert run("score", first, "--model", ckpt, "-o", out, "-q") == 0
+    with FileLock(str(out.parent / ".out.csv.lock")):  # what a running `score -o out.csv` holds
+        assert run("score", second, "--model", ckpt, "-o", link, "-q", "--resume") == 2
+    assert "another process is writing" in capsys.readouterr().err
+    assert run("score", second, "--model", ckpt, "-o", link, "-q", "--resume") == 0
+    assert link.is_symlink() and link.resolve() == out.resolve()
+    assert sorted(Path(r["path"]).name for r in _rows(out)) == ["img0.jpg", "img1.jpg", "late0.jpg", "late1.jpg"]
+    assert run("score", first, "--model", ckpt, "-o", link, "-q", "--force") == 0
+    assert link.is_symlink() and len(_rows(out)) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock beside the link
+    # a dangling link: the run creates the file it points to
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "real" / "new.csv")
+    assert run("score", first, "--model", ckpt, "-o", dangling, "-q") == 0
+    assert dangling.is_symlink() and len(_rows(tmp_path / "real" / "new.csv")) == 2
+
+
 def _score_subprocess(args: list, tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
     code = ("import sys, time; import contentiqa.inference.engine as e; real = e.Engine.run\n"

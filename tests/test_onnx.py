@@ -501,6 +501,14 @@ def test_create_scorer_exports_once_then_runs_without_torch(tmp_path, ckpt, exam
     ref = [p.score for p in model.predict(images)]
     lo, hi = model.score_range
     np.testing.assert_allclose(np.array(got) / (hi - lo), np.array(ref) / (hi - lo), atol=1e-3, rtol=0)
+    # tensors as create_model(...).predict takes them: N x 3 x H x W is N photos, 3 x H x W one (issue 22)
+    batch = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    for x in (batch[:1], batch):
+        rows, ref_rows = scorer.predict(x), model.predict(x)
+        assert isinstance(rows, list) and len(rows) == len(ref_rows) == len(x)
+        np.testing.assert_allclose([p.score / (hi - lo) for p in rows], [p.score / (hi - lo) for p in ref_rows],
+                                   atol=1e-3, rtol=0)
+    assert scorer.predict(batch[0]).score == pytest.approx(rows[0].score, abs=1e-4)
     code = ("import sys, contentiqa; s = contentiqa.create_scorer(sys.argv[1], threads=1); "
             "print(s.predict(sys.argv[2]).score); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code, ckpt, images[0]], capture_output=True, text=True,

@@ -164,7 +164,11 @@ def test_body_size_and_pixel_limits(model):
         assert r.status_code == 200
         rows = r.json()["results"]
         assert "decompression-bomb guard" in rows[0]["error"] and rows[0]["score"] is None
+        # advice a client can follow: not the library's "raise max_pixels" (issue 22)
+        assert "max_pixels" not in rows[0]["error"] and "send a smaller photo" in rows[0]["error"]
         assert rows[1]["error"] is None
+        r = c.post("/v1/explain", files={"file": ("bomb.png", big_png(2000, 1000), "image/png")})
+        assert r.status_code == 422 and "send a smaller photo" in r.json()["detail"]
 
 
 def test_api_key_on_every_v1_call_and_nowhere_else(model):
@@ -312,6 +316,22 @@ def test_explain_returns_heatmap_png(model):
         assert c.post("/v1/explain?target=nonsense", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 422
 
 
+def test_explain_reports_the_score_of_the_served_runtime(model):
+    """/v1/explain's X-Score and X-Category are /v1/score's for the same photo, from the runtime
+    and precision served (here PyTorch under bf16 autocast, whose scores differ from fp32's);
+    the heatmap is PyTorch's (issue 22: explain reported fp32 beside an int8 /v1/score)."""
+    from contentiqa.inference.torch_runtime import TorchScorer
+
+    served = LoadedModel(TorchScorer(model, spec="tiny", precision="bf16"), explainer=model)
+    with TestClient(create_app(ServeConfig(), model=served)) as c:
+        for seed in (6, 7, 8):
+            photo = jpeg(seed, size=(72, 90))
+            row = c.post("/v1/score", files=files(("a.jpg", photo))).json()["results"][0]
+            r = c.post("/v1/explain?target=quality&max_size=64", files={"file": ("a.jpg", photo, "image/jpeg")})
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert float(r.headers["x-score"]) == row["score"] and r.headers["x-category"] == row["category"]
+
+
 def test_models_and_docs(model):
     with client_for(model, max_images=5) as c:
         body = c.get("/v1/models").json()
@@ -321,6 +341,23 @@ def test_models_and_docs(model):
         assert {"/v1/score", "/v1/explain", "/v1/models", "/healthz", "/metrics"} <= set(spec["paths"])
         assert "multipart/form-data" in spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
         assert c.get("/docs").status_code == 200
+
+
+def test_api_docs_work_offline(model):
+    """/docs and /redoc load their scripts, styles and icon from this server: the pages name no
+    other host, and what they name is served (issue 22: /docs was blank offline)."""
+    import re
+
+    with client_for(model) as c:
+        for page in ("/docs", "/redoc"):
+            html = c.get(page).text
+            assert "http://" not in html and "https://" not in html and not re.search(r"[\x27\"(]//", html)
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+            assert len(assets) >= 2
+            for url in assets:
+                r = c.get(url)
+                assert r.status_code == 200 and len(r.content) > 100, url
+        assert '"validatorUrl": null' in c.get("/docs").text  # Swagger's online validator is not asked either
 
 
 def test_page_and_its_assets_are_local(model):
@@ -571,7 +608,7 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
     server_tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--timeout", "2",
-         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "warning"],
+         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "info"],
         env={**_env(), "TMPDIR": str(server_tmp)}, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -605,6 +642,26 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
         status, _, _ = _http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert status == 200
 
+        # A client that disconnects once its upload is sent, while it waits for a batch (--max-wait-ms
+        # 1500): its image is not scored, and that is counted and logged (issue 22).
+        def counts() -> tuple[float, float, float]:
+            text = _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[2].decode()
+            def value(name: str) -> float:
+                return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+            return (value('contentiqa_images_total{outcome="scored"}'), value('contentiqa_images_total{outcome="abandoned"}'),
+                    value("contentiqa_batch_size_count"), value("contentiqa_queue_depth"))
+        before = counts()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(post_request("/v1/score", multipart([("gone.jpg", jpeg(9))])))
+            t = time.monotonic()
+            while counts()[3] < 1 and time.monotonic() - t < 1.2:  # read and queued (the batch waits 1.5 s)
+                time.sleep(0.02)
+        time.sleep(2.0)  # past the batch's wait: it would have run by now
+        scored, abandoned, batches, _ = counts()
+        assert (scored, abandoned, batches) == (before[0], before[1] + 1, before[2]), (before, counts())
+        log.flush()
+        assert "client gone before 1 image(s) of /v1/score were run" in (tmp_path / "server.log").read_text()
+
         # SIGTERM while a request waits in the batcher (--max-wait-ms 1500): it is finished.
         result: dict = {}
 
@@ -626,6 +683,82 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.seek(0)
+        print(log.read()[-3000:])
+        log.close()
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        while s.recv(4096):
+            pass  # a keep-alive answer still being read
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_real_server_closes_silent_connections_and_refuses_a_busy_port(ckpt, tmp_path):
+    """Silent sockets cannot hold --max-connections: a connection that has not sent its request
+    headers within --header-timeout is closed, as is one that trickles them, or that trickles
+    its next request after a keep-alive answer; then /healthz answers. A second server on the
+    same port exits 2 (usage error) naming the address (issue 22)."""
+    port, limit, header_timeout = _free_port(), 4, 2.0
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--runtime", "torch",
+         "--threads", "1", "--max-connections", str(limit), "--header-timeout", str(header_timeout),
+         "--log-level", "warning"],
+        env=_env(), stdout=log, stderr=subprocess.STDOUT,
+    )
+    held: list[socket.socket] = []
+    try:
+        _wait_ready(port, proc)
+        busy = subprocess.run([sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port)],
+                              env=_env(), capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 2, busy.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Traceback" not in busy.stderr
+
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)  # a keep-alive client ...
+        held.append(kept)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(kept)[0] == 200
+        kept.sendall(b"G")  # ... that starts its next request and stops
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held.append(trickler)
+        held += [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(limit + 8)]
+        start = time.monotonic()
+        assert _http(port, HEALTHZ, timeout=5)[0] == 503  # every slot is held
+        status = None
+        while time.monotonic() - start < header_timeout + 5:
+            try:
+                trickler.sendall(b"G")
+            except OSError:
+                pass
+            try:
+                status = _http(port, HEALTHZ, timeout=1.0)[0]
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.25)
+        assert status == 200 and time.monotonic() - start < header_timeout + 5
+        assert all(_closed_by_server(s, within=header_timeout + 2) for s in held)
+        assert proc.poll() is None
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
         log.seek(0)
@@ -658,7 +791,9 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     for name, seed in (("first.jpg", 9), ("second.jpg", 1)):
         photos[name] = tmp_path / name
         photos[name].write_bytes(jpeg(seed, size=(120, 160)))
-    app = create_app(ServeConfig(), model=loaded(model))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
+    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=loaded(model))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -667,7 +802,8 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         t = time.monotonic()
         while not server.started and time.monotonic() - t < 30:
             time.sleep(0.05)
-        with TestClient(create_app(ServeConfig(), model=loaded(model))) as c:
+        # (the same limits: both apps set them on the one model object)
+        with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as c:
             rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
         expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
         assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
@@ -680,15 +816,29 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("document.querySelector('#model-info').textContent.includes('model')")
-                page.set_input_files("#file-input", [str(p) for p in photos.values()])
-                page.wait_for_function("document.querySelectorAll('.card.done').length == 2", timeout=30_000)
+                info = "document.querySelector('#model-info').textContent"
+                page.wait_for_function(f"{info}.includes('needs an API key')")
+                page.fill("#api-key", "wrong")  # a wrong key is said to be wrong (issue 22)
+                page.click("#key-save")
+                page.wait_for_function(f"{info}.includes('refused this API key')")
+                page.fill("#api-key", "s3cret")
+                page.click("#key-save")
+                page.wait_for_function(f"{info}.includes('model')")
+                page.set_input_files("#file-input", [str(p) for p in photos.values()]
+                                     + [str(tmp_path / "notes.txt"), str(tmp_path / "bomb.png")])
+                page.wait_for_function("document.querySelectorAll('.card.done').length == 3", timeout=30_000)
+                page.wait_for_function("document.querySelector('#status').textContent.includes('done')",
+                                       timeout=30_000)
+                # the file that is not an image is named, not dropped silently (issue 22)
+                assert "skipped notes.txt (not an image)" in page.text_content("#status")
                 names = [el.text_content() for el in page.query_selector_all(".card .name")]
-                shown = [float(el.text_content()) for el in page.query_selector_all(".card .score")]
-                categories = [el.text_content() for el in page.query_selector_all(".card .category")]
-                assert names == [r["filename"] for r in expected]
+                shown = [float(el.text_content()) for el in page.query_selector_all(".card:not(.failed) .score")]
+                categories = [el.text_content() for el in page.query_selector_all(".card:not(.failed) .category")]
+                assert names == [r["filename"] for r in expected] + ["bomb.png"]  # failed ones last
                 assert shown == pytest.approx([r["score"] for r in expected], abs=0.006)
                 assert all(r["category"] in c for r, c in zip(expected, categories))
+                bomb = page.text_content(".card.failed .error")  # advice a web user can follow
+                assert "send a smaller photo" in bomb and "max_pixels" not in bomb
                 page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
                                        timeout=30_000)  # both heatmaps arrived
             finally:
@@ -726,7 +876,7 @@ def test_serve_defaults_to_onnx_runtime_on_the_cpu(ckpt, tmp_path, monkeypatch):
     assert args.func(args) == 1  # the server never started
     loaded_model = captured["loader"]()
     assert loaded_model.scorer.identity.runtime == "onnx" and loaded_model.explainable
-    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch"])
+    args = build_parser().parse_args(["serve", "--model", ckpt, "--runtime", "torch", "--port", "0"])
     assert args.func(args) == 1 and captured["loader"]().scorer.identity.runtime == "torch"
 
 
@@ -738,7 +888,7 @@ def test_serve_runs_and_reports_the_score_commands_precision(ckpt, model, tmp_pa
 
     captured = _captured_loader(monkeypatch, tmp_path)
     for flag in (["--precision", "bf16"], ["--autocast", "bf16"]):  # --autocast: its old name
-        args = build_parser().parse_args(["serve", "--model", ckpt, *flag])
+        args = build_parser().parse_args(["serve", "--model", ckpt, *flag, "--port", "0"])
         assert args.func(args) == 1  # the server never started
         half_model = captured["loader"]()
         ident = half_model.scorer.identity

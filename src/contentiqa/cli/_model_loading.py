@@ -23,19 +23,23 @@ PRECISION_HELP = ("fp32 or int8: the ONNX Runtime graph (int8: the CNN quantized
                   "ie-iqa on the CPU; bf16 on a CUDA GPU")
 
 
-def add_scorer_args(p: argparse.ArgumentParser, what: str) -> None:
+def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = True) -> None:
     """--model, --runtime, --onnx-model, --precision (and its old name --autocast), --device,
-    --threads: the same flags, meaning the same, for ``score`` and ``serve``."""
+    --threads: the same flags, meaning the same, for ``score``, ``serve`` and ``explain``
+    (``onnx_files=False``: no ONNX file as the model, since heatmaps need the PyTorch one)."""
+    files = ", checkpoint file (.pt) or ONNX file (.onnx)" if onnx_files else " or checkpoint file (.pt)"
     p.add_argument("--model", "-m", default=None,
-                   help="registered model name[.tag], checkpoint file (.pt) or ONNX file (.onnx) (default: "
-                        "contentiqa.DEFAULT_MODEL with its shipped weights); a bare word is always a name: "
-                        "write ./NAME for a file called NAME")
+                   help=f"registered model name[.tag]{files} (default: contentiqa.DEFAULT_MODEL with its shipped "
+                        "weights); a bare word is always a name: write ./NAME for a file called NAME")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                    help="auto (default): ONNX Runtime on the CPU (the graph shipped with the model, or exported to "
                         "the cache on first use; PyTorch if it cannot be exported), PyTorch on a GPU. torch / onnx "
                         f"force one{what}")
-    p.add_argument("--onnx-model", metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the same "
-                   "as --model FILE.onnx); its metadata give the preprocessing and scale")
+    if onnx_files:
+        p.add_argument("--onnx-model", metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the "
+                       "same as --model FILE.onnx); its metadata give the preprocessing and scale")
+    else:
+        p.set_defaults(onnx_model=None)
     p.add_argument("--precision", choices=("fp32", "int8", "bf16", "fp16"), default=None, help=PRECISION_HELP)
     p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "off"), default=None,
                    help=argparse.SUPPRESS)  # the old name of --precision bf16 / fp16 (off: fp32)
@@ -99,3 +103,17 @@ def load_model(spec: str | None, device: Any = "cpu") -> IQAModel:
 
     with usage_errors():
         return scorer.load_model(spec, device)
+
+
+def heatmap_model(scorer: Scorer, kwargs: dict[str, Any]) -> IQAModel:
+    """The PyTorch model Grad-CAM runs on beside ``scorer`` (heatmaps need its gradients): the
+    scorer's own model when it runs in PyTorch (one copy of the weights in memory), else the
+    model of the same spec, loaded with :func:`load_model`'s usage errors (no PyTorch, an ONNX file)."""
+    from ..utils.extras import have
+
+    if have("torch"):
+        from ..inference.torch_runtime import TorchScorer
+
+        if isinstance(scorer, TorchScorer):
+            return scorer.model
+    return load_model(kwargs["spec"], kwargs["device"])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..utils.io import through_links
 from .main import UsageError
 
 EXIT_NOT_WRITTEN = 3
@@ -34,7 +35,9 @@ class Stopped(BaseException):
 
 def check_writable(path: Path) -> None:
     """Fail before any work if ``path`` cannot be written: its folder is created if needed and
-    a probe file is made and removed there (atomic writes need exactly that)."""
+    a probe file is made and removed there (atomic writes need exactly that). A symlink is
+    followed: its target's folder is where the file is written."""
+    path = through_links(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
@@ -50,9 +53,11 @@ def check_writable(path: Path) -> None:
 def output_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) for the block;
     a second writer of the same file gets a UsageError at once instead of erasing rows.
-    The lock is the kernel's (flock): a killed process releases it."""
+    The lock is the kernel's (flock): a killed process releases it. It is taken by the real
+    path (symlinks followed), so writers of one file through different names exclude each other."""
     from filelock import FileLock, Timeout
 
+    path = through_links(path)
     lock = FileLock(str(path.parent / f".{path.name}.lock"))
     try:
         lock.acquire(timeout=0)

@@ -7,6 +7,11 @@ the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--ma
 shows plain Grad-CAM. The model sees the image at native resolution; images above
 --max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),
 while the score and category printed are always those of the full-resolution image.
+
+The score and category are those `contentiqa score` gives the image: computed by the same
+runtime and precision (score's --runtime, --precision, --threads and defaults: ONNX Runtime on
+a CPU, int8 where measured to keep the accuracy), named in the figure's title; the heatmaps are
+PyTorch's (Grad-CAM needs its gradients), the category heatmap of that category.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from ._model_loading import add_scorer_args
 from .main import UsageError
 
 
@@ -26,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
-    p.add_argument("--model", "-m", default=None, help="registered model name or checkpoint file (default: contentiqa.DEFAULT_MODEL)")
+    add_scorer_args(p, " for the score (the heatmaps are PyTorch's either way)", onnx_files=False)
     p.add_argument("--out", "-o", metavar="PNG",
                    help="output PNG (one IMAGE only; default: <image name>_explain.png in --out-dir)")
     p.add_argument("--out-dir", metavar="DIR", default=None,
@@ -39,14 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--category", default=None, help="explain this category's logit instead of the predicted one")
     p.add_argument("--max-pixels", type=float, default=4.0, metavar="MP",
                    help="explain images above MP megapixels on a downscaled copy (default 4; 0 = never downscale)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.imageio import ImageLoadError
     from ..explain import explain
-    from ._model_loading import load_model
+    from ._model_loading import heatmap_model, load_scorer, scorer_kwargs
 
     if not args.images:
         raise UsageError("no IMAGE given")
@@ -58,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
-    model = load_model(args.model, args.device)
+    # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
+    kwargs = scorer_kwargs(args)
+    notes: list[str] = []
+    scorer = load_scorer(kwargs, notes, images=len(args.images))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    model = heatmap_model(scorer, kwargs)
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
             raise UsageError(f"model {model.model_name} has no content head: use --target quality")
@@ -72,9 +83,16 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
     taken: set[str] = set()
-    for image in args.images:
+    preds = scorer.run(list(args.images))  # as `contentiqa score` runs them
+    assert preds is not None
+    for image, pred in zip(args.images, preds):
+        if pred.error is not None:
+            print(f"{image}: {pred.error}", file=sys.stderr)
+            failures += 1
+            continue
         try:
-            exp = explain(model, image, targets=targets, category=category, max_pixels=max_pixels)
+            exp = explain(model, image, targets=targets, category=category or pred.category, max_pixels=max_pixels,
+                          exact_score=False).scored(pred, scorer.identity.label)
         except (ImageLoadError, ValueError, TypeError) as exc:
             print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1

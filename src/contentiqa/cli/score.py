@@ -392,11 +392,11 @@ class _Scoring:
         heat_notes: list[str] = []
         if self.args.explain:
             from ..reporting.heatmaps import heatmap_thumbnails
-            from ._model_loading import load_model
+            from ._model_loading import heatmap_model
 
             limit = self.args.explain_limit
             heatmaps, problems = heatmap_thumbnails(
-                load_model(self.kwargs["spec"], self.kwargs["device"]), self.current_rows(), limit,
+                heatmap_model(self.scorer, self.kwargs), self.current_rows(), limit,
                 self.args.thumbnail_size, EXPLAIN_REPORT_MAX_PIXELS, progress=not self.args.quiet)
             heat_notes.append(
                 f"heatmaps: quality Grad-CAM x spatial attention, for the {len(heatmaps)} best-scored image(s)"

@@ -12,19 +12,31 @@ CONTENTIQA_API_KEY, which `ps` does not show) every /v1 call needs the header
 'X-API-Key: KEY' or 'Authorization: Bearer KEY'; uploads are bounded (--max-upload-mb,
 --max-images, --max-pixels) and decoded in memory / a private temporary file removed at once;
 no path or URL a client names is ever opened; CORS is off unless --cors-origin is given.
-SIGTERM or Ctrl-C: no new connections, requests in flight are finished, then it exits.
+A connection must send a request's headers within --header-timeout seconds and is closed
+after 5 s idle between requests, so silent connections cannot hold the
+--max-connections slots. SIGTERM or Ctrl-C: no new connections, requests in flight are
+finished, then it exits.
+
+Exit code: 0 stopped (by SIGTERM the signal is re-raised once shut down, as process managers
+expect; Ctrl-C 130), 2 usage error: a bad option, an address it cannot listen on (port in
+use), or a model that fails to load.
 
 Needs the service packages: pip install 'contentiqa[serve]'.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 
-from ._model_loading import add_scorer_args, load_model, load_scorer, scorer_kwargs
+from ._model_loading import add_scorer_args, heatmap_model, load_scorer, scorer_kwargs
 from .main import UsageError
+
+KEEP_ALIVE_S = 5
+"""An idle connection between requests is closed after this (uvicorn's keep-alive timeout)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a request's upload, wait and scoring must end within S seconds (408/504 beyond; default 60)")
     p.add_argument("--max-connections", type=int, default=128, metavar="N",
                    help="concurrent connections at most; beyond, 503 (default 128)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="a connection that has not sent a request's headers within S seconds of opening (or of "
+                        "its next request's first byte) is closed (default 10)")
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="threads decoding uploads while the model runs; 0 = on the model's thread, before each batch "
                         "(default: as `contentiqa score --workers`: the cores the model's threads leave free, at most "
@@ -90,6 +105,7 @@ def _config(args: argparse.Namespace):
         (args.max_pixels > 0, "--max-pixels must be a positive number of megapixels"),
         (args.timeout > 0, "--timeout must be positive"),
         (args.max_connections >= 1, "--max-connections must be at least 1"),
+        (args.header_timeout > 0, "--header-timeout must be positive"),
         (args.decode_workers is None or args.decode_workers >= 0, "--decode-workers must be 0 or more"),
         (0 <= args.port <= 65535, "--port must be 0-65535"),
     ]
@@ -130,13 +146,37 @@ def _loader(kwargs: dict, quiet: bool = False):
         elif not have("torch"):
             why = f"heatmaps need PyTorch, which this install lacks ({install_hint('torch')})"
         else:
-            from ..inference.torch_runtime import TorchScorer  # PyTorch is there: the model is loaded anyway
-
-            # A PyTorch scorer's model explains too: one copy of the weights in memory.
-            explainer = scorer.model if isinstance(scorer, TorchScorer) else load_model(kwargs["spec"], kwargs["device"])
+            explainer = heatmap_model(scorer, kwargs)
         return LoadedModel(scorer, explainer=explainer, explain_note=why)
 
     return load
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model starts loading (as uvicorn binds one for
+    its workers, ``Config.bind_socket``): an address in use is a usage error, said plainly."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = "choose another --port, or stop the server using it" if exc.errno == errno.EADDRINUSE else "check --host"
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging, plus this package's loggers (e.g. a client gone before its scoring),
+    on the same handler and level."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["contentiqa"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..serve.app import create_app
+        from ..serve.protocol import with_header_timeout
     except ImportError as exc:
         raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
                          "pip install 'contentiqa[serve]'") from None
@@ -175,27 +216,31 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
+    sock = _listen(args.host, args.port)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     app = create_app(cfg, loader=_loader(kwargs), on_load_error=on_load_error)
     config = uvicorn.Config(
         app,
         host=args.host,
-        port=args.port,
+        port=port,
+        http=with_header_timeout(args.header_timeout),
         log_level=args.log_level,
+        log_config=_log_config(args.log_level),
         limit_concurrency=args.max_connections,
-        timeout_keep_alive=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=int(cfg.timeout_s) + 5,
         server_header=False,
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
     scheme_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"contentiqa serve: model {spec} loading; http://{scheme_host}:{args.port}/ (page), /docs (API)"
+    print(f"contentiqa serve: model {spec} loading; http://{scheme_host}:{port}/ (page), /docs (API)"
           + ("; API key required on /v1" if cfg.api_key else ""), file=sys.stderr)
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         exc = failure[0]
         print(f"contentiqa serve: error: the model failed to load: {exc}", file=sys.stderr)
         return 2
     if not server.started:
-        return 1  # e.g. the port was taken (uvicorn said why)
+        return 1  # uvicorn could not start the app (it said why)
     return 0

@@ -68,6 +68,11 @@ def _pil_pixel_limit_disabled():
                 Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
 
 
+BOMB_HINT = "raise max_pixels to allow it"
+"""How the refusal of an image over ``max_pixels`` ends: what a caller who can raise the limit
+does. A caller whose users cannot (the service) puts its own advice instead."""
+
+
 class ImageLoadError(ValueError):
     """A file could not be turned into an RGB image; the message names the file and why."""
 
@@ -172,7 +177,7 @@ def load_image(
             raise ImageLoadError(
                 p,
                 f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of "
-                f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; raise max_pixels to allow it)",
+                f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; {BOMB_HINT})",
             )
         try:
             with _pil_pixel_limit_disabled():  # counting frames seeks through them

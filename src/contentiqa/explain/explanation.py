@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +69,17 @@ class Explanation:
     level_shares: dict[str, list[float]] = field(default_factory=dict)
     """target ('quality', 'category') -> each CNN level's share of the Grad-CAM evidence,
     shallow to deep (see :func:`contentiqa.explain.compute_gradcam`)."""
+    scored_by: str = "PyTorch fp32"
+    """The runtime and precision that computed ``score`` and ``category`` (the heatmaps are
+    always PyTorch's: Grad-CAM needs its gradients); shown in the title."""
+
+    def scored(self, prediction: Any, scored_by: str) -> "Explanation":
+        """This explanation with the score and category of ``prediction`` (a
+        :class:`~contentiqa.models.base.Prediction` of the same image), computed by
+        ``scored_by`` (e.g. "ONNX Runtime int8"): what `contentiqa score` and the service's
+        /v1/score report for it, which an int8 graph or autocast can move off PyTorch fp32's."""
+        return replace(self, score=prediction.score, category=prediction.category,
+                       category_confidence=prediction.category_confidence, scored_by=scored_by)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -105,7 +116,7 @@ class Explanation:
             direction = "higher is better" if self.higher_is_better else "lower is better"
             shown = clip_score(self.score, lo, hi)  # as `contentiqa score` shows it (IQAModel.clip_to_scale)
             raw = f", raw {self.score:.2f}" if shown != self.score else ""
-            parts.append(f"score {shown:.2f} on [{lo:g}, {hi:g}] ({direction}{raw})")
+            parts.append(f"score {shown:.2f} on [{lo:g}, {hi:g}] ({direction}{raw}; {self.scored_by})")
         if self.category is not None:
             conf = f" ({self.category_confidence:.2f})" if self.category_confidence is not None else ""
             parts.append(f"category: {self.category}{conf}")

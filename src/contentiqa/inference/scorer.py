@@ -47,6 +47,7 @@ PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 """``fp32`` / ``int8``: the ONNX Runtime graph; ``bf16`` / ``fp16``: PyTorch under autocast
 (``fp32`` there: no autocast)."""
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class ScorerIdentity:
     """What was asked for (a name, ``name.tag`` or a path)."""
     graph: Path | None = None
     """ONNX Runtime: the graph file run."""
+
+    @property
+    def label(self) -> str:
+        """What computed the scores, for people (a figure's title): "ONNX Runtime int8", "PyTorch bf16"."""
+        return f"{RUNTIME_NAMES[self.runtime]} {self.precision}"
 
     @cached_property
     def sha256(self) -> str | None:

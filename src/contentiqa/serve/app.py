@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -34,17 +35,24 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from ..data.imageio import BOMB_HINT
 from ..inference.scorer import Scorer
-from ..models.scoring import Prediction, clip_score, load_image_safely
+from ..models.scoring import Prediction, load_image_safely
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
 
+logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_ENV = "CONTENTIQA_API_KEY"
+SERVER_BOMB_HINT = "send a smaller photo: the limit is this server's (its operator sets it)"
+"""What a client is told to do about an image over the pixel limit (it cannot raise the limit)."""
+DOCS_ASSETS = "/docs-assets"
+"""Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 
 
 @dataclass
@@ -290,7 +298,7 @@ class Service:
             except OSError:
                 pass
         if err is not None:
-            err = err.replace(tmp, "<upload>")
+            err = err.replace(tmp, "<upload>").replace(BOMB_HINT, SERVER_BOMB_HINT)
         return img, notes, err
 
     def decode_for_scoring(self, data: bytes) -> tuple[Decoded | None, list[str], str | None]:
@@ -373,6 +381,13 @@ class RequestGuard:
             metrics.latency.labels(label).observe(time.perf_counter() - start)
 
 
+async def _disconnected(request: Request) -> None:
+    """Return once the client has disconnected. Called after the body was read: the server's
+    next message is then the disconnect (it waits for it; a test client, for the response)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _content_length(scope) -> int | None:
     for k, v in scope.get("headers", []):
         if k == b"content-length":
@@ -444,11 +459,16 @@ def create_app(
         finally:
             await svc.stop()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline ships them),
+    # not from a CDN: they work offline, and a user's browser contacts no third party (nor
+    # Swagger's online validator, switched off).
+    app = FastAPIOffline(
         title="contentiqa",
         version=__version__,
         description="No-reference image quality scores (and where the model looked) for uploaded photos.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = svc
 
@@ -492,17 +512,36 @@ def create_app(
             svc.metrics.error("not_ready")
             raise HTTPException(503, "the server is shutting down") from None
 
-    async def run_queued(request: Request, submit: Callable[[], Any]) -> Any:
-        """Queue work on the batcher and wait for it within the request's deadline."""
+    def abandon(request: Request, n_images: int) -> ClientDisconnect:
+        """The client left before its work ran: count it, say so, and answer nobody."""
+        svc.metrics.images.labels("abandoned").inc(n_images)
+        client = request.client
+        logger.info("%s: client gone before %d image(s) of %s were run; dropped",
+                    f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path)
+        return ClientDisconnect()  # its handler counts the request as disconnected (499)
+
+    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int) -> Any:
+        """Queue work on the batcher and wait for it within the request's deadline; dropped
+        when the client disconnects meanwhile (nobody would read the result)."""
+        if await request.is_disconnected():
+            raise abandon(request, n_images)
         with admission():
             fut = submit()
+        work = asyncio.wrap_future(fut)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), svc.remaining(request))
-        except asyncio.TimeoutError:
-            assert svc.batcher is not None
-            svc.batcher.cancel(fut)
-            svc.metrics.error("timeout")
-            raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s") from None
+            done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work in done:
+            return work.result()
+        assert svc.batcher is not None
+        svc.batcher.cancel(fut)
+        if gone in done:
+            raise abandon(request, n_images)
+        svc.metrics.error("timeout")
+        raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s")
 
     @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
               summary="Score one or many uploaded images")
@@ -530,7 +569,8 @@ def create_app(
         batcher = svc.batcher
         within = svc.remaining(request)
         if todo:
-            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within))
+            done = await run_queued(request, lambda: batcher.submit([items[i] for i in todo], within_s=within),
+                                    len(todo))
             for i, p in zip(todo, done):
                 preds[i] = p
         assert svc.identity is not None
@@ -571,7 +611,7 @@ def create_app(
         batcher = svc.batcher
         try:
             png, headers = await run_queued(request, lambda: batcher.call(
-                lambda: _render_explanation(svc, img, target, max_size)))
+                lambda: _render_explanation(svc, img, target, max_size)), 1)
         except (ValueError, TypeError, RuntimeError) as exc:  # the model cannot explain this input
             svc.metrics.error("explain_failed")
             raise HTTPException(422, f"cannot explain this image: {exc}") from None
@@ -623,21 +663,28 @@ def create_app(
 
 def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> tuple[bytes, dict[str, str]]:
     """PNG bytes and headers for an explanation (on the batcher's thread: Grad-CAM hooks the
-    model's modules, which no scoring batch may pass through meanwhile)."""
+    model's modules, which no scoring batch may pass through meanwhile). The score and category
+    are /v1/score's for this image (the served runtime and precision); the heatmaps are PyTorch's,
+    the category one of that category."""
     from ..explain import explain
+    from ..reporting.results import row_from_prediction
 
     assert svc.loaded is not None and svc.tmpdir is not None
     model = svc.loaded.explainer
+    pred = svc._run_batch([img])[0]  # the served scorer: the row /v1/score gives this image
+    if pred.error is not None:
+        raise ValueError(pred.error)
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[target]
     if not model.has_content_head:
         targets = tuple(t for t in targets if t != "category") or ("quality",)
-    exp = explain(model, img, targets=targets, max_pixels=svc.config.explain_max_pixels, exact_score=True)
+    exp = explain(model, img, targets=targets, category=pred.category, max_pixels=svc.config.explain_max_pixels,
+                  exact_score=False)
+    exp = exp.scored(pred, svc.loaded.scorer.identity.label)
     headers: dict[str, str] = {}
-    if exp.score is not None:
-        lo, hi = exp.score_range
-        headers["X-Score"] = f"{clip_score(exp.score, lo, hi):.6g}"
-    if exp.category is not None:
-        headers["X-Category"] = exp.category
+    if pred.score is not None:
+        headers["X-Score"] = repr(row_from_prediction(pred)["score"])  # the number /v1/score's row has
+    if pred.category is not None:
+        headers["X-Category"] = pred.category
     if target == "both":
         fd, tmp = tempfile.mkstemp(dir=svc.tmpdir, suffix=".png")
         os.close(fd)

@@ -20,7 +20,7 @@ def endpoint_label(path: str) -> str:
     for e in ENDPOINTS:
         if path == e or (e not in ("/",) and path.startswith(e + "/")):
             return e
-    if path in ("/openapi.json", "/redoc") or path.startswith("/docs"):
+    if path in ("/openapi.json", "/redoc") or path.startswith("/docs"):  # /docs-assets/ too
         return "/docs"
     return "other"
 
@@ -34,7 +34,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("contentiqa_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "status"], registry=r)
-        self.images = Counter("contentiqa_images", "Images received for scoring, by outcome (scored, error)",
+        self.images = Counter("contentiqa_images", "Images received for scoring, by outcome (scored, error, abandoned: the client left before they ran)",
                               ["outcome"], registry=r)
         self.errors = Counter("contentiqa_errors", "Failed requests and images, by reason", ["reason"], registry=r)
         self.latency = Histogram("contentiqa_request_latency_seconds", "Time from request start to response, by endpoint",

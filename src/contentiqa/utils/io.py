@@ -10,9 +10,21 @@ from pathlib import Path
 from typing import Callable
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically."""
+def through_links(path: str | os.PathLike) -> Path:
+    """The file ``path`` names once symlinks are followed (a dangling link: the file it will
+    create); ``path`` itself, unchanged, when no link is involved, so messages keep the name
+    the user typed. Locks and atomic replaces act on this: renaming onto a link would replace
+    the link by a regular file, and a lock taken by the link's name would not see a writer of
+    its target."""
     path = Path(path)
+    real = Path(os.path.realpath(path))
+    return path if real == Path(os.path.abspath(path)) else real
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically (onto the file a
+    symlink ``path`` points to: the link stays)."""
+    path = through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -11,11 +11,19 @@ function headers() {
 
 function setStatus(text) { $("#status").textContent = text; }
 
+function askForKey() {
+  // A 401: no key yet, or the one given was refused (a typo, or the server's key changed).
+  $("#key-box").hidden = false;
+  $("#model-info").textContent = state.key
+    ? "the server refused this API key: check it and enter it again"
+    : "this server needs an API key: enter it below";
+  $("#api-key").focus();
+}
+
 async function loadModel() {
   const res = await fetch("/v1/models", { headers: headers() });
   if (res.status === 401) {
-    $("#key-box").hidden = false;
-    $("#model-info").textContent = "this server needs an API key";
+    askForKey();
     return false;
   }
   if (res.status === 503) {
@@ -80,6 +88,7 @@ async function post(path, file) {
 }
 
 async function errorText(res) {
+  if (res.status === 401) { askForKey(); return "the server refused the API key: enter it again above"; }
   try { const b = await res.json(); return b.detail ? String(b.detail) : `HTTP ${res.status}`; }
   catch (e) { return `HTTP ${res.status}`; }
 }
@@ -126,9 +135,13 @@ async function heatmapCard(card) {
 }
 
 async function handleFiles(fileList) {
-  const files = Array.from(fileList).filter((f) => f.type.startsWith("image/") || f.type === "");
-  if (!files.length) return;
-  if (!state.model && !(await loadModel())) { setStatus("not connected to the model yet"); return; }
+  const picked = Array.from(fileList);
+  const files = picked.filter((f) => f.type.startsWith("image/") || f.type === "");
+  // Files the browser knows are not images are not sent, but said: none vanishes unexplained.
+  const skipped = picked.filter((f) => !files.includes(f)).map((f) => f.name);
+  const skipNote = skipped.length ? `; skipped ${skipped.join(", ")} (not an image)` : "";
+  if (!files.length) { setStatus(`nothing to score${skipNote}`); return; }
+  if (!state.model && !(await loadModel())) { setStatus(`not connected to the model yet${skipNote}`); return; }
   const cards = files.map(makeCard);
   let next = 0, done = 0;
   setStatus(`scoring ${cards.length} photo(s)…`);
@@ -143,7 +156,7 @@ async function handleFiles(fileList) {
   await Promise.all([worker(), worker(), worker(), worker()]);
   setStatus(`scored ${done} photo(s); computing heatmaps…`);
   for (const card of cards) if (card.score != null) await heatmapCard(card);
-  setStatus(`${cards.length} photo(s) done`);
+  setStatus(`${cards.length} photo(s) done${skipNote}`);
 }
 
 function setup() {
