@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi", reason="the service needs pip install 'contentiqa[serve]'")
+pytest.importorskip("fastapi", reason="the service needs FastAPI (a dependency of contentiqa)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402

@@ -21,7 +21,7 @@ Exit code: 0 stopped (by SIGTERM the signal is re-raised once shut down, as proc
 expect; Ctrl-C 130), 2 usage error: a bad option, an address it cannot listen on (port in
 use), or a model that fails to load.
 
-Needs the service packages: pip install 'contentiqa[serve]'.
+The service's packages (FastAPI, uvicorn) come with `pip install contentiqa`.
 """
 from __future__ import annotations
 
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
         from ..serve.app import create_app
         from ..serve.protocol import with_header_timeout
     except ImportError as exc:
-        raise UsageError(f"the service needs packages that are not installed ({exc.name}): "
-                         "pip install 'contentiqa[serve]'") from None
+        raise UsageError(f"the service needs packages that are not installed ({exc.name}): reinstall "
+                         "contentiqa (pip install contentiqa brings them)") from None
     from .. import DEFAULT_MODEL
 
     # Cheap checks before the server starts (the model itself loads in the background).
