@@ -13,7 +13,7 @@ import yaml
 
 from conftest import REPO_ROOT, write_image
 from contentiqa.experiments import ConfigError, ExperimentSkipped, load_config, run_experiment
-from contentiqa.models import IQA_CR_CATEGORIES
+from contentiqa.models import IQA_CR_CATEGORIES, load_checkpoint
 
 CONFIGS = REPO_ROOT / "configs"
 TINY_ARGS = {"backbone_pretrained": False, "dim": 16, "heads": 2, "mlp_dim": 32, "grid": [2, 2], "depth": 1}
@@ -316,3 +316,24 @@ def test_clive_configs_are_ready_with_the_shared_data(shared_dir):
     for name in ("clive_iqa_cr", "clive_ie_iqa"):
         cfg = load_config(CONFIGS / f"{name}.yaml")
         assert not experiment_missing(cfg) and not any(run_missing(cfg, r) for r in cfg.runs)
+
+
+def test_a_row_can_start_from_an_earlier_row_of_the_same_split(tmp_path):
+    """Linear probing then fine-tuning: row B starts from row A's weights of the same seed, with a
+    validation part held out of the train part (val_fraction) that calibrates B."""
+    csv = write_csv(tmp_path / "d", 24, (0, 100), seed=5, categories=False)
+    train = {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5}
+    cfg = {"name": "lpft", "data": {"name": "csv", "root": str(csv), "label": "T", "val_fraction": 0.4},
+           "protocol": "ie-iqa", "seeds": [1], "test": ["split"], "model_args": TINY_ARGS, "train": train,
+           "runs": [{"name": "A", "model": "iqa-cr-q"},
+                    {"name": "B", "model": "iqa-cr-q", "train": {"init_from": "runs/A/seed{seed}/best.pt", "calibrate": True}}]}
+    res = run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+    b = res.results["runs"]["B"]["splits"][0] if "runs" in res.results else res.results["B"]["splits"][0]
+    assert b["train_config"]["init_from"] == str(tmp_path / "out" / "runs" / "A" / "seed1" / "best.pt")
+    assert b["calibration"] is not None and b["n_val"] > 0 and b["minutes_per_epoch"] is not None
+    tested = load_checkpoint(tmp_path / "out" / "runs" / "B" / "seed1" / "tested.pt")
+    assert tested.cfg.calibration == b["calibration"]
+    bad = {**cfg, "runs": [{"name": "C", "model": "iqa-cr-q", "model_args": {**TINY_ARGS, "dim": 32},
+                            "train": {"init_from": "runs/A/seed{seed}/best.pt"}}]}
+    with pytest.raises(ConfigError, match="another architecture"):
+        run_experiment(bad, tmp_path / "out", progress=False, log=None)

@@ -258,6 +258,9 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     train = {**run.train, "seed": seed}
     if device is not None:
         train["device"] = device
+    if train.get("init_from"):  # this split's own earlier row (never another split's test photos)
+        init = Path(str(train["init_from"]).format(seed=seed))
+        train["init_from"] = str(init if init.is_absolute() else out / init)
     tcfg = TrainConfig.from_dict(train)
     seed_everything(seed)  # the model's initial weights are the split seed's too
     try:

@@ -61,6 +61,12 @@ class TrainConfig:
     anchors_per_batch: int = 2
     damage_source: str | None = None
     """Several training sets: the set whose photos the damage is made from (None: any)."""
+    init_from: str | None = None
+    """A checkpoint of the same architecture whose weights the model starts from (linear
+    probing then fine-tuning: a head first fitted on frozen features, then the deep stages
+    fine-tuned under it, keeps what the probe learnt). In an experiment config, ``{seed}`` is
+    the split's seed and a relative path starts at the results folder, e.g.
+    ``runs/<row>/seed{seed}/best.pt``: a row trained earlier on the same split."""
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
     the validation part of the first training set and store it in the model."""

@@ -159,6 +159,8 @@ class Trainer:
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
+        if cfg.init_from:
+            self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
         self.distributed = dist_utils.is_distributed()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
@@ -194,6 +196,22 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # -- setup ---------------------------------------------------------------------------------
+    def _start_from(self, path: str) -> None:
+        """Load the weights of ``path`` (same model and architecture; scale and calibration
+        aside) into the model before anything is frozen or cached."""
+        from ..models.registry import load_checkpoint
+
+        src = load_checkpoint(path)
+
+        def arch(m: IQAModel) -> dict:  # what training sets (scale, calibration, frozen stages) aside
+            return {k: v for k, v in m.cfg.to_dict().items() if k not in ("scale", "calibration", "frozen_stages")}
+
+        if src.model_name != self.model.model_name or arch(src) != arch(self.model):
+            raise ValueError(f"init_from {path}: a {src.model_name} of another architecture than the {self.model.model_name} "
+                             "being trained")
+        self.model.load_state_dict(src.state_dict())
+        self.log(f"weights from {path}")
+
     def _check_labels(self) -> None:
         cats = self.model.categories
         if not cats:
