@@ -28,6 +28,10 @@ class TrainConfig:
     # loss
     score_loss: str = "smooth_l1"
     """smooth_l1 | mse | model (the model's own :meth:`IQAModel.loss`, e.g. IE-IQA's MSE)."""
+    score_weight: float = 1.0
+    """Weight of the score term. 0 with ``rank_weight`` > 0 trains on the order within each
+    dataset alone (UNIQUE): several datasets' rating scales then never meet in one loss, and
+    ``calibrate`` puts the output on the first set's scale afterwards."""
     smooth_l1_beta: float = 0.1
     focal_gamma: float = 2.0
     loss_weighting: str = "sum"  # sum | dwa | uncertainty

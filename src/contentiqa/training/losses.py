@@ -70,6 +70,7 @@ class MultiTaskLoss(nn.Module):
         rank_weight: float = 0.0,
         rank_sigma: float = 0.05,
         model_loss: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+        score_weight: float = 1.0,
     ):
         """``model_loss``: the model's ``loss(outputs, target)``, used when ``score_loss`` is
         ``"model"``."""
@@ -89,6 +90,7 @@ class MultiTaskLoss(nn.Module):
         self.dwa_temperature = dwa_temperature
         self.rank_weight = rank_weight
         self.rank_sigma = rank_sigma
+        self.score_weight = score_weight
         # uncertainty weighting: log variances, learned with the model
         self.log_vars = nn.Parameter(torch.zeros(2)) if weighting == "uncertainty" else None
         self.epoch_losses: list[list[float]] = []  # per-epoch mean task losses (for DWA)
@@ -125,7 +127,7 @@ class MultiTaskLoss(nn.Module):
             terms["category"] = self.focal(out["logits"].float(), category)
         if not terms:
             raise ValueError("batch gives no loss: the model predicts categories but no item has a category label")
-        ls = terms.get("score", torch.zeros((), device=target.device))
+        ls = self.score_weight * terms.get("score", torch.zeros((), device=target.device))
         if "rank" in terms:
             ls = ls + self.rank_weight * terms["rank"]
         lc = terms.get("category", torch.zeros((), device=target.device))

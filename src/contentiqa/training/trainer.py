@@ -173,7 +173,7 @@ class Trainer:
         # own loss, e.g. IE-IQA) is the model's IQAModel.loss.
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
-                                     model_loss=model.loss).to(self.device)
+                                     model_loss=model.loss, score_weight=cfg.score_weight).to(self.device)
         self._check_labels()
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
