@@ -107,6 +107,10 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                           progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
         best = trainer.fit(resume=True)
         best_model = trainer.load_best() if val is not None else trainer.model
+        if tcfg.interpolate:
+            alpha, _ = trainer.interpolate(best_model)
+            used.append(f"weights mixed with those it started from: {1 - alpha:g} x start + {alpha:g} x trained "
+                        "(chosen on the validation photos)")
         if tcfg.calibrate:
             calibration = trainer.calibrate(best_model)
             used.append(f"output calibrated on the validation photos of {cfg.train_sets[0].label}: logistic {calibration}")

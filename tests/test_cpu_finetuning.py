@@ -245,3 +245,32 @@ def test_damage_without_a_cache_or_with_an_unknown_source_is_refused(two_sets, t
     with pytest.raises(ValueError, match="dataset_ratio"):
         Trainer(model, two_sets, None, scales, TrainConfig(dataset_ratio={"A": 1, "C": 2}, crop=None, cache_stages=3),
                 tmp_path / "r3", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+
+
+def test_interpolation_keeps_the_mix_that_validates_best(two_sets, tmp_path):
+    torch.manual_seed(0)
+    table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
+    start = create_model("ie-iqa", **IE_TINY)
+    init = save_checkpoint(start, tmp_path / "start.pt")
+    cfg = TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=3, lr=0.05, score_loss="model",
+                      init_from=str(init), interpolate=[0.0, 0.5, 1.0])
+    model = create_model("ie-iqa", **IE_TINY)
+    tr = Trainer(model, table.iloc[:6], table.iloc[6:], MOSScale(0, 100), cfg, tmp_path / "run", progress=False,
+                 cache_dir=tmp_path / "c", log=lambda *a: None)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
+    tr.fit()
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+    for a in (0.0, 0.5, 1.0):
+        probe = create_model("ie-iqa", **IE_TINY)
+        probe.load_state_dict({k: (1 - a) * start.state_dict()[k] + a * v if v.is_floating_point() else v
+                               for k, v in trained.items()})
+        seen[a] = tr.evaluate_table(table.iloc[6:], probe)["srocc"]
+    alpha, metrics = tr.interpolate(model)
+    assert seen[alpha] == pytest.approx(max(seen.values())) and metrics["srocc"] == pytest.approx(seen[alpha])
+    w = next(k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, start.state_dict()[k]))
+    assert torch.allclose(model.state_dict()[w], (1 - alpha) * start.state_dict()[w] + alpha * trained[w])
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(create_model("ie-iqa", **IE_TINY), table, None, MOSScale(0, 100),
+                TrainConfig(crop=None, cache_stages=3, interpolate=[0.5]), tmp_path / "r2", progress=False,
+                log=lambda *a: None)

@@ -71,6 +71,11 @@ class TrainConfig:
     fine-tuned under it, keeps what the probe learnt). In an experiment config, ``{seed}`` is
     the split's seed and a relative path starts at the results folder, e.g.
     ``runs/<row>/seed{seed}/best.pt``: a row trained earlier on the same split."""
+    interpolate: list[float] | None = None
+    """With ``init_from``: after training, the weights become ``(1 - a) * init + a * trained`` for
+    the ``a`` among these with the best validation score (weight-space ensembling, WiSE-FT,
+    Wortsman et al. 2022): what fine-tuning gained on one dataset, kept where it cost another
+    that the starting weights ranked well. 1.0 in the list keeps the trained weights possible."""
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
     the validation part of the first training set and store it in the model."""

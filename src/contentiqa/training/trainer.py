@@ -159,6 +159,8 @@ class Trainer:
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
+        if cfg.interpolate and not cfg.init_from:
+            raise ValueError("interpolate mixes the trained weights with those of init_from: set init_from")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
@@ -612,6 +614,52 @@ class Trainer:
         return self.best or {}
 
     @torch.inference_mode()
+    def interpolate(self, model: IQAModel) -> tuple[float, dict[str, float]]:
+        """Weight-space ensembling of ``model`` with its ``init_from`` weights (see
+        :attr:`TrainConfig.interpolate`): ``model`` gets the mix that validates best; returns its
+        ``a`` and validation metrics."""
+        from ..models.registry import load_checkpoint
+
+        alphas = sorted({float(a) for a in self.cfg.interpolate or ()})
+        if not self.cfg.init_from or not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+            raise ValueError("interpolate needs init_from and mixing weights in [0, 1]")
+        if self.val_table is None:
+            raise ValueError("interpolate chooses on the validation part: there is none")
+        start = load_checkpoint(self.cfg.init_from).state_dict()
+        trained = {k: v.clone() for k, v in model.state_dict().items()}
+        best: tuple[float, float, dict[str, float]] | None = None
+        with self._judging(model):
+            for a in alphas:
+                model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
+                                       for k, v in trained.items()})
+                metrics = self.validate()
+                score = self._monitor(metrics)
+                self.log(f"interpolated {a:g}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "srocc" in k))
+                if best is None or monitor_improved(score, best[1]):
+                    best = (a, score, metrics)
+        assert best is not None
+        a = best[0]
+        model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
+                               for k, v in trained.items()})
+        return a, best[2]
+
+    @contextlib.contextmanager
+    def _judging(self, model: IQAModel):
+        """``model`` in the trainer's place, with the whole validation part encoded (a process of
+        several holds only its share), for choices made after training."""
+        saved = self.model, self.val_feats
+        try:
+            self.model = model.to(self.device)
+            if self.start_stage and len(self.val_feats or ()) != len(self.val_table):
+                from .cache import cached_encodings
+
+                self.val_feats = cached_encodings(model, list(self.val_table["image"]), self.start_stage, train=False,
+                                                  cache_dir=self.cache_dir, progress=False, runtime=self.cfg.cache_runtime)
+            yield
+        finally:
+            self.model, self.val_feats = saved
+
+    @torch.inference_mode()
     def calibrate(self, model: IQAModel) -> list[float]:
         """Fit ``model``'s output calibration on the validation rows of the first training set
         (the scale the model's scores are on) and store it in the model; returns it."""
@@ -622,18 +670,9 @@ class Trainer:
         rows = np.arange(len(self.val_table))
         if self.scales is not None:
             rows = np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
-        saved = self.model, self.val_feats
-        try:
-            model.set_calibration(None)
-            self.model = model.to(self.device)
-            if self.start_stage and len(self.val_feats or ()) != len(self.val_table):  # one rank's share only
-                from .cache import cached_encodings
-
-                self.val_feats = cached_encodings(model, list(self.val_table["image"]), self.start_stage, train=False,
-                                                  cache_dir=self.cache_dir, progress=False, runtime=self.cfg.cache_runtime)
+        model.set_calibration(None)
+        with self._judging(model):
             s, _ = self._predict_rows(np.arange(len(self.val_table)))
-        finally:
-            self.model, self.val_feats = saved
         t, _ = self._targets(self.val_table)
         params = fit_calibration(s[rows], t[rows])
         model.set_calibration(params)
