@@ -70,6 +70,27 @@ def figures_from(results: Path | None, row: str) -> str:
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
 
+def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> Path:
+    """Train ``run`` (a row another row starts from) on the shipping photos; its best.pt."""
+    import torch
+
+    from contentiqa.models import create_model
+    from contentiqa.training.config import TrainConfig
+    from contentiqa.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = create_model(run.model, pretrained=False, **run.model_args)
+    trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())),
+                      TrainConfig.from_dict({**run.train, "seed": 0}), work, progress=True,
+                      cache_dir=cache or cfg.cache_dir or work / "cache")
+    trainer.fit(resume=True)
+    if val is not None:
+        return work / "best.pt"
+    from contentiqa.models.registry import save_checkpoint
+
+    return save_checkpoint(trainer.model, work / "trained.pt")
+
+
 def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
              from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None) -> Path:
     """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path."""
@@ -100,9 +121,19 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                 f"{from_run.parent.name}/{from_run.name}; its test parts were held out)"]
     else:
         train, val, scales, used = shipping_data(cfg, work)
+        settings = {**run.train, "seed": 0}
+        if settings.get("init_from"):
+            # An earlier row of the config (``runs/<row>/seed{seed}/...``): trained first on the same
+            # photos, as the experiment did per split; a file otherwise.
+            parts = Path(str(settings["init_from"])).parts
+            first = next((r for r in cfg.runs if len(parts) > 1 and parts[0] == "runs" and r.slug == parts[1]), None)
+            if first is not None:
+                settings["init_from"] = str(train_first(cfg, first, work.parent / f"{work.name}_{first.slug}", train, val,
+                                                        scales, cache))
+                used.append(f"starting from row \"{first.name}\" trained first on the same photos")
         torch.manual_seed(0)
         model = create_model(run.model, pretrained=False, **run.model_args)
-        tcfg = TrainConfig.from_dict({**run.train, "seed": 0})
+        tcfg = TrainConfig.from_dict(settings)
         trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())), tcfg, work,
                           progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
         best = trainer.fit(resume=True)
