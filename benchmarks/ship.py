@@ -112,7 +112,9 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     if from_run is not None:
         from contentiqa.models import load_checkpoint
 
-        best_model = load_checkpoint(from_run / "best.pt")
+        # tested.pt: the weights the experiment tested and the ship gate judged (after mixing with
+        # the starting weights and calibrating, when the row does either); best.pt otherwise.
+        best_model = load_checkpoint(from_run / ("tested.pt" if (from_run / "tested.pt").is_file() else "best.pt"))
         history = [json.loads(line) for line in (from_run / "metrics.jsonl").read_text().splitlines()]
         best = max(history, key=lambda r: r.get("val_srocc", float("-inf")))
         tcfg = TrainConfig.from_dict(json.loads((from_run / "config.json").read_text())["train_config"])
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=None, help="the experiment's results.json (figures for the card)")
     ap.add_argument("--cache", default=None, help="frozen-encoding cache (default: the config's cache_dir)")
     ap.add_argument("--from-run", type=Path, default=None, metavar="RUN_DIR",
-                    help="ship the best.pt of this experiment split (runs/<row>/seed<S>) instead of training on all "
+                    help="ship the model this experiment split tested (runs/<row>/seed<S>) instead of training on all "
                          "the data (when the full run would take too long: the card then says which images it saw)")
     ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the .pt and card go (default: the package)")
     ap.add_argument("--default", action="store_true",

@@ -274,3 +274,27 @@ def test_interpolation_keeps_the_mix_that_validates_best(two_sets, tmp_path):
         Trainer(create_model("ie-iqa", **IE_TINY), table, None, MOSScale(0, 100),
                 TrainConfig(crop=None, cache_stages=3, interpolate=[0.5]), tmp_path / "r2", progress=False,
                 log=lambda *a: None)
+
+
+@pytest.mark.parametrize("no_worse, expected", [(False, 0.5), (True, 0.25)])
+def test_interpolation_no_worse_never_trades_one_set_for_another(two_sets, tmp_path, no_worse, expected):
+    start = create_model("ie-iqa", **IE_TINY)
+    init = save_checkpoint(start, tmp_path / "start.pt")
+    scales = {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}
+    cfg = TrainConfig(crop=None, init_from=str(init), interpolate=[0.25, 0.5, 1.0], interpolate_no_worse=no_worse)
+    model = create_model("ie-iqa", **IE_TINY)
+    val = two_sets.groupby("dataset").tail(4)
+    tr = Trainer(model, two_sets.drop(val.index), val, scales, cfg, tmp_path / "run", progress=False,
+                 log=lambda *a: None)
+    # validation per mix, in the order the mixes are judged (0 first when it is the floor)
+    script = {0.0: (0.50, 0.90), 0.25: (0.60, 0.90), 0.5: (0.80, 0.85), 1.0: (0.90, 0.70)}
+    order = iter(([0.0] if no_worse else []) + [0.25, 0.5, 1.0])
+
+    def validate(shared=False):
+        a, b = script[next(order)]
+        return {"srocc": (a + b) / 2, "A/srocc": a, "B/srocc": b}
+
+    tr.validate = validate
+    alpha, metrics = tr.interpolate(model)
+    # best mean: 0.5 (B drops below the starting weights'); no worse on either set: 0.25
+    assert alpha == expected and metrics["A/srocc"] == script[expected][0]

@@ -76,6 +76,10 @@ class TrainConfig:
     the ``a`` among these with the best validation score (weight-space ensembling, WiSE-FT,
     Wortsman et al. 2022): what fine-tuning gained on one dataset, kept where it cost another
     that the starting weights ranked well. 1.0 in the list keeps the trained weights possible."""
+    interpolate_no_worse: bool = False
+    """With ``interpolate`` on several validation sets: only mixes that score no lower than the
+    starting weights (``a = 0``) on every set's validation SROCC compete, so a gain on one
+    dataset is never bought with a loss on another (what a ship gate asks of a new default)."""
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
     the validation part of the first training set and store it in the model."""

@@ -627,15 +627,24 @@ class Trainer:
             raise ValueError("interpolate chooses on the validation part: there is none")
         start = load_checkpoint(self.cfg.init_from).state_dict()
         trained = {k: v.clone() for k, v in model.state_dict().items()}
+        if self.cfg.interpolate_no_worse and 0.0 not in alphas:
+            alphas.insert(0, 0.0)  # the floor every other mix is held to
         best: tuple[float, float, dict[str, float]] | None = None
+        floor: dict[str, float] = {}
         with self._judging(model):
             for a in alphas:
                 model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
                                        for k, v in trained.items()})
                 metrics = self.validate()
                 score = self._monitor(metrics)
-                self.log(f"interpolated {a:g}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "srocc" in k))
-                if best is None or monitor_improved(score, best[1]):
+                per_set = {k: v for k, v in metrics.items() if k.endswith("/srocc")} or {"srocc": score}
+                if a == 0.0:
+                    floor = per_set
+                allowed = not self.cfg.interpolate_no_worse or all(
+                    per_set.get(k, float("nan")) >= v for k, v in floor.items())
+                self.log(f"interpolated {a:g}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "srocc" in k)
+                         + ("" if allowed else " (below the starting weights on a set)"))
+                if allowed and (best is None or monitor_improved(score, best[1])):
                     best = (a, score, metrics)
         assert best is not None
         a = best[0]
