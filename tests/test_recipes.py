@@ -18,6 +18,7 @@ import torch
 from conftest import write_image
 from contentiqa.models import create_model
 from contentiqa.models.ie_iqa import IEIQAConfig
+from contentiqa.models import recipes
 from contentiqa.models.recipes import IE_IQA_PAPER_ARGS, IE_IQA_RECIPE, IQA_CR_CLIVE_RECIPE, IQA_CR_RECIPE, TrainRecipe
 from contentiqa.models.registry import list_models, model_entry, model_recipe, resolve_tag, shipped_weights_path
 from contentiqa.training.config import TrainConfig
@@ -33,9 +34,11 @@ def _default_tag_payload(name: str) -> dict:
     return load_torch_file(shipped_weights_path(name), "checkpoint")
 
 
-def test_recipe_fields_are_train_config_fields():
-    assert set(TrainRecipe.field_names()) <= {f.name for f in fields(TrainConfig)}
-    TrainConfig.from_dict(IE_IQA_RECIPE.train_args())  # every recipe is a valid training config
+@pytest.mark.parametrize("recipe", [getattr(recipes, n) for n in dir(recipes) if n.endswith("_RECIPE")])
+def test_a_recipe_is_a_partial_train_config(recipe):
+    assert recipe.train_args() and set(recipe.train_args()) <= {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig.from_dict(recipe.train_args())  # a valid training config; the rest TrainConfig's defaults
+    assert {k: getattr(cfg, k) for k in recipe.train_args()} == recipe.train_args()
 
 
 def test_every_registered_model_has_a_recipe():
@@ -89,8 +92,14 @@ def test_a_tags_recipe_is_read_from_its_checkpoint():
     from contentiqa.models.recipes import IE_IQA_PAPER_RECIPE
 
     # ie-iqa.clive was trained with the paper's SGD recipe (MSE written as 'mse')
-    assert model_recipe("ie-iqa.clive").train_args() == {**IE_IQA_PAPER_RECIPE.train_args(), "score_loss": "mse"}
-    assert model_recipe("iqa-cr.clive").category_weight == 0.05  # the sweep's shipped recipe
+    clive = model_recipe("ie-iqa.clive").train_args()
+    assert {k: clive[k] for k in IE_IQA_PAPER_RECIPE.train_args()} == {**IE_IQA_PAPER_RECIPE.train_args(), "score_loss": "mse"}
+    assert model_recipe("iqa-cr.clive").train_args()["category_weight"] == 0.05  # the sweep's shipped recipe
+    for name in list_models():  # every shipped tag's recipe trains as it is (run-only fields dropped)
+        for tag in model_entry(name).tags:
+            args = model_recipe(f"{name}.{tag}").train_args()
+            assert "seed" not in args and "device" not in args
+            TrainConfig.from_dict(args)
     assert model_recipe("ie-iqa.clive-biq2021") is model_recipe("ie-iqa")  # the default tag: the entry's
     with pytest.raises(ValueError, match="no weights tagged"):
         model_recipe("ie-iqa.nope")
@@ -194,8 +203,8 @@ def test_train_cli_writes_the_recipe_into_the_run_and_checkpoint(tiny_csv, tmp_p
     assert rc == 0
     run = json.loads((out / "config.json").read_text())
     assert run["train_config"]["score_loss"] == "model" and run["train_config"]["optimizer"] == "adamw"
-    assert run["train_config"]["cache_stages"] == IE_IQA_RECIPE.cache_stages
-    assert run["train_config"]["rank_weight"] == IE_IQA_RECIPE.rank_weight
+    assert run["train_config"]["cache_stages"] == IE_IQA_RECIPE.values["cache_stages"]
+    assert run["train_config"]["rank_weight"] == IE_IQA_RECIPE.values["rank_weight"]
     assert run["recipe"]["name"] == "ie-iqa" and run["recipe"]["overrides"] == {"epochs": 1, "batch_size": 4}
     assert run["model_config"]["selection"] == "none"  # the registered architecture
     best = load_checkpoint(out / "best.pt")

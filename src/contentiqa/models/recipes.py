@@ -18,15 +18,17 @@ This module imports nothing heavy: ``contentiqa models`` and ``train --help`` re
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """How a registered model is trained: the :class:`~contentiqa.training.config.TrainConfig`
-    fields that make up a recipe (every field here is a TrainConfig field of the same name and
-    meaning), plus ``source``, saying where the values come from.
+    """How a registered model is trained: a partial
+    :class:`~contentiqa.training.config.TrainConfig`, the fields a recipe sets (same names and
+    meanings) and nothing else, so every other field keeps TrainConfig's one default instead of
+    a second copy here; plus ``source``, saying where the values come from.
 
     ``score_loss="model"`` means the model's own loss (:meth:`IQAModel.loss`, e.g. IE-IQA's MSE);
     ``smooth_l1`` / ``mse`` are the multitask loss's fixed choices. The category (focal) and
@@ -36,41 +38,19 @@ class TrainRecipe:
 
     source: str
     """Where these values come from (a shipped checkpoint's ``extra.train_config``, a config)."""
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    backbone_lr_scale: float
-    """Learning rate of the backbone parameter group relative to ``lr`` (the head gets ``lr``)."""
-    weight_decay: float
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    warmup_epochs: float = 1.0
-    head_only_epochs: int = 0
-    patience: int = 0
-    score_loss: str = "smooth_l1"
-    smooth_l1_beta: float = 0.1
-    focal_gamma: float = 2.0
-    loss_weighting: str = "sum"
-    category_weight: float = 0.2
-    rank_weight: float = 0.0
-    rank_sigma: float = 0.05
-    crop: int | None = None
-    hflip: bool = True
-    cache_stages: int = 0
-
-    def train_args(self) -> dict[str, Any]:
-        """The recipe as TrainConfig keyword arguments (everything but ``source``)."""
-        d = asdict(self)
-        d.pop("source")
-        return d
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    values: Mapping[str, Any]
+    """TrainConfig keyword arguments (tests check each against TrainConfig's fields)."""
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.name != "source"]
+    def of(cls, source: str, **values: Any) -> TrainRecipe:
+        return cls(source, MappingProxyType(dict(values)))
+
+    def train_args(self) -> dict[str, Any]:
+        """The recipe as TrainConfig keyword arguments."""
+        return dict(self.values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, **self.values}
 
 
 # -- architecture defaults ------------------------------------------------------------------------
@@ -118,7 +98,7 @@ FROZEN_BACKBONE_MULTI = dict(
 """The shared part of configs/multi_clive_biq2021.yaml's ``train`` section (frozen Lite0 backbone,
 heads trained on cached pooled features, within-dataset fidelity ranking loss)."""
 
-IQA_CR_RECIPE = TrainRecipe(
+IQA_CR_RECIPE = TrainRecipe.of(
     source="iqa-cr.clive-biq2021: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021.pt, "
            "row 'IQA-CR (human scene labels), normalised + ranking' of configs/multi_clive_biq2021.yaml "
            "(shipped by benchmarks/ship_multi.py)",
@@ -127,7 +107,7 @@ IQA_CR_RECIPE = TrainRecipe(
 """IQA-CR's multitask loss (smooth-L1 score + 0.2 x focal content, summed) plus the ranking term,
 AdamW, frozen backbone."""
 
-IE_IQA_RECIPE = TrainRecipe(
+IE_IQA_RECIPE = TrainRecipe.of(
     source="ie-iqa.clive-biq2021: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021.pt, "
            "row 'IE-IQA, normalised + ranking' of configs/multi_clive_biq2021.yaml (shipped by "
            "benchmarks/ship_multi.py; trained with score_loss 'mse', which is IE-IQA's own loss)",
@@ -135,7 +115,7 @@ IE_IQA_RECIPE = TrainRecipe(
 )
 """IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones."""
 
-IQA_CR_CLIVE_RECIPE = TrainRecipe(
+IQA_CR_CLIVE_RECIPE = TrainRecipe.of(
     source="iqa-cr-q.clive: extra.train_config of src/contentiqa/weights/iqa-cr-q_clive.pt (benchmarks/"
            "iqa_cr_sweep.sh); the same values are configs/clive_iqa_cr.yaml's train section, which trained "
            "the unshipped IQA-CR-C and MTL baselines of benchmarks/results/iqa_cr.md",
@@ -145,7 +125,7 @@ IQA_CR_CLIVE_RECIPE = TrainRecipe(
 """IQA-CR's paper-style fine-tuning on CLIVE: native-resolution 448-px crops, first 6 backbone
 stages frozen and cached, the rest fine-tuned at 0.3 x lr."""
 
-IE_IQA_PAPER_RECIPE = TrainRecipe(
+IE_IQA_PAPER_RECIPE = TrainRecipe.of(
     source="Song et al. 2021 §4.2 as configs/clive_ie_iqa.yaml and the ie_iqa_koniq_*.yaml configs write it "
            "(SGD lr 0.03, FC layers alone for 2 epochs, MSE); ie-iqa.clive was trained with it "
            "(its extra.train_config)",
@@ -154,7 +134,7 @@ IE_IQA_PAPER_RECIPE = TrainRecipe(
 )
 """Not an entry's default: the recipe of the ``ie-iqa.clive`` tag and of the paper configs."""
 
-IE_IQA_DISTORTION_RECIPE = TrainRecipe(
+IE_IQA_DISTORTION_RECIPE = TrainRecipe.of(
     source="row 'IE-IQA distortion only (no intelligibility)' of configs/biq2021_cross.yaml (frozen backbone, "
            "MSE, no ranking term); no shipped weights",
     score_loss="model", **{**FROZEN_BACKBONE_MULTI, "rank_weight": 0.0},

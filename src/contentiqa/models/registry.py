@@ -207,11 +207,12 @@ def _tag_recipe(entry: ModelEntry, tag: str) -> TrainRecipe:
     stored = (payload.get("extra") or {}).get("train_config") if isinstance(payload, dict) else None
     if not isinstance(stored, dict):
         raise ValueError(f"{path} does not record how it was trained (no extra.train_config)")
-    values = {k: stored[k] for k in TrainRecipe.field_names() if k in stored}
-    try:
-        return TrainRecipe(source=f"{entry.name}.{tag}: extra.train_config of {path.name}", **values)
-    except TypeError as exc:
-        raise ValueError(f"{path}: its extra.train_config is not a complete recipe ({exc})") from None
+    # everything it was trained with but where and how reproducibly (the run's, not the recipe's)
+    values = {k: v for k, v in stored.items() if k not in _RUN_ONLY}
+    return TrainRecipe.of(f"{entry.name}.{tag}: extra.train_config of {path.name}", **values)
+
+
+_RUN_ONLY = frozenset({"seed", "device", "num_workers"})
 
 
 def resolve_tag(name: str, tag: str | None = None) -> tuple[ModelEntry, str | None]:
