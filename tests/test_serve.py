@@ -937,3 +937,34 @@ def test_uploads_are_preprocessed_on_the_decoding_threads(model, monkeypatch):
     assert rows[1]["score"] is None and "preprocessing failed: boom" in rows[1]["error"]
     assert [rows[0]["score"], rows[2]["score"]] == pytest.approx([inline[0]["score"], inline[2]["score"]], abs=1e-6)
     assert rows[0]["error"] is None and rows[2]["error"] is None
+
+
+def test_served_connections_send_without_waiting_for_acks():
+    """The listening socket serve binds itself: the connections asyncio accepts on it must have
+    Nagle's algorithm off, or every response's second write waits for the client's delayed ACK
+    (a lone request took ~40 ms longer)."""
+    import asyncio
+
+    from contentiqa.cli.serve import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    sock.listen()
+    seen: list[int] = []
+
+    async def main():
+        async def handle(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0

@@ -155,7 +155,10 @@ def _loader(kwargs: dict, quiet: bool = False):
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model starts loading (as uvicorn binds one for
     its workers, ``Config.bind_socket``): an address in use is a usage error, said plainly."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: accepted connections inherit it, and asyncio turns Nagle's algorithm
+    # off (TCP_NODELAY) only on sockets that say they are TCP; with proto 0 each response's
+    # second write waited for the client's delayed ACK (~40 ms a request).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
