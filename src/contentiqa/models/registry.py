@@ -207,7 +207,7 @@ def _tag_recipe(entry: ModelEntry, tag: str) -> TrainRecipe:
     stored = (payload.get("extra") or {}).get("train_config") if isinstance(payload, dict) else None
     if not isinstance(stored, dict):
         raise ValueError(f"{path} does not record how it was trained (no extra.train_config)")
-    # everything it was trained with but where and how reproducibly (the run's, not the recipe's)
+    # what it was trained with, less the run's own settings (its seed, device and loader workers)
     values = {k: v for k, v in stored.items() if k not in _RUN_ONLY}
     return TrainRecipe.of(f"{entry.name}.{tag}: extra.train_config of {path.name}", **values)
 

@@ -640,7 +640,7 @@ class Trainer:
                 per_set = {k: v for k, v in metrics.items() if k.endswith("/srocc")} or {"srocc": score}
                 if a == 0.0:
                     floor = per_set
-                allowed = not self.cfg.interpolate_no_worse or all(
+                allowed = not self.cfg.interpolate_no_worse or a == 0.0 or all(
                     per_set.get(k, float("nan")) >= v for k, v in floor.items())
                 self.log(f"interpolated {a:g}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "srocc" in k)
                          + ("" if allowed else " (below the starting weights on a set)"))
