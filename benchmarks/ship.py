@@ -70,8 +70,8 @@ def figures_from(results: Path | None, row: str) -> str:
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
 
-def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> Path:
-    """Train ``run`` (a row another row starts from) on the shipping photos; its best.pt."""
+def make_trainer(cfg, run, settings: dict, work: Path, train, val, scales, cache: str | None):
+    """A Trainer of ``run``'s model (seed 0's initial weights) with ``settings`` on the shipping photos."""
     import torch
 
     from contentiqa.models import create_model
@@ -80,9 +80,13 @@ def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> 
 
     torch.manual_seed(0)
     model = create_model(run.model, pretrained=False, **run.model_args)
-    trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())),
-                      TrainConfig.from_dict({**run.train, "seed": 0}), work, progress=True,
-                      cache_dir=cache or cfg.cache_dir or work / "cache")
+    return Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())),
+                   TrainConfig.from_dict(settings), work, progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
+
+
+def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> Path:
+    """Train ``run`` (a row another row starts from) on the shipping photos; its best.pt."""
+    trainer = make_trainer(cfg, run, {**run.train, "seed": 0}, work, train, val, scales, cache)
     trainer.fit(resume=True)
     if val is not None:
         return work / "best.pt"
@@ -94,13 +98,9 @@ def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> 
 def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
              from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None) -> Path:
     """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path."""
-    import torch
-
     from contentiqa.experiments import load_config
-    from contentiqa.models import create_model
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
-    from contentiqa.training.trainer import Trainer
     from contentiqa.utils.io import atomic_write_text
 
     cfg = load_config(config)
@@ -133,11 +133,8 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                 settings["init_from"] = str(train_first(cfg, first, work.parent / f"{work.name}_{first.slug}", train, val,
                                                         scales, cache))
                 used.append(f"starting from row \"{first.name}\" trained first on the same photos")
-        torch.manual_seed(0)
-        model = create_model(run.model, pretrained=False, **run.model_args)
-        tcfg = TrainConfig.from_dict(settings)
-        trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())), tcfg, work,
-                          progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
+        trainer = make_trainer(cfg, run, settings, work, train, val, scales, cache)
+        tcfg = trainer.cfg
         best = trainer.fit(resume=True)
         best_model = trainer.load_best() if val is not None else trainer.model
         if tcfg.interpolate:

@@ -629,12 +629,16 @@ class Trainer:
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         if self.cfg.interpolate_no_worse and 0.0 not in alphas:
             alphas.insert(0, 0.0)  # the floor every other mix is held to
+
+        def mix(a: float) -> None:
+            model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
+                                   for k, v in trained.items()})
+
         best: tuple[float, float, dict[str, float]] | None = None
         floor: dict[str, float] = {}
         with self._judging(model):
             for a in alphas:
-                model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
-                                       for k, v in trained.items()})
+                mix(a)
                 metrics = self.validate()
                 score = self._monitor(metrics)
                 per_set = {k: v for k, v in metrics.items() if k.endswith("/srocc")} or {"srocc": score}
@@ -647,10 +651,8 @@ class Trainer:
                 if allowed and (best is None or monitor_improved(score, best[1])):
                     best = (a, score, metrics)
         assert best is not None
-        a = best[0]
-        model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
-                               for k, v in trained.items()})
-        return a, best[2]
+        mix(best[0])
+        return best[0], best[2]
 
     @contextlib.contextmanager
     def _judging(self, model: IQAModel):
