@@ -298,3 +298,38 @@ def test_interpolation_no_worse_never_trades_one_set_for_another(two_sets, tmp_p
     alpha, metrics = tr.interpolate(model)
     # best mean: 0.5 (B drops below the starting weights'); no worse on either set: 0.25
     assert alpha == expected and metrics["A/srocc"] == script[expected][0]
+
+
+@pytest.mark.parametrize("monitor, best_epoch", [(None, 1), ("B/srocc", 3), ("A/srocc", 1)])
+def test_monitor_names_the_validation_metric_that_picks_the_epoch(two_sets, tmp_path, monitor, best_epoch):
+    scales = {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}
+    val = two_sets.groupby("dataset").tail(4)
+    cfg = TrainConfig(epochs=3, batch_size=4, crop=None, patience=0, monitor=monitor)
+    tr = Trainer(create_model("ie-iqa", **IE_TINY), two_sets.drop(val.index), val, scales, cfg, tmp_path / "run",
+                 progress=False, log=lambda *a: None)
+    # a small, noisy set A that peaks early, and a set B that keeps improving
+    script = iter([(0.90, 0.60), (0.50, 0.70), (0.55, 0.80)])
+
+    def validate(shared=False):
+        a, b = next(script)
+        return {"srocc": (a + b) / 2, "A/srocc": a, "B/srocc": b}
+
+    tr.validate = validate
+    assert tr.fit()["epoch"] == best_epoch
+    assert load_checkpoint(tmp_path / "run" / "best.pt") is not None
+
+
+def test_monitor_must_name_a_validation_metric(two_sets, tmp_path):
+    scales = {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}
+    val = two_sets.groupby("dataset").tail(4)
+    model = create_model("ie-iqa", **IE_TINY)
+    with pytest.raises(ValueError, match="'C' is not a set"):
+        Trainer(model, two_sets.drop(val.index), val, scales, TrainConfig(crop=None, monitor="C/srocc"),
+                tmp_path / "r1", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="needs a validation part"):
+        Trainer(model, two_sets, None, scales, TrainConfig(crop=None, monitor="B/srocc"), tmp_path / "r2",
+                progress=False, log=lambda *a: None)
+    tr = Trainer(model, two_sets.drop(val.index), val, scales, TrainConfig(epochs=1, batch_size=4, crop=None,
+                 monitor="B/kendall"), tmp_path / "r3", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="'B/kendall' is not a validation metric.*B/srocc"):
+        tr.fit()

@@ -25,6 +25,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     patience: int = 8
     """Early stopping: epochs without a better validation SROCC before stopping (0 = never)."""
+    monitor: str | None = None
+    """The validation metric that picks the best epoch, stops early and chooses the
+    ``interpolate`` mix: a key of the validation metrics, e.g. ``BIQ2021/srocc`` for one
+    training set's SROCC. None: SROCC (the mean over the sets' SROCC with several sets), or
+    accuracy for a model without a score. One set's alone matters when another's validation
+    part is too small to tell epochs apart but is still needed (``calibrate`` fits on it)."""
     # loss
     score_loss: str = "smooth_l1"
     """smooth_l1 | mse | model (the model's own :meth:`IQAModel.loss`, e.g. IE-IQA's MSE)."""

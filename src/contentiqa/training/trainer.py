@@ -159,6 +159,12 @@ class Trainer:
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
+        if cfg.monitor is not None and self.val_table is None:
+            raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
+        if cfg.monitor is not None and "/" in cfg.monitor:
+            name = cfg.monitor.split("/", 1)[0]
+            if self.scales is None or name not in set(self.val_table["dataset"]):
+                raise ValueError(f"monitor {cfg.monitor!r}: {name!r} is not a set of the validation part")
         if cfg.interpolate and not cfg.init_from:
             raise ValueError("interpolate mixes the trained weights with those of init_from: set init_from")
         if cfg.init_from:
@@ -482,7 +488,12 @@ class Trainer:
             self.model, self.val_table, self.val_feats = saved
 
     def _monitor(self, metrics: dict[str, float]) -> float:
-        return metrics.get("srocc", metrics.get("accuracy", float("nan")))
+        if self.cfg.monitor is None:
+            return metrics.get("srocc", metrics.get("accuracy", float("nan")))
+        if self.cfg.monitor not in metrics:
+            raise ValueError(f"monitor {self.cfg.monitor!r} is not a validation metric of this run; "
+                             f"these are: {sorted(metrics)}")
+        return metrics[self.cfg.monitor]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm.auto import tqdm
