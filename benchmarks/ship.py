@@ -115,9 +115,10 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
         # tested.pt: the weights the experiment tested and the ship gate judged (after mixing with
         # the starting weights and calibrating, when the row does either); best.pt otherwise.
         best_model = load_checkpoint(from_run / ("tested.pt" if (from_run / "tested.pt").is_file() else "best.pt"))
-        history = [json.loads(line) for line in (from_run / "metrics.jsonl").read_text().splitlines()]
-        best = max(history, key=lambda r: r.get("val_srocc", float("-inf")))
         tcfg = TrainConfig.from_dict(json.loads((from_run / "config.json").read_text())["train_config"])
+        history = [json.loads(line) for line in (from_run / "metrics.jsonl").read_text().splitlines()]
+        monitor = f"val_{tcfg.monitor or 'srocc'}"  # what chose the epoch
+        best = max(history, key=lambda r: r.get(monitor, float("-inf")))
         seed = from_run.name.removeprefix("seed")
         used = [f"the training parts of split seed {seed} of `{config}` (the experiment's run "
                 f"{from_run.parent.name}/{from_run.name}; its test parts were held out)"]

@@ -617,7 +617,8 @@ class Trainer:
                 atomic_torch_save(self.state(), last)
                 self._write_logs()
             dist_utils.barrier()
-            msg = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k.startswith(("loss", "val_srocc", "val_plcc", "val_acc")))
+            shown = ("loss", "val_srocc", "val_plcc", "val_acc") + ((f"val_{cfg.monitor}",) if cfg.monitor else ())
+            msg = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k.startswith(shown))
             self.log(f"epoch {record['epoch']}: {msg} ({record['time_s']}s){' *' if improved else ''}")
             if stop:
                 self.log(f"early stop: no better validation score for {cfg.patience} epochs")
