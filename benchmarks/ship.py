@@ -138,13 +138,14 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
         tcfg = trainer.cfg
         best = trainer.fit(resume=True)
         best_model = trainer.load_best() if val is not None else trainer.model
-        if tcfg.interpolate:
-            alpha, _ = trainer.interpolate(best_model)
+        finished = trainer.finish(best_model)
+        if "interpolated" in finished:
+            alpha = finished["interpolated"]
             used.append(f"weights mixed with those it started from: {1 - alpha:g} x start + {alpha:g} x trained "
                         "(chosen on the validation photos)")
-        if tcfg.calibrate:
-            calibration = trainer.calibrate(best_model)
-            used.append(f"output calibrated on the validation photos of {cfg.train_sets[0].label}: logistic {calibration}")
+        if "calibration" in finished:
+            used.append(f"output calibrated on the validation photos of {cfg.train_sets[0].label}: logistic "
+                        f"{finished['calibration']}")
     weights_dir.mkdir(parents=True, exist_ok=True)
     name = f"{run.model}_{tag}.pt"
     path = weights_dir / name

@@ -175,6 +175,30 @@ def test_train_cli_end_to_end(tiny_table, tmp_path):
     assert main(["train", "--data", str(csv), "--set", "bogus=1", "--quiet"]) == 2
 
 
+def test_train_cli_finishes_the_recipe_with_calibration(tmp_path, capsys):
+    """A recipe with ``calibrate`` (the default IE-IQA's): ``contentiqa train`` calibrates the chosen
+    model on the validation part as an experiment does, and writes it to OUT/tested.pt."""
+    from contentiqa.cli.main import main
+
+    rng = np.random.default_rng(1)
+    rows = [{"image": str(write_image(tmp_path / "img" / f"{i}.png", 64, 64, seed=i)), "mos": float(rng.uniform(0, 100)),
+             "split": "train" if i < 12 else "val"} for i in range(20)]
+    csv = tmp_path / "data.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    args = ["train", "--model", "ie-iqa", "--data", str(csv), "--epochs", "1", "--batch-size", "4", "--quiet",
+            "--set", "cache_stages=3", "--set", "calibrate=true", "--set", "model.input_size=64", "--set",
+            "model.distortion_pretrained=false", "--set", "model.intelligibility_pretrained=false",
+            "--set", "model.hidden=[8, 4]", "--set", "model.bn_eval=true"]
+    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    assert "output calibrated on the validation part" in capsys.readouterr().out
+    finished = load_checkpoint(tmp_path / "run" / "tested.pt")
+    assert finished.cfg.calibration is not None and load_checkpoint(tmp_path / "run" / "best.pt").cfg.calibration is None
+    # no validation part to calibrate on: a clear error, not a model that silently skipped it
+    pd.DataFrame(rows).assign(split=["train"] * 14 + ["test"] * 6).to_csv(csv, index=False)
+    assert main(args + ["--out", str(tmp_path / "run2")]) == 2
+    assert "calibration needs a validation part" in capsys.readouterr().err
+
+
 def test_monitor_improved_ranks_nan_below_every_score():
     from contentiqa.training.trainer import monitor_improved
 

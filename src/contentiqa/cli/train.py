@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train a model (IQA-CR, IE-IQA, ...) on a human-rated dataset",
         description=(
             "Train a model on a dataset split. Checkpoints go to OUT/last.pt every epoch and "
-            "OUT/best.pt (best validation SROCC); --resume continues an interrupted run exactly. "
+            "OUT/best.pt (the best validation epoch); a recipe that mixes or calibrates the weights "
+            "afterwards (interpolate, calibrate) writes the finished model to OUT/tested.pt. "
+            "--resume continues an interrupted run exactly. "
             "By default the model is built with its registered architecture and trained with its "
             "registered recipe (how its shipped default weights were trained; see "
             "src/contentiqa/models/recipes.py); --recipe takes another model's or none (the "
@@ -186,10 +188,10 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
+    m = _finish(trainer, trainer.load_best(), out)
     if "test" in parts:
         from ..training.evaluate import evaluate_model
 
-        m = trainer.load_best()
         metrics, preds = evaluate_model(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
@@ -205,6 +207,22 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
         return trainer.fit(resume=args.resume)
     except CheckpointReadError as exc:
         raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
+
+
+def _finish(trainer, model, out: Path):
+    """``model`` (the chosen epoch's) mixed and calibrated as the recipe asks (``Trainer.finish``);
+    when that changed it, saved as OUT/tested.pt, the model to use and the one the test part scores."""
+    from ..models.registry import save_checkpoint
+
+    try:
+        done = trainer.finish(model)
+    except ValueError as exc:
+        raise UsageError(f"cannot finish the run: {exc}") from None
+    if done:
+        save_checkpoint(model, out / "tested.pt", extra={"train_config": trainer.cfg.to_dict(), **done})
+        what = (["weights mixed"] if "interpolated" in done else []) + (["output calibrated"] if "calibration" in done else [])
+        print(f"{' and '.join(what)} on the validation part -> {out / 'tested.pt'}")
+    return model
 
 
 def _label(args: argparse.Namespace) -> str:
@@ -264,7 +282,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         print(f"best epoch {best.get('epoch')}: mean val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
     else:
         print(f"no dataset has a validation part: the model after the last epoch is tested ({out / 'last.pt'})")
-    m = trainer.load_best() if val is not None else trainer.model
+    m = _finish(trainer, trainer.load_best() if val is not None else trainer.model, out)
     results = {}
     for label, p in parts.items():
         if "test" in p:

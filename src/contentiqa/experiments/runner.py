@@ -285,8 +285,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         return None
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
     chosen = trainer.load_best() if use_best else trainer.model
-    mixed = trainer.interpolate(chosen) if tcfg.interpolate else None
-    calibration = trainer.calibrate(chosen) if tcfg.calibrate else None
+    finished = trainer.finish(chosen)
     # The exact model the split's test figures come from (chosen epoch, calibrated): what a
     # later check scores through the CLI (benchmarks/ship_gate.py).
     save_checkpoint(chosen, run_dir / "tested.pt", extra={
@@ -296,8 +295,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
-        "device": tcfg.device, "calibration": calibration,
-        **({"interpolated": mixed[0], "val_interpolated": mixed[1]} if mixed else {}),
+        "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
         "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
         "n_test": sum(len(o.get("test", [])) for o in own.values()),
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},

@@ -701,6 +701,18 @@ class Trainer:
         model.set_calibration(params)
         return params
 
+    def finish(self, model: IQAModel) -> dict[str, Any]:
+        """What the config asks of the chosen model after the epochs, applied to ``model``: the
+        weight mix (``interpolate``), then the output calibration (``calibrate``). One place, so
+        an experiment, a shipped tag and ``contentiqa train`` end a recipe the same way. Returns
+        what was done: ``interpolated`` (the mix) and ``val_interpolated``, ``calibration``."""
+        done: dict[str, Any] = {}
+        if self.cfg.interpolate:
+            done["interpolated"], done["val_interpolated"] = self.interpolate(model)
+        if self.cfg.calibrate:
+            done["calibration"] = self.calibrate(model)
+        return done
+
     def epoch_minutes(self) -> float | None:
         """Mean wall-clock minutes of the epochs trained (validation included)."""
         times = [float(h["time_s"]) for h in self.history if "time_s" in h]
