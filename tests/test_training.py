@@ -196,7 +196,7 @@ def test_train_cli_finishes_the_recipe_with_calibration(tmp_path, capsys):
     # no validation part to calibrate on: a clear error, not a model that silently skipped it
     pd.DataFrame(rows).assign(split=["train"] * 14 + ["test"] * 6).to_csv(csv, index=False)
     assert main(args + ["--out", str(tmp_path / "run2")]) == 2
-    assert "calibration needs a validation part" in capsys.readouterr().err
+    assert "calibrate fits on the validation part, and there is none" in capsys.readouterr().err
 
 
 def test_monitor_improved_ranks_nan_below_every_score():

@@ -167,6 +167,10 @@ class Trainer:
                 raise ValueError(f"monitor {cfg.monitor!r}: {name!r} is not a set of the validation part")
         if cfg.interpolate and not cfg.init_from:
             raise ValueError("interpolate mixes the trained weights with those of init_from: set init_from")
+        if (cfg.calibrate or cfg.interpolate) and self.val_table is None:
+            name = "calibrate" if cfg.calibrate else "interpolate"
+            raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
+                             f"or turn {name} off")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
