@@ -232,6 +232,19 @@ def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
     assert model.cfg.calibration == params and params[1] > 0 and params[3] > 0
 
 
+def test_more_anchor_photos_than_the_training_set_has_use_every_photo(two_sets, tmp_path):
+    """A recipe's counts (the default IE-IQA's 270 anchor photos) on a small set: each photo once."""
+    table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
+    cfg = TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=3, score_loss="model", anchor_weight=0.1,
+                      anchor_photos=270, damage_weight=0.5, damage_photos=50)
+    tr = Trainer(create_model("ie-iqa", **IE_TINY), table.iloc[:7], table.iloc[7:], MOSScale(0, 100), cfg, tmp_path / "run",
+                 progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+    assert sorted(tr.damage.picked) == sorted(table["image"].iloc[:7]) and len(tr.damage.anchors) == 7
+    assert len(tr.damage.groups) == 7
+    tr.fit()
+    assert np.isfinite(tr.history[-1]["loss_anchor"])
+
+
 def test_damage_without_a_cache_or_with_an_unknown_source_is_refused(two_sets, tmp_path):
     model = create_model("ie-iqa", **IE_TINY)
     scales = {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}

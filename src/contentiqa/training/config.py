@@ -59,7 +59,8 @@ class TrainConfig:
     """Weight of a ranking loss on graded damage: a photo above its degraded copies, a milder
     degradation above a stronger one (:mod:`contentiqa.data.degrade`). 0 = off."""
     damage_photos: int = 0
-    """Training photos that get degraded copies (one degradation type each, levels 1-4)."""
+    """Training photos that get degraded copies (one degradation type each, levels 1-4); at most
+    the training set's."""
     damage_groups: int = 2
     """Groups (a photo and its four degraded copies) added to every batch."""
     anchor_weight: float = 0.0
@@ -67,7 +68,8 @@ class TrainConfig:
     destroyed-JPEG frames, ranked below every photo of the batch and pulled to the bottom of
     the scale. 0 = off."""
     anchor_photos: int = 0
-    """Training photos that bad frames are made from (one kind each, cycling over the kinds)."""
+    """Training photos that bad frames are made from (one kind each, cycling over the kinds); at
+    most the training set's."""
     anchors_per_batch: int = 2
     damage_source: str | None = None
     """Several training sets: the set whose photos the damage is made from (None: any)."""

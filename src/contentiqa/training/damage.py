@@ -44,9 +44,10 @@ class DamageSet:
                 raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets")
             rows = table[table["dataset"] == cfg.damage_source]
         candidates = sorted(rows["image"].astype(str).unique())
-        need = max(cfg.damage_photos if cfg.damage_weight else 0, cfg.anchor_photos if cfg.anchor_weight else 0)
-        if need > len(candidates):
-            raise ValueError(f"{need} damage photos asked for, but the training table has {len(candidates)}")
+        # At most the photos there are: a recipe's counts (the default IE-IQA's 270 anchors) also
+        # train on a smaller set, every photo then serving.
+        need = min(len(candidates), max(cfg.damage_photos if cfg.damage_weight else 0,
+                                        cfg.anchor_photos if cfg.anchor_weight else 0))
         picked = [candidates[i] for i in np.random.default_rng(11).permutation(len(candidates))[:need]]
         self.picked = picked
         kinds = sorted(DEGRADATIONS)
@@ -62,8 +63,8 @@ class DamageSet:
         self.anchors: list[dict[str, torch.Tensor]] = []
         if cfg.anchor_weight and cfg.anchor_photos:
             bad = sorted(BAD_FRAMES)
-            specs = [f"bad:{bad[i % len(bad)]}" for i in range(cfg.anchor_photos)]
-            self.anchors = encode(picked[:cfg.anchor_photos], specs)
+            photos = picked[:cfg.anchor_photos]
+            self.anchors = encode(photos, [f"bad:{bad[i % len(bad)]}" for i in range(len(photos))])
 
     @property
     def active(self) -> bool:
