@@ -54,7 +54,7 @@ def shipping_data(cfg, out: Path):
         train_parts.append(table.iloc[tr].assign(dataset=spec.label) if several else table.iloc[tr])
         if len(va):
             val_parts.append(table.iloc[va].assign(dataset=spec.label) if several else table.iloc[va])
-        used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} held out for early stopping)" if len(va) else ""))
+        used.append(f"{spec.label}: {len(tr)} images" + (f" (+{len(va)} held out for validation)" if len(va) else ""))
     val = pd.concat(val_parts, ignore_index=True) if val_parts else None
     return pd.concat(train_parts, ignore_index=True), val, scales, used
 

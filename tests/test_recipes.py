@@ -27,7 +27,7 @@ from contentiqa.utils.checkpoint_io import load_torch_file
 SHIPPED = list_models(pretrained_only=True)
 # Keys of a stored config that are not architecture: the weights' provenance and training state.
 NOT_ARCHITECTURE = {"scale", "backbone_pretrained", "distortion_pretrained", "intelligibility_pretrained",
-                    "frozen_stages", "categories", "num_categories"}
+                    "frozen_stages", "categories", "num_categories", "calibration"}
 
 
 def _default_tag_payload(name: str) -> dict:
@@ -100,7 +100,7 @@ def test_a_tags_recipe_is_read_from_its_checkpoint():
             args = model_recipe(f"{name}.{tag}").train_args()
             assert "seed" not in args and "device" not in args
             TrainConfig.from_dict(args)
-    assert model_recipe("ie-iqa.clive-biq2021") is model_recipe("ie-iqa")  # the default tag: the entry's
+    assert model_recipe("ie-iqa.clive-biq2021-v2") is model_recipe("ie-iqa")  # the default tag: the entry's
     with pytest.raises(ValueError, match="no weights tagged"):
         model_recipe("ie-iqa.nope")
 
@@ -198,14 +198,17 @@ def test_train_cli_writes_the_recipe_into_the_run_and_checkpoint(tiny_csv, tmp_p
     tiny = ["--set", "model.distortion_pretrained=false", "--set", "model.intelligibility_pretrained=false",
             "--set", "model.bn_eval=true", "--set", "model.hidden=[8, 4]", "--set", "model.input_size=64",
             "--set", "model.intelligibility_input_size=64"]
-    rc = main(["train", "--model", "ie-iqa", "--data", str(tiny_csv), "--out", str(out), "--protocol", "iqa-cr",
-               "--epochs", "1", "--batch-size", "4", *tiny, "--quiet"])
+    args = ["train", "--model", "ie-iqa", "--data", str(tiny_csv), "--out", str(out), "--protocol", "iqa-cr",
+            "--epochs", "1", "--batch-size", "4", *tiny, "--quiet"]
+    assert main(args) == 2  # the recipe calibrates, on a validation part this small split lacks: said up front
+    rc = main(args + ["--set", "calibrate=false"])
     assert rc == 0
     run = json.loads((out / "config.json").read_text())
     assert run["train_config"]["score_loss"] == "model" and run["train_config"]["optimizer"] == "adamw"
     assert run["train_config"]["cache_stages"] == IE_IQA_RECIPE.values["cache_stages"]
     assert run["train_config"]["rank_weight"] == IE_IQA_RECIPE.values["rank_weight"]
-    assert run["recipe"]["name"] == "ie-iqa" and run["recipe"]["overrides"] == {"epochs": 1, "batch_size": 4}
+    assert run["recipe"]["name"] == "ie-iqa" and run["recipe"]["overrides"] == {"epochs": 1, "batch_size": 4,
+                                                                                 "calibrate": False}
     assert run["model_config"]["selection"] == "none"  # the registered architecture
     best = load_checkpoint(out / "best.pt")
     assert best.checkpoint_info["recipe"] == run["recipe"]

@@ -1,7 +1,7 @@
 """The shipped models keep producing the scores recorded before a refactor.
 
 tests/data/recorded_scores.json was written by tools/record_scores.py (torch, CPU, float32, one
-photo per pass) from the commit it names; every shipped ``name.tag`` must still give the same
+photo per pass) from the commit it names (a tag shipped later: from the commit "added" names for it); every shipped ``name.tag`` must still give the same
 normalised score and category probabilities on the example photos within 1e-4. (The tolerance is
 on the normalised [0, 1] score: recomputing with 1 vs 2 threads moved MOS-scale scores by up to
 2.4e-5 on this machine, so a tolerance on the 0-100 scale would test the CPU's kernels.)

@@ -108,12 +108,16 @@ IQA_CR_RECIPE = TrainRecipe.of(
 AdamW, frozen backbone."""
 
 IE_IQA_RECIPE = TrainRecipe.of(
-    source="ie-iqa.clive-biq2021: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021.pt, "
-           "row 'IE-IQA, normalised + ranking' of configs/multi_clive_biq2021.yaml (shipped by "
-           "benchmarks/ship_multi.py; trained with score_loss 'mse', which is IE-IQA's own loss)",
-    score_loss="model", **FROZEN_BACKBONE_MULTI,
+    source="ie-iqa.clive-biq2021-v2: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021-v2.pt, "
+           "row 'IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated' of configs/multi_finetune.yaml (shipped by "
+           "benchmarks/ship.py once benchmarks/ship_gate.py passed it), less the two fields that name its "
+           "training sets (monitor: BIQ2021/srocc, damage_source: BIQ2021)",
+    score_loss="model", anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2, calibrate=True,
+    **FROZEN_BACKBONE_MULTI,
 )
-"""IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones."""
+"""IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones; bad frames
+(black, white, gray, noise, blurred, pixelated, destroyed JPEG) as anchors at the bottom of the
+scale, and the output calibrated on the validation part (a monotone logistic stored in the weights)."""
 
 IQA_CR_CLIVE_RECIPE = TrainRecipe.of(
     source="iqa-cr-q.clive: extra.train_config of src/contentiqa/weights/iqa-cr-q_clive.pt (benchmarks/"

@@ -73,12 +73,16 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
     return model
 
 
-# Tags: `clive-biq2021` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
-# backbones, per-dataset normalisation + within-dataset ranking loss; benchmarks/results/
-# generalization.md); `clive` = fine-tuned on clive-dev alone. The default tag comes first.
+# Tags: `clive-biq2021-v2` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
+# backbones, per-dataset normalisation + within-dataset ranking loss, bad-frame anchors, the epoch
+# chosen on BIQ2021's validation part, output calibrated on clive-dev's; configs/multi_finetune.yaml,
+# admitted by benchmarks/ship_gate.py); `clive-biq2021` = the same without anchors and calibration,
+# stopped on BIQ2021's validation part (configs/multi_clive_biq2021.yaml); `clive` = fine-tuned on
+# clive-dev alone. The default tag comes first (weights/defaults.json, written by ship.py, decides).
 # An untrained `ie-iqa` is the shipped architecture (no selection, 384 px: recipes.IE_IQA_DEFAULTS);
 # the paper's is `create_model("ie-iqa", pretrained=False, **recipes.IE_IQA_PAPER_ARGS)`.
-@register_model("ie-iqa", weights={"clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
+@register_model("ie-iqa", weights={"clive-biq2021-v2": "ie-iqa_clive-biq2021-v2.pt",
+                                   "clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
                 defaults=IE_IQA_DEFAULTS, recipe=IE_IQA_RECIPE)
 def ie_iqa(**kwargs) -> IEIQA:
     """IE-IQA: distortion CNN fused with selected features of a frozen intelligibility network."""

@@ -171,6 +171,12 @@ class Trainer:
             name = "calibrate" if cfg.calibrate else "interpolate"
             raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
                              f"or turn {name} off")
+        if cfg.calibrate:
+            first = self.val_table if self.scales is None else self.val_table[
+                self.val_table["dataset"] == next(iter(self.scales))]
+            if len(first) < 8:
+                raise ValueError(f"calibrate fits on the validation photos of the first training set, which has "
+                                 f"{len(first)} (at least 8 needed): use a larger validation part, or turn calibrate off")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
