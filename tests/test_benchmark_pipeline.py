@@ -105,7 +105,7 @@ def test_shipping_holds_out_the_validation_and_official_test_parts(common, tmp_p
     names = lambda t: {p.rsplit("/", 1)[-1] for p in t["image"]}  # noqa: E731
     test_names = {f"{i}.png" for i in range(5)}
     assert not names(train) & test_names and not names(val) & test_names and not names(train) & names(val)
-    assert len(train) + len(val) == 15 and len(val) >= 1 and used == [f"D: {len(train)} images (+{len(val)} held out for early stopping)"]
+    assert len(train) + len(val) == 15 and len(val) >= 1 and used == [f"D: {len(train)} images (+{len(val)} held out for validation)"]
 
 
 def test_ship_gate_judges_by_the_seeds_spread(common):
