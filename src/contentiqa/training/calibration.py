@@ -19,6 +19,8 @@ LOW_BOUNDS = (0.0, 0.02)
 that frames worse than any rated photo still score near 0."""
 HIGH_BOUNDS = (0.9, 1.0)
 """Where the upper asymptote (a + b) may sit: at or just below the top of the scale."""
+MIN_PAIRS = 8
+"""Fewest validation photos a fit takes: four parameters need several times as many points."""
 
 
 def logistic(x: np.ndarray, a: float, b: float, c: float, d: float) -> np.ndarray:
@@ -33,8 +35,8 @@ def fit_calibration(raw: Sequence[float], target: Sequence[float]) -> list[float
 
     x = np.asarray(raw, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
-    if x.shape != y.shape or len(x) < 8:
-        raise ValueError(f"calibration needs at least 8 (output, MOS) pairs, got {len(x)}")
+    if x.shape != y.shape or len(x) < MIN_PAIRS:
+        raise ValueError(f"calibration needs at least {MIN_PAIRS} (output, MOS) pairs, got {len(x)}")
     if not np.isfinite(x).all() or not np.isfinite(y).all():
         raise ValueError("calibration data hold NaN or infinite values")
     spread = float(np.std(x)) or 1.0

@@ -172,11 +172,12 @@ class Trainer:
             raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
                              f"or turn {name} off")
         if cfg.calibrate:
-            first = self.val_table if self.scales is None else self.val_table[
-                self.val_table["dataset"] == next(iter(self.scales))]
-            if len(first) < 8:
+            from .calibration import MIN_PAIRS
+
+            n = len(self._calibration_rows())
+            if n < MIN_PAIRS:
                 raise ValueError(f"calibrate fits on the validation photos of the first training set, which has "
-                                 f"{len(first)} (at least 8 needed): use a larger validation part, or turn calibrate off")
+                                 f"{n} (at least {MIN_PAIRS} needed): use a larger validation part, or turn calibrate off")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
@@ -700,9 +701,7 @@ class Trainer:
 
         if self.val_table is None:
             raise ValueError("calibration needs a validation part")
-        rows = np.arange(len(self.val_table))
-        if self.scales is not None:
-            rows = np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
+        rows = self._calibration_rows()
         model.set_calibration(None)
         with self._judging(model):
             s, _ = self._predict_rows(np.arange(len(self.val_table)))
@@ -710,6 +709,13 @@ class Trainer:
         params = fit_calibration(s[rows], t[rows])
         model.set_calibration(params)
         return params
+
+    def _calibration_rows(self) -> np.ndarray:
+        """Rows of the validation table that calibration fits on: the first training set's (the
+        scale the model's scores are on)."""
+        if self.scales is None:
+            return np.arange(len(self.val_table))
+        return np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
 
     def finish(self, model: IQAModel) -> dict[str, Any]:
         """What the config asks of the chosen model after the epochs, applied to ``model``: the
