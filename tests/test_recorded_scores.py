@@ -59,3 +59,21 @@ def test_record_tool_refuses_to_overwrite_without_force(tmp_path, capsys):
     out.write_text("{}")
     assert _tool().main(["--out", str(out)]) == 2
     assert out.read_text() == "{}" and "--force" in capsys.readouterr().err
+
+
+def test_record_tool_adds_one_tag_and_keeps_the_others(tmp_path, monkeypatch):
+    """--add records a newly shipped tag without re-recording (and so hiding changes in) the rest."""
+    tool = _tool()
+    name = sorted(list_pretrained())[0]
+    out = tmp_path / "rec.json"
+    out.write_text(json.dumps({"commit": "abc", "models": {"other.tag": {"kept": True}}}))
+    monkeypatch.setattr(tool, "score_shipped", lambda n, photos: {"scored": n})
+    assert tool.main(["--out", str(out), "--add", name]) == 0
+    data = json.loads(out.read_text())
+    assert data["models"] == {"other.tag": {"kept": True}, name: {"scored": name}}
+    assert list(data["added"]) == [name] and data["commit"] == "abc"
+    # Adding it again, or a name that is not shipped, is refused and leaves the file alone.
+    before = out.read_text()
+    assert tool.main(["--out", str(out), "--add", name]) == 2
+    assert tool.main(["--out", str(out), "--add", "no-such.tag"]) == 2
+    assert out.read_text() == before
