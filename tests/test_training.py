@@ -234,3 +234,53 @@ def test_final_evaluation_of_a_collapsed_model_still_raises(tiny_table):
         metrics_from_predictions(const, tiny_table, MOSScale(0, 100))
     m = metrics_from_predictions(const, tiny_table, MOSScale(0, 100), undefined="nan")
     assert np.isnan(m["srocc"]) and m["collapsed"] == 1.0 and m["rmse"] > 0
+
+
+def test_ema_keeps_the_average_in_best_pt_and_trains_on_from_its_own_weights(tiny_table, tmp_path):
+    """ema_decay: validation and best.pt see the moving average of the steps' weights, while the
+    optimiser continues from the trained weights; a resumed run continues the same average."""
+    def trainer(name, epochs):
+        torch.manual_seed(0)
+        tr = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, name=name,
+                      epochs=epochs, ema_decay=0.5, lr=1e-2)
+        scores = iter([0.1, 0.2, 0.3])  # every epoch improves: best.pt is the last epoch's
+        seen = []
+
+        def validate(shared=False):
+            seen.append({k: p.detach().clone() for k, p in tr.model.named_parameters()})
+            return {"srocc": next(scores)}
+
+        tr.validate = validate
+        return tr, seen
+
+    tr, seen = trainer("straight", 3)
+    start = {k: p.detach().clone() for k, p in tr.model.named_parameters()}
+    tr.fit()
+    trained = dict(tr.model.named_parameters())
+    averaged = dict(tr.ema.module.named_parameters())
+    moved = [k for k in trained if not torch.equal(trained[k], start[k])]
+    assert moved, "nothing trained"
+    # Validation saw the average, which lags behind the weights training continued from.
+    assert any(not torch.allclose(trained[k], averaged[k]) for k in moved)
+    for k in moved:
+        assert torch.allclose(seen[-1][k], averaged[k]), k
+    best = load_checkpoint(tmp_path / "straight" / "best.pt").state_dict()
+    for k in moved:
+        assert torch.allclose(best[k], averaged[k]), k
+    # Stopped after epoch 1 and resumed: the same average and weights as three epochs straight.
+    first, _ = trainer("resumed", 3)
+    first.cfg.epochs = 1
+    first.fit()
+    resumed, _ = trainer("resumed", 3)
+    resumed.validate = lambda shared=False: {"srocc": 0.2 + 0.1 * resumed.epoch}
+    resumed.fit(resume=True)
+    for k, p in resumed.ema.module.named_parameters():
+        assert torch.allclose(p, averaged[k], atol=1e-6), k
+    for k, p in resumed.model.named_parameters():
+        assert torch.allclose(p, trained[k], atol=1e-6), k
+
+
+def test_ema_decay_outside_zero_one_is_refused(tiny_table, tmp_path):
+    model = create_model("iqa-cr-q", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match="ema_decay .* in \\(0, 1\\)"):
+        _trainer(model, tiny_table, tmp_path, ema_decay=1.0)

@@ -88,6 +88,11 @@ class TrainConfig:
     """With ``interpolate`` on several validation sets: only mixes that score no lower than the
     starting weights (``a = 0``) on every set's validation SROCC compete, so a gain on one
     dataset is never bought with a loss on another (what a ship gate asks of a new default)."""
+    ema_decay: float | None = None
+    """Validate, keep and ship an exponential moving average of the trained weights (per
+    optimiser step, e.g. 0.998: a horizon of about 500 steps) instead of the last step's: a
+    small validation part then judges a smoothed trajectory, not one noisy step of it, so the
+    chosen epoch depends less on that part's sampling. None = the weights as trained."""
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
     the validation part of the first training set and store it in the model."""

@@ -36,12 +36,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ..data.table import MOSScale
@@ -178,6 +179,8 @@ class Trainer:
             if n < MIN_PAIRS:
                 raise ValueError(f"calibrate fits on the validation photos of the first training set, which has "
                                  f"{n} (at least {MIN_PAIRS} needed): use a larger validation part, or turn calibrate off")
+        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+            raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {cfg.ema_decay}")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.device = torch.device(cfg.device)
@@ -209,6 +212,10 @@ class Trainer:
                 self.train_step, device_ids=[self.device.index if self.device.index is not None else torch.cuda.current_device()]
                 if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(cfg.extra.get("ddp_find_unused_parameters", False)))
+        self.ema: AveragedModel | None = None
+        if cfg.ema_decay is not None:
+            # Parameters only: the BatchNorm statistics of a cached, frozen backbone do not move.
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
         self.epoch = 0
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
@@ -527,6 +534,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             b = len(t)  # (len(x) of cached inputs would count dict keys)
             totals["loss"] += float(loss.detach()) * b
             for k, v in parts.items():
@@ -554,6 +563,7 @@ class Trainer:
             "loss_state": {"state": self.loss_fn.state_dict(), "epoch_losses": self.loss_fn.epoch_losses},
             "epoch": self.epoch,
             "best": self.best,
+            "ema_state": self.ema.state_dict() if self.ema is not None else None,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_config": self.cfg.to_dict(),
@@ -576,6 +586,10 @@ class Trainer:
         self.loss_fn.epoch_losses = st["loss_state"]["epoch_losses"]
         self.epoch = st["epoch"]
         self.best = st["best"]
+        if self.ema is not None:
+            if st.get("ema_state") is None:
+                raise ValueError(f"{path} was trained without ema_decay: resume it without, or start afresh")
+            self.ema.load_state_dict(st["ema_state"])
         self.bad_epochs = st["bad_epochs"]
         self.history = st["history"]
 
@@ -601,25 +615,8 @@ class Trainer:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
             record["lr"] = self.optimizer.param_groups[0]["lr"]
-            if self.val_table is not None:
-                val = self.validate(shared=True)  # every rank predicts its share; all get the metrics
-                # rank 0's metrics everywhere: the same early-stopping decision, bit for bit
-                record.update({f"val_{k}": v for k, v in dist_utils.broadcast_object(val).items()})
-                score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
-            else:
-                score = -record["loss"]
-            record["time_s"] = round(time.time() - t0, 2)
-            improved = self.best is None or monitor_improved(score, self.best["monitor"])
-            if improved:
-                self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
-                self.bad_epochs = 0
-                if main:
-                    extra = {"train_config": cfg.to_dict(), "val": record}
-                    if self.recipe is not None:
-                        extra["recipe"] = self.recipe
-                    save_checkpoint(self.model, self.out / "best.pt", extra=extra)
-            else:
-                self.bad_epochs += 1
+            with self._averaged_weights():  # what is validated is what best.pt keeps
+                improved = self._judge_epoch(record, t0)
             self.epoch += 1
             stop = cfg.patience and self.bad_epochs >= cfg.patience
             record["stopped"] = bool(stop)
@@ -635,6 +632,50 @@ class Trainer:
                 self.log(f"early stop: no better validation score for {cfg.patience} epochs")
                 break
         return self.best or {}
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """The moving average's parameters in the model for the block (with ``ema_decay``), the
+        trained ones back after it: training goes on from its own weights."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        trained = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in self.ema.module.named_parameters():
+                params[k].copy_(p)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(trained[k])
+
+    def _judge_epoch(self, record: dict[str, Any], t0: float) -> bool:
+        """Validate the epoch into ``record`` and keep it as best.pt when it beats the best so
+        far; returns whether it did."""
+        cfg, main = self.cfg, self.rank == 0
+        if self.val_table is not None:
+            val = self.validate(shared=True)  # every rank predicts its share; all get the metrics
+            # rank 0's metrics everywhere: the same early-stopping decision, bit for bit
+            record.update({f"val_{k}": v for k, v in dist_utils.broadcast_object(val).items()})
+            score = self._monitor({k[4:]: v for k, v in record.items() if k.startswith("val_")})
+        else:
+            score = -record["loss"]
+        record["time_s"] = round(time.time() - t0, 2)
+        improved = self.best is None or monitor_improved(score, self.best["monitor"])
+        if improved:
+            self.best = {"epoch": self.epoch + 1, "monitor": score, **record}
+            self.bad_epochs = 0
+            if main:
+                extra = {"train_config": cfg.to_dict(), "val": record}
+                if self.recipe is not None:
+                    extra["recipe"] = self.recipe
+                save_checkpoint(self.model, self.out / "best.pt", extra=extra)
+        else:
+            self.bad_epochs += 1
+        return improved
 
     @torch.inference_mode()
     def interpolate(self, model: IQAModel) -> tuple[float, dict[str, float]]:
