@@ -81,7 +81,7 @@ def speed_block(speed: dict, up: str = "../") -> str:
         f"{_rng([o['vs_naive'] for o in onnx], '{:.1f}')}× the naive loop and "
         f"{_rng([o['vs_limit'] for o in onnx])}× the bare-backbone limit (the naive loop itself runs at "
         f"{_rng(naive_vs_limit)}× the limit). This limit is one ONNX Runtime session, a photo at a time, in fp32, "
-        "while `score` runs a photo per core and iqa-cr in int8; the stricter limit of the cores "
+        "while `score` runs a photo per core; the stricter limit of the cores "
         "section (the bare backbone in its best layout, a photo per core included) is in cores.md.",
     ]
     px = speed.get("pixels", {}).get("iqa-cr", {})
