@@ -11,7 +11,7 @@ commit that added it is kept under ``added``.
 Torch runtime, CPU, float32, one photo per forward pass (no batching effects):
 
     PYTHONPATH=src python tools/record_scores.py [--force] [--out tests/data/recorded_scores.json]
-    PYTHONPATH=src python tools/record_scores.py --add ie-iqa.clive-biq2021-v3
+    PYTHONPATH=src python tools/record_scores.py --add NAME.TAG     # a tag shipped after the recording
 """
 from __future__ import annotations
 
