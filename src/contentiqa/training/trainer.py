@@ -214,7 +214,8 @@ class Trainer:
                 find_unused_parameters=bool(cfg.extra.get("ddp_find_unused_parameters", False)))
         self.ema: AveragedModel | None = None
         if cfg.ema_decay is not None:
-            # Parameters only: the BatchNorm statistics of a cached, frozen backbone do not move.
+            # Parameters only: validation swaps the averaged parameters into the model itself
+            # (_averaged_weights), so it runs with the model's own, current buffers.
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
         self.epoch = 0
         self.best: dict[str, Any] | None = None
