@@ -144,8 +144,9 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
             used.append(f"weights mixed with those it started from: {1 - alpha:g} x start + {alpha:g} x trained "
                         "(chosen on the validation photos)")
         if "calibration" in finished:
-            used.append(f"output calibrated on the validation photos of {cfg.train_sets[0].label}: logistic "
-                        f"{finished['calibration']}")
+            whose = (" and ".join(s.label for s in cfg.train_sets) + ", each set weighing the same"
+                     if tcfg.calibrate_on == "each" and len(cfg.train_sets) > 1 else cfg.train_sets[0].label)
+            used.append(f"output calibrated on the validation photos of {whose}: logistic {finished['calibration']}")
     weights_dir.mkdir(parents=True, exist_ok=True)
     name = f"{run.model}_{tag}.pt"
     path = weights_dir / name
@@ -162,13 +163,17 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                 f"ImageNet weights from the pip package, first {tcfg.cache_stages} stages frozen (cached, not stored "
                 f"here), the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate")
     several = len(cfg.train_sets) > 1
+    scale_text = ("where the training sets' raters, each on their own scale mapped onto the first's range, would "
+                  "place the photo (the calibration weighs every set the same)"
+                  if several and tcfg.calibrate and tcfg.calibrate_on == "each" else
+                  f"on {'the first dataset' + chr(39) + 's' if several else 'its'} MOS scale")
     card = f"""# Model card: `{run.model}.{tag}` ({name})
 
 - **What**: {model_entry(run.model).description}
   Row "{run.name}" of `{config}`.
 - **Backbone**: {backbone}.
 - **Trained on**: {'; '.join(used)}.{' Several datasets at once: each dataset' + "'" + 's MOS mapped linearly onto [0, 1] by its own range' + (', plus a fidelity ranking loss on pairs within one dataset' if tcfg.rank_weight else '') + '.' if several else ''}
-- **Scores**: on {'the first dataset' + "'" + 's' if several else 'its'} MOS scale, {scale.low:g}-{scale.high:g}, higher is better.
+- **Scores**: {scale_text}, {scale.low:g}-{scale.high:g}, higher is better.
 {f"- **Content categories**: {', '.join(best_model.categories)}." + chr(10) if best_model.categories else ''}- **Measured** (held-out test parts of the experiment's splits, same recipe, not this run): {figures_from(results, run.name)}.
 - **Training configuration**: `{json.dumps(tcfg.to_dict())}`; model arguments `{json.dumps(run.model_args)}`.
 - **Reproduce**: `{command_line()}` ({seconds / 60:.1f} min on {prov['machine']}{', ' + prov['gpu'] if prov.get('gpu') else ''}).

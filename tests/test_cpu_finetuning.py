@@ -122,6 +122,22 @@ def test_calibration_recovers_a_logistic_and_stays_in_bounds():
         fit_calibration([0.1, 0.2], [0.1, 0.2])
 
 
+def test_calibration_weights_decide_whose_photos_the_curve_follows():
+    """Two sets whose raters map the same outputs differently: the fit follows the set that
+    weighs more, and equal total weights meet between them (``calibrate_on: each``)."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(0, 1, 300), rng.uniform(0, 1, 30)])
+    y = np.concatenate([logistic(x[:300], 0.0, 0.95, 0.4, 0.1), logistic(x[300:], 0.0, 0.95, 0.6, 0.1)])
+    c_plain = fit_calibration(x, y)[2]
+    c_few = fit_calibration(x, y, np.r_[np.zeros(300), np.ones(30)])[2]
+    c_each = fit_calibration(x, y, np.r_[np.full(300, 1 / 300), np.full(30, 1 / 30)])[2]
+    assert c_plain == pytest.approx(0.4, abs=0.03) and c_few == pytest.approx(0.6, abs=0.01)
+    assert c_plain + 0.05 < c_each < c_few - 0.05
+    for bad in (np.ones(3), np.r_[-np.ones(300), np.ones(30)], np.zeros(330)):
+        with pytest.raises(ValueError, match="weights"):
+            fit_calibration(x, y, bad)
+
+
 def test_calibration_travels_with_the_weights_and_keeps_the_order(tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", **IE_TINY).eval()
@@ -230,6 +246,14 @@ def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
     assert drawn.count("A") == a_rows and drawn.count("B") == a_rows  # balanced: as many B as A
     params = tr.calibrate(model)
     assert model.cfg.calibration == params and params[1] > 0 and params[3] > 0
+    assert len(tr._calibration_rows()) == (tr.val_table["dataset"] == "A").sum()  # the first set's photos
+    tr.cfg.calibrate_on = "each"  # both sets' photos, each set weighing the same: another curve
+    assert len(tr._calibration_rows()) == len(tr.val_table)
+    assert tr.calibrate(model) != params
+    with pytest.raises(ValueError, match="calibrate_on"):
+        Trainer(create_model("ie-iqa", **IE_TINY), train, val, {"A": MOSScale(0, 100), "B": MOSScale(1, 5)},
+                TrainConfig(**{**cfg.to_dict(), "calibrate_on": "both"}), tmp_path / "run2", progress=False,
+                cache_dir=tmp_path / "c", log=lambda *a: None)
 
 
 def test_more_anchor_photos_than_the_training_set_has_use_every_photo(two_sets, tmp_path):

@@ -27,10 +27,12 @@ def logistic(x: np.ndarray, a: float, b: float, c: float, d: float) -> np.ndarra
     return a + b / (1.0 + np.exp(-(np.asarray(x, dtype=np.float64) - c) / d))
 
 
-def fit_calibration(raw: Sequence[float], target: Sequence[float]) -> list[float]:
+def fit_calibration(raw: Sequence[float], target: Sequence[float],
+                    weight: Sequence[float] | None = None) -> list[float]:
     """``[a, b, c, d]`` of the logistic that maps ``raw`` (normalised model outputs on validation
-    photos) closest to ``target`` (their normalised MOS) in least squares, with the lower
-    asymptote in :data:`LOW_BOUNDS`, the upper one in :data:`HIGH_BOUNDS` and d > 0."""
+    photos) closest to ``target`` (their normalised MOS) in least squares, each photo's squared
+    error weighted by ``weight`` (default equal), with the lower asymptote in
+    :data:`LOW_BOUNDS`, the upper one in :data:`HIGH_BOUNDS` and d > 0."""
     from scipy.optimize import least_squares
 
     x = np.asarray(raw, dtype=np.float64)
@@ -39,11 +41,15 @@ def fit_calibration(raw: Sequence[float], target: Sequence[float]) -> list[float
         raise ValueError(f"calibration needs at least {MIN_PAIRS} (output, MOS) pairs, got {len(x)}")
     if not np.isfinite(x).all() or not np.isfinite(y).all():
         raise ValueError("calibration data hold NaN or infinite values")
+    w = np.ones_like(x) if weight is None else np.asarray(weight, dtype=np.float64)
+    if w.shape != x.shape or not np.isfinite(w).all() or (w < 0).any() or not w.any():
+        raise ValueError("calibration weights must be one finite, non-negative value per pair, not all zero")
+    root_w = np.sqrt(w / w.mean())
     spread = float(np.std(x)) or 1.0
 
     def residual(p):
         a, top, c, d = p
-        return logistic(x, a, top - a, c, d) - y
+        return (logistic(x, a, top - a, c, d) - y) * root_w
 
     lo = [LOW_BOUNDS[0], HIGH_BOUNDS[0], float(x.min()) - 3 * spread, spread * 0.05]
     hi = [LOW_BOUNDS[1], HIGH_BOUNDS[1], float(x.max()) + 3 * spread, spread * 20]

@@ -96,6 +96,11 @@ class TrainConfig:
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
     the validation part of the first training set and store it in the model."""
+    calibrate_on: str = "first"
+    """Which validation photos ``calibrate`` fits on. ``first``: the first training set's, so
+    the output reads on its raters' scale. ``each``: every training set's, each against its own
+    MOS range mapped onto [0, 1] and weighted equally, so the one mapping a model trained on
+    several sets applies to all of them is not shaped by one set's rating habits alone."""
     # data
     crop: int | None = 448
     """Random crop side in pixels at native scale (None: whole image). Images smaller than the

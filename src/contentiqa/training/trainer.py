@@ -172,12 +172,15 @@ class Trainer:
             name = "calibrate" if cfg.calibrate else "interpolate"
             raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
                              f"or turn {name} off")
+        if cfg.calibrate_on not in ("first", "each"):
+            raise ValueError(f"calibrate_on is 'first' or 'each', not {cfg.calibrate_on!r}")
         if cfg.calibrate:
             from .calibration import MIN_PAIRS
 
             n = len(self._calibration_rows())
             if n < MIN_PAIRS:
-                raise ValueError(f"calibrate fits on the validation photos of the first training set, which has "
+                raise ValueError(f"calibrate fits on the validation photos of the "
+                                 f"{'training sets' if cfg.calibrate_on == 'each' else 'first training set'}, which have "
                                  f"{n} (at least {MIN_PAIRS} needed): use a larger validation part, or turn calibrate off")
         if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
             raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {cfg.ema_decay}")
@@ -748,14 +751,20 @@ class Trainer:
         with self._judging(model):
             s, _ = self._predict_rows(np.arange(len(self.val_table)))
         t, _ = self._targets(self.val_table)
-        params = fit_calibration(s[rows], t[rows])
+        weight = None
+        if self.cfg.calibrate_on == "each" and self.scales is not None:
+            # every set counts as much as any other, however many validation photos it has
+            sets = self.val_table["dataset"].to_numpy()[rows]
+            counts = {name: int((sets == name).sum()) for name in set(sets)}
+            weight = np.array([1.0 / counts[name] for name in sets])
+        params = fit_calibration(s[rows], t[rows], weight)
         model.set_calibration(params)
         return params
 
     def _calibration_rows(self) -> np.ndarray:
         """Rows of the validation table that calibration fits on: the first training set's (the
-        scale the model's scores are on)."""
-        if self.scales is None:
+        scale the model's scores are on), or every set's (``calibrate_on: each``)."""
+        if self.scales is None or self.cfg.calibrate_on == "each":
             return np.arange(len(self.val_table))
         return np.flatnonzero((self.val_table["dataset"] == next(iter(self.scales))).to_numpy())
 
