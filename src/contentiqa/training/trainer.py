@@ -783,7 +783,7 @@ class Trainer:
     def epoch_minutes(self) -> float | None:
         """Mean wall-clock minutes of the epochs trained (validation included)."""
         times = [float(h["time_s"]) for h in self.history if "time_s" in h]
-        return round(sum(times) / len(times) / 60, 2) if times else None
+        return round(sum(times) / len(times) / 60, 4) if times else None
 
     def load_best(self) -> IQAModel:
         """The model with the best epoch's weights (re-read from best.pt)."""
