@@ -176,7 +176,8 @@ def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple
 
 
 def markdown(payload: dict) -> str:
-    lines = [f"# Ship gate: {payload['name']}", "",
+    val = payload.get("part") == "val"
+    lines = [f"# Ship gate: {payload['name']}" + (" (validation parts: choosing a recipe, not gating it)" if val else ""), "",
              f"**{payload['verdict']}**: candidate `{payload['candidate']['row']}` "
              f"({payload['candidate']['runs']}) against the current default's recipe `{payload['baseline']['row']}` "
              f"({payload['baseline']['runs']}), seeds {', '.join(map(str, payload['seeds']))}, scored by "
@@ -187,9 +188,11 @@ def markdown(payload: dict) -> str:
         met = "" if "target_met" not in r else ("yes" if r["target_met"] else "**no**")
         lines.append(f"| {r['measure']} | {r['baseline']:.3f} ± {r['baseline_std']:.3f} | {r['candidate']:.3f} ± "
                      f"{r['candidate_std']:.3f} | {r['verdict']} | {r.get('target', '')} | {met} |")
+    where = (("the validation part its experiment held out of each seed's train part", "its validation part drawn "
+              "per seed", "validation") if val else ("each seed's test part (20 %)", "its official test part", "test"))
     lines += ["", "Mean ± sample std over the seeds' models. Worse / better: beyond the larger of the two spreads. "
-              "clive-dev: each seed's test part (20 %); BIQ2021: its official test part; damage and bad frames made "
-              "from each seed's test photos (benchmarks/ship_gate.py's docstring). Scores on the 0-100 scale.", "",
+              f"clive-dev: {where[0]}; BIQ2021: {where[1]}; damage and bad frames made from each seed's {where[2]} "
+              "photos (benchmarks/ship_gate.py's docstring). Scores on the 0-100 scale.", "",
               f"Command: `{payload['command']}` ({payload['minutes']:.1f} min, {payload['provenance']['machine']}, "
               f"{payload['provenance']['date']})."]
     return "\n".join(lines) + "\n"

@@ -123,6 +123,13 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     assert verdict == "FAIL" and {r["measure"]: r["verdict"] for r in rows}["CLIVE SROCC"] == "WORSE"
     rows, verdict = ship_gate.compare(base, base)
     assert verdict == "FAIL"  # better on nothing
+    # the table says which photos judged: a verdict on validation parts is a choice, never a gate
+    payload = {"name": "m", "verdict": verdict, "rows": rows, "seeds": [0, 1, 2], "command": "c", "minutes": 1.0,
+               "provenance": {"machine": "x", "date": "d"}, "candidate": {"row": "a", "runs": "r", "precision": "fp32"},
+               "baseline": {"row": "b", "runs": "r", "precision": "fp32"}}
+    test_md, val_md = ship_gate.markdown({**payload, "part": "test"}), ship_gate.markdown({**payload, "part": "val"})
+    assert "test part (20 %)" in test_md and "validation" not in test_md
+    assert "validation parts: choosing" in val_md and "test part" not in val_md
 
 
 def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_path, monkeypatch):
