@@ -34,6 +34,9 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     # tag -> column -> where its figure is: ("experiment", file, row, test part) = an experiment's
     # mean ± std over its seeds; ("table", file, row) = a benchmark's rows, mean ± std over splits;
     # ("shipped", file, tag) = the shipped weights themselves on held-out photos.
+    "ie-iqa.clive-biq2021-v3": {
+        "clive": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
+        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
     "ie-iqa.clive-biq2021-v2": {
         "clive": ("experiment", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated", "CLIVE"),
         "biq2021": ("experiment", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated",

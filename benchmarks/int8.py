@@ -17,7 +17,8 @@ For each shipped model (its default weights) and each int8 recipe (which nodes a
    threads not spinning), rounds interleaved, the median round; this part holds
    /tmp/contentiqa-bench.lock (so no other timing job runs meanwhile) and records the load average.
 
-A recipe is kept when int8 is >= 1.4x faster *and* loses <= 0.005 SROCC (mean over the splits).
+A recipe is kept when int8 is >= 1.4x faster, loses <= 0.005 SROCC (mean over the splits) *and*
+agrees with fp32 photo by photo (p99 |int8 - fp32| <= 1 point on 0-100, >= 99 % of categories the same).
 ``--ship`` writes the calibration file of the best recipe beside the shipped weights
 (src/contentiqa/weights/<weights>.int8.json; what ``contentiqa score --precision int8`` uses).
 Intermediate files (exports, calibrations, scores) are cached in benchmarks/cache/int8, so an

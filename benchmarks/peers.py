@@ -459,7 +459,9 @@ def run_child(python: str, kind: str, spec: dict[str, Any], work: Path) -> dict[
 
 
 ACCURACY_ROWS = [  # (weights, results file, row, how it was measured)
-    ("ie-iqa.clive-biq2021-v2 (default)", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated",
+    ("ie-iqa.clive-biq2021-v3 (default)", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated",
+     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),
+    ("ie-iqa.clive-biq2021-v2", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated",
      "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),
     ("ie-iqa.clive-biq2021", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking",
      "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),

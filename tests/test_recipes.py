@@ -100,7 +100,7 @@ def test_a_tags_recipe_is_read_from_its_checkpoint():
             args = model_recipe(f"{name}.{tag}").train_args()
             assert "seed" not in args and "device" not in args
             TrainConfig.from_dict(args)
-    assert model_recipe("ie-iqa.clive-biq2021-v2") is model_recipe("ie-iqa")  # the default tag: the entry's
+    assert model_recipe("ie-iqa.clive-biq2021-v3") is model_recipe("ie-iqa")  # the default tag: the entry's
     with pytest.raises(ValueError, match="no weights tagged"):
         model_recipe("ie-iqa.nope")
 

@@ -30,9 +30,9 @@ def test_a_file_named_like_a_model_never_shadows_it(tmp_path, monkeypatch):
     Path("ie-iqa").write_bytes(b"not a checkpoint")
     Path("mine").write_bytes(b"not a checkpoint")
     spec = parse_spec("ie-iqa")
-    assert spec.name == "ie-iqa" and spec.path is None and spec.tag == "clive-biq2021-v2"
+    assert spec.name == "ie-iqa" and spec.path is None and spec.tag == "clive-biq2021-v3"
     assert weights_file("ie-iqa")[0].parent.name == "weights"  # the shipped weights, not ./ie-iqa
-    assert load_scorer("ie-iqa", threads=1).identity.weights.name == "ie-iqa_clive-biq2021-v2.pt"
+    assert load_scorer("ie-iqa", threads=1).identity.weights.name == "ie-iqa_clive-biq2021-v3.pt"
     assert parse_spec("./ie-iqa").path == Path("ie-iqa") and parse_spec(Path("ie-iqa")).is_file
     with pytest.raises(ValueError, match="checkpoint ie-iqa"):
         create_model("./ie-iqa")  # the file, read (as data) and refused

@@ -108,16 +108,21 @@ IQA_CR_RECIPE = TrainRecipe.of(
 AdamW, frozen backbone."""
 
 IE_IQA_RECIPE = TrainRecipe.of(
-    source="ie-iqa.clive-biq2021-v2: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021-v2.pt, "
-           "row 'IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated' of configs/multi_finetune.yaml (shipped by "
-           "benchmarks/ship.py once benchmarks/ship_gate.py passed it), less the two fields that name its "
-           "training sets (monitor: BIQ2021/srocc, damage_source: BIQ2021)",
+    source="ie-iqa.clive-biq2021-v3: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021-v3.pt, "
+           "row 'IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated' of "
+           "configs/multi_finetune.yaml (shipped by benchmarks/ship.py once benchmarks/ship_gate.py passed it), less "
+           "the fields that name its training sets or a file (dataset_ratio: CLIVE 1 to BIQ2021 3, damage_source: "
+           "BIQ2021, init_from: the first stage's weights, with interpolate: [0.25, 0.5, 0.75, 1.0] and "
+           "interpolate_no_worse, which need it). Its first stage is row 'IE-IQA, probe on BIQ2021 val + anchors "
+           "0.1, calibrated' (ie-iqa.clive-biq2021-v2's recipe: 15 epochs, patience 6, monitor BIQ2021/srocc)",
     score_loss="model", anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2, calibrate=True,
-    **FROZEN_BACKBONE_MULTI,
+    **{**FROZEN_BACKBONE_MULTI, "epochs": 30, "patience": 10, "warmup_epochs": 0.5},
 )
 """IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones; bad frames
 (black, white, gray, noise, blurred, pixelated, destroyed JPEG) as anchors at the bottom of the
-scale, and the output calibrated on the validation part (a monotone logistic stored in the weights)."""
+scale, and the output calibrated on the validation part (a monotone logistic stored in the weights).
+The default tag trained this way in a second stage, from a first head trained on the same photos,
+and was mixed back with it: ``contentiqa train --set init_from=FIRST.pt --set interpolate=[...]``."""
 
 IQA_CR_CLIVE_RECIPE = TrainRecipe.of(
     source="iqa-cr-q.clive: extra.train_config of src/contentiqa/weights/iqa-cr-q_clive.pt (benchmarks/"

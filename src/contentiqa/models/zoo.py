@@ -73,7 +73,10 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
     return model
 
 
-# Tags: `clive-biq2021-v2` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
+# Tags: `clive-biq2021-v3` = `clive-biq2021-v2`'s head trained on with clive-dev drawn 1:3 with
+# BIQ2021, then mixed back with it at the share both validation parts chose (never below v2 on
+# either; configs/multi_finetune.yaml's last row, admitted by benchmarks/ship_gate.py against v2);
+# `clive-biq2021-v2` = heads trained on clive-dev + BIQ2021 train at once (frozen Lite0
 # backbones, per-dataset normalisation + within-dataset ranking loss, bad-frame anchors, the epoch
 # chosen on BIQ2021's validation part, output calibrated on clive-dev's; configs/multi_finetune.yaml,
 # admitted by benchmarks/ship_gate.py); `clive-biq2021` = the same without anchors and calibration,
@@ -81,7 +84,8 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
 # clive-dev alone. The default tag comes first (weights/defaults.json, written by ship.py, decides).
 # An untrained `ie-iqa` is the shipped architecture (no selection, 384 px: recipes.IE_IQA_DEFAULTS);
 # the paper's is `create_model("ie-iqa", pretrained=False, **recipes.IE_IQA_PAPER_ARGS)`.
-@register_model("ie-iqa", weights={"clive-biq2021-v2": "ie-iqa_clive-biq2021-v2.pt",
+@register_model("ie-iqa", weights={"clive-biq2021-v3": "ie-iqa_clive-biq2021-v3.pt",
+                                   "clive-biq2021-v2": "ie-iqa_clive-biq2021-v2.pt",
                                    "clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
                 defaults=IE_IQA_DEFAULTS, recipe=IE_IQA_RECIPE)
 def ie_iqa(**kwargs) -> IEIQA:
