@@ -378,7 +378,10 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         what = sorted({f"{sp['trained']} on {sp.get('device', 'cpu')}" for sp in splits if sp.get("trained")})
         if what:
             trained_parts.append(f"{run.name}: {'; '.join(what)}")
-        cells = [run.name, str(len(r["seeds"])) if r else "0", f"{sum(mins) / len(mins):.2g}" if mins else "–"]  # two figures: a head-only epoch takes seconds
+        # two figures: a head-only epoch takes seconds, which one decimal would show as 0.0
+        mean = sum(mins) / len(mins) if mins else None
+        cells = [run.name, str(len(r["seeds"])) if r else "0",
+                 "–" if mean is None else f"{mean:.2g}" if mean < 10 else f"{mean:.0f}"]
         for label, m in cols:
             f = format_mean_std(r["summary"].get(label, {}), [m]) if r else {}
             cells.append(f.get(m, "–"))

@@ -95,7 +95,7 @@ class TrainConfig:
     chosen epoch depends less on that part's sampling. None = the weights as trained."""
     calibrate: bool = False
     """After training, fit the output calibration (:mod:`contentiqa.training.calibration`) on
-    the validation part of the first training set and store it in the model."""
+    the validation part (``calibrate_on`` says whose) and store it in the model."""
     calibrate_on: str = "first"
     """Which validation photos ``calibrate`` fits on. ``first``: the first training set's, so
     the output reads on its raters' scale. ``each``: every training set's, each against its own
