@@ -70,6 +70,11 @@ def figures_from(results: Path | None, row: str) -> str:
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
 
+def on_each_set(tcfg, cfg) -> bool:
+    """Whether the output calibration was fitted on every training set's validation photos."""
+    return tcfg.calibrate_on == "each" and len(cfg.train_sets) > 1
+
+
 def make_trainer(cfg, run, settings: dict, work: Path, train, val, scales, cache: str | None):
     """A Trainer of ``run``'s model (seed 0's initial weights) with ``settings`` on the shipping photos."""
     import torch
@@ -145,7 +150,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                         "(chosen on the validation photos)")
         if "calibration" in finished:
             whose = (" and ".join(s.label for s in cfg.train_sets) + ", each set weighing the same"
-                     if tcfg.calibrate_on == "each" and len(cfg.train_sets) > 1 else cfg.train_sets[0].label)
+                     if on_each_set(tcfg, cfg) else cfg.train_sets[0].label)
             used.append(f"output calibrated on the validation photos of {whose}: logistic {finished['calibration']}")
     weights_dir.mkdir(parents=True, exist_ok=True)
     name = f"{run.model}_{tag}.pt"
@@ -165,7 +170,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     several = len(cfg.train_sets) > 1
     scale_text = ("where the training sets' raters, each on their own scale mapped onto the first's range, would "
                   "place the photo (the calibration weighs every set the same)"
-                  if several and tcfg.calibrate and tcfg.calibrate_on == "each" else
+                  if tcfg.calibrate and on_each_set(tcfg, cfg) else
                   f"on {'the first dataset' + chr(39) + 's' if several else 'its'} MOS scale")
     card = f"""# Model card: `{run.model}.{tag}` ({name})
 
