@@ -209,54 +209,55 @@ def cached_encodings(
     from tqdm.auto import tqdm
 
     from ..data.degrade import apply_spec
-    from ..utils.memory import fix_mmap_threshold
+    from ..utils.memory import growing_store
 
-    fix_mmap_threshold()  # thousands of long-lived entries between large temporaries
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"runtime must be 'torch' or 'onnx', not {runtime!r}")
     damage = list(damage) if damage is not None else [""] * len(paths)
     if len(damage) != len(paths):
         raise ValueError(f"{len(damage)} damage specs for {len(paths)} images")
-    parts = model.cache_parts(start_stage)
-    keys = [_file_key(p, d) for p, d in zip(paths, damage)]
-    folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
-               if cache_dir is not None else [None] * len(parts))
-    stores: list[dict[str, dict[str, torch.Tensor]]] = []
-    for folder in folders:
-        store: dict[str, dict[str, torch.Tensor]] = {}
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in dict.fromkeys(keys):
-                entry = _load_entry(folder / _entry_name(k))
-                if entry is not None:
-                    store[k] = entry
-        stores.append(store)
-    todo = [(p, d, k) for p, d, k in dict.fromkeys(zip(paths, damage, keys)) if any(k not in s for s in stores)]
-    if todo:
-        from ..utils.io import atomic_torch_save
+    # The store is long-lived and grows between large temporaries (utils/memory.py).
+    with growing_store():
+        parts = model.cache_parts(start_stage)
+        keys = [_file_key(p, d) for p, d in zip(paths, damage)]
+        folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
+                   if cache_dir is not None else [None] * len(parts))
+        stores: list[dict[str, dict[str, torch.Tensor]]] = []
+        for folder in folders:
+            store: dict[str, dict[str, torch.Tensor]] = {}
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                for k in dict.fromkeys(keys):
+                    entry = _load_entry(folder / _entry_name(k))
+                    if entry is not None:
+                        store[k] = entry
+            stores.append(store)
+        todo = [(p, d, k) for p, d, k in dict.fromkeys(zip(paths, damage, keys)) if any(k not in s for s in stores)]
+        if todo:
+            from ..utils.io import atomic_torch_save
 
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        encoders = [OnnxEncoder(model, part) if runtime == "onnx" else part.encode for part in parts]
-        try:
-            for p, d, k in tqdm(todo, desc="caching frozen encodings", unit="img", disable=not progress):
-                image = apply_spec(load_image(p).image, d, damage_seed(p, d))
-                views = torch.stack(model.cache_views(image)).to(device)
-                for encode, store, folder in zip(encoders, stores, folders):
-                    if k in store:
-                        continue
-                    enc = encode(views)
-                    # Kept on the CPU: the store can outgrow an accelerator's memory.
-                    store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
-                    if folder is not None:
-                        atomic_torch_save(store[k], folder / _entry_name(k))
-        finally:
-            model.train(was)
-    out = []
-    for k in keys:
-        merged: dict[str, torch.Tensor] = {}
-        for store in stores:
-            merged.update(store[k] if train else {n: v[:1] for n, v in store[k].items()})
-        out.append(merged)
-    return out
+            device = next(model.parameters()).device
+            was = model.training
+            model.eval()
+            encoders = [OnnxEncoder(model, part) if runtime == "onnx" else part.encode for part in parts]
+            try:
+                for p, d, k in tqdm(todo, desc="caching frozen encodings", unit="img", disable=not progress):
+                    image = apply_spec(load_image(p).image, d, damage_seed(p, d))
+                    views = torch.stack(model.cache_views(image)).to(device)
+                    for encode, store, folder in zip(encoders, stores, folders):
+                        if k in store:
+                            continue
+                        enc = encode(views)
+                        # Kept on the CPU: the store can outgrow an accelerator's memory.
+                        store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
+                        if folder is not None:
+                            atomic_torch_save(store[k], folder / _entry_name(k))
+            finally:
+                model.train(was)
+        out = []
+        for k in keys:
+            merged: dict[str, torch.Tensor] = {}
+            for store in stores:
+                merged.update(store[k] if train else {n: v[:1] for n, v in store[k].items()})
+            out.append(merged)
+        return out
