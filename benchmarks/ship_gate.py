@@ -4,6 +4,9 @@
         --candidate RUNS/multi_finetune --candidate-row "IE-IQA, fine-tuned, ..." \\
         --baseline RUNS/multi_clive_biq2021 --baseline-row "IE-IQA, normalised + ranking" [--name ie-iqa]
 
+``--baseline-from benchmarks/results/ship_gate_ie-iqa.json`` instead of ``--baseline`` takes the
+default recipe's per-seed measures from the gate that passed it, when its results folder is gone.
+
 Both recipes must have been run as experiments on clive-dev's IE-IQA splits (the published
 3 seeds, benchmarks/results/splits_clive_ie-iqa.json) together with BIQ2021's official split:
 the gate takes each seed's ``tested.pt`` (the model that seed's test figures come from: chosen
@@ -226,11 +229,35 @@ def tested_model(runs: Path, row: str, seed: int) -> Path:
     return path
 
 
+def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tuple[list[dict[str, float]], str, str]:
+    """A recipe's per-seed measures from an earlier gate's JSON (either side of it), so that the
+    current default's recipe need not be retrained for every candidate: a results folder does not
+    outlive the machine it was trained on, a gate file does. The seeds and the part must match,
+    and the file names the commit whose code scored them. Returns (measures, precision, where)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--baseline-from {path}: cannot read it as a gate's JSON ({exc})") from None
+    if payload.get("part", "test") != part or list(payload.get("seeds", [])) != list(seeds):
+        raise SystemExit(f"--baseline-from {path}: it holds part {payload.get('part', 'test')!r}, seeds "
+                         f"{payload.get('seeds')}; this gate needs part {part!r}, seeds {seeds}")
+    for side in ("candidate", "baseline"):
+        if payload.get(side, {}).get("row") == row:
+            commit = payload.get("provenance", {}).get("git_commit", "unknown")
+            where = f"{path.name} ({side} there, scored at commit {str(commit)[:12]})"
+            return payload["per_seed"][side], payload[side]["precision"], where
+    raise SystemExit(f"--baseline-from {path}: no side of it is the row {row!r} "
+                     f"(it has {payload.get('candidate', {}).get('row')!r} and {payload.get('baseline', {}).get('row')!r})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidate", type=Path, required=True, help="the candidate recipe's experiment results folder")
     ap.add_argument("--candidate-row", required=True)
-    ap.add_argument("--baseline", type=Path, required=True, help="the current default recipe's experiment results folder")
+    ap.add_argument("--baseline", type=Path, default=None, help="the current default recipe's experiment results folder")
+    ap.add_argument("--baseline-from", type=Path, default=None, metavar="GATE.json",
+                    help="instead of --baseline: that row's per-seed measures from an earlier gate's JSON "
+                         "(e.g. benchmarks/results/ship_gate_ie-iqa.json, where the default's recipe was the candidate)")
     ap.add_argument("--baseline-row", required=True)
     ap.add_argument("--name", default="ie-iqa", help="the model whose default is at stake (results file name)")
     ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "ship_gate", help="suite images and score tables")
@@ -239,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="test (the gate) or val: the same measures on the validation parts the candidate's experiment "
                          "held out (choosing a recipe; both rows must come from experiments with those parts)")
     args = ap.parse_args(argv)
+    if (args.baseline is None) == (args.baseline_from is None):
+        ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
     t0 = time.time()
     import pandas as pd
 
@@ -253,13 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     biq_table = load_dataset("biq2021", root).table
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
     precision: dict[str, str] = {}
+    sides = [("candidate", args.candidate, args.candidate_row)]
+    if args.baseline_from is not None:
+        results["baseline"], precision["baseline"], baseline_where = recorded_measures(
+            args.baseline_from, args.baseline_row, args.seeds, args.part)
+        print(f"baseline: {args.baseline_row!r} as measured in {baseline_where}", flush=True)
+    else:
+        sides.insert(0, ("baseline", args.baseline, args.baseline_row))
+        baseline_where = str(args.baseline)
     for seed in args.seeds:
         clive_rows, biq_rows = parts(args, seed, clive, splits[seed], biq_table)
         biq = list(zip(biq_rows["image"], biq_rows["mos"]))
         images = suite(seed, clive_rows, args.work / f"suite_{args.part}")
         files = [p for p, _ in images["clive"]] + [p for p, _ in biq] + [d["path"] for d in images["damage"]] \
             + [b["path"] for b in images["bad"]]
-        for side, runs, row in (("baseline", args.baseline, args.baseline_row), ("candidate", args.candidate, args.candidate_row)):
+        for side, runs, row in sides:
             model = tested_model(runs, row, seed)
             out = args.work / "scores" / f"{side}_{runs.name}_{seed}_{int(model.stat().st_mtime)}.csv"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
         "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"]},
-        "baseline": {"runs": str(args.baseline), "row": args.baseline_row, "precision": precision["baseline"]},
+        "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"]},
         "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
     }
     from contentiqa.utils.io import atomic_write_text

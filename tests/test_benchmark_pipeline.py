@@ -132,6 +132,25 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     assert "validation parts: choosing" in val_md and "test part" not in val_md
 
 
+def test_ship_gate_reads_the_defaults_measures_from_an_earlier_gate(common, tmp_path):
+    import ship_gate
+
+    earlier = {"part": "test", "seeds": [0, 1, 2], "provenance": {"git_commit": "abc"},
+               "candidate": {"row": "default recipe", "precision": "fp32"}, "baseline": {"row": "older", "precision": "int8"},
+               "per_seed": {"candidate": [{"CLIVE SROCC": 0.79}] * 3, "baseline": [{"CLIVE SROCC": 0.78}] * 3}}
+    path = tmp_path / "ship_gate_m.json"
+    path.write_text(json.dumps(earlier))
+    measures, precision, where = ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "test")
+    assert measures == earlier["per_seed"]["candidate"] and precision == "fp32" and "abc" in where
+    assert ship_gate.recorded_measures(path, "older", [0, 1, 2], "test")[1] == "int8"
+    with pytest.raises(SystemExit, match="no side of it is the row"):
+        ship_gate.recorded_measures(path, "another", [0, 1, 2], "test")
+    with pytest.raises(SystemExit, match="needs part 'val'"):  # validation measures never stand in for test ones
+        ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "val")
+    with pytest.raises(SystemExit, match="seeds"):
+        ship_gate.recorded_measures(path, "default recipe", [0, 1], "test")
+
+
 def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_path, monkeypatch):
     import ship
 
