@@ -117,6 +117,18 @@ def test_experiment_writes_the_results_folder(tiny, first_run):
     assert any("IQA-CR seed 1" in line for line in lines)
 
 
+def test_seed_option_trains_only_those_splits(tiny):
+    from contentiqa.experiments import ConfigError
+
+    root, path, _ = tiny
+    out = root / "out_seed"
+    res = run_experiment(path, out, progress=False, log=None, only=["IQA-CR-Q"], seeds=[0])
+    assert set(metrics_files(out)) == {"metrics/IQA-CR-Q/seed0.json"}
+    assert res.results["IQA-CR-Q"]["seeds"] == [0]
+    with pytest.raises(ConfigError, match=r"no split seed \[7\]"):
+        run_experiment(path, out, progress=False, log=None, seeds=[7])
+
+
 def test_same_config_twice_gives_the_same_metrics(tiny, first_run):
     root, path, _ = tiny
     run_experiment(path, root / "out2", progress=False, log=None)

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="train on this device (cpu, cuda, cuda:1, ...) instead of the config's train.device")
     p.add_argument("--only", action="append", default=None, metavar="ROW",
                    help="train only this row (repeatable); the table still lists the other rows' finished splits")
+    p.add_argument("--seed", action="append", type=int, default=None, dest="seeds", metavar="N",
+                   help="train only this split seed (repeatable): several processes can share the seeds of a row, "
+                        "e.g. one per seed on a GPU; the table still lists every finished split")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
 
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device,
-                                    only=args.only)
+                                    only=args.only, seeds=args.seeds)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         except ExperimentSkipped as exc:

@@ -433,6 +433,7 @@ def run_experiment(
     base_dir: str | os.PathLike | None = None,
     device: str | None = None,
     only: list[str] | None = None,
+    seeds: list[int] | None = None,
 ) -> ExperimentResult:
     """Run every row of ``config`` on every split and write the results folder.
 
@@ -444,7 +445,8 @@ def run_experiment(
     :class:`ExperimentSkipped` instead of skipping anything. ``device`` overrides every run's
     ``train.device``. Under ``torchrun`` (WORLD_SIZE > 1) each split trains with
     DistributedDataParallel (``cuda`` meaning each process's own GPU); rank 0 evaluates and writes.
-    ``only`` (row names) trains just those rows; the table still shows every row's finished splits.
+    ``only`` (row names) trains just those rows and ``seeds`` just those split seeds; the table
+    still shows every row's finished splits.
     """
     from ..data import MissingFilesError
     from ..training import distributed as dist_utils
@@ -454,6 +456,9 @@ def run_experiment(
     unknown = sorted(set(only or ()) - {r.name for r in cfg.runs})
     if unknown:
         raise ConfigError(f"{cfg.name}: no row named {unknown}; rows: {[r.name for r in cfg.runs]}")
+    stray = sorted(set(seeds or ()) - {s for r in cfg.runs for s in r.seeds})
+    if stray:
+        raise ConfigError(f"{cfg.name}: no split seed {stray}; its seeds: {cfg.seeds}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     say = log or (lambda *a, **k: None)
     result = ExperimentResult(out, cfg)
@@ -520,7 +525,7 @@ def run_experiment(
                     if main:
                         done.append(json.loads(mfile.read_text()))
                     continue
-                if only and run.name not in only:
+                if (only and run.name not in only) or (seeds and seed not in seeds):
                     continue  # not asked for this time
                 t0 = time.time()
                 try:
