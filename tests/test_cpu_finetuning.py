@@ -194,6 +194,39 @@ def test_ie_iqa_and_its_distortion_ablation_share_the_distortion_cache(two_sets,
     assert not torch.equal(damaged[0]["x"], enc[0]["x"][:1])  # keyed by the damage too
 
 
+def test_processes_sharing_a_cache_folder_take_each_others_entries(two_sets, tmp_path, monkeypatch):
+    """Seeds trained side by side build one cache together: an entry another process wrote
+    after this one listed its work is read, not encoded again, and equals what it would encode."""
+    import contentiqa.training.cache as cache_mod
+
+    torch.manual_seed(0)
+    model = create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+    paths = list(two_sets["image"][:4])
+    reference = cached_encodings(model, paths, 3, True, tmp_path / "ref", progress=False)
+    other = tmp_path / "ref"
+    shared = tmp_path / "shared"
+    loads = []
+    real_load = cache_mod.load_image
+
+    def load_and_let_the_other_process_write(path):
+        loads.append(path)
+        if len(loads) == 1:  # meanwhile the process beside this one finished every other image
+            for folder in other.iterdir():
+                dest = shared / folder.name
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in folder.iterdir():
+                    if f.name != cache_mod._entry_name(cache_mod._file_key(path, "")):
+                        dest.joinpath(f.name).write_bytes(f.read_bytes())
+        return real_load(path)
+
+    monkeypatch.setattr(cache_mod, "load_image", load_and_let_the_other_process_write)
+    (shared).mkdir()
+    enc = cached_encodings(model, paths, 3, True, shared, progress=False)
+    assert len(loads) == 1  # one image encoded here, three read from the other process's files
+    for a, b in zip(enc, reference):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
 @pytest.mark.parametrize("name", ["ie-iqa-distortion", "iqa-cr"])
 def test_levels_inside_the_cached_stages_are_cached_pooled(name, two_sets, tmp_path):
     """Caching past the first feature level (the levels before it stored as the pooled features

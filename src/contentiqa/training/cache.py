@@ -233,6 +233,12 @@ def cached_encodings(
                         store[k] = entry
             stores.append(store)
         todo = [(p, d, k) for p, d, k in dict.fromkeys(zip(paths, damage, keys)) if any(k not in s for s in stores)]
+        if todo and cache_dir is not None:
+            # Processes that share the folder (a row's seeds side by side on one machine) start at
+            # different points of the list and take what another has written meanwhile, so
+            # together they encode each image about once. The order changes nothing stored.
+            start = os.getpid() % len(todo)
+            todo = todo[start:] + todo[:start]
         if todo:
             from ..utils.io import atomic_torch_save
 
@@ -242,6 +248,13 @@ def cached_encodings(
             encoders = [OnnxEncoder(model, part) if runtime == "onnx" else part.encode for part in parts]
             try:
                 for p, d, k in tqdm(todo, desc="caching frozen encodings", unit="img", disable=not progress):
+                    for store, folder in zip(stores, folders):
+                        if k not in store and folder is not None:
+                            entry = _load_entry(folder / _entry_name(k))  # written by a process beside this one
+                            if entry is not None:
+                                store[k] = entry
+                    if all(k in store for store in stores):
+                        continue
                     image = apply_spec(load_image(p).image, d, damage_seed(p, d))
                     views = torch.stack(model.cache_views(image)).to(device)
                     for encode, store, folder in zip(encoders, stores, folders):
