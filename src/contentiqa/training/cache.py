@@ -237,7 +237,7 @@ def cached_encodings(
             # Processes that share the folder (a row's seeds side by side on one machine) start at
             # different points of the list and take what another has written meanwhile, so
             # together they encode each image about once. The order changes nothing stored.
-            start = os.getpid() % len(todo)
+            start = int(hashlib.sha1(str(os.getpid()).encode()).hexdigest(), 16) % len(todo)  # neighbouring pids, far apart
             todo = todo[start:] + todo[:start]
         if todo:
             from ..utils.io import atomic_torch_save
