@@ -39,6 +39,8 @@ def files(shared: Path, biq: Path, wheel: Path, biq_train: bool = False) -> list
         for row in csv.DictReader(table.open()):
             name = (row.get("Image Name") or "").strip()
             if name:
+                if name.lower() not in listing:
+                    raise SystemExit(f"{table}: lists {name!r}, which is not in {biq / 'Images'}")
                 p = listing[name.lower()]
                 items.append((p, f"biq2021/Images/{p.name}"))
     return items
