@@ -13,7 +13,6 @@ that machine's Python lacks.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import subprocess
@@ -32,17 +31,15 @@ def files(shared: Path, biq: Path, wheel: Path, biq_train: bool = False) -> list
     items += [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
     images = sorted((clive / "images").iterdir(), key=lambda p: (p.suffix.lower() == ".png", p.name))
     items += [(p, f"shared/data/clive-dev/images/{p.name}") for p in images]
-    listing = {p.name.lower(): p for p in (biq / "Images").iterdir()}
-    for part in ("Test", "Train") if biq_train else ("Test",):
-        table = biq / f"{part} (Images and MOS).csv"
-        items.append((table, f"biq2021/{table.name}"))
-        for row in csv.DictReader(table.open()):
-            name = (row.get("Image Name") or "").strip()
-            if name:
-                if name.lower() not in listing:
-                    raise SystemExit(f"{table}: lists {name!r}, which is not in {biq / 'Images'}")
-                p = listing[name.lower()]
-                items.append((p, f"biq2021/Images/{p.name}"))
+    from contentiqa.data import load_dataset
+
+    for part in ("test", "train") if biq_train else ("test",):
+        # the loader reads the release's CSV and finds each listed file (names differ in case)
+        # or names the missing ones
+        table = load_dataset("biq2021", biq, split=part).table
+        csv_file = biq / f"{part.capitalize()} (Images and MOS).csv"
+        items.append((csv_file, f"biq2021/{csv_file.name}"))
+        items += [(Path(p), f"biq2021/Images/{Path(p).name}") for p in table["image"]]
     return items
 
 
