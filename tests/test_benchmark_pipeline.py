@@ -191,3 +191,40 @@ def test_the_default_tag_is_what_defaults_json_names(monkeypatch):
         assert registry._REGISTRY["toy"].default_tag == "b"
     finally:
         registry._REGISTRY.pop("toy", None)
+
+
+def test_gpu_collect_carries_models_both_ways_without_the_imagenet_weights(monkeypatch, tmp_path):
+    """benchmarks/gpu/collect.py: a row's checkpoints, slimmed under the device's transfer
+    limits and joined back where a results folder (or a GPU row's init_from) looks for them,
+    score exactly as before; only what the pip-installed weights re-create is left out."""
+    import torch
+
+    from contentiqa.experiments.config import slugify
+    from contentiqa.models import create_model
+    from contentiqa.models.registry import load_checkpoint, save_checkpoint
+
+    monkeypatch.syspath_prepend(str(BENCH / "gpu"))
+    sys.modules.pop("collect", None)
+    import collect
+
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", pretrained=False, hidden=(16, 8), fusion="add", fusion_layer=2)
+    with torch.no_grad():
+        for p in model.head_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    row = "A probe, then more"
+    there = tmp_path / "there"
+    for seed in (0, 1):
+        save_checkpoint(model, there / "runs" / slugify(row) / f"seed{seed}" / "best.pt")
+    full = (there / "runs" / slugify(row) / "seed0" / "best.pt").stat().st_size
+    collect.slim(there, [row], tmp_path / "pieces", name="best.pt")
+    pieces = sorted((tmp_path / "pieces").glob("weights.tar.*"))
+    assert pieces and sum(p.stat().st_size for p in pieces) < full / 4
+    collect.join(tmp_path / "pieces", tmp_path / "here")
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    for seed in (0, 1):
+        back = load_checkpoint(tmp_path / "here" / "runs" / slugify(row) / f"seed{seed}" / "best.pt")
+        with torch.no_grad():
+            torch.testing.assert_close(back(x)["score"], model(x)["score"], rtol=0, atol=0)
+    assert not list((tmp_path / "here" / "runs").rglob("tested.pt"))  # only what was asked for
