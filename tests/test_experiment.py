@@ -350,3 +350,23 @@ def test_a_row_can_start_from_an_earlier_row_of_the_same_split(tmp_path):
                             "train": {"init_from": "runs/A/seed{seed}/best.pt"}}]}
     with pytest.raises(ConfigError, match="another architecture"):
         run_experiment(bad, tmp_path / "out", progress=False, log=None)
+
+
+def test_validation_table_shows_the_mixed_model_not_the_epoch_before_the_mix(tmp_path):
+    """A validation-only config (`test: none`) tables each row's final model: for a row that mixes
+    its weights back with its start (``interpolate``), the mix's figures. Mixed at 0 only, row B is
+    row A's model again, so it must table A's figures, whatever B's own best epoch scored."""
+    csv = write_csv(tmp_path / "d", 24, (0, 100), seed=5, categories=False)
+    train = {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5}
+    cfg = {"name": "mix", "data": {"name": "csv", "root": str(csv), "label": "T", "val_fraction": 0.4},
+           "protocol": "ie-iqa", "seeds": [1], "test": "none", "model_args": TINY_ARGS, "train": train,
+           "runs": [{"name": "A", "model": "iqa-cr-q"},
+                    {"name": "B", "model": "iqa-cr-q", "train": {"init_from": "runs/A/seed{seed}/best.pt", "lr": 0.05,
+                                                                 "interpolate": [0.0]}}]}
+    res = run_experiment(cfg, tmp_path / "out", progress=False, log=None).results
+    a, b = res["A"]["splits"][0], res["B"]["splits"][0]
+    assert b["interpolated"] == 0.0
+    assert b["val"]["srocc"] != pytest.approx(a["val"]["srocc"])  # B's epoch moved away from A
+    assert b["val_interpolated"]["srocc"] == pytest.approx(a["val"]["srocc"], abs=1e-6)
+    table = res["B"]["summary"]["T val"]
+    assert table["srocc"]["mean"] == pytest.approx(a["val"]["srocc"], abs=1e-6)

@@ -320,10 +320,11 @@ class _RunUnavailable(Exception):
 # -- tables -------------------------------------------------------------------------------------
 def _scored(split: dict[str, Any], label: str) -> dict[str, float]:
     """One split's metrics for a table column group: a test set's, or (a config with no test
-    sets, for model selection) a training set's validation metrics."""
+    sets, for model selection) a training set's validation metrics, of the model the split ends
+    with: after a weight mix (``interpolate``) the mix's, not the best epoch's before it."""
     if label in split["test"] or not label.endswith(" val"):
         return split["test"].get(label, {})
-    name, val = label[:-len(" val")], split.get("val", {})
+    name, val = label[:-len(" val")], split.get("val_interpolated") or split.get("val", {})
     own = {k.split("/", 1)[1]: v for k, v in val.items() if k.startswith(f"{name}/")}
     return own or {k: v for k, v in val.items() if "/" not in k}
 def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str, Any]:
