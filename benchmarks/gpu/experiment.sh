@@ -20,7 +20,8 @@ mkdir -p "$RUNS/logs"
 # CPU side of building a cache (decoding, resizing, saving) ran at a fraction of its speed.
 seeds=(${SEEDS:-0 1 2})
 threads=$(( $(nproc) / ${#seeds[@]} ))
-export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 )) MKL_NUM_THREADS=$(( threads > 0 ? threads : 1 ))
+threads=$(( threads > 0 ? threads : 1 ))
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 IFS=';' read -ra rows <<< "${ROWS:?name the rows: ROWS=\"ROW A;ROW B\"}"
 rc=0
 for row in "${rows[@]}"; do
