@@ -28,7 +28,8 @@ A measure is worse when the candidate's mean over the seeds falls short of the b
 more than the larger of their spreads (sample std over the seeds), better when it beats it by
 more than that. The gate passes when nothing is worse and something is better. The table goes
 to benchmarks/results/ship_gate_<name>.md and .json (and every model's in ship_gate.md), with
-the issue's targets beside it;
+the issue's targets beside it (``--out STEM`` puts a candidate's table elsewhere, e.g. a rejected
+one's, so that the record of the gate the default passed stays);
 benchmarks/ship.py reads the verdict before it makes a tag the default.
 """
 from __future__ import annotations
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=("test", "val"), default="test",
                     help="test (the gate) or val: the same measures on the validation parts the candidate's experiment "
                          "held out (choosing a recipe; both rows must come from experiments with those parts)")
+    ap.add_argument("--out", type=Path, default=None, metavar="STEM",
+                    help="write the table to STEM.md and STEM.json (default: benchmarks/results/ship_gate_<name>, "
+                         "or selection_<name> with --part val); e.g. a rejected candidate's own file")
     args = ap.parse_args(argv)
     if (args.baseline is None) == (args.baseline_from is None):
         ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
@@ -311,23 +315,37 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"]},
         "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
     }
+    payload["part"] = args.part
+    write_results(payload, args.out)
+    print(markdown(payload))
+    if args.part == "val":  # choosing, not gating
+        return 0
+    return 0 if verdict == "PASS" else 1
+
+
+def result_stem(name: str, part: str, out: Path | None = None) -> Path:
+    """Where a gate's table goes: ``out`` (its .md/.json suffix dropped) when given, else
+    ship_gate_<name> for the test parts (the record ship.py reads) or selection_<name> for the
+    validation parts. A rejected candidate written elsewhere leaves the passing gate's record alone."""
+    if out is not None:
+        return out.with_suffix("") if out.suffix in (".md", ".json") else out
+    return RESULTS / (f"selection_{name}" if part == "val" else f"ship_gate_{name}")
+
+
+def write_results(payload: dict, out: Path | None = None) -> Path:
+    """Write the gate's JSON and table atomically; ship_gate.md then gathers every model's
+    record (ship_gate_<name>.json of each name, never a file written under another name)."""
     from contentiqa.utils.io import atomic_write_text
 
-    payload["part"] = args.part
-    if args.part == "val":  # choosing, not gating: its own file
-        stem = RESULTS / f"selection_{args.name}"
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
-        atomic_write_text(stem.with_suffix(".md"), markdown(payload))
-        print(markdown(payload))
-        return 0
-    stem = RESULTS / f"ship_gate_{args.name}"
+    stem = result_stem(payload["name"], payload["part"], out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
     atomic_write_text(stem.with_suffix(".md"), markdown(payload))
-    # ship_gate.md: every model's latest gate, one section each.
-    gates = sorted(RESULTS.glob("ship_gate_*.json"))
-    atomic_write_text(RESULTS / "ship_gate.md", "\n".join(markdown(json.loads(g.read_text())) for g in gates))
-    print(markdown(payload))
-    return 0 if verdict == "PASS" else 1
+    if payload["part"] == "test" and stem == result_stem(payload["name"], "test"):
+        records = [(g, json.loads(g.read_text())) for g in sorted(RESULTS.glob("ship_gate_*.json"))]
+        records = [r for g, r in records if g.stem == f"ship_gate_{r.get('name')}"]
+        atomic_write_text(RESULTS / "ship_gate.md", "\n".join(markdown(r) for r in records))
+    return stem
 
 
 if __name__ == "__main__":

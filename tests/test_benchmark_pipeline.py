@@ -132,6 +132,30 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     assert "validation parts: choosing" in val_md and "test part" not in val_md
 
 
+def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common, tmp_path, monkeypatch):
+    import ship_gate
+
+    monkeypatch.setattr(ship_gate, "RESULTS", tmp_path)
+    base = [{"CLIVE SROCC": 0.80 + 0.01 * i} for i in range(3)]
+    rows, verdict = ship_gate.compare(base, base)
+    payload = {"name": "m", "verdict": "PASS", "rows": rows, "seeds": [0, 1, 2], "command": "c", "minutes": 1.0,
+               "provenance": {"machine": "x", "date": "d"}, "candidate": {"row": "passed", "runs": "r", "precision": "fp32"},
+               "baseline": {"row": "b", "runs": "r", "precision": "fp32"}, "part": "test"}
+    assert ship_gate.write_results(payload) == tmp_path / "ship_gate_m"
+    record = (tmp_path / "ship_gate_m.json").read_text()
+    assert "passed" in (tmp_path / "ship_gate.md").read_text()
+    rejected = {**payload, "verdict": "FAIL", "candidate": {**payload["candidate"], "row": "rejected"}}
+    stem = ship_gate.write_results(rejected, tmp_path / "ship_gate_m_rejected_x.md")
+    assert stem == tmp_path / "ship_gate_m_rejected_x"
+    assert "rejected" in (tmp_path / "ship_gate_m_rejected_x.md").read_text()
+    assert json.loads((tmp_path / "ship_gate_m_rejected_x.json").read_text())["verdict"] == "FAIL"
+    # the passing gate's record and the summary ship.py and readers use are untouched
+    assert (tmp_path / "ship_gate_m.json").read_text() == record
+    assert "rejected" not in (tmp_path / "ship_gate.md").read_text()
+    # validation parts go to selection_<name> unless told otherwise
+    assert ship_gate.write_results({**payload, "part": "val"}) == tmp_path / "selection_m"
+
+
 def test_ship_gate_reads_the_defaults_measures_from_an_earlier_gate(common, tmp_path):
     import ship_gate
 
