@@ -129,6 +129,30 @@ def test_seed_option_trains_only_those_splits(tiny):
         run_experiment(path, out, progress=False, log=None, seeds=[7])
 
 
+def test_table_merges_another_sessions_results_without_training(tiny, first_run):
+    root, path, cfg = tiny
+    res, _ = first_run
+    out = root / "out_merged"
+    nothing = run_experiment(path, out, progress=False, log=None, train=False)
+    assert nothing.results["IQA-CR-Q"]["seeds"] == [] and not (out / "runs").exists()
+    lines: list[str] = []
+    merged = run_experiment(path, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))),
+                            imports=[root / "out1" / "results.json"], train=False)
+    assert not (out / "runs").exists()  # nothing trained: the figures are the other session's
+    for row in ("IQA-CR-Q", "IQA-CR"):
+        assert merged.results[row]["summary"] == res.results[row]["summary"]
+    assert metrics_files(out) == metrics_files(root / "out1")
+    assert any("IQA-CR-Q: seeds [0, 1]" in line for line in lines)
+    # a row whose settings changed since keeps none of the old figures
+    changed = {**cfg, "runs": [{**r, "train": {"epochs": 2}} if r["name"] == "IQA-CR" else r for r in cfg["runs"]]}
+    lines.clear()
+    again = run_experiment(changed, root / "out_changed", progress=False, base_dir=root,
+                           log=lambda *a: lines.append(" ".join(map(str, a))),
+                           imports=[root / "out1" / "results.json"], train=False)
+    assert again.results["IQA-CR"]["seeds"] == [] and again.results["IQA-CR-Q"]["seeds"] == [0, 1]
+    assert any("'IQA-CR' not taken: its train changed since" in line for line in lines)
+
+
 def test_same_config_twice_gives_the_same_metrics(tiny, first_run):
     root, path, _ = tiny
     run_experiment(path, root / "out2", progress=False, log=None)

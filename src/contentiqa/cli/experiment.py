@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", action="append", type=int, default=None, dest="seeds", metavar="N",
                    help="train only this split seed (repeatable): several processes can share the seeds of a row, "
                         "e.g. one per seed on a GPU; the table still lists every finished split")
+    p.add_argument("--import", action="append", default=None, dest="imports", metavar="RESULTS.json",
+                   help="count the finished splits of an earlier results.json of this config as done (repeatable), "
+                        "for rows whose settings are unchanged: merges sessions' results into one table")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: rebuild results.json/.md from the finished (and imported) splits")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
 
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device,
-                                    only=args.only, seeds=args.seeds)
+                                    only=args.only, seeds=args.seeds, imports=args.imports, train=not args.table_only)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         except ExperimentSkipped as exc:

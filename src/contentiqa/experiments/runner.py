@@ -344,6 +344,38 @@ def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str
     return out
 
 
+def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print) -> dict[str, list[int]]:
+    """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
+    had run here, for rows whose model, model arguments and training settings are still the
+    config's; a split already in ``out`` stays. Returns the seeds taken per row."""
+    from ..utils.io import atomic_write_text
+
+    try:
+        stored = json.loads(Path(path).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an experiment's results.json ({exc})") from None
+    taken: dict[str, list[int]] = {}
+    for run in cfg.runs:
+        if run.name not in stored:
+            continue
+        there, here = stored[run.name], _jsonable({"model": run.model, "model_args": run.model_args, "train": run.train})
+        changed = [k for k in here if there.get(k) != here[k]]
+        if changed:
+            log(f"import {path}: row {run.name!r} not taken: its {', '.join(changed)} changed since")
+            continue
+        for split in there.get("splits", []):
+            seed = split.get("seed")
+            mfile = out / "metrics" / run.slug / f"seed{seed}.json"
+            if seed not in run.seeds or mfile.is_file():
+                continue
+            mfile.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(mfile, json.dumps(split, indent=1))
+            taken.setdefault(run.name, []).append(seed)
+    for name, got in taken.items():
+        log(f"import {path}: {name}: seeds {got}")
+    return taken
+
+
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table (cells formatted with ``str``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -435,6 +467,8 @@ def run_experiment(
     device: str | None = None,
     only: list[str] | None = None,
     seeds: list[int] | None = None,
+    imports: list[str | os.PathLike] | None = None,
+    train: bool = True,
 ) -> ExperimentResult:
     """Run every row of ``config`` on every split and write the results folder.
 
@@ -447,7 +481,10 @@ def run_experiment(
     ``train.device``. Under ``torchrun`` (WORLD_SIZE > 1) each split trains with
     DistributedDataParallel (``cuda`` meaning each process's own GPU); rank 0 evaluates and writes.
     ``only`` (row names) trains just those rows and ``seeds`` just those split seeds; the table
-    still shows every row's finished splits.
+    still shows every row's finished splits. ``imports``: results.json files of earlier runs of
+    this config (e.g. another machine's, or a committed benchmarks/results table) whose finished
+    splits count as done here (:func:`import_results`); ``train=False`` trains nothing and only
+    rebuilds the table, so a table merged from several sessions is one rerunnable command.
     """
     from ..data import MissingFilesError
     from ..training import distributed as dist_utils
@@ -510,6 +547,9 @@ def run_experiment(
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
+        if main and imports:
+            for path in imports:
+                import_results(cfg, out, path, say)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
@@ -526,7 +566,7 @@ def run_experiment(
                     if main:
                         done.append(json.loads(mfile.read_text()))
                     continue
-                if (only and run.name not in only) or (seeds and seed not in seeds):
+                if not train or (only and run.name not in only) or (seeds and seed not in seeds):
                     continue  # not asked for this time
                 t0 = time.time()
                 try:
