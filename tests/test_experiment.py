@@ -143,6 +143,8 @@ def test_table_merges_another_sessions_results_without_training(tiny, first_run)
         assert merged.results[row]["summary"] == res.results[row]["summary"]
     assert metrics_files(out) == metrics_files(root / "out1")
     assert any("IQA-CR-Q: seeds [0, 1]" in line for line in lines)
+    assert "results.json` (`contentiqa experiment CONFIG --import" in merged.markdown
+    assert json.loads((out / "results.json").read_text())["imported"] == [str(root / "out1" / "results.json")]
     # a row whose settings changed since keeps none of the old figures
     changed = {**cfg, "runs": [{**r, "train": {"epochs": 2}} if r["name"] == "IQA-CR" else r for r in cfg["runs"]]}
     lines.clear()

@@ -389,7 +389,7 @@ def _train_time(results: dict[str, Any]) -> str:
 
 
 def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[str, list[str]], prov: dict,
-             n_images: int | None = None) -> str:
+             n_images: int | None = None, imported: list[str] | None = None) -> str:
     from ..metrics import format_mean_std
 
     labels = cfg.test_labels()
@@ -444,6 +444,9 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
     ]
+    if imported:
+        notes.append("Finished splits of earlier sessions taken from " + ", ".join(f"`{p}`" for p in imported)
+                     + " (`contentiqa experiment CONFIG --import RESULTS.json`); each split keeps its own provenance.")
     if trained_parts:
         notes.append("What trained (min/epoch: mean wall-clock minutes per epoch, validation included): "
                      + ". ".join(trained_parts) + ".")
@@ -547,9 +550,11 @@ def run_experiment(
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
+        imported: list[str] = []
         if main and imports:
             for path in imports:
-                import_results(cfg, out, path, say)
+                if import_results(cfg, out, path, say):
+                    imported.append(str(path))
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
@@ -587,12 +592,13 @@ def run_experiment(
             per_run[run.name] = done
         if main:
             result.results = summarize(cfg, per_run)
-            result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, sum(len(ts.table) for ts in sets))
+            result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, sum(len(ts.table) for ts in sets),
+                                       imported)
             payload = {"name": cfg.name, "description": cfg.description, "protocol": cfg.protocol, "seeds": cfg.seeds,
                        "data": [{"label": ts.label, "name": spec.name, "root": str(spec.root), "n": len(ts.table),
                                  "protocol": cfg.protocol_of(spec)} for ts, spec in zip(sets, cfg.train_sets)],
                        "tests": cfg.test_labels(), "runs": result.results, "skipped_runs": result.skipped_runs,
-                       "provenance": prov}
+                       "imported": imported, "provenance": prov}
             atomic_write_text(out / "results.json", json.dumps(_jsonable(payload), indent=1))
             atomic_write_text(out / "results.md", result.markdown)
         dist_utils.barrier()
