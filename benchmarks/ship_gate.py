@@ -22,7 +22,10 @@ get. Per seed, on photos that seed never trained on:
 - obviously bad: black, white and gray frames, uniform noise, blur of radius 16 and 32, 8x
   pixelation, JPEG quality 5 and 2, made from 8 test photos: the mean score of each, and that
   mean less the 10th percentile of the seed's clive-dev test scores (below 0: below it);
-- clipped: the share of real test photos (both sets) scored exactly at an end of the scale.
+- clipped: the share of real test photos (both sets) scored exactly at an end of the scale;
+- content (a model with a content head, both sides): the category ``score`` gives each
+  clive-dev photo against people's scene labels (scene_labels.csv): the main label (top-1) and
+  any of the photo's labels.
 
 A measure is worse when the candidate's mean over the seeds falls short of the baseline's by
 more than the larger of their spreads (sample std over the seeds), better when it beats it by
@@ -56,6 +59,7 @@ TARGETS = {
     "CLIVE SROCC": (">=", 0.84), "CLIVE PLCC": (">=", 0.86), "BIQ2021 SROCC": (">=", 0.87),
     **{f"damage tau {k}": ("<=", -0.95) for k in ("blur", "jpeg", "noise", "underexposure", "overexposure")},
     "clipped %": ("<=", 1.0),
+    "CLIVE content top-1": (">=", 0.72), "CLIVE content any label": (">=", 0.85),
 }
 
 
@@ -89,11 +93,19 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
             if not out.is_file():
                 bad_frame(img, kind, seed=1000 * seed + i).save(out)
             bad.append({"kind": kind, "path": str(out)})
-    return {"clive": list(zip(test["image"], test["mos"])), "damage": damage, "bad": bad}
+    labels = {}
+    if "category" in test:  # people's scene labels: the main one, and every label of the photo
+        from contentiqa.data.labels import acceptable_sets
+
+        sets = acceptable_sets(test["categories"]) if "categories" in test else [set() for _ in range(len(test))]
+        labels = {os.path.abspath(p): (c, s or {c}) for p, c, s in zip(test["image"], test["category"], sets)
+                  if isinstance(c, str) and c}
+    return {"clive": list(zip(test["image"], test["mos"])), "damage": damage, "bad": bad, "labels": labels}
 
 
 def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float]:
-    """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score."""
+    """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score (and, for a
+    model with a content head, ``"category:" + path`` -> its category)."""
     if not out_csv.is_file():
         listing = out_csv.with_suffix(".txt")
         cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
@@ -108,6 +120,8 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
             if row["error"]:
                 raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']}")
             scores[os.path.abspath(row["path"])] = float(row["score"])
+            if row.get("category"):
+                scores["category:" + os.path.abspath(row["path"])] = row["category"]  # type: ignore[assignment]
             precision.add(row["precision"])
     scores["__precision__"] = ",".join(sorted(precision))  # type: ignore[assignment]
     return scores
@@ -145,6 +159,11 @@ def measures(scores: dict[str, float], images: dict[str, list], biq: list[tuple[
         out[f"bad {kind}: mean - p10"] = mean - p10
     real = np.concatenate([clive_scores, biq_scores])
     out["clipped %"] = 100.0 * float(np.mean((real <= 0.0) | (real >= 100.0)))
+    said = {p: scores.get("category:" + p) for p in images.get("labels", {})}
+    if images.get("labels") and all(said.values()):  # a content model: people's labels judge it too
+        main_hits = [said[p] == main for p, (main, _) in images["labels"].items()]
+        any_hits = [said[p] in every for p, (_, every) in images["labels"].items()]
+        out["CLIVE content top-1"], out["CLIVE content any label"] = float(np.mean(main_hits)), float(np.mean(any_hits))
     return out
 
 
@@ -154,7 +173,7 @@ def higher_is_better(measure: str) -> bool:
 
 def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple[list[dict], str]:
     rows, worse, better = [], 0, 0
-    for m in base[0]:
+    for m in [k for k in base[0] if k in cand[0]]:  # a measure one side cannot have (content) is not compared
         b = np.array([r[m] for r in base])
         c = np.array([r[m] for r in cand])
         spread = max(float(b.std(ddof=1)) if len(b) > 1 else 0.0, float(c.std(ddof=1)) if len(c) > 1 else 0.0)
@@ -279,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
 
     clive = pd.read_csv(require_clive())
     clive["image"] = [str(require_clive().parent / p) for p in clive["image"]]
+    scene_labels = require_clive().parent / "scene_labels.csv"
+    if scene_labels.is_file():
+        from contentiqa.data.labels import join_labels
+
+        clive = join_labels(clive, scene_labels, require_clive().parent)
     splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     root = biq_root()
     if not root.is_dir():

@@ -132,6 +132,30 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     assert "validation parts: choosing" in val_md and "test part" not in val_md
 
 
+def test_ship_gate_judges_a_content_model_by_peoples_labels_too(common):
+    import os
+
+    import ship_gate
+
+    clive = [(f"/p/c{i}.png", float(i)) for i in range(6)]
+    biq = [(f"/p/b{i}.png", float(i)) for i in range(6)]
+    labels = {os.path.abspath(p): (main, every) for (p, _), main, every in zip(
+        clive, ["human", "animal", "plant", "human", "others", "cityscape"],
+        [{"human"}, {"animal", "plant"}, {"plant"}, {"human", "others"}, {"others"}, {"cityscape"}])}
+    images = {"clive": clive, "damage": [], "bad": [], "labels": labels}
+    scores = {os.path.abspath(p): m for p, m in clive + biq}
+    said = ["human", "plant", "plant", "others", "animal", "cityscape"]  # top-1: 3 of 6; any label: 5 of 6
+    content = {**scores, **{"category:" + os.path.abspath(p): c for (p, _), c in zip(clive, said)}}
+    got = ship_gate.measures(content, images, biq)
+    assert got["CLIVE content top-1"] == pytest.approx(0.5) and got["CLIVE content any label"] == pytest.approx(5 / 6)
+    plain = ship_gate.measures(scores, images, biq)  # a model without a content head has no such measure
+    assert "CLIVE content top-1" not in plain
+    rows, _ = ship_gate.compare([got] * 3, [got] * 3)
+    assert {r["measure"]: r.get("target") for r in rows}["CLIVE content top-1"] == ">= 0.72"
+    rows, _ = ship_gate.compare([plain] * 3, [got] * 3)  # compared on what both sides have
+    assert "CLIVE content top-1" not in {r["measure"] for r in rows}
+
+
 def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common, tmp_path, monkeypatch):
     import ship_gate
 
