@@ -106,6 +106,10 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
 def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float]:
     """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score (and, for a
     model with a content head, ``"category:" + path`` -> its category)."""
+    if out_csv.is_file():  # scored before: reused only when it holds every image asked for now
+        with open(out_csv, newline="") as fh:
+            if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in csv.DictReader(fh)}:
+                out_csv.unlink()
     if not out_csv.is_file():
         listing = out_csv.with_suffix(".txt")
         cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             + [b["path"] for b in images["bad"]]
         for side, runs, row in sides:
             model = tested_model(runs, row, seed)
-            out = args.work / "scores" / f"{side}_{runs.name}_{seed}_{int(model.stat().st_mtime)}.csv"
+            out = args.work / "scores" / f"{args.part}_{side}_{runs.name}_{seed}_{int(model.stat().st_mtime)}.csv"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"seed {seed}: scoring {len(files)} images with the {side} ({model})", flush=True)
             scores = score_files(model, files, out)

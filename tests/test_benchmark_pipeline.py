@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -154,6 +155,32 @@ def test_ship_gate_judges_a_content_model_by_peoples_labels_too(common):
     assert {r["measure"]: r.get("target") for r in rows}["CLIVE content top-1"] == ">= 0.72"
     rows, _ = ship_gate.compare([plain] * 3, [got] * 3)  # compared on what both sides have
     assert "CLIVE content top-1" not in {r["measure"] for r in rows}
+
+
+def test_ship_gate_rescores_when_its_stored_scores_miss_an_image(common, tmp_path, monkeypatch):
+    import subprocess
+
+    import ship_gate
+
+    calls = []
+
+    def fake_score(cmd, **kwargs):
+        out = cmd[cmd.index("-o") + 1]
+        files = cmd[cmd.index("-q") + 1:]
+        calls.append(files)
+        rows = ["path,score,precision,error"] + [f"{f},{i}.0,fp32," for i, f in enumerate(files)]
+        Path(out).write_text("\n".join(rows) + "\n")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ship_gate.subprocess, "run", fake_score)
+    out = tmp_path / "scores.csv"
+    val = [str(tmp_path / "v0.png"), str(tmp_path / "v1.png")]
+    test = [str(tmp_path / "t0.png")]
+    assert set(ship_gate.score_files(Path("m.pt"), val, out)) == {*val, "__precision__"}
+    ship_gate.score_files(Path("m.pt"), val, out)
+    assert len(calls) == 1  # the same images: the stored scores serve
+    got = ship_gate.score_files(Path("m.pt"), test, out)  # other images (another part): scored afresh
+    assert len(calls) == 2 and str(tmp_path / "t0.png") in got
 
 
 def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common, tmp_path, monkeypatch):
