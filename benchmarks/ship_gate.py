@@ -106,11 +106,13 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
 def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float]:
     """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score (and, for a
     model with a content head, ``"category:" + path`` -> its category)."""
+    rows = []
     if out_csv.is_file():  # scored before: reused only when it holds every image asked for now
         with open(out_csv, newline="") as fh:
-            if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in csv.DictReader(fh)}:
-                out_csv.unlink()
-    if not out_csv.is_file():
+            rows = list(csv.DictReader(fh))
+        if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in rows}:
+            rows = []
+    if not rows:
         listing = out_csv.with_suffix(".txt")
         cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
                *files]
@@ -118,15 +120,16 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
         r = subprocess.run(cmd, env=contentiqa_env(), capture_output=True, text=True)
         if r.returncode not in (0, 1) or not out_csv.is_file():
             raise SystemExit(f"score failed for {model} (rc {r.returncode}): {r.stderr.strip()[-2000:]}")
+        with open(out_csv, newline="") as fh:
+            rows = list(csv.DictReader(fh))
     scores, precision = {}, set()
-    with open(out_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["error"]:
-                raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']}")
-            scores[os.path.abspath(row["path"])] = float(row["score"])
-            if row.get("category"):
-                scores["category:" + os.path.abspath(row["path"])] = row["category"]  # type: ignore[assignment]
-            precision.add(row["precision"])
+    for row in rows:
+        if row["error"]:
+            raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']}")
+        scores[os.path.abspath(row["path"])] = float(row["score"])
+        if row.get("category"):
+            scores["category:" + os.path.abspath(row["path"])] = row["category"]  # type: ignore[assignment]
+        precision.add(row["precision"])
     scores["__precision__"] = ",".join(sorted(precision))  # type: ignore[assignment]
     return scores
 
@@ -300,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from contentiqa.data import load_dataset, load_splits
 
-    clive = pd.read_csv(require_clive())
-    clive["image"] = [str(require_clive().parent / p) for p in clive["image"]]
-    scene_labels = require_clive().parent / "scene_labels.csv"
+    clive_csv = require_clive()
+    clive = pd.read_csv(clive_csv)
+    clive["image"] = [str(clive_csv.parent / p) for p in clive["image"]]
+    scene_labels = clive_csv.parent / "scene_labels.csv"
     if scene_labels.is_file():
         from contentiqa.data.labels import join_labels
 
-        clive = join_labels(clive, scene_labels, require_clive().parent)
+        clive = join_labels(clive, scene_labels, clive_csv.parent)
     splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     root = biq_root()
     if not root.is_dir():

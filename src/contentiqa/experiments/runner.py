@@ -344,6 +344,11 @@ def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str
     return out
 
 
+def _metrics_file(out: Path, run: RunSpec, seed: int) -> Path:
+    """Where a finished split's metrics live: their presence is what marks the split done."""
+    return out / "metrics" / run.slug / f"seed{seed}.json"
+
+
 def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print) -> dict[str, list[int]]:
     """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
     had run here, for rows whose model, model arguments and training settings are still the
@@ -365,9 +370,9 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
             continue
         for split in there.get("splits", []):
             seed = split.get("seed")
-            mfile = out / "metrics" / run.slug / f"seed{seed}.json"
-            if seed not in run.seeds or mfile.is_file():
+            if seed not in run.seeds or _metrics_file(out, run, seed).is_file():
                 continue
+            mfile = _metrics_file(out, run, seed)
             mfile.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(mfile, json.dumps(split, indent=1))
             taken.setdefault(run.name, []).append(seed)
@@ -565,7 +570,7 @@ def run_experiment(
                 result.skipped_runs[run.name] = lacking
             done = []
             for seed in ([] if lacking else run.seeds):
-                mfile = out / "metrics" / run.slug / f"seed{seed}.json"
+                mfile = _metrics_file(out, run, seed)
                 have = dist_utils.broadcast_object(mfile.is_file() if main else None)
                 if have:
                     if main:
