@@ -46,6 +46,9 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
                                          "BIQ2021")},
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
+    "iqa-cr.clive-biq2021-v2": {
+        "clive": ("experiment", "multi_finetune.json", "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated", "CLIVE"),
+        "biq2021": ("experiment", "multi_finetune.json", "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated", "BIQ2021")},
     "iqa-cr.clive-biq2021": {
         "clive": ("experiment", "multi_clive_biq2021.json", "IQA-CR (human scene labels), normalised + ranking", "CLIVE"),
         "biq2021": ("experiment", "multi_clive_biq2021.json", "IQA-CR (human scene labels), normalised + ranking",

@@ -85,7 +85,7 @@ IQA_CR_DEFAULTS: dict[str, Any] = {}
 """``iqa-cr`` / ``iqa-cr-q``: the default tags have the paper's head (L = 2, D = 64, H = 8,
 d_f = 128), which are the IQACRConfig defaults already. Two things are deliberately *not*
 defaults: ``categories`` (the content head's label set is the training data's: the shipped
-``iqa-cr.clive-biq2021`` learnt clive-dev's nine human scene labels, an untrained ``iqa-cr``
+``iqa-cr.clive-biq2021*`` tags learnt clive-dev's nine human scene labels, an untrained ``iqa-cr``
 has the paper's ten KonIQ-10k categories) and ``frozen_stages`` (the trainer sets it from
 ``cache_stages``). ``iqa-cr.clive`` is a wider tag (D = 128, MLP 256): its checkpoint says so."""
 
@@ -99,13 +99,23 @@ FROZEN_BACKBONE_MULTI = dict(
 heads trained on cached pooled features, within-dataset fidelity ranking loss)."""
 
 IQA_CR_RECIPE = TrainRecipe.of(
-    source="iqa-cr.clive-biq2021: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021.pt, "
-           "row 'IQA-CR (human scene labels), normalised + ranking' of configs/multi_clive_biq2021.yaml "
-           "(shipped by benchmarks/ship_multi.py)",
-    score_loss="smooth_l1", category_weight=0.2, **FROZEN_BACKBONE_MULTI,
+    source="iqa-cr.clive-biq2021-v2: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021-v2.pt, "
+           "row 'IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated' of "
+           "configs/multi_finetune.yaml (shipped by benchmarks/ship.py once benchmarks/ship_gate.py passed it), less "
+           "the fields that name its training sets or a file (dataset_ratio: CLIVE 1 to BIQ2021 3, damage_source: "
+           "BIQ2021, init_from: the first stage's weights, with interpolate: [0.25, 0.5, 0.75, 1.0] and "
+           "interpolate_no_worse, which need it). Its first stage is row 'IQA-CR, probe on BIQ2021 val + anchors "
+           "0.1, calibrated' (15 epochs, patience 6, monitor BIQ2021/srocc, no damage term)",
+    score_loss="model", category_weight=0.2, anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2,
+    damage_weight=0.3, damage_photos=1000, damage_groups=1, calibrate=True,
+    **{**FROZEN_BACKBONE_MULTI, "epochs": 30, "patience": 10, "warmup_epochs": 0.5},
 )
-"""IQA-CR's multitask loss (smooth-L1 score + 0.2 x focal content, summed) plus the ranking term,
-AdamW, frozen backbone."""
+"""The model's own score loss (MSE on the normalised MOS) + 0.2 x focal content + the ranking
+term, AdamW, frozen backbone; bad frames as anchors at the bottom of the scale, and a ranking of
+each photo above its own synthetically damaged copies (blur, JPEG, noise, under- and
+overexposure), so that the score falls as damage grows; output calibrated on the validation part.
+The default tag trained this way in a second stage, from a first head trained on the same photos,
+and was mixed back with it: ``contentiqa train --set init_from=FIRST.pt --set interpolate=[...]``."""
 
 IE_IQA_RECIPE = TrainRecipe.of(
     source="ie-iqa.clive-biq2021-v3: extra.train_config of src/contentiqa/weights/ie-iqa_clive-biq2021-v3.pt, "

@@ -25,7 +25,15 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     return model
 
 
-@register_model("iqa-cr", weights={"clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"},
+# Tags: `clive-biq2021-v2` = ie-iqa v3's recipe on IQA-CR's frozen, grid-pooled features (a head
+# trained with bad-frame anchors, then trained on with clive-dev drawn 1:3 with BIQ2021 and the
+# synthetic-damage ranking, mixed back with the first at the share both validation parts chose,
+# output calibrated on clive-dev's validation part; configs/multi_finetune.yaml, admitted by
+# benchmarks/ship_gate.py against `clive-biq2021`'s recipe); `clive-biq2021` = the head trained on
+# both sets at once without anchors, damage or calibration (configs/multi_clive_biq2021.yaml);
+# `clive` = fine-tuned on clive-dev alone, ImageNet pseudo-labels as content. Default tag first.
+@register_model("iqa-cr", weights={"clive-biq2021-v2": "iqa-cr_clive-biq2021-v2.pt",
+                                   "clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"},
                 defaults=IQA_CR_DEFAULTS, recipe=IQA_CR_RECIPE)
 def iqa_cr(**kwargs) -> IQACR:
     """IQA-CR: multitask quality + content Transformer with sequential spatial-channel attention."""
