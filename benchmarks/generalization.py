@@ -144,17 +144,25 @@ def main() -> None:
     from contentiqa.metrics import format_mean_std
 
     t0 = time.time()
-    # the experiments' own tables, copied next to this summary
-    tables = {}
+    # the experiments' own tables, copied next to this summary; one not rerun into RUNS_DIR keeps
+    # its earlier copy there, and its floor rows (fitted on its splits) from the earlier summary
+    tables, earlier = {}, []
     for name in EXPERIMENTS:
         src = args.runs / name
         if (src / "results.json").is_file():
             shutil.copyfile(src / "results.json", RESULTS / f"{name}.json")
             shutil.copyfile(src / "results.md", RESULTS / f"{name}.md")
             tables[name] = json.loads((src / "results.json").read_text())
-    floor = floor_rows(args.runs, args.cache)
+        elif (RESULTS / f"{name}.json").is_file():
+            tables[name] = json.loads((RESULTS / f"{name}.json").read_text())
+            earlier.append(name)
     previous = RESULTS / "generalization.json"
-    shipped = json.loads(previous.read_text()).get("shipped") if previous.is_file() else None
+    before = json.loads(previous.read_text()) if previous.is_file() else {}
+    floor = floor_rows(args.runs, args.cache)
+    for name in earlier:
+        if name not in floor and name in (before.get("floor") or {}):
+            floor[name] = before["floor"][name]
+    shipped = before.get("shipped")
     if args.shipped is not None:
         shipped = shipped_on_biq2021(args.shipped)
 
@@ -190,6 +198,8 @@ def main() -> None:
                  "`contentiqa experiment` commands in its docstring"
                  + (f" (the shipped-weights table: an earlier `--shipped {shipped['n']}` run, kept in generalization.json)"
                     if shipped and args.shipped is None else "")
+                 + (f"; {', '.join(earlier)}: earlier runs (their copies in benchmarks/results and floor rows)"
+                    if earlier else "")
                  + ". This summary took "
                  f"{(time.time() - t0) / 60:.1f} min (cached features).\n")
     write_results("generalization", {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
