@@ -190,6 +190,29 @@ def test_trainer_uses_the_models_own_loss_and_the_recipes_optimizer(tiny_csv, tm
     assert isinstance(tr2.optimizer, torch.optim.SGD)
 
 
+def test_iqa_cr_recipe_trains_with_damage_and_anchors_on_one_dataset(tmp_path):
+    """The default tag's recipe names no training set (its damage comes from any photo), so a
+    user's single CSV trains with it as it is: damage ranking and bad-frame anchors included."""
+    from contentiqa.cli.main import main
+
+    rng = np.random.default_rng(1)
+    rows = [{"image": str(write_image(tmp_path / "img" / f"{i}.png", 48, 48, seed=i)), "mos": float(rng.uniform(0, 100)),
+             "category": ("animal", "human", "plant")[i % 3]} for i in range(12)]
+    pd.DataFrame(rows).to_csv(tmp_path / "data.csv", index=False)
+    out = tmp_path / "run"
+    tiny = ["--set", "model.backbone_pretrained=false", "--set", "model.dim=16", "--set", "model.heads=2",
+            "--set", "model.mlp_dim=32", "--set", "model.grid=[2, 2]", "--set", "model.depth=1"]
+    rc = main(["train", "--model", "iqa-cr", "--data", str(tmp_path / "data.csv"), "--out", str(out),
+               "--protocol", "iqa-cr", "--epochs", "1", "--batch-size", "4", "--set", "calibrate=false",
+               "--set", "anchor_photos=3", "--set", "damage_photos=2", *tiny, "--quiet"])
+    assert rc == 0
+    run = json.loads((out / "config.json").read_text())
+    assert run["train_config"]["damage_weight"] == IQA_CR_RECIPE.values["damage_weight"] > 0
+    assert run["train_config"]["anchor_weight"] == IQA_CR_RECIPE.values["anchor_weight"] > 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_damage", "loss_anchor"} <= set(history[-1]) and np.isfinite(history[-1]["loss"])
+
+
 def test_train_cli_writes_the_recipe_into_the_run_and_checkpoint(tiny_csv, tmp_path):
     from contentiqa.cli.main import main
     from contentiqa.models import load_checkpoint
