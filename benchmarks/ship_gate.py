@@ -106,12 +106,13 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
 def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float]:
     """``contentiqa score --model MODEL FILES -o OUT`` with its defaults; path -> score (and, for a
     model with a content head, ``"category:" + path`` -> its category)."""
-    rows = []
-    if out_csv.is_file():  # scored before: reused only when it holds every image asked for now
+    def stored() -> list[dict]:
         with open(out_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in rows}:
-            rows = []
+            return list(csv.DictReader(fh))
+
+    rows = stored() if out_csv.is_file() else []
+    if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in rows}:
+        rows = []  # scored before only when it holds every image asked for now
     if not rows:
         listing = out_csv.with_suffix(".txt")
         cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
@@ -120,8 +121,7 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
         r = subprocess.run(cmd, env=contentiqa_env(), capture_output=True, text=True)
         if r.returncode not in (0, 1) or not out_csv.is_file():
             raise SystemExit(f"score failed for {model} (rc {r.returncode}): {r.stderr.strip()[-2000:]}")
-        with open(out_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = stored()
     scores, precision = {}, set()
     for row in rows:
         if row["error"]:

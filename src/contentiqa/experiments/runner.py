@@ -370,9 +370,9 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
             continue
         for split in there.get("splits", []):
             seed = split.get("seed")
-            if seed not in run.seeds or _metrics_file(out, run, seed).is_file():
-                continue
             mfile = _metrics_file(out, run, seed)
+            if seed not in run.seeds or mfile.is_file():
+                continue
             mfile.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(mfile, json.dumps(split, indent=1))
             taken.setdefault(run.name, []).append(seed)

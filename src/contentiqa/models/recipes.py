@@ -98,6 +98,14 @@ FROZEN_BACKBONE_MULTI = dict(
 """The shared part of configs/multi_clive_biq2021.yaml's ``train`` section (frozen Lite0 backbone,
 heads trained on cached pooled features, within-dataset fidelity ranking loss)."""
 
+ANCHORED_SECOND_STAGE = dict(
+    anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2, calibrate=True,
+    **{**FROZEN_BACKBONE_MULTI, "epochs": 30, "patience": 10, "warmup_epochs": 0.5},
+)
+"""What the default tags of ``ie-iqa`` (v3) and ``iqa-cr`` (v2) share: the second stage of
+configs/multi_finetune.yaml's two-stage rows (bad-frame anchors, output calibrated, 30 short
+epochs from the first stage's weights)."""
+
 IQA_CR_RECIPE = TrainRecipe.of(
     source="iqa-cr.clive-biq2021-v2: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021-v2.pt, "
            "row 'IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated' of "
@@ -106,9 +114,8 @@ IQA_CR_RECIPE = TrainRecipe.of(
            "BIQ2021, init_from: the first stage's weights, with interpolate: [0.25, 0.5, 0.75, 1.0] and "
            "interpolate_no_worse, which need it). Its first stage is row 'IQA-CR, probe on BIQ2021 val + anchors "
            "0.1, calibrated' (15 epochs, patience 6, monitor BIQ2021/srocc, no damage term)",
-    score_loss="model", category_weight=0.2, anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2,
-    damage_weight=0.3, damage_photos=1000, damage_groups=1, calibrate=True,
-    **{**FROZEN_BACKBONE_MULTI, "epochs": 30, "patience": 10, "warmup_epochs": 0.5},
+    score_loss="model", category_weight=0.2, damage_weight=0.3, damage_photos=1000, damage_groups=1,
+    **ANCHORED_SECOND_STAGE,
 )
 """The model's own score loss (MSE on the normalised MOS) + 0.2 x focal content + the ranking
 term, AdamW, frozen backbone; bad frames as anchors at the bottom of the scale, and a ranking of
@@ -125,8 +132,7 @@ IE_IQA_RECIPE = TrainRecipe.of(
            "BIQ2021, init_from: the first stage's weights, with interpolate: [0.25, 0.5, 0.75, 1.0] and "
            "interpolate_no_worse, which need it). Its first stage is row 'IE-IQA, probe on BIQ2021 val + anchors "
            "0.1, calibrated' (ie-iqa.clive-biq2021-v2's recipe: 15 epochs, patience 6, monitor BIQ2021/srocc)",
-    score_loss="model", anchor_weight=0.1, anchor_photos=270, anchors_per_batch=2, calibrate=True,
-    **{**FROZEN_BACKBONE_MULTI, "epochs": 30, "patience": 10, "warmup_epochs": 0.5},
+    score_loss="model", **ANCHORED_SECOND_STAGE,
 )
 """IE-IQA's own MSE (IEIQA.loss, §3.2) plus the ranking term, AdamW, frozen backbones; bad frames
 (black, white, gray, noise, blurred, pixelated, destroyed JPEG) as anchors at the bottom of the
