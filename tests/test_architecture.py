@@ -6,17 +6,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contentiqa.models import IQACRConfig, IQAModel, create_model, list_models
+from contentiqa.models import IQACRConfig, IQAModel, build_ensemble, create_model, list_models
 from contentiqa.models.iqa_cr import AxialAttention, ChannelTokenAttention, SpatialChannelLayer
 from contentiqa.models.layers import MultiHeadAttention, adaptive_avg_pool2d_matmul
+from contentiqa.models.registry import model_entry
 
 TINY_CR = dict(pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
 TINY_IE = dict(pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64, train_resize=72)
 
 
 def tiny_registered(name: str, seed: int = 0) -> IQAModel:
-    """A small random model of any registered name (IE-IQA with a random recognition branch)."""
+    """A small random model of any registered name (IE-IQA with a random recognition branch; an
+    ensemble of tiny members: its own entry's, else ie-iqa-distortion and iqa-cr)."""
     torch.manual_seed(seed)
+    if not model_entry(name).trainable:
+        if name == "ensemble":
+            return build_ensemble([tiny_registered("ie-iqa-distortion", seed), tiny_registered("iqa-cr", seed)])
+        members = name.split("+")
+        return create_model(name, pretrained=False, member_args={
+            m: ({k: v for k, v in (TINY_IE if m.startswith("ie-iqa") else TINY_CR).items() if k != "pretrained"}
+                | ({"intelligibility_pretrained": False} if m == "ie-iqa" else {})) for m in members})
     if name.startswith("ie-iqa"):
         extra = {"intelligibility_pretrained": False} if name == "ie-iqa" else {}
         return create_model(name, **TINY_IE, **extra)
@@ -24,6 +33,7 @@ def tiny_registered(name: str, seed: int = 0) -> IQAModel:
 
 
 MODELS = list_models()
+TRAINABLE = [n for n in MODELS if model_entry(n).trainable]
 
 
 # -- adaptive_avg_pool2d_matmul ------------------------------------------------------------------
@@ -167,7 +177,7 @@ def test_outputs_match_the_declared_contract(name):
         assert out["logits"].shape == (2, len(model.categories))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_parameter_groups_cover_every_trainable_parameter_once(name):
     model = tiny_registered(name)
     groups = model.parameter_groups()
@@ -179,7 +189,7 @@ def test_parameter_groups_cover_every_trainable_parameter_once(name):
     assert all(id(p) in bb for p in groups["backbone"]) and not any(id(p) in bb for p in groups["head"])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_gradient_reaches_every_trainable_parameter(name):
     model = tiny_registered(name).train()
     x = torch.randn(2, 3, 64, 64)
@@ -193,7 +203,7 @@ def test_gradient_reaches_every_trainable_parameter(name):
     assert not leaked
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_stage_hooks_are_consistent(name):
     model = tiny_registered(name)
     assert model.supports_stage_cache

@@ -24,7 +24,7 @@ from contentiqa.models.registry import list_models, model_entry, model_recipe, r
 from contentiqa.training.config import TrainConfig
 from contentiqa.utils.checkpoint_io import load_torch_file
 
-SHIPPED = list_models(pretrained_only=True)
+SHIPPED = [n for n in list_models(pretrained_only=True) if model_entry(n).trainable]  # ensembles: no recipe
 # Keys of a stored config that are not architecture: the weights' provenance and training state.
 NOT_ARCHITECTURE = {"scale", "backbone_pretrained", "distortion_pretrained", "intelligibility_pretrained",
                     "frozen_stages", "categories", "num_categories", "calibration"}
@@ -41,8 +41,12 @@ def test_a_recipe_is_a_partial_train_config(recipe):
     assert {k: getattr(cfg, k) for k in recipe.train_args()} == recipe.train_args()
 
 
-def test_every_registered_model_has_a_recipe():
+def test_every_registered_model_has_a_recipe_but_ensembles():
     for name in list_models():
+        if not model_entry(name).trainable:  # made from trained models: saying so is its answer
+            with pytest.raises(ValueError, match="not trained itself"):
+                model_recipe(name)
+            continue
         assert isinstance(model_recipe(name), TrainRecipe) and model_recipe(name).source
 
 
@@ -96,6 +100,8 @@ def test_a_tags_recipe_is_read_from_its_checkpoint():
     assert {k: clive[k] for k in IE_IQA_PAPER_RECIPE.train_args()} == {**IE_IQA_PAPER_RECIPE.train_args(), "score_loss": "mse"}
     assert model_recipe("iqa-cr.clive").train_args()["category_weight"] == 0.05  # the sweep's shipped recipe
     for name in list_models():  # every shipped tag's recipe trains as it is (run-only fields dropped)
+        if not model_entry(name).trainable:
+            continue
         for tag in model_entry(name).tags:
             args = model_recipe(f"{name}.{tag}").train_args()
             assert "seed" not in args and "device" not in args

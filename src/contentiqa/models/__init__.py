@@ -42,11 +42,15 @@ _LAZY = {
     "register_model": "registry",
     "save_checkpoint": "registry",
     "Selection": "selection",
+    "Ensemble": "ensemble",
+    "EnsembleConfig": "ensemble",
+    "build_ensemble": "ensemble",
     "select_features": "selection",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import IQA_CR_CATEGORIES, IQAModel  # noqa: F401
+    from .ensemble import Ensemble, EnsembleConfig, build_ensemble  # noqa: F401
     from .ie_iqa import IEIQA, IEIQAConfig, build_ie_iqa  # noqa: F401
     from .intelligibility import (  # noqa: F401
         IntelligibilityBranch,

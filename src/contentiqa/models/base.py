@@ -100,6 +100,9 @@ class IQAModel(nn.Module):
     """Stages the model runs (``levels[-1] + 1``); caching all of them caches pooled features."""
     supports_stage_cache: bool = False
     """True when the cache hooks below are implemented (training with ``cache_stages``)."""
+    trainable: bool = True
+    """False for a model made from trained models (:class:`~contentiqa.models.ensemble.Ensemble`):
+    the trainer refuses it, and train its parts instead."""
     train_transform: Callable[[Image.Image], torch.Tensor] | None = None
     """Fixed-size models: the training augmentation (PIL image -> tensor); None = the trainer's
     crop / flip of :meth:`preprocess`'s output."""

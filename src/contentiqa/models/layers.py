@@ -29,6 +29,61 @@ def _pool_matrix(length, bins: int, like: torch.Tensor) -> torch.Tensor:
     return m / m.sum(dim=1, keepdim=True)
 
 
+def resize_like_pillow(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """``x`` (..., H, W) of 0-255 pixel values resized to ``out_hw`` as Pillow's
+    ``Image.resize(..., BILINEAR)`` resizes an 8-bit image: a triangle filter whose support widens
+    with the reduction (antialiased when shrinking), weights in Pillow's fixed point, each of
+    the two passes rounded to whole values, the passes in Pillow's order (height first when it
+    shrinks more than twice as much as the width, as Pillow >= 11 does). Written as gathers and
+    weighted sums built from the input's shape, it traces to ONNX with dynamic height and width,
+    where ``F.interpolate(antialias=True)`` does not export, and it costs a few taps per pixel.
+
+    Why Pillow's resize: fixed-size models were trained on images Pillow resized, and a model
+    that feeds one from a larger input (:mod:`contentiqa.models.ensemble`) must show it the same
+    pixels: a fixed-size model's score can move by a point or two when every pixel moves by one
+    8-bit step."""
+    h, w = x.shape[-2], x.shape[-1]
+    (ih, wh), (iw, ww) = _pillow_taps(h, out_hw[0], x), _pillow_taps(w, out_hw[1], x)
+
+    def along_w(t: torch.Tensor) -> torch.Tensor:
+        g = t.index_select(-1, iw.reshape(-1))
+        g = g.reshape(*g.shape[:-1], out_hw[1], -1)
+        return torch.clamp(torch.floor((g * ww).sum(-1) + 0.5), 0.0, 255.0)
+
+    def along_h(t: torch.Tensor) -> torch.Tensor:
+        g = t.index_select(-2, ih.reshape(-1))
+        g = g.reshape(*g.shape[:-2], out_hw[0], -1, g.shape[-1])
+        return torch.clamp(torch.floor((g * wh[:, :, None]).sum(-2) + 0.5), 0.0, 255.0)
+
+    h_t = torch.as_tensor(h, device=x.device)
+    w_t = torch.as_tensor(w, device=x.device)
+    height_first = ((h_t - out_hw[0]) > 0) & ((h_t - out_hw[0]) > 2 * (w_t - out_hw[1]))
+    return torch.where(height_first, along_w(along_h(x)), along_h(along_w(x)))
+
+
+_PILLOW_PRECISION = float(1 << 22)
+"""Pillow's 8-bit resampling holds its weights as integers of 22 fractional bits."""
+
+
+def _pillow_taps(length, size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, weight)``, each (size, taps): the input samples each of ``size`` outputs reads
+    and their weights, as Pillow's bilinear ``precompute_coeffs`` makes them (in float64, as it
+    does; the weights then rounded to its fixed point)."""
+    n = torch.as_tensor(length, device=like.device).to(torch.float64)
+    scale = n / size
+    support = torch.clamp(scale, min=1.0)  # the filter widens when reducing, never narrows
+    centre = (torch.arange(size, device=like.device).to(torch.float64) + 0.5) * scale
+    first = torch.clamp(torch.floor(centre - support + 0.5), min=0.0)
+    end = torch.minimum(torch.floor(centre + support + 0.5), n)
+    taps = torch.arange((torch.ceil(support) * 2 + 1).to(torch.int64), device=like.device).to(torch.float64)
+    j = first[:, None] + taps[None, :]
+    wt = torch.clamp(1.0 - torch.abs(j + 0.5 - centre[:, None]) / support, min=0.0) * (j < end[:, None])
+    wt = wt / wt.sum(dim=1, keepdim=True)
+    wt = torch.floor(wt * _PILLOW_PRECISION + 0.5) / _PILLOW_PRECISION
+    index = torch.minimum(j, n - 1).to(torch.int64)
+    return index, wt.to(like.dtype)
+
+
 class Mlp(nn.Module):
     """Transformer feed-forward block: Linear -> GELU -> Dropout -> Linear -> Dropout."""
 

@@ -45,6 +45,8 @@ class ModelEntry:
     the default tag's architecture (see :mod:`contentiqa.models.recipes`)."""
     recipe: TrainRecipe | None = None
     """How the default tag was trained: what ``contentiqa train --model NAME`` starts from."""
+    trainable: bool = True
+    """False for a model made from trained ones (an ensemble): it has no recipe."""
 
     @property
     def weights(self) -> str | None:
@@ -64,11 +66,12 @@ def _registered() -> dict[str, ModelEntry]:
 
 def register_model(name: str, weights: str | dict[str, str] | None = None, description: str = "",
                    default_tag: str | None = None, defaults: dict[str, Any] | None = None,
-                   recipe: TrainRecipe | None = None) -> Callable:
+                   recipe: TrainRecipe | None = None, trainable: bool = True) -> Callable:
     """Register ``fn(**kwargs) -> IQAModel`` as ``name``. ``weights``: tag -> file under
     ``contentiqa/weights`` (a single file is the tag ``default``); ``default_tag``: what a
     bare ``name`` loads (default: the first tag); ``defaults``: the architecture an untrained
-    ``name`` gets (the default tag's); ``recipe``: how to train it."""
+    ``name`` gets (the default tag's); ``recipe``: how to train it; ``trainable``: False for a
+    model made from trained ones (it has no recipe)."""
     tags = {"default": weights} if isinstance(weights, str) else dict(weights or {})
     if "." in name:
         raise ValueError(f"model name {name!r} must not contain '.' (it separates the weights tag)")
@@ -77,7 +80,7 @@ def register_model(name: str, weights: str | dict[str, str] | None = None, descr
         chosen = default_tag or shipped_default_tags().get(name)
         _REGISTRY[name] = ModelEntry(name, fn, tags, chosen if chosen in tags else next(iter(tags), None),
                                      description or (fn.__doc__ or "").strip().splitlines()[0],
-                                     dict(defaults or {}), recipe)
+                                     dict(defaults or {}), recipe, trainable)
         return fn
 
     return deco
@@ -190,6 +193,8 @@ def model_recipe(name: str) -> TrainRecipe:
     trained); a ``name.tag`` of another shipped tag gives how that tag was trained, read from
     its checkpoint's ``extra.train_config`` (e.g. ``ie-iqa.clive``: the paper's SGD recipe)."""
     entry, tag = resolve_tag(name) if split_name(name)[1] is not None else (model_entry(name), None)
+    if not entry.trainable:
+        raise ValueError(f"model '{entry.name}' is made from trained models and is not trained itself: train its members")
     if tag is not None and tag != entry.default_tag:
         return _tag_recipe(entry, tag)
     if entry.recipe is None:

@@ -11,6 +11,7 @@ from .recipes import (IE_IQA_DEFAULTS, IE_IQA_DISTORTION_DEFAULTS, IE_IQA_DISTOR
 from .registry import register_model
 
 if TYPE_CHECKING:
+    from .ensemble import Ensemble
     from .ie_iqa import IEIQA
     from .iqa_cr import IQACR
 
@@ -108,3 +109,47 @@ def ie_iqa_distortion(**kwargs) -> IEIQA:
     if task not in (None, "", "none", "None"):
         raise ValueError(f"ie-iqa-distortion has no intelligibility branch (got intelligibility_task={task!r})")
     return _ie_iqa("ie-iqa-distortion", intelligibility_task=None, **kwargs)
+
+
+# -- ensembles of trained models (models/ensemble.py) ---------------------------------------------
+ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie-iqa-distortion", "iqa-cr")}
+"""A named ensemble's members, in order: its architecture (``ensemble`` takes any)."""
+
+
+def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[str, dict] | None = None,
+              **kwargs) -> Ensemble:
+    from .ensemble import Ensemble, EnsembleConfig, member_entry
+    from .registry import create_model
+
+    default_members = ENSEMBLE_MEMBERS.get(name, ())
+    if members is None:  # untrained: each member the untrained architecture its own entry gives
+        args = member_args or {}
+        unknown = set(args) - set(default_members)
+        if unknown:
+            raise ValueError(f"{name}: member_args for {sorted(unknown)}, but its members are {list(default_members)}")
+        members = [member_entry(create_model(m, pretrained=False, **args.get(m, {})), 1.0) for m in default_members]
+    elif member_args:
+        raise ValueError(f"{name}: member_args only shape untrained members, not stored ones")
+    elif default_members and tuple(m.get("model") for m in members) != default_members:
+        raise ValueError(f"{name}'s members are {list(default_members)}, got {[m.get('model') for m in members]}")
+    model = Ensemble(EnsembleConfig(members=members, **kwargs))
+    model.model_name = name
+    return model
+
+
+# Tags: `clive-biq2021` = `ie-iqa-distortion.clive-biq2021` and `iqa-cr.clive-biq2021-v2` as they ship,
+# equal weights, harmonic mean (benchmarks/ensemble.py builds it from them).
+@register_model("ie-iqa-distortion+iqa-cr", weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr_clive-biq2021.pt"},
+                trainable=False)
+def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
+    """IE-IQA's distortion network (384 px) and IQA-CR (native resolution) together: the harmonic
+    mean of their calibrated scores, IQA-CR's content categories."""
+    return _ensemble("ie-iqa-distortion+iqa-cr", **kwargs)
+
+
+@register_model("ensemble", trainable=False)
+def ensemble(**kwargs) -> Ensemble:
+    """Any trained models together (build_ensemble): the combined calibrated scores."""
+    if kwargs.get("members") is None:
+        raise ValueError("an 'ensemble' is made from trained models: contentiqa.models.ensemble.build_ensemble(models)")
+    return _ensemble("ensemble", **kwargs)

@@ -134,6 +134,9 @@ class Trainer:
     ):
         """``recipe``: where ``cfg`` came from (the model's registered recipe and the overrides
         applied to it), written into ``config.json`` and every checkpoint's extra."""
+        if not model.trainable:
+            raise ValueError(f"{model.model_name} is made from trained models and is not trained itself: "
+                             "train its members, then combine them (contentiqa.models.ensemble.build_ensemble)")
         self.model = model
         self.cfg = cfg
         self.recipe = dict(recipe) if recipe is not None else None

@@ -1,0 +1,138 @@
+"""Ensembles of trained models (contentiqa.models.ensemble): made from an experiment's rows, split
+by split, so that the ship gate can judge them; and shipped from shipped weights.
+
+    # each seed's ensemble of two rows' tested models, as a row of an experiment-like folder
+    python benchmarks/ensemble.py --runs ../runs/valgate \\
+        --rows "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets" \\
+               "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets" \\
+        --name ie-iqa-distortion+iqa-cr --out ../runs/valgate_ensemble
+    python benchmarks/ship_gate.py --part val --candidate ../runs/valgate_ensemble --candidate-row "<the row it printed>" ...
+
+    # the shipped ensemble from shipped members (only once the gate passed its recipe: ship.py's rule)
+    python benchmarks/ensemble.py --ship --name ie-iqa-distortion+iqa-cr --tag clive-biq2021 \\
+        --members ie-iqa-distortion.clive-biq2021 iqa-cr.clive-biq2021-v2 --row "<the gate's candidate row>"
+
+An ensemble is not trained: each member is what its own row trained on that split (its
+``tested.pt``: mixed and calibrated as the experiment tested it). The folder written holds, per
+seed, ``runs/<row>/seed<S>/tested.pt`` and the source folder's ``config.yaml`` and BIQ2021
+splits, which is what benchmarks/ship_gate.py reads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from common import ROOT, command_line, provenance
+
+WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
+
+
+def row_name(rows: list[str], combine: str) -> str:
+    return f"Ensemble ({combine} mean): " + " + ".join(rows)
+
+
+def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: str = "harmonic",
+                    weights: list[float] | None = None) -> str:
+    """Write each seed's ensemble of ``rows`` (their ``tested.pt``) under ``out``; returns its row name."""
+    from contentiqa.experiments.config import slugify
+    from contentiqa.models import build_ensemble, load_checkpoint
+    from contentiqa.models.registry import save_checkpoint
+    from contentiqa.utils.io import atomic_write_text
+
+    folders = [runs / "runs" / slugify(r) for r in rows]
+    for r, f in zip(rows, folders):
+        if not f.is_dir():
+            raise SystemExit(f"{f} is missing: train the row {r!r} first (contentiqa experiment ... --only ROW)")
+    seeds = sorted(set.intersection(*[{p.parent.name for p in f.glob("seed*/tested.pt")} for f in folders]))
+    if not seeds:
+        raise SystemExit(f"no seed has a tested.pt for every row under {runs}")
+    row = row_name(rows, combine)
+    for seed in seeds:
+        target = out / "runs" / slugify(row) / seed / "tested.pt"
+        members = [load_checkpoint(f / seed / "tested.pt") for f in folders]
+        model = build_ensemble(members, weights, combine=combine, name=name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, target, omit_pretrained_backbone=True, extra={
+            "members": [str(f / seed / "tested.pt") for f in folders], "provenance": provenance()})
+        print(f"{seed}: {target}", flush=True)
+    for extra in ("config.yaml", "splits_BIQ2021.json"):
+        if (runs / extra).is_file():
+            shutil.copyfile(runs / extra, out / extra)
+    atomic_write_text(out / "ensemble.json", json.dumps({"row": row, "rows": rows, "name": name, "combine": combine,
+                                                         "weights": weights, "runs": str(runs), "seeds": seeds,
+                                                         "command": command_line()}, indent=1) + "\n")
+    return row
+
+
+def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harmonic",
+         weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS) -> Path:
+    """``<name>_<tag>.pt`` (and its card) from shipped members, once benchmarks/ship_gate.py
+    passed ``row`` as ``name``'s recipe (ship.py's rule for a default)."""
+    from ship import gate_verdict
+
+    from contentiqa.models import build_ensemble, create_model
+    from contentiqa.models.registry import save_checkpoint, weights_file
+    from contentiqa.utils.io import atomic_write_text, file_sha256
+
+    ok, why = gate_verdict(name, row)
+    if not ok and not override_gate:
+        raise SystemExit(f"refusing to ship {name}.{tag}: {why} (--override-gate to ship anyway)")
+    print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
+    t0 = time.time()
+    models = [create_model(m) for m in members]
+    model = build_ensemble(models, weights, combine=combine, name=name)
+    path = weights_dir / f"{name}_{tag}.pt"
+    sources = [{"spec": m, "file": weights_file(m)[0].name, "sha256": file_sha256(weights_file(m)[0])} for m in members]
+    save_checkpoint(model, path, omit_pretrained_backbone=True, extra={
+        "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
+    w = weights or [1.0] * len(members)
+    gate = ROOT / "benchmarks" / "results" / f"ship_gate_{name}.md"
+    card = f"""# Model card: `{name}.{tag}` ({path.name})
+
+- **What**: an ensemble (`contentiqa.models.ensemble`): the weighted {combine} mean of its members' calibrated
+  scores, {', '.join(f'`{m}` ({x / sum(w):.2g})' for m, x in zip(members, w))}; content categories from the
+  member that has them. Not trained itself: each member is its own shipped tag (see its card), copied in.
+- **Input**: the photo at native resolution (longest side at most 2048 px); a fixed-size member gets it resized
+  inside the model exactly as Pillow resizes it for that member alone.
+- **Scores**: the members' calibrated CLIVE scale, 0-100, higher is better.
+- **Measured**: benchmarks/results/{gate.name} (the ship gate: the same recipe on the three clive-dev test splits
+  and BIQ2021's official test, against the previous default's).
+- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
+- **Size**: {path.stat().st_size / 1e6:.1f} MB.
+"""
+    atomic_write_text(weights_dir / f"{name}_{tag}.md", card)
+    print(card)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True, help="the registered ensemble (e.g. ie-iqa-distortion+iqa-cr)")
+    ap.add_argument("--combine", default="harmonic", choices=("harmonic", "mean"))
+    ap.add_argument("--weights", type=float, nargs="+", default=None, help="members' weights (default: equal)")
+    ap.add_argument("--runs", type=Path, help="an experiment's results folder (with --rows)")
+    ap.add_argument("--rows", nargs="+", help="its rows, one per member, in the ensemble's member order")
+    ap.add_argument("--out", type=Path, help="where the per-seed ensembles go (an experiment-like folder)")
+    ap.add_argument("--ship", action="store_true", help="ship NAME_TAG.pt from the shipped --members")
+    ap.add_argument("--tag")
+    ap.add_argument("--members", nargs="+", help="shipped name.tag of each member")
+    ap.add_argument("--row", help="with --ship: the row the ship gate passed (the recipe of the members)")
+    ap.add_argument("--override-gate", action="store_true")
+    args = ap.parse_args(argv)
+    if args.ship:
+        if not (args.tag and args.members and args.row):
+            ap.error("--ship needs --tag, --members and --row")
+        ship(args.name, args.tag, args.members, args.row, args.combine, args.weights, args.override_gate)
+        return 0
+    if not (args.runs and args.rows and args.out):
+        ap.error("give --runs, --rows and --out (or --ship)")
+    row = build_from_runs(args.runs, args.rows, args.name, args.out, args.combine, args.weights)
+    print(f"row: {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""An ensemble of trained models: one model whose score combines its members' calibrated scores.
+
+    >>> ens = build_ensemble([create_model("ie-iqa"), create_model("iqa-cr")])
+    >>> ens(x)["score"]        # the weighted harmonic mean of the members' scores; iqa-cr's logits
+
+Why: models that look at a photo differently err differently. IE-IQA's head reads Lite0's pooled
+levels at 384 px, IQA-CR's Transformer reads its grid at native resolution; on validation parts
+their combined score ranks both datasets' photos better than either alone, where two heads on the
+same features gain nothing (docs/results.md, benchmarks/ensemble.py).
+
+Why one model and not a scorer that runs two: everything a model does (one checkpoint, one ONNX
+graph, ``explain``, ``evaluate``, the service) then works for the ensemble unchanged. Its input is
+what its finest member takes (the photo at native resolution when one member reads it so); a
+fixed-size member gets it resized inside the model as Pillow resizes (:func:`~contentiqa.models.layers.resize_like_pillow`),
+so it sees the pixels it was trained on.
+
+Why the harmonic mean: both members are calibrated onto the same rating scale, and a photo that
+either finds worthless (a black frame, a photo blurred beyond recognition) should stay near the
+bottom of the scale, not halfway up because the other member is less sure; for photos the two
+rate alike it is their plain mean. ``combine: mean`` is the plain weighted mean.
+
+An ensemble is not trained: its members are (``contentiqa train``), then combined
+(:func:`build_ensemble`); the trainer refuses one (``trainable`` is False).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.table import MOSScale
+from .base import IQAModel
+from .layers import resize_like_pillow
+
+COMBINES = ("harmonic", "mean")
+_FLOOR = 1e-6
+"""Scores are floored here before the harmonic mean (a member's calibrated score is > 0, but an
+uncalibrated one may reach 0 or below)."""
+
+
+@dataclass
+class EnsembleConfig:
+    """The members (each a registered model name, its stored config and its weight) and how
+    their normalised scores combine."""
+
+    members: list[dict] = field(default_factory=list)
+    """``[{"model": name, "config": {...}, "weight": w}, ...]``: what :func:`build_ensemble` writes."""
+    combine: str = "harmonic"
+    scale: dict | None = None
+    """The rating scale (the members', which must agree); None: taken from them."""
+    calibration: list[float] | None = None
+    """Always None: the members carry their calibrations (kept for :meth:`IQAModel.calibrate`)."""
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINES:
+            raise ValueError(f"unknown combine {self.combine!r}: use one of {', '.join(COMBINES)}")
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
+        for m in self.members:
+            if not isinstance(m, dict) or not {"model", "config", "weight"} <= set(m):
+                raise ValueError(f"an ensemble member is {{model, config, weight}}, got {m!r}")
+            if not float(m["weight"]) > 0:
+                raise ValueError(f"member {m['model']}: weight must be > 0, got {m['weight']}")
+        if self.calibration is not None:
+            raise ValueError("an ensemble is not calibrated itself: its members are")
+
+    def to_dict(self) -> dict:
+        return {"members": [dict(m) for m in self.members], "combine": self.combine, "scale": self.scale,
+                "calibration": None}
+
+
+class Ensemble(IQAModel):
+    """Members' normalised scores combined (see the module docstring); content from the one
+    member with a content head (at most one may have one)."""
+
+    model_name = "ensemble"
+    trainable = False
+
+    def __init__(self, cfg: EnsembleConfig, members: Sequence[IQAModel] | None = None):
+        from .registry import rebuild  # the registry builds members; it imports no model module itself
+
+        built = list(members) if members is not None else [rebuild(m["model"], m["config"]) for m in cfg.members]
+        scales = {(m.scale.low, m.scale.high, m.scale.higher_is_better) for m in built}
+        if len(scales) != 1:
+            raise ValueError(f"ensemble members must share one rating scale, got {sorted(scales)}")
+        content = [m for m in built if m.has_content_head]
+        if len(content) > 1:
+            raise ValueError("at most one ensemble member may have a content head: "
+                             + ", ".join(m.model_name for m in content))
+        if any(not m.predicts_score for m in built):
+            raise ValueError("every ensemble member must predict a score: "
+                             + ", ".join(m.model_name for m in built if not m.predicts_score))
+        norms = {(tuple(m.mean), tuple(m.std)) for m in built}
+        if len(norms) != 1:
+            raise ValueError("ensemble members must take the same input normalisation (mean/std)")
+        super().__init__(built[0].scale, content[0].categories if content else ())
+        cfg.scale = built[0].scale.to_dict()
+        self.cfg = cfg
+        self.members = nn.ModuleList(built)
+        self.register_buffer("_weights", torch.tensor([float(m["weight"]) for m in cfg.members]), persistent=False)
+        self._content = built.index(content[0]) if content else None
+        self.mean, self.std = built[0].mean, built[0].std
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        native = [m for m in built if m.native_resolution]
+        self._native = bool(native)
+        sizes = [m.fixed_input_size for m in built if not m.native_resolution]
+        self._input = None if native else max(sizes, key=lambda s: s[0] * s[1])
+        self._reference = native[0] if native else next(m for m in built if m.fixed_input_size == self._input)
+        self.min_size = max(m.min_size for m in built)
+
+    # -- inputs ----------------------------------------------------------------------------
+    @property
+    def native_resolution(self) -> bool:
+        return self._native
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        return self._input
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """What the finest member takes (the others get it resized inside :meth:`forward`)."""
+        return self._reference.preprocess(image)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's input from the ensemble's: as it is, or resized as Pillow resizes the
+        8-bit photo (back to pixel values, resized with Pillow's rounding, normalised again)."""
+        out, pixels = [], None
+        for m in self.members:
+            if m.native_resolution:
+                out.append(x)
+                continue
+            # Always resized, even to its own size (then a copy): a branch on the input's shape
+            # would be frozen into an exported graph at the example's size.
+            if pixels is None:
+                pixels = torch.floor((x * self._std + self._mean) * 255.0 + 0.5)
+            size = m.fixed_input_size
+            out.append((resize_like_pillow(pixels, size) / 255.0 - self._mean) / self._std)
+        return out
+
+    def combine(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The members' normalised scores (each (B,)) -> the ensemble's (B,)."""
+        s = torch.stack([t.float() for t in scores], dim=-1)
+        w = self._weights.to(s.device) / self._weights.sum()
+        if self.cfg.combine == "mean":
+            return (s * w).sum(-1)
+        return 1.0 / (w / torch.clamp(s, min=_FLOOR)).sum(-1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = [m(xi) for m, xi in zip(self.members, self.member_inputs(x))]
+        result = {"score": self.combine([o["score"] for o in outs])}
+        if self._content is not None:
+            result["logits"] = outs[self._content]["logits"]
+        return result
+
+    # -- explanations ----------------------------------------------------------------------
+    def gradcam_modules(self) -> list[nn.Module]:
+        """Every member's maps: the heatmap shows what each member's part of the score rests on."""
+        return [mod for m in self.members for mod in m.gradcam_modules()]
+
+    def attention_layers(self) -> list[nn.Module]:
+        return [] if self._content is None else self.members[self._content].attention_layers()
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        return None if self._content is None else self.members[self._content].token_grid
+
+    # -- export ----------------------------------------------------------------------------
+    def onnx_unsupported_reason(self) -> str | None:
+        reasons = [f"{m.model_name}: {r}" for m in self.members if (r := m.onnx_unsupported_reason())]
+        return "; ".join(reasons) or None
+
+
+def member_entry(model: IQAModel, weight: float) -> dict[str, Any]:
+    return {"model": model.model_name, "config": model.cfg.to_dict(), "weight": float(weight)}
+
+
+def build_ensemble(members: Sequence[IQAModel], weights: Sequence[float] | None = None,
+                   combine: str = "harmonic", name: str = "ensemble") -> Ensemble:
+    """An ensemble of trained models as they are (their weights are the ensemble's): save it with
+    :func:`~contentiqa.models.registry.save_checkpoint` like any model. ``name``: the registered
+    ensemble it is (``ensemble``: any members; ``ie-iqa+iqa-cr``: those two, in that order)."""
+    weights = list(weights) if weights is not None else [1.0] * len(members)
+    if len(weights) != len(members):
+        raise ValueError(f"{len(members)} members but {len(weights)} weights")
+    cfg = EnsembleConfig(members=[member_entry(m, w) for m, w in zip(members, weights)], combine=combine)
+    from .registry import model_entry
+    from .zoo import ENSEMBLE_MEMBERS
+
+    if model_entry(name).trainable:
+        raise ValueError(f"{name} is not a registered ensemble")
+    wanted = ENSEMBLE_MEMBERS.get(name)
+    if wanted is not None and tuple(m.model_name for m in members) != wanted:
+        raise ValueError(f"{name}'s members are {list(wanted)}, got {[m.model_name for m in members]}")
+    model = Ensemble(cfg, members=[m.cpu().eval() for m in members])
+    model.model_name = name
+    return model.eval()

@@ -1,0 +1,139 @@
+"""Ensembles of trained models (contentiqa.models.ensemble): the score they combine, the pixels a
+fixed-size member sees, checkpoints, ONNX, and what they refuse."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contentiqa.models import EnsembleConfig, build_ensemble, create_model, load_checkpoint
+from contentiqa.models.layers import resize_like_pillow
+from contentiqa.models.registry import model_recipe, save_checkpoint
+
+TINY_CR = dict(pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
+TINY_IE = dict(pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64, train_resize=72)
+
+
+def tiny_members(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("ie-iqa-distortion", **TINY_IE).eval(), create_model("iqa-cr", **TINY_CR).eval()
+
+
+def photo(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+# -- Pillow's resize, traceable --------------------------------------------------------------------
+@pytest.mark.parametrize("hw,out", [((50, 50), (38, 38)), ((120, 90), (38, 38)), ((90, 120), (38, 38)),
+                                    ((30, 20), (38, 38)), ((37, 53), (16, 16)), ((64, 64), (64, 64)),
+                                    ((90, 70), (64, 64)), ((100, 64), (64, 64))])
+def test_resize_is_pillows_bilinear(hw, out):
+    img = photo(*hw)
+    ref = np.asarray(img.resize((out[1], out[0]), Image.BILINEAR)).astype(np.float64)
+    x = torch.from_numpy(np.asarray(img).astype(np.float64)).permute(2, 0, 1)[None]
+    ours = resize_like_pillow(x, out)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ours, ref)  # in float64, Pillow's 8-bit result exactly (both pass orders)
+    f32 = resize_like_pillow(x.float(), out)[0].permute(1, 2, 0).numpy()
+    assert np.abs(f32 - ref).max() <= 1.0 and (f32 != ref).mean() < 0.01  # float32 sums: a rare tie
+
+
+def test_a_fixed_size_member_sees_what_it_would_see_alone():
+    ie, cr = tiny_members()
+    ens = build_ensemble([ie, cr])
+    img = photo(90, 70)
+    alone = ie.preprocess(img)[None]
+    inside = ens.member_inputs(ens.preprocess(img)[None])
+    assert inside[0].shape == alone.shape and inside[1].shape == (1, 3, 90, 70)
+    # float32 in the graph: a rare pixel one 8-bit step off Pillow's (1 / 255 / std)
+    diff = (inside[0] - alone).abs()
+    assert float(diff.max()) <= 1 / 255 / min(ens.std) + 1e-5 and float((diff > 1e-4).float().mean()) < 0.01
+
+
+# -- the score -------------------------------------------------------------------------------------
+def test_score_is_the_weighted_harmonic_mean_and_content_comes_from_the_member_with_it():
+    ie, cr = tiny_members()
+    ens = build_ensemble([ie, cr], weights=[1.0, 3.0])
+    x = ens.preprocess(photo(80, 96))[None]
+    with torch.no_grad():
+        out = ens(x)
+        a = ie(ens.member_inputs(x)[0])["score"]
+        b = cr(x)
+    expected = 1.0 / (0.25 / a.clamp(min=1e-6) + 0.75 / b["score"].clamp(min=1e-6))
+    torch.testing.assert_close(out["score"], expected)
+    torch.testing.assert_close(out["logits"], b["logits"])
+    assert ens.categories == cr.categories and ens.native_resolution and ens.output_names == ("score", "logits")
+    mean = build_ensemble([ie, cr], weights=[1.0, 3.0], combine="mean")
+    with torch.no_grad():
+        torch.testing.assert_close(mean(x)["score"], 0.25 * a + 0.75 * b["score"])
+
+
+def test_a_member_that_finds_a_photo_worthless_keeps_it_near_the_bottom():
+    ens = build_ensemble(list(tiny_members()))
+    low, high = torch.tensor([0.005]), torch.tensor([0.6])
+    assert float(ens.combine([low, high])) < 0.01 < float(ens.cfg.combine == "harmonic")
+    assert float(ens.combine([high, high])) == pytest.approx(0.6)
+
+
+def test_checkpoint_round_trip_and_onnx(tmp_path):
+    ens = build_ensemble(list(tiny_members()), name="ie-iqa-distortion+iqa-cr")
+    path = save_checkpoint(ens, tmp_path / "ens.pt")
+    back = load_checkpoint(path)
+    assert back.model_name == "ie-iqa-distortion+iqa-cr" and [m.model_name for m in back.members] == \
+        ["ie-iqa-distortion", "iqa-cr"]
+    x = back.preprocess(photo(72, 88))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)["score"], ens(x)["score"])
+    from contentiqa.inference.onnx import export_onnx
+    import contentiqa
+
+    onnx = export_onnx(back, tmp_path / "ens.onnx")  # checks ONNX Runtime against PyTorch at two sizes itself
+    pred = contentiqa.load_scorer(onnx).predict(photo(72, 88))
+    assert pred.error is None and pred.category in back.categories
+
+
+# -- what it refuses --------------------------------------------------------------------------------
+def test_members_that_do_not_fit_together_are_refused():
+    ie, cr = tiny_members()
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble([ie])
+    with pytest.raises(ValueError, match="unknown combine"):
+        build_ensemble([ie, cr], combine="max")
+    with pytest.raises(ValueError, match="content head"):
+        build_ensemble([cr, create_model("iqa-cr", **TINY_CR)])
+    other = create_model("iqa-cr-q", **TINY_CR)
+    other.set_scale(type(other.scale)(1.0, 5.0))
+    with pytest.raises(ValueError, match="one rating scale"):
+        build_ensemble([ie, other])
+    with pytest.raises(ValueError, match="weight"):
+        EnsembleConfig(members=[{"model": "a", "config": {}, "weight": 0}, {"model": "b", "config": {}, "weight": 1}])
+    with pytest.raises(ValueError, match="not a registered ensemble"):
+        build_ensemble([ie, cr], name="iqa-cr")
+    with pytest.raises(ValueError, match="members are"):  # a named ensemble's members are its architecture
+        build_ensemble([cr.__class__(cr.cfg), ie], name="ie-iqa-distortion+iqa-cr")
+
+
+def test_an_ensemble_is_not_trained(tmp_path):
+    import pandas as pd
+
+    from contentiqa.data.table import MOSScale
+    from contentiqa.training.config import TrainConfig
+    from contentiqa.training.trainer import Trainer
+
+    ens = build_ensemble(list(tiny_members()))
+    table = pd.DataFrame({"image": ["a.png"], "mos": [50.0]})
+    with pytest.raises(ValueError, match="not trained itself"):
+        Trainer(ens, table, None, MOSScale(0, 100), TrainConfig(), tmp_path)
+    with pytest.raises(ValueError, match="not trained itself"):
+        model_recipe("ie-iqa-distortion+iqa-cr")
+
+
+def test_untrained_named_ensemble_has_its_entrys_members():
+    ens = create_model("ie-iqa-distortion+iqa-cr", pretrained=False, member_args={
+        "ie-iqa-distortion": {k: v for k, v in TINY_IE.items() if k != "pretrained"},
+        "iqa-cr": {k: v for k, v in TINY_CR.items() if k != "pretrained"}})
+    assert [m.model_name for m in ens.members] == ["ie-iqa-distortion", "iqa-cr"]
+    with pytest.raises(ValueError, match="member_args for"):
+        create_model("ie-iqa-distortion+iqa-cr", pretrained=False, member_args={"ie-iqa": {}})
+    with pytest.raises(ValueError, match="made from trained models"):
+        create_model("ensemble", pretrained=False)
