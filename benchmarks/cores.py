@@ -4,12 +4,13 @@
     python benchmarks/cores.py --quick          # 16 photos, one round (checks that it runs)
 
 All in one run, holding /tmp/contentiqa-bench.lock (no other timing job meanwhile), on the
-first ``--photos`` photos of ../shared/data/clive-dev, with the default model (ie-iqa, its
-shipped weights; the ONNX export cached beforehand, as on any run after the first):
+first ``--photos`` photos of ../shared/data/clive-dev, with the default model (its shipped
+weights; the ONNX export cached beforehand, as on any run after the first):
 
 - **limit**: the bare EfficientNet-Lite0 backbone(s) of the model (``forward_features``) in ONNX
-  Runtime on in-memory tensors at the model's input sizes (IE-IQA: one pass at 384 px for the
-  quality CNN + one at 224 px for the recognition CNN), batch 1, exported as contentiqa exports
+  Runtime on in-memory tensors at the model's input sizes (:func:`backbone_sizes`: IE-IQA one
+  pass at 384 px for the quality CNN + one at 224 px for the recognition CNN; a native-resolution
+  model one at the photos' 500 px; an ensemble its members' passes), batch 1, exported as contentiqa exports
   its models: the best of ONNX Runtime's default session (a thread per core, spinning), one
   thread, and one thread per photo with a photo per core at once; no decoding, no start-up;
 - **score (default)**: ``contentiqa score PHOTOS -o out.csv -q`` in a fresh process, timed end
@@ -77,6 +78,23 @@ def backbone_sessions(work: Path, sizes: list[int]):
     return out
 
 
+PHOTO_SIDE = 500
+"""clive-dev's photos are 500 x 500: what a native-resolution model's backbone sees of them."""
+
+
+def backbone_sizes(model) -> list[int]:
+    """The square sizes of the backbone passes the model makes for one clive-dev photo."""
+    from contentiqa.models import Ensemble
+
+    if isinstance(model, Ensemble):
+        return [s for m in model.members for s in backbone_sizes(m)]
+    if model.native_resolution:
+        return [PHOTO_SIDE]
+    cfg = model.cfg.to_dict()
+    return [int(cfg["input_size"])] + ([int(cfg["intelligibility_input_size"])]
+                                       if cfg.get("intelligibility_task") and cfg.get("intelligibility_input_size") else [])
+
+
 def limit_ips(sessions, sizes: list[int], n: int, cpus: int) -> dict[str, float]:
     """images/s of the backbone passes of one photo (one pass per size), per session kind, and
     with the one-thread session running ``cpus`` photos at once (what `score` does with many)."""
@@ -106,14 +124,14 @@ def limit_ips(sessions, sizes: list[int], n: int, cpus: int) -> dict[str, float]
     return out
 
 
-def decode_seconds(files: list[str]) -> float:
+def decode_seconds(files: list[str], model: str) -> float:
     """Seconds of one core per photo to decode and preprocess it as `score` does (the file read
     from the page cache, Pillow's decoding, the resize and the normalisation of the ONNX path),
     one photo after another on one thread."""
     import contentiqa
     from contentiqa.data.imageio import load_image
 
-    scorer = contentiqa.create_scorer(threads=1)
+    scorer = contentiqa.create_scorer(model, threads=1)
     for f in files[:4]:
         scorer.preprocess(load_image(f).image)
     t = time.perf_counter()
@@ -139,6 +157,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", default=None, help="a registered name[.tag] (default: contentiqa.DEFAULT_MODEL); "
+                                                  "another model's figures go to cores_<model>.{json,md}")
     args = ap.parse_args()
     if args.quick:
         args.photos, args.rounds = 16, 1
@@ -149,17 +169,17 @@ def main() -> None:
     import contentiqa
     from contentiqa.inference.threads import busy_cores, plan_threads, usable_cpus
 
-    model = contentiqa.create_model(contentiqa.DEFAULT_MODEL).eval()
-    cfg = model.cfg.to_dict()
-    sizes = [int(cfg["input_size"])] + ([int(cfg["intelligibility_input_size"])] if cfg.get("intelligibility_input_size") else [])
-    contentiqa.load_scorer(threads=1)  # its graph is there (shipped, or exported into the cache once), as for score
+    name = args.model or contentiqa.DEFAULT_MODEL
+    model = contentiqa.create_model(name).eval()
+    sizes = backbone_sizes(model)
+    contentiqa.load_scorer(name, threads=1)  # its graph is there (shipped, or exported into the cache once), as for score
     cpus = usable_cpus()
     results: dict[str, dict[str, list]] = {}
     with tempfile.TemporaryDirectory(prefix="contentiqa-cores-") as tmp, bench_lock():
         work = Path(tmp)
         sessions = backbone_sessions(work, sizes)
         load_before = os.getloadavg()
-        score_ips(files[:4], work / "warm.csv", [])  # page cache and Python bytecode warm
+        score_ips(files[:4], work / "warm.csv", ["-m", name])  # page cache and Python bytecode warm
         for _ in range(args.rounds):
             for loaded in (False, True):
                 cond = "loaded" if loaded else "idle"
@@ -171,13 +191,13 @@ def main() -> None:
                     for k, v in lim.items():
                         res.setdefault(f"limit ({k})", []).append(v)
                     res.setdefault("limit", []).append(max(lim.values()))
-                    res.setdefault("score (default)", []).append(score_ips(files, work / "a.csv", []))
+                    res.setdefault("score (default)", []).append(score_ips(files, work / "a.csv", ["-m", name]))
                     res.setdefault(f"score --threads {cpus}", []).append(
-                        score_ips(files, work / "b.csv", ["--threads", str(cpus)]))
+                        score_ips(files, work / "b.csv", ["-m", name, "--threads", str(cpus)]))
                     res.setdefault("busy cores before", []).append(busy)
                     if not loaded:  # what the pipeline adds to the bare backbone(s), on the idle machine
-                        res.setdefault("decode ms/photo", []).append(1e3 * decode_seconds(files))
-                        res.setdefault("start-up s", []).append(1.0 / score_ips(files[:1], work / "c.csv", []))
+                        res.setdefault("decode ms/photo", []).append(1e3 * decode_seconds(files, name))
+                        res.setdefault("start-up s", []).append(1.0 / score_ips(files[:1], work / "c.csv", ["-m", name]))
                     res.setdefault("plan", []).append(plan.describe())
         load_after = os.getloadavg()
     med = {c: {k: statistics.median(v) for k, v in d.items() if k != "plan"} for c, d in results.items()}
@@ -196,16 +216,16 @@ def main() -> None:
         "limit_loaded_vs_idle": loaded["limit"] / idle["limit"],
     }
     payload = {"command": command_line(), "photos": len(files), "rounds": args.rounds, "cpus": cpus, "sizes": sizes,
-               "model": contentiqa.DEFAULT_MODEL, "runs": results, "median": med, "ratios": ratios,
+               "model": name, "runs": results, "median": med, "ratios": ratios,
                "ceiling_images_per_s": ceiling,
                "load_before": load_before, "load_after": load_after, "quick": args.quick}
     lines = [
         "# Using the cores (CPU)\n",
         f"One run: `{payload['command']}` (holds /tmp/contentiqa-bench.lock). {len(files)} clive-dev photos, model "
-        f"{payload['model']} (input {sizes[0]} px; bare-backbone passes at {', '.join(f'{s} px' for s in sizes)}), "
+        f"{payload['model']} (bare-backbone passes at {', '.join(f'{s} px' for s in sizes)}), "
         f"{cpus} CPU(s); median of {args.rounds} round(s), idle and loaded interleaved. Load average before / after: "
         f"{load_before[0]:.2f} / {load_after[0]:.2f} (other jobs on this shared machine count in it).\n",
-        "'score' rows: `contentiqa score PHOTOS -o out.csv -q` in a fresh process, end to end including start-up, "
+        f"'score' rows: `contentiqa score PHOTOS -m {name} -o out.csv -q` in a fresh process, end to end including start-up, "
         "the ONNX export already cached. 'limit': the bare backbone(s) in ONNX Runtime on in-memory tensors, the "
         "best of its default session (a thread per core, spinning), one thread, and a photo per core at once "
         "(one thread each). 'loaded': beside one "
@@ -228,13 +248,14 @@ def main() -> None:
                  f"{ratios['fixed_threads_loaded_vs_idle']:.2f}.\n")
     lines.append(
         f"\nWhere the rest goes (idle): decoding and preprocessing a photo as `score` does takes "
-        f"{idle['decode ms/photo']:.1f} ms of one core (Pillow's JPEG decoding, the resize to {sizes[0]} px, the "
-        f"normalisation), against {1e3 * cpus / idle['limit']:.1f} core-ms for the backbone passes; the start-up "
+        f"{idle['decode ms/photo']:.1f} ms of one core (Pillow's JPEG decoding, the model's "
+        f"resize, the normalisation), against {1e3 * cpus / idle['limit']:.1f} core-ms for the backbone passes; the start-up "
         f"(`score` of one photo, end to end) is {idle['start-up s']:.2f} s. A pipeline that loses nothing else, "
         f"its decoding on the same {cpus} cores, reaches {ceiling:.1f} images/s over {n} photos: "
         f"**{ratios['ceiling_vs_limit_idle']:.2f}x** the limit. `score` reaches "
         f"**{ratios['score_idle_vs_ceiling']:.2f}x** of that ceiling.\n")
-    write_results("cores" + ("_quick" if args.quick else ""), payload, "\n".join(lines))
+    stem = "cores" + ("" if name == contentiqa.DEFAULT_MODEL else f"_{name}")
+    write_results(stem + ("_quick" if args.quick else ""), payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

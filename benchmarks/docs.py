@@ -33,7 +33,9 @@ MODEL_LABEL = {"iqa-cr": "`iqa-cr` (native resolution)", "ie-iqa": "`ie-iqa` (38
 SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     # tag -> column -> where its figure is: ("experiment", file, row, test part) = an experiment's
     # mean ± std over its seeds; ("table", file, row) = a benchmark's rows, mean ± std over splits;
-    # ("shipped", file, tag) = the shipped weights themselves on held-out photos.
+    # ("shipped", file, tag) = the shipped weights themselves on held-out photos; ("gate", file, measure) =
+    # the candidate of a ship gate's table (its recipe scored through `contentiqa score` on the test parts:
+    # an ensemble, which no experiment trains).
     "ie-iqa.clive-biq2021-v3": {
         "clive": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
         "biq2021": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
@@ -44,6 +46,12 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     "ie-iqa.clive-biq2021": {"clive": ("experiment", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking", "CLIVE"),
                              "biq2021": ("experiment", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking",
                                          "BIQ2021")},
+    "ie-iqa-distortion.clive-biq2021": {
+        "clive": ("experiment", "multi_finetune.json", "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
+        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
+    "ie-iqa-distortion+iqa-cr.clive-biq2021": {
+        "clive": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "CLIVE SROCC"),
+        "biq2021": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "BIQ2021 SROCC")},
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
     "iqa-cr.clive-biq2021-v2": {
@@ -157,6 +165,10 @@ def accuracy(where: tuple[str, ...]) -> str:
         return _mean_std([r["srocc"] for r in data["results"][where[2]]["runs"]])
     if kind == "shipped":
         return f"{data['shipped']['models'][where[2]]['srocc']:.3f}"
+    if kind == "gate":
+        if data.get("part", "test") != "test":
+            raise ValueError(f"{file} judged validation parts, not test parts")
+        return _mean_std([s[where[2]] for s in data["per_seed"]["candidate"]])
     raise ValueError(f"unknown kind {kind!r} in SHIPPED")
 
 

@@ -98,8 +98,9 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
 - **Input**: the photo at native resolution (longest side at most 2048 px); a fixed-size member gets it resized
   inside the model exactly as Pillow resizes it for that member alone.
 - **Scores**: the members' calibrated CLIVE scale, 0-100, higher is better.
-- **Measured**: benchmarks/results/{gate.name} (the ship gate: the same recipe on the three clive-dev test splits
-  and BIQ2021's official test, against the previous default's).
+- **Measured**: benchmarks/results/{gate.name} (the ship gate: the same recipe, each member trained on the
+  training parts only, on the three clive-dev test splits and BIQ2021's official test, scored through
+  `contentiqa score`, against the recipe of the default named there).
 - **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
 """

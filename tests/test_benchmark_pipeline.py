@@ -303,3 +303,37 @@ def test_gpu_collect_carries_models_both_ways_without_the_imagenet_weights(monke
         with torch.no_grad():
             torch.testing.assert_close(back(x)["score"], model(x)["score"], rtol=0, atol=0)
     assert not list((tmp_path / "here" / "runs").rglob("tested.pt"))  # only what was asked for
+
+
+def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_passes(common, tmp_path):
+    """benchmarks/ensemble.py turns two rows' tested models into each seed's ensemble, where the ship
+    gate looks for a row's models; cores.py times one backbone pass per member input size."""
+    import torch
+
+    from contentiqa.experiments.config import slugify
+    from contentiqa.models import build_ensemble, create_model, load_checkpoint
+    from contentiqa.models.registry import save_checkpoint
+
+    sys.modules.pop("ensemble", None)
+    sys.modules.pop("cores", None)
+    import cores
+    import ensemble as ens_bench
+
+    torch.manual_seed(0)
+    ie = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64)
+    cr = create_model("iqa-cr", pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2),
+                      depth=1)
+    runs = tmp_path / "runs"
+    for row, model in (("A", ie), ("B", cr)):
+        for seed in (0, 1):
+            save_checkpoint(model, runs / "runs" / slugify(row) / f"seed{seed}" / "tested.pt")
+    (runs / "config.yaml").write_text("data: []\n")
+    row = ens_bench.build_from_runs(runs, ["A", "B"], "ie-iqa-distortion+iqa-cr", tmp_path / "out")
+    for seed in (0, 1):
+        built = load_checkpoint(tmp_path / "out" / "runs" / slugify(row) / f"seed{seed}" / "tested.pt")
+        assert [m.model_name for m in built.members] == ["ie-iqa-distortion", "iqa-cr"]
+    assert (tmp_path / "out" / "config.yaml").is_file()
+    with pytest.raises(SystemExit, match="train the row"):
+        ens_bench.build_from_runs(runs, ["A", "missing"], "ensemble", tmp_path / "out2")
+    assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
+    assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]

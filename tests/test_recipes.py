@@ -70,7 +70,7 @@ def test_recipe_is_how_the_default_tag_was_trained(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_untrained_name_is_the_default_tags_architecture(name):
     payload = _default_tag_payload(name)
-    off = {"ie-iqa": dict(intelligibility_pretrained=False)}.get(
+    off = {"ie-iqa": dict(intelligibility_pretrained=False), "ie-iqa-distortion": {}}.get(
         name, dict(backbone_pretrained=False))
     built = create_model(name, pretrained=False, **off).cfg.to_dict()
     stored = payload["config"]
@@ -182,8 +182,9 @@ def test_trainer_uses_the_models_own_loss_and_the_recipes_optimizer(tiny_csv, tm
     model = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, bn_eval=True,
                          hidden=(8, 4), input_size=64)
     calls = _spy_loss(model)
+    # the loss and the optimizer are what is checked: no validation part to calibrate on, no anchors
     cfg = TrainConfig.from_dict({**model_recipe("ie-iqa-distortion").train_args(), "epochs": 1, "batch_size": 4,
-                                 "cache_stages": 3})
+                                 "cache_stages": 3, "calibrate": False, "anchor_weight": 0.0})
     tr = Trainer(model, table.iloc[:8], None, MOSScale(0, 100), cfg, tmp_path / "run", progress=False,
                  cache_dir=tmp_path / "cache", log=lambda *a: None)
     assert isinstance(tr.loss_fn, MultiTaskLoss) and tr.loss_fn.score_loss == "model"

@@ -160,8 +160,12 @@ IE_IQA_PAPER_RECIPE = TrainRecipe.of(
 """Not an entry's default: the recipe of the ``ie-iqa.clive`` tag and of the paper configs."""
 
 IE_IQA_DISTORTION_RECIPE = TrainRecipe.of(
-    source="row 'IE-IQA distortion only (no intelligibility)' of configs/biq2021_cross.yaml (frozen backbone, "
-           "MSE, no ranking term); no shipped weights",
-    score_loss="model", **{**FROZEN_BACKBONE_MULTI, "rank_weight": 0.0},
+    source="ie-iqa-distortion.clive-biq2021: extra.train_config of src/contentiqa/weights/"
+           "ie-iqa-distortion_clive-biq2021.pt, row 'IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, "
+           "mixed on both sets, calibrated' of configs/multi_finetune.yaml (benchmarks/ship.py), less the fields "
+           "that name its training sets or a file: ie-iqa's recipe (IE_IQA_RECIPE) without the intelligibility "
+           "branch. Its first stage is row 'IE-IQA distortion only, probe on BIQ2021 val + anchors 0.1, calibrated'",
+    score_loss="model", **ANCHORED_SECOND_STAGE,
 )
-"""The shipped ie-iqa's recipe without the ranking term (the cross-dataset configs' rows)."""
+"""``ie-iqa``'s recipe for its distortion network alone: the member of the default ensemble
+``ie-iqa-distortion+iqa-cr`` (the cross-dataset configs' rows train it without ranking)."""

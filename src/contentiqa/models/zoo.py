@@ -102,7 +102,10 @@ def ie_iqa(**kwargs) -> IEIQA:
     return _ie_iqa("ie-iqa", **kwargs)
 
 
-@register_model("ie-iqa-distortion", defaults=IE_IQA_DISTORTION_DEFAULTS, recipe=IE_IQA_DISTORTION_RECIPE)
+# Tags: `clive-biq2021` = ie-iqa v3's recipe on the distortion network alone (configs/multi_finetune.yaml),
+# the first member of the ensemble `ie-iqa-distortion+iqa-cr`.
+@register_model("ie-iqa-distortion", weights={"clive-biq2021": "ie-iqa-distortion_clive-biq2021.pt"},
+                defaults=IE_IQA_DISTORTION_DEFAULTS, recipe=IE_IQA_DISTORTION_RECIPE)
 def ie_iqa_distortion(**kwargs) -> IEIQA:
     """IE-IQA ablation "only distortion": the distortion CNN and regressor, no intelligibility."""
     task = kwargs.pop("intelligibility_task", None)
