@@ -171,6 +171,7 @@ def test_outputs_match_the_declared_contract(name):
         out = model(x)
     assert tuple(out) == model.output_names
     assert ("score" in out) == model.predicts_score and ("logits" in out) == model.has_content_head
+    assert model.trainable == model_entry(name).trainable  # the registry answers without building it
     if model.predicts_score:
         assert out["score"].shape == (2,)
     if model.has_content_head:

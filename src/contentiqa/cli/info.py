@@ -18,10 +18,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import list_pretrained, model_entry, shipped_weights_path
 
     print("models (* = shipped weights, default marked):")
-    for name in list_models():
+    names = list_models()
+    width = max(map(len, names))
+    for name in names:
         mark = "*" if shipped_weights_path(name) else " "
         default = "  [default]" if name == DEFAULT_MODEL else ""
-        print(f" {mark} {name:18s} {model_entry(name).description}{default}")
+        print(f" {mark} {name:{width}s} {model_entry(name).description}{default}")
     tagged = list_pretrained()
     if tagged:
         print("pretrained weights (name.tag; a bare name loads its default tag, listed first):", ", ".join(tagged))

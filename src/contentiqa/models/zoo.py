@@ -145,8 +145,10 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
 @register_model("ie-iqa-distortion+iqa-cr", weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr_clive-biq2021.pt"},
                 trainable=False)
 def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
-    """IE-IQA's distortion network (384 px) and IQA-CR (native resolution) together: the harmonic
-    mean of their calibrated scores, IQA-CR's content categories."""
+    """IE-IQA's distortion network and IQA-CR together: the harmonic mean of their scores, IQA-CR's content.
+
+    The distortion network reads the photo at 384 px, IQA-CR at native resolution; both are
+    calibrated onto CLIVE's scale before they are combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr", **kwargs)
 
 
