@@ -31,7 +31,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.table import MOSScale
 from .base import IQAModel
 from .layers import resize_like_pillow
 
