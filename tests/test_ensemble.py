@@ -137,3 +137,30 @@ def test_untrained_named_ensemble_has_its_entrys_members():
         create_model("ie-iqa-distortion+iqa-cr", pretrained=False, member_args={"ie-iqa": {}})
     with pytest.raises(ValueError, match="made from trained models"):
         create_model("ensemble", pretrained=False)
+
+
+def test_resize_exported_to_onnx_is_pillows_at_every_size(tmp_path):
+    """Traced at one size, the graph must resize every other size as Pillow does: a position or a
+    pass order frozen at the example's size, or computed in float32, shifts pixels by a step or two."""
+    import warnings
+
+    import onnxruntime as ort
+
+    class Resize(torch.nn.Module):
+        def forward(self, x):
+            return resize_like_pillow(x, (24, 24))
+
+    path = tmp_path / "resize.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Resize(), (torch.rand(1, 3, 31, 31) * 255,), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for hw in [(31, 31), (32, 32), (40, 30), (30, 40), (70, 33), (100, 75), (20, 18), (24, 24)]:
+        img = photo(*hw, seed=hw[0])
+        ref = np.asarray(img.resize((24, 24), Image.BILINEAR)).astype(np.float32)
+        x = np.asarray(img).astype(np.float32).transpose(2, 0, 1)[None].copy()
+        out = session.run(None, {"x": x})[0][0].transpose(1, 2, 0)
+        # float32 sums: a value that Pillow rounds from exactly x.5 may land a step off (more often on
+        # tiny images, whose weights are short binary fractions); a wrong position or order: many, up to 2
+        assert np.abs(out - ref).max() <= 1.0 and (out != ref).mean() < 0.03, hw

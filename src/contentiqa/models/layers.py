@@ -89,18 +89,27 @@ def _pillow_taps(length, size: int, like: torch.Tensor) -> tuple[torch.Tensor, t
     """``(index, weight)``, each (size, taps): the input samples each of ``size`` outputs reads
     and their weights, as Pillow's bilinear ``precompute_coeffs`` makes them (in float64, as it
     does; the weights then rounded to its fixed point)."""
-    n = torch.as_tensor(length, device=like.device).to(torch.float64)
-    scale = n / size
-    support = torch.clamp(scale, min=1.0)  # the filter widens when reducing, never narrows
-    centre = (torch.arange(size, device=like.device).to(torch.float64) + 0.5) * scale
-    first = torch.clamp(torch.floor(centre - support + 0.5), min=0.0)
-    end = torch.minimum(torch.floor(centre + support + 0.5), n)
-    taps = torch.arange((torch.ceil(support) * 2 + 1).to(torch.int64), device=like.device).to(torch.float64)
+    # Pillow's positions need float64 to land on the same taps and weights. The ONNX exporter
+    # computes a 0-dim tensor with a number, or with another 0-dim tensor, in float32: so every
+    # scalar here is a one-element float64 vector.
+    def f64(v: float) -> torch.Tensor:
+        return torch.full((1,), v, dtype=torch.float64, device=like.device)
+
+    n = torch.as_tensor(length, device=like.device).reshape(1).to(torch.float64)
+    scale = n / f64(size)
+    support = torch.maximum(scale, f64(1.0))  # the filter widens when reducing, never narrows
+    half = f64(0.5)
+    centre = (torch.arange(size, device=like.device).to(torch.float64) + half) * scale
+    first = torch.maximum(torch.floor(centre - support + half), f64(0.0))
+    end = torch.minimum(torch.floor(centre + support + half), n)
+    taps = torch.arange((torch.ceil(support) * f64(2.0) + f64(1.0)).to(torch.int64)[0],
+                        device=like.device).to(torch.float64)
     j = first[:, None] + taps[None, :]
-    wt = torch.clamp(1.0 - torch.abs(j + 0.5 - centre[:, None]) / support, min=0.0) * (j < end[:, None])
+    wt = torch.maximum(f64(1.0) - torch.abs(j + half - centre[:, None]) / support, f64(0.0)) * (j < end[:, None])
     wt = wt / wt.sum(dim=1, keepdim=True)
-    wt = torch.floor(wt * _PILLOW_PRECISION + 0.5) / _PILLOW_PRECISION
-    index = torch.minimum(j, n - 1).to(torch.int64)
+    precision = f64(_PILLOW_PRECISION)
+    wt = torch.floor(wt * precision + half) / precision
+    index = torch.minimum(j, n - f64(1.0)).to(torch.int64)
     return index, wt.to(like.dtype)
 
 
