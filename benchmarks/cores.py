@@ -140,10 +140,11 @@ def decode_seconds(files: list[str], model: str) -> float:
     return (time.perf_counter() - t) / len(files)
 
 
-def score_ips(files: list[str], out_csv: Path, extra: list[str]) -> float:
-    """images/s of `contentiqa score` in a fresh process, end to end."""
+def score_ips(files: list[str], out_csv: Path, model: str, extra: tuple[str, ...] = ()) -> float:
+    """images/s of `contentiqa score -m MODEL` in a fresh process, end to end."""
     env = contentiqa_env()
-    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", *files, "-o", str(out_csv), "-q", "--force", *extra]
+    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", *files, "-m", model, "-o", str(out_csv), "-q", "--force",
+           *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -179,7 +180,7 @@ def main() -> None:
         work = Path(tmp)
         sessions = backbone_sessions(work, sizes)
         load_before = os.getloadavg()
-        score_ips(files[:4], work / "warm.csv", ["-m", name])  # page cache and Python bytecode warm
+        score_ips(files[:4], work / "warm.csv", name)  # page cache and Python bytecode warm
         for _ in range(args.rounds):
             for loaded in (False, True):
                 cond = "loaded" if loaded else "idle"
@@ -191,13 +192,13 @@ def main() -> None:
                     for k, v in lim.items():
                         res.setdefault(f"limit ({k})", []).append(v)
                     res.setdefault("limit", []).append(max(lim.values()))
-                    res.setdefault("score (default)", []).append(score_ips(files, work / "a.csv", ["-m", name]))
+                    res.setdefault("score (default)", []).append(score_ips(files, work / "a.csv", name))
                     res.setdefault(f"score --threads {cpus}", []).append(
-                        score_ips(files, work / "b.csv", ["-m", name, "--threads", str(cpus)]))
+                        score_ips(files, work / "b.csv", name, ("--threads", str(cpus))))
                     res.setdefault("busy cores before", []).append(busy)
                     if not loaded:  # what the pipeline adds to the bare backbone(s), on the idle machine
                         res.setdefault("decode ms/photo", []).append(1e3 * decode_seconds(files, name))
-                        res.setdefault("start-up s", []).append(1.0 / score_ips(files[:1], work / "c.csv", ["-m", name]))
+                        res.setdefault("start-up s", []).append(1.0 / score_ips(files[:1], work / "c.csv", name))
                     res.setdefault("plan", []).append(plan.describe())
         load_after = os.getloadavg()
     med = {c: {k: statistics.median(v) for k, v in d.items() if k != "plan"} for c, d in results.items()}

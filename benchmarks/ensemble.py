@@ -85,7 +85,8 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     models = [create_model(m) for m in members]
     model = build_ensemble(models, weights, combine=combine, name=name)
     path = weights_dir / f"{name}_{tag}.pt"
-    sources = [{"spec": m, "file": weights_file(m)[0].name, "sha256": file_sha256(weights_file(m)[0])} for m in members]
+    files = [weights_file(m)[0] for m in members]
+    sources = [{"spec": m, "file": f.name, "sha256": file_sha256(f)} for m, f in zip(members, files)]
     save_checkpoint(model, path, omit_pretrained_backbone=True, extra={
         "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
     w = weights or [1.0] * len(members)

@@ -144,7 +144,7 @@ class Ensemble(IQAModel):
     def combine(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
         """The members' normalised scores (each (B,)) -> the ensemble's (B,)."""
         s = torch.stack([t.float() for t in scores], dim=-1)
-        w = self._weights.to(s.device) / self._weights.sum()
+        w = self._weights / self._weights.sum()
         if self.cfg.combine == "mean":
             return (s * w).sum(-1)
         return 1.0 / (w / torch.clamp(s, min=_FLOOR)).sum(-1)
@@ -174,6 +174,17 @@ class Ensemble(IQAModel):
         return "; ".join(reasons) or None
 
 
+def check_members(name: str, members: Sequence[str]) -> None:
+    """ValueError unless ``members`` (model names, in order) may form the registered ensemble
+    ``name``: a named ensemble's members are its architecture (``zoo.ENSEMBLE_MEMBERS``), and
+    ``ensemble`` takes any."""
+    from .zoo import ENSEMBLE_MEMBERS
+
+    wanted = ENSEMBLE_MEMBERS.get(name)
+    if wanted is not None and tuple(members) != wanted:
+        raise ValueError(f"{name}'s members are {list(wanted)}, got {list(members)}")
+
+
 def member_entry(model: IQAModel, weight: float) -> dict[str, Any]:
     return {"model": model.model_name, "config": model.cfg.to_dict(), "weight": float(weight)}
 
@@ -182,19 +193,16 @@ def build_ensemble(members: Sequence[IQAModel], weights: Sequence[float] | None 
                    combine: str = "harmonic", name: str = "ensemble") -> Ensemble:
     """An ensemble of trained models as they are (their weights are the ensemble's): save it with
     :func:`~contentiqa.models.registry.save_checkpoint` like any model. ``name``: the registered
-    ensemble it is (``ensemble``: any members; ``ie-iqa+iqa-cr``: those two, in that order)."""
+    ensemble it is (``ensemble``: any members; ``ie-iqa-distortion+iqa-cr``: those two, in that order)."""
     weights = list(weights) if weights is not None else [1.0] * len(members)
     if len(weights) != len(members):
         raise ValueError(f"{len(members)} members but {len(weights)} weights")
     cfg = EnsembleConfig(members=[member_entry(m, w) for m, w in zip(members, weights)], combine=combine)
     from .registry import model_entry
-    from .zoo import ENSEMBLE_MEMBERS
 
     if model_entry(name).trainable:
         raise ValueError(f"{name} is not a registered ensemble")
-    wanted = ENSEMBLE_MEMBERS.get(name)
-    if wanted is not None and tuple(m.model_name for m in members) != wanted:
-        raise ValueError(f"{name}'s members are {list(wanted)}, got {[m.model_name for m in members]}")
+    check_members(name, [m.model_name for m in members])
     model = Ensemble(cfg, members=[m.cpu().eval() for m in members])
     model.model_name = name
     return model.eval()

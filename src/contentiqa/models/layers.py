@@ -58,15 +58,18 @@ def _resample_rows(t: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, s
     return torch.clamp(torch.floor(torch.matmul(weight[:, None, :], g).squeeze(-2) + 0.5), 0.0, 255.0)
 
 
+def _resample_columns(t: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
+    """One Pillow pass along the columns (axis -1), as rows of the transpose."""
+    return _resample_rows(t.transpose(-1, -2), index, weight, size).transpose(-1, -2)
+
+
 def _two_passes(x: torch.Tensor, ih: torch.Tensor, wh: torch.Tensor, iw: torch.Tensor, ww: torch.Tensor,
                 oh: int, ow: int) -> torch.Tensor:
     h = x.shape[-2]
     w = x.shape[-1]
     if (h - oh) > 0 and (h - oh) > 2 * (w - ow):
-        y = _resample_rows(x, ih, wh, oh)
-        return _resample_rows(y.transpose(-1, -2), iw, ww, ow).transpose(-1, -2)
-    y = _resample_rows(x.transpose(-1, -2), iw, ww, ow).transpose(-1, -2)
-    return _resample_rows(y, ih, wh, oh)
+        return _resample_columns(_resample_rows(x, ih, wh, oh), iw, ww, ow)
+    return _resample_rows(_resample_columns(x, iw, ww, ow), ih, wh, oh)
 
 
 @functools.lru_cache(maxsize=1)

@@ -121,7 +121,7 @@ ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie
 
 def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[str, dict] | None = None,
               **kwargs) -> Ensemble:
-    from .ensemble import Ensemble, EnsembleConfig, member_entry
+    from .ensemble import Ensemble, EnsembleConfig, check_members, member_entry
     from .registry import create_model
 
     default_members = ENSEMBLE_MEMBERS.get(name, ())
@@ -133,8 +133,8 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
         members = [member_entry(create_model(m, pretrained=False, **args.get(m, {})), 1.0) for m in default_members]
     elif member_args:
         raise ValueError(f"{name}: member_args only shape untrained members, not stored ones")
-    elif default_members and tuple(m.get("model") for m in members) != default_members:
-        raise ValueError(f"{name}'s members are {list(default_members)}, got {[m.get('model') for m in members]}")
+    else:
+        check_members(name, [m.get("model") for m in members])
     model = Ensemble(EnsembleConfig(members=members, **kwargs))
     model.model_name = name
     return model
