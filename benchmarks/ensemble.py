@@ -30,12 +30,13 @@ from common import ROOT, command_line, provenance
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 
 
-def row_name(rows: list[str], combine: str) -> str:
-    return f"Ensemble ({combine} mean): " + " + ".join(rows)
+def row_name(rows: list[str], combine: str, input_size: int | None = None) -> str:
+    at = f" at {input_size} px" if input_size is not None else ""
+    return f"Ensemble ({combine} mean){at}: " + " + ".join(rows)
 
 
 def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: str = "harmonic",
-                    weights: list[float] | None = None) -> str:
+                    weights: list[float] | None = None, input_size: int | None = None) -> str:
     """Write each seed's ensemble of ``rows`` (their ``tested.pt``) under ``out``; returns its row name."""
     from contentiqa.experiments.config import slugify
     from contentiqa.models import build_ensemble, load_checkpoint
@@ -49,11 +50,11 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
     seeds = sorted(set.intersection(*[{p.parent.name for p in f.glob("seed*/tested.pt")} for f in folders]))
     if not seeds:
         raise SystemExit(f"no seed has a tested.pt for every row under {runs}")
-    row = row_name(rows, combine)
+    row = row_name(rows, combine, input_size)
     for seed in seeds:
         target = out / "runs" / slugify(row) / seed / "tested.pt"
         members = [load_checkpoint(f / seed / "tested.pt") for f in folders]
-        model = build_ensemble(members, weights, combine=combine, name=name)
+        model = build_ensemble(members, weights, combine=combine, name=name, input_size=input_size)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(model, target, omit_pretrained_backbone=True, extra={
             "members": [str(f / seed / "tested.pt") for f in folders], "provenance": provenance()})
@@ -62,13 +63,14 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
         if (runs / extra).is_file():
             shutil.copyfile(runs / extra, out / extra)
     atomic_write_text(out / "ensemble.json", json.dumps({"row": row, "rows": rows, "name": name, "combine": combine,
-                                                         "weights": weights, "runs": str(runs), "seeds": seeds,
+                                                         "weights": weights, "input_size": input_size, "runs": str(runs), "seeds": seeds,
                                                          "command": command_line()}, indent=1) + "\n")
     return row
 
 
 def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harmonic",
-         weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS) -> Path:
+         weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS,
+         input_size: int | None = None) -> Path:
     """``<name>_<tag>.pt`` (and its card) from shipped members, once benchmarks/ship_gate.py
     passed ``row`` as ``name``'s recipe (ship.py's rule for a default)."""
     from ship import gate_verdict
@@ -83,7 +85,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
     t0 = time.time()
     models = [create_model(m) for m in members]
-    model = build_ensemble(models, weights, combine=combine, name=name)
+    model = build_ensemble(models, weights, combine=combine, name=name, input_size=input_size)
     path = weights_dir / f"{name}_{tag}.pt"
     files = [weights_file(m)[0] for m in members]
     sources = [{"spec": m, "file": f.name, "sha256": file_sha256(f)} for m, f in zip(members, files)]
@@ -91,13 +93,17 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
         "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
     w = weights or [1.0] * len(members)
     gate = ROOT / "benchmarks" / "results" / f"ship_gate_{name}.md"
+    shape = (f"the photo resized to {input_size} x {input_size} px, as fixed-size models resize it; every member reads"
+             " that one input, so their shared frozen backbone pass runs once in the ONNX graph"
+             if input_size is not None else
+             "the photo at native resolution (longest side at most 2048 px); a fixed-size member gets it resized\n"
+             "  inside the model exactly as Pillow resizes it for that member alone")
     card = f"""# Model card: `{name}.{tag}` ({path.name})
 
 - **What**: an ensemble (`contentiqa.models.ensemble`): the weighted {combine} mean of its members' calibrated
   scores, {', '.join(f'`{m}` ({x / sum(w):.2g})' for m, x in zip(members, w))}; content categories from the
   member that has them. Not trained itself: each member is its own shipped tag (see its card), copied in.
-- **Input**: the photo at native resolution (longest side at most 2048 px); a fixed-size member gets it resized
-  inside the model exactly as Pillow resizes it for that member alone.
+- **Input**: {shape}.
 - **Scores**: the members' calibrated CLIVE scale, 0-100, higher is better.
 - **Measured**: benchmarks/results/{gate.name} (the ship gate: the same recipe, each member trained on the
   training parts only, on the three clive-dev test splits and BIQ2021's official test, scored through
@@ -123,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", nargs="+", help="shipped name.tag of each member")
     ap.add_argument("--row", help="with --ship: the row the ship gate passed (the recipe of the members)")
     ap.add_argument("--override-gate", action="store_true")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="one square size every member reads (default: the finest member's input)")
     args = ap.parse_args(argv)
     if args.ship:
         if not (args.tag and args.members and args.row):
             ap.error("--ship needs --tag, --members and --row")
-        ship(args.name, args.tag, args.members, args.row, args.combine, args.weights, args.override_gate)
+        ship(args.name, args.tag, args.members, args.row, args.combine, args.weights, args.override_gate,
+             input_size=args.input_size)
         return 0
     if not (args.runs and args.rows and args.out):
         ap.error("give --runs, --rows and --out (or --ship)")
-    row = build_from_runs(args.runs, args.rows, args.name, args.out, args.combine, args.weights)
+    row = build_from_runs(args.runs, args.rows, args.name, args.out, args.combine, args.weights, args.input_size)
     print(f"row: {row}")
     return 0
 

@@ -164,3 +164,47 @@ def test_resize_exported_to_onnx_is_pillows_at_every_size(tmp_path):
         # float32 sums: a value that Pillow rounds from exactly x.5 may land a step off (more often on
         # tiny images, whose weights are short binary fractions); a wrong position or order: many, up to 2
         assert np.abs(out - ref).max() <= 1.0 and (out != ref).mean() < 0.03, hw
+
+
+# -- one input size for all members -------------------------------------------------------------------
+def _optimized_convs(path, tmp_path) -> int:
+    """Conv nodes of ``path`` after ONNX Runtime's basic graph optimisations (which merge identical
+    computations on identical inputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp_path / f"opt_{path.stem}.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "Conv" for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_one_input_size_feeds_every_member_and_shares_their_backbone_pass(tmp_path):
+    from contentiqa.inference.onnx import export_onnx
+
+    ie, cr = tiny_members()
+    cr.backbone.load_state_dict(ie.distortion.state_dict())  # the same frozen backbone weights, as shipped
+    ens = build_ensemble([ie, cr], input_size=64)
+    assert not ens.native_resolution and ens.fixed_input_size == (64, 64) and ens.cfg.to_dict()["input_size"] == 64
+    img = photo(90, 70)
+    x = ens.preprocess(img)[None]
+    torch.testing.assert_close(x, ie.preprocess(img)[None])  # the fixed-size models' resize
+    assert all(t is x for t in ens.member_inputs(x))
+    with torch.no_grad():
+        expected = 1.0 / (0.5 / ie(x)["score"].clamp(min=1e-6) + 0.5 / cr(x)["score"].clamp(min=1e-6))
+        torch.testing.assert_close(ens(x)["score"], expected)
+    back = load_checkpoint(save_checkpoint(ens, tmp_path / "ens.pt"))
+    assert back.fixed_input_size == (64, 64)
+
+    shared = export_onnx(back, tmp_path / "shared.onnx")
+    alone = export_onnx(ie, tmp_path / "alone.onnx")
+    other = build_ensemble(list(tiny_members(seed=1)), input_size=64)  # backbones with different weights
+    apart = export_onnx(other, tmp_path / "apart.onnx")
+    one = _optimized_convs(alone, tmp_path)
+    assert _optimized_convs(shared, tmp_path) < 1.5 * one < _optimized_convs(apart, tmp_path)
+
+
+def test_input_size_is_checked():
+    with pytest.raises(ValueError, match="input_size"):
+        build_ensemble(list(tiny_members()), input_size=8)

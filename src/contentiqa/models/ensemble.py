@@ -14,6 +14,12 @@ what its finest member takes (the photo at native resolution when one member rea
 fixed-size member gets it resized inside the model as Pillow resizes (:func:`~contentiqa.models.layers.resize_like_pillow`),
 so it sees the pixels it was trained on.
 
+Why ``input_size``: with one fixed size for all (native-resolution members read the photo at that
+size too), members that take the same input and share frozen backbone weights compute the same
+backbone pass, and ONNX Runtime merges identical computations on identical inputs: the exported
+ensemble then costs about one backbone pass, not one per member. A fixed size also bounds the cost
+of a large photo, which a native-resolution member pays in full.
+
 Why the harmonic mean: both members are calibrated onto the same rating scale, and a photo that
 either finds worthless (a black frame, a photo blurred beyond recognition) should stay near the
 bottom of the scale, not halfway up because the other member is less sure; for photos the two
@@ -31,7 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import IQAModel
+from .base import IQAModel, pil_to_tensor
 from .layers import resize_like_pillow
 
 COMBINES = ("harmonic", "mean")
@@ -48,6 +54,10 @@ class EnsembleConfig:
     members: list[dict] = field(default_factory=list)
     """``[{"model": name, "config": {...}, "weight": w}, ...]``: what :func:`build_ensemble` writes."""
     combine: str = "harmonic"
+    input_size: int | None = None
+    """One square size every member reads (the photo resized to it as fixed-size models resize;
+    a member trained at another fixed size gets it resized again inside the model). None: the
+    finest member's input (native resolution when a member reads it so)."""
     scale: dict | None = None
     """The rating scale (the members', which must agree); None: taken from them."""
     calibration: list[float] | None = None
@@ -65,10 +75,14 @@ class EnsembleConfig:
                 raise ValueError(f"member {m['model']}: weight must be > 0, got {m['weight']}")
         if self.calibration is not None:
             raise ValueError("an ensemble is not calibrated itself: its members are")
+        if self.input_size is not None:
+            if isinstance(self.input_size, bool) or int(self.input_size) != self.input_size or self.input_size < 32:
+                raise ValueError(f"input_size must be a whole number of pixels >= 32, got {self.input_size!r}")
+            self.input_size = int(self.input_size)
 
     def to_dict(self) -> dict:
-        return {"members": [dict(m) for m in self.members], "combine": self.combine, "scale": self.scale,
-                "calibration": None}
+        return {"members": [dict(m) for m in self.members], "combine": self.combine,
+                "input_size": self.input_size, "scale": self.scale, "calibration": None}
 
 
 class Ensemble(IQAModel):
@@ -105,10 +119,14 @@ class Ensemble(IQAModel):
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         native = [m for m in built if m.native_resolution]
-        self._native = bool(native)
-        sizes = [m.fixed_input_size for m in built if not m.native_resolution]
-        self._input = None if native else max(sizes, key=lambda s: s[0] * s[1])
-        self._reference = native[0] if native else next(m for m in built if m.fixed_input_size == self._input)
+        self._reference: IQAModel | None
+        if cfg.input_size is not None:
+            self._native, self._input, self._reference = False, (cfg.input_size, cfg.input_size), None
+        else:
+            self._native = bool(native)
+            sizes = [m.fixed_input_size for m in built if not m.native_resolution]
+            self._input = None if native else max(sizes, key=lambda s: s[0] * s[1])
+            self._reference = native[0] if native else next(m for m in built if m.fixed_input_size == self._input)
         self.min_size = max(m.min_size for m in built)
 
     # -- inputs ----------------------------------------------------------------------------
@@ -121,7 +139,10 @@ class Ensemble(IQAModel):
         return self._input
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """What the finest member takes (the others get it resized inside :meth:`forward`)."""
+        """The photo at ``input_size`` (resized as fixed-size models resize it), else what the
+        finest member takes; members that take another size get it resized in :meth:`forward`."""
+        if self._reference is None:
+            return pil_to_tensor(image.resize(self._input[::-1], Image.BILINEAR), self.mean, self.std)
         return self._reference.preprocess(image)
 
     # -- outputs ---------------------------------------------------------------------------
@@ -130,11 +151,11 @@ class Ensemble(IQAModel):
         8-bit photo (back to pixel values, resized with Pillow's rounding, normalised again)."""
         out, pixels = [], None
         for m in self.members:
-            if m.native_resolution:
+            if m.native_resolution or (not self._native and m.fixed_input_size == self._input):
                 out.append(x)
                 continue
-            # Always resized, even to its own size (then a copy): a branch on the input's shape
-            # would be frozen into an exported graph at the example's size.
+            # From a native-resolution input always resized, even to its own size (then a copy): a
+            # branch on the input's shape would be frozen into an exported graph at the example's size.
             if pixels is None:
                 pixels = torch.floor((x * self._std + self._mean) * 255.0 + 0.5)
             size = m.fixed_input_size
@@ -190,14 +211,16 @@ def member_entry(model: IQAModel, weight: float) -> dict[str, Any]:
 
 
 def build_ensemble(members: Sequence[IQAModel], weights: Sequence[float] | None = None,
-                   combine: str = "harmonic", name: str = "ensemble") -> Ensemble:
+                   combine: str = "harmonic", name: str = "ensemble", input_size: int | None = None) -> Ensemble:
     """An ensemble of trained models as they are (their weights are the ensemble's): save it with
     :func:`~contentiqa.models.registry.save_checkpoint` like any model. ``name``: the registered
-    ensemble it is (``ensemble``: any members; ``ie-iqa-distortion+iqa-cr``: those two, in that order)."""
+    ensemble it is (``ensemble``: any members; ``ie-iqa-distortion+iqa-cr``: those two, in that order).
+    ``input_size``: one size for all members (:class:`EnsembleConfig`)."""
     weights = list(weights) if weights is not None else [1.0] * len(members)
     if len(weights) != len(members):
         raise ValueError(f"{len(members)} members but {len(weights)} weights")
-    cfg = EnsembleConfig(members=[member_entry(m, w) for m, w in zip(members, weights)], combine=combine)
+    cfg = EnsembleConfig(members=[member_entry(m, w) for m, w in zip(members, weights)], combine=combine,
+                         input_size=input_size)
     from .registry import model_entry
 
     if model_entry(name).trainable:
