@@ -87,7 +87,11 @@ def backbone_sizes(model) -> list[int]:
     from contentiqa.models import Ensemble
 
     if isinstance(model, Ensemble):
-        return [s for m in model.members for s in backbone_sizes(m)]
+        if model.cfg.input_size is None:
+            return [s for m in model.members for s in backbone_sizes(m)]
+        # One input for every member: their main passes (the same frozen Lite0, as the shipped members
+        # have) are one pass in the graph, ONNX Runtime merging identical computations; others stay.
+        return [model.cfg.input_size] + [s for m in model.members for s in backbone_sizes(m)[1:]]
     if model.native_resolution:
         return [PHOTO_SIDE]
     cfg = model.cfg.to_dict()

@@ -70,16 +70,18 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
 
 def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harmonic",
          weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS,
-         input_size: int | None = None) -> Path:
+         input_size: int | None = None, gate: Path | None = None) -> Path:
     """``<name>_<tag>.pt`` (and its card) from shipped members, once benchmarks/ship_gate.py
-    passed ``row`` as ``name``'s recipe (ship.py's rule for a default)."""
+    passed ``row`` as ``name``'s recipe (ship.py's rule for a default). ``gate``: its results
+    file stem when not benchmarks/results/ship_gate_<name> (ship_gate.py --out)."""
     from ship import gate_verdict
 
     from contentiqa.models import build_ensemble, create_model
     from contentiqa.models.registry import save_checkpoint, weights_file
     from contentiqa.utils.io import atomic_write_text, file_sha256
 
-    ok, why = gate_verdict(name, row)
+    gate = gate if gate is not None else ROOT / "benchmarks" / "results" / f"ship_gate_{name}"
+    ok, why = gate_verdict(name, row, Path(f"{gate}.json"))
     if not ok and not override_gate:
         raise SystemExit(f"refusing to ship {name}.{tag}: {why} (--override-gate to ship anyway)")
     print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
@@ -92,7 +94,6 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     save_checkpoint(model, path, omit_pretrained_backbone=True, extra={
         "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
     w = weights or [1.0] * len(members)
-    gate = ROOT / "benchmarks" / "results" / f"ship_gate_{name}.md"
     shape = (f"the photo resized to {input_size} x {input_size} px, as fixed-size models resize it; every member reads"
              " that one input, so their shared frozen backbone pass runs once in the ONNX graph"
              if input_size is not None else
@@ -105,7 +106,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
   member that has them. Not trained itself: each member is its own shipped tag (see its card), copied in.
 - **Input**: {shape}.
 - **Scores**: the members' calibrated CLIVE scale, 0-100, higher is better.
-- **Measured**: benchmarks/results/{gate.name} (the ship gate: the same recipe, each member trained on the
+- **Measured**: benchmarks/results/{gate.name}.md (the ship gate: the same recipe, each member trained on the
   training parts only, on the three clive-dev test splits and BIQ2021's official test, scored through
   `contentiqa score`, against the recipe of the default named there).
 - **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", nargs="+", help="shipped name.tag of each member")
     ap.add_argument("--row", help="with --ship: the row the ship gate passed (the recipe of the members)")
     ap.add_argument("--override-gate", action="store_true")
+    ap.add_argument("--gate", type=Path, default=None, metavar="STEM",
+                    help="with --ship: the gate's results (default: benchmarks/results/ship_gate_<name>)")
     ap.add_argument("--input-size", type=int, default=None,
                     help="one square size every member reads (default: the finest member's input)")
     args = ap.parse_args(argv)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.tag and args.members and args.row):
             ap.error("--ship needs --tag, --members and --row")
         ship(args.name, args.tag, args.members, args.row, args.combine, args.weights, args.override_gate,
-             input_size=args.input_size)
+             input_size=args.input_size, gate=args.gate)
         return 0
     if not (args.runs and args.rows and args.out):
         ap.error("give --runs, --rows and --out (or --ship)")

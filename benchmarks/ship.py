@@ -189,11 +189,12 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     return path
 
 
-def gate_verdict(model: str, row: str) -> tuple[bool, str]:
-    """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not."""
+def gate_verdict(model: str, row: str, path: Path | None = None) -> tuple[bool, str]:
+    """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not.
+    ``path``: the gate's JSON when it was written elsewhere (ship_gate.py --out)."""
     from common import RESULTS
 
-    path = RESULTS / f"ship_gate_{model}.json"
+    path = path if path is not None else RESULTS / f"ship_gate_{model}.json"
     if not path.is_file():
         return False, f"no ship gate has been run for {model} ({path} is missing): run benchmarks/ship_gate.py"
     gate = json.loads(path.read_text())
