@@ -250,6 +250,9 @@ def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_pat
     ship.main(argv)
     assert len(shipped) == 2
     assert json.loads((tmp_path / "weights" / "defaults.json").read_text()) == {"ie-iqa": "new"}
+    elsewhere = tmp_path / "ship_gate_elsewhere.json"  # a gate written with --out: read where it is
+    elsewhere.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "S"}, "rows": []}))
+    assert ship.gate_verdict("ie-iqa", "S", elsewhere)[0] and not ship.gate_verdict("ie-iqa", "S")[0]
 
 
 def test_the_default_tag_is_what_defaults_json_names(monkeypatch):
@@ -337,3 +340,8 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
         ens_bench.build_from_runs(runs, ["A", "missing"], "ensemble", tmp_path / "out2")
     assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
+    assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64]  # one shared pass
+    at64 = ens_bench.build_from_runs(runs, ["A", "B"], "ie-iqa-distortion+iqa-cr", tmp_path / "out64", input_size=64)
+    assert "at 64 px" in at64
+    built = load_checkpoint(tmp_path / "out64" / "runs" / slugify(at64) / "seed0" / "tested.pt")
+    assert built.fixed_input_size == (64, 64)
