@@ -206,5 +206,6 @@ def test_one_input_size_feeds_every_member_and_shares_their_backbone_pass(tmp_pa
 
 
 def test_input_size_is_checked():
-    with pytest.raises(ValueError, match="input_size"):
-        build_ensemble(list(tiny_members()), input_size=8)
+    for bad in (8, 64.5, "large", True):
+        with pytest.raises(ValueError, match="input_size"):
+            build_ensemble(list(tiny_members()), input_size=bad)

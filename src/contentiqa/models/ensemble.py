@@ -18,7 +18,8 @@ Why ``input_size``: with one fixed size for all (native-resolution members read 
 size too), members that take the same input and share frozen backbone weights compute the same
 backbone pass, and ONNX Runtime merges identical computations on identical inputs: the exported
 ensemble then costs about one backbone pass, not one per member. A fixed size also bounds the cost
-of a large photo, which a native-resolution member pays in full.
+of a large photo, which a native-resolution member pays in full. What it costs in accuracy depends
+on the members: the shipped pair loses what IQA-CR gains from native resolution (docs/results.md).
 
 Why the harmonic mean: both members are calibrated onto the same rating scale, and a photo that
 either finds worthless (a black frame, a photo blurred beyond recognition) should stay near the
@@ -76,7 +77,11 @@ class EnsembleConfig:
         if self.calibration is not None:
             raise ValueError("an ensemble is not calibrated itself: its members are")
         if self.input_size is not None:
-            if isinstance(self.input_size, bool) or int(self.input_size) != self.input_size or self.input_size < 32:
+            try:
+                ok = not isinstance(self.input_size, bool) and int(self.input_size) == self.input_size >= 32
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
                 raise ValueError(f"input_size must be a whole number of pixels >= 32, got {self.input_size!r}")
             self.input_size = int(self.input_size)
 
