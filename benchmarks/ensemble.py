@@ -63,7 +63,8 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
         if (runs / extra).is_file():
             shutil.copyfile(runs / extra, out / extra)
     atomic_write_text(out / "ensemble.json", json.dumps({"row": row, "rows": rows, "name": name, "combine": combine,
-                                                         "weights": weights, "input_size": input_size, "runs": str(runs), "seeds": seeds,
+                                                         "weights": weights, "input_size": input_size,
+                                                         "runs": str(runs), "seeds": seeds,
                                                          "command": command_line()}, indent=1) + "\n")
     return row
 

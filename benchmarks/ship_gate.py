@@ -371,8 +371,9 @@ def write_results(payload: dict, out: Path | None = None) -> Path:
 
     stem = result_stem(payload["name"], payload["part"], out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1))
-    atomic_write_text(stem.with_suffix(".md"), markdown(payload))
+    # appended, not with_suffix: a stem may hold a dot ("..._anchors0.3") that is not a suffix
+    atomic_write_text(stem.parent / f"{stem.name}.json", json.dumps(payload, indent=1))
+    atomic_write_text(stem.parent / f"{stem.name}.md", markdown(payload))
     if payload["part"] == "test" and stem == result_stem(payload["name"], "test"):
         records = [(g, json.loads(g.read_text())) for g in sorted(RESULTS.glob("ship_gate_*.json"))]
         records = [r for g, r in records if g.stem == f"ship_gate_{r.get('name')}"]

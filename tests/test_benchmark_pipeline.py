@@ -205,6 +205,9 @@ def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common,
     assert "rejected" not in (tmp_path / "ship_gate.md").read_text()
     # validation parts go to selection_<name> unless told otherwise
     assert ship_gate.write_results({**payload, "part": "val"}) == tmp_path / "selection_m"
+    # a dot inside the stem is kept (not taken for a suffix)
+    ship_gate.write_results({**payload, "part": "val"}, tmp_path / "selection_m_anchors0.3")
+    assert (tmp_path / "selection_m_anchors0.3.md").is_file() and (tmp_path / "selection_m_anchors0.3.json").is_file()
 
 
 def test_ship_gate_reads_the_defaults_measures_from_an_earlier_gate(common, tmp_path):
