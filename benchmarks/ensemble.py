@@ -30,9 +30,10 @@ from common import ROOT, command_line, provenance
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 
 
-def row_name(rows: list[str], combine: str, input_size: int | None = None) -> str:
+def row_name(rows: list[str], combine: str, input_size: int | None = None, weights: list[float] | None = None) -> str:
+    w = f", weights {':'.join(f'{x:g}' for x in weights)}" if weights is not None else ""
     at = f" at {input_size} px" if input_size is not None else ""
-    return f"Ensemble ({combine} mean){at}: " + " + ".join(rows)
+    return f"Ensemble ({combine} mean{w}){at}: " + " + ".join(rows)
 
 
 def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: str = "harmonic",
@@ -50,7 +51,7 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
     seeds = sorted(set.intersection(*[{p.parent.name for p in f.glob("seed*/tested.pt")} for f in folders]))
     if not seeds:
         raise SystemExit(f"no seed has a tested.pt for every row under {runs}")
-    row = row_name(rows, combine, input_size)
+    row = row_name(rows, combine, input_size, weights)
     for seed in seeds:
         target = out / "runs" / slugify(row) / seed / "tested.pt"
         members = [load_checkpoint(f / seed / "tested.pt") for f in folders]
