@@ -52,6 +52,12 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     "ie-iqa-distortion+iqa-cr.clive-biq2021": {
         "clive": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "CLIVE SROCC"),
         "biq2021": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "BIQ2021 SROCC")},
+    "ie-iqa-distortion.clive-biq2021-v2": {
+        "clive": ("experiment", "multi_finetune.json", "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
+        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
+    "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": {
+        "clive": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json", "CLIVE SROCC"),
+        "biq2021": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json", "BIQ2021 SROCC")},
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
     "iqa-cr.clive-biq2021-v2": {

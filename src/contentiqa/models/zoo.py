@@ -103,8 +103,10 @@ def ie_iqa(**kwargs) -> IEIQA:
 
 
 # Tags: `clive-biq2021` = ie-iqa v3's recipe on the distortion network alone (configs/multi_finetune.yaml),
-# the first member of the ensemble `ie-iqa-distortion+iqa-cr`.
-@register_model("ie-iqa-distortion", weights={"clive-biq2021": "ie-iqa-distortion_clive-biq2021.pt"},
+# the first member of the ensemble `ie-iqa-distortion+iqa-cr.clive-biq2021`; `clive-biq2021-v2` = the same
+# at 512 px with the bad-frame anchors at 0.3, the first member of `ie-iqa-distortion+iqa-cr.clive-biq2021-v2`.
+@register_model("ie-iqa-distortion", weights={"clive-biq2021": "ie-iqa-distortion_clive-biq2021.pt",
+                                              "clive-biq2021-v2": "ie-iqa-distortion_clive-biq2021-v2.pt"},
                 defaults=IE_IQA_DISTORTION_DEFAULTS, recipe=IE_IQA_DISTORTION_RECIPE)
 def ie_iqa_distortion(**kwargs) -> IEIQA:
     """IE-IQA ablation "only distortion": the distortion CNN and regressor, no intelligibility."""
@@ -141,13 +143,17 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
 
 
 # Tags: `clive-biq2021` = `ie-iqa-distortion.clive-biq2021` and `iqa-cr.clive-biq2021-v2` as they ship,
-# equal weights, harmonic mean (benchmarks/ensemble.py builds it from them).
-@register_model("ie-iqa-distortion+iqa-cr", weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr_clive-biq2021.pt"},
+# equal weights, harmonic mean (benchmarks/ensemble.py builds it from them); `clive-biq2021-v2` =
+# `ie-iqa-distortion.clive-biq2021-v2` and `iqa-cr.clive-biq2021-v2` on one 512-px input (one shared
+# backbone pass), weighted 2:1.
+@register_model("ie-iqa-distortion+iqa-cr", weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr_clive-biq2021.pt",
+                                                     "clive-biq2021-v2": "ie-iqa-distortion+iqa-cr_clive-biq2021-v2.pt"},
                 trainable=False)
 def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
     """IE-IQA's distortion network and IQA-CR together: the harmonic mean of their scores, IQA-CR's content.
 
-    The distortion network reads the photo at 384 px, IQA-CR at native resolution; both are
+    The default tag's distortion network reads the photo at 384 px, IQA-CR at native resolution;
+    ``clive-biq2021-v2`` gives both one 512-px input (one backbone pass). Both members are
     calibrated onto CLIVE's scale before they are combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr", **kwargs)
 
