@@ -58,6 +58,12 @@ def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float
     return t.permute(2, 0, 1)
 
 
+def resized_input(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A fixed-size model's test-time input: the photo resized to ``size`` x ``size`` with
+    Pillow's bilinear filter (what the torch-free ONNX path does too), then normalised."""
+    return pil_to_tensor(image.resize((size, size), Image.BILINEAR), mean, std)
+
+
 class IQAModel(nn.Module):
     """Base class and the contract between a model and generic code.
 

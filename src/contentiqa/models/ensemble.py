@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import IQAModel, pil_to_tensor
+from .base import IQAModel, resized_input
 from .layers import resize_like_pillow
 
 COMBINES = ("harmonic", "mean")
@@ -147,7 +147,7 @@ class Ensemble(IQAModel):
         """The photo at ``input_size`` (resized as fixed-size models resize it), else what the
         finest member takes; members that take another size get it resized in :meth:`forward`."""
         if self._reference is None:
-            return pil_to_tensor(image.resize(self._input[::-1], Image.BILINEAR), self.mean, self.std)
+            return resized_input(image, self._input[0], self.mean, self.std)
         return self._reference.preprocess(image)
 
     # -- outputs ---------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from torch import nn
 from ..backbones import create_backbone
 from ..backbones.stages import backbone_stages, frozen_levels, resolve_levels, run_stages, run_stages_levels, set_bn_eval
 from ..data.table import MOSScale
-from .base import CachePart, IQAModel, pil_to_tensor
+from .base import CachePart, IQAModel, pil_to_tensor, resized_input
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
 from .selection import Selection, num_selected, select_features
 
@@ -66,7 +66,7 @@ def resize_crop_flip(
     """Test: resize to ``size`` x ``size``. Train: resize to ``resize`` x ``resize``, random
     ``size`` crop, random horizontal flip (torch's RNG, so ``torch.manual_seed`` repeats it)."""
     if not train:
-        return pil_to_tensor(image.resize((size, size), Image.BILINEAR), mean, std)
+        return resized_input(image, size, mean, std)
     img = image.resize((resize, resize), Image.BILINEAR)
     top = int(torch.randint(0, resize - size + 1, (1,)))
     left = int(torch.randint(0, resize - size + 1, (1,)))
