@@ -30,45 +30,41 @@ README = ROOT / "README.md"
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 MODEL_LABEL = {"iqa-cr": "`iqa-cr` (native resolution)", "ie-iqa": "`ie-iqa` (384 px)"}
 
+def _experiment(file: str, row: str) -> dict[str, tuple[str, ...]]:
+    """Both columns from one row of an experiment's results (its CLIVE and BIQ2021 test parts)."""
+    return {"clive": ("experiment", file, row, "CLIVE"), "biq2021": ("experiment", file, row, "BIQ2021")}
+
+
+def _gate(file: str) -> dict[str, tuple[str, ...]]:
+    """Both columns from a ship gate's candidate (an ensemble, which no experiment trains)."""
+    return {"clive": ("gate", file, "CLIVE SROCC"), "biq2021": ("gate", file, "BIQ2021 SROCC")}
+
+
 SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     # tag -> column -> where its figure is: ("experiment", file, row, test part) = an experiment's
     # mean ± std over its seeds; ("table", file, row) = a benchmark's rows, mean ± std over splits;
     # ("shipped", file, tag) = the shipped weights themselves on held-out photos; ("gate", file, measure) =
     # the candidate of a ship gate's table (its recipe scored through `contentiqa score` on the test parts:
     # an ensemble, which no experiment trains).
-    "ie-iqa.clive-biq2021-v3": {
-        "clive": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
-    "ie-iqa.clive-biq2021-v2": {
-        "clive": ("experiment", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated",
-                    "BIQ2021")},
-    "ie-iqa.clive-biq2021": {"clive": ("experiment", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking", "CLIVE"),
-                             "biq2021": ("experiment", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking",
-                                         "BIQ2021")},
-    "ie-iqa-distortion.clive-biq2021": {
-        "clive": ("experiment", "multi_finetune.json", "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
-    "ie-iqa-distortion+iqa-cr.clive-biq2021": {
-        "clive": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "CLIVE SROCC"),
-        "biq2021": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr.json", "BIQ2021 SROCC")},
-    "ie-iqa-distortion.clive-biq2021-v2": {
-        "clive": ("experiment", "multi_finetune.json", "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated", "BIQ2021")},
-    "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": {
-        "clive": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json", "CLIVE SROCC"),
-        "biq2021": ("gate", "ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json", "BIQ2021 SROCC")},
+    "ie-iqa.clive-biq2021-v3": _experiment(
+        "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated"),
+    "ie-iqa.clive-biq2021-v2": _experiment("multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated"),
+    "ie-iqa.clive-biq2021": _experiment("multi_clive_biq2021.json", "IE-IQA, normalised + ranking"),
+    "ie-iqa-distortion.clive-biq2021": _experiment(
+        "multi_finetune.json", "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated"),
+    "ie-iqa-distortion+iqa-cr.clive-biq2021": _gate("ship_gate_ie-iqa-distortion+iqa-cr.json"),
+    "ie-iqa-distortion.clive-biq2021-v2": _experiment(
+        "multi_finetune.json",
+        "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated"),
+    "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
-    "iqa-cr.clive-biq2021-v2": {
-        "clive": ("experiment", "multi_finetune.json", "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated", "BIQ2021")},
+    "iqa-cr.clive-biq2021-v2": _experiment(
+        "multi_finetune.json",
+        "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated"),
     # its recipe on the same three splits as v2's (the ship gate's baseline), not the one split of
     # multi_clive_biq2021.json it was first measured on
-    "iqa-cr.clive-biq2021": {
-        "clive": ("experiment", "multi_finetune.json", "IQA-CR (human scene labels), normalised + ranking", "CLIVE"),
-        "biq2021": ("experiment", "multi_finetune.json", "IQA-CR (human scene labels), normalised + ranking",
-                    "BIQ2021")},
+    "iqa-cr.clive-biq2021": _experiment("multi_finetune.json", "IQA-CR (human scene labels), normalised + ranking"),
     "iqa-cr.clive": {"clive": ("table", "iqa_cr_sweep_cw0.05_d128.json", "iqa-cr"),
                      "biq2021": ("shipped", "generalization.json", "iqa-cr.clive")},
     "iqa-cr-q.clive": {"clive": ("table", "iqa_cr.json", "iqa-cr-q"),
