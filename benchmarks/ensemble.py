@@ -72,11 +72,12 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
 
 def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harmonic",
          weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS,
-         input_size: int | None = None, gate: Path | None = None) -> Path:
+         input_size: int | None = None, gate: Path | None = None, default: bool = False) -> Path:
     """``<name>_<tag>.pt`` (and its card) from shipped members, once benchmarks/ship_gate.py
     passed ``row`` as ``name``'s recipe (ship.py's rule for a default). ``gate``: its results
-    file stem when not benchmarks/results/ship_gate_<name> (ship_gate.py --out)."""
-    from ship import gate_verdict
+    file stem when not benchmarks/results/ship_gate_<name> (ship_gate.py --out). ``default``: also
+    make ``tag`` the name's default tag (weights/defaults.json), under the same gate."""
+    from ship import gate_verdict, set_default_tag
 
     from contentiqa.models import build_ensemble, create_model
     from contentiqa.models.registry import save_checkpoint, weights_file
@@ -116,6 +117,9 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
 """
     atomic_write_text(weights_dir / f"{name}_{tag}.md", card)
     print(card)
+    if default:
+        set_default_tag(name, tag, weights_dir)
+        print(f"{name}: default tag is now {tag} ({weights_dir / 'defaults.json'})")
     return path
 
 
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--override-gate", action="store_true")
     ap.add_argument("--gate", type=Path, default=None, metavar="STEM",
                     help="with --ship: the gate's results (default: benchmarks/results/ship_gate_<name>)")
+    ap.add_argument("--default", action="store_true",
+                    help="with --ship: make TAG the name's default tag (weights/defaults.json)")
     ap.add_argument("--input-size", type=int, default=None,
                     help="one square size every member reads (default: the finest member's input)")
     args = ap.parse_args(argv)
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.tag and args.members and args.row):
             ap.error("--ship needs --tag, --members and --row")
         ship(args.name, args.tag, args.members, args.row, args.combine, args.weights, args.override_gate,
-             input_size=args.input_size, gate=args.gate)
+             input_size=args.input_size, gate=args.gate, default=args.default)
         return 0
     if not (args.runs and args.rows and args.out):
         ap.error("give --runs, --rows and --out (or --ship)")

@@ -48,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, md_table, write_results  # noqa: E402
+from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 EXAMPLES = ROOT / "examples" / "images"
@@ -703,7 +703,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="real photos to use (default 64; quick 6)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3; quick 1)")
     ap.add_argument("--rss-inputs", type=int, default=None, help="inputs in the long run (default 10000; quick 300)")
-    ap.add_argument("--models", default="iqa-cr,ie-iqa", help="comma-separated model names")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated model names (default: contentiqa.DEFAULT_MODEL, iqa-cr, ie-iqa)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # a measurement in a fresh process (called by run_benchmark)
@@ -735,13 +736,16 @@ def main() -> None:
         for size, count in gen_counts.items():
             generated[size] = generate_images(work / "gen", real, size, count)
         rss_files = [generate_images(work / "rss", real, s, 1, tag="rss")[0] for s in RSS_SIZES]
-        models = load_benchmark_models([m.strip() for m in args.models.split(",") if m.strip()], work)
+        from contentiqa import DEFAULT_MODEL
+
+        names = args.models.split(",") if args.models else [DEFAULT_MODEL, "iqa-cr", "ie-iqa"]
+        models = load_benchmark_models(list(dict.fromkeys(m.strip() for m in names if m.strip())), work)
         payload = run_benchmark(models, real, generated, rss_files, work, repeats=repeats,
                                 backbone_runs=3 if quick else 10, rss_inputs=rss_inputs, rss_every=rss_every,
                                 batch_sizes={"iqa-cr": [1, 8], "ie-iqa": [1, 16]} if quick else None)
     payload["photo_source"] = source
     payload["quick"] = quick
-    command = "python benchmarks/speed.py" + (" --quick" if quick else "")
+    command = command_line()
     write_results("speed", payload, render_markdown(payload, command))
 
 

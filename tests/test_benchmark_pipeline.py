@@ -258,6 +258,33 @@ def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_pat
     assert ship.gate_verdict("ie-iqa", "S", elsewhere)[0] and not ship.gate_verdict("ie-iqa", "S")[0]
 
 
+def test_ensemble_ships_only_a_gated_recipe_and_can_make_it_the_default(common, tmp_path):
+    """benchmarks/ensemble.py --ship refuses a recipe its gate did not pass; with --default the tag
+    becomes the name's default in the weights folder it wrote to."""
+    sys.modules.pop("ensemble", None)
+    import ensemble as ens_bench
+
+    from contentiqa.models import load_checkpoint
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    gate = tmp_path / "ship_gate_pair"
+    gate.with_suffix(".json").write_text(json.dumps({"verdict": "FAIL", "candidate": {"row": "R"}, "rows": []}))
+    argv = ["--ship", "--name", "ie-iqa-distortion+iqa-cr", "--tag", "t", "--members", "ie-iqa-distortion",
+            "iqa-cr", "--weights", "2", "1", "--input-size", "64", "--row", "R", "--gate", str(gate), "--default"]
+    with pytest.raises(SystemExit, match="refusing to ship.*better on nothing"):
+        ens_bench.main(argv)
+    assert not list(weights.iterdir())
+    gate.with_suffix(".json").write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, "rows": []}))
+    ens_bench.ship("ie-iqa-distortion+iqa-cr", "t", ["ie-iqa-distortion", "iqa-cr"], "R", weights=[2, 1],
+                   input_size=64, gate=gate, default=True, weights_dir=weights)
+    assert json.loads((weights / "defaults.json").read_text()) == {"ie-iqa-distortion+iqa-cr": "t"}
+    built = load_checkpoint(weights / "ie-iqa-distortion+iqa-cr_t.pt")
+    assert built.fixed_input_size == (64, 64) and [m.model_name for m in built.members] == ["ie-iqa-distortion",
+                                                                                             "iqa-cr"]
+    assert "`ie-iqa-distortion` (0.67), `iqa-cr` (0.33)" in (weights / "ie-iqa-distortion+iqa-cr_t.md").read_text()
+
+
 def test_the_default_tag_is_what_defaults_json_names(monkeypatch):
     from contentiqa.models import registry
 
