@@ -128,9 +128,9 @@ def peers_block(peers: dict, up: str = "../") -> str:
         "",
         f"**Against pyiqa's metrics** ([benchmarks/results/peers.md]({up}benchmarks/results/peers.md), "
         "`python benchmarks/peers.py --pyiqa-python PYIQA_VENV/bin/python`; pyiqa installed in a venv of its own, "
-        f"random weights, {peers['n_images']} clive-dev photos one at a time, the same run, on this machine shared "
-        f"with other jobs: load average {peers['load_before'][0]:.1f} before, {peers['load_after'][0]:.1f} after, so "
-        "every images/s here is far below the quiet-machine figures above; the ratios inside the run are what the "
+        f"random weights, {peers['n_images']} clive-dev photos one at a time, the same run, one row after another; "
+        f"load average {peers['load_before'][0]:.1f} before, {peers['load_after'][0]:.1f} after, the run's own load "
+        "included: images/s move with the machine's load from run to run, the ratios inside one run are what the "
         "targets use). CLIVE SROCC as published "
         "(pyiqa's benchmark: trained on other datasets, tested on all of CLIVE) for the peers, and from this "
         "repository's results (clive-dev test parts, default weights) for contentiqa — different protocols, see "

@@ -83,9 +83,13 @@ def test_markdown_names_the_command_load_and_every_row(peers):
 
 def test_contentiqa_accuracy_is_read_from_the_results_files(peers, tmp_path):
     acc = peers.contentiqa_accuracy()
-    assert [a["weights"] for a in acc][0].startswith("ie-iqa.clive-biq2021")
+    assert peers.default_weights() in [a["weights"] for a in acc]  # the default's figures are listed
     for a in acc:
         data = json.loads((BENCHMARKS.parent / a["file"]).read_text())
+        if a["row"] == peers.GATE_ROW:  # a ship gate's results: the candidate's figures on clive-dev
+            by = {r["measure"]: r for r in data["rows"]}
+            assert (a["srocc"], a["plcc"]) == (by["CLIVE SROCC"]["candidate"], by["CLIVE PLCC"]["candidate"])
+            continue
         summary = (data.get("runs") or data.get("results"))[a["row"]]["summary"]
         summary = summary.get("CLIVE", summary)
         assert a["srocc"] == summary["srocc"]["mean"] and a["plcc"] == summary["plcc"]["mean"]
