@@ -187,9 +187,11 @@ def input_hw(model, photo_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def backbone_passes(model) -> int:
-    """EfficientNet-Lite0-sized backbone passes per forward: IQA-CR 1; IE-IQA 2 (the distortion
-    backbone and the intelligibility network, both Lite0 for the recognition task)."""
-    return 1 if getattr(model, "intelligibility", None) is None else 2
+    """EfficientNet-Lite0-sized backbone passes per forward (IQA-CR 1; IE-IQA 2, the distortion
+    backbone and the intelligibility network): cores.py's count, ensembles included."""
+    from cores import backbone_sizes
+
+    return len(backbone_sizes(model))
 
 
 # -- (a) the bare backbone in ONNX Runtime ---------------------------------------------------------------
