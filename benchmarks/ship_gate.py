@@ -365,8 +365,8 @@ def result_stem(name: str, part: str, out: Path | None = None) -> Path:
 
 
 def write_results(payload: dict, out: Path | None = None) -> Path:
-    """Write the gate's JSON and table atomically; ship_gate.md then gathers every model's
-    record (ship_gate_<name>.json of each name, never a file written under another name)."""
+    """Write the gate's JSON and table atomically; for the test parts, ship_gate.md then gathers
+    every model's record (:func:`summary_records`)."""
     from contentiqa.utils.io import atomic_write_text
 
     stem = result_stem(payload["name"], payload["part"], out)
@@ -374,11 +374,36 @@ def write_results(payload: dict, out: Path | None = None) -> Path:
     # appended, not with_suffix: a stem may hold a dot ("..._anchors0.3") that is not a suffix
     atomic_write_text(stem.parent / f"{stem.name}.json", json.dumps(payload, indent=1))
     atomic_write_text(stem.parent / f"{stem.name}.md", markdown(payload))
-    if payload["part"] == "test" and stem == result_stem(payload["name"], "test"):
-        records = [(g, json.loads(g.read_text())) for g in sorted(RESULTS.glob("ship_gate_*.json"))]
-        records = [r for g, r in records if g.stem == f"ship_gate_{r.get('name')}"]
-        atomic_write_text(RESULTS / "ship_gate.md", "\n".join(markdown(r) for r in records))
+    if payload["part"] == "test":
+        write_summary()
     return stem
+
+
+def summary_records() -> list[dict]:
+    """What ship_gate.md shows, one record per model name: its newest passing gate on the test
+    parts, whether written as ship_gate_<name> or beside it with --out (ship_gate_<name>_*: a
+    default may ship under such a gate, benchmarks/ensemble.py --gate); a name none passed, its
+    ship_gate_<name> record. A rejected candidate written elsewhere never shows."""
+    shown: dict[str, list[tuple[tuple[bool, str], dict]]] = {}
+    for path in sorted(RESULTS.glob("ship_gate_*.json")):
+        record = json.loads(path.read_text())
+        name = record.get("name")
+        if not name or record.get("part", "test") != "test":
+            continue
+        passed = record.get("verdict") == "PASS"
+        if path.stem == f"ship_gate_{name}" or (passed and path.stem.startswith(f"ship_gate_{name}_")):
+            shown.setdefault(name, []).append(((passed, str(record["provenance"].get("date"))), record))
+    # passing before failing, then the newest
+    return [max(held, key=lambda kept: kept[0])[1] for _, held in sorted(shown.items())]
+
+
+def write_summary() -> Path:
+    """ship_gate.md from :func:`summary_records`."""
+    from contentiqa.utils.io import atomic_write_text
+
+    path = RESULTS / "ship_gate.md"
+    atomic_write_text(path, "\n".join(markdown(r) for r in summary_records()))
+    return path
 
 
 if __name__ == "__main__":

@@ -203,6 +203,13 @@ def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common,
     # the passing gate's record and the summary ship.py and readers use are untouched
     assert (tmp_path / "ship_gate_m.json").read_text() == record
     assert "rejected" not in (tmp_path / "ship_gate.md").read_text()
+    # a newer gate that passed, written beside the record with --out (a default may ship under it): the
+    # summary shows it in the record's place, and the record itself stays
+    newer = {**payload, "candidate": {**payload["candidate"], "row": "newer"}, "provenance": {"machine": "x", "date": "e"}}
+    ship_gate.write_results(newer, tmp_path / "ship_gate_m_512")
+    summary = (tmp_path / "ship_gate.md").read_text()
+    assert "newer" in summary and "passed" not in summary and "rejected" not in summary
+    assert (tmp_path / "ship_gate_m.json").read_text() == record
     # validation parts go to selection_<name> unless told otherwise
     assert ship_gate.write_results({**payload, "part": "val"}) == tmp_path / "selection_m"
     # a dot inside the stem is kept (not taken for a suffix)
