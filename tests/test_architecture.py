@@ -178,6 +178,28 @@ def test_outputs_match_the_declared_contract(name):
         assert out["logits"].shape == (2, len(model.categories))
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_the_scoring_copy_computes_what_the_model_does(name):
+    """The PyTorch scorer's copy (BatchNorm folded into the convolutions, channels-last weights;
+    an ensemble's shared stages run once) gives the model's own outputs."""
+    from contentiqa.inference.torch_runtime import scoring_copy
+
+    model = tiny_registered(name).eval()
+    with torch.no_grad():
+        for m in model.modules():  # statistics far from (0, 1), so a norm lost or applied twice shows
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+        x = torch.randn(2, 3, 64, 64)
+        ref = model(x)
+        run = scoring_copy(model, channels_last=True)
+        out = run(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in run.modules())
+    assert tuple(out) == tuple(ref)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_parameter_groups_cover_every_trainable_parameter_once(name):
     model = tiny_registered(name)

@@ -384,3 +384,38 @@ def test_run_stages_levels_matches_a_full_run_and_resumes_from_a_cached_stage():
         run_stages_levels(stages, outs[3], levels, start=4)
     with pytest.raises(ValueError, match="out of range"):
         resolve_levels((5,), len(stages))
+
+
+@pytest.mark.parametrize("which", ["efficientnet_lite0", "resnet18"])
+def test_folding_batchnorm_keeps_the_function_and_removes_the_norms(which, lite0):
+    """An inference copy with BatchNorm folded into its convolutions computes what the network
+    did; every BatchNorm of the declared blocks is gone; a network in training mode is refused."""
+    import copy
+
+    from contentiqa.backbones.fusion import fold_batchnorm
+
+    m = copy.deepcopy(lite0) if which == "efficientnet_lite0" else create_backbone("resnet18", pretrained=False)
+    m = m.double().eval()  # float64: what is compared is the arithmetic, not float32 rounding over 17 stages
+    torch.manual_seed(3)
+    for mod in m.modules():  # statistics far from (0, 1), so a norm left out or applied twice shows
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    stages = backbone_stages(m)
+    folded = copy.deepcopy(m)
+    folded_stages = backbone_stages(folded)
+    n = fold_batchnorm(folded, *folded_stages)  # the stages list is not registered in the backbone
+    norms = sum(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    left = [type(mod).__name__ for mod in folded.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert n > 0 and n == norms - len(left)
+    assert not left or which == "resnet18"  # ResNet's stem and downsample norms are not declared pairs
+    x = torch.randn(2, 3, 70, 53, dtype=torch.float64)
+    with torch.no_grad():
+        ref = run_stages(stages, x)
+        out = run_stages(folded_stages, x)
+        torch.testing.assert_close(folded.forward_features(x), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for st in folded_stages for mod in st.modules()) \
+        or which == "resnet18"
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(copy.deepcopy(m).train())

@@ -209,3 +209,61 @@ def test_input_size_is_checked():
     for bad in (8, 64.5, "large", True):
         with pytest.raises(ValueError, match="input_size"):
             build_ensemble(list(tiny_members()), input_size=bad)
+
+
+# -- members' shared stages ------------------------------------------------------------------------
+def _calls(modules) -> list[int]:
+    counts = [0] * len(modules)
+    for i, m in enumerate(modules):
+        m.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+    return counts
+
+
+def test_members_with_the_same_first_stages_run_them_once():
+    """Members reading one input through the same backbone weights share those stages: run once,
+    the same score as each member run alone; what is the same is read from the weights, again
+    after they change."""
+    ie, cr = tiny_members()
+    cr.backbone.load_state_dict(ie.distortion.state_dict())  # the same frozen backbone weights, as shipped
+    ens = build_ensemble([ie, cr], input_size=64)
+    sharing, k = ens.shared_stages()
+    assert sharing == [0, 1] and k == max(ie.feature_end, cr.feature_end) == len(ie.stages)
+    x = ens.preprocess(photo(90, 70))[None]
+    ie_calls, cr_calls = _calls(ie.stages), _calls(cr.stages)
+    with torch.no_grad():
+        expected = ens.combine([ie(x)["score"], cr(x)["score"]])
+        ie_calls[:], cr_calls[:] = [0] * len(ie_calls), [0] * len(cr_calls)
+        torch.testing.assert_close(ens(x)["score"], expected)
+    assert ie_calls == [1] * len(ie.stages) and cr_calls == [0] * len(cr.stages)
+
+    with torch.no_grad():
+        for p in cr.stages[3].parameters():  # the members now differ from stage 3 on
+            p.add_(0.05)
+        expected = ens.combine([ie(x)["score"], cr(x)["score"]])
+        torch.testing.assert_close(ens(x)["score"], expected)
+    assert ens.shared_stages() == ([0, 1], 3)
+
+    apart = build_ensemble(list(tiny_members(seed=1)), input_size=64)  # different weights from stage 0
+    assert apart.shared_stages() == ([], 0)
+    native = build_ensemble([ie, cr])  # the fixed-size member reads a resized input: nothing shared
+    assert native.shared_stages() == ([], 0)
+
+
+def test_a_shared_stage_is_explained_once():
+    """Grad-CAM hooks the stages that run: a shared stage is listed once, and its gradient carries
+    both members' parts, so the heatmap is the one their separate stages give."""
+    from contentiqa.explain.gradcam import compute_gradcam
+
+    ie, cr = tiny_members()
+    cr.backbone.load_state_dict(ie.distortion.state_dict())
+    ens = build_ensemble([ie, cr], input_size=64)
+    mods = ens.gradcam_modules()
+    assert len({id(m) for m in mods}) == len(mods) < len(ie.gradcam_modules()) + len(cr.gradcam_modules())
+    assert not any(m is s for m in mods for s in cr.stages)
+    x = ens.preprocess(photo(90, 70))[None]
+    shared = compute_gradcam(ens, x, targets=("quality",))
+    ens.shared_stages = lambda: ([], 0)  # each member through its own stages, as before sharing
+    apart = compute_gradcam(ens, x, targets=("quality",))
+    assert len(apart.level_cams["quality"]) > len(shared.level_cams["quality"])
+    assert shared.cams["quality"].max() > 0
+    np.testing.assert_allclose(shared.cams["quality"], apart.cams["quality"], rtol=1e-4, atol=1e-6)

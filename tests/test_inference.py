@@ -12,7 +12,7 @@ from PIL import Image
 
 import contentiqa.inference.engine as engine
 from contentiqa.cli.main import main
-from contentiqa.inference.torch_runtime import TorchScorer, collate
+from contentiqa.inference.torch_runtime import TorchScorer, collate, scoring_copy
 from contentiqa.inference.shard import parse_shard, resolved_key, select_shard, shard_of
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint, tiny_model  # noqa: F401
 
@@ -80,7 +80,7 @@ def test_autocast_runs_in_reduced_precision_and_returns_float32(tmp_path):
     paths = mixed_folder(tmp_path / "imgs")[:4]
     full = predict(model, paths, batch_size=2, workers=0)
     seen = []
-    h = model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    h = scoring_copy(model, channels_last=True).head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     try:
         half = predict(model, paths, batch_size=2, workers=0, precision="bf16")
     finally:
@@ -289,25 +289,46 @@ def test_displayed_scores_are_clipped_to_the_scale_raw_ones_kept():
     assert not shown[1].notes
 
 
-def test_the_engine_scores_in_eval_mode_and_leaves_the_mode_as_it_was(tmp_path, monkeypatch):
-    """A model in training mode is scored in eval mode, then put back; one already in eval mode
-    is not switched at all (switching walks every submodule: milliseconds per call, which a
-    server or a predict() loop paid on every request)."""
-    model = tiny_model()
-    paths = mixed_folder(tmp_path / "imgs")[:2]
-    modes = []
-    h = model.head.register_forward_hook(lambda m, i, o: modes.append(m.training))
-    try:
-        model.train()
-        TorchScorer(model).run(paths, batch_size=2, workers=0)
-        assert modes and not any(modes) and model.training and model.head.training
-        modes.clear()
-        model.eval()
-        monkeypatch.setattr(model, "train", lambda mode=True: pytest.fail("a model in eval mode was switched"))
-        TorchScorer(model).run(paths, batch_size=2, workers=0)
-        assert modes and not any(modes) and not model.training
-    finally:
-        h.remove()
+def test_the_engine_scores_a_copy_and_leaves_the_model_as_it_was(tmp_path, monkeypatch):
+    """The PyTorch scorer runs a scoring copy (eval mode, BatchNorm folded): the caller's model is
+    not changed (a model in training mode stays so, its state dict keeps its keys),
+    the scores are the model's own in eval mode, and the copy is made once while the model is
+    unchanged (a predict() loop or a server pays for it once) and again when its weights or its
+    calibration change (scoring after each epoch scores that epoch's weights)."""
+    import contentiqa.inference.torch_runtime as tr
+
+    model = tiny_model()  # a Lite0 backbone: BatchNorms to fold
+    paths = mixed_folder(tmp_path / "imgs")[:3]
+    keys = list(model.state_dict())
+    made = []
+    real_fold = tr.fold_batchnorm
+    monkeypatch.setattr(tr, "fold_batchnorm", lambda *mods: made.append(1) or real_fold(*mods))
+
+    def own_scores():
+        with torch.no_grad():
+            was = model.training
+            out = [float(model.eval()(model.preprocess(Image.open(p).convert("RGB"))[None])["score"]) for p in paths]
+            model.train(was)
+        lo, hi = model.score_range
+        return [lo + v * (hi - lo) for v in out]
+
+    model.train()
+    first = [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)]
+    assert model.training and list(model.state_dict()) == keys and len(made) == 1
+    assert first == pytest.approx(own_scores(), abs=1e-3)
+    run = scoring_copy(model, channels_last=True)
+    assert not run.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in run.modules())
+    for p in paths[:2]:
+        model.predict(p)
+    assert len(made) == 1 and scoring_copy(model, channels_last=True) is run
+    with torch.no_grad():  # an optimizer step, in place
+        for prm in model.parameters():
+            prm.mul_(1.1)
+    stepped = [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)]
+    assert len(made) == 2 and stepped != pytest.approx(first, abs=0.1) and stepped == pytest.approx(own_scores(), abs=1e-3)
+    model.set_calibration([0.0, 1.0, 0.5, 0.1])
+    calibrated = [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)]
+    assert len(made) == 3 and calibrated == pytest.approx(own_scores(), abs=1e-3)
 
 
 def test_prepared_inputs_are_run_as_they_are(tmp_path):

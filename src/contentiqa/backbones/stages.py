@@ -73,6 +73,18 @@ def run_stages_levels(stages: list[nn.Module], x: torch.Tensor, levels: list[int
     return maps
 
 
+def levels_from_outputs(stages: list[nn.Module], levels: list[int], outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The outputs of the stages in ``levels`` (sorted), given ``outputs[i]``, the output of
+    stage ``i`` for every ``i < len(outputs)`` (computed elsewhere): those are taken as they are,
+    deeper ones computed from the last of them."""
+    k = len(outputs)
+    if not k:
+        raise ValueError("no stage outputs given")
+    maps = [outputs[i] for i in levels if i < k]
+    deeper = [i for i in levels if i >= k]
+    return maps + (run_stages_levels(stages, outputs[-1], deeper, k) if deeper else [])
+
+
 def frozen_levels(levels: list[int], start: int) -> tuple[list[int], list[int]]:
     """``levels`` split at a cache boundary: those computed inside the ``start`` cached stages
     (before the cached map, stage ``start - 1``; a cache must hold them already pooled) and

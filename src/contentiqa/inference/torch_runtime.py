@@ -3,14 +3,25 @@
 What the PyTorch runtime adds around ``model(x)``: the batch on the model's device (handed
 over ``non_blocking`` to a GPU), ``torch.inference_mode``, autocast in bf16 / fp16 when asked
 for (the GPU default: tensor cores, half the memory traffic; outputs come back as float32),
-channels-last batches on a CPU (measured: 15-30 % faster for the depthwise-separable
-EfficientNet backbones on this project's CPUs; results equal to the last bit in our checks),
-its intra-op threads for the run, and eval mode (a model in training mode is switched for the
-run and back after; one in eval mode is left alone: the switch walks every submodule).
+channels-last batches on a CPU (faster for the depthwise-separable EfficientNet backbones on
+this project's CPUs; benchmarks/results/speed.md), its intra-op threads for the run, and the
+model it runs: a scoring copy (:func:`scoring_copy`), never the caller's model itself.
+
+Why a copy: eager PyTorch runs every BatchNorm as its own pass over the feature map, which ONNX
+Runtime folds away when it loads a graph. The copy has them folded into the convolutions
+(:func:`contentiqa.backbones.fusion.fold_batchnorm`), its weights in the batches' memory format
+and eval mode, and the caller's model stays as it was (trainable, its state dict unchanged). The
+copy is kept per model and made again when the model's tensors or configs change (an optimizer
+step, ``load_state_dict``, a new calibration), so scoring after each epoch, or ``model.predict``
+called per photo, scores the weights as they are without paying for the copy each time.
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
+import threading
+import weakref
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..models.base import IQAModel
+from ..backbones.fusion import fold_batchnorm
+from ..models.base import IQAModel, tensor_versions
 from ..models.scoring import Prediction
 from .scorer import TORCH_PRECISIONS, BaseScorer, ScorerIdentity
 
@@ -39,6 +51,39 @@ def collate(tensors: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
     if channels_last and tensors[0].ndim == 3:
         return torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
     return torch.stack(tensors)
+
+
+_COPIES: "weakref.WeakKeyDictionary[IQAModel, tuple[tuple, IQAModel]]" = weakref.WeakKeyDictionary()
+_COPIES_LOCK = threading.Lock()
+
+
+def _state_key(model: IQAModel, channels_last: bool) -> tuple:
+    """What a scoring copy depends on: every tensor (:func:`~contentiqa.models.base.tensor_versions`,
+    device, dtype) and every model config (calibrations live there). Changes made through
+    ``tensor.data`` bypass the version counter and are not seen; nothing in contentiqa makes them."""
+    tensors = (*model.parameters(), *model.buffers())
+    tensors = (tensor_versions(tensors), tuple((str(t.device), t.dtype) for t in tensors))
+    cfgs = json.dumps([m.cfg.to_dict() for m in model.modules() if isinstance(m, IQAModel)],
+                      sort_keys=True, default=str)
+    return channels_last, tensors, cfgs
+
+
+def scoring_copy(model: IQAModel, channels_last: bool) -> IQAModel:
+    """``model`` as the PyTorch scorer runs it (see the module docstring): a copy in eval mode
+    with BatchNorm folded and, when ``channels_last``, its weights channels-last; the same copy
+    while the model is unchanged."""
+    key = _state_key(model, channels_last)
+    with _COPIES_LOCK:
+        kept = _COPIES.get(model)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, whatever mode the caller is in
+            run = copy.deepcopy(model).eval()
+            fold_batchnorm(run, *(stage for m in run.modules() if isinstance(m, IQAModel) for stage in m.stages))
+            if channels_last:
+                run = run.to(memory_format=torch.channels_last)
+        _COPIES[model] = (key, run)
+        return run
 
 
 class TorchScorer(BaseScorer):
@@ -63,6 +108,7 @@ class TorchScorer(BaseScorer):
         self.categories = list(model.categories)
         self._spec = spec
         self._weights = weights
+        self._run: IQAModel | None = None
 
     @cached_property
     def identity(self) -> ScorerIdentity:
@@ -116,9 +162,10 @@ class TorchScorer(BaseScorer):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        run = self._run or scoring_copy(self.model, self.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                     enabled=self.autocast is not None):
-            out = self.model(x)
+            out = run(x)
         if self.autocast is not None:
             out = {k: v.float() for k, v in out.items()}
         return out
@@ -150,9 +197,7 @@ class TorchScorer(BaseScorer):
 
     @contextmanager
     def _running(self) -> Iterator[None]:
-        was_training = self.model.training
-        if was_training:
-            self.model.eval()
+        self._run = scoring_copy(self.model, self.channels_last)  # the model as it is now, once per run
         saved = torch.get_num_threads() if self.threads else None
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -161,5 +206,3 @@ class TorchScorer(BaseScorer):
         finally:
             if saved is not None:
                 torch.set_num_threads(saved)
-            if was_training:
-                self.model.train(True)

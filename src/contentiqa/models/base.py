@@ -8,7 +8,7 @@ everything between a file and a tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,14 @@ class CachePart:
     key: str
     modules: tuple[nn.Module, ...]
     encode: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple:
+    """Each tensor's identity and in-place version counter: equal while none was replaced or
+    changed in place (an optimizer step, ``load_state_dict``), so what was computed from them
+    can be kept. An inference tensor (made under ``torch.inference_mode``) has no counter, and
+    counts as unchanged."""
+    return tuple((id(t), -1 if t.is_inference() else t._version) for t in tensors)
 
 
 def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -83,6 +91,8 @@ class IQAModel(nn.Module):
       :attr:`feature_end`, :meth:`freeze_stages`, :meth:`frozen_modules`, :meth:`cache_parts`,
       :meth:`cache_views`, :meth:`cache_encode`, :meth:`forward_cached`, :meth:`trained_stages`
       (:attr:`supports_stage_cache` says whether they are filled in);
+    - shared stages: :meth:`forward_from_stages` (:attr:`shares_stages`), which lets an ensemble
+      run its members' identical first stages once;
     - explanations: :meth:`gradcam_modules`, :meth:`attention_layers`, :attr:`token_grid`;
     - export: :attr:`fixed_input_size`, :meth:`onnx_unsupported_reason`.
     """
@@ -268,6 +278,16 @@ class IQAModel(nn.Module):
         """``forward`` from :meth:`cache_encode`'s output."""
         raise self._no_cache()
 
+    # -- shared stages (ensembles) -----------------------------------------------------------
+    shares_stages: bool = False
+    """True when :meth:`forward_from_stages` is implemented."""
+
+    def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``forward(x)``, given ``outputs[i]``, the output of stage ``i`` (:attr:`stages`) on ``x``
+        for every ``i < len(outputs)``, computed elsewhere: an ensemble whose members have the
+        same first stages (same weights, same input) runs them once for all of them."""
+        raise NotImplementedError(f"{self.model_name} cannot run from stage outputs computed elsewhere")
+
     # -- explanations ----------------------------------------------------------------------
     def gradcam_modules(self) -> list[nn.Module]:
         """Every module whose output is a CNN feature map (B x C x h x w) the outputs depend
@@ -325,9 +345,10 @@ class IQAModel(nn.Module):
 
     def predict(self, inputs: Any, batch_size: int = 8, progress: bool = False) -> list[Prediction] | Prediction:
         """Score one input or many (paths, PIL images, arrays, tensors) with this model as it is
-        (its device, full precision): the PyTorch scorer of the scoring layer
+        (its weights, device, full precision): the PyTorch scorer of the scoring layer
         (:class:`contentiqa.inference.torch_runtime.TorchScorer`), through the engine that
-        ``contentiqa score`` runs.
+        ``contentiqa score`` runs. That scorer runs a copy made for scoring, kept beside the model
+        while its weights are unchanged (:func:`contentiqa.inference.torch_runtime.scoring_copy`).
 
         Returns a :class:`Prediction` per input, in order (a single one for a single input; a
         (N, C, H, W) tensor is N inputs). A file that cannot be read yields a Prediction with

@@ -16,10 +16,17 @@ so it sees the pixels it was trained on.
 
 Why ``input_size``: with one fixed size for all (native-resolution members read the photo at that
 size too), members that take the same input and share frozen backbone weights compute the same
-backbone pass, and ONNX Runtime merges identical computations on identical inputs: the exported
-ensemble then costs about one backbone pass, not one per member. A fixed size also bounds the cost
+backbone pass, which the ensemble runs once (next paragraph): it then costs about one backbone
+pass, not one per member. A fixed size also bounds the cost
 of a large photo, which a native-resolution member pays in full. What it costs in accuracy depends
 on the members: the shipped pair loses what IQA-CR gains from native resolution (docs/results.md).
+
+Why members share stages: members that read the same input through the same first backbone
+stages (same structure, same weights: the frozen ImageNet Lite0 of both shipped members) compute
+the same maps. The ensemble runs those stages once and hands their outputs to each member
+(:meth:`~contentiqa.models.base.IQAModel.forward_from_stages`), in eager PyTorch as in the exported
+graph. Which stages are the same is checked on the weights themselves, again whenever a member's
+tensors change (``load_state_dict``, training), never assumed from a name.
 
 Why the harmonic mean: both members are calibrated onto the same rating scale, and a photo that
 either finds worthless (a black frame, a photo blurred beyond recognition) should stay near the
@@ -38,7 +45,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import IQAModel, resized_input
+from .base import IQAModel, resized_input, tensor_versions
 from .layers import resize_like_pillow
 
 COMBINES = ("harmonic", "mean")
@@ -133,6 +140,7 @@ class Ensemble(IQAModel):
             self._input = None if native else max(sizes, key=lambda s: s[0] * s[1])
             self._reference = native[0] if native else next(m for m in built if m.fixed_input_size == self._input)
         self.min_size = max(m.min_size for m in built)
+        self._sharing: tuple[tuple, tuple[list[int], int]] | None = None
 
     # -- inputs ----------------------------------------------------------------------------
     @property
@@ -151,12 +159,16 @@ class Ensemble(IQAModel):
         return self._reference.preprocess(image)
 
     # -- outputs ---------------------------------------------------------------------------
+    def _reads_input(self, m: IQAModel) -> bool:
+        """Whether member ``m`` reads the ensemble's input as it is (else resized for it)."""
+        return m.native_resolution or (not self._native and m.fixed_input_size == self._input)
+
     def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each member's input from the ensemble's: as it is, or resized as Pillow resizes the
         8-bit photo (back to pixel values, resized with Pillow's rounding, normalised again)."""
         out, pixels = [], None
         for m in self.members:
-            if m.native_resolution or (not self._native and m.fixed_input_size == self._input):
+            if self._reads_input(m):
                 out.append(x)
                 continue
             # From a native-resolution input always resized, even to its own size (then a copy): a
@@ -175,8 +187,30 @@ class Ensemble(IQAModel):
             return (s * w).sum(-1)
         return 1.0 / (w / torch.clamp(s, min=_FLOOR)).sum(-1)
 
+    def shared_stages(self) -> tuple[list[int], int]:
+        """``(members, k)``: the members (indices) that read the ensemble's input as it is and
+        whose first ``k`` stages are the same as the first such member's (same structure and
+        weights): :meth:`forward` runs those stages once for all of them. ``([], 0)`` when fewer
+        than two share any."""
+        able = [m.shares_stages and self._reads_input(m) for m in self.members]
+        key = tensor_versions(t for m, ok in zip(self.members, able) if ok
+                              for stage in m.stages for t in (*stage.parameters(), *stage.buffers()))
+        if self._sharing is None or self._sharing[0] != key:
+            self._sharing = (key, _common_stages(self.members, able))
+        return self._sharing[1]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = [m(xi) for m, xi in zip(self.members, self.member_inputs(x))]
+        inputs = self.member_inputs(x)
+        sharing, k = self.shared_stages()
+        outs: list[dict[str, torch.Tensor] | None] = [None] * len(self.members)
+        if sharing:
+            h, stage_outputs = x, []
+            for stage in self.members[sharing[0]].stages[:k]:
+                h = stage(h)
+                stage_outputs.append(h)
+            for i in sharing:
+                outs[i] = self.members[i].forward_from_stages(x, stage_outputs)
+        outs = [o if o is not None else m(xi) for o, m, xi in zip(outs, self.members, inputs)]
         result = {"score": self.combine([o["score"] for o in outs])}
         if self._content is not None:
             result["logits"] = outs[self._content]["logits"]
@@ -184,8 +218,20 @@ class Ensemble(IQAModel):
 
     # -- explanations ----------------------------------------------------------------------
     def gradcam_modules(self) -> list[nn.Module]:
-        """Every member's maps: the heatmap shows what each member's part of the score rests on."""
-        return [mod for m in self.members for mod in m.gradcam_modules()]
+        """Every member's maps: the heatmap shows what each member's part of the score rests on.
+        A stage the members share runs once (:meth:`shared_stages`), so it is listed once: its
+        map's gradient then carries every member's part, and the combined heatmap is the one
+        their separate maps would add up to."""
+        sharing, k = self.shared_stages()
+        owner = self.members[sharing[0]].stages if sharing else []
+        same = {id(m.stages[i]): owner[i] for j in sharing[1:] for m in [self.members[j]] for i in range(k)}
+        out: list[nn.Module] = []
+        for m in self.members:
+            for mod in m.gradcam_modules():
+                mod = same.get(id(mod), mod)
+                if all(mod is not o for o in out):
+                    out.append(mod)
+        return out
 
     def attention_layers(self) -> list[nn.Module]:
         return [] if self._content is None else self.members[self._content].attention_layers()
@@ -198,6 +244,41 @@ class Ensemble(IQAModel):
     def onnx_unsupported_reason(self) -> str | None:
         reasons = [f"{m.model_name}: {r}" for m in self.members if (r := m.onnx_unsupported_reason())]
         return "; ".join(reasons) or None
+
+
+def _same_stage(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two stages compute the same function: the same structure (their repr names every
+    layer's shape, stride, padding, eps and activation) and equal parameters and buffers."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or repr(a) != repr(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[n].shape == sb[n].shape and sa[n].dtype == sb[n].dtype and torch.equal(sa[n], sb[n]) for n in sa)
+
+
+@torch.no_grad()
+def _common_stages(members: Sequence[IQAModel], able: Sequence[bool]) -> tuple[list[int], int]:
+    """See :meth:`Ensemble.shared_stages` (``able``: which members can take part): the first
+    able member owns the shared stages; k is the shortest common run of stages with it, at most
+    as deep as the sharing members' features go."""
+    able = [i for i, (m, ok) in enumerate(zip(members, able)) if ok and len(m.stages)]
+    if len(able) < 2:
+        return [], 0
+    owner = members[able[0]].stages
+    sharing, depth = [able[0]], []
+    for i in able[1:]:
+        stages = members[i].stages
+        n = 0
+        while n < min(len(owner), len(stages)) and _same_stage(owner[n], stages[n]):
+            n += 1
+        if n:
+            sharing.append(i)
+            depth.append(n)
+    if len(sharing) < 2:
+        return [], 0
+    return sharing, min(min(depth), max(members[i].feature_end for i in sharing))
 
 
 def check_members(name: str, members: Sequence[str]) -> None:

@@ -45,7 +45,8 @@ from PIL import Image
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, frozen_levels, resolve_levels, run_stages, run_stages_levels, set_bn_eval
+from ..backbones.stages import (backbone_stages, frozen_levels, levels_from_outputs, resolve_levels, run_stages,
+                                run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
 from .base import CachePart, IQAModel, pil_to_tensor, resized_input
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
@@ -389,9 +390,12 @@ class IEIQA(IQAModel):
             raise ValueError(f"levels {frozen} lie inside the {start_stage} cached stages: pass their pooled "
                              "features (frozen_pooled, the cache's 'gf')")
         maps = run_stages_levels(self.stages, x, live, start_stage)
-        maps[-1] = self.distortion_tap(maps[-1])  # the deepest map: Grad-CAM's target
+        return self._pool_levels(maps, frozen_pooled.to(x.dtype) if frozen else None)
+
+    def _pool_levels(self, maps: list[torch.Tensor], frozen_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        maps = maps[:-1] + [self.distortion_tap(maps[-1])]  # the deepest map: Grad-CAM's target
         pooled = [m.mean(dim=(2, 3)) for m in maps]
-        return torch.cat(([frozen_pooled.to(x.dtype)] if frozen else []) + pooled, dim=1)
+        return torch.cat(([frozen_pooled] if frozen_pooled is not None else []) + pooled, dim=1)
 
     def intelligibility_input(self, x: torch.Tensor) -> torch.Tensor:
         """The model input converted to the intelligibility network's normalisation (and size)."""
@@ -477,6 +481,14 @@ class IEIQA(IQAModel):
                         f"expected {(x.shape[0], self.intelligibility_dim)}"
                     )
             f_sel = f_sel.to(device=g.device, dtype=g.dtype)
+        return {"score": self.regress(g, f_sel)}
+
+    shares_stages = True
+
+    def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The distortion network's stages from ``outputs``; the intelligibility branch on ``x``."""
+        g = self._pool_levels(levels_from_outputs(self.stages, self.levels, list(outputs)))
+        f_sel = self.intelligibility_features(x)[0].to(device=g.device, dtype=g.dtype) if self.intelligibility is not None else None
         return {"score": self.regress(g, f_sel)}
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:

@@ -65,12 +65,14 @@ spatial -> MLP_CR; N outputs) and the "MTL-modified" single-task baselines
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.stages import backbone_stages, freeze_stages, frozen_levels, resolve_levels, run_stages_levels, set_bn_eval
+from ..backbones.stages import (backbone_stages, freeze_stages, frozen_levels, levels_from_outputs, resolve_levels,
+                                run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
 from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
@@ -397,6 +399,11 @@ class IQACR(IQAModel):
 
     def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
         return self.head_outputs(self.encode(self.features(x, start_stage)))
+
+    shares_stages = True
+
+    def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.head_outputs(self.encode(levels_from_outputs(self.stages, self.levels, list(outputs))))
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------
     def cache_parts(self, start_stage: int) -> list[CachePart]:
