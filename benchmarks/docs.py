@@ -156,6 +156,39 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {std:.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def clive_figures(tag: str, results: Path = RESULTS) -> dict:
+    """A shipped tag's CLIVE figures as SHIPPED points to them (what benchmarks/peers.py cites):
+    mean SROCC and PLCC on clive-dev's test parts, the splits, the file and row, and in words how
+    they were measured. OSError / KeyError / ValueError when the file does not hold them."""
+    where = SHIPPED[tag]["clive"]
+    kind, file = where[0], where[1]
+    data = json.loads((results / file).read_text())
+    if kind == "experiment":
+        summary = data["runs"][where[2]]["summary"][where[3]]
+        srocc, plcc, n = summary["srocc"]["mean"], summary["plcc"]["mean"], summary["srocc"]["n"]
+        labels = [{"CLIVE": "clive-dev"}.get(d["label"], d["label"]) for d in data["data"]]
+        how = f"trained on {' + '.join(labels)}, {n} splits, clive-dev test parts"
+        row = where[2]
+    elif kind == "table":
+        runs = data["results"][where[2]]["runs"]
+        srocc, plcc = (statistics.mean(r[k] for r in runs) for k in ("srocc", "plcc"))
+        n = len(runs)
+        how = f"trained on clive-dev alone, {n} splits ({data['protocol']} protocol), clive-dev test parts"
+        row = where[2]
+    elif kind == "gate":
+        if data.get("part", "test") != "test":
+            raise ValueError(f"{file} judged validation parts, not test parts")
+        seeds = data["per_seed"]["candidate"]
+        srocc, plcc = (statistics.mean(s[k] for s in seeds) for k in ("CLIVE SROCC", "CLIVE PLCC"))
+        n = len(seeds)
+        how = f"the recipe this ship gate passed, {n} splits, clive-dev test parts, scored by `contentiqa score`"
+        row = "candidate"
+    else:
+        raise ValueError(f"{tag}: SHIPPED gives no clive-dev test figures for it ({kind})")
+    return {"weights": tag, "srocc": srocc, "plcc": plcc, "splits": n, "file": f"benchmarks/results/{file}",
+            "row": row, "how": how}
+
+
 def accuracy(where: tuple[str, ...]) -> str:
     """SROCC of one models-table cell, from the results file ``where`` names."""
     kind, file = where[0], where[1]

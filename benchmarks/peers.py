@@ -458,47 +458,21 @@ def run_child(python: str, kind: str, spec: dict[str, Any], work: Path) -> dict[
     return json.loads(out.read_text())
 
 
-GATE_ROW = "candidate"
-"""ACCURACY_ROWS' row for a ship gate's results file: the figures of the candidate it passed."""
-
-ACCURACY_ROWS = [  # (weights, results file, row, how it was measured); a ship gate's file: its candidate
-    ("ie-iqa-distortion+iqa-cr.clive-biq2021-v2", "ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json", GATE_ROW,
-     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %), scored by `contentiqa score`"),
-    ("ie-iqa-distortion+iqa-cr.clive-biq2021", "ship_gate_ie-iqa-distortion+iqa-cr.json", GATE_ROW,
-     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %), scored by `contentiqa score`"),
-    ("ie-iqa.clive-biq2021-v3", "multi_finetune.json", "IE-IQA, probe + anchors 0.1, then 1:3 from it, mixed on both sets, calibrated",
-     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),
-    ("ie-iqa.clive-biq2021-v2", "multi_finetune.json", "IE-IQA, probe on BIQ2021 val + anchors 0.1, calibrated",
-     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),
-    ("ie-iqa.clive-biq2021", "multi_clive_biq2021.json", "IE-IQA, normalised + ranking",
-     "trained on clive-dev + BIQ2021, 3 splits, clive-dev test parts (20 %)"),
-    ("ie-iqa.clive", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained",
-     "trained on clive-dev alone, 3 splits (IE-IQA protocol 80/20), clive-dev test parts"),
-]
-
-
-def _clive_summary(data: dict[str, Any], row: str) -> tuple[float, float, int | None]:
-    """(SROCC, PLCC, splits) on clive-dev from an experiment's results or a ship gate's (its candidate)."""
-    if row == GATE_ROW:
-        by = {r["measure"]: r for r in data["rows"]}
-        return by["CLIVE SROCC"]["candidate"], by["CLIVE PLCC"]["candidate"], len(data["seeds"])
-    summary = (data.get("runs") or data.get("results"))[row]["summary"]
-    summary = summary.get("CLIVE", summary)
-    return summary["srocc"]["mean"], summary["plcc"]["mean"], summary["srocc"].get("n")
-
-
 def contentiqa_accuracy(results: Path = RESULTS) -> list[dict[str, Any]]:
-    """contentiqa's CLIVE figures, read from this repository's results files (never typed in)."""
+    """The CLIVE figures of every shipped tag of the default model, where benchmarks/docs.py's
+    SHIPPED (the one list of where each tag's figures are) points: read from this repository's
+    results files, never typed in."""
+    import contentiqa
+    from contentiqa.models.registry import list_pretrained
+    from docs import clive_figures
+
     out = []
-    for weights, fname, row, how in ACCURACY_ROWS:
-        path = results / fname
+    for tag in (t for t in list_pretrained() if t.split(".")[0] == contentiqa.DEFAULT_MODEL):
         try:
-            srocc, plcc, splits = _clive_summary(json.loads(path.read_text()), row)
-            out.append({"weights": weights, "srocc": srocc, "plcc": plcc, "splits": splits,
-                        "file": f"benchmarks/results/{fname}", "row": row, "how": how})
+            out.append(clive_figures(tag, results))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            out.append({"weights": weights, "srocc": None, "plcc": None, "file": f"benchmarks/results/{fname}",
-                        "row": row, "how": f"not read: {type(exc).__name__}: {exc}"})
+            out.append({"weights": tag, "srocc": None, "plcc": None, "file": "", "row": "",
+                        "how": f"not read: {type(exc).__name__}: {exc}"})
     return out
 
 
@@ -537,7 +511,7 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
     ours = default_weights()
     default_acc = next((a for a in acc if a["weights"] == ours), None)
     if default_acc is None:
-        raise SystemExit(f"benchmarks/peers.py: no CLIVE figures listed for the default {ours} (ACCURACY_ROWS)")
+        raise SystemExit(f"benchmarks/peers.py: no CLIVE figures for the default {ours} (benchmarks/docs.py's SHIPPED)")
     before = loadavg()
     rows: dict[str, dict[str, Any]] = {}
     attempts = 0
