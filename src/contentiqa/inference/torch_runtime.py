@@ -61,11 +61,14 @@ def _state_key(model: IQAModel, channels_last: bool) -> tuple:
     """What a scoring copy depends on: every tensor (:func:`~contentiqa.models.base.tensor_versions`,
     device, dtype) and every model config (calibrations live there). Changes made through
     ``tensor.data`` bypass the version counter and are not seen; nothing in contentiqa makes them."""
-    tensors = (*model.parameters(), *model.buffers())
-    tensors = (tensor_versions(tensors), tuple((str(t.device), t.dtype) for t in tensors))
-    cfgs = json.dumps([m.cfg.to_dict() for m in model.modules() if isinstance(m, IQAModel)],
-                      sort_keys=True, default=str)
-    return channels_last, tensors, cfgs
+    tensors: list[torch.Tensor] = []
+    cfgs = []
+    for m in model.modules():  # one walk (model.parameters() and .buffers() walk it twice more slowly)
+        tensors += [t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        if isinstance(m, IQAModel):
+            cfgs.append(m.cfg.to_dict())
+    return (channels_last, tensor_versions(tensors), tuple((t.device, t.dtype) for t in tensors),
+            json.dumps(cfgs, sort_keys=True, default=str))
 
 
 def scoring_copy(model: IQAModel, channels_last: bool) -> IQAModel:
