@@ -382,3 +382,33 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     assert "at 64 px" in at64
     built = load_checkpoint(tmp_path / "out64" / "runs" / slugify(at64) / "seed0" / "tested.pt")
     assert built.fixed_input_size == (64, 64)
+
+
+def test_backbone_probe_scores_out_of_fold_and_caches_features(common, tmp_path):
+    """benchmarks/backbone_probe.py: every photo is predicted by a ridge fit that never saw it (a
+    target the features explain ranks well, a shuffled one does not), and the features of a
+    backbone are computed once per photo list (a rerun reads them back)."""
+    import numpy as np
+
+    sys.modules.pop("backbone_probe", None)
+    import backbone_probe as probe
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = x @ rng.normal(size=6) + 0.1 * rng.normal(size=200)
+    good = probe.scored([(x, y, 0), (x, y, 1)])
+    noise = probe.scored([(x, rng.permutation(y), 0), (x, rng.permutation(y), 1)])
+    assert good["srocc"]["mean"] > 0.95 and abs(noise["srocc"]["mean"]) < 0.3 and good["alpha"] in probe.ALPHAS
+    overfit = probe.cv_predictions(np.eye(50), np.arange(50.0), 1.0, 0)  # one feature per row: nothing carries over
+    assert np.abs(overfit - np.arange(50.0)).mean() > 10
+
+    photos = []
+    for i in range(3):
+        photos.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photos[-1])
+    feats, sec = probe.features("efficientnet_lite0", 64, photos, tmp_path / "cache", "t")
+    assert feats.shape[0] == 3 and sec > 0 and np.isfinite(feats).all()
+    again, _ = probe.features("efficientnet_lite0", 64, photos, tmp_path / "cache", "t")
+    np.testing.assert_array_equal(again, feats)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
