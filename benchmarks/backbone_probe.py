@@ -3,12 +3,13 @@ validation data only.
 
     python benchmarks/backbone_probe.py                 # all backbones and sizes, both datasets
     python benchmarks/backbone_probe.py --biq 0         # clive-dev only
+    python benchmarks/backbone_probe.py --backbones efficientnet_lite0 --sizes 512 --levels 6 --out backbone_probe_levels6
 
 Why: the default model reads frozen Lite0 features of a 512-px photo; issue 20 lets a bigger
 offline backbone (Lite1, Lite2) be tried, chosen on validation data. Training a model family on
 a new backbone costs hours on 2 CPU cores (its caches, then every recipe row), so this probe
 first asks whether its frozen features rank photos better at all, the cheap way
-(benchmarks/floor.py's): the global means of the last four stages (the levels the distortion
+(benchmarks/floor.py's): the global means of the last four stages (``--levels``; the levels the distortion
 network reads) and ridge regression to MOS.
 
 Validation only, never a test part: on clive-dev, the training parts of the IE-IQA protocol's
@@ -38,11 +39,12 @@ ALPHAS = tuple(10.0 ** k for k in range(0, 6))
 FOLDS = 5
 
 
-def features(backbone: str, size: int, images: list[str], cache: Path, label: str) -> tuple[np.ndarray, float]:
-    """(photos x channels) global means of the last four stages of the frozen ``backbone`` on each
-    photo resized to ``size`` square, and seconds per photo (decode, resize and the eager
+def features(backbone: str, size: int, images: list[str], cache: Path, label: str,
+             levels: int = 4) -> tuple[np.ndarray, float]:
+    """(photos x channels) global means of the last ``levels`` stages of the frozen ``backbone`` on
+    each photo resized to ``size`` square, and seconds per photo (decode, resize and the eager
     forward, BatchNorm folded, batch 8); cached."""
-    path = cache / f"{backbone}_{size}_{label}_{len(images)}.npz"
+    path = cache / (f"{backbone}_{size}_{label}_{len(images)}" + ("" if levels == 4 else f"_last{levels}") + ".npz")
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         if list(z["images"]) == [Path(p).name for p in images]:
@@ -61,12 +63,12 @@ def features(backbone: str, size: int, images: list[str], cache: Path, label: st
     stages = backbone_stages(bb)
     fold_batchnorm(bb, *stages)
     bb = bb.to(memory_format=torch.channels_last)
-    levels = list(range(len(stages) - 4, len(stages)))
+    wanted = list(range(len(stages) - levels, len(stages)))
     out, t0 = [], time.perf_counter()
     with torch.inference_mode():
         for i in tqdm(range(0, len(images), 8), desc=f"{backbone} {size} px {label}", unit="batch"):
             xs = torch.stack([resized_input(load_image(p).image, size, cfg.mean, cfg.std) for p in images[i:i + 8]])
-            maps = run_stages_levels(stages, xs.contiguous(memory_format=torch.channels_last), levels)
+            maps = run_stages_levels(stages, xs.contiguous(memory_format=torch.channels_last), wanted)
             out.append(torch.cat([m.mean((2, 3)) for m in maps], 1).float().numpy())
     x = np.concatenate(out).astype(np.float64)
     sec = (time.perf_counter() - t0) / len(images)
@@ -105,6 +107,8 @@ def main() -> int:
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     ap.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     ap.add_argument("--biq", type=int, default=2000, help="BIQ2021 training photos to use (0: skip BIQ2021)")
+    ap.add_argument("--levels", type=int, default=4, help="how many of the last stages to pool (default 4)")
+    ap.add_argument("--out", default="backbone_probe", help="results file name (benchmarks/results/OUT.json/.md)")
     args = ap.parse_args()
 
     from contentiqa.data import load_dataset
@@ -125,7 +129,7 @@ def main() -> int:
     for backbone in args.backbones:
         for size in args.sizes:
             key = f"{backbone} at {size} px"
-            x, sec = features(backbone, size, list(clive["image"]), cache, "clive-dev")
+            x, sec = features(backbone, size, list(clive["image"]), cache, "clive-dev", args.levels)
             y = clive["mos"].to_numpy(dtype=np.float64)
             parts = []
             for sp in splits:  # the training part only: its test part is never read
@@ -133,7 +137,7 @@ def main() -> int:
                 parts.append((x[tr], y[tr], sp.seed))
             results[key] = {"backbone": backbone, "size": size, "sec_per_photo": sec, "CLIVE": scored(parts)}
             if biq is not None:
-                xb, _ = features(backbone, size, list(biq["image"]), cache, "biq2021-train")
+                xb, _ = features(backbone, size, list(biq["image"]), cache, "biq2021-train", args.levels)
                 yb = biq["mos"].to_numpy(dtype=np.float64)
                 results[key]["BIQ2021"] = scored([(xb, yb, s) for s in range(3)])
             print(key, {k: round(v["srocc"]["mean"], 4) for k, v in results[key].items() if isinstance(v, dict)},
@@ -146,7 +150,7 @@ def main() -> int:
              cell(r, "BIQ2021", "plcc"), f"{1000 * r['sec_per_photo']:.0f}"] for k, r in results.items()]
     md = (
         "# A bigger backbone? Frozen Lite0 / Lite1 / Lite2 features on validation data\n\n"
-        f"One run: `{command_line()}`. Global means of the last four stages of the frozen ImageNet "
+        f"One run: `{command_line()}`. Global means of the last {args.levels} stages of the frozen ImageNet "
         "backbone on the photo resized to the size given, ridge regression to MOS. Validation data only: "
         "clive-dev, 5-fold cross-validation inside the training part of each of the IE-IQA protocol's 3 "
         "splits (the ship gate's; test parts never read); BIQ2021, 5-fold cross-validation over "
@@ -158,7 +162,8 @@ def main() -> int:
         "(BatchNorm folded, batch 8), while nothing else ran: a rough cost, not the scoring speed "
         "(`benchmarks/cores.py` measures that).\n"
     )
-    write_results("backbone_probe", {"results": results, "biq_photos": args.biq, "command": command_line()}, md)
+    write_results(args.out, {"results": results, "biq_photos": args.biq, "levels": args.levels,
+                             "command": command_line()}, md)
     return 0
 
 

@@ -412,3 +412,5 @@ def test_backbone_probe_scores_out_of_fold_and_caches_features(common, tmp_path)
     again, _ = probe.features("efficientnet_lite0", 64, photos, tmp_path / "cache", "t")
     np.testing.assert_array_equal(again, feats)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    six, _ = probe.features("efficientnet_lite0", 64, photos, tmp_path / "cache", "t", levels=6)
+    assert six.shape[1] > feats.shape[1] and len(list((tmp_path / "cache").glob("*.npz"))) == 2
