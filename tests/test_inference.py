@@ -327,8 +327,15 @@ def test_the_engine_scores_a_copy_and_leaves_the_model_as_it_was(tmp_path, monke
     stepped = [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)]
     assert len(made) == 2 and stepped != pytest.approx(first, abs=0.1) and stepped == pytest.approx(own_scores(), abs=1e-3)
     model.set_calibration([0.0, 1.0, 0.5, 0.1])
-    calibrated = [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)]
+    scorer = TorchScorer(model)
+    calibrated = [p.score for p in scorer.run(paths, batch_size=2, workers=0)]
     assert len(made) == 3 and calibrated == pytest.approx(own_scores(), abs=1e-3)
+    with torch.no_grad():  # changed after the run: the scorer's own forward sees it too
+        for prm in model.parameters():
+            prm.mul_(0.9)
+        x = model.preprocess(Image.open(paths[0]).convert("RGB"))[None]
+        torch.testing.assert_close(scorer.forward(x)["score"], model.eval()(x)["score"], rtol=1e-4, atol=1e-5)
+    assert len(made) == 4
 
 
 def test_prepared_inputs_are_run_as_they_are(tmp_path):

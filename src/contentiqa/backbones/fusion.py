@@ -60,7 +60,8 @@ def fold_batchnorm(module: nn.Module, *also: nn.Module) -> int:
                                       and bn.track_running_stats):
                 continue
             if conv.training or bn.training:
-                raise ValueError("fold_batchnorm needs the network in eval mode (BatchNorm then uses its running statistics)")
+                raise ValueError("fold_batchnorm needs the network in eval mode "
+                                 "(BatchNorm then uses its running statistics)")
             swap[id(conv)] = fuse_conv_bn_eval(conv, bn)
             swap[id(bn)] = _after_norm(bn)
     for parent in parents.values():

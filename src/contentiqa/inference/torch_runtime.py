@@ -207,5 +207,6 @@ class TorchScorer(BaseScorer):
         try:
             yield
         finally:
+            self._run = None  # outside a run, forward() checks the copy against the model each time
             if saved is not None:
                 torch.set_num_threads(saved)

@@ -488,7 +488,9 @@ class IEIQA(IQAModel):
     def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The distortion network's stages from ``outputs``; the intelligibility branch on ``x``."""
         g = self._pool_levels(levels_from_outputs(self.stages, self.levels, list(outputs)))
-        f_sel = self.intelligibility_features(x)[0].to(device=g.device, dtype=g.dtype) if self.intelligibility is not None else None
+        f_sel = None
+        if self.intelligibility is not None:
+            f_sel = self.intelligibility_features(x)[0].to(device=g.device, dtype=g.dtype)
         return {"score": self.regress(g, f_sel)}
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
