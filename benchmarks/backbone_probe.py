@@ -57,6 +57,7 @@ def features(backbone: str, size: int, images: list[str], cache: Path, label: st
     from contentiqa.backbones.stages import backbone_stages, run_stages_levels
     from contentiqa.data import load_image
     from contentiqa.models.base import resized_input
+    from contentiqa.utils.io import atomic_write
 
     bb = create_backbone(backbone).eval()
     cfg = bb.contentiqa_cfg
@@ -72,10 +73,11 @@ def features(backbone: str, size: int, images: list[str], cache: Path, label: st
             out.append(torch.cat([m.mean((2, 3)) for m in maps], 1).float().numpy())
     x = np.concatenate(out).astype(np.float64)
     sec = (time.perf_counter() - t0) / len(images)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x=x, sec_per_photo=sec, images=np.array([Path(p).name for p in images]))
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(f, x=x, sec_per_photo=sec, images=np.array([Path(p).name for p in images]))
+
+    atomic_write(path, write)
     return x, sec
 
 

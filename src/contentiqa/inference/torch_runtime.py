@@ -165,7 +165,7 @@ class TorchScorer(BaseScorer):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.to(self.device, non_blocking=self.device.type == "cuda")
-        run = self._run or scoring_copy(self.model, self.channels_last)
+        run = self._run if self._run is not None else scoring_copy(self.model, self.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                     enabled=self.autocast is not None):
             out = run(x)
