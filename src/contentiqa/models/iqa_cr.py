@@ -64,7 +64,8 @@ spatial -> MLP_CR; N outputs) and the "MTL-modified" single-task baselines
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -79,6 +80,7 @@ from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
 VARIANTS = ("full", "q", "c", "mtl-transformer", "mtl-pooled")
 MERGES = ("sum", "shared-once", "mean")
+CONTENT_FROM = ("tokens", "levels")
 
 
 @dataclass
@@ -112,6 +114,13 @@ class IQACRConfig:
     """How the full model's layer combines its two branches (module docstring): ``sum`` =
     Z_CR + Z_QA literally (Z_sp counted twice), ``shared-once`` = Z_sp + both branch updates,
     ``mean`` = (Z_CR + Z_QA) / 2. Only the full variant has two branches."""
+    content_from: str = "tokens"
+    """What the full model's content logits read: ``tokens`` = the paper's head, one linear layer
+    of 1 + N units on the encoder's pooled tokens; ``levels`` = the score alone from the tokens
+    and the N logits from a linear layer on the global means of the backbone levels the
+    bottleneck reads. The tokens are shaped by the quality loss on every photo while only the
+    labelled few teach content; the frozen ImageNet levels name scenes better
+    (benchmarks/results/content_head.md), and a head on them leaves the score untouched."""
     num_categories: int | None = None
     """Outputs of the content head; None = ``len(categories)``. Given, it must equal it (a
     mismatch is an error, never silently corrected)."""
@@ -128,6 +137,10 @@ class IQACRConfig:
             raise ValueError(f"merge must be one of {MERGES}, not {self.merge!r}")
         if self.merge != "sum" and self.variant != "full":
             raise ValueError(f"merge={self.merge!r} needs two branches: only the full variant has them, not {self.variant!r}")
+        if self.content_from not in CONTENT_FROM:
+            raise ValueError(f"content_from must be one of {CONTENT_FROM}, not {self.content_from!r}")
+        if self.content_from == "levels" and self.variant != "full":
+            raise ValueError(f"content_from='levels' is for the full variant (score and content), not {self.variant!r}")
         if self.channel_attention not in ("tokens", "axial"):
             raise ValueError("channel_attention must be 'tokens' or 'axial'")
         self.grid = tuple(self.grid)  # type: ignore[assignment]
@@ -163,6 +176,10 @@ class IQACRConfig:
     @property
     def predicts_category(self) -> bool:
         return self.variant != "q"
+
+    @property
+    def content_from_levels(self) -> bool:
+        return self.content_from == "levels"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -316,10 +333,13 @@ class IQACR(IQAModel):
                 self.layers = nn.ModuleList(SpatialChannelLayer(cfg, s) for _ in range(cfg.depth))
             self.norm = nn.LayerNorm(cfg.dim)
             self.head = nn.Linear(cfg.dim, self._n_out())
+        self.content_head = nn.Linear(sum(level_ch), cfg.num_categories) if cfg.content_from_levels else None
 
     # -- construction helpers ----------------------------------------------------------------
     def _n_out(self) -> int:
-        return int(self.cfg.predicts_score) + (self.cfg.num_categories if self.cfg.predicts_category else 0)
+        """Outputs of the head on the pooled tokens."""
+        tokens_name_content = self.cfg.predicts_category and not self.cfg.content_from_levels
+        return int(self.cfg.predicts_score) + (self.cfg.num_categories if tokens_name_content else 0)
 
     def _feature_channels(self) -> list[int]:
         was = self.backbone.training
@@ -387,23 +407,33 @@ class IQACR(IQAModel):
             z = layer(z)
         return self.norm(z).mean(dim=1)
 
-    def head_outputs(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    def head_outputs(self, pooled: torch.Tensor, level_means: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Score and content logits from the pooled tokens, and (``content_from="levels"``) the
+        levels' global means (B, sum C) for the content."""
         out = self.head(pooled)
         result: dict[str, torch.Tensor] = {}
         if self.cfg.predicts_score:
             result["score"] = self.calibrate(out[:, 0])
             out = out[:, 1:]
-        if self.cfg.predicts_category:
+        if self.content_head is not None:
+            if level_means is None:
+                raise ValueError("content_from='levels' needs the levels' global means")
+            result["logits"] = self.content_head(level_means)
+        elif self.cfg.predicts_category:
             result["logits"] = out
         return result
 
+    def _outputs(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        means = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1) if self.content_head is not None else None
+        return self.head_outputs(self.encode(maps), means)
+
     def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
-        return self.head_outputs(self.encode(self.features(x, start_stage)))
+        return self._outputs(self.features(x, start_stage))
 
     shares_stages = True
 
     def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.head_outputs(self.encode(levels_from_outputs(self.stages, self.levels, list(outputs))))
+        return self._outputs(levels_from_outputs(self.stages, self.levels, list(outputs)))
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------
     def cache_parts(self, start_stage: int) -> list[CachePart]:
@@ -441,7 +471,7 @@ class IQACR(IQAModel):
             if self.cfg.variant == "mtl-pooled":
                 return self.head_outputs(inputs["gap"])
             grids = list(torch.split(inputs["grid"], self.level_channels, dim=1))
-            return self.head_outputs(self.encode_grid(grids))
+            return self.head_outputs(self.encode_grid(grids), inputs["gap"])
         if not n_frozen:
             return self(inputs["x"], start_stage=start_stage)
         live = run_stages_levels(self.stages, inputs["x"], frozen_levels(self.levels, start_stage)[1], start_stage)
@@ -449,7 +479,23 @@ class IQACR(IQAModel):
             return self.head_outputs(torch.cat([inputs["gapf"]] + [m.mean(dim=(2, 3)) for m in live], dim=1))
         grids = list(torch.split(inputs["gridf"], self.level_channels[:n_frozen], dim=1))
         grids += [adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in live]
-        return self.head_outputs(self.encode_grid(grids))
+        means = torch.cat([inputs["gapf"]] + [m.mean(dim=(2, 3)) for m in live], dim=1)
+        return self.head_outputs(self.encode_grid(grids), means)
+
+    def with_level_content(self, weight: torch.Tensor, bias: torch.Tensor) -> "IQACR":
+        """A copy of this full model whose content logits come from the levels' global means
+        (``content_from="levels"``, head ``weight`` (N, sum C) and ``bias`` (N,)); everything the
+        score reads is copied as it is, so the score stays the same (to float rounding: the
+        score's row of the head becomes a head of its own)."""
+        if self.cfg.variant != "full" or self.cfg.content_from_levels:
+            raise ValueError("with_level_content needs a full IQA-CR whose content comes from its tokens")
+        new = IQACR(replace(self.cfg, content_from="levels"), backbone=copy.deepcopy(self.backbone))
+        state = dict(self.state_dict())
+        state["head.weight"], state["head.bias"] = state["head.weight"][:1], state["head.bias"][:1]
+        state["content_head.weight"] = torch.as_tensor(weight, dtype=state["head.weight"].dtype)
+        state["content_head.bias"] = torch.as_tensor(bias, dtype=state["head.bias"].dtype)
+        new.load_state_dict(state)
+        return new.train(self.training)
 
     def attention_layers(self) -> list[MultiHeadAttention]:
         return [m for layer in self.layers for m in layer.attention_modules()]

@@ -1,0 +1,261 @@
+"""IQA-CR's content named from the backbone levels (``content_from="levels"``): fitted on each
+split's trained IQA-CR for the ship gate, and on a shipped tag to ship it.
+
+    # each seed's tested IQA-CR with a content head on the levels, fitted on the seed's training
+    # photos (L2 and target mix chosen on its validation part; the test part is never read)
+    python benchmarks/content_head.py --runs ../runs/multi_finetune \\
+        --row "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated" \\
+        [--out ../runs/multi_finetune]
+    python benchmarks/ship_gate.py --candidate ../runs/multi_finetune --candidate-row "<the row it printed>" \\
+        --baseline-from benchmarks/results/ship_gate_iqa-cr.json --baseline-row "<--row>" --name iqa-cr \\
+        --out benchmarks/results/ship_gate_iqa-cr_level_content
+
+    # a shipped tag with its content head fitted on the clive-dev photos that tag trained on
+    python benchmarks/content_head.py --ship --from iqa-cr.clive-biq2021-v2 --tag clive-biq2021-v3 \\
+        --row "<the gate's candidate row>" --gate benchmarks/results/ship_gate_iqa-cr_level_content [--default]
+
+The score is the model's own (copied, :meth:`contentiqa.models.iqa_cr.IQACR.with_level_content`);
+only the category changes. Per seed the photos are the experiment's: the seed's clive-dev train
+part less the validation share it held out (``val_fraction`` of the runs' config.yaml, drawn as
+:func:`contentiqa.experiments.runner.carve_val` draws it), both flips of each. Results:
+benchmarks/results/content_head.json/.md (validation parts only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, ROOT, command_line, provenance, require_clive
+
+WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
+SUFFIX = ", content head on the levels"
+
+
+def clive_table():
+    """clive-dev with people's scene labels (``category``: the main one, ``categories``: all)."""
+    import pandas as pd
+
+    from contentiqa.data.labels import join_labels
+
+    csv = require_clive()
+    table = pd.read_csv(csv)
+    table["image"] = [str(csv.parent / p) for p in table["image"]]
+    return join_labels(table, csv.parent / "scene_labels.csv", csv.parent)
+
+
+def labelled(table):
+    """Rows people labelled: (rows, main labels, label sets)."""
+    from contentiqa.data.labels import acceptable_sets
+
+    rows = table[[isinstance(c, str) and bool(c) for c in table["category"]]]
+    sets = [s or {c} for s, c in zip(acceptable_sets(rows["categories"]), rows["category"])]
+    return rows, list(rows["category"]), sets
+
+
+def features(model, table, work: Path) -> dict[bool, dict[str, np.ndarray]]:
+    """{hflip: {image: level means}} for every photo of ``table``, cached under ``work`` per
+    backbone weights (the frozen ImageNet stages every seed shares)."""
+    from tqdm import tqdm
+
+    from contentiqa.training.cache import weights_fingerprint
+    from contentiqa.training.content_head import level_means
+    from contentiqa.utils.io import atomic_write
+
+    key = weights_fingerprint(list(model.stages[:model.feature_end]))
+    path = work / f"level_means_{key}.npz"
+    images = list(table["image"])
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if list(z["images"]) == images:
+                return {flip: dict(zip(images, z[f"flip{int(flip)}"])) for flip in (False, True)}
+    work.mkdir(parents=True, exist_ok=True)
+    arrays = {f"flip{int(flip)}": level_means(model, images, flip, lambda it: tqdm(it, desc=f"level means, flip {flip}"))
+              for flip in (False, True)}
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=np.array(images), **arrays)
+
+    atomic_write(path, write)
+    return {flip: dict(zip(images, arrays[f"flip{int(flip)}"])) for flip in (False, True)}
+
+
+def fit_on(model, feats, train, val):
+    """The fitted head for ``model``: trained on both flips of ``train``'s labelled photos, chosen
+    on ``val``'s; (fit, the model's own validation accuracy from its tokens)."""
+    import torch
+
+    from contentiqa.training.content_head import accuracy, fit_content_head
+
+    tr, main_tr, sets_tr = labelled(train)
+    va, main_va, sets_va = labelled(val)
+    x_tr = np.concatenate([np.stack([feats[flip][p] for p in tr["image"]]) for flip in (False, True)])
+    x_va = np.stack([feats[False][p] for p in va["image"]])
+    fit = fit_content_head(x_tr, main_tr * 2, sets_tr * 2, model.categories, val=(x_va, main_va, sets_va))
+    from contentiqa.data.imageio import load_image
+
+    with torch.no_grad():
+        logits = np.concatenate([model(model.preprocess(load_image(p).image).unsqueeze(0))["logits"].numpy()
+                                 for p in va["image"]])
+    return fit, accuracy(logits, main_va, sets_va, model.categories), (len(tr), len(va))
+
+
+def per_seed(args) -> None:
+    import yaml
+
+    from contentiqa.data import load_splits
+    from contentiqa.experiments.config import slugify
+    from contentiqa.experiments.runner import carve_val
+    from contentiqa.models import load_checkpoint
+    from contentiqa.models.registry import save_checkpoint
+    from contentiqa.utils.io import atomic_write_text
+
+    t0 = time.time()
+    table = clive_table()
+    data = yaml.safe_load((args.runs / "config.yaml").read_text())["data"]
+    fraction = float((data[0] if isinstance(data, list) else data)["val_fraction"])
+    splits = {s.seed: s for s in load_splits(RESULTS / "splits_clive_ie-iqa.json")}
+    row = args.row + SUFFIX
+    records = []
+    for seed in args.seeds:
+        source = args.runs / "runs" / slugify(args.row) / f"seed{seed}" / "tested.pt"
+        if not source.is_file():
+            raise SystemExit(f"{source} is missing: run the experiment with that row first")
+        model = load_checkpoint(source)
+        feats = features(model, table, args.work)
+        train, val = carve_val(table.iloc[splits[seed].indices(table, "train")], fraction, seed)
+        fit, (tok_top1, tok_any), (n_tr, n_va) = fit_on(model, feats, train, val)
+        new = model.with_level_content(fit.weight, fit.bias)
+        target = args.out / "runs" / slugify(row) / f"seed{seed}" / "tested.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(new, target, omit_pretrained_backbone=True, extra={
+            "from": str(source), "content_head": {"l2": fit.l2, "mix": fit.mix}, "provenance": provenance()})
+        records.append({"seed": seed, "train_photos": n_tr, "val_photos": n_va, "l2": fit.l2, "mix": fit.mix,
+                        "levels_top1": fit.val_top1, "levels_any": fit.val_any,
+                        "tokens_top1": tok_top1, "tokens_any": tok_any})
+        print(f"seed {seed}: l2 {fit.l2:g}, mix {fit.mix:g}: validation top-1 {fit.val_top1:.3f} / any {fit.val_any:.3f}"
+              f" (tokens {tok_top1:.3f} / {tok_any:.3f}) -> {target}", flush=True)
+    for extra in ("config.yaml", "splits_BIQ2021.json"):
+        if (args.runs / extra).is_file() and args.out.resolve() != args.runs.resolve():
+            shutil.copyfile(args.runs / extra, args.out / extra)
+    payload = {"row": row, "from_row": args.row, "runs": str(args.runs), "part": "val", "seeds": records,
+               "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance()}
+    atomic_write_text(RESULTS / "content_head.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(RESULTS / "content_head.md", markdown(payload))
+    print(f"candidate row: {row}")
+
+
+def markdown(payload: dict) -> str:
+    def ms(key: str) -> str:
+        v = np.array([r[key] for r in payload["seeds"]])
+        return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+    lines = [
+        "# content_head", "",
+        "IQA-CR's content from a linear head on the global means of the backbone levels its bottleneck reads "
+        "(`content_from=\"levels\"`), against the same models' own content from the pooled tokens, on each seed's "
+        "clive-dev **validation** part (people's scene labels; top-1 = the main label, any = one of the photo's "
+        "labels). The head was fitted on the seed's training photos (both flips); its L2 strength and target mix "
+        "were chosen here, among eight settings, so its figures are a little optimistic. The scores are the "
+        "models' own. Test parts: the ship gate's table (ship_gate_iqa-cr_level_content.md).", "",
+        f"Models: each seed's tested model of row \"{payload['from_row']}\" (its experiment folder "
+        f"`{payload['runs']}`).", "",
+        "| content from | seeds | top-1 | any label |", "|---|---|---|---|",
+        f"| pooled tokens (the paper's head) | {len(payload['seeds'])} | {ms('tokens_top1')} | {ms('tokens_any')} |",
+        f"| the levels' global means | {len(payload['seeds'])} | {ms('levels_top1')} | {ms('levels_any')} |", "",
+        "| seed | training photos | validation photos | L2 | mix |", "|---|---|---|---|---|",
+        *[f"| {r['seed']} | {r['train_photos']} | {r['val_photos']} | {r['l2']:g} | {r['mix']:g} |" for r in payload["seeds"]],
+        "", f"Command: `{payload['command']}` ({payload['minutes']:.1f} min on {payload['provenance']['machine']}).", "",
+    ]
+    return "\n".join(lines)
+
+
+def ship(args) -> Path:
+    """``iqa-cr_<tag>.pt`` from the shipped ``--from`` tag, its content head fitted on the
+    clive-dev photos that tag trained on (the settings chosen on the photos it held out)."""
+    from ship import gate_verdict, set_default_tag
+
+    from contentiqa.models import create_model
+    from contentiqa.models.registry import save_checkpoint, weights_file
+    from contentiqa.utils.io import atomic_write_text, file_sha256
+
+    gate = args.gate if args.gate is not None else RESULTS / "ship_gate_iqa-cr"
+    ok, why = gate_verdict("iqa-cr", args.row, Path(f"{gate}.json"))
+    if args.default and not ok and not args.override_gate:
+        raise SystemExit(f"refusing to make iqa-cr.{args.tag} the default: {why} (--override-gate to do it anyway)")
+    print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
+    t0 = time.time()
+    model = create_model(args.source)
+    table = clive_table()
+    # The tag's own held-out photos (benchmarks/ship.py: seed 0's val_fraction of all of clive-dev).
+    order = np.random.default_rng([0, 17]).permutation(len(table))
+    n_val = max(1, int(round(args.val_fraction * len(table))))
+    val, train = table.iloc[np.sort(order[:n_val])], table.iloc[np.sort(order[n_val:])]
+    fit, (tok_top1, tok_any), (n_tr, n_va) = fit_on(model, features(model, table, args.work), train, val)
+    new = model.with_level_content(fit.weight, fit.bias)
+    path = args.weights_dir / f"iqa-cr_{args.tag}.pt"
+    source_file = weights_file(args.source)[0]
+    save_checkpoint(new, path, omit_pretrained_backbone=True, extra={
+        "tag": args.tag, "from": {"spec": args.source, "file": source_file.name, "sha256": file_sha256(source_file)},
+        "content_head": {"l2": fit.l2, "mix": fit.mix, "val_top1": fit.val_top1, "val_any": fit.val_any},
+        "gate_row": args.row, "provenance": provenance()})
+    card = f"""# Model card: `iqa-cr.{args.tag}` ({path.name})
+
+- **What**: `{args.source}` (see its card: architecture, training, calibration) with its content categories
+  named by a linear head on the global means of the backbone levels its bottleneck reads (`content_from: levels`)
+  instead of by its Transformer's pooled tokens. Its score is `{args.source}`'s, copied.
+- **Content head**: multinomial logistic regression (`contentiqa.training.content_head`) on people's scene labels of
+  the {n_tr} labelled clive-dev photos `{args.source}` trained on (both flips); L2 {fit.l2:g} and target mix {fit.mix:g}
+  (share of the target spread over all of a photo's labels) chosen on the {n_va} labelled photos it held out:
+  top-1 {fit.val_top1:.3f} and any label {fit.val_any:.3f} there, against {tok_top1:.3f} and {tok_any:.3f} from the tokens.
+- **Content categories**: {', '.join(new.categories)}.
+- **Measured**: benchmarks/results/{Path(gate).name}.md (the ship gate: the same head fitted per split on the
+  training parts of the three clive-dev splits, scored through `contentiqa score` on the test parts).
+- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
+- **Size**: {path.stat().st_size / 1e6:.1f} MB.
+"""
+    atomic_write_text(args.weights_dir / f"iqa-cr_{args.tag}.md", card)
+    print(card)
+    if args.default:
+        set_default_tag("iqa-cr", args.tag, args.weights_dir)
+        print(f"iqa-cr: default tag is now {args.tag}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, help="an experiment's results folder holding the row's IQA-CR runs")
+    ap.add_argument("--row", required=True, help="the row whose models get the head (with --ship: the gate's candidate row)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where each seed's model goes, as a row of an experiment-like folder (default: --runs, "
+                         "beside the row's own runs, so that benchmarks/ensemble.py can pair it with the others)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ship", action="store_true", help="fit the head on a shipped tag and write a new tag")
+    ap.add_argument("--from", dest="source", default="iqa-cr.clive-biq2021-v2")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--val-fraction", type=float, default=0.15, help="the tag's held-out share (its config's)")
+    ap.add_argument("--gate", type=Path, default=None, metavar="STEM", help="the ship gate's results stem")
+    ap.add_argument("--default", action="store_true", help="make the tag iqa-cr's default (the gate must have passed)")
+    ap.add_argument("--override-gate", action="store_true")
+    ap.add_argument("--weights-dir", type=Path, default=WEIGHTS)
+    ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "content_head",
+                    help="where the photos' level means are cached")
+    args = ap.parse_args(argv)
+    if args.ship:
+        if not args.tag:
+            ap.error("--ship needs --tag")
+        ship(args)
+    else:
+        if args.runs is None:
+            ap.error("give --runs (an experiment's results folder) or --ship")
+        args.out = args.out or args.runs
+        per_seed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
