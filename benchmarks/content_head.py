@@ -199,7 +199,10 @@ def ship(args) -> Path:
     new = model.with_level_content(fit.weight, fit.bias)
     path = args.weights_dir / f"iqa-cr_{args.tag}.pt"
     source_file = weights_file(args.source)[0]
+    source_extra = model.checkpoint_info or {}
     save_checkpoint(new, path, omit_pretrained_backbone=True, extra={
+        # how the score was trained is the source tag's (the recipe tests read it from here)
+        **{k: source_extra[k] for k in ("trained_on", "train_config", "best_epoch", "val_srocc") if k in source_extra},
         "tag": args.tag, "from": {"spec": args.source, "file": source_file.name, "sha256": file_sha256(source_file)},
         "content_head": {"l2": fit.l2, "mix": fit.mix, "val_top1": fit.val_top1, "val_any": fit.val_any},
         "gate_row": args.row, "provenance": provenance()})

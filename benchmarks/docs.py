@@ -57,8 +57,14 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
         "multi_finetune.json",
         "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated"),
     "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
+    # v3 scores as v2 does (its IQA-CR member's content head is all that changed): v2's figures
+    "ie-iqa-distortion+iqa-cr.clive-biq2021-v3": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
+    # v3 is v2 with a content head on the backbone levels (benchmarks/content_head.py): v2's scores
+    "iqa-cr.clive-biq2021-v3": _experiment(
+        "multi_finetune.json",
+        "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated"),
     "iqa-cr.clive-biq2021-v2": _experiment(
         "multi_finetune.json",
         "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated"),

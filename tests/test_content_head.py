@@ -63,7 +63,7 @@ def test_accuracy_counts_any_of_the_labels():
 
 
 def _level_model():
-    model = tiny_model("iqa-cr", categories=list(CATS))
+    model = tiny_model("iqa-cr", categories=list(CATS), content_from="tokens")
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(len(CATS), sum(model.level_channels), generator=g)
     return model, model.with_level_content(weight, torch.randn(len(CATS), generator=g))

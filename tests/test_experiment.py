@@ -396,3 +396,14 @@ def test_validation_table_shows_the_mixed_model_not_the_epoch_before_the_mix(tmp
     assert b["val_interpolated"]["srocc"] == pytest.approx(a["val"]["srocc"], abs=1e-6)
     table = res["B"]["summary"]["T val"]
     assert table["srocc"]["mean"] == pytest.approx(a["val"]["srocc"], abs=1e-6)
+
+
+def test_row_folders_stay_short_enough_for_any_file_system():
+    from contentiqa.experiments.config import SLUG_MAX, slugify
+
+    assert slugify("IQA-CR, probe + anchors 0.1, calibrated") == "IQA-CR_probe_+_anchors_0.1_calibrated"  # as it always was
+    long_a = "Ensemble (harmonic mean) at 512 px: " + "row with a long name, " * 12 + "A"
+    long_b = long_a[:-1] + "B"
+    a, b = slugify(long_a), slugify(long_b)
+    assert len(a) <= SLUG_MAX and len(b) <= SLUG_MAX and a != b  # names differing only at their end
+    assert a == slugify(long_a) and a.startswith("Ensemble_harmonic_mean_at_512_px")

@@ -22,6 +22,7 @@ working directory.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -89,8 +90,18 @@ def resolve_path(value: Any, base: Path, where: str) -> Path:
     return Path(os.path.normpath(p))
 
 
+SLUG_MAX = 200
+"""Longest folder name a row gets: file systems refuse names over 255 bytes, and a row named
+after the rows it combines (an ensemble's) grows past that."""
+
+
 def slugify(text: str) -> str:
+    """A row's folder name: its name with every run of other characters made one '_'; a name
+    longer than :data:`SLUG_MAX` keeps its start and ends in a hash of the whole name (shorter
+    names keep the folder they always had)."""
     s = re.sub(r"[^A-Za-z0-9._+-]+", "_", text.strip()).strip("_")
+    if len(s) > SLUG_MAX:
+        s = s[:SLUG_MAX - 13].rstrip("_") + "_" + hashlib.sha1(text.strip().encode()).hexdigest()[:12]
     return s or "run"
 
 

@@ -89,6 +89,12 @@ defaults: ``categories`` (the content head's label set is the training data's: t
 has the paper's ten KonIQ-10k categories) and ``frozen_stages`` (the trainer sets it from
 ``cache_stages``). ``iqa-cr.clive`` is a wider tag (D = 128, MLP 256): its checkpoint says so."""
 
+IQA_CR_FULL_DEFAULTS: dict[str, Any] = {**IQA_CR_DEFAULTS, "content_from": "levels"}
+"""``iqa-cr``: the default tag (``clive-biq2021-v3``) names content from the backbone levels' global
+means, not from the pooled tokens (``IQACRConfig.content_from``); an untrained ``iqa-cr`` has that
+head too, and ``contentiqa train`` teaches it with the category loss alongside the score. The
+quality-only ``iqa-cr-q`` has no content head to move."""
+
 
 # -- recipes --------------------------------------------------------------------------------------
 FROZEN_BACKBONE_MULTI = dict(
@@ -107,7 +113,9 @@ configs/multi_finetune.yaml's two-stage rows (bad-frame anchors, output calibrat
 epochs from the first stage's weights)."""
 
 IQA_CR_RECIPE = TrainRecipe.of(
-    source="iqa-cr.clive-biq2021-v2: extra.train_config of src/contentiqa/weights/iqa-cr_clive-biq2021-v2.pt, "
+    source="iqa-cr.clive-biq2021-v3 (iqa-cr.clive-biq2021-v2 with its content head fitted on the backbone "
+           "levels by benchmarks/content_head.py --ship, which keeps v2's train_config): extra.train_config of "
+           "src/contentiqa/weights/iqa-cr_clive-biq2021-v3.pt, "
            "row 'IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated' of "
            "configs/multi_finetune.yaml (shipped by benchmarks/ship.py once benchmarks/ship_gate.py passed it), less "
            "the fields that name its training sets or a file (dataset_ratio: CLIVE 1 to BIQ2021 3, damage_source: "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .recipes import (IE_IQA_DEFAULTS, IE_IQA_DISTORTION_DEFAULTS, IE_IQA_DISTORTION_RECIPE, IE_IQA_RECIPE,
-                      IQA_CR_CLIVE_RECIPE, IQA_CR_DEFAULTS, IQA_CR_RECIPE)
+                      IQA_CR_CLIVE_RECIPE, IQA_CR_DEFAULTS, IQA_CR_FULL_DEFAULTS, IQA_CR_RECIPE)
 from .registry import register_model
 
 if TYPE_CHECKING:
@@ -26,16 +26,20 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     return model
 
 
-# Tags: `clive-biq2021-v2` = ie-iqa v3's recipe on IQA-CR's frozen, grid-pooled features (a head
+# Tags: `clive-biq2021-v3` = `clive-biq2021-v2` with its content named by a linear head on the
+# backbone levels' global means instead of its tokens (benchmarks/content_head.py: the score is v2's,
+# the head fitted on v2's clive-dev training photos, admitted by benchmarks/ship_gate.py against v2's
+# recipe); `clive-biq2021-v2` = ie-iqa v3's recipe on IQA-CR's frozen, grid-pooled features (a head
 # trained with bad-frame anchors, then trained on with clive-dev drawn 1:3 with BIQ2021 and the
 # synthetic-damage ranking, mixed back with the first at the share both validation parts chose,
 # output calibrated on clive-dev's validation part; configs/multi_finetune.yaml, admitted by
 # benchmarks/ship_gate.py against `clive-biq2021`'s recipe); `clive-biq2021` = the head trained on
 # both sets at once without anchors, damage or calibration (configs/multi_clive_biq2021.yaml);
 # `clive` = fine-tuned on clive-dev alone, ImageNet pseudo-labels as content. Default tag first.
-@register_model("iqa-cr", weights={"clive-biq2021-v2": "iqa-cr_clive-biq2021-v2.pt",
+@register_model("iqa-cr", weights={"clive-biq2021-v3": "iqa-cr_clive-biq2021-v3.pt",
+                                   "clive-biq2021-v2": "iqa-cr_clive-biq2021-v2.pt",
                                    "clive-biq2021": "iqa-cr_clive-biq2021.pt", "clive": "iqa-cr_clive.pt"},
-                defaults=IQA_CR_DEFAULTS, recipe=IQA_CR_RECIPE)
+                defaults=IQA_CR_FULL_DEFAULTS, recipe=IQA_CR_RECIPE)
 def iqa_cr(**kwargs) -> IQACR:
     """IQA-CR: multitask quality + content Transformer with sequential spatial-channel attention."""
     return _iqa_cr("full", "iqa-cr", **kwargs)
@@ -145,9 +149,11 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
 # Tags: `clive-biq2021` = `ie-iqa-distortion.clive-biq2021` and `iqa-cr.clive-biq2021-v2` as they ship,
 # equal weights, harmonic mean (benchmarks/ensemble.py builds it from them); `clive-biq2021-v2` =
 # `ie-iqa-distortion.clive-biq2021-v2` and `iqa-cr.clive-biq2021-v2` on one 512-px input (one shared
-# backbone pass), weighted 2:1.
+# backbone pass), weighted 2:1; `clive-biq2021-v3` = the same with `iqa-cr.clive-biq2021-v3` (the same
+# scores, content from IQA-CR's levels head).
 @register_model("ie-iqa-distortion+iqa-cr", weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr_clive-biq2021.pt",
-                                                     "clive-biq2021-v2": "ie-iqa-distortion+iqa-cr_clive-biq2021-v2.pt"},
+                                                     "clive-biq2021-v2": "ie-iqa-distortion+iqa-cr_clive-biq2021-v2.pt",
+                                                     "clive-biq2021-v3": "ie-iqa-distortion+iqa-cr_clive-biq2021-v3.pt"},
                 trainable=False)
 def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
     """IE-IQA's distortion network and IQA-CR together: the harmonic mean of their scores, IQA-CR's content.
