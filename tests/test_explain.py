@@ -61,7 +61,7 @@ def test_gradcam_matches_full_autograd(model, photo):
         maps = model.features(x)
     leaves = [m.detach().requires_grad_(True) for m in maps]
     with torch.enable_grad():
-        out = model.head_outputs(model.encode(leaves))
+        out = model.head_outputs(model.encode(leaves), torch.cat([m.mean(dim=(2, 3)) for m in leaves], dim=1))
         grads = torch.autograd.grad(out["score"][0], leaves)
     refs = [(gr[0].mean(dim=(1, 2))[:, None, None] * a[0]).sum(0).detach() for gr, a in zip(grads, leaves)]
     assert len(g.level_cams["quality"]) == len(model.levels) >= 2
