@@ -7,7 +7,7 @@ split's trained IQA-CR for the ship gate, and on a shipped tag to ship it.
         --row "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets, calibrated" \\
         [--out ../runs/multi_finetune]
     python benchmarks/ship_gate.py --candidate ../runs/multi_finetune --candidate-row "<the row it printed>" \\
-        --baseline-from benchmarks/results/ship_gate_iqa-cr.json --baseline-row "<--row>" --name iqa-cr \\
+        --baseline ../runs/multi_finetune --baseline-row "<--row>" --name iqa-cr \\
         --out benchmarks/results/ship_gate_iqa-cr_level_content
 
     # a shipped tag with its content head fitted on the clive-dev photos that tag trained on
