@@ -76,6 +76,7 @@ def features(model, table, work: Path) -> dict[bool, dict[str, np.ndarray]]:
     work.mkdir(parents=True, exist_ok=True)
     arrays = {f"flip{int(flip)}": level_means(model, images, flip, lambda it: tqdm(it, desc=f"level means, flip {flip}"))
               for flip in (False, True)}
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=np.array(images), **arrays)
@@ -89,6 +90,7 @@ def fit_on(model, feats, train, val):
     on ``val``'s; (fit, the model's own validation accuracy from its tokens)."""
     import torch
 
+    from contentiqa.data.imageio import load_image
     from contentiqa.training.content_head import accuracy, fit_content_head
 
     tr, main_tr, sets_tr = labelled(train)
@@ -96,8 +98,6 @@ def fit_on(model, feats, train, val):
     x_tr = np.concatenate([np.stack([feats[flip][p] for p in tr["image"]]) for flip in (False, True)])
     x_va = np.stack([feats[False][p] for p in va["image"]])
     fit = fit_content_head(x_tr, main_tr * 2, sets_tr * 2, model.categories, val=(x_va, main_va, sets_va))
-    from contentiqa.data.imageio import load_image
-
     with torch.no_grad():
         logits = np.concatenate([model(model.preprocess(load_image(p).image).unsqueeze(0))["logits"].numpy()
                                  for p in va["image"]])
