@@ -187,7 +187,7 @@ def ship(args) -> Path:
     ok, why = gate_verdict("iqa-cr", args.row, Path(f"{gate}.json"))
     if args.default and not ok and not args.override_gate:
         raise SystemExit(f"refusing to make iqa-cr.{args.tag} the default: {why} (--override-gate to do it anyway)")
-    print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
+    print(f"ship gate: {why}" + ("" if ok else " (overridden)" if args.default else " (a tag beside the default: no gate needed)"))
     t0 = time.time()
     model = create_model(args.source)
     table = clive_table()
