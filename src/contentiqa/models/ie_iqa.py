@@ -468,7 +468,12 @@ class IEIQA(IQAModel):
         cached_intelligibility: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         start_stage: int = 0,
     ) -> dict[str, torch.Tensor]:
-        g = self.distortion_features(x, start_stage)
+        return self._score(x, self.distortion_features(x, start_stage), cached_intelligibility)
+
+    def _score(self, x: torch.Tensor, g: torch.Tensor,
+               cached_intelligibility: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The regressor on the distortion features ``g`` and the intelligibility branch's on
+        ``x`` (or ``cached_intelligibility``)."""
         f_sel = None
         if self.intelligibility is not None:
             if cached_intelligibility is None:
@@ -487,11 +492,7 @@ class IEIQA(IQAModel):
 
     def forward_from_stages(self, x: torch.Tensor, outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The distortion network's stages from ``outputs``; the intelligibility branch on ``x``."""
-        g = self._pool_levels(levels_from_outputs(self.stages, self.levels, list(outputs)))
-        f_sel = None
-        if self.intelligibility is not None:
-            f_sel = self.intelligibility_features(x)[0].to(device=g.device, dtype=g.dtype)
-        return {"score": self.regress(g, f_sel)}
+        return self._score(x, self._pool_levels(levels_from_outputs(self.stages, self.levels, list(outputs))))
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """MSE between the predicted and the normalised MOS (§3.2)."""

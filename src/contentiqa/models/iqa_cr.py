@@ -287,6 +287,13 @@ class PlainLayer(nn.Module):
         return [self.spatial]
 
 
+def global_means(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Feature maps (B, C_l, h, w) -> their channels' global means side by side (B, sum C_l): what
+    ``mtl-pooled`` regresses from and a levels content head reads, computed alike everywhere
+    (the photo, the cache, a cache's live stages)."""
+    return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+
+
 class IQACR(IQAModel):
     """IQA-CR and its variants. Input: a normalised image batch at native resolution."""
 
@@ -395,7 +402,7 @@ class IQACR(IQAModel):
     def encode(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Feature maps -> pooled token representation (B, D) (or (B, sum C) for mtl-pooled)."""
         if self.cfg.variant == "mtl-pooled":
-            return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+            return global_means(maps)
         return self.encode_grid([adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in maps])
 
     def encode_grid(self, grids: list[torch.Tensor]) -> torch.Tensor:
@@ -424,8 +431,7 @@ class IQACR(IQAModel):
         return result
 
     def _outputs(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        means = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1) if self.content_head is not None else None
-        return self.head_outputs(self.encode(maps), means)
+        return self.head_outputs(self.encode(maps), global_means(maps) if self.content_head is not None else None)
 
     def forward(self, x: torch.Tensor, start_stage: int = 0) -> dict[str, torch.Tensor]:
         return self._outputs(self.features(x, start_stage))
@@ -455,14 +461,14 @@ class IQACR(IQAModel):
             maps = self.features(views)
             return {
                 "grid": torch.cat([adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in maps], dim=1),
-                "gap": torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1),
+                "gap": global_means(maps),
             }
         frozen, _ = frozen_levels(self.levels, start_stage)
         maps = run_stages_levels(self.stages, views, frozen + [start_stage - 1]) if start_stage else [views]
         out = {"x": maps[-1]}
         if frozen:
             out["gridf"] = torch.cat([adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in maps[:-1]], dim=1)
-            out["gapf"] = torch.cat([m.mean(dim=(2, 3)) for m in maps[:-1]], dim=1)
+            out["gapf"] = global_means(maps[:-1])
         return out
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
@@ -475,11 +481,11 @@ class IQACR(IQAModel):
         if not n_frozen:
             return self(inputs["x"], start_stage=start_stage)
         live = run_stages_levels(self.stages, inputs["x"], frozen_levels(self.levels, start_stage)[1], start_stage)
+        means = torch.cat([inputs["gapf"], global_means(live)], dim=1)
         if self.cfg.variant == "mtl-pooled":
-            return self.head_outputs(torch.cat([inputs["gapf"]] + [m.mean(dim=(2, 3)) for m in live], dim=1))
+            return self.head_outputs(means)
         grids = list(torch.split(inputs["gridf"], self.level_channels[:n_frozen], dim=1))
         grids += [adaptive_avg_pool2d_matmul(m, self.cfg.grid) for m in live]
-        means = torch.cat([inputs["gapf"]] + [m.mean(dim=(2, 3)) for m in live], dim=1)
         return self.head_outputs(self.encode_grid(grids), means)
 
     def with_level_content(self, weight: torch.Tensor, bias: torch.Tensor) -> "IQACR":

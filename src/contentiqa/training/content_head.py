@@ -19,7 +19,7 @@ import torch
 from PIL import ImageOps
 
 from ..data.imageio import load_image
-from ..models.iqa_cr import IQACR
+from ..models.iqa_cr import IQACR, global_means
 
 L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 MIX_GRID = (0.0, 0.2)
@@ -119,5 +119,5 @@ def level_means(model: IQACR, paths: Sequence[str], hflip: bool = False,
         if hflip:
             image = ImageOps.mirror(image)
         maps = model.features(model.preprocess(image).unsqueeze(0))
-        rows.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)[0].double().numpy())
+        rows.append(global_means(maps)[0].double().numpy())
     return np.stack(rows)
