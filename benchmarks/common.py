@@ -51,6 +51,20 @@ def require_clive() -> Path:
     return CLIVE_CSV
 
 
+def clive_table():
+    """clive-dev's scores.csv with absolute image paths and, where scene_labels.csv lies beside
+    it, people's scene labels joined (``category``: the main one, ``categories``: all)."""
+    import pandas as pd
+
+    from contentiqa.data.labels import join_labels
+
+    csv = require_clive()
+    table = pd.read_csv(csv)
+    table["image"] = [str(csv.parent / p) for p in table["image"]]
+    labels = csv.parent / "scene_labels.csv"
+    return join_labels(table, labels, csv.parent) if labels.is_file() else table
+
+
 def clive_splits(protocol: str, seeds, table):
     """The benchmark splits, made once per protocol and saved beside the results."""
     from contentiqa.data import load_splits, make_split_set, save_splits

@@ -30,28 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, command_line, provenance, require_clive
+from common import RESULTS, ROOT, clive_table, command_line, provenance
 
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 SUFFIX = ", content head on the levels"
-
-
-def clive_table():
-    """clive-dev with people's scene labels (``category``: the main one, ``categories``: all)."""
-    import pandas as pd
-
-    from contentiqa.data.labels import join_labels
-
-    csv = require_clive()
-    table = pd.read_csv(csv)
-    table["image"] = [str(csv.parent / p) for p in table["image"]]
-    return join_labels(table, csv.parent / "scene_labels.csv", csv.parent)
 
 
 def labelled(table):
     """Rows people labelled: (rows, main labels, label sets)."""
     from contentiqa.data.labels import acceptable_sets
 
+    if "category" not in table:
+        raise SystemExit("people's scene labels are needed: scene_labels.csv beside clive-dev's scores.csv")
     rows = table[[isinstance(c, str) and bool(c) for c in table["category"]]]
     sets = [s or {c} for s, c in zip(acceptable_sets(rows["categories"]), rows["category"])]
     return rows, list(rows["category"]), sets
@@ -179,6 +169,7 @@ def ship(args) -> Path:
     clive-dev photos that tag trained on (the settings chosen on the photos it held out)."""
     from ship import gate_verdict, set_default_tag
 
+    from contentiqa.experiments.runner import carve_val
     from contentiqa.models import create_model
     from contentiqa.models.registry import save_checkpoint, weights_file
     from contentiqa.utils.io import atomic_write_text, file_sha256
@@ -191,10 +182,9 @@ def ship(args) -> Path:
     t0 = time.time()
     model = create_model(args.source)
     table = clive_table()
-    # The tag's own held-out photos (benchmarks/ship.py: seed 0's val_fraction of all of clive-dev).
-    order = np.random.default_rng([0, 17]).permutation(len(table))
-    n_val = max(1, int(round(args.val_fraction * len(table))))
-    val, train = table.iloc[np.sort(order[:n_val])], table.iloc[np.sort(order[n_val:])]
+    # The tag's own held-out photos: benchmarks/ship.py holds out seed 0's val_fraction of all of
+    # clive-dev, drawn as the experiment draws a split's validation part.
+    train, val = carve_val(table, args.val_fraction, 0)
     fit, (tok_top1, tok_any), (n_tr, n_va) = fit_on(model, features(model, table, args.work), train, val)
     new = model.with_level_content(fit.weight, fit.bias)
     path = args.weights_dir / f"iqa-cr_{args.tag}.pt"

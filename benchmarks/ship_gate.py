@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, command_line, contentiqa_env, provenance, require_clive
+from common import RESULTS, ROOT, clive_table, command_line, contentiqa_env, provenance
 
 SEEDS = (0, 1, 2)
 N_DAMAGE = 8
@@ -299,18 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.baseline is None) == (args.baseline_from is None):
         ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
     t0 = time.time()
-    import pandas as pd
-
     from contentiqa.data import load_dataset, load_splits
 
-    clive_csv = require_clive()
-    clive = pd.read_csv(clive_csv)
-    clive["image"] = [str(clive_csv.parent / p) for p in clive["image"]]
-    scene_labels = clive_csv.parent / "scene_labels.csv"
-    if scene_labels.is_file():
-        from contentiqa.data.labels import join_labels
-
-        clive = join_labels(clive, scene_labels, clive_csv.parent)
+    clive = clive_table()
     splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     root = biq_root()
     if not root.is_dir():
