@@ -8,6 +8,11 @@ by split, so that the ship gate can judge them; and shipped from shipped weights
         --name ie-iqa-distortion+iqa-cr --out ../runs/valgate_ensemble
     python benchmarks/ship_gate.py --part val --candidate ../runs/valgate_ensemble --candidate-row "<the row it printed>" ...
 
+    # rows of two experiments on the same splits (a clive-dev-only row as a third member)
+    python benchmarks/ensemble.py --runs ../runs/valgate3 --member-runs ../runs/valgate3 ../runs/valgate3 \
+        ../runs/clive_finetune --rows ROW_A ROW_B "IE-IQA, fine-tuned + damage" --name ensemble \
+        --input-size 512 --weights 2 1 0.5 --out ../runs/valgate3_ens_w0.5
+
     # the shipped ensemble from shipped members (only once the gate passed its recipe: ship.py's rule)
     python benchmarks/ensemble.py --ship --name ie-iqa-distortion+iqa-cr --tag clive-biq2021 \\
         --members ie-iqa-distortion.clive-biq2021 iqa-cr.clive-biq2021-v2 --row "<the gate's candidate row>"
@@ -36,15 +41,34 @@ def row_name(rows: list[str], combine: str, input_size: int | None = None, weigh
     return f"Ensemble ({combine} mean{w}){at}: " + " + ".join(rows)
 
 
+def _splits_of(runs: Path) -> str | None:
+    """The splits file an experiment's config names (None when it names none or has no config)."""
+    import yaml
+
+    config = runs / "config.yaml"
+    return (yaml.safe_load(config.read_text()) or {}).get("splits") if config.is_file() else None
+
+
 def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: str = "harmonic",
-                    weights: list[float] | None = None, input_size: int | None = None) -> str:
-    """Write each seed's ensemble of ``rows`` (their ``tested.pt``) under ``out``; returns its row name."""
+                    weights: list[float] | None = None, input_size: int | None = None,
+                    member_runs: list[Path] | None = None) -> str:
+    """Write each seed's ensemble of ``rows`` (their ``tested.pt``) under ``out``; returns its row name.
+
+    ``member_runs``: each row's own results folder, for rows trained by different experiments on the
+    same splits (e.g. a clive-dev-only row beside clive-dev + BIQ2021 ones); default ``runs`` for all.
+    ``runs`` gives the data protocol the ship gate reads (its config.yaml and BIQ2021 splits)."""
     from contentiqa.experiments.config import slugify
     from contentiqa.models import build_ensemble, load_checkpoint
     from contentiqa.models.registry import save_checkpoint
     from contentiqa.utils.io import atomic_write_text
 
-    folders = [runs / "runs" / slugify(r) for r in rows]
+    member_runs = list(member_runs) if member_runs else [runs] * len(rows)
+    if len(member_runs) != len(rows):
+        raise SystemExit(f"{len(rows)} rows but {len(member_runs)} member results folders")
+    folders = [m / "runs" / slugify(r) for m, r in zip(member_runs, rows)]
+    split_files = {str(m): _splits_of(m) for m in dict.fromkeys(member_runs)}
+    if len(set(split_files.values())) > 1:  # a seed's members must have held out the same photos
+        raise SystemExit(f"the rows' experiments split the photos differently: {split_files}")
     for r, f in zip(rows, folders):
         if not f.is_dir():
             raise SystemExit(f"{f} is missing: train the row {r!r} first (contentiqa experiment ... --only ROW)")
@@ -66,6 +90,7 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
     atomic_write_text(out / "ensemble.json", json.dumps({"row": row, "rows": rows, "name": name, "combine": combine,
                                                          "weights": weights, "input_size": input_size,
                                                          "runs": str(runs), "seeds": seeds,
+                                                         "member_runs": [str(m) for m in member_runs],
                                                          "command": command_line()}, indent=1) + "\n")
     return row
 
@@ -130,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=float, nargs="+", default=None, help="members' weights (default: equal)")
     ap.add_argument("--runs", type=Path, help="an experiment's results folder (with --rows)")
     ap.add_argument("--rows", nargs="+", help="its rows, one per member, in the ensemble's member order")
+    ap.add_argument("--member-runs", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="each row's own results folder when the rows come from different experiments on the same "
+                         "splits (default: --runs for every row, whose config and splits the gate reads)")
     ap.add_argument("--out", type=Path, help="where the per-seed ensembles go (an experiment-like folder)")
     ap.add_argument("--ship", action="store_true", help="ship NAME_TAG.pt from the shipped --members")
     ap.add_argument("--tag")
@@ -151,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.runs and args.rows and args.out):
         ap.error("give --runs, --rows and --out (or --ship)")
-    row = build_from_runs(args.runs, args.rows, args.name, args.out, args.combine, args.weights, args.input_size)
+    row = build_from_runs(args.runs, args.rows, args.name, args.out, args.combine, args.weights, args.input_size,
+                          args.member_runs)
     print(f"row: {row}")
     return 0
 

@@ -375,6 +375,21 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     assert (tmp_path / "out" / "config.yaml").is_file()
     with pytest.raises(SystemExit, match="train the row"):
         ens_bench.build_from_runs(runs, ["A", "missing"], "ensemble", tmp_path / "out2")
+    # A row of another experiment on the same splits joins through its own folder; other splits do not.
+    other = tmp_path / "other"
+    for seed in (0, 1):
+        save_checkpoint(ie, other / "runs" / slugify("C") / f"seed{seed}" / "tested.pt")
+    (runs / "config.yaml").write_text("splits: s.json\ndata: []\n")
+    (other / "config.yaml").write_text("splits: s.json\n")
+    three = ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out3", weights=[2, 1, 1],
+                                      member_runs=[runs, runs, other])
+    built = load_checkpoint(tmp_path / "out3" / "runs" / slugify(three) / "seed1" / "tested.pt")
+    assert [m.model_name for m in built.members] == ["ie-iqa-distortion", "iqa-cr", "ie-iqa-distortion"]
+    (other / "config.yaml").write_text("splits: t.json\n")
+    with pytest.raises(SystemExit, match="split the photos differently"):
+        ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out4", member_runs=[runs, runs, other])
+    with pytest.raises(SystemExit, match="3 rows but 2"):
+        ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out5", member_runs=[runs, other])
     assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64]  # one shared pass
