@@ -9,8 +9,8 @@ by split, so that the ship gate can judge them; and shipped from shipped weights
     python benchmarks/ship_gate.py --part val --candidate ../runs/valgate_ensemble --candidate-row "<the row it printed>" ...
 
     # rows of two experiments on the same splits (a clive-dev-only row as a third member)
-    python benchmarks/ensemble.py --runs ../runs/valgate3 --member-runs ../runs/valgate3 ../runs/valgate3 \
-        ../runs/clive_finetune --rows ROW_A ROW_B "IE-IQA, fine-tuned + damage" --name ensemble \
+    python benchmarks/ensemble.py --runs ../runs/valgate3 --member-runs ../runs/valgate3 ../runs/valgate3 \\
+        ../runs/clive_finetune --rows ROW_A ROW_B "IE-IQA, fine-tuned + damage" --name ensemble \\
         --input-size 512 --weights 2 1 0.5 --out ../runs/valgate3_ens_w0.5
 
     # the shipped ensemble from shipped members (only once the gate passed its recipe: ship.py's rule)
@@ -41,12 +41,16 @@ def row_name(rows: list[str], combine: str, input_size: int | None = None, weigh
     return f"Ensemble ({combine} mean{w}){at}: " + " + ".join(rows)
 
 
-def _splits_of(runs: Path) -> str | None:
-    """The splits file an experiment's config names (None when it names none or has no config)."""
+def _held_out(runs: Path) -> tuple[str | None, float | None]:
+    """What an experiment held out of its first training set: the splits file its config names and
+    the validation share carved from each train part (None where its config says nothing)."""
     import yaml
 
     config = runs / "config.yaml"
-    return (yaml.safe_load(config.read_text()) or {}).get("splits") if config.is_file() else None
+    cfg = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
+    data = cfg.get("data") or [{}]
+    first = data[0] if isinstance(data, list) else data
+    return cfg.get("splits"), (first or {}).get("val_fraction")
 
 
 def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: str = "harmonic",
@@ -66,9 +70,12 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
     if len(member_runs) != len(rows):
         raise SystemExit(f"{len(rows)} rows but {len(member_runs)} member results folders")
     folders = [m / "runs" / slugify(r) for m, r in zip(member_runs, rows)]
-    split_files = {str(m): _splits_of(m) for m in dict.fromkeys(member_runs)}
-    if len(set(split_files.values())) > 1:  # a seed's members must have held out the same photos
-        raise SystemExit(f"the rows' experiments split the photos differently: {split_files}")
+    # A seed's members must have held out the same photos: the same splits, and where the gate will
+    # judge validation parts (``runs`` carves one), the same share carved for them.
+    held = {str(m): _held_out(m) for m in dict.fromkeys(member_runs)}
+    gate_val = _held_out(runs)[1]
+    if len({h[0] for h in held.values()}) > 1 or (gate_val and len({h[1] for h in held.values()}) > 1):
+        raise SystemExit(f"the rows' experiments held out different photos (splits, validation share): {held}")
     for r, f in zip(rows, folders):
         if not f.is_dir():
             raise SystemExit(f"{f} is missing: train the row {r!r} first (contentiqa experiment ... --only ROW)")

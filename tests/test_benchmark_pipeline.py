@@ -386,8 +386,13 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     built = load_checkpoint(tmp_path / "out3" / "runs" / slugify(three) / "seed1" / "tested.pt")
     assert [m.model_name for m in built.members] == ["ie-iqa-distortion", "iqa-cr", "ie-iqa-distortion"]
     (other / "config.yaml").write_text("splits: t.json\n")
-    with pytest.raises(SystemExit, match="split the photos differently"):
+    with pytest.raises(SystemExit, match="held out different photos"):
         ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out4", member_runs=[runs, runs, other])
+    # Validation parts judged (runs carves 0.15): a member that carved another share is refused.
+    (runs / "config.yaml").write_text("splits: s.json\ndata: [{val_fraction: 0.15}]\n")
+    (other / "config.yaml").write_text("splits: s.json\ndata: {val_fraction: 0.1}\n")
+    with pytest.raises(SystemExit, match="held out different photos"):
+        ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out6", member_runs=[runs, runs, other])
     with pytest.raises(SystemExit, match="3 rows but 2"):
         ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out5", member_runs=[runs, other])
     assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
