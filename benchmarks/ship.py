@@ -34,7 +34,7 @@ def shipping_data(cfg, out: Path):
     import pandas as pd
 
     from contentiqa.data import make_splits
-    from contentiqa.experiments.runner import load_data
+    from contentiqa.experiments.runner import load_data, val_positions
 
     train_parts, val_parts, used, scales = [], [], [], {}
     several = len(cfg.train_sets) > 1
@@ -47,8 +47,7 @@ def shipping_data(cfg, out: Path):
         if not len(va) and spec.val_fraction:
             # A protocol without a validation part: the same share the experiment held out of each
             # split's train part, held out of all the photos (epoch choice and calibration).
-            order = np.random.default_rng([0, 17]).permutation(len(table))
-            va = np.sort(order[:max(1, int(round(spec.val_fraction * len(table))))])
+            va = val_positions(len(table), spec.val_fraction, 0)
         held = set(va.tolist()) | (set(split.indices(table, "test").tolist()) if protocol == "official" else set())
         tr = np.array([i for i in range(len(table)) if i not in held], dtype=int)
         train_parts.append(table.iloc[tr].assign(dataset=spec.label) if several else table.iloc[tr])

@@ -407,3 +407,20 @@ def test_row_folders_stay_short_enough_for_any_file_system():
     a, b = slugify(long_a), slugify(long_b)
     assert len(a) <= SLUG_MAX and len(b) <= SLUG_MAX and a != b  # names differing only at their end
     assert a == slugify(long_a) and a.startswith("Ensemble_harmonic_mean_at_512_px")
+
+
+def test_validation_share_is_one_rule_for_experiments_and_shipping():
+    """carve_val (an experiment's per-seed validation part) and val_positions (what benchmarks/ship.py
+    holds out of all the photos) draw the same rows, the rest train, and the draw is the one the
+    shipped weights were made with (a change here would change which photos they held out)."""
+    from contentiqa.experiments.runner import carve_val, val_positions
+
+    table = pd.DataFrame({"image": [f"{i}.png" for i in range(40)], "mos": np.arange(40.0)})
+    for seed in (0, 1, 2):
+        train, val = carve_val(table, 0.15, seed)
+        assert val["image"].tolist() == table["image"].iloc[val_positions(40, 0.15, seed)].tolist()
+        assert sorted(train["image"].tolist() + val["image"].tolist()) == sorted(table["image"].tolist())
+        assert len(val) == 6 and train.index.is_monotonic_increasing
+        order = np.random.default_rng([seed, 17]).permutation(40)  # the draw as first written
+        assert val_positions(40, 0.15, seed).tolist() == sorted(order[:6].tolist())
+    assert len(val_positions(3, 0.01, 0)) == 1  # never an empty validation part

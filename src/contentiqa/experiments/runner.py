@@ -216,12 +216,19 @@ class TrainSet:
     val_fraction: float | None = None
 
 
+def val_positions(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The sorted positions, among ``n`` rows, of the ``fraction`` held out for validation under
+    ``seed``: the one rule for experiments (:func:`carve_val`) and for shipping (benchmarks/ship.py),
+    so that shipped weights hold out the photos seed 0's experiment did."""
+    order = np.random.default_rng([seed, 17]).permutation(n)
+    return np.sort(order[:max(1, int(round(fraction * n)))])
+
+
 def carve_val(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(train, val)``: a ``fraction`` of a split's train part held out as its validation part,
     drawn per seed (``val_fraction``), so the test part stays untouched."""
-    order = np.random.default_rng([seed, 17]).permutation(len(train))
-    n_val = max(1, int(round(fraction * len(train))))
-    return train.iloc[np.sort(order[n_val:])], train.iloc[np.sort(order[:n_val])]
+    val = val_positions(len(train), fraction, seed)
+    return train.iloc[np.setdiff1d(np.arange(len(train)), val)], train.iloc[val]
 
 
 def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
