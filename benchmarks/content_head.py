@@ -91,7 +91,21 @@ def fit_on(model, feats, train, val):
     with torch.no_grad():
         logits = np.concatenate([model(model.preprocess(load_image(p).image).unsqueeze(0))["logits"].numpy()
                                  for p in va["image"]])
-    return fit, accuracy(logits, main_va, sets_va, model.categories), (len(tr), len(va))
+    confidence = {"levels": calibration(x_va @ fit.weight.T + fit.bias, main_va, model.categories),
+                  "tokens": calibration(logits, main_va, model.categories)}
+    return fit, accuracy(logits, main_va, sets_va, model.categories), (len(tr), len(va)), confidence
+
+
+def calibration(logits: np.ndarray, main, categories) -> tuple[float, float]:
+    """(mean confidence of the named category, its expected calibration error against the main
+    label, 10 bins): what ``category_confidence`` promises against how often the category is right."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probs = torch.as_tensor(np.asarray(logits), dtype=torch.float64).softmax(-1)
+    target = torch.tensor([list(categories).index(m) for m in main])
+    ece = multiclass_calibration_error(probs, target, num_classes=len(categories), n_bins=10, norm="l1")
+    return float(probs.max(-1).values.mean()), float(ece)
 
 
 def per_seed(args) -> None:
@@ -118,7 +132,7 @@ def per_seed(args) -> None:
         model = load_checkpoint(source)
         feats = features(model, table, args.work)
         train, val = carve_val(table.iloc[splits[seed].indices(table, "train")], fraction, seed)
-        fit, (tok_top1, tok_any), (n_tr, n_va) = fit_on(model, feats, train, val)
+        fit, (tok_top1, tok_any), (n_tr, n_va), conf = fit_on(model, feats, train, val)
         new = model.with_level_content(fit.weight, fit.bias)
         target = args.out / "runs" / slugify(row) / f"seed{seed}" / "tested.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +140,8 @@ def per_seed(args) -> None:
             "from": str(source), "content_head": {"l2": fit.l2, "mix": fit.mix}, "provenance": provenance()})
         records.append({"seed": seed, "train_photos": n_tr, "val_photos": n_va, "l2": fit.l2, "mix": fit.mix,
                         "levels_top1": fit.val_top1, "levels_any": fit.val_any,
-                        "tokens_top1": tok_top1, "tokens_any": tok_any})
+                        "tokens_top1": tok_top1, "tokens_any": tok_any,
+                        **{f"{k}_{m}": v for k, (c, e) in conf.items() for m, v in (("confidence", c), ("ece", e))}})
         print(f"seed {seed}: l2 {fit.l2:g}, mix {fit.mix:g}: validation top-1 {fit.val_top1:.3f} / any {fit.val_any:.3f}"
               f" (tokens {tok_top1:.3f} / {tok_any:.3f}) -> {target}", flush=True)
     for extra in ("config.yaml", "splits_BIQ2021.json"):
@@ -154,9 +169,14 @@ def markdown(payload: dict) -> str:
         "models' own. Test parts: the ship gate's table (ship_gate_iqa-cr_level_content.md).", "",
         f"Models: each seed's tested model of row \"{payload['from_row']}\" (its experiment folder "
         f"`{payload['runs']}`).", "",
-        "| content from | seeds | top-1 | any label |", "|---|---|---|---|",
-        f"| pooled tokens (the paper's head) | {len(payload['seeds'])} | {ms('tokens_top1')} | {ms('tokens_any')} |",
-        f"| the levels' global means | {len(payload['seeds'])} | {ms('levels_top1')} | {ms('levels_any')} |", "",
+        "| content from | seeds | top-1 | any label | mean confidence | calibration error (ECE) |",
+        "|---|---|---|---|---|---|",
+        *[f"| {name} | {len(payload['seeds'])} | {ms(k + '_top1')} | {ms(k + '_any')} | {ms(k + '_confidence')} | "
+          f"{ms(k + '_ece')} |" for name, k in (("pooled tokens (the paper's head)", "tokens"),
+                                                ("the levels' global means", "levels"))], "",
+        "Mean confidence: the softmax probability of the named category (`category_confidence`), averaged; "
+        "calibration error: how far that confidence is from how often the category is the main label (10 bins, "
+        "torchmetrics' multiclass ECE).", "",
         "| seed | training photos | validation photos | L2 | mix |", "|---|---|---|---|---|",
         *[f"| {r['seed']} | {r['train_photos']} | {r['val_photos']} | {r['l2']:g} | {r['mix']:g} |" for r in payload["seeds"]],
         "", f"Command: `{payload['command']}` ({payload['minutes']:.1f} min on {payload['provenance']['machine']}).", "",

@@ -434,3 +434,22 @@ def test_backbone_probe_scores_out_of_fold_and_caches_features(common, tmp_path)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     six, _ = probe.features("efficientnet_lite0", 64, photos, tmp_path / "cache", "t", levels=6)
     assert six.shape[1] > feats.shape[1] and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_content_head_benchmark_measures_how_far_confidence_is_from_accuracy(common):
+    """benchmarks/content_head.py's calibration: the mean softmax confidence of the named category and
+    its ECE against the main label: near 0 when a confidence of c is right a fraction c of the time,
+    large when a head is sure and often wrong."""
+    import numpy as np
+
+    sys.modules.pop("content_head", None)
+    import content_head
+
+    cats = ["a", "b"]
+    # Confidence 0.75 for "a" on every photo, right on 3 of 4: calibrated.
+    logit = np.log(3.0)
+    conf, ece = content_head.calibration(np.array([[logit, 0.0]] * 4), ["a", "a", "a", "b"], cats)
+    assert conf == pytest.approx(0.75) and ece == pytest.approx(0.0, abs=1e-6)
+    # Sure (0.99) and right on half: overconfident by about 0.49.
+    conf, ece = content_head.calibration(np.array([[np.log(99.0), 0.0]] * 4), ["a", "a", "b", "b"], cats)
+    assert conf == pytest.approx(0.99) and ece == pytest.approx(0.49, abs=1e-6)
