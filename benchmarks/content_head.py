@@ -77,7 +77,8 @@ def features(model, table, work: Path) -> dict[bool, dict[str, np.ndarray]]:
 
 def fit_on(model, feats, train, val):
     """The fitted head for ``model``: trained on both flips of ``train``'s labelled photos, chosen
-    on ``val``'s; (fit, the model's own validation accuracy from its tokens)."""
+    on ``val``'s; (fit, the model's own validation accuracy from its tokens, the photo counts, each
+    head's :func:`calibration` on ``val``)."""
     import torch
 
     from contentiqa.data.imageio import load_image
