@@ -206,7 +206,7 @@ def ship(args) -> Path:
     # The tag's own held-out photos: benchmarks/ship.py holds out seed 0's val_fraction of all of
     # clive-dev, drawn as the experiment draws a split's validation part.
     train, val = carve_val(table, args.val_fraction, 0)
-    fit, (tok_top1, tok_any), (n_tr, n_va) = fit_on(model, features(model, table, args.work), train, val)
+    fit, (tok_top1, tok_any), (n_tr, n_va), _ = fit_on(model, features(model, table, args.work), train, val)
     new = model.with_level_content(fit.weight, fit.bias)
     path = args.weights_dir / f"iqa-cr_{args.tag}.pt"
     source_file = weights_file(args.source)[0]

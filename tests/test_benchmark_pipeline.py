@@ -453,3 +453,36 @@ def test_content_head_benchmark_measures_how_far_confidence_is_from_accuracy(com
     # Sure (0.99) and right on half: overconfident by about 0.49.
     conf, ece = content_head.calibration(np.array([[np.log(99.0), 0.0]] * 4), ["a", "a", "b", "b"], cats)
     assert conf == pytest.approx(0.99) and ece == pytest.approx(0.49, abs=1e-6)
+
+
+def test_content_head_benchmark_fits_on_training_photos_and_reports_both_heads(common, tmp_path):
+    """benchmarks/content_head.py's fit_on (what per-seed and --ship both call): the head is fitted on
+    both flips of the labelled training photos, and it reports the tokens' accuracy, the photo counts
+    and both heads' calibration on the labelled validation photos (unlabelled ones are left out)."""
+    import numpy as np
+    import pandas as pd
+    from conftest import write_image
+    from tiny_models import tiny_model
+
+    from contentiqa.data.labels import CATEGORY_SEPARATOR
+
+    sys.modules.pop("content_head", None)
+    import content_head
+
+    cats = ["a", "b", "c"]
+    model = tiny_model("iqa-cr", categories=cats, content_from="tokens").eval()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        main = cats[i % 3] if i != 15 else None  # one photo people did not label
+        rows.append({"image": str(write_image(tmp_path / f"{i}.png", 40, 48, seed=i)), "category": main,
+                     "categories": None if main is None else main + CATEGORY_SEPARATOR + cats[(i + 1) % 3]})
+    table = pd.DataFrame(rows)
+    dim = sum(model.level_channels)
+    feats = {flip: {r["image"]: rng.normal(size=dim) + 3 * (i % 3) for i, r in enumerate(rows)} for flip in (False, True)}
+    fit, (tok_top1, tok_any), counts, conf = content_head.fit_on(model, feats, table.iloc[:10], table.iloc[10:])
+    assert counts == (10, 5)  # the unlabelled photo is not counted
+    assert fit.weight.shape == (3, dim) and 0.0 <= tok_top1 <= tok_any <= 1.0
+    assert set(conf) == {"levels", "tokens"}
+    for confidence, ece in conf.values():
+        assert 1 / 3 <= confidence <= 1.0 and 0.0 <= ece <= 1.0
