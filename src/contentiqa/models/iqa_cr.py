@@ -472,7 +472,8 @@ class IQACR(IQAModel):
         return out
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
-        n_frozen = len(frozen_levels(self.levels, start_stage)[0])
+        frozen, live_levels = frozen_levels(self.levels, start_stage)
+        n_frozen = len(frozen)
         if start_stage >= self.feature_end:
             if self.cfg.variant == "mtl-pooled":
                 return self.head_outputs(inputs["gap"])
@@ -480,8 +481,10 @@ class IQACR(IQAModel):
             return self.head_outputs(self.encode_grid(grids), inputs["gap"])
         if not n_frozen:
             return self(inputs["x"], start_stage=start_stage)
-        live = run_stages_levels(self.stages, inputs["x"], frozen_levels(self.levels, start_stage)[1], start_stage)
-        means = torch.cat([inputs["gapf"], global_means(live)], dim=1)
+        live = run_stages_levels(self.stages, inputs["x"], live_levels, start_stage)
+        # The levels' means: what mtl-pooled regresses from and a levels content head reads.
+        means = (torch.cat([inputs["gapf"], global_means(live)], dim=1)
+                 if self.cfg.variant == "mtl-pooled" or self.content_head is not None else None)
         if self.cfg.variant == "mtl-pooled":
             return self.head_outputs(means)
         grids = list(torch.split(inputs["gridf"], self.level_channels[:n_frozen], dim=1))
