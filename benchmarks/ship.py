@@ -100,8 +100,11 @@ def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> 
 
 
 def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
-             from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None) -> Path:
-    """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path."""
+             from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None,
+             init_from: Path | None = None) -> Path:
+    """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path.
+    ``init_from``: the weights to start from where the row starts from another experiment's run
+    (its ``init_from`` outside this config's rows): that row shipped first on the same photos."""
     from contentiqa.experiments import load_config
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
@@ -111,6 +114,8 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     run = next((r for r in cfg.runs if r.name == row), None)
     if run is None:
         raise SystemExit(f"{config}: no row {row!r}; rows: {[r.name for r in cfg.runs]}")
+    if from_run is not None and init_from is not None:
+        raise SystemExit("--from-run ships a run's weights as they are: --init-from is for training")
     t0 = time.time()
     work = work_dir or ROOT / "benchmarks" / "runs" / f"ship_{run.model}_{tag}"
     if from_run is not None:
@@ -135,9 +140,21 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
             parts = Path(str(settings["init_from"])).parts
             first = next((r for r in cfg.runs if len(parts) > 1 and parts[0] == "runs" and r.slug == parts[1]), None)
             if first is not None:
+                if init_from is not None:
+                    raise SystemExit(f"row {row!r} starts from row {first.name!r} of the same config, which ships "
+                                     "first on the same photos: drop --init-from")
                 settings["init_from"] = str(train_first(cfg, first, work.parent / f"{work.name}_{first.slug}", train, val,
                                                         scales, cache))
                 used.append(f"starting from row \"{first.name}\" trained first on the same photos")
+            elif init_from is None:
+                # A split's run of another experiment: never what shipping should start from.
+                raise SystemExit(f"row {row!r} starts from {settings['init_from']!r}, another experiment's run: "
+                                 "ship that row first and give its weights with --init-from")
+            else:
+                settings["init_from"] = str(init_from)
+                used.append(f"starting from `{init_from.name}` (its row shipped first on the same photos: its card)")
+        elif init_from is not None:
+            raise SystemExit(f"row {row!r} has no init_from: --init-from is for rows that start from another's weights")
         trainer = make_trainer(cfg, run, settings, work, train, val, scales, cache)
         tcfg = trainer.cfg
         best = trainer.fit(resume=True)
@@ -227,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="ship the model this experiment split tested (runs/<row>/seed<S>) instead of training on all "
                          "the data (when the full run would take too long: the card then says which images it saw)")
     ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the .pt and card go (default: the package)")
+    ap.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS.pt",
+                    help="where the row starts from another experiment's run: the weights that row shipped as "
+                         "(trained by this script on the same photos)")
     ap.add_argument("--default", action="store_true",
                     help="make the tag its model's default (weights/defaults.json): only when benchmarks/ship_gate.py "
                          "passed this row")
@@ -246,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         if not ok and not args.override_gate:
             raise SystemExit(f"refusing to replace the default of {run.model}: {why} (--override-gate to ship anyway)")
         print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
-    ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir)
+    ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,
+             init_from=args.init_from)
     if args.default:
         set_default_tag(run.model, args.tag, args.weights_dir)
         print(f"{run.model}: default tag is now {args.tag} ({args.weights_dir / 'defaults.json'})")

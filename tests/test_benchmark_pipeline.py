@@ -109,6 +109,37 @@ def test_shipping_holds_out_the_validation_and_official_test_parts(common, tmp_p
     assert len(train) + len(val) == 15 and len(val) >= 1 and used == [f"D: {len(train)} images (+{len(val)} held out for validation)"]
 
 
+def test_ship_starts_a_row_from_another_experiments_row_only_from_shipped_weights(common, tmp_path):
+    """A row whose ``init_from`` is another experiment's run (a split's model) ships from that row's
+    shipped weights, given with --init-from, and never from the split's run."""
+    import ship
+    import torch
+
+    from contentiqa.models import load_checkpoint
+
+    csv = write_csv(tmp_path / "d", 20, (0, 100), seed=5, categories=False)
+    train = {"epochs": 1, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5}
+    cfg = {"name": "tiny", "data": {"name": "csv", "root": str(csv), "label": "D"}, "protocol": "ie-iqa",
+           "seeds": 1, "test": ["split"], "model_args": TINY_ARGS, "train": train,
+           "runs": [{"name": "first", "model": "iqa-cr-q"},
+                    {"name": "then", "model": "iqa-cr-q",
+                     "train": {**train, "lr": 0.0, "init_from": "../other/runs/first/seed{seed}/best.pt"}}]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    weights = tmp_path / "weights"
+    with pytest.raises(SystemExit, match="another experiment's run"):
+        ship.ship_row(path, "then", "t", weights_dir=weights, work_dir=tmp_path / "w0")
+    with pytest.raises(SystemExit, match="no init_from"):
+        ship.ship_row(path, "first", "t", weights_dir=weights, work_dir=tmp_path / "w1", init_from=tmp_path / "x.pt")
+    start = ship.ship_row(path, "first", "a", weights_dir=weights, work_dir=tmp_path / "w2")
+    shipped = ship.ship_row(path, "then", "b", weights_dir=weights, work_dir=tmp_path / "w3", init_from=start)
+    a, b = load_checkpoint(start), load_checkpoint(shipped)
+    assert "starting from `iqa-cr-q_a.pt`" in b.checkpoint_info["trained_on"]
+    # at learning rate 0 the shipped head is the one it started from
+    head = [k for k in a.state_dict() if "head" in k or "regressor" in k]
+    assert head and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in head)
+
+
 def test_ship_gate_judges_by_the_seeds_spread(common):
     import ship_gate
 
