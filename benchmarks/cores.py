@@ -89,9 +89,12 @@ def backbone_sizes(model) -> list[int]:
     if isinstance(model, Ensemble):
         if model.cfg.input_size is None:
             return [s for m in model.members for s in backbone_sizes(m)]
-        # One input for every member: their main passes (the same frozen Lite0, as the shipped members
-        # have) are one pass in the graph, ONNX Runtime merging identical computations; others stay.
-        return [model.cfg.input_size] + [s for m in model.members for s in backbone_sizes(m)[1:]]
+        # One input for every member: the main passes of the members that read it as it is (the same
+        # frozen Lite0, as the shipped members have) are one pass in the graph, ONNX Runtime merging
+        # identical computations; a member of another size resizes it and makes all its own passes.
+        size = model.cfg.input_size
+        return [size] + [s for m in model.members
+                         for s in backbone_sizes(m)[1 if m.native_resolution or m.fixed_input_size == (size, size) else 0:]]
     if model.native_resolution:
         return [PHOTO_SIDE]
     cfg = model.cfg.to_dict()

@@ -59,6 +59,9 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
     # v3 scores as v2 does (its IQA-CR member's content head is all that changed): v2's figures
     "ie-iqa-distortion+iqa-cr.clive-biq2021-v3": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
+    "ie-iqa-distortion+iqa-cr+ie-iqa.clive-biq2021": _gate("ship_gate_ensemble_specialist_head.json"),
+    "ie-iqa.clive-biq2021-v4": _experiment(
+        "multi_finetune.json", "IE-IQA, clive-dev specialist frozen, head 1:3 from it on both sets, calibrated"),
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),
                      "biq2021": ("shipped", "generalization.json", "ie-iqa.clive")},
     # v3 is v2 with a content head on the backbone levels (benchmarks/content_head.py): v2's scores

@@ -129,8 +129,9 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     save_checkpoint(model, path, omit_pretrained_backbone=True, extra={
         "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
     w = weights or [1.0] * len(members)
-    shape = (f"the photo resized to {input_size} x {input_size} px, as fixed-size models resize it; every member reads"
-             " that one input, so their shared frozen backbone pass runs once in the ONNX graph"
+    shape = (f"the photo resized to {input_size} x {input_size} px, as fixed-size models resize it; the members trained"
+             " at that size read that one input, so their shared frozen backbone pass runs once in the ONNX graph,"
+             " and any other member gets it resized inside the model to its own size as Pillow resizes"
              if input_size is not None else
              "the photo at native resolution (longest side at most 2048 px); a fixed-size member gets it resized\n"
              "  inside the model exactly as Pillow resizes it for that member alone")

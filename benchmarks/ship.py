@@ -108,7 +108,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     from contentiqa.experiments import load_config
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
-    from contentiqa.utils.io import atomic_write_text
+    from contentiqa.utils.io import atomic_write_text, file_sha256
 
     cfg = load_config(config)
     run = next((r for r in cfg.runs if r.name == row), None)
@@ -116,6 +116,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
         raise SystemExit(f"{config}: no row {row!r}; rows: {[r.name for r in cfg.runs]}")
     if from_run is not None and init_from is not None:
         raise SystemExit("--from-run ships a run's weights as they are: --init-from is for training")
+    started: dict | None = None  # the weights an external init_from named, for the card
     t0 = time.time()
     work = work_dir or ROOT / "benchmarks" / "runs" / f"ship_{run.model}_{tag}"
     if from_run is not None:
@@ -152,7 +153,11 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
                                  "ship that row first and give its weights with --init-from")
             else:
                 settings["init_from"] = str(init_from)
-                used.append(f"starting from `{init_from.name}` (its row shipped first on the same photos: its card)")
+                card_file = init_from.with_suffix(".md")
+                started = {"file": init_from.name, "sha256": file_sha256(init_from),
+                           "card": card_file.read_text() if card_file.is_file() else None}
+                used.append(f"starting from `{init_from.name}` (its row shipped first on the same photos: "
+                            "its card is at the end of this one)")
         elif init_from is not None:
             raise SystemExit(f"row {row!r} has no init_from: --init-from is for rows that start from another's weights")
         trainer = make_trainer(cfg, run, settings, work, train, val, scales, cache)
@@ -174,15 +179,24 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     save_checkpoint(best_model, path, omit_pretrained_backbone=True, extra={
         "trained_on": "; ".join(used), "tag": tag, "train_config": tcfg.to_dict(), "best_epoch": best.get("epoch"),
         "val_srocc": best.get("val_srocc"), "provenance": provenance(),
+        **({"init_from": {k: v for k, v in started.items() if k != "card"}} if started else {}),
     })
     seconds = time.time() - t0
     prov = provenance()
     scale = best_model.scale
     frozen_all = tcfg.cache_stages >= best_model.feature_end > 0
-    backbone = ("frozen, with ImageNet weights from the pip package (not stored here: rebuilt at load time); only "
-                "the head was trained, on cached pooled features" if frozen_all else
-                f"ImageNet weights from the pip package, first {tcfg.cache_stages} stages frozen (cached, not stored "
-                f"here), the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate")
+    if started:
+        backbone = (f"the weights of `{started['file']}` (it started from them: the end of this card says how they were "
+                    "trained), " + ("frozen; only the head was trained, on cached pooled features" if frozen_all else
+                                    f"first {tcfg.cache_stages} stages frozen (cached), the rest fine-tuned at "
+                                    f"{tcfg.backbone_lr_scale:g} x the head's learning rate")
+                    + "; the tensors still equal to the pip package's ImageNet weights are not stored here (rebuilt at "
+                    "load time)")
+    else:
+        backbone = ("frozen, with ImageNet weights from the pip package (not stored here: rebuilt at load time); only "
+                    "the head was trained, on cached pooled features" if frozen_all else
+                    f"ImageNet weights from the pip package, first {tcfg.cache_stages} stages frozen (cached, not stored "
+                    f"here), the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate")
     several = len(cfg.train_sets) > 1
     scale_text = ("where the training sets' raters, each on their own scale mapped onto the first's range, would "
                   "place the photo (the calibration weighs every set the same)"
@@ -200,6 +214,11 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
 - **Reproduce**: `{command_line()}` ({seconds / 60:.1f} min on {prov['machine']}{', ' + prov['gpu'] if prov.get('gpu') else ''}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
 """
+    if started:
+        # The start's own card, headings one level down: how the weights this one froze were made.
+        earlier = "\n".join(("###" + line[1:]) if line.startswith("# ") else line
+                             for line in (started["card"] or "(no card beside it)").splitlines())
+        card += f"\n## Started from `{started['file']}` (sha256 {started['sha256'][:16]}…)\n\n{earlier}\n"
     atomic_write_text(weights_dir / f"{run.model}_{tag}.md", card)
     print(card)
     return path

@@ -135,6 +135,11 @@ def test_ship_starts_a_row_from_another_experiments_row_only_from_shipped_weight
     shipped = ship.ship_row(path, "then", "b", weights_dir=weights, work_dir=tmp_path / "w3", init_from=start)
     a, b = load_checkpoint(start), load_checkpoint(shipped)
     assert "starting from `iqa-cr-q_a.pt`" in b.checkpoint_info["trained_on"]
+    assert b.checkpoint_info["init_from"]["file"] == "iqa-cr-q_a.pt"
+    card = (weights / "iqa-cr-q_b.md").read_text()
+    # the card says what it started from, and carries that start's own card
+    assert "the weights of `iqa-cr-q_a.pt`" in card and "## Started from `iqa-cr-q_a.pt`" in card
+    assert "### Model card: `iqa-cr-q.a`" in card
     # at learning rate 0 the shipped head is the one it started from
     head = [k for k in a.state_dict() if "head" in k or "regressor" in k]
     assert head and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in head)
@@ -429,6 +434,9 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64]  # one shared pass
+    ie96 = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=96)
+    # a member of another size gets the input resized and makes its own pass
+    assert cores.backbone_sizes(build_ensemble([ie, cr, ie96], input_size=64)) == [64, 96]
     at64 = ens_bench.build_from_runs(runs, ["A", "B"], "ie-iqa-distortion+iqa-cr", tmp_path / "out64", input_size=64)
     assert "at 64 px" in at64
     built = load_checkpoint(tmp_path / "out64" / "runs" / slugify(at64) / "seed0" / "tested.pt")

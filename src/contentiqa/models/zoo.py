@@ -94,10 +94,15 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
 # chosen on BIQ2021's validation part, output calibrated on clive-dev's; configs/multi_finetune.yaml,
 # admitted by benchmarks/ship_gate.py); `clive-biq2021` = the same without anchors and calibration,
 # stopped on BIQ2021's validation part (configs/multi_clive_biq2021.yaml); `clive` = fine-tuned on
-# clive-dev alone. The default tag comes first (weights/defaults.json, written by ship.py, decides).
+# clive-dev alone; `clive-biq2021-v4` = blocks 5-6, the conv head and the regressor fine-tuned on
+# clive-dev alone with the damage ranking and bad-frame anchors (configs/clive_finetune.yaml), then that
+# network frozen and its head trained on with clive-dev drawn 1:3 with BIQ2021 (configs/multi_finetune.yaml):
+# the third member of `ie-iqa-distortion+iqa-cr+ie-iqa`, not ie-iqa's default (no gate judged it alone).
+# The default tag comes first (weights/defaults.json, written by ship.py, decides).
 # An untrained `ie-iqa` is the shipped architecture (no selection, 384 px: recipes.IE_IQA_DEFAULTS);
 # the paper's is `create_model("ie-iqa", pretrained=False, **recipes.IE_IQA_PAPER_ARGS)`.
 @register_model("ie-iqa", weights={"clive-biq2021-v3": "ie-iqa_clive-biq2021-v3.pt",
+                                   "clive-biq2021-v4": "ie-iqa_clive-biq2021-v4.pt",
                                    "clive-biq2021-v2": "ie-iqa_clive-biq2021-v2.pt",
                                    "clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
                 defaults=IE_IQA_DEFAULTS, recipe=IE_IQA_RECIPE)
@@ -121,7 +126,8 @@ def ie_iqa_distortion(**kwargs) -> IEIQA:
 
 
 # -- ensembles of trained models (models/ensemble.py) ---------------------------------------------
-ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie-iqa-distortion", "iqa-cr")}
+ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie-iqa-distortion", "iqa-cr"),
+                                                "ie-iqa-distortion+iqa-cr+ie-iqa": ("ie-iqa-distortion", "iqa-cr", "ie-iqa")}
 """A named ensemble's members, in order: its architecture (``ensemble`` takes any)."""
 
 
@@ -162,6 +168,21 @@ def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
     ``clive-biq2021-v2`` gives both one 512-px input (one backbone pass). Both members are
     calibrated onto CLIVE's scale before they are combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr", **kwargs)
+
+
+# Tags: `clive-biq2021` = `ie-iqa-distortion+iqa-cr.clive-biq2021-v3`'s two members with
+# `ie-iqa.clive-biq2021-v4` (IE-IQA fine-tuned on clive-dev alone, its network then frozen and its head
+# trained on both sets) as a third, weighted 2:1:1 (chosen on validation parts; benchmarks/ship_gate.py
+# passed it against the pair on the test parts).
+@register_model("ie-iqa-distortion+iqa-cr+ie-iqa",
+                weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr+ie-iqa_clive-biq2021.pt"}, trainable=False)
+def ie_iqa_distortion_iqa_cr_ie_iqa(**kwargs) -> Ensemble:
+    """The default pair and a CLIVE-tuned IE-IQA together: the harmonic mean of their scores, IQA-CR's content.
+
+    The two members of ``ie-iqa-distortion+iqa-cr`` read one 512-px input (one shared backbone
+    pass); the third, whose deep stages were fine-tuned on clive-dev, gets it resized to its own
+    384 px. Every member is calibrated onto CLIVE's scale before they are combined."""
+    return _ensemble("ie-iqa-distortion+iqa-cr+ie-iqa", **kwargs)
 
 
 @register_model("ensemble", trainable=False)
