@@ -177,7 +177,7 @@ def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
 @register_model("ie-iqa-distortion+iqa-cr+ie-iqa",
                 weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr+ie-iqa_clive-biq2021.pt"}, trainable=False)
 def ie_iqa_distortion_iqa_cr_ie_iqa(**kwargs) -> Ensemble:
-    """The default pair and a CLIVE-tuned IE-IQA together: the harmonic mean of their scores, IQA-CR's content.
+    """``ie-iqa-distortion+iqa-cr`` and a CLIVE-tuned IE-IQA together: the harmonic mean of their scores, IQA-CR's content.
 
     The two members of ``ie-iqa-distortion+iqa-cr`` read one 512-px input (one shared backbone
     pass); the third, whose deep stages were fine-tuned on clive-dev, gets it resized to its own
