@@ -92,9 +92,8 @@ def backbone_sizes(model) -> list[int]:
         # One input for every member: the main passes of the members that read it as it is (the same
         # frozen Lite0, as the shipped members have) are one pass in the graph, ONNX Runtime merging
         # identical computations; a member of another size resizes it and makes all its own passes.
-        size = model.cfg.input_size
-        return [size] + [s for m in model.members
-                         for s in backbone_sizes(m)[1 if m.native_resolution or m.fixed_input_size == (size, size) else 0:]]
+        return [model.cfg.input_size] + [s for m in model.members
+                                         for s in backbone_sizes(m)[1 if model.reads_input(m) else 0:]]
     if model.native_resolution:
         return [PHOTO_SIDE]
     cfg = model.cfg.to_dict()

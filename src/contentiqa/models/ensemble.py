@@ -159,7 +159,7 @@ class Ensemble(IQAModel):
         return self._reference.preprocess(image)
 
     # -- outputs ---------------------------------------------------------------------------
-    def _reads_input(self, m: IQAModel) -> bool:
+    def reads_input(self, m: IQAModel) -> bool:
         """Whether member ``m`` reads the ensemble's input as it is (else resized for it)."""
         return m.native_resolution or (not self._native and m.fixed_input_size == self._input)
 
@@ -168,7 +168,7 @@ class Ensemble(IQAModel):
         8-bit photo (back to pixel values, resized with Pillow's rounding, normalised again)."""
         out, pixels = [], None
         for m in self.members:
-            if self._reads_input(m):
+            if self.reads_input(m):
                 out.append(x)
                 continue
             # From a native-resolution input always resized, even to its own size (then a copy): a
@@ -192,7 +192,7 @@ class Ensemble(IQAModel):
         whose first ``k`` stages are the same as the first such member's (same structure and
         weights): :meth:`forward` runs those stages once for all of them. ``([], 0)`` when fewer
         than two share any."""
-        able = [m.shares_stages and self._reads_input(m) for m in self.members]
+        able = [m.shares_stages and self.reads_input(m) for m in self.members]
         key = tensor_versions(t for m, ok in zip(self.members, able) if ok
                               for stage in m.stages for t in (*stage.parameters(), *stage.buffers()))
         if self._sharing is None or self._sharing[0] != key:
