@@ -2,6 +2,8 @@
 fixed-size member sees, checkpoints, ONNX, and what they refuse."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -226,8 +228,8 @@ def test_members_with_the_same_first_stages_run_them_once():
     ie, cr = tiny_members()
     cr.backbone.load_state_dict(ie.distortion.state_dict())  # the same frozen backbone weights, as shipped
     ens = build_ensemble([ie, cr], input_size=64)
-    sharing, k = ens.shared_stages()
-    assert sharing == [0, 1] and k == max(ie.feature_end, cr.feature_end) == len(ie.stages)
+    assert ens.shared_stages() == {0: ie.feature_end, 1: cr.feature_end}
+    assert max(ie.feature_end, cr.feature_end) == len(ie.stages)
     x = ens.preprocess(photo(90, 70))[None]
     ie_calls, cr_calls = _calls(ie.stages), _calls(cr.stages)
     with torch.no_grad():
@@ -241,12 +243,34 @@ def test_members_with_the_same_first_stages_run_them_once():
             p.add_(0.05)
         expected = ens.combine([ie(x)["score"], cr(x)["score"]])
         torch.testing.assert_close(ens(x)["score"], expected)
-    assert ens.shared_stages() == ([0, 1], 3)
+    assert ens.shared_stages() == {0: 3, 1: 3}
 
     apart = build_ensemble(list(tiny_members(seed=1)), input_size=64)  # different weights from stage 0
-    assert apart.shared_stages() == ([], 0)
+    assert apart.shared_stages() == {}
     native = build_ensemble([ie, cr])  # the fixed-size member reads a resized input: nothing shared
-    assert native.shared_stages() == ([], 0)
+    assert native.shared_stages() == {}
+
+
+def test_a_member_that_shares_fewer_stages_takes_those_and_runs_its_own():
+    """A member whose deep stages differ (fine-tuned) takes the shared shallow stages and runs
+    its own deep ones; the members that are the same throughout still share the whole pass."""
+    ie, cr = tiny_members()
+    cr.backbone.load_state_dict(ie.distortion.state_dict())
+    tuned = copy.deepcopy(ie)
+    with torch.no_grad():
+        for p in tuned.stages[2].parameters():
+            p.add_(0.05)
+    ens = build_ensemble([ie, cr, tuned], input_size=64)
+    assert ens.shared_stages() == {0: ie.feature_end, 1: cr.feature_end, 2: 2}
+    x = ens.preprocess(photo(90, 70))[None]
+    calls = [_calls(m.stages) for m in (ie, cr, tuned)]
+    with torch.no_grad():
+        expected = ens.combine([m(x)["score"] for m in (ie, cr, tuned)])
+        for c in calls:
+            c[:] = [0] * len(c)
+        torch.testing.assert_close(ens(x)["score"], expected)
+    n = len(ie.stages)
+    assert calls[0] == [1] * n and calls[1] == [0] * n and calls[2] == [0, 0] + [1] * (n - 2)
 
 
 def test_a_shared_stage_is_explained_once():
@@ -262,7 +286,7 @@ def test_a_shared_stage_is_explained_once():
     assert not any(m is s for m in mods for s in cr.stages)
     x = ens.preprocess(photo(90, 70))[None]
     shared = compute_gradcam(ens, x, targets=("quality",))
-    ens.shared_stages = lambda: ([], 0)  # each member through its own stages, as before sharing
+    ens.shared_stages = lambda: {}  # each member through its own stages, as before sharing
     apart = compute_gradcam(ens, x, targets=("quality",))
     assert len(apart.level_cams["quality"]) > len(shared.level_cams["quality"])
     assert shared.cams["quality"].max() > 0

@@ -23,7 +23,9 @@ on the members: the shipped pair loses what IQA-CR gains from native resolution 
 
 Why members share stages: members that read the same input through the same first backbone
 stages (same structure, same weights: the frozen ImageNet Lite0 of both shipped members) compute
-the same maps. The ensemble runs those stages once and hands their outputs to each member
+the same maps. The ensemble runs those stages once and hands their outputs to each member, as
+deep as that member's stages are the same (a member whose deep stages were fine-tuned takes the
+shallow ones and runs its own deep ones, while the others still share the whole pass)
 (:meth:`~contentiqa.models.base.IQAModel.forward_from_stages`), in eager PyTorch as in the exported
 graph. Which stages are the same is checked on the weights themselves, again whenever a member's
 tensors change (``load_state_dict``, training), never assumed from a name.
@@ -187,11 +189,11 @@ class Ensemble(IQAModel):
             return (s * w).sum(-1)
         return 1.0 / (w / torch.clamp(s, min=_FLOOR)).sum(-1)
 
-    def shared_stages(self) -> tuple[list[int], int]:
-        """``(members, k)``: the members (indices) that read the ensemble's input as it is and
-        whose first ``k`` stages are the same as the first such member's (same structure and
-        weights): :meth:`forward` runs those stages once for all of them. ``([], 0)`` when fewer
-        than two share any."""
+    def shared_stages(self) -> dict[int, int]:
+        """``{member index: k}``: the members that read the ensemble's input as it is and whose
+        first ``k`` stages are the same as the first such member's (same structure and weights):
+        :meth:`forward` runs the first member's stages once, as deep as any needs, and hands each
+        its first ``k`` outputs. Empty when fewer than two share any."""
         able = [m.shares_stages and self.reads_input(m) for m in self.members]
         key = tensor_versions(t for m, ok in zip(self.members, able) if ok
                               for stage in m.stages for t in (*stage.parameters(), *stage.buffers()))
@@ -201,15 +203,15 @@ class Ensemble(IQAModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = self.member_inputs(x)
-        sharing, k = self.shared_stages()
+        sharing = self.shared_stages()
         outs: list[dict[str, torch.Tensor] | None] = [None] * len(self.members)
         if sharing:
             h, stage_outputs = x, []
-            for stage in self.members[sharing[0]].stages[:k]:
+            for stage in self.members[next(iter(sharing))].stages[:max(sharing.values())]:
                 h = stage(h)
                 stage_outputs.append(h)
-            for i in sharing:
-                outs[i] = self.members[i].forward_from_stages(x, stage_outputs)
+            for i, k in sharing.items():
+                outs[i] = self.members[i].forward_from_stages(x, stage_outputs[:k])
         outs = [o if o is not None else m(xi) for o, m, xi in zip(outs, self.members, inputs)]
         result = {"score": self.combine([o["score"] for o in outs])}
         if self._content is not None:
@@ -222,9 +224,9 @@ class Ensemble(IQAModel):
         A stage the members share runs once (:meth:`shared_stages`), so it is listed once: its
         map's gradient then carries every member's part, and the combined heatmap is the one
         their separate maps would add up to."""
-        sharing, k = self.shared_stages()
-        owner = self.members[sharing[0]].stages if sharing else []
-        same = {id(m.stages[i]): owner[i] for j in sharing[1:] for m in [self.members[j]] for i in range(k)}
+        sharing = self.shared_stages()
+        owner = self.members[next(iter(sharing))].stages if sharing else []
+        same = {id(self.members[j].stages[i]): owner[i] for j, k in sharing.items() for i in range(k)}
         out: list[nn.Module] = []
         for m in self.members:
             for mod in m.gradcam_modules():
@@ -259,26 +261,25 @@ def _same_stage(a: nn.Module, b: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _common_stages(members: Sequence[IQAModel], able: Sequence[bool]) -> tuple[list[int], int]:
+def _common_stages(members: Sequence[IQAModel], able: Sequence[bool]) -> dict[int, int]:
     """See :meth:`Ensemble.shared_stages` (``able``: which members can take part): the first
-    able member owns the shared stages; k is the shortest common run of stages with it, at most
-    as deep as the sharing members' features go."""
+    able member owns the shared stages; each member's k is its common run of stages with it, at
+    most as deep as that member's features go (the owner's: as deep as any other's)."""
     able = [i for i, (m, ok) in enumerate(zip(members, able)) if ok and len(m.stages)]
     if len(able) < 2:
-        return [], 0
+        return {}
     owner = members[able[0]].stages
-    sharing, depth = [able[0]], []
+    depth: dict[int, int] = {}
     for i in able[1:]:
         stages = members[i].stages
         n = 0
         while n < min(len(owner), len(stages)) and _same_stage(owner[n], stages[n]):
             n += 1
         if n:
-            sharing.append(i)
-            depth.append(n)
-    if len(sharing) < 2:
-        return [], 0
-    return sharing, min(min(depth), max(members[i].feature_end for i in sharing))
+            depth[i] = min(n, members[i].feature_end)
+    if not depth:
+        return {}
+    return {able[0]: min(max(depth.values()), members[able[0]].feature_end), **depth}
 
 
 def check_members(name: str, members: Sequence[str]) -> None:
