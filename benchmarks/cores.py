@@ -89,11 +89,21 @@ def backbone_sizes(model) -> list[int]:
     if isinstance(model, Ensemble):
         if model.cfg.input_size is None:
             return [s for m in model.members for s in backbone_sizes(m)]
-        # One input for every member: the main passes of the members that read it as it is (the same
-        # frozen Lite0, as the shipped members have) are one pass in the graph, ONNX Runtime merging
-        # identical computations; a member of another size resizes it and makes all its own passes.
-        return [model.cfg.input_size] + [s for m in model.members
-                                         for s in backbone_sizes(m)[1 if model.reads_input(m) else 0:]]
+        # One input for every member: the members that read it as it is through the same stages
+        # (Ensemble.shared_stages) make one main pass between them. A member that shares only its
+        # first stages is counted as a whole pass of its own (an upper bound: its shared stages run
+        # once), and a member of another size resizes the input and makes all its own passes.
+        shared = model.shared_stages()
+        whole = {i for i, k in shared.items() if k == model.members[i].feature_end}
+        if not whole:
+            whole = {next((i for i, m in enumerate(model.members) if model.reads_input(m)), -1)}
+        sizes = [model.cfg.input_size]
+        for i, m in enumerate(model.members):
+            own = backbone_sizes(m)
+            if model.reads_input(m):
+                own = ([] if i in whole else [model.cfg.input_size]) + own[1:]
+            sizes += own
+        return sizes
     if model.native_resolution:
         return [PHOTO_SIDE]
     cfg = model.cfg.to_dict()

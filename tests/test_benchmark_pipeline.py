@@ -4,6 +4,8 @@ end to end: the runner's table copied to the results folder, labels joined by da
 key, and one row shipped (benchmarks/ship.py) as a self-describing weights tag."""
 from __future__ import annotations
 
+import copy
+
 import json
 import sys
 from pathlib import Path
@@ -433,10 +435,19 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
         ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out5", member_runs=[runs, other])
     assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
     assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
-    assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64]  # one shared pass
+    assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64, 64]  # other weights: two passes
+    shared_cr = copy.deepcopy(cr)
+    shared_cr.backbone.load_state_dict(ie.distortion.state_dict())
+    assert cores.backbone_sizes(build_ensemble([ie, shared_cr], input_size=64)) == [64]  # one shared pass
     ie96 = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=96)
     # a member of another size gets the input resized and makes its own pass
-    assert cores.backbone_sizes(build_ensemble([ie, cr, ie96], input_size=64)) == [64, 96]
+    assert cores.backbone_sizes(build_ensemble([ie, shared_cr, ie96], input_size=64)) == [64, 96]
+    # a member sharing only its first stages is counted as a pass of its own
+    tuned = copy.deepcopy(ie)
+    with torch.no_grad():
+        for p in tuned.stages[-1].parameters():
+            p.add_(0.05)
+    assert cores.backbone_sizes(build_ensemble([ie, shared_cr, tuned], input_size=64)) == [64, 64]
     at64 = ens_bench.build_from_runs(runs, ["A", "B"], "ie-iqa-distortion+iqa-cr", tmp_path / "out64", input_size=64)
     assert "at 64 px" in at64
     built = load_checkpoint(tmp_path / "out64" / "runs" / slugify(at64) / "seed0" / "tested.pt")
