@@ -23,12 +23,12 @@ on the members: the shipped pair loses what IQA-CR gains from native resolution 
 
 Why members share stages: members that read the same input through the same first backbone
 stages (same structure, same weights: the frozen ImageNet Lite0 of both shipped members) compute
-the same maps. The ensemble runs those stages once and hands their outputs to each member, as
-deep as that member's stages are the same (a member whose deep stages were fine-tuned takes the
-shallow ones and runs its own deep ones, while the others still share the whole pass)
+the same maps. The ensemble runs those stages once and hands their outputs to each member
 (:meth:`~contentiqa.models.base.IQAModel.forward_from_stages`), in eager PyTorch as in the exported
-graph. Which stages are the same is checked on the weights themselves, again whenever a member's
-tensors change (``load_state_dict``, training), never assumed from a name.
+graph, each as deep as its own stages are the same: a member whose deep stages were fine-tuned takes
+the shallow ones and runs its own deep ones, while the others still share the whole pass. Which
+stages are the same is checked on the weights themselves, again whenever a member's tensors change
+(``load_state_dict``, training), never assumed from a name.
 
 Why the harmonic mean: both members are calibrated onto the same rating scale, and a photo that
 either finds worthless (a black frame, a photo blurred beyond recognition) should stay near the
