@@ -185,18 +185,19 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     prov = provenance()
     scale = best_model.scale
     frozen_all = tcfg.cache_stages >= best_model.feature_end > 0
+    head_only = "only the head was trained, on cached pooled features"
+    rest = f"the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate"
     if started:
         backbone = (f"the weights of `{started['file']}` (it started from them: the end of this card says how they were "
-                    "trained), " + ("frozen; only the head was trained, on cached pooled features" if frozen_all else
-                                    f"first {tcfg.cache_stages} stages frozen (cached), the rest fine-tuned at "
-                                    f"{tcfg.backbone_lr_scale:g} x the head's learning rate")
+                    "trained), " + (f"frozen; {head_only}" if frozen_all else
+                                    f"first {tcfg.cache_stages} stages frozen (cached), {rest}")
                     + "; the tensors still equal to the pip package's ImageNet weights are not stored here (rebuilt at "
                     "load time)")
     else:
-        backbone = ("frozen, with ImageNet weights from the pip package (not stored here: rebuilt at load time); only "
-                    "the head was trained, on cached pooled features" if frozen_all else
+        backbone = (f"frozen, with ImageNet weights from the pip package (not stored here: rebuilt at load time); {head_only}"
+                    if frozen_all else
                     f"ImageNet weights from the pip package, first {tcfg.cache_stages} stages frozen (cached, not stored "
-                    f"here), the rest fine-tuned at {tcfg.backbone_lr_scale:g} x the head's learning rate")
+                    f"here), {rest}")
     several = len(cfg.train_sets) > 1
     scale_text = ("where the training sets' raters, each on their own scale mapped onto the first's range, would "
                   "place the photo (the calibration weighs every set the same)"

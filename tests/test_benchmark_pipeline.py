@@ -5,7 +5,6 @@ key, and one row shipped (benchmarks/ship.py) as a self-describing weights tag."
 from __future__ import annotations
 
 import copy
-
 import json
 import sys
 from pathlib import Path
