@@ -8,9 +8,10 @@ first ``--photos`` photos of ../shared/data/clive-dev, with the default model (i
 weights; the ONNX export cached beforehand, as on any run after the first):
 
 - **limit**: the bare EfficientNet-Lite0 backbone(s) of the model (``forward_features``) in ONNX
-  Runtime on in-memory tensors at the model's input sizes (:func:`backbone_sizes`: IE-IQA one
+  Runtime on in-memory tensors at the model's input sizes (:func:`backbone_passes`: IE-IQA one
   pass at 384 px for the quality CNN + one at 224 px for the recognition CNN; a native-resolution
-  model one at the photos' 500 px; an ensemble its members' passes), batch 1, exported as contentiqa exports
+  model one at the photos' 500 px; an ensemble its members' passes, a member that shares its first
+  stages with the others only its own deep stages), batch 1, exported as contentiqa exports
   its models: the best of ONNX Runtime's default session (a thread per core, spinning), one
   thread, and one thread per photo with a photo per core at once; no decoding, no start-up;
 - **score (default)**: ``contentiqa score PHOTOS -o out.csv -q`` in a fresh process, timed end
@@ -33,7 +34,9 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,79 +66,131 @@ def competitor(active: bool):
         proc.wait()
 
 
-def backbone_sessions(work: Path, sizes: list[int]):
-    """Sessions of the bare Lite0 backbone: ONNX Runtime's default (threads per core, spinning) and 1 thread."""
+@dataclass(frozen=True)
+class Pass:
+    """One backbone pass the model makes for a photo: a whole pass of the bare Lite0 backbone at
+    ``size`` (``start`` 0), or the deep stages ``start``.. of a member that shares the stages before
+    them with the others (``tail``: those stages, run from the shared stages' output)."""
+
+    size: int
+    start: int = 0
+    tail: Any = None
+
+
+def backbone_sessions(work: Path, passes: list[Pass]) -> dict[str, list]:
+    """Per session kind (ONNX Runtime's default: threads per core, spinning; 1 thread), one
+    ``(session, input)`` per pass: the bare Lite0 backbone for a whole pass, the member's own deep
+    stages (exported as contentiqa exports its models) for a partial one."""
     import onnxruntime as ort
+    import torch
 
     from speed import export_backbone
 
-    path = export_backbone(work)
+    rng = np.random.default_rng(0)
+    whole: Path | None = None
+    graphs: list[tuple[Path, np.ndarray]] = []
+    for i, p in enumerate(passes):
+        if p.tail is None:
+            whole = whole or export_backbone(work)
+            graphs.append((whole, rng.standard_normal((1, 3, p.size, p.size), dtype=np.float32)))
+            continue
+        net, stages = torch.nn.Sequential(*p.tail[1]).eval(), p.tail[0]
+        with torch.no_grad():  # the shape the shared stages hand over at this size
+            h = torch.zeros(1, 3, p.size, p.size)
+            for stage in stages[:p.start]:
+                h = stage(h)
+        path = export_onnx_like_contentiqa(net, tuple(h.shape), work / f"tail{i}.onnx")
+        graphs.append((path, rng.standard_normal(tuple(h.shape), dtype=np.float32)))
     out = {}
     for label, threads in (("default", 0), ("1 thread", 1)):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        out[label] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        made: dict[Path, object] = {}
+        out[label] = [(made.setdefault(path, ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])), x)
+                      for path, x in graphs]
     return out
+
+
+def export_onnx_like_contentiqa(net, shape: tuple[int, ...], path: Path) -> Path:
+    """``net`` as an ONNX graph of one input of ``shape``, exported as contentiqa exports its models
+    (TF-"same" convolutions as one Conv node), so it is the best graph of it we know."""
+    import warnings
+
+    import torch
+
+    from contentiqa.backbones.onnx_same_padding import same_padding_as_onnx_conv
+
+    with warnings.catch_warnings(), same_padding_as_onnx_conv(net, 17):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(*shape),), str(path), dynamo=False, opset_version=17,
+                          input_names=["features_in"], output_names=["features"])
+    return path
 
 
 PHOTO_SIDE = 500
 """clive-dev's photos are 500 x 500: what a native-resolution model's backbone sees of them."""
 
 
-def backbone_sizes(model) -> list[int]:
-    """The square sizes of the backbone passes the model makes for one clive-dev photo."""
+def backbone_passes(model) -> list[Pass]:
+    """The backbone passes the model makes for one clive-dev photo."""
     from contentiqa.models import Ensemble
 
     if isinstance(model, Ensemble):
         if model.cfg.input_size is None:
-            return [s for m in model.members for s in backbone_sizes(m)]
+            return [p for m in model.members for p in backbone_passes(m)]
         # One input for every member: the members that read it as it is through the same stages
-        # (Ensemble.shared_stages) make one main pass between them. A member that shares only its
-        # first stages is counted as a whole pass of its own (an upper bound: its shared stages run
-        # once), and a member of another size resizes the input and makes all its own passes.
+        # (Ensemble.shared_stages) make one main pass between them; a member that shares only its
+        # first k stages runs its own stages from k on (what Ensemble.forward does), and a member
+        # of another size resizes the input and makes all its own passes.
         shared = model.shared_stages()
         whole = {i for i, k in shared.items() if k == model.members[i].feature_end}
         if not whole:
             whole = {next((i for i, m in enumerate(model.members) if model.reads_input(m)), -1)}
-        sizes = [model.cfg.input_size]
+        size = model.cfg.input_size
+        passes = [Pass(size)]
         for i, m in enumerate(model.members):
-            own = backbone_sizes(m)
+            own = backbone_passes(m)
             if model.reads_input(m):
-                own = ([] if i in whole else [model.cfg.input_size]) + own[1:]
-            sizes += own
-        return sizes
+                k = shared.get(i, 0)
+                first = ([] if i in whole else
+                         [Pass(size, k, (m.stages, m.stages[k:m.feature_end]))] if k else [Pass(size)])
+                own = first + own[1:]
+            passes += own
+        return passes
     if model.native_resolution:
-        return [PHOTO_SIDE]
+        return [Pass(PHOTO_SIDE)]
     cfg = model.cfg.to_dict()
-    return [int(cfg["input_size"])] + ([int(cfg["intelligibility_input_size"])]
-                                       if cfg.get("intelligibility_task") and cfg.get("intelligibility_input_size") else [])
+    return [Pass(int(cfg["input_size"]))] + ([Pass(int(cfg["intelligibility_input_size"]))]
+                                             if cfg.get("intelligibility_task") and cfg.get("intelligibility_input_size")
+                                             else [])
 
 
-def limit_ips(sessions, sizes: list[int], n: int, cpus: int) -> dict[str, float]:
-    """images/s of the backbone passes of one photo (one pass per size), per session kind, and
-    with the one-thread session running ``cpus`` photos at once (what `score` does with many)."""
+def describe_passes(passes: list[Pass]) -> str:
+    return ", ".join(f"{p.size} px" if p.tail is None else f"{p.size} px from stage {p.start}" for p in passes)
+
+
+def limit_ips(sessions: dict[str, list], n: int, cpus: int) -> dict[str, float]:
+    """images/s of the backbone passes of one photo, per session kind, and with the one-thread
+    sessions running ``cpus`` photos at once (what `score` does with many)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((1, 3, s, s), dtype=np.float32) for s in sizes]
-
-    def photo(s) -> None:
-        for x in xs:
-            s.run(None, {"image": x})
+    def photo(runs) -> None:
+        for s, x in runs:
+            s.run(None, {s.get_inputs()[0].name: x})
 
     out = {}
-    for label, s in sessions.items():
-        photo(s)
+    for label, runs in sessions.items():
+        photo(runs)
         t = time.perf_counter()
         for _ in range(n):
-            photo(s)
+            photo(runs)
         out[label] = n / (time.perf_counter() - t)
     if cpus > 1:
-        s = sessions["1 thread"]
+        runs = sessions["1 thread"]
         with ThreadPoolExecutor(cpus) as pool:
-            list(pool.map(lambda _: photo(s), range(cpus)))
+            list(pool.map(lambda _: photo(runs), range(cpus)))
             t = time.perf_counter()
-            list(pool.map(lambda _: photo(s), range(n)))
+            list(pool.map(lambda _: photo(runs), range(n)))
             out[f"{cpus} at once, 1 thread each"] = n / (time.perf_counter() - t)
     return out
 
@@ -188,13 +243,13 @@ def main() -> None:
 
     name = args.model or contentiqa.DEFAULT_MODEL
     model = contentiqa.create_model(name).eval()
-    sizes = backbone_sizes(model)
+    passes = backbone_passes(model)
     contentiqa.load_scorer(name, threads=1)  # its graph is there (shipped, or exported into the cache once), as for score
     cpus = usable_cpus()
     results: dict[str, dict[str, list]] = {}
     with tempfile.TemporaryDirectory(prefix="contentiqa-cores-") as tmp, bench_lock():
         work = Path(tmp)
-        sessions = backbone_sessions(work, sizes)
+        sessions = backbone_sessions(work, passes)
         load_before = os.getloadavg()
         score_ips(files[:4], work / "warm.csv", name)  # page cache and Python bytecode warm
         for _ in range(args.rounds):
@@ -203,7 +258,7 @@ def main() -> None:
                 with competitor(loaded):
                     busy = busy_cores(0.5)
                     plan = plan_threads(images=len(files))
-                    lim = limit_ips(sessions, sizes, max(8, len(files) // 4), cpus)
+                    lim = limit_ips(sessions, max(8, len(files) // 4), cpus)
                     res = results.setdefault(cond, {})
                     for k, v in lim.items():
                         res.setdefault(f"limit ({k})", []).append(v)
@@ -232,14 +287,14 @@ def main() -> None:
         "fixed_threads_loaded_vs_idle": loaded[f"score --threads {cpus}"] / idle[f"score --threads {cpus}"],
         "limit_loaded_vs_idle": loaded["limit"] / idle["limit"],
     }
-    payload = {"command": command_line(), "photos": len(files), "rounds": args.rounds, "cpus": cpus, "sizes": sizes,
+    payload = {"command": command_line(), "photos": len(files), "rounds": args.rounds, "cpus": cpus, "passes": describe_passes(passes),
                "model": name, "runs": results, "median": med, "ratios": ratios,
                "ceiling_images_per_s": ceiling,
                "load_before": load_before, "load_after": load_after, "quick": args.quick}
     lines = [
         "# Using the cores (CPU)\n",
         f"One run: `{payload['command']}` (holds /tmp/contentiqa-bench.lock). {len(files)} clive-dev photos, model "
-        f"{payload['model']} (bare-backbone passes at {', '.join(f'{s} px' for s in sizes)}), "
+        f"{payload['model']} (bare-backbone passes at {describe_passes(passes)}), "
         f"{cpus} CPU(s); median of {args.rounds} round(s), idle and loaded interleaved. Load average before / after: "
         f"{load_before[0]:.2f} / {load_after[0]:.2f} (other jobs on this shared machine count in it).\n",
         f"'score' rows: `contentiqa score PHOTOS -m {name} -o out.csv -q` in a fresh process, end to end including start-up, "

@@ -60,6 +60,10 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
     # v3 scores as v2 does (its IQA-CR member's content head is all that changed): v2's figures
     "ie-iqa-distortion+iqa-cr.clive-biq2021-v3": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
     "ie-iqa-distortion+iqa-cr+ie-iqa.clive-biq2021": _gate("ship_gate_ensemble_specialist_head.json"),
+    "ie-iqa-distortion+iqa-cr+ie-iqa-distortion.clive-biq2021": _gate("ship_gate_ensemble_specialist512.json"),
+    "ie-iqa-distortion.clive-biq2021-v3": _experiment(
+        "multi_finetune.json",
+        "IE-IQA distortion only at 512 px, clive-dev specialist frozen, head 1:3 from it with damage 0.3 on both sets, calibrated"),
     "ie-iqa.clive-biq2021-v4": _experiment(
         "multi_finetune.json", "IE-IQA, clive-dev specialist frozen, head 1:3 from it on both sets, calibrated"),
     "ie-iqa.clive": {"clive": ("table", "ie_iqa.json", "IE-IQA, no selection (1280 features) | distortion backbone pretrained"),

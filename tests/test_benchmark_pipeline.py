@@ -432,21 +432,35 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
         ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out6", member_runs=[runs, runs, other])
     with pytest.raises(SystemExit, match="3 rows but 2"):
         ens_bench.build_from_runs(runs, ["A", "B", "C"], "ensemble", tmp_path / "out5", member_runs=[runs, other])
-    assert cores.backbone_sizes(ie) == [64] and cores.backbone_sizes(cr) == [cores.PHOTO_SIDE]
-    assert cores.backbone_sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
-    assert cores.backbone_sizes(build_ensemble([ie, cr], input_size=64)) == [64, 64]  # other weights: two passes
+    def sizes(model):
+        return [p.size for p in cores.backbone_passes(model)]
+
+    assert sizes(ie) == [64] and sizes(cr) == [cores.PHOTO_SIDE]
+    assert sizes(build_ensemble([ie, cr])) == [64, cores.PHOTO_SIDE]
+    assert sizes(build_ensemble([ie, cr], input_size=64)) == [64, 64]  # other weights: two passes
     shared_cr = copy.deepcopy(cr)
     shared_cr.backbone.load_state_dict(ie.distortion.state_dict())
-    assert cores.backbone_sizes(build_ensemble([ie, shared_cr], input_size=64)) == [64]  # one shared pass
+    assert sizes(build_ensemble([ie, shared_cr], input_size=64)) == [64]  # one shared pass
     ie96 = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=96)
     # a member of another size gets the input resized and makes its own pass
-    assert cores.backbone_sizes(build_ensemble([ie, shared_cr, ie96], input_size=64)) == [64, 96]
-    # a member sharing only its first stages is counted as a pass of its own
+    assert sizes(build_ensemble([ie, shared_cr, ie96], input_size=64)) == [64, 96]
+    # a member sharing only its first stages runs only its own deep stages, from the shared ones' output
     tuned = copy.deepcopy(ie)
     with torch.no_grad():
         for p in tuned.stages[-1].parameters():
             p.add_(0.05)
-    assert cores.backbone_sizes(build_ensemble([ie, shared_cr, tuned], input_size=64)) == [64, 64]
+    passes = cores.backbone_passes(build_ensemble([ie, shared_cr, tuned], input_size=64))
+    last = len(tuned.stages) - 1
+    assert [(p.size, p.start) for p in passes] == [(64, 0), (64, last)]
+    assert list(passes[1].tail[1]) == [tuned.stages[last]]
+    sessions = cores.backbone_sessions(tmp_path, passes[1:])  # the tail alone: one stage's graph
+    ((session, x),) = sessions["1 thread"]
+    with torch.no_grad():
+        h = torch.zeros(1, 3, 64, 64)
+        for stage in tuned.stages[:last]:
+            h = stage(h)
+    assert x.shape == tuple(h.shape)
+    assert set(cores.limit_ips(sessions, 2, 2)) == {"default", "1 thread", "2 at once, 1 thread each"}
     at64 = ens_bench.build_from_runs(runs, ["A", "B"], "ie-iqa-distortion+iqa-cr", tmp_path / "out64", input_size=64)
     assert "at 64 px" in at64
     built = load_checkpoint(tmp_path / "out64" / "runs" / slugify(at64) / "seed0" / "tested.pt")

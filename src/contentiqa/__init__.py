@@ -19,7 +19,7 @@ from .utils.lazy import lazy_exports
 __version__ = "0.1.0"
 
 # The model `contentiqa score` uses by default: the better one by benchmarks/results.
-DEFAULT_MODEL = "ie-iqa-distortion+iqa-cr+ie-iqa"
+DEFAULT_MODEL = "ie-iqa-distortion+iqa-cr+ie-iqa-distortion"
 
 _LAZY = {  # name -> submodule; the model API imports torch, create_scorer does not
     "IQAModel": "models",

@@ -113,9 +113,14 @@ def ie_iqa(**kwargs) -> IEIQA:
 
 # Tags: `clive-biq2021` = ie-iqa v3's recipe on the distortion network alone (configs/multi_finetune.yaml),
 # the first member of the ensemble `ie-iqa-distortion+iqa-cr.clive-biq2021`; `clive-biq2021-v2` = the same
-# at 512 px with the bad-frame anchors at 0.3, the first member of `ie-iqa-distortion+iqa-cr.clive-biq2021-v2`.
+# at 512 px with the bad-frame anchors at 0.3, the first member of `ie-iqa-distortion+iqa-cr.clive-biq2021-v2`;
+# `clive-biq2021-v3` = the 512-px network's blocks 5-6 and conv head fine-tuned on clive-dev alone with the
+# damage ranking and bad-frame anchors (configs/clive_finetune.yaml), then frozen and its head trained on
+# with clive-dev drawn 1:3 with BIQ2021, damage ranking 0.3 (configs/multi_finetune.yaml): the third member
+# of `ie-iqa-distortion+iqa-cr+ie-iqa-distortion`, not this model's default (no gate judged it alone).
 @register_model("ie-iqa-distortion", weights={"clive-biq2021": "ie-iqa-distortion_clive-biq2021.pt",
-                                              "clive-biq2021-v2": "ie-iqa-distortion_clive-biq2021-v2.pt"},
+                                              "clive-biq2021-v2": "ie-iqa-distortion_clive-biq2021-v2.pt",
+                                              "clive-biq2021-v3": "ie-iqa-distortion_clive-biq2021-v3.pt"},
                 defaults=IE_IQA_DISTORTION_DEFAULTS, recipe=IE_IQA_DISTORTION_RECIPE)
 def ie_iqa_distortion(**kwargs) -> IEIQA:
     """IE-IQA ablation "only distortion": the distortion CNN and regressor, no intelligibility."""
@@ -127,7 +132,9 @@ def ie_iqa_distortion(**kwargs) -> IEIQA:
 
 # -- ensembles of trained models (models/ensemble.py) ---------------------------------------------
 ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie-iqa-distortion", "iqa-cr"),
-                                                "ie-iqa-distortion+iqa-cr+ie-iqa": ("ie-iqa-distortion", "iqa-cr", "ie-iqa")}
+                                                "ie-iqa-distortion+iqa-cr+ie-iqa": ("ie-iqa-distortion", "iqa-cr", "ie-iqa"),
+                                                "ie-iqa-distortion+iqa-cr+ie-iqa-distortion":
+                                                    ("ie-iqa-distortion", "iqa-cr", "ie-iqa-distortion")}
 """A named ensemble's members, in order: its architecture (``ensemble`` takes any)."""
 
 
@@ -183,6 +190,21 @@ def ie_iqa_distortion_iqa_cr_ie_iqa(**kwargs) -> Ensemble:
     pass); the third, whose deep stages were fine-tuned on clive-dev, gets it resized to its own
     384 px. Every member is calibrated onto CLIVE's scale before they are combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr+ie-iqa", **kwargs)
+
+
+# Tags: `clive-biq2021` = `ie-iqa-distortion+iqa-cr.clive-biq2021-v3`'s two members with
+# `ie-iqa-distortion.clive-biq2021-v3` (the first member's 512-px network fine-tuned on clive-dev alone,
+# then frozen and its head trained on both sets) as a third, weighted 2:1:2 (chosen on validation parts;
+# benchmarks/ship_gate.py passed it against `ie-iqa-distortion+iqa-cr+ie-iqa.clive-biq2021` on the test parts).
+@register_model("ie-iqa-distortion+iqa-cr+ie-iqa-distortion",
+                weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr+ie-iqa-distortion_clive-biq2021.pt"}, trainable=False)
+def ie_iqa_distortion_iqa_cr_ie_iqa_distortion(**kwargs) -> Ensemble:
+    """``ie-iqa-distortion+iqa-cr`` and a CLIVE-tuned copy of its distortion network: the harmonic mean of their scores, IQA-CR's content.
+
+    All three read one 512-px input. The third member's stem and blocks 0-4 are the first's, so they
+    run once for all; only its fine-tuned blocks 5-6 and conv head run on their own. Every member is calibrated onto CLIVE's
+    scale before they are combined."""
+    return _ensemble("ie-iqa-distortion+iqa-cr+ie-iqa-distortion", **kwargs)
 
 
 @register_model("ensemble", trainable=False)
