@@ -69,12 +69,17 @@ def competitor(active: bool):
 @dataclass(frozen=True)
 class Pass:
     """One backbone pass the model makes for a photo: a whole pass of the bare Lite0 backbone at
-    ``size`` (``start`` 0), or the deep stages ``start``.. of a member that shares the stages before
-    them with the others (``tail``: those stages, run from the shared stages' output)."""
+    ``size`` (``stages`` None), or a member's own deep stages ``stages[start:end]``, run from the
+    output of the stages before them, which it shares with the others."""
 
     size: int
     start: int = 0
-    tail: Any = None
+    end: int = 0
+    stages: Any = None
+
+    @property
+    def partial(self) -> bool:
+        return self.stages is not None
 
 
 def backbone_sessions(work: Path, passes: list[Pass]) -> dict[str, list]:
@@ -90,14 +95,14 @@ def backbone_sessions(work: Path, passes: list[Pass]) -> dict[str, list]:
     whole: Path | None = None
     graphs: list[tuple[Path, np.ndarray]] = []
     for i, p in enumerate(passes):
-        if p.tail is None:
+        if not p.partial:
             whole = whole or export_backbone(work)
             graphs.append((whole, rng.standard_normal((1, 3, p.size, p.size), dtype=np.float32)))
             continue
-        net, stages = torch.nn.Sequential(*p.tail[1]).eval(), p.tail[0]
+        net = torch.nn.Sequential(*p.stages[p.start:p.end]).eval()
         with torch.no_grad():  # the shape the shared stages hand over at this size
             h = torch.zeros(1, 3, p.size, p.size)
-            for stage in stages[:p.start]:
+            for stage in p.stages[:p.start]:
                 h = stage(h)
         path = export_onnx_like_contentiqa(net, tuple(h.shape), work / f"tail{i}.onnx")
         graphs.append((path, rng.standard_normal(tuple(h.shape), dtype=np.float32)))
@@ -153,7 +158,7 @@ def backbone_passes(model) -> list[Pass]:
             if model.reads_input(m):
                 k = shared.get(i, 0)
                 first = ([] if i in whole else
-                         [Pass(size, k, (m.stages, m.stages[k:m.feature_end]))] if k else [Pass(size)])
+                         [Pass(size, k, m.feature_end, m.stages)] if k else [Pass(size)])
                 own = first + own[1:]
             passes += own
         return passes
@@ -166,7 +171,7 @@ def backbone_passes(model) -> list[Pass]:
 
 
 def describe_passes(passes: list[Pass]) -> str:
-    return ", ".join(f"{p.size} px" if p.tail is None else f"{p.size} px from stage {p.start}" for p in passes)
+    return ", ".join(f"{p.size} px from stage {p.start}" if p.partial else f"{p.size} px" for p in passes)
 
 
 def limit_ips(sessions: dict[str, list], n: int, cpus: int) -> dict[str, float]:

@@ -486,12 +486,12 @@ def run_benchmark(
     for name, entry in models.items():
         model, ckpt = entry["model"], entry["ckpt"]
         passes = backbone_passes(model)
-        whole = sum(p.tail is None for p in passes)
+        whole = sum(not p.partial for p in passes)
         res: dict[str, Any] = {"weights": entry["weights"], "backbone_passes": describe_passes(passes),
                                "input": "native resolution" if model.native_resolution else f"{input_hw(model, photo_hw)}"}
         hw = tuple(input_hw(model, tuple(photo_hw)))
         # a member's own deep stages after the shared ones: timed on their own graph, as cores.py does
-        tails = backbone_sessions(workdir, [p for p in passes if p.tail is not None])
+        tails = backbone_sessions(workdir, [p for p in passes if p.partial])
         tail_sec = sum(min(bare_backbone_seconds(runs[i][0], None, backbone_runs, x=runs[i][1]) for runs in tails.values())
                        for i in range(len(passes) - whole))
 

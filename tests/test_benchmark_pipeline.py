@@ -452,7 +452,7 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     passes = cores.backbone_passes(build_ensemble([ie, shared_cr, tuned], input_size=64))
     last = len(tuned.stages) - 1
     assert [(p.size, p.start) for p in passes] == [(64, 0), (64, last)]
-    assert list(passes[1].tail[1]) == [tuned.stages[last]]
+    assert passes[1].partial and list(passes[1].stages[passes[1].start:passes[1].end]) == [tuned.stages[last]]
     sessions = cores.backbone_sessions(tmp_path, passes[1:])  # the tail alone: one stage's graph
     ((session, x),) = sessions["1 thread"]
     with torch.no_grad():
