@@ -199,11 +199,12 @@ def ie_iqa_distortion_iqa_cr_ie_iqa(**kwargs) -> Ensemble:
 @register_model("ie-iqa-distortion+iqa-cr+ie-iqa-distortion",
                 weights={"clive-biq2021": "ie-iqa-distortion+iqa-cr+ie-iqa-distortion_clive-biq2021.pt"}, trainable=False)
 def ie_iqa_distortion_iqa_cr_ie_iqa_distortion(**kwargs) -> Ensemble:
-    """``ie-iqa-distortion+iqa-cr`` and a CLIVE-tuned copy of its distortion network: the harmonic mean of their scores, IQA-CR's content.
+    """``ie-iqa-distortion+iqa-cr`` and a CLIVE-tuned copy of its distortion network: the harmonic
+    mean of their scores, IQA-CR's content.
 
     All three read one 512-px input. The third member's stem and blocks 0-4 are the first's, so they
-    run once for all; only its fine-tuned blocks 5-6 and conv head run on their own. Every member is calibrated onto CLIVE's
-    scale before they are combined."""
+    run once for all; only its fine-tuned blocks 5-6 and conv head run on their own. Every member is
+    calibrated onto CLIVE's scale before they are combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr+ie-iqa-distortion", **kwargs)
 
 
