@@ -84,12 +84,12 @@ class Pass:
 
 def backbone_sessions(work: Path, passes: list[Pass]) -> dict[str, list]:
     """Per session kind (ONNX Runtime's default: threads per core, spinning; 1 thread), one
-    ``(session, input)`` per pass: the bare Lite0 backbone for a whole pass, the member's own deep
+    ``(session, feed)`` per pass: the bare Lite0 backbone for a whole pass, the member's own deep
     stages (exported as contentiqa exports its models) for a partial one."""
     import onnxruntime as ort
     import torch
 
-    from speed import export_backbone
+    from speed import export_backbone, export_like_contentiqa
 
     rng = np.random.default_rng(0)
     whole: Path | None = None
@@ -104,32 +104,20 @@ def backbone_sessions(work: Path, passes: list[Pass]) -> dict[str, list]:
             h = torch.zeros(1, 3, p.size, p.size)
             for stage in p.stages[:p.start]:
                 h = stage(h)
-        path = export_onnx_like_contentiqa(net, tuple(h.shape), work / f"tail{i}.onnx")
+        path = export_like_contentiqa(net, tuple(h.shape), work / f"tail{i}.onnx", input_name="features_in")
         graphs.append((path, rng.standard_normal(tuple(h.shape), dtype=np.float32)))
     out = {}
     for label, threads in (("default", 0), ("1 thread", 1)):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         made: dict[Path, object] = {}
-        out[label] = [(made.setdefault(path, ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])), x)
-                      for path, x in graphs]
+        runs = []
+        for path, x in graphs:
+            if path not in made:
+                made[path] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            runs.append((made[path], {made[path].get_inputs()[0].name: x}))
+        out[label] = runs
     return out
-
-
-def export_onnx_like_contentiqa(net, shape: tuple[int, ...], path: Path) -> Path:
-    """``net`` as an ONNX graph of one input of ``shape``, exported as contentiqa exports its models
-    (TF-"same" convolutions as one Conv node), so it is the best graph of it we know."""
-    import warnings
-
-    import torch
-
-    from contentiqa.backbones.onnx_same_padding import same_padding_as_onnx_conv
-
-    with warnings.catch_warnings(), same_padding_as_onnx_conv(net, 17):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(*shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["features_in"], output_names=["features"])
-    return path
 
 
 PHOTO_SIDE = 500
@@ -180,8 +168,8 @@ def limit_ips(sessions: dict[str, list], n: int, cpus: int) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     def photo(runs) -> None:
-        for s, x in runs:
-            s.run(None, {s.get_inputs()[0].name: x})
+        for s, feed in runs:
+            s.run(None, feed)
 
     out = {}
     for label, runs in sessions.items():

@@ -215,28 +215,33 @@ def export_backbone(folder: Path, backbone_module=None) -> Path:
             backbone_module = create_backbone("efficientnet_lite0", pretrained=True)
         except Exception:  # weights unavailable: the cost is the same
             backbone_module = create_backbone("efficientnet_lite0", pretrained=False)
-    net = Features(backbone_module).eval()
-    path = folder / "backbone-lite0.onnx"
+    return export_like_contentiqa(Features(backbone_module).eval(), (1, 3, 224, 224), folder / "backbone-lite0.onnx",
+                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}})
+
+
+def export_like_contentiqa(net, shape: tuple[int, ...], path: Path, input_name: str = "image",
+                           dynamic_axes: dict | None = None) -> Path:
+    """``net`` as an ONNX graph of one input (example ``shape``), exported as contentiqa exports its
+    models (TF-"same" convolutions as one Conv node), so it is the best graph of it we know, not a
+    slower one."""
     import warnings
+
+    import torch
 
     from contentiqa.backbones.onnx_same_padding import same_padding_as_onnx_conv
 
-    # Exported as contentiqa exports its models (TF-"same" convolutions as one Conv node), so the
-    # bare backbone is the best graph of it we know, not a slower one.
     with warnings.catch_warnings(), same_padding_as_onnx_conv(net, 17):
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["features"],
-                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}})
+        torch.onnx.export(net, (torch.randn(*shape),), str(path), dynamo=False, opset_version=17,
+                          input_names=[input_name], output_names=["features"], dynamic_axes=dynamic_axes)
     return path
 
 
 def bare_backbone_seconds(session, hw: tuple[int, int] | None, runs: int, batch: int = 1,
-                          x: np.ndarray | None = None) -> float:
-    """Median seconds per image of the backbone alone at (H, W) (or of a graph on its input ``x``)."""
-    if x is None:
-        x = np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)
-    feed = {session.get_inputs()[0].name: x}
+                          feed: dict[str, np.ndarray] | None = None) -> float:
+    """Median seconds per image of the backbone alone at (H, W) (or of a graph on its ``feed``)."""
+    if feed is None:
+        feed = {"image": np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)}
     session.run(None, feed)  # warm-up (first run of a shape plans its memory)
     times = []
     for _ in range(max(1, runs)):
@@ -492,7 +497,7 @@ def run_benchmark(
         hw = tuple(input_hw(model, tuple(photo_hw)))
         # a member's own deep stages after the shared ones: timed on their own graph, as cores.py does
         tails = backbone_sessions(workdir, [p for p in passes if p.partial])
-        tail_sec = sum(min(bare_backbone_seconds(runs[i][0], None, backbone_runs, x=runs[i][1]) for runs in tails.values())
+        tail_sec = sum(min(bare_backbone_seconds(runs[i][0], None, backbone_runs, feed=runs[i][1]) for runs in tails.values())
                        for i in range(len(passes) - whole))
 
         # the ONNX export, once (cached for the score command)

@@ -454,7 +454,8 @@ def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_pa
     assert [(p.size, p.start) for p in passes] == [(64, 0), (64, last)]
     assert passes[1].partial and list(passes[1].stages[passes[1].start:passes[1].end]) == [tuned.stages[last]]
     sessions = cores.backbone_sessions(tmp_path, passes[1:])  # the tail alone: one stage's graph
-    ((session, x),) = sessions["1 thread"]
+    ((session, feed),) = sessions["1 thread"]
+    (x,) = feed.values()
     with torch.no_grad():
         h = torch.zeros(1, 3, 64, 64)
         for stage in tuned.stages[:last]:
