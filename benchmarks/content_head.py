@@ -18,7 +18,7 @@ The score is the model's own (copied, :meth:`contentiqa.models.iqa_cr.IQACR.with
 only the category changes. Per seed the photos are the experiment's: the seed's clive-dev train
 part less the validation share it held out (``val_fraction`` of the runs' config.yaml, drawn as
 :func:`contentiqa.experiments.runner.carve_val` draws it), both flips of each. Results:
-benchmarks/results/content_head.json/.md (validation parts only).
+benchmarks/results/content_head.json/.md, or ``--name``'s (validation parts only).
 """
 from __future__ import annotations
 
@@ -150,8 +150,8 @@ def per_seed(args) -> None:
             shutil.copyfile(args.runs / extra, args.out / extra)
     payload = {"row": row, "from_row": args.row, "runs": str(args.runs), "part": "val", "seeds": records,
                "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance()}
-    atomic_write_text(RESULTS / "content_head.json", json.dumps(payload, indent=1) + "\n")
-    atomic_write_text(RESULTS / "content_head.md", markdown(payload))
+    atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(RESULTS / f"{args.name}.md", markdown(payload))
     print(f"candidate row: {row}")
 
 
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where each seed's model goes, as a row of an experiment-like folder (default: --runs, "
                          "beside the row's own runs, so that benchmarks/ensemble.py can pair it with the others)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--name", default="content_head",
+                    help="results stem under benchmarks/results (one per row judged, so none overwrites another)")
     ap.add_argument("--ship", action="store_true", help="fit the head on a shipped tag and write a new tag")
     ap.add_argument("--from", dest="source", default="iqa-cr.clive-biq2021-v2")
     ap.add_argument("--tag", default=None)
