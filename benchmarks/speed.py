@@ -241,7 +241,7 @@ def bare_backbone_seconds(session, hw: tuple[int, int] | None, runs: int, batch:
                           feed: dict[str, np.ndarray] | None = None) -> float:
     """Median seconds per image of the backbone alone at (H, W) (or of a graph on its ``feed``)."""
     if feed is None:
-        feed = {"image": np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)}
+        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)}
     session.run(None, feed)  # warm-up (first run of a shape plans its memory)
     times = []
     for _ in range(max(1, runs)):
