@@ -2,6 +2,10 @@
 synthetic damage and anchors, calibrated output."""
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -192,6 +196,23 @@ def test_ie_iqa_and_its_distortion_ablation_share_the_distortion_cache(two_sets,
     assert set(enc[0]) == {"x"} and enc[0]["x"].shape[0] == 2  # the image and its mirror
     damaged = cached_encodings(dist, paths[:1], 3, False, tmp_path / "c", progress=False, damage=["bad:black"])
     assert not torch.equal(damaged[0]["x"], enc[0]["x"][:1])  # keyed by the damage too
+
+
+def test_each_cache_folder_says_what_it_holds_and_when_it_was_last_used(two_sets, tmp_path):
+    """What `contentiqa cache` lists and least-recently-used eviction goes by: reading a cached
+    encoding marks its folder used, though a read alone would leave its time as it was."""
+    from contentiqa.utils.disk_cache import scan
+
+    model = create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+    paths = list(two_sets["image"][:2])
+    cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    (folder,) = (tmp_path / "c").iterdir()
+    about = json.loads((folder / "about.json").read_text())
+    assert about["part"] == "distortion" and about["dtype"] == "float16" and about["views"] == model.cache_view_names()
+    os.utime(folder, (1_000_000_000, 1_000_000_000))
+    cached_encodings(model, paths, 3, False, tmp_path / "c", progress=False)  # all read from the cache
+    (e,) = scan(tmp_path / "c")
+    assert e.last_used > time.time() - 60 and e.known and e.files == 3
 
 
 def test_processes_sharing_a_cache_folder_take_each_others_entries(two_sets, tmp_path, monkeypatch):

@@ -129,6 +129,34 @@ def test_seed_option_trains_only_those_splits(tiny):
         run_experiment(path, out, progress=False, log=None, seeds=[7])
 
 
+def test_cache_limit_evicts_old_entries_after_each_split_and_keeps_the_splits_own(tiny, tmp_path):
+    """A series of rows whose frozen networks differ fills a disk unless old cache entries go:
+    with cache_limit, the least recently used leave after each split; the split's own stay."""
+    import torch
+
+    from contentiqa.models import create_model
+
+    root, path, cfg = tiny
+    # Frozen weights from a file, the same for every seed: the shared cache is used.
+    torch.save(create_model("iqa-cr-q", pretrained=False, **TINY_ARGS).backbone.state_dict(), tmp_path / "b.pt")
+    cache = tmp_path / "cache"
+    stale = cache / "backbone_0123456789ab"
+    stale.mkdir(parents=True)
+    (stale / ("0" * 24 + ".pt")).write_bytes(b"\0" * 100_000)
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    limited = {**cfg, "cache_dir": str(cache), "cache_limit": "1K",
+               "runs": [{**cfg["runs"][0], "model_args": {"backbone_checkpoint": str(tmp_path / "b.pt")}}]}
+    lines = []
+    run_experiment(limited, tmp_path / "out", progress=False, log=lambda *a: lines.append(" ".join(map(str, a))),
+                   base_dir=root, seeds=[0])
+    assert not stale.exists()
+    assert any("cache_limit 1.0 K: removed 1 least recently used entries" in line for line in lines)
+    kept = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert kept and all((p / "about.json").is_file() for p in kept)  # this split's encodings, over the limit or not
+    with pytest.raises(ConfigError, match="cache_limit: not a size"):
+        load_config({**limited, "cache_limit": "plenty"}, base_dir=root)
+
+
 def test_table_merges_another_sessions_results_without_training(tiny, first_run):
     root, path, cfg = tiny
     res, _ = first_run

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "for rows whose settings are unchanged: merges sessions' results into one table")
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: rebuild results.json/.md from the finished (and imported) splits")
+    p.add_argument("--cache-limit", type=_size, default=None, metavar="SIZE",
+                   help="after each split, remove the least recently used entries of the shared cache beyond SIZE "
+                        "(e.g. 40G; default the config's cache_limit, else no limit); the split's own entries stay")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
 
@@ -82,6 +85,15 @@ def check(paths: list[Path]) -> int:
     return rc
 
 
+def _size(text: str) -> int:
+    from ..utils.disk_cache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments import ConfigError, ExperimentSkipped, run_experiment
 
@@ -95,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device,
-                                    only=args.only, seeds=args.seeds, imports=args.imports, train=not args.table_only)
+                                    only=args.only, seeds=args.seeds, imports=args.imports, train=not args.table_only,
+                                    cache_limit=args.cache_limit)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         except ExperimentSkipped as exc:

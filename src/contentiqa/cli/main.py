@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "export",
     "experiment",
     "info",
+    "cache",
     "serve",
 ]
 

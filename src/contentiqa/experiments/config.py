@@ -14,6 +14,7 @@ The schema is documented in ``configs/README.md``. In short::
     runs:      [{name: ROW, model: NAME, model_args: {...}, train: {...}, seeds: [...], requires: [...]}]
     requires:  [PATH, ...]             # other files every run needs (weights)
     cache_dir: PATH                    # frozen-encoding cache (default OUT/cache)
+    cache_limit: 40G                   # after each split, evict least recently used cache entries beyond this
     checkpoint: auto | best | last     # which weights are tested (auto: best with a val part)
 
 Strings may use ``${VAR}`` and ``${VAR:-default}`` (defaults may nest). Relative paths are relative to the config
@@ -33,7 +34,7 @@ INTRA = "split"
 """A ``test`` entry meaning: the split's own test part (intra-dataset)."""
 
 TOP_KEYS = {"name", "description", "data", "protocol", "seeds", "splits", "test", "model", "model_args", "train",
-            "runs", "requires", "cache_dir", "checkpoint", "out"}
+            "runs", "requires", "cache_dir", "cache_limit", "checkpoint", "out"}
 DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing", "protocol", "val_fraction"}
 RUN_KEYS = {"name", "model", "model_args", "train", "seeds", "requires"}
 CHECKPOINTS = ("auto", "best", "last")
@@ -151,6 +152,8 @@ class ExperimentConfig:
     splits: Path | None = None
     requires: list[Path] = field(default_factory=list)
     cache_dir: Path | None = None
+    cache_limit: int | None = None
+    """Bytes the shared cache may hold after a split (:func:`contentiqa.utils.disk_cache.prune`)."""
     checkpoint: str = "auto"
     out: Path | None = None
     source: Path | None = None
@@ -344,6 +347,14 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     slugs = [r.slug for r in runs]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"{where}: run names must be distinct; got {[r.name for r in runs]}")
+    cache_limit = None
+    if raw.get("cache_limit") is not None:
+        from ..utils.disk_cache import parse_size
+
+        try:
+            cache_limit = parse_size(expand_vars(raw["cache_limit"]) if isinstance(raw["cache_limit"], str) else raw["cache_limit"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: cache_limit: {exc}") from None
     checkpoint = str(raw.get("checkpoint", "auto"))
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
@@ -358,6 +369,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         splits=resolve_path(raw["splits"], base, f"{where}: splits") if raw.get("splits") else None,
         requires=_paths(raw.get("requires"), base, f"{where}: requires"),
         cache_dir=resolve_path(raw["cache_dir"], base, f"{where}: cache_dir") if raw.get("cache_dir") else None,
+        cache_limit=cache_limit,
         checkpoint=checkpoint,
         out=resolve_path(raw["out"], base, f"{where}: out") if raw.get("out") else None,
         source=source,

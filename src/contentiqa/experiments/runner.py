@@ -324,6 +324,24 @@ class _RunUnavailable(Exception):
     pass
 
 
+def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
+    """Keep a shared cache within ``limit`` bytes once a split is done. Each seed of a row that
+    starts from that seed's own fine-tuned network caches its own encodings (several GB at
+    native resolution), so a long series of rows fills a disk unless old entries go. Entries
+    used since ``used_since`` (this split's) stay; a process beside this one that loses an
+    entry recomputes it when next needed (removal renames first: nothing is read half-deleted)."""
+    from ..utils.disk_cache import format_size, prune
+
+    try:
+        gone = prune(cache, max_bytes=limit, keep_since=used_since)
+    except (ValueError, OSError) as exc:
+        say(f"cache_limit: not applied: {exc}")
+        return
+    if gone:
+        say(f"cache_limit {format_size(limit)}: removed {len(gone)} least recently used entries "
+            f"({format_size(sum(e.bytes for e in gone))}) from {cache}")
+
+
 # -- tables -------------------------------------------------------------------------------------
 def _scored(split: dict[str, Any], label: str) -> dict[str, float]:
     """One split's metrics for a table column group: a test set's, or (a config with no test
@@ -484,6 +502,7 @@ def run_experiment(
     seeds: list[int] | None = None,
     imports: list[str | os.PathLike] | None = None,
     train: bool = True,
+    cache_limit: int | None = None,
 ) -> ExperimentResult:
     """Run every row of ``config`` on every split and write the results folder.
 
@@ -500,6 +519,9 @@ def run_experiment(
     this config (e.g. another machine's, or a committed benchmarks/results table) whose finished
     splits count as done here (:func:`import_results`); ``train=False`` trains nothing and only
     rebuilds the table, so a table merged from several sessions is one rerunnable command.
+    ``cache_limit`` (bytes; default the config's ``cache_limit``): after each split, the shared
+    cache's least recently used entries beyond it are removed, never those the split used
+    (:func:`_evict`).
     """
     from ..data import MissingFilesError
     from ..training import distributed as dist_utils
@@ -597,6 +619,9 @@ def run_experiment(
                 if main and res is not None:
                     atomic_write_text(mfile, json.dumps(_jsonable(res), indent=1))
                     done.append(res)
+                    limit = cache_limit if cache_limit is not None else cfg.cache_limit
+                    if limit is not None:
+                        _evict(cfg.cache_dir or out / "cache", limit, t0, say)
                     first = res["test"].get(tests[0]["label"], {}) if tests else {}
                     say(f"{run.name} seed {seed}: " + " ".join(f"{k}={first[k]:.4f}" for k in ("plcc", "srocc", "rmse", "accuracy") if k in first)
                         + f" on {tests[0]['label'] if tests else '-'} ({time.time() - t0:.0f}s)")

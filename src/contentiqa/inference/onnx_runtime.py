@@ -39,6 +39,7 @@ from PIL import Image
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, predictions_from_outputs, softmax
 from ..utils.extras import ExtraMissing
+from ..utils.disk_cache import touch
 from ..utils.io import file_sha256
 from .scorer import BaseScorer, ScorerIdentity
 from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads
@@ -182,6 +183,7 @@ def find_cached(filename: str, key: str, threads: int | None = None,
     for where in cache_places(folder):
         session = open_cached(where / filename, key, threads)
         if session is not None:
+            touch(where / filename)  # used now: what `contentiqa cache --max-size` goes by
             return session, where / filename
     return None
 

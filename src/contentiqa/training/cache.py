@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ from torch import nn
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
 from ..models.base import CachePart, IQAModel, pil_to_tensor
+from ..utils.disk_cache import describe, touch
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -55,6 +57,7 @@ def stage_features(
         key = cache_key(paths, f"{tag}|{end_stage}|{flips}|{dtype}|{tuple(mean)}|{tuple(std)}")
         cache_file = Path(cache_dir) / f"features_{tag or 'backbone'}_s{end_stage}_{key}.pt"
         if cache_file.is_file():
+            touch(cache_file)
             return torch.load(cache_file, map_location="cpu", weights_only=True)
     for s in stages:
         s.eval()
@@ -222,11 +225,17 @@ def cached_encodings(
         keys = [_file_key(p, d) for p, d in zip(paths, damage)]
         folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
                    if cache_dir is not None else [None] * len(parts))
+        for part, folder in zip(parts, folders):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                describe(folder, {"model": type(model).__name__, "part": part.name, "dtype": str(dtype).replace("torch.", ""),
+                                  "views": model.cache_view_names(),
+                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                touch(folder)  # used now: what least-recently-used eviction goes by (utils/disk_cache.py)
         stores: list[dict[str, dict[str, torch.Tensor]]] = []
         for folder in folders:
             store: dict[str, dict[str, torch.Tensor]] = {}
             if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
                 for k in dict.fromkeys(keys):
                     entry = _load_entry(folder / _entry_name(k))
                     if entry is not None:

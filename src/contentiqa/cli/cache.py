@@ -1,0 +1,91 @@
+"""``contentiqa cache``: what the caches hold, and least-recently-used eviction
+(:mod:`contentiqa.utils.disk_cache`). Without a folder it looks at the ONNX export cache; a
+training cache (an experiment's ``cache_dir``, default ``OUT/cache``) is named explicitly."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .main import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache", help="list cache folders, and free space by removing least recently used entries",
+        description="List what cache folders hold (frozen encodings for training, exported ONNX graphs), "
+                    "least recently used first; with --max-size or --older-than, remove entries. "
+                    "Without FOLDER: the ONNX export cache ($CONTENTIQA_CACHE_DIR/onnx, default "
+                    "~/.cache/contentiqa/onnx). A removed entry is rebuilt when next needed.")
+    p.add_argument("folders", nargs="*", metavar="FOLDER",
+                   help="cache folder(s): an experiment's cache_dir, a training run's OUT/cache")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M)")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.set_defaults(func=run)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..utils.disk_cache import format_size, parse_size, prune, scan
+
+    max_bytes = None
+    if args.max_size is not None:
+        try:
+            max_bytes = parse_size(args.max_size)
+        except ValueError as exc:
+            raise UsageError(f"--max-size: {exc}") from None
+    if args.older_than is not None and args.older_than < 0:
+        raise UsageError(f"--older-than: DAYS cannot be negative ({args.older_than:g})")
+    pruning = max_bytes is not None or args.older_than is not None
+    if args.dry_run and not pruning:
+        raise UsageError("--dry-run goes with --max-size or --older-than")
+    if args.folders:
+        folders = [Path(f) for f in args.folders]
+    else:
+        from ..inference.onnx_runtime import cache_places
+
+        folders = cache_places()[:1]
+    status = 0
+    for folder in folders:
+        if not folder.exists():
+            if args.folders:
+                print(f"{folder}: no such folder", file=sys.stderr)
+                status = 1
+            else:
+                print(f"{folder}: empty (nothing exported yet)")
+            continue
+        if not folder.is_dir():
+            print(f"{folder}: not a folder", file=sys.stderr)
+            status = 1
+            continue
+        if pruning:
+            try:
+                gone = prune(folder, max_bytes=max_bytes,
+                             older_than_s=None if args.older_than is None else args.older_than * 86400,
+                             dry_run=args.dry_run)
+            except (ValueError, OSError) as exc:
+                print(f"{exc}", file=sys.stderr)
+                status = 1
+                continue
+            verb = "would remove" if args.dry_run else "removed"
+            for e in gone:
+                print(f"{verb} {e.path}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
+            left = sum(e.bytes for e in scan(folder)) - (sum(e.bytes for e in gone) if args.dry_run else 0)
+            print(f"{folder}: {verb} {len(gone)} entries, {format_size(sum(e.bytes for e in gone))}; "
+                  f"{format_size(left)} left")
+            continue
+        entries = scan(folder)
+        print(f"{folder}: {len(entries)} entries, {format_size(sum(e.bytes for e in entries))}")
+        if entries:
+            width = max(len(e.name) for e in entries)
+            print(f"  {'last used':16s}  {'size':>8s}  {'files':>6s}  {'entry':{width}s}  holds")
+            for e in entries:
+                print(f"  {_when(e.last_used):16s}  {format_size(e.bytes):>8s}  {e.files:>6d}  {e.name:{width}s}  "
+                      f"{e.about if e.known else '(not written by contentiqa)'}")
+    return status

@@ -1,0 +1,184 @@
+"""Keeping cache folders within bounds: what is in them, and least-recently-used eviction.
+
+The frozen-encoding cache (:mod:`contentiqa.training.cache`) and the ONNX export cache
+(:mod:`contentiqa.inference.onnx_runtime`) only grow: every model whose frozen weights differ
+(each seed of a fine-tuned specialist) gets its own entry, several GB at native resolution, and
+a long series of runs fills a disk. An *entry* is one top-level item of a cache folder: a
+folder of per-image encodings, or one file. Users mark an entry as used with :func:`touch`
+(reads alone do not change modification times), and :func:`prune` removes the least recently
+used ones, never those used since ``keep_since`` (the entries a running job needs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+ABOUT = "about.json"
+"""A small file in an entry folder saying what it holds, for a person listing the cache."""
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from ``"40G"``, ``"500MB"``, ``"1.5TiB"`` or a plain number of bytes (binary units)."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"a size cannot be negative: {text!r}")
+        return int(text)
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 40G, 500M, 1.5T or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if abs(n) < 1024 or unit == "G":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} G"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    bytes: int
+    files: int
+    last_used: float
+    """Seconds since the epoch: the entry's modification time, which :func:`touch` moves on use."""
+    about: str
+    """What it holds (from its ``about.json``), or '' when it does not say."""
+    known: bool
+    """Whether it looks like something contentiqa writes: :func:`prune` refuses a folder holding
+    anything else (a mistyped folder must not lose a user's files)."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def touch(path: str | os.PathLike) -> None:
+    """Mark a cache entry as used now. A read-only cache is left as it is: marking is advice."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def describe(folder: str | os.PathLike, about: dict) -> None:
+    """Write ``about.json`` into an entry folder once (the first writer wins; errors ignored)."""
+    path = Path(folder) / ABOUT
+    if path.exists():
+        return
+    try:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(about, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def _about(path: Path) -> str:
+    try:
+        about = json.loads((path / ABOUT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(about, dict):
+        return ""
+    return ", ".join(f"{k}: {v}" for k, v in about.items() if k != "created")
+
+
+_ENCODING = re.compile(r"^[0-9a-f]{24}\.pt$")  # training/cache.py: one image's encodings
+_FILE = re.compile(r"^(features_.*\.pt|.*\.onnx)$")  # stage features; an exported graph
+
+
+def _is_hidden(name: str) -> bool:
+    # ".name.*.tmp": an atomic write in progress; ".deleting-*": an eviction in progress.
+    return name.startswith(".")
+
+
+def scan(folder: str | os.PathLike) -> list[CacheEntry]:
+    """The entries of a cache folder, least recently used first (a missing folder: none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    entries = []
+    for child in folder.iterdir():
+        if _is_hidden(child.name):
+            continue
+        try:
+            st = child.stat()
+        except OSError:  # removed meanwhile
+            continue
+        if child.is_dir():
+            size = files = 0
+            known = True
+            for root, dirs, names in os.walk(child):
+                known = known and not dirs
+                for n in names:
+                    known = known and (n == ABOUT or _is_hidden(n) or bool(_ENCODING.match(n)))
+                    try:
+                        size += os.stat(os.path.join(root, n)).st_size
+                        files += 1
+                    except OSError:
+                        pass
+            entries.append(CacheEntry(child, size, files, st.st_mtime, _about(child), known))
+        else:
+            entries.append(CacheEntry(child, st.st_size, 1, st.st_mtime, "", bool(_FILE.match(child.name))))
+    return sorted(entries, key=lambda e: (e.last_used, e.name))
+
+
+def _remove(entry: CacheEntry) -> None:
+    """Rename first, so that a reader never sees half an entry under its real name."""
+    gone = entry.path.with_name(f".deleting-{uuid.uuid4().hex[:8]}-{entry.name}")
+    try:
+        os.replace(entry.path, gone)
+    except FileNotFoundError:
+        return
+    if gone.is_dir():
+        shutil.rmtree(gone, ignore_errors=True)
+    else:
+        gone.unlink(missing_ok=True)
+
+
+def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s: float | None = None,
+          keep_since: float | None = None, dry_run: bool = False, now: float | None = None) -> list[CacheEntry]:
+    """Remove entries unused for ``older_than_s`` seconds, then the least recently used until the
+    folder holds at most ``max_bytes``; an entry used at or after ``keep_since`` stays whatever
+    the bounds say. Returns what was (``dry_run``: would be) removed, oldest first."""
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
+    now = time.time() if now is None else now
+    entries = scan(folder)
+    foreign = [e.name for e in entries if not e.known]
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{folder}: does not look like a contentiqa cache (it holds {shown}); nothing removed")
+    total = sum(e.bytes for e in entries)
+    removed: list[CacheEntry] = []
+    for e in entries:  # least recently used first
+        if keep_since is not None and e.last_used >= keep_since:
+            continue
+        stale = older_than_s is not None and now - e.last_used > older_than_s
+        over = max_bytes is not None and total > max_bytes
+        if not (stale or over):
+            continue
+        if not dry_run:
+            _remove(e)
+        removed.append(e)
+        total -= e.bytes
+    return removed
+
+
+def total_bytes(entries: Iterable[CacheEntry]) -> int:
+    return sum(e.bytes for e in entries)

@@ -1,0 +1,148 @@
+"""Cache housekeeping (contentiqa.utils.disk_cache and `contentiqa cache`): sizes, least recently
+used eviction, what a running job uses stays, and a folder that is not a cache is never pruned."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from contentiqa.cli.main import main
+from contentiqa.utils.disk_cache import ABOUT, describe, format_size, parse_size, prune, scan, touch
+
+NOW = 2_000_000_000.0
+
+
+def entry(cache: Path, name: str, nbytes: int, used: float, about: dict | None = None) -> Path:
+    """An encodings folder in the real layout: one 24-hex-digit .pt file per image."""
+    folder = cache / name
+    folder.mkdir(parents=True)
+    (folder / f"{abs(hash(name)) % 16**24:024x}.pt").write_bytes(b"\0" * nbytes)
+    if about:
+        describe(folder, about)
+    os.utime(folder, (used, used))
+    return folder
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("40G", 40 * 1024**3), ("500M", 500 * 1024**2), ("1.5T", int(1.5 * 1024**4)), ("2gib", 2 * 1024**3),
+    ("10KB", 10240), ("123", 123), (" 7 G ", 7 * 1024**3), (0, 0), (4096, 4096),
+])
+def test_sizes_parse(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "3X", "ten", True, -5])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(512) == "512 B"
+    assert format_size(1536) == "1.5 K"
+    assert format_size(3 * 1024**3) == "3.0 G"
+    assert format_size(5000 * 1024**3) == "5000.0 G"
+
+
+def test_scan_lists_entries_least_recently_used_first(tmp_path):
+    entry(tmp_path, "new", 300, NOW - 10, {"model": "IQACR", "part": "backbone"})
+    entry(tmp_path, "old", 100, NOW - 1000)
+    (tmp_path / "features_backbone_s6_abc.pt").write_bytes(b"\0" * 50)
+    os.utime(tmp_path / "features_backbone_s6_abc.pt", (NOW - 500, NOW - 500))
+    (tmp_path / ".x.pt.123.tmp").write_bytes(b"\0" * 999)  # a write in progress: not an entry
+    entries = scan(tmp_path)
+    assert [e.name for e in entries] == ["old", "features_backbone_s6_abc.pt", "new"]
+    assert [e.bytes for e in entries] == [100, 50, 300 + len((tmp_path / "new" / ABOUT).read_bytes())]
+    assert entries[2].files == 2 and "model: IQACR" in entries[2].about and "created" not in entries[2].about
+    assert all(e.known for e in entries)
+    assert scan(tmp_path / "missing") == []
+
+
+def test_prune_removes_least_recently_used_until_within_the_limit(tmp_path):
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        entry(tmp_path, name, 100, NOW - 1000 + i * 100)  # a oldest
+    gone = prune(tmp_path, max_bytes=250, now=NOW)
+    assert [e.name for e in gone] == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]  # nothing hidden left behind either
+    assert prune(tmp_path, max_bytes=250, now=NOW) == []
+
+
+def test_prune_keeps_what_was_used_since_and_honours_age(tmp_path):
+    entry(tmp_path, "stale", 10, NOW - 40 * 86400)
+    entry(tmp_path, "recent", 10, NOW - 86400)
+    entry(tmp_path, "in_use_a", 500, NOW - 60)
+    entry(tmp_path, "in_use_b", 500, NOW - 30)
+    gone = prune(tmp_path, max_bytes=100, keep_since=NOW - 100, now=NOW)
+    assert [e.name for e in gone] == ["stale", "recent"]  # over the limit, yet the running job's stay
+    assert {p.name for p in tmp_path.iterdir()} == {"in_use_a", "in_use_b"}
+    entry(tmp_path, "month_old", 10, NOW - 31 * 86400)
+    assert [e.name for e in prune(tmp_path, older_than_s=30 * 86400, now=NOW)] == ["month_old"]
+
+
+def test_dry_run_removes_nothing(tmp_path):
+    entry(tmp_path, "a", 100, NOW - 100)
+    entry(tmp_path, "b", 100, NOW)
+    assert [e.name for e in prune(tmp_path, max_bytes=0, dry_run=True, now=NOW)] == ["a", "b"]
+    assert {p.name for p in tmp_path.iterdir()} == {"a", "b"}
+
+
+def test_a_folder_that_is_not_a_cache_is_never_pruned(tmp_path):
+    entry(tmp_path, "a", 100, NOW - 100)
+    (tmp_path / "thesis.docx").write_bytes(b"years of work")
+    with pytest.raises(ValueError, match=r"does not look like a contentiqa cache.*'thesis.docx'.*nothing removed"):
+        prune(tmp_path, max_bytes=0)
+    sub = tmp_path / "photos"
+    sub.mkdir()
+    (sub / "me.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not look like"):
+        prune(tmp_path, max_bytes=0)
+    assert (tmp_path / "a").is_dir() and (tmp_path / "thesis.docx").is_file() and (sub / "me.jpg").is_file()
+
+
+def test_touch_marks_use_and_describe_writes_once(tmp_path):
+    folder = entry(tmp_path, "a", 10, NOW - 1000)
+    before = time.time() - 1
+    touch(folder)
+    assert folder.stat().st_mtime >= before
+    touch(tmp_path / "missing")  # advice only: no error
+    describe(folder, {"part": "first"})
+    describe(folder, {"part": "second"})
+    assert json.loads((folder / ABOUT).read_text())["part"] == "first"
+
+
+def test_cache_command_lists_and_prunes(tmp_path, capsys):
+    entry(tmp_path, "backbone_old", 2000, NOW - 1000, {"model": "IEIQA", "part": "distortion"})
+    entry(tmp_path, "backbone_new", 2000, NOW)
+    assert main(["cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 entries" in out and out.index("backbone_old") < out.index("backbone_new")
+    assert "model: IEIQA, part: distortion" in out
+    assert main(["cache", str(tmp_path), "--max-size", "3K", "--dry-run"]) == 0
+    assert "would remove" in capsys.readouterr().out and (tmp_path / "backbone_old").exists()
+    assert main(["cache", str(tmp_path), "--max-size", "3K"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 entries" in out and not (tmp_path / "backbone_old").exists() and (tmp_path / "backbone_new").exists()
+
+
+def test_cache_command_errors_name_the_folder(tmp_path, capsys):
+    assert main(["cache", str(tmp_path / "nope")]) == 1
+    assert f"{tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["cache", str(tmp_path), "--older-than", "0"]) == 1
+    assert "does not look like a contentiqa cache" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
+    assert main(["cache", str(tmp_path), "--max-size", "lots"]) == 2
+    assert "--max-size: not a size" in capsys.readouterr().err
+    assert main(["cache", str(tmp_path), "--dry-run"]) == 2
+
+
+def test_cache_command_defaults_to_the_export_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path))
+    assert main(["cache"]) == 0
+    assert f"{tmp_path / 'onnx'}: empty" in capsys.readouterr().out
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "ie-iqa-fp32-0123.onnx").write_bytes(b"\0" * 10)
+    assert main(["cache"]) == 0
+    assert "ie-iqa-fp32-0123.onnx" in capsys.readouterr().out
