@@ -38,8 +38,8 @@ from PIL import Image
 
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, predictions_from_outputs, softmax
-from ..utils.extras import ExtraMissing
 from ..utils.disk_cache import touch
+from ..utils.extras import ExtraMissing
 from ..utils.io import file_sha256
 from .scorer import BaseScorer, ScorerIdentity
 from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads
