@@ -124,7 +124,7 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys):
     assert "would remove" in capsys.readouterr().out and (tmp_path / "backbone_old").exists()
     assert main(["cache", str(tmp_path), "--max-size", "3K"]) == 0
     out = capsys.readouterr().out
-    assert "removed 1 entries" in out and not (tmp_path / "backbone_old").exists() and (tmp_path / "backbone_new").exists()
+    assert "removed 1 entry," in out and not (tmp_path / "backbone_old").exists() and (tmp_path / "backbone_new").exists()
 
 
 def test_cache_command_errors_name_the_folder(tmp_path, capsys):

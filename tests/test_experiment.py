@@ -150,7 +150,7 @@ def test_cache_limit_evicts_old_entries_after_each_split_and_keeps_the_splits_ow
     run_experiment(limited, tmp_path / "out", progress=False, log=lambda *a: lines.append(" ".join(map(str, a))),
                    base_dir=root, seeds=[0])
     assert not stale.exists()
-    assert any("cache_limit 1.0 K: removed 1 least recently used entries" in line for line in lines)
+    assert any("cache_limit 1.0 K: removed the 1 entry least recently used" in line for line in lines)
     kept = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert kept and all((p / "about.json").is_file() for p in kept)  # this split's encodings, over the limit or not
     with pytest.raises(ConfigError, match="cache_limit: not a size"):

@@ -32,7 +32,7 @@ def _when(t: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils.disk_cache import format_size, parse_size, prune, scan
+    from ..utils.disk_cache import entries_word, format_size, parse_size, prune, scan
 
     max_bytes = None
     if args.max_size is not None:
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
             for e in gone:
                 print(f"{verb} {e.path}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
             left = sum(e.bytes for e in scan(folder)) - (sum(e.bytes for e in gone) if args.dry_run else 0)
-            print(f"{folder}: {verb} {len(gone)} entries, {format_size(sum(e.bytes for e in gone))}; "
+            print(f"{folder}: {verb} {entries_word(len(gone))}, {format_size(sum(e.bytes for e in gone))}; "
                   f"{format_size(left)} left")
             continue
         entries = scan(folder)
-        print(f"{folder}: {len(entries)} entries, {format_size(sum(e.bytes for e in entries))}")
+        print(f"{folder}: {entries_word(len(entries))}, {format_size(sum(e.bytes for e in entries))}")
         if entries:
             width = max(len(e.name) for e in entries)
             print(f"  {'last used':16s}  {'size':>8s}  {'files':>6s}  {'entry':{width}s}  holds")

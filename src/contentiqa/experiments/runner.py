@@ -330,7 +330,7 @@ def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
     native resolution), so a long series of rows fills a disk unless old entries go. Entries
     used since ``used_since`` (this split's) stay; a process beside this one that loses an
     entry recomputes it when next needed (removal renames first: nothing is read half-deleted)."""
-    from ..utils.disk_cache import format_size, prune
+    from ..utils.disk_cache import entries_word, format_size, prune
 
     try:
         gone = prune(cache, max_bytes=limit, keep_since=used_since)
@@ -338,7 +338,7 @@ def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
         say(f"cache_limit: not applied: {exc}")
         return
     if gone:
-        say(f"cache_limit {format_size(limit)}: removed {len(gone)} least recently used entries "
+        say(f"cache_limit {format_size(limit)}: removed the {entries_word(len(gone))} least recently used "
             f"({format_size(sum(e.bytes for e in gone))}) from {cache}")
 
 

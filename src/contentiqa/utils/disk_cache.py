@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 ABOUT = "about.json"
 """A small file in an entry folder saying what it holds, for a person listing the cache."""
@@ -180,5 +179,5 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     return removed
 
 
-def total_bytes(entries: Iterable[CacheEntry]) -> int:
-    return sum(e.bytes for e in entries)
+def entries_word(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
