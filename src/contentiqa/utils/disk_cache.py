@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,11 +42,14 @@ def parse_size(text: str | int | float) -> int:
 
 
 def format_size(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if abs(n) < 1024 or unit == "G":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} G"
+    if abs(n) < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("K", "M"):
+        if abs(size) < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} G"
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def scan(folder: str | os.PathLike) -> list[CacheEntry]:
             st = child.stat()
         except OSError:  # removed meanwhile
             continue
-        if child.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             size = files = 0
             known = True
             for root, dirs, names in os.walk(child):
