@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
             verb = "would remove" if args.dry_run else "removed"
             for e in gone:
                 print(f"{verb} {e.path}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
-            left = sum(e.bytes for e in scan(folder)) - (sum(e.bytes for e in gone) if args.dry_run else 0)
-            print(f"{folder}: {verb} {entries_word(len(gone))}, {format_size(sum(e.bytes for e in gone))}; "
+            freed = sum(e.bytes for e in gone)
+            left = sum(e.bytes for e in scan(folder)) - (freed if args.dry_run else 0)
+            print(f"{folder}: {verb} {entries_word(len(gone))}, {format_size(freed)}; "
                   f"{format_size(left)} left")
             continue
         entries = scan(folder)
