@@ -120,11 +120,15 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 entries" in out and out.index("backbone_old") < out.index("backbone_new")
     assert "model: IEIQA, part: distortion" in out
+    new_bytes = next(e.bytes for e in scan(tmp_path) if e.name == "backbone_new")
     assert main(["cache", str(tmp_path), "--max-size", "3K", "--dry-run"]) == 0
-    assert "would remove" in capsys.readouterr().out and (tmp_path / "backbone_old").exists()
+    out = capsys.readouterr().out
+    assert "would remove" in out and (tmp_path / "backbone_old").exists()
+    assert f"; {format_size(new_bytes)} left" in out  # what a real prune would leave
     assert main(["cache", str(tmp_path), "--max-size", "3K"]) == 0
     out = capsys.readouterr().out
     assert "removed 1 entry," in out and not (tmp_path / "backbone_old").exists() and (tmp_path / "backbone_new").exists()
+    assert f"; {format_size(new_bytes)} left" in out and sum(e.bytes for e in scan(tmp_path)) == new_bytes
 
 
 def test_cache_command_errors_name_the_folder(tmp_path, capsys):

@@ -64,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{folder}: not a folder", file=sys.stderr)
             status = 1
             continue
+        entries = scan(folder)
         if pruning:
             try:
                 gone = prune(folder, max_bytes=max_bytes,
                              older_than_s=None if args.older_than is None else args.older_than * 86400,
-                             dry_run=args.dry_run)
+                             dry_run=args.dry_run, entries=entries)
             except (ValueError, OSError) as exc:
                 print(f"{exc}", file=sys.stderr)
                 status = 1
@@ -77,11 +78,10 @@ def run(args: argparse.Namespace) -> int:
             for e in gone:
                 print(f"{verb} {e.path}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
             freed = sum(e.bytes for e in gone)
-            left = sum(e.bytes for e in scan(folder)) - (freed if args.dry_run else 0)
+            left = sum(e.bytes for e in entries) - freed
             print(f"{folder}: {verb} {entries_word(len(gone))}, {format_size(freed)}; "
                   f"{format_size(left)} left")
             continue
-        entries = scan(folder)
         print(f"{folder}: {entries_word(len(entries))}, {format_size(sum(e.bytes for e in entries))}")
         if entries:
             width = max(len(e.name) for e in entries)

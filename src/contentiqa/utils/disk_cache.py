@@ -155,14 +155,17 @@ def _remove(entry: CacheEntry) -> None:
 
 
 def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s: float | None = None,
-          keep_since: float | None = None, dry_run: bool = False, now: float | None = None) -> list[CacheEntry]:
+          keep_since: float | None = None, dry_run: bool = False, now: float | None = None,
+          entries: list[CacheEntry] | None = None) -> list[CacheEntry]:
     """Remove entries unused for ``older_than_s`` seconds, then the least recently used until the
     folder holds at most ``max_bytes``; an entry used at or after ``keep_since`` stays whatever
-    the bounds say. Returns what was (``dry_run``: would be) removed, oldest first."""
+    the bounds say. Returns what was (``dry_run``: would be) removed, oldest first. ``entries``:
+    the folder's :func:`scan` when the caller has just made one (a large cache takes seconds to
+    walk, so it is walked once)."""
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
     now = time.time() if now is None else now
-    entries = scan(folder)
+    entries = scan(folder) if entries is None else entries
     foreign = [e.name for e in entries if not e.known]
     if foreign:
         shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
