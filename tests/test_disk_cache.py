@@ -137,8 +137,12 @@ def test_cache_command_errors_name_the_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["cache", str(tmp_path), "--older-than", "0"]) == 1
     assert "does not look like a contentiqa cache" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
-    assert main(["cache", str(tmp_path), "--max-size", "lots"]) == 2
-    assert "--max-size: not a size" in capsys.readouterr().err
+    # a bad size is a usage error naming the option, worded as experiment's --cache-limit is
+    for argv in (["cache", str(tmp_path), "--max-size", "lots"], ["experiment", "x.yaml", "--cache-limit", "lots"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert f"argument {argv[-2]}: not a size: 'lots'" in capsys.readouterr().err
     assert main(["cache", str(tmp_path), "--dry-run"]) == 2
 
 

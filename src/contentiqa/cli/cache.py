@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .common import size_arg
 from .main import UsageError
 
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "~/.cache/contentiqa/onnx). A removed entry is rebuilt when next needed.")
     p.add_argument("folders", nargs="*", metavar="FOLDER",
                    help="cache folder(s): an experiment's cache_dir, a training run's OUT/cache")
-    p.add_argument("--max-size", metavar="SIZE",
+    p.add_argument("--max-size", type=size_arg, metavar="SIZE",
                    help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
@@ -32,14 +33,9 @@ def _when(t: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils.disk_cache import entries_word, format_size, parse_size, prune, scan
+    from ..utils.disk_cache import entries_word, format_size, prune, scan
 
-    max_bytes = None
-    if args.max_size is not None:
-        try:
-            max_bytes = parse_size(args.max_size)
-        except ValueError as exc:
-            raise UsageError(f"--max-size: {exc}") from None
+    max_bytes = args.max_size
     if args.older_than is not None and args.older_than < 0:
         raise UsageError(f"--older-than: DAYS cannot be negative ({args.older_than:g})")
     pruning = max_bytes is not None or args.older_than is not None

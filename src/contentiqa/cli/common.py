@@ -1,4 +1,4 @@
-"""Pieces shared by the training/evaluation commands: reading a dataset argument and a split."""
+"""Pieces shared by the commands: reading a dataset argument, a split and a size."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,17 @@ from .main import UsageError
 
 if TYPE_CHECKING:  # pandas costs ~0.5 s to import: not at CLI start-up
     import pandas as pd
+
+
+def size_arg(text: str) -> int:
+    """An argparse ``type`` for a size such as ``40G`` or ``500M``: a bad one is argparse's usage
+    error (exit 2) naming the option, in every command alike."""
+    from ..utils.disk_cache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import size_arg
 from .main import UsageError
 
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "for rows whose settings are unchanged: merges sessions' results into one table")
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: rebuild results.json/.md from the finished (and imported) splits")
-    p.add_argument("--cache-limit", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--cache-limit", type=size_arg, default=None, metavar="SIZE",
                    help="after each split, remove the least recently used entries of the shared cache beyond SIZE "
                         "(e.g. 40G; default the config's cache_limit, else no limit); the split's own entries stay")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -83,15 +84,6 @@ def check(paths: list[Path]) -> int:
         else:
             print(f"ready    {str(path):<{width}}  {size} -> {default_out_dir(cfg)}")
     return rc
-
-
-def _size(text: str) -> int:
-    from ..utils.disk_cache import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
