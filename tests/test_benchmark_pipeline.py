@@ -500,6 +500,31 @@ def test_backbone_probe_scores_out_of_fold_and_caches_features(common, tmp_path)
     assert six.shape[1] > feats.shape[1] and len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
+def test_content_probe_scores_every_labelled_photo_out_of_fold(common):
+    """benchmarks/content_probe.py: each photo's category comes from a head fitted without it:
+    classes the features separate are named right, shuffled labels at about chance, and one
+    feature per photo (nothing to carry over) not at all."""
+    import numpy as np
+
+    sys.modules.pop("content_probe", None)
+    import content_probe
+
+    rng = np.random.default_rng(0)
+    cats = ["a", "b", "c"]
+    main = [cats[i % 3] for i in range(150)]
+    x = np.eye(3)[[i % 3 for i in range(150)]] * 3 + rng.normal(size=(150, 3))
+    sets = [{m} for m in main]
+    top1, anyl = content_probe.cv_accuracy(x, main, sets, cats, 1e-2, 0)
+    assert top1 > 0.85 and anyl == top1  # one label each: "any" is top-1
+    shuffled = list(rng.permutation(main))
+    assert content_probe.cv_accuracy(x, shuffled, [{m} for m in shuffled], cats, 1e-2, 0)[0] < 0.5
+    assert content_probe.cv_accuracy(np.eye(150), main, sets, cats, 1e-2, 0)[0] < 0.5
+    # a second acceptable label counts for "any", not for top-1
+    wide = [{m, "c"} for m in main]
+    top1_w, any_w = content_probe.cv_accuracy(x, main, wide, cats, 1e-2, 0)
+    assert top1_w == top1 and any_w >= top1_w
+
+
 def test_content_head_benchmark_measures_how_far_confidence_is_from_accuracy(common):
     """benchmarks/content_head.py's calibration: the mean softmax confidence of the named category and
     its ECE against the main label: near 0 when a confidence of c is right a fraction c of the time,
