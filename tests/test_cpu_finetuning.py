@@ -310,6 +310,32 @@ def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
                 cache_dir=tmp_path / "c", log=lambda *a: None)
 
 
+def test_damage_steps_stack_encodings_of_one_shape_only():
+    """A native-resolution model caches stage maps as large as each photo: a step's graded groups
+    and anchors must come from photos of one size (BIQ2021 holds a few smaller ones among its 512-px
+    photos), and where every photo has one size the draw is the one it always was."""
+    from contentiqa.training.damage import GROUP_SIZE, DamageSet, _draw_one_shape
+
+    table = pd.DataFrame({"image": [f"p{i}.png" for i in range(8)], "mos": np.arange(8.0)})
+    small = {"p1.png", "p4.png", "p6.png"}
+
+    def encode(paths, specs):
+        return [{"x": torch.zeros(2, 3, *((2, 2) if p in small else (4, 4)))} for p in paths]
+
+    cfg = TrainConfig(damage_weight=1.0, damage_photos=8, damage_groups=3, anchor_weight=1.0, anchor_photos=8,
+                      anchors_per_batch=3)
+    damage = DamageSet(None, table, cfg, 3, encode)
+    sizes = set()
+    for step in range(100):
+        out = damage.sample(0, step)
+        assert out["groups"]["x"].shape[0] == 3 * GROUP_SIZE and out["anchors"]["x"].shape[0] == 3
+        sizes |= {out["groups"]["x"].shape[-1], out["anchors"]["x"].shape[-1]}
+    assert sizes == {2, 4}  # both sizes serve
+    same = [(("x", (3, 4, 4)),)] * 8
+    assert _draw_one_shape(np.random.default_rng(5), same, 3) == list(np.random.default_rng(5).choice(8, 3, replace=False))
+    assert _draw_one_shape(np.random.default_rng(5), same, 0) == []
+
+
 def test_more_anchor_photos_than_the_training_set_has_use_every_photo(two_sets, tmp_path):
     """A recipe's counts (the default IE-IQA's 270 anchor photos) on a small set: each photo once."""
     table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")

@@ -65,6 +65,10 @@ class DamageSet:
             bad = sorted(BAD_FRAMES)
             photos = picked[:cfg.anchor_photos]
             self.anchors = encode(photos, [f"bad:{bad[i % len(bad)]}" for i in range(len(photos))])
+        # Encodings of photos of different sizes (a native-resolution model's stage maps) cannot
+        # share a step's stack, so each step draws items of one shape, as the photos' batches are.
+        self._group_shapes = [_shape(g[0]) for g in self.groups]
+        self._anchor_shapes = [_shape(a) for a in self.anchors]
 
     @property
     def active(self) -> bool:
@@ -81,13 +85,33 @@ class DamageSet:
         rng = np.random.default_rng([self.cfg.seed, epoch, step, rank, 13])
         out: dict[str, dict[str, torch.Tensor]] = {}
         if self.groups:
-            chosen = rng.choice(len(self.groups), size=min(self.cfg.damage_groups, len(self.groups)), replace=False)
+            chosen = _draw_one_shape(rng, self._group_shapes, self.cfg.damage_groups)
             items = []
             for g in chosen:
                 v = int(rng.integers(0, next(iter(self.groups[g][0].values())).shape[0]))
                 items += [{k: t[v:v + 1] for k, t in e.items()} for e in self.groups[g]]  # one view for the group
             out["groups"] = self._stack(items, rng)
         if self.anchors:
-            chosen = rng.choice(len(self.anchors), size=min(self.cfg.anchors_per_batch, len(self.anchors)), replace=False)
+            chosen = _draw_one_shape(rng, self._anchor_shapes, self.cfg.anchors_per_batch)
             out["anchors"] = self._stack([self.anchors[a] for a in chosen], rng)
         return out
+
+
+def _shape(encoding: dict[str, torch.Tensor]) -> tuple:
+    """What must match for two encodings to stack: each tensor's shape but its views."""
+    return tuple((k, tuple(t.shape[1:])) for k, t in sorted(encoding.items()))
+
+
+def _draw_one_shape(rng: np.random.Generator, shapes: list[tuple], k: int) -> list[int]:
+    """``k`` distinct indices (fewer when fewer share the shape) whose ``shapes`` match the first
+    one drawn. Where every shape is the same this is one ``rng.choice``, the draw of a set of
+    same-size photos before shapes were heeded, so those runs repeat exactly."""
+    chosen = [int(i) for i in rng.choice(len(shapes), size=min(k, len(shapes)), replace=False)]
+    if not chosen:
+        return []
+    same = [i for i in chosen if shapes[i] == shapes[chosen[0]]]
+    if len(same) < len(chosen):
+        rest = [i for i, sh in enumerate(shapes) if sh == shapes[chosen[0]] and i not in same]
+        if rest:
+            same += [int(i) for i in rng.choice(rest, size=min(len(chosen) - len(same), len(rest)), replace=False)]
+    return same
