@@ -146,6 +146,18 @@ def test_cache_command_errors_name_the_folder(tmp_path, capsys):
     assert main(["cache", str(tmp_path), "--dry-run"]) == 2
 
 
+def test_cache_command_names_a_folder_it_cannot_read(tmp_path, monkeypatch, capsys):
+    import contentiqa.utils.disk_cache as dc
+
+    def unreadable(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dc, "scan", unreadable)
+    for argv in (["cache", str(tmp_path)], ["cache", str(tmp_path), "--max-size", "1G"]):
+        assert main(argv) == 1
+        assert f"{tmp_path}: cannot be read (Permission denied)" in capsys.readouterr().err
+
+
 def test_cache_command_defaults_to_the_export_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path))
     assert main(["cache"]) == 0

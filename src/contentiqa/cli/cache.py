@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{folder}: not a folder", file=sys.stderr)
             status = 1
             continue
-        entries = scan(folder)
+        try:
+            entries = scan(folder)
+        except OSError as exc:
+            print(f"{folder}: cannot be read ({exc.strerror or exc})", file=sys.stderr)
+            status = 1
+            continue
         if pruning:
             try:
                 gone = prune(folder, max_bytes=max_bytes,
