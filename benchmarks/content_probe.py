@@ -1,8 +1,8 @@
-"""Would a second frozen ImageNet backbone name people's scenes better? The `iqa-cr` default's
-content head, probed on validation data only.
+"""Would a second frozen ImageNet backbone, or more than the means of the levels, name people's
+scenes better? The `iqa-cr` default's content head, probed on validation data only.
 
-    python benchmarks/content_probe.py                      # the default extras
-    python benchmarks/content_probe.py --extras efficientnet_lite2:260 --out content_probe_lite2
+    python benchmarks/content_probe.py                      # the default extras and poolings
+    python benchmarks/content_probe.py --extras efficientnet_lite2:260 --poolings --out content_probe_lite2
 
 Why: `iqa-cr`'s content comes from a linear head on the global means of the frozen Lite0 levels
 its bottleneck reads, at the photo's native resolution (``content_from="levels"``,
@@ -11,7 +11,8 @@ reads a second network for its content (a slower model, a new architecture to ga
 this asks the cheap way whether the features are the limit: the same multinomial logistic head
 (:func:`contentiqa.training.content_head.fit_logistic`) on the levels alone, and on the levels
 joined by the global mean of another frozen ImageNet backbone's last stage (its 1280-channel conv
-head) on the photo resized square to a given size.
+head) on the photo resized square to a given size, or by another statistic of the same levels over
+the photo (their spatial spread or maximum: the same pass, no second network).
 
 Validation only, never a test part: the labelled photos of the training part of each of the IE-IQA
 protocol's 3 clive-dev splits (the ship gate's), each scored by 5-fold cross-validation inside it
@@ -36,7 +37,42 @@ from content_head import labelled
 
 FOLDS = 5
 EXTRAS = ("efficientnet_lite0:320", "efficientnet_lite1:280", "efficientnet_lite2:260", "efficientnet_lite2:384")
-L2S = (1e-2, 3e-2)
+POOLINGS = {"std": "spatial spreads", "max": "maxima"}
+L2S = (1e-2, 3e-2, 1e-1)
+
+
+def level_stats(model, images: list[str], cache: Path, stats: list[str]) -> dict[str, np.ndarray]:
+    """{stat: (photos x sum C)} each level's spatial ``stats`` (``POOLINGS``) over the photo as the
+    model reads it (one unmirrored view); cached per backbone weights beside the means."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from contentiqa.data import load_image
+    from contentiqa.training.cache import weights_fingerprint
+    from contentiqa.utils.io import atomic_write
+
+    path = cache / f"level_stats_{weights_fingerprint(list(model.stages[:model.feature_end]))}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if list(z["images"]) == images and all(k in z.files for k in stats):
+                return {k: z[k] for k in stats}
+    reduce = {"std": lambda m: m.flatten(2).std(2), "max": lambda m: m.amax((2, 3))}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in POOLINGS}
+    model = model.eval()
+    with torch.inference_mode():
+        for p in tqdm(images, desc="level statistics"):
+            maps = model.features(model.preprocess(load_image(p).image).unsqueeze(0))
+            for k in POOLINGS:
+                rows[k].append(torch.cat([reduce[k](m)[0] for m in maps]).double().numpy())
+    arrays = {k: np.stack(v) for k, v in rows.items()}
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=np.array(images), **arrays)
+
+    atomic_write(path, write)
+    return {k: arrays[k] for k in stats}
 
 
 def cv_accuracy(x: np.ndarray, main: list[str], sets: list[set[str]], categories, l2: float,
@@ -58,6 +94,8 @@ def main() -> int:
     ap.add_argument("--model", default="iqa-cr", help="the model whose levels name content (default: the iqa-cr default)")
     ap.add_argument("--extras", nargs="*", default=list(EXTRAS), metavar="BACKBONE:SIZE",
                     help="second backbones joined to the levels, each at a square input size")
+    ap.add_argument("--poolings", nargs="*", default=list(POOLINGS), choices=list(POOLINGS),
+                    help="statistics of the same levels joined to their means")
     ap.add_argument("--l2", nargs="+", type=float, default=list(L2S))
     ap.add_argument("--out", default="content_probe", help="results file name (benchmarks/results/OUT.json/.md)")
     args = ap.parse_args()
@@ -83,6 +121,9 @@ def main() -> int:
         x, sec = backbone_features(name, size, images, cache, "clive-dev", levels=1)
         key = f"the levels + {name} at {size} px"
         sets_x[key], cost[key] = np.concatenate([sets_x["the levels alone"], x], 1), sec
+    for k, x in (level_stats(model, images, cache, args.poolings) if args.poolings else {}).items():
+        key = f"the levels' means + their {POOLINGS[k]}"
+        sets_x[key], cost[key] = np.concatenate([sets_x["the levels alone"], x], 1), None
 
     parts = []
     for sp in splits:  # the training part only: its test part is never read
@@ -106,18 +147,19 @@ def main() -> int:
              "–" if r["sec_per_photo"] is None else f"{1000 * r['sec_per_photo']:.0f}"] for k, r in results.items()]
     minutes = (time.time() - t0) / 60
     md = (
-        "# A second backbone for content? People's scene labels on validation data\n\n"
+        "# A second backbone, or richer pooling, for content? People's scene labels on validation data\n\n"
         f"One run: `{command_line()}` ({minutes:.1f} min). The content head of `{args.model}` (multinomial "
         "logistic regression on the global means of the frozen ImageNet Lite0 levels its bottleneck reads, at native "
         "resolution), alone and with the global mean of another frozen ImageNet backbone's conv head on the photo "
-        "resized square to the size given. Validation data only: the labelled photos of the training part of each "
+        "resized square to the size given, or with another statistic of the same levels over the photo (the same pass). Validation data only: the labelled photos of the training part of each "
         "of the IE-IQA protocol's 3 clive-dev splits (the ship gate's; test parts never read), each scored by "
         "5-fold cross-validation inside it, one view per photo. Top-1: the main label; any: one of the photo's "
         "labels. Mean ± std over the splits; the L2 strength with the best mean of the two (out of "
         f"{', '.join(f'{v:g}' for v in args.l2)}).\n\n"
         + md_table(["content from", "top-1", "any label", "L2", "ms/photo (the extra backbone)"], rows)
         + "\nms/photo: decode, resize and the eager forward of the extra backbone alone during extraction "
-        "(benchmarks/backbone_probe.py's), a rough cost on top of the model's own; not the scoring speed.\n"
+        "(benchmarks/backbone_probe.py's), a rough cost on top of the model's own; not the scoring speed. "
+        "–: no second network.\n"
     )
     write_results(args.out, {"results": results, "model": args.model, "folds": FOLDS, "command": command_line(),
                              "minutes": minutes}, md)

@@ -525,6 +525,36 @@ def test_content_probe_scores_every_labelled_photo_out_of_fold(common):
     assert top1_w == top1 and any_w >= top1_w
 
 
+def test_content_probe_level_statistics_are_the_models_levels_read_once(common, tmp_path):
+    """benchmarks/content_probe.py's richer pooling: each level's spatial spread and maximum over
+    the photo as the model reads it, cached (a second call reads the file, not the photos)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tiny_models import tiny_model
+
+    sys.modules.pop("content_probe", None)
+    import content_probe
+
+    model = tiny_model("iqa-cr", categories=["a", "b"], content_from="tokens").eval()
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(2):
+        photos.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(photos[-1])
+    got = content_probe.level_stats(model, photos, tmp_path / "cache", ["std", "max"])
+    with torch.no_grad():
+        maps = model.features(model.preprocess(Image.open(photos[1]).convert("RGB")).unsqueeze(0))
+    np.testing.assert_allclose(got["std"][1], torch.cat([m.flatten(2).std(2) for m in maps], 1)[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["max"][1], torch.cat([m.amax((2, 3)) for m in maps], 1)[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got["std"][0], got["std"][1])
+    for p in photos:
+        Path(p).unlink()  # cached: the photos are not read again
+    again = content_probe.level_stats(model, photos, tmp_path / "cache", ["max"])
+    assert list(again) == ["max"]
+    np.testing.assert_array_equal(again["max"], got["max"])
+
+
 def test_content_head_benchmark_measures_how_far_confidence_is_from_accuracy(common):
     """benchmarks/content_head.py's calibration: the mean softmax confidence of the named category and
     its ECE against the main label: near 0 when a confidence of c is right a fraction c of the time,
