@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +148,16 @@ def _torchvision_state(weights: Any, download: bool, what: str, hint: str) -> di
             f"{what}: could not fetch {weights.url} ({type(exc).__name__}: {str(exc)[:200]}). "
             f"Pass intelligibility_checkpoint=<{hint}> instead."
         ) from exc
+
+
+def _branch_state(checkpoint: str | None, pretrained: bool, weights: Callable[[], Any], download: bool,
+                  what: str, hint: str) -> dict[str, torch.Tensor] | None:
+    """A torchvision branch's weights, resolved before the network is built so that a missing
+    file fails fast: the user's ``checkpoint``, else torchvision's (``weights()``, its Weights
+    enum member) when ``pretrained``, else None (an untrained branch)."""
+    if checkpoint is not None:
+        return read_state_dict(checkpoint)
+    return _torchvision_state(weights(), download, what, hint) if pretrained else None
 
 
 # -- branches -------------------------------------------------------------------------------
@@ -298,15 +308,10 @@ class DetectionBranch(IntelligibilityBranch):
         if arch not in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"):
             raise ValueError(f"detection task: arch must be fasterrcnn_resnet50_fpn[_v2], not {arch!r}")
         what = f"intelligibility task 'detection' ({arch})"
-        state = None  # resolved before building, so a missing file fails fast
-        if checkpoint is not None:
-            state = read_state_dict(checkpoint)
-        elif pretrained:
-            enum = {
-                "fasterrcnn_resnet50_fpn": detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
-                "fasterrcnn_resnet50_fpn_v2": detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-            }[arch]
-            state = _torchvision_state(enum, download, what, f"{arch} COCO .pth")
+        state = _branch_state(checkpoint, pretrained, lambda: {
+            "fasterrcnn_resnet50_fpn": detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
+            "fasterrcnn_resnet50_fpn_v2": detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+        }[arch], download, what, f"{arch} COCO .pth")
         net = getattr(detection, arch)(weights=None, weights_backbone=None, num_classes=91)
         if state is not None:
             load_weights(net, state, what)
@@ -361,15 +366,10 @@ class SegmentationBranch(IntelligibilityBranch):
         if arch not in ("deeplabv3_resnet50", "deeplabv3_resnet101"):
             raise ValueError(f"segmentation task: arch must be deeplabv3_resnet50 or deeplabv3_resnet101, not {arch!r}")
         what = f"intelligibility task 'segmentation' ({arch})"
-        state = None  # resolved before building, so a missing file fails fast
-        if checkpoint is not None:
-            state = read_state_dict(checkpoint)
-        elif pretrained:
-            enum = {
-                "deeplabv3_resnet50": segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
-                "deeplabv3_resnet101": segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-            }[arch]
-            state = _torchvision_state(enum, download, what, f"{arch} .pth")
+        state = _branch_state(checkpoint, pretrained, lambda: {
+            "deeplabv3_resnet50": segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+            "deeplabv3_resnet101": segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+        }[arch], download, what, f"{arch} .pth")
         net = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
         if state is not None:
             load_weights(net, state, what, ignore=("aux_classifier.",))
