@@ -124,3 +124,15 @@ def test_cli_reports_unreadable_images_and_usage_errors(tmp_path):
     assert json.loads((out / "summary.json").read_text())["n_failed"] == 1
     assert not (out / "intelligibility.png").exists()
     assert main(["analyze-intelligibility", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+
+
+def test_analysis_reads_a_dataset_as_its_table():
+    """An IQADataset is analysed as its own table, under its own name."""
+    from contentiqa.data import IQADataset, MOSScale
+
+    table = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "mos": MOS})
+    ds = IQADataset(table.iloc[::-1], MOSScale(0.0, 100.0), name="mine")
+    res = analyze_intelligibility(ds, confidences=CONF[::-1], confidence_range="unit")
+    assert res.summary["source"] == "mine"
+    assert res.per_image["mos"].tolist() == MOS[::-1]
+    assert res.summary["spearman"] == pytest.approx(1.0)

@@ -158,12 +158,12 @@ class IntelligibilityAnalysis:
 
 
 def _as_table(source: Any) -> tuple[pd.DataFrame, str]:
+    from ..data import IQADataset, load_dataset
+
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True), "table"
-    if hasattr(source, "table") and isinstance(source.table, pd.DataFrame):
-        return source.table.reset_index(drop=True), getattr(source, "name", "dataset")
-    from ..data import load_dataset
-
+    if isinstance(source, IQADataset):
+        return source.table.reset_index(drop=True), source.name
     ds = load_dataset("csv", source)
     return ds.table.reset_index(drop=True), str(source)
 

@@ -17,7 +17,7 @@ dimension ``N_d`` and sets the unselected entries to zero instead of dropping th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -103,16 +103,25 @@ def sensitivity_scores(
     return grad.abs().detach(), i_max
 
 
+@runtime_checkable
+class LayeredHead(Protocol):
+    """What owns a ``head`` method and can say which layers it is (an intelligibility branch)."""
+
+    def head_layers(self) -> list[nn.Module] | None:
+        """The head as a chain of Linear / ReLU (/ Dropout, Identity) modules, else None."""
+        ...
+
+
 def _head_layers(head: Callable) -> list[nn.Module] | None:
     """The Linear/ReLU chain behind ``head``: a module (Sequential / Linear) or the bound
-    ``head`` method of an intelligibility branch (its ``head_layers()``)."""
+    ``head`` method of a :class:`LayeredHead` (an intelligibility branch)."""
     if isinstance(head, nn.Sequential):
         layers: list[nn.Module] | None = list(head)
     elif isinstance(head, nn.Linear):
         layers = [head]
     else:
-        owner = getattr(head, "__self__", None)
-        layers = owner.head_layers() if owner is not None and hasattr(owner, "head_layers") else None
+        owner = getattr(head, "__self__", None)  # a bound method's object
+        layers = owner.head_layers() if isinstance(owner, LayeredHead) else None
     if layers is None or not all(isinstance(m, _CHAIN_TYPES) for m in layers):
         return None
     core = [m for m in layers if isinstance(m, (nn.Linear, nn.ReLU))]
