@@ -43,7 +43,8 @@ L2S = (1e-2, 3e-2, 1e-1)
 
 def level_stats(model, images: list[str], cache: Path, stats: list[str]) -> dict[str, np.ndarray]:
     """{stat: (photos x sum C)} each level's spatial ``stats`` (``POOLINGS``) over the photo as the
-    model reads it (one unmirrored view); cached per backbone weights beside the means."""
+    model reads it (one unmirrored view); every statistic is computed in the one pass and cached
+    per backbone weights beside the means."""
     import torch
     from tqdm.auto import tqdm
 
@@ -151,7 +152,8 @@ def main() -> int:
         f"One run: `{command_line()}` ({minutes:.1f} min). The content head of `{args.model}` (multinomial "
         "logistic regression on the global means of the frozen ImageNet Lite0 levels its bottleneck reads, at native "
         "resolution), alone and with the global mean of another frozen ImageNet backbone's conv head on the photo "
-        "resized square to the size given, or with another statistic of the same levels over the photo (the same pass). Validation data only: the labelled photos of the training part of each "
+        "resized square to the size given, or with another statistic of the same levels over the photo (the same "
+        "pass). Validation data only: the labelled photos of the training part of each "
         "of the IE-IQA protocol's 3 clive-dev splits (the ship gate's; test parts never read), each scored by "
         "5-fold cross-validation inside it, one view per photo. Top-1: the main label; any: one of the photo's "
         "labels. Mean ± std over the splits; the L2 strength with the best mean of the two (out of "
