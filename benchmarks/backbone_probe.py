@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, clive_splits, command_line, md_table, require_clive, write_results
+from common import ROOT, clive_splits, command_line, md_table, require_clive, save_npz, write_results
 from floor import ridge_fit, ridge_predict
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -57,7 +57,6 @@ def features(backbone: str, size: int, images: list[str], cache: Path, label: st
     from contentiqa.backbones.stages import backbone_stages, run_stages_levels
     from contentiqa.data import load_image
     from contentiqa.models.base import resized_input
-    from contentiqa.utils.io import atomic_write
 
     bb = create_backbone(backbone).eval()
     cfg = bb.contentiqa_cfg
@@ -73,11 +72,7 @@ def features(backbone: str, size: int, images: list[str], cache: Path, label: st
             out.append(torch.cat([m.mean((2, 3)) for m in maps], 1).float().numpy())
     x = np.concatenate(out).astype(np.float64)
     sec = (time.perf_counter() - t0) / len(images)
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
-            np.savez(f, x=x, sec_per_photo=sec, images=np.array([Path(p).name for p in images]))
-
-    atomic_write(path, write)
+    save_npz(path, x=x, sec_per_photo=sec, images=np.array([Path(p).name for p in images]))
     return x, sec
 
 

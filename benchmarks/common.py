@@ -101,6 +101,19 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     print(markdown)
 
 
+def save_npz(path: Path, **arrays) -> None:
+    """``np.savez`` made atomic: a run stopped while writing a feature cache leaves no half file."""
+    import numpy as np
+
+    from contentiqa.utils.io import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(fh, **arrays)
+
+    atomic_write(path, write)
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     # imported when called: importing contentiqa imports torch, which speed.py must configure first
     from contentiqa.experiments.runner import md_table as _md

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, clive_table, command_line, provenance
+from common import RESULTS, ROOT, clive_table, command_line, provenance, save_npz
 
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 SUFFIX = ", content head on the levels"
@@ -54,7 +54,6 @@ def features(model, table, work: Path) -> dict[bool, dict[str, np.ndarray]]:
 
     from contentiqa.training.cache import weights_fingerprint
     from contentiqa.training.content_head import level_means
-    from contentiqa.utils.io import atomic_write
 
     key = weights_fingerprint(list(model.stages[:model.feature_end]))
     path = work / f"level_means_{key}.npz"
@@ -63,15 +62,9 @@ def features(model, table, work: Path) -> dict[bool, dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as z:
             if list(z["images"]) == images:
                 return {flip: dict(zip(images, z[f"flip{int(flip)}"])) for flip in (False, True)}
-    work.mkdir(parents=True, exist_ok=True)
     arrays = {f"flip{int(flip)}": level_means(model, images, flip, lambda it: tqdm(it, desc=f"level means, flip {flip}"))
               for flip in (False, True)}
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=np.array(images), **arrays)
-
-    atomic_write(path, write)
+    save_npz(path, images=np.array(images), **arrays)
     return {flip: dict(zip(images, arrays[f"flip{int(flip)}"])) for flip in (False, True)}
 
 

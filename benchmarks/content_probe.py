@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from backbone_probe import features as backbone_features
-from common import ROOT, clive_splits, clive_table, command_line, md_table, write_results
+from common import ROOT, clive_splits, clive_table, command_line, md_table, save_npz, write_results
 from content_head import features as level_features
 from content_head import labelled
 
@@ -50,7 +50,6 @@ def level_stats(model, images: list[str], cache: Path, stats: list[str]) -> dict
 
     from contentiqa.data import load_image
     from contentiqa.training.cache import weights_fingerprint
-    from contentiqa.utils.io import atomic_write
 
     path = cache / f"level_stats_{weights_fingerprint(list(model.stages[:model.feature_end]))}.npz"
     if path.is_file():
@@ -66,13 +65,7 @@ def level_stats(model, images: list[str], cache: Path, stats: list[str]) -> dict
             for k in POOLINGS:
                 rows[k].append(torch.cat([reduce[k](m)[0] for m in maps]).double().numpy())
     arrays = {k: np.stack(v) for k, v in rows.items()}
-    cache.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=np.array(images), **arrays)
-
-    atomic_write(path, write)
+    save_npz(path, images=np.array(images), **arrays)
     return {k: arrays[k] for k in stats}
 
 
