@@ -295,3 +295,55 @@ def test_generic_code_uses_the_contract_not_model_internals():
                 if probe.search(line):
                     found.append(f"{f.relative_to(root)}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+# The packages from the bottom up: each may import those below it, never those above (a lazy
+# import inside a function counts too). One documented exception: ``IQAModel.predict`` reaches
+# up to the scoring layer so that a model scores through the engine ``contentiqa score`` runs.
+LAYERS = ("utils", "metrics", "backbones", "data", "models", "inference", "analysis", "training",
+          "experiments", "explain", "reporting", "serve", "cli")
+UPWARD_IMPORTS_ALLOWED = {("models/base.py", "inference")}
+
+
+def _package_imports(path, root):
+    """(line, imported contentiqa package) for every import in ``path``, relative ones resolved."""
+    import ast
+
+    rel = path.relative_to(root)
+    here = ["contentiqa", *rel.parent.parts]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                names = [".".join(base + ([node.module] if node.module else []))]
+                if not node.module:  # ``from .. import x``: x may itself be a package
+                    names = [f"{names[0]}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "contentiqa" and len(parts) > 1 and parts[1] in LAYERS:
+                yield node.lineno, parts[1]
+
+
+def test_lower_layers_never_import_higher_ones():
+    from pathlib import Path
+
+    import contentiqa
+
+    root = Path(contentiqa.__file__).parent
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists()} - {"weights"}
+    assert packages == set(LAYERS), "a package is missing from LAYERS: place it in the order"
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    found = []
+    for pkg in LAYERS:
+        for f in sorted((root / pkg).rglob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            for line, target in _package_imports(f, root):
+                if rank[target] > rank[pkg] and (rel, target) not in UPWARD_IMPORTS_ALLOWED:
+                    found.append(f"{rel}:{line} imports contentiqa.{target}")
+    assert not found, "\n".join(found)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, label_table
-    from ..models.base import IQA_CR_CATEGORIES
+    from ..data.categories import IQA_CR_CATEGORIES
     from ..utils.io import atomic_write_text
 
     src = Path(args.data)

@@ -22,6 +22,7 @@ _LAZY = {
     "LoadedImage": "imageio",
     "is_image_file": "imageio",
     "load_image": "imageio",
+    "IQA_CR_CATEGORIES": "categories",
     "HUMAN_LABEL_CATEGORIES": "labels",
     "LIQE_TO_IQA_CR": "labels",
     "LabelsError": "labels",
@@ -45,6 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .categories import IQA_CR_CATEGORIES  # noqa: F401
     from .datasets import IQADataset, load_dataset  # noqa: F401
     from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageLoadError, LoadedImage, is_image_file, load_image  # noqa: F401
     from .labels import HUMAN_LABEL_CATEGORIES, LIQE_TO_IQA_CR, LabelsError, dataset_keys, join_labels, read_labels  # noqa: F401

@@ -1,6 +1,6 @@
 """Pseudo content labels for datasets that have none, the way IQA-CR labelled KonIQ-10k.
 
-IQA-CR trains its content head on ten categories (:data:`~contentiqa.models.base.IQA_CR_CATEGORIES`).
+IQA-CR trains its content head on ten categories (:data:`~contentiqa.data.categories.IQA_CR_CATEGORIES`).
 Its authors pre-labelled KonIQ-10k with an ImageNet classifier and had people correct the
 result; LIVE Challenge and most other IQA sets have no content labels at all. This module does
 the automatic half:
@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..models.base import IQA_CR_CATEGORIES
+from .categories import IQA_CR_CATEGORIES
 from .imageio import load_image
 
 CLASSIFIER_NAME = "efficientnet_lite0"

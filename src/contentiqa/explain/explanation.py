@@ -38,7 +38,6 @@ from PIL import Image
 from ..data.imageio import ImageLoadError
 from ..models.base import IQAModel
 from ..models.scoring import clip_score, to_pil
-from ..reporting.html import score_higher_is_better
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
 
@@ -251,7 +250,7 @@ def explain(
         category_confidence=conf,
         explained_category=explained,
         score_range=(float(scale[0]), float(scale[1])),
-        higher_is_better=score_higher_is_better(model),
+        higher_is_better=bool(model.scale.higher_is_better),
         model_name=str(model.model_name),
         level_shares=dict(g.level_shares),
         explained_size=work.size,

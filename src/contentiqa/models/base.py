@@ -15,15 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.categories import IQA_CR_CATEGORIES  # noqa: F401  (re-exported: models name it here too)
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..data.table import MOSScale
 from .scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, predictions_from_outputs
 
-# The ten content categories of IQA-CR's KonIQ-10k labelling (§IV.A).
-IQA_CR_CATEGORIES = (
-    "animal", "artifact", "cityscape", "human", "indoor scene",
-    "landscape", "night scene", "plant", "vehicle", "others",
-)
 
 
 @dataclass(frozen=True)
