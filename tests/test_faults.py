@@ -411,6 +411,15 @@ def test_every_input_kind_of_the_same_pixels_scores_the_same(api_model):
         assert api_model.predict(x).score == pytest.approx(ref, abs=1e-4), what
 
 
+def test_an_rgba_array_scores_as_the_same_rgba_file_and_image(api_model, tmp_path):
+    rgba = np.dstack([_pixels(), np.full((40, 48), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    preds = [api_model.predict(x) for x in (rgba, Image.fromarray(rgba, "RGBA"), str(tmp_path / "t.png"))]
+    for p in preds:
+        assert p.score == pytest.approx(preds[2].score, abs=1e-4)
+        assert "transparent pixels composited on white" in p.notes
+
+
 @pytest.mark.parametrize("case", ["float tensor 0-255", "float array 0-255", "nan", "inf", "all nan", "bool",
                                   "negative float", "int32 tensor over 255", "negative int"])
 def test_inputs_that_would_score_wrongly_are_errors(api_model, case):
@@ -468,6 +477,9 @@ def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
     assert seen == [(64, 40)] and "downscaled from 160x100 to 64x40" in "; ".join(pred.notes)
     small = model.predict(np.asarray(Image.open(big).resize((64, 40), Image.LANCZOS, reducing_gap=3.0)))
     assert pred.score == pytest.approx(small.score, abs=1e-4)
+    thin = write_image(tmp_path / "thin.png", 40, 160)  # 160x40, under max_side 64: 64x16
+    pred = model.predict(str(thin))
+    assert pred.score is None and "smaller than the minimum side" in pred.error and "downscaled to 64x16" in pred.error
     model.max_side = None
     seen.clear()
     assert not model.predict(str(big)).notes and seen == [(160, 100)]

@@ -362,13 +362,11 @@ def test_max_pixels_on_real_image(tmp_path, no_decoding):
 
 def test_max_pixels_raised_above_pil_limit_is_honoured(tmp_path, no_decoding):
     """A caller who raises max_pixels past PIL's ~179 MP refusal gets to decoding (here the
-    patched load stops it), instead of PIL's own bomb error."""
+    patched load stops it, and its error names the file), instead of PIL's own bomb error."""
     path = tmp_path / "huge.png"
     path.write_bytes(_png_header_only(20_000, 10_000))
-    with pytest.raises(RuntimeError, match="pixels were decoded"):
-        load_image(path, max_pixels=300_000_000)
-    with pytest.raises(RuntimeError, match="pixels were decoded"):
-        load_image(path, max_pixels=None)
+    _expect_error(path, "pixels were decoded", max_pixels=300_000_000)
+    _expect_error(path, "pixels were decoded", max_pixels=None)
 
 
 def test_max_pixels_allows_image_under_limit(tmp_path):
@@ -392,3 +390,48 @@ def test_pil_global_limit_restored_after_threaded_loads(tmp_path):
         sizes = list(pool.map(lambda p: load_image(p).size, paths * 8))
     assert sizes == [(64, 64)] * 64
     assert Image.MAX_IMAGE_PIXELS == before is not None
+
+
+@pytest.mark.parametrize("tail", [b"!", b","])
+def test_gif_cut_inside_its_block_structure_is_an_error_not_a_crash(tmp_path, tail):
+    """Pillow's GIF parser meets such a file with IndexError or struct.error, not OSError."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), RED).save(buf, "GIF")
+    path = tmp_path / "cut.gif"
+    path.write_bytes(buf.getvalue()[:-1] + tail)
+    _expect_error(path, "corrupt", "GIF")
+
+
+def test_fifo_is_not_read(tmp_path):
+    path = tmp_path / "x.jpg"
+    os.mkfifo(path)
+    _expect_error(path, "not a regular file")
+
+
+def test_32bit_integer_image_past_16_bits_has_no_display_range(tmp_path):
+    arr = np.full((40, 40), 70_000, np.int32)
+    arr[:, :20] = -5
+    path = tmp_path / "i32.tif"
+    Image.fromarray(arr, "I").save(path)
+    _expect_error(path, "no defined display range")
+
+
+def test_float_image_with_nan_pixels(tmp_path):
+    arr = np.full((40, 40), 0.5, np.float32)
+    arr[:, :10] = np.nan
+    path = tmp_path / "nan.tif"
+    Image.fromarray(arr, "F").save(path)
+    _expect_error(path, "nan")
+
+
+def test_invalid_exif_orientation_is_not_said_to_be_applied(tmp_path):
+    im = Image.new("RGB", (48, 40), RED)
+    exif = im.getexif()
+    exif[0x0112] = 9
+    path = tmp_path / "o9.jpg"
+    im.save(path, exif=exif)
+    loaded = load_image(path)
+    assert loaded.image.size == (48, 40)
+    assert not any("orientation" in n for n in loaded.notes)

@@ -93,19 +93,29 @@ class LoadedImage:
         return self.image.size
 
 
+def _describe(exc: Exception) -> str:
+    """An exception's message, with its type where the message alone says little (``struct.error``)."""
+    return str(exc) if isinstance(exc, OSError) and str(exc) else f"{type(exc).__name__}: {exc}"
+
+
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 65535:  # 32-bit integers past 16 bits: no display range to assume
+            raise ValueError(f"32-bit integer image with values in [{lo:.6g}, {hi:.6g}] has no defined display range")
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         notes.append(f"{'16' if peak > 255 else '32'}-bit grayscale scaled to 8-bit")
         arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode == "F":
         arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not np.isfinite(arr).all():
+            raise ValueError("floating-point image with NaN or infinite pixels")
+        lo, hi = float(arr.min()), float(arr.max())
         scale = 1.0 if 0.0 <= lo and hi <= 1.0 else (255.0 if hi <= 255.0 and lo >= 0 else None)
         if scale is None:
             raise ValueError(f"floating-point image with values in [{lo:.3g}, {hi:.3g}] has no defined display range")
@@ -140,6 +150,8 @@ def load_image(
         raise ImageLoadError(p, "file does not exist")
     if p.is_dir():
         raise ImageLoadError(p, "is a directory, not an image file")
+    if not p.is_file():
+        raise ImageLoadError(p, "not a regular file (a FIFO, socket or device)")
     if not os.access(p, os.R_OK):
         raise ImageLoadError(p, "permission denied (file is not readable)")
     try:
@@ -179,19 +191,22 @@ def load_image(
                 f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of "
                 f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; {BOMB_HINT})",
             )
+        # Pillow's decoders report damaged data with whatever their parsing hits (IndexError,
+        # struct.error, KeyError ... besides OSError), so any exception here is the file's.
         try:
             with _pil_pixel_limit_disabled():  # counting frames seeks through them
                 n_frames = getattr(im, "n_frames", 1)
-        except (OSError, EOFError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(p, f"corrupt {im.format} frame data ({exc})") from None
+                if n_frames > 1:
+                    im.seek(0)
+        except Exception as exc:
+            raise ImageLoadError(p, f"corrupt {im.format} frame data ({_describe(exc)})") from None
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
-            im.seek(0)
         try:
             with _pil_pixel_limit_disabled():  # size already checked against max_pixels
                 im.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            msg = str(exc)
+        except Exception as exc:
+            msg = _describe(exc)
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
@@ -202,7 +217,7 @@ def load_image(
             notes.append("EXIF orientation unreadable, image used as stored")
         else:
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            if orientation not in (None, 1):
+            if orientation in range(2, 9):  # other values are invalid and exif_transpose ignores them
                 notes.append(f"EXIF orientation {orientation} applied")
         try:
             rgb = _to_rgb(oriented, notes)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, _to_rgb, load_image
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -134,8 +134,6 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
         return loaded.image, str(item), loaded.notes
     if isinstance(item, Image.Image):
         notes: list[str] = []
-        from ..data.imageio import _to_rgb
-
         _check_pixels(*item.size, max_pixels)
         img = _to_rgb(item, notes)
         return img, None, notes
@@ -151,14 +149,19 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
         a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
         return Image.fromarray(np.ascontiguousarray(array_to_uint8(a)), "RGB"), None, []
     if isinstance(item, np.ndarray):
-        a = item
-        if a.ndim == 2:
-            a = np.stack([a] * 3, axis=-1)
-        if a.ndim != 3 or a.shape[2] not in (3, 4):
-            raise ValueError(f"array input must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
-        _check_pixels(a.shape[1], a.shape[0], max_pixels)
-        return Image.fromarray(np.ascontiguousarray(array_to_uint8(a[..., :3])), "RGB"), None, []
+        return to_pil(_array_image(item, max_pixels), max_pixels, min_size)
     raise TypeError(f"cannot score an input of type {type(item).__name__}")
+
+
+def _array_image(a: np.ndarray, max_pixels: int | None) -> Image.Image:
+    """An HxW / HxWx3 / HxWx4 array as a PIL image, checked; RGBA stays RGBA, so that its alpha
+    is composited on white, with the note, as for an RGBA file or PIL image."""
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"array input must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
+    _check_pixels(a.shape[1], a.shape[0], max_pixels)
+    return Image.fromarray(np.ascontiguousarray(array_to_uint8(a)), "RGBA" if a.shape[2] == 4 else "RGB")
 
 
 def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Image.Image:
@@ -181,6 +184,8 @@ def in_memory_checked(model: ImageLimits, item: Any) -> Any:
     if isinstance(item, Image.Image):
         _check_pixels(*item.size, model.max_pixels)
         return item  # converted later, with its notes (alpha, mode)
+    if isinstance(item, np.ndarray):
+        return _array_image(item, model.max_pixels)  # likewise
     return to_pil(item, model.max_pixels, model.min_size)[0]
 
 
@@ -189,15 +194,19 @@ def load_image_safely(item: Any, model: ImageLimits) -> tuple[Image.Image | None
     path = str(item) if isinstance(item, (str, os.PathLike)) else None
     try:
         img, path2, notes = to_pil(item, max_pixels=model.max_pixels, min_size=model.min_size)
-        if min(img.size) < model.min_size:
-            raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {model.min_size} px")
+        size = img.size
         if model.native_resolution:
             img = limit_side(img, model.max_side, notes)
+        if min(img.size) < model.min_size:  # after downscaling too: a long thin photo can end too thin
+            shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
+            raise ImageLoadError(path or "<input>", f"image is {shown}, smaller than the minimum side of {model.min_size} px")
         return img, path2 or path, notes, None
     except ImageLoadError as exc:
         return None, path, [], exc.reason
     except (ValueError, TypeError) as exc:
         return None, path, [], str(exc)
+    except Exception as exc:  # one unreadable input is an error row, never the end of a batch
+        return None, path, [], f"cannot read image ({type(exc).__name__}: {exc})"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
