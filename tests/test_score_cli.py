@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from contentiqa.cli.main import main
+from contentiqa.reporting.results import read_results
 from tiny_models import cached_loader, one_torch_thread, tiny_checkpoint  # noqa: F401
 
 
@@ -319,6 +320,48 @@ def test_resume_skips_done_and_retries_failures(tmp_path, ckpt, monkeypatch):
     assert len(after) == 4
     assert after[Path(rows[0]["path"]).name]["score"] == "12.5"
     assert after["late.jpg"]["error"] == "" and math.isfinite(float(after["late.jpg"]["score"]))
+
+
+def test_resume_from_another_folder_finds_the_rows_of_a_run_started_beside_the_output(tmp_path, ckpt, monkeypatch):
+    ok_folder(tmp_path / "imgs", n=2)
+    monkeypatch.chdir(tmp_path)
+    assert run("score", "imgs", "--model", ckpt, "-o", "r.csv", "-q") == 0  # rows say imgs/...
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert run("score", "../imgs", "--model", ckpt, "-o", "../r.csv", "--resume", "-q") == 0
+    assert sorted(r["path"] for r in read_csv(tmp_path / "r.csv")) == ["imgs/img0.jpg", "imgs/img1.jpg"]
+
+
+def test_non_utf8_file_names_are_written_and_resumed_in_every_format(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs", n=1)
+    odd = os.fsdecode(b"x\xff.png")
+    save(rgb(64, 64, 30), d / odd)
+    for fmt in ("csv", "json", "jsonl", "html"):
+        out = tmp_path / f"r.{fmt}"
+        assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+        assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+        rows = read_results(out)
+        assert len(rows) == 2 and any(Path(r["path"]).name == odd for r in rows), fmt
+    assert (b"x\xff.png") in (tmp_path / "r.csv").read_bytes()  # the name's own bytes
+
+
+def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch):
+    for name in ("=cmd|calc!A1.png", "+SUM(1+1).png", "@x.png", "-y.png"):
+        save(rgb(64, 64, 3), tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    assert run("score", ".", "--model", ckpt, "-o", "out.csv", "-q") == 0
+    assert run("score", ".", "--model", ckpt, "-o", "out.csv", "-q", "--resume") == 0
+    paths = [r["path"] for r in read_csv(tmp_path / "out.csv")]
+    assert len(paths) == 4 and all(p[:1] not in "=+-@" for p in paths), paths
+
+
+def test_resume_reads_a_table_a_spreadsheet_saved_with_a_byte_order_mark(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs", n=2)
+    out = tmp_path / "r.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+    assert len(read_csv(out)) == 2
 
 
 def test_killed_run_keeps_flushed_progress_then_resumes(tmp_path, ckpt, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 
 # Module names under contentiqa.cli, in the order `--help` lists them.
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..utils.extras import ExtraMissing, missing_module_message
 
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8 prints escaped, not as a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except (UsageError, ExtraMissing) as exc:

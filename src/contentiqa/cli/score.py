@@ -366,8 +366,8 @@ class _Scoring:
             _check_same_model(self.existing, self.record, self.output)
         # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
         self.input_keys = {path_key(p) for p, _ in entries}
-        done = {path_key(r["path"]) for r in self.existing if row_ok(r)}
-        self.kept = [r for r in self.existing if row_ok(r) or path_key(r["path"]) not in self.input_keys]
+        done = {self._row_key(r["path"]) for r in self.existing if row_ok(r)}
+        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in self.input_keys]
         todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
         for k, p, err in todo:
             if err is not None:
@@ -421,12 +421,23 @@ class _Scoring:
             self.rescue()
         return 128 + signum
 
-    def _summary(self, entries: list, todo: list, saved: bool) -> int:
+    def _row_key(self, path: str) -> str:
+        """The input a row's path names. A relative path was written relative to the folder the
+        earlier run started in, unknown here: from this folder, else from the output's folder
+        (where ``score photos -o scores.csv`` runs), whichever names one of this run's inputs."""
         from ..data.inputs import path_key
+
+        key = path_key(path)
+        if key in self.input_keys or os.path.isabs(path) or self.output is None:
+            return key
+        beside = path_key(os.path.join(os.path.dirname(os.path.abspath(self.output)), path))
+        return beside if beside in self.input_keys else key
+
+    def _summary(self, entries: list, todo: list, saved: bool) -> int:
         from ..reporting.results import format_table, row_ok
 
         rows = self.current_rows()
-        mine = [r for r in rows if path_key(r["path"]) in self.input_keys]
+        mine = [r for r in rows if self._row_key(r["path"]) in self.input_keys]
         failed = [r for r in mine if not row_ok(r)]
         if self.args.quiet:
             for r in failed:

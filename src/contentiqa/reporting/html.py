@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
+from .results import NAME_ERRORS
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
     from ..inference.scorer import Scorer
@@ -268,7 +269,8 @@ def write_html_report(
                 t = thumbnail_from_file(p, thumbnail_size)
                 if t is not None:
                     thumbs[p] = t
-    return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs))
+    return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs),
+                             errors=NAME_ERRORS["html"])
 
 
 def score_higher_is_better(model: "IQAModel | Scorer") -> bool:

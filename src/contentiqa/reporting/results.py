@@ -97,6 +97,13 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+NAME_ERRORS = {"csv": "surrogateescape", "json": "backslashreplace", "jsonl": "backslashreplace",
+               "html": "backslashreplace"}
+"""How each format writes a file name that is not valid UTF-8 (bytes Python holds as lone
+surrogates): a CSV cell gets the name's own bytes back; JSON, and the HTML report's embedded
+JSON, a ``\\udcXX`` escape, which is valid JSON and reads back as the same name (``--resume``)."""
+
+
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     rows = list(rows)
     fields = FIELDS + tuple(k for k in MODEL_FIELDS if any(k in r for r in rows))
@@ -104,8 +111,14 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(fields)
     for r in rows:
-        w.writerow([_cell(r.get(k)) for k in fields])
+        w.writerow([_csv_path(_cell(r.get(k))) if k == "path" else _cell(r.get(k)) for k in fields])
     return buf.getvalue()
+
+
+def _csv_path(path: str) -> str:
+    """A file name a spreadsheet would run as a formula (``=cmd|...``, ``+SUM(...)``) gets a
+    leading ``./``: the same file (``--resume`` keys by the resolved path), inert as text."""
+    return "./" + path if path[:1] in ("=", "+", "-", "@", "\t", "\r") else path
 
 
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -124,14 +137,15 @@ def write_results(path: str | os.PathLike, rows: Sequence[dict[str, Any]], fmt: 
         text = "".join(json.dumps(_json_row(r), ensure_ascii=False) + "\n" for r in rows)
     else:
         raise ValueError(f"write_results does not write {fmt!r}")
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, text, errors=NAME_ERRORS[fmt])
 
 
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read the rows of a results file written by :func:`write_results` or an HTML report
     (whose rows are embedded as JSON). Raises ValueError for a file it cannot parse."""
     fmt = output_format(path)
-    text = Path(path).read_text(encoding="utf-8")
+    # utf-8-sig: a table a spreadsheet saved again starts with a byte-order mark
+    text = Path(path).read_text(encoding="utf-8-sig", errors="surrogateescape")
     try:
         if fmt == "csv":
             reader = csv.DictReader(io.StringIO(text))

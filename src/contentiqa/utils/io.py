@@ -50,9 +50,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", errors: str = "strict") -> Path:
+    """``errors``: as for :func:`open`; e.g. ``surrogateescape`` writes a file name that is not
+    valid UTF-8 (which Python holds as lone surrogates) back as its own bytes."""
     def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding=encoding) as f:
+        with open(tmp, "w", encoding=encoding, errors=errors) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
