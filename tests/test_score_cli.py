@@ -452,3 +452,13 @@ def test_folder_scans_know_every_pillow_format_but_load_its_plugins_only_when_ne
     assert not imageio.is_image_file("notes.txt") and not imageio.is_image_file("scores.csv")
     monkeypatch.setattr(imageio, "image_extensions", lambda: pytest.fail("every plugin loaded for a .jpg"))
     assert imageio.is_image_file("photo.JPG") and imageio.is_image_file("x.png")
+
+
+@pytest.mark.parametrize("argv", [("score", "x.jpg", "--max-pixels", "inf"), ("serve", "--timeout", "inf"),
+                                  ("serve", "--max-pixels", "nan"), ("explain", "x.jpg", "--max-pixels", "inf"),
+                                  ("cache", ".", "--older-than", "nan")])
+def test_number_options_refuse_inf_and_nan_as_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2
+    assert "must be a finite number" in capsys.readouterr().err

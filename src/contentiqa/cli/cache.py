@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import size_arg
+from .common import finite_float, size_arg
 from .main import UsageError
 
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cache folder(s): an experiment's cache_dir, a training run's OUT/cache")
     p.add_argument("--max-size", type=size_arg, metavar="SIZE",
                    help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M)")
-    p.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
+    p.add_argument("--older-than", type=finite_float, metavar="DAYS", help="remove entries not used for DAYS days")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.set_defaults(func=run)
 

@@ -11,6 +11,20 @@ if TYPE_CHECKING:  # pandas costs ~0.5 s to import: not at CLI start-up
     import pandas as pd
 
 
+def finite_float(text: str) -> float:
+    """An argparse ``type`` for a number option: ``float`` alone takes ``inf`` and ``nan``, which
+    no limit, timeout or rate means, and which fail later as a traceback."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def size_arg(text: str) -> int:
     """An argparse ``type`` for a size such as ``40G`` or ``500M``: a bad one is argparse's usage
     error (exit 2) naming the option, in every command alike."""

@@ -33,6 +33,7 @@ import socket
 import sys
 
 from ._model_loading import add_scorer_args, heatmap_model, load_scorer, scorer_kwargs
+from .common import finite_float
 from .main import UsageError
 
 KEEP_ALIVE_S = 5
@@ -53,20 +54,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="images per forward pass at most, from one or several requests (default 8)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T",
+    p.add_argument("--max-wait-ms", type=finite_float, default=5.0, metavar="T",
                    help="how long a waiting image waits for others to fill a batch (default 5 ms)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="images waiting for the model at most; beyond, 503 + Retry-After (default 64)")
     p.add_argument("--max-images", type=int, default=16, metavar="N", help="images per request at most (default 16)")
-    p.add_argument("--max-upload-mb", type=float, default=32.0, metavar="MB",
+    p.add_argument("--max-upload-mb", type=finite_float, default=32.0, metavar="MB",
                    help="request body size at most, in MiB (default 32)")
-    p.add_argument("--max-pixels", type=float, default=50.0, metavar="MP",
+    p.add_argument("--max-pixels", type=finite_float, default=50.0, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 50)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--timeout", type=finite_float, default=60.0, metavar="S",
                    help="a request's upload, wait and scoring must end within S seconds (408/504 beyond; default 60)")
     p.add_argument("--max-connections", type=int, default=128, metavar="N",
                    help="concurrent connections at most; beyond, 503 (default 128)")
-    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--header-timeout", type=finite_float, default=10.0, metavar="S",
                    help="a connection that has not sent a request's headers within S seconds of opening (or of "
                         "its next request's first byte) is closed (default 10)")
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_args, add_split_args, check_rated, each_dataset, load_data, resolve_split
+from .common import add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split
 from .main import UsageError
 
 
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=finite_float, default=None)
     p.add_argument("--cache-stages", type=int, default=None, help="cache the first N (frozen) backbone stages")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
