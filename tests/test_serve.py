@@ -147,6 +147,13 @@ def test_request_errors(model):
         assert c.post("/v1/score", data={"field": "value"}).status_code == 415  # not multipart
         r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(3)]))
         assert r.status_code == 413 and "at most 2" in r.json()["detail"]
+        whole = multipart([("a.jpg", jpeg(1)), ("b.jpg", jpeg(2))])
+        cut = whole[: whole.rindex(b"--cq-boundary--") - 100]  # b.jpg cut off, no closing boundary
+        for body in (cut, cut[: cut.index(b"--cq-boundary", 10)]):
+            r = c.post("/v1/score", content=body, headers={"content-type": "multipart/form-data; boundary=cq-boundary"})
+            assert r.status_code == 400 and "closing boundary" in r.json()["detail"], r.text
+        r = c.post("/v1/score", content=whole, headers={"content-type": 'multipart/form-data; boundary="cq-boundary"'})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
 
 
 def test_body_size_and_pixel_limits(model):

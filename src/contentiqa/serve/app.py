@@ -22,6 +22,7 @@ import hmac
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -402,13 +403,35 @@ def _too_large(cfg: ServeConfig) -> str:
     return f"request body over the limit of {cfg.max_upload_bytes / 2**20:g} MiB"
 
 
+class _TerminatedStream:
+    """A request body passed through, noting whether the multipart closing delimiter
+    (``--BOUNDARY--``) went by: the parser drops an unterminated last part without a word, so a
+    cut-off upload would answer 200 with a photo missing."""
+
+    def __init__(self, stream: AsyncIterator[bytes], content_type: str):
+        match = re.search(r'boundary="?([^";]+)"?', content_type, re.I)
+        self._delimiter = b"--" + match.group(1).encode("latin-1") + b"--" if match else None
+        self._stream = stream
+        self.terminated = self._delimiter is None  # no boundary: the parser's own error says so
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        keep = b""
+        async for chunk in self._stream:
+            if not self.terminated and self._delimiter is not None:
+                window = keep + chunk  # the delimiter may straddle two chunks
+                self.terminated = self._delimiter in window
+                keep = window[-(len(self._delimiter) - 1):]
+            yield chunk
+
+
 async def read_uploads(request: Request, svc: Service, max_files: int) -> list[tuple[str, bytes]]:
     """The uploaded files of a multipart request, as (client file name, bytes), in order."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         svc.metrics.error("bad_request")
         raise HTTPException(415, "send the images as multipart/form-data file parts (e.g. curl -F files=@photo.jpg)")
-    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=16)
+    body = _TerminatedStream(request.stream(), ctype)
+    parser = MultiPartParser(request.headers, body, max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -417,6 +440,11 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
             raise HTTPException(413, f"at most {max_files} image(s) per request") from None
         svc.metrics.error("bad_request")
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    if not body.terminated:
+        await form.close()
+        svc.metrics.error("bad_request")
+        raise HTTPException(400, "malformed multipart body: it ends before its closing boundary "
+                                 "(a cut-off upload; its last part would be lost)")
     try:
         uploads: list[tuple[str, bytes]] = []
         for _, value in form.multi_items():
