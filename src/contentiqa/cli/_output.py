@@ -33,20 +33,22 @@ class Stopped(BaseException):
         return signal.Signals(self.signum).name
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, option: str = "--output") -> None:
     """Fail before any work if ``path`` cannot be written: its folder is created if needed and
     a probe file is made and removed there (atomic writes need exactly that). A symlink is
-    followed: its target's folder is where the file is written."""
+    followed: its target's folder is where the file is written. ``option`` names it in the error."""
     path = through_links(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: name a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}; choose a writable place") from None
+        raise UsageError(f"cannot write {option} {path}: {exc.strerror or exc}; choose a writable place") from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"cannot write --output {path}: the file is read-only")
+        raise UsageError(f"cannot write {option} {path}: the file is read-only")
 
 
 @contextlib.contextmanager

@@ -43,7 +43,8 @@ def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
                    help="dataset CSV (image,mos[,mos_std][,category][,split]) or a dataset root folder." + more)
     p.add_argument("--dataset", default=None, action="append" if several else "store",
                    help="loader for a root folder: livec, koniq10k, spaq, cid2013, bid, biq2021 (default: csv)")
-    p.add_argument("--skip-missing", action="store_true", help="drop missing/unreadable images with a warning instead of failing")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop images whose file is missing or not readable (permissions) with a warning instead of failing")
 
 
 def each_dataset(args: argparse.Namespace) -> list[argparse.Namespace]:
@@ -116,12 +117,20 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         return splits[args.split_index]
     if "split" in table:
         keys = image_keys_for(table)
-        parts = {p: [k for k, s in zip(keys, table["split"]) if str(s).strip().lower() == p] for p in ("train", "val", "test")}
+        which = [str(s).strip().lower() for s in table["split"]]
+        unknown = sorted(set(which) - {"train", "val", "test"})
+        if unknown:  # a row in none of the parts would silently leave the run
+            raise UsageError(f"--data {args.data}: the 'split' column has value(s) {unknown}; use train, val or test")
+        parts = {p: [k for k, s in zip(keys, which) if s == p] for p in ("train", "val", "test")}
         if not parts["train"]:
             raise UsageError("the 'split' column marks no row as 'train'")
-        return Split("column", 0, {p: v for p, v in parts.items() if v})
+        return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there
+    from ..data.imageio import ImageLoadError
+
     try:
-        split = make_splits(table, args.protocol, seed=args.split_seed, progress=True)
+        split = make_splits(table, args.protocol, seed=args.split_seed, progress=not getattr(args, "quiet", False))
+    except ImageLoadError as exc:  # the iqa-cr protocol reads every image for its SI
+        raise UsageError(str(exc)) from None
     except ValueError as exc:
         raise UsageError(f"--data {args.data}: {exc} (or pass --split FILE / a 'split' column)") from None
     if out_dir is not None:

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .common import add_data_args, check_rated, load_data
 from .main import UsageError
+
+FAILED_SHOWN = 10
+"""Failed images named on stderr (every one is in --predictions)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="registered model name (shipped weights) or a checkpoint .pt")
     add_data_args(p)
-    p.add_argument("--split", default=None, help="split file; evaluate only --part of it")
+    p.add_argument("--split", default=None,
+                   help="split file; evaluate only --part of it (default: the table's 'split' column when it has one)")
     p.add_argument("--split-index", type=int, default=0)
-    p.add_argument("--part", default="test", choices=["train", "val", "test"])
+    p.add_argument("--part", default="test", choices=["train", "val", "test"],
+                   help="which part of the split (file or column) to evaluate (default test)")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--predictions", default=None, help="write per-image predictions to this CSV")
     p.add_argument("--fit-logistic", action="store_true", help="PLCC after the 4-parameter logistic fit")
@@ -34,15 +40,35 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluate import evaluate_model
     from ..utils.io import atomic_write_text
 
+    from pathlib import Path
+
+    from ._output import check_writable
+
+    for option, path in (("--json", args.json), ("--predictions", args.predictions)):
+        if path:
+            check_writable(Path(path), option)  # before the scoring: its results must not be lost
     ds = load_data(args)
     table = ds.table
+    part = None
     if args.split:
         try:
-            split = load_splits(args.split)[args.split_index]
-        except (FileNotFoundError, ValueError, IndexError) as exc:
+            splits = load_splits(args.split)
+        except (FileNotFoundError, ValueError) as exc:
             raise UsageError(f"--split {args.split}: {exc}") from None
-        table = table.iloc[split.indices(table, args.part)]
-    check_rated(table, args.data, "evaluate" + (f" (--part {args.part})" if args.split else ""))
+        if not 0 <= args.split_index < len(splits):
+            raise UsageError(f"--split-index {args.split_index}: {args.split} holds {len(splits)} split(s)")
+        try:
+            table = table.iloc[splits[args.split_index].indices(table, args.part)]
+        except KeyError as exc:
+            raise UsageError(f"--split {args.split}: {exc.args[0]}; it was made for another table") from None
+        part = f"--part {args.part} of {args.split}"
+    elif "split" in table:  # a table that carries its split: its test part, not every row
+        which = table["split"].astype(str).str.strip().str.lower()
+        table = table[which == args.part]
+        part = f"the rows whose 'split' is {args.part!r}"
+    if part is not None and len(table) == 0:
+        raise UsageError(f"--data {args.data}: {part} hold no images")
+    check_rated(table, args.data, "evaluate" + (f" ({part})" if part else ""))
     try:
         model = create_model(args.model, pretrained=True, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
@@ -56,9 +82,16 @@ def run(args: argparse.Namespace) -> int:
                                         fit_logistic=args.fit_logistic)
     except MetricInputError as exc:  # e.g. too few images could be scored, or constant predictions
         raise UsageError(f"cannot measure {args.model} on {args.data}: {exc}") from None
+    failed = preds[preds["error"].notna()]
+    for path, error in list(zip(failed["image"], failed["error"]))[:FAILED_SHOWN]:
+        print(f"{path}: {error}", file=sys.stderr)
+    if len(failed) > FAILED_SHOWN:
+        print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s)"
+              + (f" (all in {args.predictions})" if args.predictions else " (--predictions FILE lists them all)"),
+              file=sys.stderr)
     metrics = {"model": args.model, "data": str(args.data), **metrics}
     names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
-    print(f"{args.model} on {args.data} ({int(metrics['n'])} images"
+    print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
           f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
     for key, label in names:
         if key in metrics:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 from .common import add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split
@@ -147,12 +149,11 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info, recipe: dict | None = None) -> int:
     from ..models import create_model
     from ..training import distributed as dist_utils
-    from ..training.trainer import Trainer
+    from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
     sets = each_dataset(args)
-    out = Path(args.out or f"runs/{model_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args, model_name)
     if len(sets) > 1:
         return _train_several(args, sets, out, model_name, model_args, cfg, info, recipe)
     args = sets[0]
@@ -165,10 +166,13 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
             args.split = str(out / "split.json")
         split = resolve_split(args, ds.table, out if info.rank == 0 else None)
     table = ds.table
-    parts = {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+    parts = _parts(split, table, args)
     if args.resume and (out / "last.pt").is_file():
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
+    if info.rank == 0:
+        _say_missing_parts({"": parts}, args)
+    seed_everything(cfg.seed)  # the initial weights too: one seed, one model (and one cache key on resume)
     try:
         model = create_model(model_name, pretrained=False, **model_args)
     except (TypeError, ValueError) as exc:
@@ -192,7 +196,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     if "test" in parts:
         from ..training.evaluate import evaluate_model
 
-        metrics, preds = evaluate_model(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
+        metrics, preds = _test(evaluate_model, m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
     return 0
@@ -201,12 +205,76 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
 def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
     """``trainer.fit``, with a damaged ``last.pt`` under --resume (the only file it reads) as a
     usage error naming what to do."""
+    from ..data.imageio import ImageLoadError
     from ..utils.checkpoint_io import CheckpointReadError
 
     try:
         return trainer.fit(resume=args.resume)
     except CheckpointReadError as exc:
         raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
+    except ImageLoadError as exc:  # met while training (damaged data behind a good header)
+        raise UsageError(f"{exc}; replace the file or remove its row (then --resume continues)") from None
+    except ValueError as exc:
+        if not args.resume:
+            raise
+        raise UsageError(f"--resume: {exc}; resume with the run's own settings, or choose another --out") from None
+
+
+def _test(evaluate_model, model, table, scale, **kw):
+    """The test part's metrics; when it cannot be measured (no image scored, one prediction for
+    all) the run is still there, and the error says so."""
+    from ..metrics import MetricInputError
+
+    try:
+        return evaluate_model(model, table, scale, **kw)
+    except MetricInputError as exc:
+        raise UsageError(f"the model is trained, but its test part cannot be measured: {exc}") from None
+
+
+def _output_folder(args: argparse.Namespace, model_name: str) -> Path:
+    """--out, created; a folder that already holds a run is continued only with --resume, so
+    that rerunning a command never silently restarts (and overwrites) a long training."""
+    out = Path(args.out or f"runs/{model_name}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: name a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"cannot write in --out {out}: permission denied")
+    if (out / "last.pt").is_file() and not args.resume:
+        history = out / "metrics.jsonl"
+        done = sum(1 for line in history.read_text().splitlines() if line.strip()) if history.is_file() else None
+        held = f"{done} epoch(s) done" if done is not None else "a checkpoint"
+        raise UsageError(f"--out {out} holds a run already ({held}): pass --resume to continue it, or choose "
+                         "another --out (or delete that folder) to start over")
+    return out
+
+
+def _parts(split, table, args: argparse.Namespace) -> dict:
+    """The split's parts as rows of ``table``; a split that names images the table lacks (the
+    table changed since the split was made) is a usage error, not a KeyError."""
+    try:
+        return {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+    except KeyError as exc:
+        where = f"--split {args.split}" if args.split else "the split"
+        raise UsageError(f"{where}: {exc.args[0]}; it was made for another table: make a new one "
+                         "(drop --split) or restore the table it was made for") from None
+
+
+def _say_missing_parts(parts: dict[str, dict], args: argparse.Namespace) -> None:
+    """A split with no validation or no test part trains all the same, but says so (even with
+    --quiet), with what it changes."""
+    for label, p in parts.items():
+        name = f"{label}: " if label else ""
+        small = (" (--protocol iqa-cr cuts the table into 10 cells and needs about 60 images; --protocol "
+                 "ie-iqa keeps 20 % for testing)") if getattr(args, "protocol", None) == "iqa-cr" and not args.split else ""
+        if "val" not in p:
+            print(f"note: {name}the split has no validation part: best.pt is the epoch with the lowest training "
+                  f"loss, and steps that need one (calibrate, interpolate) cannot run{small}", file=sys.stderr)
+        if "test" not in p:
+            print(f"note: {name}the split has no test part: no test metrics will be written{small}", file=sys.stderr)
 
 
 def _finish(trainer, model, out: Path):
@@ -241,7 +309,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     from ..models import create_model
     from ..training import distributed as dist_utils
     from ..training.evaluate import evaluate_model
-    from ..training.trainer import Trainer
+    from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
     if info.distributed:
@@ -260,12 +328,13 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         folder.mkdir(parents=True, exist_ok=True)
         a.split = str(folder / "split.json") if args.resume and (folder / "split.json").is_file() else None
         split = resolve_split(a, ds.table, folder)
-        parts[label] = {p: ds.table.iloc[split.indices(ds.table, p)].assign(dataset=label)
-                        for p in ("train", "val", "test") if split.parts.get(p)}
+        parts[label] = {p: rows.assign(dataset=label) for p, rows in _parts(split, ds.table, a).items()}
         scales[label] = ds.scale
     train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
     vals = [p["val"] for p in parts.values() if "val" in p]
     val = pd.concat(vals, ignore_index=True) if vals else None
+    _say_missing_parts(parts, args)
+    seed_everything(cfg.seed)
     try:
         model = create_model(model_name, pretrained=False, **model_args)
         log = (lambda *a, **k: None) if args.quiet else print
@@ -286,8 +355,8 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     results = {}
     for label, p in parts.items():
         if "test" in p:
-            metrics, _ = evaluate_model(m, p["test"].drop(columns=["dataset"]), scales[label], batch_size=cfg.batch_size,
-                                        progress=not args.quiet)
+            metrics, _ = _test(evaluate_model, m, p["test"].drop(columns=["dataset"]), scales[label],
+                               batch_size=cfg.batch_size, progress=not args.quiet)
             results[label] = metrics
             print(f"test {label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                 if k not in ("n", "n_failed", "n_labelled")))

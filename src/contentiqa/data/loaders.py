@@ -307,7 +307,8 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
 
     The MOS scale is taken from ``mos_range`` when given, else from a ``# mos_range: lo hi``
     comment on the first line, else guessed from the values: within [0, 1] -> 0-1, within
-    [1, 5] -> 1-5, within [0, 5] -> 0-5, otherwise 0-100.
+    [1, 5] -> 1-5, within [0, 5] -> 0-5, within [0, 100] -> 0-100; values outside every one of
+    those (a 0-1000 or z-score MOS) must be declared, since a wrong scale would clip every score.
     """
     import pandas as pd
 
@@ -328,11 +329,16 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     for col in ("image", "mos"):
         if col not in df.columns:
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")
+    blank = df["image"].isna() | (df["image"].astype(str).str.strip() == "")
+    if blank.any():
+        rows = [int(i) + 1 for i in df.index[blank][:5]]
+        raise ValueError(f"{path}: empty 'image' cell in data row(s) {rows} (counted from 1 after the header)")
     base = path.parent
     df["image"] = [str(p) if Path(str(p)).is_absolute() else str((base / str(p)).resolve()) for p in df["image"]]
     lo_hi = mos_range or declared
+    # Only finite numbers say what the scale is: other cells are the table check's to name.
+    mos = pd.to_numeric(df["mos"], errors="coerce").replace([float("inf"), float("-inf")], float("nan"))
     if lo_hi is None:
-        mos = pd.to_numeric(df["mos"], errors="coerce")
         lo, hi = float(mos.min()), float(mos.max())
         # Narrowest range first: values within [0, 1] are also within [0, 5].
         if lo >= 0 and hi <= 1:
@@ -341,7 +347,18 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
             lo_hi = (1.0, 5.0)
         elif lo >= 0 and hi <= 5:
             lo_hi = (0.0, 5.0)
-        else:
+        elif lo >= 0 and hi <= 100:
             lo_hi = (0.0, 100.0)
+        else:  # nan (no numbers) is left to the table's own check, which names the bad cells
+            if lo == lo and hi == hi:
+                raise ValueError(f"{path}: MOS values span [{lo:g}, {hi:g}], outside the scales guessed from the values "
+                                 f"(0-1, 1-5, 0-5, 0-100); declare the rating scale with a first line "
+                                 f"'# mos_range: LO HI'")
+            lo_hi = (0.0, 100.0)
+    else:
+        outside = (mos < lo_hi[0]) | (mos > lo_hi[1])
+        if outside.any():
+            raise ValueError(f"{path}: {int(outside.sum())} MOS value(s) outside the declared range "
+                             f"{lo_hi[0]:g}-{lo_hi[1]:g}, e.g. {mos[outside].iloc[0]:g}")
     df.attrs["__scale__"] = MOSScale(float(lo_hi[0]), float(lo_hi[1]))
     return df

@@ -89,10 +89,13 @@ def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None
     if root is not None:
         base = Path(root)
         out["image"] = [str(p) if os.path.isabs(str(p)) else str((base / str(p)).resolve()) for p in out["image"]]
-    out["mos"] = pd.to_numeric(out["mos"], errors="raise").astype(float)
-    if out["mos"].isna().any():
-        rows = out.index[out["mos"].isna()].tolist()[:5]
-        raise ValueError(f"dataset table has empty MOS values (rows {rows})")
+    mos = pd.to_numeric(out["mos"], errors="coerce").astype(float)
+    for bad, what in ((mos.isna() & out["mos"].notna() & (out["mos"].astype(str).str.strip() != ""), "non-numeric"),
+                      (mos.isna(), "empty"), (mos.abs() == float("inf"), "infinite")):
+        if bad.any():
+            shown = ", ".join(f"{Path(str(i)).name} ({v!r})" for i, v in zip(out["image"][bad][:5], out["mos"][bad][:5]))
+            raise ValueError(f"dataset table has {int(bad.sum())} {what} MOS value(s): {shown}")
+    out["mos"] = mos
     if "mos_std" in out:
         out["mos_std"] = pd.to_numeric(out["mos_std"], errors="coerce").astype(float)
     if "category" in out:

@@ -103,7 +103,7 @@ def evaluate_model(
             rows["category"] = table["category"].values
     ok = rows["error"].isna().to_numpy()
     if not ok.any():
-        raise RuntimeError("no image could be scored; first error: " + str(rows["error"].iloc[0]))
+        raise MetricInputError(f"no image could be scored; the first, {rows['image'].iloc[0]}: {rows['error'].iloc[0]}")
     good = table[ok].reset_index(drop=True)
     pred_norm = None
     if model.predicts_score:

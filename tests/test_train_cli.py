@@ -1,0 +1,132 @@
+"""`contentiqa train` / `evaluate` as a researcher meets them on their own table: a rerun never
+silently restarts a run, one seed gives one model, and a table, split or output that cannot work
+is a one-line usage error (exit 2) naming what to change, before hours of work, not a traceback."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from contentiqa.cli.main import main
+
+from conftest import write_image
+
+TINY = ["--model", "iqa-cr-q", "--recipe", "none", "--set", "model.backbone_pretrained=false", "--set", "model.dim=16",
+        "--set", "model.heads=2", "--set", "model.mlp_dim=32", "--set", "model.grid=[2, 2]", "--set", "model.depth=1",
+        "--set", "crop=48", "--batch-size", "4", "--epochs", "1", "--quiet"]
+
+
+def table(folder: Path, n: int = 12, **columns) -> Path:
+    rng = np.random.default_rng(0)
+    rows = {"image": [str(write_image(folder / "img" / f"{i}.png", 56, 64, seed=i)) for i in range(n)],
+            "mos": rng.uniform(0, 100, n).round(2)}
+    rows.update(columns)
+    path = folder / "data.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), "--protocol", "ie-iqa", *TINY, *extra])
+
+
+def test_a_rerun_without_resume_is_refused_and_resume_continues(tmp_path, capsys):
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    first = (out / "metrics.jsonl").read_text()
+    assert train(data, out, "--epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert "holds a run already (1 epoch(s) done)" in err and "--resume" in err
+    assert (out / "metrics.jsonl").read_text() == first  # untouched
+    assert train(data, out, "--epochs", "2", "--resume") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_one_seed_trains_one_model(tmp_path):
+    data = table(tmp_path)
+    losses = []
+    for name in ("a", "b"):
+        assert train(data, tmp_path / name, "--seed", "3") == 0
+        losses.append(json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    assert losses[0] == losses[1]
+
+
+def test_resume_with_other_settings_is_a_usage_error(tmp_path, capsys):
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    assert train(data, out, "--resume", "--epochs", "2", "--set", "ema_decay=0.99") == 2
+    assert "--resume:" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    assert train(table(tmp_path), afile) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_a_split_without_validation_or_test_part_says_so(tmp_path, capsys):
+    data = table(tmp_path)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--protocol", "iqa-cr", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "no validation part" in err and "no test part" in err and "about 60 images" in err
+
+
+@pytest.mark.parametrize("mos,words", [
+    (["abc"], ["non-numeric", "0.png ('abc')"]),
+    ([float("inf")], ["infinite", "0.png"]),
+    ([1000.0], ["outside the scales guessed", "mos_range"]),
+])
+def test_bad_mos_values_are_named(tmp_path, capsys, mos, words):
+    data = table(tmp_path)
+    df = pd.read_csv(data)
+    df["mos"] = df["mos"].astype(object)
+    df.loc[0, "mos"] = mos[0]
+    df.to_csv(data, index=False)
+    assert train(data, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+
+
+def test_a_declared_range_the_values_leave_is_an_error(tmp_path, capsys):
+    data = table(tmp_path)
+    data.write_text("# mos_range: 1 5\n" + data.read_text())
+    assert train(data, tmp_path / "run") == 2
+    assert "outside the declared range 1-5" in capsys.readouterr().err
+
+
+def test_unknown_split_column_values_are_refused(tmp_path, capsys):
+    data = table(tmp_path, split=["train"] * 8 + ["validation"] * 2 + ["testing"] * 2)
+    assert train(data, tmp_path / "run") == 2
+    assert "['testing', 'validation']" in capsys.readouterr().err
+
+
+def test_evaluate_reads_the_split_column_names_failures_and_checks_outputs_first(tmp_path, capsys):
+    data = table(tmp_path, split=["train"] * 7 + ["val"] * 2 + ["test"] * 3)
+    out = tmp_path / "run"
+    assert train(data, out) == 0
+    ckpt = str(out / "best.pt")
+    capsys.readouterr()
+    (tmp_path / "adir").mkdir()
+    assert main(["evaluate", "--model", ckpt, "--data", str(data), "--json", str(tmp_path / "adir"), "--quiet"]) == 2
+    assert "--json" in capsys.readouterr().err
+    df = pd.read_csv(data)
+    Path(df.loc[11, "image"]).write_text("not an image")
+    assert main(["evaluate", "--model", ckpt, "--data", str(data), "--quiet"]) == 1
+    cap = capsys.readouterr()
+    assert "(2 images, 1 failed)" in cap.out and "whose 'split' is 'test'" in cap.out
+    assert "11.png: not an image" in cap.err
+
+
+def test_a_split_file_for_another_table_is_a_usage_error(tmp_path, capsys):
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    df = pd.read_csv(data)
+    df.iloc[:6].to_csv(tmp_path / "fewer.csv", index=False)
+    assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(tmp_path / "fewer.csv"),
+                 "--split", str(out / "split.json"), "--quiet"]) == 2
+    assert "made for another table" in capsys.readouterr().err
