@@ -7,6 +7,7 @@ import argparse
 import importlib
 import io
 import sys
+import warnings
 
 # Module names under contentiqa.cli, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """What a command's user reads of a library warning (e.g. images skipped): the message, not
+    the source line that raised it."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..utils.extras import ExtraMissing, missing_module_message
 
+    warnings.formatwarning = _one_line_warning
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8 prints escaped, not as a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
