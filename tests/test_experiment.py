@@ -224,6 +224,91 @@ def test_missing_data_skips_with_a_message(tmp_path, tiny, capsys):
         run_experiment(bad, tmp_path / "out", progress=False, base_dir=tmp_path, strict=True, log=None)
 
 
+def bad_table_config(folder: Path, rows: list[tuple[str, str]], **data) -> tuple[dict, Path]:
+    """A config training on the CSV of ``rows`` (image, mos as written), its images made."""
+    for i in range(12):
+        write_image(folder / "img" / f"{i}.png", 56, 56, seed=i)
+    csv = folder / "scores.csv"
+    csv.write_text("image,mos\n" + "".join(f"{image},{mos}\n" for image, mos in rows))
+    cfg = {"name": "bad", "data": {"name": "csv", "root": str(csv), **data}, "protocol": "ie-iqa", "model": "iqa-cr-q",
+           "model_args": TINY_ARGS, "train": {"epochs": 1, "batch_size": 4, "crop": 48}}
+    return cfg, csv
+
+
+GOOD_ROWS = [(f"img/{i}.png", str(10.0 + 7 * i)) for i in range(12)]
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ([*GOOD_ROWS[:3], ("img/3.png", "abc"), *GOOD_ROWS[4:]], "MOS"),
+    ([*GOOD_ROWS[:3], ("img/3.png", ""), *GOOD_ROWS[4:]], "MOS"),
+    ([*GOOD_ROWS[:3], ("img/2.png", "40"), *GOOD_ROWS[4:]], "same image twice"),
+    ([], "cannot split 0 images"),
+    (GOOD_ROWS[:5], "cannot split 5 images"),
+], ids=["non-numeric-mos", "empty-mos", "duplicate-image", "header-only", "too-few"])
+def test_a_dataset_table_that_cannot_be_used_is_a_config_error_naming_its_file(tmp_path, rows, problem):
+    cfg, csv = bad_table_config(tmp_path / "d", rows)
+    with pytest.raises(ConfigError, match=problem) as err:
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+    assert str(csv) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_dataset_table_is_one_line_from_the_cli(tmp_path, capsys):
+    from contentiqa.cli.main import main
+
+    cfg, csv = bad_table_config(tmp_path / "d", [*GOOD_ROWS[:3], ("img/2.png", "40"), *GOOD_ROWS[4:]])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(csv) in err and "same image twice" in err
+
+
+def test_loader_args_it_does_not_take_are_a_config_error(tmp_path):
+    cfg, csv = bad_table_config(tmp_path / "d", GOOD_ROWS, args={"bogus": 1})
+    with pytest.raises(ConfigError, match="bogus") as err:
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+    assert str(csv) in str(err.value)
+
+
+def test_missing_images_are_named_in_the_skip_message(tmp_path):
+    rows = [(f"img/{i}.png" if i < 5 else f"img/gone{i}.png", mos) for i, (_, mos) in enumerate(GOOD_ROWS)]
+    cfg, csv = bad_table_config(tmp_path / "d", rows)
+    said: list[str] = []
+    res = run_experiment(cfg, tmp_path / "out", progress=False, log=said.append)
+    gone = [str(tmp_path / "d" / "img" / f"gone{i}.png") for i in range(5, 12)]
+    assert not res.ran and len(res.skipped) == 1
+    reason = res.skipped[0]
+    assert str(csv) in reason and "7 image file(s) missing" in reason
+    assert all(p in reason for p in gone[:5]) and not any(p in reason for p in gone[5:])
+    assert "and 2 more" in reason and "skip_missing: true" in reason
+    assert any(reason in line for line in said)
+    with pytest.raises(ExperimentSkipped, match="gone5.png"):
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None, strict=True)
+
+
+def test_a_split_file_that_does_not_fit_the_data_is_a_config_error(tmp_path):
+    from contentiqa.data import make_splits, save_splits
+
+    cfg, csv = bad_table_config(tmp_path / "d", GOOD_ROWS)
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text("{not json")
+    with pytest.raises(ConfigError, match="damaged.json"):
+        run_experiment({**cfg, "splits": str(damaged)}, tmp_path / "out", progress=False, log=None)
+    other = pd.DataFrame({"image": [f"/elsewhere/photo{i}.png" for i in range(12)], "mos": np.arange(12.0)})
+    foreign = save_splits(make_splits(other, "ie-iqa", 0), tmp_path / "foreign.json")
+    with pytest.raises(ConfigError, match="does not match") as err:
+        run_experiment({**cfg, "splits": str(foreign)}, tmp_path / "out", progress=False, log=None)
+    assert str(foreign) in str(err.value) and str(csv) in str(err.value)
+
+
+def test_a_diverging_run_is_a_config_error_naming_the_row(tmp_path):
+    cfg, _ = bad_table_config(tmp_path / "d", GOOD_ROWS)
+    cfg["train"] = {**cfg["train"], "lr": 1e9}
+    with pytest.raises(ConfigError, match="run iqa-cr-q, split seed 0: training loss diverged at epoch 1"):
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+
+
 def test_config_validation_and_paths(tmp_path, monkeypatch):
     base = {"data": {"name": "csv", "root": "d.csv"}, "model": "iqa-cr-q", "seeds": [3, 5]}
     cfg = load_config(base, tmp_path)
@@ -233,6 +318,8 @@ def test_config_validation_and_paths(tmp_path, monkeypatch):
         ({**base, "bogus": 1}, "unknown key"),
         ({**base, "train": {"epochz": 1}}, "epochz"),
         ({**base, "train": {"seed": 1}}, "seed"),
+        ({**base, "train": {"epochs": 0}}, "epochs must be a whole number of at least 1"),
+        ({**base, "train": {"batch_size": 0}}, "batch_size must be a whole number of at least 1"),
         ({**base, "model": "nope"}, "unknown model"),
         ({**base, "protocol": "x"}, "protocol"),
         ({**base, "seeds": 0}, "seeds"),

@@ -130,3 +130,8 @@ def test_a_split_file_for_another_table_is_a_usage_error(tmp_path, capsys):
     assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(tmp_path / "fewer.csv"),
                  "--split", str(out / "split.json"), "--quiet"]) == 2
     assert "made for another table" in capsys.readouterr().err
+
+
+def test_a_diverging_training_is_one_line(tmp_path, capsys):
+    assert train(table(tmp_path), tmp_path / "run", "--lr", "1e9", "--epochs", "2") == 2
+    assert "training loss diverged at epoch" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from contentiqa.models import IQA_CR_CATEGORIES, create_model, load_checkpoint
 from contentiqa.models.layers import FocalLoss
 from contentiqa.training.config import TrainConfig
 from contentiqa.training.losses import MultiTaskLoss
-from contentiqa.training.trainer import Trainer
+from contentiqa.training.trainer import Trainer, TrainingDiverged
 
 TINY = dict(backbone_pretrained=False, dim=16, heads=2, mlp_dim=32, grid=(2, 2), depth=1)
 
@@ -284,3 +284,108 @@ def test_ema_decay_outside_zero_one_is_refused(tiny_table, tmp_path):
     model = create_model("iqa-cr-q", pretrained=False, **TINY)
     with pytest.raises(ValueError, match="ema_decay .* in \\(0, 1\\)"):
         _trainer(model, tiny_table, tmp_path, ema_decay=1.0)
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_epochs_and_batch_size_must_be_at_least_one(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a whole number of at least 1"):
+        TrainConfig.from_dict({field: value})
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+    assert getattr(TrainConfig.from_dict({field: 1}), field) == 1
+
+
+def test_train_cli_refuses_zero_epochs_and_batch_size_in_one_line(tiny_table, tmp_path, capsys):
+    from contentiqa.cli.main import main
+
+    csv = tmp_path / "data.csv"
+    tiny_table.to_csv(csv, index=False)
+    for flags, field in ((["--epochs", "0"], "epochs"), (["--batch-size", "0"], "batch_size")):
+        assert main(["train", "--data", str(csv), "--out", str(tmp_path / "run"), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{field} must be a whole number of at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_diverging_loss_stops_training_and_saves_nothing(tiny_table, tmp_path):
+    torch.manual_seed(0)
+    tr = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=3, lr=1e9,
+                  cache_stages=3)
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1 .*lower learning rate") as err:
+        tr.fit()
+    assert err.value.epoch == 1 and tr.history == []
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("broken", ["loss", "weights"])
+def test_divergence_keeps_the_checkpoints_of_the_last_good_epoch(tiny_table, tmp_path, broken):
+    """The epoch after a good one diverges (its loss, or the weights its last step left): fit
+    stops there, and last.pt, best.pt and metrics.jsonl are still the good epoch's."""
+    torch.manual_seed(0)
+    tr = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=3, cache_stages=3)
+    real = tr.train_epoch
+
+    def train_epoch(epoch):
+        record = real(epoch)
+        if epoch == 1:
+            if broken == "loss":
+                record["loss"] = float("nan")
+            else:
+                with torch.no_grad():
+                    tr.model.head.weight.fill_(float("inf"))
+        return record
+
+    tr.train_epoch = train_epoch
+    out = tmp_path / "run"
+    saved: dict[str, bytes] = {}
+
+    def judge(record, t0, judge=tr._judge_epoch):
+        improved = judge(record, t0)
+        if record["epoch"] == 1:
+            saved["best.pt"] = (out / "best.pt").read_bytes()
+        return improved
+
+    tr._judge_epoch = judge
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 2") as err:
+        tr.fit()
+    assert err.value.epoch == 2 and "after epoch 1" in str(err.value) and str(out / "last.pt") in str(err.value)
+    assert (out / "best.pt").read_bytes() == saved["best.pt"]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model_state"].values() if v.is_floating_point())
+
+
+def test_fit_removes_the_temporaries_a_killed_save_left(tiny_table, tmp_path):
+    """A process killed while saving a checkpoint leaves '.last.pt.<random>.tmp' beside it; the
+    next fit on the folder (resumed or not) removes those of its own files, nothing else."""
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    first = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1, cache_stages=3)
+    first.fit()
+    stale = [out / f".{name}.{rand}.tmp" for name, rand in
+             (("last.pt", "k2j_9xq1"), ("best.pt", "abcdefgh"), ("metrics.jsonl", "0a1b2c3d"), ("tested.pt", "zzzz_zzz"))]
+    kept = [out / ".notes.txt.abcdefgh.tmp",  # another file's temporary
+            out / ".last.pt.bak.abcdefgh.tmp",  # last.pt.bak's, not last.pt's
+            out / "last.pt.tmp", out / ".last.pt.abcdefgh.json"]
+    for p in stale + kept:
+        p.write_bytes(b"x" * 1000)
+    torch.manual_seed(0)
+    resumed = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=2, cache_stages=3)
+    resumed.fit(resume=True)
+    assert [p.name for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert len(resumed.history) == 2 and (out / "last.pt").is_file()
+
+
+def test_only_rank_zero_removes_temporaries(tiny_table, tmp_path):
+    """Under several processes rank 0 alone writes the folder: another rank must not remove a
+    temporary rank 0 may be writing at that moment."""
+    torch.manual_seed(0)
+    tr = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1, cache_stages=3)
+    out = tmp_path / "run"
+    tmp = out / ".config.json.abcdefgh.tmp"
+    tmp.write_text("rank 0 writing")
+    tr.rank = 1
+    tr.fit()
+    assert tmp.exists() and not (out / "last.pt").exists()

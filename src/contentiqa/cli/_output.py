@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from glob import escape as glob_escape
 import signal
 import tempfile
 import threading
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..utils.io import through_links
+from ..utils.io import remove_stale_temporaries, through_links
 from .main import UsageError
 
 EXIT_NOT_WRITTEN = 3
@@ -71,21 +70,10 @@ def output_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
     try:
-        _remove_stale_temporaries(path)
+        remove_stale_temporaries(path, (".tmp", ".probe"))  # with the lock held, every one is stale
         yield
     finally:
         lock.release()
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a writer killed mid-save (SIGKILL, power cut): only
-    the lock holder writes them, so with the lock held every one of them is stale."""
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*"):
-        if tmp.suffix in (".tmp", ".probe") and tmp.is_file():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
 
 
 def rescue_path(path: Path, fmt: str) -> Path:

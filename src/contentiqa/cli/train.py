@@ -206,10 +206,13 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
     """``trainer.fit``, with a damaged ``last.pt`` under --resume (the only file it reads) as a
     usage error naming what to do."""
     from ..data.imageio import ImageLoadError
+    from ..training.trainer import TrainingDiverged
     from ..utils.checkpoint_io import CheckpointReadError
 
     try:
         return trainer.fit(resume=args.resume)
+    except TrainingDiverged as exc:
+        raise UsageError(str(exc)) from None
     except CheckpointReadError as exc:
         raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
     except ImageLoadError as exc:  # met while training (damaged data behind a good header)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
@@ -150,11 +151,27 @@ def apply_labels(table: pd.DataFrame, spec: DataSpec, out_dir: Path, progress: b
     return out
 
 
+def _about(spec: DataSpec) -> str:
+    """How messages name a dataset: its label and the file (or folder) it is read from."""
+    return f"dataset {spec.label} ({spec.root})"
+
+
 def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = False, log: Callable = print):
-    """(table, scale) of a dataset spec (labels applied when the spec has them)."""
+    """(table, scale) of a dataset spec (labels applied when the spec has them). A table that
+    cannot be used (unparsable or empty MOS, an image listed twice, loader arguments it does
+    not take) is a :class:`ConfigError` naming the dataset's file: the data layer's own message
+    does not say which of a config's datasets it read. Absent images stay a
+    :class:`~contentiqa.data.MissingFilesError` (a config whose data is absent is skipped)."""
     from ..data import load_dataset
 
-    ds = load_dataset(spec.name, spec.root, on_missing="skip" if spec.skip_missing else "error", **spec.args)
+    try:
+        ds = load_dataset(spec.name, spec.root, on_missing="skip" if spec.skip_missing else "error", **spec.args)
+    except TypeError as exc:  # an ``args`` key the loader does not take
+        raise ConfigError(f"{_about(spec)}: args {spec.args} do not suit loader {spec.name}: {exc}") from None
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{_about(spec)}: {exc}") from None
     table = ds.table
     if spec.labels is not None or spec.labels_auto:
         table = apply_labels(table, spec, out_dir or Path.cwd(), progress, log)
@@ -165,26 +182,53 @@ def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: boo
     """The seeded splits of one training set (``spec``, default the first): from the config's
     split file (first set only), else made once into ``splits.json`` (``splits_<label>.json``
     for further sets)."""
-    from ..data import load_splits, make_split_set, save_splits
+    from ..data import make_split_set, save_splits
 
     spec = spec or cfg.data
     protocol = cfg.protocol_of(spec)
     first = spec is cfg.data
     if cfg.splits is not None and first:
-        have = {s.seed: s for s in load_splits(cfg.splits) if s.protocol == protocol}
+        have = {s.seed: s for s in _read_splits(cfg.splits) if s.protocol == protocol}
         lacking = [s for s in cfg.seeds if s not in have]
         if lacking:
             raise ConfigError(f"split file {cfg.splits} has no {protocol} split for seed(s) {lacking}")
-        return {s: have[s] for s in cfg.seeds}
+        return _check_splits({s: have[s] for s in cfg.seeds}, table, spec, cfg.splits)
     path = out / ("splits.json" if first else f"splits_{slugify(spec.label)}.json")
     have = {}
     if path.is_file():
-        have = {s.seed: s for s in load_splits(path) if s.protocol == protocol}
+        have = {s.seed: s for s in _read_splits(path) if s.protocol == protocol}
     if not all(s in have for s in cfg.seeds):
-        made = make_split_set(table, protocol, seeds=[s for s in cfg.seeds if s not in have], progress=progress)
+        try:
+            made = make_split_set(table, protocol, seeds=[s for s in cfg.seeds if s not in have], progress=progress)
+        except ValueError as exc:  # too few images, no 'split' column for 'official'
+            raise ConfigError(f"{_about(spec)}: {exc}") from None
         have.update({s.seed: s for s in made})
         save_splits([have[s] for s in sorted(have)], path)
-    return {s: have[s] for s in cfg.seeds}
+    return _check_splits({s: have[s] for s in cfg.seeds}, table, spec, path)
+
+
+def _read_splits(path: Path) -> list:
+    """``load_splits``, with a damaged or foreign file as a one-line :class:`ConfigError`."""
+    from ..data import load_splits
+
+    try:
+        return load_splits(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"split file {path} cannot be read: {exc}") from None
+
+
+def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, path: Path) -> dict[int, Any]:
+    """``splits`` when every image they name is in ``table``; else a :class:`ConfigError` now,
+    not a KeyError once training starts (a split file made for another table, or a dataset
+    edited since its ``splits.json`` was made)."""
+    for seed, split in splits.items():
+        for part in split.parts:
+            try:
+                split.indices(table, part)
+            except KeyError as exc:
+                raise ConfigError(f"split file {path} does not match {_about(spec)}: {exc.args[0]}; "
+                                  "use the split file made for this table (or a new results folder)") from None
+    return splits
 
 
 # -- one split ----------------------------------------------------------------------------------
@@ -258,7 +302,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     from ..models import create_model
     from ..models.registry import save_checkpoint
     from ..training.config import TrainConfig
-    from ..training.trainer import Trainer, seed_everything
+    from ..training.trainer import Trainer, TrainingDiverged, seed_everything
 
     parts, own = _parts(sets, seed)
     scale = sets[0].scale if len(sets) == 1 else {ts.label: ts.scale for ts in sets}
@@ -286,7 +330,13 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
                           cache_dir=cache, log=log)
     except ValueError as exc:
         raise ConfigError(f"run {run.name}: {exc}") from None
-    best = trainer.fit(resume=True)
+    try:
+        best = trainer.fit(resume=True)
+    except TrainingDiverged as exc:  # the row's settings (its learning rate) cannot train
+        raise ConfigError(f"run {run.name}, split seed {seed}: {exc}") from None
+    except ImageLoadError as exc:  # damaged data behind a good header, met while training
+        raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; replace the file or drop its row "
+                          "(the run resumes from its last epoch)") from None
     train_s = time.time() - t0
     if not main:
         return None
@@ -322,6 +372,32 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
 
 class _RunUnavailable(Exception):
     pass
+
+
+class _DataAbsent(Exception):
+    """A dataset's file or some of its images are not there: the experiment is skipped (the
+    message says why), as for a config whose data folder is absent."""
+
+
+MISSING_SHOWN = 5
+"""Absent images a skip message names before counting the rest."""
+
+
+def _read_data(spec: DataSpec, out: Path, progress: bool, log: Callable):
+    """:func:`load_data` for an experiment: absent files become :class:`_DataAbsent` with a
+    one-line reason naming the dataset and the images that are missing."""
+    from ..data import MissingFilesError
+
+    try:
+        return load_data(spec, out, progress, log)
+    except MissingFilesError as exc:
+        paths = [str(p) for p in exc.paths]
+        shown = ", ".join(paths[:MISSING_SHOWN])
+        more = f" and {len(paths) - MISSING_SHOWN} more" if len(paths) > MISSING_SHOWN else ""
+        raise _DataAbsent(f"{_about(spec)}: {len(paths)} image file(s) missing or unreadable: {shown}{more} "
+                          "(set skip_missing: true to drop them)") from None
+    except FileNotFoundError as exc:
+        raise _DataAbsent(str(exc).splitlines()[0]) from None
 
 
 def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
@@ -523,7 +599,6 @@ def run_experiment(
     cache's least recently used entries beyond it are removed, never those the split used
     (:func:`_evict`).
     """
-    from ..data import MissingFilesError
     from ..training import distributed as dist_utils
     from ..utils.io import atomic_write_text
 
@@ -563,16 +638,16 @@ def run_experiment(
             atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
         with dist_utils.main_first():  # rank 0 makes labels and splits; the others read them
             try:
-                loaded = [(spec, *load_data(spec, out, progress, say)) for spec in cfg.train_sets]
+                loaded = [(spec, *_read_data(spec, out, progress, say)) for spec in cfg.train_sets]
                 tests = []
                 for t in cfg.tests:
                     if t == INTRA:
                         tests += [{"spec": INTRA, "label": spec.label} for spec in cfg.train_sets]
                     else:
-                        tt, ts = load_data(t, out, progress, say)
+                        tt, ts = _read_data(t, out, progress, say)
                         tests.append({"spec": t, "label": t.label, "table": tt, "scale": ts})
-            except (FileNotFoundError, MissingFilesError) as exc:
-                reason = str(exc).splitlines()[0] + (" (set skip_missing: true to drop them)" if isinstance(exc, MissingFilesError) else "")
+            except _DataAbsent as exc:
+                reason = str(exc)
                 if strict:
                     raise ExperimentSkipped(f"{cfg.name}: {reason}") from None
                 say(f"skipped {cfg.name}: {reason}")

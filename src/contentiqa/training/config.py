@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, loadable from YAML, stored in every checkpoint."""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -119,6 +120,14 @@ class TrainConfig:
     # two-phase schedule (IE-IQA §4.2): train the head alone first, then everything
     head_only_epochs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked here, not where they are used: zero epochs would end in a missing best.pt,
+        # a zero batch in an error from deep inside the data loader.
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"training option {name} must be a whole number of at least 1, not {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,12 @@ undefined) does not stop training: it records ``val_plcc``/``val_srocc``/``val_k
 ``best.pt`` (:func:`monitor_improved`).
 
 ``resume=True`` continues from ``last.pt``: data order, crops and dropout are drawn from
-``(seed, epoch)``, so the resumed run reproduces the uninterrupted one.
+``(seed, epoch)``, so the resumed run reproduces the uninterrupted one. Temporaries that a
+process killed mid-save left beside these files are removed when ``fit`` starts.
+
+An epoch whose training loss (or the weights it leaves) is NaN or infinite raises
+:class:`TrainingDiverged` before anything of it is saved: the files above stay the last good
+epoch's.
 
 Multi-process (``torchrun``; see :mod:`contentiqa.training.distributed`): when a process group of
 N > 1 processes is initialised, the trainer wraps the model and the loss in
@@ -48,13 +53,29 @@ from torch.utils.data import DataLoader
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
-from ..utils.io import atomic_torch_save, atomic_write_text
+from ..utils.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from . import distributed as dist_utils
 from .config import TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
 from .damage import GROUP_SIZE, DamageSet
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
+
+
+OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
+"""The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
+experiment runner and ``contentiqa train`` after it); a process killed while writing one
+leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
+
+
+class TrainingDiverged(RuntimeError):
+    """An epoch's training loss (or the weights it left) is NaN or infinite: every later epoch
+    would be too, so training stops. ``epoch`` is the diverged one (counting from 1); the
+    checkpoints on disk are still the last good epoch's."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -614,6 +635,10 @@ class Trainer:
             self.log(f"--resume: no {last} yet, starting fresh")
         main = self.rank == 0  # rank 0 writes; the others wait at the barrier ending each epoch
         if main:
+            # A run killed mid-save left a temporary (a checkpoint's: as large as one) that no
+            # later save replaces. Rank 0 is the folder's only writer and has not started.
+            for name in OWN_FILES:
+                remove_stale_temporaries(self.out / name)
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict(),
                  **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
@@ -621,6 +646,8 @@ class Trainer:
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
+            # Before validation and any save: last.pt and best.pt keep the last good epoch.
+            self._check_diverged(record)
             record["lr"] = self.optimizer.param_groups[0]["lr"]
             with self._averaged_weights():  # what is validated is what best.pt keeps
                 improved = self._judge_epoch(record, t0)
@@ -639,6 +666,28 @@ class Trainer:
                 self.log(f"early stop: no better validation score for {cfg.patience} epochs")
                 break
         return self.best or {}
+
+    def _check_diverged(self, record: dict[str, Any]) -> None:
+        """Raise :class:`TrainingDiverged` when the epoch in ``record`` ended with a non-finite
+        loss or non-finite weights (the epoch's last step can break the weights after its loss
+        was computed). Every rank decides alike: the loss is summed over ranks and the weights
+        are the same on all of them."""
+        loss = float(record["loss"])
+        params = [torch.isfinite(p).all() for p in self.model.parameters()]
+        weights_ok = bool(torch.stack(params).all()) if params else True  # one device sync
+        if math.isfinite(loss) and weights_ok:
+            return
+        epoch = int(record["epoch"])
+        what = f"loss {loss}" if not math.isfinite(loss) else f"loss {loss:.4f} but non-finite weights"
+        if self.epoch:
+            # A resumed run takes its learning rate from last.pt (the optimizer's state), not
+            # from the config: a lower one needs a fresh start.
+            advice = (f"the checkpoints are kept as they were after epoch {self.epoch} ({self.out / 'last.pt'}, best.pt); "
+                      "to train with a lower learning rate, delete last.pt or choose a new output folder")
+        else:
+            advice = "no checkpoint was saved; train again with a lower learning rate"
+        raise TrainingDiverged(f"training loss diverged at epoch {epoch} ({what}, learning rate lr={self.cfg.lr:g}): "
+                               f"{advice}", epoch)
 
     @contextlib.contextmanager
     def _averaged_weights(self) -> Iterator[None]:

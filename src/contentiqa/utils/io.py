@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
+    """Remove the temporary files of ``path`` that a writer killed mid-save (SIGKILL, power
+    cut) left beside it: :func:`atomic_write`'s ``.<name>.<random>.tmp``, and other
+    ``mkstemp`` files named the same way with one of ``suffixes``. A live writer's
+    temporary is named the same, so call this only where no other process can be writing
+    ``path`` (a lock held, or the one writer starting). Returns what was removed."""
+    path = through_links(path)
+    # Exactly tempfile's random part (a fixed-length run of [a-z0-9_]): the temporary of a
+    # file whose name extends this one's ('.last.pt.bak.<random>.tmp') does not match.
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}(" + "|".join(map(re.escape, suffixes)) + ")")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        tmp = path.parent / name
+        if pattern.fullmatch(name) and tmp.is_file() and not tmp.is_symlink():
+            try:
+                tmp.unlink()
+            except OSError:
+                continue
+            removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
