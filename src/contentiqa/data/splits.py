@@ -101,6 +101,10 @@ class Split:
         return s
 
 
+MIN_IMAGES = 10
+"""The smallest table any protocol splits."""
+
+
 def _split_cell(idx: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle ``idx`` and cut it by ``fractions`` (rounded so every part of a large-enough
     cell gets its share; the remainder goes to the first part)."""
@@ -128,8 +132,8 @@ def make_splits(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown split protocol {protocol!r}; use one of {PROTOCOLS}")
     n = len(table)
-    if n < 10:
-        raise ValueError(f"cannot split {n} images: need at least 10")
+    if n < MIN_IMAGES:
+        raise ValueError(f"cannot split {n} images: need at least {MIN_IMAGES}")
     rng = np.random.default_rng(seed)
     keys = image_keys(table["image"])
     if protocol == "ie-iqa":
@@ -177,7 +181,7 @@ def make_splits(
 def make_split_set(table: pd.DataFrame, protocol: str = "iqa-cr", seeds: Iterable[int] = range(10), progress: bool = True) -> list[Split]:
     """Several seeded splits, reading the images for SI only once."""
     si = None
-    if protocol == "iqa-cr":
+    if protocol == "iqa-cr" and len(table) >= MIN_IMAGES:  # fewer: make_splits refuses before any image is read
         si = table["si"].to_numpy() if "si" in table else compute_si(list(table["image"]), progress)
     return [make_splits(table, protocol, s, si=si) for s in seeds]
 
