@@ -135,3 +135,10 @@ def test_a_split_file_for_another_table_is_a_usage_error(tmp_path, capsys):
 def test_a_diverging_training_is_one_line(tmp_path, capsys):
     assert train(table(tmp_path), tmp_path / "run", "--lr", "1e9", "--epochs", "2") == 2
     assert "training loss diverged at epoch" in capsys.readouterr().err
+
+
+def test_resume_says_a_new_learning_rate_is_not_used(tmp_path):
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out, "--lr", "0.001") == 0
+    with pytest.warns(UserWarning, match=r"lr stays 0\.001 \(not 0\.0001\)"):
+        assert train(data, out, "--resume", "--epochs", "2", "--lr", "0.0001") == 0

@@ -40,6 +40,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -61,6 +62,9 @@ from .evaluate import category_indices, metrics_from_predictions
 from .damage import GROUP_SIZE, DamageSet
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
+
+OPTIMIZER_STATE_FIELDS = ("lr", "backbone_lr_scale", "weight_decay", "momentum")
+"""Training options a resumed run takes from ``last.pt``'s optimizer state, not from its config."""
 
 OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
 """The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
@@ -620,6 +624,13 @@ class Trainer:
             self.ema.load_state_dict(st["ema_state"])
         self.bad_epochs = st["bad_epochs"]
         self.history = st["history"]
+        saved = st.get("train_config") or {}
+        now = self.cfg.to_dict()
+        fields = [k for k in OPTIMIZER_STATE_FIELDS if k != "momentum" or now["optimizer"] == "sgd"]
+        kept = [f"{k} stays {saved[k]!r} (not {now[k]!r})" for k in fields if k in saved and saved[k] != now[k]]
+        if kept:  # the optimizer's saved parameter groups carry these: a new value would be ignored unsaid
+            warnings.warn(f"{path}: resuming with the run's saved optimizer, so {', '.join(kept)}; "
+                          "to train with new values, start a new run", stacklevel=2)
 
     def _write_logs(self) -> None:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
