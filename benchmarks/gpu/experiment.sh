@@ -10,7 +10,7 @@
 set -u -o pipefail
 CONFIG=$1
 D=${GPU_DATA:-/root/gpudata}
-RUNS=${GPU_RUNS:-/root/out}
+RUNS=${GPU_RUNS:-/root/runs}  # not $OUT: what is left there comes back, unslimmed checkpoints included
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$D"/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 export CONTENTIQA_SHARED=$D/shared CONTENTIQA_BIQ2021=$D/biq2021 CONTENTIQA_CACHE=/root/cache

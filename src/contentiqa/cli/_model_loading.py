@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # torch is imported where a model is loaded, not at CLI start
 
 PRECISION_HELP = ("fp32 or int8: the ONNX Runtime graph (int8: the CNN quantized with the calibration shipped beside "
                   "the weights); bf16 or fp16: PyTorch autocast (on a GPU: tensor cores, half the memory traffic). "
-                  "Default: the model's measured choice (benchmarks/results/int8.md): int8 for iqa-cr, fp32 for "
-                  "ie-iqa on the CPU; bf16 on a CUDA GPU")
+                  "Default: the model's measured choice, stored with its int8 calibration (benchmarks/results/int8.md), "
+                  "fp32 where there is none; bf16 on a CUDA GPU")
 
 
 def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = True) -> None:

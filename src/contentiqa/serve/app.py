@@ -136,7 +136,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
     return {
         "name": ident.name,
         "weights": ident.weights.stem if ident.weights is not None else None,
-        "weights_sha256": ident.sha256[:16] if ident.sha256 else None,
+        "weights_sha256": ident.sha256,  # whole, as `contentiqa score` records it: rows compare
         "version": __version__,
         "runtime": ident.runtime,
         "precision": ident.precision,
