@@ -163,6 +163,14 @@ def test_cache_command_defaults_to_the_export_cache(tmp_path, monkeypatch, capsy
     assert main(["cache"]) == 0
     assert f"{tmp_path / 'onnx'}: empty" in capsys.readouterr().out
     (tmp_path / "onnx").mkdir()
-    (tmp_path / "onnx" / "ie-iqa-fp32-0123.onnx").write_bytes(b"\0" * 10)
+    (tmp_path / "onnx" / "ie-iqa-fp32-0123456789abcdef0123.onnx").write_bytes(b"\0" * 10)
     assert main(["cache"]) == 0
-    assert "ie-iqa-fp32-0123.onnx" in capsys.readouterr().out
+    assert "ie-iqa-fp32-0123456789abcdef0123.onnx" in capsys.readouterr().out
+
+
+def test_a_users_own_onnx_file_is_not_a_cache_entry(tmp_path, capsys):
+    """Only the export cache's own names count: a folder of someone's models is never pruned."""
+    (tmp_path / "production.onnx").write_bytes(b"\0" * 4096)
+    assert main(["cache", str(tmp_path), "--max-size", "1K"]) == 1
+    assert "does not look like a contentiqa cache" in capsys.readouterr().err
+    assert (tmp_path / "production.onnx").is_file()

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..inference.onnx_runtime import cache_places
 
-        folders = cache_places()[:1]
+        # the fallback too, where scoring exported while the main folder could not be written
+        main_place, *fallbacks = cache_places()
+        folders = [main_place, *(f for f in fallbacks if f.is_dir())]
     status = 0
     for folder in folders:
         if not folder.exists():

@@ -102,7 +102,9 @@ def _about(path: Path) -> str:
 
 
 _ENCODING = re.compile(r"^[0-9a-f]{24}\.pt$")  # training/cache.py: one image's encodings
-_FILE = re.compile(r"^(features_.*\.pt|.*\.onnx)$")  # stage features; an exported graph
+# stage features; an exported graph, named as inference.onnx_runtime.cache_filename names it
+# (any other .onnx, e.g. a user's own export, is not the cache's to remove)
+_FILE = re.compile(r"^(features_.*\.pt|.+-[a-z0-9]+-[0-9a-f]{20}\.onnx)$")
 
 
 def _is_hidden(name: str) -> bool:
