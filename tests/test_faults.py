@@ -113,6 +113,52 @@ def test_hostile_last_pt_refused_by_train_resume(hostile, tmp_path, capsys):
     assert "not a readable PyTorch file" in err and "delete it to start over" in err
 
 
+def test_a_raw_pickle_is_refused_as_unsafe_and_other_files_are_simply_not_checkpoints(tmp_path):
+    import pickle
+
+    from contentiqa.models import load_checkpoint
+
+    marker = tmp_path / "PWNED"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"x": _Payload(marker)}, protocol=4))  # not torch.save's layout
+    with pytest.raises(ValueError, match="refusing to load checkpoint"):
+        load_checkpoint(raw)
+    assert not marker.exists()
+    photo = write_image(tmp_path / "photo.png", 40, 40)
+    for name, data in (("photo.pt", photo.read_bytes()), ("table.pt", b"image,mos\na.png,3\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=r"is not a PyTorch checkpoint") as info:
+            load_checkpoint(tmp_path / name)
+        assert "refusing" not in str(info.value)
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        load_checkpoint(tmp_path / "folder.pt")
+
+
+@pytest.mark.parametrize("damage", ["no model_name", "config key", "no config", "state not tensors", "unknown model",
+                                    "tensor shape"])
+def test_a_checkpoint_of_the_wrong_structure_is_a_clear_error(tmp_path, damage, capsys):
+    from contentiqa.models import load_checkpoint
+
+    payload = _real_checkpoint_payload()
+    state = payload["state_dict"]
+    first = next(k for k, v in state.items() if v.ndim == 2)
+    payload = {
+        "no model_name": lambda p: {k: v for k, v in p.items() if k != "model_name"},
+        "config key": lambda p: {**p, "config": {**p["config"], "bogus": 1}},
+        "no config": lambda p: {**p, "config": None},
+        "state not tensors": lambda p: {**p, "state_dict": {"a": 1}},
+        "unknown model": lambda p: {**p, "model_name": "nope"},
+        "tensor shape": lambda p: {**p, "state_dict": {**state, first: torch.zeros(3, 3)}},
+    }[damage](payload)
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"bad\.pt"):
+        load_checkpoint(path)
+    assert run("score", write_image(tmp_path / "a.png", 48, 48), "--model", path) == 2
+    assert "bad.pt" in capsys.readouterr().err
+
+
 def test_hostile_backbone_and_intelligibility_checkpoints_refused(hostile):
     from contentiqa.backbones import create_backbone
     from contentiqa.models.intelligibility import load_unrecognizability, read_state_dict

@@ -108,6 +108,8 @@ def read_metadata(path_or_session: Any) -> dict[str, str]:
     session = path_or_session
     if isinstance(path_or_session, (str, os.PathLike)):
         path = Path(path_or_session)
+        if path.is_dir():
+            raise ValueError(f"ONNX model {path} is a folder, not a model file")
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
         session = make_session(path, threads=1)
@@ -379,6 +381,8 @@ class OnnxScorer(BaseScorer):
         """A scorer from a file written by ``contentiqa export`` (its metadata say everything).
         FileNotFoundError / ValueError (naming the file) for a missing or foreign file."""
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"ONNX model {path} is a folder, not a model file")
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
         plan = plan_threads(threads, images=images, sample=cpu_sample)

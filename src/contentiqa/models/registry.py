@@ -246,6 +246,8 @@ def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]
     weights are shipped."""
     spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     if spec.path is not None:
+        if spec.path.is_dir():
+            raise ValueError(f"model file {spec.text} is a folder: name the .pt or .onnx file in it")
         if not spec.path.is_file():
             raise FileNotFoundError(f"model file {spec.text} does not exist")
         return spec.path, None
@@ -318,6 +320,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     The file is read as data (``weights_only``): one whose pickle would run code raises
     :class:`~contentiqa.utils.checkpoint_io.UnsafeCheckpointError` (a ValueError) unexecuted."""
+    import torch
+
     from ..utils.checkpoint_io import load_torch_file
 
     path = Path(path)
@@ -325,9 +329,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a contentiqa model checkpoint")
     omitted = payload.get("omitted_from_pretrained", [])
-    model = rebuild(payload["model_name"], payload["config"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    result = model.load_state_dict(state, strict=False)
+    name, config, state = payload.get("model_name"), payload.get("config"), payload.get("state_dict")
+    if not isinstance(name, str) or not isinstance(config, dict) or not isinstance(state, dict) \
+            or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a valid contentiqa model checkpoint (its model_name, config or "
+                         "state_dict is missing or not what save_checkpoint writes)")
+    try:
+        model = rebuild(name, config)
+    except (ValueError, TypeError, KeyError) as exc:  # an unknown model, arguments its config does not take
+        raise ValueError(f"{path}: cannot rebuild its model {name!r}: {exc}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"{path}: checkpoint does not match {name}: {(lines[1:] or lines)[0]}") from None
     missing = set(result.missing_keys) - set(omitted)
     if missing or result.unexpected_keys:
         raise ValueError(

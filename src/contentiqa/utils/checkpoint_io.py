@@ -36,6 +36,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     plain data (nothing in it is executed), :class:`CheckpointReadError` (a ValueError) for a
     file that is not a readable PyTorch file (truncated, not a checkpoint), ``FileNotFoundError`` when it does not exist."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointReadError(f"{what} {path} is a folder, not a model file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
@@ -43,20 +45,34 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc)
-        if "Weights only load failed" in detail or "Unsupported global" in detail or "not an allowed global" in detail:
-            culprit = _unsafe_globals(path)
+        culprit = _unsafe_globals(path)
+        # Only a pickle that asks for a global is unsafe; any other file (a photo, a CSV, an
+        # ONNX graph) also fails "weights only" loading, and is simply not a checkpoint.
+        low = detail.lower()
+        if culprit or "unsupported global" in low or "not an allowed global" in low or _is_pickle(path):
             raise UnsafeCheckpointError(
                 f"refusing to load {what} {path}: it contains Python objects other than tensors and plain "
                 f"data{f' ({culprit})' if culprit else ''}, which could run code when unpickled. Nothing in it "
                 "was executed. Use a checkpoint written by contentiqa (`contentiqa train`, save_checkpoint), "
                 "or re-save the state dict alone from a source you trust."
             ) from None
-        raise CheckpointReadError(f"{what} {path} is not a readable PyTorch file: {detail.splitlines()[0] if detail else exc}") from None
+        raise CheckpointReadError(f"{what} {path} is not a PyTorch checkpoint (not a file `torch.save` wrote, "
+                                  "or damaged)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise CheckpointReadError(
             f"{what} {path} is not a readable PyTorch file (truncated or damaged?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether the file starts as a pickle of protocol 2 or later does (its PROTO opcode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _unsafe_globals(path: Path) -> str:
