@@ -155,6 +155,34 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "x.jpg")]) == 2
 
 
+def test_explain_cli_never_writes_over_an_input_and_checks_outputs_first(tmp_path, photo, monkeypatch, capsys):
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    ckpt = tiny_checkpoint()
+    before = photo.read_bytes()
+    assert main(["explain", str(photo), "--model", ckpt, "--out", str(photo)]) == 2
+    assert "is one of the images" in capsys.readouterr().err and photo.read_bytes() == before
+    (tmp_path / "adir.png").mkdir()
+    assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "adir.png")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["explain", str(photo), "--model", ckpt, "--out-dir", str(photo)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a default name taken by a folder, or by another input: that image fails, the rest are written
+    named = tmp_path / "photo_explain.png"
+    named.write_bytes(before)
+    other = tmp_path / "other.png"
+    other.write_bytes(before)
+    (tmp_path / "out" / "other_explain.png").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(named), str(photo), str(other), "--model", ckpt]) == 1
+    err = capsys.readouterr().err
+    assert "would replace the input" in err and named.read_bytes() == before
+    assert (tmp_path / "photo_explain_explain.png").is_file()
+    assert main(["explain", str(other), str(named), "--model", ckpt, "--out-dir", "out"]) == 1
+    assert "cannot write" in capsys.readouterr().err and (tmp_path / "out" / "photo_explain_explain.png").is_file()
+
+
 def test_explain_cli_reports_the_score_commands_score(tmp_path, photo, monkeypatch, capsys):
     """`contentiqa explain` prints (and titles its figure with) the score and category that
     `contentiqa score` gives the image with the same flags: same runtime and precision, named

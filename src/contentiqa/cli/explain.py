@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ._model_loading import add_scorer_args
+from ._output import check_writable
 from .common import finite_float
 from .main import UsageError
 
@@ -50,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.imageio import ImageLoadError
+    from ..data.imageio import BOMB_HINT, ImageLoadError
     from ..explain import explain
     from ._model_loading import heatmap_model, load_scorer, scorer_kwargs
 
@@ -64,6 +65,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
+    inputs = {_same(image) for image in args.images}
+    if args.out:
+        if _same(args.out) in inputs:
+            raise UsageError(f"--out {args.out} is one of the images: name another file")
+        check_writable(Path(args.out), "--out")  # before the model loads and the maps are made
+    elif args.out_dir:
+        folder = Path(args.out_dir)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out-dir {folder} is a file: name a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create --out-dir {folder}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"cannot write in --out-dir {folder}: permission denied")
     # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
     kwargs = scorer_kwargs(args)
     notes: list[str] = []
@@ -88,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     assert preds is not None
     for image, pred in zip(args.images, preds):
         if pred.error is not None:
-            print(f"{image}: {pred.error}", file=sys.stderr)
+            # the limit explain keeps is score's default: no flag of this command raises it
+            print(f"{image}: {pred.error.replace(BOMB_HINT, 'explain a smaller copy of it')}", file=sys.stderr)
             failures += 1
             continue
         try:
@@ -99,10 +116,18 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         out = Path(args.out) if args.out else _unique_name(out_dir, Path(image).stem, taken)
+        if _same(out) in inputs:  # x_explain.png given as an input too: never written over
+            print(f"{image}: its heatmap would replace the input {out}; explain it with --out", file=sys.stderr)
+            failures += 1
+            continue
         try:
             exp.save_figure(out, target=args.target, which=args.map)
         except ValueError as exc:
             print(f"{image}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        except OSError as exc:
+            print(f"{image}: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
             failures += 1
             continue
         print(f"{image}: {exp.title()}")
@@ -112,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: {note}")
         print(f"  wrote {os.fspath(out)}")
     return 1 if failures else 0
+
+
+def _same(path: str | os.PathLike) -> str:
+    """One spelling per file (links and ``..`` resolved), to tell an output from an input."""
+    return os.path.normcase(os.path.realpath(path))
 
 
 def _unique_name(folder: Path, stem: str, taken: set[str]) -> Path:
