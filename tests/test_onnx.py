@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -186,6 +187,26 @@ def test_unexportable_selection_says_why(tmp_path, monkeypatch):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_export_is_written_like_any_file_through_a_link(tmp_path):
+    """Not mkstemp's private 0600: the umask's permissions (or the replaced file's), and a
+    symlinked output stays a link to the file it names."""
+    model = tiny_model()
+    old = os.umask(0o022)
+    try:
+        plain = export_onnx(model, tmp_path / "plain.onnx", verify=False)
+    finally:
+        os.umask(old)
+    assert plain.stat().st_mode & 0o777 == 0o644
+    target = tmp_path / "real.onnx"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    (tmp_path / "link.onnx").symlink_to(target)
+    export_onnx(model, tmp_path / "link.onnx", verify=False)
+    assert (tmp_path / "link.onnx").is_symlink() and target.stat().st_mode & 0o777 == 0o640
+    assert target.read_bytes() == plain.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.slow
 def test_real_size_iqa_cr_on_real_photos(tmp_path, examples_dir):
     """The paper-size IQA-CR on the pretrained EfficientNet-Lite0 (untrained head), 500 x 500
@@ -281,6 +302,12 @@ def test_export_cli_usage_errors(tmp_path, ckpt, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx"), "--opset", "7"]) == 2
     assert not (tmp_path / "m.onnx").exists()
+    capsys.readouterr()
+    assert main(["export", ckpt, "--out", str(tmp_path / "m.bin")]) == 2  # --model would read it as a checkpoint
+    assert "name an .onnx file" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", ckpt, "--out", str(tmp_path / "afile" / "m.onnx")]) == 2  # checked before the work
+    assert "cannot write --out" in capsys.readouterr().err
 
 
 def test_cached_export_is_keyed_by_the_weights(tmp_path):

@@ -60,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() or str(args.out).endswith(("/", os.sep)):
         raise UsageError(f"--out {args.out} is a folder; give a file name such as model.onnx")
+    if out.suffix.lower() != ".onnx":  # what `--model FILE` reads as a graph, not a checkpoint
+        raise UsageError(f"--out {args.out}: name an .onnx file (e.g. model.onnx), so that `--model` reads it as a graph")
     if args.opset is not None and not 13 <= args.opset <= 21:
         raise UsageError("--opset must be between 13 and 21")
+    from ._output import check_writable
+
+    check_writable(out, "--out")  # before the export's work
 
     from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, export_onnx
     from ..inference.onnx_runtime import read_metadata
@@ -90,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except OnnxExportError as exc:
         raise UsageError(f"cannot export {args.model}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     if not args.quiet:
         size_mb = path.stat().st_size / 2**20
         dims = "batch x 3 x height x width" if model.native_resolution else "batch x 3 x {0} x {1}".format(*model.fixed_input_size)

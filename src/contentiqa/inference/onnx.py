@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +50,7 @@ from torch import nn
 from ..backbones.onnx_same_padding import same_padding_as_onnx_conv
 from ..models.base import IQAModel
 from ..utils.extras import ExtraMissing
+from ..utils.io import atomic_write
 
 from . import onnx_runtime as _rt
 from .onnx_runtime import DEFAULT_OPSET, DEFAULT_PRECISION, FINGERPRINT_KEY, INPUT_NAME, ONNX_FORMAT, OnnxExportError, make_session
@@ -183,10 +183,8 @@ def export_onnx(
             axes[INPUT_NAME].update({2: "height", 3: "width"})
         for n in names:
             axes[n] = {0: "batch"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+
+        def write(tmp: str) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer notes
                 try:
@@ -209,10 +207,9 @@ def export_onnx(
                 entry.key, entry.value = k, v
             proto.doc_string = f"contentiqa {meta['model_name']}: no-reference image quality ({ONNX_FORMAT})"
             onnx.save(proto, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        # the permissions a plain write would give (or the replaced file's), through a symlink
+        path = atomic_write(path, write)
     finally:
         model.train(was_training)
     return path

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..utils.io import file_sha256
+from ..utils.io import atomic_write, atomic_write_text, file_sha256
 
 PRECISIONS = ("fp32", "int8")
 METHODS = ("static", "dynamic")
@@ -190,54 +190,54 @@ parts, leaving a Transformer's Add / MatMul float). ``ranges_check``: refuse a c
             "static quantization needs calibration images or an existing calibration file"
             + (f" ({cal_path} does not exist)" if cal_path is not None else "")
         )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    work = tempfile.TemporaryDirectory(prefix="contentiqa-quant-")
     info: dict[str, Any] = {"method": method, "op_types": list(op_types), "exclude": list(exclude), "revision": QUANT_REVISION}
-    src, dst, tmp = src.resolve(), dst.resolve(), str(Path(tmp).resolve())
+    src = src.resolve()
     cal_path = cal_path.resolve() if cal_path is not None else None
-    cwd = os.getcwd()
-    try:
-        # onnx / onnxruntime.quantization write temporary external-data files (<uuid>.data,
-        # the size of the weights) into the working directory and leave them: work in the
-        # temporary folder. (Quantization happens once per cache entry, before scoring starts.)
-        os.chdir(work.name)
+
+    def write(tmp: str) -> None:
+        tmp = str(Path(tmp).resolve())  # the work below runs in another folder
+        work = tempfile.TemporaryDirectory(prefix="contentiqa-quant-")
+        cwd = os.getcwd()
         try:
-            pre = _preprocess(src, Path(work.name) / "pre.onnx")
-            excluded = matching_nodes(pre, exclude)
-            included = matching_nodes(pre, include) if include else None
-            if included is not None:
-                skip = set(excluded)
-                included = [n for n in included if n not in skip]
-            info.update(include=list(include), excluded_nodes=len(excluded))
-            if ranges_check and method == "static" and cal_path is not None and cal_path.is_file():
-                _check_ranges(pre, cal_path, op_types, excluded, included)
-            if method == "dynamic":
-                quantize_dynamic(str(pre), tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                                 nodes_to_quantize=included)
-            else:
-                fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
-                reader = _reader(_input_name(src), calibration) if calibration is not None else None
-                quantize_static(
-                    str(pre), tmp, reader, quant_format=fmt, op_types_to_quantize=list(op_types),
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded, nodes_to_quantize=included, calibrate_method=CalibrationMethod.MinMax,
-                    calibration_cache_path=str(cal_path) if cal_path is not None else None,
-                )
-                info.update(format=quant_format, per_channel=per_channel, activations="uint8", weights="int8",
-                            calibration=(cal_path.name if cal_path is not None else "in-process"))
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise QuantizationError(f"cannot quantize {src} ({method}): {exc}") from exc
-        _copy_metadata(src, Path(tmp), {"precision": "int8", "quantization": json.dumps(info),
-                                        **{k: str(v) for k, v in (extra_metadata or {}).items()}})
-        os.replace(tmp, dst)
-    finally:
-        os.chdir(cwd)
-        work.cleanup()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            # onnx / onnxruntime.quantization write temporary external-data files (<uuid>.data,
+            # the size of the weights) into the working directory and leave them: work in the
+            # temporary folder. (Quantization happens once per cache entry, before scoring starts.)
+            os.chdir(work.name)
+            try:
+                pre = _preprocess(src, Path(work.name) / "pre.onnx")
+                excluded = matching_nodes(pre, exclude)
+                included = matching_nodes(pre, include) if include else None
+                if included is not None:
+                    skip = set(excluded)
+                    included = [n for n in included if n not in skip]
+                info.update(include=list(include), excluded_nodes=len(excluded))
+                if ranges_check and method == "static" and cal_path is not None and cal_path.is_file():
+                    _check_ranges(pre, cal_path, op_types, excluded, included)
+                if method == "dynamic":
+                    quantize_dynamic(str(pre), tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                                     weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                     nodes_to_quantize=included)
+                else:
+                    fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
+                    reader = _reader(_input_name(src), calibration) if calibration is not None else None
+                    quantize_static(
+                        str(pre), tmp, reader, quant_format=fmt, op_types_to_quantize=list(op_types),
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, nodes_to_quantize=included, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=str(cal_path) if cal_path is not None else None,
+                    )
+                    info.update(format=quant_format, per_channel=per_channel, activations="uint8", weights="int8",
+                                calibration=(cal_path.name if cal_path is not None else "in-process"))
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise QuantizationError(f"cannot quantize {src} ({method}): {exc}") from exc
+            _copy_metadata(src, Path(tmp), {"precision": "int8", "quantization": json.dumps(info),
+                                            **{k: str(v) for k, v in (extra_metadata or {}).items()}})
+        finally:
+            os.chdir(cwd)
+            work.cleanup()
+
+    # the permissions a plain write would give (or the replaced file's), through a symlink
+    atomic_write(dst, write)
     return dst
 
 
@@ -303,12 +303,7 @@ def write_calibration(
             "quant_revision": QUANT_REVISION,
             "ranges": json.loads(ranges.read_text()) if ranges.is_file() else None,
         }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_out = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=None, separators=(",", ":"))
-    os.replace(tmp_out, out)
-    return out
+    return atomic_write_text(out, json.dumps(payload, indent=None, separators=(",", ":")))
 
 
 def read_calibration(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> dict[str, Any]:
