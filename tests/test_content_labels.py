@@ -326,3 +326,63 @@ def test_cli_failures(tmp_path, capsys):
     assert cli_main(["label-content", str(bad), "--out", str(out), "--quiet"]) == 2
     assert "no 'image' column" in capsys.readouterr().err
     assert cli_main(["label-content", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+
+
+def _fake_labeller(monkeypatch, seen: list | None = None, forbid: bool = False):
+    """Replace the ImageNet labeller (the CLI looks it up when it runs): ``forbid`` fails the
+    test if anything is labelled; otherwise every row becomes 'animal' and the paths go to ``seen``."""
+    import contentiqa.data.content_labels as lib
+
+    def fake(table, **kwargs):
+        if forbid:
+            raise AssertionError("labelled before the error")
+        if seen is not None:
+            seen.extend(table["image"])
+        return table.assign(category="animal", category_confidence=0.9, category_source="fake")
+
+    monkeypatch.setattr(lib, "label_table", fake)
+
+
+@pytest.mark.parametrize("where", ["below a file", "/proc"])
+def test_cli_unwritable_out_fails_before_labelling(tmp_path, capsys, monkeypatch, where):
+    write_image(tmp_path / "ok.png", 64, 64)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\nok.png,1\n", encoding="utf-8")
+    out = tmp_path / "ok.png" / "x.csv" if where == "below a file" else Path("/proc/contentiqa-test.csv")
+    _fake_labeller(monkeypatch, forbid=True)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out}" in capsys.readouterr().err
+
+
+def test_cli_write_failure_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import contentiqa.utils.io as io_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_image(tmp_path / "ok.png", 64, 64)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\nok.png,1\n", encoding="utf-8")
+    _fake_labeller(monkeypatch)
+    monkeypatch.setattr(io_mod, "atomic_write_text", full)
+    assert cli_main(["label-content", str(csv), "--out", str(tmp_path / "o.csv"), "--quiet"]) == 2
+    assert "cannot write --out" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
+
+
+def test_cli_empty_image_cell_stays_empty_with_an_error(tmp_path, capsys, monkeypatch):
+    write_image(tmp_path / "ok.png", 64, 64)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos\nok.png,1\n,2\n", encoding="utf-8")
+    out = tmp_path / "sub" / "o.csv"  # in a subfolder, '' once came out as '..'
+    seen: list = []
+    _fake_labeller(monkeypatch, seen)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 1  # a row failed
+    assert seen == [str((tmp_path / "ok.png").resolve())]  # the CSV's folder is not labelled
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(res["image"]) == ["../ok.png", ""]
+    assert list(res["category"]) == ["animal", ""]
+    assert res.loc[1, "category_source"].startswith("error:") and "empty image path" in res.loc[1, "category_source"]
+    err = capsys.readouterr().err
+    assert "empty image path" in err and str(csv) in err

@@ -136,3 +136,122 @@ def test_analysis_reads_a_dataset_as_its_table():
     assert res.summary["source"] == "mine"
     assert res.per_image["mos"].tolist() == MOS[::-1]
     assert res.summary["spearman"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------ CLI: bad input is a usage error
+
+def _tiny_csv(tmp, mos=(10, 40, 70), missing=(), junk=()):
+    """A CSV of 32 x 32 images, the smallest that load_image takes (``missing``: listed, never
+    written; ``junk``: not images)."""
+    rows = ["image,mos"]
+    for i, m in enumerate(mos):
+        name = f"t{i}.png"
+        if i in junk:
+            (tmp / name).write_bytes(b"not an image")
+        elif i not in missing:
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp / name)
+        rows.append(f"{name},{m}")
+    (tmp / "t.csv").write_text("\n".join(rows) + "\n")
+    return tmp / "t.csv"
+
+
+# The smallest run the command allows: 32 x 32 inputs, no plot.
+CHEAP = ["--quiet", "--no-plot", "--image-size", "32"]
+
+
+def _no_scoring(monkeypatch):
+    """Fail the test if any image is scored (an error must come before the work)."""
+    import contentiqa.analysis.intelligibility as lib
+
+    def scored(*a, **k):
+        raise AssertionError("images were scored before the error")
+
+    monkeypatch.setattr(lib, "top1_confidence", scored)
+
+
+def test_cli_skip_missing_is_a_flag(tmp_path, capsys):
+    csv = _tiny_csv(tmp_path, missing=(1,))
+    out = tmp_path / "out"
+    assert main(["analyze-intelligibility", str(csv), "--out", str(out), *CHEAP]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-missing" in err and "on_missing" not in err and "t1.png" in err
+    with pytest.warns(UserWarning, match="t1.png"):
+        assert main(["analyze-intelligibility", str(csv), "--out", str(out), *CHEAP, "--skip-missing"]) == 0
+    assert json.loads((out / "summary.json").read_text())["n_images"] == 2
+
+
+@pytest.mark.parametrize("case", ["one row", "header only", "every image bad"])
+def test_cli_too_few_images_is_a_usage_error_naming_the_file(tmp_path, capsys, case):
+    if case == "one row":
+        csv = _tiny_csv(tmp_path, mos=(10,))
+    elif case == "header only":
+        csv = _tiny_csv(tmp_path, mos=())
+    else:
+        csv = _tiny_csv(tmp_path, mos=(10, 40), junk=(0, 1))
+    assert main(["analyze-intelligibility", str(csv), "--out", str(tmp_path / "out"), *CHEAP]) == 2
+    err = capsys.readouterr().err
+    assert str(csv) in err and ("two images" in err) and len(err.strip().splitlines()) == 1
+    if case == "every image bad":
+        assert "t0.png" in err  # the first reason is shown
+
+
+@pytest.mark.parametrize("where", ["an existing file", "below a file"])
+def test_cli_unwritable_out_fails_before_scoring(tmp_path, capsys, monkeypatch, where):
+    csv = _tiny_csv(tmp_path)
+    out = tmp_path / "t0.png" if where == "an existing file" else tmp_path / "t0.png" / "out"
+    _no_scoring(monkeypatch)
+    assert main(["analyze-intelligibility", str(csv), "--out", str(out), *CHEAP]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "t0.png" in err
+
+
+def test_cli_write_failure_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import contentiqa.analysis.intelligibility as lib
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lib, "write_intelligibility_analysis", full)
+    csv = _tiny_csv(tmp_path)
+    assert main(["analyze-intelligibility", str(csv), "--out", str(tmp_path / "out"), *CHEAP]) == 2
+    assert "cannot write --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--image-size", "0"), ("--workers", "-1"),
+                                           ("--backbone", "bogus")])
+def test_cli_bad_options_are_usage_errors(tmp_path, capsys, monkeypatch, option, value):
+    csv = _tiny_csv(tmp_path)
+    _no_scoring(monkeypatch)
+    args = ["analyze-intelligibility", str(csv), "--out", str(tmp_path / "out"), *CHEAP, option, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert option in err
+    if option == "--backbone":
+        assert "efficientnet_lite0" in err  # the choices are listed
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"])
+def test_cli_unreadable_csv_is_named(tmp_path, capsys, content):
+    csv = tmp_path / "scores.csv"
+    csv.write_bytes(content)
+    assert main(["analyze-intelligibility", str(csv), "--out", str(tmp_path / "out"), *CHEAP]) == 2
+    assert str(csv) in capsys.readouterr().err
+
+
+def test_summary_json_writes_nan_as_null(tmp_path):
+    """Two images: Spearman's p-value is NaN, which json.dumps would write as bare NaN."""
+    from contentiqa.analysis.intelligibility import write_intelligibility_analysis
+
+    table = pd.DataFrame({"image": ["a.png", "b.png"], "mos": [10.0, 70.0]})
+    res = analyze_intelligibility(table, confidences=[0.2, 0.6])
+    res.summary["extra"] = [float("inf"), {"x": float("-inf")}]
+    write_intelligibility_analysis(res, tmp_path, plot=False)
+
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=reject)
+    assert summary["spearman_p"] is None and summary["extra"] == [None, {"x": None}]
+    assert summary["spearman"] == pytest.approx(1.0)

@@ -173,19 +173,25 @@ def analyze_intelligibility(
     n_bins: int = N_BINS,
     confidence_range: str | tuple[float, float] = "data",
     confidences: Sequence[float] | None = None,
+    name: str | None = None,
     **confidence_kwargs: Any,
 ) -> IntelligibilityAnalysis:
     """Run the §3.1 analysis on ``source``: a CSV path (``contentiqa.data.load_dataset('csv',
     ...)``), an :class:`~contentiqa.data.IQADataset`, or a DataFrame with ``image`` and
     ``mos``. ``confidence_range``: 'data' (``[min, max]`` of the confidences, like the MOS
     bins), 'unit' (``[0, 1]``) or an explicit ``(low, high)``. ``confidences`` skips the
-    classifier (precomputed values, in table order); other keyword arguments go to
-    :func:`top1_confidence`."""
+    classifier (precomputed values, in table order); ``name`` is what errors and the summary
+    call the source (default: the path, the dataset's name or 'table'); other keyword
+    arguments go to :func:`top1_confidence`."""
     from scipy import stats
 
-    table, name = _as_table(source)
+    table, default_name = _as_table(source)
+    name = name or default_name
     if "image" not in table or "mos" not in table:
         raise ValueError(f"{name}: needs columns 'image' and 'mos'")
+    if len(table) < 2:  # said before the classifier loads: no correlation from fewer
+        held = "none (only a header?)" if len(table) == 0 else f"only {len(table)}"
+        raise ValueError(f"{name}: the analysis needs at least two images; it lists {held}")
     if confidences is None:
         conf = top1_confidence(list(table["image"]), **confidence_kwargs)
     else:
@@ -197,7 +203,9 @@ def analyze_intelligibility(
     ok = per["top1_confidence"].notna() & per["mos"].notna()
     good = per[ok]
     if len(good) < 2:
-        raise ValueError(f"{name}: fewer than two images could be scored")
+        errors = per.loc[~ok, "error"].dropna()
+        first = f"; first: {errors.iloc[0]}" if len(errors) else ""
+        raise ValueError(f"{name}: fewer than two images could be scored ({int((~ok).sum())} of {len(per)} failed{first})")
 
     mos_bins, mos_edges = equal_bins(good["mos"], n_bins)
     if confidence_range == "data":
@@ -281,6 +289,19 @@ def plot_intelligibility(result: IntelligibilityAnalysis, path: str | os.PathLik
         plt.close(fig)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity as None: ``json.dumps`` writes them as ``NaN`` /
+    ``Infinity``, which are not JSON (a strict reader rejects the file). A p-value from two
+    images, or the correlation of constant values, is NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
     """Write ``intelligibility.csv`` (per image), ``by_mos_bin.csv``,
     ``by_confidence_bin.csv``, ``summary.json`` and ``intelligibility.png`` into ``out_dir``
@@ -291,7 +312,7 @@ def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str
         "per_image": atomic_write_text(out / "intelligibility.csv", result.per_image.to_csv(index=False)),
         "by_mos_bin": atomic_write_text(out / "by_mos_bin.csv", result.by_mos_bin.to_csv(index=False)),
         "by_confidence_bin": atomic_write_text(out / "by_confidence_bin.csv", result.by_confidence_bin.to_csv(index=False)),
-        "summary": atomic_write_text(out / "summary.json", json.dumps(result.summary, indent=2) + "\n"),
+        "summary": atomic_write_text(out / "summary.json", json.dumps(_json_safe(result.summary), indent=2, allow_nan=False) + "\n"),
     }
     if plot:
         files["plot"] = plot_intelligibility(result, out / "intelligibility.png")

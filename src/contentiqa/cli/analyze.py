@@ -26,10 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--confidence-range", choices=("data", "unit"), default="data",
         help="confidence intervals over [min, max] of the confidences (data, default) or [0, 1] (unit)",
     )
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop images whose file is missing or not readable (permissions) with a warning instead of failing")
     p.add_argument("--backbone", default="efficientnet_lite0", help="ImageNet classifier (default efficientnet_lite0, offline)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--image-size", type=int, default=224, help="side the images are resized to (default 224)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-plot", action="store_true", help="skip intelligibility.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -38,11 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.intelligibility import analyze_intelligibility, write_intelligibility_analysis
-    from ..data import MissingFilesError, load_dataset
+    from ._output import check_writable
+    from .common import load_data
     from .main import UsageError
 
-    if args.bins < 1:
-        raise UsageError("--bins must be at least 1")
+    for option, value in (("--bins", args.bins), ("--image-size", args.image_size),
+                          ("--batch-size", args.batch_size), ("--workers", args.workers)):
+        # --workers 0 would run as 1 (the decoding pool always has a thread): no mode of its own
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError("--threads must be at least 1")
@@ -50,24 +56,39 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     data = Path(args.data)
-    if not data.exists():
+    if not data.exists():  # said here, not by load_data: DATA is no --data option in this command
         raise UsageError(f"{data} does not exist")
     try:
-        dataset = load_dataset(args.dataset, data)
-    except (ValueError, MissingFilesError, FileNotFoundError) as exc:
+        dataset = load_data(args)  # --skip-missing, and errors that name the file
+    except OSError as exc:  # a loader's own file (not an image) missing or unreadable
+        raise UsageError(f"cannot read dataset {data}: {exc}") from None
+    classifier, mean, std, names = _classifier(args.backbone)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: name a folder")
+    check_writable(out / "summary.json", "--out")  # the folder, before any image is scored
+    try:
+        result = analyze_intelligibility(
+            dataset,
+            n_bins=args.bins,
+            confidence_range=args.confidence_range,
+            name=str(data),
+            classifier=classifier,
+            mean=mean,
+            std=std,
+            class_names=names,
+            batch_size=args.batch_size,
+            size=args.image_size,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:  # too few images scored, columns missing: the message names the file
         raise UsageError(str(exc)) from None
-    result = analyze_intelligibility(
-        dataset,
-        n_bins=args.bins,
-        confidence_range=args.confidence_range,
-        backbone=args.backbone,
-        size=args.image_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    result.summary["source"] = str(data)
-    files = write_intelligibility_analysis(result, args.out, plot=not args.no_plot)
+    result.summary["classifier"] = args.backbone  # the library says 'custom' for a classifier passed in
+    try:
+        files = write_intelligibility_analysis(result, out, plot=not args.no_plot)
+    except OSError as exc:  # the folder went away or filled up while scoring
+        raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     s = result.summary
     print(f"{s['n_scored']} images scored ({s['n_failed']} failed); Spearman(confidence, MOS) = {s['spearman']:.4f}")
     print("mean top-1 confidence per MOS interval:")
@@ -78,3 +99,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"  [{r['low']:.4f}, {r['high']:.4f}]  n={int(r['count']):5d}  MOS={r['mean_mos']:.3f}")
     print("wrote", ", ".join(str(p) for p in files.values()))
     return 1 if s["n_failed"] else 0
+
+
+def _classifier(backbone: str) -> tuple:
+    """``(classifier, mean, std, class names)`` for ``--backbone``, built before any image is
+    read so that a misspelt or unavailable name is a usage error listing the choices."""
+    from ..analysis.intelligibility import _default_classifier
+    from ..backbones import WeightsUnavailableError, list_backbones
+    from .main import UsageError
+
+    try:
+        return _default_classifier(backbone)
+    except WeightsUnavailableError as exc:  # its message lists the offline choices
+        raise UsageError(f"--backbone {backbone}: {exc}") from None
+    except ValueError as exc:  # an unknown name: its message lists the choices
+        offline = ", ".join(list_backbones(pretrained_offline=True)) or "none installed"
+        raise UsageError(f"--backbone {backbone}: {exc} (offline: {offline})") from None

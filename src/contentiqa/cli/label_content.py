@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from ._output import check_writable
 from .main import UsageError
 
 
@@ -113,11 +114,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {src} as CSV: {exc}") from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
+    check_writable(out, "--out")  # before the model loads and labels: not after hours of work
 
     base = src.resolve().parent
-    absolute = [p if os.path.isabs(p) else str((base / p).resolve()) for p in table["image"]]
-    work = table.copy()
-    work["image"] = absolute
+    # An empty cell names no file: resolved against the CSV's folder it would label that folder
+    # and be written back as '.' or '..'. It stays empty and its row gets an error.
+    empty = [not p.strip() for p in table["image"]]
+    absolute = [p if e or os.path.isabs(p) else str((base / p).resolve()) for p, e in zip(table["image"], empty)]
+    work = table[[not e for e in empty]].copy()
+    work["image"] = [p for p, e in zip(absolute, empty) if not e]
     categories = IQA_CR_CATEGORIES
     if args.model:
         from ._model_loading import load_model
@@ -126,25 +131,47 @@ def run(args: argparse.Namespace) -> int:
         if not model.categories:
             raise UsageError(f"model {args.model!r} has no content head (use an IQA-CR model or checkpoint)")
         categories = model.categories
-        labeled = label_with_model(work, model, args.overwrite, args.batch_size, not args.quiet)
+        labeled = label_with_model(work, model, args.overwrite, args.batch_size, not args.quiet) if len(work) else None
     else:
         balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
         labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size,
-                              progress=not args.quiet, class_balance=balance)
+                              progress=not args.quiet, class_balance=balance) if len(work) else None
+    labeled = _with_empty_rows(labeled, table.index, empty, src)
 
     out_dir = out.resolve().parent
     result = table.copy()
-    result["image"] = [_relative(p, out_dir) for p in absolute]
+    result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]
     result["category"] = labeled["category"].fillna("").astype(str).values
     result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
     result["category_source"] = labeled["category_source"].fillna("").astype(str).values
-    atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
+    try:
+        atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
+    except OSError as exc:  # e.g. the folder went away or filled up while labelling
+        raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
 
     _print_summary(labeled, out, categories, REVIEW_CONFIDENCE)
     failed = labeled["category_source"].fillna("").str.startswith("error")
     for reason in labeled.loc[failed, "category_source"]:
         print(f"failed: {reason.removeprefix('error: ')}", file=sys.stderr)
     return 1 if failed.any() else 0
+
+
+def _with_empty_rows(labeled, index, empty: list[bool], src: Path):
+    """The labels of every row of the table (``index``): ``labeled``'s for the rows it
+    labelled (None: none were), and an error for each row whose image cell is empty, so the
+    summary and the exit code report those rows like any other that could not be labelled."""
+    import numpy as np
+    import pandas as pd
+
+    columns = ["category", "category_confidence", "category_source"]
+    if labeled is None:
+        labeled = pd.DataFrame({"category": pd.array([], dtype="string"), "category_confidence": np.array([], dtype=float),
+                                "category_source": pd.array([], dtype="string")})
+    full = labeled[columns].reindex(index)
+    full["category_source"] = full["category_source"].astype("string")
+    for i in np.flatnonzero(empty):
+        full.loc[index[i], "category_source"] = f"error: {src}: data row {i + 1}: empty image path"
+    return full
 
 
 def _print_summary(labeled, out: Path, categories, review: float) -> None:
