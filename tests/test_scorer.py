@@ -119,3 +119,15 @@ def test_no_module_outside_inference_decides_the_runtime():
                 if pattern.search(line):
                     found.append(f"{f.relative_to(root)}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_device_and_thread_arguments_are_checked_up_front():
+    import numpy as np
+
+    for bad in ("2", 1.5, True, 0):
+        with pytest.raises(ValueError, match="threads must be a whole number"):
+            contentiqa.load_scorer("ie-iqa", threads=bad)
+    assert contentiqa.load_scorer("ie-iqa", threads=np.int64(1)).identity.runtime == "onnx"
+    assert contentiqa.load_scorer("ie-iqa", device="cpu:0").identity.runtime == "onnx"  # the CPU, spelt with an index
+    with pytest.raises(ValueError, match="unknown device"):
+        contentiqa.create_model("ie-iqa", device="bogus")

@@ -24,6 +24,7 @@ scorer of a model already in memory.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, r
 import numpy as np
 
 from ..models.scoring import Prediction, clip_to_scale, in_memory_checked
+from ..utils.devices import is_cpu, resolve_device
 from ..utils.extras import ExtraMissing, have
 from .engine import Engine
 
@@ -250,7 +252,7 @@ def check_options(runtime: str = "auto", precision: str | None = None, device: s
         raise ValueError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    on_cpu = str(device) == "cpu"
+    on_cpu = is_cpu(device)
     if runtime == "onnx" and not on_cpu:
         raise ValueError(f"the ONNX Runtime runs on the CPU, not {device}: use the PyTorch runtime (--runtime torch) there")
     if precision == "int8" and (runtime == "torch" or not on_cpu):
@@ -264,7 +266,8 @@ def choose_runtime(runtime: str, precision: str | None, device: str) -> str:
     benchmarks/results/speed.md), PyTorch on any other device or for autocast asked by name."""
     if runtime != "auto":
         return runtime
-    return "onnx" if str(device) == "cpu" and precision not in ("bf16", "fp16") else "torch"
+    return "onnx" if is_cpu(device) and precision not in ("bf16", "fp16") else "torch"
+
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -301,8 +304,8 @@ def load_scorer(
     from ..models.registry import parse_spec, weights_file
 
     check_options(runtime, precision, device)
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
     notes = notes if notes is not None else []
     source = parse_spec(spec if spec is not None else DEFAULT_MODEL)
     chosen = choose_runtime(runtime, precision, device)
@@ -415,22 +418,6 @@ def load_model(spec: str | os.PathLike | None = None, device: Any = "cpu") -> IQ
     if source.path is not None:
         return load_checkpoint(source.path, device)
     return create_model(source.text, pretrained=True, device=device)
-
-
-def resolve_device(spec: Any) -> Any:
-    """A ``torch.device`` from a string such as ``cpu``, ``cuda:1`` or ``mps``; ValueError when
-    it is unknown or not available here."""
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {spec!r} (use cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available here; use the CPU")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {spec!r} requested but MPS is not available here; use the CPU")
-    return device
 
 
 def create_scorer(spec: str | os.PathLike | None = None, *, precision: str | None = None, threads: int | None = None,

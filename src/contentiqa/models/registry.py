@@ -371,6 +371,9 @@ def create_model(
     arguments (:data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`). Set
     ``backbone_pretrained=False`` too for a fully random model, e.g. in tests.
     """
+    from ..utils.devices import resolve_device
+
+    device = resolve_device(device)  # an absent GPU: a ValueError now, not torch's error after the weights load
     if checkpoint_path is None:
         spec = parse_spec(name)
         if spec.is_onnx:
