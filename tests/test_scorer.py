@@ -131,3 +131,8 @@ def test_device_and_thread_arguments_are_checked_up_front():
     assert contentiqa.load_scorer("ie-iqa", device="cpu:0").identity.runtime == "onnx"  # the CPU, spelt with an index
     with pytest.raises(ValueError, match="unknown device"):
         contentiqa.create_model("ie-iqa", device="bogus")
+
+
+def test_a_trailing_dot_is_not_the_default_tag():
+    with pytest.raises(ValueError, match="a tag follows the dot"):
+        contentiqa.load_scorer("ie-iqa.")

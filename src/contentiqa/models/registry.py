@@ -79,7 +79,7 @@ def register_model(name: str, weights: str | dict[str, str] | None = None, descr
     def deco(fn: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
         chosen = default_tag or shipped_default_tags().get(name)
         _REGISTRY[name] = ModelEntry(name, fn, tags, chosen if chosen in tags else next(iter(tags), None),
-                                     description or (fn.__doc__ or "").strip().splitlines()[0],
+                                     description or _first_sentence(fn.__doc__ or ""),
                                      dict(defaults or {}), recipe, trainable)
         return fn
 
@@ -154,9 +154,18 @@ def parse_spec(spec: str | os.PathLike) -> ModelSpec:
     return ModelSpec(text, name=entry.name, tag=tag)
 
 
+def _first_sentence(doc: str) -> str:
+    """A docstring's first sentence on one line (it may wrap): what ``contentiqa models`` shows."""
+    para = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    end = para.find(". ")
+    return para if end < 0 else para[: end + 1]
+
+
 def split_name(spec: str) -> tuple[str, str | None]:
     """``"iqa-cr.clive"`` -> ``("iqa-cr", "clive")``; a bare name -> ``(name, None)``."""
     name, dot, tag = str(spec).partition(".")
+    if dot and not tag:  # "ie-iqa." would silently load the default tag
+        raise ValueError(f"model '{spec}': a tag follows the dot (name.tag), or leave the dot out for the default tag")
     return (name, tag) if dot else (name, None)
 
 
@@ -256,8 +265,7 @@ def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]
     if path is None:
         shipped = list_pretrained()
         raise FileNotFoundError(
-            f"model '{spec.text}' has no trained weights in this install (expected contentiqa/weights/"
-            f"{model_entry(spec.name).tags.get(spec.tag or '', '?')}); pass a checkpoint file (e.g. one written by "
+            f"model '{spec.text}' has no trained weights in this install; pass a checkpoint file (e.g. one written by "
             "`contentiqa train`)" + (f", or one of: {', '.join(shipped)}" if shipped else "")
         )
     return path, spec.tag
@@ -387,8 +395,7 @@ def create_model(
         weights = shipped_weights_path(entry.name, tag)
         if weights is None:
             raise FileNotFoundError(
-                f"model '{name}' has no shipped weights in this install "
-                f"(expected contentiqa/weights/{entry.tags.get(tag) if tag else entry.weights}); use pretrained=False "
+                f"model '{name}' has no shipped weights in this install; use pretrained=False "
                 f"to train one, or one of: {', '.join(list_pretrained()) or 'none'}"
             )
         if kwargs:
