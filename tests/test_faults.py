@@ -556,9 +556,9 @@ def test_bad_data_files_get_messages(tmp_path, capsys, command, case):
 def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path, ckpt):
     d = _folder(tmp_path / "imgs", n=1)
     out = tmp_path / "out.csv"
-    stale = tmp_path / ".out.csv.abc123.tmp"  # what SIGKILL during an atomic write leaves
+    stale = tmp_path / ".out.csv.abc123xy.tmp"  # what SIGKILL during an atomic write leaves (mkstemp: 8 characters)
     stale.write_text("path,score\n/half")
-    other = tmp_path / ".other.csv.abc123.tmp"  # another output's: not ours to remove
+    other = tmp_path / ".other.csv.abc123xy.tmp"  # another output's: not ours to remove
     other.write_text("x")
     assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
     assert not stale.exists() and other.exists()
