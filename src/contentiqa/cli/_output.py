@@ -50,6 +50,20 @@ def check_writable(path: Path, option: str = "--output") -> None:
         raise UsageError(f"cannot write {option} {path}: the file is read-only")
 
 
+def check_writable_folder(folder: Path, option: str) -> Path:
+    """``folder``, created if needed, or a UsageError naming ``option`` when it is a file or
+    cannot be written in: checked before any work, like :func:`check_writable` for a file."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file: name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {option} {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write in {option} {folder}: permission denied")
+    return folder
+
+
 @contextlib.contextmanager
 def output_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) for the block;

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.intelligibility import analyze_intelligibility, write_intelligibility_analysis
-    from ._output import check_writable
+    from ._output import check_writable_folder
     from .common import load_data
     from .main import UsageError
 
@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a loader's own file (not an image) missing or unreadable
         raise UsageError(f"cannot read dataset {data}: {exc}") from None
     classifier, mean, std, names = _classifier(args.backbone)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: name a folder")
-    check_writable(out / "summary.json", "--out")  # the folder, before any image is scored
+    out = check_writable_folder(Path(args.out), "--out")  # before any image is scored
     try:
         result = analyze_intelligibility(
             dataset,

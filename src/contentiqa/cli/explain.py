@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ._model_loading import add_scorer_args
-from ._output import check_writable
+from ._output import check_writable, check_writable_folder
 from .common import finite_float
 from .main import UsageError
 
@@ -71,15 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {args.out} is one of the images: name another file")
         check_writable(Path(args.out), "--out")  # before the model loads and the maps are made
     elif args.out_dir:
-        folder = Path(args.out_dir)
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"--out-dir {folder} is a file: name a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create --out-dir {folder}: {exc.strerror or exc}") from None
-        if not os.access(folder, os.W_OK):
-            raise UsageError(f"cannot write in --out-dir {folder}: permission denied")
+        check_writable_folder(Path(args.out_dir), "--out-dir")
     # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
     kwargs = scorer_kwargs(args)
     notes: list[str] = []

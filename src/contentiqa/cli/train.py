@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -237,15 +236,9 @@ def _test(evaluate_model, model, table, scale, **kw):
 def _output_folder(args: argparse.Namespace, model_name: str) -> Path:
     """--out, created; a folder that already holds a run is continued only with --resume, so
     that rerunning a command never silently restarts (and overwrites) a long training."""
-    out = Path(args.out or f"runs/{model_name}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: name a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"cannot write in --out {out}: permission denied")
+    from ._output import check_writable_folder
+
+    out = check_writable_folder(Path(args.out or f"runs/{model_name}"), "--out")
     if (out / "last.pt").is_file() and not args.resume:
         history = out / "metrics.jsonl"
         done = sum(1 for line in history.read_text().splitlines() if line.strip()) if history.is_file() else None
