@@ -142,3 +142,16 @@ def test_resume_says_a_new_learning_rate_is_not_used(tmp_path):
     assert train(data, out, "--lr", "0.001") == 0
     with pytest.warns(UserWarning, match=r"lr stays 0\.001 \(not 0\.0001\)"):
         assert train(data, out, "--resume", "--epochs", "2", "--lr", "0.0001") == 0
+
+
+def test_yaml_numbers_without_a_dot_are_numbers_and_words_are_refused(tmp_path, capsys):
+    """YAML reads 1e-4 as the string '1e-4': it is the learning rate all the same."""
+    data = table(tmp_path)
+    good = tmp_path / "good.yaml"
+    good.write_text("train: {lr: 1e-4}\n")
+    assert train(data, tmp_path / "a", "--config", str(good)) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train_config"]["lr"] == 1e-4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: fast}\n")
+    assert train(data, tmp_path / "b", "--config", str(bad)) == 2
+    assert "training option lr must be a number, not 'fast'" in capsys.readouterr().err

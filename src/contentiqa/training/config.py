@@ -1,11 +1,15 @@
 """Training configuration: one dataclass, loadable from YAML, stored in every checkpoint."""
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+
+AT_LEAST_ONE = ("epochs", "batch_size")
 
 
 @dataclass
@@ -122,9 +126,30 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # YAML reads 1e-4 (no dot) as a string: a number field takes such a string as the
+        # number it spells, and anything else is refused here, not as a TypeError mid-training.
+        for f in fields(self):
+            kind = f.type.replace(" | None", "") if isinstance(f.type, str) else None
+            value = getattr(self, f.name)
+            if kind not in ("int", "float") or (value is None and f.type.endswith("| None")):
+                continue
+            if isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = None
+                if number is not None and (kind == "float" or number.is_integer()):
+                    value = int(number) if kind == "int" else number
+                    setattr(self, f.name, value)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or (kind == "int" and not float(value).is_integer()):
+                what = "a whole number" + (" of at least 1" if f.name in AT_LEAST_ONE else "") if kind == "int" else "a number"
+                raise ValueError(f"training option {f.name} must be {what}, not {value!r}")
+            if kind == "int" and not isinstance(value, int):
+                setattr(self, f.name, int(value))  # 448.0 from a YAML or JSON file
         # Checked here, not where they are used: zero epochs would end in a missing best.pt,
         # a zero batch in an error from deep inside the data loader.
-        for name in ("epochs", "batch_size"):
+        for name in AT_LEAST_ONE:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"training option {name} must be a whole number of at least 1, not {value!r}")
