@@ -352,6 +352,58 @@ def test_csv_errors(tmp_path):
     assert sorted(Path(p).name for p in info.value.paths) == ["a.png", "b.png"]
 
 
+@pytest.mark.parametrize("first,scale", [
+    ("# mos_range: 0-10", (0.0, 10.0)), ("# mos_range: 0 1e2", (0.0, 100.0)), ("# mos_range=1,5", (1.0, 5.0)),
+    ("\ufeff# mos_range: 0 10", (0.0, 10.0)),  # a spreadsheet's byte-order mark before the comment
+    ("# mos_range: 3 3", "is empty"), ("# mos_range: 0 .. 10", "cannot read the rating scale"),
+])
+def test_csv_declared_range_forms_and_errors(tmp_path, first, scale):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", seed=1)
+    csv = tmp_path / "r.csv"
+    csv.write_text(f"{first}\nimage,mos\na.png,3\nb.png,3.5\n", encoding="utf-8")
+    if isinstance(scale, str):
+        with pytest.raises(ValueError, match=scale):
+            load_dataset("csv", csv)
+    else:
+        assert load_dataset("csv", csv).scale == MOSScale(*scale)
+
+
+def test_csv_that_is_not_utf8_or_empty_names_the_file(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_bytes("image,mos\n\u00e9.png,3\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"l\.csv: cannot read as a UTF-8 CSV"):
+        load_dataset("csv", csv)
+    csv.write_text("")
+    with pytest.raises(ValueError, match=r"l\.csv: cannot read as a UTF-8 CSV"):
+        load_dataset("csv", csv)
+
+
+def test_a_release_with_bad_cells_or_missing_sheets_is_named(koniq_root, tmp_path):
+    koniq_root = koniq_root[0]
+    sheet = koniq_root / "koniq10k_scores_and_distributions.csv"
+    table = pd.read_csv(sheet)
+    table.to_csv(sheet, index=False)
+    with open(sheet, "a") as f:
+        f.write(",,\n")  # a trailing empty row, as spreadsheets leave
+    assert len(load_dataset("koniq10k", koniq_root, on_missing="keep")) == len(table)
+    table["MOS"] = table["MOS"].astype(object)
+    table.loc[0, "MOS"] = "3,1"  # a decimal comma
+    table.to_csv(sheet, index=False)
+    with pytest.raises(ValueError, match=r"non-numeric MOS.*'3,1'"):
+        load_dataset("koniq10k", koniq_root, on_missing="keep")
+    (tmp_path / "lv" / "Images").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="AllImages_release.mat"):
+        load_dataset("livec", tmp_path / "lv")
+
+
+def test_a_released_layout_under_a_relative_root_gives_absolute_paths(koniq_root, monkeypatch):
+    koniq_root = koniq_root[0]
+    monkeypatch.chdir(koniq_root.parent)
+    table = load_dataset("koniq10k", koniq_root.name, on_missing="keep").table
+    assert all(os.path.isabs(p) for p in table["image"])
+
+
 # ---------------------------------------------------------------------------- general
 
 

@@ -216,3 +216,22 @@ def test_make_splits_reads_images_for_si(tmp_path):
     s2 = make_splits(table, "iqa-cr", 0, si=compute_si(paths, progress=False))
     assert s.parts == s2.parts
     assert sum(len(v) for v in s.parts.values()) == 12
+
+
+@pytest.mark.parametrize("body,words", [
+    ('{"format": "contentiqa-splits/1"}', "no 'splits' entry"),
+    ('[1, 2]', "not a contentiqa split file"),
+    ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "train": []}]}', "no 'seed' entry"),
+])
+def test_a_damaged_split_file_is_a_value_error_naming_it(tmp_path, body, words):
+    path = tmp_path / "s.json"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=words) as info:
+        load_splits(path)
+    assert "s.json" in str(info.value)
+
+
+def test_numpy_seeds_are_saved(tmp_path):
+    table = pd.DataFrame({"image": [f"/d/{i}.png" for i in range(20)], "mos": np.arange(20.0)})
+    save_splits(make_split_set(table, "ie-iqa", seeds=np.arange(2), progress=False), tmp_path / "x.json")
+    assert [s.seed for s in load_splits(tmp_path / "x.json")] == [0, 1]

@@ -96,7 +96,7 @@ def test_a_declared_range_the_values_leave_is_an_error(tmp_path, capsys):
     data = table(tmp_path)
     data.write_text("# mos_range: 1 5\n" + data.read_text())
     assert train(data, tmp_path / "run") == 2
-    assert "outside the declared range 1-5" in capsys.readouterr().err
+    assert "outside the declared range 1 to 5" in capsys.readouterr().err
 
 
 def test_unknown_split_column_values_are_refused(tmp_path, capsys):

@@ -78,7 +78,7 @@ def load_data(args: argparse.Namespace):
     except MissingFilesError as exc:
         # The data layer speaks to Python callers (on_missing='skip'); here the switch is a flag.
         raise UsageError(str(exc).replace("Pass on_missing='skip'", "Pass --skip-missing")) from None
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError) as exc:  # OSError: a release's own annotation file absent
         raise UsageError(f"cannot read dataset {path}: {exc}") from None
 
 

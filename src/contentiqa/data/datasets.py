@@ -96,13 +96,21 @@ def load_dataset(
     if name not in registered:
         raise ValueError(f"unknown dataset '{name}'; known: {', '.join(list_datasets())}")
     fn, scale = registered[name]
-    root = Path(root)
+    root = Path(root).absolute()  # the table's image paths are absolute, whatever the loader joins them to
     if not root.exists():
         raise FileNotFoundError(f"{name}: dataset root {root} does not exist")
-    table = fn(root, **kwargs)
-    if "__scale__" in table.attrs:
-        scale = table.attrs["__scale__"]
-    table = standardize_table(table)
+    try:
+        table = fn(root, **kwargs)
+        if "__scale__" in table.attrs:
+            scale = table.attrs["__scale__"]
+        table = standardize_table(table)
+    except (ValueError, KeyError, OSError) as exc:
+        # A release's own files (annotation sheets, .mat files) missing or unreadable, a cell
+        # that is no number: the message names the dataset's folder when the loader's did not.
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if str(root) not in message and root.name not in message:
+            message = f"{name} ({root}): {message}"
+        raise (FileNotFoundError if isinstance(exc, FileNotFoundError) else ValueError)(message) from None
     # The dataset-relative key: what splits and label files join on (stable when data moves).
     table["key"] = dataset_keys(table["image"], root if root.is_dir() else root.parent)
     table = check_files(table, name, on_missing)

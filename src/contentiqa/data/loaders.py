@@ -91,6 +91,9 @@ def load_livec(root: Path) -> pd.DataFrame:
     from scipy.io import loadmat
 
     data = root / "Data"
+    absent = [f for f in ("AllImages_release.mat", "AllMOS_release.mat", "AllStdDev_release.mat") if not (data / f).is_file()]
+    if absent:
+        raise FileNotFoundError(f"livec: {', '.join(absent)} not found in {data} (the release's Data folder)")
     names_mat = loadmat(data / "AllImages_release.mat")["AllImages_release"]
     names = [str(np.asarray(x).ravel()[0]) for x in names_mat.ravel()]
     mos = loadmat(data / "AllMOS_release.mat")["AllMOS_release"].ravel().astype(float)
@@ -127,7 +130,8 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     if not folder.is_dir():
         other = "512x384" if resolution == "1024x768" else "1024x768"
         folder = root / other if (root / other).is_dir() else folder
-    out = pd.DataFrame({"image": [str(folder / n) for n in df[name_col]], "mos": df[mos_col].astype(float)})
+    df = df[df[name_col].notna()]  # a trailing empty row (",,") names no image
+    out = pd.DataFrame({"image": [str(folder / str(n)) for n in df[name_col]], "mos": df[mos_col].values})
     if sd_col:
         out["mos_std"] = df[sd_col].astype(float)
     return out
@@ -161,7 +165,7 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     mos_col = _column(df, "MOS", file=mos_file)
     out = pd.DataFrame({
         "image": [str(root / "TestImage" / str(n)) for n in df[name_col]],
-        "mos": df[mos_col].astype(float),
+        "mos": df[mos_col].values,
     })
     if with_attributes:
         for attr in ("Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness"):
@@ -210,7 +214,7 @@ def load_cid2013(root: Path) -> pd.DataFrame:
     stems = [Path(str(s)).stem for s in df[id_col]]
     out = pd.DataFrame({
         "image": [str(index.get(s, root / f"{s}.jpg")) for s in stems],
-        "mos": df[mos_col].astype(float).values,
+        "mos": df[mos_col].values,
     })
     if set_col:
         out["image_set"] = df[set_col].astype(str).values
@@ -237,7 +241,7 @@ def load_bid(root: Path) -> pd.DataFrame:
     names = [f"DatabaseImage{int(n):04d}.JPG" for n in df[num_col]]
     out = pd.DataFrame({
         "image": [str(_find_file(root, n, ("ImageDatabase", ""))) for n in names],
-        "mos": df[mos_col].astype(float).values,
+        "mos": df[mos_col].values,
     })
     if std_col:
         out["mos_std"] = df[std_col].astype(float).values
@@ -294,11 +298,29 @@ def load_biq2021(root: Path, split: str | None = None) -> pd.DataFrame:
         names_ = [str(n).strip() for n in df[name_col]]
         parts.append(pd.DataFrame({
             "image": [str(_resolve_case(folder, n, listing, "biq2021")) for n in names_],
-            "mos": pd.to_numeric(df[mos_col], errors="raise").astype(float).values,
+            "mos": df[mos_col].values,
             "split": part,
             "subset": [n.split(" ")[0] for n in names_],
         }))
     return pd.concat(parts, ignore_index=True)
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def _declared_range(line: str, path: Path) -> tuple[float, float] | None:
+    """``# mos_range: LO HI`` (or ``LO-HI``, ``LO to HI``, ``LO, HI``) of a CSV's first line;
+    a comment that names mos_range but does not give two numbers, low below high, is an error
+    (read wrongly, it would put every MOS on another scale without a word)."""
+    if "mos_range" not in line:
+        return None
+    m = re.search(rf"mos_range\s*[:=]?\s*({_NUMBER})\s*(?:,|\bto\b|-|\s)\s*({_NUMBER})\s*$", line.strip())
+    if not m:
+        raise ValueError(f"{path}: cannot read the rating scale from {line.strip()!r}; write '# mos_range: LO HI'")
+    lo, hi = float(m.group(1)), float(m.group(2))
+    if not lo < hi:
+        raise ValueError(f"{path}: mos_range {lo:g} {hi:g} is empty: the low end must be below the high end")
+    return lo, hi
 
 
 @register_dataset("csv", MOSScale(0.0, 100.0))
@@ -318,13 +340,14 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         if len(candidates) != 1:
             raise ValueError(f"csv: {path} is a folder with {len(candidates)} CSV files; pass the CSV file itself")
         path = candidates[0]
-    first = path.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
-    declared = None
-    if first and first[0].startswith("#"):
-        m = re.search(r"mos_range\s*[:=]\s*([-\d.]+)[\s,]+([-\d.]+)", first[0])
-        if m:
-            declared = (float(m.group(1)), float(m.group(2)))
-    df = pd.read_csv(path, comment=None, skiprows=1 if first and first[0].startswith("#") else 0)
+    # utf-8-sig: a spreadsheet's byte-order mark must not hide the comment line
+    first = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()[:1]
+    commented = bool(first) and first[0].lstrip().startswith("#")
+    declared = _declared_range(first[0], path) if commented else None
+    try:
+        df = pd.read_csv(path, comment=None, skiprows=1 if commented else 0, encoding="utf-8-sig")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
     df.columns = [str(c).strip() for c in df.columns]
     for col in ("image", "mos"):
         if col not in df.columns:
@@ -335,6 +358,8 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         raise ValueError(f"{path}: empty 'image' cell in data row(s) {rows} (counted from 1 after the header)")
     base = path.parent
     df["image"] = [str(p) if Path(str(p)).is_absolute() else str((base / str(p)).resolve()) for p in df["image"]]
+    if mos_range is not None and not float(mos_range[0]) < float(mos_range[1]):
+        raise ValueError(f"{path}: mos_range {tuple(mos_range)} is empty: the low end must be below the high end")
     lo_hi = mos_range or declared
     # Only finite numbers say what the scale is: other cells are the table check's to name.
     mos = pd.to_numeric(df["mos"], errors="coerce").replace([float("inf"), float("-inf")], float("nan"))
@@ -359,6 +384,6 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         outside = (mos < lo_hi[0]) | (mos > lo_hi[1])
         if outside.any():
             raise ValueError(f"{path}: {int(outside.sum())} MOS value(s) outside the declared range "
-                             f"{lo_hi[0]:g}-{lo_hi[1]:g}, e.g. {mos[outside].iloc[0]:g}")
+                             f"{lo_hi[0]:g} to {lo_hi[1]:g}, e.g. {mos[outside].iloc[0]:g}")
     df.attrs["__scale__"] = MOSScale(float(lo_hi[0]), float(lo_hi[1]))
     return df

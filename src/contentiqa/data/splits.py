@@ -173,7 +173,7 @@ def make_splits(
                 for part, chunk in zip(PARTS, _split_cell(cell, (0.8, 0.1, 0.1), rng)):
                     parts[part].append(chunk)
         parts = {p: np.concatenate(v) if v else np.array([], dtype=int) for p, v in parts.items()}
-    split = Split(protocol, seed, {p: [keys[i] for i in sorted(idx.tolist())] for p, idx in parts.items()})
+    split = Split(protocol, int(seed), {p: [keys[i] for i in sorted(idx.tolist())] for p, idx in parts.items()})  # numpy seeds too
     split.check_disjoint()
     return split
 
@@ -204,6 +204,14 @@ def load_splits(path: str | os.PathLike) -> list[Split]:
         raise FileNotFoundError(f"split file {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"split file {path} is not valid JSON: {exc}") from None
-    if payload.get("format") != "contentiqa-splits/1":
-        raise ValueError(f"{path} is not a contentiqa split file (format {payload.get('format')!r})")
-    return [Split.from_dict(d) for d in payload["splits"]]
+    if not isinstance(payload, dict) or payload.get("format") != "contentiqa-splits/1":
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        raise ValueError(f"{path} is not a contentiqa split file (format {fmt!r})")
+    try:
+        splits = payload["splits"]
+        if not isinstance(splits, list):
+            raise TypeError("'splits' is not a list")
+        return [Split.from_dict(d) for d in splits]
+    except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or foreign file
+        detail = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"split file {path} is damaged: {detail}") from None
