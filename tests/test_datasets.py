@@ -167,6 +167,16 @@ def test_spaq_without_scene_sheet(spaq_root):
 # ---------------------------------------------------------------------------- CID2013
 
 
+@pytest.mark.parametrize("spelling", [lambda n: n.upper(), lambda n: n[:-4], lambda n: int(n[:-4])])
+def test_spaq_scene_sheet_may_spell_names_otherwise(spaq_root, spelling):
+    root, names, _ = spaq_root
+    sheet = root / "Annotations" / "Scene category labels.xlsx"
+    scenes = pd.read_excel(sheet)
+    scenes["Image name"] = [spelling(n) for n in names]
+    scenes.to_excel(sheet, index=False)
+    assert load_dataset("spaq", root).table["category"].notna().all()
+
+
 def test_cid2013(tmp_path, xlsx):
     root = tmp_path / "CID2013"
     ids = ["IS1_C01_D01", "IS1_C02_D01", "IS1_C03_D02"]
@@ -181,6 +191,10 @@ def test_cid2013(tmp_path, xlsx):
     _same_paths(ds.table["image"], [root / "IS1" / "co1" / f"{s}.jpg" for s in ids])
     np.testing.assert_allclose(ds.table["mos"], mos)
     _check_item(ds, 2, 88.25)
+    write_image(root / "IS2" / "co8" / f"{ids[0]}.jpg", seed=9)  # the same name in another folder
+    with pytest.raises(ValueError, match=f"two images are named {ids[0]}"):
+        load_dataset("cid2013", root)
+    (root / "IS2" / "co8" / f"{ids[0]}.jpg").unlink()
     (root / "IS1" / "co1" / f"{ids[0]}.jpg").unlink()
     with pytest.raises(MissingFilesError, match=ids[0]):
         load_dataset("cid2013", root)

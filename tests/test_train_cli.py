@@ -155,3 +155,20 @@ def test_yaml_numbers_without_a_dot_are_numbers_and_words_are_refused(tmp_path, 
     bad.write_text("train: {lr: fast}\n")
     assert train(data, tmp_path / "b", "--config", str(bad)) == 2
     assert "training option lr must be a number, not 'fast'" in capsys.readouterr().err
+
+
+def test_an_experiment_whose_protocol_leaves_no_test_part_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONTENTIQA_CACHE", str(tmp_path / "cache"))
+    data = table(tmp_path)
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"""name: x
+data: {{name: csv, root: {data}}}
+protocol: iqa-cr
+seeds: 1
+test: [split]
+runs:
+  - {{name: q, model: iqa-cr-q, model_args: {{backbone_pretrained: false, dim: 16, heads: 2, mlp_dim: 32, grid: [2, 2],
+      depth: 1}}, train: {{epochs: 1, batch_size: 4, crop: 48}}}}
+""")
+    assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no test part (its 10 cells" in capsys.readouterr().err

@@ -7,6 +7,7 @@ Each loader returns a DataFrame with ``image`` (absolute path), ``mos`` (native 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,6 +144,13 @@ SPAQ_SCENES = (
 )
 
 
+def _spaq_key(name) -> str:
+    """How SPAQ's two sheets name one image alike: ``00001.jpg``, ``00001.JPG``, ``00001`` and
+    the number 1 (a spreadsheet's own conversion) all give ``1``."""
+    stem = Path(str(name).strip()).stem if not isinstance(name, (int, float)) else str(int(name))
+    return stem.lstrip("0").lower() or "0"
+
+
 @register_dataset("spaq", SPAQ_SCALE)
 def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     """SPAQ, Smartphone Photography Attribute and Quality (Fang et al. 2020)::
@@ -185,8 +193,10 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     labels = {}
     for _, row in scenes.iterrows():
         marked = [s for s, c in scene_cols if pd.notna(row[c]) and float(row[c]) > 0]
-        labels[str(row[s_name])] = marked[0].lower() if marked else pd.NA
-    out["category"] = [labels.get(Path(p).name, pd.NA) for p in out["image"]]
+        labels[_spaq_key(row[s_name])] = marked[0].lower() if marked else pd.NA
+    out["category"] = [labels.get(_spaq_key(Path(p).name), pd.NA) for p in out["image"]]
+    if labels and out["category"].isna().all():
+        warnings.warn(f"spaq: no image of {mos_file.name} is named in {scene_file.name}: no scene categories", stacklevel=2)
     return out
 
 
@@ -209,7 +219,12 @@ def load_cid2013(root: Path) -> pd.DataFrame:
     id_col = _column(df, "Source ID", "Image ID", "image", "filename", file=sheet)
     mos_col = _column(df, "Realignment MOS", "Realigned MOS", "MOS", file=sheet)
     set_col = _column(df, "Image set", file=sheet, required=False)
-    index = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif")}
+    index: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif"):
+            if p.stem in index:  # which copy a row names must not depend on the folder walk
+                raise ValueError(f"cid2013: two images are named {p.stem} ({index[p.stem]} and {p}); keep one")
+            index[p.stem] = p
     df = df[pd.notna(df[id_col])]
     stems = [Path(str(s)).stem for s in df[id_col]]
     out = pd.DataFrame({
