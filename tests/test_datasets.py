@@ -488,3 +488,12 @@ def test_real_clive_dev_csv(shared_dir):
     item = ds[0]
     assert item["image"].mode == "RGB"
     assert 0.0 <= item["target"].item() <= 1.0
+
+
+def test_csv_values_that_use_a_tenth_of_the_guessed_scale_are_warned_about(tmp_path):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", seed=1)
+    csv = tmp_path / "s.csv"
+    csv.write_text("image,mos\na.png,2.5\nb.png,8.9\n")
+    with pytest.warns(UserWarning, match="read on a 0-100 scale"):
+        assert load_dataset("csv", csv).scale == MOSScale(0.0, 100.0)

@@ -389,6 +389,9 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
             lo_hi = (0.0, 5.0)
         elif lo >= 0 and hi <= 100:
             lo_hi = (0.0, 100.0)
+            if hi <= 10:  # e.g. a 0-9 scale (TID2013): 0-100 would squeeze every rating into its bottom tenth
+                warnings.warn(f"{path}: MOS values span [{lo:g}, {hi:g}], read on a 0-100 scale; if the ratings "
+                              "used another, declare it with a first line '# mos_range: LO HI'", stacklevel=2)
         else:  # nan (no numbers) is left to the table's own check, which names the bad cells
             if lo == lo and hi == hi:
                 raise ValueError(f"{path}: MOS values span [{lo:g}, {hi:g}], outside the scales guessed from the values "
