@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,97 @@ def test_config_validation_and_paths(tmp_path, monkeypatch):
     f = tmp_path / "c.yaml"
     f.write_text("data: {root: ../d.csv}\nmodel: iqa-cr\n")
     assert load_config(f).data.root == tmp_path.parent / "d.csv" and load_config(f).name == "c"
+
+
+def _check_line(path: Path, capsys) -> tuple[int, str]:
+    """``contentiqa experiment --check PATH``: exit status and its one line of output."""
+    from contentiqa.cli.main import main
+
+    rc = main(["experiment", "--check", str(path)])
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1, out
+    return rc, out.strip()
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(tmp_path, capsys):
+    """Plain YAML keeps the last of two ``train:`` sections: the first would silently not apply."""
+    f = tmp_path / "dup.yaml"
+    f.write_text("data: {root: d.csv}\nmodel: iqa-cr-q\ntrain: {epochs: 1}\nseeds: 2\ntrain: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:5: duplicate key 'train' \(first on line 3\)$"):
+        load_config(f)
+    f.write_text("data: {root: d.csv, label: A, label: B}\nmodel: iqa-cr-q\n")  # nested, on one line
+    with pytest.raises(ConfigError, match=r"dup\.yaml:1: duplicate key 'label'"):
+        load_config(f)
+    rc, line = _check_line(f, capsys)
+    assert rc == 2 and line.startswith("invalid") and "duplicate key 'label'" in line
+    # A merge key's entries may be overridden: that is what merge keys are for, not a repeat.
+    f.write_text("model_args: &a {dim: 16}\nruns:\n  - {model: iqa-cr-q, model_args: {<<: *a, dim: 8}}\n"
+                 "data: {root: d.csv}\n")
+    assert load_config(f).runs[0].model_args == {"dim": 8}
+
+
+def test_invalid_yaml_is_one_line_naming_file_and_line(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("data: {root: d.csv}\nmodel: iqa-cr-q\ntrain: {epochs: 1\nseeds: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{f}:4: invalid YAML: "), str(err.value)
+    rc, line = _check_line(f, capsys)
+    assert rc == 2 and f"{f}:4: invalid YAML" in line
+
+
+def test_config_values_of_the_wrong_kind_are_errors(tmp_path, capsys):
+    base = {"data": {"name": "csv", "root": "d.csv"}, "model": "iqa-cr-q"}
+    # bool("false") is True: a quoted false would skip missing images
+    with pytest.raises(ConfigError, match=r"data\.skip_missing: expected true or false, got 'false'"):
+        load_config({**base, "data": {**base["data"], "skip_missing": "false"}}, tmp_path)
+    assert load_config({**base, "data": {**base["data"], "skip_missing": True}}, tmp_path).data.skip_missing is True
+    assert load_config(base, tmp_path).data.skip_missing is False
+    # a negative seed passed --check and failed only when a split was drawn
+    with pytest.raises(ConfigError, match=r"config: seeds: seeds must be 0 or more, got \[0, -1\]"):
+        load_config({**base, "seeds": [0, -1]}, tmp_path)
+    with pytest.raises(ConfigError, match=r"runs\[0\]\.seeds: seeds must be 0 or more"):
+        load_config({**base, "seeds": [0, 1], "runs": [{"model": "iqa-cr-q", "seeds": [-1]}]}, tmp_path)
+    # 'on:' is a boolean key in YAML: sorting it among other unknown keys raised TypeError
+    f = tmp_path / "on.yaml"
+    f.write_text("data: {root: d.csv}\nmodel: iqa-cr-q\non: 1\nzzz: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['True', 'zzz'\]"):
+        load_config(f)
+    rc, line = _check_line(f, capsys)
+    assert rc == 2 and "unknown key(s) ['True', 'zzz']" in line
+    for where, raw in (("data", {**base, "data": {**base["data"], True: 1, "zz": 2}}),
+                       ("runs[0]", {**base, "runs": [{"model": "iqa-cr-q", True: 1, "zz": 2}]})):
+        with pytest.raises(ConfigError, match=rf"{re.escape(where)}: unknown key\(s\) \['True', 'zz'\]"):
+            load_config(raw, tmp_path)
+
+
+def test_nested_defaults_are_read_only_when_needed(tmp_path, monkeypatch, capsys):
+    """``${A:-${B}/x}`` with A set must not need B (it was expanded first, innermost)."""
+    from contentiqa.experiments.config import expand_vars
+
+    monkeypatch.delenv("CIQA_SHARED", raising=False)
+    monkeypatch.delenv("CIQA_EMPTY", raising=False)
+    monkeypatch.setenv("CIQA_DATA", "d.csv")
+    assert expand_vars("${CIQA_DATA:-${CIQA_SHARED}/d.csv}") == "d.csv"
+    assert expand_vars("a/${CIQA_DATA:-${CIQA_SHARED:-${CIQA_EMPTY}}}/b") == "a/d.csv/b"
+    with pytest.raises(ConfigError, match="CIQA_SHARED is not set"):
+        expand_vars("${CIQA_EMPTY:-${CIQA_SHARED}/d.csv}")
+    monkeypatch.setenv("CIQA_EMPTY", "")  # empty counts as unset, as ':-' says
+    monkeypatch.setenv("CIQA_SHARED", "/s")
+    assert expand_vars("${CIQA_EMPTY:-${CIQA_SHARED}/d.csv}") == "/s/d.csv"
+    assert expand_vars("${CIQA_EMPTY:-${CIQA_NOPE:-x}/${CIQA_SHARED}}!") == "x//s!"
+    assert expand_vars("$HOME ${1x} ${CIQA_DATA") == "$HOME ${1x} ${CIQA_DATA"  # not references: as written
+    monkeypatch.setenv("CIQA_SHARED", "${CIQA_DATA}")
+    assert expand_vars("${CIQA_SHARED}") == "${CIQA_DATA}"  # a value is used as it is
+    # the repro: --check, with the file absent, names the data file, not CIQA_SHARED
+    monkeypatch.delenv("CIQA_SHARED")
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "nested.yaml"
+    f.write_text('data: {name: csv, root: "${CIQA_DATA:-${CIQA_SHARED}/d.csv}"}\nmodel: iqa-cr-q\n')
+    assert load_config(f).data.root == tmp_path / "d.csv"
+    rc, line = _check_line(f, capsys)
+    assert rc == 1 and line.startswith("missing") and "CIQA_SHARED" not in line
 
 
 def test_labels_file_is_merged(tmp_path):

@@ -109,6 +109,28 @@ def test_torch_inputs():
     assert set(out) == {"plcc", "srocc", "krocc", "rmse"}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors(dtype):
+    """Mixed-precision models output bfloat16, which numpy cannot hold ("unsupported ScalarType")."""
+    p = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=dtype, requires_grad=True)
+    t = [1.0, 3.0, 2.0, 5.0, 4.0]
+    ref = iqa_metrics(p.detach().double().numpy(), t)
+    assert iqa_metrics(p, t) == pytest.approx(ref, abs=1e-12)
+    logits = torch.tensor([[2.0, -1.0], [0.5, 1.5], [3.0, 0.0]], dtype=dtype)
+    assert accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_accuracy_non_finite_is_an_error():
+    """A NaN label never equals a prediction: it would count as wrong (0.5 here), not raise."""
+    with pytest.raises(MetricInputError, match="target contains NaN"):
+        accuracy([0, 1], [np.nan, 1])
+    with pytest.raises(MetricInputError, match="pred contains NaN"):
+        accuracy(torch.tensor([[np.nan, 1.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+    with pytest.raises(MetricInputError, match="pred contains NaN or infinite"):
+        accuracy([0.0, np.inf], [0, 1])
+    assert accuracy(np.array(["a", "b"]), np.array(["a", "c"])) == 0.5  # non-numeric labels still work
+
+
 @pytest.mark.parametrize("fn", [plcc, srocc, krocc])
 def test_constant_input_is_an_error(fn):
     with pytest.raises(MetricInputError, match="constant"):
@@ -210,3 +232,74 @@ def test_row_predictions_return_rows_in_table_order():
         dup.compute()
     with pytest.raises(ValueError, match="3 values for 2 rows"):
         RowPredictions().update([0, 1], [0.1, 0.2, 0.3])
+
+
+def _accumulated(pred, target, chunks: int = 3) -> dict[str, float]:
+    """Feed ``iqa_accumulators`` in several updates, as an evaluation loop would."""
+    from contentiqa.metrics import iqa_accumulators
+
+    acc = iqa_accumulators(sync_on_compute=False)
+    for idx in np.array_split(np.arange(len(pred)), chunks):
+        acc.update(torch.as_tensor(pred)[idx], torch.as_tensor(target)[idx])
+    return {k: float(v) for k, v in acc.compute().items()}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["pred", "target"])
+def test_accumulators_reject_non_finite_inputs(bad, where):
+    """torchmetrics alone returned a score (SROCC 0.4 for a NaN target): refused as the functions do."""
+    from contentiqa.metrics import iqa_accumulators
+
+    p, t = np.arange(1.0, 5.0), np.array([1.0, 3.0, 2.0, 4.0])
+    (p if where == "pred" else t)[1] = bad
+    acc = iqa_accumulators(sync_on_compute=False)
+    with pytest.raises(MetricInputError, match=f"{where} contains NaN or infinite values"):
+        acc.update(torch.from_numpy(p), torch.from_numpy(t))
+
+
+@pytest.mark.parametrize("which", ["pred", "target"])
+def test_accumulators_reject_constant_inputs(which):
+    """A constant vector (over all updates, not one batch) makes the correlations undefined."""
+    from contentiqa.metrics import iqa_accumulators
+
+    const, ramp = np.full(8, 0.5), np.arange(8.0)
+    p, t = (const, ramp) if which == "pred" else (ramp, const)
+    acc = iqa_accumulators(sync_on_compute=False)
+    for idx in np.array_split(np.arange(8), 3):
+        acc.update(torch.from_numpy(p[idx]), torch.from_numpy(t[idx]))
+    for name in ("plcc", "srocc", "krocc"):
+        with pytest.raises(MetricInputError, match=f"{name.upper()} is undefined: {which} is constant"):
+            acc[name].compute()
+    assert float(acc["rmse"].compute()) == pytest.approx(rmse(p, t))  # defined for constant inputs
+    # Constant within each batch but not over the whole set: defined, and equal to the functions.
+    p = np.repeat([1.0, 2.0, 3.0], 3)
+    t = np.arange(9.0)
+    got = _accumulated(p, t)
+    for k, v in iqa_metrics(p, t).items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_accumulators_accept_column_vectors():
+    """(N, 1) scores, as a regression head outputs them, are N items (KROCC raised IndexError)."""
+    rng = np.random.default_rng(4)
+    p = rng.normal(size=(300, 1))
+    t = 0.3 * p + rng.normal(size=(300, 1))
+    got = _accumulated(p, t.ravel())
+    for k, v in iqa_metrics(p, t).items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+    with pytest.raises(MetricInputError, match="must match"):
+        _accumulated(np.zeros((6, 2)), np.arange(6.0), chunks=1)
+
+
+def test_accumulators_need_enough_items():
+    from contentiqa.metrics import iqa_accumulators
+
+    acc = iqa_accumulators(sync_on_compute=False)
+    acc.update(torch.tensor([1.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64))
+    acc.update(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))  # an empty batch adds nothing
+    with pytest.raises(MetricInputError, match="at least 2 values, got 1"):
+        acc["srocc"].compute()
+    assert float(acc["rmse"].compute()) == pytest.approx(1.0)
+    with warnings.catch_warnings(), pytest.raises(MetricInputError, match="at least 1 values, got 0"):
+        warnings.simplefilter("ignore")  # torchmetrics warns of compute() before update(): that is the point
+        iqa_accumulators(sync_on_compute=False)["rmse"].compute()

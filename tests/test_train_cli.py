@@ -172,3 +172,10 @@ runs:
 """)
     assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "no test part (its 10 cells" in capsys.readouterr().err
+
+
+def test_a_training_config_with_a_key_given_twice_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {epochs: 3}\ntrain: {lr: 0.001}\n")
+    assert train(table(tmp_path), tmp_path / "run", "--config", str(cfg)) == 2
+    assert "c.yaml:2: duplicate key 'train' (first on line 1)" in capsys.readouterr().err

@@ -17,7 +17,8 @@ The schema is documented in ``configs/README.md``. In short::
     cache_limit: 40G                   # after each split, evict least recently used cache entries beyond this
     checkpoint: auto | best | last     # which weights are tested (auto: best with a val part)
 
-Strings may use ``${VAR}`` and ``${VAR:-default}`` (defaults may nest). Relative paths are relative to the config
+Strings may use ``${VAR}`` and ``${VAR:-default}`` (defaults may nest; a default is only read when
+VAR is unset or empty). Relative paths are relative to the config
 file's folder, except that an environment variable holding a relative path is relative to the
 working directory.
 """
@@ -39,7 +40,7 @@ DATA_KEYS = {"name", "root", "label", "args", "labels", "skip_missing", "protoco
 RUN_KEYS = {"name", "model", "model_args", "train", "seeds", "requires"}
 CHECKPOINTS = ("auto", "best", "last")
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^{}$]*))?\}")  # innermost first: defaults may nest
+_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)  # what is between ``${`` and its ``}``
 
 
 class ConfigError(ValueError):
@@ -50,26 +51,53 @@ def expand_vars(text: str, where: str = "", path: bool = False) -> str:
     """``${VAR}`` / ``${VAR:-default}`` -> the environment's value (or the default). With
     ``path``, a relative path coming from the environment at the start of the string is made
     absolute against the working directory (a default is left as written: relative to the
-    config file)."""
+    config file).
 
-    def sub(m: re.Match) -> str:
+    References are expanded outermost first, matching braces, so that a nested default
+    (``${A:-${B}/x}``) is only read, and ``B`` only needed, when ``A`` is unset or empty, as in
+    the shell; an environment value is used as it is, never expanded again. Text that is not a
+    reference (``${1}``, a ``${`` without its ``}``) is kept as written."""
+    out: list[str] = []
+    i = 0
+    while (start := text.find("${", i)) >= 0:
+        end = _closing_brace(text, start + 2)
+        m = _REF.fullmatch(text, start + 2, end) if end is not None else None
+        if m is None:
+            out.append(text[i:start + 2])
+            i = start + 2
+            continue
+        out.append(text[i:start])
         name, default = m.group(1), m.group(2)
         value = os.environ.get(name)
         if value:
-            leading = m.start() == 0 or m.string[max(0, m.start() - 2):m.start()] == ":-"
-            if path and leading and not os.path.isabs(os.path.expanduser(value)):
+            if path and start == 0 and not os.path.isabs(os.path.expanduser(value)):
                 value = os.path.abspath(os.path.expanduser(value))
-            return value
-        if default is not None:
-            return default
-        raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a fallback)")
+            out.append(value)
+        elif default is not None:
+            # The default stands where the reference stood: at the start only if it did.
+            out.append(expand_vars(default, where, path=path and start == 0))
+        else:
+            raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a fallback)")
+        i = end + 1
+    out.append(text[i:])
+    return "".join(out)
 
-    for _ in range(20):  # nested defaults: ${A:-${B:-x}/y}
-        new = _VAR.sub(sub, text)
-        if new == text:
-            break
-        text = new
-    return text
+
+def _closing_brace(text: str, pos: int) -> int | None:
+    """Index of the ``}`` closing the ``${`` that ends just before ``pos`` (None: unclosed)."""
+    depth = 1
+    j = pos
+    while j < len(text):
+        if text.startswith("${", j):
+            depth += 1
+            j += 2
+            continue
+        if text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return None
 
 
 def _expand_all(obj: Any, where: str) -> Any:
@@ -200,6 +228,8 @@ def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         if len(set(value)) != len(value):
             raise ConfigError(f"{where}: seeds repeat: {value}")
+        if any(s < 0 for s in value):  # numpy and torch refuse them, but only once a split is drawn
+            raise ConfigError(f"{where}: seeds must be 0 or more, got {value}")
         return list(value)
     raise ConfigError(f"{where}: seeds must be a count or a non-empty list of integers, not {value!r}")
 
@@ -218,7 +248,7 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
     if isinstance(d, str):
         raise ConfigError(f"{where}: expected a mapping with name and root (or '{INTRA}' for the split's test part)")
     d = _mapping(d, where)
-    unknown = sorted(set(d) - DATA_KEYS)
+    unknown = sorted(map(str, set(d) - DATA_KEYS))  # str: YAML reads 'on:' as True, unsortable among str
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(DATA_KEYS)}")
     name = str(d.get("name", "csv"))
@@ -244,7 +274,12 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
             raise ConfigError(f"{where}.val_fraction: expected a number in (0, 0.5], got {d['val_fraction']!r}") from None
         if not 0 < val_fraction <= 0.5:
             raise ConfigError(f"{where}.val_fraction: expected a number in (0, 0.5], got {val_fraction}")
-    return DataSpec(name, root, label, args, labels, auto, bool(d.get("skip_missing", False)), protocol, val_fraction)
+    skip_missing = d.get("skip_missing")
+    if skip_missing is None:
+        skip_missing = False
+    elif not isinstance(skip_missing, bool):  # bool("false") is True: a quoted value would silently skip images
+        raise ConfigError(f"{where}.skip_missing: expected true or false, got {skip_missing!r}")
+    return DataSpec(name, root, label, args, labels, auto, skip_missing, protocol, val_fraction)
 
 
 def _paths(values: Any, base: Path, where: str) -> list[Path]:
@@ -264,7 +299,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     where = str(source) if source is not None else "config"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    unknown = sorted(set(raw) - TOP_KEYS)
+    unknown = sorted(map(str, set(raw) - TOP_KEYS))  # str: YAML reads 'on:' as True, unsortable among str
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
     name = str(raw.get("name") or (source.stem if source is not None else "experiment"))
@@ -316,7 +351,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     for i, r in enumerate(run_list):
         rw = f"{where}: runs[{i}]"
         r = _mapping(r, rw)
-        bad = sorted(set(r) - RUN_KEYS)
+        bad = sorted(map(str, set(r) - RUN_KEYS))
         if bad:
             raise ConfigError(f"{rw}: unknown key(s) {bad}; known: {sorted(RUN_KEYS)}")
         model = r.get("model") or shared_model
@@ -382,7 +417,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
 def load_config(config: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a YAML file or a mapping (relative paths of a mapping
     start at ``base_dir``, default the working directory)."""
-    import yaml
+    from ..utils.yamlfile import parse_yaml
 
     if isinstance(config, ExperimentConfig):
         return config
@@ -390,15 +425,17 @@ def load_config(config: str | os.PathLike | dict, base_dir: str | os.PathLike | 
         return parse_config(config, Path(base_dir or os.getcwd()).absolute(), None, None)
     path = Path(config)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file") from None
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raw = parse_yaml(text, path) or {}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(raw, Path(base_dir).absolute() if base_dir else path.absolute().parent, path, text)
 
 

@@ -9,6 +9,8 @@ is initialised, uneven shares padded), which is why it is used here rather than 
 - :func:`iqa_accumulators`: PLCC, SROCC, KROCC and RMSE as a torchmetrics collection, for
   streaming evaluation (no logistic fit; equal to the functional metrics within ~1e-6, as
   torchmetrics ranks in float32: reported results use :class:`RowPredictions` + the functions).
+  Inputs that the functional metrics refuse (NaN, constant vectors, too few items) raise the same
+  :class:`~.functional.MetricInputError` here, where torchmetrics alone would return a number.
 - :class:`RowPredictions`: gathers per-row predictions with their row index, so the functional
   metrics (and everything computed from a table: per-dataset correlations, accuracy over
   labelled rows) run on the whole set, in table order, on every process.
@@ -23,6 +25,8 @@ from torchmetrics import MeanSquaredError, Metric, MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.utilities import dim_zero_cat
 
+from .functional import MetricInputError
+
 
 def iqa_accumulators(sync_on_compute: bool = True) -> MetricCollection:
     """``{"plcc", "srocc", "krocc", "rmse"}`` accumulators in float64 (``update(pred, target)``).
@@ -31,12 +35,79 @@ def iqa_accumulators(sync_on_compute: bool = True) -> MetricCollection:
     with warnings.catch_warnings():  # rank correlations keep every item: that is what they need
         warnings.filterwarnings("ignore", message=".*will save all targets and predictions in the buffer")
         col = MetricCollection({
-            "plcc": PearsonCorrCoef(**kw),
-            "srocc": SpearmanCorrCoef(**kw),
-            "krocc": KendallRankCorrCoef(variant="b", **kw),
-            "rmse": MeanSquaredError(squared=False, **kw),
+            "plcc": _CheckedPearson(**kw),
+            "srocc": _CheckedSpearman(**kw),
+            "krocc": _CheckedKendall(variant="b", **kw),
+            "rmse": _CheckedMSE(squared=False, **kw),
         }, compute_groups=False)
     return col.set_dtype(torch.float64)
+
+
+class _CheckedInputs(Metric):
+    """Mixin putting the functional metrics' input checks in front of a torchmetrics metric.
+
+    torchmetrics turns NaN or constant inputs into a number (or an IndexError for ``(N, 1)``),
+    so without this the streamed metric could differ from :mod:`.functional` on exactly the
+    inputs where a broken evaluation must not pass for a score. Count, minimum and maximum are
+    extra states reduced across processes (sum / min / max), so the checks in :meth:`compute`
+    see the whole set, and exactly: constant means ``min == max``, as ``np.ptp == 0`` there."""
+
+    _metric: str = ""
+    _min_len: int = 2
+    _needs_spread: bool = True  # correlations are undefined for a constant vector
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("n_items", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        for which in ("pred", "target"):
+            self.add_state(f"{which}_min", default=torch.tensor(float("inf")), dist_reduce_fx="min")
+            self.add_state(f"{which}_max", default=torch.tensor(float("-inf")), dist_reduce_fx="max")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        # One score per item, as the functional metrics ravel; torchmetrics reads (N, 1) as N outputs.
+        preds, target = preds.reshape(-1), target.reshape(-1)
+        if preds.shape != target.shape:
+            raise MetricInputError(f"pred has {preds.numel()} values, target has {target.numel()}: they must match")
+        for t, which in ((preds, "pred"), (target, "target")):
+            if not bool(torch.isfinite(t).all()):
+                raise MetricInputError(f"{which} contains NaN or infinite values")
+        if preds.numel() == 0:
+            return  # nothing to add; torchmetrics' Pearson fails on an empty batch
+        self.n_items += preds.numel()
+        self.pred_min = torch.minimum(self.pred_min, preds.min().to(self.pred_min.dtype))
+        self.pred_max = torch.maximum(self.pred_max, preds.max().to(self.pred_max.dtype))
+        self.target_min = torch.minimum(self.target_min, target.min().to(self.target_min.dtype))
+        self.target_max = torch.maximum(self.target_max, target.max().to(self.target_max.dtype))
+        super().update(preds, target)
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        n = int(self.n_items)
+        if n < self._min_len:
+            raise MetricInputError(f"need at least {self._min_len} values, got {n}")
+        if self._needs_spread:
+            for which in ("pred", "target"):
+                lo, hi = float(getattr(self, f"{which}_min")), float(getattr(self, f"{which}_max"))
+                if lo == hi:
+                    raise MetricInputError(f"{self._metric} is undefined: {which} is constant ({lo:g})")
+        return super().compute()
+
+
+class _CheckedPearson(_CheckedInputs, PearsonCorrCoef):
+    _metric = "PLCC"
+
+
+class _CheckedSpearman(_CheckedInputs, SpearmanCorrCoef):
+    _metric = "SROCC"
+
+
+class _CheckedKendall(_CheckedInputs, KendallRankCorrCoef):
+    _metric = "KROCC"
+
+
+class _CheckedMSE(_CheckedInputs, MeanSquaredError):
+    _metric = "RMSE"
+    _min_len = 1
+    _needs_spread = False
 
 
 class RowPredictions(Metric):

@@ -19,9 +19,22 @@ class MetricInputError(ValueError):
     """The inputs make the metric undefined."""
 
 
+def _to_numpy(x):
+    """A torch tensor (any device, with grad or not) as numpy; anything else unchanged.
+
+    numpy has no bfloat16 (``.numpy()`` raises "unsupported ScalarType"), so 16-bit floats are
+    widened to float32 first, which is exact; other dtypes keep their precision (and labels
+    stay integers for :func:`accuracy`)."""
+    if not hasattr(x, "detach"):
+        return x
+    x = x.detach()
+    if x.is_floating_point() and x.element_size() < 4:
+        x = x.float()
+    return x.cpu().numpy()
+
+
 def _as_array(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+    x = _to_numpy(x)
     arr = np.asarray(x, dtype=np.float64).ravel()
     if np.isnan(arr).any() or np.isinf(arr).any():
         raise MetricInputError(f"{name} contains NaN or infinite values")
@@ -103,12 +116,12 @@ def rmse(pred, target) -> float:
 
 def accuracy(pred, target) -> float:
     """Top-1 accuracy. ``pred`` is either class indices (1-D) or scores/logits (N x C)."""
-    if hasattr(pred, "detach"):
-        pred = pred.detach().cpu().numpy()
-    if hasattr(target, "detach"):
-        target = target.detach().cpu().numpy()
-    pred = np.asarray(pred)
-    t = np.asarray(target).ravel()
+    pred = np.asarray(_to_numpy(pred))
+    t = np.asarray(_to_numpy(target)).ravel()
+    for arr, name in ((pred, "pred"), (t, "target")):
+        # NaN compares unequal to every label: it would count as a wrong answer, not an error.
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise MetricInputError(f"{name} contains NaN or infinite values")
     if pred.ndim == 2:
         pred = pred.argmax(axis=1)
     pred = pred.ravel()

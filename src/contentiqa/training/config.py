@@ -167,15 +167,15 @@ class TrainConfig:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
+    from ..utils.yamlfile import parse_yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8"), path) or {}  # a key given twice: an error
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ValueError(f"{path} is not a UTF-8 text file") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
