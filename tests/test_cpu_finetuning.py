@@ -450,3 +450,91 @@ def test_monitor_must_name_a_validation_metric(two_sets, tmp_path):
                  monitor="B/kendall"), tmp_path / "r3", progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="'B/kendall' is not a validation metric.*B/srocc"):
         tr.fit()
+
+
+# -- a cache never serves what is not the photo's encoding ----------------------------------------
+def _dist_model():
+    torch.manual_seed(0)
+    return create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+
+
+def _entry_files(folder):
+    return sorted(p for p in folder.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("damage", ["rotted bytes", "not finite"])
+def test_a_damaged_cache_entry_is_computed_again(two_sets, tmp_path, damage):
+    import struct
+    import zipfile
+
+    model, paths = _dist_model(), list(two_sets["image"][:1])
+    fresh = cached_encodings(model, paths, 3, True, None, progress=False)[0]["x"]
+    cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    (entry,) = _entry_files(tmp_path / "c")
+    if damage == "rotted bytes":  # inside the tensor's data, the zip's structure intact: only its CRC knows
+        raw = bytearray(entry.read_bytes())
+        info = next(i for i in zipfile.ZipFile(entry).infolist() if "/data/" in i.filename)
+        name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        for j in range(start, start + info.file_size, 7):
+            raw[j] ^= 0x55
+        entry.write_bytes(bytes(raw))
+    else:
+        torch.save({"x": torch.full_like(fresh, float("nan"))}, entry)
+    again = cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)[0]["x"]
+    assert torch.equal(again, fresh)
+
+
+def test_a_photo_rewritten_under_its_old_date_is_encoded_again(two_sets, tmp_path):
+    model, path = _dist_model(), two_sets["image"][0]
+    first = cached_encodings(model, [path], 3, True, tmp_path / "c", progress=False)[0]["x"]
+    st = os.stat(path)
+    Image.fromarray(255 - np.asarray(Image.open(path))).save(path)  # same size: the same PNG layout
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as touch -r / cp -p / rsync -a leave it
+    assert os.stat(path).st_size == st.st_size
+    second = cached_encodings(model, [path], 3, True, tmp_path / "c", progress=False)[0]["x"]
+    assert not torch.equal(first, second)
+
+
+def test_a_killed_writers_old_temporaries_are_removed_and_live_ones_kept(two_sets, tmp_path):
+    model, paths = _dist_model(), list(two_sets["image"][:1])
+    cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    (folder,) = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
+    old, live = folder / ".abc.pt.k1l2m3n4.tmp", folder / ".abd.pt.k1l2m3n5.tmp"
+    old.write_bytes(b"x")
+    live.write_bytes(b"x")
+    two_days = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days, two_days))
+    cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    assert not old.exists() and live.exists()
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(two_sets, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import contentiqa.utils.io as uio
+    from contentiqa.cli.main import main
+
+    table = two_sets[two_sets["dataset"] == "A"][["image", "mos"]]
+    table.to_csv(tmp_path / "d.csv", index=False)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uio, "atomic_torch_save", full)  # what the cache saves an entry with
+    args = ["train", "--model", "ie-iqa-distortion", "--recipe", "none", "--data", str(tmp_path / "d.csv"),
+            "--out", str(tmp_path / "run"), "--protocol", "ie-iqa", "--cache-stages", "3", "--epochs", "1",
+            "--batch-size", "4", "--quiet"] + [x for k, v in IE_TINY.items() if k not in ("pretrained", "intelligibility_pretrained")
+                                              for x in ("--set", f"model.{k}={json.dumps(v)}")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the cache" in err and "No space left on device" in err and "Traceback" not in err
+
+
+def test_detection_options_key_the_intelligibility_cache():
+    keys = set()
+    for options in ({"top_k": 10, "proposals": 100}, {"top_k": 1, "proposals": 2}):
+        model = create_model("ie-iqa", **IE_TINY, intelligibility_task="detection", selection="none",
+                             intelligibility_options=options)
+        keys.add(next(p.key for p in model.cache_parts(3) if p.name == "intelligibility"))
+    assert len(keys) == 2

@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info, recipe: dict | None = None) -> int:
     from ..models import create_model
     from ..training import distributed as dist_utils
+    from ..training.cache import CacheWriteError
     from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
@@ -185,7 +186,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
                           cache_dir=out / "cache", log=log, recipe=recipe)
-    except ValueError as exc:
+    except (ValueError, CacheWriteError) as exc:
         raise UsageError(str(exc)) from None
     best = _fit(trainer, args, out)
     if info.rank != 0:
@@ -205,12 +206,13 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
     """``trainer.fit``, with a damaged ``last.pt`` under --resume (the only file it reads) as a
     usage error naming what to do."""
     from ..data.imageio import ImageLoadError
+    from ..training.cache import CacheWriteError
     from ..training.trainer import TrainingDiverged
     from ..utils.checkpoint_io import CheckpointReadError
 
     try:
         return trainer.fit(resume=args.resume)
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, CacheWriteError) as exc:
         raise UsageError(str(exc)) from None
     except CheckpointReadError as exc:
         raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
@@ -305,6 +307,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     from ..models import create_model
     from ..training import distributed as dist_utils
     from ..training.evaluate import evaluate_model
+    from ..training.cache import CacheWriteError
     from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
@@ -340,6 +343,8 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
             f"(val {0 if val is None else len(val)}); scores on {labels[0]}'s scale; output {out}")
         trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log,
                           recipe=recipe)
+    except CacheWriteError as exc:
+        raise UsageError(str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
     best = _fit(trainer, args, out)

@@ -302,6 +302,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     from ..models import create_model
     from ..models.registry import save_checkpoint
     from ..training.config import TrainConfig
+    from ..training.cache import CacheWriteError
     from ..training.trainer import Trainer, TrainingDiverged, seed_everything
 
     parts, own = _parts(sets, seed)
@@ -328,11 +329,11 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), scale, tcfg, run_dir, progress=progress,
                           cache_dir=cache, log=log)
-    except ValueError as exc:
+    except (ValueError, CacheWriteError) as exc:
         raise ConfigError(f"run {run.name}: {exc}") from None
     try:
         best = trainer.fit(resume=True)
-    except TrainingDiverged as exc:  # the row's settings (its learning rate) cannot train
+    except (TrainingDiverged, CacheWriteError) as exc:  # its learning rate cannot train; the cache cannot be written
         raise ConfigError(f"run {run.name}, split seed {seed}: {exc}") from None
     except ImageLoadError as exc:  # damaged data behind a good header, met while training
         raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; replace the file or drop its row "

@@ -36,6 +36,7 @@ results"), so the defaults here (512/128, 0.1, concatenation at FC1) are ours.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -349,6 +350,8 @@ class IEIQA(IQAModel):
         if self.intelligibility is not None:
             intel_key = (f"{c.intelligibility_task}|{c.intelligibility_backbone}|{c.intelligibility_checkpoint}|"
                          f"{c.intelligibility_input_size}|{c.input_size}|{self.mean}|{self.std}")
+            if c.intelligibility_options:  # e.g. detection's proposals / top_k change the features
+                intel_key += "|" + json.dumps(c.intelligibility_options, sort_keys=True)
             parts.append(CachePart("intelligibility", intel_key, (self.intelligibility,),
                                    lambda v: {"f": self.raw_intelligibility_features(v)}))
         return parts

@@ -9,6 +9,7 @@ path, size and modification time, so a changed file is recomputed.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 import os
 import time
 from pathlib import Path
@@ -27,8 +28,7 @@ from ..utils.disk_cache import describe, touch
 def cache_key(paths: Sequence[str], tag: str) -> str:
     h = hashlib.sha1(tag.encode())
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+        h.update(f"{_file_key(p)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -86,8 +86,11 @@ def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
 
 
 def _file_key(path: str, damage: str = "") -> str:
+    """What identifies one photo's pixels without reading them: path, size, and the nanosecond
+    modification and change times. ctime too, because ``touch -r``, ``cp -p`` and ``rsync -a``
+    put an old mtime back on new pixels, and a rewrite within one second keeps the second."""
     st = os.stat(path)
-    key = f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}"
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     return f"{key}|{damage}" if damage else key
 
 
@@ -101,6 +104,32 @@ def damage_seed(path: str, damage: str) -> int:
     return int(hashlib.sha1(f"{os.path.basename(path)}|{damage}".encode()).hexdigest()[:8], 16)
 
 
+class CacheWriteError(OSError):
+    """The cache folder cannot be written (full, read-only): one line naming it, for commands
+    to show instead of a traceback from deep in a save."""
+
+
+STALE_TEMPORARY_S = 24 * 3600
+"""A cache folder is shared by processes: an entry's temporary is another writer's for a
+moment, and a killed writer's once it is this old."""
+
+
+def _remove_old_temporaries(folder: Path) -> None:
+    """Temporaries a writer killed mid-save left in a shared cache folder (older than a day)."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith(".") and e.name.endswith(".tmp"):
+                    try:
+                        if e.stat().st_mtime < cutoff:
+                            os.unlink(e.path)
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+
+
 def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
     """One cached encoding, or None when it is absent or unreadable (a torn write from a
     killed run is recomputed, never trusted)."""
@@ -109,10 +138,20 @@ def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
+        # torch.load does not check the zip's CRCs: bytes that rotted inside an intact file
+        # would load, and be trained on. testzip reads them once (entries are stored, not
+        # compressed: a CRC pass, small beside an epoch).
+        with zipfile.ZipFile(path) as z:
+            if z.testzip() is not None:
+                return None
         entry = load_torch_file(path, "cached encoding")
-    except (CheckpointReadError, FileNotFoundError):
+    except (CheckpointReadError, FileNotFoundError, zipfile.BadZipFile, OSError):
         return None
-    return entry if isinstance(entry, dict) and all(isinstance(v, torch.Tensor) for v in entry.values()) else None
+    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+        return None
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in entry.values()):
+        return None  # a frozen network's encoding is finite: this one is damaged
+    return entry
 
 
 class _EncodeWrapper(nn.Module):
@@ -227,11 +266,15 @@ def cached_encodings(
                    if cache_dir is not None else [None] * len(parts))
         for part, folder in zip(parts, folders):
             if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                describe(folder, {"model": type(model).__name__, "part": part.name, "dtype": str(dtype).replace("torch.", ""),
-                                  "views": model.cache_view_names(),
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    describe(folder, {"model": type(model).__name__, "part": part.name,
+                                      "dtype": str(dtype).replace("torch.", ""), "views": model.cache_view_names(),
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                except OSError as exc:
+                    raise CacheWriteError(f"cannot write the cache {folder}: {exc.strerror or exc}") from None
                 touch(folder)  # used now: what least-recently-used eviction goes by (utils/disk_cache.py)
+                _remove_old_temporaries(folder)
         stores: list[dict[str, dict[str, torch.Tensor]]] = []
         for folder in folders:
             store: dict[str, dict[str, torch.Tensor]] = {}
@@ -273,7 +316,10 @@ def cached_encodings(
                         # Kept on the CPU: the store can outgrow an accelerator's memory.
                         store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
                         if folder is not None:
-                            atomic_torch_save(store[k], folder / _entry_name(k))
+                            try:
+                                atomic_torch_save(store[k], folder / _entry_name(k))
+                            except OSError as exc:  # a full disk, a folder turned read-only
+                                raise CacheWriteError(f"cannot write the cache {folder}: {exc.strerror or exc}") from None
             finally:
                 model.train(was)
         out = []

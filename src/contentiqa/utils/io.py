@@ -3,6 +3,7 @@ so an interrupted run never leaves a half-written CSV, JSON or checkpoint behind
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -97,7 +98,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     from .checkpoint_io import plain_data
 
     data = plain_data(obj)
-    return atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+    def write(tmp: str) -> None:
+        # Serialized in memory, then written by Python: a full disk is an OSError naming the
+        # file (ENOSPC), where torch.save's own writer says "unexpected pos".
+        buf = io.BytesIO()
+        torch.save(data, buf)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
 
 
 _SHA256_SEEN: dict[tuple, str] = {}
