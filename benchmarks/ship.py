@@ -101,10 +101,12 @@ def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> 
 
 def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
              from_run: Path | None = None, weights_dir: Path = WEIGHTS, work_dir: Path | None = None,
-             init_from: Path | None = None) -> Path:
+             init_from: Path | None = None, gate: str | None = None) -> Path:
     """Train (or take ``from_run``'s best.pt) and write ``<model>_<tag>.pt`` + its card; returns the path.
     ``init_from``: the weights to start from where the row starts from another experiment's run
-    (its ``init_from`` outside this config's rows): that row shipped first on the same photos."""
+    (its ``init_from`` outside this config's rows): that row shipped first on the same photos.
+    ``gate``: what the ship gate said of the row (and whether it was overridden), kept in the
+    checkpoint and on the card."""
     from contentiqa.experiments import load_config
     from contentiqa.models.registry import model_entry, save_checkpoint
     from contentiqa.training.config import TrainConfig
@@ -178,7 +180,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     path = weights_dir / name
     save_checkpoint(best_model, path, omit_pretrained_backbone=True, extra={
         "trained_on": "; ".join(used), "tag": tag, "train_config": tcfg.to_dict(), "best_epoch": best.get("epoch"),
-        "val_srocc": best.get("val_srocc"), "provenance": provenance(),
+        "val_srocc": best.get("val_srocc"), "provenance": provenance(), **({"ship_gate": gate} if gate else {}),
         **({"init_from": {k: v for k, v in started.items() if k != "card"}} if started else {}),
     })
     seconds = time.time() - t0
@@ -214,7 +216,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
 - **Training configuration**: `{json.dumps(tcfg.to_dict())}`; model arguments `{json.dumps(run.model_args)}`.
 - **Reproduce**: `{command_line()}` ({seconds / 60:.1f} min on {prov['machine']}{', ' + prov['gpu'] if prov.get('gpu') else ''}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
-"""
+{f"- **Ship gate**: {gate}." + chr(10) if gate else ""}"""
     if started:
         # The start's own card, headings one level down: how the weights this one froze were made.
         earlier = "\n".join(("###" + line[1:]) if line.startswith("# ") else line
@@ -233,14 +235,23 @@ def gate_verdict(model: str, row: str, path: Path | None = None) -> tuple[bool, 
     path = path if path is not None else RESULTS / f"ship_gate_{model}.json"
     if not path.is_file():
         return False, f"no ship gate has been run for {model} ({path} is missing): run benchmarks/ship_gate.py"
+    from ship_gate import SEEDS
+
     gate = json.loads(path.read_text())
     if gate.get("candidate", {}).get("row") != row:
         return False, f"{path.name} judged row {gate.get('candidate', {}).get('row')!r}, not {row!r}"
-    if gate.get("verdict") != "PASS":
-        worse = [r["measure"] for r in gate.get("rows", []) if r.get("verdict") == "WORSE"]
+    worse = [r["measure"] for r in gate.get("rows", []) if r.get("verdict") == "WORSE"]
+    better = [r["measure"] for r in gate.get("rows", []) if r.get("verdict") == "better"]
+    if gate.get("verdict") != "PASS" or worse or not better:  # the rows decide, not the verdict string alone
         return False, (f"{path.name}: the gate FAILED" + (f" (worse on: {', '.join(worse)})" if worse
                                                            else " (better on nothing)"))
-    return True, f"{path.name}: PASS"
+    # Only a gate on the test parts of the published seeds decides a default: a validation-part
+    # selection (ship_gate.py --part val) is no verdict on it.
+    if gate.get("part", "test") != "test":
+        return False, f"{path.name} judged the {gate.get('part')} parts: choosing a recipe, not gating it"
+    if sorted(gate.get("seeds", [])) != sorted(SEEDS):
+        return False, f"{path.name} judged seeds {gate.get('seeds')}, not the published {list(SEEDS)}"
+    return True, f"{path.name}: PASS (better on: {', '.join(better)})"
 
 
 def set_default_tag(model: str, tag: str, weights_dir: Path) -> None:
@@ -281,13 +292,16 @@ def main(argv: list[str] | None = None) -> None:
     if run is None:
         raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
     replaces_default = args.default or model_entry(run.model).default_tag == args.tag
-    if replaces_default and args.weights_dir == WEIGHTS:
+    gate = None
+    # however the package folder is spelt (relative, through '..' or a link): the gate decides
+    if replaces_default and args.weights_dir.resolve() == WEIGHTS.resolve():
         ok, why = gate_verdict(run.model, args.row)
         if not ok and not args.override_gate:
             raise SystemExit(f"refusing to replace the default of {run.model}: {why} (--override-gate to ship anyway)")
-        print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
+        gate = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"
+        print(f"ship gate: {gate}")
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,
-             init_from=args.init_from)
+             init_from=args.init_from, gate=gate)
     if args.default:
         set_default_tag(run.model, args.tag, args.weights_dir)
         print(f"{run.model}: default tag is now {args.tag} ({args.weights_dir / 'defaults.json'})")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -179,13 +180,29 @@ def higher_is_better(measure: str) -> bool:
 
 
 def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple[list[dict], str]:
+    """Rows and the verdict: PASS when no measure is worse beyond the larger seed spread and one
+    is better beyond it. Without a spread (one seed) any difference would decide: refused. A
+    measure the baseline has and the candidate lacks (content, for a model without a content
+    head) is worse: the default would lose it; one only the candidate has is not compared. A
+    measure that is NaN on some seed cannot show the candidate is no worse: worse."""
+    if len(base) < 2 or len(cand) < 2:
+        raise ValueError(f"the gate needs two seeds or more a side (got {len(base)} and {len(cand)}): it judges by their spread")
     rows, worse, better = [], 0, 0
-    for m in [k for k in base[0] if k in cand[0]]:  # a measure one side cannot have (content) is not compared
-        b = np.array([r[m] for r in base])
-        c = np.array([r[m] for r in cand])
-        spread = max(float(b.std(ddof=1)) if len(b) > 1 else 0.0, float(c.std(ddof=1)) if len(c) > 1 else 0.0)
+    measures = list(dict.fromkeys(k for r in base for k in r))
+    for m in measures:
+        if not any(m in r for r in cand):
+            rows.append({"measure": m, "baseline": float(np.mean([r.get(m, np.nan) for r in base])), "baseline_std": 0.0,
+                         "candidate": float("nan"), "candidate_std": 0.0, "spread": 0.0, "verdict": "WORSE"})
+            worse += 1
+            continue
+        b = np.array([r.get(m, np.nan) for r in base], dtype=float)
+        c = np.array([r.get(m, np.nan) for r in cand], dtype=float)
+        spread = max(float(b.std(ddof=1)), float(c.std(ddof=1)))
         gain = (c.mean() - b.mean()) * (1 if higher_is_better(m) else -1)
-        verdict = "better" if gain > spread else ("WORSE" if gain < -spread else "same")
+        if not np.isfinite(gain) or not np.isfinite(spread):  # a seed lacks it or it is NaN: unproven
+            verdict = "WORSE"
+        else:
+            verdict = "better" if gain > spread else ("WORSE" if gain < -spread else "same")
         worse += verdict == "WORSE"
         better += verdict == "better"
         row = {"measure": m, "baseline": float(b.mean()), "baseline_std": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
@@ -325,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             + [b["path"] for b in images["bad"]]
         for side, runs, row in sides:
             model = tested_model(runs, row, seed)
-            out = args.work / "scores" / f"{args.part}_{side}_{runs.name}_{seed}_{int(model.stat().st_mtime)}.csv"
+            # keyed by the model file itself (its path and bytes): two rows, or two copies of a
+            # results folder, never share stored scores
+            from contentiqa.utils.io import file_sha256
+
+            key = hashlib.sha1(f"{model.resolve()}|{file_sha256(model)}".encode()).hexdigest()[:16]
+            out = args.work / "scores" / f"{args.part}_{side}_{runs.name}_{seed}_{key}.csv"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"seed {seed}: scoring {len(files)} images with the {side} ({model})", flush=True)
             scores = score_files(model, files, out)

@@ -18,6 +18,8 @@ from contentiqa.experiments import load_config
 from test_experiment import TINY_ARGS, write_csv
 
 BENCH = REPO_ROOT / "benchmarks"
+PASSED = {"part": "test", "seeds": [0, 1, 2], "rows": [{"measure": "damage tau blur", "verdict": "better"}]}
+"""What a passing gate file holds beside its verdict: the published seeds' test parts, a measure better."""
 
 
 @pytest.fixture
@@ -170,6 +172,45 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     assert "validation parts: choosing" in val_md and "test part" not in val_md
 
 
+def test_ship_gate_proves_no_worse_on_every_measure_or_fails(common):
+    import ship_gate
+
+    base = [{"CLIVE SROCC": v, "damage tau blur": -0.8, "CLIVE content top-1": 0.7} for v in (0.78, 0.80, 0.79)]
+    better = [{**r, "damage tau blur": -0.99} for r in base]
+    assert ship_gate.compare(base, better)[1] == "PASS"
+    no_content = [{k: v for k, v in r.items() if "content" not in k} for r in better]
+    rows, verdict = ship_gate.compare(base, no_content)  # the default would lose its content
+    assert verdict == "FAIL" and {r["measure"]: r["verdict"] for r in rows}["CLIVE content top-1"] == "WORSE"
+    nan_seed = [{**r, "CLIVE SROCC": x} for r, x in zip(better, (0.5, float("nan"), 0.5))]
+    rows, verdict = ship_gate.compare(base, nan_seed)  # a NaN must not hide a loss
+    assert verdict == "FAIL" and {r["measure"]: r["verdict"] for r in rows}["CLIVE SROCC"] == "WORSE"
+    with pytest.raises(ValueError, match="two seeds"):
+        ship_gate.compare(base[:1], better[:1])  # no spread: any difference would decide
+
+
+def test_ship_reads_only_a_test_part_gate_of_the_published_seeds(common, tmp_path):
+    import ship
+
+    row = {"measure": "damage tau blur", "verdict": "better"}
+    gate = {"name": "ie-iqa", "part": "test", "seeds": [0, 1, 2], "verdict": "PASS", "candidate": {"row": "R"}, "rows": [row]}
+    path = tmp_path / "g.json"
+    for change, ok in (({}, True), ({"part": "val"}, False), ({"seeds": [0]}, False),
+                       ({"rows": [row, {"measure": "CLIVE SROCC", "verdict": "WORSE"}]}, False),
+                       ({"rows": [{"measure": "CLIVE SROCC", "verdict": "same"}]}, False)):
+        path.write_text(json.dumps({**gate, **change}))
+        assert ship.gate_verdict("ie-iqa", "R", path)[0] is ok, change
+
+
+def test_ship_gates_the_package_folder_however_it_is_spelt(common, monkeypatch):
+    import ship
+
+    monkeypatch.chdir(REPO_ROOT)
+    argv = ["configs/multi_finetune.yaml", "--row", "IE-IQA, linear probe", "--tag", "x", "--default"]
+    for spelling in ("src/contentiqa/weights", "src/contentiqa/../contentiqa/weights"):
+        with pytest.raises(SystemExit, match="refusing to replace the default"):
+            ship.main(argv + ["--weights-dir", spelling])
+
+
 def test_ship_gate_judges_a_content_model_by_peoples_labels_too(common):
     import os
 
@@ -293,12 +334,12 @@ def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_pat
         ship.main(argv)
     assert not shipped
     ship.main(argv + ["--override-gate"])
-    gate.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, "rows": []}))
+    gate.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, **PASSED}))
     ship.main(argv)
     assert len(shipped) == 2
     assert json.loads((tmp_path / "weights" / "defaults.json").read_text()) == {"ie-iqa": "new"}
     elsewhere = tmp_path / "ship_gate_elsewhere.json"  # a gate written with --out: read where it is
-    elsewhere.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "S"}, "rows": []}))
+    elsewhere.write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "S"}, **PASSED}))
     assert ship.gate_verdict("ie-iqa", "S", elsewhere)[0] and not ship.gate_verdict("ie-iqa", "S")[0]
 
 
@@ -319,7 +360,7 @@ def test_ensemble_ships_only_a_gated_recipe_and_can_make_it_the_default(common, 
     with pytest.raises(SystemExit, match="refusing to ship.*better on nothing"):
         ens_bench.main(argv)
     assert not list(weights.iterdir())
-    gate.with_suffix(".json").write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, "rows": []}))
+    gate.with_suffix(".json").write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, **PASSED}))
     ens_bench.ship("ie-iqa-distortion+iqa-cr", "t", ["ie-iqa-distortion", "iqa-cr"], "R", weights=[2, 1],
                    input_size=64, gate=gate, default=True, weights_dir=weights)
     assert json.loads((weights / "defaults.json").read_text()) == {"ie-iqa-distortion+iqa-cr": "t"}
