@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..utils.extras import ExtraMissing, missing_module_message
 
-    warnings.formatwarning = _one_line_warning
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8 prints escaped, not as a crash
         sys.stdout.reconfigure(errors="backslashreplace")
+    shown_as, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # for this command only
     try:
         return int(args.func(args) or 0)
     except (UsageError, ExtraMissing) as exc:
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown_as
 
 
 if __name__ == "__main__":
