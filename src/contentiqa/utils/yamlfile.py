@@ -34,7 +34,7 @@ class _DuplicateKey(Exception):
 def _unique_key_loader() -> type:
     """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping: plain PyYAML keeps
     the last one, so a second ``train:`` section would silently replace the first."""
-    import yaml  # here, as in load_config: importing this module stays cheap
+    import yaml  # here: importing this module stays cheap
 
     class DuplicateKeyError(_DuplicateKey, yaml.constructor.ConstructorError):
         pass
