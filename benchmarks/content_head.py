@@ -192,7 +192,9 @@ def ship(args) -> Path:
     ok, why = gate_verdict("iqa-cr", args.row, Path(f"{gate}.json"))
     if args.default and not ok and not args.override_gate:
         raise SystemExit(f"refusing to make iqa-cr.{args.tag} the default: {why} (--override-gate to do it anyway)")
-    print(f"ship gate: {why}" + ("" if ok else " (overridden)" if args.default else " (a tag beside the default: no gate needed)"))
+    verdict = why + ("" if ok else " (OVERRIDDEN with --override-gate)" if args.default
+                     else " (a tag beside the default: no gate needed)")
+    print(f"ship gate: {verdict}")
     t0 = time.time()
     model = create_model(args.source)
     table = clive_table()
@@ -209,7 +211,7 @@ def ship(args) -> Path:
         **{k: source_extra[k] for k in ("trained_on", "train_config", "best_epoch", "val_srocc") if k in source_extra},
         "tag": args.tag, "from": {"spec": args.source, "file": source_file.name, "sha256": file_sha256(source_file)},
         "content_head": {"l2": fit.l2, "mix": fit.mix, "val_top1": fit.val_top1, "val_any": fit.val_any},
-        "gate_row": args.row, "provenance": provenance()})
+        "gate_row": args.row, "ship_gate": verdict, "provenance": provenance()})
     card = f"""# Model card: `iqa-cr.{args.tag}` ({path.name})
 
 - **What**: `{args.source}` (see its card: architecture, training, calibration) with its content categories

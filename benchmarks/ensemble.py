@@ -119,7 +119,8 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     ok, why = gate_verdict(name, row, Path(f"{gate}.json"))
     if not ok and not override_gate:
         raise SystemExit(f"refusing to ship {name}.{tag}: {why} (--override-gate to ship anyway)")
-    print(f"ship gate: {why}{' (overridden)' if not ok else ''}")
+    verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"
+    print(f"ship gate: {verdict}")
     t0 = time.time()
     models = [create_model(m) for m in members]
     model = build_ensemble(models, weights, combine=combine, name=name, input_size=input_size)
@@ -127,7 +128,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     files = [weights_file(m)[0] for m in members]
     sources = [{"spec": m, "file": f.name, "sha256": file_sha256(f)} for m, f in zip(members, files)]
     save_checkpoint(model, path, omit_pretrained_backbone=True, extra={
-        "tag": tag, "members": sources, "gate_row": row, "provenance": provenance()})
+        "tag": tag, "members": sources, "gate_row": row, "ship_gate": verdict, "provenance": provenance()})
     w = weights or [1.0] * len(members)
     shape = (f"the photo resized to {input_size} x {input_size} px, as fixed-size models resize it; the members trained"
              " at that size read that one input, so their shared frozen backbone pass runs once in the ONNX graph,"
