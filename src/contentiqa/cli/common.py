@@ -103,6 +103,17 @@ def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed when making a split")
 
 
+def split_parts(split, table: pd.DataFrame, args: argparse.Namespace) -> dict:
+    """The split's parts as rows of ``table``; a split that names images the table lacks (the
+    table changed since the split was made) is a usage error, not a KeyError."""
+    try:
+        return {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
+    except KeyError as exc:
+        where = f"--split {args.split}" if args.split else "the split"
+        raise UsageError(f"{where}: {exc.args[0]}; it was made for another table: make a new one "
+                         "(drop --split) or restore the table it was made for") from None
+
+
 def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None):
     """A Split from --split, else from a 'split' column, else made by --protocol and saved."""
     from ..data import Split, image_keys_for, load_splits, make_splits, save_splits

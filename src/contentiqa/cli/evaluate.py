@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .common import add_data_args, check_rated, load_data
+from .common import add_data_args, check_rated, load_data, resolve_split, split_parts
 from .main import UsageError
 
 FAILED_SHOWN = 10
@@ -35,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_splits
     from ..models import create_model
     from ..training.evaluate import evaluate_model
     from ..utils.io import atomic_write_text
@@ -50,22 +49,9 @@ def run(args: argparse.Namespace) -> int:
     ds = load_data(args)
     table = ds.table
     part = None
-    if args.split:
-        try:
-            splits = load_splits(args.split)
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(f"--split {args.split}: {exc}") from None
-        if not 0 <= args.split_index < len(splits):
-            raise UsageError(f"--split-index {args.split_index}: {args.split} holds {len(splits)} split(s)")
-        try:
-            table = table.iloc[splits[args.split_index].indices(table, args.part)]
-        except KeyError as exc:
-            raise UsageError(f"--split {args.split}: {exc.args[0]}; it was made for another table") from None
-        part = f"--part {args.part} of {args.split}"
-    elif "split" in table:  # a table that carries its split: its test part, not every row
-        which = table["split"].astype(str).str.strip().str.lower()
-        table = table[which == args.part]
-        part = f"the rows whose 'split' is {args.part!r}"
+    if args.split or "split" in table:  # a split file, or a table that carries its split: that part, not every row
+        table = split_parts(resolve_split(args, table), table, args).get(args.part, table.iloc[:0])
+        part = f"--part {args.part} of {args.split}" if args.split else f"the rows whose 'split' is {args.part!r}"
     if part is not None and len(table) == 0:
         raise UsageError(f"--data {args.data}: {part} hold no images")
     check_rated(table, args.data, "evaluate" + (f" ({part})" if part else ""))

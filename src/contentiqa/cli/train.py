@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split
+from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
+                     split_parts)
 from .main import UsageError
 
 
@@ -166,7 +167,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
             args.split = str(out / "split.json")
         split = resolve_split(args, ds.table, out if info.rank == 0 else None)
     table = ds.table
-    parts = _parts(split, table, args)
+    parts = split_parts(split, table, args)
     if args.resume and (out / "last.pt").is_file():
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
@@ -194,9 +195,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
     m = _finish(trainer, trainer.load_best(), out)
     if "test" in parts:
-        from ..training.evaluate import evaluate_model
-
-        metrics, preds = _test(evaluate_model, m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
+        metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
     return 0
@@ -224,10 +223,11 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
         raise UsageError(f"--resume: {exc}; resume with the run's own settings, or choose another --out") from None
 
 
-def _test(evaluate_model, model, table, scale, **kw):
+def _test(model, table, scale, **kw):
     """The test part's metrics; when it cannot be measured (no image scored, one prediction for
     all) the run is still there, and the error says so."""
     from ..metrics import MetricInputError
+    from ..training.evaluate import evaluate_model
 
     try:
         return evaluate_model(model, table, scale, **kw)
@@ -248,17 +248,6 @@ def _output_folder(args: argparse.Namespace, model_name: str) -> Path:
         raise UsageError(f"--out {out} holds a run already ({held}): pass --resume to continue it, or choose "
                          "another --out (or delete that folder) to start over")
     return out
-
-
-def _parts(split, table, args: argparse.Namespace) -> dict:
-    """The split's parts as rows of ``table``; a split that names images the table lacks (the
-    table changed since the split was made) is a usage error, not a KeyError."""
-    try:
-        return {p: table.iloc[split.indices(table, p)] for p in ("train", "val", "test") if split.parts.get(p)}
-    except KeyError as exc:
-        where = f"--split {args.split}" if args.split else "the split"
-        raise UsageError(f"{where}: {exc.args[0]}; it was made for another table: make a new one "
-                         "(drop --split) or restore the table it was made for") from None
 
 
 def _say_missing_parts(parts: dict[str, dict], args: argparse.Namespace) -> None:
@@ -327,7 +316,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         folder.mkdir(parents=True, exist_ok=True)
         a.split = str(folder / "split.json") if args.resume and (folder / "split.json").is_file() else None
         split = resolve_split(a, ds.table, folder)
-        parts[label] = {p: rows.assign(dataset=label) for p, rows in _parts(split, ds.table, a).items()}
+        parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a).items()}
         scales[label] = ds.scale
     train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
     vals = [p["val"] for p in parts.values() if "val" in p]
@@ -356,7 +345,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     results = {}
     for label, p in parts.items():
         if "test" in p:
-            metrics, _ = _test(evaluate_model, m, p["test"].drop(columns=["dataset"]), scales[label],
+            metrics, _ = _test(m, p["test"].drop(columns=["dataset"]), scales[label],
                                batch_size=cfg.batch_size, progress=not args.quiet)
             results[label] = metrics
             print(f"test {label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
