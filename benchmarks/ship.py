@@ -124,9 +124,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     if from_run is not None:
         from contentiqa.models import load_checkpoint
 
-        # tested.pt: the weights the experiment tested and the ship gate judged (after mixing with
-        # the starting weights and calibrating, when the row does either); best.pt otherwise.
-        best_model = load_checkpoint(from_run / ("tested.pt" if (from_run / "tested.pt").is_file() else "best.pt"))
+        best_model = load_checkpoint(run_weights(from_run))
         tcfg = TrainConfig.from_dict(json.loads((from_run / "config.json").read_text())["train_config"])
         history = [json.loads(line) for line in (from_run / "metrics.jsonl").read_text().splitlines()]
         monitor = f"val_{tcfg.monitor or 'srocc'}"  # what chose the epoch
@@ -227,9 +225,12 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     return path
 
 
-def gate_verdict(model: str, row: str, path: Path | None = None) -> tuple[bool, str]:
+def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | None = None,
+                 tested: tuple[int, str] | None = None) -> tuple[bool, str]:
     """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not.
-    ``path``: the gate's JSON when it was written elsewhere (ship_gate.py --out)."""
+    ``path``: the gate's JSON when it was written elsewhere (ship_gate.py --out). ``recipe``: the
+    row's ``recipe_sha256`` as it is to be shipped; ``tested``: (seed, sha256) of a run's weights
+    shipped as they are. Each must be what the gate judged, where the gate recorded it."""
     from common import RESULTS
 
     path = path if path is not None else RESULTS / f"ship_gate_{model}.json"
@@ -251,7 +252,38 @@ def gate_verdict(model: str, row: str, path: Path | None = None) -> tuple[bool, 
         return False, f"{path.name} judged the {gate.get('part')} parts: choosing a recipe, not gating it"
     if sorted(gate.get("seeds", [])) != sorted(SEEDS):
         return False, f"{path.name} judged seeds {gate.get('seeds')}, not the published {list(SEEDS)}"
-    return True, f"{path.name}: PASS (better on: {', '.join(better)})"
+    judged = gate["candidate"].get("recipe_sha256")
+    if recipe is not None and judged is not None and judged != recipe:
+        return False, (f"{path.name} judged other settings for row {row!r} (recipe {judged[:12]}, "
+                       f"now {recipe[:12]}): the row changed since; run the gate again")
+    if tested is not None:
+        seed, sha = tested
+        scored = gate["candidate"].get("tested_sha256", {}).get(str(seed))
+        if scored is not None and scored != sha:
+            return False, (f"{path.name} scored other weights for seed {seed} of row {row!r} (sha256 "
+                           f"{scored[:12]}, these are {sha[:12]}): retrained since; run the gate again")
+    unchecked = " (recorded no recipe: the row's settings were not compared)" \
+        if recipe is not None and judged is None else ""
+    return True, f"{path.name}: PASS (better on: {', '.join(better)}){unchecked}"
+
+
+def run_weights(run_dir: Path) -> Path:
+    """What ``--from-run`` ships of a run: ``tested.pt`` (the weights the experiment tested and the
+    ship gate judged: mixed with the starting weights and calibrated, where the row does either),
+    else ``best.pt``."""
+    return run_dir / ("tested.pt" if (run_dir / "tested.pt").is_file() else "best.pt")
+
+
+def shipped_weights(run_dir: Path | None) -> tuple[int, str] | None:
+    """(seed, sha256) of the weights ``--from-run`` ships, for the gate to compare; None when training."""
+    if run_dir is None:
+        return None
+    from contentiqa.utils.io import file_sha256
+
+    seed = run_dir.name.removeprefix("seed")
+    if not seed.isdigit() or not run_weights(run_dir).is_file():
+        raise SystemExit(f"--from-run {run_dir}: not an experiment's run folder (runs/<row>/seed<S> with tested.pt or best.pt)")
+    return int(seed), file_sha256(run_weights(run_dir))
 
 
 def set_default_tag(model: str, tag: str, weights_dir: Path) -> None:
@@ -295,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     gate = None
     # however the package folder is spelt (relative, through '..' or a link): the gate decides
     if replaces_default and args.weights_dir.resolve() == WEIGHTS.resolve():
-        ok, why = gate_verdict(run.model, args.row)
+        ok, why = gate_verdict(run.model, args.row, recipe=run.recipe_sha256, tested=shipped_weights(args.from_run))
         if not ok and not args.override_gate:
             raise SystemExit(f"refusing to replace the default of {run.model}: {why} (--override-gate to ship anyway)")
         gate = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"

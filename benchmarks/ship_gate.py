@@ -33,7 +33,10 @@ more than that. The gate passes when nothing is worse and something is better. T
 to benchmarks/results/ship_gate_<name>.md and .json (and every model's in ship_gate.md), with
 the issue's targets beside it (``--out STEM`` puts a candidate's table elsewhere, e.g. a rejected
 one's, so that the record of the gate the default passed stays);
-benchmarks/ship.py reads the verdict before it makes a tag the default.
+benchmarks/ship.py reads the verdict before it makes a tag the default. The JSON also records
+what was judged: the sha256 of each seed's ``tested.pt`` and the candidate row's recipe
+(:attr:`~contentiqa.experiments.config.RunSpec.recipe_sha256`), and ship.py refuses a row edited,
+or weights retrained, since.
 """
 from __future__ import annotations
 
@@ -273,6 +276,22 @@ def tested_model(runs: Path, row: str, seed: int) -> Path:
     return path
 
 
+def row_recipe(runs: Path, row: str) -> str | None:
+    """The row's :attr:`~contentiqa.experiments.config.RunSpec.recipe_sha256` in the experiment
+    folder's config.yaml; None where the row is not there (an ensemble's folder holds its
+    source's config: its row name spells its recipe)."""
+    from contentiqa.experiments import load_config
+    from contentiqa.experiments.config import ConfigError
+
+    if not (runs / "config.yaml").is_file():
+        return None
+    try:
+        cfg = load_config(runs / "config.yaml")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    return next((r.recipe_sha256 for r in cfg.runs if r.name == row), None)
+
+
 def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tuple[list[dict[str, float]], str, str]:
     """A recipe's per-seed measures from an earlier gate's JSON (either side of it), so that the
     current default's recipe need not be retrained for every candidate: a results folder does not
@@ -318,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from contentiqa.data import load_dataset, load_splits
 
+    recipe = row_recipe(args.candidate, args.candidate_row)
+
     clive = clive_table()
     splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     root = biq_root()
@@ -326,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     biq_table = load_dataset("biq2021", root).table
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
     precision: dict[str, str] = {}
+    # what was judged, so that ship.py ships nothing else under this verdict
+    tested: dict[str, dict[str, str]] = {"baseline": {}, "candidate": {}}
     sides = [("candidate", args.candidate, args.candidate_row)]
     if args.baseline_from is not None:
         results["baseline"], precision["baseline"], baseline_where = recorded_measures(
@@ -346,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             # results folder, never share stored scores
             from contentiqa.utils.io import file_sha256
 
-            key = hashlib.sha1(f"{model.resolve()}|{file_sha256(model)}".encode()).hexdigest()[:16]
+            tested[side][str(seed)] = file_sha256(model)
+            key = hashlib.sha1(f"{model.resolve()}|{tested[side][str(seed)]}".encode()).hexdigest()[:16]
             out = args.work / "scores" / f"{args.part}_{side}_{runs.name}_{seed}_{key}.csv"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"seed {seed}: scoring {len(files)} images with the {side} ({model})", flush=True)
@@ -356,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, verdict = compare(results["baseline"], results["candidate"])
     payload = {
         "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
-        "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"]},
-        "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"]},
+        "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"],
+                      "recipe_sha256": recipe,
+                      "tested_sha256": tested["candidate"]},
+        "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"],
+                     **({"tested_sha256": tested["baseline"]} if tested["baseline"] else {})},
         "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
     }
     payload["part"] = args.part

@@ -201,6 +201,45 @@ def test_ship_reads_only_a_test_part_gate_of_the_published_seeds(common, tmp_pat
         assert ship.gate_verdict("ie-iqa", "R", path)[0] is ok, change
 
 
+def test_ship_refuses_a_row_edited_or_weights_retrained_since_the_gate_judged_them(common, tmp_path):
+    import ship
+    import ship_gate
+
+    def row(**train):
+        cfg = {"data": {"name": "csv", "root": "d.csv"}, "protocol": "official", "train": {"lr": 0.01, "epochs": 3},
+               "runs": [{"name": "R", "model": "ie-iqa", "model_args": {"input_size": 64}, "train": train}]}
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        (tmp_path / "runs" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return ship_gate.row_recipe(tmp_path / "runs", "R")
+
+    judged = row(rank_weight=1.0)
+    assert judged == row(rank_weight=1.0) and ship_gate.row_recipe(tmp_path / "runs", "other row") is None
+    assert row(rank_weight=0.5) != judged and row(rank_weight=1.0, epochs=4) != judged  # the merged settings count
+    gate = {**PASSED, "verdict": "PASS", "candidate": {"row": "R", "recipe_sha256": judged,
+                                                       "tested_sha256": {"0": "a" * 64, "1": "b" * 64}}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(gate))
+    assert ship.gate_verdict("ie-iqa", "R", path, recipe=judged, tested=(1, "b" * 64))[0]
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=row(rank_weight=0.5))
+    assert not ok and "row changed since" in why
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=judged, tested=(0, "c" * 64))
+    assert not ok and "seed 0" in why and "retrained since" in why
+    # a gate written before it recorded what it judged: passes, and says what was not compared
+    del gate["candidate"]["recipe_sha256"]
+    path.write_text(json.dumps(gate))
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=judged)
+    assert ok and "not compared" in why
+    # --from-run: the weights it ships are hashed from the run folder
+    run = tmp_path / "exp" / "runs" / "r" / "seed1"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"best")
+    assert ship.shipped_weights(run)[0] == 1 and ship.run_weights(run).name == "best.pt"
+    (run / "tested.pt").write_bytes(b"tested")
+    assert ship.run_weights(run).name == "tested.pt" and ship.shipped_weights(run)[1] != ship.shipped_weights(None)
+    with pytest.raises(SystemExit, match="not an experiment's run folder"):
+        ship.shipped_weights(tmp_path / "exp")
+
+
 def test_ship_gates_the_package_folder_however_it_is_spelt(common, monkeypatch):
     import ship
 

@@ -25,6 +25,7 @@ working directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -166,6 +167,14 @@ class RunSpec:
     train: dict
     seeds: list[int]
     requires: list[Path]
+
+    @property
+    def recipe_sha256(self) -> str:
+        """What the row trains, as one hash: its model, model arguments and training settings (the
+        experiment's merged with its own), not its name. A ship gate records it so that a row edited
+        after it was judged is not shipped under the old verdict."""
+        recipe = {"model": self.model, "model_args": self.model_args, "train": self.train}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
