@@ -83,6 +83,17 @@ def test_plcc_with_logistic_fit_matches_hand_fit():
     assert srocc(pred, target) == pytest.approx(stats.spearmanr(pred, target)[0])
 
 
+def test_logistic_plcc_keeps_the_sign_of_a_predictor_that_ranks_the_wrong_way():
+    """The fitted curve may decrease; PLCC used to come out positive (+0.88) for a predictor whose
+    SROCC was -0.86."""
+    rng = np.random.default_rng(5)
+    mos = rng.uniform(0, 100, 50)
+    pred = -mos + rng.normal(0, 15, 50)
+    got = iqa_metrics(pred, mos, fit_logistic=True)
+    assert got["srocc"] < -0.8 and got["plcc"] < -0.8
+    assert got["plcc"] == pytest.approx(-plcc(-pred, mos, fit_logistic=True), abs=1e-4)  # the same fit, mirrored
+
+
 def test_accuracy_labels_and_logits():
     target = np.array([0, 1, 2, 2, 1])
     labels = np.array([0, 1, 1, 2, 0])
@@ -303,3 +314,22 @@ def test_accumulators_need_enough_items():
     with warnings.catch_warnings(), pytest.raises(MetricInputError, match="at least 1 values, got 0"):
         warnings.simplefilter("ignore")  # torchmetrics warns of compute() before update(): that is the point
         iqa_accumulators(sync_on_compute=False)["rmse"].compute()
+
+
+def test_accumulators_called_per_batch_keep_their_state_through_a_batch_without_a_value():
+    """``metric(preds, target)`` (torchmetrics' forward) on a last batch of one photo raised, and
+    the photos accumulated before were lost: compute() then saw that one photo alone."""
+    from contentiqa.metrics import iqa_accumulators
+
+    d = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    acc = iqa_accumulators(sync_on_compute=False)
+    first = acc(d([0.1, 0.4, 0.3, 0.8]), d([10.0, 35.0, 30.0, 80.0]))
+    assert float(first["srocc"]) == pytest.approx(1.0)
+    last = acc(d([0.6]), d([50.0]))  # one photo: no correlation of its own
+    assert np.isnan(float(last["plcc"])) and float(last["rmse"]) == pytest.approx(49.4)
+    with pytest.raises(MetricInputError, match="NaN"):
+        acc(d([float("nan")]), d([1.0]))  # refused before anything changed
+    p, t = [0.1, 0.4, 0.3, 0.8, 0.6], [10.0, 35.0, 30.0, 80.0, 50.0]
+    got = {k: float(v) for k, v in acc.compute().items()}
+    for k, v in iqa_metrics(p, t).items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k

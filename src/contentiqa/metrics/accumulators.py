@@ -63,7 +63,10 @@ class _CheckedInputs(Metric):
             self.add_state(f"{which}_min", default=torch.tensor(float("inf")), dist_reduce_fx="min")
             self.add_state(f"{which}_max", default=torch.tensor(float("-inf")), dist_reduce_fx="max")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+    _in_forward = False
+
+    @staticmethod
+    def _checked(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One score per item, as the functional metrics ravel; torchmetrics reads (N, 1) as N outputs.
         preds, target = preds.reshape(-1), target.reshape(-1)
         if preds.shape != target.shape:
@@ -71,6 +74,23 @@ class _CheckedInputs(Metric):
         for t, which in ((preds, "pred"), (target, "target")):
             if not bool(torch.isfinite(t).all()):
                 raise MetricInputError(f"{which} contains NaN or infinite values")
+        return preds, target
+
+    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """torchmetrics' ``metric(preds, target)``: accumulate, and return this batch's own value.
+
+        A batch that has no value alone (one item, a constant target: an ordinary last batch)
+        gives NaN, and bad inputs raise before anything changes: torchmetrics sets the
+        accumulated state aside while it computes the batch, so an error there would lose it."""
+        self._checked(preds, target)
+        self._in_forward = True
+        try:
+            return super().forward(preds, target)
+        finally:
+            self._in_forward = False
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        preds, target = self._checked(preds, target)
         if preds.numel() == 0:
             return  # nothing to add; torchmetrics' Pearson fails on an empty batch
         self.n_items += preds.numel()
@@ -81,15 +101,24 @@ class _CheckedInputs(Metric):
         super().update(preds, target)
 
     def compute(self) -> torch.Tensor:  # type: ignore[override]
+        problem = self._undefined()
+        if problem is None:
+            return super().compute()
+        if self._in_forward:  # one batch's value (see forward); the whole set's still raises
+            return torch.tensor(float("nan"), dtype=torch.float64, device=self.n_items.device)
+        raise MetricInputError(problem)
+
+    def _undefined(self) -> str | None:
+        """Why the metric has no value on what was accumulated, or None."""
         n = int(self.n_items)
         if n < self._min_len:
-            raise MetricInputError(f"need at least {self._min_len} values, got {n}")
+            return f"need at least {self._min_len} values, got {n}"
         if self._needs_spread:
             for which in ("pred", "target"):
                 lo, hi = float(getattr(self, f"{which}_min")), float(getattr(self, f"{which}_max"))
                 if lo == hi:
-                    raise MetricInputError(f"{self._metric} is undefined: {which} is constant ({lo:g})")
-        return super().compute()
+                    return f"{self._metric} is undefined: {which} is constant ({lo:g})"
+        return None
 
 
 class _CheckedPearson(_CheckedInputs, PearsonCorrCoef):

@@ -65,7 +65,8 @@ def logistic_mapping(pred, target) -> np.ndarray:
     """Fit :func:`logistic_4` from ``pred`` to ``target``; return the mapped predictions.
 
     Falls back to the identity (with a warning) if the least-squares fit does not converge,
-    so PLCC stays defined; the fit never changes ranks (SROCC/KROCC are unaffected).
+    so PLCC stays defined. The curve is monotone, increasing or decreasing, whichever fits best:
+    a decreasing one reverses the ranks, which :func:`plcc` reports with a minus sign.
     """
     p, t = _pair(pred, target, min_len=4)
     p0 = [t.max(), t.min(), float(np.mean(p)), float(np.std(p)) or 1.0]
@@ -88,9 +89,13 @@ def plcc(pred, target, fit_logistic: bool = False) -> float:
     p, t = _pair(pred, target)
     _check_not_constant(p, t, "PLCC")
     if fit_logistic:
-        p = logistic_mapping(p, t)
-        if np.ptp(p) == 0:
+        mapped = logistic_mapping(p, t)
+        if np.ptp(mapped) == 0:
             raise MetricInputError("PLCC is undefined: the logistic fit mapped pred to a constant")
+        # A decreasing fit makes a predictor that ranks the wrong way correlate positively: keep
+        # the sign its ranks have (and SROCC shows), the magnitude is the fit's.
+        sign = 1.0 if stats.pearsonr(p, mapped)[0] >= 0 else -1.0
+        return sign * float(stats.pearsonr(mapped, t)[0])
     return float(stats.pearsonr(p, t)[0])
 
 
