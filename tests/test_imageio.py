@@ -426,6 +426,34 @@ def test_float_image_with_nan_pixels(tmp_path):
     _expect_error(path, "nan")
 
 
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_one_brighter_pixel_never_changes_how_a_32bit_or_float_image_is_read(tmp_path, mode):
+    """The range used to be guessed from the maximum: 0-241 read as 8-bit, the same photo with one
+    pixel at 256 (or 1.01) as 16-bit (or 0-255), near black: about 50 points lower."""
+    g = np.tile(np.arange(0, 241, 4), (40, 1))[:, :40]
+    arr = g.astype(np.int32) if mode == "I" else (g / 255.0).astype(np.float32)
+    path = tmp_path / f"{mode}.tif"
+    Image.fromarray(arr, mode).save(path)
+    loaded = load_image(path)
+    assert np.array_equal(np.asarray(loaded.image)[..., 0], g.astype(np.uint8)) and loaded.notes
+    arr[0, 0] = 256 if mode == "I" else 1.01
+    Image.fromarray(arr, mode).save(path)
+    _expect_error(path, "display range" if mode == "I" else "must be in [0, 1]")
+
+
+def test_pixel_rules_read_uint16_in_either_byte_order_and_never_guess_a_range():
+    from contentiqa.data.imageio import pixels_to_uint8
+
+    a = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
+    assert np.array_equal(pixels_to_uint8(a.astype(">u2")), pixels_to_uint8(a))  # a big-endian array was refused
+    assert pixels_to_uint8(a).max() == round(55000 * 255 / 65535)
+    assert np.array_equal(pixels_to_uint8(np.array([[0, 255]], np.int64)), [[0, 255]])
+    with pytest.raises(ValueError, match="0-255"):
+        pixels_to_uint8(np.array([[0, 256]], np.int32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pixels_to_uint8(np.array([[0.0, 1.5]]))
+
+
 def test_invalid_exif_orientation_is_not_said_to_be_applied(tmp_path):
     im = Image.new("RGB", (48, 40), RED)
     exif = im.getexif()
@@ -435,3 +463,23 @@ def test_invalid_exif_orientation_is_not_said_to_be_applied(tmp_path):
     loaded = load_image(path)
     assert loaded.image.size == (48, 40)
     assert not any("orientation" in n for n in loaded.notes)
+
+
+def test_a_pil_image_opened_from_a_file_is_turned_upright_as_the_file_is(tmp_path):
+    """Only a path had its EXIF orientation applied: the same JPEG as Image.open(path) scored
+    sideways (another score and category)."""
+    from contentiqa.models.scoring import to_pil
+
+    im = Image.fromarray(random_rgb(40, 64, seed=3))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rot.jpg"
+    im.save(path, exif=exif)
+    from_path, _, notes = to_pil(path)
+    with Image.open(path) as opened:
+        from_pil, _, pil_notes = to_pil(opened)
+    assert from_path.size == from_pil.size == (40, 64)  # rotated a quarter turn
+    assert np.array_equal(np.asarray(from_path), np.asarray(from_pil))
+    assert notes == pil_notes == ["EXIF orientation 6 applied"]
+    upright, _, none = to_pil(Image.fromarray(random_rgb(40, 64, seed=3)))  # no EXIF: as it is
+    assert upright.size == (64, 40) and none == []

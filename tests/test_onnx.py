@@ -400,7 +400,7 @@ def _image_files(folder: Path) -> dict[str, Path]:
     save("rgba.png", Image.fromarray(rng.integers(0, 256, (37, 52, 4), dtype=np.uint8), "RGBA"))
     save("palette.png", Image.fromarray(rng.integers(0, 256, (48, 36, 3), dtype=np.uint8)).quantize(16))
     save("grey16.png", Image.fromarray(rng.integers(0, 65536, (45, 39), dtype=np.uint16)))
-    save("grey32.tif", Image.fromarray(rng.integers(0, 1 << 16, (34, 50), dtype=np.int32), "I"))  # 32-bit, 16-bit values
+    save("grey32.tif", Image.fromarray(rng.integers(0, 256, (34, 50), dtype=np.int32), "I"))  # 32-bit: 8-bit values
     return out
 
 

@@ -136,3 +136,16 @@ def test_device_and_thread_arguments_are_checked_up_front():
 def test_a_trailing_dot_is_not_the_default_tag():
     with pytest.raises(ValueError, match="a tag follows the dot"):
         contentiqa.load_scorer("ie-iqa.")
+
+
+def test_a_models_direction_is_its_scales():
+    """IQAModel.higher_is_better was a class constant (True) while its scorer read the scale."""
+    from contentiqa.data.table import MOSScale
+    from contentiqa.inference.torch_runtime import TorchScorer
+    from contentiqa.models import create_model
+
+    model = create_model("iqa-cr-q", pretrained=False, backbone_pretrained=False)
+    assert model.higher_is_better and not model.lower_better
+    model.set_scale(MOSScale(0.0, 100.0, higher_is_better=False))  # a model trained on DMOS
+    assert (model.higher_is_better, model.lower_better) == (False, True)
+    assert TorchScorer(model).higher_is_better is False

@@ -98,29 +98,84 @@ def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, OSError) and str(exc) else f"{type(exc).__name__}: {exc}"
 
 
+FLOAT_TOLERANCE = 1e-3
+"""Float pixels may step this far outside [0, 1] (resampling overshoot); they are clipped."""
+
+
+def pixels_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values of any numeric dtype -> uint8, by one rule per dtype, never by the values seen
+    (one brighter pixel must not turn a photo's range from 8-bit into 16-bit):
+
+    - uint8: as is; bool: refused (a mask, not a photo).
+    - floating point: must lie in [0, 1] (NaN / inf refused); scaled by 255.
+    - uint16, either byte order: the 16-bit range 0-65535 (what 16-bit PNG / TIFF hold), rounded
+      to the nearest 8-bit level.
+    - other integers (int8/16/32/64, uint32/64, e.g. a list of Python ints): must lie in 0-255,
+      taken as 8-bit values; anything outside is refused (its range is unknown).
+
+    Arrays and PIL images in memory and 32-bit or float image files all follow it.
+    """
+    if a.dtype.byteorder not in ("=", "|"):
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        raise ValueError("boolean input is a mask, not an image: pass uint8 (0-255) or float (0-1) pixels")
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError("input has NaN or infinite values: pixels must be finite")
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+            raise ValueError(
+                f"float input has values in [{lo:.4g}, {hi:.4g}]: float pixels must be in [0, 1] "
+                "(divide 0-255 data by 255, or pass it as uint8)"
+            )
+        return (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if a.dtype == np.uint16:
+        return np.round(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{a.dtype} input has values in [{lo}, {hi}]: integer pixels other than uint8/uint16 must be "
+                "0-255 (pass uint16 for 16-bit data, or scale it)"
+            )
+        return a.astype(np.uint8)
+    raise TypeError(f"cannot score pixels of dtype {a.dtype}")
+
+
+def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
+    """``im`` turned upright as its EXIF orientation says (as viewers show it), with a note; for a
+    file and for a PIL image opened from one alike, so both score the same."""
+    try:
+        oriented = ImageOps.exif_transpose(im)
+    except Exception:  # malformed EXIF must not lose the pixels
+        notes.append("EXIF orientation unreadable, image used as stored")
+        return im.copy()
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in range(2, 9):  # other values are invalid and exif_transpose ignores them
+        notes.append(f"EXIF orientation {orientation} applied")
+    return oriented
+
+
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0 or hi > 65535:  # 32-bit integers past 16 bits: no display range to assume
-            raise ValueError(f"32-bit integer image with values in [{lo:.6g}, {hi:.6g}] has no defined display range")
-        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        notes.append(f"{'16' if peak > 255 else '32'}-bit grayscale scaled to 8-bit")
-        arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise ValueError("floating-point image with NaN or infinite pixels")
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = 1.0 if 0.0 <= lo and hi <= 1.0 else (255.0 if hi <= 255.0 and lo >= 0 else None)
-        if scale is None:
-            raise ValueError(f"floating-point image with values in [{lo:.3g}, {hi:.3g}] has no defined display range")
-        notes.append("floating-point image converted to 8-bit")
-        arr8 = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)  # I;16*: uint16 in the file's byte order; I: int32; F: float32
+        try:
+            arr8 = pixels_to_uint8(arr)
+        except ValueError:  # the same rule as an array's, said of an image
+            if not np.isfinite(arr).all():
+                raise ValueError("floating-point image with NaN or infinite pixels") from None
+            lo, hi = arr.min(), arr.max()
+            raise ValueError(
+                f"floating-point image with values in [{lo:.4g}, {hi:.4g}]: float pixels must be in [0, 1]" if mode == "F"
+                else f"32-bit integer image with values in [{lo}, {hi}] has no defined display range "
+                "(values 0-255 are read as 8-bit; save 16-bit data as 16-bit)") from None
+        notes.append({"F": "floating-point image converted to 8-bit",
+                      "I": "32-bit integer image read as 8-bit values"}.get(mode, "16-bit grayscale scaled to 8-bit"))
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -210,15 +265,7 @@ def load_image(
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
-        try:
-            oriented = ImageOps.exif_transpose(im)
-        except Exception:  # malformed EXIF must not lose the pixels
-            oriented = im.copy()
-            notes.append("EXIF orientation unreadable, image used as stored")
-        else:
-            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            if orientation in range(2, 9):  # other values are invalid and exif_transpose ignores them
-                notes.append(f"EXIF orientation {orientation} applied")
+        oriented = apply_orientation(im, notes)
         try:
             rgb = _to_rgb(oriented, notes)
         except ValueError as exc:

@@ -87,7 +87,7 @@ def _prepare(model: Runnable, item: Any, index: int = 0, on_image: Callable[[int
     try:
         return model.preprocess(img), path, notes, None
     except Exception as exc:  # a preprocessing failure is that file's error, not the batch's
-        return None, path, notes, f"preprocessing failed: {exc}"
+        return None, path, notes, f"preprocessing failed: {str(exc) or type(exc).__name__}"
 
 
 def _nbytes(prepared) -> int:

@@ -234,8 +234,9 @@ class BaseScorer:
 
 
 def split_inputs(inputs: Any) -> tuple[list[Any], bool]:
-    """``(items, single)``: a list or tuple is many inputs, and so is a (N, C, H, W) array or
-    tensor; anything else (a path, an image, a (C, H, W) or (H, W, C) array) is one."""
+    """``(items, single)``: a list or tuple is many inputs, and so is a 4-D array or tensor ((N, H,
+    W, C) numpy, as images are held; (N, C, H, W) torch); anything else (a path, an image, an
+    (H, W, C) array, a (C, H, W) tensor) is one."""
     if isinstance(inputs, (list, tuple)):
         return list(inputs), False
     ndim = getattr(inputs, "ndim", None)  # numpy arrays and torch tensors alike, without importing torch

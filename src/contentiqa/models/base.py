@@ -94,7 +94,6 @@ class IQAModel(nn.Module):
     """
 
     model_name: str = "iqa"
-    higher_is_better: bool = True
     cfg: Any
     """The model's config: a dataclass with ``to_dict()`` (JSON-able) and ``scale``."""
     mean: Sequence[float]
@@ -314,6 +313,11 @@ class IQAModel(nn.Module):
         return (self.scale.low, self.scale.high)
 
     @property
+    def higher_is_better(self) -> bool:
+        """The direction of its scale (False for a model trained on DMOS), as its scorer says."""
+        return bool(self.scale.higher_is_better)
+
+    @property
     def lower_better(self) -> bool:  # pyiqa's name
         return not self.higher_is_better
 
@@ -350,7 +354,7 @@ class IQAModel(nn.Module):
         (N, C, H, W) tensor is N inputs). A file that cannot be read yields a Prediction with
         ``error`` set; the rest are scored. An in-memory input the model would score wrongly
         (NaN / inf, bool, floats outside [0, 1], integers outside their range: see
-        :func:`~contentiqa.models.scoring.array_to_uint8`; over ``max_pixels``) raises ValueError
+        :func:`~contentiqa.data.imageio.pixels_to_uint8`; over ``max_pixels``) raises ValueError
         before anything is scored, as does ``batch_size < 1``.
         """
         from ..inference.torch_runtime import TorchScorer  # the scoring layer sits above the models

@@ -376,8 +376,9 @@ def create_model(
     ``pretrained=False`` returns an untrained head on an ImageNet backbone, built from the
     entry's architecture defaults (those of its default weights tag: e.g. ``ie-iqa`` without
     selection at 384 px) updated by ``kwargs``; the papers' configurations are explicit
-    arguments (:data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`). Set
-    ``backbone_pretrained=False`` too for a fully random model, e.g. in tests.
+    arguments (:data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`). For a fully random model, e.g.
+    in tests, set the backbones' ImageNet weights off too: ``backbone_pretrained=False`` for the
+    IQA-CR family, ``distortion_pretrained=False`` (and ``intelligibility_pretrained=False``) for IE-IQA.
     """
     from ..utils.devices import resolve_device
 

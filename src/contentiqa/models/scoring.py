@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, _to_rgb, load_image
+from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, _to_rgb, apply_orientation, load_image, pixels_to_uint8
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -41,7 +41,9 @@ class ImageLimits(Protocol):
 
 @dataclass
 class Prediction:
-    """The result for one input. ``score`` is on the model's MOS scale (``score_range``)."""
+    """The result for one input. ``score`` is on the model's MOS scale (``score_range``); a model
+    without a calibration (older tags, one you trained without ``calibrate``) can score a little
+    past its ends: :func:`clip_to_scale` bounds it."""
 
     path: str | None
     score: float | None
@@ -75,10 +77,6 @@ ones are downscaled first (with a note in the row). Their memory grows with the 
 (about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds a
 run's peak at about 2 GB whatever the photos (benchmarks/results/memory.md). None: never."""
 
-FLOAT_TOLERANCE = 1e-3
-"""Float pixels may step this far outside [0, 1] (resampling overshoot); they are clipped."""
-
-
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(
@@ -87,46 +85,10 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
         )
 
 
-def array_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Pixel values of any numeric dtype -> uint8, by rules that never guess a range:
-
-    - uint8: as is; bool: refused (a mask, not a photo).
-    - floating point: must lie in [0, 1] (NaN / inf refused); scaled by 255.
-    - uint16: the 16-bit range 0-65535 (what 16-bit PNG / TIFF hold; same as reading the file).
-    - other integers (int8/16/32/64, uint32/64, e.g. a list of Python ints): must lie in 0-255,
-      taken as 8-bit values; anything outside is refused (its range is unknown).
-    """
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.bool_:
-        raise ValueError("boolean input is a mask, not an image: pass uint8 (0-255) or float (0-1) pixels")
-    if np.issubdtype(a.dtype, np.floating):
-        if a.size and not np.isfinite(a).all():
-            raise ValueError("input has NaN or infinite values: pixels must be finite")
-        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
-            raise ValueError(
-                f"float input has values in [{lo:.4g}, {hi:.4g}]: float pixels must be in [0, 1] "
-                "(divide 0-255 data by 255, or pass it as uint8)"
-            )
-        return (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if a.dtype == np.uint16:
-        return np.round(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer):
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"{a.dtype} input has values in [{lo}, {hi}]: integer pixels other than uint8/uint16 must be "
-                "0-255 (pass uint16 for 16-bit data, or scale it)"
-            )
-        return a.astype(np.uint8)
-    raise TypeError(f"cannot score pixels of dtype {a.dtype}")
-
-
 def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int = 32) -> tuple[Image.Image, str | None, list[str]]:
     """Accept a path, PIL image, HxWx3 / HxWx4 / HxW array or 3xHxW / 1xHxW tensor.
 
-    Pixel values follow :func:`array_to_uint8` (uint8 0-255, float 0-1, uint16 0-65535, other
+    Pixel values follow :func:`~contentiqa.data.imageio.pixels_to_uint8` (uint8 0-255, float 0-1, uint16 0-65535, other
     integers 0-255; NaN, inf, bool and out-of-range values are errors). ``max_pixels`` applies
     to every kind of input, not only files."""
     if isinstance(item, (str, os.PathLike)):
@@ -135,7 +97,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     if isinstance(item, Image.Image):
         notes: list[str] = []
         _check_pixels(*item.size, max_pixels)
-        img = _to_rgb(item, notes)
+        img = _to_rgb(apply_orientation(item, notes), notes)
         return img, None, notes
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
     if torch is not None and isinstance(item, torch.Tensor):
@@ -147,7 +109,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
             t = t.float()
         a = t.cpu().permute(1, 2, 0).numpy()
         a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
-        return Image.fromarray(np.ascontiguousarray(array_to_uint8(a)), "RGB"), None, []
+        return Image.fromarray(np.ascontiguousarray(pixels_to_uint8(a)), "RGB"), None, []
     if isinstance(item, np.ndarray):
         return to_pil(_array_image(item, max_pixels), max_pixels, min_size)
     raise TypeError(f"cannot score an input of type {type(item).__name__}")
@@ -161,7 +123,7 @@ def _array_image(a: np.ndarray, max_pixels: int | None) -> Image.Image:
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"array input must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
     _check_pixels(a.shape[1], a.shape[0], max_pixels)
-    return Image.fromarray(np.ascontiguousarray(array_to_uint8(a)), "RGBA" if a.shape[2] == 4 else "RGB")
+    return Image.fromarray(np.ascontiguousarray(pixels_to_uint8(a)), "RGBA" if a.shape[2] == 4 else "RGB")
 
 
 def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Image.Image:

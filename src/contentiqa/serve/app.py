@@ -312,7 +312,7 @@ class Service:
         try:
             prepared = self.loaded.scorer.preprocess(img)
         except Exception as exc:  # a preprocessing failure is that upload's error, as in the engine
-            return None, notes, f"preprocessing failed: {exc}"
+            return None, notes, f"preprocessing failed: {str(exc) or type(exc).__name__}"
         return Decoded(None, list(notes), prepared), notes, None  # the decoded photo is not kept: only its input
 
     def remaining(self, request: Request) -> float:
