@@ -82,6 +82,20 @@ def test_prune_keeps_what_was_used_since_and_honours_age(tmp_path):
     assert [e.name for e in prune(tmp_path, older_than_s=30 * 86400, now=NOW)] == ["month_old"]
 
 
+def test_prune_finishes_an_eviction_that_was_killed(tmp_path):
+    """An eviction renames its entry to a hidden .deleting-* name, then deletes it: killed in
+    between, the space stayed taken, unseen by scan and untouched by every later prune."""
+    entry(tmp_path, "a", 100, NOW - 100)
+    killed = entry(tmp_path, "b", 100, NOW - 200)
+    killed.rename(tmp_path / ".deleting-0123abcd-b")
+    (tmp_path / ".deleting-89abcdef-features_x.pt").write_bytes(b"\0" * 10)
+    assert [e.name for e in scan(tmp_path)] == ["a"]
+    prune(tmp_path, max_bytes=0, dry_run=True, now=NOW)
+    assert len(list(tmp_path.iterdir())) == 3  # a dry run removes nothing
+    assert prune(tmp_path, max_bytes=10**6, now=NOW) == []  # nothing over the limit: still the leftovers go
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
 def test_dry_run_removes_nothing(tmp_path):
     entry(tmp_path, "a", 100, NOW - 100)
     entry(tmp_path, "b", 100, NOW)

@@ -133,6 +133,22 @@ def test_resume_continues_exactly(tiny_table, tmp_path):
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
 
 
+def test_a_run_killed_between_last_pt_and_its_log_gets_its_log_back_on_resume(tiny_table, tmp_path):
+    """last.pt is saved before metrics.jsonl: killed between them after the final epoch, the run
+    was complete, so --resume trained nothing and never wrote the missing line."""
+    torch.manual_seed(0)
+    first = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="r", epochs=2)
+    first.fit()
+    log = first.out / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n")  # the kill
+    again = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="r", epochs=2)
+    again.fit(resume=True)
+    assert log.read_text().splitlines() == lines
+    # the epochs trained before this process count towards the run's time (the experiment's train_seconds)
+    assert again.earlier_seconds() == pytest.approx(sum(h["time_s"] for h in first.history)) and first.earlier_seconds() == 0
+
+
 def test_trainer_refuses_content_model_without_labels(tiny_table, tmp_path):
     model = create_model("iqa-cr", pretrained=False, **TINY)
     with pytest.raises(ValueError, match="label-content"):

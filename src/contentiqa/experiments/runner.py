@@ -338,7 +338,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     except ImageLoadError as exc:  # damaged data behind a good header, met while training
         raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; replace the file or drop its row "
                           "(the run resumes from its last epoch)") from None
-    train_s = time.time() - t0
+    train_s = time.time() - t0 + trainer.earlier_seconds()  # a resumed split: its earlier sessions' epochs too
     if not main:
         return None
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)

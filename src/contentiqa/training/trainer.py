@@ -252,6 +252,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.resumed_after = 0
+        """Epochs the run held when this process resumed it (:meth:`fit`)."""
 
     # -- setup ---------------------------------------------------------------------------------
     def _start_from(self, path: str) -> None:
@@ -641,6 +643,7 @@ class Trainer:
         last = self.out / "last.pt"
         if resume and last.is_file():
             self.load_state(last)
+            self.resumed_after = self.epoch
             self.log(f"resumed from {last} after epoch {self.epoch}")
         elif resume:
             self.log(f"--resume: no {last} yet, starting fresh")
@@ -653,6 +656,8 @@ class Trainer:
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict(),
                  **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
+            if self.history:  # last.pt is written first: a run killed between the two lacks its last line
+                self._write_logs()
         finished = self.best is not None and self.history and self.history[-1].get("stopped")
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
@@ -842,6 +847,11 @@ class Trainer:
         if self.cfg.calibrate:
             done["calibration"] = self.calibrate(model)
         return done
+
+    def earlier_seconds(self) -> float:
+        """Wall-clock seconds of the epochs trained before this process resumed the run (0 for a
+        run trained in one go): what a run's total training time must add to its own."""
+        return sum(float(h.get("time_s", 0.0)) for h in self.history[:self.resumed_after])
 
     def epoch_minutes(self) -> float | None:
         """Mean wall-clock minutes of the epochs trained (validation included)."""

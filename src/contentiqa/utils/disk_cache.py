@@ -145,7 +145,7 @@ def scan(folder: str | os.PathLike) -> list[CacheEntry]:
 
 def _remove(entry: CacheEntry) -> None:
     """Rename first, so that a reader never sees half an entry under its real name."""
-    gone = entry.path.with_name(f".deleting-{uuid.uuid4().hex[:8]}-{entry.name}")
+    gone = entry.path.with_name(f"{_EVICTING}{uuid.uuid4().hex[:8]}-{entry.name}")
     try:
         os.replace(entry.path, gone)
     except FileNotFoundError:
@@ -154,6 +154,22 @@ def _remove(entry: CacheEntry) -> None:
         shutil.rmtree(gone, ignore_errors=True)
     else:
         gone.unlink(missing_ok=True)
+
+
+_EVICTING = ".deleting-"
+
+
+def _finish_evictions(folder: Path) -> None:
+    """Delete what evictions killed before they were done left under :data:`_EVICTING` names:
+    hidden from :func:`scan`, so nothing else would ever free that space (several GB an entry)."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name.startswith(_EVICTING):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s: float | None = None,
@@ -167,6 +183,8 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
     now = time.time() if now is None else now
+    if not dry_run:
+        _finish_evictions(Path(folder))
     entries = scan(folder) if entries is None else entries
     foreign = [e.name for e in entries if not e.known]
     if foreign:
