@@ -45,6 +45,26 @@ def test_a_rerun_without_resume_is_refused_and_resume_continues(tmp_path, capsys
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """It printed only "interrupted"."""
+    from contentiqa.training.trainer import Trainer
+
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    capsys.readouterr()
+    fit = Trainer.fit
+
+    def fit_then_ctrl_c(self, resume=False):
+        self.cfg.epochs = 2
+        fit(self, resume)  # epoch 2 done, then Ctrl-C in epoch 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_ctrl_c)
+    assert train(data, out, "--epochs", "3", "--resume") == 130
+    err = capsys.readouterr().err
+    assert f"interrupted during epoch 3: {out / 'last.pt'} holds epoch 2" in err and "--resume" in err
+
+
 def test_one_seed_trains_one_model(tmp_path):
     data = table(tmp_path)
     losses = []

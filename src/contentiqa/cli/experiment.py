@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                                     cache_limit=args.cache_limit)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted: rerun the same command to go on ({path}: finished splits are "
+                                    "kept, the one in progress resumes from its last finished epoch)") from None
         except ExperimentSkipped as exc:
             print(f"contentiqa experiment: {path}: missing {exc}", file=sys.stderr)
             rc = 1

@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"contentiqa {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
+        print(str(exc) or "interrupted", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = shown_as

@@ -211,6 +211,10 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
 
     try:
         return trainer.fit(resume=args.resume)
+    except KeyboardInterrupt:
+        kept = (f"{out / 'last.pt'} holds epoch {trainer.epoch}; rerun the same command with --resume to continue"
+                if trainer.epoch else "no epoch had finished")
+        raise KeyboardInterrupt(f"interrupted during epoch {trainer.epoch + 1}: {kept}") from None
     except (TrainingDiverged, CacheWriteError) as exc:
         raise UsageError(str(exc)) from None
     except CheckpointReadError as exc:
