@@ -36,6 +36,7 @@ def train(data: Path, out: Path, *extra: str) -> int:
 def test_a_rerun_without_resume_is_refused_and_resume_continues(tmp_path, capsys):
     data, out = table(tmp_path), tmp_path / "run"
     assert train(data, out) == 0
+    assert "best epoch 1: lowest training loss" in capsys.readouterr().out  # no validation part ("val SROCC nan")
     first = (out / "metrics.jsonl").read_text()
     assert train(data, out, "--epochs", "2") == 2
     err = capsys.readouterr().err

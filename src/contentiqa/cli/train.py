@@ -192,7 +192,9 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     best = _fit(trainer, args, out)
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
-    print(f"best epoch {best.get('epoch')}: val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
+    chosen_by = (f"val SROCC {best['val_srocc']:.4f}" if "val_srocc" in best
+                 else f"lowest training loss, {best.get('loss', float('nan')):.4f} (no validation part)")
+    print(f"best epoch {best.get('epoch')}: {chosen_by} -> {out / 'best.pt'}")
     m = _finish(trainer, trainer.load_best(), out)
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
