@@ -441,6 +441,22 @@ def test_one_brighter_pixel_never_changes_how_a_32bit_or_float_image_is_read(tmp
     _expect_error(path, "display range" if mode == "I" else "must be in [0, 1]")
 
 
+def test_a_16bit_png_opened_as_32bit_integers_is_read_on_the_16bit_range(tmp_path):
+    """Pillow versions differ: some open a 16-bit grayscale PNG as I;16, some as 32-bit I."""
+    from contentiqa.data.imageio import _png_16bit
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(path)  # 0x8080: 128 on 8 bits
+    with Image.open(path) as im:
+        as_i = im.convert("I")
+    as_i.format = "PNG"  # as such a Pillow hands it over
+    wide = _png_16bit(as_i)
+    assert wide.mode == "I;16" and np.asarray(wide).max() == 32896
+    assert np.asarray(load_image(path).image).max() == 128
+    as_i.format = "TIFF"  # a 32-bit TIFF is what its mode says
+    assert _png_16bit(as_i) is as_i
+
+
 def test_pixel_rules_read_uint16_in_either_byte_order_and_never_guess_a_range():
     from contentiqa.data.imageio import pixels_to_uint8
 

@@ -144,6 +144,16 @@ def pixels_to_uint8(a: np.ndarray) -> np.ndarray:
     raise TypeError(f"cannot score pixels of dtype {a.dtype}")
 
 
+def _png_16bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale PNG as I;16, however this Pillow opened it: some versions open it as
+    32-bit I, whose values have no display range of their own, but a PNG holds at most 16 bits."""
+    if im.mode != "I" or im.format != "PNG":
+        return im
+    wide = Image.fromarray(np.asarray(im).astype(np.uint16))
+    wide.info.update(im.info)  # its EXIF orientation, if any
+    return wide
+
+
 def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     """``im`` turned upright as its EXIF orientation says (as viewers show it), with a note; for a
     file and for a PIL image opened from one alike, so both score the same."""
@@ -265,7 +275,7 @@ def load_image(
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
-        oriented = apply_orientation(im, notes)
+        oriented = apply_orientation(_png_16bit(im), notes)
         try:
             rgb = _to_rgb(oriented, notes)
         except ValueError as exc:
