@@ -308,7 +308,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("docs/speed.md", "SPEED"): speed_and_peers,
     ("docs/speed.md", "STARTUP"): lambda: section("startup.md"),
     ("docs/speed.md", "CORES"): lambda: section("cores.md"),
-    ("docs/speed.md", "INT8"): lambda: section("int8.md", table=0) + "\n\n" + section("int8.md", table=1),
+    ("docs/speed.md", "INT8"): lambda: "\n\n".join(section("int8.md", table=t) for t in range(3)),
     ("docs/results.md", "GENERALIZATION"): lambda: "\n\n".join(
         section("generalization.md", h) for h in ("Trained on BIQ2021", "Trained on clive-dev (", "Trained on clive-dev +",
                                                   "The CLIVE-only shipped weights")),

@@ -1,6 +1,6 @@
 """int8 against fp32 in ONNX Runtime: speed and accuracy of the shipped models, on one machine.
 
-    python benchmarks/int8.py [--models ie-iqa,iqa-cr] [--calib 200] [--ship]
+    python benchmarks/int8.py [--models ie-iqa,iqa-cr,ie-iqa-distortion+iqa-cr+ie-iqa-distortion] [--calib 200] [--ship]
     python benchmarks/int8.py --models ie-iqa.clive-biq2021-v2 --results int8_older_tags --ship
     python benchmarks/int8.py --quick          # few photos (checks that it runs)
 
@@ -60,6 +60,7 @@ MIN_CATEGORY_AGREEMENT = 0.99
 _IE_CNNS = (r"^/model/(conv_stem|conv_stem_1|conv_head|conv_head_1)/", r"^/model/blocks(\.\d)?/")
 _IE_STEMS = r"^/model/(conv_stem|conv_stem_1)/"
 _CR_CNN = (r"^/model/(conv_stem|bn1|blocks\.\d|conv_head|bn2)/",)
+_ENS_CNNS = (r"^/model/(conv_stem|bn1|blocks\.\d|conv_head(_\d)?|bn2)/",)
 RECIPES = {
     "ie-iqa": {
         "both CNNs": dict(include=_IE_CNNS),
@@ -69,6 +70,14 @@ RECIPES = {
             include=_IE_CNNS, exclude=(_IE_STEMS, r"^/model/blocks\.0/", r"^/model/blocks/blocks\.0/")),
         "both CNNs, stems and stages 0-2 float": dict(
             include=_IE_CNNS, exclude=(_IE_STEMS, r"^/model/blocks\.[0-2]/", r"^/model/blocks/blocks\.[0-2]/")),
+    },
+    # the default ensemble: one shared stem and stages 0-4 (frozen ImageNet weights in every
+    # member), then each member's own deep stages (blocks.5.N_1, conv_head_1 ...)
+    "ie-iqa-distortion+iqa-cr+ie-iqa-distortion": {
+        "CNNs": dict(include=_ENS_CNNS),
+        "CNNs, stem and stage 0 float": dict(include=_ENS_CNNS, exclude=(r"^/model/(conv_stem|bn1|blocks\.0)/",)),
+        "CNNs, stem and stages 0-1 float": dict(include=_ENS_CNNS, exclude=(r"^/model/(conv_stem|bn1|blocks\.[01])/",)),
+        "CNNs, stem and stages 0-2 float": dict(include=_ENS_CNNS, exclude=(r"^/model/(conv_stem|bn1|blocks\.[0-2])/",)),
     },
     "iqa-cr": {
         "CNN": dict(include=_CR_CNN),
@@ -308,7 +317,7 @@ def render(p: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="ie-iqa,iqa-cr",
+    ap.add_argument("--models", default="ie-iqa,iqa-cr,ie-iqa-distortion+iqa-cr+ie-iqa-distortion",
                     help="registered names (their default weights) or name.tag (older weights, with --results)")
     ap.add_argument("--results", default="int8", help="results file name (benchmarks/results/NAME.json/.md)")
     ap.add_argument("--calib", type=int, default=200, help="calibration photos (train part of split seed 0)")
