@@ -111,9 +111,11 @@ def test_a_folder_that_is_not_a_cache_is_never_pruned(tmp_path):
     sub = tmp_path / "photos"
     sub.mkdir()
     (sub / "me.jpg").write_bytes(b"x")
+    (tmp_path / ".deleting-draft").write_bytes(b"a user's own hidden file")  # not ours to finish deleting
     with pytest.raises(ValueError, match="not look like"):
         prune(tmp_path, max_bytes=0)
     assert (tmp_path / "a").is_dir() and (tmp_path / "thesis.docx").is_file() and (sub / "me.jpg").is_file()
+    assert (tmp_path / ".deleting-draft").is_file()
 
 
 def test_touch_marks_use_and_describe_writes_once(tmp_path):

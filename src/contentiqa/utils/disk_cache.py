@@ -143,6 +143,10 @@ def scan(folder: str | os.PathLike) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: (e.last_used, e.name))
 
 
+_EVICTING = ".deleting-"
+"""The name an entry is renamed to while an eviction deletes it (hidden: never half an entry)."""
+
+
 def _remove(entry: CacheEntry) -> None:
     """Rename first, so that a reader never sees half an entry under its real name."""
     gone = entry.path.with_name(f"{_EVICTING}{uuid.uuid4().hex[:8]}-{entry.name}")
@@ -154,9 +158,6 @@ def _remove(entry: CacheEntry) -> None:
         shutil.rmtree(gone, ignore_errors=True)
     else:
         gone.unlink(missing_ok=True)
-
-
-_EVICTING = ".deleting-"
 
 
 def _finish_evictions(folder: Path) -> None:
@@ -183,13 +184,13 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
     now = time.time() if now is None else now
-    if not dry_run:
-        _finish_evictions(Path(folder))
     entries = scan(folder) if entries is None else entries
     foreign = [e.name for e in entries if not e.known]
     if foreign:
         shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ValueError(f"{folder}: does not look like a contentiqa cache (it holds {shown}); nothing removed")
+    if not dry_run:
+        _finish_evictions(Path(folder))
     total = sum(e.bytes for e in entries)
     removed: list[CacheEntry] = []
     for e in entries:  # least recently used first
