@@ -129,7 +129,12 @@ def test_a_raw_pickle_is_refused_as_unsafe_and_other_files_are_simply_not_checkp
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match=r"is not a PyTorch checkpoint") as info:
             load_checkpoint(tmp_path / name)
-        assert "refusing" not in str(info.value)
+        assert "refusing" not in str(info.value) and ".onnx" not in str(info.value)
+    # an exported graph renamed without its extension: says what is wrong with the name
+    graph = tmp_path / "mymodel"
+    graph.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x062.14.1" + bytes(200))
+    with pytest.raises(ValueError, match=r"not a PyTorch checkpoint.*ends in \.onnx"):
+        load_checkpoint(graph)
     (tmp_path / "folder.pt").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         load_checkpoint(tmp_path / "folder.pt")

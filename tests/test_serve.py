@@ -101,7 +101,7 @@ def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tm
     body = r.json()
     assert body["n_images"] == 4 and body["n_failed"] == 2
     assert body["model"]["name"] == "iqa-cr" and body["model"]["version"]
-    assert body["model"]["weights"] == Path(ckpt).stem and len(body["model"]["weights_sha256"]) == 64
+    assert body["model"]["weights"] == Path(ckpt).name and len(body["model"]["weights_sha256"]) == 64
     rows = body["results"]
     assert [row["filename"] for row in rows] == ["good.jpg", "notes.txt", "cut.jpg", "other.jpg"]
     assert [row["index"] for row in rows] == [0, 1, 2, 3]

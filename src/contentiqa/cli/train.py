@@ -173,6 +173,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
     if info.rank == 0:
         _say_missing_parts({"": parts}, args)
+    _check_validation_needs(cfg, "val" in parts)
     seed_everything(cfg.seed)  # the initial weights too: one seed, one model (and one cache key on resume)
     try:
         model = create_model(model_name, pretrained=False, **model_args)
@@ -270,6 +271,17 @@ def _say_missing_parts(parts: dict[str, dict], args: argparse.Namespace) -> None
             print(f"note: {name}the split has no test part: no test metrics will be written{small}", file=sys.stderr)
 
 
+def _check_validation_needs(cfg, has_val: bool) -> None:
+    """Before any work: a recipe step that fits on the validation part (the default recipes
+    calibrate) cannot run without one; say how to get one or turn the step off."""
+    needs = [name for name in ("calibrate", "interpolate") if getattr(cfg, name)]
+    if needs and not has_val:
+        off = " ".join(f"--set {name}=false" for name in needs)
+        raise UsageError(f"the recipe's {' and '.join(needs)} fit(s) on the validation part, and this split has none: "
+                         f"give a table large enough for one (about 60 photos or more), a split with a val part "
+                         f"(--split, or a 'split' column), or turn it off with {off}")
+
+
 def _finish(trainer, model, out: Path):
     """``model`` (the chosen epoch's) mixed and calibrated as the recipe asks (``Trainer.finish``);
     when that changed it, saved as OUT/tested.pt, the model to use and the one the test part scores."""
@@ -328,6 +340,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     vals = [p["val"] for p in parts.values() if "val" in p]
     val = pd.concat(vals, ignore_index=True) if vals else None
     _say_missing_parts(parts, args)
+    _check_validation_needs(cfg, val is not None)
     seed_everything(cfg.seed)
     try:
         model = create_model(model_name, pretrained=False, **model_args)

@@ -135,7 +135,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
     lo, hi = scorer.score_range
     return {
         "name": ident.name,
-        "weights": ident.weights.stem if ident.weights is not None else None,
+        "weights": ident.weights.name if ident.weights is not None else None,  # as `score` records it
         "weights_sha256": ident.sha256,  # whole, as `contentiqa score` records it: rows compare
         "version": __version__,
         "runtime": ident.runtime,

@@ -56,13 +56,24 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
                 "was executed. Use a checkpoint written by contentiqa (`contentiqa train`, save_checkpoint), "
                 "or re-save the state dict alone from a source you trust."
             ) from None
+        onnx = " (an ONNX graph is read as one only when its name ends in .onnx)" if _looks_like_onnx(path) else ""
         raise CheckpointReadError(f"{what} {path} is not a PyTorch checkpoint (not a file `torch.save` wrote, "
-                                  "or damaged)") from None
+                                  f"or damaged){onnx}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise CheckpointReadError(
             f"{what} {path} is not a readable PyTorch file (truncated or damaged?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX ModelProto's first bytes: its IR version (field 1), then the producer's name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower())
 
 
 def _is_pickle(path: Path) -> bool:
