@@ -274,12 +274,13 @@ def _say_missing_parts(parts: dict[str, dict], args: argparse.Namespace) -> None
 def _check_validation_needs(cfg, has_val: bool) -> None:
     """Before any work: a recipe step that fits on the validation part (the default recipes
     calibrate) cannot run without one; say how to get one or turn the step off."""
-    needs = [name for name in ("calibrate", "interpolate") if getattr(cfg, name)]
+    steps = (("calibrate", cfg.calibrate, "false"), ("interpolate", cfg.interpolate, "null"))
+    needs = [name for name, on, _ in steps if on]
     if needs and not has_val:
-        off = " ".join(f"--set {name}=false" for name in needs)
+        off = " ".join(f"--set {name}={value}" for name, on, value in steps if on)
         raise UsageError(f"the recipe's {' and '.join(needs)} fit(s) on the validation part, and this split has none: "
-                         f"give a table large enough for one (about 60 photos or more), a split with a val part "
-                         f"(--split, or a 'split' column), or turn it off with {off}")
+                         "give a split with a val part (--split, or a 'split' column; --protocol iqa-cr makes one "
+                         f"from about 60 photos up, --protocol ie-iqa never does), or turn it off with {off}")
 
 
 def _finish(trainer, model, out: Path):
