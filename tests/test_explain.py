@@ -119,6 +119,24 @@ def test_downscaled_explanation_reports_it(model, photo):
     assert exp.score == pytest.approx(model.predict(str(photo)).score, abs=1e-4)  # full-res score
 
 
+def test_a_photo_over_max_side_is_explained_and_scored_as_score_reads_it(model, photo):
+    """explain ignored max_side: the maps and the score came from a larger input than scoring's
+    (a 3000x2000 photo: iqa-cr's map a content-blind strip, its score 11.5 against score's 13.3)."""
+    assert model.native_resolution
+    was = model.max_side
+    model.max_side = 64  # the 96x80 photo is over it, as a 3000 px photo is over 2048
+    try:
+        exp = explain(model, photo)
+        assert exp.score == pytest.approx(model.predict(str(photo)).score, abs=1e-4)
+        assert any("downscaled" in n for n in exp.notes) and exp.explained_size == (64, 53)
+        _check_map(exp.fused, exp.size)  # drawn on the photo as given
+        assert exp.size == (96, 80)
+        small = explain(model, photo, max_pixels=1000)  # further down for the backward pass: still score's score
+        assert small.score == pytest.approx(exp.score, abs=1e-4) and small.explained_size[0] < 64
+    finally:
+        model.max_side = was
+
+
 def test_variants_axial_and_pooled(photo):
     axial = tiny_model(channel_attention="axial", axial_dim=4)
     exp = explain(axial, photo)

@@ -19,9 +19,10 @@ only CH x CW, 8 x 8 by default). Without attention layers, ``fused`` is the Grad
 
 Resolution: the model sees the image at its native resolution. Explaining needs one backward
 pass, so images over ``max_pixels`` (default 4 MP) are explained on a downscaled copy; the maps
-are upsampled back to the full image size and ``notes`` (and every figure title) says so. With
-``exact_score=True`` the reported score and category still come from a full-resolution pass,
-so they equal what ``contentiqa score`` reports.
+are upsampled back to the full image size and ``notes`` (and every figure title) says so. Like
+scoring, a native-resolution model first reads photos over its ``max_side`` downscaled. With
+``exact_score=True`` the reported score and category still come from the image as scoring reads
+it, so they equal what ``contentiqa score`` reports.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from PIL import Image
 
 from ..data.imageio import ImageLoadError
 from ..models.base import IQAModel
-from ..models.scoring import clip_score, to_pil
+from ..models.scoring import clip_score, limit_side, to_pil
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
 
@@ -186,29 +187,32 @@ def explain(
         raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {min_size} px")
     notes = list(notes)
     cat_idx = _category_index(model, category)
-    W, H = img.size
-    work = img
-    if max_pixels is not None and W * H > max_pixels:
-        s = math.sqrt(max_pixels / float(W * H))
-        w, h = max(min_size, int(W * s)), max(min_size, int(H * s))
-        work = img.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+    W, H = img.size  # the maps are drawn on the photo as given
+    # what `contentiqa score` runs the model on: a native-resolution model's input is bounded by max_side
+    scored = limit_side(img, model.max_side, notes) if model.native_resolution else img
+    work = scored
+    sw, sh = scored.size
+    if max_pixels is not None and sw * sh > max_pixels:
+        s = math.sqrt(max_pixels / float(sw * sh))
+        w, h = max(min_size, int(sw * s)), max(min_size, int(sh * s))
+        work = scored.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
         notes.append(
-            f"explained on a {w}x{h} copy: the image ({W}x{H}) is over the {max_pixels / 1e6:g} MP "
+            f"explained on a {w}x{h} copy: the image ({sw}x{sh}) is over the {max_pixels / 1e6:g} MP "
             "explanation limit; maps are upsampled back to full size"
         )
     device = model.device
     outputs = None
-    if work is not img and exact_score:
+    if work is not scored and exact_score:
         was = model.training
         model.eval()
         try:
             with torch.inference_mode():
-                outputs = {k: v.clone() for k, v in model(model.preprocess(img)[None].to(device)).items()}
+                outputs = {k: v.clone() for k, v in model(model.preprocess(scored)[None].to(device)).items()}
         finally:
             model.train(was)
         if cat_idx is None and "logits" in outputs:
             cat_idx = int(outputs["logits"][0].argmax())
-        notes.append("score and category are from the full-resolution image")
+        notes.append("score and category are from the image as `contentiqa score` reads it")
     x = model.preprocess(work)[None].to(device)
     g = compute_gradcam(model, x, targets=targets, category_index=cat_idx, record_attention=use_attention)
     notes += g.notes
