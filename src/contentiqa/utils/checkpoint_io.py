@@ -66,23 +66,24 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         ) from None
 
 
-def _looks_like_onnx(path: Path) -> bool:
-    """An ONNX ModelProto's first bytes: its IR version (field 1), then the producer's name."""
+def _head(path: Path, n: int) -> bytes:
+    """The file's first ``n`` bytes (none when it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(64)
+            return f.read(n)
     except OSError:
-        return False
+        return b""
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX ModelProto's first bytes: its IR version (field 1), then the producer's name."""
+    head = _head(path, 64)
     return head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower())
 
 
 def _is_pickle(path: Path) -> bool:
     """Whether the file starts as a pickle of protocol 2 or later does (its PROTO opcode)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError:
-        return False
+    head = _head(path, 2)
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
