@@ -137,6 +137,23 @@ def test_a_photo_over_max_side_is_explained_and_scored_as_score_reads_it(model, 
         model.max_side = was
 
 
+def test_an_empty_map_is_said_to_be_empty(model, photo, monkeypatch):
+    """A map that is zero everywhere (seen on the default model) was drawn flat with no word."""
+    import contentiqa.explain.explanation as explanation
+
+    real = explanation.compute_gradcam
+
+    def zero_quality(*a, **k):
+        g = real(*a, **k)
+        g.cams["quality"] = np.zeros_like(g.cams["quality"])
+        return g
+
+    assert not any("map is empty" in n for n in explain(model, photo).notes)
+    monkeypatch.setattr(explanation, "compute_gradcam", zero_quality)
+    notes = explain(model, photo).notes
+    assert any("the quality map is empty" in n for n in notes) and not any("category map is empty" in n for n in notes)
+
+
 def test_variants_axial_and_pooled(photo):
     axial = tiny_model(channel_attention="axial", axial_dim=4)
     exp = explain(axial, photo)

@@ -149,3 +149,11 @@ def test_a_models_direction_is_its_scales():
     model.set_scale(MOSScale(0.0, 100.0, higher_is_better=False))  # a model trained on DMOS
     assert (model.higher_is_better, model.lower_better) == (False, True)
     assert TorchScorer(model).higher_is_better is False
+
+
+def test_pretrained_must_be_a_bool():
+    """pretrained="False" is truthy: it loaded the shipped weights without a word."""
+    from contentiqa.models import create_model
+
+    with pytest.raises(TypeError, match="True or False, not 'False'"):
+        create_model("iqa-cr-q", pretrained="False")

@@ -223,6 +223,10 @@ def explain(
 
     quality_cam = full(g.cams.get("quality"))
     category_cam = full(g.cams.get("category"))
+    for target, cam in (("quality", quality_cam), ("category", category_cam)):
+        if cam is not None and not cam.any():  # drawn flat, which alone would read as "everywhere alike"
+            notes.append(f"the {target} map is empty: no region's features raised the explained output "
+                         "(Grad-CAM's positive part is zero everywhere)")
     attention = full(g.attention_grid) if use_attention else None
     if use_attention and g.attention_grid is None:
         notes.append("model has no spatial self-attention: fused maps are plain Grad-CAM")

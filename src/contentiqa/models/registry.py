@@ -382,6 +382,8 @@ def create_model(
     """
     from ..utils.devices import resolve_device
 
+    if not isinstance(pretrained, bool):  # "False" would be truthy: the shipped weights, unasked
+        raise TypeError(f"pretrained is True or False, not {pretrained!r}")
     device = resolve_device(device)  # an absent GPU: a ValueError now, not torch's error after the weights load
     if checkpoint_path is None:
         spec = parse_spec(name)
