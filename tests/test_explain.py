@@ -137,8 +137,9 @@ def test_a_photo_over_max_side_is_explained_and_scored_as_score_reads_it(model, 
         model.max_side = was
 
 
-def test_an_empty_map_is_said_to_be_empty(model, photo, monkeypatch):
-    """A map that is zero everywhere (seen on the default model) was drawn flat with no word."""
+def test_empty_and_coarse_maps_are_said_so(model, photo, monkeypatch):
+    """A map that is zero everywhere (seen on the default model), or only a few cells across (a small
+    photo), was drawn with no word."""
     import contentiqa.explain.explanation as explanation
 
     real = explanation.compute_gradcam
@@ -148,7 +149,9 @@ def test_an_empty_map_is_said_to_be_empty(model, photo, monkeypatch):
         g.cams["quality"] = np.zeros_like(g.cams["quality"])
         return g
 
-    assert not any("map is empty" in n for n in explain(model, photo).notes)
+    first = explain(model, photo).notes
+    assert not any("map is empty" in n for n in first)
+    assert any("only 5x6 cells" in n for n in first)  # a 96x80 photo: a coarse map, and said so
     monkeypatch.setattr(explanation, "compute_gradcam", zero_quality)
     notes = explain(model, photo).notes
     assert any("the quality map is empty" in n for n in notes) and not any("category map is empty" in n for n in notes)

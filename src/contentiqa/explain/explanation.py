@@ -165,6 +165,11 @@ def _category_index(model: IQAModel, category: int | str | None) -> int | None:
     return cats.index(category)
 
 
+COARSE_CELLS = 8
+"""Fewer cells than this along a side (a photo under about 128 px there, at the CNN's stride 16):
+a map too coarse to say where in the photo, which the notes then say."""
+
+
 def explain(
     model: IQAModel,
     image: Any,
@@ -221,6 +226,9 @@ def explain(
     def full(m):
         return None if m is None else normalize_map(upsample(m, (H, W)))
 
+    grid = next((m.shape for m in g.cams.values() if m is not None), None)
+    if grid is not None and min(grid) < COARSE_CELLS:
+        notes.append(f"the maps are only {grid[0]}x{grid[1]} cells at this image size: read them as coarse")
     quality_cam = full(g.cams.get("quality"))
     category_cam = full(g.cams.get("category"))
     for target, cam in (("quality", quality_cam), ("category", category_cam)):
