@@ -77,6 +77,7 @@ ones are downscaled first (with a note in the row). Their memory grows with the 
 (about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds a
 run's peak at about 2 GB whatever the photos (benchmarks/results/memory.md). None: never."""
 
+
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(
