@@ -335,11 +335,12 @@ def test_shipped_calibrations_match_their_weights():
         weights = folder / (cal.name[: -len(CALIBRATION_SUFFIX)] + ".pt")
         data = read_calibration(cal, weights)
         assert data["default_precision"] in ("fp32", "int8")
-    # the two models benchmarks/int8.py measures have one for their default weights, so that
-    # `score -m NAME --precision int8` works without naming a tag
+    # the models benchmarks/int8.py measures have one for their default weights, so that
+    # `score -m NAME --precision int8` works without naming a tag (the default model's too)
+    from contentiqa import DEFAULT_MODEL
     from contentiqa.models.registry import shipped_weights_path
 
-    for name in ("ie-iqa", "iqa-cr"):
+    for name in ("ie-iqa", "iqa-cr", DEFAULT_MODEL):
         weights = shipped_weights_path(name)
         assert calibration_path(weights).is_file(), f"{name}: no int8 calibration beside {weights.name} (benchmarks/int8.py --ship)"
 
