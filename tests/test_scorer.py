@@ -157,3 +157,19 @@ def test_pretrained_must_be_a_bool():
 
     with pytest.raises(TypeError, match="True or False, not 'False'"):
         create_model("iqa-cr-q", pretrained="False")
+
+
+def test_an_in_memory_pil_image_out_of_its_range_raises_as_an_array_does():
+    """A float PIL image over 1 became an error row, where the same array raises ValueError."""
+    import numpy as np
+    from PIL import Image
+
+    from contentiqa.models import create_model
+
+    model = create_model("iqa-cr-q", pretrained=False, backbone_pretrained=False)
+    bad = np.full((40, 48), 1.5, np.float32)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        model.predict(Image.fromarray(bad, "F"))
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        model.predict(bad)
+    assert model.predict(Image.fromarray(bad / 2, "F")).error is None

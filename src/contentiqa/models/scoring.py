@@ -146,6 +146,8 @@ def in_memory_checked(model: ImageLimits, item: Any) -> Any:
         return item  # files are reported per row, never raised
     if isinstance(item, Image.Image):
         _check_pixels(*item.size, model.max_pixels)
+        if item.mode in ("I", "F") or item.mode.startswith("I;16"):
+            _to_rgb(item, [])  # pixel values held to the array rules now: a bad one raises, as an array's does
         return item  # converted later, with its notes (alpha, mode)
     if isinstance(item, np.ndarray):
         return _array_image(item, model.max_pixels)  # likewise
