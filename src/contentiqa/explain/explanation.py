@@ -36,9 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.imageio import ImageLoadError
 from ..models.base import IQAModel
-from ..models.scoring import clip_score, limit_side, to_pil
+from ..models.scoring import as_model_reads, clip_score, to_pil
 from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam
 
@@ -188,13 +187,10 @@ def explain(
     """
     img, path, notes = to_pil(image, max_pixels=model.max_pixels, min_size=model.min_size)
     min_size = model.min_size
-    if min(img.size) < min_size:
-        raise ImageLoadError(path or "<input>", f"image is {img.size[0]}x{img.size[1]}, smaller than the minimum side of {min_size} px")
     notes = list(notes)
+    scored = as_model_reads(img, model, notes, path)  # what `contentiqa score` runs the model on
     cat_idx = _category_index(model, category)
     W, H = img.size  # the maps are drawn on the photo as given
-    # what `contentiqa score` runs the model on: a native-resolution model's input is bounded by max_side
-    scored = limit_side(img, model.max_side, notes) if model.native_resolution else img
     work = scored
     sw, sh = scored.size
     if max_pixels is not None and sw * sh > max_pixels:

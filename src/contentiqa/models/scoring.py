@@ -139,6 +139,19 @@ def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Im
     return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
 
 
+def as_model_reads(img: Image.Image, model: ImageLimits, notes: list[str], path: str | None = None) -> Image.Image:
+    """``img`` as ``model`` reads it: a native-resolution model's longest side bounded by its
+    ``max_side`` (noted). ImageLoadError when a side is under ``min_size``, after downscaling too
+    (a long thin photo can end too thin). What scoring and explaining both run the model on."""
+    size = img.size
+    if model.native_resolution:
+        img = limit_side(img, model.max_side, notes)
+    if min(img.size) < model.min_size:
+        shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
+        raise ImageLoadError(path or "<input>", f"image is {shown}, smaller than the minimum side of {model.min_size} px")
+    return img
+
+
 def in_memory_checked(model: ImageLimits, item: Any) -> Any:
     """An in-memory input converted and checked now (a bad array is the caller's bug, raised);
     files pass through (their problems become rows)."""
@@ -159,13 +172,7 @@ def load_image_safely(item: Any, model: ImageLimits) -> tuple[Image.Image | None
     path = str(item) if isinstance(item, (str, os.PathLike)) else None
     try:
         img, path2, notes = to_pil(item, max_pixels=model.max_pixels, min_size=model.min_size)
-        size = img.size
-        if model.native_resolution:
-            img = limit_side(img, model.max_side, notes)
-        if min(img.size) < model.min_size:  # after downscaling too: a long thin photo can end too thin
-            shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
-            raise ImageLoadError(path or "<input>", f"image is {shown}, smaller than the minimum side of {model.min_size} px")
-        return img, path2 or path, notes, None
+        return as_model_reads(img, model, notes, path), path2 or path, notes, None
     except ImageLoadError as exc:
         return None, path, [], exc.reason
     except (ValueError, TypeError) as exc:
