@@ -34,11 +34,15 @@ CFG = dict(epochs=2, batch_size=3, crop=48, hflip=True, optimizer="sgd", lr=0.05
 WORLD = 2
 
 
-def make_table(root: Path) -> pd.DataFrame:
+def make_table(root: Path, write: bool = True) -> pd.DataFrame:
+    """The 16 photos' table; ``write=False`` only names the photos an earlier call wrote (the ranks and
+    the reference run side by side: rewriting a PNG while another process decodes it breaks that read)."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(16):  # 12 train + 4 val, one shape: every batch of 3 can join any other
-        p = write_image(root / "img" / f"{i}.png", 56, 56, seed=i)
+        p = root / "img" / f"{i}.png"
+        if write:
+            write_image(p, 56, 56, seed=i)
         rows.append({"image": str(p), "mos": float(rng.uniform(0, 100))})
     return pd.DataFrame(rows)
 
@@ -63,7 +67,7 @@ def worker(root: Path) -> None:
     torch.set_num_threads(1)
     info = dist_utils.init_from_env("cpu")
     assert info.distributed and info.world_size == WORLD
-    table = make_table(root)
+    table = make_table(root, write=False)
     result = {}
     for cs in (3, 0):  # cached frozen stages (dict inputs, forward_cached) and whole images
         if cs:  # interrupted after one epoch, restarted with --resume: must equal a straight run
@@ -176,11 +180,10 @@ def test_single_process_is_untouched_by_the_distributed_helpers(monkeypatch):
 # -- two processes -------------------------------------------------------------------------------
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     port = free_port()
-    make_table(tmp_path)  # images exist before the ranks start
+    table = make_table(tmp_path)  # the images exist before the ranks start, and nobody rewrites them
     procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=torchrun_env(r, port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
     # meanwhile, the single-process references
-    table = make_table(tmp_path)
     refs = {cs: reference(table, tmp_path / f"ref_c{cs}", cs) for cs in (3, 0)}
     for p in procs:
         try:
