@@ -466,6 +466,29 @@ def test_labels_file_is_merged(tmp_path):
         apply_labels(table, spec, tmp_path)
 
 
+def test_experiment_folder_takes_one_run_at_a_time_and_clears_a_killed_runs_temporaries(tiny, first_run, capsys):
+    """A second `experiment --out` on a folder in use is refused before it touches anything (it
+    would train the same splits and replace the first's files); once the folder is free, a
+    temporary a killed run left beside results.json is removed, and no other."""
+    from filelock import FileLock
+
+    from contentiqa.cli.main import main
+
+    root, path, _ = tiny
+    out = root / "out1"
+    before = (out / "results.json").read_bytes()
+    stale, other = out / ".results.json.abc123xy.tmp", out / ".notes.txt.abc123xy.tmp"
+    stale.write_text("{half")
+    other.write_text("not the experiment's")
+    with FileLock(str(out / ".experiment.lock")):  # what a running experiment holds
+        assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another process is running an experiment in" in err and "Traceback" not in err
+    assert stale.exists() and (out / "results.json").read_bytes() == before  # untouched while busy
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
+    assert not stale.exists() and other.exists()
+
+
 def test_experiment_cli(tiny, first_run, tmp_path, capsys):
     from contentiqa.cli.main import main
 

@@ -113,6 +113,28 @@ def test_hostile_last_pt_refused_by_train_resume(hostile, tmp_path, capsys):
     assert "not a readable PyTorch file" in err and "delete it to start over" in err
 
 
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys):
+    """Two `train --out RUN` at once would interleave checkpoints and logs, and the second
+    would delete the first's live temporaries: the second stops before reading or writing."""
+    from filelock import FileLock
+
+    imgs = [write_image(tmp_path / "img" / f"{i}.png", 40, 40, seed=i) for i in range(6)]
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos,split\n" + "".join(f"{p},{10 * i},{'train' if i < 4 else 'val'}\n" for i, p in enumerate(imgs)))
+    out = tmp_path / "run"
+    args = ["train", "--model", "iqa-cr-q", "--data", csv, "--out", out, "--resume", "--epochs", 1, "--batch-size", 2, "--quiet",
+            "--set", "crop=32", "--set", "calibrate=false"] + [
+        x for k, v in TINY.items() if k != "pretrained" for x in ("--set", f"model.{k}={json.dumps(v)}")]
+    out.mkdir()
+    with FileLock(str(out / ".train.lock")):  # what a running `train --out run` holds
+        assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert "another process is training in" in err and "choose another --out" in err and "Traceback" not in err
+    assert not (out / "config.json").exists() and not (out / "last.pt").exists()
+    assert run(*args) == 0  # released: the next run trains
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+
+
 def test_a_raw_pickle_is_refused_as_unsafe_and_other_files_are_simply_not_checkpoints(tmp_path):
     import pickle
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..utils.io import remove_stale_temporaries, through_links
+from ..utils.io import Busy, exclusive_lock, remove_stale_temporaries, through_links
 from .main import UsageError
 
 EXIT_NOT_WRITTEN = 3
@@ -68,26 +68,18 @@ def check_writable_folder(folder: Path, option: str) -> Path:
 def output_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) for the block;
     a second writer of the same file gets a UsageError at once instead of erasing rows.
-    The lock is the kernel's (flock): a killed process releases it. It is taken by the real
-    path (symlinks followed), so writers of one file through different names exclude each other."""
-    from filelock import FileLock, Timeout
-
+    It is taken by the real path (symlinks followed), so writers of one file through different
+    names exclude each other (:func:`contentiqa.utils.io.exclusive_lock`)."""
     path = through_links(path)
-    lock = FileLock(str(path.parent / f".{path.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UsageError(
-            f"another process is writing {path} (lock {lock.lock_file}); wait for it to finish, "
-            "or write to another --output"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(path.parent / f".{path.name}.lock", f"another process is writing {path}"))
+        except Busy as exc:
+            raise UsageError(f"{exc}; wait for it to finish, or write to another --output") from None
+        except OSError as exc:
+            raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
         remove_stale_temporaries(path, (".tmp", ".probe"))  # with the lock held, every one is stale
         yield
-    finally:
-        lock.release()
 
 
 def rescue_path(path: Path, fmt: str) -> Path:

@@ -88,6 +88,7 @@ def check(paths: list[Path]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments import ConfigError, ExperimentSkipped, run_experiment
+    from ..utils.io import Busy
 
     paths = _configs(args)
     if args.check:
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
                                     cache_limit=args.cache_limit)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        except Busy as exc:
+            raise UsageError(f"{exc}: wait for it to finish, or give another --out") from None
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted: rerun the same command to go on ({path}: finished splits are "
                                     "kept, the one in progress resumes from its last finished epoch)") from None

@@ -211,6 +211,7 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
     from ..training.cache import CacheWriteError
     from ..training.trainer import TrainingDiverged
     from ..utils.checkpoint_io import CheckpointReadError
+    from ..utils.io import Busy
 
     try:
         return trainer.fit(resume=args.resume)
@@ -220,6 +221,8 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
         raise KeyboardInterrupt(f"interrupted during epoch {trainer.epoch + 1}: {kept}") from None
     except (TrainingDiverged, CacheWriteError) as exc:
         raise UsageError(str(exc)) from None
+    except Busy as exc:
+        raise UsageError(f"{exc}: wait for it to finish, or choose another --out") from None
     except CheckpointReadError as exc:
         raise UsageError(f"--resume: {exc}. Restore a good copy of {out / 'last.pt'}, or delete it to start over") from None
     except ImageLoadError as exc:  # met while training (damaged data behind a good header)

@@ -18,6 +18,7 @@ seeds or rows, only does the missing work.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,6 +34,10 @@ from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
+EXPERIMENT_LOCK = ".experiment.lock"
+"""The lock file :func:`run_experiment` holds in its output folder (one experiment per folder)."""
+EXPERIMENT_FILES = ("results.json", "results.md", "config.yaml", "config.json", "provenance.json")
+"""The experiment folder's own files, written atomically (a killed run's temporaries are removed)."""
 TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy", "acceptable")
 SUMMARY_METRICS = ("plcc", "srocc", "krocc", "rmse", "accuracy", "acceptable")
 METRIC_NAMES = {"plcc": "PLCC", "srocc": "SROCC", "krocc": "KROCC", "rmse": "RMSE", "accuracy": "acc.",
@@ -605,7 +610,7 @@ def run_experiment(
     (:func:`_evict`).
     """
     from ..training import distributed as dist_utils
-    from ..utils.io import atomic_write_text
+    from ..utils.io import atomic_write_text, exclusive_lock, remove_stale_temporaries
 
     cfg = load_config(config, base_dir)
     unknown = sorted(set(only or ()) - {r.name for r in cfg.runs})
@@ -632,10 +637,16 @@ def run_experiment(
     main = info.rank == 0
     if not main:
         say, progress = (lambda *a, **k: None), False
+    held = contextlib.ExitStack()
     try:
         prov = provenance()
         if main:
             out.mkdir(parents=True, exist_ok=True)
+            # One experiment per folder: a second one would train the same splits and replace the
+            # first's files. With the lock held, a temporary beside a table is a killed run's.
+            held.enter_context(exclusive_lock(out / EXPERIMENT_LOCK, f"another process is running an experiment in {out}"))
+            for name in EXPERIMENT_FILES:
+                remove_stale_temporaries(out / name)
             if cfg.text is not None:
                 atomic_write_text(out / "config.yaml", cfg.text)
             else:
@@ -721,4 +732,5 @@ def run_experiment(
         dist_utils.barrier()
         return result
     finally:
+        held.close()
         dist_utils.cleanup(info)

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
-from ..utils.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, remove_stale_temporaries
 from . import distributed as dist_utils
 from .config import TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
@@ -70,6 +70,10 @@ OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
 """The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
 experiment runner and ``contentiqa train`` after it); a process killed while writing one
 leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
+
+
+RUN_LOCK = ".train.lock"
+"""The lock file :meth:`Trainer.fit` holds in the output folder (one training per folder)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -638,7 +642,15 @@ class Trainer:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until ``epochs`` or early stopping; returns the best epoch's record."""
+        """Train until ``epochs`` or early stopping; returns the best epoch's record. Rank 0 holds
+        the output folder's lock meanwhile: a second process training into the same folder
+        raises :class:`contentiqa.utils.io.Busy` before it reads or writes anything there."""
+        if self.rank != 0:
+            return self._fit(resume)
+        with exclusive_lock(self.out / RUN_LOCK, f"another process is training in {self.out}"):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         last = self.out / "last.pt"
         if resume and last.is_file():

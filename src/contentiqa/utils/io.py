@@ -2,6 +2,7 @@
 so an interrupted run never leaves a half-written CSV, JSON or checkpoint behind."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -9,7 +10,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def through_links(path: str | os.PathLike) -> Path:
@@ -70,6 +71,36 @@ def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] 
                 continue
             removed.append(tmp)
     return removed
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock :func:`exclusive_lock` asked for (``lock``: its file)."""
+
+    def __init__(self, message: str, lock: Path):
+        super().__init__(message)
+        self.lock = lock
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: str | os.PathLike, busy: str) -> Iterator[Path]:
+    """Hold ``lock`` (a file, created if needed) exclusively for the block, or raise
+    :class:`Busy` at once with ``busy`` and the lock's name: two writers of one output would
+    interleave their files, and the second would remove the first's live temporaries
+    (:func:`remove_stale_temporaries` assumes one writer). The kernel's flock: a killed process
+    releases it. The lock file itself stays, as flock files must (removing one lets a third
+    process lock a new file while the second still holds the old)."""
+    from filelock import FileLock, Timeout
+
+    lock = Path(lock)
+    fl = FileLock(str(lock))
+    try:
+        fl.acquire(timeout=0)
+    except Timeout:
+        raise Busy(f"{busy} (lock {lock})", lock) from None
+    try:
+        yield lock
+    finally:
+        fl.release()
 
 
 def _umask() -> int:
