@@ -117,6 +117,50 @@ def test_quantize_refuses_what_it_cannot_do(tiny_fp32, tmp_path):
         check_precision("fp16")
 
 
+def test_a_graph_with_external_data_quantizes_when_symbolic_shape_inference_fails(tiny_fp32, tmp_path, monkeypatch):
+    """Shipped graphs keep their tensors in graphs.bin beside them. When ONNX Runtime's symbolic
+    shape inference fails, the plain-inference retry must still find those tensors (given a path,
+    it copies the graph where the relative graphs.bin is not)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    _, fp32, _ = tiny_fp32
+    shipped = tmp_path / "ship" / "tiny.onnx"
+    shipped.parent.mkdir()
+    onnx.save(onnx.load(str(fp32)), str(shipped), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="graphs.bin", size_threshold=0)
+    assert (shipped.parent / "graphs.bin").stat().st_size > shipped.stat().st_size
+
+    def fails(*a, **k):
+        raise RuntimeError("symbolic shape inference failed")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(fails))
+    q = quantize_onnx(shipped, tmp_path / "int8.onnx", method="dynamic", include=CNN)
+    x = smooth_batches(2, seed=3)
+    assert np.max(np.abs(scores(q, x) - scores(fp32, x))) < 0.2
+
+
+def test_int8_without_sympy_names_the_extra(tiny_fp32, calibrated, tmp_path, monkeypatch, examples_dir, capsys):
+    """sympy comes with [torch] but not with a core install: building an int8 graph without it is a
+    one-line error naming [onnx], from the library and from the CLI, never a traceback."""
+    import sys
+
+    import contentiqa.inference.scorer as scorer
+    from contentiqa.utils.extras import ExtraMissing
+
+    _, fp32, _ = tiny_fp32
+    monkeypatch.setitem(sys.modules, "onnxruntime.tools.symbolic_shape_infer", None)  # import fails
+    with pytest.raises(ExtraMissing, match=r"contentiqa\[onnx\]"):
+        quantize_onnx(fp32, tmp_path / "int8.onnx", method="dynamic", include=CNN)
+    real = scorer.have
+    monkeypatch.setattr(scorer, "have", lambda m: m != "sympy" and real(m))
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    img = sorted(str(p) for p in examples_dir.glob("*.JPG"))[0]
+    assert main(["score", img, "--model", str(calibrated), "--precision", "int8", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'sympy' package" in err and "contentiqa[onnx]" in err and "Traceback" not in err
+
+
 def test_calibration_file_round_trip_and_checks(tiny_fp32, calibrated, tmp_path):
     _, fp32, weights = tiny_fp32
     assert calibration_path(weights).name == "tiny-iqa-cr.int8.json"

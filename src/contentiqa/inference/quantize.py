@@ -129,12 +129,23 @@ def _preprocess(src: Path, out: Path) -> Path:
     """ONNX Runtime's recommended step before quantizing: shape inference and graph
     optimisation (folds the exporter's Identity-wrapped weights into initializers, which the
     quantizer needs, and fuses what can be fused so that fewer tensors are calibrated)."""
+    import onnx
     from onnxruntime.quantization import quant_pre_process
 
+    from ..utils.extras import ExtraMissing
+
+    # In memory with its external data (shipped graphs keep their tensors in graphs.bin beside
+    # them): given a path, the plain-inference route copies the graph to a temporary folder
+    # where that relative graphs.bin is missing.
     try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        quant_pre_process(onnx.load(str(src)), str(out), skip_symbolic_shape=False)
+    except ImportError as exc:  # sympy, which symbolic shape inference needs
+        raise ExtraMissing(f"building an int8 graph needs {exc.name or 'sympy'}", extra="onnx") from None
     except Exception:  # symbolic shape inference can fail on dynamic shapes: plain ONNX inference then
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+        try:
+            quant_pre_process(onnx.load(str(src)), str(out), skip_symbolic_shape=True)
+        except Exception as exc:
+            raise QuantizationError(f"{src}: ONNX Runtime's pre-processing failed ({type(exc).__name__}: {exc})") from None
     return out
 
 

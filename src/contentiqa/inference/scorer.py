@@ -392,8 +392,10 @@ def _build_graph(spec: str, weights: Path, precision: str) -> None:
         _build_graph(spec, weights, "fp32")
         fp32 = find_graph_file(weights)
         assert fp32 is not None
-    if not have("onnx"):
-        raise ExtraMissing(f"building the {precision} graph of {spec} needs the 'onnx' package", extra="torch")
+    lacking = [m for m in ("onnx", "sympy") if not have(m)]
+    if lacking:
+        raise ExtraMissing(f"building the {precision} graph of {spec} needs the {' and '.join(map(repr, lacking))} "
+                           f"package{'s' if len(lacking) > 1 else ''}", extra="onnx")
     from .quantize import quantize_for_weights
 
     write_cache_entry(weights, precision, lambda path, key: quantize_for_weights(
