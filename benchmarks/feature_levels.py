@@ -1,22 +1,23 @@
-"""Which frozen EfficientNet-Lite0 features carry CLIVE's quality signal: a cheap probe that
-decided two design choices (multi-level base features; IE-IQA's input size on CLIVE).
+"""Which frozen EfficientNet-Lite0 features carry CLIVE's quality signal: a cheap probe behind two
+design choices (multi-level base features; IE-IQA's input size on CLIVE).
 
     python benchmarks/feature_levels.py
 
 For every clive-dev photo: the globally average-pooled output of each backbone stage at native
-resolution, and of the last stage after resizing the photo to 224 and 384 px. Ridge regression
-(penalty chosen on each split's val part) on
-- the last stage only (= benchmarks/floor.py), the last four stages, the last six;
-- the last stage at 224 px (IE-IQA's input size) vs 384 px vs native (on the IE-IQA 80/20
-  splits, penalty fixed at 1000 since that protocol has no val part).
+resolution, and of the last stage after resizing the photo to 224 and 384 px. Ridge regression,
+scored on validation data only: 5-fold cross-validation inside each split's photos outside its
+test part (test parts are never read), the penalty with the best mean SROCC, on
+- the last stage only (= benchmarks/floor.py's features), the last four stages, the last six (the
+  IQA-CR protocol's 10 splits);
+- the last stage at 224 px (IE-IQA's input size) vs 384 px vs native (the IE-IQA 80/20 splits).
 Writes benchmarks/results/feature_levels.json and feature_levels.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from common import clive_splits, md_table, require_clive, write_results
-from floor import ridge_fit, ridge_predict
+from backbone_probe import ALPHAS, FOLDS, scored
+from common import clive_splits, command_line, md_table, require_clive, write_results
 
 
 def main() -> None:
@@ -25,7 +26,6 @@ def main() -> None:
     from contentiqa.backbones import create_backbone
     from contentiqa.backbones.stages import backbone_stages
     from contentiqa.data import load_dataset, load_image
-    from contentiqa.metrics import iqa_metrics, mean_std, format_mean_std
     from tqdm.auto import tqdm
 
     ds = load_dataset("csv", require_clive())
@@ -52,24 +52,14 @@ def main() -> None:
     y = table["mos"].to_numpy()
     n = len(stages)
 
-    cr_splits, _ = clive_splits("iqa-cr", range(10), table)
+    def validation(protocol: str, seeds: range):
+        """Each split's photos outside its test part, for :func:`backbone_probe.scored`."""
+        splits, _ = clive_splits(protocol, seeds, table)
+        rows = [np.sort(np.setdiff1d(np.arange(len(table)), sp.indices(table, "test"))) for sp in splits]
+        return lambda x: scored([(x[r], y[r], sp.seed) for r, sp in zip(rows, splits)])
 
-    def iqa_cr_protocol(x):
-        runs = []
-        for sp in cr_splits:
-            tr, va, te = (sp.indices(table, q) for q in ("train", "val", "test"))
-            alpha = max(10.0 ** np.arange(-1, 6), key=lambda a: iqa_metrics(ridge_predict(ridge_fit(x[tr], y[tr], a), x[va]), y[va])["srocc"])
-            runs.append(iqa_metrics(ridge_predict(ridge_fit(x[tr], y[tr], alpha), x[te]), y[te]))
-        return mean_std(runs)
-
-    ie_splits, _ = clive_splits("ie-iqa", range(3), table)
-
-    def ie_iqa_protocol(x):
-        runs = []
-        for sp in ie_splits:
-            tr, te = sp.indices(table, "train"), sp.indices(table, "test")
-            runs.append(iqa_metrics(ridge_predict(ridge_fit(x[tr], y[tr], 1000.0), x[te]), y[te]))
-        return mean_std(runs)
+    iqa_cr_protocol = validation("iqa-cr", range(10))
+    ie_iqa_protocol = validation("ie-iqa", range(3))
 
     results = {
         "levels": {
@@ -83,16 +73,21 @@ def main() -> None:
             "native (500 px)": ie_iqa_protocol(F[n - 1]),
         },
     }
-    rows = [[k, "IQA-CR 10 seeds", *format_mean_std(v, ["plcc", "srocc"]).values()] for k, v in results["levels"].items()]
-    rows += [[f"last stage at {k}", "IE-IQA 3 seeds", *format_mean_std(v, ["plcc", "srocc"]).values()]
-             for k, v in results["input_size"].items()]
+
+    def cells(r: dict) -> list[str]:
+        return [f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in ("plcc", "srocc")] + [f"{r['alpha']:g}"]
+
+    rows = [[k, "IQA-CR 10 seeds", *cells(v)] for k, v in results["levels"].items()]
+    rows += [[f"last stage at {k}", "IE-IQA 3 seeds", *cells(v)] for k, v in results["input_size"].items()]
     md = (
         "# Frozen EfficientNet-Lite0 features + ridge on CLIVE: which depths, which input size\n\n"
-        + md_table(["pooled features", "splits", "PLCC", "SROCC"], rows)
-        + "\nGlobal average pooling of each stage's output; ridge regression to MOS. Command: "
-        "`python benchmarks/feature_levels.py`.\n"
+        f"One run: `{command_line()}`. Validation data only: 5-fold cross-validation inside each split's "
+        "photos outside its test part (test parts never read); mean ± std over the splits; the ridge penalty "
+        f"with the best mean SROCC (out of {len(ALPHAS)}, {FOLDS} folds).\n\n"
+        + md_table(["pooled features", "splits", "PLCC", "SROCC", "ridge penalty"], rows)
+        + "\nGlobal average pooling of each stage's output; ridge regression to MOS.\n"
     )
-    write_results("feature_levels", {"results": results}, md)
+    write_results("feature_levels", {"results": results, "command": command_line()}, md)
 
 
 if __name__ == "__main__":

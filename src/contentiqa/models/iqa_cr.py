@@ -49,8 +49,8 @@ Base features from several depths (``feature_stages``, default the last four sta
 paper feeds the bottleneck from the base CNN's last feature map. On CLIVE with the small
 EfficientNet-Lite0 this leaves much of the quality signal unused: low-level stages see blur,
 noise and compression that the last, semantic stage is built to ignore. Measured with frozen
-features and ridge regression (benchmarks/results/feature_levels.md): last stage only SROCC 0.745,
-last four stages 0.799. So each level gets its own 1x1 bottleneck to D after pooling to the
+features and ridge regression on validation data (benchmarks/results/feature_levels.md): last stage
+only SROCC 0.756, last four stages 0.808. So each level gets its own 1x1 bottleneck to D after pooling to the
 grid, and the results are summed — exactly a 1x1 bottleneck on the channel concatenation of the
 levels, i.e. the paper's design with a wider base feature; ``feature_stages=None`` is the
 paper's single-level base (``feature_stage``). This also fits the paper's premise that CNN
