@@ -173,3 +173,36 @@ def test_an_in_memory_pil_image_out_of_its_range_raises_as_an_array_does():
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         model.predict(bad)
     assert model.predict(Image.fromarray(bad / 2, "F")).error is None
+
+
+def test_weights_replaced_while_they_load_never_file_the_old_graph_under_the_new_bytes(tmp_path, monkeypatch, examples_dir):
+    """Scoring RUN/best.pt while a run rewrites it: the file can be replaced between reading the
+    weights and keying the exported graph. The graph must be filed under the bytes it came from
+    (else every later run of the new file scores the old model, its rows naming the new file's
+    hash); this run says so and stops, the next one exports the new weights."""
+    import hashlib
+
+    import contentiqa.inference.scorer as scorer
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    best = save_checkpoint(tiny_model(seed=0), run / "best.pt")
+    newer = save_checkpoint(tiny_model(seed=1), tmp_path / "newer.pt")
+    photo = sorted(str(p) for p in examples_dir.glob("*.JPG"))[0]
+    real = scorer.load_model
+
+    def load_then_replace(*a, **k):
+        model = real(*a, **k)
+        Path(newer).replace(best)  # the trainer's atomic save lands now
+        return model
+
+    monkeypatch.setattr(scorer, "load_model", load_then_replace)
+    with pytest.raises(ValueError, match="changed while it was being read"):
+        load_scorer(best, threads=1)
+    monkeypatch.setattr(scorer, "load_model", real)
+    onnx, torch_ = load_scorer(best, threads=1), load_scorer(best, runtime="torch")
+    assert onnx.identity.sha256 == torch_.identity.sha256 == hashlib.sha256(Path(best).read_bytes()).hexdigest()
+    assert abs(onnx.predict(photo).score - torch_.predict(photo).score) < 1e-3  # the new weights' graph

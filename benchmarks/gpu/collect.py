@@ -36,7 +36,7 @@ def slim(runs: Path, rows: list[str], out: Path, name: str = "tested.pt") -> Non
         for row in rows:
             for tested in sorted((runs / "runs" / slugify(row)).glob(f"seed*/{name}")):
                 model = load_checkpoint(tested)
-                extra = {k: v for k, v in model.checkpoint_info.items() if k != "path"}
+                extra = {k: v for k, v in model.checkpoint_info.items() if k not in ("path", "file_sha256")}
                 small = save_checkpoint(model, Path(tmp) / "t.pt", extra=extra, omit_pretrained_backbone=True)
                 tar.add(small, arcname=str(tested.relative_to(runs)))
     data = buf.getvalue()

@@ -140,14 +140,15 @@ def cache_places(folder: str | os.PathLike | None = None) -> list[Path]:
 
 
 def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION,
-                      *, versioned: bool = True) -> str:
+                      *, versioned: bool = True, sha256: str | None = None) -> str:
     """The key of the graph exported from ``weights_file``: a hash of the file's bytes, the
     export revision, the opset, the precision and (``versioned``: cache entries) the contentiqa
-    version: what changes the graph. Computed without torch."""
+    version: what changes the graph. Computed without torch. ``sha256``: of the bytes the graph
+    is (or was) made from, when already known (default: the file's now)."""
     from .. import __version__
 
     head = {"kind": "weights-file", "rev": EXPORT_REVISION, "opset": int(opset), "precision": precision,
-            "weights_sha256": file_sha256(Path(weights_file))}
+            "weights_sha256": sha256 or file_sha256(Path(weights_file))}
     if versioned:
         head["contentiqa"] = __version__
     if precision != DEFAULT_PRECISION:  # a quantized graph also depends on its recipe and calibration
@@ -219,13 +220,15 @@ def shipped_graph_path(weights_file: str | os.PathLike, precision: str = DEFAULT
 
 
 def graph_places(weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION, opset: int = DEFAULT_OPSET,
-                 folder: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+                 folder: str | os.PathLike | None = None, *, sha256: str | None = None) -> list[tuple[Path, str]]:
     """``(path, key)`` of every place the graph of ``weights_file`` may be, in the order they
     are tried: shipped beside the weights, then the export cache (:func:`cache_places`)."""
     weights_file = Path(weights_file)
+    sha256 = sha256 or file_sha256(weights_file)  # one reading for every key
     shipped = shipped_graph_path(weights_file, precision)
-    places = [(shipped, weights_cache_key(weights_file, opset, precision, versioned=False))] if shipped.is_file() else []
-    key = weights_cache_key(weights_file, opset, precision)
+    places = [(shipped, weights_cache_key(weights_file, opset, precision, versioned=False, sha256=sha256))] \
+        if shipped.is_file() else []
+    key = weights_cache_key(weights_file, opset, precision, sha256=sha256)
     filename = cache_filename(weights_file.stem, key, precision)
     return places + [(where / filename, key) for where in cache_places(folder)]
 
@@ -247,13 +250,14 @@ def find_graph(weights_file: str | os.PathLike, *, precision: str = DEFAULT_PREC
     :func:`contentiqa.inference.onnx.export_to_cache`)."""
     require_onnxruntime()
     plan = plan_threads(threads, images=images, sample=cpu_sample)
-    for path, key in graph_places(weights_file, precision, folder=folder):
+    sha256 = file_sha256(Path(weights_file))  # the graph found is this content's, and the rows say so
+    for path, key in graph_places(weights_file, precision, folder=folder, sha256=sha256):
         session = open_cached(path, key, plan.threads)
         if session is None:
             continue
         try:
             return OnnxScorer(session, path, plan=plan, threads=threads, images=images, weights=Path(weights_file),
-                              tag=tag, spec=spec)
+                              tag=tag, spec=spec, weights_sha256=sha256)
         except ValueError:  # metadata our export always writes are missing: treat as damaged
             continue
     return None
@@ -347,7 +351,7 @@ class OnnxScorer(BaseScorer):
 
     def __init__(self, session: Any, path: str | os.PathLike, *, plan: ThreadPlan | None = None,
                  threads: int | None = None, images: int | None = None, weights: Path | None = None,
-                 tag: str | None = None, spec: str = ""):
+                 tag: str | None = None, spec: str = "", weights_sha256: str | None = None):
         self.session = session
         self.path = Path(path)
         self.threads = threads  # as asked for (None: planned from the free cores)
@@ -370,6 +374,7 @@ class OnnxScorer(BaseScorer):
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
         self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (memory bound)
         self._weights = weights
+        self._weights_sha256 = weights_sha256
         self._tag = tag
         self._spec = spec or str(self.path)
         self.input_name = session.get_inputs()[0].name
@@ -392,7 +397,8 @@ class OnnxScorer(BaseScorer):
     @cached_property
     def identity(self) -> ScorerIdentity:
         return ScorerIdentity(name=self.model_name, tag=self._tag, weights=self._weights or self.path, runtime="onnx",
-                              precision=self.info.precision, spec=self._spec, graph=self.path)
+                              precision=self.info.precision, spec=self._spec, graph=self.path,
+                              known_sha256=self._weights_sha256 if self._weights is not None else None)
 
     # -- what the engine reads -------------------------------------------------------------------
     @property

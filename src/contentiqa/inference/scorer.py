@@ -77,11 +77,17 @@ class ScorerIdentity:
         """What computed the scores, for people (a figure's title): "ONNX Runtime int8", "PyTorch bf16"."""
         return f"{RUNTIME_NAMES[self.runtime]} {self.precision}"
 
+    known_sha256: str | None = None
+    """SHA-256 of the bytes the weights were read from, when the runtime knows it (then
+    :attr:`sha256` is that, even if the file has been replaced since)."""
+
     @cached_property
     def sha256(self) -> str | None:
         """SHA-256 of :attr:`weights` (None without a file)."""
         from ..utils.io import file_sha256
 
+        if self.known_sha256 is not None:
+            return self.known_sha256
         if self.weights is None or not self.weights.is_file():
             return None
         return file_sha256(self.weights)
@@ -383,9 +389,14 @@ def _build_graph(spec: str, weights: Path, precision: str) -> None:
         if not have("torch"):
             raise ExtraMissing(f"no ONNX graph of {spec} ({weights.name}) ships with this install or is cached, and "
                                "exporting one needs PyTorch", extra="torch")
+        from ..utils.io import file_sha256
         from .onnx import export_to_cache
 
-        export_to_cache(load_model(spec, "cpu"), weights)
+        model = load_model(spec, "cpu")
+        export_to_cache(model, weights)  # filed under the bytes the model was read from
+        if (model.checkpoint_info or {}).get("file_sha256") not in (None, file_sha256(weights)):
+            raise ValueError(f"{weights} changed while it was being read (is a run writing it?): score again "
+                             "once it is written")
         return
     fp32 = find_graph_file(weights)
     if fp32 is None:

@@ -333,10 +333,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     require("torch", "loading a PyTorch checkpoint (contentiqa.load_checkpoint; scoring: contentiqa.load_scorer)")
     import torch
 
-    from ..utils.checkpoint_io import load_torch_file
+    from ..utils.checkpoint_io import read_torch_file
 
     path = Path(path)
-    payload = load_torch_file(path, "checkpoint")  # plain data only: a file never runs code
+    payload, sha256 = read_torch_file(path, "checkpoint")  # plain data only: a file never runs code
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a contentiqa model checkpoint")
     omitted = payload.get("omitted_from_pretrained", [])
@@ -361,7 +361,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{path}: checkpoint does not match {payload['model_name']} "
             f"(missing {sorted(missing)[:5]}, unexpected {list(result.unexpected_keys)[:5]})"
         )
-    model.checkpoint_info = {"path": str(path), **payload.get("extra", {})}
+    # file_sha256: of the bytes these weights came from (the file may have been replaced since)
+    model.checkpoint_info = {"path": str(path), **payload.get("extra", {}), "file_sha256": sha256}
     return model.to(device).eval()
 
 

@@ -8,6 +8,8 @@ refused before anything runs. What contentiqa writes is made of those plain type
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -30,7 +32,15 @@ class UnsafeCheckpointError(CheckpointReadError):
 
 
 def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` with messages that name the file.
+    """``torch.load(path, weights_only=True)`` with messages that name the file (see
+    :func:`read_torch_file`)."""
+    return read_torch_file(path, what)[0]
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[Any, str]:
+    """``(payload, sha256)``: ``torch.load(weights_only=True)`` of the file's bytes, read once, and
+    the SHA-256 of those same bytes, so what identifies a model (result rows, export cache keys)
+    is what was loaded even if the file is replaced meanwhile (a training run writing best.pt).
 
     Raises :class:`UnsafeCheckpointError` for a file whose pickle asks for anything outside
     plain data (nothing in it is executed), :class:`CheckpointReadError` (a ValueError) for a
@@ -41,8 +51,9 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
+        data = path.read_bytes()
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
     except pickle.UnpicklingError as exc:
         detail = str(exc)
         culprit = _unsafe_globals(path)
