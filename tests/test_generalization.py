@@ -313,8 +313,8 @@ def test_train_cli_on_two_datasets(two_tables, tmp_path, capsys):
     (tmp_path / "B" / "b.csv").write_text("# mos_range: 0 1\n" + b.drop(columns=["category"]).to_csv(index=False))
     out = tmp_path / "run"
     args = ["train", "--model", "iqa-cr-q", "--data", str(tmp_path / "A" / "a.csv"), "--data", str(tmp_path / "B" / "b.csv"),
-            "--protocol", "ie-iqa", "--out", str(out), "--epochs", "1", "--batch-size", "4", "--quiet",
-            "--set", "crop=null", "--set", "cache_stages=9", "--set", "rank_weight=0.5"]
+            "--protocol", "ie-iqa", "--out", str(out), "--epochs", "2", "--batch-size", "4", "--quiet",
+            "--set", "crop=null", "--set", "cache_stages=9", "--set", "rank_weight=0.5", "--set", "ema_decay=0.9"]
     for k, v in {"backbone_pretrained": False, "dim": 16, "heads": 2, "mlp_dim": 32, "depth": 1}.items():
         args += ["--set", f"model.{k}={v}"]
     args += ["--set", "model.grid=[2, 2]"]
@@ -324,6 +324,14 @@ def test_train_cli_on_two_datasets(two_tables, tmp_path, capsys):
     # a's split is made (and kept for --resume); b's is its own 'split' column
     assert (out / "splits" / "a" / "split.json").is_file() and not (out / "splits" / "b" / "split.json").exists()
     said = capsys.readouterr().out
-    assert "test a:" in said and "test b:" in said and "no dataset has a validation part" in said
+    assert "test a:" in said and "test b:" in said and "lowest training loss" in said and str(out / "best.pt") in said
+    # What was tested is what best.pt keeps (the moving average's weights), as `evaluate` finds it;
+    # with no validation part it used to be the last epoch's raw weights, saved nowhere.
+    again = tmp_path / "b_test.json"
+    assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(tmp_path / "B" / "b.csv"), "--quiet",
+                 "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["srocc"] == pytest.approx(metrics["b"]["srocc"], abs=1e-6)
+    assert json.loads(again.read_text())["rmse"] == pytest.approx(metrics["b"]["rmse"], rel=1e-5)
+    capsys.readouterr()
     assert main(args[:1] + ["--data", "x.csv", "--data", "y.csv", "--dataset", "csv", "--dataset", "csv",
                             "--dataset", "csv", "--model", "iqa-cr-q"]) == 2

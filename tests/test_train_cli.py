@@ -200,3 +200,20 @@ def test_a_training_config_with_a_key_given_twice_is_refused(tmp_path, capsys):
     cfg.write_text("train: {epochs: 3}\ntrain: {lr: 0.001}\n")
     assert train(table(tmp_path), tmp_path / "run", "--config", str(cfg)) == 2
     assert "c.yaml:2: duplicate key 'train' (first on line 1)" in capsys.readouterr().err
+
+
+def test_a_fresh_start_in_a_used_folder_leaves_nothing_of_the_earlier_run(tmp_path, capsys):
+    """Deleting last.pt to start over (or --resume with none) trains afresh: the earlier run's
+    tested.pt (the model to use) and test metrics must not stay beside the new run's best.pt."""
+    data = table(tmp_path, n=20, split=["train"] * 9 + ["val"] * 8 + ["test"] * 3)
+    out = tmp_path / "run"
+    assert train(data, out, "--set", "calibrate=true") == 0
+    assert (out / "tested.pt").is_file() and (out / "test_metrics.json").is_file()
+    (out / "last.pt").unlink()
+    capsys.readouterr()
+    assert train(data, out, "--split", str(tmp_path / "none.json"), "--seed", "5") == 2  # a usage error touches nothing
+    assert (out / "tested.pt").is_file()
+    data_no_test = table(tmp_path / "b", split=["train"] * 9 + ["val"] * 3)
+    assert train(data_no_test, out, "--seed", "5") == 0
+    assert not (out / "tested.pt").exists() and not (out / "test_metrics.json").exists()
+    assert (out / "best.pt").is_file()

@@ -193,9 +193,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     best = _fit(trainer, args, out)
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
-    chosen_by = (f"val SROCC {best['val_srocc']:.4f}" if "val_srocc" in best
-                 else f"lowest training loss, {best.get('loss', float('nan')):.4f} (no validation part)")
-    print(f"best epoch {best.get('epoch')}: {chosen_by} -> {out / 'best.pt'}")
+    _say_best(best, out, "val SROCC")
     m = _finish(trainer, trainer.load_best(), out)
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
@@ -231,6 +229,13 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
         if not args.resume:
             raise
         raise UsageError(f"--resume: {exc}; resume with the run's own settings, or choose another --out") from None
+
+
+def _say_best(best: dict, out: Path, monitor: str) -> None:
+    """Which epoch best.pt keeps (the model that is finished and tested), and what chose it."""
+    chosen_by = (f"{monitor} {best['val_srocc']:.4f}" if "val_srocc" in best
+                 else f"lowest training loss, {best.get('loss', float('nan')):.4f} (no validation part)")
+    print(f"best epoch {best.get('epoch')}: {chosen_by} -> {out / 'best.pt'}")
 
 
 def _test(model, table, scale, **kw):
@@ -360,11 +365,8 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
     best = _fit(trainer, args, out)
-    if val is not None:
-        print(f"best epoch {best.get('epoch')}: mean val SROCC {best.get('val_srocc', float('nan')):.4f} -> {out / 'best.pt'}")
-    else:
-        print(f"no dataset has a validation part: the model after the last epoch is tested ({out / 'last.pt'})")
-    m = _finish(trainer, trainer.load_best() if val is not None else trainer.model, out)
+    _say_best(best, out, "mean val SROCC")
+    m = _finish(trainer, trainer.load_best(), out)  # what best.pt keeps, as for one dataset
     results = {}
     for label, p in parts.items():
         if "test" in p:

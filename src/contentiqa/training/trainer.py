@@ -67,6 +67,10 @@ OPTIMIZER_STATE_FIELDS = ("lr", "backbone_lr_scale", "weight_decay", "momentum")
 """Training options a resumed run takes from ``last.pt``'s optimizer state, not from its config."""
 
 OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
+EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json")
+"""What a finished run leaves in its folder besides its state (``test_metrics.json``: written by
+``contentiqa train``): a fresh start there removes them, so that no file in the folder describes
+another run's model."""
 """The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
 experiment runner and ``contentiqa train`` after it); a process killed while writing one
 leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
@@ -665,6 +669,11 @@ class Trainer:
             # later save replaces. Rank 0 is the folder's only writer and has not started.
             for name in OWN_FILES:
                 remove_stale_temporaries(self.out / name)
+            if not self.epoch:  # a fresh start (nothing resumed): an earlier run's results are not this one's
+                for name in EARLIER_RESULTS:
+                    if (self.out / name).is_file():
+                        (self.out / name).unlink()
+                        self.log(f"removed {self.out / name}: it was an earlier run's")
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict(),
                  **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
