@@ -116,6 +116,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Every rank finished with exit code 0 (else the test fails with its output); a rank that
+    failed leaves the other waiting for it, so none is ever left running."""
+    try:
+        for p in procs:
+            try:
+                output, _ = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail("distributed workers did not finish")
+            assert p.returncode == 0, output[-3000:]
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+                q.wait(30)
+
+
 def torchrun_env(rank: int, port: int) -> dict:
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -185,14 +202,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
     # meanwhile, the single-process references
     refs = {cs: reference(table, tmp_path / f"ref_c{cs}", cs) for cs in (3, 0)}
-    for p in procs:
-        try:
-            output, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("distributed workers did not finish")
-        assert p.returncode == 0, output[-3000:]
+    wait_all(procs, 240)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     for cs, ref in refs.items():
         a, b = r0[cs], r1[cs]
@@ -233,7 +243,7 @@ def test_torchrun_train_cli(tmp_path):
     cfg.write_text("model: iqa-cr-q\nmodel_args: {backbone_pretrained: false, dim: 16, heads: 2, mlp_dim: 32, grid: [2, 2], depth: 1}\n"
                    "train: {epochs: 2, batch_size: 3, crop: 48, cache_stages: 3}\n")
     out = tmp_path / "run"
-    env = loopback(dict(os.environ, OMP_NUM_THREADS="1"))
+    env = loopback(dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)))  # torchelastic_* folders go here
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "contentiqa", "train", "--data", str(csv), "--config", str(cfg), "--out", str(out),
                         "--protocol", "ie-iqa", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
@@ -277,9 +287,7 @@ def test_accumulators_reduce_across_two_processes(tmp_path):
     port = free_port()
     procs = [subprocess.Popen([sys.executable, __file__, "metrics", str(tmp_path)], env=torchrun_env(r, port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-    for p in procs:
-        output, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, output[-3000:]
+    wait_all(procs, 120)
     pred, target = metric_data()
     want = {"plcc": stats.pearsonr(pred, target)[0], "srocc": stats.spearmanr(pred, target)[0],
             "krocc": stats.kendalltau(pred, target)[0], "rmse": float(np.sqrt(np.mean((pred - target) ** 2)))}

@@ -603,6 +603,7 @@ def test_file_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(uio.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
     f = tmp_path / "w.pt"
     f.write_bytes(b"a" * 1000)
+    monkeypatch.setattr(uio.time, "time_ns", lambda: f.stat().st_ctime_ns + 10**8)  # a tenth of a second later
     assert uio.file_sha256(f) == uio.file_sha256(f) == first
     assert len(reads) == 2  # just written: not remembered
     old = f.stat().st_mtime_ns - 10**10

@@ -213,22 +213,25 @@ def test_queue_full_answers_503_with_retry_after(model):
 
 
 def test_timeout_answers_504_and_drops_the_work(model):
-    app = create_app(ServeConfig(timeout_s=0.5), model=loaded(model))
+    # The deadline covers reading the body too (408): it is long enough that a loaded machine's
+    # stall before the upload is read does not reach it, and the "hang" far beyond it.
+    app = create_app(ServeConfig(timeout_s=1.0), model=loaded(model))
     svc = app.state.service
     real = svc._run_batch
     calls = []
 
     def slow(images):
         calls.append(len(images))
-        if len(calls) > 1:  # the warm-up passes; then the model "hangs"
-            time.sleep(1.5)
+        if len(calls) > 2:  # the warm-up and one real request pass; then the model "hangs"
+            time.sleep(3.0)
         return real(images)
 
     svc._run_batch = slow
     with TestClient(app) as c:
+        assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200  # first-request work done
         t = time.monotonic()
         r = c.post("/v1/score", files=files(("a.jpg", jpeg())))
-        assert r.status_code == 504 and time.monotonic() - t < 1.4
+        assert r.status_code == 504 and time.monotonic() - t < 2.5
         assert 'contentiqa_errors_total{reason="timeout"} 1.0' in c.get("/metrics").text
 
 
@@ -432,9 +435,10 @@ def test_batcher_batches_concurrent_jobs_and_keeps_order():
         seen.append(list(items))
         return [x * 10 for x in items]
 
-    b = Batcher(run, max_batch=5, max_wait_s=0.3, max_queue=100).start()
+    b = Batcher(run, max_batch=5, max_wait_s=0.3, max_queue=100)
     try:
         futs = [b.submit([1, 2]), b.submit([3]), b.submit([4, 5, 6])]
+        b.start()  # all three queued first: what batches them is the queue, not the clock
         assert [f.result(5) for f in futs] == [[10, 20], [30], [40, 50, 60]]
         assert seen[0] == [1, 2, 3, 4, 5] and seen[1] == [6]  # one pass for the first five, max_batch respected
     finally:
@@ -675,9 +679,12 @@ def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_
         def slow_request():
             result["answer"] = _http(port, post_request("/v1/score", multipart([("b.jpg", jpeg(8))])), timeout=20)
 
+        waiting = counts()[3]
         t = threading.Thread(target=slow_request)
         t.start()
-        time.sleep(0.5)
+        started = time.monotonic()
+        while counts()[3] <= waiting and time.monotonic() - started < 1.2:  # read and queued (the batch waits 1.5 s)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         t.join(30)
         status, _, answer = result["answer"]
