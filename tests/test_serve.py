@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -546,12 +547,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http(port: int, raw: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
     """Send raw bytes, read the whole answer: (status, headers, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -592,6 +587,24 @@ def post_request(path: str, body: bytes, boundary: str = "cq-boundary", length: 
             f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
 
 
+def _serve(argv: list[str], log, env: dict) -> tuple[subprocess.Popen, int]:
+    """``contentiqa serve ARGV --port 0`` with its output in ``log`` (an open file): the process
+    and the port the system gave it, read from the line serve prints once it holds the port
+    (a port chosen here and bound there could be taken in between by another test's client)."""
+    proc = subprocess.Popen([sys.executable, "-m", "contentiqa", "serve", *argv, "--port", "0"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    t = time.monotonic()
+    while time.monotonic() - t < 120:
+        found = re.search(r"loading; http://127\.0\.0\.1:(\d+)/", Path(log.name).read_text())
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not say its port in time")
+
+
 def _wait_ready(port: int, proc: subprocess.Popen, limit: float = 120.0) -> None:
     t = time.monotonic()
     while time.monotonic() - t < limit:
@@ -613,15 +626,11 @@ service's default runtime on a CPU): not the service's."""
 
 
 def test_real_server_slow_and_vanishing_clients_then_graceful_sigterm(ckpt, tmp_path):
-    port = _free_port()
     log = open(tmp_path / "server.log", "w+")
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--timeout", "2",
-         "--max-wait-ms", "1500", "--threads", "1", "--log-level", "info"],
-        env={**_env(), "TMPDIR": str(server_tmp)}, stdout=log, stderr=subprocess.STDOUT,
-    )
+    proc, port = _serve(["--model", ckpt, "--timeout", "2", "--max-wait-ms", "1500", "--threads", "1", "--log-level", "info"],
+                        log, {**_env(), "TMPDIR": str(server_tmp)})
     try:
         _wait_ready(port, proc)
         ours = [p for p in server_tmp.iterdir() if p.name != ORT_SESSION_FILE]
@@ -724,14 +733,10 @@ def test_real_server_closes_silent_connections_and_refuses_a_busy_port(ckpt, tmp
     headers within --header-timeout is closed, as is one that trickles them, or that trickles
     its next request after a keep-alive answer; then /healthz answers. A second server on the
     same port exits 2 (usage error) naming the address (issue 22)."""
-    port, limit, header_timeout = _free_port(), 4, 2.0
+    limit, header_timeout = 4, 2.0
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "contentiqa", "serve", "--model", ckpt, "--port", str(port), "--runtime", "torch",
-         "--threads", "1", "--max-connections", str(limit), "--header-timeout", str(header_timeout),
-         "--log-level", "warning"],
-        env=_env(), stdout=log, stderr=subprocess.STDOUT,
-    )
+    proc, port = _serve(["--model", ckpt, "--runtime", "torch", "--threads", "1", "--max-connections", str(limit),
+                         "--header-timeout", str(header_timeout), "--log-level", "warning"], log, _env())
     held: list[socket.socket] = []
     try:
         _wait_ready(port, proc)
@@ -808,9 +813,11 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     (tmp_path / "notes.txt").write_text("not a photo")
     (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
     app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=loaded(model))
-    port = _free_port()
+    sock = socket.socket()  # bound here and handed over: no other test can take the port in between
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         t = time.monotonic()
