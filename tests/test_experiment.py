@@ -199,20 +199,45 @@ def test_finished_splits_are_skipped_and_interrupted_ones_resume(tiny, first_run
     out = root / "out1"
     before = metrics_files(out)
     stamp = (out / "runs" / "IQA-CR-Q" / "seed0" / "last.pt").stat().st_mtime_ns
-    # one split "interrupted": its metrics are gone, its trainer folder holds epoch 1 of now 2
+    # one split "interrupted" after its training: its metrics are gone, its trainer folder kept
     (out / "metrics" / "IQA-CR-Q" / "seed1.json").unlink()
-    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}
     lines = []
-    res = run_experiment(longer, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))), base_dir=root)
+    res = run_experiment(cfg, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))), base_dir=root)
     assert (out / "runs" / "IQA-CR-Q" / "seed0" / "last.pt").stat().st_mtime_ns == stamp  # not retrained
     assert any("resumed from" in line and "after epoch 1" in line for line in lines)
-    log = (out / "runs" / "IQA-CR-Q" / "seed1" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in log] == [1, 2]
     after = metrics_files(out)
     assert after["metrics/IQA-CR-Q/seed0.json"] == before["metrics/IQA-CR-Q/seed0.json"]
-    assert after["metrics/IQA-CR-Q/seed1.json"]["epochs_run"] == 2
+    assert after["metrics/IQA-CR-Q/seed1.json"]["test"] == before["metrics/IQA-CR-Q/seed1.json"]["test"]
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
     assert (out / "config.json").is_file()  # a mapping config is recorded as JSON
+
+
+def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny, first_run):
+    """Finished splits are found by row and seed: one trained with other settings, data or
+    protocol, or for another row whose name gives the same folder, must not join this row's
+    mean ± std (the table would average two experiments); nor may a split interrupted before an
+    edit resume under the new settings."""
+    root, path, cfg = tiny
+    out = root / "out1"
+    before = metrics_files(out)
+    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    with pytest.raises(ConfigError, match=r"seed0.json: split seed 0 of row 'IQA-CR-Q' was trained with another recipe"):
+        run_experiment(longer, out, progress=False, base_dir=root)
+    with pytest.raises(ConfigError, match="trained with another recipe"):
+        run_experiment(longer, out, progress=False, base_dir=root, train=False)  # the table alone too
+    renamed = {**cfg, "runs": [{**r, "name": r["name"] + "!"} if r["name"] == "IQA-CR-Q" else r for r in cfg["runs"]]}
+    with pytest.raises(ConfigError, match=r"for row 'IQA-CR-Q' \(the same folder name\)"):
+        run_experiment(renamed, out, progress=False, base_dir=root)
+    (out / "metrics" / "IQA-CR-Q" / "seed1.json").unlink()  # interrupted before its end, then the row edited
+    (out / "metrics" / "IQA-CR-Q" / "seed0.json").unlink()
+    with pytest.raises(ConfigError, match=r"recipe.json: split seed 0 of row 'IQA-CR-Q' was trained with another"):
+        run_experiment(longer, out, progress=False, base_dir=root)
+    assert metrics_files(out) == {k: v for k, v in before.items() if "IQA-CR-Q" not in k}  # nothing was mixed in
+    run_experiment(cfg, out, progress=False, base_dir=root)  # the row as it was: its splits finish as before
+    assert {k: v["test"] for k, v in metrics_files(out).items()} == {k: v["test"] for k, v in before.items()}
+    # where a split runs is no part of what it learns: finishing on another machine is allowed
+    elsewhere = {**cfg, "train": {**cfg["train"], "device": "cpu:0", "num_workers": 0}}
+    assert run_experiment(elsewhere, out, progress=False, base_dir=root, train=False).results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
 def test_missing_data_skips_with_a_message(tmp_path, tiny, capsys):

@@ -19,6 +19,7 @@ seeds or rows, only does the missing work.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -36,6 +37,8 @@ from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, exp
 
 EXPERIMENT_LOCK = ".experiment.lock"
 """The lock file :func:`run_experiment` holds in its output folder (one experiment per folder)."""
+RUNTIME_SETTINGS = ("device", "num_workers", "cache_runtime")
+"""Training settings that say where a split runs, not what it learns (a split may finish on another machine)."""
 EXPERIMENT_FILES = ("results.json", "results.md", "config.yaml", "config.json", "provenance.json")
 """The experiment folder's own files, written atomically (a killed run's temporaries are removed)."""
 TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy", "acceptable")
@@ -301,6 +304,37 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
     return combined, own
 
 
+def split_fingerprint(cfg: ExperimentConfig, run: RunSpec, sets: list[TrainSet]) -> str:
+    """What a split's figures depend on besides its seed: the row's recipe (its model, model
+    arguments and training settings, not its name; where it runs — device, loader workers, the
+    cache's runtime — is no part of it), each training set's protocol, validation share and rows
+    (file names and MOS: moving the data elsewhere keeps it). A finished split whose fingerprint
+    differs was trained for another experiment, and is not averaged into this one."""
+    data = []
+    for ts, spec in zip(sets, cfg.train_sets):
+        rows = hashlib.sha256("\n".join(f"{Path(str(p)).name}\t{float(m)!r}" for p, m in
+                                         zip(ts.table["image"], ts.table["mos"])).encode()).hexdigest()
+        data.append({"label": ts.label, "protocol": cfg.protocol_of(spec), "val_fraction": ts.val_fraction,
+                     "n": len(ts.table), "rows": rows})
+    train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
+    head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprint: str, redo: str) -> None:
+    """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
+    (a row renamed to a name with the same folder, or edited after some seeds finished, would
+    otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only."""
+    if stored.get("run", run.name) != run.name:
+        why = f"for row {stored.get('run')!r} (the same folder name)"
+    elif stored.get("fingerprint", fingerprint) != fingerprint:
+        why = "with another recipe or data than the row now gives (model, its arguments, training settings, protocol or rows)"
+    else:
+        return
+    raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
+                      f"both, or delete {redo} to train it again")
+
+
 def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
                  device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
@@ -327,6 +361,15 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"run {run.name}: cannot build {run.model} with {run.model_args}: {exc}") from None
     run_dir = out / "runs" / run.slug / f"seed{seed}"
+    fingerprint = split_fingerprint(cfg, run, sets)
+    if main:  # a split interrupted and resumed after an edit would change recipe partway through
+        begun = run_dir / "recipe.json"
+        if (run_dir / "last.pt").is_file() and begun.is_file():
+            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprint, str(run_dir))
+        elif not (run_dir / "last.pt").is_file():
+            from ..utils.io import atomic_write_text
+
+            atomic_write_text(begun, json.dumps({"run": run.name, "fingerprint": fingerprint}, indent=1))
     cache = cfg.cache_dir or out / "cache"
     if not _shared_cache_ok(model):
         cache = run_dir / "cache"
@@ -355,7 +398,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
-        "protocol": cfg.protocol, "seed": seed, "checkpoint": "best" if use_best else "last",
+        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprint, "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
         "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
@@ -460,10 +503,13 @@ def _metrics_file(out: Path, run: RunSpec, seed: int) -> Path:
     return out / "metrics" / run.slug / f"seed{seed}.json"
 
 
-def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print) -> dict[str, list[int]]:
+def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print,
+                   fingerprints: dict[str, str] | None = None) -> dict[str, list[int]]:
     """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
     had run here, for rows whose model, model arguments and training settings are still the
-    config's; a split already in ``out`` stays. Returns the seeds taken per row."""
+    config's; a split already in ``out`` stays. ``fingerprints`` (row name -> :func:`split_fingerprint`):
+    a split recorded with another one (other data, protocol or recipe) is not taken. Returns the
+    seeds taken per row."""
     from ..utils.io import atomic_write_text
 
     try:
@@ -483,6 +529,11 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
             seed = split.get("seed")
             mfile = _metrics_file(out, run, seed)
             if seed not in run.seeds or mfile.is_file():
+                continue
+            fp = (fingerprints or {}).get(run.name)
+            if fp is not None and split.get("fingerprint", fp) != fp or split.get("run", run.name) != run.name:
+                log(f"import {path}: row {run.name!r} seed {seed} not taken: trained with other data, protocol or "
+                    "recipe than this config gives")
                 continue
             mfile.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(mfile, json.dumps(split, indent=1))
@@ -678,7 +729,7 @@ def run_experiment(
         imported: list[str] = []
         if main and imports:
             for path in imports:
-                if import_results(cfg, out, path, say):
+                if import_results(cfg, out, path, say, {r.name: split_fingerprint(cfg, r, sets) for r in cfg.runs}):
                     imported.append(str(path))
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
@@ -694,7 +745,10 @@ def run_experiment(
                 have = dist_utils.broadcast_object(mfile.is_file() if main else None)
                 if have:
                     if main:
-                        done.append(json.loads(mfile.read_text()))
+                        stored = json.loads(mfile.read_text())
+                        _check_same_split(stored, mfile, run, seed, split_fingerprint(cfg, run, sets),
+                                          f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}")
+                        done.append(stored)
                     continue
                 if not train or (only and run.name not in only) or (seeds and seed not in seeds):
                     continue  # not asked for this time
