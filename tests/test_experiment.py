@@ -627,6 +627,17 @@ def test_a_row_can_start_from_an_earlier_row_of_the_same_split(tmp_path):
     assert b["calibration"] is not None and b["n_val"] > 0 and b["minutes_per_epoch"] is not None
     tested = load_checkpoint(tmp_path / "out" / "runs" / "B" / "seed1" / "tested.pt")
     assert tested.cfg.calibration == b["calibration"]
+    assert run_experiment(cfg, tmp_path / "out", progress=False, log=None, train=False).results["B"]["seeds"] == [1]
+    # A retrained (its best.pt replaced): B's figures came from the old A and are not counted as B's now
+    from contentiqa.models.registry import save_checkpoint
+
+    a_best = tmp_path / "out" / "runs" / "A" / "seed1" / "best.pt"
+    a = load_checkpoint(a_best)
+    with __import__("torch").no_grad():
+        next(a.parameters()).add_(0.01)
+    save_checkpoint(a, a_best)
+    with pytest.raises(ConfigError, match=r"split seed 1 of row 'B' started from .*best.pt as it was before it was replaced"):
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None, train=False)
     bad = {**cfg, "runs": [{"name": "C", "model": "iqa-cr-q", "model_args": {**TINY_ARGS, "dim": 32},
                             "train": {"init_from": "runs/A/seed{seed}/best.pt"}}]}
     with pytest.raises(ConfigError, match="another architecture"):

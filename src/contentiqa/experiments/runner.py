@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION
+from ..utils.io import file_sha256
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
 EXPERIMENT_LOCK = ".experiment.lock"
@@ -335,6 +336,24 @@ def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
                       f"both, or delete {redo} to train it again")
 
 
+def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:
+    """The weights a split of ``run`` starts from (``init_from``, ``{seed}`` filled in, relative to ``out``)."""
+    if not run.train.get("init_from"):
+        return None
+    init = Path(str(run.train["init_from"]).format(seed=seed))
+    return init if init.is_absolute() else out / init
+
+
+def _check_same_start(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, out: Path, redo: str) -> None:
+    """ConfigError when the split in ``where`` started from weights (``init_from``) that have been
+    replaced since (the row it starts from was retrained): its figures are another model's."""
+    init, then = _init_file(run, seed, out), stored.get("init_from_sha256")
+    if init is None or then is None or not init.is_file() or file_sha256(init) == then:
+        return
+    raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} started from {init} as it was before it was "
+                      f"replaced (its row retrained?); delete {redo} to train it again from the new weights")
+
+
 def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
                  device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
@@ -349,9 +368,9 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     train = {**run.train, "seed": seed}
     if device is not None:
         train["device"] = device
-    if train.get("init_from"):  # this split's own earlier row (never another split's test photos)
-        init = Path(str(train["init_from"]).format(seed=seed))
-        train["init_from"] = str(init if init.is_absolute() else out / init)
+    init = _init_file(run, seed, out)
+    if init is not None:  # this split's own earlier row (never another split's test photos)
+        train["init_from"] = str(init)
     tcfg = TrainConfig.from_dict(train)
     seed_everything(seed)  # the model's initial weights are the split seed's too
     try:
@@ -398,7 +417,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
-        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprint, "checkpoint": "best" if use_best else "last",
+        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprint,
+        **({"init_from_sha256": file_sha256(init)} if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
         "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
@@ -746,8 +766,9 @@ def run_experiment(
                 if have:
                     if main:
                         stored = json.loads(mfile.read_text())
-                        _check_same_split(stored, mfile, run, seed, split_fingerprint(cfg, run, sets),
-                                          f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}")
+                        redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
+                        _check_same_split(stored, mfile, run, seed, split_fingerprint(cfg, run, sets), redo)
+                        _check_same_start(stored, mfile, run, seed, out, redo)
                         done.append(stored)
                     continue
                 if not train or (only and run.name not in only) or (seeds and seed not in seeds):
