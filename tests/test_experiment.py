@@ -240,6 +240,33 @@ def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny
     assert run_experiment(elsewhere, out, progress=False, base_dir=root, train=False).results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
+def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(tiny, first_run):
+    """A collapsed model's correlations are NaN: the table must not turn the row into "nan ± nan",
+    nor show a one-split cell with a spread of 0, and results.json must stay JSON (no NaN)."""
+    root, path, cfg = tiny
+    out = root / "out1"
+    mfile = out / "metrics" / "IQA-CR-Q" / "seed1.json"
+    kept = mfile.read_text()
+    try:
+        split = json.loads(kept)
+        split["test"]["TINY"]["srocc"] = float("nan")  # what evaluate records for a collapsed model
+        mfile.write_text(json.dumps(split))
+        res = run_experiment(path, out, progress=False, train=False)
+        text = (out / "results.json").read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json holds {c}"))
+        row = next(line for line in res.markdown.splitlines() if line.startswith("| IQA-CR-Q |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        header = [c.strip() for c in res.markdown.split("\n")[next(i for i, line in enumerate(res.markdown.split("\n"))
+                                                                   if line.startswith("| model |"))].strip("|").split("|")]
+        srocc = cells[header.index("TINY SROCC")]
+        assert "nan" not in row and srocc.endswith("(1 split)") and "±" not in srocc, row
+        assert cells[header.index("TINY PLCC")].count("±") == 1  # the other metrics keep both splits
+        iqa_cr = next(line for line in res.markdown.splitlines() if line.startswith("| IQA-CR |"))
+        assert "± 0.000" not in iqa_cr  # a row of one split shows no spread
+    finally:
+        mfile.write_text(kept)
+
+
 def test_missing_data_skips_with_a_message(tmp_path, tiny, capsys):
     _, _, cfg = tiny
     bad = {**cfg, "data": {"name": "koniq10k", "root": "nowhere/koniq10k"}}

@@ -112,7 +112,9 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # JSON has no NaN (a collapsed model's correlations): null, which tables leave out
     return obj
 
 
@@ -509,7 +511,10 @@ def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str
         splits = per_run.get(run.name, [])
         summary = {}
         for label in cfg.test_labels():
-            rows = [{k: _scored(s, label)[k] for k in SUMMARY_METRICS if k in _scored(s, label)} for s in splits]
+            # a metric a split could not measure (a collapsed model's correlations: NaN, or null
+            # once written) is left out of the mean, and the table says how many splits it has
+            rows = [{k: v for k in SUMMARY_METRICS if (v := _scored(s, label).get(k)) is not None
+                     and np.isfinite(float(v))} for s in splits]
             rows = [r for r in rows if r]
             if rows:
                 summary[label] = mean_std(rows)
@@ -600,11 +605,17 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
             trained_parts.append(f"{run.name}: {'; '.join(what)}")
         # two figures: a head-only epoch takes seconds, which one decimal would show as 0.0
         mean = sum(mins) / len(mins) if mins else None
-        cells = [run.name, str(len(r["seeds"])) if r else "0",
+        done = len(r["seeds"]) if r else 0
+        cells = [run.name, f"{done} of {len(run.seeds)}" if 0 < done < len(run.seeds) else str(done),
                  "–" if mean is None else f"{mean:.2g}" if mean < 10 else f"{mean:.0f}"]
         for label, m in cols:
-            f = format_mean_std(r["summary"].get(label, {}), [m]) if r else {}
-            cells.append(f.get(m, "–"))
+            s = r["summary"].get(label, {}).get(m) if r else None
+            if s is None:
+                cells.append("–")
+            elif s["n"] == 1:  # no spread to show: a std of 0 would claim one
+                cells.append(f"{s['mean']:.3f}" + (" (1 split)" if done > 1 else ""))
+            else:
+                cells.append(format_mean_std({m: s}, [m])[m] + (f" (n={s['n']})" if s["n"] < done else ""))
         rows.append(cells)
     if not cols:
         header = header[:3]
@@ -623,7 +634,8 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     trained = "; ".join(f"{d.label} (`{d.name}`, protocol {names[cfg.protocol_of(d)]})" for d in cfg.train_sets)
     notes = [
         f"Trained on {trained}{n}, seeds {', '.join(map(str, cfg.seeds))}; "
-        f"mean ± std (sample std) over splits. Tested on {'; '.join(where)}. "
+        f"mean ± std (sample std) over splits (n=K: the splits a cell has, when a split could not be measured there, "
+        f"e.g. a collapsed model's correlations; 'K of N': a row with N splits planned). Tested on {'; '.join(where)}. "
         f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories "
         f"(against the main label); acc. (any label) = the prediction is one of the photo's labels (multi-label sets).",
         f"Ran on {prov.get('machine')}{', GPU ' + str(prov.get('gpu')) if prov.get('gpu') else ''}: "
