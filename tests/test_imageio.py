@@ -499,3 +499,24 @@ def test_a_pil_image_opened_from_a_file_is_turned_upright_as_the_file_is(tmp_pat
     assert notes == pil_notes == ["EXIF orientation 6 applied"]
     upright, _, none = to_pil(Image.fromarray(random_rgb(40, 64, seed=3)))  # no EXIF: as it is
     assert upright.size == (64, 40) and none == []
+
+
+def test_postscript_is_never_run_whatever_the_file_is_called(tmp_path, monkeypatch):
+    """Pillow opens EPS by running Ghostscript on the file's PostScript: a program a user (or a
+    service's client) hands over, not pixels. Such a file is "not an image" and gs never starts."""
+    from contentiqa.data.imageio import ImageLoadError, load_image
+    from contentiqa.training.data import image_size
+
+    marker = tmp_path / "GS-RAN"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n(hello) print showpage\n")
+    with pytest.raises(ImageLoadError, match="not an image"):
+        load_image(photo)
+    with pytest.raises(Exception):
+        image_size(str(photo))
+    assert not marker.exists()

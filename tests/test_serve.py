@@ -306,6 +306,12 @@ def test_healthz_ready_only_once_loaded_and_says_why_not(model):
         r = c.get("/healthz")
         assert r.status_code == 503 and r.json() == {"status": "failed", "error": "checkpoint x.pt does not exist"}
     assert len(errors) == 1
+    # behind an API key, the open /healthz does not tell anyone the server's paths
+    app = create_app(ServeConfig(api_key="k"), loader=broken, on_load_error=errors.append)
+    with TestClient(app) as c:
+        assert app.state.service.ready_event.wait(10)
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and "x.pt" not in r.text
 
 
 def test_explain_returns_heatmap_png(model):
@@ -531,6 +537,8 @@ def test_serve_command_checks_its_arguments(capsys):
     assert "error: unknown model 'no-such-model'" in capsys.readouterr().err  # before the server starts
     assert main(["serve", "--model", "missing/ckpt.pt"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--api-key", "pässwort", "--model", "missing/ckpt.pt"]) == 2  # clients could never send it
+    assert "must be printable ASCII" in capsys.readouterr().err
 
 
 def test_cli_help_does_not_import_the_web_stack():

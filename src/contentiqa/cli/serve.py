@@ -116,6 +116,10 @@ def _config(args: argparse.Namespace):
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api-key is empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        # HTTP headers carry bytes that clients encode differently (browsers refuse non-ASCII):
+        # such a key would lock everyone out without a word
+        raise UsageError(f"the API key ({'--api-key' if args.api_key is not None else API_KEY_ENV}) must be printable ASCII")
     return ServeConfig(
         max_batch=args.max_batch or 8,
         max_wait_ms=args.max_wait_ms,

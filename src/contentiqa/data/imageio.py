@@ -35,8 +35,17 @@ except ImportError:  # pragma: no cover - optional
 else:
     register_heif_opener()
 
-# Pillow names these formats but cannot read their pixels without outside software.
+# Pillow names these formats but cannot read their pixels without outside software; EPS would run
+# Ghostscript on the file's PostScript (a program, not pixels: never for a file a user or client hands us).
 _NOT_DECODABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"}
+
+
+@lru_cache(maxsize=1)
+def decodable_formats() -> tuple[str, ...]:
+    """The formats every ``Image.open`` of a given file may take (Pillow's own decoders): a file
+    that claims another (EPS) is "not an image", whatever its name."""
+    Image.init()
+    return tuple(sorted(fmt for fmt in Image.OPEN if fmt not in _NOT_DECODABLE))
 
 # Never silently pad truncated files with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -229,7 +238,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            im = Image.open(p, formats=decodable_formats())
     except UnidentifiedImageError:
         raise ImageLoadError(p, "not an image (format not recognised)") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -238,7 +247,7 @@ def load_image(
         # only parses the header, so re-opening without PIL's limit allocates nothing.
         try:
             with _pil_pixel_limit_disabled():
-                im = Image.open(p)
+                im = Image.open(p, formats=decodable_formats())
         except OSError as exc:
             raise ImageLoadError(p, f"cannot open image: {exc}") from None
     except PermissionError:

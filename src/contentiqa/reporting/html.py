@@ -49,10 +49,10 @@ def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE, quality: int 
 def thumbnail_from_file(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, max_pixels: int | None = None) -> bytes | None:
     """A thumbnail read straight from a file (JPEGs decoded at reduced size), EXIF
     orientation applied; None if the file cannot be read."""
-    from ..data.imageio import load_image
+    from ..data.imageio import decodable_formats, load_image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=decodable_formats()) as im:
             if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
                 return None
             if im.format == "JPEG":

@@ -666,8 +666,8 @@ def create_app(
         if svc.state == "ready" and svc.identity is not None:
             body.update(model=svc.identity["name"], weights=svc.identity["weights"],
                         queue_depth=svc.batcher.depth if svc.batcher else 0)
-        if svc.error:
-            body["error"] = svc.error
+        if svc.error:  # it names server paths: only for those who may use the service
+            body["error"] = svc.error if not cfg.api_key else "the model failed to load (the server's log says why)"
         return JSONResponse(body, status_code=200 if svc.state == "ready" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics (text format)")

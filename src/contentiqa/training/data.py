@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..data.imageio import load_image
+from ..data.imageio import decodable_formats, load_image
 
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) after EXIF orientation, from the header only."""
-    with Image.open(path) as im:
+    with Image.open(path, formats=decodable_formats()) as im:
         w, h = im.size
         try:
             orientation = im.getexif().get(0x0112, 1)
