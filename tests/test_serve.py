@@ -236,6 +236,33 @@ def test_timeout_answers_504_and_drops_the_work(model):
         assert 'contentiqa_errors_total{reason="timeout"} 1.0' in c.get("/metrics").text
 
 
+def test_decoding_stops_at_the_deadline_and_drops_what_has_not_started(model):
+    """Many large uploads in one request: their decoding (threads beside the model) ran to the end
+    whatever the deadline, keeping the cores busy for a client that had given up. It now answers
+    504 at the deadline, and decodes that have not started are dropped."""
+    app = create_app(ServeConfig(timeout_s=1.0, decode_workers=1, max_images=16), model=loaded(model))
+    svc = app.state.service
+    real = svc.decode_for_scoring
+    started = []
+
+    def slow(data):
+        started.append(1)
+        time.sleep(0.4)
+        return real(data)
+
+    with TestClient(app) as c:
+        svc.decode_for_scoring = slow
+        t = time.monotonic()
+        r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(12)]))
+        took = time.monotonic() - t
+        assert r.status_code == 504 and "within the request timeout" in r.json()["detail"]
+        assert took < 2.5  # not the 12 x 0.4 s the decodes would take
+        time.sleep(0.5)
+        assert len(started) <= 5  # the one running finished; the rest never started
+        svc.decode_for_scoring = real
+        assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200
+
+
 def test_dynamic_batching_across_concurrent_requests(model):
     app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=loaded(model))
     with TestClient(app) as c:

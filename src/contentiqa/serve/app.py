@@ -571,6 +571,27 @@ def create_app(
         svc.metrics.error("timeout")
         raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s")
 
+    async def decoded_within(request: Request, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``fn`` of each upload on the decode threads (``None`` pool: the loop's default
+        executor), within the request's deadline and while its client is there; decodes not
+        yet started when either ends are dropped: a request of many large images must not keep
+        the cores busy for a client that has gone or given up."""
+        loop = asyncio.get_running_loop()
+        work = asyncio.gather(*(loop.run_in_executor(svc.decode_pool, fn, d) for d in items))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()  # cancels the decodes still waiting for a thread
+        if gone in done:
+            raise abandon(request, len(items))
+        svc.metrics.error("timeout")
+        raise HTTPException(504, f"not decoded within the request timeout of {cfg.timeout_s:g} s")
+
     @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
               summary="Score one or many uploaded images")
     async def score(request: Request) -> JSONResponse:
@@ -585,9 +606,7 @@ def create_app(
         items: list[Any] = [data for _, data in uploads]  # decoded on the model's thread ...
         preds: list[Any] = [None] * len(items)
         if svc.decode_pool is not None:  # ... or here, in parallel, while the model runs
-            loop = asyncio.get_running_loop()
-            decoded = await asyncio.gather(*(loop.run_in_executor(svc.decode_pool, svc.decode_for_scoring, d)
-                                             for d in items))
+            decoded = await decoded_within(request, svc.decode_for_scoring, items)
             for i, (ready, notes, err) in enumerate(decoded):
                 if err is not None:
                     preds[i] = Prediction(path=None, score=None, error=err, notes=list(notes))
@@ -631,8 +650,7 @@ def create_app(
         if target == "category" and not svc.loaded.scorer.has_content_head:
             raise HTTPException(400, "this model has no content head: use target=quality")
         uploads = await read_uploads(request, svc, 1)
-        loop = asyncio.get_running_loop()
-        img, _notes, err = await loop.run_in_executor(svc.decode_pool, svc.decode, uploads[0][1])
+        ((img, _notes, err),) = await decoded_within(request, svc.decode, [uploads[0][1]])
         if err is not None:
             svc.metrics.error("bad_image")
             raise HTTPException(422, f"{uploads[0][0] or 'upload'}: {err}")
