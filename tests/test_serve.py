@@ -263,6 +263,37 @@ def test_decoding_stops_at_the_deadline_and_drops_what_has_not_started(model):
         assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200
 
 
+def test_a_client_that_stops_reading_is_dropped_after_the_deadline(model, monkeypatch):
+    """A client that never reads its answer (a big static file, pipelined, a tiny receive window)
+    held one of --max-connections for good: sending now has the request's deadline plus a grace,
+    then the connection is dropped and counted."""
+    import asyncio
+
+    import contentiqa.serve.app as serve_app
+
+    monkeypatch.setattr(serve_app, "SEND_GRACE_S", 0.3)
+    svc = create_app(ServeConfig(timeout_s=0.2), model=loaded(model)).state.service
+    sent = []
+
+    async def answer(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": False})
+
+    async def never_read(message):
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            await asyncio.sleep(3600)  # the socket's buffers are full: the write never completes
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "path": "/docs-assets/swagger-ui-bundle.js", "headers": [], "client": ("127.0.0.1", 9)}
+    t = time.monotonic()
+    asyncio.run(asyncio.wait_for(serve_app.RequestGuard(answer, svc)(scope, receive, never_read), 10))
+    assert time.monotonic() - t < 2 and sent == ["http.response.start", "http.response.body"]
+    assert 'contentiqa_errors_total{reason="send_timeout"} 1.0' in svc.metrics.render().decode()
+
+
 def test_dynamic_batching_across_concurrent_requests(model):
     app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=loaded(model))
     with TestClient(app) as c:

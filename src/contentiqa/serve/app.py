@@ -124,6 +124,16 @@ class BodyTimeout(Exception):
     """The client did not send its body within the request timeout (e.g. trickling bytes)."""
 
 
+class SendTimeout(Exception):
+    """The client did not take the answer within the request timeout plus :data:`SEND_GRACE_S`
+    (it stopped reading): the connection is dropped, so it cannot hold a connection slot."""
+
+
+SEND_GRACE_S = 10.0
+"""Seconds past the request's deadline a client has to read its answer (a slow link downloading the
+docs' scripts); a client that never reads would otherwise hold one of --max-connections for good."""
+
+
 def model_identity(loaded: LoadedModel) -> dict[str, Any]:
     """Name, weights (+ file hash), package version, runtime, precision and scale of the served
     model: what a client records next to a score to know which model gave it. Server paths are
@@ -347,7 +357,10 @@ class RequestGuard:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
-            await send(message)
+            try:
+                await asyncio.wait_for(send(message), max(deadline + SEND_GRACE_S - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                raise SendTimeout() from None
 
         async def guarded_receive():
             if body["done"]:
@@ -376,10 +389,19 @@ class RequestGuard:
                 await response(scope, receive, send_wrapper)
                 return
             await self.app(scope, guarded_receive, send_wrapper)
+        except SendTimeout:  # returning without a complete answer makes the server close the connection
+            metrics.error("send_timeout")
+            logger.info("%s: client stopped reading its answer to %s; connection dropped",
+                        _client_name(scope), scope.get("path", ""))
         finally:
             metrics.in_flight.dec()
             metrics.requests.labels(label, str(status[0])).inc()
             metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+
+def _client_name(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
 
 
 async def _disconnected(request: Request) -> None:
