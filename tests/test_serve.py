@@ -294,6 +294,22 @@ def test_a_client_that_stops_reading_is_dropped_after_the_deadline(model, monkey
     assert 'contentiqa_errors_total{reason="send_timeout"} 1.0' in svc.metrics.render().decode()
 
 
+def test_an_error_row_shows_no_server_folder(model, monkeypatch):
+    """A reader's message can name other files than the upload (a helper program's temporary
+    output): the client gets none of the server's folders."""
+    import tempfile
+
+    import contentiqa.serve.app as serve_app
+
+    def failing(path, scorer):
+        return None, None, [], f"{path}: cannot read it (wrote {tempfile.gettempdir()}/tmpq1w2e3r4 and {Path(path).parent}/x)"
+
+    monkeypatch.setattr(serve_app, "load_image_safely", failing)
+    with client_for(model) as c:
+        row = c.post("/v1/score", files=files(("a.jpg", jpeg()))).json()["results"][0]
+    assert row["error"].startswith("<upload>: cannot read it") and tempfile.gettempdir() not in row["error"], row
+
+
 def test_dynamic_batching_across_concurrent_requests(model):
     app = create_app(ServeConfig(max_batch=8, max_wait_ms=400), model=loaded(model))
     with TestClient(app) as c:

@@ -308,8 +308,10 @@ class Service:
                 os.unlink(tmp)
             except OSError:
                 pass
-        if err is not None:
+        if err is not None:  # a client learns nothing of the server's folders from an error
             err = err.replace(tmp, "<upload>").replace(BOMB_HINT, SERVER_BOMB_HINT)
+            for folder in (self.tmpdir, os.path.realpath(self.tmpdir), tempfile.gettempdir()):
+                err = err.replace(folder, "<server temp>")
         return img, notes, err
 
     def decode_for_scoring(self, data: bytes) -> tuple[Decoded | None, list[str], str | None]:
