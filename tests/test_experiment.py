@@ -263,6 +263,12 @@ def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(
         assert cells[header.index("TINY PLCC")].count("±") == 1  # the other metrics keep both splits
         iqa_cr = next(line for line in res.markdown.splitlines() if line.startswith("| IQA-CR |"))
         assert "± 0.000" not in iqa_cr  # a row of one split shows no spread
+        # a split another session's code trained is named: the table's own line is its builder's
+        assert "The splits were trained by" not in res.markdown
+        split["provenance"] = {**split["provenance"], "git_commit": "0123456789abcdef", "date": "2026-01-02T00:00:00"}
+        mfile.write_text(json.dumps(split))
+        again = run_experiment(path, out, progress=False, train=False).markdown
+        assert "The splits were trained by" in again and "git 0123456789ab" in again and "2026-01-02 to" in again
     finally:
         mfile.write_text(kept)
 

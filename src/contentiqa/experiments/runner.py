@@ -580,6 +580,27 @@ def _train_time(results: dict[str, Any]) -> str:
     return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
 
 
+def _training_sessions(results: dict[str, Any], prov: dict) -> str:
+    """Which code trained the table's splits (commit, dirty, version; dates), unless all of them
+    were this session's code: a table rebuilt or resumed later must not pass for its builder's."""
+    counts: dict[str, int] = {}
+    dates = []
+    for r in results.values():
+        for sp in r.get("splits", []):
+            p = sp.get("provenance") or {}
+            key = (f"git {str(p.get('git_commit') or '?')[:12]}{' (dirty)' if p.get('git_dirty') else ''}, "
+                   f"contentiqa {p.get('contentiqa', '?')}")
+            counts[key] = counts.get(key, 0) + 1
+            if p.get("date"):
+                dates.append(str(p["date"])[:10])
+    here = (f"git {str(prov.get('git_commit') or '?')[:12]}{' (dirty)' if prov.get('git_dirty') else ''}, "
+            f"contentiqa {prov.get('contentiqa', '?')}")
+    if set(counts) <= {here}:
+        return ""
+    when = f" ({min(dates)} to {max(dates)})" if dates else ""
+    return "; ".join(f"{k}: {n} split(s)" for k, n in sorted(counts.items())) + when
+
+
 def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[str, list[str]], prov: dict,
              n_images: int | None = None, imported: list[str] | None = None) -> str:
     from ..metrics import format_mean_std
@@ -643,6 +664,10 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
     ]
+    trained_by = _training_sessions(results, prov)
+    if trained_by:
+        notes.append(f"The splits were trained by {trained_by}: the table's own line above is the session that "
+                     "built it (each split's record in metrics/ keeps its own).")
     if imported:
         notes.append("Finished splits of earlier sessions taken from " + ", ".join(f"`{p}`" for p in imported)
                      + " (`contentiqa experiment CONFIG --import RESULTS.json`); each split keeps its own provenance.")
