@@ -572,14 +572,11 @@ def create_app(
                     f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path)
         return ClientDisconnect()  # its handler counts the request as disconnected (499)
 
-    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int) -> Any:
-        """Queue work on the batcher and wait for it within the request's deadline; dropped
-        when the client disconnects meanwhile (nobody would read the result)."""
-        if await request.is_disconnected():
-            raise abandon(request, n_images)
-        with admission():
-            fut = submit()
-        work = asyncio.wrap_future(fut)
+    async def within_deadline(request: Request, work: "asyncio.Future[Any]", cancel: Callable[[], Any], n_images: int,
+                              what: str) -> Any:
+        """``work``'s result if it ends within the request's deadline while its client is there;
+        else ``cancel()`` it, and drop the request (client gone: nobody would read the result)
+        or answer 504."""
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
@@ -588,12 +585,22 @@ def create_app(
             gone.cancel()
         if work in done:
             return work.result()
-        assert svc.batcher is not None
-        svc.batcher.cancel(fut)
+        cancel()
         if gone in done:
             raise abandon(request, n_images)
         svc.metrics.error("timeout")
-        raise HTTPException(504, f"not scored within the request timeout of {cfg.timeout_s:g} s")
+        raise HTTPException(504, f"not {what} within the request timeout of {cfg.timeout_s:g} s")
+
+    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int) -> Any:
+        """Queue work on the batcher and wait for it within the request's deadline (dropped from
+        the queue when the deadline passes or the client disconnects)."""
+        if await request.is_disconnected():
+            raise abandon(request, n_images)
+        batcher = svc.batcher
+        assert batcher is not None
+        with admission():
+            fut = submit()
+        return await within_deadline(request, asyncio.wrap_future(fut), lambda: batcher.cancel(fut), n_images, "scored")
 
     async def decoded_within(request: Request, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """``fn`` of each upload on the decode threads (``None`` pool: the loop's default
@@ -602,19 +609,7 @@ def create_app(
         the cores busy for a client that has gone or given up."""
         loop = asyncio.get_running_loop()
         work = asyncio.gather(*(loop.run_in_executor(svc.decode_pool, fn, d) for d in items))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if work in done:
-            return work.result()
-        work.cancel()  # cancels the decodes still waiting for a thread
-        if gone in done:
-            raise abandon(request, len(items))
-        svc.metrics.error("timeout")
-        raise HTTPException(504, f"not decoded within the request timeout of {cfg.timeout_s:g} s")
+        return await within_deadline(request, work, work.cancel, len(items), "decoded")
 
     @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
               summary="Score one or many uploaded images")
