@@ -67,13 +67,14 @@ OPTIMIZER_STATE_FIELDS = ("lr", "backbone_lr_scale", "weight_decay", "momentum")
 """Training options a resumed run takes from ``last.pt``'s optimizer state, not from its config."""
 
 OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
+"""The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
+experiment runner and ``contentiqa train`` after it); a process killed while writing one
+leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
+
 EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json")
 """What a finished run leaves in its folder besides its state (``test_metrics.json``: written by
 ``contentiqa train``): a fresh start there removes them, so that no file in the folder describes
 another run's model."""
-"""The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
-experiment runner and ``contentiqa train`` after it); a process killed while writing one
-leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
 
 
 RUN_LOCK = ".train.lock"
