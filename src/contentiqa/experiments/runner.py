@@ -307,21 +307,24 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
     return combined, own
 
 
-def split_fingerprint(cfg: ExperimentConfig, run: RunSpec, sets: list[TrainSet]) -> str:
-    """What a split's figures depend on besides its seed: the row's recipe (its model, model
-    arguments and training settings, not its name; where it runs — device, loader workers, the
-    cache's runtime — is no part of it), each training set's protocol, validation share and rows
-    (file names and MOS: moving the data elsewhere keeps it). A finished split whose fingerprint
-    differs was trained for another experiment, and is not averaged into this one."""
+def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet]) -> dict[str, str]:
+    """Row name -> what its splits' figures depend on besides the seed: the row's recipe (its
+    model, model arguments and training settings, not its name; where it runs — device, loader
+    workers, the cache's runtime — is no part of it), each training set's protocol, validation
+    share and rows (file names and MOS: moving the data elsewhere keeps it). A finished split
+    whose fingerprint differs was trained for another experiment, and is not averaged into this one."""
     data = []
-    for ts, spec in zip(sets, cfg.train_sets):
+    for ts, spec in zip(sets, cfg.train_sets):  # hashed once for every row
         rows = hashlib.sha256("\n".join(f"{Path(str(p)).name}\t{float(m)!r}" for p, m in
                                          zip(ts.table["image"], ts.table["mos"])).encode()).hexdigest()
         data.append({"label": ts.label, "protocol": cfg.protocol_of(spec), "val_fraction": ts.val_fraction,
                      "n": len(ts.table), "rows": rows})
-    train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
-    head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
-    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    out = {}
+    for run in cfg.runs:
+        train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
+        head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
+        out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    return out
 
 
 def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprint: str, redo: str) -> None:
@@ -357,7 +360,7 @@ def _check_same_start(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
 
 
 def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
-                 device: str | None, progress: bool, log: Callable, main: bool) -> dict[str, Any] | None:
+                 device: str | None, progress: bool, log: Callable, main: bool, fingerprint: str) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..models.registry import save_checkpoint
@@ -382,7 +385,6 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"run {run.name}: cannot build {run.model} with {run.model_args}: {exc}") from None
     run_dir = out / "runs" / run.slug / f"seed{seed}"
-    fingerprint = split_fingerprint(cfg, run, sets)
     if main:  # a split interrupted and resumed after an edit would change recipe partway through
         begun = run_dir / "recipe.json"
         if (run_dir / "last.pt").is_file() and begun.is_file():
@@ -532,7 +534,7 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
                    fingerprints: dict[str, str] | None = None) -> dict[str, list[int]]:
     """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
     had run here, for rows whose model, model arguments and training settings are still the
-    config's; a split already in ``out`` stays. ``fingerprints`` (row name -> :func:`split_fingerprint`):
+    config's; a split already in ``out`` stays. ``fingerprints`` (:func:`split_fingerprints`):
     a split recorded with another one (other data, protocol or recipe) is not taken. Returns the
     seeds taken per row."""
     from ..utils.io import atomic_write_text
@@ -583,19 +585,19 @@ def _train_time(results: dict[str, Any]) -> str:
 def _training_sessions(results: dict[str, Any], prov: dict) -> str:
     """Which code trained the table's splits (commit, dirty, version; dates), unless all of them
     were this session's code: a table rebuilt or resumed later must not pass for its builder's."""
+    def code(p: dict) -> str:
+        return f"git {str(p.get('git_commit') or '?')[:12]}{' (dirty)' if p.get('git_dirty') else ''}, " \
+               f"contentiqa {p.get('contentiqa', '?')}"
+
     counts: dict[str, int] = {}
     dates = []
     for r in results.values():
         for sp in r.get("splits", []):
             p = sp.get("provenance") or {}
-            key = (f"git {str(p.get('git_commit') or '?')[:12]}{' (dirty)' if p.get('git_dirty') else ''}, "
-                   f"contentiqa {p.get('contentiqa', '?')}")
-            counts[key] = counts.get(key, 0) + 1
+            counts[code(p)] = counts.get(code(p), 0) + 1
             if p.get("date"):
                 dates.append(str(p["date"])[:10])
-    here = (f"git {str(prov.get('git_commit') or '?')[:12]}{' (dirty)' if prov.get('git_dirty') else ''}, "
-            f"contentiqa {prov.get('contentiqa', '?')}")
-    if set(counts) <= {here}:
+    if set(counts) <= {code(prov)}:
         return ""
     when = f" ({min(dates)} to {max(dates)})" if dates else ""
     return "; ".join(f"{k}: {n} split(s)" for k, n in sorted(counts.items())) + when
@@ -783,10 +785,11 @@ def run_experiment(
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
+        fingerprints = split_fingerprints(cfg, sets)
         imported: list[str] = []
         if main and imports:
             for path in imports:
-                if import_results(cfg, out, path, say, {r.name: split_fingerprint(cfg, r, sets) for r in cfg.runs}):
+                if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
@@ -804,7 +807,7 @@ def run_experiment(
                     if main:
                         stored = json.loads(mfile.read_text())
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
-                        _check_same_split(stored, mfile, run, seed, split_fingerprint(cfg, run, sets), redo)
+                        _check_same_split(stored, mfile, run, seed, fingerprints[run.name], redo)
                         _check_same_start(stored, mfile, run, seed, out, redo)
                         done.append(stored)
                     continue
@@ -812,7 +815,7 @@ def run_experiment(
                     continue  # not asked for this time
                 t0 = time.time()
                 try:
-                    res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main)
+                    res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main, fingerprints[run.name])
                 except _RunUnavailable as exc:
                     if strict:
                         raise ExperimentSkipped(str(exc)) from None

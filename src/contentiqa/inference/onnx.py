@@ -299,9 +299,7 @@ def cached_session(
     if weights_file is not None:
         # Keyed by the bytes the model was read from when it came from this file: a file replaced
         # since (a run rewriting best.pt) must not file the old weights' graph under the new bytes.
-        ck = model.checkpoint_info or {}
-        loaded = ck.get("file_sha256") if ck.get("path") and Path(ck["path"]) == Path(weights_file) else None
-        key = _rt.weights_cache_key(weights_file, opset, precision, sha256=loaded)
+        key = _rt.weights_cache_key(weights_file, opset, precision, sha256=model.loaded_sha256(weights_file))
         label = Path(weights_file).stem
     else:
         key = model_fingerprint(model, opset) if precision == DEFAULT_PRECISION else \

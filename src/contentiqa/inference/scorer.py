@@ -394,7 +394,7 @@ def _build_graph(spec: str, weights: Path, precision: str) -> None:
 
         model = load_model(spec, "cpu")
         export_to_cache(model, weights)  # filed under the bytes the model was read from
-        if (model.checkpoint_info or {}).get("file_sha256") not in (None, file_sha256(weights)):
+        if model.loaded_sha256(weights) not in (None, file_sha256(weights)):
             raise ValueError(f"{weights} changed while it was being read (is a run writing it?): score again "
                              "once it is written")
         return

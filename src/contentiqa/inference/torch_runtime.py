@@ -115,13 +115,10 @@ class TorchScorer(BaseScorer):
 
     @cached_property
     def identity(self) -> ScorerIdentity:
-        info = self.model.checkpoint_info or {}
-        path = self._weights or info.get("path")
-        # the hash of the bytes the model was read from, when that file is the one named
-        known = info.get("file_sha256") if path and info.get("path") and Path(info["path"]) == Path(path) else None
+        path = self._weights or (self.model.checkpoint_info or {}).get("path")
         return ScorerIdentity(name=str(self.model.model_name), tag=self.model.weights_tag,
                               weights=Path(path) if path else None, runtime="torch", precision=self.precision,
-                              spec=self._spec or str(self.model.model_name), known_sha256=known)
+                              spec=self._spec or str(self.model.model_name), known_sha256=self.model.loaded_sha256(path))
 
     # The image limits are the model's own (a caller may set them on either).
     @property

@@ -261,6 +261,15 @@ class IQAModel(nn.Module):
             out.update(part.encode(views))
         return out
 
+    def loaded_sha256(self, path: Any) -> str | None:
+        """SHA-256 of the bytes these weights were read from when they came from the file ``path``
+        (``load_checkpoint`` hashes what it loads: the file may have been replaced since), else None."""
+        from pathlib import Path
+
+        info = self.checkpoint_info or {}
+        same = path is not None and info.get("path") and Path(info["path"]) == Path(path)
+        return info.get("file_sha256") if same else None
+
     def trained_stages(self, start_stage: int) -> str:
         """Which stages train on top of ``start_stage`` cached ones, in words (results files)."""
         n = len(self.stages)
