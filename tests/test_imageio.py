@@ -73,6 +73,31 @@ def test_text_file_named_jpg(tmp_path):
     _expect_error(path, "not an image")
 
 
+def test_heic_without_its_plugin_names_the_extra_to_install(tmp_path, monkeypatch):
+    """A phone photo on an install without pillow-heif: the row says what reads it, and a
+    folder scan takes the file (so that it gets that row) rather than passing it over."""
+    import contentiqa.data.imageio as imageio
+    from contentiqa.data.inputs import list_folder
+
+    Image.init()
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k not in ("HEIF", "AVIF")})
+    monkeypatch.setattr(Image, "registered_extensions", lambda: {".png": "PNG", ".jpg": "JPEG"})
+    imageio.decodable_formats.cache_clear()
+    imageio.image_extensions.cache_clear()
+    try:
+        path = tmp_path / "IMG_0001.HEIC"
+        path.write_bytes(struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0mif1heic" + b"\0" * 200)
+        _expect_error(path, "HEIC/HEIF photo", "contentiqa[heif]")
+        assert list_folder(str(tmp_path), recursive=False).files == [str(path)]
+        other = tmp_path / "clip.mp4"  # an ISO media file of another brand: no such advice
+        other.write_bytes(struct.pack(">I", 24) + b"ftypisom" + b"\0" * 200)
+        err = _expect_error(other, "not an image")
+        assert "heif" not in str(err).lower()
+    finally:
+        imageio.decodable_formats.cache_clear()
+        imageio.image_extensions.cache_clear()
+
+
 @pytest.mark.parametrize("fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png")])
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
 def test_truncated(tmp_path, fmt, ext, keep):

@@ -136,6 +136,7 @@ def test_every_bad_input_gets_a_row(zoo, ckpt, tmp_path, capsys):
     assert "does not exist" in err("missing")
     assert "smaller than the minimum" in err("small")
     assert re.search(r"limit of 1(\.0)? MP", err("bomb"))  # names the limit
+    assert "--max-pixels" in err("bomb") and "max_pixels" not in err("bomb")  # the option, not the attribute
     if os.geteuid() != 0:
         assert "permission" in err("unreadable")
     for key in ("good", "gray", "palette", "rgba", "png16", "cmyk", "exif", "exif_manual", "gif"):
@@ -225,7 +226,7 @@ def test_quiet_prints_only_errors(tmp_path, ckpt, capsys):
 
 
 # -- path handling --------------------------------------------------------------------------------
-def test_globs_and_recursion(tmp_path, ckpt, monkeypatch):
+def test_globs_and_recursion(tmp_path, ckpt, monkeypatch, capsys):
     root = tmp_path / "shoot"
     ok_folder(root, n=2)
     ok_folder(root / "sub", n=1)
@@ -234,8 +235,11 @@ def test_globs_and_recursion(tmp_path, ckpt, monkeypatch):
     out = tmp_path / "g.csv"
     assert run("score", "shoot/*.jpg", "--model", ckpt, "-o", out, "-q") == 0  # quoted glob
     assert sorted(by_name(read_csv(out))) == ["img0.jpg", "img1.jpg"]
-    assert run("score", root, "--model", ckpt, "-o", out, "-q", "--force") == 0
+    assert run("score", root, "--model", ckpt, "-o", out, "--force") == 0
     assert len(read_csv(out)) == 2  # no subfolders, no hidden files
+    notes = capsys.readouterr().err
+    assert "1 subfolder(s) not searched" in notes
+    assert "1 hidden file(s) or folder(s) skipped" in notes and ".hidden.jpg" in notes  # never without a word
     assert run("score", root, "--recursive", "--model", ckpt, "-o", out, "-q", "--force") == 0
     assert len(read_csv(out)) == 3
     assert run("score", root / "sub", root / "sub" / "img0.jpg", "--model", ckpt, "-o", out, "-q", "--force") == 0
@@ -330,6 +334,53 @@ def test_resume_from_another_folder_finds_the_rows_of_a_run_started_beside_the_o
     monkeypatch.chdir(tmp_path / "sub")
     assert run("score", "../imgs", "--model", ckpt, "-o", "../r.csv", "--resume", "-q") == 0
     assert sorted(r["path"] for r in read_csv(tmp_path / "r.csv")) == ["imgs/img0.jpg", "imgs/img1.jpg"]
+
+
+def test_resume_from_an_unrelated_folder_matches_the_rows_by_their_path_ends(tmp_path, ckpt, monkeypatch, capsys):
+    """The first run's folder is neither this one nor the output's: its rows still name this
+    run's inputs, so they are skipped, not scored and listed a second time."""
+    import contentiqa.inference.engine as engine
+
+    ok_folder(tmp_path / "imgs", n=3)
+    (tmp_path / "res").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert run("score", "imgs/img0.jpg", "imgs/img1.jpg", "--model", ckpt, "-o", "res/out.csv", "-q") == 0
+    seen: list = []
+    real = engine.Engine.run
+    monkeypatch.setattr(engine.Engine, "run", lambda self, items, *a, **kw: (seen.extend(items), real(self, items, *a, **kw))[1])
+    monkeypatch.chdir(tmp_path / "res")
+    assert run("score", "../imgs", "--model", ckpt, "-o", "out.csv", "--resume") == 0
+    assert [Path(p).name for p in seen] == ["img2.jpg"]
+    assert sorted(r["path"] for r in read_csv(tmp_path / "res" / "out.csv")) == [
+        "../imgs/img2.jpg", "imgs/img0.jpg", "imgs/img1.jpg"]
+    assert "2 row(s) of out.csv name their photos from the folder an earlier run started in" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_json_file_that_holds_no_results(tmp_path, ckpt):
+    """Another tool's JSON is not overwritten by --resume (a CSV without 'path' is refused alike)."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    for name, text in (("list.json", '[{"file": "a.jpg", "mos": 3.2}]'), ("mixed.json", '[1, 2, "x"]'),
+                       ("rows.jsonl", '{"file": "a.jpg", "mos": 3.2}\n')):
+        other = tmp_path / name
+        other.write_text(text)
+        assert run("score", d, "--model", ckpt, "-o", other, "-q", "--resume") == 2
+        assert other.read_text() == text, name
+
+
+def test_resume_keeps_the_columns_a_user_added_to_a_csv(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs", n=2)
+    out = tmp_path / "r.csv"
+    assert run("score", d / "img0.jpg", "--model", ckpt, "-o", out, "-q") == 0
+    rows = read_csv(out)
+    rows[0]["my_label"] = "keep me"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+    after = by_name(read_csv(out))
+    assert after["img0.jpg"]["my_label"] == "keep me" and after["img1.jpg"]["my_label"] == ""
+    assert list(read_csv(out)[0])[-1] == "my_label"  # after the standard columns
 
 
 def test_non_utf8_file_names_are_written_and_resumed_in_every_format(tmp_path, ckpt):

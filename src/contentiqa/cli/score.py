@@ -46,7 +46,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ._model_loading import add_scorer_args, load_scorer, scorer_kwargs
 from .common import finite_float
@@ -55,6 +55,9 @@ from .main import UsageError
 EXPLAIN_REPORT_MAX_PIXELS = 1_000_000
 """Images are explained for the report on a copy of at most this size (the heatmap is shown
 as a thumbnail anyway)."""
+CLI_BOMB_HINT = "pass --max-pixels MP, in megapixels, to allow it"
+"""The decompression-bomb refusal's advice, in this command's terms (the library's names the
+Python attribute)."""
 # --sort's words -> sort_rows' orders (whose own names stay accepted: --sort=-score).
 SORT_ORDERS = {"best": "-score", "worst": "score", "path": "path", "-score": "-score", "score": "score"}
 
@@ -228,6 +231,7 @@ class _Scoring:
         self.stops = StopSignals()
         self.since, self.last, self.cost = 0, time.monotonic(), 0.0
         self.write_error: OSError | None = None
+        self.elsewhere: Callable[[str], str | None] | None = None
 
     def _read_existing(self) -> None:
         from ..reporting.html import read_html_thumbnails
@@ -335,9 +339,13 @@ class _Scoring:
         return EXIT_NOT_WRITTEN
 
     def on_result(self, i: int, pred: Any) -> None:
+        from ..data.imageio import BOMB_HINT
         from ..reporting.results import row_from_prediction
 
-        self.new_rows[self.to_score[i][0]] = {**row_from_prediction(self.scorer.clip_to_scale(pred)), **self.record}
+        row = row_from_prediction(self.scorer.clip_to_scale(pred))
+        if row["error"]:
+            row["error"] = row["error"].replace(BOMB_HINT, CLI_BOMB_HINT)
+        self.new_rows[self.to_score[i][0]] = {**row, **self.record}
         self.since += 1
         now = time.monotonic()
         waited = now - self.last
@@ -368,6 +376,7 @@ class _Scoring:
             _check_same_model(self.existing, self.record, self.output)
         # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
         self.input_keys = {path_key(p) for p, _ in entries}
+        self._match_rows_written_elsewhere()
         done = {self._row_key(r["path"]) for r in self.existing if row_ok(r)}
         self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in self.input_keys]
         todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
@@ -426,14 +435,34 @@ class _Scoring:
     def _row_key(self, path: str) -> str:
         """The input a row's path names. A relative path was written relative to the folder the
         earlier run started in, unknown here: from this folder, else from the output's folder
-        (where ``score photos -o scores.csv`` runs), whichever names one of this run's inputs."""
+        (where ``score photos -o scores.csv`` runs), else from the start folder the file's
+        paths point to (:meth:`_match_rows_written_elsewhere`), whichever names one of this
+        run's inputs."""
         from ..data.inputs import path_key
 
         key = path_key(path)
         if key in self.input_keys or os.path.isabs(path) or self.output is None:
             return key
         beside = path_key(os.path.join(os.path.dirname(os.path.abspath(self.output)), path))
-        return beside if beside in self.input_keys else key
+        if beside in self.input_keys:
+            return beside
+        elsewhere = self.elsewhere(path) if self.elsewhere is not None else None
+        return elsewhere if elsewhere is not None and elsewhere in self.input_keys else key
+
+    def _match_rows_written_elsewhere(self) -> None:
+        """--resume from another folder than the first run's: rows naming none of this run's
+        inputs from here or beside the output are matched by where their paths end, so the
+        photos they hold are not scored (and listed) twice."""
+        from ..data.inputs import relative_resolver
+
+        unmatched = [r["path"] for r in self.existing if self._row_key(r["path"]) not in self.input_keys]
+        if not unmatched:
+            return
+        self.elsewhere = relative_resolver(unmatched, self.input_keys)
+        found = sum(self._row_key(p) in self.input_keys for p in unmatched)
+        if found and not self.args.quiet:
+            print(f"note: {found} row(s) of {self.output} name their photos from the folder an earlier run started "
+                  "in; matched to this run's inputs by their paths", file=sys.stderr)
 
     def _summary(self, entries: list, todo: list, saved: bool) -> int:
         from ..reporting.results import format_table, row_ok

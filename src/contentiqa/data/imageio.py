@@ -24,8 +24,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MIN_SIZE = 32
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-"""The common photo extensions; :func:`image_extensions` is every one Pillow can open."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm",
+                    ".heic", ".heif")
+"""The common photo extensions; :func:`image_extensions` is every one Pillow can open. Phone
+photos (HEIC) are taken from folders even without the plugin that reads them, so that each
+gets a row saying what to install rather than being passed over as "not an image"."""
 
 # Phone photos (HEIC/HEIF) open through the optional pillow-heif plugin when it is installed.
 try:
@@ -208,6 +211,24 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+def _unidentified_reason(path: Path) -> str:
+    """Why Pillow recognised no format: a HEIC/HEIF photo (an ISO media file of a HEIF brand)
+    without the plugin is named as such, with the extra that reads it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = b""
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and "HEIF" not in Image.OPEN:
+        from ..utils.extras import install_hint
+
+        return f"HEIC/HEIF photo: reading it needs pillow-heif ({install_hint('heif')})"
+    return "not an image (format not recognised)"
+
+
 def load_image(
     path: str | os.PathLike,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -240,7 +261,7 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(p, formats=decodable_formats())
     except UnidentifiedImageError:
-        raise ImageLoadError(p, "not an image (format not recognised)") from None
+        raise ImageLoadError(p, _unidentified_reason(p)) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         # Our own limit (max_pixels, checked below from the header alone) is the authoritative
         # one; PIL warns at ~89 MP and refuses at ~179 MP whatever max_pixels says. Opening

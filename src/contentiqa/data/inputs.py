@@ -5,7 +5,7 @@ files with an image extension are taken (every format Pillow opens); a file name
 always attempted. Every argument yields something: what cannot be scored (a glob matching
 nothing, a folder without images, an unreadable folder, a broken or looping link) becomes an
 entry with its error, so it gets a row; what is passed over on purpose (subfolders without
-``recursive``, non-image files, a folder reached twice through links) is summarised in notes.
+``recursive``, non-image files, hidden files, a folder reached twice through links) is summarised in notes.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import errno
 import glob
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from .imageio import is_image_file
 
@@ -21,6 +23,50 @@ from .imageio import is_image_file
 def path_key(path: str) -> str:
     """How two spellings of one file are recognised as the same input."""
     return os.path.normcase(os.path.abspath(os.path.expanduser(path)))
+
+
+def _relative_parts(path: str) -> tuple[int, str] | None:
+    """A relative path as (how many leading '..', the rest), or None (absolute, or no rest)."""
+    if os.path.isabs(path):
+        return None
+    parts = os.path.normpath(path).split(os.sep)
+    ups = 0
+    while parts and parts[0] == os.pardir:
+        parts, ups = parts[1:], ups + 1
+    if not parts or parts == [os.curdir]:
+        return None
+    return ups, os.path.normcase(os.path.join(*parts))
+
+
+def relative_resolver(paths: Iterable[str], keys: set[str]) -> Callable[[str], str | None] | None:
+    """How the relative ``paths`` of an earlier run's file, written from a folder this run does
+    not know, map onto this run's input ``keys`` (:func:`path_key`): the one start folder under
+    which most of them name an input, found from the ends of the paths. None when no start
+    folder names any, or two name equally many (then nothing is guessed)."""
+    by_name: dict[str, list[str]] = {}
+    for k in keys:
+        by_name.setdefault(os.path.basename(k), []).append(k)
+    votes: Counter[tuple[str, int]] = Counter()
+    for p in paths:
+        rel = _relative_parts(p)
+        if rel is None:
+            continue
+        ups, tail = rel
+        for k in by_name.get(os.path.basename(tail), ()):
+            if k.endswith(os.sep + tail):
+                votes[(k[: -len(tail) - 1], ups)] += 1
+    top = votes.most_common(2)
+    if not top or (len(top) == 2 and top[0][1] == top[1][1]):
+        return None
+    (root, ups), _ = top[0]
+
+    def resolve(path: str) -> str | None:
+        rel = _relative_parts(path)
+        if rel is None or rel[0] != ups:
+            return None
+        return os.path.join(root, rel[1])
+
+    return resolve
 
 
 def _hidden(name: str) -> bool:
@@ -38,6 +84,7 @@ class FolderScan:
     subfolders_skipped: list[str] = field(default_factory=list)
     not_images: list[str] = field(default_factory=list)
     links_seen: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
 
 
 def _classify(scan: FolderScan, folder: str, name: str, recursive: bool) -> str | None:
@@ -87,6 +134,7 @@ def list_folder(folder: str, recursive: bool) -> FolderScan:
         except OSError as exc:
             scan.problems.append((d, f"folder cannot be read: {exc.strerror or exc}; its images were not scored"))
             continue
+        scan.hidden += [os.path.join(d, n) for n in names if _hidden(n)]
         subdirs = [_classify(scan, d, n, recursive) for n in names if not _hidden(n)]
         stack.extend(reversed([s for s in subdirs if s is not None]))
     return scan
@@ -126,6 +174,9 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
             if scan.not_images:
                 notes.append(f"{p}: {len(scan.not_images)} file(s) without an image extension skipped "
                              f"(e.g. {scan.not_images[0]}); name a file to have it attempted anyway")
+            if scan.hidden:
+                notes.append(f"{p}: {len(scan.hidden)} hidden file(s) or folder(s) skipped (e.g. {scan.hidden[0]}); "
+                             "name a file to have it attempted anyway")
             if scan.links_seen:
                 notes.append(f"{p}: {len(scan.links_seen)} linked folder(s) already scanned under another "
                              f"name, not repeated (e.g. {scan.links_seen[0]})")

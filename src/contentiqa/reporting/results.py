@@ -107,6 +107,8 @@ JSON, a ``\\udcXX`` escape, which is valid JSON and reads back as the same name 
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     rows = list(rows)
     fields = FIELDS + tuple(k for k in MODEL_FIELDS if any(k in r for r in rows))
+    # columns a user added to the table (kept through --resume, as JSON keeps extra keys)
+    fields += tuple(dict.fromkeys(k for r in rows for k in r if isinstance(k, str) and k not in fields))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(fields)
@@ -172,9 +174,13 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             from .html import read_html_rows
 
             rows = read_html_rows(text)
+        for k, r in enumerate(rows, 1):
+            if not (isinstance(r, dict) and r.get("path")):
+                # not a results file (another tool's table): refused, never overwritten
+                raise ValueError(f"row {k} is not a result (no 'path')")
     except (ValueError, KeyError, csv.Error) as exc:
         raise ValueError(f"cannot read results from {path}: {exc}") from None
-    return [normalize_row(r) for r in rows if isinstance(r, dict) and r.get("path")]
+    return [normalize_row({k: v for k, v in r.items() if isinstance(k, str)}) for r in rows]
 
 
 def sort_rows(rows: Sequence[dict[str, Any]], order: str | None) -> list[dict[str, Any]]:
