@@ -270,6 +270,13 @@ def metrics_worker(root: Path) -> None:
     if info.rank == 0:
         rows.update(np.array([], dtype=np.int64), np.array([]))  # an empty update is harmless
     result = {"acc": {k: float(v) for k, v in acc.compute().items()}, "rows": rows.compute()}
+    # a rank that saw nothing (all ten items on rank 0), and one item on each rank
+    lopsided, one_each = iqa_accumulators(), iqa_accumulators()
+    if info.rank == 0:
+        lopsided.update(torch.from_numpy(pred[:10]), torch.from_numpy(target[:10]))
+    one_each.update(torch.from_numpy(pred[info.rank:info.rank + 1]), torch.from_numpy(target[info.rank:info.rank + 1]))
+    result["lopsided"] = {k: float(v) for k, v in lopsided.compute().items()}
+    result["one_each"] = {k: float(v) for k, v in one_each.compute().items()}
     torch.save(result, root / f"metrics_rank{info.rank}.pt")
     dist_utils.cleanup(info)
 
@@ -278,6 +285,9 @@ def metric_data(n: int = 23) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     pred = rng.normal(size=n)
     return pred, pred + rng.normal(size=n)
+
+
+STAT = {"plcc": "pearsonr", "srocc": "spearmanr", "krocc": "kendalltau"}
 
 
 def test_accumulators_reduce_across_two_processes(tmp_path):
@@ -296,6 +306,9 @@ def test_accumulators_reduce_across_two_processes(tmp_path):
         for k, v in want.items():
             assert res["acc"][k] == pytest.approx(v, abs=1e-6), (r, k)
         assert res["rows"]["index"].tolist() == list(range(len(pred)))
+        for k in ("plcc", "srocc", "krocc"):  # gloo aborted on KROCC's empty rank; PLCC was NaN
+            assert res["lopsided"][k] == pytest.approx(getattr(stats, STAT[k])(pred[:10], target[:10])[0], abs=1e-6), (r, k)
+        assert res["one_each"]["plcc"] == pytest.approx(stats.pearsonr(pred[:2], target[:2])[0], abs=1e-6), r
         assert np.array_equal(res["rows"]["score"], pred)
 
 

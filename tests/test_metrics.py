@@ -226,6 +226,23 @@ def test_accumulators_equal_the_functional_metrics_and_scipy():
     assert float(acc.compute()["srocc"]) == pytest.approx(-1.0, abs=1e-5)  # torchmetrics ranks in float32
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int64"])
+def test_accumulators_compute_in_float64_whatever_the_inputs_dtype(dtype):
+    """float16 (autocast's output) gave PLCC NaN and RMSE inf; integers raised torch's own error."""
+    import torch
+
+    from contentiqa.metrics import iqa_accumulators, iqa_metrics
+
+    p = torch.linspace(0, 1, 200) * (100 if dtype == "int64" else 1)
+    t = torch.linspace(0, 100, 200) ** 1.1 / 1.6
+    p, t = p.to(getattr(torch, dtype)), t.to(getattr(torch, dtype))
+    acc = iqa_accumulators(sync_on_compute=False)
+    acc.update(p, t)
+    got = {k: float(v) for k, v in acc.compute().items()}
+    for k, v in iqa_metrics(p.double().numpy(), t.double().numpy()).items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
 def test_row_predictions_return_rows_in_table_order():
     from contentiqa.metrics import RowPredictions
 

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 from torchmetrics import MeanSquaredError, Metric, MetricCollection
-from torchmetrics.regression import KendallRankCorrCoef, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 from torchmetrics.utilities import dim_zero_cat
 
 from .functional import MetricInputError
@@ -68,7 +68,9 @@ class _CheckedInputs(Metric):
     @staticmethod
     def _checked(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One score per item, as the functional metrics ravel; torchmetrics reads (N, 1) as N outputs.
-        preds, target = preds.reshape(-1), target.reshape(-1)
+        # float64 whatever came in: torchmetrics computes in the inputs' dtype, and float16 (what
+        # autocast gives) overflows its sums of squares; integers it refuses.
+        preds, target = preds.reshape(-1).to(torch.float64), target.reshape(-1).to(torch.float64)
         if preds.shape != target.shape:
             raise MetricInputError(f"pred has {preds.numel()} values, target has {target.numel()}: they must match")
         for t, which in ((preds, "pred"), (target, "target")):
@@ -92,7 +94,7 @@ class _CheckedInputs(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
         preds, target = self._checked(preds, target)
         if preds.numel() == 0:
-            return  # nothing to add; torchmetrics' Pearson fails on an empty batch
+            return  # nothing to add (the counts and extremes above would stay as they are)
         self.n_items += preds.numel()
         self.pred_min = torch.minimum(self.pred_min, preds.min().to(self.pred_min.dtype))
         self.pred_max = torch.maximum(self.pred_max, preds.max().to(self.pred_max.dtype))
@@ -121,16 +123,36 @@ class _CheckedInputs(Metric):
         return None
 
 
-class _CheckedPearson(_CheckedInputs, PearsonCorrCoef):
-    _metric = "PLCC"
-
-
 class _CheckedSpearman(_CheckedInputs, SpearmanCorrCoef):
     _metric = "SROCC"
 
 
+class _CheckedPearson(_CheckedSpearman):
+    """PLCC from the gathered values (the states SROCC keeps). torchmetrics' Pearson merges
+    per-process moments scaled by each share's spread, and returns NaN when every share is
+    constant (one item per process) though the whole set is not."""
+
+    _metric = "PLCC"
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        problem = self._undefined()
+        if problem is not None:
+            return super().compute()  # NaN or the error, as every checked metric
+        x, y = dim_zero_cat(self.preds).to(torch.float64), dim_zero_cat(self.target).to(torch.float64)
+        x, y = x - x.mean(), y - y.mean()
+        return (x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum())
+
+
 class _CheckedKendall(_CheckedInputs, KendallRankCorrCoef):
     _metric = "KROCC"
+
+    def _sync_dist(self, *args, **kwargs) -> None:
+        # A process that saw no items holds empty lists, which torchmetrics gathers as shape (0,)
+        # against the others' (N, 1): gloo aborts the job. Give it an empty (0, 1) instead.
+        for attr in ("preds", "target"):
+            if isinstance(getattr(self, attr), list) and not getattr(self, attr):
+                setattr(self, attr, [torch.empty((0, 1), dtype=self.dtype, device=self.device)])
+        super()._sync_dist(*args, **kwargs)
 
 
 class _CheckedMSE(_CheckedInputs, MeanSquaredError):
