@@ -497,3 +497,35 @@ def test_csv_values_that_use_a_tenth_of_the_guessed_scale_are_warned_about(tmp_p
     csv.write_text("image,mos\na.png,2.5\nb.png,8.9\n")
     with pytest.warns(UserWarning, match="read on a 0-100 scale"):
         assert load_dataset("csv", csv).scale == MOSScale(0.0, 100.0)
+
+
+def test_keys_stay_inside_a_dataset_reached_through_symbolic_links(tmp_path):
+    """Keys are paths relative to the dataset's folder, links left as they are: a folder linked
+    elsewhere (or its images/ linked) gave '../../real/images/0.png' keys, and label files and
+    split files stopped joining."""
+    real = tmp_path / "store" / "clive"
+    for i in range(3):
+        write_image(real / "images" / f"{i}.png", 36, 36, seed=i)
+    (real / "scores.csv").write_text("image,mos\n" + "".join(f"images/{i}.png,{10 * i + 5}\n" for i in range(3)))
+    linked = tmp_path / "work" / "clive"
+    linked.parent.mkdir()
+    linked.symlink_to(real, target_is_directory=True)
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "images").symlink_to(real / "images", target_is_directory=True)
+    (inner / "scores.csv").write_text((real / "scores.csv").read_text())
+    for root in (linked, inner):
+        t = load_dataset("csv", root / "scores.csv").table
+        assert list(t["key"]) == ["images/0.png", "images/1.png", "images/2.png"], root
+        assert all(str(p).startswith(str(root)) for p in t["image"])
+
+
+def test_a_release_with_mos_outside_its_scale_is_refused(koniq_root):
+    """A rescaled or foreign sheet under a release's name: targets off by a factor, silently."""
+    root = koniq_root[0]
+    sheet = root / "koniq10k_scores_and_distributions.csv"
+    table = pd.read_csv(sheet)
+    table.loc[1, "MOS"] = 85.0
+    table.to_csv(sheet, index=False)
+    with pytest.raises(ValueError, match=r"1 MOS value\(s\) outside the dataset's scale \[1, 5\]: 997832\.jpg \(85\)"):
+        load_dataset("koniq10k", root)

@@ -64,6 +64,17 @@ def test_biq2021_layout(tmp_path):
         load_dataset("biq2021", tmp_path / "BIQ2021")
 
 
+def test_biq2021_csv_problems_name_the_csv(tmp_path):
+    make_biq2021(tmp_path / "BIQ2021")
+    test_csv = tmp_path / "BIQ2021" / "Test (Images and MOS).csv"
+    test_csv.write_text("")
+    with pytest.raises(ValueError, match=r"Test \(Images and MOS\)\.csv: cannot read as a UTF-8 CSV"):
+        load_dataset("biq2021", tmp_path / "BIQ2021")
+    test_csv.write_text("Image Name,MOS\nss01 (108).jpg,85\n")  # a 0-100 sheet on BIQ2021's 0-1 scale
+    with pytest.raises(ValueError, match=r"outside the dataset's scale \[0, 1\]: ss01 \(108\)\.jpg \(85\)"):
+        load_dataset("biq2021", tmp_path / "BIQ2021", on_missing="keep")
+
+
 def test_official_protocol_needs_a_split_column():
     with pytest.raises(ValueError, match="'split' column"):
         make_splits(pd.DataFrame({"image": [f"/d/{i}.png" for i in range(20)], "mos": range(20)}), "official", 0)

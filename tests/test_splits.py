@@ -120,6 +120,8 @@ def test_si_argument_and_column_agree():
 
 def test_bad_arguments():
     table, _ = synthetic_table()
+    with pytest.raises(ValueError, match="1 non-finite value"):  # the median was NaN: one complexity level
+        make_splits(table.assign(si=table["si"].where(table.index != 3)), "iqa-cr", 0)
     with pytest.raises(ValueError, match="protocol"):
         make_splits(table, "kfold", 0)
     with pytest.raises(ValueError, match="at least 10"):
@@ -222,6 +224,9 @@ def test_make_splits_reads_images_for_si(tmp_path):
     ('{"format": "contentiqa-splits/1"}', "no 'splits' entry"),
     ('[1, 2]', "not a contentiqa split file"),
     ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "train": []}]}', "no 'seed' entry"),
+    ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "seed": "x", "train": []}]}', "'x'"),
+    ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "seed": 0, "train": ["a"], "test": ["a"]}]}',
+     "image a is in both"),
 ])
 def test_a_damaged_split_file_is_a_value_error_naming_it(tmp_path, body, words):
     path = tmp_path / "s.json"

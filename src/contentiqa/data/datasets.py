@@ -79,6 +79,17 @@ class IQADataset(Dataset):
         return IQADataset(table, self.scale, self.name, self.transform, self.categories, self.max_pixels)
 
 
+def _check_on_scale(table: pd.DataFrame, scale: MOSScale) -> None:
+    """MOS outside the dataset's own scale: a rescaled or foreign sheet under a release's name,
+    whose targets would be wrong by a factor with nothing to say so."""
+    lo, hi = sorted((scale.low, scale.high))
+    slack = 1e-6 * (hi - lo)
+    bad = (table["mos"] < lo - slack) | (table["mos"] > hi + slack)
+    if bad.any():
+        shown = ", ".join(f"{Path(str(i)).name} ({v:g})" for i, v in zip(table["image"][bad][:5], table["mos"][bad][:5]))
+        raise ValueError(f"{int(bad.sum())} MOS value(s) outside the dataset's scale [{lo:g}, {hi:g}]: {shown}")
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike,
@@ -104,6 +115,7 @@ def load_dataset(
         if "__scale__" in table.attrs:
             scale = table.attrs["__scale__"]
         table = standardize_table(table)
+        _check_on_scale(table, scale)
     except (ValueError, KeyError, OSError) as exc:
         # A release's own files (annotation sheets, .mat files) missing or unreadable, a cell
         # that is no number: the message names the dataset's folder when the loader's did not.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import MOSScale
+from .table import MOSScale, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -42,15 +42,15 @@ def _find_file(root: Path, name: str, subdirs: tuple[str, ...] = ("",)) -> Path:
     return candidates[0]
 
 
-def _read_sheet(path: Path, **kw) -> pd.DataFrame:
+def _read_sheet(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     if path.suffix.lower() in (".xlsx", ".xls"):
         try:
-            return pd.read_excel(path, **kw)
+            return pd.read_excel(path)
         except ImportError as exc:
             raise ImportError(f"reading {path.name} needs openpyxl: pip install 'contentiqa[excel]'") from exc
-    return pd.read_csv(path, **kw)
+    return read_csv_table(path)
 
 
 def _column(df: pd.DataFrame, *names: str, file: Path, required: bool = True) -> str | None:
@@ -72,6 +72,16 @@ def _first_existing(root: Path, names: tuple[str, ...], what: str) -> Path:
             if m.is_file():
                 return m
     raise FileNotFoundError(f"{what}: none of {names} found under {root}")
+
+
+def read_csv_table(path: Path, skiprows: int = 0) -> pd.DataFrame:
+    """A release's or a user's CSV; what cannot be read as one names the file."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
 
 
 @register_dataset("livec", CLIVE_SCALE)
@@ -123,7 +133,7 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     import pandas as pd
 
     csv = _first_existing(root, ("koniq10k_scores_and_distributions.csv", "*scores_and_distributions*.csv"), "koniq10k")
-    df = pd.read_csv(csv)
+    df = read_csv_table(csv)
     name_col = _column(df, "image_name", file=csv)
     mos_col = _column(df, "MOS", file=csv)
     sd_col = _column(df, "SD", file=csv, required=False)
@@ -306,7 +316,7 @@ def load_biq2021(root: Path, split: str | None = None) -> pd.DataFrame:
         if split is not None and part != split:
             continue
         csv = _first_existing(root, names, "biq2021")
-        df = pd.read_csv(csv)
+        df = read_csv_table(csv)
         name_col = _column(df, "Image Name", "image", file=csv)
         mos_col = _column(df, "MOS", file=csv)
         df = df[pd.notna(df[name_col])]
@@ -359,10 +369,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     first = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()[:1]
     commented = bool(first) and first[0].lstrip().startswith("#")
     declared = _declared_range(first[0], path) if commented else None
-    try:
-        df = pd.read_csv(path, comment=None, skiprows=1 if commented else 0, encoding="utf-8-sig")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
+    df = read_csv_table(path, skiprows=1 if commented else 0)
     df.columns = [str(c).strip() for c in df.columns]
     for col in ("image", "mos"):
         if col not in df.columns:
@@ -372,7 +379,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         rows = [int(i) + 1 for i in df.index[blank][:5]]
         raise ValueError(f"{path}: empty 'image' cell in data row(s) {rows} (counted from 1 after the header)")
     base = path.parent
-    df["image"] = [str(p) if Path(str(p)).is_absolute() else str((base / str(p)).resolve()) for p in df["image"]]
+    df["image"] = [str(p) if Path(str(p)).is_absolute() else under_root(base, str(p)) for p in df["image"]]
     if mos_range is not None and not float(mos_range[0]) < float(mos_range[1]):
         raise ValueError(f"{path}: mos_range {tuple(mos_range)} is empty: the low end must be below the high end")
     lo_hi = mos_range or declared

@@ -7,7 +7,9 @@
 - ``ie-iqa`` (Song et al., IE-IQA §4): 80 % train / 20 % test, at random (no val part).
 
 A split refers to images by their path relative to the common folder of the table's images,
-so a split file written on one machine applies to the same dataset anywhere.
+so a split file written on one machine applies to the same dataset anywhere. A seed draws by
+row position: the same table in another row order draws other parts, so the file, not the
+seed, is what fixes a split.
 """
 from __future__ import annotations
 
@@ -158,6 +160,9 @@ def make_splits(
         si = np.asarray(si, dtype=np.float64)
         if len(si) != n:
             raise ValueError(f"si has {len(si)} values for {n} images")
+        if not np.isfinite(si).all():  # one NaN makes the median NaN: every image one complexity level
+            bad = [str(table["image"].iloc[i]) for i in np.flatnonzero(~np.isfinite(si))[:3]]
+            raise ValueError(f"si has {int((~np.isfinite(si)).sum())} non-finite value(s), e.g. for {bad}")
         mos = table["mos"].to_numpy(dtype=np.float64)
         complexity = (si > np.median(si)).astype(int)
         parts = {p: [] for p in PARTS}
@@ -212,6 +217,6 @@ def load_splits(path: str | os.PathLike) -> list[Split]:
         if not isinstance(splits, list):
             raise TypeError("'splits' is not a list")
         return [Split.from_dict(d) for d in splits]
-    except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or foreign file
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a hand-edited or foreign file
         detail = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
         raise ValueError(f"split file {path} is damaged: {detail}") from None
