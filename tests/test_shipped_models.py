@@ -24,6 +24,19 @@ def test_the_default_and_both_papers_models_are_shipped():
     assert {"iqa-cr", "ie-iqa"} <= set(SHIPPED)
 
 
+def test_models_lists_the_tags_that_run_int8(capsys):
+    """``score --help`` sends users here to learn which tags have an int8 calibration."""
+    from contentiqa.cli.main import main
+
+    assert main(["models"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("with an int8 calibration"))
+    listed = set(line.split(": ", 1)[1].split(", "))
+    weights = {t: shipped_weights_path(t) for t in TAGGED}
+    assert listed == {t for t, w in weights.items() if w.with_name(w.stem + ".int8.json").is_file()}
+    assert contentiqa.DEFAULT_MODEL + "." + resolve_tag(contentiqa.DEFAULT_MODEL)[1] in listed
+    assert "ie-iqa.clive-biq2021-v4" not in listed  # shipped without one
+
+
 @pytest.mark.parametrize("name", TAGGED)
 def test_shipped_model_loads_offline_and_ranks_the_examples_like_people(name, examples_dir):
     path = shipped_weights_path(name)

@@ -15,7 +15,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import DEFAULT_MODEL, list_models
     from ..backbones import list_backbones
     from ..data import list_datasets
-    from ..models.registry import list_pretrained, model_entry, shipped_weights_path
+    from ..inference.quantize import calibration_path
+    from ..models.registry import list_pretrained, model_entry, shipped_weights_path, weights_file
 
     print("models (* = shipped weights, default marked):")
     names = list_models()
@@ -27,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     tagged = list_pretrained()
     if tagged:
         print("pretrained weights (name.tag; a bare name loads its default tag, listed first):", ", ".join(tagged))
+        int8 = [t for t in tagged if calibration_path(weights_file(t)[0]).is_file()]
+        print("with an int8 calibration (--precision int8):", ", ".join(int8) or "none")
     print("backbones with offline ImageNet weights:", ", ".join(list_backbones(pretrained_offline=True)) or "none")
     print("dataset loaders:", ", ".join(list_datasets()))
     return 0

@@ -14,7 +14,7 @@ weights file, rebuilt if damaged; a read-only cache falls back to the temporary 
 export needs PyTorch), or an ONNX file given as --model FILE.onnx. Scoring from a graph needs no
 PyTorch: its metadata give the preprocessing, scale and categories.
 --precision int8 runs the int8 graph (the CNN quantized with the calibration shipped beside the
-weights: the ie-iqa.clive-biq2021* and iqa-cr.clive-biq2021* tags have one); without --precision
+weights, WEIGHTS.int8.json: `contentiqa models` lists the tags that have one); without --precision
 a model runs int8 only where that was measured to keep its accuracy, which none of the shipped
 tags does (benchmarks/results/int8.md). bf16 / fp16 run PyTorch under
 autocast (the default on a CUDA GPU is bf16). ONNX Runtime's compute threads follow the cores
