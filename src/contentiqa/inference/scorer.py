@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, r
 
 import numpy as np
 
-from ..models.scoring import Prediction, clip_to_scale, in_memory_checked
+from ..models.scoring import OnScale, Prediction, clip_to_scale, in_memory_checked
 from ..utils.devices import is_cpu, resolve_device
 from ..utils.extras import ExtraMissing, have
 from .engine import Engine
@@ -142,7 +142,7 @@ class Scorer(Protocol):
             concurrency: int | None = None) -> list[Prediction] | None: ...
 
 
-class BaseScorer:
+class BaseScorer(OnScale):
     """What both runtimes share: :meth:`predict` and :meth:`run` through the one engine. A
     runtime fills in the steps (``preprocess``, ``collate``, ``results_from_outputs``), how many
     batches may run at once (:meth:`_forward_for`) and its defaults."""
@@ -189,18 +189,6 @@ class BaseScorer:
         yield
 
     # -- shared --------------------------------------------------------------------------------
-    @property
-    def score_range(self) -> tuple[float, float]:
-        return (self.scale.low, self.scale.high)
-
-    @property
-    def higher_is_better(self) -> bool:
-        return bool(self.scale.higher_is_better)
-
-    @property
-    def lower_better(self) -> bool:  # pyiqa's name
-        return not self.higher_is_better
-
     def clip_to_scale(self, pred: Prediction) -> Prediction:
         """``pred`` with its score clipped to the scale's ends, the raw value in its notes (what
         people read: tables, files, reports; ``predict`` keeps the raw output)."""

@@ -18,7 +18,7 @@ from torch import nn
 from ..data.categories import IQA_CR_CATEGORIES  # noqa: F401  (re-exported: models name it here too)
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..data.table import MOSScale
-from .scoring import DEFAULT_MAX_SIDE, Prediction, clip_to_scale, predictions_from_outputs
+from .scoring import DEFAULT_MAX_SIDE, OnScale, Prediction, clip_to_scale, predictions_from_outputs
 
 
 
@@ -68,7 +68,7 @@ def resized_input(image: Image.Image, size: int, mean: Sequence[float], std: Seq
     return pil_to_tensor(image.resize((size, size), Image.BILINEAR), mean, std)
 
 
-class IQAModel(nn.Module):
+class IQAModel(OnScale, nn.Module):
     """Base class and the contract between a model and generic code.
 
     Training, evaluation, the frozen-stage cache, explanations, inference and the CLI use a
@@ -317,19 +317,6 @@ class IQAModel(nn.Module):
         return None
 
     # -- conveniences --------------------------------------------------------------------
-    @property
-    def score_range(self) -> tuple[float, float]:
-        return (self.scale.low, self.scale.high)
-
-    @property
-    def higher_is_better(self) -> bool:
-        """The direction of its scale (False for a model trained on DMOS), as its scorer says."""
-        return bool(self.scale.higher_is_better)
-
-    @property
-    def lower_better(self) -> bool:  # pyiqa's name
-        return not self.higher_is_better
-
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -22,6 +22,26 @@ if TYPE_CHECKING:
     from ..data.table import MOSScale
 
 
+class OnScale:
+    """What a model and a scorer of either runtime say of their scale, from ``scale``: its ends
+    (``score_range``) and direction (``higher_is_better``; ``lower_better``, pyiqa's name)."""
+
+    scale: MOSScale
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return (self.scale.low, self.scale.high)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """False for a model trained on DMOS."""
+        return bool(self.scale.higher_is_better)
+
+    @property
+    def lower_better(self) -> bool:
+        return not self.higher_is_better
+
+
 class ImageLimits(Protocol):
     """What reading an input for a model needs to know of it (a model, or a scorer of either
     runtime): the images it refuses and the size it sees them at."""
