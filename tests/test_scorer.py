@@ -159,6 +159,58 @@ def test_pretrained_must_be_a_bool():
         create_model("iqa-cr-q", pretrained="False")
 
 
+def test_list_models_refuses_a_name_pattern_as_its_flag():
+    """timm's first argument is a pattern: list_models('iqa-cr*') listed the pretrained names."""
+    with pytest.raises(TypeError, match="True or False, not 'iqa-cr\\*'"):
+        contentiqa.list_models("iqa-cr*")
+
+
+def test_a_checkpoint_file_loads_as_saved_and_must_hold_the_model_named(tmp_path):
+    """Architecture arguments, and a name other than the file's model, were ignored without a word."""
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    path = save_checkpoint(tiny_model("iqa-cr"), tmp_path / "mine.pt")
+    assert create_model("iqa-cr", checkpoint_path=path).model_name == "iqa-cr"
+    with pytest.raises(ValueError, match="holds a 'iqa-cr' model, not 'ie-iqa'"):
+        create_model("ie-iqa", checkpoint_path=path)
+    for spec, kw in ((str(path), {}), ("iqa-cr", {"checkpoint_path": path})):
+        with pytest.raises(ValueError, match=r"no architecture arguments \(got \['dim'\]\)"):
+            create_model(spec, dim=8, **kw)
+
+
+def test_a_model_cast_to_another_dtype_is_refused_up_front(examples_dir):
+    """A .double() model gave every photo an error row ("Input type (float) and bias type
+    (double)..."), as if the photos were bad."""
+    from tiny_models import tiny_model
+
+    model = tiny_model("iqa-cr").double()
+    with pytest.raises(ValueError, match="float64.*model.float\\(\\)"):
+        model.predict(str(sorted(examples_dir.glob("*.JPG"))[0]))
+
+
+def test_threads_loading_one_new_checkpoint_at_once_all_get_its_graph(tmp_path, monkeypatch):
+    """torch.onnx.export is not thread-safe: threads exporting one user checkpoint at once failed
+    each other with AssertionErrors (GLOBALS.in_onnx_export)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    path = str(save_checkpoint(tiny_model("iqa-cr"), tmp_path / "mine.pt"))
+    start = threading.Barrier(4)
+
+    def load(_):
+        start.wait()
+        return load_scorer(path, runtime="onnx", threads=1).identity.graph
+
+    with ThreadPoolExecutor(4) as pool:
+        graphs = list(pool.map(load, range(4)))
+    assert len(set(graphs)) == 1 and graphs[0] is not None  # one export, found by the others
+
+
 def test_an_in_memory_pil_image_out_of_its_range_raises_as_an_array_does():
     """A float PIL image over 1 became an error row, where the same array raises ValueError."""
     import numpy as np

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,6 +55,11 @@ from ..utils.io import atomic_write
 
 from . import onnx_runtime as _rt
 from .onnx_runtime import DEFAULT_OPSET, DEFAULT_PRECISION, FINGERPRINT_KEY, INPUT_NAME, ONNX_FORMAT, OnnxExportError, make_session
+
+_EXPORT_LOCK = threading.RLock()
+"""Held around every ``torch.onnx.export`` (the exporter keeps process-global state: two threads
+exporting at once fail each other) and around a cache entry's look-up and export (threads
+loading one new model at once export it once)."""
 
 VERIFY_ATOL = 1e-3
 _EXPORT_REVISION = _rt.EXPORT_REVISION
@@ -188,7 +194,7 @@ def export_onnx(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer notes
                 try:
-                    with same_padding_as_onnx_conv(model, opset):
+                    with _EXPORT_LOCK, same_padding_as_onnx_conv(model, opset):
                         torch.onnx.export(
                             wrapper, (example,), tmp, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                             output_names=names, dynamic_axes=axes, do_constant_folding=True,
@@ -309,6 +315,16 @@ def cached_session(
     found = _rt.find_cached(filename, key, threads, folder)  # a usable entry anywhere: no export at all
     if found is not None:
         return found[0], found[1], False
+    with _EXPORT_LOCK:
+        found = _rt.find_cached(filename, key, threads, folder)  # another thread's export, while this one waited
+        if found is not None:
+            return found[0], found[1], False
+        return _export_into_cache(model, filename, key, precision, opset, threads, folder)
+
+
+def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str, opset: int, threads: int | None,
+                       folder: str | os.PathLike | None) -> tuple[Any, Path, bool]:
+    """Export into the first cache place that can be written; (session, path, True)."""
     error: OSError | None = None
     for where in _rt.cache_places(folder):
         path = where / filename

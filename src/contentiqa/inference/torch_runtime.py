@@ -99,6 +99,10 @@ class TorchScorer(BaseScorer):
                  weights: Path | None = None, channels_last: bool | None = None):
         self.model = model
         self.device = model.device
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if dtypes - {torch.float32}:  # photos come in float32: every one would fail alone, as if it were bad
+            raise ValueError(f"the model's weights are {', '.join(sorted(map(str, dtypes)))}; scoring runs a float32 "
+                             "model (model.float()), in bf16 or fp16 through precision='bf16' / 'fp16'")
         precision = precision or default_precision(self.device)
         if precision not in TORCH_PRECISIONS:
             raise ValueError(f"PyTorch runs in {', '.join(TORCH_PRECISIONS)}, not {precision}")

@@ -171,6 +171,8 @@ def split_name(spec: str) -> tuple[str, str | None]:
 
 def list_models(pretrained_only: bool = False) -> list[str]:
     """Registered model names; with ``pretrained_only`` just those with shipped weights."""
+    if not isinstance(pretrained_only, bool):  # timm's first argument is a name pattern: never truthy here
+        raise TypeError(f"pretrained_only is True or False, not {pretrained_only!r} (list_models takes no name pattern)")
     names = sorted(_registered())
     if pretrained_only:
         names = [n for n in names if shipped_weights_path(n) is not None]
@@ -391,6 +393,7 @@ def create_model(
     if not isinstance(pretrained, bool):  # "False" would be truthy: the shipped weights, unasked
         raise TypeError(f"pretrained is True or False, not {pretrained!r}")
     device = resolve_device(device)  # an absent GPU: a ValueError now, not torch's error after the weights load
+    asked = None if checkpoint_path is None else split_name(name)[0]  # the model the caller expects the file to hold
     if checkpoint_path is None:
         spec = parse_spec(name)
         if spec.is_onnx:
@@ -398,7 +401,13 @@ def create_model(
                              "contentiqa.load_scorer(path)")
         checkpoint_path = spec.path
     if checkpoint_path is not None:
-        return load_checkpoint(checkpoint_path, device)
+        if kwargs:  # the file's own stored architecture is what it loads into
+            raise ValueError(f"a checkpoint file takes no architecture arguments (got {sorted(kwargs)}): "
+                             f"{checkpoint_path} is built as it was saved")
+        model = load_checkpoint(checkpoint_path, device)
+        if asked is not None and asked in _registered() and asked != model.model_name:
+            raise ValueError(f"{checkpoint_path} holds a '{model.model_name}' model, not '{asked}'")
+        return model
     entry, tag = resolve_tag(name)
     if pretrained:
         weights = shipped_weights_path(entry.name, tag)
