@@ -545,6 +545,15 @@ def test_experiment_folder_takes_one_run_at_a_time_and_clears_a_killed_runs_temp
     assert stale.exists() and (out / "results.json").read_bytes() == before  # untouched while busy
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     assert not stale.exists() and other.exists()
+    # killed while writing a split's figures, or a split's recipe.json: those are cleared too
+    mfile = sorted((out / "metrics").glob("*/seed0.json"))[0]
+    run_dir = out / "runs" / mfile.parent.name / "seed0"
+    mfile.unlink()
+    stale_m, stale_r = mfile.with_name(".seed0.json.abc123xy.tmp"), run_dir / ".recipe.json.abc123xy.tmp"
+    stale_m.write_text("{half")
+    stale_r.write_text("{half")
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
+    assert mfile.is_file() and not stale_m.exists() and not stale_r.exists()
 
 
 def test_experiment_cli(tiny, first_run, tmp_path, capsys):

@@ -82,6 +82,45 @@ def test_resume_with_other_settings_is_a_usage_error(tmp_path, capsys):
     assert "--resume:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("changed", [["--seed", "5"], ["--lr", "0.01"], ["--set", "crop=32"], ["--batch-size", "2"],
+                                     ["--set", "score_loss=mse"]])
+def test_resume_refuses_every_change_of_recipe(tmp_path, capsys, changed):
+    """Each was accepted (lr with a warning), and config.json then claimed the new value for
+    the whole run; a changed seed even trained on another model's cached features."""
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    before = (out / "config.json").read_text()
+    assert train(data, out, "--resume", "--epochs", "2", *changed) == 2
+    err = capsys.readouterr().err
+    assert "--resume:" in err and "was trained with" in err and "only epochs, patience" in err
+    assert (out / "config.json").read_text() == before
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_finished_run_given_more_epochs_drops_its_old_test_figures(tmp_path):
+    """They described epoch 1's model while best.pt moved on (a run stopped before its new end
+    kept them)."""
+    from contentiqa.training.trainer import Trainer
+
+    data, out = table(tmp_path, n=20), tmp_path / "run"
+    assert train(data, out) == 0
+    assert (out / "test_metrics.json").is_file()
+    real = Trainer._judge_epoch
+
+    def stop_after_one_more(self, record, t0):
+        got = real(self, record, t0)
+        if self.epoch == 1:  # epoch 2 judged: the run is killed before it ends
+            raise KeyboardInterrupt
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_judge_epoch", stop_after_one_more)
+        assert train(data, out, "--resume", "--epochs", "3") == 130
+    assert not (out / "test_metrics.json").exists()
+    assert train(data, out, "--resume", "--epochs", "3") == 0
+    assert (out / "test_metrics.json").is_file()
+
+
 def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("hi")
@@ -156,13 +195,6 @@ def test_a_split_file_for_another_table_is_a_usage_error(tmp_path, capsys):
 def test_a_diverging_training_is_one_line(tmp_path, capsys):
     assert train(table(tmp_path), tmp_path / "run", "--lr", "1e9", "--epochs", "2") == 2
     assert "training loss diverged at epoch" in capsys.readouterr().err
-
-
-def test_resume_says_a_new_learning_rate_is_not_used(tmp_path):
-    data, out = table(tmp_path), tmp_path / "run"
-    assert train(data, out, "--lr", "0.001") == 0
-    with pytest.warns(UserWarning, match=r"lr stays 0\.001 \(not 0\.0001\)"):
-        assert train(data, out, "--resume", "--epochs", "2", "--lr", "0.0001") == 0
 
 
 def test_yaml_numbers_without_a_dot_are_numbers_and_words_are_refused(tmp_path, capsys):

@@ -823,6 +823,7 @@ def run_experiment(
                     result.skipped_runs[run.name] = [str(exc)]
                     break
                 if main and res is not None:
+                    remove_stale_temporaries(mfile)  # a run killed while writing it left one
                     atomic_write_text(mfile, json.dumps(_jsonable(res), indent=1))
                     done.append(res)
                     limit = cache_limit if cache_limit is not None else cfg.cache_limit

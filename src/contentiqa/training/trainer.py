@@ -40,7 +40,6 @@ import contextlib
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -63,10 +62,12 @@ from .damage import GROUP_SIZE, DamageSet
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
-OPTIMIZER_STATE_FIELDS = ("lr", "backbone_lr_scale", "weight_decay", "momentum")
-"""Training options a resumed run takes from ``last.pt``'s optimizer state, not from its config."""
+RESUME_MAY_CHANGE = ("epochs", "patience", "device", "num_workers", "cache_runtime")
+"""Training options a resumed run may take anew: how long it goes on and where it runs. Any
+other change (seed, learning rate, crop, losses, cached stages) would make the rest of the run
+another recipe's, with the record claiming it for all of it: refused."""
 
-OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt")
+OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt", "recipe.json")
 """The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
 experiment runner and ``contentiqa train`` after it); a process killed while writing one
 leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
@@ -75,6 +76,10 @@ EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json")
 """What a finished run leaves in its folder besides its state (``test_metrics.json``: written by
 ``contentiqa train``): a fresh start there removes them, so that no file in the folder describes
 another run's model."""
+
+FINISHED_RESULTS = ("tested.pt", "test_metrics.json")
+"""What a finished run's end wrote (the model it tested, its figures): removed when the run is
+given more epochs, as they would then describe a model best.pt no longer holds."""
 
 
 RUN_LOCK = ".train.lock"
@@ -622,6 +627,7 @@ class Trainer:
             raise CheckpointReadError(f"{path} is not a contentiqa trainer state (last.pt)")
         if st.get("model_name") != self.model.model_name:
             raise ValueError(f"{path} is a {st.get('model_name')} run, not {self.model.model_name}")
+        self._check_same_recipe(path, st.get("train_config") or {})
         self.model.load_state_dict(st["model_state"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
@@ -635,13 +641,16 @@ class Trainer:
             self.ema.load_state_dict(st["ema_state"])
         self.bad_epochs = st["bad_epochs"]
         self.history = st["history"]
-        saved = st.get("train_config") or {}
+
+    def _check_same_recipe(self, path: Path, saved: dict[str, Any]) -> None:
+        """ValueError unless this run's settings are those ``last.pt`` was trained with, but for
+        :data:`RESUME_MAY_CHANGE` (checked before anything is loaded)."""
         now = self.cfg.to_dict()
-        fields = [k for k in OPTIMIZER_STATE_FIELDS if k != "momentum" or now["optimizer"] == "sgd"]
-        kept = [f"{k} stays {saved[k]!r} (not {now[k]!r})" for k in fields if k in saved and saved[k] != now[k]]
-        if kept:  # the optimizer's saved parameter groups carry these: a new value would be ignored unsaid
-            warnings.warn(f"{path}: resuming with the run's saved optimizer, so {', '.join(kept)}; "
-                          "to train with new values, start a new run", stacklevel=2)
+        changed = sorted(k for k in saved.keys() & now.keys() if k not in RESUME_MAY_CHANGE and saved[k] != now[k])
+        if changed:
+            said = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
+            raise ValueError(f"{path} was trained with {said}; only {', '.join(RESUME_MAY_CHANGE)} may change "
+                             "when a run continues")
 
     def _write_logs(self) -> None:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
@@ -681,6 +690,12 @@ class Trainer:
             if self.history:  # last.pt is written first: a run killed between the two lacks its last line
                 self._write_logs()
         finished = self.best is not None and self.history and self.history[-1].get("stopped")
+        if main and self.epoch and self.epoch < cfg.epochs and not finished:
+            # A finished run given more epochs: its tested model and figures are about to be another's.
+            for name in FINISHED_RESULTS:
+                if (self.out / name).is_file():
+                    (self.out / name).unlink()
+                    self.log(f"removed {self.out / name}: the run goes on, so it is tested again at the end")
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
