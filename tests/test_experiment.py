@@ -667,6 +667,8 @@ def test_a_row_can_start_from_an_earlier_row_of_the_same_split(tmp_path):
     b = res.results["runs"]["B"]["splits"][0] if "runs" in res.results else res.results["B"]["splits"][0]
     assert b["train_config"]["init_from"] == str(tmp_path / "out" / "runs" / "A" / "seed1" / "best.pt")
     assert b["calibration"] is not None and b["n_val"] > 0 and b["minutes_per_epoch"] is not None
+    md = (tmp_path / "out" / "results.md").read_text()  # it said "80/20, no val part"
+    assert "IE-IQA (80/20; 40% of the train part drawn per seed for validation)" in md and "no val part" not in md
     tested = load_checkpoint(tmp_path / "out" / "runs" / "B" / "seed1" / "tested.pt")
     assert tested.cfg.calibration == b["calibration"]
     assert run_experiment(cfg, tmp_path / "out", progress=False, log=None, train=False).results["B"]["seeds"] == [1]

@@ -654,7 +654,13 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         where += ([f"{d.label}: the split's test part" for d in cfg.train_sets] if t == INTRA
                   else [f"{t.label}: all of it (cross-dataset)"])
     n = f", {n_images} images" if n_images else ""
-    trained = "; ".join(f"{d.label} (`{d.name}`, protocol {names[cfg.protocol_of(d)]})" for d in cfg.train_sets)
+    def protocol(d: DataSpec) -> str:
+        said = names[cfg.protocol_of(d)]
+        if d.val_fraction and cfg.protocol_of(d) == "ie-iqa":  # a val part carved from the train part
+            said = f"IE-IQA (80/20; {d.val_fraction:.0%} of the train part drawn per seed for validation)"
+        return said
+
+    trained = "; ".join(f"{d.label} (`{d.name}`, protocol {protocol(d)})" for d in cfg.train_sets)
     notes = [
         f"Trained on {trained}{n}, seeds {', '.join(map(str, cfg.seeds))}; "
         f"mean ± std (sample std) over splits (n=K: the splits a cell has, when a split could not be measured there, "
