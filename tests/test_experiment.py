@@ -734,3 +734,30 @@ def test_validation_share_is_one_rule_for_experiments_and_shipping():
         order = np.random.default_rng([seed, 17]).permutation(40)  # the draw as first written
         assert val_positions(40, 0.15, seed).tolist() == sorted(order[:6].tolist())
     assert len(val_positions(3, 0.01, 0)) == 1  # never an empty validation part
+
+
+def test_sigterm_ends_an_experiment_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """A scheduler's SIGTERM (a requeue) killed `experiment` without a word."""
+    import os
+    import signal
+
+    import contentiqa.experiments as experiments
+    from contentiqa.cli.main import main
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    def unhandled(signum, frame):
+        raise RuntimeError("SIGTERM reached the caller: experiment did not handle it")
+
+    monkeypatch.setattr(experiments, "run_experiment", terminated)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: csv, root: d.csv}\nmodel: iqa-cr-q\n")
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "interrupted: rerun the same command to go on" in capsys.readouterr().err

@@ -66,6 +66,38 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, monkeypatc
     assert f"interrupted during epoch 3: {out / 'last.pt'} holds epoch 2" in err and "--resume" in err
 
 
+@pytest.mark.parametrize("when", ["caching", "testing"])
+def test_sigterm_outside_an_epoch_says_how_to_go_on(tmp_path, capsys, monkeypatch, when):
+    """A scheduler's SIGTERM killed train without a word; Ctrl-C while caching or testing said
+    only "interrupted"."""
+    import os
+    import signal
+
+    import contentiqa.cli.train as cli_train
+    from contentiqa.training.trainer import Trainer
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    if when == "caching":
+        monkeypatch.setattr(Trainer, "__init__", terminated)
+    else:
+        monkeypatch.setattr(cli_train, "_test", terminated)
+    def unhandled(signum, frame):  # what the test process does if train leaves SIGTERM alone
+        raise RuntimeError("SIGTERM reached the caller: train did not handle it")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        data, out = table(tmp_path, n=20), tmp_path / "run"
+        assert train(data, out) == 130
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert "interrupted: rerun the same command with --resume" in err and str(out) in err
+
+
 def test_one_seed_trains_one_model(tmp_path):
     data = table(tmp_path)
     losses = []

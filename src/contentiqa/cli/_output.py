@@ -90,6 +90,26 @@ def rescue_path(path: Path, fmt: str) -> Path:
     return Path(tempfile.gettempdir()) / f"contentiqa-rescued-{path.stem}-{stamp}-{os.getpid()}{suffix}"
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a scheduler stopping or requeueing the job, a closed terminal) end a
+    long command as Ctrl-C does: a KeyboardInterrupt, which the command turns into what was kept
+    and how to go on, instead of a silent death. Other threads: no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    saved = {s: signal.signal(s, interrupt) for s in StopSignals.SIGNALS if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
 class StopSignals:
     """SIGTERM, SIGHUP and SIGINT raise :class:`Stopped` in the main thread, except while a
     ``critical()`` block runs (a save): then the stop is raised when the block ends, so a

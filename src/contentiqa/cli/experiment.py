@@ -89,6 +89,7 @@ def check(paths: list[Path]) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..experiments import ConfigError, ExperimentSkipped, run_experiment
     from ..utils.io import Busy
+    from ._output import terminate_as_interrupt
 
     paths = _configs(args)
     if args.check:
@@ -99,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     rc = 0
     for path in paths:
         try:
-            result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict, device=args.device,
-                                    only=args.only, seeds=args.seeds, imports=args.imports, train=not args.table_only,
-                                    cache_limit=args.cache_limit)
+            with terminate_as_interrupt():
+                result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict,
+                                        device=args.device, only=args.only, seeds=args.seeds, imports=args.imports,
+                                        train=not args.table_only, cache_limit=args.cache_limit)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         except Busy as exc:

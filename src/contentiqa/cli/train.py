@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import model_entry
     from ..training import distributed as dist_utils
     from ..training.config import TrainConfig
+    from ._output import terminate_as_interrupt
 
     model_name, model_args, train_args, recipe = build_configs(args)
     try:
@@ -141,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
     if info.distributed:
         cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
     try:
-        return _train(args, model_name, model_args, cfg, info, recipe)
+        with terminate_as_interrupt():
+            return _train(args, model_name, model_args, cfg, info, recipe)
+    except KeyboardInterrupt as exc:
+        if str(exc):  # said already (during an epoch: which one, and what last.pt holds)
+            raise
+        raise KeyboardInterrupt(f"interrupted: rerun the same command with --resume to go on ({args.out} keeps "
+                                "the finished epochs and the cached stages; a finished run is tested then)") from None
     finally:
         dist_utils.cleanup(info)
 
