@@ -214,6 +214,33 @@ def test_evaluate_reads_the_split_column_names_failures_and_checks_outputs_first
     assert "11.png: not an image" in cap.err
 
 
+def test_evaluate_that_cannot_measure_names_the_failed_images_and_keeps_the_rows(tmp_path, capsys):
+    """It said only "need at least 2 values, got 1", and --predictions was not written."""
+    from tiny_models import tiny_checkpoint
+
+    data = table(tmp_path, n=3)
+    df = pd.read_csv(data)
+    for i in (1, 2):
+        Path(df.loc[i, "image"]).write_text("not an image")
+    preds = tmp_path / "p.csv"
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet", "--predictions", str(preds)]) == 2
+    err = capsys.readouterr().err
+    assert "need at least 2 values, got 1 (2 of 3 image(s) could not be scored)" in err
+    assert "1.png: not an image" in err and "2.png: not an image" in err
+    assert len(pd.read_csv(preds)) == 3
+
+
+def test_evaluate_says_which_labels_top1_could_not_count(tmp_path, capsys):
+    from contentiqa.data.categories import IQA_CR_CATEGORIES
+    from tiny_models import tiny_checkpoint
+
+    cats = [IQA_CR_CATEGORIES[i % 3] for i in range(10)] + ["spaceship", "spaceship"]
+    data = table(tmp_path, n=12, category=cats)
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(on the 10 of 12 labelled images whose label the model knows; not: spaceship)" in out
+
+
 def test_a_split_file_for_another_table_is_a_usage_error(tmp_path, capsys):
     data, out = table(tmp_path), tmp_path / "run"
     assert train(data, out) == 0

@@ -59,15 +59,36 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.model, pretrained=True, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    from ..metrics import MetricInputError
+    from ..training.evaluate import NotMeasurable
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     try:
         metrics, preds = evaluate_model(model, table, ds.scale, batch_size=args.batch_size, progress=not args.quiet,
                                         fit_logistic=args.fit_logistic)
-    except MetricInputError as exc:  # e.g. too few images could be scored, or constant predictions
+    except NotMeasurable as exc:  # e.g. too few images could be scored, or constant predictions
+        _say_failed(exc.rows, args)
+        if args.predictions:
+            atomic_write_text(args.predictions, exc.rows.to_csv(index=False))
         raise UsageError(f"cannot measure {args.model} on {args.data}: {exc}") from None
+    _say_failed(preds, args)
+    metrics = {"model": args.model, "data": str(args.data), **metrics}
+    names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
+    print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
+          f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
+    for key, label in names:
+        if key in metrics:
+            print(f"  {label:10s} {metrics[key]:.4f}" + (_accuracy_note(preds, model.categories, metrics)
+                                                     if key == "accuracy" else ""))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(metrics, indent=1))
+    if args.predictions:
+        atomic_write_text(args.predictions, preds.to_csv(index=False))
+    return 1 if metrics.get("n_failed") else 0
+
+
+def _say_failed(preds, args: argparse.Namespace) -> None:
+    """The images that could not be scored, on stderr (the first few; --predictions has all)."""
     failed = preds[preds["error"].notna()]
     for path, error in list(zip(failed["image"], failed["error"]))[:FAILED_SHOWN]:
         print(f"{path}: {error}", file=sys.stderr)
@@ -75,15 +96,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s)"
               + (f" (all in {args.predictions})" if args.predictions else " (--predictions FILE lists them all)"),
               file=sys.stderr)
-    metrics = {"model": args.model, "data": str(args.data), **metrics}
-    names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
-    print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
-          f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
-    for key, label in names:
-        if key in metrics:
-            print(f"  {label:10s} {metrics[key]:.4f}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(metrics, indent=1))
-    if args.predictions:
-        atomic_write_text(args.predictions, preds.to_csv(index=False))
-    return 1 if metrics.get("n_failed") else 0
+
+
+def _accuracy_note(preds, categories, metrics: dict) -> str:
+    """On which images top-1 accuracy was counted, when not on every labelled one: labels the
+    model has no category for (a label file's ``vehicle`` for a nine-category head) cannot be hit."""
+    if "category" not in preds:
+        return ""
+    scored = preds[preds["error"].isna()]
+    labelled = scored["category"].notna() & (scored["category"].astype(str).str.strip() != "")
+    unknown = sorted(set(scored.loc[labelled, "category"].astype(str)) - set(categories))
+    if not unknown:
+        return ""
+    return (f" (on the {int(metrics.get('n_labelled', 0))} of {int(labelled.sum())} labelled images whose label "
+            f"the model knows; not: {', '.join(unknown)})")

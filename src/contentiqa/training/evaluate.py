@@ -11,6 +11,15 @@ from ..metrics import MetricInputError, accuracy, iqa_metrics, rmse
 from ..models.base import IQAModel
 
 
+class NotMeasurable(MetricInputError):
+    """No metric on what could be scored (too few images, a constant MOS); ``rows`` holds every
+    image's prediction or error, so the caller can still say which failed and keep the rows."""
+
+    def __init__(self, message: str, rows: pd.DataFrame):
+        super().__init__(message)
+        self.rows = rows
+
+
 def category_indices(values: Sequence, categories: Sequence[str]) -> np.ndarray:
     """Category names -> indices into ``categories`` (-1 for missing/unknown)."""
     pos = {c: i for i, c in enumerate(categories)}
@@ -103,7 +112,7 @@ def evaluate_model(
             rows["category"] = table["category"].values
     ok = rows["error"].isna().to_numpy()
     if not ok.any():
-        raise MetricInputError(f"no image could be scored; the first, {rows['image'].iloc[0]}: {rows['error'].iloc[0]}")
+        raise NotMeasurable(f"no image could be scored; the first, {rows['image'].iloc[0]}: {rows['error'].iloc[0]}", rows)
     good = table[ok].reset_index(drop=True)
     pred_norm = None
     if model.predicts_score:
@@ -111,6 +120,11 @@ def evaluate_model(
     pred_cat = None
     if model.categories:
         pred_cat = category_indices(rows.loc[ok, "pred_category"], model.categories)
-    metrics = metrics_from_predictions(pred_norm, good, scale, pred_cat, model.categories, fit_logistic)
+    try:
+        metrics = metrics_from_predictions(pred_norm, good, scale, pred_cat, model.categories, fit_logistic)
+    except MetricInputError as exc:
+        failed = int((~ok).sum())
+        said = f" ({failed} of {len(rows)} image(s) could not be scored)" if failed else ""
+        raise NotMeasurable(f"{exc}{said}", rows) from None
     metrics["n_failed"] = float((~ok).sum())
     return metrics, rows
