@@ -3,6 +3,7 @@ per-bin means, Spearman, and the files written."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -113,11 +114,12 @@ def test_cli_writes_all_files_and_bins_are_right(tmp_path, capsys):
     assert "Spearman" in capsys.readouterr().out
 
 
-def test_cli_reports_unreadable_images_and_usage_errors(tmp_path):
+def test_cli_reports_unreadable_images_and_usage_errors(tmp_path, capsys):
     csv = _write_dataset(tmp_path, n=4, broken=True)
     out = tmp_path / "out"
     rc = main(["analyze-intelligibility", str(csv), "--out", str(out), "--quiet", "--no-plot"])
     assert rc == 1
+    assert re.search(r"broken\.png: .*not an image", capsys.readouterr().err)  # named, not only counted
     per = pd.read_csv(out / "intelligibility.csv")
     bad = per[per["image"].str.endswith("broken.png")].iloc[0]
     assert np.isnan(bad["top1_confidence"]) and bad["mos_bin"] == 0 and isinstance(bad["error"], str)

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis.intelligibility import analyze_intelligibility, write_intelligibility_analysis
     from ._output import check_writable_folder
-    from .common import load_data
+    from .common import load_data, say_failed
     from .main import UsageError
 
     for option, value in (("--bins", args.bins), ("--image-size", args.image_size),
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the folder went away or filled up while scoring
         raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     s = result.summary
+    failed = result.per_image[result.per_image["error"].notna()]
+    say_failed(list(zip(failed["image"], failed["error"])), f"all in {files['per_image']}")
     print(f"{s['n_scored']} images scored ({s['n_failed']} failed); Spearman(confidence, MOS) = {s['spearman']:.4f}")
     print("mean top-1 confidence per MOS interval:")
     for _, r in result.by_mos_bin.iterrows():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,19 @@ from .main import UsageError
 
 if TYPE_CHECKING:  # pandas costs ~0.5 s to import: not at CLI start-up
     import pandas as pd
+
+
+FAILED_SHOWN = 10
+"""Failed images named on stderr by a command that scores a table (its output file has all)."""
+
+
+def say_failed(failed: list[tuple[str, str]], everything: str) -> None:
+    """The images that could not be scored, with why, on stderr: the first few, then where
+    ``everything`` is listed."""
+    for path, error in failed[:FAILED_SHOWN]:
+        print(f"{path}: {error}", file=sys.stderr)
+    if len(failed) > FAILED_SHOWN:
+        print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s) ({everything})", file=sys.stderr)
 
 
 def finite_float(text: str) -> float:

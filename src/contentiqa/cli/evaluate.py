@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .common import add_data_args, check_rated, load_data, resolve_split, split_parts
+from .common import add_data_args, check_rated, load_data, resolve_split, say_failed, split_parts
 from .main import UsageError
-
-FAILED_SHOWN = 10
-"""Failed images named on stderr (every one is in --predictions)."""
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -88,14 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say_failed(preds, args: argparse.Namespace) -> None:
-    """The images that could not be scored, on stderr (the first few; --predictions has all)."""
     failed = preds[preds["error"].notna()]
-    for path, error in list(zip(failed["image"], failed["error"]))[:FAILED_SHOWN]:
-        print(f"{path}: {error}", file=sys.stderr)
-    if len(failed) > FAILED_SHOWN:
-        print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s)"
-              + (f" (all in {args.predictions})" if args.predictions else " (--predictions FILE lists them all)"),
-              file=sys.stderr)
+    say_failed(list(zip(failed["image"], failed["error"])),
+               f"all in {args.predictions}" if args.predictions else "--predictions FILE lists them all")
 
 
 def _accuracy_note(preds, categories, metrics: dict) -> str:
