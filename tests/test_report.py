@@ -83,6 +83,35 @@ def test_report_with_heatmaps_and_limit(tmp_path, ckpt):
     assert 'class="heatmap"' in first_card
 
 
+def test_resume_keeps_the_reports_heatmaps_and_their_caption(tmp_path, ckpt):
+    """A resumed report dropped every heatmap of the earlier run."""
+    imgs = images(tmp_path / "imgs", 3)
+    out = tmp_path / "report.html"
+    assert main(["score", str(imgs[0]), str(imgs[1]), "--model", ckpt, "-o", str(out), "-q", "--explain"]) == 0
+    before = re.findall(r'class="heatmap" data-path="[^"]*" src="([^"]+)"', out.read_text())
+    assert len(before) == 2
+    assert main(["score", *map(str, imgs), "--model", ckpt, "-o", str(out), "-q", "--resume"]) == 0
+    text = out.read_text()
+    assert re.findall(r'class="heatmap" data-path="[^"]*" src="([^"]+)"', text) == before
+    assert "Right-hand image: quality heatmap (Grad-CAM x attention)" in text and "kept from the earlier run" in text
+
+
+def test_heatmaps_of_a_model_without_attention_say_plain_grad_cam(tmp_path):
+    """The report called IE-IQA's maps "Grad-CAM x attention"; it has no attention."""
+    import contentiqa
+    from contentiqa.models.registry import save_checkpoint
+
+    model = contentiqa.create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False,
+                                    hidden=(8, 4), input_size=64)
+    ckpt = save_checkpoint(model, tmp_path / "ie.pt")
+    out = tmp_path / "report.html"
+    assert main(["score", str(images(tmp_path / "imgs", 2)[0]), "--model", str(ckpt), "-o", str(out), "-q",
+                 "--explain"]) == 0
+    text = out.read_text()
+    assert "Right-hand image: quality heatmap (Grad-CAM);" in text and "x attention" not in text
+    assert "heatmaps: quality heatmap (Grad-CAM), for the 1 best-scored" in text
+
+
 def test_report_resume_reuses_rows_and_thumbnails(tmp_path, ckpt):
     imgs = images(tmp_path / "imgs", 3)
     out = tmp_path / "report.html"

@@ -226,6 +226,10 @@ class _Scoring:
         self.args, self.fmt, self.output, self.shard, self.kwargs, self.sample = args, fmt, output, shard, kwargs, sample
         self.existing: list[dict] = []
         self.thumbs: dict[str, bytes] = {}
+        # the report's heatmaps (--explain), their caption and notes: an earlier run's are kept on --resume
+        self.heatmaps: dict[str, bytes] = {}
+        self.heat_caption: str | None = None
+        self.heat_notes: list[str] = []
         self.new_rows: dict[int, dict] = {}
         self.report_notes: list[str] = []
         self.stops = StopSignals()
@@ -234,7 +238,7 @@ class _Scoring:
         self.elsewhere: Callable[[str], str | None] | None = None
 
     def _read_existing(self) -> None:
-        from ..reporting.html import read_html_thumbnails
+        from ..reporting.html import read_html_heatmaps, read_html_thumbnails
         from ..reporting.results import read_results
 
         if not (self.args.resume and self.output is not None and self.output.exists()):
@@ -245,9 +249,14 @@ class _Scoring:
             raise UsageError(f"cannot resume: {exc}") from None
         if self.fmt == "html":
             try:
-                self.thumbs.update(read_html_thumbnails(self.output.read_text(encoding="utf-8")))
+                text = self.output.read_text(encoding="utf-8")
+                self.thumbs.update(read_html_thumbnails(text))
+                self.heatmaps, self.heat_caption = read_html_heatmaps(text)
             except (OSError, ValueError):
                 pass
+            if self.heatmaps and not self.args.explain:
+                self.heat_notes.append(f"heatmaps of {len(self.heatmaps)} image(s) kept from the earlier run "
+                                       "(--explain explains the report's images again)")
 
     def _inputs(self) -> list[tuple[str, str | None]]:
         from ..data.inputs import collect_inputs
@@ -293,7 +302,7 @@ class _Scoring:
 
         return sort_rows(self.kept + [self.new_rows[k] for k in sorted(self.new_rows)], self.args.sort)
 
-    def save(self, heatmaps: dict[str, bytes] | None = None, extra_notes: list[str] | None = None) -> bool:
+    def save(self) -> bool:
         """Rewrite --output (atomically; a signal waits for the write); False if it failed."""
         from ..reporting.html import write_html_report
         from ..reporting.results import write_results
@@ -304,8 +313,9 @@ class _Scoring:
         try:
             with self.stops.critical():
                 if self.fmt == "html":
-                    write_html_report(self.output, rows, self.info, self.thumbs, heatmaps,
-                                      thumbnail_size=self.args.thumbnail_size, notes=self.report_notes + (extra_notes or []))
+                    write_html_report(self.output, rows, self.info, self.thumbs, self.heatmaps,
+                                      thumbnail_size=self.args.thumbnail_size, notes=self.report_notes + self.heat_notes,
+                                      **({"heatmap_caption": self.heat_caption} if self.heat_caption else {}))
                 else:
                     write_results(self.output, rows, self.fmt)
         except OSError as exc:
@@ -399,23 +409,21 @@ class _Scoring:
             self.scorer.run([p for _, p in self.to_score], on_result=self.on_result,
                             on_image=self.on_image if self.fmt == "html" else None, progress=not self.args.quiet,
                             return_results=False, batch_size=self.args.batch_size, workers=self.args.workers)
-        heatmaps: dict[str, bytes] | None = None
-        heat_notes: list[str] = []
         if self.args.explain:
             from ..reporting.heatmaps import heatmap_thumbnails
             from ._model_loading import heatmap_model
 
             limit = self.args.explain_limit
-            heatmaps, problems = heatmap_thumbnails(
+            self.heatmaps, problems, self.heat_caption = heatmap_thumbnails(
                 heatmap_model(self.scorer, self.kwargs), self.current_rows(), limit,
                 self.args.thumbnail_size, EXPLAIN_REPORT_MAX_PIXELS, progress=not self.args.quiet)
-            heat_notes.append(
-                f"heatmaps: quality Grad-CAM x spatial attention, for the {len(heatmaps)} best-scored image(s)"
+            self.heat_notes = [
+                f"heatmaps: {self.heat_caption}, for the {len(self.heatmaps)} best-scored image(s)"
                 f"{'' if limit == 0 else f' (limit {limit})'}; images over "
-                f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy"
-            )
-            heat_notes += problems
-        return self.save(heatmaps, heat_notes)
+                f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy",
+                *problems,
+            ]
+        return self.save()
 
     def _interrupted(self, exc: BaseException) -> int:
         from ._output import Stopped

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .html import make_thumbnail, score_higher_is_better
+from .html import caption_for_heatmaps, make_thumbnail, score_higher_is_better
 
 if TYPE_CHECKING:
     from ..models.base import IQAModel
 
 
 def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, size: int, max_pixels: int,
-                       progress: bool = False) -> tuple[dict[str, bytes], list[str]]:
-    """``(path -> thumbnail, problems)``: quality heatmap thumbnails of at most ``size`` px for
-    the best ``limit`` scored rows (0: all), explained on copies of at most ``max_pixels``. A
-    heatmap that fails is a problem line, never the report's end."""
+                       progress: bool = False) -> tuple[dict[str, bytes], list[str], str]:
+    """``(path -> thumbnail, problems, caption)``: quality heatmap thumbnails of at most ``size``
+    px for the best ``limit`` scored rows (0: all), explained on copies of at most
+    ``max_pixels``, and what they show (:func:`caption_for_heatmaps`). A heatmap that fails is a
+    problem line, never the report's end."""
     from tqdm.auto import tqdm
 
     from ..explain import explain
@@ -24,12 +25,15 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []
-    targets = ("quality",) if model.predicts_score else ("category",)
+    target = "quality" if model.predicts_score else "content"
+    attention = False
     for r in tqdm(chosen, desc="explaining", unit="img", disable=not progress):
         try:
-            exp = explain(model, r["path"], targets=targets, max_pixels=max_pixels, exact_score=False)
+            exp = explain(model, r["path"], targets=("quality",) if model.predicts_score else ("category",),
+                          max_pixels=max_pixels, exact_score=False)
             which = "fused" if exp.fused is not None else "fused_category"
             maps[r["path"]] = make_thumbnail(exp.overlay(which, max_size=size), size)
+            attention = attention or exp.attention is not None
         except Exception as exc:  # a heatmap failure must not lose the report
             problems.append(f"{r['path']}: no heatmap ({exc})")
-    return maps, problems
+    return maps, problems, caption_for_heatmaps(target, attention)

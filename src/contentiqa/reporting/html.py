@@ -34,6 +34,14 @@ _RESULTS_RE = re.compile(
     r'<script type="application/json" id="contentiqa-results">(.*?)</script>', re.S
 )
 _THUMB_RE = re.compile(r'<img class="thumb" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+_HEATMAP_RE = re.compile(r'<img class="heatmap" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+_CAPTION_RE = re.compile(r'<p class="muted">Right-hand image: (.*?); shown for \d+ image\(s\)\.</p>')
+
+
+def caption_for_heatmaps(target: str, attention: bool) -> str:
+    """What a report's heatmaps show: the quality or content map, fused with the model's
+    spatial attention when it has some (IQA-CR), else plain Grad-CAM (IE-IQA)."""
+    return f"{target} heatmap ({'Grad-CAM x attention' if attention else 'Grad-CAM'})"
 
 
 # -- images -------------------------------------------------------------------------------
@@ -106,6 +114,13 @@ def read_html_rows(text: str) -> list[dict[str, Any]]:
 def read_html_thumbnails(text: str) -> dict[str, bytes]:
     """path -> thumbnail JPEG bytes from a report (so a resumed run need not re-decode)."""
     return {html.unescape(p): base64.b64decode(b) for p, b in _THUMB_RE.findall(text)}
+
+
+def read_html_heatmaps(text: str) -> tuple[dict[str, bytes], str | None]:
+    """``(path -> heatmap JPEG bytes, their caption)`` from a report: a resumed run keeps them."""
+    found = _CAPTION_RE.search(text)
+    maps = {html.unescape(p): base64.b64decode(b) for p, b in _HEATMAP_RE.findall(text)}
+    return maps, html.unescape(found.group(1)) if found else None
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -231,7 +246,7 @@ def render_html_report(
         else:
             a("<span class=\"muted\">(no thumbnail)</span>")
         if path in heatmaps:
-            a(f"<img class=\"heatmap\" src=\"{data_uri(heatmaps[path])}\" alt=\"heatmap\">")
+            a(f"<img class=\"heatmap\" data-path=\"{_esc(path)}\" src=\"{data_uri(heatmaps[path])}\" alt=\"heatmap\">")
         a("</div>")
         a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\">#{rank}</span></div>")
         if r.get("category"):
