@@ -736,6 +736,30 @@ def test_validation_share_is_one_rule_for_experiments_and_shipping():
     assert len(val_positions(3, 0.01, 0)) == 1  # never an empty validation part
 
 
+def test_a_split_whose_recipe_changed_under_it_is_a_config_error(tiny, tmp_path, capsys):
+    """A split resumed with settings its last.pt was not trained with (past the experiment's
+    own fingerprint check: here its recipe.json is gone) is one line naming the split."""
+    import torch
+
+    from contentiqa.cli.main import main
+
+    root, path, _ = tiny
+    out = tmp_path / "out"
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) in (0, 1)
+    last = sorted(out.glob("runs/*/seed0/last.pt"))[0]
+    st = torch.load(last, weights_only=False)
+    st["train_config"]["lr"] = 123.0
+    st["epoch"] = 0 if st["epoch"] > 1 else st["epoch"]
+    torch.save(st, last)
+    (last.parent / "recipe.json").unlink()
+    for f in out.glob("metrics/*/seed0.json"):
+        f.unlink()
+    capsys.readouterr()
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "split seed 0" in err and "lr 123.0" in err and "train the split afresh" in err and "Traceback" not in err
+
+
 def test_sigterm_ends_an_experiment_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
     """A scheduler's SIGTERM (a requeue) killed `experiment` without a word."""
     import os

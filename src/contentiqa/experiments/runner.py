@@ -366,7 +366,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     from ..models.registry import save_checkpoint
     from ..training.config import TrainConfig
     from ..training.cache import CacheWriteError
-    from ..training.trainer import Trainer, TrainingDiverged, seed_everything
+    from ..training.trainer import ResumeMismatch, Trainer, TrainingDiverged, seed_everything
 
     parts, own = _parts(sets, seed)
     scale = sets[0].scale if len(sets) == 1 else {ts.label: ts.scale for ts in sets}
@@ -409,6 +409,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     except ImageLoadError as exc:  # damaged data behind a good header, met while training
         raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; replace the file or drop its row "
                           "(the run resumes from its last epoch)") from None
+    except ResumeMismatch as exc:  # e.g. the folder moved: a path in the recipe changed
+        raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; delete {run_dir} to train the split afresh") from None
     train_s = time.time() - t0 + trainer.earlier_seconds()  # a resumed split: its earlier sessions' epochs too
     if not main:
         return None

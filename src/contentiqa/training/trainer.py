@@ -82,6 +82,10 @@ FINISHED_RESULTS = ("tested.pt", "test_metrics.json")
 given more epochs, as they would then describe a model best.pt no longer holds."""
 
 
+class ResumeMismatch(ValueError):
+    """``last.pt`` was trained with other settings than the run asked to continue it."""
+
+
 RUN_LOCK = ".train.lock"
 """The lock file :meth:`Trainer.fit` holds in the output folder (one training per folder)."""
 
@@ -637,20 +641,20 @@ class Trainer:
         self.best = st["best"]
         if self.ema is not None:
             if st.get("ema_state") is None:
-                raise ValueError(f"{path} was trained without ema_decay: resume it without, or start afresh")
+                raise ResumeMismatch(f"{path} was trained without ema_decay: resume it without, or start afresh")
             self.ema.load_state_dict(st["ema_state"])
         self.bad_epochs = st["bad_epochs"]
         self.history = st["history"]
 
     def _check_same_recipe(self, path: Path, saved: dict[str, Any]) -> None:
-        """ValueError unless this run's settings are those ``last.pt`` was trained with, but for
+        """ResumeMismatch unless this run's settings are those ``last.pt`` was trained with, but for
         :data:`RESUME_MAY_CHANGE` (checked before anything is loaded)."""
         now = self.cfg.to_dict()
         changed = sorted(k for k in saved.keys() & now.keys() if k not in RESUME_MAY_CHANGE and saved[k] != now[k])
         if changed:
             said = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
-            raise ValueError(f"{path} was trained with {said}; only {', '.join(RESUME_MAY_CHANGE)} may change "
-                             "when a run continues")
+            raise ResumeMismatch(f"{path} was trained with {said}; only {', '.join(RESUME_MAY_CHANGE)} may change "
+                                 "when a run continues")
 
     def _write_logs(self) -> None:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
