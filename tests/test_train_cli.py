@@ -256,6 +256,20 @@ def test_a_diverging_training_is_one_line(tmp_path, capsys):
     assert "training loss diverged at epoch" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("setting, words", [
+    ("hflip=\"false\"", "hflip is true or false, not 'false'"),  # in quotes: truthy, mirroring stayed on
+    ("scheduler=constant", "scheduler is one of cosine, none, not 'constant'"),  # ran cosine
+    ("optimizer=adam", "optimizer is one of adamw, sgd"),
+    ("monitor=srcc", "monitor 'srcc' is no validation metric"),  # found after a whole epoch
+    ("device=gpu", "unknown device 'gpu'"),  # a torch traceback
+])
+def test_a_mistyped_setting_is_refused_before_any_work(tmp_path, capsys, setting, words):
+    assert train(table(tmp_path), tmp_path / "run", "--set", setting) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_yaml_numbers_without_a_dot_are_numbers_and_words_are_refused(tmp_path, capsys):
     """YAML reads 1e-4 as the string '1e-4': it is the learning rate all the same."""
     data = table(tmp_path)

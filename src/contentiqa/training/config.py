@@ -11,6 +11,17 @@ from typing import Any
 
 AT_LEAST_ONE = ("epochs", "batch_size")
 
+CHOICES = {
+    "optimizer": ("adamw", "sgd"),
+    "scheduler": ("cosine", "none"),
+    "score_loss": ("smooth_l1", "mse", "model"),
+    "loss_weighting": ("sum", "dwa", "uncertainty"),
+    "calibrate_on": ("first", "each"),
+    "cache_runtime": ("torch", "onnx"),
+}
+"""The values each word-valued option takes: anything else is refused when the config is read,
+not taken as the default branch (``scheduler: constant`` ran cosine) or met hours later."""
+
 
 @dataclass
 class TrainConfig:
@@ -147,6 +158,12 @@ class TrainConfig:
                 raise ValueError(f"training option {f.name} must be {what}, not {value!r}")
             if kind == "int" and not isinstance(value, int):
                 setattr(self, f.name, int(value))  # 448.0 from a YAML or JSON file
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):  # "false" in quotes is truthy: it would turn it on
+                raise ValueError(f"training option {f.name} is true or false, not {value!r}")
+            if f.name in CHOICES and value not in CHOICES[f.name]:
+                raise ValueError(f"training option {f.name} is one of {', '.join(CHOICES[f.name])}, not {value!r}")
         # Checked here, not where they are used: zero epochs would end in a missing best.pt,
         # a zero batch in an error from deep inside the data loader.
         for name in AT_LEAST_ONE:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import FocalLoss
+from .config import CHOICES
 
 
 def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = 0.05) -> torch.Tensor:
@@ -55,7 +56,7 @@ def anchor_loss(anchors: torch.Tensor, photos: torch.Tensor, sigma: float = 0.05
     return rank + (anchors.clamp(min=0.0) ** 2).mean()
 
 
-SCORE_LOSSES = ("smooth_l1", "mse", "model")
+SCORE_LOSSES = CHOICES["score_loss"]
 
 
 class MultiTaskLoss(nn.Module):

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
+from ..utils.devices import resolve_device
 from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, remove_stale_temporaries
 from . import distributed as dist_utils
 from .config import TrainConfig
@@ -80,6 +81,11 @@ another run's model."""
 FINISHED_RESULTS = ("tested.pt", "test_metrics.json")
 """What a finished run's end wrote (the model it tested, its figures): removed when the run is
 given more epochs, as they would then describe a model best.pt no longer holds."""
+
+
+VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable")
+"""What a validation can measure (a model without a content head, or a part without labels,
+has fewer: :meth:`Trainer._monitor` says so then)."""
 
 
 class ResumeMismatch(ValueError):
@@ -206,6 +212,10 @@ class Trainer:
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
+        self.device = resolve_device(cfg.device)  # an unknown or absent device: a ValueError before any work
+        if cfg.monitor is not None and cfg.monitor.rsplit("/", 1)[-1] not in VALIDATION_METRICS:
+            raise ValueError(f"monitor {cfg.monitor!r} is no validation metric: one of {', '.join(VALIDATION_METRICS)}, "
+                             "or SET/metric for one training set's")
         if cfg.monitor is not None and self.val_table is None:
             raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
         if cfg.monitor is not None and "/" in cfg.monitor:
@@ -232,7 +242,6 @@ class Trainer:
             raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {cfg.ema_decay}")
         if cfg.init_from:
             self._start_from(cfg.init_from)
-        self.device = torch.device(cfg.device)
         self.distributed = dist_utils.is_distributed()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         if self.rank != 0:  # rank 0 speaks for the run
