@@ -118,6 +118,21 @@ def test_a_folder_that_is_not_a_cache_is_never_pruned(tmp_path):
     assert (tmp_path / ".deleting-draft").is_file()
 
 
+def test_a_folder_of_dotfiles_is_not_a_cache_entry(tmp_path):
+    """A user's settings folder holding only .env was taken for an entry (any dotfile counted as
+    a write in progress) and removed by a prune."""
+    entry(tmp_path, "a", 100, NOW - 100)
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / ".env").write_text("SECRET=1")
+    with pytest.raises(ValueError, match=r"not look like a contentiqa cache.*'settings'"):
+        prune(tmp_path, max_bytes=0)
+    assert (settings / ".env").is_file()
+    (settings / ".env").unlink()
+    (settings / ".x.pt.abc123xy.tmp").write_bytes(b"")  # what an atomic write in progress looks like
+    assert sorted(e.name for e in prune(tmp_path, max_bytes=0)) == ["a", "settings"]
+
+
 def test_touch_marks_use_and_describe_writes_once(tmp_path):
     folder = entry(tmp_path, "a", 10, NOW - 1000)
     before = time.time() - 1

@@ -107,6 +107,9 @@ _ENCODING = re.compile(r"^[0-9a-f]{24}\.pt$")  # training/cache.py: one image's 
 _FILE = re.compile(r"^(features_.*\.pt|.+-[a-z0-9]+-[0-9a-f]{20}\.onnx)$")
 
 
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # utils.io.atomic_write's, while it writes
+
+
 def _is_hidden(name: str) -> bool:
     # ".name.*.tmp": an atomic write in progress; ".deleting-*": an eviction in progress.
     return name.startswith(".")
@@ -127,11 +130,13 @@ def scan(folder: str | os.PathLike) -> list[CacheEntry]:
             continue
         if stat.S_ISDIR(st.st_mode):
             size = files = 0
+            # only what the cache writes makes a folder one of its entries: a user's dotfiles
+            # (a folder holding .env) are never the cache's to remove
             known = True
             for root, dirs, names in os.walk(child):
                 known = known and not dirs
                 for n in names:
-                    known = known and (n == ABOUT or _is_hidden(n) or bool(_ENCODING.match(n)))
+                    known = known and (n == ABOUT or bool(_TEMPORARY.match(n)) or bool(_ENCODING.match(n)))
                     try:
                         size += os.stat(os.path.join(root, n)).st_size
                         files += 1
