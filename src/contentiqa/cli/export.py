@@ -119,10 +119,16 @@ def _export_int8(model, weights: Path, out: Path, opset: int, verify: bool) -> P
     import tempfile
 
     from ..inference.onnx import export_onnx
+    from ..inference.onnx_runtime import DEFAULT_OPSET, find_graph_file
     from ..inference.quantize import QuantizationError, quantize_for_weights
 
     with tempfile.TemporaryDirectory(prefix="contentiqa-export-") as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=opset, verify=verify)
+        # The fp32 graph score's int8 is quantized from (shipped or cached), so that the file is
+        # the graph `score --precision int8` runs: a fresh export differs in the weights' last
+        # bits, which quantization turns into other scores.
+        fp32 = find_graph_file(weights) if opset == DEFAULT_OPSET else None
+        if fp32 is None:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=opset, verify=verify)
         try:
             return quantize_for_weights(fp32, out, weights)
         except QuantizationError as exc:

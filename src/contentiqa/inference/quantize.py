@@ -25,7 +25,9 @@ excluded nodes, calibration).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +90,6 @@ def _input_name(path: Path) -> str:
 
 def matching_nodes(path: str | os.PathLike, patterns: Sequence[str]) -> list[str]:
     """Names of the nodes of the ONNX file ``path`` that match any of the regular expressions."""
-    import re
-
     import onnx
 
     if not patterns:
@@ -112,16 +112,20 @@ def _check_ranges(path: Path, cal_path: Path, op_types: Sequence[str], excluded:
     known = set(ranges.get("data", ranges) if isinstance(ranges, dict) else ())
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
+    # Integer tensors (the shape arithmetic of adaptive pooling: Add of int64 sizes) are never
+    # calibrated, so no range is needed for them; a tensor of unknown type is asked for.
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     skip = set(excluded)
     only = set(included) if included is not None else None
     needed = {t for n in graph.node if n.op_type in op_types and n.name not in skip and (only is None or n.name in only)
-              for t in (*n.input[:1], *n.output[:1]) if t and t not in inits}
+              for t in (*n.input[:1], *n.output[:1]) if t and t not in inits and types.get(t, onnx.TensorProto.FLOAT) in floats}
     missing = sorted(needed - known)
     if missing:
         raise QuantizationError(
-            f"{cal_path}: the calibration ranges do not match this graph ({len(missing)} of {len(needed)} tensors "
-            f"missing, e.g. {missing[0]}); it was made for another export (torch / onnx version): make it again "
-            "with contentiqa.inference.quantize.write_calibration"
+            f"the calibration ranges do not match this graph ({len(missing)} of {len(needed)} tensors missing, e.g. "
+            f"{missing[0]}); they were made for another export (torch / onnx version): make them again with "
+            "contentiqa.inference.quantize.write_calibration"
         )
 
 
@@ -153,6 +157,8 @@ def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    if "verified_max_abs_diff" in meta:  # the fp32 graph's check against PyTorch, not this graph's
+        meta["fp32_verified_max_abs_diff"] = meta.pop("verified_max_abs_diff")
     meta.update(extra)
     out = onnx.load(str(dst))
     del out.metadata_props[:]
@@ -325,13 +331,52 @@ def read_calibration(path: str | os.PathLike, weights: str | os.PathLike | None 
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise QuantizationError(f"no int8 calibration file {path}") from None
-    except (OSError, ValueError) as exc:
-        raise QuantizationError(f"{path}: not a readable calibration file ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise QuantizationError(f"{path}: not a readable calibration file ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise QuantizationError(f"{path}: not a contentiqa int8 calibration file (format {CALIBRATION_FORMAT})")
     if weights is not None and data.get("weights_sha256") != file_sha256(weights):
         raise QuantizationError(f"{path} was calibrated for other weights than {weights} (SHA-256 differs)")
+    problem = _calibration_problem(data)
+    if problem is not None:  # a damaged or hand-edited file: never a traceback, nor a graph scoring NaN
+        raise QuantizationError(f"{path}: damaged calibration file: {problem}")
     return data
+
+
+def _calibration_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a calibration file's recipe, ranges or default, or None."""
+    recipe = data.get("recipe") or {}
+    if not isinstance(recipe, dict):
+        return "'recipe' is not a mapping"
+    for key in ("op_types", "include", "exclude"):
+        value = recipe.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"recipe.{key} is not a list of strings"
+    for pattern in (*recipe.get("include", []), *recipe.get("exclude", [])):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"recipe pattern {pattern!r}: {exc}"
+    if recipe.get("method", "static") not in METHODS:
+        return f"recipe.method is one of {', '.join(METHODS)}, not {recipe.get('method')!r}"
+    if not isinstance(recipe.get("per_channel", True), bool):
+        return "recipe.per_channel is not true or false"
+    if data.get("default_precision", "fp32") not in PRECISIONS:
+        return f"default_precision is one of {', '.join(PRECISIONS)}, not {data.get('default_precision')!r}"
+    ranges = data.get("ranges")
+    if ranges is None:
+        return None
+    tensors = ranges.get("data") if isinstance(ranges, dict) else None
+    if not isinstance(tensors, dict):
+        return "'ranges' holds no tensor ranges"
+    for name, r in tensors.items():
+        try:
+            lo, hi = (float(r[end]["data"][0]) for end in ("lowest", "highest"))
+        except (TypeError, KeyError, IndexError, ValueError, OverflowError):
+            return f"range of {name} is not lowest / highest numbers"
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            return f"range of {name} is [{lo}, {hi}]: the ends must be finite, the lowest first"
+    return None
 
 
 def quantize_for_weights(
@@ -356,9 +401,13 @@ def quantize_for_weights(
             ranges.write_text(json.dumps(data["ranges"]))
         elif recipe.method == "static":
             raise QuantizationError(f"{cal}: a static recipe without activation ranges")
-        return quantize_onnx(fp32_onnx, dst, method=recipe.method, calibration_file=ranges, op_types=recipe.op_types,
-                             include=recipe.include, exclude=recipe.exclude, per_channel=recipe.per_channel, ranges_check=True,
-                             extra_metadata={"int8_calibration": data.get("source", ""), **(extra_metadata or {})})
+        try:
+            return quantize_onnx(fp32_onnx, dst, method=recipe.method, calibration_file=ranges, op_types=recipe.op_types,
+                                 include=recipe.include, exclude=recipe.exclude, per_channel=recipe.per_channel,
+                                 ranges_check=True,
+                                 extra_metadata={"int8_calibration": data.get("source", ""), **(extra_metadata or {})})
+        except QuantizationError as exc:  # the file the user has, not the temporary copies made from it
+            raise QuantizationError(f"{cal}: {exc}") from None
 
 
 def default_precision(weights: str | os.PathLike | None) -> str:
