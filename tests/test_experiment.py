@@ -785,3 +785,39 @@ def test_sigterm_ends_an_experiment_as_ctrl_c_does(tmp_path, capsys, monkeypatch
     finally:
         signal.signal(signal.SIGTERM, before)
     assert "interrupted: rerun the same command to go on" in capsys.readouterr().err
+
+
+def test_labels_and_row_names_that_meet_as_file_names_are_refused(tiny):
+    """Labels 'B C' and 'B_C' shared one split file (8 of 20 photos were in no part); a row
+    named '..' wrote beside the experiment's folder."""
+    _, _, cfg = tiny
+    data = [cfg["data"], {**cfg["data"], "label": "B C"}, {**cfg["data"], "label": "B_C"}]
+    with pytest.raises(ConfigError, match="distinct as file names"):
+        load_config({**cfg, "data": data})
+    for names in (["A B", "A_B"], [".."]):
+        with pytest.raises(ConfigError, match="distinct as folder names"):
+            load_config({**cfg, "runs": [{"name": n, "model": "iqa-cr-q"} for n in names]})
+
+
+def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, monkeypatch):
+    """A typo in the second config, or --only naming a row of none, surfaced after the first
+    had trained."""
+    import contentiqa.experiments as experiments
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    ran = []
+    monkeypatch.setattr(experiments, "run_experiment", lambda p, *a, **k: ran.append((p, k["only"])) or 1 / 0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "modle": "x"}, sort_keys=False))
+    assert main(["experiment", str(path), str(bad), "--quiet"]) == 2
+    assert "unknown key" in capsys.readouterr().err and ran == []
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**cfg, "runs": [{"name": "R", "model": "iqa-cr-q"}]}, sort_keys=False)
+                     .replace("train/scores.csv", str(root / "train" / "scores.csv"))
+                     .replace("${TINY_OTHER_ROOT:-other}", str(root / "other")))
+    assert main(["experiment", str(path), str(other), "--only", "nope", "--quiet"]) == 2
+    assert "no config has row(s) ['nope']" in capsys.readouterr().err and ran == []
+    with pytest.raises(ZeroDivisionError):  # only the config that has row R runs, asked for R
+        main(["experiment", str(path), str(other), "--only", "R", "--quiet"])
+    assert ran == [(other, ["R"])]

@@ -97,12 +97,19 @@ def run(args: argparse.Namespace) -> int:
     if args.out and len(paths) > 1:
         raise UsageError("--out takes one config; without it each config writes to its own runs/experiments/<name>")
     log = (lambda *a, **k: None) if args.quiet else print
+    configs = _check_all_first(paths, args)
     rc = 0
-    for path in paths:
+    for path, cfg in zip(paths, configs):
+        only, seeds = args.only, args.seeds
+        if len(paths) > 1 and (only or seeds):  # each config runs the rows and seeds it has
+            only = [r for r in only or () if r in {run.name for run in cfg.runs}] or None
+            seeds = [s for s in seeds or () if s in {x for run in cfg.runs for x in run.seeds}] or None
+            if (args.only and only is None) or (args.seeds and seeds is None):
+                continue
         try:
             with terminate_as_interrupt():
                 result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict,
-                                        device=args.device, only=args.only, seeds=args.seeds, imports=args.imports,
+                                        device=args.device, only=only, seeds=seeds, imports=args.imports,
                                         train=not args.table_only, cache_limit=args.cache_limit)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
@@ -129,3 +136,24 @@ def run(args: argparse.Namespace) -> int:
             print(result.markdown)
         print(f"results: {result.out_dir / 'results.md'}")
     return rc
+
+
+def _check_all_first(paths: list, args: argparse.Namespace) -> list:
+    """Every config read, and --only / --seed found, before any trains: a mistake in the last
+    config is a usage error now, not after hours of the first's training."""
+    from ..experiments import ConfigError, load_config
+
+    configs = []
+    for path in paths:
+        try:
+            configs.append(load_config(path))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if len(paths) > 1:  # one config: the runner says which of its rows or seeds are unknown
+        rows = {r.name for cfg in configs for r in cfg.runs}
+        seeds = {s for cfg in configs for r in cfg.runs for s in r.seeds}
+        if set(args.only or ()) - rows:
+            raise UsageError(f"--only: no config has row(s) {sorted(set(args.only) - rows)}")
+        if set(args.seeds or ()) - seeds:
+            raise UsageError(f"--seed: no config has seed(s) {sorted(set(args.seeds) - seeds)}")
+    return configs

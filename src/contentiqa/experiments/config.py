@@ -325,8 +325,9 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         if p not in PROTOCOLS:
             raise ConfigError(f"{where}: protocol must be one of {PROTOCOLS}, not {p!r}")
     train_labels = [d.label for d in datasets]
-    if len(set(train_labels)) != len(train_labels):
-        raise ConfigError(f"{where}: training datasets need distinct labels (give each a 'label'); got {train_labels}")
+    if len({slugify(label) for label in train_labels}) != len(train_labels):  # each names its split file
+        raise ConfigError(f"{where}: training datasets need labels that stay distinct as file names (splits_<label>.json; "
+                          f"give each a 'label'); got {train_labels}")
     seeds = _seeds(raw.get("seeds", 1), f"{where}: seeds")
 
     tests: list[DataSpec | str] = []
@@ -389,8 +390,9 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         runs.append(RunSpec(run_name, slugify(run_name), str(model), model_args, train, run_seeds,
                             _paths(r.get("requires"), base, f"{rw}.requires")))
     slugs = [r.slug for r in runs]
-    if len(set(slugs)) != len(slugs):
-        raise ConfigError(f"{where}: run names must be distinct; got {[r.name for r in runs]}")
+    if len(set(slugs)) != len(slugs) or any(s in ("", ".", "..") for s in slugs):  # each names a folder
+        raise ConfigError(f"{where}: run names must stay distinct as folder names ({[r.name for r in runs]} give "
+                          f"{slugs})")
     cache_limit = None
     if raw.get("cache_limit") is not None:
         from ..utils.disk_cache import parse_size
