@@ -821,3 +821,24 @@ def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, 
     with pytest.raises(ZeroDivisionError):  # only the config that has row R runs, asked for R
         main(["experiment", str(path), str(other), "--only", "R", "--quiet"])
     assert ran == [(other, ["R"])]
+
+
+def test_rows_that_could_only_fail_later_are_refused_before_any_trains(tmp_path):
+    """A misspelt model argument, or init_from weights that no row writes (--only on an LP-FT
+    config), failed when that row's turn came: after the rows before it had trained, or as a
+    traceback."""
+    csv = write_csv(tmp_path / "d", 24, (0, 100), seed=5, categories=False)
+    train = {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5}
+    cfg = {"name": "early", "data": {"name": "csv", "root": str(csv), "label": "T"}, "protocol": "ie-iqa",
+           "seeds": [1], "model_args": TINY_ARGS, "train": train,
+           "runs": [{"name": "A", "model": "iqa-cr-q"},
+                    {"name": "B", "model": "iqa-cr-q", "model_args": {**TINY_ARGS, "dimm": 8}}]}
+    with pytest.raises(ConfigError, match=r"run B: model_args .* cannot build iqa-cr-q: .*dimm"):
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+    assert not (tmp_path / "out" / "runs" / "A").exists()  # nothing trained
+    lpft = {**cfg, "runs": [{"name": "P", "model": "iqa-cr-q"},
+                            {"name": "F", "model": "iqa-cr-q", "train": {"init_from": "runs/P/seed{seed}/best.pt"}}]}
+    with pytest.raises(ConfigError, match=r"run F, split seed 1: init_from .*best.pt does not exist"):
+        run_experiment(lpft, tmp_path / "out2", progress=False, log=None, only=["F"])
+    res = run_experiment(lpft, tmp_path / "out2", progress=False, log=None)  # P first, then F: fine
+    assert res.results["F"]["seeds"] == [1]

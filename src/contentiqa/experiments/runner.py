@@ -341,6 +341,35 @@ def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
                       f"both, or delete {redo} to train it again")
 
 
+def _check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None) -> None:
+    """ConfigError, before any row trains, for a row that could only fail when its turn came
+    (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
+    argument), or it starts from weights (``init_from``) that neither exist nor come from a row
+    trained before it in this run."""
+    from ..backbones import WeightsUnavailableError
+    from ..models import create_model
+
+    coming: set[Path] = set()  # what the rows before this one will write (their best.pt, tested.pt)
+    for run in cfg.runs:
+        if (only and run.name not in only) or run_missing(cfg, run):
+            continue
+        asked = [s for s in run.seeds if not seeds or s in seeds]
+        if not asked or all(_metrics_file(out, run, s).is_file() for s in asked):
+            continue
+        try:
+            create_model(run.model, pretrained=False, **run.model_args)
+        except (WeightsUnavailableError, FileNotFoundError):
+            pass  # said when the row's turn comes (it is skipped then)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"run {run.name}: model_args {run.model_args} cannot build {run.model}: {exc}") from None
+        for seed in asked:
+            init = _init_file(run, seed, out)
+            if init is not None and not init.is_file() and init not in coming:
+                raise ConfigError(f"run {run.name}, split seed {seed}: init_from {init} does not exist, and no row "
+                                  "before it in this run writes it: train that row first (or with it)")
+            coming |= {out / "runs" / run.slug / f"seed{seed}" / name for name in ("best.pt", "tested.pt", "last.pt")}
+
+
 def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:
     """The weights a split of ``run`` starts from (``init_from``, ``{seed}`` filled in, relative to ``out``)."""
     if not run.train.get("init_from"):
@@ -799,6 +828,8 @@ def run_experiment(
             for path in imports:
                 if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
+        if train and main:
+            _check_before_training(cfg, out, only, seeds)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
