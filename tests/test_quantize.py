@@ -201,6 +201,23 @@ def test_the_default_recipe_calibrates_a_graph_with_integer_shape_arithmetic(tin
     assert np.isfinite(scores(q, smooth_batches(1, seed=3))).all()
 
 
+def test_calibration_photos_read_lazily_from_relative_paths_are_found(tiny_fp32, tmp_path, monkeypatch):
+    """The quantizer works in a temporary folder: a generator reading photos by relative path
+    found none there ("No data is collected")."""
+    _, fp32, _ = tiny_fp32
+    (tmp_path / "cal").mkdir()
+    for i, x in enumerate(smooth_batches(2)):
+        np.save(tmp_path / "cal" / f"{i}.npy", x)
+    monkeypatch.chdir(tmp_path)
+
+    def photos(folder):
+        for p in sorted(Path(folder).glob("*.npy")):
+            yield np.load(p)
+
+    q = quantize_onnx(fp32, tmp_path / "q.onnx", calibration=photos("cal"), op_types=("Conv",), include=CNN)
+    assert q.is_file()
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda d: d.update(recipe="abc"), "'recipe' is not a mapping"),
     (lambda d: d["recipe"].update(op_types=5), "recipe.op_types is not a list of strings"),
@@ -485,3 +502,29 @@ def test_export_int8_of_a_shipped_tag_is_the_graph_score_runs(tmp_path, examples
     exported = [p.score for p in contentiqa.load_scorer(str(out), threads=1).predict(photos)]
     scored = [p.score for p in contentiqa.load_scorer("ie-iqa", precision="int8", threads=1).predict(photos)]
     assert exported == pytest.approx(scored, abs=1e-4)
+
+
+def test_sigterm_during_export_leaves_no_temporary(tiny_fp32, tmp_path, monkeypatch):
+    """A SIGTERM while the graph was written left a hidden .NAME.XXXX.tmp of the graph's size."""
+    import signal
+
+    import contentiqa.inference.onnx as onnx_mod
+
+    _, _, weights = tiny_fp32
+    real = onnx_mod._verify
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    def unhandled(signum, frame):
+        raise RuntimeError("SIGTERM reached the caller: export did not handle it")
+
+    monkeypatch.setattr(onnx_mod, "_verify", terminated)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main(["export", str(weights), "-o", str(tmp_path / "m.onnx"), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert list(tmp_path.iterdir()) == []
+

@@ -86,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--precision int8: no int8 calibration for {args.model}{where}; make one with "
                              "contentiqa.inference.quantize.write_calibration, or export fp32")
     model = load_model(args.model, "cpu")
+    from ._output import terminate_as_interrupt
+
     try:
-        if weights is None:
-            path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
-        else:
-            path = _export_int8(model, weights, out, args.opset or DEFAULT_OPSET, not args.no_verify)
+        with terminate_as_interrupt():  # a SIGTERM unwinds the write: its temporary is removed, not left
+            if weights is None:
+                path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
+            else:
+                path = _export_int8(model, weights, out, args.opset or DEFAULT_OPSET, not args.no_verify)
     except ExtraMissing as exc:
         raise UsageError(str(exc)) from None
     except OnnxExportError as exc:

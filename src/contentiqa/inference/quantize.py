@@ -58,17 +58,24 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def _reader(input_name: str, batches: Iterable[np.ndarray]):
+def _reader(input_name: str, batches: Iterable[np.ndarray], cwd: str):
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
-        """Feeds the calibration batches (N x 3 x H x W float32, normalised) one by one."""
+        """Feeds the calibration batches (N x 3 x H x W float32, normalised) one by one. The
+        quantizer runs in a work folder (see :func:`quantize_onnx`); the batches are drawn in
+        the caller's ``cwd``, where a lazy reader of relative paths finds its photos."""
 
         def __init__(self) -> None:
             self._it = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self._it, None)
+            work = os.getcwd()
+            os.chdir(cwd)
+            try:
+                x = next(self._it, None)
+            finally:
+                os.chdir(work)
             if x is None:
                 return None
             x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
@@ -236,7 +243,7 @@ parts, leaving a Transformer's Add / MatMul float). ``ranges_check``: refuse a c
                                      nodes_to_quantize=included)
                 else:
                     fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
-                    reader = _reader(_input_name(src), calibration) if calibration is not None else None
+                    reader = _reader(_input_name(src), calibration, cwd) if calibration is not None else None
                     quantize_static(
                         str(pre), tmp, reader, quant_format=fmt, op_types_to_quantize=list(op_types),
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
