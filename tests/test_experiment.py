@@ -842,3 +842,16 @@ def test_rows_that_could_only_fail_later_are_refused_before_any_trains(tmp_path)
         run_experiment(lpft, tmp_path / "out2", progress=False, log=None, only=["F"])
     res = run_experiment(lpft, tmp_path / "out2", progress=False, log=None)  # P first, then F: fine
     assert res.results["F"]["seeds"] == [1]
+
+
+def test_a_table_grown_since_its_splits_were_made_is_refused(tmp_path):
+    """12 photos appended to the CSV were in no part of the seeds' splits, while the table
+    said it was trained on all of them."""
+    csv = write_csv(tmp_path / "d", 24, (0, 100), seed=5, categories=False)
+    cfg = {"name": "grow", "data": {"name": "csv", "root": str(csv), "label": "T"}, "protocol": "ie-iqa",
+           "seeds": [1], "model_args": TINY_ARGS, "train": {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 3},
+           "runs": [{"name": "A", "model": "iqa-cr-q"}]}
+    run_experiment(cfg, tmp_path / "out", progress=False, log=None, train=False)
+    bigger = write_csv(tmp_path / "d2", 30, (0, 100), seed=5, categories=False)
+    with pytest.raises(ConfigError, match=r"holds 24 of the 30 images .* the table grew"):
+        run_experiment({**cfg, "data": {**cfg["data"], "root": str(bigger)}}, tmp_path / "out", progress=False, log=None)

@@ -215,7 +215,7 @@ def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: boo
             raise ConfigError(f"{_about(spec)}: {exc}") from None
         have.update({s.seed: s for s in made})
         save_splits([have[s] for s in sorted(have)], path)
-    return _check_splits({s: have[s] for s in cfg.seeds}, table, spec, path)
+    return _check_splits({s: have[s] for s in cfg.seeds}, table, spec, path, complete=True)
 
 
 def _read_splits(path: Path) -> list:
@@ -228,17 +228,23 @@ def _read_splits(path: Path) -> list:
         raise ConfigError(f"split file {path} cannot be read: {exc}") from None
 
 
-def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, path: Path) -> dict[int, Any]:
-    """``splits`` when every image they name is in ``table``; else a :class:`ConfigError` now,
-    not a KeyError once training starts (a split file made for another table, or a dataset
-    edited since its ``splits.json`` was made)."""
+def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, path: Path,
+                  complete: bool = False) -> dict[int, Any]:
+    """``splits`` when every image they name is in ``table`` (and, ``complete``, every image of
+    the table is in one of their parts: a split made here, for the whole table); else a
+    :class:`ConfigError` now, not a KeyError once training starts or photos left out unsaid (a
+    split file made for another table, or a dataset edited since its ``splits.json`` was made)."""
     for seed, split in splits.items():
+        covered = 0
         for part in split.parts:
             try:
-                split.indices(table, part)
+                covered += len(split.indices(table, part))
             except KeyError as exc:
                 raise ConfigError(f"split file {path} does not match {_about(spec)}: {exc.args[0]}; "
                                   "use the split file made for this table (or a new results folder)") from None
+        if complete and covered < len(table):
+            raise ConfigError(f"split file {path} (seed {seed}) holds {covered} of the {len(table)} images of "
+                              f"{_about(spec)}: the table grew since it was made; use a new results folder")
     return splits
 
 
