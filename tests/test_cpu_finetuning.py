@@ -446,9 +446,12 @@ def test_monitor_must_name_a_validation_metric(two_sets, tmp_path):
     with pytest.raises(ValueError, match="needs a validation part"):
         Trainer(model, two_sets, None, scales, TrainConfig(crop=None, monitor="B/srocc"), tmp_path / "r2",
                 progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="'B/kendall' is no validation metric"):  # before any work
+        Trainer(model, two_sets.drop(val.index), val, scales, TrainConfig(epochs=1, batch_size=4, crop=None,
+                monitor="B/kendall"), tmp_path / "r3", progress=False, log=lambda *a: None)
     tr = Trainer(model, two_sets.drop(val.index), val, scales, TrainConfig(epochs=1, batch_size=4, crop=None,
-                 monitor="B/kendall"), tmp_path / "r3", progress=False, log=lambda *a: None)
-    with pytest.raises(ValueError, match="'B/kendall' is not a validation metric.*B/srocc"):
+                 monitor="B/accuracy"), tmp_path / "r4", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="'B/accuracy' is not a validation metric.*B/srocc"):  # none measured here
         tr.fit()
 
 
