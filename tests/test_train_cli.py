@@ -298,6 +298,7 @@ runs:
 """)
     assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "no test part (its 10 cells" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # said before the split trained, not after
 
 
 def test_a_training_config_with_a_key_given_twice_is_refused(tmp_path, capsys):

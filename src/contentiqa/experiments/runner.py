@@ -228,6 +228,21 @@ def _read_splits(path: Path) -> list:
         raise ConfigError(f"split file {path} cannot be read: {exc}") from None
 
 
+def _check_test_parts(cfg: ExperimentConfig, sets: list[TrainSet]) -> None:
+    """ConfigError, before any training, when the config tests on the splits' test parts and a
+    split has none (too few photos for the protocol): it was found after the split had trained."""
+    if INTRA not in cfg.tests:
+        return
+    for ts in sets:
+        for seed, split in ts.splits.items():
+            if not split.parts.get("test"):
+                protocol = cfg.protocol_of(next(s for s in cfg.train_sets if s.label == ts.label))
+                why = (" (its 10 cells, SI x MOS quintile, need about 60 images before each gives one; 'ie-iqa' "
+                       "keeps 20 % for testing)") if protocol == "iqa-cr" else ""
+                raise ConfigError(f"protocol {protocol} gives split seed {seed} of {ts.label} no test part{why}; "
+                                  f"drop '{INTRA}' from test")
+
+
 def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, path: Path,
                   complete: bool = False) -> dict[int, Any]:
     """``splits`` when every image they name is in ``table`` (and, ``complete``, every image of
@@ -470,13 +485,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     }
     by_label = {ts.label: ts for ts in sets}
     for t in tests:
-        if t["spec"] == INTRA:
-            if "test" not in own[t["label"]]:
-                protocol = cfg.protocol_of(next(s for s in cfg.train_sets if s.label == t["label"]))
-                why = (" (its 10 cells, SI x MOS quintile, need about 60 images before each gives one; 'ie-iqa' "
-                       "keeps 20 % for testing)") if protocol == "iqa-cr" else ""
-                raise ConfigError(f"protocol {protocol} gives split seed {seed} of {t['label']} no test part{why}; "
-                                  f"drop '{INTRA}' from test")
+        if t["spec"] == INTRA:  # every split has a test part (_check_test_parts, before any training)
             res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
         else:
             res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
@@ -828,6 +837,8 @@ def run_experiment(
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
+        if train:
+            _check_test_parts(cfg, sets)
         fingerprints = split_fingerprints(cfg, sets)
         imported: list[str] = []
         if main and imports:
