@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         if str(exc):  # said already (during an epoch: which one, and what last.pt holds)
             raise
-        raise KeyboardInterrupt(f"interrupted: rerun the same command with --resume to go on ({args.out} keeps "
+        raise KeyboardInterrupt(f"interrupted: rerun the same command with --resume to go on "
+                                f"({args.out or f'runs/{model_name}'} keeps "
                                 "the finished epochs and the cached stages; a finished run is tested then)") from None
     finally:
         dist_utils.cleanup(info)

@@ -845,7 +845,7 @@ def run_experiment(
             for path in imports:
                 if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
-        if train and main:
+        if train:  # on every process: each would otherwise wait for rank 0 at the first barrier
             _check_before_training(cfg, out, only, seeds)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
