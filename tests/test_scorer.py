@@ -159,6 +159,14 @@ def test_pretrained_must_be_a_bool():
         create_model("iqa-cr-q", pretrained="False")
 
 
+@pytest.mark.parametrize("name, arg", [("iqa-cr", "backbone_pretrained"), ("ie-iqa", "distortion_pretrained")])
+def test_a_boolean_model_argument_given_as_a_word_is_refused(name, arg):
+    """backbone_pretrained: "false" (quoted in a YAML config) is truthy: the ImageNet weights
+    were loaded without a word."""
+    with pytest.raises(ValueError, match=f"model argument {arg} is true or false, not 'false'"):
+        create_model(name, pretrained=False, **{arg: "false"})
+
+
 def test_list_models_refuses_a_name_pattern_as_its_flag():
     """timm's first argument is a pattern: list_models('iqa-cr*') listed the pretrained names."""
     with pytest.raises(TypeError, match="True or False, not 'iqa-cr\\*'"):

@@ -49,6 +49,7 @@ from ..backbones import create_backbone
 from ..backbones.stages import (backbone_stages, frozen_levels, levels_from_outputs, resolve_levels, run_stages,
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
+from ..utils.fields import check_booleans
 from .base import CachePart, IQAModel, pil_to_tensor, resized_input
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
 from .selection import Selection, num_selected, select_features
@@ -129,6 +130,7 @@ class IEIQAConfig:
     (:func:`contentiqa.training.calibration.fit_calibration`); None = the raw regression."""
 
     def __post_init__(self):
+        check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
         if self.intelligibility_task in ("", "none", "None"):
             self.intelligibility_task = None
         if self.intelligibility_task is not None and self.intelligibility_task not in TASKS:

@@ -75,6 +75,7 @@ from ..backbones import create_backbone
 from ..backbones.stages import (backbone_stages, freeze_stages, frozen_levels, levels_from_outputs, resolve_levels,
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
+from ..utils.fields import check_booleans
 from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
@@ -131,6 +132,7 @@ class IQACRConfig:
     (:func:`contentiqa.training.calibration.fit_calibration`); None = the raw regression."""
 
     def __post_init__(self):
+        check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
         if self.merge not in MERGES:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..utils.fields import check_booleans
+
 
 AT_LEAST_ONE = ("epochs", "batch_size")
 
@@ -158,12 +160,10 @@ class TrainConfig:
                 raise ValueError(f"training option {f.name} must be {what}, not {value!r}")
             if kind == "int" and not isinstance(value, int):
                 setattr(self, f.name, int(value))  # 448.0 from a YAML or JSON file
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "bool" and not isinstance(value, bool):  # "false" in quotes is truthy: it would turn it on
-                raise ValueError(f"training option {f.name} is true or false, not {value!r}")
-            if f.name in CHOICES and value not in CHOICES[f.name]:
-                raise ValueError(f"training option {f.name} is one of {', '.join(CHOICES[f.name])}, not {value!r}")
+        check_booleans(self, "training option")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"training option {name} is one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         # Checked here, not where they are used: zero epochs would end in a missing best.pt,
         # a zero batch in an error from deep inside the data loader.
         for name in AT_LEAST_ONE:
