@@ -260,6 +260,7 @@ def test_a_diverging_training_is_one_line(tmp_path, capsys):
     ("hflip=\"false\"", "hflip is true or false, not 'false'"),  # in quotes: truthy, mirroring stayed on
     ("scheduler=constant", "scheduler is one of cosine, none, not 'constant'"),  # ran cosine
     ("optimizer=adam", "optimizer is one of adamw, sgd"),
+    ("calibrate_on=all", "calibrate_on is one of first, each"),
     ("monitor=srcc", "monitor 'srcc' is no validation metric"),  # found after a whole epoch
     ("device=gpu", "unknown device 'gpu'"),  # a torch traceback
 ])

@@ -228,8 +228,6 @@ class Trainer:
             name = "calibrate" if cfg.calibrate else "interpolate"
             raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
                              f"or turn {name} off")
-        if cfg.calibrate_on not in ("first", "each"):
-            raise ValueError(f"calibrate_on is 'first' or 'each', not {cfg.calibrate_on!r}")
         if cfg.calibrate:
             from .calibration import MIN_PAIRS
 
