@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io import is_temporary
+
 ABOUT = "about.json"
 """A small file in an entry folder saying what it holds, for a person listing the cache."""
 
@@ -107,9 +109,6 @@ _ENCODING = re.compile(r"^[0-9a-f]{24}\.pt$")  # training/cache.py: one image's 
 _FILE = re.compile(r"^(features_.*\.pt|.+-[a-z0-9]+-[0-9a-f]{20}\.onnx)$")
 
 
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # utils.io.atomic_write's, while it writes
-
-
 def _is_hidden(name: str) -> bool:
     # ".name.*.tmp": an atomic write in progress; ".deleting-*": an eviction in progress.
     return name.startswith(".")
@@ -136,7 +135,7 @@ def scan(folder: str | os.PathLike) -> list[CacheEntry]:
             for root, dirs, names in os.walk(child):
                 known = known and not dirs
                 for n in names:
-                    known = known and (n == ABOUT or bool(_TEMPORARY.match(n)) or bool(_ENCODING.match(n)))
+                    known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n)))
                     try:
                         size += os.stat(os.path.join(root, n)).st_size
                         files += 1

@@ -47,6 +47,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+_RANDOM = r"[a-z0-9_]{8}"
+"""tempfile's random part of a name (a fixed-length run of [a-z0-9_])."""
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary :func:`atomic_write` makes (``.<name>.<random>.tmp``)."""
+    return re.fullmatch(r"\..+\." + _RANDOM + r"\.tmp", name) is not None
+
+
 def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
     """Remove the temporary files of ``path`` that a writer killed mid-save (SIGKILL, power
     cut) left beside it: :func:`atomic_write`'s ``.<name>.<random>.tmp``, and other
@@ -56,7 +65,7 @@ def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] 
     path = through_links(path)
     # Exactly tempfile's random part (a fixed-length run of [a-z0-9_]): the temporary of a
     # file whose name extends this one's ('.last.pt.bak.<random>.tmp') does not match.
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}(" + "|".join(map(re.escape, suffixes)) + ")")
+    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + "(" + "|".join(map(re.escape, suffixes)) + ")")
     removed = []
     try:
         names = os.listdir(path.parent)
