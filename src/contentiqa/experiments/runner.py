@@ -33,13 +33,12 @@ import pandas as pd
 
 from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION
+from ..training.config import RUNTIME_SETTINGS
 from ..utils.io import file_sha256
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
 EXPERIMENT_LOCK = ".experiment.lock"
 """The lock file :func:`run_experiment` holds in its output folder (one experiment per folder)."""
-RUNTIME_SETTINGS = ("device", "num_workers", "cache_runtime")
-"""Training settings that say where a split runs, not what it learns (a split may finish on another machine)."""
 EXPERIMENT_FILES = ("results.json", "results.md", "config.yaml", "config.json", "provenance.json")
 """The experiment folder's own files, written atomically (a killed run's temporaries are removed)."""
 TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy", "acceptable")

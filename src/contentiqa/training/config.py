@@ -13,6 +13,10 @@ from ..utils.fields import check_booleans
 
 AT_LEAST_ONE = ("epochs", "batch_size")
 
+RUNTIME_SETTINGS = ("device", "num_workers", "cache_runtime")
+"""Training settings that say where a run happens, not what it learns (a run may finish on
+another machine): outside an experiment's recipe fingerprint, and free to change on resume."""
+
 CHOICES = {
     "optimizer": ("adamw", "sgd"),
     "scheduler": ("cosine", "none"),

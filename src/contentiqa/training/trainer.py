@@ -41,7 +41,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,14 +56,14 @@ from ..models.registry import save_checkpoint
 from ..utils.devices import resolve_device
 from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, remove_stale_temporaries
 from . import distributed as dist_utils
-from .config import TrainConfig
+from .config import RUNTIME_SETTINGS, TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
 from .damage import GROUP_SIZE, DamageSet
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
-RESUME_MAY_CHANGE = ("epochs", "patience", "device", "num_workers", "cache_runtime")
+RESUME_MAY_CHANGE = ("epochs", "patience", *RUNTIME_SETTINGS)
 """Training options a resumed run may take anew: how long it goes on and where it runs. Any
 other change (seed, learning rate, crop, losses, cached stages) would make the rest of the run
 another recipe's, with the record claiming it for all of it: refused."""
@@ -663,6 +663,13 @@ class Trainer:
             raise ResumeMismatch(f"{path} was trained with {said}; only {', '.join(RESUME_MAY_CHANGE)} may change "
                                  "when a run continues")
 
+    def _remove(self, names: Sequence[str], why: str) -> None:
+        """Remove those of the output folder's files ``names`` that exist, saying ``why``."""
+        for name in names:
+            if (self.out / name).is_file():
+                (self.out / name).unlink()
+                self.log(f"removed {self.out / name}: {why}")
+
     def _write_logs(self) -> None:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
@@ -691,10 +698,7 @@ class Trainer:
             for name in OWN_FILES:
                 remove_stale_temporaries(self.out / name)
             if not self.epoch:  # a fresh start (nothing resumed): an earlier run's results are not this one's
-                for name in EARLIER_RESULTS:
-                    if (self.out / name).is_file():
-                        (self.out / name).unlink()
-                        self.log(f"removed {self.out / name}: it was an earlier run's")
+                self._remove(EARLIER_RESULTS, "it was an earlier run's")
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"model": self.model.model_name, "model_config": self.model.cfg.to_dict(), "train_config": cfg.to_dict(),
                  **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
@@ -703,10 +707,7 @@ class Trainer:
         finished = self.best is not None and self.history and self.history[-1].get("stopped")
         if main and self.epoch and self.epoch < cfg.epochs and not finished:
             # A finished run given more epochs: its tested model and figures are about to be another's.
-            for name in FINISHED_RESULTS:
-                if (self.out / name).is_file():
-                    (self.out / name).unlink()
-                    self.log(f"removed {self.out / name}: the run goes on, so it is tested again at the end")
+            self._remove(FINISHED_RESULTS, "the run goes on, so it is tested again at the end")
         while self.epoch < cfg.epochs and not finished:
             t0 = time.time()
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
