@@ -315,7 +315,7 @@ class _Scoring:
                 if self.fmt == "html":
                     write_html_report(self.output, rows, self.info, self.thumbs, self.heatmaps,
                                       thumbnail_size=self.args.thumbnail_size, notes=self.report_notes + self.heat_notes,
-                                      **({"heatmap_caption": self.heat_caption} if self.heat_caption else {}))
+                                      heatmap_caption=self.heat_caption)
                 else:
                     write_results(self.output, rows, self.fmt)
         except OSError as exc:

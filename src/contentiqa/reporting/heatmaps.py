@@ -25,15 +25,14 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []
-    target = "quality" if model.predicts_score else "content"
+    targets = ("quality",) if model.predicts_score else ("category",)
     attention = False
     for r in tqdm(chosen, desc="explaining", unit="img", disable=not progress):
         try:
-            exp = explain(model, r["path"], targets=("quality",) if model.predicts_score else ("category",),
-                          max_pixels=max_pixels, exact_score=False)
+            exp = explain(model, r["path"], targets=targets, max_pixels=max_pixels, exact_score=False)
             which = "fused" if exp.fused is not None else "fused_category"
             maps[r["path"]] = make_thumbnail(exp.overlay(which, max_size=size), size)
             attention = attention or exp.attention is not None
         except Exception as exc:  # a heatmap failure must not lose the report
             problems.append(f"{r['path']}: no heatmap ({exc})")
-    return maps, problems, caption_for_heatmaps(target, attention)
+    return maps, problems, caption_for_heatmaps("quality" if model.predicts_score else "content", attention)

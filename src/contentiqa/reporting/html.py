@@ -33,8 +33,8 @@ THUMBNAIL_SIZE = 256
 _RESULTS_RE = re.compile(
     r'<script type="application/json" id="contentiqa-results">(.*?)</script>', re.S
 )
-_THUMB_RE = re.compile(r'<img class="thumb" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
-_HEATMAP_RE = re.compile(r'<img class="heatmap" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+_IMAGE_RE = {kind: re.compile(rf'<img class="{kind}" data-path="([^"]*)" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+             for kind in ("thumb", "heatmap")}
 _CAPTION_RE = re.compile(r'<p class="muted">Right-hand image: (.*?); shown for \d+ image\(s\)\.</p>')
 
 
@@ -111,16 +111,19 @@ def read_html_rows(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_images(text: str, kind: str) -> dict[str, bytes]:
+    return {html.unescape(p): base64.b64decode(b) for p, b in _IMAGE_RE[kind].findall(text)}
+
+
 def read_html_thumbnails(text: str) -> dict[str, bytes]:
     """path -> thumbnail JPEG bytes from a report (so a resumed run need not re-decode)."""
-    return {html.unescape(p): base64.b64decode(b) for p, b in _THUMB_RE.findall(text)}
+    return _read_images(text, "thumb")
 
 
 def read_html_heatmaps(text: str) -> tuple[dict[str, bytes], str | None]:
     """``(path -> heatmap JPEG bytes, their caption)`` from a report: a resumed run keeps them."""
     found = _CAPTION_RE.search(text)
-    maps = {html.unescape(p): base64.b64decode(b) for p, b in _HEATMAP_RE.findall(text)}
-    return maps, html.unescape(found.group(1)) if found else None
+    return _read_images(text, "heatmap"), html.unescape(found.group(1)) if found else None
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -160,16 +163,18 @@ def render_html_report(
     heatmaps: Mapping[str, bytes] | None = None,
     title: str = "contentiqa quality report",
     notes: Sequence[str] = (),
-    heatmap_caption: str = "quality heatmap (Grad-CAM x attention)",
+    heatmap_caption: str | None = None,
 ) -> str:
     """The report as one HTML string.
 
     ``model_info``: ``name``, ``score_range`` (low, high), ``higher_is_better``, and optionally
     ``categories``, ``checkpoint``, ``meaning``. ``thumbnails`` / ``heatmaps``: path -> JPEG
-    bytes. Cards are sorted best first; failed inputs are listed in their own table.
+    bytes; ``heatmap_caption``: what they show (:func:`caption_for_heatmaps`; None: IQA-CR's
+    quality map). Cards are sorted best first; failed inputs are listed in their own table.
     """
     thumbnails = thumbnails or {}
     heatmaps = heatmaps or {}
+    heatmap_caption = heatmap_caption or caption_for_heatmaps("quality", attention=True)
     lo, hi = model_info.get("score_range", (0.0, 100.0))
     hib = bool(model_info.get("higher_is_better", True))
     ok = [r for r in rows if not r.get("error") and r.get("score") is not None]
