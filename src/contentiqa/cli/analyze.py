@@ -87,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the folder went away or filled up while scoring
         raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     s = result.summary
-    failed = result.per_image[result.per_image["error"].notna()]
-    say_failed(list(zip(failed["image"], failed["error"])), f"all in {files['per_image']}")
+    say_failed(result.per_image, f"all in {files['per_image']}")
     print(f"{s['n_scored']} images scored ({s['n_failed']} failed); Spearman(confidence, MOS) = {s['spearman']:.4f}")
     print("mean top-1 confidence per MOS interval:")
     for _, r in result.by_mos_bin.iterrows():

@@ -16,9 +16,10 @@ FAILED_SHOWN = 10
 """Failed images named on stderr by a command that scores a table (its output file has all)."""
 
 
-def say_failed(failed: list[tuple[str, str]], everything: str) -> None:
-    """The images that could not be scored, with why, on stderr: the first few, then where
-    ``everything`` is listed."""
+def say_failed(rows: pd.DataFrame, everything: str) -> None:
+    """The images of ``rows`` (``image``, ``error`` columns) that could not be scored, with why,
+    on stderr: the first few, then where ``everything`` is listed."""
+    failed = list(zip(*(rows.loc[rows["error"].notna(), c] for c in ("image", "error"))))
     for path, error in failed[:FAILED_SHOWN]:
         print(f"{path}: {error}", file=sys.stderr)
     if len(failed) > FAILED_SHOWN:

@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say_failed(preds, args: argparse.Namespace) -> None:
-    failed = preds[preds["error"].notna()]
-    say_failed(list(zip(failed["image"], failed["error"])),
-               f"all in {args.predictions}" if args.predictions else "--predictions FILE lists them all")
+    say_failed(preds, f"all in {args.predictions}" if args.predictions else "--predictions FILE lists them all")
 
 
 def _accuracy_note(preds, categories, metrics: dict) -> str:
