@@ -396,6 +396,24 @@ def test_non_utf8_file_names_are_written_and_resumed_in_every_format(tmp_path, c
     assert (b"x\xff.png") in (tmp_path / "r.csv").read_bytes()  # the name's own bytes
 
 
+def test_names_that_hold_terminal_controls_are_printed_escaped_and_written_as_they_are(tmp_path, ckpt, capsys):
+    d = tmp_path / "imgs"
+    names = {"esc\x1b[2J.jpg": "esc\\x1b[2J.jpg", "rtl\u202egpj.exe.jpg": "rtl\\u202egpj.exe.jpg"}
+    for i, name in enumerate(names):
+        save(rgb(64, 64, i), d / name)
+    (d / "new\nline.jpg").write_bytes(b"not a photo")
+    out = tmp_path / "r.csv"
+    assert run("score", d, "--model", ckpt, "-o", out) == 1
+    cap = capsys.readouterr()
+    assert "\x1b" not in cap.out + cap.err and "\u202e" not in cap.out + cap.err
+    for shown in names.values():
+        assert shown in cap.out
+    assert "new\\nline.jpg" in cap.out and "new\nline" not in cap.out  # one table row, not two lines
+    assert run("score", d / "new\nline.jpg", "--model", ckpt, "-q") == 1
+    assert "new\\nline.jpg: " in capsys.readouterr().err
+    assert sorted(Path(r["path"]).name for r in read_csv(out)) == sorted([*names, "new\nline.jpg"])
+
+
 def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch):
     for name in ("=cmd|calc!A1.png", "+SUM(1+1).png", "@x.png", "-y.png"):
         save(rgb(64, 64, 3), tmp_path / name)

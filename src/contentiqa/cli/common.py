@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..utils.terminal import printable
 from .main import UsageError
 
 if TYPE_CHECKING:  # pandas costs ~0.5 s to import: not at CLI start-up
@@ -21,7 +22,7 @@ def say_failed(rows: pd.DataFrame, everything: str) -> None:
     on stderr: the first few, then where ``everything`` is listed."""
     failed = list(zip(*(rows.loc[rows["error"].notna(), c] for c in ("image", "error"))))
     for path, error in failed[:FAILED_SHOWN]:
-        print(f"{path}: {error}", file=sys.stderr)
+        print(printable(f"{path}: {error}"), file=sys.stderr)
     if len(failed) > FAILED_SHOWN:
         print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s) ({everything})", file=sys.stderr)
 

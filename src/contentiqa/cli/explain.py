@@ -23,6 +23,7 @@ from pathlib import Path
 from ._model_loading import add_scorer_args
 from ._output import check_writable, check_writable_folder
 from .common import finite_float
+from ..utils.terminal import printable
 from .main import UsageError
 
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = []
     scorer = load_scorer(kwargs, notes, images=len(args.images))
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {printable(note)}", file=sys.stderr)
     model = heatmap_model(scorer, kwargs)
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
@@ -97,32 +98,32 @@ def run(args: argparse.Namespace) -> int:
     for image, pred in zip(args.images, preds):
         if pred.error is not None:
             # the limit explain keeps is score's default: no flag of this command raises it
-            print(f"{image}: {pred.error.replace(BOMB_HINT, 'explain a smaller copy of it')}", file=sys.stderr)
+            print(printable(f"{image}: {pred.error.replace(BOMB_HINT, 'explain a smaller copy of it')}"), file=sys.stderr)
             failures += 1
             continue
         try:
             exp = explain(model, image, targets=targets, category=category or pred.category, max_pixels=max_pixels,
                           exact_score=False).scored(pred, scorer.identity.label)
         except (ImageLoadError, ValueError, TypeError) as exc:
-            print(f"{image}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+            print(printable(f"{image}: {getattr(exc, 'reason', exc)}"), file=sys.stderr)
             failures += 1
             continue
         out = Path(args.out) if args.out else _unique_name(out_dir, Path(image).stem, taken)
         if _same(out) in inputs:  # x_explain.png given as an input too: never written over
-            print(f"{image}: its heatmap would replace the input {out}; explain it with --out", file=sys.stderr)
+            print(printable(f"{image}: its heatmap would replace the input {out}; explain it with --out"), file=sys.stderr)
             failures += 1
             continue
         try:
             exp.save_figure(out, target=args.target, which=args.map)
         except ValueError as exc:
-            print(f"{image}: {exc}", file=sys.stderr)
+            print(printable(f"{image}: {exc}"), file=sys.stderr)
             failures += 1
             continue
         except OSError as exc:
-            print(f"{image}: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+            print(printable(f"{image}: cannot write {out}: {exc.strerror or exc}"), file=sys.stderr)
             failures += 1
             continue
-        print(f"{image}: {exp.title()}")
+        print(printable(f"{image}: {exp.title()}"))
         for target, shares in exp.level_shares.items():
             print(f"  {target} evidence by CNN level, shallow to deep: {' / '.join(f'{v:.2f}' for v in shares)}")
         for note in exp.notes:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ._output import check_writable
+from ..utils.terminal import printable
 from .main import UsageError
 
 
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(labeled, out, categories, REVIEW_CONFIDENCE)
     failed = labeled["category_source"].fillna("").str.startswith("error")
     for reason in labeled.loc[failed, "category_source"]:
-        print(f"failed: {reason.removeprefix('error: ')}", file=sys.stderr)
+        print(f"failed: {printable(reason.removeprefix('error: '))}", file=sys.stderr)
     return 1 if failed.any() else 0
 
 

@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 from ._model_loading import add_scorer_args, load_scorer, scorer_kwargs
 from .common import finite_float
+from ..utils.terminal import printable
 from .main import UsageError
 
 EXPLAIN_REPORT_MAX_PIXELS = 1_000_000
@@ -271,7 +272,7 @@ class _Scoring:
             if not self.args.quiet:
                 print(f"shard {self.shard[0]}/{self.shard[1]}: {len(entries)} of {n_all} input(s)", file=sys.stderr)
         for note in scan_notes:
-            print(f"note: {note}", file=sys.stderr)
+            print(f"note: {printable(note)}", file=sys.stderr)
         return entries
 
     def _load(self, n_inputs: int) -> None:
@@ -480,7 +481,7 @@ class _Scoring:
         failed = [r for r in mine if not row_ok(r)]
         if self.args.quiet:
             for r in failed:
-                print(f"{r['path']}: {r.get('error') or 'no score'}", file=sys.stderr)
+                print(printable(f"{r['path']}: {r.get('error') or 'no score'}"), file=sys.stderr)
         else:
             print(format_table(rows))
             lo, hi = self.info["score_range"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..utils.io import atomic_write_text
+from ..utils.terminal import printable
 
 if TYPE_CHECKING:
     from ..inference.scorer import ScorerIdentity
@@ -212,14 +213,14 @@ def format_table(rows: Sequence[dict[str, Any]], max_path: int = 60, max_error: 
     body = []
     for r in rows:
         cells = [
-            _shorten(r["path"], max_path),
+            _shorten(printable(r["path"]), max_path),
             "" if r.get("score") is None else f"{r['score']:.2f}",
-            r.get("category") or "",
+            printable(r.get("category") or ""),
             "" if r.get("category_confidence") is None else f"{r['category_confidence']:.2f}",
-            _shorten(r.get("error") or "", max_error, keep_end=False),
+            _shorten(printable(r.get("error") or ""), max_error, keep_end=False),
         ]
         if with_notes:
-            cells.append(r.get("notes") or "")
+            cells.append(printable(r.get("notes") or ""))
         body.append(cells)
     widths = [max([len(header[i])] + [len(b[i]) for b in body]) for i in range(len(header))]
     right = {1, 3}
