@@ -274,6 +274,41 @@ def test_score_cli_onnx_usage_errors(tmp_path, ckpt, examples_dir, tiny_cr_onnx,
     assert main(["score", img, "--onnx-model", str(not_onnx)]) == 2
 
 
+def _graph_with_metadata_of(source: Path, out: Path, outputs: dict[str, str]) -> Path:
+    """A graph with ``source``'s contentiqa metadata but other outputs: ``name: "4d"`` is the
+    image's mean kept as (N, 1, 1, 1), ``name: "2d"`` its channel means (N, 3)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, outs = [], []
+    for name, kind in outputs.items():
+        nodes.append(helper.make_node("ReduceMean", ["image"], [name], keepdims=int(kind == "4d"),
+                                      axes=[1, 2, 3] if kind == "4d" else [2, 3]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    model = helper.make_model(helper.make_graph(nodes, "forged", [image], outs), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in read_metadata(source).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, out)
+    return out
+
+
+def test_a_graph_whose_outputs_are_not_those_its_metadata_name_is_refused(tmp_path, examples_dir, tiny_cr_onnx, capsys):
+    img, img2 = example_images(examples_dir)[:2]
+    _, path = tiny_cr_onnx
+    other = _graph_with_metadata_of(path, tmp_path / "other.onnx", {"features": "4d"})
+    assert main(["score", img, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "other.onnx" in err and "'features'" in err and "Traceback" not in err
+    shapes = _graph_with_metadata_of(path, tmp_path / "shapes.onnx", {"score": "4d", "logits": "2d"})
+    out = tmp_path / "r.csv"
+    assert main(["score", img, img2, "--model", str(shapes), "-o", str(out)]) == 1  # rows, not a traceback
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) == 2 and all("shapes.onnx" in r["error"] and "'score' output has shape (" in r["error"] for r in rows)
+
+
 def test_missing_onnxruntime_is_a_clear_usage_error(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     img = example_images(examples_dir)[0]

@@ -339,6 +339,19 @@ def preprocess_array(image: Image.Image, mean: Sequence[float], std: Sequence[fl
     return x
 
 
+def _check_outputs(session: Any, info: OnnxInfo, where: Path) -> None:
+    """ValueError (naming ``where``) for a graph whose outputs are not those its metadata name,
+    or that gives neither a score nor categories: such a file would fail every photo later, or
+    score them from an output that means something else."""
+    names = {o.name for o in session.get_outputs()}
+    missing = [n for n in info.outputs if n not in names]
+    if missing or not names & {"score", "logits"}:
+        raise ValueError(f"{where}: its metadata name the outputs {info.outputs}, but the graph gives "
+                         f"{sorted(names)}; export the model again with `contentiqa export`")
+    if "logits" in names and not info.categories:
+        raise ValueError(f"{where}: the graph gives category logits but its metadata name no categories")
+
+
 # -- the scorer ---------------------------------------------------------------------------------
 class OnnxScorer(BaseScorer):
     """A contentiqa model run by ONNX Runtime with numpy pre- and post-processing: no torch.
@@ -379,6 +392,7 @@ class OnnxScorer(BaseScorer):
         self._spec = spec or str(self.path)
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
+        _check_outputs(session, info, self.path)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, threads: int | None = None, *, images: int | None = None,
@@ -428,7 +442,13 @@ class OnnxScorer(BaseScorer):
             outs = session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         except Exception as exc:  # onnxruntime's errors are not RuntimeErrors; the engine expects one
             raise RuntimeError(f"onnxruntime: {exc}") from None
-        return {n: np.asarray(o) for n, o in zip(self.output_names, outs)}
+        out = {n: np.asarray(o) for n, o in zip(self.output_names, outs)}
+        expected = {"score": (len(x),), "logits": (len(x), len(self.categories))}
+        for name, shape in expected.items():
+            if name in out and out[name].shape != shape:  # a graph whose metadata promise another model
+                raise RuntimeError(f"{self.path}: the graph's {name!r} output has shape {tuple(out[name].shape)} "
+                                   f"for {len(x)} photo(s), not {shape}")
+        return out
 
     def _forward_for(self, n: int) -> tuple[int, Callable[[np.ndarray], dict[str, np.ndarray]]]:
         """As `contentiqa score` does: many photos run side by side, one thread each, when the
