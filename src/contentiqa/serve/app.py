@@ -586,6 +586,9 @@ def create_app(
         if work in done:
             return work.result()
         cancel()
+        # Work already running ends later with its result, or an error nobody awaits (a cancelled
+        # gather's CancelledError): read it then, or asyncio logs it as an error-level traceback.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
         if gone in done:
             raise abandon(request, n_images)
         svc.metrics.error("timeout")

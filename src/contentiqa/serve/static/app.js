@@ -143,20 +143,23 @@ async function handleFiles(fileList) {
   if (!files.length) { setStatus(`nothing to score${skipNote}`); return; }
   if (!state.model && !(await loadModel())) { setStatus(`not connected to the model yet${skipNote}`); return; }
   const cards = files.map(makeCard);
-  let next = 0, done = 0;
+  let next = 0, done = 0, failed = 0;
+  // A photo that could not be scored is counted as such, never as scored.
+  const tally = () => `${done - failed} of ${cards.length} photo(s) scored` + (failed ? `, ${failed} failed` : "");
   setStatus(`scoring ${cards.length} photo(s)…`);
   // A few requests at a time: the server batches them together.
   async function worker() {
     while (next < cards.length) {
       const card = cards[next++];
-      await scoreCard(card);
-      setStatus(`scored ${++done} of ${cards.length}`);
+      if (!(await scoreCard(card))) failed++;
+      done++;
+      setStatus(tally());
     }
   }
   await Promise.all([worker(), worker(), worker(), worker()]);
-  setStatus(`scored ${done} photo(s); computing heatmaps…`);
+  setStatus(`${tally()}; computing heatmaps…`);
   for (const card of cards) if (card.score != null) await heatmapCard(card);
-  setStatus(`${cards.length} photo(s) done${skipNote}`);
+  setStatus(`${tally()}; done${skipNote}`);
 }
 
 function setup() {
