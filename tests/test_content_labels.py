@@ -250,6 +250,26 @@ def test_label_table_error_rows(tmp_path):
     assert out.loc[0, "category_source"].startswith("error:") and "does not exist" in out.loc[0, "category_source"]
 
 
+def test_a_category_typed_over_an_error_row_is_a_given_label(tmp_path, examples_dir):
+    table = pd.DataFrame({"image": [str(examples_dir / "833.JPG")], "mos": [1.0], "category": ["plant"],
+                          "category_source": ["error: 833.JPG: not an image"]})  # fixed by hand, as invited
+    assert label_table(table, progress=False).loc[0, "category_source"] == "given"
+
+
+def test_labelling_with_a_model_reads_given_categories_as_training_does(tmp_path, recwarn):
+    from contentiqa.cli.label_content import label_with_model
+    from tiny_models import tiny_model
+
+    images = [str(write_image(tmp_path / f"{i}.png", 64, 64, seed=i)) for i in range(4)]
+    table = pd.DataFrame({"image": images, "mos": [1.0] * 4, "category": ["Still-Life", "NA", "spaceship", "plant"],
+                          "category_source": [None, None, None, "error: x.png: not an image"]})
+    out = label_with_model(table, tiny_model(), overwrite=False, batch_size=2, progress=False)
+    assert out["category"].tolist()[::2] == ["artifact", "spaceship"] and out.loc[3, "category"] == "plant"
+    assert out.loc[1, "category_source"].startswith("model:")  # a placeholder is no label: labelled now
+    assert out["category_source"].tolist()[::2] == ["given", "given"] and out.loc[3, "category_source"] == "given"
+    assert any("spaceship" in str(w.message) for w in recwarn)
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 

@@ -149,7 +149,7 @@ def test_spaq(spaq_root):
     assert cats[0] == "night scene"
     assert cats[1] == "animal"
     assert cats[2] in ("human", "indoor scene")  # two scenes marked: one of them
-    assert cats[3] == "still-life"
+    assert cats[3] == "artifact"  # SPAQ's still-life, in IQA-CR's name as every table's categories
     assert len(ds.categories) == 4
     item = _check_item(ds, 1, 77.5)
     assert ds.categories[item["category"].item()].lower() == "animal"
@@ -319,6 +319,19 @@ def test_csv_relative_paths_and_optional_columns(tmp_path):
     assert item["target"].item() == pytest.approx(0.375)
     # A folder with exactly one CSV works as root too.
     assert len(load_dataset("csv", root)) == 3
+
+
+def test_csv_categories_are_read_in_one_spelling(tmp_path):
+    """SPAQ's and any case's spellings become IQA-CR's, placeholders no label, as label files and
+    label-content read them: training used to drop "Animal" rows from the content loss unsaid."""
+    root = tmp_path / "d"
+    for i in range(5):
+        write_image(root / f"{i}.png", seed=i)
+    (root / "d.csv").write_text("image,mos,category\n0.png,1,Animal\n1.png,2,Still-Life\n2.png,3,indoor_scene\n"
+                                "3.png,4,NA\n4.png,5,portrait\n")
+    t = load_dataset("csv", root / "d.csv").table
+    assert t["category"].tolist()[:3] == ["animal", "artifact", "indoor scene"]
+    assert pd.isna(t["category"][3]) and t["category"][4] == "portrait"  # a vocabulary of one's own is kept
 
 
 def test_csv_declared_range(tmp_path):

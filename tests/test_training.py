@@ -155,6 +155,20 @@ def test_trainer_refuses_content_model_without_labels(tiny_table, tmp_path):
         _trainer(model, tiny_table.drop(columns=["category"]), tmp_path)
 
 
+def test_trainer_refuses_names_that_are_no_category_and_says_which_its_head_lacks(tiny_table, tmp_path):
+    from contentiqa.data.labels import HUMAN_LABEL_CATEGORIES
+
+    typo = tiny_table.assign(category=["animals"] + tiny_table["category"].tolist()[1:])
+    with pytest.raises(ValueError, match=r"training data's 'category' column has 1 name\(s\) that are no category: \['animals'\]"):
+        _trainer(create_model("iqa-cr", pretrained=False, **TINY), typo, tmp_path)
+    vehicle = tiny_table.assign(category=tiny_table["category"].tolist()[:-1] + ["vehicle"])  # a validation row
+    logged: list[str] = []
+    nine = create_model("iqa-cr", pretrained=False, categories=HUMAN_LABEL_CATEGORIES, **TINY)
+    Trainer(nine, vehicle.iloc[:9], vehicle.iloc[9:], MOSScale(0, 100), TrainConfig(epochs=1, batch_size=4, crop=48),
+            tmp_path / "nine", progress=False, cache_dir=tmp_path / "cache", log=logged.append)
+    assert any("1 validation photo(s) are labelled ['vehicle']" in m for m in logged)
+
+
 def test_ie_iqa_trains_through_cache(tiny_table, tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, input_size=64, train_resize=72,

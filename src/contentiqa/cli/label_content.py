@@ -48,17 +48,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def label_with_model(table, model, overwrite: bool, batch_size: int, progress: bool):
     """``table`` with ``category``, ``category_confidence`` and ``category_source`` from
     ``model``'s content head (rows with a category kept unless ``overwrite``)."""
+    import warnings
+
     import numpy as np
     import pandas as pd
 
+    from ..data.content_labels import kept_source, normalize_category
     from ..inference.torch_runtime import TorchScorer
 
     out = table.copy()
     for c in ("category", "category_confidence", "category_source"):
         if c not in out:
             out[c] = pd.NA
-    have = out["category"].fillna("").astype(str).str.strip() != ""
-    out.loc[have & (out["category_source"].fillna("").astype(str) == ""), "category_source"] = "given"
+    out["category"] = pd.array([normalize_category(v) for v in out["category"]], dtype="string")  # as train reads them
+    have = out["category"].notna()
+    out.loc[have, "category_source"] = [kept_source(v) for v in out.loc[have, "category_source"]]
+    unknown = sorted(set(out.loc[have, "category"]) - set(model.categories))
+    if unknown and not overwrite:
+        warnings.warn(f"kept categories that are not {model.model_name}'s: {unknown}", stacklevel=2)
     todo = np.flatnonzero(overwrite | ~have.to_numpy())
     preds = TorchScorer(model, precision="fp32").run([out["image"].iloc[i] for i in todo], batch_size=batch_size,
                                                      progress=progress)

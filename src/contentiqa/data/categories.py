@@ -3,8 +3,47 @@ the pseudo-labeller (:mod:`contentiqa.data.content_labels`) name categories befo
 exists, and the models (:mod:`contentiqa.models.base`) take the same tuple from here."""
 from __future__ import annotations
 
+import re
+
 # The ten content categories of IQA-CR's KonIQ-10k labelling (§IV.A).
 IQA_CR_CATEGORIES: tuple[str, ...] = (
     "animal", "artifact", "cityscape", "human", "indoor scene",
     "landscape", "night scene", "plant", "vehicle", "others",
 )
+
+# SPAQ's nine scene labels -> IQA-CR's ten categories. SPAQ has no vehicle category and calls
+# photos of objects "still-life", which is IQA-CR's "artifact".
+SPAQ_TO_IQA_CR: dict[str, str] = {
+    "animal": "animal",
+    "cityscape": "cityscape",
+    "human": "human",
+    "indoor scene": "indoor scene",
+    "landscape": "landscape",
+    "night scene": "night scene",
+    "plant": "plant",
+    "still-life": "artifact",
+    "others": "others",
+}
+
+# Cells that say "no label": a spreadsheet's or pandas' placeholders.
+_MISSING_STRINGS = {"", "nan", "na", "n/a", "none", "null", "<na>"}
+
+
+def normalize_category(value) -> str | None:
+    """An IQA-CR category for a label found in a table (IQA-CR or SPAQ spelling, any case);
+    ``None`` when empty; the stripped value unchanged when unknown."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        import pandas as pd  # NaN / NA cells of a table (pandas is not needed otherwise)
+
+        if pd.isna(value):
+            return None
+    text = str(value).strip()
+    if text.lower() in _MISSING_STRINGS:
+        return None
+    key = re.sub(r"[\s_]+", " ", text.lower())
+    if key in IQA_CR_CATEGORIES:
+        return key
+    key = key.replace("still life", "still-life").replace("stilllife", "still-life")
+    return SPAQ_TO_IQA_CR.get(key, text)

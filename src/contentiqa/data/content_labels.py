@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .categories import IQA_CR_CATEGORIES
+from .categories import _MISSING_STRINGS, IQA_CR_CATEGORIES, SPAQ_TO_IQA_CR, normalize_category
 from .imageio import load_image
 
 CLASSIFIER_NAME = "efficientnet_lite0"
@@ -76,21 +76,6 @@ and 10 keeps "others" rarest (9 of 878 LIVE Challenge photos against 34 with 0).
 REVIEW_CONFIDENCE = 0.5
 """Below this confidence a label deserves a human look (reported by the CLI, not enforced)."""
 
-# SPAQ's nine scene labels -> IQA-CR's ten categories. SPAQ has no vehicle category and calls
-# photos of objects "still-life", which is IQA-CR's "artifact".
-SPAQ_TO_IQA_CR: dict[str, str] = {
-    "animal": "animal",
-    "cityscape": "cityscape",
-    "human": "human",
-    "indoor scene": "indoor scene",
-    "landscape": "landscape",
-    "night scene": "night scene",
-    "plant": "plant",
-    "still-life": "artifact",
-    "others": "others",
-}
-
-_MISSING_STRINGS = {"", "nan", "na", "n/a", "none", "null", "<na>"}
 
 
 @dataclass(frozen=True)
@@ -187,19 +172,13 @@ def _default_classifier() -> nn.Module:
     return create_backbone(CLASSIFIER_NAME).eval()
 
 
-def normalize_category(value) -> str | None:
-    """An IQA-CR category for a label found in a table (IQA-CR or SPAQ spelling, any case);
-    ``None`` when empty; the stripped value unchanged when unknown."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    text = str(value).strip()
-    if text.lower() in _MISSING_STRINGS:
-        return None
-    key = re.sub(r"[\s_]+", " ", text.lower())
-    if key in IQA_CR_CATEGORIES:
-        return key
-    key = key.replace("still life", "still-life").replace("stilllife", "still-life")
-    return SPAQ_TO_IQA_CR.get(key, text)
+def kept_source(value) -> str:
+    """The ``category_source`` of a category kept from a table: its own, or ``given`` when it
+    has none or names an earlier failure (a category typed in by hand over an ``error: ...`` row,
+    as the output invites, is a label, not a failure)."""
+    if value is None or pd.isna(value) or str(value).strip().lower() in _MISSING_STRINGS:
+        return "given"
+    return "given" if str(value).startswith("error") else str(value)
 
 
 def _luma_stats(image: Image.Image, cue: NightCue) -> tuple[float, float, float]:
@@ -364,8 +343,7 @@ def label_table(
             unknown.add(cat)
         categories[i] = cat
         confidences[i] = pd.to_numeric(pd.Series([given_conf.iloc[i]]), errors="coerce").iloc[0]
-        src = given_src.iloc[i]
-        sources[i] = "given" if src is None or pd.isna(src) or str(src).strip().lower() in _MISSING_STRINGS else str(src)
+        sources[i] = kept_source(given_src.iloc[i])
     if unknown:
         warnings.warn(f"kept categories that are not IQA-CR categories: {sorted(unknown)}", stacklevel=2)
 
@@ -400,5 +378,6 @@ __all__ = [
     "imagenet_to_category_table",
     "label_images",
     "label_table",
+    "kept_source",
     "normalize_category",
 ]

@@ -24,6 +24,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from .categories import normalize_category
+
 LIQE_SCENES = ("animal", "cityscape", "human", "indoor", "landscape", "night", "plant", "still_life", "others")
 LIQE_TO_IQA_CR: dict[str, str] = {
     "animal": "animal",
@@ -56,8 +58,6 @@ def dataset_keys(images: Iterable[str], root: str | os.PathLike) -> list[str]:
 
 def map_scene(value) -> str | None:
     """A LIQE scene (or an IQA-CR / SPAQ category name) -> an IQA-CR category; None if empty."""
-    from .content_labels import normalize_category
-
     if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
         return None
     text = str(value).strip()
@@ -87,8 +87,6 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         out["categories"] = [CATEGORY_SEPARATOR.join(dict.fromkeys(s for s in row if s)) or None for row in scenes]
         out["category_source"] = "human"
     elif "category" in raw:
-        from .content_labels import normalize_category
-
         out["category"] = [normalize_category(v) for v in raw["category"]]
         for c in ("categories", "category_confidence", "category_source"):
             if c in raw:

@@ -172,7 +172,8 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
 
     ``.csv`` exports of the spreadsheets are read too. ``category`` is the scene with label 1
     (the first, in :data:`SPAQ_SCENES` order, if several are marked; images may carry more than one
-    scene). Attribute scores are kept as extra columns when ``with_attributes``.
+    scene), in IQA-CR's spelling as every table's categories (SPAQ's ``Still-life`` is
+    ``artifact``). Attribute scores are kept as extra columns when ``with_attributes``.
     """
     import pandas as pd
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .categories import normalize_category
+
 if TYPE_CHECKING:  # imported where used: the dataset registry (`contentiqa models`) needs neither
     import pandas as pd
 
@@ -105,8 +107,8 @@ def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None
     out["mos"] = mos
     if "mos_std" in out:
         out["mos_std"] = pd.to_numeric(out["mos_std"], errors="coerce").astype(float)
-    if "category" in out:
-        out["category"] = out["category"].astype("string").str.strip()
+    if "category" in out:  # one spelling per category, as label files and label-content write them
+        out["category"] = pd.array([normalize_category(v) for v in out["category"]], dtype="string")
     if out["image"].duplicated().any():
         dup = out["image"][out["image"].duplicated()].tolist()[:5]
         raise ValueError(f"dataset table lists the same image twice: {dup}")

@@ -50,6 +50,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from ..data.categories import IQA_CR_CATEGORIES
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
@@ -298,9 +299,25 @@ class Trainer:
         self.log(f"weights from {path}")
 
     def _check_labels(self) -> None:
+        """A content head learns from the ``category`` column: a name that is no category at all
+        (a typo, another vocabulary) is refused, not trained as an unlabelled photo without a word;
+        a known category this head lacks (``vehicle`` for a nine-category head) is said."""
         cats = self.model.categories
         if not cats:
             return
+        for part, table in (("training", self.train_table), ("validation", self.val_table)):
+            if table is None or "category" not in table:
+                continue
+            given = table["category"].dropna().astype(str)
+            unknown = sorted(set(given) - set(cats) - set(IQA_CR_CATEGORIES))
+            if unknown:
+                raise ValueError(f"the {part} data's 'category' column has {len(unknown)} name(s) that are no category: "
+                                 f"{unknown[:8]}; model '{self.model.model_name}' has {list(cats)}. Correct them, or "
+                                 "empty those cells for photos without a label")
+            lacking = given[~given.isin(cats)]
+            if len(lacking):
+                self.log(f"note: {len(lacking)} {part} photo(s) are labelled {sorted(set(lacking))}, which the content "
+                         "head has no category for: no content target for them")
         if "category" not in self.train_table or category_indices(self.train_table["category"], cats).max() < 0:
             raise ValueError(
                 f"model '{self.model.model_name}' has a content head but the training data has no "
