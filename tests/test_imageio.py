@@ -111,6 +111,20 @@ def test_truncated(tmp_path, fmt, ext, keep):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_a_damaged_header_names_the_format_the_file_starts_as(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(random_rgb(64, 80, seed=1)).save(good)
+    data = good.read_bytes()
+    (tmp_path / "chunk.png").write_bytes(data[:12] + b"IHDX" + data[16:])  # the header chunk's type damaged
+    _expect_error(tmp_path / "chunk.png", "damaged PNG file")
+    Image.fromarray(random_rgb(64, 80, seed=1)).save(tmp_path / "whole.webp", quality=80)
+    webp = (tmp_path / "whole.webp").read_bytes()
+    (tmp_path / "cut.webp").write_bytes(webp[: len(webp) // 2])
+    _expect_error(tmp_path / "cut.webp", "damaged or truncated WebP file")
+    (tmp_path / "notes.png").write_bytes(b"just some text, not a photo")
+    _expect_error(tmp_path / "notes.png", "not an image")
+
+
 def test_zero_byte_file(tmp_path):
     path = tmp_path / "empty.png"
     path.write_bytes(b"")

@@ -214,19 +214,49 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
-def _unidentified_reason(path: Path) -> str:
-    """Why Pillow recognised no format: a HEIC/HEIF photo (an ISO media file of a HEIF brand)
-    without the plugin is named as such, with the extra that reads it."""
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _head(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
+            return f.read(12)
     except OSError:
-        head = b""
+        return b""
+
+
+def _signature_format(head: bytes) -> str | None:
+    """The format a file's first bytes announce (None: no image format's), so a damaged photo
+    is called a damaged PNG, not "not an image"."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
+def _unidentified_reason(path: Path) -> str:
+    """Why Pillow recognised no format: a HEIC/HEIF photo (an ISO media file of a HEIF brand)
+    without the plugin is named as such, with the extra that reads it; a file that starts as an
+    image format does is damaged, not something else."""
+    head = _head(path)
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and "HEIF" not in Image.OPEN:
         from ..utils.extras import install_hint
 
         return f"HEIC/HEIF photo: reading it needs pillow-heif ({install_hint('heif')})"
+    announced = _signature_format(head)
+    if announced is not None:
+        return f"damaged {announced} file: it starts as one, but its header cannot be read"
     return "not an image (format not recognised)"
+
+
+def _open_failed_reason(path: Path, exc: OSError) -> str:
+    """Why Pillow could not open a file it recognised (a truncated WebP: "could not create
+    decoder object"), naming the format when the file's first bytes do."""
+    announced = _signature_format(_head(path))
+    kind = f"{announced} file" if announced else "file"
+    if "truncated" in str(exc).lower():
+        return f"truncated or incomplete {kind}: the header is cut short ({exc})"
+    return f"damaged or truncated {kind} ({exc})" if announced else f"cannot open image: {exc}"
 
 
 def load_image(
@@ -270,13 +300,11 @@ def load_image(
             with _pil_pixel_limit_disabled():
                 im = Image.open(p, formats=decodable_formats())
         except OSError as exc:
-            raise ImageLoadError(p, f"cannot open image: {exc}") from None
+            raise ImageLoadError(p, _open_failed_reason(p, exc)) from None
     except PermissionError:
         raise ImageLoadError(p, "permission denied (file is not readable)") from None
     except OSError as exc:
-        if "truncated" in str(exc).lower():
-            raise ImageLoadError(p, f"truncated or incomplete file: the header is cut short ({exc})") from None
-        raise ImageLoadError(p, f"cannot open image: {exc}") from None
+        raise ImageLoadError(p, _open_failed_reason(p, exc)) from None
 
     with im:
         width, height = im.size
