@@ -150,6 +150,8 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
     ap.add_argument("--ship", default=None, metavar="ROW", help="then train ROW on all the data and ship it")
     ap.add_argument("--tag", default="clive", help="weights tag of --ship (default clive)")
     ap.add_argument("--weights-dir", type=Path, default=None, help="where --ship writes (default: the package's weights)")
+    ap.add_argument("--override-gate", action="store_true",
+                    help="--ship over a model's default tag although the ship gate did not pass the row")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -157,6 +159,16 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
     from contentiqa.experiments.runner import default_out_dir
 
     cfg = load_config(args.config)
+    gate = weights_dir = None
+    if args.ship:  # before hours of training: a row that may not be shipped there is said now
+        from ship import WEIGHTS, gate_for, ship_row
+
+        run = next((r for r in cfg.runs if r.name == args.ship), None)
+        if run is None:
+            raise SystemExit(f"{args.config}: no row {args.ship!r} to --ship; rows: {[r.name for r in cfg.runs]}")
+        weights_dir = args.weights_dir or WEIGHTS
+        gate = gate_for(run.model, args.ship, args.tag, weights_dir, default=False, override=args.override_gate,
+                        recipe=run.recipe_sha256)
     out = args.out or ROOT / "benchmarks" / "runs" / default_out_dir(cfg).name
     result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.only)
     if not result.ran:
@@ -166,8 +178,6 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
     md = result.markdown + "\n" + floor_note() + f"\nCommand: `{command_line()}`\n"
     write_results(args.results, {**payload, "experiment_dir": str(out)}, md)
     if args.ship:
-        from ship import WEIGHTS, ship_row
-
         ship_row(args.config, args.ship, args.tag, results=RESULTS / f"{args.results}.json",
-                 weights_dir=args.weights_dir or WEIGHTS, work_dir=out / "ship" / args.tag)
+                 weights_dir=weights_dir, work_dir=out / "ship" / args.tag, gate=gate)
     return 0

@@ -181,7 +181,7 @@ def markdown(payload: dict) -> str:
 def ship(args) -> Path:
     """``iqa-cr_<tag>.pt`` from the shipped ``--from`` tag, its content head fitted on the
     clive-dev photos that tag trained on (the settings chosen on the photos it held out)."""
-    from ship import gate_verdict, set_default_tag
+    from ship import gate_for, set_default_tag
 
     from contentiqa.experiments.runner import carve_val
     from contentiqa.models import create_model
@@ -189,12 +189,8 @@ def ship(args) -> Path:
     from contentiqa.utils.io import atomic_write_text, file_sha256
 
     gate = args.gate if args.gate is not None else RESULTS / "ship_gate_iqa-cr"
-    ok, why = gate_verdict("iqa-cr", args.row, Path(f"{gate}.json"))
-    if args.default and not ok and not args.override_gate:
-        raise SystemExit(f"refusing to make iqa-cr.{args.tag} the default: {why} (--override-gate to do it anyway)")
-    verdict = why + ("" if ok else " (OVERRIDDEN with --override-gate)" if args.default
-                     else " (a tag beside the default: no gate needed)")
-    print(f"ship gate: {verdict}")
+    verdict = gate_for("iqa-cr", args.row, args.tag, args.weights_dir, default=args.default, override=args.override_gate,
+                       path=Path(f"{gate}.json")) or "a tag beside the default: no gate needed"
     t0 = time.time()
     model = create_model(args.source)
     table = clive_table()
@@ -263,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.runs is None:
             ap.error("give --runs (an experiment's results folder) or --ship")
+        if not (args.runs / "config.yaml").is_file():
+            ap.error(f"--runs {args.runs}: no config.yaml there, so not an experiment's results folder "
+                     "(`contentiqa experiment CONFIG --out DIR` makes one)")
         args.out = args.out or args.runs
         per_seed(args)
     return 0

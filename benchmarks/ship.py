@@ -267,6 +267,27 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
     return True, f"{path.name}: PASS (better on: {', '.join(better)}){unchecked}"
 
 
+def gate_for(model: str, row: str, tag: str, weights_dir: Path, *, default: bool, override: bool,
+             path: Path | None = None, recipe: str | None = None, tested: tuple[int, str] | None = None) -> str | None:
+    """What the ship gate says of shipping ``row`` as ``model.tag`` into ``weights_dir`` (for the
+    card), when that replaces ``model``'s default in the package: ``default`` asked for, or the tag
+    the default already is. SystemExit when the gate did not pass it, unless ``override``. None: no
+    default is replaced (a tag beside it, or another folder), so no gate is needed. Every script
+    that ships weights asks here: a second way to a default would be a way around the gate."""
+    from contentiqa.models.registry import model_entry
+
+    replaces = default or model_entry(model).default_tag == tag
+    # however the package folder is spelt (relative, through '..' or a link): the gate decides
+    if not replaces or weights_dir.resolve() != WEIGHTS.resolve():
+        return None
+    ok, why = gate_verdict(model, row, path, recipe=recipe, tested=tested)
+    if not ok and not override:
+        raise SystemExit(f"refusing to replace the default of {model}: {why} (--override-gate to ship anyway)")
+    verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"
+    print(f"ship gate: {verdict}")
+    return verdict
+
+
 def run_weights(run_dir: Path) -> Path:
     """What ``--from-run`` ships of a run: ``tested.pt`` (the weights the experiment tested and the
     ship gate judged: mixed with the starting weights and calibrated, where the row does either),
@@ -317,21 +338,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="replace a default although the ship gate did not pass this row (say why in the commit)")
     args = ap.parse_args(argv)
     from contentiqa.experiments import load_config
-    from contentiqa.models.registry import model_entry
 
     cfg = load_config(args.config)
     run = next((r for r in cfg.runs if r.name == args.row), None)
     if run is None:
         raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
-    replaces_default = args.default or model_entry(run.model).default_tag == args.tag
-    gate = None
-    # however the package folder is spelt (relative, through '..' or a link): the gate decides
-    if replaces_default and args.weights_dir.resolve() == WEIGHTS.resolve():
-        ok, why = gate_verdict(run.model, args.row, recipe=run.recipe_sha256, tested=shipped_weights(args.from_run))
-        if not ok and not args.override_gate:
-            raise SystemExit(f"refusing to replace the default of {run.model}: {why} (--override-gate to ship anyway)")
-        gate = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"
-        print(f"ship gate: {gate}")
+    gate = gate_for(run.model, args.row, args.tag, args.weights_dir, default=args.default, override=args.override_gate,
+                    recipe=run.recipe_sha256, tested=shipped_weights(args.from_run))
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,
              init_from=args.init_from, gate=gate)
     if args.default:

@@ -385,6 +385,33 @@ def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_pat
     assert ship.gate_verdict("ie-iqa", "S", elsewhere)[0] and not ship.gate_verdict("ie-iqa", "S")[0]
 
 
+def test_every_script_that_ships_over_a_default_asks_the_gate_first(common, tmp_path, monkeypatch):
+    """benchmarks/iqa_cr.py / ie_iqa.py --ship and content_head.py --ship wrote over a model's
+    default tag without the gate ship.py asks for: they ask the same, before any training."""
+    import ship
+
+    from contentiqa.models.registry import model_entry
+
+    monkeypatch.setattr(ship, "WEIGHTS", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "c", "data": {"name": "csv", "root": str(tmp_path / "none.csv")},
+                                   "protocol": "ie-iqa", "runs": [{"name": "R", "model": "ie-iqa"}]}))
+    argv = [str(cfg), "--results", "t", "--out", str(tmp_path / "exp"), "--ship", "R", "--weights-dir",
+            str(tmp_path / "weights")]
+    with pytest.raises(SystemExit, match="refusing to replace the default of ie-iqa: no ship gate"):
+        common.run_config_benchmark(cfg, "t", "doc", argv + ["--tag", model_entry("ie-iqa").default_tag])
+    with pytest.raises(SystemExit, match="no row 'Q' to --ship"):
+        common.run_config_benchmark(cfg, "t", "doc", argv[:-3] + ["Q", "--tag", "beside"])
+    assert not (tmp_path / "exp").exists()  # refused before the experiment ran
+    import content_head
+
+    with pytest.raises(SystemExit, match="refusing to replace the default of iqa-cr"):
+        content_head.main(["--ship", "--row", "R", "--tag", model_entry("iqa-cr").default_tag,
+                           "--weights-dir", str(tmp_path / "weights"), "--work", str(tmp_path / "work")])
+    assert not list((tmp_path / "weights").iterdir())
+
+
 def test_ensemble_ships_only_a_gated_recipe_and_can_make_it_the_default(common, tmp_path):
     """benchmarks/ensemble.py --ship refuses a recipe its gate did not pass; with --default the tag
     becomes the name's default in the weights folder it wrote to."""
