@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -35,6 +36,8 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from common import CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, write_results  # noqa: E402
+
+from contentiqa.utils.io import atomic_write_text  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -56,8 +59,8 @@ def score_segment(folder: Path, out_csv: Path, device: str, extra: list[str]) ->
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    if r.returncode not in (0, 1):
-        raise RuntimeError(f"contentiqa score exited {r.returncode}: {r.stderr[-2000:]}")
+    if r.returncode not in (0, 1):  # a usage error (a mistyped option passed through) or a crash
+        sys.exit(f"contentiqa score exited {r.returncode} (the rows so far are kept in {out_csv}):\n{r.stderr[-2000:]}")
     return wall, count_rows(out_csv) - before, r.stderr[-500:]
 
 
@@ -122,7 +125,8 @@ def decode_only_ips(model, images: list[str], workers: int, n: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Other options are passed to `contentiqa score` as they are.")
     ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: BIQ2021's Images)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=None, help="only the first N photos")
@@ -139,10 +143,21 @@ def main() -> None:
     work = CACHE / "collection"
     work.mkdir(parents=True, exist_ok=True)
     out_csv, state_file = work / f"{name}.csv", work / f"{name}.state.json"
+    # An earlier run continues only on the same photos with the same options; another one is
+    # never reported as this one's, nor discarded without --fresh (hours of scoring).
+    run = {"folder": str(folder.resolve()), "images": len(images),
+           "paths_sha256": hashlib.sha256("\n".join(images).encode("utf-8", "surrogateescape")).hexdigest(),
+           "extra": extra}
     state = json.loads(state_file.read_text()) if state_file.exists() and not args.fresh else None
-    if state is None or state.get("images") != len(images) or state.get("extra") != extra:
+    if state is not None and {k: state.get(k) for k in run} != run and count_rows(out_csv) >= state["images"]:
+        state = None  # the earlier run finished (and was reported): this one starts afresh
+    if state is not None and {k: state.get(k) for k in run} != run:
+        sys.exit(f"{out_csv} holds an unfinished run of other photos or options ({state.get('folder')}, "
+                 f"{state.get('images')} photos, options {state.get('extra')}): rerun that command to finish it, "
+                 "or add --fresh to discard it")
+    if state is None:
         out_csv.unlink(missing_ok=True)
-        state = {"images": len(images), "extra": extra, "segments": []}
+        state = {**run, "segments": []}
     chosen, model = settings(args.device)
     target = folder if args.limit is None else subset_folder(images, work / f"{name}-photos")
     lock = bench_lock() if kind == "cpu" else nullcontext()
@@ -151,7 +166,7 @@ def main() -> None:
         while count_rows(out_csv) < len(images):
             wall, rows, tail = score_segment(target, out_csv, args.device, extra)
             state["segments"].append({"seconds": wall, "rows": rows, "load_after": os.getloadavg()[0]})
-            state_file.write_text(json.dumps(state))
+            atomic_write_text(state_file, json.dumps(state))
             if rows == 0:  # every remaining photo failed: report what was scored
                 print(f"no progress in the last segment: {tail}", file=sys.stderr)
                 break
