@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -143,22 +143,28 @@ def main() -> None:
     args = ap.parse_args()
     from contentiqa.metrics import format_mean_std
 
+    from contentiqa.utils.io import atomic_write_text
+
     t0 = time.time()
+    # The data first: without it nothing below can be computed, and no results file is touched.
+    try:
+        floor = floor_rows(args.runs, args.cache)
+    except FileNotFoundError as exc:
+        sys.exit(f"benchmark skipped: {exc} (set CONTENTIQA_SHARED and CONTENTIQA_BIQ2021)")
     # the experiments' own tables, copied next to this summary; one not rerun into RUNS_DIR keeps
     # its earlier copy there, and its floor rows (fitted on its splits) from the earlier summary
     tables, earlier = {}, []
     for name in EXPERIMENTS:
         src = args.runs / name
         if (src / "results.json").is_file():
-            shutil.copyfile(src / "results.json", RESULTS / f"{name}.json")
-            shutil.copyfile(src / "results.md", RESULTS / f"{name}.md")
+            for ext in ("json", "md"):
+                atomic_write_text(RESULTS / f"{name}.{ext}", (src / f"results.{ext}").read_text(encoding="utf-8"))
             tables[name] = json.loads((src / "results.json").read_text())
         elif (RESULTS / f"{name}.json").is_file():
             tables[name] = json.loads((RESULTS / f"{name}.json").read_text())
             earlier.append(name)
     previous = RESULTS / "generalization.json"
     before = json.loads(previous.read_text()) if previous.is_file() else {}
-    floor = floor_rows(args.runs, args.cache)
     for name in earlier:
         if name not in floor and name in (before.get("floor") or {}):
             floor[name] = before["floor"][name]
