@@ -74,8 +74,11 @@ def biq_root() -> Path:
 def suite(seed: int, test, work: Path) -> dict[str, list]:
     """The seed's images: its real clive-dev photos (``test``: the rows judged) and the damage /
     bad-frame images made from them (written once as PNG, lossless, under ``work``)."""
+    from functools import partial
+
     from contentiqa.data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS, bad_frame, degrade
     from contentiqa.data.imageio import load_image
+    from contentiqa.utils.io import atomic_write
 
     best = test.sort_values("mos", ascending=False).head(N_DAMAGE)
     folder = work / f"seed{seed}"
@@ -86,8 +89,8 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
         for kind in DEGRADATIONS:
             for level in (0, *LEVELS):
                 out = folder / f"damage_{i}_{kind}_{level}.png"
-                if not out.is_file():
-                    degrade(img, kind, level, seed=1000 * seed + i).save(out)
+                if not out.is_file():  # written whole or not at all: a killed run leaves no torn photo
+                    atomic_write(out, partial(degrade(img, kind, level, seed=1000 * seed + i).save, format="PNG"))
                 damage.append({"photo": i, "kind": kind, "level": level, "path": str(out)})
     rng = np.random.default_rng([seed, 23])
     for i, path in enumerate(test["image"].iloc[rng.permutation(len(test))[:N_BAD]]):
@@ -95,7 +98,7 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
         for kind in BAD_FRAMES:
             out = folder / f"bad_{i}_{kind.replace(' ', '_')}.png"
             if not out.is_file():
-                bad_frame(img, kind, seed=1000 * seed + i).save(out)
+                atomic_write(out, partial(bad_frame(img, kind, seed=1000 * seed + i).save, format="PNG"))
             bad.append({"kind": kind, "path": str(out)})
     labels = {}
     if "category" in test:  # people's scene labels: the main one, and every label of the photo
@@ -337,10 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from contentiqa.data import load_dataset, load_splits
 
+    splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
+    # before any scoring: the verdict needs a spread, and each seed its published split
+    if len(set(args.seeds)) < 2 or not set(args.seeds) <= set(splits):
+        ap.error(f"--seeds: two or more of the published splits' seeds {sorted(splits)} (given {args.seeds})")
     recipe = row_recipe(args.candidate, args.candidate_row)
 
     clive = clive_table()
-    splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     root = biq_root()
     if not root.is_dir():
         raise SystemExit(f"ship gate skipped: BIQ2021 not found at {root} (set CONTENTIQA_BIQ2021)")

@@ -715,3 +715,35 @@ def test_content_head_benchmark_fits_on_training_photos_and_reports_both_heads(c
     assert set(conf) == {"levels", "tokens"}
     for confidence, ece in conf.values():
         assert 1 / 3 <= confidence <= 1.0 and 0.0 <= ece <= 1.0
+
+
+def test_ship_gate_suite_never_leaves_a_torn_photo_for_later_runs(common, tmp_path, monkeypatch):
+    """The gate reuses the damage photos it finds: one cut short by a kill failed every later run."""
+    import ship_gate
+    from conftest import write_image
+
+    from contentiqa.data import degrade as degrade_module
+
+    test = pd.DataFrame({"image": [str(write_image(tmp_path / f"{i}.png", 64, 64, seed=i)) for i in range(2)],
+                         "mos": [50.0, 60.0]})
+
+    class KilledWhileSaving:
+        def save(self, fp, format=None):
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n")  # the start of the file
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(degrade_module, "degrade", lambda *a, **k: KilledWhileSaving())
+    with pytest.raises(KeyboardInterrupt):
+        ship_gate.suite(0, test, tmp_path / "suite")
+    assert not list((tmp_path / "suite").rglob("*.png")) and not list((tmp_path / "suite").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("seeds", [["0"], ["0", "7"]])
+def test_ship_gate_refuses_seeds_it_cannot_judge_before_scoring_anything(common, tmp_path, seeds, capsys):
+    import ship_gate
+
+    with pytest.raises(SystemExit):
+        ship_gate.main(["--candidate", str(tmp_path), "--candidate-row", "C", "--baseline", str(tmp_path),
+                        "--baseline-row", "B", "--work", str(tmp_path / "work"), "--seeds", *seeds])
+    assert "two or more of the published splits' seeds" in capsys.readouterr().err
