@@ -741,8 +741,11 @@ def test_ship_gate_suite_never_leaves_a_torn_photo_for_later_runs(common, tmp_pa
 
 @pytest.mark.parametrize("seeds", [["0"], ["0", "7"]])
 def test_ship_gate_refuses_seeds_it_cannot_judge_before_scoring_anything(common, tmp_path, seeds, capsys):
+    import shutil
+
     import ship_gate
 
+    shutil.copy(BENCH / "results" / "splits_clive_ie-iqa.json", common.RESULTS)  # the published splits
     with pytest.raises(SystemExit):
         ship_gate.main(["--candidate", str(tmp_path), "--candidate-row", "C", "--baseline", str(tmp_path),
                         "--baseline-row", "B", "--work", str(tmp_path / "work"), "--seeds", *seeds])
