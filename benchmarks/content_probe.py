@@ -84,7 +84,7 @@ def cv_accuracy(x: np.ndarray, main: list[str], sets: list[set[str]], categories
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="iqa-cr", help="the model whose levels name content (default: the iqa-cr default)")
     ap.add_argument("--extras", nargs="*", default=list(EXTRAS), metavar="BACKBONE:SIZE",
                     help="second backbones joined to the levels, each at a square input size")

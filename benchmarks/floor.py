@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from common import CACHE, clive_splits, md_table, require_clive, write_results
+from common import CACHE, clive_splits, command_line, md_table, require_clive, write_results
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def main() -> None:
         + md_table(["model", "splits", "PLCC", "SROCC", "KROCC", "RMSE (MOS 0-100)"],
                    [["lite0 GAP + ridge", str(len(runs)), f["plcc"], f["srocc"], f["krocc"], f["rmse"]]])
         + f"\nTest parts of {len(runs)} seeded splits ({split_file.name}); ridge alpha chosen on each val part. "
-        "Command: `python benchmarks/floor.py`.\n"
+        f"Command: `{command_line()}`.\n"
     )
     write_results("floor", {"model": "efficientnet_lite0 GAP + ridge", "protocol": "iqa-cr", "runs": runs, "summary": summary,
                             "n_images": len(table)}, md)

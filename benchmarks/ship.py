@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--override-gate", action="store_true",
                     help="replace a default although the ship gate did not pass this row (say why in the commit)")
     args = ap.parse_args(argv)
+    if args.from_run is not None:  # its folder names (row, seed) are read: `--from-run .` has none
+        args.from_run = args.from_run.resolve()
     from contentiqa.experiments import load_config
 
     cfg = load_config(args.config)

@@ -23,7 +23,9 @@ them. Writes benchmarks/results/startup.json and startup.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,6 +90,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="contentiqa-startup-"))
+    atexit.register(shutil.rmtree, work, True)  # its stand-in weights, cache and CSVs, however the run ends
     env = _env(work / "cache")
     load_before = _loadavg()
     spec, weights = _model_spec(work)

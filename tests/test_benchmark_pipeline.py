@@ -750,3 +750,19 @@ def test_ship_gate_refuses_seeds_it_cannot_judge_before_scoring_anything(common,
         ship_gate.main(["--candidate", str(tmp_path), "--candidate-row", "C", "--baseline", str(tmp_path),
                         "--baseline-row", "B", "--work", str(tmp_path / "work"), "--seeds", *seeds])
     assert "two or more of the published splits' seeds" in capsys.readouterr().err
+
+
+def test_ship_from_run_given_as_a_relative_path_names_its_row_and_seed(common, tmp_path, monkeypatch):
+    import ship
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "c", "data": {"name": "csv", "root": str(tmp_path / "none.csv")},
+                                   "protocol": "ie-iqa", "runs": [{"name": "R", "model": "ie-iqa"}]}))
+    run = tmp_path / "exp" / "runs" / "R" / "seed1"
+    run.mkdir(parents=True)
+    (run / "tested.pt").write_bytes(b"weights")
+    shipped = []
+    monkeypatch.setattr(ship, "ship_row", lambda *a, **k: shipped.append(a))
+    monkeypatch.chdir(run)
+    ship.main([str(cfg), "--row", "R", "--tag", "beside", "--from-run", ".", "--weights-dir", str(tmp_path / "w")])
+    assert shipped[0][5] == run  # the folder itself, whose names the card reads
