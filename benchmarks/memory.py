@@ -92,8 +92,8 @@ def main() -> None:
         f"# Peak memory of `contentiqa score --model {args.model}` on huge photos (CPU)\n\n"
         f"Command: `{command_line()}`\n\n"
         + md_table(["input", "--max-side", "peak RSS (MB)", "time (s)", "exit"], table)
-        + "\n\nEach line is a fresh `contentiqa score` process; peak RSS includes Python, torch and the "
-        "model (the baseline line). With the default --max-side 2048 the model sees at most "
+        + "\n\nEach line is a fresh `contentiqa score` process; peak RSS includes Python, the runtime "
+        "`score` chose (ONNX Runtime on a CPU by default; torch is not imported then) and the model (the baseline line). With the default --max-side 2048 the model sees at most "
         "2048 px on the longest side, whatever the photo; --max-side 0 is the unbounded behaviour "
         "before issue 14. Times are wall-clock on a shared CPU (other jobs running): not speed figures.\n"
     )

@@ -115,6 +115,7 @@ def test_experiment_writes_the_results_folder(tiny, first_run):
     assert float(row.split("|")[3]) > 0  # minutes per epoch: seconds-long epochs do not round to 0
     assert next(line for line in md.splitlines() if line.startswith("| needs weights |")).count("skipped") == 1
     assert "Skipped needs weights: backbone_checkpoint" in md and "protocol IE-IQA" in md
+    assert f"Command: `contentiqa experiment {path} --out {out}`" in md  # the table names what makes it
     assert any("IQA-CR seed 1" in line for line in lines)
 
 

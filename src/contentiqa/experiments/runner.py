@@ -649,7 +649,7 @@ def _training_sessions(results: dict[str, Any], prov: dict) -> str:
 
 
 def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[str, list[str]], prov: dict,
-             n_images: int | None = None, imported: list[str] | None = None) -> str:
+             n_images: int | None = None, imported: list[str] | None = None, out: Path | None = None) -> str:
     from ..metrics import format_mean_std
 
     labels = cfg.test_labels()
@@ -714,7 +714,9 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"(against the main label); acc. (any label) = the prediction is one of the photo's labels (multi-label sets).",
         f"Ran on {prov.get('machine')}{', GPU ' + str(prov.get('gpu')) if prov.get('gpu') else ''}: "
         f"{_train_time(results)} of training and testing over all rows and splits.",
-        f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
+        (f"Command: `contentiqa experiment {cfg.source} --out {out}` (it trains only the splits that folder lacks, "
+         "then writes this table). " if cfg.source and out is not None else "")
+        + f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",
     ]
     trained_by = _training_sessions(results, prov)
@@ -892,7 +894,7 @@ def run_experiment(
         if main:
             result.results = summarize(cfg, per_run)
             result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, sum(len(ts.table) for ts in sets),
-                                       imported)
+                                       imported, out_dir if out_dir is not None else out)
             payload = {"name": cfg.name, "description": cfg.description, "protocol": cfg.protocol, "seeds": cfg.seeds,
                        "data": [{"label": ts.label, "name": spec.name, "root": str(spec.root), "n": len(ts.table),
                                  "protocol": cfg.protocol_of(spec)} for ts, spec in zip(sets, cfg.train_sets)],
