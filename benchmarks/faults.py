@@ -50,6 +50,14 @@ def read_rows(out: Path) -> list[dict] | None:
         return None
 
 
+def differs(score: float | None, reference: float | None) -> bool:
+    """Whether a resumed run's score is not the uninterrupted run's: a missing score differs from a
+    present one (0.0 is a score, not a missing one)."""
+    if score is None or reference is None:
+        return (score is None) != (reference is None)
+    return abs(score - reference) > 1e-4
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=200)
@@ -112,8 +120,7 @@ def main() -> None:
             paths = [row["path"] for row in rows]
             lost = len(set(reference) - set(paths))
             dup = len(paths) - len(set(paths))
-            differ = sum(1 for row in rows if row["path"] in reference
-                         and abs((row["score"] or float("nan")) - reference[row["path"]]) > 1e-4)
+            differ = sum(1 for row in rows if row["path"] in reference and differs(row["score"], reference[row["path"]]))
             failed = sum(1 for row in rows if row.get("error"))
             stray = sorted(x.name for x in out.parent.iterdir() if x.name.endswith(".tmp"))
             rounds.append({"round": k, "order": [s.name for s in order], "final_exit": final.returncode,
@@ -123,7 +130,8 @@ def main() -> None:
 
     totals = {key: sum(r[key] for r in rounds) for key in ("lost", "duplicated", "corrupt_files", "scores_differing", "failed_rows")}
     totals["stray_temp_files"] = sum(len(r["stray_temp_files"]) for r in rounds)
-    ok = totals["lost"] == totals["duplicated"] == totals["corrupt_files"] == totals["scores_differing"] == 0
+    ok = totals["lost"] == totals["duplicated"] == totals["corrupt_files"] == totals["scores_differing"] \
+        == totals["failed_rows"] == 0
     md = (
         f"# Kill and resume `contentiqa score` ({len(photos)} CLIVE photos, model {args.model}, CPU)\n\n"
         f"Command: `{command_line()}`\n\n"
@@ -138,7 +146,8 @@ def main() -> None:
                    [[str(r["round"]), str(r["final_exit"]), str(r["rows"]), str(r["lost"]), str(r["duplicated"]),
                      str(r["corrupt_files"]), str(r["scores_differing"]), str(len(r["stray_temp_files"]))] for r in rounds])
         + f"\n\n**{'PASS' if ok else 'FAIL'}**: rows lost {totals['lost']}, duplicated {totals['duplicated']}, "
-        f"files left corrupt {totals['corrupt_files']}, scores differing from the reference {totals['scores_differing']}. "
+        f"files left corrupt {totals['corrupt_files']}, scores differing from the reference {totals['scores_differing']}, "
+        f"rows failed {totals['failed_rows']}. "
         "Exit 130 = SIGINT and 143 = SIGTERM (progress saved), -9 = SIGKILL (rows since the last save, at most "
         "--flush-every 10, are scored again on resume); -15 / -2 = the signal came during start-up (imports, model "
         "loading), before that run had scored anything.\n"

@@ -766,3 +766,10 @@ def test_ship_from_run_given_as_a_relative_path_names_its_row_and_seed(common, t
     monkeypatch.chdir(run)
     ship.main([str(cfg), "--row", "R", "--tag", "beside", "--from-run", ".", "--weights-dir", str(tmp_path / "w")])
     assert shipped[0][5] == run  # the folder itself, whose names the card reads
+
+
+def test_faults_counts_a_missing_score_as_differing_and_zero_as_a_score(common):
+    import faults
+
+    assert faults.differs(None, 42.0) and faults.differs(0.0, 42.0) and faults.differs(42.0, None)
+    assert not faults.differs(0.0, 0.0) and not faults.differs(None, None) and not faults.differs(42.0, 42.00001)
