@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale.append(path.relative_to(ROOT))
         else:
-            path.write_text(new)
+            from contentiqa.utils.io import atomic_write_text
+
+            atomic_write_text(path, new)
             print(f"rewrote {path.relative_to(ROOT)}")
     if stale:
         print(f"out of date: {', '.join(map(str, stale))}: run python benchmarks/docs.py", file=sys.stderr)

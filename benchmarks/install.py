@@ -150,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         previous = RESULTS / "install.json"
         if args.skip_torch and previous.is_file():  # keep the last measurement of the other install
             res["installs"].setdefault("torch", json.loads(previous.read_text())["installs"].get("torch"))
+        from contentiqa.utils.io import atomic_write_text
+
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "install.json").write_text(json.dumps(res, indent=1) + "\n")
-        (RESULTS / "install.md").write_text(markdown(res))
+        atomic_write_text(RESULTS / "install.json", json.dumps(res, indent=1) + "\n")
+        atomic_write_text(RESULTS / "install.md", markdown(res))
         print(f"wrote {RESULTS / 'install.md'}")
     return 0
 

@@ -43,6 +43,8 @@ if str(BENCH_DIR) not in sys.path:
 
 from common import bench_lock, CACHE, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
 
+from contentiqa.utils.io import atomic_write_text  # noqa: E402
+
 WORK = CACHE / "int8"
 MIN_SPEEDUP = 1.4
 MAX_SROCC_LOSS = 0.005
@@ -126,9 +128,9 @@ def score_all(session_path: Path, model, paths: list[str], cache: Path, threads:
             done[p] = float(out["score"][0])
             if "logits" in out:
                 cats[p] = int(np.argmax(out["logits"][0]))
-            if k % 50 == 49:
-                cache.write_text(json.dumps(done))
-        cache.write_text(json.dumps(done))
+            if k % 50 == 49:  # whole or not at all: a killed run resumes from the last of these
+                atomic_write_text(cache, json.dumps(done))
+        atomic_write_text(cache, json.dumps(done))
     return {**{p: done[p] for p in paths}, "__categories__": {p: cats[p] for p in paths if p in cats}}
 
 
@@ -274,7 +276,7 @@ def summarise(st: dict, args) -> dict:
         # what `contentiqa score` runs when no --precision is given (quantize.default_precision)
         data["default_precision"] = "int8" if kept else "fp32"
         data["measured"] = {k: rows[best][k] for k in ("speedup", "srocc_delta", "plcc_delta") if k in rows[best]}
-        shipped.write_text(json.dumps(data, separators=(",", ":")))
+        atomic_write_text(shipped, json.dumps(data, separators=(",", ":")))
         print(f"  shipped {shipped} ('{best}')", flush=True)
     return {"weights": weights.name, "calibration_photos": len(train), "test_photos": len(test),
             "timing_photos": timing_photos, "load_before": load_before, "load_after": load_after,
