@@ -193,6 +193,14 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "x.jpg")]) == 2
 
 
+@pytest.mark.parametrize("size", [(48, 1200), (1200, 48)])
+def test_a_strip_of_a_photo_gets_a_figure_of_a_usual_size(model, tmp_path, size):
+    strip = Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    strip.save(tmp_path / "strip.png")
+    out = explain(model, tmp_path / "strip.png").save_figure(tmp_path / "fig.png")
+    assert max(Image.open(out).size) <= 1300  # it was 100 in per panel for a tall strip
+
+
 def test_explain_cli_never_writes_over_an_input_and_checks_outputs_first(tmp_path, photo, monkeypatch, capsys):
     import contentiqa.models.registry as registry
 

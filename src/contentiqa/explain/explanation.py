@@ -303,9 +303,11 @@ def save_explanation_figure(
         panels.append((f"category '{exp.explained_category}' ({kind})", overlay_heatmap(exp.image, m, max_size=max_side)))
     if len(panels) == 1:
         raise ValueError(f"nothing to show for target={target!r}: the model has no such output")
+    # A panel 4 in wide, as tall as the photo makes it, within bounds: a 120x3000 strip made a
+    # 100 in (10,000 px) tall figure; it is shown narrow in a panel no taller than 6 in.
     w, h = base.size
-    panel_w = 4.0
-    panel_h = panel_w * h / w
+    panel_w = max(2.0, min(4.0, 4.0 * w / h))
+    panel_h = min(6.0, panel_w * h / w)
     fig = Figure(figsize=(panel_w * len(panels), panel_h + 0.9), dpi=dpi)
     FigureCanvasAgg(fig)
     for k, (name, im) in enumerate(panels):
