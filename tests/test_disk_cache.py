@@ -205,3 +205,21 @@ def test_a_users_own_onnx_file_is_not_a_cache_entry(tmp_path, capsys):
     assert main(["cache", str(tmp_path), "--max-size", "1K"]) == 1
     assert "does not look like a contentiqa cache" in capsys.readouterr().err
     assert (tmp_path / "production.onnx").is_file()
+
+
+def test_an_entry_that_cannot_be_removed_stops_none_of_the_others(tmp_path, monkeypatch, capsys):
+    for i, name in enumerate(("a", "b", "c")):
+        entry(tmp_path, name, 100, NOW - 300 + i)
+    real = os.replace
+
+    def refuse_a(src, dst):
+        if Path(src).name == "a":
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_a)
+    assert main(["cache", str(tmp_path), "--max-size", "0"]) == 1
+    cap = capsys.readouterr()
+    assert "cannot remove" in cap.err and "a: Permission denied" in cap.err
+    assert "removed 2 entries" in cap.out  # b and c went, and are said
+    assert {p.name for p in tmp_path.iterdir()} == {"a"}

@@ -33,7 +33,7 @@ def _when(t: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils.disk_cache import entries_word, format_size, prune, scan
+    from ..utils.disk_cache import PruneIncomplete, entries_word, format_size, prune, scan
 
     max_bytes = args.max_size
     if args.older_than is not None and args.older_than < 0:
@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
                 gone = prune(folder, max_bytes=max_bytes,
                              older_than_s=None if args.older_than is None else args.older_than * 86400,
                              dry_run=args.dry_run, entries=entries)
+            except PruneIncomplete as exc:  # what was removed is still said
+                for e, why in exc.failed:
+                    print(f"cannot remove {e.path}: {why.strerror or why}", file=sys.stderr)
+                gone, status = exc.removed, 1
             except (ValueError, OSError) as exc:
                 print(f"{exc}", file=sys.stderr)
                 status = 1

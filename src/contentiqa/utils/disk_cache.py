@@ -177,6 +177,17 @@ def _finish_evictions(folder: Path) -> None:
                 child.unlink(missing_ok=True)
 
 
+class PruneIncomplete(OSError):
+    """Some entries could not be removed (permissions, a busy mount): the others were, and
+    ``removed`` says which, ``failed`` which not and why."""
+
+    def __init__(self, removed: list[CacheEntry], failed: list[tuple[CacheEntry, OSError]]):
+        self.removed, self.failed = removed, failed
+        shown = "; ".join(f"{e.path}: {exc.strerror or exc}" for e, exc in failed[:3])
+        super().__init__(f"{entries_word(len(failed))} could not be removed ({shown}"
+                         f"{f' and {len(failed) - 3} more' if len(failed) > 3 else ''})")
+
+
 def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s: float | None = None,
           keep_since: float | None = None, dry_run: bool = False, now: float | None = None,
           entries: list[CacheEntry] | None = None) -> list[CacheEntry]:
@@ -184,7 +195,8 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     folder holds at most ``max_bytes``; an entry used at or after ``keep_since`` stays whatever
     the bounds say. Returns what was (``dry_run``: would be) removed, oldest first. ``entries``:
     the folder's :func:`scan` when the caller has just made one (a large cache takes seconds to
-    walk, so it is walked once)."""
+    walk, so it is walked once). :class:`PruneIncomplete` when an entry could not be removed: the
+    others were still tried."""
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
     now = time.time() if now is None else now
@@ -197,6 +209,7 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
         _finish_evictions(Path(folder))
     total = sum(e.bytes for e in entries)
     removed: list[CacheEntry] = []
+    failed: list[tuple[CacheEntry, OSError]] = []
     for e in entries:  # least recently used first
         if keep_since is not None and e.last_used >= keep_since:
             continue
@@ -205,9 +218,15 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
         if not (stale or over):
             continue
         if not dry_run:
-            _remove(e)
+            try:
+                _remove(e)
+            except OSError as exc:  # one entry that cannot go stops none of the others
+                failed.append((e, exc))
+                continue
         removed.append(e)
         total -= e.bytes
+    if failed:
+        raise PruneIncomplete(removed, failed)
     return removed
 
 
