@@ -100,6 +100,28 @@ def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, exam
 
 
 # -- without PyTorch -------------------------------------------------------------------------------
+def test_names_that_need_pytorch_say_so_when_imported_and_a_star_import_works(tmp_path):
+    """`from contentiqa import IQAModel` / `contentiqa.data.load_dataset` without [torch] were a bare
+    ModuleNotFoundError from inside, and `from contentiqa import *` failed outright."""
+    code = ("import runpy, sys\n"  # the extras table read without importing contentiqa: blocked before its first import
+            f"table = runpy.run_path({os.path.join(SRC, 'contentiqa', 'utils', 'extras.py')!r})['EXTRA_OF_MODULE']\n"
+            "for m, extra in table.items():\n"
+            "    if extra == 'torch':\n"
+            "        sys.modules[m] = None\n"
+            "from contentiqa import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n"
+            "import contentiqa.data\nfrom contentiqa.utils.extras import ExtraMissing\n"
+            "for name in ('IQAModel',):\n"
+            "    try:\n        getattr(__import__('contentiqa'), name)\n    except ExtraMissing as exc:\n        print(exc)\n"
+            "try:\n    contentiqa.data.load_dataset\nexcept ExtraMissing as exc:\n    print(exc)\n")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    star, model, data = proc.stdout.splitlines()
+    assert "create_scorer" in star and "IQAModel" not in star
+    assert "IQAModel needs PyTorch" in model and "pip install 'contentiqa[torch]'" in model
+    assert data.startswith("contentiqa.data.load_dataset needs the 'pandas' package") and "contentiqa[torch]" in data
+
+
 def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, examples_dir):
     """An install without the [torch] extra (its packages blocked here): every command that needs it
     fails with exit code 2 and one line naming the extra, never a traceback; scoring works."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .utils.extras import have
 from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
@@ -37,5 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
-__all__ = ["DEFAULT_MODEL", "IQAModel", "Prediction", "__version__", "create_model", "create_scorer", "list_models",
-           "load_checkpoint", "load_scorer"]
+# IQAModel is the torch model class itself: `from contentiqa import *` on an install without
+# [torch] leaves it out rather than fail (the functions say what they need when called).
+__all__ = ["DEFAULT_MODEL", "Prediction", "__version__", "create_model", "create_scorer", "list_models",
+           "load_checkpoint", "load_scorer"] + (["IQAModel"] if have("torch") else [])

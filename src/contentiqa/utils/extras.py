@@ -53,21 +53,29 @@ def have(module: str) -> bool:
         return False
 
 
+def _called(module: str) -> str:
+    return "PyTorch" if module == "torch" else f"the '{module}' package"
+
+
 def require(module: str, what: str) -> None:
     """:class:`ExtraMissing` naming ``what`` and the extra that installs ``module`` when it cannot
     be imported: a library call fails with the line the CLI prints, not a bare ModuleNotFoundError
     from deep inside."""
     if not have(module):
-        name = "PyTorch" if module == "torch" else f"the '{module}' package"
-        raise ExtraMissing(f"{what} needs {name}", extra=EXTRA_OF_MODULE.get(module, "torch"))
+        raise ExtraMissing(f"{what} needs {_called(module)}", extra=EXTRA_OF_MODULE.get(module, "torch"))
+
+
+def as_extra_missing(exc: ModuleNotFoundError, what: str = "this") -> ExtraMissing | None:
+    """The :class:`ExtraMissing` that a ModuleNotFoundError of an optional dependency means, for
+    ``what`` (None for any other module: a bug, shown as it is)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_OF_MODULE:
+        return None
+    return ExtraMissing(f"{what} needs {_called(top)}", extra=EXTRA_OF_MODULE[top])
 
 
 def missing_module_message(exc: ModuleNotFoundError) -> str | None:
     """One line for a ModuleNotFoundError of an optional dependency (None for any other
     module: a bug, shown as it is)."""
-    top = (exc.name or "").split(".")[0]
-    if top not in EXTRA_OF_MODULE:
-        return None
-    extra = EXTRA_OF_MODULE[top]
-    what = "PyTorch" if top == "torch" else f"the '{top}' package"
-    return f"this needs {what}, which this install lacks: {install_hint(extra)}"
+    missing = as_extra_missing(exc)
+    return None if missing is None else str(missing)

@@ -15,7 +15,16 @@ def lazy_exports(package: str, table: dict[str, str], namespace: dict[str, Any])
         module = table.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        try:
+            imported = importlib.import_module(f"{package}.{module}")
+        except ModuleNotFoundError as exc:  # an optional dependency: the one line naming its extra
+            from .extras import as_extra_missing
+
+            missing = as_extra_missing(exc, f"{package}.{name}")
+            if missing is None:
+                raise
+            raise missing from None
+        value = getattr(imported, name)
         namespace[name] = value
         return value
 
