@@ -223,3 +223,15 @@ def test_an_entry_that_cannot_be_removed_stops_none_of_the_others(tmp_path, monk
     assert "cannot remove" in cap.err and "a: Permission denied" in cap.err
     assert "removed 2 entries" in cap.out  # b and c went, and are said
     assert {p.name for p in tmp_path.iterdir()} == {"a"}
+
+
+def test_the_temporaries_of_killed_writes_are_listed_and_always_pruned(tmp_path):
+    entry(tmp_path, "a", 100, NOW - 10)
+    old, fresh = tmp_path / ".m-fp32-0123.onnx.abcd1234.tmp", tmp_path / ".m-fp32-4567.onnx.efgh5678.tmp"
+    for path, age in ((old, 7200), (fresh, 60)):
+        path.write_bytes(b"\0" * 500)
+        os.utime(path, (NOW - age, NOW - age))
+    (leftover,) = [e for e in scan(tmp_path, now=NOW) if e.leftover]
+    assert leftover.path == old and leftover.bytes == 500 and leftover.known
+    gone = prune(tmp_path, max_bytes=10**6, now=NOW)  # under the limit: still the killed write's goes
+    assert [e.path for e in gone] == [old] and fresh.exists() and (tmp_path / "a").exists()  # a write in progress stays

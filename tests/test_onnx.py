@@ -399,7 +399,7 @@ def test_an_unwritable_cache_falls_back_to_a_temp_folder(tmp_path, ckpt, example
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be: mkdir fails, even for root")
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(blocker / "cache"))
-    monkeypatch.setattr(onnx_mod, "_fallback_cache_dir", lambda: tmp_path / "fallback")
+    monkeypatch.setattr(onnx_mod, "_fallback_cache_dir", lambda create=False: tmp_path / "fallback")
     img = example_images(examples_dir)[0]
     assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv"), "-q"]) == 0
     assert len(list((tmp_path / "fallback").glob("*.onnx"))) == 1
@@ -624,3 +624,71 @@ def test_scorer_runs_many_photos_side_by_side(tiny_cr_onnx, tmp_path, monkeypatc
     assert planned.session_threads == 1
     assert [p.score for p in planned.predict(photos)] == pytest.approx(ref, abs=1e-5)
     assert calls[-1] == 2 and planned._one_thread_session is None  # its own session is the one-thread one
+    moved = tmp_path / "graph.onnx"  # a scorer whose graph file is pruned since it loaded: its session runs
+    moved.write_bytes(Path(path).read_bytes())
+    gone = OnnxScorer.from_file(moved, threads=2)
+    gone.threads, gone.session_threads = None, 2  # a two-thread session: side by side needs a second one
+    moved.unlink()
+    assert [p.score for p in gone.predict(photos)] == pytest.approx(ref, abs=1e-5)
+    assert calls[-1] == 1 and gone._one_thread_session is None
+
+
+def test_the_temp_fallback_is_private_and_another_users_folder_there_is_never_used(tmp_path, monkeypatch):
+    """In a shared /tmp another user could make contentiqa-onnx-<uid> first and plant graphs (read
+    as this user's scores) or links (followed by this user's exports)."""
+    import tempfile
+
+    import contentiqa.inference.onnx_runtime as onnx_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = tmp_path / f"contentiqa-onnx-{os.getuid()}"
+    assert onnx_mod.cache_places("main") == [Path("main")]  # looked for only where it exists
+    assert list(onnx_mod.write_places("main")) == [Path("main"), mine]  # made when written to
+    assert onnx_mod.cache_places("main") == [Path("main"), mine]
+    assert mine.stat().st_mode & 0o777 == 0o700
+    mine.chmod(0o777)  # writable by anyone: another user's graphs may be in it
+    assert onnx_mod.cache_places("main") == [Path("main")]
+    mine.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    mine.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert list(onnx_mod.write_places("main")) == [Path("main")]
+    mine.unlink()
+    mine.mkdir(mode=0o700)
+    try:
+        os.chown(mine, 65534, 65534)
+    except PermissionError:
+        pytest.skip("changing a folder's owner needs root")
+    assert list(onnx_mod.write_places("main")) == [Path("main")] and onnx_mod.cache_places("main") == [Path("main")]
+
+
+def test_a_full_cache_and_fallback_run_in_pytorch_or_say_why_not(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
+    import contentiqa.inference.onnx_runtime as onnx_mod
+
+    blocker = tmp_path / "not-a-folder"  # what a full disk does to a write: an OSError for every place
+    blocker.write_text("x")
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(onnx_mod, "_fallback_cache_dir", lambda create=False: blocker / "fallback")
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv")]) == 0  # auto: PyTorch, said
+    assert "running in PyTorch, not ONNX Runtime: cannot write its ONNX graph" in capsys.readouterr().err
+    assert main(["score", img, "--model", ckpt, "--runtime", "onnx", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no export cache folder could take the graph" in err and "Traceback" not in err
+
+
+def test_a_graph_pruned_between_its_export_and_its_reading_is_exported_again(tmp_path, ckpt, examples_dir, monkeypatch):
+    import contentiqa.inference.scorer as scorer_mod
+
+    real, built = scorer_mod._build_graph, []
+
+    def build_then_pruned(spec, weights, precision):
+        real(spec, weights, precision)
+        built.append(1)
+        if len(built) == 1:  # `contentiqa cache --max-size 0` in another terminal, at that moment
+            for f in (tmp_path / "cache").rglob("*.onnx"):
+                f.unlink()
+
+    monkeypatch.setattr(scorer_mod, "_build_graph", build_then_pruned)
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv"), "-q"]) == 0
+    assert len(built) == 2

@@ -531,3 +531,30 @@ def test_number_options_refuse_inf_and_nan_as_usage_errors(argv, capsys):
         run(*argv)
     assert info.value.code == 2
     assert "must be a finite number" in capsys.readouterr().err
+
+
+def test_a_stop_while_the_model_loads_ends_like_ctrl_c(tmp_path, ckpt, monkeypatch, capsys):
+    """SIGTERM during a first use's export killed score outright, leaving a graph-sized temporary
+    in the export cache; it now unwinds the export as Ctrl-C does (exit 130)."""
+    import signal
+
+    import contentiqa.cli.score as score_cli
+
+    class Unhandled(Exception):
+        pass
+
+    def guard(signum, frame):  # reached only if score installs no handler of its own
+        raise Unhandled
+
+    def load_then_stopped(self, n_inputs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    import time
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        monkeypatch.setattr(score_cli._Scoring, "_load", load_then_stopped)
+        assert run("score", ok_folder(tmp_path / "imgs", n=1), "--model", ckpt, "-q") == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         from ..inference.onnx_runtime import cache_places
 
         # the fallback too, where scoring exported while the main folder could not be written
-        main_place, *fallbacks = cache_places()
-        folders = [main_place, *(f for f in fallbacks if f.is_dir())]
+        folders = cache_places()
     status = 0
     for folder in folders:
         if not folder.exists():

@@ -377,11 +377,12 @@ class _Scoring:
     def run(self) -> int:
         from ..data.inputs import path_key
         from ..reporting.results import row_ok
-        from ._output import Stopped
+        from ._output import Stopped, terminate_as_interrupt
 
         self._read_existing()
         entries = self._inputs()
-        self._load(len(entries))
+        with terminate_as_interrupt():  # a stop during a first export unwinds it: no graph-sized temporary left
+            self._load(len(entries))
         if self.existing:
             assert self.output is not None
             _check_same_model(self.existing, self.record, self.output)

@@ -326,7 +326,9 @@ def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str,
                        folder: str | os.PathLike | None) -> tuple[Any, Path, bool]:
     """Export into the first cache place that can be written; (session, path, True)."""
     error: OSError | None = None
-    for where in _rt.cache_places(folder):
+    tried: list[Path] = []
+    for where in _rt.write_places(folder):
+        tried.append(where)
         path = where / filename
         try:
             _export_precision(model, path, precision, opset, key, where)
@@ -338,7 +340,7 @@ def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str,
             raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
         return session, path, True
     assert error is not None
-    raise error
+    raise _rt.CacheUnwritable(tried, error)
 
 
 def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:

@@ -27,11 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -126,17 +127,46 @@ def cache_dir() -> Path:
     return Path(base) / "contentiqa"
 
 
-def _fallback_cache_dir() -> Path:
+def _fallback_cache_dir(create: bool = False) -> Path | None:
     """Where exports go when the cache folder cannot be written (a read-only home or install):
-    a per-user folder in the temporary directory."""
+    a per-user folder in the temporary directory, made private (``create``). None when it does
+    not exist, or when that name is anything but a folder of this user's that no one else can
+    write: in a shared /tmp another user could have made it first, to have this user's scores
+    read their graphs, or this user's exports follow their links."""
     user = os.getuid() if os.name == "posix" else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / f"contentiqa-onnx-{user}"
+    path = Path(tempfile.gettempdir()) / f"contentiqa-onnx-{user}"
+    if create:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):  # a link, or a file
+        return None
+    if os.name == "posix" and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        return None
+    return path
 
 
 def cache_places(folder: str | os.PathLike | None = None) -> list[Path]:
-    """Where cached exports are looked for and written, in order: ``folder`` (default
-    ``cache_dir()/onnx``), then the per-user temporary fallback."""
-    return [Path(folder) if folder is not None else cache_dir() / "onnx", _fallback_cache_dir()]
+    """Where cached exports are looked for, in order: ``folder`` (default ``cache_dir()/onnx``),
+    then the per-user temporary fallback when it exists and is safe to use."""
+    fallback = _fallback_cache_dir()
+    return [Path(folder) if folder is not None else cache_dir() / "onnx"] + ([fallback] if fallback is not None else [])
+
+
+def write_places(folder: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Where a graph is written, in order: the cache folder, then (made, private, only when the
+    folder could not take it) the per-user temporary fallback."""
+    yield cache_places(folder)[0]
+    fallback = _fallback_cache_dir(create=True)
+    if fallback is not None:
+        yield fallback
 
 
 def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSET, precision: str = DEFAULT_PRECISION,
@@ -191,6 +221,15 @@ def find_cached(filename: str, key: str, threads: int | None = None,
     return None
 
 
+class CacheUnwritable(OSError):
+    """No place of the export cache (:func:`cache_places`) could take a graph (read-only, full)."""
+
+    def __init__(self, places: list[Path], error: OSError):
+        self.places, self.error = places, error
+        super().__init__(f"no export cache folder could take the graph ({', '.join(map(str, places))}): "
+                         f"{error.strerror or error}")
+
+
 def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Callable[[Path, str], Any],
                       opset: int = DEFAULT_OPSET, folder: str | os.PathLike | None = None) -> Path:
     """``write(path, key)`` the cache entry of ``weights_file``'s graph at ``precision`` in the
@@ -200,7 +239,9 @@ def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Ca
     key = weights_cache_key(weights_file, opset, precision)
     filename = cache_filename(weights_file.stem, key, precision)
     error: OSError | None = None
-    for where in cache_places(folder):
+    tried: list[Path] = []
+    for where in write_places(folder):
+        tried.append(where)
         try:
             write(where / filename, key)
         except OSError as exc:  # read-only (or full) folder: try the next
@@ -208,7 +249,7 @@ def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Ca
             continue
         return where / filename
     assert error is not None
-    raise error
+    raise CacheUnwritable(tried, error)
 
 
 def shipped_graph_path(weights_file: str | os.PathLike, precision: str = DEFAULT_PRECISION) -> Path:
@@ -465,7 +506,10 @@ class OnnxScorer(BaseScorer):
         if self.session_threads == 1:
             return plan.runs, self.forward
         if self._one_thread_session is None:
-            self._one_thread_session = make_session(self.path, threads=1, spinning=False)
+            try:
+                self._one_thread_session = make_session(self.path, threads=1, spinning=False)
+            except ValueError:  # the graph file is gone since load (a cache pruned): the session held runs
+                return 1, self.forward
         session = self._one_thread_session
         return plan.runs, lambda x: self._run(session, x)
 

@@ -329,7 +329,7 @@ def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | Non
     """The ONNX Runtime scorer of ``weights``: its shipped graph, else the cached one, else one
     built now (:func:`_build_graph`). None when the model cannot be exported and ``fallback``
     allows PyTorch instead. A default int8 graph that cannot be had falls back to fp32 (noted)."""
-    from .onnx_runtime import OnnxExportError, find_graph, require_onnxruntime
+    from .onnx_runtime import CacheUnwritable, OnnxExportError, find_graph, require_onnxruntime
     from .quantize import QuantizationError, default_precision
 
     if not have("onnxruntime"):
@@ -340,29 +340,37 @@ def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | Non
     wanted = precision or default_precision(weights)
     tries = [wanted] + (["fp32"] if precision is None and wanted != "fp32" else [])
     for prec in tries:
-        scorer = find_graph(weights, precision=prec, tag=tag, threads=threads, images=images, cpu_sample=cpu_sample,
-                            spec=spec)
-        if scorer is not None:
-            return scorer
-        try:
-            _build_graph(spec, weights, prec)
-        except OnnxExportError as exc:
-            if not fallback:
-                raise ValueError(f"cannot run {spec} in ONNX Runtime: {exc}; use the PyTorch runtime") from None
-            notes.append(f"running in PyTorch, not ONNX Runtime ({exc})")
-            return None
-        except (QuantizationError, ExtraMissing) as exc:
-            if precision is not None or prec == "fp32":  # asked for by name: no quiet fallback
-                if isinstance(exc, ExtraMissing):
-                    raise
-                raise ValueError(f"precision {prec}: {exc}") from None
-            notes.append(f"running the fp32 graph ({exc})")
-            continue
-        scorer = find_graph(weights, precision=prec, tag=tag, threads=threads, images=images, cpu_sample=cpu_sample,
-                            spec=spec)
-        if scorer is None:  # pragma: no cover - an entry just written that does not load is a bug
-            raise RuntimeError(f"the ONNX graph of {weights} was written but cannot be read back from the cache")
-        return scorer
+        # Built at most twice: an entry can be pruned (`contentiqa cache --max-size`, another
+        # process) between its writing and its reading.
+        for built in range(3):
+            scorer = find_graph(weights, precision=prec, tag=tag, threads=threads, images=images,
+                                cpu_sample=cpu_sample, spec=spec)
+            if scorer is not None:
+                return scorer
+            if built == 2:
+                raise ValueError(f"the ONNX graph of {spec} was written to the export cache twice and was gone both "
+                                 "times when read back (is the cache being pruned?): use --runtime torch")
+            try:
+                _build_graph(spec, weights, prec)
+            except OnnxExportError as exc:
+                if not fallback:
+                    raise ValueError(f"cannot run {spec} in ONNX Runtime: {exc}; use the PyTorch runtime") from None
+                notes.append(f"running in PyTorch, not ONNX Runtime ({exc})")
+                return None
+            except CacheUnwritable as exc:  # neither the cache nor its temporary fallback (full disks)
+                why = f"cannot write its ONNX graph: {exc}"
+                if not fallback:
+                    raise ValueError(f"{spec}: {why}; free space, or set CONTENTIQA_CACHE_DIR to another folder") \
+                        from None
+                notes.append(f"running in PyTorch, not ONNX Runtime: {why}")
+                return None
+            except (QuantizationError, ExtraMissing) as exc:
+                if precision is not None or prec == "fp32":  # asked for by name: no quiet fallback
+                    if isinstance(exc, ExtraMissing):
+                        raise
+                    raise ValueError(f"precision {prec}: {exc}") from None
+                notes.append(f"running the fp32 graph ({exc})")
+                break
     raise AssertionError("unreachable: the fp32 try returns or raises")  # pragma: no cover
 
 

@@ -66,6 +66,9 @@ class CacheEntry:
     known: bool
     """Whether it looks like something contentiqa writes: :func:`prune` refuses a folder holding
     anything else (a mistyped folder must not lose a user's files)."""
+    leftover: bool = False
+    """A temporary of a write that a killed run never finished (older than :data:`STALE_TEMPORARY_S`):
+    listed, counted, and always removed by :func:`prune`."""
 
     @property
     def name(self) -> str:
@@ -109,19 +112,32 @@ _ENCODING = re.compile(r"^[0-9a-f]{24}\.pt$")  # training/cache.py: one image's 
 _FILE = re.compile(r"^(features_.*\.pt|.+-[a-z0-9]+-[0-9a-f]{20}\.onnx)$")
 
 
+STALE_TEMPORARY_S = 3600.0
+"""A temporary this old is no write in progress (an export takes minutes) but a killed one's."""
+
+
 def _is_hidden(name: str) -> bool:
     # ".name.*.tmp": an atomic write in progress; ".deleting-*": an eviction in progress.
     return name.startswith(".")
 
 
-def scan(folder: str | os.PathLike) -> list[CacheEntry]:
-    """The entries of a cache folder, least recently used first (a missing folder: none)."""
+def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry]:
+    """The entries of a cache folder, least recently used first (a missing folder: none); the
+    temporaries killed writes left (a graph's size each) are entries too, marked ``leftover``."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    now = time.time() if now is None else now
     entries = []
     for child in folder.iterdir():
         if _is_hidden(child.name):
+            try:
+                st = child.lstat()
+            except OSError:
+                continue
+            if is_temporary(child.name) and stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMPORARY_S:
+                entries.append(CacheEntry(child, st.st_size, 1, st.st_mtime, "unfinished write of a stopped run",
+                                          True, leftover=True))
             continue
         try:
             st = child.stat()
@@ -200,7 +216,7 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes cannot be negative: {max_bytes}")
     now = time.time() if now is None else now
-    entries = scan(folder) if entries is None else entries
+    entries = scan(folder, now) if entries is None else entries
     foreign = [e.name for e in entries if not e.known]
     if foreign:
         shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -213,7 +229,7 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     for e in entries:  # least recently used first
         if keep_since is not None and e.last_used >= keep_since:
             continue
-        stale = older_than_s is not None and now - e.last_used > older_than_s
+        stale = e.leftover or (older_than_s is not None and now - e.last_used > older_than_s)
         over = max_bytes is not None and total > max_bytes
         if not (stale or over):
             continue
