@@ -370,6 +370,9 @@ def test_csv_errors(tmp_path):
     csv.write_text("image,mos\na.png,3\na.png,4\n")
     with pytest.raises(ValueError, match="twice"):
         load_dataset("csv", csv, on_missing="keep")
+    csv.write_text(f"image,mos\na.png,3\n{tmp_path}//./a.png,4\n")  # one photo spelt two ways: a split could part them
+    with pytest.raises(ValueError, match="twice"):
+        load_dataset("csv", csv, on_missing="keep")
     csv.write_text("image,mos\na.png,3\nb.png,\n")
     with pytest.raises(ValueError, match="empty MOS"):
         load_dataset("csv", csv, on_missing="keep")

@@ -380,7 +380,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         rows = [int(i) + 1 for i in df.index[blank][:5]]
         raise ValueError(f"{path}: empty 'image' cell in data row(s) {rows} (counted from 1 after the header)")
     base = path.parent
-    df["image"] = [str(p) if Path(str(p)).is_absolute() else under_root(base, str(p)) for p in df["image"]]
+    df["image"] = [under_root(base, str(p)) for p in df["image"]]  # absolute ones normalised too: one spelling each
     if mos_range is not None and not float(mos_range[0]) < float(mos_range[1]):
         raise ValueError(f"{path}: mos_range {tuple(mos_range)} is empty: the low end must be below the high end")
     lo_hi = mos_range or declared

@@ -83,7 +83,9 @@ def check_files(table: pd.DataFrame, dataset: str, on_missing: str = "error") ->
 def under_root(root: str | os.PathLike, relative: str) -> str:
     """A table's relative image path made absolute under the table's folder, links left as they
     are: the image's key (its path relative to the dataset's folder) must stay ``images/x.png``
-    when the folder, or its ``images/``, is a symbolic link to where the data lives."""
+    when the folder, or its ``images/``, is a symbolic link to where the data lives. An absolute
+    path is normalised alike: ``/data//a.png`` and ``a.png`` beside it are one image, never a
+    training row and a test row of the same photo."""
     return os.path.normpath(os.path.join(os.path.abspath(root), relative))
 
 
@@ -97,7 +99,7 @@ def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None
     out = table.copy()
     if root is not None:
         base = Path(root)
-        out["image"] = [str(p) if os.path.isabs(str(p)) else under_root(base, str(p)) for p in out["image"]]
+        out["image"] = [under_root(base, str(p)) for p in out["image"]]
     mos = pd.to_numeric(out["mos"], errors="coerce").astype(float)
     for bad, what in ((mos.isna() & out["mos"].notna() & (out["mos"].astype(str).str.strip() != ""), "non-numeric"),
                       (mos.isna(), "empty"), (mos.abs() == float("inf"), "infinite")):
