@@ -856,3 +856,22 @@ def test_a_table_grown_since_its_splits_were_made_is_refused(tmp_path):
     bigger = write_csv(tmp_path / "d2", 30, (0, 100), seed=5, categories=False)
     with pytest.raises(ConfigError, match=r"holds 24 of the 30 images .* the table grew"):
         run_experiment({**cfg, "data": {**cfg["data"], "root": str(bigger)}}, tmp_path / "out", progress=False, log=None)
+
+
+def test_every_string_of_a_config_may_use_environment_variables(tmp_path, monkeypatch):
+    """configs/README.md says strings may use ${VAR}: name, label, description, the labels
+    switch and training settings were taken as written (init_from even crashed on its {seed})."""
+    monkeypatch.delenv("CIQA_NAME", raising=False)
+    monkeypatch.setenv("CIQA_DEVICE", "cpu")
+    monkeypatch.setenv("CIQA_RUNS", "elsewhere/probe")
+    raw = {"name": "${CIQA_NAME:-tiny}", "description": "on ${CIQA_DEVICE}",
+           "data": {"name": "csv", "root": "d.csv", "label": "${CIQA_LABEL:-TINY}", "labels": "${CIQA_L:-auto}"},
+           "runs": [{"name": "probe", "model": "iqa-cr-q", "train": {"device": "${CIQA_DEVICE}"}},
+                    {"name": "ft", "model": "iqa-cr-q", "train": {"init_from": "${CIQA_RUNS}/seed{seed}/best.pt"}}]}
+    cfg = load_config(raw, tmp_path)
+    assert (cfg.name, cfg.description, cfg.data.label, cfg.data.labels_auto) == ("tiny", "on cpu", "TINY", True)
+    probe, ft = cfg.runs
+    assert probe.train["device"] == "cpu"
+    from contentiqa.experiments.runner import _init_file
+
+    assert _init_file(ft, 2, tmp_path / "out") == Path.cwd() / "elsewhere" / "probe" / "seed2" / "best.pt"

@@ -111,6 +111,13 @@ def _expand_all(obj: Any, where: str) -> Any:
     return obj
 
 
+def _train_values(train: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row's training settings with ``${VAR}`` expanded; ``init_from`` as a path (a relative one
+    from the environment is the working directory's), its ``{seed}`` left for each split."""
+    return {k: expand_vars(str(v), f"{where}.{k}", path=True) if k == "init_from" and v is not None
+            else _expand_all(v, f"{where}.{k}") for k, v in train.items()}
+
+
 def resolve_path(value: Any, base: Path, where: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ConfigError(f"{where}: expected a path, got {value!r}")
@@ -266,10 +273,10 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
     if "root" not in d:
         raise ConfigError(f"{where}: 'root' (the dataset folder, or the CSV file for name: csv) is required")
     root = resolve_path(d["root"], base, f"{where}.root")
-    label = str(d.get("label") or (root.stem if name == "csv" else name))
+    label = expand_vars(str(d["label"]), f"{where}.label") if d.get("label") else (root.stem if name == "csv" else name)
     labels, auto = None, False
     if d.get("labels") is not None:
-        if str(d["labels"]).strip().lower() == "auto":
+        if expand_vars(str(d["labels"]), f"{where}.labels").strip().lower() == "auto":
             auto = True
         else:
             labels = resolve_path(d["labels"], base, f"{where}.labels")
@@ -311,7 +318,8 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     unknown = sorted(map(str, set(raw) - TOP_KEYS))  # str: YAML reads 'on:' as True, unsortable among str
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
-    name = str(raw.get("name") or (source.stem if source is not None else "experiment"))
+    name = expand_vars(str(raw["name"]), f"{where}: name") if raw.get("name") else \
+        (source.stem if source is not None else "experiment")
     if "data" not in raw:
         raise ConfigError(f"{where}: 'data' (the training dataset) is required")
     data_list = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
@@ -375,7 +383,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         for k, v in list(model_args.items()):
             if k.endswith("_checkpoint") and v is not None:
                 model_args[k] = str(resolve_path(v, base, f"{rw}.model_args.{k}"))
-        train = {**shared_train, **_mapping(r.get("train"), f"{rw}.train")}
+        train = _train_values({**shared_train, **_mapping(r.get("train"), f"{rw}.train")}, f"{rw}.train")
         if "seed" in train:
             raise ConfigError(f"{rw}.train: 'seed' is set per split (the split's seed); list seeds under 'seeds'")
         try:
@@ -406,7 +414,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
     return ExperimentConfig(
         name=name,
-        description=str(raw.get("description") or "").strip(),
+        description=expand_vars(str(raw.get("description") or ""), f"{where}: description").strip(),
         data=data,
         protocol=protocol,
         seeds=seeds,

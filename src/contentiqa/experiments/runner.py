@@ -394,7 +394,7 @@ def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:
     """The weights a split of ``run`` starts from (``init_from``, ``{seed}`` filled in, relative to ``out``)."""
     if not run.train.get("init_from"):
         return None
-    init = Path(str(run.train["init_from"]).format(seed=seed))
+    init = Path(str(run.train["init_from"]).replace("{seed}", str(seed)))
     return init if init.is_absolute() else out / init
 
 
