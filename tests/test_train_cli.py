@@ -324,3 +324,19 @@ def test_a_fresh_start_in_a_used_folder_leaves_nothing_of_the_earlier_run(tmp_pa
     assert train(data_no_test, out, "--seed", "5") == 0
     assert not (out / "tested.pt").exists() and not (out / "test_metrics.json").exists()
     assert (out / "best.pt").is_file()
+
+
+def test_mistakes_in_the_model_the_settings_or_a_config_are_usage_errors(tmp_path, capsys):
+    data = table(tmp_path / "d")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--model", "iqa_cr"]) == 2
+    err = capsys.readouterr().err
+    assert "--model:" in err and "--recipe" not in err  # no --recipe was given
+    assert train(data, tmp_path / "b", "--set", "monitor=123") == 2
+    assert "training option monitor must be text, not 123" in capsys.readouterr().err
+    assert train(data, tmp_path / "c", "--set", f"init_from={tmp_path / 'missing.pt'}") == 2
+    assert "missing.pt" in capsys.readouterr().err
+    for section in ("train: [1]", "model_args: 5"):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"model: iqa-cr-q\n{section}\n")
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "d"), "--config", str(cfg)]) == 2
+        assert "must be a mapping" in capsys.readouterr().err

@@ -94,11 +94,21 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
         unknown = set(cfg) - {"model", "model_args", "train"}
         if unknown:
             raise UsageError(f"{args.config}: unknown section(s) {sorted(unknown)}; use model, model_args, train")
+        for section in ("model_args", "train"):
+            if cfg.get(section) is not None and not isinstance(cfg[section], dict):
+                raise UsageError(f"{args.config}: '{section}' must be a mapping of names to values, "
+                                 f"not {type(cfg[section]).__name__}")
         model_name = cfg.get("model", model_name)
         model_args = dict(cfg.get("model_args") or {})
         train_args = dict(cfg.get("train") or {})
     if args.model:
         model_name = args.model
+    from ..models.registry import model_entry
+
+    try:  # the model first: a mistyped one is the model's mistake, not --recipe's
+        model_entry(str(model_name))
+    except ValueError as exc:
+        raise UsageError(f"{'--model' if args.model else f'{args.config}: model'}: {exc}") from None
     recipe_name = getattr(args, "recipe", None) or model_name
     base: dict = {}
     if str(recipe_name).lower() != "none":
@@ -126,14 +136,12 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.registry import model_entry
     from ..training import distributed as dist_utils
     from ..training.config import TrainConfig
     from ._output import terminate_as_interrupt
 
     model_name, model_args, train_args, recipe = build_configs(args)
     try:
-        model_entry(model_name)
         cfg = TrainConfig.from_dict(train_args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -196,7 +204,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
                           cache_dir=out / "cache", log=log, recipe=recipe)
-    except (ValueError, CacheWriteError) as exc:
+    except (ValueError, CacheWriteError, FileNotFoundError) as exc:  # e.g. init_from names no file
         raise UsageError(str(exc)) from None
     best = _fit(trainer, args, out)
     if info.rank != 0:

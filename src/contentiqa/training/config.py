@@ -148,7 +148,13 @@ class TrainConfig:
         for f in fields(self):
             kind = f.type.replace(" | None", "") if isinstance(f.type, str) else None
             value = getattr(self, f.name)
-            if kind not in ("int", "float") or (value is None and f.type.endswith("| None")):
+            if value is None and isinstance(f.type, str) and f.type.endswith("| None"):
+                continue
+            if kind == "str" and isinstance(value, os.PathLike):  # init_from=Path(...): kept as text (config.json)
+                setattr(self, f.name, value := os.fspath(value))
+            if kind == "str" and not isinstance(value, str):  # monitor: 5 failed deep in the trainer
+                raise ValueError(f"training option {f.name} must be text, not {value!r}")
+            if kind not in ("int", "float"):
                 continue
             if isinstance(value, str):
                 try:
