@@ -340,3 +340,24 @@ def test_mistakes_in_the_model_the_settings_or_a_config_are_usage_errors(tmp_pat
         cfg.write_text(f"model: iqa-cr-q\n{section}\n")
         assert main(["train", "--data", str(data), "--out", str(tmp_path / "d"), "--config", str(cfg)]) == 2
         assert "must be a mapping" in capsys.readouterr().err
+
+
+def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_data(tmp_path, capsys):
+    """A model on 0-100 against a 1-5 table: `pred` was the model's 0-100 score beside 1-5 MOS,
+    so the file's RMSE was not the reported one."""
+    from tiny_models import tiny_checkpoint
+
+    data = table(tmp_path, n=6)
+    df = pd.read_csv(data)
+    df["mos"] = np.linspace(1.2, 4.8, len(df))
+    df.to_csv(data, index=False)
+    preds, metrics = tmp_path / "p.csv", tmp_path / "m.json"
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet",
+                 "--predictions", str(preds), "--json", str(metrics)]) == 0
+    p = pd.read_csv(preds)
+    rmse = float(np.sqrt(((p["pred"] - p["mos"]) ** 2).mean()))
+    assert rmse == pytest.approx(json.loads(metrics.read_text())["rmse"], rel=1e-6)
+    assert "pred_model_scale" in p and (p["pred_model_scale"] != p["pred"]).all()
+    before = data.read_bytes()
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(data)]) == 2
+    assert "is the file the data come from" in capsys.readouterr().err and data.read_bytes() == before

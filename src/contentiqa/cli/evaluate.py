@@ -38,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ._output import check_writable
 
+    inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
     for option, path in (("--json", args.json), ("--predictions", args.predictions)):
         if path:
+            if Path(path).resolve() in inputs:
+                raise UsageError(f"{option} {path} is the file the data come from: name another file to write")
             check_writable(Path(path), option)  # before the scoring: its results must not be lost
     ds = load_data(args)
     table = ds.table

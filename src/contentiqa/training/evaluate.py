@@ -91,18 +91,22 @@ def evaluate_model(
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Score every image of ``table`` and compare with its MOS (and category, if any).
 
-    Returns (metrics, predictions table with ``image, mos, pred, [category, pred_category,
-    pred_confidence], error``). Images that fail to load are reported, not scored.
+    Returns (metrics, predictions table with ``image, mos, pred, [pred_model_scale,] [category,
+    pred_category, pred_confidence], error``). ``pred`` is on ``scale``, the MOS's, as RMSE
+    reads it; ``pred_model_scale`` the model's own score, when its scale is another. Images that
+    fail to load are reported, not scored.
     """
     from ..inference.torch_runtime import TorchScorer
 
     scale = scale or model.scale
     preds = TorchScorer(model, precision="fp32").run(list(table["image"]), batch_size=batch_size, progress=progress,
                                                      workers=workers)
+    scores = np.array([np.nan if p.score is None else p.score for p in preds], dtype=np.float64)
     rows = pd.DataFrame({
         "image": table["image"].values,
         "mos": table["mos"].values,
-        "pred": [p.score for p in preds],
+        "pred": scale.denormalize(model.scale.normalize(scores)),
+        **({"pred_model_scale": scores} if scale != model.scale else {}),
         "error": [p.error for p in preds],
     })
     if model.categories:
@@ -116,7 +120,7 @@ def evaluate_model(
     good = table[ok].reset_index(drop=True)
     pred_norm = None
     if model.predicts_score:
-        pred_norm = model.scale.normalize(rows.loc[ok, "pred"].to_numpy(dtype=np.float64))
+        pred_norm = model.scale.normalize(scores[ok])
     pred_cat = None
     if model.categories:
         pred_cat = category_indices(rows.loc[ok, "pred_category"], model.categories)
