@@ -615,3 +615,18 @@ def test_file_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
         fh.write(b"b")
     os.utime(f, ns=(old, old))
     assert uio.file_sha256(f) == second
+
+
+def test_a_pickle_of_plain_data_is_not_said_to_hold_code(tmp_path, recwarn):
+    """pickle.dump({'a': 1}) was "Python objects other than tensors and plain data, which could
+    run code", with torch's advice to file an issue about its pickle protocol."""
+    import pickle
+
+    from contentiqa.models import load_checkpoint
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(ValueError, match="it is a Python pickle, not a file `torch.save` wrote") as info:
+        load_checkpoint(plain)
+    assert "other than tensors" not in str(info.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         data = path.read_bytes()
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # a pickle of another protocol than torch.save's: its advice to "file an issue" is
+            # not the user's business; the file is refused below with what it is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
     except pickle.UnpicklingError as exc:
         detail = str(exc)
@@ -60,13 +64,17 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[
         # Only a pickle that asks for a global is unsafe; any other file (a photo, a CSV, an
         # ONNX graph) also fails "weights only" loading, and is simply not a checkpoint.
         low = detail.lower()
-        if culprit or "unsupported global" in low or "not an allowed global" in low or _is_pickle(path):
+        if culprit or "unsupported global" in low or "not an allowed global" in low:
             raise UnsafeCheckpointError(
                 f"refusing to load {what} {path}: it contains Python objects other than tensors and plain "
                 f"data{f' ({culprit})' if culprit else ''}, which could run code when unpickled. Nothing in it "
                 "was executed. Use a checkpoint written by contentiqa (`contentiqa train`, save_checkpoint), "
                 "or re-save the state dict alone from a source you trust."
             ) from None
+        if _is_pickle(path):  # pickle.dump's, not torch.save's: whether it asks for code cannot be told unread
+            raise CheckpointReadError(f"refusing to load {what} {path}: it is a Python pickle, not a file `torch.save` "
+                                      "wrote, and a pickle may run code when loaded. Nothing in it was executed. Use a "
+                                      "checkpoint written by contentiqa (`contentiqa train`, save_checkpoint)") from None
         onnx = " (an ONNX graph is read as one only when its name ends in .onnx)" if _looks_like_onnx(path) else ""
         raise CheckpointReadError(f"{what} {path} is not a PyTorch checkpoint (not a file `torch.save` wrote, "
                                   f"or damaged){onnx}") from None
