@@ -361,3 +361,15 @@ def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_
     before = data.read_bytes()
     assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(data)]) == 2
     assert "is the file the data come from" in capsys.readouterr().err and data.read_bytes() == before
+
+
+def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp_path, capsys):
+    """'replace the file or remove its row (then --resume continues)': with a split made by
+    --protocol, removing the row made the run's own split.json name an image the table lacked."""
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    df = pd.read_csv(data)
+    df.drop(index=3).to_csv(data, index=False)
+    capsys.readouterr()
+    assert train(data, out, "--epochs", "2", "--resume") == 0
+    assert "1 image(s) of" in capsys.readouterr().err and len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -176,14 +176,15 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     args = sets[0]
     ds = load_data(args)
     check_rated(ds.table, args.data, "training")
-    if args.resume and (out / "split.json").is_file() and not args.split:
+    own = args.resume and (out / "split.json").is_file() and not args.split
+    if own:
         args.split = str(out / "split.json")
     with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
         if info.rank != 0 and not args.split and "split" not in ds.table and (out / "split.json").is_file():
             args.split = str(out / "split.json")
         split = resolve_split(args, ds.table, out if info.rank == 0 else None)
     table = ds.table
-    parts = split_parts(split, table, args)
+    parts = split_parts(split, table, args, own=own)
     if args.resume and (out / "last.pt").is_file():
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
@@ -357,9 +358,10 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         check_rated(ds.table, a.data, "training")
         folder = out / "splits" / label.replace(":", "_")
         folder.mkdir(parents=True, exist_ok=True)
-        a.split = str(folder / "split.json") if args.resume and (folder / "split.json").is_file() else None
+        own = args.resume and (folder / "split.json").is_file()
+        a.split = str(folder / "split.json") if own else None
         split = resolve_split(a, ds.table, folder)
-        parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a).items()}
+        parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a, own=own).items()}
         scales[label] = ds.scale
     train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
     vals = [p["val"] for p in parts.values() if "val" in p]
