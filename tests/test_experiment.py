@@ -875,3 +875,15 @@ def test_every_string_of_a_config_may_use_environment_variables(tmp_path, monkey
     from contentiqa.experiments.runner import _init_file
 
     assert _init_file(ft, 2, tmp_path / "out") == Path.cwd() / "elsewhere" / "probe" / "seed2" / "best.pt"
+
+
+@pytest.mark.parametrize("data, protocol", [({"protocol": "official"}, "ie-iqa"), ({}, "iqa-cr")])
+def test_a_val_fraction_that_would_do_nothing_is_refused(tmp_path, data, protocol):
+    raw = {"protocol": protocol, "data": {"name": "csv", "root": "d.csv", "val_fraction": 0.15, **data},
+           "model": "iqa-cr-q"}
+    with pytest.raises(ConfigError, match="val_fraction carves a validation part"):
+        load_config(raw, tmp_path)
+    raw["data"].pop("val_fraction")
+    raw["test"] = [{"name": "csv", "root": "o.csv", "val_fraction": 0.1}]
+    with pytest.raises(ConfigError, match="val_fraction is for training data"):
+        load_config(raw, tmp_path)

@@ -412,6 +412,13 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     checkpoint = str(raw.get("checkpoint", "auto"))
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
+    for d in datasets:  # it is read only where a split has no validation part: elsewhere it did nothing, unsaid
+        if d.val_fraction is not None and (d.protocol or protocol) != "ie-iqa":
+            raise ConfigError(f"{where}: data {d.label}: val_fraction carves a validation part from the ie-iqa "
+                              f"protocol's train part; protocol {d.protocol or protocol} has its own")
+    for t in tests:
+        if isinstance(t, DataSpec) and t.val_fraction is not None:
+            raise ConfigError(f"{where}: test set {t.label}: val_fraction is for training data (a test set is all tested)")
     return ExperimentConfig(
         name=name,
         description=expand_vars(str(raw.get("description") or ""), f"{where}: description").strip(),
