@@ -57,8 +57,8 @@ SHIPPED: dict[str, dict[str, tuple[str, ...]]] = {
         "multi_finetune.json",
         "IE-IQA distortion only at 512 px, probe + anchors 0.3, then 1:3 from it, mixed on both sets, calibrated"),
     "ie-iqa-distortion+iqa-cr.clive-biq2021-v2": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
-    # v3 scores as v2 does (its IQA-CR member's content head is all that changed): v2's figures
-    "ie-iqa-distortion+iqa-cr.clive-biq2021-v3": _gate("ship_gate_ie-iqa-distortion+iqa-cr_512_weights21.json"),
+    # v3 is v2 with its IQA-CR member's content head on the levels: the gate that judged v3 itself (its card's)
+    "ie-iqa-distortion+iqa-cr.clive-biq2021-v3": _gate("ship_gate_ie-iqa-distortion+iqa-cr_level_content.json"),
     "ie-iqa-distortion+iqa-cr+ie-iqa.clive-biq2021": _gate("ship_gate_ensemble_specialist_head.json"),
     "ie-iqa-distortion+iqa-cr+ie-iqa-distortion.clive-biq2021": _gate("ship_gate_ensemble_specialist512.json"),
     "ie-iqa-distortion.clive-biq2021-v3": _experiment(
