@@ -325,22 +325,12 @@ def cached_session(
 def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str, opset: int, threads: int | None,
                        folder: str | os.PathLike | None) -> tuple[Any, Path, bool]:
     """Export into the first cache place that can be written; (session, path, True)."""
-    error: OSError | None = None
-    tried: list[Path] = []
-    for where in _rt.write_places(folder):
-        tried.append(where)
-        path = where / filename
-        try:
-            _export_precision(model, path, precision, opset, key, where)
-        except OSError as exc:  # read-only (or full) folder: try the next
-            error = exc
-            continue
-        session = _rt.open_cached(path, key, threads)
-        if session is None:  # pragma: no cover - a fresh export that does not load is a bug
-            raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
-        return session, path, True
-    assert error is not None
-    raise _rt.CacheUnwritable(tried, error)
+    path = _rt.write_into_cache(filename, key, lambda path, key: _export_precision(model, path, precision, opset, key,
+                                                                                   path.parent), folder)
+    session = _rt.open_cached(path, key, threads)
+    if session is None:  # pragma: no cover - a fresh export that does not load is a bug
+        raise OnnxExportError(f"the export just written to {path} does not load in ONNX Runtime")
+    return session, path, True
 
 
 def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:

@@ -222,7 +222,7 @@ def find_cached(filename: str, key: str, threads: int | None = None,
 
 
 class CacheUnwritable(OSError):
-    """No place of the export cache (:func:`cache_places`) could take a graph (read-only, full)."""
+    """No place of the export cache (:func:`write_places`) could take a graph (read-only, full)."""
 
     def __init__(self, places: list[Path], error: OSError):
         self.places, self.error = places, error
@@ -237,7 +237,13 @@ def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Ca
     temporary folder); returns its path."""
     weights_file = Path(weights_file)
     key = weights_cache_key(weights_file, opset, precision)
-    filename = cache_filename(weights_file.stem, key, precision)
+    return write_into_cache(cache_filename(weights_file.stem, key, precision), key, write, folder)
+
+
+def write_into_cache(filename: str, key: str, write: Callable[[Path, str], Any],
+                     folder: str | os.PathLike | None = None) -> Path:
+    """``write(path, key)`` the entry ``filename`` into the first of :func:`write_places` that
+    takes it; returns its path. :class:`CacheUnwritable` when none does."""
     error: OSError | None = None
     tried: list[Path] = []
     for where in write_places(folder):
