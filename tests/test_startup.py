@@ -12,6 +12,14 @@ from pathlib import Path
 import pytest
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+WITHOUT_TORCH = (
+    "import runpy, sys\n"  # what the [torch] extra installs, as if absent: blocked before contentiqa's first import
+    f"table = runpy.run_path({os.path.join(SRC, 'contentiqa', 'utils', 'extras.py')!r})['EXTRA_OF_MODULE']\n"
+    "for m, extra in table.items():\n"
+    "    if extra == 'torch':\n"
+    "        sys.modules[m] = None\n"
+)
+"""The start of a `python -c` program that runs contentiqa as an install without [torch] would."""
 
 PROBE = """
 import json, sys
@@ -103,12 +111,7 @@ def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, exam
 def test_names_that_need_pytorch_say_so_when_imported_and_a_star_import_works(tmp_path):
     """`from contentiqa import IQAModel` / `contentiqa.data.load_dataset` without [torch] were a bare
     ModuleNotFoundError from inside, and `from contentiqa import *` failed outright."""
-    code = ("import runpy, sys\n"  # the extras table read without importing contentiqa: blocked before its first import
-            f"table = runpy.run_path({os.path.join(SRC, 'contentiqa', 'utils', 'extras.py')!r})['EXTRA_OF_MODULE']\n"
-            "for m, extra in table.items():\n"
-            "    if extra == 'torch':\n"
-            "        sys.modules[m] = None\n"
-            "from contentiqa import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n"
+    code = (WITHOUT_TORCH + "from contentiqa import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n"
             "import contentiqa.data\nfrom contentiqa.utils.extras import ExtraMissing\n"
             "for name in ('IQAModel',):\n"
             "    try:\n        getattr(__import__('contentiqa'), name)\n    except ExtraMissing as exc:\n        print(exc)\n"
@@ -128,11 +131,7 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
     photos = sorted(examples_dir.glob("*.JPG"))[:2]
     data = tmp_path / "rated.csv"
     data.write_text("image,mos\n" + "".join(f"{p},{50 + 10 * k}\n" for k, p in enumerate(photos)))
-    code = ("import sys\nfrom contentiqa.utils.extras import EXTRA_OF_MODULE\n"
-            "for m, extra in EXTRA_OF_MODULE.items():\n"
-            "    if extra == 'torch':\n"
-            "        sys.modules[m] = None  # what the [torch] extra installs: as if absent\n"
-            "from contentiqa.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    code = (WITHOUT_TORCH + "from contentiqa.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "CONTENTIQA_CACHE_DIR": str(tmp_path / "cache")}
     needs_torch = [
@@ -157,11 +156,7 @@ def test_model_api_without_pytorch_names_the_extra(tmp_path):
     """The library's PyTorch entry points fail as the CLI does without [torch]: ExtraMissing (an
     ImportError) naming the extra and the torch-free way to score, not torch's bare
     ModuleNotFoundError from a helper deep inside."""
-    code = ("import sys\nfrom contentiqa.utils.extras import EXTRA_OF_MODULE\n"
-            "for m, extra in EXTRA_OF_MODULE.items():\n"
-            "    if extra == 'torch':\n"
-            "        sys.modules[m] = None\n"
-            "import contentiqa\nfrom contentiqa.utils.extras import ExtraMissing\n"
+    code = (WITHOUT_TORCH + "import contentiqa\nfrom contentiqa.utils.extras import ExtraMissing\n"
             "for call in (lambda: contentiqa.create_model(contentiqa.DEFAULT_MODEL), lambda: contentiqa.load_checkpoint('x.pt')):\n"
             "    try:\n        call()\n    except ExtraMissing as exc:\n        print(exc)\n"
             "print(len(contentiqa.list_models()) > 0)\n")
