@@ -373,3 +373,14 @@ def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp
     capsys.readouterr()
     assert train(data, out, "--epochs", "2", "--resume") == 0
     assert "1 image(s) of" in capsys.readouterr().err and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_on_another_table_is_refused_not_emptied(tmp_path, capsys):
+    data, out = table(tmp_path / "a"), tmp_path / "run"
+    assert train(data, out) == 0
+    other = tmp_path / "b.csv"  # none of the run's photos
+    pd.DataFrame({"image": [str(write_image(tmp_path / "b" / f"x{i}.png", 56, 64, seed=i)) for i in range(12)],
+                  "mos": np.linspace(0, 100, 12)}).to_csv(other, index=False)
+    capsys.readouterr()
+    assert train(other, out, "--epochs", "2", "--resume") == 2
+    assert "made for another table" in capsys.readouterr().err

@@ -421,3 +421,14 @@ def test_only_rank_zero_removes_temporaries(tiny_table, tmp_path):
     tr.rank = 1
     tr.fit()
     assert tmp.exists() and not (out / "last.pt").exists()
+
+
+def test_a_model_of_its_own_vocabulary_finds_its_rows_in_any_spelling(tiny_table, tmp_path):
+    """Tables' categories are read in IQA-CR's spelling (Human -> human): a model whose own
+    categories are spelt otherwise (['Human', 'Animal']) lost every labelled row."""
+    from contentiqa.training.evaluate import category_indices
+
+    assert category_indices(["human", "Animal", " ANIMAL ", None, "spaceship"], ["Human", "Animal"]).tolist() == [0, 1, 1, -1, -1]
+    own = create_model("iqa-cr", pretrained=False, categories=("Human", "Animal"), **TINY)
+    table = tiny_table.assign(category=["human", "animal"] * 6)
+    _trainer(own, table, tmp_path)  # refused before: "no 'category' column with any of ['Human', 'Animal']"

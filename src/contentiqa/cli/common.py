@@ -122,14 +122,15 @@ def add_split_args(p: argparse.ArgumentParser) -> None:
 def split_parts(split, table: pd.DataFrame, args: argparse.Namespace, own: bool = False) -> dict:
     """The split's parts as rows of ``table``; a split that names images the table lacks (the
     table changed since the split was made) is a usage error, not a KeyError. ``own``: the run's
-    own split.json, read back on --resume: rows removed from the table since (a damaged photo's,
-    as training's advice says) leave its parts, with a note."""
+    own split.json, read back on --resume: a few rows removed from the table since (a damaged
+    photo's, as training's advice says) leave its parts, with a note; more than that is another
+    table, refused as any split of another table is."""
     if own:
         from ..data import Split, image_keys
 
         present = set(image_keys(table["image"]))
         dropped = sum(k not in present for keys in split.parts.values() for k in keys)
-        if dropped:
+        if 0 < dropped <= max(5, sum(map(len, split.parts.values())) // 100):
             print(f"note: {dropped} image(s) of {args.split} are no longer in --data {args.data}: left out of the run",
                   file=sys.stderr)
             split = Split(split.protocol, split.seed, {p: [k for k in keys if k in present] for p, keys in split.parts.items()})

@@ -96,7 +96,10 @@ def _accuracy_note(preds, categories, metrics: dict) -> str:
         return ""
     scored = preds[preds["error"].isna()]
     labelled = scored["category"].notna() & (scored["category"].astype(str).str.strip() != "")
-    unknown = sorted(set(scored.loc[labelled, "category"].astype(str)) - set(categories))
+    from ..training.evaluate import category_indices
+
+    names = scored.loc[labelled, "category"].astype(str)
+    unknown = sorted(set(names[category_indices(names, categories) < 0]))
     if not unknown:
         return ""
     return (f" (on the {int(metrics.get('n_labelled', 0))} of {int(labelled.sum())} labelled images whose label "

@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.categories import normalize_category
 from ..data.table import MOSScale
 from ..metrics import MetricInputError, accuracy, iqa_metrics, rmse
 from ..models.base import IQAModel
@@ -21,12 +22,12 @@ class NotMeasurable(MetricInputError):
 
 
 def category_indices(values: Sequence, categories: Sequence[str]) -> np.ndarray:
-    """Category names -> indices into ``categories`` (-1 for missing/unknown)."""
-    pos = {c: i for i, c in enumerate(categories)}
-    out = []
-    for v in values:
-        out.append(-1 if v is None or (not isinstance(v, str) and pd.isna(v)) else pos.get(str(v), -1))
-    return np.asarray(out, dtype=np.int64)
+    """Category names -> indices into ``categories`` (-1 for missing/unknown), both read in one
+    spelling (:func:`~contentiqa.data.categories.normalize_category`): a table's ``Human`` is a
+    model's ``human``, and a model of its own vocabulary (``Human``) still finds its rows."""
+    pos = {normalize_category(c): i for i, c in enumerate(categories)}
+    keys = (normalize_category(v) for v in values)
+    return np.asarray([-1 if k is None else pos.get(k, -1) for k in keys], dtype=np.int64)
 
 
 def metrics_from_predictions(

@@ -50,7 +50,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from ..data.categories import IQA_CR_CATEGORIES
+from ..data.categories import IQA_CR_CATEGORIES, normalize_category
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
@@ -309,12 +309,13 @@ class Trainer:
             if table is None or "category" not in table:
                 continue
             given = table["category"].dropna().astype(str)
-            unknown = sorted(set(given) - set(cats) - set(IQA_CR_CATEGORIES))
+            known = {normalize_category(c) for c in (*cats, *IQA_CR_CATEGORIES)}
+            unknown = sorted({g for g in given if normalize_category(g) not in known})
             if unknown:
                 raise ValueError(f"the {part} data's 'category' column has {len(unknown)} name(s) that are no category: "
                                  f"{unknown[:8]}; model '{self.model.model_name}' has {list(cats)}. Correct them, or "
                                  "empty those cells for photos without a label")
-            lacking = given[~given.isin(cats)]
+            lacking = given[category_indices(given, cats) < 0]
             if len(lacking):
                 self.log(f"note: {len(lacking)} {part} photo(s) are labelled {sorted(set(lacking))}, which the content "
                          "head has no category for: no content target for them")
