@@ -235,3 +235,18 @@ def test_the_temporaries_of_killed_writes_are_listed_and_always_pruned(tmp_path)
     assert leftover.path == old and leftover.bytes == 500 and leftover.known
     gone = prune(tmp_path, max_bytes=10**6, now=NOW)  # under the limit: still the killed write's goes
     assert [e.path for e in gone] == [old] and fresh.exists() and (tmp_path / "a").exists()  # a write in progress stays
+
+
+def test_a_folder_entry_that_cannot_be_emptied_is_not_said_to_be_removed(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    entry(tmp_path, "a", 100, NOW - 100)
+
+    def refuse(path, ignore_errors=False, **k):  # a folder whose files cannot be deleted
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    assert main(["cache", str(tmp_path), "--max-size", "0"]) == 1
+    cap = capsys.readouterr()
+    assert "cannot remove" in cap.err and "removed 0 entries" in cap.out

@@ -887,3 +887,20 @@ def test_a_val_fraction_that_would_do_nothing_is_refused(tmp_path, data, protoco
     raw["test"] = [{"name": "csv", "root": "o.csv", "val_fraction": 0.1}]
     with pytest.raises(ConfigError, match="val_fraction is for training data"):
         load_config(raw, tmp_path)
+
+
+def test_a_cache_limit_applied_in_part_says_what_went(tmp_path, monkeypatch):
+    import contentiqa.utils.disk_cache as disk_cache
+    from contentiqa.experiments.runner import _evict
+    from contentiqa.utils.disk_cache import CacheEntry, PruneIncomplete
+
+    gone = CacheEntry(tmp_path / "a", 2048, 1, 0.0, "", True)
+    stuck = CacheEntry(tmp_path / "b", 1024, 1, 0.0, "", True)
+
+    def partly(*a, **k):
+        raise PruneIncomplete([gone], [(stuck, PermissionError(1, "Operation not permitted"))])
+
+    monkeypatch.setattr(disk_cache, "prune", partly)
+    said: list[str] = []
+    _evict(tmp_path, 0, 0.0, said.append)
+    assert any("could not be removed" in s for s in said) and any("removed the 1 entry" in s for s in said)

@@ -260,3 +260,15 @@ def test_explanation_takes_the_score_of_another_runtime(model, photo):
     assert "score 12.50" in other.title() and "ONNX Runtime int8" in other.title()
     assert other.quality_cam is exp.quality_cam  # the heatmaps stay PyTorch's
 
+
+
+def test_explain_prints_names_with_their_control_characters_escaped(tmp_path, photo, monkeypatch, capsys):
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    odd = tmp_path / "e\x1b[31mred.png"
+    odd.write_bytes(photo.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(odd), "--model", tiny_checkpoint()]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "e\\x1b[31mred_explain.png" in out

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {target} evidence by CNN level, shallow to deep: {' / '.join(f'{v:.2f}' for v in shares)}")
         for note in exp.notes:
             print(f"  note: {note}")
-        print(f"  wrote {os.fspath(out)}")
+        print(f"  wrote {printable(os.fspath(out))}")
     return 1 if failures else 0
 
 

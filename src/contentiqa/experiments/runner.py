@@ -528,10 +528,13 @@ def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
     native resolution), so a long series of rows fills a disk unless old entries go. Entries
     used since ``used_since`` (this split's) stay; a process beside this one that loses an
     entry recomputes it when next needed (removal renames first: nothing is read half-deleted)."""
-    from ..utils.disk_cache import entries_word, format_size, prune
+    from ..utils.disk_cache import PruneIncomplete, entries_word, format_size, prune
 
     try:
         gone = prune(cache, max_bytes=limit, keep_since=used_since)
+    except PruneIncomplete as exc:  # applied in part: what went is said too
+        say(f"cache_limit: {exc}")
+        gone = exc.removed
     except (ValueError, OSError) as exc:
         say(f"cache_limit: not applied: {exc}")
         return

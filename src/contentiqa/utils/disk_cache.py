@@ -174,8 +174,10 @@ def _remove(entry: CacheEntry) -> None:
         os.replace(entry.path, gone)
     except FileNotFoundError:
         return
-    if gone.is_dir():
-        shutil.rmtree(gone, ignore_errors=True)
+    # Errors are raised, not ignored: a folder that could not be emptied is not freed space, and
+    # prune says so (the hidden remains are finished by the next prune).
+    if gone.is_dir() and not gone.is_symlink():
+        shutil.rmtree(gone)
     else:
         gone.unlink(missing_ok=True)
 
