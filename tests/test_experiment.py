@@ -866,12 +866,13 @@ def test_every_string_of_a_config_may_use_environment_variables(tmp_path, monkey
     monkeypatch.setenv("CIQA_RUNS", "elsewhere/probe")
     raw = {"name": "${CIQA_NAME:-tiny}", "description": "on ${CIQA_DEVICE}",
            "data": {"name": "csv", "root": "d.csv", "label": "${CIQA_LABEL:-TINY}", "labels": "${CIQA_L:-auto}"},
-           "runs": [{"name": "probe", "model": "iqa-cr-q", "train": {"device": "${CIQA_DEVICE}"}},
+           "protocol": "${CIQA_PROTOCOL:-ie-iqa}",
+           "runs": [{"name": "${CIQA_ROW:-probe}", "model": "${CIQA_MODEL:-iqa-cr-q}", "train": {"device": "${CIQA_DEVICE}"}},
                     {"name": "ft", "model": "iqa-cr-q", "train": {"init_from": "${CIQA_RUNS}/seed{seed}/best.pt"}}]}
     cfg = load_config(raw, tmp_path)
     assert (cfg.name, cfg.description, cfg.data.label, cfg.data.labels_auto) == ("tiny", "on cpu", "TINY", True)
     probe, ft = cfg.runs
-    assert probe.train["device"] == "cpu"
+    assert (probe.name, probe.model, probe.train["device"], cfg.protocol) == ("probe", "iqa-cr-q", "cpu", "ie-iqa")
     from contentiqa.experiments.runner import _init_file
 
     assert _init_file(ft, 2, tmp_path / "out") == Path.cwd() / "elsewhere" / "probe" / "seed2" / "best.pt"

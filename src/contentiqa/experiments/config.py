@@ -267,7 +267,7 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
     unknown = sorted(map(str, set(d) - DATA_KEYS))  # str: YAML reads 'on:' as True, unsortable among str
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(DATA_KEYS)}")
-    name = str(d.get("name", "csv"))
+    name = expand_vars(str(d.get("name", "csv")), f"{where}.name")
     if name not in list_datasets():
         raise ConfigError(f"{where}.name: unknown dataset loader {name!r}; known: {', '.join(list_datasets())}")
     if "root" not in d:
@@ -281,7 +281,7 @@ def _data(d: Any, base: Path, where: str) -> DataSpec:
         else:
             labels = resolve_path(d["labels"], base, f"{where}.labels")
     args = _expand_all(_mapping(d.get("args"), f"{where}.args"), f"{where}.args")
-    protocol = str(d["protocol"]) if d.get("protocol") else None
+    protocol = expand_vars(str(d["protocol"]), f"{where}.protocol") if d.get("protocol") else None
     val_fraction = None
     if d.get("val_fraction") is not None:
         try:
@@ -328,7 +328,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     datasets = [_data(d, base, f"{where}: data" + (f"[{i}]" if isinstance(raw["data"], list) else ""))
                 for i, d in enumerate(data_list)]
     data = datasets[0]
-    protocol = str(raw.get("protocol", "iqa-cr"))
+    protocol = expand_vars(str(raw.get("protocol", "iqa-cr")), f"{where}: protocol")
     for p in [protocol] + [d.protocol for d in datasets if d.protocol]:
         if p not in PROTOCOLS:
             raise ConfigError(f"{where}: protocol must be one of {PROTOCOLS}, not {p!r}")
@@ -375,6 +375,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         model = r.get("model") or shared_model
         if not model:
             raise ConfigError(f"{rw}: no model (set 'model' in the run or at the top level)")
+        model = expand_vars(str(model), f"{rw}.model")
         try:
             model_entry(str(model))
         except ValueError as exc:
@@ -394,7 +395,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         extra = sorted(set(run_seeds) - set(seeds))
         if extra:
             raise ConfigError(f"{rw}.seeds: {extra} not among the experiment's seeds {seeds}")
-        run_name = str(r.get("name") or model)
+        run_name = expand_vars(str(r["name"]), f"{rw}.name") if r.get("name") else str(model)
         runs.append(RunSpec(run_name, slugify(run_name), str(model), model_args, train, run_seeds,
                             _paths(r.get("requires"), base, f"{rw}.requires")))
     slugs = [r.slug for r in runs]
