@@ -149,15 +149,18 @@ def main() -> None:
            "paths_sha256": hashlib.sha256("\n".join(images).encode("utf-8", "surrogateescape")).hexdigest(),
            "extra": extra}
     state = json.loads(state_file.read_text()) if state_file.exists() and not args.fresh else None
-    if state is not None and {k: state.get(k) for k in run} != run and count_rows(out_csv) >= state["images"]:
+    # what the state records of the run (one written before folder and paths were recorded: its count and options)
+    same = state is not None and all(state[k] == v for k, v in run.items() if k in state)
+    if state is not None and not same and count_rows(out_csv) >= state["images"]:
         state = None  # the earlier run finished (and was reported): this one starts afresh
-    if state is not None and {k: state.get(k) for k in run} != run:
+    if state is not None and not same:
         sys.exit(f"{out_csv} holds an unfinished run of other photos or options ({state.get('folder')}, "
                  f"{state.get('images')} photos, options {state.get('extra')}): rerun that command to finish it, "
                  "or add --fresh to discard it")
     if state is None:
         out_csv.unlink(missing_ok=True)
         state = {**run, "segments": []}
+    state.update(run)
     chosen, model = settings(args.device)
     target = folder if args.limit is None else subset_folder(images, work / f"{name}-photos")
     lock = bench_lock() if kind == "cpu" else nullcontext()
