@@ -647,18 +647,21 @@ def test_the_temp_fallback_is_private_and_another_users_folder_there_is_never_us
     assert onnx_mod.cache_places("main") == [Path("main"), mine]
     assert mine.stat().st_mode & 0o777 == 0o700
     mine.chmod(0o777)  # writable by anyone: another user's graphs may be in it
-    assert onnx_mod.cache_places("main") == [Path("main")]
+    with pytest.warns(UserWarning, match="others can write to it"):
+        assert onnx_mod.cache_places("main") == [Path("main")]
     mine.rmdir()
     (tmp_path / "elsewhere").mkdir()
     mine.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    assert list(onnx_mod.write_places("main")) == [Path("main")]
+    with pytest.warns(UserWarning, match="it is not a folder"):
+        assert list(onnx_mod.write_places("main")) == [Path("main")]
     mine.unlink()
     mine.mkdir(mode=0o700)
     try:
         os.chown(mine, 65534, 65534)
     except PermissionError:
         pytest.skip("changing a folder's owner needs root")
-    assert list(onnx_mod.write_places("main")) == [Path("main")] and onnx_mod.cache_places("main") == [Path("main")]
+    with pytest.warns(UserWarning, match="belongs to another user"):
+        assert list(onnx_mod.write_places("main")) == [Path("main")] and onnx_mod.cache_places("main") == [Path("main")]
 
 
 def test_a_full_cache_and_fallback_run_in_pytorch_or_say_why_not(tmp_path, ckpt, examples_dir, monkeypatch, capsys):

@@ -29,6 +29,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -146,9 +147,12 @@ def _fallback_cache_dir(create: bool = False) -> Path | None:
         st = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode):  # a link, or a file
-        return None
-    if os.name == "posix" and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+    why = ("it is not a folder" if not stat.S_ISDIR(st.st_mode)  # a link, or a file
+           else "it belongs to another user" if os.name == "posix" and st.st_uid != os.getuid()
+           else "others can write to it" if os.name == "posix" and st.st_mode & 0o022 else None)
+    if why is not None:  # said, so that a fallback an older version made (0775) does not vanish unexplained
+        warnings.warn(f"{path} is not used for ONNX exports: {why}, so its graphs cannot be trusted; remove it "
+                      "(it is made again, private) or, if it is yours, `chmod 700` it", stacklevel=2)
         return None
     return path
 
