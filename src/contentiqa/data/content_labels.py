@@ -40,7 +40,6 @@ Decisions, and why:
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache

@@ -237,7 +237,7 @@ class CacheUnwritable(OSError):
 def write_cache_entry(weights_file: str | os.PathLike, precision: str, write: Callable[[Path, str], Any],
                       opset: int = DEFAULT_OPSET, folder: str | os.PathLike | None = None) -> Path:
     """``write(path, key)`` the cache entry of ``weights_file``'s graph at ``precision`` in the
-    first of :func:`cache_places` that can be written (a read-only cache falls back to the
+    first of :func:`write_places` that can be written (a read-only cache falls back to the
     temporary folder); returns its path."""
     weights_file = Path(weights_file)
     key = weights_cache_key(weights_file, opset, precision)

@@ -328,8 +328,10 @@ def rebuild(model_name: str, config: dict) -> IQAModel:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> IQAModel:
     """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
 
-    The file is read as data (``weights_only``): one whose pickle would run code raises
-    :class:`~contentiqa.utils.checkpoint_io.UnsafeCheckpointError` (a ValueError) unexecuted."""
+    The file is read as data (``weights_only``): one whose pickle asks for code raises
+    :class:`~contentiqa.utils.checkpoint_io.UnsafeCheckpointError`, and a Python pickle that
+    ``torch.save`` did not write a :class:`~contentiqa.utils.checkpoint_io.CheckpointReadError`
+    (both ValueErrors), nothing in either executed."""
     from ..utils.extras import require
 
     require("torch", "loading a PyTorch checkpoint (contentiqa.load_checkpoint; scoring: contentiqa.load_scorer)")

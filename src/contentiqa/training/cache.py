@@ -22,7 +22,7 @@ from torch import nn
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
 from ..models.base import CachePart, IQAModel, pil_to_tensor
-from ..utils.disk_cache import describe, touch
+from ..utils.disk_cache import STALE_TEMPORARY_S, describe, touch
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -109,13 +109,9 @@ class CacheWriteError(OSError):
     to show instead of a traceback from deep in a save."""
 
 
-STALE_TEMPORARY_S = 24 * 3600
-"""A cache folder is shared by processes: an entry's temporary is another writer's for a
-moment, and a killed writer's once it is this old."""
-
-
 def _remove_old_temporaries(folder: Path) -> None:
-    """Temporaries a writer killed mid-save left in a shared cache folder (older than a day)."""
+    """Temporaries a writer killed mid-save left in a shared cache folder: another writer's for a
+    moment, a killed one's once older than :data:`~contentiqa.utils.disk_cache.STALE_TEMPORARY_S`."""
     cutoff = time.time() - STALE_TEMPORARY_S
     try:
         with os.scandir(folder) as it:

@@ -113,7 +113,8 @@ _FILE = re.compile(r"^(features_.*\.pt|.+-[a-z0-9]+-[0-9a-f]{20}\.onnx)$")
 
 
 STALE_TEMPORARY_S = 3600.0
-"""A temporary this old is no write in progress (an export takes minutes) but a killed one's."""
+"""A temporary this old is no write in progress (an export takes minutes, an encoding a moment)
+but a killed one's; cache folders are shared by processes, so younger ones are left alone."""
 
 
 def _is_hidden(name: str) -> bool:
