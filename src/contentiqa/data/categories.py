@@ -25,8 +25,8 @@ SPAQ_TO_IQA_CR: dict[str, str] = {
     "others": "others",
 }
 
-# Cells that say "no label": a spreadsheet's or pandas' placeholders.
-_MISSING_STRINGS = {"", "nan", "na", "n/a", "none", "null", "<na>"}
+MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null", "<na>"})
+"""Cells that say "no label": a spreadsheet's or pandas' placeholders (compared lowercased)."""
 
 
 def normalize_category(value) -> str | None:
@@ -40,7 +40,7 @@ def normalize_category(value) -> str | None:
         if pd.isna(value):
             return None
     text = str(value).strip()
-    if text.lower() in _MISSING_STRINGS:
+    if text.lower() in MISSING_LABELS:
         return None
     key = re.sub(r"[\s_]+", " ", text.lower())
     if key in IQA_CR_CATEGORIES:

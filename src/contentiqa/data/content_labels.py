@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .categories import _MISSING_STRINGS, IQA_CR_CATEGORIES, SPAQ_TO_IQA_CR, normalize_category
+from .categories import IQA_CR_CATEGORIES, MISSING_LABELS, SPAQ_TO_IQA_CR, normalize_category
 from .imageio import load_image
 
 CLASSIFIER_NAME = "efficientnet_lite0"
@@ -175,7 +175,7 @@ def kept_source(value) -> str:
     """The ``category_source`` of a category kept from a table: its own, or ``given`` when it
     has none or names an earlier failure (a category typed in by hand over an ``error: ...`` row,
     as the output invites, is a label, not a failure)."""
-    if value is None or pd.isna(value) or str(value).strip().lower() in _MISSING_STRINGS:
+    if value is None or pd.isna(value) or str(value).strip().lower() in MISSING_LABELS:
         return "given"
     return "given" if str(value).startswith("error") else str(value)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..utils.io import read_head
+
 # A 100-megapixel ceiling covers every camera photo of the target datasets (SPAQ's largest
 # are ~ 4000x4000) while refusing decompression bombs before their pixels are allocated.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -218,14 +220,6 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(12)
-    except OSError:
-        return b""
-
-
 def _signature_format(head: bytes) -> str | None:
     """The format a file's first bytes announce (None: no image format's), so a damaged photo
     is called a damaged PNG, not "not an image"."""
@@ -238,7 +232,7 @@ def _unidentified_reason(path: Path) -> str:
     """Why Pillow recognised no format: a HEIC/HEIF photo (an ISO media file of a HEIF brand)
     without the plugin is named as such, with the extra that reads it; a file that starts as an
     image format does is damaged, not something else."""
-    head = _head(path)
+    head = read_head(path, 12)
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and "HEIF" not in Image.OPEN:
         from ..utils.extras import install_hint
 
@@ -252,7 +246,7 @@ def _unidentified_reason(path: Path) -> str:
 def _open_failed_reason(path: Path, exc: OSError) -> str:
     """Why Pillow could not open a file it recognised (a truncated WebP: "could not create
     decoder object"), naming the format when the file's first bytes do."""
-    announced = _signature_format(_head(path))
+    announced = _signature_format(read_head(path, 12))
     kind = f"{announced} file" if announced else "file"
     if "truncated" in str(exc).lower():
         return f"truncated or incomplete {kind}: the header is cut short ({exc})"

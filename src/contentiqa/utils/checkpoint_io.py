@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .io import read_head
+
 # torch.__version__ is a TorchVersion (a str subclass); the shipped weights of 0.1.0 hold one
 # in their provenance. It is a plain string with comparison methods, so it may be unpickled.
 SAFE_GLOBALS: list = [torch.torch_version.TorchVersion]
@@ -85,24 +87,15 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[
         ) from None
 
 
-def _head(path: Path, n: int) -> bytes:
-    """The file's first ``n`` bytes (none when it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
-
-
 def _looks_like_onnx(path: Path) -> bool:
     """An ONNX ModelProto's first bytes: its IR version (field 1), then the producer's name."""
-    head = _head(path, 64)
+    head = read_head(path, 64)
     return head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower())
 
 
 def _is_pickle(path: Path) -> bool:
     """Whether the file starts as a pickle of protocol 2 or later does (its PROTO opcode)."""
-    head = _head(path, 2)
+    head = read_head(path, 2)
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 

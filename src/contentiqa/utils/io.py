@@ -118,6 +118,15 @@ def _umask() -> int:
     return mask
 
 
+def read_head(path: str | os.PathLike, n: int) -> bytes:
+    """A file's first ``n`` bytes, to tell what it is (none when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", errors: str = "strict") -> Path:
     """``errors``: as for :func:`open`; e.g. ``surrogateescape`` writes a file name that is not
     valid UTF-8 (which Python holds as lone surrogates) back as its own bytes."""
