@@ -305,11 +305,12 @@ class Trainer:
         cats = self.model.categories
         if not cats:
             return
+        known = {normalize_category(c) for c in (*cats, *IQA_CR_CATEGORIES)}
         for part, table in (("training", self.train_table), ("validation", self.val_table)):
             if table is None or "category" not in table:
                 continue
             given = table["category"].dropna().astype(str)
-            known = {normalize_category(c) for c in (*cats, *IQA_CR_CATEGORIES)}
+            given = given[[normalize_category(g) is not None for g in given]]  # "" / "NA": no label
             unknown = sorted({g for g in given if normalize_category(g) not in known})
             if unknown:
                 raise ValueError(f"the {part} data's 'category' column has {len(unknown)} name(s) that are no category: "
