@@ -21,6 +21,11 @@ WITHOUT_TORCH = (
 )
 """The start of a `python -c` program that runs contentiqa as an install without [torch] would."""
 
+
+def source_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that imports contentiqa from this checkout's src/."""
+    return {**os.environ, **extra, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
 PROBE = """
 import json, sys
 from contentiqa.cli.main import main
@@ -33,7 +38,7 @@ print(json.dumps({"rc": rc, "heavy": sorted(m for m in ("torch", "pandas", "onnx
 
 
 def _probe(*argv: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = source_env()
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=300)
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
@@ -64,7 +69,7 @@ def test_import_contentiqa_is_lazy() -> None:
         "assert callable(contentiqa.create_model) and 'torch' not in sys.modules, 'the registry imported torch'; "
         "assert contentiqa.IQAModel and 'torch' in sys.modules; print('ok')"
     )
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = source_env()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
@@ -90,7 +95,7 @@ def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, exam
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     (entry,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
-    env = {**os.environ, **env_cache, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = source_env(**env_cache)
     for argv in (["score", img, "--model", ckpt, "-o", str(tmp_path / "again.csv")],  # the cached export
                  ["score", img, "--onnx-model", str(entry), "-q"]):  # an exported file named outright
         proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=300)
@@ -116,7 +121,7 @@ def test_names_that_need_pytorch_say_so_when_imported_and_a_star_import_works(tm
             "for name in ('IQAModel',):\n"
             "    try:\n        getattr(__import__('contentiqa'), name)\n    except ExtraMissing as exc:\n        print(exc)\n"
             "try:\n    contentiqa.data.load_dataset\nexcept ExtraMissing as exc:\n    print(exc)\n")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = source_env()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-1500:]
     star, model, data = proc.stdout.splitlines()
@@ -132,8 +137,7 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
     data = tmp_path / "rated.csv"
     data.write_text("image,mos\n" + "".join(f"{p},{50 + 10 * k}\n" for k, p in enumerate(photos)))
     code = (WITHOUT_TORCH + "from contentiqa.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "CONTENTIQA_CACHE_DIR": str(tmp_path / "cache")}
+    env = source_env(CONTENTIQA_CACHE_DIR=str(tmp_path / "cache"))
     needs_torch = [
         ["explain", str(photos[0]), "--out", str(tmp_path / "h.png")],
         ["export", "iqa-cr", "--out", str(tmp_path / "m.onnx")],
@@ -160,7 +164,7 @@ def test_model_api_without_pytorch_names_the_extra(tmp_path):
             "for call in (lambda: contentiqa.create_model(contentiqa.DEFAULT_MODEL), lambda: contentiqa.load_checkpoint('x.pt')):\n"
             "    try:\n        call()\n    except ExtraMissing as exc:\n        print(exc)\n"
             "print(len(contentiqa.list_models()) > 0)\n")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = source_env()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-1500:]
     lines = proc.stdout.splitlines()
