@@ -4,6 +4,7 @@ somewhere."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -71,3 +72,59 @@ def test_relative_links_lead_to_files(doc):
         if re.match(r"^[a-z]+://", target):
             continue
         assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+CARDS = REPO / "src" / "contentiqa" / "weights"
+
+
+def card_figures(results: Path) -> list[tuple[str, Path, str, str, str]]:
+    """(card, results file, row, what its Measured line says, what the results file says) for every
+    card section that quotes an experiment's figures; a gate's verdict is named by file instead."""
+    sys.modules.pop("ship", None)
+    ship = importlib.import_module("ship")
+    found = []
+    for card in sorted(CARDS.glob("*.md")):
+        # A card that started from other weights carries their card too, one heading down.
+        for section in re.split(r"\n(?=#+ Model card)", card.read_text()):
+            row = re.search(r'Row "(.+?)" of `configs/(.+?)\.yaml`', section)
+            said = re.search(r"\*\*Measured\*\* \(held-out test parts of the experiment's splits[^)]*\): (.+)", section)
+            if row and said:
+                file = results / f"{row.group(2)}.json"
+                found.append((card.name, file, row.group(1), said.group(1), ship.figures_from(file, row.group(1))))
+    return found
+
+
+def agrees(said: str, now: str) -> bool:
+    # The card may add a note inside the closing parenthesis: "(3 split(s); the row's latest run ...)".
+    return said.startswith(now[:-1])
+
+
+@pytest.fixture
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+
+
+def test_model_cards_quote_what_their_experiment_measured(benchmarks_on_path):
+    """ship.py writes a card's figures once; a rerun experiment changes its results file. A card
+    that no longer says what its row measured fails here (rerun the row or correct the card)."""
+    checked = card_figures(REPO / "benchmarks" / "results")
+    assert len(checked) >= 5, "no card quotes an experiment's figures: the card format changed?"
+    stale = [(card, row, said, now) for card, _, row, said, now in checked if not agrees(said, now)]
+    assert not stale, stale
+    for card in CARDS.glob("*.md"):
+        for gate in re.findall(r"\*\*Measured\*\*: (benchmarks/results/\S+\.md)", card.read_text()):
+            assert (REPO / gate).is_file(), f"{card.name} names {gate}, which does not exist"
+
+
+def test_a_card_out_of_date_is_caught(benchmarks_on_path, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for f in (REPO / "benchmarks" / "results").glob("*.json"):
+        (results / f.name).write_bytes(f.read_bytes())
+    card, file, row, said, now = card_figures(results)[0]
+    assert agrees(said, now)
+    data = json.loads(file.read_text())
+    first_set = next(iter(data["runs"][row]["summary"].values()))
+    first_set["srocc"]["mean"] += 0.01
+    file.write_text(json.dumps(data))
+    assert not agrees(*next((s, n) for c, _, r, s, n in card_figures(results) if (c, r) == (card, row)))
