@@ -384,3 +384,25 @@ def test_resume_on_another_table_is_refused_not_emptied(tmp_path, capsys):
     capsys.readouterr()
     assert train(other, out, "--epochs", "2", "--resume") == 2
     assert "made for another table" in capsys.readouterr().err
+
+
+def test_a_table_with_only_train_and_test_rows_gets_a_validation_part_for_its_calibration(tmp_path, capsys):
+    """A release's own split (BIQ2021's) has train and test rows only: the default recipes
+    calibrate on a validation part, so training refused it with advice that changed nothing.
+    It gets one drawn from the training rows per --split-seed (the `official` protocol of
+    experiments), saved as the run's split.json; the test part stays the table's."""
+    from contentiqa.data import load_splits
+
+    data = table(tmp_path, n=90, split=["train"] * 80 + ["test"] * 10)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true",
+                 "--split-seed", "3"]) == 0
+    assert (out / "tested.pt").is_file() and (out / "test_metrics.json").is_file()
+    split = load_splits(out / "split.json")[0]
+    assert (split.protocol, split.seed) == ("official", 3)
+    assert len(split.parts["val"]) == 8 and len(split.parts["train"]) == 72
+    names = pd.read_csv(data)["image"].map(lambda p: Path(p).name)
+    assert sorted(Path(k).name for k in split.parts["test"]) == sorted(names[80:])
+    assert main(["train", "--data", str(table(tmp_path / "c")), "--out", str(tmp_path / "c" / "run"), *TINY,
+                 "--protocol", "official"]) == 2
+    assert "has no 'split' column" in capsys.readouterr().err

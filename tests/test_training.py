@@ -224,8 +224,8 @@ def test_train_cli_finishes_the_recipe_with_calibration(tmp_path, capsys):
     finished = load_checkpoint(tmp_path / "run" / "tested.pt")
     assert finished.cfg.calibration is not None and load_checkpoint(tmp_path / "run" / "best.pt").cfg.calibration is None
     # no validation part to calibrate on: a clear error, not a model that silently skipped it
-    pd.DataFrame(rows).assign(split=["train"] * 14 + ["test"] * 6).to_csv(csv, index=False)
-    assert main(args + ["--out", str(tmp_path / "run2")]) == 2
+    pd.DataFrame(rows).drop(columns="split").to_csv(csv, index=False)
+    assert main(args + ["--out", str(tmp_path / "run2"), "--protocol", "ie-iqa"]) == 2
     err = capsys.readouterr().err  # said before any work, with how to get a validation part or turn it off
     assert "calibrate fit(s) on the validation part, and this split has none" in err and "--set calibrate=false" in err
     assert not (tmp_path / "run2" / "last.pt").exists()

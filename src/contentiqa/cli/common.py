@@ -115,7 +115,9 @@ def check_rated(table: pd.DataFrame, data: str | Path, what: str, need: int = 2)
 def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="split file (from save_splits / a previous run); default: make one")
     p.add_argument("--split-index", type=int, default=0, help="which split of a multi-split file (default 0)")
-    p.add_argument("--protocol", default="iqa-cr", choices=["iqa-cr", "ie-iqa"], help="protocol when making a split")
+    p.add_argument("--protocol", default=None, choices=["iqa-cr", "ie-iqa", "official"],
+                   help="protocol when making a split (default iqa-cr); a table with a 'split' column keeps it "
+                        "('official': a validation part is drawn from its training rows when it has none)")
     p.add_argument("--split-seed", type=int, default=0, help="seed when making a split")
 
 
@@ -142,8 +144,12 @@ def split_parts(split, table: pd.DataFrame, args: argparse.Namespace, own: bool 
                          "(drop --split) or restore the table it was made for") from None
 
 
-def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None):
-    """A Split from --split, else from a 'split' column, else made by --protocol and saved."""
+def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None, *,
+                  training: bool = False):
+    """A Split from --split, else from a 'split' column, else made by --protocol (saved to
+    ``out_dir`` when made here). ``training``: a column without 'val' rows gets a validation part
+    drawn from its training rows per --split-seed (the ``official`` protocol, as experiments do):
+    the default recipes fit their calibration on it."""
     from ..data import Split, image_keys_for, load_splits, make_splits, save_splits
 
     if args.split:
@@ -154,7 +160,12 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         if not 0 <= args.split_index < len(splits):
             raise UsageError(f"--split-index {args.split_index}: {args.split} holds {len(splits)} split(s)")
         return splits[args.split_index]
+    protocol = args.protocol if training else None
+    quiet = getattr(args, "quiet", False)
     if "split" in table:
+        if protocol not in (None, "official") and not quiet:
+            print(f"note: --data {args.data} has a 'split' column: it is kept, --protocol {protocol} is not used",
+                  file=sys.stderr)
         keys = image_keys_for(table)
         which = [str(s).strip().lower() for s in table["split"]]
         unknown = sorted(set(which) - {"train", "val", "test"})
@@ -163,11 +174,19 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         parts = {p: [k for k, s in zip(keys, which) if s == p] for p in ("train", "val", "test")}
         if not parts["train"]:
             raise UsageError("the 'split' column marks no row as 'train'")
-        return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there
+        if not training or parts["val"]:
+            return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there
+        protocol = "official"
+        if not quiet:
+            print(f"note: the 'split' column has no 'val' rows: a validation part is drawn from its training rows "
+                  f"(--split-seed {args.split_seed})" + (f", saved to {out_dir / 'split.json'}" if out_dir else ""),
+                  file=sys.stderr)
+    elif protocol == "official":
+        raise UsageError(f"--protocol official: --data {args.data} has no 'split' column (train/test) to keep")
     from ..data.imageio import ImageLoadError
 
     try:
-        split = make_splits(table, args.protocol, seed=args.split_seed, progress=not getattr(args, "quiet", False))
+        split = make_splits(table, protocol or "iqa-cr", seed=args.split_seed, progress=not quiet)
     except ImageLoadError as exc:  # the iqa-cr protocol reads every image for its SI
         raise UsageError(str(exc)) from None
     except ValueError as exc:

@@ -180,16 +180,16 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     if own:
         args.split = str(out / "split.json")
     with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
-        if info.rank != 0 and not args.split and "split" not in ds.table and (out / "split.json").is_file():
+        if info.rank != 0 and not args.split and (out / "split.json").is_file():
             args.split = str(out / "split.json")
-        split = resolve_split(args, ds.table, out if info.rank == 0 else None)
+        split = resolve_split(args, ds.table, out if info.rank == 0 else None, training=True)
     table = ds.table
     parts = split_parts(split, table, args, own=own)
     if args.resume and (out / "last.pt").is_file():
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
     if info.rank == 0:
-        _say_missing_parts({"": parts}, args)
+        _say_missing_parts({"": parts}, {"": split.protocol})
     _check_validation_needs(cfg, "val" in parts)
     seed_everything(cfg.seed)  # the initial weights too: one seed, one model (and one cache key on resume)
     try:
@@ -282,13 +282,14 @@ def _output_folder(args: argparse.Namespace, model_name: str) -> Path:
     return out
 
 
-def _say_missing_parts(parts: dict[str, dict], args: argparse.Namespace) -> None:
+def _say_missing_parts(parts: dict[str, dict], made_by: dict[str, str]) -> None:
     """A split with no validation or no test part trains all the same, but says so (even with
-    --quiet), with what it changes."""
+    --quiet), with what it changes. ``made_by``: each split's protocol ('column' for a table's
+    own, whatever a split file says for one read back)."""
     for label, p in parts.items():
         name = f"{label}: " if label else ""
         small = (" (--protocol iqa-cr cuts the table into 10 cells and needs about 60 images; --protocol "
-                 "ie-iqa keeps 20 % for testing)") if getattr(args, "protocol", None) == "iqa-cr" and not args.split else ""
+                 "ie-iqa keeps 20 % for testing)") if made_by[label] == "iqa-cr" else ""
         if "val" not in p:
             print(f"note: {name}the split has no validation part: best.pt is the epoch with the lowest training "
                   f"loss, and steps that need one (calibrate, interpolate) cannot run{small}", file=sys.stderr)
@@ -304,8 +305,9 @@ def _check_validation_needs(cfg, has_val: bool) -> None:
     if needs and not has_val:
         off = " ".join(f"--set {name}={value}" for name, on, value in steps if on)
         raise UsageError(f"the recipe's {' and '.join(needs)} fit(s) on the validation part, and this split has none: "
-                         "give a split with a val part (--split, or a 'split' column; --protocol iqa-cr makes one "
-                         f"from about 60 photos up, --protocol ie-iqa never does), or turn it off with {off}")
+                         "give a split with a val part (--split; a 'split' column gets one drawn from its train rows; "
+                         "--protocol iqa-cr makes one from about 60 photos up, --protocol ie-iqa never does), or turn "
+                         f"it off with {off}")
 
 
 def _finish(trainer, model, out: Path):
@@ -352,6 +354,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     if len(set(labels)) != len(labels):
         raise UsageError(f"several --data with the same name {labels}: rename a CSV or use another folder name")
     parts: dict[str, dict] = {}
+    made_by: dict[str, str] = {}
     scales = {}
     for label, a in zip(labels, sets):
         ds = load_data(a)
@@ -360,13 +363,14 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         folder.mkdir(parents=True, exist_ok=True)
         own = args.resume and (folder / "split.json").is_file()
         a.split = str(folder / "split.json") if own else None
-        split = resolve_split(a, ds.table, folder)
+        split = resolve_split(a, ds.table, folder, training=True)
         parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a, own=own).items()}
+        made_by[label] = split.protocol
         scales[label] = ds.scale
     train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
     vals = [p["val"] for p in parts.values() if "val" in p]
     val = pd.concat(vals, ignore_index=True) if vals else None
-    _say_missing_parts(parts, args)
+    _say_missing_parts(parts, made_by)
     _check_validation_needs(cfg, val is not None)
     seed_everything(cfg.seed)
     try:
