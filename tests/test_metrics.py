@@ -169,8 +169,29 @@ def test_too_few_items(fn):
 
 
 def test_logistic_fit_needs_four_items():
-    with pytest.raises(MetricInputError):
+    with pytest.raises(MetricInputError, match="the 4-parameter logistic fit needs at least 4 values, got 3"):
         plcc([1.0, 2.0, 3.0], [1.0, 3.0, 2.0], fit_logistic=True)
+
+
+def test_a_logistic_fit_collapsed_onto_the_mean_is_undefined_not_a_correlation_of_noise():
+    """The fit may land on a flat curve whose values differ only by rounding (spread ~1e-12):
+    PLCC of that noise came out as 0.63 for unrelated data whose plain PLCC is -0.10."""
+    from contentiqa.metrics.functional import logistic_mapping
+
+    rng = np.random.default_rng(2205)
+    p, t = rng.normal(size=5), rng.uniform(0, 100, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert 0 < np.ptp(logistic_mapping(p, t)) < 1e-9
+        with pytest.raises(MetricInputError, match="mapped pred to a constant"):
+            plcc(p, t, fit_logistic=True)
+
+
+def test_one_run_shows_its_value_without_a_spread():
+    from contentiqa.metrics import format_mean_std
+
+    assert format_mean_std(mean_std([{"srocc": 0.8}])) == {"srocc": "0.800"}
+    assert format_mean_std(mean_std([{"srocc": 0.8}, {"srocc": 0.9}])) == {"srocc": "0.850 ± 0.071"}
 
 
 def test_mean_std_matches_numpy():

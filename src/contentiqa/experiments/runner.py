@@ -683,10 +683,9 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
             s = r["summary"].get(label, {}).get(m) if r else None
             if s is None:
                 cells.append("–")
-            elif s["n"] == 1:  # no spread to show: a std of 0 would claim one
-                cells.append(f"{s['mean']:.3f}" + (" (1 split)" if done > 1 else ""))
             else:
-                cells.append(format_mean_std({m: s}, [m])[m] + (f" (n={s['n']})" if s["n"] < done else ""))
+                fewer = "" if s["n"] >= done else " (1 split)" if s["n"] == 1 else f" (n={s['n']})"
+                cells.append(format_mean_std({m: s}, [m])[m] + fewer)
         rows.append(cells)
     if not cols:
         header = header[:3]

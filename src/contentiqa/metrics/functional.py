@@ -41,12 +41,13 @@ def _as_array(x, name: str) -> np.ndarray:
     return arr
 
 
-def _pair(pred, target, min_len: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred, target, min_len: int = 2, what: str = "") -> tuple[np.ndarray, np.ndarray]:
     p, t = _as_array(pred, "pred"), _as_array(target, "target")
     if p.shape != t.shape:
         raise MetricInputError(f"pred has {p.size} values, target has {t.size}: they must match")
     if p.size < min_len:
-        raise MetricInputError(f"need at least {min_len} values, got {p.size}")
+        raise MetricInputError(f"{what + ' ' if what else ''}need{'s' if what else ''} at least {min_len} values, "
+                               f"got {p.size}")
     return p, t
 
 
@@ -68,7 +69,7 @@ def logistic_mapping(pred, target) -> np.ndarray:
     so PLCC stays defined. The curve is monotone, increasing or decreasing, whichever fits best:
     a decreasing one reverses the ranks, which :func:`plcc` reports with a minus sign.
     """
-    p, t = _pair(pred, target, min_len=4)
+    p, t = _pair(pred, target, min_len=4, what="the 4-parameter logistic fit")
     p0 = [t.max(), t.min(), float(np.mean(p)), float(np.std(p)) or 1.0]
     try:
         with warnings.catch_warnings():
@@ -90,7 +91,9 @@ def plcc(pred, target, fit_logistic: bool = False) -> float:
     _check_not_constant(p, t, "PLCC")
     if fit_logistic:
         mapped = logistic_mapping(p, t)
-        if np.ptp(mapped) == 0:
+        # A fit that collapsed onto the targets' mean leaves only rounding noise in ``mapped``:
+        # its correlation (sign included) would be the noise's, a number that means nothing.
+        if np.ptp(mapped) <= 1e-9 * np.ptp(t):
             raise MetricInputError("PLCC is undefined: the logistic fit mapped pred to a constant")
         # A decreasing fit makes a predictor that ranks the wrong way correlate positively: keep
         # the sign its ranks have (and SROCC shows), the magnitude is the fit's.
@@ -173,6 +176,8 @@ def mean_std(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]
 
 
 def format_mean_std(summary: Mapping[str, Mapping[str, float]], keys: Iterable[str] | None = None, digits: int = 3) -> dict[str, str]:
-    """``{"srocc": "0.812 ± 0.021", ...}`` for tables."""
+    """``{"srocc": "0.812 ± 0.021", ...}`` for tables; the mean alone for one run, whose std of
+    0 would claim a spread that was never measured."""
     keys = list(keys) if keys is not None else list(summary)
-    return {k: f"{summary[k]['mean']:.{digits}f} ± {summary[k]['std']:.{digits}f}" for k in keys if k in summary}
+    return {k: f"{summary[k]['mean']:.{digits}f}" + (f" ± {summary[k]['std']:.{digits}f}" if summary[k]["n"] > 1 else "")
+            for k in keys if k in summary}
