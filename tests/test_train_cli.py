@@ -406,3 +406,12 @@ def test_a_table_with_only_train_and_test_rows_gets_a_validation_part_for_its_ca
     assert main(["train", "--data", str(table(tmp_path / "c")), "--out", str(tmp_path / "c" / "run"), *TINY,
                  "--protocol", "official"]) == 2
     assert "has no 'split' column" in capsys.readouterr().err
+
+
+def test_the_best_epoch_line_names_the_metric_that_chose_it(tmp_path, capsys):
+    """It always printed the epoch's val SROCC, also when --set monitor=plcc had chosen it."""
+    data = table(tmp_path, split=["train"] * 7 + ["val"] * 3 + ["test"] * 2)
+    assert train(data, tmp_path / "run", "--set", "monitor=plcc") == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("best epoch"))
+    best = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"val plcc {best['val_plcc']:.4f}" in line, line

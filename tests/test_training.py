@@ -432,3 +432,42 @@ def test_a_model_of_its_own_vocabulary_finds_its_rows_in_any_spelling(tiny_table
     own = create_model("iqa-cr", pretrained=False, categories=("Human", "Animal"), **TINY)
     table = tiny_table.assign(category=["human", "animal", ""] * 4)  # "": a photo without a label, as ever
     _trainer(own, table, tmp_path)  # refused before: "no 'category' column with any of ['Human', 'Animal']"
+
+
+def test_an_rmse_monitor_keeps_the_epoch_with_the_lowest_rmse(tiny_table, tmp_path):
+    """Epochs were ranked by the monitor's value, higher first: monitor=rmse kept the worst."""
+    from contentiqa.training.trainer import monitor_improved
+
+    tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, monitor="rmse")
+    assert tr.monitored == "rmse"
+    assert monitor_improved(tr._monitor({"rmse": 5.0}), tr._monitor({"rmse": 10.0}))
+    assert not monitor_improved(tr._monitor({"rmse": 10.0}), tr._monitor({"rmse": 5.0}))
+    plain = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="b")
+    assert plain.monitored == "srocc" and plain._monitor({"srocc": 0.5, "rmse": 3.0}) == 0.5
+
+
+@pytest.mark.parametrize("val_mos", [[50.0], [50.0, 50.0, 50.0]], ids=["one photo", "rated alike"])
+def test_a_validation_part_without_correlations_is_refused_before_any_work(tiny_table, tmp_path, val_mos):
+    """It failed after the first epoch, with a MetricInputError traceback and no checkpoint."""
+    val = tiny_table.iloc[9:9 + len(val_mos)].assign(mos=val_mos)
+    with pytest.raises(ValueError, match="the validation part has .*at least 2 photos rated differently"):
+        Trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table.iloc[:9], val, MOSScale(0, 100),
+                TrainConfig(epochs=1, batch_size=4, crop=48), tmp_path / "run", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_set_too_small_to_validate_is_said_and_left_out_of_the_mean(tiny_table, tmp_path):
+    """With several sets, one with fewer than 3 validation photos was dropped from the mean
+    without a word (and a monitor naming it failed mid-training)."""
+    scales = {"A": MOSScale(0, 100), "B": MOSScale(0, 100)}
+    table = tiny_table.assign(dataset=["A"] * 6 + ["B"] * 6)
+    train, val = table.iloc[[0, 1, 2, 6, 7, 8, 9]], table.iloc[[3, 4, 5, 10]]
+    said: list[str] = []
+    cfg = dict(epochs=1, batch_size=4, crop=48)
+    tr = Trainer(create_model("iqa-cr", pretrained=False, **TINY), train, val, scales, TrainConfig(**cfg),
+                 tmp_path / "run", progress=False, log=lambda *a: said.append(" ".join(map(str, a))))
+    assert tr.val_sets == ["A"] and any("leave out B" in s for s in said)
+    assert {k.split("/")[0] for k in tr.validate() if "/" in k} == {"A"}
+    with pytest.raises(ValueError, match="monitor 'B/srocc': that set has fewer than 3"):
+        Trainer(create_model("iqa-cr", pretrained=False, **TINY), train, val, scales,
+                TrainConfig(**cfg, monitor="B/srocc"), tmp_path / "run2", progress=False, log=lambda *a: None)

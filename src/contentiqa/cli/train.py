@@ -210,7 +210,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     best = _fit(trainer, args, out)
     if info.rank != 0:
         return 0  # rank 0 reports and tests the best checkpoint
-    _say_best(best, out, "val SROCC")
+    _say_best(best, out, trainer.monitored)
     m = _finish(trainer, trainer.load_best(), out)
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
@@ -248,10 +248,14 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
         raise UsageError(f"--resume: {exc}; resume with the run's own settings, or choose another --out") from None
 
 
-def _say_best(best: dict, out: Path, monitor: str) -> None:
-    """Which epoch best.pt keeps (the model that is finished and tested), and what chose it."""
-    chosen_by = (f"{monitor} {best['val_srocc']:.4f}" if "val_srocc" in best
-                 else f"lowest training loss, {best.get('loss', float('nan')):.4f} (no validation part)")
+def _say_best(best: dict, out: Path, monitored: str | None, several: bool = False) -> None:
+    """Which epoch best.pt keeps (the model that is finished and tested), and what chose it
+    (``Trainer.monitored``; with several sets a bare metric is their mean)."""
+    if monitored is None:
+        chosen_by = f"lowest training loss, {best.get('loss', float('nan')):.4f} (no validation part)"
+    else:
+        mean = "mean " if several and "/" not in monitored else ""
+        chosen_by = f"{mean}val {monitored} {best.get('val_' + monitored, float('nan')):.4f}"
     print(f"best epoch {best.get('epoch')}: {chosen_by} -> {out / 'best.pt'}")
 
 
@@ -387,7 +391,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
     best = _fit(trainer, args, out)
-    _say_best(best, out, "mean val SROCC")
+    _say_best(best, out, trainer.monitored, several=True)
     m = _finish(trainer, trainer.load_best(), out)  # what best.pt keeps, as for one dataset
     results = {}
     for label, p in parts.items():

@@ -85,6 +85,10 @@ given more epochs, as they would then describe a model best.pt no longer holds."
 
 
 VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable")
+LOWER_BETTER = ("rmse",)
+"""Validation metrics where less is better: the monitor ranks epochs by their negative."""
+MIN_VAL_PER_SET = 3
+"""Photos (rated differently) a training set needs in the validation part to count in its mean."""
 """What a validation can measure (a model without a content head, or a part without labels,
 has fewer: :meth:`Trainer._monitor` says so then)."""
 
@@ -254,6 +258,7 @@ class Trainer:
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
                                      model_loss=model.loss, score_weight=cfg.score_weight).to(self.device)
         self._check_labels()
+        self.val_sets = self._check_validation()
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
         self.start_stage = 0
@@ -297,6 +302,45 @@ class Trainer:
                              "being trained")
         self.model.load_state_dict(src.state_dict())
         self.log(f"weights from {path}")
+
+    def _check_validation(self) -> list[str]:
+        """Before any work: a validation part whose correlations are undefined (one photo, or
+        all rated alike) failed only after the first epoch, with a traceback. With several
+        sets, those too small to tell epochs apart are left out of the mean, and said so;
+        returns the sets whose validation counts."""
+        table = self.val_table
+        if table is None:
+            return []
+        if self.scales is None or "dataset" not in table:
+            if self.has_score and (len(table) < 2 or table["mos"].nunique() < 2):
+                held = f"{len(table)} photo(s)" + (f", all rated {table['mos'].iloc[0]:g}" if len(table) > 1 else "")
+                raise ValueError(f"the validation part has {held}: its correlations need at least 2 photos rated "
+                                 "differently; use a larger validation part")
+            return []
+        kept, left = [], []
+        for name in self.scales:
+            mos = table.loc[table["dataset"] == name, "mos"]
+            (kept if len(mos) >= MIN_VAL_PER_SET and (mos.nunique() > 1 or not self.has_score) else left).append(name)
+        if not kept:
+            raise ValueError(f"no training set has {MIN_VAL_PER_SET} validation photos rated differently "
+                             f"({', '.join(left)}): use larger validation parts")
+        if self.cfg.monitor is not None and self.cfg.monitor.split("/", 1)[0] in left:
+            raise ValueError(f"monitor {self.cfg.monitor!r}: that set has fewer than {MIN_VAL_PER_SET} validation photos "
+                             "rated differently")
+        if left:
+            self.log(f"note: validation metrics leave out {', '.join(left)}: fewer than {MIN_VAL_PER_SET} validation "
+                     "photos rated differently (still used where the recipe fits on them, e.g. calibrate)")
+        return kept
+
+    @property
+    def monitored(self) -> str | None:
+        """The validation metric that chooses best.pt and stops early (a key of
+        :meth:`validate`'s metrics), or None: the lowest training loss, with no validation part."""
+        if self.val_table is None:
+            return None
+        if self.cfg.monitor is not None:
+            return self.cfg.monitor
+        return "srocc" if self.has_score else "accuracy"
 
     def _check_labels(self) -> None:
         """A content head learns from the ``category`` column: a name that is no category at all
@@ -550,12 +594,11 @@ class Trainer:
         # Several datasets: metrics within each (correlations across rating scales mean
         # nothing), then their mean; the per-dataset values are kept as '<name>/<metric>'.
         per: dict[str, dict[str, float]] = {}
-        for name, sc in self.scales.items():
+        for name in self.val_sets:
             rows = (table["dataset"] == name).to_numpy()
-            if rows.sum() >= 3:
-                per[name] = metrics_from_predictions(s[rows] if s is not None else None, table[rows], sc,
-                                                     c[rows] if c is not None else None, self.model.categories,
-                                                     undefined="nan")
+            per[name] = metrics_from_predictions(s[rows] if s is not None else None, table[rows], self.scales[name],
+                                                 c[rows] if c is not None else None, self.model.categories,
+                                                 undefined="nan")
         out: dict[str, float] = {}
         for k in sorted({k for m in per.values() for k in m}):
             vals = [m[k] for m in per.values() if k in m]
@@ -584,12 +627,14 @@ class Trainer:
             self.model, self.val_table, self.val_feats = saved
 
     def _monitor(self, metrics: dict[str, float]) -> float:
-        if self.cfg.monitor is None:
-            return metrics.get("srocc", metrics.get("accuracy", float("nan")))
-        if self.cfg.monitor not in metrics:
+        """The epoch's rank by :attr:`monitored`: higher is better (an RMSE is negated)."""
+        name = self.monitored
+        if name not in metrics:
+            if self.cfg.monitor is None:
+                return float("nan")
             raise ValueError(f"monitor {self.cfg.monitor!r} is not a validation metric of this run; "
                              f"these are: {sorted(metrics)}")
-        return metrics[self.cfg.monitor]
+        return -metrics[name] if name.rsplit("/", 1)[-1] in LOWER_BETTER else metrics[name]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm.auto import tqdm
