@@ -336,6 +336,10 @@ def test_the_engine_scores_a_copy_and_leaves_the_model_as_it_was(tmp_path, monke
         x = model.preprocess(Image.open(paths[0]).convert("RGB"))[None]
         torch.testing.assert_close(scorer.forward(x)["score"], model.eval()(x)["score"], rtol=1e-4, atol=1e-5)
     assert len(made) == 4
+    for prm in model.parameters():  # weights replaced through .data (surgery, pruning): the old copy scored them
+        prm.data = prm.data * 1.2
+    assert [p.score for p in TorchScorer(model).run(paths, batch_size=2, workers=0)] == pytest.approx(own_scores(), abs=1e-3)
+    assert len(made) == 5
 
 
 def test_prepared_inputs_are_run_as_they_are(tmp_path):

@@ -59,8 +59,9 @@ _COPIES_LOCK = threading.Lock()
 
 def _state_key(model: IQAModel, channels_last: bool) -> tuple:
     """What a scoring copy depends on: every tensor (:func:`~contentiqa.models.base.tensor_versions`,
-    device, dtype) and every model config (calibrations live there). Changes made through
-    ``tensor.data`` bypass the version counter and are not seen; nothing in contentiqa makes them."""
+    device, dtype) and every model config (calibrations live there). Changes made in place
+    through ``tensor.data`` bypass the version counter and are not seen; nothing in contentiqa
+    makes them."""
     tensors: list[torch.Tensor] = []
     cfgs = []
     for m in model.modules():  # one walk (model.parameters() and .buffers() walk it twice more slowly)

@@ -39,11 +39,13 @@ class CachePart:
 
 
 def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple:
-    """Each tensor's identity and in-place version counter: equal while none was replaced or
-    changed in place (an optimizer step, ``load_state_dict``), so what was computed from them
-    can be kept. An inference tensor (made under ``torch.inference_mode``) has no counter, and
-    counts as unchanged."""
-    return tuple((id(t), -1 if t.is_inference() else t._version) for t in tensors)
+    """Each tensor's identity, storage and in-place version counter: equal while none was
+    replaced (``p.data = ...`` too) or changed in place (an optimizer step, ``load_state_dict``),
+    so what was computed from them can be kept. An inference tensor (made under
+    ``torch.inference_mode``) has no counter, and counts as unchanged; so does a change made in
+    place through ``p.data`` (``p.data.mul_(2)``), which bypasses the counter: change weights in
+    place under ``torch.no_grad()`` instead (``p.mul_(2)``), as optimizers do."""
+    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
 
 
 def pil_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -344,7 +346,10 @@ class IQAModel(OnScale, nn.Module):
         (its weights, device, full precision): the PyTorch scorer of the scoring layer
         (:class:`contentiqa.inference.torch_runtime.TorchScorer`), through the engine that
         ``contentiqa score`` runs. That scorer runs a copy made for scoring, kept beside the model
-        while its weights are unchanged (:func:`contentiqa.inference.torch_runtime.scoring_copy`).
+        while its weights are unchanged (:func:`contentiqa.inference.torch_runtime.scoring_copy`):
+        change weights as optimizers do (in place under ``torch.no_grad()``, ``load_state_dict``,
+        or replacing ``p.data``); a change in place through ``p.data`` (``p.data.mul_(2)``) is not
+        seen, and the copy would score the old weights (see :func:`tensor_versions`).
 
         Returns a :class:`Prediction` per input, in order (a single one for a single input; a
         (N, C, H, W) tensor is N inputs). A file that cannot be read yields a Prediction with
