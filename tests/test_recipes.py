@@ -243,3 +243,18 @@ def test_train_cli_writes_the_recipe_into_the_run_and_checkpoint(tiny_csv, tmp_p
     best = load_checkpoint(out / "best.pt")
     assert best.checkpoint_info["recipe"] == run["recipe"]
     assert best.checkpoint_info["train_config"]["score_loss"] == "model"
+
+
+def test_load_checkpoint_takes_a_home_relative_path_and_checks_the_device_first(tmp_path, monkeypatch):
+    """Not through the scorer tests' cached loader: the real one."""
+    from contentiqa.models import create_model, load_checkpoint
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_checkpoint(tiny_model("iqa-cr"), tmp_path / "mine.pt")
+    assert load_checkpoint("~/mine.pt").model_name == "iqa-cr"
+    assert create_model("iqa-cr", checkpoint_path="~/mine.pt").model_name == "iqa-cr"
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):  # torch's RuntimeError, after reading the file
+        load_checkpoint("~/mine.pt", device="gpu")
+

@@ -185,6 +185,11 @@ def test_a_checkpoint_file_loads_as_saved_and_must_hold_the_model_named(tmp_path
     for spec, kw in ((str(path), {}), ("iqa-cr", {"checkpoint_path": path})):
         with pytest.raises(ValueError, match=r"no architecture arguments \(got \['dim'\]\)"):
             create_model(spec, dim=8, **kw)
+    # a mistyped name, or a tag (which names shipped weights), loaded the file without a word
+    with pytest.raises(ValueError, match="unknown model 'iqa_cr'"):
+        create_model("iqa_cr", checkpoint_path=path)
+    with pytest.raises(ValueError, match="'iqa-cr.clive' names shipped weights, and checkpoint_path loads others"):
+        create_model("iqa-cr.clive", checkpoint_path=path)
 
 
 def test_a_model_cast_to_another_dtype_is_refused_up_front(examples_dir):

@@ -32,8 +32,9 @@ CHECKPOINT_FORMAT = "contentiqa-model/1"
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered architecture and its pretrained weights, by tag (as timm's
-    ``name.tag``): a tag names what the weights were trained on and never changes the
-    architecture; a bare name means ``default_tag``."""
+    ``name.tag``): a tag names what the weights were trained on; its checkpoint carries the
+    architecture it was trained with (a wider head, another input size: see
+    :mod:`contentiqa.models.recipes`), and loads as such. A bare name means ``default_tag``."""
 
     name: str
     builder: Callable[..., IQAModel]
@@ -338,8 +339,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     import torch
 
     from ..utils.checkpoint_io import read_torch_file
+    from ..utils.devices import resolve_device
 
-    path = Path(path)
+    device = resolve_device(device)  # an unknown or absent device: a ValueError now, not torch's after the read
+    path = Path(path).expanduser()
     payload, sha256 = read_torch_file(path, "checkpoint")  # plain data only: a file never runs code
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a contentiqa model checkpoint")
@@ -395,8 +398,14 @@ def create_model(
     if not isinstance(pretrained, bool):  # "False" would be truthy: the shipped weights, unasked
         raise TypeError(f"pretrained is True or False, not {pretrained!r}")
     device = resolve_device(device)  # an absent GPU: a ValueError now, not torch's error after the weights load
-    asked = None if checkpoint_path is None else split_name(name)[0]  # the model the caller expects the file to hold
-    if checkpoint_path is None:
+    asked = None  # the model the caller expects checkpoint_path to hold
+    if checkpoint_path is not None:
+        asked, tag = split_name(name)
+        model_entry(asked)  # a mistyped name is refused, as timm does, not loaded as whatever the file holds
+        if tag is not None:
+            raise ValueError(f"'{name}' names shipped weights, and checkpoint_path loads others: give the bare "
+                             f"name '{asked}'")
+    else:
         spec = parse_spec(name)
         if spec.is_onnx:
             raise ValueError(f"{name} is an ONNX graph, not a PyTorch checkpoint: score it with "
@@ -407,7 +416,7 @@ def create_model(
             raise ValueError(f"a checkpoint file takes no architecture arguments (got {sorted(kwargs)}): "
                              f"{checkpoint_path} is built as it was saved")
         model = load_checkpoint(checkpoint_path, device)
-        if asked is not None and asked in _registered() and asked != model.model_name:
+        if asked is not None and asked != model.model_name:
             raise ValueError(f"{checkpoint_path} holds a '{model.model_name}' model, not '{asked}'")
         return model
     entry, tag = resolve_tag(name)
