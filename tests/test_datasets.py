@@ -156,6 +156,34 @@ def test_spaq(spaq_root):
     assert item["target"].item() == pytest.approx(0.775)
 
 
+def test_spaq_sheets_with_empty_rows_read_as_without_them(spaq_root):
+    """An empty row in either sheet (a spreadsheet's, or its csv export's trailing ',,,'):
+    the scene sheet's failed with "cannot convert float NaN to integer", the MOS sheet's
+    became an image named 'nan' refused for its empty MOS."""
+    root, names, mos = spaq_root
+    ann = root / "Annotations"
+    for sheet in ("MOS and Image attribute scores.xlsx", "Scene category labels.xlsx"):
+        df = pd.read_excel(ann / sheet)
+        pd.concat([df.iloc[:2], pd.DataFrame([[np.nan] * df.shape[1]], columns=df.columns), df.iloc[2:]],
+                  ignore_index=True).to_excel(ann / sheet, index=False)
+    t = load_dataset("spaq", root).table
+    _same_paths(t["image"], [root / "TestImage" / n for n in names])
+    np.testing.assert_allclose(t["mos"], mos)
+    assert [str(c).lower() for c in t["category"]][3] == "artifact"
+
+
+def test_koniq10k_sd_stays_with_its_image_after_an_empty_row(koniq_root):
+    """The SD column was aligned by the filtered frame's index: after an empty row, each image
+    got the SD of the row before it."""
+    root, names, mos, sd = koniq_root
+    csv = root / "koniq10k_scores_and_distributions.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], ",,,,,,,,,", *lines[1:]]) + "\n")
+    t = load_dataset("koniq10k", root).table
+    np.testing.assert_allclose(t["mos"], mos)
+    np.testing.assert_allclose(t["mos_std"], sd)
+
+
 def test_spaq_without_scene_sheet(spaq_root):
     root, names, mos = spaq_root
     (root / "Annotations" / "Scene category labels.xlsx").unlink()
@@ -385,6 +413,7 @@ def test_csv_errors(tmp_path):
 @pytest.mark.parametrize("first,scale", [
     ("# mos_range: 0-10", (0.0, 10.0)), ("# mos_range: 0 1e2", (0.0, 100.0)), ("# mos_range=1,5", (1.0, 5.0)),
     ("\ufeff# mos_range: 0 10", (0.0, 10.0)),  # a spreadsheet's byte-order mark before the comment
+    ("# mos_range: 0 9,", (0.0, 9.0)), ("# mos_range: 1, 5;;", (1.0, 5.0)),  # and the empty cells it saves after it
     ("# mos_range: 3 3", "is empty"), ("# mos_range: 0 .. 10", "cannot read the rating scale"),
 ])
 def test_csv_declared_range_forms_and_errors(tmp_path, first, scale):

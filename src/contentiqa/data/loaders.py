@@ -143,8 +143,8 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
         folder = root / other if (root / other).is_dir() else folder
     df = df[df[name_col].notna()]  # a trailing empty row (",,") names no image
     out = pd.DataFrame({"image": [str(folder / str(n)) for n in df[name_col]], "mos": df[mos_col].values})
-    if sd_col:
-        out["mos_std"] = df[sd_col].astype(float)
+    if sd_col:  # by position: the filtered frame's index no longer counts 0..n-1
+        out["mos_std"] = df[sd_col].astype(float).to_numpy()
     return out
 
 
@@ -182,6 +182,7 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     df = _read_sheet(mos_file)
     name_col = _column(df, "Image name", "image_name", "Image", file=mos_file)
     mos_col = _column(df, "MOS", file=mos_file)
+    df = df[df[name_col].notna()]  # an empty row of the spreadsheet (or its csv export) names no image
     out = pd.DataFrame({
         "image": [str(root / "TestImage" / str(n)) for n in df[name_col]],
         "mos": df[mos_col].values,
@@ -197,6 +198,7 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
         return out
     scenes = _read_sheet(scene_file)
     s_name = _column(scenes, "Image name", "image_name", "Image", file=scene_file)
+    scenes = scenes[scenes[s_name].notna()]
     scene_cols = [(s, _column(scenes, s, file=scene_file, required=False)) for s in SPAQ_SCENES]
     scene_cols = [(s, c) for s, c in scene_cols if c is not None]
     if not scene_cols:
@@ -340,7 +342,9 @@ def _declared_range(line: str, path: Path) -> tuple[float, float] | None:
     (read wrongly, it would put every MOS on another scale without a word)."""
     if "mos_range" not in line:
         return None
-    m = re.search(rf"mos_range\s*[:=]?\s*({_NUMBER})\s*(?:,|\bto\b|-|\s)\s*({_NUMBER})\s*$", line.strip())
+    # A spreadsheet saving the file pads the comment's row with empty cells: "# mos_range: 0 9,,"
+    line = line.strip().rstrip(",;\t ")
+    m = re.search(rf"mos_range\s*[:=]?\s*({_NUMBER})\s*(?:,|\bto\b|-|\s)\s*({_NUMBER})\s*$", line)
     if not m:
         raise ValueError(f"{path}: cannot read the rating scale from {line.strip()!r}; write '# mos_range: LO HI'")
     lo, hi = float(m.group(1)), float(m.group(2))
