@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -84,6 +85,24 @@ def test_iqa_cr_one_file_many_sizes(tiny_cr_onnx):
         np.testing.assert_allclose(got["score"], ref["score"].numpy(), atol=1e-3, rtol=0)
         np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-3, rtol=0)
         assert got["score"].shape == (shape[0],) and got["logits"].shape == (shape[0], 10)
+
+
+@pytest.mark.parametrize("key,value,said", [
+    ("precision", "int4", "precision metadata 'int4' is none of"),  # a traceback at the first row
+    ("categories", '"abcdefghij"', "categories is"),  # a string read as ten one-letter categories
+    ("higher_is_better", '"false"', "higher_is_better is"),  # bool("false") is True
+    ("score_low", "nan", "is not a range"),  # every photo "no score", no error
+    ("score_low", "200", "is not a range"),  # scores flipped
+    ("std", "[0, 0, 0]", "divides by zero"),  # every photo "float division by zero"
+    ("mean", "[0.5, 0.5]", "not 3 finite values"),
+])
+def test_metadata_of_the_wrong_kind_is_refused_at_load(tiny_cr_onnx, key, value, said):
+    from contentiqa.inference.onnx_runtime import OnnxInfo
+
+    meta = read_metadata(tiny_cr_onnx[1])
+    OnnxInfo.parse(meta, "g.onnx")  # as exported: fine
+    with pytest.raises(ValueError, match=f"^g.onnx: .*{re.escape(said)}"):
+        OnnxInfo.parse({**meta, key: value}, "g.onnx")
 
 
 def test_metadata_describes_the_model(tiny_cr_onnx):

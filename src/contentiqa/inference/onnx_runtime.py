@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -341,27 +342,52 @@ class OnnxInfo:
                 f"{where} was not exported by contentiqa (no '{ONNX_FORMAT}' metadata); "
                 "export one with `contentiqa export MODEL --format onnx`"
             )
+        from .quantize import PRECISIONS
+
+        def typed(key: str, kind: type | tuple[type, ...], default: str | None = None) -> Any:
+            # JSON of the expected type: bool("false") is True, list("abc") three categories
+            value = json.loads(meta[key] if default is None else meta.get(key, default))
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{key} is {meta.get(key)!r}")
+            return value
+
+        def strings(key: str, default: str) -> list[str]:
+            value = typed(key, list, default)
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} is {meta.get(key)!r}, not a list of names")
+            return value
+
+        def numbers(key: str) -> tuple[float, ...]:
+            value = tuple(float(v) for v in typed(key, list))
+            if len(value) != 3 or not all(math.isfinite(v) for v in value):
+                raise ValueError(f"{key} is {meta[key]!r}, not 3 finite values")
+            return value
+
         try:
-            scale = MOSScale(float(meta["score_low"]), float(meta["score_high"]), bool(json.loads(meta["higher_is_better"])))
-            size = json.loads(meta.get("input_size", "null"))
+            scale = MOSScale(float(meta["score_low"]), float(meta["score_high"]), typed("higher_is_better", bool))
+            if not (math.isfinite(scale.low) and math.isfinite(scale.high) and scale.low < scale.high):
+                raise ValueError(f"the score range {meta['score_low']}..{meta['score_high']} is not a range")
+            size = typed("input_size", (list, type(None)), "null")
             info = cls(
                 model_name=meta["model_name"],
                 scale=scale,
-                categories=list(json.loads(meta.get("categories", "[]"))),
-                mean=tuple(float(v) for v in json.loads(meta["mean"])),
-                std=tuple(float(v) for v in json.loads(meta["std"])),
-                native_resolution=bool(json.loads(meta["native_resolution"])),
+                categories=strings("categories", "[]"),
+                mean=numbers("mean"),
+                std=numbers("std"),
+                native_resolution=typed("native_resolution", bool),
                 input_size=(int(size[0]), int(size[1])) if size else None,
                 min_size=int(meta.get("min_size", 32)),
-                outputs=list(json.loads(meta.get("outputs", '["score"]'))),
+                outputs=strings("outputs", '["score"]'),
                 precision=meta.get("precision", DEFAULT_PRECISION),
             )
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise ValueError(f"{where}: incomplete contentiqa metadata ({exc})") from None
         if not info.native_resolution and info.input_size is None:
             raise ValueError(f"{where}: a fixed-size model without input_size metadata")
-        if len(info.mean) != 3 or len(info.std) != 3:
-            raise ValueError(f"{where}: mean / std metadata must hold 3 values each")
+        if 0.0 in info.std:
+            raise ValueError(f"{where}: std metadata {list(info.std)} divides by zero")
+        if info.precision not in PRECISIONS:
+            raise ValueError(f"{where}: precision metadata {info.precision!r} is none of {', '.join(PRECISIONS)}")
         return info
 
 
