@@ -448,6 +448,19 @@ def test_shipped_calibrations_match_their_weights():
         assert calibration_path(weights).is_file(), f"{name}: no int8 calibration beside {weights.name} (benchmarks/int8.py --ship)"
 
 
+def test_an_int8_graph_carries_its_own_cache_key_not_its_fp32_sources(tiny_fp32, calibrated, tmp_path):
+    """The int8 file copied the fp32 graph's export-cache key: written over the fp32 entry, it
+    was run (and its rows said int8) when fp32 was asked for."""
+    from contentiqa.inference.onnx_runtime import read_metadata
+
+    model, _, _ = tiny_fp32
+    src = export_onnx(model, tmp_path / "fp.onnx", extra_metadata={FINGERPRINT_KEY: "fp32-key"}, verify=False)
+    quantize_for_weights(src, tmp_path / "q.onnx", calibrated)
+    assert FINGERPRINT_KEY not in read_metadata(tmp_path / "q.onnx")
+    quantize_for_weights(src, tmp_path / "k.onnx", calibrated, extra_metadata={FINGERPRINT_KEY: "int8-key"})
+    assert read_metadata(tmp_path / "k.onnx")[FINGERPRINT_KEY] == "int8-key"
+
+
 def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
     """`contentiqa export --precision int8` writes the graph `score --precision int8` runs (the same
     calibration), says so in its metadata; without a calibration it is a usage error."""
@@ -471,6 +484,12 @@ def test_export_cli_int8(tiny_fp32, calibrated, tmp_path, capsys):
     np.testing.assert_allclose(scorer.forward(x)["score"], session.run(["score"], {"image": x})[0], atol=1e-6)
     assert main(["export", str(weights), "--precision", "int8", "-o", str(tmp_path / "no.onnx")]) == 2
     assert "no int8 calibration" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()
+    # a model that is not there is said as such, not blamed on a missing calibration, and no folder is made for it
+    assert main(["export", "iqa-cr.nosuchtag", "--precision", "int8", "-o", str(tmp_path / "new" / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "no weights tagged 'nosuchtag'" in err and "calibration" not in err and not (tmp_path / "new").exists()
+    assert main(["export", str(tmp_path / "missing.pt"), "--precision", "int8", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_many_images_run_side_by_side_one_thread_each():

@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--opset must be between 13 and 21")
     from ._output import check_writable
 
+    # The model first: a mistyped name or a missing file is said as such (an int8 export blamed a
+    # missing calibration), and leaves no --out folder made for nothing.
+    model = load_model(args.model, "cpu")
     check_writable(out, "--out")  # before the export's work
 
     from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, export_onnx
@@ -77,15 +80,11 @@ def run(args: argparse.Namespace) -> int:
         from ..inference.quantize import calibration_path
         from ..models.registry import weights_file
 
-        try:
-            weights = weights_file(args.model)[0]
-        except (ValueError, FileNotFoundError):
-            weights = None
-        if weights is None or not calibration_path(weights).is_file():
-            where = f" (expected {calibration_path(weights)})" if weights is not None else ""
-            raise UsageError(f"--precision int8: no int8 calibration for {args.model}{where}; make one with "
+        weights = weights_file(args.model)[0]
+        if not calibration_path(weights).is_file():
+            raise UsageError(f"--precision int8: no int8 calibration for {args.model} (expected "
+                             f"{calibration_path(weights)}); make one with "
                              "contentiqa.inference.quantize.write_calibration, or export fp32")
-    model = load_model(args.model, "cpu")
     from ._output import terminate_as_interrupt
 
     try:

@@ -163,7 +163,12 @@ def _preprocess(src: Path, out: Path) -> Path:
 def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     import onnx
 
+    from .onnx_runtime import FINGERPRINT_KEY
+
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    # The fp32 graph's export-cache key is not this graph's: an int8 file written where the cache
+    # looks (by hand, or --out) would pass for the fp32 entry. A cached int8 entry gets its own.
+    meta.pop(FINGERPRINT_KEY, None)
     if "verified_max_abs_diff" in meta:  # the fp32 graph's check against PyTorch, not this graph's
         meta["fp32_verified_max_abs_diff"] = meta.pop("verified_max_abs_diff")
     meta.update(extra)
