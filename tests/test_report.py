@@ -96,6 +96,18 @@ def test_resume_keeps_the_reports_heatmaps_and_their_caption(tmp_path, ckpt):
     assert "Right-hand image: quality heatmap (Grad-CAM x attention)" in text and "kept from the earlier run" in text
 
 
+def test_an_explained_resume_from_another_folder_explains_the_earlier_rows_again(tmp_path, ckpt, monkeypatch):
+    """The earlier rows' relative paths were opened from this folder: their heatmaps became
+    "no heatmap (... does not exist)" problems, though the rows themselves were matched."""
+    images(tmp_path / "proj" / "p", 3)
+    monkeypatch.chdir(tmp_path / "proj")
+    assert main(["score", "p", "--model", ckpt, "-o", "rep.html", "-q", "--explain"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "proj/p", "--model", ckpt, "-o", "proj/rep.html", "-q", "--explain", "--resume"]) == 0
+    text = (tmp_path / "proj" / "rep.html").read_text()
+    assert text.count('class="heatmap"') == 3 and "no heatmap" not in text
+
+
 def test_heatmaps_of_a_model_without_attention_say_plain_grad_cam(tmp_path):
     """The report called IE-IQA's maps "Grad-CAM x attention"; it has no attention."""
     import contentiqa

@@ -418,7 +418,7 @@ class _Scoring:
             limit = self.args.explain_limit
             self.heatmaps, problems, self.heat_caption = heatmap_thumbnails(
                 heatmap_model(self.scorer, self.kwargs), self.current_rows(), limit,
-                self.args.thumbnail_size, EXPLAIN_REPORT_MAX_PIXELS, progress=not self.args.quiet)
+                self.args.thumbnail_size, EXPLAIN_REPORT_MAX_PIXELS, progress=not self.args.quiet, locate=self._row_key)
             self.heat_notes = [
                 f"heatmaps: {self.heat_caption}, for the {len(self.heatmaps)} best-scored image(s)"
                 f"{'' if limit == 0 else f' (limit {limit})'}; images over "
