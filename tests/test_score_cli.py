@@ -278,10 +278,10 @@ def test_sort_orders(tmp_path, ckpt, capsys):
         assert run("score", bad, d, "--model", ckpt, "-o", out, *flag) == 1
         rows = read_csv(out)
         scored = [r for r in rows if r["score"]]
+        assert rows[-1]["error"]  # failed inputs last, as the help says ('aaa_missing' came first by path)
         if order == "path":
-            assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+            assert [r["path"] for r in scored] == sorted(r["path"] for r in scored)
         else:
-            assert rows[-1]["error"]  # failed inputs last
             vals = [float(r["score"]) for r in scored]
             assert vals == sorted(vals, reverse=order in ("best", "=-score"))
         table = capsys.readouterr().out.splitlines()
@@ -291,6 +291,37 @@ def test_sort_orders(tmp_path, ckpt, capsys):
     assert run("score", bad, d, "--model", ckpt, "-o", out, "-q", "--sort") == 1  # bare --sort: best first
     vals = [float(r["score"]) for r in read_csv(out) if r["score"]]
     assert vals == sorted(vals, reverse=True)
+
+
+def test_a_glob_that_names_the_output_does_not_score_it(tmp_path, ckpt, capsys):
+    """`score 'p/*' -o p/out.csv --resume`: the output itself was an input, a failed row
+    ('not an image') and exit 1 on every rerun."""
+    d = ok_folder(tmp_path / "imgs", n=2)
+    out = d / "out.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    assert run("score", str(d / "*"), "--model", ckpt, "-o", out, "--resume") == 0
+    assert sorted(Path(r["path"]).name for r in read_csv(out)) == ["img0.jpg", "img1.jpg"]
+    assert "out.csv is this run's --output: not scored" in capsys.readouterr().err
+
+
+def test_best_first_is_the_lowest_score_first_where_lower_is_better():
+    """--sort best put a DMOS model's worst photos first (the report's cards were right)."""
+    from contentiqa.cli.score import sort_order
+
+    assert [sort_order(w, True) for w in ("best", "worst", "path", None)] == ["-score", "score", "path", None]
+    assert [sort_order(w, False) for w in ("best", "worst", "-score")] == ["score", "-score", "-score"]
+
+
+def test_an_empty_shard_writes_the_same_columns_as_the_others(tmp_path, ckpt):
+    """The cluster recipe joins the parts under the first one's header: an empty part wrote 6
+    columns over the others' 12, and pandas read the joined file shifted."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    heads = []
+    for i in range(2):
+        out = tmp_path / f"part{i}.csv"
+        assert run("score", d, "--model", ckpt, "--shard", f"{i}/2", "-o", out, "-q") == 0
+        heads.append(out.read_text().splitlines()[0])
+    assert heads[0] == heads[1] and "weights_sha256" in heads[0]
 
 
 # -- resume and partial progress ----------------------------------------------------------------------
@@ -535,7 +566,8 @@ def test_number_options_refuse_inf_and_nan_as_usage_errors(argv, capsys):
 
 def test_a_stop_while_the_model_loads_ends_like_ctrl_c(tmp_path, ckpt, monkeypatch, capsys):
     """SIGTERM during a first use's export killed score outright, leaving a graph-sized temporary
-    in the export cache; it now unwinds the export as Ctrl-C does (exit 130)."""
+    in the export cache; it now unwinds the export as Ctrl-C does, and exits 143 (128 + SIGTERM),
+    as the help says: it said 130, Ctrl-C's, to a batch script that requeues on 143."""
     import signal
 
     import contentiqa.cli.score as score_cli
@@ -555,6 +587,6 @@ def test_a_stop_while_the_model_loads_ends_like_ctrl_c(tmp_path, ckpt, monkeypat
     previous = signal.signal(signal.SIGTERM, guard)
     try:
         monkeypatch.setattr(score_cli._Scoring, "_load", load_then_stopped)
-        assert run("score", ok_folder(tmp_path / "imgs", n=1), "--model", ckpt, "-q") == 130
+        assert run("score", ok_folder(tmp_path / "imgs", n=1), "--model", ckpt, "-q") == 143
     finally:
         signal.signal(signal.SIGTERM, previous)

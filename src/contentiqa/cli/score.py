@@ -59,14 +59,23 @@ as a thumbnail anyway)."""
 CLI_BOMB_HINT = "pass --max-pixels MP, in megapixels, to allow it"
 """The decompression-bomb refusal's advice, in this command's terms (the library's names the
 Python attribute)."""
-# --sort's words -> sort_rows' orders (whose own names stay accepted: --sort=-score).
-SORT_ORDERS = {"best": "-score", "worst": "score", "path": "path", "-score": "-score", "score": "score"}
+# --sort's words (sort_rows' own orders stay accepted: --sort=-score); best and worst become an
+# order once the model says which way its scores run (sort_order).
+SORT_ORDERS = ("best", "worst", "path", "-score", "score")
 
 
 def _sort_order(value: str) -> str:
     if value not in SORT_ORDERS:
         raise argparse.ArgumentTypeError(f"invalid order {value!r} (choose from best, worst, path)")
-    return SORT_ORDERS[value]
+    return value
+
+
+def sort_order(value: str | None, higher_is_better: bool) -> str | None:
+    """--sort's value as :func:`~contentiqa.reporting.results.sort_rows`' order: best first is the
+    highest score first only where higher is better (a model trained on DMOS: the lowest)."""
+    if value in ("best", "worst"):
+        return "-score" if (value == "best") == higher_is_better else "score"
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image-decoding threads (0 = decode in the main thread). Default: 2 with ONNX Runtime; with "
                         "PyTorch, the cores its threads leave free, at most 2 (so 0 on a 2-core machine, where decoding "
                         "beside the model was measured slower); on a GPU one per CPU core but one, at most 16")
-    p.add_argument("--sort", nargs="?", const="-score", type=_sort_order, metavar="ORDER",
+    p.add_argument("--sort", nargs="?", const="best", type=_sort_order, metavar="ORDER",
                    help="order of the table and output file: best (best first; what a bare --sort means), worst, or "
                         "path; failed inputs last")
     p.add_argument("--explain", action="store_true",
@@ -264,6 +273,12 @@ class _Scoring:
 
         scan_notes: list[str] = []
         entries = collect_inputs(self.args.paths, self.args.recursive, scan_notes)
+        if self.output is not None:  # a glob (p/*) names the run's own output too: never an input
+            own = os.path.realpath(self.output)
+            kept = [e for e in entries if os.path.realpath(e[0]) != own]
+            if len(kept) < len(entries):
+                scan_notes.append(f"{self.output} is this run's --output: not scored")
+            entries = kept
         if self.shard is not None:
             from ..inference.shard import select_shard
 
@@ -301,7 +316,8 @@ class _Scoring:
     def current_rows(self) -> list[dict]:
         from ..reporting.results import sort_rows
 
-        return sort_rows(self.kept + [self.new_rows[k] for k in sorted(self.new_rows)], self.args.sort)
+        return sort_rows(self.kept + [self.new_rows[k] for k in sorted(self.new_rows)],
+                         sort_order(self.args.sort, self.info["higher_is_better"]))
 
     def save(self) -> bool:
         """Rewrite --output (atomically; a signal waits for the write); False if it failed."""

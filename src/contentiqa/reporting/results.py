@@ -106,8 +106,10 @@ JSON, a ``\\udcXX`` escape, which is valid JSON and reads back as the same name 
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows as CSV, the scoring model's columns always: the parts of a sharded run are joined
+    under the first part's header, and an empty part's must be the same."""
     rows = list(rows)
-    fields = FIELDS + tuple(k for k in MODEL_FIELDS if any(k in r for r in rows))
+    fields = FIELDS + MODEL_FIELDS
     # columns a user added to the table (kept through --resume, as JSON keeps extra keys)
     fields += tuple(dict.fromkeys(k for r in rows for k in r if isinstance(k, str) and k not in fields))
     buf = io.StringIO()
@@ -190,12 +192,12 @@ def sort_rows(rows: Sequence[dict[str, Any]], order: str | None) -> list[dict[st
     rows = list(rows)
     if not order:
         return rows
-    if order == "path":
-        return sorted(rows, key=lambda r: r["path"])
-    if order not in ("score", "-score"):
+    if order not in ("score", "-score", "path"):
         raise ValueError(f"unknown sort order {order!r}")
     ok = [r for r in rows if r.get("score") is not None]
-    bad = [r for r in rows if r.get("score") is None]
+    bad = sorted((r for r in rows if r.get("score") is None), key=lambda r: r["path"])
+    if order == "path":
+        return sorted(ok, key=lambda r: r["path"]) + bad
     ok.sort(key=lambda r: r["score"], reverse=order == "-score")
     return ok + bad
 
