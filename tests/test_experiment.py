@@ -781,7 +781,7 @@ def test_sigterm_ends_an_experiment_as_ctrl_c_does(tmp_path, capsys, monkeypatch
     cfg.write_text("data: {name: csv, root: d.csv}\nmodel: iqa-cr-q\n")
     before = signal.signal(signal.SIGTERM, unhandled)
     try:
-        assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+        assert main(["experiment", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 143
         assert signal.getsignal(signal.SIGTERM) is unhandled
     finally:
         signal.signal(signal.SIGTERM, before)

@@ -90,16 +90,32 @@ def rescue_path(path: Path, fmt: str) -> Path:
     return Path(tempfile.gettempdir()) / f"contentiqa-rescued-{path.stem}-{stamp}-{os.getpid()}{suffix}"
 
 
+_TERMINATED_BY: list[int] = []
+"""The signal :func:`terminate_as_interrupt` last turned into a KeyboardInterrupt (commands
+re-raise it with their own message, so the exception cannot carry it)."""
+
+
+def interrupt_exit_code() -> int:
+    """128 + the signal that interrupted the command: SIGTERM/SIGHUP when
+    :func:`terminate_as_interrupt` turned one into the KeyboardInterrupt, else Ctrl-C's SIGINT
+    (what a batch script that requeues on 143 tells apart)."""
+    code = 128 + (_TERMINATED_BY[0] if _TERMINATED_BY else int(signal.SIGINT))
+    _TERMINATED_BY.clear()
+    return code
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (a scheduler stopping or requeueing the job, a closed terminal) end a
     long command as Ctrl-C does: a KeyboardInterrupt, which the command turns into what was kept
-    and how to go on, instead of a silent death. Other threads: no-op."""
+    and how to go on, instead of a silent death (the exit code still names the signal:
+    :func:`interrupt_exit_code`). Other threads: no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame) -> None:
+        _TERMINATED_BY[:] = [signum]
         raise KeyboardInterrupt
 
     saved = {s: signal.signal(s, interrupt) for s in StopSignals.SIGNALS if s != signal.SIGINT}

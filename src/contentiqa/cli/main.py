@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8 prints escaped, not as a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     shown_as, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # for this command only
+    from ._output import interrupt_exit_code
+
+    interrupt_exit_code()  # forget a signal an earlier command of this process was stopped by
     try:
         return int(args.func(args) or 0)
     except (UsageError, ExtraMissing) as exc:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
         print(str(exc) or "interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit_code()
     finally:
         warnings.formatwarning = shown_as
 
