@@ -315,6 +315,27 @@ def test_checkpoint_not_a_state_dict(tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
         create_backbone("resnet18", checkpoint_path=tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="is a folder"):  # it said the folder did not exist
+        create_backbone("resnet18", checkpoint_path=tmp_path)
+
+
+def test_a_checkpoint_that_fits_only_part_of_the_network_is_refused(tmp_path):
+    """Under half the tensors missing loaded without a word, the rest left random: lite0's
+    weights into lite1 (90 of its tensors), or a file missing the last blocks."""
+    torch.manual_seed(8)
+    state = create_backbone("efficientnet_lite0", pretrained=False).state_dict()
+    torch.save(state, tmp_path / "lite0.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        create_backbone("efficientnet_lite1", checkpoint_path=tmp_path / "lite0.pth")
+    torch.save({k: v for k, v in state.items() if not k.startswith("blocks.6.")}, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=r"tensors missing.*blocks\.6\."):
+        create_backbone("efficientnet_lite0", checkpoint_path=tmp_path / "short.pth")
+    # a headless file (no classifier) fits a trunk, not a network whose classifier is needed
+    torch.save({k: v for k, v in state.items() if not k.startswith("classifier.")}, tmp_path / "headless.pth")
+    trunk = create_backbone("efficientnet_lite0", checkpoint_path=tmp_path / "headless.pth")
+    assert torch.equal(trunk.conv_head.weight, state["conv_head.weight"])
+    with pytest.raises(ValueError, match="no classifier"):
+        create_backbone("efficientnet_lite0", checkpoint_path=tmp_path / "headless.pth", require_classifier=True)
 
 
 def test_lite0_other_num_classes_keeps_trunk(lite0):

@@ -258,3 +258,24 @@ def test_load_checkpoint_takes_a_home_relative_path_and_checks_the_device_first(
     with pytest.raises(ValueError, match="unknown device 'gpu'"):  # torch's RuntimeError, after reading the file
         load_checkpoint("~/mine.pt", device="gpu")
 
+
+
+def test_a_model_built_from_a_backbone_file_loads_after_that_file_is_gone(tmp_path):
+    """The saved config names the file the backbone started from; rebuilding read it again, so
+    a trained model moved to another machine (or whose start file was cleaned up) never
+    loaded: the state dict holds every tensor, and the file is not needed."""
+    from contentiqa.backbones import create_backbone
+    from contentiqa.models import load_checkpoint
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    torch.manual_seed(3)
+    start = tmp_path / "start.pth"
+    torch.save(create_backbone("efficientnet_lite0", pretrained=False).state_dict(), start)
+    model = tiny_model("iqa-cr", backbone_checkpoint=str(start))
+    saved = save_checkpoint(model, tmp_path / "trained.pt")
+    start.unlink()
+    loaded = load_checkpoint(saved)
+    assert loaded.cfg.backbone_checkpoint == str(start)  # kept as the record of where it started
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k

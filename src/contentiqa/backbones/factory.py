@@ -7,10 +7,12 @@ pools and classifies, ``num_features`` is the channel count, and ``pretrained_cf
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .config import PretrainedCfg
 from .efficientnet_lite import LITE_CFGS, WeightsUnavailableError, load_lite_weights, package_weight_file
@@ -43,12 +45,29 @@ def list_backbones(pretrained_offline: bool = False) -> list[str]:
     return names
 
 
-def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str) -> None:
+_UNREAD = threading.local()
+
+
+@contextlib.contextmanager
+def checkpoint_files_unread() -> Iterator[None]:
+    """Build backbones without reading their ``checkpoint_path`` (this thread): how a saved model
+    whose own state dict holds every tensor is rebuilt. The file it started from may be gone
+    since, or changed, and its weights would be overwritten anyway."""
+    _UNREAD.on = True
+    try:
+        yield
+    finally:
+        _UNREAD.on = False
+
+
+def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str, require_classifier: bool) -> None:
     import torch
 
     from ..utils.checkpoint_io import load_torch_file
 
     path = Path(checkpoint_path)
+    if path.is_dir():
+        raise ValueError(f"backbone '{name}': checkpoint_path {path} is a folder: name the weights file in it")
     if not path.is_file():
         raise FileNotFoundError(f"backbone '{name}': checkpoint_path {path} does not exist")
     state = load_torch_file(path, f"backbone '{name}' checkpoint")  # plain data only: never runs code
@@ -79,14 +98,21 @@ def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name:
         )
     for k in dropped:
         state.pop(k)
-    result = model.load_state_dict(state, strict=False)
-    unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if k not in dropped]
-    if len(missing) > 0.5 * len(target) or unexpected and len(unexpected) > 0.5 * len(state):
+    # Every tensor of the trunk, as timm loads strictly: a file of a neighbouring architecture
+    # (lite0 weights for lite1) fits most tensors and left the rest at random without a word.
+    # Only the classifier may be absent (a headless file) or of another size.
+    missing = [k for k in target if k not in state and not (heads and k.startswith(heads))]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
         raise ValueError(
             f"backbone '{name}': checkpoint {path} does not fit this architecture "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[:3]})"
+            f"({len(missing)} of its tensors missing, {len(unexpected)} the architecture lacks, e.g. "
+            f"{(missing + unexpected)[:3]})"
         )
+    if require_classifier and any(k not in state for k in target if heads and k.startswith(heads)):
+        raise ValueError(f"backbone '{name}': checkpoint {path} has no classifier of this backbone's "
+                         f"{getattr(model, 'num_classes', '?')} classes, and it is needed here")
+    model.load_state_dict(state, strict=False)
 
 
 def create_backbone(
@@ -94,6 +120,7 @@ def create_backbone(
     pretrained: bool = True,
     num_classes: int = 1000,
     checkpoint_path: str | os.PathLike | None = None,
+    require_classifier: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build a backbone by name, with weights that work offline when possible.
@@ -102,6 +129,10 @@ def create_backbone(
     - any other timm name (``resnet50``, ``efficientnet_b0``, ...): weights from
       ``checkpoint_path`` when given, else from timm's hub when online; offline without
       either, a :class:`WeightsUnavailableError` says how to proceed.
+
+    ``checkpoint_path`` must hold every tensor of the network but its classifier (a headless
+    file, or one of another class count, keeps a random classifier), unless
+    ``require_classifier``.
     """
     import timm
 
@@ -109,7 +140,8 @@ def create_backbone(
         cfg = LITE_CFGS[name]
         model = timm.create_model(cfg.architecture, pretrained=False, num_classes=num_classes, **kwargs)
         if checkpoint_path is not None:
-            _load_checkpoint(model, checkpoint_path, name)
+            if not getattr(_UNREAD, "on", False):
+                _load_checkpoint(model, checkpoint_path, name, require_classifier)
             cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
         elif pretrained:
             load_lite_weights(model, package_weight_file(cfg), load_classifier=num_classes == 1000)
@@ -132,7 +164,8 @@ def create_backbone(
             weight_source="hub",
         )
         if checkpoint_path is not None:
-            _load_checkpoint(model, checkpoint_path, name)
+            if not getattr(_UNREAD, "on", False):
+                _load_checkpoint(model, checkpoint_path, name, require_classifier)
             cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
         elif pretrained:
             try:

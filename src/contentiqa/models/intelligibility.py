@@ -216,7 +216,9 @@ class RecognitionBranch(IntelligibilityBranch):
     strategy = "contribution"
 
     def __init__(self, backbone: str = "efficientnet_lite0", pretrained: bool = True, checkpoint: str | None = None):
-        net = create_backbone(backbone, pretrained=pretrained and checkpoint is None, checkpoint_path=checkpoint)
+        # its classifier ranks the features (contribution selection): a file without it is refused
+        net = create_backbone(backbone, pretrained=pretrained and checkpoint is None, checkpoint_path=checkpoint,
+                              require_classifier=True)
         cfg = net.contentiqa_cfg
         super().__init__(cfg.mean, cfg.std, net.num_features)
         self.net = net

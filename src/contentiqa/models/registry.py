@@ -13,6 +13,7 @@ names the file).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -352,8 +353,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a valid contentiqa model checkpoint (its model_name, config or "
                          "state_dict is missing or not what save_checkpoint writes)")
+    from ..backbones.factory import checkpoint_files_unread
+
     try:
-        model = rebuild(name, config)
+        # A state dict that holds every tensor needs none of the files its config names (the
+        # backbone weights it started from): a model stays loadable when they are gone.
+        with checkpoint_files_unread() if not omitted else contextlib.nullcontext():
+            model = rebuild(name, config)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: cannot rebuild its model: {exc} (a file its config names, whose "
+                                "weights it needs: restore it)") from None
     except (ValueError, TypeError, KeyError) as exc:  # an unknown model, arguments its config does not take
         raise ValueError(f"{path}: cannot rebuild its model {name!r}: {exc}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
