@@ -176,7 +176,7 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "score" in printed
-    assert "quality evidence by CNN level, shallow to deep:" in printed
+    assert "quality evidence by CNN level (shallow to deep):" in printed
     im = Image.open(out)
     assert im.format == "PNG" and im.size[0] > im.size[1]  # panels side by side
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "q.png"), "--target", "quality"]) == 0
@@ -227,6 +227,43 @@ def test_explain_cli_never_writes_over_an_input_and_checks_outputs_first(tmp_pat
     assert (tmp_path / "photo_explain_explain.png").is_file()
     assert main(["explain", str(other), str(named), "--model", ckpt, "--out-dir", "out"]) == 1
     assert "cannot write" in capsys.readouterr().err and (tmp_path / "out" / "photo_explain_explain.png").is_file()
+    # no --out-dir: the current folder is checked before the work too (every image failed after it)
+    monkeypatch.chdir("/proc")
+    assert main(["explain", str(photo), "--model", ckpt]) == 2
+    assert "cannot write in the current folder /proc" in capsys.readouterr().err
+
+
+def test_sigterm_while_explaining_leaves_no_temporary(tmp_path, photo, monkeypatch, capsys):
+    """A SIGTERM during a figure's write killed explain outright, its .tmp left beside the figure."""
+    import os
+    import signal
+
+    import contentiqa.models.registry as registry
+    from contentiqa.explain.explanation import Explanation
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    real = Explanation.save_figure
+
+    def save_then_terminated(self, path, *a, **k):
+        from contentiqa.utils.io import atomic_write
+
+        def write(tmp):  # the figure's temporary exists when the signal comes
+            Path(tmp).write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        atomic_write(path, write)
+        return real(self, path, *a, **k)
+
+    def unhandled(signum, frame):
+        raise RuntimeError("SIGTERM reached the caller: explain did not handle it")
+
+    monkeypatch.setattr(Explanation, "save_figure", save_then_terminated)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main(["explain", str(photo), "--model", tiny_checkpoint(), "--out-dir", str(tmp_path / "o")]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert list((tmp_path / "o").iterdir()) == []
 
 
 def test_explain_cli_reports_the_score_commands_score(tmp_path, photo, monkeypatch, capsys):

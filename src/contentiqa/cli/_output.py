@@ -59,8 +59,12 @@ def check_writable_folder(folder: Path, option: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {option} {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write in {option} {folder}: permission denied")
+    try:  # a probe, not os.access: root passes that on a read-only mount or /proc
+        fd, probe = tempfile.mkstemp(prefix=".contentiqa-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write in {option} {folder}: {exc.strerror or exc}") from None
     return folder
 
 

@@ -52,8 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.imageio import BOMB_HINT, ImageLoadError
-    from ..explain import explain
     from ._model_loading import heatmap_model, load_scorer, scorer_kwargs
 
     if not args.images:
@@ -71,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         if _same(args.out) in inputs:
             raise UsageError(f"--out {args.out} is one of the images: name another file")
         check_writable(Path(args.out), "--out")  # before the model loads and the maps are made
-    elif args.out_dir:
-        check_writable_folder(Path(args.out_dir), "--out-dir")
+    else:  # the current folder when no --out-dir: checked as well, before the work
+        check_writable_folder(Path(args.out_dir) if args.out_dir else Path.cwd(), "--out-dir" if args.out_dir else "the current folder")
     # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
     kwargs = scorer_kwargs(args)
     notes: list[str] = []
@@ -89,6 +87,19 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown category {category!r}; this model knows: {', '.join(model.categories) or 'none'}")
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[args.target]
     max_pixels = None if args.max_pixels == 0 else int(args.max_pixels * 1e6)
+
+    from ._output import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM unwinds a figure's write as Ctrl-C does: no temporary left
+        return _explain_each(args, scorer, model, targets, category, max_pixels, inputs)
+
+
+def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, ...], category: str | None,
+                  max_pixels: int | None, inputs: set[str]) -> int:
+    """Score, explain and write a figure for each image; 1 when one failed (the rest go on)."""
+    from ..data.imageio import BOMB_HINT, ImageLoadError
+    from ..explain import explain
+    from ..models.ensemble import Ensemble
 
     failures = 0
     out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
@@ -124,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         print(printable(f"{image}: {exp.title()}"))
+        order = "each member's, shallow to deep" if isinstance(model, Ensemble) else "shallow to deep"
         for target, shares in exp.level_shares.items():
-            print(f"  {target} evidence by CNN level, shallow to deep: {' / '.join(f'{v:.2f}' for v in shares)}")
+            print(f"  {target} evidence by CNN level ({order}): {' / '.join(f'{v:.2f}' for v in shares)}")
         for note in exp.notes:
             print(f"  note: {note}")
         print(f"  wrote {printable(os.fspath(out))}")
