@@ -119,13 +119,18 @@ def test_cli_reports_unreadable_images_and_usage_errors(tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["analyze-intelligibility", str(csv), "--out", str(out), "--quiet", "--no-plot"])
     assert rc == 1
-    assert re.search(r"broken\.png: .*not an image", capsys.readouterr().err)  # named, not only counted
+    err = capsys.readouterr().err
+    assert re.search(r"broken\.png: .*not an image", err)  # named, not only counted
+    assert err.count("broken.png") == 1  # once: it was "PATH: PATH: not an image"
     per = pd.read_csv(out / "intelligibility.csv")
     bad = per[per["image"].str.endswith("broken.png")].iloc[0]
-    assert np.isnan(bad["top1_confidence"]) and bad["mos_bin"] == 0 and isinstance(bad["error"], str)
+    assert np.isnan(bad["top1_confidence"]) and bad["mos_bin"] == 0 and "broken.png" not in bad["error"]
     assert json.loads((out / "summary.json").read_text())["n_failed"] == 1
     assert not (out / "intelligibility.png").exists()
     assert main(["analyze-intelligibility", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+    assert main(["analyze-intelligibility", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path} is a folder" in err and "--data /" not in err  # DATA is no --data option here
 
 
 def test_analysis_reads_a_dataset_as_its_table():

@@ -102,7 +102,7 @@ def top1_confidence(
     NaN and the reason), in input order."""
     from tqdm.auto import tqdm
 
-    from ..data.imageio import ImageLoadError, load_image
+    from ..data.imageio import BOMB_HINT, ImageLoadError, load_image
     from ..models.base import pil_to_tensor
 
     if classifier is None:
@@ -121,7 +121,9 @@ def top1_confidence(
         try:
             img = item if isinstance(item, Image.Image) else load_image(item).image
             return pil_to_tensor(img.convert("RGB").resize((size, size), Image.BILINEAR), mean, std), None
-        except (ImageLoadError, OSError, ValueError) as exc:
+        except ImageLoadError as exc:  # its reason: the row names the file already
+            return None, exc.reason.replace(BOMB_HINT, "this command reads photos up to that size only")
+        except (OSError, ValueError) as exc:
             return None, str(exc)
 
     n = len(images)

@@ -56,10 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     data = Path(args.data)
-    if not data.exists():  # said here, not by load_data: DATA is no --data option in this command
-        raise UsageError(f"{data} does not exist")
     try:
-        dataset = load_data(args)  # --skip-missing, and errors that name the file
+        dataset = load_data(args, option="")  # --skip-missing, and errors that name the file (DATA is no --data)
     except OSError as exc:  # a loader's own file (not an image) missing or unreadable
         raise UsageError(f"cannot read dataset {data}: {exc}") from None
     classifier, mean, std, names = _classifier(args.backbone)

@@ -80,15 +80,18 @@ def each_dataset(args: argparse.Namespace) -> list[argparse.Namespace]:
     return out
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args: argparse.Namespace, option: str = "--data"):
+    """``args.data`` read by ``args.dataset``'s loader; ``option``: how the command names the
+    argument in its errors (a positional DATA is no --data)."""
     from ..data import MissingFilesError, load_dataset
 
     path = Path(args.data)
     name = args.dataset or "csv"
+    where = f"{option} {path}" if option else str(path)
     if not path.exists():
-        raise UsageError(f"--data {path} does not exist")
+        raise UsageError(f"{where} does not exist")
     if name == "csv" and path.is_dir():
-        raise UsageError(f"--data {path} is a folder: pass the CSV file, or --dataset NAME for a released layout")
+        raise UsageError(f"{where} is a folder: pass the CSV file, or --dataset NAME for a released layout")
     try:
         return load_dataset(name, path, on_missing="skip" if args.skip_missing else "error")
     except MissingFilesError as exc:
