@@ -205,8 +205,8 @@ def analyze_intelligibility(
     ok = per["top1_confidence"].notna() & per["mos"].notna()
     good = per[ok]
     if len(good) < 2:
-        errors = per.loc[~ok, "error"].dropna()
-        first = f"; first: {errors.iloc[0]}" if len(errors) else ""
+        failed = per[~ok & per["error"].notna()]
+        first = f"; first: {failed['image'].iloc[0]}: {failed['error'].iloc[0]}" if len(failed) else ""
         raise ValueError(f"{name}: fewer than two images could be scored ({int((~ok).sum())} of {len(per)} failed{first})")
 
     mos_bins, mos_edges = equal_bins(good["mos"], n_bins)
