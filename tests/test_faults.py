@@ -160,6 +160,20 @@ def test_a_raw_pickle_is_refused_as_unsafe_and_other_files_are_simply_not_checkp
     (tmp_path / "folder.pt").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         load_checkpoint(tmp_path / "folder.pt")
+    # timm's hub weights (model.safetensors) and NumPy archives are other formats, not damaged files
+    import io
+    import json
+    import zipfile
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.npy", b"\x93NUMPY")
+    (tmp_path / "w.npz").write_bytes(buf.getvalue())
+    for name, kind in (("model.safetensors", "a safetensors file"), ("w.npz", "a NumPy archive")):
+        with pytest.raises(ValueError, match=f"is {kind}.*, not a PyTorch file"):
+            load_checkpoint(tmp_path / name)
 
 
 @pytest.mark.parametrize("damage", ["no model_name", "config key", "no config", "state not tensors", "unknown model",

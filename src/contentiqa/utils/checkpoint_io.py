@@ -78,13 +78,30 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[
                                       "wrote, and a pickle may run code when loaded. Nothing in it was executed. Use a "
                                       "checkpoint written by contentiqa (`contentiqa train`, save_checkpoint)") from None
         onnx = " (an ONNX graph is read as one only when its name ends in .onnx)" if _looks_like_onnx(path) else ""
-        raise CheckpointReadError(f"{what} {path} is not a PyTorch checkpoint (not a file `torch.save` wrote, "
-                                  f"or damaged){onnx}") from None
+        raise CheckpointReadError(_other_format(path, what) or f"{what} {path} is not a PyTorch checkpoint (not a file "
+                                  f"`torch.save` wrote, or damaged){onnx}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        other = _other_format(path, what)
+        if other:
+            raise CheckpointReadError(other) from None
         raise CheckpointReadError(
             f"{what} {path} is not a readable PyTorch file (truncated or damaged?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
+
+
+def _other_format(path: Path, what: str) -> str | None:
+    """What to say of a weights file of another library's format (timm's hub gives
+    ``model.safetensors``), which is not damaged, only not read here; None for any other file."""
+    head = read_head(path, 16)
+    if len(head) >= 10 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:10] in (b'{"', b"{ "):
+        kind = "a safetensors file"
+    elif head[:2] == b"PK" and path.suffix.lower() == ".npz":
+        kind = "a NumPy archive (.npz)"
+    else:
+        return None
+    return (f"{what} {path} is {kind}, not a PyTorch file: load it with its library and save the state dict "
+            "with torch.save")
 
 
 def _looks_like_onnx(path: Path) -> bool:
