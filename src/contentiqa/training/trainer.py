@@ -85,12 +85,12 @@ given more epochs, as they would then describe a model best.pt no longer holds."
 
 
 VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable")
+"""What a validation can measure (a model without a content head, or a part without labels,
+has fewer: :meth:`Trainer._monitor` says so then)."""
 LOWER_BETTER = ("rmse",)
 """Validation metrics where less is better: the monitor ranks epochs by their negative."""
 MIN_VAL_PER_SET = 3
 """Photos (rated differently) a training set needs in the validation part to count in its mean."""
-"""What a validation can measure (a model without a content head, or a part without labels,
-has fewer: :meth:`Trainer._monitor` says so then)."""
 
 
 class ResumeMismatch(ValueError):
