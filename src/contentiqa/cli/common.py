@@ -147,12 +147,21 @@ def split_parts(split, table: pd.DataFrame, args: argparse.Namespace, own: bool 
                          "(drop --split) or restore the table it was made for") from None
 
 
+def _drawn_val_counts(n_train: int) -> bool:
+    """Whether the official protocol's validation draw from ``n_train`` training rows is large
+    enough for training to validate on (smaller, the run goes without one, as it did)."""
+    from ..data.splits import OFFICIAL_VAL_FRACTION
+    from ..training.trainer import MIN_VAL_PER_SET
+
+    return round(OFFICIAL_VAL_FRACTION * n_train) >= MIN_VAL_PER_SET
+
+
 def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None, *,
                   training: bool = False):
     """A Split from --split, else from a 'split' column, else made by --protocol (saved to
     ``out_dir`` when made here). ``training``: a column without 'val' rows gets a validation part
-    drawn from its training rows per --split-seed (the ``official`` protocol, as experiments do):
-    the default recipes fit their calibration on it."""
+    drawn from its training rows per --split-seed (the ``official`` protocol, as experiments do),
+    when they are enough for one: the default recipes fit their calibration on it."""
     from ..data import Split, image_keys_for, load_splits, make_splits, save_splits
 
     if args.split:
@@ -177,7 +186,7 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         parts = {p: [k for k, s in zip(keys, which) if s == p] for p in ("train", "val", "test")}
         if not parts["train"]:
             raise UsageError("the 'split' column marks no row as 'train'")
-        if not training or parts["val"]:
+        if not training or parts["val"] or not _drawn_val_counts(len(parts["train"])):
             return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there
         protocol = "official"
         if not quiet:
