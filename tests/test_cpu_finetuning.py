@@ -78,6 +78,15 @@ def test_each_degradation_gets_worse_with_its_level():
         degrade(img, "blur", 5)
 
 
+def test_a_16_bit_photo_is_degraded_on_its_range_not_clipped_to_white():
+    """convert("RGB") clipped 16-bit values to 255: the 'degraded' copy was a white frame."""
+    from contentiqa.data.degrade import bad_frame
+
+    ramp = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+    for out in (degrade(ramp, "blur", 1), degrade(ramp, "noise", 0), bad_frame(ramp, "pixelated 8x")):
+        assert out.mode == "RGB" and 100 < np.asarray(out, dtype=np.float64).mean() < 155
+
+
 def test_bad_frames_are_what_they_say():
     img = _photo(size=80)
     assert set(np.unique(np.asarray(bad_frame(img, "black")))) == {0}
@@ -355,13 +364,26 @@ def test_damage_without_a_cache_or_with_an_unknown_source_is_refused(two_sets, t
     with pytest.raises(ValueError, match="cache_stages"):
         Trainer(model, two_sets, None, scales, TrainConfig(damage_weight=1.0, damage_photos=2, crop=None),
                 tmp_path / "r1", progress=False, log=lambda *a: None)
-    with pytest.raises(ValueError, match="damage_source"):
+    with pytest.raises(ValueError, match="damage_source 'C' is not one of the training sets: A, B"):
         Trainer(model, two_sets, None, scales, TrainConfig(damage_weight=1.0, damage_photos=2, crop=None, cache_stages=3,
                                                            damage_source="C"),
                 tmp_path / "r2", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+    assert not (tmp_path / "c").exists()  # said before the training photos were encoded, not after
     with pytest.raises(ValueError, match="dataset_ratio"):
         Trainer(model, two_sets, None, scales, TrainConfig(dataset_ratio={"A": 1, "C": 2}, crop=None, cache_stages=3),
                 tmp_path / "r3", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+
+
+@pytest.mark.parametrize("settings,said", [
+    (dict(damage_weight=0.3), "damage_weight 0.3 needs damage_photos"),  # trained without the term, silently
+    (dict(anchor_weight=0.1), "anchor_weight 0.1 needs anchor_photos"),
+    (dict(damage_weight=-1.0, damage_photos=3), "0 or more"),  # reversed the ranking
+    (dict(damage_weight=0.3, damage_photos=3, damage_groups=0), "damage_groups must be at least 1"),  # IndexError
+    (dict(anchor_weight=0.3, anchor_photos=3, anchors_per_batch=0), "anchors_per_batch must be at least 1"),
+])
+def test_a_damage_or_anchor_term_that_cannot_work_is_refused(settings, said):
+    with pytest.raises(ValueError, match=said):
+        TrainConfig(**settings)
 
 
 def test_interpolation_keeps_the_mix_that_validates_best(two_sets, tmp_path):

@@ -180,6 +180,18 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"training option {name} must be a whole number of at least 1, not {value!r}")
+        # A damage or anchor term is on with its weight and its photos: a weight alone trained
+        # without the term, and said nothing; a negative weight would reverse the ranking.
+        for weight, photos, per_step in (("damage_weight", "damage_photos", "damage_groups"),
+                                         ("anchor_weight", "anchor_photos", "anchors_per_batch")):
+            w, n, k = getattr(self, weight), getattr(self, photos), getattr(self, per_step)
+            if w < 0 or n < 0:
+                raise ValueError(f"training options {weight} and {photos} are 0 or more, not {w!r} / {n!r}")
+            if w > 0 and n < 1:
+                raise ValueError(f"training option {weight} {w:g} needs {photos} (how many training photos it uses): "
+                                 f"set {photos} to 1 or more, or {weight} to 0")
+            if w > 0 and k < 1:
+                raise ValueError(f"training option {per_step} must be at least 1 while {weight} is on, not {k!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -258,6 +258,12 @@ class Trainer:
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
                                      model_loss=model.loss, score_weight=cfg.score_weight).to(self.device)
         self._check_labels()
+        if cfg.damage_source is not None and (cfg.damage_weight or cfg.anchor_weight):
+            # before the training photos are encoded (a full pass on a large set), not after
+            sets = sorted(set(self.train_table["dataset"])) if "dataset" in self.train_table else []
+            if cfg.damage_source not in sets:
+                raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets"
+                                 + (f": {', '.join(sets)}" if sets else " (there is one, unnamed: leave it out)"))
         self.val_sets = self._check_validation()
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
