@@ -6,7 +6,8 @@ ship gate's damage checks (benchmarks/ship_gate.py). Training draws its photos f
 training sets; the gate builds its suite from other photos.
 
 Every function is deterministic given its arguments (noise takes a seed), works on 8-bit RGB
-PIL images and returns a new one of the same size.
+(other modes are read as :func:`~contentiqa.data.imageio.load_image` reads files) and returns a
+new 8-bit RGB image of the same size.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from .imageio import to_rgb8
 
 LEVELS = (1, 2, 3, 4)
 """Severity levels of every degradation type (0 would be the photo itself)."""
@@ -64,7 +67,7 @@ def degrade(img: Image.Image, kind: str, level: int, seed: int = 0) -> Image.Ima
         raise ValueError(f"unknown degradation {kind!r}; known: {', '.join(DEGRADATIONS)}")
     if level not in (0, *LEVELS):
         raise ValueError(f"level must be 0-{LEVELS[-1]}, not {level!r}")
-    img = img.convert("RGB")
+    img = to_rgb8(img)
     return img.copy() if level == 0 else DEGRADATIONS[kind](img, level, seed)
 
 
@@ -110,7 +113,7 @@ def bad_frame(img: Image.Image, kind: str, seed: int = 0) -> Image.Image:
     """The bad frame ``kind`` made from ``img`` (see :data:`BAD_FRAMES`)."""
     if kind not in BAD_FRAMES:
         raise ValueError(f"unknown bad frame {kind!r}; known: {', '.join(BAD_FRAMES)}")
-    return BAD_FRAMES[kind](img, seed)
+    return BAD_FRAMES[kind](to_rgb8(img), seed)
 
 
 def parse_spec(spec: str) -> tuple[str, str, int]:

@@ -182,6 +182,12 @@ def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     return oriented
 
 
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """An image of any mode as 8-bit RGB, as :func:`load_image` reads files (16-bit and float
+    on their range, transparency on white): ``convert("RGB")`` clips 16-bit values to white."""
+    return _to_rgb(im, [])
+
+
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
