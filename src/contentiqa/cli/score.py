@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --explain, heatmaps for the N best-scored images only (default 100; 0 = all)")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already in --output and score only the inputs missing there (failed ones are "
-                        "retried); refused if they were scored with another model")
+                        "retried; rows are matched by path, so a photo replaced since keeps its old row: --force "
+                        "rescores all); refused if they were scored with another model")
     p.add_argument("--force", action="store_true", help="replace an existing --output (without it, or --resume, an existing file is an error)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and notes on inputs passed over")
     p.add_argument("--max-pixels", type=finite_float, default=None, metavar="MP",
