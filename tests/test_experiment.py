@@ -241,6 +241,54 @@ def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny
     assert run_experiment(elsewhere, out, progress=False, base_dir=root, train=False).results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
+@pytest.mark.parametrize("edit", ["tested checkpoint", "test set", "rating scale"])
+def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit):
+    """The fingerprint left out the tested checkpoint, the test sets' rows and the training sets'
+    rating scale (and labels, loader arguments, split parts): splits of two experiments were
+    averaged into one mean ± std without a word."""
+    root, path, cfg = tiny
+    data = root / "train" / "scores.csv"
+    edited = {"tested checkpoint": {**cfg, "checkpoint": "last"},
+              "test set": {**cfg, "test": ["split", {"name": "csv", "root": str(data), "label": "OTHER"}]},
+              "rating scale": {**cfg, "data": {**cfg["data"], "args": {"mos_range": [0, 200]}}}}[edit]
+    recorded = {f: (root / "out1" / f).read_bytes() for f in ("provenance.json", "config.yaml")}
+    with pytest.raises(ConfigError, match="trained with another recipe or data"):
+        run_experiment(edited, root / "out1", progress=False, base_dir=root, train=False)
+    # a refused run leaves the folder's config and provenance describing its results (it rewrote them)
+    assert {f: (root / "out1" / f).read_bytes() for f in recorded} == recorded
+
+
+def test_mistakes_that_could_only_fail_later_are_said_before_any_row_trains(tiny, tmp_path, monkeypatch):
+    """--only ROW --seed S trained nothing (exit 0) when ROW lacks S; a dataset_ratio that names
+    no training set failed at its row's turn, after the rows before it had trained."""
+    root, path, cfg = tiny
+    with pytest.raises(ConfigError, match=r"row\(s\) \['IQA-CR'\]: no split seed \[0\]; seeds: \[1\]"):
+        run_experiment(path, tmp_path / "a", progress=False, log=None, only=["IQA-CR"], seeds=[0])
+    ratio = {**cfg, "runs": [{**cfg["runs"][0], "train": {"dataset_ratio": {"TINY": 1, "tiny": 2}}}]}
+    with pytest.raises(ConfigError, match="dataset_ratio .* must give a positive draw"):
+        run_experiment(ratio, tmp_path / "b", progress=False, log=None, base_dir=root)
+    assert not (tmp_path / "b" / "runs").exists()
+    monkeypatch.setenv("CKPT", "last")  # every string may use ${VAR}: checkpoint too
+    assert load_config({**cfg, "checkpoint": "${CKPT}"}, base_dir=root).checkpoint == "last"
+
+
+def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, tmp_path, monkeypatch):
+    """A split records the fingerprint version it was made with: results folders of earlier
+    versions are checked as they were, not refused as another experiment."""
+    import contentiqa.experiments.runner as runner
+
+    root, path, cfg = tiny
+    monkeypatch.setattr(runner, "FINGERPRINT_VERSION", 1)
+    run_experiment(path, tmp_path / "old", progress=False, log=None, only=["IQA-CR-Q"], seeds=[0])
+    assert json.loads((tmp_path / "old" / "metrics" / "IQA-CR-Q" / "seed0.json").read_text())["fingerprint_version"] == 1
+    monkeypatch.undo()
+    again = run_experiment(path, tmp_path / "old", progress=False, log=None, train=False)
+    assert again.results["IQA-CR-Q"]["seeds"] == [0]
+    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}  # what version 1 covered is still checked
+    with pytest.raises(ConfigError, match="trained with another recipe"):
+        run_experiment(longer, tmp_path / "old", progress=False, base_dir=root, train=False)
+
+
 def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(tiny, first_run):
     """A collapsed model's correlations are NaN: the table must not turn the row into "nan ± nan",
     nor show a one-split cell with a spread of 0, and results.json must stay JSON (no NaN)."""

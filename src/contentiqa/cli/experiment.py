@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train only this row (repeatable); the table still lists the other rows' finished splits")
     p.add_argument("--seed", action="append", type=int, default=None, dest="seeds", metavar="N",
                    help="train only this split seed (repeatable): several processes can share the seeds of a row, "
-                        "e.g. one per seed on a GPU; the table still lists every finished split")
+                        "e.g. one per seed on a GPU, each with its own --out (merged with --import); the table "
+                        "still lists every finished split")
     p.add_argument("--import", action="append", default=None, dest="imports", metavar="RESULTS.json",
                    help="count the finished splits of an earlier results.json of this config as done (repeatable), "
                         "for rows whose settings are unchanged: merges sessions' results into one table")

@@ -410,7 +410,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
             cache_limit = parse_size(expand_vars(raw["cache_limit"]) if isinstance(raw["cache_limit"], str) else raw["cache_limit"])
         except ValueError as exc:
             raise ConfigError(f"{where}: cache_limit: {exc}") from None
-    checkpoint = str(raw.get("checkpoint", "auto"))
+    checkpoint = expand_vars(str(raw.get("checkpoint", "auto")))  # every string may use ${VAR}, as the README says
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
     for d in datasets:  # it is read only where a split has no validation part: elsewhere it did nothing, unsaid

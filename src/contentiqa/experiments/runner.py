@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -327,34 +327,81 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
     return combined, own
 
 
-def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet]) -> dict[str, str]:
+FINGERPRINT_VERSION = 2
+"""What :func:`split_fingerprints` covers; a split records the version it was fingerprinted
+with, and is checked against that version's (records without one: version 1)."""
+
+
+def _table_hash(table: pd.DataFrame, with_labels: bool = False) -> str:
+    """The rows as file names and MOS (moving the data elsewhere keeps it), and their content
+    labels when asked."""
+    cats = table["category"] if with_labels and "category" in table else [None] * len(table)
+    return hashlib.sha256("\n".join(f"{Path(str(p)).name}\t{float(m)!r}" + (f"\t{c}" if with_labels else "")
+                                     for p, m, c in zip(table["image"], table["mos"], cats)).encode()).hexdigest()
+
+
+def _scale(scale: Any) -> list:
+    return [float(scale.low), float(scale.high), bool(scale.higher_is_better)]
+
+
+def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], tests: Sequence[dict[str, Any]] = (),
+                       version: int = FINGERPRINT_VERSION) -> dict[str, str]:
     """Row name -> what its splits' figures depend on besides the seed: the row's recipe (its
     model, model arguments and training settings, not its name; where it runs — device, loader
     workers, the cache's runtime — is no part of it), each training set's protocol, validation
-    share and rows (file names and MOS: moving the data elsewhere keeps it). A finished split
-    whose fingerprint differs was trained for another experiment, and is not averaged into this one."""
+    share and rows (file names and MOS: moving the data elsewhere keeps it), and from version 2
+    each set's content labels, rating scale, loader arguments and split parts, the test sets
+    (rows and scale) and which checkpoint is tested. A finished split whose fingerprint differs
+    was trained or tested for another experiment, and is not averaged into this one."""
     data = []
     for ts, spec in zip(sets, cfg.train_sets):  # hashed once for every row
-        rows = hashlib.sha256("\n".join(f"{Path(str(p)).name}\t{float(m)!r}" for p, m in
-                                         zip(ts.table["image"], ts.table["mos"])).encode()).hexdigest()
-        data.append({"label": ts.label, "protocol": cfg.protocol_of(spec), "val_fraction": ts.val_fraction,
-                     "n": len(ts.table), "rows": rows})
+        entry: dict[str, Any] = {"label": ts.label, "protocol": cfg.protocol_of(spec), "val_fraction": ts.val_fraction,
+                                 "n": len(ts.table), "rows": _table_hash(ts.table)}
+        if version >= 2:
+            splits = json.dumps({str(s): sp.to_dict() for s, sp in sorted(ts.splits.items())}, sort_keys=True)
+            entry.update(labels=_table_hash(ts.table, with_labels=True), scale=_scale(ts.scale), args=spec.args,
+                         splits=hashlib.sha256(splits.encode()).hexdigest())
+        data.append(entry)
+    tested = [{"label": t["label"], "rows": _table_hash(t["table"], with_labels=True), "scale": _scale(t["scale"])}
+              for t in tests if t["spec"] != INTRA]
     out = {}
     for run in cfg.runs:
         train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
         head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
+        if version >= 2:
+            head.update(tests=tested, checkpoint=cfg.checkpoint)
         out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
     return out
 
 
-def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprint: str, redo: str) -> None:
+def _record_config(cfg: ExperimentConfig, out: Path, prov: dict[str, Any]) -> None:
+    """The experiment's config (as written) and provenance (resolved) in its results folder."""
+    from ..utils.io import atomic_write_text
+
+    if cfg.text is not None:
+        atomic_write_text(out / "config.yaml", cfg.text)
+    else:
+        atomic_write_text(out / "config.json", json.dumps(_jsonable(cfg.raw), indent=1))
+    atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
+
+
+def _fingerprint_for(fingerprints: dict[int, dict[str, str]], record: dict[str, Any], row: str) -> str | None:
+    """The fingerprint ``record`` (a split's metrics or recipe.json) must carry for ``row``, in the
+    version it was made with; None when it was made with a version this code does not know."""
+    return fingerprints.get(int(record.get("fingerprint_version", 1)), {}).get(row)
+
+
+def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int,
+                      fingerprints: dict[int, dict[str, str]], redo: str) -> None:
     """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
     (a row renamed to a name with the same folder, or edited after some seeds finished, would
     otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only."""
+    fingerprint = _fingerprint_for(fingerprints, stored, run.name)
     if stored.get("run", run.name) != run.name:
         why = f"for row {stored.get('run')!r} (the same folder name)"
-    elif stored.get("fingerprint", fingerprint) != fingerprint:
-        why = "with another recipe or data than the row now gives (model, its arguments, training settings, protocol or rows)"
+    elif "fingerprint" in stored and stored["fingerprint"] != fingerprint:
+        why = ("with another recipe or data than the row now gives (model, its arguments, training settings, "
+               "protocol, rows, labels, rating scale, splits, test sets or tested checkpoint)")
     else:
         return
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
@@ -382,12 +429,26 @@ def _check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | N
             pass  # said when the row's turn comes (it is skipped then)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"run {run.name}: model_args {run.model_args} cannot build {run.model}: {exc}") from None
+        ratio = run.train.get("dataset_ratio")
+        if ratio:  # the Trainer says so too, but only at the row's turn, after the rows before it trained
+            labels = [ts.label for ts in cfg.train_sets]
+            if len(labels) < 2 or not isinstance(ratio, dict) or set(ratio) - set(labels) \
+                    or not all(_positive_number(v) for v in ratio.values()):
+                raise ConfigError(f"run {run.name}: dataset_ratio {ratio} must give a positive draw to training sets of "
+                                  f"this experiment ({', '.join(labels)}), and there must be several")
         for seed in asked:
             init = _init_file(run, seed, out)
             if init is not None and not init.is_file() and init not in coming:
                 raise ConfigError(f"run {run.name}, split seed {seed}: init_from {init} does not exist, and no row "
                                   "before it in this run writes it: train that row first (or with it)")
             coming |= {out / "runs" / run.slug / f"seed{seed}" / name for name in ("best.pt", "tested.pt", "last.pt")}
+
+
+def _positive_number(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:
@@ -409,7 +470,8 @@ def _check_same_start(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
 
 
 def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
-                 device: str | None, progress: bool, log: Callable, main: bool, fingerprint: str) -> dict[str, Any] | None:
+                 device: str | None, progress: bool, log: Callable, main: bool,
+                 fingerprints: dict[int, dict[str, str]]) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..models.registry import save_checkpoint
@@ -437,11 +499,12 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     if main:  # a split interrupted and resumed after an edit would change recipe partway through
         begun = run_dir / "recipe.json"
         if (run_dir / "last.pt").is_file() and begun.is_file():
-            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprint, str(run_dir))
+            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprints, str(run_dir))
         elif not (run_dir / "last.pt").is_file():
             from ..utils.io import atomic_write_text
 
-            atomic_write_text(begun, json.dumps({"run": run.name, "fingerprint": fingerprint}, indent=1))
+            atomic_write_text(begun, json.dumps({"run": run.name, "fingerprint": fingerprints[FINGERPRINT_VERSION][run.name],
+                                                 "fingerprint_version": FINGERPRINT_VERSION}, indent=1))
     cache = cfg.cache_dir or out / "cache"
     if not _shared_cache_ok(model):
         cache = run_dir / "cache"
@@ -472,7 +535,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
-        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprint,
+        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprints[FINGERPRINT_VERSION][run.name],
+        "fingerprint_version": FINGERPRINT_VERSION,
         **({"init_from_sha256": file_sha256(init)} if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
@@ -579,7 +643,7 @@ def _metrics_file(out: Path, run: RunSpec, seed: int) -> Path:
 
 
 def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print,
-                   fingerprints: dict[str, str] | None = None) -> dict[str, list[int]]:
+                   fingerprints: dict[int, dict[str, str]] | None = None) -> dict[str, list[int]]:
     """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
     had run here, for rows whose model, model arguments and training settings are still the
     config's; a split already in ``out`` stays. ``fingerprints`` (:func:`split_fingerprints`):
@@ -605,8 +669,9 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
             mfile = _metrics_file(out, run, seed)
             if seed not in run.seeds or mfile.is_file():
                 continue
-            fp = (fingerprints or {}).get(run.name)
-            if fp is not None and split.get("fingerprint", fp) != fp or split.get("run", run.name) != run.name:
+            fp = _fingerprint_for(fingerprints, split, run.name) if fingerprints else None
+            if fingerprints and "fingerprint" in split and split["fingerprint"] != fp \
+                    or split.get("run", run.name) != run.name:
                 log(f"import {path}: row {run.name!r} seed {seed} not taken: trained with other data, protocol or "
                     "recipe than this config gives")
                 continue
@@ -781,9 +846,11 @@ def run_experiment(
     unknown = sorted(set(only or ()) - {r.name for r in cfg.runs})
     if unknown:
         raise ConfigError(f"{cfg.name}: no row named {unknown}; rows: {[r.name for r in cfg.runs]}")
-    stray = sorted(set(seeds or ()) - {s for r in cfg.runs for s in r.seeds})
-    if stray:
-        raise ConfigError(f"{cfg.name}: no split seed {stray}; its seeds: {cfg.seeds}")
+    asked_rows = [r for r in cfg.runs if not only or r.name in only]
+    stray = sorted(set(seeds or ()) - {s for r in asked_rows for s in r.seeds})
+    if stray:  # of the rows asked for: --only ROW --seed S trained nothing when ROW lacks S
+        which = f"row(s) {only}" if only else cfg.name
+        raise ConfigError(f"{which}: no split seed {stray}; seeds: {sorted({s for r in asked_rows for s in r.seeds})}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     say = log or (lambda *a, **k: None)
     result = ExperimentResult(out, cfg)
@@ -812,11 +879,10 @@ def run_experiment(
             held.enter_context(exclusive_lock(out / EXPERIMENT_LOCK, f"another process is running an experiment in {out}"))
             for name in EXPERIMENT_FILES:
                 remove_stale_temporaries(out / name)
-            if cfg.text is not None:
-                atomic_write_text(out / "config.yaml", cfg.text)
-            else:
-                atomic_write_text(out / "config.json", json.dumps(_jsonable(cfg.raw), indent=1))
-            atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
+            # The config beside the results describes them: a folder that holds an earlier run's
+            # gets this one's with its table, once no finished split refused it.
+            if not any((out / name).is_file() for name in ("config.yaml", "config.json")):
+                _record_config(cfg, out, prov)
         with dist_utils.main_first():  # rank 0 makes labels and splits; the others read them
             try:
                 loaded = [(spec, *_read_data(spec, out, progress, say)) for spec in cfg.train_sets]
@@ -842,7 +908,7 @@ def run_experiment(
 
         if train:
             _check_test_parts(cfg, sets)
-        fingerprints = split_fingerprints(cfg, sets)
+        fingerprints = {v: split_fingerprints(cfg, sets, tests, v) for v in (1, FINGERPRINT_VERSION)}
         imported: list[str] = []
         if main and imports:
             for path in imports:
@@ -866,7 +932,7 @@ def run_experiment(
                     if main:
                         stored = json.loads(mfile.read_text())
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
-                        _check_same_split(stored, mfile, run, seed, fingerprints[run.name], redo)
+                        _check_same_split(stored, mfile, run, seed, fingerprints, redo)
                         _check_same_start(stored, mfile, run, seed, out, redo)
                         done.append(stored)
                     continue
@@ -874,7 +940,7 @@ def run_experiment(
                     continue  # not asked for this time
                 t0 = time.time()
                 try:
-                    res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main, fingerprints[run.name])
+                    res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main, fingerprints)
                 except _RunUnavailable as exc:
                     if strict:
                         raise ExperimentSkipped(str(exc)) from None
@@ -902,6 +968,7 @@ def run_experiment(
                                  "protocol": cfg.protocol_of(spec)} for ts, spec in zip(sets, cfg.train_sets)],
                        "tests": cfg.test_labels(), "runs": result.results, "skipped_runs": result.skipped_runs,
                        "imported": imported, "provenance": prov}
+            _record_config(cfg, out, prov)
             atomic_write_text(out / "results.json", json.dumps(_jsonable(payload), indent=1))
             atomic_write_text(out / "results.md", result.markdown)
         dist_utils.barrier()
