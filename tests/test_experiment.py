@@ -241,8 +241,10 @@ def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny
     assert run_experiment(elsewhere, out, progress=False, base_dir=root, train=False).results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
-@pytest.mark.parametrize("edit", ["tested checkpoint", "test set", "rating scale"])
-def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit):
+@pytest.mark.parametrize("edit,said", [("tested checkpoint", "with another recipe or data"),
+                                       ("test set", "tested on another OTHER set"),
+                                       ("rating scale", "with another recipe or data")])
+def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit, said):
     """The fingerprint left out the tested checkpoint, the test sets' rows and the training sets'
     rating scale (and labels, loader arguments, split parts): splits of two experiments were
     averaged into one mean ± std without a word."""
@@ -252,7 +254,7 @@ def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, fir
               "test set": {**cfg, "test": ["split", {"name": "csv", "root": str(data), "label": "OTHER"}]},
               "rating scale": {**cfg, "data": {**cfg["data"], "args": {"mos_range": [0, 200]}}}}[edit]
     recorded = {f: (root / "out1" / f).read_bytes() for f in ("provenance.json", "config.yaml")}
-    with pytest.raises(ConfigError, match="trained with another recipe or data"):
+    with pytest.raises(ConfigError, match=said):
         run_experiment(edited, root / "out1", progress=False, base_dir=root, train=False)
     # a refused run leaves the folder's config and provenance describing its results (it rewrote them)
     assert {f: (root / "out1" / f).read_bytes() for f in recorded} == recorded
@@ -270,6 +272,14 @@ def test_mistakes_that_could_only_fail_later_are_said_before_any_row_trains(tiny
     assert not (tmp_path / "b" / "runs").exists()
     monkeypatch.setenv("CKPT", "last")  # every string may use ${VAR}: checkpoint too
     assert load_config({**cfg, "checkpoint": "${CKPT}"}, base_dir=root).checkpoint == "last"
+
+
+def test_more_seeds_or_another_test_set_keep_the_splits_finished_before(tiny, first_run):
+    """What a split is checked on is its own seed's parts and the test sets it was tested on."""
+    root, path, cfg = tiny
+    more = {**cfg, "seeds": 3, "test": [*cfg["test"], {"name": "csv", "root": "train/scores.csv", "label": "THIRD"}]}
+    res = run_experiment(more, root / "out1", progress=False, base_dir=root, train=False)
+    assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
 def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, tmp_path, monkeypatch):

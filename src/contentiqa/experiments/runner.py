@@ -344,32 +344,27 @@ def _scale(scale: Any) -> list:
     return [float(scale.low), float(scale.high), bool(scale.higher_is_better)]
 
 
-def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], tests: Sequence[dict[str, Any]] = (),
-                       version: int = FINGERPRINT_VERSION) -> dict[str, str]:
+def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int = FINGERPRINT_VERSION) -> dict[str, str]:
     """Row name -> what its splits' figures depend on besides the seed: the row's recipe (its
     model, model arguments and training settings, not its name; where it runs — device, loader
     workers, the cache's runtime — is no part of it), each training set's protocol, validation
     share and rows (file names and MOS: moving the data elsewhere keeps it), and from version 2
-    each set's content labels, rating scale, loader arguments and split parts, the test sets
-    (rows and scale) and which checkpoint is tested. A finished split whose fingerprint differs
-    was trained or tested for another experiment, and is not averaged into this one."""
+    each set's content labels, rating scale and loader arguments, and which checkpoint is
+    tested. A finished split whose fingerprint differs was trained or tested for another
+    experiment, and is not averaged into this one (:class:`Fingerprints`)."""
     data = []
     for ts, spec in zip(sets, cfg.train_sets):  # hashed once for every row
         entry: dict[str, Any] = {"label": ts.label, "protocol": cfg.protocol_of(spec), "val_fraction": ts.val_fraction,
                                  "n": len(ts.table), "rows": _table_hash(ts.table)}
         if version >= 2:
-            splits = json.dumps({str(s): sp.to_dict() for s, sp in sorted(ts.splits.items())}, sort_keys=True)
-            entry.update(labels=_table_hash(ts.table, with_labels=True), scale=_scale(ts.scale), args=spec.args,
-                         splits=hashlib.sha256(splits.encode()).hexdigest())
+            entry.update(labels=_table_hash(ts.table, with_labels=True), scale=_scale(ts.scale), args=spec.args)
         data.append(entry)
-    tested = [{"label": t["label"], "rows": _table_hash(t["table"], with_labels=True), "scale": _scale(t["scale"])}
-              for t in tests if t["spec"] != INTRA]
     out = {}
     for run in cfg.runs:
         train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
         head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
         if version >= 2:
-            head.update(tests=tested, checkpoint=cfg.checkpoint)
+            head["checkpoint"] = cfg.checkpoint
         out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
     return out
 
@@ -385,24 +380,57 @@ def _record_config(cfg: ExperimentConfig, out: Path, prov: dict[str, Any]) -> No
     atomic_write_text(out / "provenance.json", json.dumps({**prov, "config": resolved_config(cfg)}, indent=1))
 
 
-def _fingerprint_for(fingerprints: dict[int, dict[str, str]], record: dict[str, Any], row: str) -> str | None:
-    """The fingerprint ``record`` (a split's metrics or recipe.json) must carry for ``row``, in the
-    version it was made with; None when it was made with a version this code does not know."""
-    return fingerprints.get(int(record.get("fingerprint_version", 1)), {}).get(row)
+@dataclass
+class Fingerprints:
+    """What a finished split is checked against before it counts: its row's fingerprint (by the
+    version the split was recorded with), its seed's split parts, and the cross-dataset test sets
+    it was tested on. The last two are per seed and per set, so that adding seeds or a test set
+    keeps the splits finished before."""
+
+    rows: dict[int, dict[str, str]]
+    splits: dict[int, str]
+    tests: dict[str, str]
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, sets: list[TrainSet], tests: Sequence[dict[str, Any]]) -> "Fingerprints":
+        seeds = sorted({s for ts in sets for s in ts.splits})
+        parts = {s: json.dumps([ts.splits[s].to_dict() for ts in sets if s in ts.splits], sort_keys=True) for s in seeds}
+        return cls(rows={v: split_fingerprints(cfg, sets, v) for v in (1, FINGERPRINT_VERSION)},
+                   splits={s: hashlib.sha256(text.encode()).hexdigest() for s, text in parts.items()},
+                   tests={t["label"]: hashlib.sha256(json.dumps([_table_hash(t["table"], with_labels=True),
+                                                                  _scale(t["scale"])]).encode()).hexdigest()
+                          for t in tests if t["spec"] != INTRA})
+
+    def record(self, run: RunSpec, seed: int) -> dict[str, Any]:
+        """What a split of ``run`` records of them (in its metrics file and recipe.json)."""
+        return {"fingerprint": self.rows[FINGERPRINT_VERSION][run.name], "fingerprint_version": FINGERPRINT_VERSION,
+                "split_sha256": self.splits.get(seed), "test_sha256": self.tests}
+
+    def differs(self, stored: dict[str, Any], run: RunSpec, seed: int) -> str | None:
+        """How the split recorded in ``stored`` was made otherwise than the row as the config now
+        gives it, or None. Records older than a check pass it."""
+        if stored.get("run", run.name) != run.name:
+            return f"for row {stored.get('run')!r} (the same folder name)"
+        row = self.rows.get(int(stored.get("fingerprint_version", 1)), {}).get(run.name)
+        if "fingerprint" in stored and stored["fingerprint"] != row:
+            return ("with another recipe or data than the row now gives (model, its arguments, training settings, "
+                    "protocol, rows, labels, rating scale or tested checkpoint)")
+        if stored.get("split_sha256") not in (None, self.splits.get(seed)):
+            return "on other split parts than the config now gives (its splits file, or the table, changed)"
+        other = [label for label, sha in (stored.get("test_sha256") or {}).items()
+                 if label in self.tests and self.tests[label] != sha]
+        if other:
+            return f"and tested on another {', '.join(other)} set than the config now names"
+        return None
 
 
-def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int,
-                      fingerprints: dict[int, dict[str, str]], redo: str) -> None:
+def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprints: Fingerprints,
+                      redo: str) -> None:
     """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
     (a row renamed to a name with the same folder, or edited after some seeds finished, would
     otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only."""
-    fingerprint = _fingerprint_for(fingerprints, stored, run.name)
-    if stored.get("run", run.name) != run.name:
-        why = f"for row {stored.get('run')!r} (the same folder name)"
-    elif "fingerprint" in stored and stored["fingerprint"] != fingerprint:
-        why = ("with another recipe or data than the row now gives (model, its arguments, training settings, "
-               "protocol, rows, labels, rating scale, splits, test sets or tested checkpoint)")
-    else:
+    why = fingerprints.differs(stored, run, seed)
+    if why is None:
         return
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
                       f"both, or delete {redo} to train it again")
@@ -471,7 +499,7 @@ def _check_same_start(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
 
 def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[TrainSet], tests, out: Path,
                  device: str | None, progress: bool, log: Callable, main: bool,
-                 fingerprints: dict[int, dict[str, str]]) -> dict[str, Any] | None:
+                 fingerprints: Fingerprints) -> dict[str, Any] | None:
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..models.registry import save_checkpoint
@@ -503,8 +531,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         elif not (run_dir / "last.pt").is_file():
             from ..utils.io import atomic_write_text
 
-            atomic_write_text(begun, json.dumps({"run": run.name, "fingerprint": fingerprints[FINGERPRINT_VERSION][run.name],
-                                                 "fingerprint_version": FINGERPRINT_VERSION}, indent=1))
+            atomic_write_text(begun, json.dumps({"run": run.name, **fingerprints.record(run, seed)}, indent=1))
     cache = cfg.cache_dir or out / "cache"
     if not _shared_cache_ok(model):
         cache = run_dir / "cache"
@@ -535,8 +562,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
-        "protocol": cfg.protocol, "seed": seed, "fingerprint": fingerprints[FINGERPRINT_VERSION][run.name],
-        "fingerprint_version": FINGERPRINT_VERSION,
+        "protocol": cfg.protocol, "seed": seed, **fingerprints.record(run, seed),
         **({"init_from_sha256": file_sha256(init)} if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
@@ -643,7 +669,7 @@ def _metrics_file(out: Path, run: RunSpec, seed: int) -> Path:
 
 
 def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, log: Callable = print,
-                   fingerprints: dict[int, dict[str, str]] | None = None) -> dict[str, list[int]]:
+                   fingerprints: Fingerprints | None = None) -> dict[str, list[int]]:
     """Take the finished splits of ``path`` (a results.json of this config) into ``out`` as if they
     had run here, for rows whose model, model arguments and training settings are still the
     config's; a split already in ``out`` stays. ``fingerprints`` (:func:`split_fingerprints`):
@@ -669,11 +695,10 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
             mfile = _metrics_file(out, run, seed)
             if seed not in run.seeds or mfile.is_file():
                 continue
-            fp = _fingerprint_for(fingerprints, split, run.name) if fingerprints else None
-            if fingerprints and "fingerprint" in split and split["fingerprint"] != fp \
-                    or split.get("run", run.name) != run.name:
-                log(f"import {path}: row {run.name!r} seed {seed} not taken: trained with other data, protocol or "
-                    "recipe than this config gives")
+            why = fingerprints.differs(split, run, seed) if fingerprints else \
+                (None if split.get("run", run.name) == run.name else f"for row {split.get('run')!r}")
+            if why is not None:
+                log(f"import {path}: row {run.name!r} seed {seed} not taken: trained {why}")
                 continue
             mfile.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(mfile, json.dumps(split, indent=1))
@@ -908,7 +933,7 @@ def run_experiment(
 
         if train:
             _check_test_parts(cfg, sets)
-        fingerprints = {v: split_fingerprints(cfg, sets, tests, v) for v in (1, FINGERPRINT_VERSION)}
+        fingerprints = Fingerprints.of(cfg, sets, tests)
         imported: list[str] = []
         if main and imports:
             for path in imports:
