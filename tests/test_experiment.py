@@ -736,6 +736,9 @@ def test_a_row_can_start_from_an_earlier_row_of_the_same_split(tmp_path):
 
     a_best = tmp_path / "out" / "runs" / "A" / "seed1" / "best.pt"
     a = load_checkpoint(a_best)
+    # the same weights in another file (the slimmed copy a GPU machine trained B from): still A's
+    save_checkpoint(a, a_best, extra={"copied": "elsewhere"})
+    assert run_experiment(cfg, tmp_path / "out", progress=False, log=None, train=False).results["B"]["seeds"] == [1]
     with __import__("torch").no_grad():
         next(a.parameters()).add_(0.01)
     save_checkpoint(a, a_best)

@@ -487,12 +487,24 @@ def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:
     return init if init.is_absolute() else out / init
 
 
+def _init_weights(path: Path) -> str:
+    """A hash of the weights a checkpoint loads as (the tensors it left out, rebuilt): one model
+    saved whole or slimmed gives the same, where the files' SHA-256 differ."""
+    from ..models.registry import load_checkpoint
+    from ..training.cache import weights_fingerprint
+
+    return weights_fingerprint([load_checkpoint(path)])
+
+
 def _check_same_start(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, out: Path, redo: str) -> None:
     """ConfigError when the split in ``where`` started from weights (``init_from``) that have been
     replaced since (the row it starts from was retrained): its figures are another model's."""
-    init, then = _init_file(run, seed, out), stored.get("init_from_sha256")
-    if init is None or then is None or not init.is_file() or file_sha256(init) == then:
+    init = _init_file(run, seed, out)
+    then, weights = stored.get("init_from_sha256"), stored.get("init_from_weights")
+    if init is None or (then is None and weights is None) or not init.is_file() or file_sha256(init) == then:
         return
+    if weights is not None and _init_weights(init) == weights:
+        return  # the same weights in another file: the slimmed copy a GPU machine trained from (benchmarks/gpu)
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} started from {init} as it was before it was "
                       f"replaced (its row retrained?); delete {redo} to train it again from the new weights")
 
@@ -563,7 +575,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     res: dict[str, Any] = {
         "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
         "protocol": cfg.protocol, "seed": seed, **fingerprints.record(run, seed),
-        **({"init_from_sha256": file_sha256(init)} if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
+        **({"init_from_sha256": file_sha256(init), "init_from_weights": _init_weights(init)}
+           if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
         "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
         "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
         "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
