@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if (args.baseline is None) == (args.baseline_from is None):
         ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
+    if args.baseline_from is not None:
+        written = result_stem(args.name, args.part, args.out)
+        if (written.parent / f"{written.name}.json").resolve() == Path(args.baseline_from).resolve():
+            ap.error(f"this gate would write its verdict over --baseline-from {args.baseline_from}, the record it "
+                     "reads: name another file with --out")
     t0 = time.time()
     from contentiqa.data import load_dataset, load_splits
 

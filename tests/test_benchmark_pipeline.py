@@ -773,3 +773,15 @@ def test_faults_counts_a_missing_score_as_differing_and_zero_as_a_score(common):
 
     assert faults.differs(None, 42.0) and faults.differs(0.0, 42.0) and faults.differs(42.0, None)
     assert not faults.differs(0.0, 0.0) and not faults.differs(None, None) and not faults.differs(42.0, 42.00001)
+
+
+def test_ship_gate_never_writes_over_the_baseline_record_it_reads(common, tmp_path, capsys):
+    """The GPU README's command (--part val --baseline-from selection_ie-iqa.json, no --out)
+    replaced the default's passing record with the candidate's verdict."""
+    import ship_gate
+
+    record = ship_gate.result_stem("ie-iqa", "val")
+    with pytest.raises(SystemExit):
+        ship_gate.main(["--part", "val", "--candidate", str(tmp_path), "--candidate-row", "C",
+                        "--baseline-from", str(record.parent / f"{record.name}.json"), "--baseline-row", "B"])
+    assert "would write its verdict over --baseline-from" in capsys.readouterr().err

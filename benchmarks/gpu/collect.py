@@ -11,7 +11,7 @@ model is the same), tars them and cuts the tar into pieces of at most 15 MiB. Wi
 best.pt``, a row trained here whose weights a GPU row starts from (``init_from``) travels the
 other way, in a chunk: ``join`` there puts it where the row looks for it. ``join`` puts
 the pieces together, unpacks ``metrics.tgz`` and the models into the results folder, where
-``contentiqa experiment CONFIG --out RUNS --only ROW`` writes the table and
+``contentiqa experiment CONFIG --out RUNS --table-only`` writes the table and
 ``benchmarks/ship_gate.py`` finds ``runs/<row>/seed<N>/tested.pt``. A checkpoint is read as data
 (never unpickled as code), as everywhere else.
 """
@@ -34,7 +34,11 @@ def slim(runs: Path, rows: list[str], out: Path, name: str = "tested.pt") -> Non
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar, tempfile.TemporaryDirectory() as tmp:
         for row in rows:
-            for tested in sorted((runs / "runs" / slugify(row)).glob(f"seed*/{name}")):
+            found = sorted((runs / "runs" / slugify(row)).glob(f"seed*/{name}"))
+            if not found:  # an empty piece would travel, and the GPU row fail only at its init_from
+                raise SystemExit(f"{runs / 'runs' / slugify(row)}: no seed*/{name} (row {row!r} not trained there?)")
+            print(f"{row}: {', '.join(t.parent.name for t in found)}")
+            for tested in found:
                 model = load_checkpoint(tested)
                 extra = {k: v for k, v in model.checkpoint_info.items() if k not in ("path", "file_sha256")}
                 small = save_checkpoint(model, Path(tmp) / "t.pt", extra=extra, omit_pretrained_backbone=True)
@@ -47,11 +51,16 @@ def slim(runs: Path, rows: list[str], out: Path, name: str = "tested.pt") -> Non
 
 
 def join(files: Path, runs: Path) -> None:
+    pieces = sorted(files.glob("weights.tar.[0-9][0-9]"))
+    if not (files / "metrics.tgz").is_file() and not pieces:
+        raise SystemExit(f"{files}: no metrics.tgz and no weights.tar.NN pieces (a call that ran out of time brings "
+                         "back partial.tgz only: its logs say how far it got)")
     runs.mkdir(parents=True, exist_ok=True)
     if (files / "metrics.tgz").is_file():
         with tarfile.open(files / "metrics.tgz") as tar:
-            tar.extractall(runs, filter="data")
-    pieces = sorted(files.glob("weights.tar.[0-9][0-9]"))
+            # the GPU's own table lists only the rows it ran: this folder's is rebuilt with --table-only
+            tar.extractall(runs, members=[m for m in tar.getmembers()
+                                          if m.name not in ("results.json", "results.md")], filter="data")
     if pieces:
         data = b"".join(p.read_bytes() for p in pieces)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:

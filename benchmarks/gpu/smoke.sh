@@ -27,4 +27,5 @@ runs:
 """)
 PY
 python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+rm -rf /root/smoke_out  # a rerun on a warm machine (other CACHE_STAGES) trains afresh, not skips or refuses
 time python3 -m contentiqa experiment /root/smoke.yaml --out /root/smoke_out --device "${DEVICE:-cuda}" --quiet 2>&1 | tail -8
