@@ -437,6 +437,29 @@ def test_symlink_loops_unreadable_folders_and_hints(tmp_path, ckpt, capsys, monk
     assert "already scanned" in err
 
 
+def test_a_recursive_glob_enters_no_linked_folder_and_ends(tmp_path):
+    """glob's ** follows links to folders: one loop gave a photo forty spellings (forty rows of
+    one photo), two loops an expansion that ran for minutes. Bash's globstar and pathlib do not
+    descend into them; nor does the scan of a folder with --recursive."""
+    import glob
+    import time
+
+    from contentiqa.data.inputs import collect_inputs, expand_glob
+
+    root = tmp_path / "t"
+    for rel in ("a/b/y.png", "c/w.png", "x.png", ".h/z.png", "a/q.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    for pattern in ("t/**/*.png", "t/*/*.png", "t/**/b/*.png", "t/**/*", "t/a/**/*.jpg", "t/**/.h*"):
+        full = str(tmp_path / pattern)
+        assert expand_glob(full) == sorted(glob.glob(full, recursive=True)), pattern  # as glob without links
+    (root / "a" / "b" / "up").symlink_to("..", target_is_directory=True)
+    (root / "c" / "up").symlink_to("..", target_is_directory=True)
+    t0 = time.time()
+    found = [Path(p).relative_to(root).as_posix() for p, _ in collect_inputs([str(root / "**" / "*.png")], False)]
+    assert sorted(found) == ["a/b/y.png", "c/w.png", "x.png"] and time.time() - t0 < 5
+
+
 def test_folder_scan_takes_every_pillow_format(tmp_path, ckpt):
     from PIL import features
 

@@ -10,6 +10,7 @@ entry with its error, so it gets a row; what is passed over on purpose (subfolde
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 import stat
@@ -140,6 +141,60 @@ def list_folder(folder: str, recursive: bool) -> FolderScan:
     return scan
 
 
+def expand_glob(pattern: str) -> list[str]:
+    """The paths ``pattern`` matches, sorted, as ``glob.glob(pattern, recursive=True)`` gives
+    them except that ``**`` descends no symbolic link to a folder, as bash's globstar and
+    pathlib do: glob's follows them, so a link loop gave each photo below it some forty
+    spellings, and two loops an expansion that did not end. Hidden names match only a pattern
+    that starts with a dot, as in glob."""
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    if os.altsep:
+        pattern = pattern.replace(os.altsep, os.sep)
+    parts = pattern.split(os.sep)
+    fixed = 0
+    while fixed < len(parts) - 1 and not glob.has_magic(parts[fixed]):
+        fixed += 1
+    base = os.sep.join(parts[:fixed]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+    found: set[str] = set()
+
+    def entries(folder: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as it:
+                return list(it)
+        except OSError:
+            return []
+
+    def shown(name: str, part: str) -> bool:
+        return not name.startswith(".") or part.startswith(".")
+
+    def walk(folder: str, rest: list[str], shown_as: str) -> None:
+        if not rest:
+            found.add(shown_as)
+            return
+        head, tail = rest[0], rest[1:]
+        if head == "**":
+            walk(folder, tail, shown_as)  # no folder at all
+            for e in entries(folder):
+                if not shown(e.name, ""):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    walk(e.path, rest, os.path.join(shown_as, e.name))
+                elif not tail:
+                    found.add(os.path.join(shown_as, e.name))
+        elif glob.has_magic(head):
+            for e in entries(folder):
+                if shown(e.name, head) and fnmatch.fnmatchcase(e.name, head) and (not tail or e.is_dir()):
+                    walk(e.path, tail, os.path.join(shown_as, e.name))
+        else:
+            nxt = os.path.join(folder, head)
+            if (os.path.isdir(nxt) if tail else os.path.lexists(nxt)):
+                walk(nxt, tail, os.path.join(shown_as, head))
+
+    walk(base, parts[fixed:], os.sep.join(parts[:fixed]))
+    return sorted(found)
+
+
 def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | None = None) -> list[tuple[str, str | None]]:
     """``[(path, error_or_None)]`` in order, duplicates removed. Entries with an error are
     PATH arguments (or parts of folders) that yield nothing to score: a glob matching nothing,
@@ -181,7 +236,7 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
                 notes.append(f"{p}: {len(scan.links_seen)} linked folder(s) already scanned under another "
                              f"name, not repeated (e.g. {scan.links_seen[0]})")
         elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
-            matches = sorted(glob.glob(p, recursive=True))
+            matches = expand_glob(p)
             if not matches:
                 add(arg, "no files match this pattern")
             for m in matches:
