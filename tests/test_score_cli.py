@@ -304,6 +304,22 @@ def test_a_glob_that_names_the_output_does_not_score_it(tmp_path, ckpt, capsys):
     assert "out.csv is this run's --output: not scored" in capsys.readouterr().err
 
 
+def test_the_thread_plan_counts_the_photos_to_score_not_every_input(tmp_path, ckpt, monkeypatch):
+    """Inputs that are errors already, and rows a resume keeps, were counted: a few photos left
+    were planned as many, and ran on one thread of two."""
+    import contentiqa.cli.score as score_cli
+
+    planned: list[int] = []
+    real = score_cli.load_scorer
+    monkeypatch.setattr(score_cli, "load_scorer", lambda kw, notes, images, **k: planned.append(images) or real(kw, notes, images=images, **k))
+    d = ok_folder(tmp_path / "imgs", n=3)
+    os.symlink("gone.jpg", d / "broken.jpg")
+    out = tmp_path / "s.csv"
+    assert run("score", d / "img0.jpg", d / "broken.jpg", "--model", ckpt, "-o", out, "-q") == 1
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 1
+    assert planned == [1, 2]  # img0 (the link is an error row); then img1 and img2 (img0 kept, the link again)
+
+
 def test_best_first_is_the_lowest_score_first_where_lower_is_better():
     """--sort best put a DMOS model's worst photos first (the report's cards were right)."""
     from contentiqa.cli.score import sort_order
@@ -534,9 +550,14 @@ def test_precision_and_decoding_defaults(monkeypatch, ckpt):
     assert choose_runtime("auto", "bf16", "cpu") == "torch"  # autocast by name: PyTorch, on the CPU too
     gpu = torch_runtime.TorchScorer(contentiqa_model(ckpt), precision="bf16")
     gpu.device = cuda  # what matters for the defaults (no GPU needed)
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr(torch_runtime, "usable_cpus", lambda: 16)
     assert gpu.default_workers() == 15 and gpu.default_batch_size() == 32
     assert load_scorer(ckpt, threads=1).default_workers() == 2
+    # the cores this process may use (taskset, a batch job's), not the machine's: it took a
+    # decoding thread beside the model on a one-core affinity of a two-core machine
+    monkeypatch.setattr(torch_runtime, "usable_cpus", lambda: 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load_scorer(ckpt, threads=1, runtime="torch").default_workers() == 0
 
 
 def contentiqa_model(ckpt):

@@ -398,17 +398,19 @@ class _Scoring:
 
         self._read_existing()
         entries = self._inputs()
-        with terminate_as_interrupt():  # a stop during a first export unwinds it: no graph-sized temporary left
-            self._load(len(entries))
-        if self.existing:
-            assert self.output is not None
-            _check_same_model(self.existing, self.record, self.output)
         # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
         self.input_keys = {path_key(p) for p, _ in entries}
         self._match_rows_written_elsewhere()
         done = {self._row_key(r["path"]) for r in self.existing if row_ok(r)}
-        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in self.input_keys]
         todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
+        with terminate_as_interrupt():  # a stop during a first export unwinds it: no graph-sized temporary left
+            # planned for the photos it will score, not every input: a resume with a few left,
+            # or inputs that are errors already, ran a few photos on one thread of two
+            self._load(sum(err is None for _, _, err in todo))
+        if self.existing:
+            assert self.output is not None
+            _check_same_model(self.existing, self.record, self.output)
+        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in self.input_keys]
         for k, p, err in todo:
             if err is not None:
                 self.new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None,
