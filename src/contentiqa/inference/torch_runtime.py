@@ -33,6 +33,7 @@ from ..backbones.fusion import fold_batchnorm
 from ..models.base import IQAModel, tensor_versions
 from ..models.scoring import Prediction
 from .scorer import TORCH_PRECISIONS, BaseScorer, ScorerIdentity
+from .threads import usable_cpus
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -198,7 +199,7 @@ class TorchScorer(BaseScorer):
         every core they are given busy (on a 2-core machine decoding beside them was measured
         slower). On a GPU the CPUs do nothing but decode: one thread per core but one (for the
         thread feeding the GPU), at most 16 (Pillow decodes and resizes outside the GIL)."""
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()  # the affinity mask's (taskset, a batch job's cores), not the machine's
         if self.device.type != "cpu":
             return max(1, min(16, cpus - 1))
         return max(0, min(2, cpus - (self.threads or torch.get_num_threads())))
