@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import threading
 import weakref
 from contextlib import contextmanager
