@@ -170,7 +170,8 @@ def expand_glob(pattern: str) -> list[str]:
 
     def walk(folder: str, rest: list[str], shown_as: str) -> None:
         if not rest:
-            found.add(shown_as)
+            if shown_as:  # "**" from here matches the folder itself: glob lists no "" for it
+                found.add(shown_as)
             return
         head, tail = rest[0], rest[1:]
         if head == "**":
@@ -191,7 +192,7 @@ def expand_glob(pattern: str) -> list[str]:
             if (os.path.isdir(nxt) if tail else os.path.lexists(nxt)):
                 walk(nxt, tail, os.path.join(shown_as, head))
 
-    walk(base, parts[fixed:], os.sep.join(parts[:fixed]))
+    walk(base, parts[fixed:], os.sep.join(parts[:fixed]) or (os.sep if pattern.startswith(os.sep) else ""))
     return sorted(found)
 
 
