@@ -336,6 +336,13 @@ def test_a_checkpoint_that_fits_only_part_of_the_network_is_refused(tmp_path):
     assert torch.equal(trunk.conv_head.weight, state["conv_head.weight"])
     with pytest.raises(ValueError, match="no classifier"):
         create_backbone("efficientnet_lite0", checkpoint_path=tmp_path / "headless.pth", require_classifier=True)
+    # what a strict load_state_dict takes is taken: files saved before torch 0.4.1 (no
+    # num_batches_tracked), and a full file into a network built without a classifier
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "old.pth")
+    assert torch.equal(create_backbone("efficientnet_lite0", checkpoint_path=tmp_path / "old.pth").conv_head.weight,
+                       state["conv_head.weight"])
+    trunk = create_backbone("efficientnet_lite0", num_classes=0, checkpoint_path=tmp_path / "lite0.pth")
+    assert torch.equal(trunk.conv_head.weight, state["conv_head.weight"])
 
 
 def test_lite0_other_num_classes_keeps_trunk(lite0):

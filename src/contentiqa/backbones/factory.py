@@ -98,10 +98,16 @@ def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name:
         )
     for k in dropped:
         state.pop(k)
-    # Every tensor of the trunk, as timm loads strictly: a file of a neighbouring architecture
-    # (lite0 weights for lite1) fits most tensors and left the rest at random without a word.
-    # Only the classifier may be absent (a headless file) or of another size.
-    missing = [k for k in target if k not in state and not (heads and k.startswith(heads))]
+    # Every tensor of the trunk, as a strict load_state_dict takes it: a file of a neighbouring
+    # architecture (lite0 weights for lite1) fits most tensors and left the rest at random without
+    # a word. The classifier may be absent (a headless file), of another size, or more than the
+    # network has (num_classes=0); BatchNorm's num_batches_tracked may be absent (files saved
+    # before torch 0.4.1, which torch's own strict load fills in).
+    classifier = [k for k in state if k not in target and heads and k.startswith(heads)]
+    for k in classifier:
+        state.pop(k)
+    missing = [k for k in target if k not in state and not (heads and k.startswith(heads))
+               and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:
         raise ValueError(
