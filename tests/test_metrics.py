@@ -192,6 +192,7 @@ def test_one_run_shows_its_value_without_a_spread():
 
     assert format_mean_std(mean_std([{"srocc": 0.8}])) == {"srocc": "0.800"}
     assert format_mean_std(mean_std([{"srocc": 0.8}, {"srocc": 0.9}])) == {"srocc": "0.850 ± 0.071"}
+    assert format_mean_std({"srocc": {"mean": 0.8, "std": 0.05}}) == {"srocc": "0.800 ± 0.050"}  # no "n": as before
 
 
 def test_mean_std_matches_numpy():

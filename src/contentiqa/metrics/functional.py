@@ -179,5 +179,5 @@ def format_mean_std(summary: Mapping[str, Mapping[str, float]], keys: Iterable[s
     """``{"srocc": "0.812 ± 0.021", ...}`` for tables; the mean alone for one run, whose std of
     0 would claim a spread that was never measured."""
     keys = list(keys) if keys is not None else list(summary)
-    return {k: f"{summary[k]['mean']:.{digits}f}" + (f" ± {summary[k]['std']:.{digits}f}" if summary[k]["n"] > 1 else "")
+    return {k: f"{summary[k]['mean']:.{digits}f}" + (f" ± {summary[k]['std']:.{digits}f}" if summary[k].get("n", 2) > 1 else "")
             for k in keys if k in summary}
