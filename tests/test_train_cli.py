@@ -415,3 +415,17 @@ def test_the_best_epoch_line_names_the_metric_that_chose_it(tmp_path, capsys):
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("best epoch"))
     best = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert f"val plcc {best['val_plcc']:.4f}" in line, line
+
+
+def test_a_resumed_run_keeps_the_parts_it_started_with(tmp_path):
+    """A run begun before a 'split' column's validation draw saved no split.json: resumed, it
+    would have drawn a validation part out of the rows it was training on."""
+    import argparse
+
+    from contentiqa.cli.common import resolve_split
+
+    data = pd.read_csv(table(tmp_path, n=40, split=["train"] * 35 + ["test"] * 5))
+    args = argparse.Namespace(split=None, protocol=None, split_seed=0, quiet=True, data="d.csv")
+    assert set(resolve_split(args, data, training=True).parts) == {"train", "val", "test"}
+    kept = resolve_split(args, data, training=True, draw_val=False)
+    assert kept.protocol == "column" and len(kept.parts["train"]) == 35 and "val" not in kept.parts

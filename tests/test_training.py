@@ -471,3 +471,19 @@ def test_a_set_too_small_to_validate_is_said_and_left_out_of_the_mean(tiny_table
     with pytest.raises(ValueError, match="monitor 'B/srocc': that set has fewer than 3"):
         Trainer(create_model("iqa-cr", pretrained=False, **TINY), train, val, scales,
                 TrainConfig(**cfg, monitor="B/srocc"), tmp_path / "run2", progress=False, log=lambda *a: None)
+
+
+def test_a_resumed_best_is_ranked_as_this_code_ranks(tiny_table, tmp_path):
+    """A run saved while monitor=rmse ranked a higher RMSE first keeps its best as a positive
+    RMSE: resumed, no epoch (ranked by the negative now) could ever beat it."""
+    from contentiqa.utils.checkpoint_io import load_torch_file
+
+    torch.manual_seed(0)
+    _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, monitor="rmse", epochs=1).fit()
+    last = tmp_path / "run" / "last.pt"
+    st = load_torch_file(last)
+    st["best"]["monitor"] = st["best"]["val_rmse"]  # as the earlier code stored it
+    torch.save(st, last)
+    again = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, monitor="rmse", epochs=1)
+    again.fit(resume=True)
+    assert again.best["monitor"] == -again.best["val_rmse"]

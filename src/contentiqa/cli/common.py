@@ -157,11 +157,12 @@ def _drawn_val_counts(n_train: int) -> bool:
 
 
 def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None, *,
-                  training: bool = False):
+                  training: bool = False, draw_val: bool = True):
     """A Split from --split, else from a 'split' column, else made by --protocol (saved to
     ``out_dir`` when made here). ``training``: a column without 'val' rows gets a validation part
     drawn from its training rows per --split-seed (the ``official`` protocol, as experiments do),
-    when they are enough for one: the default recipes fit their calibration on it."""
+    when they are enough for one: the default recipes fit their calibration on it. ``draw_val``
+    False keeps the column as it is (a resumed run keeps the parts it started with)."""
     from ..data import Split, image_keys_for, load_splits, make_splits, save_splits
 
     if args.split:
@@ -186,7 +187,7 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         parts = {p: [k for k, s in zip(keys, which) if s == p] for p in ("train", "val", "test")}
         if not parts["train"]:
             raise UsageError("the 'split' column marks no row as 'train'")
-        if not training or parts["val"] or not _drawn_val_counts(len(parts["train"])):
+        if not training or not draw_val or parts["val"] or not _drawn_val_counts(len(parts["train"])):
             return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there
         protocol = "official"
         if not quiet:

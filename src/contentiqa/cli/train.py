@@ -180,9 +180,11 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     if own:
         args.split = str(out / "split.json")
     with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
-        if info.rank != 0 and not args.split and (out / "split.json").is_file():
+        if info.rank != 0 and not args.split and "split" not in ds.table and (out / "split.json").is_file():
             args.split = str(out / "split.json")
-        split = resolve_split(args, ds.table, out if info.rank == 0 else None, training=True)
+        # a run resumed keeps the parts it started with: one begun before the draw saved no split.json
+        split = resolve_split(args, ds.table, out if info.rank == 0 else None, training=True,
+                              draw_val=not (args.resume and (out / "last.pt").is_file()))
     table = ds.table
     parts = split_parts(split, table, args, own=own)
     if args.resume and (out / "last.pt").is_file():

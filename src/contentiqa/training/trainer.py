@@ -716,6 +716,10 @@ class Trainer:
         self.loss_fn.epoch_losses = st["loss_state"]["epoch_losses"]
         self.epoch = st["epoch"]
         self.best = st["best"]
+        if self.best is not None:  # ranked as this code ranks (an RMSE negated), whatever code saved it
+            seen = {k[4:]: v for k, v in self.best.items() if k.startswith("val_")}
+            if self.monitored in seen:
+                self.best["monitor"] = self._monitor(seen)
         if self.ema is not None:
             if st.get("ema_state") is None:
                 raise ResumeMismatch(f"{path} was trained without ema_decay: resume it without, or start afresh")
