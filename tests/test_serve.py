@@ -120,6 +120,18 @@ def test_score_rows_match_the_cli_and_bad_images_get_their_error(model, ckpt, tm
     assert rows[2]["score"] is None and "truncated" in rows[2]["error"]
 
 
+def test_a_part_that_is_no_file_is_refused_not_dropped(model):
+    """A part without filename= is a text field to the parser: it was dropped with a 200, and
+    every row after it answered for the upload before."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.jpg\"\r\n\r\n" + jpeg(1) +
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"files\"\r\n\r\n" + jpeg(2) +
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"c.jpg\"\r\n\r\n" + jpeg(3) +
+            b"\r\n--b--\r\n")
+    with client_for(model) as c:
+        r = c.post("/v1/score", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 400 and "part 2 ('files') is not a file part" in r.json()["detail"]
+
+
 def test_uploads_are_never_opened_by_name_and_leave_no_file(model):
     app = create_app(ServeConfig(), model=loaded(model))
     svc = app.state.service
@@ -617,6 +629,9 @@ def test_serve_command_checks_its_arguments(capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "--api-key", "pässwort", "--model", "missing/ckpt.pt"]) == 2  # clients could never send it
     assert "must be printable ASCII" in capsys.readouterr().err
+    # a request of --max-images photos could never be admitted: "busy, retry in 1 s" on every retry
+    assert main(["serve", "--max-queue", "2", "--model", "missing/ckpt.pt"]) == 2
+    assert "--max-queue (2) must be at least --max-images (16)" in capsys.readouterr().err
 
 
 def test_cli_help_does_not_import_the_web_stack():

@@ -102,6 +102,9 @@ def _config(args: argparse.Namespace):
         (args.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
         (args.max_queue >= 1, "--max-queue must be at least 1"),
         (args.max_images >= 1, "--max-images must be at least 1"),
+        # a request over the queue could never be admitted: "busy, retry" on every retry
+        (args.max_queue >= args.max_images, f"--max-queue ({args.max_queue}) must be at least --max-images "
+                                            f"({args.max_images}): a request of that many images could never start"),
         (args.max_upload_mb > 0, "--max-upload-mb must be positive"),
         (args.max_pixels > 0, "--max-pixels must be a positive number of megapixels"),
         (args.timeout > 0, "--timeout must be positive"),
