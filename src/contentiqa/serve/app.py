@@ -471,13 +471,11 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
                                  "(a cut-off upload; its last part would be lost)")
     try:
         uploads: list[tuple[str, bytes]] = []
+        fields: list[str] = []
         for k, (name, value) in enumerate(form.multi_items(), 1):
             if not isinstance(value, UploadFile):
-                # a part without filename= (or with only filename*=) is a text field to the parser:
-                # dropped, the rows after it answered for the wrong uploads, with a 200
-                svc.metrics.error("bad_request")
-                raise HTTPException(400, f"part {k} ({name!r}) is not a file part: send each image with a "
-                                         "filename (curl -F files=@photo.jpg)")
+                fields.append(f"part {k} ({name!r})")
+                continue
             data = await value.read()
             uploads.append(((value.filename or "")[:255], data))
     finally:
@@ -485,6 +483,12 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
     if not uploads:
         svc.metrics.error("bad_request")
         raise HTTPException(400, "no image files in the request: send one or more file parts (field name 'files')")
+    if fields:
+        # a part without filename= (or with only filename*=) is a text field to the parser: dropped,
+        # the rows after it answered for the wrong uploads, with a 200
+        svc.metrics.error("bad_request")
+        raise HTTPException(400, f"{fields[0]} is not a file part: send each image with a filename "
+                                 "(curl -F files=@photo.jpg)")
     return uploads
 
 
