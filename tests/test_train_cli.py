@@ -361,6 +361,17 @@ def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_
     before = data.read_bytes()
     assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(data)]) == 2
     assert "is the file the data come from" in capsys.readouterr().err and data.read_bytes() == before
+    # one file for both outputs: the predictions replaced the metrics
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(metrics),
+                 "--json", str(metrics)]) == 2
+    assert "name one file" in capsys.readouterr().err
+    # what was measured is in the metrics file: every row, no split, no logistic fit
+    assert {k: json.loads(metrics.read_text())[k] for k in ("part", "split", "fit_logistic")} == \
+        {"part": None, "split": None, "fit_logistic": False}
+    # --part without a split was ignored: every row's figures, looking like one part's
+    for flag in (["--part", "val"], ["--split-index", "1"]):
+        assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet", *flag]) == 2
+        assert f"{flag[0]} needs a split" in capsys.readouterr().err
 
 
 def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp_path, capsys):

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None,
                    help="split file; evaluate only --part of it (default: the table's 'split' column when it has one)")
     p.add_argument("--split-index", type=int, default=0)
-    p.add_argument("--part", default="test", choices=["train", "val", "test"],
+    p.add_argument("--part", default=None, choices=["train", "val", "test"],
                    help="which part of the split (file or column) to evaluate (default test)")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--predictions", default=None, help="write per-image predictions to this CSV")
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ._output import check_writable
 
     inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
+    if args.json and args.predictions and Path(args.json).resolve() == Path(args.predictions).resolve():
+        raise UsageError(f"--json and --predictions name one file ({args.json}): the predictions would replace the metrics")
     for option, path in (("--json", args.json), ("--predictions", args.predictions)):
         if path:
             if Path(path).resolve() in inputs:
@@ -47,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     ds = load_data(args)
     table = ds.table
     part = None
+    if not args.split and "split" not in table and (args.part is not None or args.split_index):
+        # said, not ignored: the figures would be every row's, looking like one part's
+        given = "--part" if args.part is not None else "--split-index"
+        raise UsageError(f"{given} needs a split: --split FILE, or a 'split' column in --data {args.data}")
+    args.part = args.part or "test"
     if args.split or "split" in table:  # a split file, or a table that carries its split: that part, not every row
         table = split_parts(resolve_split(args, table), table, args).get(args.part, table.iloc[:0])
         part = f"--part {args.part} of {args.split}" if args.split else f"the rows whose 'split' is {args.part!r}"
@@ -70,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.predictions, exc.rows.to_csv(index=False))
         raise UsageError(f"cannot measure {args.model} on {args.data}: {exc}") from None
     _say_failed(preds, args)
-    metrics = {"model": args.model, "data": str(args.data), **metrics}
+    # what was measured, so that a train part's file, a test part's and a fitted PLCC's tell apart
+    metrics = {"model": args.model, "data": str(args.data), "part": args.part if part else None,
+               "split": str(args.split) if args.split else ("column" if part else None),
+               "split_index": args.split_index if args.split else None, "fit_logistic": args.fit_logistic, **metrics}
     names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
     print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
           f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
