@@ -28,13 +28,13 @@ def entry(cache: Path, name: str, nbytes: int, used: float, about: dict | None =
 
 @pytest.mark.parametrize("text, expected", [
     ("40G", 40 * 1024**3), ("500M", 500 * 1024**2), ("1.5T", int(1.5 * 1024**4)), ("2gib", 2 * 1024**3),
-    ("10KB", 10240), ("123", 123), (" 7 G ", 7 * 1024**3), (0, 0), (4096, 4096),
+    ("10KB", 10240), ("123", 123), (" 7 G ", 7 * 1024**3), (0, 0), (4096, 4096), ("12B", 12),
 ])
 def test_sizes_parse(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "G", "-1G", "3X", "ten", True, -5])
+@pytest.mark.parametrize("text", ["", "G", "-1G", "3X", "ten", True, -5, "1iB"])  # 1iB: read as 1 byte
 def test_bad_sizes_are_refused(text):
     with pytest.raises(ValueError):
         parse_size(text)

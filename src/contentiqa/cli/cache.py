@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folders", nargs="*", metavar="FOLDER",
                    help="cache folder(s): an experiment's cache_dir, a training run's OUT/cache")
     p.add_argument("--max-size", type=size_arg, metavar="SIZE",
-                   help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M)")
+                   help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M; "
+                        "binary units: 1K = 1024 bytes)")
     p.add_argument("--older-than", type=finite_float, metavar="DAYS", help="remove entries not used for DAYS days")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.set_defaults(func=run)

@@ -26,7 +26,7 @@ ABOUT = "about.json"
 """A small file in an entry folder saying what it holds, for a person listing the cache."""
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str | int | float) -> int:
@@ -40,7 +40,7 @@ def parse_size(text: str | int | float) -> int:
     m = _SIZE.match(str(text))
     if not m:
         raise ValueError(f"not a size: {text!r} (e.g. 40G, 500M, 1.5T or a number of bytes)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
 def format_size(n: int) -> str:
