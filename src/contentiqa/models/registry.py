@@ -418,7 +418,7 @@ def create_model(
         spec = parse_spec(name)
         if spec.is_onnx:
             raise ValueError(f"{name} is an ONNX graph, not a PyTorch checkpoint: score it with "
-                             "contentiqa.load_scorer(path)")
+                             "contentiqa.load_scorer(path) (`contentiqa score --model FILE.onnx`)")
         checkpoint_path = spec.path
     if checkpoint_path is not None:
         if kwargs:  # the file's own stored architecture is what it loads into
@@ -433,8 +433,8 @@ def create_model(
         weights = shipped_weights_path(entry.name, tag)
         if weights is None:
             raise FileNotFoundError(
-                f"model '{name}' has no shipped weights in this install; use pretrained=False "
-                f"to train one, or one of: {', '.join(list_pretrained()) or 'none'}"
+                f"model '{name}' has no shipped weights in this install; train one (pretrained=False, or "
+                f"`contentiqa train --model {entry.name}`), or use one of: {', '.join(list_pretrained()) or 'none'}"
             )
         if kwargs:
             raise ValueError(f"pretrained '{name}' takes no architecture arguments (got {sorted(kwargs)})")
