@@ -279,3 +279,13 @@ def test_a_model_built_from_a_backbone_file_loads_after_that_file_is_gone(tmp_pa
     assert loaded.cfg.backbone_checkpoint == str(start)  # kept as the record of where it started
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_model_without_shipped_weights_says_how_to_get_them_in_the_commands_terms_too():
+    """The message named pretrained=False only, which a command's user cannot pass."""
+    from contentiqa.models import create_model
+
+    with pytest.raises(FileNotFoundError, match="contentiqa train --model mtl-pooled"):
+        create_model("mtl-pooled")
+    with pytest.raises(FileNotFoundError, match="made from trained members"):  # not trained itself
+        create_model("ensemble")

@@ -433,8 +433,10 @@ def create_model(
         weights = shipped_weights_path(entry.name, tag)
         if weights is None:
             raise FileNotFoundError(
-                f"model '{name}' has no shipped weights in this install; train one (pretrained=False, or "
-                f"`contentiqa train --model {entry.name}`), or use one of: {', '.join(list_pretrained()) or 'none'}"
+                f"model '{name}' has no shipped weights in this install; "
+                + (f"train one (pretrained=False, or `contentiqa train --model {entry.name}`)" if entry.trainable else
+                   "it is made from trained members (contentiqa.models.ensemble.build_ensemble)")
+                + f", or use one of: {', '.join(list_pretrained()) or 'none'}"
             )
         if kwargs:
             raise ValueError(f"pretrained '{name}' takes no architecture arguments (got {sorted(kwargs)})")
