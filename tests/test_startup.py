@@ -26,6 +26,14 @@ def source_env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess that imports contentiqa from this checkout's src/."""
     return {**os.environ, **extra, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
+
+def run_without_torch(program: str, cwd: Path) -> list[str]:
+    """The lines ``program`` prints, run as an install without [torch] would run it (it must end well)."""
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_TORCH + program], capture_output=True, text=True,
+                          env=source_env(), timeout=300, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    return proc.stdout.splitlines()
+
 PROBE = """
 import json, sys
 from contentiqa.cli.main import main
@@ -116,15 +124,12 @@ def test_scoring_from_the_cached_onnx_graph_does_not_import_torch(tmp_path, exam
 def test_names_that_need_pytorch_say_so_when_imported_and_a_star_import_works(tmp_path):
     """`from contentiqa import IQAModel` / `contentiqa.data.load_dataset` without [torch] were a bare
     ModuleNotFoundError from inside, and `from contentiqa import *` failed outright."""
-    code = (WITHOUT_TORCH + "from contentiqa import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n"
-            "import contentiqa.data\nfrom contentiqa.utils.extras import ExtraMissing\n"
-            "for name in ('IQAModel',):\n"
-            "    try:\n        getattr(__import__('contentiqa'), name)\n    except ExtraMissing as exc:\n        print(exc)\n"
-            "try:\n    contentiqa.data.load_dataset\nexcept ExtraMissing as exc:\n    print(exc)\n")
-    env = source_env()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    star, model, data = proc.stdout.splitlines()
+    star, model, data = run_without_torch(
+        "from contentiqa import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n"
+        "import contentiqa.data\nfrom contentiqa.utils.extras import ExtraMissing\n"
+        "for name in ('IQAModel',):\n"
+        "    try:\n        getattr(__import__('contentiqa'), name)\n    except ExtraMissing as exc:\n        print(exc)\n"
+        "try:\n    contentiqa.data.load_dataset\nexcept ExtraMissing as exc:\n    print(exc)\n", tmp_path)
     assert "create_scorer" in star and "IQAModel" not in star
     assert "IQAModel needs PyTorch" in model and "pip install 'contentiqa[torch]'" in model
     assert data.startswith("contentiqa.data.load_dataset needs the 'pandas' package") and "contentiqa[torch]" in data
@@ -160,14 +165,11 @@ def test_model_api_without_pytorch_names_the_extra(tmp_path):
     """The library's PyTorch entry points fail as the CLI does without [torch]: ExtraMissing (an
     ImportError) naming the extra and the torch-free way to score, not torch's bare
     ModuleNotFoundError from a helper deep inside."""
-    code = (WITHOUT_TORCH + "import contentiqa\nfrom contentiqa.utils.extras import ExtraMissing\n"
-            "for call in (lambda: contentiqa.create_model(contentiqa.DEFAULT_MODEL), lambda: contentiqa.load_checkpoint('x.pt')):\n"
-            "    try:\n        call()\n    except ExtraMissing as exc:\n        print(exc)\n"
-            "print(len(contentiqa.list_models()) > 0)\n")
-    env = source_env()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 3 and lines[2] == "True", proc.stdout
+    lines = run_without_torch(
+        "import contentiqa\nfrom contentiqa.utils.extras import ExtraMissing\n"
+        "for call in (lambda: contentiqa.create_model(contentiqa.DEFAULT_MODEL), lambda: contentiqa.load_checkpoint('x.pt')):\n"
+        "    try:\n        call()\n    except ExtraMissing as exc:\n        print(exc)\n"
+        "print(len(contentiqa.list_models()) > 0)\n", tmp_path)
+    assert len(lines) == 3 and lines[2] == "True", lines
     assert "create_model" in lines[0] and "load_checkpoint" in lines[1]
     assert all("needs PyTorch" in x and "pip install 'contentiqa[torch]'" in x and "load_scorer" in x for x in lines[:2])
