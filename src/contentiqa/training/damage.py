@@ -31,6 +31,18 @@ GROUP_SIZE = 1 + len(LEVELS)
 """Items of a graded group: the photo, then its copies at levels 1-4, best first."""
 
 
+def source_rows(table: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+    """The training rows damage and anchors draw their photos from: ``damage_source``'s set, or
+    every row; a ValueError naming the sets when it is none of them."""
+    if cfg.damage_source is None:
+        return table
+    sets = sorted(set(table["dataset"])) if "dataset" in table else []
+    if cfg.damage_source not in sets:
+        raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets"
+                         + (f": {', '.join(sets)}" if sets else " (there is one, unnamed: leave it out)"))
+    return table[table["dataset"] == cfg.damage_source]
+
+
 class DamageSet:
     """Cached encodings of the graded groups and the anchors of one training table."""
 
@@ -38,11 +50,7 @@ class DamageSet:
                  encode: Callable[[list[str], list[str]], list[dict[str, torch.Tensor]]]):
         """``encode(paths, damage_specs)``: the trainer's cached encodings (all views)."""
         self.cfg = cfg
-        rows = table
-        if cfg.damage_source is not None:
-            if "dataset" not in table or cfg.damage_source not in set(table["dataset"]):
-                raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets")
-            rows = table[table["dataset"] == cfg.damage_source]
+        rows = source_rows(table, cfg)
         candidates = sorted(rows["image"].astype(str).unique())
         # At most the photos there are: a recipe's counts (the default IE-IQA's 270 anchors) also
         # train on a smaller set, every photo then serving.

@@ -60,7 +60,7 @@ from . import distributed as dist_utils
 from .config import RUNTIME_SETTINGS, TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
-from .damage import GROUP_SIZE, DamageSet
+from .damage import GROUP_SIZE, DamageSet, source_rows
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
@@ -258,12 +258,8 @@ class Trainer:
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
                                      model_loss=model.loss, score_weight=cfg.score_weight).to(self.device)
         self._check_labels()
-        if cfg.damage_source is not None and (cfg.damage_weight or cfg.anchor_weight):
-            # before the training photos are encoded (a full pass on a large set), not after
-            sets = sorted(set(self.train_table["dataset"])) if "dataset" in self.train_table else []
-            if cfg.damage_source not in sets:
-                raise ValueError(f"damage_source {cfg.damage_source!r} is not one of the training sets"
-                                 + (f": {', '.join(sets)}" if sets else " (there is one, unnamed: leave it out)"))
+        if cfg.damage_weight or cfg.anchor_weight:
+            source_rows(self.train_table, cfg)  # before the training photos are encoded (a full pass), not after
         self.val_sets = self._check_validation()
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
