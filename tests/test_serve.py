@@ -203,6 +203,10 @@ def test_api_key_on_every_v1_call_and_nowhere_else(model):
         assert r.status_code == 200 and r.json()["results"][0]["score"] is not None
         assert c.get("/healthz").status_code == 200
         assert c.get("/").status_code == 200
+        # health checkers probe with HEAD too: same status, no body
+        for path in ("/healthz", "/"):
+            r = c.head(path)
+            assert r.status_code == 200 and r.content == b""
 
 
 def test_cors_off_unless_asked(model):

@@ -719,11 +719,16 @@ def create_app(
             body["error"] = svc.error if not cfg.api_key else "the model failed to load (the server's log says why)"
         return JSONResponse(body, status_code=200 if svc.state == "ready" else 503)
 
+    # health checkers (load balancers, uptime monitors) often probe with HEAD: FastAPI's routes
+    # answer only the methods named, so HEAD gets its own route (out of the schema, where it
+    # would repeat GET's operation id)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", summary="Prometheus metrics (text format)")
     async def metrics() -> Response:
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
