@@ -2,6 +2,7 @@
 file and the reason for everything else. All files are generated in tmp_path."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -482,18 +483,18 @@ def test_one_brighter_pixel_never_changes_how_a_32bit_or_float_image_is_read(tmp
 
 def test_a_16bit_png_opened_as_32bit_integers_is_read_on_the_16bit_range(tmp_path):
     """Pillow versions differ: some open a 16-bit grayscale PNG as I;16, some as 32-bit I."""
-    from contentiqa.data.imageio import _png_16bit
+    from contentiqa.data.imageio import _sixteen_bit
 
     path = tmp_path / "g16.png"
     Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(path)  # 0x8080: 128 on 8 bits
     with Image.open(path) as im:
         as_i = im.convert("I")
     as_i.format = "PNG"  # as such a Pillow hands it over
-    wide = _png_16bit(as_i)
+    wide = _sixteen_bit(as_i)
     assert wide.mode == "I;16" and np.asarray(wide).max() == 32896
     assert np.asarray(load_image(path).image).max() == 128
     as_i.format = "TIFF"  # a 32-bit TIFF is what its mode says
-    assert _png_16bit(as_i) is as_i
+    assert _sixteen_bit(as_i) is as_i
 
 
 def test_pixel_rules_read_uint16_in_either_byte_order_and_never_guess_a_range():
@@ -559,3 +560,74 @@ def test_postscript_is_never_run_whatever_the_file_is_called(tmp_path, monkeypat
     with pytest.raises(Exception):
         image_size(str(photo))
     assert not marker.exists()
+
+
+def _write_pgm(path, arr: np.ndarray, maxval: int) -> None:
+    path.write_bytes(f"P5\n{arr.shape[1]} {arr.shape[0]}\n{maxval}\n".encode() + arr.astype(">u2").tobytes())
+
+
+def test_a_16bit_pgm_is_read_on_its_range_as_a_16bit_png_is(tmp_path):
+    """Pillow opens a 16-bit PGM as 32-bit I (stretched to 0-65535 whatever its maxval)."""
+    arr = np.zeros((40, 40), np.uint16)
+    arr[:20] = 65535
+    arr[20:] = 257 * 100
+    _write_pgm(tmp_path / "g16.pgm", arr, 65535)
+    _write_pgm(tmp_path / "g12.pgm", arr >> 4, 4095)
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    want = np.asarray(load_image(tmp_path / "g16.png").image)
+    for name in ("g16.pgm", "g12.pgm"):
+        res = load_image(tmp_path / name)
+        assert np.abs(np.asarray(res.image).astype(int) - want).max() <= 1, name
+        assert any("16-bit" in n for n in res.notes)
+    # the same file opened by the caller scores alike
+    from contentiqa.models.scoring import to_pil
+
+    with Image.open(tmp_path / "g16.pgm") as im:
+        img, _, _ = to_pil(im)
+    assert np.array_equal(np.asarray(img), want)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_a_colour_key_is_transparent_as_an_alpha_channel_is(tmp_path, mode):
+    """A PNG's tRNS colour key (grayscale or RGB) marks pixels transparent: white, as with alpha."""
+    base = np.zeros((40, 40), np.uint8)
+    base[:, :20] = 200
+    alpha = np.where(base == 0, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([base, base, base, alpha]), "RGBA").save(tmp_path / "alpha.png")
+    if mode == "RGB":
+        Image.fromarray(np.dstack([base] * 3)).save(tmp_path / "key.png", transparency=(0, 0, 0))
+    elif mode == "L":
+        Image.fromarray(base).save(tmp_path / "key.png", transparency=0)
+    else:
+        Image.fromarray(base.astype(np.uint16) * 257).save(tmp_path / "key.png", transparency=0)
+    with Image.open(tmp_path / "key.png") as im:
+        assert im.mode.startswith(mode[0]) and "transparency" in im.info
+    want = load_image(tmp_path / "alpha.png")
+    got = load_image(tmp_path / "key.png")
+    assert np.array_equal(np.asarray(got.image), np.asarray(want.image))
+    assert tuple(np.asarray(got.image)[0, 30]) == (255, 255, 255)
+    assert any("transparent" in n for n in got.notes)
+    # a key no pixel has: nothing transparent, nothing said
+    Image.fromarray(np.dstack([base] * 3)).save(tmp_path / "unused.png", transparency=(1, 2, 3))
+    assert not any("transparent" in n for n in load_image(tmp_path / "unused.png").notes)
+
+
+def test_a_jpeg_cut_short_before_its_end_marker_is_noted_not_scored_silently(tmp_path):
+    """libjpeg fills the blocks a file's data no longer covers with mid-grey and only warns:
+    a photo cut short and closed with an end-of-image marker decodes without an error."""
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(96, 80, seed=3)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    (tmp_path / "whole.jpg").write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    res = load_image(tmp_path / "cut.jpg")
+    assert (np.asarray(res.image)[-8:] == 128).all()
+    assert any("cut short or damaged" in n for n in res.notes)
+    assert not any("cut short" in n for n in load_image(tmp_path / "whole.jpg").notes)
+    # pictures of grey are not fills: a mid-grey frame, and a grey band under a block's height
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "grey.jpg", quality=95)
+    band = random_rgb(64, 64, seed=4)
+    band[-4:] = 128
+    Image.fromarray(band).save(tmp_path / "band.png")
+    for name in ("grey.jpg", "band.png"):
+        assert not any("cut short" in n for n in load_image(tmp_path / name).notes), name

@@ -158,10 +158,15 @@ def pixels_to_uint8(a: np.ndarray) -> np.ndarray:
     raise TypeError(f"cannot score pixels of dtype {a.dtype}")
 
 
-def _png_16bit(im: Image.Image) -> Image.Image:
-    """A 16-bit grayscale PNG as I;16, however this Pillow opened it: some versions open it as
-    32-bit I, whose values have no display range of their own, but a PNG holds at most 16 bits."""
-    if im.mode != "I" or im.format != "PNG":
+_AT_MOST_16_BITS = ("PNG", "PPM")
+"""Formats whose 32-bit integer (I) images hold at most 16 bits: some Pillow versions open a
+16-bit grayscale PNG as I, and every version a 16-bit PGM (already stretched to 0-65535)."""
+
+
+def _sixteen_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale PNG or PGM as I;16, however this Pillow opened it: as 32-bit I its
+    values would have no display range of their own, but these formats hold at most 16 bits."""
+    if im.mode != "I" or im.format not in _AT_MOST_16_BITS:
         return im
     wide = Image.fromarray(np.asarray(im).astype(np.uint16))
     wide.info.update(im.info)  # its EXIF orientation, if any
@@ -182,13 +187,54 @@ def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     return oriented
 
 
+def pil_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """An opened image as :func:`load_image` reads its file: 16-bit formats on their range,
+    turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike."""
+    return _to_rgb(apply_orientation(_sixteen_bit(im), notes), notes)
+
+
 def to_rgb8(im: Image.Image) -> Image.Image:
     """An image of any mode as 8-bit RGB, as :func:`load_image` reads files (16-bit and float
     on their range, transparency on white): ``convert("RGB")`` clips 16-bit values to white."""
     return _to_rgb(im, [])
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _colour_key_mask(im: Image.Image) -> np.ndarray | None:
+    """The pixels a colour key makes transparent (a PNG's tRNS on a grayscale or RGB image: one
+    value or colour that stands for "nothing here"); None when there are none. Palette images
+    carry theirs per entry and go through RGBA instead."""
+    key = im.info.get("transparency")
+    if key is None or im.mode == "P" or im.mode in _ALPHA_MODES:
+        return None
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        if not isinstance(key, tuple) or len(key) != arr.shape[2]:
+            return None
+        mask = (arr == np.asarray(key, arr.dtype)).all(axis=2)
+    elif isinstance(key, int):
+        mask = arr == key
+    else:
+        return None
+    return mask if mask.any() else None
+
+
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    # transparency on white whichever way the file stores it (an alpha channel, a palette's
+    # entries or a colour key), so the same picture reads the same pixels
+    keyed = _colour_key_mask(im)
+    rgb = _to_rgb_ignoring_key(im, notes)
+    if keyed is None:
+        return rgb
+    arr = np.array(rgb)
+    arr[keyed] = 255
+    notes.append("transparent pixels composited on white")
+    return Image.fromarray(arr, "RGB")
+
+
+def _to_rgb_ignoring_key(im: Image.Image, notes: list[str]) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
@@ -207,7 +253,7 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
         notes.append({"F": "floating-point image converted to 8-bit",
                       "I": "32-bit integer image read as 8-bit values"}.get(mode, "16-bit grayscale scaled to 8-bit"))
         return Image.fromarray(arr8, "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]
         if alpha.min() < 255:
@@ -333,9 +379,12 @@ def load_image(
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
-        oriented = apply_orientation(_png_16bit(im), notes)
+        grey = _decoder_grey_rows(im)
+        if grey:
+            notes.append(f"the bottom {grey} rows are the flat mid-grey a JPEG decoder puts where a file's data ends "
+                         "early: the file is probably cut short or damaged, and its score reads that grey")
         try:
-            rgb = _to_rgb(oriented, notes)
+            rgb = pil_to_rgb(im, notes)
         except ValueError as exc:
             raise ImageLoadError(p, str(exc)) from None
         rgb = rgb.copy() if rgb is im else rgb
@@ -344,6 +393,25 @@ def load_image(
     if min(w, h) < min_size:
         raise ImageLoadError(p, f"image is {w}x{h}, smaller than the minimum side of {min_size} px")
     return LoadedImage(image=rgb, path=str(p), notes=notes)
+
+
+_MIN_GREY_ROWS = 8
+"""A JPEG block's height: a decoder's fill covers whole blocks."""
+
+
+def _decoder_grey_rows(im: Image.Image) -> int:
+    """How many rows at the bottom of a decoded JPEG are exactly mid-grey (128): libjpeg fills
+    the blocks a file's data no longer covers with that grey and only warns, which Pillow does
+    not pass on, so a photo cut short after its last marker decodes "fine". 0 when fewer than a
+    block's rows, or when the whole frame is grey (a picture of grey, not a fill)."""
+    if im.format != "JPEG" or im.mode not in ("L", "RGB"):
+        return 0
+    arr = np.asarray(im)
+    rows = arr.reshape(arr.shape[0], -1)
+    if rows.shape[0] <= _MIN_GREY_ROWS or not (rows[-_MIN_GREY_ROWS:] == 128).all():
+        return 0
+    picture = np.flatnonzero(~(rows == 128).all(axis=1))
+    return 0 if picture.size == 0 else int(rows.shape[0] - 1 - picture[-1])
 
 
 @lru_cache(maxsize=1)

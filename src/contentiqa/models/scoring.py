@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, _to_rgb, apply_orientation, load_image, pixels_to_uint8
+from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, pil_to_rgb, pixels_to_uint8
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -118,7 +118,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     if isinstance(item, Image.Image):
         notes: list[str] = []
         _check_pixels(*item.size, max_pixels)
-        img = _to_rgb(apply_orientation(item, notes), notes)
+        img = pil_to_rgb(item, notes)
         return img, None, notes
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
     if torch is not None and isinstance(item, torch.Tensor):
@@ -180,7 +180,7 @@ def in_memory_checked(model: ImageLimits, item: Any) -> Any:
     if isinstance(item, Image.Image):
         _check_pixels(*item.size, model.max_pixels)
         if item.mode in ("I", "F") or item.mode.startswith("I;16"):
-            _to_rgb(item, [])  # pixel values held to the array rules now: a bad one raises, as an array's does
+            pil_to_rgb(item, [])  # pixel values held to the array rules now: a bad one raises, as an array's does
         return item  # converted later, with its notes (alpha, mode)
     if isinstance(item, np.ndarray):
         return _array_image(item, model.max_pixels)  # likewise
