@@ -409,6 +409,45 @@ def test_unrecognizability_training_and_checkpoint(tmp_path, make_image):
     assert sel.shape == (2, 64)
 
 
+def test_a_saved_model_loads_without_the_files_its_intelligibility_branch_came_from(tmp_path, make_image, monkeypatch):
+    """The saved model holds the branch's tensors: the Places365 file, the predictor's file or the
+    torch hub cache it was built from may be gone (another machine) and it still loads, alike."""
+    import torchvision
+
+    torch.manual_seed(5)
+    places = tmp_path / "resnet18_places365.pth.tar"
+    torch.save({"state_dict": torchvision.models.resnet18(weights=None, num_classes=365).state_dict()}, places)
+    make_image(tmp_path / "img" / "0.png", 40, 48, seed=0)
+    make_image(tmp_path / "img" / "1.png", 40, 48, seed=1)
+    (tmp_path / "u.csv").write_text("image,unrecognizability\nimg/0.png,0.2\nimg/1.png,0.7\n")
+    unrec = tmp_path / "unrec.pt"
+    train_unrecognizability(tmp_path / "u.csv", epochs=1, batch_size=2, out=unrec, pretrained=False, hidden=(16, 8),
+                            image_size=32, resize=36, progress=False)
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / places.name).write_bytes(places.read_bytes())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    x = torch.randn(2, 3, 32, 32)
+    saved = {}
+    for name, kw in {"scene file": {"intelligibility_task": "scene", "intelligibility_checkpoint": str(places)},
+                     "scene hub": {"intelligibility_task": "scene"},
+                     "unrecognizability": {"intelligibility_task": "unrecognizability",
+                                           "intelligibility_checkpoint": str(unrec)}}.items():
+        model = build_ie_iqa(distortion_pretrained=False, hidden=(8, 4), ratio=5, **kw).eval()
+        with torch.no_grad():
+            saved[name] = (save_checkpoint(model, tmp_path / f"{name}.pt"), model(x)["score"])
+        if name == "scene hub":  # a file that leaves the hub's tensors out needs them: a clear error without
+            slim = save_checkpoint(model, tmp_path / "slim.pt", omit_pretrained_backbone=True)
+    places.rename(tmp_path / "moved.pth.tar")
+    unrec.rename(tmp_path / "moved.pt")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    for name, (path, want) in saved.items():
+        with torch.no_grad():
+            torch.testing.assert_close(load_checkpoint(path).eval()(x)["score"], want, msg=name)
+    with pytest.raises(ValueError, match=r"slim\.pt: cannot rebuild its model: .*Places365"):
+        load_checkpoint(slim)
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def test_checkpoint_round_trip_omits_pretrained_weights(tmp_path):
     torch.manual_seed(0)

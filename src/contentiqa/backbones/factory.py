@@ -60,6 +60,12 @@ def checkpoint_files_unread() -> Iterator[None]:
         _UNREAD.on = False
 
 
+def checkpoint_files_skipped() -> bool:
+    """Whether networks built now skip their weight files (inside :func:`checkpoint_files_unread`):
+    other builders that read files of their own (IE-IQA's intelligibility branches) ask it too."""
+    return getattr(_UNREAD, "on", False)
+
+
 def _load_checkpoint(model: nn.Module, checkpoint_path: str | os.PathLike, name: str, require_classifier: bool) -> None:
     import torch
 
@@ -146,7 +152,7 @@ def create_backbone(
         cfg = LITE_CFGS[name]
         model = timm.create_model(cfg.architecture, pretrained=False, num_classes=num_classes, **kwargs)
         if checkpoint_path is not None:
-            if not getattr(_UNREAD, "on", False):
+            if not checkpoint_files_skipped():
                 _load_checkpoint(model, checkpoint_path, name, require_classifier)
             cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
         elif pretrained:
@@ -170,7 +176,7 @@ def create_backbone(
             weight_source="hub",
         )
         if checkpoint_path is not None:
-            if not getattr(_UNREAD, "on", False):
+            if not checkpoint_files_skipped():
                 _load_checkpoint(model, checkpoint_path, name, require_classifier)
             cfg = replace(cfg, weight_source=f"checkpoint:{checkpoint_path}")
         elif pretrained:

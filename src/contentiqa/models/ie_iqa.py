@@ -221,6 +221,12 @@ class IEIQA(IQAModel):
                 **cfg.intelligibility_options,
             )
             self.intelligibility.freeze()
+            if cfg.intelligibility_task == "unrecognizability" and cfg.intelligibility_checkpoint is not None:
+                # the predictor's file decides its network: said in the config, a saved model is
+                # rebuilt without that file
+                net = self.intelligibility.net
+                cfg.intelligibility_backbone = net.backbone_name
+                cfg.intelligibility_options = {**cfg.intelligibility_options, "hidden": list(net.hidden)}
             if cfg.strategy == "contribution" and self.intelligibility.linear_head() is None:
                 raise ValueError(
                     f"task '{cfg.intelligibility_task}' has no single linear head: use selection='sensitivity' "

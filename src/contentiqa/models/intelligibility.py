@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import WeightsUnavailableError, create_backbone
+from ..backbones.factory import checkpoint_files_skipped
 from ..backbones.config import IMAGENET_MEAN, IMAGENET_STD
 
 TASKS = ("recognition", "scene", "detection", "segmentation", "unrecognizability")
@@ -154,7 +155,10 @@ def _branch_state(checkpoint: str | None, pretrained: bool, weights: Callable[[]
                   what: str, hint: str) -> dict[str, torch.Tensor] | None:
     """A torchvision branch's weights, resolved before the network is built so that a missing
     file fails fast: the user's ``checkpoint``, else torchvision's (``weights()``, its Weights
-    enum member) when ``pretrained``, else None (an untrained branch)."""
+    enum member) when ``pretrained``, else None (an untrained branch). None too while a saved
+    model that holds the branch's tensors is rebuilt: its file may be gone (another machine)."""
+    if checkpoint_files_skipped():
+        return None
     if checkpoint is not None:
         return read_state_dict(checkpoint)
     return _torchvision_state(weights(), download, what, hint) if pretrained else None
@@ -247,7 +251,9 @@ class SceneBranch(IntelligibilityBranch):
             raise ValueError(f"scene task: arch must be a torchvision ResNet (resnet18, resnet50), not {arch!r}")
         what = f"intelligibility task 'scene' (Places365 {arch})"
         state = None
-        if checkpoint is not None:
+        if checkpoint_files_skipped():
+            pass  # a saved model's own tensors replace the file's (see _branch_state)
+        elif checkpoint is not None:
             state = read_state_dict(checkpoint)
         elif pretrained:
             url = PLACES365_URLS.get(arch)
@@ -422,9 +428,11 @@ class UnrecognizabilityBranch(IntelligibilityBranch):
     strategy = "sensitivity"
 
     def __init__(self, backbone: str = "efficientnet_lite0", pretrained: bool = True, checkpoint: str | None = None, hidden: Sequence[int] = (512, 128)):
-        if checkpoint is not None:
-            model = load_unrecognizability(checkpoint)
-        elif pretrained:
+        if checkpoint is not None and not (checkpoint_files_skipped() and not Path(checkpoint).is_file()):
+            model = load_unrecognizability(checkpoint)  # its own backbone and hidden sizes
+        elif checkpoint is not None:  # a saved model rebuilt without the file: its tensors come next
+            model = UnrecognizabilityRegressor(backbone, hidden, pretrained=False)
+        elif pretrained and not checkpoint_files_skipped():
             raise IntelligibilityWeightsUnavailable(
                 "intelligibility task 'unrecognizability' needs a trained unrecognizability predictor: pass "
                 "intelligibility_checkpoint=<file written by contentiqa.models.intelligibility.train_unrecognizability "

@@ -353,6 +353,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a valid contentiqa model checkpoint (its model_name, config or "
                          "state_dict is missing or not what save_checkpoint writes)")
+    from ..backbones import WeightsUnavailableError
     from ..backbones.factory import checkpoint_files_unread
 
     try:
@@ -363,6 +364,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{path}: cannot rebuild its model: {exc} (a file its config names, whose "
                                 "weights it needs: restore it)") from None
+    except WeightsUnavailableError as exc:  # weights left out of the file, not on this machine either
+        raise ValueError(f"{path}: cannot rebuild its model: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:  # an unknown model, arguments its config does not take
         raise ValueError(f"{path}: cannot rebuild its model {name!r}: {exc}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
