@@ -287,6 +287,69 @@ def test_levels_inside_the_cached_stages_are_cached_pooled(name, two_sets, tmp_p
     assert "backbone stages" in model.trained_stages(k) and f"0-{k - 1} frozen" in model.trained_stages(k)
 
 
+def _tiny_iqa_cr(**kw):
+    torch.manual_seed(0)
+    return create_model("iqa-cr", pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32,
+                        grid=(2, 2), depth=1, categories=["a", "b"], **kw)
+
+
+def test_training_items_change_each_epoch_alike_with_and_without_workers(two_sets, tmp_path):
+    """Workers copy the dataset when an epoch's iteration starts: they follow its augmentation
+    seed (persistent workers kept the first epoch's crops for good), and starting them draws
+    nothing from the global RNG the dropout stream is seeded on."""
+    table = two_sets[two_sets["dataset"] == "A"].iloc[:4].assign(category="a").drop(columns="dataset")
+    epochs = {}
+    for workers in (0, 1):
+        tr = Trainer(_tiny_iqa_cr(), table, None, MOSScale(0, 100),
+                     TrainConfig(epochs=2, batch_size=2, crop=48, num_workers=workers), tmp_path / f"run{workers}",
+                     progress=False, log=lambda *a: None)
+        seen = []
+        for epoch in (0, 1):
+            tr.sampler.set_epoch(epoch)
+            tr.train_ds.set_epoch(epoch)
+            seen.append(torch.cat([x for x, _, _ in tr.train_loader]))
+        epochs[workers] = seen
+    for workers, (first, second) in epochs.items():
+        assert not torch.equal(first, second), f"{workers} worker(s): the same crops in both epochs"
+    assert all(torch.equal(a, b) for a, b in zip(epochs[0], epochs[1]))
+
+
+def test_a_loader_leaves_the_global_rng_alone(two_sets, tmp_path):
+    table = two_sets[two_sets["dataset"] == "A"].iloc[:4].assign(category="a").drop(columns="dataset")
+    tr = Trainer(_tiny_iqa_cr(), table, None, MOSScale(0, 100), TrainConfig(epochs=1, batch_size=2, crop=48),
+                 tmp_path / "run", progress=False, log=lambda *a: None)
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    iter(tr.train_loader)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_cached_views_follow_hflip():
+    """Cached encodings hold the photo and its mirror: without flips, training reads the photo."""
+    from contentiqa.training.data import CachedFeatures
+
+    enc = [{"x": torch.stack([torch.zeros(2, 3, 3), torch.ones(2, 3, 3)])} for _ in range(8)]
+    for hflip, views in ((True, {0.0, 1.0}), (False, {0.0})):
+        ds = CachedFeatures(enc, np.zeros(8), np.zeros(8), None, train=True, hflip=hflip)
+        drawn = set()
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            drawn |= {float(ds[i][0]["x"].mean()) for i in range(len(ds))}
+        assert drawn == views
+
+
+def test_trained_stages_name_the_stages_frozen_without_a_cache():
+    model = _tiny_iqa_cr(frozen_stages=4)
+    end = model.feature_end
+    assert model.trained_stages(0).startswith(f"backbone stages 4-{end - 1} of ")
+    assert "stages 0-3 frozen, not cached" in model.trained_stages(0)
+    model.freeze_stages(2)
+    said = model.trained_stages(2)
+    assert said.startswith("backbone stages 4-") and "stages 0-1 frozen and cached; stages 2-3 frozen, not cached" in said
+    assert _tiny_iqa_cr().trained_stages(0) == "everything (nothing cached)"
+
+
 def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", **IE_TINY)

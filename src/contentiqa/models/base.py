@@ -273,12 +273,23 @@ class IQAModel(OnScale, nn.Module):
         return info.get("file_sha256") if same else None
 
     def trained_stages(self, start_stage: int) -> str:
-        """Which stages train on top of ``start_stage`` cached ones, in words (results files)."""
+        """Which stages train on top of ``start_stage`` cached ones, in words (results files):
+        stages frozen without a cache (a model argument such as IQA-CR's ``frozen_stages``) are
+        read from the parameters themselves."""
         n = len(self.stages)
         if start_stage >= self.feature_end:
             return "head only (backbone frozen; pooled features cached)"
-        return (f"backbone stages {start_stage}-{self.feature_end - 1} of 0-{n - 1} and the head "
-                f"(stages 0-{start_stage - 1} frozen and cached)" if start_stage else "everything (nothing cached)")
+        used = self.stages[start_stage:self.feature_end]
+        first = start_stage + next((i for i, s in enumerate(used) if any(p.requires_grad for p in s.parameters())),
+                                   len(used))
+        frozen = [f"stages 0-{start_stage - 1} frozen and cached"] if start_stage else []
+        if first > start_stage:
+            frozen.append(f"stages {start_stage}-{first - 1} frozen, not cached")
+        if first >= self.feature_end:
+            return f"head only (backbone frozen; {'; '.join(frozen)})"
+        if not frozen:
+            return "everything (nothing cached)"
+        return f"backbone stages {first}-{self.feature_end - 1} of 0-{n - 1} and the head ({'; '.join(frozen)})"
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
         """``forward`` from :meth:`cache_encode`'s output."""

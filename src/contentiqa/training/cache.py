@@ -3,7 +3,10 @@
 When the first ``k`` stages of a backbone are frozen and its BatchNorm uses running statistics,
 their output for a given image is a constant; computing it once (for the image and its
 horizontal mirror) and training only the stages after it gives the same gradients as the
-end-to-end model at a fraction of the cost. The cache is keyed by backbone, stage, image
+end-to-end model on those views at a fraction of the cost. Augmentations that change the input
+before the network (IE-IQA's resize-then-random-crop, ``train_resize``) are not among them: a
+cached run trains on the photo as scored and its mirror (a crop of a native-resolution model's
+cached map stands for a crop of the photo). The cache is keyed by backbone, stage, image
 path, size and modification time, so a changed file is recomputed.
 """
 from __future__ import annotations

@@ -222,16 +222,17 @@ class TrainImages(Dataset):
 class CachedFeatures(Dataset):
     """Samples from cached frozen-part encodings (see :func:`contentiqa.training.cache.cached_encodings`).
 
-    Each item holds a dict of tensors with a leading view axis. Training draws one view at
-    random per epoch (for IQA-CR the mirrored copy stands for a flip; for IE-IQA the views are
-    its crops and flips) and, when ``crop_cells`` is set, a random window of that many cells of
+    Each item holds a dict of tensors with a leading view axis: the photo and its mirror (see
+    :meth:`~contentiqa.models.base.IQAModel.cache_views`). Training draws one view at random
+    per epoch (the mirror stands for a flip; ``hflip=False``: always the photo) and, when ``crop_cells`` is set, a random window of that many cells of
     the ``"x"`` feature map, which stands for a native-scale crop (cells are ``stride`` pixels
     wide, so the crop keeps the scale, up to receptive-field border effects of the frozen stages).
     """
 
     def __init__(self, encodings: Sequence[dict[str, torch.Tensor]], targets, categories, crop_cells: int | None,
-                 seed: int = 0, train: bool = True):
+                 seed: int = 0, train: bool = True, hflip: bool = True):
         self.encodings = list(encodings)
+        self.hflip = hflip
         self.targets = np.asarray(targets, dtype=np.float32)
         self.categories = np.asarray(categories, dtype=np.int64)
         self.crop_cells = crop_cells if train else None
@@ -254,7 +255,7 @@ class CachedFeatures(Dataset):
         rng = item_rng(self.seed, self.epoch, i)
         enc = self.encodings[i]
         n_views = next(iter(enc.values())).shape[0]
-        v = int(rng.integers(0, n_views)) if self.train else 0
+        v = int(rng.integers(0, n_views)) if self.train and self.hflip else 0
         item = {k: t[v].float() for k, t in enc.items()}
         if self.crop_cells is not None and "x" in item:
             x = item["x"]

@@ -412,8 +412,12 @@ class Trainer:
         else:
             self.sampler = ShapeGroupedBatchSampler(shapes, cfg.batch_size, shuffle=True, seed=cfg.seed,
                                                     groups=groups, draws=draws)
+        # Workers start anew at each epoch's iter() and copy the dataset with that epoch's
+        # augmentation seed (persistent ones keep the first epoch's crops and flips for good).
+        # The loader's own generator keeps its seed draw off the global RNG: the dropout stream
+        # is the same with or without workers, as a resume that changes num_workers needs.
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
-                                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+                                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     def _draws(self, groups: list[str]) -> dict[str, int] | None:
         """Photos per epoch of each training set under ``dataset_ratio`` (the first set whole)."""
@@ -463,7 +467,7 @@ class Trainer:
             w0, h0 = image_size(self.train_table["image"].iloc[0])
             stride = h0 / enc[0]["x"].shape[-2]
             cells = max(1, int(round(cfg.crop / stride)))
-        self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True)
+        self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True, hflip=cfg.hflip)
         self.start_stage = k
         if cfg.damage_weight or cfg.anchor_weight:
             with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
