@@ -164,8 +164,30 @@ def test_calibration_travels_with_the_weights_and_keeps_the_order(tmp_path):
         back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt")).eval()
         assert back.cfg.calibration == model.cfg.calibration
         assert torch.allclose(back(x)["score"], cal, atol=1e-6)
-    with pytest.raises(ValueError, match="monotone"):
+    with pytest.raises(ValueError, match="increasing"):
         model.set_calibration([0.0, -1.0, 0.5, 0.1])
+
+
+BAD_CALIBRATIONS = [[0.0, -0.9, 0.5, 0.2], [0.0, 0.9, 0.5, -0.2], [0.1, 0.9, 0.5], [float("nan"), 0.9, 0.5, 0.2],
+                    [0.0, float("inf"), 0.5, 0.2], [0.0, 0.9, 0.5, float("inf")], [0.2, 0.9, 0.5, 0.2],
+                    [-0.1, 0.9, 0.5, 0.2], ["a", 0.9, 0.5, 0.2]]
+
+
+@pytest.mark.parametrize("bad", BAD_CALIBRATIONS, ids=str)
+def test_a_calibration_that_reverses_or_leaves_the_scale_is_refused_wherever_it_comes_from(bad, tmp_path):
+    """Set, given as a model argument, or read from a checkpoint's config: a decreasing map would
+    reverse every ranking without a word, NaN / inf give no scores, a short list a traceback."""
+    model = create_model("ie-iqa", **IE_TINY)
+    with pytest.raises(ValueError, match="calibration must be"):
+        model.set_calibration(bad)
+    with pytest.raises(ValueError, match="calibration must be"):
+        create_model("ie-iqa", **IE_TINY, calibration=bad)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["calibration"] = bad
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"m\.pt: .*calibration must be"):
+        load_checkpoint(path)
 
 
 # -- balanced draws -------------------------------------------------------------------------------

@@ -22,6 +22,25 @@ from .scoring import DEFAULT_MAX_SIDE, OnScale, Prediction, clip_to_scale, predi
 
 
 
+def check_calibration(params: Sequence[float] | None) -> list[float] | None:
+    """``params`` as the calibration :meth:`IQAModel.calibrate` applies, or a ValueError: four
+    finite numbers ``[a, b, c, d]`` with b, d > 0 (increasing: a decreasing map would reverse
+    every ranking without a word) and 0 <= a < a + b <= 1 (inside the normalised scale). Checked
+    where a calibration is set and where a config is built, so a checkpoint's is checked at load."""
+    if params is None:
+        return None
+    try:
+        values = [float(v) for v in params]
+    except (TypeError, ValueError):
+        raise ValueError(f"calibration must be four numbers [a, b, c, d], got {params!r}") from None
+    tol = 1e-6
+    if len(values) != 4 or not np.isfinite(values).all() or not (values[1] > 0 and values[3] > 0) \
+            or not (-tol <= values[0] and values[0] + values[1] <= 1 + tol):
+        raise ValueError("calibration must be four finite numbers [a, b, c, d] with b, d > 0 (increasing) and "
+                         f"0 <= a < a + b <= 1 (inside the normalised scale), got {params!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class CachePart:
     """One component of a model's frozen part, cached on its own (see
@@ -167,11 +186,7 @@ class IQAModel(OnScale, nn.Module):
     def set_calibration(self, params: Sequence[float] | None) -> None:
         """Store a calibration (see :meth:`calibrate`) in the model's config: it travels with the
         weights in every checkpoint."""
-        if params is not None:
-            params = [float(v) for v in params]
-            if len(params) != 4 or not (params[1] > 0 and params[3] > 0):
-                raise ValueError(f"calibration must be [a, b, c, d] with b, d > 0 (monotone), got {params}")
-        self.cfg.calibration = params
+        self.cfg.calibration = check_calibration(params)
 
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """The model's own score loss: MSE between predicted and normalised MOS. The trainer

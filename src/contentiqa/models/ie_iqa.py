@@ -50,7 +50,7 @@ from ..backbones.stages import (backbone_stages, frozen_levels, levels_from_outp
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
 from ..utils.fields import check_booleans
-from .base import CachePart, IQAModel, pil_to_tensor, resized_input
+from .base import CachePart, IQAModel, check_calibration, pil_to_tensor, resized_input
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
 from .selection import Selection, num_selected, select_features
 
@@ -131,6 +131,7 @@ class IEIQAConfig:
 
     def __post_init__(self):
         check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
+        self.calibration = check_calibration(self.calibration)
         if self.intelligibility_task in ("", "none", "None"):
             self.intelligibility_task = None
         if self.intelligibility_task is not None and self.intelligibility_task not in TASKS:

@@ -76,7 +76,7 @@ from ..backbones.stages import (backbone_stages, freeze_stages, frozen_levels, l
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
 from ..utils.fields import check_booleans
-from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, pil_to_tensor
+from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, check_calibration, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
 VARIANTS = ("full", "q", "c", "mtl-transformer", "mtl-pooled")
@@ -133,6 +133,7 @@ class IQACRConfig:
 
     def __post_init__(self):
         check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
+        self.calibration = check_calibration(self.calibration)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
         if self.merge not in MERGES:
