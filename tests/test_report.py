@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from pathlib import Path
 
@@ -151,3 +152,23 @@ def test_render_lower_is_better_and_escaping(tmp_path):
     assert read_html_rows(html) == rows  # embedded JSON round-trips, even with '<' in paths
     out = write_html_report(tmp_path / "r.html", rows, info)
     assert out.read_text().count('<div class="card"') == 2  # no file: no thumbnail, still a card
+
+
+def test_images_of_a_name_that_is_not_utf8_read_back_under_that_name(tmp_path):
+    """Such a name is written backslash-escaped: a resumed report lost its heatmap and thumbnail
+    while its caption still counted them."""
+    from contentiqa.reporting.html import read_html_heatmaps, read_html_thumbnails
+
+    odd = os.fsdecode(b"imgs/bad\xff.jpg")
+    rows = [{"path": p, "score": s, "category": None, "category_confidence": None, "error": None, "notes": ""}
+            for p, s in ((odd, 40.0), ("imgs/good.jpg", 60.0))]
+    jpeg = {p: bytes([i]) * 8 for i, p in enumerate((odd, "imgs/good.jpg"))}
+    info = {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True}
+    out = write_html_report(tmp_path / "r.html", rows, info, thumbnails=jpeg, heatmaps=jpeg,
+                            fill_missing_thumbnails=False)
+    text = out.read_text(encoding="utf-8")
+    assert read_html_thumbnails(text) == jpeg
+    assert read_html_heatmaps(text)[0] == jpeg
+    # the caption counts the heatmaps on cards, not the ones handed in
+    only = render_html_report(rows[1:], info, heatmaps=jpeg)
+    assert "shown for 1 image(s)" in only

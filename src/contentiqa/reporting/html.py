@@ -112,7 +112,18 @@ def read_html_rows(text: str) -> list[dict[str, Any]]:
 
 
 def _read_images(text: str, kind: str) -> dict[str, bytes]:
-    return {html.unescape(p): base64.b64decode(b) for p, b in _IMAGE_RE[kind].findall(text)}
+    found = {html.unescape(p): base64.b64decode(b) for p, b in _IMAGE_RE[kind].findall(text)}
+    # A name that is not valid UTF-8 was written backslash-escaped (NAME_ERRORS["html"]): the
+    # embedded rows read back the name itself, an attribute its escaped text. Keyed as the rows are.
+    try:
+        rows = read_html_rows(text)
+    except ValueError:
+        return found
+    written = {}
+    for r in rows:
+        path = str(r.get("path"))
+        written[path.encode("utf-8", NAME_ERRORS["html"]).decode("utf-8")] = path
+    return {written.get(p, p): b for p, b in found.items()}
 
 
 def read_html_thumbnails(text: str) -> dict[str, bytes]:
@@ -239,8 +250,9 @@ def render_html_report(
 
     # cards
     a(f"<h2>Images, best first ({len(ok_sorted)})</h2>")
-    if heatmaps:
-        a(f"<p class=\"muted\">Right-hand image: {_esc(heatmap_caption)}; shown for {len(heatmaps)} image(s).</p>")
+    shown = sum(1 for r in ok_sorted if str(r["path"]) in heatmaps)
+    if shown:
+        a(f"<p class=\"muted\">Right-hand image: {_esc(heatmap_caption)}; shown for {shown} image(s).</p>")
     a("<div class=\"grid\">")
     for rank, r in enumerate(ok_sorted, 1):
         path = str(r["path"])
