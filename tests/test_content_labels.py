@@ -361,6 +361,7 @@ def _fake_labeller(monkeypatch, seen: list | None = None, forbid: bool = False):
         return table.assign(category="animal", category_confidence=0.9, category_source="fake")
 
     monkeypatch.setattr(lib, "label_table", fake)
+    monkeypatch.setattr(lib, "default_classifier", lambda: None)  # the fake needs no network
 
 
 @pytest.mark.parametrize("where", ["below a file", "/proc"])
@@ -406,3 +407,60 @@ def test_cli_empty_image_cell_stays_empty_with_an_error(tmp_path, capsys, monkey
     assert res.loc[1, "category_source"].startswith("error:") and "empty image path" in res.loc[1, "category_source"]
     err = capsys.readouterr().err
     assert "empty image path" in err and str(csv) in err
+
+
+def test_cli_keeps_the_datasets_keys_when_its_images_are_links(tmp_path, monkeypatch):
+    """Paths are joined as the loaders join them: resolving a linked folder wrote its target,
+    keys the dataset's label files no longer join on; a link named as --out is read from its
+    own folder, so paths are relative to that one."""
+    store = tmp_path / "store"
+    write_image(store / "a.png", 64, 64)
+    write_image(store / "b.png", 64, 64, seed=1)
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "images").symlink_to(store)
+    (data / "data.csv").write_text("image,mos\nimages/a.png,1\nimages/b.png,2\n", encoding="utf-8")
+    _fake_labeller(monkeypatch)
+    assert cli_main(["label-content", str(data / "data.csv"), "--out", str(data / "labeled.csv"), "--quiet"]) == 0
+    assert list(pd.read_csv(data / "labeled.csv", dtype=str)["image"]) == ["images/a.png", "images/b.png"]
+    far = tmp_path / "elsewhere" / "deep"
+    far.mkdir(parents=True)
+    (data / "link.csv").symlink_to(far / "real.csv")
+    assert cli_main(["label-content", str(data / "data.csv"), "--out", str(data / "link.csv"), "--quiet"]) == 0
+    assert list(pd.read_csv(data / "link.csv", dtype=str)["image"]) == ["images/a.png", "images/b.png"]
+    assert (data / "link.csv").is_symlink()
+
+
+def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_the_rest(tmp_path, monkeypatch, capsys):
+    import contentiqa.cli.label_content as cmd
+    import contentiqa.data.content_labels as lib
+
+    for i in range(6):
+        write_image(tmp_path / f"{i}.png", 64, 64, seed=i)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos,category\n" + "".join(f"{i}.png,{i},{'plant' if i == 5 else ''}\n" for i in range(6)),
+                   encoding="utf-8")
+    out = tmp_path / "o.csv"
+    seen: list = []
+    _fake_labeller(monkeypatch, seen)
+    fake = lib.label_table
+    calls = []
+
+    def stopped_on_the_second_part(table, **kwargs):
+        calls.append(len(table))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake(table, **kwargs)
+
+    monkeypatch.setattr(lib, "label_table", stopped_on_the_second_part)
+    monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--batch-size", "1"]) == 130
+    assert "4 of 6 row(s) labelled" in capsys.readouterr().err
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(res["category"]) == ["animal"] * 4 + ["", "plant"]  # the given one kept, the other left for later
+    assert list(res["category_source"]) == ["fake"] * 4 + ["", "given"]
+    seen.clear()
+    monkeypatch.setattr(lib, "label_table", fake)
+    assert cli_main(["label-content", str(out), "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(res["category"][:5]) == ["animal"] * 5 and list(res["image"]) == [f"{i}.png" for i in range(6)]

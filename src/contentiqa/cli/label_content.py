@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._output import check_writable
+from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -94,6 +94,31 @@ def _read_csv(path: Path):
     return table, comment
 
 
+SAVE_EVERY = 64
+"""Rows labelled between writes of ``--out``: a stopped run keeps what it labelled, and the file
+fed back in labels the rest (rows with a category are kept)."""
+
+
+def _as_given(rows):
+    """Rows not reached by an interrupted run, their label columns as the table gave them (kept
+    categories normalised as the labellers keep them; none: left empty, labelled on the next run)."""
+    import numpy as np
+    import pandas as pd
+
+    from ..data.content_labels import kept_source, normalize_category
+
+    n = len(rows)
+    given = rows["category"] if "category" in rows else pd.Series([None] * n, index=rows.index)
+    cats = [normalize_category(v) for v in given]
+    conf = (pd.to_numeric(rows["category_confidence"], errors="coerce").to_numpy(dtype=float)
+            if "category_confidence" in rows else np.full(n, np.nan))
+    src = rows["category_source"] if "category_source" in rows else pd.Series([None] * n, index=rows.index)
+    return pd.DataFrame({"category": pd.array(cats, dtype="string"),
+                         "category_confidence": [c if cat is not None else np.nan for c, cat in zip(conf, cats)],
+                         "category_source": pd.array([kept_source(s) if c is not None else pd.NA for c, s in zip(cats, src)],
+                                                     dtype="string")}, index=rows.index)
+
+
 def _relative(path: str, folder: Path) -> str:
     try:
         return Path(os.path.relpath(path, folder)).as_posix()
@@ -124,11 +149,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
 
-    base = src.resolve().parent
-    # An empty cell names no file: resolved against the CSV's folder it would label that folder
+    # Paths as the dataset loaders join them (os.path, links not followed): resolving links
+    # would write a link's target, a key the dataset's label files no longer join on.
+    base = Path(os.path.abspath(src)).parent
+    # An empty cell names no file: joined to the CSV's folder it would label that folder
     # and be written back as '.' or '..'. It stays empty and its row gets an error.
     empty = [not p.strip() for p in table["image"]]
-    absolute = [p if e or os.path.isabs(p) else str((base / p).resolve()) for p, e in zip(table["image"], empty)]
+    absolute = [p if e or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+                for p, e in zip(table["image"], empty)]
     work = table[[not e for e in empty]].copy()
     work["image"] = [p for p, e in zip(absolute, empty) if not e]
     categories = IQA_CR_CATEGORIES
@@ -139,23 +167,58 @@ def run(args: argparse.Namespace) -> int:
         if not model.categories:
             raise UsageError(f"model {args.model!r} has no content head (use an IQA-CR model or checkpoint)")
         categories = model.categories
-        labeled = label_with_model(work, model, args.overwrite, args.batch_size, not args.quiet) if len(work) else None
-    else:
-        balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
-        labeled = label_table(work, overwrite=args.overwrite, batch_size=args.batch_size,
-                              progress=not args.quiet, class_balance=balance) if len(work) else None
-    labeled = _with_empty_rows(labeled, table.index, empty, src)
 
-    out_dir = out.resolve().parent
-    result = table.copy()
-    result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]
-    result["category"] = labeled["category"].fillna("").astype(str).values
-    result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
-    result["category_source"] = labeled["category_source"].fillna("").astype(str).values
+        def label(rows):
+            return label_with_model(rows, model, args.overwrite, args.batch_size, False)
+    else:
+        from ..data.content_labels import default_classifier
+
+        balance = None if args.no_class_balance else CLASS_BALANCE_PSEUDOCOUNT
+        classifier = default_classifier()  # once, not per part
+
+        def label(rows):
+            return label_table(rows, model=classifier, overwrite=args.overwrite, batch_size=args.batch_size,
+                               progress=False, class_balance=balance)
+
+    out_dir = Path(os.path.abspath(out)).parent  # where the file is read from (a link's own folder)
+
+    def write(parts: list) -> "pd.DataFrame":
+        done = sum(len(p) for p in parts)
+        labeled = pd.concat([*parts, _as_given(work.iloc[done:])]) if parts else _as_given(work)
+        labeled = _with_empty_rows(labeled if len(work) else None, table.index, empty, src)
+        result = table.copy()
+        result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]
+        result["category"] = labeled["category"].fillna("").astype(str).values
+        result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
+        result["category_source"] = labeled["category_source"].fillna("").astype(str).values
+        try:
+            atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
+        except OSError as exc:  # e.g. the folder went away or filled up while labelling
+            raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        return labeled
+
+    from tqdm.auto import tqdm
+
+    parts: list = []
+    step = max(SAVE_EVERY, 4 * args.batch_size)
     try:
-        atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
-    except OSError as exc:  # e.g. the folder went away or filled up while labelling
-        raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        with terminate_as_interrupt(), tqdm(total=len(work), desc="labelling", unit="img", disable=args.quiet) as bar:
+            for start in range(0, len(work), step):
+                parts.append(label(work.iloc[start:start + step]))
+                bar.update(len(parts[-1]))
+                if start + step < len(work):
+                    write(parts)  # what is labelled survives a stop, even a kill
+    except KeyboardInterrupt:
+        done = sum(len(p) for p in parts)
+        if done:
+            write(parts)
+            print(f"interrupted: {done} of {len(work)} row(s) labelled and written to {printable(str(out))}; "
+                  f"`contentiqa label-content {printable(str(out))} --out {printable(str(out))}` labels the rest "
+                  "(without --overwrite: the rows labelled are kept)", file=sys.stderr)
+        else:
+            print("interrupted before any row was labelled: nothing written", file=sys.stderr)
+        return interrupt_exit_code()
+    labeled = write(parts)
 
     _print_summary(labeled, out, categories, REVIEW_CONFIDENCE)
     failed = labeled["category_source"].fillna("").str.startswith("error")

@@ -165,7 +165,9 @@ def category_probabilities(class_probs: torch.Tensor, class_balance: float | Non
 
 
 @lru_cache(maxsize=1)
-def _default_classifier() -> nn.Module:
+def default_classifier() -> nn.Module:
+    """The ImageNet classifier :func:`label_images` uses when given none (built once by callers
+    that label in parts)."""
     from ..backbones import create_backbone
 
     return create_backbone(CLASSIFIER_NAME).eval()
@@ -239,7 +241,7 @@ def label_images(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    model = model if model is not None else _default_classifier()
+    model = model if model is not None else default_classifier()
     source = f"imagenet:{getattr(getattr(model, 'contentiqa_cfg', None), 'name', None) or type(model).__name__}"
     mean, std = _normalisation(model)
     names = _load_table()["name"].tolist()
@@ -374,6 +376,7 @@ __all__ = [
     "REVIEW_CONFIDENCE",
     "SPAQ_TO_IQA_CR",
     "category_probabilities",
+    "default_classifier",
     "imagenet_to_category_table",
     "label_images",
     "label_table",
