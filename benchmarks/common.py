@@ -168,7 +168,7 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
             raise SystemExit(f"{args.config}: no row {args.ship!r} to --ship; rows: {[r.name for r in cfg.runs]}")
         weights_dir = args.weights_dir or WEIGHTS
         gate = gate_for(run.model, args.ship, args.tag, weights_dir, default=False, override=args.override_gate,
-                        recipe=run.recipe_sha256)
+                        recipe=run.recipe_sha256, data=cfg.data_sha256)
     out = args.out or ROOT / "benchmarks" / "runs" / default_out_dir(cfg).name
     result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.only)
     if not result.ran:

@@ -226,11 +226,12 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
 
 
 def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | None = None,
-                 tested: tuple[int, str] | None = None) -> tuple[bool, str]:
+                 tested: tuple[int, str] | None = None, data: str | None = None) -> tuple[bool, str]:
     """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not.
     ``path``: the gate's JSON when it was written elsewhere (ship_gate.py --out). ``recipe``: the
-    row's ``recipe_sha256`` as it is to be shipped; ``tested``: (seed, sha256) of a run's weights
-    shipped as they are. Each must be what the gate judged, where the gate recorded it."""
+    row's ``recipe_sha256`` as it is to be shipped; ``data``: its experiment's ``data_sha256``
+    (what it trains on); ``tested``: (seed, sha256) of a run's weights shipped as they are. Each
+    must be what the gate judged, where the gate recorded it; what it did not record is said."""
     from common import RESULTS
 
     path = path if path is not None else RESULTS / f"ship_gate_{model}.json"
@@ -238,7 +239,12 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
         return False, f"no ship gate has been run for {model} ({path} is missing): run benchmarks/ship_gate.py"
     from ship_gate import SEEDS
 
-    gate = json.loads(path.read_text())
+    try:
+        gate = json.loads(path.read_text())
+        if not isinstance(gate, dict) or not isinstance(gate.get("candidate"), dict):
+            raise ValueError("not a gate record (no candidate)")
+    except (OSError, ValueError) as exc:  # a hand edit, a merge conflict: refused, naming the file
+        return False, f"{path}: not a readable ship gate record ({exc})"
     if gate.get("candidate", {}).get("row") != row:
         return False, f"{path.name} judged row {gate.get('candidate', {}).get('row')!r}, not {row!r}"
     worse = [r["measure"] for r in gate.get("rows", []) if r.get("verdict") == "WORSE"]
@@ -256,19 +262,32 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
     if recipe is not None and judged is not None and judged != recipe:
         return False, (f"{path.name} judged other settings for row {row!r} (recipe {judged[:12]}, "
                        f"now {recipe[:12]}): the row changed since; run the gate again")
-    if tested is not None:
+    judged_data = gate["candidate"].get("data_sha256")
+    if data is not None and judged_data is not None and judged_data != data:
+        return False, (f"{path.name} judged row {row!r} trained on other data (training sets, protocol, validation "
+                       "share or splits differ): run the gate on this experiment")
+    hashes = gate["candidate"].get("tested_sha256")
+    if tested is not None and hashes is not None:
         seed, sha = tested
-        scored = gate["candidate"].get("tested_sha256", {}).get(str(seed))
-        if scored is not None and scored != sha:
+        scored = hashes.get(str(seed))
+        if scored is None:
+            return False, f"{path.name} scored no weights of seed {seed} (it scored seeds {sorted(hashes)})"
+        if scored != sha:
             return False, (f"{path.name} scored other weights for seed {seed} of row {row!r} (sha256 "
                            f"{scored[:12]}, these are {sha[:12]}): retrained since; run the gate again")
-    unchecked = " (recorded no recipe: the row's settings were not compared)" \
-        if recipe is not None and judged is None else ""
-    return True, f"{path.name}: PASS (better on: {', '.join(better)}){unchecked}"
+    unchecked = [what for what, given, recorded in (("the row's settings", recipe, judged),
+                                                    ("its training data", data, judged_data),
+                                                    ("the weights", tested, hashes))
+                 if given is not None and recorded is None]
+    caveat = f" (the record does not say, so these were not compared: {', '.join(unchecked)})" if unchecked else ""
+    against = gate.get("baseline", {}).get("row")
+    return True, (f"{path.name}: PASS" + (f" against {against!r}" if against else "")
+                  + f" (better on: {', '.join(better)}){caveat}")
 
 
 def gate_for(model: str, row: str, tag: str, weights_dir: Path, *, default: bool, override: bool,
-             path: Path | None = None, recipe: str | None = None, tested: tuple[int, str] | None = None) -> str | None:
+             path: Path | None = None, recipe: str | None = None, tested: tuple[int, str] | None = None,
+             data: str | None = None) -> str | None:
     """What the ship gate says of shipping ``row`` as ``model.tag`` into ``weights_dir`` (for the
     card), when that replaces ``model``'s default in the package: ``default`` asked for, or the tag
     the default already is. SystemExit when the gate did not pass it, unless ``override``. None: no
@@ -280,7 +299,7 @@ def gate_for(model: str, row: str, tag: str, weights_dir: Path, *, default: bool
     # however the package folder is spelt (relative, through '..' or a link): the gate decides
     if not replaces or weights_dir.resolve() != WEIGHTS.resolve():
         return None
-    ok, why = gate_verdict(model, row, path, recipe=recipe, tested=tested)
+    ok, why = gate_verdict(model, row, path, recipe=recipe, tested=tested, data=data)
     if not ok and not override:
         raise SystemExit(f"refusing to replace the default of {model}: {why} (--override-gate to ship anyway)")
     verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"
@@ -346,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if run is None:
         raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
     gate = gate_for(run.model, args.row, args.tag, args.weights_dir, default=args.default, override=args.override_gate,
-                    recipe=run.recipe_sha256, tested=shipped_weights(args.from_run))
+                    recipe=run.recipe_sha256, tested=shipped_weights(args.from_run), data=cfg.data_sha256)
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,
              init_from=args.init_from, gate=gate)
     if args.default:

@@ -34,9 +34,10 @@ to benchmarks/results/ship_gate_<name>.md and .json (and every model's in ship_g
 the issue's targets beside it (``--out STEM`` puts a candidate's table elsewhere, e.g. a rejected
 one's, so that the record of the gate the default passed stays);
 benchmarks/ship.py reads the verdict before it makes a tag the default. The JSON also records
-what was judged: the sha256 of each seed's ``tested.pt`` and the candidate row's recipe
-(:attr:`~contentiqa.experiments.config.RunSpec.recipe_sha256`), and ship.py refuses a row edited,
-or weights retrained, since.
+what was judged: the sha256 of each seed's ``tested.pt``, the candidate row's recipe
+(:attr:`~contentiqa.experiments.config.RunSpec.recipe_sha256`) and what it trained on
+(:attr:`~contentiqa.experiments.config.ExperimentConfig.data_sha256`), and ship.py refuses a row
+edited, trained on other data, or weights retrained or of another seed, since.
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def biq_root() -> Path:
     return Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021"))
 
 
+def _made_from(path: str, seed: int) -> str:
+    """A key of what a damage or bad-frame image is made from: its source photo (path, size,
+    date), the seed and degrade.py's code. Stored images are named by it, so a changed split,
+    photo or degradation never reuses another's images from a shared --work folder."""
+    import contentiqa.data.degrade as degrade_module
+
+    st = os.stat(path)
+    code = hashlib.sha1(Path(degrade_module.__file__).read_bytes()).hexdigest()
+    return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{seed}|{code}".encode()).hexdigest()[:12]
+
+
 def suite(seed: int, test, work: Path) -> dict[str, list]:
     """The seed's images: its real clive-dev photos (``test``: the rows judged) and the damage /
     bad-frame images made from them (written once as PNG, lossless, under ``work``)."""
@@ -86,17 +98,19 @@ def suite(seed: int, test, work: Path) -> dict[str, list]:
     damage, bad = [], []
     for i, path in enumerate(best["image"]):
         img = load_image(path).image
+        made = _made_from(path, seed)
         for kind in DEGRADATIONS:
             for level in (0, *LEVELS):
-                out = folder / f"damage_{i}_{kind}_{level}.png"
+                out = folder / f"damage_{i}_{made}_{kind}_{level}.png"
                 if not out.is_file():  # written whole or not at all: a killed run leaves no torn photo
                     atomic_write(out, partial(degrade(img, kind, level, seed=1000 * seed + i).save, format="PNG"))
                 damage.append({"photo": i, "kind": kind, "level": level, "path": str(out)})
     rng = np.random.default_rng([seed, 23])
     for i, path in enumerate(test["image"].iloc[rng.permutation(len(test))[:N_BAD]]):
         img = load_image(path).image
+        made = _made_from(path, seed)
         for kind in BAD_FRAMES:
-            out = folder / f"bad_{i}_{kind.replace(' ', '_')}.png"
+            out = folder / f"bad_{i}_{made}_{kind.replace(' ', '_')}.png"
             if not out.is_file():
                 atomic_write(out, partial(bad_frame(img, kind, seed=1000 * seed + i).save, format="PNG"))
             bad.append({"kind": kind, "path": str(out)})
@@ -283,16 +297,27 @@ def row_recipe(runs: Path, row: str) -> str | None:
     """The row's :attr:`~contentiqa.experiments.config.RunSpec.recipe_sha256` in the experiment
     folder's config.yaml; None where the row is not there (an ensemble's folder holds its
     source's config: its row name spells its recipe)."""
+    cfg = _recorded_config(runs)
+    return None if cfg is None else next((r.recipe_sha256 for r in cfg.runs if r.name == row), None)
+
+
+def row_data(runs: Path, row: str) -> str | None:
+    """What the row was trained on (:attr:`~contentiqa.experiments.config.ExperimentConfig.data_sha256`)
+    in the experiment folder's config.yaml; None where the row is not there (as :func:`row_recipe`)."""
+    cfg = _recorded_config(runs)
+    return cfg.data_sha256 if cfg is not None and any(r.name == row for r in cfg.runs) else None
+
+
+def _recorded_config(runs: Path):
     from contentiqa.experiments import load_config
     from contentiqa.experiments.config import ConfigError
 
     if not (runs / "config.yaml").is_file():
         return None
     try:
-        cfg = load_config(runs / "config.yaml")
+        return load_config(runs / "config.yaml")
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
-    return next((r.recipe_sha256 for r in cfg.runs if r.name == row), None)
 
 
 def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tuple[list[dict[str, float]], str, str]:
@@ -350,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(args.seeds)) < 2 or not set(args.seeds) <= set(splits):
         ap.error(f"--seeds: two or more of the published splits' seeds {sorted(splits)} (given {args.seeds})")
     recipe = row_recipe(args.candidate, args.candidate_row)
+    trained_on = row_data(args.candidate, args.candidate_row)
 
     clive = clive_table()
     root = biq_root()
@@ -392,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
         "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"],
-                      "recipe_sha256": recipe,
+                      "recipe_sha256": recipe, "data_sha256": trained_on,
                       "tested_sha256": tested["candidate"]},
         "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"],
                      **({"tested_sha256": tested["baseline"]} if tested["baseline"] else {})},

@@ -785,3 +785,61 @@ def test_ship_gate_never_writes_over_the_baseline_record_it_reads(common, tmp_pa
         ship_gate.main(["--part", "val", "--candidate", str(tmp_path), "--candidate-row", "C",
                         "--baseline-from", str(record.parent / f"{record.name}.json"), "--baseline-row", "B"])
     assert "would write its verdict over --baseline-from" in capsys.readouterr().err
+
+
+def test_ship_refuses_a_gate_on_other_data_unjudged_seeds_and_a_damaged_record(common, tmp_path):
+    """The same row trained on other photos (another set, protocol or validation share), weights
+    of a seed the gate never scored, and an unreadable record are each refused; what a record does
+    not say is named."""
+    import ship
+    import ship_gate
+
+    def experiment(**data):
+        cfg = {"data": {"name": "csv", "root": "d.csv", **data}, "protocol": "ie-iqa",
+               "runs": [{"name": "R", "model": "ie-iqa", "model_args": {"input_size": 64}}]}
+        folder = tmp_path / "runs"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return ship_gate.row_recipe(folder, "R"), ship_gate.row_data(folder, "R")
+
+    recipe, data = experiment()
+    assert ship_gate.row_data(tmp_path / "runs", "no such row") is None
+    for change in ({"label": "other set"}, {"protocol": "official"}, {"val_fraction": 0.3}):
+        other_recipe, other_data = experiment(**change)
+        assert other_recipe == recipe and other_data != data, change  # the row's own hash cannot tell
+    gate = {**PASSED, "verdict": "PASS", "baseline": {"row": "B"},
+            "candidate": {"row": "R", "recipe_sha256": recipe, "data_sha256": data, "tested_sha256": {"0": "a" * 64}}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(gate))
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=recipe, data=data, tested=(0, "a" * 64))
+    assert ok and "against 'B'" in why and "not compared" not in why
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=recipe, data=experiment(val_fraction=0.3)[1])
+    assert not ok and "other data" in why
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, tested=(3, "a" * 64))
+    assert not ok and "no weights of seed 3" in why
+    del gate["candidate"]["tested_sha256"], gate["candidate"]["data_sha256"]
+    path.write_text(json.dumps(gate))
+    ok, why = ship.gate_verdict("ie-iqa", "R", path, recipe=recipe, data=data, tested=(0, "a" * 64))
+    assert ok and "not compared: its training data, the weights" in why
+    path.write_text('{"name": "ie-iqa", "verd')
+    ok, why = ship.gate_verdict("ie-iqa", "R", path)
+    assert not ok and str(path) in why and "not a readable ship gate record" in why
+
+
+def test_ship_gate_suite_makes_new_images_for_other_photos_in_a_shared_work_folder(common, tmp_path):
+    import numpy as np
+    import ship_gate
+    from conftest import write_image
+    from PIL import Image
+
+    def table(prefix, seed):
+        return pd.DataFrame({"image": [str(write_image(tmp_path / f"{prefix}{i}.png", 64, 64, seed=seed + i))
+                                       for i in range(2)], "mos": [50.0, 60.0]})
+
+    first = ship_gate.suite(0, table("a", 0), tmp_path / "suite")
+    second = ship_gate.suite(0, table("b", 10), tmp_path / "suite")
+    level0 = [d["path"] for d in second["damage"] if d["level"] == 0 and d["kind"] == "blur"]
+    assert not {d["path"] for d in first["damage"]} & {d["path"] for d in second["damage"]}
+    assert not {b["path"] for b in first["bad"]} & {b["path"] for b in second["bad"]}
+    best = np.asarray(Image.open(tmp_path / "b1.png").convert("RGB"))
+    assert any(np.array_equal(np.asarray(Image.open(p).convert("RGB")), best) for p in level0)

@@ -212,6 +212,18 @@ class ExperimentConfig:
     def train_sets(self) -> list[DataSpec]:
         return [self.data, *self.more_data]
 
+    @property
+    def data_sha256(self) -> str:
+        """What the rows train on, as one hash: each training set's name, loader arguments, labels,
+        protocol and validation share, and the splits file's name (not where the photos lie on
+        this machine). A ship gate records it beside the row's :attr:`RunSpec.recipe_sha256`:
+        the same row trained on other photos, or split otherwise, is another candidate."""
+        sets = [{"label": d.label, "args": d.args, "labels": d.labels.name if d.labels else None,
+                 "labels_auto": d.labels_auto, "skip_missing": d.skip_missing, "protocol": self.protocol_of(d),
+                 "val_fraction": d.val_fraction} for d in self.train_sets]
+        data = {"sets": sets, "splits": self.splits.name if self.splits else None}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
     def protocol_of(self, spec: DataSpec) -> str:
         return spec.protocol or self.protocol
 
