@@ -611,3 +611,25 @@ def test_a_stop_while_the_model_loads_ends_like_ctrl_c(tmp_path, ckpt, monkeypat
         assert run("score", ok_folder(tmp_path / "imgs", n=1), "--model", ckpt, "-q") == 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_decoders_warning_names_the_file_it_is_about_every_time(tmp_path, ckpt, capsys):
+    """Pillow warns of damaged EXIF mid-read: the message alone did not say which photo of a
+    folder it was, and a second photo with the same damage said nothing."""
+    import sys
+    import warnings
+
+    bad_exif = (b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05"  # five entries declared, one there
+                b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x01\x00\x00")
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rgb(64, 80, seed=1)).save(tmp_path / name, exif=bad_exif)
+    save(rgb(64, 80, seed=2), tmp_path / "fine.jpg")
+    with warnings.catch_warnings():  # shown as a terminal shows them (pytest records them instead)
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(m, c, f, n, line))
+        assert run("score", tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "fine.jpg", "--model", ckpt,
+                   "-o", tmp_path / "out.csv", "-q") == 0
+    err = capsys.readouterr().err
+    for name in ("a.jpg", "b.jpg"):
+        assert f"warning: {tmp_path / name}: Corrupt EXIF data" in err
+    assert "fine.jpg" not in err

@@ -9,6 +9,8 @@ import io
 import sys
 import warnings
 
+from ..utils.terminal import printable
+
 # Module names under contentiqa.cli, in the order `--help` lists them.
 COMMAND_MODULES = [
     "score",
@@ -51,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """What a command's user reads of a library warning (e.g. images skipped): the message, not
-    the source line that raised it."""
-    return f"warning: {message}\n"
+    the source line that raised it, and the file being read when a decoder gave it mid-read."""
+    imageio = sys.modules.get("contentiqa.data.imageio")  # loaded once images are read: never imported here
+    reading = imageio.loading_path() if imageio is not None else None
+    return f"warning: {printable(reading) + ': ' if reading else ''}{message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     interrupt_exit_code()  # forget a signal an earlier command of this process was stopped by
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # Pillow's warnings about one file's data (damaged EXIF) for every file that has it,
+            # not only the first: each names its file
+            warnings.filterwarnings("always", category=UserWarning, module=r"PIL\.")
+            return int(args.func(args) or 0)
     except (UsageError, ExtraMissing) as exc:
         print(f"contentiqa {args.command}: error: {exc}", file=sys.stderr)
         return 2

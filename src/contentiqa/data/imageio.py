@@ -305,6 +305,15 @@ def _open_failed_reason(path: Path, exc: OSError) -> str:
     return f"damaged or truncated {kind} ({exc})" if announced else f"cannot open image: {exc}"
 
 
+_LOADING = threading.local()
+
+
+def loading_path() -> str | None:
+    """The file :func:`load_image` is reading in this thread, None outside it: a warning a
+    decoder gives mid-read (Pillow's "Corrupt EXIF data") can then say which file it is about."""
+    return getattr(_LOADING, "path", None)
+
+
 def load_image(
     path: str | os.PathLike,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -316,6 +325,14 @@ def load_image(
     empty files, non-images, truncated or corrupt data, images with a side shorter than
     ``min_size`` and images over ``max_pixels`` (decompression-bomb guard; ``None`` disables).
     """
+    _LOADING.path = str(path)
+    try:
+        return _load_image(path, max_pixels, min_size)
+    finally:
+        _LOADING.path = None
+
+
+def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) -> LoadedImage:
     p = Path(path)
     if not p.exists():
         raise ImageLoadError(p, "file does not exist")
