@@ -714,3 +714,37 @@ def test_a_graph_pruned_between_its_export_and_its_reading_is_exported_again(tmp
     img = example_images(examples_dir)[0]
     assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv"), "-q"]) == 0
     assert len(built) == 2
+
+
+def test_a_cached_graph_found_is_marked_used_for_the_cache_pruning(tmp_path, examples_dir):
+    """`contentiqa cache --max-size/--older-than` go by last use: scoring never marked the graph
+    it found, so the one in daily use went first."""
+    from contentiqa.inference.onnx_runtime import find_graph, find_graph_file
+    from contentiqa.models.registry import save_checkpoint
+
+    path = save_checkpoint(tiny_model(seed=0), tmp_path / "m.pt")
+    assert main(["score", example_images(examples_dir)[0], "--model", str(path), "-o", str(tmp_path / "a.csv"),
+                 "-q"]) == 0
+    graph = find_graph_file(path)
+    assert graph is not None and graph.parent == tmp_path / "cache" / "onnx"
+    for find in (find_graph, find_graph_file):
+        os.utime(graph, (1_000_000, 1_000_000))
+        assert find(path) is not None
+        assert graph.stat().st_mtime > 1_000_000, find.__name__
+
+
+def test_a_scorer_never_reads_another_graph_put_at_its_path_since(tmp_path):
+    """Many photos run side by side on a second session of the same file, made on first use: a
+    file exported again to that path since was read under the first one's metadata."""
+    from contentiqa.inference.onnx_runtime import OnnxScorer
+    from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES
+
+    export_onnx(tiny_model(seed=0), tmp_path / "m.onnx", verify=False)
+    export_onnx(tiny_model(seed=1), tmp_path / "other.onnx", verify=False)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+              for i in range(PARALLEL_RUNS_MIN_IMAGES)]
+    scorer = OnnxScorer.from_file(tmp_path / "m.onnx", threads=2)
+    want = [p.score for p in OnnxScorer.from_file(tmp_path / "m.onnx", threads=1).predict(images)]
+    scorer.predict(images[:1])  # one photo: the scorer's own session
+    os.replace(tmp_path / "other.onnx", tmp_path / "m.onnx")
+    assert [p.score for p in scorer.predict(images)] == pytest.approx(want, abs=1e-4)

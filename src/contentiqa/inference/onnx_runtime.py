@@ -200,6 +200,15 @@ def cache_filename(label: str, key: str, precision: str = DEFAULT_PRECISION) -> 
     return f"{label}-{precision}-{key[:20]}.onnx"
 
 
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file from its replacement: inode, size and modification time (None: gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def open_cached(path: Path, key: str, threads: int | None = None):
     """A session on ``path`` when it is a complete contentiqa export made under ``key``, else
     None (missing, truncated, not ONNX, or another model's export)."""
@@ -290,8 +299,16 @@ def find_graph_file(weights_file: str | os.PathLike, precision: str = DEFAULT_PR
     """The first usable graph of ``weights_file`` (see :func:`graph_places`), or None."""
     for path, key in graph_places(weights_file, precision, folder=folder):
         if open_cached(path, key, threads=1) is not None:
+            _mark_used(path, weights_file, precision)
             return path
     return None
+
+
+def _mark_used(path: Path, weights_file: str | os.PathLike, precision: str) -> None:
+    """A cache entry found is used now (what `contentiqa cache --max-size` / `--older-than` go by:
+    least recently used first); a shipped graph is no cache entry."""
+    if path != shipped_graph_path(Path(weights_file), precision):
+        touch(path)
 
 
 def find_graph(weights_file: str | os.PathLike, *, precision: str = DEFAULT_PRECISION, tag: str | None = None,
@@ -308,10 +325,12 @@ def find_graph(weights_file: str | os.PathLike, *, precision: str = DEFAULT_PREC
         if session is None:
             continue
         try:
-            return OnnxScorer(session, path, plan=plan, threads=threads, images=images, weights=Path(weights_file),
-                              tag=tag, spec=spec, weights_sha256=sha256)
+            scorer = OnnxScorer(session, path, plan=plan, threads=threads, images=images, weights=Path(weights_file),
+                                tag=tag, spec=spec, weights_sha256=sha256)
         except ValueError:  # metadata our export always writes are missing: treat as damaged
             continue
+        _mark_used(path, weights_file, precision)
+        return scorer
     return None
 
 
@@ -450,6 +469,7 @@ class OnnxScorer(BaseScorer):
         # was made for many photos; later runs plan again from the CPU use since.
         self._pending_plan = plan if plan is not None and (images or 0) >= PARALLEL_RUNS_MIN_IMAGES else None
         self._one_thread_session: Any = None  # made on first use: photos side by side
+        self._file_state = _file_state(self.path)  # that session must read the file this one read
         self._cpu_sample = CpuSample.start()
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         info = OnnxInfo.parse(self.metadata, self.path)
@@ -542,9 +562,13 @@ class OnnxScorer(BaseScorer):
         if self.session_threads == 1:
             return plan.runs, self.forward
         if self._one_thread_session is None:
+            if _file_state(self.path) != self._file_state:
+                # gone since load (a cache pruned) or replaced (exported again to the same path):
+                # the session held runs, never another model's graph under this one's metadata
+                return 1, self.forward
             try:
                 self._one_thread_session = make_session(self.path, threads=1, spinning=False)
-            except ValueError:  # the graph file is gone since load (a cache pruned): the session held runs
+            except ValueError:
                 return 1, self.forward
         session = self._one_thread_session
         return plan.runs, lambda x: self._run(session, x)

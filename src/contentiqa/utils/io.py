@@ -3,6 +3,7 @@ so an interrupted run never leaves a half-written CSV, JSON or checkpoint behind
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -33,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        _fsync(tmp)  # on disk before it takes the name: a crash never leaves a torn file under it
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         # (or keep those of the file it replaces).
         try:
@@ -45,6 +47,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _fsync(path: str) -> None:
+    """Flush a written file to disk; a write error that shows only now (a full disk, a network
+    file system) is raised, a file system without fsync (EINVAL) is let be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 _RANDOM = r"[a-z0-9_]{8}"
@@ -133,8 +148,6 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding=encoding, errors=errors) as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
     return atomic_write(path, _write)
 
@@ -155,8 +168,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
         torch.save(data, buf)
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
 
     return atomic_write(path, write)
 
