@@ -440,3 +440,15 @@ def test_a_resumed_run_keeps_the_parts_it_started_with(tmp_path):
     assert set(resolve_split(args, data, training=True).parts) == {"train", "val", "test"}
     kept = resolve_split(args, data, training=True, draw_val=False)
     assert kept.protocol == "column" and len(kept.parts["train"]) == 35 and "val" not in kept.parts
+
+
+def test_resume_refuses_model_arguments_other_than_the_runs(tmp_path, capsys):
+    """They were replaced by the saved ones without a word: the user thought the architecture changed."""
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    assert train(data, out, "--resume", "--epochs", "2", "--set", "model.dim=32") == 2
+    err = capsys.readouterr().err
+    assert "--resume:" in err and "model argument(s) dim 16 (now 32)" in err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert train(data, out, "--resume", "--epochs", "2") == 0  # the same arguments (the flags repeat them): goes on
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

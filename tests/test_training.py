@@ -487,3 +487,24 @@ def test_a_resumed_best_is_ranked_as_this_code_ranks(tiny_table, tmp_path):
     again = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, monitor="rmse", epochs=1)
     again.fit(resume=True)
     assert again.best["monitor"] == -again.best["val_rmse"]
+
+
+@pytest.mark.parametrize("options", [
+    {"rank_sigma": -0.05}, {"rank_sigma": 0}, {"rank_weight": -1}, {"score_weight": -2}, {"category_weight": -0.2},
+    {"backbone_lr_scale": -1}, {"patience": -1}, {"smooth_l1_beta": -1}, {"focal_gamma": -1}, {"lr": -1},
+    {"crop": 0}, {"crop": -5}, {"warmup_epochs": -1}, {"ema_decay": 1.5}, {"monitor": "sroc"},
+    {"interpolate": 0.5, "init_from": "x.pt"}, {"interpolate": [0.5, "x"], "init_from": "x.pt"},
+    {"interpolate": [1.5], "init_from": "x.pt"}, {"interpolate": [], "init_from": "x.pt"}, {"interpolate": [0.5]},
+], ids=str)
+def test_settings_that_would_train_wrongly_or_fail_later_are_refused_when_read(options):
+    """A negative spread or weight reversed its objective without a word, a negative patience
+    stopped after one epoch, a bad interpolate failed only after the last epoch (and the
+    corrected value was then refused on resume), a crop of 0 was a traceback mid-epoch."""
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict(options)
+
+
+def test_interpolate_is_read_as_numbers_and_yaml_boolean_keys_are_named():
+    assert TrainConfig(interpolate=["0.5", 1], init_from="x.pt").interpolate == [0.5, 1.0]
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['True', 'foo'\] \(YAML reads on"):
+        TrainConfig.from_dict({True: 1, "foo": 2})

@@ -79,6 +79,28 @@ def describe_recipe(recipe: dict | None) -> str:
     return f"recipe: {recipe['name'] or 'TrainConfig defaults'}; changed: {changed}"
 
 
+def _resumed_model_args(args: argparse.Namespace, out: Path, model_args: dict) -> dict:
+    """The model arguments of the run to continue: those ``last.pt`` was trained with (its
+    ``config.json``), and a UsageError when the command asks for others (they were dropped
+    without a word: a resumed run cannot change its architecture)."""
+    if not (args.resume and (out / "last.pt").is_file()):
+        return model_args
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    trained = dict(saved.get("model_config") or {})
+    if not trained:
+        return model_args
+
+    def text(v) -> str:  # a tuple saved as a JSON list is the same value
+        return json.dumps(v, sort_keys=True, default=str)
+
+    changed = [f"{k} {trained[k]!r} (now {v!r})" if k in trained else f"no {k} (now {v!r})"
+               for k, v in model_args.items() if k not in trained or text(v) != text(trained[k])]
+    if changed:
+        raise UsageError(f"--resume: {out / 'last.pt'} was trained with model argument(s) {'; '.join(changed)}: "
+                         "resume without changing them, or train afresh in another --out")
+    return trained
+
+
 def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
     """(model name, model arguments, TrainConfig arguments, recipe record): the model's recipe
     (or --recipe's), then the --config file's sections, then the flags."""
@@ -93,7 +115,7 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
             raise UsageError(str(exc)) from None
         unknown = set(cfg) - {"model", "model_args", "train"}
         if unknown:
-            raise UsageError(f"{args.config}: unknown section(s) {sorted(unknown)}; use model, model_args, train")
+            raise UsageError(f"{args.config}: unknown section(s) {sorted(map(str, unknown))}; use model, model_args, train")
         for section in ("model_args", "train"):
             if cfg.get(section) is not None and not isinstance(cfg[section], dict):
                 raise UsageError(f"{args.config}: '{section}' must be a mapping of names to values, "
@@ -187,9 +209,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
                               draw_val=not (args.resume and (out / "last.pt").is_file()))
     table = ds.table
     parts = split_parts(split, table, args, own=own)
-    if args.resume and (out / "last.pt").is_file():
-        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-        model_args = {k: v for k, v in saved.get("model_config", {}).items()} or model_args
+    model_args = _resumed_model_args(args, out, model_args)
     if info.rank == 0:
         _say_missing_parts({"": parts}, {"": split.protocol})
     _check_validation_needs(cfg, "val" in parts)
@@ -378,6 +398,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     val = pd.concat(vals, ignore_index=True) if vals else None
     _say_missing_parts(parts, made_by)
     _check_validation_needs(cfg, val is not None)
+    model_args = _resumed_model_args(args, out, model_args)
     seed_everything(cfg.seed)
     try:
         model = create_model(model_name, pretrained=False, **model_args)

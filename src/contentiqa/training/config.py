@@ -28,6 +28,18 @@ CHOICES = {
 """The values each word-valued option takes: anything else is refused when the config is read,
 not taken as the default branch (``scheduler: constant`` ran cosine) or met hours later."""
 
+POSITIVE = ("rank_sigma",)
+"""Options above 0: a zero spread divides by zero, a negative one ranks backwards."""
+NOT_NEGATIVE = ("lr", "backbone_lr_scale", "weight_decay", "momentum", "warmup_epochs", "patience", "score_weight",
+                "smooth_l1_beta", "focal_gamma", "category_weight", "rank_weight", "cache_stages", "num_workers",
+                "head_only_epochs")
+"""Options of 0 or more: a negative loss weight reverses its objective, a negative patience
+stopped after one epoch, a negative beta is a traceback mid-epoch."""
+
+VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable")
+"""What a validation can measure (a model without a content head, or a part without labels,
+has fewer: the trainer says so then); ``monitor`` names one, or ``SET/metric``."""
+
 
 @dataclass
 class TrainConfig:
@@ -176,6 +188,32 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"training option {name} is one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training option {name} must be above 0, not {getattr(self, name)!r}")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"training option {name} must be 0 or more, not {getattr(self, name)!r}")
+        if self.crop is not None and self.crop < 1:
+            raise ValueError(f"training option crop is a side in pixels (at least 1) or null for the whole image, "
+                             f"not {self.crop!r}")
+        if self.monitor is not None and self.monitor.rsplit("/", 1)[-1] not in VALIDATION_METRICS:
+            raise ValueError(f"monitor {self.monitor!r} is no validation metric: one of {', '.join(VALIDATION_METRICS)}, "
+                             "or SET/metric for one training set's")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {self.ema_decay}")
+        if self.interpolate is not None:
+            mixes = self.interpolate if isinstance(self.interpolate, (list, tuple)) else None
+            try:
+                values = [float(a) for a in mixes] if mixes else None
+            except (TypeError, ValueError):
+                values = None
+            if not values or not all(0.0 <= a <= 1.0 for a in values):  # NaN fails too
+                raise ValueError("training option interpolate is a list of mixes in [0, 1] (e.g. [0.25, 0.5, 1.0]), "
+                                 f"not {self.interpolate!r}")
+            self.interpolate = values
+            if not self.init_from:
+                raise ValueError("interpolate mixes the trained weights with those of init_from: set init_from")
         # Checked here, not where they are used: zero epochs would end in a missing best.pt,
         # a zero batch in an error from deep inside the data loader.
         for name in AT_LEAST_ONE:
@@ -201,9 +239,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))  # YAML reads on/off/yes/no keys as booleans
         if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+            hint = " (YAML reads on, off, yes and no as true/false: quote such a key)" \
+                if any(isinstance(k, bool) for k in d) else ""
+            raise ValueError(f"unknown training option(s) {unknown}{hint}; known: {sorted(known)}")
         return cls(**d)
 
 

@@ -84,9 +84,6 @@ FINISHED_RESULTS = ("tested.pt", "test_metrics.json")
 given more epochs, as they would then describe a model best.pt no longer holds."""
 
 
-VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable")
-"""What a validation can measure (a model without a content head, or a part without labels,
-has fewer: :meth:`Trainer._monitor` says so then)."""
 LOWER_BETTER = ("rmse",)
 """Validation metrics where less is better: the monitor ranks epochs by their negative."""
 MIN_VAL_PER_SET = 3
@@ -218,17 +215,12 @@ class Trainer:
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
         self.device = resolve_device(cfg.device)  # an unknown or absent device: a ValueError before any work
-        if cfg.monitor is not None and cfg.monitor.rsplit("/", 1)[-1] not in VALIDATION_METRICS:
-            raise ValueError(f"monitor {cfg.monitor!r} is no validation metric: one of {', '.join(VALIDATION_METRICS)}, "
-                             "or SET/metric for one training set's")
         if cfg.monitor is not None and self.val_table is None:
             raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
         if cfg.monitor is not None and "/" in cfg.monitor:
             name = cfg.monitor.split("/", 1)[0]
             if self.scales is None or name not in set(self.val_table["dataset"]):
                 raise ValueError(f"monitor {cfg.monitor!r}: {name!r} is not a set of the validation part")
-        if cfg.interpolate and not cfg.init_from:
-            raise ValueError("interpolate mixes the trained weights with those of init_from: set init_from")
         if (cfg.calibrate or cfg.interpolate) and self.val_table is None:
             name = "calibrate" if cfg.calibrate else "interpolate"
             raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
@@ -241,8 +233,6 @@ class Trainer:
                 raise ValueError(f"calibrate fits on the validation photos of the "
                                  f"{'training sets' if cfg.calibrate_on == 'each' else 'first training set'}, which have "
                                  f"{n} (at least {MIN_PAIRS} needed): use a larger validation part, or turn calibrate off")
-        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-            raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {cfg.ema_decay}")
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.distributed = dist_utils.is_distributed()
