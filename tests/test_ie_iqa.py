@@ -88,6 +88,33 @@ def test_selection_returns_indices_in_index_order():
     assert none.indices.tolist() == [list(range(50))] * 4 and none.features is f
 
 
+def test_tied_scores_keep_the_lowest_indices_in_pytorch_and_in_onnx(tmp_path):
+    """Features a ReLU zeroed all score 0: PyTorch's topk and ONNX's TopK broke those ties their
+    own ways, so an exported model kept other features than PyTorch on a flat frame."""
+    import warnings
+
+    import onnxruntime as ort
+
+    scores = torch.zeros(3, 50)
+    scores[0, [7, 20, 33]] = torch.tensor([1.0, 2.0, 3.0])  # three above the cut, two of the 47 zeros
+    scores[1] = torch.rand(50, generator=torch.Generator().manual_seed(1))  # no ties
+    scores[2, [1, 9]] = 2.0
+    scores[2, [4, 5, 6, 40]] = 1.0  # four tie at the cut for three places
+
+    class Select(nn.Module):
+        def forward(self, s):
+            return select_top(s, s, 5)[1]
+
+    want = [[0, 1, 7, 20, 33], sorted(scores[1].topk(5).indices.tolist()), [1, 4, 5, 6, 9]]
+    assert Select()(scores).tolist() == want
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Select(), (scores,), tmp_path / "s.onnx", dynamo=False, opset_version=17,
+                          input_names=["s"], output_names=["i"], dynamic_axes={"s": {0: "b"}})
+    got = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"s": scores.numpy()})[0]
+    assert got.tolist() == want
+
+
 def test_num_selected_matches_the_papers_ratios():
     assert [num_selected(1280, k) for k in (1, 5, 20, 50)] == [12, 64, 256, 640]
     assert num_selected(5, 1) == 1  # never empty

@@ -86,6 +86,7 @@ def test_ie_iqa_defaults_are_the_shipped_ones_and_the_paper_is_explicit():
     ref = IEIQAConfig()
     assert (paper.strategy, paper.selection_ratio, paper.input_size, paper.train_resize) == \
            ("contribution", 5.0, ref.input_size, ref.train_resize)
+    assert paper.distortion_levels is None  # the paper's g: the last map pooled, not four levels
     # BatchNorm statistics: fixed for trained backbone weights, learnt from scratch, or as given
     assert create_model("ie-iqa-distortion", pretrained=False, hidden=(8, 4)).cfg.bn_eval is True
     assert create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4),

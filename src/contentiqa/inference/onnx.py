@@ -224,9 +224,11 @@ def export_onnx(
 def _verify_inputs(model: IQAModel) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     size = input_size(model)
+    # and a flat frame: features a ReLU zeroes tie, which random inputs never show
     if size is None:  # two sizes (one not a multiple of the stride) and two batch sizes
-        return [torch.randn(2, 3, 160, 224, generator=g), torch.randn(1, 3, 203, 130, generator=g)]
-    return [torch.randn(2, 3, *size, generator=g), torch.randn(1, 3, *size, generator=g)]
+        return [torch.randn(2, 3, 160, 224, generator=g), torch.randn(1, 3, 203, 130, generator=g),
+                torch.zeros(1, 3, 160, 224)]
+    return [torch.randn(2, 3, *size, generator=g), torch.randn(1, 3, *size, generator=g), torch.zeros(1, 3, *size)]
 
 
 def _verify(model: IQAModel, file: str, names: Sequence[str], atol: float) -> float:

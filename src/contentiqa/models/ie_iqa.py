@@ -32,7 +32,9 @@ Differences from the paper: both backbones are EfficientNet-Lite0 (offline Image
 instead of EfficientNet-B0; the detection and segmentation feature reductions are this
 package's choice (see :mod:`contentiqa.models.intelligibility`); the paper does not give the
 regressor's widths, dropout or its preferred fusion ("these strategies achieve similar
-results"), so the defaults here (512/128, 0.1, concatenation at FC1) are ours.
+results"), so the defaults here (512/128, 0.1, concatenation at FC1) are ours; g is by default
+the pooled maps of the distortion backbone's last four stages, not the last one alone
+(``distortion_levels``; the paper's: :data:`~contentiqa.models.recipes.IE_IQA_PAPER_ARGS`).
 """
 from __future__ import annotations
 

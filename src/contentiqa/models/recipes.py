@@ -77,9 +77,11 @@ IE_IQA_PAPER_ARGS: dict[str, Any] = {
     "train_resize": 244,
     "intelligibility_input_size": None,
     "bn_eval": False,
+    "distortion_levels": None,
 }
-"""Song et al. 2021's configuration (the IEIQAConfig dataclass defaults): the task's selection
-strategy and ratio (contribution, 5 % for recognition), 224-px input, BatchNorm trained."""
+"""Song et al. 2021's configuration: the task's selection strategy and ratio (contribution, 5 %
+for recognition), 224-px input, BatchNorm trained, the distortion feature g the pooled last map
+alone (the IEIQAConfig default reads the last four stages' maps)."""
 
 IQA_CR_DEFAULTS: dict[str, Any] = {}
 """``iqa-cr`` / ``iqa-cr-q``: the default tags have the paper's head (L = 2, D = 64, H = 8,

@@ -167,6 +167,25 @@ def mlp_input_gradient(
     return g.abs(), i_max
 
 
+def _top_indices(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices of each row's ``n`` highest scores, ascending; among equal scores at the cut
+    the lowest indices. Ties are common (features a ReLU zeroed score 0 alike), and PyTorch's
+    ``topk`` breaks them its own way where ONNX's TopK takes the lowest index: an exported
+    model then kept other features than PyTorch on flat frames. So only the n-th highest value
+    is taken from ``topk`` (the same in every runtime) and the ties at it are filled in index
+    order, with operations that export."""
+    b, d = scores.shape
+    cut = scores.topk(n, dim=1).values[:, -1:]
+    above = scores > cut
+    at = scores == cut
+    room = n - above.sum(dim=1, keepdim=True)
+    keep = above | (at & (at.long().cumsum(dim=1) <= room))
+    positions = torch.where(keep, keep.long().cumsum(dim=1) - 1, torch.full_like(scores, n, dtype=torch.long))
+    index = torch.arange(d, device=scores.device).expand(b, d)
+    # the features not kept all go to one extra column, dropped
+    return torch.zeros(b, n + 1, dtype=torch.long, device=scores.device).scatter(1, positions, index)[:, :n]
+
+
 def select_top(
     f: torch.Tensor, scores: torch.Tensor, n_select: int, sparse: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +197,7 @@ def select_top(
     """
     if scores.shape != f.shape:
         raise ValueError(f"scores {tuple(scores.shape)} do not match features {tuple(f.shape)}")
-    top = scores.topk(n_select, dim=1).indices
-    indices = top.sort(dim=1).values
+    indices = _top_indices(scores, n_select)
     if sparse:
         mask = torch.zeros_like(f).scatter_(1, indices, 1.0)
         return f * mask, indices
