@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +67,41 @@ def test_dwa_weights_follow_loss_ratios():
     loss.epoch_losses = [[1.0, 1.0], [0.5, 1.0]]  # score loss halved, category loss flat
     ws, wc = loss.dwa_weights()
     assert ws + wc == pytest.approx(2.0) and wc > ws
+
+
+def test_focal_loss_below_gamma_one_keeps_finite_gradients_for_a_sure_prediction():
+    """The power's gradient at 1 - p = 0 is infinite for gamma < 1: inf x log(1) made every weight NaN."""
+    logits = torch.tensor([[20.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    FocalLoss(gamma=0.5)(logits, torch.tensor([0, 1])).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_a_task_weighted_zero_adds_nothing_under_uncertainty_weighting():
+    """Its log variance was still added, fell without bound and in the end overflowed."""
+    loss = MultiTaskLoss(weighting="uncertainty", category_weight=0.0)
+    out = {"score": torch.tensor([0.2, 0.8], requires_grad=True), "logits": torch.randn(2, 10, requires_grad=True)}
+    total, _ = loss(out, torch.tensor([0.3, 0.5]), torch.tensor([1, 2]))
+    total.backward()
+    assert loss.log_vars.grad[1] == 0 and loss.log_vars.grad[0] != 0
+
+
+def test_dwa_leaves_a_single_task_alone():
+    """A model without a content head has one task: DWA scaled its loss by 1.2-1.26 all the same."""
+    loss = MultiTaskLoss(weighting="dwa")
+    loss.epoch_losses = [[0.3, 0.0], [0.2, 0.0], [0.1, 0.0]]
+    assert loss.dwa_weights() == (1.0, 1.0)
+
+
+def test_a_batch_without_labels_costs_a_content_only_model_nothing(tiny_table, tmp_path):
+    """It raised mid-epoch, depending on the shuffle; damage, anchors and ranking need a score."""
+    loss = MultiTaskLoss()
+    logits = torch.randn(2, 10, requires_grad=True)
+    total, parts = loss({"logits": logits}, torch.tensor([0.3, 0.5]), torch.tensor([-1, -1]))
+    total.backward()
+    assert total.item() == 0 and parts == {} and logits.grad.abs().sum() == 0
+    model = create_model("iqa-cr-c", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match="predicts no score: rank_weight"):
+        _trainer(model, tiny_table.assign(category="animal"), tmp_path, rank_weight=1.0)
 
 
 @pytest.mark.parametrize("cache_stages", [0, 3])
@@ -131,6 +168,25 @@ def test_resume_continues_exactly(tiny_table, tmp_path):
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
+
+
+def test_a_resume_takes_up_the_schedule_in_its_own_steps_per_epoch(tiny_table, tmp_path):
+    """A last.pt saved by another number of processes counted other steps per epoch: its count
+    taken as it was, a run from one process on two trained its last epochs at lr 0."""
+    torch.manual_seed(0)
+    straight = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="a", epochs=3)
+    straight.fit()
+    torch.manual_seed(0)
+    first = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="b", epochs=3)
+    first.cfg.epochs = 1
+    first.fit()
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    state["scheduler"]["last_epoch"] *= 2  # as if saved with twice the steps per epoch
+    torch.save(state, tmp_path / "b" / "last.pt")
+    torch.manual_seed(0)
+    resumed = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name="b", epochs=3)
+    resumed.fit(resume=True)
+    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in straight.history])
 
 
 def test_a_run_killed_between_last_pt_and_its_log_gets_its_log_back_on_resume(tiny_table, tmp_path):
@@ -508,3 +564,14 @@ def test_interpolate_is_read_as_numbers_and_yaml_boolean_keys_are_named():
     assert TrainConfig(interpolate=["0.5", 1], init_from="x.pt").interpolate == [0.5, 1.0]
     with pytest.raises(ValueError, match=r"unknown training option\(s\) \['True', 'foo'\] \(YAML reads on"):
         TrainConfig.from_dict({True: 1, "foo": 2})
+
+
+def test_a_damaged_validation_photo_is_named_as_a_training_photo_is(tiny_table, tmp_path):
+    """It ended in a RuntimeError traceback, where a damaged training photo gets one line."""
+    from contentiqa.data.imageio import ImageLoadError
+
+    bad = Path(tiny_table["image"].iloc[10])
+    bad.write_bytes(bad.read_bytes()[:200])
+    tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1)
+    with pytest.raises(ImageLoadError, match=re.escape(str(bad))):
+        tr.fit()

@@ -177,7 +177,9 @@ class FocalLoss(nn.Module):
         logits, target = logits[valid], target[valid]
         logp = logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
         pt = logp.exp()
-        loss = -((1.0 - pt) ** self.gamma) * logp
+        # clamped: for gamma < 1 the power's gradient at 0 (a sure prediction) is infinite, and
+        # inf x log(1) gave NaN weights
+        loss = -((1.0 - pt).clamp_min(1e-12) ** self.gamma) * logp
         if self.weight is not None:
             loss = loss * self.weight[target]
         return loss.mean()

@@ -108,6 +108,8 @@ class MultiTaskLoss(nn.Module):
         if len(self.epoch_losses) < 2:
             return 1.0, 1.0
         (a1, b1), (a0, b0) = self.epoch_losses[-1], self.epoch_losses[-2]
+        if not (a0 and b0):  # one task alone (a model without content head or score): no balance to strike
+            return 1.0, 1.0
         r = [a1 / max(a0, 1e-12), b1 / max(b0, 1e-12)]
         e = [math.exp(x / self.dwa_temperature) for x in r]
         return 2 * e[0] / sum(e), 2 * e[1] / sum(e)
@@ -127,7 +129,9 @@ class MultiTaskLoss(nn.Module):
         if "logits" in out and bool((category >= 0).any()):
             terms["category"] = self.focal(out["logits"].float(), category)
         if not terms:
-            raise ValueError("batch gives no loss: the model predicts categories but no item has a category label")
+            if "logits" in out:  # a content-only model's batch without labels: nothing to learn from it
+                return out["logits"].sum() * 0.0, {}
+            raise ValueError("batch gives no loss: the model predicts neither a score nor categories")
         ls = self.score_weight * terms.get("score", torch.zeros((), device=target.device))
         if "rank" in terms:
             ls = ls + self.rank_weight * terms["rank"]
@@ -138,8 +142,14 @@ class MultiTaskLoss(nn.Module):
             ws, wc = self.dwa_weights()
             total = ws * ls + wc * self.category_weight * lc
         else:
+            # each task's log variance only where the task is on: one weighted 0 would still add
+            # its s, which falls without bound (and its exp(-s) overflows in the end)
             lv = self.log_vars
-            total = torch.exp(-lv[0]) * ls + lv[0] * ("score" in terms) + torch.exp(-lv[1]) * self.category_weight * lc + lv[1] * ("category" in terms)
+            total = torch.zeros((), device=target.device)
+            if "score" in terms and (self.score_weight or "rank" in terms):
+                total = total + torch.exp(-lv[0]) * ls + lv[0]
+            if "category" in terms and self.category_weight:
+                total = total + torch.exp(-lv[1]) * self.category_weight * lc + lv[1]
         self._running[0] += float(ls.detach())
         self._running[1] += float(lc.detach())
         self._running[2] += 1

@@ -51,6 +51,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ..data.categories import IQA_CR_CATEGORIES, normalize_category
+from ..data.imageio import ImageLoadError
 from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
@@ -242,6 +243,10 @@ class Trainer:
             self.progress = False
         model.to(self.device)
         self.has_score = model.predicts_score
+        scored = [name for name in ("rank_weight", "damage_weight", "anchor_weight") if getattr(cfg, name)]
+        if scored and not self.has_score:  # each ranks scores: a content-only model has none
+            raise ValueError(f"{model.model_name} predicts no score: {', '.join(scored)} rank(s) scores; set "
+                             f"{' and '.join(scored)} to 0")
         # The score term is the config's choice; "model" (recipes of models that define their
         # own loss, e.g. IE-IQA) is the model's IQAModel.loss.
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
@@ -575,8 +580,8 @@ class Trainer:
             preds = TorchScorer(self.model, precision="fp32").run([images[i] for i in rows], batch_size=self.cfg.batch_size,
                                                                   workers=0)
             bad = [p for p in preds if p.error]
-            if bad:
-                raise RuntimeError(f"validation image failed: {bad[0].path}: {bad[0].error}")
+            if bad:  # as a training photo's: the command names the file and what to do
+                raise ImageLoadError(bad[0].path, bad[0].error)
             s = self.model.scale.normalize([p.score for p in preds]) if self.has_score else None
             c = category_indices([p.category for p in preds], self.model.categories) if self.model.categories else None
         return s, c
@@ -705,6 +710,7 @@ class Trainer:
         self.loss_fn.load_state_dict(st["loss_state"]["state"])
         self.loss_fn.epoch_losses = st["loss_state"]["epoch_losses"]
         self.epoch = st["epoch"]
+        self._rebase_schedule()
         self.best = st["best"]
         if self.best is not None:  # ranked as this code ranks (an RMSE negated), whatever code saved it
             seen = {k[4:]: v for k, v in self.best.items() if k.startswith("val_")}
@@ -716,6 +722,17 @@ class Trainer:
             self.ema.load_state_dict(st["ema_state"])
         self.bad_epochs = st["bad_epochs"]
         self.history = st["history"]
+
+    def _rebase_schedule(self) -> None:
+        """The learning-rate schedule at the start of epoch ``self.epoch`` in this run's steps. A
+        saved schedule counts the steps of the processes that saved it, and another number of
+        processes takes another number per epoch (``batch_size`` is per process): counted on, the
+        run from one process on two annealed to 0 halfway and trained on at lr 0."""
+        done = self.epoch * len(self.train_loader)
+        self.scheduler.last_epoch = done
+        for group, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * f(done)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _check_same_recipe(self, path: Path, saved: dict[str, Any]) -> None:
         """ResumeMismatch unless this run's settings are those ``last.pt`` was trained with, but for
