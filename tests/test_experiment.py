@@ -503,6 +503,21 @@ def test_invalid_yaml_is_one_line_naming_file_and_line(tmp_path, capsys):
     assert rc == 2 and f"{f}:4: invalid YAML" in line
 
 
+def test_a_config_of_aliases_of_aliases_is_refused_before_it_is_expanded(tmp_path):
+    """A few hundred bytes of aliases ('billion laughs') expanded to gigabytes while ${VAR}s were
+    expanded, already under --check; the configs' own anchors (a shared train section) still load."""
+    import time
+
+    lines = ['l0: &a0 "lol"'] + [f"l{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    f = tmp_path / "laughs.yaml"
+    f.write_text("data: {name: csv, root: x.csv}\nmodel: iqa-cr\nmodel_args:\n" + "".join(f"  {x}\n" for x in lines))
+    t = time.monotonic()
+    with pytest.raises(ConfigError, match="billion laughs"):
+        load_config(f)
+    assert time.monotonic() - t < 5
+    assert load_config(REPO_ROOT / "configs" / "ie_iqa_koniq_tasks.yaml").runs  # anchors and merge keys
+
+
 def test_config_values_of_the_wrong_kind_are_errors(tmp_path, capsys):
     base = {"data": {"name": "csv", "root": "d.csv"}, "model": "iqa-cr-q"}
     # bool("false") is True: a quoted false would skip missing images

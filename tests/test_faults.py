@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -298,6 +299,9 @@ def test_full_disk_keeps_results_in_rescue_file(tmp_path, ckpt, capsys, monkeypa
     rescued = list((tmp_path / "tmp").glob("contentiqa-rescued-out-*.csv"))
     assert len(rescued) == 1 and str(rescued[0]) in err and "No space left" in err
     assert len(_rows(rescued[0])) == 4 and not out.exists()
+    # made anew under a name no one could plant a link at beforehand, readable by its owner only
+    assert not rescued[0].is_symlink() and rescued[0].stat().st_mode & 0o077 == 0
+    assert re.fullmatch(r"contentiqa-rescued-out-\d{8}-\d{6}-\w{8}\.csv", rescued[0].name)
     assert err.count("warning: cannot write") == 1  # warned once, not once per flush
 
 

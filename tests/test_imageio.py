@@ -631,3 +631,36 @@ def test_a_jpeg_cut_short_before_its_end_marker_is_noted_not_scored_silently(tmp
     Image.fromarray(band).save(tmp_path / "band.png")
     for name in ("grey.jpg", "band.png"):
         assert not any("cut short" in n for n in load_image(tmp_path / name).notes), name
+
+
+def test_icon_and_texture_containers_are_refused_before_their_inner_images_are_decoded(tmp_path):
+    """ICO, ICNS and BLP hold other compressed images whose size their header does not state:
+    a 445 kB ICO or ICNS decoded 144 MP past max_pixels (ICO while opening), a BLP was scored."""
+    img = Image.fromarray(random_rgb(64, 64, seed=1))
+    img.save(tmp_path / "a.ico", format="ICO")
+    img.save(tmp_path / "a.icns", format="ICNS")
+    (tmp_path / "a.blp").write_bytes(b"BLP1" + bytes(200))
+    for name, what in (("a.ico", "icon (ICO)"), ("a.icns", "Apple icon (ICNS)"), ("a.blp", "BLP texture")):
+        _expect_error(tmp_path / name, what, "not read")
+    from contentiqa.data.imageio import image_extensions
+
+    assert not {".ico", ".icns", ".blp", ".cur"} & image_extensions()  # folder scans pass them over
+
+
+def test_pil_checks_images_decoded_inside_others_against_max_pixels(tmp_path, monkeypatch):
+    """Decoding runs under PIL's own bomb check set to max_pixels, not switched off: an image a
+    container decodes inside itself past twice the limit is refused, naming the guard."""
+    path = tmp_path / "ok.png"
+    Image.fromarray(random_rgb(64, 64, seed=1)).save(path)
+    seen = []
+
+    def load(self, *a, **k):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        Image._decompression_bomb_check((5000, 5000))  # as a container's inner image does
+        return original(self, *a, **k)
+
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    err = _expect_error(path, "over the limit of 1 MP", "decompression-bomb guard", max_pixels=1_000_000)
+    assert seen == [1_000_000] and "holds an image" in err.reason
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS != 1_000_000  # restored

@@ -87,11 +87,15 @@ def output_lock(path: Path) -> Iterator[None]:
 
 
 def rescue_path(path: Path, fmt: str) -> Path:
-    """Where results go when ``path`` cannot be written: the temporary folder, same format
-    (an HTML report's rows as JSON Lines: smaller, and what --resume reads)."""
+    """Where results go when ``path`` cannot be written: a new file in the temporary folder, same
+    format (an HTML report's rows as JSON Lines: smaller, and what --resume reads). Made here,
+    private and under a name no one can guess: a name known in advance in a shared /tmp could be
+    a link another user planted, and the rows would overwrite what it points at."""
     suffix = ".jsonl" if fmt == "html" else path.suffix
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(tempfile.gettempdir()) / f"contentiqa-rescued-{path.stem}-{stamp}-{os.getpid()}{suffix}"
+    fd, made = tempfile.mkstemp(prefix=f"contentiqa-rescued-{path.stem}-{stamp}-", suffix=suffix)
+    os.close(fd)
+    return Path(made)
 
 
 _TERMINATED_BY: list[int] = []

@@ -357,6 +357,7 @@ class _Scoring:
         try:
             write_results(spare, self.current_rows(), "jsonl" if self.fmt == "html" else self.fmt)
         except OSError as exc2:
+            spare.unlink(missing_ok=True)  # the empty file made for it
             print(f"error: cannot write {self.output} ({why}) nor {spare} ({exc2.strerror or exc2}); "
                   "the results follow on stdout as CSV", file=sys.stderr)
             sys.stdout.write(rows_to_csv(self.current_rows()))

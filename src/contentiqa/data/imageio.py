@@ -42,7 +42,10 @@ else:
 
 # Pillow names these formats but cannot read their pixels without outside software; EPS would run
 # Ghostscript on the file's PostScript (a program, not pixels: never for a file a user or client hands us).
-_NOT_DECODABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"}
+# Icon and texture containers (ICO, CUR, ICNS, BLP) hold other compressed images whose size their
+# header does not state: a few hundred kB decoded to gigabytes past the max_pixels guard, and they
+# are no photos.
+_NOT_DECODABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG", "ICO", "CUR", "ICNS", "BLP"}
 
 
 @lru_cache(maxsize=1)
@@ -57,29 +60,33 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 _PIL_LIMIT_LOCK = threading.Lock()
-_PIL_LIMIT_USERS = 0
+_PIL_LIMITS: list[int | None] = []
 _PIL_LIMIT_SAVED: int | None = None
 
 
 @contextmanager
-def _pil_pixel_limit_disabled():
-    """Lift PIL's global decompression-bomb limit (``max_pixels`` is checked instead).
+def _pil_pixel_limit(max_pixels: int | None):
+    """PIL's global decompression-bomb limit set to ``max_pixels`` (None: none) instead of its own
+    ~89 MP: our limit decides, from the header, and PIL's own check still stops any image
+    decoded inside another (a container's) past twice that.
 
-    Reference-counted under a lock so that concurrent loads in threads cannot leave the
-    global switched off (a plain save/restore can restore another thread's ``None``)."""
-    global _PIL_LIMIT_USERS, _PIL_LIMIT_SAVED
+    Shared by the loads running in threads: the most permissive limit of those active holds,
+    and the last one out restores PIL's (a plain save/restore could restore another's)."""
+    global _PIL_LIMIT_SAVED
     with _PIL_LIMIT_LOCK:
-        if _PIL_LIMIT_USERS == 0:
+        if not _PIL_LIMITS:
             _PIL_LIMIT_SAVED = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-        _PIL_LIMIT_USERS += 1
+        _PIL_LIMITS.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = None if None in _PIL_LIMITS else max(_PIL_LIMITS)  # type: ignore[type-var]
     try:
         yield
     finally:
         with _PIL_LIMIT_LOCK:
-            _PIL_LIMIT_USERS -= 1
-            if _PIL_LIMIT_USERS == 0:
+            _PIL_LIMITS.remove(max_pixels)
+            if not _PIL_LIMITS:
                 Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
+            else:
+                Image.MAX_IMAGE_PIXELS = None if None in _PIL_LIMITS else max(_PIL_LIMITS)  # type: ignore[type-var]
 
 
 BOMB_HINT = "raise max_pixels to allow it"
@@ -272,6 +279,10 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
+_CONTAINER_SIGNATURES = {b"\x00\x00\x01\x00": "icon (ICO)", b"\x00\x00\x02\x00": "cursor (CUR)",
+                         b"icns": "Apple icon (ICNS)", b"BLP1": "BLP texture", b"BLP2": "BLP texture"}
+
+
 def _signature_format(head: bytes) -> str | None:
     """The format a file's first bytes announce (None: no image format's), so a damaged photo
     is called a damaged PNG, not "not an image"."""
@@ -292,6 +303,9 @@ def _unidentified_reason(path: Path) -> str:
     announced = _signature_format(head)
     if announced is not None:
         return f"damaged {announced} file: it starts as one, but its header cannot be read"
+    if head[:4] in _CONTAINER_SIGNATURES:
+        return (f"{_CONTAINER_SIGNATURES[head[:4]]} file: not read (icon and texture files hold images of sizes "
+                "their header does not state; save the picture as JPEG or PNG)")
     return "not an image (format not recognised)"
 
 
@@ -360,7 +374,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         # one; PIL warns at ~89 MP and refuses at ~179 MP whatever max_pixels says. Opening
         # only parses the header, so re-opening without PIL's limit allocates nothing.
         try:
-            with _pil_pixel_limit_disabled():
+            with _pil_pixel_limit(None):  # no format left decodes pixels when it opens
                 im = Image.open(p, formats=decodable_formats())
         except OSError as exc:
             raise ImageLoadError(p, _open_failed_reason(p, exc)) from None
@@ -380,7 +394,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         # Pillow's decoders report damaged data with whatever their parsing hits (IndexError,
         # struct.error, KeyError ... besides OSError), so any exception here is the file's.
         try:
-            with _pil_pixel_limit_disabled():  # counting frames seeks through them
+            with _pil_pixel_limit(max_pixels):  # counting frames seeks through them
                 n_frames = getattr(im, "n_frames", 1)
                 if n_frames > 1:
                     im.seek(0)
@@ -389,8 +403,11 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
         try:
-            with _pil_pixel_limit_disabled():  # size already checked against max_pixels
+            with _pil_pixel_limit(max_pixels):  # the size read from the header is checked above
                 im.load()
+        except Image.DecompressionBombError as exc:  # an image inside this one, past twice max_pixels
+            raise ImageLoadError(p, f"holds an image over the limit of {max_pixels / 1e6:.4g} MP ({exc}; "
+                                    f"decompression-bomb guard; {BOMB_HINT})") from None
         except Exception as exc:
             msg = _describe(exc)
             if "truncated" in msg.lower():

@@ -14,7 +14,7 @@ def parse_yaml(text: str, source: str | os.PathLike = "<yaml>") -> Any:
     import yaml  # here: importing this module stays cheap
 
     try:
-        return yaml.load(text, Loader=_unique_key_loader())
+        data = yaml.load(text, Loader=_unique_key_loader())
     except yaml.MarkedYAMLError as exc:
         # PyYAML's own message spans several lines with the offending text quoted.
         mark = exc.problem_mark or exc.context_mark
@@ -24,6 +24,33 @@ def parse_yaml(text: str, source: str | os.PathLike = "<yaml>") -> Any:
         raise ValueError(f"{source}:{mark.line + 1}: {problem}" if mark else f"{source}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if _expands_past(data, MAX_VALUES):
+        raise ValueError(f"{source}: expands to more than {MAX_VALUES:,} values (aliases of aliases, "
+                         "a 'billion laughs'): not a config")
+    return data
+
+
+MAX_VALUES = 100_000
+"""Values a YAML file may expand to, each alias counted where it is used: a config has hundreds;
+a few lines of aliases of aliases expand exponentially, and whatever walks the result (expanding
+``${VAR}``) would take the machine's memory."""
+
+
+def _expands_past(data: Any, limit: int) -> bool:
+    """Whether walking ``data`` as a tree (shared parts once per use) meets more than ``limit``
+    values; stops as soon as it does."""
+    stack, seen = [data], 0
+    while stack:
+        seen += 1
+        if seen > limit:
+            return True
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class _DuplicateKey(Exception):
