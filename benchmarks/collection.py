@@ -151,8 +151,8 @@ def main() -> None:
     state = json.loads(state_file.read_text()) if state_file.exists() and not args.fresh else None
     # what the state records of the run (one written before folder and paths were recorded: its count and options)
     same = state is not None and all(state[k] == v for k, v in run.items() if k in state)
-    if state is not None and not same and count_rows(out_csv) >= state["images"]:
-        state = None  # the earlier run finished (and was reported): this one starts afresh
+    if state is not None and count_rows(out_csv) >= state["images"]:
+        state = None  # the earlier run finished (and was reported): this one measures afresh, never reports it again
     if state is not None and not same:
         sys.exit(f"{out_csv} holds an unfinished run of other photos or options ({state.get('folder')}, "
                  f"{state.get('images')} photos, options {state.get('extra')}): rerun that command to finish it, "

@@ -1,6 +1,7 @@
 """Shared plumbing of the benchmarks: where the real data is, the fixed splits, result files."""
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -21,13 +22,49 @@ same file a shell's `flock /tmp/contentiqa-bench.lock CMD` takes, so do not wrap
 
 @contextmanager
 def bench_lock():
-    """Hold the machine's benchmark lock while timing."""
+    """Hold the machine's benchmark lock while timing (saying so when another benchmark holds it)."""
     with open(BENCH_LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {BENCH_LOCK}: another benchmark is timing", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def results_name(name: str, parser, args, ignore: tuple[str, ...] = ()) -> str:
+    """``name`` for a run with every option at its default (the published measurement), else
+    ``name_quick``: a check run, another model or fewer photos never write over the published
+    figures (which benchmarks/docs.py copies into the README)."""
+    changed = [a.dest for a in parser._actions
+               if a.dest not in ("help", *ignore) and a.default is not argparse.SUPPRESS
+               and getattr(args, a.dest, a.default) != a.default]
+    if changed:
+        print(f"not the published settings ({', '.join(changed)}): results go to {name}_quick", flush=True)
+    return f"{name}_quick" if changed else name
+
+
+def _source_state() -> dict:
+    """The commit and the changed source files (results files left out) of this checkout now."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith(("benchmarks/results/", "benchmarks/runs/", "benchmarks/cache/"))]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "changed_files": sorted(changed)}
+
+
+_STARTED = _source_state()
+"""The source this run started from: results files record whether it changed before they were
+written (a long benchmark may outlive a commit, and its early steps ran the older code)."""
 
 
 PYCACHE = Path(os.environ.get("CONTENTIQA_BENCH_PYCACHE", Path.home() / ".cache" / "contentiqa-bench-pycache"))
@@ -95,7 +132,11 @@ def provenance() -> dict:
 def write_results(name: str, payload: dict, markdown: str) -> None:
     from contentiqa.utils.io import atomic_write_text
 
-    payload = {**payload, "provenance": provenance()}
+    now = _source_state()
+    source = {"at_start": _STARTED, "at_end": now} if _STARTED != now else now
+    if _STARTED != now:
+        print(f"warning: the source changed while {name} ran (commit or files); the results say so", file=sys.stderr)
+    payload = {**payload, "provenance": {**provenance(), "source": source}}
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=1))
     atomic_write_text(RESULTS / f"{name}.md", markdown)
     print(markdown)

@@ -28,6 +28,7 @@ interrupted run resumes. Writes benchmarks/results/int8.json and int8.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -88,6 +89,15 @@ RECIPES = {
         "CNN, stem and stages 0-1 float": dict(include=_CR_CNN, exclude=(r"^/model/(conv_stem|bn1|blocks\.[01])/",)),
     },
 }
+
+
+def _recipe_key(recipe) -> str:
+    """What a stored calibration and graph were made with: the recipe's settings and the
+    quantizer's code, not the recipe's label (an edited recipe under its old label reused them)."""
+    import contentiqa.inference.quantize as quantize
+
+    made = json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode() + Path(quantize.__file__).read_bytes()
+    return hashlib.sha1(made).hexdigest()[:10]
 
 
 def slug(text: str) -> str:
@@ -196,7 +206,7 @@ def prepare_model(name: str, args, table, splits) -> dict:
     calib_files = {}
     for label, kw in RECIPES[name.split(".")[0]].items():
         recipe = Int8Recipe(**kw)
-        tag = f"{name}-{sha}-{slug(label)}-c{len(train)}"
+        tag = f"{name}-{sha}-{slug(label)}-{_recipe_key(recipe)}-c{len(train)}"
         cal, q = WORK / f"{tag}.int8.json", WORK / f"{tag}.int8.onnx"
         if not (cal.is_file() and q.is_file()):
             t = time.time()

@@ -14,6 +14,7 @@ included, the ONNX graph already cached), the median of --rounds runs, holding
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import bench_lock, SHARED, command_line, md_table, write_results  # noqa: E402
+from common import bench_lock, SHARED, command_line, md_table, results_name, write_results  # noqa: E402
 from cores import score_ips  # noqa: E402
 
 IMAGES = SHARED / "data" / "clive-dev" / "images"
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, payload = [], {"command": command_line(), "photo_size": list(SIZE), "models": {}}
     with tempfile.TemporaryDirectory(prefix="contentiqa-large-") as tmp, bench_lock():
+        payload["load_average_before"] = list(os.getloadavg())
         work = Path(tmp)
         files = make_photos(work, args.photos)
         for name in args.models:
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             payload["models"][name] = {"images_per_s": ips, "runs": runs}
             rows.append([f"`{name}`", f"{ips:.1f}", f"{1000 / ips:.0f}"])
             print(f"{name}: {ips:.2f} images/s ({', '.join(f'{r:.2f}' for r in runs)})", flush=True)
+        payload["load_average_after"] = list(os.getloadavg())
     md = "\n".join([
         "# Scoring phone-sized photos (CPU)", "",
         f"`contentiqa score` on {len(files)} JPEGs of {SIZE[0]} x {SIZE[1]} px (clive-dev photos upscaled), end to end "
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "native-resolution one (`iqa-cr`, and the ensemble through it) runs its backbone on the photo itself, its "
         "longest side limited to 2048 px: about 12 times the pixels of a 500-px photo.", "",
         f"Command: `{payload['command']}`.", ""])
-    write_results("large_photos", payload, md)
+    write_results(results_name("large_photos", ap, args), payload, md)
     return 0
 
 

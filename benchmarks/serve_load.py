@@ -48,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import SHARED, command_line, contentiqa_env, md_table, write_results  # noqa: E402
+from common import SHARED, bench_lock, command_line, contentiqa_env, md_table, results_name, write_results  # noqa: E402
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 HOST = "127.0.0.1"  # loopback only, by design
@@ -554,6 +554,11 @@ def main() -> None:
         child_loop(spec, args.files)
         return
 
+    with bench_lock():
+        _measure(ap, args, spec)
+
+
+def _measure(ap: argparse.ArgumentParser, args: argparse.Namespace, spec: str) -> None:
     load_start = load_average()
     files = photos(args.images)
     if len(files) < 4:
@@ -623,7 +628,7 @@ def main() -> None:
         "server": {"ready_s": server.ready_s, **{k: v for k, v in stopped.items() if k != "log_tail"}},
         "targets": targets,
     }
-    write_results("serve_load", res, markdown(res))
+    write_results(results_name("serve_load", ap, args, ignore=("files", "child_loop")), res, markdown(res))
     if not all(x["ok"] for x in fault_results):
         print(stopped["log_tail"], file=sys.stderr)
 

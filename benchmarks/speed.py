@@ -48,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, command_line, md_table, write_results  # noqa: E402
+from common import ROOT, SHARED, bench_lock, command_line, md_table, results_name, write_results  # noqa: E402
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 EXAMPLES = ROOT / "examples" / "images"
@@ -760,13 +760,16 @@ def main() -> None:
 
         names = args.models.split(",") if args.models else [DEFAULT_MODEL, "iqa-cr", "ie-iqa"]
         models = load_benchmark_models(list(dict.fromkeys(m.strip() for m in names if m.strip())), work)
-        payload = run_benchmark(models, real, generated, rss_files, work, repeats=repeats,
-                                backbone_runs=3 if quick else 10, rss_inputs=rss_inputs, rss_every=rss_every,
-                                batch_sizes={"iqa-cr": [1, 8], "ie-iqa": [1, 16]} if quick else None)
+        with bench_lock():
+            load_before = os.getloadavg()
+            payload = run_benchmark(models, real, generated, rss_files, work, repeats=repeats,
+                                    backbone_runs=3 if quick else 10, rss_inputs=rss_inputs, rss_every=rss_every,
+                                    batch_sizes={"iqa-cr": [1, 8], "ie-iqa": [1, 16]} if quick else None)
+            payload["load_average_before_after"] = [list(load_before), list(os.getloadavg())]
     payload["photo_source"] = source
     payload["quick"] = quick
     command = command_line()
-    write_results("speed", payload, render_markdown(payload, command))
+    write_results(results_name("speed", ap, args), payload, render_markdown(payload, command))
 
 
 if __name__ == "__main__":

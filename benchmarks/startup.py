@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, command_line, contentiqa_env, write_results  # noqa: E402
+from common import ROOT, bench_lock, command_line, contentiqa_env, results_name, write_results  # noqa: E402
 
 SRC = ROOT / "src"
 PHOTO = ROOT / "examples" / "images" / "671.JPG"
@@ -89,6 +89,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
 
+    with bench_lock():
+        _measure(ap, args)
+
+
+def _measure(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="contentiqa-startup-"))
     atexit.register(shutil.rmtree, work, True)  # its stand-in weights, cache and CSVs, however the run ends
     env = _env(work / "cache")
@@ -155,7 +160,7 @@ def main() -> None:
         "registry, which imports no model code.",
         "",
     ]
-    write_results("startup", payload, "\n".join(lines))
+    write_results(results_name("startup", ap, args), payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

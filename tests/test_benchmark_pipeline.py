@@ -843,3 +843,74 @@ def test_ship_gate_suite_makes_new_images_for_other_photos_in_a_shared_work_fold
     assert not {b["path"] for b in first["bad"]} & {b["path"] for b in second["bad"]}
     best = np.asarray(Image.open(tmp_path / "b1.png").convert("RGB"))
     assert any(np.array_equal(np.asarray(Image.open(p).convert("RGB")), best) for p in level0)
+
+
+def test_a_check_run_never_writes_over_the_published_figures(common, capsys):
+    """speed.py --quick (its documented check) wrote speed.json, and docs.py then put 2-photo,
+    1-repeat figures in the README."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--images", type=int, default=None)
+    ap.add_argument("--models", nargs="+", default=["a", "b"])
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    assert common.results_name("speed", ap, ap.parse_args([])) == "speed"
+    for argv in (["--quick"], ["--images", "2"], ["--models", "a"]):
+        assert common.results_name("speed", ap, ap.parse_args(argv)) == "speed_quick", argv
+    assert "results go to speed_quick" in capsys.readouterr().out
+
+
+def test_results_say_when_the_source_changed_during_the_run(common, monkeypatch):
+    """Provenance was read at the end: a commit made while a long benchmark ran was recorded as
+    what all of it ran."""
+    monkeypatch.setattr(common, "provenance", lambda: {"git_commit": "end"})
+    states = iter([{"commit": "b", "changed_files": []}, {"commit": "a", "changed_files": []}])
+    monkeypatch.setattr(common, "_source_state", lambda: next(states))
+    monkeypatch.setattr(common, "_STARTED", {"commit": "a", "changed_files": []})
+    common.write_results("one", {}, "x")
+    assert json.loads((common.RESULTS / "one.json").read_text())["provenance"]["source"] == {
+        "at_start": {"commit": "a", "changed_files": []}, "at_end": {"commit": "b", "changed_files": []}}
+    common.write_results("two", {}, "x")
+    assert json.loads((common.RESULTS / "two.json").read_text())["provenance"]["source"] == {"commit": "a",
+                                                                                             "changed_files": []}
+
+
+def test_int8_stored_calibrations_are_keyed_by_the_recipe_not_its_label(common):
+    import int8
+
+    from contentiqa.inference.quantize import Int8Recipe
+
+    kw = next(iter(int8.RECIPES["iqa-cr"].values()))
+    edited = {**kw, "exclude": ["^/model/(conv_stem|bn1|blocks\\.[0-5])/"]}
+    assert int8._recipe_key(Int8Recipe(**kw)) == int8._recipe_key(Int8Recipe(**kw))
+    assert int8._recipe_key(Int8Recipe(**kw)) != int8._recipe_key(Int8Recipe(**edited))
+
+
+def test_a_finished_collection_run_is_measured_again_not_reported_again(common, tmp_path, monkeypatch):
+    """Run again with the same options, the finished run's throughput was written anew under the
+    new date and commit, nothing measured."""
+    import collection
+    from conftest import write_image
+
+    photos = tmp_path / "photos"
+    for i in range(2):
+        write_image(photos / f"{i}.png", 64, 64, seed=i)
+    segments = []
+
+    def score_segment(folder, out_csv, device, extra):
+        out_csv.write_text("path,score\n" + "".join(f"{p},50\n" for p in sorted(folder.iterdir())))
+        segments.append(folder)
+        return 1.0, 2, ""
+
+    written = []
+    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(collection, "score_segment", score_segment)
+    monkeypatch.setattr(collection, "settings", lambda device: ({"device_name": "cpu", "model": "m", "runtime": "onnx",
+                                                                 "batch_size": 1, "workers": 1}, None))
+    monkeypatch.setattr(collection, "decode_only_ips", lambda *a: 1.0)
+    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(photos), "--quick"])
+    collection.main()
+    collection.main()
+    assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
