@@ -46,8 +46,10 @@ def make_photos(folder: Path, n: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["ie-iqa", "iqa-cr", "ie-iqa-distortion+iqa-cr",
-                                                    "ie-iqa-distortion+iqa-cr.clive-biq2021-v2"])
+    ap.add_argument("--models", nargs="+", default=["ie-iqa", "iqa-cr", "ie-iqa-distortion+iqa-cr.clive-biq2021",
+                                                    "ie-iqa-distortion+iqa-cr", "ie-iqa-distortion+iqa-cr+ie-iqa",
+                                                    "ie-iqa-distortion+iqa-cr+ie-iqa-distortion"],
+                    help="models timed (default: those published)")
     ap.add_argument("--photos", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """`contentiqa serve` under load and faults, on loopback, next to `contentiqa score` in the same run.
 
-    python benchmarks/serve_load.py                           # a few minutes on a busy 2-core machine
-    python benchmarks/serve_load.py --images 6 --lone 3     # a short run (checks that it works)
+    python benchmarks/serve_load.py                           # the published run: several minutes on 2 cores
+    python benchmarks/serve_load.py --images 6 --lone 3     # a short run (a check: writes serve_load_quick)
 
 What one run does, on real 500 x 500 photos (the first --images of ../shared/data/clive-dev;
 read from there, never copied):
@@ -25,8 +25,8 @@ read from there, never copied):
 
 The machine's load average is recorded at the start and end: on a CPU shared with other jobs
 the absolute figures are lower and noisier than on an idle machine (the ratios, measured in
-the same minutes, less so). Writes benchmarks/results/serve_load.json and serve_load.md.
-"""
+the same minutes, less so). Writes benchmarks/results/serve_load.json and serve_load.md (with
+other than the default options: serve_load_quick.*, never the published figures)."""
 from __future__ import annotations
 
 import argparse
@@ -535,9 +535,10 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model name or checkpoint (default: contentiqa.DEFAULT_MODEL)")
-    ap.add_argument("--images", type=int, default=24, help="photos used (default 24)")
+    ap.add_argument("--images", type=int, default=48, help="photos used (default 48, as published)")
     ap.add_argument("--lone", type=int, default=16, help="photos of the lone-photo latency comparison (default 16)")
-    ap.add_argument("--rounds", type=int, default=1, help="each load phase scores every photo this many times (default 1)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each load phase scores every photo this many times (default 3, as published)")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="a load phase stops after this long (default 120)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per phase")
     ap.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default: its own)")
