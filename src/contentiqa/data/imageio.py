@@ -440,10 +440,12 @@ def _decoder_grey_rows(im: Image.Image) -> int:
     block's rows, or when the whole frame is grey (a picture of grey, not a fill)."""
     if im.format != "JPEG" or im.mode not in ("L", "RGB"):
         return 0
+    width, height = im.size
+    # the bottom block's rows first: a photo's pixels are not read again unless they are grey
+    if height <= _MIN_GREY_ROWS or not (np.asarray(im.crop((0, height - _MIN_GREY_ROWS, width, height))) == 128).all():
+        return 0
     arr = np.asarray(im)
     rows = arr.reshape(arr.shape[0], -1)
-    if rows.shape[0] <= _MIN_GREY_ROWS or not (rows[-_MIN_GREY_ROWS:] == 128).all():
-        return 0
     picture = np.flatnonzero(~(rows == 128).all(axis=1))
     return 0 if picture.size == 0 else int(rows.shape[0] - 1 - picture[-1])
 
