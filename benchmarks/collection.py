@@ -151,15 +151,15 @@ def main() -> None:
     state = json.loads(state_file.read_text()) if state_file.exists() and not args.fresh else None
     # what the state records of the run (one written before folder and paths were recorded: its count and options)
     same = state is not None and all(state[k] == v for k, v in run.items() if k in state)
-    if state is not None and count_rows(out_csv) >= state["images"]:
-        state = None  # the earlier run finished (and was reported): this one measures afresh, never reports it again
+    if state is not None and state.get("reported", True) and count_rows(out_csv) >= state["images"]:
+        state = None  # the earlier run finished and was reported: this one measures afresh, never reports it again
     if state is not None and not same:
         sys.exit(f"{out_csv} holds an unfinished run of other photos or options ({state.get('folder')}, "
                  f"{state.get('images')} photos, options {state.get('extra')}): rerun that command to finish it, "
                  "or add --fresh to discard it")
     if state is None:
         out_csv.unlink(missing_ok=True)
-        state = {**run, "segments": []}
+        state = {**run, "segments": [], "reported": False}
     state.update(run)
     chosen, model = settings(args.device)
     target = folder if args.limit is None else subset_folder(images, work / f"{name}-photos")
@@ -198,6 +198,7 @@ def main() -> None:
         "to images/s, decoding is what limits the run.\n",
     ]
     write_results(name, payload, "\n".join(lines))
+    atomic_write_text(state_file, json.dumps({**state, "reported": True}))
 
 
 if __name__ == "__main__":

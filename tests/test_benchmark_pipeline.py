@@ -914,3 +914,10 @@ def test_a_finished_collection_run_is_measured_again_not_reported_again(common, 
     collection.main()
     collection.main()
     assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
+    # scored but stopped before its report: the next run reports it, without scoring again
+    monkeypatch.setattr(collection, "write_results", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        collection.main()
+    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
+    collection.main()
+    assert len(segments) == 3 and len(written[-1]["segments"]) == 1

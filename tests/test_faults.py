@@ -303,6 +303,16 @@ def test_full_disk_keeps_results_in_rescue_file(tmp_path, ckpt, capsys, monkeypa
     assert not rescued[0].is_symlink() and rescued[0].stat().st_mode & 0o077 == 0
     assert re.fullmatch(r"contentiqa-rescued-out-\d{8}-\d{6}-\w{8}\.csv", rescued[0].name)
     assert err.count("warning: cannot write") == 1  # warned once, not once per flush
+    # no rescue file can be made either (a full or unwritable temporary folder): the rows go to stdout
+    import contentiqa.cli._output as output_module
+
+    def no_temp(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output_module, "rescue_path", no_temp)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 3
+    cap = capsys.readouterr()
+    assert "nor a rescue file" in cap.err and cap.out.count("\n") == 5  # header and four rows
 
 
 def test_existing_output_needs_force_or_resume(tmp_path, ckpt, capsys):

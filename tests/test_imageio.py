@@ -664,3 +664,20 @@ def test_pil_checks_images_decoded_inside_others_against_max_pixels(tmp_path, mo
     err = _expect_error(path, "over the limit of 1 MP", "decompression-bomb guard", max_pixels=1_000_000)
     assert seen == [1_000_000] and "holds an image" in err.reason
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS != 1_000_000  # restored
+
+
+def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_path):
+    """Pillow reads a 16-bit RGB PNG as 8-bit RGB but keeps its key in 16-bit units: a key of 1000
+    raised, one of 100 made opaque pixels stored as 25700 (read as 100) white."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    pixels = np.full((40, 40, 3), 25700, np.uint16)  # 100 on 8 bits
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    for key in (100, 1000):
+        path = tmp_path / f"key{key}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+                         + chunk(b"tRNS", struct.pack(">HHH", key, key, key)) + chunk(b"IDAT", zlib.compress(raw))
+                         + chunk(b"IEND", b""))
+        res = load_image(path)
+        assert (np.asarray(res.image) == 100).all() and not any("transparent" in n for n in res.notes), key

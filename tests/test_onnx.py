@@ -748,3 +748,17 @@ def test_a_scorer_never_reads_another_graph_put_at_its_path_since(tmp_path):
     scorer.predict(images[:1])  # one photo: the scorer's own session
     os.replace(tmp_path / "other.onnx", tmp_path / "m.onnx")
     assert [p.score for p in scorer.predict(images)] == pytest.approx(want, abs=1e-4)
+
+
+def test_a_cached_graph_marked_used_keeps_its_scorers_parallel_runs(tmp_path, examples_dir):
+    """Marking the graph used (a touch) made the scorer think its file replaced: one run only."""
+    from contentiqa.inference.onnx_runtime import find_graph
+    from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES
+    from contentiqa.models.registry import save_checkpoint
+
+    path = save_checkpoint(tiny_model(seed=0), tmp_path / "m.pt")
+    assert main(["score", example_images(examples_dir)[0], "--model", str(path), "-o", str(tmp_path / "a.csv"),
+                 "-q"]) == 0
+    scorer = find_graph(path, threads=2)
+    os.utime(scorer.path)  # another run marks it used too
+    assert scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 2

@@ -452,3 +452,22 @@ def test_resume_refuses_model_arguments_other_than_the_runs(tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert train(data, out, "--resume", "--epochs", "2") == 0  # the same arguments (the flags repeat them): goes on
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_takes_model_arguments_as_the_config_keeps_them(tmp_path):
+    """'none' is None, 1 is 1.0, a tuple its list: the unchanged command was refused."""
+    import argparse
+    import json as _json
+
+    from contentiqa.cli.train import _resumed_model_args
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "config.json").write_text(_json.dumps({"model_config": {
+        "intelligibility_task": None, "calibration": [0.0, 1.0, 0.5, 0.2], "hidden": [8, 4]}}))
+    args = argparse.Namespace(resume=True)
+    asked = {"intelligibility_task": "none", "calibration": [0, 1, 0.5, 0.2], "hidden": (8, 4)}
+    assert _resumed_model_args(args, tmp_path, asked)["hidden"] == [8, 4]
+    from contentiqa.cli.main import UsageError
+
+    with pytest.raises(UsageError, match="hidden"):
+        _resumed_model_args(args, tmp_path, {"hidden": (16, 4)})

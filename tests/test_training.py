@@ -575,3 +575,12 @@ def test_a_damaged_validation_photo_is_named_as_a_training_photo_is(tiny_table, 
     tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1)
     with pytest.raises(ImageLoadError, match=re.escape(str(bad))):
         tr.fit()
+
+
+def test_uncertainty_weighting_with_no_task_on_still_backpropagates():
+    """score_weight 0 on a batch without labels: the total had no graph and backward raised."""
+    loss = MultiTaskLoss(weighting="uncertainty", score_weight=0.0)
+    out = {"score": torch.tensor([0.2, 0.8], requires_grad=True), "logits": torch.randn(2, 10, requires_grad=True)}
+    total, _ = loss(out, torch.tensor([0.3, 0.5]), torch.tensor([-1, -1]))
+    total.backward()
+    assert total.item() == 0

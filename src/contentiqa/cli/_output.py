@@ -93,7 +93,7 @@ def rescue_path(path: Path, fmt: str) -> Path:
     a link another user planted, and the rows would overwrite what it points at."""
     suffix = ".jsonl" if fmt == "html" else path.suffix
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    fd, made = tempfile.mkstemp(prefix=f"contentiqa-rescued-{path.stem}-{stamp}-", suffix=suffix)
+    fd, made = tempfile.mkstemp(prefix=f"contentiqa-rescued-{path.stem[:60]}-{stamp}-", suffix=suffix)
     os.close(fd)
     return Path(made)
 

@@ -352,13 +352,16 @@ class _Scoring:
 
         assert self.output is not None and self.fmt is not None
         exc = self.write_error
-        spare = rescue_path(self.output, self.fmt)
         why = exc.strerror or exc if exc is not None else "?"
+        spare = None
         try:
+            spare = rescue_path(self.output, self.fmt)
             write_results(spare, self.current_rows(), "jsonl" if self.fmt == "html" else self.fmt)
         except OSError as exc2:
-            spare.unlink(missing_ok=True)  # the empty file made for it
-            print(f"error: cannot write {self.output} ({why}) nor {spare} ({exc2.strerror or exc2}); "
+            if spare is not None:
+                spare.unlink(missing_ok=True)  # the empty file made for it
+            where = spare or "a rescue file in the temporary folder"
+            print(f"error: cannot write {self.output} ({why}) nor {where} ({exc2.strerror or exc2}); "
                   "the results follow on stdout as CSV", file=sys.stderr)
             sys.stdout.write(rows_to_csv(self.current_rows()))
             return EXIT_NOT_WRITTEN

@@ -79,6 +79,22 @@ def describe_recipe(recipe: dict | None) -> str:
     return f"recipe: {recipe['name'] or 'TrainConfig defaults'}; changed: {changed}"
 
 
+def _same_value(v):
+    """A model argument as a config keeps it, for comparing what was asked with what was saved: a
+    tuple is its JSON list, 1 is 1.0, "none" is None (the configs read these alike)."""
+    if isinstance(v, str) and v.strip() in ("", "none", "None", "null"):
+        return None
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [_same_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _same_value(x) for k, x in v.items()}
+    return v
+
+
 def _resumed_model_args(args: argparse.Namespace, out: Path, model_args: dict) -> dict:
     """The model arguments of the run to continue: those ``last.pt`` was trained with (its
     ``config.json``), and a UsageError when the command asks for others (they were dropped
@@ -90,11 +106,8 @@ def _resumed_model_args(args: argparse.Namespace, out: Path, model_args: dict) -
     if not trained:
         return model_args
 
-    def text(v) -> str:  # a tuple saved as a JSON list is the same value
-        return json.dumps(v, sort_keys=True, default=str)
-
     changed = [f"{k} {trained[k]!r} (now {v!r})" if k in trained else f"no {k} (now {v!r})"
-               for k, v in model_args.items() if k not in trained or text(v) != text(trained[k])]
+               for k, v in model_args.items() if k not in trained or _same_value(v) != _same_value(trained[k])]
     if changed:
         raise UsageError(f"--resume: {out / 'last.pt'} was trained with model argument(s) {'; '.join(changed)}: "
                          "resume without changing them, or train afresh in another --out")

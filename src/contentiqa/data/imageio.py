@@ -197,7 +197,11 @@ def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
 def pil_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     """An opened image as :func:`load_image` reads its file: 16-bit formats on their range,
     turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike."""
-    return _to_rgb(apply_orientation(_sixteen_bit(im), notes), notes)
+    usable_key = _key_in_pixel_units(im)  # asked of the image as read: its format and file
+    oriented = apply_orientation(_sixteen_bit(im), notes)  # a new image: its info is its own
+    if not usable_key:
+        oriented.info.pop("transparency", None)
+    return _to_rgb(oriented, notes)
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
@@ -226,6 +230,18 @@ def _colour_key_mask(im: Image.Image) -> np.ndarray | None:
     else:
         return None
     return mask if mask.any() else None
+
+
+def _key_in_pixel_units(im: Image.Image) -> bool:
+    """Whether a PNG's colour key can be compared with the decoded pixels: Pillow reads a 16-bit
+    RGB PNG as 8-bit RGB but keeps its key in 16-bit values (and a 1-, 2- or 4-bit grayscale's
+    key in the file's own), so only an 8-bit file's key (or a 16-bit grayscale one read as I;16)
+    names pixels. Images not read from a PNG file: their mode says their units."""
+    if im.format != "PNG" or not getattr(im, "filename", None):
+        return True
+    head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
+    depth = head[24] if len(head) == 25 else None
+    return depth == (16 if im.mode.startswith("I") else 8)
 
 
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:

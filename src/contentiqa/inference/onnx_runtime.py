@@ -201,12 +201,13 @@ def cache_filename(label: str, key: str, precision: str = DEFAULT_PRECISION) -> 
 
 
 def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """What tells a file from its replacement: inode, size and modification time (None: gone)."""
+    """What tells a file from its replacement: device, inode and size (None: gone). Not its time:
+    using a cached graph marks it used (a touch), and a new export replaces the file (a new inode)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size
 
 
 def open_cached(path: Path, key: str, threads: int | None = None):

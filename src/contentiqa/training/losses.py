@@ -145,7 +145,7 @@ class MultiTaskLoss(nn.Module):
             # each task's log variance only where the task is on: one weighted 0 would still add
             # its s, which falls without bound (and its exp(-s) overflows in the end)
             lv = self.log_vars
-            total = torch.zeros((), device=target.device)
+            total = 0.0 * (ls + lc)  # on the terms' graph even when no task is on (backward needs one)
             if "score" in terms and (self.score_weight or "rank" in terms):
                 total = total + torch.exp(-lv[0]) * ls + lv[0]
             if "category" in terms and self.category_weight:
