@@ -181,7 +181,7 @@ def markdown(payload: dict) -> str:
 def ship(args) -> Path:
     """``iqa-cr_<tag>.pt`` from the shipped ``--from`` tag, its content head fitted on the
     clive-dev photos that tag trained on (the settings chosen on the photos it held out)."""
-    from ship import gate_for, set_default_tag
+    from ship import CARD_CAVEAT, gate_for, set_default_tag
 
     from contentiqa.experiments.runner import carve_val
     from contentiqa.models import create_model
@@ -220,7 +220,7 @@ def ship(args) -> Path:
 - **Content categories**: {', '.join(new.categories)}.
 - **Measured**: benchmarks/results/{Path(gate).name}.md (the ship gate: the same head fitted per split on the
   training parts of the three clive-dev splits, scored through `contentiqa score` on the test parts).
-- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
+{CARD_CAVEAT}- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
 """
     atomic_write_text(args.weights_dir / f"iqa-cr_{args.tag}.md", card)

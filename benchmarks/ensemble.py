@@ -109,7 +109,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     passed ``row`` as ``name``'s recipe (ship.py's rule for a default). ``gate``: its results
     file stem when not benchmarks/results/ship_gate_<name> (ship_gate.py --out). ``default``: also
     make ``tag`` the name's default tag (weights/defaults.json), under the same gate."""
-    from ship import gate_verdict, set_default_tag
+    from ship import CARD_CAVEAT, gate_verdict, set_default_tag
 
     from contentiqa.models import build_ensemble, create_model
     from contentiqa.models.registry import save_checkpoint, weights_file
@@ -146,7 +146,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
 - **Measured**: benchmarks/results/{gate.name}.md (the ship gate: the same recipe, each member trained on the
   training parts only, on the three clive-dev test splits and BIQ2021's official test, scored through
   `contentiqa score`, against the recipe of the default named there).
-- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
+{CARD_CAVEAT}- **Reproduce**: `{command_line()}` ({(time.time() - t0) / 60:.1f} min on {provenance()['machine']}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
 """
     atomic_write_text(weights_dir / f"{name}_{tag}.md", card)

@@ -211,7 +211,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
 - **Trained on**: {'; '.join(used)}.{' Several datasets at once: each dataset' + "'" + 's MOS mapped linearly onto [0, 1] by its own range' + (', plus a fidelity ranking loss on pairs within one dataset' if tcfg.rank_weight else '') + '.' if several else ''}
 - **Scores**: {scale_text}, {scale.low:g}-{scale.high:g}, higher is better.
 {f"- **Content categories**: {', '.join(best_model.categories)}." + chr(10) if best_model.categories else ''}- **Measured** (held-out test parts of the experiment's splits, same recipe, not this run): {figures_from(results, run.name)}.
-- **Training configuration**: `{json.dumps(tcfg.to_dict())}`; model arguments `{json.dumps(run.model_args)}`.
+{CARD_CAVEAT}- **Training configuration**: `{json.dumps(tcfg.to_dict())}`; model arguments `{json.dumps(run.model_args)}`.
 - **Reproduce**: `{command_line()}` ({seconds / 60:.1f} min on {prov['machine']}{', ' + prov['gpu'] if prov.get('gpu') else ''}).
 - **Size**: {path.stat().st_size / 1e6:.1f} MB.
 {f"- **Ship gate**: {gate}." + chr(10) if gate else ""}"""
@@ -223,6 +223,13 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
     atomic_write_text(weights_dir / f"{run.model}_{tag}.md", card)
     print(card)
     return path
+
+
+CARD_CAVEAT = (
+    "- **Read with**: recipes were compared on these test parts before shipping (the ship gate reads them, and "
+    "choices made on validation parts pooled seeds whose training photos hold other seeds' test photos), so "
+    "the figures are slightly optimistic; docs/results.md says where.\n")
+"""The Measured line's caveat on every card a gated recipe's weights get."""
 
 
 def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | None = None,

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -921,3 +922,32 @@ def test_a_finished_collection_run_is_measured_again_not_reported_again(common, 
     monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
     collection.main()
     assert len(segments) == 3 and len(written[-1]["segments"]) == 1
+
+
+def test_gate_validation_parts_leave_out_every_seeds_test_photos(common, tmp_path, monkeypatch):
+    """Chosen on the mean over seeds, a seed's validation part held a fifth of the other seeds'
+    test photos, whose figures are published."""
+    import argparse
+
+    import ship_gate
+
+    from contentiqa.data import make_split_set
+
+    clive = pd.DataFrame({"image": [f"/p/{i}.png" for i in range(200)], "mos": np.linspace(0, 100, 200)})
+    splits = {s.seed: s for s in make_split_set(clive, "ie-iqa", seeds=[0, 1, 2], progress=False)}
+    folder = tmp_path / "cand"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "csv", "root": "x", "val_fraction": 0.3}}))
+
+    class AllVal:
+        def indices(self, table, part):
+            return np.arange(len(table))
+
+    monkeypatch.setattr("contentiqa.data.load_splits", lambda path: [type("S", (AllVal,), {"seed": s})() for s in splits])
+    biq = pd.DataFrame({"image": ["/b/0.png"], "mos": [1.0]})
+    tested = frozenset(p for s in splits.values() for p in clive.iloc[s.indices(clive, "test")]["image"])
+    args = argparse.Namespace(part="val", candidate=folder)
+    for seed in splits:
+        val, _ = ship_gate.parts(args, seed, clive, splits[seed], biq, tested)
+        assert len(val) and not set(val["image"]) & tested
+        assert set(ship_gate.parts(args, seed, clive, splits[seed], biq)[0]["image"]) & tested  # what it read before
