@@ -309,3 +309,40 @@ def test_explain_prints_names_with_their_control_characters_escaped(tmp_path, ph
     assert main(["explain", str(odd), "--model", tiny_checkpoint()]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "e\\x1b[31mred_explain.png" in out
+
+
+def test_explaining_works_under_no_grad_and_inference_mode_and_keeps_each_modules_mode(model, photo):
+    """Inference code wraps calls in torch.no_grad / inference_mode: explain raised deep in
+    autograd; and a user's dropout switched off mid-training was switched back on."""
+    want = explain(model, photo).fused
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert np.allclose(explain(model, photo).fused, want, atol=1e-6), mode.__name__
+    model.train()
+    off = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in off:
+        m.eval()
+    try:
+        explain(model, photo, targets="quality")  # one target given as a word
+        assert off and all(not m.training for m in off) and model.training
+    finally:
+        model.eval()
+
+
+def test_a_content_only_model_is_scored_and_its_report_has_heatmaps(tmp_path, photo, capsys):
+    """Its rows have a category and no score: score counted them failed (exit 1), the report
+    listed them as failed, and --explain drew no heatmap."""
+    from contentiqa.models import create_model
+    from contentiqa.models.registry import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model("iqa-cr-c", pretrained=False, backbone_pretrained=False, dim=16, heads=2,
+                                        mlp_dim=32, grid=(2, 2), depth=1), tmp_path / "c.pt")
+    out = tmp_path / "r.html"
+    assert main(["score", str(photo), "--model", str(ckpt), "-o", str(out), "--explain", "--runtime", "torch"]) == 0
+    said = capsys.readouterr()
+    assert "1 of 1 input(s) scored" in said.out + said.err
+    text = out.read_text()
+    assert text.count('class="heatmap"') == 1 and "Failed inputs" not in text
+    assert main(["explain", str(photo), "--model", str(ckpt), "--target", "quality", "--out-dir", str(tmp_path)]) == 2
+    assert "predicts no quality score" in capsys.readouterr().err

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target in ("category", "both") and not model.has_content_head:
         if args.target == "category":
             raise UsageError(f"model {model.model_name} has no content head: use --target quality")
+    if args.target == "quality" and not model.predicts_score:
+        raise UsageError(f"model {model.model_name} predicts no quality score: use --target category")
     category = args.category
     if category is not None:
         if category not in model.categories:

@@ -204,13 +204,14 @@ def explain(
     device = model.device
     outputs = None
     if work is not scored and exact_score:
-        was = model.training
+        modes = {m: m.training for m in model.modules()}  # each module's, as the user left them
         model.eval()
         try:
             with torch.inference_mode():
                 outputs = {k: v.clone() for k, v in model(model.preprocess(scored)[None].to(device)).items()}
         finally:
-            model.train(was)
+            for m, training in modes.items():
+                m.training = training
         if cat_idx is None and "logits" in outputs:
             cat_idx = int(outputs["logits"][0].argmax())
         notes.append("score and category are from the image as `contentiqa score` reads it")

@@ -87,7 +87,7 @@ def combine_levels(cams: Sequence[torch.Tensor]) -> torch.Tensor:
 def compute_gradcam(
     model: nn.Module,
     x: torch.Tensor,
-    targets: Sequence[str] = TARGETS,
+    targets: Sequence[str] | str = TARGETS,
     category_index: int | None = None,
     relu: bool = True,
     record_attention: bool = True,
@@ -95,7 +95,24 @@ def compute_gradcam(
     """One forward pass of ``x`` (1 x 3 x H x W, already preprocessed) and one backward
     per target. ``targets``: 'quality' (``out["score"]``) and/or 'category' (the logit of
     ``category_index``, default the predicted category); a target the model has no output
-    for is skipped with a note. ``relu=False`` returns the signed weighted sums."""
+    for is skipped with a note. ``relu=False`` returns the signed weighted sums.
+
+    Gradients are taken whatever the caller's grad mode (inference code often runs under
+    ``torch.no_grad`` or ``torch.inference_mode``), and every module's train/eval mode is as it
+    was after (a user's dropout switched off mid-training stays off)."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            return _compute_gradcam(model, x.clone(), targets, category_index, relu, record_attention)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _compute_gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[str], category_index: int | None,
+                     relu: bool, record_attention: bool) -> GradCAMOutput:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         raise ValueError(f"unknown Grad-CAM target(s) {sorted(unknown)}; choose from {TARGETS}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from .html import caption_for_heatmaps, make_thumbnail, score_higher_is_better
+from .results import row_ok
 
 if TYPE_CHECKING:
     from ..models.base import IQAModel
@@ -23,8 +24,9 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
 
     from ..explain import explain
 
-    ok = [r for r in rows if not r.get("error") and r.get("score") is not None]
-    ok.sort(key=lambda r: r["score"], reverse=score_higher_is_better(model))
+    ok = [r for r in rows if row_ok(r)]
+    if model.predicts_score:  # the best first; a content-only model's rows (no score) in their order
+        ok.sort(key=lambda r: r["score"], reverse=score_higher_is_better(model))
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []

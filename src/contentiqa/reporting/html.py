@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
-from .results import NAME_ERRORS
+from .results import NAME_ERRORS, row_ok
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
     from ..inference.scorer import Scorer
@@ -188,10 +188,11 @@ def render_html_report(
     heatmap_caption = heatmap_caption or caption_for_heatmaps("quality", attention=True)
     lo, hi = model_info.get("score_range", (0.0, 100.0))
     hib = bool(model_info.get("higher_is_better", True))
-    ok = [r for r in rows if not r.get("error") and r.get("score") is not None]
-    bad = [r for r in rows if r.get("error") or r.get("score") is None]
-    ok_sorted = sorted(ok, key=lambda r: r["score"], reverse=hib)
-    scores = [float(r["score"]) for r in ok]
+    ok = [r for r in rows if row_ok(r)]
+    bad = [r for r in rows if not row_ok(r)]
+    # a content-only model's rows have no score: they keep their order
+    ok_sorted = sorted(ok, key=lambda r: r["score"], reverse=hib) if all(r.get("score") is not None for r in ok) else ok
+    scores = [float(r["score"]) for r in ok if r.get("score") is not None]
     meaning = model_info.get(
         "meaning",
         "Predicted mean opinion score (MOS): the quality people would rate the photo, on the "

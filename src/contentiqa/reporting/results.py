@@ -87,7 +87,8 @@ def model_record(identity: ScorerIdentity) -> dict[str, str]:
 
 
 def row_ok(row: dict[str, Any]) -> bool:
-    return not row.get("error") and row.get("score") is not None
+    """A result, not a failure: a score, or for a content-only model (IQA-CR-C) a category."""
+    return not row.get("error") and (row.get("score") is not None or bool(row.get("category")))
 
 
 def _cell(v: Any) -> str:
