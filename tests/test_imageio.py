@@ -681,3 +681,27 @@ def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_pa
                          + chunk(b"IEND", b""))
         res = load_image(path)
         assert (np.asarray(res.image) == 100).all() and not any("transparent" in n for n in res.notes), key
+
+
+def test_palette_and_low_bit_transparency_still_go_on_white_and_a_16bit_key_from_bytes_is_not_read(tmp_path):
+    """The 16-bit colour-key check dropped a 4-bit palette's transparency; a 16-bit RGB PNG opened
+    from bytes (no file to read its depth from) raised on a key past 255."""
+    pal = Image.new("P", (40, 40), 0)
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * (254 * 3))
+    pal.paste(1, (20, 0, 40, 40))
+    pal.save(tmp_path / "pal4.png", bits=4, transparency=0)
+    with Image.open(tmp_path / "pal4.png") as im:
+        assert im.mode == "P"
+    res = load_image(tmp_path / "pal4.png")
+    assert tuple(np.asarray(res.image)[0, 0]) == (255, 255, 255) and any("transparent" in n for n in res.notes)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in np.full((40, 40, 3), 25700, np.uint16))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+           + chunk(b"tRNS", struct.pack(">HHH", 1000, 1000, 1000)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    from contentiqa.data.imageio import pil_to_rgb
+
+    notes: list[str] = []
+    assert (np.asarray(pil_to_rgb(Image.open(io.BytesIO(png)), notes)) == 100).all() and not notes

@@ -633,3 +633,26 @@ def test_a_decoders_warning_names_the_file_it_is_about_every_time(tmp_path, ckpt
     for name in ("a.jpg", "b.jpg"):
         assert f"warning: {tmp_path / name}: Corrupt EXIF data" in err
     assert "fine.jpg" not in err
+
+
+def test_a_model_that_gives_nan_fails_its_rows_instead_of_scoring_them(tmp_path, capsys):
+    """Broken weights give NaN: the row was a 'clipped' score of nothing, and once a category
+    counted as a result it was reported scored (and --explain sorted None scores and crashed)."""
+    import torch
+
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    model = tiny_model(seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    ckpt = save_checkpoint(model, tmp_path / "nan.pt")
+    for i in range(2):
+        save(rgb(64, 80, seed=i), tmp_path / f"p{i}.jpg")
+    out = tmp_path / "r.html"
+    assert run("score", tmp_path / "p0.jpg", tmp_path / "p1.jpg", "--model", ckpt, "--runtime", "torch", "-o", out,
+               "--explain") == 1
+    said = capsys.readouterr()
+    assert "0 of 2 input(s) scored, 2 failed" in said.out + said.err and "NaN" in said.out + said.err
+    assert out.is_file()

@@ -1095,3 +1095,20 @@ def test_served_connections_send_without_waiting_for_acks():
 
     asyncio.run(main())
     assert seen and seen[0] != 0
+
+
+def test_a_content_only_models_rows_are_results_not_failures():
+    """/v1/score counted every row of a content-only model (a category, no score) failed and
+    raised its error metrics, where the command counts them scored."""
+    import torch
+
+    from contentiqa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-c", pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32,
+                         grid=(2, 2), depth=1).eval()
+    with client_for(model) as c:
+        r = c.post("/v1/score", files=files(("a.jpg", jpeg(1))))
+        body = r.json()
+        assert r.status_code == 200 and body["n_failed"] == 0 and body["results"][0]["category"]
+        assert 'contentiqa_images_total{outcome="scored"} 1.0' in c.get("/metrics").text

@@ -221,6 +221,10 @@ def _colour_key_mask(im: Image.Image) -> np.ndarray | None:
     if key is None or im.mode == "P" or im.mode in _ALPHA_MODES:
         return None
     arr = np.asarray(im)
+    top = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else None
+    if top is not None and any(int(v) > top for v in (key if isinstance(key, tuple) else (key,))
+                               if isinstance(v, (int, np.integer))):
+        return None  # a key no pixel of this depth can have
     if arr.ndim == 3:
         if not isinstance(key, tuple) or len(key) != arr.shape[2]:
             return None
@@ -234,14 +238,15 @@ def _colour_key_mask(im: Image.Image) -> np.ndarray | None:
 
 def _key_in_pixel_units(im: Image.Image) -> bool:
     """Whether a PNG's colour key can be compared with the decoded pixels: Pillow reads a 16-bit
-    RGB PNG as 8-bit RGB but keeps its key in 16-bit values (and a 1-, 2- or 4-bit grayscale's
-    key in the file's own), so only an 8-bit file's key (or a 16-bit grayscale one read as I;16)
-    names pixels. Images not read from a PNG file: their mode says their units."""
-    if im.format != "PNG" or not getattr(im, "filename", None):
+    RGB PNG as 8-bit RGB but keeps its key in 16-bit values. Read from a file, the header says
+    the bit depth; opened from bytes, a key past 255 does. Other images: their mode says."""
+    if im.format != "PNG" or im.mode != "RGB":
         return True
-    head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
-    depth = head[24] if len(head) == 25 else None
-    return depth == (16 if im.mode.startswith("I") else 8)
+    if getattr(im, "filename", None):
+        head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
+        return not (len(head) == 25 and head[24] == 16)
+    key = im.info.get("transparency")
+    return not (isinstance(key, tuple) and any(int(v) > 255 for v in key))
 
 
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:

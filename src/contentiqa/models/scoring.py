@@ -8,6 +8,7 @@ rows).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -235,6 +236,10 @@ def clip_to_scale(pred: Prediction, scale: "MOSScale") -> Prediction:
     """``pred`` with its score clipped to the rating scale's ends, the raw value in its notes
     (see :meth:`contentiqa.models.base.IQAModel.clip_to_scale`)."""
     if pred.score is None:
+        return pred
+    if math.isnan(pred.score):  # broken weights (a diverged training): no score, not a clipped one
+        pred.score = None
+        pred.error = "the model gave no score (NaN): its weights are broken (a training that diverged?)"
         return pred
     lo, hi = sorted((scale.low, scale.high))
     clipped = clip_score(pred.score, lo, hi)

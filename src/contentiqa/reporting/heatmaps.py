@@ -26,7 +26,8 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
 
     ok = [r for r in rows if row_ok(r)]
     if model.predicts_score:  # the best first; a content-only model's rows (no score) in their order
-        ok.sort(key=lambda r: r["score"], reverse=score_higher_is_better(model))
+        ok = sorted((r for r in ok if r.get("score") is not None), key=lambda r: r["score"],
+                    reverse=score_higher_is_better(model))
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []

@@ -190,8 +190,9 @@ def render_html_report(
     hib = bool(model_info.get("higher_is_better", True))
     ok = [r for r in rows if row_ok(r)]
     bad = [r for r in rows if not row_ok(r)]
-    # a content-only model's rows have no score: they keep their order
-    ok_sorted = sorted(ok, key=lambda r: r["score"], reverse=hib) if all(r.get("score") is not None for r in ok) else ok
+    # a content-only model's rows have no score: they keep their order, after any scored ones
+    ok_sorted = sorted((r for r in ok if r.get("score") is not None), key=lambda r: r["score"], reverse=hib) \
+        + [r for r in ok if r.get("score") is None]
     scores = [float(r["score"]) for r in ok if r.get("score") is not None]
     meaning = model_info.get(
         "meaning",
@@ -298,7 +299,7 @@ def write_html_report(
     if fill_missing_thumbnails:
         for r in rows:
             p = str(r.get("path"))
-            if not r.get("error") and r.get("score") is not None and p not in thumbs:
+            if row_ok(r) and p not in thumbs:
                 t = thumbnail_from_file(p, thumbnail_size)
                 if t is not None:
                     thumbs[p] = t

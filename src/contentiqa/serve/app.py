@@ -44,6 +44,7 @@ from starlette.requests import ClientDisconnect
 from ..data.imageio import BOMB_HINT
 from ..inference.scorer import Scorer
 from ..models.scoring import Prediction, load_image_safely
+from ..reporting.results import row_ok
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
 
@@ -654,7 +655,7 @@ def create_app(
         assert svc.identity is not None
         scale = svc.identity["score_range"]
         rows = [image_row(p, i, name, scale) for i, ((name, _), p) in enumerate(zip(uploads, preds))]
-        n_failed = sum(1 for r in rows if r["error"] or r["score"] is None)
+        n_failed = sum(1 for r in rows if not row_ok(r))
         svc.metrics.images.labels("scored").inc(len(rows) - n_failed)
         if n_failed:
             svc.metrics.images.labels("error").inc(n_failed)
