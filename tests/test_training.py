@@ -584,3 +584,31 @@ def test_uncertainty_weighting_with_no_task_on_still_backpropagates():
     total, _ = loss(out, torch.tensor([0.3, 0.5]), torch.tensor([-1, -1]))
     total.backward()
     assert total.item() == 0
+
+
+def test_training_reads_photos_as_scoring_does_and_ie_iqa_honours_hflip(tmp_path):
+    """A native-resolution model trained on photos over max_side at full size while validation and
+    scoring shrink them; IE-IQA's own transform flipped whatever hflip said."""
+    from PIL import Image
+
+    from contentiqa.training.data import TrainImages
+
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 300, 3), dtype=np.uint8)).save(wide)
+    model = create_model("iqa-cr", pretrained=False, **TINY)
+    model.max_side = 150
+    ds = TrainImages([str(wide)], [0.5], [0], model.preprocess, None, False, train=True, max_side=model.max_side)
+    assert tuple(ds[0][0].shape[-2:]) == (32, 150) and ds.shapes() == [(32, 150)]
+    assert tuple(model.cache_views(Image.open(wide).convert("RGB"))[0].shape[-2:]) == (32, 150)
+    assert "150" in model.cache_view_names()  # the cache key knows the bound
+    ie = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, intelligibility_task=None, input_size=32,
+                      train_resize=40, hidden=(8, 4))
+    half = np.zeros((40, 40, 3), np.uint8)
+    half[:, 20:] = 255
+    Image.fromarray(half).save(tmp_path / "half.png")
+    ds = TrainImages([str(tmp_path / "half.png")], [0.5], [0], ie.preprocess, None, False, train=True,
+                     transform=ie.train_transform)
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        x = ds[0][0]
+        assert x[:, :, :4].mean() < x[:, :, -4:].mean(), epoch  # dark left, bright right: never mirrored

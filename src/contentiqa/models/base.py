@@ -18,7 +18,7 @@ from torch import nn
 from ..data.categories import IQA_CR_CATEGORIES  # noqa: F401  (re-exported: models name it here too)
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..data.table import MOSScale
-from .scoring import DEFAULT_MAX_SIDE, OnScale, Prediction, clip_to_scale, predictions_from_outputs
+from .scoring import DEFAULT_MAX_SIDE, OnScale, Prediction, clip_to_scale, limit_side, predictions_from_outputs
 
 
 
@@ -262,11 +262,14 @@ class IQAModel(OnScale, nn.Module):
 
     def cache_view_names(self) -> str:
         """What :meth:`cache_views` returns, in words (part of the cache key)."""
-        return "image, mirror"
+        return f"image (longest side at most {self.max_side}), mirror" if self.native_resolution else "image, mirror"
 
     def cache_views(self, image: Image.Image) -> list[torch.Tensor]:
         """The views of ``image`` whose encodings are cached: the image as :meth:`preprocess`
-        gives it (what evaluation scores) and its mirror (a flip for training)."""
+        gives it as scoring reads it (a native-resolution model's longest side bounded by
+        ``max_side``) and its mirror (a flip for training)."""
+        if self.native_resolution:
+            image = limit_side(image, self.max_side, [])
         x = self.preprocess(image)
         return [x, x.flip(-1)]
 

@@ -67,16 +67,18 @@ def resize_crop_flip(
     train: bool,
     mean: Sequence[float],
     std: Sequence[float],
+    flip: bool = True,
 ) -> torch.Tensor:
     """Test: resize to ``size`` x ``size``. Train: resize to ``resize`` x ``resize``, random
-    ``size`` crop, random horizontal flip (torch's RNG, so ``torch.manual_seed`` repeats it)."""
+    ``size`` crop, random horizontal flip unless ``flip`` is False (torch's RNG, so
+    ``torch.manual_seed`` repeats it; drawn either way, so the crops do not depend on it)."""
     if not train:
         return resized_input(image, size, mean, std)
     img = image.resize((resize, resize), Image.BILINEAR)
     top = int(torch.randint(0, resize - size + 1, (1,)))
     left = int(torch.randint(0, resize - size + 1, (1,)))
     img = img.crop((left, top, left + size, top + size))
-    if float(torch.rand(())) < 0.5:
+    if float(torch.rand(())) < 0.5 and flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return pil_to_tensor(img, mean, std)
 
@@ -336,10 +338,10 @@ class IEIQA(IQAModel):
         shipped weights' 384), one pass."""
         return resize_crop_flip(image, self.cfg.input_size, self.cfg.input_size, False, self.mean, self.std)
 
-    def train_transform(self, image: Image.Image) -> torch.Tensor:
+    def train_transform(self, image: Image.Image, flip: bool = True) -> torch.Tensor:
         """Training augmentation (§4.2): resize to ``train_resize`` square, random
-        ``input_size`` crop, random flip (the paper's 244 / 224 px)."""
-        return resize_crop_flip(image, self.cfg.input_size, self.cfg.train_resize, True, self.mean, self.std)
+        ``input_size`` crop, random flip unless ``flip`` is False (the paper's 244 / 224 px)."""
+        return resize_crop_flip(image, self.cfg.input_size, self.cfg.train_resize, True, self.mean, self.std, flip)
 
     # -- cached training (contentiqa.training.cache) --------------------------------------------
     def cache_parts(self, start_stage: int) -> list[CachePart]:

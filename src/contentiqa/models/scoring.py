@@ -148,14 +148,22 @@ def _array_image(a: np.ndarray, max_pixels: int | None) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels_to_uint8(a)), "RGBA" if a.shape[2] == 4 else "RGB")
 
 
+def limited_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
+    """``(w, h)`` of an image once :func:`limit_side` has bounded its longest side (training
+    groups photos by it from their headers alone)."""
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    f = max_side / max(w, h)
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
 def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Image.Image:
     """``image`` downscaled (aspect kept, Lanczos) so its longest side is at most ``max_side``,
     saying so in ``notes``: what bounds a native-resolution model's memory."""
     w, h = image.size
-    if max_side is None or max(w, h) <= max_side:
+    size = limited_size(w, h, max_side)
+    if size == (w, h):
         return image
-    f = max_side / max(w, h)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
     notes.append(f"downscaled from {w}x{h} to {size[0]}x{size[1]} (longest side limited to {max_side} px to bound memory)")
     return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
 

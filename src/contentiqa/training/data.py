@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..data.imageio import decodable_formats, load_image
+from ..models.scoring import limit_side, limited_size
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -168,8 +169,10 @@ class TrainImages(Dataset):
     """
 
     def __init__(self, paths: Sequence[str], targets: Sequence[float], categories: Sequence[int], preprocess,
-                 crop: int | None, hflip: bool, seed: int = 0, train: bool = True, transform=None):
+                 crop: int | None, hflip: bool, seed: int = 0, train: bool = True, transform=None,
+                 max_side: int | None = None):
         self.paths = list(paths)
+        self.max_side = max_side  # a native-resolution model's: photos as scoring reads them
         self.targets = np.asarray(targets, dtype=np.float32)
         self.categories = np.asarray(categories, dtype=np.int64)
         self.preprocess = preprocess
@@ -188,7 +191,7 @@ class TrainImages(Dataset):
             return [(0, 0)] * len(self.paths)  # fixed-size transform: one group
         out = []
         for p in self.paths:
-            w, h = image_size(p)
+            w, h = limited_size(*image_size(p), self.max_side)
             out.append(effective_shape(h, w, self.crop))
         return out
 
@@ -197,13 +200,13 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int):
         rng = item_rng(self.seed, self.epoch, i)
-        img = load_image(self.paths[i]).image
+        img = limit_side(load_image(self.paths[i]).image, self.max_side, [])
         if self.transform is not None:
             torch_seed = int(rng.integers(0, 2**31 - 1))
             state = torch.random.get_rng_state()
             torch.manual_seed(torch_seed)
             try:
-                x = self.transform(img)
+                x = self.transform(img, flip=self.hflip)
             finally:
                 torch.random.set_rng_state(state)
         else:

@@ -391,7 +391,8 @@ class Trainer:
         else:
             transform = model.train_transform if not model.native_resolution else None
             self.train_ds = TrainImages(self.train_table["image"], t_tr, c_tr, model.preprocess, cfg.crop, cfg.hflip,
-                                        seed=cfg.seed, train=True, transform=transform)
+                                        seed=cfg.seed, train=True, transform=transform,
+                                        max_side=model.max_side if model.native_resolution else None)
             self.val_feats = None
         shapes = self.train_ds.shapes()
         groups, draws = None, None
