@@ -612,3 +612,20 @@ def test_training_reads_photos_as_scoring_does_and_ie_iqa_honours_hflip(tmp_path
         ds.set_epoch(epoch)
         x = ds[0][0]
         assert x[:, :, :4].mean() < x[:, :, -4:].mean(), epoch  # dark left, bright right: never mirrored
+
+
+def test_evaluating_a_content_only_model_needs_labels_and_a_broken_head_fails_its_rows(tiny_table, tmp_path):
+    """Without labels to meet it measured nothing and said so by silence (exit 0); with NaN
+    weights every photo became the first category, and an accuracy was reported."""
+    from contentiqa.training.evaluate import NotMeasurable, evaluate_model
+
+    model = create_model("iqa-cr-c", pretrained=False, **TINY).eval()
+    with pytest.raises(NotMeasurable, match="predicts categories only, and the data have no 'category' column"):
+        evaluate_model(model, tiny_table.drop(columns=["category"], errors="ignore"), workers=0)
+    labelled = tiny_table.assign(category="animal")
+    assert "accuracy" in evaluate_model(model, labelled, workers=0)[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(NotMeasurable, match="no image could be scored.*no category \\(NaN\\)"):
+        evaluate_model(model, labelled, workers=0)

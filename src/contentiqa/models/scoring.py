@@ -231,7 +231,10 @@ def predictions_from_outputs(
     preds = []
     for i, path in enumerate(paths):
         p = Prediction(path=path, score=float(scores[i]) if scores is not None else None, notes=list(notes[i]))
-        if probabilities is not None and categories:
+        if probabilities is not None and categories and not np.isfinite(probabilities[i]).all():
+            # argmax of NaNs is the first category: a broken head would look like a labeller
+            p.error = "the model gave no category (NaN): its weights are broken (a training that diverged?)"
+        elif probabilities is not None and categories:
             j = int(probabilities[i].argmax())
             p.category = categories[j]
             p.category_confidence = float(probabilities[i, j])

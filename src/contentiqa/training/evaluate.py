@@ -131,5 +131,9 @@ def evaluate_model(
         failed = int((~ok).sum())
         said = f" ({failed} of {len(rows)} image(s) could not be scored)" if failed else ""
         raise NotMeasurable(f"{exc}{said}", rows) from None
+    if not {k for k in metrics if k not in ("n", "n_labelled")}:  # a content-only model without labels to meet
+        why = ("the data have no 'category' column" if "category" not in table else
+               "none of the data's categories is one of the model's: " + ", ".join(model.categories))
+        raise NotMeasurable(f"{model.model_name} predicts categories only, and {why}", rows)
     metrics["n_failed"] = float((~ok).sum())
     return metrics, rows
