@@ -629,3 +629,15 @@ def test_evaluating_a_content_only_model_needs_labels_and_a_broken_head_fails_it
             p.fill_(float("nan"))
     with pytest.raises(NotMeasurable, match="no image could be scored.*no category \\(NaN\\)"):
         evaluate_model(model, labelled, workers=0)
+
+
+def test_evaluate_measures_a_content_only_model_on_a_placeholder_mos(tiny_table, tmp_path, capsys):
+    """Its data were refused for a constant MOS, which it does not read."""
+    from contentiqa.cli.main import main
+    from contentiqa.models.registry import save_checkpoint
+
+    ckpt = save_checkpoint(create_model("iqa-cr-c", pretrained=False, **TINY), tmp_path / "c.pt")
+    csv = tmp_path / "labels.csv"
+    tiny_table.assign(mos=50.0, category="animal").to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
+    assert "top-1 acc" in capsys.readouterr().out

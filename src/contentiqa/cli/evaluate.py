@@ -59,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
         part = f"--part {args.part} of {args.split}" if args.split else f"the rows whose 'split' is {args.part!r}"
     if part is not None and len(table) == 0:
         raise UsageError(f"--data {args.data}: {part} hold no images")
-    check_rated(table, args.data, "evaluate" + (f" ({part})" if part else ""))
     try:
         model = create_model(args.model, pretrained=True, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if model.predicts_score:  # a content-only model is measured by labels: its MOS may be a placeholder
+        check_rated(table, args.data, "evaluate" + (f" ({part})" if part else ""))
     from ..training.evaluate import NotMeasurable
 
     if args.batch_size < 1:
