@@ -99,26 +99,6 @@ SAVE_EVERY = 64
 fed back in labels the rest (rows with a category are kept)."""
 
 
-def _as_given(rows):
-    """Rows not reached by an interrupted run, their label columns as the table gave them (kept
-    categories normalised as the labellers keep them; none: left empty, labelled on the next run)."""
-    import numpy as np
-    import pandas as pd
-
-    from ..data.content_labels import kept_source, normalize_category
-
-    n = len(rows)
-    given = rows["category"] if "category" in rows else pd.Series([None] * n, index=rows.index)
-    cats = [normalize_category(v) for v in given]
-    conf = (pd.to_numeric(rows["category_confidence"], errors="coerce").to_numpy(dtype=float)
-            if "category_confidence" in rows else np.full(n, np.nan))
-    src = rows["category_source"] if "category_source" in rows else pd.Series([None] * n, index=rows.index)
-    return pd.DataFrame({"category": pd.array(cats, dtype="string"),
-                         "category_confidence": [c if cat is not None else np.nan for c, cat in zip(conf, cats)],
-                         "category_source": pd.array([kept_source(s) if c is not None else pd.NA for c, s in zip(cats, src)],
-                                                     dtype="string")}, index=rows.index)
-
-
 def _relative(path: str, folder: Path) -> str:
     try:
         return Path(os.path.relpath(path, folder)).as_posix()
@@ -129,7 +109,7 @@ def _relative(path: str, folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, label_table
+    from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
     from ..data.categories import IQA_CR_CATEGORIES
     from ..utils.io import atomic_write_text
 
@@ -184,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
     def write(parts: list) -> "pd.DataFrame":
         done = sum(len(p) for p in parts)
-        labeled = pd.concat([*parts, _as_given(work.iloc[done:])]) if parts else _as_given(work)
+        # rows not reached (a stop): as the table gave them, the unlabelled ones left for the next run
+        labeled = pd.concat([*parts, given_labels(work.iloc[done:])])
         labeled = _with_empty_rows(labeled if len(work) else None, table.index, empty, src)
         result = table.copy()
         result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]

@@ -303,6 +303,22 @@ def label_images(
     return out
 
 
+def given_labels(table: pd.DataFrame, overwrite: bool = False) -> pd.DataFrame:
+    """The label columns ``table`` gives, as :func:`label_table` keeps them: ``category``
+    normalised to IQA-CR names, its ``category_confidence`` and ``category_source`` (``given``
+    when it has none); NA where a row has no category (every row with ``overwrite``): the rows
+    still to label."""
+    none = pd.Series([None] * len(table), index=table.index)
+    cats = [None if overwrite else normalize_category(v) for v in table.get("category", none)]
+    conf = pd.to_numeric(table.get("category_confidence", none), errors="coerce").to_numpy(dtype=float)
+    return pd.DataFrame({
+        "category": pd.array(cats, dtype="string"),
+        "category_confidence": [c if cat is not None else np.nan for c, cat in zip(conf, cats)],
+        "category_source": pd.array([kept_source(s) if cat is not None else pd.NA
+                                     for s, cat in zip(table.get("category_source", none), cats)], dtype="string"),
+    }, index=table.index)
+
+
 def label_table(
     table: pd.DataFrame,
     model: nn.Module | None = None,
@@ -325,26 +341,12 @@ def label_table(
     if image_column not in table.columns:
         raise ValueError(f"table has no {image_column!r} column; columns are {list(table.columns)}")
     out = table.copy()
-    n = len(out)
-    given_cat = out["category"] if "category" in out else pd.Series([None] * n, index=out.index)
-    given_conf = out["category_confidence"] if "category_confidence" in out else pd.Series([None] * n, index=out.index)
-    given_src = out["category_source"] if "category_source" in out else pd.Series([None] * n, index=out.index)
-
-    categories: list = [pd.NA] * n
-    confidences: list[float] = [np.nan] * n
-    sources: list = [pd.NA] * n
-    todo: list[int] = []
-    unknown: set[str] = set()
-    for i in range(n):
-        cat = None if overwrite else normalize_category(given_cat.iloc[i])
-        if cat is None:
-            todo.append(i)
-            continue
-        if cat not in IQA_CR_CATEGORIES:
-            unknown.add(cat)
-        categories[i] = cat
-        confidences[i] = pd.to_numeric(pd.Series([given_conf.iloc[i]]), errors="coerce").iloc[0]
-        sources[i] = kept_source(given_src.iloc[i])
+    kept = given_labels(out, overwrite)
+    categories: list = list(kept["category"])
+    confidences: list[float] = list(kept["category_confidence"])
+    sources: list = list(kept["category_source"])
+    todo = [int(i) for i in np.flatnonzero(kept["category"].isna().to_numpy())]
+    unknown = set(kept["category"].dropna()) - set(IQA_CR_CATEGORIES)
     if unknown:
         warnings.warn(f"kept categories that are not IQA-CR categories: {sorted(unknown)}", stacklevel=2)
 
@@ -377,6 +379,7 @@ __all__ = [
     "SPAQ_TO_IQA_CR",
     "category_probabilities",
     "default_classifier",
+    "given_labels",
     "imagenet_to_category_table",
     "label_images",
     "label_table",
