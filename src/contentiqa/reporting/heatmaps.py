@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from .html import caption_for_heatmaps, make_thumbnail, score_higher_is_better
-from .results import row_ok
+from .results import row_ok, sort_rows
 
 if TYPE_CHECKING:
     from ..models.base import IQAModel
@@ -26,8 +26,7 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
 
     ok = [r for r in rows if row_ok(r)]
     if model.predicts_score:  # the best first; a content-only model's rows (no score) in their order
-        ok = sorted((r for r in ok if r.get("score") is not None), key=lambda r: r["score"],
-                    reverse=score_higher_is_better(model))
+        ok = sort_rows(ok, "-score" if score_higher_is_better(model) else "score")
     chosen = ok if limit == 0 else ok[:limit]
     maps: dict[str, bytes] = {}
     problems: list[str] = []

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
-from .results import NAME_ERRORS, row_ok
+from .results import NAME_ERRORS, row_ok, sort_rows
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
     from ..inference.scorer import Scorer
@@ -190,9 +190,7 @@ def render_html_report(
     hib = bool(model_info.get("higher_is_better", True))
     ok = [r for r in rows if row_ok(r)]
     bad = [r for r in rows if not row_ok(r)]
-    # a content-only model's rows have no score: they keep their order, after any scored ones
-    ok_sorted = sorted((r for r in ok if r.get("score") is not None), key=lambda r: r["score"], reverse=hib) \
-        + [r for r in ok if r.get("score") is None]
+    ok_sorted = sort_rows(ok, "-score" if hib else "score")  # a content-only model's rows (no score) last
     scores = [float(r["score"]) for r in ok if r.get("score") is not None]
     meaning = model_info.get(
         "meaning",
