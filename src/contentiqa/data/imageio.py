@@ -239,14 +239,12 @@ def _colour_key_mask(im: Image.Image) -> np.ndarray | None:
 def _key_in_pixel_units(im: Image.Image) -> bool:
     """Whether a PNG's colour key can be compared with the decoded pixels: Pillow reads a 16-bit
     RGB PNG as 8-bit RGB but keeps its key in 16-bit values. Read from a file, the header says
-    the bit depth; opened from bytes, a key past 255 does. Other images: their mode says."""
-    if im.format != "PNG" or im.mode != "RGB":
+    the bit depth (opened from bytes, a key past 255 names no 8-bit pixel: :func:`_colour_key_mask`
+    leaves it). Other images: their mode says."""
+    if im.format != "PNG" or im.mode != "RGB" or not getattr(im, "filename", None):
         return True
-    if getattr(im, "filename", None):
-        head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
-        return not (len(head) == 25 and head[24] == 16)
-    key = im.info.get("transparency")
-    return not (isinstance(key, tuple) and any(int(v) > 255 for v in key))
+    head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
+    return not (len(head) == 25 and head[24] == 16)
 
 
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
