@@ -39,7 +39,7 @@ from PIL import Image
 from ..models.base import IQAModel
 from ..models.scoring import as_model_reads, clip_score, to_pil
 from .attention import normalize_map, upsample
-from .gradcam import TARGETS, compute_gradcam
+from .gradcam import TARGETS, compute_gradcam, modes_kept
 
 DEFAULT_EXPLAIN_MAX_PIXELS = 4_000_000
 MAP_NAMES = ("fused", "quality", "category", "attention", "fused_category")
@@ -204,14 +204,9 @@ def explain(
     device = model.device
     outputs = None
     if work is not scored and exact_score:
-        modes = {m: m.training for m in model.modules()}  # each module's, as the user left them
-        model.eval()
-        try:
-            with torch.inference_mode():
-                outputs = {k: v.clone() for k, v in model(model.preprocess(scored)[None].to(device)).items()}
-        finally:
-            for m, training in modes.items():
-                m.training = training
+        with modes_kept(model), torch.inference_mode():
+            model.eval()
+            outputs = {k: v.clone() for k, v in model(model.preprocess(scored)[None].to(device)).items()}
         if cat_idx is None and "logits" in outputs:
             cat_idx = int(outputs["logits"][0].argmax())
         notes.append("score and category are from the image as `contentiqa score` reads it")

@@ -27,8 +27,9 @@ before the first level are never stored, and explaining a photo costs about what
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -102,10 +103,17 @@ def compute_gradcam(
     was after (a user's dropout switched off mid-training stays off)."""
     if isinstance(targets, str):
         targets = (targets,)
+    with modes_kept(model), torch.inference_mode(False), torch.enable_grad():
+        return _compute_gradcam(model, x.clone(), targets, category_index, relu, record_attention)
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's train/eval mode afterwards as it was before (``model.train(was)`` would
+    set them all alike: a user's dropout switched off mid-training would be back on)."""
     modes = {m: m.training for m in model.modules()}
     try:
-        with torch.inference_mode(False), torch.enable_grad():
-            return _compute_gradcam(model, x.clone(), targets, category_index, relu, record_attention)
+        yield
     finally:
         for m, training in modes.items():
             m.training = training
@@ -132,8 +140,7 @@ def _compute_gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[str], 
 
         return hook
 
-    was_training = model.training
-    model.eval()
+    model.eval()  # the caller (compute_gradcam) puts every module's mode back
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     grad_mode = torch.is_grad_enabled()
     try:
@@ -145,7 +152,6 @@ def _compute_gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[str], 
         torch.set_grad_enabled(grad_mode)
         for h in handles:
             h.remove()
-        model.train(was_training)
     missing = [i for i in range(len(modules)) if i not in captured]
     if missing:
         raise RuntimeError(f"gradcam_modules() {missing} of this model were not called in its forward pass")
