@@ -31,8 +31,8 @@ not taken as the default branch (``scheduler: constant`` ran cosine) or met hour
 POSITIVE = ("rank_sigma",)
 """Options above 0: a zero spread divides by zero, a negative one ranks backwards."""
 NOT_NEGATIVE = ("lr", "backbone_lr_scale", "weight_decay", "momentum", "warmup_epochs", "patience", "score_weight",
-                "smooth_l1_beta", "focal_gamma", "category_weight", "rank_weight", "cache_stages", "num_workers",
-                "head_only_epochs")
+                "smooth_l1_beta", "focal_gamma", "category_weight", "rank_weight", "damage_weight", "damage_photos",
+                "anchor_weight", "anchor_photos", "cache_stages", "num_workers", "head_only_epochs")
 """Options of 0 or more: a negative loss weight reverses its objective, a negative patience
 stopped after one epoch, a negative beta is a traceback mid-epoch."""
 
@@ -221,12 +221,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"training option {name} must be a whole number of at least 1, not {value!r}")
         # A damage or anchor term is on with its weight and its photos: a weight alone trained
-        # without the term, and said nothing; a negative weight would reverse the ranking.
+        # without the term, and said nothing (a negative one is refused above: it would reverse the ranking).
         for weight, photos, per_step in (("damage_weight", "damage_photos", "damage_groups"),
                                          ("anchor_weight", "anchor_photos", "anchors_per_batch")):
             w, n, k = getattr(self, weight), getattr(self, photos), getattr(self, per_step)
-            if w < 0 or n < 0:
-                raise ValueError(f"training options {weight} and {photos} are 0 or more, not {w!r} / {n!r}")
             if w > 0 and n < 1:
                 raise ValueError(f"training option {weight} {w:g} needs {photos} (how many training photos it uses): "
                                  f"set {photos} to 1 or more, or {weight} to 0")
