@@ -443,6 +443,64 @@ def test_non_utf8_file_names_are_written_and_resumed_in_every_format(tmp_path, c
     assert (b"x\xff.png") in (tmp_path / "r.csv").read_bytes()  # the name's own bytes
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "html"])
+def test_names_that_hold_line_breaks_are_written_and_resumed_as_one_row(tmp_path, ckpt, fmt):
+    """A carriage return went unquoted into the CSV (two rows, the photo scored again on every
+    --resume); U+0085/U+2028/U+2029 broke a JSON Lines record in two (the file could not be resumed)."""
+    d = tmp_path / "imgs"
+    names = ["a\rb.png", "c\r\nd.png", "e\nf.png", "g\u0085h.png", "i\u2028j.png", "k\u2029l.png", "plain.png"]
+    for i, name in enumerate(names):
+        save(rgb(64, 64, i), d / name)
+    out = tmp_path / f"r.{fmt}"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    assert sorted(Path(r["path"]).name for r in read_results(out)) == sorted(names)
+    before = out.read_bytes()
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 0
+    assert sorted(Path(r["path"]).name for r in read_results(out)) == sorted(names)
+    if fmt == "csv":  # nothing scored again, and any CSV reader gets the names back
+        assert out.read_bytes() == before
+        assert sorted(Path(r["path"]).name for r in read_csv(out)) == sorted(names)
+
+
+def test_an_empty_path_argument_is_a_usage_error(tmp_path, ckpt, capsys):
+    """`score "$PHOTOS"` with the variable unset: a row without a path made the output unresumable."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    out = tmp_path / "r.csv"
+    assert run("score", "", d, "--model", ckpt, "-o", out, "-q") == 2
+    assert "empty PATH argument" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("fmt,text", [("json", '[{"path": "imgs/img0.jpg", "score": [3.5]}]\n'),
+                                      ("csv", "path,score\nimgs/img0.jpg,n/a\n")])
+def test_resume_names_the_row_a_hand_edit_broke(tmp_path, ckpt, capsys, fmt, text):
+    """A list as a score raised a traceback (exit 1, "some photos failed"); a CSV cell "n/a" gave an
+    error naming neither the file nor the row."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    out = tmp_path / f"r.{fmt}"
+    out.write_text(text)
+    assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume") == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "row 1 ('imgs/img0.jpg')" in err and "Traceback" not in err
+    assert out.read_text() == text
+
+
+@pytest.mark.parametrize("order", ["best", "path"])
+def test_content_only_rows_sort_before_failed_inputs(tmp_path, monkeypatch, capsys, order):
+    """A content-only model's rows have no score: --sort put failed inputs among them."""
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    d = ok_folder(tmp_path / "imgs", n=2)
+    (d / "a_broken.jpg").write_bytes(b"not a photo")
+    save(rgb(64, 64, 9), d / "z.png")
+    out = tmp_path / "r.csv"
+    assert run("score", d, "--model", tiny_checkpoint("iqa-cr-c"), "-o", out, "--sort", order) == 1
+    names = [Path(r["path"]).name for r in read_csv(out)]
+    assert names == ["img0.jpg", "img1.jpg", "z.png", "a_broken.jpg"], names
+    summary = capsys.readouterr().out
+    assert "3 of 4 input(s) scored" in summary and "content categories only" in summary and "scores on" not in summary
+
+
 def test_names_that_hold_terminal_controls_are_printed_escaped_and_written_as_they_are(tmp_path, ckpt, capsys):
     d = tmp_path / "imgs"
     names = {"esc\x1b[2J.jpg": "esc\\x1b[2J.jpg", "rtl\u202egpj.exe.jpg": "rtl\\u202egpj.exe.jpg"}

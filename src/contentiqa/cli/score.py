@@ -131,6 +131,8 @@ def _validate(args: argparse.Namespace) -> tuple[str | None, tuple[int, int] | N
 
     if not args.paths:
         raise UsageError("no PATHs given: name image files, folders or glob patterns to score")
+    if "" in args.paths:  # what `score "$PHOTOS"` passes when the variable is unset: no file's name
+        raise UsageError("an empty PATH argument (an unset shell variable?): name image files, folders or patterns")
     for ok, msg in [
         (args.batch_size is None or args.batch_size >= 1, "--batch-size must be at least 1"),
         (args.workers is None or args.workers >= 0, "--workers must be 0 or more"),
@@ -443,7 +445,8 @@ class _Scoring:
                 heatmap_model(self.scorer, self.kwargs), self.current_rows(), limit,
                 self.args.thumbnail_size, EXPLAIN_REPORT_MAX_PIXELS, progress=not self.args.quiet, locate=self._row_key)
             self.heat_notes = [
-                f"heatmaps: {self.heat_caption}, for the {len(self.heatmaps)} best-scored image(s)"
+                f"heatmaps: {self.heat_caption}, for the {len(self.heatmaps)} "
+                f"{'best-scored' if self.scorer.predicts_score else 'first'} image(s)"
                 f"{'' if limit == 0 else f' (limit {limit})'}; images over "
                 f"{EXPLAIN_REPORT_MAX_PIXELS / 1e6:g} MP are explained on a downscaled copy",
                 *problems,
@@ -515,7 +518,8 @@ class _Scoring:
                 f"\n{len(mine) - len(failed)} of {len(mine)} input(s) scored, {len(failed)} failed"
                 + (f" ({resumed} already in {self.output}, skipped)" if resumed else "")
                 + f"; model {self.info['name']}" + (f" ({self.info['checkpoint']})" if self.info.get("checkpoint") else "")
-                + f"; scores on [{lo:g}, {hi:g}], {direction} is better"
+                + (f"; scores on [{lo:g}, {hi:g}], {direction} is better" if self.scorer.predicts_score
+                   else "; content categories only (this model gives no score)")
             )
             if self.output is not None and saved:
                 print(f"wrote {self.output}")

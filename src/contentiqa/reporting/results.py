@@ -115,9 +115,13 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     fields += tuple(dict.fromkeys(k for r in rows for k in r if isinstance(k, str) and k not in fields))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    # A carriage return in a file name is no line end to the writer (its terminator is "\n"), so
+    # it would go unquoted and read back as two rows: such a row is written fully quoted.
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(fields)
     for r in rows:
-        w.writerow([_csv_path(_cell(r.get(k))) if k == "path" else _cell(r.get(k)) for k in fields])
+        cells = [_csv_path(_cell(r.get(k))) if k == "path" else _cell(r.get(k)) for k in fields]
+        (quoted if any("\r" in c for c in cells) else w).writerow(cells)
     return buf.getvalue()
 
 
@@ -150,8 +154,9 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read the rows of a results file written by :func:`write_results` or an HTML report
     (whose rows are embedded as JSON). Raises ValueError for a file it cannot parse."""
     fmt = output_format(path)
-    # utf-8-sig: a table a spreadsheet saved again starts with a byte-order mark
-    text = Path(path).read_text(encoding="utf-8-sig", errors="surrogateescape")
+    # utf-8-sig: a table a spreadsheet saved again starts with a byte-order mark. Decoded as
+    # bytes, not read as text: universal newlines would turn a "\r" inside a file name into "\n".
+    text = Path(path).read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
         if fmt == "csv":
             reader = csv.DictReader(io.StringIO(text))
@@ -164,7 +169,9 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ValueError("not a JSON list")
         elif fmt == "jsonl":
             rows = []
-            lines = text.splitlines()
+            # "\n" ends a JSON Lines record; splitlines() would also break a file name at the
+            # U+0085, U+2028 or U+2029 that json.dumps(ensure_ascii=False) leaves as they are.
+            lines = text.split("\n")
             for k, line in enumerate(lines):
                 if not line.strip():
                     continue
@@ -178,26 +185,32 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             from .html import read_html_rows
 
             rows = read_html_rows(text)
+        out = []
         for k, r in enumerate(rows, 1):
             if not (isinstance(r, dict) and r.get("path")):
                 # not a results file (another tool's table): refused, never overwritten
                 raise ValueError(f"row {k} is not a result (no 'path')")
+            try:
+                out.append(normalize_row({key: v for key, v in r.items() if isinstance(key, str)}))
+            except (TypeError, ValueError) as exc:  # a cell edited by hand: "n/a", a list
+                raise ValueError(f"row {k} ({r.get('path')!r}): {exc}") from None
     except (ValueError, KeyError, csv.Error) as exc:
         raise ValueError(f"cannot read results from {path}: {exc}") from None
-    return [normalize_row({k: v for k, v in r.items() if isinstance(k, str)}) for r in rows]
+    return out
 
 
 def sort_rows(rows: Sequence[dict[str, Any]], order: str | None) -> list[dict[str, Any]]:
     """``order``: None (as is), 'score' (ascending), '-score' (descending) or 'path'.
-    Failed rows (no score) always come last."""
+    Failed rows (:func:`row_ok` false) always come last; a content-only model's rows, which
+    have no score, are ordered by path."""
     rows = list(rows)
     if not order:
         return rows
     if order not in ("score", "-score", "path"):
         raise ValueError(f"unknown sort order {order!r}")
-    ok = [r for r in rows if r.get("score") is not None]
-    bad = sorted((r for r in rows if r.get("score") is None), key=lambda r: r["path"])
-    if order == "path":
+    ok = [r for r in rows if row_ok(r)]
+    bad = sorted((r for r in rows if not row_ok(r)), key=lambda r: r["path"])
+    if order == "path" or any(r.get("score") is None for r in ok):
         return sorted(ok, key=lambda r: r["path"]) + bad
     ok.sort(key=lambda r: r["score"], reverse=order == "-score")
     return ok + bad
