@@ -415,6 +415,9 @@ def test_csv_errors(tmp_path):
     ("\ufeff# mos_range: 0 10", (0.0, 10.0)),  # a spreadsheet's byte-order mark before the comment
     ("# mos_range: 0 9,", (0.0, 9.0)), ("# mos_range: 1, 5;;", (1.0, 5.0)),  # and the empty cells it saves after it
     ("# mos_range: 3 3", "is empty"), ("# mos_range: 0 .. 10", "cannot read the rating scale"),
+    # other spellings of the name were passed over without a word, the scale then guessed (1-5)
+    ("# MOS_RANGE: 0 10", (0.0, 10.0)), ("# mos range: 0 10", (0.0, 10.0)), ("# Mos-Range: 0 10", (0.0, 10.0)),
+    ("# MOS range 0 .. 10", "cannot read the rating scale"),
 ])
 def test_csv_declared_range_forms_and_errors(tmp_path, first, scale):
     write_image(tmp_path / "a.png")
@@ -426,6 +429,20 @@ def test_csv_declared_range_forms_and_errors(tmp_path, first, scale):
             load_dataset("csv", csv)
     else:
         assert load_dataset("csv", csv).scale == MOSScale(*scale)
+
+
+def test_csv_columns_are_read_in_any_case(tmp_path):
+    """A 'Split' column was kept as an extra one: its official test rows went to training."""
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    csv = tmp_path / "s.csv"
+    csv.write_text("Image, MOS ,Split,Category,Notes\n0.png,3,train,Animal,a\n1.png,4,test,plant,b\n2.png,2,train,,c\n")
+    t = load_dataset("csv", csv).table
+    assert t["split"].tolist() == ["train", "test", "train"] and t["category"].tolist()[:2] == ["animal", "plant"]
+    assert t["Notes"].tolist() == ["a", "b", "c"]  # a column of one's own keeps its name
+    csv.write_text("image,mos,split,Split\n0.png,3,train,test\n1.png,4,test,test\n")
+    with pytest.raises(ValueError, match=r"s\.csv: column\(s\) \['split'\] given twice"):
+        load_dataset("csv", csv)
 
 
 def test_csv_that_is_not_utf8_or_empty_names_the_file(tmp_path):

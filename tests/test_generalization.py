@@ -117,6 +117,29 @@ def test_scene_labels_map_and_join_by_dataset_key(tmp_path):
         read_labels(bad)
 
 
+def test_label_names_are_read_in_every_spelling_and_a_conflict_is_refused(tmp_path):
+    """A ``categories`` cell was compared as typed ("Vehicle|Others" never met "vehicle"), LIQE's names
+    were unknown in a ``category`` column, and an image listed twice kept whichever came first."""
+    data = tmp_path / "d"
+    for i in range(3):
+        write_image(data / "images" / f"{i}.png", 32, 32, seed=i)
+    table = pd.DataFrame({"image": [str(data / "images" / f"{i}.png") for i in range(3)], "mos": [1.0, 2.0, 3.0]})
+    labels = data / "labels.csv"
+    labels.write_text("image,category,categories\nimages/0.png,Vehicle,Vehicle|Others\n"
+                      "images/1.png,night,indoor | Night_Scene\nimages/2.png,still_life,\n")
+    joined = join_labels(table, labels, data)
+    assert joined["category"].tolist() == ["vehicle", "night scene", "artifact"]
+    assert joined["categories"].tolist()[:2] == ["others|vehicle", "indoor scene|night scene"]
+    cats = ["vehicle", "others", "night scene", "artifact"]
+    m = metrics_from_predictions(None, joined, MOSScale(0, 5), np.array([0, 2, 3]), cats)
+    assert m["accuracy"] == 1.0 and m["acceptable"] == 1.0
+    labels.write_text("image,category\nimages/0.png,animal\nimages/1.png,human\nimages/0.png,animal\n")
+    assert join_labels(table, labels, data)["category"].tolist()[:2] == ["animal", "human"]  # the same twice: fine
+    labels.write_text("image,category\nimages/0.png,animal\nimages/1.png,human\nimages/0.png,human\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: 1 image\(s\) listed twice with different labels.*0\.png"):
+        join_labels(table, labels, data)
+
+
 def test_acceptable_accuracy_counts_any_label():
     cats = ["animal", "human", "plant"]
     table = pd.DataFrame({"mos": [1.0, 2.0, 3.0, 4.0], "category": ["animal", "human", "plant", None],

@@ -641,3 +641,16 @@ def test_evaluate_measures_a_content_only_model_on_a_placeholder_mos(tiny_table,
     tiny_table.assign(mos=50.0, category="animal").to_csv(csv, index=False)
     assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
     assert "top-1 acc" in capsys.readouterr().out
+
+
+def test_evaluate_says_when_no_label_is_one_of_the_models_categories(tiny_table, tmp_path, capsys):
+    """Labels the model has no category for left the accuracy line out without a word."""
+    from contentiqa.cli.main import main
+    from contentiqa.models.registry import save_checkpoint
+
+    ckpt = save_checkpoint(create_model("iqa-cr", pretrained=False, **TINY), tmp_path / "c.pt")
+    csv = tmp_path / "labels.csv"
+    tiny_table.assign(category="spaceship").to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
+    assert "top-1 acc  not measured: no label is one of the model's categories (labels: spaceship)" in \
+        capsys.readouterr().out

@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if key in metrics:
             print(f"  {label:10s} {metrics[key]:.4f}" + (_accuracy_note(preds, model.categories, metrics)
                                                      if key == "accuracy" else ""))
+    if "accuracy" not in metrics and model.categories:
+        unmet = _unknown_labels(preds, model.categories)
+        if unmet:  # labelled, but with names the model has no category for: said, not left out silently
+            print(f"  {'top-1 acc':10s} not measured: no label is one of the model's categories "
+                  f"(labels: {', '.join(unmet[:10])}{', ...' if len(unmet) > 10 else ''})")
     if args.json:
         atomic_write_text(args.json, json.dumps(metrics, indent=1))
     if args.predictions:
@@ -103,15 +108,24 @@ def _say_failed(preds, args: argparse.Namespace) -> None:
 def _accuracy_note(preds, categories, metrics: dict) -> str:
     """On which images top-1 accuracy was counted, when not on every labelled one: labels the
     model has no category for (a label file's ``vehicle`` for a nine-category head) cannot be hit."""
-    if "category" not in preds:
-        return ""
-    scored = preds[preds["error"].isna()]
-    labelled = scored["category"].notna() & (scored["category"].astype(str).str.strip() != "")
-    from ..training.evaluate import category_indices
-
-    names = scored.loc[labelled, "category"].astype(str)
-    unknown = sorted(set(names[category_indices(names, categories) < 0]))
+    unknown = _unknown_labels(preds, categories)
     if not unknown:
         return ""
-    return (f" (on the {int(metrics.get('n_labelled', 0))} of {int(labelled.sum())} labelled images whose label "
+    return (f" (on the {int(metrics.get('n_labelled', 0))} of {_labelled(preds).sum()} labelled images whose label "
             f"the model knows; not: {', '.join(unknown)})")
+
+
+def _labelled(preds):
+    """Which scored rows carry a category label."""
+    scored = preds["error"].isna()
+    return scored & preds["category"].notna() & (preds["category"].astype(str).str.strip() != "")
+
+
+def _unknown_labels(preds, categories) -> list[str]:
+    """The scored images' labels that name none of the model's ``categories``."""
+    if "category" not in preds:
+        return []
+    from ..training.evaluate import category_indices
+
+    names = preds.loc[_labelled(preds), "category"].astype(str)
+    return sorted(set(names[category_indices(names, categories) < 0]))

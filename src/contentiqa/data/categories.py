@@ -25,12 +25,26 @@ SPAQ_TO_IQA_CR: dict[str, str] = {
     "others": "others",
 }
 
+# LIQE's nine scene names (its human labels of LIVE Challenge) -> IQA-CR's categories.
+LIQE_TO_IQA_CR: dict[str, str] = {
+    "animal": "animal",
+    "cityscape": "cityscape",
+    "human": "human",
+    "indoor": "indoor scene",
+    "landscape": "landscape",
+    "night": "night scene",
+    "plant": "plant",
+    "still_life": "artifact",
+    "others": "others",
+}
+"""IQA-CR's tenth category, ``vehicle``, has no LIQE counterpart."""
+
 MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null", "<na>"})
 """Cells that say "no label": a spreadsheet's or pandas' placeholders (compared lowercased)."""
 
 
 def normalize_category(value) -> str | None:
-    """An IQA-CR category for a label found in a table (IQA-CR or SPAQ spelling, any case);
+    """An IQA-CR category for a label found in a table (IQA-CR, SPAQ or LIQE spelling, any case);
     ``None`` when empty; the stripped value unchanged when unknown."""
     if value is None:
         return None
@@ -45,5 +59,7 @@ def normalize_category(value) -> str | None:
     key = re.sub(r"[\s_]+", " ", text.lower())
     if key in IQA_CR_CATEGORIES:
         return key
+    if key.replace(" ", "_") in LIQE_TO_IQA_CR:  # "night", "indoor", "still_life"
+        return LIQE_TO_IQA_CR[key.replace(" ", "_")]
     key = key.replace("still life", "still-life").replace("stilllife", "still-life")
     return SPAQ_TO_IQA_CR.get(key, text)

@@ -24,24 +24,12 @@ from typing import Iterable
 
 import pandas as pd
 
-from .categories import normalize_category
+from .categories import LIQE_TO_IQA_CR, normalize_category
 
-LIQE_SCENES = ("animal", "cityscape", "human", "indoor", "landscape", "night", "plant", "still_life", "others")
-LIQE_TO_IQA_CR: dict[str, str] = {
-    "animal": "animal",
-    "cityscape": "cityscape",
-    "human": "human",
-    "indoor": "indoor scene",
-    "landscape": "landscape",
-    "night": "night scene",
-    "plant": "plant",
-    "still_life": "artifact",
-    "others": "others",
-}
-"""LIQE's nine scenes -> IQA-CR's categories. IQA-CR's tenth, ``vehicle``, has no LIQE
-counterpart: a head trained on these labels uses :data:`HUMAN_LABEL_CATEGORIES` (nine)."""
-
+LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
+"""The categories people's (LIQE's) scene labels can name: a head trained on them has nine,
+IQA-CR's ``vehicle`` having no LIQE counterpart."""
 SCENE_COLUMNS = ("scene1", "scene2", "scene3")
 CATEGORY_SEPARATOR = "|"
 
@@ -54,15 +42,6 @@ def dataset_keys(images: Iterable[str], root: str | os.PathLike) -> list[str]:
     """Paths relative to the dataset ``root`` (a folder), '/'-separated."""
     base = os.path.abspath(str(root))
     return [Path(os.path.relpath(os.path.abspath(str(p)), base)).as_posix() for p in images]
-
-
-def map_scene(value) -> str | None:
-    """A LIQE scene (or an IQA-CR / SPAQ category name) -> an IQA-CR category; None if empty."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
-        return None
-    text = str(value).strip()
-    mapped = LIQE_TO_IQA_CR.get(text.lower())
-    return mapped if mapped is not None else normalize_category(text)
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
@@ -79,7 +58,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         raise LabelsError(f"label file {path} needs an 'image' column; it has {list(raw.columns)}")
     out = pd.DataFrame({"image": raw["image"].astype(str)})
     if "scene1" in raw:
-        scenes = [[map_scene(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
+        scenes = [[normalize_category(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
         unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})
         if unknown:
             raise LabelsError(f"label file {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
@@ -88,7 +67,10 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         out["category_source"] = "human"
     elif "category" in raw:
         out["category"] = [normalize_category(v) for v in raw["category"]]
-        for c in ("categories", "category_confidence", "category_source"):
+        if "categories" in raw:  # each name in the spelling the model's categories have, as `category`'s
+            out["categories"] = [CATEGORY_SEPARATOR.join(s for c in acceptable_sets([v]) for s in sorted(c)) or None
+                                 for v in raw["categories"]]
+        for c in ("category_confidence", "category_source"):
             if c in raw:
                 out[c] = raw[c].values
     else:
@@ -111,7 +93,11 @@ def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str |
         # Paths rather than keys: resolve against the label file's folder, then make them keys.
         resolved = [p if os.path.isabs(p) else str(labels_path.parent / p) for p in labels["image"]]
         as_key = pd.Series(dataset_keys(resolved, root), index=labels.index)
-    labels = labels.assign(key=as_key.values).drop(columns=["image"]).drop_duplicates("key")
+    labels = labels.assign(key=as_key.values).drop(columns=["image"]).drop_duplicates()
+    twice = labels["key"][labels["key"].duplicated()].unique().tolist()
+    if twice:  # which row is right is the file's to say, not the order of its rows
+        raise LabelsError(f"label file {labels_path}: {len(twice)} image(s) listed twice with different labels, "
+                          f"e.g. {twice[:3]}")
     matched = int(labels["key"].isin(known).sum())
     if matched == 0:
         raise LabelsError(f"label file {labels_path}: none of its {len(labels)} images is in the dataset "
@@ -128,5 +114,5 @@ def acceptable_sets(values: Iterable) -> list[set[str]]:
         if v is None or (not isinstance(v, str) and pd.isna(v)):
             out.append(set())
         else:
-            out.append({s for s in str(v).split(CATEGORY_SEPARATOR) if s})
+            out.append({c for c in map(normalize_category, str(v).split(CATEGORY_SEPARATOR)) if c})
     return out

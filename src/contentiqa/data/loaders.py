@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import MOSScale, under_root
+from .table import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, MOSScale, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -340,11 +340,14 @@ def _declared_range(line: str, path: Path) -> tuple[float, float] | None:
     """``# mos_range: LO HI`` (or ``LO-HI``, ``LO to HI``, ``LO, HI``) of a CSV's first line;
     a comment that names mos_range but does not give two numbers, low below high, is an error
     (read wrongly, it would put every MOS on another scale without a word)."""
-    if "mos_range" not in line:
+    # any case, "_", "-" or a space between the words: a spelling read as no declaration would
+    # leave the scale to the guess from the values
+    name = r"mos[\s_-]*range"
+    if not re.search(name, line, re.IGNORECASE):
         return None
     # A spreadsheet saving the file pads the comment's row with empty cells: "# mos_range: 0 9,,"
     line = line.strip().rstrip(",;\t ")
-    m = re.search(rf"mos_range\s*[:=]?\s*({_NUMBER})\s*(?:,|\bto\b|-|\s)\s*({_NUMBER})\s*$", line)
+    m = re.search(rf"{name}\s*[:=]?\s*({_NUMBER})\s*(?:,|\bto\b|-|\s)\s*({_NUMBER})\s*$", line, re.IGNORECASE)
     if not m:
         raise ValueError(f"{path}: cannot read the rating scale from {line.strip()!r}; write '# mos_range: LO HI'")
     lo, hi = float(m.group(1)), float(m.group(2))
@@ -375,7 +378,13 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     commented = bool(first) and first[0].lstrip().startswith("#")
     declared = _declared_range(first[0], path) if commented else None
     df = read_csv_table(path, skiprows=1 if commented else 0)
-    df.columns = [str(c).strip() for c in df.columns]
+    # The table's own columns in any case ("Split" too: read as an extra column, the official test
+    # rows would go to training without a word); other columns keep their names.
+    known = {c.lower(): c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "categories")}
+    df.columns = [known.get(str(c).strip().lower(), str(c).strip()) for c in df.columns]
+    twice = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if twice:
+        raise ValueError(f"{path}: column(s) {twice} given twice (names are read in any case)")
     for col in ("image", "mos"):
         if col not in df.columns:
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")
