@@ -3,6 +3,7 @@ a real server process (graceful shutdown, slow and vanishing clients) and the br
 a real headless browser."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -850,6 +851,15 @@ def test_real_server_closes_silent_connections_and_refuses_a_busy_port(ckpt, tmp
         assert busy.returncode == 2, busy.stderr
         assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Traceback" not in busy.stderr
 
+        # --max-connections N lets N in: uvicorn counted the asking one among them (N - 1; 1 refused all)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(limit - 1)]
+        assert _http(port, HEALTHZ, timeout=5)[0] == 200
+        idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert _http(port, HEALTHZ, timeout=5)[0] == 503
+        for s in idle:
+            s.close()
+        time.sleep(0.5)
+
         kept = socket.create_connection(("127.0.0.1", port), timeout=10)  # a keep-alive client ...
         held.append(kept)
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -903,7 +913,10 @@ def _chromium() -> str | None:
     return None
 
 
-def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
+@contextlib.contextmanager
+def _page(app):
+    """A browser page (Playwright driving the system's Chromium) beside ``app`` served on a free
+    port: ``(page, url)``; skipped where either is missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                    "(pip install playwright)")
     browser_path = _chromium()
@@ -911,13 +924,6 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; or set CONTENTIQA_CHROMIUM)")
     import uvicorn
 
-    photos = {}
-    for name, seed in (("first.jpg", 9), ("second.jpg", 1)):
-        photos[name] = tmp_path / name
-        photos[name].write_bytes(jpeg(seed, size=(120, 160)))
-    (tmp_path / "notes.txt").write_text("not a photo")
-    (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
-    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=loaded(model))
     sock = socket.socket()  # bound here and handed over: no other test can take the port in between
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -928,11 +934,6 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         t = time.monotonic()
         while not server.started and time.monotonic() - t < 30:
             time.sleep(0.05)
-        # (the same limits: both apps set them on the one model object)
-        with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as c:
-            rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
-        expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
-        assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
         with sync_api.sync_playwright() as p:
             try:
                 browser = p.chromium.launch(executable_path=browser_path, headless=True,
@@ -940,39 +941,81 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
             except Exception as exc:  # a browser build Playwright cannot drive
                 pytest.skip(f"cannot start {browser_path} with Playwright: {str(exc).splitlines()[0]}")
             try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                info = "document.querySelector('#model-info').textContent"
-                page.wait_for_function(f"{info}.includes('needs an API key')")
-                page.fill("#api-key", "wrong")  # a wrong key is said to be wrong (issue 22)
-                page.click("#key-save")
-                page.wait_for_function(f"{info}.includes('refused this API key')")
-                page.fill("#api-key", "s3cret")
-                page.click("#key-save")
-                page.wait_for_function(f"{info}.includes('model')")
-                page.set_input_files("#file-input", [str(p) for p in photos.values()]
-                                     + [str(tmp_path / "notes.txt"), str(tmp_path / "bomb.png")])
-                page.wait_for_function("document.querySelectorAll('.card.done').length == 3", timeout=30_000)
-                page.wait_for_function("document.querySelector('#status').textContent.includes('done')",
-                                       timeout=30_000)
-                # the file that is not an image is named, not dropped silently (issue 22)
-                assert "skipped notes.txt (not an image)" in page.text_content("#status")
-                assert "2 of 3 photo(s) scored, 1 failed" in page.text_content("#status")  # the bomb is not "scored"
-                names = [el.text_content() for el in page.query_selector_all(".card .name")]
-                shown = [float(el.text_content()) for el in page.query_selector_all(".card:not(.failed) .score")]
-                categories = [el.text_content() for el in page.query_selector_all(".card:not(.failed) .category")]
-                assert names == [r["filename"] for r in expected] + ["bomb.png"]  # failed ones last
-                assert shown == pytest.approx([r["score"] for r in expected], abs=0.006)
-                assert all(r["category"] in c for r, c in zip(expected, categories))
-                bomb = page.text_content(".card.failed .error")  # advice a web user can follow
-                assert "send a smaller photo" in bomb and "max_pixels" not in bomb
-                page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
-                                       timeout=30_000)  # both heatmaps arrived
+                yield browser.new_page(), f"http://127.0.0.1:{port}/"
             finally:
                 browser.close()
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
+    photos = {}
+    for name, seed in (("first.jpg", 9), ("second.jpg", 1)):
+        photos[name] = tmp_path / name
+        photos[name].write_bytes(jpeg(seed, size=(120, 160)))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
+    # (the same limits: both apps set them on the one model object)
+    with TestClient(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as c:
+        rows = c.post("/v1/score", files=files(*[(n, p.read_bytes()) for n, p in photos.items()])).json()["results"]
+    expected = sorted(rows, key=lambda r: -r["score"])  # the page shows the best first
+    assert abs(expected[0]["score"] - expected[1]["score"]) > 0.5  # so the order means something
+    app = create_app(ServeConfig(api_key="s3cret", max_pixels=1_000_000), model=loaded(model))
+    with _page(app) as (page, url):
+        page.goto(url)
+        info = "document.querySelector('#model-info').textContent"
+        page.wait_for_function(f"{info}.includes('needs an API key')")
+        page.fill("#api-key", "wrong")  # a wrong key is said to be wrong (issue 22)
+        page.click("#key-save")
+        page.wait_for_function(f"{info}.includes('refused this API key')")
+        page.fill("#api-key", "s3cret")
+        page.click("#key-save")
+        page.wait_for_function(f"{info}.includes('model')")
+        page.set_input_files("#file-input", [str(p) for p in photos.values()]
+                             + [str(tmp_path / "notes.txt"), str(tmp_path / "bomb.png")])
+        page.wait_for_function("document.querySelectorAll('.card.done').length == 3", timeout=30_000)
+        page.wait_for_function("document.querySelector('#status').textContent.includes('done')",
+                               timeout=30_000)
+        # the file that is not an image is named, not dropped silently (issue 22)
+        assert "skipped notes.txt (not an image)" in page.text_content("#status")
+        assert "2 of 3 photo(s) scored, 1 failed" in page.text_content("#status")  # the bomb is not "scored"
+        names = [el.text_content() for el in page.query_selector_all(".card .name")]
+        shown = [float(el.text_content()) for el in page.query_selector_all(".card:not(.failed) .score")]
+        categories = [el.text_content() for el in page.query_selector_all(".card:not(.failed) .category")]
+        assert names == [r["filename"] for r in expected] + ["bomb.png"]  # failed ones last
+        assert shown == pytest.approx([r["score"] for r in expected], abs=0.006)
+        assert all(r["category"] in c for r, c in zip(expected, categories))
+        bomb = page.text_content(".card.failed .error")  # advice a web user can follow
+        assert "send a smaller photo" in bomb and "max_pixels" not in bomb
+        page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
+                               timeout=30_000)  # both heatmaps arrived
+
+
+def test_page_shows_a_content_only_models_categories_in_a_real_browser(tmp_path):
+    """Every photo of a content-only model (a category, no score) was marked failed with a
+    script error, and its heatmaps were asked for a quality map it does not have."""
+    import torch
+
+    from contentiqa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-c", pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32,
+                         grid=(2, 2), depth=1).eval()
+    for name, seed in (("a.jpg", 3), ("b.jpg", 4)):
+        (tmp_path / name).write_bytes(jpeg(seed, size=(120, 160)))
+    (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
+    with _page(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as (page, url):
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#model-info').textContent.includes('model')")
+        assert "content categories only" in page.text_content("#model-info")
+        page.set_input_files("#file-input", [str(tmp_path / n) for n in ("bomb.png", "a.jpg", "b.jpg")])
+        page.wait_for_function("document.querySelector('#status').textContent.includes('done')", timeout=30_000)
+        assert "2 of 3 photo(s) scored, 1 failed" in page.text_content("#status")
+        assert [el.text_content() for el in page.query_selector_all(".card .name")] == ["a.jpg", "b.jpg", "bomb.png"]
+        assert all(el.text_content() for el in page.query_selector_all(".card:not(.failed) .category"))
+        page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
+                               timeout=30_000)
 
 
 def _captured_loader(monkeypatch, tmp_path):
@@ -1112,3 +1155,28 @@ def test_a_content_only_models_rows_are_results_not_failures():
         body = r.json()
         assert r.status_code == 200 and body["n_failed"] == 0 and body["results"][0]["category"]
         assert 'contentiqa_images_total{outcome="scored"} 1.0' in c.get("/metrics").text
+        assert c.get("/v1/models").json()["models"][0]["predicts_score"] is False
+        # no score to explain: said as the command says it, not a 422 blaming the image
+        r = c.post("/v1/explain?target=quality", files=files(("a.jpg", jpeg(1))))
+        assert r.status_code == 400 and "predicts no quality score" in r.json()["detail"]
+        for target in ("category", "both"):
+            r = c.post(f"/v1/explain?target={target}", files=files(("a.jpg", jpeg(1))))
+            assert r.status_code == 200 and r.content[:4] == b"\x89PNG", (target, r.text[:200])
+            assert r.headers["X-Category"] == body["results"][0]["category"] and "X-Score" not in r.headers
+
+
+def test_explain_sends_a_category_of_any_alphabet_percent_encoded():
+    """A category from one's own labels (not Latin-1) made /v1/explain a plain-text 500."""
+    from urllib.parse import unquote
+
+    import torch
+
+    from contentiqa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr", pretrained=False, backbone_pretrained=False, dim=16, heads=2, mlp_dim=32,
+                         grid=(2, 2), depth=1, categories=("人物", "风景", "夜景 – night")).eval()
+    with client_for(model) as c:
+        row = c.post("/v1/score", files=files(("a.jpg", jpeg(1)))).json()["results"][0]
+        r = c.post("/v1/explain?target=quality", files=files(("a.jpg", jpeg(1))))
+        assert r.status_code == 200 and unquote(r.headers["X-Category"]) == row["category"]

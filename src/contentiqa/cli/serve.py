@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
         http=with_header_timeout(args.header_timeout),
         log_level=args.log_level,
         log_config=_log_config(args.log_level),
-        limit_concurrency=args.max_connections,
+        # uvicorn counts the asking connection among the open ones: N + 1 lets exactly N in
+        limit_concurrency=args.max_connections + 1,
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=int(cfg.timeout_s) + 5,
         server_header=False,

@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -153,6 +154,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
         "precision": ident.precision,
         "score_range": [float(lo), float(hi)],
         "higher_is_better": scorer.higher_is_better,
+        "predicts_score": scorer.predicts_score,  # false: a content-only model (a category, no score)
         "categories": list(scorer.categories),
         "explain": loaded.explainable,
         "explain_note": loaded.explain_note,
@@ -681,6 +683,8 @@ def create_app(
             raise HTTPException(501, f"no heatmaps from this server: {svc.loaded.explain_note or 'no PyTorch model'}")
         if target == "category" and not svc.loaded.scorer.has_content_head:
             raise HTTPException(400, "this model has no content head: use target=quality")
+        if target == "quality" and not svc.loaded.scorer.predicts_score:
+            raise HTTPException(400, "this model predicts no quality score (content only): use target=category")
         uploads = await read_uploads(request, svc, 1)
         ((img, _notes, err),) = await decoded_within(request, svc.decode, [uploads[0][1]])
         if err is not None:
@@ -760,6 +764,8 @@ def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> t
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[target]
     if not model.has_content_head:
         targets = tuple(t for t in targets if t != "category") or ("quality",)
+    if not model.predicts_score:  # content only: "both" is its category map
+        targets = tuple(t for t in targets if t != "quality") or ("category",)
     exp = explain(model, img, targets=targets, category=pred.category, max_pixels=svc.config.explain_max_pixels,
                   exact_score=False)
     exp = exp.scored(pred, svc.loaded.scorer.identity.label)
@@ -767,7 +773,9 @@ def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> t
     if pred.score is not None:
         headers["X-Score"] = repr(row_from_prediction(pred)["score"])  # the number /v1/score's row has
     if pred.category is not None:
-        headers["X-Category"] = pred.category
+        # Percent-encoded UTF-8: a header is Latin-1 bytes, and a category trained from one's own
+        # labels ("夜景") would otherwise lose the heatmap to a server error.
+        headers["X-Category"] = quote(pred.category, safe=" ")
     if target == "both":
         fd, tmp = tempfile.mkstemp(dir=svc.tmpdir, suffix=".png")
         os.close(fd)

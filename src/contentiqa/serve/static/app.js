@@ -39,7 +39,8 @@ async function loadModel() {
   const dir = m.higher_is_better ? "higher is better" : "lower is better";
   $("#model-info").textContent =
     `model ${m.name}${m.weights ? " (" + m.weights + ")" : ""}, contentiqa ${m.version}; ` +
-    `scores on [${m.score_range[0]}, ${m.score_range[1]}], ${dir}`;
+    (m.predicts_score === false ? "content categories only (this model gives no score)"
+      : `scores on [${m.score_range[0]}, ${m.score_range[1]}], ${dir}`);
   // No heatmaps from this server: say why once, instead of leaving their place empty.
   $("#explain-note").textContent = m.explain ? "" : `No heatmaps: ${m.explain_note || "this server cannot explain"}.`;
   $("#explain-note").hidden = !!m.explain;
@@ -48,7 +49,9 @@ async function loadModel() {
 }
 
 function better(a, b) {
-  // Sort key: scored cards first, best first (the model's direction), failed ones last.
+  // Sort key: scored cards first, best first (the model's direction), failed ones last; a
+  // content-only model's cards (a category, no score) in the order they were dropped.
+  if (!!a.failed !== !!b.failed) return a.failed ? 1 : -1;
   const sa = a.score, sb = b.score;
   if (sa == null && sb == null) return a.order - b.order;
   if (sa == null) return 1;
@@ -102,8 +105,12 @@ async function scoreCard(card) {
     if (row.error) throw new Error(row.error);
     card.score = row.score;
     el.dataset.score = String(row.score);
-    el.querySelector(".score").textContent = row.score.toFixed(2);
-    el.querySelector(".scale").textContent = `on [${row.scale[0]}, ${row.scale[1]}]`;
+    if (row.score != null) {
+      el.querySelector(".score").textContent = row.score.toFixed(2);
+      el.querySelector(".scale").textContent = `on [${row.scale[0]}, ${row.scale[1]}]`;
+    } else {  // a content-only model: its category is the result
+      el.querySelector(".score").textContent = "–";
+    }
     if (row.category) {
       el.querySelector(".category").textContent =
         `${row.category} (${(100 * row.category_confidence).toFixed(0)} %)`;
@@ -111,6 +118,7 @@ async function scoreCard(card) {
     el.querySelector(".notes").textContent = row.notes || "";
     return true;
   } catch (e) {
+    card.failed = true;
     el.classList.add("failed");
     el.querySelector(".score").textContent = "–";
     el.querySelector(".error").textContent = e.message;
@@ -124,7 +132,8 @@ async function scoreCard(card) {
 async function heatmapCard(card) {
   if (!state.model || !state.model.explain) return;
   try {
-    const res = await post("/v1/explain?target=quality&max_size=400", card.file);
+    const target = state.model.predicts_score === false ? "category" : "quality";
+    const res = await post(`/v1/explain?target=${target}&max_size=400`, card.file);
     if (!res.ok) return;
     const blob = await res.blob();
     const img = card.el.querySelector(".heatmap");
@@ -158,7 +167,7 @@ async function handleFiles(fileList) {
   }
   await Promise.all([worker(), worker(), worker(), worker()]);
   setStatus(`${tally()}; computing heatmaps…`);
-  for (const card of cards) if (card.score != null) await heatmapCard(card);
+  for (const card of cards) if (!card.failed) await heatmapCard(card);
   setStatus(`${tally()}; done${skipNote}`);
 }
 
