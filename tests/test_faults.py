@@ -259,8 +259,9 @@ def test_unwritable_output_refused_before_scoring(tmp_path, ckpt, capsys, monkey
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setattr(engine.Engine, "run", lambda *a, **k: pytest.fail("scored before checking the output"))
-    assert run("score", d, "--model", ckpt, "-o", blocker / "out.csv") == 2
-    assert "cannot write --output" in capsys.readouterr().err
+    assert run("score", d, "--model", ckpt, "-o", blocker / "sub" / "out.csv") == 2
+    assert f"cannot write --output {blocker / 'sub' / 'out.csv'}: {blocker} is a file, not a folder" in \
+        capsys.readouterr().err  # not mkdir's "File exists"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -106,6 +106,8 @@ def test_accuracy_labels_and_logits():
         accuracy(labels[:4], target)
     with pytest.raises(MetricInputError):
         accuracy([], [])
+    # a column of indices (argmax(dim=1, keepdim=True)) is labels, not one score per class
+    assert accuracy(torch.from_numpy(labels)[:, None], torch.from_numpy(target)) == pytest.approx(3 / 5)
 
 
 def test_torch_inputs():
@@ -246,6 +248,20 @@ def test_accumulators_equal_the_functional_metrics_and_scipy():
     acc.reset()
     acc.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0]))
     assert float(acc.compute()["srocc"]) == pytest.approx(-1.0, abs=1e-5)  # torchmetrics ranks in float32
+
+
+def test_streamed_krocc_is_right_on_a_large_set():
+    """torchmetrics' KROCC squared its pair counts in int64: NaN or a tau near 2 past ~78,000
+    items, after a quadratic loop of minutes."""
+    from contentiqa.metrics import iqa_accumulators
+
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=100_000)
+    target = pred + rng.normal(size=100_000)
+    acc = iqa_accumulators()
+    for chunk in np.array_split(np.arange(pred.size), 10):
+        acc.update(torch.from_numpy(pred[chunk]), torch.from_numpy(target[chunk]))
+    assert float(acc.compute()["krocc"]) == pytest.approx(stats.kendalltau(pred, target)[0], abs=1e-9)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int64"])

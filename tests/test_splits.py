@@ -236,6 +236,17 @@ def test_a_damaged_split_file_is_a_value_error_naming_it(tmp_path, body, words):
     assert "s.json" in str(info.value)
 
 
+def test_a_split_path_that_is_a_folder_or_not_text_is_a_value_error_naming_it(tmp_path):
+    """A folder raised IsADirectoryError (a traceback from train/evaluate); a binary file a
+    decoding error naming neither the file nor what it should be."""
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(ValueError, match=r"cannot read split file .*d\.json"):
+        load_splits(tmp_path / "d.json")
+    (tmp_path / "b.pkl").write_bytes(b"\x80\x04\x95 pickled")
+    with pytest.raises(ValueError, match=r"split file .*b\.pkl is not a JSON text file"):
+        load_splits(tmp_path / "b.pkl")
+
+
 def test_numpy_seeds_are_saved(tmp_path):
     table = pd.DataFrame({"image": [f"/d/{i}.png" for i in range(20)], "mos": np.arange(20.0)})
     save_splits(make_split_set(table, "ie-iqa", seeds=np.arange(2), progress=False), tmp_path / "x.json")

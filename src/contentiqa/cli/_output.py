@@ -39,6 +39,10 @@ def check_writable(path: Path, option: str = "--output") -> None:
     path = through_links(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder: name a file")
+    # a file where a folder of the path should be: mkdir's "File exists" would not say which
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UsageError(f"cannot write {option} {path}: {blocking} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)

@@ -209,6 +209,10 @@ def load_splits(path: str | os.PathLike) -> list[Split]:
         raise FileNotFoundError(f"split file {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"split file {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"split file {path} is not a JSON text file (not UTF-8)") from None
+    except OSError as exc:  # a folder, no read permission
+        raise ValueError(f"cannot read split file {path}: {exc.strerror or exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != "contentiqa-splits/1":
         fmt = payload.get("format") if isinstance(payload, dict) else None
         raise ValueError(f"{path} is not a contentiqa split file (format {fmt!r})")

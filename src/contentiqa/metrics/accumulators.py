@@ -144,7 +144,19 @@ class _CheckedPearson(_CheckedSpearman):
 
 
 class _CheckedKendall(_CheckedInputs, KendallRankCorrCoef):
+    """KROCC (tau-b) from the gathered values by scipy's O(n log n) count: torchmetrics' own
+    counts pairs in a Python loop (quadratic) and squares them in int64, which overflows past
+    ~78,000 items (NaN, or a tau near 2)."""
+
     _metric = "KROCC"
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        if self._undefined() is not None:
+            return super().compute()  # NaN or the error, as every checked metric
+        from .functional import krocc
+
+        x, y = dim_zero_cat(self.preds).reshape(-1), dim_zero_cat(self.target).reshape(-1)
+        return torch.tensor(krocc(x.double().cpu().numpy(), y.double().cpu().numpy()), dtype=torch.float64)
 
     def _sync_dist(self, *args, **kwargs) -> None:
         # A process that saw no items holds empty lists, which torchmetrics gathers as shape (0,)

@@ -123,14 +123,14 @@ def rmse(pred, target) -> float:
 
 
 def accuracy(pred, target) -> float:
-    """Top-1 accuracy. ``pred`` is either class indices (1-D) or scores/logits (N x C)."""
+    """Top-1 accuracy. ``pred`` is either class indices (1-D, or N x 1) or scores/logits (N x C)."""
     pred = np.asarray(_to_numpy(pred))
     t = np.asarray(_to_numpy(target)).ravel()
     for arr, name in ((pred, "pred"), (t, "target")):
         # NaN compares unequal to every label: it would count as a wrong answer, not an error.
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             raise MetricInputError(f"{name} contains NaN or infinite values")
-    if pred.ndim == 2:
+    if pred.ndim == 2 and pred.shape[1] > 1:  # scores per class; one column is indices (argmax keepdim)
         pred = pred.argmax(axis=1)
     pred = pred.ravel()
     if pred.shape != t.shape:
