@@ -637,6 +637,12 @@ def test_serve_command_checks_its_arguments(capsys):
     # a request of --max-images photos could never be admitted: "busy, retry in 1 s" on every retry
     assert main(["serve", "--max-queue", "2", "--model", "missing/ckpt.pt"]) == 2
     assert "--max-queue (2) must be at least --max-images (16)" in capsys.readouterr().err
+    # an origin with a path or a trailing slash never matches what a browser sends: refused, not ignored
+    for bad in ("https://photos.example.org/", "photos.example.org", "https://x.org/app"):
+        assert main(["serve", "--cors-origin", bad, "--model", "missing/ckpt.pt"]) == 2
+        assert f"--cors-origin {bad!r} is not an origin" in capsys.readouterr().err
+    assert main(["serve", "--cors-origin", "http://localhost:8080", "--model", "missing/ckpt.pt"]) == 2
+    assert "does not exist" in capsys.readouterr().err  # the origin passed; the model is what is missing
 
 
 def test_cli_help_does_not_import_the_web_stack():
