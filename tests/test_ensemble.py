@@ -92,6 +92,10 @@ def test_checkpoint_round_trip_and_onnx(tmp_path):
     onnx = export_onnx(back, tmp_path / "ens.onnx")  # checks ONNX Runtime against PyTorch at two sizes itself
     pred = contentiqa.load_scorer(onnx).predict(photo(72, 88))
     assert pred.error is None and pred.category in back.categories
+    # a saved extra named like the file's own facts never stands in for them
+    other = save_checkpoint(ens, tmp_path / "other.pt", extra={"path": "elsewhere.pt", "file_sha256": "0" * 64})
+    info = load_checkpoint(other).checkpoint_info
+    assert info["path"] == str(other) and info["file_sha256"] != "0" * 64
 
 
 # -- what it refuses --------------------------------------------------------------------------------
@@ -109,6 +113,10 @@ def test_members_that_do_not_fit_together_are_refused():
         build_ensemble([ie, other])
     with pytest.raises(ValueError, match="weight"):
         EnsembleConfig(members=[{"model": "a", "config": {}, "weight": 0}, {"model": "b", "config": {}, "weight": 1}])
+    # an infinite weight, or weights whose sum overflows, made every score NaN with no error
+    for weights in ([float("inf"), 1.0], [float("nan"), 1.0], [1e308, 1e308]):
+        with pytest.raises(ValueError, match="weight"):
+            build_ensemble([ie, cr], weights=weights)
     with pytest.raises(ValueError, match="not a registered ensemble"):
         build_ensemble([ie, cr], name="iqa-cr")
     with pytest.raises(ValueError, match="members are"):  # a named ensemble's members are its architecture

@@ -271,3 +271,30 @@ def test_weights_replaced_while_they_load_never_file_the_old_graph_under_the_new
     onnx, torch_ = load_scorer(best, threads=1), load_scorer(best, runtime="torch")
     assert onnx.identity.sha256 == torch_.identity.sha256 == hashlib.sha256(Path(best).read_bytes()).hexdigest()
     assert abs(onnx.predict(photo).score - torch_.predict(photo).score) < 1e-3  # the new weights' graph
+
+
+def test_one_lazily_opened_image_given_twice_is_decoded_once(tmp_path):
+    """Decoding threads read the one file handle of ``Image.open(...)`` at once when it came
+    twice: garbage pixels scored without a word, and left in the caller's image. A damaged one
+    given twice is an error both times (PIL hands a second load the partial pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from contentiqa.inference.torch_runtime import TorchScorer
+
+    model = create_model("iqa-cr-q", pretrained=False, backbone_pretrained=False)
+    scorer = TorchScorer(model, threads=1)
+    path = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    ref = scorer.run([str(path)], workers=0)[0].score
+    pixels = np.asarray(Image.open(path))
+    for _ in range(12):  # a race: each try caught it about one time in four
+        im = Image.open(path)
+        got = [p.score for p in scorer.run([im] * 8, workers=2)]
+        assert got == pytest.approx([ref] * 8, abs=1e-4)
+        assert np.array_equal(np.asarray(im), pixels)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    im = Image.open(cut)
+    rows = scorer.run([im, im], workers=2)
+    assert all(r.error and r.score is None for r in rows), rows

@@ -40,6 +40,7 @@ An ensemble is not trained: its members are (``contentiqa train``), then combine
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -81,8 +82,10 @@ class EnsembleConfig:
         for m in self.members:
             if not isinstance(m, dict) or not {"model", "config", "weight"} <= set(m):
                 raise ValueError(f"an ensemble member is {{model, config, weight}}, got {m!r}")
-            if not float(m["weight"]) > 0:
-                raise ValueError(f"member {m['model']}: weight must be > 0, got {m['weight']}")
+            if not 0 < float(m["weight"]) < math.inf:
+                raise ValueError(f"member {m['model']}: weight must be a finite number > 0, got {m['weight']}")
+        if not math.isfinite(sum(float(m["weight"]) for m in self.members)):  # the mean divides by it
+            raise ValueError("the members' weights add up past the largest float: scale them down")
         if self.calibration is not None:
             raise ValueError("an ensemble is not calibrated itself: its members are")
         if self.input_size is not None:

@@ -381,7 +381,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"(missing {sorted(missing)[:5]}, unexpected {list(result.unexpected_keys)[:5]})"
         )
     # file_sha256: of the bytes these weights came from (the file may have been replaced since)
-    model.checkpoint_info = {"path": str(path), **payload.get("extra", {}), "file_sha256": sha256}
+    # path and file_sha256 are the file's own: a saved extra of the same name never stands in for them
+    model.checkpoint_info = {**payload.get("extra", {}), "path": str(path), "file_sha256": sha256}
     return model.to(device).eval()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -119,6 +120,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     if isinstance(item, Image.Image):
         notes: list[str] = []
         _check_pixels(*item.size, max_pixels)
+        _decode_once(item)
         img = pil_to_rgb(item, notes)
         return img, None, notes
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
@@ -135,6 +137,29 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     if isinstance(item, np.ndarray):
         return to_pil(_array_image(item, max_pixels), max_pixels, min_size)
     raise TypeError(f"cannot score an input of type {type(item).__name__}")
+
+
+_LAZY_DECODE = threading.Lock()
+_DECODE_ERROR = "_contentiqa_decode_error"
+
+
+def _decode_once(image: Image.Image) -> None:
+    """Decode an image opened lazily (``Image.open``, pixels not read yet) under a lock: decoding
+    threads given the same object twice ([im, im]) would read its one file handle at once, and
+    score garbage pixels (left in the caller's image too). A failed decode is kept on the object:
+    PIL would hand a second ``load`` the partial pixels without a word."""
+    if getattr(image, _DECODE_ERROR, None) is None and not getattr(image, "tile", None):
+        return  # decoded already (or never a file): nothing to read
+    with _LAZY_DECODE:
+        failed = getattr(image, _DECODE_ERROR, None)
+        if failed is not None:
+            raise failed
+        if getattr(image, "tile", None):
+            try:
+                image.load()
+            except Exception as exc:
+                setattr(image, _DECODE_ERROR, exc)
+                raise
 
 
 def _array_image(a: np.ndarray, max_pixels: int | None) -> Image.Image:
