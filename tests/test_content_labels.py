@@ -431,6 +431,34 @@ def test_cli_keeps_the_datasets_keys_when_its_images_are_links(tmp_path, monkeyp
     assert (data / "link.csv").is_symlink()
 
 
+def test_label_content_reads_the_columns_in_any_case_as_training_does(tmp_path, monkeypatch):
+    """A 'Category' column was not read: given labels relabelled, and a second 'category' written
+    beside it, which training then refused."""
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", 64, 64, seed=i)
+    csv = tmp_path / "d.csv"
+    csv.write_text("Image,MOS,Category\n0.png,1,plant\n1.png,2,Night Scene\n2.png,3,\n", encoding="utf-8")
+    out = tmp_path / "o.csv"
+    import contentiqa.data.content_labels as lib
+
+    given = []
+
+    def keeps_given(table, **kwargs):  # labels only the rows without a category, as the real one
+        given.extend(table["category"])
+        return table.assign(category=[c or "animal" for c in table["category"]], category_confidence=0.9,
+                            category_source="fake")
+
+    monkeypatch.setattr(lib, "default_classifier", lambda: None)
+    monkeypatch.setattr(lib, "label_table", keeps_given)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 0
+    assert given == ["plant", "Night Scene", ""]  # the labeller was handed the given labels to keep
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(res.columns[:3]) == ["image", "mos", "category"] and list(res.columns).count("category") == 1
+    from contentiqa.data import load_dataset
+
+    assert list(load_dataset("csv", out).table["category"]) == ["plant", "night scene", "animal"]
+
+
 def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_the_rest(tmp_path, monkeypatch, capsys):
     import contentiqa.cli.label_content as cmd
     import contentiqa.data.content_labels as lib
@@ -454,8 +482,12 @@ def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_
 
     monkeypatch.setattr(lib, "label_table", stopped_on_the_second_part)
     monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
-    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--batch-size", "1"]) == 130
-    assert "4 of 6 row(s) labelled" in capsys.readouterr().err
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--batch-size", "1",
+                     "--no-class-balance"]) == 130
+    err = capsys.readouterr().err
+    # the advice labels the rest as this run would have (it dropped the options: another labeller)
+    assert "4 of 6 row(s) done" in err and \
+        f"`contentiqa label-content {out} --out {out} --no-class-balance --batch-size 1` labels the rest" in err
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(res["category"]) == ["animal"] * 4 + ["", "plant"]  # the given one kept, the other left for later
     assert list(res["category_source"]) == ["fake"] * 4 + ["", "given"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
+from ..data.table import canonical_columns
 from ..utils.terminal import printable
+from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
 from .main import UsageError
 
 
@@ -90,7 +92,6 @@ def _read_csv(path: Path):
         comment, _, text = text.partition("\n")
         comment += "\n"
     table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    table.columns = [str(c).strip() for c in table.columns]
     return table, comment
 
 
@@ -104,6 +105,21 @@ def _relative(path: str, folder: Path) -> str:
         return Path(os.path.relpath(path, folder)).as_posix()
     except ValueError:  # another drive on Windows: no relative path exists
         return path
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that labels the rest of ``out`` as this run would have: with its labeller and
+    options (without them the rest would be labelled by the ImageNet classifier)."""
+    words = ["contentiqa", "label-content", str(out), "--out", str(out)]
+    if args.model:
+        words += ["--model", args.model]
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    if args.no_class_balance:
+        words.append("--no-class-balance")
+    if args.batch_size != 16:
+        words += ["--batch-size", str(args.batch_size)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
         table, comment = _read_csv(src)
     except Exception as exc:  # pandas raises several types for malformed CSVs
         raise UsageError(f"cannot read {src} as CSV: {exc}") from None
+    try:
+        table.columns = canonical_columns(table.columns, src)  # as training reads them: one 'category'
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
@@ -193,8 +213,8 @@ def run(args: argparse.Namespace) -> int:
         done = sum(len(p) for p in parts)
         if done:
             write(parts)
-            print(f"interrupted: {done} of {len(work)} row(s) labelled and written to {printable(str(out))}; "
-                  f"`contentiqa label-content {printable(str(out))} --out {printable(str(out))}` labels the rest "
+            print(f"interrupted: {done} of {len(work)} row(s) done and written to {printable(str(out))}; "
+                  f"`{printable(_resume_command(args, out))}` labels the rest "
                   "(without --overwrite: the rows labelled are kept)", file=sys.stderr)
         else:
             print("interrupted before any row was labelled: nothing written", file=sys.stderr)

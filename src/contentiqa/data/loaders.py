@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, MOSScale, under_root
+from .table import MOSScale, canonical_columns, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -378,13 +378,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     commented = bool(first) and first[0].lstrip().startswith("#")
     declared = _declared_range(first[0], path) if commented else None
     df = read_csv_table(path, skiprows=1 if commented else 0)
-    # The table's own columns in any case ("Split" too: read as an extra column, the official test
-    # rows would go to training without a word); other columns keep their names.
-    known = {c.lower(): c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "categories")}
-    df.columns = [known.get(str(c).strip().lower(), str(c).strip()) for c in df.columns]
-    twice = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if twice:
-        raise ValueError(f"{path}: column(s) {twice} given twice (names are read in any case)")
+    df.columns = canonical_columns(df.columns, path)
     for col in ("image", "mos"):
         if col not in df.columns:
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")

@@ -21,6 +21,21 @@ if TYPE_CHECKING:  # imported where used: the dataset registry (`contentiqa mode
 
 REQUIRED_COLUMNS = ("image", "mos")
 OPTIONAL_COLUMNS = ("mos_std", "category", "split")
+LABEL_COLUMNS = ("categories", "category_confidence", "category_source")
+"""What label files and ``contentiqa label-content`` add beside ``category``."""
+
+
+def canonical_columns(columns, path: str | os.PathLike) -> list[str]:
+    """A CSV's header with the table's own columns (:data:`REQUIRED_COLUMNS`, ...) in their
+    lowercase names whatever their spelling (``Split``, `` MOS ``); others stripped, kept as
+    written. A 'Split' read as an extra column would send the official test rows to training
+    without a word. ValueError naming ``path`` when two columns become one."""
+    known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS)}
+    names = [known.get(str(c).strip().lower(), str(c).strip()) for c in columns]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ValueError(f"{path}: column(s) {twice} given twice (names are read in any case)")
+    return names
 
 
 @dataclass(frozen=True)
