@@ -386,6 +386,25 @@ def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp
     assert "1 image(s) of" in capsys.readouterr().err and len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_resume_on_another_split_is_refused(tmp_path, capsys):
+    """A split file's other split (or none: a new draw) was taken up without a word: the run went on
+    training on photos it was then tested on."""
+    from contentiqa.data import load_dataset, make_split_set, save_splits
+
+    data, out = table(tmp_path, n=20), tmp_path / "run"
+    splits = tmp_path / "splits.json"
+    save_splits(make_split_set(load_dataset("csv", data).table, "ie-iqa", seeds=[0, 1], progress=False), splits)
+    assert train(data, out, "--split", str(splits), "--split-index", "1") == 0
+    capsys.readouterr()
+    for other in (["--split", str(splits), "--split-index", "0"], ["--split-seed", "5"]):
+        assert train(data, out, "--epochs", "2", "--resume", *other) == 2
+        err = capsys.readouterr().err
+        assert "--resume:" in err and "was trained on other photos" in err and "part were not in it" in err, err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert train(data, out, "--epochs", "2", "--resume", "--split", str(splits), "--split-index", "1") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_resume_on_another_table_is_refused_not_emptied(tmp_path, capsys):
     data, out = table(tmp_path / "a"), tmp_path / "run"
     assert train(data, out) == 0

@@ -692,7 +692,31 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_config": self.cfg.to_dict(),
+            "parts": self._parts(),
         }
+
+    def _parts(self) -> dict[str, list[str]]:
+        """Which photos train and validate (dataset-relative keys: a data folder moved keeps
+        them), for a resumed run to check it is given no others."""
+        out = {}
+        for name, t in (("train", self.train_table), ("val", self.val_table)):
+            ids = pd.Series([], dtype=str) if t is None else t["key" if "key" in t else "image"].astype(str)
+            if t is not None and "dataset" in t:
+                ids = t["dataset"].astype(str) + "/" + ids
+            out[name] = sorted(ids)
+        return out
+
+    def _check_same_parts(self, path: Path, saved: Mapping[str, Any]) -> None:
+        """ResumeMismatch when this run's training or validation part holds photos the run did
+        not start with: resumed on another split (file, column, protocol or data), it would go on
+        training on photos it is then tested on. Fewer photos are fine (a damaged one's row
+        removed, as the error for it advises)."""
+        for name, now in self._parts().items():
+            new = sorted(set(now) - set(saved.get(name) or ()))
+            if new:
+                raise ResumeMismatch(f"{path} was trained on other photos: {len(new)} of this run's {name} part were "
+                                     f"not in it (e.g. {new[:3]}): another split, split file, split column or data. "
+                                     "Resume with the run's own split, or start afresh")
 
     def load_state(self, path: Path) -> None:
         """Continue from a ``last.pt``, read as data (a file whose pickle would run code is
@@ -705,6 +729,8 @@ class Trainer:
         if st.get("model_name") != self.model.model_name:
             raise ValueError(f"{path} is a {st.get('model_name')} run, not {self.model.model_name}")
         self._check_same_recipe(path, st.get("train_config") or {})
+        if isinstance(st.get("parts"), Mapping):  # (a last.pt of older code did not say)
+            self._check_same_parts(path, st["parts"])
         self.model.load_state_dict(st["model_state"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
