@@ -981,3 +981,26 @@ def test_a_cache_limit_applied_in_part_says_what_went(tmp_path, monkeypatch):
     said: list[str] = []
     _evict(tmp_path, 0, 0.0, said.append)
     assert any("could not be removed" in s for s in said) and any("removed the 1 entry" in s for s in said)
+
+
+def test_a_run_tested_on_its_last_epoch_with_ema_tests_the_moving_average(tmp_path):
+    """Without a validation part the experiment tested the last step's raw weights, where
+    `contentiqa train` (and best.pt) keep the moving average ema_decay asks for."""
+    import torch
+
+    write_csv(tmp_path / "d", 12, (0, 100), seed=1)
+    cfg = {"name": "ema", "data": {"name": "csv", "root": str(tmp_path / "d" / "scores.csv"), "label": "D"},
+           "protocol": "ie-iqa", "seeds": [0], "test": ["split"], "model_args": TINY_ARGS,
+           "train": {"epochs": 2, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-2, "ema_decay": 0.5},
+           "runs": [{"name": "Q", "model": "iqa-cr-q"}]}
+    path = tmp_path / "ema.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_experiment(path, tmp_path / "out", progress=False, log=lambda *a: None)
+    run = tmp_path / "out" / "runs" / "Q" / "seed0"
+    assert json.loads((tmp_path / "out" / "metrics" / "Q" / "seed0.json").read_text())["checkpoint"] == "last"
+    tested = load_checkpoint(run / "tested.pt").state_dict()
+    last = torch.load(run / "last.pt", weights_only=True)
+    ema = {k.removeprefix("module."): v for k, v in last["ema_state"].items() if k.startswith("module.")}
+    trained = [k for k, p in load_checkpoint(run / "tested.pt").named_parameters() if p.requires_grad]
+    assert trained and all(torch.equal(tested[k], ema[k]) for k in trained)
+    assert any(not torch.equal(tested[k], last["model_state"][k]) for k in trained)  # not the raw weights

@@ -566,7 +566,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     if not main:
         return None
     use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
-    chosen = trainer.load_best() if use_best else trainer.model
+    chosen = trainer.load_best() if use_best else trainer.last_model()
     finished = trainer.finish(chosen)
     # The exact model the split's test figures come from (chosen epoch, calibrated): what a
     # later check scores through the CLI (benchmarks/ship_gate.py).

@@ -871,15 +871,26 @@ class Trainer:
             return
         params = dict(self.model.named_parameters())
         trained = {k: p.detach().clone() for k, p in params.items()}
-        with torch.no_grad():
-            for k, p in self.ema.module.named_parameters():
-                params[k].copy_(p)
+        self._take_averaged_weights()
         try:
             yield
         finally:
             with torch.no_grad():
                 for k, p in params.items():
                     p.copy_(trained[k])
+
+    def _take_averaged_weights(self) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, p in self.ema.module.named_parameters():
+                params[k].copy_(p)
+
+    def last_model(self) -> IQAModel:
+        """The last epoch's model as it was validated (and as best.pt would keep it): with
+        ``ema_decay`` the moving average, put in the model for good (training is over)."""
+        if self.ema is not None:
+            self._take_averaged_weights()
+        return self.model
 
     def _judge_epoch(self, record: dict[str, Any], t0: float) -> bool:
         """Validate the epoch into ``record`` and keep it as best.pt when it beats the best so
