@@ -282,6 +282,31 @@ def test_more_seeds_or_another_test_set_keep_the_splits_finished_before(tiny, fi
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
+def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_splits(tiny, first_run, tmp_path):
+    """It was never scored, its column left out of the table, while the notes named it as tested."""
+    import shutil
+
+    from contentiqa.data import load_dataset
+    from contentiqa.training.evaluate import evaluate_model
+
+    root, path, cfg = tiny
+    out = tmp_path / "out"
+    shutil.copytree(root / "out1", out)
+    third = {"name": "csv", "root": "train/scores.csv", "label": "THIRD"}
+    lines: list[str] = []
+    more = {**cfg, "test": [*cfg["test"], third]}
+    run_experiment(more, out, progress=False, base_dir=root, train=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any("not tested on THIRD" in line for line in lines)
+    res = run_experiment(more, out, progress=False, base_dir=root, log=lambda *a: lines.append(" ".join(map(str, a))))
+    m = json.loads((out / "metrics" / "IQA-CR" / "seed1.json").read_text())
+    data = load_dataset("csv", root / "train" / "scores.csv")
+    direct, _ = evaluate_model(load_checkpoint(out / "runs" / "IQA-CR" / "seed1" / "tested.pt"), data.table, data.scale,
+                               workers=0)
+    assert m["test"]["THIRD"]["srocc"] == pytest.approx(direct["srocc"]) and "THIRD" in m["test_sha256"]
+    assert "THIRD" in (out / "results.md").read_text() and any("tested on THIRD" in line for line in lines)
+    assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
+
+
 def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, tmp_path, monkeypatch):
     """A split records the fingerprint version it was made with: results folders of earlier
     versions are checked as they were, not refused as another experiment."""

@@ -595,6 +595,38 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     return res
 
 
+def _test_on_added_sets(stored: dict[str, Any], mfile: Path, run_dir: Path, added: list[dict[str, Any]],
+                        fingerprints: "Fingerprints", device: str | None, say: Callable) -> dict[str, Any]:
+    """A finished split tested on the cross-dataset sets added to the config since (its tested.pt
+    scored on them), its metrics file rewritten: the table had left them out while its notes named
+    them as tested."""
+    from ..models.registry import load_checkpoint
+    from ..training.evaluate import NotMeasurable, evaluate_model
+    from ..utils.io import atomic_write_text, remove_stale_temporaries
+
+    tested = run_dir / "tested.pt"
+    names = ", ".join(t["label"] for t in added)
+    if not tested.is_file():
+        say(f"{mfile}: not tested on {names} (added after it finished), and {tested} is gone: delete {mfile} to "
+            "train the split again")
+        return stored
+    model = load_checkpoint(tested, device or stored.get("device") or "cpu")
+    stored = {**stored, "test": dict(stored.get("test") or {}), "test_sha256": dict(stored.get("test_sha256") or {})}
+    for t in added:
+        try:
+            metrics, _ = evaluate_model(model, t["table"].drop(columns=["dataset"], errors="ignore"), t["scale"],
+                                        workers=0)
+        except NotMeasurable as exc:
+            say(f"{mfile}: cannot test on {t['label']}: {exc}")
+            continue
+        stored["test"][t["label"]] = metrics
+        stored["test_sha256"][t["label"]] = fingerprints.tests[t["label"]]
+        say(f"{stored.get('run')} seed {stored.get('seed')}: tested on {t['label']} (added since it finished)")
+    remove_stale_temporaries(mfile)
+    atomic_write_text(mfile, json.dumps(_jsonable(stored), indent=1))
+    return stored
+
+
 class _RunUnavailable(Exception):
     pass
 
@@ -972,6 +1004,13 @@ def run_experiment(
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
                         _check_same_split(stored, mfile, run, seed, fingerprints, redo)
                         _check_same_start(stored, mfile, run, seed, out, redo)
+                        added = [t for t in tests if t["spec"] != INTRA and t["label"] not in (stored.get("test") or {})]
+                        if added and train:
+                            stored = _test_on_added_sets(stored, mfile, out / "runs" / run.slug / f"seed{seed}", added,
+                                                         fingerprints, device, say)
+                        elif added:
+                            say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
+                                "after it finished): run the experiment without --table-only to test it")
                         done.append(stored)
                     continue
                 if not train or (only and run.name not in only) or (seeds and seed not in seeds):
