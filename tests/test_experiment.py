@@ -307,6 +307,20 @@ def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_spl
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
+def test_a_split_column_the_protocol_does_not_use_is_said(tmp_path):
+    """The experiment re-split a table with a 'split' column without a word, while `evaluate`
+    then scored the column's test rows, which the split had trained on."""
+    csv = write_csv(tmp_path / "d", 12, (0, 100), seed=1)
+    df = pd.read_csv(csv, comment="#")
+    df["split"] = ["train"] * 9 + ["test"] * 3
+    csv.write_text("# mos_range: 0 100\n" + df.to_csv(index=False))
+    cfg = {"name": "col", "data": {"name": "csv", "root": str(csv), "label": "D"}, "protocol": "ie-iqa", "seeds": [0],
+           "test": ["split"], "model_args": TINY_ARGS, "train": {"epochs": 1}, "runs": [{"name": "Q", "model": "iqa-cr-q"}]}
+    lines: list[str] = []
+    run_experiment(cfg, tmp_path / "out", progress=False, train=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any("D's 'split' column is not used: protocol ie-iqa" in line for line in lines), lines
+
+
 def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, tmp_path, monkeypatch):
     """A split records the fingerprint version it was made with: results folders of earlier
     versions are checked as they were, not refused as another experiment."""

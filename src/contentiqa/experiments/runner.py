@@ -972,6 +972,12 @@ def run_experiment(
                 return result
             sets = [TrainSet(spec.label, t, sc, _splits(cfg, t, out, progress, spec), spec.val_fraction)
                     for spec, t, sc in loaded]
+            for spec, t, _ in loaded:
+                if "split" in t and cfg.protocol_of(spec) != "official":
+                    # `evaluate` and `train` keep such a column: the split's test figures and theirs would differ
+                    say(f"note: {spec.label}'s 'split' column is not used: protocol {cfg.protocol_of(spec)} draws the "
+                        "experiment's own seeded splits (protocol: official keeps the column; `contentiqa evaluate "
+                        "--split` with the experiment's splits file scores its test parts)")
         say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on "
             f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
             f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
