@@ -154,6 +154,46 @@ def test_render_lower_is_better_and_escaping(tmp_path):
     assert out.read_text().count('<div class="card"') == 2  # no file: no thumbnail, still a card
 
 
+def test_cards_follow_the_sort_asked_for(tmp_path, ckpt):
+    """--sort worst (or path) ordered the table and the embedded rows, while the cards stayed best first."""
+    images(tmp_path / "imgs", 4)
+    out = tmp_path / "r.html"
+    for order, heading in (("worst", "worst first"), ("best", "best first"), ("path", "by path")):
+        assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q", "--force",
+                     "--sort", order]) == 0
+        text = out.read_text()
+        cards = re.findall(r'<div class="name" title="[^"]*">([^<]*)</div>', text)
+        assert cards == [r["path"] for r in read_html_rows(text)], order  # the cards in the file's order
+        assert f"Images, {heading} (4)" in text
+
+
+def test_a_content_only_models_report_shows_categories_not_a_quality_ranking(tmp_path):
+    """It was titled a quality report with a score scale, an empty score histogram and ranks."""
+    rows = [{"path": p, "score": None, "category": c, "category_confidence": 0.5, "error": None, "notes": ""}
+            for p, c in (("b.jpg", "plant"), ("a.jpg", "human"))]
+    rows.append({"path": "c.jpg", "score": None, "category": None, "category_confidence": None,
+                 "error": "file does not exist", "notes": ""})
+    info = {"name": "iqa-cr-c", "score_range": (0.0, 100.0), "higher_is_better": True, "predicts_score": False,
+            "categories": ["human", "plant"]}
+    html = render_html_report(rows, info)
+    assert "contentiqa content report" in html and "content categories only" in html
+    assert "score scale" not in html and "Score distribution" not in html and "#1" not in html
+    assert "2 classified, 1 failed" in html and "Images, by path (2)" in html
+    assert re.findall(r'<div class="name" title="[^"]*">([^<]*)</div>', html) == ["a.jpg", "b.jpg"]
+
+
+def test_names_with_controls_are_shown_escaped_and_kept_as_they_are(tmp_path):
+    """A bidirectional override showed 'a\\u202etxt.jpg' as "agpj.txt", a file that does not exist."""
+    name = "nu/a\u202etxt.jpg"
+    rows = [{"path": name, "score": 40.0, "category": None, "category_confidence": None, "error": None, "notes": ""},
+            {"path": "x\u202e.jpg", "score": None, "category": None, "category_confidence": None,
+             "error": "file does not exist", "notes": ""}]
+    html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True})
+    assert "\u202e" not in html.split('<script type="application/json"')[0]
+    assert "nu/a\\u202etxt.jpg" in html and "x\\u202e.jpg" in html
+    assert read_html_rows(html) == rows  # the rows themselves keep the name
+
+
 def test_images_of_a_name_that_is_not_utf8_read_back_under_that_name(tmp_path):
     """Such a name is written backslash-escaped: a resumed report lost its heatmap and thumbnail
     while its caption still counted them."""

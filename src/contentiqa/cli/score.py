@@ -335,7 +335,8 @@ class _Scoring:
                 if self.fmt == "html":
                     write_html_report(self.output, rows, self.info, self.thumbs, self.heatmaps,
                                       thumbnail_size=self.args.thumbnail_size, notes=self.report_notes + self.heat_notes,
-                                      heatmap_caption=self.heat_caption)
+                                      heatmap_caption=self.heat_caption,
+                                      order=sort_order(self.args.sort, self.info["higher_is_better"]))
                 else:
                     write_results(self.output, rows, self.fmt)
         except OSError as exc:

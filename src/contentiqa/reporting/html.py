@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
+from ..utils.terminal import printable
 from .results import NAME_ERRORS, row_ok, sort_rows
+
+DEFAULT_TITLE = "contentiqa quality report"
 
 if TYPE_CHECKING:  # reporting takes models as data; it does not import the model layer
     from ..inference.scorer import Scorer
@@ -163,6 +166,12 @@ def _esc(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
+def _shown(x: Any) -> str:
+    """Text a reader sees (a file name, an error): controls and bidirectional overrides written
+    as escapes, as the terminal shows them (``a\\u202etxt.jpg`` otherwise reads "agpj.txt")."""
+    return _esc(printable("" if x is None else str(x)))
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
@@ -172,25 +181,34 @@ def render_html_report(
     model_info: Mapping[str, Any],
     thumbnails: Mapping[str, bytes] | None = None,
     heatmaps: Mapping[str, bytes] | None = None,
-    title: str = "contentiqa quality report",
+    title: str = DEFAULT_TITLE,
     notes: Sequence[str] = (),
     heatmap_caption: str | None = None,
+    order: str | None = None,
 ) -> str:
     """The report as one HTML string.
 
     ``model_info``: ``name``, ``score_range`` (low, high), ``higher_is_better``, and optionally
+    ``predicts_score`` (False: a content-only model, its rows a category and no score),
     ``categories``, ``checkpoint``, ``meaning``. ``thumbnails`` / ``heatmaps``: path -> JPEG
     bytes; ``heatmap_caption``: what they show (:func:`caption_for_heatmaps`; None: IQA-CR's
-    quality map). Cards are sorted best first; failed inputs are listed in their own table.
+    quality map). ``order``: the cards' order, as :func:`~.results.sort_rows` takes it (None:
+    best first); failed inputs are listed in their own table.
     """
     thumbnails = thumbnails or {}
     heatmaps = heatmaps or {}
     heatmap_caption = heatmap_caption or caption_for_heatmaps("quality", attention=True)
     lo, hi = model_info.get("score_range", (0.0, 100.0))
     hib = bool(model_info.get("higher_is_better", True))
+    scored = bool(model_info.get("predicts_score", True))
+    if not scored and title == DEFAULT_TITLE:
+        title = "contentiqa content report"
     ok = [r for r in rows if row_ok(r)]
     bad = [r for r in rows if not row_ok(r)]
-    ok_sorted = sort_rows(ok, "-score" if hib else "score")  # a content-only model's rows (no score) last
+    best = "-score" if hib else "score"
+    order = order or best
+    ok_sorted = sort_rows(ok, order)  # a content-only model's rows (no score) by path
+    heading = ("by path" if order == "path" or not scored else "best first" if order == best else "worst first")
     scores = [float(r["score"]) for r in ok if r.get("score") is not None]
     meaning = model_info.get(
         "meaning",
@@ -212,9 +230,13 @@ def render_html_report(
         a(f"<tr><td>checkpoint</td><td>{_esc(model_info['checkpoint'])}</td></tr>")
     if model_info.get("precision"):
         a(f"<tr><td>precision</td><td>{_esc(model_info['precision'])}</td></tr>")
-    a(f"<tr><td>score scale</td><td>{lo:g} to {hi:g}, {'higher' if hib else 'lower'} is better</td></tr>")
-    a(f"<tr><td>meaning</td><td>{_esc(meaning)}</td></tr>")
-    a(f"<tr><td>images</td><td>{len(rows)} inputs: {len(ok)} scored, {len(bad)} failed</td></tr>")
+    if scored:
+        a(f"<tr><td>score scale</td><td>{lo:g} to {hi:g}, {'higher' if hib else 'lower'} is better</td></tr>")
+        a(f"<tr><td>meaning</td><td>{_esc(meaning)}</td></tr>")
+    else:
+        a("<tr><td>output</td><td>content categories only (this model gives no quality score)</td></tr>")
+    a(f"<tr><td>images</td><td>{len(rows)} inputs: {len(ok)} {'scored' if scored else 'classified'}, "
+      f"{len(bad)} failed</td></tr>")
     if scores:
         a(
             f"<tr><td>scores</td><td>min {min(scores):.2f} &middot; median {statistics.median(scores):.2f} "
@@ -225,9 +247,11 @@ def render_html_report(
     a("</table>")
 
     # histogram + categories
-    a("<div class=\"row\"><div><h2>Score distribution</h2>")
-    a(histogram_html(scores, (lo, hi), hib))
-    a("</div>")
+    a("<div class=\"row\">")
+    if scored:
+        a("<div><h2>Score distribution</h2>")
+        a(histogram_html(scores, (lo, hi), hib))
+        a("</div>")
     cats = [r.get("category") for r in ok if r.get("category")]
     if cats or model_info.get("categories"):
         counts: dict[str, int] = {c: 0 for c in model_info.get("categories", [])}
@@ -245,11 +269,11 @@ def render_html_report(
     if bad:
         a(f"<h2>Failed inputs ({len(bad)})</h2><table class=\"errors\"><tr><th>path</th><th>error</th></tr>")
         for r in bad:
-            a(f"<tr><td class=\"name\">{_esc(r.get('path'))}</td><td class=\"err\">{_esc(r.get('error') or 'no score')}</td></tr>")
+            a(f"<tr><td class=\"name\">{_shown(r.get('path'))}</td><td class=\"err\">{_shown(r.get('error') or 'no score')}</td></tr>")
         a("</table>")
 
     # cards
-    a(f"<h2>Images, best first ({len(ok_sorted)})</h2>")
+    a(f"<h2>Images, {heading} ({len(ok_sorted)})</h2>")
     shown = sum(1 for r in ok_sorted if str(r["path"]) in heatmaps)
     if shown:
         a(f"<p class=\"muted\">Right-hand image: {_esc(heatmap_caption)}; shown for {shown} image(s).</p>")
@@ -259,18 +283,19 @@ def render_html_report(
         a(f"<div class=\"card\" id=\"card-{rank}\"><div class=\"imgs\">")
         thumb = thumbnails.get(path)
         if thumb is not None:
-            a(f"<img class=\"thumb\" data-path=\"{_esc(path)}\" src=\"{data_uri(thumb)}\" alt=\"{_esc(os.path.basename(path))}\">")
+            a(f"<img class=\"thumb\" data-path=\"{_esc(path)}\" src=\"{data_uri(thumb)}\" alt=\"{_shown(os.path.basename(path))}\">")
         else:
             a("<span class=\"muted\">(no thumbnail)</span>")
         if path in heatmaps:
             a(f"<img class=\"heatmap\" data-path=\"{_esc(path)}\" src=\"{data_uri(heatmaps[path])}\" alt=\"heatmap\">")
         a("</div>")
-        a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\">#{rank}</span></div>")
+        if scored:
+            a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\">#{rank}</span></div>")
         if r.get("category"):
             a(f"<div class=\"cat\">{_esc(r['category'])} ({_fmt(r.get('category_confidence'))})</div>")
-        a(f"<div class=\"name\" title=\"{_esc(path)}\">{_esc(path)}</div>")
+        a(f"<div class=\"name\" title=\"{_shown(path)}\">{_shown(path)}</div>")
         if r.get("notes"):
-            a(f"<div class=\"note\">{_esc(r['notes'])}</div>")
+            a(f"<div class=\"note\">{_shown(r['notes'])}</div>")
         a("</div>")
     a("</div>")
 
@@ -319,6 +344,7 @@ def model_info(scorer: "Scorer") -> dict[str, Any]:
         "name": ident.name,
         "score_range": (float(lo), float(hi)),
         "higher_is_better": score_higher_is_better(scorer),
+        "predicts_score": scorer.predicts_score,
         "categories": list(scorer.categories),
         "precision": ident.precision,
     }
