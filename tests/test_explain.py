@@ -1,6 +1,7 @@
 """Grad-CAM, attention rollout, their fusion, and ``contentiqa explain``."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,29 @@ def test_a_strip_of_a_photo_gets_a_figure_of_a_usual_size(model, tmp_path, size)
     strip.save(tmp_path / "strip.png")
     out = explain(model, tmp_path / "strip.png").save_figure(tmp_path / "fig.png")
     assert max(Image.open(out).size) <= 1300  # it was 100 in per panel for a tall strip
+
+
+def test_a_portrait_figure_is_wide_enough_for_its_title_and_says_what_the_colours_and_an_empty_map_mean(
+        model, tmp_path, monkeypatch):
+    """A 1:2 portrait made a 4 in figure: the title with the score ran off both edges. Nothing
+    said what red means, and an empty map was drawn flat without a word."""
+    from matplotlib.figure import Figure
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, size=(400, 200, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    exp = explain(model, tmp_path / "p.png", targets=("quality",))
+    exp = replace(exp, quality_cam=np.zeros_like(exp.quality_cam), fused=np.zeros_like(exp.quality_cam))
+    texts: list[str] = []
+    real = Figure.savefig
+
+    def keep_texts(fig, *a, **k):
+        texts.extend(t.get_text() for t in fig.findobj(match=lambda o: hasattr(o, "get_text")) if t.get_text())
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", keep_texts)
+    out = exp.save_figure(tmp_path / "fig.png", target="quality")
+    assert Image.open(out).size[0] >= 700
+    assert any("red: the regions that raised the score most" in t for t in texts)
+    assert any("(empty: nothing raised it)" in t.replace("\n", " ") for t in texts), texts
 
 
 def test_explain_cli_never_writes_over_an_input_and_checks_outputs_first(tmp_path, photo, monkeypatch, capsys):

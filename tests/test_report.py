@@ -94,7 +94,8 @@ def test_resume_keeps_the_reports_heatmaps_and_their_caption(tmp_path, ckpt):
     assert main(["score", *map(str, imgs), "--model", ckpt, "-o", str(out), "-q", "--resume"]) == 0
     text = out.read_text()
     assert re.findall(r'class="heatmap" data-path="[^"]*" src="([^"]+)"', text) == before
-    assert "Right-hand image: quality heatmap (Grad-CAM x attention)" in text and "kept from the earlier run" in text
+    assert "Right-hand image: quality heatmap (Grad-CAM x attention; red: the regions that raised the score most" in text
+    assert "kept from the earlier run" in text
 
 
 def test_an_explained_resume_from_another_folder_explains_the_earlier_rows_again(tmp_path, ckpt, monkeypatch):
@@ -121,8 +122,8 @@ def test_heatmaps_of_a_model_without_attention_say_plain_grad_cam(tmp_path):
     assert main(["score", str(images(tmp_path / "imgs", 2)[0]), "--model", str(ckpt), "-o", str(out), "-q",
                  "--explain"]) == 0
     text = out.read_text()
-    assert "Right-hand image: quality heatmap (Grad-CAM);" in text and "x attention" not in text
-    assert "heatmaps: quality heatmap (Grad-CAM), for the 1 best-scored" in text
+    assert "Right-hand image: quality heatmap (Grad-CAM; red:" in text and "x attention" not in text
+    assert "heatmaps: quality heatmap (Grad-CAM; red: the regions that raised the score most, blue: none), for the 1 best-scored" in text
 
 
 def test_report_resume_reuses_rows_and_thumbnails(tmp_path, ckpt):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -291,31 +292,40 @@ def save_explanation_figure(
     panels.append(("image", base))
     fused = which == "fused" and exp.attention is not None
     kind = "Grad-CAM x attention" if fused else "Grad-CAM"
-    if target in ("quality", "both") and exp.quality_cam is not None:
-        m = exp.fused if fused else exp.quality_cam
-        panels.append((f"quality ({kind})", overlay_heatmap(exp.image, m, max_size=max_side)))
-    if target in ("category", "both") and exp.category_cam is not None:
-        m = exp.fused_category if fused else exp.category_cam
-        panels.append((f"category '{exp.explained_category}' ({kind})", overlay_heatmap(exp.image, m, max_size=max_side)))
+    raised = []
+    for name, cam, m in (("quality", exp.quality_cam, exp.fused if fused else exp.quality_cam),
+                         ("category", exp.category_cam, exp.fused_category if fused else exp.category_cam)):
+        if target not in (name, "both") or cam is None:
+            continue
+        label = "quality" if name == "quality" else f"category '{exp.explained_category}'"
+        empty = " (empty: nothing raised it)" if not np.any(cam) else ""  # drawn flat, it would read "everywhere alike"
+        panels.append((f"{label} ({kind}){empty}", overlay_heatmap(exp.image, m, max_size=max_side)))
+        raised.append("the score" if name == "quality" else "the category")
     if len(panels) == 1:
         raise ValueError(f"nothing to show for target={target!r}: the model has no such output")
     # A panel 4 in wide, as tall as the photo makes it, within bounds: a 120x3000 strip made a
-    # 100 in (10,000 px) tall figure; it is shown narrow in a panel no taller than 6 in.
+    # 100 in (10,000 px) tall figure; it is shown narrow in a panel no taller than 6 in. The
+    # figure is at least 7 in wide and its texts wrapped to it: a portrait photo's narrow panels
+    # cut the title (the score) off at both edges.
     w, h = base.size
     panel_w = max(2.0, min(4.0, 4.0 * w / h))
     panel_h = min(6.0, panel_w * h / w)
-    fig = Figure(figsize=(panel_w * len(panels), panel_h + 0.9), dpi=dpi)
+    width = max(7.0, panel_w * len(panels))
+    title = exp.title()
+    if exp.downscaled:
+        title += f"\nheatmaps computed on a {exp.explained_size[0]}x{exp.explained_size[1]} copy of the {exp.size[0]}x{exp.size[1]} image"
+    title = "\n".join(textwrap.fill(line, int(width * 11)) for line in title.splitlines())
+    key = f"red: the regions that raised {' and '.join(dict.fromkeys(raised))} most; blue: none"
+    fig = Figure(figsize=(width, panel_h + 0.9 + 0.18 * title.count("\n")), dpi=dpi)
     FigureCanvasAgg(fig)
     for k, (name, im) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         ax.imshow(np.asarray(im))
-        ax.set_title(name, fontsize=9)
+        ax.set_title(textwrap.fill(name, int(width / len(panels) * 12)), fontsize=9)
         ax.axis("off")
-    title = exp.title()
-    if exp.downscaled:
-        title += f"\nheatmaps computed on a {exp.explained_size[0]}x{exp.explained_size[1]} copy of the {exp.size[0]}x{exp.size[1]} image"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, key, ha="center", va="bottom", fontsize=8, color="#444")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
 
     def _write(tmp: str) -> None:
         fig.savefig(tmp, format="png")

@@ -38,6 +38,8 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
                           exact_score=False)
             which = "fused" if exp.fused is not None else "fused_category"
             maps[r["path"]] = make_thumbnail(exp.overlay(which, max_size=size), size)
+            # a flat map alone would read as "everywhere alike"
+            problems += [f"{r['path']}: {note}" for note in exp.notes if " map is empty" in note]
             attention = attention or exp.attention is not None
         except Exception as exc:  # a heatmap failure must not lose the report
             problems.append(f"{r['path']}: no heatmap ({exc})")

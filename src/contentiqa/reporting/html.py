@@ -44,7 +44,9 @@ _CAPTION_RE = re.compile(r'<p class="muted">Right-hand image: (.*?); shown for \
 def caption_for_heatmaps(target: str, attention: bool) -> str:
     """What a report's heatmaps show: the quality or content map, fused with the model's
     spatial attention when it has some (IQA-CR), else plain Grad-CAM (IE-IQA)."""
-    return f"{target} heatmap ({'Grad-CAM x attention' if attention else 'Grad-CAM'})"
+    raised = "the score" if target == "quality" else "the category"
+    return (f"{target} heatmap ({'Grad-CAM x attention' if attention else 'Grad-CAM'}; red: the regions that raised "
+            f"{raised} most, blue: none)")
 
 
 # -- images -------------------------------------------------------------------------------
