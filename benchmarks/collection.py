@@ -35,7 +35,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, write_results  # noqa: E402
+from common import CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, results_name, write_results  # noqa: E402
 
 from contentiqa.utils.io import atomic_write_text  # noqa: E402
 
@@ -139,7 +139,9 @@ def main() -> None:
         sys.exit(f"benchmark skipped: no photos at {folder} (set CONTENTIQA_BIQ2021 or pass --images)")
     images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)[: args.limit]
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    name = f"collection_{kind}" + ("_quick" if args.quick else "")
+    # fewer or other photos, another decode sample: a check run, never the published figure
+    name = results_name(f"collection_{kind}", ap, args, ignore=("device", "fresh", "quick"))
+    name += "_quick" if args.quick and not name.endswith("_quick") else ""
     work = CACHE / "collection"
     work.mkdir(parents=True, exist_ok=True)
     out_csv, state_file = work / f"{name}.csv", work / f"{name}.state.json"

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, command_line, md_table, write_results
+from common import ROOT, SHARED, command_line, md_table, results_name, write_results
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
@@ -152,7 +152,7 @@ def main() -> None:
         "--flush-every 10, are scored again on resume); -15 / -2 = the signal came during start-up (imports, model "
         "loading), before that run had scored anything.\n"
     )
-    write_results("faults", {"photos": len(photos), "model": args.model, "reference_seconds": ref_seconds,
+    write_results(results_name("faults", ap, args), {"photos": len(photos), "model": args.model, "reference_seconds": ref_seconds,
                              "stops": stops, "rounds": rounds, "totals": totals, "pass": ok, "command": command_line()}, md)
     sys.exit(0 if ok else 1)
 

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from common import CACHE, clive_splits, command_line, md_table, require_clive, write_results
+from common import CACHE, clive_splits, command_line, md_table, require_clive, results_name, write_results
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def main() -> None:
         + f"\nTest parts of {len(runs)} seeded splits ({split_file.name}); ridge alpha chosen on each val part. "
         f"Command: `{command_line()}`.\n"
     )
-    write_results("floor", {"model": "efficientnet_lite0 GAP + ridge", "protocol": "iqa-cr", "runs": runs, "summary": summary,
+    write_results(results_name("floor", ap, args), {"model": "efficientnet_lite0 GAP + ridge", "protocol": "iqa-cr", "runs": runs, "summary": summary,
                             "n_images": len(table)}, md)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, md_table, write_results
+from common import RESULTS, md_table, results_name, write_results
 from floor import ridge_fit, ridge_predict
 
 ALPHAS = 10.0 ** np.arange(-1, 5)
@@ -208,7 +208,7 @@ def main() -> None:
                     if earlier else "")
                  + ". This summary took "
                  f"{(time.time() - t0) / 60:.1f} min (cached features).\n")
-    write_results("generalization", {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
+    write_results(results_name("generalization", ap, args, ignore=("runs", "cache")), {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
 
 
 if __name__ == "__main__":

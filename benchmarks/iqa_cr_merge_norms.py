@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import command_line, md_table, require_clive, write_results
+from common import command_line, md_table, require_clive, results_name, write_results
 
 
 def layer_growth(model, images) -> list[float]:
@@ -74,7 +74,7 @@ def main() -> int:
         "",
         f"{time.time() - t0:.0f} s on this machine.",
     ]
-    write_results("iqa_cr_merge_norms", {"rows": rows, "photos": len(images), "command": command_line()}, "\n".join(md) + "\n")
+    write_results(results_name("iqa_cr_merge_norms", ap, args, ignore=("run",)), {"rows": rows, "photos": len(images), "command": command_line()}, "\n".join(md) + "\n")
     return 0
 
 

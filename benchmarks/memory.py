@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SHARED, command_line, md_table, write_results
+from common import ROOT, SHARED, command_line, md_table, results_name, write_results
 
 CHILD = """
 import json, resource, sys, time
@@ -97,7 +97,7 @@ def main() -> None:
         "2048 px on the longest side, whatever the photo; --max-side 0 is the unbounded behaviour "
         "before issue 14. Times are wall-clock on a shared CPU (other jobs running): not speed figures.\n"
     )
-    write_results("memory", {"model": args.model, "rows": rows, "command": command_line()}, md)
+    write_results(results_name("memory", ap, args), {"model": args.model, "rows": rows, "command": command_line()}, md)
 
 
 if __name__ == "__main__":

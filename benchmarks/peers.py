@@ -500,7 +500,8 @@ def photo_folder(files: list[str], folder: Path) -> Path:
     return folder
 
 
-def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], metrics: list[str], budget: float) -> int:
+def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], metrics: list[str], budget: float,
+        name: str = "peers") -> int:
     import platform
 
     import torch
@@ -589,7 +590,7 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
     payload["command"] = command
     from common import write_results
 
-    write_results("peers", payload, render_markdown(payload, command))
+    write_results(name, payload, render_markdown(payload, command))
     return 0
 
 
@@ -634,7 +635,10 @@ def main() -> int:
     budget = args.budget or (10.0 if args.quick else 90.0)
     metrics = [m.strip() for m in (args.metrics or ",".join(QUICK_PEERS if args.quick else PEERS)).split(",") if m.strip()]
     files = sorted(str(p) for p in CLIVE_IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))[:n]
-    return run(args, versions, files, metrics, budget)
+    from common import results_name
+
+    # a check run (--quick, fewer photos or metrics) never writes over the published page
+    return run(args, versions, files, metrics, budget, results_name("peers", ap, args, ignore=("pyiqa_python",)))
 
 
 if __name__ == "__main__":

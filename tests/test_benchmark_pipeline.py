@@ -862,6 +862,23 @@ def test_a_check_run_never_writes_over_the_published_figures(common, capsys):
     assert "results go to speed_quick" in capsys.readouterr().out
 
 
+def test_no_benchmark_with_options_writes_its_results_under_a_fixed_name():
+    """peers.py --quick, floor.py --seeds 2, memory.py --sizes, faults.py --photos and collection.py
+    --limit wrote over the published files (docs.py copies some into the docs)."""
+    import ast
+
+    fixed = []
+    for script in sorted((REPO_ROOT / "benchmarks").glob("*.py")):
+        source = script.read_text()
+        if "add_argument(" not in source:
+            continue  # no options: every run is the published one
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_results" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                fixed.append(f"{script.name}:{node.lineno}")
+    assert not fixed, f"results written under a fixed name whatever the options: {fixed}"
+
+
 def test_results_say_when_the_source_changed_during_the_run(common, monkeypatch):
     """Provenance was read at the end: a commit made while a long benchmark ran was recorded as
     what all of it ran."""
