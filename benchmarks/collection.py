@@ -64,15 +64,17 @@ def score_segment(folder: Path, out_csv: Path, device: str, extra: list[str]) ->
     return wall, count_rows(out_csv) - before, r.stderr[-500:]
 
 
-def read_rows(out_csv: Path) -> list[dict]:
+def read_rows(out_csv: Path, scored_only: bool = True) -> list[dict]:
     if not out_csv.exists():
         return []
     with open(out_csv, newline="") as fh:
-        return [row for row in csv.DictReader(fh) if row.get("score")]
+        return [row for row in csv.DictReader(fh) if row.get("score") or not scored_only]
 
 
 def count_rows(out_csv: Path) -> int:
-    return len(read_rows(out_csv))
+    """Photos done: scored or failed (an unreadable photo's row is as final as a score; counted as
+    not done, a finished run looked unfinished and every rerun added a segment to it)."""
+    return len(read_rows(out_csv, scored_only=False))
 
 
 def subset_folder(images: list[str], where: Path) -> Path:
@@ -178,8 +180,8 @@ def main() -> None:
         decode = decode_only_ips(model, images, chosen["workers"], min(args.decode_sample, len(images)))
         load_after = os.getloadavg()
     seconds = sum(s["seconds"] for s in state["segments"])
-    scored = sum(s["rows"] for s in state["segments"])
-    ips = scored / seconds if seconds else 0.0
+    ips = sum(s["rows"] for s in state["segments"]) / seconds if seconds else 0.0  # every photo gone through
+    scored = len(read_rows(out_csv))
     precisions = sorted({r.get("precision") or "?" for r in read_rows(out_csv)})
     payload = {"command": command_line(), "folder": str(folder), "photos": len(images), "scored": scored,
                "segments": state["segments"], "seconds": seconds, "images_per_s": ips,

@@ -941,6 +941,41 @@ def test_a_finished_collection_run_is_measured_again_not_reported_again(common, 
     assert len(segments) == 3 and len(written[-1]["segments"]) == 1
 
 
+def test_a_collection_run_with_an_unreadable_photo_is_finished(common, tmp_path, monkeypatch):
+    """Only scored rows counted as done: one unreadable photo made a finished run look unfinished,
+    an empty segment's start-up was added to its time, and every rerun added another."""
+    import collection
+    from conftest import write_image
+
+    photos = tmp_path / "photos"
+    for i in range(2):
+        write_image(photos / f"{i}.png", 64, 64, seed=i)
+    (photos / "2.png").write_bytes(b"not a photo")
+    segments = []
+
+    def score_segment(folder, out_csv, device, extra):  # as the real one counts what it added
+        files = sorted(folder.iterdir())
+        before = collection.count_rows(out_csv)
+        out_csv.write_text("path,score,error\n" + "".join(f"{p},{'' if p.name == '2.png' else 50},"
+                                                           f"{'not an image' if p.name == '2.png' else ''}\n"
+                                                           for p in files))
+        segments.append(folder)
+        return 1.0, collection.count_rows(out_csv) - before, ""
+
+    written = []
+    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(collection, "score_segment", score_segment)
+    monkeypatch.setattr(collection, "settings", lambda device: ({"device_name": "cpu", "model": "m", "runtime": "onnx",
+                                                                 "batch_size": 1, "workers": 1}, None))
+    monkeypatch.setattr(collection, "decode_only_ips", lambda *a: 1.0)
+    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(photos), "--quick"])
+    collection.main()
+    collection.main()
+    assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
+    assert written[-1]["scored"] == 2 and written[-1]["images_per_s"] == 3.0
+
+
 def test_gate_validation_parts_leave_out_every_seeds_test_photos(common, tmp_path, monkeypatch):
     """Chosen on the mean over seeds, a seed's validation part held a fifth of the other seeds'
     test photos, whose figures are published."""
