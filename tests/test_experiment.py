@@ -741,6 +741,8 @@ def test_clive_configs_match_the_benchmarks():
     assert iqa.runs[5].train == {k: shipped["train_config"][k] for k in iqa.runs[5].train}
     assert iqa.protocol == "iqa-cr" and iqa.seeds == list(range(bench["seeds"]))
     assert iqa.data.labels == REPO_ROOT / "benchmarks" / "results" / "clive_content_labels.csv"
+    # keyed by the dataset (images/t1.png): paths from the results folder joined only a checkout beside ../shared
+    assert pd.read_csv(iqa.data.labels)["image"].str.fullmatch(r"images/[^/]+").all()
     ie = load_config(CONFIGS / "clive_ie_iqa.yaml")
     recipe = dict(optimizer="sgd", lr=0.03, backbone_lr_scale=0.1, momentum=0.9, weight_decay=1e-4, batch_size=16,
                   score_loss="mse", head_only_epochs=2, warmup_epochs=1, patience=0, crop=None, hflip=True)
