@@ -114,6 +114,25 @@ def test_resume_with_other_settings_is_a_usage_error(tmp_path, capsys):
     assert "--resume:" in capsys.readouterr().err
 
 
+def test_resume_takes_a_larger_patience_up_and_refuses_fewer_epochs_than_done(tmp_path, capsys, monkeypatch):
+    """Both were a silent no-op while config.json recorded the new value for the whole run."""
+    from contentiqa.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_monitor", lambda self, metrics: 0.5)  # never better after the first epoch
+    data, out = table(tmp_path, n=20, split=["train"] * 12 + ["val"] * 4 + ["test"] * 4), tmp_path / "run"
+    assert train(data, out, "--epochs", "4", "--set", "patience=1") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # stopped early after epoch 2
+    before = (out / "config.json").read_text()
+    assert train(data, out, "--epochs", "1", "--set", "patience=1", "--resume") == 2
+    assert "has trained 2 epochs already: epochs 1 is fewer" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == before
+    assert train(data, out, "--epochs", "4", "--set", "patience=1", "--resume") == 0  # the same: finished
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert train(data, out, "--epochs", "4", "--set", "patience=3", "--resume") == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["stopped"]  # went on until 3 epochs without a better one
+
+
 @pytest.mark.parametrize("changed", [["--seed", "5"], ["--lr", "0.01"], ["--set", "crop=32"], ["--batch-size", "2"],
                                      ["--set", "score_loss=mse"]])
 def test_resume_refuses_every_change_of_recipe(tmp_path, capsys, changed):

@@ -795,6 +795,9 @@ class Trainer:
         last = self.out / "last.pt"
         if resume and last.is_file():
             self.load_state(last)
+            if cfg.epochs < self.epoch:  # nothing to train, and config.json would claim the shorter run
+                raise ResumeMismatch(f"{last} has trained {self.epoch} epochs already: epochs {cfg.epochs} is fewer "
+                                     f"(give at least {self.epoch})")
             self.resumed_after = self.epoch
             self.log(f"resumed from {last} after epoch {self.epoch}")
         elif resume:
@@ -812,7 +815,9 @@ class Trainer:
                  **({"recipe": self.recipe} if self.recipe is not None else {})}, indent=1))
             if self.history:  # last.pt is written first: a run killed between the two lacks its last line
                 self._write_logs()
-        finished = self.best is not None and self.history and self.history[-1].get("stopped")
+        # stopped early: finished unless this run's patience (a larger one, or none) lets it go on
+        finished = (self.best is not None and self.history and self.history[-1].get("stopped")
+                    and bool(cfg.patience) and self.bad_epochs >= cfg.patience)
         if main and self.epoch and self.epoch < cfg.epochs and not finished:
             # A finished run given more epochs: its tested model and figures are about to be another's.
             self._remove(FINISHED_RESULTS, "the run goes on, so it is tested again at the end")
