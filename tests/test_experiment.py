@@ -321,6 +321,18 @@ def test_a_split_column_the_protocol_does_not_use_is_said(tmp_path):
     assert any("D's 'split' column is not used: protocol ie-iqa" in line for line in lines), lines
 
 
+def test_the_table_names_the_machines_the_splits_trained_on():
+    """It named the machine that built the table, also for splits imported from a GPU session."""
+    from contentiqa.experiments.runner import _machines
+
+    prov = {"machine": "x86_64, 2 CPUs, Linux", "gpu": None}
+    gpu = {"machine": "x86_64, 16 CPUs, Linux", "gpu": "NVIDIA H100"}
+    results = {"A": {"splits": [{"provenance": gpu}, {"provenance": gpu}]}, "B": {"splits": [{"provenance": {}}]}}
+    assert _machines(results, prov) == ("a machine not recorded (older records) (1 split(s)); "
+                                        "x86_64, 16 CPUs, Linux, GPU NVIDIA H100 (2 split(s))")
+    assert _machines({"A": {"splits": [{"provenance": gpu}]}}, prov) == "x86_64, 16 CPUs, Linux, GPU NVIDIA H100"
+
+
 def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, tmp_path, monkeypatch):
     """A split records the fingerprint version it was made with: results folders of earlier
     versions are checked as they were, not refused as another experiment."""

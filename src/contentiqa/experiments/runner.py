@@ -591,7 +591,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
             res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
         else:
             res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
-    res["provenance"] = {k: v for k, v in provenance().items() if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date")}
+    res["provenance"] = {k: v for k, v in provenance().items()
+                         if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date", "machine", "gpu")}
     return res
 
 
@@ -765,6 +766,23 @@ def _train_time(results: dict[str, Any]) -> str:
     return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
 
 
+def _machines(results: dict[str, Any], prov: dict) -> str:
+    """Where the splits trained, from their own records: a table built elsewhere (--import,
+    --table-only) must not credit its builder's machine with them."""
+    def where(p: dict) -> str:
+        return f"{p.get('machine')}{', GPU ' + str(p.get('gpu')) if p.get('gpu') else ''}"
+
+    counts: dict[str, int] = {}
+    for r in results.values():
+        for sp in r.get("splits", []):
+            p = sp.get("provenance") or {}
+            key = where(p) if p.get("machine") else "a machine not recorded (older records)"
+            counts[key] = counts.get(key, 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), where(prov))
+    return "; ".join(f"{k} ({n} split(s))" for k, n in sorted(counts.items()))
+
+
 def _training_sessions(results: dict[str, Any], prov: dict) -> str:
     """Which code trained the table's splits (commit, dirty, version; dates), unless all of them
     were this session's code: a table rebuilt or resumed later must not pass for its builder's."""
@@ -849,8 +867,7 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"e.g. a collapsed model's correlations; 'K of N': a row with N splits planned). Tested on {'; '.join(where)}. "
         f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories "
         f"(against the main label); acc. (any label) = the prediction is one of the photo's labels (multi-label sets).",
-        f"Ran on {prov.get('machine')}{', GPU ' + str(prov.get('gpu')) if prov.get('gpu') else ''}: "
-        f"{_train_time(results)} of training and testing over all rows and splits.",
+        f"Ran on {_machines(results, prov)}: {_train_time(results)} of training and testing over all rows and splits.",
         (f"Command: `contentiqa experiment {cfg.source} --out {out}` (it trains only the splits that folder lacks, "
          "then writes this table). " if cfg.source and out is not None else "")
         + f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
