@@ -270,7 +270,8 @@ def install_block(up: str = "") -> str:
     if free:
         parts.append(f"`pip install .` takes {free['seconds']:.0f} s and {free['size_mb']:.0f} MB")
     if full:
-        parts.append(f"with `[torch]` {full['seconds']:.0f} s and {full['size_mb'] / 1000:.1f} GB")
+        parts.append(f"with `[torch]` {full['seconds']:.0f} s and {full['size_mb'] / 1000:.1f} GB"
+                     + (f" (measured {str(full.get('when') or 'earlier')[:10]})" if full.get("carried") else ""))
     return "; ".join(parts) + f" ([install.md]({up}benchmarks/results/install.md), {res['when'][:10]})."
 
 

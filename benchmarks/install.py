@@ -94,26 +94,32 @@ def _mb(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f} MB"
 
 
+def _when(install: dict, res: dict) -> str:
+    """When an install was measured: a row carried over from an earlier run (--skip-torch) says so."""
+    when = install.get("when") or "not recorded"
+    return f"{when} (an earlier run's, kept by --skip-torch)" if install.get("carried") else when
+
+
 def markdown(res: dict) -> str:
     free, full = res["installs"].get("torch_free"), res["installs"].get("torch")
     lines = [
         "# Install size and time",
         "",
-        f"`python benchmarks/install.py` ({res['when']}, Python {res['python']}, load average {res['load'][0]:.1f} "
+        f"`{res.get('command') or 'python benchmarks/install.py'}` ({res['when']}, Python {res['python']}, load average {res['load'][0]:.1f} "
         "before: the machine was shared, so the times are upper bounds). Each install goes into a fresh venv from "
         "the registry with pip's cache off; size is the venv's disk use after it (and what the install added to "
         "the empty venv's python, pip and setuptools).",
         "",
-        "| install | what it does | time | size (added) | packages |",
-        "|---|---|---|---|---|",
+        "| install | what it does | time | size (added) | packages | measured |",
+        "|---|---|---|---|---|---|",
     ]
     if free:
         lines.append(f"| `pip install .` | score, serve, reports (ONNX Runtime) | {free['seconds']:.0f} s | "
-                     f"{free['size_mb']:.0f} MB ({_mb(free.get('added_mb'))}) | {free['packages']} |")
+                     f"{free['size_mb']:.0f} MB ({_mb(free.get('added_mb'))}) | {free['packages']} | {_when(free, res)} |")
     if full:
         lines.append(f"| `pip install '.[torch]'` | + training, evaluation, heatmaps, export, GPUs (torch "
                      f"{full['torch']}) | {full['seconds']:.0f} s | {full['size_mb']:.0f} MB "
-                     f"({_mb(full.get('added_mb'))}) | {full['packages']} |")
+                     f"({_mb(full.get('added_mb'))}) | {full['packages']} | {_when(full, res)} |")
     if free:
         ok_size = free["size_mb"] <= TARGETS["size_mb"]
         ok_time = free["seconds"] <= TARGETS["seconds"]
@@ -134,28 +140,33 @@ def main(argv: list[str] | None = None) -> int:
                  "load": list(os.getloadavg()), "installs": {}}
     try:
         src = source_copy(work / "src")
-        res["installs"]["torch_free"] = install(src, work / "venv", "", cache=args.ci)
+        res["installs"]["torch_free"] = {**install(src, work / "venv", "", cache=args.ci),
+                                         "when": time.strftime("%Y-%m-%d %H:%M")}
         if res["installs"]["torch_free"]["torch"]:
             raise SystemExit("`pip install .` installed torch: the base install must not need it")
         res["score"] = score_examples(work / "venv", work)
         shutil.rmtree(work / "venv")
         print(f"torch-free install: {res['installs']['torch_free']}; scored {res['score']['photos']} photos")
         if not args.ci and not args.skip_torch:
-            res["installs"]["torch"] = install(src, work / "venv-torch", "[torch]", cache=False)
+            res["installs"]["torch"] = {**install(src, work / "venv-torch", "[torch]", cache=False),
+                                        "when": time.strftime("%Y-%m-%d %H:%M")}
             shutil.rmtree(work / "venv-torch")
             print(f"with [torch]: {res['installs']['torch']}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not args.ci:
         previous = RESULTS / "install.json"
-        if args.skip_torch and previous.is_file():  # keep the last measurement of the other install
-            res["installs"].setdefault("torch", json.loads(previous.read_text())["installs"].get("torch"))
-        from contentiqa.utils.io import atomic_write_text
+        if args.skip_torch and previous.is_file():  # keep the last measurement of the other install, marked
+            kept = json.loads(previous.read_text())
+            torch_row = kept["installs"].get("torch")
+            if torch_row:
+                res["installs"]["torch"] = {**torch_row, "when": torch_row.get("when") or kept.get("when"),
+                                            "carried": True}
+        from common import command_line, write_results
 
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RESULTS / "install.json", json.dumps(res, indent=1) + "\n")
-        atomic_write_text(RESULTS / "install.md", markdown(res))
-        print(f"wrote {RESULTS / 'install.md'}")
+        res["command"] = command_line()
+        name = "install"  # --skip-torch too: the page then says which row an earlier run measured
+        write_results(name, res, markdown(res))
     return 0
 
 

@@ -1003,3 +1003,16 @@ def test_gate_validation_parts_leave_out_every_seeds_test_photos(common, tmp_pat
         val, _ = ship_gate.parts(args, seed, clive, splits[seed], biq, tested)
         assert len(val) and not set(val["image"]) & tested
         assert set(ship_gate.parts(args, seed, clive, splits[seed], biq)[0]["image"]) & tested  # what it read before
+
+
+def test_an_install_row_carried_from_an_earlier_run_says_when_it_was_measured(common):
+    """--skip-torch kept the [torch] row of an earlier run, and the page and README dated it today."""
+    import install
+
+    res = {"when": "2026-12-06 23:18", "python": "3.11.7", "load": [1.0], "command": "python benchmarks/install.py --skip-torch",
+           "installs": {"torch_free": {"seconds": 25, "size_mb": 526, "packages": 28, "when": "2026-12-06 23:18"},
+                        "torch": {"seconds": 124, "size_mb": 6520, "packages": 77, "torch": "2.14.1",
+                                  "when": "2026-12-03 10:50", "carried": True}},
+           "score": {"photos": 8, "seconds": 0.9}}
+    md = install.markdown(res)
+    assert "| 2026-12-03 10:50 (an earlier run's, kept by --skip-torch) |" in md and "--skip-torch` (2026-12-06" in md
