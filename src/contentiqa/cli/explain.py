@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"model {model.model_name} predicts no quality score: use --target category")
     category = args.category
     if category is not None:
+        if args.target == "quality":  # no category map to draw it in: said, not ignored
+            raise UsageError("--category names the category map's category: --target quality draws none "
+                             "(use --target category or both)")
         if category not in model.categories:
             raise UsageError(f"unknown category {category!r}; this model knows: {', '.join(model.categories) or 'none'}")
     targets = {"quality": ("quality",), "category": ("category",), "both": ("quality", "category")}[args.target]
