@@ -762,3 +762,18 @@ def test_a_cached_graph_marked_used_keeps_its_scorers_parallel_runs(tmp_path, ex
     scorer = find_graph(path, threads=2)
     os.utime(scorer.path)  # another run marks it used too
     assert scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 2
+
+
+def test_a_native_resolution_graph_runs_side_by_side_only_as_many_as_memory_holds(tmp_path, examples_dir, monkeypatch):
+    import contentiqa.inference.threads as th
+    from contentiqa.inference.onnx_runtime import find_graph
+    from contentiqa.inference.threads import PARALLEL_RUNS_MIN_IMAGES
+    from contentiqa.models.registry import save_checkpoint
+
+    path = save_checkpoint(tiny_model(seed=0), tmp_path / "m.pt")  # IQA-CR: native resolution
+    assert main(["score", example_images(examples_dir)[0], "--model", str(path), "-o", str(tmp_path / "a.csv"),
+                 "-q"]) == 0
+    scorer = find_graph(path, threads=4)
+    assert scorer.native_resolution and scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 4
+    monkeypatch.setattr(th, "available_memory", lambda: 2 * 2**30)  # half of it holds one run at 2048 px
+    assert scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 1

@@ -367,17 +367,65 @@ def test_cpu_sample_counts_only_the_other_processes(monkeypatch):
     import contentiqa.inference.threads as th
 
     ticks = os.sysconf("SC_CLK_TCK")
-    stats = iter([(1000, 10_000), (1000 + int(0.4 * ticks) + 150, 10_000 + 400)])  # 400 jiffies over all CPUs
+    stats = iter([(1000, 10_000, 4), (1000 + int(0.4 * ticks) + 150, 10_000 + 400, 4)])  # 400 jiffies over 4 CPUs
     own = iter([5.0, 5.4])  # this process used 0.4 s of CPU meanwhile
     clock = iter([100.0, 100.5, 100.5])  # started; its age; the wait
     monkeypatch.setattr(th, "_proc_stat", lambda: next(stats))
     monkeypatch.setattr(th.time, "process_time", lambda: next(own))
     monkeypatch.setattr(th.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(th.time, "sleep", lambda s: pytest.fail(f"waited {s} s although the window was long enough"))
-    monkeypatch.setattr(th.os, "cpu_count", lambda: 4)
     sample = th.CpuSample.start()
     # 150 busy jiffies of others out of 400: 0.375 of the machine = 1.5 of its 4 cores
     assert sample.busy_others(0.1) == pytest.approx(1.5)
+
+
+def test_the_cpu_sample_counts_only_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+    """The machine's line counted a host's other cores: a job pinned to 4 idle cores of a busy
+    16-core host saw them all busy and ran 1 thread."""
+    import contentiqa.inference.threads as th
+
+    def stat(busy_elsewhere: int, busy_mine: int, t: int) -> str:
+        lines = [f"cpu  {busy_elsewhere * 12 + busy_mine * 4} 0 0 {(t - busy_elsewhere) * 12 + (t - busy_mine) * 4} 0 0 0 0"]
+        lines += [f"cpu{i} {busy_elsewhere if i < 12 else busy_mine} 0 0 "
+                  f"{t - busy_elsewhere if i < 12 else t - busy_mine} 0 0 0 0" for i in range(16)]
+        return "\n".join(lines) + "\nintr 1\n"
+
+    path = tmp_path / "stat"
+    monkeypatch.setattr(th, "PROC_STAT", str(path))
+    monkeypatch.setattr(th, "_affinity", lambda: {12, 13, 14, 15})
+    path.write_text(stat(0, 0, 100))
+    first = th._proc_stat()
+    path.write_text(stat(100, 0, 200))  # cores 0-11 fully busy since, this job's 12-15 idle
+    now = th._proc_stat()
+    assert first[2] == now[2] == 4 and now[0] - first[0] == 0 and now[1] - first[1] == 400
+    monkeypatch.setattr(th, "_affinity", lambda: None)  # where there is no affinity mask: the machine's line
+    assert th._proc_stat() == (1200, 3200, os.cpu_count())
+
+
+def test_omp_num_threads_caps_the_cpus_a_plan_uses(monkeypatch):
+    """PyTorch kept to a batch job's $OMP_NUM_THREADS; ONNX Runtime's plan took every core of the node."""
+    import contentiqa.inference.threads as th
+
+    monkeypatch.setattr(th, "_affinity", lambda: set(range(8)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert th.usable_cpus() == 2 and th.plan_threads(requested=None, images=20).compute_threads <= 2
+    for value in ("0", "x", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert th.usable_cpus() == 8
+
+
+def test_native_resolution_runs_side_by_side_only_as_many_as_memory_holds(monkeypatch):
+    """Each run holds its own activations: one run per free core of a many-core machine took
+    more memory than the documented bound (about 0.5 GB more per run at 2048 px)."""
+    import contentiqa.inference.threads as th
+
+    monkeypatch.setattr(th, "available_memory", lambda: 4 * 2**30)
+    assert th.runs_within_memory(8, 2048) == 2  # half of 4 GB over ~0.8 GB a run
+    assert th.runs_within_memory(8, 512) == 8 and th.runs_within_memory(8, None) == 8
+    monkeypatch.setattr(th, "available_memory", lambda: 2**20)
+    assert th.runs_within_memory(8, 2048) == 1
+    monkeypatch.setattr(th, "available_memory", lambda: None)  # where it cannot be read: as planned
+    assert th.runs_within_memory(8, 2048) == 8
 
 
 def test_an_old_cpu_sample_is_started_again(monkeypatch):
@@ -386,13 +434,12 @@ def test_an_old_cpu_sample_is_started_again(monkeypatch):
     import contentiqa.inference.threads as th
 
     now = [100.0]
-    stats = iter([(0, 1000), (500, 2000), (900, 2400)])  # others busy half the time, then all of it
+    stats = iter([(0, 1000, 2), (500, 2000, 2), (900, 2400, 2)])  # others busy half the time, then all of it
     waited = []
     monkeypatch.setattr(th, "_proc_stat", lambda: next(stats))
     monkeypatch.setattr(th.time, "process_time", lambda: 1.0)
     monkeypatch.setattr(th.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(th.time, "sleep", lambda s: (waited.append(s), now.__setitem__(0, now[0] + s)))
-    monkeypatch.setattr(th.os, "cpu_count", lambda: 2)
     sample = th.CpuSample.start()
     now[0] += th.SAMPLE_MAX_AGE + 1
     assert sample.busy_others(0.1) == pytest.approx(2.0)  # the last 0.1 s only, not the average since the start (1.0)

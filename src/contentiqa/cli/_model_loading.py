@@ -46,8 +46,8 @@ def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = Tr
     p.add_argument("--device", default="cpu", help="torch device (default cpu; cuda runs PyTorch)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compute threads for the model (default: ONNX Runtime one per core not busy with other "
-                        "processes; PyTorch its own). ONNX Runtime with 8 or more inputs scores that many photos at "
-                        "once, one thread each")
+                        "processes, of the cores this process may use and at most $OMP_NUM_THREADS; PyTorch its own). "
+                        "ONNX Runtime with 8 or more inputs scores that many photos at once, one thread each")
 
 
 def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:

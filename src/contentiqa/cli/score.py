@@ -114,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
     p.add_argument("--max-side", type=int, default=None, metavar="PX",
                    help="native-resolution models (iqa-cr): downscale images whose longest side exceeds PX first, "
-                        "noted in the row (default 2048, which bounds memory at about 2 GB; 0 = never: a 24 MP "
+                        "noted in the row (default 2048, which bounds each photo's model run under 1 GB; 0 = never: a 24 MP "
                         "photo then needs about 6 GB)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "

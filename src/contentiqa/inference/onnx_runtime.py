@@ -45,7 +45,7 @@ from ..utils.disk_cache import touch
 from ..utils.extras import ExtraMissing
 from ..utils.io import file_sha256
 from .scorer import BaseScorer, ScorerIdentity
-from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads
+from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads, runs_within_memory
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -558,10 +558,11 @@ class OnnxScorer(BaseScorer):
         plan = self._pending_plan or plan_threads(self.threads, images=n, sample=self._cpu_sample)
         self._pending_plan = None
         self._cpu_sample = CpuSample.start()
-        if plan.runs < 2:
+        runs = runs_within_memory(plan.runs, self.max_side) if self.native_resolution else plan.runs
+        if runs < 2:
             return 1, self.forward
         if self.session_threads == 1:
-            return plan.runs, self.forward
+            return runs, self.forward
         if self._one_thread_session is None:
             if _file_state(self.path) != self._file_state:
                 # gone since load (a cache pruned) or replaced (exported again to the same path):
@@ -572,7 +573,7 @@ class OnnxScorer(BaseScorer):
             except ValueError:
                 return 1, self.forward
         session = self._one_thread_session
-        return plan.runs, lambda x: self._run(session, x)
+        return runs, lambda x: self._run(session, x)
 
     def results_from_outputs(self, out: dict[str, np.ndarray], paths: Sequence[str | None],
                              notes: Sequence[list[str]]) -> list[Prediction]:

@@ -34,6 +34,7 @@ follows the machine's use now, not its average since the command began."""
 BUSY_THRESHOLD = 0.5
 """A core counts as taken when other processes use more than this fraction of it."""
 PARALLEL_RUNS_MIN_IMAGES = 8
+PROC_STAT = "/proc/stat"
 """From this many images on, T compute threads score T images at once, one thread each."""
 
 
@@ -59,26 +60,48 @@ class ThreadPlan:
                 f"{', idle threads spinning' if self.spinning else ''}")
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
+def _affinity() -> set[int] | None:
+    """The CPUs this process may run on (a container's or ``taskset``'s set), None where unknown."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return None
 
 
-def _proc_stat() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat, or None where it does not exist."""
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask where the OS has one, at most
+    ``$OMP_NUM_THREADS`` where that is set (a batch job's share of its node: PyTorch keeps to
+    it, and ONNX Runtime, which reads no OpenMP setting, would oversubscribe the node)."""
+    cpus = _affinity()
+    n = max(1, len(cpus) if cpus is not None else (os.cpu_count() or 1))
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
+
+
+def _proc_stat() -> tuple[int, int, int] | None:
+    """(busy, total) jiffies and the number of CPUs summed, from /proc/stat's lines of the CPUs
+    this process may run on (the machine's first line counts a host's other cores, which a pinned
+    job cannot use: their load would shrink its plan), or None where it does not exist."""
     try:
-        with open("/proc/stat", "rb") as fh:
-            fields = fh.readline().split()
+        with open(PROC_STAT, "rb") as fh:
+            lines = fh.read().split(b"\n")
     except OSError:
         return None
-    if not fields or fields[0] != b"cpu":
-        return None
-    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
+    mine = _affinity()
+    busy = total = n = 0
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[0].startswith(b"cpu"):
+            continue
+        name = fields[0][3:]
+        if (mine is None) != (name == b""):  # the all-CPUs line without an affinity set, else the own CPUs'
+            continue
+        if mine is not None and not (name.isdigit() and int(name) in mine):
+            continue
+        values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        idle = values[3] + values[4]
+        busy, total, n = busy + sum(values) - idle, total + sum(values), n + (1 if name else os.cpu_count() or 1)
+    return (busy, total, n) if total else None
 
 
 class CpuSample:
@@ -112,11 +135,11 @@ class CpuSample:
         if wait > 0:
             time.sleep(wait)
         now, own = _proc_stat(), time.process_time()
-        if now is None or now[1] <= self.stat[1]:
+        if now is None or now[1] <= self.stat[1] or now[2] != self.stat[2]:
             return None
         ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         busy = (now[0] - self.stat[0]) - (own - self.own) * ticks
-        return max(0.0, busy / (now[1] - self.stat[1]) * (os.cpu_count() or 1))
+        return max(0.0, busy / (now[1] - self.stat[1]) * now[2])  # a share of these CPUs, in cores
 
 
 def busy_cores(sample_seconds: float = SAMPLE_SECONDS, sample: CpuSample | None = None) -> float:
@@ -155,6 +178,44 @@ def choose_threads(cpus: int, busy: float, requested: int | None = None, images:
         if runs > 1:
             return ThreadPlan(threads=1, spinning=False, cpus=cpus, busy=busy, runs=runs)
     return ThreadPlan(threads=threads, spinning=False, cpus=cpus, busy=busy)
+
+
+NATIVE_RUN_BYTES_PER_PIXEL = 250
+"""Memory a native-resolution model's run takes per input pixel (IQA-CR on a CPU; see
+:data:`contentiqa.models.scoring.DEFAULT_MAX_SIDE`)."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could still take: the system's available memory, within a
+    container's (cgroup v2) limit where one is set; None where neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max", "rb").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current", "rb").read().strip())
+        if limit.isdigit():
+            avail = min(avail if avail is not None else int(limit), max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def runs_within_memory(runs: int, max_side: int | None) -> int:
+    """``runs`` of a native-resolution model, at most as many as half the available memory holds
+    at ``max_side`` (a 4:3 photo): each run side by side holds its own activations, so a plan of
+    one run per free core on a many-core machine could take more memory than it has."""
+    avail = available_memory()
+    if runs <= 1 or not max_side or avail is None:
+        return runs
+    per_run = NATIVE_RUN_BYTES_PER_PIXEL * max_side * max_side * 3 / 4
+    return max(1, min(runs, int(avail / 2 // per_run)))
 
 
 def plan_threads(requested: int | None = None, images: int | None = None, sample: CpuSample | None = None) -> ThreadPlan:

@@ -96,8 +96,10 @@ def clip_score(score: float, low: float, high: float) -> float:
 DEFAULT_MAX_SIDE = 2048
 """Native-resolution models see images whose longest side is at most this many pixels; larger
 ones are downscaled first (with a note in the row). Their memory grows with the pixels
-(about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds a
-run's peak at about 2 GB whatever the photos (benchmarks/results/memory.md). None: never."""
+(about 250 bytes per pixel for IQA-CR on a CPU: 6 GB for a 24 MP photo), so this bounds what
+each run holds whatever the photos: under 1 GB (benchmarks/results/memory.md), and photos run
+side by side only as many as half the available memory holds
+(:func:`contentiqa.inference.threads.runs_within_memory`). None: never."""
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
