@@ -239,7 +239,8 @@ def test_explain_cli_never_writes_over_an_input_and_checks_outputs_first(tmp_pat
     assert main(["explain", str(photo), "--model", ckpt, "--out-dir", str(photo)]) == 2
     assert "is a file" in capsys.readouterr().err
     # --category with only the quality map drawn was ignored without a word
-    assert main(["explain", str(photo), "--model", ckpt, "--target", "quality", "--category", "animal"]) == 2
+    assert main(["explain", str(photo), "--model", ckpt, "--target", "quality", "--category", "animal",
+                 "--out", str(tmp_path / "q.png")]) == 2
     assert "--target quality draws none" in capsys.readouterr().err
     # a default name taken by a folder, or by another input: that image fails, the rest are written
     named = tmp_path / "photo_explain.png"
