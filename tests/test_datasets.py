@@ -99,9 +99,38 @@ def test_koniq10k_missing_and_skip(koniq_root):
 def test_koniq10k_half_resolution_folder(koniq_root):
     root, names, *_ = koniq_root
     (root / "1024x768").rename(root / "512x384")
-    ds = load_dataset("koniq10k", root)  # asked for 1024x768, only 512x384 present
+    with pytest.warns(UserWarning, match="reading the 512x384 images instead"):
+        ds = load_dataset("koniq10k", root)  # asked for 1024x768, only 512x384 present
     _same_paths(ds.table["image"], [root / "512x384" / n for n in names])
     assert len(load_dataset("koniq10k", root, resolution="512x384")) == 3
+
+
+def test_koniq10k_asked_resolution_is_checked_and_another_one_said(koniq_root):
+    """Any value was accepted, and the other folder read without a word (four times the pixels)."""
+    root, names, *_ = koniq_root
+    with pytest.warns(UserWarning, match="reading the 1024x768 images instead"):
+        load_dataset("koniq10k", root, resolution="512x384")
+    with pytest.raises(ValueError, match="resolution '512X384' is not one of the release's folders"):
+        load_dataset("koniq10k", root, resolution="512X384")
+
+
+def test_koniq10k_official_sets_give_the_split_column(koniq_root):
+    """The authors' training/validation/test sets (koniq10k_distributions_sets.csv) could not be
+    loaded: `protocol: official` failed for want of a split column."""
+    from contentiqa.data import make_splits
+
+    root, names, mos, _ = koniq_root
+    pd.DataFrame({"image_name": names, "MOS": [77.4, 20.0, 90.1], "SD": [10.0, 12.0, 9.0],
+                  "set": ["training", "validation", "test"]}).to_csv(root / "koniq10k_distributions_sets.csv", index=False)
+    t = load_dataset("koniq10k", root).table
+    assert list(t["split"]) == ["train", "val", "test"]
+    np.testing.assert_allclose(t["mos"], mos)  # the scores file's 1-5 MOS, not the sets file's 0-100
+    more = pd.concat([t] * 4, ignore_index=True).assign(image=[f"/d/{i}.jpg" for i in range(12)])
+    split = make_splits(more, "official", 0)
+    assert len(split.parts["test"]) == 4 and len(split.parts["val"]) == 4
+    (root / "koniq10k_distributions_sets.csv").write_text("image_name,set\n826373.jpg,train\n")
+    with pytest.raises(ValueError, match=r"unknown set value\(s\) \['train'\]"):
+        load_dataset("koniq10k", root)
 
 
 # ---------------------------------------------------------------------------- SPAQ
@@ -150,6 +179,8 @@ def test_spaq(spaq_root):
     assert cats[1] == "animal"
     assert cats[2] in ("human", "indoor scene")  # two scenes marked: one of them
     assert cats[3] == "artifact"  # SPAQ's still-life, in IQA-CR's name as every table's categories
+    # and every scene marked, so that a prediction naming the other is not counted wrong
+    assert list(t["categories"]) == ["night scene", "animal", "human|indoor scene", "artifact"]
     assert len(ds.categories) == 4
     item = _check_item(ds, 1, 77.5)
     assert ds.categories[item["category"].item()].lower() == "animal"

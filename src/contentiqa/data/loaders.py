@@ -48,8 +48,10 @@ def _read_sheet(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in (".xlsx", ".xls"):
         try:
             return pd.read_excel(path)
-        except ImportError as exc:
-            raise ImportError(f"reading {path.name} needs openpyxl: pip install 'contentiqa[excel]'") from exc
+        except ImportError as exc:  # pandas reads .xlsx with openpyxl, the old .xls with xlrd
+            need = ("openpyxl: pip install 'contentiqa[excel]'" if path.suffix.lower() == ".xlsx"
+                    else "xlrd (pip install xlrd), or save it as .xlsx or .csv")
+            raise ValueError(f"{path}: reading this spreadsheet needs {need}") from exc
     return read_csv_table(path)
 
 
@@ -125,13 +127,17 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     """KonIQ-10k (Hosu et al. 2020)::
 
         root/koniq10k_scores_and_distributions.csv   # image_name, c1..c5, c_total, MOS, SD, MOS_zscore
+        root/koniq10k_distributions_sets.csv         # optional: ..., set (training/validation/test)
         root/1024x768/<image_name>                   # or root/512x384/ (resolution='512x384')
 
-    ``mos`` is the MOS column (1-5 scale), ``mos_std`` the SD column. If the requested
-    resolution folder is absent, the other one is used.
+    ``mos`` is the MOS column (1-5 scale), ``mos_std`` the SD column; ``split`` the authors'
+    train/val/test sets where their sets file lies beside it (``protocol: official``). If the
+    requested resolution folder is absent, the other one is used, with a warning.
     """
     import pandas as pd
 
+    if resolution not in KONIQ_RESOLUTIONS:
+        raise ValueError(f"koniq10k: resolution {resolution!r} is not one of the release's folders {KONIQ_RESOLUTIONS}")
     csv = _first_existing(root, ("koniq10k_scores_and_distributions.csv", "*scores_and_distributions*.csv"), "koniq10k")
     df = read_csv_table(csv)
     name_col = _column(df, "image_name", file=csv)
@@ -139,13 +145,33 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     sd_col = _column(df, "SD", file=csv, required=False)
     folder = root / resolution
     if not folder.is_dir():
-        other = "512x384" if resolution == "1024x768" else "1024x768"
-        folder = root / other if (root / other).is_dir() else folder
+        other = next(r for r in KONIQ_RESOLUTIONS if r != resolution)
+        if (root / other).is_dir():
+            warnings.warn(f"koniq10k: no {folder}: reading the {other} images instead", stacklevel=2)
+            folder = root / other
     df = df[df[name_col].notna()]  # a trailing empty row (",,") names no image
     out = pd.DataFrame({"image": [str(folder / str(n)) for n in df[name_col]], "mos": df[mos_col].values})
     if sd_col:  # by position: the filtered frame's index no longer counts 0..n-1
         out["mos_std"] = df[sd_col].astype(float).to_numpy()
+    sets_file = root / "koniq10k_distributions_sets.csv"
+    if sets_file.is_file():
+        # only its set column: its MOS is on another scale (0-100)
+        sets = read_csv_table(sets_file)
+        s_name, s_set = _column(sets, "image_name", file=sets_file), _column(sets, "set", file=sets_file)
+        which = {str(n).strip(): KONIQ_SETS.get(str(s).strip().lower()) for n, s in zip(sets[s_name], sets[s_set])}
+        unknown = sorted({str(s) for s in sets[s_set] if KONIQ_SETS.get(str(s).strip().lower()) is None})
+        if unknown:
+            raise ValueError(f"{sets_file}: unknown set value(s) {unknown[:5]}; expected {sorted(KONIQ_SETS)}")
+        missing = [str(n) for n in df[name_col] if str(n).strip() not in which]
+        if missing:
+            raise ValueError(f"{sets_file}: {len(missing)} image(s) of {csv.name} have no set, e.g. {missing[:3]}")
+        out["split"] = [which[str(n).strip()] for n in df[name_col]]
     return out
+
+
+KONIQ_RESOLUTIONS = ("1024x768", "512x384")
+KONIQ_SETS = {"training": "train", "validation": "val", "test": "test"}
+"""The KonIQ-10k authors' set names (koniq10k_distributions_sets.csv) -> contentiqa's split parts."""
 
 
 # SPAQ's nine scene categories, as its "Scene category labels" spreadsheet names them.
@@ -170,10 +196,12 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
         root/Annotations/Scene category labels.xlsx           # Image name + one 0/1 column per scene
         root/TestImage/<Image name>                           # 11,125 JPEGs
 
-    ``.csv`` exports of the spreadsheets are read too. ``category`` is the scene with label 1
-    (the first, in :data:`SPAQ_SCENES` order, if several are marked; images may carry more than one
-    scene), in IQA-CR's spelling as every table's categories (SPAQ's ``Still-life`` is
-    ``artifact``). Attribute scores are kept as extra columns when ``with_attributes``.
+    ``.csv`` exports of the spreadsheets are read too. A photo's scenes are the columns marked
+    above 0 (1/k each for k scenes; a quarter of SPAQ's photos have two or three): ``category``
+    is the first in :data:`SPAQ_SCENES` order and ``categories`` all of them (``|``-separated: a
+    prediction naming any is acceptable), in IQA-CR's spelling as every table's categories
+    (SPAQ's ``Still-life`` is ``artifact``). Attribute scores are kept as extra columns when
+    ``with_attributes``.
     """
     import pandas as pd
 
@@ -203,11 +231,17 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
     scene_cols = [(s, c) for s, c in scene_cols if c is not None]
     if not scene_cols:
         raise ValueError(f"{scene_file}: none of the scene columns {SPAQ_SCENES} found")
-    labels = {}
+    from .categories import normalize_category
+    from .labels import CATEGORY_SEPARATOR
+
+    labels, every = {}, {}
     for _, row in scenes.iterrows():
         marked = [s for s, c in scene_cols if pd.notna(row[c]) and float(row[c]) > 0]
         labels[_spaq_key(row[s_name])] = marked[0].lower() if marked else pd.NA
+        every[_spaq_key(row[s_name])] = (CATEGORY_SEPARATOR.join(dict.fromkeys(normalize_category(s) for s in marked))
+                                         if marked else pd.NA)
     out["category"] = [labels.get(_spaq_key(Path(p).name), pd.NA) for p in out["image"]]
+    out["categories"] = [every.get(_spaq_key(Path(p).name), pd.NA) for p in out["image"]]
     if labels and out["category"].isna().all():
         warnings.warn(f"spaq: no image of {mos_file.name} is named in {scene_file.name}: no scene categories", stacklevel=2)
     return out
