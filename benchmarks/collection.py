@@ -143,7 +143,8 @@ def main() -> None:
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     # fewer or other photos, another decode sample: a check run, never the published figure
     name = results_name(f"collection_{kind}", ap, args, ignore=("device", "fresh", "quick"))
-    name += "_quick" if args.quick and not name.endswith("_quick") else ""
+    # options passed through to `contentiqa score` (another model, runtime or batch) too
+    name += "_quick" if (args.quick or extra) and not name.endswith("_quick") else ""
     work = CACHE / "collection"
     work.mkdir(parents=True, exist_ok=True)
     out_csv, state_file = work / f"{name}.csv", work / f"{name}.state.json"

@@ -208,7 +208,7 @@ def main() -> None:
                     if earlier else "")
                  + ". This summary took "
                  f"{(time.time() - t0) / 60:.1f} min (cached features).\n")
-    write_results(results_name("generalization", ap, args, ignore=("runs", "cache")), {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
+    write_results(results_name("generalization", ap, args, ignore=("runs", "cache", "shipped")), {"floor": floor, "shipped": shipped, "experiments": list(tables)}, "\n".join(lines))
 
 
 if __name__ == "__main__":

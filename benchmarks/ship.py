@@ -96,7 +96,7 @@ def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> 
         return work / "best.pt"
     from contentiqa.models.registry import save_checkpoint
 
-    return save_checkpoint(trainer.model, work / "trained.pt")
+    return save_checkpoint(trainer.last_model(), work / "trained.pt")  # with ema_decay, its average
 
 
 def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cache: str | None = None,
@@ -163,7 +163,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
         trainer = make_trainer(cfg, run, settings, work, train, val, scales, cache)
         tcfg = trainer.cfg
         best = trainer.fit(resume=True)
-        best_model = trainer.load_best() if val is not None else trainer.model
+        best_model = trainer.load_best() if val is not None else trainer.last_model()
         finished = trainer.finish(best_model)
         if "interpolated" in finished:
             alpha = finished["interpolated"]

@@ -974,6 +974,13 @@ def test_a_collection_run_with_an_unreadable_photo_is_finished(common, tmp_path,
     collection.main()
     assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
     assert written[-1]["scored"] == 2 and written[-1]["images_per_s"] == 3.0
+    # options passed through to `contentiqa score` (another batch, model, runtime): a check, not the figure
+    names = []
+    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: names.append(name))
+    monkeypatch.setattr(collection, "default_images", lambda: photos)  # the published photos, no option
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--batch-size", "1"])
+    collection.main()
+    assert names == ["collection_cpu_quick"]
 
 
 def test_gate_validation_parts_leave_out_every_seeds_test_photos(common, tmp_path, monkeypatch):

@@ -140,6 +140,16 @@ def test_label_names_are_read_in_every_spelling_and_a_conflict_is_refused(tmp_pa
         join_labels(table, labels, data)
 
 
+def test_acceptable_accuracy_of_a_head_with_its_own_spelling_of_the_categories():
+    """The labels were normalised (LIQE's night -> night scene) and the head's own names were not:
+    a head named with LIQE's words never met any label."""
+    table = pd.DataFrame({"mos": [1.0, 2.0, 3.0], "category": ["night", "indoor", "night"],
+                          "categories": ["night", "indoor|night", "night"]})
+    for cats in (("day", "night", "indoor"), ("Day", "Night", "Indoor")):
+        m = metrics_from_predictions(None, table, MOSScale(0, 10), np.array([1, 2, 1]), cats)
+        assert m["accuracy"] == 1.0 and m["acceptable"] == 1.0, cats
+
+
 def test_acceptable_accuracy_counts_any_label():
     cats = ["animal", "human", "plant"]
     table = pd.DataFrame({"mos": [1.0, 2.0, 3.0, 4.0], "category": ["animal", "human", "plant", None],

@@ -3,6 +3,8 @@ the runtime and precision, two scorers with one contract and one identity."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -293,6 +295,30 @@ def test_one_lazily_opened_image_given_twice_is_decoded_once(tmp_path):
         got = [p.score for p in scorer.run([im] * 8, workers=2)]
         assert got == pytest.approx([ref] * 8, abs=1e-4)
         assert np.array_equal(np.asarray(im), pixels)
+    # other images decode side by side: the lock is each image's own (one for all made them take turns)
+    from contentiqa.models import scoring
+
+    slow = [Image.open(path) for _ in range(2)]
+    real_load = type(slow[0]).load
+    inside, most = [0], [0]
+
+    def counted_load(self):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.3)
+        try:
+            return real_load(self)
+        finally:
+            inside[0] -= 1
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(slow[0]), "load", counted_load)
+        threads = [threading.Thread(target=scoring._decode_once, args=(im,)) for im in slow]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert most[0] == 2
     cut = tmp_path / "cut.png"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     im = Image.open(cut)

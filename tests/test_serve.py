@@ -641,8 +641,9 @@ def test_serve_command_checks_its_arguments(capsys):
     for bad in ("https://photos.example.org/", "photos.example.org", "https://x.org/app"):
         assert main(["serve", "--cors-origin", bad, "--model", "missing/ckpt.pt"]) == 2
         assert f"--cors-origin {bad!r} is not an origin" in capsys.readouterr().err
-    assert main(["serve", "--cors-origin", "http://localhost:8080", "--model", "missing/ckpt.pt"]) == 2
-    assert "does not exist" in capsys.readouterr().err  # the origin passed; the model is what is missing
+    for good in ("http://localhost:8080", "chrome-extension://abcdefghijklmnop", "null", "http://[::1]:8080", "*"):
+        assert main(["serve", "--cors-origin", good, "--model", "missing/ckpt.pt"]) == 2
+        assert "does not exist" in capsys.readouterr().err, good  # the origin passed; the model is what is missing
 
 
 def test_cli_help_does_not_import_the_web_stack():

@@ -120,9 +120,10 @@ def _config(args: argparse.Namespace):
     for origin in args.cors_origin:
         # A browser sends its origin as scheme://host[:port], nothing after: a trailing slash or a
         # path would never match, and every page's call would be refused without a word.
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+        # (any scheme: chrome-extension://ID, tauri://localhost; "null" is a file:// page's)
+        if origin not in ("*", "null") and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+", origin):
             raise UsageError(f"--cors-origin {origin!r} is not an origin: write scheme://host[:port] with no path "
-                             "or trailing slash (e.g. https://photos.example.org), or *")
+                             "or trailing slash (e.g. https://photos.example.org), null or *")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key is not None and not args.api_key.strip():
         raise UsageError("--api-key is empty")

@@ -141,18 +141,22 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     raise TypeError(f"cannot score an input of type {type(item).__name__}")
 
 
-_LAZY_DECODE = threading.Lock()
+_LAZY_DECODE = threading.Lock()  # guards the making of each image's own lock, not decoding
+_DECODE_LOCK = "_contentiqa_decode_lock"
 _DECODE_ERROR = "_contentiqa_decode_error"
 
 
 def _decode_once(image: Image.Image) -> None:
-    """Decode an image opened lazily (``Image.open``, pixels not read yet) under a lock: decoding
-    threads given the same object twice ([im, im]) would read its one file handle at once, and
-    score garbage pixels (left in the caller's image too). A failed decode is kept on the object:
-    PIL would hand a second ``load`` the partial pixels without a word."""
+    """Decode an image opened lazily (``Image.open``, pixels not read yet) under its own lock:
+    decoding threads given the same object twice ([im, im]) would read its one file handle at
+    once, and score garbage pixels (left in the caller's image too); other images decode side by
+    side. A failed decode is kept on the object: PIL would hand a second ``load`` the partial
+    pixels without a word."""
     if getattr(image, _DECODE_ERROR, None) is None and not getattr(image, "tile", None):
         return  # decoded already (or never a file): nothing to read
-    with _LAZY_DECODE:
+    with _LAZY_DECODE:  # (images are unhashable, so the lock lives on the object)
+        lock = image.__dict__.setdefault(_DECODE_LOCK, threading.Lock())
+    with lock:
         failed = getattr(image, _DECODE_ERROR, None)
         if failed is not None:
             raise failed

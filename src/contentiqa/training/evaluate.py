@@ -70,12 +70,13 @@ def metrics_from_predictions(
             out["n_labelled"] = float(known.sum())
         if "categories" in table:
             # Multi-label data: a prediction is acceptable when it is any of the photo's labels.
+            from ..data.categories import normalize_category
             from ..data.labels import acceptable_sets
 
-            sets = acceptable_sets(table["categories"])
+            sets = acceptable_sets(table["categories"])  # in the normalised spelling: so the model's names
             labelled = np.array([bool(x) for x in sets])
             if labelled.any():
-                names = [categories[i] if i >= 0 else None for i in pred_categories]
+                names = [normalize_category(categories[i]) if i >= 0 else None for i in pred_categories]
                 hits = [names[i] in sets[i] for i in np.flatnonzero(labelled)]
                 out["acceptable"] = float(np.mean(hits))
     return out
