@@ -905,6 +905,20 @@ def test_int8_stored_calibrations_are_keyed_by_the_recipe_not_its_label(common):
     assert int8._recipe_key(Int8Recipe(**kw)) != int8._recipe_key(Int8Recipe(**edited))
 
 
+def _collection_without_scoring(collection, monkeypatch, tmp_path, score_segment, photos) -> list:
+    """collection.py with ``score_segment`` for `contentiqa score`, nothing timed; the payloads it
+    would write come in the list returned."""
+    written: list = []
+    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(collection, "score_segment", score_segment)
+    monkeypatch.setattr(collection, "settings", lambda device: ({"device_name": "cpu", "model": "m", "runtime": "onnx",
+                                                                 "batch_size": 1, "workers": 1}, None))
+    monkeypatch.setattr(collection, "decode_only_ips", lambda *a: 1.0)
+    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(photos), "--quick"])
+    return written
+
+
 def test_a_finished_collection_run_is_measured_again_not_reported_again(common, tmp_path, monkeypatch):
     """Run again with the same options, the finished run's throughput was written anew under the
     new date and commit, nothing measured."""
@@ -921,14 +935,7 @@ def test_a_finished_collection_run_is_measured_again_not_reported_again(common, 
         segments.append(folder)
         return 1.0, 2, ""
 
-    written = []
-    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(collection, "score_segment", score_segment)
-    monkeypatch.setattr(collection, "settings", lambda device: ({"device_name": "cpu", "model": "m", "runtime": "onnx",
-                                                                 "batch_size": 1, "workers": 1}, None))
-    monkeypatch.setattr(collection, "decode_only_ips", lambda *a: 1.0)
-    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
-    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(photos), "--quick"])
+    written = _collection_without_scoring(collection, monkeypatch, tmp_path, score_segment, photos)
     collection.main()
     collection.main()
     assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
@@ -962,14 +969,7 @@ def test_a_collection_run_with_an_unreadable_photo_is_finished(common, tmp_path,
         segments.append(folder)
         return 1.0, collection.count_rows(out_csv) - before, ""
 
-    written = []
-    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(collection, "score_segment", score_segment)
-    monkeypatch.setattr(collection, "settings", lambda device: ({"device_name": "cpu", "model": "m", "runtime": "onnx",
-                                                                 "batch_size": 1, "workers": 1}, None))
-    monkeypatch.setattr(collection, "decode_only_ips", lambda *a: 1.0)
-    monkeypatch.setattr(collection, "write_results", lambda name, payload, md: written.append(payload))
-    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(photos), "--quick"])
+    written = _collection_without_scoring(collection, monkeypatch, tmp_path, score_segment, photos)
     collection.main()
     collection.main()
     assert len(segments) == 2 and [len(p["segments"]) for p in written] == [1, 1]
