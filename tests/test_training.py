@@ -523,7 +523,9 @@ def test_a_set_too_small_to_validate_is_said_and_left_out_of_the_mean(tiny_table
     tr = Trainer(create_model("iqa-cr", pretrained=False, **TINY), train, val, scales, TrainConfig(**cfg),
                  tmp_path / "run", progress=False, log=lambda *a: said.append(" ".join(map(str, a))))
     assert tr.val_sets == ["A"] and any("leave out B" in s for s in said)
-    assert {k.split("/")[0] for k in tr.validate() if "/" in k} == {"A"}
+    metrics = tr.validate()
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"A"}
+    assert {"A/rmse", "A/krocc"} <= set(metrics)  # a monitor may name them: they failed after the first epoch
     with pytest.raises(ValueError, match="monitor 'B/srocc': that set has fewer than 3"):
         Trainer(create_model("iqa-cr", pretrained=False, **TINY), train, val, scales,
                 TrainConfig(**cfg, monitor="B/srocc"), tmp_path / "run2", progress=False, log=lambda *a: None)
@@ -654,3 +656,28 @@ def test_evaluate_says_when_no_label_is_one_of_the_models_categories(tiny_table,
     assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
     assert "top-1 acc  not measured: no label is one of the model's categories (labels: spaceship)" in \
         capsys.readouterr().out
+
+
+def test_a_cached_crop_is_measured_on_the_photo_as_cached(tiny_table, tmp_path):
+    """The crop's cells came from the first photo's own height: a first photo over max_side made
+    every crop a fraction of the size asked for (2 cells instead of 8 here)."""
+    big = write_image(tmp_path / "big.png", 256, 256, seed=50)
+    table = pd.concat([pd.DataFrame([{"image": str(big), "mos": 50.0, "category": IQA_CR_CATEGORIES[0]}]), tiny_table],
+                      ignore_index=True)
+    cells = []
+    for rows in (table, table.iloc[1:]):  # the large photo first, then not at all
+        model = create_model("iqa-cr", pretrained=False, **TINY)
+        model.max_side = 64
+        cells.append(_trainer(model, rows, tmp_path, name=f"r{len(cells)}", cache_stages=3, crop=32).train_ds.crop_cells)
+    assert cells[0] == cells[1] == 8
+
+
+def test_a_table_with_a_missing_mos_is_refused_naming_its_rows(tiny_table, tmp_path):
+    """A NaN MOS trained an epoch and then read as a diverged loss (advice: lower the learning rate)."""
+    bad = tiny_table.copy()
+    bad.loc[2, "mos"] = float("nan")
+    model = create_model("iqa-cr", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match=r"training table: 1 row\(s\) have no finite MOS, e.g. \['.*2\.png'\]"):
+        _trainer(model, bad, tmp_path)
+    with pytest.raises(ValueError, match="seed"):
+        TrainConfig(seed=-1)

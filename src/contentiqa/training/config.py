@@ -30,7 +30,7 @@ not taken as the default branch (``scheduler: constant`` ran cosine) or met hour
 
 POSITIVE = ("rank_sigma",)
 """Options above 0: a zero spread divides by zero, a negative one ranks backwards."""
-NOT_NEGATIVE = ("lr", "backbone_lr_scale", "weight_decay", "momentum", "warmup_epochs", "patience", "score_weight",
+NOT_NEGATIVE = ("seed", "lr", "backbone_lr_scale", "weight_decay", "momentum", "warmup_epochs", "patience", "score_weight",
                 "smooth_l1_beta", "focal_gamma", "category_weight", "rank_weight", "damage_weight", "damage_photos",
                 "anchor_weight", "anchor_photos", "cache_stages", "num_workers", "head_only_epochs")
 """Options of 0 or more: a negative loss weight reverses its objective, a negative patience

@@ -253,6 +253,12 @@ class Trainer:
                                      rank_weight=cfg.rank_weight, rank_sigma=cfg.rank_sigma,
                                      model_loss=model.loss, score_weight=cfg.score_weight).to(self.device)
         self._check_labels()
+        for name, t in (("training", self.train_table), ("validation", self.val_table)):
+            if t is not None:
+                try:
+                    self._targets(t)  # every MOS a number: before a pass over the photos, not after an epoch
+                except ValueError as exc:
+                    raise ValueError(f"{name} table: {exc}") from None
         if cfg.damage_weight or cfg.anchor_weight:
             source_rows(self.train_table, cfg)  # before the training photos are encoded (a full pass), not after
         self.val_sets = self._check_validation()
@@ -260,6 +266,8 @@ class Trainer:
         """The validation rows this process predicts while training (all of them in one process)."""
         self.start_stage = 0
         self._build_data()
+        # what trains, also the stages a loaded checkpoint keeps frozen beyond cache_stages
+        self.log(f"training {model.trained_stages(self.start_stage)}")
         self.optimizer = self._build_optimizer()
         steps = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(steps))
@@ -369,7 +377,10 @@ class Trainer:
             )
 
     def _targets(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        mos = table["mos"].to_numpy(dtype=np.float64)
+        mos = pd.to_numeric(table["mos"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(mos))
+        if len(bad):  # a NaN target read as a diverged loss (advice: lower the learning rate), an epoch in
+            raise ValueError(f"{len(bad)} row(s) have no finite MOS, e.g. {[str(table['image'].iloc[i]) for i in bad[:3]]}")
         if self.scales is not None:
             t = np.empty(len(table))
             for name, sc in self.scales.items():
@@ -460,7 +471,11 @@ class Trainer:
             # Stride of the cached map, to express the pixel crop in feature cells.
             from .data import image_size
 
-            w0, h0 = image_size(self.train_table["image"].iloc[0])
+            from ..models.scoring import limited_size
+
+            # the photo as it was cached: bounded by max_side (a large first photo's own height
+            # made every crop a fraction of the size asked for)
+            w0, h0 = limited_size(*image_size(self.train_table["image"].iloc[0]), model.max_side)
             stride = h0 / enc[0]["x"].shape[-2]
             cells = max(1, int(round(cfg.crop / stride)))
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True, hflip=cfg.hflip)
@@ -606,7 +621,8 @@ class Trainer:
             vals = [m[k] for m in per.values() if k in m]
             out[k] = float(np.sum(vals)) if k in ("n", "n_labelled", "collapsed") else float(np.mean(vals))
         for name, m in per.items():
-            out.update({f"{name}/{k}": v for k, v in m.items() if k in ("srocc", "plcc", "accuracy")})
+            # every metric per set (a monitor may name any: SET/rmse, SET/krocc)
+            out.update({f"{name}/{k}": v for k, v in m.items() if k not in ("n", "n_labelled", "collapsed")})
         return out
 
     def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None) -> dict[str, float]:
