@@ -247,6 +247,7 @@ def test_base_model_declares_hooks_it_does_not_implement():
     m = Bare()
     assert m.predicts_score and m.output_names == ("score",) and not m.supports_stage_cache
     assert m.attention_layers() == [] and m.token_grid is None and m.onnx_unsupported_reason() is None
+    assert m.trained_stages(0) == "everything (nothing cached)"  # not "head only": it has no stages to freeze
     with pytest.raises(NotImplementedError):
         m.cache_encode(torch.zeros(1, 3, 8, 8), 1)
     with pytest.raises(NotImplementedError, match="gradcam_modules"):

@@ -122,6 +122,8 @@ def test_koniq10k_official_sets_give_the_split_column(koniq_root):
     root, names, mos, _ = koniq_root
     pd.DataFrame({"image_name": names, "MOS": [77.4, 20.0, 90.1], "SD": [10.0, 12.0, 9.0],
                   "set": ["training", "validation", "test"]}).to_csv(root / "koniq10k_distributions_sets.csv", index=False)
+    sets = root / "koniq10k_distributions_sets.csv"
+    sets.write_text(sets.read_text() + ",,,\n")  # a spreadsheet's trailing empty row, as the scores file may have
     t = load_dataset("koniq10k", root).table
     assert list(t["split"]) == ["train", "val", "test"]
     np.testing.assert_allclose(t["mos"], mos)  # the scores file's 1-5 MOS, not the sets file's 0-100

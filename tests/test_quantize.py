@@ -406,12 +406,15 @@ def test_omp_num_threads_caps_the_cpus_a_plan_uses(monkeypatch):
     """PyTorch kept to a batch job's $OMP_NUM_THREADS; ONNX Runtime's plan took every core of the node."""
     import contentiqa.inference.threads as th
 
-    monkeypatch.setattr(th, "_affinity", lambda: set(range(8)))
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert th.usable_cpus() == 2 and th.plan_threads(requested=None, images=20).compute_threads <= 2
+    monkeypatch.setattr(th, "_affinity", lambda: set(range(16)))
+    monkeypatch.setattr(th, "busy_cores", lambda **kw: 8.0)  # other jobs on half the node
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert th.plan_threads(images=1).threads == 4  # the share, of the 8 free cores (not 4 minus the 8 busy)
+    assert th.plan_threads(images=20).compute_threads == 4
+    assert th.usable_cpus() == 16  # what decoding threads are sized from: not an OpenMP setting
     for value in ("0", "x", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", value)
-        assert th.usable_cpus() == 8
+        assert th.plan_threads(images=1).threads == 8
 
 
 def test_native_resolution_runs_side_by_side_only_as_many_as_memory_holds(monkeypatch):
@@ -421,11 +424,13 @@ def test_native_resolution_runs_side_by_side_only_as_many_as_memory_holds(monkey
 
     monkeypatch.setattr(th, "available_memory", lambda: 4 * 2**30)
     assert th.runs_within_memory(8, 2048) == 2  # half of 4 GB over ~0.8 GB a run
-    assert th.runs_within_memory(8, 512) == 8 and th.runs_within_memory(8, None) == 8
+    assert th.runs_within_memory(8, 512) == 8
     monkeypatch.setattr(th, "available_memory", lambda: 2**20)
     assert th.runs_within_memory(8, 2048) == 1
     monkeypatch.setattr(th, "available_memory", lambda: None)  # where it cannot be read: as planned
     assert th.runs_within_memory(8, 2048) == 8
+    monkeypatch.setattr(th, "available_memory", lambda: 64 * 2**30)  # --max-side 0: as for 24 MP photos
+    assert th.runs_within_memory(16, None) == 5
 
 
 def test_an_old_cpu_sample_is_started_again(monkeypatch):

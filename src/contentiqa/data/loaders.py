@@ -158,6 +158,7 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
         # only its set column: its MOS is on another scale (0-100)
         sets = read_csv_table(sets_file)
         s_name, s_set = _column(sets, "image_name", file=sets_file), _column(sets, "set", file=sets_file)
+        sets = sets[sets[s_name].notna()]  # a trailing empty row, as in the scores file
         which = {str(n).strip(): KONIQ_SETS.get(str(s).strip().lower()) for n, s in zip(sets[s_name], sets[s_set])}
         unknown = sorted({str(s) for s in sets[s_set] if KONIQ_SETS.get(str(s).strip().lower()) is None})
         if unknown:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SAMPLE_SECONDS = 0.1
 """How long the CPU use of the machine is sampled before choosing (start-up cost)."""
@@ -34,8 +34,8 @@ follows the machine's use now, not its average since the command began."""
 BUSY_THRESHOLD = 0.5
 """A core counts as taken when other processes use more than this fraction of it."""
 PARALLEL_RUNS_MIN_IMAGES = 8
-PROC_STAT = "/proc/stat"
 """From this many images on, T compute threads score T images at once, one thread each."""
+PROC_STAT = "/proc/stat"
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,17 @@ def _affinity() -> set[int] | None:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask where the OS has one, at most
-    ``$OMP_NUM_THREADS`` where that is set (a batch job's share of its node: PyTorch keeps to
-    it, and ONNX Runtime, which reads no OpenMP setting, would oversubscribe the node)."""
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
     cpus = _affinity()
-    n = max(1, len(cpus) if cpus is not None else (os.cpu_count() or 1))
+    return max(1, len(cpus) if cpus is not None else (os.cpu_count() or 1))
+
+
+def omp_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` where it is a positive whole number: a batch job's share of its node's
+    compute. PyTorch keeps to it; ONNX Runtime reads no OpenMP setting, so the plan caps its
+    compute threads at it (the cores free to share are still counted on all the CPUs)."""
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return min(n, int(omp)) if omp.isdigit() and int(omp) > 0 else n
+    return int(omp) if omp.isdigit() and int(omp) > 0 else None
 
 
 def _proc_stat() -> tuple[int, int, int] | None:
@@ -212,9 +216,10 @@ def runs_within_memory(runs: int, max_side: int | None) -> int:
     at ``max_side`` (a 4:3 photo): each run side by side holds its own activations, so a plan of
     one run per free core on a many-core machine could take more memory than it has."""
     avail = available_memory()
-    if runs <= 1 or not max_side or avail is None:
+    if runs <= 1 or avail is None:
         return runs
-    per_run = NATIVE_RUN_BYTES_PER_PIXEL * max_side * max_side * 3 / 4
+    pixels = max_side * max_side * 3 / 4 if max_side else 24e6  # unbounded (--max-side 0): a 24 MP photo
+    per_run = NATIVE_RUN_BYTES_PER_PIXEL * pixels
     return max(1, min(runs, int(avail / 2 // per_run)))
 
 
@@ -224,4 +229,8 @@ def plan_threads(requested: int | None = None, images: int | None = None, sample
     cpus = usable_cpus()
     if requested:
         return choose_threads(cpus, 0.0, requested, images)
-    return choose_threads(cpus, min(busy_cores(sample=sample), float(cpus)), images=images)
+    plan = choose_threads(cpus, min(busy_cores(sample=sample), float(cpus)), images=images)
+    cap = omp_threads()
+    if cap is None or plan.compute_threads <= cap:
+        return plan
+    return replace(plan, threads=min(plan.threads, cap), runs=max(1, min(plan.runs, cap // plan.threads)))

@@ -295,6 +295,8 @@ class IQAModel(OnScale, nn.Module):
         stages frozen without a cache (a model argument such as IQA-CR's ``frozen_stages``) are
         read from the parameters themselves."""
         n = len(self.stages)
+        if not n:  # no staged backbone (a model of one's own): nothing is cached, all of it trains
+            return "everything (nothing cached)"
         if start_stage >= self.feature_end:
             return "head only (backbone frozen; pooled features cached)"
         used = self.stages[start_stage:self.feature_end]
