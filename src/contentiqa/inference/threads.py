@@ -202,8 +202,10 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        limit = open("/sys/fs/cgroup/memory.max", "rb").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current", "rb").read().strip())
+        with open("/sys/fs/cgroup/memory.max", "rb") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current", "rb") as fh:
+            used = int(fh.read().strip())
         if limit.isdigit():
             avail = min(avail if avail is not None else int(limit), max(0, int(limit) - used))
     except (OSError, ValueError):
