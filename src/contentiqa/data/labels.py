@@ -68,8 +68,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     elif "category" in raw:
         out["category"] = [normalize_category(v) for v in raw["category"]]
         if "categories" in raw:  # each name in the spelling the model's categories have, as `category`'s
-            out["categories"] = [CATEGORY_SEPARATOR.join(s for c in acceptable_sets([v]) for s in sorted(c)) or None
-                                 for v in raw["categories"]]
+            out["categories"] = [CATEGORY_SEPARATOR.join(sorted(c)) or None for c in acceptable_sets(raw["categories"])]
         for c in ("category_confidence", "category_source"):
             if c in raw:
                 out[c] = raw[c].values
