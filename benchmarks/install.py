@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         from common import command_line, write_results
 
         res["command"] = command_line()
-        name = "install"  # --skip-torch too: the page then says which row an earlier run measured
-        write_results(name, res, markdown(res))
+        write_results("install", res, markdown(res))  # --skip-torch too: the page says which row is an earlier run's
     return 0
 
 
