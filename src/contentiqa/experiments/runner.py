@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -766,18 +767,19 @@ def _train_time(results: dict[str, Any]) -> str:
     return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
 
 
+def _split_provenances(results: dict[str, Any]) -> list[dict]:
+    """Each split's own provenance record (empty where an older record has none)."""
+    return [sp.get("provenance") or {} for r in results.values() for sp in r.get("splits", [])]
+
+
 def _machines(results: dict[str, Any], prov: dict) -> str:
     """Where the splits trained, from their own records: a table built elsewhere (--import,
     --table-only) must not credit its builder's machine with them."""
     def where(p: dict) -> str:
         return f"{p.get('machine')}{', GPU ' + str(p.get('gpu')) if p.get('gpu') else ''}"
 
-    counts: dict[str, int] = {}
-    for r in results.values():
-        for sp in r.get("splits", []):
-            p = sp.get("provenance") or {}
-            key = where(p) if p.get("machine") else "a machine not recorded (older records)"
-            counts[key] = counts.get(key, 0) + 1
+    counts = Counter(where(p) if p.get("machine") else "a machine not recorded (older records)"
+                     for p in _split_provenances(results))
     if len(counts) <= 1:
         return next(iter(counts), where(prov))
     return "; ".join(f"{k} ({n} split(s))" for k, n in sorted(counts.items()))
@@ -790,14 +792,9 @@ def _training_sessions(results: dict[str, Any], prov: dict) -> str:
         return f"git {str(p.get('git_commit') or '?')[:12]}{' (dirty)' if p.get('git_dirty') else ''}, " \
                f"contentiqa {p.get('contentiqa', '?')}"
 
-    counts: dict[str, int] = {}
-    dates = []
-    for r in results.values():
-        for sp in r.get("splits", []):
-            p = sp.get("provenance") or {}
-            counts[code(p)] = counts.get(code(p), 0) + 1
-            if p.get("date"):
-                dates.append(str(p["date"])[:10])
+    provs = _split_provenances(results)
+    counts = Counter(code(p) for p in provs)
+    dates = [str(p["date"])[:10] for p in provs if p.get("date")]
     if set(counts) <= {code(prov)}:
         return ""
     when = f" ({min(dates)} to {max(dates)})" if dates else ""
