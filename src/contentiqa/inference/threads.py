@@ -97,10 +97,9 @@ def _proc_stat() -> tuple[int, int, int] | None:
         fields = line.split()
         if not fields or not fields[0].startswith(b"cpu"):
             continue
-        name = fields[0][3:]
-        if (mine is None) != (name == b""):  # the all-CPUs line without an affinity set, else the own CPUs'
-            continue
-        if mine is not None and not (name.isdigit() and int(name) in mine):
+        name = fields[0][3:]  # b"" on the all-CPUs line
+        # that line where there is no affinity set, else the lines of this process's own CPUs
+        if (name != b"") if mine is None else not (name.isdigit() and int(name) in mine):
             continue
         values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
         idle = values[3] + values[4]
