@@ -140,6 +140,25 @@ def test_label_names_are_read_in_every_spelling_and_a_conflict_is_refused(tmp_pa
         join_labels(table, labels, data)
 
 
+def test_label_files_columns_are_read_in_any_case(tmp_path):
+    """'Image'/'Scene1'/'Category' (a spreadsheet's header) was refused as having no 'image' column, and
+    an image name of '001' read as the number 1."""
+    path = tmp_path / "labels.csv"
+    path.write_text("Image,Scene1,Scene2,Distortion\n001,night,,blur\n")
+    assert read_labels(path).to_dict("records") == [
+        {"image": "001", "category": "night scene", "categories": "night scene", "category_source": "human",
+         "distortion": "blur"}]
+    path.write_text("IMAGE,Category,Category_Confidence\n002,animal,0.5\n")
+    got = read_labels(path)
+    assert got["image"].tolist() == ["002"] and got["category_confidence"].tolist() == [0.5]
+    path.write_text("image,category,category_confidence\n002,animal,high\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: category_confidence is not a number"):
+        read_labels(path)
+    path.write_text("image,Image,category\n1,2,animal\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: column\(s\) \['image'\] given twice"):
+        read_labels(path)
+
+
 def test_acceptable_accuracy_of_a_head_with_its_own_spelling_of_the_categories():
     """The labels were normalised (LIQE's night -> night scene) and the head's own names were not:
     a head named with LIQE's words never met any label."""

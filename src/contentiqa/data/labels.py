@@ -25,6 +25,7 @@ from typing import Iterable
 import pandas as pd
 
 from .categories import LIQE_TO_IQA_CR, normalize_category
+from .table import canonical_columns
 
 LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
@@ -49,11 +50,16 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     category_source]`` (scene labels mapped, see the module docstring)."""
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""])
+        # all text: an 'Image' column of '001' stays '001' whatever its header's case
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except FileNotFoundError:
         raise LabelsError(f"label file {path} does not exist") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise LabelsError(f"label file {path} is not a readable CSV: {exc}") from None
+    try:  # 'Image', 'Scene1', 'Category' as written by hand or a spreadsheet: the same columns
+        raw.columns = canonical_columns(raw.columns, path, also=(*SCENE_COLUMNS, "distortion"))
+    except ValueError as exc:
+        raise LabelsError(f"label file {exc}") from None
     if "image" not in raw:
         raise LabelsError(f"label file {path} needs an 'image' column; it has {list(raw.columns)}")
     out = pd.DataFrame({"image": raw["image"].astype(str)})
@@ -69,9 +75,13 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         out["category"] = [normalize_category(v) for v in raw["category"]]
         if "categories" in raw:  # each name in the spelling the model's categories have, as `category`'s
             out["categories"] = [CATEGORY_SEPARATOR.join(sorted(c)) or None for c in acceptable_sets(raw["categories"])]
-        for c in ("category_confidence", "category_source"):
-            if c in raw:
-                out[c] = raw[c].values
+        if "category_confidence" in raw:
+            try:
+                out["category_confidence"] = pd.to_numeric(raw["category_confidence"]).values
+            except ValueError as exc:
+                raise LabelsError(f"label file {path}: category_confidence is not a number ({exc})") from None
+        if "category_source" in raw:
+            out["category_source"] = raw["category_source"].values
     else:
         raise LabelsError(f"label file {path} needs a 'category' or 'scene1' column; it has {list(raw.columns)}")
     if "distortion" in raw:

@@ -25,12 +25,12 @@ LABEL_COLUMNS = ("categories", "category_confidence", "category_source")
 """What label files and ``contentiqa label-content`` add beside ``category``."""
 
 
-def canonical_columns(columns, path: str | os.PathLike) -> list[str]:
-    """A CSV's header with the table's own columns (:data:`REQUIRED_COLUMNS`, ...) in their
-    lowercase names whatever their spelling (``Split``, `` MOS ``); others stripped, kept as
-    written. A 'Split' read as an extra column would send the official test rows to training
-    without a word. ValueError naming ``path`` when two columns become one."""
-    known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS)}
+def canonical_columns(columns, path: str | os.PathLike, also: tuple[str, ...] = ()) -> list[str]:
+    """A CSV's header with the table's own columns (:data:`REQUIRED_COLUMNS`, ..., and ``also``)
+    in their lowercase names whatever their spelling (``Split``, `` MOS ``); others stripped,
+    kept as written. A 'Split' read as an extra column would send the official test rows to
+    training without a word. ValueError naming ``path`` when two columns become one."""
+    known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
     names = [known.get(str(c).strip().lower(), str(c).strip()) for c in columns]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
