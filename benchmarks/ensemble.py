@@ -116,7 +116,7 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
     from contentiqa.utils.io import atomic_write_text, file_sha256
 
     gate = gate if gate is not None else ROOT / "benchmarks" / "results" / f"ship_gate_{name}"
-    ok, why = gate_verdict(name, row, Path(f"{gate}.json"))
+    ok, why = gate_verdict(name, row, Path(f"{gate}.json"), weights_dir=weights_dir)
     if not ok and not override_gate:
         raise SystemExit(f"refusing to ship {name}.{tag}: {why} (--override-gate to ship anyway)")
     verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"

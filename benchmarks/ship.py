@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import time
 from pathlib import Path
 
@@ -232,13 +234,46 @@ CARD_CAVEAT = (
 """The Measured line's caveat on every card a gated recipe's weights get."""
 
 
+def card_row(card: Path) -> str | None:
+    """The experiment row a shipped tag's card says trained it: ship.py's 'Row "..." of' line, or
+    the ``--row`` of the command on its Reproduce line (ensemble.py, content_head.py). None: unsaid."""
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    said = re.search(r'^  Row "(.+)" of `', text, re.M)
+    if said:
+        return said.group(1)
+    command = re.search(r"^- \*\*Reproduce\*\*: `(.+?)` \(", text, re.M)
+    try:
+        words = shlex.split(command.group(1)) if command else []
+    except ValueError:
+        return None
+    return words[words.index("--row") + 1] if "--row" in words[:-1] else None
+
+
+def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | None:
+    """(``name.tag``, its recipe row or None) of the default a new default of ``model`` replaces:
+    ``model``'s own where it has one, else contentiqa's default model's (a new model made the
+    default replaces what `contentiqa score` ran). None: ``weights_dir`` names no default."""
+    from contentiqa import DEFAULT_MODEL
+    from contentiqa.models.registry import DEFAULT_TAGS_FILE
+
+    path = weights_dir / DEFAULT_TAGS_FILE
+    defaults = json.loads(path.read_text()) if path.is_file() else {}
+    name = model if model in defaults else DEFAULT_MODEL
+    if name not in defaults:
+        return None
+    return f"{name}.{defaults[name]}", card_row(weights_dir / f"{name}_{defaults[name]}.md")
+
+
 def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | None = None,
-                 tested: tuple[int, str] | None = None, data: str | None = None) -> tuple[bool, str]:
+                 tested: tuple[int, str] | None = None, data: str | None = None,
+                 weights_dir: Path | None = None) -> tuple[bool, str]:
     """Whether benchmarks/ship_gate.py passed ``row`` as ``model``'s new default, and why not.
     ``path``: the gate's JSON when it was written elsewhere (ship_gate.py --out). ``recipe``: the
     row's ``recipe_sha256`` as it is to be shipped; ``data``: its experiment's ``data_sha256``
-    (what it trains on); ``tested``: (seed, sha256) of a run's weights shipped as they are. Each
-    must be what the gate judged, where the gate recorded it; what it did not record is said."""
+    (what it trains on); ``tested``: (seed, sha256) of a run's weights shipped as they are;
+    ``weights_dir``: where the weights go, whose default (the package's) the gate's baseline must
+    be the recipe of. Each must be what the gate judged, where the gate recorded it; what it did
+    not record is said."""
     from common import RESULTS
 
     path = path if path is not None else RESULTS / f"ship_gate_{model}.json"
@@ -286,8 +321,17 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
                                                     ("its training data", data, judged_data),
                                                     ("the weights", tested, hashes))
                  if given is not None and recorded is None]
-    caveat = f" (the record does not say, so these were not compared: {', '.join(unchecked)})" if unchecked else ""
     against = gate.get("baseline", {}).get("row")
+    # A gate won against an older recipe says nothing of the default shipped since (shipping the
+    # default's own recipe again, its gate was the one against the recipe before it).
+    current = (replaced_default(model, weights_dir) if weights_dir is not None and weights_dir.resolve() == WEIGHTS.resolve()
+               else None)
+    if current is not None and current[1] not in (None, row, against):
+        return False, (f"{path.name} judged row {row!r} against {against!r}, but the default it would replace, "
+                       f"{current[0]}, was trained by row {current[1]!r}: run the gate against that row")
+    if current is not None and current[1] is None:
+        unchecked.append(f"the baseline with the current default's recipe ({current[0]}'s card names no row)")
+    caveat = f" (the record does not say, so these were not compared: {', '.join(unchecked)})" if unchecked else ""
     return True, (f"{path.name}: PASS" + (f" against {against!r}" if against else "")
                   + f" (better on: {', '.join(better)}){caveat}")
 
@@ -306,7 +350,7 @@ def gate_for(model: str, row: str, tag: str, weights_dir: Path, *, default: bool
     # however the package folder is spelt (relative, through '..' or a link): the gate decides
     if not replaces or weights_dir.resolve() != WEIGHTS.resolve():
         return None
-    ok, why = gate_verdict(model, row, path, recipe=recipe, tested=tested, data=data)
+    ok, why = gate_verdict(model, row, path, recipe=recipe, tested=tested, data=data, weights_dir=weights_dir)
     if not ok and not override:
         raise SystemExit(f"refusing to replace the default of {model}: {why} (--override-gate to ship anyway)")
     verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"

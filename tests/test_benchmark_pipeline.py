@@ -827,6 +827,42 @@ def test_ship_refuses_a_gate_on_other_data_unjudged_seeds_and_a_damaged_record(c
     assert not ok and str(path) in why and "not a readable ship gate record" in why
 
 
+def test_ship_refuses_a_gate_won_against_another_recipe_than_the_default_it_replaces(common, tmp_path, monkeypatch):
+    """A gate passed against an older default's recipe said nothing of the default shipped since, and
+    ship.py replaced that one on it: the gate's baseline must be the row the replaced default's card names."""
+    import ship
+
+    from contentiqa import DEFAULT_MODEL
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
+    (weights / "defaults.json").write_text(json.dumps({"ie-iqa": "now", DEFAULT_MODEL: "d"}))
+    (weights / "ie-iqa_now.md").write_text('# Model card\n\n- **What**: x.\n  Row "Now" of `c.yaml`.\n')
+    (weights / f"{DEFAULT_MODEL}_d.md").write_text(
+        "# Model card\n\n- **Reproduce**: `python benchmarks/ensemble.py --ship --row 'Ens, \"2:1\"' --default` (1 min).\n")
+    path = tmp_path / "g.json"
+
+    def verdict(model, row, against, where=weights):
+        path.write_text(json.dumps({**PASSED, "verdict": "PASS", "baseline": {"row": against}, "candidate": {"row": row}}))
+        return ship.gate_verdict(model, row, path, weights_dir=where)
+
+    ok, why = verdict("ie-iqa", "New", "Older")
+    assert not ok and "against 'Older'" in why and "ie-iqa.now, was trained by row 'Now'" in why
+    assert verdict("ie-iqa", "New", "Now")[0]
+    assert verdict("ie-iqa", "Now", "Older")[0]  # the default's own recipe shipped again
+    assert verdict("ie-iqa", "New", "Older", where=tmp_path / "elsewhere")[0]  # no default replaced
+    # a model without a default of its own replaces contentiqa's default model: its card's --row
+    ok, why = verdict("brand-new", "New", "Older")
+    assert not ok and f"{DEFAULT_MODEL}.d, was trained by row 'Ens, \"2:1\"'" in why
+    assert verdict("brand-new", "New", 'Ens, "2:1"')[0]
+    (weights / "ie-iqa_now.md").write_text("# Model card\n")  # a card that names no row: said, not compared
+    ok, why = verdict("ie-iqa", "New", "Older")
+    assert ok and "not compared: the baseline with the current default's recipe (ie-iqa.now's card names no row)" in why
+    with pytest.raises(SystemExit, match="was trained by row 'Ens"):
+        ship.gate_for("brand-new", "New", "t", weights, default=True, override=False, path=path)
+
+
 def test_ship_gate_suite_makes_new_images_for_other_photos_in_a_shared_work_folder(common, tmp_path):
     import numpy as np
     import ship_gate
