@@ -243,6 +243,7 @@ def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny
 
 @pytest.mark.parametrize("edit,said", [("tested checkpoint", "with another recipe or data"),
                                        ("test set", "tested on another OTHER set"),
+                                       ("test set's loader arguments", "tested on another OTHER set"),
                                        ("rating scale", "with another recipe or data")])
 def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit, said):
     """The fingerprint left out the tested checkpoint, the test sets' rows and the training sets'
@@ -252,12 +253,57 @@ def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, fir
     data = root / "train" / "scores.csv"
     edited = {"tested checkpoint": {**cfg, "checkpoint": "last"},
               "test set": {**cfg, "test": ["split", {"name": "csv", "root": str(data), "label": "OTHER"}]},
+              # the same rows and scale read through other loader arguments (KonIQ's resolution: other pixels)
+              "test set's loader arguments": {**cfg, "test": ["split", {**cfg["test"][1], "args": {"mos_range": [1, 5]}}]},
               "rating scale": {**cfg, "data": {**cfg["data"], "args": {"mos_range": [0, 200]}}}}[edit]
     recorded = {f: (root / "out1" / f).read_bytes() for f in ("provenance.json", "config.yaml")}
     with pytest.raises(ConfigError, match=said):
         run_experiment(edited, root / "out1", progress=False, base_dir=root, train=False)
     # a refused run leaves the folder's config and provenance describing its results (it rewrote them)
     assert {f: (root / "out1" / f).read_bytes() for f in recorded} == recorded
+
+
+def test_weights_a_model_argument_names_are_fingerprinted_by_content_not_path(tmp_path):
+    """Weights retrained in place at the same path joined the splits made with the old ones in one
+    mean ± std; the same weights in a project moved elsewhere (or a GPU run's results imported) were
+    refused as another recipe."""
+    from contentiqa.experiments.runner import split_fingerprints
+
+    def fingerprint(project: Path, version: int = 3) -> str:
+        cfg = load_config({"name": "w", "data": {"name": "csv", "root": "d.csv"}, "protocol": "ie-iqa",
+                           "runs": [{"name": "A", "model": "iqa-cr-q", "model_args": {"backbone_checkpoint": "w/b.pt"}}]},
+                          base_dir=project)
+        return split_fingerprints(cfg, [], version)["A"]
+
+    weights = tmp_path / "one" / "w" / "b.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first weights")
+    first = fingerprint(tmp_path / "one")
+    weights.write_bytes(b"retrained weights")
+    assert fingerprint(tmp_path / "one") != first
+    weights.write_bytes(b"first weights")
+    moved = tmp_path / "two" / "w" / "b.pt"
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(b"first weights")
+    assert fingerprint(tmp_path / "two") == first
+    assert fingerprint(tmp_path / "two", 2) != fingerprint(tmp_path / "one", 2)  # version 2 records: by path, as made
+
+
+def test_config_mistakes_name_what_they_mean(tiny, tmp_path, monkeypatch):
+    """``test: []`` scored the test parts (read as the default); an unset variable in ``checkpoint``
+    named neither file nor key; ``init_from: ~/...`` was read under the results folder."""
+    root, path, cfg = tiny
+    with pytest.raises(ConfigError, match=r"test is an empty list: write 'none'"):
+        load_config({**cfg, "test": []}, base_dir=root)
+    monkeypatch.delenv("NOPE_VAR", raising=False)
+    with pytest.raises(ConfigError, match=r": checkpoint: environment variable NOPE_VAR is not set"):
+        load_config({**cfg, "checkpoint": "${NOPE_VAR}"}, base_dir=root)
+    with pytest.raises(ConfigError, match=r"^[^:].*cache_limit: environment variable NOPE_VAR is not set"):
+        load_config({**cfg, "cache_limit": "${NOPE_VAR}"}, base_dir=root)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    row = {**cfg["runs"][0], "train": {"init_from": "~/w/seed{seed}/best.pt"}}
+    got = load_config({**cfg, "runs": [row]}, base_dir=root).runs[0].train["init_from"]
+    assert got == f"{tmp_path}/w/seed{{seed}}/best.pt"
 
 
 def test_mistakes_that_could_only_fail_later_are_said_before_any_row_trains(tiny, tmp_path, monkeypatch):

@@ -78,7 +78,7 @@ def expand_vars(text: str, where: str = "", path: bool = False) -> str:
             # The default stands where the reference stood: at the start only if it did.
             out.append(expand_vars(default, where, path=path and start == 0))
         else:
-            raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a fallback)")
+            raise ConfigError(f"{where + ': ' if where else ''}environment variable {name} is not set (write ${{{name}:-default}} for a fallback)")
         i = end + 1
     out.append(text[i:])
     return "".join(out)
@@ -113,8 +113,9 @@ def _expand_all(obj: Any, where: str) -> Any:
 
 def _train_values(train: dict[str, Any], where: str) -> dict[str, Any]:
     """A row's training settings with ``${VAR}`` expanded; ``init_from`` as a path (a relative one
-    from the environment is the working directory's), its ``{seed}`` left for each split."""
-    return {k: expand_vars(str(v), f"{where}.{k}", path=True) if k == "init_from" and v is not None
+    from the environment is the working directory's, ``~`` the home folder, as every other path of
+    a config), its ``{seed}`` left for each split."""
+    return {k: os.path.expanduser(expand_vars(str(v), f"{where}.{k}", path=True)) if k == "init_from" and v is not None
             else _expand_all(v, f"{where}.{k}") for k, v in train.items()}
 
 
@@ -351,7 +352,12 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     seeds = _seeds(raw.get("seeds", 1), f"{where}: seeds")
 
     tests: list[DataSpec | str] = []
-    raw_tests = raw.get("test") or [INTRA]
+    raw_tests = raw.get("test")
+    if raw_tests is None:
+        raw_tests = [INTRA]
+    elif raw_tests == []:  # read as "no test sets": scoring the test parts would show what was meant unseen
+        raise ConfigError(f"{where}: test is an empty list: write 'none' for validation parts only, or name the "
+                          f"test sets ('{INTRA}' for each split's test part)")
     if isinstance(raw_tests, str) and raw_tests.strip().lower() == "none":
         raw_tests = []  # model selection: validation parts only, no test part is scored
     elif not isinstance(raw_tests, list):
@@ -419,10 +425,10 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         from ..utils.disk_cache import parse_size
 
         try:
-            cache_limit = parse_size(expand_vars(raw["cache_limit"]) if isinstance(raw["cache_limit"], str) else raw["cache_limit"])
+            cache_limit = parse_size(expand_vars(raw["cache_limit"], "") if isinstance(raw["cache_limit"], str) else raw["cache_limit"])
         except ValueError as exc:
             raise ConfigError(f"{where}: cache_limit: {exc}") from None
-    checkpoint = expand_vars(str(raw.get("checkpoint", "auto")))  # every string may use ${VAR}, as the README says
+    checkpoint = expand_vars(str(raw.get("checkpoint", "auto")), f"{where}: checkpoint")  # every string may use ${VAR}, as the README says
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{where}: checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
     for d in datasets:  # it is read only where a split has no validation part: elsewhere it did nothing, unsaid

@@ -328,9 +328,10 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
     return combined, own
 
 
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 """What :func:`split_fingerprints` covers; a split records the version it was fingerprinted
 with, and is checked against that version's (records without one: version 1)."""
+FINGERPRINT_VERSIONS = (1, 2, 3)
 
 
 def _table_hash(table: pd.DataFrame, with_labels: bool = False) -> str:
@@ -345,13 +346,39 @@ def _scale(scale: Any) -> list:
     return [float(scale.low), float(scale.high), bool(scale.higher_is_better)]
 
 
+def _named_weights(value: Any) -> Any:
+    """Model arguments with each ``*_checkpoint`` path cut to its file name (other values as they are)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: (Path(str(v)).name if k.endswith("_checkpoint") and v is not None else v) for k, v in value.items()}
+
+
+def _weights_by_content(model_args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` with each ``*_checkpoint`` path replaced by its file's SHA-256: weights
+    retrained in place are other weights, and the same file on another machine (the project
+    moved, a GPU run imported) the same ones."""
+    return {k: (file_sha256(v) if k.endswith("_checkpoint") and v is not None and Path(str(v)).is_file() else v)
+            for k, v in model_args.items()}
+
+
+def _test_set_hashes(tests: Sequence[dict[str, Any]], version: int) -> dict[str, str]:
+    """Label -> what a cross-dataset test set's figures depend on: its rows (file names and
+    MOS), labels and rating scale, and from version 3 its loader and loader arguments (KonIQ's
+    ``resolution`` reads other pixels under the same file names)."""
+    return {t["label"]: hashlib.sha256(json.dumps(
+                [_table_hash(t["table"], with_labels=True), _scale(t["scale"])]
+                + ([t["spec"].name, t["spec"].args] if version >= 3 else []), sort_keys=True, default=str).encode()
+            ).hexdigest() for t in tests if t["spec"] != INTRA}
+
+
 def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int = FINGERPRINT_VERSION) -> dict[str, str]:
     """Row name -> what its splits' figures depend on besides the seed: the row's recipe (its
     model, model arguments and training settings, not its name; where it runs — device, loader
     workers, the cache's runtime — is no part of it), each training set's protocol, validation
     share and rows (file names and MOS: moving the data elsewhere keeps it), and from version 2
     each set's content labels, rating scale and loader arguments, and which checkpoint is
-    tested. A finished split whose fingerprint differs was trained or tested for another
+    tested; from version 3 the weights a ``*_checkpoint`` model argument names by their content,
+    not their path. A finished split whose fingerprint differs was trained or tested for another
     experiment, and is not averaged into this one (:class:`Fingerprints`)."""
     data = []
     for ts, spec in zip(sets, cfg.train_sets):  # hashed once for every row
@@ -363,7 +390,8 @@ def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int
     out = {}
     for run in cfg.runs:
         train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
-        head = {"model": run.model, "model_args": run.model_args, "train": train, "data": data}
+        head = {"model": run.model, "model_args": run.model_args if version < 3 else _weights_by_content(run.model_args),
+                "train": train, "data": data}
         if version >= 2:
             head["checkpoint"] = cfg.checkpoint
         out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
@@ -390,22 +418,25 @@ class Fingerprints:
 
     rows: dict[int, dict[str, str]]
     splits: dict[int, str]
-    tests: dict[str, str]
+    tests: dict[int, dict[str, str]]
+    """Fingerprint version -> test set label -> its hash."""
 
     @classmethod
     def of(cls, cfg: ExperimentConfig, sets: list[TrainSet], tests: Sequence[dict[str, Any]]) -> "Fingerprints":
         seeds = sorted({s for ts in sets for s in ts.splits})
         parts = {s: json.dumps([ts.splits[s].to_dict() for ts in sets if s in ts.splits], sort_keys=True) for s in seeds}
-        return cls(rows={v: split_fingerprints(cfg, sets, v) for v in (1, FINGERPRINT_VERSION)},
+        return cls(rows={v: split_fingerprints(cfg, sets, v) for v in FINGERPRINT_VERSIONS},
                    splits={s: hashlib.sha256(text.encode()).hexdigest() for s, text in parts.items()},
-                   tests={t["label"]: hashlib.sha256(json.dumps([_table_hash(t["table"], with_labels=True),
-                                                                  _scale(t["scale"])]).encode()).hexdigest()
-                          for t in tests if t["spec"] != INTRA})
+                   tests={v: _test_set_hashes(tests, v) for v in FINGERPRINT_VERSIONS})
+
+    def tests_of(self, stored: dict[str, Any]) -> dict[str, str]:
+        """The test sets' hashes as a split recorded in ``stored`` made them (its version's)."""
+        return self.tests.get(int(stored.get("fingerprint_version", 1)), {})
 
     def record(self, run: RunSpec, seed: int) -> dict[str, Any]:
         """What a split of ``run`` records of them (in its metrics file and recipe.json)."""
         return {"fingerprint": self.rows[FINGERPRINT_VERSION][run.name], "fingerprint_version": FINGERPRINT_VERSION,
-                "split_sha256": self.splits.get(seed), "test_sha256": self.tests}
+                "split_sha256": self.splits.get(seed), "test_sha256": self.tests[FINGERPRINT_VERSION]}
 
     def differs(self, stored: dict[str, Any], run: RunSpec, seed: int) -> str | None:
         """How the split recorded in ``stored`` was made otherwise than the row as the config now
@@ -414,12 +445,12 @@ class Fingerprints:
             return f"for row {stored.get('run')!r} (the same folder name)"
         row = self.rows.get(int(stored.get("fingerprint_version", 1)), {}).get(run.name)
         if "fingerprint" in stored and stored["fingerprint"] != row:
-            return ("with another recipe or data than the row now gives (model, its arguments, training settings, "
-                    "protocol, rows, labels, rating scale or tested checkpoint)")
+            return ("with another recipe or data than the row now gives (model, its arguments or the weights they name, "
+                    "training settings, protocol, rows, labels, rating scale or tested checkpoint)")
         if stored.get("split_sha256") not in (None, self.splits.get(seed)):
             return "on other split parts than the config now gives (its splits file, or the table, changed)"
-        other = [label for label, sha in (stored.get("test_sha256") or {}).items()
-                 if label in self.tests and self.tests[label] != sha]
+        now = self.tests_of(stored)
+        other = [label for label, sha in (stored.get("test_sha256") or {}).items() if label in now and now[label] != sha]
         if other:
             return f"and tested on another {', '.join(other)} set than the config now names"
         return None
@@ -622,7 +653,7 @@ def _test_on_added_sets(stored: dict[str, Any], mfile: Path, run_dir: Path, adde
             say(f"{mfile}: cannot test on {t['label']}: {exc}")
             continue
         stored["test"][t["label"]] = metrics
-        stored["test_sha256"][t["label"]] = fingerprints.tests[t["label"]]
+        stored["test_sha256"][t["label"]] = fingerprints.tests_of(stored)[t["label"]]
         say(f"{stored.get('run')} seed {stored.get('seed')}: tested on {t['label']} (added since it finished)")
     remove_stale_temporaries(mfile)
     atomic_write_text(mfile, json.dumps(_jsonable(stored), indent=1))
@@ -733,7 +764,9 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
         if run.name not in stored:
             continue
         there, here = stored[run.name], _jsonable({"model": run.model, "model_args": run.model_args, "train": run.train})
-        changed = [k for k in here if there.get(k) != here[k]]
+        # weights a model argument names sit elsewhere on the machine that trained: their files'
+        # contents are compared by the splits' fingerprints below, so only their names here
+        changed = [k for k in here if _named_weights(there.get(k)) != _named_weights(here[k])]
         if changed:
             log(f"import {path}: row {run.name!r} not taken: its {', '.join(changed)} changed since")
             continue
