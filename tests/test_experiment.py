@@ -752,6 +752,52 @@ def test_experiment_cli(tiny, first_run, tmp_path, capsys):
     assert main(["experiment", str(path), str(missing), "--out", "x"]) == 2
 
 
+def test_check_says_ready_only_for_what_the_run_would_start(tiny, tmp_path, capsys, monkeypatch):
+    """--check said "ready" for a misspelt model argument, a dataset_ratio naming no set and an
+    init_from not there (each refused as soon as the run began), and where PyTorch is missing."""
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    ready = [r for r in cfg["runs"] if r["name"] != "needs weights"]
+
+    def check(**edit) -> tuple[int, str]:
+        p = tmp_path / "c.yaml"
+        p.write_text(yaml.safe_dump({**cfg, "name": "c", "runs": ready, **edit}).replace(
+            "${TINY_OTHER_ROOT:-other}", str(root / "other")).replace("train/scores.csv", str(root / "train/scores.csv")))
+        rc = main(["experiment", "--check", str(p)])
+        return rc, capsys.readouterr().out
+
+    rc, out = check()
+    assert rc == 0 and out.startswith("ready"), out
+    rc, out = check(runs=[{**ready[0], "model_args": {**TINY_ARGS, "dimm": 16}}])
+    assert rc == 2 and out.startswith("invalid") and "cannot build iqa-cr-q" in out and "dimm" in out
+    rc, out = check(runs=[{**ready[0], "train": {"dataset_ratio": {"TINYY": 1}}}])
+    assert rc == 2 and out.startswith("invalid") and "dataset_ratio" in out
+    rc, out = check(runs=[{**ready[0], "train": {"init_from": str(tmp_path / "nowhere" / "seed{seed}" / "best.pt")}}])
+    assert rc == 1 and out.startswith("missing") and "nowhere/seed0/best.pt does not exist" in out
+    from contentiqa.utils import extras
+
+    real = extras.have
+    monkeypatch.setattr(extras, "have", lambda m: m != "torch" and real(m))
+    rc, out = check()
+    assert rc == 1 and out.startswith("missing") and "PyTorch (pip install 'contentiqa[torch]')" in out
+
+
+def test_several_configs_refuse_a_row_without_the_seed_asked_before_any_trains(tiny, tmp_path, capsys):
+    """--only X --seed 1 over two configs, X lacking seed 1, trained nothing and exited 0."""
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    base = {**cfg, "data": {**cfg["data"], "root": str(root / "train" / "scores.csv")}, "test": ["split"]}
+    one.write_text(yaml.safe_dump({**base, "name": "one", "runs": [{"name": "X", "model": "iqa-cr-q", "seeds": [0]},
+                                                                   {"name": "Z", "model": "iqa-cr-q"}]}))
+    two.write_text(yaml.safe_dump({**base, "name": "two", "runs": [{"name": "Y", "model": "iqa-cr-q"}]}))
+    assert main(["experiment", str(one), str(two), "--only", "X", "--seed", "1", "--quiet"]) == 2
+    assert "row(s) ['X'] has no split seed [1]; seeds: [0]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not any(tmp_path.glob("**/metrics"))
+
+
 # -- the shipped configs ---------------------------------------------------------------------
 def shipped() -> list[Path]:
     return sorted(CONFIGS.glob("*.yaml"))

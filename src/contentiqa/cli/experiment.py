@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="experiment config file(s)")
     p.add_argument("--out", default=None, help="results folder (one config only)")
     p.add_argument("--check", action="store_true",
-                   help="do not run: list each config as ready / partial / missing (exit 1 if any cannot fully run)")
+                   help="do not run: list each config as ready / partial / missing / invalid (each row's model built "
+                        "from its arguments; exit 1 if any cannot fully run, 2 if one is invalid)")
     p.add_argument("--strict", action="store_true", help="missing data or weights is an error (exit 1) instead of a skip")
     p.add_argument("--device", default=None, help="train on this device (cpu, cuda, cuda:1, ...) instead of the config's train.device")
     p.add_argument("--only", action="append", default=None, metavar="ROW",
@@ -59,8 +60,15 @@ def _configs(args: argparse.Namespace) -> list[Path]:
 
 
 def check(paths: list[Path]) -> int:
-    from ..experiments import ConfigError, default_out_dir, experiment_missing, load_config, run_missing
+    """Each config's status line: invalid (2), missing something (1), or ready. Ready means what
+    the run itself checks before its first row trains passed too (each row's model built from its
+    arguments, its dataset_ratio and init_from), not only that the files are there."""
+    from ..experiments import (ConfigError, StartMissing, check_before_training, default_out_dir, experiment_missing,
+                               load_config, run_missing)
+    from ..utils.extras import have, install_hint
 
+    torch = have("torch")
+    built: set[str] = set()  # configs share models: each built once
     rc = 0
     width = max(len(str(p)) for p in paths)
     for path in paths:
@@ -70,8 +78,17 @@ def check(paths: list[Path]) -> int:
             print(f"invalid  {str(path):<{width}}  {exc}")
             rc = 2
             continue
-        missing = experiment_missing(cfg)
+        missing = experiment_missing(cfg) + ([] if torch else [f"PyTorch ({install_hint('torch')})"])
         runs = {r.name: run_missing(cfg, r) for r in cfg.runs}
+        if not missing:  # what the run checks before its first row trains (building each row's model)
+            try:
+                check_before_training(cfg, default_out_dir(cfg), None, None, built)
+            except StartMissing as exc:
+                missing = [str(exc)]
+            except ConfigError as exc:
+                print(f"invalid  {str(path):<{width}}  {exc}")
+                rc = 2
+                continue
         ok = [n for n, m in runs.items() if not m]
         size = f"{len(cfg.runs)} run(s), seeds {cfg.seeds[0]}..{cfg.seeds[-1]} ({len(cfg.seeds)}), {cfg.data.label} {cfg.protocol}"
         lacking = [m for ms in runs.values() for m in ms]
@@ -102,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
     rc = 0
     for path, cfg in zip(paths, configs):
         only, seeds = args.only, args.seeds
-        if len(paths) > 1 and (only or seeds):  # each config runs the rows and seeds it has
-            only = [r for r in only or () if r in {run.name for run in cfg.runs}] or None
-            seeds = [s for s in seeds or () if s in {x for run in cfg.runs for x in run.seeds}] or None
-            if (args.only and only is None) or (args.seeds and seeds is None):
+        if len(paths) > 1 and (only or seeds):  # each config runs the rows it has, each the seeds it has
+            asked = [r for r in cfg.runs if not args.only or r.name in args.only]
+            only = [r.name for r in asked] if args.only else None
+            seeds = [s for s in args.seeds or () if s in {x for r in asked for x in r.seeds}] or None
+            if not asked or (args.seeds and seeds is None):
                 continue
         try:
             with terminate_as_interrupt():
@@ -152,9 +170,12 @@ def _check_all_first(paths: list, args: argparse.Namespace) -> list:
             raise UsageError(str(exc)) from None
     if len(paths) > 1:  # one config: the runner says which of its rows or seeds are unknown
         rows = {r.name for cfg in configs for r in cfg.runs}
-        seeds = {s for cfg in configs for r in cfg.runs for s in r.seeds}
         if set(args.only or ()) - rows:
             raise UsageError(f"--only: no config has row(s) {sorted(set(args.only) - rows)}")
+        # of the rows asked for, as one config's run says: --only ROW --seed S trained nothing (exit 0) when ROW lacks S
+        asked = [r for cfg in configs for r in cfg.runs if not args.only or r.name in args.only]
+        seeds = {s for r in asked for s in r.seeds}
         if set(args.seeds or ()) - seeds:
-            raise UsageError(f"--seed: no config has seed(s) {sorted(set(args.seeds) - seeds)}")
+            which = f"row(s) {args.only}" if args.only else "no config"
+            raise UsageError(f"--seed: {which} has no split seed {sorted(set(args.seeds) - seeds)}; seeds: {sorted(seeds)}")
     return configs

@@ -468,14 +468,22 @@ def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: i
                       f"both, or delete {redo} to train it again")
 
 
-def _check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None) -> None:
+class StartMissing(ConfigError):
+    """A row starts from weights (``init_from``) not there yet: another experiment's run to train first."""
+
+
+def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None,
+                          built: set[str] | None = None) -> None:
     """ConfigError, before any row trains, for a row that could only fail when its turn came
     (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
-    argument), or it starts from weights (``init_from``) that neither exist nor come from a row
-    trained before it in this run."""
+    argument), or (:class:`StartMissing`) it starts from weights (``init_from``) that neither
+    exist nor come from a row trained before it in this run. ``built``: the models (and
+    arguments) already built by an earlier call, not built again (``experiment --check`` of
+    many configs)."""
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
 
+    built = set() if built is None else built
     coming: set[Path] = set()  # what the rows before this one will write (their best.pt, tested.pt)
     for run in cfg.runs:
         if (only and run.name not in only) or run_missing(cfg, run):
@@ -483,8 +491,11 @@ def _check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | N
         asked = [s for s in run.seeds if not seeds or s in seeds]
         if not asked or all(_metrics_file(out, run, s).is_file() for s in asked):
             continue
+        key = json.dumps([run.model, run.model_args], sort_keys=True, default=str)
         try:
-            create_model(run.model, pretrained=False, **run.model_args)
+            if key not in built:
+                create_model(run.model, pretrained=False, **run.model_args)
+                built.add(key)
         except (WeightsUnavailableError, FileNotFoundError):
             pass  # said when the row's turn comes (it is skipped then)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -499,7 +510,7 @@ def _check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | N
         for seed in asked:
             init = _init_file(run, seed, out)
             if init is not None and not init.is_file() and init not in coming:
-                raise ConfigError(f"run {run.name}, split seed {seed}: init_from {init} does not exist, and no row "
+                raise StartMissing(f"run {run.name}, split seed {seed}: init_from {init} does not exist, and no row "
                                   "before it in this run writes it: train that row first (or with it)")
             coming |= {out / "runs" / run.slug / f"seed{seed}" / name for name in ("best.pt", "tested.pt", "last.pt")}
 
@@ -1038,7 +1049,7 @@ def run_experiment(
                 if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
         if train:  # on every process: each would otherwise wait for rank 0 at the first barrier
-            _check_before_training(cfg, out, only, seeds)
+            check_before_training(cfg, out, only, seeds)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
