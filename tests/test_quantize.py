@@ -160,6 +160,12 @@ def test_int8_without_sympy_names_the_extra(tiny_fp32, calibrated, tmp_path, mon
     assert main(["score", img, "--model", str(calibrated), "--precision", "int8", "-q"]) == 2
     err = capsys.readouterr().err
     assert "needs the 'sympy' package" in err and "contentiqa[onnx]" in err and "Traceback" not in err
+    # weights without a calibration: said first, not a package that could not help (installed, it
+    # only led to this)
+    _, _, uncalibrated = tiny_fp32
+    assert main(["score", img, "--model", str(uncalibrated), "--precision", "int8", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no int8 calibration for tiny-iqa-cr.pt" in err and "sympy" not in err and "use fp32" in err
 
 
 def test_calibration_file_round_trip_and_checks(tiny_fp32, calibrated, tmp_path):

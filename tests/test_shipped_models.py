@@ -37,6 +37,20 @@ def test_models_lists_the_tags_that_run_int8(capsys):
     assert "ie-iqa.clive-biq2021-v4" not in listed  # shipped without one
 
 
+def test_models_says_why_a_torch_free_install_lists_no_backbone(capsys, monkeypatch):
+    """"backbones with offline ImageNet weights: none" read like a broken install."""
+    import contentiqa.backbones
+    from contentiqa.cli.main import main
+    from contentiqa.utils import extras
+
+    real = extras.have
+    monkeypatch.setattr(extras, "have", lambda m: m != "torch" and real(m))
+    monkeypatch.setattr(contentiqa.backbones, "list_backbones", lambda **k: [])  # what a torch-free install finds
+    assert main(["models"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("backbones with offline"))
+    assert line.endswith("none: they come with PyTorch (pip install 'contentiqa[torch]')")
+
+
 @pytest.mark.parametrize("name", TAGGED)
 def test_shipped_model_loads_offline_and_ranks_the_examples_like_people(name, examples_dir):
     path = shipped_weights_path(name)

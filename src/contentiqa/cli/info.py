@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import list_datasets
     from ..inference.quantize import calibration_path
     from ..models.registry import list_pretrained, model_entry, shipped_weights_path, weights_file
+    from ..utils.extras import have, install_hint
 
     print("models (* = shipped weights, default marked):")
     names = list_models()
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         print("pretrained weights (name.tag; a bare name loads its default tag, listed first):", ", ".join(tagged))
         int8 = [t for t in tagged if calibration_path(weights_file(t)[0]).is_file()]
         print("with an int8 calibration (--precision int8):", ", ".join(int8) or "none")
-    print("backbones with offline ImageNet weights:", ", ".join(list_backbones(pretrained_offline=True)) or "none")
+    print("backbones with offline ImageNet weights:", ", ".join(list_backbones(pretrained_offline=True))
+          or ("none" if have("torch") else f"none: they come with PyTorch ({install_hint('torch')})"))
     print("dataset loaders:", ", ".join(list_datasets()))
     return 0

@@ -394,6 +394,12 @@ def _build_graph(spec: str, weights: Path, precision: str) -> None:
             raise ValueError(f"{weights} changed while it was being read (is a run writing it?): score again "
                              "once it is written")
         return
+    from .quantize import QuantizationError, calibration_path
+
+    if not calibration_path(weights).is_file():  # before asking for packages that could not help
+        raise QuantizationError(f"no int8 calibration for {weights.name} (expected {calibration_path(weights)}): int8 "
+                                "needs activation ranges calibrated on photos (`contentiqa models` lists the weights "
+                                "that have them); use fp32")
     fp32 = find_graph_file(weights)
     if fp32 is None:
         _build_graph(spec, weights, "fp32")
