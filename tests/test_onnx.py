@@ -683,6 +683,25 @@ def test_the_temp_fallback_is_private_and_another_users_folder_there_is_never_us
         assert list(onnx_mod.write_places("main")) == [Path("main")] and onnx_mod.cache_places("main") == [Path("main")]
 
 
+def test_int8_asked_of_a_model_that_cannot_be_exported_says_so(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
+    """The default runtime fell back to PyTorch, which then refused int8 ("PyTorch runs in fp32, bf16,
+    fp16, not int8"): the reason, the export, was left out."""
+    import contentiqa.inference.scorer as scorer
+
+    def cannot(spec, weights, precision):
+        raise OnnxExportError("IE-IQA with the detection intelligibility branch cannot be exported")
+
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(scorer, "_build_graph", cannot)
+    img = example_images(examples_dir)[0]
+    assert main(["score", img, "--model", ckpt, "--precision", "int8", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "precision int8 runs" in err and "detection intelligibility branch cannot be exported" in err
+    assert "use fp32" in err and "PyTorch runs in" not in err
+    assert main(["score", img, "--model", ckpt, "-o", str(tmp_path / "a.csv")]) == 0  # fp32: PyTorch, said
+    assert "running in PyTorch, not ONNX Runtime (IE-IQA with the detection" in capsys.readouterr().err
+
+
 def test_a_full_cache_and_fallback_run_in_pytorch_or_say_why_not(tmp_path, ckpt, examples_dir, monkeypatch, capsys):
     import contentiqa.inference.onnx_runtime as onnx_mod
 

@@ -283,6 +283,34 @@ def test_cache_key_and_file_differ_by_precision(calibrated, tmp_path):
         cached_session(model, folder, threads=1, precision="bf16")
 
 
+def test_int8_of_a_model_changed_in_memory_is_refused_and_never_filed_under_its_file(calibrated, tmp_path):
+    """The changed model's fp32 export was filed under the file's key (every later `score` of the
+    file ran it: other scores, silently) and the file's int8 graph returned as the changed model's;
+    a recalibrated file's model in memory kept its old int8 graph."""
+    import torch
+
+    from contentiqa.inference.onnx_runtime import find_graph_file
+    from contentiqa.models.registry import load_checkpoint
+
+    folder = tmp_path / "cache"
+    model = load_checkpoint(calibrated)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(0.5)
+    with pytest.raises(QuantizationError, match="no longer those weights"):
+        cached_session(model, folder, threads=1, precision="int8")
+    assert find_graph_file(calibrated, "fp32", folder=folder) is None  # nothing filed under the file's key
+    model = load_checkpoint(calibrated)
+    _, first, _ = cached_session(model, folder, threads=1, precision="int8")
+    cal = calibration_path(calibrated)
+    saved = cal.read_bytes()
+    try:
+        cal.write_bytes(saved.replace(b'"source"', b' "source"', 1))  # recalibrated (the same ranges will do)
+        _, second, created = cached_session(model, folder, threads=1, precision="int8")
+        assert created and second != first
+    finally:
+        cal.write_bytes(saved)
+
+
 def test_score_cli_precision(tiny_fp32, calibrated, tmp_path, examples_dir, capsys, monkeypatch):
     monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
     _, fp32, weights = tiny_fp32

@@ -311,7 +311,7 @@ def cached_session(
         label = Path(weights_file).stem
     else:
         key = model_fingerprint(model, opset) if precision == DEFAULT_PRECISION else \
-            hashlib.sha256(f"{model_fingerprint(model, opset)}|{precision}".encode()).hexdigest()
+            hashlib.sha256(f"{model_fingerprint(model, opset)}|{precision}|{_calibration_identity(model)}".encode()).hexdigest()
         label = str(model.model_name)
     filename = _rt.cache_filename(label, key, precision)
     found = _rt.find_cached(filename, key, threads, folder)  # a usable entry anywhere: no export at all
@@ -335,10 +335,25 @@ def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str,
     return session, path, True
 
 
+def _calibration_identity(model: IQAModel) -> str:
+    """What an int8 graph of ``model`` in memory also depends on: the quantization revision and
+    the calibration file beside the weights it was read from (recalibrated: another graph)."""
+    from ..utils.io import file_sha256
+    from .quantize import QUANT_REVISION, calibration_path
+
+    weights = (model.checkpoint_info or {}).get("path")
+    cal = calibration_path(weights) if weights else None
+    return f"{QUANT_REVISION}|{file_sha256(cal) if cal is not None and cal.is_file() else None}"
+
+
 def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:
     """Write the int8 entry ``path`` from the fp32 graph of the weights file ``model`` was read
-    from (shipped or cached; exported now when there is none)."""
-    from .quantize import QuantizationError, quantize_for_weights
+    from (shipped or cached; exported now when there is none). Its calibration was made for that
+    file's weights: a model changed in memory since (fine-tuned, edited) is refused, and its
+    export never filed under the file's key, where `contentiqa score` of the file would find it."""
+    from ..models.registry import load_checkpoint
+    from ..utils.io import file_sha256
+    from .quantize import QuantizationError, calibration_path, quantize_for_weights
 
     weights = (model.checkpoint_info or {}).get("path")
     if not weights or not os.path.isfile(weights):
@@ -346,6 +361,15 @@ def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset:
             f"int8 needs the weights file of {model.model_name} (its calibration lies beside it); "
             "this model was not loaded from a file: use fp32"
         )
+    if not calibration_path(weights).is_file():
+        raise QuantizationError(f"no int8 calibration for {Path(weights).name} (expected {calibration_path(weights)}): "
+                                "use fp32")
+    if model.loaded_sha256(weights) not in (None, file_sha256(weights)) or \
+            model_fingerprint(model, opset) != model_fingerprint(load_checkpoint(weights), opset):
+        raise QuantizationError(
+            f"int8 quantizes with the calibration made for {weights}, and this {model.model_name} is no longer those "
+            "weights (changed since it was read, or the file replaced): save it, calibrate it "
+            "(contentiqa.inference.quantize.write_calibration), or use fp32")
     src = _rt.find_graph_file(weights, DEFAULT_PRECISION, folder=folder)
     if src is None:
         src = cached_session(model, folder, opset, threads=1, weights_file=weights)[1]

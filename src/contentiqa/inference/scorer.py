@@ -353,6 +353,9 @@ def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | Non
             try:
                 _build_graph(spec, weights, prec)
             except OnnxExportError as exc:
+                if precision == "int8":  # asked for: only an ONNX graph runs it, and PyTorch cannot
+                    raise ValueError(f"precision int8 runs {spec}'s ONNX graph, and it cannot be exported: {exc}; use "
+                                     "fp32 (or bf16 with --runtime torch)") from None
                 if not fallback:
                     raise ValueError(f"cannot run {spec} in ONNX Runtime: {exc}; use the PyTorch runtime") from None
                 notes.append(f"running in PyTorch, not ONNX Runtime ({exc})")
