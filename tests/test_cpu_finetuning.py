@@ -372,6 +372,30 @@ def test_trained_stages_name_the_stages_frozen_without_a_cache():
     assert _tiny_iqa_cr().trained_stages(0) == "everything (nothing cached)"
 
 
+def test_a_trainer_on_two_sets_evaluates_a_table_on_each_rows_own_scale(two_sets, tmp_path):
+    """evaluate_table measured a second set's 1-5 MOS against predictions on the first set's 0-100
+    scale (an RMSE ~12 times too large), and failed on a table without every validation set."""
+    from contentiqa.training.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", **IE_TINY)
+    cfg = TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=3, calibrate=False)
+    train, val = two_sets.iloc[[0, 1, 2, 3, 10, 11, 12, 13]], two_sets.iloc[[4, 5, 6, 7, 14, 15, 16, 17]]
+    tr = Trainer(model, train, val, {"A": MOSScale(0, 100), "B": MOSScale(1, 5)}, cfg, tmp_path / "run", progress=False,
+                 cache_dir=tmp_path / "c", log=lambda *a: None)
+    b = two_sets.iloc[[8, 9, 18, 19]]
+    b = b[b["dataset"] == "B"]
+    direct, _ = evaluate_model(model, b.drop(columns=["dataset"]), MOSScale(1, 5), workers=0)
+    by_column = tr.evaluate_table(b)
+    assert by_column["rmse"] == pytest.approx(direct["rmse"], rel=1e-4) and by_column["B/rmse"] == by_column["rmse"]
+    assert "A/rmse" not in by_column
+    assert tr.evaluate_table(b.drop(columns=["dataset"]), scale=MOSScale(1, 5))["rmse"] == pytest.approx(direct["rmse"],
+                                                                                                        rel=1e-4)
+    with pytest.raises(ValueError, match="several datasets, each on its own MOS scale"):
+        tr.evaluate_table(b.drop(columns=["dataset"]))
+    assert tr.val_sets == ["A", "B"] and tr.scale == MOSScale(0, 100)  # the trainer as it was
+
+
 def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", **IE_TINY)

@@ -314,6 +314,34 @@ def test_experiment_on_two_datasets(two_tables, tmp_path):
     assert set(split["test"]) == {"A", "B"} and split["n_train"] == 16
     assert (tmp_path / "out" / "splits.json").is_file() and (tmp_path / "out" / "splits_B.json").is_file()
     assert "A SROCC" in res.markdown and "B SROCC" in res.markdown
+    # the same photos rated again as a second set: split on its own, they would train in one and test in the other
+    (tmp_path / "C").mkdir()
+    a, b = (pd.read_csv(tmp_path / s / "scores.csv", comment="#") for s in "AB")  # a combined release of both
+    both = pd.concat([a.assign(image="../A/" + a["image"]), b.assign(image="../B/" + b["image"], mos=b["mos"] * 100)])
+    (tmp_path / "C" / "scores.csv").write_text("# mos_range: 0 100\n" + both.to_csv(index=False))
+    shared = {**cfg, "data": [{"root": "A/scores.csv", "label": "A"}, {"root": "C/scores.csv", "label": "C"}]}
+    with pytest.raises(ConfigError, match="photo.s. train in one dataset and are held out in another"):
+        run_experiment(shared, tmp_path / "out_shared", progress=False, log=None, base_dir=tmp_path, only=["Q"])
+
+
+def test_a_photo_two_datasets_share_never_trains_in_one_and_is_measured_in_the_other(two_tables, tmp_path, capsys):
+    """Each set is split on its own: a relabelled release of the same photos had them in one set's
+    training part and the other's test part, and its test figures were measured on trained photos."""
+    from contentiqa.cli.main import main
+
+    a = two_tables["A"].assign(image=[p.split("/")[-1] for p in two_tables["A"]["image"]])
+    (tmp_path / "A" / "a.csv").write_text("# mos_range: 0 100\n" + a.drop(columns=["category"]).to_csv(index=False))
+    relabel = tmp_path / "C" / "c.csv"  # the same photos, rated again on 1-5, with a split of its own
+    relabel.parent.mkdir()
+    c = a.assign(image=[f"../A/{p}" for p in a["image"]], mos=np.linspace(1, 5, len(a)), split=["train"] * 5 + ["test"] * 5)
+    relabel.write_text("# mos_range: 1 5\n" + c.drop(columns=["category"]).to_csv(index=False))
+    args = ["train", "--model", "iqa-cr-q", "--data", str(tmp_path / "A" / "a.csv"), "--data", str(relabel),
+            "--protocol", "ie-iqa", "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
+            "--set", "cache_stages=9", "--set", "model.backbone_pretrained=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "photo(s) train in one dataset and are held out in another" in err and "measured on photos the model" in err
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_label_content_with_a_trained_content_head(tmp_path, capsys):

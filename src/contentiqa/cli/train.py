@@ -378,6 +378,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     that have a validation part; each dataset's test part is reported on its own."""
     import pandas as pd
 
+    from ..data.splits import check_held_out_across_sets
     from ..models import create_model
     from ..training import distributed as dist_utils
     from ..training.evaluate import evaluate_model
@@ -406,6 +407,10 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a, own=own).items()}
         made_by[label] = split.protocol
         scales[label] = ds.scale
+    try:
+        check_held_out_across_sets(parts)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     train = pd.concat([p["train"] for p in parts.values()], ignore_index=True)
     vals = [p["val"] for p in parts.values() if "val" in p]
     val = pd.concat(vals, ignore_index=True) if vals else None

@@ -107,6 +107,31 @@ MIN_IMAGES = 10
 """The smallest table any protocol splits."""
 
 
+def check_held_out_across_sets(parts: dict[str, dict[str, pd.DataFrame]]) -> None:
+    """ValueError when a photo one dataset's training part holds is in another's validation or
+    test part too (the same file, by its real path). Each set is split on its own, so a photo
+    two sets share (a relabelled or combined release) could train in one and be measured in the
+    other: figures on photos the model trained on, without a word."""
+    trained: dict[str, str] = {}
+    for label, p in parts.items():
+        if "train" in p:
+            for image in p["train"]["image"]:
+                trained.setdefault(os.path.realpath(str(image)), label)
+    shared = []
+    for label, p in parts.items():
+        for part in ("val", "test"):
+            for image in (p[part]["image"] if part in p else ()):
+                where = trained.get(os.path.realpath(str(image)))
+                if where is not None and where != label:
+                    shared.append((str(image), where, f"{label}'s {part} part"))
+    if shared:
+        image, train, held = shared[0]
+        raise ValueError(f"{len(shared)} photo(s) train in one dataset and are held out in another, e.g. {image} "
+                         f"(training part of {train}, {held}): those figures would be measured on photos the model "
+                         "trained on; give the sets one split (the same 'split' column), or drop the shared photos "
+                         "from one of them")
+
+
 def _split_cell(idx: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle ``idx`` and cut it by ``fractions`` (rounded so every part of a large-enough
     cell gets its share; the remainder goes to the first part)."""

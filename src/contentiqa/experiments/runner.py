@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.imageio import ImageLoadError
-from ..data.splits import OFFICIAL_VAL_FRACTION
+from ..data.splits import OFFICIAL_VAL_FRACTION, check_held_out_across_sets
 from ..training.config import RUNTIME_SETTINGS
 from ..utils.io import file_sha256
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
@@ -267,12 +267,7 @@ def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, p
 def _evaluate(trainer, table: pd.DataFrame, scale, model) -> dict[str, float]:
     """Metrics on ``table`` (MOS on ``scale``: RMSE in that dataset's units), through the
     trainer's cached frozen stages when it used them."""
-    saved = trainer.scale
-    trainer.scale = scale
-    try:
-        return trainer.evaluate_table(table.drop(columns=["dataset"], errors="ignore"), model)
-    finally:
-        trainer.scale = saved
+    return trainer.evaluate_table(table, model, scale=scale)
 
 
 def _shared_cache_ok(model) -> bool:
@@ -320,6 +315,10 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
             own[ts.label]["train"], own[ts.label]["val"] = carve_val(own[ts.label]["train"], ts.val_fraction, seed)
     if len(sets) == 1:
         return dict(own[sets[0].label]), own
+    try:
+        check_held_out_across_sets(own)
+    except ValueError as exc:
+        raise ConfigError(f"split seed {seed}: {exc}") from None
     combined = {}
     for p in ("train", "val"):
         chunks = [own[ts.label][p].assign(dataset=ts.label) for ts in sets if p in own[ts.label]]

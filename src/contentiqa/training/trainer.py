@@ -625,16 +625,33 @@ class Trainer:
             out.update({f"{name}/{k}": v for k, v in m.items() if k not in ("n", "n_labelled", "collapsed")})
         return out
 
-    def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None) -> dict[str, float]:
+    def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None,
+                       scale: MOSScale | None = None) -> dict[str, float]:
         """Metrics of ``model`` (default: the trained one) on another table (e.g. the test
         part), through the same cached frozen stages when training used them: whole images,
-        one view, so the result equals scoring the image files."""
+        one view, so the result equals scoring the image files. ``scale``: the table's MOS
+        scale (RMSE in its units); by default the training set's, or, training on several, each
+        row's set's by its ``dataset`` column (the sets the table has; metrics as validation's)."""
         from .cache import cached_encodings
 
-        saved = (self.model, self.val_table, self.val_feats)
+        if scale is None and self.scales is not None:
+            if "dataset" not in table:
+                raise ValueError("this trainer trains on several datasets, each on its own MOS scale: give the "
+                                 "table's scale, or a 'dataset' column naming each row's set")
+            unknown = sorted(set(table["dataset"].astype(str)) - set(self.scales))
+            if unknown:
+                raise ValueError(f"the table's dataset(s) {unknown} are not this trainer's ({list(self.scales)})")
+        elif "dataset" in table:  # one scale for every row: no per-set metrics
+            table = table.drop(columns=["dataset"])
+        saved = (self.model, self.val_table, self.val_feats, self.val_sets, self.scale)
         try:
             if model is not None:
                 self.model = model.to(self.device)
+            if scale is not None:
+                self.scale = scale
+            elif self.scales is not None:
+                present = set(table["dataset"].astype(str))
+                self.val_sets = [name for name in self.scales if name in present]
             self.val_table = table.reset_index(drop=True)
             self.val_feats = (cached_encodings(self.model, list(table["image"]), self.start_stage, train=False,
                                                cache_dir=self.cache_dir, progress=self.progress,
@@ -642,7 +659,7 @@ class Trainer:
                               if self.start_stage else None)
             return self.validate()
         finally:
-            self.model, self.val_table, self.val_feats = saved
+            self.model, self.val_table, self.val_feats, self.val_sets, self.scale = saved
 
     def _monitor(self, metrics: dict[str, float]) -> float:
         """The epoch's rank by :attr:`monitored`: higher is better (an RMSE is negated)."""
