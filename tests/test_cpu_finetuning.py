@@ -396,6 +396,27 @@ def test_a_trainer_on_two_sets_evaluates_a_table_on_each_rows_own_scale(two_sets
     assert tr.val_sets == ["A", "B"] and tr.scale == MOSScale(0, 100)  # the trainer as it was
 
 
+def test_a_run_on_two_sets_resumes_only_with_them_in_its_order(two_sets, tmp_path):
+    """Resumed with the sets listed the other way round, the run went on scoring on the other
+    set's scale (and calibrating on it) from its second session, without a word."""
+    from contentiqa.training.trainer import ResumeMismatch
+
+    train, val = two_sets.iloc[[0, 1, 2, 3, 10, 11, 12, 13]], two_sets.iloc[[4, 5, 6, 7, 14, 15, 16, 17]]
+    cfg = TrainConfig(epochs=1, batch_size=4, crop=None, cache_stages=3, calibrate=False)
+
+    def trainer(scales, epochs=1):
+        torch.manual_seed(0)
+        return Trainer(create_model("ie-iqa", **IE_TINY), train, val, scales, TrainConfig(**{**cfg.to_dict(), "epochs": epochs}),
+                       tmp_path / "run", progress=False, cache_dir=tmp_path / "c", log=lambda *a: None)
+
+    trainer({"A": MOSScale(0, 100), "B": MOSScale(1, 5)}).fit()
+    with pytest.raises(ResumeMismatch, match=r"trained on A \(0-100\), B \(1-5\), in that order; this run gives B \(1-5\)"):
+        trainer({"B": MOSScale(1, 5), "A": MOSScale(0, 100)}, epochs=2).fit(resume=True)
+    with pytest.raises(ResumeMismatch, match=r"this run gives A \(0-100\), B \(0-10\)"):
+        trainer({"A": MOSScale(0, 100), "B": MOSScale(0, 10)}, epochs=2).fit(resume=True)
+    assert trainer({"A": MOSScale(0, 100), "B": MOSScale(1, 5)}, epochs=2).fit(resume=True)["epoch"] == 2
+
+
 def test_training_on_two_sets_with_damage_and_anchors(two_sets, tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa", **IE_TINY)

@@ -726,7 +726,16 @@ class Trainer:
             "history": self.history,
             "train_config": self.cfg.to_dict(),
             "parts": self._parts(),
+            "sets": self._sets(),
         }
+
+    def _sets(self) -> list[list[Any]] | None:
+        """The training sets in their order with their MOS scales (None: one set). The first
+        names the scale the model scores on, the set ``calibrate_on: first`` fits on and the one
+        ``dataset_ratio`` draws whole: a resumed run must list them as the run did."""
+        if self.scales is None:
+            return None
+        return [[name, s.low, s.high, s.higher_is_better] for name, s in self.scales.items()]
 
     def _parts(self) -> dict[str, list[str]]:
         """Which photos train and validate (dataset-relative keys: a data folder moved keeps
@@ -764,6 +773,13 @@ class Trainer:
         self._check_same_recipe(path, st.get("train_config") or {})
         if isinstance(st.get("parts"), Mapping):  # (a last.pt of older code did not say)
             self._check_same_parts(path, st["parts"])
+        if "sets" in st and st["sets"] != self._sets():
+            def said(sets: list | None) -> str:
+                return ", ".join(f"{n} ({lo:g}-{hi:g})" for n, lo, hi, _ in sets) if sets else "one dataset"
+
+            raise ResumeMismatch(f"{path} was trained on {said(st['sets'])}, in that order; this run gives "
+                                 f"{said(self._sets())}: the first set names the scale it scores on (and what "
+                                 "calibrate_on/dataset_ratio read). Give the datasets as the run did")
         self.model.load_state_dict(st["model_state"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
