@@ -324,6 +324,29 @@ def test_experiment_on_two_datasets(two_tables, tmp_path):
         run_experiment(shared, tmp_path / "out_shared", progress=False, log=None, base_dir=tmp_path, only=["Q"])
 
 
+def test_a_set_without_a_validation_part_beside_one_with_is_said_as_it_is(two_tables, tmp_path, capsys):
+    """The notes said best.pt would be the lowest training loss and calibration could not run (the
+    other set's validation part chose it and calibrated), and that the set's 0 validation photos
+    were "still used" for calibration."""
+    from contentiqa.cli.main import main
+
+    a = two_tables["A"].assign(image=[p.split("/")[-1] for p in two_tables["A"]["image"]])
+    (tmp_path / "A" / "a.csv").write_text("# mos_range: 0 100\n" + a.drop(columns=["category"]).to_csv(index=False))
+    b = two_tables["B"].assign(image=[p.split("/")[-1] for p in two_tables["B"]["image"]],
+                               split=["train"] * 4 + ["val"] * 4 + ["test"] * 2)
+    (tmp_path / "B" / "b.csv").write_text("# mos_range: 0 1\n" + b.drop(columns=["category"]).to_csv(index=False))
+    args = ["train", "--model", "iqa-cr-q", "--data", str(tmp_path / "A" / "a.csv"), "--data", str(tmp_path / "B" / "b.csv"),
+            "--protocol", "ie-iqa", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+            "--set", "crop=null", "--set", "cache_stages=9", "--set", "calibrate=false"]
+    for k, v in {"backbone_pretrained": False, "dim": 16, "heads": 2, "mlp_dim": 32, "depth": 1}.items():
+        args += ["--set", f"model.{k}={v}"]
+    assert main(args + ["--set", "model.grid=[2, 2]"]) == 0
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "note: a has no validation part: b chooses the best epoch" in text
+    assert "lowest training loss" not in text and "still used" not in text
+
+
 def test_a_photo_two_datasets_share_never_trains_in_one_and_is_measured_in_the_other(two_tables, tmp_path, capsys):
     """Each set is split on its own: a relabelled release of the same photos had them in one set's
     training part and the other's test part, and its test figures were measured on trained photos."""

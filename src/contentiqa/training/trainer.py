@@ -332,9 +332,14 @@ class Trainer:
         if self.cfg.monitor is not None and self.cfg.monitor.split("/", 1)[0] in left:
             raise ValueError(f"monitor {self.cfg.monitor!r}: that set has fewer than {MIN_VAL_PER_SET} validation photos "
                              "rated differently")
-        if left:
-            self.log(f"note: validation metrics leave out {', '.join(left)}: fewer than {MIN_VAL_PER_SET} validation "
+        present = set(table["dataset"].astype(str))
+        few = [name for name in left if name in present]
+        if few:
+            self.log(f"note: validation metrics leave out {', '.join(few)}: fewer than {MIN_VAL_PER_SET} validation "
                      "photos rated differently (still used where the recipe fits on them, e.g. calibrate)")
+        if len(few) < len(left):
+            self.log(f"note: {', '.join(n for n in left if n not in present)} has no validation part: "
+                     f"{', '.join(kept)} choose{'s' if len(kept) == 1 else ''} the best epoch")
         return kept
 
     @property
