@@ -76,7 +76,9 @@ def worker(root: Path) -> None:
         tr.fit(resume=True)
         result[cs] = {"state": tr.model.state_dict(), "history": tr.history, "steps": len(tr.train_loader),
                       "batches": [b for b in tr.sampler], "ddp": type(tr.train_step).__name__,
-                      "val_rows": tr.val_rows.tolist()}
+                      "val_rows": tr.val_rows.tolist(),
+                      # validate() on one process, as a script would after fit(): every row, not its share
+                      "validate": tr.validate()}
     torch.save(result, root / f"rank{info.rank}.pt")
     dist_utils.cleanup(info)
 
@@ -218,6 +220,8 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
             assert ha["val_n"] == hr["val_n"] == 4 and ha["val_srocc"] == pytest.approx(hr["val_srocc"], abs=1e-6)
         # every rank validated its own share of the 4 validation rows; together, all of them
         assert a["val_rows"] and b["val_rows"] and sorted(a["val_rows"] + b["val_rows"]) == [0, 1, 2, 3]
+        assert a["validate"]["n"] == b["validate"]["n"] == 4  # with cached stages it failed: only a share encoded
+        assert a["validate"]["srocc"] == pytest.approx(ref.validate()["srocc"], abs=1e-6)
         for k, v in ref.model.state_dict().items():
             # Same samples, same steps: only the float summation order differs (DDP averages two
             # half-batch gradients); with the multi-level base (several gradient paths into the
@@ -238,6 +242,7 @@ def test_torchrun_train_cli(tmp_path):
         write_image(tmp_path / "img" / f"{i}.png", 56, 56, seed=i)
     csv = tmp_path / "data.csv"
     rows = [f"img/{i}.png,{m:.3f}" for i, m in enumerate(list(table["mos"]) + [10.0, 30.0, 60.0, 90.0])]
+    rows.append("img/missing.png,50")  # skipped with a warning: once, not once per process
     csv.write_text("image,mos\n" + "\n".join(rows) + "\n")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("model: iqa-cr-q\nmodel_args: {backbone_pretrained: false, dim: 16, heads: 2, mlp_dim: 32, grid: [2, 2], depth: 1}\n"
@@ -246,8 +251,10 @@ def test_torchrun_train_cli(tmp_path):
     env = loopback(dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)))  # torchelastic_* folders go here
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "contentiqa", "train", "--data", str(csv), "--config", str(cfg), "--out", str(out),
-                        "--protocol", "ie-iqa", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+                        "--protocol", "ie-iqa", "--quiet", "--skip-missing"], env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stderr.count("skipping 1 missing") == 1, r.stderr[-3000:]
     assert r.stdout.count("best epoch") == 1 and r.stdout.count("test:") == 1  # rank 0 alone reports
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     for f in ("best.pt", "last.pt", "split.json", "test_metrics.json", "config.json"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
@@ -184,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
     info = dist_utils.init_from_env(cfg.device)
     if info.distributed:
         cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
+    if info.rank != 0:  # rank 0 speaks for the run: the others' notes and warnings would repeat each once per process
+        args.quiet = True
+        warnings.filterwarnings("ignore")
     try:
         with terminate_as_interrupt():
             return _train(args, model_name, model_args, cfg, info, recipe)

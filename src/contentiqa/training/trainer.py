@@ -557,6 +557,9 @@ class Trainer:
         row order. ``shared`` (every process must call it then): each process predicts its
         share (:attr:`val_rows`) and the shares are gathered on every process
         (:class:`~contentiqa.metrics.accumulators.RowPredictions`)."""
+        if not shared and self.distributed and self.start_stage and len(self.val_feats or ()) != len(self.val_table):
+            with self._judging(self.model):  # this process encoded only its share of the part
+                return self._predict_rows(np.arange(len(self.val_table)))
         rows = self.val_rows if shared else np.arange(len(self.val_table))
         s, c = self._predict_rows(rows)
         if not (shared and self.distributed):
