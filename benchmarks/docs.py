@@ -122,8 +122,8 @@ def speed_block(speed: dict, up: str = "../") -> str:
                       "IE-IQA's stays flat (it resizes).")
     rss = speed.get("rss", {}).get("onnx")
     if rss:
-        lines[-1] += (f" Memory stays flat over {rss['n_inputs']:,} inputs ({rss['growth_mb']:+.1f} MB after "
-                      "warm-up).")
+        lines[-1] += (f" Memory stays flat over {rss['n_inputs']:,} inputs (`{rss['model']}`, "
+                      f"{rss['growth_mb']:+.1f} MB after warm-up).")
     vs_naive = [o["vs_naive"] for o in onnx]
     lines[-1] += (" The speed issue's target of 3× the naive loop is "
                   + ("met." if min(vs_naive) >= 3 else "not met on this machine."))
@@ -146,7 +146,8 @@ def peers_block(peers: dict, up: str = "../") -> str:
         "included: images/s move with the machine's load from run to run, the ratios inside one run are what the "
         "targets use). CLIVE SROCC as published "
         "(pyiqa's benchmark: trained on other datasets, tested on all of CLIVE) for the peers, and from this "
-        "repository's results (clive-dev test parts, default weights) for contentiqa — different protocols, see "
+        "repository's results for contentiqa (the default's recipe retrained on each split, clive-dev test parts; "
+        "those parts also chose the recipe, so the figure is slightly optimistic) — different protocols, see "
         "peers.md:",
         "",
         "| model | params (M) | GFLOPs / 500×500 | images/s | CLIVE SROCC |",

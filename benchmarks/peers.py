@@ -203,7 +203,8 @@ def render_markdown(p: dict[str, Any], command: str) -> str:
         "the table. LIQE is not in that benchmark and is left blank. contentiqa: " + p["contentiqa_acc_note"]
         + " The protocols differ: the pyiqa figures are cross-dataset (trained on another dataset, tested on all "
         "of CLIVE), contentiqa's are within-dataset (trained on clive-dev, tested on held-out clive-dev photos, a "
-        "75 % subset of CLIVE); contentiqa's own cross-dataset figure (BIQ2021 -> clive-dev) is in "
+        "75 % subset of CLIVE; those test parts also chose the recipe, in the ship gate, so the figure is slightly "
+        "optimistic); contentiqa's own cross-dataset figure (BIQ2021 -> clive-dev) is in "
         "generalization.md. The peers' papers also report within-dataset CLIVE figures (the protocol of "
         "contentiqa's); those tables were not checked here, so they are not listed.",
         "- **Load**: the machine is shared (2 cores); the load average before and after is above. Absolute "

@@ -64,9 +64,11 @@ def figures_from(results: Path | None, row: str) -> str:
     """The row's held-out test figures from an experiment's results.json (or a benchmark's copy)."""
     if results is None or not results.is_file():
         return "see the experiment's table"
+    from contentiqa.metrics import format_mean_std
+
     res = json.loads(results.read_text()).get("runs", {}).get(row, {})
-    return "; ".join(
-        f"{label}: " + ", ".join(f"{k.upper()} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in s.items()
+    return "; ".join(  # one split: the figure alone (a spread of 0 was never measured)
+        f"{label}: " + ", ".join(f"{k.upper()} {v}" for k, v in format_mean_std(s).items()
                                  if k in ("plcc", "srocc", "accuracy", "acceptable"))
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
