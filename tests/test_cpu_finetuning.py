@@ -210,6 +210,27 @@ def test_balanced_draws_cover_the_large_set_before_repeating():
     assert [i for b in s for i in b] == again  # reproducible (resume)
 
 
+def test_a_set_drawn_more_often_than_it_has_photos_gets_new_crops_for_each_repeat(tmp_path):
+    """dataset_ratio above a set's size drew its photos several times an epoch, each repeat the same
+    crop and flip as the first (a loss weight, not the augmentations asked for)."""
+    import pickle
+
+    from contentiqa.training.data import Draw, TrainImages, item_rng
+
+    groups = ["A"] * 6 + ["B"] * 2
+    s = ShapeGroupedBatchSampler([(1,)] * 8, 4, seed=3, groups=groups, draws={"B": 8})
+    drawn = [i for b in s for i in b]
+    b_draws = [i for i in drawn if groups[i] == "B"]
+    assert len(b_draws) == 8 and sorted(d.repeat for d in b_draws if d == 6) == [0, 1, 2, 3]
+    paths = [str(write_image(tmp_path / f"{i}.png", 40, 48, seed=i)) for i in range(8)]
+    ds = TrainImages(paths, [0.5] * 8, [0] * 8, preprocess=lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1).float(), crop=24, hflip=True, seed=3)
+    views = [ds[d][0] for d in b_draws if d == 6]
+    assert len({v.numpy().tobytes() for v in views}) == len(views)  # four different crops or flips
+    # a first draw keeps the stream it always had (runs resumed across this change see the same crops)
+    assert item_rng(3, 0, Draw(6, 0)).integers(1 << 30) == np.random.default_rng([3, 0, 6]).integers(1 << 30)
+    assert pickle.loads(pickle.dumps(Draw(6, 2))).repeat == 2  # to DataLoader workers as itself
+
+
 # -- the cache ------------------------------------------------------------------------------------
 def test_ie_iqa_and_its_distortion_ablation_share_the_distortion_cache(two_sets, tmp_path):
     torch.manual_seed(0)

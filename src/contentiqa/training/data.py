@@ -37,8 +37,27 @@ def effective_shape(h: int, w: int, crop: int | None) -> tuple[int, int]:
     return min(h, crop), min(w, crop)
 
 
+class Draw(int):
+    """An item's index, drawn for the ``repeat``-th time in one epoch (a set drawn more often than
+    it has photos, ``dataset_ratio``): each repeat gets crops and flips of its own, not copies of
+    the first draw's. Compares and indexes as the index."""
+
+    repeat: int
+
+    def __new__(cls, index: int, repeat: int = 0) -> "Draw":
+        obj = super().__new__(cls, index)
+        obj.repeat = int(repeat)
+        return obj
+
+    def __reduce__(self):  # to DataLoader workers and back as itself
+        return (Draw, (int(self), self.repeat))
+
+
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, index])
+    """The item's random stream this epoch; a repeated draw (:class:`Draw`) a stream of its own
+    (a first draw's is what it always was)."""
+    repeat = index.repeat if isinstance(index, Draw) else 0
+    return np.random.default_rng([seed, epoch, int(index)] + ([repeat] if repeat else []))
 
 
 class ShapeGroupedBatchSampler(Sampler[list[int]]):
@@ -71,7 +90,8 @@ class ShapeGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def _drawn(self) -> list[int]:
-        """This epoch's items: all of them, or each group's share of its endless stream."""
+        """This epoch's items: all of them, or each group's share of its endless stream (an
+        item drawn again within the epoch as a :class:`Draw` of its repeat)."""
         if self.draws is None:
             return list(range(len(self.shapes)))
         out: list[int] = []
@@ -90,13 +110,17 @@ class ShapeGroupedBatchSampler(Sampler[list[int]]):
                 take = order[pos:pos + n - len(taken)].tolist()
                 taken += take
                 cycle, pos = cycle + 1, 0
-            out += taken
+            seen: dict[int, int] = defaultdict(int)
+            for i in taken:
+                out.append(Draw(i, seen[i]))
+                seen[i] += 1
         return out
 
     def _batches(self) -> list[list[int]]:
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i in self._drawn():
-            groups[tuple(self.shapes[i])].append(i)
+        drawn = self._drawn()
+        groups: dict[tuple, list[int]] = defaultdict(list)  # positions in ``drawn``, by shape
+        for pos, i in enumerate(drawn):
+            groups[tuple(self.shapes[i])].append(pos)
         rng = np.random.default_rng([self.seed, self.epoch, 7])
         batches = []
         for key in sorted(groups):
@@ -104,7 +128,7 @@ class ShapeGroupedBatchSampler(Sampler[list[int]]):
             if self.shuffle:
                 idx = rng.permutation(idx)
             for start in range(0, len(idx), self.batch_size):
-                b = idx[start:start + self.batch_size].tolist()
+                b = [drawn[p] for p in idx[start:start + self.batch_size].tolist()]
                 if self.drop_last and len(b) < self.batch_size and len(idx) >= self.batch_size:
                     continue
                 batches.append(b)
