@@ -475,6 +475,30 @@ def test_a_saved_model_loads_without_the_files_its_intelligibility_branch_came_f
         load_checkpoint(slim)
 
 
+def test_a_slim_checkpoint_refuses_a_branch_file_changed_since_it_was_saved(tmp_path):
+    """omit_pretrained_backbone left out the tensors the config's intelligibility file gave, and the
+    model loaded whatever that path held later: other weights, other scores, no word."""
+    import torchvision
+
+    places = tmp_path / "resnet18_places365.pth.tar"
+    torch.manual_seed(5)
+    torch.save({"state_dict": torchvision.models.resnet18(weights=None, num_classes=365).state_dict()}, places)
+    kept = places.read_bytes()
+    model = build_ie_iqa(distortion_pretrained=False, hidden=(8, 4), ratio=5, intelligibility_task="scene",
+                         intelligibility_checkpoint=str(places)).eval()
+    slim = save_checkpoint(model, tmp_path / "slim.pt", omit_pretrained_backbone=True)
+    assert any(k.startswith("intelligibility.") for k in torch.load(slim, weights_only=True)["omitted_from_pretrained"])
+    torch.manual_seed(6)  # the file retrained in place
+    torch.save({"state_dict": torchvision.models.resnet18(weights=None, num_classes=365).state_dict()}, places)
+    with pytest.raises(ValueError, match=r"slim\.pt: its intelligibility_checkpoint tensors were left out as those of "
+                                         r".*resnet18_places365\.pth\.tar, and that file has changed since"):
+        load_checkpoint(slim)
+    places.write_bytes(kept)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(slim).eval()(x)["score"], model(x)["score"], rtol=0, atol=0)
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def test_checkpoint_round_trip_omits_pretrained_weights(tmp_path):
     torch.manual_seed(0)

@@ -296,15 +296,20 @@ def save_checkpoint(
 
     ``omit_pretrained_backbone`` leaves out every tensor identical to the pip-installed
     ImageNet weights (they are re-created at load time), which is how shipped models stay small.
+    Tensors a file the config names provides (``intelligibility_checkpoint``, ...) are left out
+    too, and the file's SHA-256 kept: loading refuses that file changed since, whose tensors
+    would be other weights without a word.
     ``half`` stores floating tensors as float16 (loaded back as float32).
     """
-    from ..utils.io import atomic_torch_save
+    from ..utils.io import atomic_torch_save, file_sha256
 
     base = None
     if omit_pretrained_backbone:
         fresh = rebuild(model.model_name, model.cfg.to_dict())
         base = fresh.state_dict()
     state, omitted = _state_without_base(model, base)
+    named = {k: str(v) for k, v in model.cfg.to_dict().items() if k.endswith("_checkpoint") and v}
+    rebuilt_from = {k: {"path": v, "sha256": file_sha256(v)} for k, v in named.items() if omitted and Path(v).is_file()}
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     payload = {
@@ -313,11 +318,27 @@ def save_checkpoint(
         "config": model.cfg.to_dict(),
         "state_dict": state,
         "omitted_from_pretrained": omitted,
+        **({"rebuilt_from": rebuilt_from} if rebuilt_from else {}),
         "scale": model.scale.to_dict(),
         "categories": list(model.categories),
         "extra": extra or {},
     }
     return atomic_torch_save(payload, path)
+
+
+def _check_rebuilt_from(path: Path, rebuilt_from: Any) -> None:
+    """ValueError when a file whose tensors the checkpoint left out (its config names it) is not
+    the file it was saved with: the model would load other weights without a word."""
+    from ..utils.io import file_sha256
+
+    for key, then in (rebuilt_from or {}).items():
+        if not isinstance(then, dict):
+            continue
+        now = file_sha256(then["path"]) if Path(then["path"]).is_file() else None
+        if now is not None and now != then.get("sha256"):
+            raise ValueError(f"{path}: its {key} tensors were left out as those of {then['path']}, and that file has "
+                             f"changed since it was saved (sha256 {str(then.get('sha256'))[:12]}, now {now[:12]}): "
+                             "restore the file, or save the model whole (without omit_pretrained_backbone)")
 
 
 def rebuild(model_name: str, config: dict) -> IQAModel:
@@ -368,6 +389,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise ValueError(f"{path}: cannot rebuild its model: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:  # an unknown model, arguments its config does not take
         raise ValueError(f"{path}: cannot rebuild its model {name!r}: {exc}") from None
+    _check_rebuilt_from(path, payload.get("rebuilt_from"))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         result = model.load_state_dict(state, strict=False)
