@@ -775,6 +775,12 @@ def test_check_says_ready_only_for_what_the_run_would_start(tiny, tmp_path, caps
     assert rc == 2 and out.startswith("invalid") and "dataset_ratio" in out
     rc, out = check(runs=[{**ready[0], "train": {"init_from": str(tmp_path / "nowhere" / "seed{seed}" / "best.pt")}}])
     assert rc == 1 and out.startswith("missing") and "nowhere/seed0/best.pt does not exist" in out
+    # weights a row's model needs and this machine lacks (not a file the config names): the run skips it
+    scene = {"name": "scene", "model": "ie-iqa", "model_args": {"intelligibility_task": "scene",
+                                                                "distortion_pretrained": False, "hidden": [8, 4]}}
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "empty-hub"))
+    rc, out = check(model_args={}, runs=[{**ready[0], "model_args": TINY_ARGS}, scene])
+    assert rc == 1 and out.startswith("partial") and "1/2 run(s) can run" in out and "scene: intelligibility task" in out
     from contentiqa.utils import extras
 
     real = extras.have

@@ -475,6 +475,26 @@ def test_a_saved_model_loads_without_the_files_its_intelligibility_branch_came_f
         load_checkpoint(slim)
 
 
+@pytest.mark.parametrize("args", [["--set", "model.intelligibility_task=scene"],
+                                  ["--set", "model.intelligibility_task=segmentation",
+                                   "--set", "model.intelligibility_checkpoint=/nonexistent/deeplabv3.pth"]])
+def test_train_without_a_branchs_weights_is_a_usage_error_not_a_traceback(tmp_path, make_image, monkeypatch, capsys,
+                                                                            args):
+    from contentiqa.cli.main import main
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    rows = [f"img/{i}.png,{10 * i}" for i in range(12)]
+    for i in range(12):
+        make_image(tmp_path / "img" / f"{i}.png", 40, 48, seed=i)
+    (tmp_path / "d.csv").write_text("# mos_range: 0 110\nimage,mos\n" + "\n".join(rows) + "\n")
+    assert main(["train", "--model", "ie-iqa", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--quiet", "--set", "model.distortion_pretrained=false", "--set", "calibrate=false",
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert "contentiqa train: error: cannot build ie-iqa" in err and "Traceback" not in err
+    assert ("Places365" in err) if "scene" in args[1] else ("torchvision's COCO weights" in err)
+
+
 def test_a_slim_checkpoint_refuses_a_branch_file_changed_since_it_was_saved(tmp_path):
     """omit_pretrained_backbone left out the tensors the config's intelligibility file gave, and the
     model loaded whatever that path held later: other weights, other scores, no word."""

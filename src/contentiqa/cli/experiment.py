@@ -81,14 +81,17 @@ def check(paths: list[Path]) -> int:
         missing = experiment_missing(cfg) + ([] if torch else [f"PyTorch ({install_hint('torch')})"])
         runs = {r.name: run_missing(cfg, r) for r in cfg.runs}
         if not missing:  # what the run checks before its first row trains (building each row's model)
+            unavailable: dict[str, str] = {}
             try:
-                check_before_training(cfg, default_out_dir(cfg), None, None, built)
+                check_before_training(cfg, default_out_dir(cfg), None, None, built, unavailable)
             except StartMissing as exc:
                 missing = [str(exc)]
             except ConfigError as exc:
                 print(f"invalid  {str(path):<{width}}  {exc}")
                 rc = 2
                 continue
+            for name, why in unavailable.items():
+                runs[name] = [*runs[name], f"{name}: {why}"]
         ok = [n for n, m in runs.items() if not m]
         size = f"{len(cfg.runs)} run(s), seeds {cfg.seeds[0]}..{cfg.seeds[-1]} ({len(cfg.seeds)}), {cfg.data.label} {cfg.protocol}"
         lacking = [m for ms in runs.values() for m in ms]

@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, info, recipe: dict | None = None) -> int:
+    from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..training import distributed as dist_utils
     from ..training.cache import CacheWriteError
@@ -235,6 +236,8 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         model = create_model(model_name, pretrained=False, **model_args)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot build {model_name} with {model_args}: {exc}") from None
+    except (WeightsUnavailableError, FileNotFoundError) as exc:  # a branch's weights not on this machine
+        raise UsageError(f"cannot build {model_name}: {exc}") from None
     quiet = args.quiet or info.rank != 0  # rank 0 speaks for the run
     log = (lambda *a, **k: None) if quiet else print
     procs = f" on {info.world_size} processes" if info.distributed else ""
@@ -385,6 +388,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     that have a validation part; each dataset's test part is reported on its own."""
     import pandas as pd
 
+    from ..backbones import WeightsUnavailableError
     from ..data.splits import check_held_out_across_sets
     from ..models import create_model
     from ..training import distributed as dist_utils
@@ -436,7 +440,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
                           recipe=recipe)
     except CacheWriteError as exc:
         raise UsageError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, WeightsUnavailableError, FileNotFoundError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
     best = _fit(trainer, args, out)
     _say_best(best, out, trainer.monitored, several=True)

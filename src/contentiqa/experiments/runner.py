@@ -472,13 +472,14 @@ class StartMissing(ConfigError):
 
 
 def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None,
-                          built: set[str] | None = None) -> None:
+                          built: set[str] | None = None, unavailable: dict[str, str] | None = None) -> None:
     """ConfigError, before any row trains, for a row that could only fail when its turn came
     (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
     argument), or (:class:`StartMissing`) it starts from weights (``init_from``) that neither
     exist nor come from a row trained before it in this run. ``built``: the models (and
     arguments) already built by an earlier call, not built again (``experiment --check`` of
-    many configs)."""
+    many configs). ``unavailable``: filled with the rows whose model needs weights this machine
+    lacks (a run skips them when their turn comes; ``--check`` says so)."""
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
 
@@ -495,8 +496,9 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
             if key not in built:
                 create_model(run.model, pretrained=False, **run.model_args)
                 built.add(key)
-        except (WeightsUnavailableError, FileNotFoundError):
-            pass  # said when the row's turn comes (it is skipped then)
+        except (WeightsUnavailableError, FileNotFoundError) as exc:
+            if unavailable is not None:  # else said when the row's turn comes (it is skipped then)
+                unavailable[run.name] = str(exc)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"run {run.name}: model_args {run.model_args} cannot build {run.model}: {exc}") from None
         ratio = run.train.get("dataset_ratio")

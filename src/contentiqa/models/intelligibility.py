@@ -100,7 +100,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Places365 ``resnet18_places365.pth.tar`` has both)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"intelligibility checkpoint {path} does not exist")
+        raise FileNotFoundError(f"intelligibility checkpoint {path} does not exist (scene: the CSAIL Places365 "
+                                "release's resnet18_places365.pth.tar; detection and segmentation: torchvision's COCO "
+                                "weights; configs/README.md lists the files)")
     state = _torch_load(path)
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -505,7 +507,8 @@ def load_unrecognizability(path: str | os.PathLike) -> UnrecognizabilityRegresso
     """Read a predictor written by :func:`save_unrecognizability` / :func:`train_unrecognizability`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"unrecognizability checkpoint {path} does not exist")
+        raise FileNotFoundError(f"unrecognizability checkpoint {path} does not exist (write one with "
+                                "contentiqa.models.intelligibility.train_unrecognizability)")
     payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != UNRECOGNIZABILITY_FORMAT:
         raise ValueError(f"{path} is not an unrecognizability predictor written by train_unrecognizability")
