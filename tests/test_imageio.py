@@ -681,6 +681,26 @@ def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_pa
                          + chunk(b"IEND", b""))
         res = load_image(path)
         assert (np.asarray(res.image) == 100).all() and not any("transparent" in n for n in res.notes), key
+        # said, not silent: the samples' low bytes dropped, and the key left unapplied
+        assert res.notes == ["16-bit colour read as its top 8 bits (the decoder's)",
+                             "its 16-bit colour key not applied: keyed pixels scored as stored"], key
+    # without a key, the narrowing alone; an 8-bit RGB PNG says nothing
+    path = tmp_path / "plain16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert load_image(path).notes == ["16-bit colour read as its top 8 bits (the decoder's)"]
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(tmp_path / "plain8.png")
+    assert load_image(tmp_path / "plain8.png").notes == []
+
+
+def test_a_broken_link_is_said_as_one_not_as_a_missing_file(tmp_path):
+    """`ls` lists the link: "file does not exist" (explain, the API) sent users looking for the wrong thing."""
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    for name in ("broken.jpg", "a.jpg"):
+        _expect_error(tmp_path / name, "broken symbolic link or link loop")
+    _expect_error(tmp_path / "absent.jpg", "file does not exist")
 
 
 def test_palette_and_low_bit_transparency_still_go_on_white_and_a_16bit_key_from_bytes_is_not_read(tmp_path):
@@ -704,4 +724,5 @@ def test_palette_and_low_bit_transparency_still_go_on_white_and_a_16bit_key_from
     from contentiqa.data.imageio import pil_to_rgb
 
     notes: list[str] = []
-    assert (np.asarray(pil_to_rgb(Image.open(io.BytesIO(png)), notes)) == 100).all() and not notes
+    assert (np.asarray(pil_to_rgb(Image.open(io.BytesIO(png)), notes)) == 100).all()
+    assert notes == ["16-bit colour read as its top 8 bits (the decoder's)"]  # the key: no 8-bit pixel has it

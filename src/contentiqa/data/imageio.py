@@ -130,7 +130,8 @@ def pixels_to_uint8(a: np.ndarray) -> np.ndarray:
     - uint8: as is; bool: refused (a mask, not a photo).
     - floating point: must lie in [0, 1] (NaN / inf refused); scaled by 255.
     - uint16, either byte order: the 16-bit range 0-65535 (what 16-bit PNG / TIFF hold), rounded
-      to the nearest 8-bit level.
+      to the nearest 8-bit level. (16-bit *colour* files are the exception: Pillow decodes them
+      to their top 8 bits, which :func:`load_image` notes.)
     - other integers (int8/16/32/64, uint32/64, e.g. a list of Python ints): must lie in 0-255,
       taken as 8-bit values; anything outside is refused (its range is unknown).
 
@@ -198,10 +199,27 @@ def pil_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     """An opened image as :func:`load_image` reads its file: 16-bit formats on their range,
     turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike."""
     usable_key = _key_in_pixel_units(im)  # asked of the image as read: its format and file
+    if _colour_narrowed(im):
+        notes.append("16-bit colour read as its top 8 bits (the decoder's)")
     oriented = apply_orientation(_sixteen_bit(im), notes)  # a new image: its info is its own
-    if not usable_key:
-        oriented.info.pop("transparency", None)
+    if not usable_key and oriented.info.pop("transparency", None) is not None:
+        notes.append("its 16-bit colour key not applied: keyed pixels scored as stored")
     return _to_rgb(oriented, notes)
+
+
+def _colour_narrowed(im: Image.Image) -> bool:
+    """Whether the decoder reads this image's 16-bit colour samples as their top 8 bits (Pillow
+    has no 16-bit RGB mode): its tile's raw mode says so before it is decoded, a PNG's header after."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    for tile in (im.tile if isinstance(im, ImageFile.ImageFile) else ()):
+        raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    if im.format == "PNG" and getattr(im, "filename", None):
+        head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
+        return len(head) == 25 and head[24] == 16
+    return False
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
@@ -367,8 +385,8 @@ def load_image(
 
 def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) -> LoadedImage:
     p = Path(path)
-    if not p.exists():
-        raise ImageLoadError(p, "file does not exist")
+    if not p.exists():  # a link that leads nowhere is there to see (ls lists it): said as what it is
+        raise ImageLoadError(p, "broken symbolic link or link loop" if p.is_symlink() else "file does not exist")
     if p.is_dir():
         raise ImageLoadError(p, "is a directory, not an image file")
     if not p.is_file():
