@@ -263,6 +263,25 @@ def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, fir
     assert {f: (root / "out1" / f).read_bytes() for f in recorded} == recorded
 
 
+def test_a_results_table_keeps_its_columns_and_its_command_pastes(tiny, first_run, tmp_path):
+    """A '|' in a row name shifted every later cell under another header; a path with a space made
+    the Command line two arguments; a run of seconds read "0.0 min"."""
+    import shutil
+
+    from contentiqa.experiments.runner import _train_time, md_table
+
+    assert md_table(["model", "x"], [["A | lr 1e-3", 1]]).splitlines()[-1] == "| A \\| lr 1e-3 | 1 |"
+    assert _train_time({"r": {"splits": [{"train_seconds": 2.5}]}}) == "2 s"
+    assert _train_time({"r": {"splits": [{"train_seconds": 90}]}}) == "1.5 min"
+    root, path, cfg = tiny
+    spaced = tmp_path / "my tiny.yaml"
+    shutil.copy(path, spaced)
+    out = tmp_path / "out 5"
+    res = run_experiment(spaced, out, progress=False, log=None, base_dir=root, imports=[root / "out1" / "results.json"],
+                         train=False)
+    assert f"Command: `contentiqa experiment '{spaced}' --out '{out}'`" in res.markdown
+
+
 def test_weights_a_model_argument_names_are_fingerprinted_by_content_not_path(tmp_path):
     """Weights retrained in place at the same path joined the splits made with the old ones in one
     mean ± std; the same weights in a project moved elsewhere (or a GPU run's results imported) were

@@ -424,6 +424,24 @@ def test_resume_on_another_split_is_refused(tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_evaluate_names_the_seed_of_the_split_it_measured(tmp_path, capsys):
+    """--split-index is a position: taken for a seed, it measured another split's test part (photos the
+    model may have trained on) and nothing said which seed it was; the metrics file named no scale."""
+    from tiny_models import tiny_checkpoint
+
+    from contentiqa.data import load_dataset, make_split_set, save_splits
+
+    data = table(tmp_path, n=20)
+    splits = tmp_path / "splits.json"
+    save_splits(make_split_set(load_dataset("csv", data).table, "ie-iqa", seeds=[3, 7], progress=False), splits)
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--split", str(splits), "--split-index",
+                 "1", "--json", str(metrics)]) == 0
+    assert "split 1: seed 7, ie-iqa" in capsys.readouterr().out
+    got = json.loads(metrics.read_text())
+    assert got["split_seed"] == 7 and got["split_index"] == 1 and got["mos_scale"]["high"] == 100
+
+
 def test_resume_on_another_table_is_refused_not_emptied(tmp_path, capsys):
     data, out = table(tmp_path / "a"), tmp_path / "run"
     assert train(data, out) == 0

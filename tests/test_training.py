@@ -170,6 +170,19 @@ def test_resume_continues_exactly(tiny_table, tmp_path):
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
 
 
+def test_the_logged_learning_rate_is_the_epochs_own(tiny_table, tmp_path):
+    """The log read the rate after the epoch's last step: the next epoch's, and 0.0 for the last
+    epoch (a 1-epoch run looked as if it trained at lr 0)."""
+    torch.manual_seed(0)
+    tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path)
+    tr.fit()
+    per_epoch = len(tr.train_loader)  # the rate of each step, as the schedule gives it
+    seen = [tr.scheduler.base_lrs[0] * tr.scheduler.lr_lambdas[0](k) for k in range(2 * per_epoch)]
+    half = per_epoch
+    assert [h["lr"] for h in tr.history] == pytest.approx([np.mean(seen[:half]), np.mean(seen[half:])])
+    assert tr.history[-1]["lr"] > 0
+
+
 def test_a_resume_takes_up_the_schedule_in_its_own_steps_per_epoch(tiny_table, tmp_path):
     """A last.pt saved by another number of processes counted other steps per epoch: its count
     taken as it was, a run from one process on two trained its last epochs at lr 0."""

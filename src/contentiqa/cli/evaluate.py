@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--split", default=None,
                    help="split file; evaluate only --part of it (default: the table's 'split' column when it has one)")
-    p.add_argument("--split-index", type=int, default=0)
+    p.add_argument("--split-index", type=int, default=0,
+                   help="which split of a file with several, by position (an experiment's splits.json holds one "
+                        "per seed, in the config's seed order; the output names the split's seed)")
     p.add_argument("--part", default=None, choices=["train", "val", "test"],
                    help="which part of the split (file or column) to evaluate (default test)")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
@@ -54,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
         given = "--part" if args.part is not None else "--split-index"
         raise UsageError(f"{given} needs a split: --split FILE, or a 'split' column in --data {args.data}")
     args.part = args.part or "test"
+    split = None
     if args.split or "split" in table:  # a split file, or a table that carries its split: that part, not every row
-        table = split_parts(resolve_split(args, table), table, args).get(args.part, table.iloc[:0])
-        part = f"--part {args.part} of {args.split}" if args.split else f"the rows whose 'split' is {args.part!r}"
+        split = resolve_split(args, table)
+        table = split_parts(split, table, args).get(args.part, table.iloc[:0])
+        # the seed said: an index taken for a seed would measure another split's test part
+        part = (f"--part {args.part} of {args.split}, split {args.split_index}: seed {split.seed}, {split.protocol}"
+                if args.split else f"the rows whose 'split' is {args.part!r}")
     if part is not None and len(table) == 0:
         raise UsageError(f"--data {args.data}: {part} hold no images")
     try:
@@ -81,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     # what was measured, so that a train part's file, a test part's and a fitted PLCC's tell apart
     metrics = {"model": args.model, "data": str(args.data), "part": args.part if part else None,
                "split": str(args.split) if args.split else ("column" if part else None),
-               "split_index": args.split_index if args.split else None, "fit_logistic": args.fit_logistic, **metrics}
+               "split_index": args.split_index if args.split else None,
+               "split_seed": split.seed if args.split and split is not None else None,
+               "mos_scale": ds.scale.to_dict(),  # the scale RMSE and the predictions are on
+               "fit_logistic": args.fit_logistic, **metrics}
     names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
     print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
           f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")

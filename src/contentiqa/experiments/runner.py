@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -801,15 +802,19 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table (cells formatted with ``str``)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    """A markdown table (cells formatted with ``str``; a '|' in a row name escaped, which would
+    otherwise shift every later cell under another column's header)."""
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def _train_time(results: dict[str, Any]) -> str:
     total = sum(float(sp.get("train_seconds") or 0) for r in results.values() for sp in r.get("splits", []))
-    return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
+    return f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
 
 
 def _split_provenances(results: dict[str, Any]) -> list[dict]:
@@ -910,7 +915,8 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
         f"RMSE in each test set's MOS units; acc. = content category accuracy where the test set has categories "
         f"(against the main label); acc. (any label) = the prediction is one of the photo's labels (multi-label sets).",
         f"Ran on {_machines(results, prov)}: {_train_time(results)} of training and testing over all rows and splits.",
-        (f"Command: `contentiqa experiment {cfg.source} --out {out}` (it trains only the splits that folder lacks, "
+        (f"Command: `contentiqa experiment {shlex.quote(str(cfg.source))} --out {shlex.quote(str(out))}` (it trains "
+         "only the splits that folder lacks, "
          "then writes this table). " if cfg.source and out is not None else "")
         + f"Config `{cfg.source or 'mapping'}`; contentiqa {prov.get('contentiqa')}, git {str(prov.get('git_commit') or '?')[:12]}"
         f"{' (dirty)' if prov.get('git_dirty') else ''}, torch {prov.get('torch')}, {prov.get('date')}.",

@@ -288,6 +288,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.epoch_lr = 0.0  # the last epoch's mean learning rate (its log line's)
         self.resumed_after = 0
         """Epochs the run held when this process resumed it (:meth:`fit`)."""
 
@@ -689,6 +690,7 @@ class Trainer:
         self.train_ds.set_epoch(epoch)
         totals: dict[str, float] = {"loss": 0.0}
         n = 0
+        lr_sum = 0.0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
         for step, (x, t, c) in enumerate(bar):
             x, t, c = _to(x, self.device), t.to(self.device), c.to(self.device)
@@ -698,6 +700,7 @@ class Trainer:
             loss, parts = self.train_step(x, t, c, extra)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step trains with
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
@@ -717,6 +720,9 @@ class Trainer:
             totals = {k: red[1 + i] for i, k in enumerate(keys) if red[1 + len(keys) + i] > 0}
             self.loss_fn._running = [red[-3], red[-2], int(red[-1])]
         self.loss_fn.end_epoch()
+        # the epoch's mean learning rate (the head's): the rate after its last step, which the
+        # log showed, is the next epoch's, 0 at the end of the schedule
+        self.epoch_lr = lr_sum / max(len(self.train_loader), 1)
         return {k: v / max(n, 1) for k, v in totals.items()}
 
     def state(self) -> dict[str, Any]:
@@ -883,7 +889,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
             # Before validation and any save: last.pt and best.pt keep the last good epoch.
             self._check_diverged(record)
-            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            record["lr"] = self.epoch_lr
             with self._averaged_weights():  # what is validated is what best.pt keeps
                 improved = self._judge_epoch(record, t0)
             self.epoch += 1
