@@ -253,17 +253,28 @@ def card_row(card: Path) -> str | None:
 
 def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | None:
     """(``name.tag``, its recipe row or None) of the default a new default of ``model`` replaces:
-    ``model``'s own where it has one, else contentiqa's default model's (a new model made the
-    default replaces what `contentiqa score` ran). None: ``weights_dir`` names no default."""
+    ``model``'s own where it has one (``weights_dir``'s defaults.json, else the registry's first
+    tag, as `contentiqa score -m MODEL` reads it), else contentiqa's default model's (a new model
+    made the default replaces what `contentiqa score` ran). None: no default to name."""
     from contentiqa import DEFAULT_MODEL
-    from contentiqa.models.registry import DEFAULT_TAGS_FILE
+    from contentiqa.models.registry import DEFAULT_TAGS_FILE, model_entry
 
     path = weights_dir / DEFAULT_TAGS_FILE
     defaults = json.loads(path.read_text()) if path.is_file() else {}
-    name = model if model in defaults else DEFAULT_MODEL
-    if name not in defaults:
+
+    def default_of(name: str) -> str | None:
+        if name in defaults:
+            return defaults[name]
+        try:
+            return model_entry(name).default_tag
+        except ValueError:  # a model not registered (yet)
+            return None
+
+    name = model if default_of(model) else DEFAULT_MODEL
+    tag = default_of(name)
+    if tag is None:
         return None
-    return f"{name}.{defaults[name]}", card_row(weights_dir / f"{name}_{defaults[name]}.md")
+    return f"{name}.{tag}", card_row(weights_dir / f"{name}_{tag}.md")
 
 
 def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | None = None,

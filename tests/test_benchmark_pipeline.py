@@ -856,6 +856,11 @@ def test_ship_refuses_a_gate_won_against_another_recipe_than_the_default_it_repl
     ok, why = verdict("brand-new", "New", "Older")
     assert not ok and f"{DEFAULT_MODEL}.d, was trained by row 'Ens, \"2:1\"'" in why
     assert verdict("brand-new", "New", 'Ens, "2:1"')[0]
+    # a registered model that defaults.json leaves out has the registry's default (its first tag), not the package's
+    (weights / "iqa-cr-q_clive.md").write_text('# Model card\n\n- **What**: x.\n  Row "Q" of `c.yaml`.\n')
+    assert verdict("iqa-cr-q", "New", "Q")[0]
+    ok, why = verdict("iqa-cr-q", "New", 'Ens, "2:1"')
+    assert not ok and "iqa-cr-q.clive, was trained by row 'Q'" in why
     (weights / "ie-iqa_now.md").write_text("# Model card\n")  # a card that names no row: said, not compared
     ok, why = verdict("ie-iqa", "New", "Older")
     assert ok and "not compared: the baseline with the current default's recipe (ie-iqa.now's card names no row)" in why

@@ -808,6 +808,28 @@ def test_check_says_ready_only_for_what_the_run_would_start(tiny, tmp_path, caps
     assert rc == 1 and out.startswith("missing") and "PyTorch (pip install 'contentiqa[torch]')" in out
 
 
+def test_check_counts_what_configs_before_write_and_the_out_given(tiny, tmp_path, capsys, monkeypatch):
+    """A row starting from a row of a config checked before it (one command runs them in turn), or
+    from a results folder given with --out, was said missing: the run itself trains it."""
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    monkeypatch.chdir(tmp_path)
+    base = {**cfg, "data": {**cfg["data"], "root": str(root / "train" / "scores.csv")}, "test": ["split"], "seeds": 1}
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text(yaml.safe_dump({**base, "name": "one", "runs": [{"name": "A", "model": "iqa-cr-q"}]}))
+    two.write_text(yaml.safe_dump({**base, "name": "two", "runs": [
+        {"name": "B", "model": "iqa-cr-q", "train": {"init_from": "../one/runs/A/seed{seed}/best.pt"}}]}))
+    assert main(["experiment", "--check", str(one), str(two)]) == 0, capsys.readouterr().out
+    assert main(["experiment", "--check", str(two)]) == 1  # alone, nothing writes A's weights
+    done = tmp_path / "elsewhere" / "one" / "runs" / "A" / "seed0" / "best.pt"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"weights")
+    capsys.readouterr()
+    assert main(["experiment", "--check", str(two), "--out", str(tmp_path / "elsewhere" / "two")]) == 0
+    assert f"-> {tmp_path / 'elsewhere' / 'two'}" in capsys.readouterr().out
+
+
 def test_several_configs_refuse_a_row_without_the_seed_asked_before_any_trains(tiny, tmp_path, capsys):
     """--only X --seed 1 over two configs, X lacking seed 1, trained nothing and exited 0."""
     from contentiqa.cli.main import main

@@ -693,6 +693,36 @@ def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_pa
     assert load_image(tmp_path / "plain8.png").notes == []
 
 
+def _rgb16_tiff(path, pixels: np.ndarray) -> None:
+    """An uncompressed 16-bit RGB TIFF (Pillow writes none), little-endian, one strip."""
+    h, w, _ = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None),
+            (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd_at = 8
+    bits_at = ifd_at + 2 + 12 * len(tags) + 4
+    data_at = bits_at + 6
+    entries = b""
+    for tag, kind, count, value in tags:
+        value = bits_at if tag == 258 else data_at if tag == 273 else value
+        packed = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        entries += struct.pack("<HHI", tag, kind, count) + packed
+    path.write_bytes(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(tags)) + entries
+                     + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + data)
+
+
+def test_a_16bit_rgb_tiff_says_its_colour_was_narrowed_by_the_decoder(tmp_path):
+    """The note was asked after decoding, when only a PNG's header could still tell: a TIFF's
+    16-bit colour was narrowed without a word, from a file and from a PIL image alike."""
+    from contentiqa.models.scoring import to_pil
+
+    _rgb16_tiff(tmp_path / "rgb16.tif", np.full((32, 40, 3), 101 * 257, np.uint16))
+    res = load_image(tmp_path / "rgb16.tif")
+    assert (np.asarray(res.image) == 101).all()
+    assert res.notes == ["16-bit colour read as its top 8 bits (the decoder's)"]
+    assert to_pil(Image.open(tmp_path / "rgb16.tif"))[2] == res.notes
+
+
 def test_a_broken_link_is_said_as_one_not_as_a_missing_file(tmp_path):
     """`ls` lists the link: "file does not exist" (explain, the API) sent users looking for the wrong thing."""
     (tmp_path / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")

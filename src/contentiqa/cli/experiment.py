@@ -59,7 +59,7 @@ def _configs(args: argparse.Namespace) -> list[Path]:
     raise UsageError("give a CONFIG.yaml" + (" (no configs/*.yaml here to check)" if args.check else ""))
 
 
-def check(paths: list[Path]) -> int:
+def check(paths: list[Path], out: str | None = None) -> int:
     """Each config's status line: invalid (2), missing something (1), or ready. Ready means what
     the run itself checks before its first row trains passed too (each row's model built from its
     arguments, its dataset_ratio and init_from), not only that the files are there."""
@@ -69,6 +69,7 @@ def check(paths: list[Path]) -> int:
 
     torch = have("torch")
     built: set[str] = set()  # configs share models: each built once
+    coming: set[Path] = set()  # what the configs before this one will write, as one command runs them in turn
     rc = 0
     width = max(len(str(p)) for p in paths)
     for path in paths:
@@ -83,7 +84,8 @@ def check(paths: list[Path]) -> int:
         if not missing:  # what the run checks before its first row trains (building each row's model)
             unavailable: dict[str, str] = {}
             try:
-                check_before_training(cfg, default_out_dir(cfg), None, None, built, unavailable)
+                check_before_training(cfg, Path(out) if out else default_out_dir(cfg), None, None, built, unavailable,
+                                      coming)
             except StartMissing as exc:
                 missing = [str(exc)]
             except ConfigError as exc:
@@ -103,7 +105,7 @@ def check(paths: list[Path]) -> int:
             print(f"partial  {str(path):<{width}}  {len(ok)}/{len(runs)} run(s) can run; missing: " + "; ".join(lacking))
             rc = max(rc, 1)
         else:
-            print(f"ready    {str(path):<{width}}  {size} -> {default_out_dir(cfg)}")
+            print(f"ready    {str(path):<{width}}  {size} -> {out or default_out_dir(cfg)}")
     return rc
 
 
@@ -113,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from ._output import terminate_as_interrupt
 
     paths = _configs(args)
-    if args.check:
-        return check(paths)
     if args.out and len(paths) > 1:
         raise UsageError("--out takes one config; without it each config writes to its own runs/experiments/<name>")
+    if args.check:
+        return check(paths, args.out)
     log = (lambda *a, **k: None) if args.quiet else print
     configs = _check_all_first(paths, args)
     rc = 0

@@ -332,13 +332,14 @@ def _say_missing_parts(parts: dict[str, dict], made_by: dict[str, str]) -> None:
     """A split with no validation or no test part trains all the same, but says so (even with
     --quiet), with what it changes. ``made_by``: each split's protocol ('column' for a table's
     own, whatever a split file says for one read back)."""
-    several = len(parts) > 1
+    validated = [label for label, p in parts.items() if "val" in p]
     for label, p in parts.items():
         name = f"{label}: " if label else ""
         small = (" (--protocol iqa-cr cuts the table into 10 cells and needs about 60 images; --protocol "
                  "ie-iqa keeps 20 % for testing)") if made_by[label] == "iqa-cr" else ""
-        if "val" not in p and several and any("val" in q for q in parts.values()):
-            pass  # the others choose the epoch: the trainer says which
+        if "val" not in p and validated:  # several sets: the others' validation parts choose the epoch
+            print(f"note: {label} has no validation part: {', '.join(validated)} choose"
+                  f"{'s' if len(validated) == 1 else ''} the best epoch", file=sys.stderr)
         elif "val" not in p:
             print(f"note: {name}the split has no validation part: best.pt is the epoch with the lowest training "
                   f"loss, and steps that need one (calibrate, interpolate) cannot run{small}", file=sys.stderr)

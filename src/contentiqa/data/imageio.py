@@ -9,6 +9,7 @@ file name and the problem.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from contextlib import contextmanager
@@ -195,11 +196,13 @@ def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     return oriented
 
 
-def pil_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+def pil_to_rgb(im: Image.Image, notes: list[str], narrowed: bool | None = None) -> Image.Image:
     """An opened image as :func:`load_image` reads its file: 16-bit formats on their range,
-    turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike."""
+    turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike.
+    ``narrowed``: :func:`colour_narrowed` asked before the pixels were decoded (after, only a
+    PNG's header can still say)."""
     usable_key = _key_in_pixel_units(im)  # asked of the image as read: its format and file
-    if _colour_narrowed(im):
+    if colour_narrowed(im) if narrowed is None else narrowed:
         notes.append("16-bit colour read as its top 8 bits (the decoder's)")
     oriented = apply_orientation(_sixteen_bit(im), notes)  # a new image: its info is its own
     if not usable_key and oriented.info.pop("transparency", None) is not None:
@@ -207,14 +210,15 @@ def pil_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return _to_rgb(oriented, notes)
 
 
-def _colour_narrowed(im: Image.Image) -> bool:
+def colour_narrowed(im: Image.Image) -> bool:
     """Whether the decoder reads this image's 16-bit colour samples as their top 8 bits (Pillow
-    has no 16-bit RGB mode): its tile's raw mode says so before it is decoded, a PNG's header after."""
+    has no 16-bit RGB mode): its tile's raw mode says so before it is decoded (PNG, TIFF), a
+    PNG's header after. (BMP's packed 5-6-5 'BGR;16' is no 16-bit sample.)"""
     if im.mode not in ("RGB", "RGBA"):
         return False
     for tile in (im.tile if isinstance(im, ImageFile.ImageFile) else ()):
         raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
-        if isinstance(raw, str) and ";16" in raw:
+        if isinstance(raw, str) and re.fullmatch(r"RGBA?;16[BLN]", raw):
             return True
     if im.format == "PNG" and getattr(im, "filename", None):
         head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
@@ -439,6 +443,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
             raise ImageLoadError(p, f"corrupt {im.format} frame data ({_describe(exc)})") from None
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
+        narrowed = colour_narrowed(im)  # before decoding: its raw mode goes with its tile
         try:
             with _pil_pixel_limit(max_pixels):  # the size read from the header is checked above
                 im.load()
@@ -455,7 +460,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
             notes.append(f"the bottom {grey} rows are the flat mid-grey a JPEG decoder puts where a file's data ends "
                          "early: the file is probably cut short or damaged, and its score reads that grey")
         try:
-            rgb = pil_to_rgb(im, notes)
+            rgb = pil_to_rgb(im, notes, narrowed)
         except ValueError as exc:
             raise ImageLoadError(p, str(exc)) from None
         rgb = rgb.copy() if rgb is im else rgb

@@ -473,19 +473,21 @@ class StartMissing(ConfigError):
 
 
 def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None,
-                          built: set[str] | None = None, unavailable: dict[str, str] | None = None) -> None:
+                          built: set[str] | None = None, unavailable: dict[str, str] | None = None,
+                          coming: set[Path] | None = None) -> None:
     """ConfigError, before any row trains, for a row that could only fail when its turn came
     (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
     argument), or (:class:`StartMissing`) it starts from weights (``init_from``) that neither
     exist nor come from a row trained before it in this run. ``built``: the models (and
     arguments) already built by an earlier call, not built again (``experiment --check`` of
     many configs). ``unavailable``: filled with the rows whose model needs weights this machine
-    lacks (a run skips them when their turn comes; ``--check`` says so)."""
+    lacks (a run skips them when their turn comes; ``--check`` says so). ``coming``: the files
+    rows trained before these will write (configs run before this one), added to."""
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
 
     built = set() if built is None else built
-    coming: set[Path] = set()  # what the rows before this one will write (their best.pt, tested.pt)
+    coming = set() if coming is None else coming  # what the rows before this one will write (best.pt, tested.pt)
     for run in cfg.runs:
         if (only and run.name not in only) or run_missing(cfg, run):
             continue
@@ -511,10 +513,12 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
                                   f"this experiment ({', '.join(labels)}), and there must be several")
         for seed in asked:
             init = _init_file(run, seed, out)
-            if init is not None and not init.is_file() and init not in coming:
+            # resolved: before the results folder exists (--check) 'OUT/../other/...' has no OUT to pass through
+            if init is not None and not init.resolve().is_file() and init.resolve() not in coming:
                 raise StartMissing(f"run {run.name}, split seed {seed}: init_from {init} does not exist, and no row "
                                   "before it in this run writes it: train that row first (or with it)")
-            coming |= {out / "runs" / run.slug / f"seed{seed}" / name for name in ("best.pt", "tested.pt", "last.pt")}
+            coming |= {(out / "runs" / run.slug / f"seed{seed}" / name).resolve()
+                       for name in ("best.pt", "tested.pt", "last.pt")}
 
 
 def _positive_number(value: Any) -> bool:

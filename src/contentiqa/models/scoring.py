@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, pil_to_rgb, pixels_to_uint8
+from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, colour_narrowed, load_image, pil_to_rgb, pixels_to_uint8
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -122,8 +122,9 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
     if isinstance(item, Image.Image):
         notes: list[str] = []
         _check_pixels(*item.size, max_pixels)
+        narrowed = colour_narrowed(item)  # before decoding: its raw mode goes with its tile
         _decode_once(item)
-        img = pil_to_rgb(item, notes)
+        img = pil_to_rgb(item, notes, narrowed)
         return img, None, notes
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
     if torch is not None and isinstance(item, torch.Tensor):

@@ -338,9 +338,6 @@ class Trainer:
         if few:
             self.log(f"note: validation metrics leave out {', '.join(few)}: fewer than {MIN_VAL_PER_SET} validation "
                      "photos rated differently (still used where the recipe fits on them, e.g. calibrate)")
-        if len(few) < len(left):
-            self.log(f"note: {', '.join(n for n in left if n not in present)} has no validation part: "
-                     f"{', '.join(kept)} choose{'s' if len(kept) == 1 else ''} the best epoch")
         return kept
 
     @property
