@@ -179,6 +179,20 @@ def test_acceptable_accuracy_counts_any_label():
     assert m["acceptable"] == pytest.approx(2 / 3)  # first and second are among the labels
 
 
+def test_acceptable_accuracy_is_never_below_top1_and_a_vocabulary_of_ones_own_meets_itself():
+    """A cell listed with commas, a cell without the main label, or labels the head has none of
+    counted as misses (any-label accuracy 0 where top-1 was 1); 'Cat' in a model never met 'cat'."""
+    from contentiqa.training.evaluate import category_indices
+
+    cats = ["Human", "Animal", "Plant"]
+    table = pd.DataFrame({"mos": [1.0, 2.0, 3.0, 4.0], "category": ["human", "animal", "plant", "vehicle"],
+                          "categories": ["human, plant", "landscape; plant", "", "vehicle"]})
+    m = metrics_from_predictions(None, table, MOSScale(0, 5), np.array([2, 1, 2, 0]), cats)
+    assert m["accuracy"] == 2 / 3 and m["n_labelled"] == 3  # the vehicle photo: no label of this head
+    assert m["acceptable"] == 1.0  # plant is one of the first's labels; the main label is always one
+    assert category_indices(["cat", "Cat", " CAT ", "DOG", None], ["Cat", "Dog"]).tolist() == [0, 0, 0, 1, -1]
+
+
 # -- the ranking (fidelity) loss -----------------------------------------------------------------
 def test_fidelity_loss_matches_the_formula():
     pred = torch.tensor([0.3, 0.5, 0.1])

@@ -442,6 +442,16 @@ def test_evaluate_names_the_seed_of_the_split_it_measured(tmp_path, capsys):
     assert got["split_seed"] == 7 and got["split_index"] == 1 and got["mos_scale"]["high"] == 100
 
 
+def test_evaluate_takes_a_held_out_file_whose_split_column_is_all_test(tmp_path, capsys):
+    """'the split column marks no row as train': evaluating needs no training rows."""
+    from tiny_models import tiny_checkpoint
+
+    data = table(tmp_path, split=["test"] * 12)
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet"]) == 0
+    assert "(12 images" in capsys.readouterr().out
+    assert train(table(tmp_path / "t", split=["test"] * 12), tmp_path / "run") == 2  # training does need them
+
+
 def test_resume_on_another_table_is_refused_not_emptied(tmp_path, capsys):
     data, out = table(tmp_path / "a"), tmp_path / "run"
     assert train(data, out) == 0

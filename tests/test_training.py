@@ -170,6 +170,15 @@ def test_resume_continues_exactly(tiny_table, tmp_path):
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
 
 
+def test_a_content_only_model_without_labelled_validation_photos_is_refused_before_training(tiny_table, tmp_path):
+    """Every epoch's validation accuracy was NaN, never better than the first: best.pt stayed epoch 1
+    and the rest of training was thrown away without a word."""
+    unlabelled = tiny_table.assign(category=[*tiny_table["category"][:9], None, None, None])
+    with pytest.raises(ValueError, match=r"none of its 3 photos is labelled with one of"):
+        _trainer(create_model("iqa-cr-c", pretrained=False, **TINY), unlabelled, tmp_path)
+    _trainer(create_model("iqa-cr-c", pretrained=False, **TINY), tiny_table, tmp_path)  # labelled: trains
+
+
 def test_the_logged_learning_rate_is_the_epochs_own(tiny_table, tmp_path):
     """The log read the rate after the epoch's last step: the next epoch's, and 0.0 for the last
     epoch (a 1-epoch run looked as if it trained at lr 0)."""

@@ -185,7 +185,7 @@ def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path |
         if unknown:  # a row in none of the parts would silently leave the run
             raise UsageError(f"--data {args.data}: the 'split' column has value(s) {unknown}; use train, val or test")
         parts = {p: [k for k, s in zip(keys, which) if s == p] for p in ("train", "val", "test")}
-        if not parts["train"]:
+        if training and not parts["train"]:  # a held-out file (every row 'test') is evaluated as it is
             raise UsageError("the 'split' column marks no row as 'train'")
         if not training or not draw_val or parts["val"] or not _drawn_val_counts(len(parts["train"])):
             return Split("column", 0, {p: v for p, v in parts.items() if v})  # the table keeps it: `evaluate` reads it there

@@ -65,7 +65,7 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
     out["category"] = pd.array([normalize_category(v) for v in out["category"]], dtype="string")  # as train reads them
     have = out["category"].notna()
     out.loc[have, "category_source"] = [kept_source(v) for v in out.loc[have, "category_source"]]
-    unknown = sorted(set(out.loc[have, "category"]) - set(model.categories))
+    unknown = sorted(set(out.loc[have, "category"]) - {normalize_category(c) for c in model.categories})
     if unknown and not overwrite:
         warnings.warn(f"kept categories that are not {model.model_name}'s: {unknown}", stacklevel=2)
     todo = np.flatnonzero(overwrite | ~have.to_numpy())
@@ -77,7 +77,9 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
         if p.error:
             out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [pd.NA, np.nan, f"error: {p.path}: {p.error}"]
         else:
-            out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [p.category, p.category_confidence, source]
+            # in the one spelling the given labels are written in (a head's own 'Animal' is 'animal')
+            out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [
+                normalize_category(p.category), p.category_confidence, source]
     return out
 
 

@@ -45,7 +45,8 @@ MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null", "<na>"})
 
 def normalize_category(value) -> str | None:
     """An IQA-CR category for a label found in a table (IQA-CR, SPAQ or LIQE spelling, any case);
-    ``None`` when empty; the stripped value unchanged when unknown."""
+    ``None`` when empty; an unknown name in the same one spelling (lowercase, single spaces), so
+    that a vocabulary of one's own (``Cat``, ``cat``) meets itself as IQA-CR's names do."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -61,5 +62,5 @@ def normalize_category(value) -> str | None:
         return key
     if key.replace(" ", "_") in LIQE_TO_IQA_CR:  # "night", "indoor", "still_life"
         return LIQE_TO_IQA_CR[key.replace(" ", "_")]
-    key = key.replace("still life", "still-life").replace("stilllife", "still-life")
-    return SPAQ_TO_IQA_CR.get(key, text)
+    spaq = key.replace("still life", "still-life").replace("stilllife", "still-life")
+    return SPAQ_TO_IQA_CR.get(spaq, key)

@@ -19,6 +19,7 @@ the label file) under the dataset root, which is turned into the key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -116,12 +117,15 @@ def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str |
     return out.merge(labels.rename(columns={"key": "_key"}), on="_key", how="left").drop(columns=["_key"])
 
 
-def acceptable_sets(values: Iterable) -> list[set[str]]:
-    """``categories`` cells -> sets of acceptable categories (empty when unlabelled)."""
+def acceptable_sets(values: Iterable, main: Iterable | None = None) -> list[set[str]]:
+    """``categories`` cells -> sets of acceptable categories (empty when unlabelled), each with
+    its row's ``main`` category (the photo's main label is one of its labels, whether or not the
+    cell repeats it). Names are split on '|' (also ',' and ';', as a spreadsheet writes lists)."""
+    mains = list(main) if main is not None else None
     out = []
-    for v in values:
-        if v is None or (not isinstance(v, str) and pd.isna(v)):
-            out.append(set())
-        else:
-            out.append({c for c in map(normalize_category, str(v).split(CATEGORY_SEPARATOR)) if c})
+    for i, v in enumerate(values):
+        names = set() if v is None or (not isinstance(v, str) and pd.isna(v)) else \
+            {c for c in map(normalize_category, re.split(r"[|,;]", str(v))) if c}
+        first = normalize_category(mains[i]) if mains is not None else None
+        out.append(names | {first} if first else names)
     return out

@@ -73,8 +73,12 @@ def metrics_from_predictions(
             from ..data.categories import normalize_category
             from ..data.labels import acceptable_sets
 
-            sets = acceptable_sets(table["categories"])  # in the normalised spelling: so the model's names
-            labelled = np.array([bool(x) for x in sets])
+            # in the normalised spelling, so the model's names; the main label is one of them
+            sets = acceptable_sets(table["categories"], table["category"])
+            own = {normalize_category(c) for c in categories}
+            # as top-1 counts only photos labelled with one of the model's categories: a photo
+            # whose labels the head has none of could never be hit
+            labelled = np.array([bool(x & own) for x in sets])
             if labelled.any():
                 names = [normalize_category(categories[i]) if i >= 0 else None for i in pred_categories]
                 hits = [names[i] in sets[i] for i in np.flatnonzero(labelled)]

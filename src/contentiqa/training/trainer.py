@@ -378,6 +378,13 @@ class Trainer:
                 f"'category' column with any of {list(cats)}. Label it first: "
                 "`contentiqa label-content DATA.csv --out LABELED.csv`"
             )
+        val = self.val_table
+        if self.monitored == "accuracy" and val is not None and \
+                ("category" not in val or not (category_indices(val["category"], cats) >= 0).any()):
+            # every epoch's accuracy would be NaN, never better than the first: best.pt the first epoch
+            raise ValueError(f"model '{self.model.model_name}' predicts no score, so its best epoch is chosen by the "
+                             f"validation part's accuracy, and none of its {len(val)} photos is labelled with one of "
+                             f"{list(cats)}: label them (`contentiqa label-content`), or give no validation part")
 
     def _targets(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         mos = pd.to_numeric(table["mos"], errors="coerce").to_numpy(dtype=np.float64)
