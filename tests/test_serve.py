@@ -250,7 +250,9 @@ def test_timeout_answers_504_and_drops_the_work(model):
         t = time.monotonic()
         r = c.post("/v1/score", files=files(("a.jpg", jpeg())))
         assert r.status_code == 504 and time.monotonic() - t < 2.5
-        assert 'contentiqa_errors_total{reason="timeout"} 1.0' in c.get("/metrics").text
+        text = c.get("/metrics").text
+        assert 'contentiqa_errors_total{reason="timeout"} 1.0' in text
+        assert 'contentiqa_images_total{outcome="timeout"} 1.0' in text  # its image was lost from the count
 
 
 def test_decoding_stops_at_the_deadline_and_drops_what_has_not_started(model, caplog):
@@ -370,6 +372,7 @@ def test_metrics_count_requests_images_errors_latency_queue_and_batches(model):
     assert 'contentiqa_request_latency_seconds_count{endpoint="/v1/score"} 1.0' in text
     assert "contentiqa_queue_depth 0.0" in text
     assert "contentiqa_batch_size_bucket" in text and "contentiqa_model_ready 1.0" in text
+    assert "contentiqa_batch_size_count 1.0" in text  # the client's batch: the warm-up is no one's
 
 
 def test_healthz_ready_only_once_loaded_and_says_why_not(model):
@@ -423,6 +426,10 @@ def test_explain_returns_heatmap_png(model):
                 assert max(im.size) == 64
         r = c.post("/v1/explain", files={"file": ("x.txt", b"nope", "text/plain")})
         assert r.status_code == 422 and "not an image" in r.json()["detail"]
+        # images sent for scoring only: the explanations' counted nowhere else (an abandoned one
+        # counted as an abandoned image, where its scored ones never were)
+        images = [line for line in c.get("/metrics").text.splitlines() if line.startswith("contentiqa_images_total")]
+        assert images == ['contentiqa_images_total{outcome="scored"} 1.0'], images
         r = c.post("/v1/explain", files=files(("a.jpg", jpeg()), ("b.jpg", jpeg(1))))
         assert r.status_code == 413
         assert c.post("/v1/explain?target=nonsense", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 422
@@ -606,6 +613,35 @@ def test_batcher_refuses_at_once_what_would_time_out():
         later = b.submit([6], within_s=10.0)
         gate.set()
         assert [f.result(5) for f in held + [later]] == [[1], [2], [3], [4], [6]]
+    finally:
+        gate.set()
+        b.close(5)
+
+
+def test_batcher_prices_an_exclusive_task_by_its_own_measured_time():
+    """An explanation counted as one image's time (~0.05 s here, seconds in truth): a score request
+    was let in behind explanations and timed out (504) instead of a 503 with Retry-After."""
+    gate = threading.Event()
+
+    def slow_task():
+        time.sleep(0.3)
+        assert gate.wait(5)
+        return "png"
+
+    b = Batcher(lambda items: (time.sleep(0.01), items)[1], max_batch=4, max_wait_s=0.0, max_queue=100).start()
+    try:
+        gate.set()
+        b.submit([0]).result(5)
+        assert b.call(slow_task).result(5) == "png"  # measures ~0.3 s a task
+        gate.clear()
+        held = [b.call(slow_task), b.call(slow_task)]
+        with pytest.raises(QueueFull, match="longer than the request timeout"):
+            b.submit([1], within_s=0.4)  # two explanations ahead: ~0.6 s, not 2 images' 0.02 s
+        with pytest.raises(QueueFull, match="longer than the request timeout"):
+            b.call(slow_task, within_s=0.4)
+        assert b.retry_after() >= 1 and b.expected_wait() >= 0.5
+        gate.set()
+        assert [f.result(5) for f in held] == ["png", "png"]
     finally:
         gate.set()
         b.close(5)

@@ -234,13 +234,13 @@ class Service:
         if decode > 0:
             self.decode_pool = ThreadPoolExecutor(max_workers=decode, thread_name_prefix="contentiqa-decode")
         self.batcher = Batcher(self._run_batch, max_batch=self.config.max_batch,
-                               max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue,
-                               on_batch=self.metrics.on_batch).start()
+                               max_wait_s=self.config.max_wait_ms / 1000.0, max_queue=self.config.max_queue).start()
         if self.config.warmup:
             from PIL import Image
 
             size = max(64, int(loaded.scorer.min_size))
             self.batcher.submit([Image.new("RGB", (size, size), (128, 128, 128))]).result()
+        self.batcher.on_batch = self.metrics.on_batch  # clients' batches only: the warm-up is no one's
         self.state = "ready"
         self.metrics.ready.set(1)
         self.ready_event.set()
@@ -576,19 +576,22 @@ def create_app(
             svc.metrics.error("not_ready")
             raise HTTPException(503, "the server is shutting down") from None
 
-    def abandon(request: Request, n_images: int) -> ClientDisconnect:
-        """The client left before its work ran: count it, say so, and answer nobody."""
-        svc.metrics.images.labels("abandoned").inc(n_images)
+    def abandon(request: Request, n_images: int, scoring: bool = True) -> ClientDisconnect:
+        """The client left before its work ran: count it (images sent for scoring), say so, and
+        answer nobody."""
+        if scoring:
+            svc.metrics.images.labels("abandoned").inc(n_images)
         client = request.client
         logger.info("%s: client gone before %d image(s) of %s were run; dropped",
                     f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path)
         return ClientDisconnect()  # its handler counts the request as disconnected (499)
 
     async def within_deadline(request: Request, work: "asyncio.Future[Any]", cancel: Callable[[], Any], n_images: int,
-                              what: str) -> Any:
+                              what: str, scoring: bool = True) -> Any:
         """``work``'s result if it ends within the request's deadline while its client is there;
         else ``cancel()`` it, and drop the request (client gone: nobody would read the result)
-        or answer 504."""
+        or answer 504. ``scoring``: the images were sent for scoring (the images metric counts
+        their outcome; an explanation's is its request's)."""
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             done, _ = await asyncio.wait({work, gone}, timeout=svc.remaining(request),
@@ -602,29 +605,37 @@ def create_app(
         # gather's CancelledError): read it then, or asyncio logs it as an error-level traceback.
         work.add_done_callback(lambda f: f.cancelled() or f.exception())
         if gone in done:
-            raise abandon(request, n_images)
+            raise abandon(request, n_images, scoring)
         svc.metrics.error("timeout")
+        if scoring:
+            svc.metrics.images.labels("timeout").inc(n_images)
         raise HTTPException(504, f"not {what} within the request timeout of {cfg.timeout_s:g} s")
 
-    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int) -> Any:
+    async def run_queued(request: Request, submit: Callable[[], Any], n_images: int, scoring: bool = True) -> Any:
         """Queue work on the batcher and wait for it within the request's deadline (dropped from
         the queue when the deadline passes or the client disconnects)."""
         if await request.is_disconnected():
-            raise abandon(request, n_images)
+            raise abandon(request, n_images, scoring)
         batcher = svc.batcher
         assert batcher is not None
-        with admission():
-            fut = submit()
-        return await within_deadline(request, asyncio.wrap_future(fut), lambda: batcher.cancel(fut), n_images, "scored")
+        try:
+            with admission():
+                fut = submit()
+        except HTTPException:  # the queue filled while the upload was read: those images never ran
+            if scoring:
+                svc.metrics.images.labels("refused").inc(n_images)
+            raise
+        return await within_deadline(request, asyncio.wrap_future(fut), lambda: batcher.cancel(fut), n_images,
+                                     "scored" if scoring else "explained", scoring)
 
-    async def decoded_within(request: Request, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    async def decoded_within(request: Request, fn: Callable[[Any], Any], items: list[Any], scoring: bool = True) -> list[Any]:
         """``fn`` of each upload on the decode threads (``None`` pool: the loop's default
         executor), within the request's deadline and while its client is there; decodes not
         yet started when either ends are dropped: a request of many large images must not keep
         the cores busy for a client that has gone or given up."""
         loop = asyncio.get_running_loop()
         work = asyncio.gather(*(loop.run_in_executor(svc.decode_pool, fn, d) for d in items))
-        return await within_deadline(request, work, work.cancel, len(items), "decoded")
+        return await within_deadline(request, work, work.cancel, len(items), "decoded", scoring)
 
     @app.post("/v1/score", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(True),
               summary="Score one or many uploaded images")
@@ -686,14 +697,15 @@ def create_app(
         if target == "quality" and not svc.loaded.scorer.predicts_score:
             raise HTTPException(400, "this model predicts no quality score (content only): use target=category")
         uploads = await read_uploads(request, svc, 1)
-        ((img, _notes, err),) = await decoded_within(request, svc.decode, [uploads[0][1]])
+        ((img, _notes, err),) = await decoded_within(request, svc.decode, [uploads[0][1]], scoring=False)
         if err is not None:
             svc.metrics.error("bad_image")
             raise HTTPException(422, f"{uploads[0][0] or 'upload'}: {err}")
         batcher = svc.batcher
         try:
             png, headers = await run_queued(request, lambda: batcher.call(
-                lambda: _render_explanation(svc, img, target, max_size)), 1)
+                lambda: _render_explanation(svc, img, target, max_size), within_s=svc.remaining(request)), 1,
+                scoring=False)
         except (ValueError, TypeError, RuntimeError) as exc:  # the model cannot explain this input
             svc.metrics.error("explain_failed")
             raise HTTPException(422, f"cannot explain this image: {exc}") from None

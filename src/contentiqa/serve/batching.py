@@ -107,11 +107,14 @@ class Batcher:
         self.max_queue = int(max_queue)
         self.on_batch = on_batch
         self._queue: deque[tuple[_Job, int] | _Task] = deque()
-        self._waiting_items = 0
+        self._waiting_items = 0  # images and exclusive tasks waiting
+        self._waiting_tasks = 0  # of which exclusive tasks (an explanation costs many images' time)
         self._running_items = 0  # in the batch being run (part of the wait of a newcomer)
+        self._running_task = False
         self._cond = threading.Condition()
         self._closing = False
         self._seconds_per_item: float | None = None
+        self._seconds_per_task: float | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
 
@@ -128,14 +131,20 @@ class Batcher:
         return self._waiting_items
 
     def retry_after(self) -> float:
-        """Seconds until the queue has drained, from the measured time per image (at least 1)."""
-        per = self._seconds_per_item or 0.1
-        return float(max(1, math.ceil((self._waiting_items + self._running_items) * per)))
+        """Seconds until the queue has drained, from the measured times per image and per
+        exclusive task (at least 1)."""
+        return float(max(1, math.ceil(self._wait(0, 0, self._seconds_per_item or 0.1))))
 
-    def expected_wait(self, n: int = 0) -> float:
-        """Seconds until ``n`` more images would be done, from the measured time per image
-        (0 before anything was measured)."""
-        return (self._waiting_items + self._running_items + n) * (self._seconds_per_item or 0.0)
+    def expected_wait(self, n: int = 0, tasks: int = 0) -> float:
+        """Seconds until ``n`` more images (and ``tasks`` more exclusive tasks) would be done,
+        from the measured times per image and per task (0 before anything was measured)."""
+        return self._wait(n, tasks, self._seconds_per_item or 0.0)
+
+    def _wait(self, n: int, tasks: int, per_item: float) -> float:
+        # a task not timed yet is priced as an image: the first explanation measures it
+        per_task = self._seconds_per_task if self._seconds_per_task is not None else per_item
+        images = self._waiting_items - self._waiting_tasks + self._running_items + n
+        return images * per_item + (self._waiting_tasks + int(self._running_task) + tasks) * per_task
 
     def submit(self, items: Sequence[Any], within_s: float | None = None) -> Future:
         """Queue ``items`` as one job; the future gets their results as a list, in order.
@@ -166,23 +175,25 @@ class Batcher:
         with self._cond:
             self._admit(n, within_s)
 
-    def _admit(self, n: int, within_s: float | None) -> None:
+    def _admit(self, n: int, within_s: float | None, tasks: int = 0) -> None:
         if self._closing:
             raise BatcherClosed("shutting down")
-        if self._waiting_items + n > self.max_queue:
+        if self._waiting_items + n + tasks > self.max_queue:
             raise QueueFull(self._waiting_items, self.retry_after())
-        busy = self._waiting_items + self._running_items > 0
-        if within_s is not None and busy and self.expected_wait(n) > within_s:
+        busy = self._waiting_items + self._running_items > 0 or self._running_task
+        if within_s is not None and busy and self.expected_wait(n, tasks) > within_s:
             raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
 
-    def call(self, fn: Callable[[], Any]) -> Future:
+    def call(self, fn: Callable[[], Any], within_s: float | None = None) -> Future:
         """Run ``fn()`` alone on the worker thread (between batches); it counts as one queued
-        item. Raises :class:`QueueFull` / :class:`BatcherClosed` like :meth:`submit`."""
+        item, priced by the measured time of such calls. Raises :class:`QueueFull` /
+        :class:`BatcherClosed` like :meth:`submit` (``within_s`` likewise)."""
         fut: Future = Future()
         with self._cond:
-            self._admit(1, None)
+            self._admit(0, within_s, tasks=1)
             self._queue.append(_Task(fn, fut, time.monotonic()))
             self._waiting_items += 1
+            self._waiting_tasks += 1
             self._cond.notify()
         return fut
 
@@ -197,6 +208,7 @@ class Batcher:
                     continue
                 if isinstance(entry, _Task) and entry.future is future:
                     self._waiting_items -= 1
+                    self._waiting_tasks -= 1
                     continue
                 kept.append(entry)
             self._queue = kept
@@ -222,6 +234,8 @@ class Batcher:
             if isinstance(head, _Task):
                 self._queue.popleft()
                 self._waiting_items -= 1
+                self._waiting_tasks -= 1
+                self._running_task = True
                 return head
             deadline = head[0].enqueued + self.max_wait_s
             while not self._closing:
@@ -248,12 +262,19 @@ class Batcher:
             if work is None:
                 return
             if isinstance(work, _Task):
-                if not work.future.set_running_or_notify_cancel():
-                    continue
+                t0 = time.perf_counter()
                 try:
-                    _settle(work.future, result=work.fn())
-                except BaseException as exc:  # delivered to the caller, the worker goes on
-                    _settle(work.future, exc=exc)
+                    if not work.future.set_running_or_notify_cancel():
+                        continue
+                    try:
+                        _settle(work.future, result=work.fn())
+                    except BaseException as exc:  # delivered to the caller, the worker goes on
+                        _settle(work.future, exc=exc)
+                    dt = time.perf_counter() - t0
+                    self._seconds_per_task = dt if self._seconds_per_task is None else \
+                        0.8 * self._seconds_per_task + 0.2 * dt
+                finally:
+                    self._running_task = False
                 continue
             batch = [(job, i) for job, i in work if not job.abandoned and not job.future.cancelled()]
             if not batch:

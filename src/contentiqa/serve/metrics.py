@@ -34,7 +34,9 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("contentiqa_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "status"], registry=r)
-        self.images = Counter("contentiqa_images", "Images received for scoring, by outcome (scored, error, abandoned: the client left before they ran)",
+        self.images = Counter("contentiqa_images", "Images received for scoring (/v1/score), by outcome (scored, error, "
+                              "abandoned: the client left before they ran, timeout: not scored within the request's "
+                              "timeout, refused: the queue filled while they were uploaded)",
                               ["outcome"], registry=r)
         self.errors = Counter("contentiqa_errors", "Failed requests and images, by reason", ["reason"], registry=r)
         self.latency = Histogram("contentiqa_request_latency_seconds", "Time from request start to response, by endpoint",
