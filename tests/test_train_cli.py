@@ -156,6 +156,12 @@ def test_a_finished_run_given_more_epochs_drops_its_old_test_figures(tmp_path):
     data, out = table(tmp_path, n=20), tmp_path / "run"
     assert train(data, out) == 0
     assert (out / "test_metrics.json").is_file()
+    # what the figures were measured on, and by what: recorded beside them
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"] == [{"data": str(data.resolve()), "dataset": "csv", "split": {"protocol": "ie-iqa", "seed": 0,
+                                                                                       "file": None},
+                            "parts": {"train": 16, "test": 4}}]
+    assert run["tested"] in ("best.pt", "tested.pt") and run["provenance"]["contentiqa"]
     real = Trainer._judge_epoch
 
     def stop_after_one_more(self, record, t0):
@@ -167,7 +173,7 @@ def test_a_finished_run_given_more_epochs_drops_its_old_test_figures(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "_judge_epoch", stop_after_one_more)
         assert train(data, out, "--resume", "--epochs", "3") == 130
-    assert not (out / "test_metrics.json").exists()
+    assert not (out / "test_metrics.json").exists() and not (out / "run.json").exists()
     assert train(data, out, "--resume", "--epochs", "3") == 0
     assert (out / "test_metrics.json").is_file()
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
                      split_parts)
@@ -254,11 +256,28 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         return 0  # rank 0 reports and tests the best checkpoint
     _say_best(best, out, trainer.monitored)
     m = _finish(trainer, trainer.load_best(), out)
+    _write_run_record(out, [(args, split, parts)])
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
     return 0
+
+
+def _write_run_record(out: Path, sets: list[tuple[argparse.Namespace, Any, dict]]) -> None:
+    """OUT/run.json: what the finished run trained and was tested on (each dataset, its split and
+    parts), which checkpoint test_metrics.json scored, and what ran it (command, code version,
+    machine): the figures stay tied to their data when the folder is copied elsewhere."""
+    from ..experiments import provenance
+    from ..utils.io import atomic_write_text
+
+    data = [{"data": str(Path(a.data).resolve()), "dataset": a.dataset or "csv",
+             "split": {"protocol": split.protocol, "seed": split.seed,
+                       "file": str(Path(a.split).resolve()) if a.split else None},
+             "parts": {name: len(rows) for name, rows in parts.items()}} for a, split, parts in sets]
+    tested = "tested.pt" if (out / "tested.pt").is_file() else "best.pt"
+    atomic_write_text(out / "run.json", json.dumps({"data": data, "tested": tested, "cwd": os.getcwd(),
+                                                    "provenance": provenance()}, indent=1))
 
 
 def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
@@ -406,6 +425,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     if len(set(labels)) != len(labels):
         raise UsageError(f"several --data with the same name {labels}: rename a CSV or use another folder name")
     parts: dict[str, dict] = {}
+    splits: dict[str, Any] = {}
     made_by: dict[str, str] = {}
     scales = {}
     for label, a in zip(labels, sets):
@@ -416,6 +436,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         own = args.resume and (folder / "split.json").is_file()
         a.split = str(folder / "split.json") if own else None
         split = resolve_split(a, ds.table, folder, training=True)
+        splits[label] = split
         parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a, own=own).items()}
         made_by[label] = split.protocol
         scales[label] = ds.scale
@@ -446,6 +467,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     best = _fit(trainer, args, out)
     _say_best(best, out, trainer.monitored, several=True)
     m = _finish(trainer, trainer.load_best(), out)  # what best.pt keeps, as for one dataset
+    _write_run_record(out, [(a, splits[label], parts[label]) for label, a in zip(labels, sets)])
     results = {}
     for label, p in parts.items():
         if "test" in p:

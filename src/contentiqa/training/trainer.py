@@ -80,7 +80,7 @@ EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json")
 ``contentiqa train``): a fresh start there removes them, so that no file in the folder describes
 another run's model."""
 
-FINISHED_RESULTS = ("tested.pt", "test_metrics.json")
+FINISHED_RESULTS = ("tested.pt", "test_metrics.json", "run.json")
 """What a finished run's end wrote (the model it tested, its figures): removed when the run is
 given more epochs, as they would then describe a model best.pt no longer holds."""
 
