@@ -77,12 +77,12 @@ def biq_root() -> Path:
 
 def _made_from(path: str, seed: int) -> str:
     """A key of what a damage or bad-frame image is made from: its source photo (path, size,
-    date), the seed and degrade.py's code. Stored images are named by it, so a changed split,
-    photo or degradation never reuses another's images from a shared --work folder."""
-    import contentiqa.data.degrade as degrade_module
+    date), the seed and the code that degrades it. Stored images are named by it, so a changed
+    split, photo or degradation never reuses another's images from a shared --work folder."""
+    from contentiqa.data.degrade import code_fingerprint
 
     st = os.stat(path)
-    code = hashlib.sha1(Path(degrade_module.__file__).read_bytes()).hexdigest()
+    code = code_fingerprint()
     return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{seed}|{code}".encode()).hexdigest()[:12]
 
 

@@ -496,6 +496,26 @@ def test_damage_steps_stack_encodings_of_one_shape_only():
     assert _draw_one_shape(np.random.default_rng(5), same, 0) == []
 
 
+def test_damage_and_anchors_draw_mirrored_views_only_where_training_flips():
+    """hflip=False was obeyed for the photos and not for the graded groups and anchors: about half of
+    those were still mirrored."""
+    from contentiqa.training.damage import DamageSet
+
+    table = pd.DataFrame({"image": [f"p{i}.png" for i in range(6)], "mos": np.arange(6.0)})
+
+    def encode(paths, specs):  # view 0: the photo (zeros), view 1: its mirror (ones)
+        return [{"x": torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])} for _ in paths]
+
+    seen = {}
+    for hflip in (False, True):
+        cfg = TrainConfig(hflip=hflip, damage_weight=1.0, damage_photos=6, damage_groups=2, anchor_weight=1.0,
+                          anchor_photos=6, anchors_per_batch=2)
+        damage = DamageSet(None, table, cfg, 3, encode)
+        seen[hflip] = {float(out[k]["x"].mean()) for step in range(30) for out in [damage.sample(0, step)]
+                       for k in ("groups", "anchors")}
+    assert seen[False] == {0.0} and 1.0 in seen[True]
+
+
 def test_more_anchor_photos_than_the_training_set_has_use_every_photo(two_sets, tmp_path):
     """A recipe's counts (the default IE-IQA's 270 anchor photos) on a small set: each photo once."""
     table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
@@ -670,6 +690,21 @@ def test_a_photo_rewritten_under_its_old_date_is_encoded_again(two_sets, tmp_pat
     assert os.stat(path).st_size == st.st_size
     second = cached_encodings(model, [path], 3, True, tmp_path / "c", progress=False)[0]["x"]
     assert not torch.equal(first, second)
+
+
+def test_damaged_encodings_are_made_again_when_the_degradation_code_changes(two_sets, tmp_path, monkeypatch):
+    """A damaged entry was keyed by its photo and spec alone: a retuned (or fixed) degradation was
+    served as the old one from a shared cache, training on the old damage without a word."""
+    import contentiqa.data.degrade as degrade
+
+    model, paths = _dist_model(), list(two_sets["image"][:1])
+    first = cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False, damage=["degrade:blur:2"])[0]["x"]
+    real = degrade.DEGRADATIONS["blur"]
+    monkeypatch.setitem(degrade.DEGRADATIONS, "blur", lambda img, level, seed: real(img, 4, seed))  # the code changed
+    monkeypatch.setattr(degrade, "code_fingerprint", lambda: "a later release")
+    again = cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False, damage=["degrade:blur:2"])[0]["x"]
+    fresh = cached_encodings(model, paths, 3, True, None, progress=False, damage=["degrade:blur:2"])[0]["x"]
+    assert torch.equal(again, fresh) and not torch.equal(again, first)
 
 
 def test_a_killed_writers_old_temporaries_are_removed_and_live_ones_kept(two_sets, tmp_path):

@@ -94,7 +94,11 @@ def _file_key(path: str, damage: str = "") -> str:
     put an old mtime back on new pixels, and a rewrite within one second keeps the second."""
     st = os.stat(path)
     key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
-    return f"{key}|{damage}" if damage else key
+    if not damage:
+        return key
+    from ..data.degrade import code_fingerprint
+
+    return f"{key}|{damage}|{code_fingerprint()}"  # the damage as this code makes it
 
 
 def _entry_name(file_key: str) -> str:

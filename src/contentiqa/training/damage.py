@@ -82,9 +82,12 @@ class DamageSet:
     def active(self) -> bool:
         return bool(self.groups or self.anchors)
 
-    @staticmethod
-    def _stack(items: list[dict[str, torch.Tensor]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        views = [int(rng.integers(0, next(iter(e.values())).shape[0])) for e in items]
+    def _view(self, n_views: int, rng: np.random.Generator) -> int:
+        """A random view (the photo or its mirror) where training flips, else the photo itself."""
+        return int(rng.integers(0, n_views)) if self.cfg.hflip else 0
+
+    def _stack(self, items: list[dict[str, torch.Tensor]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        views = [self._view(next(iter(e.values())).shape[0], rng) for e in items]
         return {k: torch.stack([e[k][v].float() for e, v in zip(items, views)]) for k in items[0]}
 
     def sample(self, epoch: int, step: int, rank: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -96,7 +99,7 @@ class DamageSet:
             chosen = _draw_one_shape(rng, self._group_shapes, self.cfg.damage_groups)
             items = []
             for g in chosen:
-                v = int(rng.integers(0, next(iter(self.groups[g][0].values())).shape[0]))
+                v = self._view(next(iter(self.groups[g][0].values())).shape[0], rng)
                 items += [{k: t[v:v + 1] for k, t in e.items()} for e in self.groups[g]]  # one view for the group
             out["groups"] = self._stack(items, rng)
         if self.anchors:
