@@ -557,6 +557,34 @@ def test_a_damage_or_anchor_term_that_cannot_work_is_refused(settings, said):
         TrainConfig(**settings)
 
 
+def test_a_resume_whose_starting_weights_were_replaced_is_refused_not_trained_on_their_encodings(two_sets, tmp_path):
+    """The cache was encoded from the replaced init_from file before last.pt put back the frozen
+    stages the run trained with: every later epoch trained on another network's features."""
+    from contentiqa.training.trainer import ResumeMismatch
+
+    table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
+    init = tmp_path / "start.pt"
+
+    def run(epochs: int, resume: bool) -> Trainer:
+        cfg = TrainConfig(epochs=epochs, batch_size=3, crop=None, cache_stages=3, calibrate=False, init_from=str(init))
+        return Trainer(create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items()
+                                                            if k != "intelligibility_pretrained"}),
+                       table.iloc[:6], table.iloc[6:], MOSScale(0, 100), cfg, tmp_path / "run", progress=False,
+                       cache_dir=tmp_path / "c", log=lambda *a: None)
+
+    torch.manual_seed(0)
+    save_checkpoint(_dist_model(), init)
+    run(1, False).fit()
+    same = run(2, True)
+    same.fit(resume=True)
+    assert same.epoch == 2  # the same start: goes on
+    torch.manual_seed(1)  # the upstream row retrained in place
+    other = create_model("ie-iqa-distortion", **{k: v for k, v in IE_TINY.items() if k != "intelligibility_pretrained"})
+    save_checkpoint(other, init)
+    with pytest.raises(ResumeMismatch, match="frozen stages other than the ones this run's cache was encoded with"):
+        run(3, True).fit(resume=True)
+
+
 def test_interpolation_keeps_the_mix_that_validates_best(two_sets, tmp_path):
     torch.manual_seed(0)
     table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")

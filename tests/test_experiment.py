@@ -282,6 +282,35 @@ def test_a_results_table_keeps_its_columns_and_its_command_pastes(tiny, first_ru
     assert f"Command: `contentiqa experiment '{spaced}' --out '{out}'`" in res.markdown
 
 
+def test_a_full_disk_while_testing_a_split_is_one_line_and_the_split_resumes(tiny, tmp_path, capsys, monkeypatch):
+    """The test parts are encoded through the cache after training: a full disk there was a traceback."""
+    import errno
+
+    import contentiqa.utils.io as uio
+    from contentiqa.cli.main import main
+    from contentiqa.training.trainer import Trainer
+
+    root, path, cfg = tiny
+    real_fit, real_save = Trainer.fit, uio.atomic_torch_save
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fit_then_fill(self, *a, **k):
+        best = real_fit(self, *a, **k)
+        monkeypatch.setattr(uio, "atomic_torch_save", full)  # the disk fills once training is done
+        return best
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_fill)
+    out = tmp_path / "o"
+    assert main(["experiment", str(path), "--out", str(out), "--only", "IQA-CR-Q", "--seed", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err and "rerun" in err
+    monkeypatch.setattr(uio, "atomic_torch_save", real_save)
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert main(["experiment", str(path), "--out", str(out), "--only", "IQA-CR-Q", "--seed", "0", "--quiet"]) == 0
+
+
 def test_weights_a_model_argument_names_are_fingerprinted_by_content_not_path(tmp_path):
     """Weights retrained in place at the same path joined the splits made with the old ones in one
     mean ± std; the same weights in a project moved elsewhere (or a GPU run's results imported) were

@@ -614,32 +614,38 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     train_s = time.time() - t0 + trainer.earlier_seconds()  # a resumed split: its earlier sessions' epochs too
     if not main:
         return None
-    use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
-    chosen = trainer.load_best() if use_best else trainer.last_model()
-    finished = trainer.finish(chosen)
-    # The exact model the split's test figures come from (chosen epoch, calibrated): what a
-    # later check scores through the CLI (benchmarks/ship_gate.py).
-    save_checkpoint(chosen, run_dir / "tested.pt", extra={
-        "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
-    res: dict[str, Any] = {
-        "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
-        "protocol": cfg.protocol, "seed": seed, **fingerprints.record(run, seed),
-        **({"init_from_sha256": file_sha256(init), "init_from_weights": _init_weights(init)}
-           if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
-        "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
-        "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
-        "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
-        "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
-        "n_test": sum(len(o.get("test", [])) for o in own.values()),
-        "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
-        "test": {},
-    }
-    by_label = {ts.label: ts for ts in sets}
-    for t in tests:
-        if t["spec"] == INTRA:  # every split has a test part (_check_test_parts, before any training)
-            res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
-        else:
-            res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
+    # After training: finishing (calibration, mixing) and testing encode photos through the cache,
+    # and tested.pt is written: a full disk there is one line, and the split resumes from its epochs.
+    try:
+        use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
+        chosen = trainer.load_best() if use_best else trainer.last_model()
+        finished = trainer.finish(chosen)
+        # The exact model the split's test figures come from (chosen epoch, calibrated): what a
+        # later check scores through the CLI (benchmarks/ship_gate.py).
+        save_checkpoint(chosen, run_dir / "tested.pt", extra={
+            "train_config": tcfg.to_dict(), "checkpoint": "best" if use_best else "last", "best_epoch": best.get("epoch")})
+        res: dict[str, Any] = {
+            "run": run.name, "model": run.model, "model_args": run.model_args, "train_config": tcfg.to_dict(),
+            "protocol": cfg.protocol, "seed": seed, **fingerprints.record(run, seed),
+            **({"init_from_sha256": file_sha256(init), "init_from_weights": _init_weights(init)}
+               if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
+            "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
+            "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
+            "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
+            "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
+            "n_test": sum(len(o.get("test", [])) for o in own.values()),
+            "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
+            "test": {},
+        }
+        by_label = {ts.label: ts for ts in sets}
+        for t in tests:
+            if t["spec"] == INTRA:  # every split has a test part (_check_test_parts, before any training)
+                res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
+            else:
+                res["test"][t["label"]] = _evaluate(trainer, t["table"], t["scale"], chosen)
+    except OSError as exc:  # CacheWriteError, or tested.pt not written
+        raise ConfigError(f"run {run.name}, split seed {seed}: after training: {exc} (the trained epochs are kept: "
+                          "rerun the same command to finish and test it)") from None
     res["provenance"] = {k: v for k, v in provenance().items()
                          if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date", "machine", "gpu")}
     return res

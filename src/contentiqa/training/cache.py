@@ -88,6 +88,13 @@ def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
     return h.hexdigest()[:16]
 
 
+def frozen_fingerprint(model: IQAModel, start_stage: int) -> str:
+    """A hash of the frozen weights the cache of ``model`` up to ``start_stage`` is computed with
+    (every cached part's): a run resumed with other ones holds encodings of another network."""
+    return hashlib.sha1("|".join(weights_fingerprint(p.modules) for p in model.cache_parts(start_stage)).encode()
+                        ).hexdigest()[:16]
+
+
 def _file_key(path: str, damage: str = "") -> str:
     """What identifies one photo's pixels without reading them: path, size, and the nanosecond
     modification and change times. ctime too, because ``touch -r``, ``cp -p`` and ``rsync -a``

@@ -265,6 +265,7 @@ class Trainer:
         self.val_rows = self._val_share()
         """The validation rows this process predicts while training (all of them in one process)."""
         self.start_stage = 0
+        self.encoded_with: str | None = None  # the frozen weights the cache was encoded with
         self._build_data()
         # what trains, also the stages a loaded checkpoint keeps frozen beyond cache_stages
         self.log(f"training {model.trained_stages(self.start_stage)}")
@@ -451,7 +452,7 @@ class Trainer:
         return {n: max(1, round(n_first * float(ratio.get(n, 1.0)) / r_first)) for n in names if n in set(groups)}
 
     def _setup_cache(self, t_tr, c_tr) -> None:
-        from .cache import cached_encodings
+        from .cache import cached_encodings, frozen_fingerprint
 
         cfg, model = self.cfg, self.model
         if not model.supports_stage_cache:
@@ -490,6 +491,7 @@ class Trainer:
             cells = max(1, int(round(cfg.crop / stride)))
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True, hflip=cfg.hflip)
         self.start_stage = k
+        self.encoded_with = frozen_fingerprint(model, k)
         if cfg.damage_weight or cfg.anchor_weight:
             with dist_utils.main_first() if self.cache_dir is not None else contextlib.nullcontext():
                 self.damage = DamageSet(model, self.train_table, cfg, k, lambda paths, specs: cached_encodings(
@@ -799,6 +801,16 @@ class Trainer:
                                  f"{said(self._sets())}: the first set names the scale it scores on (and what "
                                  "calibrate_on/dataset_ratio read). Give the datasets as the run did")
         self.model.load_state_dict(st["model_state"])
+        if self.start_stage:
+            from .cache import frozen_fingerprint
+
+            if frozen_fingerprint(self.model, self.start_stage) != self.encoded_with:
+                # the cache was encoded with the weights this run was given now (init_from, a
+                # *_checkpoint) before last.pt put back the frozen stages it trained with
+                raise ResumeMismatch(
+                    f"{path} holds frozen stages other than the ones this run's cache was encoded with: the weights "
+                    "it starts from (init_from, or a *_checkpoint model argument) were replaced since the run began. "
+                    "Put them back, or start afresh")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.loss_fn.load_state_dict(st["loss_state"]["state"])
