@@ -98,6 +98,34 @@ def test_checkpoint_round_trip_and_onnx(tmp_path):
     assert info["path"] == str(other) and info["file_sha256"] != "0" * 64
 
 
+def test_a_member_recalibrated_after_the_ensemble_was_built_is_saved_and_fingerprinted_as_it_scores(tmp_path):
+    """The ensemble kept its members' configs as they were when it was built: a member recalibrated
+    since scored with the new calibration in PyTorch, but the saved ensemble (and the ONNX cache's
+    key of the ensemble in memory) kept the old one: ~27 points apart, without a word."""
+    from contentiqa.inference.onnx import model_fingerprint
+
+    ie, cr = tiny_members()
+    for m in (ie, cr):
+        m.set_calibration([0.01, 0.95, 0.17, 0.05])
+    ens = build_ensemble([ie, cr], name="ie-iqa-distortion+iqa-cr")
+    x = ens.preprocess(photo(72, 88))[None]
+    before = model_fingerprint(ens)
+    ens.members[0].set_calibration([0.0, 0.5, 0.17, 0.05])
+    assert model_fingerprint(ens) != before
+    back = load_checkpoint(save_checkpoint(ens, tmp_path / "ens.pt"))
+    assert back.members[0].cfg.calibration == [0.0, 0.5, 0.17, 0.05]
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)["score"], ens(x)["score"])
+
+
+def test_an_uncalibrated_member_of_a_harmonic_mean_is_said():
+    """A raw score at or below 0 is floored and pulls every photo's harmonic mean to ~0, silently."""
+    ie, cr = tiny_members()
+    ie.set_calibration([0.01, 0.95, 0.17, 0.05])
+    with pytest.warns(UserWarning, match=r"\['iqa-cr'\] have no output calibration"):
+        build_ensemble([ie, cr])
+
+
 # -- what it refuses --------------------------------------------------------------------------------
 def test_members_that_do_not_fit_together_are_refused():
     ie, cr = tiny_members()

@@ -128,7 +128,7 @@ class Ensemble(IQAModel):
             raise ValueError("ensemble members must take the same input normalisation (mean/std)")
         super().__init__(built[0].scale, content[0].categories if content else ())
         cfg.scale = built[0].scale.to_dict()
-        self.cfg = cfg
+        self._cfg = cfg
         self.members = nn.ModuleList(built)
         self.register_buffer("_weights", torch.tensor([float(m["weight"]) for m in cfg.members]), persistent=False)
         self._content = built.index(content[0]) if content else None
@@ -148,6 +148,10 @@ class Ensemble(IQAModel):
         self._sharing: tuple[tuple, tuple[list[int], int]] | None = None
 
     # -- inputs ----------------------------------------------------------------------------
+    @property
+    def cfg(self) -> EnsembleConfig:
+        return _live_config(self)
+
     @property
     def native_resolution(self) -> bool:
         return self._native
@@ -296,6 +300,18 @@ def check_members(name: str, members: Sequence[str]) -> None:
         raise ValueError(f"{name}'s members are {list(wanted)}, got {list(members)}")
 
 
+def _live_config(ensemble: "Ensemble") -> EnsembleConfig:
+    """The ensemble's config with each member's as the member holds it now: a member
+    recalibrated (``set_calibration``) or rescaled since the ensemble was built is saved, and
+    fingerprinted for the ONNX cache, as it scores, not as it was."""
+    cfg = ensemble._cfg
+    members = ensemble._modules.get("members")
+    if members is not None:
+        for entry, m in zip(cfg.members, members):
+            entry["config"] = m.cfg.to_dict()
+    return cfg
+
+
 def member_entry(model: IQAModel, weight: float) -> dict[str, Any]:
     return {"model": model.model_name, "config": model.cfg.to_dict(), "weight": float(weight)}
 
@@ -316,6 +332,13 @@ def build_ensemble(members: Sequence[IQAModel], weights: Sequence[float] | None 
     if model_entry(name).trainable:
         raise ValueError(f"{name} is not a registered ensemble")
     check_members(name, [m.model_name for m in members])
+    raw = [m.model_name for m in members if m.cfg.calibration is None]
+    if raw and combine == "harmonic":
+        import warnings
+
+        warnings.warn(f"ensemble member(s) {raw} have no output calibration: a raw score at or below 0 is floored "
+                      f"at {_FLOOR:g} and pulls the harmonic mean of every photo to about 0 (calibrate them: "
+                      "Trainer.calibrate, or combine='mean')", stacklevel=2)
     model = Ensemble(cfg, members=[m.cpu().eval() for m in members])
     model.model_name = name
     return model.eval()
