@@ -735,6 +735,33 @@ def test_damaged_encodings_are_made_again_when_the_degradation_code_changes(two_
     assert torch.equal(again, fresh) and not torch.equal(again, first)
 
 
+def test_a_cache_folder_evicted_while_a_run_fills_it_is_made_again(two_sets, tmp_path, monkeypatch):
+    """`contentiqa cache --max-size` removed the folder a training was writing: the next entry's write
+    failed and the run stopped with "cannot write the cache ...: No such file or directory"."""
+    import shutil
+
+    import contentiqa.utils.io as uio
+
+    model, paths = _dist_model(), list(two_sets["image"][:2])
+    real = uio.atomic_torch_save
+    evicted = []
+
+    def evict_then_save(obj, path, *a, **k):
+        if len(evicted) < 2:  # the prune: during the first write (it fails), before the second
+            evicted.append(path.parent)
+            shutil.rmtree(path.parent)
+            if len(evicted) == 1:
+                raise FileNotFoundError(2, "No such file or directory")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(uio, "atomic_torch_save", evict_then_save)
+    got = cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    assert evicted and (evicted[0] / "about.json").is_file() and len(_entry_files(tmp_path / "c")) == 2
+    monkeypatch.setattr(uio, "atomic_torch_save", real)
+    again = cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(got, again))
+
+
 def test_a_killed_writers_old_temporaries_are_removed_and_live_ones_kept(two_sets, tmp_path):
     model, paths = _dist_model(), list(two_sets["image"][:1])
     cached_encodings(model, paths, 3, True, tmp_path / "c", progress=False)

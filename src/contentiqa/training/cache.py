@@ -25,7 +25,7 @@ from torch import nn
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
 from ..models.base import CachePart, IQAModel, pil_to_tensor
-from ..utils.disk_cache import STALE_TEMPORARY_S, describe, touch
+from ..utils.disk_cache import ABOUT, STALE_TEMPORARY_S, describe, touch
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -274,13 +274,16 @@ def cached_encodings(
         keys = [_file_key(p, d) for p, d in zip(paths, damage)]
         folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
                    if cache_dir is not None else [None] * len(parts))
+        def make(folder: Path, part: CachePart) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            describe(folder, {"model": type(model).__name__, "part": part.name,
+                              "dtype": str(dtype).replace("torch.", ""), "views": model.cache_view_names(),
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
         for part, folder in zip(parts, folders):
             if folder is not None:
                 try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    describe(folder, {"model": type(model).__name__, "part": part.name,
-                                      "dtype": str(dtype).replace("torch.", ""), "views": model.cache_view_names(),
-                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                    make(folder, part)
                 except OSError as exc:
                     raise CacheWriteError(f"cannot write the cache {folder}: {exc.strerror or exc}") from None
                 touch(folder)  # used now: what least-recently-used eviction goes by (utils/disk_cache.py)
@@ -319,7 +322,7 @@ def cached_encodings(
                         continue
                     image = apply_spec(load_image(p).image, d, damage_seed(p, d))
                     views = torch.stack(model.cache_views(image)).to(device)
-                    for encode, store, folder in zip(encoders, stores, folders):
+                    for encode, part, store, folder in zip(encoders, parts, stores, folders):
                         if k in store:
                             continue
                         enc = encode(views)
@@ -327,7 +330,14 @@ def cached_encodings(
                         store[k] = {n: (v.to(dtype) if v.is_floating_point() else v).cpu().contiguous() for n, v in enc.items()}
                         if folder is not None:
                             try:
-                                atomic_torch_save(store[k], folder / _entry_name(k))
+                                # `contentiqa cache --max-size` may evict the folder while a run fills it:
+                                try:
+                                    atomic_torch_save(store[k], folder / _entry_name(k))
+                                except FileNotFoundError:  # during the write: made again, written again
+                                    make(folder, part)
+                                    atomic_torch_save(store[k], folder / _entry_name(k))
+                                if not (folder / ABOUT).is_file():  # before it: the write made a bare folder
+                                    make(folder, part)
                             except OSError as exc:  # a full disk, a folder turned read-only
                                 raise CacheWriteError(f"cannot write the cache {folder}: {exc.strerror or exc}") from None
             finally:
