@@ -272,6 +272,15 @@ def test_trainer_on_pooled_features_and_several_datasets(two_tables, tmp_path):
     tr = Trainer(model, train, val, {"A": MOSScale(0, 100), "B": MOSScale(0, 1)}, cfg, tmp_path / "run",
                  progress=False, cache_dir=tmp_path / "cache", log=lambda *a: None)
     assert set(tr.train_ds.encodings[0]) == {"grid", "gap"} and tr.train_ds.encodings[0]["grid"].shape[0] == 1
+    # on an accelerator its CPU encoder would mix two devices' tensors: said before any work
+    import contentiqa.training.trainer as trainer_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "resolve_device", lambda device: torch.device("cuda", 0))
+        with pytest.raises(ValueError, match="cache_runtime 'onnx' encodes on the CPU"):
+            Trainer(create_model("iqa-cr", pretrained=False, categories=HUMAN_LABEL_CATEGORIES, **TINY), train, val,
+                    {"A": MOSScale(0, 100), "B": MOSScale(0, 1)}, cfg, tmp_path / "run2", progress=False,
+                    log=lambda *a: None)
     t, _ = tr._targets(train)
     assert np.allclose(t, np.r_[a["mos"].iloc[:7] / 100, b["mos"].iloc[:7]])
     for batch in tr.sampler:

@@ -216,6 +216,10 @@ class Trainer:
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
         self.device = resolve_device(cfg.device)  # an unknown or absent device: a ValueError before any work
+        if cfg.cache_runtime == "onnx" and cfg.cache_stages and self.device.type != "cpu":
+            # its encoder runs ONNX Runtime on the CPU beside the model: on an accelerator it would
+            # compare and feed tensors of two devices; PyTorch encodes there at least as fast
+            raise ValueError(f"cache_runtime 'onnx' encodes on the CPU: train on {self.device} with cache_runtime 'torch'")
         if cfg.monitor is not None and self.val_table is None:
             raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
         if cfg.monitor is not None and "/" in cfg.monitor:
