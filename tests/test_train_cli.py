@@ -448,6 +448,15 @@ def test_evaluate_names_the_seed_of_the_split_it_measured(tmp_path, capsys):
     assert got["split_seed"] == 7 and got["split_index"] == 1 and got["mos_scale"]["high"] == 100
 
 
+def test_quiet_hides_progress_not_the_trainers_notes(tmp_path, capsys):
+    """--quiet ("no progress bars") also hid the notes on labels a content head has no category for."""
+    data = table(tmp_path, n=20, category=["animal", "vehicle", "human", "plant"] * 5)
+    assert train(data, tmp_path / "run", "--model", "iqa-cr", "--set", "model.categories=[animal, human, plant]") == 0
+    said = capsys.readouterr()
+    assert "labelled ['vehicle'], which the content head has no category for" in said.err
+    assert "training iqa-cr" not in said.out + said.err  # the progress lines stay quiet
+
+
 def test_evaluate_takes_a_held_out_file_whose_split_column_is_all_test(tmp_path, capsys):
     """'the split column marks no row as train': evaluating needs no training rows."""
     from tiny_models import tiny_checkpoint

@@ -241,7 +241,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     except (WeightsUnavailableError, FileNotFoundError) as exc:  # a branch's weights not on this machine
         raise UsageError(f"cannot build {model_name}: {exc}") from None
     quiet = args.quiet or info.rank != 0  # rank 0 speaks for the run
-    log = (lambda *a, **k: None) if quiet else print
+    log = (lambda *a, **k: None) if info.rank != 0 else _notes_only if quiet else print
     procs = f" on {info.world_size} processes" if info.distributed else ""
     log(describe_recipe(recipe))
     log(f"training {model_name} on {len(parts['train'])} images (val {len(parts.get('val', []))}, "
@@ -262,6 +262,14 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
         print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
     return 0
+
+
+def _notes_only(*parts: object, **kwargs: object) -> None:
+    """The trainer's log under --quiet: its notes (labels a head lacks, sets left out of the
+    validation mean) still reach stderr, as the command's own notes do; progress lines do not."""
+    text = " ".join(map(str, parts))
+    if text.startswith("note:"):
+        print(text, file=sys.stderr)
 
 
 def _write_run_record(out: Path, sets: list[tuple[argparse.Namespace, Any, dict]]) -> None:
@@ -453,7 +461,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     seed_everything(cfg.seed)
     try:
         model = create_model(model_name, pretrained=False, **model_args)
-        log = (lambda *a, **k: None) if args.quiet else print
+        log = _notes_only if args.quiet else print
         sizes = " + ".join(f"{k} ({len(p['train'])})" for k, p in parts.items())
         log(describe_recipe(recipe))
         log(f"training {model_name} on {sizes} images "
