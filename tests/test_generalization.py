@@ -193,6 +193,27 @@ def test_acceptable_accuracy_is_never_below_top1_and_a_vocabulary_of_ones_own_me
     assert category_indices(["cat", "Cat", " CAT ", "DOG", None], ["Cat", "Dog"]).tolist() == [0, 0, 0, 1, -1]
 
 
+def test_a_vocabulary_of_ones_own_reads_back_in_the_heads_spelling(tmp_path, capsys):
+    """Labels are compared in one spelling: the predictions file then had 'cat' beside 'Cat' (never
+    equal as strings), and label-content's summary counted every photo under names the head lacks."""
+    from contentiqa.cli.label_content import _print_summary
+    from contentiqa.training.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    model = create_model("iqa-cr-c", pretrained=False, categories=["Cat", "Dog"], **TINY).eval()
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", 48, 48, seed=i)
+    table = pd.DataFrame({"image": [str(tmp_path / f"{i}.png") for i in range(4)], "mos": [1.0, 2.0, 3.0, 4.0],
+                          "category": ["cat", "DOG", "bird", None]})
+    _, preds = evaluate_model(model, table, MOSScale(0, 5), workers=0)
+    assert preds["category"].tolist()[:3] == ["Cat", "Dog", "bird"] and set(preds["pred_category"]) <= {"Cat", "Dog"}
+    labeled = pd.DataFrame({"category": ["cat", "cat", "dog"], "category_confidence": [0.5, 0.7, 0.9],
+                            "category_source": ["model:x"] * 3})
+    _print_summary(labeled, tmp_path / "l.csv", ["Cat", "Dog"], review=0.0)
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert rows == {"cat": "2", "dog": "1"}
+
+
 # -- the ranking (fidelity) loss -----------------------------------------------------------------
 def test_fidelity_loss_matches_the_formula():
     pred = torch.tensor([0.3, 0.5, 0.1])

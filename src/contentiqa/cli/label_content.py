@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..data.categories import normalize_category
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
@@ -55,7 +56,7 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
     import numpy as np
     import pandas as pd
 
-    from ..data.content_labels import kept_source, normalize_category
+    from ..data.content_labels import kept_source
     from ..inference.torch_runtime import TorchScorer
 
     out = table.copy()
@@ -254,6 +255,7 @@ def _print_summary(labeled, out: Path, categories, review: float) -> None:
     print(f"wrote {out} ({n} rows)")
     print(f"{'category':14s} {'count':>6s} {'share':>7s} {'mean conf':>10s}")
     cats = labeled["category"]
+    categories = list(dict.fromkeys(normalize_category(c) for c in categories))  # the spelling the file is written in
     extra = sorted(set(cats.dropna()) - set(categories))
     for cat in list(categories) + extra:
         mask = cats == cat

@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="training recipe to start from: a registered model's (default: --model's own), a "
                         "shipped NAME.TAG's (how that tag was trained, e.g. ie-iqa.clive), or 'none' for the "
                         "plain TrainConfig defaults")
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
+    p.add_argument("--out", default=None, help="output folder (default runs/<model>): checkpoints, metrics.jsonl, "
+                                               "test_metrics.json and run.json (what trained and tested, and what ran it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

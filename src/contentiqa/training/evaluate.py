@@ -118,8 +118,9 @@ def evaluate_model(
     if model.categories:
         rows["pred_category"] = [p.category for p in preds]
         rows["pred_confidence"] = [p.category_confidence for p in preds]
-        if "category" in table:
-            rows["category"] = table["category"].values
+        if "category" in table:  # in the model's spelling where it is one of its categories, as pred_category
+            idx = category_indices(table["category"], model.categories)
+            rows["category"] = [model.categories[i] if i >= 0 else v for i, v in zip(idx, table["category"].values)]
     ok = rows["error"].isna().to_numpy()
     if not ok.any():
         raise NotMeasurable(f"no image could be scored; the first, {rows['image'].iloc[0]}: {rows['error'].iloc[0]}", rows)

@@ -75,10 +75,10 @@ OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt", 
 experiment runner and ``contentiqa train`` after it); a process killed while writing one
 leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
 
-EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json")
-"""What a finished run leaves in its folder besides its state (``test_metrics.json``: written by
-``contentiqa train``): a fresh start there removes them, so that no file in the folder describes
-another run's model."""
+EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json", "run.json")
+"""What a finished run leaves in its folder besides its state (``test_metrics.json``, ``run.json``:
+written by ``contentiqa train``): a fresh start there removes them, so that no file in the folder
+describes another run's model."""
 
 FINISHED_RESULTS = ("tested.pt", "test_metrics.json", "run.json")
 """What a finished run's end wrote (the model it tested, its figures): removed when the run is
