@@ -120,6 +120,19 @@ def test_downscaled_explanation_reports_it(model, photo):
     assert exp.score == pytest.approx(model.predict(str(photo)).score, abs=1e-4)  # full-res score
 
 
+def test_the_maps_of_a_very_large_photo_are_bounded_and_keep_its_aspect(model, photo, monkeypatch):
+    """Every map was kept at the photo's own size (five float maps of a 96 MP photo: 2 GB, about four
+    times what scoring it takes), though every figure draws them at most 2048 px."""
+    import contentiqa.explain.explanation as explanation
+
+    monkeypatch.setattr(explanation, "MAP_MAX_PIXELS", 96 * 80 // 4)
+    exp = explain(model, photo)
+    h, w = exp.fused.shape
+    assert (w, h) == (48, 40) and exp.quality_cam.shape == (40, 48)
+    assert any("maps are 48x40, the image's aspect" in n for n in exp.notes)
+    assert exp.overlay("fused").size == exp.size  # drawn on the image at its size all the same
+
+
 def test_a_photo_over_max_side_is_explained_and_scored_as_score_reads_it(model, photo):
     """explain ignored max_side: the maps and the score came from a larger input than scoring's
     (a 3000x2000 photo: iqa-cr's map a content-blind strip, its score 11.5 against score's 13.3)."""

@@ -412,6 +412,28 @@ def test_healthz_ready_only_once_loaded_and_says_why_not(model):
         assert r.status_code == 503 and r.json()["status"] == "failed" and "x.pt" not in r.text
 
 
+def test_an_empty_heatmap_is_said_by_a_header_and_the_page_captions_the_maps_target(model, monkeypatch):
+    """The CLI, figure and report say an empty map; /v1/explain drew it flat with no word, and the
+    page captioned a content-only model's category map "(quality)"."""
+    import contentiqa.explain.explanation as explanation
+
+    with client_for(model) as c:
+        r = c.post("/v1/explain?target=quality", files=files(("a.jpg", jpeg(6))))
+        assert r.status_code == 200 and "X-Heatmap-Empty" not in r.headers
+        real = explanation.compute_gradcam
+
+        def zero_quality(*a, **k):
+            g = real(*a, **k)
+            g.cams["quality"] = np.zeros_like(g.cams["quality"])
+            return g
+
+        monkeypatch.setattr(explanation, "compute_gradcam", zero_quality)
+        r = c.post("/v1/explain?target=quality", files=files(("a.jpg", jpeg(6))))
+        assert r.status_code == 200 and r.headers["X-Heatmap-Empty"] == "quality"
+        script = c.get("/static/app.js").text
+        assert 'res.headers.get("X-Heatmap-Empty")' in script and "where the model looked (${target})" in script
+
+
 def test_explain_returns_heatmap_png(model):
     with client_for(model) as c:
         score = c.post("/v1/score", files=files(("a.jpg", jpeg(6)))).json()["results"][0]

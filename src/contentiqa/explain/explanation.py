@@ -1,6 +1,8 @@
 """``explain(model, image)``: where a model looked for its quality score and its category.
 
-Maps (all float32 numpy arrays of the image's size, H x W, min-max normalised to [0, 1]):
+Maps (all float32 numpy arrays of the image's size, H x W, min-max normalised to [0, 1]; an image
+over :data:`MAP_MAX_PIXELS` gets maps of its aspect at that many pixels, said in ``notes``: five
+full-size float maps of a 96 MP photo would hold 2 GB, for figures drawn at 1024 px):
 
 - ``quality_cam``: Grad-CAM of the quality output over every CNN level the score uses;
 - ``category_cam``: Grad-CAM of the explained category's logit (the predicted one unless
@@ -43,6 +45,9 @@ from .attention import normalize_map, upsample
 from .gradcam import TARGETS, compute_gradcam, modes_kept
 
 DEFAULT_EXPLAIN_MAX_PIXELS = 4_000_000
+MAP_MAX_PIXELS = 4_000_000
+"""The maps' size at most: a larger image's maps keep its aspect at this many pixels
+(:func:`overlay_heatmap` resizes any map to what it draws on)."""
 MAP_NAMES = ("fused", "quality", "category", "attention", "fused_category")
 
 
@@ -191,7 +196,11 @@ def explain(
     notes = list(notes)
     scored = as_model_reads(img, model, notes, path)  # what `contentiqa score` runs the model on
     cat_idx = _category_index(model, category)
-    W, H = img.size  # the maps are drawn on the photo as given
+    W, H = img.size  # the maps are drawn on the photo as given ...
+    if W * H > MAP_MAX_PIXELS:  # ... at its aspect, bounded (memory: several float maps of it)
+        s = math.sqrt(MAP_MAX_PIXELS / float(W * H))
+        W, H = max(1, round(W * s)), max(1, round(H * s))
+        notes.append(f"maps are {W}x{H}, the image's aspect at {MAP_MAX_PIXELS / 1e6:g} MP: resize them to overlay")
     work = scored
     sw, sh = scored.size
     if max_pixels is not None and sw * sh > max_pixels:

@@ -756,7 +756,7 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-                           expose_headers=["X-Score", "X-Category", "Retry-After"])
+                           expose_headers=["X-Score", "X-Category", "X-Heatmap-Empty", "Retry-After"])
     return app
 
 
@@ -800,6 +800,9 @@ def _render_explanation(svc: Service, img: Any, target: str, max_size: int) -> t
             except OSError:
                 pass
     which = "fused" if target == "quality" else "fused_category"
+    m = exp.get_map(which)
+    if m is not None and not m.any():  # drawn flat, it would read as "everywhere alike": said, as the CLI says it
+        headers["X-Heatmap-Empty"] = target
     buf = io.BytesIO()
     exp.overlay(which, max_size=max_size).save(buf, format="PNG")
     return buf.getvalue(), headers

@@ -139,6 +139,11 @@ async function heatmapCard(card) {
     const img = card.el.querySelector(".heatmap");
     img.src = URL.createObjectURL(blob);
     img.alt = `heatmap of ${card.file.name}`;
+    // the target the map is of, and an empty map said (drawn flat, it would read as "everywhere alike")
+    const caption = card.el.querySelector(".heat-fig figcaption");
+    caption.textContent = res.headers.get("X-Heatmap-Empty")
+      ? `empty ${target} map: no region raised the ${target === "quality" ? "score" : "category"}`
+      : `where the model looked (${target})`;
     card.el.querySelector(".heat-fig").hidden = false;
   } catch (e) { /* the score matters more than its heatmap */ }
 }
