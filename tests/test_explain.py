@@ -131,6 +131,10 @@ def test_the_maps_of_a_very_large_photo_are_bounded_and_keep_its_aspect(model, p
     assert (w, h) == (48, 40) and exp.quality_cam.shape == (40, 48)
     assert any("maps are 48x40, the image's aspect" in n for n in exp.notes)
     assert exp.overlay("fused").size == exp.size  # drawn on the image at its size all the same
+    # explained on a copy as well: the notes agree on the maps' size
+    copy = explain(model, photo, max_pixels=96 * 80 // 3)
+    assert any(n.endswith("maps are upsampled back to 48x40") for n in copy.notes), copy.notes
+    assert not any("full size" in n for n in copy.notes)
 
 
 def test_a_photo_over_max_side_is_explained_and_scored_as_score_reads_it(model, photo):

@@ -21,7 +21,8 @@ only CH x CW, 8 x 8 by default). Without attention layers, ``fused`` is the Grad
 
 Resolution: the model sees the image at its native resolution. Explaining needs one backward
 pass, so images over ``max_pixels`` (default 4 MP) are explained on a downscaled copy; the maps
-are upsampled back to the full image size and ``notes`` (and every figure title) says so. Like
+are upsampled back to the image's size (bounded by :data:`MAP_MAX_PIXELS`) and ``notes`` (and
+every figure title) says so. Like
 scoring, a native-resolution model first reads photos over its ``max_side`` downscaled. With
 ``exact_score=True`` the reported score and category still come from the image as scoring reads
 it, so they equal what ``contentiqa score`` reports.
@@ -88,7 +89,8 @@ class Explanation:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) of the image and of every map (maps are H x W arrays)."""
+        """(width, height) of the image; the maps are H x W arrays of this size (of this aspect at
+        :data:`MAP_MAX_PIXELS` for a larger image)."""
         return self.image.size
 
     @property
@@ -200,7 +202,9 @@ def explain(
     if W * H > MAP_MAX_PIXELS:  # ... at its aspect, bounded (memory: several float maps of it)
         s = math.sqrt(MAP_MAX_PIXELS / float(W * H))
         W, H = max(1, round(W * s)), max(1, round(H * s))
-        notes.append(f"maps are {W}x{H}, the image's aspect at {MAP_MAX_PIXELS / 1e6:g} MP: resize them to overlay")
+        notes.append(f"maps are {W}x{H}, the image's aspect at {MAP_MAX_PIXELS / 1e6:g} MP (overlays and figures "
+                     "resize them to the image)")
+    maps_at = "the image's size" if (W, H) == img.size else f"{W}x{H}"
     work = scored
     sw, sh = scored.size
     if max_pixels is not None and sw * sh > max_pixels:
@@ -209,7 +213,7 @@ def explain(
         work = scored.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
         notes.append(
             f"explained on a {w}x{h} copy: the image ({sw}x{sh}) is over the {max_pixels / 1e6:g} MP "
-            "explanation limit; maps are upsampled back to full size"
+            f"explanation limit; maps are upsampled back to {maps_at}"
         )
     device = model.device
     outputs = None
