@@ -118,6 +118,20 @@ def test_a_member_recalibrated_after_the_ensemble_was_built_is_saved_and_fingerp
         torch.testing.assert_close(back(x)["score"], ens(x)["score"])
 
 
+def test_an_iqa_cr_variant_is_named_and_rebuilt_as_itself(tmp_path):
+    """create_model('iqa-cr', variant='q') built the full model without a word, and a variant built from
+    the IQACR class was saved as 'iqa-cr', rebuilt as the full model and refused."""
+    from contentiqa.models import IQACR, IQACRConfig
+
+    with pytest.raises(ValueError, match=r"iqa-cr is IQA-CR's 'full' variant, not 'q': create_model\('iqa-cr-q'\)"):
+        create_model("iqa-cr", variant="q", **TINY_CR)
+    assert create_model("iqa-cr-q", variant="q", **TINY_CR).model_name == "iqa-cr-q"  # its own: fine
+    cfg = {k: v for k, v in TINY_CR.items() if k != "pretrained"}
+    pooled = IQACR(IQACRConfig(variant="mtl-pooled", **cfg)).eval()
+    back = load_checkpoint(save_checkpoint(pooled, tmp_path / "p.pt"))
+    assert back.model_name == "mtl-pooled" and back.cfg.variant == "mtl-pooled"
+
+
 def test_an_uncalibrated_member_of_a_harmonic_mean_is_said():
     """A raw score at or below 0 is floored and pulls every photo's harmonic mean to ~0, silently."""
     ie, cr = tiny_members()

@@ -297,6 +297,11 @@ def global_means(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
 
 
+VARIANT_MODELS = {"full": "iqa-cr", "q": "iqa-cr-q", "c": "iqa-cr-c", "mtl-transformer": "mtl-transformer",
+                  "mtl-pooled": "mtl-pooled"}
+"""The registered model each variant is (:mod:`contentiqa.models.zoo`)."""
+
+
 class IQACR(IQAModel):
     """IQA-CR and its variants. Input: a normalised image batch at native resolution."""
 
@@ -305,6 +310,9 @@ class IQACR(IQAModel):
     def __init__(self, cfg: IQACRConfig | None = None, backbone: nn.Module | None = None):
         cfg = cfg or IQACRConfig()
         super().__init__(MOSScale(**cfg.scale), cfg.categories if cfg.predicts_category else ())
+        # the registered name of its variant: what a checkpoint is rebuilt as (built from this class
+        # directly, a variant saved as 'iqa-cr' was rebuilt as the full model, and refused)
+        self.model_name = VARIANT_MODELS[cfg.variant]
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else create_backbone(
             cfg.backbone, pretrained=cfg.backbone_pretrained, checkpoint_path=cfg.backbone_checkpoint

@@ -19,8 +19,14 @@ if TYPE_CHECKING:
 def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
     from .iqa_cr import IQACR, IQACRConfig
 
-    # Positional names must not collide with config keys: a checkpoint's config holds 'variant'.
-    kwargs.pop("variant", None)
+    # Positional names must not collide with config keys: a checkpoint's config holds 'variant'
+    # (its own); another one asked for would silently build this entry's architecture instead.
+    given = kwargs.pop("variant", None)
+    if given not in (None, _variant):
+        from .iqa_cr import VARIANT_MODELS
+
+        raise ValueError(f"{_name} is IQA-CR's {_variant!r} variant, not {given!r}: "
+                         f"create_model({VARIANT_MODELS.get(given, 'iqa-cr')!r})")
     model = IQACR(IQACRConfig(variant=_variant, **kwargs))
     model.model_name = _name
     return model
@@ -171,9 +177,10 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
 def ie_iqa_distortion_iqa_cr(**kwargs) -> Ensemble:
     """IE-IQA's distortion network and IQA-CR together: the harmonic mean of their scores, IQA-CR's content.
 
-    The default tag's distortion network reads the photo at 384 px, IQA-CR at native resolution;
-    ``clive-biq2021-v2`` gives both one 512-px input (one backbone pass). Both members are
-    calibrated onto CLIVE's scale before they are combined."""
+    The default tag (``clive-biq2021-v3``) and ``clive-biq2021-v2`` give both one 512-px input (one
+    backbone pass); ``clive-biq2021`` reads the photo at 384 px for the distortion network and at
+    native resolution for IQA-CR. Both members are calibrated onto CLIVE's scale before they are
+    combined."""
     return _ensemble("ie-iqa-distortion+iqa-cr", **kwargs)
 
 
