@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after every chunk is staged (stage.sh): rows of an experiment config,
 # one after another, each row's seeds side by side in their own processes (`--seed`; they build
-# the shared cache together), then the table. What comes back in $OUT: metrics.tgz (the results
+# the shared cache together), then the table. A results folder takes one process at a time, so
+# each seed's process has its own beside $RUNS ($RUNS.sS: the same parent, so an init_from of
+# '../other/...' names the same folder), its runs/ the shared $RUNS/runs; the table pass imports
+# their splits into $RUNS. What comes back in $OUT: metrics.tgz (the results
 # folder's tables, per-split metrics, histories and logs) and, for the rows named in WEIGHTS,
 # every seed's tested.pt without its ImageNet-identical tensors, in pieces under the return
 # limit (collect.py puts them back together here).
@@ -24,18 +27,24 @@ threads=$(( threads > 0 ? threads : 1 ))
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 IFS=';' read -ra rows <<< "${ROWS:?name the rows: ROWS=\"ROW A;ROW B\"}"
 rc=0
+mkdir -p "$RUNS/runs"
+imports=()
+for seed in "${seeds[@]}"; do
+  mkdir -p "$RUNS.s$seed" && ln -sfn "$RUNS/runs" "$RUNS.s$seed/runs"
+  imports+=(--import "$RUNS.s$seed/results.json")
+done
 for row in "${rows[@]}"; do
   t0=$(date +%s)
   for seed in "${seeds[@]}"; do
-    python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" --only "$row" --seed "$seed" --device "${DEVICE:-cuda}" \
-      >"$RUNS/logs/$(echo "$row" | tr -c 'A-Za-z0-9.+-' _)_seed$seed.txt" 2>&1 &
+    python3 -m contentiqa experiment "$CONFIG" --out "$RUNS.s$seed" --only "$row" --seed "$seed" \
+      --device "${DEVICE:-cuda}" >"$RUNS/logs/$(echo "$row" | tr -c 'A-Za-z0-9.+-' _)_seed$seed.txt" 2>&1 &
   done
   for job in $(jobs -p); do wait "$job" || rc=1; done
   echo "$row: $(( $(date +%s) - t0 )) s"
 done
-# one more pass writes the table from the finished splits (it trains only a split that failed above)
-python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" --only "${rows[0]}" --seed "${seeds[0]}" --device "${DEVICE:-cuda}" \
-  --quiet >"$RUNS/logs/table.txt" 2>&1 || rc=1
+# one more pass takes every seed's finished splits into $RUNS and writes the table there
+python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" "${imports[@]}" --table-only --quiet \
+  >"$RUNS/logs/table.txt" 2>&1 || rc=1
 (cd "$RUNS" && tar czf "$OUT/metrics.tgz" --ignore-failed-read results.json results.md metrics logs runs/*/seed*/metrics.jsonl 2>/dev/null)
 if [ -n "${WEIGHTS:-}" ]; then
   python3 benchmarks/gpu/collect.py slim "$RUNS" --rows "$WEIGHTS" --out "$OUT" || rc=1
