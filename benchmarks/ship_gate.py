@@ -403,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         sides.insert(0, ("baseline", args.baseline, args.baseline_row))
         baseline_where = str(args.baseline)
     # every published seed's test photos: kept out of every seed's validation part (--part val)
-    tested = frozenset(p for s in splits.values() for p in clive.iloc[s.indices(clive, "test")]["image"])
+    published_test = frozenset(p for s in splits.values() for p in clive.iloc[s.indices(clive, "test")]["image"])
     for seed in args.seeds:
-        clive_rows, biq_rows = parts(args, seed, clive, splits[seed], biq_table, tested)
+        clive_rows, biq_rows = parts(args, seed, clive, splits[seed], biq_table, published_test)
         biq = list(zip(biq_rows["image"], biq_rows["mos"]))
         images = suite(seed, clive_rows, args.work / f"suite_{args.part}")
         files = [p for p, _ in images["clive"]] + [p for p, _ in biq] + [d["path"] for d in images["damage"]] \

@@ -1058,6 +1058,56 @@ def test_gate_validation_parts_leave_out_every_seeds_test_photos(common, tmp_pat
         assert set(ship_gate.parts(args, seed, clive, splits[seed], biq)[0]["image"]) & tested  # what it read before
 
 
+def test_the_gate_runs_end_to_end_and_records_the_weights_it_judged(common, tmp_path, monkeypatch):
+    """One name held the judged weights' hashes and then every seed's test photos: every gate run
+    stopped with a TypeError before its first score (no test called main())."""
+    import os
+    import types
+
+    import ship_gate
+
+    from contentiqa.data import make_split_set
+
+    clive = pd.DataFrame({"image": [f"/p/{i}.png" for i in range(60)], "mos": np.linspace(0, 100, 60)})
+    splits = make_split_set(clive, "ie-iqa", seeds=[0, 1, 2], progress=False)
+    biq = pd.DataFrame({"image": [f"/b/{i}.png" for i in range(12)], "mos": np.linspace(1, 5, 12), "split": "test"})
+    monkeypatch.setattr(ship_gate, "clive_table", lambda: clive)
+    monkeypatch.setattr(ship_gate, "biq_root", lambda: tmp_path)
+    monkeypatch.setattr("contentiqa.data.load_splits", lambda path: splits)
+    monkeypatch.setattr("contentiqa.data.load_dataset", lambda name, root: types.SimpleNamespace(table=biq))
+    monkeypatch.setattr(ship_gate, "suite", lambda seed, test, work: {
+        "clive": list(zip(test["image"], test["mos"])), "damage": [], "bad": [], "labels": {}})
+    models = {}
+
+    def tested_model(runs, row, seed):
+        path = tmp_path / runs.name / f"{seed}.pt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"{runs.name} {seed}".encode())
+        models[(runs.name, seed)] = path
+        return path
+
+    def score_files(model, files, out):  # the candidate ranks better: a noisier baseline
+        rng = np.random.default_rng(len(str(model)))
+        noise = 5.0 if "base" in str(model) else 0.5
+        mos = dict(zip(clive["image"], clive["mos"])) | dict(zip(biq["image"], biq["mos"] * 20))
+        return {**{os.path.abspath(f): mos[f] + rng.normal(0, noise) for f in files}, "__precision__": "fp32"}
+
+    written = []
+    monkeypatch.setattr(ship_gate, "tested_model", tested_model)
+    monkeypatch.setattr(ship_gate, "score_files", score_files)
+    monkeypatch.setattr(ship_gate, "write_results", lambda payload, out=None: written.append(payload))
+    for side in ("cand", "base"):
+        (tmp_path / side).mkdir()
+    ship_gate.main(["--candidate", str(tmp_path / "cand"), "--candidate-row", "C", "--baseline", str(tmp_path / "base"),
+                    "--baseline-row", "B", "--work", str(tmp_path / "work")])
+    (payload,) = written
+    from contentiqa.utils.io import file_sha256
+
+    assert payload["candidate"]["tested_sha256"] == {str(s): file_sha256(models[("cand", s)]) for s in (0, 1, 2)}
+    assert payload["baseline"]["tested_sha256"]["0"] == file_sha256(models[("base", 0)])
+    assert {r["measure"] for r in payload["rows"]} >= {"CLIVE SROCC", "BIQ2021 SROCC", "clipped %"}
+
+
 def test_an_install_row_carried_from_an_earlier_run_says_when_it_was_measured(common):
     """--skip-torch kept the [torch] row of an earlier run, and the page and README dated it today."""
     import install
