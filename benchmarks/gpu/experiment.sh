@@ -28,10 +28,8 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 IFS=';' read -ra rows <<< "${ROWS:?name the rows: ROWS=\"ROW A;ROW B\"}"
 rc=0
 mkdir -p "$RUNS/runs"
-imports=()
 for seed in "${seeds[@]}"; do
   mkdir -p "$RUNS.s$seed" && ln -sfn "$RUNS/runs" "$RUNS.s$seed/runs"
-  imports+=(--import "$RUNS.s$seed/results.json")
 done
 for row in "${rows[@]}"; do
   t0=$(date +%s)
@@ -42,10 +40,16 @@ for row in "${rows[@]}"; do
   for job in $(jobs -p); do wait "$job" || rc=1; done
   echo "$row: $(( $(date +%s) - t0 )) s"
 done
-# one more pass takes every seed's finished splits into $RUNS and writes the table there
+# one more pass takes every seed's finished splits into $RUNS and writes the table there (a seed whose
+# process died before writing any results is left out, not the others with it)
+imports=()
+for seed in "${seeds[@]}"; do
+  [ -f "$RUNS.s$seed/results.json" ] && imports+=(--import "$RUNS.s$seed/results.json")
+done
 python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" "${imports[@]}" --table-only --quiet \
   >"$RUNS/logs/table.txt" 2>&1 || rc=1
-(cd "$RUNS" && tar czf "$OUT/metrics.tgz" --ignore-failed-read results.json results.md metrics logs runs/*/seed*/metrics.jsonl 2>/dev/null)
+(cd "$RUNS" && tar czf "$OUT/metrics.tgz" --ignore-failed-read results.json results.md metrics logs runs/*/seed*/metrics.jsonl \
+  runs/*/seed*/config.json runs/*/seed*/recipe.json 2>/dev/null)  # ship.py --from-run reads a split's config.json
 if [ -n "${WEIGHTS:-}" ]; then
   python3 benchmarks/gpu/collect.py slim "$RUNS" --rows "$WEIGHTS" --out "$OUT" || rc=1
 fi

@@ -26,7 +26,8 @@ def _iqa_cr(_variant: str, _name: str, **kwargs) -> IQACR:
         from .iqa_cr import VARIANT_MODELS
 
         raise ValueError(f"{_name} is IQA-CR's {_variant!r} variant, not {given!r}: "
-                         f"create_model({VARIANT_MODELS.get(given, 'iqa-cr')!r})")
+                         + (f"create_model({VARIANT_MODELS[given]!r})" if given in VARIANT_MODELS
+                            else f"the variants are {', '.join(VARIANT_MODELS)}"))
     model = IQACR(IQACRConfig(variant=_variant, **kwargs))
     model.model_name = _name
     return model
