@@ -315,6 +315,27 @@ def test_trainer_on_pooled_features_and_several_datasets(two_tables, tmp_path):
                 progress=False, log=lambda *a: None)
 
 
+def test_the_schedule_counts_each_epochs_own_batches(two_tables, tmp_path):
+    """With dataset_ratio and photos of two shapes an epoch's batches vary: counted as epoch 0's, the
+    cosine reached 0 before the last steps (or never), and a resume took another path."""
+    from itertools import accumulate
+
+    a, b = two_tables["A"].assign(dataset="A"), two_tables["B"].assign(dataset="B")
+    train = pd.concat([a.iloc[:4], b], ignore_index=True)  # A: 4 photos; B: 10 of two shapes
+    cfg = TrainConfig(epochs=6, batch_size=2, crop=None, warmup_epochs=0, dataset_ratio={"A": 1, "B": 1})
+    tr = Trainer(create_model("iqa-cr-q", pretrained=False, **{**TINY, "grid": [2, 2]}), train, None,
+                 {"A": MOSScale(0, 100), "B": MOSScale(0, 1)}, cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    counts = []
+    for epoch in range(cfg.epochs):
+        tr.sampler.set_epoch(epoch)
+        counts.append(len(list(tr.sampler)))
+    assert len(set(counts)) > 1  # the case at hand: epochs of different lengths
+    assert tr.epoch_starts == [0, *accumulate(counts)]
+    head = tr.scheduler.lr_lambdas[0]
+    last = tr.epoch_starts[-1] - 1
+    assert head(last) > 0 and head(tr.epoch_starts[-1]) == pytest.approx(0.0)  # anneals over every step, to the end
+
+
 def test_ie_iqa_pooled_cache(two_tables, tmp_path):
     torch.manual_seed(0)
     model = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, input_size=64,

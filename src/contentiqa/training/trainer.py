@@ -37,6 +37,7 @@ and read by the others. A model with trainable parameters that get no gradient n
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -274,8 +275,8 @@ class Trainer:
         # what trains, also the stages a loaded checkpoint keeps frozen beyond cache_stages
         self.log(f"training {model.trained_stages(self.start_stage)}")
         self.optimizer = self._build_optimizer()
-        steps = max(1, len(self.train_loader))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(steps))
+        self.epoch_starts = self._epoch_starts()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(self.epoch_starts))
         self.train_step: nn.Module = _TrainStep(model, self.loss_fn, self.start_stage, cfg)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -525,13 +526,26 @@ class Trainer:
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
         raise ValueError(f"optimizer must be adamw or sgd, not {self.cfg.optimizer!r}")
 
-    def _lr_lambdas(self, steps_per_epoch: int):
+    def _epoch_starts(self) -> list[int]:
+        """The step each epoch starts at, and the run's last (``epochs + 1`` numbers). Epochs can
+        differ in batches (``dataset_ratio`` draws each set's share anew and batches group by
+        shape): counted as epoch 0's, the schedule reached 0 before the end (or never) and a
+        resumed run took another path than the run left alone."""
+        counts = []
+        for epoch in range(self.cfg.epochs):  # each epoch's batches are fixed by (seed, epoch)
+            self.sampler.set_epoch(epoch)
+            counts.append(len(self.sampler))
+        self.sampler.set_epoch(0)
+        return [0, *itertools.accumulate(counts)]
+
+    def _lr_lambdas(self, epoch_starts: list[int]):
         cfg = self.cfg
-        total = cfg.epochs * steps_per_epoch
+        total = max(1, epoch_starts[-1])
+        first = max(1, epoch_starts[1] - epoch_starts[0]) if len(epoch_starts) > 1 else 1
 
         def make(start_epoch: int):
-            start = start_epoch * steps_per_epoch
-            warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+            start = epoch_starts[min(start_epoch, len(epoch_starts) - 1)]
+            warm = max(1, int(cfg.warmup_epochs * first))
 
             def f(step: int) -> float:
                 if step < start:
@@ -838,7 +852,7 @@ class Trainer:
         saved schedule counts the steps of the processes that saved it, and another number of
         processes takes another number per epoch (``batch_size`` is per process): counted on, the
         run from one process on two annealed to 0 halfway and trained on at lr 0."""
-        done = self.epoch * len(self.train_loader)
+        done = self.epoch_starts[min(self.epoch, len(self.epoch_starts) - 1)]
         self.scheduler.last_epoch = done
         for group, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * f(done)
