@@ -870,7 +870,9 @@ def test_several_configs_refuse_a_row_without_the_seed_asked_before_any_trains(t
                                                                    {"name": "Z", "model": "iqa-cr-q"}]}))
     two.write_text(yaml.safe_dump({**base, "name": "two", "runs": [{"name": "Y", "model": "iqa-cr-q"}]}))
     assert main(["experiment", str(one), str(two), "--only", "X", "--seed", "1", "--quiet"]) == 2
-    assert "row(s) ['X'] has no split seed [1]; seeds: [0]" in capsys.readouterr().err
+    assert "row(s) ['X'] have no split seed [1]; seeds: [0]" in capsys.readouterr().err
+    assert main(["experiment", str(one), str(two), "--seed", "7", "--quiet"]) == 2
+    assert "--seed: no config has split seed(s) [7]; seeds: [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not any(tmp_path.glob("**/metrics"))
 
 

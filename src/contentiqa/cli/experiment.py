@@ -181,6 +181,7 @@ def _check_all_first(paths: list, args: argparse.Namespace) -> list:
         asked = [r for cfg in configs for r in cfg.runs if not args.only or r.name in args.only]
         seeds = {s for r in asked for s in r.seeds}
         if set(args.seeds or ()) - seeds:
-            which = f"row(s) {args.only}" if args.only else "no config"
-            raise UsageError(f"--seed: {which} has no split seed {sorted(set(args.seeds) - seeds)}; seeds: {sorted(seeds)}")
+            stray = sorted(set(args.seeds) - seeds)
+            said = f"row(s) {args.only} have no split seed {stray}" if args.only else f"no config has split seed(s) {stray}"
+            raise UsageError(f"--seed: {said}; seeds: {sorted(seeds)}")
     return configs
