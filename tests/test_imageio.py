@@ -691,6 +691,12 @@ def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_pa
     assert load_image(path).notes == ["16-bit colour read as its top 8 bits (the decoder's)"]
     Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(tmp_path / "plain8.png")
     assert load_image(tmp_path / "plain8.png").notes == []
+    # 16-bit grey with alpha: narrowed the same way, and said as grey
+    ga = np.stack([np.full((40, 40), 25700, np.uint16), np.full((40, 40), 65535, np.uint16)], -1)
+    raw_ga = b"".join(b"\0" + row.astype(">u2").tobytes() for row in ga)
+    (tmp_path / "la16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 4, 0, 0, 0))
+                                        + chunk(b"IDAT", zlib.compress(raw_ga)) + chunk(b"IEND", b""))
+    assert load_image(tmp_path / "la16.png").notes == ["16-bit grey read as its top 8 bits (the decoder's)"]
 
 
 def _rgb16_tiff(path, pixels: np.ndarray) -> None:

@@ -657,7 +657,7 @@ def test_batcher_prices_an_exclusive_task_by_its_own_measured_time():
         assert b.call(slow_task).result(5) == "png"  # measures ~0.3 s a task
         gate.clear()
         held = [b.call(slow_task), b.call(slow_task)]
-        with pytest.raises(QueueFull, match="longer than the request timeout"):
+        with pytest.raises(QueueFull, match=r"longer than the request timeout \(0 image\(s\) and 2 explanation\(s\)"):
             b.submit([1], within_s=0.4)  # two explanations ahead: ~0.6 s, not 2 images' 0.02 s
         with pytest.raises(QueueFull, match="longer than the request timeout"):
             b.call(slow_task, within_s=0.4)

@@ -196,34 +196,37 @@ def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     return oriented
 
 
-def pil_to_rgb(im: Image.Image, notes: list[str], narrowed: bool | None = None) -> Image.Image:
+def pil_to_rgb(im: Image.Image, notes: list[str], narrowed: str | None = None) -> Image.Image:
     """An opened image as :func:`load_image` reads its file: 16-bit formats on their range,
     turned upright, 8-bit RGB (notes on what was done), for files and images in memory alike.
     ``narrowed``: :func:`colour_narrowed` asked before the pixels were decoded (after, only a
     PNG's header can still say)."""
     usable_key = _key_in_pixel_units(im)  # asked of the image as read: its format and file
-    if colour_narrowed(im) if narrowed is None else narrowed:
-        notes.append("16-bit colour read as its top 8 bits (the decoder's)")
+    kind = colour_narrowed(im) if narrowed is None else narrowed
+    if kind:
+        notes.append(f"16-bit {kind} read as its top 8 bits (the decoder's)")
     oriented = apply_orientation(_sixteen_bit(im), notes)  # a new image: its info is its own
     if not usable_key and oriented.info.pop("transparency", None) is not None:
         notes.append("its 16-bit colour key not applied: keyed pixels scored as stored")
     return _to_rgb(oriented, notes)
 
 
-def colour_narrowed(im: Image.Image) -> bool:
-    """Whether the decoder reads this image's 16-bit colour samples as their top 8 bits (Pillow
-    has no 16-bit RGB mode): its tile's raw mode says so before it is decoded (PNG, TIFF), a
+def colour_narrowed(im: Image.Image) -> str | None:
+    """``"colour"`` (or ``"grey"``, for grey with alpha) when the decoder reads this image's 16-bit
+    samples as their top 8 bits (Pillow has no 16-bit RGB or LA mode), else None: its tile's raw
+    mode says so before it is decoded (PNG, TIFF: RGB, RGBA, RGBX, premultiplied RGBa, LA), a
     PNG's header after. (BMP's packed 5-6-5 'BGR;16' is no 16-bit sample.)"""
-    if im.mode not in ("RGB", "RGBA"):
-        return False
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        return None
     for tile in (im.tile if isinstance(im, ImageFile.ImageFile) else ()):
         raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
-        if isinstance(raw, str) and re.fullmatch(r"RGBA?;16[BLN]", raw):
-            return True
+        if isinstance(raw, str) and re.fullmatch(r"(RGB[AaX]?|LA);16[BLN]", raw):
+            return "grey" if raw.startswith("LA") else "colour"
     if im.format == "PNG" and getattr(im, "filename", None):
-        head = read_head(Path(im.filename), 25)  # IHDR: bit depth at byte 24
-        return len(head) == 25 and head[24] == 16
-    return False
+        head = read_head(Path(im.filename), 26)  # IHDR: bit depth at byte 24, colour type at 25
+        if len(head) == 26 and head[24] == 16:
+            return "grey" if head[25] == 4 else "colour"
+    return None
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:

@@ -29,10 +29,11 @@ from typing import Any, Callable, Sequence
 class QueueFull(RuntimeError):
     """The queue holds ``max_queue`` images already; ``retry_after`` (s) is when to try again."""
 
-    def __init__(self, depth: int, retry_after: float, why: str = "queue full"):
+    def __init__(self, depth: int, retry_after: float, why: str = "queue full", tasks: int = 0):
         self.depth = depth
         self.retry_after = retry_after
-        super().__init__(f"{why} ({depth} images waiting); retry in {retry_after:.0f} s")
+        waiting = f"{depth - tasks} image(s) and {tasks} explanation(s)" if tasks else f"{depth} images"
+        super().__init__(f"{why} ({waiting} waiting); retry in {retry_after:.0f} s")
 
 
 class BatcherClosed(RuntimeError):
@@ -179,10 +180,11 @@ class Batcher:
         if self._closing:
             raise BatcherClosed("shutting down")
         if self._waiting_items + n + tasks > self.max_queue:
-            raise QueueFull(self._waiting_items, self.retry_after())
+            raise QueueFull(self._waiting_items, self.retry_after(), tasks=self._waiting_tasks)
         busy = self._waiting_items + self._running_items > 0 or self._running_task
         if within_s is not None and busy and self.expected_wait(n, tasks) > within_s:
-            raise QueueFull(self._waiting_items, self.retry_after(), "the images ahead take longer than the request timeout")
+            raise QueueFull(self._waiting_items, self.retry_after(), "the work ahead takes longer than the request timeout",
+                            tasks=self._waiting_tasks)
 
     def call(self, fn: Callable[[], Any], within_s: float | None = None) -> Future:
         """Run ``fn()`` alone on the worker thread (between batches); it counts as one queued
