@@ -338,12 +338,10 @@ def _export_into_cache(model: IQAModel, filename: str, key: str, precision: str,
 def _calibration_identity(model: IQAModel) -> str:
     """What an int8 graph of ``model`` in memory also depends on: the quantization revision and
     the calibration file beside the weights it was read from (recalibrated: another graph)."""
-    from ..utils.io import file_sha256
-    from .quantize import QUANT_REVISION, calibration_path
+    from .quantize import QUANT_REVISION, calibration_fingerprint
 
     weights = (model.checkpoint_info or {}).get("path")
-    cal = calibration_path(weights) if weights else None
-    return f"{QUANT_REVISION}|{file_sha256(cal) if cal is not None and cal.is_file() else None}"
+    return json.dumps(calibration_fingerprint(weights) if weights else {"quant_rev": QUANT_REVISION}, sort_keys=True)
 
 
 def _quantize_cached(model: IQAModel, path: Path, key: str, folder: Path, opset: int) -> None:

@@ -187,10 +187,9 @@ def weights_cache_key(weights_file: str | os.PathLike, opset: int = DEFAULT_OPSE
     if versioned:
         head["contentiqa"] = __version__
     if precision != DEFAULT_PRECISION:  # a quantized graph also depends on its recipe and calibration
-        from .quantize import QUANT_REVISION, calibration_path
+        from .quantize import calibration_fingerprint
 
-        cal = calibration_path(weights_file)
-        head.update(quant_rev=QUANT_REVISION, calibration_sha256=file_sha256(cal) if cal.is_file() else None)
+        head.update(calibration_fingerprint(weights_file))
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
 

@@ -302,6 +302,16 @@ def calibration_path(weights: str | os.PathLike) -> Path:
     return weights.with_name(weights.stem + CALIBRATION_SUFFIX)
 
 
+def calibration_fingerprint(weights: str | os.PathLike) -> dict[str, Any]:
+    """What an int8 graph of ``weights`` depends on besides them: the quantization revision and
+    the calibration file beside them (its SHA-256; None without one). Part of every int8 cache
+    key, a file's or a model's in memory: a new calibration is a new graph."""
+    from ..utils.io import file_sha256
+
+    cal = calibration_path(weights)
+    return {"quant_rev": QUANT_REVISION, "calibration_sha256": file_sha256(cal) if cal.is_file() else None}
+
+
 def write_calibration(
     fp32_onnx: str | os.PathLike,
     batches: Iterable[np.ndarray],
