@@ -192,7 +192,7 @@ class Ensemble(IQAModel):
         """The members' normalised scores (each (B,)) -> the ensemble's (B,)."""
         s = torch.stack([t.float() for t in scores], dim=-1)
         w = self._weights / self._weights.sum()
-        if self.cfg.combine == "mean":
+        if self._cfg.combine == "mean":  # not .cfg: that refreshes the members' configs, needless per batch
             return (s * w).sum(-1)
         return 1.0 / (w / torch.clamp(s, min=_FLOOR)).sum(-1)
 

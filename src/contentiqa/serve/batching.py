@@ -36,6 +36,11 @@ class QueueFull(RuntimeError):
         super().__init__(f"{why} ({waiting} waiting); retry in {retry_after:.0f} s")
 
 
+def _moving(mean: float | None, value: float) -> float:
+    """A measured time's moving average (the first measurement alone at first)."""
+    return value if mean is None else 0.8 * mean + 0.2 * value
+
+
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
@@ -273,8 +278,7 @@ class Batcher:
                     except BaseException as exc:  # delivered to the caller, the worker goes on
                         _settle(work.future, exc=exc)
                     dt = time.perf_counter() - t0
-                    self._seconds_per_task = dt if self._seconds_per_task is None else \
-                        0.8 * self._seconds_per_task + 0.2 * dt
+                    self._seconds_per_task = _moving(self._seconds_per_task, dt)
                 finally:
                     self._running_task = False
                 continue
@@ -295,7 +299,7 @@ class Batcher:
                 self._running_items = 0
             dt = time.perf_counter() - t0
             per = dt / len(batch)
-            self._seconds_per_item = per if self._seconds_per_item is None else 0.8 * self._seconds_per_item + 0.2 * per
+            self._seconds_per_item = _moving(self._seconds_per_item, per)
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(batch), dt)

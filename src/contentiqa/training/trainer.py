@@ -714,7 +714,7 @@ class Trainer:
         self.train_ds.set_epoch(epoch)
         totals: dict[str, float] = {"loss": 0.0}
         n = 0
-        lr_sum = 0.0
+        lr_sum, steps = 0.0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.progress, leave=False)
         for step, (x, t, c) in enumerate(bar):
             x, t, c = _to(x, self.device), t.to(self.device), c.to(self.device)
@@ -725,6 +725,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step trains with
+            steps += 1
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
@@ -746,7 +747,7 @@ class Trainer:
         self.loss_fn.end_epoch()
         # the epoch's mean learning rate (the head's): the rate after its last step, which the
         # log showed, is the next epoch's, 0 at the end of the schedule
-        self.epoch_lr = lr_sum / max(len(self.train_loader), 1)
+        self.epoch_lr = lr_sum / max(steps, 1)
         return {k: v / max(n, 1) for k, v in totals.items()}
 
     def state(self) -> dict[str, Any]:
