@@ -477,6 +477,24 @@ def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(
         mfile.write_text(kept)
 
 
+def test_a_metric_no_split_could_measure_is_named_not_dropped_silently(tiny, first_run):
+    root, path, _ = tiny
+    out = root / "out1"
+    kept = {p: p.read_text() for p in (out / "metrics").rglob("*.json")}
+    try:
+        for p, text in kept.items():
+            split = json.loads(text)
+            split["test"]["TINY"]["srocc"] = float("nan")
+            p.write_text(json.dumps(split))
+        md = run_experiment(path, out, progress=False, train=False).markdown
+        assert "| TINY SROCC |" not in md and "TINY PLCC" in md
+        assert "Not in the table: TINY SROCC: no split could measure it" in md
+    finally:
+        for p, text in kept.items():
+            p.write_text(text)
+    assert "Not in the table" not in run_experiment(path, out, progress=False, train=False).markdown
+
+
 def test_missing_data_skips_with_a_message(tmp_path, tiny, capsys):
     _, _, cfg = tiny
     bad = {**cfg, "data": {"name": "koniq10k", "root": "nowhere/koniq10k"}}

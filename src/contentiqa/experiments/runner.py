@@ -943,6 +943,14 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
                      + ". ".join(trained_parts) + ".")
     for name, why in skipped_runs.items():
         notes.append("Skipped " + "; ".join(why))
+    # a metric no split could measure has no column: say so, or its absence reads as never asked for
+    tried = {(label, m) for label in labels for r in results.values() for s in r.get("splits", [])
+             for m in _scored(s, label)}
+    lost = [f"{label} {METRIC_NAMES[m]}" for label in labels for m in TABLE_METRICS
+            if (label, m) in tried and (label, m) not in cols]
+    if lost:
+        notes.append(f"Not in the table: {', '.join(lost)}: no split could measure it (e.g. a collapsed model's "
+                     "correlations; each split's record in metrics/ has it as NaN or null).")
     return "\n".join(parts) + "\n" + "\n\n".join(notes) + "\n"
 
 
