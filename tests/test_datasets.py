@@ -624,3 +624,59 @@ def test_a_release_with_mos_outside_its_scale_is_refused(koniq_root):
     table.to_csv(sheet, index=False)
     with pytest.raises(ValueError, match=r"1 MOS value\(s\) outside the dataset's scale \[1, 5\]: 997832\.jpg \(85\)"):
         load_dataset("koniq10k", root)
+
+
+def test_damaged_release_files_are_named_with_their_problem(livec_root, tmp_path, xlsx):
+    """A truncated download, a CSV saved as .xlsx, a .mat of another variable: scipy's and pandas'
+    own exceptions escaped as tracebacks, or came without the file's name."""
+    from scipy.io import savemat
+
+    root, *_ = livec_root
+    (root / "Data" / "AllImages_release.mat").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"AllImages_release\.mat: cannot be read as a \.mat file"):
+        load_dataset("livec", root)
+    savemat(root / "Data" / "AllImages_release.mat", {"names": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"AllImages_release\.mat: no variable 'AllImages_release' \(it has \['names'\]\)"):
+        load_dataset("livec", root)
+    bid = tmp_path / "BID"
+    write_image(bid / "ImageDatabase" / "DatabaseImage0001.JPG", seed=1, fmt="JPEG")
+    (bid / "DatabaseGrades.xlsx").write_bytes(b"PK\x03\x04garbage")  # a truncated download
+    with pytest.raises(ValueError, match=r"DatabaseGrades\.xlsx: cannot be read as a spreadsheet"):
+        load_dataset("bid", bid)
+    (bid / "DatabaseGrades.xlsx").write_text("Image Number,Average Subjective Grade\n1,3.2\n")  # a CSV renamed
+    with pytest.raises(ValueError, match=r"DatabaseGrades\.xlsx: cannot be read as a spreadsheet"):
+        load_dataset("bid", bid)
+    (bid / "DatabaseGrades.xlsx").unlink()
+    (bid / "DatabaseGrades.csv").write_text("Image Number,Average Subjective Grade\n1,3.2\ntwo,2.0\n")
+    with pytest.raises(ValueError, match=r"DatabaseGrades\.csv: column 'Image Number' holds 1 cell\(s\) that are no "
+                                         r"image number, e.g. \['two'\]"):
+        load_dataset("bid", bid)
+
+
+def test_koniq_sets_file_listing_an_image_in_two_sets_is_refused(koniq_root):
+    """The last row won without a word: the order of the rows decided whether a photo trained or tested."""
+    root, names, *_ = koniq_root
+    rows = "".join(f"{n},{s}\n" for n, s in zip(names, ["training", "validation", "test"]))
+    (root / "koniq10k_distributions_sets.csv").write_text(f"image_name,set\n{rows}{names[0]},test\n{names[1]},validation\n")
+    with pytest.raises(ValueError, match=r"1 image\(s\) listed in two sets, e.g. 826373\.jpg \(\['test', 'training'\]\)"):
+        load_dataset("koniq10k", root)
+
+
+def test_csv_image_cells_written_after_a_comma_and_space_are_found(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "images" / f"{i}.png", seed=i)
+    write_image(tmp_path / "images" / " spaced.png", seed=9)  # a file named with the space keeps it
+    (tmp_path / "s.csv").write_text("mos, image, split\n10, images/0.png, train\n20, images/1.png , test\n"
+                                    "30,images/ spaced.png,train\n")
+    t = load_dataset("csv", tmp_path / "s.csv").table
+    _same_paths(t["image"], [tmp_path / "images" / n for n in ("0.png", "1.png", " spaced.png")])
+    assert [s.strip() for s in t["split"]] == ["train", "test", "train"]
+
+
+def test_a_duplicate_image_message_names_the_dataset(koniq_root):
+    root, *_ = koniq_root
+    sheet = root / "koniq10k_scores_and_distributions.csv"
+    table = pd.read_csv(sheet)
+    pd.concat([table, table.iloc[:1]]).to_csv(sheet, index=False)
+    with pytest.raises(ValueError, match=rf"^koniq10k \({root}\): dataset table lists the same image twice"):
+        load_dataset("koniq10k", root)

@@ -120,7 +120,9 @@ def load_dataset(
         # A release's own files (annotation sheets, .mat files) missing or unreadable, a cell
         # that is no number: the message names the dataset's folder when the loader's did not.
         message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        if str(root) not in message and root.name not in message:
+        # prefixed unless it starts with its own file or dataset: a message naming an image
+        # (a duplicate row) holds the root's path without saying which dataset it is about
+        if not (message.startswith(str(root)) or message.startswith(name)):
             message = f"{name} ({root}): {message}"
         raise (FileNotFoundError if isinstance(exc, FileNotFoundError) else ValueError)(message) from None
     # The dataset-relative key: what splits and label files join on (stable when data moves).

@@ -52,7 +52,36 @@ def _read_sheet(path: Path) -> pd.DataFrame:
             need = ("openpyxl: pip install 'contentiqa[excel]'" if path.suffix.lower() == ".xlsx"
                     else "xlrd (pip install xlrd), or save it as .xlsx or .csv")
             raise ValueError(f"{path}: reading this spreadsheet needs {need}") from exc
+        except Exception as exc:  # noqa: BLE001 - a truncated download, a CSV saved as .xlsx: each reader's own type
+            raise ValueError(f"{path}: cannot be read as a spreadsheet ({type(exc).__name__}: {exc}); "
+                             "save it again as .xlsx or .csv") from None
     return read_csv_table(path)
+
+
+def _mat_variable(path: Path, variable: str):
+    """One variable of a release's .mat file; a damaged file, MATLAB's HDF5 format (-v7.3) or
+    another variable name said with the file, not as scipy's bare exception."""
+    from scipy.io import loadmat
+
+    try:
+        contents = loadmat(path)
+    except NotImplementedError:  # what scipy raises for -v7.3 files
+        raise ValueError(f"{path}: a MATLAB -v7.3 (HDF5) file; save it again with -v7, as the release has it") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or not a .mat at all: scipy's own exception types
+        raise ValueError(f"{path}: cannot be read as a .mat file ({type(exc).__name__}: {exc})") from None
+    if variable not in contents:
+        has = sorted(k for k in contents if not k.startswith("__"))
+        raise ValueError(f"{path}: no variable {variable!r} (it has {has}); the release's file holds {variable!r}")
+    return contents[variable]
+
+
+def _cell_path(base: Path, cell: str) -> str:
+    """A CSV cell's image path without the spaces around it (``image, mos`` written by hand),
+    unless the file is named with them."""
+    stripped = cell.strip()
+    if stripped == cell or (base / cell).exists():
+        return cell
+    return stripped
 
 
 def _column(df: pd.DataFrame, *names: str, file: Path, required: bool = True) -> str | None:
@@ -101,16 +130,14 @@ def load_livec(root: Path) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from scipy.io import loadmat
-
     data = root / "Data"
     absent = [f for f in ("AllImages_release.mat", "AllMOS_release.mat", "AllStdDev_release.mat") if not (data / f).is_file()]
     if absent:
         raise FileNotFoundError(f"livec: {', '.join(absent)} not found in {data} (the release's Data folder)")
-    names_mat = loadmat(data / "AllImages_release.mat")["AllImages_release"]
+    names_mat = _mat_variable(data / "AllImages_release.mat", "AllImages_release")
     names = [str(np.asarray(x).ravel()[0]) for x in names_mat.ravel()]
-    mos = loadmat(data / "AllMOS_release.mat")["AllMOS_release"].ravel().astype(float)
-    std = loadmat(data / "AllStdDev_release.mat")["AllStdDev_release"].ravel().astype(float)
+    mos = _mat_variable(data / "AllMOS_release.mat", "AllMOS_release").ravel().astype(float)
+    std = _mat_variable(data / "AllStdDev_release.mat", "AllStdDev_release").ravel().astype(float)
     if not (len(names) == len(mos) == len(std)):
         raise ValueError(f"livec: {len(names)} names, {len(mos)} MOS, {len(std)} std values in {data}")
     # t1..t7 live in Images/trainingImages/: look there first so that, when missing, the path
@@ -159,6 +186,14 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
         sets = read_csv_table(sets_file)
         s_name, s_set = _column(sets, "image_name", file=sets_file), _column(sets, "set", file=sets_file)
         sets = sets[sets[s_name].notna()]  # a trailing empty row, as in the scores file
+        # an image listed in two sets would land in whichever row came last: refused, like a
+        # scores file listing an image twice
+        sets_of = sets.groupby(sets[s_name].astype(str).str.strip())[s_set].agg(
+            lambda s: {str(v).strip().lower() for v in s})
+        twice = sorted(n for n, s in sets_of.items() if len(s) > 1)
+        if twice:
+            raise ValueError(f"{sets_file}: {len(twice)} image(s) listed in two sets, e.g. "
+                             f"{', '.join(f'{n} ({sorted(sets_of[n])})' for n in twice[:3])}")
         which = {str(n).strip(): KONIQ_SETS.get(str(s).strip().lower()) for n, s in zip(sets[s_name], sets[s_set])}
         unknown = sorted({str(s) for s in sets[s_set] if KONIQ_SETS.get(str(s).strip().lower()) is None})
         if unknown:
@@ -301,7 +336,11 @@ def load_bid(root: Path) -> pd.DataFrame:
     mos_col = _column(df, "Average Subjective Grade", "MOS", file=sheet)
     std_col = _column(df, "Standard Deviation", "SD", file=sheet, required=False)
     df = df[pd.notna(df[num_col]) & pd.notna(df[mos_col])]
-    names = [f"DatabaseImage{int(n):04d}.JPG" for n in df[num_col]]
+    numbers = pd.to_numeric(df[num_col], errors="coerce")
+    if numbers.isna().any() or (numbers != numbers.round()).any():
+        bad = [str(v) for v, n in zip(df[num_col], numbers) if not (pd.notna(n) and n == round(n))]
+        raise ValueError(f"{sheet}: column {num_col!r} holds {len(bad)} cell(s) that are no image number, e.g. {bad[:3]}")
+    names = [f"DatabaseImage{int(n):04d}.JPG" for n in numbers]
     out = pd.DataFrame({
         "image": [str(_find_file(root, n, ("ImageDatabase", ""))) for n in names],
         "mos": df[mos_col].values,
@@ -422,7 +461,9 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         rows = [int(i) + 1 for i in df.index[blank][:5]]
         raise ValueError(f"{path}: empty 'image' cell in data row(s) {rows} (counted from 1 after the header)")
     base = path.parent
-    df["image"] = [under_root(base, str(p)) for p in df["image"]]  # absolute ones normalised too: one spelling each
+    # absolute ones normalised too: one spelling each. A cell written "a.png, 10" after a comma
+    # holds " a.png": its spaces are the CSV's, unless a file is named with them
+    df["image"] = [under_root(base, _cell_path(base, str(p))) for p in df["image"]]
     if mos_range is not None and not float(mos_range[0]) < float(mos_range[1]):
         raise ValueError(f"{path}: mos_range {tuple(mos_range)} is empty: the low end must be below the high end")
     lo_hi = mos_range or declared
