@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -131,6 +132,12 @@ def test_a_part_that_is_no_file_is_refused_not_dropped(model):
     with client_for(model) as c:
         r = c.post("/v1/score", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 400 and "part 2 ('files') is not a file part" in r.json()["detail"]
+    # alone (a client sending a non-ASCII name as filename*= only): the same reason, not "no image files"
+    only = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename*=UTF-8''%D1%84.jpg\r\n\r\n" + jpeg(1)
+            + b"\r\n--b--\r\n")
+    with client_for(model) as c:
+        r = c.post("/v1/score", content=only, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 400 and "part 1 ('files') is not a file part" in r.json()["detail"]
 
 
 def test_uploads_are_never_opened_by_name_and_leave_no_file(model):
@@ -155,7 +162,9 @@ def test_request_errors(model):
                    headers={"content-type": "multipart/form-data; boundary=abc"})
         assert r.status_code == 400, r.text
         r = c.post("/v1/score", data={"field": "value"}, files=[("other", ("", b"", "text/plain"))])
-        assert r.status_code == 400 and "no image files" in r.json()["detail"]  # a form without a file
+        assert r.status_code == 400 and "part 1 ('field') is not a file part" in r.json()["detail"]  # no file
+        r = c.post("/v1/score", content=b"--b--\r\n", headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 400 and "no image files" in r.json()["detail"]  # no part at all
         r = c.post("/v1/score", files=files(("empty.jpg", b"")))
         assert r.status_code == 200 and r.json()["results"][0]["error"] == "file is empty (0 bytes)"
         assert c.post("/v1/score", data={"field": "value"}).status_code == 415  # not multipart
@@ -253,6 +262,41 @@ def test_timeout_answers_504_and_drops_the_work(model):
         text = c.get("/metrics").text
         assert 'contentiqa_errors_total{reason="timeout"} 1.0' in text
         assert 'contentiqa_images_total{outcome="timeout"} 1.0' in text  # its image was lost from the count
+
+
+def test_the_multipart_parsers_warnings_go_through_the_servers_log_config():
+    """They came as bare stderr lines (no time, client or request) for each malformed body."""
+    from contentiqa.cli.serve import _log_config
+
+    config = _log_config("info")  # applied by uvicorn; not here, where it would change every later test's logging
+    assert config["loggers"]["python_multipart"] == {"handlers": ["default"], "level": "ERROR", "propagate": False}
+
+
+def test_an_unreadable_image_beside_a_timed_out_one_is_counted(model):
+    """Decoded on the decoding threads, an unreadable upload's error was counted only once the
+    rest was scored: a request that then timed out lost it from the images metric."""
+    app = create_app(ServeConfig(timeout_s=1.0, decode_workers=2), model=loaded(model))
+    svc = app.state.service
+    with TestClient(app) as c:
+        real = svc.batcher.run_batch
+        svc.batcher.run_batch = lambda items: (time.sleep(1.5), real(items))[1]
+        r = c.post("/v1/score", files=files(("bad.txt", b"not an image"), ("good.jpg", jpeg(1))))
+        assert r.status_code == 504
+        text = c.get("/metrics").text
+    assert 'contentiqa_images_total{outcome="timeout"} 1.0' in text
+    assert 'contentiqa_images_total{outcome="error"} 1.0' in text
+
+
+def test_each_answer_carries_a_request_id_and_the_log_names_the_files_not_scored(model, caplog):
+    with client_for(model) as c, caplog.at_level(logging.INFO, logger="contentiqa"):
+        r = c.post("/v1/score", files=files(("a.jpg", jpeg()), ("b.txt", b"nope")),
+                   headers={"X-Request-ID": "proxy-42.a:b"})
+        assert r.status_code == 200 and r.headers["X-Request-ID"] == "proxy-42.a:b"
+        line = next(m for m in caplog.messages if "not scored" in m)
+        assert line == "request proxy-42.a:b: 1 of 2 image(s) not scored: 'b.txt': 'not an image (format not recognised)'"
+        forged = c.get("/healthz", headers={"X-Request-ID": "x\tinjected"}).headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", forged)  # not a plain token: a new id, not the client's text
+        assert c.get("/nowhere").headers["X-Request-ID"] != forged  # each request its own
 
 
 def test_decoding_stops_at_the_deadline_and_drops_what_has_not_started(model, caplog):

@@ -195,6 +195,9 @@ def _log_config(level: str) -> dict:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["contentiqa"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    # the multipart parser warns of each malformed body on a bare stderr line (no time, client or
+    # request) through Python's last resort: the client's 400 says why already
+    config["loggers"]["python_multipart"] = {"handlers": ["default"], "level": "ERROR", "propagate": False}
     return config
 
 

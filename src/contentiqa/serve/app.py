@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ class SendTimeout(Exception):
 
 
 SEND_GRACE_S = 10.0
+REQUEST_ID_KEY = "contentiqa.request_id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a proxy's or client's id, safe in a log line
+FAILED_LOGGED = 5  # a request's unscored files named in the log line; the client's answer has them all
 """Seconds past the request's deadline a client has to read its answer (a slow link downloading the
 docs' scripts); a client that never reads would otherwise hold one of --max-connections for good."""
 
@@ -358,10 +362,13 @@ class RequestGuard:
         label = endpoint_label(scope.get("path", ""))
         status = [500]
         body = {"bytes": 0, "done": False}
+        rid = _request_id(scope)
+        scope[REQUEST_ID_KEY] = rid
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             try:
                 await asyncio.wait_for(send(message), max(deadline + SEND_GRACE_S - time.monotonic(), 0.001))
             except asyncio.TimeoutError:
@@ -396,12 +403,28 @@ class RequestGuard:
             await self.app(scope, guarded_receive, send_wrapper)
         except SendTimeout:  # returning without a complete answer makes the server close the connection
             metrics.error("send_timeout")
-            logger.info("%s: client stopped reading its answer to %s; connection dropped",
-                        _client_name(scope), scope.get("path", ""))
+            logger.info("%s: client stopped reading its answer to %s (request %s); connection dropped",
+                        _client_name(scope), scope.get("path", ""), rid)
         finally:
             metrics.in_flight.dec()
             metrics.requests.labels(label, str(status[0])).inc()
             metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID when it is a plain token (a proxy's id ties its log to this
+    server's), else a new one: whatever a client sends must not forge or break log lines."""
+    for k, v in scope.get("headers", []):
+        if k == b"x-request-id":
+            text = v.decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def request_id(request: Request) -> str:
+    return request.scope.get(REQUEST_ID_KEY, "-")
 
 
 def _client_name(scope) -> str:
@@ -483,7 +506,7 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
             uploads.append(((value.filename or "")[:255], data))
     finally:
         await form.close()
-    if not uploads:
+    if not uploads and not fields:
         svc.metrics.error("bad_request")
         raise HTTPException(400, "no image files in the request: send one or more file parts (field name 'files')")
     if fields:
@@ -582,8 +605,9 @@ def create_app(
         if scoring:
             svc.metrics.images.labels("abandoned").inc(n_images)
         client = request.client
-        logger.info("%s: client gone before %d image(s) of %s were run; dropped",
-                    f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path)
+        logger.info("%s: client gone before %d image(s) of %s were run; dropped (request %s)",
+                    f"{client.host}:{client.port}" if client else "a client", n_images, request.url.path,
+                    request_id(request))
         return ClientDisconnect()  # its handler counts the request as disconnected (499)
 
     async def within_deadline(request: Request, work: "asyncio.Future[Any]", cancel: Callable[[], Any], n_images: int,
@@ -658,6 +682,11 @@ def create_app(
                 else:
                     items[i] = ready
         todo = [i for i, p in enumerate(preds) if p is None]
+        # counted now: a timeout or a full queue for the rest must not lose them from the images metric
+        undecodable = len(preds) - len(todo)
+        if undecodable:
+            svc.metrics.images.labels("error").inc(undecodable)
+            svc.metrics.error("bad_image", undecodable)
         batcher = svc.batcher
         within = svc.remaining(request)
         if todo:
@@ -668,11 +697,16 @@ def create_app(
         assert svc.identity is not None
         scale = svc.identity["score_range"]
         rows = [image_row(p, i, name, scale) for i, ((name, _), p) in enumerate(zip(uploads, preds))]
-        n_failed = sum(1 for r in rows if not row_ok(r))
+        failed = [r for r in rows if not row_ok(r)]
+        n_failed = len(failed)
         svc.metrics.images.labels("scored").inc(len(rows) - n_failed)
-        if n_failed:
-            svc.metrics.images.labels("error").inc(n_failed)
-            svc.metrics.error("bad_image", n_failed)
+        if n_failed > undecodable:
+            svc.metrics.images.labels("error").inc(n_failed - undecodable)
+            svc.metrics.error("bad_image", n_failed - undecodable)
+        if failed:  # the operator's side of the client's error rows: which files, why (quoted: names are the client's)
+            shown = "; ".join(f"{r['filename']!r}: {r['error']!r}" for r in failed[:FAILED_LOGGED])
+            logger.info("request %s: %d of %d image(s) not scored: %s%s", request_id(request), n_failed, len(rows),
+                        shown, f"; and {n_failed - FAILED_LOGGED} more" if n_failed > FAILED_LOGGED else "")
         return JSONResponse({"model": svc.identity, "n_images": len(rows), "n_failed": n_failed, "results": rows})
 
     @app.post("/v1/explain", dependencies=[Depends(require_key)], openapi_extra=_multipart_doc(False),
@@ -700,6 +734,7 @@ def create_app(
         ((img, _notes, err),) = await decoded_within(request, svc.decode, [uploads[0][1]], scoring=False)
         if err is not None:
             svc.metrics.error("bad_image")
+            logger.info("request %s: %r not explained: %r", request_id(request), uploads[0][0], err)
             raise HTTPException(422, f"{uploads[0][0] or 'upload'}: {err}")
         batcher = svc.batcher
         try:
@@ -756,7 +791,7 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-                           expose_headers=["X-Score", "X-Category", "X-Heatmap-Empty", "Retry-After"])
+                           expose_headers=["X-Score", "X-Category", "X-Heatmap-Empty", "Retry-After", "X-Request-ID"])
     return app
 
 
