@@ -287,6 +287,10 @@ def test_displayed_scores_are_clipped_to_the_scale_raw_ones_kept():
     assert [p.score for p in shown] == pytest.approx([lo, lo + 0.5 * (hi - lo), hi])
     assert "clipped" in shown[0].notes[-1] and "clipped" in shown[2].notes[-1]
     assert not shown[1].notes
+    # the raw predictions are kept as predict gave them: metrics computed from them after showing
+    # the clipped ones must not see clipped, tied values
+    assert [p.score for p in raw] == pytest.approx([lo - 0.05 * (hi - lo), lo + 0.5 * (hi - lo), lo + 1.2 * (hi - lo)])
+    assert not raw[0].notes and not raw[2].notes
 
 
 def test_the_engine_scores_a_copy_and_leaves_the_model_as_it_was(tmp_path, monkeypatch):

@@ -224,6 +224,9 @@ def test_mean_std_accepts_numpy_and_torch_scalars():
     assert out["plcc"]["mean"] == pytest.approx(0.7, abs=1e-6)
     assert out["n_epochs"]["mean"] == 4.0
     assert "note" not in out
+    # a 0-d tensor's .numpy() is a 0-d array: it was dropped, leaving one run's value as the mean, n=1
+    out = mean_std([{"srocc": torch.tensor(0.8).numpy()}, {"srocc": np.array(0.82)}])
+    assert out["srocc"]["n"] == 2 and out["srocc"]["mean"] == pytest.approx(0.81)
 
 
 # -- accumulators (torchmetrics) -----------------------------------------------------------------
@@ -247,7 +250,21 @@ def test_accumulators_equal_the_functional_metrics_and_scipy():
         assert got[k] == pytest.approx(ref[k], abs=1e-6), k
     acc.reset()
     acc.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0]))
-    assert float(acc.compute()["srocc"]) == pytest.approx(-1.0, abs=1e-5)  # torchmetrics ranks in float32
+    assert float(acc.compute()["srocc"]) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_streamed_srocc_keeps_its_sign_on_a_large_set_of_tied_ratings():
+    """torchmetrics summed each tied group's ranks in int32: two groups of 50,000 equal ratings
+    wrapped past 2**31 and the streamed SROCC came back with its sign flipped."""
+    from contentiqa.metrics import iqa_accumulators, srocc
+
+    rng = np.random.default_rng(0)
+    target = np.repeat([0.0, 1.0], 50_000)
+    pred = target + rng.normal(size=target.size)
+    acc = iqa_accumulators(sync_on_compute=False)
+    acc.update(torch.from_numpy(pred), torch.from_numpy(target))
+    want = srocc(pred, target)
+    assert want > 0.4 and float(acc.compute()["srocc"]) == pytest.approx(want, abs=1e-12)
 
 
 def test_streamed_krocc_is_right_on_a_large_set():

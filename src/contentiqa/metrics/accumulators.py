@@ -7,8 +7,8 @@ bookkeeping (list states concatenated with ``torch.distributed`` all_gather when
 is initialised, uneven shares padded), which is why it is used here rather than hand-written.
 
 - :func:`iqa_accumulators`: PLCC, SROCC, KROCC and RMSE as a torchmetrics collection, for
-  streaming evaluation (no logistic fit; equal to the functional metrics within ~1e-6, as
-  torchmetrics ranks in float32: reported results use :class:`RowPredictions` + the functions).
+  streaming evaluation (no logistic fit; reported results use :class:`RowPredictions` + the
+  functions).
   Inputs that the functional metrics refuse (NaN, constant vectors, too few items) raise the same
   :class:`~.functional.MetricInputError` here, where torchmetrics alone would return a number.
 - :class:`RowPredictions`: gathers per-row predictions with their row index, so the functional
@@ -124,7 +124,19 @@ class _CheckedInputs(Metric):
 
 
 class _CheckedSpearman(_CheckedInputs, SpearmanCorrCoef):
+    """SROCC from the gathered values by the functional metric: torchmetrics' ranks sum each
+    tied group's ranks in int32, which wraps past 2**31 (a large set of discrete ratings: 50,000
+    ties of one value) and returns the correlation with its sign flipped."""
+
     _metric = "SROCC"
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        if self._undefined() is not None:
+            return super().compute()  # NaN or the error, as every checked metric
+        from .functional import srocc
+
+        x, y = dim_zero_cat(self.preds).reshape(-1), dim_zero_cat(self.target).reshape(-1)
+        return torch.tensor(srocc(x.double().cpu().numpy(), y.double().cpu().numpy()), dtype=torch.float64)
 
 
 class _CheckedPearson(_CheckedSpearman):

@@ -152,7 +152,7 @@ def iqa_metrics(pred, target, fit_logistic: bool = False) -> dict[str, float]:
 
 def _is_number(v) -> bool:
     """A real scalar (Python, numpy such as ``np.float32``, or a 0-d tensor), not a bool."""
-    if hasattr(v, "detach") and getattr(v, "ndim", 1) == 0:
+    if getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):  # a 0-d tensor, or the 0-d array its .numpy() gives
         v = v.item()
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 

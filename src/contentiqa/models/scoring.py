@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
@@ -277,16 +277,16 @@ def predictions_from_outputs(
 
 def clip_to_scale(pred: Prediction, scale: "MOSScale") -> Prediction:
     """``pred`` with its score clipped to the rating scale's ends, the raw value in its notes
-    (see :meth:`contentiqa.models.base.IQAModel.clip_to_scale`)."""
+    (see :meth:`contentiqa.models.base.IQAModel.clip_to_scale`). A copy: the raw prediction
+    stays what ``predict`` gave, for the metrics computed from it."""
     if pred.score is None:
         return pred
     if math.isnan(pred.score):  # broken weights (a diverged training): no score, not a clipped one
-        pred.score = None
-        pred.error = "the model gave no score (NaN): its weights are broken (a training that diverged?)"
-        return pred
+        return replace(pred, score=None, notes=list(pred.notes),
+                       error="the model gave no score (NaN): its weights are broken (a training that diverged?)")
     lo, hi = sorted((scale.low, scale.high))
     clipped = clip_score(pred.score, lo, hi)
-    if clipped != pred.score:
-        pred.notes.append(f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {pred.score:.2f})")
-        pred.score = clipped
-    return pred
+    if clipped == pred.score:
+        return pred
+    return replace(pred, score=clipped,
+                   notes=[*pred.notes, f"score clipped to the scale's range [{lo:g}, {hi:g}] (raw {pred.score:.2f})"])
