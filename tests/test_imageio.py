@@ -762,3 +762,28 @@ def test_palette_and_low_bit_transparency_still_go_on_white_and_a_16bit_key_from
     notes: list[str] = []
     assert (np.asarray(pil_to_rgb(Image.open(io.BytesIO(png)), notes)) == 100).all()
     assert notes == ["16-bit colour read as its top 8 bits (the decoder's)"]  # the key: no 8-bit pixel has it
+
+
+def test_a_photo_too_large_for_the_memory_left_is_not_called_corrupt(tmp_path, monkeypatch):
+    """A good 20000x20000 PNG on a laptop ran out of memory while decoding: the row said
+    "corrupt PNG data (MemoryError: )", and a user would delete a good photo."""
+    from contentiqa.models.scoring import load_image_safely
+
+    path = tmp_path / "big.png"
+    Image.fromarray(random_rgb(40, 60)).save(path)
+
+    def no_memory(self, *a, **kw):
+        raise MemoryError()
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)
+    with pytest.raises(ImageLoadError, match=r"not enough memory to decode this 60x40 \(0.0024 MP\) image") as info:
+        load_image(path)
+    assert "corrupt" not in str(info.value)
+
+    import contentiqa.models.scoring as scoring
+
+    monkeypatch.setattr(scoring, "to_pil", lambda *a, **kw: no_memory(None))  # converting or resizing it
+    class Limits:
+        max_pixels, min_size = 10**9, 1
+
+    assert load_image_safely(str(path), Limits())[3].startswith("not enough memory to read this image")

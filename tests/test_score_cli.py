@@ -373,6 +373,42 @@ def test_resume_skips_done_and_retries_failures(tmp_path, ckpt, monkeypatch):
     assert after["late.jpg"]["error"] == "" and math.isfinite(float(after["late.jpg"]["score"]))
 
 
+def test_resume_retries_a_folder_or_pattern_that_held_no_image(tmp_path, ckpt, monkeypatch):
+    """Their error rows name the PATH argument, not a file: kept for good on --resume, they said
+    the folder was empty after it had been scored, and the summary said 0 failed beside them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    out = tmp_path / "s.csv"
+    assert run("score", "photos", "*.png", "--model", ckpt, "-o", out, "-q") == 1
+    assert sorted(r["path"] for r in read_csv(out)) == ["*.png", "photos"]
+    save(rgb(64, 64, 1), tmp_path / "photos" / "a.jpg")
+    save(rgb(64, 64, 2), tmp_path / "u.png")
+    assert run("score", "photos", "*.png", "--model", ckpt, "-o", out, "--resume", "-q") == 0
+    rows = read_csv(out)
+    assert sorted(Path(r["path"]).name for r in rows) == ["a.jpg", "u.png"] and not any(r["error"] for r in rows)
+    # a folder of another run (not asked for now) keeps its row
+    (tmp_path / "other").mkdir()
+    assert run("score", "other", "--model", ckpt, "-o", out, "--resume", "-q") == 1
+    assert run("score", "photos", "--model", ckpt, "-o", out, "--resume", "-q") == 0
+    assert "other" in [r["path"] for r in read_csv(out)]
+
+
+def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):
+    d = ok_folder(tmp_path / "imgs", n=1)
+    assert run("score", d, "--model", "nosuch", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2
+    assert run("score", d, "--model", tmp_path / "gone.pt", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_option_written_with_equals_tilde_goes_home(tmp_path, ckpt, monkeypatch):
+    """The shell leaves the ~ of --output=~/x.csv alone: the file landed in a folder named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    d = ok_folder(tmp_path / "imgs", n=1)
+    assert run("score", d, "--model", ckpt, "--output=~/x.csv", "-q") == 0
+    assert (tmp_path / "home" / "x.csv").is_file() and not (tmp_path / "~").exists()
+
+
 def test_resume_from_another_folder_finds_the_rows_of_a_run_started_beside_the_output(tmp_path, ckpt, monkeypatch):
     ok_folder(tmp_path / "imgs", n=2)
     monkeypatch.chdir(tmp_path)

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .common import user_path
 from .main import UsageError
 
 if TYPE_CHECKING:  # torch is imported where a model is loaded, not at CLI start-up (seconds)
@@ -36,7 +37,7 @@ def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = Tr
                         "the cache on first use; PyTorch if it cannot be exported), PyTorch on a GPU. torch / onnx "
                         f"force one{what}")
     if onnx_files:
-        p.add_argument("--onnx-model", metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the "
+        p.add_argument("--onnx-model", type=user_path, metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the "
                        "same as --model FILE.onnx); its metadata give the preprocessing and scale")
     else:
         p.set_defaults(onnx_model=None)

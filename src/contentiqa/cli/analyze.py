@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import user_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("data", help="a CSV of image,mos (paths relative to the CSV), or a dataset root with --dataset")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=user_path, required=True, help="output folder")
     p.add_argument("--dataset", default="csv", help="dataset loader for DATA (default: csv)")
     p.add_argument("--bins", type=int, default=6, help="number of equal intervals (default 6)")
     p.add_argument(

@@ -17,6 +17,14 @@ FAILED_SHOWN = 10
 """Failed images named on stderr by a command that scores a table (its output file has all)."""
 
 
+def user_path(text: str) -> str:
+    """A path option's value with ``~`` expanded (argparse ``type``): the shell leaves the ``~``
+    of ``--out=~/x`` alone, and the file would land in a folder named ``~``."""
+    import os
+
+    return os.path.expanduser(text)
+
+
 def say_failed(rows: pd.DataFrame, everything: str) -> None:
     """The images of ``rows`` (``image``, ``error`` columns) that could not be scored, with why,
     on stderr: the first few, then where ``everything`` is listed."""
@@ -55,7 +63,7 @@ def size_arg(text: str) -> int:
 def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     """--data/--dataset; with ``several`` both may repeat (one model trained on several datasets)."""
     more = " Repeat --data (and --dataset, in the same order) to train on several datasets at once." if several else ""
-    p.add_argument("--data", required=True, action="append" if several else "store",
+    p.add_argument("--data", type=user_path, required=True, action="append" if several else "store",
                    help="dataset CSV (image,mos[,mos_std][,category][,split]) or a dataset root folder." + more)
     p.add_argument("--dataset", default=None, action="append" if several else "store",
                    help="loader for a root folder: livec, koniq10k, spaq, cid2013, bid, biq2021 (default: csv)")
@@ -116,7 +124,7 @@ def check_rated(table: pd.DataFrame, data: str | Path, what: str, need: int = 2)
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default=None, help="split file (from save_splits / a previous run); default: make one")
+    p.add_argument("--split", type=user_path, default=None, help="split file (from save_splits / a previous run); default: make one")
     p.add_argument("--split-index", type=int, default=0, help="which split of a multi-split file (default 0)")
     p.add_argument("--protocol", default=None, choices=["iqa-cr", "ie-iqa", "official"],
                    help="protocol when making a split (default iqa-cr); a table with a 'split' column keeps it "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_args, check_rated, load_data, resolve_split, say_failed, split_parts
+from .common import add_data_args, check_rated, load_data, resolve_split, say_failed, split_parts, user_path
 from .main import UsageError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,15 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="registered model name (shipped weights) or a checkpoint .pt")
     add_data_args(p)
-    p.add_argument("--split", default=None,
+    p.add_argument("--split", type=user_path, default=None,
                    help="split file; evaluate only --part of it (default: the table's 'split' column when it has one)")
     p.add_argument("--split-index", type=int, default=0,
                    help="which split of a file with several, by position (an experiment's splits.json holds one "
                         "per seed, in the config's seed order; the output names the split's seed)")
     p.add_argument("--part", default=None, choices=["train", "val", "test"],
                    help="which part of the split (file or column) to evaluate (default test)")
-    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
-    p.add_argument("--predictions", default=None, help="write per-image predictions to this CSV")
+    p.add_argument("--json", type=user_path, default=None, help="write the metrics to this JSON file")
+    p.add_argument("--predictions", type=user_path, default=None, help="write per-image predictions to this CSV")
     p.add_argument("--fit-logistic", action="store_true", help="PLCC after the 4-parameter logistic fit")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")

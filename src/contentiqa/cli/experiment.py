@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import size_arg
+from .common import size_arg, user_path
 from .main import UsageError
 
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="experiment config file(s)")
-    p.add_argument("--out", default=None, help="results folder (one config only)")
+    p.add_argument("--out", type=user_path, default=None, help="results folder (one config only)")
     p.add_argument("--check", action="store_true",
                    help="do not run: list each config as ready / partial / missing / invalid (each row's model built "
                         "from its arguments; exit 1 if any cannot fully run, 2 if one is invalid)")
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train only this split seed (repeatable): several processes can share the seeds of a row, "
                         "e.g. one per seed on a GPU, each with its own --out (merged with --import); the table "
                         "still lists every finished split")
-    p.add_argument("--import", action="append", default=None, dest="imports", metavar="RESULTS.json",
+    p.add_argument("--import", type=user_path, action="append", default=None, dest="imports", metavar="RESULTS.json",
                    help="count the finished splits of an earlier results.json of this config as done (repeatable), "
                         "for rows whose settings are unchanged: merges sessions' results into one table")
     p.add_argument("--table-only", action="store_true",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ._model_loading import add_scorer_args
 from ._output import check_writable, check_writable_folder
-from .common import finite_float
+from .common import finite_float, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -36,9 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
     add_scorer_args(p, " for the score (the heatmaps are PyTorch's either way)", onnx_files=False)
-    p.add_argument("--out", "-o", metavar="PNG",
+    p.add_argument("--out", "-o", type=user_path, metavar="PNG",
                    help="output PNG (one IMAGE only; default: <image name>_explain.png in --out-dir)")
-    p.add_argument("--out-dir", metavar="DIR", default=None,
+    p.add_argument("--out-dir", type=user_path, metavar="DIR", default=None,
                    help="folder for the PNGs (default: the current folder); images of the same name get "
                         "_explain-2.png, -3, ... so no result overwrites another of the same run")
     p.add_argument("--target", choices=("quality", "category", "both"), default="both",

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from .common import user_path
 from .main import UsageError
 
 FORMATS = ("onnx",)
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name or checkpoint file (.pt)")
     p.add_argument("--format", "-f", default="onnx", help="output format (only 'onnx')")
-    p.add_argument("--out", "-o", metavar="FILE", help="where to write the exported model (e.g. model.onnx)")
+    p.add_argument("--out", "-o", type=user_path, metavar="FILE", help="where to write the exported model (e.g. model.onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="fp32 (default) or int8: the CNN quantized with the calibration shipped beside the weights "

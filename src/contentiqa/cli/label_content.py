@@ -20,6 +20,7 @@ from ..data.categories import normalize_category
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
+from .common import user_path
 from .main import UsageError
 
 
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("data", metavar="DATA.csv", help="dataset CSV with an 'image' column (paths relative to the CSV)")
-    p.add_argument("--out", "-o", required=True, metavar="LABELED.csv", help="output CSV")
+    p.add_argument("--out", "-o", type=user_path, required=True, metavar="LABELED.csv", help="output CSV")
     p.add_argument("--overwrite", action="store_true", help="relabel rows that already have a category")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--no-class-balance", action="store_true",

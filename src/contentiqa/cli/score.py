@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._model_loading import add_scorer_args, load_scorer, scorer_kwargs
-from .common import finite_float
+from .common import finite_float, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -88,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or glob patterns")
     add_scorer_args(p, "")
     p.add_argument("--recursive", "-r", action="store_true", help="also take images in subfolders of folder PATHs")
-    p.add_argument("--output", "-o", metavar="FILE", help="write results to FILE.csv, .json, .jsonl or .html (report)")
+    p.add_argument("--output", "-o", type=user_path, metavar="FILE", help="write results to FILE.csv, .json, .jsonl or .html (report)")
     p.add_argument("--batch-size", "-b", type=int, default=None,
                    help="images per forward pass (equal sizes are batched). Default on the CPU: 4 for fixed-input models "
                         "(ie-iqa) under PyTorch, else 1 (native-size and ONNX batches were measured no faster per "
@@ -155,6 +155,14 @@ def _validate(args: argparse.Namespace) -> tuple[str | None, tuple[int, int] | N
         except ValueError as exc:
             raise UsageError(f"--shard: {exc}") from None
     kwargs = scorer_kwargs(args)
+    # a misspelt name or a missing file said before --output's folder and lock are made (no torch)
+    from .. import DEFAULT_MODEL
+    from ..models.registry import weights_file
+
+    try:
+        weights_file(kwargs["spec"] or DEFAULT_MODEL)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     if args.explain:
         from ..utils.extras import ExtraMissing, have
 
@@ -417,7 +425,10 @@ class _Scoring:
         if self.existing:
             assert self.output is not None
             _check_same_model(self.existing, self.record, self.output)
-        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in self.input_keys]
+        # a failed row is retried: dropped when it names one of this run's inputs, or one of its
+        # PATH arguments (a folder that held no image, a pattern that matched none, expanded now)
+        retried = self.input_keys | {path_key(a) for a in self.args.paths}
+        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in retried]
         for k, p, err in todo:
             if err is not None:
                 self.new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None,

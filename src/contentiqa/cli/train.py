@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
-                     split_parts)
+                     split_parts, user_path)
 from .main import UsageError
 
 
@@ -37,12 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
     add_data_args(p, several=True)
     add_split_args(p)
-    p.add_argument("--config", default=None, help="YAML file with model, model_args and train sections")
+    p.add_argument("--config", type=user_path, default=None, help="YAML file with model, model_args and train sections")
     p.add_argument("--recipe", default=None, metavar="NAME|none",
                    help="training recipe to start from: a registered model's (default: --model's own), a "
                         "shipped NAME.TAG's (how that tag was trained, e.g. ie-iqa.clive), or 'none' for the "
                         "plain TrainConfig defaults")
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>): checkpoints, metrics.jsonl, "
+    p.add_argument("--out", type=user_path, default=None, help="output folder (default runs/<model>): checkpoints, metrics.jsonl, "
                                                "test_metrics.json and run.json (what trained and tested, and what ran it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--epochs", type=int, default=None)

@@ -115,6 +115,13 @@ class LoadedImage:
         return self.image.size
 
 
+def out_of_memory(size: tuple[int, int]) -> str:
+    """Why a photo that is not damaged could not be read: the memory its pixels need."""
+    w, h = size
+    return (f"not enough memory to decode this {w}x{h} ({w * h / 1e6:.4g} MP) image: free memory, "
+            "or lower --max-pixels (the file itself may be fine)")
+
+
 def _describe(exc: Exception) -> str:
     """An exception's message, with its type where the message alone says little (``struct.error``)."""
     return str(exc) if isinstance(exc, OSError) and str(exc) else f"{type(exc).__name__}: {exc}"
@@ -453,6 +460,8 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         except Image.DecompressionBombError as exc:  # an image inside this one, past twice max_pixels
             raise ImageLoadError(p, f"holds an image over the limit of {max_pixels / 1e6:.4g} MP ({exc}; "
                                     f"decompression-bomb guard; {BOMB_HINT})") from None
+        except MemoryError:  # a good file too large for this machine: not "corrupt"
+            raise ImageLoadError(p, out_of_memory(im.size)) from None
         except Exception as exc:
             msg = _describe(exc)
             if "truncated" in msg.lower():

@@ -209,7 +209,10 @@ def as_model_reads(img: Image.Image, model: ImageLimits, notes: list[str], path:
         img = limit_side(img, model.max_side, notes)
     if min(img.size) < model.min_size:
         shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
-        raise ImageLoadError(path or "<input>", f"image is {shown}, smaller than the minimum side of {model.min_size} px")
+        fix = (f"; the downscaling to a longest side of {model.max_side} px made it so: `contentiqa score --max-side 0` "
+               "scores it at full size" if img.size != size else "")
+        raise ImageLoadError(path or "<input>",
+                             f"image is {shown}, smaller than the minimum side of {model.min_size} px{fix}")
     return img
 
 
@@ -238,6 +241,8 @@ def load_image_safely(item: Any, model: ImageLimits) -> tuple[Image.Image | None
         return None, path, [], exc.reason
     except (ValueError, TypeError) as exc:
         return None, path, [], str(exc)
+    except MemoryError:  # decoded, but converting or resizing it needed more than the machine had
+        return None, path, [], "not enough memory to read this image: free memory, or lower --max-pixels"
     except Exception as exc:  # one unreadable input is an error row, never the end of a batch
         return None, path, [], f"cannot read image ({type(exc).__name__}: {exc})"
 
