@@ -102,6 +102,17 @@ def build_from_runs(runs: Path, rows: list[str], name: str, out: Path, combine: 
     return row
 
 
+def built_row(members: list[str], combine: str, input_size: int | None, weights: list[float] | None) -> str:
+    """The gate row an ensemble of shipped ``members`` is: the rows their cards say trained them
+    (ship.card_row; '?' where a card says none), combined as :func:`row_name` names it."""
+    from ship import card_row
+
+    from contentiqa.models.registry import weights_file
+
+    return row_name([card_row(weights_file(m)[0].with_suffix(".md")) or "?" for m in members], combine, input_size,
+                    weights)
+
+
 def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harmonic",
          weights: list[float] | None = None, override_gate: bool = False, weights_dir: Path = WEIGHTS,
          input_size: int | None = None, gate: Path | None = None, default: bool = False) -> Path:
@@ -117,6 +128,10 @@ def ship(name: str, tag: str, members: list[str], row: str, combine: str = "harm
 
     gate = gate if gate is not None else ROOT / "benchmarks" / "results" / f"ship_gate_{name}"
     ok, why = gate_verdict(name, row, Path(f"{gate}.json"), weights_dir=weights_dir)
+    made = built_row(members, combine, input_size, weights)
+    if made != row:  # the gate judged `row`: other members, weights, mean or size are another model
+        ok, why = False, (f"the ensemble asked for is not the gated row {row!r}: its members' cards, combine, "
+                          f"weights and size make {made!r}")
     if not ok and not override_gate:
         raise SystemExit(f"refusing to ship {name}.{tag}: {why} (--override-gate to ship anyway)")
     verdict = f"{why}{' (OVERRIDDEN with --override-gate)' if not ok else ''}"

@@ -424,14 +424,21 @@ def test_ensemble_ships_only_a_gated_recipe_and_can_make_it_the_default(common, 
     weights = tmp_path / "weights"
     weights.mkdir()
     gate = tmp_path / "ship_gate_pair"
-    gate.with_suffix(".json").write_text(json.dumps({"verdict": "FAIL", "candidate": {"row": "R"}, "rows": []}))
+    # the row the gate judged is the one the members' cards, weights, mean and size make
+    R = ens_bench.built_row(["ie-iqa-distortion", "iqa-cr"], "harmonic", 64, [2, 1])
+    assert R.startswith("Ensemble (harmonic mean, weights 2:1) at 64 px: ") and "?" not in R
+    gate.with_suffix(".json").write_text(json.dumps({"verdict": "FAIL", "candidate": {"row": R}, "rows": []}))
     argv = ["--ship", "--name", "ie-iqa-distortion+iqa-cr", "--tag", "t", "--members", "ie-iqa-distortion",
-            "iqa-cr", "--weights", "2", "1", "--input-size", "64", "--row", "R", "--gate", str(gate), "--default"]
+            "iqa-cr", "--weights", "2", "1", "--input-size", "64", "--row", R, "--gate", str(gate), "--default"]
     with pytest.raises(SystemExit, match="refusing to ship.*better on nothing"):
         ens_bench.main(argv)
     assert not list(weights.iterdir())
-    gate.with_suffix(".json").write_text(json.dumps({"verdict": "PASS", "candidate": {"row": "R"}, **PASSED}))
-    ens_bench.ship("ie-iqa-distortion+iqa-cr", "t", ["ie-iqa-distortion", "iqa-cr"], "R", weights=[2, 1],
+    gate.with_suffix(".json").write_text(json.dumps({"verdict": "PASS", "candidate": {"row": R}, **PASSED}))
+    # a passed row shipped with other weights (or size, mean, members) is another model: refused
+    with pytest.raises(SystemExit, match="refusing to ship.*is not the gated row"):
+        ens_bench.main([*argv[:8], "--weights", "1", "1", *argv[11:]])
+    assert not list(weights.iterdir())
+    ens_bench.ship("ie-iqa-distortion+iqa-cr", "t", ["ie-iqa-distortion", "iqa-cr"], R, weights=[2, 1],
                    input_size=64, gate=gate, default=True, weights_dir=weights)
     assert json.loads((weights / "defaults.json").read_text()) == {"ie-iqa-distortion+iqa-cr": "t"}
     built = load_checkpoint(weights / "ie-iqa-distortion+iqa-cr_t.pt")
