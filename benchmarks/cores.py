@@ -233,6 +233,7 @@ def main() -> None:
 
     import contentiqa
     from contentiqa.inference.threads import busy_cores, plan_threads, usable_cpus
+    from contentiqa.models.registry import weights_file
 
     name = args.model or contentiqa.DEFAULT_MODEL
     model = contentiqa.create_model(name).eval()
@@ -281,13 +282,15 @@ def main() -> None:
         "limit_loaded_vs_idle": loaded["limit"] / idle["limit"],
     }
     payload = {"command": command_line(), "photos": len(files), "rounds": args.rounds, "cpus": cpus, "passes": describe_passes(passes),
-               "model": name, "runs": results, "median": med, "ratios": ratios,
+               # the weights the name loaded then: a name's default tag moves, its file says which model ran
+               "model": name, "weights": weights_file(name)[0].name,
+               "runs": results, "median": med, "ratios": ratios,
                "ceiling_images_per_s": ceiling,
                "load_before": load_before, "load_after": load_after, "quick": args.quick}
     lines = [
         "# Using the cores (CPU)\n",
         f"One run: `{payload['command']}` (holds /tmp/contentiqa-bench.lock). {len(files)} clive-dev photos, model "
-        f"{payload['model']} (bare-backbone passes at {describe_passes(passes)}), "
+        f"{payload['model']} ({payload['weights']}; bare-backbone passes at {describe_passes(passes)}), "
         f"{cpus} CPU(s); median of {args.rounds} round(s), idle and loaded interleaved. Load average before / after: "
         f"{load_before[0]:.2f} / {load_after[0]:.2f} (other jobs on this shared machine count in it).\n",
         f"'score' rows: `contentiqa score PHOTOS -m {name} -o out.csv -q` in a fresh process, end to end including start-up, "
