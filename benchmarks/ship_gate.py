@@ -69,6 +69,15 @@ TARGETS = {
     "clipped %": ("<=", 1.0),
     "CLIVE content top-1": (">=", 0.72), "CLIVE content any label": (">=", 0.85),
 }
+# issue 20 asks the `iqa-cr` default for quality SROCC >= 0.82 on clive-dev; the correlation targets
+# above are the product's default's
+MODEL_TARGETS = {"iqa-cr": {"CLIVE SROCC": (">=", 0.82), "CLIVE PLCC": None, "BIQ2021 SROCC": None}}
+
+
+def targets_for(name: str) -> dict[str, tuple[str, float]]:
+    """The issue's targets for the model whose default is at stake."""
+    merged = {**TARGETS, **MODEL_TARGETS.get(name, {})}
+    return {m: t for m, t in merged.items() if t is not None}
 
 
 def biq_root() -> Path:
@@ -202,12 +211,15 @@ def higher_is_better(measure: str) -> bool:
     return not (measure.startswith(("damage", "bad")) or measure == "clipped %")
 
 
-def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple[list[dict], str]:
+def compare(base: list[dict[str, float]], cand: list[dict[str, float]],
+            targets: dict[str, tuple[str, float]] | None = None) -> tuple[list[dict], str]:
     """Rows and the verdict: PASS when no measure is worse beyond the larger seed spread and one
     is better beyond it. Without a spread (one seed) any difference would decide: refused. A
     measure the baseline has and the candidate lacks (content, for a model without a content
     head) is worse: the default would lose it; one only the candidate has is not compared. A
-    measure that is NaN on some seed cannot show the candidate is no worse: worse."""
+    measure that is NaN on some seed cannot show the candidate is no worse: worse. ``targets``:
+    the issue's, per measure (:func:`targets_for`; default the product's default's)."""
+    targets = TARGETS if targets is None else targets
     if len(base) < 2 or len(cand) < 2:
         raise ValueError(f"the gate needs two seeds or more a side (got {len(base)} and {len(cand)}): it judges by their spread")
     rows, worse, better = [], 0, 0
@@ -231,8 +243,8 @@ def compare(base: list[dict[str, float]], cand: list[dict[str, float]]) -> tuple
         row = {"measure": m, "baseline": float(b.mean()), "baseline_std": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
                "candidate": float(c.mean()), "candidate_std": float(c.std(ddof=1)) if len(c) > 1 else 0.0,
                "spread": spread, "verdict": verdict}
-        if m in TARGETS:
-            op, t = TARGETS[m]
+        if m in targets:
+            op, t = targets[m]
             row["target"] = f"{op} {t:g}"
             row["target_met"] = bool(c.mean() >= t if op == ">=" else c.mean() <= t)
         elif m.startswith("bad ") and m.endswith("mean score"):
@@ -424,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             scores = score_files(model, files, out)
             precision[side] = str(scores.pop("__precision__"))
             results[side].append(measures(scores, images, biq))
-    rows, verdict = compare(results["baseline"], results["candidate"])
+    rows, verdict = compare(results["baseline"], results["candidate"], targets_for(args.name))
     payload = {
         "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
         "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"],

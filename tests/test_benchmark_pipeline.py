@@ -162,6 +162,11 @@ def test_ship_gate_judges_by_the_seeds_spread(common):
     worse = [{**r, "CLIVE SROCC": r["CLIVE SROCC"] - 0.05} for r in same_but_better_damage]
     rows, verdict = ship_gate.compare(base, worse)
     assert verdict == "FAIL" and {r["measure"]: r["verdict"] for r in rows}["CLIVE SROCC"] == "WORSE"
+    assert {r["measure"]: r for r in rows}["CLIVE SROCC"]["target"] == ">= 0.84"  # the product default's
+    # iqa-cr's quality target is the 0.82, and the default's PLCC and BIQ2021 ones are not its
+    by = {r["measure"]: r for r in ship_gate.compare(base, worse, ship_gate.targets_for("iqa-cr"))[0]}
+    assert by["CLIVE SROCC"]["target"] == ">= 0.82"
+    assert "CLIVE PLCC" not in ship_gate.targets_for("iqa-cr") and "CLIVE PLCC" in ship_gate.targets_for("ie-iqa")
     rows, verdict = ship_gate.compare(base, base)
     assert verdict == "FAIL"  # better on nothing
     # the table says which photos judged: a verdict on validation parts is a choice, never a gate
