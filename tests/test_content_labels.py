@@ -496,3 +496,48 @@ def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_
     assert cli_main(["label-content", str(out), "--out", str(out), "--quiet"]) == 0
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(res["category"][:5]) == ["animal"] * 5 and list(res["image"]) == [f"{i}.png" for i in range(6)]
+
+
+def test_an_interrupted_overwrite_leaves_the_rest_unlabelled_for_the_resume_command(tmp_path, monkeypatch, capsys):
+    """With --overwrite the rows not reached were written with their old categories, which the
+    printed resume command (without --overwrite) then kept: "labels the rest" labelled nothing."""
+    import contentiqa.cli.label_content as cmd
+    import contentiqa.data.content_labels as lib
+
+    for i in range(6):
+        write_image(tmp_path / f"{i}.png", 64, 64, seed=i)
+    csv = tmp_path / "d.csv"
+    csv.write_text("image,mos,category\n" + "".join(f"{i}.png,{i},others\n" for i in range(6)), encoding="utf-8")
+    out = tmp_path / "o.csv"
+    _fake_labeller(monkeypatch)
+    fake, calls = lib.label_table, []
+
+    def stopped_on_the_second_part(table, **kwargs):
+        calls.append(len(table))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake(table, **kwargs)
+
+    monkeypatch.setattr(lib, "label_table", stopped_on_the_second_part)
+    monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--overwrite", "--batch-size", "1"]) == 130
+    assert "4 of 6 row(s) done" in capsys.readouterr().err
+    assert list(pd.read_csv(out, dtype=str, keep_default_na=False)["category"]) == ["animal"] * 4 + ["", ""]
+    monkeypatch.setattr(lib, "label_table", fake)
+    assert cli_main(["label-content", str(out), "--out", str(out), "--quiet", "--batch-size", "1"]) == 0
+    assert list(pd.read_csv(out, dtype=str, keep_default_na=False)["category"]) == ["animal"] * 6
+
+
+def test_label_content_reads_image_cells_and_a_comment_as_the_loader_does(tmp_path, monkeypatch):
+    """' images/a.png' after a comma and space, and an indented '# mos_range' line: training reads
+    both; label-content failed every row, and refused the file for want of an 'image' column."""
+    write_image(tmp_path / "images" / "a.png", 64, 64, seed=1)
+    csv = tmp_path / "d.csv"
+    csv.write_text("  # mos_range: 0 100\nmos, image\n53.5, images/a.png\n", encoding="utf-8")
+    out = tmp_path / "o.csv"
+    _fake_labeller(monkeypatch)
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 0
+    text = out.read_text()
+    assert text.startswith("  # mos_range: 0 100\n")
+    res = pd.read_csv(out, comment=None, skiprows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
+    assert list(res["image"]) == ["images/a.png"] and list(res["category"]) == ["animal"]

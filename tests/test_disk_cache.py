@@ -250,3 +250,27 @@ def test_a_folder_entry_that_cannot_be_emptied_is_not_said_to_be_removed(tmp_pat
     assert main(["cache", str(tmp_path), "--max-size", "0"]) == 1
     cap = capsys.readouterr()
     assert "cannot remove" in cap.err and "removed 0 entries" in cap.out
+
+
+def test_an_entry_linked_from_another_disk_counts_nothing_here_and_is_not_removed_for_size(tmp_path):
+    """A link's entry was counted at its target's size: a size bound removed it (freeing nothing
+    here, orphaning its data elsewhere) and the summary said its bytes were freed."""
+    cache, elsewhere = tmp_path / "cache", tmp_path / "other-disk"
+    entry(cache, "a", 300, NOW - 1000)
+    moved = entry(elsewhere, "b", 300, NOW - 900)
+    (cache / "b").symlink_to(moved, target_is_directory=True)
+    entry(cache, "c", 400, NOW - 10)
+    (cache / "c" / f"{1:024x}.pt").symlink_to(moved / next(p.name for p in moved.iterdir()))  # a link inside an entry
+    os.utime(cache / "c", (NOW - 10, NOW - 10))
+    by = {e.name: e for e in scan(cache)}
+    assert by["b"].bytes == 0 and "link to" in by["b"].about and by["b"].known
+    assert by["c"].bytes < 400 + 300
+    gone = prune(cache, max_bytes=by["c"].bytes, now=NOW)  # within it once "a" goes: "b" adds nothing here
+    assert [e.name for e in gone] == ["a"] and (cache / "b").is_symlink() and (moved / next(iter(os.listdir(moved)))).exists()
+    assert [e.name for e in prune(cache, older_than_s=100, now=NOW)] == ["b"]  # unused: its link goes, its data stays
+    assert moved.is_dir() and any(moved.iterdir())
+
+
+def test_an_absurd_size_is_refused_not_a_traceback():
+    with pytest.raises(ValueError, match="too large"):
+        parse_size("9" * 400)

@@ -262,3 +262,29 @@ def test_summary_json_writes_nan_as_null(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=reject)
     assert summary["spearman_p"] is None and summary["extra"] == [None, {"x": None}]
     assert summary["spearman"] == pytest.approx(1.0)
+
+
+def test_a_run_without_plot_removes_an_earlier_plot_and_labels_tell_narrow_bins_apart(tmp_path):
+    """--no-plot left the earlier run's plot beside the new numbers; on a 0-1 MOS scale the MOS
+    interval labels read '[0.5, 0.5)' twice (one decimal, whatever the bins' width)."""
+    from contentiqa.analysis.intelligibility import _interval_labels, write_intelligibility_analysis
+
+    table = pd.DataFrame({"image": list("abcdef"), "mos": [0.41, 0.44, 0.47, 0.5, 0.53, 0.58]})
+    res = analyze_intelligibility(table, confidences=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    labels = _interval_labels(res.by_mos_bin, 1)
+    assert len(set(labels)) == len(labels) and labels[0] == "[0.410, 0.438)"
+    assert _interval_labels(pd.DataFrame({"low": [0.0, 50.0], "high": [50.0, 100.0]}), 1) == ["[0.0, 50.0)", "[50.0, 100.0]"]
+    write_intelligibility_analysis(res, tmp_path, plot=True)
+    assert (tmp_path / "intelligibility.png").is_file()
+    write_intelligibility_analysis(res, tmp_path, plot=False)
+    assert not (tmp_path / "intelligibility.png").exists()
+
+
+def test_cli_refuses_an_out_folder_whose_results_would_replace_the_data(tmp_path, capsys, monkeypatch):
+    csv = _tiny_csv(tmp_path)
+    data = tmp_path / "intelligibility.csv"
+    csv.rename(data)
+    kept = data.read_text()
+    _no_scoring(monkeypatch)
+    assert main(["analyze-intelligibility", str(data), "--out", str(tmp_path), *CHEAP]) == 2
+    assert "would write its intelligibility.csv over DATA" in capsys.readouterr().err and data.read_text() == kept

@@ -254,6 +254,12 @@ def analyze_intelligibility(
 
 
 def _interval_labels(df: pd.DataFrame, digits: int) -> list[str]:
+    """Bin edges as labels, with ``digits`` decimals or as many more as bins this narrow need to
+    tell their edges apart (BIQ2021's MOS is on 0-1: one decimal gave '[0.5, 0.5)' twice)."""
+    widths = (df["high"] - df["low"]).to_numpy(dtype=float)
+    widths = widths[np.isfinite(widths) & (widths > 0)]
+    if len(widths):
+        digits = max(digits, int(np.ceil(-np.log10(widths.min()))) + 1)
     return [f"[{lo:.{digits}f}, {hi:.{digits}f}{']' if i == len(df) - 1 else ')'}" for i, (lo, hi) in enumerate(zip(df["low"], df["high"]))]
 
 
@@ -304,6 +310,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+OUTPUT_NAMES = ("intelligibility.csv", "by_mos_bin.csv", "by_confidence_bin.csv", "summary.json", "intelligibility.png")
+"""What :func:`write_intelligibility_analysis` writes into its folder (the per-image table first, the plot last)."""
+PLOT_NAME = OUTPUT_NAMES[-1]
+
+
 def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
     """Write ``intelligibility.csv`` (per image), ``by_mos_bin.csv``,
     ``by_confidence_bin.csv``, ``summary.json`` and ``intelligibility.png`` into ``out_dir``
@@ -311,11 +322,13 @@ def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "per_image": atomic_write_text(out / "intelligibility.csv", result.per_image.to_csv(index=False)),
+        "per_image": atomic_write_text(out / OUTPUT_NAMES[0], result.per_image.to_csv(index=False)),
         "by_mos_bin": atomic_write_text(out / "by_mos_bin.csv", result.by_mos_bin.to_csv(index=False)),
         "by_confidence_bin": atomic_write_text(out / "by_confidence_bin.csv", result.by_confidence_bin.to_csv(index=False)),
         "summary": atomic_write_text(out / "summary.json", json.dumps(_json_safe(result.summary), indent=2, allow_nan=False) + "\n"),
     }
     if plot:
-        files["plot"] = plot_intelligibility(result, out / "intelligibility.png")
+        files["plot"] = plot_intelligibility(result, out / PLOT_NAME)
+    else:  # an earlier run's plot would contradict these numbers beside it
+        (out / PLOT_NAME).unlink(missing_ok=True)
     return files

@@ -3,6 +3,7 @@ classifier's top-1 confidence) relates to quality (MOS), as in IE-IQA §3.1 / Fi
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .common import user_path
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.intelligibility import analyze_intelligibility, write_intelligibility_analysis
+    from ..analysis.intelligibility import OUTPUT_NAMES, analyze_intelligibility, write_intelligibility_analysis
     from ._output import check_writable_folder
     from .common import load_data, say_failed
     from .main import UsageError
@@ -63,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a loader's own file (not an image) missing or unreadable
         raise UsageError(f"cannot read dataset {data}: {exc}") from None
     classifier, mean, std, names = _classifier(args.backbone)
-    out = check_writable_folder(Path(args.out), "--out")  # before any image is scored
+    out = Path(args.out)
+    clash = next((n for n in OUTPUT_NAMES if os.path.realpath(out / n) == os.path.realpath(data)), None)
+    if clash is not None:  # the per-image results would replace the dataset they were read from
+        raise UsageError(f"--out {out} would write its {clash} over DATA {data}: choose another folder")
+    out = check_writable_folder(out, "--out")  # before any image is scored
     try:
         result = analyze_intelligibility(
             dataset,

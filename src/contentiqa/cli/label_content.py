@@ -92,7 +92,7 @@ def _read_csv(path: Path):
 
     text = path.read_text(encoding="utf-8-sig")
     comment = ""
-    if text.startswith("#"):
+    if text.partition("\n")[0].lstrip().startswith("#"):  # its first line, as the dataset loader reads it
         comment, _, text = text.partition("\n")
         comment += "\n"
     table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
     from ..data.categories import IQA_CR_CATEGORIES
+    from ..data.loaders import cell_path
     from ..utils.io import atomic_write_text
 
     src = Path(args.data)
@@ -159,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     # An empty cell names no file: joined to the CSV's folder it would label that folder
     # and be written back as '.' or '..'. It stays empty and its row gets an error.
     empty = [not p.strip() for p in table["image"]]
+    cells = [p if e else cell_path(base, p) for p, e in zip(table["image"], empty)]  # ", a.jpg": as the loader reads it
     absolute = [p if e or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
-                for p, e in zip(table["image"], empty)]
+                for p, e in zip(cells, empty)]
     work = table[[not e for e in empty]].copy()
     work["image"] = [p for p, e in zip(absolute, empty) if not e]
     categories = IQA_CR_CATEGORIES
@@ -189,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     def write(parts: list) -> "pd.DataFrame":
         done = sum(len(p) for p in parts)
         # rows not reached (a stop): as the table gave them, the unlabelled ones left for the next run
-        labeled = pd.concat([*parts, given_labels(work.iloc[done:])])
+        # (with --overwrite none is kept: the resume command, which has no --overwrite, labels them)
+        labeled = pd.concat([*parts, given_labels(work.iloc[done:], overwrite=args.overwrite)])
         labeled = _with_empty_rows(labeled if len(work) else None, table.index, empty, src)
         result = table.copy()
         result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]

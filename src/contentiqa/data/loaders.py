@@ -75,7 +75,7 @@ def _mat_variable(path: Path, variable: str):
     return contents[variable]
 
 
-def _cell_path(base: Path, cell: str) -> str:
+def cell_path(base: Path, cell: str) -> str:
     """A CSV cell's image path without the spaces around it (``image, mos`` written by hand),
     unless the file is named with them."""
     stripped = cell.strip()
@@ -463,7 +463,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     base = path.parent
     # absolute ones normalised too: one spelling each. A cell written "a.png, 10" after a comma
     # holds " a.png": its spaces are the CSV's, unless a file is named with them
-    df["image"] = [under_root(base, _cell_path(base, str(p))) for p in df["image"]]
+    df["image"] = [under_root(base, cell_path(base, str(p))) for p in df["image"]]
     if mos_range is not None and not float(mos_range[0]) < float(mos_range[1]):
         raise ValueError(f"{path}: mos_range {tuple(mos_range)} is empty: the low end must be below the high end")
     lo_hi = mos_range or declared

@@ -11,6 +11,7 @@ used ones, never those used since ``keep_since`` (the entries a running job need
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -40,7 +41,10 @@ def parse_size(text: str | int | float) -> int:
     m = _SIZE.match(str(text))
     if not m:
         raise ValueError(f"not a size: {text!r} (e.g. 40G, 500M, 1.5T or a number of bytes)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    size = float(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
+    if not math.isfinite(size):  # hundreds of digits: int() of an infinite float raises OverflowError
+        raise ValueError(f"not a size: {text!r} is too large")
+    return int(size)
 
 
 def format_size(n: int) -> str:
@@ -69,6 +73,8 @@ class CacheEntry:
     leftover: bool = False
     """A temporary of a write that a killed run never finished (older than :data:`STALE_TEMPORARY_S`):
     listed, counted, and always removed by :func:`prune`."""
+    linked: bool = False
+    """A link to an entry kept elsewhere: counted as nothing here, removed only for its age."""
 
     @property
     def name(self) -> str:
@@ -141,8 +147,18 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
                                           True, leftover=True))
             continue
         try:
-            st = child.stat()
+            st = child.lstat()
         except OSError:  # removed meanwhile
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            # an entry moved to another disk and linked back: its bytes are not this folder's, and
+            # removing the link to bring the folder under a size would free nothing here
+            try:
+                used = child.stat().st_mtime
+            except OSError:  # a broken link
+                used = st.st_mtime
+            entries.append(CacheEntry(child, 0, 0, used, f"link to {os.readlink(child)} (its size not counted here)", True,
+                                      linked=True))
             continue
         if stat.S_ISDIR(st.st_mode):
             size = files = 0
@@ -153,8 +169,8 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
                 known = known and not dirs
                 for n in names:
                     known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n)))
-                    try:
-                        size += os.stat(os.path.join(root, n)).st_size
+                    try:  # a link inside an entry holds its own few bytes here, not its target's
+                        size += os.lstat(os.path.join(root, n)).st_size
                         files += 1
                     except OSError:
                         pass
@@ -233,7 +249,7 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
         if keep_since is not None and e.last_used >= keep_since:
             continue
         stale = e.leftover or (older_than_s is not None and now - e.last_used > older_than_s)
-        over = max_bytes is not None and total > max_bytes
+        over = max_bytes is not None and total > max_bytes and not e.linked  # removing a link frees nothing here
         if not (stale or over):
             continue
         if not dry_run:
