@@ -552,3 +552,45 @@ def test_resume_takes_model_arguments_as_the_config_keeps_them(tmp_path):
 
     with pytest.raises(UsageError, match="hidden"):
         _resumed_model_args(args, tmp_path, {"hidden": (16, 4)})
+
+
+def test_a_split_file_an_earlier_attempt_left_is_not_taken_for_the_runs_own(tmp_path, capsys):
+    """An attempt that failed after drawing its split left split.json: a later run on the table's
+    own 'split' column (or a --split file) was then refused on --resume ("trained on other
+    photos"), and `evaluate --split OUT/split.json` measured photos the model had trained on."""
+    out = tmp_path / "run"
+    data = table(tmp_path, n=20)
+    assert train(data, out, "--set", "calibrate=true") == 2  # ie-iqa has no val part: refused after the draw
+    assert (out / "split.json").is_file()
+    capsys.readouterr()
+    column = table(tmp_path, n=20, split=["train"] * 12 + ["val"] * 4 + ["test"] * 4)
+    assert main(["train", "--data", str(column), "--out", str(out), *TINY]) == 0
+    assert not (out / "split.json").exists()
+    assert main(["train", "--data", str(column), "--out", str(out), *TINY, "--epochs", "2", "--resume"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_test_photo_that_could_not_be_scored_is_said_and_exits_1(tmp_path, capsys):
+    data = table(tmp_path, n=20, split=["train"] * 12 + ["val"] * 4 + ["test"] * 4)
+    bad = Path(pd.read_csv(data)["image"][19])
+    bad.write_bytes(bad.read_bytes()[:200])  # a damaged test photo: the training still runs
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY]) == 1
+    captured = capsys.readouterr()
+    assert f"{bad}: truncated" in captured.err and "(3 images, 1 failed)" in captured.out  # as evaluate says it
+
+
+def test_mistakes_found_before_training_not_after(tmp_path, capsys):
+    data = table(tmp_path, n=20, split=["train"] * 15 + ["val"] * 4 + ["test"])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY]) == 2  # one test photo: no correlation
+    assert "the test part needs at least 2 rated images" in capsys.readouterr().err and not (out / "last.pt").exists()
+    assert train(data, out, "--set", "model.grid=[2,2") == 2  # a typo YAML cannot read: no traceback
+    assert "--set 'model.grid=[2,2': '[2,2' is not a value YAML can read" in capsys.readouterr().err
+    assert train(table(tmp_path, n=20), out, "--split-index", "2") == 2  # no --split: it would be ignored
+    assert "--split-index 2 picks a split of a --split FILE" in capsys.readouterr().err
+
+
+def test_resume_of_a_folder_without_a_run_says_it_starts_afresh_under_quiet(tmp_path, capsys):
+    """A mistyped --out under --quiet started a new run without a word."""
+    assert train(table(tmp_path), tmp_path / "typo", "--resume") == 0
+    assert "note: --resume: no" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
-                     split_parts, user_path)
+                     say_failed, split_parts, user_path)
 from .main import UsageError
 
 
@@ -57,10 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_value(text: str):
+def _parse_value(text: str, item: str):
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # `--set model.grid=[2,2`: a typo, said as one
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"--set {item!r}: {text!r} is not a value YAML can read ({problem}); "
+                         "close brackets and quotes, or quote text") from None
 
 
 def recipe_record(recipe_name: str | None, base: dict, train_args: dict) -> dict:
@@ -168,9 +173,9 @@ def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         if k.startswith("model."):
-            model_args[k[6:]] = _parse_value(v)
+            model_args[k[6:]] = _parse_value(v, item)
         else:
-            train_args[k] = _parse_value(v)
+            train_args[k] = _parse_value(v, item)
     return model_name, model_args, train_args, recipe_record(recipe_name, base, train_args)
 
 
@@ -212,6 +217,9 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
+    if args.split_index and not args.split:  # said, not ignored (as `evaluate` says it)
+        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE; "
+                         "to draw another split, use --split-seed")
     sets = each_dataset(args)
     out = _output_folder(args, model_name)
     if len(sets) > 1:
@@ -219,15 +227,17 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     args = sets[0]
     ds = load_data(args)
     check_rated(ds.table, args.data, "training")
-    own = args.resume and (out / "split.json").is_file() and not args.split
+    resuming = _resuming(args, out)
+    own = resuming and (out / "split.json").is_file() and not args.split
     if own:
         args.split = str(out / "split.json")
     with dist_utils.main_first():  # rank 0 makes and saves the split; the others read it
         if info.rank != 0 and not args.split and "split" not in ds.table and (out / "split.json").is_file():
             args.split = str(out / "split.json")
         # a run resumed keeps the parts it started with: one begun before the draw saved no split.json
-        split = resolve_split(args, ds.table, out if info.rank == 0 else None, training=True,
-                              draw_val=not (args.resume and (out / "last.pt").is_file()))
+        split = resolve_split(args, ds.table, out if info.rank == 0 else None, training=True, draw_val=not resuming)
+        if info.rank == 0 and not resuming:
+            _keep_split_file_only_if_drawn(split, args, out / "split.json")
     table = ds.table
     parts = split_parts(split, table, args, own=own)
     model_args = _resumed_model_args(args, out, model_args)
@@ -241,6 +251,8 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         raise UsageError(f"cannot build {model_name} with {model_args}: {exc}") from None
     except (WeightsUnavailableError, FileNotFoundError) as exc:  # a branch's weights not on this machine
         raise UsageError(f"cannot build {model_name}: {exc}") from None
+    if "test" in parts and model.predicts_score:  # found now, not after the training it would cost
+        check_rated(parts["test"], args.data, "the test part")
     quiet = args.quiet or info.rank != 0  # rank 0 speaks for the run
     log = (lambda *a, **k: None) if info.rank != 0 else _notes_only if quiet else print
     procs = f" on {info.world_size} processes" if info.distributed else ""
@@ -261,8 +273,31 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
-        print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled")))
+        return _say_tested("test", metrics, preds)
     return 0
+
+
+def _resuming(args: argparse.Namespace, out: Path) -> bool:
+    """--resume of a run that has epochs to resume (without last.pt it starts afresh)."""
+    return bool(args.resume) and (out / "last.pt").is_file()
+
+
+def _keep_split_file_only_if_drawn(split, args: argparse.Namespace, path: Path) -> None:
+    """A fresh run's split.json is the split it drew (resolve_split saved it); one its 'split'
+    column or --split file gives is not drawn, and a split.json an earlier attempt left there
+    would be read back on --resume, or by `evaluate --split`, as this run's: removed."""
+    if args.split or split.protocol == "column":
+        path.unlink(missing_ok=True)
+
+
+def _say_tested(label: str, metrics: dict, preds) -> int:
+    """The test line, and the test photos that could not be scored (their figures leave them
+    out: said, as `evaluate` says it, with exit code 1)."""
+    failed = int(metrics.get("n_failed") or 0)
+    say_failed(preds, "`contentiqa evaluate --predictions FILE` lists them all")
+    print(f"{label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled"))
+          + f"  ({int(metrics.get('n', 0))} images" + (f", {failed} failed" if failed else "") + ")")
+    return 1 if failed else 0
 
 
 def _notes_only(*parts: object, **kwargs: object) -> None:
@@ -442,9 +477,11 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         check_rated(ds.table, a.data, "training")
         folder = out / "splits" / label.replace(":", "_")
         folder.mkdir(parents=True, exist_ok=True)
-        own = args.resume and (folder / "split.json").is_file()
+        own = _resuming(args, out) and (folder / "split.json").is_file()
         a.split = str(folder / "split.json") if own else None
         split = resolve_split(a, ds.table, folder, training=True)
+        if not _resuming(args, out):
+            _keep_split_file_only_if_drawn(split, a, folder / "split.json")
         splits[label] = split
         parts[label] = {p: rows.assign(dataset=label) for p, rows in split_parts(split, ds.table, a, own=own).items()}
         made_by[label] = split.protocol
@@ -473,19 +510,22 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         raise UsageError(str(exc)) from None
     except (TypeError, ValueError, WeightsUnavailableError, FileNotFoundError) as exc:
         raise UsageError(f"cannot train {model_name}: {exc}") from None
+    if model.predicts_score:  # found now, not after the training it would cost
+        for label, a in zip(labels, sets):
+            if "test" in parts[label]:
+                check_rated(parts[label]["test"], a.data, "the test part")
     best = _fit(trainer, args, out)
     _say_best(best, out, trainer.monitored, several=True)
     m = _finish(trainer, trainer.load_best(), out)  # what best.pt keeps, as for one dataset
     _write_run_record(out, [(a, splits[label], parts[label]) for label, a in zip(labels, sets)])
-    results = {}
+    results, failed = {}, 0
     for label, p in parts.items():
         if "test" in p:
-            metrics, _ = _test(m, p["test"].drop(columns=["dataset"]), scales[label],
-                               batch_size=cfg.batch_size, progress=not args.quiet)
+            metrics, preds = _test(m, p["test"].drop(columns=["dataset"]), scales[label],
+                                   batch_size=cfg.batch_size, progress=not args.quiet)
             results[label] = metrics
-            print(f"test {label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                if k not in ("n", "n_failed", "n_labelled")))
+            failed += _say_tested(f"test {label}", metrics, preds)
     if results:
         atomic_write_text(out / "test_metrics.json", json.dumps(results, indent=1))
     dist_utils.barrier()
-    return 0
+    return 1 if failed else 0

@@ -899,7 +899,7 @@ class Trainer:
             self.resumed_after = self.epoch
             self.log(f"resumed from {last} after epoch {self.epoch}")
         elif resume:
-            self.log(f"--resume: no {last} yet, starting fresh")
+            self.log(f"note: --resume: no {last} yet, starting fresh")  # a mistyped --out: said under --quiet too
         main = self.rank == 0  # rank 0 writes; the others wait at the barrier ending each epoch
         if main:
             # A run killed mid-save left a temporary (a checkpoint's: as large as one) that no
