@@ -610,7 +610,7 @@ def test_native_resolution_inputs_are_downscaled_to_max_side(tmp_path):
     thin = write_image(tmp_path / "thin.png", 40, 160)  # 160x40, under max_side 64: 64x16
     pred = model.predict(str(thin))
     assert pred.score is None and "smaller than the minimum side" in pred.error and "downscaled to 64x16" in pred.error
-    assert pred.error.endswith("`contentiqa score --max-side 0` scores it at full size")  # the way out, said
+    assert pred.error.endswith("a max_side of None (never downscale) reads it at full size")  # the way out, said
     model.max_side = None
     seen.clear()
     assert not model.predict(str(big)).notes and seen == [(160, 100)]

@@ -151,6 +151,8 @@ def test_label_files_columns_are_read_in_any_case(tmp_path):
     path.write_text("IMAGE,Category,Category_Confidence\n002,animal,0.5\n")
     got = read_labels(path)
     assert got["image"].tolist() == ["002"] and got["category_confidence"].tolist() == [0.5]
+    path.write_text("category, image\nanimal, a.png\n")  # written by hand after a comma and space
+    assert read_labels(path)["image"].tolist() == ["a.png"]
     path.write_text("image,category,category_confidence\n002,animal,high\n")
     with pytest.raises(ValueError, match=r"labels\.csv: category_confidence is not a number"):
         read_labels(path)

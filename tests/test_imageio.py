@@ -779,6 +779,14 @@ def test_a_photo_too_large_for_the_memory_left_is_not_called_corrupt(tmp_path, m
     with pytest.raises(ImageLoadError, match=r"not enough memory to decode this 60x40 \(0.0024 MP\) image") as info:
         load_image(path)
     assert "corrupt" not in str(info.value)
+    from PIL import GifImagePlugin
+
+    gif = tmp_path / "anim.gif"
+    frames = [Image.fromarray(random_rgb(40, 60, seed=s)) for s in range(2)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", property(lambda self: no_memory(self)))
+    with pytest.raises(ImageLoadError, match=r"not enough memory to decode this 60x40"):  # counting its frames
+        load_image(gif)
 
     import contentiqa.models.scoring as scoring
 

@@ -393,10 +393,24 @@ def test_resume_retries_a_folder_or_pattern_that_held_no_image(tmp_path, ckpt, m
     assert "other" in [r["path"] for r in read_csv(out)]
 
 
+def test_the_librarys_advice_is_said_in_the_commands_options(tmp_path, ckpt):
+    """A photo too thin once downscaled: the row says the option that scores it."""
+    thin = save(rgb(40, 160), tmp_path / "thin.png")
+    out = tmp_path / "s.csv"
+    assert run("score", thin, "--model", ckpt, "--max-side", "64", "-o", out, "-q") == 1
+    error = read_csv(out)[0]["error"]
+    assert "downscaled to 64x16" in error and error.endswith("--max-side 0 scores it at full size")
+
+
 def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d, "--model", "nosuch", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2
     assert run("score", d, "--model", tmp_path / "gone.pt", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2
+    image = next(d.iterdir())
+    (tmp_path / "d.csv").write_text(f"image,mos\n{image},50\n{image.with_name('b.png')},60\n")
+    assert run("explain", image, "--model", "nosuch", "--out", tmp_path / "out" / "deep" / "x.png") == 2
+    assert run("evaluate", "--model", "nosuch", "--data", tmp_path / "d.csv", "--json", tmp_path / "out" / "deep" / "x.json") == 2
+    assert run("label-content", tmp_path / "d.csv", "--model", "nosuch", "--out", tmp_path / "out" / "deep" / "x.csv") == 2
     assert not (tmp_path / "out").exists()
 
 

@@ -269,7 +269,17 @@ def test_the_multipart_parsers_warnings_go_through_the_servers_log_config():
     from contentiqa.cli.serve import _log_config
 
     config = _log_config("info")  # applied by uvicorn; not here, where it would change every later test's logging
-    assert config["loggers"]["python_multipart"] == {"handlers": ["default"], "level": "ERROR", "propagate": False}
+    for name in ("python_multipart", "multipart"):  # the module's name since python-multipart 0.0.13, and before
+        assert config["loggers"][name] == {"handlers": ["default"], "level": "ERROR", "propagate": False}
+
+
+def test_a_clients_error_rows_give_advice_a_client_can_follow(model):
+    """The library's advice names its own attributes, the CLI's its options: neither is the client's to change."""
+    buf = io.BytesIO()
+    Image.new("RGB", (6144, 40), (120, 90, 60)).save(buf, "PNG")
+    with client_for(model) as c:
+        error = c.post("/v1/score", files=files(("thin.png", buf.getvalue()))).json()["results"][0]["error"]
+    assert error.endswith("this server downscales photos to that longest side") and "max_side" not in error
 
 
 def test_an_unreadable_image_beside_a_timed_out_one_is_counted(model):
@@ -1289,3 +1299,17 @@ def test_explain_sends_a_category_of_any_alphabet_percent_encoded():
         row = c.post("/v1/score", files=files(("a.jpg", jpeg(1)))).json()["results"][0]
         r = c.post("/v1/explain?target=quality", files=files(("a.jpg", jpeg(1))))
         assert r.status_code == 200 and unquote(r.headers["X-Category"]) == row["category"]
+
+
+def test_an_internal_error_answers_500_with_the_request_id_it_logs(model, caplog):
+    app = create_app(ServeConfig(), model=loaded(model))
+    svc = app.state.service
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level(logging.ERROR, logger="contentiqa"):
+        def broken():
+            raise RuntimeError("a bug")
+
+        svc.require_ready = broken
+        r = c.post("/v1/score", files=files(("a.jpg", jpeg())), headers={"X-Request-ID": "abc"})
+        assert r.status_code == 500 and r.headers["X-Request-ID"] == "abc" and r.json()["request_id"] == "abc"
+        assert any(m == "request abc: internal error answering /v1/score" for m in caplog.messages)
+        assert 'contentiqa_requests_total{endpoint="/v1/score",status="500"} 1.0' in c.get("/metrics").text

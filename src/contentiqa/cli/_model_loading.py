@@ -74,7 +74,18 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = dict(spec=spec, runtime=args.runtime, precision=precision, device=str(args.device), threads=args.threads)
     with usage_errors():
         check_options(kwargs["runtime"], precision, kwargs["device"])
+    check_model_named(spec)
     return kwargs
+
+
+def check_model_named(spec: str | None) -> None:
+    """A misspelt model name or a missing model file, said before a command makes its output
+    folders or does any work (torch-free: the name's weights file is only looked up)."""
+    from .. import DEFAULT_MODEL
+    from ..models.registry import weights_file
+
+    with usage_errors():
+        weights_file(spec or DEFAULT_MODEL)
 
 
 @contextlib.contextmanager

@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
+    from ._model_loading import check_model_named
     from ._output import check_writable
 
     inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
     if args.json and args.predictions and Path(args.json).resolve() == Path(args.predictions).resolve():
         raise UsageError(f"--json and --predictions name one file ({args.json}): the predictions would replace the metrics")
+    check_model_named(args.model)  # before the outputs' folders are made
     for option, path in (("--json", args.json), ("--predictions", args.predictions)):
         if path:
             if Path(path).resolve() in inputs:

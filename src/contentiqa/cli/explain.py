@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-pixels must be 0 or more")
     if args.out and args.out_dir:
         raise UsageError("--out names the file, --out-dir the folder: give one")
+    # The scorer `contentiqa score` would use with these flags (a misspelt model said before any
+    # folder is made), and the PyTorch model for the heatmaps.
+    kwargs = scorer_kwargs(args)
     inputs = {_same(image) for image in args.images}
     if args.out:
         if _same(args.out) in inputs:
@@ -71,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         check_writable(Path(args.out), "--out")  # before the model loads and the maps are made
     else:  # the current folder when no --out-dir: checked as well, before the work
         check_writable_folder(Path(args.out_dir) if args.out_dir else Path.cwd(), "--out-dir" if args.out_dir else "the current folder")
-    # The scorer `contentiqa score` would use with these flags, and the PyTorch model for the heatmaps.
-    kwargs = scorer_kwargs(args)
     notes: list[str] = []
     scorer = load_scorer(kwargs, notes, images=len(args.images))
     for note in notes:

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
     from ..data.categories import IQA_CR_CATEGORIES
-    from ..data.loaders import cell_path
+    from ..data.table import cell_path
     from ..utils.io import atomic_write_text
 
     src = Path(args.data)
@@ -152,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
+    if args.model:
+        from ._model_loading import check_model_named
+
+        check_model_named(args.model)  # before --out's folder is made
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
 
     # Paths as the dataset loaders join them (os.path, links not followed): resolving links

@@ -59,6 +59,18 @@ as a thumbnail anyway)."""
 CLI_BOMB_HINT = "pass --max-pixels MP, in megapixels, to allow it"
 """The decompression-bomb refusal's advice, in this command's terms (the library's names the
 Python attribute)."""
+
+
+def in_cli_words(error: str) -> str:
+    """A row's error with the library's advice said in this command's options."""
+    from ..data.imageio import BOMB_HINT, MEMORY_HINT
+    from ..models.scoring import DOWNSCALE_HINT
+
+    return (error.replace(BOMB_HINT, CLI_BOMB_HINT)
+            .replace(MEMORY_HINT, "free memory, or lower --max-pixels (the file itself may be fine)")
+            .replace(DOWNSCALE_HINT, "--max-side 0 scores it at full size"))
+
+
 # --sort's words (sort_rows' own orders stay accepted: --sort=-score); best and worst become an
 # order once the model says which way its scores run (sort_order).
 SORT_ORDERS = ("best", "worst", "path", "-score", "score")
@@ -154,15 +166,7 @@ def _validate(args: argparse.Namespace) -> tuple[str | None, tuple[int, int] | N
             shard = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(f"--shard: {exc}") from None
-    kwargs = scorer_kwargs(args)
-    # a misspelt name or a missing file said before --output's folder and lock are made (no torch)
-    from .. import DEFAULT_MODEL
-    from ..models.registry import weights_file
-
-    try:
-        weights_file(kwargs["spec"] or DEFAULT_MODEL)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    kwargs = scorer_kwargs(args)  # a misspelt model too: said before --output's folder and lock are made
     if args.explain:
         from ..utils.extras import ExtraMissing, have
 
@@ -382,12 +386,11 @@ class _Scoring:
         return EXIT_NOT_WRITTEN
 
     def on_result(self, i: int, pred: Any) -> None:
-        from ..data.imageio import BOMB_HINT
         from ..reporting.results import row_from_prediction
 
         row = row_from_prediction(self.scorer.clip_to_scale(pred))
         if row["error"]:
-            row["error"] = row["error"].replace(BOMB_HINT, CLI_BOMB_HINT)
+            row["error"] = in_cli_words(row["error"])
         self.new_rows[self.to_score[i][0]] = {**row, **self.record}
         self.since += 1
         now = time.monotonic()

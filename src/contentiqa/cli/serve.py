@@ -197,7 +197,8 @@ def _log_config(level: str) -> dict:
     config["loggers"]["contentiqa"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     # the multipart parser warns of each malformed body on a bare stderr line (no time, client or
     # request) through Python's last resort: the client's 400 says why already
-    config["loggers"]["python_multipart"] = {"handlers": ["default"], "level": "ERROR", "propagate": False}
+    for name in ("python_multipart", "multipart"):  # its module's name since 0.0.13, and before
+        config["loggers"][name] = {"handlers": ["default"], "level": "ERROR", "propagate": False}
     return config
 
 
@@ -213,17 +214,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import DEFAULT_MODEL
 
     # Cheap checks before the server starts (the model itself loads in the background).
-    kwargs = scorer_kwargs(args)  # the runtime, precision and threads of `contentiqa score`: same flags, same rules
     cfg = _config(args)
+    # the runtime, precision and threads of `contentiqa score` (same flags, same rules), and a
+    # misspelt name or a missing model file
+    kwargs = scorer_kwargs(args)
     spec = kwargs["spec"] or DEFAULT_MODEL
-    from ..models.registry import parse_spec
-
-    try:
-        source = parse_spec(spec)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if source.path is not None and not source.path.is_file():
-        raise UsageError(f"model file {spec} does not exist")
     # Anything else about --model is checked by loading it, as `contentiqa score` does: a
     # failure stops the server at once with that message (exit 2).
     if not _is_loopback(args.host) and not cfg.api_key:

@@ -91,6 +91,9 @@ def _pil_pixel_limit(max_pixels: int | None):
 
 
 BOMB_HINT = "raise max_pixels to allow it"
+MEMORY_HINT = "free memory, or lower max_pixels (the file itself may be fine)"
+"""The library's advice for a photo too large for the memory left; commands say it in their own
+options (score: --max-pixels; the service: the client's side), as for :data:`BOMB_HINT`."""
 """How the refusal of an image over ``max_pixels`` ends: what a caller who can raise the limit
 does. A caller whose users cannot (the service) puts its own advice instead."""
 
@@ -118,8 +121,7 @@ class LoadedImage:
 def out_of_memory(size: tuple[int, int]) -> str:
     """Why a photo that is not damaged could not be read: the memory its pixels need."""
     w, h = size
-    return (f"not enough memory to decode this {w}x{h} ({w * h / 1e6:.4g} MP) image: free memory, "
-            "or lower --max-pixels (the file itself may be fine)")
+    return f"not enough memory to decode this {w}x{h} ({w * h / 1e6:.4g} MP) image: {MEMORY_HINT}"
 
 
 def _describe(exc: Exception) -> str:
@@ -449,6 +451,8 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
                 n_frames = getattr(im, "n_frames", 1)
                 if n_frames > 1:
                     im.seek(0)
+        except MemoryError:  # seeking through a large animation's frames: not "corrupt"
+            raise ImageLoadError(p, out_of_memory(im.size)) from None
         except Exception as exc:
             raise ImageLoadError(p, f"corrupt {im.format} frame data ({_describe(exc)})") from None
         if n_frames > 1:

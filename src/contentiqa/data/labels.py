@@ -26,7 +26,7 @@ from typing import Iterable
 import pandas as pd
 
 from .categories import LIQE_TO_IQA_CR, normalize_category
-from .table import canonical_columns
+from .table import canonical_columns, cell_path
 
 LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
@@ -63,7 +63,8 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         raise LabelsError(f"label file {exc}") from None
     if "image" not in raw:
         raise LabelsError(f"label file {path} needs an 'image' column; it has {list(raw.columns)}")
-    out = pd.DataFrame({"image": raw["image"].astype(str)})
+    # "animal, a.png": the image after a comma and space, as a dataset CSV's is read
+    out = pd.DataFrame({"image": [cell_path(path.parent, str(v)) for v in raw["image"]]})
     if "scene1" in raw:
         scenes = [[normalize_category(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
         unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import MOSScale, canonical_columns, under_root
+from .table import MOSScale, canonical_columns, cell_path, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -73,15 +73,6 @@ def _mat_variable(path: Path, variable: str):
         has = sorted(k for k in contents if not k.startswith("__"))
         raise ValueError(f"{path}: no variable {variable!r} (it has {has}); the release's file holds {variable!r}")
     return contents[variable]
-
-
-def cell_path(base: Path, cell: str) -> str:
-    """A CSV cell's image path without the spaces around it (``image, mos`` written by hand),
-    unless the file is named with them."""
-    stripped = cell.strip()
-    if stripped == cell or (base / cell).exists():
-        return cell
-    return stripped
 
 
 def _column(df: pd.DataFrame, *names: str, file: Path, required: bool = True) -> str | None:

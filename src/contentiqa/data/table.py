@@ -95,6 +95,15 @@ def check_files(table: pd.DataFrame, dataset: str, on_missing: str = "error") ->
     return table[~table["image"].isin(set(bad))].reset_index(drop=True)
 
 
+def cell_path(base: Path, cell: str) -> str:
+    """A CSV cell's image path without the spaces around it (``image, mos`` written by hand),
+    unless the file is named with them."""
+    stripped = cell.strip()
+    if stripped == cell or (base / cell).exists():
+        return cell
+    return stripped
+
+
 def under_root(root: str | os.PathLike, relative: str) -> str:
     """A table's relative image path made absolute under the table's folder, links left as they
     are: the image's key (its path relative to the dataset's folder) must stay ``images/x.png``

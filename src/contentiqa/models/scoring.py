@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, colour_narrowed, load_image, pil_to_rgb, pixels_to_uint8
+from ..data.imageio import DEFAULT_MAX_PIXELS, MEMORY_HINT, ImageLoadError, colour_narrowed, load_image, pil_to_rgb, pixels_to_uint8
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -200,6 +200,10 @@ def limit_side(image: Image.Image, max_side: int | None, notes: list[str]) -> Im
     return image.resize(size, Image.LANCZOS, reducing_gap=3.0)
 
 
+DOWNSCALE_HINT = "a max_side of None (never downscale) reads it at full size"
+"""The library's way out for a photo too thin once downscaled; `score` says it as --max-side 0."""
+
+
 def as_model_reads(img: Image.Image, model: ImageLimits, notes: list[str], path: str | None = None) -> Image.Image:
     """``img`` as ``model`` reads it: a native-resolution model's longest side bounded by its
     ``max_side`` (noted). ImageLoadError when a side is under ``min_size``, after downscaling too
@@ -209,8 +213,8 @@ def as_model_reads(img: Image.Image, model: ImageLimits, notes: list[str], path:
         img = limit_side(img, model.max_side, notes)
     if min(img.size) < model.min_size:
         shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
-        fix = (f"; the downscaling to a longest side of {model.max_side} px made it so: `contentiqa score --max-side 0` "
-               "scores it at full size" if img.size != size else "")
+        fix = f"; the downscaling to a longest side of {model.max_side} px made it so: {DOWNSCALE_HINT}" \
+            if img.size != size else ""
         raise ImageLoadError(path or "<input>",
                              f"image is {shown}, smaller than the minimum side of {model.min_size} px{fix}")
     return img
@@ -242,7 +246,7 @@ def load_image_safely(item: Any, model: ImageLimits) -> tuple[Image.Image | None
     except (ValueError, TypeError) as exc:
         return None, path, [], str(exc)
     except MemoryError:  # decoded, but converting or resizing it needed more than the machine had
-        return None, path, [], "not enough memory to read this image: free memory, or lower --max-pixels"
+        return None, path, [], f"not enough memory to read this image: {MEMORY_HINT}"
     except Exception as exc:  # one unreadable input is an error row, never the end of a batch
         return None, path, [], f"cannot read image ({type(exc).__name__}: {exc})"
 

@@ -43,9 +43,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from ..data.imageio import BOMB_HINT
+from ..data.imageio import BOMB_HINT, MEMORY_HINT
 from ..inference.scorer import Scorer
-from ..models.scoring import Prediction, load_image_safely
+from ..models.scoring import DOWNSCALE_HINT, Prediction, load_image_safely
 from ..reporting.results import row_ok
 from .batching import Batcher, BatcherClosed, QueueFull
 from .metrics import Metrics, endpoint_label
@@ -316,7 +316,9 @@ class Service:
             except OSError:
                 pass
         if err is not None:  # a client learns nothing of the server's folders from an error
-            err = err.replace(tmp, "<upload>").replace(BOMB_HINT, SERVER_BOMB_HINT)
+            err = (err.replace(tmp, "<upload>").replace(BOMB_HINT, SERVER_BOMB_HINT)
+                   .replace(MEMORY_HINT, "the server has not the memory for it now: send a smaller photo")
+                   .replace(DOWNSCALE_HINT, "this server downscales photos to that longest side"))
             for folder in (self.tmpdir, os.path.realpath(self.tmpdir), tempfile.gettempdir()):
                 err = err.replace(folder, "<server temp>")
         return img, notes, err
@@ -360,7 +362,7 @@ class RequestGuard:
         deadline = time.monotonic() + cfg.timeout_s
         scope["contentiqa.deadline"] = deadline
         label = endpoint_label(scope.get("path", ""))
-        status = [500]
+        status, status_sent = [500], [False]
         body = {"bytes": 0, "done": False}
         rid = _request_id(scope)
         scope[REQUEST_ID_KEY] = rid
@@ -368,6 +370,7 @@ class RequestGuard:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                status_sent[0] = True
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             try:
                 await asyncio.wait_for(send(message), max(deadline + SEND_GRACE_S - time.monotonic(), 0.001))
@@ -405,6 +408,15 @@ class RequestGuard:
             metrics.error("send_timeout")
             logger.info("%s: client stopped reading its answer to %s (request %s); connection dropped",
                         _client_name(scope), scope.get("path", ""), rid)
+        except Exception:
+            # A bug: the server's own 500 (outside this guard) would carry no request id, and the
+            # traceback uvicorn logs could not be matched to the client's report. Answered here;
+            # raised on, for that traceback.
+            if not status_sent[0]:
+                logger.error("request %s: internal error answering %s", rid, scope.get("path", ""))
+                response = JSONResponse({"detail": "internal server error", "request_id": rid}, status_code=500)
+                await response(scope, receive, send_wrapper)
+            raise
         finally:
             metrics.in_flight.dec()
             metrics.requests.labels(label, str(status[0])).inc()
