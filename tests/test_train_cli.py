@@ -594,3 +594,11 @@ def test_resume_of_a_folder_without_a_run_says_it_starts_afresh_under_quiet(tmp_
     """A mistyped --out under --quiet started a new run without a word."""
     assert train(table(tmp_path), tmp_path / "typo", "--resume") == 0
     assert "note: --resume: no" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--data", "d.csv"], ["train", "--data", "d.csv"]])
+def test_model_takes_its_short_form_in_every_command(command):
+    """The README gives `--model` (`-m`) for every command: evaluate and train refused -m."""
+    from contentiqa.cli.main import build_parser
+
+    assert build_parser().parse_args([*command, "-m", "iqa-cr"]).model == "iqa-cr"

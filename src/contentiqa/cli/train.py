@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "CPU, nccl and one GPU per process with --device cuda); --batch-size is then per process."
         ),
     )
-    p.add_argument("--model", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
+    p.add_argument("--model", "-m", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
     add_data_args(p, several=True)
     add_split_args(p)
     p.add_argument("--config", type=user_path, default=None, help="YAML file with model, model_args and train sections")
