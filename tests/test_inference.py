@@ -195,6 +195,31 @@ def test_batches_bounded_by_count_and_pixels(tmp_path):
     assert max(s[0] for s in shapes) == 4
 
 
+def test_a_gpu_scorer_batches_what_its_batch_size_asks(monkeypatch):
+    """The CPU's 2 MP cap ran every batch of the 512-px default at 8 images on a GPU too, whatever
+    its default of 32 or --batch-size asked."""
+    import contentiqa.inference.scorer as sc
+    from contentiqa.inference.engine import DEFAULT_MAX_BATCH_PIXELS
+    from contentiqa.inference.torch_runtime import ACCELERATOR_MAX_BATCH_PIXELS, TorchScorer
+
+    scorer = TorchScorer(tiny_model())
+    assert scorer.max_batch_pixels() == DEFAULT_MAX_BATCH_PIXELS
+    seen = {}
+    real = sc.Engine
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sc, "Engine", spy)
+    scorer.device = torch.device("cuda")  # what it reads (no GPU here: nothing is run on it)
+    assert scorer.max_batch_pixels() == ACCELERATOR_MAX_BATCH_PIXELS >= 32 * 512 * 512
+    assert scorer.default_batch_size() == 32
+    scorer.device = torch.device("cpu")
+    scorer.run([np.zeros((40, 40, 3), np.uint8)], workers=0)
+    assert seen["max_batch_pixels"] == DEFAULT_MAX_BATCH_PIXELS
+
+
 def test_channels_last_batch_is_a_view_without_copies():
     from contentiqa.models.base import pil_to_tensor
 

@@ -451,6 +451,27 @@ def test_omp_num_threads_caps_the_cpus_a_plan_uses(monkeypatch):
         assert th.plan_threads(images=1).threads == 8
 
 
+def test_a_containers_cpu_quota_bounds_the_cpus_a_plan_uses(monkeypatch, tmp_path):
+    """docker --cpus / a Kubernetes CPU limit set a quota, not the affinity mask: a pod limited to
+    1 CPU on a 16-core node planned 16 threads, all throttled."""
+    import contentiqa.inference.threads as th
+
+    monkeypatch.setattr(th, "_affinity", lambda: set(range(16)))
+    monkeypatch.setattr(th, "busy_cores", lambda **kw: 0.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
+    monkeypatch.setattr(th, "CPU_QUOTA_FILES", ((str(v2), None), (str(quota), str(period))))
+    assert th.cpu_quota() is None and th.usable_cpus() == 16  # no quota files: the mask
+    v2.write_text("150000 100000\n")  # 1.5 CPUs
+    assert th.cpu_quota() == 1.5 and th.usable_cpus() == 2 and th.plan_threads(images=1).threads == 2
+    v2.write_text("max 100000\n")  # no quota (v2), then cgroup v1's files
+    quota.write_text("100000\n")
+    period.write_text("100000\n")
+    assert th.usable_cpus() == 1 and th.plan_threads(images=20).compute_threads == 1
+    quota.write_text("-1\n")
+    assert th.usable_cpus() == 16
+
+
 def test_native_resolution_runs_side_by_side_only_as_many_as_memory_holds(monkeypatch):
     """Each run holds its own activations: one run per free core of a many-core machine took
     more memory than the documented bound (about 0.5 GB more per run at 2048 px)."""

@@ -37,7 +37,7 @@ import numpy as np
 from ..models.scoring import OnScale, Prediction, clip_to_scale, in_memory_checked
 from ..utils.devices import is_cpu, resolve_device
 from ..utils.extras import ExtraMissing, have
-from .engine import Engine
+from .engine import DEFAULT_MAX_BATCH_PIXELS, Engine
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -134,6 +134,10 @@ class Scorer(Protocol):
         """Decoding threads beside the model when none are asked for."""
         ...
 
+    def max_batch_pixels(self) -> int | None:
+        """A batch is run once its images hold this many pixels, whatever the batch size."""
+        ...
+
     def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]: ...
 
     def run(self, items: Sequence[Any], *, on_result: Callable[[int, Prediction], None] | None = None,
@@ -205,9 +209,14 @@ class BaseScorer(OnScale):
         runs, forward = self._forward_for(len(items)) if concurrency is None else (concurrency, self.forward)
         engine = Engine(self, forward, batch_size=self.default_batch_size() if batch_size is None else batch_size,
                         workers=self.default_workers() if workers is None else workers, concurrency=runs,
-                        progress=progress)
+                        max_batch_pixels=self.max_batch_pixels(), progress=progress)
         with self._running():
             return engine.run(items, on_result=on_result, on_image=on_image, return_results=return_results)
+
+    def max_batch_pixels(self) -> int | None:
+        """A CPU's bound (:data:`~contentiqa.inference.engine.DEFAULT_MAX_BATCH_PIXELS`): a
+        batch of large photos is no faster per image there than one at a time, only larger."""
+        return DEFAULT_MAX_BATCH_PIXELS
 
     def predict(self, inputs: Any, batch_size: int | None = None, progress: bool = False) -> Prediction | list[Prediction]:
         """Score one input or many (paths, PIL images, arrays, tensors): a :class:`Prediction` per

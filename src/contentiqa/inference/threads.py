@@ -6,7 +6,7 @@ gets only part of it, so every layer waits for it: two threads on two cores with
 competitor run *slower* than one thread (measured: benchmarks/results/cores.md). And idle
 pool threads that spin (ONNX Runtime's default) take time from the competitor and from our
 own image-decoding threads. So: count the cores this process may use (its CPU affinity, as
-a container or ``taskset`` sets it), subtract what other processes use right now (a short
+``taskset`` or a batch job sets it, within a container's CPU quota), subtract what other processes use right now (a short
 sample of ``/proc/stat``, else the load average), and never let idle threads spin.
 
 Many images: the compute threads then run whole images side by side, one thread each
@@ -22,6 +22,7 @@ by the OS's fair scheduling, never by spinning. ``--threads 1`` leaves the other
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -36,6 +37,9 @@ BUSY_THRESHOLD = 0.5
 PARALLEL_RUNS_MIN_IMAGES = 8
 """From this many images on, T compute threads score T images at once, one thread each."""
 PROC_STAT = "/proc/stat"
+CPU_QUOTA_FILES = (("/sys/fs/cgroup/cpu.max", None),
+                   ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+"""Where a container's CPU quota is read: cgroup v2 (``QUOTA PERIOD`` or ``max PERIOD``), then v1."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,31 @@ def _affinity() -> set[int] | None:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    """CPUs this process may use: its affinity mask where the OS has one (taskset, a batch
+    job's cores), within a container's CPU quota (``docker --cpus``, Kubernetes' CPU limit),
+    which throttles threads beyond it without taking any core away from the mask."""
     cpus = _affinity()
-    return max(1, len(cpus) if cpus is not None else (os.cpu_count() or 1))
+    n = len(cpus) if cpus is not None else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return max(1, min(n, math.ceil(quota)) if quota is not None else n)
+
+
+def cpu_quota() -> float | None:
+    """CPUs' worth of time a container's quota allows (cgroup v2 ``cpu.max``, else v1's CFS
+    quota and period), None where there is none or it cannot be read."""
+    for quota_file, period_file in CPU_QUOTA_FILES:
+        try:
+            with open(quota_file, "rb") as fh:
+                words = fh.read().split()
+            if period_file is not None:  # v1: the quota and the period in files of their own
+                with open(period_file, "rb") as fh:
+                    words = [words[0], fh.read().strip()]
+            quota, period = int(words[0]), int(words[1])
+        except (OSError, ValueError, IndexError):  # absent, or 'max' / -1: no quota
+            continue
+        if quota > 0 and period > 0:
+            return quota / period
+    return None
 
 
 def omp_threads() -> int | None:

@@ -34,6 +34,9 @@ from ..models.scoring import Prediction
 from .scorer import TORCH_PRECISIONS, BaseScorer, ScorerIdentity
 from .threads import usable_cpus
 
+ACCELERATOR_MAX_BATCH_PIXELS = 16_000_000
+"""A batch's pixels on a GPU: 32 inputs of 512 x 512 with room; five 2048 x 1536 photos."""
+
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -192,6 +195,12 @@ class TorchScorer(BaseScorer):
         if self.device.type != "cpu":
             return 32
         return 1 if self.native_resolution else 4
+
+    def max_batch_pixels(self) -> int | None:
+        """On an accelerator the batches :meth:`default_batch_size` asks for (32 of the default's
+        512 x 512 is 8.4 MP): the CPU's 2 MP would cut them to 8; photos at native size still go
+        a few at a time."""
+        return super().max_batch_pixels() if self.device.type == "cpu" else ACCELERATOR_MAX_BATCH_PIXELS
 
     def default_workers(self) -> int:
         """Decoding threads that do not fight the model for cores: torch's intra-op threads keep
