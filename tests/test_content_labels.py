@@ -459,8 +459,27 @@ def test_label_content_reads_the_columns_in_any_case_as_training_does(tmp_path, 
     assert list(load_dataset("csv", out).table["category"]) == ["plant", "night scene", "animal"]
 
 
-def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_the_rest(tmp_path, monkeypatch, capsys):
+def _stopped_on_the_second_part(monkeypatch, seen: list | None = None):
+    """The fake labeller, interrupted (Ctrl-C) while labelling its second part of 4 rows; returns
+    the fake itself, to label the rest with."""
     import contentiqa.cli.label_content as cmd
+    import contentiqa.data.content_labels as lib
+
+    _fake_labeller(monkeypatch, seen)
+    fake, calls = lib.label_table, []
+
+    def stopped(table, **kwargs):
+        calls.append(len(table))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake(table, **kwargs)
+
+    monkeypatch.setattr(lib, "label_table", stopped)
+    monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
+    return fake
+
+
+def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_the_rest(tmp_path, monkeypatch, capsys):
     import contentiqa.data.content_labels as lib
 
     for i in range(6):
@@ -470,18 +489,7 @@ def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_
                    encoding="utf-8")
     out = tmp_path / "o.csv"
     seen: list = []
-    _fake_labeller(monkeypatch, seen)
-    fake = lib.label_table
-    calls = []
-
-    def stopped_on_the_second_part(table, **kwargs):
-        calls.append(len(table))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return fake(table, **kwargs)
-
-    monkeypatch.setattr(lib, "label_table", stopped_on_the_second_part)
-    monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
+    fake = _stopped_on_the_second_part(monkeypatch, seen)
     assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--batch-size", "1",
                      "--no-class-balance"]) == 130
     err = capsys.readouterr().err
@@ -501,7 +509,6 @@ def test_an_interrupted_run_keeps_what_it_labelled_and_the_file_fed_back_labels_
 def test_an_interrupted_overwrite_leaves_the_rest_unlabelled_for_the_resume_command(tmp_path, monkeypatch, capsys):
     """With --overwrite the rows not reached were written with their old categories, which the
     printed resume command (without --overwrite) then kept: "labels the rest" labelled nothing."""
-    import contentiqa.cli.label_content as cmd
     import contentiqa.data.content_labels as lib
 
     for i in range(6):
@@ -509,17 +516,7 @@ def test_an_interrupted_overwrite_leaves_the_rest_unlabelled_for_the_resume_comm
     csv = tmp_path / "d.csv"
     csv.write_text("image,mos,category\n" + "".join(f"{i}.png,{i},others\n" for i in range(6)), encoding="utf-8")
     out = tmp_path / "o.csv"
-    _fake_labeller(monkeypatch)
-    fake, calls = lib.label_table, []
-
-    def stopped_on_the_second_part(table, **kwargs):
-        calls.append(len(table))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return fake(table, **kwargs)
-
-    monkeypatch.setattr(lib, "label_table", stopped_on_the_second_part)
-    monkeypatch.setattr(cmd, "SAVE_EVERY", 4)
+    fake = _stopped_on_the_second_part(monkeypatch)
     assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--overwrite", "--batch-size", "1"]) == 130
     assert "4 of 6 row(s) done" in capsys.readouterr().err
     assert list(pd.read_csv(out, dtype=str, keep_default_na=False)["category"]) == ["animal"] * 4 + ["", ""]
