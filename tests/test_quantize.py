@@ -381,7 +381,8 @@ def test_requested_threads_are_kept_and_not_sampled(monkeypatch):
 def test_plan_threads_follows_the_measured_load(monkeypatch):
     import contentiqa.inference.threads as th
 
-    monkeypatch.setattr(th, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(th, "_affinity", lambda: set(range(4)))
+    monkeypatch.setattr(th, "cpu_quota", lambda: None)
     monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 2.0)
     assert plan_threads().threads == 2
     monkeypatch.setattr(th, "busy_cores", lambda *a, **k: 0.0)
@@ -464,6 +465,14 @@ def test_a_containers_cpu_quota_bounds_the_cpus_a_plan_uses(monkeypatch, tmp_pat
     assert th.cpu_quota() is None and th.usable_cpus() == 16  # no quota files: the mask
     v2.write_text("150000 100000\n")  # 1.5 CPUs
     assert th.cpu_quota() == 1.5 and th.usable_cpus() == 2 and th.plan_threads(images=1).threads == 2
+    # other pods busy on 10 of the node's 16 cores take none of this one's quota of 4: 4 threads, not 1
+    v2.write_text("400000 100000\n")
+    monkeypatch.setattr(th, "busy_cores", lambda **kw: 10.0)
+    assert th.plan_threads(images=1).threads == 4 and th.plan_threads(images=100).compute_threads == 4
+    monkeypatch.setattr(th, "busy_cores", lambda **kw: 14.0)  # 2 free: fewer than the quota
+    assert th.plan_threads(images=1).threads == 2
+    monkeypatch.setattr(th, "busy_cores", lambda **kw: 0.0)
+    v2.write_text("150000 100000\n")
     v2.write_text("max 100000\n")  # no quota (v2), then cgroup v1's files
     quota.write_text("100000\n")
     period.write_text("100000\n")
@@ -513,7 +522,8 @@ def test_plan_threads_reads_a_started_sample(monkeypatch):
         def busy_others(self, min_seconds):
             return 1.0
 
-    monkeypatch.setattr(th, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(th, "_affinity", lambda: {0, 1})
+    monkeypatch.setattr(th, "cpu_quota", lambda: None)
     monkeypatch.setattr(th, "_proc_stat", lambda: pytest.fail("sampled anew although a sample was given"))
     plan = plan_threads(images=100, sample=Sample())
     assert (plan.threads, plan.runs, plan.busy) == (1, 2, 1.0)

@@ -402,6 +402,17 @@ def test_the_librarys_advice_is_said_in_the_commands_options(tmp_path, ckpt):
     assert "downscaled to 64x16" in error and error.endswith("--max-side 0 scores it at full size")
 
 
+def test_commands_without_the_option_point_to_the_one_that_has_it(tmp_path, ckpt, capsys):
+    """evaluate and explain printed the library's 'a max_side of None' to command-line users."""
+    thin = save(rgb(40, 6144), tmp_path / "thin.png")
+    good = [save(rgb(64, 64, s), tmp_path / f"{s}.png") for s in (1, 2, 3)]
+    (tmp_path / "d.csv").write_text("image,mos\n" + "".join(f"{p},{10 * i}\n" for i, p in enumerate([thin, *good])))
+    run("evaluate", "--model", ckpt, "--data", tmp_path / "d.csv", "--quiet")
+    run("explain", thin, "--model", ckpt, "--out-dir", tmp_path / "ex")
+    err = capsys.readouterr().err
+    assert err.count("`contentiqa score --max-side 0` scores it at full size") == 2 and "max_side" not in err
+
+
 def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d, "--model", "nosuch", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2

@@ -562,6 +562,17 @@ def test_a_split_file_an_earlier_attempt_left_is_not_taken_for_the_runs_own(tmp_
     data = table(tmp_path, n=20)
     assert train(data, out, "--set", "calibrate=true") == 2  # ie-iqa has no val part: refused after the draw
     assert (out / "split.json").is_file()
+    # passed back as --split (data.md: share the split file): it is the run's input, never removed
+    kept = (out / "split.json").read_text()
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "given"), *TINY, "--split", str(out / "split.json")]) == 0
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--split", str(out / "split.json")]) == 0
+    assert (out / "split.json").read_text() == kept
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--split", str(out / "split.json"),
+                 "--epochs", "2", "--resume"]) == 0
+    import shutil
+
+    shutil.rmtree(out)
+    assert train(data, out, "--set", "calibrate=true") == 2
     capsys.readouterr()
     column = table(tmp_path, n=20, split=["train"] * 12 + ["val"] * 4 + ["test"] * 4)
     assert main(["train", "--data", str(column), "--out", str(out), *TINY]) == 0

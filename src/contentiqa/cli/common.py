@@ -25,12 +25,25 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def in_cli_words(error: str, own: tuple[str, ...] = ()) -> str:
+    """An image's error with the library's advice (its attributes: ``max_pixels``, ``max_side``)
+    said on the command line: the command's ``own`` options where it has them, else what
+    `contentiqa score` offers."""
+    from ..data.imageio import MEMORY_HINT
+    from ..models.scoring import DOWNSCALE_HINT
+
+    memory = "free memory, or lower --max-pixels" if "--max-pixels" in own else "free memory"
+    side = "--max-side 0 scores it at full size" if "--max-side" in own else \
+        "`contentiqa score --max-side 0` scores it at full size"
+    return error.replace(MEMORY_HINT, f"{memory} (the file itself may be fine)").replace(DOWNSCALE_HINT, side)
+
+
 def say_failed(rows: pd.DataFrame, everything: str) -> None:
     """The images of ``rows`` (``image``, ``error`` columns) that could not be scored, with why,
     on stderr: the first few, then where ``everything`` is listed."""
     failed = list(zip(*(rows.loc[rows["error"].notna(), c] for c in ("image", "error"))))
     for path, error in failed[:FAILED_SHOWN]:
-        print(printable(f"{path}: {error}"), file=sys.stderr)
+        print(printable(f"{path}: {in_cli_words(str(error))}"), file=sys.stderr)
     if len(failed) > FAILED_SHOWN:
         print(f"... and {len(failed) - FAILED_SHOWN} more failed image(s) ({everything})", file=sys.stderr)
 

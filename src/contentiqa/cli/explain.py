@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ._model_loading import add_scorer_args
 from ._output import check_writable, check_writable_folder
-from .common import finite_float, user_path
+from .common import finite_float, in_cli_words, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -115,7 +115,8 @@ def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, .
     for image, pred in zip(args.images, preds):
         if pred.error is not None:
             # the limit explain keeps is score's default: no flag of this command raises it
-            print(printable(f"{image}: {pred.error.replace(BOMB_HINT, 'explain a smaller copy of it')}"), file=sys.stderr)
+            print(printable(f"{image}: {in_cli_words(pred.error.replace(BOMB_HINT, 'explain a smaller copy of it'))}"),
+                  file=sys.stderr)
             failures += 1
             continue
         try:

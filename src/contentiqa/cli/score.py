@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._model_loading import add_scorer_args, load_scorer, scorer_kwargs
-from .common import finite_float, user_path
+from .common import finite_float, in_cli_words, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -59,16 +59,6 @@ as a thumbnail anyway)."""
 CLI_BOMB_HINT = "pass --max-pixels MP, in megapixels, to allow it"
 """The decompression-bomb refusal's advice, in this command's terms (the library's names the
 Python attribute)."""
-
-
-def in_cli_words(error: str) -> str:
-    """A row's error with the library's advice said in this command's options."""
-    from ..data.imageio import BOMB_HINT, MEMORY_HINT
-    from ..models.scoring import DOWNSCALE_HINT
-
-    return (error.replace(BOMB_HINT, CLI_BOMB_HINT)
-            .replace(MEMORY_HINT, "free memory, or lower --max-pixels (the file itself may be fine)")
-            .replace(DOWNSCALE_HINT, "--max-side 0 scores it at full size"))
 
 
 # --sort's words (sort_rows' own orders stay accepted: --sort=-score); best and worst become an
@@ -387,11 +377,12 @@ class _Scoring:
         return EXIT_NOT_WRITTEN
 
     def on_result(self, i: int, pred: Any) -> None:
+        from ..data.imageio import BOMB_HINT
         from ..reporting.results import row_from_prediction
 
         row = row_from_prediction(self.scorer.clip_to_scale(pred))
         if row["error"]:
-            row["error"] = in_cli_words(row["error"])
+            row["error"] = in_cli_words(row["error"].replace(BOMB_HINT, CLI_BOMB_HINT), ("--max-pixels", "--max-side"))
         self.new_rows[self.to_score[i][0]] = {**row, **self.record}
         self.since += 1
         now = time.monotonic()

@@ -286,6 +286,8 @@ def _keep_split_file_only_if_drawn(split, args: argparse.Namespace, path: Path) 
     """A fresh run's split.json is the split it drew (resolve_split saved it); one its 'split'
     column or --split file gives is not drawn, and a split.json an earlier attempt left there
     would be read back on --resume, or by `evaluate --split`, as this run's: removed."""
+    if args.split and os.path.realpath(args.split) == os.path.realpath(path):
+        return  # the file it was given (an earlier attempt's, passed back): never removed
     if args.split or split.protocol == "column":
         path.unlink(missing_ok=True)
 

@@ -76,10 +76,15 @@ def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask where the OS has one (taskset, a batch
     job's cores), within a container's CPU quota (``docker --cpus``, Kubernetes' CPU limit),
     which throttles threads beyond it without taking any core away from the mask."""
-    cpus = _affinity()
-    n = len(cpus) if cpus is not None else (os.cpu_count() or 1)
+    n = _mask_cpus()
     quota = cpu_quota()
     return max(1, min(n, math.ceil(quota)) if quota is not None else n)
+
+
+def _mask_cpus() -> int:
+    """The CPUs of the affinity mask (all of them where the OS has none)."""
+    cpus = _affinity()
+    return max(1, len(cpus) if cpus is not None else (os.cpu_count() or 1))
 
 
 def cpu_quota() -> float | None:
@@ -256,8 +261,12 @@ def plan_threads(requested: int | None = None, images: int | None = None, sample
     cpus = usable_cpus()
     if requested:
         return choose_threads(cpus, 0.0, requested, images)
-    plan = choose_threads(cpus, min(busy_cores(sample=sample), float(cpus)), images=images)
-    cap = omp_threads()
+    # The free cores are counted on the mask's: other processes there (another pod on the node)
+    # take none of a container's quota, which caps the plan as OpenMP's share does.
+    mask = _mask_cpus()
+    plan = choose_threads(mask, min(busy_cores(sample=sample), float(mask)), images=images)
+    caps = [c for c in (omp_threads(), cpus if cpus < mask else None) if c is not None]
+    cap = min(caps) if caps else None
     if cap is None or plan.compute_threads <= cap:
         return plan
     return replace(plan, threads=min(plan.threads, cap), runs=max(1, min(plan.runs, cap // plan.threads)))
