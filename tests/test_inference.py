@@ -200,10 +200,13 @@ def test_a_gpu_scorer_batches_what_its_batch_size_asks(monkeypatch):
     its default of 32 or --batch-size asked."""
     import contentiqa.inference.scorer as sc
     from contentiqa.inference.engine import DEFAULT_MAX_BATCH_PIXELS
-    from contentiqa.inference.torch_runtime import ACCELERATOR_MAX_BATCH_PIXELS, TorchScorer
+    from contentiqa.inference.torch_runtime import TorchScorer
 
-    scorer = TorchScorer(tiny_model())
-    assert scorer.max_batch_pixels() == DEFAULT_MAX_BATCH_PIXELS
+    from contentiqa.models import create_model
+
+    fixed = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, hidden=(8, 4), input_size=64)
+    scorer = TorchScorer(fixed.eval())  # a fixed input size, as the default's
+    assert not scorer.native_resolution and scorer.max_batch_pixels() == DEFAULT_MAX_BATCH_PIXELS
     seen = {}
     real = sc.Engine
 
@@ -213,8 +216,10 @@ def test_a_gpu_scorer_batches_what_its_batch_size_asks(monkeypatch):
 
     monkeypatch.setattr(sc, "Engine", spy)
     scorer.device = torch.device("cuda")  # what it reads (no GPU here: nothing is run on it)
-    assert scorer.max_batch_pixels() == ACCELERATOR_MAX_BATCH_PIXELS >= 32 * 512 * 512
-    assert scorer.default_batch_size() == 32
+    assert scorer.max_batch_pixels() is None and scorer.default_batch_size() == 32  # the batch size bounds it
+    native = TorchScorer(tiny_model("iqa-cr"))
+    native.device = torch.device("cuda")
+    assert native.native_resolution and native.max_batch_pixels() == DEFAULT_MAX_BATCH_PIXELS  # large photos
     scorer.device = torch.device("cpu")
     scorer.run([np.zeros((40, 40, 3), np.uint8)], workers=0)
     assert seen["max_batch_pixels"] == DEFAULT_MAX_BATCH_PIXELS

@@ -94,8 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=None,
                    help="images per forward pass (equal sizes are batched). Default on the CPU: 4 for fixed-input models "
                         "(ie-iqa) under PyTorch, else 1 (native-size and ONNX batches were measured no faster per "
-                        "image; benchmarks/results/speed.md); 32 on a GPU. A batch also stops at 2 MP of pixels on a "
-                        "CPU (8 images of 500 x 500), 16 MP on a GPU")
+                        "image; benchmarks/results/speed.md); 32 on a GPU. A batch also stops at 2 MP of pixels (8 images of 500 x "
+                        "500) on a CPU, and for native-size models on a GPU")
     p.add_argument("--workers", "-j", type=int, default=None,
                    help="image-decoding threads (0 = decode in the main thread). Default: 2 with ONNX Runtime; with "
                         "PyTorch, the cores its threads leave free, at most 2 (so 0 on a 2-core machine, where decoding "

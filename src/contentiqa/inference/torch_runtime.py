@@ -34,9 +34,6 @@ from ..models.scoring import Prediction
 from .scorer import TORCH_PRECISIONS, BaseScorer, ScorerIdentity
 from .threads import usable_cpus
 
-ACCELERATOR_MAX_BATCH_PIXELS = 16_000_000
-"""A batch's pixels on a GPU: 32 inputs of 512 x 512 with room; five 2048 x 1536 photos."""
-
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -197,10 +194,11 @@ class TorchScorer(BaseScorer):
         return 1 if self.native_resolution else 4
 
     def max_batch_pixels(self) -> int | None:
-        """On an accelerator the batches :meth:`default_batch_size` asks for (32 of the default's
-        512 x 512 is 8.4 MP): the CPU's 2 MP would cut them to 8; photos at native size still go
-        a few at a time."""
-        return super().max_batch_pixels() if self.device.type == "cpu" else ACCELERATOR_MAX_BATCH_PIXELS
+        """On an accelerator a fixed-size model's batch is bounded by its batch size alone (the
+        CPU's 2 MP would cut the 32 :meth:`default_batch_size` asks for to 8 at 512 px); photos at
+        native size keep the bound there too (one 2048 x 1536 photo's activations take about as
+        much memory as a small GPU has to spare)."""
+        return None if self.device.type != "cpu" and not self.native_resolution else super().max_batch_pixels()
 
     def default_workers(self) -> int:
         """Decoding threads that do not fight the model for cores: torch's intra-op threads keep
