@@ -549,3 +549,31 @@ def test_checkpoint_round_trip_from_scratch_distortion(tmp_path):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["score"], model(x)["score"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("weights", ["detection", "segmentation"])
+def test_a_file_planted_in_the_torch_hub_cache_runs_no_code(weights, tmp_path, monkeypatch):
+    """torchvision's reader unpickled whatever a shared TORCH_HOME held under its weights' name:
+    the code ran before the 'does not fit' error. It is read as every checkpoint is, tensors only."""
+    import os
+    from urllib.parse import urlparse
+
+    from torchvision.models import detection, segmentation
+
+    from contentiqa.models.intelligibility import _torchvision_state
+
+    enum = (detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1 if weights == "detection"
+            else segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1)
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Payload()}, hub / "checkpoints" / os.path.basename(urlparse(enum.url).path))
+    with pytest.raises(ValueError, match="Nothing in it was executed"):
+        _torchvision_state(enum, False, "the branch", "file.pth")
+    assert not marker.exists()

@@ -144,13 +144,17 @@ def _torchvision_state(weights: Any, download: bool, what: str, hint: str) -> di
             "intelligibility_download=True with internet access; intelligibility_pretrained=False "
             "builds an untrained branch (for tests of the plumbing only)."
         )
-    try:
-        return weights.get_state_dict(progress=True)
-    except Exception as exc:  # network errors come in many types
-        raise IntelligibilityWeightsUnavailable(
-            f"{what}: could not fetch {weights.url} ({type(exc).__name__}: {str(exc)[:200]}). "
-            f"Pass intelligibility_checkpoint=<{hint}> instead."
-        ) from exc
+    if not cached.is_file():
+        try:  # into the hub cache, its hash checked against the one in torchvision's file name
+            torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, weights_only=True)
+        except Exception as exc:  # network errors come in many types
+            raise IntelligibilityWeightsUnavailable(
+                f"{what}: could not fetch {weights.url} ({type(exc).__name__}: {str(exc)[:200]}). "
+                f"Pass intelligibility_checkpoint=<{hint}> instead."
+            ) from exc
+    # Read as every checkpoint is, tensors only: torchvision's own reader unpickles whatever a
+    # shared hub cache (a lab's common TORCH_HOME) holds under that predictable name.
+    return read_state_dict(cached)
 
 
 def _branch_state(checkpoint: str | None, pretrained: bool, weights: Callable[[], Any], download: bool,
