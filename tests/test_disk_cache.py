@@ -274,3 +274,45 @@ def test_an_entry_linked_from_another_disk_counts_nothing_here_and_is_not_remove
 def test_an_absurd_size_is_refused_not_a_traceback():
     with pytest.raises(ValueError, match="too large"):
         parse_size("9" * 400)
+
+
+def test_a_link_planted_under_an_entrys_name_is_replaced_never_written_through(tmp_path):
+    """Entry names are predictable: whoever can write a shared cache folder could link one to any
+    file of this user, and the next export or encoding replaced that file (a 16 MB int8 graph
+    over ~/.bashrc)."""
+    import torch
+
+    from contentiqa.inference.onnx_runtime import write_into_cache
+    from contentiqa.training.cache import cached_encodings
+    from contentiqa.utils.io import atomic_write_text
+
+    from tiny_models import tiny_model
+    from conftest import write_image
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "entry.onnx").symlink_to(victim)
+    write_into_cache("entry.onnx", "k", lambda path, key: path.write_bytes(b"graph"), cache)
+    assert victim.read_text() == "precious" and not (cache / "entry.onnx").is_symlink()
+    assert (cache / "entry.onnx").read_bytes() == b"graph"
+    folder = tmp_path / "about"
+    folder.mkdir()
+    (folder / ABOUT).symlink_to(tmp_path / "made-elsewhere.json")  # dangling: would create its target
+    describe(folder, {"model": "x"})
+    assert not (tmp_path / "made-elsewhere.json").exists()
+    link = tmp_path / "user-link.txt"  # a user's own output through a link: still written where it points
+    link.symlink_to(victim)
+    atomic_write_text(link, "new")
+    assert victim.read_text() == "new" and link.is_symlink()
+    victim.write_text("precious")
+    image = str(write_image(tmp_path / "img" / "0.png", 64, 64, seed=1))
+    enc = tmp_path / "enc"
+    model = tiny_model("iqa-cr")
+    cached_encodings(model, [image], 3, True, cache_dir=enc)
+    entry = next(p for p in enc.rglob("*.pt"))
+    entry.unlink()
+    entry.symlink_to(victim)
+    cached_encodings(model, [image], 3, True, cache_dir=enc)
+    assert victim.read_text() == "precious" and not entry.is_symlink() and torch.load(entry, weights_only=True)

@@ -43,7 +43,7 @@ from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..models.scoring import DEFAULT_MAX_SIDE, Prediction, predictions_from_outputs, softmax
 from ..utils.disk_cache import touch
 from ..utils.extras import ExtraMissing
-from ..utils.io import file_sha256
+from ..utils.io import atomic_write, file_sha256
 from .scorer import BaseScorer, ScorerIdentity
 from .threads import PARALLEL_RUNS_MIN_IMAGES, CpuSample, ThreadPlan, plan_threads, runs_within_memory
 
@@ -263,7 +263,9 @@ def write_into_cache(filename: str, key: str, write: Callable[[Path, str], Any],
     for where in write_places(folder):
         tried.append(where)
         try:
-            write(where / filename, key)
+            # written beside, then renamed onto the entry's own name: a link planted under that
+            # predictable name (a shared cache) is replaced, never written through
+            atomic_write(where / filename, lambda tmp: write(Path(tmp), key), follow_links=False)
         except OSError as exc:  # read-only (or full) folder: try the next
             error = exc
             continue

@@ -73,7 +73,7 @@ def stage_features(
     if cache_file is not None:
         from ..utils.io import atomic_torch_save
 
-        atomic_torch_save(out, cache_file)
+        atomic_torch_save(out, cache_file, follow_links=False)  # a shared cache's name: a link there is not followed
     return out
 
 
@@ -331,11 +331,12 @@ def cached_encodings(
                         if folder is not None:
                             try:
                                 # `contentiqa cache --max-size` may evict the folder while a run fills it:
+                                # an entry's name is predictable: a link planted there is replaced, never followed
                                 try:
-                                    atomic_torch_save(store[k], folder / _entry_name(k))
+                                    atomic_torch_save(store[k], folder / _entry_name(k), follow_links=False)
                                 except FileNotFoundError:  # during the write: made again, written again
                                     make(folder, part)
-                                    atomic_torch_save(store[k], folder / _entry_name(k))
+                                    atomic_torch_save(store[k], folder / _entry_name(k), follow_links=False)
                                 if not (folder / ABOUT).is_file():  # before it: the write made a bare folder
                                     make(folder, part)
                             except OSError as exc:  # a full disk, a folder turned read-only

@@ -92,12 +92,12 @@ def touch(path: str | os.PathLike) -> None:
 def describe(folder: str | os.PathLike, about: dict) -> None:
     """Write ``about.json`` into an entry folder once (the first writer wins; errors ignored)."""
     path = Path(folder) / ABOUT
-    if path.exists():
+    if os.path.lexists(path):
         return
     try:
         from .io import atomic_write_text
 
-        atomic_write_text(path, json.dumps(about, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(about, indent=1, sort_keys=True) + "\n", follow_links=False)
     except OSError:
         pass
 

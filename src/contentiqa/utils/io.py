@@ -25,10 +25,12 @@ def through_links(path: str | os.PathLike) -> Path:
     return path if real == Path(os.path.abspath(path)) else real
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, follow_links: bool = True) -> Path:
     """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically (onto the file a
-    symlink ``path`` points to: the link stays)."""
-    path = through_links(path)
+    symlink ``path`` points to: the link stays). ``follow_links=False``: onto the name itself, a
+    link there replaced, never followed: a shared cache's entries, whose predictable names
+    anyone who can write the folder could point at any file of this user."""
+    path = through_links(path) if follow_links else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -38,7 +40,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         # (or keep those of the file it replaces).
         try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+            replaced = path.exists() and not path.is_symlink()
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if replaced else 0o666 & ~_umask())
         except OSError:
             pass
         os.replace(tmp, path)
@@ -142,19 +145,21 @@ def read_head(path: str | os.PathLike, n: int) -> bytes:
         return b""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", errors: str = "strict") -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", errors: str = "strict", *,
+                      follow_links: bool = True) -> Path:
     """``errors``: as for :func:`open`; e.g. ``surrogateescape`` writes a file name that is not
-    valid UTF-8 (which Python holds as lone surrogates) back as its own bytes."""
+    valid UTF-8 (which Python holds as lone surrogates) back as its own bytes. ``follow_links``:
+    see :func:`atomic_write`."""
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding=encoding, errors=errors) as f:
             f.write(text)
 
-    return atomic_write(path, _write)
+    return atomic_write(path, _write, follow_links=follow_links)
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+def atomic_torch_save(obj, path: str | os.PathLike, *, follow_links: bool = True) -> Path:
     """``torch.save`` of ``obj`` reduced to plain data (see :mod:`.checkpoint_io`), so the file
-    loads back under ``weights_only=True``."""
+    loads back under ``weights_only=True`` (``follow_links``: see :func:`atomic_write`)."""
     import torch
 
     from .checkpoint_io import plain_data
@@ -169,7 +174,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, follow_links=follow_links)
 
 
 _SHA256_SEEN: dict[tuple, str] = {}
