@@ -91,11 +91,11 @@ def _pil_pixel_limit(max_pixels: int | None):
 
 
 BOMB_HINT = "raise max_pixels to allow it"
+"""How the refusal of an image over ``max_pixels`` ends: what a caller who can raise the limit
+does. A caller whose users cannot (the service) puts its own advice instead."""
 MEMORY_HINT = "free memory, or lower max_pixels (the file itself may be fine)"
 """The library's advice for a photo too large for the memory left; commands say it in their own
 options (score: --max-pixels; the service: the client's side), as for :data:`BOMB_HINT`."""
-"""How the refusal of an image over ``max_pixels`` ends: what a caller who can raise the limit
-does. A caller whose users cannot (the service) puts its own advice instead."""
 
 
 class ImageLoadError(ValueError):

@@ -133,11 +133,11 @@ class SendTimeout(Exception):
 
 
 SEND_GRACE_S = 10.0
+"""Seconds past the request's deadline a client has to read its answer (a slow link downloading the
+docs' scripts); a client that never reads would otherwise hold one of --max-connections for good."""
 REQUEST_ID_KEY = "contentiqa.request_id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a proxy's or client's id, safe in a log line
 FAILED_LOGGED = 5  # a request's unscored files named in the log line; the client's answer has them all
-"""Seconds past the request's deadline a client has to read its answer (a slow link downloading the
-docs' scripts); a client that never reads would otherwise hold one of --max-connections for good."""
 
 
 def model_identity(loaded: LoadedModel) -> dict[str, Any]:
