@@ -775,3 +775,36 @@ def test_a_model_that_gives_nan_fails_its_rows_instead_of_scoring_them(tmp_path,
     said = capsys.readouterr()
     assert "0 of 2 input(s) scored, 2 failed" in said.out + said.err and "NaN" in said.out + said.err
     assert out.is_file()
+
+
+def test_mistyped_values_found_by_fuzzing_are_usage_errors(tmp_path, ckpt, capsys):
+    """Each was a traceback, a hang or a silently lost result: --threads 5000000000 (onnxruntime's
+    int overflow; 100000 threads ran for minutes on 16 GB), -o "" (an unset variable: nothing
+    written, exit 0), a device given as the model ('does not exist')."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    os.mkfifo(tmp_path / "pipe.pt")
+    for argv, words in [(["--threads", "5000000000"], "--threads must be 1 to"),
+                        (["--threads", "100000"], "per CPU of this machine"),
+                        (["-o", ""], "an empty path"),
+                        (["--model", str(tmp_path / "pipe.pt")], "is not a regular file")]:
+        try:
+            rc = run("score", d, *(["--model", ckpt] if "--model" not in argv else []), *argv, "-q")
+        except SystemExit as exc:  # argparse's own usage error
+            rc = exc.code
+        assert rc == 2, argv
+        assert words in capsys.readouterr().err, argv
+    assert run("score", d, "--model", ckpt, "--threads", "2", "-q") == 0
+
+
+def test_serve_and_experiment_refuse_values_that_break_them_later(tmp_path, capsys):
+    from contentiqa.cli.main import main as cli
+
+    for argv, words in [(["--max-wait-ms", "1e13"], "--max-wait-ms must be 0 to --timeout"),  # the batcher died
+                        (["--timeout", "1e10"], "at most a day"),  # shutdown's join overflowed
+                        (["--host", ""], "--host is empty")]:  # listened on every interface
+        assert cli(["serve", "--model", "missing/ckpt.pt", *argv]) == 2, argv
+        assert words in capsys.readouterr().err, argv
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    assert cli(["experiment", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "plain.txt")]) == 2
+    assert "is a file: name a folder" in capsys.readouterr().err

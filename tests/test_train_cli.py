@@ -599,6 +599,11 @@ def test_mistakes_found_before_training_not_after(tmp_path, capsys):
     assert "--set 'model.grid=[2,2': '[2,2' is not a value YAML can read" in capsys.readouterr().err
     assert train(table(tmp_path, n=20), out, "--split-index", "2") == 2  # no --split: it would be ignored
     assert "--split-index 2 picks a split of a --split FILE" in capsys.readouterr().err
+    assert train(table(tmp_path, n=20), out, "--seed", str(2**63)) == 2  # torch's seeds are 64-bit: a traceback
+    assert "seed must be below 2**63" in capsys.readouterr().err
+    for bad in ("model.dim=0", "model.heads=0", "model.grid=[2,-2]", "model.depth=-1"):  # tracebacks, or no Transformer
+        assert train(table(tmp_path, n=20), out, "--set", bad) == 2, bad
+        assert "every size of the model must be at least 1" in capsys.readouterr().err, bad
 
 
 def test_resume_of_a_folder_without_a_run_says_it_starts_afresh_under_quiet(tmp_path, capsys):

@@ -56,8 +56,7 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     checked for contradictions (before any work: no torch, no model)."""
     from ..inference.scorer import check_options
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
+    check_threads(args.threads)
     precision = args.precision
     if args.autocast not in (None, "auto"):
         alias = {"bf16": "bf16", "fp16": "fp16", "off": "fp32"}[args.autocast]
@@ -76,6 +75,21 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         check_options(kwargs["runtime"], precision, kwargs["device"])
     check_model_named(spec)
     return kwargs
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads within what a machine can run: beyond a few per CPU a run only waits on itself
+    (thousands of threads took minutes and gigabytes for one photo; a huge number was a traceback)."""
+    import os
+
+    if threads is None:
+        return
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if not 1 <= threads <= most:
+        raise UsageError(f"--threads must be 1 to {most} ({MAX_THREADS_PER_CPU} per CPU of this machine), not {threads}")
+
+
+MAX_THREADS_PER_CPU = 4
 
 
 def check_model_named(spec: str | None) -> None:

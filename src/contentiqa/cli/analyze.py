@@ -52,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
         # --workers 0 would run as 1 (the decoding pool always has a thread): no mode of its own
         if value < 1:
             raise UsageError(f"{option} must be at least 1")
+        if value > 100_000:  # a typo of many digits: a traceback (or a memory error) deep in the work
+            raise UsageError(f"{option} {value} is more than this command can use")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be at least 1")
+        from ._model_loading import check_threads
+
+        check_threads(args.threads)
         import torch
 
         torch.set_num_threads(args.threads)

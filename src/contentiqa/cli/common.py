@@ -22,6 +22,8 @@ def user_path(text: str) -> str:
     of ``--out=~/x`` alone, and the file would land in a folder named ``~``."""
     import os
 
+    if not text.strip():  # an unset shell variable: taken as "not given", the results would be lost
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     return os.path.expanduser(text)
 
 

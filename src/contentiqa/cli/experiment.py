@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     paths = _configs(args)
     if args.out and len(paths) > 1:
         raise UsageError("--out takes one config; without it each config writes to its own runs/experiments/<name>")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file: name a folder")
     if args.check:
         return check(paths, args.out)
     log = (lambda *a, **k: None) if args.quiet else print

@@ -100,7 +100,7 @@ def _config(args: argparse.Namespace):
 
     checks = [
         (args.max_batch is None or args.max_batch >= 1, "--max-batch must be at least 1"),
-        (args.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
+        (0 <= args.max_wait_ms <= args.timeout * 1000, "--max-wait-ms must be 0 to --timeout (in ms)"),
         (args.max_queue >= 1, "--max-queue must be at least 1"),
         (args.max_images >= 1, "--max-images must be at least 1"),
         # a request over the queue could never be admitted: "busy, retry" on every retry
@@ -108,7 +108,8 @@ def _config(args: argparse.Namespace):
                                             f"({args.max_images}): a request of that many images could never start"),
         (args.max_upload_mb > 0, "--max-upload-mb must be positive"),
         (args.max_pixels > 0, "--max-pixels must be a positive number of megapixels"),
-        (args.timeout > 0, "--timeout must be positive"),
+        (0 < args.timeout <= 86400, "--timeout must be positive, at most a day (86400 s)"),
+        (args.host.strip() != "", "--host is empty (an unset shell variable?): 127.0.0.1 listens on this machine only"),
         (args.max_connections >= 1, "--max-connections must be at least 1"),
         (args.header_timeout > 0, "--header-timeout must be positive"),
         (args.decode_workers is None or args.decode_workers >= 0, "--decode-workers must be 0 or more"),

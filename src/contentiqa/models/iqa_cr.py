@@ -147,6 +147,10 @@ class IQACRConfig:
         if self.channel_attention not in ("tokens", "axial"):
             raise ValueError("channel_attention must be 'tokens' or 'axial'")
         self.grid = tuple(self.grid)  # type: ignore[assignment]
+        small = [f"{k}={getattr(self, k)}" for k in ("dim", "heads", "depth", "mlp_dim", "channel_heads", "axial_dim")
+                 if getattr(self, k) < 1] + ([f"grid={self.grid}"] if len(self.grid) != 2 or min(self.grid) < 1 else [])
+        if small:  # a zero width is a traceback deep in a layer; depth 0 a model without its Transformer
+            raise ValueError(f"{', '.join(small)}: every size of the model must be at least 1 (grid: two sides)")
         if self.feature_stages is not None:
             self.feature_stages = tuple(int(i) for i in self.feature_stages)
         self.categories = tuple(self.categories)

@@ -261,8 +261,10 @@ def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]
     if spec.path is not None:
         if spec.path.is_dir():
             raise ValueError(f"model file {spec.text} is a folder: name the .pt or .onnx file in it")
-        if not spec.path.is_file():
+        if not spec.path.exists():
             raise FileNotFoundError(f"model file {spec.text} does not exist")
+        if not spec.path.is_file():
+            raise ValueError(f"model file {spec.text} is not a regular file (a device or a pipe)")
         return spec.path, None
     assert spec.name is not None
     path = shipped_weights_path(spec.name, spec.tag)

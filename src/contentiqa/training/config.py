@@ -194,6 +194,8 @@ class TrainConfig:
         for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"training option {name} must be 0 or more, not {getattr(self, name)!r}")
+        if self.seed >= 2**63:  # torch's seeds are 64-bit: a larger one is a traceback at the first draw
+            raise ValueError(f"training option seed must be below 2**63, not {self.seed!r}")
         if self.crop is not None and self.crop < 1:
             raise ValueError(f"training option crop is a side in pixels (at least 1) or null for the whole image, "
                              f"not {self.crop!r}")
