@@ -37,7 +37,8 @@ def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = Tr
                         "the cache on first use; PyTorch if it cannot be exported), PyTorch on a GPU. torch / onnx "
                         f"force one{what}")
     if onnx_files:
-        p.add_argument("--onnx-model", type=user_path, metavar="FILE", default=None, help="an ONNX file from `contentiqa export` (the "
+        p.add_argument("--onnx-model", type=user_path, metavar="FILE", default=None,
+                       help="an ONNX file from `contentiqa export` (the "
                        "same as --model FILE.onnx); its metadata give the preprocessing and scale")
     else:
         p.set_defaults(onnx_model=None)
@@ -77,6 +78,10 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+MAX_THREADS_PER_CPU = 4
+"""--threads beyond this many per CPU are refused."""
+
+
 def check_threads(threads: int | None) -> None:
     """--threads within what a machine can run: beyond a few per CPU a run only waits on itself
     (thousands of threads took minutes and gigabytes for one photo; a huge number was a traceback)."""
@@ -88,8 +93,6 @@ def check_threads(threads: int | None) -> None:
     if not 1 <= threads <= most:
         raise UsageError(f"--threads must be 1 to {most} ({MAX_THREADS_PER_CPU} per CPU of this machine), not {threads}")
 
-
-MAX_THREADS_PER_CPU = 4
 
 
 def check_model_named(spec: str | None) -> None:

@@ -139,7 +139,8 @@ def check_rated(table: pd.DataFrame, data: str | Path, what: str, need: int = 2)
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", type=user_path, default=None, help="split file (from save_splits / a previous run); default: make one")
+    p.add_argument("--split", type=user_path, default=None,
+                   help="split file (from save_splits / a previous run); default: make one")
     p.add_argument("--split-index", type=int, default=0, help="which split of a multi-split file (default 0)")
     p.add_argument("--protocol", default=None, choices=["iqa-cr", "ie-iqa", "official"],
                    help="protocol when making a split (default iqa-cr); a table with a 'split' column keeps it "

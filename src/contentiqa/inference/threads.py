@@ -6,8 +6,9 @@ gets only part of it, so every layer waits for it: two threads on two cores with
 competitor run *slower* than one thread (measured: benchmarks/results/cores.md). And idle
 pool threads that spin (ONNX Runtime's default) take time from the competitor and from our
 own image-decoding threads. So: count the cores this process may use (its CPU affinity, as
-``taskset`` or a batch job sets it, within a container's CPU quota), subtract what other processes use right now (a short
-sample of ``/proc/stat``, else the load average), and never let idle threads spin.
+``taskset`` or a batch job sets it, within a container's CPU quota), subtract what other
+processes use right now (a short sample of ``/proc/stat``, else the load average), and never
+let idle threads spin.
 
 Many images: the compute threads then run whole images side by side, one thread each
 (``runs``), instead of splitting each image's layers over all of them, because a split layer
