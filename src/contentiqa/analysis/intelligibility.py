@@ -310,9 +310,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-OUTPUT_NAMES = ("intelligibility.csv", "by_mos_bin.csv", "by_confidence_bin.csv", "summary.json", "intelligibility.png")
-"""What :func:`write_intelligibility_analysis` writes into its folder (the per-image table first, the plot last)."""
-PLOT_NAME = OUTPUT_NAMES[-1]
+OUTPUT_FILES = {"per_image": "intelligibility.csv", "by_mos_bin": "by_mos_bin.csv",
+                "by_confidence_bin": "by_confidence_bin.csv", "summary": "summary.json", "plot": "intelligibility.png"}
+"""What :func:`write_intelligibility_analysis` writes into its folder, by the key it returns each under."""
 
 
 def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
@@ -321,14 +321,15 @@ def write_intelligibility_analysis(result: IntelligibilityAnalysis, out_dir: str
     (each atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "per_image": atomic_write_text(out / OUTPUT_NAMES[0], result.per_image.to_csv(index=False)),
-        "by_mos_bin": atomic_write_text(out / "by_mos_bin.csv", result.by_mos_bin.to_csv(index=False)),
-        "by_confidence_bin": atomic_write_text(out / "by_confidence_bin.csv", result.by_confidence_bin.to_csv(index=False)),
-        "summary": atomic_write_text(out / "summary.json", json.dumps(_json_safe(result.summary), indent=2, allow_nan=False) + "\n"),
+    texts = {
+        "per_image": result.per_image.to_csv(index=False),
+        "by_mos_bin": result.by_mos_bin.to_csv(index=False),
+        "by_confidence_bin": result.by_confidence_bin.to_csv(index=False),
+        "summary": json.dumps(_json_safe(result.summary), indent=2, allow_nan=False) + "\n",
     }
+    files = {key: atomic_write_text(out / OUTPUT_FILES[key], text) for key, text in texts.items()}
     if plot:
-        files["plot"] = plot_intelligibility(result, out / PLOT_NAME)
+        files["plot"] = plot_intelligibility(result, out / OUTPUT_FILES["plot"])
     else:  # an earlier run's plot would contradict these numbers beside it
-        (out / PLOT_NAME).unlink(missing_ok=True)
+        (out / OUTPUT_FILES["plot"]).unlink(missing_ok=True)
     return files

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.intelligibility import OUTPUT_NAMES, analyze_intelligibility, write_intelligibility_analysis
+    from ..analysis.intelligibility import OUTPUT_FILES, analyze_intelligibility, write_intelligibility_analysis
     from ._output import check_writable_folder
     from .common import load_data, say_failed
     from .main import UsageError
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read dataset {data}: {exc}") from None
     classifier, mean, std, names = _classifier(args.backbone)
     out = Path(args.out)
-    clash = next((n for n in OUTPUT_NAMES if os.path.realpath(out / n) == os.path.realpath(data)), None)
+    clash = next((n for n in OUTPUT_FILES.values() if os.path.realpath(out / n) == os.path.realpath(data)), None)
     if clash is not None:  # the per-image results would replace the dataset they were read from
         raise UsageError(f"--out {out} would write its {clash} over DATA {data}: choose another folder")
     out = check_writable_folder(out, "--out")  # before any image is scored

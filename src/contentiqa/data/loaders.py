@@ -328,8 +328,8 @@ def load_bid(root: Path) -> pd.DataFrame:
     std_col = _column(df, "Standard Deviation", "SD", file=sheet, required=False)
     df = df[pd.notna(df[num_col]) & pd.notna(df[mos_col])]
     numbers = pd.to_numeric(df[num_col], errors="coerce")
-    if numbers.isna().any() or (numbers != numbers.round()).any():
-        bad = [str(v) for v, n in zip(df[num_col], numbers) if not (pd.notna(n) and n == round(n))]
+    bad = [str(v) for v in df[num_col][numbers.isna() | (numbers != numbers.round())]]
+    if bad:
         raise ValueError(f"{sheet}: column {num_col!r} holds {len(bad)} cell(s) that are no image number, e.g. {bad[:3]}")
     names = [f"DatabaseImage{int(n):04d}.JPG" for n in numbers]
     out = pd.DataFrame({
