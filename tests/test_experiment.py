@@ -693,6 +693,13 @@ def test_config_values_of_the_wrong_kind_are_errors(tmp_path, capsys):
         load_config({**base, "seeds": [0, -1]}, tmp_path)
     with pytest.raises(ConfigError, match=r"runs\[0\]\.seeds: seeds must be 0 or more"):
         load_config({**base, "seeds": [0, 1], "runs": [{"model": "iqa-cr-q", "seeds": [-1]}]}, tmp_path)
+    # a seed of 2**63 passed --check and was torch's traceback after the runs before it; a count of
+    # a billion seeds built a list of a billion runs
+    with pytest.raises(ConfigError, match=r"config: seeds: seeds must be below 2\*\*63, got \[0, 9223372036854775808\]"):
+        load_config({**base, "seeds": [0, 2**63]}, tmp_path)
+    assert load_config({**base, "seeds": [2**63 - 1]}, tmp_path).seeds == [2**63 - 1]
+    with pytest.raises(ConfigError, match=r"config: seeds: a count of seeds is 1 to 1000, not 1000000000"):
+        load_config({**base, "seeds": 10**9}, tmp_path)
     # 'on:' is a boolean key in YAML: sorting it among other unknown keys raised TypeError
     f = tmp_path / "on.yaml"
     f.write_text("data: {root: d.csv}\nmodel: iqa-cr-q\non: 1\nzzz: 2\n")

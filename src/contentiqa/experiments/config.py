@@ -247,18 +247,26 @@ class ExperimentConfig:
         return out
 
 
+MAX_SEED_COUNT = 1000
+"""A count of seeds beyond it is a typo, not a plan: each seed is a training run."""
+
+
 def _seeds(value: Any, where: str) -> list[int]:
+    from ..training.config import SEED_LIMIT
+
     if isinstance(value, bool):
         raise ConfigError(f"{where}: seeds must be a count or a list of integers")
     if isinstance(value, int):
-        if value < 1:
-            raise ConfigError(f"{where}: seeds must be at least 1")
+        if not 1 <= value <= MAX_SEED_COUNT:
+            raise ConfigError(f"{where}: a count of seeds is 1 to {MAX_SEED_COUNT}, not {value}")
         return list(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         if len(set(value)) != len(value):
             raise ConfigError(f"{where}: seeds repeat: {value}")
         if any(s < 0 for s in value):  # numpy and torch refuse them, but only once a split is drawn
             raise ConfigError(f"{where}: seeds must be 0 or more, got {value}")
+        if any(s >= SEED_LIMIT for s in value):  # a traceback at the first draw, after the runs before it
+            raise ConfigError(f"{where}: seeds must be below 2**63, got {value}")
         return list(value)
     raise ConfigError(f"{where}: seeds must be a count or a non-empty list of integers, not {value!r}")
 

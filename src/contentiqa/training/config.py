@@ -40,6 +40,9 @@ VALIDATION_METRICS = ("srocc", "plcc", "krocc", "rmse", "accuracy", "acceptable"
 """What a validation can measure (a model without a content head, or a part without labels,
 has fewer: the trainer says so then); ``monitor`` names one, or ``SET/metric``."""
 
+SEED_LIMIT = 2**63
+"""Seeds stay below it: torch's generators take 64-bit signed seeds."""
+
 
 @dataclass
 class TrainConfig:
@@ -194,7 +197,7 @@ class TrainConfig:
         for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"training option {name} must be 0 or more, not {getattr(self, name)!r}")
-        if self.seed >= 2**63:  # torch's seeds are 64-bit: a larger one is a traceback at the first draw
+        if self.seed >= SEED_LIMIT:  # torch's seeds are 64-bit: a larger one is a traceback at the first draw
             raise ValueError(f"training option seed must be below 2**63, not {self.seed!r}")
         if self.crop is not None and self.crop < 1:
             raise ValueError(f"training option crop is a side in pixels (at least 1) or null for the whole image, "
