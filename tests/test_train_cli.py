@@ -307,6 +307,9 @@ def test_yaml_numbers_without_a_dot_are_numbers_and_words_are_refused(tmp_path, 
     bad.write_text("train: {lr: fast}\n")
     assert train(data, tmp_path / "b", "--config", str(bad)) == 2
     assert "training option lr must be a number, not 'fast'" in capsys.readouterr().err
+    # a folder given as --config was called "not a UTF-8 text file"
+    assert train(data, tmp_path / "c", "--config", str(tmp_path)) == 2
+    assert f"{tmp_path} is a folder, not a config file" in capsys.readouterr().err
 
 
 def test_an_experiment_whose_protocol_leaves_no_test_part_says_why(tmp_path, monkeypatch, capsys):

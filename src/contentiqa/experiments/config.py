@@ -470,7 +470,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
 def load_config(config: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a YAML file or a mapping (relative paths of a mapping
     start at ``base_dir``, default the working directory)."""
-    from ..utils.yamlfile import parse_yaml
+    from ..utils.yamlfile import parse_yaml, read_config_text
 
     if isinstance(config, ExperimentConfig):
         return config
@@ -478,16 +478,9 @@ def load_config(config: str | os.PathLike | dict, base_dir: str | os.PathLike | 
         return parse_config(config, Path(base_dir or os.getcwd()).absolute(), None, None)
     path = Path(config)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a config file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a UTF-8 text file") from None
-    try:
+        text = read_config_text(path)
         raw = parse_yaml(text, path) or {}
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return parse_config(raw, Path(base_dir).absolute() if base_dir else path.absolute().parent, path, text)
 

@@ -251,15 +251,9 @@ class TrainConfig:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    from ..utils.yamlfile import parse_yaml
+    from ..utils.yamlfile import parse_yaml, read_config_text
 
-    path = Path(path)
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"), path) or {}  # a key given twice: an error
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} does not exist") from None
-    except (UnicodeDecodeError, IsADirectoryError):
-        raise ValueError(f"{path} is not a UTF-8 text file") from None
+    data = parse_yaml(read_config_text(path), path) or {}  # a key given twice: an error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data

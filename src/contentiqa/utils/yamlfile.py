@@ -30,6 +30,19 @@ def parse_yaml(text: str, source: str | os.PathLike = "<yaml>") -> Any:
     return data
 
 
+def read_config_text(path: str | os.PathLike) -> str:
+    """A config file's text, or one line saying why not (``FileNotFoundError`` or ``ValueError``):
+    a folder or a binary file given as a config is a usage slip, not a traceback."""
+    try:
+        return open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file") from None
+
+
 MAX_VALUES = 100_000
 """Values a YAML file may expand to, each alias counted where it is used: a config has hundreds;
 a few lines of aliases of aliases expand exponentially, and whatever walks the result (expanding
