@@ -27,17 +27,21 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
-def in_cli_words(error: str, own: tuple[str, ...] = ()) -> str:
+def in_cli_words(error: str, own: tuple[str, ...] = (), too_large: str = "use a smaller copy of it") -> str:
     """An image's error with the library's advice (its attributes: ``max_pixels``, ``max_side``)
     said on the command line: the command's ``own`` options where it has them, else what
-    `contentiqa score` offers."""
-    from ..data.imageio import MEMORY_HINT
+    `contentiqa score` offers, or ``too_large`` for a photo over the pixel limit of a command
+    that keeps it fixed."""
+    from ..data.imageio import BOMB_HINT, MEMORY_HINT
     from ..models.scoring import DOWNSCALE_HINT
 
-    memory = "free memory, or lower --max-pixels" if "--max-pixels" in own else "free memory"
+    limit = "--max-pixels" in own
+    memory = "free memory, or lower --max-pixels" if limit else "free memory"
+    bomb = "pass --max-pixels MP, in megapixels, to allow it" if limit else too_large
     side = "--max-side 0 scores it at full size" if "--max-side" in own else \
         "`contentiqa score --max-side 0` scores it at full size"
-    return error.replace(MEMORY_HINT, f"{memory} (the file itself may be fine)").replace(DOWNSCALE_HINT, side)
+    return (error.replace(MEMORY_HINT, f"{memory} (the file itself may be fine)").replace(DOWNSCALE_HINT, side)
+            .replace(BOMB_HINT, bomb))
 
 
 def say_failed(rows: pd.DataFrame, everything: str) -> None:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, ...], category: str | None,
                   max_pixels: int | None, inputs: set[str]) -> int:
     """Score, explain and write a figure for each image; 1 when one failed (the rest go on)."""
-    from ..data.imageio import BOMB_HINT, ImageLoadError
+    from ..data.imageio import ImageLoadError
     from ..explain import explain
     from ..models.ensemble import Ensemble
 
@@ -115,7 +115,7 @@ def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, .
     for image, pred in zip(args.images, preds):
         if pred.error is not None:
             # the limit explain keeps is score's default: no flag of this command raises it
-            print(printable(f"{image}: {in_cli_words(pred.error.replace(BOMB_HINT, 'explain a smaller copy of it'))}"),
+            print(printable(f"{image}: {in_cli_words(pred.error, too_large='explain a smaller copy of it')}"),
                   file=sys.stderr)
             failures += 1
             continue

@@ -56,9 +56,6 @@ from .main import UsageError
 EXPLAIN_REPORT_MAX_PIXELS = 1_000_000
 """Images are explained for the report on a copy of at most this size (the heatmap is shown
 as a thumbnail anyway)."""
-CLI_BOMB_HINT = "pass --max-pixels MP, in megapixels, to allow it"
-"""The decompression-bomb refusal's advice, in this command's terms (the library's names the
-Python attribute)."""
 
 
 # --sort's words (sort_rows' own orders stay accepted: --sort=-score); best and worst become an
@@ -377,12 +374,11 @@ class _Scoring:
         return EXIT_NOT_WRITTEN
 
     def on_result(self, i: int, pred: Any) -> None:
-        from ..data.imageio import BOMB_HINT
         from ..reporting.results import row_from_prediction
 
         row = row_from_prediction(self.scorer.clip_to_scale(pred))
         if row["error"]:
-            row["error"] = in_cli_words(row["error"].replace(BOMB_HINT, CLI_BOMB_HINT), ("--max-pixels", "--max-side"))
+            row["error"] = in_cli_words(row["error"], ("--max-pixels", "--max-side"))
         self.new_rows[self.to_score[i][0]] = {**row, **self.record}
         self.since += 1
         now = time.monotonic()
