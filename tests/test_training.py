@@ -170,6 +170,25 @@ def test_resume_continues_exactly(tiny_table, tmp_path):
     assert straight.history[-1]["loss"] == pytest.approx(resumed.history[-1]["loss"], rel=1e-6)
 
 
+def test_a_resume_with_another_architecture_is_refused_naming_what_changed(tiny_table, tmp_path):
+    """Trainer.fit(resume=True) compared the model's name only: a model of other settings with the
+    same tensor shapes went on training (config.json then claimed the new ones for the whole run),
+    and other shapes were torch's load_state_dict traceback."""
+    from contentiqa.training.trainer import ResumeMismatch
+
+    torch.manual_seed(0)
+    first = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1)
+    first.fit()
+    for changed, said in (({"merge": "mean", "dropout": 0.5}, "dropout 0.1 (now 0.5); merge 'sum' (now 'mean')"),
+                          ({"dim": 8}, "dim 16 (now 8)")):
+        again = _trainer(create_model("iqa-cr", pretrained=False, **{**TINY, **changed}), tiny_table, tmp_path, epochs=2)
+        with pytest.raises(ResumeMismatch, match=re.escape(f"trained with model setting(s) {said}")):
+            again.fit(resume=True)
+    again = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=2)
+    again.fit(resume=True)  # the same model goes on
+    assert len(again.history) == 2
+
+
 def test_a_content_only_model_without_labelled_validation_photos_is_refused_before_training(tiny_table, tmp_path):
     """Every epoch's validation accuracy was NaN, never better than the first: best.pt stayed epoch 1
     and the rest of training was thrown away without a word."""

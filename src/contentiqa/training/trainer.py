@@ -131,6 +131,12 @@ def _to(x, device):
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
 
+def architecture(cfg: dict) -> dict:
+    """What of a model config fixes the network, as JSON gives it back (tuples are lists): the
+    scale, calibration and frozen stages are training's to set, not the architecture's."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("scale", "calibration", "frozen_stages")}))
+
+
 def monitor_improved(score: float, best: float) -> bool:
     """Whether a validation ``score`` beats ``best``; NaN (a collapsed epoch) ranks below every
     number, so a later real score replaces it and it never replaces one."""
@@ -305,11 +311,8 @@ class Trainer:
         from ..models.registry import load_checkpoint
 
         src = load_checkpoint(path)
-
-        def arch(m: IQAModel) -> dict:  # what training sets (scale, calibration, frozen stages) aside
-            return {k: v for k, v in m.cfg.to_dict().items() if k not in ("scale", "calibration", "frozen_stages")}
-
-        if src.model_name != self.model.model_name or arch(src) != arch(self.model):
+        if src.model_name != self.model.model_name or \
+                architecture(src.cfg.to_dict()) != architecture(self.model.cfg.to_dict()):
             raise ValueError(f"init_from {path}: a {src.model_name} of another architecture than the {self.model.model_name} "
                              "being trained")
         self.model.load_state_dict(src.state_dict())
@@ -809,6 +812,12 @@ class Trainer:
             raise CheckpointReadError(f"{path} is not a contentiqa trainer state (last.pt)")
         if st.get("model_name") != self.model.model_name:
             raise ValueError(f"{path} is a {st.get('model_name')} run, not {self.model.model_name}")
+        trained, now = architecture(st.get("model_config") or {}), architecture(self.model.cfg.to_dict())
+        if "model_config" in st and trained != now:  # same shapes would go on as another model; other shapes were torch's traceback
+            changed = [f"{k} {trained.get(k)!r} (now {now.get(k)!r})" for k in sorted(set(trained) | set(now))
+                       if trained.get(k) != now.get(k)]
+            raise ResumeMismatch(f"{path} was trained with model setting(s) {'; '.join(changed)}: resume with the "
+                                 "model it trained, or start afresh")
         self._check_same_recipe(path, st.get("train_config") or {})
         if isinstance(st.get("parts"), Mapping):  # (a last.pt of older code did not say)
             self._check_same_parts(path, st["parts"])
