@@ -155,6 +155,21 @@ def test_render_lower_is_better_and_escaping(tmp_path):
     assert out.read_text().count('<div class="card"') == 2  # no file: no thumbnail, still a card
 
 
+def test_a_score_that_is_no_number_is_shown_as_none(tmp_path):
+    """A hand-made row scoring NaN or inf was histogram_html's traceback, and JSON's NaN token."""
+    import json
+
+    from contentiqa.reporting import write_results
+
+    rows = [{"path": f"{v}.jpg", "score": float(v), "category": None, "category_confidence": None, "error": None,
+             "notes": ""} for v in ("nan", "inf", "-inf", "40")]
+    html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0)})
+    assert re.findall(r'<div class="score">([0-9.]+)', html) == ["40.00"]
+    assert [r["score"] for r in read_html_rows(html)] == [None, None, None, 40.0]
+    out = write_results(tmp_path / "r.json", rows)
+    assert [r["score"] for r in json.loads(out.read_text(), parse_constant=pytest.fail)] == [None, None, None, 40.0]
+
+
 def test_cards_follow_the_sort_asked_for(tmp_path, ckpt):
     """--sort worst (or path) ordered the table and the embedded rows, while the cards stayed best first."""
     images(tmp_path / "imgs", 4)

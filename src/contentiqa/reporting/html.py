@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
 from ..utils.terminal import printable
-from .results import NAME_ERRORS, row_ok, sort_rows
+from .results import NAME_ERRORS, normalize_row, row_ok, sort_rows
 
 DEFAULT_TITLE = "contentiqa quality report"
 
@@ -197,6 +197,7 @@ def render_html_report(
     quality map). ``order``: the cards' order, as :func:`~.results.sort_rows` takes it (None:
     best first); failed inputs are listed in their own table.
     """
+    rows = [normalize_row(r) for r in rows]  # a NaN or infinite score is no score (hand-made rows)
     thumbnails = thumbnails or {}
     heatmaps = heatmaps or {}
     heatmap_caption = heatmap_caption or caption_for_heatmaps("quality", attention=True)

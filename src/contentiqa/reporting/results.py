@@ -44,7 +44,7 @@ def _num(x: Any, digits: int = 6) -> float | None:
     if x is None or x == "":
         return None
     v = float(x)
-    return None if math.isnan(v) else round(v, digits)
+    return round(v, digits) if math.isfinite(v) else None  # NaN and inf are no number (and not JSON)
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +132,7 @@ def _csv_path(path: str) -> str:
 
 
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
+    r = normalize_row(r)
     extra = {k: v for k, v in r.items() if k not in FIELDS}
     return {**{k: r.get(k) for k in FIELDS}, **extra}
 
