@@ -649,6 +649,21 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path, ckpt):
     assert not stale.exists() and other.exists()
 
 
+def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path, ckpt):
+    """A legal name of 242-255 bytes made a temporary name over the limit: 'File name too long'
+    for --output, and for every atomic write of the library (reports, results, checkpoints)."""
+    from contentiqa.utils.io import remove_stale_temporaries, temporary_prefix
+
+    d = _folder(tmp_path / "imgs", n=1)
+    out = tmp_path / ("é" * 120 + ".csv")  # 244 bytes
+    stale = tmp_path / f"{temporary_prefix(out)}abc123xy.tmp"  # a killed save's, named as this code names it
+    stale.write_text("x")
+    assert len(os.fsencode(stale.name)) <= 255
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    assert out.read_text().count("\n") == 2 and not stale.exists()
+    assert remove_stale_temporaries(out) == []
+
+
 def test_file_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     """One start-up asks for the weights' SHA-256 several times: it is read once. A file rewritten
     in place (even with its size and modification time put back) is hashed again, and a file

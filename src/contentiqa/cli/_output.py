@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..utils.io import Busy, exclusive_lock, remove_stale_temporaries, through_links
+from ..utils.io import Busy, exclusive_lock, remove_stale_temporaries, temporary_prefix, through_links
 from .main import UsageError
 
 EXIT_NOT_WRITTEN = 3
@@ -45,7 +45,7 @@ def check_writable(path: Path, option: str = "--output") -> None:
         raise UsageError(f"cannot write {option} {path}: {blocking} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".probe", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -81,7 +81,7 @@ def output_lock(path: Path) -> Iterator[None]:
     path = through_links(path)
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(exclusive_lock(path.parent / f".{path.name}.lock", f"another process is writing {path}"))
+            held.enter_context(exclusive_lock(path.parent / f"{temporary_prefix(path)}lock", f"another process is writing {path}"))
         except Busy as exc:
             raise UsageError(f"{exc}; wait for it to finish, or write to another --output") from None
         except OSError as exc:

@@ -25,6 +25,23 @@ def through_links(path: str | os.PathLike) -> Path:
     return path if real == Path(os.path.abspath(path)) else real
 
 
+NAME_MAX = 255
+"""Bytes a file name may hold on the usual file systems (ext4, XFS, APFS, NTFS in UTF-16)."""
+
+
+def temporary_prefix(path: Path) -> str:
+    """``.<name>.``: how the temporaries of ``path`` begin (:func:`atomic_write`, probes). A
+    name near the file system's limit is shortened with a hash of it, so that a legal output
+    name keeps a legal temporary (tempfile adds 8 characters and the suffix)."""
+    name = path.name
+    if len(os.fsencode(name)) <= NAME_MAX - 24:
+        return f".{name}."
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    while len(os.fsencode(name)) > NAME_MAX - 48:
+        name = name[:-1]
+    return f".{name}~{digest}."
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, follow_links: bool = True) -> Path:
     """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically (onto the file a
     symlink ``path`` points to: the link stays). ``follow_links=False``: onto the name itself, a
@@ -32,7 +49,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, follo
     anyone who can write the folder could point at any file of this user."""
     path = through_links(path) if follow_links else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -83,7 +100,7 @@ def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] 
     path = through_links(path)
     # Exactly tempfile's random part (a fixed-length run of [a-z0-9_]): the temporary of a
     # file whose name extends this one's ('.last.pt.bak.<random>.tmp') does not match.
-    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + "(" + "|".join(map(re.escape, suffixes)) + ")")
+    pattern = re.compile(re.escape(temporary_prefix(path)) + _RANDOM + "(" + "|".join(map(re.escape, suffixes)) + ")")
     removed = []
     try:
         names = os.listdir(path.parent)
