@@ -848,6 +848,18 @@ def test_check_says_ready_only_for_what_the_run_would_start(tiny, tmp_path, caps
     assert rc == 2 and out.startswith("invalid") and "dataset_ratio" in out
     rc, out = check(runs=[{**ready[0], "train": {"init_from": str(tmp_path / "nowhere" / "seed{seed}" / "best.pt")}}])
     assert rc == 1 and out.startswith("missing") and "nowhere/seed0/best.pt does not exist" in out
+    # settings the Trainer refuses, said only at the row's turn (after the rows before it trained):
+    # IE-IQA's protocol has no validation part to calibrate or monitor on
+    for train, said in (({"calibrate": True}, "calibrate fits on the validation part, and there is none"),
+                        ({"monitor": "val/srocc"}, "needs a validation part: there is none"),
+                        ({"device": "cuda:7"}, "device 'cuda:7'"),
+                        ({"rank_weight": 1.0}, "iqa-cr-c predicts no score: rank_weight")):
+        model = {"model": "iqa-cr-c"} if "rank_weight" in train else {}
+        rc, out = check(runs=[ready[0], {**ready[1], **model, "train": train}])
+        assert rc == 2 and out.startswith("invalid") and "run IQA-CR: " in out and said in out, (train, out)
+    rc, out = check(runs=[ready[0], {**ready[1], "train": {"calibrate": True}}],
+                    data={**cfg["data"], "val_fraction": 0.25})
+    assert rc == 0 and out.startswith("ready"), out  # a validation part carved from the train part
     # weights a row's model needs and this machine lacks (not a file the config names): the run skips it
     scene = {"name": "scene", "model": "ie-iqa", "model_args": {"intelligibility_task": "scene",
                                                                 "distortion_pretrained": False, "hidden": [8, 4]}}

@@ -60,16 +60,18 @@ def _configs(args: argparse.Namespace) -> list[Path]:
     raise UsageError("give a CONFIG.yaml" + (" (no configs/*.yaml here to check)" if args.check else ""))
 
 
-def check(paths: list[Path], out: str | None = None) -> int:
+def check(paths: list[Path], out: str | None = None, device: str | None = None) -> int:
     """Each config's status line: invalid (2), missing something (1), or ready. Ready means what
     the run itself checks before its first row trains passed too (each row's model built from its
-    arguments, its dataset_ratio and init_from), not only that the files are there."""
+    arguments, its training settings against it and its parts, dataset_ratio and init_from), not
+    only that the files are there; the data's own checks (split columns, enough photos) come when
+    the run reads it."""
     from ..experiments import (ConfigError, StartMissing, check_before_training, default_out_dir, experiment_missing,
                                load_config, run_missing)
     from ..utils.extras import have, install_hint
 
     torch = have("torch")
-    built: set[str] = set()  # configs share models: each built once
+    built: dict[str, bool] = {}  # configs share models: each built once
     coming: set[Path] = set()  # what the configs before this one will write, as one command runs them in turn
     rc = 0
     width = max(len(str(p)) for p in paths)
@@ -86,7 +88,7 @@ def check(paths: list[Path], out: str | None = None) -> int:
             unavailable: dict[str, str] = {}
             try:
                 check_before_training(cfg, Path(out) if out else default_out_dir(cfg), None, None, built, unavailable,
-                                      coming)
+                                      coming, device)
             except StartMissing as exc:
                 missing = [str(exc)]
             except ConfigError as exc:
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file: name a folder")
     if args.check:
-        return check(paths, args.out)
+        return check(paths, args.out, args.device)
     log = (lambda *a, **k: None) if args.quiet else print
     configs = _check_all_first(paths, args)
     rc = 0

@@ -473,20 +473,26 @@ class StartMissing(ConfigError):
 
 
 def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None,
-                          built: set[str] | None = None, unavailable: dict[str, str] | None = None,
-                          coming: set[Path] | None = None) -> None:
+                          built: dict[str, bool] | None = None, unavailable: dict[str, str] | None = None,
+                          coming: set[Path] | None = None, device: str | None = None) -> None:
     """ConfigError, before any row trains, for a row that could only fail when its turn came
     (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
-    argument), or (:class:`StartMissing`) it starts from weights (``init_from``) that neither
-    exist nor come from a row trained before it in this run. ``built``: the models (and
-    arguments) already built by an earlier call, not built again (``experiment --check`` of
-    many configs). ``unavailable``: filled with the rows whose model needs weights this machine
-    lacks (a run skips them when their turn comes; ``--check`` says so). ``coming``: the files
-    rows trained before these will write (configs run before this one), added to."""
+    argument), its training settings cannot train it on these parts (a device this machine
+    lacks, calibrate without a validation part: :func:`~contentiqa.training.trainer.check_settings`),
+    or (:class:`StartMissing`) it starts from weights (``init_from``) that neither exist nor
+    come from a row trained before it in this run. ``built``: the models (and arguments)
+    already built by an earlier call, with whether each predicts a score, not built again
+    (``experiment --check`` of many configs). ``unavailable``: filled with the rows whose model
+    needs weights this machine lacks (a run skips them when their turn comes; ``--check`` says
+    so). ``coming``: the files rows trained before these will write (configs run before this
+    one), added to. ``device``: the one the command gives every row."""
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
+    from ..training.config import TrainConfig
+    from ..training.trainer import check_settings
 
-    built = set() if built is None else built
+    built = {} if built is None else built
+    validated = [ts.label for ts in cfg.train_sets if cfg.protocol_of(ts) != "ie-iqa" or ts.val_fraction]
     coming = set() if coming is None else coming  # what the rows before this one will write (best.pt, tested.pt)
     for run in cfg.runs:
         if (only and run.name not in only) or run_missing(cfg, run):
@@ -497,13 +503,19 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
         key = json.dumps([run.model, run.model_args], sort_keys=True, default=str)
         try:
             if key not in built:
-                create_model(run.model, pretrained=False, **run.model_args)
-                built.add(key)
+                built[key] = create_model(run.model, pretrained=False, **run.model_args).predicts_score
         except (WeightsUnavailableError, FileNotFoundError) as exc:
             if unavailable is not None:  # else said when the row's turn comes (it is skipped then)
                 unavailable[run.name] = str(exc)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"run {run.name}: model_args {run.model_args} cannot build {run.model}: {exc}") from None
+        if key in built:
+            settings = TrainConfig.from_dict({**run.train, **({"device": device} if device is not None else {})})
+            try:
+                check_settings(settings, run.model, built[key], bool(validated),
+                               set(validated) if len(cfg.train_sets) > 1 else None)
+            except ValueError as exc:
+                raise ConfigError(f"run {run.name}: {exc}") from None
         ratio = run.train.get("dataset_ratio")
         if ratio:  # the Trainer says so too, but only at the row's turn, after the rows before it trained
             labels = [ts.label for ts in cfg.train_sets]
@@ -1074,7 +1086,7 @@ def run_experiment(
                 if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
         if train:  # on every process: each would otherwise wait for rank 0 at the first barrier
-            check_before_training(cfg, out, only, seeds)
+            check_before_training(cfg, out, only, seeds, device=device)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)

@@ -42,7 +42,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,6 +137,35 @@ def architecture(cfg: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("scale", "calibration", "frozen_stages")}))
 
 
+def check_settings(cfg: TrainConfig, model: str, predicts_score: bool, has_val: bool,
+                   val_sets: Collection[str] | None) -> torch.device:
+    """The device to train on, or the ValueError of a setting this model and these parts cannot
+    train with, from what is known before any photo is read: the Trainer's first checks, and
+    what `contentiqa experiment` checks of every row before the first trains (a row failing at
+    its turn came after hours of the rows before it). ``val_sets``: the datasets of a
+    validation part of several (None: one dataset)."""
+    device = resolve_device(cfg.device)  # an unknown or absent device
+    if cfg.cache_runtime == "onnx" and cfg.cache_stages and device.type != "cpu":
+        # its encoder runs ONNX Runtime on the CPU beside the model: on an accelerator it would
+        # compare and feed tensors of two devices; PyTorch encodes there at least as fast
+        raise ValueError(f"cache_runtime 'onnx' encodes on the CPU: train on {device} with cache_runtime 'torch'")
+    if cfg.monitor is not None and not has_val:
+        raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
+    if cfg.monitor is not None and "/" in cfg.monitor:
+        name = cfg.monitor.split("/", 1)[0]
+        if val_sets is None or name not in val_sets:
+            raise ValueError(f"monitor {cfg.monitor!r}: {name!r} is not a set of the validation part")
+    if (cfg.calibrate or cfg.interpolate) and not has_val:
+        name = "calibrate" if cfg.calibrate else "interpolate"
+        raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
+                         f"or turn {name} off")
+    scored = [name for name in ("rank_weight", "damage_weight", "anchor_weight") if getattr(cfg, name)]
+    if scored and not predicts_score:  # each ranks scores: a content-only model has none
+        raise ValueError(f"{model} predicts no score: {', '.join(scored)} rank(s) scores; set "
+                         f"{' and '.join(scored)} to 0")
+    return device
+
+
 def monitor_improved(score: float, best: float) -> bool:
     """Whether a validation ``score`` beats ``best``; NaN (a collapsed epoch) ranks below every
     number, so a later real score replaces it and it never replaces one."""
@@ -222,21 +251,9 @@ class Trainer:
         self.scale = scale
         # The model learns this dataset's scale: predictions map back to its MOS units.
         model.set_scale(scale)
-        self.device = resolve_device(cfg.device)  # an unknown or absent device: a ValueError before any work
-        if cfg.cache_runtime == "onnx" and cfg.cache_stages and self.device.type != "cpu":
-            # its encoder runs ONNX Runtime on the CPU beside the model: on an accelerator it would
-            # compare and feed tensors of two devices; PyTorch encodes there at least as fast
-            raise ValueError(f"cache_runtime 'onnx' encodes on the CPU: train on {self.device} with cache_runtime 'torch'")
-        if cfg.monitor is not None and self.val_table is None:
-            raise ValueError(f"monitor {cfg.monitor!r} needs a validation part: there is none")
-        if cfg.monitor is not None and "/" in cfg.monitor:
-            name = cfg.monitor.split("/", 1)[0]
-            if self.scales is None or name not in set(self.val_table["dataset"]):
-                raise ValueError(f"monitor {cfg.monitor!r}: {name!r} is not a set of the validation part")
-        if (cfg.calibrate or cfg.interpolate) and self.val_table is None:
-            name = "calibrate" if cfg.calibrate else "interpolate"
-            raise ValueError(f"{name} fits on the validation part, and there is none: use a split with one, "
-                             f"or turn {name} off")
+        self.device = check_settings(
+            cfg, model.model_name, model.predicts_score, self.val_table is not None,
+            None if self.scales is None or self.val_table is None else set(self.val_table["dataset"]))
         if cfg.calibrate:
             from .calibration import MIN_PAIRS
 
@@ -254,10 +271,6 @@ class Trainer:
             self.progress = False
         model.to(self.device)
         self.has_score = model.predicts_score
-        scored = [name for name in ("rank_weight", "damage_weight", "anchor_weight") if getattr(cfg, name)]
-        if scored and not self.has_score:  # each ranks scores: a content-only model has none
-            raise ValueError(f"{model.model_name} predicts no score: {', '.join(scored)} rank(s) scores; set "
-                             f"{' and '.join(scored)} to 0")
         # The score term is the config's choice; "model" (recipes of models that define their
         # own loss, e.g. IE-IQA) is the model's IQAModel.loss.
         self.loss_fn = MultiTaskLoss(cfg.score_loss, cfg.smooth_l1_beta, cfg.focal_gamma, cfg.loss_weighting, cfg.category_weight,
