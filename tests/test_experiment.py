@@ -183,6 +183,13 @@ def test_table_merges_another_sessions_results_without_training(tiny, first_run)
                            imports=[root / "out1" / "results.json"], train=False)
     assert again.results["IQA-CR"]["seeds"] == [] and again.results["IQA-CR-Q"]["seeds"] == [0, 1]
     assert any("'IQA-CR' not taken: its train changed since" in line for line in lines)
+    # where it trains is not what it learns (results from a GPU machine, imported into a CPU config)
+    elsewhere = {**cfg, "train": {**cfg["train"], "num_workers": 1, "cache_runtime": "onnx"}}
+    lines.clear()
+    moved = run_experiment(elsewhere, root / "out_moved", progress=False, base_dir=root,
+                           log=lambda *a: lines.append(" ".join(map(str, a))),
+                           imports=[root / "out1" / "results.json"], train=False)
+    assert moved.results["IQA-CR"]["seeds"] == [1] and moved.results["IQA-CR-Q"]["seeds"] == [0, 1], lines
 
 
 def test_same_config_twice_gives_the_same_metrics(tiny, first_run):
@@ -1126,14 +1133,23 @@ def test_sigterm_ends_an_experiment_as_ctrl_c_does(tmp_path, capsys, monkeypatch
 
 def test_labels_and_row_names_that_meet_as_file_names_are_refused(tiny):
     """Labels 'B C' and 'B_C' shared one split file (8 of 20 photos were in no part); a row
-    named '..' wrote beside the experiment's folder."""
+    named '..' wrote beside the experiment's folder, an experiment named '..' beside
+    runs/experiments."""
+    from contentiqa.experiments import default_out_dir
+
     _, _, cfg = tiny
     data = [cfg["data"], {**cfg["data"], "label": "B C"}, {**cfg["data"], "label": "B_C"}]
     with pytest.raises(ConfigError, match="distinct as file names"):
         load_config({**cfg, "data": data})
-    for names in (["A B", "A_B"], [".."]):
-        with pytest.raises(ConfigError, match="distinct as folder names"):
-            load_config({**cfg, "runs": [{"name": n, "model": "iqa-cr-q"} for n in names]})
+    with pytest.raises(ConfigError, match="distinct as folder names"):
+        load_config({**cfg, "runs": [{"name": n, "model": "iqa-cr-q"} for n in ["A B", "A_B"]]})
+    # validation parts only, and the ie-iqa protocol draws none: every row trained, the table empty
+    with pytest.raises(ConfigError, match="test: none reports validation parts only, .* none for TINY: give it a val_fraction"):
+        load_config({**cfg, "test": "none"})
+    assert load_config({**cfg, "test": "none", "data": {**cfg["data"], "val_fraction": 0.2}}).tests == []
+    for dots in (".", ".."):
+        loaded = load_config({**cfg, "name": dots, "runs": [{"name": dots, "model": "iqa-cr-q"}]})
+        assert default_out_dir(loaded) == Path("runs/experiments/run") and loaded.runs[0].slug == "run"
 
 
 def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, monkeypatch):
@@ -1153,6 +1169,12 @@ def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, 
     other.write_text(yaml.safe_dump({**cfg, "runs": [{"name": "R", "model": "iqa-cr-q"}]}, sort_keys=False)
                      .replace("train/scores.csv", str(root / "train" / "scores.csv"))
                      .replace("${TINY_OTHER_ROOT:-other}", str(root / "other")))
+    # both named 'tiny': one results folder, the second's table replacing the first's
+    assert main(["experiment", str(path), str(other), "--quiet"]) == 2
+    assert "both write runs/experiments/tiny: give one a 'name:'" in capsys.readouterr().err and ran == []
+    assert main(["experiment", "--check", str(path), str(other)]) == 2
+    assert "invalid  together: " in capsys.readouterr().out
+    other.write_text(other.read_text().replace("name: tiny", "name: other"))
     assert main(["experiment", str(path), str(other), "--only", "nope", "--quiet"]) == 2
     assert "no config has row(s) ['nope']" in capsys.readouterr().err and ran == []
     with pytest.raises(ZeroDivisionError):  # only the config that has row R runs, asked for R

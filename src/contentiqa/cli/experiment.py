@@ -75,9 +75,10 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
     coming: set[Path] = set()  # what the configs before this one will write, as one command runs them in turn
     rc = 0
     width = max(len(str(p)) for p in paths)
+    read: dict[Path, object] = {}
     for path in paths:
         try:
-            cfg = load_config(path)
+            cfg = read[path] = load_config(path)
         except ConfigError as exc:
             print(f"invalid  {str(path):<{width}}  {exc}")
             rc = 2
@@ -109,6 +110,10 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
             rc = max(rc, 1)
         else:
             print(f"ready    {str(path):<{width}}  {size} -> {out or default_out_dir(cfg)}")
+    shared = None if out else _sharing_a_folder(list(read), list(read.values()))
+    if shared:  # each alone is fine; one command running them together is not
+        print(f"invalid  together: {shared}")
+        rc = 2
     return rc
 
 
@@ -167,6 +172,21 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
+def _sharing_a_folder(paths: list, configs: list) -> str | None:
+    """Why configs of one command cannot run together: two write runs/experiments/<name> of one
+    name (the same file name in two folders), where the second's table replaced the first's."""
+    from ..experiments import default_out_dir
+
+    seen: dict[Path, Path] = {}
+    for path, cfg in zip(paths, configs):
+        folder = default_out_dir(cfg).resolve()
+        if folder in seen:
+            return (f"{seen[folder]} and {path} both write {default_out_dir(cfg)}: give one a 'name:' (or an "
+                    "'out:') of its own, or run them one at a time with --out")
+        seen[folder] = path
+    return None
+
+
 def _check_all_first(paths: list, args: argparse.Namespace) -> list:
     """Every config read, and --only / --seed found, before any trains: a mistake in the last
     config is a usage error now, not after hours of the first's training."""
@@ -178,6 +198,9 @@ def _check_all_first(paths: list, args: argparse.Namespace) -> list:
             configs.append(load_config(path))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+    shared = _sharing_a_folder(paths, configs)
+    if shared:
+        raise UsageError(shared)
     if len(paths) > 1:  # one config: the runner says which of its rows or seeds are unknown
         rows = {r.name for cfg in configs for r in cfg.runs}
         if set(args.only or ()) - rows:

@@ -140,7 +140,7 @@ def slugify(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._+-]+", "_", text.strip()).strip("_")
     if len(s) > SLUG_MAX:
         s = s[:SLUG_MAX - 13].rstrip("_") + "_" + hashlib.sha1(text.strip().encode()).hexdigest()[:12]
-    return s or "run"
+    return s if s.strip(".") else "run"  # '.' and '..' name no folder of their own
 
 
 @dataclass
@@ -425,7 +425,7 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         runs.append(RunSpec(run_name, slugify(run_name), str(model), model_args, train, run_seeds,
                             _paths(r.get("requires"), base, f"{rw}.requires")))
     slugs = [r.slug for r in runs]
-    if len(set(slugs)) != len(slugs) or any(s in ("", ".", "..") for s in slugs):  # each names a folder
+    if len(set(slugs)) != len(slugs):  # each names a folder
         raise ConfigError(f"{where}: run names must stay distinct as folder names ({[r.name for r in runs]} give "
                           f"{slugs})")
     cache_limit = None
@@ -446,6 +446,10 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
     for t in tests:
         if isinstance(t, DataSpec) and t.val_fraction is not None:
             raise ConfigError(f"{where}: test set {t.label}: val_fraction is for training data (a test set is all tested)")
+    unvalidated = [d.label for d in datasets if (d.protocol or protocol) == "ie-iqa" and d.val_fraction is None]
+    if not tests and unvalidated:  # every row trained and the table held no figure
+        raise ConfigError(f"{where}: test: none reports validation parts only, and the ie-iqa protocol draws none for "
+                          f"{', '.join(unvalidated)}: give it a val_fraction, or name test sets")
     return ExperimentConfig(
         name=name,
         description=expand_vars(str(raw.get("description") or ""), f"{where}: description").strip(),

@@ -799,6 +799,10 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
         if run.name not in stored:
             continue
         there, here = stored[run.name], _jsonable({"model": run.model, "model_args": run.model_args, "train": run.train})
+        # where a run trained (device, workers, the cache's runtime) is not what it learnt, as
+        # for the splits' fingerprints: results from a GPU machine import into a CPU config
+        there, here = ({**d, "train": {k: v for k, v in d["train"].items() if k not in RUNTIME_SETTINGS}}
+                       if isinstance(d.get("train"), dict) else d for d in (there, here))
         # weights a model argument names sit elsewhere on the machine that trained: their files'
         # contents are compared by the splits' fingerprints below, so only their names here
         changed = [k for k in here if _named_weights(there.get(k)) != _named_weights(here[k])]
