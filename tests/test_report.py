@@ -204,7 +204,8 @@ def test_names_with_controls_are_shown_escaped_and_kept_as_they_are(tmp_path):
     rows = [{"path": name, "score": 40.0, "category": None, "category_confidence": None, "error": None, "notes": ""},
             {"path": "x\u202e.jpg", "score": None, "category": None, "category_confidence": None,
              "error": "file does not exist", "notes": ""}]
-    html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True})
+    html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True},
+                              notes=[f"{name}: no heatmap"])  # the notes name files too
     assert "\u202e" not in html.split('<script type="application/json"')[0]
     assert "nu/a\\u202etxt.jpg" in html and "x\\u202e.jpg" in html
     assert read_html_rows(html) == rows  # the rows themselves keep the name

@@ -717,6 +717,15 @@ def test_number_options_refuse_inf_and_nan_as_usage_errors(argv, capsys):
     assert "must be a finite number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [("score", "x.jpg"), ("serve",), ("explain", "x.jpg")])
+def test_a_pixel_limit_past_any_photo_is_a_usage_error(command, capsys):
+    """explain's --max-pixels 1e303 overflowed to infinity once counted in pixels: a traceback
+    after the model had loaded."""
+    with pytest.raises(SystemExit) as info:
+        run(*command, "--max-pixels", "1e303")
+    assert info.value.code == 2 and "--max-pixels: at most 1e+06 megapixels, not '1e303'" in capsys.readouterr().err
+
+
 def test_a_stop_while_the_model_loads_ends_like_ctrl_c(tmp_path, ckpt, monkeypatch, capsys):
     """SIGTERM during a first use's export killed score outright, leaving a graph-sized temporary
     in the export cache; it now unwinds the export as Ctrl-C does, and exits 143 (128 + SIGTERM),

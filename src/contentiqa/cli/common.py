@@ -68,6 +68,20 @@ def finite_float(text: str) -> float:
     return value
 
 
+MAX_MEGAPIXELS = 1e6
+"""The largest pixel limit an option takes: a terapixel, past any photo; a larger number is a
+slip (1e303 overflowed to infinity once counted in pixels: a traceback after the model loaded)."""
+
+
+def megapixels(text: str) -> float:
+    """An argparse ``type`` for a ``--max-pixels MP`` option: a finite number of megapixels up
+    to :data:`MAX_MEGAPIXELS` (each command says which values it allows below that)."""
+    value = finite_float(text)
+    if value > MAX_MEGAPIXELS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_MEGAPIXELS:g} megapixels, not {text!r}")
+    return value
+
+
 def size_arg(text: str) -> int:
     """An argparse ``type`` for a size such as ``40G`` or ``500M``: a bad one is argparse's usage
     error (exit 2) naming the option, in every command alike."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ._model_loading import add_scorer_args
 from ._output import check_writable, check_writable_folder
-from .common import finite_float, in_cli_words, user_path
+from .common import finite_float, in_cli_words, megapixels, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map", choices=("fused", "gradcam"), default="fused",
                    help="fused = Grad-CAM x attention rollout (default); gradcam = Grad-CAM alone")
     p.add_argument("--category", default=None, help="explain this category's logit instead of the predicted one")
-    p.add_argument("--max-pixels", type=finite_float, default=4.0, metavar="MP",
+    p.add_argument("--max-pixels", type=megapixels, default=4.0, metavar="MP",
                    help="explain images above MP megapixels on a downscaled copy (default 4; 0 = never downscale)")
     p.set_defaults(func=run)
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._model_loading import add_scorer_args, load_scorer, scorer_kwargs
-from .common import finite_float, in_cli_words, user_path
+from .common import finite_float, in_cli_words, megapixels, user_path
 from ..utils.terminal import printable
 from .main import UsageError
 
@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "rescores all); refused if they were scored with another model")
     p.add_argument("--force", action="store_true", help="replace an existing --output (without it, or --resume, an existing file is an error)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and notes on inputs passed over")
-    p.add_argument("--max-pixels", type=finite_float, default=None, metavar="MP",
+    p.add_argument("--max-pixels", type=megapixels, default=None, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 100)")
     p.add_argument("--max-side", type=int, default=None, metavar="PX",
                    help="native-resolution models (iqa-cr): downscale images whose longest side exceeds PX first, "

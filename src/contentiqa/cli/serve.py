@@ -34,7 +34,7 @@ import socket
 import sys
 
 from ._model_loading import add_scorer_args, heatmap_model, load_scorer, scorer_kwargs
-from .common import finite_float
+from .common import finite_float, megapixels
 from .main import UsageError
 
 KEEP_ALIVE_S = 5
@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=16, metavar="N", help="images per request at most (default 16)")
     p.add_argument("--max-upload-mb", type=finite_float, default=32.0, metavar="MB",
                    help="request body size at most, in MiB (default 32)")
-    p.add_argument("--max-pixels", type=finite_float, default=50.0, metavar="MP",
+    p.add_argument("--max-pixels", type=megapixels, default=50.0, metavar="MP",
                    help="refuse images larger than MP megapixels (decompression-bomb guard; default 50)")
     p.add_argument("--timeout", type=finite_float, default=60.0, metavar="S",
                    help="a request's upload, wait and scoring must end within S seconds (408/504 beyond; default 60)")

@@ -246,7 +246,7 @@ def render_html_report(
             f"&middot; mean {statistics.fmean(scores):.2f} &middot; max {max(scores):.2f}</td></tr>"
         )
     for n in notes:
-        a(f"<tr><td>note</td><td>{_esc(n)}</td></tr>")
+        a(f"<tr><td>note</td><td>{_shown(n)}</td></tr>")  # notes name files too
     a("</table>")
 
     # histogram + categories
