@@ -136,6 +136,28 @@ def test_standalone_onnx_model_scores_like_torch(tiny_cr_onnx, examples_dir):
         assert p.category == q.category
 
 
+def test_following_the_metadata_by_hand_scores_as_contentiqa_does(tiny_cr_onnx, tmp_path):
+    """A user with ONNX Runtime and the file alone got other scores for a photo over 2048 px:
+    the metadata did not say that `score` shrinks it first, nor with which filter."""
+    from PIL import Image
+
+    _, path = tiny_cr_onnx
+    meta = read_metadata(path)
+    assert meta["resize"] == "none" and meta["max_side"] == "2048" and "LANCZOS, reducing_gap=3.0" in meta["downscale"]
+    photo = tmp_path / "wide.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (70, 2300, 3), dtype=np.uint8)).save(photo)
+    img = Image.open(photo).convert("RGB")
+    w, h = img.size
+    f = int(meta["max_side"]) / max(w, h)  # as the metadata say, word for word
+    img = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS, reducing_gap=3.0)
+    x = (np.asarray(img, np.float32) / 255 - json.loads(meta["mean"])) / json.loads(meta["std"])
+    s = float(run_session(path, torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32)))["score"][0])
+    by_hand = float(meta["score_low"]) + s * (float(meta["score_high"]) - float(meta["score_low"]))
+    said = contentiqa.load_scorer(path, threads=1).predict(str(photo))
+    assert said.score == pytest.approx(by_hand, abs=1e-3) and "downscaled from 2300x70 to 2048x62" in said.notes[0]
+
+
 def test_ie_iqa_selection_inside_the_graph():
     model = tiny_ie_iqa()
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -148,6 +170,7 @@ def test_ie_iqa_selection_inside_the_graph():
         meta = read_metadata(path)
         assert json.loads(meta["native_resolution"]) is False and json.loads(meta["input_size"]) == [64, 64]
         assert meta["preprocess"] == "resize_bilinear" and json.loads(meta["outputs"]) == ["score"]
+        assert "Image.BILINEAR" in meta["resize"] and meta["max_side"] == meta["downscale"] == "none"
         for b in (1, 4):
             with torch.no_grad():
                 ref = model(x[:b])["score"].numpy()

@@ -4,8 +4,9 @@ MODEL is a registered name (with its shipped weights) or a checkpoint file. Need
 (pip install 'contentiqa[torch]'): every shipped model's graph already ships with the package. The file takes a
 normalised image batch (dynamic batch; dynamic height and width for native-resolution models
 such as IQA-CR) and returns the normalised score (and the content logits when the model has
-a content head); its metadata hold the scale, categories, mean/std and input size, so
-`contentiqa score --model FILE.onnx` or any ONNX Runtime user needs nothing else. The export
+a content head); its metadata hold the scale, categories, mean/std and input size, and say how
+`contentiqa score` reads and resizes a photo, so `contentiqa score --model FILE.onnx` or any
+ONNX Runtime user needs nothing else. The export
 is checked against PyTorch in ONNX Runtime before the file is written.
 
 --precision int8 writes the graph `contentiqa score --precision int8` runs: the fp32 export with

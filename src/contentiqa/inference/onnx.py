@@ -17,7 +17,11 @@ Everything needed to use the file without contentiqa's Python model is in its me
 when lower is better), ``categories`` (JSON list, the order of ``logits``), ``mean`` /
 ``std`` (JSON), ``native_resolution``, ``input_size`` (JSON [H, W] or null),
 ``preprocess`` (``native`` or ``resize_bilinear``), ``min_size``, ``outputs``, the model
-config and the maximum difference to PyTorch measured at export.
+config and the maximum difference to PyTorch measured at export; and how `contentiqa score`
+reads a photo before that, in words a user of the file alone can follow: ``image_loading``,
+``resize`` (Pillow's bilinear, which filters when shrinking: OpenCV's or torch's plain
+bilinear give other inputs and scores points apart), ``max_side`` and ``downscale`` (a
+native-resolution model's large photos are shrunk first).
 
 Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``; the
 backbones' TensorFlow-"same" convolutions are written as one ``Conv(auto_pad=SAME_UPPER)`` each
@@ -50,6 +54,7 @@ from torch import nn
 
 from ..backbones.onnx_same_padding import same_padding_as_onnx_conv
 from ..models.base import IQAModel
+from ..models.scoring import DEFAULT_MAX_SIDE
 from ..utils.extras import ExtraMissing
 from ..utils.io import atomic_write
 
@@ -146,6 +151,14 @@ def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
         "native_resolution": json.dumps(bool(model.native_resolution)),
         "input_size": json.dumps(list(size) if size is not None else None),
         "preprocess": "native" if size is None else "resize_bilinear",
+        # how `contentiqa score` reads a photo, for a user of the file alone: other resamplings
+        # move scores by points (OpenCV's and torch's bilinear do not filter when shrinking)
+        "image_loading": "8-bit RGB, EXIF orientation applied, transparency composited on white",
+        "resize": "none" if size is None else "PIL Image.resize((W, H), Image.BILINEAR) of the 8-bit RGB image",
+        "max_side": str(DEFAULT_MAX_SIDE) if model.native_resolution else "none",
+        "downscale": "none" if not model.native_resolution else (
+            "a photo whose longest side is over max_side is first shrunk to it, aspect kept: PIL Image.resize("
+            "(max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS, reducing_gap=3.0), f = max_side / max(w, h)"),
         "input_name": INPUT_NAME,
         "input_layout": "NCHW float32 RGB, (pixel / 255 - mean) / std",
         "outputs": json.dumps(list(outputs)),
