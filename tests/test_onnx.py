@@ -387,6 +387,17 @@ def test_export_cli_usage_errors(tmp_path, ckpt, capsys):
     assert "cannot write --out" in capsys.readouterr().err
 
 
+def test_an_export_removes_what_a_killed_export_of_that_file_left(tmp_path, ckpt):
+    """SIGKILL mid-write left a hidden temporary the model's size beside --out, one per killed run."""
+    out = tmp_path / "m.onnx"
+    stale = tmp_path / ".m.onnx.abc123xy.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    other = tmp_path / ".n.onnx.abc123xy.tmp"  # another file's: not this export's to remove
+    other.write_bytes(b"x")
+    assert main(["export", ckpt, "--out", str(out), "-q"]) == 0
+    assert out.is_file() and not stale.exists() and other.exists()
+
+
 def test_cached_export_is_keyed_by_the_weights(tmp_path):
     a = tiny_model(seed=0)
     b = tiny_model(seed=1)

@@ -73,7 +73,7 @@ def check_writable_folder(folder: Path, option: str) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(path: Path) -> Iterator[None]:
+def output_lock(path: Path, option: str = "--output") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (through ``.<name>.lock`` beside it) for the block;
     a second writer of the same file gets a UsageError at once instead of erasing rows.
     It is taken by the real path (symlinks followed), so writers of one file through different
@@ -83,9 +83,9 @@ def output_lock(path: Path) -> Iterator[None]:
         try:
             held.enter_context(exclusive_lock(path.parent / f"{temporary_prefix(path)}lock", f"another process is writing {path}"))
         except Busy as exc:
-            raise UsageError(f"{exc}; wait for it to finish, or write to another --output") from None
+            raise UsageError(f"{exc}; wait for it to finish, or write to another {option}") from None
         except OSError as exc:
-            raise UsageError(f"cannot lock --output {path}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot lock {option} {path}: {exc.strerror or exc}") from None
         remove_stale_temporaries(path, (".tmp", ".probe"))  # with the lock held, every one is stale
         yield
 

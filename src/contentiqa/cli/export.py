@@ -71,12 +71,6 @@ def run(args: argparse.Namespace) -> int:
     # The model first: a mistyped name or a missing file is said as such (an int8 export blamed a
     # missing calibration), and leaves no --out folder made for nothing.
     model = load_model(args.model, "cpu")
-    check_writable(out, "--out")  # before the export's work
-
-    from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, export_onnx
-    from ..inference.onnx_runtime import read_metadata
-    from ..utils.extras import ExtraMissing
-
     weights = None
     if args.precision == "int8":
         from ..inference.quantize import calibration_path
@@ -87,10 +81,17 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--precision int8: no int8 calibration for {args.model} (expected "
                              f"{calibration_path(weights)}); make one with "
                              "contentiqa.inference.quantize.write_calibration, or export fp32")
-    from ._output import terminate_as_interrupt
+    check_writable(out, "--out")  # before the export's work
+
+    from ..inference.onnx import DEFAULT_OPSET, OnnxExportError, export_onnx
+    from ..inference.onnx_runtime import read_metadata
+    from ..utils.extras import ExtraMissing
+    from ._output import output_lock, terminate_as_interrupt
 
     try:
-        with terminate_as_interrupt():  # a SIGTERM unwinds the write: its temporary is removed, not left
+        # a SIGTERM unwinds the write (its temporary removed); the lock makes a killed export's
+        # temporary, a file the model's size, safe to remove
+        with terminate_as_interrupt(), output_lock(out, "--out"):
             if weights is None:
                 path = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, verify=not args.no_verify)
             else:
