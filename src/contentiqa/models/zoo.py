@@ -114,7 +114,8 @@ def _ie_iqa(name: str, **kwargs) -> IEIQA:
                                    "clive-biq2021": "ie-iqa_clive-biq2021.pt", "clive": "ie-iqa_clive.pt"},
                 defaults=IE_IQA_DEFAULTS, recipe=IE_IQA_RECIPE)
 def ie_iqa(**kwargs) -> IEIQA:
-    """IE-IQA: distortion CNN fused with selected features of a frozen intelligibility network."""
+    """IE-IQA: distortion CNN fused with the features of a frozen intelligibility network (all of them in
+    the shipped weights; the paper's top-k % selection is selection='auto')."""
     return _ie_iqa("ie-iqa", **kwargs)
 
 
