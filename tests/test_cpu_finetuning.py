@@ -585,6 +585,24 @@ def test_a_resume_whose_starting_weights_were_replaced_is_refused_not_trained_on
         run(3, True).fit(resume=True)
 
 
+def test_a_mix_keeps_the_frozen_stages_the_cache_was_encoded_with(two_sets, tmp_path):
+    """(1 - a) * w + a * w is not w in float32 for most a: the frozen stages changed in the last
+    bits, and the test photos were encoded again under the new weights' key."""
+    from contentiqa.training.cache import frozen_fingerprint
+
+    torch.manual_seed(0)
+    table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
+    init = save_checkpoint(create_model("ie-iqa-distortion", **IE_TINY), tmp_path / "start.pt")
+    cfg = TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=3, lr=0.05, init_from=str(init),
+                      interpolate=[0.3, 0.7, 0.9], interpolate_no_worse=False)
+    model = create_model("ie-iqa-distortion", **IE_TINY)
+    tr = Trainer(model, table.iloc[:6], table.iloc[6:], MOSScale(0, 100), cfg, tmp_path / "run", progress=False,
+                 cache_dir=tmp_path / "c", log=lambda *a: None)
+    tr.fit()
+    alpha, _ = tr.interpolate(model)
+    assert alpha in (0.3, 0.7, 0.9) and frozen_fingerprint(model, tr.start_stage) == tr.encoded_with
+
+
 def test_interpolation_keeps_the_mix_that_validates_best(two_sets, tmp_path):
     torch.manual_seed(0)
     table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
@@ -795,6 +813,32 @@ def test_a_cache_that_cannot_be_written_is_one_line(two_sets, tmp_path, monkeypa
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cannot write the cache" in err and "No space left on device" in err and "Traceback" not in err
+
+
+def test_weights_named_two_ways_share_one_cache_folder_and_other_weights_do_not(tmp_path, monkeypatch):
+    """The checkpoint's path was in the key: the same file given relative and absolute (or moved)
+    encoded every photo again in a second folder. stage_features returned another network's
+    features under the same tag."""
+    from contentiqa.training.cache import part_folder, stage_features
+
+    from contentiqa.backbones import create_backbone
+
+    torch.manual_seed(0)
+    torch.save(create_backbone("efficientnet_lite0", pretrained=False).state_dict(), tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    folders = set()
+    for name in ("w.pt", str(tmp_path / "w.pt")):
+        model = create_model("ie-iqa-distortion", **IE_TINY, distortion_checkpoint=name)
+        folders |= {part_folder(model, p, torch.float16, tmp_path / "c") for p in model.cache_parts(3)}
+    assert len(folders) == 1
+    photo = str(write_image(tmp_path / "p.png", 64, 64, seed=0))
+    got = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        stages = create_model("ie-iqa-distortion", **IE_TINY).stages
+        got.append(stage_features(stages, [photo], 3, (0.5,) * 3, (0.5,) * 3, cache_dir=tmp_path / "sf", progress=False))
+        assert torch.equal(got[-1][0], stage_features(stages, [photo], 3, (0.5,) * 3, (0.5,) * 3, progress=False)[0])
+    assert not torch.equal(got[0][0], got[1][0])
 
 
 def test_detection_options_key_the_intelligibility_cache():

@@ -356,12 +356,13 @@ class IEIQA(IQAModel):
         c = self.cfg
         pooled = start_stage >= self.feature_end
         frozen, _ = frozen_levels(self.levels, start_stage)
-        dist_key = (f"{c.distortion_backbone}|{c.distortion_checkpoint}|{c.input_size}|"
+        # (the weights' files are not in them: the folders are keyed by the weights themselves)
+        dist_key = (f"{c.distortion_backbone}|{c.input_size}|"
                     + (f"pooled levels {self.levels}" if pooled else f"stages 0-{start_stage - 1}, frozen levels {frozen}"))
         dist_mods = tuple(self.stages[:self.feature_end] if pooled else self.stages[:start_stage])
         parts = [CachePart("distortion", dist_key, dist_mods, lambda v: self._encode_distortion(v, start_stage))]
         if self.intelligibility is not None:
-            intel_key = (f"{c.intelligibility_task}|{c.intelligibility_backbone}|{c.intelligibility_checkpoint}|"
+            intel_key = (f"{c.intelligibility_task}|{c.intelligibility_backbone}|"
                          f"{c.intelligibility_input_size}|{c.input_size}|{self.mean}|{self.std}")
             if c.intelligibility_options:  # e.g. detection's proposals / top_k change the features
                 intel_key += "|" + json.dumps(c.intelligibility_options, sort_keys=True)

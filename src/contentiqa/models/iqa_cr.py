@@ -466,7 +466,8 @@ class IQACR(IQAModel):
         before it (``gridf``, when some are), which is all the head reads of them."""
         pooled = start_stage >= self.feature_end
         frozen, _ = frozen_levels(self.levels, start_stage)
-        key = (f"{self.cfg.backbone}|{self.cfg.backbone_checkpoint}|{self.mean}|{self.std}|grid {self.cfg.grid}|"
+        # (the weights' file is not in it: the folder is keyed by the weights themselves, wherever they were read)
+        key = (f"{self.cfg.backbone}|{self.mean}|{self.std}|grid {self.cfg.grid}|"
                + (f"pooled levels {self.levels}" if pooled else f"stages 0-{start_stage - 1}, frozen levels {frozen}"))
         mods = tuple(self.stages[:self.feature_end] if pooled else self.stages[:start_stage])
         return [CachePart("backbone", key, mods, lambda v: self._encode_frozen(v, start_stage))]

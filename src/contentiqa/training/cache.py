@@ -51,13 +51,15 @@ def stage_features(
     """Output of ``stages[:end_stage]`` for each image at native resolution.
 
     Returns one tensor per image of shape (F, C, H, W): F = 2 (original, mirrored) when
-    ``flips`` else 1. Stored in ``cache_dir`` when given and reused from there.
+    ``flips`` else 1. Stored in ``cache_dir`` when given and reused from there, keyed by the
+    stages' weights too (another network's features were returned under the same tag).
     """
     from tqdm.auto import tqdm
 
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(paths, f"{tag}|{end_stage}|{flips}|{dtype}|{tuple(mean)}|{tuple(std)}")
+        fp = weights_fingerprint(stages[:end_stage])
+        key = cache_key(paths, f"{tag}|{end_stage}|{flips}|{dtype}|{tuple(mean)}|{tuple(std)}|{fp}")
         cache_file = Path(cache_dir) / f"features_{tag or 'backbone'}_s{end_stage}_{key}.pt"
         if cache_file.is_file():
             touch(cache_file)

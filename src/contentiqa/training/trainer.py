@@ -1060,7 +1060,9 @@ class Trainer:
             alphas.insert(0, 0.0)  # the floor every other mix is held to
 
         def mix(a: float) -> None:
-            model.load_state_dict({k: (1 - a) * start[k].to(v) + a * v if v.is_floating_point() else v
+            # lerp: exact where both are the same (the frozen, cached stages), which (1 - a) * w + a * w
+            # is not for most a: the test photos were encoded again under the changed weights' key
+            model.load_state_dict({k: torch.lerp(start[k].to(v), v, a) if v.is_floating_point() else v
                                    for k, v in trained.items()})
 
         best: tuple[float, float, dict[str, float]] | None = None
