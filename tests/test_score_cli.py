@@ -426,6 +426,18 @@ def test_commands_without_the_option_point_to_the_one_that_has_it(tmp_path, ckpt
     assert "max_pixels" not in err
 
 
+def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
+    """`score a.png -m M b.png` was "contentiqa: error: unrecognized arguments: b.png" (argparse
+    stops taking a command's positionals at its first option), with the top-level usage."""
+    a, b = (save(rgb(64, 64, s), tmp_path / f"{s}.png") for s in (1, 2))
+    out = tmp_path / "s.csv"
+    assert run("score", a, "--model", ckpt, b, "-o", out, "-q") == 0
+    assert [Path(r["path"]).name for r in read_csv(out)] == ["1.png", "2.png"]
+    with pytest.raises(SystemExit) as info:
+        run("score", a, "--model", ckpt, b, "--bogus")
+    assert info.value.code == 2 and "contentiqa score: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d, "--model", "nosuch", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2

@@ -59,9 +59,23 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {printable(reading) + ': ' if reading else ''}{message}\n"
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line's arguments, a command's paths wherever they stand: argparse stops
+    taking positionals at a command's first option (`score a.jpg -m x b.jpg` was "unrecognized
+    arguments: b.jpg", with the top-level usage), so what is left is parsed again by the
+    command's own parser, intermixed (its errors in its own words)."""
+    args, rest = parser.parse_known_args(argv)
+    if not rest or not getattr(args, "command", None):
+        return parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    return command.parse_intermixed_args(argv[argv.index(args.command) + 1:],
+                                         namespace=argparse.Namespace(command=args.command))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
