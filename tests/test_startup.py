@@ -144,9 +144,10 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
     code = (WITHOUT_TORCH + "from contentiqa.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
     env = source_env(CONTENTIQA_CACHE_DIR=str(tmp_path / "cache"))
     needs_torch = [
-        ["explain", str(photos[0]), "--out", str(tmp_path / "h.png")],
+        ["explain", str(photos[0]), "--out", str(tmp_path / "ex" / "h.png")],
+        ["explain", str(photos[0]), "--out-dir", str(tmp_path / "exd")],
         ["export", "iqa-cr", "--out", str(tmp_path / "m.onnx")],
-        ["score", str(photos[0]), "--runtime", "torch"],
+        ["score", str(photos[0]), "--runtime", "torch", "-o", str(tmp_path / "s1" / "r.csv")],
         ["score", str(photos[0]), "--precision", "bf16"],
         ["score", str(photos[0]), "-o", str(tmp_path / "r.html"), "--explain"],
         ["evaluate", "--model", "iqa-cr", "--data", str(data)],
@@ -156,6 +157,8 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr[-1500:])
         assert len(lines) == 1 and "pip install 'contentiqa[torch]'" in lines[0], (argv, proc.stderr)
+    # said before any folder is made (or a graph built for explain's scores)
+    assert not any((tmp_path / name).exists() for name in ("ex", "exd", "s1"))
     proc = subprocess.run([sys.executable, "-c", code, "score", str(photos[0]), "-q"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-1500:]

@@ -55,7 +55,8 @@ def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = Tr
 def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :func:`~contentiqa.inference.scorer.load_scorer` arguments of the flags above,
     checked for contradictions (before any work: no torch, no model)."""
-    from ..inference.scorer import check_options
+    from ..inference.scorer import check_options, choose_runtime
+    from ..utils.extras import require
 
     check_threads(args.threads)
     precision = args.precision
@@ -74,6 +75,10 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = dict(spec=spec, runtime=args.runtime, precision=precision, device=str(args.device), threads=args.threads)
     with usage_errors():
         check_options(kwargs["runtime"], precision, kwargs["device"])
+    if choose_runtime(kwargs["runtime"], precision, kwargs["device"]) == "torch":  # before any folder is made
+        asked = ("--runtime torch" if kwargs["runtime"] == "torch" else
+                 f"--precision {precision}" if precision in ("bf16", "fp16") else f"--device {kwargs['device']}")
+        require("torch", f"scoring with {asked}")
     check_model_named(spec)
     return kwargs
 

@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils.extras import require
     from ._model_loading import heatmap_model, load_scorer, scorer_kwargs
 
     if not args.images:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     # The scorer `contentiqa score` would use with these flags (a misspelt model said before any
     # folder is made), and the PyTorch model for the heatmaps.
     kwargs = scorer_kwargs(args)
+    require("torch", "heatmaps (Grad-CAM)")  # before any folder is made or graph built for the scores
     inputs = {_same(image) for image in args.images}
     if args.out:
         if _same(args.out) in inputs:

@@ -156,12 +156,11 @@ def _validate(args: argparse.Namespace) -> tuple[str | None, tuple[int, int] | N
             raise UsageError(f"--shard: {exc}") from None
     kwargs = scorer_kwargs(args)  # a misspelt model too: said before --output's folder and lock are made
     if args.explain:
-        from ..utils.extras import ExtraMissing, have
+        from ..utils.extras import require
 
         if str(kwargs["spec"] or "").lower().endswith(".onnx"):
             raise UsageError("--explain needs the PyTorch model (Grad-CAM): use --model NAME or a .pt checkpoint")
-        if not have("torch"):
-            raise UsageError(str(ExtraMissing("--explain (Grad-CAM heatmaps) needs PyTorch")))
+        require("torch", "--explain (Grad-CAM heatmaps)")
     fmt = None
     if args.output:
         try:
