@@ -266,9 +266,13 @@ def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | 
         if name in defaults:
             return defaults[name]
         try:
-            return model_entry(name).default_tag
+            entry = model_entry(name)
         except ValueError:  # a model not registered (yet)
             return None
+        # a tag whose weights are not shipped yet (a new ensemble is registered with the tag it is
+        # about to ship) is no default to replace: contentiqa's default model is
+        tag = entry.default_tag
+        return tag if tag and (weights_dir / entry.tags[tag]).is_file() else None
 
     name = model if default_of(model) else DEFAULT_MODEL
     tag = default_of(name)

@@ -354,8 +354,12 @@ def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tupl
                          f"{payload.get('seeds')}; this gate needs part {part!r}, seeds {seeds}")
     for side in ("candidate", "baseline"):
         if payload.get(side, {}).get("row") == row:
-            commit = payload.get("provenance", {}).get("git_commit", "unknown")
-            where = f"{path.name} ({side} there, scored at commit {str(commit)[:12]})"
+            copied = str(payload[side].get("runs", ""))
+            if "scored at commit" in copied:  # that side was itself read from an earlier gate: name that one
+                where = copied
+            else:
+                commit = payload.get("provenance", {}).get("git_commit", "unknown")
+                where = f"{path.name} ({side} there, scored at commit {str(commit)[:12]})"
             return payload["per_seed"][side], payload[side]["precision"], where
     raise SystemExit(f"--baseline-from {path}: no side of it is the row {row!r} "
                      f"(it has {payload.get('candidate', {}).get('row')!r} and {payload.get('baseline', {}).get('row')!r})")
@@ -392,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     splits = {s.seed: s for s in load_splits(CLIVE_SPLITS)}
     # before any scoring: the verdict needs a spread, and each seed its published split
-    if len(set(args.seeds)) < 2 or not set(args.seeds) <= set(splits):
+    # (a seed given twice counted twice in the mean and narrowed the spread)
+    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds) or not set(args.seeds) <= set(splits):
         ap.error(f"--seeds: two or more of the published splits' seeds {sorted(splits)} (given {args.seeds})")
     recipe = row_recipe(args.candidate, args.candidate_row)
     trained_on = row_data(args.candidate, args.candidate_row)

@@ -360,6 +360,13 @@ def test_ship_gate_reads_the_defaults_measures_from_an_earlier_gate(common, tmp_
         ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "val")
     with pytest.raises(SystemExit, match="seeds"):
         ship_gate.recorded_measures(path, "default recipe", [0, 1], "test")
+    # a side that was itself read from an earlier gate names that gate and the commit that scored it
+    carried = {**earlier, "provenance": {"git_commit": "later"},
+               "baseline": {"row": "older", "precision": "int8", "runs": "ship_gate_x.json (candidate there, scored at "
+                                                                          "commit first)"}}
+    path.write_text(json.dumps(carried))
+    assert ship_gate.recorded_measures(path, "older", [0, 1, 2], "test")[2] == carried["baseline"]["runs"]
+    assert "scored at commit later" in ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "test")[2]
 
 
 def test_ship_refuses_to_replace_a_default_the_gate_did_not_pass(common, tmp_path, monkeypatch):
@@ -752,7 +759,7 @@ def test_ship_gate_suite_never_leaves_a_torn_photo_for_later_runs(common, tmp_pa
     assert not list((tmp_path / "suite").rglob("*.png")) and not list((tmp_path / "suite").rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("seeds", [["0"], ["0", "7"]])
+@pytest.mark.parametrize("seeds", [["0"], ["0", "7"], ["0", "1", "1"]])  # a repeat counted twice, narrowing the spread
 def test_ship_gate_refuses_seeds_it_cannot_judge_before_scoring_anything(common, tmp_path, seeds, capsys):
     import shutil
 
@@ -868,8 +875,13 @@ def test_ship_refuses_a_gate_won_against_another_recipe_than_the_default_it_repl
     ok, why = verdict("brand-new", "New", "Older")
     assert not ok and f"{DEFAULT_MODEL}.d, was trained by row 'Ens, \"2:1\"'" in why
     assert verdict("brand-new", "New", 'Ens, "2:1"')[0]
+    # a registered model whose tag is not shipped yet (a new ensemble is registered with the tag it is
+    # about to ship) replaces contentiqa's default model too: it was judged against its own missing card
+    ok, why = verdict("iqa-cr-q", "New", "Older")
+    assert not ok and f"{DEFAULT_MODEL}.d, was trained by row 'Ens, \"2:1\"'" in why
     # a registered model that defaults.json leaves out has the registry's default (its first tag), not the package's
     (weights / "iqa-cr-q_clive.md").write_text('# Model card\n\n- **What**: x.\n  Row "Q" of `c.yaml`.\n')
+    (weights / "iqa-cr-q_clive.pt").write_bytes(b"")
     assert verdict("iqa-cr-q", "New", "Q")[0]
     ok, why = verdict("iqa-cr-q", "New", 'Ens, "2:1"')
     assert not ok and "iqa-cr-q.clive, was trained by row 'Q'" in why
