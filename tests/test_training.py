@@ -184,9 +184,19 @@ def test_a_resume_with_another_architecture_is_refused_naming_what_changed(tiny_
         again = _trainer(create_model("iqa-cr", pretrained=False, **{**TINY, **changed}), tiny_table, tmp_path, epochs=2)
         with pytest.raises(ResumeMismatch, match=re.escape(f"trained with model setting(s) {said}")):
             again.fit(resume=True)
+    # the file weights started from, named at another path (a moved project): the same model goes on
     again = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=2)
-    again.fit(resume=True)  # the same model goes on
+    again.model.cfg.backbone_checkpoint = str(tmp_path / "moved" / "bb.pt")
+    again.fit(resume=True)
     assert len(again.history) == 2
+
+
+def test_a_seed_near_torchs_limit_trains(tiny_table, tmp_path):
+    """seed * 100003 + epoch overflowed torch's 64-bit seed for any seed above about 9e13: a
+    traceback at the first epoch, after setup (an experiment's split seed, after the rows before)."""
+    tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1, seed=2**63 - 1)
+    tr.fit()
+    assert len(tr.history) == 1
 
 
 def test_a_content_only_model_without_labelled_validation_photos_is_refused_before_training(tiny_table, tmp_path):

@@ -59,7 +59,7 @@ from ..models.registry import save_checkpoint
 from ..utils.devices import resolve_device
 from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, remove_stale_temporaries
 from . import distributed as dist_utils
-from .config import RUNTIME_SETTINGS, TrainConfig
+from .config import RUNTIME_SETTINGS, SEED_LIMIT, TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
 from .evaluate import category_indices, metrics_from_predictions
 from .damage import GROUP_SIZE, DamageSet, source_rows
@@ -133,8 +133,11 @@ def _to(x, device):
 
 def architecture(cfg: dict) -> dict:
     """What of a model config fixes the network, as JSON gives it back (tuples are lists): the
-    scale, calibration and frozen stages are training's to set, not the architecture's."""
-    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("scale", "calibration", "frozen_stages")}))
+    scale, calibration and frozen stages are training's to set, and the files weights started
+    from (``*_checkpoint``) where they were read, not the architecture's (the same file at
+    another path, a moved project, is the same model; frozen weights are compared themselves)."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items()
+                                  if k not in ("scale", "calibration", "frozen_stages") and not k.endswith("_checkpoint")}))
 
 
 def check_settings(cfg: TrainConfig, model: str, predicts_score: bool, has_val: bool,
@@ -725,7 +728,8 @@ class Trainer:
 
         self.train_step.train()  # calls the model's own train() (frozen stages, BatchNorm in eval)
         # dropout stream, reproducible on resume (and different on each rank)
-        torch.manual_seed(self.cfg.seed * 100003 + epoch + 1000003 * self.rank)
+        # (within torch's 64 bits for any seed the config takes; the same as ever for small ones)
+        torch.manual_seed((self.cfg.seed * 100003 + epoch + 1000003 * self.rank) % SEED_LIMIT)
         self.sampler.set_epoch(epoch)
         self.train_ds.set_epoch(epoch)
         totals: dict[str, float] = {"loss": 0.0}
