@@ -1174,6 +1174,11 @@ def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, 
     assert "both write runs/experiments/tiny: give one a 'name:'" in capsys.readouterr().err and ran == []
     assert main(["experiment", "--check", str(path), str(other)]) == 2
     assert "invalid  together: " in capsys.readouterr().out
+    # the same config named twice runs once, and --check says the same
+    monkeypatch.chdir(path.parent)
+    assert main(["experiment", "--check", path.name, f"./{path.name}"]) == 1  # its row needing weights: partial
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and said[0].startswith("partial"), said
     other.write_text(other.read_text().replace("name: tiny", "name: other"))
     assert main(["experiment", str(path), str(other), "--only", "nope", "--quiet"]) == 2
     assert "no config has row(s) ['nope']" in capsys.readouterr().err and ran == []
@@ -1201,6 +1206,29 @@ def test_rows_that_could_only_fail_later_are_refused_before_any_trains(tmp_path)
         run_experiment(lpft, tmp_path / "out2", progress=False, log=None, only=["F"])
     res = run_experiment(lpft, tmp_path / "out2", progress=False, log=None)  # P first, then F: fine
     assert res.results["F"]["seeds"] == [1]
+
+
+def test_validation_parts_of_a_splits_file_count_as_validation_parts(tmp_path):
+    """test: none and monitor were refused before any row trained ("the ie-iqa protocol draws no
+    validation part") when the config's splits file held one; a file without one still is."""
+    from contentiqa.data import Split, load_dataset, make_splits, save_splits
+
+    csv = write_csv(tmp_path / "d", 24, (0, 100), seed=5, categories=False)
+    table = load_dataset("csv", csv).table
+    drawn = make_splits(table, "ie-iqa", 1)
+    train = drawn.parts["train"]
+    held = save_splits(Split("ie-iqa", 1, {"train": train[4:], "val": train[:4], "test": drawn.parts["test"]}),
+                       tmp_path / "held.json")
+    plain = save_splits(drawn, tmp_path / "plain.json")
+    cfg = {"name": "held", "data": {"name": "csv", "root": str(csv), "label": "T"}, "protocol": "ie-iqa",
+           "seeds": [1], "splits": str(held), "model_args": TINY_ARGS,
+           "train": {"epochs": 1, "batch_size": 4, "crop": None, "cache_stages": 3, "monitor": "srocc"},
+           "runs": [{"name": "A", "model": "iqa-cr-q"}]}
+    res = run_experiment({**cfg, "test": "none"}, tmp_path / "out", progress=False, log=None)
+    assert res.results["A"]["seeds"] == [1] and "srocc" in res.results["A"]["summary"]["T val"]
+    with pytest.raises(ConfigError, match="run A: monitor 'srocc' needs a validation part: there is none"):
+        run_experiment({**cfg, "splits": str(plain)}, tmp_path / "out2", progress=False, log=None)
+    assert not (tmp_path / "out2" / "runs").exists()  # refused before any row trained
 
 
 def test_a_table_grown_since_its_splits_were_made_is_refused(tmp_path):

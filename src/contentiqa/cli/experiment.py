@@ -52,7 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _configs(args: argparse.Namespace) -> list[Path]:
     if args.configs:
-        return [Path(c) for c in args.configs]
+        named: dict[Path, Path] = {}
+        for c in args.configs:  # a config named twice (t.yaml ./t.yaml) runs once
+            named.setdefault(Path(c).resolve(), Path(c))
+        return list(named.values())
     if args.check and Path("configs").is_dir():
         found = sorted(Path("configs").glob("*.yaml")) + sorted(Path("configs").glob("*.yml"))
         if found:
@@ -75,10 +78,11 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
     coming: set[Path] = set()  # what the configs before this one will write, as one command runs them in turn
     rc = 0
     width = max(len(str(p)) for p in paths)
-    read: dict[Path, object] = {}
+    read: list[tuple[Path, object]] = []
     for path in paths:
         try:
-            cfg = read[path] = load_config(path)
+            cfg = load_config(path)
+            read.append((path, cfg))
         except ConfigError as exc:
             print(f"invalid  {str(path):<{width}}  {exc}")
             rc = 2
@@ -110,7 +114,7 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
             rc = max(rc, 1)
         else:
             print(f"ready    {str(path):<{width}}  {size} -> {out or default_out_dir(cfg)}")
-    shared = None if out else _sharing_a_folder(list(read), list(read.values()))
+    shared = None if out else _sharing_a_folder([p for p, _ in read], [c for _, c in read])
     if shared:  # each alone is fine; one command running them together is not
         print(f"invalid  together: {shared}")
         rc = 2

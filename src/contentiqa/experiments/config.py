@@ -447,7 +447,8 @@ def parse_config(raw: dict, base: Path, source: Path | None = None, text: str | 
         if isinstance(t, DataSpec) and t.val_fraction is not None:
             raise ConfigError(f"{where}: test set {t.label}: val_fraction is for training data (a test set is all tested)")
     unvalidated = [d.label for d in datasets if (d.protocol or protocol) == "ie-iqa" and d.val_fraction is None]
-    if not tests and unvalidated:  # every row trained and the table held no figure
+    if not tests and unvalidated and not raw.get("splits"):  # every row trained and the table held no figure
+        # (a splits file may hold validation parts: the run checks them once it is read)
         raise ConfigError(f"{where}: test: none reports validation parts only, and the ie-iqa protocol draws none for "
                           f"{', '.join(unvalidated)}: give it a val_fraction, or name test sets")
     return ExperimentConfig(

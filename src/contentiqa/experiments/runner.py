@@ -474,7 +474,8 @@ class StartMissing(ConfigError):
 
 def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | None, seeds: list[int] | None,
                           built: dict[str, bool] | None = None, unavailable: dict[str, str] | None = None,
-                          coming: set[Path] | None = None, device: str | None = None) -> None:
+                          coming: set[Path] | None = None, device: str | None = None,
+                          sets: list[TrainSet] | None = None) -> None:
     """ConfigError, before any row trains, for a row that could only fail when its turn came
     (hours in): its model cannot be built from its ``model_args`` (a misspelt or mistyped
     argument), its training settings cannot train it on these parts (a device this machine
@@ -485,14 +486,21 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
     (``experiment --check`` of many configs). ``unavailable``: filled with the rows whose model
     needs weights this machine lacks (a run skips them when their turn comes; ``--check`` says
     so). ``coming``: the files rows trained before these will write (configs run before this
-    one), added to. ``device``: the one the command gives every row."""
+    one), added to. ``device``: the one the command gives every row. ``sets``: the training sets
+    as read, whose splits say which have a validation part (without them: the protocols do, and a
+    ``splits`` file is taken to hold one)."""
     from ..backbones import WeightsUnavailableError
     from ..models import create_model
     from ..training.config import TrainConfig
     from ..training.trainer import check_settings
 
     built = {} if built is None else built
-    validated = [ts.label for ts in cfg.train_sets if cfg.protocol_of(ts) != "ie-iqa" or ts.val_fraction]
+    if sets is not None:
+        validated = [ts.label for ts in sets if ts.val_fraction or any(s.parts.get("val") for s in ts.splits.values())]
+    elif cfg.splits is not None:  # the file's parts are read with the data
+        validated = [ts.label for ts in cfg.train_sets]
+    else:
+        validated = [ts.label for ts in cfg.train_sets if cfg.protocol_of(ts) != "ie-iqa" or ts.val_fraction]
     coming = set() if coming is None else coming  # what the rows before this one will write (best.pt, tested.pt)
     for run in cfg.runs:
         if (only and run.name not in only) or run_missing(cfg, run):
@@ -1090,7 +1098,7 @@ def run_experiment(
                 if import_results(cfg, out, path, say, fingerprints):
                     imported.append(str(path))
         if train:  # on every process: each would otherwise wait for rank 0 at the first barrier
-            check_before_training(cfg, out, only, seeds, device=device)
+            check_before_training(cfg, out, only, seeds, device=device, sets=sets)
         per_run: dict[str, list[dict]] = {}
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
