@@ -168,6 +168,8 @@ def test_a_score_that_is_no_number_is_shown_as_none(tmp_path):
     assert [r["score"] for r in read_html_rows(html)] == [None, None, None, 40.0]
     out = write_results(tmp_path / "r.json", rows)
     assert [r["score"] for r in json.loads(out.read_text(), parse_constant=pytest.fail)] == [None, None, None, 40.0]
+    out = write_results(tmp_path / "r.csv", rows)
+    assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == ["", "", "", "40.0"]
 
 
 def test_cards_follow_the_sort_asked_for(tmp_path, ckpt):

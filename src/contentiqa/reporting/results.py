@@ -109,7 +109,7 @@ JSON, a ``\\udcXX`` escape, which is valid JSON and reads back as the same name 
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     """The rows as CSV, the scoring model's columns always: the parts of a sharded run are joined
     under the first part's header, and an empty part's must be the same."""
-    rows = list(rows)
+    rows = [normalize_row(r) for r in rows]  # a NaN or infinite score is no score, as in JSON
     fields = FIELDS + MODEL_FIELDS
     # columns a user added to the table (kept through --resume, as JSON keeps extra keys)
     fields += tuple(dict.fromkeys(k for r in rows for k in r if isinstance(k, str) and k not in fields))
