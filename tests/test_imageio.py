@@ -545,7 +545,7 @@ def test_postscript_is_never_run_whatever_the_file_is_called(tmp_path, monkeypat
     """Pillow opens EPS by running Ghostscript on the file's PostScript: a program a user (or a
     service's client) hands over, not pixels. Such a file is "not an image" and gs never starts."""
     from contentiqa.data.imageio import ImageLoadError, load_image
-    from contentiqa.training.data import image_size
+    from contentiqa.data.imageio import header_size
 
     marker = tmp_path / "GS-RAN"
     fake = tmp_path / "bin" / "gs"
@@ -557,9 +557,27 @@ def test_postscript_is_never_run_whatever_the_file_is_called(tmp_path, monkeypat
     photo.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n(hello) print showpage\n")
     with pytest.raises(ImageLoadError, match="not an image"):
         load_image(photo)
-    with pytest.raises(Exception):
-        image_size(str(photo))
+    with pytest.raises(ImageLoadError, match="not an image"):
+        header_size(str(photo))
     assert not marker.exists()
+
+
+def test_a_header_over_the_pixel_limit_or_of_no_image_is_named_as_load_image_names_it(tmp_path):
+    """Training reads every photo's size from its header first: PIL's own bomb check there was a
+    traceback (DecompressionBombError past 179 MP), before load_image's guard was ever met."""
+    from contentiqa.data.imageio import ImageLoadError, header_size
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(20000, 20000))
+    with pytest.raises(ImageLoadError, match=r"huge.png.*20000x20000 = 400 MP, over the limit of 100 MP"):
+        header_size(huge)
+    assert header_size(huge, max_pixels=None) == (20000, 20000)
+    for name, content in (("empty.png", b""), ("text.png", b"hello")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ImageLoadError, match=name):
+            header_size(tmp_path / name)
+    with pytest.raises(ImageLoadError, match="file does not exist"):
+        header_size(tmp_path / "gone.png")
 
 
 def _write_pgm(path, arr: np.ndarray, maxval: int) -> None:

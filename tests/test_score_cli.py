@@ -436,6 +436,10 @@ def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
     with pytest.raises(SystemExit) as info:
         run("score", a, "--model", ckpt, b, "--bogus")
     assert info.value.code == 2 and "contentiqa score: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+    for argv in (("--quiet", "models"), ("-q", "score", a), ("--quiet",)):  # before the command: not dropped
+        with pytest.raises(SystemExit) as info:
+            run(*argv)
+        assert info.value.code == 2 and "contentiqa: error: unrecognized arguments: -" in capsys.readouterr().err
 
 
 def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):

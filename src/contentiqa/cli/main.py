@@ -65,12 +65,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     arguments: b.jpg", with the top-level usage), so what is left is parsed again by the
     command's own parser, intermixed (its errors in its own words)."""
     args, rest = parser.parse_known_args(argv)
-    if not rest or not getattr(args, "command", None):
-        return parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-    return command.parse_intermixed_args(argv[argv.index(args.command) + 1:],
-                                         namespace=argparse.Namespace(command=args.command))
+    name = getattr(args, "command", None)
+    if not rest or name is None or set(rest) & set(argv[:argv.index(name)]):
+        # nothing left, no command, or an unknown option before the command: argparse's own error
+        return parser.parse_args(argv)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return command.parse_intermixed_args(argv[argv.index(name) + 1:], namespace=argparse.Namespace(command=name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("always", category=UserWarning, module=r"PIL\.")
             return int(args.func(args) or 0)
     except (UsageError, ExtraMissing) as exc:
-        print(f"contentiqa {args.command}: error: {exc}", file=sys.stderr)
+        from .common import in_cli_words  # a photo's error met while training: the advice in CLI terms
+
+        print(f"contentiqa {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # an optional dependency (PyTorch ...) this install lacks: one line
         message = missing_module_message(exc)

@@ -399,8 +399,25 @@ def load_image(
         _LOADING.path = None
 
 
-def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) -> LoadedImage:
+def header_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of ``path`` after EXIF orientation, from its header alone (training groups
+    photos by it before decoding any); :class:`ImageLoadError` as :func:`load_image` raises it
+    for a missing, unreadable or non-image file and one over ``max_pixels`` (PIL's own bomb
+    check was a traceback)."""
     p = Path(path)
+    _check_file(p)
+    with _open_header(p) as im:
+        _check_pixels(p, im.size, max_pixels)
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # a damaged EXIF block: the decode says so, the size stands as stored
+            orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _check_file(p: Path) -> None:
+    """ImageLoadError for a path that is no readable, non-empty regular file."""
     if not p.exists():  # a link that leads nowhere is there to see (ls lists it): said as what it is
         raise ImageLoadError(p, "broken symbolic link or link loop" if p.is_symlink() else "file does not exist")
     if p.is_dir():
@@ -415,7 +432,9 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
     except OSError as exc:
         raise ImageLoadError(p, f"cannot stat file: {exc.strerror or exc}") from exc
 
-    notes: list[str] = []
+
+def _open_header(p: Path) -> Image.Image:
+    """``p`` opened (its header parsed, no pixels decoded), or ImageLoadError saying why not."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -435,15 +454,25 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         raise ImageLoadError(p, "permission denied (file is not readable)") from None
     except OSError as exc:
         raise ImageLoadError(p, _open_failed_reason(p, exc)) from None
+    return im
 
-    with im:
-        width, height = im.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageLoadError(
-                p,
-                f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of "
-                f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; {BOMB_HINT})",
-            )
+
+def _check_pixels(p: Path, size: tuple[int, int], max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            p,
+            f"image is {width}x{height} = {width * height / 1e6:.4g} MP, over the limit of "
+            f"{max_pixels / 1e6:.4g} MP (decompression-bomb guard; {BOMB_HINT})",
+        )
+
+
+def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) -> LoadedImage:
+    p = Path(path)
+    _check_file(p)
+    notes: list[str] = []
+    with _open_header(p) as im:
+        _check_pixels(p, im.size, max_pixels)
         # Pillow's decoders report damaged data with whatever their parsing hits (IndexError,
         # struct.error, KeyError ... besides OSError), so any exception here is the file's.
         try:

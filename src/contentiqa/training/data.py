@@ -13,22 +13,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..data.imageio import decodable_formats, load_image
+from ..data.imageio import header_size, load_image
 from ..models.scoring import limit_side, limited_size
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header only."""
-    with Image.open(path, formats=decodable_formats()) as im:
-        w, h = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:
-            orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def effective_shape(h: int, w: int, crop: int | None) -> tuple[int, int]:
@@ -215,7 +203,7 @@ class TrainImages(Dataset):
             return [(0, 0)] * len(self.paths)  # fixed-size transform: one group
         out = []
         for p in self.paths:
-            w, h = limited_size(*image_size(p), self.max_side)
+            w, h = limited_size(*header_size(p), self.max_side)
             out.append(effective_shape(h, w, self.crop))
         return out
 

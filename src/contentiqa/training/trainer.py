@@ -504,13 +504,12 @@ class Trainer:
         cells = None
         if model.native_resolution and cfg.crop is not None and "x" in enc[0]:
             # Stride of the cached map, to express the pixel crop in feature cells.
-            from .data import image_size
-
+            from ..data.imageio import header_size
             from ..models.scoring import limited_size
 
             # the photo as it was cached: bounded by max_side (a large first photo's own height
             # made every crop a fraction of the size asked for)
-            w0, h0 = limited_size(*image_size(self.train_table["image"].iloc[0]), model.max_side)
+            w0, h0 = limited_size(*header_size(self.train_table["image"].iloc[0]), model.max_side)
             stride = h0 / enc[0]["x"].shape[-2]
             cells = max(1, int(round(cfg.crop / stride)))
         self.train_ds = CachedFeatures(enc, t_tr, c_tr, cells, seed=cfg.seed, train=True, hflip=cfg.hflip)
