@@ -52,7 +52,7 @@ def score_segment(folder: Path, out_csv: Path, device: str, extra: list[str]) ->
     returns (wall seconds, rows scored in it, stderr tail)."""
     before = count_rows(out_csv)
     env = contentiqa_env()
-    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", str(folder), "-o", str(out_csv), "-q",
+    cmd = [sys.executable, "-m", "contentiqa", "score", str(folder), "-o", str(out_csv), "-q",
            "--device", device, *extra]
     if out_csv.exists():
         cmd.append("--resume")

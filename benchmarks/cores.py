@@ -44,7 +44,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import bench_lock, SHARED, command_line, contentiqa_env, md_table, write_results  # noqa: E402
+from common import (bench_lock, SHARED, check_models, command_line, contentiqa_env, md_table, positive_int,  # noqa: E402
+                    results_name, write_results)
 
 IMAGES = SHARED / "data" / "clive-dev" / "images"
 TARGET_VS_LIMIT = 0.85
@@ -207,7 +208,7 @@ def decode_seconds(files: list[str], model: str) -> float:
 def score_ips(files: list[str], out_csv: Path, model: str, extra: tuple[str, ...] = ()) -> float:
     """images/s of `contentiqa score -m MODEL` in a fresh process, end to end."""
     env = contentiqa_env()
-    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", *files, "-m", model, "-o", str(out_csv), "-q", "--force",
+    cmd = [sys.executable, "-m", "contentiqa", "score", *files, "-m", model, "-o", str(out_csv), "-q", "--force",
            *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -219,12 +220,13 @@ def score_ips(files: list[str], out_csv: Path, model: str, extra: tuple[str, ...
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--photos", type=positive_int, default=200)
+    ap.add_argument("--rounds", type=positive_int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default=None, help="a registered name[.tag] (default: contentiqa.DEFAULT_MODEL); "
                                                   "another model's figures go to cores_<model>.{json,md}")
     args = ap.parse_args()
+    check_models(ap, [args.model])
     if args.quick:
         args.photos, args.rounds = 16, 1
     if not IMAGES.is_dir():
@@ -323,7 +325,7 @@ def main() -> None:
         f"**{ratios['ceiling_vs_limit_idle']:.2f}x** the limit. `score` reaches "
         f"**{ratios['score_idle_vs_ceiling']:.2f}x** of that ceiling.\n")
     stem = "cores" + ("" if name == contentiqa.DEFAULT_MODEL else f"_{name}")
-    write_results(stem + ("_quick" if args.quick else ""), payload, "\n".join(lines))
+    write_results(results_name(stem, ap, args, ignore=("model",)), payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
 def score_cmd(photos: list[str], out: Path, model: str, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", *photos, "--model", model, "-o", str(out), "-q",
+    cmd = [sys.executable, "-m", "contentiqa", "score", *photos, "--model", model, "-o", str(out), "-q",
            "--flush-every", "10"]
     return cmd + (["--resume"] if resume else [])
 

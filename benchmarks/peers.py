@@ -427,7 +427,7 @@ def cli_end_to_end(folder: Path, n: int, work: Path) -> dict[str, Any]:
     the second is timed, process start included. A run on one photo gives the fixed cost (start,
     imports, model load), so the rate after start-up is (N - 1) / (t_N - t_1)."""
     env = contentiqa_env(CONTENTIQA_CACHE_DIR=str(work / "cache"))
-    cmd = [sys.executable, "-m", "contentiqa.cli.main", "score", "--quiet"]
+    cmd = [sys.executable, "-m", "contentiqa", "score", "--quiet"]
     one = work / "one-photo"
     if not one.is_dir():
         photo_folder([str(next(p for p in sorted(folder.iterdir())).resolve())], one)

@@ -442,6 +442,17 @@ def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
         assert info.value.code == 2 and "contentiqa: error: unrecognized arguments: -" in capsys.readouterr().err
 
 
+def test_run_as_the_cli_module_a_usage_error_is_one_line_and_exit_2(tmp_path):
+    """`python -m contentiqa.cli.main` (benchmarks ran it so) made the module __main__ and the
+    commands imported it again: their UsageError was another class, a traceback with exit 1."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "contentiqa.cli.main", "score", str(tmp_path), "--batch-size", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "contentiqa score: error: --batch-size must be at least 1"
+
+
 def test_a_misspelt_model_is_said_before_the_output_folder_is_made(tmp_path, ckpt):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d, "--model", "nosuch", "-o", tmp_path / "out" / "deep" / "x.csv", "-q") == 2

@@ -113,4 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m contentiqa.cli.main`, this file is __main__ and the commands import it again
+    # as contentiqa.cli.main: their UsageError is that module's, so that module's main handles them
+    from contentiqa.cli.main import main as _main
+
+    sys.exit(_main())
