@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, clive_splits, command_line, md_table, require_clive, save_npz, write_results
+from common import ROOT, clive_splits, command_line, md_table, require_clive, results_stem, save_npz, write_results
 from floor import ridge_fit, ridge_predict
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -107,6 +107,8 @@ def main() -> int:
     ap.add_argument("--levels", type=int, default=4, help="how many of the last stages to pool (default 4)")
     ap.add_argument("--out", default="backbone_probe", help="results file name (benchmarks/results/OUT.json/.md)")
     args = ap.parse_args()
+    if args.biq < 0:
+        ap.error("--biq: photos of BIQ2021's training part, 0 or more")
 
     from contentiqa.data import load_dataset
 
@@ -118,8 +120,13 @@ def main() -> int:
         root = Path(os.environ.get("CONTENTIQA_BIQ2021", ROOT.parent / "data" / "biq2021"))
         if not root.is_dir():
             sys.exit(f"benchmark skipped: BIQ2021 not found at {root} (set CONTENTIQA_BIQ2021, or --biq 0)")
-        table = load_dataset("biq2021", root).table
+        try:
+            table = load_dataset("biq2021", root).table
+        except (FileNotFoundError, ValueError) as exc:  # a folder without the release in it
+            sys.exit(f"benchmark skipped: {exc} (set CONTENTIQA_BIQ2021, or --biq 0)")
         train = table[table["split"] == "train"].reset_index(drop=True)
+        if args.biq > len(train):
+            ap.error(f"--biq {args.biq}: BIQ2021's training part has {len(train)} photos")
         biq = train.iloc[np.sort(np.random.default_rng(0).choice(len(train), args.biq, replace=False))]
 
     results = {}
@@ -150,16 +157,17 @@ def main() -> int:
         f"One run: `{command_line()}`. Global means of the last {args.levels} stages of the frozen ImageNet "
         "backbone on the photo resized to the size given, ridge regression to MOS. Validation data only: "
         "clive-dev, 5-fold cross-validation inside the training part of each of the IE-IQA protocol's 3 "
-        "splits (the ship gate's; test parts never read); BIQ2021, 5-fold cross-validation over "
-        f"{args.biq} photos of the official training part (3 draws of the folds). Mean ± std over the "
-        "splits / draws; the ridge penalty with the best mean SROCC (out of 6).\n\n"
+        "splits (the ship gate's; test parts never read)"
+        + (f"; BIQ2021, 5-fold cross-validation over {args.biq} photos of the official training part (3 draws of "
+           "the folds)" if args.biq else " (BIQ2021 not measured: --biq 0)")
+        + ". Mean ± std over the splits / draws; the ridge penalty with the best mean SROCC (out of 6).\n\n"
         + md_table(["frozen backbone", "clive-dev SROCC", "clive-dev PLCC", "BIQ2021 SROCC", "BIQ2021 PLCC",
                     "ms/photo (extraction)"], rows)
         + "\nms/photo: decode, resize and the eager PyTorch forward on this CPU during extraction "
-        "(BatchNorm folded, batch 8), while nothing else ran: a rough cost, not the scoring speed "
+        "(BatchNorm folded, batch 8): a rough cost, not the scoring speed "
         "(`benchmarks/cores.py` measures that).\n"
     )
-    write_results(args.out, {"results": results, "biq_photos": args.biq, "levels": args.levels,
+    write_results(results_stem(ap, args, "out"), {"results": results, "biq_photos": args.biq, "levels": args.levels,
                              "command": command_line()}, md)
     return 0
 

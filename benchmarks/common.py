@@ -47,6 +47,41 @@ def results_name(name: str, parser, args, ignore: tuple[str, ...] = ()) -> str:
     return f"{name}_quick" if changed else name
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count of photos, runs or rounds: 0 was a traceback (a median
+    of nothing) after the setup work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def check_models(parser, names) -> None:
+    """The parser's usage error for a model name or tag nothing is registered under (a checkpoint
+    path is the script's to open): said before any work, not as a traceback after it."""
+    from contentiqa.models.registry import is_path_spec, resolve_tag
+
+    for name in names:
+        if name and not is_path_spec(name):
+            try:
+                resolve_tag(name)
+            except ValueError as exc:
+                parser.error(str(exc))
+
+
+def results_stem(parser, args, dest: str, ignore: tuple[str, ...] = ()) -> str:
+    """The results file of a script whose option ``dest`` names it: the name given there when it
+    is given (a deliberate record, e.g. backbone_probe_levels6), else :func:`results_name` of its
+    default: a check run of the published settings' file writes ``_quick`` beside it."""
+    name = getattr(args, dest)
+    if name != parser.get_default(dest):
+        return name
+    return results_name(name, parser, args, ignore=(dest, *ignore))
+
+
 def _source_state() -> dict:
     """The commit and the changed source files (results files left out) of this checkout now."""
     import subprocess
@@ -103,7 +138,8 @@ def clive_table():
 
 
 def clive_splits(protocol: str, seeds, table):
-    """The benchmark splits, made once per protocol and saved beside the results."""
+    """The benchmark splits, made once per protocol and saved beside the results; seeds the
+    published file lacks (a check run's) are saved under benchmarks/cache, never over it."""
     from contentiqa.data import load_splits, make_split_set, save_splits
 
     path = RESULTS / f"splits_clive_{protocol}.json"
@@ -112,6 +148,9 @@ def clive_splits(protocol: str, seeds, table):
         splits = {s.seed: s for s in load_splits(path)}
         if all(s in splits for s in seeds):
             return [splits[s] for s in seeds], path
+        import hashlib
+
+        path = CACHE / f"splits_clive_{protocol}_{hashlib.sha1(repr(seeds).encode()).hexdigest()[:12]}.json"
     splits = make_split_set(table, protocol, seeds=seeds)
     save_splits(splits, path)
     return splits, path
@@ -217,7 +256,9 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
         return 1
     payload = json.loads((out / "results.json").read_text())
     md = result.markdown + "\n" + floor_note() + f"\nCommand: `{command_line()}`\n"
-    write_results(args.results, {**payload, "experiment_dir": str(out)}, md)
+    # (another config, or --only some rows, is a check run's: its table would replace the published one)
+    name = results_stem(ap, args, "results", ignore=("out", "device", "ship", "tag", "weights_dir", "override_gate", "quiet"))
+    write_results(name, {**payload, "experiment_dir": str(out)}, md)
     if args.ship:
         ship_row(args.config, args.ship, args.tag, results=RESULTS / f"{args.results}.json",
                  weights_dir=weights_dir, work_dir=out / "ship" / args.tag, gate=gate)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, clive_table, command_line, provenance, save_npz
+from common import RESULTS, ROOT, clive_table, command_line, provenance, results_stem, save_npz
 
 WEIGHTS = ROOT / "src" / "contentiqa" / "weights"
 SUFFIX = ", content head on the levels"
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--runs {args.runs}: no config.yaml there, so not an experiment's results folder "
                      "(`contentiqa experiment CONFIG --out DIR` makes one)")
         args.out = args.out or args.runs
+        # (the row and folders are what is measured; fewer seeds are a check run's)
+        args.name = results_stem(ap, args, "name", ignore=("runs", "row", "out", "work"))
         per_seed(args)
     return 0
 

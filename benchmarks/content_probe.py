@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from backbone_probe import features as backbone_features
-from common import ROOT, clive_splits, clive_table, command_line, md_table, save_npz, write_results
+from common import ROOT, clive_splits, clive_table, command_line, md_table, results_stem, save_npz, write_results
 from content_head import features as level_features
 from content_head import labelled
 
@@ -156,7 +156,7 @@ def main() -> int:
         "(benchmarks/backbone_probe.py's), a rough cost on top of the model's own; not the scoring speed. "
         "–: no second network.\n"
     )
-    write_results(args.out, {"results": results, "model": args.model, "folds": FOLDS, "command": command_line(),
+    write_results(results_stem(ap, args, "out"), {"results": results, "model": args.model, "folds": FOLDS, "command": command_line(),
                              "minutes": minutes}, md)
     return 0
 

@@ -42,7 +42,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import bench_lock, CACHE, clive_splits, command_line, md_table, require_clive, write_results  # noqa: E402
+from common import (bench_lock, CACHE, clive_splits, command_line, md_table, require_clive, results_stem,  # noqa: E402
+                    write_results)
 
 from contentiqa.utils.io import atomic_write_text  # noqa: E402
 
@@ -363,7 +364,7 @@ def main() -> None:
         pass
     payload = {"command": command_line(), "threads": args.threads, "rounds": args.rounds, "onnxruntime": onnxruntime.__version__,
                "cpus": usable_cpus(), "cpu": cpu, "quick": args.quick, "models": models}
-    write_results(args.results + ("_quick" if args.quick else ""), payload, render(payload))
+    write_results(results_stem(ap, args, "results", ignore=("ship",)), payload, render(payload))
 
 
 if __name__ == "__main__":

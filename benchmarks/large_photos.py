@@ -24,7 +24,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import bench_lock, SHARED, command_line, md_table, results_name, write_results  # noqa: E402
+from common import (bench_lock, SHARED, check_models, command_line, md_table, positive_int, results_name,  # noqa: E402
+                    write_results)
 from cores import score_ips  # noqa: E402
 
 IMAGES = SHARED / "data" / "clive-dev" / "images"
@@ -50,15 +51,18 @@ def main(argv: list[str] | None = None) -> int:
                                                     "ie-iqa-distortion+iqa-cr", "ie-iqa-distortion+iqa-cr+ie-iqa",
                                                     "ie-iqa-distortion+iqa-cr+ie-iqa-distortion"],
                     help="models timed (default: those published)")
-    ap.add_argument("--photos", type=int, default=24)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--photos", type=positive_int, default=24)
+    ap.add_argument("--rounds", type=positive_int, default=3)
     args = ap.parse_args(argv)
+    check_models(ap, args.models)
     if not IMAGES.is_dir():
         sys.exit(f"benchmark skipped: clive-dev photos not found at {IMAGES}")
 
     import contentiqa
 
-    rows, payload = [], {"command": command_line(), "photo_size": list(SIZE), "models": {}}
+    from contentiqa.inference.threads import usable_cpus
+
+    rows, payload = [], {"command": command_line(), "photo_size": list(SIZE), "models": {}, "cpus": usable_cpus()}
     with tempfile.TemporaryDirectory(prefix="contentiqa-large-") as tmp, bench_lock():
         payload["load_average_before"] = list(os.getloadavg())
         work = Path(tmp)
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# Scoring phone-sized photos (CPU)", "",
         f"`contentiqa score` on {len(files)} JPEGs of {SIZE[0]} x {SIZE[1]} px (clive-dev photos upscaled), end to end "
-        f"in a fresh process, median of {args.rounds} runs; 2 CPU cores as `score` uses them by default.", "",
+        f"in a fresh process, median of {args.rounds} runs; {payload['cpus']} CPU cores as `score` uses them by default.", "",
         md_table(["model", "images/s", "wall ms per photo"], rows), "",
         "A fixed-size model decodes the photo and resizes it once (its cost barely depends on the photo); a "
         "native-resolution one (`iqa-cr`, and the ensemble through it) runs its backbone on the photo itself, its "

@@ -48,7 +48,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import SHARED, bench_lock, command_line, contentiqa_env, md_table, results_name, write_results  # noqa: E402
+from common import (SHARED, bench_lock, check_models, command_line, contentiqa_env, md_table, positive_int,  # noqa: E402
+                    results_name, write_results)
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 HOST = "127.0.0.1"  # loopback only, by design
@@ -535,9 +536,9 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model name or checkpoint (default: contentiqa.DEFAULT_MODEL)")
-    ap.add_argument("--images", type=int, default=48, help="photos used (default 48, as published)")
-    ap.add_argument("--lone", type=int, default=16, help="photos of the lone-photo latency comparison (default 16)")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--images", type=positive_int, default=48, help="photos used (default 48, as published)")
+    ap.add_argument("--lone", type=positive_int, default=16, help="photos of the lone-photo latency comparison (default 16)")
+    ap.add_argument("--rounds", type=positive_int, default=3,
                     help="each load phase scores every photo this many times (default 3, as published)")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="a load phase stops after this long (default 120)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per phase")
@@ -548,6 +549,7 @@ def main() -> None:
     ap.add_argument("--child-loop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    check_models(ap, [args.model])
     from contentiqa import DEFAULT_MODEL
 
     spec = args.model or DEFAULT_MODEL

@@ -21,8 +21,8 @@ memory (RSS) over a long run of 10,000 inputs (the same few generated images, re
 The limit, naive and fast measurements are interleaved round by round (median of 3 rounds),
 so that a drifting machine load affects them alike.
 
-Real photos: the first 64 images of ../shared/data/clive-dev (all 500 x 500; the section is
-skipped when the data are absent), plus generated 1024 x 768 and 2048 x 1536 JPEGs (real
+Real photos: the first 64 images of ../shared/data/clive-dev (all 500 x 500; when the data are
+absent, the example photos stand in and the results go to speed_quick), plus generated 1024 x 768 and 2048 x 1536 JPEGs (real
 photos upscaled, so decoding costs what a camera JPEG costs). When a model's shipped weights
 (src/contentiqa/weights/*.pt) are absent, ``create_model(name, pretrained=False)`` stands in:
 the same architecture and cost, with an untrained head (said in the output).
@@ -48,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, bench_lock, command_line, md_table, results_name, write_results  # noqa: E402
+from common import ROOT, SHARED, bench_lock, check_models, command_line, md_table, results_name, write_results  # noqa: E402
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 EXAMPLES = ROOT / "examples" / "images"
@@ -727,6 +727,7 @@ def main() -> None:
                     help="comma-separated model names (default: contentiqa.DEFAULT_MODEL, iqa-cr, ie-iqa)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    check_models(ap, [m.strip() for m in (args.models or "").split(",")])
     if args.child:  # a measurement in a fresh process (called by run_benchmark)
         import json
 
@@ -769,7 +770,11 @@ def main() -> None:
     payload["photo_source"] = source
     payload["quick"] = quick
     command = command_line()
-    write_results(results_name("speed", ap, args), payload, render_markdown(payload, command))
+    # the example photos stand in for clive-dev's: not the published measurement either
+    name = results_name("speed", ap, args)
+    if source != "clive-dev" and not name.endswith("_quick"):
+        name += "_quick"
+    write_results(name, payload, render_markdown(payload, command))
 
 
 if __name__ == "__main__":

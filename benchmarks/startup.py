@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bench_lock, command_line, contentiqa_env, results_name, write_results  # noqa: E402
+from common import ROOT, bench_lock, command_line, contentiqa_env, positive_int, results_name, write_results  # noqa: E402
 
 SRC = ROOT / "src"
 PHOTO = ROOT / "examples" / "images" / "671.JPG"
@@ -86,7 +86,7 @@ def _loadavg() -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=positive_int, default=7)
     args = ap.parse_args()
 
     with bench_lock():

@@ -925,6 +925,30 @@ def test_a_check_run_never_writes_over_the_published_figures(common, capsys):
     for argv in (["--quick"], ["--images", "2"], ["--models", "a"]):
         assert common.results_name("speed", ap, ap.parse_args(argv)) == "speed_quick", argv
     assert "results go to speed_quick" in capsys.readouterr().out
+    # a script whose option names its file: the name given is kept (a deliberate record), its
+    # default is the published file only with the published settings (cores --photos 2, int8
+    # --models one, backbone_probe --biq 0 wrote over theirs)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="probe")
+    ap.add_argument("--biq", type=int, default=2000)
+    assert common.results_stem(ap, ap.parse_args([]), "out") == "probe"
+    assert common.results_stem(ap, ap.parse_args(["--biq", "0"]), "out") == "probe_quick"
+    assert common.results_stem(ap, ap.parse_args(["--biq", "0", "--out", "probe_nobiq"]), "out") == "probe_nobiq"
+
+
+def test_a_check_runs_seeds_are_split_beside_the_published_splits(common, tmp_path, monkeypatch):
+    """floor.py --seeds 11 rewrote the published splits file with seeds it lacked."""
+    import pandas as pd
+
+    monkeypatch.setattr(common, "CACHE", tmp_path / "cache")
+    table = pd.DataFrame({"image": [f"/p/{i}.png" for i in range(40)], "mos": [float(i) for i in range(40)]})
+    splits, path = common.clive_splits("ie-iqa", [0, 1], table)
+    assert path == common.RESULTS / "splits_clive_ie-iqa.json"
+    published = path.read_bytes()
+    more, other = common.clive_splits("ie-iqa", [0, 5], table)
+    assert other.parent == tmp_path / "cache" and [s.seed for s in more] == [0, 5]
+    assert path.read_bytes() == published
+    assert common.clive_splits("ie-iqa", [1], table)[1] == path
 
 
 def test_no_benchmark_with_options_writes_its_results_under_a_fixed_name():
@@ -943,8 +967,13 @@ def test_no_benchmark_with_options_writes_its_results_under_a_fixed_name():
         if "add_argument(" not in source:
             continue  # no options: every run is the published one
         for node in ast.walk(ast.parse(source)):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_results" and node.args
-                    and isinstance(node.args[0], ast.Constant)):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_results" and node.args):
+                continue
+            name = node.args[0]
+            # a name from results_name / results_stem (or a variable holding one); a constant, an
+            # option's value (args.out) or a suffix rule of its own ("_quick" if --quick) bypassed them
+            named = isinstance(name, ast.Call) and getattr(name.func, "id", None) in ("results_name", "results_stem")
+            if not (named or isinstance(name, ast.Name)):
                 fixed.append(f"{script.name}:{node.lineno}")
     assert not fixed, f"results written under a fixed name whatever the options: {fixed}"
 
