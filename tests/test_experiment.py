@@ -1228,6 +1228,9 @@ def test_validation_parts_of_a_splits_file_count_as_validation_parts(tmp_path):
     assert res.results["A"]["seeds"] == [1] and "srocc" in res.results["A"]["summary"]["T val"]
     with pytest.raises(ConfigError, match="run A: monitor 'srocc' needs a validation part: there is none"):
         run_experiment({**cfg, "splits": str(plain)}, tmp_path / "out2", progress=False, log=None)
+    plain_cfg = {**cfg, "splits": str(plain), "test": "none", "train": {**cfg["train"], "monitor": None}}
+    with pytest.raises(ConfigError, match="test: none reports validation parts only, and the splits give none for T"):
+        run_experiment(plain_cfg, tmp_path / "out2", progress=False, log=None)
     assert not (tmp_path / "out2" / "runs").exists()  # refused before any row trained
 
 

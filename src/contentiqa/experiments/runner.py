@@ -497,6 +497,11 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
     built = {} if built is None else built
     if sets is not None:
         validated = [ts.label for ts in sets if ts.val_fraction or any(s.parts.get("val") for s in ts.splits.values())]
+        unvalidated = [ts.label for ts in sets if ts.label not in validated]
+        if not cfg.tests and unvalidated:  # (config.py says so of the protocols; a splits file is known now)
+            raise ConfigError(f"test: none reports validation parts only, and the splits give none for "
+                              f"{', '.join(unvalidated)}: give it a val_fraction, splits with validation parts, "
+                              "or name test sets")
     elif cfg.splits is not None:  # the file's parts are read with the data
         validated = [ts.label for ts in cfg.train_sets]
     else:
