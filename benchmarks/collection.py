@@ -35,7 +35,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, results_name, write_results  # noqa: E402
+from common import (CACHE, ROOT, bench_lock, command_line, contentiqa_env, md_table, positive_int,  # noqa: E402
+                    results_name, write_results)
 
 from contentiqa.utils.io import atomic_write_text  # noqa: E402
 
@@ -131,10 +132,10 @@ def main() -> None:
                                  epilog="Other options are passed to `contentiqa score` as they are.")
     ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: BIQ2021's Images)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    ap.add_argument("--limit", type=positive_int, default=None, help="only the first N photos")
     ap.add_argument("--quick", action="store_true", help="results go to collection_<device>_quick (a check, not a figure)")
     ap.add_argument("--fresh", action="store_true", help="discard an unfinished earlier run and start over")
-    ap.add_argument("--decode-sample", type=int, default=500, help="photos timed for the decode-only figure")
+    ap.add_argument("--decode-sample", type=positive_int, default=500, help="photos timed for the decode-only figure")
     args, extra = ap.parse_known_args()
     folder = args.images or default_images()
     if not folder.is_dir():

@@ -77,8 +77,8 @@ def results_stem(parser, args, dest: str, ignore: tuple[str, ...] = ()) -> str:
     is given (a deliberate record, e.g. backbone_probe_levels6), else :func:`results_name` of its
     default: a check run of the published settings' file writes ``_quick`` beside it."""
     name = getattr(args, dest)
-    if name != parser.get_default(dest):
-        return name
+    if name != parser.get_default(dest):  # (a --quick check of a named record still writes beside it)
+        return f"{name}_quick" if getattr(args, "quick", False) else name
     return results_name(name, parser, args, ignore=(dest, *ignore))
 
 
@@ -260,6 +260,6 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
     name = results_stem(ap, args, "results", ignore=("out", "device", "ship", "tag", "weights_dir", "override_gate", "quiet"))
     write_results(name, {**payload, "experiment_dir": str(out)}, md)
     if args.ship:
-        ship_row(args.config, args.ship, args.tag, results=RESULTS / f"{args.results}.json",
+        ship_row(args.config, args.ship, args.tag, results=RESULTS / f"{name}.json",  # the figures just written
                  weights_dir=weights_dir, work_dir=out / "ship" / args.tag, gate=gate)
     return 0

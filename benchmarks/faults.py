@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, command_line, md_table, results_name, write_results
+from common import ROOT, SHARED, command_line, md_table, positive_int, results_name, write_results
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
@@ -60,8 +60,8 @@ def differs(score: float | None, reference: float | None) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=2, help="each round stops the run once with each signal")
+    ap.add_argument("--photos", type=positive_int, default=200)
+    ap.add_argument("--rounds", type=positive_int, default=2, help="each round stops the run once with each signal")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="iqa-cr")
     args = ap.parse_args()

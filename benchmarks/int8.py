@@ -42,8 +42,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import (bench_lock, CACHE, clive_splits, command_line, md_table, require_clive, results_stem,  # noqa: E402
-                    write_results)
+from common import (bench_lock, CACHE, clive_splits, command_line, md_table, positive_int, require_clive,  # noqa: E402
+                    results_stem, write_results)
 
 from contentiqa.utils.io import atomic_write_text  # noqa: E402
 
@@ -333,10 +333,10 @@ def main() -> None:
     ap.add_argument("--models", default="ie-iqa,iqa-cr,ie-iqa-distortion+iqa-cr+ie-iqa-distortion",
                     help="registered names (their default weights) or name.tag (older weights, with --results)")
     ap.add_argument("--results", default="int8", help="results file name (benchmarks/results/NAME.json/.md)")
-    ap.add_argument("--calib", type=int, default=200, help="calibration photos (train part of split seed 0)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--timing-photos", type=int, default=48)
+    ap.add_argument("--calib", type=positive_int, default=200, help="calibration photos (train part of split seed 0)")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--rounds", type=positive_int, default=3)
+    ap.add_argument("--timing-photos", type=positive_int, default=48)
     ap.add_argument("--ship", action="store_true", help="write the best recipe's calibration beside the shipped weights")
     ap.add_argument("--quick", action="store_true", help="8 calibration and 40 test photos, 1 round (checks that it runs)")
     args = ap.parse_args()

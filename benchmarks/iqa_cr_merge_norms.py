@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import command_line, md_table, require_clive, results_name, write_results
+from common import command_line, md_table, positive_int, require_clive, results_name, write_results
 
 
 def layer_growth(model, images) -> list[float]:
@@ -39,7 +39,7 @@ def layer_growth(model, images) -> list[float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="the experiment's --out folder")
-    ap.add_argument("--photos", type=int, default=32)
+    ap.add_argument("--photos", type=positive_int, default=32)
     args = ap.parse_args()
     import contentiqa
     from PIL import Image

@@ -57,7 +57,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import RESULTS, SHARED, contentiqa_env  # noqa: E402  (stdlib only: the pyiqa child imports it too)
+from common import RESULTS, SHARED, contentiqa_env, positive_int  # noqa: E402  (stdlib only: the pyiqa child imports it too)
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 PEERS = ["paq2piq", "nima", "clipiqa+", "topiq_nr", "liqe", "dbcnn", "hyperiqa", "maniqa", "brisque"]
@@ -599,7 +599,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pyiqa-python", default=os.environ.get("CONTENTIQA_PYIQA_PYTHON", sys.executable),
                     help="the interpreter that has pyiqa (default: $CONTENTIQA_PYIQA_PYTHON, else this one)")
-    ap.add_argument("--images", type=int, default=None, help="clive-dev photos (default 48; quick 3)")
+    ap.add_argument("--images", type=positive_int, default=None, help="clive-dev photos (default 48; quick 3)")
     ap.add_argument("--metrics", default=None, help="comma-separated pyiqa metrics (default: the issue's nine)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timing per row at most (default 90; quick 10)")
     ap.add_argument("--quick", action="store_true", help="3 photos, 3 metrics (checks that it runs)")

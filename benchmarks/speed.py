@@ -48,7 +48,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import ROOT, SHARED, bench_lock, check_models, command_line, md_table, results_name, write_results  # noqa: E402
+from common import (ROOT, SHARED, bench_lock, check_models, command_line, md_table, positive_int,  # noqa: E402
+                    results_name, write_results)
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 EXAMPLES = ROOT / "examples" / "images"
@@ -720,9 +721,9 @@ def render_markdown(p: dict[str, Any], command: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few images, one repeat, a short long-run (checks that it runs)")
-    ap.add_argument("--images", type=int, default=None, help="real photos to use (default 64; quick 6)")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3; quick 1)")
-    ap.add_argument("--rss-inputs", type=int, default=None, help="inputs in the long run (default 10000; quick 300)")
+    ap.add_argument("--images", type=positive_int, default=None, help="real photos to use (default 64; quick 6)")
+    ap.add_argument("--repeats", type=positive_int, default=None, help="repeats per timing (default 3; quick 1)")
+    ap.add_argument("--rss-inputs", type=positive_int, default=None, help="inputs in the long run (default 10000; quick 300)")
     ap.add_argument("--models", default=None,
                     help="comma-separated model names (default: contentiqa.DEFAULT_MODEL, iqa-cr, ie-iqa)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)

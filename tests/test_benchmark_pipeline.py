@@ -53,14 +53,17 @@ def test_benchmark_runs_a_config_and_ships_a_row(common, tmp_path):
     path = tmp_path / "tiny_bench.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out, weights = tmp_path / "exp", tmp_path / "weights"
-    rc = common.run_config_benchmark(path, "unused", "doc", [str(path), "--results", "tiny", "--out", str(out),
-                                                              "--ship", "IQA-CR", "--tag", "t", "--weights-dir",
-                                                              str(weights), "--quiet"])
+    # another config than the benchmark's own (and --only): a check run, written beside the published
+    # "tiny" table, and the card's figures are read from what it wrote
+    rc = common.run_config_benchmark(path, "tiny", "doc", [str(path), "--only", "IQA-CR", "--out", str(out),
+                                                            "--ship", "IQA-CR", "--tag", "t", "--weights-dir",
+                                                            str(weights), "--quiet"])
     assert rc == 0
-    res = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert not (tmp_path / "results" / "tiny.json").exists()
+    res = json.loads((tmp_path / "results" / "tiny_quick.json").read_text())
     runner = json.loads((out / "results.json").read_text())
     assert res["runs"] == runner["runs"]  # the table's figures are the runner's
-    md = (tmp_path / "results" / "tiny.md").read_text()
+    md = (tmp_path / "results" / "tiny_quick.md").read_text()
     assert md.startswith((out / "results.md").read_text()) and "Command:" in md
     split = runner["runs"]["IQA-CR"]["splits"][0]
     assert "accuracy" in split["test"]["TINY"]  # the labels were joined: the content head was scored
@@ -934,6 +937,23 @@ def test_a_check_run_never_writes_over_the_published_figures(common, capsys):
     assert common.results_stem(ap, ap.parse_args([]), "out") == "probe"
     assert common.results_stem(ap, ap.parse_args(["--biq", "0"]), "out") == "probe_quick"
     assert common.results_stem(ap, ap.parse_args(["--biq", "0", "--out", "probe_nobiq"]), "out") == "probe_nobiq"
+    ap.add_argument("--quick", action="store_true")  # a check of a named record (int8_older_tags) is still a check
+    assert common.results_stem(ap, ap.parse_args(["--out", "probe_x", "--quick"]), "out") == "probe_x_quick"
+
+
+@pytest.mark.parametrize("script, argv, said", [
+    ("cores.py", ["--model", "bogus"], "unknown model 'bogus'"),
+    ("large_photos.py", ["--models", "ie-iqa.nope"], "has no weights tagged 'nope'"),
+    ("startup.py", ["--runs", "0"], "--runs: must be at least 1, not 0"),
+    ("int8.py", ["--rounds", "0"], "--rounds: must be at least 1, not 0"),
+])
+def test_benchmark_options_that_cannot_run_are_usage_errors_before_any_work(script, argv, said):
+    """An unknown model was a traceback after the photos were made; a count of 0 a median of
+    nothing after the setup (startup --runs 0, serve_load --lone 0, int8 --rounds 0)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(BENCH / script), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
 
 
 def test_a_check_runs_seeds_are_split_beside_the_published_splits(common, tmp_path, monkeypatch):
