@@ -158,6 +158,17 @@ def test_a_raw_pickle_is_refused_as_unsafe_and_other_files_are_simply_not_checkp
     graph.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x062.14.1" + bytes(200))
     with pytest.raises(ValueError, match=r"not a PyTorch checkpoint.*ends in \.onnx"):
         load_checkpoint(graph)
+    # a few junk bytes, and a legacy (non-zip) torch.save file cut short: struct.error's traceback from
+    # inside torch's unpickler
+    import torch
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    whole = legacy.read_bytes()
+    for name, data in (("junk.pt", b"junk"), ("cut.pt", whole[:19]), ("cut2.pt", whole[:51])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}"):
+            load_checkpoint(tmp_path / name)
     (tmp_path / "folder.pt").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         load_checkpoint(tmp_path / "folder.pt")
@@ -590,6 +601,18 @@ def test_pixel_limit_and_batch_size_apply_to_every_input(api_model, tmp_path):
             api_model.predict(a8, batch_size=bs)
         with pytest.raises(ValueError, match="batch_size"):
             TorchScorer(api_model).run([a8], batch_size=bs)
+
+
+def test_an_image_without_pixels_is_never_scored():
+    """A scorer's min_size set to 0 ("no minimum") scored a 0x0 image: a fixed-size model resized
+    it to a black square."""
+    import contentiqa
+
+    model = contentiqa.create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False,
+                                    input_size=64).eval()
+    model.min_size = 0
+    pred = model.predict(np.zeros((0, 0, 3), np.uint8))
+    assert pred.score is None and "smaller than the minimum side of 1 px" in pred.error
 
 
 # -- bounded memory --------------------------------------------------------------------------

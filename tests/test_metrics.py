@@ -374,6 +374,21 @@ def test_accumulators_accept_column_vectors():
         _accumulated(np.zeros((6, 2)), np.arange(6.0), chunks=1)
 
 
+def test_accumulators_take_arrays_and_lists_as_the_functional_metrics_do():
+    """update(numpy array) was AttributeError 'no attribute to', update(list) 'no attribute reshape'."""
+    from contentiqa.metrics import iqa_accumulators
+
+    rng = np.random.default_rng(5)
+    p, t = rng.normal(size=40), rng.normal(size=40)
+    acc = iqa_accumulators()
+    acc.update(p[:20], list(t[:20]))
+    acc.update(list(p[20:]), t[20:])
+    for k, v in iqa_metrics(p, t).items():
+        assert float(acc.compute()[k]) == pytest.approx(v, abs=1e-9), k
+    with pytest.raises(MetricInputError, match="pred is not numbers"):
+        iqa_accumulators().update(["x"] * 3, [1.0, 2.0, 3.0])
+
+
 def test_accumulators_need_enough_items():
     from contentiqa.metrics import iqa_accumulators
 

@@ -28,6 +28,15 @@ from torchmetrics.utilities import dim_zero_cat
 from .functional import MetricInputError
 
 
+def _tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise MetricInputError(f"{name} is not numbers ({exc})") from None
+
+
 def iqa_accumulators(sync_on_compute: bool = True) -> MetricCollection:
     """``{"plcc", "srocc", "krocc", "rmse"}`` accumulators in float64 (``update(pred, target)``).
     ``sync_on_compute=False`` keeps each process's own result (e.g. rank 0 evaluating alone)."""
@@ -66,11 +75,12 @@ class _CheckedInputs(Metric):
     _in_forward = False
 
     @staticmethod
-    def _checked(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked(preds, target) -> tuple[torch.Tensor, torch.Tensor]:
         # One score per item, as the functional metrics ravel; torchmetrics reads (N, 1) as N outputs.
         # float64 whatever came in: torchmetrics computes in the inputs' dtype, and float16 (what
-        # autocast gives) overflows its sums of squares; integers it refuses.
-        preds, target = preds.reshape(-1).to(torch.float64), target.reshape(-1).to(torch.float64)
+        # autocast gives) overflows its sums of squares; integers it refuses. Arrays and lists
+        # too, as the functional metrics take them.
+        preds, target = (_tensor(x, which).reshape(-1).to(torch.float64) for x, which in ((preds, "pred"), (target, "target")))
         if preds.shape != target.shape:
             raise MetricInputError(f"pred has {preds.numel()} values, target has {target.numel()}: they must match")
         for t, which in ((preds, "pred"), (target, "target")):

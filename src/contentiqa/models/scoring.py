@@ -211,12 +211,13 @@ def as_model_reads(img: Image.Image, model: ImageLimits, notes: list[str], path:
     size = img.size
     if model.native_resolution:
         img = limit_side(img, model.max_side, notes)
-    if min(img.size) < model.min_size:
+    least = max(1, model.min_size)  # an image without pixels is never scored (a min_size of 0 scored one black)
+    if min(img.size) < least:
         shown = f"{size[0]}x{size[1]}" + (f" (downscaled to {img.size[0]}x{img.size[1]})" if img.size != size else "")
         fix = f"; the downscaling to a longest side of {model.max_side} px made it so: {DOWNSCALE_HINT}" \
             if img.size != size else ""
         raise ImageLoadError(path or "<input>",
-                             f"image is {shown}, smaller than the minimum side of {model.min_size} px{fix}")
+                             f"image is {shown}, smaller than the minimum side of {least} px{fix}")
     return img
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[
         onnx = " (an ONNX graph is read as one only when its name ends in .onnx)" if _looks_like_onnx(path) else ""
         raise CheckpointReadError(_other_format(path, what) or f"{what} {path} is not a PyTorch checkpoint (not a file "
                                   f"`torch.save` wrote, or damaged){onnx}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError,
+            struct.error) as exc:  # (struct.error: a legacy torch.save file cut short)
         other = _other_format(path, what)
         if other:
             raise CheckpointReadError(other) from None
