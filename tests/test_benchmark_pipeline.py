@@ -499,13 +499,17 @@ def test_gpu_collect_carries_models_both_ways_without_the_imagenet_weights(monke
             p.add_(0.01 * torch.randn_like(p))
     row = "A probe, then more"
     there = tmp_path / "there"
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         save_checkpoint(model, there / "runs" / slugify(row) / f"seed{seed}" / "best.pt")
+    for seed in (0, 1):  # seed 2 is unfinished: its best.pt must not travel as a start
+        (there / "metrics" / slugify(row)).mkdir(parents=True, exist_ok=True)
+        (there / "metrics" / slugify(row) / f"seed{seed}.json").write_text("{}")
     full = (there / "runs" / slugify(row) / "seed0" / "best.pt").stat().st_size
     collect.slim(there, [row], tmp_path / "pieces", name="best.pt")
     pieces = sorted((tmp_path / "pieces").glob("weights.tar.*"))
     assert pieces and sum(p.stat().st_size for p in pieces) < full / 4
     collect.join(tmp_path / "pieces", tmp_path / "here")
+    assert not (tmp_path / "here" / "runs" / slugify(row) / "seed2").exists()
     x = torch.randn(2, 3, 64, 64)
     model.eval()
     for seed in (0, 1):
@@ -513,6 +517,48 @@ def test_gpu_collect_carries_models_both_ways_without_the_imagenet_weights(monke
         with torch.no_grad():
             torch.testing.assert_close(back(x)["score"], model(x)["score"], rtol=0, atol=0)
     assert not list((tmp_path / "here" / "runs").rglob("tested.pt"))  # only what was asked for
+    # a split finished here is kept (the table's figures and the gated model would come from two
+    # trainings); a damaged or incomplete archive puts nothing in place
+    here = tmp_path / "here2"
+    (here / "metrics" / slugify(row)).mkdir(parents=True)
+    (here / "metrics" / slugify(row) / "seed0.json").write_text('{"mine": 1}')
+    collect.join(tmp_path / "pieces", here)
+    assert not (here / "runs" / slugify(row) / "seed0" / "best.pt").exists()
+    assert (here / "runs" / slugify(row) / "seed1" / "best.pt").is_file()
+    collect.join(tmp_path / "pieces", here, replace=True)
+    assert (here / "runs" / slugify(row) / "seed0" / "best.pt").is_file()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "weights.tar.00").write_bytes(pieces[0].read_bytes()[:2000])
+    with pytest.raises(SystemExit, match="damaged or incomplete archive"):
+        collect.join(cut, tmp_path / "here3")
+    assert not (tmp_path / "here3" / "runs").exists()
+    (cut / "weights.tar.00").rename(cut / "weights.tar.01")
+    with pytest.raises(SystemExit, match="not 00..NN"):
+        collect.join(cut, tmp_path / "here3")
+
+
+def test_gpu_pack_lists_the_files_the_loaders_read(monkeypatch, tmp_path):
+    """pack.py named BIQ2021's CSV itself (a Test.csv the loader reads was a traceback) and
+    required clive-dev's scene labels (made where absent), after deleting the old chunks."""
+    from conftest import write_image
+    from test_generalization import make_biq2021
+
+    monkeypatch.syspath_prepend(str(BENCH / "gpu"))
+    sys.modules.pop("pack", None)
+    import pack
+
+    biq = tmp_path / "biq"
+    make_biq2021(biq)
+    (biq / "Test (Images and MOS).csv").rename(biq / "Test.csv")
+    clive = tmp_path / "shared" / "data" / "clive-dev"
+    write_image(clive / "images" / "1.png", 32, 32)
+    (clive / "scores.csv").write_text("image,mos\nimages/1.png,50\n")
+    listed = dict((rel, src) for src, rel in pack.files(tmp_path / "shared", biq))
+    assert listed["biq2021/Test.csv"] == biq / "Test.csv" and "shared/data/clive-dev/scene_labels.csv" not in listed
+    (clive / "scores.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="scores.csv"):
+        pack.files(tmp_path / "shared", biq)
 
 
 def test_ensemble_rows_become_a_gateable_folder_and_cores_counts_each_members_passes(common, tmp_path):

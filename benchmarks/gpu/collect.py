@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
+import re
 import tarfile
 import tempfile
 from pathlib import Path
@@ -34,9 +37,13 @@ def slim(runs: Path, rows: list[str], out: Path, name: str = "tested.pt") -> Non
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar, tempfile.TemporaryDirectory() as tmp:
         for row in rows:
-            found = sorted((runs / "runs" / slugify(row)).glob(f"seed*/{name}"))
+            # finished splits only: best.pt exists from a split's first epoch, and an interrupted
+            # one would travel as a GPU row's start
+            found = sorted(t for t in (runs / "runs" / slugify(row)).glob(f"seed*/{name}")
+                           if (runs / "metrics" / slugify(row) / f"{t.parent.name}.json").is_file())
             if not found:  # an empty piece would travel, and the GPU row fail only at its init_from
-                raise SystemExit(f"{runs / 'runs' / slugify(row)}: no seed*/{name} (row {row!r} not trained there?)")
+                raise SystemExit(f"{runs / 'runs' / slugify(row)}: no finished seed*/{name} (row {row!r} not trained "
+                                 "there, or its splits not finished: metrics/<row>/seed<N>.json)")
             print(f"{row}: {', '.join(t.parent.name for t in found)}")
             for tested in found:
                 model = load_checkpoint(tested)
@@ -46,26 +53,68 @@ def slim(runs: Path, rows: list[str], out: Path, name: str = "tested.pt") -> Non
     data = buf.getvalue()
     out.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(data), PIECE):
-        (out / f"weights.tar.{i // PIECE:02d}").write_bytes(data[i:i + PIECE])
+        piece = out / f"weights.tar.{i // PIECE:02d}"
+        (out / f".{piece.name}.tmp").write_bytes(data[i:i + PIECE])
+        os.replace(out / f".{piece.name}.tmp", piece)  # a piece is whole or absent
     print(f"{len(data) / 1e6:.1f} MB of models in {-(-len(data) // PIECE)} piece(s)")
 
 
-def join(files: Path, runs: Path) -> None:
+SPLIT_FILE = re.compile(r"(?:metrics/([^/]+)/(seed\d+)\.json|runs/([^/]+)/(seed\d+)/.+)")
+"""A file of one split in a results folder: its metrics, or a file of its run folder."""
+
+
+def join(files: Path, runs: Path, replace: bool = False) -> None:
+    """Unpack a GPU run's files into ``runs``, keeping the splits ``runs`` has finished (unless
+    ``replace``): the table and the models ship_gate scores would otherwise come from two
+    trainings. Everything is read in full first and moved into place file by file."""
     pieces = sorted(files.glob("weights.tar.[0-9][0-9]"))
     if not (files / "metrics.tgz").is_file() and not pieces:
         raise SystemExit(f"{files}: no metrics.tgz and no weights.tar.NN pieces (a call that ran out of time brings "
                          "back partial.tgz only: its logs say how far it got)")
+    if [int(p.name[-2:]) for p in pieces] != list(range(len(pieces))):
+        raise SystemExit(f"{files}: weights.tar pieces {[p.name[-2:] for p in pieces]} are not 00..NN: fetch the "
+                         "missing ones again")
+    if runs.exists() and not runs.is_dir():
+        raise SystemExit(f"--runs {runs} is a file, not a results folder")
     runs.mkdir(parents=True, exist_ok=True)
-    if (files / "metrics.tgz").is_file():
-        with tarfile.open(files / "metrics.tgz") as tar:
-            # the GPU's own table lists only the rows it ran: this folder's is rebuilt with --table-only
-            tar.extractall(runs, members=[m for m in tar.getmembers()
-                                          if m.name not in ("results.json", "results.md")], filter="data")
-    if pieces:
-        data = b"".join(p.read_bytes() for p in pieces)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(runs, filter="data")
-            print("\n".join(str(runs / m.name) for m in tar.getmembers() if m.isfile()))
+    finished = {(p.parent.name, p.stem) for p in runs.glob("metrics/*/seed*.json")}
+    with tempfile.TemporaryDirectory(dir=runs, prefix=".join-") as tmp:
+        try:
+            if (files / "metrics.tgz").is_file():
+                with tarfile.open(files / "metrics.tgz") as tar:
+                    names = tar.getnames()
+                    if "results.json" in names:  # the experiment it belongs to
+                        theirs = json.load(tar.extractfile("results.json")).get("name")
+                        ours = _experiment_name(runs)
+                        if theirs and ours and theirs != ours:
+                            raise SystemExit(f"{files / 'metrics.tgz'} is experiment {theirs!r}'s; {runs} holds {ours!r}")
+                    # the GPU's own table lists only the rows it ran: this folder's is rebuilt with --table-only
+                    tar.extractall(tmp, members=[m for m in tar.getmembers()
+                                                 if m.name not in ("results.json", "results.md")], filter="data")
+            if pieces:
+                with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in pieces))) as tar:
+                    tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise SystemExit(f"{files}: a damaged or incomplete archive ({type(exc).__name__}: {exc}); fetch it "
+                             "again. Nothing was put in place") from None
+        for src in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            name = src.relative_to(tmp).as_posix()
+            m = SPLIT_FILE.fullmatch(name)
+            split = m and ((m[1], m[2]) if m[1] else (m[3], m[4]))
+            if split in finished and not replace:
+                print(f"kept {runs / name}: split {split[1]} of {split[0]} is finished here (--replace to take the GPU's)")
+                continue
+            (runs / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, runs / name)
+            print(runs / name)
+
+
+def _experiment_name(runs: Path) -> str | None:
+    """The experiment a results folder holds, as its results.json names it (None: none yet)."""
+    try:
+        return json.loads((runs / "results.json").read_text()).get("name")
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:
@@ -79,11 +128,12 @@ def main() -> None:
     j = sub.add_parser("join")
     j.add_argument("files", type=Path)
     j.add_argument("--runs", type=Path, required=True)
+    j.add_argument("--replace", action="store_true", help="take the GPU's files of splits finished here too")
     args = ap.parse_args()
     if args.cmd == "slim":
         slim(args.runs, [r for r in args.rows.split(";") if r], args.out, args.name)
     else:
-        join(args.files, args.runs)
+        join(args.files, args.runs, args.replace)
 
 
 if __name__ == "__main__":

