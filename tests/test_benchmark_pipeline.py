@@ -525,8 +525,12 @@ def test_gpu_collect_carries_models_both_ways_without_the_imagenet_weights(monke
     collect.join(tmp_path / "pieces", here)
     assert not (here / "runs" / slugify(row) / "seed0" / "best.pt").exists()
     assert (here / "runs" / slugify(row) / "seed1" / "best.pt").is_file()
+    # an interrupted split here (a partial best.pt's folder, no metrics) becomes the archive's whole
+    (here / "runs" / slugify(row) / "seed1" / "last.pt").write_bytes(b"partial")
     collect.join(tmp_path / "pieces", here, replace=True)
     assert (here / "runs" / slugify(row) / "seed0" / "best.pt").is_file()
+    assert not (here / "metrics" / slugify(row) / "seed0.json").exists()  # the split is the GPU's whole
+    assert not (here / "runs" / slugify(row) / "seed1" / "last.pt").exists()
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "weights.tar.00").write_bytes(pieces[0].read_bytes()[:2000])

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -97,10 +98,17 @@ def join(files: Path, runs: Path, replace: bool = False) -> None:
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise SystemExit(f"{files}: a damaged or incomplete archive ({type(exc).__name__}: {exc}); fetch it "
                              "again. Nothing was put in place") from None
+        placed = {}
         for src in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            m = SPLIT_FILE.fullmatch(src.relative_to(tmp).as_posix())
+            placed[src] = m and ((m[1], m[2]) if m[1] else (m[3], m[4]))
+        for row, seed in {s for s in placed.values() if s} - (set() if replace else finished):
+            # the split becomes the archive's whole: none of this folder's files of it stay beside
+            # (its metrics beside another training's models, or an interrupted best.pt counted finished)
+            shutil.rmtree(runs / "runs" / row / seed, ignore_errors=True)
+            (runs / "metrics" / row / f"{seed}.json").unlink(missing_ok=True)
+        for src, split in placed.items():
             name = src.relative_to(tmp).as_posix()
-            m = SPLIT_FILE.fullmatch(name)
-            split = m and ((m[1], m[2]) if m[1] else (m[3], m[4]))
             if split in finished and not replace:
                 print(f"kept {runs / name}: split {split[1]} of {split[0]} is finished here (--replace to take the GPU's)")
                 continue
