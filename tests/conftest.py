@@ -57,6 +57,23 @@ def write_image(path: Path, h: int = 40, w: int = 48, seed: int = 0, fmt: str | 
     return path
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk (length, type, data, CRC): for files made byte by byte."""
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width x height`` RGB but carries almost no pixel data."""
+    import struct
+    import zlib
+
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+
+
 @pytest.fixture
 def make_image():
     """``make_image(path, h=40, w=48, seed=0)`` writes a tiny random RGB image and returns its path."""

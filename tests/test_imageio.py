@@ -13,7 +13,7 @@ from PIL import Image, ImageFile, features
 
 from contentiqa.data import ImageLoadError, load_image
 
-from conftest import random_rgb
+from conftest import png_chunk, png_header_only, random_rgb
 
 # Distinct, JPEG-friendly corner colours.
 RED, GREEN, BLUE, YELLOW = (230, 20, 20), (20, 200, 20), (20, 20, 230), (240, 230, 20)
@@ -365,15 +365,6 @@ def test_min_size_is_checked_after_orientation(tmp_path):
     _expect_error(path, "24x64")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims ``width x height`` RGB but carries almost no pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fail loudly if any pixel data is decoded (i.e. allocated)."""
@@ -388,7 +379,7 @@ def test_decompression_bomb_header(tmp_path, no_decoding, w, h):
     """10 GP (over PIL's own hard limit) and 120 MP (over its warning limit) headers are both
     refused by our limit, named in MP, before any pixel is decoded."""
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(w, h))
+    path.write_bytes(png_header_only(w, h))
     err = _expect_error(path, f"{w}x{h}", "100 MP", "max_pixels")
     assert "limit" in err.reason
     assert Image.MAX_IMAGE_PIXELS is not None  # PIL's global guard restored
@@ -404,7 +395,7 @@ def test_max_pixels_raised_above_pil_limit_is_honoured(tmp_path, no_decoding):
     """A caller who raises max_pixels past PIL's ~179 MP refusal gets to decoding (here the
     patched load stops it, and its error names the file), instead of PIL's own bomb error."""
     path = tmp_path / "huge.png"
-    path.write_bytes(_png_header_only(20_000, 10_000))
+    path.write_bytes(png_header_only(20_000, 10_000))
     _expect_error(path, "pixels were decoded", max_pixels=300_000_000)
     _expect_error(path, "pixels were decoded", max_pixels=None)
 
@@ -568,7 +559,7 @@ def test_a_header_over_the_pixel_limit_or_of_no_image_is_named_as_load_image_nam
     from contentiqa.data.imageio import ImageLoadError, header_size
 
     huge = tmp_path / "huge.png"
-    huge.write_bytes(_png_header_only(20000, 20000))
+    huge.write_bytes(png_header_only(20000, 20000))
     with pytest.raises(ImageLoadError, match=r"huge.png.*20000x20000 = 400 MP, over the limit of 100 MP"):
         header_size(huge)
     assert header_size(huge, max_pixels=None) == (20000, 20000)
@@ -687,16 +678,13 @@ def test_pil_checks_images_decoded_inside_others_against_max_pixels(tmp_path, mo
 def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_path):
     """Pillow reads a 16-bit RGB PNG as 8-bit RGB but keeps its key in 16-bit units: a key of 1000
     raised, one of 100 made opaque pixels stored as 25700 (read as 100) white."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
     pixels = np.full((40, 40, 3), 25700, np.uint16)  # 100 on 8 bits
     raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
     for key in (100, 1000):
         path = tmp_path / f"key{key}.png"
-        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
-                         + chunk(b"tRNS", struct.pack(">HHH", key, key, key)) + chunk(b"IDAT", zlib.compress(raw))
-                         + chunk(b"IEND", b""))
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+                         + png_chunk(b"tRNS", struct.pack(">HHH", key, key, key)) + png_chunk(b"IDAT", zlib.compress(raw))
+                         + png_chunk(b"IEND", b""))
         res = load_image(path)
         assert (np.asarray(res.image) == 100).all() and not any("transparent" in n for n in res.notes), key
         # said, not silent: the samples' low bytes dropped, and the key left unapplied
@@ -704,16 +692,17 @@ def test_a_16bit_rgb_pngs_colour_key_is_not_compared_with_its_8bit_pixels(tmp_pa
                              "its 16-bit colour key not applied: keyed pixels scored as stored"], key
     # without a key, the narrowing alone; an 8-bit RGB PNG says nothing
     path = tmp_path / "plain16.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+                     + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
     assert load_image(path).notes == ["16-bit colour read as its top 8 bits (the decoder's)"]
     Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(tmp_path / "plain8.png")
     assert load_image(tmp_path / "plain8.png").notes == []
     # 16-bit grey with alpha: narrowed the same way, and said as grey
     ga = np.stack([np.full((40, 40), 25700, np.uint16), np.full((40, 40), 65535, np.uint16)], -1)
     raw_ga = b"".join(b"\0" + row.astype(">u2").tobytes() for row in ga)
-    (tmp_path / "la16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 4, 0, 0, 0))
-                                        + chunk(b"IDAT", zlib.compress(raw_ga)) + chunk(b"IEND", b""))
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 4, 0, 0, 0))
+    (tmp_path / "la16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", zlib.compress(raw_ga))
+                                        + png_chunk(b"IEND", b""))
     assert load_image(tmp_path / "la16.png").notes == ["16-bit grey read as its top 8 bits (the decoder's)"]
 
 
@@ -769,12 +758,10 @@ def test_palette_and_low_bit_transparency_still_go_on_white_and_a_16bit_key_from
     res = load_image(tmp_path / "pal4.png")
     assert tuple(np.asarray(res.image)[0, 0]) == (255, 255, 255) and any("transparent" in n for n in res.notes)
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
     raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in np.full((40, 40, 3), 25700, np.uint16))
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
-           + chunk(b"tRNS", struct.pack(">HHH", 1000, 1000, 1000)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+           + png_chunk(b"tRNS", struct.pack(">HHH", 1000, 1000, 1000)) + png_chunk(b"IDAT", zlib.compress(raw))
+           + png_chunk(b"IEND", b""))
     from contentiqa.data.imageio import pil_to_rgb
 
     notes: list[str] = []

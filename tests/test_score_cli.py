@@ -405,16 +405,11 @@ def test_the_librarys_advice_is_said_in_the_commands_options(tmp_path, ckpt):
 def test_commands_without_the_option_point_to_the_one_that_has_it(tmp_path, ckpt, capsys):
     """evaluate and explain printed the library's 'a max_side of None' to command-line users, and
     evaluate its 'raise max_pixels' for a photo over the pixel limit it has no option for."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    from conftest import png_header_only
 
     thin = save(rgb(40, 6144), tmp_path / "thin.png")
     huge = tmp_path / "huge.png"  # its header claims 400 MP
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    huge.write_bytes(png_header_only(20000, 20000))
     good = [save(rgb(64, 64, s), tmp_path / f"{s}.png") for s in (1, 2, 3)]
     (tmp_path / "d.csv").write_text("image,mos\n" + "".join(f"{p},{10 * i}\n" for i, p in enumerate([thin, huge, *good])))
     run("evaluate", "--model", ckpt, "--data", tmp_path / "d.csv", "--quiet")

@@ -35,17 +35,11 @@ def train(data: Path, out: Path, *extra: str) -> int:
 
 def test_a_training_photo_over_the_pixel_limit_gets_advice_train_can_follow(tmp_path, capsys):
     """train said the library's "raise max_pixels to allow it", an option it does not have."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    from conftest import png_header_only
 
     data = table(tmp_path)
     for i in range(6):  # headers claiming 400 MP, in the train part whichever way it is drawn
-        (tmp_path / "img" / f"{i}.png").write_bytes(
-            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+        (tmp_path / "img" / f"{i}.png").write_bytes(png_header_only(20000, 20000))
     assert train(data, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "decompression-bomb guard; use a smaller copy of it" in err and "max_pixels" not in err, err
