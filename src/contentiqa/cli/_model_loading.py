@@ -99,7 +99,6 @@ def check_threads(threads: int | None) -> None:
         raise UsageError(f"--threads must be 1 to {most} ({MAX_THREADS_PER_CPU} per CPU of this machine), not {threads}")
 
 
-
 def check_model_named(spec: str | None) -> None:
     """A misspelt model name or a missing model file, said before a command makes its output
     folders or does any work (torch-free: the name's weights file is only looked up)."""

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, Iterable
 
 from .common import size_arg, user_path
 from .main import UsageError
@@ -114,7 +115,7 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
             rc = max(rc, 1)
         else:
             print(f"ready    {str(path):<{width}}  {size} -> {out or default_out_dir(cfg)}")
-    shared = None if out else _sharing_a_folder([p for p, _ in read], [c for _, c in read])
+    shared = None if out else _sharing_a_folder(read)
     if shared:  # each alone is fine; one command running them together is not
         print(f"invalid  together: {shared}")
         rc = 2
@@ -176,13 +177,14 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
-def _sharing_a_folder(paths: list, configs: list) -> str | None:
-    """Why configs of one command cannot run together: two write runs/experiments/<name> of one
-    name (the same file name in two folders), where the second's table replaced the first's."""
+def _sharing_a_folder(configs: Iterable[tuple[Path, Any]]) -> str | None:
+    """Why configs of one command (each ``(path, config)``) cannot run together: two write
+    runs/experiments/<name> of one name (the same file name in two folders), where the second's
+    table replaced the first's."""
     from ..experiments import default_out_dir
 
     seen: dict[Path, Path] = {}
-    for path, cfg in zip(paths, configs):
+    for path, cfg in configs:
         folder = default_out_dir(cfg).resolve()
         if folder in seen:
             return (f"{seen[folder]} and {path} both write {default_out_dir(cfg)}: give one a 'name:' (or an "
@@ -202,7 +204,7 @@ def _check_all_first(paths: list, args: argparse.Namespace) -> list:
             configs.append(load_config(path))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-    shared = _sharing_a_folder(paths, configs)
+    shared = _sharing_a_folder(zip(paths, configs))
     if shared:
         raise UsageError(shared)
     if len(paths) > 1:  # one config: the runner says which of its rows or seeds are unknown

@@ -67,11 +67,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     args, rest = parser.parse_known_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     name = getattr(args, "command", None)
-    if not rest or name is None or set(rest) & set(argv[:argv.index(name)]):
+    at = argv.index(name) if name is not None else 0
+    if not rest or name is None or set(rest) & set(argv[:at]):
         # nothing left, no command, or an unknown option before the command: argparse's own error
         return parser.parse_args(argv)
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    return command.parse_intermixed_args(argv[argv.index(name) + 1:], namespace=argparse.Namespace(command=name))
+    return command.parse_intermixed_args(argv[at + 1:], namespace=argparse.Namespace(command=name))
 
 
 def main(argv: list[str] | None = None) -> int:

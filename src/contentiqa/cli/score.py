@@ -56,8 +56,6 @@ from .main import UsageError
 EXPLAIN_REPORT_MAX_PIXELS = 1_000_000
 """Images are explained for the report on a copy of at most this size (the heatmap is shown
 as a thumbnail anyway)."""
-
-
 # --sort's words (sort_rows' own orders stay accepted: --sort=-score); best and worst become an
 # order once the model says which way its scores run (sort_order).
 SORT_ORDERS = ("best", "worst", "path", "-score", "score")
