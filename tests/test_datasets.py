@@ -478,6 +478,18 @@ def test_csv_columns_are_read_in_any_case(tmp_path):
         load_dataset("csv", csv)
 
 
+def test_csv_image_names_are_read_as_written(tmp_path):
+    """Files named '0001' or 'NA' were read as the path '1' and as an empty cell; rows ending in a
+    comma had every cell shifted one column left (the MOS taken for the file name)."""
+    for name in ("0001", "NA", "null"):
+        write_image(tmp_path / name, fmt="PNG")
+    for rows in ("0001,35\nNA,60\nnull,50\n", "0001,35,\nNA,60,\nnull,50,\n"):
+        (tmp_path / "n.csv").write_text("image,mos\n" + rows)
+        t = load_dataset("csv", tmp_path / "n.csv").table
+        _same_paths(t["image"], [tmp_path / "0001", tmp_path / "NA", tmp_path / "null"])
+        assert t["mos"].tolist() == [35, 60, 50]
+
+
 def test_csv_that_is_not_utf8_or_empty_names_the_file(tmp_path):
     csv = tmp_path / "l.csv"
     csv.write_bytes("image,mos\n\u00e9.png,3\n".encode("latin-1"))

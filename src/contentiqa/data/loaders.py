@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .registry import register_dataset
 from .table import MOSScale, canonical_columns, cell_path, under_root
@@ -96,12 +96,14 @@ def _first_existing(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise FileNotFoundError(f"{what}: none of {names} found under {root}")
 
 
-def read_csv_table(path: Path, skiprows: int = 0) -> pd.DataFrame:
-    """A release's or a user's CSV; what cannot be read as one names the file."""
+def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFrame:
+    """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
+    stray comma keep their columns (pandas would otherwise take the first column for an index,
+    shifting every cell one column left). ``options`` go to ``pd.read_csv``."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig")
+        return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
 
@@ -443,10 +445,15 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     commented = bool(first) and first[0].lstrip().startswith("#")
     declared = _declared_range(first[0], path) if commented else None
     df = read_csv_table(path, skiprows=1 if commented else 0)
+    written = list(df.columns)
     df.columns = canonical_columns(df.columns, path)
     for col in ("image", "mos"):
         if col not in df.columns:
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")
+    # file names as written: '0001' is not the number 1, nor a file called 'NA' a missing cell
+    name = written[list(df.columns).index("image")]
+    df["image"] = read_csv_table(path, skiprows=1 if commented else 0, usecols=[name], dtype=str,
+                                 keep_default_na=False, na_values=[""])[name].to_numpy()
     blank = df["image"].isna() | (df["image"].astype(str).str.strip() == "")
     if blank.any():
         rows = [int(i) + 1 for i in df.index[blank][:5]]
