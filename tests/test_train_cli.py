@@ -3,6 +3,7 @@ silently restarts a run, one seed gives one model, and a table, split or output 
 is a one-line usage error (exit 2) naming what to change, before hours of work, not a traceback."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -461,6 +462,10 @@ def test_evaluate_names_the_seed_of_the_split_it_measured(tmp_path, capsys):
     assert "split 1: seed 7, ie-iqa" in capsys.readouterr().out
     got = json.loads(metrics.read_text())
     assert got["split_seed"] == 7 and got["split_index"] == 1 and got["mos_scale"]["high"] == 100
+    # which weights were measured, by file and SHA-256 as score's rows say it (a name's tag moves)
+    ckpt = Path(tiny_checkpoint())
+    assert got["weights"] == str(ckpt) and got["weights_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert got["model_spec"] == str(ckpt) and got["contentiqa_version"]
 
 
 def test_quiet_hides_progress_not_the_trainers_notes(tmp_path, capsys):

@@ -86,8 +86,12 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.predictions, exc.rows.to_csv(index=False))
         raise UsageError(f"cannot measure {args.model} on {args.data}: {exc}") from None
     _say_failed(preds, args)
-    # what was measured, so that a train part's file, a test part's and a fitted PLCC's tell apart
-    metrics = {"model": args.model, "data": str(args.data), "part": args.part if part else None,
+    # what was measured, so that a train part's file, a test part's and a fitted PLCC's tell apart;
+    # the weights by file and SHA-256, as score's rows: a name's tag moves between releases
+    from ..inference.torch_runtime import TorchScorer
+    from ..reporting.results import model_record
+
+    metrics = {**model_record(TorchScorer(model, precision="fp32").identity), "model_spec": args.model, "data": str(args.data), "part": args.part if part else None,
                "split": str(args.split) if args.split else ("column" if part else None),
                "split_index": args.split_index if args.split else None,
                "split_seed": split.seed if args.split and split is not None else None,
