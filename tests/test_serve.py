@@ -734,6 +734,19 @@ def test_batcher_close_finishes_queued_work_then_refuses():
         b.submit([3])
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("max_queue", 2, r"max_queue \(2\) must be at least max_images \(16\)"), ("timeout_s", -1, "timeout_s must be positive"),
+    ("max_images", 0, "max_images must be at least 1"), ("max_upload_bytes", 0, "max_upload_bytes must be at least 1 KiB"),
+    ("max_wait_ms", 60_000, "max_wait_ms must be 0 or more and below timeout_s"), ("api_key", "", "api_key is empty"),
+    ("max_pixels", 0, "max_pixels must be at least one pixel"), ("decode_workers", -1, "decode_workers must be 0 or more"),
+])
+def test_a_config_no_server_can_work_with_is_refused(field, value, said):
+    """The library's ServeConfig checked nothing: a queue under max_images answered "busy, 0 images
+    waiting, retry in 1 s" to every request, a limit of 0 bytes refused every upload."""
+    with pytest.raises(ValueError, match=said):
+        ServeConfig(**{field: value})
+
+
 # -- the command -----------------------------------------------------------------------------
 def test_serve_command_checks_its_arguments(capsys):
     from contentiqa.cli.main import main
@@ -749,6 +762,20 @@ def test_serve_command_checks_its_arguments(capsys):
     # a request of --max-images photos could never be admitted: "busy, retry in 1 s" on every retry
     assert main(["serve", "--max-queue", "2", "--model", "missing/ckpt.pt"]) == 2
     assert "--max-queue (2) must be at least --max-images (16)" in capsys.readouterr().err
+    # each refused in its own words: a timeout of 0 was blamed on --max-wait-ms; a wait as long as the
+    # timeout timed out every lone request; limits rounding to 0 refused every upload; a key with
+    # spaces around it can never be sent (HTTP strips them), and the variable's was not checked
+    for argv, said in ((["--timeout", "0"], "--timeout must be positive"),
+                       (["--timeout", "2", "--max-wait-ms", "2000"], "--max-wait-ms must be 0 or more and below --timeout"),
+                       (["--max-upload-mb", "1e-9"], "--max-upload-mb must be at least 1 KiB"),
+                       (["--max-pixels", "1e-9"], "--max-pixels must be at least one pixel"),
+                       (["--api-key", "abc "], "--api-key is empty or starts or ends with spaces")):
+        assert main(["serve", *argv, "--model", "missing/ckpt.pt"]) == 2
+        assert f"error: {said}" in capsys.readouterr().err, argv
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONTENTIQA_API_KEY", " ")
+        assert main(["serve", "--model", "missing/ckpt.pt"]) == 2
+        assert "CONTENTIQA_API_KEY is empty or starts or ends with spaces" in capsys.readouterr().err
     # an origin with a path or a trailing slash never matches what a browser sends: refused, not ignored
     for bad in ("https://photos.example.org/", "photos.example.org", "https://x.org/app"):
         assert main(["serve", "--cors-origin", bad, "--model", "missing/ckpt.pt"]) == 2

@@ -90,6 +90,34 @@ class ServeConfig:
     warmup: bool = True
     """Run one forward pass at load, so the first client does not pay for it."""
 
+    def __post_init__(self) -> None:
+        """Refuse values no server can work with (ValueError naming the field): each would start
+        a server that answers every request wrongly ("busy, retry" for ever, a limit of 0 bytes,
+        a key no HTTP header can carry). The CLI's options are these fields."""
+        key = self.api_key
+        checks = [
+            (self.max_batch >= 1, "max_batch must be at least 1"),
+            (0 < self.timeout_s <= 86400, "timeout_s must be positive, at most a day (86400 s)"),
+            # a lone image waits this long for others: at the timeout, every lone request times out
+            (0 <= self.max_wait_ms < self.timeout_s * 1000,
+             "max_wait_ms must be 0 or more and below timeout_s (in ms): a lone image waits that long for others"),
+            (self.max_queue >= 1, "max_queue must be at least 1"),
+            (self.max_images >= 1, "max_images must be at least 1"),
+            (self.max_queue >= self.max_images, f"max_queue ({self.max_queue}) must be at least max_images "
+                                                f"({self.max_images}): a request of that many images could never start"),
+            (self.max_upload_bytes >= 1024, "max_upload_bytes must be at least 1 KiB: no photo's upload is smaller"),
+            (self.max_pixels is None or self.max_pixels >= 1, "max_pixels must be at least one pixel"),
+            (self.explain_max_pixels >= 1, "explain_max_pixels must be at least one pixel"),
+            (self.decode_workers is None or self.decode_workers >= 0, "decode_workers must be 0 or more"),
+            (key is None or (key != "" and key == key.strip()),
+             "api_key is empty or starts or ends with spaces, which no HTTP header carries"),
+            # headers carry bytes that clients encode differently (browsers refuse non-ASCII)
+            (key is None or (key.isascii() and key.isprintable()), "api_key must be printable ASCII"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
 
 @dataclass
 class LoadedModel:
