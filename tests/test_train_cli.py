@@ -175,6 +175,8 @@ def test_a_finished_run_given_more_epochs_drops_its_old_test_figures(tmp_path):
                                                                                        "file": None},
                             "parts": {"train": 16, "test": 4}}]
     assert run["tested"] in ("best.pt", "tested.pt") and run["provenance"]["contentiqa"]
+    # how it trained, as an experiment's results say it
+    assert run["minutes_per_epoch"] > 0 and run["trained"] and run["device"] == "cpu" and run["processes"] == 1
     real = Trainer._judge_epoch
 
     def stop_after_one_more(self, record, t0):
@@ -425,6 +427,49 @@ def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp
     capsys.readouterr()
     assert train(data, out, "--epochs", "2", "--resume") == 0
     assert "1 image(s) of" in capsys.readouterr().err and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_a_test_part_holding_photos_it_trained_on(tmp_path, capsys):
+    """Fewer training photos are taken (a damaged one's row removed); training photos moved into the
+    test part were taken too, and best.pt, which trained on them, was 'tested' on them."""
+    data, out = table(tmp_path, n=12, split=["train"] * 8 + ["val"] * 2 + ["test"] * 2), tmp_path / "run"
+    assert train(data, out) == 0
+    df = pd.read_csv(data)
+    df.loc[:2, "split"] = "test"
+    df.to_csv(data, index=False)
+    capsys.readouterr()
+    assert train(data, out, "--epochs", "2", "--resume") == 2
+    assert "was trained or validated on 3 photo(s) of this run's test part" in capsys.readouterr().err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_refuses_another_mos_scale(tmp_path, capsys):
+    """One dataset's scale was not compared: its guess changed with the rows (or a declared range),
+    and the run went on learning other targets, its config claiming the new scale for all of it."""
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    data.write_text("# mos_range: 0 200\n" + data.read_text())
+    capsys.readouterr()
+    assert train(data, out, "--epochs", "2", "--resume") == 2
+    assert "was trained on MOS scale 0-100; this run's data are on 0-200" in capsys.readouterr().err
+
+
+def test_a_fresh_start_in_a_used_folder_keeps_no_earlier_epochs(tmp_path):
+    """With last.pt deleted (as the divergence advice says), the old run's metrics.jsonl stayed
+    beside the new run's config.json until the new run's first epoch ended, for good if it never did."""
+    from contentiqa.training.trainer import Trainer
+
+    data, out = table(tmp_path), tmp_path / "run"
+    assert train(data, out) == 0
+    (out / "last.pt").unlink()
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "train_epoch", interrupted)
+        assert train(data, out) == 130
+    assert (out / "config.json").is_file() and not (out / "metrics.jsonl").exists()
 
 
 def test_resume_on_another_split_is_refused(tmp_path, capsys):

@@ -27,6 +27,14 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def model_spec(text: str) -> str:
+    """A --model value (argparse ``type``): an empty one (an unset shell variable) was taken for
+    "not given" by some commands, which then ran their default model without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty model name (an unset shell variable?)")
+    return text
+
+
 def in_cli_words(error: str, own: tuple[str, ...] = (), too_large: str = "use a smaller copy of it") -> str:
     """An image's error with the library's advice (its attributes: ``max_pixels``, ``max_side``)
     said on the command line: the command's ``own`` options where it has them, else what

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
-                     say_failed, split_parts, user_path)
+                     model_spec, say_failed, split_parts, user_path)
 from .main import UsageError
 
 
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "CPU, nccl and one GPU per process with --device cuda); --batch-size is then per process."
         ),
     )
-    p.add_argument("--model", "-m", default=None, help="registered model name (see `contentiqa models`); default iqa-cr")
+    p.add_argument("--model", "-m", default=None, type=model_spec, help="registered model name (see `contentiqa models`); default iqa-cr")
     add_data_args(p, several=True)
     add_split_args(p)
     p.add_argument("--config", type=user_path, default=None, help="YAML file with model, model_args and train sections")
@@ -261,7 +261,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         f"test {len(parts.get('test', []))}){procs}; output {out}")
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), ds.scale, cfg, out, progress=not quiet,
-                          cache_dir=out / "cache", log=log, recipe=recipe)
+                          cache_dir=out / "cache", log=log, recipe=recipe, test_table=parts.get("test"))
     except (ValueError, CacheWriteError, FileNotFoundError) as exc:  # e.g. init_from names no file
         raise UsageError(str(exc)) from None
     best = _fit(trainer, args, out)
@@ -269,7 +269,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
         return 0  # rank 0 reports and tests the best checkpoint
     _say_best(best, out, trainer.monitored)
     m = _finish(trainer, trainer.load_best(), out)
-    _write_run_record(out, [(args, split, parts)])
+    _write_run_record(out, [(args, split, parts)], trainer)
     if "test" in parts:
         metrics, preds = _test(m, parts["test"], ds.scale, batch_size=cfg.batch_size, progress=not quiet)
         atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=1))
@@ -310,10 +310,11 @@ def _notes_only(*parts: object, **kwargs: object) -> None:
         print(text, file=sys.stderr)
 
 
-def _write_run_record(out: Path, sets: list[tuple[argparse.Namespace, Any, dict]]) -> None:
+def _write_run_record(out: Path, sets: list[tuple[argparse.Namespace, Any, dict]], trainer) -> None:
     """OUT/run.json: what the finished run trained and was tested on (each dataset, its split and
-    parts), which checkpoint test_metrics.json scored, and what ran it (command, code version,
-    machine): the figures stay tied to their data when the folder is copied elsewhere."""
+    parts), which checkpoint test_metrics.json scored, how it trained (minutes per epoch, which
+    stages, device, processes) and what ran it (command, code version, machine): the figures
+    stay tied to their data when the folder is copied elsewhere."""
     from ..experiments import provenance
     from ..utils.io import atomic_write_text
 
@@ -322,8 +323,8 @@ def _write_run_record(out: Path, sets: list[tuple[argparse.Namespace, Any, dict]
                        "file": str(Path(a.split).resolve()) if a.split else None},
              "parts": {name: len(rows) for name, rows in parts.items()}} for a, split, parts in sets]
     tested = "tested.pt" if (out / "tested.pt").is_file() else "best.pt"
-    atomic_write_text(out / "run.json", json.dumps({"data": data, "tested": tested, "cwd": os.getcwd(),
-                                                    "provenance": provenance()}, indent=1))
+    atomic_write_text(out / "run.json", json.dumps({"data": data, "tested": tested, **trainer.training_record(),
+                                                    "cwd": os.getcwd(), "provenance": provenance()}, indent=1))
 
 
 def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
@@ -506,8 +507,9 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
         log(describe_recipe(recipe))
         log(f"training {model_name} on {sizes} images "
             f"(val {0 if val is None else len(val)}); scores on {labels[0]}'s scale; output {out}")
+        tests = [p["test"] for p in parts.values() if "test" in p]
         trainer = Trainer(model, train, val, scales, cfg, out, progress=not args.quiet, cache_dir=out / "cache", log=log,
-                          recipe=recipe)
+                          recipe=recipe, test_table=pd.concat(tests, ignore_index=True) if tests else None)
     except CacheWriteError as exc:
         raise UsageError(str(exc)) from None
     except (TypeError, ValueError, WeightsUnavailableError, FileNotFoundError) as exc:
@@ -519,7 +521,7 @@ def _train_several(args: argparse.Namespace, sets: list[argparse.Namespace], out
     best = _fit(trainer, args, out)
     _say_best(best, out, trainer.monitored, several=True)
     m = _finish(trainer, trainer.load_best(), out)  # what best.pt keeps, as for one dataset
-    _write_run_record(out, [(a, splits[label], parts[label]) for label, a in zip(labels, sets)])
+    _write_run_record(out, [(a, splits[label], parts[label]) for label, a in zip(labels, sets)], trainer)
     results, failed = {}, 0
     for label, p in parts.items():
         if "test" in p:

@@ -624,7 +624,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     t0 = time.time()
     try:
         trainer = Trainer(model, parts["train"], parts.get("val"), scale, tcfg, run_dir, progress=progress,
-                          cache_dir=cache, log=log)
+                          cache_dir=cache, log=log, test_table=parts.get("test"))
     except (ValueError, CacheWriteError) as exc:
         raise ConfigError(f"run {run.name}: {exc}") from None
     try:

@@ -76,7 +76,7 @@ OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt", 
 experiment runner and ``contentiqa train`` after it); a process killed while writing one
 leaves its temporary behind, which the next :meth:`Trainer.fit` on the folder removes."""
 
-EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json", "run.json")
+EARLIER_RESULTS = ("best.pt", "tested.pt", "test_metrics.json", "run.json", "metrics.jsonl")
 """What a finished run leaves in its folder besides its state (``test_metrics.json``, ``run.json``:
 written by ``contentiqa train``): a fresh start there removes them, so that no file in the folder
 describes another run's model."""
@@ -207,6 +207,15 @@ class _TrainStep(nn.Module):
         return loss, parts
 
 
+def _photo_ids(table: pd.DataFrame) -> list[str]:
+    """Each row's photo as a resumed run compares them: its dataset-relative key (a data folder
+    moved keeps it), after its dataset's name when several train together."""
+    ids = table["key" if "key" in table else "image"].astype(str)
+    if "dataset" in table:
+        ids = table["dataset"].astype(str) + "/" + ids
+    return list(ids)
+
+
 class Trainer:
     """Train ``model`` on ``train_table`` (validating on ``val_table`` if given)."""
 
@@ -222,9 +231,12 @@ class Trainer:
         cache_dir: str | Path | None = None,
         log=print,
         recipe: Mapping[str, Any] | None = None,
+        test_table: pd.DataFrame | None = None,
     ):
         """``recipe``: where ``cfg`` came from (the model's registered recipe and the overrides
-        applied to it), written into ``config.json`` and every checkpoint's extra."""
+        applied to it), written into ``config.json`` and every checkpoint's extra. ``test_table``:
+        the photos the run will be tested on, never trained here: a resumed run refuses a test
+        part holding photos it trained or validated on."""
         if not model.trainable:
             raise ValueError(f"{model.model_name} is made from trained models and is not trained itself: "
                              "train its members, then combine them (contentiqa.models.ensemble.build_ensemble)")
@@ -237,6 +249,7 @@ class Trainer:
         self.log = log
         self.cache_dir = cache_dir
         self.train_table = train_table.reset_index(drop=True)
+        self.test_ids = set() if test_table is None else set(_photo_ids(test_table))
         self.val_table = val_table.reset_index(drop=True) if val_table is not None and len(val_table) else None
         # Several datasets (tables with a 'dataset' column, ``scale`` a mapping dataset -> scale):
         # each row's MOS is normalised by its own dataset's scale, batches are drawn within one
@@ -798,25 +811,26 @@ class Trainer:
     def _parts(self) -> dict[str, list[str]]:
         """Which photos train and validate (dataset-relative keys: a data folder moved keeps
         them), for a resumed run to check it is given no others."""
-        out = {}
-        for name, t in (("train", self.train_table), ("val", self.val_table)):
-            ids = pd.Series([], dtype=str) if t is None else t["key" if "key" in t else "image"].astype(str)
-            if t is not None and "dataset" in t:
-                ids = t["dataset"].astype(str) + "/" + ids
-            out[name] = sorted(ids)
-        return out
+        return {name: [] if t is None else sorted(_photo_ids(t))
+                for name, t in (("train", self.train_table), ("val", self.val_table))}
 
     def _check_same_parts(self, path: Path, saved: Mapping[str, Any]) -> None:
         """ResumeMismatch when this run's training or validation part holds photos the run did
         not start with: resumed on another split (file, column, protocol or data), it would go on
-        training on photos it is then tested on. Fewer photos are fine (a damaged one's row
-        removed, as the error for it advises)."""
+        training on photos it is then tested on; so would a test part holding photos it trained or
+        validated on. Fewer photos are fine (a damaged one's row removed, as the error for it
+        advises)."""
         for name, now in self._parts().items():
             new = sorted(set(now) - set(saved.get(name) or ()))
             if new:
                 raise ResumeMismatch(f"{path} was trained on other photos: {len(new)} of this run's {name} part were "
                                      f"not in it (e.g. {new[:3]}): another split, split file, split column or data. "
                                      "Resume with the run's own split, or start afresh")
+        seen = sorted(self.test_ids & (set(saved.get("train") or ()) | set(saved.get("val") or ())))
+        if seen:
+            raise ResumeMismatch(f"{path} was trained or validated on {len(seen)} photo(s) of this run's test part "
+                                 f"(e.g. {seen[:3]}): their figures would not be held out. Resume with the run's own "
+                                 "split, or start afresh")
 
     def load_state(self, path: Path) -> None:
         """Continue from a ``last.pt``, read as data (a file whose pickle would run code is
@@ -844,6 +858,12 @@ class Trainer:
             raise ResumeMismatch(f"{path} was trained on {said(st['sets'])}, in that order; this run gives "
                                  f"{said(self._sets())}: the first set names the scale it scores on (and what "
                                  "calibrate_on/dataset_ratio read). Give the datasets as the run did")
+        was = (st.get("model_config") or {}).get("scale")
+        if was is not None and MOSScale(**was) != self.scale:  # its epochs learned targets of that scale
+            raise ResumeMismatch(f"{path} was trained on MOS scale {was['low']:g}-{was['high']:g}; this run's data are "
+                                 f"on {self.scale.low:g}-{self.scale.high:g} (a CSV's range is guessed from its values "
+                                 "unless its first line declares it: # mos_range: LO HI). Give the run's scale, or "
+                                 "start afresh")
         self.model.load_state_dict(st["model_state"])
         if self.start_stage:
             from .cache import frozen_fingerprint
@@ -1150,6 +1170,12 @@ class Trainer:
         """Wall-clock seconds of the epochs trained before this process resumed the run (0 for a
         run trained in one go): what a run's total training time must add to its own."""
         return sum(float(h.get("time_s", 0.0)) for h in self.history[:self.resumed_after])
+
+    def training_record(self) -> dict[str, Any]:
+        """Where and how the run trained, for its results files: minutes per epoch, which stages
+        trained above the cached ones, the device, and the processes (the batch size is each one's)."""
+        return {"minutes_per_epoch": self.epoch_minutes(), "trained": self.model.trained_stages(self.start_stage),
+                "device": str(self.device), "processes": self.world_size}
 
     def epoch_minutes(self) -> float | None:
         """Mean wall-clock minutes of the epochs trained (validation included)."""
