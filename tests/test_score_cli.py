@@ -435,6 +435,27 @@ def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
         with pytest.raises(SystemExit) as info:
             run(*argv)
         assert info.value.code == 2 and "contentiqa: error: unrecognized arguments: -" in capsys.readouterr().err
+    # the unknown option alone is named, not the good paths after the command with it
+    with pytest.raises(SystemExit) as info:
+        run("--quiet", "score", a, "-m", ckpt, b)
+    assert info.value.code == 2 and capsys.readouterr().err.endswith("unrecognized arguments: --quiet\n")
+    # a command of one positional keeps argparse's '--': the file named '-x.csv' is its DATA, 'extra' the stray one
+    with pytest.raises(SystemExit) as info:
+        run("label-content", "-o", tmp_path / "o.csv", "--", "-x.csv", "extra")
+    assert info.value.code == 2 and capsys.readouterr().err.endswith("unrecognized arguments: extra\n")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["cache", ""], "argument FOLDER: an empty path"),  # was the current folder: --max-size pruned it
+    (["explain", "", "-m", "ie-iqa"], "argument IMAGE: an empty path"),  # was exit 1 after loading the model
+    (["label-content", "d.csv", "-o", "l.csv", "-m", ""], "argument --model/-m: an empty model name"),  # ImageNet's ran
+    (["train", "--data", "d.csv", "-m", ""], "argument --model/-m: an empty model name"),  # iqa-cr trained
+])
+def test_an_empty_argument_is_a_usage_error_not_the_default(argv, said, capsys):
+    """An unset shell variable's empty word was taken for "not given" (or for '.')."""
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_run_as_the_cli_module_a_usage_error_is_one_line_and_exit_2(tmp_path):

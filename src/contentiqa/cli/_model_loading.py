@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .common import user_path
+from .common import model_spec, user_path
 from .main import UsageError
 
 if TYPE_CHECKING:  # torch is imported where a model is loaded, not at CLI start-up (seconds)
@@ -29,7 +29,7 @@ def add_scorer_args(p: argparse.ArgumentParser, what: str, onnx_files: bool = Tr
     --threads: the same flags, meaning the same, for ``score``, ``serve`` and ``explain``
     (``onnx_files=False``: no ONNX file as the model, since heatmaps need the PyTorch one)."""
     files = ", checkpoint file (.pt) or ONNX file (.onnx)" if onnx_files else " or checkpoint file (.pt)"
-    p.add_argument("--model", "-m", default=None,
+    p.add_argument("--model", "-m", default=None, type=model_spec,
                    help=f"registered model name[.tag]{files} (default: contentiqa.DEFAULT_MODEL with its shipped "
                         "weights); a bare word is always a name: write ./NAME for a file called NAME")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",

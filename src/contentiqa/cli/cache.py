@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import finite_float, size_arg
+from .common import finite_float, size_arg, user_path
 from .main import UsageError
 
 
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "least recently used first; with --max-size or --older-than, remove entries. "
                     "Without FOLDER: the ONNX export cache ($CONTENTIQA_CACHE_DIR/onnx, default "
                     "~/.cache/contentiqa/onnx). A removed entry is rebuilt when next needed.")
-    p.add_argument("folders", nargs="*", metavar="FOLDER",
+    p.add_argument("folders", nargs="*", metavar="FOLDER", type=user_path,
                    help="cache folder(s): an experiment's cache_dir, a training run's OUT/cache")
     p.add_argument("--max-size", type=size_arg, metavar="SIZE",
                    help="remove least recently used entries until each folder holds at most SIZE (e.g. 40G, 500M; "

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_args, check_rated, load_data, resolve_split, say_failed, split_parts, user_path
+from .common import (add_data_args, check_rated, load_data, model_spec, resolve_split, say_failed, split_parts,
+                     user_path)
 from .main import UsageError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="measure a model against human scores (PLCC/SROCC/KROCC/RMSE, accuracy)",
         description="Score every image of a dataset (or one part of a split) and compare with its MOS.",
     )
-    p.add_argument("--model", "-m", required=True, help="registered model name (shipped weights) or a checkpoint .pt")
+    p.add_argument("--model", "-m", required=True, type=model_spec, help="registered model name (shipped weights) or a checkpoint .pt")
     add_data_args(p)
     p.add_argument("--split", type=user_path, default=None,
                    help="split file; evaluate only --part of it (default: the table's 'split' column when it has one)")

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to explain")
+    p.add_argument("images", nargs="*", metavar="IMAGE", type=user_path, help="image file(s) to explain")
     add_scorer_args(p, " for the score (the heatmaps are PyTorch's either way)", onnx_files=False)
     p.add_argument("--out", "-o", type=user_path, metavar="PNG",
                    help="output PNG (one IMAGE only; default: <image name>_explain.png in --out-dir)")

@@ -20,7 +20,7 @@ from ..data.categories import normalize_category
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
-from .common import user_path
+from .common import model_spec, user_path
 from .main import UsageError
 
 
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--no-class-balance", action="store_true",
                    help="use plain summed ImageNet probabilities per category (default: class-balanced)")
-    p.add_argument("--model", "-m", metavar="NAME|CKPT",
+    p.add_argument("--model", "-m", metavar="NAME|CKPT", type=model_spec,
                    help="label with this model's content head (a registered name or a checkpoint) instead of "
                         "the ImageNet classifier")
     p.add_argument("--device", default="cpu", help="device for --model (default cpu)")

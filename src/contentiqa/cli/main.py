@@ -67,12 +67,19 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     args, rest = parser.parse_known_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     name = getattr(args, "command", None)
-    at = argv.index(name) if name is not None else 0
-    if not rest or name is None or set(rest) & set(argv[:at]):
-        # nothing left, no command, or an unknown option before the command: argparse's own error
+    if not rest or name is None:  # nothing left, or no command: argparse's own error
         return parser.parse_args(argv)
+    at = argv.index(name)
+    before = [a for a in rest if a in argv[:at]]
+    if before:  # an unknown option before the command: named alone, not with the paths after it
+        parser.error(f"unrecognized arguments: {' '.join(before)}")
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    return command.parse_intermixed_args(argv[at + 1:], namespace=argparse.Namespace(command=name))
+    own = argv[at + 1:]
+    if not any(a.nargs in ("*", "+") for a in command._actions if not a.option_strings):
+        # one positional: what is left is a stray argument, said as argparse says it (the
+        # intermixed parse drops a '--', reading what follows it as options)
+        return command.parse_args(own, namespace=argparse.Namespace(command=name))
+    return command.parse_intermixed_args(own, namespace=argparse.Namespace(command=name))
 
 
 def main(argv: list[str] | None = None) -> int:
