@@ -175,6 +175,14 @@ def test_cache_command_errors_name_the_folder(tmp_path, capsys):
         assert exc.value.code == 2
         assert f"argument {argv[-2]}: not a size: 'lots'" in capsys.readouterr().err
     assert main(["cache", str(tmp_path), "--dry-run"]) == 2
+    # a name's control characters are escaped, not sent to the terminal (as score prints paths)
+    assert main(["cache", str(tmp_path / "a\x1b[2Jb")]) == 1
+    assert "a\\x1b[2Jb: no such folder" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x\x1b]0;y").mkdir()
+    assert main(["cache", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "x\\x1b]0;y" in out
 
 
 def test_cache_command_names_a_folder_it_cannot_read(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .common import finite_float, size_arg, user_path
+from ..utils.terminal import printable
 from .main import UsageError
 
 
@@ -51,21 +52,22 @@ def run(args: argparse.Namespace) -> int:
         folders = cache_places()
     status = 0
     for folder in folders:
+        shown = printable(str(folder))  # a name's control characters escaped, not sent to the terminal
         if not folder.exists():
             if args.folders:
-                print(f"{folder}: no such folder", file=sys.stderr)
+                print(f"{shown}: no such folder", file=sys.stderr)
                 status = 1
             else:
-                print(f"{folder}: empty (nothing exported yet)")
+                print(f"{shown}: empty (nothing exported yet)")
             continue
         if not folder.is_dir():
-            print(f"{folder}: not a folder", file=sys.stderr)
+            print(f"{shown}: not a folder", file=sys.stderr)
             status = 1
             continue
         try:
             entries = scan(folder)
         except OSError as exc:
-            print(f"{folder}: cannot be read ({exc.strerror or exc})", file=sys.stderr)
+            print(f"{shown}: cannot be read ({exc.strerror or exc})", file=sys.stderr)
             status = 1
             continue
         if pruning:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                              dry_run=args.dry_run, entries=entries)
             except PruneIncomplete as exc:  # what was removed is still said
                 for e, why in exc.failed:
-                    print(f"cannot remove {e.path}: {why.strerror or why}", file=sys.stderr)
+                    print(f"cannot remove {printable(str(e.path))}: {why.strerror or why}", file=sys.stderr)
                 gone, status = exc.removed, 1
             except (ValueError, OSError) as exc:
                 print(f"{exc}", file=sys.stderr)
@@ -83,17 +85,18 @@ def run(args: argparse.Namespace) -> int:
                 continue
             verb = "would remove" if args.dry_run else "removed"
             for e in gone:
-                print(f"{verb} {e.path}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
+                print(f"{verb} {printable(str(e.path))}  ({format_size(e.bytes)}, last used {_when(e.last_used)})")
             freed = sum(e.bytes for e in gone)
             left = sum(e.bytes for e in entries) - freed
-            print(f"{folder}: {verb} {entries_word(len(gone))}, {format_size(freed)}; "
+            print(f"{shown}: {verb} {entries_word(len(gone))}, {format_size(freed)}; "
                   f"{format_size(left)} left")
             continue
-        print(f"{folder}: {entries_word(len(entries))}, {format_size(sum(e.bytes for e in entries))}")
+        print(f"{shown}: {entries_word(len(entries))}, {format_size(sum(e.bytes for e in entries))}")
         if entries:
-            width = max(len(e.name) for e in entries)
+            names = [printable(e.name) for e in entries]
+            width = max(map(len, names))
             print(f"  {'last used':16s}  {'size':>8s}  {'files':>6s}  {'entry':{width}s}  holds")
-            for e in entries:
-                print(f"  {_when(e.last_used):16s}  {format_size(e.bytes):>8s}  {e.files:>6d}  {e.name:{width}s}  "
+            for e, name in zip(entries, names):
+                print(f"  {_when(e.last_used):16s}  {format_size(e.bytes):>8s}  {e.files:>6d}  {name:{width}s}  "
                       f"{e.about if e.known else '(not written by contentiqa)'}")
     return status
