@@ -488,6 +488,10 @@ def test_csv_image_names_are_read_as_written(tmp_path):
         t = load_dataset("csv", tmp_path / "n.csv").table
         _same_paths(t["image"], [tmp_path / "0001", tmp_path / "NA", tmp_path / "null"])
         assert t["mos"].tolist() == [35, 60, 50]
+    # a cell beyond the header's (a decimal comma) is refused, not dropped: 3,5 was read as 3
+    (tmp_path / "n.csv").write_text("image,mos\n0001,3,5\nNA,4,2\nnull,2,75\n")
+    with pytest.raises(ValueError, match=r"n\.csv: a row has more cells than the header names"):
+        load_dataset("csv", tmp_path / "n.csv")
 
 
 def test_csv_that_is_not_utf8_or_empty_names_the_file(tmp_path):

@@ -183,6 +183,11 @@ def test_cache_command_errors_name_the_folder(tmp_path, capsys):
     assert main(["cache", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "x\\x1b]0;y" in out
+    (tmp_path / "c" / "x\x1b]0;y" / "f.txt").write_text("mine")
+    (tmp_path / "c").rename(tmp_path / "c\x1b[2J")
+    assert main(["cache", str(tmp_path / "c\x1b[2J"), "--max-size", "0"]) == 1  # not a cache: its refusal too
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "does not look like a contentiqa cache" in err
 
 
 def test_cache_command_names_a_folder_it_cannot_read(tmp_path, monkeypatch, capsys):

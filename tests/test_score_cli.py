@@ -450,6 +450,8 @@ def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
     (["explain", "", "-m", "ie-iqa"], "argument IMAGE: an empty path"),  # was exit 1 after loading the model
     (["label-content", "d.csv", "-o", "l.csv", "-m", ""], "argument --model/-m: an empty model name"),  # ImageNet's ran
     (["train", "--data", "d.csv", "-m", ""], "argument --model/-m: an empty model name"),  # iqa-cr trained
+    (["label-content", "", "-o", "l.csv"], "argument DATA.csv: an empty path"),  # was ". is not a file"
+    (["analyze-intelligibility", "", "--out", "a.csv"], "argument data: an empty path"),
 ])
 def test_an_empty_argument_is_a_usage_error_not_the_default(argv, said, capsys):
     """An unset shell variable's empty word was taken for "not given" (or for '.')."""
@@ -864,7 +866,7 @@ def test_mistyped_values_found_by_fuzzing_are_usage_errors(tmp_path, ckpt, capsy
 def test_serve_and_experiment_refuse_values_that_break_them_later(tmp_path, capsys):
     from contentiqa.cli.main import main as cli
 
-    for argv, words in [(["--max-wait-ms", "1e13"], "--max-wait-ms must be 0 to --timeout"),  # the batcher died
+    for argv, words in [(["--max-wait-ms", "1e13"], "--max-wait-ms must be 0 or more and below --timeout"),  # the batcher died
                         (["--timeout", "1e10"], "at most a day"),  # shutdown's join overflowed
                         (["--host", ""], "--host is empty")]:  # listened on every interface
         assert cli(["serve", "--model", "missing/ckpt.pt", *argv]) == 2, argv

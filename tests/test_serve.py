@@ -231,10 +231,41 @@ def test_cors_off_unless_asked(model):
 
 
 def test_queue_full_answers_503_with_retry_after(model):
-    with client_for(model, max_queue=2, max_images=4) as c:
-        r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(3)]))
-        assert r.status_code == 503
+    # one image runs (the model held), two wait: a request of two more passes max_queue 3
+    app = create_app(ServeConfig(max_queue=3, max_images=3, max_batch=1), model=loaded(model))
+    svc = app.state.service
+    real, release, calls = svc._run_batch, threading.Event(), []
+
+    def held(images):
+        calls.append(len(images))
+        if len(calls) > 1:  # the warm-up passes; then the model runs until released
+            release.wait(30)
+        return real(images)
+
+    svc._run_batch = held
+    with TestClient(app) as c:
+        answers = {}
+
+        def post(name, n):
+            answers[name] = c.post("/v1/score", files=files(*[(f"{name}{i}.jpg", jpeg(i)) for i in range(n)]))
+
+        def until(ready):
+            t = time.monotonic()
+            while not ready() and time.monotonic() - t < 20:
+                time.sleep(0.01)
+            assert ready()
+
+        first, second = threading.Thread(target=post, args=("a", 1)), threading.Thread(target=post, args=("b", 2))
+        first.start()
+        until(lambda: len(calls) == 2)
+        second.start()
+        until(lambda: svc.batcher.depth == 2)
+        r = c.post("/v1/score", files=files(*[(f"{i}.jpg", jpeg(i)) for i in range(2)]))
+        release.set()
+        first.join(30), second.join(30)
+        assert r.status_code == 503 and "queue full (2 images waiting)" in r.json()["detail"]
         assert int(r.headers["retry-after"]) >= 1
+        assert answers["a"].status_code == answers["b"].status_code == 200
         assert c.post("/v1/score", files=files(("a.jpg", jpeg()))).status_code == 200
         assert 'contentiqa_errors_total{reason="queue_full"} 1.0' in c.get("/metrics").text
 

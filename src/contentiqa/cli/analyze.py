@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "and intelligibility.png to --out."
         ),
     )
-    p.add_argument("data", help="a CSV of image,mos (paths relative to the CSV), or a dataset root with --dataset")
+    p.add_argument("data", type=user_path, help="a CSV of image,mos (paths relative to the CSV), or a dataset root with --dataset")
     p.add_argument("--out", type=user_path, required=True, help="output folder")
     p.add_argument("--dataset", default="csv", help="dataset loader for DATA (default: csv)")
     p.add_argument("--bins", type=int, default=6, help="number of equal intervals (default 6)")

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"cannot remove {printable(str(e.path))}: {why.strerror or why}", file=sys.stderr)
                 gone, status = exc.removed, 1
             except (ValueError, OSError) as exc:
-                print(f"{exc}", file=sys.stderr)
+                print(printable(str(exc)), file=sys.stderr)
                 status = 1
                 continue
             verb = "would remove" if args.dry_run else "removed"

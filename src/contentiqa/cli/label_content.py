@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "are kept unless --overwrite. Image paths in the output are relative to its folder."
         ),
     )
-    p.add_argument("data", metavar="DATA.csv", help="dataset CSV with an 'image' column (paths relative to the CSV)")
+    p.add_argument("data", metavar="DATA.csv", type=user_path, help="dataset CSV with an 'image' column (paths relative to the CSV)")
     p.add_argument("--out", "-o", type=user_path, required=True, metavar="LABELED.csv", help="output CSV")
     p.add_argument("--overwrite", action="store_true", help="relabel rows that already have a category")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")

@@ -103,7 +103,13 @@ def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFram
     import pandas as pd
 
     try:
-        return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
+        with warnings.catch_warnings():
+            # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
+    except pd.errors.ParserWarning:
+        raise ValueError(f"{path}: a row has more cells than the header names (a decimal comma, 3,5, or a column "
+                         "without a name?)") from None
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
 
