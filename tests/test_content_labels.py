@@ -459,6 +459,49 @@ def test_label_content_reads_the_columns_in_any_case_as_training_does(tmp_path, 
     assert list(load_dataset("csv", out).table["category"]) == ["plant", "night scene", "animal"]
 
 
+def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
+    """A table in the scene-label layout (clive-dev's scene_labels.csv) had its people's scenes
+    replaced by ImageNet's guesses, which train then read; as a label file it said the scenes."""
+    from contentiqa.data import read_labels
+
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", 64, 64, seed=i)
+    csv = tmp_path / "s.csv"
+    csv.write_text("image,mos,Scene1,scene2,scene3,distortion\n0.png,10,night,others,,blur\n"
+                   "1.png,20,,,,\n2.png,30,still_life,animal,,noise\n")
+    import contentiqa.data.content_labels as lib
+
+    def keeps_given(table, **kwargs):  # labels only the rows without a category, as the real one
+        return table.assign(category=[c or "animal" for c in table["category"]], category_confidence=0.9,
+                            category_source=[s if c else "fake" for c, s in zip(table["category"], table["category_source"])])
+
+    monkeypatch.setattr(lib, "default_classifier", lambda: None)
+    monkeypatch.setattr(lib, "label_table", keeps_given)
+    out = tmp_path / "o.csv"
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert res["category"].tolist()[::2] == ["night scene", "artifact"] and res["category_source"][0] == "human"
+    assert res["categories"].tolist()[::2] == ["night scene|others", "artifact|animal"]
+    assert res["category_source"][1] != "human"  # no scene: labelled
+    from contentiqa.data import load_dataset
+
+    assert load_dataset("csv", out).table["category"].tolist()[::2] == ["night scene", "artifact"]
+    assert read_labels(out)["category"].tolist()[::2] == ["night scene", "artifact"]  # the same either way
+
+
+def test_a_label_files_rows_without_an_image_label_nothing(tmp_path):
+    """label-content keeps a row whose image cell is empty (with its error); read back as a label
+    file, each was the image 'nan', and two of them one image listed twice."""
+    from contentiqa.data import join_labels, read_labels
+
+    labels = tmp_path / "l.csv"
+    labels.write_text("image,mos,category,category_source\na.png,1,plant,given\n,2,,error: empty image path\n"
+                      "b.png,3,animal,given\n,4,,error: empty image path\n")
+    assert read_labels(labels)["image"].tolist() == ["a.png", "b.png"]
+    table = pd.DataFrame({"image": [str(tmp_path / "a.png"), str(tmp_path / "b.png")], "mos": [1.0, 3.0]})
+    assert join_labels(table, labels, tmp_path)["category"].tolist() == ["plant", "animal"]
+
+
 def _stopped_on_the_second_part(monkeypatch, seen: list | None = None):
     """The fake labeller, interrupted (Ctrl-C) while labelling its second part of 4 rows; returns
     the fake itself, to label the rest with."""

@@ -449,7 +449,8 @@ def test_label_content_with_a_trained_content_head(tmp_path, capsys):
     assert main(["label-content", str(tmp_path / "d" / "scores.csv"), "--out", str(tmp_path / "l.csv"),
                  "--model", str(ckpt), "--quiet"]) == 0
     out = pd.read_csv(tmp_path / "l.csv")
-    assert out["category_source"].tolist() == ["model:iqa-cr", "given", "model:iqa-cr"]
+    # the checkpoint by its path: model:iqa-cr would say the shipped head labelled them
+    assert out["category_source"].tolist() == [f"model:{ckpt}", "given", f"model:{ckpt}"]
     assert out["category"][1] == "human" and set(out["category"]) <= set(HUMAN_LABEL_CATEGORIES)
     direct = model.predict(str(tmp_path / "d" / "0.png"))
     assert out["category"][0] == direct.category

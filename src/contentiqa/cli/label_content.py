@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..data.categories import normalize_category
+from ..data.labels import SCENE_COLUMNS
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
@@ -71,10 +72,12 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
     if unknown and not overwrite:
         warnings.warn(f"kept categories that are not {model.model_name}'s: {unknown}", stacklevel=2)
     todo = np.flatnonzero(overwrite | ~have.to_numpy())
-    preds = TorchScorer(model, precision="fp32").run([out["image"].iloc[i] for i in todo], batch_size=batch_size,
-                                                     progress=progress)
+    scorer = TorchScorer(model, precision="fp32")
+    preds = scorer.run([out["image"].iloc[i] for i in todo], batch_size=batch_size, progress=progress)
     out["category_confidence"] = pd.to_numeric(out["category_confidence"], errors="coerce")
-    source = f"model:{model.model_name}"
+    # which head labelled: shipped weights by name.tag, one's own checkpoint by its path
+    who = scorer.identity
+    source = f"model:{who.name}.{who.tag}" if who.tag else f"model:{who.weights or who.name}"
     for i, p in zip(todo, preds):
         if p.error:
             out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [pd.NA, np.nan, f"error: {p.path}: {p.error}"]
@@ -83,6 +86,29 @@ def label_with_model(table, model, overwrite: bool, batch_size: int, progress: b
             out.loc[out.index[i], ["category", "category_confidence", "category_source"]] = [
                 normalize_category(p.category), p.category_confidence, source]
     return out
+
+
+def _with_scene_categories(table, src: Path):
+    """A table in the scene-label layout (``scene1..3``: clive-dev's scene_labels.csv): a row
+    without a category of its own takes its people's first scene (source ``human``) and their
+    scenes as ``categories``, as a label file of that layout is read; ImageNet's guesses
+    replaced them, and train read the guesses."""
+    from ..data.labels import LabelsError, scene_categories
+
+    try:
+        main, every = scene_categories(table, src)
+    except LabelsError as exc:
+        raise UsageError(str(exc)) from None
+    table = table.copy()
+    for column in ("category", "category_source", "categories"):
+        if column not in table:
+            table[column] = ""
+    for i, (category, categories) in enumerate(zip(main, every)):
+        if category is not None and not table["category"].iat[i].strip():
+            table.loc[table.index[i], ["category", "category_source"]] = [category, "human"]
+            if not table["categories"].iat[i].strip():
+                table.loc[table.index[i], "categories"] = categories
+    return table
 
 
 def _read_csv(path: Path):
@@ -146,12 +172,14 @@ def run(args: argparse.Namespace) -> int:
         table, comment = _read_csv(src)
     except Exception as exc:  # pandas raises several types for malformed CSVs
         raise UsageError(f"cannot read {src} as CSV: {exc}") from None
-    try:
-        table.columns = canonical_columns(table.columns, src)  # as training reads them: one 'category'
+    try:  # as training reads them: one 'category'
+        table.columns = canonical_columns(table.columns, src, also=SCENE_COLUMNS)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
+    if "scene1" in table.columns:
+        table = _with_scene_categories(table, src)
     if args.model:
         from ._model_loading import check_model_named
 

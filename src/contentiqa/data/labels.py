@@ -46,6 +46,18 @@ def dataset_keys(images: Iterable[str], root: str | os.PathLike) -> list[str]:
     return [Path(os.path.relpath(os.path.abspath(str(p)), base)).as_posix() for p in images]
 
 
+def scene_categories(raw: pd.DataFrame, path: str | os.PathLike) -> tuple[list[str | None], list[str | None]]:
+    """People's scene columns (``scene1..3``, LIQE's names) in IQA-CR's: each row's main category
+    and its '|'-joined set (None where a row has none); LabelsError naming ``path`` for a scene
+    no category maps."""
+    scenes = [[normalize_category(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
+    unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})
+    if unknown:
+        raise LabelsError(f"label file {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
+    return [row[0] for row in scenes], [CATEGORY_SEPARATOR.join(dict.fromkeys(s for s in row if s)) or None
+                                        for row in scenes]
+
+
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """A label file as ``image, category[, categories][, distortion][, category_confidence,
     category_source]`` (scene labels mapped, see the module docstring)."""
@@ -63,15 +75,13 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         raise LabelsError(f"label file {exc}") from None
     if "image" not in raw:
         raise LabelsError(f"label file {path} needs an 'image' column; it has {list(raw.columns)}")
+    # a row naming no image labels nothing (label-content keeps such rows, with their error);
+    # read as the text 'nan', two of them were one image listed twice
+    raw = raw[raw["image"].notna() & (raw["image"].str.strip() != "")].reset_index(drop=True)
     # "animal, a.png": the image after a comma and space, as a dataset CSV's is read
     out = pd.DataFrame({"image": [cell_path(path.parent, str(v)) for v in raw["image"]]})
     if "scene1" in raw:
-        scenes = [[normalize_category(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
-        unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})
-        if unknown:
-            raise LabelsError(f"label file {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
-        out["category"] = [row[0] for row in scenes]
-        out["categories"] = [CATEGORY_SEPARATOR.join(dict.fromkeys(s for s in row if s)) or None for row in scenes]
+        out["category"], out["categories"] = scene_categories(raw, path)
         out["category_source"] = "human"
     elif "category" in raw:
         out["category"] = [normalize_category(v) for v in raw["category"]]
