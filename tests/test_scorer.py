@@ -130,6 +130,9 @@ def test_device_and_thread_arguments_are_checked_up_front():
         with pytest.raises(ValueError, match="threads must be a whole number"):
             contentiqa.load_scorer("ie-iqa", threads=bad)
     assert contentiqa.load_scorer("ie-iqa", threads=np.int64(1)).identity.runtime == "onnx"
+    for bad in ("x", -3, True):  # the thread plan's count: was a TypeError deep inside, or taken
+        with pytest.raises(ValueError, match="images must be a whole number"):
+            contentiqa.load_scorer("ie-iqa", images=bad)
     assert contentiqa.load_scorer("ie-iqa", device="cpu:0").identity.runtime == "onnx"  # the CPU, spelt with an index
     with pytest.raises(ValueError, match="unknown device"):
         contentiqa.create_model("ie-iqa", device="bogus")
@@ -273,6 +276,22 @@ def test_weights_replaced_while_they_load_never_file_the_old_graph_under_the_new
     onnx, torch_ = load_scorer(best, threads=1), load_scorer(best, runtime="torch")
     assert onnx.identity.sha256 == torch_.identity.sha256 == hashlib.sha256(Path(best).read_bytes()).hexdigest()
     assert abs(onnx.predict(photo).score - torch_.predict(photo).score) < 1e-3  # the new weights' graph
+
+
+def test_a_closed_pil_image_and_an_empty_path_say_what_they_are(tmp_path):
+    """An image scored after its `with Image.open(...)` block was 'cannot read image
+    (AssertionError: )' (explain: Pillow's traceback); '' was 'is a directory' (the current one)."""
+    from PIL import Image
+
+    from contentiqa.inference.torch_runtime import TorchScorer
+
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "s.png")
+    with Image.open(tmp_path / "s.png") as im:
+        pass
+    scorer = TorchScorer(create_model("iqa-cr-q", pretrained=False, backbone_pretrained=False), threads=1)
+    closed, empty = scorer.predict([im, ""])
+    assert "file was closed before its pixels were read" in closed.error
+    assert empty.error == "empty path (an unset variable?)"
 
 
 def test_one_lazily_opened_image_given_twice_is_decoded_once(tmp_path):

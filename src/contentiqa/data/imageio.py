@@ -404,7 +404,7 @@ def header_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PI
     photos by it before decoding any); :class:`ImageLoadError` as :func:`load_image` raises it
     for a missing, unreadable or non-image file and one over ``max_pixels`` (PIL's own bomb
     check was a traceback)."""
-    p = Path(path)
+    p = _file_path(path)
     _check_file(p)
     with _open_header(p) as im:
         _check_pixels(p, im.size, max_pixels)
@@ -414,6 +414,14 @@ def header_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PI
         except Exception:  # a damaged EXIF block: the decode says so, the size stands as stored
             orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _file_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; an empty one (an unset variable) is an error, not the current folder
+    that Path('') names ("is a directory")."""
+    if not os.fspath(path).strip():
+        raise ImageLoadError(path, "empty path (an unset variable?)")
+    return Path(path)
 
 
 def _check_file(p: Path) -> None:
@@ -468,7 +476,7 @@ def _check_pixels(p: Path, size: tuple[int, int], max_pixels: int | None) -> Non
 
 
 def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) -> LoadedImage:
-    p = Path(path)
+    p = _file_path(path)
     _check_file(p)
     notes: list[str] = []
     with _open_header(p) as im:

@@ -310,6 +310,8 @@ def load_scorer(
     check_options(runtime, precision, device)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
+    if images is not None and (isinstance(images, bool) or not isinstance(images, numbers.Integral) or images < 0):
+        raise ValueError(f"images must be a whole number of 0 or more, got {images!r}")
     notes = notes if notes is not None else []
     source = parse_spec(spec if spec is not None else DEFAULT_MODEL)
     chosen = choose_runtime(runtime, precision, device)

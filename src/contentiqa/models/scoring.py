@@ -163,6 +163,9 @@ def _decode_once(image: Image.Image) -> None:
             raise failed
         if getattr(image, "tile", None):
             try:
+                if getattr(image, "fp", None) is None:  # Pillow's own error is a bare assertion
+                    raise ValueError("the PIL image's file was closed before its pixels were read: score it "
+                                     "inside its `with Image.open(...)` block, call .load() first, or pass the path")
                 image.load()
             except Exception as exc:
                 setattr(image, _DECODE_ERROR, exc)
