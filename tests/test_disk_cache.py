@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -151,6 +152,12 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 entries" in out and out.index("backbone_old") < out.index("backbone_new")
     assert "model: IEIQA, part: distortion" in out
+    # what an entry's about.json says is printed escaped (a shared cache's files are anyone's)
+    entry(tmp_path, "backbone_odd", 10, NOW - 2000, {"model": "x\x1b]0;TITLE\x07"})
+    assert main(["cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "model: x\\x1b]0;TITLE\\x07" in out
+    shutil.rmtree(tmp_path / "backbone_odd")
     new_bytes = next(e.bytes for e in scan(tmp_path) if e.name == "backbone_new")
     assert main(["cache", str(tmp_path), "--max-size", "3K", "--dry-run"]) == 0
     out = capsys.readouterr().out

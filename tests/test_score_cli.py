@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -636,6 +637,12 @@ def test_names_that_hold_terminal_controls_are_printed_escaped_and_written_as_th
     assert run("score", d / "new\nline.jpg", "--model", ckpt, "-q") == 1
     assert "new\\nline.jpg: " in capsys.readouterr().err
     assert sorted(Path(r["path"]).name for r in read_csv(out)) == sorted([*names, "new\nline.jpg"])
+    # the summary names the model file: escaped too
+    odd = tmp_path / "m\x1b[2J.pt"
+    shutil.copy(ckpt, odd)
+    assert run("score", d / "esc\x1b[2J.jpg", "--model", odd) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "m\\x1b[2J.pt" in out
 
 
 def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch):
@@ -646,6 +653,13 @@ def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch
     assert run("score", ".", "--model", ckpt, "-o", "out.csv", "-q", "--resume") == 0
     paths = [r["path"] for r in read_csv(tmp_path / "out.csv")]
     assert len(paths) == 4 and all(p[:1] not in "=+-@" for p in paths), paths
+    # other text cells too (a model file's own category or name); a negative score stays a number
+    from contentiqa.reporting.results import rows_to_csv
+
+    row = {"path": "a.png", "score": -3.5, "category": '=HYPERLINK("http://x","y")', "error": None, "notes": "",
+           "model": "+1"}
+    cells = next(csv.DictReader(io.StringIO(rows_to_csv([row]))))
+    assert cells["category"] == "'" + row["category"] and cells["model"] == "'+1" and cells["score"] == "-3.5"
 
 
 def test_resume_reads_a_table_a_spreadsheet_saved_with_a_byte_order_mark(tmp_path, ckpt):

@@ -98,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {'last used':16s}  {'size':>8s}  {'files':>6s}  {'entry':{width}s}  holds")
             for e, name in zip(entries, names):
                 print(f"  {_when(e.last_used):16s}  {format_size(e.bytes):>8s}  {e.files:>6d}  {name:{width}s}  "
-                      f"{e.about if e.known else '(not written by contentiqa)'}")
+                      f"{printable(e.about) if e.known else '(not written by contentiqa)'}")
     return status

@@ -517,7 +517,9 @@ class _Scoring:
             print(
                 f"\n{len(mine) - len(failed)} of {len(mine)} input(s) scored, {len(failed)} failed"
                 + (f" ({resumed} already in {self.output}, skipped)" if resumed else "")
-                + f"; model {self.info['name']}" + (f" ({self.info['checkpoint']})" if self.info.get("checkpoint") else "")
+                # a model file's own name (ONNX metadata) and its path: escaped, as the table's cells
+                + printable(f"; model {self.info['name']}" + (f" ({self.info['checkpoint']})"
+                                                             if self.info.get("checkpoint") else ""))
                 + (f"; scores on [{lo:g}, {hi:g}], {direction} is better" if self.scorer.predicts_score
                    else "; content categories only (this model gives no score)")
             )

@@ -120,15 +120,27 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(fields)
     for r in rows:
-        cells = [_csv_path(_cell(r.get(k))) if k == "path" else _cell(r.get(k)) for k in fields]
+        cells = [_csv_path(_cell(r.get(k))) if k == "path" else _csv_text(r.get(k)) for k in fields]
         (quoted if any("\r" in c for c in cells) else w).writerow(cells)
     return buf.getvalue()
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""How a cell a spreadsheet would run as a formula begins."""
 
 
 def _csv_path(path: str) -> str:
     """A file name a spreadsheet would run as a formula (``=cmd|...``, ``+SUM(...)``) gets a
     leading ``./``: the same file (``--resume`` keys by the resolved path), inert as text."""
-    return "./" + path if path[:1] in ("=", "+", "-", "@", "\t", "\r") else path
+    return "./" + path if path[:1] in FORMULA_START else path
+
+
+def _csv_text(v: Any) -> str:
+    """A cell other than the path: text a spreadsheet would run as a formula (a model file's
+    own category or model name, '=HYPERLINK(...)') gets a leading apostrophe, as spreadsheets
+    write literal text; numbers (a negative score) are left as they are."""
+    cell = _cell(v)
+    return "'" + cell if isinstance(v, str) and cell[:1] in FORMULA_START else cell
 
 
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
