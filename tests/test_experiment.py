@@ -451,6 +451,36 @@ def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, t
         run_experiment(longer, tmp_path / "old", progress=False, base_dir=root, train=False)
 
 
+def test_a_registry_default_that_moved_is_another_recipe(tiny, tmp_path, monkeypatch):
+    """Fingerprints hashed a row's model arguments as written: iqa-cr's default content head moved
+    (tokens, then levels), and a rerun averaged splits of the two models without a word."""
+    from contentiqa.models.registry import model_entry
+
+    root, path, cfg = tiny
+    run_experiment(path, tmp_path / "o", progress=False, log=None, only=["IQA-CR-Q"], seeds=[0])
+    monkeypatch.setitem(model_entry("iqa-cr-q").defaults, "content_from", "levels")
+    with pytest.raises(ConfigError, match="trained with another recipe"):
+        run_experiment(path, tmp_path / "o", progress=False, log=None, train=False)
+
+
+def test_splits_of_before_version_4_count_for_a_row_that_now_names_its_content_head(tiny, tmp_path, monkeypatch):
+    """Rows of earlier versions left content_from to the registry: a config pinning the head they
+    trained with (as the shipped configs now do) keeps their splits, on import too."""
+    import contentiqa.experiments.runner as runner
+
+    root, path, cfg = tiny
+    monkeypatch.setattr(runner, "FINGERPRINT_VERSION", 3)
+    run_experiment(path, tmp_path / "old", progress=False, log=None, only=["IQA-CR-Q"], seeds=[0])
+    monkeypatch.undo()
+    pinned = {**cfg, "runs": [{**cfg["runs"][0], "model_args": {"content_from": "tokens"}}]}
+    again = run_experiment(pinned, tmp_path / "old", progress=False, base_dir=root, train=False)
+    assert again.results["IQA-CR-Q"]["seeds"] == [0]
+    notes = []
+    imported = run_experiment(pinned, tmp_path / "new", progress=False, base_dir=root, train=False,
+                              imports=[tmp_path / "old" / "results.json"], log=lambda *a: notes.append(" ".join(map(str, a))))
+    assert imported.results["IQA-CR-Q"]["seeds"] == [0], notes
+
+
 def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(tiny, first_run):
     """A collapsed model's correlations are NaN: the table must not turn the row into "nan ± nan",
     nor show a one-split cell with a spread of 0, and results.json must stay JSON (no NaN)."""
@@ -960,10 +990,11 @@ def test_clive_configs_match_the_benchmarks():
         assert {r.name: r.train for r in iqa.runs} == {n: r["train"] for n, r in bench["runs"].items()}
         return
     # the tables published before the benchmarks became configs: same settings as recorded there
+    # (content from the pooled tokens: the only head then, pinned since iqa-cr's default reads the levels)
     for r in iqa.runs[:5]:
-        assert r.model_args == {} and r.train == {k: bench["train_config"][k] for k in r.train}
+        assert r.model_args == {"content_from": "tokens"} and r.train == {k: bench["train_config"][k] for k in r.train}
     shipped = json.loads((results / "iqa_cr_sweep_cw0.05_d128.json").read_text())
-    assert iqa.runs[5].model_args == shipped["model_args"]
+    assert iqa.runs[5].model_args == {**shipped["model_args"], "content_from": "tokens"}
     assert iqa.runs[5].train == {k: shipped["train_config"][k] for k in iqa.runs[5].train}
     assert iqa.protocol == "iqa-cr" and iqa.seeds == list(range(bench["seeds"]))
     assert iqa.data.labels == REPO_ROOT / "benchmarks" / "results" / "clive_content_labels.csv"

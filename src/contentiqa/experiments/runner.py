@@ -328,10 +328,10 @@ def _parts(sets: list[TrainSet], seed: int) -> tuple[dict[str, pd.DataFrame], di
     return combined, own
 
 
-FINGERPRINT_VERSION = 3
+FINGERPRINT_VERSION = 4
 """What :func:`split_fingerprints` covers; a split records the version it was fingerprinted
 with, and is checked against that version's (records without one: version 1)."""
-FINGERPRINT_VERSIONS = (1, 2, 3)
+FINGERPRINT_VERSIONS = (1, 2, 3, 4)
 
 
 def _table_hash(table: pd.DataFrame, with_labels: bool = False) -> str:
@@ -361,6 +361,19 @@ def _weights_by_content(model_args: dict[str, Any]) -> dict[str, Any]:
             for k, v in model_args.items()}
 
 
+def _fingerprinted_args(run: RunSpec, version: int) -> dict[str, Any]:
+    """A row's model arguments as a fingerprint of ``version`` covers them."""
+    from ..models.registry import model_entry
+
+    args = run.model_args if version < 3 else _weights_by_content(run.model_args)
+    if version < 4:
+        # these versions' rows left `content_from` to the registry, whose default moved (iqa-cr's
+        # content from the tokens, then the levels): a row naming it now, as its splits were
+        # trained, is the recipe they recorded
+        return {k: v for k, v in args.items() if k != "content_from"}
+    return {**model_entry(run.model).defaults, **args}
+
+
 def _test_set_hashes(tests: Sequence[dict[str, Any]], version: int) -> dict[str, str]:
     """Label -> what a cross-dataset test set's figures depend on: its rows (file names and
     MOS), labels and rating scale, and from version 3 its loader and loader arguments (KonIQ's
@@ -378,7 +391,8 @@ def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int
     share and rows (file names and MOS: moving the data elsewhere keeps it), and from version 2
     each set's content labels, rating scale and loader arguments, and which checkpoint is
     tested; from version 3 the weights a ``*_checkpoint`` model argument names by their content,
-    not their path. A finished split whose fingerprint differs was trained or tested for another
+    not their path; from version 4 the model arguments as the registry builds them (its defaults
+    under the row's own: a changed default builds another model). A finished split whose fingerprint differs was trained or tested for another
     experiment, and is not averaged into this one (:class:`Fingerprints`)."""
     data = []
     for ts, spec in zip(sets, cfg.train_sets):  # hashed once for every row
@@ -390,8 +404,7 @@ def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int
     out = {}
     for run in cfg.runs:
         train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
-        head = {"model": run.model, "model_args": run.model_args if version < 3 else _weights_by_content(run.model_args),
-                "train": train, "data": data}
+        head = {"model": run.model, "model_args": _fingerprinted_args(run, version), "train": train, "data": data}
         if version >= 2:
             head["checkpoint"] = cfg.checkpoint
         out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
@@ -816,6 +829,10 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
         # for the splits' fingerprints: results from a GPU machine import into a CPU config
         there, here = ({**d, "train": {k: v for k, v in d["train"].items() if k not in RUNTIME_SETTINGS}}
                        if isinstance(d.get("train"), dict) else d for d in (there, here))
+        if isinstance(there.get("model_args"), dict) and "content_from" not in there["model_args"]:
+            # a row naming the content head its splits trained with (iqa-cr's default moved) is the
+            # row that left it to the registry: the splits' fingerprints tell the heads apart
+            here = {**here, "model_args": {k: v for k, v in here["model_args"].items() if k != "content_from"}}
         # weights a model argument names sit elsewhere on the machine that trained: their files'
         # contents are compared by the splits' fingerprints below, so only their names here
         changed = [k for k in here if _named_weights(there.get(k)) != _named_weights(here[k])]
