@@ -451,6 +451,16 @@ def test_splits_recorded_before_the_fingerprint_covered_more_still_count(tiny, t
         run_experiment(longer, tmp_path / "old", progress=False, base_dir=root, train=False)
 
 
+def test_a_cross_dataset_test_set_holding_training_photos_is_refused(tiny, tmp_path):
+    """The training CSV itself given as a test set was scored as 'cross-dataset', its training
+    photos among the figures, without a word."""
+    root, path, cfg = tiny
+    leaky = {**cfg, "test": ["split", {"name": "csv", "root": "train/scores.csv", "label": "ALL"}]}
+    with pytest.raises(ConfigError, match=r"test set ALL: \d+ of its photos train or validate in TINY's splits"):
+        run_experiment(leaky, tmp_path / "o", progress=False, base_dir=root, log=None)
+    assert not (tmp_path / "o" / "metrics").exists()  # before any training
+
+
 def test_a_registry_default_that_moved_is_another_recipe(tiny, tmp_path, monkeypatch):
     """Fingerprints hashed a row's model arguments as written: iqa-cr's default content head moved
     (tokens, then levels), and a rerun averaged splits of the two models without a word."""

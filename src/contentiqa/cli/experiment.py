@@ -104,7 +104,7 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
             for name, why in unavailable.items():
                 runs[name] = [*runs[name], f"{name}: {why}"]
         ok = [n for n, m in runs.items() if not m]
-        size = f"{len(cfg.runs)} run(s), seeds {cfg.seeds[0]}..{cfg.seeds[-1]} ({len(cfg.seeds)}), {cfg.data.label} {cfg.protocol}"
+        size = f"{len(cfg.runs)} run(s), seeds {cfg.seeds[0]}..{cfg.seeds[-1]} ({len(cfg.seeds)}), {cfg.training_sets_said}"
         lacking = [m for ms in runs.values() for m in ms]
         if missing:
             also = f"; also missing for some runs: {'; '.join(lacking)}" if lacking else ""

@@ -229,6 +229,12 @@ class ExperimentConfig:
         return spec.protocol or self.protocol
 
     @property
+    def training_sets_said(self) -> str:
+        """Each training set with its split protocol, for messages (a multi-dataset config's sets
+        may each have their own)."""
+        return " + ".join(f"{s.label} ({self.protocol_of(s)})" for s in self.train_sets)
+
+    @property
     def cross_tests(self) -> list[DataSpec]:
         return [t for t in self.tests if isinstance(t, DataSpec)]
 

@@ -244,6 +244,30 @@ def _check_test_parts(cfg: ExperimentConfig, sets: list[TrainSet]) -> None:
                                   f"drop '{INTRA}' from test")
 
 
+def _check_cross_tests(sets: list[TrainSet], tests: Sequence[dict[str, Any]]) -> None:
+    """ConfigError, before any training, when a cross-dataset test set holds a photo a split
+    trains or validates on (the same file, by its real path): its figures, called cross-dataset,
+    would be measured on photos the model learnt (the training CSV itself given as a test set)."""
+    cross = [t for t in tests if t["spec"] != INTRA]
+    if not cross:
+        return
+    learnt: dict[str, tuple[str, int]] = {}
+    for ts in sets:
+        for seed, split in ts.splits.items():
+            for part in ("train", "val"):
+                if split.parts.get(part):
+                    for image in ts.table["image"].iloc[split.indices(ts.table, part)]:
+                        learnt.setdefault(os.path.realpath(str(image)), (ts.label, seed))
+    for t in cross:
+        shared = [str(p) for p in t["table"]["image"] if os.path.realpath(str(p)) in learnt]
+        if shared:
+            label, seed = learnt[os.path.realpath(shared[0])]
+            raise ConfigError(f"test set {t['label']}: {len(shared)} of its photos train or validate in {label}'s "
+                              f"splits (e.g. {shared[0]}, split seed {seed}): its cross-dataset figures would be "
+                              "measured on photos the model learnt; drop them from the test set, or test on the "
+                              f"splits' own test parts ('{INTRA}')")
+
+
 def _check_splits(splits: dict[int, Any], table: pd.DataFrame, spec: DataSpec, path: Path,
                   complete: bool = False) -> dict[int, Any]:
     """``splits`` when every image they name is in ``table`` (and, ``complete``, every image of
@@ -1108,11 +1132,12 @@ def run_experiment(
                         "experiment's own seeded splits (protocol: official keeps the column; `contentiqa evaluate "
                         "--split` with the experiment's splits file scores its test parts)")
         say(f"experiment {cfg.name}: {len(cfg.runs)} run(s) x seeds {cfg.seeds} on "
-            f"{' + '.join(f'{ts.label} ({len(ts.table)} images)' for ts in sets)} ("
-            f"protocol {cfg.protocol}){f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
+            f"{' + '.join(f'{ts.label} ({len(ts.table)} images, protocol {cfg.protocol_of(spec)})' for ts, spec in zip(sets, cfg.train_sets))}"
+            f"{f' on {info.world_size} processes' if info.distributed else ''}; results in {out}")
 
         if train:
             _check_test_parts(cfg, sets)
+            _check_cross_tests(sets, tests)
         fingerprints = Fingerprints.of(cfg, sets, tests)
         imported: list[str] = []
         if main and imports:
