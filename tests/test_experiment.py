@@ -393,14 +393,15 @@ def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_spl
     root, path, cfg = tiny
     out = tmp_path / "out"
     shutil.copytree(root / "out1", out)
-    third = {"name": "csv", "root": "train/scores.csv", "label": "THIRD"}
+    write_csv(tmp_path / "third", 5, (0, 100), seed=3)
+    third = {"name": "csv", "root": str(tmp_path / "third" / "scores.csv"), "label": "THIRD"}
     lines: list[str] = []
     more = {**cfg, "test": [*cfg["test"], third]}
     run_experiment(more, out, progress=False, base_dir=root, train=False, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert any("not tested on THIRD" in line for line in lines)
     res = run_experiment(more, out, progress=False, base_dir=root, log=lambda *a: lines.append(" ".join(map(str, a))))
     m = json.loads((out / "metrics" / "IQA-CR" / "seed1.json").read_text())
-    data = load_dataset("csv", root / "train" / "scores.csv")
+    data = load_dataset("csv", tmp_path / "third" / "scores.csv")
     direct, _ = evaluate_model(load_checkpoint(out / "runs" / "IQA-CR" / "seed1" / "tested.pt"), data.table, data.scale,
                                workers=0)
     assert m["test"]["THIRD"]["srocc"] == pytest.approx(direct["srocc"]) and "THIRD" in m["test_sha256"]
