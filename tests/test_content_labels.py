@@ -489,6 +489,20 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
     assert read_labels(out)["category"].tolist()[::2] == ["night scene", "artifact"]  # the same either way
 
 
+def test_a_second_labeller_of_one_out_gets_a_clear_error(tmp_path, monkeypatch, capsys):
+    """Two runs with one --out both said 'wrote', the last one's table replacing the other's."""
+    from filelock import FileLock
+
+    write_image(tmp_path / "0.png", 64, 64, seed=0)
+    (tmp_path / "d.csv").write_text("image,mos\n0.png,1\n")
+    _fake_labeller(monkeypatch)
+    out = tmp_path / "o.csv"
+    with FileLock(str(tmp_path / ".o.csv.lock")):  # what a running `label-content --out o.csv` holds
+        assert cli_main(["label-content", str(tmp_path / "d.csv"), "--out", str(out), "-q"]) == 2
+    assert "another process is writing" in capsys.readouterr().err and not out.exists()
+    assert cli_main(["label-content", str(tmp_path / "d.csv"), "--out", str(out), "-q"]) == 0
+
+
 def test_a_label_files_rows_without_an_image_label_nothing(tmp_path):
     """label-content keeps a row whose image cell is empty (with its error); read back as a label
     file, each was the image 'nan', and two of them one image listed twice."""

@@ -373,6 +373,21 @@ def test_second_writer_gets_a_clear_error(tmp_path, ckpt, capsys):
     assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0  # released: the next run goes
 
 
+def test_a_lock_file_another_user_left_is_named(tmp_path, ckpt, capsys, monkeypatch):
+    """'cannot lock --output out.csv: Permission denied' for good, with no word of the hidden
+    .out.csv.lock a user of another umask left in a shared folder."""
+    import contentiqa.cli._output as output
+
+    def not_ours(path, message):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    d = _folder(tmp_path / "imgs")
+    (tmp_path / ".out.csv.lock").write_text("")
+    monkeypatch.setattr(output, "exclusive_lock", not_ours)
+    assert run("score", d, "--model", ckpt, "-o", tmp_path / "out.csv", "-q") == 2
+    assert f"{tmp_path / '.out.csv.lock'} is another user's: remove it if no run writes" in capsys.readouterr().err
+
+
 def test_output_through_a_symlink_is_locked_and_written_as_its_target(tmp_path, ckpt, capsys):
     """One file under two names (out.csv, link.csv -> out.csv) is one output: one lock, and
     writing through the link keeps the link and gives the rows to its target (issue 22)."""

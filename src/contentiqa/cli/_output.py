@@ -79,13 +79,17 @@ def output_lock(path: Path, option: str = "--output") -> Iterator[None]:
     It is taken by the real path (symlinks followed), so writers of one file through different
     names exclude each other (:func:`contentiqa.utils.io.exclusive_lock`)."""
     path = through_links(path)
+    lock = path.parent / f"{temporary_prefix(path)}lock"
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(exclusive_lock(path.parent / f"{temporary_prefix(path)}lock", f"another process is writing {path}"))
+            held.enter_context(exclusive_lock(lock, f"another process is writing {path}"))
         except Busy as exc:
             raise UsageError(f"{exc}; wait for it to finish, or write to another {option}") from None
         except OSError as exc:
-            raise UsageError(f"cannot lock {option} {path}: {exc.strerror or exc}") from None
+            # a lock file another user left in a shared folder (locks stay: removing one is racy)
+            why = f"; {lock} is another user's: remove it if no run writes {path}" if isinstance(exc, PermissionError) \
+                and lock.exists() else ""
+            raise UsageError(f"cannot lock {option} {path}: {exc.strerror or exc}{why}") from None
         remove_stale_temporaries(path, (".tmp", ".probe"))  # with the lock held, every one is stale
         yield
 

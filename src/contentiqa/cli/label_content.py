@@ -20,7 +20,7 @@ from ..data.categories import normalize_category
 from ..data.labels import SCENE_COLUMNS
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
-from ._output import check_writable, interrupt_exit_code, terminate_as_interrupt
+from ._output import check_writable, interrupt_exit_code, output_lock, terminate_as_interrupt
 from .common import model_spec, user_path
 from .main import UsageError
 
@@ -153,13 +153,6 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
-    from ..data.categories import IQA_CR_CATEGORIES
-    from ..data.table import cell_path
-    from ..utils.io import atomic_write_text
-
     src = Path(args.data)
     if not src.is_file():
         raise UsageError(f"{src} is not a file")
@@ -185,6 +178,18 @@ def run(args: argparse.Namespace) -> int:
 
         check_model_named(args.model)  # before --out's folder is made
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
+    with output_lock(out, "--out"):  # one writer per file: a second run's saves would replace this one's
+        return _label(args, src, out, table, comment)
+
+
+def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str) -> int:
+    """Label ``table`` (read from ``src``) and write it to ``out``, part by part."""
+    import pandas as pd
+
+    from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
+    from ..data.categories import IQA_CR_CATEGORIES
+    from ..data.table import cell_path
+    from ..utils.io import atomic_write_text
 
     # Paths as the dataset loaders join them (os.path, links not followed): resolving links
     # would write a link's target, a key the dataset's label files no longer join on.

@@ -29,8 +29,8 @@ write tables that concatenate to the whole, every input once.
 Nothing is lost: --output is checked writable and locked (a second run writing the same file
 is refused) before scoring; an existing --output needs --resume (finish it: only inputs not yet
 scored are run, and only with the model that scored the rest) or --force (replace it). Results
-are saved every --flush-every rows, and on Ctrl-C, SIGTERM (a batch system's time limit) or
-SIGHUP; if --output cannot be written, they go to a rescue file in the temporary folder, named
+are saved every --flush-every rows (an HTML report at most every 30 s), and on Ctrl-C, SIGTERM
+(a batch system's time limit) or SIGHUP; if --output cannot be written, they go to a rescue file in the temporary folder, named
 in the message. Every row records the model, its weights file and SHA-256, the precision it ran in
 (fp32 / int8 graph, or bf16 / fp16 autocast) and the version; --resume refuses to mix them.
 --explain (heatmaps in the HTML report) needs PyTorch: pip install 'contentiqa[torch]'.
@@ -118,7 +118,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="score only shard I of N (0 <= I < N): a deterministic 1/N of the inputs, so N "
                         "machines split one job and their outputs concatenate without duplicates")
     p.add_argument("--flush-every", type=int, default=100, metavar="N",
-                   help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its progress")
+                   help="rewrite --output after every N new results (and at least every minute) so a killed run keeps its "
+                        "progress; an HTML report, which holds every thumbnail, at most every 30 s")
     p.add_argument("--thumbnail-size", type=int, default=256, metavar="PX", help="HTML report thumbnail size (default 256)")
     p.set_defaults(func=run)
 
