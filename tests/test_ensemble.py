@@ -191,6 +191,21 @@ def test_untrained_named_ensemble_has_its_entrys_members():
         create_model("ensemble", pretrained=False)
 
 
+@pytest.mark.parametrize("name", ["ie-iqa-distortion+iqa-cr", "ie-iqa-distortion+iqa-cr+ie-iqa",
+                                  "ie-iqa-distortion+iqa-cr+ie-iqa-distortion"])
+def test_an_untrained_named_ensemble_is_its_default_tags_architecture(name):
+    """pretrained=False built native resolution, equal weights and the distortion network at 384 px:
+    another network than the name's default weights (one 512-px input, 2:1...)."""
+    shipped, untrained = create_model(name, pretrained=True), create_model(name, pretrained=False)
+    assert untrained.cfg.input_size == shipped.cfg.input_size
+    for a, b in zip(shipped.cfg.members, untrained.cfg.members):
+        assert (b["model"], b["weight"]) == (a["model"], a["weight"])
+        # what training sets is not architecture: the calibration, and IQA-CR's label set and frozen stages
+        trained = {"calibration", "categories", "num_categories", "frozen_stages"}
+        assert {k: v for k, v in b["config"].items() if k not in trained} == \
+            {k: v for k, v in a["config"].items() if k not in trained}
+
+
 def test_resize_exported_to_onnx_is_pillows_at_every_size(tmp_path):
     """Traced at one size, the graph must resize every other size as Pillow does: a position or a
     pass order frozen at the example's size, or computed in float32, shifts pixels by a step or two."""

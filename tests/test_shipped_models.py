@@ -37,6 +37,18 @@ def test_models_lists_the_tags_that_run_int8(capsys):
     assert "ie-iqa.clive-biq2021-v4" not in listed  # shipped without one
 
 
+def test_models_shows_plain_descriptions_and_an_ensemble_without_weights_says_how_one_is_made(capsys):
+    """Docstrings' ``literals`` were printed with their backticks; `score -m ensemble` advised
+    `contentiqa train`, which refuses ensembles."""
+    from contentiqa.cli.main import main
+
+    assert main(["models"]) == 0
+    assert "``" not in capsys.readouterr().out
+    assert main(["score", "x.png", "-m", "ensemble"]) == 2
+    err = capsys.readouterr().err
+    assert "made from trained members (contentiqa.models.ensemble.build_ensemble)" in err and "contentiqa train" not in err
+
+
 def test_models_says_why_a_torch_free_install_lists_no_backbone(capsys, monkeypatch):
     """"backbones with offline ImageNet weights: none" read like a broken install."""
     import contentiqa.backbones

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -159,6 +160,7 @@ def parse_spec(spec: str | os.PathLike) -> ModelSpec:
 def _first_sentence(doc: str) -> str:
     """A docstring's first sentence on one line (it may wrap): what ``contentiqa models`` shows."""
     para = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    para = re.sub(r"``(.+?)``", r"\1", para)  # a docstring's literals, plain in a terminal table
     end = para.find(". ")
     return para if end < 0 else para[: end + 1]
 
@@ -270,10 +272,10 @@ def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]
     path = shipped_weights_path(spec.name, spec.tag)
     if path is None:
         shipped = list_pretrained()
-        raise FileNotFoundError(
-            f"model '{spec.text}' has no trained weights in this install; pass a checkpoint file (e.g. one written by "
-            "`contentiqa train`)" + (f", or one of: {', '.join(shipped)}" if shipped else "")
-        )
+        made = ("an ensemble file made from trained members (contentiqa.models.ensemble.build_ensemble)"
+                if not model_entry(spec.name).trainable else "a checkpoint file (e.g. one written by `contentiqa train`)")
+        raise FileNotFoundError(f"model '{spec.text}' has no trained weights in this install; pass {made}"
+                                + (f", or one of: {', '.join(shipped)}" if shipped else ""))
     return path, spec.tag
 
 

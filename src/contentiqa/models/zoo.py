@@ -4,7 +4,7 @@ The model modules (and torch) are imported when a builder runs, not here: regist
 what ``contentiqa models`` needs, and it must not pay for torch."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .recipes import (IE_IQA_DEFAULTS, IE_IQA_DISTORTION_DEFAULTS, IE_IQA_DISTORTION_RECIPE, IE_IQA_RECIPE,
                       IQA_CR_CLIVE_RECIPE, IQA_CR_DEFAULTS, IQA_CR_FULL_DEFAULTS, IQA_CR_RECIPE)
@@ -144,22 +144,40 @@ ENSEMBLE_MEMBERS: dict[str, tuple[str, ...]] = {"ie-iqa-distortion+iqa-cr": ("ie
                                                 "ie-iqa-distortion+iqa-cr+ie-iqa-distortion":
                                                     ("ie-iqa-distortion", "iqa-cr", "ie-iqa-distortion")}
 """A named ensemble's members, in order: its architecture (``ensemble`` takes any)."""
+_AT_512 = {"ie-iqa-distortion": {"input_size": 512}}
+ENSEMBLE_DEFAULTS: dict[str, dict] = {
+    "ie-iqa-distortion+iqa-cr": {"input_size": 512, "member_args": _AT_512, "member_weights": (2.0, 1.0)},
+    "ie-iqa-distortion+iqa-cr+ie-iqa": {"input_size": 512, "member_args": _AT_512, "member_weights": (2.0, 1.0, 1.0)},
+    "ie-iqa-distortion+iqa-cr+ie-iqa-distortion": {"input_size": 512, "member_args": _AT_512,
+                                                   "member_weights": (2.0, 1.0, 2.0)},
+}
+"""What ``create_model(NAME, pretrained=False)`` builds of a named ensemble: its default tag's
+architecture (one 512-px input, the distortion networks at 512 px, the members' weights), as an
+entry's ``defaults`` are for a single model. Kept here, not as the entry's defaults: those would
+also be given to a stored ensemble's rebuild, whose members say it all."""
 
 
 def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[str, dict] | None = None,
-              **kwargs) -> Ensemble:
+              member_weights: Sequence[float] | None = None, **kwargs) -> Ensemble:
     from .ensemble import Ensemble, EnsembleConfig, check_members, member_entry
     from .registry import create_model
 
     default_members = ENSEMBLE_MEMBERS.get(name, ())
-    if members is None:  # untrained: each member the untrained architecture its own entry gives
-        args = member_args or {}
+    if members is None:  # untrained: the default tag's architecture, each member as its own entry builds it
+        defaults = ENSEMBLE_DEFAULTS.get(name, {})
+        args = member_args if member_args is not None else defaults.get("member_args", {})
         unknown = set(args) - set(default_members)
         if unknown:
             raise ValueError(f"{name}: member_args for {sorted(unknown)}, but its members are {list(default_members)}")
-        members = [member_entry(create_model(m, pretrained=False, **args.get(m, {})), 1.0) for m in default_members]
-    elif member_args:
-        raise ValueError(f"{name}: member_args only shape untrained members, not stored ones")
+        weights = member_weights if member_weights is not None else defaults.get("member_weights",
+                                                                                  [1.0] * len(default_members))
+        if len(weights) != len(default_members):
+            raise ValueError(f"{name}: {len(weights)} member_weights for its {len(default_members)} members")
+        kwargs.setdefault("input_size", defaults.get("input_size"))
+        members = [member_entry(create_model(m, pretrained=False, **args.get(m, {})), w)
+                   for m, w in zip(default_members, weights)]
+    elif member_args or member_weights:
+        raise ValueError(f"{name}: member_args and member_weights only shape untrained members, not stored ones")
     else:
         check_members(name, [m.get("model") for m in members])
     model = Ensemble(EnsembleConfig(members=members, **kwargs))
