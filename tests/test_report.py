@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import os
 import re
@@ -183,6 +184,28 @@ def test_cards_follow_the_sort_asked_for(tmp_path, ckpt):
         cards = re.findall(r'<div class="name" title="[^"]*">([^<]*)</div>', text)
         assert cards == [r["path"] for r in read_html_rows(text)], order  # the cards in the file's order
         assert f"Images, {heading} (4)" in text
+
+
+def test_a_row_with_a_category_and_no_score_does_not_undo_the_sort(tmp_path, ckpt):
+    """One such row (its score cell emptied by hand) put every row in path order under 'best first';
+    --resume kept it as scored. It is scored again now, and the sort puts unscored rows after."""
+    from contentiqa.reporting.results import sort_rows
+
+    rows = [{"path": p, "score": s, "category": "plant", "error": None} for p, s in (("a", 1.0), ("b", None), ("c", 9.0))]
+    assert [r["path"] for r in sort_rows(rows, "-score")] == ["c", "a", "b"]
+    images(tmp_path / "imgs", 3)
+    out = tmp_path / "r.csv"
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q"]) == 0
+    table = out.read_text().splitlines()
+    head, first = table[0].split(","), table[1].split(",")
+    first[head.index("score")] = ""
+    out.write_text("\n".join([table[0], ",".join(first), *table[2:]]) + "\n")
+    assert main(["score", str(tmp_path / "imgs"), "--model", ckpt, "-o", str(out), "-q", "--resume"]) == 0
+    with open(out, newline="") as f:
+        scores = [r["score"] for r in csv.DictReader(f)]
+    assert len(scores) == 3 and all(scores), scores
+    # a very tall photo's card is capped, not thousands of pixels tall
+    assert ".card img{width:100%;height:auto;max-height:320px" in render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0)})
 
 
 def test_a_content_only_models_report_shows_categories_not_a_quality_ranking(tmp_path):

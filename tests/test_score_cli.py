@@ -657,9 +657,16 @@ def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch
     from contentiqa.reporting.results import rows_to_csv
 
     row = {"path": "a.png", "score": -3.5, "category": '=HYPERLINK("http://x","y")', "error": None, "notes": "",
-           "model": "+1"}
+           "model": "@SUM(1)"}
     cells = next(csv.DictReader(io.StringIO(rows_to_csv([row]))))
-    assert cells["category"] == "'" + row["category"] and cells["model"] == "'+1" and cells["score"] == "-3.5"
+    assert cells["category"] == "'" + row["category"] and cells["model"] == "'@SUM(1)" and cells["score"] == "-3.5"
+    # read back as written (--resume matches the model's name), and a number of one's own column stays one
+    from contentiqa.reporting.results import read_results
+
+    (tmp_path / "r.csv").write_text(rows_to_csv([{**row, "offset": "-1.5"}]))
+    back = read_results(tmp_path / "r.csv")[0]
+    assert back["model"] == "@SUM(1)" and back["category"] == row["category"]
+    assert rows_to_csv([back]).splitlines()[1].endswith(",-1.5")
 
 
 def test_resume_reads_a_table_a_spreadsheet_saved_with_a_byte_order_mark(tmp_path, ckpt):

@@ -405,7 +405,14 @@ class _Scoring:
         # What is already done (resume): scored rows are kept and skipped; failed rows are retried.
         self.input_keys = {path_key(p) for p, _ in entries}
         self._match_rows_written_elsewhere()
-        done = {self._row_key(r["path"]) for r in self.existing if row_ok(r)}
+        # a file a scoring model wrote (one model per file): a row of it without a score (its
+        # cell emptied by hand) is not done, and is scored again like a failed one
+        scoring = any(r.get("score") is not None for r in self.existing)
+
+        def finished(r: dict) -> bool:
+            return row_ok(r) and (r.get("score") is not None or not scoring)
+
+        done = {self._row_key(r["path"]) for r in self.existing if finished(r)}
         todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
         with terminate_as_interrupt():  # a stop during a first export unwinds it: no graph-sized temporary left
             # planned for the photos it will score, not every input: a resume with a few left,
@@ -417,7 +424,7 @@ class _Scoring:
         # a failed row is retried: dropped when it names one of this run's inputs, or one of its
         # PATH arguments (a folder that held no image, a pattern that matched none, expanded now)
         retried = self.input_keys | {path_key(a) for a in self.args.paths}
-        self.kept = [r for r in self.existing if row_ok(r) or self._row_key(r["path"]) not in retried]
+        self.kept = [r for r in self.existing if finished(r) or self._row_key(r["path"]) not in retried]
         for k, p, err in todo:
             if err is not None:
                 self.new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None,

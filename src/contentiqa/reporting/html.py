@@ -153,10 +153,10 @@ table.counts td,table.errors td,table.errors th{padding:2px 10px 2px 0;text-alig
 .histogram{width:480px;max-width:100%}.hbars{display:flex;align-items:flex-end;gap:2px;border-bottom:1px solid #999}
 .hbar{flex:1;background:#3b7dd8;border-radius:2px 2px 0 0;min-height:1px}
 .haxis{display:flex;justify-content:space-between;color:#666;font-size:.8em}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:14px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:14px;align-items:start}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;font-size:.85em;
  content-visibility:auto;contain-intrinsic-size:220px 300px}
-.card img{width:100%;height:auto;display:block;border-radius:3px}
+.card img{width:100%;height:auto;max-height:320px;object-fit:contain;display:block;border-radius:3px}
 .card .imgs{display:flex;gap:4px}.card .imgs img{flex:1;min-width:0}
 .score{font-size:1.3em;font-weight:600}.name{word-break:break-all;color:#444}
 .cat{color:#555}.note{color:#8a6d00}.err{color:#b00020;word-break:break-word}

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -126,6 +127,7 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 """How a cell a spreadsheet would run as a formula begins."""
 
 
@@ -140,7 +142,9 @@ def _csv_text(v: Any) -> str:
     own category or model name, '=HYPERLINK(...)') gets a leading apostrophe, as spreadsheets
     write literal text; numbers (a negative score) are left as they are."""
     cell = _cell(v)
-    return "'" + cell if isinstance(v, str) and cell[:1] in FORMULA_START else cell
+    if not isinstance(v, str) or cell[:1] not in FORMULA_START or _NUMBER.fullmatch(cell):
+        return cell  # a number read back as text (a column of one's own, on --resume) stays one
+    return "'" + cell
 
 
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +179,9 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             reader = csv.DictReader(io.StringIO(text))
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ValueError("no 'path' column")
-            rows = list(reader)
+            # the apostrophe _csv_text put before a formula-like cell is no part of the value
+            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and v[1:2] in FORMULA_START else v)
+                     for k, v in r.items()} for r in reader]
         elif fmt == "json":
             rows = json.loads(text) if text.strip() else []
             if not isinstance(rows, list):
@@ -223,10 +229,13 @@ def sort_rows(rows: Sequence[dict[str, Any]], order: str | None) -> list[dict[st
         raise ValueError(f"unknown sort order {order!r}")
     ok = [r for r in rows if row_ok(r)]
     bad = sorted((r for r in rows if not row_ok(r)), key=lambda r: r["path"])
-    if order == "path" or any(r.get("score") is None for r in ok):
+    unscored = sorted((r for r in ok if r.get("score") is None), key=lambda r: r["path"])
+    if order == "path" or len(unscored) == len(ok):
         return sorted(ok, key=lambda r: r["path"]) + bad
-    ok.sort(key=lambda r: r["score"], reverse=order == "-score")
-    return ok + bad
+    # rows with a category and no score (a hand-edited table) after the scored ones: one of them
+    # put every row in path order
+    scored = sorted((r for r in ok if r.get("score") is not None), key=lambda r: r["score"], reverse=order == "-score")
+    return scored + unscored + bad
 
 
 def _shorten(s: str, width: int, keep_end: bool = True) -> str:
