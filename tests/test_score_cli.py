@@ -214,7 +214,7 @@ def test_default_model_without_weights_exits_2(tmp_path, capsys, monkeypatch):
     d = ok_folder(tmp_path / "imgs", n=1)
     assert run("score", d) == 2
     err = capsys.readouterr().err
-    assert "no trained weights" in err and "checkpoint file" in err
+    assert "no trained weights" in err and "a model file" in err and "contentiqa train" not in err  # (an ensemble)
 
 
 def test_quiet_prints_only_errors(tmp_path, ckpt, capsys):

@@ -46,7 +46,7 @@ def test_models_shows_plain_descriptions_and_an_ensemble_without_weights_says_ho
     assert "``" not in capsys.readouterr().out
     assert main(["score", "x.png", "-m", "ensemble"]) == 2
     err = capsys.readouterr().err
-    assert "made from trained members (contentiqa.models.ensemble.build_ensemble)" in err and "contentiqa train" not in err
+    assert "made from trained members: contentiqa.models.ensemble.build_ensemble" in err and "contentiqa train" not in err
 
 
 def test_models_says_why_a_torch_free_install_lists_no_backbone(capsys, monkeypatch):

@@ -272,8 +272,9 @@ def weights_file(spec: str | os.PathLike | ModelSpec) -> tuple[Path, str | None]
     path = shipped_weights_path(spec.name, spec.tag)
     if path is None:
         shipped = list_pretrained()
-        made = ("an ensemble file made from trained members (contentiqa.models.ensemble.build_ensemble)"
-                if not model_entry(spec.name).trainable else "a checkpoint file (e.g. one written by `contentiqa train`)")
+        made = ("a model file (an ensemble is made from trained members: contentiqa.models.ensemble.build_ensemble, "
+                "then save_checkpoint)" if not model_entry(spec.name).trainable
+                else "a checkpoint file (e.g. one written by `contentiqa train`)")
         raise FileNotFoundError(f"model '{spec.text}' has no trained weights in this install; pass {made}"
                                 + (f", or one of: {', '.join(shipped)}" if shipped else ""))
     return path, spec.tag
