@@ -490,6 +490,14 @@ def test_splits_of_before_version_4_count_for_a_row_that_now_names_its_content_h
     imported = run_experiment(pinned, tmp_path / "new", progress=False, base_dir=root, train=False,
                               imports=[tmp_path / "old" / "results.json"], log=lambda *a: notes.append(" ".join(map(str, a))))
     assert imported.results["IQA-CR-Q"]["seeds"] == [0], notes
+    # and a row that named it already then (the KonIQ and SPAQ configs) keeps its splits too: their
+    # fingerprints hashed it as written
+    monkeypatch.setattr(runner, "FINGERPRINT_VERSION", 3)
+    monkeypatch.setattr(runner, "_fingerprinted_args", lambda run, version, pinned=False: run.model_args)
+    run_experiment(pinned, tmp_path / "named", progress=False, base_dir=root, log=None, seeds=[0])
+    monkeypatch.undo()
+    assert run_experiment(pinned, tmp_path / "named", progress=False, base_dir=root, train=False).results[
+        "IQA-CR-Q"]["seeds"] == [0]
 
 
 def test_a_split_that_could_not_be_measured_is_left_out_of_the_cell_and_said_so(tiny, first_run):

@@ -385,16 +385,17 @@ def _weights_by_content(model_args: dict[str, Any]) -> dict[str, Any]:
             for k, v in model_args.items()}
 
 
-def _fingerprinted_args(run: RunSpec, version: int) -> dict[str, Any]:
-    """A row's model arguments as a fingerprint of ``version`` covers them."""
+def _fingerprinted_args(run: RunSpec, version: int, pinned: bool = False) -> dict[str, Any]:
+    """A row's model arguments as a fingerprint of ``version`` covers them. Before version 4,
+    also as the row would have been written before it named ``content_from`` (``pinned``)."""
     from ..models.registry import model_entry
 
     args = run.model_args if version < 3 else _weights_by_content(run.model_args)
     if version < 4:
-        # these versions' rows left `content_from` to the registry, whose default moved (iqa-cr's
-        # content from the tokens, then the levels): a row naming it now, as its splits were
-        # trained, is the recipe they recorded
-        return {k: v for k, v in args.items() if k != "content_from"}
+        # these versions' rows mostly left `content_from` to the registry, whose default moved
+        # (iqa-cr's content from the tokens, then the levels): a row naming it now, as its splits
+        # were trained, is the recipe they recorded (Fingerprints.differs takes either)
+        return {k: v for k, v in args.items() if k != "content_from"} if pinned else args
     return {**model_entry(run.model).defaults, **args}
 
 
@@ -408,7 +409,8 @@ def _test_set_hashes(tests: Sequence[dict[str, Any]], version: int) -> dict[str,
             ).hexdigest() for t in tests if t["spec"] != INTRA}
 
 
-def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int = FINGERPRINT_VERSION) -> dict[str, str]:
+def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int = FINGERPRINT_VERSION,
+                       pinned: bool = False) -> dict[str, str]:
     """Row name -> what its splits' figures depend on besides the seed: the row's recipe (its
     model, model arguments and training settings, not its name; where it runs — device, loader
     workers, the cache's runtime — is no part of it), each training set's protocol, validation
@@ -428,7 +430,7 @@ def split_fingerprints(cfg: ExperimentConfig, sets: list[TrainSet], version: int
     out = {}
     for run in cfg.runs:
         train = {k: v for k, v in run.train.items() if k not in RUNTIME_SETTINGS}
-        head = {"model": run.model, "model_args": _fingerprinted_args(run, version), "train": train, "data": data}
+        head = {"model": run.model, "model_args": _fingerprinted_args(run, version, pinned), "train": train, "data": data}
         if version >= 2:
             head["checkpoint"] = cfg.checkpoint
         out[run.name] = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
@@ -457,6 +459,8 @@ class Fingerprints:
     splits: dict[int, str]
     tests: dict[int, dict[str, str]]
     """Fingerprint version -> test set label -> its hash."""
+    unpinned: dict[int, dict[str, str]] = field(default_factory=dict)
+    """Before version 4: the rows' fingerprints without the ``content_from`` they now name."""
 
     @classmethod
     def of(cls, cfg: ExperimentConfig, sets: list[TrainSet], tests: Sequence[dict[str, Any]]) -> "Fingerprints":
@@ -464,7 +468,8 @@ class Fingerprints:
         parts = {s: json.dumps([ts.splits[s].to_dict() for ts in sets if s in ts.splits], sort_keys=True) for s in seeds}
         return cls(rows={v: split_fingerprints(cfg, sets, v) for v in FINGERPRINT_VERSIONS},
                    splits={s: hashlib.sha256(text.encode()).hexdigest() for s, text in parts.items()},
-                   tests={v: _test_set_hashes(tests, v) for v in FINGERPRINT_VERSIONS})
+                   tests={v: _test_set_hashes(tests, v) for v in FINGERPRINT_VERSIONS},
+                   unpinned={v: split_fingerprints(cfg, sets, v, pinned=True) for v in FINGERPRINT_VERSIONS if v < 4})
 
     def tests_of(self, stored: dict[str, Any]) -> dict[str, str]:
         """The test sets' hashes as a split recorded in ``stored`` made them (its version's)."""
@@ -480,8 +485,9 @@ class Fingerprints:
         gives it, or None. Records older than a check pass it."""
         if stored.get("run", run.name) != run.name:
             return f"for row {stored.get('run')!r} (the same folder name)"
-        row = self.rows.get(int(stored.get("fingerprint_version", 1)), {}).get(run.name)
-        if "fingerprint" in stored and stored["fingerprint"] != row:
+        version = int(stored.get("fingerprint_version", 1))
+        rows = {self.rows.get(version, {}).get(run.name), self.unpinned.get(version, {}).get(run.name)}
+        if "fingerprint" in stored and stored["fingerprint"] not in rows:
             return ("with another recipe or data than the row now gives (model, its arguments or the weights they name, "
                     "training settings, protocol, rows, labels, rating scale or tested checkpoint)")
         if stored.get("split_sha256") not in (None, self.splits.get(seed)):
