@@ -471,9 +471,11 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
                    "1.png,20,,,,\n2.png,30,still_life,animal,,noise\n")
     import contentiqa.data.content_labels as lib
 
-    def keeps_given(table, **kwargs):  # labels only the rows without a category, as the real one
-        return table.assign(category=[c or "animal" for c in table["category"]], category_confidence=0.9,
-                            category_source=[s if c else "fake" for c, s in zip(table["category"], table["category_source"])])
+    def keeps_given(table, overwrite=False, **kwargs):  # labels only the rows without a category, as the real one
+        given = [""] * len(table) if overwrite or "category" not in table else list(table["category"])
+        sources = table["category_source"] if "category_source" in table else [""] * len(table)
+        return table.assign(category=[c or "animal" for c in given], category_confidence=0.9,
+                            category_source=[s if c else "fake" for c, s in zip(given, sources)])
 
     monkeypatch.setattr(lib, "default_classifier", lambda: None)
     monkeypatch.setattr(lib, "label_table", keeps_given)
@@ -487,6 +489,15 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
 
     assert load_dataset("csv", out).table["category"].tolist()[::2] == ["night scene", "artifact"]
     assert read_labels(out)["category"].tolist()[::2] == ["night scene", "artifact"]  # the same either way
+    # a placeholder category is none of the row's own; --overwrite labels every row anew, scenes too
+    csv.write_text("image,mos,scene1,scene2,category\n0.png,10,animal,human,n/a\n")
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert (res["category"][0], res["categories"][0]) == ("animal", "animal|human")
+    csv.write_text("image,mos,scene1,scene2\n0.png,10,animal,human\n")
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert res["category_source"][0] == "fake" and "categories" not in res  # no human set beside a guess
 
 
 def test_a_second_labeller_of_one_out_gets_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -501,6 +512,19 @@ def test_a_second_labeller_of_one_out_gets_a_clear_error(tmp_path, monkeypatch, 
         assert cli_main(["label-content", str(tmp_path / "d.csv"), "--out", str(out), "-q"]) == 2
     assert "another process is writing" in capsys.readouterr().err and not out.exists()
     assert cli_main(["label-content", str(tmp_path / "d.csv"), "--out", str(out), "-q"]) == 0
+
+
+def test_a_decimal_comma_is_refused_by_label_content_and_label_files(tmp_path, capsys):
+    """`a.png,3,5` took the image column for an index (label-content wrote every path away; a label
+    file read image '0', category '9')."""
+    from contentiqa.data import LabelsError, read_labels
+
+    (tmp_path / "d.csv").write_text("image,mos\na.png,3,5\nb.png,2,5\n")
+    assert cli_main(["label-content", str(tmp_path / "d.csv"), "--out", str(tmp_path / "o.csv"), "-q"]) == 2
+    assert "a row has more cells than the header names" in capsys.readouterr().err
+    (tmp_path / "l.csv").write_text("image,category\na.png,animal,0,9\n")
+    with pytest.raises(LabelsError, match="a row has more cells than the header names"):
+        read_labels(tmp_path / "l.csv")
 
 
 def test_a_label_files_rows_without_an_image_label_nothing(tmp_path):

@@ -185,6 +185,10 @@ def test_untrained_named_ensemble_has_its_entrys_members():
         "ie-iqa-distortion": {k: v for k, v in TINY_IE.items() if k != "pretrained"},
         "iqa-cr": {k: v for k, v in TINY_CR.items() if k != "pretrained"}})
     assert [m.model_name for m in ens.members] == ["ie-iqa-distortion", "iqa-cr"]
+    # one member's arguments keep the other's defaults (the distortion network at the ensemble's 512 px)
+    one = create_model("ie-iqa-distortion+iqa-cr", pretrained=False, member_args={
+        "iqa-cr": {k: v for k, v in TINY_CR.items() if k != "pretrained"}})
+    assert one.members[0].cfg.input_size == 512
     with pytest.raises(ValueError, match="member_args for"):
         create_model("ie-iqa-distortion+iqa-cr", pretrained=False, member_args={"ie-iqa": {}})
     with pytest.raises(ValueError, match="made from trained models"):

@@ -10,7 +10,6 @@ hand and feed back in (existing categories are kept).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shlex
 import sys
@@ -96,7 +95,7 @@ def _with_scene_categories(table, src: Path):
     from ..data.labels import LabelsError, scene_categories
 
     try:
-        main, every = scene_categories(table, src)
+        main, every = scene_categories(table, src, what="DATA")
     except LabelsError as exc:
         raise UsageError(str(exc)) from None
     table = table.copy()
@@ -104,9 +103,10 @@ def _with_scene_categories(table, src: Path):
         if column not in table:
             table[column] = ""
     for i, (category, categories) in enumerate(zip(main, every)):
-        if category is not None and not table["category"].iat[i].strip():
+        # a placeholder ('n/a') is no category of the row's own, as the labeller reads it
+        if category is not None and normalize_category(table["category"].iat[i]) is None:
             table.loc[table.index[i], ["category", "category_source"]] = [category, "human"]
-            if not table["categories"].iat[i].strip():
+            if normalize_category(table["categories"].iat[i]) is None:
                 table.loc[table.index[i], "categories"] = categories
     return table
 
@@ -114,14 +114,14 @@ def _with_scene_categories(table, src: Path):
 def _read_csv(path: Path):
     """The CSV with every value kept as text (so unrelated columns round-trip unchanged), and
     its leading ``#`` comment line (e.g. ``# mos_range: 1 5``) if it has one."""
-    import pandas as pd
+    from ..data.table import read_csv_table
 
     text = path.read_text(encoding="utf-8-sig")
     comment = ""
     if text.partition("\n")[0].lstrip().startswith("#"):  # its first line, as the dataset loader reads it
-        comment, _, text = text.partition("\n")
-        comment += "\n"
-    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        comment = text.partition("\n")[0] + "\n"
+    # as the dataset loader reads it: a decimal comma refused, a row's trailing comma no index
+    table = read_csv_table(path, skiprows=1 if comment else 0, dtype=str, keep_default_na=False)
     return table, comment
 
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
-    if "scene1" in table.columns:
+    if "scene1" in table.columns and not args.overwrite:  # (--overwrite: every row labelled anew)
         table = _with_scene_categories(table, src)
     if args.model:
         from ._model_loading import check_model_named

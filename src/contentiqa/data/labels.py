@@ -26,7 +26,7 @@ from typing import Iterable
 import pandas as pd
 
 from .categories import LIQE_TO_IQA_CR, normalize_category
-from .table import canonical_columns, cell_path
+from .table import canonical_columns, cell_path, read_csv_table
 
 LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
@@ -46,14 +46,15 @@ def dataset_keys(images: Iterable[str], root: str | os.PathLike) -> list[str]:
     return [Path(os.path.relpath(os.path.abspath(str(p)), base)).as_posix() for p in images]
 
 
-def scene_categories(raw: pd.DataFrame, path: str | os.PathLike) -> tuple[list[str | None], list[str | None]]:
+def scene_categories(raw: pd.DataFrame, path: str | os.PathLike,
+                     what: str = "label file") -> tuple[list[str | None], list[str | None]]:
     """People's scene columns (``scene1..3``, LIQE's names) in IQA-CR's: each row's main category
-    and its '|'-joined set (None where a row has none); LabelsError naming ``path`` for a scene
-    no category maps."""
+    and its '|'-joined set (None where a row has none); LabelsError naming ``what`` ``path`` for a
+    scene no category maps."""
     scenes = [[normalize_category(row.get(c)) for c in SCENE_COLUMNS if c in raw] for _, row in raw.iterrows()]
     unknown = sorted({s for row in scenes for s in row if s is not None and s not in HUMAN_LABEL_CATEGORIES})
     if unknown:
-        raise LabelsError(f"label file {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
+        raise LabelsError(f"{what} {path}: unknown scene(s) {unknown}; known: {list(LIQE_SCENES)}")
     return [row[0] for row in scenes], [CATEGORY_SEPARATOR.join(dict.fromkeys(s for s in row if s)) or None
                                         for row in scenes]
 
@@ -64,11 +65,11 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     try:
         # all text: an 'Image' column of '001' stays '001' whatever its header's case
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        raw = read_csv_table(path, dtype=str, keep_default_na=False, na_values=[""])
     except FileNotFoundError:
         raise LabelsError(f"label file {path} does not exist") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise LabelsError(f"label file {path} is not a readable CSV: {exc}") from None
+    except ValueError as exc:  # (it names the file)
+        raise LabelsError(f"label file {exc}") from None
     try:  # 'Image', 'Scene1', 'Category' as written by hand or a spreadsheet: the same columns
         raw.columns = canonical_columns(raw.columns, path, also=(*SCENE_COLUMNS, "distortion"))
     except ValueError as exc:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import MOSScale, canonical_columns, cell_path, under_root
+from .table import MOSScale, canonical_columns, cell_path, read_csv_table, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -94,24 +94,6 @@ def _first_existing(root: Path, names: tuple[str, ...], what: str) -> Path:
             if m.is_file():
                 return m
     raise FileNotFoundError(f"{what}: none of {names} found under {root}")
-
-
-def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFrame:
-    """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
-    stray comma keep their columns (pandas would otherwise take the first column for an index,
-    shifting every cell one column left). ``options`` go to ``pd.read_csv``."""
-    import pandas as pd
-
-    try:
-        with warnings.catch_warnings():
-            # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
-    except pd.errors.ParserWarning:
-        raise ValueError(f"{path}: a row has more cells than the header names (a decimal comma, 3,5, or a column "
-                         "without a name?)") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None
 
 
 @register_dataset("livec", CLIVE_SCALE)

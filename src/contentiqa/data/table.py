@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .categories import normalize_category
 
@@ -142,3 +142,21 @@ def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None
         c for c in out.columns if c not in REQUIRED_COLUMNS and c not in OPTIONAL_COLUMNS
     ]
     return out[cols].reset_index(drop=True)
+
+
+def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFrame:
+    """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
+    stray comma keep their columns (pandas would otherwise take the first column for an index,
+    shifting every cell one column left). ``options`` go to ``pd.read_csv``."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
+    except pd.errors.ParserWarning:
+        raise ValueError(f"{path}: a row has more cells than the header names (a decimal comma, 3,5, or a column "
+                         "without a name?)") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot read as a UTF-8 CSV table: {str(exc).splitlines()[0]}") from None

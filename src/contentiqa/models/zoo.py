@@ -165,10 +165,12 @@ def _ensemble(name: str, members: list[dict] | None = None, member_args: dict[st
     default_members = ENSEMBLE_MEMBERS.get(name, ())
     if members is None:  # untrained: the default tag's architecture, each member as its own entry builds it
         defaults = ENSEMBLE_DEFAULTS.get(name, {})
-        args = member_args if member_args is not None else defaults.get("member_args", {})
-        unknown = set(args) - set(default_members)
+        unknown = set(member_args or {}) - set(default_members)
         if unknown:
             raise ValueError(f"{name}: member_args for {sorted(unknown)}, but its members are {list(default_members)}")
+        # each member's given arguments over its defaults (one member's must not drop another's)
+        args = {m: {**defaults.get("member_args", {}).get(m, {}), **(member_args or {}).get(m, {})}
+                for m in default_members}
         weights = member_weights if member_weights is not None else defaults.get("member_weights",
                                                                                   [1.0] * len(default_members))
         if len(weights) != len(default_members):
