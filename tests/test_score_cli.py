@@ -667,6 +667,11 @@ def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch
     back = read_results(tmp_path / "r.csv")[0]
     assert back["model"] == "@SUM(1)" and back["category"] == row["category"]
     assert rows_to_csv([back]).splitlines()[1].endswith(",-1.5")
+    # a model's own category names never reach label-content's or evaluate's tables as formulas
+    from contentiqa.models import create_model
+
+    with pytest.raises(ValueError, match="start as a spreadsheet formula does"):
+        create_model("iqa-cr-c", pretrained=False, backbone_pretrained=False, categories=["+SUM(1)", "plant"])
 
 
 def test_resume_reads_a_table_a_spreadsheet_saved_with_a_byte_order_mark(tmp_path, ckpt):

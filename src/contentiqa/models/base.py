@@ -18,6 +18,7 @@ from torch import nn
 from ..data.categories import IQA_CR_CATEGORIES  # noqa: F401  (re-exported: models name it here too)
 from ..data.imageio import DEFAULT_MAX_PIXELS
 from ..data.table import MOSScale
+from ..utils.spreadsheet import looks_like_formula
 from .scoring import DEFAULT_MAX_SIDE, OnScale, Prediction, clip_to_scale, limit_side, predictions_from_outputs
 
 
@@ -143,6 +144,10 @@ class IQAModel(OnScale, nn.Module):
         super().__init__()
         self.scale = scale or MOSScale(0.0, 100.0)
         self.categories = list(categories)
+        formulas = [c for c in self.categories if looks_like_formula(str(c))]
+        if formulas:  # a model file's own names land in every table written of its predictions
+            raise ValueError(f"category name(s) {formulas[:3]} start as a spreadsheet formula does: a table of the "
+                             "model's predictions opened in one would run them; name them otherwise")
         self.min_size = 32
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
         self.max_side: int | None = DEFAULT_MAX_SIDE  # native-resolution models only (memory bound)

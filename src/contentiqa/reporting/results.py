@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..utils.io import atomic_write_text
+from ..utils.spreadsheet import looks_like_formula
 from ..utils.terminal import printable
 
 if TYPE_CHECKING:
@@ -126,15 +127,13 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-"""How a cell a spreadsheet would run as a formula begins."""
 
 
 def _csv_path(path: str) -> str:
     """A file name a spreadsheet would run as a formula (``=cmd|...``, ``+SUM(...)``) gets a
     leading ``./``: the same file (``--resume`` keys by the resolved path), inert as text."""
-    return "./" + path if path[:1] in FORMULA_START else path
+    return "./" + path if looks_like_formula(path) else path
 
 
 def _csv_text(v: Any) -> str:
@@ -142,7 +141,7 @@ def _csv_text(v: Any) -> str:
     own category or model name, '=HYPERLINK(...)') gets a leading apostrophe, as spreadsheets
     write literal text; numbers (a negative score) are left as they are."""
     cell = _cell(v)
-    if not isinstance(v, str) or cell[:1] not in FORMULA_START or _NUMBER.fullmatch(cell):
+    if not isinstance(v, str) or not looks_like_formula(cell) or _NUMBER.fullmatch(cell):
         return cell  # a number read back as text (a column of one's own, on --resume) stays one
     return "'" + cell
 
@@ -180,7 +179,7 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ValueError("no 'path' column")
             # the apostrophe _csv_text put before a formula-like cell is no part of the value
-            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and v[1:2] in FORMULA_START else v)
+            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and looks_like_formula(v[1:]) else v)
                      for k, v in r.items()} for r in reader]
         elif fmt == "json":
             rows = json.loads(text) if text.strip() else []
