@@ -106,6 +106,9 @@ def test_dynamic_int8_runs(tiny_fp32, tmp_path):
 
 def test_quantize_refuses_what_it_cannot_do(tiny_fp32, tmp_path):
     _, fp32, _ = tiny_fp32
+    # include patterns matching no node quantized the whole graph (ONNX Runtime's empty list is "all")
+    with pytest.raises(QuantizationError, match="include patterns match no node"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", method="dynamic", include=["^/nomatch/"])
     with pytest.raises(QuantizationError, match="calibration"):
         quantize_onnx(fp32, tmp_path / "x.onnx", method="static")
     with pytest.raises(ValueError, match="unknown quantization method"):

@@ -136,6 +136,9 @@ def test_device_and_thread_arguments_are_checked_up_front():
     assert contentiqa.load_scorer("ie-iqa", device="cpu:0").identity.runtime == "onnx"  # the CPU, spelt with an index
     with pytest.raises(ValueError, match="unknown device"):
         contentiqa.create_model("ie-iqa", device="bogus")
+    for other in ("xpu", "meta", "hip"):  # device types torch knows, not run here: tracebacks while loading
+        with pytest.raises(ValueError, match="contentiqa runs on cpu, cuda"):
+            contentiqa.create_model("ie-iqa", device=other)
 
 
 def test_a_trailing_dot_is_not_the_default_tag():

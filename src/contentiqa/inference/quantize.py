@@ -239,6 +239,9 @@ parts, leaving a Transformer's Add / MatMul float). ``ranges_check``: refuse a c
                 if included is not None:
                     skip = set(excluded)
                     included = [n for n in included if n not in skip]
+                    if not included:  # ONNX Runtime reads an empty list as "every node"
+                        raise QuantizationError("the recipe's include patterns match no node of this graph (made "
+                                                "for another export?): make the calibration again")
                 info.update(include=list(include), excluded_nodes=len(excluded))
                 if ranges_check and method == "static" and cal_path is not None and cal_path.is_file():
                     _check_ranges(pre, cal_path, op_types, excluded, included)

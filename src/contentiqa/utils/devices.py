@@ -20,6 +20,8 @@ def resolve_device(spec: Any) -> Any:
         device = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"unknown device {spec!r} (use cpu, cuda, cuda:1, mps)") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # xpu, hip, meta...: torch's traceback while the model loads
+        raise ValueError(f"device {spec!r}: contentiqa runs on cpu, cuda (cuda:1) or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} requested but CUDA is not available here; use the CPU")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
