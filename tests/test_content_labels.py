@@ -498,6 +498,10 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
     assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--overwrite"]) == 0
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert res["category_source"][0] == "fake" and "categories" not in res  # no human set beside a guess
+    filled = tmp_path / "filled.csv"  # a table labelled before, with people's set: not kept beside a guess either
+    assert cli_main(["label-content", str(csv), "--out", str(filled), "--quiet"]) == 0
+    assert cli_main(["label-content", str(filled), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert "categories" not in pd.read_csv(out, dtype=str, keep_default_na=False)
 
 
 def test_a_second_labeller_of_one_out_gets_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -525,6 +529,9 @@ def test_a_decimal_comma_is_refused_by_label_content_and_label_files(tmp_path, c
     (tmp_path / "l.csv").write_text("image,category\na.png,animal,0,9\n")
     with pytest.raises(LabelsError, match="a row has more cells than the header names"):
         read_labels(tmp_path / "l.csv")
+    # label-content writes a DATA file's comment line back: its output reads as a label file
+    (tmp_path / "l.csv").write_text("# mos_range: 1 5\nimage,mos,category\na.png,3,animal\n")
+    assert read_labels(tmp_path / "l.csv")["category"].tolist() == ["animal"]
 
 
 def test_a_label_files_rows_without_an_image_label_nothing(tmp_path):

@@ -667,6 +667,12 @@ def test_csv_cells_never_start_a_spreadsheet_formula(tmp_path, ckpt, monkeypatch
     back = read_results(tmp_path / "r.csv")[0]
     assert back["model"] == "@SUM(1)" and back["category"] == row["category"]
     assert rows_to_csv([back]).splitlines()[1].endswith(",-1.5")
+    values = ["-", "'-", "'=x", "''=x", "-1.5", "'-1.5", "@x", "'hello", "'"]  # an apostrophe of one's own is kept
+    (tmp_path / "r.csv").write_text(rows_to_csv([{**row, "path": f"{i}.png", "col": v} for i, v in enumerate(values)]))
+    for _ in range(2):  # written back as read, read again
+        back = read_results(tmp_path / "r.csv")
+        assert [r["col"] for r in back] == values
+        (tmp_path / "r.csv").write_text(rows_to_csv(back))
     # a model's own category names never reach label-content's or evaluate's tables as formulas
     from contentiqa.models import create_model
 

@@ -114,15 +114,12 @@ def _with_scene_categories(table, src: Path):
 def _read_csv(path: Path):
     """The CSV with every value kept as text (so unrelated columns round-trip unchanged), and
     its leading ``#`` comment line (e.g. ``# mos_range: 1 5``) if it has one."""
-    from ..data.table import read_csv_table
+    from ..data.table import leading_comment, read_csv_table
 
-    text = path.read_text(encoding="utf-8-sig")
-    comment = ""
-    if text.partition("\n")[0].lstrip().startswith("#"):  # its first line, as the dataset loader reads it
-        comment = text.partition("\n")[0] + "\n"
+    first = leading_comment(path)
     # as the dataset loader reads it: a decimal comma refused, a row's trailing comma no index
-    table = read_csv_table(path, skiprows=1 if comment else 0, dtype=str, keep_default_na=False)
-    return table, comment
+    table = read_csv_table(path, skiprows=int(first is not None), dtype=str, keep_default_na=False)
+    return table, "" if first is None else first + "\n"
 
 
 SAVE_EVERY = 64
@@ -173,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
     if "scene1" in table.columns and not args.overwrite:  # (--overwrite: every row labelled anew)
         table = _with_scene_categories(table, src)
+    elif args.overwrite and "categories" in table.columns:  # people's set is no part of a guess's row
+        table = table.drop(columns=["categories"])
     if args.model:
         from ._model_loading import check_model_named
 

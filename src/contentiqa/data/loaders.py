@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .registry import register_dataset
-from .table import MOSScale, canonical_columns, cell_path, read_csv_table, under_root
+from .table import MOSScale, canonical_columns, cell_path, leading_comment, read_csv_table, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
     import pandas as pd
@@ -429,9 +429,9 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
             raise ValueError(f"csv: {path} is a folder with {len(candidates)} CSV files; pass the CSV file itself")
         path = candidates[0]
     # utf-8-sig: a spreadsheet's byte-order mark must not hide the comment line
-    first = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()[:1]
-    commented = bool(first) and first[0].lstrip().startswith("#")
-    declared = _declared_range(first[0], path) if commented else None
+    first = leading_comment(path)
+    commented = first is not None
+    declared = _declared_range(first, path) if commented else None
     df = read_csv_table(path, skiprows=1 if commented else 0)
     written = list(df.columns)
     df.columns = canonical_columns(df.columns, path)

@@ -144,6 +144,14 @@ def standardize_table(table: pd.DataFrame, root: str | os.PathLike | None = None
     return out[cols].reset_index(drop=True)
 
 
+def leading_comment(path: str | os.PathLike) -> str | None:
+    """A CSV's first line when it is a ``#`` comment (``# mos_range: 1 5``, which label-content
+    writes back too), else None: every reader skips it."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        first = f.readline()
+    return first.rstrip("\r\n") if first.lstrip().startswith("#") else None
+
+
 def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFrame:
     """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
     stray comma keep their columns (pandas would otherwise take the first column for an index,

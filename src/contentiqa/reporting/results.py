@@ -141,7 +141,8 @@ def _csv_text(v: Any) -> str:
     own category or model name, '=HYPERLINK(...)') gets a leading apostrophe, as spreadsheets
     write literal text; numbers (a negative score) are left as they are."""
     cell = _cell(v)
-    if not isinstance(v, str) or not looks_like_formula(cell) or _NUMBER.fullmatch(cell):
+    # (apostrophes already before formula-like text get one more: reading back drops one)
+    if not isinstance(v, str) or not looks_like_formula(cell.lstrip("'")) or _NUMBER.fullmatch(cell):
         return cell  # a number read back as text (a column of one's own, on --resume) stays one
     return "'" + cell
 
@@ -179,8 +180,8 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ValueError("no 'path' column")
             # the apostrophe _csv_text put before a formula-like cell is no part of the value
-            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and looks_like_formula(v[1:]) else v)
-                     for k, v in r.items()} for r in reader]
+            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and looks_like_formula(v.lstrip("'"))
+                         else v) for k, v in r.items()} for r in reader]
         elif fmt == "json":
             rows = json.loads(text) if text.strip() else []
             if not isinstance(rows, list):
