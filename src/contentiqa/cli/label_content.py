@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from ..data.categories import normalize_category
-from ..data.labels import SCENE_COLUMNS
 from ..data.table import canonical_columns
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, output_lock, terminate_as_interrupt
@@ -162,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         table, comment = _read_csv(src)
     except Exception as exc:  # pandas raises several types for malformed CSVs
         raise UsageError(f"cannot read {src} as CSV: {exc}") from None
+    from ..data.labels import SCENE_COLUMNS  # (with pandas: not for `contentiqa --help`)
+
     try:  # as training reads them: one 'category'
         table.columns = canonical_columns(table.columns, src, also=SCENE_COLUMNS)
     except ValueError as exc:
