@@ -506,6 +506,28 @@ def test_a_recursive_glob_enters_no_linked_folder_and_ends(tmp_path, monkeypatch
     assert sorted(found) == ["a/b/y.png", "c/w.png", "x.png"] and time.time() - t0 < 5
 
 
+def test_folders_a_pattern_covers_and_folders_given_twice_are_no_rows_of_their_own(tmp_path, monkeypatch):
+    """'photos/**' gave the folders above the photos failed rows ("add --recursive"): exit 1 after
+    scoring every photo. A folder reached again through a link under another PATH was scanned twice,
+    its photos scored twice, while the note said they were not."""
+    from contentiqa.data.inputs import collect_inputs
+
+    for rel in ("photos/2023/01/a.jpg", "photos/2023/02/b.png", "lib/2024/c.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "lib" / "latest").symlink_to("2024", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert collect_inputs(["photos/**"], False) == [("photos/2023/01/a.jpg", None), ("photos/2023/02/b.png", None)]
+    for args in (["lib/**"], ["lib", "lib/latest"]):
+        notes: list[str] = []
+        assert collect_inputs(args, True, notes) == [("lib/2024/c.jpg", None)], args
+        assert any("not repeated" in n for n in notes)
+    # a pattern that yields nothing still gets its row, saying why
+    assert collect_inputs(["photos/*"], False) == [
+        ("photos/*", "no image files match this pattern (it matches folders: --recursive scores what is in their "
+                     "subfolders)")]
+
+
 def test_folder_scan_takes_every_pillow_format(tmp_path, ckpt):
     from PIL import features
 

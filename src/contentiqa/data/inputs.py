@@ -115,12 +115,13 @@ def _classify(scan: FolderScan, folder: str, name: str, recursive: bool) -> str 
     return None
 
 
-def list_folder(folder: str, recursive: bool) -> FolderScan:
+def list_folder(folder: str, recursive: bool, seen: set[tuple[int, int]] | None = None) -> FolderScan:
     """Image files in ``folder`` (sorted; hidden files and folders skipped), descending into
     subfolders (and linked folders, each real folder once, so link loops end) with
-    ``recursive``. Files are recognised by extension: every format Pillow can open."""
+    ``recursive``. Files are recognised by extension: every format Pillow can open. ``seen``:
+    the real folders scanned already (by device and inode), shared across calls."""
     scan = FolderScan()
-    seen: set[tuple[int, int]] = set()
+    seen = set() if seen is None else seen
     stack = [os.path.normpath(folder)]
     while stack:
         d = stack.pop()
@@ -205,6 +206,7 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
     is summarised in ``notes``."""
     out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
+    folders: set[tuple[int, int]] = set()  # every PATH's: a folder given again, or reached by a link, once
     notes = notes if notes is not None else []
 
     def add(path: str, error: str | None = None) -> None:
@@ -216,14 +218,22 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
     def expand(arg: str, from_glob: bool) -> None:
         p = os.path.expanduser(arg)
         if os.path.isdir(p):
-            scan = list_folder(p, recursive)
+            st = os.stat(p)
+            if (st.st_dev, st.st_ino) in folders:
+                if not from_glob:
+                    notes.append(f"{p}: scanned already under another PATH, not repeated")
+                return
+            scan = list_folder(p, recursive, folders)
             for f in scan.files:
                 add(f)
             for f, err in scan.problems:
                 add(f, err)
             if not scan.files and not scan.problems:
-                hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
-                add(p, f"folder contains no image files{hint}")
+                # (a folder a pattern matched, such as the levels above the photos 'photos/**'
+                # covers, is no input of its own: the pattern gets a row if it yields nothing)
+                if not from_glob:
+                    hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
+                    add(p, f"folder contains no image files{hint}")
             elif scan.subfolders_skipped:
                 notes.append(f"{p}: {len(scan.subfolders_skipped)} subfolder(s) not searched "
                              f"(e.g. {scan.subfolders_skipped[0]}): add --recursive to score their images")
@@ -238,10 +248,13 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
                              f"name, not repeated (e.g. {scan.links_seen[0]})")
         elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
             matches = expand_glob(p)
-            if not matches:
-                add(arg, "no files match this pattern")
+            before = len(out)
             for m in matches:
                 expand(m, True)
+            if len(out) == before and not any(path_key(m) in seen for m in matches):
+                folders_only = not recursive and any(os.path.isdir(m) for m in matches)
+                add(arg, "no files match this pattern" if not matches else "no image files match this pattern"
+                    + (" (it matches folders: --recursive scores what is in their subfolders)" if folders_only else ""))
         elif os.path.islink(p) and not os.path.exists(p):
             add(p, "broken symbolic link or link loop")
         else:
