@@ -368,7 +368,7 @@ def test_mistakes_that_could_only_fail_later_are_said_before_any_row_trains(tiny
     with pytest.raises(ConfigError, match=r"row\(s\) \['IQA-CR'\]: no split seed \[0\]; seeds: \[1\]"):
         run_experiment(path, tmp_path / "a", progress=False, log=None, only=["IQA-CR"], seeds=[0])
     ratio = {**cfg, "runs": [{**cfg["runs"][0], "train": {"dataset_ratio": {"TINY": 1, "tiny": 2}}}]}
-    with pytest.raises(ConfigError, match="dataset_ratio .* must give a positive draw"):
+    with pytest.raises(ConfigError, match="dataset_ratio draws from several training sets: this run has one"):
         run_experiment(ratio, tmp_path / "b", progress=False, log=None, base_dir=root)
     assert not (tmp_path / "b" / "runs").exists()
     monkeypatch.setenv("CKPT", "last")  # every string may use ${VAR}: checkpoint too

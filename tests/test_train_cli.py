@@ -443,6 +443,20 @@ def test_resume_refuses_a_test_part_holding_photos_it_trained_on(tmp_path, capsy
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.parametrize("setting, said", [
+    ("monitor=accuracy", "monitor 'accuracy': iqa-cr-q gives no category to measure it on"),  # after epoch 1, lost
+    ("dataset_ratio={TINY: 1}", "dataset_ratio draws from several training sets: this run has one"),  # after caching
+    ("dataset_ratio={A: .inf}", "dataset_ratio maps training sets to draws above 0"),  # an OverflowError
+    ("dataset_ratio=2", "dataset_ratio maps training sets to draws above 0"),  # "'int' object is not iterable"
+    ("score_weight=0", "every loss term of this model is weighted 0"),  # trained nothing, said nothing
+])
+def test_settings_that_fail_late_or_train_nothing_are_refused_first(tmp_path, capsys, setting, said):
+    data = table(tmp_path, n=12, split=["train"] * 8 + ["val"] * 2 + ["test"] * 2)
+    assert train(data, tmp_path / "run", "--set", setting) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "run" / "cache").exists()  # before any photo is encoded
+
+
 def test_resume_refuses_another_mos_scale(tmp_path, capsys):
     """One dataset's scale was not compared: its guess changed with the rows (or a declared range),
     and the run went on learning other targets, its config claiming the new scale for all of it."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -559,7 +560,8 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
         key = json.dumps([run.model, run.model_args], sort_keys=True, default=str)
         try:
             if key not in built:
-                built[key] = create_model(run.model, pretrained=False, **run.model_args).predicts_score
+                made = create_model(run.model, pretrained=False, **run.model_args)
+                built[key] = (made.predicts_score, made.has_content_head)
         except (WeightsUnavailableError, FileNotFoundError) as exc:
             if unavailable is not None:  # else said when the row's turn comes (it is skipped then)
                 unavailable[run.name] = str(exc)
@@ -568,8 +570,9 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
         if key in built:
             settings = TrainConfig.from_dict({**run.train, **({"device": device} if device is not None else {})})
             try:
-                check_settings(settings, run.model, built[key], bool(validated),
-                               set(validated) if len(cfg.train_sets) > 1 else None)
+                check_settings(settings, run.model, built[key][0], bool(validated),
+                               set(validated) if len(cfg.train_sets) > 1 else None, built[key][1],
+                               [ts.label for ts in cfg.train_sets] if len(cfg.train_sets) > 1 else None)
             except ValueError as exc:
                 raise ConfigError(f"run {run.name}: {exc}") from None
         ratio = run.train.get("dataset_ratio")
@@ -591,7 +594,7 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
 
 def _positive_number(value: Any) -> bool:
     try:
-        return not isinstance(value, bool) and float(value) > 0
+        return not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
         return False
 

@@ -205,6 +205,12 @@ class TrainConfig:
         if self.monitor is not None and self.monitor.rsplit("/", 1)[-1] not in VALIDATION_METRICS:
             raise ValueError(f"monitor {self.monitor!r} is no validation metric: one of {', '.join(VALIDATION_METRICS)}, "
                              "or SET/metric for one training set's")
+        if self.dataset_ratio is not None and not (
+                isinstance(self.dataset_ratio, dict) and self.dataset_ratio
+                and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                        for v in self.dataset_ratio.values())):
+            raise ValueError("training option dataset_ratio maps training sets to draws above 0 (e.g. {CLIVE: 1, "
+                             f"BIQ2021: 3}}), not {self.dataset_ratio!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay is the weight of the average at each step, in (0, 1): got {self.ema_decay}")
         if self.interpolate is not None:

@@ -141,13 +141,32 @@ def architecture(cfg: dict) -> dict:
 
 
 def check_settings(cfg: TrainConfig, model: str, predicts_score: bool, has_val: bool,
-                   val_sets: Collection[str] | None) -> torch.device:
+                   val_sets: Collection[str] | None, predicts_category: bool = False,
+                   train_sets: Collection[str] | None = None) -> torch.device:
     """The device to train on, or the ValueError of a setting this model and these parts cannot
     train with, from what is known before any photo is read: the Trainer's first checks, and
     what `contentiqa experiment` checks of every row before the first trains (a row failing at
-    its turn came after hours of the rows before it). ``val_sets``: the datasets of a
-    validation part of several (None: one dataset)."""
+    its turn came after hours of the rows before it). ``val_sets``/``train_sets``: the datasets
+    of a validation/training part of several (None: one dataset); ``predicts_category``: the
+    model has a content head."""
     device = resolve_device(cfg.device)  # an unknown or absent device
+    metric = None if cfg.monitor is None else cfg.monitor.rsplit("/", 1)[-1]
+    if (metric in ("accuracy", "acceptable") and not predicts_category) or \
+            (metric in ("srocc", "plcc", "krocc", "rmse") and not predicts_score):
+        # found at the end of the first epoch, before its last.pt: the epoch lost
+        raise ValueError(f"monitor {cfg.monitor!r}: {model} gives no {'category' if metric in ('accuracy', 'acceptable') else 'score'}"
+                         " to measure it on")
+    if cfg.dataset_ratio:  # found after every photo was encoded
+        if train_sets is None:
+            raise ValueError("dataset_ratio draws from several training sets: this run has one")
+        if set(cfg.dataset_ratio) - set(train_sets):
+            raise ValueError(f"dataset_ratio names {sorted(set(cfg.dataset_ratio) - set(train_sets))}: the training "
+                             f"sets are {sorted(train_sets)}")
+    terms = [cfg.score_weight if predicts_score else 0, cfg.category_weight if predicts_category else 0,
+             cfg.rank_weight, cfg.damage_weight, cfg.anchor_weight]
+    if not any(terms):  # every step's loss 0: weight decay alone, and a "best epoch" all the same
+        raise ValueError("every loss term of this model is weighted 0 (score_weight, category_weight, rank_weight, "
+                         "damage_weight, anchor_weight): nothing would train")
     if cfg.cache_runtime == "onnx" and cfg.cache_stages and device.type != "cpu":
         # its encoder runs ONNX Runtime on the CPU beside the model: on an accelerator it would
         # compare and feed tensors of two devices; PyTorch encodes there at least as fast
@@ -269,7 +288,8 @@ class Trainer:
         model.set_scale(scale)
         self.device = check_settings(
             cfg, model.model_name, model.predicts_score, self.val_table is not None,
-            None if self.scales is None or self.val_table is None else set(self.val_table["dataset"]))
+            None if self.scales is None or self.val_table is None else set(self.val_table["dataset"]),
+            model.has_content_head, None if self.scales is None else list(self.scales))
         if cfg.calibrate:
             from .calibration import MIN_PAIRS
 
