@@ -453,6 +453,7 @@ def test_paths_after_an_option_are_paths_too(tmp_path, ckpt, capsys):
     (["train", "--data", "d.csv", "-m", ""], "argument --model/-m: an empty model name"),  # iqa-cr trained
     (["label-content", "", "-o", "l.csv"], "argument DATA.csv: an empty path"),  # was ". is not a file"
     (["analyze-intelligibility", "", "--out", "a.csv"], "argument data: an empty path"),
+    (["experiment", ""], "argument CONFIG.yaml: an empty path"),  # was ". is a folder, not a config file"
 ])
 def test_an_empty_argument_is_a_usage_error_not_the_default(argv, said, capsys):
     """An unset shell variable's empty word was taken for "not given" (or for '.')."""

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--check lists which configs can run (default: every configs/*.yaml)."
         ),
     )
-    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="experiment config file(s)")
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", type=user_path, help="experiment config file(s)")
     p.add_argument("--out", type=user_path, default=None, help="results folder (one config only)")
     p.add_argument("--check", action="store_true",
                    help="do not run: list each config as ready / partial / missing / invalid (each row's model built "
