@@ -475,7 +475,7 @@ def test_symlink_loops_unreadable_folders_and_hints(tmp_path, ckpt, capsys, monk
     rows = {Path(r["path"]).relative_to(root).as_posix(): r for r in _rows(out)}
     assert rows["sub/img0.jpg"]["score"] and "sub/up/img0.jpg" not in rows  # the loop is entered once
     assert "folder cannot be read" in rows["locked"]["error"] and "Permission denied" in rows["locked"]["error"]
-    assert "already scanned" in err
+    assert "scanned already (an earlier PATH, or a link to it), not repeated" in err
 
 
 def test_a_recursive_glob_enters_no_linked_folder_and_ends(tmp_path, monkeypatch):
@@ -526,6 +526,14 @@ def test_folders_a_pattern_covers_and_folders_given_twice_are_no_rows_of_their_o
     assert collect_inputs(["photos/*"], False) == [
         ("photos/*", "no image files match this pattern (it matches folders: --recursive scores what is in their "
                      "subfolders)")]
+    # ... and none when what it matches was given already; a matched folder's subfolders left unsearched are said
+    assert collect_inputs(["photos/2023/01", "photos/2023/0[1]"], False) == [("photos/2023/01/a.jpg", None)]
+    (tmp_path / "photos" / "2022").mkdir()
+    (tmp_path / "photos" / "2022" / "d.jpg").write_bytes(b"")
+    notes = []
+    assert collect_inputs(["photos/*"], False, notes) == [("photos/2022/d.jpg", None)]
+    assert notes == ["photos/*: 2 subfolder(s) of the folders it matches not searched (e.g. photos/2023/01): "
+                     "add --recursive to score their images"]
 
 
 def test_folder_scan_takes_every_pillow_format(tmp_path, ckpt):

@@ -448,6 +448,7 @@ def test_resume_refuses_a_test_part_holding_photos_it_trained_on(tmp_path, capsy
     ("dataset_ratio={TINY: 1}", "dataset_ratio draws from several training sets: this run has one"),  # after caching
     ("dataset_ratio={A: .inf}", "dataset_ratio maps training sets to draws above 0"),  # an OverflowError
     ("dataset_ratio=2", "dataset_ratio maps training sets to draws above 0"),  # "'int' object is not iterable"
+    ("dataset_ratio={A: 1" + "0" * 400 + "}", "dataset_ratio maps training sets to draws above 0"),  # OverflowError
     ("score_weight=0", "every loss term of this model is weighted 0"),  # trained nothing, said nothing
 ])
 def test_settings_that_fail_late_or_train_nothing_are_refused_first(tmp_path, capsys, setting, said):

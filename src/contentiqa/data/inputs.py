@@ -215,28 +215,32 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
             seen.add(k)
             out.append((path, error))
 
-    def expand(arg: str, from_glob: bool) -> None:
+    def expand(arg: str, from_glob: bool, passed: list[str] | None = None) -> bool:
+        """Add what ``arg`` stands for; whether it stood for anything (rows, or a folder scanned
+        already). ``passed``: a pattern's folders with subfolders not searched, to note after it."""
         p = os.path.expanduser(arg)
         if os.path.isdir(p):
             st = os.stat(p)
             if (st.st_dev, st.st_ino) in folders:
                 if not from_glob:
-                    notes.append(f"{p}: scanned already under another PATH, not repeated")
-                return
+                    notes.append(f"{p}: scanned already (an earlier PATH, or a link to it), not repeated")
+                return True
             scan = list_folder(p, recursive, folders)
             for f in scan.files:
                 add(f)
             for f, err in scan.problems:
                 add(f, err)
-            if not scan.files and not scan.problems:
-                # (a folder a pattern matched, such as the levels above the photos 'photos/**'
-                # covers, is no input of its own: the pattern gets a row if it yields nothing)
-                if not from_glob:
-                    hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
-                    add(p, f"folder contains no image files{hint}")
-            elif scan.subfolders_skipped:
+            found = bool(scan.files or scan.problems)
+            if not found and not from_glob:
+                hint = " (it has subfolders: add --recursive)" if scan.subfolders_skipped else ""
+                add(p, f"folder contains no image files{hint}")
+            elif scan.subfolders_skipped and (found or passed is None):
                 notes.append(f"{p}: {len(scan.subfolders_skipped)} subfolder(s) not searched "
                              f"(e.g. {scan.subfolders_skipped[0]}): add --recursive to score their images")
+            elif scan.subfolders_skipped:
+                # a folder a pattern matched (the levels above the photos 'photos/**' covers) is no
+                # input of its own: its subfolders are noted unless the pattern reached them
+                passed.extend(scan.subfolders_skipped)
             if scan.not_images:
                 notes.append(f"{p}: {len(scan.not_images)} file(s) without an image extension skipped "
                              f"(e.g. {scan.not_images[0]}); name a file to have it attempted anyway")
@@ -244,21 +248,28 @@ def collect_inputs(args_paths: list[str], recursive: bool, notes: list[str] | No
                 notes.append(f"{p}: {len(scan.hidden)} hidden file(s) or folder(s) skipped (e.g. {scan.hidden[0]}); "
                              "name a file to have it attempted anyway")
             if scan.links_seen:
-                notes.append(f"{p}: {len(scan.links_seen)} linked folder(s) already scanned under another "
-                             f"name, not repeated (e.g. {scan.links_seen[0]})")
-        elif not os.path.lexists(p) and not from_glob and glob.has_magic(p):
+                notes.append(f"{p}: {len(scan.links_seen)} folder(s) scanned already (an earlier PATH, or a link "
+                             f"to it), not repeated (e.g. {scan.links_seen[0]})")
+            return found or not from_glob
+        if not os.path.lexists(p) and not from_glob and glob.has_magic(p):
             matches = expand_glob(p)
-            before = len(out)
-            for m in matches:
-                expand(m, True)
-            if len(out) == before and not any(path_key(m) in seen for m in matches):
+            passed: list[str] = []
+            if not any([expand(m, True, passed) for m in matches]):
                 folders_only = not recursive and any(os.path.isdir(m) for m in matches)
                 add(arg, "no files match this pattern" if not matches else "no image files match this pattern"
                     + (" (it matches folders: --recursive scores what is in their subfolders)" if folders_only else ""))
-        elif os.path.islink(p) and not os.path.exists(p):
+            else:
+                reached = {path_key(m) for m in matches}
+                missed = [d for d in passed if path_key(d) not in reached]
+                if missed:
+                    notes.append(f"{arg}: {len(missed)} subfolder(s) of the folders it matches not searched "
+                                 f"(e.g. {missed[0]}): add --recursive to score their images")
+            return True
+        if os.path.islink(p) and not os.path.exists(p):
             add(p, "broken symbolic link or link loop")
         else:
             add(p)  # a file (always attempted) or a missing path (an error row)
+        return True
 
     for a in args_paths:
         expand(a, False)

@@ -595,7 +595,7 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
 def _positive_number(value: Any) -> bool:
     try:
         return not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
