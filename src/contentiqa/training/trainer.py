@@ -151,11 +151,11 @@ def check_settings(cfg: TrainConfig, model: str, predicts_score: bool, has_val: 
     model has a content head."""
     device = resolve_device(cfg.device)  # an unknown or absent device
     metric = None if cfg.monitor is None else cfg.monitor.rsplit("/", 1)[-1]
-    if (metric in ("accuracy", "acceptable") and not predicts_category) or \
-            (metric in ("srocc", "plcc", "krocc", "rmse") and not predicts_score):
+    of_categories = metric in ("accuracy", "acceptable")
+    if (of_categories and not predicts_category) or (metric is not None and not of_categories and not predicts_score):
         # found at the end of the first epoch, before its last.pt: the epoch lost
-        raise ValueError(f"monitor {cfg.monitor!r}: {model} gives no {'category' if metric in ('accuracy', 'acceptable') else 'score'}"
-                         " to measure it on")
+        raise ValueError(f"monitor {cfg.monitor!r}: {model} gives no {'category' if of_categories else 'score'} "
+                         "to measure it on")
     if cfg.dataset_ratio:  # found after every photo was encoded
         if train_sets is None:
             raise ValueError("dataset_ratio draws from several training sets: this run has one")
