@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.torch_runtime import TorchScorer
     from ..reporting.results import model_record
 
-    metrics = {**model_record(TorchScorer(model, precision="fp32").identity), "model_spec": args.model, "data": str(args.data), "part": args.part if part else None,
+    metrics = {**model_record(TorchScorer(model, precision="fp32").identity), "model_spec": args.model,
+               "data": str(args.data), "part": args.part if part else None,
                "split": str(args.split) if args.split else ("column" if part else None),
                "split_index": args.split_index if args.split else None,
                "split_seed": split.seed if args.split and split is not None else None,

@@ -30,9 +30,10 @@ Nothing is lost: --output is checked writable and locked (a second run writing t
 is refused) before scoring; an existing --output needs --resume (finish it: only inputs not yet
 scored are run, and only with the model that scored the rest) or --force (replace it). Results
 are saved every --flush-every rows (an HTML report at most every 30 s), and on Ctrl-C, SIGTERM
-(a batch system's time limit) or SIGHUP; if --output cannot be written, they go to a rescue file in the temporary folder, named
-in the message. Every row records the model, its weights file and SHA-256, the precision it ran in
-(fp32 / int8 graph, or bf16 / fp16 autocast) and the version; --resume refuses to mix them.
+(a batch system's time limit) or SIGHUP; if --output cannot be written, they go to a rescue file
+in the temporary folder, named in the message. Every row records the model, its weights file and
+SHA-256, the precision it ran in (fp32 / int8 graph, or bf16 / fp16 autocast) and the version;
+--resume refuses to mix them.
 --explain (heatmaps in the HTML report) needs PyTorch: pip install 'contentiqa[torch]'.
 
 Exit code: 0 every input scored, 1 some failed (the output still lists every input),

@@ -147,6 +147,11 @@ def _csv_text(v: Any) -> str:
     return "'" + cell
 
 
+def _from_csv_text(cell: str) -> str:
+    """A cell other than the path as :func:`_csv_text` was given it: its apostrophe dropped."""
+    return cell[1:] if cell[:1] == "'" and looks_like_formula(cell.lstrip("'")) else cell
+
+
 def _json_row(r: dict[str, Any]) -> dict[str, Any]:
     r = normalize_row(r)
     extra = {k: v for k, v in r.items() if k not in FIELDS}
@@ -179,9 +184,8 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             reader = csv.DictReader(io.StringIO(text))
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ValueError("no 'path' column")
-            # the apostrophe _csv_text put before a formula-like cell is no part of the value
-            rows = [{k: (v[1:] if k != "path" and isinstance(v, str) and v[:1] == "'" and looks_like_formula(v.lstrip("'"))
-                         else v) for k, v in r.items()} for r in reader]
+            rows = [{k: _from_csv_text(v) if k != "path" and isinstance(v, str) else v for k, v in r.items()}
+                    for r in reader]
         elif fmt == "json":
             rows = json.loads(text) if text.strip() else []
             if not isinstance(rows, list):
