@@ -2,8 +2,14 @@
 // Everything is local (no CDN); the photos go to this server only.
 "use strict";
 
-const state = { key: sessionStorage.getItem("contentiqa-key") || "", model: null, cards: [] };
+// HTTP headers carry Latin-1 only, and the server takes printable ASCII keys: a key pasted with
+// a zero-width space or a curly quote would make every fetch throw before it is sent.
+const KEY_CHARS = /^[\x20-\x7e]+$/;
+const stored = sessionStorage.getItem("contentiqa-key") || "";
+const state = { key: KEY_CHARS.test(stored) ? stored : "", model: null, cards: [] };
 const $ = (sel) => document.querySelector(sel);
+// Room for the multipart form's own lines around a photo's bytes.
+const FORM_OVERHEAD = 1024;
 
 function headers() {
   return state.key ? { "X-API-Key": state.key } : {};
@@ -21,7 +27,14 @@ function askForKey() {
 }
 
 async function loadModel() {
-  const res = await fetch("/v1/models", { headers: headers() });
+  let res;
+  try {
+    res = await fetch("/v1/models", { headers: headers() });
+  } catch (e) {  // the server is unreachable (stopped, or the network): say so and try again
+    $("#model-info").textContent = `cannot reach the server (${e.message}); trying again…`;
+    setTimeout(loadModel, 3000);
+    return false;
+  }
   if (res.status === 401) {
     askForKey();
     return false;
@@ -118,15 +131,24 @@ async function scoreCard(card) {
     el.querySelector(".notes").textContent = row.notes || "";
     return true;
   } catch (e) {
-    card.failed = true;
-    el.classList.add("failed");
-    el.querySelector(".score").textContent = "–";
-    el.querySelector(".error").textContent = e.message;
-    return false;
+    return failCard(card, e.message);
   } finally {
-    el.classList.add("done");
+    card.el.classList.add("done");
     resort();
   }
+}
+
+function bytesText(n) {
+  return n >= 2 ** 20 ? `${+(n / 2 ** 20).toFixed(1)} MiB` : `${+(n / 1024).toFixed(1)} KiB`;
+}
+
+function failCard(card, message) {
+  card.failed = true;
+  card.el.classList.add("failed", "done");
+  card.el.querySelector(".score").textContent = "–";
+  card.el.querySelector(".error").textContent = message;
+  resort();
+  return false;
 }
 
 async function heatmapCard(card) {
@@ -158,6 +180,11 @@ async function handleFiles(fileList) {
   if (!state.model && !(await loadModel())) { setStatus(`not connected to the model yet${skipNote}`); return; }
   const cards = files.map(makeCard);
   let next = 0, done = 0, failed = 0;
+  // A photo over the server's upload limit is refused before it is sent: the server answers
+  // such a request at once and closes the connection, which a browser still sending the body
+  // may report as a bare network error instead of the server's reason.
+  const limit = state.limits && state.limits.max_upload_bytes;
+  const tooLarge = (card) => limit && card.file.size + FORM_OVERHEAD > limit;
   // A photo that could not be scored is counted as such, never as scored.
   const tally = () => `${done - failed} of ${cards.length} photo(s) scored` + (failed ? `, ${failed} failed` : "");
   setStatus(`scoring ${cards.length} photo(s)…`);
@@ -165,7 +192,10 @@ async function handleFiles(fileList) {
   async function worker() {
     while (next < cards.length) {
       const card = cards[next++];
-      if (!(await scoreCard(card))) failed++;
+      const ok = tooLarge(card)
+        ? failCard(card, `larger than this server's upload limit of ${bytesText(limit)}`)
+        : await scoreCard(card);
+      if (!ok) failed++;
       done++;
       setStatus(tally());
     }
@@ -183,8 +213,17 @@ function setup() {
   drop.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
   $("#file-input").addEventListener("change", (e) => { handleFiles(e.target.files); e.target.value = ""; });
   $("#key-save").addEventListener("click", () => {
-    state.key = $("#api-key").value.trim();
-    sessionStorage.setItem("contentiqa-key", state.key);
+    const key = $("#api-key").value.trim();
+    if (!KEY_CHARS.test(key)) {
+      const bad = [...key].find((ch) => !KEY_CHARS.test(ch));
+      $("#model-info").textContent = bad === undefined
+        ? "enter the API key first"
+        : `an API key has printable ASCII characters only: this one has U+${bad.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")} (pasted along with it?)`;
+      $("#api-key").focus();
+      return;
+    }
+    state.key = key;
+    sessionStorage.setItem("contentiqa-key", key);
     loadModel();
   });
   loadModel();
