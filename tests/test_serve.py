@@ -588,8 +588,16 @@ def test_api_docs_work_offline(model):
 
 def test_page_and_its_assets_are_local(model):
     with client_for(model) as c:
-        html = c.get("/").text
+        r = c.get("/")
+        html = r.text
         assert '<input id="file-input" type="file"' in html
+        # its own script and style only, and not framed by another site; the page keeps to it
+        # (no inline script or style, which the policy would block)
+        policy = r.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js">']
+        assert "<style" not in html and " style=" not in html
         for asset in ("/static/app.js", "/static/style.css"):
             r = c.get(asset)
             assert r.status_code == 200 and len(r.text) > 100
@@ -1118,12 +1126,29 @@ def _page(app):
             except Exception as exc:  # a browser build Playwright cannot drive
                 pytest.skip(f"cannot start {browser_path} with Playwright: {str(exc).splitlines()[0]}")
             try:
-                yield browser.new_page(), f"http://127.0.0.1:{port}/"
+                page = browser.new_page()
+                # the page keeps to its own Content-Security-Policy: nothing it needs is blocked
+                blocked: list[str] = []
+                page.on("console", lambda m: blocked.append(m.text)
+                        if m.type == "error" and "Content Security Policy" in m.text else None)
+                yield page, f"http://127.0.0.1:{port}/"
+                assert not blocked, blocked
             finally:
                 browser.close()
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def _wait(page, condition: str, timeout: float = 5_000) -> None:
+    """Wait until the page's ``condition`` holds. Playwright's wait_for_function compiles its
+    text inside the page, which the page's Content-Security-Policy (no eval) forbids;
+    ``evaluate`` runs it from outside."""
+    end = time.monotonic() + timeout / 1000
+    while not page.evaluate(condition):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {condition}")
+        time.sleep(0.05)
 
 
 def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
@@ -1142,17 +1167,17 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
     with _page(app) as (page, url):
         page.goto(url)
         info = "document.querySelector('#model-info').textContent"
-        page.wait_for_function(f"{info}.includes('needs an API key')")
+        _wait(page, f"{info}.includes('needs an API key')")
         page.fill("#api-key", "wrong")  # a wrong key is said to be wrong (issue 22)
         page.click("#key-save")
-        page.wait_for_function(f"{info}.includes('refused this API key')")
+        _wait(page, f"{info}.includes('refused this API key')")
         page.fill("#api-key", "s3cret")
         page.click("#key-save")
-        page.wait_for_function(f"{info}.includes('model')")
+        _wait(page, f"{info}.includes('model')")
         page.set_input_files("#file-input", [str(p) for p in photos.values()]
                              + [str(tmp_path / "notes.txt"), str(tmp_path / "bomb.png")])
-        page.wait_for_function("document.querySelectorAll('.card.done').length == 3", timeout=30_000)
-        page.wait_for_function("document.querySelector('#status').textContent.includes('done')",
+        _wait(page, "document.querySelectorAll('.card.done').length == 3", timeout=30_000)
+        _wait(page, "document.querySelector('#status').textContent.includes('done')",
                                timeout=30_000)
         # the file that is not an image is named, not dropped silently (issue 22)
         assert "skipped notes.txt (not an image)" in page.text_content("#status")
@@ -1165,7 +1190,7 @@ def test_page_scores_a_photo_in_a_real_browser(model, tmp_path):
         assert all(r["category"] in c for r, c in zip(expected, categories))
         bomb = page.text_content(".card.failed .error")  # advice a web user can follow
         assert "send a smaller photo" in bomb and "max_pixels" not in bomb
-        page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
+        _wait(page, "document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
                                timeout=30_000)  # both heatmaps arrived
 
 
@@ -1184,14 +1209,14 @@ def test_page_shows_a_content_only_models_categories_in_a_real_browser(tmp_path)
     (tmp_path / "bomb.png").write_bytes(big_png(2000, 1000))
     with _page(create_app(ServeConfig(max_pixels=1_000_000), model=loaded(model))) as (page, url):
         page.goto(url)
-        page.wait_for_function("document.querySelector('#model-info').textContent.includes('model')")
+        _wait(page, "document.querySelector('#model-info').textContent.includes('model')")
         assert "content categories only" in page.text_content("#model-info")
         page.set_input_files("#file-input", [str(tmp_path / n) for n in ("bomb.png", "a.jpg", "b.jpg")])
-        page.wait_for_function("document.querySelector('#status').textContent.includes('done')", timeout=30_000)
+        _wait(page, "document.querySelector('#status').textContent.includes('done')", timeout=30_000)
         assert "2 of 3 photo(s) scored, 1 failed" in page.text_content("#status")
         assert [el.text_content() for el in page.query_selector_all(".card .name")] == ["a.jpg", "b.jpg", "bomb.png"]
         assert all(el.text_content() for el in page.query_selector_all(".card:not(.failed) .category"))
-        page.wait_for_function("document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
+        _wait(page, "document.querySelectorAll(\".card .heatmap[src^='blob:']\").length == 2",
                                timeout=30_000)
 
 

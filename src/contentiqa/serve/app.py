@@ -56,6 +56,14 @@ API_KEY_ENV = "CONTENTIQA_API_KEY"
 SERVER_BOMB_HINT = "send a smaller photo: the limit is this server's (its operator sets it)"
 """What a client is told to do about an image over the pixel limit (it cannot raise the limit)."""
 DOCS_ASSETS = "/docs-assets"
+# The page loads its own script and style only and shows photos as blob: URLs; should a file
+# name or a model's text ever reach the page as markup, no script from elsewhere runs, and no
+# other site can frame the page to collect an API key typed into it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 """Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 
 
@@ -822,7 +830,7 @@ def create_app(
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(RequestGuard, service=svc)
