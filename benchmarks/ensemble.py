@@ -6,7 +6,8 @@ by split, so that the ship gate can judge them; and shipped from shipped weights
         --rows "IE-IQA distortion only, probe + anchors 0.1, then 1:3 from it, mixed on both sets" \\
                "IQA-CR, probe + anchors 0.1, then 1:3 from it with damage 0.3, mixed on both sets" \\
         --name ie-iqa-distortion+iqa-cr --out ../runs/valgate_ensemble
-    python benchmarks/ship_gate.py --part val --candidate ../runs/valgate_ensemble --candidate-row "<the row it printed>" ...
+    python benchmarks/ship_gate.py --part val --candidate ../runs/valgate_ensemble --candidate-row "<the row it printed>" \\
+        --name ie-iqa-distortion+iqa-cr ...
 
     # rows of two experiments on the same splits (a clive-dev-only row as a third member)
     python benchmarks/ensemble.py --runs ../runs/valgate3 --member-runs ../runs/valgate3 ../runs/valgate3 \\

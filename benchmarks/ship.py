@@ -73,6 +73,17 @@ def figures_from(results: Path | None, row: str) -> str:
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
 
+def check_results(results: Path, row: str) -> None:
+    """SystemExit unless ``results`` is an experiment's results.json holding ``row``'s figures."""
+    try:
+        runs = json.loads(results.read_text()).get("runs", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SystemExit(f"--results {results}: cannot read it as an experiment's results.json ({exc})") from None
+    entry = runs.get(row) if isinstance(runs, dict) else None
+    if not isinstance(entry, dict) or not entry.get("summary"):
+        raise SystemExit(f"--results {results}: no figures for row {row!r} (it has {sorted(runs) if isinstance(runs, dict) else []})")
+
+
 def on_each_set(tcfg, cfg) -> bool:
     """Whether the output calibration was fitted on every training set's validation photos."""
     return tcfg.calibrate_on == "each" and len(cfg.train_sets) > 1
@@ -391,6 +402,10 @@ def shipped_weights(run_dir: Path | None) -> tuple[int, str] | None:
     seed = run_dir.name.removeprefix("seed")
     if not seed.isdigit() or not run_weights(run_dir).is_file():
         raise SystemExit(f"--from-run {run_dir}: not an experiment's run folder (runs/<row>/seed<S> with tested.pt or best.pt)")
+    # the card and checkpoint are written from the run's settings and epochs: read them before any work
+    for needed in ("config.json", "metrics.jsonl"):
+        if not (run_dir / needed).is_file():
+            raise SystemExit(f"--from-run {run_dir}: {needed} is missing (the run's settings and epochs, for the card)")
     return int(seed), file_sha256(run_weights(run_dir))
 
 
@@ -432,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     run = next((r for r in cfg.runs if r.name == args.row), None)
     if run is None:
         raise SystemExit(f"{args.config}: no row {args.row!r}; rows: {[r.name for r in cfg.runs]}")
+    if args.results is not None:  # the card's figures: a misspelt file or row would ship a card without them
+        check_results(args.results, args.row)
     gate = gate_for(run.model, args.row, args.tag, args.weights_dir, default=args.default, override=args.override_gate,
                     recipe=run.recipe_sha256, tested=shipped_weights(args.from_run), data=cfg.data_sha256)
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,

@@ -304,6 +304,47 @@ def parts(args, seed: int, clive, split, biq_table, tested=frozenset()):
     return val, biq_table.iloc[biq_split.indices(biq_table, "val")]
 
 
+def said(precisions: set[str]) -> str:
+    """The precision(s) a side was scored at over its seeds: one, or each of a mix."""
+    return ",".join(sorted(precisions))
+
+
+def scoring_fingerprint() -> str:
+    """A hash of the package's code and version: stored score tables are keyed by it, so that a
+    changed runtime, default precision or preprocessing is judged as it scores now."""
+    import contentiqa
+
+    h = hashlib.sha1(contentiqa.__version__.encode())
+    package = Path(contentiqa.__file__).parent
+    for module_file in sorted(package.rglob("*.py")):
+        h.update(str(module_file.relative_to(package)).encode())
+        h.update(module_file.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def val_inputs(candidate: Path, seeds: list[int]) -> None:
+    """SystemExit unless the candidate's experiment holds what ``--part val`` reads: its config
+    and the BIQ2021 splits of every seed."""
+    from contentiqa.data import load_splits
+
+    for needed in ("config.yaml", "splits_BIQ2021.json"):
+        if not (candidate / needed).is_file():
+            raise SystemExit(f"--part val: {candidate / needed} is missing (the candidate's experiment folder holds "
+                             "its validation parts there)")
+    try:
+        have = {s.seed for s in load_splits(candidate / "splits_BIQ2021.json")}
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--part val: {candidate / 'splits_BIQ2021.json'}: {exc}") from None
+    if not set(seeds) <= have:
+        raise SystemExit(f"--part val: {candidate / 'splits_BIQ2021.json'} has seeds {sorted(have)}, not {seeds}")
+
+
+def recorded_model(runs: Path, row: str) -> str | None:
+    """The row's model in the experiment folder's config.yaml; None where the row is not there."""
+    cfg = _recorded_config(runs)
+    return None if cfg is None else next((r.model for r in cfg.runs if r.name == row), None)
+
+
 def tested_model(runs: Path, row: str, seed: int) -> Path:
     from contentiqa.experiments.config import slugify
 
@@ -374,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of --baseline: that row's per-seed measures from an earlier gate's JSON "
                          "(e.g. benchmarks/results/ship_gate_ie-iqa.json, where the default's recipe was the candidate)")
     ap.add_argument("--baseline-row", required=True)
-    ap.add_argument("--name", default="ie-iqa", help="the model whose default is at stake (results file name)")
+    ap.add_argument("--name", default=None,
+                    help="the model whose default is at stake (results file name, targets; default: the candidate "
+                         "row's model in its config.yaml)")
     ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "ship_gate", help="suite images and score tables")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--part", choices=("test", "val"), default="test",
@@ -384,6 +427,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the table to STEM.md and STEM.json (default: benchmarks/results/ship_gate_<name>, "
                          "or selection_<name> with --part val); e.g. a rejected candidate's own file")
     args = ap.parse_args(argv)
+    row_model = recorded_model(args.candidate, args.candidate_row)
+    if args.name is None:
+        if row_model is None:
+            ap.error(f"--name: the candidate row {args.candidate_row!r} is not in {args.candidate / 'config.yaml'}: "
+                     "say which model's default is at stake")
+        args.name = row_model
+    elif row_model is not None and row_model != args.name:
+        # ship.py reads ship_gate_<the row's model>.json, with that model's targets
+        ap.error(f"--name {args.name}: the candidate row {args.candidate_row!r} trains {row_model}")
     if (args.baseline is None) == (args.baseline_from is None):
         ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
     if args.baseline_from is not None:
@@ -401,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds: two or more of the published splits' seeds {sorted(splits)} (given {args.seeds})")
     recipe = row_recipe(args.candidate, args.candidate_row)
     trained_on = row_data(args.candidate, args.candidate_row)
+    sides = [("candidate", args.candidate, args.candidate_row)]
+    if args.baseline is not None:
+        sides.insert(0, ("baseline", args.baseline, args.baseline_row))
+    # every side's and seed's weights before any scoring: a misspelt folder or a missing seed
+    # is said at once, not after the seeds before it were scored
+    models = {(side, seed): tested_model(runs, row, seed) for side, runs, row in sides for seed in args.seeds}
+    if args.part == "val":
+        val_inputs(args.candidate, args.seeds)
 
     clive = clive_table()
     root = biq_root()
@@ -408,17 +468,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"ship gate skipped: BIQ2021 not found at {root} (set CONTENTIQA_BIQ2021)")
     biq_table = load_dataset("biq2021", root).table
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
-    precision: dict[str, str] = {}
+    precision: dict[str, set[str]] = {"baseline": set(), "candidate": set()}
     # what was judged, so that ship.py ships nothing else under this verdict
     tested: dict[str, dict[str, str]] = {"baseline": {}, "candidate": {}}
-    sides = [("candidate", args.candidate, args.candidate_row)]
     if args.baseline_from is not None:
-        results["baseline"], precision["baseline"], baseline_where = recorded_measures(
+        results["baseline"], recorded_precision, baseline_where = recorded_measures(
             args.baseline_from, args.baseline_row, args.seeds, args.part)
+        precision["baseline"].update(recorded_precision.split(","))
         print(f"baseline: {args.baseline_row!r} as measured in {baseline_where}", flush=True)
     else:
-        sides.insert(0, ("baseline", args.baseline, args.baseline_row))
         baseline_where = str(args.baseline)
+    scoring = scoring_fingerprint()
     # every published seed's test photos: kept out of every seed's validation part (--part val)
     published_test = frozenset(p for s in splits.values() for p in clive.iloc[s.indices(clive, "test")]["image"])
     for seed in args.seeds:
@@ -428,26 +488,27 @@ def main(argv: list[str] | None = None) -> int:
         files = [p for p, _ in images["clive"]] + [p for p, _ in biq] + [d["path"] for d in images["damage"]] \
             + [b["path"] for b in images["bad"]]
         for side, runs, row in sides:
-            model = tested_model(runs, row, seed)
-            # keyed by the model file itself (its path and bytes): two rows, or two copies of a
-            # results folder, never share stored scores
+            model = models[side, seed]
+            # keyed by the model file itself (its path and bytes) and the code that scores it: two
+            # rows, or two copies of a results folder, never share stored scores, and a changed
+            # `contentiqa score` (its runtime, its default precision) scores again
             from contentiqa.utils.io import file_sha256
 
             tested[side][str(seed)] = file_sha256(model)
-            key = hashlib.sha1(f"{model.resolve()}|{tested[side][str(seed)]}".encode()).hexdigest()[:16]
+            key = hashlib.sha1(f"{model.resolve()}|{tested[side][str(seed)]}|{scoring}".encode()).hexdigest()[:16]
             out = args.work / "scores" / f"{args.part}_{side}_{runs.name}_{seed}_{key}.csv"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"seed {seed}: scoring {len(files)} images with the {side} ({model})", flush=True)
             scores = score_files(model, files, out)
-            precision[side] = str(scores.pop("__precision__"))
+            precision[side].update(str(scores.pop("__precision__")).split(","))
             results[side].append(measures(scores, images, biq))
     rows, verdict = compare(results["baseline"], results["candidate"], targets_for(args.name))
     payload = {
         "name": args.name, "verdict": verdict, "seeds": args.seeds, "rows": rows, "per_seed": results,
-        "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": precision["candidate"],
+        "candidate": {"runs": str(args.candidate), "row": args.candidate_row, "precision": said(precision["candidate"]),
                       "recipe_sha256": recipe, "data_sha256": trained_on,
                       "tested_sha256": tested["candidate"]},
-        "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": precision["baseline"],
+        "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": said(precision["baseline"]),
                      **({"tested_sha256": tested["baseline"]} if tested["baseline"] else {})},
         "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
     }

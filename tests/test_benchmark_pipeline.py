@@ -242,6 +242,10 @@ def test_ship_refuses_a_row_edited_or_weights_retrained_since_the_gate_judged_th
     run = tmp_path / "exp" / "runs" / "r" / "seed1"
     run.mkdir(parents=True)
     (run / "best.pt").write_bytes(b"best")
+    with pytest.raises(SystemExit, match="config.json is missing"):  # the card's settings: said before any work
+        ship.shipped_weights(run)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
     assert ship.shipped_weights(run)[0] == 1 and ship.run_weights(run).name == "best.pt"
     (run / "tested.pt").write_bytes(b"tested")
     import hashlib
@@ -821,7 +825,7 @@ def test_ship_gate_refuses_seeds_it_cannot_judge_before_scoring_anything(common,
     shutil.copy(BENCH / "results" / "splits_clive_ie-iqa.json", common.RESULTS)  # the published splits
     with pytest.raises(SystemExit):
         ship_gate.main(["--candidate", str(tmp_path), "--candidate-row", "C", "--baseline", str(tmp_path),
-                        "--baseline-row", "B", "--work", str(tmp_path / "work"), "--seeds", *seeds])
+                        "--baseline-row", "B", "--work", str(tmp_path / "work"), "--seeds", *seeds, "--name", "ie-iqa"])
     assert "two or more of the published splits' seeds" in capsys.readouterr().err
 
 
@@ -834,6 +838,8 @@ def test_ship_from_run_given_as_a_relative_path_names_its_row_and_seed(common, t
     run = tmp_path / "exp" / "runs" / "R" / "seed1"
     run.mkdir(parents=True)
     (run / "tested.pt").write_bytes(b"weights")
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
     shipped = []
     monkeypatch.setattr(ship, "ship_row", lambda *a, **k: shipped.append(a))
     monkeypatch.chdir(run)
@@ -855,7 +861,7 @@ def test_ship_gate_never_writes_over_the_baseline_record_it_reads(common, tmp_pa
 
     record = ship_gate.result_stem("ie-iqa", "val")
     with pytest.raises(SystemExit):
-        ship_gate.main(["--part", "val", "--candidate", str(tmp_path), "--candidate-row", "C",
+        ship_gate.main(["--part", "val", "--candidate", str(tmp_path), "--candidate-row", "C", "--name", "ie-iqa",
                         "--baseline-from", str(record.parent / f"{record.name}.json"), "--baseline-row", "B"])
     assert "would write its verdict over --baseline-from" in capsys.readouterr().err
 
@@ -1213,7 +1219,8 @@ def test_the_gate_runs_end_to_end_and_records_the_weights_it_judged(common, tmp_
         rng = np.random.default_rng(len(str(model)))
         noise = 5.0 if "base" in str(model) else 0.5
         mos = dict(zip(clive["image"], clive["mos"])) | dict(zip(biq["image"], biq["mos"] * 20))
-        return {**{os.path.abspath(f): mos[f] + rng.normal(0, noise) for f in files}, "__precision__": "fp32"}
+        mixed = "int8" if str(model).endswith("cand/0.pt") else "fp32"  # one seed at another precision
+        return {**{os.path.abspath(f): mos[f] + rng.normal(0, noise) for f in files}, "__precision__": mixed}
 
     written = []
     monkeypatch.setattr(ship_gate, "tested_model", tested_model)
@@ -1222,12 +1229,14 @@ def test_the_gate_runs_end_to_end_and_records_the_weights_it_judged(common, tmp_
     for side in ("cand", "base"):
         (tmp_path / side).mkdir()
     ship_gate.main(["--candidate", str(tmp_path / "cand"), "--candidate-row", "C", "--baseline", str(tmp_path / "base"),
-                    "--baseline-row", "B", "--work", str(tmp_path / "work")])
+                    "--baseline-row", "B", "--work", str(tmp_path / "work"), "--name", "ie-iqa"])
     (payload,) = written
     from contentiqa.utils.io import file_sha256
 
     assert payload["candidate"]["tested_sha256"] == {str(s): file_sha256(models[("cand", s)]) for s in (0, 1, 2)}
     assert payload["baseline"]["tested_sha256"]["0"] == file_sha256(models[("base", 0)])
+    # every seed's precision is recorded, not the last one's
+    assert payload["candidate"]["precision"] == "fp32,int8" and payload["baseline"]["precision"] == "fp32"
     assert {r["measure"] for r in payload["rows"]} >= {"CLIVE SROCC", "BIQ2021 SROCC", "clipped %"}
 
 
@@ -1242,3 +1251,64 @@ def test_an_install_row_carried_from_an_earlier_run_says_when_it_was_measured(co
            "score": {"photos": 8, "seconds": 0.9}}
     md = install.markdown(res)
     assert "| 2026-12-03 10:50 (an earlier run's, kept by --skip-torch) |" in md and "--skip-torch` (2026-12-06" in md
+
+
+def test_the_gate_finds_every_seeds_weights_and_its_models_name_before_scoring(common, tmp_path, monkeypatch, capsys):
+    """A candidate missing a seed's weights was said after the seeds before it were scored (many
+    minutes each); the gate of an iqa-cr row run without --name was filed as ie-iqa's, over the
+    record ie-iqa's default shipped under, and judged by ie-iqa's targets."""
+    import shutil
+
+    import ship_gate
+
+    from contentiqa.experiments.config import slugify
+
+    shutil.copy(BENCH / "results" / "splits_clive_ie-iqa.json", common.RESULTS)  # the published splits
+    cfg = {"data": {"name": "csv", "root": "d.csv"}, "protocol": "official",
+           "runs": [{"name": "C", "model": "iqa-cr"}]}
+    for side in ("cand", "base"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for side, seeds in (("cand", [0]), ("base", [0, 1, 2])):
+        for seed in seeds:
+            run = tmp_path / side / "runs" / slugify("C") / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "tested.pt").write_bytes(b"w")
+    scored = []
+    monkeypatch.setattr(ship_gate, "score_files", lambda *a: scored.append(a))
+    monkeypatch.setattr(ship_gate, "clive_table", lambda: scored.append("clive") or pytest.fail("read data"))
+    argv = ["--candidate", str(tmp_path / "cand"), "--candidate-row", "C", "--baseline", str(tmp_path / "base"),
+            "--baseline-row", "C", "--work", str(tmp_path / "work")]
+    with pytest.raises(SystemExit, match="seed1/tested.pt is missing"):
+        ship_gate.main(argv)
+    assert scored == []
+    with pytest.raises(SystemExit):
+        ship_gate.main([*argv, "--name", "ie-iqa"])
+    assert "--name ie-iqa: the candidate row 'C' trains iqa-cr" in capsys.readouterr().err
+    # the row's model is the default name (ship.py reads ship_gate_<the row's model>.json)
+    real = ship_gate.result_stem
+    monkeypatch.setattr(ship_gate, "result_stem", lambda name, *a: pytest.fail(name) if name != "iqa-cr" else real(name, *a))
+    with pytest.raises(SystemExit, match="seed1/tested.pt is missing"):
+        ship_gate.main(argv)
+
+
+def test_the_gates_stored_scores_are_keyed_by_the_scoring_code(common, monkeypatch):
+    import ship_gate
+
+    before = ship_gate.scoring_fingerprint()
+    import contentiqa
+
+    monkeypatch.setattr(contentiqa, "__version__", "0.0.0-other")
+    assert ship_gate.scoring_fingerprint() != before
+
+
+def test_ship_refuses_a_results_file_without_the_rows_figures_before_any_work(common, tmp_path):
+    import ship
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": {"R": {"summary": {"clive": {"srocc": [0.8]}}, "seeds": [0]}}}))
+    ship.check_results(results, "R")
+    with pytest.raises(SystemExit, match="no figures for row 'Other'"):
+        ship.check_results(results, "Other")
+    with pytest.raises(SystemExit, match="cannot read it"):
+        ship.check_results(tmp_path / "resluts.json", "R")
