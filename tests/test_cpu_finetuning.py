@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -839,6 +841,30 @@ def test_weights_named_two_ways_share_one_cache_folder_and_other_weights_do_not(
         got.append(stage_features(stages, [photo], 3, (0.5,) * 3, (0.5,) * 3, cache_dir=tmp_path / "sf", progress=False))
         assert torch.equal(got[-1][0], stage_features(stages, [photo], 3, (0.5,) * 3, (0.5,) * 3, progress=False)[0])
     assert not torch.equal(got[0][0], got[1][0])
+
+
+def test_stage_features_compute_again_over_a_damaged_cache_file(tmp_path):
+    """A byte flipped inside the stored tensors came back as features (torch.load checks no
+    CRC); a truncated file was a bare 'OSError: Invalid argument'."""
+    from contentiqa.training.cache import stage_features
+
+    torch.manual_seed(0)
+    stages = create_model("ie-iqa-distortion", **IE_TINY).stages
+    photo = str(write_image(tmp_path / "p.png", 64, 64, seed=0))
+    args = (stages, [photo], 3, (0.5,) * 3, (0.5,) * 3)
+    fresh = stage_features(*args, progress=False)[0]
+    assert torch.equal(stage_features(*args, cache_dir=tmp_path / "sf", progress=False)[0], fresh)
+    (stored,) = (tmp_path / "sf").glob("features_*.pt")
+    blob = bytearray(stored.read_bytes())
+    with zipfile.ZipFile(stored) as z:
+        offset = z.getinfo(next(n for n in z.namelist() if n.endswith("data/0"))).header_offset
+    name_len, extra_len = struct.unpack("<HH", blob[offset + 26: offset + 30])  # the local header's
+    at = offset + 30 + name_len + extra_len + 8  # inside the tensor's bytes
+    blob[at] ^= 0x40
+    for damaged in (bytes(blob), bytes(blob[: len(blob) // 2])):
+        stored.write_bytes(damaged)
+        assert torch.equal(stage_features(*args, cache_dir=tmp_path / "sf", progress=False)[0], fresh)
+        assert stored.read_bytes() != damaged  # and written again
 
 
 def test_detection_options_key_the_intelligibility_cache():

@@ -288,6 +288,21 @@ def test_ie_iqa_trains_through_cache(tiny_table, tmp_path):
     assert enc["x"].shape[0] == 2 and enc["f"].shape == (2, 1280)  # the image and its mirror, raw features
     m = tr.evaluate_table(tiny_table)
     assert np.isfinite(m["srocc"])
+    assert tr.training_record()["trained"].endswith("; the head alone in the first 1 epoch(s)")
+
+
+def test_a_run_whose_epochs_are_all_head_only_says_the_backbone_did_not_train(tiny_table, tmp_path):
+    """The record said "backbone stages 3-… and the head" when head_only_epochs covered every
+    epoch (the backbone at learning rate 0 throughout): its stages came out as they went in."""
+    torch.manual_seed(0)
+    model = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, input_size=64, train_resize=72,
+                         bn_eval=True, hidden=(32, 16))
+    tr = _trainer(model, tiny_table, tmp_path, epochs=1, cache_stages=3, optimizer="sgd", lr=0.01, head_only_epochs=2)
+    stages = [p.detach().clone() for s in model.stages for p in s.parameters()]
+    tr.fit()
+    assert all(torch.equal(a, b) for a, b in zip(stages, [p for s in model.stages for p in s.parameters()]))
+    said = tr.training_record()["trained"]
+    assert said.startswith("head only (the backbone's learning rate 0 in all 1 epoch(s): head_only_epochs=2"), said
 
 
 def test_train_cli_end_to_end(tiny_table, tmp_path):

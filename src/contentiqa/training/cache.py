@@ -61,9 +61,10 @@ def stage_features(
         fp = weights_fingerprint(stages[:end_stage])
         key = cache_key(paths, f"{tag}|{end_stage}|{flips}|{dtype}|{tuple(mean)}|{tuple(std)}|{fp}")
         cache_file = Path(cache_dir) / f"features_{tag or 'backbone'}_s{end_stage}_{key}.pt"
-        if cache_file.is_file():
+        stored = _read_tensors(cache_file, "cached stage features")
+        if isinstance(stored, list) and len(stored) == len(paths):
             touch(cache_file)
-            return torch.load(cache_file, map_location="cpu", weights_only=True)
+            return stored  # else computed again and the file replaced
     for s in stages:
         s.eval()
     out: list[torch.Tensor] = []
@@ -142,9 +143,9 @@ def _remove_old_temporaries(folder: Path) -> None:
         pass
 
 
-def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
-    """One cached encoding, or None when it is absent or unreadable (a torn write from a
-    killed run is recomputed, never trusted)."""
+def _read_tensors(path: Path, what: str) -> list[torch.Tensor] | dict[str, torch.Tensor] | None:
+    """A cache file's tensors (a list or a dict of them), or None when it is absent, unreadable
+    or damaged (a torn write from a killed run, rotted bytes): recomputed, never trusted."""
     from ..utils.checkpoint_io import CheckpointReadError, load_torch_file
 
     if not path.is_file():
@@ -156,14 +157,21 @@ def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
         with zipfile.ZipFile(path) as z:
             if z.testzip() is not None:
                 return None
-        entry = load_torch_file(path, "cached encoding")
+        entry = load_torch_file(path, what)
     except (CheckpointReadError, FileNotFoundError, zipfile.BadZipFile, OSError):
         return None
-    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+    values = entry.values() if isinstance(entry, dict) else entry if isinstance(entry, list) else None
+    if values is None or not all(isinstance(v, torch.Tensor) for v in values):
         return None
-    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in entry.values()):
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in values):
         return None  # a frozen network's encoding is finite: this one is damaged
     return entry
+
+
+def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
+    """One cached encoding, or None when it is absent or unreadable."""
+    entry = _read_tensors(path, "cached encoding")
+    return entry if isinstance(entry, dict) else None
 
 
 class _EncodeWrapper(nn.Module):

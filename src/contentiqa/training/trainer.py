@@ -328,7 +328,7 @@ class Trainer:
         self.encoded_with: str | None = None  # the frozen weights the cache was encoded with
         self._build_data()
         # what trains, also the stages a loaded checkpoint keeps frozen beyond cache_stages
-        self.log(f"training {model.trained_stages(self.start_stage)}")
+        self.log(f"training {self._trained(cfg.epochs)}")
         self.optimizer = self._build_optimizer()
         self.epoch_starts = self._epoch_starts()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas(self.epoch_starts))
@@ -1194,8 +1194,20 @@ class Trainer:
     def training_record(self) -> dict[str, Any]:
         """Where and how the run trained, for its results files: minutes per epoch, which stages
         trained above the cached ones, the device, and the processes (the batch size is each one's)."""
-        return {"minutes_per_epoch": self.epoch_minutes(), "trained": self.model.trained_stages(self.start_stage),
+        return {"minutes_per_epoch": self.epoch_minutes(), "trained": self._trained(len(self.history)),
                 "device": str(self.device), "processes": self.world_size}
+
+    def _trained(self, epochs: int) -> str:
+        """:meth:`IQAModel.trained_stages` over ``epochs`` epochs: the head-only epochs give the
+        backbone a learning rate of 0, so stages that could train may not have."""
+        trained = self.model.trained_stages(self.start_stage)
+        head_only = self.cfg.head_only_epochs
+        if not head_only or trained.startswith("head only"):
+            return trained
+        if epochs <= head_only:
+            return (f"head only (the backbone's learning rate 0 in all {epochs} epoch(s): head_only_epochs={head_only}; "
+                    f"otherwise {trained})")
+        return f"{trained}; the head alone in the first {head_only} epoch(s)"
 
     def epoch_minutes(self) -> float | None:
         """Mean wall-clock minutes of the epochs trained (validation included)."""
