@@ -211,6 +211,31 @@ def test_explain_cli_writes_png(tmp_path, photo, monkeypatch, capsys):
     assert main(["explain", str(photo), "--model", ckpt, "--out", str(tmp_path / "x.jpg")]) == 2
 
 
+def test_a_photo_too_large_to_explain_fails_alone_and_the_others_are_explained(tmp_path, photo, monkeypatch, capsys):
+    """PyTorch running out of memory in Grad-CAM on one photo was a traceback, and no figure of
+    the photos after it was written."""
+    import contentiqa.explain as explain_mod
+    import contentiqa.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_checkpoint", cached_loader(registry.load_checkpoint))
+    real = explain_mod.explain
+
+    def short_of_memory(model, image, **kw):
+        if Path(image).name == "huge.png":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 403440000 bytes")
+        return real(model, image, **kw)
+
+    monkeypatch.setattr(explain_mod, "explain", short_of_memory)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(photo.read_bytes())
+    rc = main(["explain", str(huge), str(photo), "--model", tiny_checkpoint(), "--out-dir", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in err
+    assert "huge.png: not enough memory to explain it at this size: lower --max-pixels (now 4 MP)" in err
+    assert (tmp_path / "o" / "photo_explain.png").is_file() and not (tmp_path / "o" / "huge_explain.png").exists()
+
+
 @pytest.mark.parametrize("size", [(48, 1200), (1200, 48)])
 def test_a_strip_of_a_photo_gets_a_figure_of_a_usual_size(model, tmp_path, size):
     strip = Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
@@ -391,3 +416,16 @@ def test_a_content_only_model_is_scored_and_its_report_has_heatmaps(tmp_path, ph
     assert text.count('class="heatmap"') == 1 and "Failed inputs" not in text
     assert main(["explain", str(photo), "--model", str(ckpt), "--target", "quality", "--out-dir", str(tmp_path)]) == 2
     assert "predicts no quality score" in capsys.readouterr().err
+
+
+def test_the_library_refuses_a_figure_name_of_another_format_and_a_meaningless_pixel_limit(model, photo, tmp_path):
+    """save_figure('x.jpg') wrote PNG bytes under a .jpg name; max_pixels=-5 was 'math domain
+    error' and 0 explained a 32x32 copy."""
+    exp = explain(model, photo)
+    with pytest.raises(ValueError, match=r"x\.jpg: a figure is written as PNG"):
+        exp.save_figure(tmp_path / "x.jpg")
+    assert not (tmp_path / "x.jpg").exists()
+    assert Image.open(exp.save_figure(tmp_path / "x.PNG")).format == "PNG"
+    for bad in (-5, 0):
+        with pytest.raises(ValueError, match="max_pixels must be None"):
+            explain(model, photo, max_pixels=bad)

@@ -641,6 +641,15 @@ def test_export_int8_of_a_shipped_tag_is_the_graph_score_runs(tmp_path, examples
     exported = [p.score for p in contentiqa.load_scorer(str(out), threads=1).predict(photos)]
     scored = [p.score for p in contentiqa.load_scorer("ie-iqa", precision="int8", threads=1).predict(photos)]
     assert exported == pytest.approx(scored, abs=1e-4)
+    # how a photo is read, as a fresh export says it: the shipped graph it is quantized from
+    # predates some of these keys (ie-iqa's resize was missing)
+    from contentiqa.inference.onnx import READING_METADATA, onnx_metadata
+    from contentiqa.inference.onnx_runtime import read_metadata
+
+    meta = read_metadata(out)
+    fresh = onnx_metadata(contentiqa.create_model("ie-iqa", pretrained=True), json.loads(meta["outputs"]))
+    assert {k: meta.get(k) for k in READING_METADATA} == {k: fresh[k] for k in READING_METADATA}
+    assert "round(v / 257)" in meta["image_loading"] and meta["precision"] == "int8"
 
 
 def test_sigterm_during_export_leaves_no_temporary(tiny_fp32, tmp_path, monkeypatch):

@@ -4,9 +4,10 @@ Writes a PNG with the image, the quality heatmap overlay and (for models with a 
 the category heatmap overlay side by side, titled with the score and category. Heatmaps:
 Grad-CAM over every CNN feature level the score uses (combined on the finest grid), fused (elementwise product of the normalised maps) with
 the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--map gradcam``
-shows plain Grad-CAM. The model sees the image at native resolution; images above
+shows plain Grad-CAM. The model reads the image as `contentiqa score` does (a native-resolution
+model: photos over 2048 px downscaled; a fixed-size one: resized to its size); images above
 --max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),
-while the score and category printed are always those of the full-resolution image.
+while the score and category printed are always those `contentiqa score` gives the image.
 
 The score and category are those `contentiqa score` gives the image: computed by the same
 runtime and precision (score's --runtime, --precision, --threads and defaults: ONNX Runtime on
@@ -128,6 +129,17 @@ def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, .
             print(printable(f"{image}: {getattr(exc, 'reason', exc)}"), file=sys.stderr)
             failures += 1
             continue
+        except (MemoryError, RuntimeError) as exc:
+            # Grad-CAM keeps every level's activations and gradients: a large photo can need more
+            # memory than scoring it did. That photo fails; the others are still explained.
+            if not _out_of_memory(exc):
+                raise
+            _free_device_memory()
+            print(printable(f"{image}: not enough memory to explain it at this size: lower --max-pixels "
+                            f"(now {'no limit' if max_pixels is None else f'{max_pixels / 1e6:g} MP'})"),
+                  file=sys.stderr)
+            failures += 1
+            continue
         out = Path(args.out) if args.out else _unique_name(out_dir, Path(image).stem, taken)
         if _same(out) in inputs:  # x_explain.png given as an input too: never written over
             print(printable(f"{image}: its heatmap would replace the input {out}; explain it with --out"), file=sys.stderr)
@@ -151,6 +163,19 @@ def _explain_each(args: argparse.Namespace, scorer, model, targets: tuple[str, .
             print(f"  note: {note}")
         print(f"  wrote {printable(os.fspath(out))}")
     return 1 if failures else 0
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch (or Python) running out of memory, on the CPU or a GPU."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _same(path: str | os.PathLike) -> str:

@@ -123,8 +123,8 @@ def _export_int8(model, weights: Path, out: Path, opset: int, verify: bool) -> P
     """The fp32 export (checked against PyTorch), quantized with the calibration beside ``weights``."""
     import tempfile
 
-    from ..inference.onnx import export_onnx
-    from ..inference.onnx_runtime import DEFAULT_OPSET, find_graph_file
+    from ..inference.onnx import READING_METADATA, export_onnx, onnx_metadata
+    from ..inference.onnx_runtime import DEFAULT_OPSET, find_graph_file, read_metadata
     from ..inference.quantize import QuantizationError, quantize_for_weights
 
     with tempfile.TemporaryDirectory(prefix="contentiqa-export-") as tmp:
@@ -134,7 +134,8 @@ def _export_int8(model, weights: Path, out: Path, opset: int, verify: bool) -> P
         fp32 = find_graph_file(weights) if opset == DEFAULT_OPSET else None
         if fp32 is None:
             fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=opset, verify=verify)
+        reading = onnx_metadata(model, json.loads(read_metadata(fp32)["outputs"]))
         try:
-            return quantize_for_weights(fp32, out, weights)
+            return quantize_for_weights(fp32, out, weights, extra_metadata={k: reading[k] for k in READING_METADATA})
         except QuantizationError as exc:
             raise UsageError(f"--precision int8: {exc}") from None

@@ -193,6 +193,8 @@ def explain(
     ``max_pixels``: images larger than this are explained on a downscaled copy (None: never).
     Raises :class:`~contentiqa.data.ImageLoadError` for a file that cannot be read.
     """
+    if max_pixels is not None and not max_pixels > 0:
+        raise ValueError(f"max_pixels must be None (never downscale) or a positive number of pixels, not {max_pixels}")
     img, path, notes = to_pil(image, max_pixels=model.max_pixels, min_size=model.min_size)
     min_size = model.min_size
     notes = list(notes)
@@ -290,6 +292,8 @@ def save_explanation_figure(
     dpi: int = 100,
 ) -> Path:
     """See :meth:`Explanation.save_figure`."""
+    if Path(path).suffix.lower() != ".png":  # PNG bytes under another name would mislead every viewer
+        raise ValueError(f"{os.fspath(path)}: a figure is written as PNG; give the file a .png name")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -126,6 +126,12 @@ def _example_input(model: IQAModel, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, h, w, generator=g)
 
 
+READING_METADATA = ("preprocess", "image_loading", "resize", "max_side", "downscale", "input_layout",
+                    "source_checkpoint")
+"""The metadata that says how a photo is read for the graph (and from which weights): a graph
+quantized from an older export takes today's (its weights, hence its scores, are the same)."""
+
+
 def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
     """The metadata_props written into an exported file (all values are strings)."""
     from .. import __version__
@@ -153,7 +159,9 @@ def onnx_metadata(model: IQAModel, outputs: Sequence[str]) -> dict[str, str]:
         "preprocess": "native" if size is None else "resize_bilinear",
         # how `contentiqa score` reads a photo, for a user of the file alone: other resamplings
         # move scores by points (OpenCV's and torch's bilinear do not filter when shrinking)
-        "image_loading": "8-bit RGB, EXIF orientation applied, transparency composited on white",
+        "image_loading": ("8-bit RGB, EXIF orientation applied, transparency composited on white; 16-bit grey and "
+                          "float samples scaled to 8 bits on their range (16-bit: round(v / 257)), not clipped as "
+                          "Pillow's convert('RGB') does; 16-bit colour files as Pillow decodes them (top 8 bits)"),
         "resize": "none" if size is None else "PIL Image.resize((W, H), Image.BILINEAR) of the 8-bit RGB image",
         "max_side": str(DEFAULT_MAX_SIDE) if model.native_resolution else "none",
         "downscale": "none" if not model.native_resolution else (
