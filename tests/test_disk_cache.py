@@ -336,3 +336,45 @@ def test_a_link_planted_under_an_entrys_name_is_replaced_never_written_through(t
     entry.symlink_to(victim)
     cached_encodings(model, [image], 3, True, cache_dir=enc)
     assert victim.read_text() == "precious" and not entry.is_symlink() and torch.load(entry, weights_only=True)
+
+
+def test_an_entry_a_running_process_fills_is_never_pruned_and_is_said_in_use(tmp_path, capsys):
+    """`contentiqa cache --max-size` removed the folder a training was filling: every encoding
+    written so far was lost (encoded again by the next run), without a word."""
+    from contentiqa.utils.disk_cache import using
+
+    old = entry(tmp_path, "backbone_busy", 2000, NOW - 1000)
+    entry(tmp_path, "backbone_idle", 2000, NOW - 500)
+    with using(old):
+        assert [e.in_use for e in scan(tmp_path)] == [True, False]
+        assert main(["cache", str(tmp_path)]) == 0
+        assert "(in use by a running process)" in capsys.readouterr().out
+        assert main(["cache", str(tmp_path), "--max-size", "0"]) == 0
+        out = capsys.readouterr().out
+        assert "removed 1 entry," in out and "kept 1 entry in use by a running process (backbone_busy)" in out
+        assert old.is_dir() and not (tmp_path / "backbone_idle").exists()
+    # the lock goes with its holder: the entry is an ordinary one again
+    assert [e.in_use for e in scan(tmp_path)] == [False]
+    assert [e.name for e in prune(tmp_path, max_bytes=0)] == ["backbone_busy"]
+
+
+def test_cached_encodings_hold_their_folders_while_filling_them(tmp_path, monkeypatch):
+    import contentiqa.training.cache as cache_mod
+    from contentiqa.utils.disk_cache import scan as scan_cache
+
+    from tiny_models import tiny_model
+    from conftest import write_image
+
+    images = [str(write_image(tmp_path / "img" / f"{i}.png", 64, 64, seed=i)) for i in range(2)]
+    enc = tmp_path / "enc"
+    seen = []
+    real = cache_mod.load_image
+
+    def load_and_look(path, *a, **k):  # while encoding: what an eviction would find
+        seen.append([e.in_use for e in scan_cache(enc)])
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "load_image", load_and_look)
+    cache_mod.cached_encodings(tiny_model("iqa-cr"), images, 3, True, cache_dir=enc)
+    assert seen and all(flags and all(flags) for flags in seen)
+    assert not any(e.in_use for e in scan_cache(enc)) and all(e.known for e in scan_cache(enc))

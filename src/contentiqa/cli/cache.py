@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
             left = sum(e.bytes for e in entries) - freed
             print(f"{shown}: {verb} {entries_word(len(gone))}, {format_size(freed)}; "
                   f"{format_size(left)} left")
+            held = [e for e in entries if e.in_use]
+            if held:  # a training filling them: evicting one would lose what it wrote so far
+                print(f"{shown}: kept {entries_word(len(held))} in use by a running process "
+                      f"({', '.join(printable(e.name) for e in held[:3])}{' …' if len(held) > 3 else ''})")
             continue
         print(f"{shown}: {entries_word(len(entries))}, {format_size(sum(e.bytes for e in entries))}")
         if entries:
@@ -98,5 +102,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {'last used':16s}  {'size':>8s}  {'files':>6s}  {'entry':{width}s}  holds")
             for e, name in zip(entries, names):
                 print(f"  {_when(e.last_used):16s}  {format_size(e.bytes):>8s}  {e.files:>6d}  {name:{width}s}  "
-                      f"{printable(e.about) if e.known else '(not written by contentiqa)'}")
+                      f"{printable(e.about) if e.known else '(not written by contentiqa)'}"
+                      f"{' (in use by a running process)' if e.in_use else ''}")
     return status

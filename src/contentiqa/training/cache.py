@@ -11,10 +11,11 @@ path, size and modification time, so a changed file is recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import zipfile
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ from torch import nn
 from ..backbones.stages import run_stages
 from ..data.imageio import load_image
 from ..models.base import CachePart, IQAModel, pil_to_tensor
-from ..utils.disk_cache import ABOUT, STALE_TEMPORARY_S, describe, touch
+from ..utils.disk_cache import ABOUT, STALE_TEMPORARY_S, describe, touch, using
 
 
 def cache_key(paths: Sequence[str], tag: str) -> str:
@@ -278,8 +279,9 @@ def cached_encodings(
     damage = list(damage) if damage is not None else [""] * len(paths)
     if len(damage) != len(paths):
         raise ValueError(f"{len(damage)} damage specs for {len(paths)} images")
-    # The store is long-lived and grows between large temporaries (utils/memory.py).
-    with growing_store():
+    # The store is long-lived and grows between large temporaries (utils/memory.py); the folders
+    # are held as in use while they fill (`contentiqa cache --max-size` leaves them alone).
+    with growing_store(), contextlib.ExitStack() as held:
         parts = model.cache_parts(start_stage)
         keys = [_file_key(p, d) for p, d in zip(paths, damage)]
         folders = ([part_folder(model, part, dtype, cache_dir) for part in parts]
@@ -297,6 +299,7 @@ def cached_encodings(
                 except OSError as exc:
                     raise CacheWriteError(f"cannot write the cache {folder}: {exc.strerror or exc}") from None
                 touch(folder)  # used now: what least-recently-used eviction goes by (utils/disk_cache.py)
+                held.enter_context(using(folder))
                 _remove_old_temporaries(folder)
         stores: list[dict[str, dict[str, torch.Tensor]]] = []
         for folder in folders:

@@ -6,10 +6,12 @@ The frozen-encoding cache (:mod:`contentiqa.training.cache`) and the ONNX export
 a long series of runs fills a disk. An *entry* is one top-level item of a cache folder: a
 folder of per-image encodings, or one file. Users mark an entry as used with :func:`touch`
 (reads alone do not change modification times), and :func:`prune` removes the least recently
-used ones, never those used since ``keep_since`` (the entries a running job needs).
+used ones, never those used since ``keep_since`` (the entries a running job needs) nor those
+a running process holds with :func:`using` (a training filling an entry).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +27,10 @@ from .io import is_temporary
 
 ABOUT = "about.json"
 """A small file in an entry folder saying what it holds, for a person listing the cache."""
+
+IN_USE = ".in-use"
+"""A file in an entry folder that the processes filling the entry hold a shared lock on
+(:func:`using`); the lock goes with its process, however that ends."""
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?\s*$", re.IGNORECASE)
@@ -75,6 +81,8 @@ class CacheEntry:
     listed, counted, and always removed by :func:`prune`."""
     linked: bool = False
     """A link to an entry kept elsewhere: counted as nothing here, removed only for its age."""
+    in_use: bool = False
+    """Held by a running process (:func:`using`): listed, never removed."""
 
     @property
     def name(self) -> str:
@@ -87,6 +95,48 @@ def touch(path: str | os.PathLike) -> None:
         os.utime(path)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def using(folder: str | os.PathLike):
+    """Hold the entry folder ``folder`` as in use while the block runs (a training writing its
+    encodings): :func:`prune` leaves it alone, where evicting it would lose every encoding
+    written so far. Advisory, where the system has file locks (POSIX); a cache that cannot be
+    written is used unheld."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): nothing held
+        yield
+        return
+    try:  # never through a link planted under the name (a shared cache)
+        fd = os.open(Path(folder) / IN_USE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _held(folder: Path) -> bool:
+    """Whether a running process holds ``folder`` with :func:`using`."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(folder / IN_USE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # none: nobody ever held it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:  # held shared by a running process
+        return True
+    finally:
+        os.close(fd)
 
 
 def describe(folder: str | os.PathLike, about: dict) -> None:
@@ -168,13 +218,15 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
             for root, dirs, names in os.walk(child):
                 known = known and not dirs
                 for n in names:
+                    if n == IN_USE:  # the users' lock, no content of the entry
+                        continue
                     known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n)))
                     try:  # a link inside an entry holds its own few bytes here, not its target's
                         size += os.lstat(os.path.join(root, n)).st_size
                         files += 1
                     except OSError:
                         pass
-            entries.append(CacheEntry(child, size, files, st.st_mtime, _about(child), known))
+            entries.append(CacheEntry(child, size, files, st.st_mtime, _about(child), known, in_use=_held(child)))
         else:
             entries.append(CacheEntry(child, st.st_size, 1, st.st_mtime, "", bool(_FILE.match(child.name))))
     return sorted(entries, key=lambda e: (e.last_used, e.name))
@@ -227,7 +279,8 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
           keep_since: float | None = None, dry_run: bool = False, now: float | None = None,
           entries: list[CacheEntry] | None = None) -> list[CacheEntry]:
     """Remove entries unused for ``older_than_s`` seconds, then the least recently used until the
-    folder holds at most ``max_bytes``; an entry used at or after ``keep_since`` stays whatever
+    folder holds at most ``max_bytes``; an entry used at or after ``keep_since``, or held by a running
+    process (:func:`using`), stays whatever
     the bounds say. Returns what was (``dry_run``: would be) removed, oldest first. ``entries``:
     the folder's :func:`scan` when the caller has just made one (a large cache takes seconds to
     walk, so it is walked once). :class:`PruneIncomplete` when an entry could not be removed: the
@@ -246,7 +299,7 @@ def prune(folder: str | os.PathLike, max_bytes: int | None = None, older_than_s:
     removed: list[CacheEntry] = []
     failed: list[tuple[CacheEntry, OSError]] = []
     for e in entries:  # least recently used first
-        if keep_since is not None and e.last_used >= keep_since:
+        if (keep_since is not None and e.last_used >= keep_since) or e.in_use:
             continue
         stale = e.leftover or (older_than_s is not None and now - e.last_used > older_than_s)
         over = max_bytes is not None and total > max_bytes and not e.linked  # removing a link frees nothing here
