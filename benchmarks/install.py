@@ -105,8 +105,9 @@ def markdown(res: dict) -> str:
     lines = [
         "# Install size and time",
         "",
-        f"`{res.get('command') or 'python benchmarks/install.py'}` ({res['when']}, Python {res['python']}, load average {res['load'][0]:.1f} "
-        "before: the machine was shared, so the times are upper bounds). Each install goes into a fresh venv from "
+        f"{'`' + res['command'] + '`' if res.get('command') else 'Command not recorded'} ({res['when']}, Python "
+        f"{res['python']}, load average {res['load'][0]:.1f} before"
+        + (": the machine was shared, so the times are upper bounds" if res["load"][0] > 0.5 else "") + "). Each install goes into a fresh venv from "
         "the registry with pip's cache off; size is the venv's disk use after it (and what the install added to "
         "the empty venv's python, pip and setuptools).",
         "",

@@ -323,7 +323,8 @@ def render(p: dict) -> str:
                                "p99 |Δ score| (0-100)", "max |Δ score| (0-100)", "same category", "MB", "meets all"], rows))
         verdict = ("int8 is the default for this model" if r["int8_default"] else
                    "no recipe meets every criterion: fp32 stays the default; `--precision int8` uses "
-                   f"'{r['best']}'")
+                   f"'{r['best']}', the fast enough recipe with the best Δ SROCC on these same photos (so its Δ "
+                   "is a little optimistic: it also chose the recipe)")
         lines.append(f"\n{verdict}" + (f" (calibration shipped as {r['shipped_calibration']})" if r["shipped_calibration"] else "") + ".\n")
     return "\n".join(lines)
 

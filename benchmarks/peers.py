@@ -57,7 +57,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import RESULTS, SHARED, contentiqa_env, positive_int  # noqa: E402  (stdlib only: the pyiqa child imports it too)
+from common import RESULTS, SHARED, bench_lock, contentiqa_env, positive_int  # noqa: E402  (stdlib only: the pyiqa child imports it too)
 
 CLIVE_IMAGES = SHARED / "data" / "clive-dev" / "images"
 PEERS = ["paq2piq", "nima", "clipiqa+", "topiq_nr", "liqe", "dbcnn", "hyperiqa", "maniqa", "brisque"]
@@ -517,7 +517,7 @@ def run(args: argparse.Namespace, versions: dict[str, str], files: list[str], me
     before = loadavg()
     rows: dict[str, dict[str, Any]] = {}
     attempts = 0
-    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp, bench_lock():  # no other benchmark times meanwhile
         work = Path(tmp)
         spec = {"files": files, "budget_s": budget, "model": contentiqa.DEFAULT_MODEL}
         folder = photo_folder(files, work / "photos")

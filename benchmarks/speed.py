@@ -187,6 +187,16 @@ def input_hw(model, photo_hw: tuple[int, int]) -> tuple[int, int]:
     return photo_hw if size is None else size
 
 
+def pass_hws(model, passes: list, photo_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (H, W) of each whole backbone pass for a photo of ``photo_hw``: a native-resolution
+    pass reads the photo as the model does (cores.py's passes stand for it by PHOTO_SIDE), a
+    fixed-size one its own size (IE-IQA: 384 px, and 224 px for its intelligibility network)."""
+    from cores import PHOTO_SIDE
+
+    hw = tuple(input_hw(model, photo_hw))
+    return [hw if p.size == PHOTO_SIDE else (p.size, p.size) for p in passes if not p.partial]
+
+
 def backbone_passes(model) -> list:
     """The EfficientNet-Lite0 backbone passes per forward (IQA-CR 1; IE-IQA 2, the distortion
     backbone and the intelligibility network; an ensemble's member that shares its first stages
@@ -475,7 +485,10 @@ def run_benchmark(
 
     sizes_needed = {tuple(photo_hw)} | {(h, w) for (w, h) in generated}
     for entry in models.values():
-        sizes_needed.add(tuple(input_hw(entry["model"], tuple(photo_hw))))
+        passes = backbone_passes(entry["model"])
+        sizes_needed.update(pass_hws(entry["model"], passes, tuple(photo_hw)))
+        for w, h in generated:
+            sizes_needed.update(pass_hws(entry["model"], passes, (h, w)))
     with RssSampler() as mem:
         for hw in sorted(sizes_needed, key=lambda s: s[0] * s[1]):
             per = {k: bare_backbone_seconds(sess, hw, backbone_runs) for k, sess in bare.items()}
@@ -493,9 +506,9 @@ def run_benchmark(
         model, ckpt = entry["model"], entry["ckpt"]
         passes = backbone_passes(model)
         whole = sum(not p.partial for p in passes)
+        whole_hws = pass_hws(model, passes, tuple(photo_hw))
         res: dict[str, Any] = {"weights": entry["weights"], "backbone_passes": describe_passes(passes),
                                "input": "native resolution" if model.native_resolution else f"{input_hw(model, photo_hw)}"}
-        hw = tuple(input_hw(model, tuple(photo_hw)))
         # a member's own deep stages after the shared ones: timed on their own graph, as cores.py does
         tails = backbone_sessions(workdir, [p for p in passes if p.partial])
         tail_sec = sum(min(bare_backbone_seconds(runs[i][0], None, backbone_runs, feed=runs[i][1]) for runs in tails.values())
@@ -516,7 +529,7 @@ def run_benchmark(
         peaks = {"naive": 0.0, "torch": 0.0, "onnx": 0.0}
         added = {"naive": 0.0, "torch": 0.0, "onnx": 0.0}
         for _ in range(max(1, repeats)):
-            rounds["limit"].append(whole * limit_seconds(hw) + tail_sec)
+            rounds["limit"].append(sum(limit_seconds(hw) for hw in whole_hws) + tail_sec)
             spec = {"ckpt": ckpt, "files": real}
             nv = run_child("naive", spec, workdir) if subprocesses else naive_child(spec, model)
             rounds["naive"].append(nv["sec_per_image"])
@@ -565,12 +578,12 @@ def run_benchmark(
         payload["pixels"][name] = {}
         for (rt, w, h), r in got.items():
             mp = w * h / 1e6
-            hw_in = tuple(input_hw(model, (h, w)))
-            bare_ms = payload["bare_backbone"].get(f"{hw_in[0]}x{hw_in[1]}", {}).get("ms_per_image")
+            each = [payload["bare_backbone"].get(f"{a}x{b}", {}).get("ms_per_image") for a, b in pass_hws(model, passes, (h, w))]
+            bare_ms = sum(each) if all(each) else None
             payload["pixels"][name][f"{rt}_{w}x{h}"] = {
                 "width": w, "height": h, "megapixels": mp, "runtime": rt, "ms_per_image": r["ms_per_image"],
                 "ms_per_megapixel": r["ms_per_image"] / mp, "peak_rss_mb": r["peak_rss_mb"],
-                "limit_ms_per_image": whole * bare_ms + 1000 * tail_sec if bare_ms else None,
+                "limit_ms_per_image": bare_ms + 1000 * tail_sec if bare_ms else None,
             }
 
         # the choices the fast path makes, on and off (in the pipeline, rounds interleaved)

@@ -53,3 +53,16 @@ def test_speed_benchmark_runs_end_to_end(tmp_path, speed, monkeypatch, rng):
     assert payload["rss"]["onnx"]["n_inputs"] == 12 and len(payload["rss"]["onnx"]["series"]) == 3
     md = speed.render_markdown({**payload, "photo_source": "test"}, "pytest")
     assert "x naive" in md and "Resident memory" in md
+
+
+def test_the_limit_times_each_pass_at_its_own_size():
+    """IE-IQA's limit timed its 384-px pass twice: its intelligibility network reads 224 px."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+
+    from contentiqa.models import create_model
+
+    ie = create_model("ie-iqa", pretrained=False, distortion_pretrained=False)
+    assert speed.pass_hws(ie, speed.backbone_passes(ie), (500, 400)) == [(384, 384), (224, 224)]
+    cr = create_model("iqa-cr", pretrained=False, backbone_pretrained=False)
+    assert speed.pass_hws(cr, speed.backbone_passes(cr), (500, 400)) == [(500, 400)]  # the photo as it is
