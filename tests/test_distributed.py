@@ -284,6 +284,19 @@ def metrics_worker(root: Path) -> None:
     one_each.update(torch.from_numpy(pred[info.rank:info.rank + 1]), torch.from_numpy(target[info.rank:info.rank + 1]))
     result["lopsided"] = {k: float(v) for k, v in lopsided.compute().items()}
     result["one_each"] = {k: float(v) for k, v in one_each.compute().items()}
+    # a compute that raised (one item in all) left the gathered states in place: the next update failed
+    result["after_error"] = {}
+    for name in ("plcc", "srocc", "krocc"):
+        m = iqa_accumulators()[name]
+        if info.rank == 0:
+            m.update(torch.from_numpy(pred[:1]), torch.from_numpy(target[:1]))
+        try:
+            m.compute()
+        except ValueError:
+            pass
+        more = [1 + 2 * info.rank, 2 + 2 * info.rank]
+        m.update(torch.from_numpy(pred[more]), torch.from_numpy(target[more]))
+        result["after_error"][name] = float(m.compute())
     torch.save(result, root / f"metrics_rank{info.rank}.pt")
     dist_utils.cleanup(info)
 
@@ -316,6 +329,8 @@ def test_accumulators_reduce_across_two_processes(tmp_path):
         for k in ("plcc", "srocc", "krocc"):  # gloo aborted on KROCC's empty rank; PLCC was NaN
             assert res["lopsided"][k] == pytest.approx(getattr(stats, STAT[k])(pred[:10], target[:10])[0], abs=1e-6), (r, k)
         assert res["one_each"]["plcc"] == pytest.approx(stats.pearsonr(pred[:2], target[:2])[0], abs=1e-6), r
+        for k, v in res["after_error"].items():  # the item before the error, and the four after it
+            assert v == pytest.approx(getattr(stats, STAT[k])(pred[:5], target[:5])[0], abs=1e-6), (r, k)
         assert np.array_equal(res["rows"]["score"], pred)
 
 

@@ -708,7 +708,12 @@ def test_evaluate_measures_a_content_only_model_on_a_placeholder_mos(tiny_table,
     csv = tmp_path / "labels.csv"
     tiny_table.assign(mos=50.0, category="animal").to_csv(csv, index=False)
     assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
-    assert "top-1 acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1 acc" in out and "any label" not in out
+    # people's several labels of a photo: the any-label accuracy is printed too, not only in --json
+    tiny_table.assign(mos=50.0, category="animal", categories="animal;landscape").to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
+    assert "  any label" in capsys.readouterr().out
 
 
 def test_evaluate_says_when_no_label_is_one_of_the_models_categories(tiny_table, tmp_path, capsys):

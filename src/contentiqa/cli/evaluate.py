@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                "split_seed": split.seed if args.split and split is not None else None,
                "mos_scale": ds.scale.to_dict(),  # the scale RMSE and the predictions are on
                "fit_logistic": args.fit_logistic, **metrics}
-    names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc")]
+    names = [("plcc", "PLCC"), ("srocc", "SROCC"), ("krocc", "KROCC"), ("rmse", "RMSE"), ("accuracy", "top-1 acc"),
+             ("acceptable", "any label")]  # multi-label data: the category is one of the photo's labels
     print(f"{args.model} on {args.data}{' (' + part + ')' if part else ''} ({int(metrics['n'])} images"
           f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
     for key, label in names:

@@ -118,6 +118,10 @@ class _CheckedInputs(Metric):
             return super().compute()
         if self._in_forward:  # one batch's value (see forward); the whole set's still raises
             return torch.tensor(float("nan"), dtype=torch.float64, device=self.n_items.device)
+        # compute runs inside torchmetrics' sync context, which does not restore this process's
+        # own states when compute raises: the gathered ones would stay, and the next update fail
+        if self._is_synced:
+            self.unsync()
         raise MetricInputError(problem)
 
     def _undefined(self) -> str | None:
@@ -162,7 +166,8 @@ class _CheckedPearson(_CheckedSpearman):
             return super().compute()  # NaN or the error, as every checked metric
         x, y = dim_zero_cat(self.preds).to(torch.float64), dim_zero_cat(self.target).to(torch.float64)
         x, y = x - x.mean(), y - y.mean()
-        return (x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum())
+        # rounding can put an exactly linear relation a hair above 1
+        return ((x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum())).clamp(-1.0, 1.0)
 
 
 class _CheckedKendall(_CheckedInputs, KendallRankCorrCoef):
