@@ -339,6 +339,21 @@ def val_inputs(candidate: Path, seeds: list[int]) -> None:
         raise SystemExit(f"--part val: {candidate / 'splits_BIQ2021.json'} has seeds {sorted(have)}, not {seeds}")
 
 
+def gate_name(name: str | None, candidate: Path, row: str) -> str:
+    """The model whose default is at stake: ``name`` (--name), which must be the candidate row's
+    model where its config.yaml names it (ship.py reads ship_gate_<the row's model>.json, with
+    that model's targets), else that model. ValueError when neither says."""
+    row_model = recorded_model(candidate, row)
+    if name is None:
+        if row_model is None:
+            raise ValueError(f"--name: the candidate row {row!r} is not in {candidate / 'config.yaml'}: "
+                             "say which model's default is at stake")
+        return row_model
+    if row_model is not None and row_model != name:
+        raise ValueError(f"--name {name}: the candidate row {row!r} trains {row_model}")
+    return name
+
+
 def recorded_model(runs: Path, row: str) -> str | None:
     """The row's model in the experiment folder's config.yaml; None where the row is not there."""
     cfg = _recorded_config(runs)
@@ -427,15 +442,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the table to STEM.md and STEM.json (default: benchmarks/results/ship_gate_<name>, "
                          "or selection_<name> with --part val); e.g. a rejected candidate's own file")
     args = ap.parse_args(argv)
-    row_model = recorded_model(args.candidate, args.candidate_row)
-    if args.name is None:
-        if row_model is None:
-            ap.error(f"--name: the candidate row {args.candidate_row!r} is not in {args.candidate / 'config.yaml'}: "
-                     "say which model's default is at stake")
-        args.name = row_model
-    elif row_model is not None and row_model != args.name:
-        # ship.py reads ship_gate_<the row's model>.json, with that model's targets
-        ap.error(f"--name {args.name}: the candidate row {args.candidate_row!r} trains {row_model}")
+    try:
+        args.name = gate_name(args.name, args.candidate, args.candidate_row)
+    except ValueError as exc:
+        ap.error(str(exc))
     if (args.baseline is None) == (args.baseline_from is None):
         ap.error("give one of --baseline (a results folder) and --baseline-from (an earlier gate's JSON)")
     if args.baseline_from is not None:

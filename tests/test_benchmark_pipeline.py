@@ -1286,10 +1286,11 @@ def test_the_gate_finds_every_seeds_weights_and_its_models_name_before_scoring(c
         ship_gate.main([*argv, "--name", "ie-iqa"])
     assert "--name ie-iqa: the candidate row 'C' trains iqa-cr" in capsys.readouterr().err
     # the row's model is the default name (ship.py reads ship_gate_<the row's model>.json)
-    real = ship_gate.result_stem
-    monkeypatch.setattr(ship_gate, "result_stem", lambda name, *a: pytest.fail(name) if name != "iqa-cr" else real(name, *a))
-    with pytest.raises(SystemExit, match="seed1/tested.pt is missing"):
-        ship_gate.main(argv)
+    assert ship_gate.gate_name(None, tmp_path / "cand", "C") == "iqa-cr"
+    assert ship_gate.gate_name("iqa-cr", tmp_path / "cand", "C") == "iqa-cr"
+    with pytest.raises(ValueError, match="say which model's default is at stake"):  # an ensemble's folder
+        ship_gate.gate_name(None, tmp_path / "cand", "not a row there")
+    assert ship_gate.gate_name("ensemble", tmp_path / "cand", "not a row there") == "ensemble"
 
 
 def test_the_gates_stored_scores_are_keyed_by_the_scoring_code(common, monkeypatch):

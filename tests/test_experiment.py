@@ -1367,3 +1367,18 @@ def test_a_run_tested_on_its_last_epoch_with_ema_tests_the_moving_average(tmp_pa
     trained = [k for k, p in load_checkpoint(run / "tested.pt").named_parameters() if p.requires_grad]
     assert trained and all(torch.equal(tested[k], ema[k]) for k in trained)
     assert any(not torch.equal(tested[k], last["model_state"][k]) for k in trained)  # not the raw weights
+
+
+def test_an_experiment_whose_epochs_were_all_head_only_records_the_head_alone(tmp_path):
+    """The results said "backbone stages 3-8 and the head" of a row whose head_only_epochs
+    covered every epoch (the backbone at learning rate 0 throughout), as train's run.json did."""
+    write_csv(tmp_path / "train", 10, (0, 100), seed=3)
+    cfg = {"name": "ho", "data": {"name": "csv", "root": "train/scores.csv", "label": "TINY"}, "protocol": "ie-iqa",
+           "seeds": 1, "test": ["split"], "model_args": TINY_ARGS,
+           "train": {"epochs": 1, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5,
+                     "head_only_epochs": 2},
+           "runs": [{"name": "IQA-CR-Q", "model": "iqa-cr-q"}]}
+    (tmp_path / "ho.yaml").write_text(yaml.safe_dump(cfg))
+    run_experiment(tmp_path / "ho.yaml", tmp_path / "out", progress=False, log=None)
+    said = json.loads((tmp_path / "out" / "metrics" / "IQA-CR-Q" / "seed0.json").read_text())["trained"]
+    assert said.startswith("head only (the backbone's learning rate 0 in all 1 epoch(s)"), said

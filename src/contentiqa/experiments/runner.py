@@ -701,7 +701,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
             **({"init_from_sha256": file_sha256(init), "init_from_weights": _init_weights(init)}
                if init is not None and init.is_file() else {}), "checkpoint": "best" if use_best else "last",
             "best_epoch": best.get("epoch"), "epochs_run": len(trainer.history), "train_seconds": round(train_s, 1),
-            "minutes_per_epoch": trainer.epoch_minutes(), "trained": model.trained_stages(tcfg.cache_stages),
+            "minutes_per_epoch": trainer.epoch_minutes(), "trained": trainer.training_record()["trained"],
             "device": tcfg.device, "calibration": finished.get("calibration"), **finished,
             "n_train": len(parts["train"]), "n_val": len(parts.get("val", [])),
             "n_test": sum(len(o.get("test", [])) for o in own.values()),
