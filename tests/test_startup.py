@@ -151,6 +151,9 @@ def test_commands_that_need_pytorch_say_which_extra_in_one_line(tmp_path, exampl
         ["score", str(photos[0]), "--precision", "bf16"],
         ["score", str(photos[0]), "-o", str(tmp_path / "r.html"), "--explain"],
         ["evaluate", "--model", "iqa-cr", "--data", str(data)],
+        ["label-content", str(data), "--out", str(tmp_path / "labelled.csv")],
+        ["train", "--model", "ie-iqa", "--data", str(data), "--out", str(tmp_path / "run")],
+        ["analyze-intelligibility", str(data), "--out", str(tmp_path / "an")],
     ]
     for argv in needs_torch:
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)

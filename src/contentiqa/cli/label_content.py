@@ -157,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a CSV file name")
+    from ..utils.extras import require
+
+    require("torch", "labelling content (an ImageNet classifier)")  # before the CSV is blamed for pandas' absence
     try:
         table, comment = _read_csv(src)
     except Exception as exc:  # pandas raises several types for malformed CSVs
