@@ -77,6 +77,8 @@ class Pass:
     start: int = 0
     end: int = 0
     stages: Any = None
+    native: bool = False
+    """Reads the photo as it is (``size``: clive-dev's side, what it is timed at here)."""
 
     @property
     def partial(self) -> bool:
@@ -152,7 +154,7 @@ def backbone_passes(model) -> list[Pass]:
             passes += own
         return passes
     if model.native_resolution:
-        return [Pass(PHOTO_SIDE)]
+        return [Pass(PHOTO_SIDE, native=True)]
     cfg = model.cfg.to_dict()
     return [Pass(int(cfg["input_size"]))] + ([Pass(int(cfg["intelligibility_input_size"]))]
                                              if cfg.get("intelligibility_task") and cfg.get("intelligibility_input_size")

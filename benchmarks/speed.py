@@ -189,12 +189,10 @@ def input_hw(model, photo_hw: tuple[int, int]) -> tuple[int, int]:
 
 def pass_hws(model, passes: list, photo_hw: tuple[int, int]) -> list[tuple[int, int]]:
     """The (H, W) of each whole backbone pass for a photo of ``photo_hw``: a native-resolution
-    pass reads the photo as the model does (cores.py's passes stand for it by PHOTO_SIDE), a
-    fixed-size one its own size (IE-IQA: 384 px, and 224 px for its intelligibility network)."""
-    from cores import PHOTO_SIDE
-
+    pass reads the photo as the model does, a fixed-size one its own size (IE-IQA: 384 px, and
+    224 px for its intelligibility network)."""
     hw = tuple(input_hw(model, photo_hw))
-    return [hw if p.size == PHOTO_SIDE else (p.size, p.size) for p in passes if not p.partial]
+    return [hw if p.native else (p.size, p.size) for p in passes if not p.partial]
 
 
 def backbone_passes(model) -> list:

@@ -378,3 +378,49 @@ def test_cached_encodings_hold_their_folders_while_filling_them(tmp_path, monkey
     cache_mod.cached_encodings(tiny_model("iqa-cr"), images, 3, True, cache_dir=enc)
     assert seen and all(flags and all(flags) for flags in seen)
     assert not any(e.in_use for e in scan_cache(enc)) and all(e.known for e in scan_cache(enc))
+
+
+def test_the_in_use_hold_fails_open_on_filesystems_without_locks(tmp_path, monkeypatch):
+    """Lustre without -o flock: using() raised ENOSYS out of every training with a cache. NFS:
+    an exclusive lock on a file opened read-only fails with EBADF, which counted every entry
+    ever filled as in use, so nothing was evicted again."""
+    import errno
+    import fcntl
+
+    from contentiqa.utils.disk_cache import using
+
+    folder = entry(tmp_path, "backbone_a", 100, NOW - 1000)
+    real = fcntl.flock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with using(folder):  # used unheld
+        pass
+    assert [e.in_use for e in scan(tmp_path)] == [False]
+
+    def nfs(fd, op):
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", nfs)
+    assert [e.in_use for e in scan(tmp_path)] == [False]
+    with using(folder):
+        assert [e.in_use for e in scan(tmp_path)] == [True]
+    (folder / ".in-use").chmod(0o444)  # a cache another user filled: read-only here, and not held
+    assert [e.in_use for e in scan(tmp_path)] == [False]
+
+
+def test_a_linked_entry_a_process_fills_is_in_use_too(tmp_path):
+    from contentiqa.utils.disk_cache import using
+
+    elsewhere = entry(tmp_path / "other-disk", "backbone_moved", 100, NOW - 1000)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "backbone_moved").symlink_to(elsewhere)
+    with using(cache / "backbone_moved"):
+        (e,) = scan(cache)
+        assert e.linked and e.in_use
+        assert prune(cache, older_than_s=0) == [] and (cache / "backbone_moved").is_symlink()

@@ -714,6 +714,12 @@ def test_evaluate_measures_a_content_only_model_on_a_placeholder_mos(tiny_table,
     tiny_table.assign(mos=50.0, category="animal", categories="animal;landscape").to_csv(csv, index=False)
     assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
     assert "  any label" in capsys.readouterr().out
+    # counted on the photos with a label the model knows: said with the figure
+    labels = ["animal;landscape", "spaceship;rocket"] * (len(tiny_table) // 2) + ["animal"] * (len(tiny_table) % 2)
+    tiny_table.assign(mos=50.0, category=[x.split(";")[0] for x in labels], categories=labels).to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
+    known = sum("animal" in x for x in labels)
+    assert f"(on the {known} images with a label the model knows)" in capsys.readouterr().out
 
 
 def test_evaluate_says_when_no_label_is_one_of_the_models_categories(tiny_table, tmp_path, capsys):
@@ -725,7 +731,7 @@ def test_evaluate_says_when_no_label_is_one_of_the_models_categories(tiny_table,
     csv = tmp_path / "labels.csv"
     tiny_table.assign(category="spaceship").to_csv(csv, index=False)
     assert main(["evaluate", "--model", str(ckpt), "--data", str(csv), "--quiet"]) == 0
-    assert "top-1 acc  not measured: no label is one of the model's categories (labels: spaceship)" in \
+    assert "top-1 acc  not measured: no main label is one of the model's categories (labels: spaceship)" in \
         capsys.readouterr().out
 
 

@@ -105,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
           f"{', %d failed' % metrics['n_failed'] if metrics.get('n_failed') else ''}):")
     for key, label in names:
         if key in metrics:
-            print(f"  {label:10s} {metrics[key]:.4f}" + (_accuracy_note(preds, model.categories, metrics)
-                                                     if key == "accuracy" else ""))
+            note = (_accuracy_note(preds, model.categories, metrics) if key == "accuracy" else
+                    f" (on the {int(metrics['n_acceptable'])} images with a label the model knows)"
+                    if key == "acceptable" and "n_acceptable" in metrics else "")
+            print(f"  {label:10s} {metrics[key]:.4f}{note}")
     if "accuracy" not in metrics and model.categories:
         unmet = _unknown_labels(preds, model.categories)
         if unmet:  # labelled, but with names the model has no category for: said, not left out silently
-            print(f"  {'top-1 acc':10s} not measured: no label is one of the model's categories "
+            print(f"  {'top-1 acc':10s} not measured: no main label is one of the model's categories "
                   f"(labels: {', '.join(unmet[:10])}{', ...' if len(unmet) > 10 else ''})")
     if args.json:
         atomic_write_text(args.json, json.dumps(metrics, indent=1))

@@ -295,9 +295,11 @@ def _keep_split_file_only_if_drawn(split, args: argparse.Namespace, path: Path) 
 def _say_tested(label: str, metrics: dict, preds) -> int:
     """The test line, and the test photos that could not be scored (their figures leave them
     out: said, as `evaluate` says it, with exit code 1)."""
+    from ..training.evaluate import COUNTS
+
     failed = int(metrics.get("n_failed") or 0)
     say_failed(preds, "`contentiqa evaluate --predictions FILE` lists them all")
-    print(f"{label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("n", "n_failed", "n_labelled"))
+    print(f"{label}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in (*COUNTS, "n_failed"))
           + f"  ({int(metrics.get('n', 0))} images" + (f", {failed} failed" if failed else "") + ")")
     return 1 if failed else 0
 

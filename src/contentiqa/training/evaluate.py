@@ -21,6 +21,10 @@ class NotMeasurable(MetricInputError):
         self.rows = rows
 
 
+COUNTS = ("n", "n_labelled", "n_acceptable")
+"""Keys of a metrics dict that count photos (summed over sets, never printed as metrics)."""
+
+
 def category_indices(values: Sequence, categories: Sequence[str]) -> np.ndarray:
     """Category names -> indices into ``categories`` (-1 for missing/unknown), both read in one
     spelling (:func:`~contentiqa.data.categories.normalize_category`): a table's ``Human`` is a
@@ -83,6 +87,7 @@ def metrics_from_predictions(
                 names = [normalize_category(categories[i]) if i >= 0 else None for i in pred_categories]
                 hits = [names[i] in sets[i] for i in np.flatnonzero(labelled)]
                 out["acceptable"] = float(np.mean(hits))
+                out["n_acceptable"] = float(len(hits))  # the photos it was counted on
     return out
 
 
@@ -137,7 +142,7 @@ def evaluate_model(
         failed = int((~ok).sum())
         said = f" ({failed} of {len(rows)} image(s) could not be scored)" if failed else ""
         raise NotMeasurable(f"{exc}{said}", rows) from None
-    if not {k for k in metrics if k not in ("n", "n_labelled")}:  # a content-only model without labels to meet
+    if not {k for k in metrics if k not in COUNTS}:  # a content-only model without labels to meet
         why = ("the data have no 'category' column" if "category" not in table else
                "none of the data's categories is one of the model's: " + ", ".join(model.categories))
         raise NotMeasurable(f"{model.model_name} predicts categories only, and {why}", rows)

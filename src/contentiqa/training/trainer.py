@@ -61,7 +61,7 @@ from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, rem
 from . import distributed as dist_utils
 from .config import RUNTIME_SETTINGS, SEED_LIMIT, TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
-from .evaluate import category_indices, metrics_from_predictions
+from .evaluate import COUNTS, category_indices, metrics_from_predictions
 from .damage import GROUP_SIZE, DamageSet, source_rows
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
@@ -703,10 +703,10 @@ class Trainer:
         out: dict[str, float] = {}
         for k in sorted({k for m in per.values() for k in m}):
             vals = [m[k] for m in per.values() if k in m]
-            out[k] = float(np.sum(vals)) if k in ("n", "n_labelled", "collapsed") else float(np.mean(vals))
+            out[k] = float(np.sum(vals)) if k in (*COUNTS, "collapsed") else float(np.mean(vals))
         for name, m in per.items():
             # every metric per set (a monitor may name any: SET/rmse, SET/krocc)
-            out.update({f"{name}/{k}": v for k, v in m.items() if k not in ("n", "n_labelled", "collapsed")})
+            out.update({f"{name}/{k}": v for k, v in m.items() if k not in (*COUNTS, "collapsed")})
         return out
 
     def evaluate_table(self, table: pd.DataFrame, model: IQAModel | None = None,

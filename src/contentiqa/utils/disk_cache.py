@@ -12,6 +12,7 @@ a running process holds with :func:`using` (a training filling an entry).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -114,7 +115,10 @@ def using(folder: str | os.PathLike):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a filesystem without locks (Lustre without -o flock): used unheld
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -126,15 +130,19 @@ def _held(folder: Path) -> bool:
         import fcntl
     except ImportError:
         return False
-    try:
-        fd = os.open(folder / IN_USE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:  # none: nobody ever held it
-        return False
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:  # writable where it can be: NFS places an exclusive lock only on a file open for writing
+        fd = os.open(folder / IN_USE, os.O_RDWR | nofollow)
+    except OSError:
+        try:
+            fd = os.open(folder / IN_USE, os.O_RDONLY | nofollow)
+        except OSError:  # none: nobody ever held it
+            return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
-    except OSError:  # held shared by a running process
-        return True
+    except OSError as exc:  # held shared by a running process; any other failure says nothing of use
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
     finally:
         os.close(fd)
 
@@ -208,7 +216,7 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
             except OSError:  # a broken link
                 used = st.st_mtime
             entries.append(CacheEntry(child, 0, 0, used, f"link to {os.readlink(child)} (its size not counted here)", True,
-                                      linked=True))
+                                      linked=True, in_use=_held(child)))
             continue
         if stat.S_ISDIR(st.st_mode):
             size = files = 0
