@@ -137,6 +137,17 @@ def test_calibration_recovers_a_logistic_and_stays_in_bounds():
         fit_calibration([0.1, 0.2], [0.1, 0.2])
 
 
+def test_calibration_refuses_outputs_it_cannot_map_instead_of_squeezing_them():
+    """Constant outputs were 'calibrated' into a step at them and stored without a word."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 50)
+    y = np.clip(0.2 + 0.6 * x + rng.normal(0, 0.05, 50), 0, 1)
+    with pytest.raises(ValueError, match="outputs are constant on the 50 calibration photos"):
+        fit_calibration(np.full(50, 0.5), y)
+    with pytest.raises(ValueError, match="10 outputs, 9 MOS"):
+        fit_calibration(np.linspace(0, 1, 10), np.linspace(0, 1, 9))
+
+
 def test_calibration_weights_decide_whose_photos_the_curve_follows():
     """Two sets whose raters map the same outputs differently: the fit follows the set that
     weighs more, and equal total weights meet between them (``calibrate_on: each``)."""

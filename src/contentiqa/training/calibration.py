@@ -37,10 +37,16 @@ def fit_calibration(raw: Sequence[float], target: Sequence[float],
 
     x = np.asarray(raw, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
-    if x.shape != y.shape or len(x) < MIN_PAIRS:
+    if x.shape != y.shape:
+        raise ValueError(f"calibration needs one MOS per output: {x.size} outputs, {y.size} MOS")
+    if len(x) < MIN_PAIRS:
         raise ValueError(f"calibration needs at least {MIN_PAIRS} (output, MOS) pairs, got {len(x)}")
     if not np.isfinite(x).all() or not np.isfinite(y).all():
         raise ValueError("calibration data hold NaN or infinite values")
+    # constant outputs have nothing to map: the fit would only place a step at them
+    if float(np.ptp(x)) <= 1e-9 * max(1.0, float(np.abs(x).max())):
+        raise ValueError(f"the model's outputs are constant on the {len(x)} calibration photos ({x[0]:.4g}): "
+                         "nothing to calibrate; check the training, or turn calibrate off")
     w = np.ones_like(x) if weight is None else np.asarray(weight, dtype=np.float64)
     if w.shape != x.shape or not np.isfinite(w).all() or (w < 0).any() or not w.any():
         raise ValueError("calibration weights must be one finite, non-negative value per pair, not all zero")
