@@ -250,7 +250,12 @@ def run_config_benchmark(default_config: Path, default_results: str, doc: str, a
         gate = gate_for(run.model, args.ship, args.tag, weights_dir, default=False, override=args.override_gate,
                         recipe=run.recipe_sha256, data=cfg.data_sha256)
     out = args.out or ROOT / "benchmarks" / "runs" / default_out_dir(cfg).name
-    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.only)
+    from contentiqa.experiments import ConfigError
+
+    try:
+        result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.only)
+    except ConfigError as exc:  # as `contentiqa experiment` says it: one line (a device not here, a data mistake)
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
     if not result.ran:
         print("benchmark skipped: " + "; ".join(result.skipped), file=sys.stderr)
         return 1

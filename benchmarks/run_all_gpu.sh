@@ -15,6 +15,11 @@ LOGS=$HERE/runs/logs
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 mkdir -p "$LOGS"
 $PY "$HERE/iqa_cr.py" --device cuda --quiet >"$LOGS"/cr_all.log 2>&1 &
+cr=$!
 $PY "$HERE/ie_iqa.py" --device cuda --quiet >"$LOGS"/ie_all.log 2>&1 &
-wait
+ie=$!
+rc=0  # either benchmark failing fails the script (the tail below would say 0)
+wait "$cr" || rc=1
+wait "$ie" || rc=1
 tail -n 30 "$LOGS"/cr_all.log "$LOGS"/ie_all.log
+exit $rc

@@ -73,6 +73,11 @@ def figures_from(results: Path | None, row: str) -> str:
         for label, s in res.get("summary", {}).items()) + f" ({len(res.get('seeds', []))} split(s))"
 
 
+def gate_file(stem: Path) -> Path:
+    """The gate JSON of ``--gate STEM`` (ship_gate.py --out STEM; a .md or .json suffix dropped)."""
+    return Path(f"{stem.with_suffix('') if stem.suffix in ('.md', '.json') else stem}.json")
+
+
 def check_results(results: Path, row: str) -> None:
     """SystemExit unless ``results`` is an experiment's results.json holding ``row``'s figures."""
     try:
@@ -436,6 +441,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--default", action="store_true",
                     help="make the tag its model's default (weights/defaults.json): only when benchmarks/ship_gate.py "
                          "passed this row")
+    ap.add_argument("--gate", type=Path, default=None, metavar="STEM",
+                    help="the gate's results when ship_gate.py wrote them elsewhere (its --out STEM; default: "
+                         "benchmarks/results/ship_gate_<model>)")
     ap.add_argument("--override-gate", action="store_true",
                     help="replace a default although the ship gate did not pass this row (say why in the commit)")
     args = ap.parse_args(argv)
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.results is not None:  # the card's figures: a misspelt file or row would ship a card without them
         check_results(args.results, args.row)
     gate = gate_for(run.model, args.row, args.tag, args.weights_dir, default=args.default, override=args.override_gate,
-                    recipe=run.recipe_sha256, tested=shipped_weights(args.from_run), data=cfg.data_sha256)
+                    path=None if args.gate is None else gate_file(args.gate), recipe=run.recipe_sha256, tested=shipped_weights(args.from_run), data=cfg.data_sha256)
     ship_row(args.config, args.row, args.tag, args.results, args.cache, args.from_run, args.weights_dir,
              init_from=args.init_from, gate=gate)
     if args.default:

@@ -1303,6 +1303,15 @@ def test_the_gates_stored_scores_are_keyed_by_the_scoring_code(common, monkeypat
     assert ship_gate.scoring_fingerprint() != before
 
 
+def test_ship_reads_a_gate_written_elsewhere(common, tmp_path):
+    """ship.py read only ship_gate_<model>.json, so the GPU README's test gate wrote its verdict
+    over the default's passing record."""
+    import ship
+
+    assert ship.gate_file(Path("r/ship_gate_ie-iqa_blocks3_gpu")) == Path("r/ship_gate_ie-iqa_blocks3_gpu.json")
+    assert ship.gate_file(Path("r/g.v5.md")) == Path("r/g.v5.json") and ship.gate_file(Path("r/g.v5")) == Path("r/g.v5.json")
+
+
 def test_ship_refuses_a_results_file_without_the_rows_figures_before_any_work(common, tmp_path):
     import ship
 

@@ -196,6 +196,25 @@ def test_single_process_is_untouched_by_the_distributed_helpers(monkeypatch):
     dist_utils.cleanup(info)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_torchrun_asking_for_cuda_without_it_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Each process of `torchrun ... train --device cuda` died in torch.cuda.set_device with a
+    traceback (the device was checked only after the process group was joined)."""
+    from contentiqa.cli.main import main
+    from contentiqa.training import distributed as dist_utils
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        dist_utils.init_from_env("cuda")
+    data = tmp_path / "d.csv"
+    data.write_text("image,mos\na.png,1\nb.png,2\n")
+    assert main(["train", "--model", "iqa-cr", "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cuda",
+                 "--set", "calibrate=false"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available here" in err and "Traceback" not in err
+
+
 # -- two processes -------------------------------------------------------------------------------
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     port = free_port()

@@ -36,7 +36,7 @@ done
 for row in "${rows[@]}"; do
   t0=$(date +%s)
   for seed in "${seeds[@]}"; do
-    python3 -m contentiqa experiment "$CONFIG" --out "$RUNS.s$seed" --only "$row" --seed "$seed" \
+    python3 -m contentiqa experiment "$CONFIG" --out "$RUNS.s$seed" --only "$row" --seed "$seed" --strict \
       --device "${DEVICE:-cuda}" >"$RUNS/logs/$(echo "$row" | tr -c 'A-Za-z0-9.+-' _)_seed$seed.txt" 2>&1 &
   done
   for job in $(jobs -p); do wait "$job" || rc=1; done
@@ -46,7 +46,8 @@ done
 # process died before writing any results is left out, not the others with it)
 imports=()
 for seed in "${seeds[@]}"; do
-  [ -f "$RUNS.s$seed/results.json" ] && imports+=(--import "$RUNS.s$seed/results.json")
+  # a seed without results is a failure of this lease, whatever its process said
+  if [ -f "$RUNS.s$seed/results.json" ]; then imports+=(--import "$RUNS.s$seed/results.json"); else rc=1; fi
 done
 python3 -m contentiqa experiment "$CONFIG" --out "$RUNS" "${imports[@]}" --table-only --quiet \
   >"$RUNS/logs/table.txt" 2>&1 || rc=1

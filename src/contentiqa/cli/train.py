@@ -190,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     # Launched by torchrun (WORLD_SIZE > 1): join the process group; one GPU per local rank.
-    info = dist_utils.init_from_env(cfg.device)
+    try:
+        info = dist_utils.init_from_env(cfg.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if info.distributed:
         cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
     if info.rank != 0:  # rank 0 speaks for the run: the others' notes and warnings would repeat each once per process

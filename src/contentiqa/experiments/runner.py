@@ -1095,7 +1095,10 @@ def run_experiment(
         return result
 
     devices = {device} if device else {str(r.train.get("device", "cpu")) for r in cfg.runs}
-    info = dist_utils.init_from_env(sorted(devices)[0])
+    try:
+        info = dist_utils.init_from_env(sorted(devices)[0])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if info.distributed and len(devices) == 1:
         device = dist_utils.device_for(next(iter(devices)), info.local_rank)
     main = info.rank == 0

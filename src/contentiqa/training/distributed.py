@@ -86,7 +86,14 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = str(device).startswith("cuda")
     if cuda:
-        torch.cuda.set_device(torch.device(device_for(device, local_rank)))
+        from ..utils.devices import resolve_device
+
+        # checked here, before CUDA is touched: ValueError, which the commands print in one line
+        gpu = resolve_device(device_for(device, local_rank))
+        if gpu.index is not None and gpu.index >= torch.cuda.device_count():
+            raise ValueError(f"process {local_rank} of this machine needs GPU {gpu.index}, but it has "
+                             f"{torch.cuda.device_count()}: start at most that many processes per machine")
+        torch.cuda.set_device(gpu)
     backend = backend or os.environ.get("CONTENTIQA_DIST_BACKEND") or ("nccl" if cuda else "gloo")
     timeout = timedelta(seconds=float(os.environ.get("CONTENTIQA_DIST_TIMEOUT", 3600)))
     dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
