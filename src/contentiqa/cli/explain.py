@@ -6,8 +6,7 @@ Grad-CAM over every CNN feature level the score uses (combined on the finest gri
 the rolled-out spatial self-attention of the Transformer (IQA-CR Fig. 2); ``--map gradcam``
 shows plain Grad-CAM. The model reads the image as `contentiqa score` does (a native-resolution
 model: photos over 2048 px downscaled; a fixed-size one: resized to its size); images above
---max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here),
-while the score and category printed are always those `contentiqa score` gives the image.
+--max-pixels (default 4 MP) are explained on a downscaled copy (said in the figure and here).
 
 The score and category are those `contentiqa score` gives the image: computed by the same
 runtime and precision (score's --runtime, --precision, --threads and defaults: ONNX Runtime on
