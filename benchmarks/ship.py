@@ -184,7 +184,10 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
         tcfg = trainer.cfg
         best = trainer.fit(resume=True)
         best_model = trainer.load_best() if val is not None else trainer.last_model()
-        finished = trainer.finish(best_model)
+        try:
+            finished = trainer.finish(best_model)
+        except ValueError as exc:  # e.g. outputs constant on the validation photos: nothing shipped
+            raise SystemExit(f"ship.py: cannot finish {row!r}: {exc} (the trained epochs are kept in {work})") from None
         if "interpolated" in finished:
             alpha = finished["interpolated"]
             used.append(f"weights mixed with those it started from: {1 - alpha:g} x start + {alpha:g} x trained "

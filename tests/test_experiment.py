@@ -866,6 +866,12 @@ def test_experiment_cli(tiny, first_run, tmp_path, capsys):
     assert "results.md" in out.out and "skipped run needs weights" in out.err and "nope.pt" in out.err
     assert main(["experiment", str(path), "--out", str(root / "out1"), "--quiet", "--strict"]) == 1
     capsys.readouterr()
+    # --strict fails a pass for the rows it asks for only (another row's missing weights are no
+    # failure of a GPU lease training one row)
+    assert main(["experiment", str(path), "--out", str(tmp_path / "one"), "--quiet", "--strict", "--only", "IQA-CR-Q",
+                 "--seed", "0"]) == 0
+    assert (tmp_path / "one" / "metrics" / "IQA-CR-Q" / "seed0.json").is_file()
+    capsys.readouterr()
     missing = tmp_path / "missing.yaml"
     missing.write_text(yaml.safe_dump({**cfg, "name": "m", "data": {"name": "spaq", "root": "/nonexistent/spaq"}}))
     assert main(["experiment", str(missing), "--out", str(tmp_path / "o"), "--quiet"]) == 0
@@ -1382,3 +1388,24 @@ def test_an_experiment_whose_epochs_were_all_head_only_records_the_head_alone(tm
     run_experiment(tmp_path / "ho.yaml", tmp_path / "out", progress=False, log=None)
     said = json.loads((tmp_path / "out" / "metrics" / "IQA-CR-Q" / "seed0.json").read_text())["trained"]
     assert said.startswith("head only (the backbone's learning rate 0 in all 1 epoch(s)"), said
+
+
+def test_a_split_that_cannot_be_finished_is_one_error_naming_it(tmp_path, monkeypatch):
+    """A calibration refused after training (outputs constant on the validation photos) was a
+    traceback that ended the whole experiment."""
+    from contentiqa.training.trainer import Trainer
+
+    write_csv(tmp_path / "train", 10, (0, 100), seed=4)
+    cfg = {"name": "fin", "data": {"name": "csv", "root": "train/scores.csv", "label": "TINY"}, "protocol": "ie-iqa",
+           "seeds": 1, "test": ["split"], "model_args": TINY_ARGS,
+           "train": {"epochs": 1, "batch_size": 4, "crop": 48, "cache_stages": 3, "lr": 1e-3, "warmup_epochs": 0.5},
+           "runs": [{"name": "IQA-CR-Q", "model": "iqa-cr-q"}]}
+    (tmp_path / "fin.yaml").write_text(yaml.safe_dump(cfg))
+
+    def refused(self, model):
+        raise ValueError("the model's outputs are constant on the 2 calibration photos (0.5)")
+
+    monkeypatch.setattr(Trainer, "finish", refused)
+    with pytest.raises(ConfigError, match=r"run IQA-CR-Q, split seed 0: cannot finish the run: the model's outputs "
+                                          r"are constant .* \(the trained epochs are kept\)"):
+        run_experiment(tmp_path / "fin.yaml", tmp_path / "out", progress=False, log=None)

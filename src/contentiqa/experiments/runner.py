@@ -690,7 +690,11 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     try:
         use_best = cfg.checkpoint == "best" or (cfg.checkpoint == "auto" and "val" in parts)
         chosen = trainer.load_best() if use_best else trainer.last_model()
-        finished = trainer.finish(chosen)
+        try:
+            finished = trainer.finish(chosen)
+        except ValueError as exc:  # e.g. outputs constant on the validation photos: nothing to calibrate
+            raise ConfigError(f"run {run.name}, split seed {seed}: cannot finish the run: {exc} (the trained epochs "
+                              "are kept)") from None
         # The exact model the split's test figures come from (chosen epoch, calibrated): what a
         # later check scores through the CLI (benchmarks/ship_gate.py).
         save_checkpoint(chosen, run_dir / "tested.pt", extra={
@@ -1162,7 +1166,7 @@ def run_experiment(
         for run in cfg.runs:
             lacking = run_missing(cfg, run)
             if lacking:
-                if strict:
+                if strict and (not only or run.name in only):  # a row not asked for is no failure of this pass
                     raise ExperimentSkipped("; ".join(lacking))
                 say("skipped " + "; ".join(lacking))
                 result.skipped_runs[run.name] = lacking
