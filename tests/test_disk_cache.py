@@ -409,7 +409,10 @@ def test_the_in_use_hold_fails_open_on_filesystems_without_locks(tmp_path, monke
     assert [e.in_use for e in scan(tmp_path)] == [False]
     with using(folder):
         assert [e.in_use for e in scan(tmp_path)] == [True]
-    (folder / ".in-use").chmod(0o444)  # a cache another user filled: read-only here, and not held
+    # a cache another user filled: its lock file read-only here (refused as root is not), and not held
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if str(path).endswith(".in-use") and flags & os.O_RDWR else real_open(path, flags, *a))
     assert [e.in_use for e in scan(tmp_path)] == [False]
 
 

@@ -132,10 +132,11 @@ def test_an_unreachable_server_is_said_not_left_connecting(tmp_path):
 
 def test_a_photo_over_the_upload_limit_fails_on_its_card_unsent_and_the_rest_score(tmp_path):
     page = run_page(tmp_path, max_upload_bytes=4096,
-                    steps=[{"files": [["big.jpg", 8000], ["small.jpg", 100]]}])
+                    steps=[{"files": [["big.jpg", 8000], ["small.jpg", 100], ["fits.jpg", 3500]]}])
     assert page["rejections"] == [], page
     cards = {c["name"]: c for c in page["cards"]}
-    assert cards["big.jpg"]["failed"] and cards["big.jpg"]["error"].endswith("upload limit of 4 KiB")
-    assert not cards["small.jpg"]["failed"]
-    assert page["requests"].count("/v1/score") == 1  # the small one only
-    assert page["status"].startswith("1 of 2 photo(s) scored, 1 failed")
+    assert cards["big.jpg"]["failed"] and "upload limit of 4 KiB" in cards["big.jpg"]["error"]
+    # a photo whose form (about 170 bytes around it) fits is sent
+    assert not cards["small.jpg"]["failed"] and not cards["fits.jpg"]["failed"]
+    assert page["requests"].count("/v1/score") == 2  # not the big one
+    assert page["status"].startswith("2 of 3 photo(s) scored, 1 failed")

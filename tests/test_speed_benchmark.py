@@ -66,6 +66,6 @@ def test_the_limit_times_each_pass_at_its_own_size():
     assert speed.pass_hws(ie, speed.backbone_passes(ie), (500, 400)) == [(384, 384), (224, 224)]
     cr = create_model("iqa-cr", pretrained=False, backbone_pretrained=False)
     assert speed.pass_hws(cr, speed.backbone_passes(cr), (500, 400)) == [(500, 400)]  # the photo as it is
-    # a fixed size that happens to be clive-dev's side is still fixed
-    d500 = create_model("ie-iqa-distortion", pretrained=False, distortion_pretrained=False, input_size=500)
-    assert speed.pass_hws(d500, speed.backbone_passes(d500), (750, 1000)) == [(500, 500)]
+    # a fixed size that happens to be clive-dev's side is still fixed (it read as the photo's)
+    ie500 = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, intelligibility_input_size=500)
+    assert speed.pass_hws(ie500, speed.backbone_passes(ie500), (750, 1000)) == [(384, 384), (500, 500)]

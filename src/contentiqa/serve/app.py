@@ -56,6 +56,7 @@ API_KEY_ENV = "CONTENTIQA_API_KEY"
 SERVER_BOMB_HINT = "send a smaller photo: the limit is this server's (its operator sets it)"
 """What a client is told to do about an image over the pixel limit (it cannot raise the limit)."""
 DOCS_ASSETS = "/docs-assets"
+"""Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 # The page loads its own script and style only and shows photos as blob: URLs; should a file
 # name or a model's text ever reach the page as markup, no script from elsewhere runs, and no
 # other site can frame the page to collect an API key typed into it.
@@ -64,7 +65,6 @@ PAGE_HEADERS = {
                                "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-"""Where the API docs' scripts and styles are served (from the fastapi-offline package)."""
 
 
 @dataclass

@@ -90,9 +90,12 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
 
         # checked here, before CUDA is touched: ValueError, which the commands print in one line
         gpu = resolve_device(device_for(device, local_rank))
-        if gpu.index is not None and gpu.index >= torch.cuda.device_count():
-            raise ValueError(f"process {local_rank} of this machine needs GPU {gpu.index}, but it has "
-                             f"{torch.cuda.device_count()}: start at most that many processes per machine")
+        count = torch.cuda.device_count()
+        if gpu.index is not None and gpu.index >= count:
+            raise ValueError(
+                f"process {local_rank} of this machine needs GPU {gpu.index}, but it has {count}: start at most "
+                "that many processes per machine" if device in ("cuda", "gpu") else
+                f"device {device}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})")
         torch.cuda.set_device(gpu)
     backend = backend or os.environ.get("CONTENTIQA_DIST_BACKEND") or ("nccl" if cuda else "gloo")
     timeout = timedelta(seconds=float(os.environ.get("CONTENTIQA_DIST_TIMEOUT", 3600)))

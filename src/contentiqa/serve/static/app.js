@@ -8,8 +8,9 @@ const KEY_CHARS = /^[\x20-\x7e]+$/;
 const stored = sessionStorage.getItem("contentiqa-key") || "";
 const state = { key: KEY_CHARS.test(stored) ? stored : "", model: null, cards: [] };
 const $ = (sel) => document.querySelector(sel);
-// Room for the multipart form's own lines around a photo's bytes.
-const FORM_OVERHEAD = 1024;
+// The multipart form's own lines around a photo's bytes (its boundaries and part header, which
+// names the file): what the server's limit counts beside the photo.
+const formOverhead = (file) => 256 + 2 * new TextEncoder().encode(file.name).length;
 
 function headers() {
   return state.key ? { "X-API-Key": state.key } : {};
@@ -184,7 +185,7 @@ async function handleFiles(fileList) {
   // such a request at once and closes the connection, which a browser still sending the body
   // may report as a bare network error instead of the server's reason.
   const limit = state.limits && state.limits.max_upload_bytes;
-  const tooLarge = (card) => limit && card.file.size + FORM_OVERHEAD > limit;
+  const tooLarge = (card) => limit && card.file.size + formOverhead(card.file) > limit;
   // A photo that could not be scored is counted as such, never as scored.
   const tally = () => `${done - failed} of ${cards.length} photo(s) scored` + (failed ? `, ${failed} failed` : "");
   setStatus(`scoring ${cards.length} photo(s)…`);
@@ -193,7 +194,7 @@ async function handleFiles(fileList) {
     while (next < cards.length) {
       const card = cards[next++];
       const ok = tooLarge(card)
-        ? failCard(card, `larger than this server's upload limit of ${bytesText(limit)}`)
+        ? failCard(card, `larger than this server's upload limit of ${bytesText(limit)} (the photo and its form)`)
         : await scoreCard(card);
       if (!ok) failed++;
       done++;
