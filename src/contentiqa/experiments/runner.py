@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -36,7 +35,7 @@ import pandas as pd
 
 from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION, check_held_out_across_sets
-from ..training.config import RUNTIME_SETTINGS
+from ..training.config import RUNTIME_SETTINGS, finite_above_zero
 from ..utils.io import file_sha256
 from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
 
@@ -579,7 +578,7 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
         if ratio:  # the Trainer says so too, but only at the row's turn, after the rows before it trained
             labels = [ts.label for ts in cfg.train_sets]
             if len(labels) < 2 or not isinstance(ratio, dict) or set(ratio) - set(labels) \
-                    or not all(_positive_number(v) for v in ratio.values()):
+                    or not all(finite_above_zero(v) for v in ratio.values()):
                 raise ConfigError(f"run {run.name}: dataset_ratio {ratio} must give a positive draw to training sets of "
                                   f"this experiment ({', '.join(labels)}), and there must be several")
         for seed in asked:
@@ -590,13 +589,6 @@ def check_before_training(cfg: ExperimentConfig, out: Path, only: list[str] | No
                                   "before it in this run writes it: train that row first (or with it)")
             coming |= {(out / "runs" / run.slug / f"seed{seed}" / name).resolve()
                        for name in ("best.pt", "tested.pt", "last.pt")}
-
-
-def _positive_number(value: Any) -> bool:
-    try:
-        return not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
-    except (TypeError, ValueError, OverflowError):
-        return False
 
 
 def _init_file(run: RunSpec, seed: int, out: Path) -> Path | None:

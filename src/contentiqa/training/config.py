@@ -207,7 +207,7 @@ class TrainConfig:
                              "or SET/metric for one training set's")
         if self.dataset_ratio is not None and not (
                 isinstance(self.dataset_ratio, dict) and self.dataset_ratio
-                and all(_finite_above_zero(v) for v in self.dataset_ratio.values())):
+                and all(finite_above_zero(v) for v in self.dataset_ratio.values())):
             raise ValueError("training option dataset_ratio maps training sets to draws above 0 (e.g. {CLIVE: 1, "
                              f"BIQ2021: 3}}), not {self.dataset_ratio!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -255,7 +255,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def _finite_above_zero(value: Any) -> bool:
+def finite_above_zero(value: Any) -> bool:
     """A real number above 0 and finite (an integer of 400 digits is no float: not finite)."""
     try:
         return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
