@@ -117,7 +117,7 @@ def _read_csv(path: Path):
 
     first = leading_comment(path)
     # as the dataset loader reads it: a decimal comma refused, a row's trailing comma no index
-    table = read_csv_table(path, skiprows=int(first is not None), dtype=str, keep_default_na=False)
+    table = read_csv_table(path, skip_comment=True, dtype=str, keep_default_na=False)
     return table, "" if first is None else first + "\n"
 
 

@@ -26,7 +26,7 @@ from typing import Iterable
 import pandas as pd
 
 from .categories import LIQE_TO_IQA_CR, normalize_category
-from .table import canonical_columns, cell_path, leading_comment, read_csv_table
+from .table import canonical_columns, cell_path, read_csv_table
 
 LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
@@ -65,7 +65,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     try:
         # all text: an 'Image' column of '001' stays '001' whatever its header's case
-        raw = read_csv_table(path, skiprows=int(leading_comment(path) is not None), dtype=str, keep_default_na=False,
+        raw = read_csv_table(path, skip_comment=True, dtype=str, keep_default_na=False,
                              na_values=[""])  # (label-content writes a DATA file's comment line back)
     except FileNotFoundError:
         raise LabelsError(f"label file {path} does not exist") from None

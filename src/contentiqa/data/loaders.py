@@ -430,10 +430,8 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
         path = candidates[0]
     # utf-8-sig: a spreadsheet's byte-order mark must not hide the comment line
     first = leading_comment(path)
-    commented = first is not None
-    declared = _declared_range(first, path) if commented else None
-    skip = 1 if commented else 0
-    df = read_csv_table(path, skiprows=skip)
+    declared = _declared_range(first, path) if first is not None else None
+    df = read_csv_table(path, skip_comment=True)
     written = list(df.columns)
     df.columns = canonical_columns(df.columns, path)
     for col in ("image", "mos"):
@@ -441,7 +439,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")
     # file names as written: '0001' is not the number 1, nor a file called 'NA' a missing cell
     name = written[list(df.columns).index("image")]
-    df["image"] = read_csv_table(path, skiprows=skip, usecols=[name], dtype=str,
+    df["image"] = read_csv_table(path, skip_comment=True, usecols=[name], dtype=str,
                                  keep_default_na=False, na_values=[""])[name].to_numpy()
     blank = df["image"].isna() | (df["image"].astype(str).str.strip() == "")
     if blank.any():

@@ -152,12 +152,14 @@ def leading_comment(path: str | os.PathLike) -> str | None:
     return first.rstrip("\r\n") if first.lstrip().startswith("#") else None
 
 
-def read_csv_table(path: Path, skiprows: int = 0, **options: Any) -> pd.DataFrame:
+def read_csv_table(path: Path, skip_comment: bool = False, **options: Any) -> pd.DataFrame:
     """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
     stray comma keep their columns (pandas would otherwise take the first column for an index,
-    shifting every cell one column left). ``options`` go to ``pd.read_csv``."""
+    shifting every cell one column left). ``skip_comment``: a user's table, whose first line may
+    be a :func:`leading_comment`. ``options`` go to ``pd.read_csv``."""
     import pandas as pd
 
+    skiprows = int(skip_comment and leading_comment(path) is not None)
     try:
         with warnings.catch_warnings():
             # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
