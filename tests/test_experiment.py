@@ -936,6 +936,37 @@ def test_check_says_ready_only_for_what_the_run_would_start(tiny, tmp_path, caps
     assert rc == 1 and out.startswith("missing") and "PyTorch (pip install 'contentiqa[torch]')" in out
 
 
+def test_check_reads_the_tables_and_looks_up_the_images(tiny, tmp_path, capsys):
+    """--check said "ready" for a BIQ2021 folder without its annotation sheets and for a CSV
+    listing an image that is not there: the run then skipped the config for missing data."""
+    from contentiqa.cli.main import main
+
+    root, path, cfg = tiny
+    ready = [r for r in cfg["runs"] if r["name"] != "needs weights"]
+
+    def check(name: str, data: dict) -> tuple[int, str]:
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({**cfg, "name": name, "runs": ready, "test": ["split"], "data": data}))
+        rc = main(["experiment", "--check", str(p)])
+        return rc, capsys.readouterr().out
+
+    (tmp_path / "biq").mkdir()
+    rc, out = check("biq", {"name": "biq2021", "root": str(tmp_path / "biq")})
+    assert rc == 1 and out.startswith("missing") and "Train (Images and MOS).csv" in out, out
+    table = (root / "train" / "scores.csv").read_text()
+    gone = tmp_path / "gone" / "scores.csv"
+    gone.parent.mkdir()
+    gone.write_text(table.replace("img/", str(root / "train" / "img") + "/").replace("/3.png", "/nothere.png"))
+    rc, out = check("gone", {"name": "csv", "root": str(gone), "label": "G"})
+    assert rc == 1 and out.startswith("missing") and "1 image file(s) missing" in out and "nothere.png" in out, out
+    rc, out = check("kept", {"name": "csv", "root": str(gone), "label": "G", "skip_missing": True})
+    assert rc == 0 and out.startswith("ready"), out  # the run drops it, as the config asks
+    broken = tmp_path / "broken.csv"
+    broken.write_text("image,mos\nimg/0.png,high\n")
+    rc, out = check("broken", {"name": "csv", "root": str(broken), "label": "B"})
+    assert rc == 2 and out.startswith("invalid") and "broken.csv" in out, out
+
+
 def test_check_counts_what_configs_before_write_and_the_out_given(tiny, tmp_path, capsys, monkeypatch):
     """A row starting from a row of a config checked before it (one command runs them in turn), or
     from a results folder given with --out, was said missing: the run itself trains it."""

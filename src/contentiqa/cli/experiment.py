@@ -67,11 +67,11 @@ def _configs(args: argparse.Namespace) -> list[Path]:
 def check(paths: list[Path], out: str | None = None, device: str | None = None) -> int:
     """Each config's status line: invalid (2), missing something (1), or ready. Ready means what
     the run itself checks before its first row trains passed too (each row's model built from its
-    arguments, its training settings against it and its parts, dataset_ratio and init_from), not
-    only that the files are there; the data's own checks (split columns, enough photos) come when
-    the run reads it."""
-    from ..experiments import (ConfigError, StartMissing, check_before_training, default_out_dir, experiment_missing,
-                               load_config, run_missing)
+    arguments, its training settings against it and its parts, dataset_ratio and init_from, each
+    dataset's table read and its images looked up), not only that the roots are there; the splits'
+    own checks (split columns, enough photos) come when the run makes them."""
+    from ..experiments import (ConfigError, StartMissing, check_before_training, data_absent, default_out_dir,
+                               experiment_missing, load_config, run_missing)
     from ..utils.extras import have, install_hint
 
     torch = have("torch")
@@ -90,6 +90,13 @@ def check(paths: list[Path], out: str | None = None, device: str | None = None) 
             continue
         missing = experiment_missing(cfg) + ([] if torch else [f"PyTorch ({install_hint('torch')})"])
         runs = {r.name: run_missing(cfg, r) for r in cfg.runs}
+        if not missing:  # the tables read and their images looked up, as the run does before training
+            try:
+                missing = data_absent(cfg)
+            except ConfigError as exc:
+                print(f"invalid  {str(path):<{width}}  {exc}")
+                rc = 2
+                continue
         if not missing:  # what the run checks before its first row trains (building each row's model)
             unavailable: dict[str, str] = {}
             try:

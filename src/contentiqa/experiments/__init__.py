@@ -4,8 +4,8 @@ seeds and test sets of a results table; :func:`run_experiment` trains every row 
 provenance. ``contentiqa experiment CONFIG.yaml`` is the command; ``configs/`` ships the papers'
 tables and the schema (``configs/README.md``)."""
 from .config import ConfigError, DataSpec, ExperimentConfig, RunSpec, data_missing, experiment_missing, load_config, run_missing
-from .runner import (ExperimentResult, ExperimentSkipped, StartMissing, check_before_training, default_out_dir, provenance,
-                     run_experiment)
+from .runner import (ExperimentResult, ExperimentSkipped, StartMissing, check_before_training, data_absent, default_out_dir,
+                     provenance, run_experiment)
 
 __all__ = [
     "ConfigError",
@@ -16,6 +16,7 @@ __all__ = [
     "RunSpec",
     "StartMissing",
     "check_before_training",
+    "data_absent",
     "data_missing",
     "default_out_dir",
     "experiment_missing",

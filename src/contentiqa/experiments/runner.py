@@ -174,6 +174,15 @@ def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = Fals
     not take) is a :class:`ConfigError` naming the dataset's file: the data layer's own message
     does not say which of a config's datasets it read. Absent images stay a
     :class:`~contentiqa.data.MissingFilesError` (a config whose data is absent is skipped)."""
+    table, scale = _load_table(spec)
+    if spec.labels is not None or spec.labels_auto:
+        table = apply_labels(table, spec, out_dir or Path.cwd(), progress, log)
+    return table.reset_index(drop=True), scale
+
+
+def _load_table(spec: DataSpec):
+    """(table, scale) of a dataset as its loader reads it, without content labels (see
+    :func:`load_data`): whether its images exist is looked up, none is opened."""
     from ..data import load_dataset
 
     try:
@@ -184,10 +193,7 @@ def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = Fals
         raise
     except ValueError as exc:
         raise ConfigError(f"{_about(spec)}: {exc}") from None
-    table = ds.table
-    if spec.labels is not None or spec.labels_auto:
-        table = apply_labels(table, spec, out_dir or Path.cwd(), progress, log)
-    return table.reset_index(drop=True), ds.scale
+    return ds.table, ds.scale
 
 
 def _splits(cfg: ExperimentConfig, table: pd.DataFrame, out: Path, progress: bool, spec: DataSpec | None = None):
@@ -763,21 +769,40 @@ MISSING_SHOWN = 5
 """Absent images a skip message names before counting the rest."""
 
 
-def _read_data(spec: DataSpec, out: Path, progress: bool, log: Callable):
-    """:func:`load_data` for an experiment: absent files become :class:`_DataAbsent` with a
-    one-line reason naming the dataset and the images that are missing."""
+def _absent_said(spec: DataSpec, exc: FileNotFoundError) -> str:
+    """One line naming the dataset and what of it is absent (the images, or a release's sheet)."""
     from ..data import MissingFilesError
 
-    try:
-        return load_data(spec, out, progress, log)
-    except MissingFilesError as exc:
+    if isinstance(exc, MissingFilesError):
         paths = [str(p) for p in exc.paths]
         shown = ", ".join(paths[:MISSING_SHOWN])
         more = f" and {len(paths) - MISSING_SHOWN} more" if len(paths) > MISSING_SHOWN else ""
-        raise _DataAbsent(f"{_about(spec)}: {len(paths)} image file(s) missing or unreadable: {shown}{more} "
-                          "(set skip_missing: true to drop them)") from None
+        return (f"{_about(spec)}: {len(paths)} image file(s) missing or unreadable: {shown}{more} "
+                "(set skip_missing: true to drop them)")
+    return str(exc).splitlines()[0]
+
+
+def _read_data(spec: DataSpec, out: Path, progress: bool, log: Callable):
+    """:func:`load_data` for an experiment: absent files become :class:`_DataAbsent` with a
+    one-line reason naming the dataset and the images that are missing."""
+    try:
+        return load_data(spec, out, progress, log)
     except FileNotFoundError as exc:
-        raise _DataAbsent(str(exc).splitlines()[0]) from None
+        raise _DataAbsent(_absent_said(spec, exc)) from None
+
+
+def data_absent(cfg: ExperimentConfig) -> list[str]:
+    """Why a run of ``cfg`` would be skipped once it reads its data: a dataset's annotation files
+    or images absent, found as the run finds them (the tables read, each image looked up, none
+    opened). A table that cannot be used is a :class:`ConfigError`, as in the run.
+    :func:`~contentiqa.experiments.config.experiment_missing` only looks for the datasets' roots."""
+    out = []
+    for spec in (*cfg.train_sets, *cfg.cross_tests):
+        try:
+            _load_table(spec)
+        except FileNotFoundError as exc:
+            out.append(_absent_said(spec, exc))
+    return out
 
 
 def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
