@@ -169,7 +169,8 @@ def test_all_ok_exit_0_and_csv_columns(tmp_path, ckpt):
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header[:5] == ["path", "score", "category", "category_confidence", "error"]
-    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version"]
+    assert header[5:] == ["notes", "model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version",
+                          "start_folder"]
     rows = read_csv(out)
     assert len(rows) == 3 and all(r["error"] == "" and r["category"] for r in rows)
     import hashlib
@@ -403,6 +404,16 @@ def test_the_librarys_advice_is_said_in_the_commands_options(tmp_path, ckpt):
     assert "downscaled to 64x16" in error and error.endswith("--max-side 0 scores it at full size")
 
 
+def test_a_max_side_below_what_the_model_reads_is_refused_before_any_photo(tmp_path, ckpt, capsys):
+    """--max-side 20 (for 2000) downscaled every photo below the model's 32 px, and each failed."""
+    d = ok_folder(tmp_path / "imgs", n=2)
+    out = tmp_path / "s.csv"
+    assert run("score", d, "--model", ckpt, "--max-side", "20", "-o", out, "-q") == 2
+    assert "--max-side must be 0 (never downscale) or at least 32 px" in capsys.readouterr().err
+    assert not out.exists()
+    assert run("score", d, "--model", ckpt, "--max-side", "40", "-o", out, "-q") == 0  # 64x80 -> 32x40
+
+
 def test_commands_without_the_option_point_to_the_one_that_has_it(tmp_path, ckpt, capsys):
     """evaluate and explain printed the library's 'a max_side of None' to command-line users, and
     evaluate its 'raise max_pixels' for a photo over the pixel limit it has no option for."""
@@ -513,6 +524,12 @@ def test_resume_from_an_unrelated_folder_matches_the_rows_by_their_path_ends(tmp
     (tmp_path / "res").mkdir()
     monkeypatch.chdir(tmp_path)
     assert run("score", "imgs/img0.jpg", "imgs/img1.jpg", "--model", ckpt, "-o", "res/out.csv", "-q") == 0
+    # rows that do not say their start folder (an older contentiqa wrote them, or a hand edit)
+    rows = [{k: v for k, v in r.items() if k != "start_folder"} for r in read_csv(tmp_path / "res" / "out.csv")]
+    with open(tmp_path / "res" / "out.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     seen: list = []
     real = engine.Engine.run
     monkeypatch.setattr(engine.Engine, "run", lambda self, items, *a, **kw: (seen.extend(items), real(self, items, *a, **kw))[1])
@@ -522,6 +539,32 @@ def test_resume_from_an_unrelated_folder_matches_the_rows_by_their_path_ends(tmp
     assert sorted(r["path"] for r in read_csv(tmp_path / "res" / "out.csv")) == [
         "../imgs/img2.jpg", "imgs/img0.jpg", "imgs/img1.jpg"]
     assert "2 row(s) of out.csv name their photos from the folder an earlier run started in" in capsys.readouterr().err
+
+
+def test_resume_from_another_folder_never_takes_a_photo_of_the_same_name_for_done(tmp_path, ckpt, monkeypatch):
+    """Camera names repeat (IMG_0001.jpg of two days): a resume from day2 took day1's row, written
+    from day1, for day2's photo, which was never scored; the run said all were."""
+    import contentiqa.inference.engine as engine
+
+    for day, n in (("day1", 2), ("day2", 2)):
+        ok_folder(tmp_path / day, n=n)
+    save(rgb(64, 48, seed=9), tmp_path / "day2" / "img0.jpg", quality=92)  # another photo, same name
+    monkeypatch.chdir(tmp_path / "day1")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q") == 0
+    seen: list = []
+    real = engine.Engine.run
+    monkeypatch.setattr(engine.Engine, "run", lambda self, items, *a, **kw: (seen.extend(items), real(self, items, *a, **kw))[1])
+    monkeypatch.chdir(tmp_path / "day2")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q", "--resume") == 0
+    assert sorted(Path(p).name for p in seen) == ["img0.jpg", "img1.jpg"]
+    rows = read_csv(tmp_path / "all.csv")
+    assert sorted((Path(r["start_folder"]).name, r["path"]) for r in rows) == [
+        ("day1", "img0.jpg"), ("day1", "img1.jpg"), ("day2", "img0.jpg"), ("day2", "img1.jpg")]
+    # and a third run from day1 finds its own rows done: nothing scored again
+    seen.clear()
+    monkeypatch.chdir(tmp_path / "day1")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q", "--resume") == 0
+    assert seen == [] and len(read_csv(tmp_path / "all.csv")) == 4
 
 
 def test_resume_refuses_a_json_file_that_holds_no_results(tmp_path, ckpt):

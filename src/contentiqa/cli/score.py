@@ -307,9 +307,15 @@ class _Scoring:
         if self.args.max_pixels is not None:
             self.scorer.max_pixels = max(1, int(round(self.args.max_pixels * 1e6)))
         if self.args.max_side is not None:
+            if self.scorer.native_resolution and 0 < self.args.max_side < self.scorer.min_size:
+                # every photo would be downscaled below what the model reads, and fail one by one
+                raise UsageError(f"--max-side must be 0 (never downscale) or at least {self.scorer.min_size} px, the "
+                                 f"smallest side this model scores; not {self.args.max_side}")
             self.scorer.max_side = self.args.max_side or None
         self.info = model_info(self.scorer)
-        self.record = model_record(ident)
+        # the folder relative paths start from: a --resume from elsewhere finds each row's file
+        # exactly, never another folder's photo of the same name (IMG_0001.jpg of another day)
+        self.record = {**model_record(ident), "start_folder": os.getcwd()}
         if self.scorer.max_pixels is not None:
             self.report_notes.append(f"images over {self.scorer.max_pixels / 1e6:g} MP are refused (decompression-bomb guard)")
         if self.scorer.native_resolution and self.scorer.max_side:
@@ -413,7 +419,7 @@ class _Scoring:
         def finished(r: dict) -> bool:
             return row_ok(r) and (r.get("score") is not None or not scoring)
 
-        done = {self._row_key(r["path"]) for r in self.existing if finished(r)}
+        done = {self._row_key(r) for r in self.existing if finished(r)}
         todo = [(k, p, err) for k, (p, err) in enumerate(entries) if path_key(p) not in done]
         with terminate_as_interrupt():  # a stop during a first export unwinds it: no graph-sized temporary left
             # planned for the photos it will score, not every input: a resume with a few left,
@@ -425,7 +431,7 @@ class _Scoring:
         # a failed row is retried: dropped when it names one of this run's inputs, or one of its
         # PATH arguments (a folder that held no image, a pattern that matched none, expanded now)
         retried = self.input_keys | {path_key(a) for a in self.args.paths}
-        self.kept = [r for r in self.existing if finished(r) or self._row_key(r["path"]) not in retried]
+        self.kept = [r for r in self.existing if finished(r) or self._row_key(r) not in retried]
         for k, p, err in todo:
             if err is not None:
                 self.new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None,
@@ -477,16 +483,23 @@ class _Scoring:
             self.rescue()
         return 128 + signum
 
-    def _row_key(self, path: str) -> str:
-        """The input a row's path names. A relative path was written relative to the folder the
-        earlier run started in, unknown here: from this folder, else from the output's folder
-        (where ``score photos -o scores.csv`` runs), else from the start folder the file's
-        paths point to (:meth:`_match_rows_written_elsewhere`), whichever names one of this
-        run's inputs."""
+    def _row_key(self, row: dict) -> str:
+        """The input a row's path names. A relative path was written relative to the folder its
+        run started in: the row's ``start_folder`` where that file is still there. Rows without
+        one (an older contentiqa, a table edited by hand) or whose file has moved are matched
+        from this folder, else from the output's folder (where ``score photos -o scores.csv``
+        runs), else from the start folder the file's paths point to
+        (:meth:`_match_rows_written_elsewhere`), whichever names one of this run's inputs."""
         from ..data.inputs import path_key
 
+        path = row["path"]
         key = path_key(path)
-        if key in self.input_keys or os.path.isabs(path) or self.output is None:
+        if os.path.isabs(path):
+            return key
+        folder = row.get("start_folder")
+        if folder and os.path.isabs(folder) and os.path.lexists(os.path.join(folder, path)):
+            return path_key(os.path.join(folder, path))
+        if key in self.input_keys or self.output is None:
             return key
         beside = path_key(os.path.join(os.path.dirname(os.path.abspath(self.output)), path))
         if beside in self.input_keys:
@@ -500,11 +513,11 @@ class _Scoring:
         photos they hold are not scored (and listed) twice."""
         from ..data.inputs import relative_resolver
 
-        unmatched = [r["path"] for r in self.existing if self._row_key(r["path"]) not in self.input_keys]
+        unmatched = [r for r in self.existing if self._row_key(r) not in self.input_keys]
         if not unmatched:
             return
-        self.elsewhere = relative_resolver(unmatched, self.input_keys)
-        found = sum(self._row_key(p) in self.input_keys for p in unmatched)
+        self.elsewhere = relative_resolver([r["path"] for r in unmatched], self.input_keys)
+        found = sum(self._row_key(r) in self.input_keys for r in unmatched)
         if found and not self.args.quiet:
             print(f"note: {found} row(s) of {self.output} name their photos from the folder an earlier run started "
                   "in; matched to this run's inputs by their paths", file=sys.stderr)
@@ -513,7 +526,7 @@ class _Scoring:
         from ..reporting.results import format_table, row_ok
 
         rows = self.current_rows()
-        mine = [r for r in rows if self._row_key(r["path"]) in self.input_keys]
+        mine = [r for r in rows if self._row_key(r) in self.input_keys]
         failed = [r for r in mine if not row_ok(r)]
         if self.args.quiet:
             for r in failed:

@@ -12,14 +12,14 @@ if TYPE_CHECKING:
 
 
 def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, size: int, max_pixels: int,
-                       progress: bool = False, locate: Callable[[str], str] | None = None,
+                       progress: bool = False, locate: Callable[[dict[str, Any]], str] | None = None,
                        ) -> tuple[dict[str, bytes], list[str], str]:
     """``(path -> thumbnail, problems, caption)``: quality heatmap thumbnails of at most ``size``
     px for the best ``limit`` scored rows (0: all), explained on copies of at most
     ``max_pixels``, and what they show (:func:`caption_for_heatmaps`). A heatmap that fails is a
-    problem line, never the report's end. ``locate``: the file a row's path names (an earlier
-    run's relative paths were written from another folder); the thumbnails stay keyed by the
-    rows' paths."""
+    problem line, never the report's end. ``locate``: the file a row names (an earlier run's
+    relative paths were written from another folder); the thumbnails stay keyed by the rows'
+    paths."""
     from tqdm.auto import tqdm
 
     from ..explain import explain
@@ -34,7 +34,7 @@ def heatmap_thumbnails(model: IQAModel, rows: list[dict[str, Any]], limit: int, 
     attention = False
     for r in tqdm(chosen, desc="explaining", unit="img", disable=not progress):
         try:
-            exp = explain(model, locate(r["path"]) if locate else r["path"], targets=targets, max_pixels=max_pixels,
+            exp = explain(model, locate(r) if locate else r["path"], targets=targets, max_pixels=max_pixels,
                           exact_score=False)
             which = "fused" if exp.fused is not None else "fused_category"
             maps[r["path"]] = make_thumbnail(exp.overlay(which, max_size=size), size)

@@ -5,7 +5,8 @@ MOS scale, or None), ``category``, ``category_confidence``, ``error`` (None when
 ``notes`` (a '; '-joined string); rows written by ``contentiqa score`` also carry the
 :data:`MODEL_FIELDS` (which model, weights file and its SHA-256, the numeric precision it ran in,
 contentiqa version), so a file always says what scored it and ``--resume`` can refuse to mix two
-models, or one model's fp32 and int8 graphs. Every write is atomic (temporary file + rename), so a run
+models, or one model's fp32 and int8 graphs, and :data:`RUN_FIELDS` (the folder a relative
+``path`` starts from), so ``--resume`` from another folder finds each row's own file. Every write is atomic (temporary file + rename), so a run
 killed mid-write leaves the previous complete file, never a half-written one.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 FIELDS = ("path", "score", "category", "category_confidence", "error", "notes")
 MODEL_FIELDS = ("model", "weights_tag", "weights", "weights_sha256", "precision", "contentiqa_version")
+RUN_FIELDS = ("start_folder",)
 PRECISION_LABELS = ("fp32", "int8", "fp16", "bf16")
 """What the ``precision`` field holds: the ONNX graph's precision (fp32 / int8), or the
 PyTorch autocast dtype (fp16 / bf16; fp32 without autocast)."""
@@ -112,7 +114,7 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     """The rows as CSV, the scoring model's columns always: the parts of a sharded run are joined
     under the first part's header, and an empty part's must be the same."""
     rows = [normalize_row(r) for r in rows]  # a NaN or infinite score is no score, as in JSON
-    fields = FIELDS + MODEL_FIELDS
+    fields = FIELDS + MODEL_FIELDS + RUN_FIELDS
     # columns a user added to the table (kept through --resume, as JSON keeps extra keys)
     fields += tuple(dict.fromkeys(k for r in rows for k in r if isinstance(k, str) and k not in fields))
     buf = io.StringIO()
