@@ -80,6 +80,23 @@ def test_koniq10k(koniq_root):
     assert item["target"].item() == pytest.approx((4.71 - 1) / 4)
 
 
+def test_a_release_sheets_cell_that_is_no_number_is_named_with_its_file_column_and_row(koniq_root):
+    """A non-numeric SD said "could not convert string to float: 'abc'", naming no file or column."""
+    root, *_ = koniq_root
+    sheet = root / "koniq10k_scores_and_distributions.csv"
+    table = pd.read_csv(sheet)
+    table["SD"] = table["SD"].astype(object)
+    table.loc[1, "SD"] = "abc"
+    table.loc[2, "SD"] = None  # an empty cell is no value, not an error
+    table.to_csv(sheet, index=False)
+    with pytest.raises(ValueError, match=r"koniq10k_scores_and_distributions\.csv: column 'SD' holds 1 cell\(s\) "
+                                         r"that are no number \(row 3: 'abc'\)"):
+        load_dataset("koniq10k", root)
+    table.loc[1, "SD"] = 0.25
+    table.to_csv(sheet, index=False)
+    assert load_dataset("koniq10k", root).table["mos_std"].tolist()[:2] == [0.5, 0.25]
+
+
 def test_koniq10k_missing_and_skip(koniq_root):
     root, names, *_ = koniq_root
     (root / "1024x768" / names[1]).unlink()
@@ -473,9 +490,14 @@ def test_csv_columns_are_read_in_any_case(tmp_path):
     t = load_dataset("csv", csv).table
     assert t["split"].tolist() == ["train", "test", "train"] and t["category"].tolist()[:2] == ["animal", "plant"]
     assert t["Notes"].tolist() == ["a", "b", "c"]  # a column of one's own keeps its name
-    csv.write_text("image,mos,split,Split\n0.png,3,train,test\n1.png,4,test,test\n")
-    with pytest.raises(ValueError, match=r"s\.csv: column\(s\) \['split'\] given twice"):
-        load_dataset("csv", csv)
+    # spelt the same twice too: pandas reads the second as 'split.1', and the first alone was used
+    for header, twice in (("image,mos,split,Split", "split"), ("image,mos,split,split", "split"),
+                          ("image,mos,mos,split", "mos")):
+        csv.write_text(f"{header}\n0.png,3,train,test\n1.png,4,test,test\n")
+        with pytest.raises(ValueError, match=rf"s\.csv: column\(s\) \['{twice}'\] given twice"):
+            load_dataset("csv", csv)
+    csv.write_text("image,mos,Notes,Notes\n0.png,3,a,b\n")  # a column of one's own, twice: left as pandas reads it
+    assert load_dataset("csv", csv).table[["Notes", "Notes.1"]].values.tolist() == [["a", "b"]]
 
 
 def test_csv_image_names_are_read_as_written(tmp_path):

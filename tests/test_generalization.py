@@ -138,6 +138,12 @@ def test_label_names_are_read_in_every_spelling_and_a_conflict_is_refused(tmp_pa
     labels.write_text("image,category\nimages/0.png,animal\nimages/1.png,human\nimages/0.png,human\n")
     with pytest.raises(ValueError, match=r"labels\.csv: 1 image\(s\) listed twice with different labels.*0\.png"):
         join_labels(table, labels, data)
+    # keys and paths in one file (two exports joined): each row read as it is written
+    labels.write_text(f"image,category\nimages/0.png,animal\n{data / 'images' / '1.png'},human\n./images/2.png,plant\n")
+    assert join_labels(table, labels, data)["category"].tolist() == ["animal", "human", "plant"]
+    labels.write_text("image,category\nimages/0.png,animal\n./images/0.png,human\n")  # one image, two spellings
+    with pytest.raises(ValueError, match="listed twice with different labels"):
+        join_labels(table, labels, data)
 
 
 def test_label_files_columns_are_read_in_any_case(tmp_path):
@@ -156,9 +162,10 @@ def test_label_files_columns_are_read_in_any_case(tmp_path):
     path.write_text("image,category,category_confidence\n002,animal,high\n")
     with pytest.raises(ValueError, match=r"labels\.csv: category_confidence is not a number"):
         read_labels(path)
-    path.write_text("image,Image,category\n1,2,animal\n")
-    with pytest.raises(ValueError, match=r"labels\.csv: column\(s\) \['image'\] given twice"):
-        read_labels(path)
+    for header in ("image,Image,category", "image,image,category"):
+        path.write_text(f"{header}\n1,2,animal\n")
+        with pytest.raises(ValueError, match=r"labels\.csv: column\(s\) \['image'\] given twice"):
+            read_labels(path)
 
 
 def test_acceptable_accuracy_of_a_head_with_its_own_spelling_of_the_categories():

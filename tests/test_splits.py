@@ -227,6 +227,9 @@ def test_make_splits_reads_images_for_si(tmp_path):
     ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "seed": "x", "train": []}]}', "'x'"),
     ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "ie-iqa", "seed": 0, "train": ["a"], "test": ["a"]}]}',
      "image a is in both"),
+    # a part under another name: its images left the run without a word
+    ('{"format": "contentiqa-splits/1", "splits": [{"protocol": "mine", "seed": 0, "train": ["a"], "validation": ["b"]}]}',
+     r"entries \['validation'\]: its parts are named train, val, test"),
 ])
 def test_a_damaged_split_file_is_a_value_error_naming_it(tmp_path, body, words):
     path = tmp_path / "s.json"

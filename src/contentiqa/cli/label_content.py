@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.labels import SCENE_COLUMNS  # (with pandas: not for `contentiqa --help`)
 
     try:  # as training reads them: one 'category'
-        table.columns = canonical_columns(table.columns, src, also=SCENE_COLUMNS)
+        table.columns = canonical_columns(table, src, also=SCENE_COLUMNS)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if "image" not in table.columns:

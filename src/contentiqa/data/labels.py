@@ -72,7 +72,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     except ValueError as exc:  # (it names the file)
         raise LabelsError(f"label file {exc}") from None
     try:  # 'Image', 'Scene1', 'Category' as written by hand or a spreadsheet: the same columns
-        raw.columns = canonical_columns(raw.columns, path, also=(*SCENE_COLUMNS, "distortion"))
+        raw.columns = canonical_columns(raw, path, also=(*SCENE_COLUMNS, "distortion"))
     except ValueError as exc:
         raise LabelsError(f"label file {exc}") from None
     if "image" not in raw:
@@ -112,10 +112,13 @@ def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str |
     keys = table["key"].tolist() if "key" in table else dataset_keys(table["image"], root)
     known = set(keys)
     as_key = labels["image"].map(lambda s: s.replace("\\", "/"))
-    if not as_key.isin(known).any():
-        # Paths rather than keys: resolve against the label file's folder, then make them keys.
-        resolved = [p if os.path.isabs(p) else str(labels_path.parent / p) for p in labels["image"]]
-        as_key = pd.Series(dataset_keys(resolved, root), index=labels.index)
+    # Each row a key, or else a path (absolute, or from the label file's folder) made one: a file
+    # joining two exports holds both, and a row of one spelling must not hide those of the other.
+    paths = ~as_key.isin(known)
+    if paths.any():
+        resolved = [p if os.path.isabs(p) else str(labels_path.parent / p) for p in labels["image"][paths]]
+        as_key = as_key.copy()
+        as_key[paths] = dataset_keys(resolved, root)
     labels = labels.assign(key=as_key.values).drop(columns=["image"]).drop_duplicates()
     twice = labels["key"][labels["key"].duplicated()].unique().tolist()
     if twice:  # which row is right is the file's to say, not the order of its rows

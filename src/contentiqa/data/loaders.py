@@ -15,6 +15,7 @@ from .registry import register_dataset
 from .table import MOSScale, canonical_columns, cell_path, leading_comment, read_csv_table, under_root
 
 if TYPE_CHECKING:  # imported by each loader: registering the names (`contentiqa models`) needs neither
+    import numpy as np
     import pandas as pd
 
 CLIVE_SCALE = MOSScale(0.0, 100.0)
@@ -85,6 +86,20 @@ def _column(df: pd.DataFrame, *names: str, file: Path, required: bool = True) ->
     if required:
         raise ValueError(f"{file}: no column named any of {names}; columns are {list(df.columns)}")
     return None
+
+
+def _numbers(df: pd.DataFrame, col: str, file: Path) -> np.ndarray:
+    """Column ``col`` of a release's sheet as floats (an empty cell NaN); a cell that is no
+    number is a ValueError naming the file, the column and the row, not float()'s bare words."""
+    import pandas as pd
+
+    values = pd.to_numeric(df[col], errors="coerce")
+    text = df[col].astype(str).str.strip()
+    bad = values.isna() & df[col].notna() & (text != "") & (text.str.lower() != "nan")
+    if bad.any():  # (the sheet's row: its header is row 1)
+        rows = [f"row {int(i) + 2}: {v!r}" for i, v in zip(df.index[bad][:3], df[col][bad][:3])]
+        raise ValueError(f"{file}: column {col!r} holds {int(bad.sum())} cell(s) that are no number ({', '.join(rows)})")
+    return values.astype(float).to_numpy()
 
 
 def _first_existing(root: Path, names: tuple[str, ...], what: str) -> Path:
@@ -160,7 +175,7 @@ def load_koniq10k(root: Path, resolution: str = "1024x768") -> pd.DataFrame:
     df = df[df[name_col].notna()]  # a trailing empty row (",,") names no image
     out = pd.DataFrame({"image": [str(folder / str(n)) for n in df[name_col]], "mos": df[mos_col].values})
     if sd_col:  # by position: the filtered frame's index no longer counts 0..n-1
-        out["mos_std"] = df[sd_col].astype(float).to_numpy()
+        out["mos_std"] = _numbers(df, sd_col, csv)
     sets_file = root / "koniq10k_distributions_sets.csv"
     if sets_file.is_file():
         # only its set column: its MOS is on another scale (0-100)
@@ -236,7 +251,7 @@ def load_spaq(root: Path, with_attributes: bool = True) -> pd.DataFrame:
         for attr in ("Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness"):
             col = _column(df, attr, file=mos_file, required=False)
             if col:
-                out[attr.lower()] = df[col].astype(float).values
+                out[attr.lower()] = _numbers(df, col, mos_file)
     try:
         scene_file = _first_existing(ann, ("Scene category labels.xlsx", "Scene category labels.csv", "*cene*.xlsx", "*cene*.csv"), "spaq")
     except FileNotFoundError:
@@ -327,7 +342,7 @@ def load_bid(root: Path) -> pd.DataFrame:
         "mos": df[mos_col].values,
     })
     if std_col:
-        out["mos_std"] = df[std_col].astype(float).values
+        out["mos_std"] = _numbers(df, std_col, sheet)
     return out
 
 
@@ -433,7 +448,7 @@ def load_csv(root: Path, mos_range: tuple[float, float] | None = None) -> pd.Dat
     declared = _declared_range(first, path) if first is not None else None
     df = read_csv_table(path, skip_comment=True)
     written = list(df.columns)
-    df.columns = canonical_columns(df.columns, path)
+    df.columns = canonical_columns(df, path)
     for col in ("image", "mos"):
         if col not in df.columns:
             raise ValueError(f"{path}: CSV needs columns 'image' and 'mos'; it has {list(df.columns)}")

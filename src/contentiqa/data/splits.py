@@ -97,6 +97,11 @@ class Split:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
+        # a part under another name ("validation", "Test") would leave the run without a word
+        unknown = sorted(str(k) for k in d if k not in ("protocol", "seed", *PARTS))
+        if unknown:
+            raise ValueError(f"split {d.get('protocol')!r} seed {d.get('seed')!r} has entries {unknown}: its parts "
+                             f"are named {', '.join(PARTS)}")
         parts = {p: list(d[p]) for p in PARTS if p in d}
         s = cls(protocol=d["protocol"], seed=int(d["seed"]), parts=parts)
         s.check_disjoint()

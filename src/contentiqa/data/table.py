@@ -25,13 +25,20 @@ LABEL_COLUMNS = ("categories", "category_confidence", "category_source")
 """What label files and ``contentiqa label-content`` add beside ``category``."""
 
 
-def canonical_columns(columns, path: str | os.PathLike, also: tuple[str, ...] = ()) -> list[str]:
-    """A CSV's header with the table's own columns (:data:`REQUIRED_COLUMNS`, ..., and ``also``)
-    in their lowercase names whatever their spelling (``Split``, `` MOS ``); others stripped,
-    kept as written. A 'Split' read as an extra column would send the official test rows to
-    training without a word. ValueError naming ``path`` when two columns become one."""
+def canonical_columns(table: pd.DataFrame, path: str | os.PathLike, also: tuple[str, ...] = ()) -> list[str]:
+    """The header of ``table`` (read by :func:`read_csv_table`) with the table's own columns
+    (:data:`REQUIRED_COLUMNS`, ..., and ``also``) in their lowercase names whatever their
+    spelling (``Split``, `` MOS ``); others stripped, kept as written. A 'Split' read as an extra
+    column would send the official test rows to training without a word. ValueError naming
+    ``path`` when two columns become one: ``split,Split``, or ``split,split``, which pandas
+    reads as ``split`` and ``split.1``, so the header is taken as the file wrote it (a column of
+    one's own given twice keeps pandas' two names)."""
+    read = [str(c) for c in table.columns]
+    written = table.attrs.get(HEADER_ATTR) or []
+    if len(written) != len(read):  # not a table as read (or no header kept): its own names
+        written = read
     known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
-    names = [known.get(str(c).strip().lower(), str(c).strip()) for c in columns]
+    names = [known.get(w.strip().lower(), r.strip()) for w, r in zip(written, read)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise ValueError(f"{path}: column(s) {twice} given twice (names are read in any case)")
@@ -152,11 +159,18 @@ def leading_comment(path: str | os.PathLike) -> str | None:
     return first.rstrip("\r\n") if first.lstrip().startswith("#") else None
 
 
+HEADER_ATTR = "contentiqa_header"
+"""Where :func:`read_csv_table` keeps the header as the file wrote it (in ``DataFrame.attrs``)."""
+
+
 def read_csv_table(path: Path, skip_comment: bool = False, **options: Any) -> pd.DataFrame:
     """A release's or a user's CSV; what cannot be read as one names the file. Rows ending in a
     stray comma keep their columns (pandas would otherwise take the first column for an index,
     shifting every cell one column left). ``skip_comment``: a user's table, whose first line may
-    be a :func:`leading_comment`. ``options`` go to ``pd.read_csv``."""
+    be a :func:`leading_comment`. ``options`` go to ``pd.read_csv``. The header as written
+    (before pandas renames a repeated name) is kept for :func:`canonical_columns`."""
+    import csv
+
     import pandas as pd
 
     skiprows = int(skip_comment and leading_comment(path) is not None)
@@ -164,7 +178,13 @@ def read_csv_table(path: Path, skip_comment: bool = False, **options: Any) -> pd
         with warnings.catch_warnings():
             # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
+            table = pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
+        if not {"usecols", "header", "names", "sep", "delimiter"} & set(options):
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                header = next(csv.reader(line for k, line in enumerate(f) if k >= skiprows), [])
+            if len(header) == len(table.columns):
+                table.attrs[HEADER_ATTR] = header
+        return table
     except pd.errors.ParserWarning:
         raise ValueError(f"{path}: a row has more cells than the header names (a decimal comma, 3,5, or a column "
                          "without a name?)") from None
