@@ -305,6 +305,24 @@ def test_a_run_whose_epochs_are_all_head_only_says_the_backbone_did_not_train(ti
     assert said.startswith("head only (the backbone's learning rate 0 in all 1 epoch(s): head_only_epochs=2"), said
 
 
+def test_the_record_says_what_a_learning_rate_of_0_and_a_frozen_branch_left_untrained(tiny_table, tmp_path):
+    """backbone_lr_scale=0 (a linear probe) and lr=0 were recorded as everything trained, and so was an
+    uncached IE-IQA, whose intelligibility network is frozen by design."""
+    def record(model, **cfg) -> str:
+        tr = _trainer(model, tiny_table, tmp_path, name=str(len(list(tmp_path.iterdir()))), epochs=1, **cfg)
+        return tr.training_record()["trained"]
+
+    iqa = create_model("iqa-cr", pretrained=False, **TINY)
+    assert record(iqa) == "everything (nothing cached)"
+    said = record(iqa, backbone_lr_scale=0.0)
+    assert said == "head only (the backbone's learning rate 0: backbone_lr_scale=0; otherwise everything (nothing cached))"
+    assert record(iqa, lr=0.0).startswith("nothing (learning rate 0: lr=0;")
+    ie = create_model("ie-iqa", pretrained=False, distortion_pretrained=False, input_size=64, train_resize=72,
+                      bn_eval=True, hidden=(32, 16))
+    assert record(ie, crop=None) == "everything but intelligibility (frozen; nothing cached)"
+    assert record(ie, crop=None, cache_stages=3).endswith("(stages 0-2 frozen and cached; intelligibility frozen)")
+
+
 def test_train_cli_end_to_end(tiny_table, tmp_path):
     from contentiqa.cli.main import main
 

@@ -298,10 +298,12 @@ class IQAModel(OnScale, nn.Module):
     def trained_stages(self, start_stage: int) -> str:
         """Which stages train on top of ``start_stage`` cached ones, in words (results files):
         stages frozen without a cache (a model argument such as IQA-CR's ``frozen_stages``) are
-        read from the parameters themselves."""
+        read from the parameters themselves, and so are parts frozen beside the stages (IE-IQA's
+        intelligibility network)."""
+        beside = self._frozen_beside_stages()
         n = len(self.stages)
         if not n:  # no staged backbone (a model of one's own): nothing is cached, all of it trains
-            return "everything (nothing cached)"
+            return "everything (nothing cached)" if not beside else f"everything but {beside} (frozen; nothing cached)"
         if start_stage >= self.feature_end:
             return "head only (backbone frozen; pooled features cached)"
         used = self.stages[start_stage:self.feature_end]
@@ -312,9 +314,23 @@ class IQAModel(OnScale, nn.Module):
             frozen.append(f"stages {start_stage}-{first - 1} frozen, not cached")
         if first >= self.feature_end:
             return f"head only (backbone frozen; {'; '.join(frozen)})"
+        if beside:
+            frozen.append(f"{beside} frozen")
         if not frozen:
             return "everything (nothing cached)"
+        if first == 0 and not start_stage:
+            return f"everything but {beside} (frozen; nothing cached)"
         return f"backbone stages {first}-{self.feature_end - 1} of 0-{n - 1} and the head ({'; '.join(frozen)})"
+
+    def _frozen_beside_stages(self) -> str:
+        """The model's parts outside its stages whose parameters are all frozen, by name ('' if none)."""
+        in_stages = {id(p) for s in self.stages for p in s.parameters()}
+        names = []
+        for name, child in self.named_children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params) and not any(id(p) in in_stages for p in params):
+                names.append(name)
+        return ", ".join(names)
 
     def forward_cached(self, inputs: dict[str, torch.Tensor], start_stage: int) -> dict[str, torch.Tensor]:
         """``forward`` from :meth:`cache_encode`'s output."""

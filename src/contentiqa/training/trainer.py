@@ -1198,11 +1198,17 @@ class Trainer:
                 "device": str(self.device), "processes": self.world_size}
 
     def _trained(self, epochs: int) -> str:
-        """:meth:`IQAModel.trained_stages` over ``epochs`` epochs: the head-only epochs give the
-        backbone a learning rate of 0, so stages that could train may not have."""
+        """:meth:`IQAModel.trained_stages` over ``epochs`` epochs: a learning rate of 0 (``lr``, a
+        ``backbone_lr_scale`` of 0, the head-only epochs) leaves stages that could train as they were."""
         trained = self.model.trained_stages(self.start_stage)
+        if self.cfg.lr == 0:
+            return f"nothing (learning rate 0: lr=0; otherwise {trained})"
+        if trained.startswith("head only"):
+            return trained
+        if self.cfg.backbone_lr_scale == 0:  # a linear probe: only the head's group moves
+            return f"head only (the backbone's learning rate 0: backbone_lr_scale=0; otherwise {trained})"
         head_only = self.cfg.head_only_epochs
-        if not head_only or trained.startswith("head only"):
+        if not head_only:
             return trained
         if epochs <= head_only:
             return (f"head only (the backbone's learning rate 0 in all {epochs} epoch(s): head_only_epochs={head_only}; "
