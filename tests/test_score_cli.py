@@ -409,7 +409,8 @@ def test_a_max_side_below_what_the_model_reads_is_refused_before_any_photo(tmp_p
     d = ok_folder(tmp_path / "imgs", n=2)
     out = tmp_path / "s.csv"
     assert run("score", d, "--model", ckpt, "--max-side", "20", "-o", out, "-q") == 2
-    assert "--max-side must be 0 (never downscale) or at least 32 px" in capsys.readouterr().err
+    assert "--max-side 20 would downscale every photo below the 32 px this model needs of its short side" in \
+        capsys.readouterr().err
     assert not out.exists()
     assert run("score", d, "--model", ckpt, "--max-side", "40", "-o", out, "-q") == 0  # 64x80 -> 32x40
 
@@ -557,14 +558,45 @@ def test_resume_from_another_folder_never_takes_a_photo_of_the_same_name_for_don
     monkeypatch.chdir(tmp_path / "day2")
     assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q", "--resume") == 0
     assert sorted(Path(p).name for p in seen) == ["img0.jpg", "img1.jpg"]
-    rows = read_csv(tmp_path / "all.csv")
+    rows = read_csv(tmp_path / "all.csv")  # day2's by their whole path: one row per name
     assert sorted((Path(r["start_folder"]).name, r["path"]) for r in rows) == [
-        ("day1", "img0.jpg"), ("day1", "img1.jpg"), ("day2", "img0.jpg"), ("day2", "img1.jpg")]
+        ("day1", "img0.jpg"), ("day1", "img1.jpg"), ("day2", str(tmp_path / "day2" / "img0.jpg")),
+        ("day2", str(tmp_path / "day2" / "img1.jpg"))]
     # and a third run from day1 finds its own rows done: nothing scored again
     seen.clear()
     monkeypatch.chdir(tmp_path / "day1")
     assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q", "--resume") == 0
     assert seen == [] and len(read_csv(tmp_path / "all.csv")) == 4
+    # the report: day2's photos are written by their whole path (one row per name), each card its own picture
+    monkeypatch.chdir(tmp_path / "day1")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.html", "-q") == 0
+    monkeypatch.chdir(tmp_path / "day2")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.html", "-q", "--resume") == 0
+    from contentiqa.reporting.html import make_thumbnail, read_html_rows, read_html_thumbnails
+
+    text = (tmp_path / "all.html").read_text()
+    paths = sorted(r["path"] for r in read_html_rows(text))
+    assert paths == sorted(["img0.jpg", "img1.jpg", str(tmp_path / "day2" / "img0.jpg"), str(tmp_path / "day2" / "img1.jpg")])
+    thumbs = read_html_thumbnails(text)
+    with Image.open(tmp_path / "day1" / "img0.jpg") as a, Image.open(tmp_path / "day2" / "img0.jpg") as b:
+        assert thumbs["img0.jpg"] == make_thumbnail(a) and thumbs[str(tmp_path / "day2" / "img0.jpg")] == make_thumbnail(b)
+
+
+def test_resume_through_a_linked_folder_finds_the_rows_written_from_its_target(tmp_path, ckpt, monkeypatch):
+    """Rows written from inside a folder reached by a symbolic link say its real path: a resume through the
+    link scored every photo again and listed each twice."""
+    import contentiqa.inference.engine as engine
+
+    ok_folder(tmp_path / "disk" / "photos", n=2)
+    (tmp_path / "link").symlink_to(tmp_path / "disk" / "photos")
+    monkeypatch.chdir(tmp_path / "link")
+    assert run("score", ".", "--model", ckpt, "-o", str(tmp_path / "s.csv"), "-q") == 0
+    seen: list = []
+    real = engine.Engine.run
+    monkeypatch.setattr(engine.Engine, "run", lambda self, items, *a, **kw: (seen.extend(items), real(self, items, *a, **kw))[1])
+    monkeypatch.chdir(tmp_path)
+    assert run("score", "link", "--model", ckpt, "-o", "s.csv", "-q", "--resume") == 0
+    assert seen == [] and len(read_csv(tmp_path / "s.csv")) == 2
 
 
 def test_resume_refuses_a_json_file_that_holds_no_results(tmp_path, ckpt):

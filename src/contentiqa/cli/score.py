@@ -248,6 +248,8 @@ class _Scoring:
         self.since, self.last, self.cost = 0, time.monotonic(), 0.0
         self.write_error: OSError | None = None
         self.elsewhere: Callable[[str], str | None] | None = None
+        self.real_inputs: dict[str, str] | None = None
+        self.kept_paths: set[str] = set()
 
     def _read_existing(self) -> None:
         from ..reporting.html import read_html_heatmaps, read_html_thumbnails
@@ -309,8 +311,10 @@ class _Scoring:
         if self.args.max_side is not None:
             if self.scorer.native_resolution and 0 < self.args.max_side < self.scorer.min_size:
                 # every photo would be downscaled below what the model reads, and fail one by one
-                raise UsageError(f"--max-side must be 0 (never downscale) or at least {self.scorer.min_size} px, the "
-                                 f"smallest side this model scores; not {self.args.max_side}")
+                raise UsageError(f"--max-side {self.args.max_side} would downscale every photo below the "
+                                 f"{self.scorer.min_size} px this model needs of its short side: give 0 (never "
+                                 f"downscale) or a size well above {self.scorer.min_size} (a 3:2 photo needs "
+                                 f"{-(-self.scorer.min_size * 3 // 2)} or more)")
             self.scorer.max_side = self.args.max_side or None
         self.info = model_info(self.scorer)
         # the folder relative paths start from: a --resume from elsewhere finds each row's file
@@ -384,7 +388,7 @@ class _Scoring:
         row = row_from_prediction(self.scorer.clip_to_scale(pred))
         if row["error"]:
             row["error"] = in_cli_words(row["error"], ("--max-pixels", "--max-side"))
-        self.new_rows[self.to_score[i][0]] = {**row, **self.record}
+        self.new_rows[self.to_score[i][0]] = {**row, "path": self._written(row["path"]), **self.record}
         self.since += 1
         now = time.monotonic()
         waited = now - self.last
@@ -400,7 +404,7 @@ class _Scoring:
     def on_image(self, i: int, image: Any) -> None:
         from ..reporting.html import make_thumbnail
 
-        self.thumbs[self.to_score[i][1]] = make_thumbnail(image, self.args.thumbnail_size)
+        self.thumbs[self._written(self.to_score[i][1])] = make_thumbnail(image, self.args.thumbnail_size)
 
     def run(self) -> int:
         from ..data.inputs import path_key
@@ -432,9 +436,10 @@ class _Scoring:
         # PATH arguments (a folder that held no image, a pattern that matched none, expanded now)
         retried = self.input_keys | {path_key(a) for a in self.args.paths}
         self.kept = [r for r in self.existing if finished(r) or self._row_key(r) not in retried]
+        self.kept_paths = {str(r["path"]) for r in self.kept}
         for k, p, err in todo:
             if err is not None:
-                self.new_rows[k] = {"path": p, "score": None, "category": None, "category_confidence": None,
+                self.new_rows[k] = {"path": self._written(p), "score": None, "category": None, "category_confidence": None,
                                     "error": err, "notes": "", **self.record}
         self.to_score = [(k, p) for k, p, err in todo if err is None]
         with self.stops:
@@ -483,6 +488,12 @@ class _Scoring:
             self.rescue()
         return 128 + signum
 
+    def _written(self, path: str) -> str:
+        """How a new row names its input: as given, or absolute where a kept row of another
+        folder's photo is written alike (IMG_0001.jpg of two days): a table, and the report's
+        pictures keyed by it, hold one row per name."""
+        return os.path.abspath(path) if path in self.kept_paths and not os.path.isabs(path) else path
+
     def _row_key(self, row: dict) -> str:
         """The input a row's path names. A relative path was written relative to the folder its
         run started in: the row's ``start_folder`` where that file is still there. Rows without
@@ -498,7 +509,9 @@ class _Scoring:
             return key
         folder = row.get("start_folder")
         if folder and os.path.isabs(folder) and os.path.lexists(os.path.join(folder, path)):
-            return path_key(os.path.join(folder, path))
+            own = path_key(os.path.join(folder, path))
+            # the same file reached another way (a folder through a symbolic link) is this input
+            return own if own in self.input_keys else self._real_inputs().get(os.path.realpath(own), own)
         if key in self.input_keys or self.output is None:
             return key
         beside = path_key(os.path.join(os.path.dirname(os.path.abspath(self.output)), path))
@@ -506,6 +519,12 @@ class _Scoring:
             return beside
         elsewhere = self.elsewhere(path) if self.elsewhere is not None else None
         return elsewhere if elsewhere is not None and elsewhere in self.input_keys else key
+
+    def _real_inputs(self) -> dict[str, str]:
+        """This run's inputs by their real paths (links resolved)."""
+        if self.real_inputs is None:
+            self.real_inputs = {os.path.realpath(k): k for k in self.input_keys}
+        return self.real_inputs
 
     def _match_rows_written_elsewhere(self) -> None:
         """--resume from another folder than the first run's: rows naming none of this run's

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from ..utils.io import atomic_write_text
 from ..utils.terminal import printable
-from .results import NAME_ERRORS, normalize_row, row_ok, sort_rows
+from .results import NAME_ERRORS, normalize_row, row_file, row_ok, sort_rows
 
 DEFAULT_TITLE = "contentiqa quality report"
 
@@ -326,7 +326,7 @@ def write_html_report(
         for r in rows:
             p = str(r.get("path"))
             if row_ok(r) and p not in thumbs:
-                t = thumbnail_from_file(p, thumbnail_size)
+                t = thumbnail_from_file(row_file(r), thumbnail_size)  # an earlier run's row: from its folder
                 if t is not None:
                     thumbs[p] = t
     return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs),

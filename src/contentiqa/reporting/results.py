@@ -90,6 +90,13 @@ def model_record(identity: ScorerIdentity) -> dict[str, str]:
     }
 
 
+def row_file(row: dict[str, Any]) -> str:
+    """The file a row names: a relative path read from the row's ``start_folder`` where it says one."""
+    path = str(row.get("path") or "")
+    folder = row.get("start_folder")
+    return os.path.join(folder, path) if folder and not os.path.isabs(path) else path
+
+
 def row_ok(row: dict[str, Any]) -> bool:
     """A result, not a failure: a score, or for a content-only model (IQA-CR-C) a category."""
     return not row.get("error") and (row.get("score") is not None or bool(row.get("category")))
