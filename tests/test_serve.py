@@ -177,6 +177,12 @@ def test_request_errors(model):
             assert r.status_code == 400 and "closing boundary" in r.json()["detail"], r.text
         r = c.post("/v1/score", content=whole, headers={"content-type": 'multipart/form-data; boundary="cq-boundary"'})
         assert r.status_code == 200 and len(r.json()["results"]) == 2
+        # the header written with spaces (as HTTP allows): read as the parser reads it, both ways
+        for ctype in ("multipart/form-data; boundary=cq-boundary ; charset=UTF-8", "multipart/form-data; boundary = cq-boundary"):
+            r = c.post("/v1/score", content=whole, headers={"content-type": ctype})
+            assert r.status_code == 200 and len(r.json()["results"]) == 2, (ctype, r.text)
+            r = c.post("/v1/score", content=cut, headers={"content-type": ctype})
+            assert r.status_code == 400 and "closing boundary" in r.json()["detail"], (ctype, r.text)
 
 
 def test_body_size_and_pixel_limits(model):

@@ -507,8 +507,12 @@ class _TerminatedStream:
     cut-off upload would answer 200 with a photo missing."""
 
     def __init__(self, stream: AsyncIterator[bytes], content_type: str):
-        match = re.search(r'boundary="?([^";]+)"?', content_type, re.I)
-        self._delimiter = b"--" + match.group(1).encode("latin-1") + b"--" if match else None
+        # the boundary as the parser reads it (its own function: spaces around '=' or before ';'
+        # read alike), or this check and the parse would disagree about where the body ends
+        from starlette.formparsers import parse_options_header
+
+        boundary = parse_options_header(content_type)[1].get(b"boundary") if parse_options_header else None
+        self._delimiter = b"--" + boundary + b"--" if boundary else None
         self._stream = stream
         self.terminated = self._delimiter is None  # no boundary: the parser's own error says so
 
