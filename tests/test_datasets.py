@@ -492,7 +492,7 @@ def test_csv_columns_are_read_in_any_case(tmp_path):
     assert t["Notes"].tolist() == ["a", "b", "c"]  # a column of one's own keeps its name
     # spelt the same twice too: pandas reads the second as 'split.1', and the first alone was used
     for header, twice in (("image,mos,split,Split", "split"), ("image,mos,split,split", "split"),
-                          ("image,mos,mos,split", "mos")):
+                          ("image,mos,mos,split", "mos"), ("\nimage,mos,mos,split", "mos")):  # (after a blank line)
         csv.write_text(f"{header}\n0.png,3,train,test\n1.png,4,test,test\n")
         with pytest.raises(ValueError, match=rf"s\.csv: column\(s\) \['{twice}'\] given twice"):
             load_dataset("csv", csv)

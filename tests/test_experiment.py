@@ -961,6 +961,12 @@ def test_check_reads_the_tables_and_looks_up_the_images(tiny, tmp_path, capsys):
     assert rc == 1 and out.startswith("missing") and "1 image file(s) missing" in out and "nothere.png" in out, out
     rc, out = check("kept", {"name": "csv", "root": str(gone), "label": "G", "skip_missing": True})
     assert rc == 0 and out.startswith("ready"), out  # the run drops it, as the config asks
+    # ... unless nothing is left: the run trained, then failed measuring an empty set
+    (tmp_path / "none").mkdir()
+    empty = tmp_path / "none" / "scores.csv"
+    empty.write_text("image,mos\na.png,1\nb.png,2\n")
+    rc, out = check("none", {"name": "csv", "root": str(empty), "label": "N", "skip_missing": True})
+    assert rc == 1 and out.startswith("missing") and "0 image(s) left once skip_missing dropped" in out, out
     broken = tmp_path / "broken.csv"
     broken.write_text("image,mos\nimg/0.png,high\n")
     rc, out = check("broken", {"name": "csv", "root": str(broken), "label": "B"})

@@ -181,7 +181,8 @@ def read_csv_table(path: Path, skip_comment: bool = False, **options: Any) -> pd
             table = pd.read_csv(path, comment=None, skiprows=skiprows, encoding="utf-8-sig", index_col=False, **options)
         if not {"usecols", "header", "names", "sep", "delimiter"} & set(options):
             with open(path, encoding="utf-8-sig", newline="") as f:
-                header = next(csv.reader(line for k, line in enumerate(f) if k >= skiprows), [])
+                # (blank lines before it skipped, as pandas skips them)
+                header = next(csv.reader(line for k, line in enumerate(f) if k >= skiprows and line.strip()), [])
             if len(header) == len(table.columns):
                 table.attrs[HEADER_ATTR] = header
         return table

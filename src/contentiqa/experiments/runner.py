@@ -193,6 +193,8 @@ def _load_table(spec: DataSpec):
         raise
     except ValueError as exc:
         raise ConfigError(f"{_about(spec)}: {exc}") from None
+    if spec.skip_missing and len(ds.table) < 2:  # nothing to train or measure on: data absent, said before training
+        raise FileNotFoundError(f"{_about(spec)}: {len(ds.table)} image(s) left once skip_missing dropped the missing ones")
     return ds.table, ds.scale
 
 
