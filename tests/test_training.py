@@ -321,6 +321,23 @@ def test_the_record_says_what_a_learning_rate_of_0_and_a_frozen_branch_left_untr
                       bn_eval=True, hidden=(32, 16))
     assert record(ie, crop=None) == "everything but intelligibility (frozen; nothing cached)"
     assert record(ie, crop=None, cache_stages=3).endswith("(stages 0-2 frozen and cached; intelligibility frozen)")
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from contentiqa.models.base import IQAModel
+
+    class Own(IQAModel):  # a model of one's own: no backbone group, all of it at the head's rate
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 1)
+
+        def preprocess(self, image):
+            return pil_to_tensor(image.convert("RGB")).float() / 255
+
+        def forward(self, x):
+            return {"score": self.fc(self.conv(x).mean((2, 3))).squeeze(1)}
+
+    for cfg in ({"backbone_lr_scale": 0.0}, {"head_only_epochs": 1}):
+        assert record(Own(), **cfg) == "everything (nothing cached)", cfg
 
 
 def test_train_cli_end_to_end(tiny_table, tmp_path):

@@ -1203,7 +1203,8 @@ class Trainer:
         trained = self.model.trained_stages(self.start_stage)
         if self.cfg.lr == 0:
             return f"nothing (learning rate 0: lr=0; otherwise {trained})"
-        if trained.startswith("head only"):
+        # (a model without a backbone group, one of one's own, trains all of it at the head's rate)
+        if trained.startswith("head only") or not any(g["name"] == "backbone" for g in self._param_groups()):
             return trained
         if self.cfg.backbone_lr_scale == 0:  # a linear probe: only the head's group moves
             return f"head only (the backbone's learning rate 0: backbone_lr_scale=0; otherwise {trained})"
