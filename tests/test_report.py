@@ -156,6 +156,22 @@ def test_render_lower_is_better_and_escaping(tmp_path):
     assert out.read_text().count('<div class="card"') == 2  # no file: no thumbnail, still a card
 
 
+def test_missing_thumbnails_are_read_from_each_rows_folder_or_where_it_moved(tmp_path, monkeypatch):
+    """A row of another folder's photo got this folder's file of that name as its picture; a row whose
+    folder has moved away is read where its path points from here."""
+    for folder, colour in (("day1", (250, 0, 0)), ("day2", (0, 0, 250))):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (40, 30), colour).save(tmp_path / folder / "a.png")
+    info = {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True}
+    row = {"path": "a.png", "score": 50.0, "category": None, "category_confidence": None, "error": None, "notes": ""}
+    monkeypatch.chdir(tmp_path / "day2")
+    for start, red in ((tmp_path / "day1", True), (tmp_path / "gone", False), (None, False)):
+        out = write_html_report(tmp_path / "r.html", [{**row, "start_folder": start and str(start)}], info)
+        (thumb,) = decode_uris(out.read_text(), "image/jpeg")
+        r, _, b = thumb.convert("RGB").getpixel((5, 5))
+        assert (r > b) == red, start
+
+
 def test_a_score_that_is_no_number_is_shown_as_none(tmp_path):
     """A hand-made row scoring NaN or inf was histogram_html's traceback, and JSON's NaN token."""
     import json
