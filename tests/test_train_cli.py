@@ -412,9 +412,14 @@ def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_
     assert {k: json.loads(metrics.read_text())[k] for k in ("part", "split", "fit_logistic")} == \
         {"part": None, "split": None, "fit_logistic": False}
     # --part without a split was ignored: every row's figures, looking like one part's
-    for flag in (["--part", "val"], ["--split-index", "1"]):
-        assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet", *flag]) == 2
-        assert f"{flag[0]} needs a split" in capsys.readouterr().err
+    assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--quiet", "--part", "val"]) == 2
+    assert "--part needs a split" in capsys.readouterr().err
+    # --split-index picks a split of a file: with none, or a 'split' column (one split), it was ignored
+    with_column = tmp_path / "with_column.csv"
+    pd.read_csv(data).assign(split=["train", "test"] * (len(pd.read_csv(data)) // 2)).to_csv(with_column, index=False)
+    for d in (data, with_column):
+        assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(d), "--quiet", "--split-index", "1"]) == 2
+        assert "--split-index 1 picks a split of a --split FILE" in capsys.readouterr().err
 
 
 def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp_path, capsys):

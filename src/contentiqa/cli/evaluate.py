@@ -54,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     ds = load_data(args)
     table = ds.table
     part = None
-    if not args.split and "split" not in table and (args.part is not None or args.split_index):
+    if args.split_index and not args.split:  # said, not ignored: a 'split' column holds one split
+        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE")
+    if not args.split and "split" not in table and args.part is not None:
         # said, not ignored: the figures would be every row's, looking like one part's
-        given = "--part" if args.part is not None else "--split-index"
-        raise UsageError(f"{given} needs a split: --split FILE, or a 'split' column in --data {args.data}")
+        raise UsageError(f"--part needs a split: --split FILE, or a 'split' column in --data {args.data}")
     args.part = args.part or "test"
     split = None
     if args.split or "split" in table:  # a split file, or a table that carries its split: that part, not every row
