@@ -366,6 +366,12 @@ def test_export_cli_writes_a_verified_file(tmp_path, ckpt, capsys):
     assert out.is_file()
     assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
     assert read_metadata(out)["model_name"] == "iqa-cr"
+    # an existing file (another export: an int8 graph, weights gone since) is replaced only when asked
+    out.write_bytes(b"another graph")
+    assert main(["export", ckpt, "--out", str(out), "-q"]) == 2
+    assert "--out" in capsys.readouterr().err and out.read_bytes() == b"another graph"
+    assert main(["export", ckpt, "--out", str(out), "-q", "--force"]) == 0
+    assert read_metadata(out)["model_name"] == "iqa-cr"
 
 
 def test_export_cli_usage_errors(tmp_path, ckpt, capsys):
@@ -830,3 +836,37 @@ def test_a_native_resolution_graph_runs_side_by_side_only_as_many_as_memory_hold
     assert scorer.native_resolution and scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 4
     monkeypatch.setattr(th, "available_memory", lambda: 2 * 2**30)  # half of it holds one run at 2048 px
     assert scorer._forward_for(PARALLEL_RUNS_MIN_IMAGES)[0] == 1
+
+
+def test_onnxruntime_that_does_not_load_is_told_apart_from_a_missing_one_and_from_ctrl_c(monkeypatch):
+    """Ctrl-C while onnxruntime's native part loaded (its ImportError carries the KeyboardInterrupt)
+    was 'the package is missing, reinstall' and exit 2, not an interruption."""
+    import builtins
+
+    from contentiqa.inference.onnx_runtime import require_onnxruntime
+    from contentiqa.utils.extras import ExtraMissing
+
+    real = builtins.__import__
+
+    def failing(why: BaseException | None):
+        def fake(name, *args, **kwargs):
+            if name != "onnxruntime":
+                return real(name, *args, **kwargs)
+            try:
+                if why is not None:
+                    raise why
+            except BaseException:
+                raise ImportError("initialization failed")  # noqa: B904 (as the native module does it)
+            raise ImportError("libonnxruntime.so: cannot open shared object file")
+        return fake
+
+    monkeypatch.setattr(builtins, "__import__", failing(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        require_onnxruntime()
+    monkeypatch.setattr(builtins, "__import__", failing(None))
+    with pytest.raises(ExtraMissing, match=r"needs a working 'onnxruntime' package \(importing it failed: libonnx"):
+        require_onnxruntime()
+    monkeypatch.setattr(builtins, "__import__", real)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ExtraMissing, match=r"needs the 'onnxruntime' package, which this install lacks"):
+        require_onnxruntime()

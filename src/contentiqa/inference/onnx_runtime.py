@@ -73,8 +73,13 @@ def require_onnxruntime():
     core dependency: only a broken install lacks it)."""
     try:
         import onnxruntime
-    except ImportError:
-        raise ExtraMissing("the ONNX Runtime needs the 'onnxruntime' package", extra="") from None
+    except ImportError as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C while its native part loads
+            raise exc.__context__ from None
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            raise ExtraMissing("the ONNX Runtime needs the 'onnxruntime' package", extra="") from None
+        raise ExtraMissing(f"the ONNX Runtime needs a working 'onnxruntime' package (importing it failed: {exc})",
+                           extra="") from None
     return onnxruntime
 
 
