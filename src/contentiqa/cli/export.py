@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(what `score --precision int8` runs; benchmarks/results/int8.md has its speed and accuracy)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the check of ONNX Runtime against PyTorch (then onnxruntime is not needed)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (without it, an existing file is an error)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: name an .onnx file (e.g. model.onnx), so that `--model` reads it as a graph")
     if args.opset is not None and not 13 <= args.opset <= 21:
         raise UsageError("--opset must be between 13 and 21")
+    if out.exists() and not args.force:  # another export (an int8 graph, weights since gone) is not lost
+        raise UsageError(f"--out {args.out} exists: pass --force to replace it, or name another file")
     from ._output import check_writable
 
     # The model first: a mistyped name or a missing file is said as such (an int8 export blamed a
