@@ -170,6 +170,9 @@ def test_missing_thumbnails_are_read_from_each_rows_folder_or_where_it_moved(tmp
         (thumb,) = decode_uris(out.read_text(), "image/jpeg")
         r, _, b = thumb.convert("RGB").getpixel((5, 5))
         assert (r > b) == red, start
+    (tmp_path / "day1" / "a.png").unlink()  # its folder there, its photo gone: no picture, not another one
+    out = write_html_report(tmp_path / "r.html", [{**row, "start_folder": str(tmp_path / "day1")}], info)
+    assert decode_uris(out.read_text(), "image/jpeg") == []
 
 
 def test_a_score_that_is_no_number_is_shown_as_none(tmp_path):

@@ -580,6 +580,15 @@ def test_resume_from_another_folder_never_takes_a_photo_of_the_same_name_for_don
     thumbs = read_html_thumbnails(text)
     with Image.open(tmp_path / "day1" / "img0.jpg") as a, Image.open(tmp_path / "day2" / "img0.jpg") as b:
         assert thumbs["img0.jpg"] == make_thumbnail(a) and thumbs[str(tmp_path / "day2" / "img0.jpg")] == make_thumbnail(b)
+    seen.clear()
+    # day1's photo deleted since (its folder still there): its row is still not day2's photo
+    (tmp_path / "day1" / "img0.jpg").unlink()
+    (tmp_path / "day3").mkdir()
+    shutil.copy(tmp_path / "day2" / "img0.jpg", tmp_path / "day3" / "img0.jpg")
+    table = read_csv(tmp_path / "all.csv")
+    monkeypatch.chdir(tmp_path / "day3")
+    assert run("score", ".", "--model", ckpt, "-o", "../all.csv", "-q", "--resume") == 0
+    assert [Path(p).name for p in seen] == ["img0.jpg"] and len(read_csv(tmp_path / "all.csv")) == len(table) + 1
 
 
 def test_resume_through_a_linked_folder_finds_the_rows_written_from_its_target(tmp_path, ckpt, monkeypatch):
