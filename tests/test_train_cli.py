@@ -418,8 +418,10 @@ def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_
     with_column = tmp_path / "with_column.csv"
     pd.read_csv(data).assign(split=["train", "test"] * (len(pd.read_csv(data)) // 2)).to_csv(with_column, index=False)
     for d in (data, with_column):
-        assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(d), "--quiet", "--split-index", "1"]) == 2
+        assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(d), "--quiet", "--split-index", "1",
+                     "--json", str(tmp_path / "new" / "m.json")]) == 2
         assert "--split-index 1 picks a split of a --split FILE" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()  # refused before its folder was made
 
 
 def test_a_row_removed_as_advised_lets_resume_continue_on_the_runs_own_split(tmp_path, capsys):

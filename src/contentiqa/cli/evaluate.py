@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ._model_loading import check_model_named
     from ._output import check_writable
 
+    if args.split_index and not args.split:  # said, not ignored: a 'split' column holds one split
+        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE")
     inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
     if args.json and args.predictions and Path(args.json).resolve() == Path(args.predictions).resolve():
         raise UsageError(f"--json and --predictions name one file ({args.json}): the predictions would replace the metrics")
@@ -54,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     ds = load_data(args)
     table = ds.table
     part = None
-    if args.split_index and not args.split:  # said, not ignored: a 'split' column holds one split
-        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE")
     if not args.split and "split" not in table and args.part is not None:
         # said, not ignored: the figures would be every row's, looking like one part's
         raise UsageError(f"--part needs a split: --split FILE, or a 'split' column in --data {args.data}")
