@@ -341,6 +341,29 @@ def test_cli_failures(tmp_path, capsys):
     assert res.loc[1, "category"] == "" and res.loc[1, "category_source"].startswith("error:")
     assert "gone.png" in capsys.readouterr().err
 
+    # a photo over the pixel limit: advice this command can follow (it has no max_pixels to raise)
+    from conftest import png_header_only
+
+    (tmp_path / "huge.png").write_bytes(png_header_only(20000, 20000))
+    csv.write_text("image,mos\nok.png,1\nhuge.png,2\n", encoding="utf-8")
+    assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 1
+    said = pd.read_csv(out, dtype=str, keep_default_na=False).loc[1, "category_source"]
+    assert said.endswith("(decompression-bomb guard; label a smaller copy of it)") and "max_pixels" not in said, said
+    assert "label a smaller copy of it" in capsys.readouterr().err
+    # --out that is no CSV (a slip of the tab key: one of the photos) is refused, the file left alone
+    before = (tmp_path / "ok.png").read_bytes()
+    assert cli_main(["label-content", str(csv), "--out", str(tmp_path / "ok.png"), "--quiet"]) == 2
+    assert "name a .csv file" in capsys.readouterr().err and (tmp_path / "ok.png").read_bytes() == before
+    # columns of one's own come back under the names the file gave them (twice, padded)
+    own = tmp_path / "own.csv"
+    own.write_text("Image, note ,x,x\nok.png,a,b,c\n", encoding="utf-8")
+    assert cli_main(["label-content", str(own), "--out", str(out), "--quiet"]) == 0
+    assert out.read_text().splitlines()[0] == "image, note ,x,x,category,category_confidence,category_source"
+    # a '#' line after a blank one (only the first line is a comment): said as such, not a decimal comma
+    own.write_text("\n# mos_range: 0 100\nimage,mos\nok.png,70\n", encoding="utf-8")
+    assert cli_main(["label-content", str(own), "--out", str(out), "--quiet"]) == 2
+    assert "a '#' line where the header should be" in capsys.readouterr().err
+
     bad = tmp_path / "bad.csv"
     bad.write_text("path,mos\nok.png,1\n", encoding="utf-8")
     assert cli_main(["label-content", str(bad), "--out", str(out), "--quiet"]) == 2

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from ..data.categories import normalize_category
-from ..data.table import canonical_columns
+from ..data.table import canonical_columns, own_column_names
 from ..utils.terminal import printable
 from ._output import check_writable, interrupt_exit_code, output_lock, terminate_as_interrupt
-from .common import model_spec, user_path
+from .common import in_cli_words, model_spec, user_path
 from .main import UsageError
 
 
@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a CSV file name")
+    if out.suffix.lower() != ".csv":  # a slip of the tab key (--out images/103.png) replaced a photo
+        raise UsageError(f"--out {out}: name a .csv file (the labelled table is written there)")
     from ..utils.extras import require
 
     require("torch", "labelling content (an ImageNet classifier)")  # before the CSV is blamed for pandas' absence
@@ -166,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {src} as CSV: {exc}") from None
     from ..data.labels import SCENE_COLUMNS  # (with pandas: not for `contentiqa --help`)
 
+    own = own_column_names(table, also=SCENE_COLUMNS)  # written back as the file had them
     try:  # as training reads them: one 'category'
         table.columns = canonical_columns(table, src, also=SCENE_COLUMNS)
     except ValueError as exc:
@@ -182,11 +185,12 @@ def run(args: argparse.Namespace) -> int:
         check_model_named(args.model)  # before --out's folder is made
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
     with output_lock(out, "--out"):  # one writer per file: a second run's saves would replace this one's
-        return _label(args, src, out, table, comment)
+        return _label(args, src, out, table, comment, own)
 
 
-def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str) -> int:
-    """Label ``table`` (read from ``src``) and write it to ``out``, part by part."""
+def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str, own: dict[str, str]) -> int:
+    """Label ``table`` (read from ``src``) and write it to ``out``, part by part; the columns
+    of one's own under the names ``own`` gives them."""
     import pandas as pd
 
     from ..data.content_labels import CLASS_BALANCE_PSEUDOCOUNT, REVIEW_CONFIDENCE, given_labels, label_table
@@ -234,12 +238,17 @@ def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str) 
         # (with --overwrite none is kept: the resume command, which has no --overwrite, labels them)
         labeled = pd.concat([*parts, given_labels(work.iloc[done:], overwrite=args.overwrite)])
         labeled = _with_empty_rows(labeled if len(work) else None, table.index, empty, src)
+        # the library's advice in this command's words (it has no max_pixels to raise)
+        labeled["category_source"] = [in_cli_words(s, too_large="label a smaller copy of it")
+                                      if isinstance(s, str) and s.startswith("error") else s
+                                      for s in labeled["category_source"]]
         result = table.copy()
         result["image"] = [p if e else _relative(p, out_dir) for p, e in zip(absolute, empty)]
         result["category"] = labeled["category"].fillna("").astype(str).values
         result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
         result["category_source"] = labeled["category_source"].fillna("").astype(str).values
         try:
+            result = result.rename(columns={c: w for c, w in own.items() if c in result.columns})
             atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
         except OSError as exc:  # e.g. the folder went away or filled up while labelling
             raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None

@@ -33,16 +33,31 @@ def canonical_columns(table: pd.DataFrame, path: str | os.PathLike, also: tuple[
     ``path`` when two columns become one: ``split,Split``, or ``split,split``, which pandas
     reads as ``split`` and ``split.1``, so the header is taken as the file wrote it (a column of
     one's own given twice keeps pandas' two names)."""
-    read = [str(c) for c in table.columns]
-    written = table.attrs.get(HEADER_ATTR) or []
-    if len(written) != len(read):  # not a table as read (or no header kept): its own names
-        written = read
+    read, written = _header(table)
     known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
     names = [known.get(w.strip().lower(), r.strip()) for w, r in zip(written, read)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise ValueError(f"{path}: column(s) {twice} given twice (names are read in any case)")
     return names
+
+
+def own_column_names(table: pd.DataFrame, also: tuple[str, ...] = ()) -> dict[str, str]:
+    """Columns of one's own (none of :func:`canonical_columns`' names): the name
+    :func:`canonical_columns` gives each -> the name as the file wrote it (``x`` given twice,
+    `` note ``), for a command that writes the table back to leave them as they were."""
+    read, written = _header(table)
+    known = {c.lower() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
+    return {r.strip(): w for w, r in zip(written, read) if w.strip().lower() not in known}
+
+
+def _header(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(the names pandas read, the names the file wrote) of ``table``'s columns."""
+    read = [str(c) for c in table.columns]
+    written = table.attrs.get(HEADER_ATTR) or []
+    if len(written) != len(read):  # not a table as read (or no header kept): its own names
+        written = read
+    return read, written
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,12 @@ def read_csv_table(path: Path, skip_comment: bool = False, **options: Any) -> pd
 
     skiprows = int(skip_comment and leading_comment(path) is not None)
     try:
+        if skip_comment:  # a later comment line would be read as the header, and blamed on a decimal comma
+            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+                first = next((line for k, line in enumerate(f) if k >= skiprows and line.strip()), "")
+            if first.lstrip().startswith("#"):
+                raise ValueError(f"{path}: a '#' line where the header should be: only the file's first line is "
+                                 "read as a comment (# mos_range: ...); remove the others and blank lines before it")
         with warnings.catch_warnings():
             # a row with more cells than the header (a decimal comma: 3,5) would lose its last ones
             warnings.simplefilter("error", pd.errors.ParserWarning)
