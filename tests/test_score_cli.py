@@ -591,6 +591,24 @@ def test_resume_from_another_folder_never_takes_a_photo_of_the_same_name_for_don
     assert [Path(p).name for p in seen] == ["img0.jpg"] and len(read_csv(tmp_path / "all.csv")) == len(table) + 1
 
 
+def test_resume_after_the_photos_moved_from_a_start_folder_that_stayed_skips_them(tmp_path, ckpt, monkeypatch):
+    """`cd ~; score trip -o trip.csv`, then trip/ moved elsewhere: the start folder (home) is still
+    there, and its rows were pinned to photos gone; every photo was scored again and listed twice."""
+    import contentiqa.inference.engine as engine
+
+    ok_folder(tmp_path / "home" / "trip", n=2)
+    monkeypatch.chdir(tmp_path / "home")
+    assert run("score", "trip", "--model", ckpt, "-o", "trip.csv", "-q") == 0
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "home" / "trip").rename(tmp_path / "backup" / "trip")
+    seen: list = []
+    real = engine.Engine.run
+    monkeypatch.setattr(engine.Engine, "run", lambda self, items, *a, **kw: (seen.extend(items), real(self, items, *a, **kw))[1])
+    monkeypatch.chdir(tmp_path / "backup")
+    assert run("score", "trip", "--model", ckpt, "-o", "../home/trip.csv", "-q", "--resume") == 0
+    assert seen == [] and [r["path"] for r in read_csv(tmp_path / "home" / "trip.csv")] == ["trip/img0.jpg", "trip/img1.jpg"]
+
+
 def test_resume_through_a_linked_folder_finds_the_rows_written_from_its_target(tmp_path, ckpt, monkeypatch):
     """Rows written from inside a folder reached by a symbolic link say its real path: a resume through the
     link scored every photo again and listed each twice."""

@@ -496,8 +496,8 @@ class _Scoring:
 
     def _row_key(self, row: dict) -> str:
         """The input a row's path names. A relative path was written relative to the folder its
-        run started in: the row's ``start_folder`` where that folder is still there. Rows without
-        one (an older contentiqa, a table edited by hand) or whose folder has moved are matched
+        run started in: the row's ``start_folder`` where the photo's folder is still there. Rows
+        without one (an older contentiqa, a table edited by hand) or whose photos have moved are matched
         from this folder, else from the output's folder (where ``score photos -o scores.csv``
         runs), else from the start folder the file's paths point to
         (:meth:`_match_rows_written_elsewhere`), whichever names one of this run's inputs."""
@@ -508,7 +508,9 @@ class _Scoring:
         if os.path.isabs(path):
             return key
         folder = row.get("start_folder")
-        if folder and os.path.isabs(folder) and os.path.isdir(folder):  # (its photo there or deleted since)
+        # its photo's own folder still there (the photo in it, or deleted since): that folder's photo;
+        # the start folder alone is often a parent kept while the photos moved
+        if folder and os.path.isabs(folder) and os.path.isdir(os.path.dirname(os.path.join(folder, path))):
             own = path_key(os.path.join(folder, path))
             # the same file reached another way (a folder through a symbolic link) is this input
             return own if own in self.input_keys else self._real_inputs().get(os.path.realpath(own), own)
