@@ -247,8 +247,8 @@ def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str, 
         result["category"] = labeled["category"].fillna("").astype(str).values
         result["category_confidence"] = [f"{c:.4f}" if pd.notna(c) else "" for c in labeled["category_confidence"]]
         result["category_source"] = labeled["category_source"].fillna("").astype(str).values
+        result = result.rename(columns={c: w for c, w in own.items() if c in result.columns})
         try:
-            result = result.rename(columns={c: w for c, w in own.items() if c in result.columns})
             atomic_write_text(out, comment + result.to_csv(index=False, lineterminator="\n"))
         except OSError as exc:  # e.g. the folder went away or filled up while labelling
             raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
