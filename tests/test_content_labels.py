@@ -350,6 +350,15 @@ def test_cli_failures(tmp_path, capsys):
     said = pd.read_csv(out, dtype=str, keep_default_na=False).loc[1, "category_source"]
     assert said.endswith("(decompression-bomb guard; label a smaller copy of it)") and "max_pixels" not in said, said
     assert "label a smaller copy of it" in capsys.readouterr().err
+    # one downscaled thinner than a content head reads: not `contentiqa score`'s option either
+    from tiny_models import tiny_checkpoint
+
+    Image.new("RGB", (4000, 40), "gray").save(tmp_path / "pano.png")
+    csv.write_text("image,mos\nok.png,1\npano.png,2\n", encoding="utf-8")
+    assert cli_main(["label-content", str(csv), "--model", tiny_checkpoint(), "--out", str(out), "--quiet"]) == 1
+    said = pd.read_csv(out, dtype=str, keep_default_na=False).loc[1, "category_source"]
+    assert said.endswith("label a copy cropped to a less elongated shape") and "contentiqa score" not in said, said
+    capsys.readouterr()
     # --out that is no CSV (a slip of the tab key: one of the photos) is refused, the file left alone
     before = (tmp_path / "ok.png").read_bytes()
     assert cli_main(["label-content", str(csv), "--out", str(tmp_path / "ok.png"), "--quiet"]) == 2

@@ -35,18 +35,20 @@ def model_spec(text: str) -> str:
     return text
 
 
-def in_cli_words(error: str, own: tuple[str, ...] = (), too_large: str = "use a smaller copy of it") -> str:
+def in_cli_words(error: str, own: tuple[str, ...] = (), too_large: str = "use a smaller copy of it",
+                 too_thin: str | None = None) -> str:
     """An image's error with the library's advice (its attributes: ``max_pixels``, ``max_side``)
     said on the command line: the command's ``own`` options where it has them, else what
     `contentiqa score` offers, or ``too_large`` for a photo over the pixel limit of a command
-    that keeps it fixed."""
+    that keeps it fixed, and ``too_thin`` (default: score's option) for one downscaled thinner
+    than the model reads by a command that cannot score it at full size."""
     from ..data.imageio import BOMB_HINT, MEMORY_HINT
     from ..models.scoring import DOWNSCALE_HINT
 
     limit = "--max-pixels" in own
     memory = "free memory, or lower --max-pixels" if limit else "free memory"
     bomb = "pass --max-pixels MP, in megapixels, to allow it" if limit else too_large
-    side = "--max-side 0 scores it at full size" if "--max-side" in own else \
+    side = "--max-side 0 scores it at full size" if "--max-side" in own else too_thin or \
         "`contentiqa score --max-side 0` scores it at full size"
     return (error.replace(MEMORY_HINT, f"{memory} (the file itself may be fine)").replace(DOWNSCALE_HINT, side)
             .replace(BOMB_HINT, bomb))
@@ -204,6 +206,14 @@ def _drawn_val_counts(n_train: int) -> bool:
     from ..training.trainer import MIN_VAL_PER_SET
 
     return round(OFFICIAL_VAL_FRACTION * n_train) >= MIN_VAL_PER_SET
+
+
+def check_split_index(args: argparse.Namespace) -> None:
+    """--split-index picks a split of a --split FILE: without one (a 'split' column holds one split,
+    --protocol draws one per --split-seed) it is refused, not ignored. Said before any folder is made."""
+    if args.split_index and not args.split:
+        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE; "
+                         "to draw another split, use --split-seed")
 
 
 def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, check_rated, load_data, model_spec, resolve_split, say_failed, split_parts,
+from .common import (add_data_args, check_rated, check_split_index, load_data, model_spec, resolve_split, say_failed, split_parts,
                      user_path)
 from .main import UsageError
 
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ._model_loading import check_model_named
     from ._output import check_writable
 
-    if args.split_index and not args.split:  # said, not ignored: a 'split' column holds one split
-        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE")
+    check_split_index(args)
     inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
     if args.json and args.predictions and Path(args.json).resolve() == Path(args.predictions).resolve():
         raise UsageError(f"--json and --predictions name one file ({args.json}): the predictions would replace the metrics")

@@ -239,7 +239,8 @@ def _label(args: argparse.Namespace, src: Path, out: Path, table, comment: str, 
         labeled = pd.concat([*parts, given_labels(work.iloc[done:], overwrite=args.overwrite)])
         labeled = _with_empty_rows(labeled if len(work) else None, table.index, empty, src)
         # the library's advice in this command's words (it has no max_pixels to raise)
-        labeled["category_source"] = [in_cli_words(s, too_large="label a smaller copy of it")
+        labeled["category_source"] = [in_cli_words(s, too_large="label a smaller copy of it",
+                                                   too_thin="label a copy cropped to a less elongated shape")
                                       if isinstance(s, str) and s.startswith("error") else s
                                       for s in labeled["category_source"]]
         result = table.copy()

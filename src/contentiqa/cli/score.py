@@ -502,16 +502,15 @@ class _Scoring:
         runs), else from the start folder the file's paths point to
         (:meth:`_match_rows_written_elsewhere`), whichever names one of this run's inputs."""
         from ..data.inputs import path_key
+        from ..reporting.results import row_file
 
         path = row["path"]
         key = path_key(path)
         if os.path.isabs(path):
             return key
-        folder = row.get("start_folder")
-        # its photo's own folder still there (the photo in it, or deleted since): that folder's photo;
-        # the start folder alone is often a parent kept while the photos moved
-        if folder and os.path.isabs(folder) and os.path.isdir(os.path.dirname(os.path.join(folder, path))):
-            own = path_key(os.path.join(folder, path))
+        own = row_file(row)
+        if own is not None:  # read from its start folder
+            own = path_key(own)
             # the same file reached another way (a folder through a symbolic link) is this input
             return own if own in self.input_keys else self._real_inputs().get(os.path.realpath(own), own)
         if key in self.input_keys or self.output is None:

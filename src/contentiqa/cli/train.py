@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .common import (add_data_args, add_split_args, check_rated, each_dataset, finite_float, load_data, resolve_split,
-                     model_spec, say_failed, split_parts, user_path)
+from .common import (add_data_args, add_split_args, check_rated, check_split_index, each_dataset, finite_float, load_data,
+                     model_spec, resolve_split, say_failed, split_parts, user_path)
 from .main import UsageError
 
 
@@ -220,9 +220,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
-    if args.split_index and not args.split:  # said, not ignored (as `evaluate` says it)
-        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE; "
-                         "to draw another split, use --split-seed")
+    check_split_index(args)
     sets = each_dataset(args)
     out = _output_folder(args, model_name)
     if len(sets) > 1:

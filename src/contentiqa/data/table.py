@@ -34,7 +34,7 @@ def canonical_columns(table: pd.DataFrame, path: str | os.PathLike, also: tuple[
     reads as ``split`` and ``split.1``, so the header is taken as the file wrote it (a column of
     one's own given twice keeps pandas' two names)."""
     read, written = _header(table)
-    known = {c: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
+    known = _known_columns(also)
     names = [known.get(w.strip().lower(), r.strip()) for w, r in zip(written, read)]
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
@@ -47,8 +47,13 @@ def own_column_names(table: pd.DataFrame, also: tuple[str, ...] = ()) -> dict[st
     :func:`canonical_columns` gives each -> the name as the file wrote it (``x`` given twice,
     `` note ``), for a command that writes the table back to leave them as they were."""
     read, written = _header(table)
-    known = {c.lower() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
+    known = _known_columns(also)
     return {r.strip(): w for w, r in zip(written, read) if w.strip().lower() not in known}
+
+
+def _known_columns(also: tuple[str, ...]) -> dict[str, str]:
+    """The table's own column names (and ``also``), each under its lowercase spelling."""
+    return {c.lower(): c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LABEL_COLUMNS, *also)}
 
 
 def _header(table: pd.DataFrame) -> tuple[list[str], list[str]]:

@@ -172,8 +172,9 @@ def load_data(spec: DataSpec, out_dir: Path | None = None, progress: bool = Fals
     """(table, scale) of a dataset spec (labels applied when the spec has them). A table that
     cannot be used (unparsable or empty MOS, an image listed twice, loader arguments it does
     not take) is a :class:`ConfigError` naming the dataset's file: the data layer's own message
-    does not say which of a config's datasets it read. Absent images stay a
-    :class:`~contentiqa.data.MissingFilesError` (a config whose data is absent is skipped)."""
+    does not say which of a config's datasets it read. Absent data stay a FileNotFoundError (a
+    :class:`~contentiqa.data.MissingFilesError` for absent images; fewer than 2 images left by
+    ``skip_missing``): a config whose data is absent is skipped."""
     table, scale = _load_table(spec)
     if spec.labels is not None or spec.labels_auto:
         table = apply_labels(table, spec, out_dir or Path.cwd(), progress, log)
@@ -785,8 +786,8 @@ def _absent_said(spec: DataSpec, exc: FileNotFoundError) -> str:
 
 
 def _read_data(spec: DataSpec, out: Path, progress: bool, log: Callable):
-    """:func:`load_data` for an experiment: absent files become :class:`_DataAbsent` with a
-    one-line reason naming the dataset and the images that are missing."""
+    """:func:`load_data` for an experiment: absent data become :class:`_DataAbsent` with a
+    one-line reason naming the dataset and what of it is missing."""
     try:
         return load_data(spec, out, progress, log)
     except FileNotFoundError as exc:

@@ -326,9 +326,8 @@ def write_html_report(
         for r in rows:
             p = str(r.get("path"))
             if row_ok(r) and p not in thumbs:
-                # an earlier run's row from its folder; as written from here where its photos have moved
-                own = row_file(r)
-                t = thumbnail_from_file(own if os.path.isdir(os.path.dirname(os.path.abspath(own))) else p, thumbnail_size)
+                own = row_file(r)  # an earlier run's row from its folder; as written, from here, when that is unknown
+                t = thumbnail_from_file(own if own is not None else p, thumbnail_size)
                 if t is not None:
                     thumbs[p] = t
     return atomic_write_text(path, render_html_report(rows, model_info, thumbs, heatmaps, **kwargs),

@@ -90,11 +90,19 @@ def model_record(identity: ScorerIdentity) -> dict[str, str]:
     }
 
 
-def row_file(row: dict[str, Any]) -> str:
-    """The file a row names: a relative path read from the row's ``start_folder`` where it says one."""
+def row_file(row: dict[str, Any]) -> str | None:
+    """The file a row names: its absolute path, or its relative one read from the row's
+    ``start_folder`` while the photo's folder is there (the photo in it, or deleted since). None
+    where that cannot be told: no start folder (an older contentiqa, a hand edit), or the photos
+    have moved (the start folder alone is often a parent that stayed)."""
     path = str(row.get("path") or "")
+    if os.path.isabs(path):
+        return path
     folder = row.get("start_folder")
-    return os.path.join(folder, path) if folder and not os.path.isabs(path) else path
+    if not folder or not os.path.isabs(folder):
+        return None
+    own = os.path.join(folder, path)
+    return own if os.path.isdir(os.path.dirname(own)) else None
 
 
 def row_ok(row: dict[str, Any]) -> bool:
