@@ -358,3 +358,16 @@ if __name__ == "__main__":  # a rank of a two-process test
         metrics_worker(Path(sys.argv[2]))
     else:
         worker(Path(sys.argv[1]))
+
+
+@pytest.mark.parametrize("value", ["1h", "0", "-5", "nan"])
+def test_a_timeout_that_is_no_number_of_seconds_names_its_variable(monkeypatch, value):
+    """CONTENTIQA_DIST_TIMEOUT=1h said only "could not convert string to float: '1h'", once per process."""
+    from contentiqa.training import distributed as dist_utils
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("CONTENTIQA_DIST_TIMEOUT", value)
+    with pytest.raises(ValueError, match=rf"CONTENTIQA_DIST_TIMEOUT='{value}': give a number of seconds"):
+        dist_utils.init_from_env("cpu")

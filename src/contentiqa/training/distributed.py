@@ -98,9 +98,23 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
                 f"device {device}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})")
         torch.cuda.set_device(gpu)
     backend = backend or os.environ.get("CONTENTIQA_DIST_BACKEND") or ("nccl" if cuda else "gloo")
-    timeout = timedelta(seconds=float(os.environ.get("CONTENTIQA_DIST_TIMEOUT", 3600)))
+    timeout = timedelta(seconds=_dist_timeout())
     dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
+
+
+def _dist_timeout() -> float:
+    """CONTENTIQA_DIST_TIMEOUT: seconds the processes wait for each other (default 3600)."""
+    import math
+
+    value = os.environ.get("CONTENTIQA_DIST_TIMEOUT", "3600")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"CONTENTIQA_DIST_TIMEOUT={value!r}: give a number of seconds, e.g. 3600")
+    return seconds
 
 
 def cleanup(info: DistInfo | None) -> None:
