@@ -626,6 +626,22 @@ def test_resume_through_a_linked_folder_finds_the_rows_written_from_its_target(t
     assert seen == [] and len(read_csv(tmp_path / "s.csv")) == 2
 
 
+def test_resume_of_parts_joined_after_scoring_in_two_precisions_says_so(tmp_path, ckpt, capsys):
+    """Shards scored in fp32 and bf16, then joined: each run was told to pass the other precision."""
+    d = ok_folder(tmp_path / "imgs", n=2)
+    out = tmp_path / "all.csv"
+    assert run("score", d, "--model", ckpt, "-o", out, "-q") == 0
+    rows = read_csv(out)
+    rows[1]["precision"] = "bf16"  # as a part scored with --precision bf16 writes it
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for precision in ((), ("--precision", "bf16", "--runtime", "torch")):
+        assert run("score", d, "--model", ckpt, "-o", out, "-q", "--resume", *precision) == 2
+        assert "its rows were scored in bf16 and fp32 (its parts were scored differently)" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_json_file_that_holds_no_results(tmp_path, ckpt):
     """Another tool's JSON is not overwritten by --resume (a CSV without 'path' is refused alike)."""
     d = ok_folder(tmp_path / "imgs", n=1)

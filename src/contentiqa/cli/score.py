@@ -199,6 +199,10 @@ def _check_same_model(existing: list[dict], record: dict[str, str], output: Path
     """--resume only adds rows of the model that made the file (same weights, byte for byte)."""
     from ..reporting.results import row_ok
 
+    precisions = sorted({str(r.get("precision")) for r in existing if row_ok(r) and r.get("precision")})
+    if len(precisions) > 1:  # (parts of a sharded run scored differently, then joined): no one option matches
+        raise UsageError(f"cannot resume {output}: its rows were scored in {' and '.join(precisions)} (its parts were "
+                         "scored differently); score the parts again in one precision, or --force to start over")
     for r in existing:
         if not row_ok(r):
             continue  # failed rows are retried with the current model anyway
