@@ -371,3 +371,58 @@ def test_a_timeout_that_is_no_number_of_seconds_names_its_variable(monkeypatch, 
     monkeypatch.setenv("CONTENTIQA_DIST_TIMEOUT", value)
     with pytest.raises(ValueError, match=rf"CONTENTIQA_DIST_TIMEOUT='{value}': give a number of seconds"):
         dist_utils.init_from_env("cpu")
+
+
+def test_a_process_of_the_run_gone_is_one_line_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """A rank killed mid-run left each other rank a 30-line traceback of gloo's 'Connection reset by peer';
+    a rendezvous no other process joined was a DistStoreError traceback."""
+    import contentiqa.cli.train as train_cli
+    from contentiqa.cli.main import main
+    from contentiqa.training import distributed as dist_utils
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    data = tmp_path / "d.csv"
+    data.write_text("image,mos\na.png,1\nb.png,2\n")
+    argv = ["train", "--model", "iqa-cr-q", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "calibrate=false"]
+    monkeypatch.setattr(dist_utils, "init_from_env", lambda *a, **k: dist_utils.DistInfo(0, 2, 0, False))
+
+    def gone(*a, **k):
+        raise RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:13226: "
+                           "Connection reset by peer\nException raised from ...")
+
+    monkeypatch.setattr(train_cli, "_train", gone)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "lost another process of the run ([third_party/gloo" in err and "--resume" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+    def never_joined(*a, **k):
+        raise torch.distributed.DistStoreError("Timed out after 9 seconds waiting for clients. 1/2 clients joined.")
+
+    monkeypatch.setattr(dist_utils, "init_from_env", never_joined)
+    assert main(argv) == 2
+    assert "did not all join (Timed out after 9 seconds" in capsys.readouterr().err
+    monkeypatch.setattr(train_cli, "_train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug of ours")))
+    monkeypatch.setattr(dist_utils, "init_from_env", lambda *a, **k: dist_utils.DistInfo(0, 2, 0, False))
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # not taken for a lost process
+        main(argv)
+
+
+def test_an_experiment_whose_other_process_is_gone_says_it_in_one_line(tmp_path, monkeypatch, capsys):
+    import contentiqa.experiments as experiments
+    from contentiqa.cli.main import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\ndata: {name: csv, root: d.csv}\nmodel: iqa-cr-q\n")
+
+    def gone(*a, **k):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection closed by peer [127.0.0.1]:5001")
+
+    monkeypatch.setattr(experiments, "run_experiment", gone)
+    monkeypatch.setattr("contentiqa.cli.experiment._check_all_first", lambda paths, args: [None] * len(paths))
+    assert main(["experiment", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "lost another process of the run ([gloo" in err and len(err.strip().splitlines()) == 1

@@ -168,6 +168,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"contentiqa experiment: {path}: missing {exc}", file=sys.stderr)
             rc = 1
             continue
+        except RuntimeError as exc:  # (after ExperimentSkipped, one too)
+            from ..training.distributed import lost_peer
+
+            said = lost_peer(exc)
+            if said is None:
+                raise
+            print(f"contentiqa experiment: error: {path}: lost another process of the run ({said}); once the others "
+                  "have stopped, rerun the same command to go on from the last finished epoch", file=sys.stderr)
+            return 1
         # (without --quiet the runner has said it already)
         if not result.ran:
             if args.quiet:

@@ -194,6 +194,12 @@ def run(args: argparse.Namespace) -> int:
         info = dist_utils.init_from_env(cfg.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # the processes never met (a rendezvous timed out)
+        said = dist_utils.lost_peer(exc)
+        if said is None:
+            raise
+        raise UsageError(f"the processes of the run did not all join ({said}): check MASTER_ADDR, MASTER_PORT and "
+                         "CONTENTIQA_DIST_TIMEOUT, or start it with torchrun") from None
     if info.distributed:
         cfg.device = dist_utils.device_for(cfg.device, info.local_rank)
     if info.rank != 0:  # rank 0 speaks for the run: the others' notes and warnings would repeat each once per process
@@ -208,6 +214,13 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt(f"interrupted: rerun the same command with --resume to go on "
                                 f"({args.out or f'runs/{model_name}'} keeps "
                                 "the finished epochs and the cached stages; a finished run is tested then)") from None
+    except RuntimeError as exc:
+        said = dist_utils.lost_peer(exc)
+        if said is None:
+            raise
+        print(f"contentiqa train: error: lost another process of the run ({said}); once the others have stopped, "
+              "rerun the same command with --resume to go on from the last finished epoch", file=sys.stderr)
+        return 1
     finally:
         dist_utils.cleanup(info)
 

@@ -117,6 +117,24 @@ def _dist_timeout() -> float:
     return seconds
 
 
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "NCCL communicator was aborted")
+"""What gloo's and NCCL's errors say when another process of the run is gone (they are plain
+RuntimeErrors, named only by their text)."""
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """For a process of a multi-process run (``WORLD_SIZE`` > 1): the first line of ``exc`` when
+    it says another process is gone (crashed, killed, or stopped at its start by an error of its
+    own) or never joined, else None: a command says that in one line, not a traceback per process."""
+    if env_world_size() <= 1 or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).strip()
+    dist_error = torch.distributed.is_available() and isinstance(exc, torch.distributed.DistError)
+    if not dist_error and not any(s in text for s in PEER_GONE):
+        return None
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
 def cleanup(info: DistInfo | None) -> None:
     """Destroy the process group if ``info`` says :func:`init_from_env` made it."""
     if info is not None and info.initialized_here and torch.distributed.is_initialized():
