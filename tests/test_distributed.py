@@ -360,7 +360,7 @@ if __name__ == "__main__":  # a rank of a two-process test
         worker(Path(sys.argv[1]))
 
 
-@pytest.mark.parametrize("value", ["1h", "0", "-5", "nan"])
+@pytest.mark.parametrize("value", ["1h", "0", "-5", "nan", "9e13"])
 def test_a_timeout_that_is_no_number_of_seconds_names_its_variable(monkeypatch, value):
     """CONTENTIQA_DIST_TIMEOUT=1h said only "could not convert string to float: '1h'", once per process."""
     from contentiqa.training import distributed as dist_utils
@@ -398,16 +398,25 @@ def test_a_process_of_the_run_gone_is_one_line_with_what_to_do(tmp_path, monkeyp
     assert "lost another process of the run ([third_party/gloo" in err and "--resume" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
+    monkeypatch.setattr(train_cli, "_train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug of ours")))
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # not taken for a lost process
+        main(argv)
+    # processes that never met: said as such by train and experiment (a rerun meets the same wall)
+    monkeypatch.undo()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
     def never_joined(*a, **k):
         raise torch.distributed.DistStoreError("Timed out after 9 seconds waiting for clients. 1/2 clients joined.")
 
-    monkeypatch.setattr(dist_utils, "init_from_env", never_joined)
-    assert main(argv) == 2
-    assert "did not all join (Timed out after 9 seconds" in capsys.readouterr().err
-    monkeypatch.setattr(train_cli, "_train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug of ours")))
-    monkeypatch.setattr(dist_utils, "init_from_env", lambda *a, **k: dist_utils.DistInfo(0, 2, 0, False))
-    with pytest.raises(RuntimeError, match="a bug of ours"):  # not taken for a lost process
-        main(argv)
+    monkeypatch.setattr(torch.distributed, "init_process_group", never_joined)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\ndata: {{name: csv, root: {data}}}\nmodel: iqa-cr-q\n")
+    for command in (argv, ["experiment", str(config), "--quiet", "--out", str(tmp_path / "exp")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "did not all join (Timed out after 9 seconds" in err and "MASTER_ADDR" in err and "lost" not in err
 
 
 def test_an_experiment_whose_other_process_is_gone_says_it_in_one_line(tmp_path, monkeypatch, capsys):

@@ -212,8 +212,8 @@ def check_split_index(args: argparse.Namespace) -> None:
     """--split-index picks a split of a --split FILE: without one (a 'split' column holds one split,
     --protocol draws one per --split-seed) it is refused, not ignored. Said before any folder is made."""
     if args.split_index and not args.split:
-        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE; "
-                         "to draw another split, use --split-seed")
+        draw = "; to draw another split, use --split-seed" if hasattr(args, "split_seed") else ""
+        raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE{draw}")
 
 
 def resolve_split(args: argparse.Namespace, table: pd.DataFrame, out_dir: Path | None = None, *,

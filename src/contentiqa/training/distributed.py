@@ -99,7 +99,12 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
         torch.cuda.set_device(gpu)
     backend = backend or os.environ.get("CONTENTIQA_DIST_BACKEND") or ("nccl" if cuda else "gloo")
     timeout = timedelta(seconds=_dist_timeout())
-    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    except dist.DistError as exc:  # the processes never met: a rerun meets the same wall
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"the processes of the run did not all join ({said}): check MASTER_ADDR, MASTER_PORT and "
+                         "CONTENTIQA_DIST_TIMEOUT, or start it with torchrun") from None
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 
@@ -112,7 +117,7 @@ def _dist_timeout() -> float:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not 0 < seconds < timedelta.max.total_seconds():  # (nan too)
         raise ValueError(f"CONTENTIQA_DIST_TIMEOUT={value!r}: give a number of seconds, e.g. 3600")
     return seconds
 
