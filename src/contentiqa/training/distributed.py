@@ -108,6 +108,10 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 
+MAX_DIST_TIMEOUT = 1e9
+"""Seconds (about 31 years): torch holds the wait as int64 nanoseconds, and a longer one fails at once."""
+
+
 def _dist_timeout() -> float:
     """CONTENTIQA_DIST_TIMEOUT: seconds the processes wait for each other (default 3600)."""
     import math
@@ -117,8 +121,9 @@ def _dist_timeout() -> float:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds < timedelta.max.total_seconds():  # (nan too)
-        raise ValueError(f"CONTENTIQA_DIST_TIMEOUT={value!r}: give a number of seconds, e.g. 3600")
+    if not 0 < seconds <= MAX_DIST_TIMEOUT:  # (nan too)
+        raise ValueError(f"CONTENTIQA_DIST_TIMEOUT={value!r}: give a number of seconds, e.g. 3600 (at most "
+                         f"{MAX_DIST_TIMEOUT:g})")
     return seconds
 
 
