@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"contentiqa experiment: {path}: missing {exc}", file=sys.stderr)
             rc = 1
             continue
-        except RuntimeError as exc:  # (after ExperimentSkipped, one too)
+        except RuntimeError as exc:  # (below ExperimentSkipped, a RuntimeError said above)
             from ..training.distributed import lost_peer
 
             said = lost_peer(exc)

@@ -6,8 +6,9 @@ MOS scale, or None), ``category``, ``category_confidence``, ``error`` (None when
 :data:`MODEL_FIELDS` (which model, weights file and its SHA-256, the numeric precision it ran in,
 contentiqa version), so a file always says what scored it and ``--resume`` can refuse to mix two
 models, or one model's fp32 and int8 graphs, and :data:`RUN_FIELDS` (the folder a relative
-``path`` starts from), so ``--resume`` from another folder finds each row's own file. Every write is atomic (temporary file + rename), so a run
-killed mid-write leaves the previous complete file, never a half-written one.
+``path`` starts from), so ``--resume`` from another folder finds each row's own file. Every
+write is atomic (temporary file + rename), so a run killed mid-write leaves the previous complete
+file, never a half-written one.
 """
 from __future__ import annotations
 

@@ -102,8 +102,7 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
     try:
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     except dist.DistError as exc:  # the processes never met: a rerun meets the same wall
-        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"the processes of the run did not all join ({said}): check MASTER_ADDR, MASTER_PORT and "
+        raise ValueError(f"the processes of the run did not all join ({_first_line(exc)}): check MASTER_ADDR, MASTER_PORT and "
                          "CONTENTIQA_DIST_TIMEOUT, or start it with torchrun") from None
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
@@ -135,14 +134,19 @@ RuntimeErrors, named only by their text)."""
 def lost_peer(exc: BaseException) -> str | None:
     """For a process of a multi-process run (``WORLD_SIZE`` > 1): the first line of ``exc`` when
     it says another process is gone (crashed, killed, or stopped at its start by an error of its
-    own) or never joined, else None: a command says that in one line, not a traceback per process."""
+    own), or is torch's own DistError, else None: a command says that in one line, not a
+    traceback per process. (Processes that never met are :func:`init_from_env`'s ValueError.)"""
     if env_world_size() <= 1 or not isinstance(exc, RuntimeError):
         return None
-    text = str(exc).strip()
     dist_error = torch.distributed.is_available() and isinstance(exc, torch.distributed.DistError)
-    if not dist_error and not any(s in text for s in PEER_GONE):
+    if not dist_error and not any(s in str(exc) for s in PEER_GONE):
         return None
-    return (text.splitlines() or [type(exc).__name__])[0]
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """What a one-line error quotes of ``exc`` (gloo's and c10d's run on over many lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def cleanup(info: DistInfo | None) -> None:
