@@ -416,6 +416,22 @@ def test_a_content_only_model_is_scored_and_its_report_has_heatmaps(tmp_path, ph
     assert text.count('class="heatmap"') == 1 and "Failed inputs" not in text
     assert main(["explain", str(photo), "--model", str(ckpt), "--target", "quality", "--out-dir", str(tmp_path)]) == 2
     assert "predicts no quality score" in capsys.readouterr().err
+    # refused once the model loaded: the --out-dir it had made (two levels) is not left behind empty
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["explain", str(photo), "--model", str(ckpt), "--target", "quality",
+                 "--out-dir", str(kept / "new" / "deeper")]) == 2
+    assert "predicts no quality score" in capsys.readouterr().err
+    assert kept.is_dir() and not (kept / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_that_is_not_here_is_refused_before_any_output_folder_is_made(tmp_path, photo, capsys):
+    for argv in (["explain", str(photo), "--out-dir", str(tmp_path / "maps")],
+                 ["score", str(photo), "--output", str(tmp_path / "rows" / "s.csv")]):
+        assert main([*argv, "--model", tiny_checkpoint(), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == [photo]
 
 
 def test_the_library_refuses_a_figure_name_of_another_format_and_a_meaningless_pixel_limit(model, photo, tmp_path):

@@ -235,6 +235,7 @@ def test_unknown_split_column_values_are_refused(tmp_path, capsys):
     data = table(tmp_path, split=["train"] * 8 + ["validation"] * 2 + ["testing"] * 2)
     assert train(data, tmp_path / "run") == 2
     assert "['testing', 'validation']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused after --out was made: not left behind empty
 
 
 def test_evaluate_reads_the_split_column_names_failures_and_checks_outputs_first(tmp_path, capsys):

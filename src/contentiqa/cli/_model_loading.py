@@ -79,6 +79,10 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         asked = ("--runtime torch" if kwargs["runtime"] == "torch" else
                  f"--precision {precision}" if precision in ("bf16", "fp16") else f"--device {kwargs['device']}")
         require("torch", f"scoring with {asked}")
+        from ..utils.devices import resolve_device
+
+        with usage_errors():  # a GPU that is not here: said before any output folder is made
+            resolve_device(kwargs["device"])
     check_model_named(spec)
     return kwargs
 

@@ -32,6 +32,32 @@ class Stopped(BaseException):
         return signal.Signals(self.signum).name
 
 
+_made_folders: list[Path] = []
+"""Folders the checks below created in this command: removed again while still empty when the
+command is refused (a refusal leaves nothing behind, not an empty --out-dir)."""
+
+
+def _make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, remembering each level it created."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    _made_folders.extend(p for p in missing if p.is_dir())  # deepest first
+
+
+def forget_made_folders() -> None:
+    """A new command starts: the folders an earlier one made in this process are kept."""
+    _made_folders.clear()
+
+
+def remove_made_folders() -> None:
+    """Remove the folders this command's checks created and nothing was written in; called
+    when it is refused. One that holds anything (or cannot be removed) stays."""
+    for folder in _made_folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
+    _made_folders.clear()
+
+
 def check_writable(path: Path, option: str = "--output") -> None:
     """Fail before any work if ``path`` cannot be written: its folder is created if needed and
     a probe file is made and removed there (atomic writes need exactly that). A symlink is
@@ -44,7 +70,7 @@ def check_writable(path: Path, option: str = "--output") -> None:
     if blocking is not None and not blocking.is_dir():
         raise UsageError(f"cannot write {option} {path}: {blocking} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
         fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".probe", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
@@ -60,7 +86,7 @@ def check_writable_folder(folder: Path, option: str) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{option} {folder} is a file: name a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
     except OSError as exc:
         raise UsageError(f"cannot create {option} {folder}: {exc.strerror or exc}") from None
     try:  # a probe, not os.access: root passes that on a read-only mount or /proc

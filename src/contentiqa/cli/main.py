@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8 prints escaped, not as a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     shown_as, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # for this command only
-    from ._output import interrupt_exit_code
+    from ._output import forget_made_folders, interrupt_exit_code, remove_made_folders
 
     interrupt_exit_code()  # forget a signal an earlier command of this process was stopped by
+    forget_made_folders()
     try:
         with warnings.catch_warnings():
             # Pillow's warnings about one file's data (damaged EXIF) for every file that has it,
@@ -106,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         from .common import in_cli_words  # a photo's error met while training: the advice in CLI terms
 
         print(f"contentiqa {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
+        remove_made_folders()
         return 2
     except ModuleNotFoundError as exc:  # an optional dependency (PyTorch ...) this install lacks: one line
         message = missing_module_message(exc)
         if message is None:
             raise
         print(f"contentiqa {args.command}: error: {message}", file=sys.stderr)
+        remove_made_folders()
         return 2
     except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
         print(str(exc) or "interrupted", file=sys.stderr)
