@@ -144,8 +144,11 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
             return list(csv.DictReader(fh))
 
     rows = stored() if out_csv.is_file() else []
-    if not {os.path.abspath(f) for f in files} <= {os.path.abspath(r["path"]) for r in rows}:
-        rows = []  # scored before only when it holds every image asked for now
+    wanted = {os.path.abspath(f) for f in files}
+    if not wanted <= {os.path.abspath(r["path"]) for r in rows if not r["error"]}:
+        # scored before only when it holds every image asked for now, each scored: a failure
+        # (memory, a file still syncing) is tried again, not served from the table on every rerun
+        rows = []
     if not rows:
         listing = out_csv.with_suffix(".txt")
         cmd = [sys.executable, "-m", "contentiqa", "score", "--model", str(model), "-o", str(out_csv), "--force", "-q",
@@ -158,7 +161,7 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
     scores, precision = {}, set()
     for row in rows:
         if row["error"]:
-            raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']}")
+            raise SystemExit(f"{model}: {row['path']} could not be scored: {row['error']} (scores in {out_csv})")
         scores[os.path.abspath(row["path"])] = float(row["score"])
         if row.get("category"):
             scores["category:" + os.path.abspath(row["path"])] = row["category"]  # type: ignore[assignment]

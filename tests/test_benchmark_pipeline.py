@@ -301,7 +301,9 @@ def test_ship_gate_rescores_when_its_stored_scores_miss_an_image(common, tmp_pat
         out = cmd[cmd.index("-o") + 1]
         files = cmd[cmd.index("-q") + 1:]
         calls.append(files)
-        rows = ["path,score,precision,error"] + [f"{f},{i}.0,fp32," for i, f in enumerate(files)]
+        broken = [f for f in files if f.endswith("bad.png")] if len(calls) == 1 else []
+        rows = ["path,score,precision,error"] + [f"{f},,fp32,cannot identify image file" if f in broken
+                                                 else f"{f},{i}.0,fp32," for i, f in enumerate(files)]
         Path(out).write_text("\n".join(rows) + "\n")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
@@ -314,6 +316,13 @@ def test_ship_gate_rescores_when_its_stored_scores_miss_an_image(common, tmp_pat
     assert len(calls) == 1  # the same images: the stored scores serve
     got = ship_gate.score_files(Path("m.pt"), test, out)  # other images (another part): scored afresh
     assert len(calls) == 2 and str(tmp_path / "t0.png") in got
+    # a photo that failed (unreadable then) is scored again on the next run, not failed from the table
+    calls.clear()
+    bad = [str(tmp_path / "bad.png")]
+    out2 = tmp_path / "bad_scores.csv"
+    with pytest.raises(SystemExit, match="bad.png could not be scored.*bad_scores.csv"):
+        ship_gate.score_files(Path("m.pt"), bad, out2)
+    assert bad[0] in ship_gate.score_files(Path("m.pt"), bad, out2) and len(calls) == 2
 
 
 def test_ship_gate_writes_a_rejected_candidate_beside_the_passing_record(common, tmp_path, monkeypatch):
