@@ -270,6 +270,26 @@ def card_row(card: Path) -> str | None:
     return words[words.index("--row") + 1] if "--row" in words[:-1] else None
 
 
+def card_recipe(card: Path) -> dict[str, str] | None:
+    """``recipe_sha256`` and ``data_sha256`` of the row a shipped tag's card names, read from the
+    config it names (ship.py's 'Row "..." of `CONFIG`' line); None where the card names no config,
+    or the config no longer holds the row."""
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    said = re.search(r'^  Row "(.+)" of `(.+)`\.$', text, re.M)
+    config = ROOT / said.group(2) if said else None
+    if config is None or not config.is_file():
+        return None
+    from contentiqa.experiments import load_config
+    from contentiqa.experiments.config import ConfigError
+
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return None
+    run = next((r for r in cfg.runs if r.name == said.group(1)), None)
+    return None if run is None else {"recipe_sha256": run.recipe_sha256, "data_sha256": cfg.data_sha256}
+
+
 def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | None:
     """(``name.tag``, its recipe row or None) of the default a new default of ``model`` replaces:
     ``model``'s own where it has one (``weights_dir``'s defaults.json, else the registry's first
@@ -367,6 +387,19 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
                        f"{current[0]}, was trained by row {current[1]!r}: run the gate against that row")
     if current is not None and current[1] is None:
         unchecked.append(f"the baseline with the current default's recipe ({current[0]}'s card names no row)")
+    elif current is not None and current[1] == against and against != row:
+        # the same row name in another config (or the config since) may be another recipe: a gate
+        # won against that stand-in says nothing of the default
+        card = weights_dir / f"{current[0].replace('.', '_', 1)}.md"
+        shipped, judged_base = card_recipe(card), gate.get("baseline", {})
+        for key, what in (("recipe_sha256", "settings"), ("data_sha256", "training data")):
+            recorded = judged_base.get(key)
+            if shipped is None or recorded is None:
+                unchecked.append(f"the baseline's {what} with those of the current default {current[0]}")
+            elif recorded != shipped[key]:
+                return False, (f"{path.name} judged row {row!r} against a row {against!r} with other {what} than "
+                               f"the current default {current[0]} was trained with ({key} {recorded[:12]}, its card's "
+                               f"config says {shipped[key][:12]}): run the gate against the default's own recipe")
     caveat = f" (the record does not say, so these were not compared: {', '.join(unchecked)})" if unchecked else ""
     return True, (f"{path.name}: PASS" + (f" against {against!r}" if against else "")
                   + f" (better on: {', '.join(better)}){caveat}")

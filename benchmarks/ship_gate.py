@@ -399,11 +399,13 @@ def _recorded_config(runs: Path):
         raise SystemExit(str(exc)) from None
 
 
-def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tuple[list[dict[str, float]], str, str]:
+def recorded_measures(path: Path, row: str, seeds: list[int], part: str
+                      ) -> tuple[list[dict[str, float]], str, str, dict[str, str]]:
     """A recipe's per-seed measures from an earlier gate's JSON (either side of it), so that the
     current default's recipe need not be retrained for every candidate: a results folder does not
     outlive the machine it was trained on, a gate file does. The seeds and the part must match,
-    and the file names the commit whose code scored them. Returns (measures, precision, where)."""
+    and the file names the commit whose code scored them. Returns (measures, precision, where, the
+    row's recipe_sha256 and data_sha256 as far as that record says them)."""
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -419,7 +421,8 @@ def recorded_measures(path: Path, row: str, seeds: list[int], part: str) -> tupl
             else:
                 commit = payload.get("provenance", {}).get("git_commit", "unknown")
                 where = f"{path.name} ({side} there, scored at commit {str(commit)[:12]})"
-            return payload["per_seed"][side], payload[side]["precision"], where
+            identity = {k: payload[side][k] for k in ("recipe_sha256", "data_sha256") if payload[side].get(k)}
+            return payload["per_seed"][side], payload[side]["precision"], where, identity
     raise SystemExit(f"--baseline-from {path}: no side of it is the row {row!r} "
                      f"(it has {payload.get('candidate', {}).get('row')!r} and {payload.get('baseline', {}).get('row')!r})")
 
@@ -485,12 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     # what was judged, so that ship.py ships nothing else under this verdict
     tested: dict[str, dict[str, str]] = {"baseline": {}, "candidate": {}}
     if args.baseline_from is not None:
-        results["baseline"], recorded_precision, baseline_where = recorded_measures(
+        results["baseline"], recorded_precision, baseline_where, baseline_identity = recorded_measures(
             args.baseline_from, args.baseline_row, args.seeds, args.part)
         precision["baseline"].update(recorded_precision.split(","))
         print(f"baseline: {args.baseline_row!r} as measured in {baseline_where}", flush=True)
     else:
         baseline_where = str(args.baseline)
+        baseline_identity = {k: v for k, v in (("recipe_sha256", row_recipe(args.baseline, args.baseline_row)),
+                                               ("data_sha256", row_data(args.baseline, args.baseline_row))) if v}
     scoring = scoring_fingerprint()
     # every published seed's test photos: kept out of every seed's validation part (--part val)
     published_test = frozenset(p for s in splits.values() for p in clive.iloc[s.indices(clive, "test")]["image"])
@@ -522,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                       "recipe_sha256": recipe, "data_sha256": trained_on,
                       "tested_sha256": tested["candidate"]},
         "baseline": {"runs": baseline_where, "row": args.baseline_row, "precision": said(precision["baseline"]),
+                     **baseline_identity,  # ship.py holds it to the default's own recipe, not its name alone
                      **({"tested_sha256": tested["baseline"]} if tested["baseline"] else {})},
         "command": command_line(), "minutes": (time.time() - t0) / 60, "provenance": provenance(),
     }

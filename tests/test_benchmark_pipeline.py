@@ -363,12 +363,15 @@ def test_ship_gate_reads_the_defaults_measures_from_an_earlier_gate(common, tmp_
     import ship_gate
 
     earlier = {"part": "test", "seeds": [0, 1, 2], "provenance": {"git_commit": "abc"},
-               "candidate": {"row": "default recipe", "precision": "fp32"}, "baseline": {"row": "older", "precision": "int8"},
+               "candidate": {"row": "default recipe", "precision": "fp32", "recipe_sha256": "r" * 64},
+               "baseline": {"row": "older", "precision": "int8"},
                "per_seed": {"candidate": [{"CLIVE SROCC": 0.79}] * 3, "baseline": [{"CLIVE SROCC": 0.78}] * 3}}
     path = tmp_path / "ship_gate_m.json"
     path.write_text(json.dumps(earlier))
-    measures, precision, where = ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "test")
+    measures, precision, where, identity = ship_gate.recorded_measures(path, "default recipe", [0, 1, 2], "test")
     assert measures == earlier["per_seed"]["candidate"] and precision == "fp32" and "abc" in where
+    assert identity == {"recipe_sha256": "r" * 64}  # carried into the new gate's baseline, for ship.py
+    assert ship_gate.recorded_measures(path, "older", [0, 1, 2], "test")[3] == {}
     assert ship_gate.recorded_measures(path, "older", [0, 1, 2], "test")[1] == "int8"
     with pytest.raises(SystemExit, match="no side of it is the row"):
         ship_gate.recorded_measures(path, "another", [0, 1, 2], "test")
@@ -958,6 +961,42 @@ def test_ship_refuses_a_gate_won_against_another_recipe_than_the_default_it_repl
     assert ok and "not compared: the baseline with the current default's recipe (ie-iqa.now's card names no row)" in why
     with pytest.raises(SystemExit, match="was trained by row 'Ens"):
         ship.gate_for("brand-new", "New", "t", weights, default=True, override=False, path=path)
+
+
+def test_ship_refuses_a_gate_won_against_a_same_named_row_of_another_recipe(common, tmp_path, monkeypatch):
+    """A gate whose baseline had the default's row name, but from another config (other settings,
+    other data), passed: the baseline's recorded recipe and data must be the default card's."""
+    import ship
+    import ship_gate
+
+    def config(name, **train):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({
+            "data": {"name": "csv", "root": "d.csv"}, "protocol": "ie-iqa",
+            "runs": [{"name": "Now", "model": "ie-iqa", "model_args": {"input_size": 64}, "train": train}]}))
+        return tmp_path / name
+
+    shipped, stand_in = config("shipped", lr=1e-3), config("stand_in", lr=1e-4)
+    monkeypatch.setattr(ship, "ROOT", tmp_path)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
+    (weights / "defaults.json").write_text(json.dumps({"ie-iqa": "now"}))
+    (weights / "ie-iqa_now.md").write_text('# Model card\n\n- **What**: x.\n  Row "Now" of `shipped/config.yaml`.\n')
+    path = tmp_path / "g.json"
+
+    def verdict(runs):
+        base = {"row": "Now", **({"recipe_sha256": ship_gate.row_recipe(runs, "Now"),
+                                  "data_sha256": ship_gate.row_data(runs, "Now")} if runs else {})}
+        path.write_text(json.dumps({**PASSED, "verdict": "PASS", "baseline": base, "candidate": {"row": "New"}}))
+        return ship.gate_verdict("ie-iqa", "New", path, weights_dir=weights)
+
+    ok, why = verdict(stand_in)
+    assert not ok and "with other settings than the current default ie-iqa.now" in why
+    ok, why = verdict(shipped)
+    assert ok and "not compared" not in why
+    ok, why = verdict(None)  # an older record that does not say: named, not compared
+    assert ok and "not compared: the baseline's settings with those of the current default ie-iqa.now" in why
 
 
 def test_ship_gate_suite_makes_new_images_for_other_photos_in_a_shared_work_folder(common, tmp_path):
