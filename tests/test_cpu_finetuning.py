@@ -717,7 +717,7 @@ def _entry_files(folder):
     return sorted(p for p in folder.rglob("*.pt"))
 
 
-@pytest.mark.parametrize("damage", ["rotted bytes", "not finite"])
+@pytest.mark.parametrize("damage", ["rotted bytes", "not finite", "encrypted bit", "compression method"])
 def test_a_damaged_cache_entry_is_computed_again(two_sets, tmp_path, damage):
     import struct
     import zipfile
@@ -733,6 +733,14 @@ def test_a_damaged_cache_entry_is_computed_again(two_sets, tmp_path, damage):
         start = info.header_offset + 30 + name_len + extra_len
         for j in range(start, start + info.file_size, 7):
             raw[j] ^= 0x55
+        entry.write_bytes(bytes(raw))
+    elif damage != "not finite":  # the zip's directory, which no CRC covers: zipfile raises other errors
+        raw = bytearray(entry.read_bytes())
+        central = raw.rindex(b"PK\x01\x02")  # the last entry's record in the central directory
+        if damage == "encrypted bit":
+            raw[central + 8] |= 0x01  # RuntimeError: password required
+        else:
+            raw[central + 10] = 0x63  # NotImplementedError: that compression method
         entry.write_bytes(bytes(raw))
     else:
         torch.save({"x": torch.full_like(fresh, float("nan"))}, entry)

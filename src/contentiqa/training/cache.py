@@ -158,8 +158,11 @@ def _read_tensors(path: Path, what: str) -> list[torch.Tensor] | dict[str, torch
         with zipfile.ZipFile(path) as z:
             if z.testzip() is not None:
                 return None
+    except Exception:  # noqa: BLE001 - damaged zip metadata (no CRC covers it) raises many kinds:
+        return None    # RuntimeError for a flipped 'encrypted' bit, NotImplementedError, UnicodeDecodeError...
+    try:
         entry = load_torch_file(path, what)
-    except (CheckpointReadError, FileNotFoundError, zipfile.BadZipFile, OSError):
+    except (CheckpointReadError, FileNotFoundError, OSError):
         return None
     values = entry.values() if isinstance(entry, dict) else entry if isinstance(entry, list) else None
     if values is None or not all(isinstance(v, torch.Tensor) for v in values):
