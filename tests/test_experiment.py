@@ -1385,8 +1385,13 @@ def test_a_cache_limit_applied_in_part_says_what_went(tmp_path, monkeypatch):
 
     monkeypatch.setattr(disk_cache, "prune", partly)
     said: list[str] = []
-    _evict(tmp_path, 0, 0.0, said.append)
-    assert any("could not be removed" in s for s in said) and any("removed the 1 entry" in s for s in said)
+    with pytest.warns(UserWarning, match="could not be removed"):  # said under --quiet too
+        _evict(tmp_path, 0, 0.0, said.append)
+    assert any("removed the 1 entry" in s for s in said)
+    (tmp_path / "mine.txt").write_text("x")  # not a cache folder: nothing removed, and said as a warning
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="cache_limit: not applied: .*does not look like a contentiqa cache"):
+        _evict(tmp_path, 0, 0.0, said.append)
 
 
 def test_a_run_tested_on_its_last_epoch_with_ema_tests_the_moving_average(tmp_path):

@@ -813,16 +813,19 @@ def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
     starts from that seed's own fine-tuned network caches its own encodings (several GB at
     native resolution), so a long series of rows fills a disk unless old entries go. Entries
     used since ``used_since`` (this split's) stay; a process beside this one that loses an
-    entry recomputes it when next needed (removal renames first: nothing is read half-deleted)."""
+    entry recomputes it when next needed (removal renames first: nothing is read half-deleted).
+    A limit not kept is a warning, which --quiet does not hide: the disk it guards still fills."""
+    import warnings
+
     from ..utils.disk_cache import PruneIncomplete, entries_word, format_size, prune
 
     try:
         gone = prune(cache, max_bytes=limit, keep_since=used_since)
     except PruneIncomplete as exc:  # applied in part: what went is said too
-        say(f"cache_limit: {exc}")
+        warnings.warn(f"cache_limit: {exc}", stacklevel=2)
         gone = exc.removed
     except (ValueError, OSError) as exc:
-        say(f"cache_limit: not applied: {exc}")
+        warnings.warn(f"cache_limit: not applied: {exc}", stacklevel=2)
         return
     if gone:
         say(f"cache_limit {format_size(limit)}: removed the {entries_word(len(gone))} least recently used "
