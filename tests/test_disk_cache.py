@@ -119,6 +119,21 @@ def test_a_folder_that_is_not_a_cache_is_never_pruned(tmp_path):
     assert (tmp_path / ".deleting-draft").is_file()
 
 
+def test_the_export_cache_inside_a_training_cache_is_an_entry_of_it(tmp_path):
+    """With CONTENTIQA_CACHE_DIR and CONTENTIQA_CACHE naming one folder, the exports' onnx/ folder
+    was listed as not written by contentiqa, and every prune (cache_limit too) refused the folder."""
+    entry(tmp_path, "a", 100, NOW - 100)
+    exports = tmp_path / "onnx"
+    exports.mkdir()
+    (exports / f"best-fp32-{'8f' * 10}.onnx").write_bytes(b"\0" * 50)
+    os.utime(exports, (NOW - 50, NOW - 50))
+    assert all(e.known for e in scan(tmp_path, NOW))
+    assert [e.name for e in prune(tmp_path, max_bytes=60, now=NOW)] == ["a"]
+    (exports / "notes.txt").write_text("mine")  # anything else in it is still not ours
+    with pytest.raises(ValueError, match="not look like a contentiqa cache.*'onnx'"):
+        prune(tmp_path, max_bytes=0)
+
+
 def test_a_folder_of_dotfiles_is_not_a_cache_entry(tmp_path):
     """A user's settings folder holding only .env was taken for an entry (any dotfile counted as
     a write in progress) and removed by a prune."""

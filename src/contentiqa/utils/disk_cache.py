@@ -228,7 +228,9 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
                 for n in names:
                     if n == IN_USE:  # the users' lock, no content of the entry
                         continue
-                    known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n)))
+                    # (a folder of exports too: the ONNX export cache, where CONTENTIQA_CACHE_DIR
+                    # names the training cache's folder as well)
+                    known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n) or _FILE.match(n)))
                     try:  # a link inside an entry holds its own few bytes here, not its target's
                         size += os.lstat(os.path.join(root, n)).st_size
                         files += 1
