@@ -96,8 +96,8 @@ def _numbers(df: pd.DataFrame, col: str, file: Path) -> np.ndarray:
     values = pd.to_numeric(df[col], errors="coerce")
     text = df[col].astype(str).str.strip()
     bad = values.isna() & df[col].notna() & (text != "") & (text.str.lower() != "nan")
-    if bad.any():  # (the sheet's row: its header is row 1)
-        rows = [f"row {int(i) + 2}: {v!r}" for i, v in zip(df.index[bad][:3], df[col][bad][:3])]
+    if bad.any():  # counted among the rows of data: the blank lines a reader skips are not
+        rows = [f"data row {int(i) + 1}: {v!r}" for i, v in zip(df.index[bad][:3], df[col][bad][:3])]
         raise ValueError(f"{file}: column {col!r} holds {int(bad.sum())} cell(s) that are no number ({', '.join(rows)})")
     return values.astype(float).to_numpy()
 
