@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="relabel rows that already have a category")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--no-class-balance", action="store_true",
-                   help="use plain summed ImageNet probabilities per category (default: class-balanced)")
+                   help="use plain summed ImageNet probabilities per category (default: class-balanced; "
+                        "the ImageNet classifier only, not --model)")
     p.add_argument("--model", "-m", metavar="NAME|CKPT", type=model_spec,
                    help="label with this model's content head (a registered name or a checkpoint) instead of "
                         "the ImageNet classifier")
@@ -182,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from ._model_loading import check_model_named
 
+        if args.no_class_balance:  # a model's content head gives its own probabilities: nothing to balance
+            raise UsageError("--no-class-balance is for the ImageNet classifier; with --model its content head "
+                             "labels as it is: give one of them")
         check_model_named(args.model)  # before --out's folder is made
     check_writable(out, "--out")  # before the model loads and labels: not after hours of work
     with output_lock(out, "--out"):  # one writer per file: a second run's saves would replace this one's
