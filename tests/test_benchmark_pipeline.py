@@ -1142,6 +1142,18 @@ def _collection_without_scoring(collection, monkeypatch, tmp_path, score_segment
     return written
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_collection_on_a_gpu_that_is_not_here_is_one_line_before_any_state(common, tmp_path, monkeypatch, capsys):
+    import collection
+
+    monkeypatch.setattr(collection, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(tmp_path), "--device", "cuda"])
+    with pytest.raises(SystemExit) as stopped:
+        collection.main()
+    assert stopped.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_a_finished_collection_run_is_measured_again_not_reported_again(common, tmp_path, monkeypatch):
     """Run again with the same options, the finished run's throughput was written anew under the
     new date and commit, nothing measured."""
