@@ -228,6 +228,19 @@ def test_la(tmp_path):
     assert tuple(out[10, 10]) == (90, 90, 90)
 
 
+def test_premultiplied_grey_la_is_read(tmp_path):
+    """A TIFF with associated alpha opens as 'La', which Pillow converts to LA only: it failed
+    with "conversion from La to L not supported"."""
+    from contentiqa.data.imageio import pil_to_rgb
+
+    notes: list[str] = []
+    la = Image.new("LA", (40, 40), (90, 255))
+    la.putpixel((0, 0), (90, 0))
+    out = np.asarray(pil_to_rgb(la.convert("La"), notes))
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[10, 10]) == (90, 90, 90)
+    assert "transparent pixels composited on white" in notes
+
+
 def test_16bit_grayscale_png(tmp_path):
     arr = np.zeros((40, 40), np.uint16)
     arr[:20, :20] = 65535
@@ -283,9 +296,11 @@ def _corners(out: np.ndarray) -> tuple:
     return tuple(out[y, x] for y, x in pts)
 
 
-def test_exif_orientation_6(tmp_path):
-    """6 = stored image must be rotated 90 deg clockwise for display."""
-    path = tmp_path / "o6.jpg"
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_exif_orientation_6(tmp_path, suffix):
+    """6 = stored image must be rotated 90 deg clockwise for display (a TIFF's note was lost:
+    transposing removes the tag from the original's EXIF too)."""
+    path = tmp_path / f"o6{suffix}"
     _save_with_orientation(path, _corners_image(64, 48), 6)
     res = load_image(path)
     out = np.asarray(res.image)

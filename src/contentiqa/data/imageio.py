@@ -191,15 +191,25 @@ def _sixteen_bit(im: Image.Image) -> Image.Image:
     return wide
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: apply_orientation says so when it meets it
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     """``im`` turned upright as its EXIF orientation says (as viewers show it), with a note; for a
     file and for a PIL image opened from one alike, so both score the same."""
     try:
+        # read first: for a TIFF, exif_transpose removes the tag from the original's EXIF too
+        orientation = im.getexif().get(0x0112, 1)
         oriented = ImageOps.exif_transpose(im)
     except Exception:  # malformed EXIF must not lose the pixels
         notes.append("EXIF orientation unreadable, image used as stored")
         return im.copy()
-    orientation = im.getexif().get(0x0112, 1)
     if orientation in range(2, 9):  # other values are invalid and exif_transpose ignores them
         notes.append(f"EXIF orientation {orientation} applied")
     return oriented
@@ -314,7 +324,8 @@ def _to_rgb_ignoring_key(im: Image.Image, notes: list[str]) -> Image.Image:
                       "I": "32-bit integer image read as 8-bit values"}.get(mode, "16-bit grayscale scaled to 8-bit"))
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
+        # (Pillow converts premultiplied grey, a TIFF's 'La', to nothing but LA)
+        rgba = (im.convert("LA") if mode == "La" else im).convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]
         if alpha.min() < 255:
             notes.append("transparent pixels composited on white")
@@ -495,6 +506,9 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
         narrowed = colour_narrowed(im)  # before decoding: its raw mode goes with its tile
+        # Pillow's TIFF reader turns the image as it decodes and drops the tag: read it first (from
+        # the header; a PNG's getexif would decode the pixels, outside the limit set below)
+        stored = _orientation(im) if im.format == "TIFF" else 1
         try:
             with _pil_pixel_limit(max_pixels):  # the size read from the header is checked above
                 im.load()
@@ -508,6 +522,8 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
+        if stored in range(2, 9) and _orientation(im) != stored:  # turned by the decoder: said as ours is
+            notes.append(f"EXIF orientation {stored} applied")
         grey = _decoder_grey_rows(im)
         if grey:
             notes.append(f"the bottom {grey} rows are the flat mid-grey a JPEG decoder puts where a file's data ends "
