@@ -87,20 +87,12 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-MAX_THREADS_PER_CPU = 4
-"""--threads beyond this many per CPU are refused."""
-
-
 def check_threads(threads: int | None) -> None:
-    """--threads within what a machine can run: beyond a few per CPU a run only waits on itself
-    (thousands of threads took minutes and gigabytes for one photo; a huge number was a traceback)."""
-    import os
+    """--threads within what a machine can run (the library's rule), said before any work."""
+    from ..inference.threads import check_thread_count
 
-    if threads is None:
-        return
-    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
-    if not 1 <= threads <= most:
-        raise UsageError(f"--threads must be 1 to {most} ({MAX_THREADS_PER_CPU} per CPU of this machine), not {threads}")
+    with usage_errors():
+        check_thread_count(threads, "--threads")
 
 
 def check_model_named(spec: str | None) -> None:

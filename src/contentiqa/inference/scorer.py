@@ -306,10 +306,10 @@ def load_scorer(
     message says what to do."""
     from .. import DEFAULT_MODEL
     from ..models.registry import parse_spec, weights_file
+    from .threads import check_thread_count
 
     check_options(runtime, precision, device)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
-        raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
+    check_thread_count(threads)
     if images is not None and (isinstance(images, bool) or not isinstance(images, numbers.Integral) or images < 0):
         raise ValueError(f"images must be a whole number of 0 or more, got {images!r}")
     notes = notes if notes is not None else []

@@ -24,9 +24,25 @@ by the OS's fair scheduling, never by spinning. ``--threads 1`` leaves the other
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, replace
+
+MAX_THREADS_PER_CPU = 4
+"""Asked-for thread counts beyond this many per CPU are refused."""
+
+
+def check_thread_count(threads: object, name: str = "threads") -> None:
+    """ValueError unless ``threads`` is None or a whole number a machine can run: beyond a few
+    per CPU a run only waits on itself (thousands of threads took minutes and gigabytes for one
+    photo; a count past a C int was a traceback from the runtime)."""
+    if threads is None:
+        return
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or not 1 <= threads <= most:
+        raise ValueError(f"{name} must be a whole number from 1 to {most} ({MAX_THREADS_PER_CPU} per CPU of this "
+                         f"machine), got {threads!r}")
 
 SAMPLE_SECONDS = 0.1
 """How long the CPU use of the machine is sampled before choosing (start-up cost)."""
