@@ -434,6 +434,26 @@ def test_a_gpu_that_is_not_here_is_refused_before_any_output_folder_is_made(tmp_
     assert sorted(tmp_path.iterdir()) == [photo]
 
 
+def test_a_category_name_with_dollar_signs_is_drawn_as_written_not_as_maths(photo, tmp_path):
+    """Matplotlib read '$...$' in a title as maths: '$5-$10' was drawn as '5 - 10', and an
+    unknown TeX command failed the figure with a parser error blamed on the photo."""
+    from matplotlib.figure import Figure
+
+    drawn: list[str] = []
+    real = Figure.suptitle
+
+    def suptitle(self, t, **kw):
+        drawn.append(t)
+        return real(self, t, **kw)
+
+    m = tiny_model(seed=3, categories=["$\\nosuchcmd$ deals", "$\\alsonot$ 5-$10"])
+    exp = explain(m, photo, targets=("quality", "category"), category="$\\nosuchcmd$ deals")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "suptitle", suptitle)
+        out = exp.save_figure(tmp_path / "fig.png")
+    assert Image.open(out).format == "PNG" and "category: $\\" in drawn[0]  # as written
+
+
 def test_the_library_refuses_a_figure_name_of_another_format_and_a_meaningless_pixel_limit(model, photo, tmp_path):
     """save_figure('x.jpg') wrote PNG bytes under a .jpg name; max_pixels=-5 was 'math domain
     error' and 0 explained a 32x32 copy."""

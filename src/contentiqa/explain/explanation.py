@@ -338,10 +338,10 @@ def save_explanation_figure(
     for k, (name, im) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         ax.imshow(np.asarray(im))
-        ax.set_title(textwrap.fill(name, int(width / len(panels) * 12)), fontsize=9)
+        ax.set_title(textwrap.fill(name, int(width / len(panels) * 12)), fontsize=9, parse_math=False)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.01, key, ha="center", va="bottom", fontsize=8, color="#444")
+    fig.suptitle(title, fontsize=10, parse_math=False)
+    fig.text(0.5, 0.01, key, ha="center", va="bottom", fontsize=8, color="#444", parse_math=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
 
     def _write(tmp: str) -> None:
