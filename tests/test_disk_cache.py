@@ -125,9 +125,12 @@ def test_the_export_cache_inside_a_training_cache_is_an_entry_of_it(tmp_path):
     entry(tmp_path, "a", 100, NOW - 100)
     exports = tmp_path / "onnx"
     exports.mkdir()
-    (exports / f"best-fp32-{'8f' * 10}.onnx").write_bytes(b"\0" * 50)
-    os.utime(exports, (NOW - 50, NOW - 50))
+    graph = exports / f"best-fp32-{'8f' * 10}.onnx"
+    graph.write_bytes(b"\0" * 50)
+    os.utime(graph, (NOW - 1, NOW - 1))  # scored with today: a graph's use touches the file, not its folder
+    os.utime(exports, (NOW - 40 * 86400, NOW - 40 * 86400))  # the folder's own date: its last export
     assert all(e.known for e in scan(tmp_path, NOW))
+    assert prune(tmp_path, older_than_s=30 * 86400, now=NOW, dry_run=True) == []
     assert [e.name for e in prune(tmp_path, max_bytes=60, now=NOW)] == ["a"]
     (exports / "notes.txt").write_text("mine")  # anything else in it is still not ours
     with pytest.raises(ValueError, match="not look like a contentiqa cache.*'onnx'"):

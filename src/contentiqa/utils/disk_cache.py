@@ -220,6 +220,7 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
             continue
         if stat.S_ISDIR(st.st_mode):
             size = files = 0
+            used = st.st_mtime  # (touch marks an entry's use on its folder; an export's use is its file's)
             # only what the cache writes makes a folder one of its entries: a user's dotfiles
             # (a folder holding .env) are never the cache's to remove
             known = True
@@ -232,11 +233,13 @@ def scan(folder: str | os.PathLike, now: float | None = None) -> list[CacheEntry
                     # names the training cache's folder as well)
                     known = known and (n == ABOUT or is_temporary(n) or bool(_ENCODING.match(n) or _FILE.match(n)))
                     try:  # a link inside an entry holds its own few bytes here, not its target's
-                        size += os.lstat(os.path.join(root, n)).st_size
-                        files += 1
+                        file_st = os.lstat(os.path.join(root, n))
                     except OSError:
-                        pass
-            entries.append(CacheEntry(child, size, files, st.st_mtime, _about(child), known, in_use=_held(child)))
+                        continue
+                    size += file_st.st_size
+                    files += 1
+                    used = max(used, file_st.st_mtime)
+            entries.append(CacheEntry(child, size, files, used, _about(child), known, in_use=_held(child)))
         else:
             entries.append(CacheEntry(child, st.st_size, 1, st.st_mtime, "", bool(_FILE.match(child.name))))
     return sorted(entries, key=lambda e: (e.last_used, e.name))
