@@ -137,12 +137,15 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="discard an unfinished earlier run and start over")
     ap.add_argument("--decode-sample", type=positive_int, default=500, help="photos timed for the decode-only figure")
     args, extra = ap.parse_known_args()
-    from contentiqa.utils.devices import resolve_device
+    if args.device != "cpu":  # a GPU that is not here: one line, before any folder or state is made
+        try:
+            from contentiqa.utils.devices import resolve_device
 
-    try:  # a GPU that is not here: one line, before any folder or state is made
-        resolve_device(args.device)
-    except ValueError as exc:
-        ap.error(str(exc))
+            resolve_device(args.device)
+        except ModuleNotFoundError:  # the CPU's run is ONNX Runtime's: only a GPU needs PyTorch
+            ap.error(f"--device {args.device} needs PyTorch (pip install 'contentiqa[torch]')")
+        except ValueError as exc:
+            ap.error(str(exc))
     folder = args.images or default_images()
     if not folder.is_dir():
         sys.exit(f"benchmark skipped: no photos at {folder} (set CONTENTIQA_BIQ2021 or pass --images)")

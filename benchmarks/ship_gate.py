@@ -143,8 +143,9 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
         with open(out_csv, newline="") as fh:
             return list(csv.DictReader(fh))
 
-    rows = stored() if out_csv.is_file() else []
     wanted = {os.path.abspath(f) for f in files}
+    # the rows of the images asked for: another part's rows (a failure among them) are not this run's
+    rows = [r for r in stored() if os.path.abspath(r["path"]) in wanted] if out_csv.is_file() else []
     if not wanted <= {os.path.abspath(r["path"]) for r in rows if not r["error"]}:
         # scored before only when it holds every image asked for now, each scored: a failure
         # (memory, a file still syncing) is tried again, not served from the table on every rerun
@@ -157,7 +158,7 @@ def score_files(model: Path, files: list[str], out_csv: Path) -> dict[str, float
         r = subprocess.run(cmd, env=contentiqa_env(), capture_output=True, text=True)
         if r.returncode not in (0, 1) or not out_csv.is_file():
             raise SystemExit(f"score failed for {model} (rc {r.returncode}): {r.stderr.strip()[-2000:]}")
-        rows = stored()
+        rows = [r for r in stored() if os.path.abspath(r["path"]) in wanted]
     scores, precision = {}, set()
     for row in rows:
         if row["error"]:

@@ -321,7 +321,9 @@ def test_ship_gate_rescores_when_its_stored_scores_miss_an_image(common, tmp_pat
     bad = [str(tmp_path / "bad.png")]
     out2 = tmp_path / "bad_scores.csv"
     with pytest.raises(SystemExit, match="bad.png could not be scored.*bad_scores.csv"):
-        ship_gate.score_files(Path("m.pt"), bad, out2)
+        ship_gate.score_files(Path("m.pt"), [*test, *bad], out2)
+    # the failed photo not asked for again (another part): the stored scores of the rest serve
+    assert str(tmp_path / "t0.png") in ship_gate.score_files(Path("m.pt"), test, out2) and len(calls) == 1
     assert bad[0] in ship_gate.score_files(Path("m.pt"), bad, out2) and len(calls) == 2
 
 
@@ -1152,6 +1154,11 @@ def test_collection_on_a_gpu_that_is_not_here_is_one_line_before_any_state(commo
         collection.main()
     assert stopped.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+    # the CPU's run (ONNX Runtime) on an install without PyTorch: no device check needs it
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(sys, "argv", ["collection.py", "--images", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="benchmark skipped: no photos"):
+        collection.main()
 
 
 def test_a_finished_collection_run_is_measured_again_not_reported_again(common, tmp_path, monkeypatch):
