@@ -1026,3 +1026,23 @@ def test_serve_and_experiment_refuse_values_that_break_them_later(tmp_path, caps
     (tmp_path / "c.yaml").write_text("name: x\n")
     assert cli(["experiment", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "plain.txt")]) == 2
     assert "is a file: name a folder" in capsys.readouterr().err
+
+
+def test_a_refused_command_leaves_none_of_the_folders_it_made(tmp_path, capsys):
+    """score refused once the model failed to load left its new --output folder holding only the
+    lock file; evaluate's two outputs in nested new folders left the outer one; a folder that
+    was there before, or holds anything else, stays."""
+    d = ok_folder(tmp_path / "imgs", n=1)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert run("score", d, "--model", bad, "-o", tmp_path / "rows" / "deeper" / "s.csv", "-q") == 2
+    assert "not a PyTorch checkpoint" in capsys.readouterr().err and not (tmp_path / "rows").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("x")
+    assert run("score", d, "--model", bad, "-o", tmp_path / "kept" / "s.csv", "-q") == 2
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [".s.csv.lock", "mine.txt"]
+    data = tmp_path / "d.csv"
+    data.write_text("image,mos\n" + "".join(f"{p.name},{i}\n" for i, p in enumerate(sorted(d.iterdir()))))
+    assert run("evaluate", "--data", data, "--model", tiny_checkpoint(), "--part", "test",
+               "--json", tmp_path / "out" / "m.json", "--predictions", tmp_path / "out" / "sub" / "p.csv") == 2
+    assert not (tmp_path / "out").exists()

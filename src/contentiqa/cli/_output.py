@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -38,10 +39,17 @@ command is refused (a refusal leaves nothing behind, not an empty --out-dir)."""
 
 
 def _make_folder(folder: Path) -> None:
-    """``folder.mkdir(parents=True, exist_ok=True)``, remembering each level it created."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    _made_folders.extend(p for p in missing if p.is_dir())  # deepest first
+    """``folder.mkdir(parents=True, exist_ok=True)``, remembering each level this call created
+    (a level another process made meanwhile is its, not ours)."""
+    for level in [*reversed(folder.parents), folder]:  # outermost first
+        try:
+            level.mkdir()
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # a level above was removed meanwhile: mkdir's own error below
+            break
+        _made_folders.append(level)
+    folder.mkdir(parents=True, exist_ok=True)  # (raises what stops it: a file in the way, permissions)
 
 
 def forget_made_folders() -> None:
@@ -51,11 +59,22 @@ def forget_made_folders() -> None:
 
 def remove_made_folders() -> None:
     """Remove the folders this command's checks created and nothing was written in; called
-    when it is refused. One that holds anything (or cannot be removed) stays."""
-    for folder in _made_folders:
+    when it is refused. One that holds anything but the lock files of the outputs checked in it
+    (released by then) stays, and so does one that cannot be removed."""
+    for folder in sorted(_made_folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
         with contextlib.suppress(OSError):
+            for child in folder.iterdir():
+                if not _LOCK_FILE.fullmatch(child.name) or not child.is_file():
+                    break
+            else:
+                for child in folder.iterdir():
+                    child.unlink()
             folder.rmdir()  # only an empty folder goes
     _made_folders.clear()
+
+
+_LOCK_FILE = re.compile(r"\..+\.lock")
+"""The name :func:`output_lock` gives its lock file."""
 
 
 def check_writable(path: Path, option: str = "--output") -> None:
