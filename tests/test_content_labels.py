@@ -407,7 +407,7 @@ def test_cli_unwritable_out_fails_before_labelling(tmp_path, capsys, monkeypatch
     assert f"--out {out}" in capsys.readouterr().err
 
 
-def test_class_balance_off_with_a_models_head_is_refused_not_ignored(tmp_path, capsys):
+def test_options_that_do_nothing_in_a_combination_are_refused_not_ignored(tmp_path, capsys):
     write_image(tmp_path / "ok.png", 64, 64)
     csv = tmp_path / "d.csv"
     csv.write_text("image,mos\nok.png,1\n", encoding="utf-8")
@@ -415,6 +415,9 @@ def test_class_balance_off_with_a_models_head_is_refused_not_ignored(tmp_path, c
                      "--no-class-balance", "--quiet"]) == 2
     assert "--no-class-balance is for the ImageNet classifier" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+    # and the mirror case: a device for the classifier, which runs on the CPU
+    assert cli_main(["label-content", str(csv), "--out", str(tmp_path / "o.csv"), "--device", "cuda", "--quiet"]) == 2
+    assert "--device is for --model" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
 
 
 def test_cli_write_failure_is_a_usage_error(tmp_path, capsys, monkeypatch):

@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         table = _with_scene_categories(table, src)
     elif args.overwrite and "categories" in table.columns:  # people's set is no part of a guess's row
         table = table.drop(columns=["categories"])
+    if not args.model and args.device != "cpu":  # the ImageNet classifier runs on the CPU: not ignored
+        raise UsageError(f"--device is for --model (the ImageNet classifier runs on the CPU): drop --device "
+                         f"{args.device}, or give --model")
     if args.model:
         from ._model_loading import check_model_named
 
