@@ -230,6 +230,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
 
 - **What**: {model_entry(run.model).description}
   Row "{run.name}" of `{config}`.
+  Recipe sha256 `{run.recipe_sha256}`, data sha256 `{cfg.data_sha256}` (what a ship gate's baseline is held to).
 - **Backbone**: {backbone}.
 - **Trained on**: {'; '.join(used)}.{' Several datasets at once: each dataset' + "'" + 's MOS mapped linearly onto [0, 1] by its own range' + (', plus a fidelity ranking loss on pairs within one dataset' if tcfg.rank_weight else '') + '.' if several else ''}
 - **Scores**: {scale_text}, {scale.low:g}-{scale.high:g}, higher is better.
@@ -271,23 +272,13 @@ def card_row(card: Path) -> str | None:
 
 
 def card_recipe(card: Path) -> dict[str, str] | None:
-    """``recipe_sha256`` and ``data_sha256`` of the row a shipped tag's card names, read from the
-    config it names (ship.py's 'Row "..." of `CONFIG`' line); None where the card names no config,
-    or the config no longer holds the row."""
+    """``recipe_sha256`` and ``data_sha256`` of the row that trained a shipped tag, as its card
+    recorded them when it shipped (not the config as it reads now: an edit that trains the same,
+    such as a default spelt out, changes the hash); None where the card's own part says none."""
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
-    said = re.search(r'^  Row "(.+)" of `(.+)`\.$', text, re.M)
-    config = ROOT / said.group(2) if said else None
-    if config is None or not config.is_file():
-        return None
-    from contentiqa.experiments import load_config
-    from contentiqa.experiments.config import ConfigError
-
-    try:
-        cfg = load_config(config)
-    except ConfigError:
-        return None
-    run = next((r for r in cfg.runs if r.name == said.group(1)), None)
-    return None if run is None else {"recipe_sha256": run.recipe_sha256, "data_sha256": cfg.data_sha256}
+    own = text.split("\n## Started from ", 1)[0]  # not the card of the weights it started from
+    said = re.search(r"^  Recipe sha256 `([0-9a-f]+)`, data sha256 `([0-9a-f]+)`", own, re.M)
+    return {"recipe_sha256": said.group(1), "data_sha256": said.group(2)} if said else None
 
 
 def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | None:

@@ -77,6 +77,12 @@ def test_benchmark_runs_a_config_and_ships_a_row(common, tmp_path):
     assert info["trained_on"] == "TINY: 30 images"
     card = (weights / "iqa-cr_t.md").read_text()
     assert "Row \"IQA-CR\"" in card and "SROCC" in card  # figures from the benchmark's results file
+    import ship
+    import ship_gate
+
+    # what a later gate's baseline is held to: the row's hashes as it shipped
+    assert ship.card_recipe(weights / "iqa-cr_t.md") == {"recipe_sha256": ship_gate.row_recipe(out, "IQA-CR"),
+                                                        "data_sha256": ship_gate.row_data(out, "IQA-CR")}
 
 
 def test_shipped_benchmark_configs_parse_and_name_the_published_splits():
@@ -967,7 +973,8 @@ def test_ship_refuses_a_gate_won_against_another_recipe_than_the_default_it_repl
 
 def test_ship_refuses_a_gate_won_against_a_same_named_row_of_another_recipe(common, tmp_path, monkeypatch):
     """A gate whose baseline had the default's row name, but from another config (other settings,
-    other data), passed: the baseline's recorded recipe and data must be the default card's."""
+    other data), passed: the baseline's recorded recipe and data must be those the default's card
+    recorded when it shipped."""
     import ship
     import ship_gate
 
@@ -979,12 +986,13 @@ def test_ship_refuses_a_gate_won_against_a_same_named_row_of_another_recipe(comm
         return tmp_path / name
 
     shipped, stand_in = config("shipped", lr=1e-3), config("stand_in", lr=1e-4)
-    monkeypatch.setattr(ship, "ROOT", tmp_path)
     weights = tmp_path / "weights"
     weights.mkdir()
     monkeypatch.setattr(ship, "WEIGHTS", weights)
     (weights / "defaults.json").write_text(json.dumps({"ie-iqa": "now"}))
-    (weights / "ie-iqa_now.md").write_text('# Model card\n\n- **What**: x.\n  Row "Now" of `shipped/config.yaml`.\n')
+    recorded = (f"  Recipe sha256 `{ship_gate.row_recipe(shipped, 'Now')}`, data sha256 "
+                f"`{ship_gate.row_data(shipped, 'Now')}` (what a ship gate's baseline is held to).\n")
+    (weights / "ie-iqa_now.md").write_text('# Model card\n\n- **What**: x.\n  Row "Now" of `c.yaml`.\n' + recorded)
     path = tmp_path / "g.json"
 
     def verdict(runs):
@@ -999,6 +1007,11 @@ def test_ship_refuses_a_gate_won_against_a_same_named_row_of_another_recipe(comm
     assert ok and "not compared" not in why
     ok, why = verdict(None)  # an older record that does not say: named, not compared
     assert ok and "not compared: the baseline's settings with those of the current default ie-iqa.now" in why
+    # a card from before the hashes were recorded (or only its start's card has them): not compared
+    (weights / "ie-iqa_now.md").write_text('# Model card\n\n  Row "Now" of `c.yaml`.\n\n## Started from `x.pt`\n\n'
+                                           + recorded)
+    ok, why = verdict(stand_in)
+    assert ok and "not compared: the baseline's settings" in why
 
 
 def test_ship_gate_suite_makes_new_images_for_other_photos_in_a_shared_work_folder(common, tmp_path):
