@@ -405,6 +405,10 @@ def test_evaluate_predictions_are_on_the_scale_rmse_reads_and_never_replace_the_
     before = data.read_bytes()
     assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(data)]) == 2
     assert "is the file the data come from" in capsys.readouterr().err and data.read_bytes() == before
+    weights = Path(tiny_checkpoint())  # one slip of a name: the trained weights replaced by the metrics
+    kept = weights.read_bytes()
+    assert main(["evaluate", "--model", str(weights), "--data", str(data), "--json", str(weights)]) == 2
+    assert "is the --model checkpoint" in capsys.readouterr().err and weights.read_bytes() == kept
     # one file for both outputs: the predictions replaced the metrics
     assert main(["evaluate", "--model", tiny_checkpoint(), "--data", str(data), "--predictions", str(metrics),
                  "--json", str(metrics)]) == 2

@@ -43,14 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from ._output import check_writable
 
     check_split_index(args)
-    inputs = {Path(p).resolve() for p in (args.data, args.split) if p}
+    inputs = {Path(p).resolve(): what for p, what in ((args.data, "the file the data come from"),
+                                                      (args.split, "the split file"),
+                                                      (args.model, "the --model checkpoint"))
+              if p and Path(p).is_file()}
     if args.json and args.predictions and Path(args.json).resolve() == Path(args.predictions).resolve():
         raise UsageError(f"--json and --predictions name one file ({args.json}): the predictions would replace the metrics")
     check_model_named(args.model)  # before the outputs' folders are made
     for option, path in (("--json", args.json), ("--predictions", args.predictions)):
         if path:
             if Path(path).resolve() in inputs:
-                raise UsageError(f"{option} {path} is the file the data come from: name another file to write")
+                raise UsageError(f"{option} {path} is {inputs[Path(path).resolve()]}: name another file to write")
             check_writable(Path(path), option)  # before the scoring: its results must not be lost
     ds = load_data(args)
     table = ds.table
