@@ -94,6 +94,22 @@ def test_logistic_plcc_keeps_the_sign_of_a_predictor_that_ranks_the_wrong_way():
     assert got["plcc"] == pytest.approx(-plcc(-pred, mos, fit_logistic=True), abs=1e-4)  # the same fit, mirrored
 
 
+@pytest.mark.parametrize("pred, mos", [
+    ([1, 2, 0, 0, 1, 2], [1.3, 2.7, 2.6, 1.8, 4.8, 1.4]),
+    ([0, 2, 0, 1, 0, 2], [2.6, 1.4, 2.8, 4.9, 3.4, 4.8]),
+])
+def test_a_logistic_fit_that_stalls_from_the_usual_start_is_fitted_from_others(pred, mos):
+    """Weak, clustered predictions: the usual start ended on a flat curve (worse than a straight
+    line), and PLCC was called undefined though a monotone fit exists."""
+    from contentiqa.metrics.functional import logistic_mapping
+
+    p, t = np.asarray(pred, float), np.asarray(mos)
+    mapped = logistic_mapping(p, t)
+    line = np.polyval(np.polyfit(p, t, 1), p)
+    assert np.ptp(mapped) > 0.1 and np.sum((mapped - t) ** 2) <= np.sum((line - t) ** 2) + 1e-9
+    assert np.isfinite(plcc(p, t, fit_logistic=True))
+
+
 def test_accuracy_labels_and_logits():
     target = np.array([0, 1, 2, 2, 1])
     labels = np.array([0, 1, 1, 2, 0])
@@ -175,16 +191,20 @@ def test_logistic_fit_needs_four_items():
         plcc([1.0, 2.0, 3.0], [1.0, 3.0, 2.0], fit_logistic=True)
 
 
-def test_a_logistic_fit_collapsed_onto_the_mean_is_undefined_not_a_correlation_of_noise():
+def test_a_logistic_fit_collapsed_onto_the_mean_is_undefined_not_a_correlation_of_noise(monkeypatch):
     """The fit may land on a flat curve whose values differ only by rounding (spread ~1e-12):
-    PLCC of that noise came out as 0.63 for unrelated data whose plain PLCC is -0.10."""
-    from contentiqa.metrics.functional import logistic_mapping
+    PLCC of that noise came out as 0.63 for unrelated data whose plain PLCC is -0.10. (These data
+    stalled the usual start; the other starts now fit them: every start is made to collapse.)"""
+    import contentiqa.metrics.functional as functional
 
     rng = np.random.default_rng(2205)
     p, t = rng.normal(size=5), rng.uniform(0, 100, 5)
+    assert np.isfinite(plcc(p, t, fit_logistic=True))
+    flat = np.full(5, t.mean()) + np.array([0, 1e-12, 0, -1e-12, 0])
+    monkeypatch.setattr(functional, "_logistic_fit", lambda p, t, p0: flat)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert 0 < np.ptp(logistic_mapping(p, t)) < 1e-9
+        assert 0 < np.ptp(functional.logistic_mapping(p, t)) < 1e-9
         with pytest.raises(MetricInputError, match="mapped pred to a constant"):
             plcc(p, t, fit_logistic=True)
 

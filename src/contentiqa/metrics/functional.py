@@ -65,24 +65,46 @@ def logistic_4(x, b1, b2, b3, b4):
 def logistic_mapping(pred, target) -> np.ndarray:
     """Fit :func:`logistic_4` from ``pred`` to ``target``; return the mapped predictions.
 
-    Falls back to the identity (with a warning) if the least-squares fit does not converge,
-    so PLCC stays defined. The curve is monotone, increasing or decreasing, whichever fits best:
+    Falls back to the identity (with a warning) if the least-squares fit converges from no
+    start, so PLCC stays defined. The curve is monotone, increasing or decreasing, whichever fits best:
     a decreasing one reverses the ranks, which :func:`plcc` reports with a minus sign.
     """
     p, t = _pair(pred, target, min_len=4, what="the 4-parameter logistic fit")
-    p0 = [t.max(), t.min(), float(np.mean(p)), float(np.std(p)) or 1.0]
+    spread = float(np.std(p)) or 1.0
+    # The usual start first; where it stalls (a flat curve, or one fitting worse than a straight
+    # line, which a wide logistic can follow) others: weak or clustered predictions stall it
+    # though a monotone fit exists, and "PLCC undefined" would then be no fact about them.
+    line_sse = float(np.sum((np.polyval(np.polyfit(p, t, 1), p) - t) ** 2))
+    starts = [[t.max(), t.min(), float(np.mean(p)), spread]] + [
+        [hi, lo, float(mid), scale * spread] for hi, lo in ((t.max(), t.min()), (t.min(), t.max()))
+        for mid in np.quantile(p, (0.25, 0.5, 0.75)) for scale in (0.1, 0.3, 1.0, 3.0)]
+    best: tuple[float, np.ndarray] | None = None
+    for p0 in starts:
+        mapped = _logistic_fit(p, t, p0)
+        if mapped is None:
+            continue
+        sse = float(np.sum((mapped - t) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, mapped)
+        if np.ptp(mapped) > 1e-9 * np.ptp(t) and sse <= line_sse * (1 + 1e-9) + 1e-12:
+            break  # a curve at least as good as the line: no stall
+    if best is None:
+        warnings.warn("4-parameter logistic fit did not converge; PLCC computed without it", stacklevel=2)
+        return p
+    return best[1]
+
+
+def _logistic_fit(p: np.ndarray, t: np.ndarray, p0: list[float]) -> np.ndarray | None:
+    """:func:`logistic_4` fitted from ``p0``, applied to ``p``; None when the fit fails."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             params, _ = optimize.curve_fit(logistic_4, p, t, p0=p0, maxfev=20000)
-        mapped = logistic_4(p, *params)
-        if not np.all(np.isfinite(mapped)):
-            raise RuntimeError("non-finite fit")
-        return mapped
+            mapped = logistic_4(p, *params)
     except (RuntimeError, ValueError):
-        warnings.warn("4-parameter logistic fit did not converge; PLCC computed without it", stacklevel=2)
-        return p
+        return None
+    return mapped if np.all(np.isfinite(mapped)) else None
 
 
 def plcc(pred, target, fit_logistic: bool = False) -> float:
