@@ -456,3 +456,17 @@ def test_accumulators_called_per_batch_keep_their_state_through_a_batch_without_
     got = {k: float(v) for k, v in acc.compute().items()}
     for k, v in iqa_metrics(p, t).items():
         assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_huge_values_give_the_correlation_and_error_scipy_and_numpy_give():
+    """Past ~1e154 the squares overflowed: the streamed PLCC came out 0.0 (scipy: 0.98) and RMSE inf."""
+    from contentiqa.metrics import iqa_accumulators
+    from contentiqa.metrics.functional import rmse
+
+    p, t = np.array([1e160, 2e160, 3e160]), np.array([1.0, 2.0, 4.0])
+    acc = iqa_accumulators()
+    acc.update(torch.tensor(p), torch.tensor(t))
+    streamed = acc.compute()
+    assert float(streamed["plcc"]) == pytest.approx(stats.pearsonr(p, t)[0], rel=1e-9)
+    assert rmse(p, t) == pytest.approx(np.sqrt(np.mean(((p - t) / 1e160) ** 2)) * 1e160, rel=1e-12)
+    assert rmse(t, t) == 0.0

@@ -166,6 +166,9 @@ class _CheckedPearson(_CheckedSpearman):
             return super().compute()  # NaN or the error, as every checked metric
         x, y = dim_zero_cat(self.preds).to(torch.float64), dim_zero_cat(self.target).to(torch.float64)
         x, y = x - x.mean(), y - y.mean()
+        # scaled first (the correlation is scale-free): squares of values past ~1e154 overflow to
+        # inf, and the ratio came out 0.0
+        x, y = x / x.abs().max(), y / y.abs().max()
         # rounding can put an exactly linear relation a hair above 1
         return ((x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum())).clamp(-1.0, 1.0)
 

@@ -141,7 +141,11 @@ def krocc(pred, target) -> float:
 def rmse(pred, target) -> float:
     """Root-mean-square error, on whatever scale the inputs are on."""
     p, t = _pair(pred, target, min_len=1)
-    return float(np.sqrt(np.mean((p - t) ** 2)))
+    err = p - t
+    scale = float(np.max(np.abs(err)))
+    if scale == 0.0:
+        return 0.0
+    return scale * float(np.sqrt(np.mean((err / scale) ** 2)))  # scaled: squares past ~1e154 overflow
 
 
 def accuracy(pred, target) -> float:
