@@ -97,6 +97,16 @@ def test_resume_keeps_the_reports_heatmaps_and_their_caption(tmp_path, ckpt):
     assert re.findall(r'class="heatmap" data-path="[^"]*" src="([^"]+)"', text) == before
     assert "Right-hand image: quality heatmap (Grad-CAM x attention; red: the regions that raised the score most" in text
     assert "kept from the earlier run" in text
+    # a name holding a carriage return: read back as written, its heatmap kept with its row
+    odd = tmp_path / "cr"
+    odd.mkdir()
+    os.replace(imgs[0], odd / "a\rb.png")
+    os.replace(imgs[1], odd / "plain.png")
+    out2 = tmp_path / "cr.html"
+    assert main(["score", str(odd), "--model", ckpt, "-o", str(out2), "-q", "--explain"]) == 0
+    os.replace(imgs[2], odd / "added.png")
+    assert main(["score", str(odd), "--model", ckpt, "-o", str(out2), "-q", "--resume"]) == 0
+    assert out2.read_bytes().decode().count('class="heatmap"') == 2
 
 
 def test_an_explained_resume_from_another_folder_explains_the_earlier_rows_again(tmp_path, ckpt, monkeypatch):
@@ -253,6 +263,22 @@ def test_names_with_controls_are_shown_escaped_and_kept_as_they_are(tmp_path):
     assert "\u202e" not in html.split('<script type="application/json"')[0]
     assert "nu/a\\u202etxt.jpg" in html and "x\\u202e.jpg" in html
     assert read_html_rows(html) == rows  # the rows themselves keep the name
+    # a model's name, its file and its categories are shown so too
+    rows[0]["category"], rows[0]["category_confidence"] = "bell\x07\u202eRLO", 0.5
+    html = render_html_report(rows, {"name": "m\u202ex", "checkpoint": "ab\u202ecod.pt", "score_range": (0.0, 100.0),
+                                     "higher_is_better": True, "categories": ["bell\x07\u202eRLO"]})
+    shown = html.split('<script type="application/json"')[0]
+    assert "\u202e" not in shown and "\x07" not in shown and "ab\\u202ecod.pt" in shown
+
+
+def test_the_badge_beside_a_score_is_its_rank_by_quality_in_any_card_order():
+    """'#N' was the card's position: '43.61 #3' read as a rank under --sort path."""
+    rows = [{"path": f"{n}.jpg", "score": s, "category": None, "category_confidence": None, "error": None, "notes": ""}
+            for n, s in (("a", 28.2), ("b", 39.1), ("c", 43.6), ("d", 40.5))]
+    for hib, order, want in ((True, "path", ["#4", "#3", "#1", "#2"]), (True, "score", ["#4", "#3", "#2", "#1"]),
+                             (False, "path", ["#1", "#2", "#4", "#3"])):
+        html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": hib}, order=order)
+        assert re.findall(r'(#\d+)</span></div>', html) == want, (hib, order)
 
 
 def test_images_of_a_name_that_is_not_utf8_read_back_under_that_name(tmp_path):

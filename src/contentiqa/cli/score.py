@@ -267,7 +267,8 @@ class _Scoring:
             raise UsageError(f"cannot resume: {exc}") from None
         if self.fmt == "html":
             try:
-                text = self.output.read_text(encoding="utf-8")
+                # as read_results reads it: universal newlines would turn a "\r" of a name into "\n"
+                text = self.output.read_bytes().decode("utf-8-sig", errors="surrogateescape")
                 self.thumbs.update(read_html_thumbnails(text))
                 self.heatmaps, self.heat_caption = read_html_heatmaps(text)
             except (OSError, ValueError):

@@ -211,6 +211,8 @@ def render_html_report(
     best = "-score" if hib else "score"
     order = order or best
     ok_sorted = sort_rows(ok, order)  # a content-only model's rows (no score) by path
+    # the badge is the photo's rank by quality (1 = best) whatever order the cards are shown in
+    quality_rank = {id(r): i for i, r in enumerate(sort_rows(ok, best), 1)} if scored else {}
     heading = ("by path" if order == "path" or not scored else "best first" if order == best else "worst first")
     scores = [float(r["score"]) for r in ok if r.get("score") is not None]
     meaning = model_info.get(
@@ -228,11 +230,13 @@ def render_html_report(
 
     # summary
     a("<h2>Summary</h2><table class=\"summary\">")
-    a(f"<tr><td>model</td><td>{_esc(model_info.get('name', '?'))}</td></tr>")
+    # a model's name, file and categories are shown as file names are (controls and bidi
+    # overrides as escapes): a checkpoint 'ab\u202ecod.pt' otherwise reads "abtp.doc"
+    a(f"<tr><td>model</td><td>{_shown(model_info.get('name', '?'))}</td></tr>")
     if model_info.get("checkpoint"):
-        a(f"<tr><td>checkpoint</td><td>{_esc(model_info['checkpoint'])}</td></tr>")
+        a(f"<tr><td>checkpoint</td><td>{_shown(model_info['checkpoint'])}</td></tr>")
     if model_info.get("precision"):
-        a(f"<tr><td>precision</td><td>{_esc(model_info['precision'])}</td></tr>")
+        a(f"<tr><td>precision</td><td>{_shown(model_info['precision'])}</td></tr>")
     if scored:
         a(f"<tr><td>score scale</td><td>{lo:g} to {hi:g}, {'higher' if hib else 'lower'} is better</td></tr>")
         a(f"<tr><td>meaning</td><td>{_esc(meaning)}</td></tr>")
@@ -264,7 +268,7 @@ def render_html_report(
         a("<div><h2>Categories</h2><table class=\"counts\">")
         for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             width = 0 if top == 0 else int(round(160 * n / top))
-            a(f"<tr><td>{_esc(c)}</td><td>{n}</td><td><span class=\"bar\" style=\"width:{width}px\"></span></td></tr>")
+            a(f"<tr><td>{_shown(c)}</td><td>{n}</td><td><span class=\"bar\" style=\"width:{width}px\"></span></td></tr>")
         a("</table></div>")
     a("</div>")
 
@@ -293,9 +297,10 @@ def render_html_report(
             a(f"<img class=\"heatmap\" data-path=\"{_esc(path)}\" src=\"{data_uri(heatmaps[path])}\" alt=\"heatmap\">")
         a("</div>")
         if scored:
-            a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\">#{rank}</span></div>")
+            a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\" title=\"rank by quality, 1 = best\">"
+              f"#{quality_rank[id(r)]}</span></div>")
         if r.get("category"):
-            a(f"<div class=\"cat\">{_esc(r['category'])} ({_fmt(r.get('category_confidence'))})</div>")
+            a(f"<div class=\"cat\">{_shown(r['category'])} ({_fmt(r.get('category_confidence'))})</div>")
         a(f"<div class=\"name\" title=\"{_shown(path)}\">{_shown(path)}</div>")
         if r.get("notes"):
             a(f"<div class=\"note\">{_shown(r['notes'])}</div>")
