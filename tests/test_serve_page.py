@@ -66,6 +66,10 @@ global.fetch = async (path, opts = {}) => {
       limits: { max_upload_bytes: scenario.max_upload_bytes || 2 ** 20 },
     });
   }
+  if (scenario.fail500) {  // as the service answers an error of its own
+    return Response.json({ detail: "internal server error", request_id: "abc123" },
+                         { status: 500, headers: { "X-Request-ID": "abc123" } });
+  }
   return Response.json({ results: [{ score: 50, scale: [0, 100], category: null, notes: "" }] });
 };
 global.setTimeout = (fn) => 0;  // no retries during the test: the first answer is what is shown
@@ -122,6 +126,12 @@ def test_a_key_the_browser_cannot_send_is_refused_on_the_page_and_not_kept(tmp_p
     page = run_page(tmp_path, key="sekrit", storage={"contentiqa-key": "sekrit\u201d"}, steps=[])
     assert page["rejections"] == [] and page["keyBoxHidden"] is False, page
     assert "needs an API key" in page["info"]
+
+
+def test_a_server_error_shows_its_request_id_to_match_the_log(tmp_path):
+    page = run_page(tmp_path, fail500=True, steps=[{"files": [["a.jpg", 100]]}])
+    assert page["rejections"] == [], page
+    assert page["cards"][0]["failed"] and page["cards"][0]["error"].endswith("internal server error (request abc123)")
 
 
 def test_an_unreachable_server_is_said_not_left_connecting(tmp_path):

@@ -106,8 +106,11 @@ async function post(path, file) {
 
 async function errorText(res) {
   if (res.status === 401) { askForKey(); return "the server refused the API key: enter it again above"; }
-  try { const b = await res.json(); return b.detail ? String(b.detail) : `HTTP ${res.status}`; }
-  catch (e) { return `HTTP ${res.status}`; }
+  // a server error's id matches the log's traceback: shown, so a report of it can name it
+  const id = res.status >= 500 ? res.headers.get("X-Request-ID") : null;
+  const said = (text) => (id ? `${text} (request ${id})` : text);
+  try { const b = await res.json(); return said(b.detail ? String(b.detail) : `HTTP ${res.status}`); }
+  catch (e) { return said(`HTTP ${res.status}`); }
 }
 
 async function scoreCard(card) {
