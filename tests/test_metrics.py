@@ -110,6 +110,19 @@ def test_a_logistic_fit_that_stalls_from_the_usual_start_is_fitted_from_others(p
     assert np.isfinite(plcc(p, t, fit_logistic=True))
 
 
+def test_exactly_linear_predictions_are_fitted_from_the_usual_start_alone(monkeypatch):
+    """Neither fit reaches an SSE of 0 there: every other start ran too (20 s at 12,000 photos)."""
+    import contentiqa.metrics.functional as functional
+
+    fits = []
+    real = functional._logistic_fit
+    monkeypatch.setattr(functional, "_logistic_fit", lambda *a: fits.append(1) or real(*a))
+    mos = np.random.default_rng(0).uniform(1, 5, 200)
+    for pred in (mos, 20 * mos):
+        fits.clear()
+        assert plcc(pred, mos, fit_logistic=True) == pytest.approx(1.0, abs=1e-9) and len(fits) == 1
+
+
 def test_accuracy_labels_and_logits():
     target = np.array([0, 1, 2, 2, 1])
     labels = np.array([0, 1, 1, 2, 0])

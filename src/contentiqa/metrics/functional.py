@@ -75,6 +75,9 @@ def logistic_mapping(pred, target) -> np.ndarray:
     # line, which a wide logistic can follow) others: weak or clustered predictions stall it
     # though a monotone fit exists, and "PLCC undefined" would then be no fact about them.
     line_sse = float(np.sum((np.polyval(np.polyfit(p, t, 1), p) - t) ** 2))
+    # (a tolerance of the targets' spread: on exactly linear data neither fit reaches 0, and
+    # every start ran its full budget)
+    enough = line_sse + 1e-9 * float(np.sum((t - t.mean()) ** 2))
     starts = [[t.max(), t.min(), float(np.mean(p)), spread]] + [
         [hi, lo, float(mid), scale * spread] for hi, lo in ((t.max(), t.min()), (t.min(), t.max()))
         for mid in np.quantile(p, (0.25, 0.5, 0.75)) for scale in (0.1, 0.3, 1.0, 3.0)]
@@ -86,7 +89,7 @@ def logistic_mapping(pred, target) -> np.ndarray:
         sse = float(np.sum((mapped - t) ** 2))
         if best is None or sse < best[0]:
             best = (sse, mapped)
-        if np.ptp(mapped) > 1e-9 * np.ptp(t) and sse <= line_sse * (1 + 1e-9) + 1e-12:
+        if np.ptp(mapped) > 1e-9 * np.ptp(t) and sse <= enough:
             break  # a curve at least as good as the line: no stall
     if best is None:
         warnings.warn("4-parameter logistic fit did not converge; PLCC computed without it", stacklevel=2)
