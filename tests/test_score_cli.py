@@ -1028,7 +1028,7 @@ def test_serve_and_experiment_refuse_values_that_break_them_later(tmp_path, caps
     assert "is a file: name a folder" in capsys.readouterr().err
 
 
-def test_a_refused_command_leaves_none_of_the_folders_it_made(tmp_path, capsys):
+def test_a_refused_command_leaves_none_of_the_folders_it_made(tmp_path, capsys, monkeypatch):
     """score refused once the model failed to load left its new --output folder holding only the
     lock file; evaluate's two outputs in nested new folders left the outer one; a folder that
     was there before, or holds anything else, stays."""
@@ -1046,3 +1046,31 @@ def test_a_refused_command_leaves_none_of_the_folders_it_made(tmp_path, capsys):
     assert run("evaluate", "--data", data, "--model", tiny_checkpoint(), "--part", "test",
                "--json", tmp_path / "out" / "m.json", "--predictions", tmp_path / "out" / "sub" / "p.csv") == 2
     assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)  # one output named relatively, the other absolutely: the outer folder still goes
+    assert run("evaluate", "--data", data, "--model", tiny_checkpoint(), "--part", "test",
+               "--json", tmp_path / "out" / "m.json", "--predictions", "out/sub/p.csv") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refusal_never_removes_a_lock_another_process_holds(tmp_path, monkeypatch, capsys):
+    """The folder a refused command made held another run's lock, taken meanwhile: it was
+    deleted with the folder, and a third run could then write the same file beside the second."""
+    import contentiqa.cli._output as output
+    from contentiqa.utils.io import exclusive_lock
+
+    d = ok_folder(tmp_path / "imgs", n=1)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    real = output.check_writable
+    held = []
+
+    def then_another_run_locks_beside_it(path, option="--output"):
+        real(path, option)
+        lock = exclusive_lock(path.parent / ".b.csv.lock", "busy")
+        lock.__enter__()
+        held.append(lock)
+
+    monkeypatch.setattr(output, "check_writable", then_another_run_locks_beside_it)
+    assert run("score", d, "--model", bad, "-o", tmp_path / "shared" / "a.csv", "-q") == 2
+    assert (tmp_path / "shared" / ".b.csv.lock").is_file()  # the other run's, kept with its folder
+    held[0].__exit__(None, None, None)

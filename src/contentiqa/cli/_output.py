@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -36,6 +35,8 @@ class Stopped(BaseException):
 _made_folders: list[Path] = []
 """Folders the checks below created in this command: removed again while still empty when the
 command is refused (a refusal leaves nothing behind, not an empty --out-dir)."""
+_made_locks: set[Path] = set()
+"""Lock files :func:`output_lock` created in this command (another process's are never ours)."""
 
 
 def _make_folder(folder: Path) -> None:
@@ -48,33 +49,30 @@ def _make_folder(folder: Path) -> None:
             continue
         except FileNotFoundError:  # a level above was removed meanwhile: mkdir's own error below
             break
-        _made_folders.append(level)
+        _made_folders.append(Path(os.path.abspath(level)))  # (absolute: ordered by depth below)
     folder.mkdir(parents=True, exist_ok=True)  # (raises what stops it: a file in the way, permissions)
 
 
 def forget_made_folders() -> None:
     """A new command starts: the folders an earlier one made in this process are kept."""
     _made_folders.clear()
+    _made_locks.clear()
 
 
 def remove_made_folders() -> None:
     """Remove the folders this command's checks created and nothing was written in; called
-    when it is refused. One that holds anything but the lock files of the outputs checked in it
-    (released by then) stays, and so does one that cannot be removed."""
+    when it is refused. One that holds anything but lock files this command made (released by
+    then, and taken by no one since) stays, and so does one that cannot be removed."""
     for folder in sorted(_made_folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
-        with contextlib.suppress(OSError):
-            for child in folder.iterdir():
-                if not _LOCK_FILE.fullmatch(child.name) or not child.is_file():
-                    break
-            else:
-                for child in folder.iterdir():
-                    child.unlink()
+        with contextlib.suppress(OSError, Busy):
+            children = list(folder.iterdir())
+            if all(Path(os.path.abspath(c)) in _made_locks for c in children):
+                for child in children:  # held while removed: a process that took it since keeps it
+                    with exclusive_lock(child, "in use"):
+                        child.unlink()
             folder.rmdir()  # only an empty folder goes
     _made_folders.clear()
-
-
-_LOCK_FILE = re.compile(r"\..+\.lock")
-"""The name :func:`output_lock` gives its lock file."""
+    _made_locks.clear()
 
 
 def check_writable(path: Path, option: str = "--output") -> None:
@@ -125,6 +123,7 @@ def output_lock(path: Path, option: str = "--output") -> Iterator[None]:
     names exclude each other (:func:`contentiqa.utils.io.exclusive_lock`)."""
     path = through_links(path)
     lock = path.parent / f"{temporary_prefix(path)}lock"
+    new = not lock.exists()
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive_lock(lock, f"another process is writing {path}"))
@@ -135,6 +134,8 @@ def output_lock(path: Path, option: str = "--output") -> Iterator[None]:
             why = f"; {lock} is another user's: remove it if no run writes {path}" if isinstance(exc, PermissionError) \
                 and lock.exists() else ""
             raise UsageError(f"cannot lock {option} {path}: {exc.strerror or exc}{why}") from None
+        if new:
+            _made_locks.add(Path(os.path.abspath(lock)))
         remove_stale_temporaries(path, (".tmp", ".probe"))  # with the lock held, every one is stale
         yield
 
