@@ -310,6 +310,12 @@ def test_exif_orientation_6(tmp_path, suffix):
     for got, want in ((tl, BLUE), (tr, RED), (bl, YELLOW), (br, GREEN)):
         assert _close(got, want, 30), (got, want)
     assert any("orientation 6" in n for n in res.notes)
+    from contentiqa.data.imageio import header_size
+    from contentiqa.models.scoring import to_pil
+
+    assert header_size(path) == res.size  # what training groups photos by before decoding: turned once
+    with Image.open(path) as im:  # an opened image, not decoded yet: its note as its file's
+        assert to_pil(im)[2] == res.notes
 
 
 def test_exif_orientation_3(tmp_path):

@@ -200,6 +200,21 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
+def orientation_before_decoding(im: Image.Image) -> int:
+    """The EXIF orientation of a TIFF whose pixels are not decoded yet (else 1): Pillow's TIFF
+    reader turns the image as it decodes and drops the tag, so it is read first. Only a TIFF's:
+    its tag is in the header, where a PNG's getexif would decode the pixels (outside the pixel
+    limit a decode runs under)."""
+    return _orientation(im) if im.format == "TIFF" and getattr(im, "tile", None) else 1
+
+
+def note_decoder_orientation(im: Image.Image, stored: int, notes: list[str]) -> None:
+    """After decoding: the note :func:`apply_orientation` gives, where the decoder turned the
+    image itself (``stored``: :func:`orientation_before_decoding`)."""
+    if stored in range(2, 9) and _orientation(im) != stored:
+        notes.append(f"EXIF orientation {stored} applied")
+
+
 def apply_orientation(im: Image.Image, notes: list[str]) -> Image.Image:
     """``im`` turned upright as its EXIF orientation says (as viewers show it), with a note; for a
     file and for a PIL image opened from one alike, so both score the same."""
@@ -419,7 +434,9 @@ def header_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PI
     _check_file(p)
     with _open_header(p) as im:
         _check_pixels(p, im.size, max_pixels)
-        w, h = im.size
+        # the size as stored: a newer Pillow gives a TIFF's size already turned upright (and
+        # keeps the stored one as _tile_size); turned again it was the wrong way round
+        w, h = (getattr(im, "_tile_size", None) if im.format == "TIFF" else None) or im.size
         try:
             orientation = im.getexif().get(0x0112, 1)
         except Exception:  # a damaged EXIF block: the decode says so, the size stands as stored
@@ -506,9 +523,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
         if n_frames > 1:
             notes.append(f"animated {im.format} with {n_frames} frames: scored the first frame")
         narrowed = colour_narrowed(im)  # before decoding: its raw mode goes with its tile
-        # Pillow's TIFF reader turns the image as it decodes and drops the tag: read it first (from
-        # the header; a PNG's getexif would decode the pixels, outside the limit set below)
-        stored = _orientation(im) if im.format == "TIFF" else 1
+        stored = orientation_before_decoding(im)
         try:
             with _pil_pixel_limit(max_pixels):  # the size read from the header is checked above
                 im.load()
@@ -522,8 +537,7 @@ def _load_image(path: str | os.PathLike, max_pixels: int | None, min_size: int) 
             if "truncated" in msg.lower():
                 raise ImageLoadError(p, f"truncated or incomplete {im.format} file ({msg})") from None
             raise ImageLoadError(p, f"corrupt {im.format} data ({msg})") from None
-        if stored in range(2, 9) and _orientation(im) != stored:  # turned by the decoder: said as ours is
-            notes.append(f"EXIF orientation {stored} applied")
+        note_decoder_orientation(im, stored, notes)
         grey = _decoder_grey_rows(im)
         if grey:
             notes.append(f"the bottom {grey} rows are the flat mid-grey a JPEG decoder puts where a file's data ends "

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.imageio import DEFAULT_MAX_PIXELS, MEMORY_HINT, ImageLoadError, colour_narrowed, load_image, pil_to_rgb, pixels_to_uint8
+from ..data.imageio import (DEFAULT_MAX_PIXELS, MEMORY_HINT, ImageLoadError, colour_narrowed, load_image,
+                            note_decoder_orientation, orientation_before_decoding, pil_to_rgb, pixels_to_uint8)
 
 if TYPE_CHECKING:
     from ..data.table import MOSScale
@@ -123,7 +124,10 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
         notes: list[str] = []
         _check_pixels(*item.size, max_pixels)
         narrowed = colour_narrowed(item)  # before decoding: its raw mode goes with its tile
+        # kept on the object: the same image given twice gets its note twice, not once
+        stored = item.__dict__.setdefault("_contentiqa_orientation", orientation_before_decoding(item))
         _decode_once(item)
+        note_decoder_orientation(item, stored, notes)
         img = pil_to_rgb(item, notes, narrowed)
         return img, None, notes
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
