@@ -279,6 +279,11 @@ def test_the_badge_beside_a_score_is_its_rank_by_quality_in_any_card_order():
                              (False, "path", ["#1", "#2", "#4", "#3"])):
         html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": hib}, order=order)
         assert re.findall(r'(#\d+)</span></div>', html) == want, (hib, order)
+    # equal scores share a rank; a row without a score (a hand-made table) has no badge
+    rows[1]["score"] = 43.6
+    rows.append({**rows[0], "path": "e.jpg", "score": None})
+    html = render_html_report(rows, {"name": "m", "score_range": (0.0, 100.0), "higher_is_better": True}, order="path")
+    assert re.findall(r'(#\d+)</span></div>', html) == ["#4", "#1", "#1", "#3"]
 
 
 def test_images_of_a_name_that_is_not_utf8_read_back_under_that_name(tmp_path):

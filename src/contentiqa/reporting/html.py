@@ -10,6 +10,7 @@ and no external assets. The result rows are also embedded as JSON
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as _dt
 import html
 import io
@@ -211,10 +212,14 @@ def render_html_report(
     best = "-score" if hib else "score"
     order = order or best
     ok_sorted = sort_rows(ok, order)  # a content-only model's rows (no score) by path
-    # the badge is the photo's rank by quality (1 = best) whatever order the cards are shown in
-    quality_rank = {id(r): i for i, r in enumerate(sort_rows(ok, best), 1)} if scored else {}
     heading = ("by path" if order == "path" or not scored else "best first" if order == best else "worst first")
     scores = [float(r["score"]) for r in ok if r.get("score") is not None]
+    # the badge is the photo's rank by quality (1 = best; equal scores share one) whatever order
+    # the cards are shown in; a row without a score has none
+    ranked = sorted(scores)
+    quality_rank = {id(r): 1 + (len(ranked) - bisect.bisect_right(ranked, float(r["score"])) if hib
+                                else bisect.bisect_left(ranked, float(r["score"])))
+                    for r in ok if r.get("score") is not None}
     meaning = model_info.get(
         "meaning",
         "Predicted mean opinion score (MOS): the quality people would rate the photo, on the "
@@ -298,7 +303,8 @@ def render_html_report(
         a("</div>")
         if scored:
             a(f"<div class=\"score\">{_fmt(r['score'])} <span class=\"muted\" title=\"rank by quality, 1 = best\">"
-              f"#{quality_rank[id(r)]}</span></div>")
+              f"#{quality_rank[id(r)]}</span></div>" if id(r) in quality_rank else
+              f"<div class=\"score\">{_fmt(r['score'])}</div>")
         if r.get("category"):
             a(f"<div class=\"cat\">{_shown(r['category'])} ({_fmt(r.get('category_confidence'))})</div>")
         a(f"<div class=\"name\" title=\"{_shown(path)}\">{_shown(path)}</div>")
