@@ -316,9 +316,9 @@ def test_score_cli_onnx_usage_errors(tmp_path, ckpt, examples_dir, tiny_cr_onnx,
     assert main(["score", img, "--onnx-model", str(not_onnx)]) == 2
 
 
-def _graph_with_metadata_of(source: Path, out: Path, outputs: dict[str, str]) -> Path:
-    """A graph with ``source``'s contentiqa metadata but other outputs: ``name: "4d"`` is the
-    image's mean kept as (N, 1, 1, 1), ``name: "2d"`` its channel means (N, 3)."""
+def _graph_with_metadata_of(source: Path, out: Path, outputs: dict[str, str], **edits: str) -> Path:
+    """A graph with ``source``'s contentiqa metadata (``edits`` replacing some) but other outputs:
+    ``name: "4d"`` is the image's mean kept as (N, 1, 1, 1), ``name: "2d"`` its channel means (N, 3)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -330,11 +330,36 @@ def _graph_with_metadata_of(source: Path, out: Path, outputs: dict[str, str]) ->
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
     model = helper.make_model(helper.make_graph(nodes, "forged", [image], outs), opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in read_metadata(source).items():
+    for key, value in {**read_metadata(source), **edits}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, out)
     return out
+
+
+@pytest.mark.parametrize("graph,edits,said", [
+    ("iqa-cr", {"categories": json.dumps([f"c{i}" for i in range(9)])},
+     "the graph gives 10 category logits, but its metadata name 9"),
+    ("iqa-cr", {"contentiqa_format": "contentiqa-onnx/2", "contentiqa_version": "9.0"}, "upgrade contentiqa"),
+    ("ie-iqa", {"input_size": "[96, 96]"}, "input_size [96, 96], but the graph takes [64, 64]"),
+    ("ie-iqa", {"native_resolution": "true"}, "at their own size, but the graph's input is fixed"),  # resized, silently
+])
+def test_metadata_edited_against_the_graph_are_refused_at_load(tmp_path, examples_dir, tiny_cr_onnx, capsys, graph,
+                                                               edits, said):
+    """Each loaded, then scored every photo wrong or failed each one with onnxruntime's words; a
+    newer format was 'not exported by contentiqa'."""
+    import onnx
+
+    source = tiny_cr_onnx[1] if graph == "iqa-cr" else export_onnx(tiny_ie_iqa(), tmp_path / "ie.onnx")
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key in edits:
+            entry.value = edits[entry.key]
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    assert main(["score", example_images(examples_dir)[0], "--model", str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert "edited.onnx" in err and said in err, err
 
 
 def test_a_graph_whose_outputs_are_not_those_its_metadata_name_is_refused(tmp_path, examples_dir, tiny_cr_onnx, capsys):
@@ -344,7 +369,9 @@ def test_a_graph_whose_outputs_are_not_those_its_metadata_name_is_refused(tmp_pa
     assert main(["score", img, "--model", str(other)]) == 2
     err = capsys.readouterr().err
     assert "other.onnx" in err and "'features'" in err and "Traceback" not in err
-    shapes = _graph_with_metadata_of(path, tmp_path / "shapes.onnx", {"score": "4d", "logits": "2d"})
+    # (three categories, as many as the forged logits: a width that disagrees is refused at load)
+    shapes = _graph_with_metadata_of(path, tmp_path / "shapes.onnx", {"score": "4d", "logits": "2d"},
+                                     categories='["a", "b", "c"]')
     out = tmp_path / "r.csv"
     assert main(["score", img, img2, "--model", str(shapes), "-o", str(out)]) == 1  # rows, not a traceback
     rows = list(csv.DictReader(open(out, newline="")))
@@ -372,6 +399,12 @@ def test_export_cli_writes_a_verified_file(tmp_path, ckpt, capsys):
     assert "--out" in capsys.readouterr().err and out.read_bytes() == b"another graph"
     assert main(["export", ckpt, "--out", str(out), "-q", "--force"]) == 0
     assert read_metadata(out)["model_name"] == "iqa-cr"
+    # an --out that links to the checkpoint it exports: the weights are not replaced, --force or not
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(Path(ckpt).read_bytes())
+    (tmp_path / "link.onnx").symlink_to(victim)
+    assert main(["export", str(victim), "--out", str(tmp_path / "link.onnx"), "-q", "--force"]) == 2
+    assert "which this export reads" in capsys.readouterr().err and victim.read_bytes() == Path(ckpt).read_bytes()
 
 
 def test_export_cli_usage_errors(tmp_path, ckpt, capsys):

@@ -74,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
     # The model first: a mistyped name or a missing file is said as such (an int8 export blamed a
     # missing calibration), and leaves no --out folder made for nothing.
     model = load_model(args.model, "cpu")
+    from ..inference.quantize import calibration_path
+    from ..models.registry import weights_file
+
+    source = weights_file(args.model)[0]
+    # an --out that is (a link to) the weights it reads: one slip, and --force replaced them
+    if out.resolve() in (source.resolve(), calibration_path(source).resolve()):
+        raise UsageError(f"--out {args.out} is {source if out.resolve() == source.resolve() else 'the int8 calibration of ' + str(source)}, "
+                         "which this export reads: name another file")
     weights = None
     if args.precision == "int8":
-        from ..inference.quantize import calibration_path
-        from ..models.registry import weights_file
-
-        weights = weights_file(args.model)[0]
+        weights = source
         if not calibration_path(weights).is_file():
             raise UsageError(f"--precision int8: no int8 calibration for {args.model} (expected "
                              f"{calibration_path(weights)}); make one with "

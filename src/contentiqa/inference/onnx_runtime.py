@@ -363,7 +363,14 @@ class OnnxInfo:
         incomplete."""
         from ..data.table import MOSScale
 
-        if meta.get("contentiqa_format") != ONNX_FORMAT:
+        said = meta.get("contentiqa_format")
+        if said != ONNX_FORMAT and str(said).startswith(ONNX_FORMAT.rsplit("/", 1)[0] + "/"):
+            from .. import __version__
+
+            raise ValueError(f"{where} is in format {said} (contentiqa {meta.get('contentiqa_version', '?')} exported "
+                             f"it); this contentiqa ({__version__}) reads {ONNX_FORMAT}: upgrade contentiqa, or export "
+                             "the model again with this one")
+        if said != ONNX_FORMAT:
             raise ValueError(
                 f"{where} was not exported by contentiqa (no '{ONNX_FORMAT}' metadata); "
                 "export one with `contentiqa export MODEL --format onnx`"
@@ -453,6 +460,20 @@ def _check_outputs(session: Any, info: OnnxInfo, where: Path) -> None:
                          f"{sorted(names)}; export the model again with `contentiqa export`")
     if "logits" in names and not info.categories:
         raise ValueError(f"{where}: the graph gives category logits but its metadata name no categories")
+    # the shapes the graph declares against what its metadata say (a hand-edited field scored
+    # every photo wrong, or failed each one with onnxruntime's words)
+    logits = next((o.shape for o in session.get_outputs() if o.name == "logits"), None)
+    if logits and isinstance(logits[-1], int) and logits[-1] != len(info.categories):
+        raise ValueError(f"{where}: the graph gives {logits[-1]} category logits, but its metadata name "
+                         f"{len(info.categories)} categories")
+    dims = session.get_inputs()[0].shape[-2:]
+    fixed = tuple(d for d in dims if isinstance(d, int))
+    if info.native_resolution and fixed:
+        raise ValueError(f"{where}: its metadata say it takes photos at their own size, but the graph's input is "
+                         f"fixed at {dims}")
+    if not info.native_resolution and len(fixed) == 2 and fixed != info.input_size:
+        raise ValueError(f"{where}: its metadata say input_size {list(info.input_size or ())}, but the graph takes "
+                         f"{list(fixed)}")
 
 
 # -- the scorer ---------------------------------------------------------------------------------
