@@ -711,3 +711,24 @@ def test_model_takes_its_short_form_in_every_command(command):
     from contentiqa.cli.main import build_parser
 
     assert build_parser().parse_args([*command, "-m", "iqa-cr"]).model == "iqa-cr"
+
+
+def test_a_run_whose_calibration_was_refused_is_finished_without_it_on_resume(tmp_path, capsys, monkeypatch):
+    """The refusal advised turning calibrate off, which --resume then refused as another recipe:
+    the trained epochs could never be tested, only trained again from scratch."""
+    from contentiqa.training.trainer import Trainer
+
+    data = table(tmp_path, n=30, split=["train"] * 18 + ["val"] * 8 + ["test"] * 4)
+    out = tmp_path / "run"
+
+    def constant(self, model):
+        raise ValueError("the model's outputs are constant on the 8 calibration photos: nothing to calibrate; "
+                         "check the training, or turn calibrate off")
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "calibrate", constant)
+        assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true"]) == 2
+    assert "turn calibrate off" in capsys.readouterr().err and not (out / "test_metrics.json").exists()
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=false", "--resume"]) == 0
+    assert (out / "test_metrics.json").is_file() and not (out / "tested.pt").exists()
+    assert json.loads((out / "config.json").read_text())["train_config"]["calibrate"] is False  # the record says what was done

@@ -66,10 +66,15 @@ from .damage import GROUP_SIZE, DamageSet, source_rows
 from .losses import MultiTaskLoss, anchor_loss, ordered_fidelity_loss
 
 
-RESUME_MAY_CHANGE = ("epochs", "patience", *RUNTIME_SETTINGS)
-"""Training options a resumed run may take anew: how long it goes on and where it runs. Any
-other change (seed, learning rate, crop, losses, cached stages) would make the rest of the run
-another recipe's, with the record claiming it for all of it: refused."""
+FINISH_SETTINGS = ("calibrate", "calibrate_on", "interpolate", "interpolate_no_worse")
+"""What is done with the chosen epoch after the epochs (:meth:`Trainer.finish`): nothing an
+epoch learns depends on it, so a run whose calibration was refused can be finished without it."""
+
+RESUME_MAY_CHANGE = ("epochs", "patience", *FINISH_SETTINGS, *RUNTIME_SETTINGS)
+"""Training options a resumed run may take anew: how long it goes on, what is done with its
+chosen epoch, and where it runs. Any other change (seed, learning rate, crop, losses, cached
+stages) would make the rest of the run another recipe's, with the record claiming it for all of
+it: refused."""
 
 OWN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "tested.pt", "recipe.json")
 """The files of a run's output folder written atomically by the trainer (``tested.pt``: by the
