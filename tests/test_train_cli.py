@@ -583,6 +583,12 @@ def test_a_table_with_only_train_and_test_rows_gets_a_validation_part_for_its_ca
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true",
                  "--split-seed", "3"]) == 0
     assert (out / "tested.pt").is_file() and (out / "test_metrics.json").is_file()
+    from contentiqa.models import load_checkpoint
+
+    # the model to use says how it was made, as best.pt does
+    info = load_checkpoint(out / "tested.pt").checkpoint_info
+    assert info["recipe"] == load_checkpoint(out / "best.pt").checkpoint_info["recipe"] and info["best"]["epoch"] == 1
+    assert "val_srocc" in info["best"] and "calibration" in info
     split = load_splits(out / "split.json")[0]
     assert (split.protocol, split.seed) == ("official", 3)
     assert len(split.parts["val"]) == 8 and len(split.parts["train"]) == 72

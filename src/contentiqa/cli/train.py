@@ -446,7 +446,11 @@ def _finish(trainer, model, out: Path):
     except ValueError as exc:
         raise UsageError(f"cannot finish the run: {exc}") from None
     if done:
-        save_checkpoint(model, out / "tested.pt", extra={"train_config": trainer.cfg.to_dict(), **done})
+        # the model to use says how it was made as best.pt does: the recipe, and the epoch it
+        # finished from with that epoch's record (its figures before the mix and calibration)
+        save_checkpoint(model, out / "tested.pt", extra={
+            "train_config": trainer.cfg.to_dict(), **({"recipe": trainer.recipe} if trainer.recipe is not None else {}),
+            "best": trainer.best, **done})
         what = (["weights mixed"] if "interpolated" in done else []) + (["output calibrated"] if "calibration" in done else [])
         print(f"{' and '.join(what)} on the validation part -> {out / 'tested.pt'}")
     return model

@@ -57,7 +57,7 @@ from ..data.table import MOSScale
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
 from ..utils.devices import resolve_device
-from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, remove_stale_temporaries
+from ..utils.io import atomic_torch_save, atomic_write_text, exclusive_lock, file_sha256, remove_stale_temporaries
 from . import distributed as dist_utils
 from .config import RUNTIME_SETTINGS, SEED_LIMIT, TrainConfig
 from .data import CachedFeatures, DistributedShapeGroupedBatchSampler, ShapeGroupedBatchSampler, TrainImages
@@ -303,6 +303,9 @@ class Trainer:
                 raise ValueError(f"calibrate fits on the validation photos of the "
                                  f"{'training sets' if cfg.calibrate_on == 'each' else 'first training set'}, which have "
                                  f"{n} (at least {MIN_PAIRS} needed): use a larger validation part, or turn calibrate off")
+        self.init_sha256: str | None = None
+        """The SHA-256 of the ``init_from`` file the run started from: the end's weight mix must
+        read that file, not one written over it since."""
         if cfg.init_from:
             self._start_from(cfg.init_from)
         self.distributed = dist_utils.is_distributed()
@@ -364,12 +367,16 @@ class Trainer:
         aside) into the model before anything is frozen or cached."""
         from ..models.registry import load_checkpoint
 
-        src = load_checkpoint(path)
+        try:
+            src = load_checkpoint(path)
+        except FileNotFoundError as exc:  # (a resumed run too: its end may mix these weights in)
+            raise FileNotFoundError(f"init_from {path}: {exc}") from None
         if src.model_name != self.model.model_name or \
                 architecture(src.cfg.to_dict()) != architecture(self.model.cfg.to_dict()):
             raise ValueError(f"init_from {path}: a {src.model_name} of another architecture than the {self.model.model_name} "
                              "being trained")
         self.model.load_state_dict(src.state_dict())
+        self.init_sha256 = file_sha256(path)
         self.log(f"weights from {path}")
 
     def _check_validation(self) -> list[str]:
@@ -823,6 +830,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "parts": self._parts(),
             "sets": self._sets(),
+            "init_from_sha256": self.init_sha256,
         }
 
     def _sets(self) -> list[list[Any]] | None:
@@ -889,6 +897,11 @@ class Trainer:
                                  f"on {self.scale.low:g}-{self.scale.high:g} (a CSV's range is guessed from its values "
                                  "unless its first line declares it: # mos_range: LO HI). Give the run's scale, or "
                                  "start afresh")
+        started = st.get("init_from_sha256")
+        if started is not None and self.init_sha256 is not None and started != self.init_sha256:
+            raise ResumeMismatch(f"init_from {self.cfg.init_from} is not the file this run started from (sha256 "
+                                 f"{started[:12]} then, {self.init_sha256[:12]} now): its end mixes in those weights. "
+                                 "Put that file back, or start afresh")
         self.model.load_state_dict(st["model_state"])
         if self.start_stage:
             from .cache import frozen_fingerprint
@@ -1102,6 +1115,16 @@ class Trainer:
             raise ValueError("interpolate needs init_from and mixing weights in [0, 1]")
         if self.val_table is None:
             raise ValueError("interpolate chooses on the validation part: there is none")
+        try:
+            now = file_sha256(self.cfg.init_from)
+        except OSError as exc:
+            raise ValueError(f"interpolate mixes in the weights of init_from {self.cfg.init_from}, which cannot be read "
+                             f"now ({exc.strerror or exc}): put the file the run started from back, or resume without "
+                             "the mix (--set interpolate=null)") from None
+        if self.init_sha256 is not None and now != self.init_sha256:
+            raise ValueError(f"init_from {self.cfg.init_from} was replaced since the run started from it (sha256 "
+                             f"{self.init_sha256[:12]} then, {now[:12]} now): the mix would take other weights. Put "
+                             "that file back, or resume without the mix (--set interpolate=null)")
         start = load_checkpoint(self.cfg.init_from).state_dict()
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         if self.cfg.interpolate_no_worse and 0.0 not in alphas:
