@@ -271,17 +271,16 @@ def card_row(card: Path) -> str | None:
     return words[words.index("--row") + 1] if "--row" in words[:-1] else None
 
 
-def card_recipes(card: Path) -> list[dict[str, str]]:
-    """What the row that trained a shipped tag hashes to (``recipe_sha256``, ``data_sha256``):
-    as its card recorded them when it shipped, and as the config its card names reads now. Both
-    stand for it: an edit since that trains the same (a default spelt out) changes the hash, and a
-    card shipped before the hashes were recorded has only its config. Empty: neither is known."""
+def card_recipe(card: Path) -> dict[str, str] | None:
+    """What the row that trained a shipped tag hashes to (``recipe_sha256``, ``data_sha256``): as
+    its card recorded them when it shipped; for a card from before they were recorded, as the
+    config it names reads now (an edit since may train otherwise: the best there is). None:
+    neither is known."""
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
     own = text.split("\n## Started from ", 1)[0]  # not the card of the weights it started from
-    known = []
     said = re.search(r"^  Recipe sha256 `([0-9a-f]+)`, data sha256 `([0-9a-f]+)`", own, re.M)
     if said:
-        known.append({"recipe_sha256": said.group(1), "data_sha256": said.group(2)})
+        return {"recipe_sha256": said.group(1), "data_sha256": said.group(2)}
     row = re.search(r'^  Row "(.+)" of `(.+)`\.$', own, re.M)
     if row and (ROOT / row.group(2)).is_file():
         from contentiqa.experiments import load_config
@@ -290,11 +289,11 @@ def card_recipes(card: Path) -> list[dict[str, str]]:
         try:
             cfg = load_config(ROOT / row.group(2))
         except ConfigError:
-            return known
+            return None
         run = next((r for r in cfg.runs if r.name == row.group(1)), None)
         if run is not None:
-            known.append({"recipe_sha256": run.recipe_sha256, "data_sha256": cfg.data_sha256})
-    return known
+            return {"recipe_sha256": run.recipe_sha256, "data_sha256": cfg.data_sha256}
+    return None
 
 
 def replaced_default(model: str, weights_dir: Path) -> tuple[str, str | None] | None:
@@ -398,16 +397,15 @@ def gate_verdict(model: str, row: str, path: Path | None = None, recipe: str | N
         # the same row name in another config (or the config since) may be another recipe: a gate
         # won against that stand-in says nothing of the default
         card = weights_dir / f"{current[0].replace('.', '_', 1)}.md"
-        shipped, judged_base = card_recipes(card), gate.get("baseline", {})
+        shipped, judged_base = card_recipe(card), gate.get("baseline", {})
         for key, what in (("recipe_sha256", "settings"), ("data_sha256", "training data")):
-            recorded, known = judged_base.get(key), sorted({s[key] for s in shipped})
-            if not known or recorded is None:
+            recorded = judged_base.get(key)
+            if shipped is None or recorded is None:
                 unchecked.append(f"the baseline's {what} with those of the current default {current[0]}")
-            elif recorded not in known:
+            elif recorded != shipped[key]:
                 return False, (f"{path.name} judged row {row!r} against a row {against!r} with other {what} than "
                                f"the current default {current[0]} was trained with ({key} {recorded[:12]}; its card "
-                               f"and the config it names say {' or '.join(k[:12] for k in known)}): run the gate "
-                               "against the default's own recipe")
+                               f"says {shipped[key][:12]}): run the gate against the default's own recipe")
     caveat = f" (the record does not say, so these were not compared: {', '.join(unchecked)})" if unchecked else ""
     return True, (f"{path.name}: PASS" + (f" against {against!r}" if against else "")
                   + f" (better on: {', '.join(better)}){caveat}")

@@ -405,6 +405,8 @@ def test_export_cli_writes_a_verified_file(tmp_path, ckpt, capsys):
     (tmp_path / "link.onnx").symlink_to(victim)
     assert main(["export", str(victim), "--out", str(tmp_path / "link.onnx"), "-q", "--force"]) == 2
     assert "which this export reads" in capsys.readouterr().err and victim.read_bytes() == Path(ckpt).read_bytes()
+    (tmp_path / "loop.onnx").symlink_to("loop.onnx")  # a link to itself: one line, not a traceback
+    assert main(["export", str(victim), "--out", str(tmp_path / "loop.onnx"), "-q", "--force"]) == 0
 
 
 def test_export_cli_usage_errors(tmp_path, ckpt, capsys):

@@ -79,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
     source = weights_file(args.model)[0]
     # an --out that is (a link to) the weights it reads: one slip, and --force replaced them
-    if out.resolve() in (source.resolve(), calibration_path(source).resolve()):
-        raise UsageError(f"--out {args.out} is {source if out.resolve() == source.resolve() else 'the int8 calibration of ' + str(source)}, "
-                         "which this export reads: name another file")
+    # (realpath: resolve() raises on a link loop)
+    target = os.path.realpath(out)
+    if target in (os.path.realpath(source), os.path.realpath(calibration_path(source))):
+        what = source if target == os.path.realpath(source) else f"the int8 calibration of {source}"
+        raise UsageError(f"--out {args.out} is {what}, which this export reads: name another file")
     weights = None
     if args.precision == "int8":
         weights = source
