@@ -738,3 +738,8 @@ def test_a_run_whose_calibration_was_refused_is_finished_without_it_on_resume(tm
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=false", "--resume"]) == 0
     assert (out / "test_metrics.json").is_file() and not (out / "tested.pt").exists()
     assert json.loads((out / "config.json").read_text())["train_config"]["calibrate"] is False  # the record says what was done
+    # calibrated, then resumed with calibration off: the calibrated tested.pt is not left as the model to use
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true", "--resume"]) == 0
+    assert (out / "tested.pt").is_file()
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=false", "--resume"]) == 0
+    assert not (out / "tested.pt").exists() and json.loads((out / "run.json").read_text())["tested"] == "best.pt"

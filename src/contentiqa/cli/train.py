@@ -445,6 +445,12 @@ def _finish(trainer, model, out: Path):
         done = trainer.finish(model)
     except ValueError as exc:
         raise UsageError(f"cannot finish the run: {exc}") from None
+    if not done and (out / "tested.pt").exists():
+        # a run finished before with a mix or calibration, resumed without them: that tested.pt is
+        # not this finish's model, and run.json would name it as the one the figures are of
+        (out / "tested.pt").unlink()
+        print(f"note: {out / 'tested.pt'} removed: this finish neither mixes nor calibrates (best.pt is the model)",
+              file=sys.stderr)
     if done:
         # the model to use says how it was made as best.pt does: the recipe, and the epoch it
         # finished from with that epoch's record (its figures before the mix and calibration)

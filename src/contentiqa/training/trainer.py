@@ -898,10 +898,12 @@ class Trainer:
                                  "unless its first line declares it: # mos_range: LO HI). Give the run's scale, or "
                                  "start afresh")
         started = st.get("init_from_sha256")
-        if started is not None and self.init_sha256 is not None and started != self.init_sha256:
+        # (without a mix the end needs nothing of that file: last.pt holds every weight, and
+        # cached frozen stages are held to theirs below)
+        if self.cfg.interpolate and started is not None and self.init_sha256 is not None and started != self.init_sha256:
             raise ResumeMismatch(f"init_from {self.cfg.init_from} is not the file this run started from (sha256 "
                                  f"{started[:12]} then, {self.init_sha256[:12]} now): its end mixes in those weights. "
-                                 "Put that file back, or start afresh")
+                                 f"Put that file back, or {self._without_the_start()}")
         self.model.load_state_dict(st["model_state"])
         if self.start_stage:
             from .cache import frozen_fingerprint
@@ -1103,6 +1105,11 @@ class Trainer:
             self.bad_epochs += 1
         return improved
 
+    def _without_the_start(self) -> str:
+        """What a run whose ``init_from`` file was replaced can do besides putting it back: resume
+        without the mix, unless its cache was encoded with that file's frozen stages."""
+        return "start afresh" if self.cfg.cache_stages else "resume without the mix (--set interpolate=null)"
+
     @torch.inference_mode()
     def interpolate(self, model: IQAModel) -> tuple[float, dict[str, float]]:
         """Weight-space ensembling of ``model`` with its ``init_from`` weights (see
@@ -1119,12 +1126,12 @@ class Trainer:
             now = file_sha256(self.cfg.init_from)
         except OSError as exc:
             raise ValueError(f"interpolate mixes in the weights of init_from {self.cfg.init_from}, which cannot be read "
-                             f"now ({exc.strerror or exc}): put the file the run started from back, or resume without "
-                             "the mix (--set interpolate=null)") from None
+                             f"now ({exc.strerror or exc}): put the file the run started from back (a resumed run "
+                             "loads it too)") from None
         if self.init_sha256 is not None and now != self.init_sha256:
             raise ValueError(f"init_from {self.cfg.init_from} was replaced since the run started from it (sha256 "
                              f"{self.init_sha256[:12]} then, {now[:12]} now): the mix would take other weights. Put "
-                             "that file back, or resume without the mix (--set interpolate=null)")
+                             f"that file back, or {self._without_the_start()}")
         start = load_checkpoint(self.cfg.init_from).state_dict()
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         if self.cfg.interpolate_no_worse and 0.0 not in alphas:
