@@ -931,3 +931,19 @@ def test_detection_options_key_the_intelligibility_cache():
                              intelligibility_options=options)
         keys.add(next(p.key for p in model.cache_parts(3) if p.name == "intelligibility"))
     assert len(keys) == 2
+
+
+def test_a_head_trained_on_pooled_features_says_its_photos_are_not_mirrored(two_sets, tmp_path):
+    """Caching every stage, the head trains on the photo as scored alone, while the run said only
+    hflip: true (its docs: 'the photo as scored and its mirror')."""
+    model = create_model("ie-iqa", **IE_TINY)
+    table = two_sets[two_sets["dataset"] == "A"].drop(columns="dataset")
+    said: list[str] = []
+    for k, mirrored in ((model.feature_end, False), (3, True)):
+        said.clear()
+        tr = Trainer(create_model("ie-iqa", **IE_TINY), table.iloc[:6], None, MOSScale(0, 100),
+                     TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=k, calibrate=False), tmp_path / f"r{k}",
+                     progress=False, cache_dir=tmp_path / "c", log=said.append)
+        views = {v.shape[0] for e in tr.train_ds.encodings for v in e.values()}
+        assert (2 in views) is mirrored, views
+        assert any("not its mirror" in s for s in said) is not mirrored

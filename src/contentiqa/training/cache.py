@@ -6,7 +6,8 @@ horizontal mirror) and training only the stages after it gives the same gradient
 end-to-end model on those views at a fraction of the cost. Augmentations that change the input
 before the network (IE-IQA's resize-then-random-crop, ``train_resize``) are not among them: a
 cached run trains on the photo as scored and its mirror (a crop of a native-resolution model's
-cached map stands for a crop of the photo). The cache is keyed by backbone, stage, image
+cached map stands for a crop of the photo), or, when every stage the model uses is cached (its
+pooled features), on the photo as scored alone. The cache is keyed by backbone, stage, image
 path, size and modification time, so a changed file is recomputed.
 """
 from __future__ import annotations

@@ -146,8 +146,10 @@ class TrainConfig:
     cache_stages: int = 0
     """Run the first N backbone stages once and cache their outputs (requires those stages
     frozen and BatchNorm statistics fixed): same gradients, a fraction of the CPU time. The cache
-    holds the photo as scored and its mirror: a resize-then-crop augmentation (IE-IQA's
-    ``train_resize``) does not apply to a cached run."""
+    holds the photo as scored and its mirror (``hflip``), except when it caches every stage the
+    model uses: the head then trains on the photo as scored alone (the anchors and damage groups
+    keep both); a resize-then-crop augmentation (IE-IQA's ``train_resize``) does not apply to a
+    cached run."""
     cache_runtime: str = "torch"
     """What computes the cached frozen encodings: ``torch``, or ``onnx`` (ONNX Runtime on the CPU,
     about twice as fast for a first pass over a large dataset; one graph per input shape, so

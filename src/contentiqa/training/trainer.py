@@ -535,6 +535,9 @@ class Trainer:
         # pooled features of a mirror add little). Levels computed inside the frozen stages are
         # cached as the pooled features the head reads of them.
         pooled = k == limit
+        if pooled and cfg.hflip:  # said, not only recorded as hflip: true
+            self.log(f"note: cache_stages={k} caches every stage the model uses: the head trains on each photo as "
+                     "scored, not its mirror (hflip applies to the anchors and damage groups only)")
         frozen_pooled = k - 1 > min(model.levels) and not pooled
         if frozen_pooled and model.native_resolution and cfg.crop is not None:
             raise ValueError(f"cache_stages={k} caches levels below stage {k - 1} as pooled features of the whole "
