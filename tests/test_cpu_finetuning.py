@@ -629,7 +629,8 @@ def test_the_mix_reads_the_file_the_run_started_from_or_says_why_not(two_sets, t
     init = save_checkpoint(create_model("ie-iqa-distortion", **IE_TINY), tmp_path / "start.pt")
     cfg = TrainConfig(epochs=1, batch_size=3, crop=None, cache_stages=cached, lr=0.05, init_from=str(init),
                       interpolate=[0.5])
-    other_way = "start afresh" if cached else "--set interpolate=null"  # a cache holds that file's frozen stages
+    # a cache holds the frozen stages of the file it started from: another file's (here) cannot go on
+    other_way = "start afresh" if cached else r"resume without the mix \(interpolate: null\)"
 
     def trainer():
         return Trainer(create_model("ie-iqa-distortion", **IE_TINY), table.iloc[:6], table.iloc[6:], MOSScale(0, 100),
@@ -637,11 +638,26 @@ def test_the_mix_reads_the_file_the_run_started_from_or_says_why_not(two_sets, t
 
     tr = trainer()
     tr.fit()
+    if cached:  # the first stage trained again with the same frozen stages (its head only): no need to start afresh
+        from contentiqa.models import load_checkpoint
+
+        head_again = load_checkpoint(init)
+        with torch.no_grad():
+            head_again.fc[0].weight.add_(0.1)
+        save_checkpoint(head_again, tmp_path / "head_again.pt")
+        original = init.read_bytes()
+        init.write_bytes((tmp_path / "head_again.pt").read_bytes())
+        with pytest.raises(ValueError, match=r"was replaced since.*resume without the mix \(interpolate: null\)"):
+            tr.interpolate(tr.model)
+        with pytest.raises(ResumeMismatch, match=r"is not the file this run started from.*resume without the mix"):
+            trainer().fit(resume=True)
+        init.write_bytes(original)
     torch.manual_seed(1)
     save_checkpoint(create_model("ie-iqa-distortion", **IE_TINY), init)  # the first stage trained again
     with pytest.raises(ValueError, match=f"start.pt was replaced since the run started from it.*{other_way}"):
         tr.interpolate(tr.model)
-    with pytest.raises(ResumeMismatch, match=f"is not the file this run started from.*{other_way}"):
+    with pytest.raises(ResumeMismatch, match="is not the file this run started from" if not cached else
+                       "holds frozen stages other than the ones this run's cache was encoded with.*start afresh"):
         trainer().fit(resume=True)
     if not cached:  # as advised: without the mix, the run needs nothing of that file
         cfg = replace(cfg, interpolate=None)

@@ -1450,5 +1450,6 @@ def test_a_split_that_cannot_be_finished_is_one_error_naming_it(tmp_path, monkey
     monkeypatch.setattr(Trainer, "finish", refused)
     with pytest.raises(ConfigError, match=r"run IQA-CR-Q, split seed 0: cannot finish the run: the model's outputs "
                                           r"are constant .* \(the trained epochs are kept for a rerun once the cause "
-                                          r"is fixed; a row whose calibrate or interpolate is changed is another recipe"):
+                                          r"is fixed; to change calibrate or interpolate, rename the row, or delete "
+                                          r".*seed0: it is another recipe"):
         run_experiment(tmp_path / "fin.yaml", tmp_path / "out", progress=False, log=None)

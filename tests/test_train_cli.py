@@ -741,5 +741,14 @@ def test_a_run_whose_calibration_was_refused_is_finished_without_it_on_resume(tm
     # calibrated, then resumed with calibration off: the calibrated tested.pt is not left as the model to use
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true", "--resume"]) == 0
     assert (out / "tested.pt").is_file()
+    # stopped before its test part was scored again: no figures of the calibrated model are left beside best.pt
+    import contentiqa.cli.train as train_cli
+
+    with monkeypatch.context() as m:
+        m.setattr(train_cli, "_test", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=false",
+                     "--resume"]) == 130
+    assert not (out / "tested.pt").exists() and not (out / "test_metrics.json").exists()
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=false", "--resume"]) == 0
     assert not (out / "tested.pt").exists() and json.loads((out / "run.json").read_text())["tested"] == "best.pt"
+    assert (out / "test_metrics.json").is_file()

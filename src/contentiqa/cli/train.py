@@ -441,6 +441,9 @@ def _finish(trainer, model, out: Path):
     when that changed it, saved as OUT/tested.pt, the model to use and the one the test part scores."""
     from ..models.registry import save_checkpoint
 
+    # the figures of an earlier finish go before this one is made: a stop before the test part is
+    # scored again must not leave them beside another model (they are written anew after it)
+    (out / "test_metrics.json").unlink(missing_ok=True)
     try:
         done = trainer.finish(model)
     except ValueError as exc:

@@ -695,8 +695,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
             finished = trainer.finish(chosen)
         except ValueError as exc:  # e.g. outputs constant on the validation photos: nothing to calibrate
             raise ConfigError(f"run {run.name}, split seed {seed}: cannot finish the run: {exc} (the trained epochs "
-                              "are kept for a rerun once the cause is fixed; a row whose calibrate or interpolate is "
-                              "changed is another recipe, whose splits train again)") from None
+                              "are kept for a rerun once the cause is fixed; to change calibrate or interpolate, rename "
+                              f"the row, or delete {run_dir}: it is another recipe, whose splits train again)") from None
         # The exact model the split's test figures come from (chosen epoch, calibrated): what a
         # later check scores through the CLI (benchmarks/ship_gate.py).
         save_checkpoint(chosen, run_dir / "tested.pt", extra={

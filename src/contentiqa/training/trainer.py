@@ -70,6 +70,10 @@ FINISH_SETTINGS = ("calibrate", "calibrate_on", "interpolate", "interpolate_no_w
 """What is done with the chosen epoch after the epochs (:meth:`Trainer.finish`): nothing an
 epoch learns depends on it, so a run whose calibration was refused can be finished without it."""
 
+WITHOUT_THE_MIX = "resume without the mix (interpolate: null)"
+"""What a run whose ``init_from`` file was replaced can do besides putting it back, when the
+stages it cached are that file's as before (else the resume says to start afresh)."""
+
 RESUME_MAY_CHANGE = ("epochs", "patience", *FINISH_SETTINGS, *RUNTIME_SETTINGS)
 """Training options a resumed run may take anew: how long it goes on, what is done with its
 chosen epoch, and where it runs. Any other change (seed, learning rate, crop, losses, cached
@@ -900,13 +904,6 @@ class Trainer:
                                  f"on {self.scale.low:g}-{self.scale.high:g} (a CSV's range is guessed from its values "
                                  "unless its first line declares it: # mos_range: LO HI). Give the run's scale, or "
                                  "start afresh")
-        started = st.get("init_from_sha256")
-        # (without a mix the end needs nothing of that file: last.pt holds every weight, and
-        # cached frozen stages are held to theirs below)
-        if self.cfg.interpolate and started is not None and self.init_sha256 is not None and started != self.init_sha256:
-            raise ResumeMismatch(f"init_from {self.cfg.init_from} is not the file this run started from (sha256 "
-                                 f"{started[:12]} then, {self.init_sha256[:12]} now): its end mixes in those weights. "
-                                 f"Put that file back, or {self._without_the_start()}")
         self.model.load_state_dict(st["model_state"])
         if self.start_stage:
             from .cache import frozen_fingerprint
@@ -918,6 +915,13 @@ class Trainer:
                     f"{path} holds frozen stages other than the ones this run's cache was encoded with: the weights "
                     "it starts from (init_from, or a *_checkpoint model argument) were replaced since the run began. "
                     "Put them back, or start afresh")
+        started = st.get("init_from_sha256")
+        # (without a mix the end needs nothing more of that file: last.pt holds every weight, and
+        # cached frozen stages were held to theirs just above)
+        if self.cfg.interpolate and started is not None and self.init_sha256 is not None and started != self.init_sha256:
+            raise ResumeMismatch(f"init_from {self.cfg.init_from} is not the file this run started from (sha256 "
+                                 f"{started[:12]} then, {self.init_sha256[:12]} now): its end mixes in those weights. "
+                                 f"Put that file back, or {WITHOUT_THE_MIX}")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.loss_fn.load_state_dict(st["loss_state"]["state"])
@@ -1108,11 +1112,6 @@ class Trainer:
             self.bad_epochs += 1
         return improved
 
-    def _without_the_start(self) -> str:
-        """What a run whose ``init_from`` file was replaced can do besides putting it back: resume
-        without the mix, unless its cache was encoded with that file's frozen stages."""
-        return "start afresh" if self.cfg.cache_stages else "resume without the mix (--set interpolate=null)"
-
     @torch.inference_mode()
     def interpolate(self, model: IQAModel) -> tuple[float, dict[str, float]]:
         """Weight-space ensembling of ``model`` with its ``init_from`` weights (see
@@ -1132,9 +1131,15 @@ class Trainer:
                              f"now ({exc.strerror or exc}): put the file the run started from back (a resumed run "
                              "loads it too)") from None
         if self.init_sha256 is not None and now != self.init_sha256:
+            other_way = WITHOUT_THE_MIX
+            if self.start_stage:  # a resume holds the cached stages to the file's: say where it would end
+                from .cache import frozen_fingerprint
+
+                if frozen_fingerprint(load_checkpoint(self.cfg.init_from), self.start_stage) != self.encoded_with:
+                    other_way = "start afresh (its frozen stages differ from the ones this run's cache holds)"
             raise ValueError(f"init_from {self.cfg.init_from} was replaced since the run started from it (sha256 "
                              f"{self.init_sha256[:12]} then, {now[:12]} now): the mix would take other weights. Put "
-                             f"that file back, or {self._without_the_start()}")
+                             f"that file back, or {other_way}")
         start = load_checkpoint(self.cfg.init_from).state_dict()
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         if self.cfg.interpolate_no_worse and 0.0 not in alphas:
