@@ -1447,6 +1447,14 @@ def test_a_split_that_cannot_be_finished_is_one_error_naming_it(tmp_path, monkey
     def refused(self, model):
         raise ValueError("the model's outputs are constant on the 2 calibration photos (0.5)")
 
+    def replaced(self, model):  # as interpolate() says of a replaced init_from, in the words the runner gave it
+        raise ValueError(f"init_from s.pt was replaced since the run started from it: put that file back, or "
+                         f"{self.without_the_mix}")
+
+    monkeypatch.setattr(Trainer, "finish", replaced)
+    # an experiment's split cannot go on without the mix its row holds: not advised to
+    with pytest.raises(ConfigError, match=r"put that file back, or train the split afresh \(the trained epochs"):
+        run_experiment(tmp_path / "fin.yaml", tmp_path / "out", progress=False, log=None)
     monkeypatch.setattr(Trainer, "finish", refused)
     with pytest.raises(ConfigError, match=r"run IQA-CR-Q, split seed 0: cannot finish the run: the model's outputs "
                                           r"are constant .* \(the trained epochs are kept for a rerun once the cause "

@@ -741,6 +741,12 @@ def test_a_run_whose_calibration_was_refused_is_finished_without_it_on_resume(tm
     # calibrated, then resumed with calibration off: the calibrated tested.pt is not left as the model to use
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true", "--resume"]) == 0
     assert (out / "tested.pt").is_file()
+    # a finish refused on resume made no model: the figures of the one there stay
+    kept = (out / "test_metrics.json").read_text()
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "calibrate", constant)
+        assert main(["train", "--data", str(data), "--out", str(out), *TINY, "--set", "calibrate=true", "--resume"]) == 2
+    assert (out / "test_metrics.json").read_text() == kept
     # stopped before its test part was scored again: no figures of the calibrated model are left beside best.pt
     import contentiqa.cli.train as train_cli
 

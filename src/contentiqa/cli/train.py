@@ -441,13 +441,13 @@ def _finish(trainer, model, out: Path):
     when that changed it, saved as OUT/tested.pt, the model to use and the one the test part scores."""
     from ..models.registry import save_checkpoint
 
-    # the figures of an earlier finish go before this one is made: a stop before the test part is
-    # scored again must not leave them beside another model (they are written anew after it)
-    (out / "test_metrics.json").unlink(missing_ok=True)
     try:
         done = trainer.finish(model)
     except ValueError as exc:
         raise UsageError(f"cannot finish the run: {exc}") from None
+    # this finish made its model: an earlier finish's figures go, so that a stop before the test
+    # part is scored again leaves none beside another model (they are written anew after it)
+    (out / "test_metrics.json").unlink(missing_ok=True)
     if not done and (out / "tested.pt").exists():
         # a run finished before with a mix or calibration, resumed without them: that tested.pt is
         # not this finish's model, and run.json would name it as the one the figures are of

@@ -674,6 +674,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
                           cache_dir=cache, log=log, test_table=parts.get("test"))
     except (ValueError, CacheWriteError) as exc:
         raise ConfigError(f"run {run.name}: {exc}") from None
+    trainer.without_the_mix = "train the split afresh"  # (the row holds its mix: a split cannot go on without it)
     try:
         best = trainer.fit(resume=True)
     except (TrainingDiverged, CacheWriteError) as exc:  # its learning rate cannot train; the cache cannot be written

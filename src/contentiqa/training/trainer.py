@@ -247,6 +247,11 @@ def _photo_ids(table: pd.DataFrame) -> list[str]:
 class Trainer:
     """Train ``model`` on ``train_table`` (validating on ``val_table`` if given)."""
 
+    without_the_mix: str = WITHOUT_THE_MIX
+    """What a refusal over a replaced ``init_from`` offers besides putting the file back, where
+    the cached stages allow going on: a caller whose resume cannot drop the mix (an experiment's
+    row holds it) sets its own words."""
+
     def __init__(
         self,
         model: IQAModel,
@@ -921,7 +926,7 @@ class Trainer:
         if self.cfg.interpolate and started is not None and self.init_sha256 is not None and started != self.init_sha256:
             raise ResumeMismatch(f"init_from {self.cfg.init_from} is not the file this run started from (sha256 "
                                  f"{started[:12]} then, {self.init_sha256[:12]} now): its end mixes in those weights. "
-                                 f"Put that file back, or {WITHOUT_THE_MIX}")
+                                 f"Put that file back, or {self.without_the_mix}")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.loss_fn.load_state_dict(st["loss_state"]["state"])
@@ -1131,7 +1136,7 @@ class Trainer:
                              f"now ({exc.strerror or exc}): put the file the run started from back (a resumed run "
                              "loads it too)") from None
         if self.init_sha256 is not None and now != self.init_sha256:
-            other_way = WITHOUT_THE_MIX
+            other_way = self.without_the_mix
             if self.start_stage:  # a resume holds the cached stages to the file's: say where it would end
                 from .cache import frozen_fingerprint
 
