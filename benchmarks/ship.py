@@ -104,8 +104,10 @@ def make_trainer(cfg, run, settings: dict, work: Path, train, val, scales, cache
 
     torch.manual_seed(0)
     model = create_model(run.model, pretrained=False, **run.model_args)
-    return Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())),
-                   TrainConfig.from_dict(settings), work, progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
+    trainer = Trainer(model, train, val, scales if len(scales) > 1 else next(iter(scales.values())),
+                      TrainConfig.from_dict(settings), work, progress=True, cache_dir=cache or cfg.cache_dir or work / "cache")
+    trainer.without_the_mix = f"delete {work} to train the row afresh"  # (the row holds its mix, and its card the row)
+    return trainer
 
 
 def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> Path:

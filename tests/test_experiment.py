@@ -1453,7 +1453,7 @@ def test_a_split_that_cannot_be_finished_is_one_error_naming_it(tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "finish", replaced)
     # an experiment's split cannot go on without the mix its row holds: not advised to
-    with pytest.raises(ConfigError, match=r"put that file back, or train the split afresh \(the trained epochs"):
+    with pytest.raises(ConfigError, match=r"put that file back, or delete .*seed0 to train the split afresh \(the trained epochs"):
         run_experiment(tmp_path / "fin.yaml", tmp_path / "out", progress=False, log=None)
     monkeypatch.setattr(Trainer, "finish", refused)
     with pytest.raises(ConfigError, match=r"run IQA-CR-Q, split seed 0: cannot finish the run: the model's outputs "

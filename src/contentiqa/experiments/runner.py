@@ -674,7 +674,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
                           cache_dir=cache, log=log, test_table=parts.get("test"))
     except (ValueError, CacheWriteError) as exc:
         raise ConfigError(f"run {run.name}: {exc}") from None
-    trainer.without_the_mix = "train the split afresh"  # (the row holds its mix: a split cannot go on without it)
+    trainer.without_the_mix = f"delete {run_dir} to train the split afresh"  # (the row holds its mix: no going on without)
     try:
         best = trainer.fit(resume=True)
     except (TrainingDiverged, CacheWriteError) as exc:  # its learning rate cannot train; the cache cannot be written
@@ -683,7 +683,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
         raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; replace the file or drop its row "
                           "(the run resumes from its last epoch)") from None
     except ResumeMismatch as exc:  # e.g. the folder moved: a path in the recipe changed
-        raise ConfigError(f"run {run.name}, split seed {seed}: {exc}; delete {run_dir} to train the split afresh") from None
+        afresh = "" if str(exc).endswith(trainer.without_the_mix) else f"; delete {run_dir} to train the split afresh"
+        raise ConfigError(f"run {run.name}, split seed {seed}: {exc}{afresh}") from None
     train_s = time.time() - t0 + trainer.earlier_seconds()  # a resumed split: its earlier sessions' epochs too
     if not main:
         return None
