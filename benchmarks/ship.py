@@ -110,10 +110,21 @@ def make_trainer(cfg, run, settings: dict, work: Path, train, val, scales, cache
     return trainer
 
 
+def fit(trainer, row: str) -> dict:
+    """``trainer.fit(resume=True)``; a resume it refuses (another init_from, other settings) is one
+    line naming the row, not a traceback."""
+    from contentiqa.training.trainer import ResumeMismatch
+
+    try:
+        return trainer.fit(resume=True)
+    except ResumeMismatch as exc:
+        raise SystemExit(f"ship.py: cannot go on training {row!r}: {exc}") from None
+
+
 def train_first(cfg, run, work: Path, train, val, scales, cache: str | None) -> Path:
     """Train ``run`` (a row another row starts from) on the shipping photos; its best.pt."""
     trainer = make_trainer(cfg, run, {**run.train, "seed": 0}, work, train, val, scales, cache)
-    trainer.fit(resume=True)
+    fit(trainer, run.name)
     if val is not None:
         return work / "best.pt"
     from contentiqa.models.registry import save_checkpoint
@@ -184,7 +195,7 @@ def ship_row(config: Path, row: str, tag: str, results: Path | None = None, cach
             raise SystemExit(f"row {row!r} has no init_from: --init-from is for rows that start from another's weights")
         trainer = make_trainer(cfg, run, settings, work, train, val, scales, cache)
         tcfg = trainer.cfg
-        best = trainer.fit(resume=True)
+        best = fit(trainer, row)
         best_model = trainer.load_best() if val is not None else trainer.last_model()
         try:
             finished = trainer.finish(best_model)

@@ -156,6 +156,11 @@ def test_ship_starts_a_row_from_another_experiments_row_only_from_shipped_weight
     # at learning rate 0 the shipped head is the one it started from
     head = [k for k in a.state_dict() if "head" in k or "regressor" in k]
     assert head and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in head)
+    # its work folder holds a run of other settings (the row edited since): one line, not a traceback
+    cfg["runs"][0]["train"] = {"lr": 5e-4}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(SystemExit, match="ship.py: cannot go on training 'first': .*was trained with"):
+        ship.ship_row(path, "first", "c", weights_dir=weights, work_dir=tmp_path / "w2")
 
 
 def test_ship_gate_judges_by_the_seeds_spread(common):
