@@ -399,6 +399,8 @@ def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_spl
     more = {**cfg, "test": [*cfg["test"], third]}
     run_experiment(more, out, progress=False, base_dir=root, train=False, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert any("not tested on THIRD" in line for line in lines)
+    # the table the notes call THIRD tested in says it is not yet (it has no column)
+    assert "Not tested yet: THIRD: no finished split has been scored on it" in (out / "results.md").read_text()
     res = run_experiment(more, out, progress=False, base_dir=root, log=lambda *a: lines.append(" ".join(map(str, a))))
     m = json.loads((out / "metrics" / "IQA-CR" / "seed1.json").read_text())
     data = load_dataset("csv", tmp_path / "third" / "scores.csv")
@@ -406,6 +408,7 @@ def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_spl
                                workers=0)
     assert m["test"]["THIRD"]["srocc"] == pytest.approx(direct["srocc"]) and "THIRD" in m["test_sha256"]
     assert "THIRD" in (out / "results.md").read_text() and any("tested on THIRD" in line for line in lines)
+    assert "Not tested yet" not in (out / "results.md").read_text()
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 

@@ -1060,6 +1060,11 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     if lost:
         notes.append(f"Not in the table: {', '.join(lost)}: no split could measure it (e.g. a collapsed model's "
                      "correlations; each split's record in metrics/ has it as NaN or null).")
+    # a set the notes call tested that no split has been scored on (added after the splits finished)
+    untested = [label for label in labels if not any(lab == label for lab, _ in tried)]
+    if untested and any(r.get("splits") for r in results.values()):
+        notes.append(f"Not tested yet: {', '.join(untested)}: no finished split has been scored on it (added after "
+                     "they finished; run the experiment without --table-only to test them, as its log says).")
     return "\n".join(parts) + "\n" + "\n\n".join(notes) + "\n"
 
 
