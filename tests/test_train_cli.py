@@ -697,7 +697,8 @@ def test_mistakes_found_before_training_not_after(tmp_path, capsys):
     assert train(data, out, "--set", "model.grid=[2,2") == 2  # a typo YAML cannot read: no traceback
     assert "--set 'model.grid=[2,2': '[2,2' is not a value YAML can read" in capsys.readouterr().err
     assert train(table(tmp_path, n=20), out, "--split-index", "2") == 2  # no --split: it would be ignored
-    assert "--split-index 2 picks a split of a --split FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--split-index 2 picks a split of a --split FILE" in err and "to draw another split, use --split-seed" in err
     assert train(table(tmp_path, n=20), out, "--seed", str(2**63)) == 2  # torch's seeds are 64-bit: a traceback
     assert "seed must be below 2**63" in capsys.readouterr().err
     for bad in ("model.dim=0", "model.heads=0", "model.grid=[2,-2]", "model.depth=-1"):  # tracebacks, or no Transformer

@@ -208,11 +208,12 @@ def _drawn_val_counts(n_train: int) -> bool:
     return round(OFFICIAL_VAL_FRACTION * n_train) >= MIN_VAL_PER_SET
 
 
-def check_split_index(args: argparse.Namespace) -> None:
+def check_split_index(args: argparse.Namespace, draws: bool = False) -> None:
     """--split-index picks a split of a --split FILE: without one (a 'split' column holds one split,
-    --protocol draws one per --split-seed) it is refused, not ignored. Said before any folder is made."""
+    --protocol draws one per --split-seed) it is refused, not ignored. Said before any folder is made.
+    ``draws``: the command draws splits itself (has --split-seed), which the refusal then suggests."""
     if args.split_index and not args.split:
-        draw = "; to draw another split, use --split-seed" if hasattr(args, "split_seed") else ""
+        draw = "; to draw another split, use --split-seed" if draws else ""
         raise UsageError(f"--split-index {args.split_index} picks a split of a --split FILE{draw}")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, check_rated, check_split_index, load_data, model_spec, resolve_split, say_failed, split_parts,
-                     user_path)
+from .common import (add_data_args, check_rated, check_split_index, load_data, model_spec, resolve_split, say_failed,
+                     split_parts, user_path)
 from .main import UsageError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

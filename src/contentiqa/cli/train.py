@@ -227,7 +227,7 @@ def _train(args: argparse.Namespace, model_name: str, model_args: dict, cfg, inf
     from ..training.trainer import Trainer, seed_everything
     from ..utils.io import atomic_write_text
 
-    check_split_index(args)
+    check_split_index(args, draws=True)
     sets = each_dataset(args)
     out = _output_folder(args, model_name)
     if len(sets) > 1:
