@@ -125,7 +125,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
         _check_pixels(*item.size, max_pixels)
         narrowed = colour_narrowed(item)  # before decoding: its raw mode goes with its tile
         # kept on the object: the same image given twice gets its note twice, not once
-        stored = item.__dict__.setdefault("_contentiqa_orientation", orientation_before_decoding(item))
+        stored = item.__dict__.setdefault(_ORIENTATION, orientation_before_decoding(item))
         _decode_once(item)
         note_decoder_orientation(item, stored, notes)
         img = pil_to_rgb(item, notes, narrowed)
@@ -149,6 +149,7 @@ def to_pil(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int
 _LAZY_DECODE = threading.Lock()  # guards the making of each image's own lock, not decoding
 _DECODE_LOCK = "_contentiqa_decode_lock"
 _DECODE_ERROR = "_contentiqa_decode_error"
+_ORIENTATION = "_contentiqa_orientation"  # a TIFF's tag, read before its decoder turns the image and drops it
 
 
 def _decode_once(image: Image.Image) -> None:
