@@ -509,6 +509,41 @@ def test_damage_steps_stack_encodings_of_one_shape_only():
     assert _draw_one_shape(np.random.default_rng(5), same, 0) == []
 
 
+def test_damage_photos_and_kinds_stay_when_a_row_is_removed_or_the_folder_moves():
+    """The photos, degradation types and bad-frame kinds followed each photo's place in the sorted
+    list: removing one row (as a damaged photo's error advises, before a resume) changed most of
+    them, and a training set's folder moved changed them where several sets train together."""
+    from contentiqa.training.damage import DamageSet
+
+    def table(root_b):
+        rows = [("A", f"/data/a/p{i:03d}.png", f"p{i:03d}.png") for i in range(60)]
+        rows += [("B", f"{root_b}/q{i:03d}.png", f"q{i:03d}.png") for i in range(60)]
+        return pd.DataFrame({"dataset": [r[0] for r in rows], "image": [r[1] for r in rows],
+                             "key": [r[2] for r in rows], "mos": np.arange(len(rows), dtype=float)})
+
+    def drawn(t):
+        seen = []
+
+        def encode(paths, specs):
+            seen.extend((p.rsplit("/", 1)[-1], s) for p, s in zip(paths, specs))
+            return [{"x": torch.zeros(1, 3, 2, 2)} for _ in paths]
+
+        cfg = TrainConfig(damage_weight=1.0, damage_photos=20, anchor_weight=1.0, anchor_photos=20)
+        DamageSet(None, t, cfg, 3, encode)
+        return seen
+
+    before = drawn(table("/data/b"))
+    assert len({s.split(":")[1] for _, s in before if s.startswith("degrade:")}) > 1  # several types
+    assert len({s for _, s in before if s.startswith("bad:")}) > 1  # several kinds
+    assert drawn(table("/elsewhere/b")) == before
+    gone = before[0][0]  # a picked photo's row removed: the others keep their groups and anchors
+    after = drawn(table("/data/b").pipe(lambda t: t[t["key"] != gone]))
+    kept = [d for d in before if d[0] != gone]
+    assert [d for d in after if d[0] in {k for k, _ in kept}] == kept
+    unpicked = next(k for k in table("/data/b")["key"] if k not in {p for p, _ in before})
+    assert drawn(table("/data/b").pipe(lambda t: t[t["key"] != unpicked])) == before
+
+
 def test_damage_and_anchors_draw_mirrored_views_only_where_training_flips():
     """hflip=False was obeyed for the photos and not for the graded groups and anchors: about half of
     those were still mirrored."""

@@ -122,6 +122,15 @@ def check_files(table: pd.DataFrame, dataset: str, on_missing: str = "error") ->
     return table[~table["image"].isin(set(bad))].reset_index(drop=True)
 
 
+def photo_ids(table: "pd.DataFrame") -> list[str]:
+    """Each row's photo as it stays across runs: its dataset-relative key (a data folder moved
+    keeps it), after its dataset's name when several train together."""
+    ids = table["key" if "key" in table else "image"].astype(str)
+    if "dataset" in table:
+        ids = table["dataset"].astype(str) + "/" + ids
+    return list(ids)
+
+
 def cell_path(base: Path, cell: str) -> str:
     """A CSV cell's image path without the spaces around it (``image, mos`` written by hand),
     unless the file is named with them."""

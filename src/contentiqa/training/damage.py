@@ -11,12 +11,14 @@ score a black frame like an average photo. Two extra terms teach it (weights in
   to the bottom of the scale (:func:`anchor_loss`).
 
 Their encodings go through the same cache as the photos' (keyed by the damage too), so each
-is computed once. Which photos, types and kinds: fixed from the sorted list of candidates, so
-the cache serves every seed; what a step draws: from ``(seed, epoch, step)``, so a resumed
-run repeats the uninterrupted one.
+is computed once. Which photos, types and kinds: fixed by a hash of each photo's identity
+(:func:`~contentiqa.data.table.photo_ids`), so the cache serves every seed, and a resume after
+a row was removed or a data folder moved keeps the other photos' groups and anchors; what a
+step draws: from ``(seed, epoch, step)``, so a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -24,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..data.degrade import BAD_FRAMES, DEGRADATIONS, LEVELS
+from ..data.table import photo_ids
 from ..models.base import IQAModel
 from .config import TrainConfig
 
@@ -51,19 +54,23 @@ class DamageSet:
         """``encode(paths, damage_specs)``: the trainer's cached encodings (all views)."""
         self.cfg = cfg
         rows = source_rows(table, cfg)
-        candidates = sorted(rows["image"].astype(str).unique())
+        # Each photo's draw comes from its own identity, not its place among the others: removing
+        # a row (as a damaged photo's error advises) or moving a folder leaves the rest as they were.
+        ids = dict(zip(rows["image"].astype(str), photo_ids(rows)))
+        candidates = sorted((_draw(pid), path) for path, pid in ids.items())
         # At most the photos there are: a recipe's counts (the default IE-IQA's 270 anchors) also
         # train on a smaller set, every photo then serving.
         need = min(len(candidates), max(cfg.damage_photos if cfg.damage_weight else 0,
                                         cfg.anchor_photos if cfg.anchor_weight else 0))
-        picked = [candidates[i] for i in np.random.default_rng(11).permutation(len(candidates))[:need]]
+        draws = {path: draw for draw, path in candidates[:need]}
+        picked = list(draws)
         self.picked = picked
         kinds = sorted(DEGRADATIONS)
         self.groups: list[list[dict[str, torch.Tensor]]] = []
         if cfg.damage_weight and cfg.damage_photos:
             paths, specs = [], []
-            for i, p in enumerate(picked[:cfg.damage_photos]):
-                kind = kinds[i % len(kinds)]
+            for p in picked[:cfg.damage_photos]:
+                kind = kinds[draws[p] % len(kinds)]
                 paths += [p] * GROUP_SIZE
                 specs += [""] + [f"degrade:{kind}:{lv}" for lv in LEVELS]
             enc = encode(paths, specs)
@@ -72,7 +79,7 @@ class DamageSet:
         if cfg.anchor_weight and cfg.anchor_photos:
             bad = sorted(BAD_FRAMES)
             photos = picked[:cfg.anchor_photos]
-            self.anchors = encode(photos, [f"bad:{bad[i % len(bad)]}" for i in range(len(photos))])
+            self.anchors = encode(photos, [f"bad:{bad[draws[p] // len(kinds) % len(bad)]}" for p in photos])
         # Encodings of photos of different sizes (a native-resolution model's stage maps) cannot
         # share a step's stack, so each step draws items of one shape, as the photos' batches are.
         self._group_shapes = [_shape(g[0]) for g in self.groups]
@@ -111,6 +118,11 @@ class DamageSet:
 def _shape(encoding: dict[str, torch.Tensor]) -> tuple:
     """What must match for two encodings to stack: each tensor's shape but its views."""
     return tuple((k, tuple(t.shape[1:])) for k, t in sorted(encoding.items()))
+
+
+def _draw(photo_id: str) -> int:
+    """A photo's place among the candidates and its degradation type and bad-frame kind."""
+    return int.from_bytes(hashlib.sha256(photo_id.encode()).digest()[:8], "big")
 
 
 def _draw_one_shape(rng: np.random.Generator, shapes: list[tuple], k: int) -> list[int]:

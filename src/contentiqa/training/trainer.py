@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 
 from ..data.categories import IQA_CR_CATEGORIES, normalize_category
 from ..data.imageio import ImageLoadError
-from ..data.table import MOSScale
+from ..data.table import MOSScale, photo_ids
 from ..models.base import IQAModel
 from ..models.registry import save_checkpoint
 from ..utils.devices import resolve_device
@@ -235,15 +235,6 @@ class _TrainStep(nn.Module):
         return loss, parts
 
 
-def _photo_ids(table: pd.DataFrame) -> list[str]:
-    """Each row's photo as a resumed run compares them: its dataset-relative key (a data folder
-    moved keeps it), after its dataset's name when several train together."""
-    ids = table["key" if "key" in table else "image"].astype(str)
-    if "dataset" in table:
-        ids = table["dataset"].astype(str) + "/" + ids
-    return list(ids)
-
-
 class Trainer:
     """Train ``model`` on ``train_table`` (validating on ``val_table`` if given)."""
 
@@ -282,7 +273,7 @@ class Trainer:
         self.log = log
         self.cache_dir = cache_dir
         self.train_table = train_table.reset_index(drop=True)
-        self.test_ids = set() if test_table is None else set(_photo_ids(test_table))
+        self.test_ids = set() if test_table is None else set(photo_ids(test_table))
         self.val_table = val_table.reset_index(drop=True) if val_table is not None and len(val_table) else None
         # Several datasets (tables with a 'dataset' column, ``scale`` a mapping dataset -> scale):
         # each row's MOS is normalised by its own dataset's scale, batches are drawn within one
@@ -856,7 +847,7 @@ class Trainer:
     def _parts(self) -> dict[str, list[str]]:
         """Which photos train and validate (dataset-relative keys: a data folder moved keeps
         them), for a resumed run to check it is given no others."""
-        return {name: [] if t is None else sorted(_photo_ids(t))
+        return {name: [] if t is None else sorted(photo_ids(t))
                 for name, t in (("train", self.train_table), ("val", self.val_table))}
 
     def _check_same_parts(self, path: Path, saved: Mapping[str, Any]) -> None:
