@@ -183,6 +183,16 @@ def test_request_errors(model):
             assert r.status_code == 200 and len(r.json()["results"]) == 2, (ctype, r.text)
             r = c.post("/v1/score", content=cut, headers={"content-type": ctype})
             assert r.status_code == 400 and "closing boundary" in r.json()["detail"], (ctype, r.text)
+        # the closing line present but not where the parser closes a part (after CRLF), a cut-off
+        # upload whose payload holds the closing line's bytes, and an empty boundary: each lost
+        # the last photo with a 200
+        end = whole.rindex(b"\r\n--cq-boundary--")
+        for body, boundary in ((whole[:end] + whole[end + 2:], "cq-boundary"),
+                               (whole[:end] + b"\n" + whole[end + 2:], "cq-boundary"),
+                               (cut + b"--cq-boundary--" + jpeg(3)[:300], "cq-boundary"),
+                               (cut.replace(b"--cq-boundary", b"--"), "")):
+            r = c.post("/v1/score", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            assert r.status_code == 400 and "closing boundary" in r.json()["detail"], r.text
 
 
 def test_body_size_and_pixel_limits(model):

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -501,29 +501,17 @@ def _too_large(cfg: ServeConfig) -> str:
     return f"request body over the limit of {cfg.max_upload_bytes / 2**20:g} MiB"
 
 
-class _TerminatedStream:
-    """A request body passed through, noting whether the multipart closing delimiter
-    (``--BOUNDARY--``) went by: the parser drops an unterminated last part without a word, so a
-    cut-off upload would answer 200 with a photo missing."""
+class _TerminatedParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the body reached its closing delimiter: the
+    parser drops an unterminated last part without a word, so a cut-off upload (or a closing line
+    without the CRLF before it) would answer 200 with a photo missing. Its own end callback is
+    the signal: it fires only once ``CRLF--BOUNDARY--`` was parsed, where the parse ended."""
 
-    def __init__(self, stream: AsyncIterator[bytes], content_type: str):
-        # the boundary as the parser reads it (its own function: spaces around '=' or before ';'
-        # read alike), or this check and the parse would disagree about where the body ends
-        from starlette.formparsers import parse_options_header
+    terminated = False
 
-        boundary = parse_options_header(content_type)[1].get(b"boundary") if parse_options_header else None
-        self._delimiter = b"--" + boundary + b"--" if boundary else None
-        self._stream = stream
-        self.terminated = self._delimiter is None  # no boundary: the parser's own error says so
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        keep = b""
-        async for chunk in self._stream:
-            if not self.terminated and self._delimiter is not None:
-                window = keep + chunk  # the delimiter may straddle two chunks
-                self.terminated = self._delimiter in window
-                keep = window[-(len(self._delimiter) - 1):]
-            yield chunk
+    def on_end(self) -> None:
+        super().on_end()
+        self.terminated = True
 
 
 async def read_uploads(request: Request, svc: Service, max_files: int) -> list[tuple[str, bytes]]:
@@ -532,8 +520,7 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
     if not ctype.lower().startswith("multipart/form-data"):
         svc.metrics.error("bad_request")
         raise HTTPException(415, "send the images as multipart/form-data file parts (e.g. curl -F files=@photo.jpg)")
-    body = _TerminatedStream(request.stream(), ctype)
-    parser = MultiPartParser(request.headers, body, max_files=max_files, max_fields=16)
+    parser = _TerminatedParser(request.headers, request.stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -542,7 +529,7 @@ async def read_uploads(request: Request, svc: Service, max_files: int) -> list[t
             raise HTTPException(413, f"at most {max_files} image(s) per request") from None
         svc.metrics.error("bad_request")
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
-    if not body.terminated:
+    if not parser.terminated:
         await form.close()
         svc.metrics.error("bad_request")
         raise HTTPException(400, "malformed multipart body: it ends before its closing boundary "
