@@ -412,6 +412,42 @@ def test_a_test_set_added_to_a_finished_experiment_is_tested_on_its_finished_spl
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
 
 
+def test_a_row_that_cannot_train_here_still_lists_its_finished_splits(tiny, first_run, tmp_path, monkeypatch):
+    """A row whose required file or named weights are absent (finished splits imported from a
+    machine that had them), or whose weights turned out unavailable at one seed, lost every
+    finished split from the table and results.json, `--table-only` too."""
+    import shutil
+
+    root, path, cfg = tiny
+    out = tmp_path / "out"
+    shutil.copytree(root / "out1", out)
+    rows = {r["name"]: r for r in cfg["runs"]}
+    needs = {**cfg, "runs": [{**rows["IQA-CR-Q"], "requires": ["absent.txt"]}, rows["IQA-CR"]]}
+    for train in (False, True):
+        res = run_experiment(needs, out, progress=False, base_dir=root, train=train, log=lambda *a: None)
+        assert res.results["IQA-CR-Q"]["seeds"] == [0, 1] and "absent.txt" in res.skipped_runs["IQA-CR-Q"][0]
+        stored = json.loads((out / "results.json").read_text())["runs"]["IQA-CR-Q"]
+        assert stored["seeds"] == [0, 1] and stored["summary"]
+        assert "| IQA-CR-Q | 2 |" in (out / "results.md").read_text()
+    # weights the row names absent: the splits are listed as recorded, and the notes say so
+    named = {**cfg, "runs": [{**rows["IQA-CR-Q"], "model_args": {**TINY_ARGS, "backbone_checkpoint": "gone.pt"}}]}
+    res = run_experiment(named, out, progress=False, base_dir=root, train=False, log=lambda *a: None)
+    assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
+    assert "listed as recorded" in (out / "results.md").read_text()
+    # weights unavailable when seed 0's turn came: seed 1, finished, stays in the table
+    (out / "metrics" / "IQA-CR-Q" / "seed0.json").unlink()
+    shutil.rmtree(out / "runs" / "IQA-CR-Q" / "seed0")
+    import contentiqa.models
+    from contentiqa.backbones import WeightsUnavailableError
+
+    def unavailable(*a, **k):
+        raise WeightsUnavailableError("weight package not installed")
+
+    monkeypatch.setattr(contentiqa.models, "create_model", unavailable)
+    res = run_experiment({**cfg, "runs": [rows["IQA-CR-Q"]]}, out, progress=False, base_dir=root, log=lambda *a: None)
+    assert res.results["IQA-CR-Q"]["seeds"] == [1] and "weight package" in res.skipped_runs["IQA-CR-Q"][0]
+
+
 def test_a_split_column_the_protocol_does_not_use_is_said(tmp_path):
     """The experiment re-split a table with a 'split' column without a word, while `evaluate`
     then scored the column's test rows, which the split had trained on."""

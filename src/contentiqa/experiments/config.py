@@ -508,12 +508,15 @@ def data_missing(spec: DataSpec) -> list[str]:
     return []
 
 
+def weights_missing(run: RunSpec) -> list[str]:
+    """The weights ``run``'s model_args name (``*_checkpoint``) that are absent."""
+    return [f"{run.name}: {k} {v} not found" for k, v in run.model_args.items()
+            if k.endswith("_checkpoint") and v is not None and not Path(v).is_file()]
+
+
 def run_missing(cfg: ExperimentConfig, run: RunSpec) -> list[str]:
     """Files ``run`` needs that are absent: weights in its model_args and ``requires``."""
-    out = []
-    for k, v in run.model_args.items():
-        if k.endswith("_checkpoint") and v is not None and not Path(v).is_file():
-            out.append(f"{run.name}: {k} {v} not found")
+    out = weights_missing(run)
     for p in cfg.requires + run.requires:
         if not p.exists():
             out.append(f"{run.name}: required file {p} not found")

@@ -37,12 +37,15 @@ from ..data.imageio import ImageLoadError
 from ..data.splits import OFFICIAL_VAL_FRACTION, check_held_out_across_sets
 from ..training.config import RUNTIME_SETTINGS, finite_above_zero
 from ..utils.io import file_sha256
-from .config import INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing, slugify
+from .config import (INTRA, ConfigError, DataSpec, ExperimentConfig, RunSpec, experiment_missing, load_config, run_missing,
+                     slugify, weights_missing)
 
 EXPERIMENT_LOCK = ".experiment.lock"
 """The lock file :func:`run_experiment` holds in its output folder (one experiment per folder)."""
 EXPERIMENT_FILES = ("results.json", "results.md", "config.yaml", "config.json", "provenance.json")
 """The experiment folder's own files, written atomically (a killed run's temporaries are removed)."""
+UNCHECKED_WEIGHTS = ("{name}: its finished splits are listed as recorded (that they were trained from the same "
+                     "weights, and on the same data, could not be compared without those weights)")
 TABLE_METRICS = ("plcc", "srocc", "rmse", "accuracy", "acceptable")
 SUMMARY_METRICS = ("plcc", "srocc", "krocc", "rmse", "accuracy", "acceptable")
 METRIC_NAMES = {"plcc": "PLCC", "srocc": "SROCC", "krocc": "KROCC", "rmse": "RMSE", "accuracy": "acc.",
@@ -489,14 +492,15 @@ class Fingerprints:
         return {"fingerprint": self.rows[FINGERPRINT_VERSION][run.name], "fingerprint_version": FINGERPRINT_VERSION,
                 "split_sha256": self.splits.get(seed), "test_sha256": self.tests[FINGERPRINT_VERSION]}
 
-    def differs(self, stored: dict[str, Any], run: RunSpec, seed: int) -> str | None:
+    def differs(self, stored: dict[str, Any], run: RunSpec, seed: int, recipe: bool = True) -> str | None:
         """How the split recorded in ``stored`` was made otherwise than the row as the config now
-        gives it, or None. Records older than a check pass it."""
+        gives it, or None. Records older than a check pass it. ``recipe=False``: all but the row's
+        recipe and data (whose fingerprint needs the weights it names)."""
         if stored.get("run", run.name) != run.name:
             return f"for row {stored.get('run')!r} (the same folder name)"
         version = int(stored.get("fingerprint_version", 1))
         rows = {self.rows.get(version, {}).get(run.name), self.unpinned.get(version, {}).get(run.name)}
-        if "fingerprint" in stored and stored["fingerprint"] not in rows:
+        if recipe and "fingerprint" in stored and stored["fingerprint"] not in rows:
             return ("with another recipe or data than the row now gives (model, its arguments or the weights they name, "
                     "training settings, protocol, rows, labels, rating scale or tested checkpoint)")
         if stored.get("split_sha256") not in (None, self.splits.get(seed)):
@@ -509,11 +513,13 @@ class Fingerprints:
 
 
 def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprints: Fingerprints,
-                      redo: str) -> None:
+                      redo: str, weights_checked: bool = True) -> None:
     """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
     (a row renamed to a name with the same folder, or edited after some seeds finished, would
-    otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only."""
-    why = fingerprints.differs(stored, run, seed)
+    otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only.
+    ``weights_checked=False``: the weights the row names are absent here (a finished split taken
+    from another machine), so its recipe cannot be compared; the rest still is."""
+    why = fingerprints.differs(stored, run, seed, recipe=weights_checked)
     if why is None:
         return
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
@@ -1201,18 +1207,28 @@ def run_experiment(
                     raise ExperimentSkipped("; ".join(lacking))
                 say("skipped " + "; ".join(lacking))
                 result.skipped_runs[run.name] = lacking
+            # a row that cannot train here (its files absent, its weights unavailable) still lists the
+            # splits it finished before (on another machine, imported): only its training is skipped
+            untrainable = bool(lacking)
             done = []
-            for seed in ([] if lacking else run.seeds):
+            for seed in run.seeds:
                 mfile = _metrics_file(out, run, seed)
                 have = dist_utils.broadcast_object(mfile.is_file() if main else None)
                 if have:
                     if main:
                         stored = json.loads(mfile.read_text())
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
-                        _check_same_split(stored, mfile, run, seed, fingerprints, redo)
+                        unchecked = bool(weights_missing(run))
+                        _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked)
+                        said = UNCHECKED_WEIGHTS.format(name=run.name)
+                        if unchecked and said not in result.skipped_runs[run.name]:
+                            result.skipped_runs[run.name].append(said)
                         _check_same_start(stored, mfile, run, seed, out, redo)
                         added = [t for t in tests if t["spec"] != INTRA and t["label"] not in (stored.get("test") or {})]
-                        if added and train:
+                        if added and lacking:
+                            say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
+                                "after it finished): the files the row needs are absent")
+                        elif added and train:
                             stored = _test_on_added_sets(stored, mfile, out / "runs" / run.slug / f"seed{seed}", added,
                                                          fingerprints, device, say)
                         elif added:
@@ -1220,8 +1236,8 @@ def run_experiment(
                                 "after it finished): run the experiment without --table-only to test it")
                         done.append(stored)
                     continue
-                if not train or (only and run.name not in only) or (seeds and seed not in seeds):
-                    continue  # not asked for this time
+                if untrainable or not train or (only and run.name not in only) or (seeds and seed not in seeds):
+                    continue  # not asked for this time, or not possible here
                 t0 = time.time()
                 try:
                     res = _train_split(cfg, run, seed, sets, tests, out, device, progress, say, main, fingerprints)
@@ -1230,7 +1246,8 @@ def run_experiment(
                         raise ExperimentSkipped(str(exc)) from None
                     say(f"skipped {exc}")
                     result.skipped_runs[run.name] = [str(exc)]
-                    break
+                    untrainable = True
+                    continue
                 if main and res is not None:
                     remove_stale_temporaries(mfile)  # a run killed while writing it left one
                     atomic_write_text(mfile, json.dumps(_jsonable(res), indent=1))
