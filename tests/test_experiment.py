@@ -171,9 +171,15 @@ def test_table_merges_another_sessions_results_without_training(tiny, first_run)
     assert not (out / "runs").exists()  # nothing trained: the figures are the other session's
     for row in ("IQA-CR-Q", "IQA-CR"):
         assert merged.results[row]["summary"] == res.results[row]["summary"]
-    assert metrics_files(out) == metrics_files(root / "out1")
+    taken = metrics_files(out)
+    assert {k: {f: v for f, v in m.items() if f != "imported_from"} for k, m in taken.items()} == metrics_files(root / "out1")
+    assert {m["imported_from"] for m in taken.values()} == {str(root / "out1" / "results.json")}
     assert any("IQA-CR-Q: seeds [0, 1]" in line for line in lines)
     assert "results.json` (`contentiqa experiment CONFIG --import" in merged.markdown
+    assert json.loads((out / "results.json").read_text())["imported"] == [str(root / "out1" / "results.json")]
+    # the table rebuilt later (no --import then) still says where those splits came from
+    rebuilt = run_experiment(path, out, progress=False, log=None, train=False)
+    assert "results.json` (`contentiqa experiment CONFIG --import" in rebuilt.markdown
     assert json.loads((out / "results.json").read_text())["imported"] == [str(root / "out1" / "results.json")]
     # a row whose settings changed since keeps none of the old figures
     changed = {**cfg, "runs": [{**r, "train": {"epochs": 2}} if r["name"] == "IQA-CR" else r for r in cfg["runs"]]}

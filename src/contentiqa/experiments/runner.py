@@ -919,6 +919,9 @@ def import_results(cfg: ExperimentConfig, out: Path, path: str | os.PathLike, lo
                 log(f"import {path}: row {run.name!r} seed {seed} not taken: trained {why}")
                 continue
             mfile.parent.mkdir(parents=True, exist_ok=True)
+            # the split's own record says where it came from: a later rebuild of the table (--table-only,
+            # a resume) has only the records, not this session's --import
+            split = {**split, "imported_from": split.get("imported_from") or str(path)}
             atomic_write_text(mfile, json.dumps(split, indent=1))
             taken.setdefault(run.name, []).append(seed)
     for name, got in taken.items():
@@ -1192,11 +1195,9 @@ def run_experiment(
             _check_test_parts(cfg, sets)
             _check_cross_tests(sets, tests)
         fingerprints = Fingerprints.of(cfg, sets, tests)
-        imported: list[str] = []
         if main and imports:
             for path in imports:
-                if import_results(cfg, out, path, say, fingerprints):
-                    imported.append(str(path))
+                import_results(cfg, out, path, say, fingerprints)
         if train:  # on every process: each would otherwise wait for rank 0 at the first barrier
             check_before_training(cfg, out, only, seeds, device=device, sets=sets)
         per_run: dict[str, list[dict]] = {}
@@ -1262,6 +1263,8 @@ def run_experiment(
             per_run[run.name] = done
         if main:
             result.results = summarize(cfg, per_run)
+            imported = sorted({str(sp["imported_from"]) for r in result.results.values() for sp in r["splits"]
+                               if sp.get("imported_from")})
             result.markdown = markdown(cfg, result.results, result.skipped_runs, prov, sum(len(ts.table) for ts in sets),
                                        imported, out_dir if out_dir is not None else out)
             payload = {"name": cfg.name, "description": cfg.description, "protocol": cfg.protocol, "seeds": cfg.seeds,
