@@ -1190,6 +1190,35 @@ def test_validation_table_shows_the_mixed_model_not_the_epoch_before_the_mix(tmp
     assert table["srocc"]["mean"] == pytest.approx(a["val"]["srocc"], abs=1e-6)
 
 
+def test_validation_table_shows_the_calibrated_model_and_the_epoch_checkpoint_chose(tmp_path):
+    """The validation-only table showed the best epoch's figures from before the calibration (the
+    RMSE of the uncalibrated outputs) and, with checkpoint: last, the best epoch's, not the last's:
+    not the model the split ends with (tested.pt), which the table is there to choose."""
+    from contentiqa.data import load_dataset
+    from contentiqa.data.splits import load_splits
+    from contentiqa.experiments.runner import carve_val
+    from contentiqa.training.evaluate import evaluate_model
+
+    csv = write_csv(tmp_path / "d", 30, (0, 100), seed=6, categories=False)
+    train = {"epochs": 3, "batch_size": 4, "crop": None, "cache_stages": 3, "lr": 3e-2, "warmup_epochs": 0.5}
+    cfg = {"name": "val", "data": {"name": "csv", "root": str(csv), "label": "T", "val_fraction": 0.4},
+           "protocol": "ie-iqa", "seeds": [1], "test": "none", "model_args": TINY_ARGS, "train": train, "checkpoint": "last",
+           "runs": [{"name": "calibrated", "model": "iqa-cr-q", "train": {"calibrate": True}},
+                    {"name": "last", "model": "iqa-cr-q"}]}
+    out = tmp_path / "out"
+    res = run_experiment(cfg, out, progress=False, log=None).results
+    data = load_dataset("csv", csv)
+    split = load_splits(out / "splits.json")[0]
+    _, val = carve_val(data.table.iloc[split.indices(data.table, "train")], 0.4, 1)
+    for row in ("calibrated", "last"):
+        tested = load_checkpoint(out / "runs" / row / "seed1" / "tested.pt")
+        direct, _ = evaluate_model(tested, val, data.scale, workers=0)
+        table = res[row]["summary"]["T val"]
+        for k in ("plcc", "srocc", "rmse"):
+            assert table[k]["mean"] == pytest.approx(direct[k], abs=1e-4), (row, k)
+    assert res["calibrated"]["splits"][0]["val"]["rmse"] != pytest.approx(res["calibrated"]["summary"]["T val"]["rmse"]["mean"])
+
+
 def test_row_folders_stay_short_enough_for_any_file_system():
     from contentiqa.experiments.config import SLUG_MAX, slugify
 

@@ -723,6 +723,12 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
             "test": {},
         }
         by_label = {ts.label: ts for ts in sets}
+        if not tests:
+            # a validation-only table (model selection) shows the model the split ends with: the
+            # best epoch's record is before the calibration (PLCC, RMSE) and, with checkpoint: last,
+            # another epoch's
+            res["val_tested"] = {(k if len(sets) == 1 else f"{ts.label}/{k}"): v for ts in sets if "val" in own[ts.label]
+                                 for k, v in _evaluate(trainer, own[ts.label]["val"], ts.scale, chosen).items()}
         for t in tests:
             if t["spec"] == INTRA:  # every split has a test part (_check_test_parts, before any training)
                 res["test"][t["label"]] = _evaluate(trainer, own[t["label"]]["test"], by_label[t["label"]].scale, chosen)
@@ -845,10 +851,12 @@ def _evict(cache: Path, limit: int, used_since: float, say: Callable) -> None:
 def _scored(split: dict[str, Any], label: str) -> dict[str, float]:
     """One split's metrics for a table column group: a test set's, or (a config with no test
     sets, for model selection) a training set's validation metrics, of the model the split ends
-    with: after a weight mix (``interpolate``) the mix's, not the best epoch's before it."""
+    with (``val_tested``: calibrated, the epoch ``checkpoint`` chose); in records from before it,
+    after a weight mix (``interpolate``) the mix's, not the best epoch's before it."""
     if label in split["test"] or not label.endswith(" val"):
         return split["test"].get(label, {})
-    name, val = label[:-len(" val")], split.get("val_interpolated") or split.get("val", {})
+    name = label[:-len(" val")]
+    val = split.get("val_tested") or split.get("val_interpolated") or split.get("val", {})
     own = {k.split("/", 1)[1]: v for k, v in val.items() if k.startswith(f"{name}/")}
     return own or {k: v for k, v in val.items() if "/" not in k}
 def summarize(cfg: ExperimentConfig, per_run: dict[str, list[dict]]) -> dict[str, Any]:
