@@ -454,6 +454,41 @@ def test_a_row_that_cannot_train_here_still_lists_its_finished_splits(tiny, firs
     assert res.results["IQA-CR-Q"]["seeds"] == [1] and "weight package" in res.skipped_runs["IQA-CR-Q"][0]
 
 
+def test_a_cross_dataset_set_changed_since_is_tested_again_not_trained_again(tiny, first_run, tmp_path, monkeypatch):
+    """A split interrupted after training was refused once a cross-dataset test set changed (one
+    MOS corrected), though training does not depend on it, and a finished split could only be
+    trained again: the first finishes, the other is tested again from its tested.pt."""
+    import shutil
+
+    from contentiqa.data import load_dataset
+    from contentiqa.training.evaluate import evaluate_model
+
+    root, path, cfg = tiny
+    out = tmp_path / "out"
+    shutil.copytree(root / "out1", out)
+    shutil.copytree(root / "other", tmp_path / "other")
+    csv = tmp_path / "other" / "scores.csv"
+    table = pd.read_csv(csv, comment="#")
+    table.loc[0, "mos"] = 4.9 if table.loc[0, "mos"] != 4.9 else 1.1  # one MOS corrected
+    csv.write_text("# mos_range: 1 5\n" + table.to_csv(index=False))
+    monkeypatch.setenv("TINY_OTHER_ROOT", str(tmp_path / "other"))
+    (out / "metrics" / "IQA-CR-Q" / "seed0.json").unlink()  # trained, not yet tested: interrupted
+    with pytest.raises(ConfigError, match="without --table-only to test it again"):
+        run_experiment(path, out, progress=False, log=None, train=False)
+    lines: list[str] = []
+    res = run_experiment(path, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))),
+                         only=["IQA-CR-Q"])
+    assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
+    other = load_dataset("csv", csv)
+    for seed in (0, 1):
+        m = json.loads((out / "metrics" / "IQA-CR-Q" / f"seed{seed}.json").read_text())
+        direct, _ = evaluate_model(load_checkpoint(out / "runs" / "IQA-CR-Q" / f"seed{seed}" / "tested.pt"), other.table,
+                                   other.scale, workers=0)
+        assert m["test"]["OTHER"]["rmse"] == pytest.approx(direct["rmse"], abs=1e-4), seed
+    assert any("IQA-CR-Q seed 1: tested on OTHER (added or changed since it finished)" in line for line in lines)
+    run_experiment(path, out, progress=False, log=None, train=False)  # the table now rebuilds
+
+
 def test_a_split_column_the_protocol_does_not_use_is_said(tmp_path):
     """The experiment re-split a table with a 'split' column without a word, while `evaluate`
     then scored the column's test rows, which the split had trained on."""

@@ -492,10 +492,18 @@ class Fingerprints:
         return {"fingerprint": self.rows[FINGERPRINT_VERSION][run.name], "fingerprint_version": FINGERPRINT_VERSION,
                 "split_sha256": self.splits.get(seed), "test_sha256": self.tests[FINGERPRINT_VERSION]}
 
-    def differs(self, stored: dict[str, Any], run: RunSpec, seed: int, recipe: bool = True) -> str | None:
+    def changed_tests(self, stored: dict[str, Any]) -> list[str]:
+        """The cross-dataset test sets the split recorded in ``stored`` was tested on as they were
+        then, and which have changed since (rows, labels, scale or loader)."""
+        now = self.tests_of(stored)
+        return [label for label, sha in (stored.get("test_sha256") or {}).items() if label in now and now[label] != sha]
+
+    def differs(self, stored: dict[str, Any], run: RunSpec, seed: int, recipe: bool = True,
+                tests: bool = True) -> str | None:
         """How the split recorded in ``stored`` was made otherwise than the row as the config now
         gives it, or None. Records older than a check pass it. ``recipe=False``: all but the row's
-        recipe and data (whose fingerprint needs the weights it names)."""
+        recipe and data (whose fingerprint needs the weights it names); ``tests=False``: all but the
+        cross-dataset test sets (what training does not depend on: they can be tested again)."""
         if stored.get("run", run.name) != run.name:
             return f"for row {stored.get('run')!r} (the same folder name)"
         version = int(stored.get("fingerprint_version", 1))
@@ -505,25 +513,28 @@ class Fingerprints:
                     "training settings, protocol, rows, labels, rating scale or tested checkpoint)")
         if stored.get("split_sha256") not in (None, self.splits.get(seed)):
             return "on other split parts than the config now gives (its splits file, or the table, changed)"
-        now = self.tests_of(stored)
-        other = [label for label, sha in (stored.get("test_sha256") or {}).items() if label in now and now[label] != sha]
+        other = self.changed_tests(stored) if tests else []
         if other:
             return f"and tested on another {', '.join(other)} set than the config now names"
         return None
 
 
 def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprints: Fingerprints,
-                      redo: str, weights_checked: bool = True) -> None:
+                      redo: str, weights_checked: bool = True, tests: bool = True) -> None:
     """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
     (a row renamed to a name with the same folder, or edited after some seeds finished, would
     otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only.
     ``weights_checked=False``: the weights the row names are absent here (a finished split taken
-    from another machine), so its recipe cannot be compared; the rest still is."""
-    why = fingerprints.differs(stored, run, seed, recipe=weights_checked)
+    from another machine), so its recipe cannot be compared; the rest still is. ``tests=False``:
+    nor the cross-dataset test sets (the split is to be tested again on them)."""
+    why = fingerprints.differs(stored, run, seed, recipe=weights_checked, tests=tests)
     if why is None:
         return
+    again = (" (or run the experiment without --table-only to test it again on the set as it is now)"
+             if tests and fingerprints.changed_tests(stored) and not fingerprints.differs(
+                 stored, run, seed, recipe=weights_checked, tests=False) else "")
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
-                      f"both, or delete {redo} to train it again")
+                      f"both, or delete {redo} to train it again{again}")
 
 
 class StartMissing(ConfigError):
@@ -666,7 +677,8 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     if main:  # a split interrupted and resumed after an edit would change recipe partway through
         begun = run_dir / "recipe.json"
         if (run_dir / "last.pt").is_file() and begun.is_file():
-            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprints, str(run_dir))
+            # what it was tested on is no part of what it trained (tested when it finishes)
+            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprints, str(run_dir), tests=False)
         elif not (run_dir / "last.pt").is_file():
             from ..utils.io import atomic_write_text
 
@@ -765,10 +777,12 @@ def _test_on_added_sets(stored: dict[str, Any], mfile: Path, run_dir: Path, adde
                                         workers=0)
         except NotMeasurable as exc:
             say(f"{mfile}: cannot test on {t['label']}: {exc}")
+            stored["test"].pop(t["label"], None)  # figures of the set as it was before it changed
+            stored["test_sha256"].pop(t["label"], None)
             continue
         stored["test"][t["label"]] = metrics
         stored["test_sha256"][t["label"]] = fingerprints.tests_of(stored)[t["label"]]
-        say(f"{stored.get('run')} seed {stored.get('seed')}: tested on {t['label']} (added since it finished)")
+        say(f"{stored.get('run')} seed {stored.get('seed')}: tested on {t['label']} (added or changed since it finished)")
     remove_stale_temporaries(mfile)
     atomic_write_text(mfile, json.dumps(_jsonable(stored), indent=1))
     return stored
@@ -1228,12 +1242,17 @@ def run_experiment(
                         stored = json.loads(mfile.read_text())
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
                         unchecked = bool(weights_missing(run))
-                        _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked)
+                        # a cross-dataset set changed since: tested again with the split's tested.pt
+                        retest = train and not lacking and (out / "runs" / run.slug / f"seed{seed}" / "tested.pt").is_file()
+                        _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked,
+                                          tests=not retest)
                         said = UNCHECKED_WEIGHTS.format(name=run.name)
                         if unchecked and said not in result.skipped_runs[run.name]:
                             result.skipped_runs[run.name].append(said)
                         _check_same_start(stored, mfile, run, seed, out, redo)
-                        added = [t for t in tests if t["spec"] != INTRA and t["label"] not in (stored.get("test") or {})]
+                        changed = fingerprints.changed_tests(stored)
+                        added = [t for t in tests if t["spec"] != INTRA
+                                 and (t["label"] not in (stored.get("test") or {}) or t["label"] in changed)]
                         if added and lacking:
                             say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
                                 "after it finished): the files the row needs are absent")
