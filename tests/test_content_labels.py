@@ -534,6 +534,8 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
 
     assert load_dataset("csv", out).table["category"].tolist()[::2] == ["night scene", "artifact"]
     assert read_labels(out)["category"].tolist()[::2] == ["night scene", "artifact"]  # the same either way
+    # the row people left without a scene: its label as labelled, not lost nor called people's
+    assert (read_labels(out)["category"][1], read_labels(out)["category_source"][1]) == ("animal", "fake")
     # a placeholder category is none of the row's own; --overwrite labels every row anew, scenes too
     csv.write_text("image,mos,scene1,scene2,category\n0.png,10,animal,human,n/a\n")
     assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet"]) == 0
@@ -543,10 +545,33 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
     assert cli_main(["label-content", str(csv), "--out", str(out), "--quiet", "--overwrite"]) == 0
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert res["category_source"][0] == "fake" and "categories" not in res  # no human set beside a guess
+    assert read_labels(out)[["category", "category_source"]].values.tolist() == [["animal", "fake"]]  # as train reads it
     filled = tmp_path / "filled.csv"  # a table labelled before, with people's set: not kept beside a guess either
     assert cli_main(["label-content", str(csv), "--out", str(filled), "--quiet"]) == 0
     assert cli_main(["label-content", str(filled), "--out", str(out), "--quiet", "--overwrite"]) == 0
     assert "categories" not in pd.read_csv(out, dtype=str, keep_default_na=False)
+
+
+def test_joined_labels_replace_every_label_column_of_the_table(tmp_path):
+    """A label file with only ``category`` left the table's older ``categories`` (and source) beside
+    the new main label: another label's acceptable set, and a photo the file does not label still
+    counted through its old set."""
+    from contentiqa.data import join_labels, load_dataset
+
+    for i in range(2):
+        write_image(tmp_path / f"a{i}.png", 32, 32, seed=i)
+    (tmp_path / "d.csv").write_text("image,mos,category,categories,category_source\n"
+                                    "a0.png,10,night scene,night scene|human,human\na1.png,20,plant,plant|landscape,human\n")
+    (tmp_path / "new.csv").write_text("image,category\na0.png,animal\n")
+    joined = join_labels(load_dataset("csv", tmp_path / "d.csv").table, tmp_path / "new.csv", tmp_path)
+    assert joined["category"].tolist()[0] == "animal" and pd.isna(joined["category"].tolist()[1])
+    assert "categories" not in joined and "category_source" not in joined
+
+
+def test_a_table_without_rows_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "h.csv").write_text("image,mos\n")
+    assert cli_main(["label-content", str(tmp_path / "h.csv"), "--out", str(tmp_path / "o.csv"), "--quiet"]) == 2
+    assert "lists no images" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
 
 
 def test_a_second_labeller_of_one_out_gets_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from typing import Iterable
 import pandas as pd
 
 from .categories import LIQE_TO_IQA_CR, normalize_category
-from .table import canonical_columns, cell_path, read_csv_table
+from .table import LABEL_COLUMNS, canonical_columns, cell_path, read_csv_table
 
 LIQE_SCENES = tuple(LIQE_TO_IQA_CR)
 HUMAN_LABEL_CATEGORIES: tuple[str, ...] = tuple(sorted(set(LIQE_TO_IQA_CR.values())))
@@ -82,10 +82,9 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     raw = raw[raw["image"].notna() & (raw["image"].str.strip() != "")].reset_index(drop=True)
     # "animal, a.png": the image after a comma and space, as a dataset CSV's is read
     out = pd.DataFrame({"image": [cell_path(path.parent, str(v)) for v in raw["image"]]})
-    if "scene1" in raw:
-        out["category"], out["categories"] = scene_categories(raw, path)
-        out["category_source"] = "human"
-    elif "category" in raw:
+    if "scene1" not in raw and "category" not in raw:
+        raise LabelsError(f"label file {path} needs a 'category' or 'scene1' column; it has {list(raw.columns)}")
+    if "category" in raw:
         out["category"] = [normalize_category(v) for v in raw["category"]]
         if "categories" in raw:  # each name in the spelling the model's categories have, as `category`'s
             out["categories"] = [CATEGORY_SEPARATOR.join(sorted(c)) or None for c in acceptable_sets(raw["categories"])]
@@ -96,8 +95,23 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
                 raise LabelsError(f"label file {path}: category_confidence is not a number ({exc})") from None
         if "category_source" in raw:
             out["category_source"] = raw["category_source"].values
-    else:
-        raise LabelsError(f"label file {path} needs a 'category' or 'scene1' column; it has {list(raw.columns)}")
+    if "scene1" in raw:
+        # people's scenes label the rows without a category of their own (label-content's output of
+        # this layout keeps both: its guesses for the rows people left without a scene), as
+        # label-content and a training table read such a row
+        main, every = scene_categories(raw, path)
+        for column in ("category", "categories", "category_source"):
+            if column not in out:
+                out[column] = None
+        out = out.astype({c: object for c in ("category", "categories", "category_source")})
+        for i, (category, categories) in enumerate(zip(main, every)):
+            if category is not None and out["category"].iat[i] is None:
+                out.iloc[i, out.columns.get_loc("category")] = category
+                out.iloc[i, out.columns.get_loc("category_source")] = "human"
+                if out["categories"].iat[i] is None:
+                    out.iloc[i, out.columns.get_loc("categories")] = categories
+                if "category_confidence" in out:
+                    out.iloc[i, out.columns.get_loc("category_confidence")] = float("nan")
     if "distortion" in raw:
         out["distortion"] = raw["distortion"].values
     return out
@@ -128,8 +142,10 @@ def join_labels(table: pd.DataFrame, labels_path: str | os.PathLike, root: str |
     if matched == 0:
         raise LabelsError(f"label file {labels_path}: none of its {len(labels)} images is in the dataset "
                           f"(dataset keys look like {keys[:1]}, the file's like {labels['key'].tolist()[:1]})")
-    cols = [c for c in labels.columns if c != "key"]
-    out = table.drop(columns=[c for c in cols if c in table]).assign(_key=keys)
+    # every label column of the table goes, not only those the file has: a main label from the file
+    # beside the table's older set of acceptable ones (or its source) would be another photo's labels
+    cols = {c for c in labels.columns if c != "key"} | {"category", *LABEL_COLUMNS}
+    out = table.drop(columns=[c for c in table.columns if c in cols]).assign(_key=keys)
     return out.merge(labels.rename(columns={"key": "_key"}), on="_key", how="left").drop(columns=["_key"])
 
 
