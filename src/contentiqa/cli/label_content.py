@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if "image" not in table.columns:
         raise UsageError(f"{src} has no 'image' column; columns are {list(table.columns)}")
+    if table.empty:
+        raise UsageError(f"{src} lists no images (only a header?)")
     if "scene1" in table.columns and not args.overwrite:  # (--overwrite: every row labelled anew)
         table = _with_scene_categories(table, src)
     elif args.overwrite and "categories" in table.columns:  # people's set is no part of a guess's row
