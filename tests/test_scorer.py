@@ -51,6 +51,23 @@ def test_a_file_named_like_a_model_never_shadows_it(tmp_path, monkeypatch):
         create_model("graph.onnx")
 
 
+def test_a_path_object_to_a_file_named_like_a_model_scores_the_file(tmp_path, monkeypatch, examples_dir):
+    """load_scorer(Path("iqa-cr-q")) took the path for a file, then loaded its text as the name:
+    the shipped weights were scored (and their graph cached) as the file's."""
+    from contentiqa.models.registry import save_checkpoint
+    from tiny_models import tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONTENTIQA_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model("iqa-cr-q")
+    save_checkpoint(model, tmp_path / "iqa-cr-q")
+    photo = sorted(str(p) for p in examples_dir.glob("*.JPG"))[0]
+    want = model.predict([photo])[0].score
+    for runtime in ("torch", "onnx"):
+        got = load_scorer(Path("iqa-cr-q"), runtime=runtime, threads=1).predict([photo])[0].score
+        assert got == pytest.approx(want, abs=1e-3), runtime
+
+
 # -- the choices ------------------------------------------------------------------------------------
 def test_options_that_contradict_each_other_are_refused_before_any_work():
     check_options("auto", None, "cpu")

@@ -324,21 +324,25 @@ def load_scorer(
 
         return OnnxScorer.from_file(source.path, threads=threads, images=images, cpu_sample=cpu_sample, spec=source.text)
     weights, tag = weights_file(source)
+    # a file goes on as its path: its text alone (Path("iqa-cr-q"), a file named as a model) reads
+    # as a registered name again, whose weights were then scored (and cached) as the file's
+    model_ref = source.path if source.is_file else source.text
     if chosen == "onnx":
-        scorer = _onnx_scorer(source.text, weights, tag, precision, threads, images, cpu_sample, notes,
+        scorer = _onnx_scorer(source.text, model_ref, weights, tag, precision, threads, images, cpu_sample, notes,
                               fallback=runtime == "auto")
         if scorer is not None:
             return scorer
-    model = load_model(source.text, device)
+    model = load_model(model_ref, device)
     from .torch_runtime import TorchScorer
 
     return TorchScorer(model, precision=precision, threads=threads, spec=source.text, weights=weights)
 
 
-def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | None, threads: int | None,
-                 images: int | None, cpu_sample: CpuSample | None, notes: list[str], fallback: bool) -> Scorer | None:
-    """The ONNX Runtime scorer of ``weights``: its shipped graph, else the cached one, else one
-    built now (:func:`_build_graph`). None when the model cannot be exported and ``fallback``
+def _onnx_scorer(spec: str, model_ref: str | os.PathLike, weights: Path, tag: str | None, precision: str | None,
+                 threads: int | None, images: int | None, cpu_sample: CpuSample | None, notes: list[str],
+                 fallback: bool) -> Scorer | None:
+    """The ONNX Runtime scorer of ``weights`` (``spec`` as the caller wrote it, ``model_ref`` what
+    loads the model): its shipped graph, else the cached one, else one built now (:func:`_build_graph`). None when the model cannot be exported and ``fallback``
     allows PyTorch instead. A default int8 graph that cannot be had falls back to fp32 (noted)."""
     from .onnx_runtime import CacheUnwritable, OnnxExportError, find_graph, require_onnxruntime
     from .quantize import QuantizationError, default_precision
@@ -362,7 +366,7 @@ def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | Non
                 raise ValueError(f"the ONNX graph of {spec} was written to the export cache twice and was gone both "
                                  "times when read back (is the cache being pruned?): use --runtime torch")
             try:
-                _build_graph(spec, weights, prec)
+                _build_graph(model_ref, weights, prec)
             except OnnxExportError as exc:
                 if precision == "int8":  # asked for: only an ONNX graph runs it, and PyTorch cannot
                     raise ValueError(f"precision int8 runs {spec}'s ONNX graph, and it cannot be exported: {exc}; use "
@@ -388,7 +392,7 @@ def _onnx_scorer(spec: str, weights: Path, tag: str | None, precision: str | Non
     raise AssertionError("unreachable: the fp32 try returns or raises")  # pragma: no cover
 
 
-def _build_graph(spec: str, weights: Path, precision: str) -> None:
+def _build_graph(spec: str | os.PathLike, weights: Path, precision: str) -> None:
     """Write the ``precision`` graph of ``weights`` into the export cache: fp32 exported from
     the PyTorch model, int8 quantized from the fp32 graph (shipped or cached) with the
     calibration shipped beside the weights (needs the ``onnx`` package, not PyTorch, when an
