@@ -1382,6 +1382,12 @@ def test_several_configs_are_all_read_before_any_trains(tiny, tmp_path, capsys, 
     said = capsys.readouterr().out.splitlines()
     assert len(said) == 1 and said[0].startswith("partial"), said
     other.write_text(other.read_text().replace("name: tiny", "name: other"))
+    # a row of the second config whose model cannot be built: refused before the first trains, naming its file
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(other.read_text().replace("name: other", "name: typo").replace("model: iqa-cr-q", "model: iqa-cr-q\n  model_args: {dimm: 16}"))
+    assert main(["experiment", str(path), str(typo), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo}: " in err and "dimm" in err and ran == []
     assert main(["experiment", str(path), str(other), "--only", "nope", "--quiet"]) == 2
     assert "no config has row(s) ['nope']" in capsys.readouterr().err and ran == []
     with pytest.raises(ZeroDivisionError):  # only the config that has row R runs, asked for R

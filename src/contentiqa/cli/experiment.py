@@ -145,20 +145,17 @@ def run(args: argparse.Namespace) -> int:
     configs = _check_all_first(paths, args)
     rc = 0
     for path, cfg in zip(paths, configs):
-        only, seeds = args.only, args.seeds
-        if len(paths) > 1 and (only or seeds):  # each config runs the rows it has, each the seeds it has
-            asked = [r for r in cfg.runs if not args.only or r.name in args.only]
-            only = [r.name for r in asked] if args.only else None
-            seeds = [s for s in args.seeds or () if s in {x for r in asked for x in r.seeds}] or None
-            if not asked or (args.seeds and seeds is None):
-                continue
+        asked = _asked(cfg, args, len(paths))
+        if asked is None:
+            continue
+        only, seeds = asked
         try:
             with terminate_as_interrupt():
                 result = run_experiment(path, args.out, progress=not args.quiet, log=log, strict=args.strict,
                                         device=args.device, only=only, seeds=seeds, imports=args.imports,
                                         train=not args.table_only, cache_limit=args.cache_limit)
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
+        except ConfigError as exc:  # which of several configs said it
+            raise UsageError(str(exc) if len(paths) == 1 or str(exc).startswith(str(path)) else f"{path}: {exc}") from None
         except Busy as exc:
             raise UsageError(f"{exc}: wait for it to finish, or give another --out") from None
         except KeyboardInterrupt:
@@ -209,10 +206,27 @@ def _sharing_a_folder(configs: Iterable[tuple[Path, Any]]) -> str | None:
     return None
 
 
+def _asked(cfg, args: argparse.Namespace, n_configs: int) -> tuple[list[str] | None, list[int] | None] | None:
+    """The rows (--only) and seeds (--seed) one of ``n_configs`` configs runs: each the rows it
+    has, each the seeds they have; None when it has none of them."""
+    only, seeds = args.only, args.seeds
+    if n_configs > 1 and (only or seeds):
+        asked = [r for r in cfg.runs if not args.only or r.name in args.only]
+        only = [r.name for r in asked] if args.only else None
+        seeds = [s for s in args.seeds or () if s in {x for r in asked for x in r.seeds}] or None
+        if not asked or (args.seeds and seeds is None):
+            return None
+    return only, seeds
+
+
 def _check_all_first(paths: list, args: argparse.Namespace) -> list:
     """Every config read, and --only / --seed found, before any trains: a mistake in the last
-    config is a usage error now, not after hours of the first's training."""
-    from ..experiments import ConfigError, load_config
+    config is a usage error now, not after hours of the first's training. With several, what
+    each run checks before its first row trains is checked for all of them too (each row's model
+    built from its arguments, its settings, init_from), naming the config."""
+    from ..experiments import (ConfigError, check_before_training, data_absent, default_out_dir, experiment_missing,
+                               load_config)
+    from ..utils.extras import have
 
     configs = []
     for path in paths:
@@ -234,4 +248,17 @@ def _check_all_first(paths: list, args: argparse.Namespace) -> list:
             stray = sorted(set(args.seeds) - seeds)
             said = f"row(s) {args.only} have no split seed {stray}" if args.only else f"no config has split seed(s) {stray}"
             raise UsageError(f"--seed: {said}; seeds: {sorted(seeds)}")
+        built: dict[str, bool] = {}  # configs share models: each built once
+        coming: set[Path] = set()  # what the configs before this one will write, as they run in turn
+        for path, cfg in zip(paths, configs):
+            asked = _asked(cfg, args, len(paths))
+            if args.table_only or asked is None or not have("torch"):  # (without it: the run's own error)
+                continue
+            try:
+                if experiment_missing(cfg) or data_absent(cfg):
+                    continue  # skipped when its turn comes, as the run says
+                check_before_training(cfg, Path(args.out) if args.out else default_out_dir(cfg), *asked, built, {}, coming,
+                                      args.device)
+            except ConfigError as exc:
+                raise UsageError(f"{path}: {exc}") from None
     return configs
