@@ -11,10 +11,11 @@ score a black frame like an average photo. Two extra terms teach it (weights in
   to the bottom of the scale (:func:`anchor_loss`).
 
 Their encodings go through the same cache as the photos' (keyed by the damage too), so each
-is computed once. Which photos, types and kinds: fixed by a hash of each photo's identity
+is computed once. Which photos: the first by a hash of each photo's identity
 (:func:`~contentiqa.data.table.photo_ids`), so the cache serves every seed, and a resume after
-a row was removed or a data folder moved keeps the other photos' groups and anchors; what a
-step draws: from ``(seed, epoch, step)``, so a resumed run repeats the uninterrupted one.
+a data folder moved, or a row not among them was removed, keeps them; their types and kinds:
+in turn along that order, so each is taught even from a few photos. What a step draws: from
+``(seed, epoch, step)``, so a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -54,23 +55,22 @@ class DamageSet:
         """``encode(paths, damage_specs)``: the trainer's cached encodings (all views)."""
         self.cfg = cfg
         rows = source_rows(table, cfg)
-        # Each photo's draw comes from its own identity, not its place among the others: removing
-        # a row (as a damaged photo's error advises) or moving a folder leaves the rest as they were.
+        # Photos ranked by their own identity, not their place in the table: removing a row (as a
+        # damaged photo's error advises) or moving a folder leaves the others' ranks as they were.
         ids = dict(zip(rows["image"].astype(str), photo_ids(rows)))
-        candidates = sorted((_draw(pid), path) for path, pid in ids.items())
+        candidates = sorted((_rank(pid), path) for path, pid in ids.items())
         # At most the photos there are: a recipe's counts (the default IE-IQA's 270 anchors) also
         # train on a smaller set, every photo then serving.
         need = min(len(candidates), max(cfg.damage_photos if cfg.damage_weight else 0,
                                         cfg.anchor_photos if cfg.anchor_weight else 0))
-        draws = {path: draw for draw, path in candidates[:need]}
-        picked = list(draws)
+        picked = [path for _, path in candidates[:need]]
         self.picked = picked
         kinds = sorted(DEGRADATIONS)
         self.groups: list[list[dict[str, torch.Tensor]]] = []
         if cfg.damage_weight and cfg.damage_photos:
             paths, specs = [], []
-            for p in picked[:cfg.damage_photos]:
-                kind = kinds[draws[p] % len(kinds)]
+            for i, p in enumerate(picked[:cfg.damage_photos]):
+                kind = kinds[i % len(kinds)]
                 paths += [p] * GROUP_SIZE
                 specs += [""] + [f"degrade:{kind}:{lv}" for lv in LEVELS]
             enc = encode(paths, specs)
@@ -79,7 +79,7 @@ class DamageSet:
         if cfg.anchor_weight and cfg.anchor_photos:
             bad = sorted(BAD_FRAMES)
             photos = picked[:cfg.anchor_photos]
-            self.anchors = encode(photos, [f"bad:{bad[draws[p] // len(kinds) % len(bad)]}" for p in photos])
+            self.anchors = encode(photos, [f"bad:{bad[i % len(bad)]}" for i in range(len(photos))])
         # Encodings of photos of different sizes (a native-resolution model's stage maps) cannot
         # share a step's stack, so each step draws items of one shape, as the photos' batches are.
         self._group_shapes = [_shape(g[0]) for g in self.groups]
@@ -120,8 +120,8 @@ def _shape(encoding: dict[str, torch.Tensor]) -> tuple:
     return tuple((k, tuple(t.shape[1:])) for k, t in sorted(encoding.items()))
 
 
-def _draw(photo_id: str) -> int:
-    """A photo's place among the candidates and its degradation type and bad-frame kind."""
+def _rank(photo_id: str) -> int:
+    """A photo's place among the candidates, from its identity alone."""
     return int.from_bytes(hashlib.sha256(photo_id.encode()).digest()[:8], "big")
 
 
