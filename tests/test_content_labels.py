@@ -552,6 +552,19 @@ def test_label_content_keeps_peoples_scene_labels(tmp_path, monkeypatch):
     assert "categories" not in pd.read_csv(out, dtype=str, keep_default_na=False)
 
 
+def test_a_scene_file_with_some_categories_reads_scenes_where_a_row_has_none(tmp_path):
+    """With the category column partly filled, an empty cell read as NaN (pandas' string column),
+    not None, and the rows people gave a scene lost it."""
+    from contentiqa.data import read_labels
+
+    (tmp_path / "p.csv").write_text("image,scene1,scene2,category\na.png,animal,human,\nb.png,night,,n/a\n"
+                                    "c.png,,,plant\n")
+    got = read_labels(tmp_path / "p.csv")
+    assert got["category"].tolist() == ["animal", "night scene", "plant"]
+    assert got["categories"].tolist()[:2] == ["animal|human", "night scene"]
+    assert got["category_source"].tolist()[:2] == ["human", "human"] and pd.isna(got["category_source"].tolist()[2])
+
+
 def test_joined_labels_replace_every_label_column_of_the_table(tmp_path):
     """A label file with only ``category`` left the table's older ``categories`` (and source) beside
     the new main label: another label's acceptable set, and a photo the file does not label still

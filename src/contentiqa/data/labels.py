@@ -105,10 +105,11 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
                 out[column] = None
         out = out.astype({c: object for c in ("category", "categories", "category_source")})
         for i, (category, categories) in enumerate(zip(main, every)):
-            if category is not None and out["category"].iat[i] is None:
+            # (an empty cell is None or NaN, as the column's type has it)
+            if category is not None and normalize_category(out["category"].iat[i]) is None:
                 out.iloc[i, out.columns.get_loc("category")] = category
                 out.iloc[i, out.columns.get_loc("category_source")] = "human"
-                if out["categories"].iat[i] is None:
+                if normalize_category(out["categories"].iat[i]) is None:
                     out.iloc[i, out.columns.get_loc("categories")] = categories
                 if "category_confidence" in out:
                     out.iloc[i, out.columns.get_loc("category_confidence")] = float("nan")
