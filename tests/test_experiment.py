@@ -255,13 +255,16 @@ def test_a_row_edited_after_some_seeds_finished_is_never_averaged_with_them(tiny
 
 
 @pytest.mark.parametrize("edit,said", [("tested checkpoint", "with another recipe or data"),
-                                       ("test set", "tested on another OTHER set"),
-                                       ("test set's loader arguments", "tested on another OTHER set"),
+                                       ("test set", None),
+                                       ("test set's loader arguments", None),
                                        ("rating scale", "with another recipe or data")])
-def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit, said):
+def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, first_run, edit, said, tmp_path):
     """The fingerprint left out the tested checkpoint, the test sets' rows and the training sets'
     rating scale (and labels, loader arguments, split parts): splits of two experiments were
-    averaged into one mean ± std without a word."""
+    averaged into one mean ± std without a word. A test set changed since is no other training:
+    the old set's figures are left out (tested again by a run that may train)."""
+    import shutil
+
     root, path, cfg = tiny
     data = root / "train" / "scores.csv"
     edited = {"tested checkpoint": {**cfg, "checkpoint": "last"},
@@ -269,6 +272,12 @@ def test_a_split_tested_or_rated_otherwise_is_never_averaged_with_them(tiny, fir
               # the same rows and scale read through other loader arguments (KonIQ's resolution: other pixels)
               "test set's loader arguments": {**cfg, "test": ["split", {**cfg["test"][1], "args": {"mos_range": [1, 5]}}]},
               "rating scale": {**cfg, "data": {**cfg["data"], "args": {"mos_range": [0, 200]}}}}[edit]
+    if said is None:
+        shutil.copytree(root / "out1", tmp_path / "out")
+        res = run_experiment(edited, tmp_path / "out", progress=False, base_dir=root, train=False)
+        assert [r["seeds"] for r in res.results.values()] == [[0, 1], [1], []]
+        assert all("OTHER" not in r["summary"] and "TINY" in r["summary"] for r in res.results.values() if r["seeds"])
+        return
     recorded = {f: (root / "out1" / f).read_bytes() for f in ("provenance.json", "config.yaml")}
     with pytest.raises(ConfigError, match=said):
         run_experiment(edited, root / "out1", progress=False, base_dir=root, train=False)
@@ -457,7 +466,10 @@ def test_a_row_that_cannot_train_here_still_lists_its_finished_splits(tiny, firs
 def test_a_cross_dataset_set_changed_since_is_tested_again_not_trained_again(tiny, first_run, tmp_path, monkeypatch):
     """A split interrupted after training was refused once a cross-dataset test set changed (one
     MOS corrected), though training does not depend on it, and a finished split could only be
-    trained again: the first finishes, the other is tested again from its tested.pt."""
+    trained again: the first finishes, the other is tested again from its tested.pt (on the CPU,
+    wherever it trained). Where it cannot be tested again (--table-only, its tested.pt gone, the
+    row's files absent), its figures on the old set are left out of the table, not the experiment
+    refused."""
     import shutil
 
     from contentiqa.data import load_dataset
@@ -473,11 +485,22 @@ def test_a_cross_dataset_set_changed_since_is_tested_again_not_trained_again(tin
     csv.write_text("# mos_range: 1 5\n" + table.to_csv(index=False))
     monkeypatch.setenv("TINY_OTHER_ROOT", str(tmp_path / "other"))
     (out / "metrics" / "IQA-CR-Q" / "seed0.json").unlink()  # trained, not yet tested: interrupted
-    with pytest.raises(ConfigError, match="without --table-only to test it again"):
-        run_experiment(path, out, progress=False, log=None, train=False)
+    seed1 = out / "metrics" / "IQA-CR-Q" / "seed1.json"
+    seed1.write_text(json.dumps({**json.loads(seed1.read_text()), "device": "cuda"}))  # trained on a GPU machine
     lines: list[str] = []
-    res = run_experiment(path, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))),
-                         only=["IQA-CR-Q"])
+    res = run_experiment(path, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))), train=False)
+    assert res.results["IQA-CR-Q"]["seeds"] == [1] and "OTHER" not in res.results["IQA-CR-Q"]["summary"]
+    assert any("IQA-CR-Q seed 1: not tested on OTHER (added or changed after it finished): run the experiment without "
+               "--table-only" in line for line in lines)
+    needs = {**cfg, "runs": [{**r, "requires": ["absent.txt"]} for r in cfg["runs"] if r["name"] == "IQA-CR-Q"]}
+    res = run_experiment(needs, out, progress=False, base_dir=root, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert res.results["IQA-CR-Q"]["seeds"] == [1] and "OTHER" not in res.results["IQA-CR-Q"]["summary"]
+    kept = out / "runs" / "IQA-CR" / "seed1" / "tested.pt"
+    kept.rename(kept.with_suffix(".away"))
+    res = run_experiment(path, out, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))), only=["IQA-CR-Q"])
+    assert "OTHER" not in res.results["IQA-CR"]["summary"] and any("tested.pt is gone" in line for line in lines)
+    kept.with_suffix(".away").rename(kept)
+    # that run finished seed 0 and tested seed 1 again (the GPU it trained on is not here)
     assert res.results["IQA-CR-Q"]["seeds"] == [0, 1]
     other = load_dataset("csv", csv)
     for seed in (0, 1):
@@ -1252,6 +1275,14 @@ def test_validation_table_shows_the_calibrated_model_and_the_epoch_checkpoint_ch
         for k in ("plcc", "srocc", "rmse"):
             assert table[k]["mean"] == pytest.approx(direct[k], abs=1e-4), (row, k)
     assert res["calibrated"]["splits"][0]["val"]["rmse"] != pytest.approx(res["calibrated"]["summary"]["T val"]["rmse"]["mean"])
+    # a split recorded before: the table says what its cells hold, and a run scores it as it ends
+    mfile = out / "metrics" / "calibrated" / "seed1.json"
+    record = json.loads(mfile.read_text())
+    mfile.write_text(json.dumps({k: v for k, v in record.items() if k != "val_tested"}))
+    assert "1 split(s) were recorded before" in run_experiment(cfg, out, progress=False, log=None, train=False).markdown
+    again = run_experiment(cfg, out, progress=False, log=None)
+    assert "recorded before" not in again.markdown
+    assert json.loads(mfile.read_text())["val_tested"]["rmse"] == pytest.approx(record["val_tested"]["rmse"], abs=1e-3)
 
 
 def test_row_folders_stay_short_enough_for_any_file_system():

@@ -520,21 +520,19 @@ class Fingerprints:
 
 
 def _check_same_split(stored: dict[str, Any], where: Path, run: RunSpec, seed: int, fingerprints: Fingerprints,
-                      redo: str, weights_checked: bool = True, tests: bool = True) -> None:
+                      redo: str, weights_checked: bool = True) -> None:
     """ConfigError unless the split recorded in ``where`` is this row's with this recipe and data
     (a row renamed to a name with the same folder, or edited after some seeds finished, would
     otherwise mix two experiments in one mean ± std). Records older than fingerprints: the name only.
     ``weights_checked=False``: the weights the row names are absent here (a finished split taken
-    from another machine), so its recipe cannot be compared; the rest still is. ``tests=False``:
-    nor the cross-dataset test sets (the split is to be tested again on them)."""
-    why = fingerprints.differs(stored, run, seed, recipe=weights_checked, tests=tests)
+    from another machine), so its recipe cannot be compared; the rest still is. The cross-dataset
+    test sets are not compared: training does not depend on them, and a split tested on a set that
+    changed since is tested again (its figures on the old set are never tabled)."""
+    why = fingerprints.differs(stored, run, seed, recipe=weights_checked, tests=False)
     if why is None:
         return
-    again = (" (or run the experiment without --table-only to test it again on the set as it is now)"
-             if tests and fingerprints.changed_tests(stored) and not fingerprints.differs(
-                 stored, run, seed, recipe=weights_checked, tests=False) else "")
     raise ConfigError(f"{where}: split seed {seed} of row {run.name!r} was trained {why}; rename the row to keep "
-                      f"both, or delete {redo} to train it again{again}")
+                      f"both, or delete {redo} to train it again")
 
 
 class StartMissing(ConfigError):
@@ -677,8 +675,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     if main:  # a split interrupted and resumed after an edit would change recipe partway through
         begun = run_dir / "recipe.json"
         if (run_dir / "last.pt").is_file() and begun.is_file():
-            # what it was tested on is no part of what it trained (tested when it finishes)
-            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprints, str(run_dir), tests=False)
+            _check_same_split(json.loads(begun.read_text()), begun, run, seed, fingerprints, str(run_dir))
         elif not (run_dir / "last.pt").is_file():
             from ..utils.io import atomic_write_text
 
@@ -754,6 +751,38 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     return res
 
 
+def _score_val_parts(stored: dict[str, Any], mfile: Path, run_dir: Path, sets: list[TrainSet], seed: int,
+                     device: str | None, say: Callable) -> dict[str, Any]:
+    """A split recorded before ``val_tested`` (a validation-only table's figures of the model the
+    split ends with) scored so from its tested.pt, its metrics file rewritten: its cells would
+    otherwise mix the chosen epoch's uncalibrated figures into the others' mean ± std."""
+    from ..models.registry import load_checkpoint
+    from ..training.evaluate import NotMeasurable, evaluate_model
+    from ..utils.io import atomic_write_text, remove_stale_temporaries
+
+    tested = run_dir / "tested.pt"
+    if not tested.is_file():
+        return stored  # (the table's notes say which splits show the chosen epoch's figures)
+    model = load_checkpoint(tested, device or "cpu")
+    _, own = _parts(sets, seed)
+    scored: dict[str, Any] = {}
+    for ts in sets:
+        if "val" not in own[ts.label]:
+            continue
+        try:
+            metrics, _ = evaluate_model(model, own[ts.label]["val"].drop(columns=["dataset"], errors="ignore"), ts.scale,
+                                        workers=0)
+        except NotMeasurable as exc:
+            say(f"{mfile}: cannot score its validation part of {ts.label}: {exc}")
+            return stored
+        scored.update({(k if len(sets) == 1 else f"{ts.label}/{k}"): v for k, v in metrics.items()})
+    stored = {**stored, "val_tested": scored}
+    remove_stale_temporaries(mfile)
+    atomic_write_text(mfile, json.dumps(_jsonable(stored), indent=1))
+    say(f"{stored.get('run')} seed {stored.get('seed')}: validation parts scored as the split ends (recorded before)")
+    return stored
+
+
 def _test_on_added_sets(stored: dict[str, Any], mfile: Path, run_dir: Path, added: list[dict[str, Any]],
                         fingerprints: "Fingerprints", device: str | None, say: Callable) -> dict[str, Any]:
     """A finished split tested on the cross-dataset sets added to the config since (its tested.pt
@@ -766,10 +795,10 @@ def _test_on_added_sets(stored: dict[str, Any], mfile: Path, run_dir: Path, adde
     tested = run_dir / "tested.pt"
     names = ", ".join(t["label"] for t in added)
     if not tested.is_file():
-        say(f"{mfile}: not tested on {names} (added after it finished), and {tested} is gone: delete {mfile} to "
-            "train the split again")
+        say(f"{mfile}: not tested on {names} (added or changed after it finished), and {tested} is gone: delete "
+            f"{mfile} to train the split again")
         return stored
-    model = load_checkpoint(tested, device or stored.get("device") or "cpu")
+    model = load_checkpoint(tested, device or "cpu")  # (testing is inference: where it trained need not be here)
     stored = {**stored, "test": dict(stored.get("test") or {}), "test_sha256": dict(stored.get("test_sha256") or {})}
     for t in added:
         try:
@@ -1091,6 +1120,11 @@ def markdown(cfg: ExperimentConfig, results: dict[str, Any], skipped_runs: dict[
     if lost:
         notes.append(f"Not in the table: {', '.join(lost)}: no split could measure it (e.g. a collapsed model's "
                      "correlations; each split's record in metrics/ has it as NaN or null).")
+    older = sum(1 for r in results.values() for sp in r.get("splits", []) if "val_tested" not in sp)
+    if not cfg.tests and older:
+        notes.append(f"{older} split(s) were recorded before the model each split ends with was scored on its "
+                     "validation part: their cells hold the chosen epoch's figures (before any calibration); run the "
+                     "experiment without --table-only to score them so.")
     # a set the notes call tested that no split has been scored on (added after the splits finished)
     untested = [label for label in labels if not any(lab == label for lab, _ in tried)]
     if untested and any(r.get("splits") for r in results.values()):
@@ -1242,26 +1276,27 @@ def run_experiment(
                         stored = json.loads(mfile.read_text())
                         redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
                         unchecked = bool(weights_missing(run))
-                        # a cross-dataset set changed since: tested again with the split's tested.pt
-                        retest = train and not lacking and (out / "runs" / run.slug / f"seed{seed}" / "tested.pt").is_file()
-                        _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked,
-                                          tests=not retest)
+                        _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked)
                         said = UNCHECKED_WEIGHTS.format(name=run.name)
                         if unchecked and said not in result.skipped_runs[run.name]:
                             result.skipped_runs[run.name].append(said)
                         _check_same_start(stored, mfile, run, seed, out, redo)
+                        # figures on a cross-dataset set changed since (a MOS corrected) are the old set's: never
+                        # tabled; the set is tested again as one added since
                         changed = fingerprints.changed_tests(stored)
-                        added = [t for t in tests if t["spec"] != INTRA
-                                 and (t["label"] not in (stored.get("test") or {}) or t["label"] in changed)]
+                        stored = {**stored, "test": {k: v for k, v in (stored.get("test") or {}).items() if k not in changed}}
+                        added = [t for t in tests if t["spec"] != INTRA and t["label"] not in stored["test"]]
+                        run_dir = out / "runs" / run.slug / f"seed{seed}"
                         if added and lacking:
                             say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
-                                "after it finished): the files the row needs are absent")
+                                "or changed after it finished): the files the row needs are absent")
                         elif added and train:
-                            stored = _test_on_added_sets(stored, mfile, out / "runs" / run.slug / f"seed{seed}", added,
-                                                         fingerprints, device, say)
+                            stored = _test_on_added_sets(stored, mfile, run_dir, added, fingerprints, device, say)
                         elif added:
                             say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
-                                "after it finished): run the experiment without --table-only to test it")
+                                "or changed after it finished): run the experiment without --table-only to test it")
+                        if not tests and "val_tested" not in stored and train and not lacking:
+                            stored = _score_val_parts(stored, mfile, run_dir, sets, seed, device, say)
                         done.append(stored)
                     continue
                 if untrainable or not train or (only and run.name not in only) or (seeds and seed not in seeds):
