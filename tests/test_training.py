@@ -680,6 +680,20 @@ def test_a_damaged_validation_photo_is_named_as_a_training_photo_is(tiny_table, 
         tr.fit()
 
 
+def test_a_damaged_photo_read_by_a_loader_worker_is_named_as_in_the_main_process(tiny_table, tmp_path):
+    """With num_workers, torch rebuilds a worker's error from its message alone, which the
+    two-argument ImageLoadError refused: a RuntimeError traceback, the file named only inside it."""
+    from contentiqa.data.imageio import ImageLoadError
+
+    bad = Path(tiny_table["image"].iloc[2])
+    bad.write_bytes(bad.read_bytes()[:200])
+    tr = _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, epochs=1, num_workers=2)
+    with pytest.raises(ImageLoadError) as caught:
+        tr.fit()
+    assert caught.value.path == str(bad) and str(caught.value).startswith(f"{bad}: ")
+    assert "\n" not in str(caught.value)
+
+
 def test_uncertainty_weighting_with_no_task_on_still_backpropagates():
     """score_weight 0 on a batch without labels: the total had no graph and backward raised."""
     loss = MultiTaskLoss(weighting="uncertainty", score_weight=0.0)

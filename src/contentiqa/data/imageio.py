@@ -101,10 +101,23 @@ options (score: --max-pixels; the service: the client's side), as for :data:`BOM
 class ImageLoadError(ValueError):
     """A file could not be turned into an RGB image; the message names the file and why."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:
+            # raised in a DataLoader worker, rebuilt in the main process from its formatted
+            # traceback alone (torch calls the type with one message): its last line is ours
+            path, reason = _worker_message(str(path))
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def _worker_message(text: str) -> tuple[str, str]:
+    """(path, reason) of the ImageLoadError a worker's traceback ``text`` ends with."""
+    mark = ImageLoadError.__name__ + ": "
+    line = next((ln for ln in reversed(text.splitlines()) if mark in ln), text)
+    said = line.split(mark, 1)[-1]
+    path, _, reason = said.partition(": ")
+    return path, reason
 
 
 @dataclass
