@@ -651,6 +651,12 @@ def test_resume_takes_model_arguments_as_the_config_keeps_them(tmp_path):
 
     with pytest.raises(UsageError, match="hidden"):
         _resumed_model_args(args, tmp_path, {"hidden": (16, 4)})
+    # a weight file moved with its project: the path given now is where it is (it was refused, and
+    # without it the old path failed to build the model: the run could not go on)
+    (tmp_path / "config.json").write_text(_json.dumps({"model_config": {"hidden": [8, 4],
+                                                                        "backbone_checkpoint": "projA/bb.pt"}}))
+    got = _resumed_model_args(args, tmp_path, {"hidden": [8, 4], "backbone_checkpoint": "projB/bb.pt"})
+    assert got == {"hidden": [8, 4], "backbone_checkpoint": "projB/bb.pt"}
 
 
 def test_a_split_file_an_earlier_attempt_left_is_not_taken_for_the_runs_own(tmp_path, capsys):

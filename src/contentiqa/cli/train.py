@@ -115,12 +115,16 @@ def _resumed_model_args(args: argparse.Namespace, out: Path, model_args: dict) -
     if not trained:
         return model_args
 
+    # a weight file's path is where it is, not what it is (a moved project): the path given now
+    # wins, and last.pt holds every weight the run trained
+    moved = {k: v for k, v in model_args.items() if k.endswith("_checkpoint")}
     changed = [f"{k} {trained[k]!r} (now {v!r})" if k in trained else f"no {k} (now {v!r})"
-               for k, v in model_args.items() if k not in trained or _same_value(v) != _same_value(trained[k])]
+               for k, v in model_args.items()
+               if k not in moved and (k not in trained or _same_value(v) != _same_value(trained[k]))]
     if changed:
         raise UsageError(f"--resume: {out / 'last.pt'} was trained with model argument(s) {'; '.join(changed)}: "
                          "resume without changing them, or train afresh in another --out")
-    return trained
+    return {**trained, **moved}
 
 
 def build_configs(args: argparse.Namespace) -> tuple[str, dict, dict, dict]:
