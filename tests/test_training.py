@@ -515,7 +515,12 @@ def test_divergence_keeps_the_checkpoints_of_the_last_good_epoch(tiny_table, tmp
     tr = _trainer(create_model("iqa-cr-q", pretrained=False, **TINY), tiny_table, tmp_path, epochs=3, cache_stages=3)
     real = tr.train_epoch
 
+    out = tmp_path / "run"
+    saved: dict[str, bytes] = {}
+
     def train_epoch(epoch):
+        if epoch == 1:  # epoch 1's saves are done
+            saved["best.pt"] = (out / "best.pt").read_bytes()
         record = real(epoch)
         if epoch == 1:
             if broken == "loss":
@@ -526,16 +531,6 @@ def test_divergence_keeps_the_checkpoints_of_the_last_good_epoch(tiny_table, tmp
         return record
 
     tr.train_epoch = train_epoch
-    out = tmp_path / "run"
-    saved: dict[str, bytes] = {}
-
-    def judge(record, t0, judge=tr._judge_epoch):
-        improved = judge(record, t0)
-        if record["epoch"] == 1:
-            saved["best.pt"] = (out / "best.pt").read_bytes()
-        return improved
-
-    tr._judge_epoch = judge
     with pytest.raises(TrainingDiverged, match="diverged at epoch 2") as err:
         tr.fit()
     assert err.value.epoch == 2 and "after epoch 1" in str(err.value) and str(out / "last.pt") in str(err.value)
@@ -692,6 +687,47 @@ def test_a_damaged_photo_read_by_a_loader_worker_is_named_as_in_the_main_process
         tr.fit()
     assert caught.value.path == str(bad) and str(caught.value).startswith(f"{bad}: ")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("stop_at", ["last.pt", "best.pt"])
+def test_a_stop_between_the_end_of_epoch_saves_keeps_best_pt_with_last_pt(tiny_table, tmp_path, monkeypatch, stop_at):
+    """best.pt was saved before last.pt: a stop between the two left best.pt holding an epoch that
+    last.pt and the logs lacked (and the CLI said last.pt held it). Staged, best.pt follows last.pt,
+    and a resume ends as the run left alone does."""
+    import contentiqa.training.trainer as trainer_module
+
+    def run(name):
+        torch.manual_seed(0)  # the same initial weights each time
+        return _trainer(create_model("iqa-cr", pretrained=False, **TINY), tiny_table, tmp_path, name=name, epochs=2)
+
+    ref = run("ref")
+    ref.fit()
+    real_save, real_replace = trainer_module.atomic_torch_save, trainer_module.os.replace
+
+    def save(state, path, *a, **k):
+        if Path(path).name == "last.pt" and stop_at == "last.pt":
+            raise KeyboardInterrupt  # the stop while last.pt of epoch 1 is written
+        return real_save(state, path, *a, **k)
+
+    def replace(src, dst):
+        if Path(dst).name == "best.pt" and stop_at == "best.pt":
+            raise KeyboardInterrupt  # last.pt of epoch 1 written, best.pt not yet
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", save)
+    monkeypatch.setattr(trainer_module.os, "replace", replace)
+    stopped = run("run")
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    assert stopped.saved_epoch == (0 if stop_at == "last.pt" else 1)
+    assert not (out / "best.pt").exists()  # never ahead of last.pt
+    resumed = run("run")
+    resumed.fit(resume=True)
+    assert not list(out.glob(".*best.pt.epoch*"))
+    a, b = load_checkpoint(out / "best.pt").state_dict(), load_checkpoint(tmp_path / "ref" / "best.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 def test_uncertainty_weighting_with_no_task_on_still_backpropagates():

@@ -353,9 +353,10 @@ def _fit(trainer, args: argparse.Namespace, out: Path) -> dict:
     try:
         return trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        kept = (f"{out / 'last.pt'} holds epoch {trainer.epoch}; rerun the same command with --resume to continue"
-                if trainer.epoch else "no epoch had finished")
-        raise KeyboardInterrupt(f"interrupted during epoch {trainer.epoch + 1}: {kept}") from None
+        # the epoch last.pt holds, not the trainer's count: a stop while saving it is before that epoch
+        kept = (f"{out / 'last.pt'} holds epoch {trainer.saved_epoch}; rerun the same command with --resume to "
+                "continue" if trainer.saved_epoch else "no epoch had finished")
+        raise KeyboardInterrupt(f"interrupted during epoch {trainer.saved_epoch + 1}: {kept}") from None
     except (TrainingDiverged, CacheWriteError) as exc:
         raise UsageError(str(exc)) from None
     except Busy as exc:

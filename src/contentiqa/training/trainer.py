@@ -40,6 +40,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
@@ -354,6 +355,8 @@ class Trainer:
             # (_averaged_weights), so it runs with the model's own, current buffers.
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
         self.epoch = 0
+        self.saved_epoch = 0
+        """The epoch ``last.pt`` holds (what a stop now would resume after)."""
         self.best: dict[str, Any] | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
@@ -922,7 +925,7 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         self.loss_fn.load_state_dict(st["loss_state"]["state"])
         self.loss_fn.epoch_losses = st["loss_state"]["epoch_losses"]
-        self.epoch = st["epoch"]
+        self.epoch = self.saved_epoch = st["epoch"]
         self._rebase_schedule()
         self.best = st["best"]
         if self.best is not None:  # ranked as this code ranks (an RMSE negated), whatever code saved it
@@ -994,6 +997,7 @@ class Trainer:
             # later save replaces. Rank 0 is the folder's only writer and has not started.
             for name in OWN_FILES:
                 remove_stale_temporaries(self.out / name)
+            self._settle_best()
             if not self.epoch:  # a fresh start (nothing resumed): an earlier run's results are not this one's
                 self._remove(EARLIER_RESULTS, "it was an earlier run's")
             atomic_write_text(self.out / "config.json", json.dumps(
@@ -1021,6 +1025,9 @@ class Trainer:
             self.history.append(record)
             if main:
                 atomic_torch_save(self.state(), last)
+                self.saved_epoch = self.epoch
+                if improved:  # after last.pt, whose state names it best: a stop between is settled on resume
+                    os.replace(self._next_best(record["epoch"]), self.out / "best.pt")
                 self._write_logs()
             dist_utils.barrier()
             shown = ("loss", "val_srocc", "val_plcc", "val_acc") + ((f"val_{cfg.monitor}",) if cfg.monitor else ())
@@ -1103,10 +1110,26 @@ class Trainer:
                 extra = {"train_config": cfg.to_dict(), "val": record}
                 if self.recipe is not None:
                     extra["recipe"] = self.recipe
-                save_checkpoint(self.model, self.out / "best.pt", extra=extra)
+                # staged: best.pt takes it once last.pt holds this epoch, so a stop between the two
+                # saves never leaves best.pt an epoch that last.pt and the logs do not have
+                save_checkpoint(self.model, self._next_best(self.epoch + 1), extra=extra)
         else:
             self.bad_epochs += 1
         return improved
+
+    def _next_best(self, epoch: int) -> Path:
+        """Where epoch ``epoch``'s best.pt waits until last.pt holds that epoch."""
+        return self.out / f".best.pt.epoch{epoch}"
+
+    def _settle_best(self) -> None:
+        """A stop between the end-of-epoch saves: the staged best.pt of the epoch last.pt names as
+        best takes its place (the epoch is done); any other staged one is dropped (its epoch is
+        trained again)."""
+        for staged in self.out.glob(".*best.pt.epoch*"):  # (and a temporary of one, a stop mid-write)
+            if self.best is not None and staged.name == self._next_best(int(self.best["epoch"])).name:
+                os.replace(staged, self.out / "best.pt")
+            else:
+                staged.unlink(missing_ok=True)
 
     @torch.inference_mode()
     def interpolate(self, model: IQAModel) -> tuple[float, dict[str, float]]:
