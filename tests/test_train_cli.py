@@ -34,33 +34,6 @@ def train(data: Path, out: Path, *extra: str) -> int:
     return main(["train", "--data", str(data), "--out", str(out), "--protocol", "ie-iqa", *TINY, *extra])
 
 
-def test_a_stop_sent_to_the_process_group_with_loader_workers_is_an_interrupt(tmp_path):
-    """A scheduler's SIGTERM to the whole group (SLURM's cancel or requeue) killed the DataLoader
-    workers too: a RuntimeError traceback, exit code 1, where the run says how to resume (143)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    data, out = table(tmp_path, n=40), tmp_path / "run"
-    args = [sys.executable, "-m", "contentiqa", "train", "--data", str(data), "--out", str(out), "--protocol", "ie-iqa",
-            *TINY, "--epochs", "500", "--set", "num_workers=2", "--set", "cache_stages=0"]
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGTERM)  # main process and workers alike
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "Traceback" not in err and "--resume" in err
-
-
 def test_a_training_photo_over_the_pixel_limit_gets_advice_train_can_follow(tmp_path, capsys):
     """train said the library's "raise max_pixels to allow it", an option it does not have."""
     from conftest import png_header_only

@@ -236,17 +236,6 @@ class _TrainStep(nn.Module):
         return loss, parts
 
 
-def _leave_stops_to_the_main_process(_worker: int) -> None:
-    """A loader worker ignores a stop (SIGTERM, SIGHUP, SIGINT: a scheduler's cancel or requeue, or
-    Ctrl-C, sent to the whole process group): the main process saves and says how to resume,
-    where a worker killed by it made the stop a RuntimeError traceback with exit code 1."""
-    import signal
-
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-
-
 class Trainer:
     """Train ``model`` on ``train_table`` (validating on ``val_table`` if given)."""
 
@@ -518,8 +507,7 @@ class Trainer:
         # The loader's own generator keeps its seed draw off the global RNG: the dropout stream
         # is the same with or without workers, as a resume that changes num_workers needs.
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, collate_fn=_collate,
-                                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-                                       worker_init_fn=_leave_stops_to_the_main_process if cfg.num_workers else None)
+                                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
     def _draws(self, groups: list[str]) -> dict[str, int] | None:
         """Photos per epoch of each training set under ``dataset_ratio`` (the first set whole)."""
