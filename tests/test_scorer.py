@@ -176,6 +176,22 @@ def test_a_models_direction_is_its_scales():
     assert TorchScorer(model).higher_is_better is False
 
 
+@pytest.mark.parametrize("name", ["iqa-cr-q", "ie-iqa"])
+def test_model_arguments_are_numbers_of_their_kind_when_read(name):
+    """heads=2.0 built a model that failed with a TypeError at its first step (after a long caching
+    pass), and dropout='1e-1' (YAML's reading of 1e-1) was refused in comparison's words."""
+    wide = {"iqa-cr-q": "dim", "ie-iqa": "input_size"}[name]
+    offline = ({"backbone_pretrained": False} if name == "iqa-cr-q"
+               else {"distortion_pretrained": False, "intelligibility_pretrained": False})
+    model = create_model(name, pretrained=False, **offline, **{wide: "64" if name == "ie-iqa" else 64.0},
+                         dropout="1e-1")
+    assert isinstance(getattr(model.cfg, wide), int) and model.cfg.dropout == 0.1
+    with pytest.raises(ValueError, match=f"model argument {wide} must be a whole number, not 64.5"):
+        create_model(name, pretrained=False, **offline, **{wide: 64.5})
+    with pytest.raises(ValueError, match="model argument dropout must be a number, not 'much'"):
+        create_model(name, pretrained=False, **offline, dropout="much")
+
+
 def test_pretrained_must_be_a_bool():
     """pretrained="False" is truthy: it loaded the shipped weights without a word."""
     from contentiqa.models import create_model

@@ -51,7 +51,7 @@ from ..backbones import create_backbone
 from ..backbones.stages import (backbone_stages, frozen_levels, levels_from_outputs, resolve_levels, run_stages,
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
-from ..utils.fields import check_booleans
+from ..utils.fields import check_booleans, check_numbers
 from .base import CachePart, IQAModel, check_calibration, pil_to_tensor, resized_input
 from .intelligibility import DEFAULT_STRATEGY, PAPER_RATIOS, TASKS, IntelligibilityBranch, build_intelligibility
 from .selection import Selection, num_selected, select_features
@@ -135,6 +135,7 @@ class IEIQAConfig:
 
     def __post_init__(self):
         check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
+        check_numbers(self, "model argument")  # heads: 2.0 was a TypeError mid-training, after the caching pass
         self.calibration = check_calibration(self.calibration)
         if self.intelligibility_task in ("", "none", "None"):
             self.intelligibility_task = None

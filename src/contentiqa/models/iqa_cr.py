@@ -75,7 +75,7 @@ from ..backbones import create_backbone
 from ..backbones.stages import (backbone_stages, freeze_stages, frozen_levels, levels_from_outputs, resolve_levels,
                                 run_stages_levels, set_bn_eval)
 from ..data.table import MOSScale
-from ..utils.fields import check_booleans
+from ..utils.fields import check_booleans, check_numbers
 from .base import IQA_CR_CATEGORIES, CachePart, IQAModel, check_calibration, pil_to_tensor
 from .layers import Mlp, MultiHeadAttention, adaptive_avg_pool2d_matmul
 
@@ -133,6 +133,7 @@ class IQACRConfig:
 
     def __post_init__(self):
         check_booleans(self, "model argument")  # backbone_pretrained: "false" loaded ImageNet weights
+        check_numbers(self, "model argument")  # heads: 2.0 was a TypeError mid-training, after the caching pass
         self.calibration = check_calibration(self.calibration)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")

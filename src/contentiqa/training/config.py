@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..utils.fields import check_booleans
+from ..utils.fields import check_booleans, check_numbers
 
 
 AT_LEAST_ONE = ("epochs", "batch_size")
@@ -173,22 +173,7 @@ class TrainConfig:
                 setattr(self, f.name, value := os.fspath(value))
             if kind == "str" and not isinstance(value, str):  # monitor: 5 failed deep in the trainer
                 raise ValueError(f"training option {f.name} must be text, not {value!r}")
-            if kind not in ("int", "float"):
-                continue
-            if isinstance(value, str):
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = None
-                if number is not None and (kind == "float" or number.is_integer()):
-                    value = int(number) if kind == "int" else number
-                    setattr(self, f.name, value)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or (kind == "int" and not float(value).is_integer()):
-                what = "a whole number" + (" of at least 1" if f.name in AT_LEAST_ONE else "") if kind == "int" else "a number"
-                raise ValueError(f"training option {f.name} must be {what}, not {value!r}")
-            if kind == "int" and not isinstance(value, int):
-                setattr(self, f.name, int(value))  # 448.0 from a YAML or JSON file
+        check_numbers(self, "training option", at_least_one=AT_LEAST_ONE)
         check_booleans(self, "training option")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
