@@ -736,7 +736,7 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
             # a validation-only table (model selection) shows the model the split ends with: the
             # best epoch's record is before the calibration (PLCC, RMSE) and, with checkpoint: last,
             # another epoch's
-            res["val_tested"] = {(k if len(sets) == 1 else f"{ts.label}/{k}"): v for ts in sets if "val" in own[ts.label]
+            res["val_tested"] = {_val_key(sets, ts, k): v for ts in sets if "val" in own[ts.label]
                                  for k, v in _evaluate(trainer, own[ts.label]["val"], ts.scale, chosen).items()}
         for t in tests:
             if t["spec"] == INTRA:  # every split has a test part (_check_test_parts, before any training)
@@ -749,6 +749,12 @@ def _train_split(cfg: ExperimentConfig, run: RunSpec, seed: int, sets: list[Trai
     res["provenance"] = {k: v for k, v in provenance().items()
                          if k in ("contentiqa", "git_commit", "git_dirty", "torch", "date", "machine", "gpu")}
     return res
+
+
+def _val_key(sets: list[TrainSet], ts: TrainSet, metric: str) -> str:
+    """A validation figure's key in a split's record: the metric alone with one training set, after
+    its set's label with several (as :func:`_scored` reads them)."""
+    return metric if len(sets) == 1 else f"{ts.label}/{metric}"
 
 
 def _score_val_parts(stored: dict[str, Any], mfile: Path, run_dir: Path, sets: list[TrainSet], seed: int,
@@ -775,7 +781,7 @@ def _score_val_parts(stored: dict[str, Any], mfile: Path, run_dir: Path, sets: l
         except NotMeasurable as exc:
             say(f"{mfile}: cannot score its validation part of {ts.label}: {exc}")
             return stored
-        scored.update({(k if len(sets) == 1 else f"{ts.label}/{k}"): v for k, v in metrics.items()})
+        scored.update({_val_key(sets, ts, k): v for k, v in metrics.items()})
     stored = {**stored, "val_tested": scored}
     remove_stale_temporaries(mfile)
     atomic_write_text(mfile, json.dumps(_jsonable(stored), indent=1))
@@ -1267,6 +1273,7 @@ def run_experiment(
             # a row that cannot train here (its files absent, its weights unavailable) still lists the
             # splits it finished before (on another machine, imported): only its training is skipped
             untrainable = bool(lacking)
+            unchecked = bool(weights_missing(run))  # its recipe's fingerprint needs those weights
             done = []
             for seed in run.seeds:
                 mfile = _metrics_file(out, run, seed)
@@ -1274,19 +1281,15 @@ def run_experiment(
                 if have:
                     if main:
                         stored = json.loads(mfile.read_text())
-                        redo = f"{out / 'runs' / run.slug / f'seed{seed}'} and {mfile}"
-                        unchecked = bool(weights_missing(run))
+                        run_dir = out / "runs" / run.slug / f"seed{seed}"
+                        redo = f"{run_dir} and {mfile}"
                         _check_same_split(stored, mfile, run, seed, fingerprints, redo, weights_checked=not unchecked)
-                        said = UNCHECKED_WEIGHTS.format(name=run.name)
-                        if unchecked and said not in result.skipped_runs[run.name]:
-                            result.skipped_runs[run.name].append(said)
                         _check_same_start(stored, mfile, run, seed, out, redo)
                         # figures on a cross-dataset set changed since (a MOS corrected) are the old set's: never
                         # tabled; the set is tested again as one added since
                         changed = fingerprints.changed_tests(stored)
                         stored = {**stored, "test": {k: v for k, v in (stored.get("test") or {}).items() if k not in changed}}
                         added = [t for t in tests if t["spec"] != INTRA and t["label"] not in stored["test"]]
-                        run_dir = out / "runs" / run.slug / f"seed{seed}"
                         if added and lacking:
                             say(f"{run.name} seed {seed}: not tested on {', '.join(t['label'] for t in added)} (added "
                                 "or changed after it finished): the files the row needs are absent")
@@ -1322,6 +1325,8 @@ def run_experiment(
                     say(f"{run.name} seed {seed}: " + " ".join(f"{k}={first[k]:.4f}" for k in ("plcc", "srocc", "rmse", "accuracy") if k in first)
                         + f" on {tests[0]['label'] if tests else '-'} ({time.time() - t0:.0f}s)")
                 dist_utils.barrier()
+            if unchecked and done:
+                result.skipped_runs[run.name].append(UNCHECKED_WEIGHTS.format(name=run.name))
             per_run[run.name] = done
         if main:
             result.results = summarize(cfg, per_run)

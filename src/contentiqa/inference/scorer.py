@@ -342,8 +342,9 @@ def _onnx_scorer(spec: str, model_ref: str | os.PathLike, weights: Path, tag: st
                  threads: int | None, images: int | None, cpu_sample: CpuSample | None, notes: list[str],
                  fallback: bool) -> Scorer | None:
     """The ONNX Runtime scorer of ``weights`` (``spec`` as the caller wrote it, ``model_ref`` what
-    loads the model): its shipped graph, else the cached one, else one built now (:func:`_build_graph`). None when the model cannot be exported and ``fallback``
-    allows PyTorch instead. A default int8 graph that cannot be had falls back to fp32 (noted)."""
+    loads the model): its shipped graph, else the cached one, else one built now
+    (:func:`_build_graph`). None when the model cannot be exported and ``fallback`` allows PyTorch
+    instead. A default int8 graph that cannot be had falls back to fp32 (noted)."""
     from .onnx_runtime import CacheUnwritable, OnnxExportError, find_graph, require_onnxruntime
     from .quantize import QuantizationError, default_precision
 
